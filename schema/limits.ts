@@ -1,0 +1,31 @@
+// Wire-level limits shared by every tier (STYLE "Put a limit on everything"). Each bound is
+// what a decoder enforces before it loops over anything a peer sent.
+
+/** Largest UDP payload over IPv4; a datagram can never be larger. */
+export const udpPayloadBytesMax = 65_507;
+/** Smallest datagram budget an edge may be configured with: a header plus one series with its name. */
+export const datagramBytesMin = 512;
+/** Default edge datagram size: 1500 MTU minus IPv4/UDP headers minus a margin for tunnels (DESIGN §6). */
+export const datagramBytesDefault = 1432;
+/** A rack batch over HTTP: 40 servers × 2,000 series × ~40 B, with room for distributions. */
+export const batchBytesMax = 64 * 1024 * 1024;
+/** Server ids: DESIGN §3 `[A-Za-z0-9._-]{1,64}`. */
+export const serverIdBytesMax = 64;
+/** Metric names: DESIGN §3 `[A-Za-z0-9_.:-]{1,128}`. */
+export const metricNameBytesMax = 128;
+/** Rack ids follow the server id syntax. */
+export const rackIdBytesMax = 64;
+/** Parts of one server-second: 2,000 series at 1432 B need ~30; 10,000 distributions need more. */
+export const partsMax = 4096;
+/** Servers in one rack batch: 40 per rack by design, with room for racks configured larger. */
+export const batchServersMax = 1024;
+/** Parts named in one NACK: bounds the edge's work per NACK. */
+export const nackPartsMax = 512;
+/** Unknown metric hashes asked for in one NACK. */
+export const nackHashesMax = 1024;
+/** Wire format version; decoders reject others (a rolling upgrade bumps both sides in order). */
+export const wireVersion = 1;
+/** Relative accuracy of every sketch (DESIGN §2). */
+export const sketchRelativeAccuracy = 0.01;
+/** Seconds since the epoch accepted on the wire: 2001-09-09 .. 2106 (uint32). */
+export const secondMin = 1_000_000_000;
