@@ -1,0 +1,479 @@
+// Encoders and validating decoders for every apm message (schema/apm.fbs). A frame on the
+// wire is the FlatBuffer followed by a little-endian CRC-32 of it. Decoders check size, CRC,
+// identifier, version, every offset (schema/verify.ts) and every value a reader relies on
+// before returning typed-array views into the buffer; they never throw on bad input.
+
+import * as flatbuffers from 'flatbuffers';
+import { crc32 } from 'node:zlib';
+import { Body, EdgeSecond, Envelope, Nack, RackBatch, SeriesBlock, ServerSeries } from './generated/apm_generated.js';
+import {
+  batchServersMax,
+  metricNameBytesMax,
+  nackHashesMax,
+  nackPartsMax,
+  partsMax,
+  rackIdBytesMax,
+  secondMin,
+  serverIdBytesMax,
+  wireVersion,
+} from './limits.js';
+import { hashName, isMetricNameBytes, isServerId } from './names.js';
+import { sketchCount } from './sketch.js';
+import { Reject, type RejectReason, type TableRef, Verifier } from './verify.js';
+
+export { type RejectReason } from './verify.js';
+
+export const fileIdentifier = 'APM1';
+const crcBytes = 4;
+/** Smallest possible frame: root offset, identifier, a minimal table, the CRC. */
+export const frameBytesMin = 16;
+
+export const enum KindCode {
+  Gauge = 0,
+  Counter = 1,
+  Distribution = 2,
+}
+
+/**
+ * Per-second summaries as columns (schema/apm.fbs SeriesBlock). Hashes are (lo, hi) uint32
+ * pairs: entry i's hash is hashes[2i], hashes[2i + 1].
+ */
+export interface SeriesColumns {
+  pointHashes: Uint32Array;
+  pointKinds: Uint8Array;
+  pointValues: Float64Array;
+  distHashes: Uint32Array;
+  distKinds: Uint8Array;
+  distCounts: Uint32Array;
+  distSums: Float64Array;
+  distMins: Float64Array;
+  distMaxes: Float64Array;
+  /** Exclusive end of summary i's bins in sketchBytes; summary i starts at sketchEnds[i − 1] (or 0). */
+  sketchEnds: Uint32Array;
+  sketchBytes: Uint8Array;
+  nameHashes: Uint32Array;
+  nameEnds: Uint32Array;
+  nameBytes: Uint8Array;
+}
+
+export function emptyColumns(): SeriesColumns {
+  return {
+    pointHashes: new Uint32Array(0),
+    pointKinds: new Uint8Array(0),
+    pointValues: new Float64Array(0),
+    distHashes: new Uint32Array(0),
+    distKinds: new Uint8Array(0),
+    distCounts: new Uint32Array(0),
+    distSums: new Float64Array(0),
+    distMins: new Float64Array(0),
+    distMaxes: new Float64Array(0),
+    sketchEnds: new Uint32Array(0),
+    sketchBytes: new Uint8Array(0),
+    nameHashes: new Uint32Array(0),
+    nameEnds: new Uint32Array(0),
+    nameBytes: new Uint8Array(0),
+  };
+}
+
+export interface EdgeSecondMessage {
+  type: 'edgeSecond';
+  server: string;
+  session: number;
+  seq: number;
+  second: number;
+  /** 0-based part index; parts === 0 marks a names-only datagram (an answer to a NACK). */
+  part: number;
+  parts: number;
+  sentMs: number;
+  series: SeriesColumns;
+}
+
+export interface NackMessage {
+  type: 'nack';
+  server: string;
+  session: number;
+  second: number;
+  missingParts: Uint16Array;
+  unknownHashes: Uint32Array;
+}
+
+export interface ServerSeriesEntry {
+  server: string;
+  series: SeriesColumns;
+}
+
+export interface RackBatchMessage {
+  type: 'rackBatch';
+  rack: string;
+  batchSeq: number;
+  second: number;
+  late: boolean;
+  servers: ServerSeriesEntry[];
+  rollup: SeriesColumns;
+}
+
+export type Message = EdgeSecondMessage | NackMessage | RackBatchMessage;
+
+export type DecodeResult<M> = { ok: true; msg: M } | { ok: false; reason: RejectReason; detail: string };
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+interface RawBuilder {
+  space: number;
+  bb: flatbuffers.ByteBuffer;
+}
+
+/** Copies a typed array into the builder as one vector (no per-element calls). */
+function typedVector(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes: number): flatbuffers.Offset {
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  b.startVector(elemBytes, bytes.length / elemBytes, elemBytes);
+  // The runtime exposes no bulk copy for wide scalars; this is what createByteVector() does.
+  const raw = b as unknown as RawBuilder;
+  raw.space -= bytes.length;
+  raw.bb.bytes().set(bytes, raw.space);
+  return b.endVector();
+}
+
+function optionalVector(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes: number): flatbuffers.Offset {
+  return data.byteLength === 0 ? 0 : typedVector(b, data, elemBytes);
+}
+
+function seriesBlock(b: flatbuffers.Builder, c: SeriesColumns): flatbuffers.Offset {
+  const o = [
+    optionalVector(b, c.pointHashes, 8),
+    optionalVector(b, c.pointKinds, 1),
+    optionalVector(b, c.pointValues, 8),
+    optionalVector(b, c.distHashes, 8),
+    optionalVector(b, c.distKinds, 1),
+    optionalVector(b, c.distCounts, 4),
+    optionalVector(b, c.distSums, 8),
+    optionalVector(b, c.distMins, 8),
+    optionalVector(b, c.distMaxes, 8),
+    optionalVector(b, c.sketchEnds, 4),
+    optionalVector(b, c.sketchBytes, 1),
+    optionalVector(b, c.nameHashes, 8),
+    optionalVector(b, c.nameEnds, 4),
+    optionalVector(b, c.nameBytes, 1),
+  ] as const;
+  SeriesBlock.startSeriesBlock(b);
+  const adders = [
+    SeriesBlock.addPointHashes,
+    SeriesBlock.addPointKinds,
+    SeriesBlock.addPointValues,
+    SeriesBlock.addDistHashes,
+    SeriesBlock.addDistKinds,
+    SeriesBlock.addDistCounts,
+    SeriesBlock.addDistSums,
+    SeriesBlock.addDistMins,
+    SeriesBlock.addDistMaxes,
+    SeriesBlock.addSketchEnds,
+    SeriesBlock.addSketchBytes,
+    SeriesBlock.addNameHashes,
+    SeriesBlock.addNameEnds,
+    SeriesBlock.addNameBytes,
+  ] as const;
+  for (let i = 0; i < adders.length; i++) if (o[i] !== 0) adders[i]!(b, o[i]!);
+  return SeriesBlock.endSeriesBlock(b);
+}
+
+/** Builds frames; reuses one builder, returns a fresh 8-byte-aligned Uint8Array per frame. */
+export class Encoder {
+  private readonly b = new flatbuffers.Builder(64 * 1024);
+
+  edgeSecond(m: Omit<EdgeSecondMessage, 'type'>): Uint8Array {
+    const b = this.b;
+    b.clear();
+    const server = b.createString(m.server);
+    const series = seriesBlock(b, m.series);
+    EdgeSecond.startEdgeSecond(b);
+    EdgeSecond.addServer(b, server);
+    EdgeSecond.addSession(b, m.session);
+    EdgeSecond.addSeq(b, m.seq);
+    EdgeSecond.addSecond(b, m.second);
+    EdgeSecond.addPart(b, m.part);
+    EdgeSecond.addParts(b, m.parts);
+    EdgeSecond.addSentMs(b, m.sentMs);
+    EdgeSecond.addSeries(b, series);
+    return this.finish(Body.EdgeSecond, EdgeSecond.endEdgeSecond(b));
+  }
+
+  nack(m: Omit<NackMessage, 'type'>): Uint8Array {
+    const b = this.b;
+    b.clear();
+    const server = b.createString(m.server);
+    const missing = optionalVector(b, m.missingParts, 2);
+    const unknown = optionalVector(b, m.unknownHashes, 8);
+    Nack.startNack(b);
+    Nack.addServer(b, server);
+    Nack.addSession(b, m.session);
+    Nack.addSecond(b, m.second);
+    if (missing !== 0) Nack.addMissingParts(b, missing);
+    if (unknown !== 0) Nack.addUnknownHashes(b, unknown);
+    return this.finish(Body.Nack, Nack.endNack(b));
+  }
+
+  rackBatch(m: Omit<RackBatchMessage, 'type'>): Uint8Array {
+    const b = this.b;
+    b.clear();
+    const rack = b.createString(m.rack);
+    const entries = m.servers.map((s) => {
+      const server = b.createString(s.server);
+      const series = seriesBlock(b, s.series);
+      ServerSeries.startServerSeries(b);
+      ServerSeries.addServer(b, server);
+      ServerSeries.addSeries(b, series);
+      return ServerSeries.endServerSeries(b);
+    });
+    const servers = RackBatch.createServersVector(b, entries);
+    const rollup = seriesBlock(b, m.rollup);
+    RackBatch.startRackBatch(b);
+    RackBatch.addRack(b, rack);
+    RackBatch.addBatchSeq(b, BigInt(m.batchSeq));
+    RackBatch.addSecond(b, m.second);
+    RackBatch.addLate(b, m.late);
+    RackBatch.addServers(b, servers);
+    RackBatch.addRollup(b, rollup);
+    return this.finish(Body.RackBatch, RackBatch.endRackBatch(b));
+  }
+
+  private finish(type: Body, body: flatbuffers.Offset): Uint8Array {
+    const b = this.b;
+    b.forceDefaults(false);
+    Envelope.startEnvelope(b);
+    Envelope.addVersion(b, wireVersion);
+    Envelope.addBodyType(b, type);
+    Envelope.addBody(b, body);
+    b.finish(Envelope.endEnvelope(b), fileIdentifier);
+    const fb = b.asUint8Array();
+    const out = new Uint8Array(fb.length + crcBytes);
+    out.set(fb);
+    new DataView(out.buffer).setUint32(fb.length, crc32(fb), true);
+    return out;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/** Decodes and fully validates one frame of at most `bytesMax` bytes. Never throws on bad input. */
+export function decodeFrame(frame: Uint8Array, bytesMax: number): DecodeResult<Message> {
+  try {
+    return { ok: true, msg: decodeChecked(frame, bytesMax) };
+  } catch (err) {
+    if (err instanceof Reject) return { ok: false, reason: err.reason, detail: err.message };
+    throw err;
+  }
+}
+
+function decodeChecked(frame: Uint8Array, bytesMax: number): Message {
+  if (frame.length > bytesMax) throw new Reject('too_large', `frame is ${frame.length} bytes > limit ${bytesMax}`);
+  if (frame.length < frameBytesMin) throw new Reject('too_short', `frame is ${frame.length} bytes < minimum ${frameBytesMin}`);
+  const fbLength = frame.length - crcBytes;
+  // Typed-array views need 8-byte alignment relative to the ArrayBuffer.
+  let bytes = frame.subarray(0, fbLength);
+  if (bytes.byteOffset % 8 !== 0) bytes = Uint8Array.from(bytes);
+  const stored = new DataView(frame.buffer, frame.byteOffset + fbLength, crcBytes).getUint32(0, true);
+  if (crc32(bytes) !== stored) throw new Reject('bad_checksum', 'CRC-32 does not match the frame');
+  if (bytes[4] !== 0x41 || bytes[5] !== 0x50 || bytes[6] !== 0x4d || bytes[7] !== 0x31) {
+    throw new Reject('bad_identifier', `identifier is not ${fileIdentifier}`);
+  }
+  const v = new Verifier(bytes);
+  const env = v.tableAt(0, 'Envelope');
+  const version = v.u16(env, 0, 'Envelope.version');
+  if (version !== wireVersion) throw new Reject('bad_version', `wire version ${version}, this build speaks ${wireVersion}`);
+  const bodyType = v.u8(env, 1, 'Envelope.body_type');
+  const bodyAt = v.field(env, 2, 4, 'Envelope.body');
+  if (bodyAt === 0) throw new Reject('bad_columns', 'Envelope has no body');
+  const body = v.tableAt(bodyAt, 'Envelope.body');
+  switch (bodyType) {
+    case Body.EdgeSecond:
+      return decodeEdgeSecond(v, body);
+    case Body.Nack:
+      return decodeNack(v, body);
+    case Body.RackBatch:
+      return decodeRackBatch(v, body);
+    default:
+      throw new Reject('unexpected_body', `unknown body type ${bodyType}`);
+  }
+}
+
+function requireServerId(id: string | null, what: string): string {
+  if (id === null || !isServerId(id)) throw new Reject('bad_name', `${what} ${JSON.stringify(id)} is not [A-Za-z0-9._-]{1,64}`);
+  return id;
+}
+
+function requireSecond(second: number): number {
+  if (second < secondMin) throw new Reject('bad_value', `second ${second} is before ${secondMin}`);
+  return second;
+}
+
+function decodeEdgeSecond(v: Verifier, t: TableRef): EdgeSecondMessage {
+  const server = requireServerId(v.string(t, 0, serverIdBytesMax, 'EdgeSecond.server'), 'server id');
+  const part = v.u16(t, 4, 'EdgeSecond.part');
+  const parts = v.u16(t, 5, 'EdgeSecond.parts');
+  if (parts > partsMax || (parts > 0 && part >= parts) || (parts === 0 && part !== 0)) {
+    throw new Reject('bad_value', `part ${part} of ${parts} is impossible (parts ≤ ${partsMax})`);
+  }
+  const sentMs = v.f64(t, 6, 'EdgeSecond.sent_ms');
+  if (!Number.isFinite(sentMs)) throw new Reject('bad_value', 'sent_ms is not finite');
+  const seriesAt = v.field(t, 7, 4, 'EdgeSecond.series');
+  const series = seriesAt === 0 ? emptyColumns() : decodeSeries(v, v.tableAt(seriesAt, 'SeriesBlock'));
+  if (parts === 0 && (series.pointKinds.length > 0 || series.distKinds.length > 0)) {
+    throw new Reject('bad_columns', 'a names-only datagram (parts 0) carries summaries');
+  }
+  return {
+    type: 'edgeSecond',
+    server,
+    session: v.u32(t, 1, 'EdgeSecond.session'),
+    seq: v.u32(t, 2, 'EdgeSecond.seq'),
+    second: requireSecond(v.u32(t, 3, 'EdgeSecond.second')),
+    part,
+    parts,
+    sentMs,
+    series,
+  };
+}
+
+function decodeNack(v: Verifier, t: TableRef): NackMessage {
+  const server = requireServerId(v.string(t, 0, serverIdBytesMax, 'Nack.server'), 'server id');
+  const missing = v.vector(t, 3, 2, nackPartsMax, 'Nack.missing_parts');
+  const unknown = v.vector(t, 4, 8, nackHashesMax, 'Nack.unknown_hashes');
+  const missingParts = new Uint16Array(v.bytes.buffer, v.bytes.byteOffset + missing.start, missing.length);
+  for (let i = 0; i < missingParts.length; i++) {
+    if (missingParts[i]! >= partsMax) throw new Reject('bad_value', `missing part ${missingParts[i]} ≥ ${partsMax}`);
+  }
+  return {
+    type: 'nack',
+    server,
+    session: v.u32(t, 1, 'Nack.session'),
+    second: requireSecond(v.u32(t, 2, 'Nack.second')),
+    missingParts,
+    unknownHashes: new Uint32Array(v.bytes.buffer, v.bytes.byteOffset + unknown.start, unknown.length * 2),
+  };
+}
+
+function decodeRackBatch(v: Verifier, t: TableRef): RackBatchMessage {
+  const rack = requireServerId(v.string(t, 0, rackIdBytesMax, 'RackBatch.rack'), 'rack id');
+  const list = v.vector(t, 4, 4, batchServersMax, 'RackBatch.servers');
+  const servers: ServerSeriesEntry[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const s = v.tableAt(list.start + 4 * i, 'ServerSeries');
+    const server = requireServerId(v.string(s, 0, serverIdBytesMax, 'ServerSeries.server'), 'server id');
+    const at = v.field(s, 1, 4, 'ServerSeries.series');
+    servers.push({ server, series: at === 0 ? emptyColumns() : decodeSeries(v, v.tableAt(at, 'SeriesBlock')) });
+  }
+  const rollupAt = v.field(t, 5, 4, 'RackBatch.rollup');
+  return {
+    type: 'rackBatch',
+    rack,
+    batchSeq: v.u53(t, 1, 'RackBatch.batch_seq'),
+    second: requireSecond(v.u32(t, 2, 'RackBatch.second')),
+    late: v.u8(t, 3, 'RackBatch.late') !== 0,
+    servers,
+    rollup: rollupAt === 0 ? emptyColumns() : decodeSeries(v, v.tableAt(rollupAt, 'SeriesBlock')),
+  };
+}
+
+function decodeSeries(v: Verifier, t: TableRef): SeriesColumns {
+  const buf = v.bytes.buffer;
+  const base = v.bytes.byteOffset;
+  const max = v.bytes.length; // no column can hold more elements than the message has bytes
+  const col = <T>(slot: number, elemBytes: number, make: (b: ArrayBuffer, o: number, n: number) => T, perElem = 1): T => {
+    const r = v.vector(t, slot, elemBytes, max, `SeriesBlock field ${slot}`);
+    return make(buf as ArrayBuffer, base + r.start, r.length * perElem);
+  };
+  const u32 = (b: ArrayBuffer, o: number, n: number) => new Uint32Array(b, o, n);
+  const u8 = (b: ArrayBuffer, o: number, n: number) => new Uint8Array(b, o, n);
+  const f64 = (b: ArrayBuffer, o: number, n: number) => new Float64Array(b, o, n);
+  const c: SeriesColumns = {
+    pointHashes: col(0, 8, u32, 2),
+    pointKinds: col(1, 1, u8),
+    pointValues: col(2, 8, f64),
+    distHashes: col(3, 8, u32, 2),
+    distKinds: col(4, 1, u8),
+    distCounts: col(5, 4, u32),
+    distSums: col(6, 8, f64),
+    distMins: col(7, 8, f64),
+    distMaxes: col(8, 8, f64),
+    sketchEnds: col(9, 4, u32),
+    sketchBytes: col(10, 1, u8),
+    nameHashes: col(11, 8, u32, 2),
+    nameEnds: col(12, 4, u32),
+    nameBytes: col(13, 1, u8),
+  };
+  checkPoints(c);
+  checkDists(c);
+  checkNames(c);
+  return c;
+}
+
+function checkPoints(c: SeriesColumns): void {
+  const n = c.pointKinds.length;
+  if (c.pointHashes.length !== 2 * n || c.pointValues.length !== n) {
+    throw new Reject('bad_columns', `point columns disagree: ${c.pointHashes.length / 2} hashes, ${n} kinds, ${c.pointValues.length} values`);
+  }
+  for (let i = 0; i < n; i++) {
+    if (c.pointKinds[i]! > KindCode.Counter) throw new Reject('bad_value', `point ${i} has kind ${c.pointKinds[i]}`);
+    if (!Number.isFinite(c.pointValues[i]!)) throw new Reject('bad_value', `point ${i} is not finite`);
+  }
+}
+
+function checkDists(c: SeriesColumns): void {
+  const m = c.distKinds.length;
+  if (
+    c.distHashes.length !== 2 * m ||
+    c.distCounts.length !== m ||
+    c.distSums.length !== m ||
+    c.distMins.length !== m ||
+    c.distMaxes.length !== m ||
+    c.sketchEnds.length !== m
+  ) {
+    throw new Reject('bad_columns', `distribution columns disagree in length (kinds: ${m})`);
+  }
+  let start = 0;
+  for (let i = 0; i < m; i++) {
+    const end = c.sketchEnds[i]!;
+    const count = c.distCounts[i]!;
+    const min = c.distMins[i]!;
+    const max = c.distMaxes[i]!;
+    if (c.distKinds[i]! > KindCode.Distribution) throw new Reject('bad_value', `summary ${i} has kind ${c.distKinds[i]}`);
+    if (count === 0 || !Number.isFinite(c.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max) {
+      throw new Reject('bad_value', `summary ${i} has count ${count}, min ${min}, max ${max}, sum ${c.distSums[i]}`);
+    }
+    if (end < start || end > c.sketchBytes.length) throw new Reject('bad_sketch', `summary ${i} sketch ends at ${end}, outside ${start}..${c.sketchBytes.length}`);
+    if (sketchCount(c.sketchBytes, start, end) !== count) throw new Reject('bad_sketch', `summary ${i} sketch is malformed or does not hold ${count} observations`);
+    start = end;
+  }
+  if (start !== c.sketchBytes.length) throw new Reject('bad_sketch', `${c.sketchBytes.length - start} sketch bytes belong to no summary`);
+}
+
+const hashScratch = new Uint32Array(2);
+
+function checkNames(c: SeriesColumns): void {
+  const n = c.nameEnds.length;
+  if (c.nameHashes.length !== 2 * n) throw new Reject('bad_columns', `${c.nameHashes.length / 2} name hashes for ${n} names`);
+  let start = 0;
+  for (let i = 0; i < n; i++) {
+    const end = c.nameEnds[i]!;
+    if (end < start || end > c.nameBytes.length || !isMetricNameBytes(c.nameBytes, start, end)) {
+      throw new Reject('bad_name', `name ${i} is not [A-Za-z0-9_.:-]{1,${metricNameBytesMax}}`);
+    }
+    hashName(latin1(c.nameBytes, start, end), hashScratch, 0);
+    if (hashScratch[0] !== c.nameHashes[2 * i] || hashScratch[1] !== c.nameHashes[2 * i + 1]) {
+      throw new Reject('bad_name', `name ${i} does not match its hash`);
+    }
+    start = end;
+  }
+  if (start !== c.nameBytes.length) throw new Reject('bad_name', `${c.nameBytes.length - start} name bytes belong to no name`);
+}
+
+/** Metric names are ASCII (checked before this is called). */
+export function latin1(bytes: Uint8Array, start: number, end: number): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start).toString('latin1');
+}
+
+/** Name j of a block's dictionary. */
+export function nameAt(c: SeriesColumns, j: number): string {
+  return latin1(c.nameBytes, j === 0 ? 0 : c.nameEnds[j - 1]!, c.nameEnds[j]!);
+}
