@@ -1,0 +1,306 @@
+// Per-second aggregation at the edge (DESIGN §3). Columnar: one slot per series in typed
+// arrays; a second's distribution observations sit in flat buffers until the second closes.
+// Nothing here touches a socket or a clock: the caller says which second an observation
+// belongs to and when a second closes.
+
+import { KindCode } from '../schema/codec.js';
+import { hashKey, hashName, isMetricName } from '../schema/names.js';
+
+export interface AggregatorOptions {
+  seriesMax: number;
+  observationsPerSecondMax: number;
+  counterIdleSeconds: number;
+  seriesEvictSeconds: number;
+}
+
+/** Why an observation was not aggregated; each is a counter (`apm.edge.dropped.<reason>`). */
+export type DropReason = 'series_limit' | 'observations_full' | 'kind_conflict' | 'hash_collision' | 'bad_name' | 'not_finite' | 'late';
+
+/** A closed second as columns; the arrays are scratch space valid until the next close. */
+export interface ClosedSecond {
+  second: number;
+  pointLen: number;
+  pointSlots: Int32Array;
+  pointKinds: Uint8Array;
+  pointValues: Float64Array;
+  distLen: number;
+  distSlots: Int32Array;
+  /** Distribution i's observations are values[distFrom[i] .. distTo[i]), sorted ascending, with weights. */
+  distFrom: Int32Array;
+  distTo: Int32Array;
+  values: Float64Array;
+  weights: Uint32Array;
+}
+
+const noSecond = -1;
+
+export class Aggregator {
+  readonly names: (string | null)[];
+  readonly kinds: Uint8Array;
+  /** (lo, hi) name hash per slot. */
+  readonly hashes: Uint32Array;
+  readonly createdSecond: Int32Array;
+  readonly lastSeenSecond: Int32Array;
+  private readonly slotByName = new Map<string, number>();
+  private readonly slotByHash = new Map<string, number>();
+  private readonly freeSlots: number[] = [];
+  private nextSlot = 0;
+
+  // Current second.
+  private second = noSecond;
+  private readonly touched: Int32Array;
+  private touchedLen = 0;
+  private readonly touchedIn: Int32Array; // second in which the slot was last touched
+  private readonly value: Float64Array; // gauge: last value; counter: sum
+  private readonly gaugeLast: Float64Array; // survives seconds, for relative gauges
+  private readonly obsCount: Int32Array;
+  private readonly weighted: Uint8Array;
+  private readonly obsSlot: Int32Array;
+  private readonly obsValue: Float64Array;
+  private readonly obsWeight: Uint32Array;
+  private obsLen = 0;
+
+  // Output scratch.
+  private readonly out: ClosedSecond;
+  private readonly order: Int32Array;
+
+  readonly drops: Record<DropReason, number> = {
+    series_limit: 0,
+    observations_full: 0,
+    kind_conflict: 0,
+    hash_collision: 0,
+    bad_name: 0,
+    not_finite: 0,
+    late: 0,
+  };
+  observations = 0;
+
+  constructor(private readonly opts: AggregatorOptions) {
+    const n = opts.seriesMax;
+    const m = opts.observationsPerSecondMax;
+    this.names = new Array<string | null>(n).fill(null);
+    this.kinds = new Uint8Array(n);
+    this.hashes = new Uint32Array(2 * n);
+    this.createdSecond = new Int32Array(n);
+    this.lastSeenSecond = new Int32Array(n);
+    this.touched = new Int32Array(n);
+    this.touchedIn = new Int32Array(n).fill(noSecond);
+    this.value = new Float64Array(n);
+    this.gaugeLast = new Float64Array(n);
+    this.obsCount = new Int32Array(n);
+    this.weighted = new Uint8Array(n);
+    this.obsSlot = new Int32Array(m);
+    this.obsValue = new Float64Array(m);
+    this.obsWeight = new Uint32Array(m);
+    this.order = new Int32Array(m);
+    this.out = {
+      second: noSecond,
+      pointLen: 0,
+      pointSlots: new Int32Array(n),
+      pointKinds: new Uint8Array(n),
+      pointValues: new Float64Array(n),
+      distLen: 0,
+      distSlots: new Int32Array(n),
+      distFrom: new Int32Array(n),
+      distTo: new Int32Array(n),
+      values: new Float64Array(m),
+      weights: new Uint32Array(m),
+    };
+  }
+
+  /** The second being aggregated, or −1 before the first observation. */
+  get openSecond(): number {
+    return this.second;
+  }
+
+  get seriesCount(): number {
+    return this.slotByName.size;
+  }
+
+  slotOf(name: string): number | undefined {
+    return this.slotByName.get(name);
+  }
+
+  slotOfHash(lo: number, hi: number): number | undefined {
+    return this.slotByHash.get(hashKey(lo, hi));
+  }
+
+  /**
+   * Records one observation of `second` (DESIGN §3). `weight` scales counters and repeats
+   * distribution values (1 / sample rate); `relative` applies a gauge as a delta. Returns the
+   * drop reason, or null when it was aggregated. The caller closes earlier seconds first.
+   */
+  observe(name: string, kind: KindCode, value: number, second: number, weight = 1, relative = false): DropReason | null {
+    if (this.second === noSecond) this.second = second;
+    if (second !== this.second) return this.drop('late');
+    if (!Number.isFinite(value)) return this.drop('not_finite');
+    const slot = this.slotFor(name, kind, second);
+    if (slot < 0) return this.lastDrop;
+    this.lastSeenSecond[slot] = second;
+    const fresh = this.touchedIn[slot] !== second;
+    if (fresh) {
+      this.touchedIn[slot] = second;
+      this.touched[this.touchedLen++] = slot;
+      this.value[slot] = 0;
+      this.obsCount[slot] = 0;
+      this.weighted[slot] = 0;
+    }
+    switch (kind) {
+      case KindCode.Gauge:
+        this.value[slot] = relative ? this.gaugeLast[slot]! + value : value;
+        this.gaugeLast[slot] = this.value[slot]!;
+        break;
+      case KindCode.Counter:
+        this.value[slot]! += value * weight;
+        break;
+      case KindCode.Distribution: {
+        if (this.obsLen >= this.obsValue.length) return this.drop('observations_full');
+        const w = Math.max(1, Math.round(weight));
+        this.obsSlot[this.obsLen] = slot;
+        this.obsValue[this.obsLen] = value;
+        this.obsWeight[this.obsLen++] = w;
+        this.obsCount[slot]! += 1;
+        if (w !== 1) this.weighted[slot] = 1;
+        break;
+      }
+    }
+    this.observations++;
+    return null;
+  }
+
+  private lastDrop: DropReason = 'late';
+
+  private drop(reason: DropReason): DropReason {
+    this.drops[reason]++;
+    this.lastDrop = reason;
+    return reason;
+  }
+
+  private slotFor(name: string, kind: KindCode, second: number): number {
+    const known = this.slotByName.get(name);
+    if (known !== undefined) {
+      if (this.kinds[known] !== kind) {
+        this.drop('kind_conflict');
+        return -1;
+      }
+      return known;
+    }
+    if (!isMetricName(name)) {
+      this.drop('bad_name');
+      return -1;
+    }
+    const slot = this.freeSlots.length > 0 ? this.freeSlots.pop()! : this.nextSlot < this.kinds.length ? this.nextSlot++ : -1;
+    if (slot < 0) {
+      this.drop('series_limit');
+      return -1;
+    }
+    hashName(name, this.hashes, 2 * slot);
+    const hk = hashKey(this.hashes[2 * slot]!, this.hashes[2 * slot + 1]!);
+    if (this.slotByHash.has(hk)) {
+      // Two names, one 64-bit hash: the rack could not tell them apart, so the newcomer is refused.
+      this.freeSlots.push(slot);
+      this.drop('hash_collision');
+      return -1;
+    }
+    this.slotByName.set(name, slot);
+    this.slotByHash.set(hk, slot);
+    this.names[slot] = name;
+    this.kinds[slot] = kind;
+    this.createdSecond[slot] = second;
+    this.gaugeLast[slot] = 0;
+    this.touchedIn[slot] = noSecond;
+    return slot;
+  }
+
+  /**
+   * Closes the open second and starts `next`: returns its summaries as columns (DESIGN §3),
+   * including a 0 for every counter seen in the last counterIdleSeconds but idle now.
+   */
+  close(next: number): ClosedSecond {
+    const out = this.out;
+    const second = this.second;
+    out.second = second;
+    out.pointLen = 0;
+    out.distLen = 0;
+    if (second !== noSecond) {
+      this.emitTouched(out);
+      this.emitIdleCounters(out, second);
+      this.sortObservations(out);
+      this.evict(second);
+    }
+    this.second = next;
+    this.touchedLen = 0;
+    this.obsLen = 0;
+    return out;
+  }
+
+  private emitTouched(out: ClosedSecond): void {
+    for (let i = 0; i < this.touchedLen; i++) {
+      const slot = this.touched[i]!;
+      const kind = this.kinds[slot]!;
+      if (kind === KindCode.Distribution) {
+        out.distSlots[out.distLen++] = slot;
+      } else {
+        out.pointSlots[out.pointLen] = slot;
+        out.pointKinds[out.pointLen] = kind;
+        out.pointValues[out.pointLen++] = this.value[slot]!;
+      }
+    }
+  }
+
+  private emitIdleCounters(out: ClosedSecond, second: number): void {
+    for (let slot = 0; slot < this.nextSlot; slot++) {
+      if (this.names[slot] === null || this.kinds[slot] !== KindCode.Counter || this.touchedIn[slot] === second) continue;
+      if (second - this.lastSeenSecond[slot]! > this.opts.counterIdleSeconds) continue;
+      out.pointSlots[out.pointLen] = slot;
+      out.pointKinds[out.pointLen] = KindCode.Counter;
+      out.pointValues[out.pointLen++] = 0;
+    }
+  }
+
+  /** Groups observations by series (counting sort), then sorts each series' values. */
+  private sortObservations(out: ClosedSecond): void {
+    let at = 0;
+    for (let i = 0; i < out.distLen; i++) {
+      const slot = out.distSlots[i]!;
+      out.distFrom[i] = at;
+      out.distTo[i] = at; // used as the fill cursor below
+      at += this.obsCount[slot]!;
+      this.obsCount[slot] = i; // slot → its dist index, until the next touch resets it
+    }
+    for (let j = 0; j < this.obsLen; j++) {
+      const d = this.obsCount[this.obsSlot[j]!]!;
+      const k = out.distTo[d]!++;
+      out.values[k] = this.obsValue[j]!;
+      out.weights[k] = this.obsWeight[j]!;
+    }
+    for (let i = 0; i < out.distLen; i++) {
+      const from = out.distFrom[i]!;
+      const to = out.distTo[i]!;
+      if (this.weighted[out.distSlots[i]!] === 0) out.values.subarray(from, to).sort();
+      else this.sortWeighted(out, from, to);
+    }
+  }
+
+  private sortWeighted(out: ClosedSecond, from: number, to: number): void {
+    const n = to - from;
+    const order = this.order.subarray(0, n);
+    for (let i = 0; i < n; i++) order[i] = from + i;
+    order.sort((a, b) => out.values[a]! - out.values[b]!);
+    const vals = Float64Array.from(order, (k) => out.values[k]!);
+    const ws = Uint32Array.from(order, (k) => out.weights[k]!);
+    out.values.set(vals, from);
+    out.weights.set(ws, from);
+  }
+
+  private evict(second: number): void {
+    for (let slot = 0; slot < this.nextSlot; slot++) {
+      const name = this.names[slot];
+      if (name == null || second - this.lastSeenSecond[slot]! <= this.opts.seriesEvictSeconds) continue;
+      this.slotByName.delete(name);
+      this.slotByHash.delete(hashKey(this.hashes[2 * slot]!, this.hashes[2 * slot + 1]!));
+      this.names[slot] = null;
+      this.freeSlots.push(slot);
+    }
+  }
+}

@@ -1,0 +1,277 @@
+// The edge daemon: wires the StatsD socket, the host collector, the aggregator, the
+// packetizer, the resend ring and the rack socket together. Sockets only enqueue; parsing,
+// aggregation and sending happen on a tick (STYLE "Run at your own pace").
+
+import dgram from 'node:dgram';
+import { randomInt } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
+import { KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
+import { udpPayloadBytesMax } from '../schema/limits.js';
+import { Aggregator } from './aggregator.js';
+import { HostCollector } from './host.js';
+import { checkLimits, type EdgeLimits } from './limits.js';
+import { Packetizer } from './packetizer.js';
+import { ResendRing } from './ring.js';
+import { StatsdParser } from './statsd.js';
+
+export interface EdgeOptions {
+  server: string;
+  rackHost: string;
+  rackPort: number;
+  statsdHost: string;
+  statsdPort: number;
+  hostCollector: boolean;
+  limits: EdgeLimits;
+  /** Wall clock in ms; tests may shift it. */
+  nowMs?: () => number;
+}
+
+/** Counters of the edge itself; they also travel as apm.edge.* metrics (issue 2). */
+export interface EdgeCounters {
+  statsd_datagrams: number;
+  statsd_queue_dropped: number;
+  datagrams_sent: number;
+  bytes_sent: number;
+  send_errors: number;
+  seconds_sent: number;
+  nacks_received: number;
+  nacks_rejected: number;
+  datagrams_resent: number;
+  resend_missed: number;
+  names_resent: number;
+  summaries_split: number;
+  host_errors: number;
+}
+
+export class Edge {
+  readonly aggregator: Aggregator;
+  readonly parser: StatsdParser;
+  readonly counters: EdgeCounters = {
+    statsd_datagrams: 0,
+    statsd_queue_dropped: 0,
+    datagrams_sent: 0,
+    bytes_sent: 0,
+    send_errors: 0,
+    seconds_sent: 0,
+    nacks_received: 0,
+    nacks_rejected: 0,
+    datagrams_resent: 0,
+    resend_missed: 0,
+    names_resent: 0,
+    summaries_split: 0,
+    host_errors: 0,
+  };
+  readonly session = randomInt(1, 0xffffffff);
+  private readonly packetizer: Packetizer;
+  private readonly ring: ResendRing;
+  private readonly host: HostCollector | null;
+  private readonly nowMs: () => number;
+  private statsd: dgram.Socket | null = null;
+  private rack: dgram.Socket | null = null;
+  private readonly queue: Buffer[] = [];
+  private readonly queueSeconds: number[] = [];
+  private queueBytes = 0;
+  private seq = 0;
+  private tickTimer: NodeJS.Timeout | null = null;
+  private hostTimer: NodeJS.Timeout | null = null;
+  private reported = new Map<string, number>();
+  private rackAddress = '';
+
+  constructor(private readonly opts: EdgeOptions) {
+    checkLimits(opts.limits);
+    const l = opts.limits;
+    this.nowMs = opts.nowMs ?? Date.now;
+    this.aggregator = new Aggregator({
+      seriesMax: l.seriesMax,
+      observationsPerSecondMax: l.observationsPerSecondMax,
+      counterIdleSeconds: l.counterIdleSeconds,
+      seriesEvictSeconds: l.seriesEvictSeconds,
+    });
+    this.parser = new StatsdParser(l.lineBytesMax);
+    this.packetizer = new Packetizer({ server: opts.server, session: this.session, datagramBytes: l.datagramBytes });
+    this.ring = new ResendRing(l.resendSeconds, l.resendBytesMax);
+    this.host = opts.hostCollector ? new HostCollector() : null;
+  }
+
+  /** Binds the StatsD socket and the rack socket; resolves with the StatsD port. */
+  async start(): Promise<number> {
+    const l = this.opts.limits;
+    const statsd = dgram.createSocket({ type: this.opts.statsdHost.includes(':') ? 'udp6' : 'udp4', recvBufferSize: l.recvBufferBytes });
+    statsd.on('message', (msg) => this.enqueue(msg));
+    statsd.on('error', (err) => console.error(`edge: StatsD socket error: ${err.message}`));
+    await new Promise<void>((resolve, reject) => {
+      statsd.once('error', reject);
+      statsd.bind(this.opts.statsdPort, this.opts.statsdHost, () => {
+        statsd.off('error', reject);
+        resolve();
+      });
+    });
+    this.statsd = statsd;
+    const resolved = await lookup(this.opts.rackHost);
+    this.rackAddress = resolved.address;
+    const rack = dgram.createSocket({ type: resolved.family === 6 ? 'udp6' : 'udp4', sendBufferSize: 4 * 1024 * 1024 });
+    rack.on('message', (msg, rinfo) => this.onRackMessage(msg, rinfo));
+    rack.on('error', () => this.counters.send_errors++);
+    await new Promise<void>((resolve) => rack.bind(0, resolve));
+    this.rack = rack;
+    this.tickTimer = setInterval(() => this.tick(), l.tickMs);
+    if (this.host !== null) this.scheduleHost();
+    return statsd.address().port;
+  }
+
+  /** The address NACKs come back to (the rack socket's local port). */
+  get rackSocketPort(): number {
+    return this.rack?.address().port ?? 0;
+  }
+
+  /** Flushes the open second and closes the sockets (SIGTERM path). */
+  async stop(): Promise<void> {
+    if (this.tickTimer !== null) clearInterval(this.tickTimer);
+    if (this.hostTimer !== null) clearTimeout(this.hostTimer);
+    this.drain();
+    if (this.aggregator.openSecond >= 0) this.closeSecond(this.aggregator.openSecond + 1);
+    await new Promise<void>((resolve) => (this.statsd ? this.statsd.close(() => resolve()) : resolve()));
+    // Give queued sends a moment to leave before the socket closes.
+    await new Promise((r) => setTimeout(r, 50));
+    await new Promise<void>((resolve) => (this.rack ? this.rack.close(() => resolve()) : resolve()));
+  }
+
+  private enqueue(msg: Buffer): void {
+    const l = this.opts.limits;
+    if (this.queue.length >= l.queueDatagramsMax || this.queueBytes + msg.length > l.queueBytesMax) {
+      this.counters.statsd_queue_dropped++;
+      return;
+    }
+    this.queue.push(msg);
+    this.queueSeconds.push(Math.floor(this.nowMs() / 1000));
+    this.queueBytes += msg.length;
+  }
+
+  /** Parses queued StatsD datagrams, closing seconds as their stamps move on. */
+  drain(): void {
+    const agg = this.aggregator;
+    for (let i = 0; i < this.queue.length; i++) {
+      const second = this.queueSeconds[i]!;
+      this.advanceTo(second);
+      this.counters.statsd_datagrams++;
+      this.parser.parse(this.queue[i]!, agg.openSecond, agg);
+    }
+    this.queue.length = 0;
+    this.queueSeconds.length = 0;
+    this.queueBytes = 0;
+  }
+
+  private advanceTo(second: number): void {
+    const open = this.aggregator.openSecond;
+    if (open < 0) this.aggregator.close(second);
+    else if (second > open) this.closeSecond(second);
+  }
+
+  private tick(): void {
+    this.drain();
+    const now = this.nowMs();
+    const open = this.aggregator.openSecond;
+    const current = Math.floor(now / 1000);
+    if (open < 0) this.aggregator.close(current);
+    else if (now >= (open + 1) * 1000 + this.opts.limits.closeDelayMs) this.closeSecond(Math.max(current, open + 1));
+  }
+
+  private scheduleHost(): void {
+    // Read /proc mid-second so the reading lands well inside the second it describes.
+    const now = this.nowMs();
+    const delay = 1000 - (now % 1000) + 500;
+    this.hostTimer = setTimeout(() => {
+      void this.collectHost().finally(() => this.scheduleHost());
+    }, delay % 1000 || 1000);
+    this.hostTimer.unref();
+  }
+
+  private async collectHost(): Promise<void> {
+    if (this.host === null) return;
+    const sample = await this.host.collect();
+    this.counters.host_errors = this.host.errors;
+    this.drain();
+    const second = Math.floor(this.nowMs() / 1000);
+    this.advanceTo(second);
+    for (const s of sample) this.aggregator.observe(s.name, s.kind, s.value, this.aggregator.openSecond);
+  }
+
+  /** Closes the open second, sends it, and opens `next`. */
+  private closeSecond(next: number): void {
+    const agg = this.aggregator;
+    const second = agg.openSecond;
+    this.reportSelf(second);
+    const closed = agg.close(next);
+    if (closed.pointLen + closed.distLen === 0) return;
+    const l = this.opts.limits;
+    const named = (slot: number) => second - agg.createdSecond[slot]! < l.newSeriesNamedSeconds || slot % l.nameRefreshSeconds === second % l.nameRefreshSeconds;
+    const frames = this.packetizer.pack(closed, agg, { second, sentMs: this.nowMs(), seq: this.seq }, named);
+    this.seq = (this.seq + frames.length) >>> 0;
+    this.counters.summaries_split = this.packetizer.splitSummaries;
+    this.ring.put(second, frames);
+    for (const f of frames) this.send(f);
+    this.counters.seconds_sent++;
+  }
+
+  private send(frame: Uint8Array): void {
+    if (this.rack === null) return;
+    this.counters.datagrams_sent++;
+    this.counters.bytes_sent += frame.length;
+    this.rack.send(frame, this.opts.rackPort, this.rackAddress, (err) => {
+      if (err) this.counters.send_errors++;
+    });
+  }
+
+  /** Feeds the edge's own counters into the second being closed, as apm.edge.* counters. */
+  private reportSelf(second: number): void {
+    const emit = (name: string, total: number) => {
+      const prev = this.reported.get(name) ?? 0;
+      this.reported.set(name, total);
+      if (total !== prev || prev !== 0) this.aggregator.observe(name, KindCode.Counter, total - prev, second);
+    };
+    emit('apm.edge.statsd.lines', this.parser.lines);
+    for (const [reason, n] of Object.entries(this.parser.malformed)) emit(`apm.edge.statsd.malformed.${reason}`, n);
+    for (const [reason, n] of Object.entries(this.aggregator.drops)) emit(`apm.edge.dropped.${reason}`, n);
+    for (const [name, n] of Object.entries(this.counters)) emit(`apm.edge.${name}`, n);
+    this.aggregator.observe('apm.edge.series', KindCode.Gauge, this.aggregator.seriesCount, second);
+    this.aggregator.observe('apm.edge.resend_ring_bytes', KindCode.Gauge, this.ring.heldBytes, second);
+  }
+
+  private onRackMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    // Only the rack we send to may ask for resends: anyone else could make us amplify traffic.
+    const fromRack = rinfo.port === this.opts.rackPort && rinfo.address === this.rackAddress;
+    const r = decodeFrame(msg, udpPayloadBytesMax);
+    if (!fromRack || !r.ok || r.msg.type !== 'nack') {
+      this.counters.nacks_rejected++;
+      return;
+    }
+    this.onNack(r.msg);
+  }
+
+  /** Answers a NACK from the resend ring, and sends the names it asked for. */
+  onNack(nack: NackMessage): void {
+    if (nack.server !== this.opts.server || nack.session !== this.session) {
+      this.counters.nacks_rejected++;
+      return;
+    }
+    this.counters.nacks_received++;
+    for (const part of nack.missingParts) {
+      const frame = this.ring.get(nack.second, part);
+      if (frame === undefined) {
+        this.counters.resend_missed++;
+        continue;
+      }
+      this.counters.datagrams_resent++;
+      this.send(frame);
+    }
+    if (nack.unknownHashes.length === 0) return;
+    const slots: number[] = [];
+    for (let i = 0; i < nack.unknownHashes.length; i += 2) {
+      const slot = this.aggregator.slotOfHash(nack.unknownHashes[i]!, nack.unknownHashes[i + 1]!);
+      if (slot !== undefined) slots.push(slot);
+    }
+    const frames = this.packetizer.namesOnly(this.aggregator, slots, { second: nack.second, sentMs: this.nowMs(), seq: this.seq });
+    this.counters.names_resent += slots.length;
+    for (const f of frames) this.send(f);
+  }
+}

@@ -1,0 +1,56 @@
+// Every bound of the edge daemon in one place (STYLE "Put a limit on everything"), each with
+// why it has its value. Options may lower or raise some; checkLimits() asserts how they relate.
+
+import { datagramBytesDefault, datagramBytesMin, udpPayloadBytesMax } from '../schema/limits.js';
+
+export const edgeLimits = {
+  /** Active series per edge (`--series-max`): 2,000 expected per server, 5× headroom. */
+  seriesMax: 10_000,
+  /** Distribution observations buffered per second: 10× the 20,000 lines/s target; 16 B each → 3.2 MB. */
+  observationsPerSecondMax: 200_000,
+  /** StatsD datagrams queued between the socket and the aggregator (drained every tick). */
+  queueDatagramsMax: 65_536,
+  /** Bytes queued between the socket and the aggregator: bounds memory under a burst. */
+  queueBytesMax: 16 * 1024 * 1024,
+  /** StatsD line length: DogStatsD clients stay far below; longer lines are garbage. */
+  lineBytesMax: 4096,
+  /** A counter seen in the last 5 minutes emits 0 for idle seconds (DESIGN §3). */
+  counterIdleSeconds: 300,
+  /** Series unseen this long are forgotten and their slot reused. */
+  seriesEvictSeconds: 600,
+  /** Seconds of sent datagrams kept to answer NACKs: the rack's lateness (2 s) plus retries. */
+  resendSeconds: 30,
+  /** Bytes of sent datagrams kept: 30 s × ~40 KB/s per server, with headroom. */
+  resendBytesMax: 8 * 1024 * 1024,
+  /** Names sent with every series for its first seconds, so a rack learns new series quickly. */
+  newSeriesNamedSeconds: 5,
+  /** Every series' name is re-sent once per this many seconds (a rack restart relearns all names). */
+  nameRefreshSeconds: 30,
+  /** Names queued for resending after a rack asked for them. */
+  nameRequestsMax: 10_000,
+  /** Default datagram size and its bounds (DESIGN §6 --datagram-bytes). */
+  datagramBytes: datagramBytesDefault,
+  datagramBytesMin,
+  datagramBytesMax: udpPayloadBytesMax,
+  /** How often the socket queue is drained and a finished second is closed. */
+  tickMs: 20,
+  /** A second closes this long after it ends, so datagrams read late in the tick are still in it. */
+  closeDelayMs: 30,
+  /** Socket buffers for StatsD bursts (DESIGN §2: the 212 KB default drops under load). */
+  recvBufferBytes: 8 * 1024 * 1024,
+} as const;
+
+export type EdgeLimits = { -readonly [K in keyof typeof edgeLimits]: number };
+
+/** Fails fast when options break a relation the code relies on. */
+export function checkLimits(l: EdgeLimits): void {
+  const fail = (msg: string) => {
+    throw new Error(`edge limits: ${msg}`);
+  };
+  if (l.datagramBytes < l.datagramBytesMin || l.datagramBytes > l.datagramBytesMax) {
+    fail(`--datagram-bytes ${l.datagramBytes} is outside ${l.datagramBytesMin}..${l.datagramBytesMax}`);
+  }
+  if (!Number.isInteger(l.seriesMax) || l.seriesMax < 1 || l.seriesMax > 1_000_000) fail(`--series-max ${l.seriesMax} is outside 1..1000000`);
+  if (l.resendBytesMax < l.datagramBytes) fail(`resend ring (${l.resendBytesMax} B) cannot hold one datagram (${l.datagramBytes} B)`);
+  if (l.counterIdleSeconds >= l.seriesEvictSeconds) fail('counters must be evicted only after their idle-zero period');
+}

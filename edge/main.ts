@@ -1,0 +1,58 @@
+// `apm edge`: options → Edge → signals. No logic beyond wiring (STYLE "Thin entry points").
+
+import { hostname } from 'node:os';
+import { isServerId } from '../schema/names.js';
+import { parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
+import { Edge } from './edge.js';
+import { edgeLimits, type EdgeLimits } from './limits.js';
+
+export const edgeHelp = `apm edge: the per-server daemon (StatsD in, per-second summaries out to the rack)
+
+Usage: apm edge --server <id> --rack <host:port> [options]
+
+  --server <id>            this server's id, [A-Za-z0-9._-]{1,64} (default: host name)
+  --rack <host:port>       the rack aggregator's UDP address (default 127.0.0.1:7070)
+  --statsd <host:port>     StatsD/DogStatsD UDP listener (default 127.0.0.1:8125)
+  --no-host                do not collect this host's /proc metrics
+  --datagram-bytes <n>     largest datagram sent to the rack, ${edgeLimits.datagramBytesMin}..${edgeLimits.datagramBytesMax} (default ${edgeLimits.datagramBytes})
+  --series-max <n>         active series kept; new ones beyond are dropped and counted (default ${edgeLimits.seriesMax})
+  --help                   this text
+
+Stops on SIGINT/SIGTERM after sending the second it holds.`;
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseOptions(
+    argv,
+    {
+      server: { type: 'string' },
+      rack: { type: 'string', default: '127.0.0.1:7070' },
+      statsd: { type: 'string', default: '127.0.0.1:8125' },
+      host: { type: 'boolean', default: true },
+      'datagram-bytes': { type: 'string' },
+      'series-max': { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    edgeHelp,
+  );
+  if (values.help) {
+    console.log(edgeHelp);
+    return;
+  }
+  const server = values.server ?? hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
+  if (!isServerId(server)) throw new UsageError(`--server ${JSON.stringify(server)} is not [A-Za-z0-9._-]{1,64}`);
+  const rack = parseHostPort(values.rack!, '--rack');
+  const statsd = parseHostPort(values.statsd!, '--statsd');
+  const limits: EdgeLimits = { ...edgeLimits };
+  limits.datagramBytes = parseIntOption(values['datagram-bytes'], '--datagram-bytes', edgeLimits.datagramBytes, edgeLimits.datagramBytesMin, edgeLimits.datagramBytesMax);
+  limits.seriesMax = parseIntOption(values['series-max'], '--series-max', edgeLimits.seriesMax, 1, 1_000_000);
+  const edge = new Edge({ server, rackHost: rack.host, rackPort: rack.port, statsdHost: statsd.host, statsdPort: statsd.port, hostCollector: values.host!, limits });
+  const port = await edge.start();
+  console.log(`apm edge ${server}: StatsD on ${statsd.host}:${port}, sending to rack ${rack.host}:${rack.port} (session ${edge.session})`);
+  const stop = async (signal: string) => {
+    console.log(`apm edge: ${signal}, flushing`);
+    await edge.stop();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+}

@@ -1,0 +1,40 @@
+// The last seconds of sent datagrams, kept to answer a rack's NACKs (DESIGN §1). Bounded by
+// seconds and bytes; the oldest second goes first.
+
+export class ResendRing {
+  private readonly seconds = new Map<number, Uint8Array[]>();
+  private bytes = 0;
+  evictedSeconds = 0;
+
+  constructor(
+    private readonly secondsMax: number,
+    private readonly bytesMax: number,
+  ) {}
+
+  put(second: number, frames: Uint8Array[]): void {
+    const old = this.seconds.get(second);
+    if (old !== undefined) this.remove(second, old);
+    let size = 0;
+    for (const f of frames) size += f.length;
+    this.seconds.set(second, frames);
+    this.bytes += size;
+    for (const [s, fs] of this.seconds) {
+      if (this.seconds.size <= this.secondsMax && this.bytes <= this.bytesMax) break;
+      this.remove(s, fs);
+      this.evictedSeconds++;
+    }
+  }
+
+  get(second: number, part: number): Uint8Array | undefined {
+    return this.seconds.get(second)?.[part];
+  }
+
+  get heldBytes(): number {
+    return this.bytes;
+  }
+
+  private remove(second: number, frames: Uint8Array[]): void {
+    for (const f of frames) this.bytes -= f.length;
+    this.seconds.delete(second);
+  }
+}

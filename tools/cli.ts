@@ -1,0 +1,41 @@
+// `apm <command>`: dispatches to each daemon's or tool's main (DESIGN §6).
+
+import { UsageError } from './args.js';
+
+interface Command {
+  summary: string;
+  run: (argv: string[]) => Promise<void>;
+}
+
+const commands: Record<string, Command> = {
+  edge: { summary: 'per-server daemon: StatsD in, per-second summaries out to the rack', run: async (a) => (await import('../edge/main.js')).main(a) },
+  bench: { summary: 'measure the tiers and print a report', run: async (a) => (await import('./bench.js')).main(a) },
+};
+
+const help = `apm: per-second metrics for a fleet of servers
+
+Usage: apm <command> [options]     (apm <command> --help for its options)
+
+${Object.entries(commands)
+  .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  .join('\n')}`;
+
+async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    console.log(help);
+    return;
+  }
+  const cmd = commands[name];
+  if (cmd === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}\n\n${help}`);
+  await cmd.run(rest);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    console.error(`apm: ${err.message}`);
+    process.exit(2);
+  }
+  console.error(err);
+  process.exit(1);
+});
