@@ -9,7 +9,7 @@ import { SortedSketchEncoder } from '../schema/sketch.js';
 import type { ClosedSecond } from './aggregator.js';
 
 /** Bytes of a frame before any column: root, identifier, tables, vtables, CRC (measured + margin). */
-export const frameFixedBytes = 232;
+export const frameFixedBytes = 160;
 const vectorBytes = 4 + 7; // length prefix + worst-case alignment padding
 const pointBytes = 8 + 1 + 8;
 const distBytes = 8 + 1 + 4 + 8 + 8 + 8 + 4;

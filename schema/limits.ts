@@ -3,8 +3,8 @@
 
 /** Largest UDP payload over IPv4; a datagram can never be larger. */
 export const udpPayloadBytesMax = 65_507;
-/** Smallest datagram budget an edge may be configured with: a header plus one series with its name. */
-export const datagramBytesMin = 512;
+/** Smallest datagram an edge may be configured with: headers, one distribution with its name, and a useful sketch. */
+export const datagramBytesMin = 1024;
 /** Default edge datagram size: 1500 MTU minus IPv4/UDP headers minus a margin for tunnels (DESIGN §6). */
 export const datagramBytesDefault = 1432;
 /** A rack batch over HTTP: 40 servers × 2,000 series × ~40 B, with room for distributions. */

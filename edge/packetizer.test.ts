@@ -1,0 +1,119 @@
+import { describe, expect, it } from 'vitest';
+import { KindCode } from '../schema/codec.js';
+import { decodeAll, mergeSecond } from '../test/merge-helper.js';
+import { Aggregator } from './aggregator.js';
+import { Packetizer } from './packetizer.js';
+
+const t0 = 1_790_000_000;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+}
+
+function fill(agg: Aggregator, gauges: number, dists: number, perDist: number, spread: number, seed = 1) {
+  const r = rng(seed);
+  const want = { points: new Map<string, number>(), dists: new Map<string, number[]>() };
+  for (let i = 0; i < gauges; i++) {
+    const v = Math.round(r() * 1e6) / 100;
+    agg.observe(`host.metric.${i}`, KindCode.Gauge, v, t0);
+    want.points.set(`host.metric.${i}`, v);
+  }
+  for (let d = 0; d < dists; d++) {
+    const vals: number[] = [];
+    for (let k = 0; k < perDist; k++) {
+      const v = Math.round(Math.exp(3 + 2 * (r() - 0.5) * spread) * 1000) / 1000;
+      agg.observe(`rpc.latency.${d}`, KindCode.Distribution, v, t0);
+      vals.push(v);
+    }
+    want.dists.set(`rpc.latency.${d}`, vals.sort((a, b) => a - b));
+  }
+  return want;
+}
+
+function packSecond(datagramBytes: number, gauges: number, dists: number, perDist: number, named = true, spread = 3) {
+  const agg = new Aggregator({ seriesMax: 10_000, observationsPerSecondMax: 200_000, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+  const want = fill(agg, gauges, dists, perDist, spread);
+  const pk = new Packetizer({ server: 'web-0001', session: 7, datagramBytes });
+  const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: t0 * 1000 + 5, seq: 100 }, () => named);
+  return { frames, want, pk };
+}
+
+describe('Packetizer', () => {
+  for (const size of [1432, 8192]) {
+    it(`splits 1,900 gauges + 100 distributions into parts ≤ ${size} B that merge back exactly`, () => {
+      const { frames, want } = packSecond(size, 1900, 100, 50);
+      for (const f of frames) expect(f.length).toBeLessThanOrEqual(size);
+      const msgs = decodeAll(frames);
+      expect(msgs.map((m) => m.part)).toEqual(frames.map((_, i) => i));
+      expect(new Set(msgs.map((m) => m.parts))).toEqual(new Set([frames.length]));
+      expect(msgs.map((m) => m.seq)).toEqual(frames.map((_, i) => 100 + i));
+      const got = mergeSecond(msgs);
+      expect(got.points.size).toBe(1900);
+      for (const [name, v] of want.points) expect(got.points.get(name)).toEqual({ kind: KindCode.Gauge, value: v });
+      for (const [name, vals] of want.dists) {
+        const d = got.dists.get(name)!;
+        expect([d.count, d.min, d.max]).toEqual([vals.length, vals[0], vals[vals.length - 1]]);
+        expect(d.sum).toBeCloseTo(vals.reduce((a, b) => a + b, 0), 9);
+        const p99 = vals[Math.floor(0.99 * (vals.length - 1))]!;
+        expect(Math.abs(d.sketch.quantile(0.99, d.min, d.max) - p99)).toBeLessThanOrEqual(p99 * 0.01);
+      }
+      // Parts are well filled: the size bound is not wildly pessimistic.
+      const full = frames.slice(0, -1);
+      const avg = full.reduce((a, f) => a + f.length, 0) / Math.max(1, full.length);
+      expect(avg).toBeGreaterThan(size * 0.85);
+    });
+  }
+
+  it('splits a distribution too wide for one datagram into summaries that merge exactly', () => {
+    const { frames, want, pk } = packSecond(1432, 0, 1, 20_000, true, 12); // values over ~10 decades
+    expect(pk.splitSummaries).toBeGreaterThan(0);
+    const got = mergeSecond(decodeAll(frames));
+    const d = got.dists.get('rpc.latency.0')!;
+    const vals = want.dists.get('rpc.latency.0')!;
+    expect(d.summaries).toBeGreaterThan(1);
+    expect([d.count, d.min, d.max]).toEqual([20_000, vals[0], vals[19_999]]);
+    for (const q of [0, 0.5, 0.9, 0.99, 1]) {
+      const exact = vals[Math.floor(q * 19_999)]!;
+      expect(Math.abs(d.sketch.quantile(q, d.min, d.max) - exact)).toBeLessThanOrEqual(exact * 0.01);
+    }
+  });
+
+  it('sends names only when asked to, and a names-only datagram answers a NACK', () => {
+    const unnamed = packSecond(1432, 50, 0, 0, false);
+    expect(decodeAll(unnamed.frames).every((m) => m.series.nameEnds.length === 0)).toBe(true);
+    const agg = new Aggregator({ seriesMax: 10, observationsPerSecondMax: 10, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+    agg.observe('a.b', KindCode.Gauge, 1, t0);
+    agg.observe('c.d', KindCode.Gauge, 1, t0);
+    const pk = new Packetizer({ server: 's1', session: 1, datagramBytes: 1024 });
+    const [only] = decodeAll(pk.namesOnly(agg, [1, 0], { second: t0, sentMs: 0, seq: 0 }));
+    expect(only!.parts).toBe(0);
+    expect([...mergeSecond([only!]).names.values()]).toEqual(['c.d', 'a.b']);
+  });
+});
+
+describe('Packetizer size bound', () => {
+  it('never builds a datagram over its size, whatever the mix of series, names and sizes', async () => {
+    const fc = (await import('fast-check')).default;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1024, max: 9000 }),
+        fc.integer({ min: 1, max: 64 }),
+        fc.array(fc.tuple(fc.integer({ min: 1, max: 128 }), fc.integer({ min: 0, max: 400 }), fc.double({ min: -1e9, max: 1e9, noNaN: true })), { maxLength: 300 }),
+        (size, serverLen, series) => {
+          const agg = new Aggregator({ seriesMax: 1000, observationsPerSecondMax: 200_000, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+          series.forEach(([nameLen, obs, v], i) => {
+            const name = `${i}.`.padEnd(nameLen + String(i).length + 1, 'n').slice(0, 128);
+            if (obs === 0) agg.observe(name, KindCode.Gauge, v, t0);
+            for (let k = 0; k < obs; k++) agg.observe(name, KindCode.Distribution, v * (k + 1) * (k % 2 ? -1 : 1), t0);
+          });
+          const pk = new Packetizer({ server: 's'.repeat(serverLen), session: 1, datagramBytes: size });
+          const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => true);
+          for (const f of frames) expect(f.length).toBeLessThanOrEqual(size);
+          expect(decodeAll(frames).length).toBe(frames.length);
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+});
