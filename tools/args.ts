@@ -34,3 +34,21 @@ export function parseIntOption(value: string | undefined, flag: string, fallback
   if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} ${JSON.stringify(value)} must be an integer in ${min}..${max}`);
   return n;
 }
+
+/** `500ms`, `2s`, `5m`, `1h`, `1d` → milliseconds, within [minMs, maxMs]. */
+export function parseDurationMs(value: string, flag: string, minMs: number, maxMs: number): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim());
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+  const ms = m === null ? NaN : Number(m[1]) * unit[m[2] as keyof typeof unit];
+  if (!(ms >= minMs && ms <= maxMs)) throw new UsageError(`${flag} ${JSON.stringify(value)} must be a duration like 2s or 500ms between ${minMs} ms and ${maxMs} ms`);
+  return ms;
+}
+
+/** `1024`, `64KiB`, `512MiB`, `2GiB` (also KB/MB/GB as powers of 1024) → bytes, within [min, max]. */
+export function parseBytes(value: string, flag: string, min: number, max: number): number {
+  const m = /^(\d+)\s*(|B|KiB|KB|MiB|MB|GiB|GB)$/i.exec(value.trim());
+  const mult: Record<string, number> = { '': 1, b: 1, kib: 1024, kb: 1024, mib: 1024 ** 2, mb: 1024 ** 2, gib: 1024 ** 3, gb: 1024 ** 3 };
+  const n = m === null ? NaN : Number(m[1]) * mult[m[2]!.toLowerCase()]!;
+  if (!(n >= min && n <= max)) throw new UsageError(`${flag} ${JSON.stringify(value)} must be a size like 512MiB between ${min} and ${max} bytes`);
+  return n;
+}

@@ -1,0 +1,141 @@
+// Sends spooled batches to the core (POST /api/v1/ingest) with undici: keep-alive, bounded
+// concurrency, retry with exponential backoff. A batch leaves the spool only on a 2xx; a 4xx
+// other than 408/429 means the core refuses it for good (counted, logged, removed).
+
+import { Pool } from 'undici';
+import { Histogram } from '../schema/prom.js';
+import type { Spool } from './spool.js';
+
+export interface ForwarderOptions {
+  coreUrl: string;
+  token: string | null;
+  concurrency: number;
+  requestTimeoutMs: number;
+  backoffMinMs: number;
+  backoffMaxMs: number;
+}
+
+export class Forwarder {
+  private readonly pool: Pool;
+  private readonly inFlight = new Set<number>();
+  private readonly secondOf = new Map<number, number>();
+  private backoffMs = 0;
+  private retryAt = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  /** Set while the last attempt failed; cleared by the next 2xx. */
+  coreDown = false;
+  readonly counters = { batches_acked: 0, bytes_acked: 0, batches_failed: 0, batches_rejected: 0, batches_replayed: 0 };
+  /** Seconds from a second's end to the core's acknowledgement of its batch. */
+  readonly ackLatency = new Histogram([0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 30, 60, 120, 300]);
+
+  constructor(
+    private readonly spool: Spool,
+    private readonly opts: ForwarderOptions,
+  ) {
+    const url = new URL(opts.coreUrl);
+    this.pool = new Pool(url.origin, {
+      connections: opts.concurrency,
+      pipelining: 1,
+      keepAliveTimeout: 30_000,
+      headersTimeout: opts.requestTimeoutMs,
+      bodyTimeout: opts.requestTimeoutMs,
+    });
+    // Whatever a previous process left in the spool is replayed first, in order.
+    this.counters.batches_replayed = spool.heldBatches;
+  }
+
+  /** Notes the second a batch describes (for the latency histogram) and starts sending. */
+  enqueued(seq: number, second: number): void {
+    this.secondOf.set(seq, second);
+    this.pump();
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  pump(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    if (now < this.retryAt) {
+      this.schedule(this.retryAt - now);
+      return;
+    }
+    // While the core is down, probe with one batch at a time, oldest first.
+    const room = (this.coreDown ? 1 : this.opts.concurrency) - this.inFlight.size;
+    if (room <= 0) return;
+    for (const entry of this.spool.oldest(room, this.inFlight)) {
+      this.inFlight.add(entry.seq);
+      void this.send(entry.seq, entry.bytes);
+    }
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.timer !== null) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.pump();
+    }, delayMs);
+    this.timer.unref();
+  }
+
+  private async send(seq: number, bytes: Uint8Array): Promise<void> {
+    let status = 0;
+    let detail = '';
+    try {
+      const res = await this.pool.request({
+        path: new URL('/api/v1/ingest', this.opts.coreUrl).pathname,
+        method: 'POST',
+        headers: {
+          'content-type': 'application/x-apm-batch',
+          ...(this.opts.token === null ? {} : { authorization: `Bearer ${this.opts.token}` }),
+        },
+        body: bytes,
+      });
+      status = res.statusCode;
+      detail = status >= 300 ? (await res.body.text()).slice(0, 300) : '';
+      if (status < 300) await res.body.dump();
+    } catch (err) {
+      detail = (err as Error).message;
+    }
+    this.inFlight.delete(seq);
+    if (status >= 200 && status < 300) return this.acked(seq, bytes.length);
+    if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+      this.counters.batches_rejected++;
+      console.error(`rack: core refused batch ${seq} with ${status}: ${detail}; dropped (fix the cause: this will not succeed on retry)`);
+      this.secondOf.delete(seq);
+      await this.spool.remove(seq);
+      return this.pump();
+    }
+    this.counters.batches_failed++;
+    if (!this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} unavailable (${status || detail}); spooling and retrying with backoff`);
+    this.coreDown = true;
+    this.backoffMs = Math.min(this.opts.backoffMaxMs, Math.max(this.opts.backoffMinMs, this.backoffMs * 2));
+    this.retryAt = Date.now() + this.backoffMs * (0.75 + Math.random() * 0.5);
+    this.pump();
+  }
+
+  private async acked(seq: number, bytes: number): Promise<void> {
+    await this.spool.remove(seq);
+    this.counters.batches_acked++;
+    this.counters.bytes_acked += bytes;
+    const second = this.secondOf.get(seq);
+    if (second !== undefined) this.ackLatency.observe(Date.now() / 1000 - (second + 1));
+    this.secondOf.delete(seq);
+    if (this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} is back; draining ${this.spool.heldBatches} spooled batches`);
+    this.coreDown = false;
+    this.backoffMs = 0;
+    this.retryAt = 0;
+    this.pump();
+  }
+
+  /** Waits (bounded) for in-flight sends, then closes connections. */
+  async stop(waitMs: number): Promise<void> {
+    const deadline = Date.now() + waitMs;
+    while (this.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    await this.pool.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,107 @@
+// `apm rack`: options → Rack → signals (STYLE "Thin entry points").
+
+import { readFileSync } from 'node:fs';
+import { isServerId } from '../schema/names.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
+import { rackLimits, type RackLimits } from './limits.js';
+import { Rack } from './rack.js';
+
+export const rackHelp = `apm rack: the rack aggregator (edges' datagrams in, one batch per second out to the core)
+
+Usage: apm rack --rack <id> --listen <host:port> --core <url> [options]
+
+  --rack <id>              this rack's id, [A-Za-z0-9._-]{1,64} (required)
+  --listen <host:port>     UDP address edges send to (default 0.0.0.0:7070)
+  --core <url>             the core's base URL (default http://127.0.0.1:8080)
+  --spool <dir>            on-disk spool for batches not yet acknowledged (default ./data/rack-<id>)
+  --spool-bytes <size>     spool bound; the oldest batch is dropped (and counted) beyond it (default 1GiB)
+  --http <host:port>       /metrics and /healthz (default 127.0.0.1:7071)
+  --lateness <duration>    a second closes this long after it ends (default 2s)
+  --token-file <file>      bearer token for the core's ingest API (role ingest)
+  --servers-max <n>        edges accepted; more are refused and counted (default ${rackLimits.serversMax})
+  --servers-file <file>    allow-list: one server id per line; other servers are refused (unknown_server)
+  --help                   this text
+
+Stops on SIGINT/SIGTERM after closing and spooling the seconds it holds.`;
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseOptions(
+    argv,
+    {
+      rack: { type: 'string' },
+      listen: { type: 'string', default: '0.0.0.0:7070' },
+      core: { type: 'string', default: 'http://127.0.0.1:8080' },
+      spool: { type: 'string' },
+      'spool-bytes': { type: 'string', default: '1GiB' },
+      http: { type: 'string', default: '127.0.0.1:7071' },
+      lateness: { type: 'string', default: '2s' },
+      'token-file': { type: 'string' },
+      'servers-max': { type: 'string' },
+      'servers-file': { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    rackHelp,
+  );
+  if (values.help) {
+    console.log(rackHelp);
+    return;
+  }
+  if (values.rack === undefined || !isServerId(values.rack)) throw new UsageError(`--rack ${JSON.stringify(values.rack ?? '')} must be an id like r01 ([A-Za-z0-9._-]{1,64})\n\n${rackHelp}`);
+  const listen = parseHostPort(values.listen!, '--listen', '0.0.0.0');
+  const http = parseHostPort(values.http!, '--http');
+  let coreUrl: URL;
+  try {
+    coreUrl = new URL(values.core!);
+  } catch {
+    throw new UsageError(`--core ${JSON.stringify(values.core)} is not a URL like http://127.0.0.1:8080`);
+  }
+  const limits: RackLimits = { ...rackLimits };
+  limits.spoolBytes = parseBytes(values['spool-bytes']!, '--spool-bytes', 1024 * 1024, 2 ** 40);
+  limits.serversMax = parseIntOption(values['servers-max'], '--servers-max', rackLimits.serversMax, 1, 100_000);
+  const token = values['token-file'] === undefined ? null : readSecret(values['token-file']);
+  const allowList = values['servers-file'] === undefined ? null : readAllowList(values['servers-file']);
+  const rack = new Rack({
+    rack: values.rack,
+    listenHost: listen.host,
+    listenPort: listen.port,
+    coreUrl: coreUrl.toString(),
+    spoolDir: values.spool ?? `./data/rack-${values.rack}`,
+    httpHost: http.host,
+    httpPort: http.port,
+    latenessMs: parseDurationMs(values.lateness!, '--lateness', 0, 60_000),
+    token,
+    allowList,
+    limits,
+  });
+  const ports = await rack.start();
+  console.log(
+    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches`,
+  );
+  const stop = async (signal: string) => {
+    console.log(`apm rack: ${signal}, closing open seconds and spooling`);
+    await rack.stop();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+}
+
+function readSecret(file: string): string {
+  try {
+    const token = readFileSync(file, 'utf8').trim();
+    if (token.length === 0) throw new Error('the file is empty');
+    return token;
+  } catch (err) {
+    throw new UsageError(`--token-file ${file}: ${(err as Error).message}; create it with 'apm token create --role ingest'`);
+  }
+}
+
+function readAllowList(file: string): Set<string> {
+  const ids = readFileSync(file, 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0 && !l.startsWith('#'));
+  const bad = ids.find((id) => !isServerId(id));
+  if (bad !== undefined) throw new UsageError(`--servers-file ${file}: ${JSON.stringify(bad)} is not a server id`);
+  return new Set(ids);
+}

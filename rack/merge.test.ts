@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import { KindCode, type EdgeSecondMessage, type SeriesColumns } from '../schema/codec.js';
+import { SketchAccumulator, SortedSketchEncoder } from '../schema/sketch.js';
+import { buildColumns } from '../schema/testdata.js';
+import { hashName } from '../schema/names.js';
+import { RackMerger, concatParts } from './merge.js';
+
+const t0 = 1_790_000_000;
+
+function msg(series: SeriesColumns, part = 0, parts = 1): EdgeSecondMessage {
+  return { type: 'edgeSecond', server: 's', session: 1, seq: part, second: t0, part, parts, sentMs: 0, series };
+}
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+}
+
+function encodeValues(values: number[]): number[] {
+  const sorted = Float64Array.from(values).sort();
+  const enc = new SortedSketchEncoder();
+  const out = new Uint8Array(enc.bin(sorted, null, 0, sorted.length));
+  enc.encode(out, 0);
+  return Array.from(out);
+}
+
+function rollupOf(c: SeriesColumns, name: string) {
+  const h = new Uint32Array(2);
+  hashName(name, h, 0);
+  for (let i = 0; i < c.distKinds.length; i++) {
+    if (c.distHashes[2 * i] !== h[0] || c.distHashes[2 * i + 1] !== h[1]) continue;
+    const start = i === 0 ? 0 : c.sketchEnds[i - 1]!;
+    return { kind: c.distKinds[i], count: c.distCounts[i], sum: c.distSums[i], min: c.distMins[i], max: c.distMaxes[i], sketch: Array.from(c.sketchBytes.subarray(start, c.sketchEnds[i])) };
+  }
+  return undefined;
+}
+
+describe('RackMerger rollups', () => {
+  it('per metric across servers: exact count/sum/min/max, and the sketch of the union', () => {
+    const r = rng(5);
+    const servers = 40;
+    const gauge: number[] = [];
+    const lat: number[] = [];
+    const input = Array.from({ length: servers }, (_, s) => {
+      const g = Math.round(r() * 1000) - 300;
+      gauge.push(g);
+      const vals = Array.from({ length: 1 + (s % 7) }, () => Math.round(Math.exp(r() * 6) * 100) / 100);
+      lat.push(...vals);
+      const points = [{ name: 'cpu', kind: KindCode.Gauge as const, value: g }];
+      if (s % 3 === 0) points.push({ name: 'only.some', kind: KindCode.Counter as const, value: s });
+      return { server: `web-${s}`, parts: [msg(buildColumns(points, [{ name: 'lat', values: vals }]))] };
+    });
+    const merged = new RackMerger(1000).merge(input);
+    expect(merged.servers.map((s) => s.server)).toEqual(input.map((s) => s.server));
+    expect(merged.summaries).toBe(40 * 2 + 14);
+    const cpu = rollupOf(merged.rollup, 'cpu')!;
+    expect(cpu).toEqual({ kind: KindCode.Gauge, count: 40, sum: gauge.reduce((a, b) => a + b, 0), min: Math.min(...gauge), max: Math.max(...gauge), sketch: encodeValues(gauge) });
+    const l = rollupOf(merged.rollup, 'lat')!;
+    expect([l.kind, l.count, l.min, l.max]).toEqual([KindCode.Distribution, lat.length, Math.min(...lat), Math.max(...lat)]);
+    expect(l.sum).toBeCloseTo(lat.reduce((a, b) => a + b, 0), 9);
+    expect(l.sketch).toEqual(encodeValues(lat));
+    expect(rollupOf(merged.rollup, 'only.some')!.count).toBe(14);
+  });
+
+  it('merges a distribution split across parts back into one summary', () => {
+    const a = buildColumns([{ name: 'g', kind: KindCode.Gauge, value: 1 }], [{ name: 'd', values: [1, 2, 3] }]);
+    const b = buildColumns([], [{ name: 'd', values: [-4, 50] }]);
+    const c = concatParts([msg(a, 0, 2), msg(b, 1, 2)]);
+    expect(Array.from(c.distCounts)).toEqual([5]);
+    expect([c.distSums[0], c.distMins[0], c.distMaxes[0]]).toEqual([52, -4, 50]);
+    expect(Array.from(c.sketchBytes)).toEqual(encodeValues([1, 2, 3, -4, 50]));
+    const acc = new SketchAccumulator();
+    expect(acc.addEncoded(c.sketchBytes, 0, c.sketchEnds[0]!)).toBe(5);
+    expect(Array.from(c.pointValues)).toEqual([1]);
+  });
+
+  it('counts metrics beyond its bound instead of failing', () => {
+    const merger = new RackMerger(2);
+    const cols = buildColumns(
+      ['a', 'b', 'c'].map((name) => ({ name, kind: KindCode.Gauge as const, value: 1 })),
+      [],
+    );
+    const m = merger.merge([{ server: 's', parts: [msg(cols)] }]);
+    expect(m.rollup.distKinds.length).toBe(2);
+    expect(merger.rollupOverflow).toBe(1);
+    expect(m.servers[0]!.series.pointKinds.length).toBe(3);
+  });
+});

@@ -1,0 +1,298 @@
+// One closed second of a rack → the contents of one RackBatch (issue 3): every server's
+// summaries (its parts concatenated, split distributions merged back) and, per metric, the
+// rollup across the rack's servers (count, sum, min, max, merged sketch). Columnar: typed
+// arrays per server and per second, nothing per point.
+
+import { KindCode, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerSeriesEntry } from '../schema/codec.js';
+import { HashIndex } from '../schema/hashtable.js';
+import { hashKey } from '../schema/names.js';
+import { SketchAccumulator, SortedSketchEncoder } from '../schema/sketch.js';
+
+export interface ServerParts {
+  server: string;
+  parts: EdgeSecondMessage[];
+}
+
+export interface MergedSecond {
+  servers: ServerSeriesEntry[];
+  rollup: SeriesColumns;
+  /** Summaries (points + distributions) across all servers. */
+  summaries: number;
+}
+
+export class RackMerger {
+  private readonly index: HashIndex;
+  private readonly mHashes: Uint32Array;
+  private readonly mKind: Uint8Array;
+  private readonly mCount: Float64Array;
+  private readonly mSum: Float64Array;
+  private readonly mMin: Float64Array;
+  private readonly mMax: Float64Array;
+  private readonly mValues: Int32Array; // point values per metric (for the counting sort)
+  private readonly mSketches: Int32Array; // sketch ranges per metric
+  private readonly acc = new SketchAccumulator();
+  private readonly sorted = new SortedSketchEncoder();
+  private sketchScratch = new Uint8Array(1 << 20);
+  /** Metrics beyond metricsMax in one second: left out of the rollup (server rows still carry them). */
+  rollupOverflow = 0;
+
+  constructor(readonly metricsMax: number) {
+    this.index = new HashIndex(metricsMax);
+    this.mHashes = new Uint32Array(2 * metricsMax);
+    this.mKind = new Uint8Array(metricsMax);
+    this.mCount = new Float64Array(metricsMax);
+    this.mSum = new Float64Array(metricsMax);
+    this.mMin = new Float64Array(metricsMax);
+    this.mMax = new Float64Array(metricsMax);
+    this.mValues = new Int32Array(metricsMax);
+    this.mSketches = new Int32Array(metricsMax);
+  }
+
+  merge(input: ServerParts[]): MergedSecond {
+    const servers = input.map((s) => ({ server: s.server, series: concatParts(s.parts) }));
+    let summaries = 0;
+    for (const s of servers) summaries += s.series.pointKinds.length + s.series.distKinds.length;
+    return { servers, rollup: this.rollup(servers.map((s) => s.series)), summaries };
+  }
+
+  private metric(lo: number, hi: number, kind: number): number {
+    const before = this.index.size;
+    const m = this.index.insert(lo, hi);
+    if (m < 0) {
+      this.rollupOverflow++;
+      return -1;
+    }
+    if (m === before) {
+      this.mHashes[2 * m] = lo;
+      this.mHashes[2 * m + 1] = hi;
+      this.mKind[m] = kind;
+      this.mCount[m] = 0;
+      this.mSum[m] = 0;
+      this.mMin[m] = Infinity;
+      this.mMax[m] = -Infinity;
+      this.mValues[m] = 0;
+      this.mSketches[m] = 0;
+    }
+    return m;
+  }
+
+  /** Per metric across servers: stats in one pass, then values and sketches grouped by a counting sort. */
+  private rollup(rows: SeriesColumns[]): SeriesColumns {
+    this.index.clear();
+    let values = 0;
+    let sketches = 0;
+    for (const c of rows) {
+      for (let i = 0; i < c.pointKinds.length; i++) {
+        const m = this.metric(c.pointHashes[2 * i]!, c.pointHashes[2 * i + 1]!, c.pointKinds[i]!);
+        if (m < 0) continue;
+        const v = c.pointValues[i]!;
+        this.mCount[m]! += 1;
+        this.mSum[m]! += v;
+        if (v < this.mMin[m]!) this.mMin[m] = v;
+        if (v > this.mMax[m]!) this.mMax[m] = v;
+        this.mValues[m]! += 1;
+        values++;
+      }
+      for (let i = 0; i < c.distKinds.length; i++) {
+        const m = this.metric(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!, c.distKinds[i]!);
+        if (m < 0) continue;
+        this.mCount[m]! += c.distCounts[i]!;
+        this.mSum[m]! += c.distSums[i]!;
+        if (c.distMins[i]! < this.mMin[m]!) this.mMin[m] = c.distMins[i]!;
+        if (c.distMaxes[i]! > this.mMax[m]!) this.mMax[m] = c.distMaxes[i]!;
+        this.mSketches[m]! += 1;
+        sketches++;
+      }
+    }
+    const n = this.index.size;
+    // Counting sort: metric m's values are vals[vStart[m] ..], its sketch ranges sk*[sStart[m] ..].
+    const vStart = new Int32Array(n + 1);
+    const sStart = new Int32Array(n + 1);
+    for (let m = 0; m < n; m++) {
+      vStart[m + 1] = vStart[m]! + this.mValues[m]!;
+      sStart[m + 1] = sStart[m]! + this.mSketches[m]!;
+    }
+    const vals = new Float64Array(values);
+    const skRow = new Int32Array(sketches);
+    const skStart = new Uint32Array(sketches);
+    const skEnd = new Uint32Array(sketches);
+    const vFill = vStart.slice(0, n);
+    const sFill = sStart.slice(0, n);
+    rows.forEach((c, r) => {
+      for (let i = 0; i < c.pointKinds.length; i++) {
+        const m = this.index.get(c.pointHashes[2 * i]!, c.pointHashes[2 * i + 1]!);
+        if (m >= 0) vals[vFill[m]!++] = c.pointValues[i]!;
+      }
+      for (let i = 0; i < c.distKinds.length; i++) {
+        const m = this.index.get(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!);
+        if (m < 0) continue;
+        const k = sFill[m]!++;
+        skRow[k] = r;
+        skStart[k] = i === 0 ? 0 : c.sketchEnds[i - 1]!;
+        skEnd[k] = c.sketchEnds[i]!;
+      }
+    });
+    const sketchEnds = new Uint32Array(n);
+    let at = 0;
+    for (let m = 0; m < n; m++) {
+      const v0 = vStart[m]!;
+      const v1 = vStart[m + 1]!;
+      let size: number;
+      if (sStart[m] === sStart[m + 1]) {
+        vals.subarray(v0, v1).sort();
+        size = this.sorted.bin(vals, null, v0, v1);
+        this.ensureScratch(at + size);
+        at = this.sorted.encode(this.sketchScratch, at);
+      } else {
+        for (let k = v0; k < v1; k++) this.acc.addValue(vals[k]!);
+        for (let k = sStart[m]!; k < sStart[m + 1]!; k++) {
+          const c = rows[skRow[k]!]!;
+          this.acc.addEncoded(c.sketchBytes, skStart[k]!, skEnd[k]!);
+        }
+        size = this.acc.encodedBytes();
+        this.ensureScratch(at + size);
+        at = this.acc.encodeInto(this.sketchScratch, at);
+        this.acc.reset();
+      }
+      sketchEnds[m] = at;
+    }
+    return {
+      ...emptyColumns(),
+      distHashes: this.mHashes.slice(0, 2 * n),
+      distKinds: this.mKind.slice(0, n),
+      distCounts: Uint32Array.from(this.mCount.subarray(0, n)),
+      distSums: this.mSum.slice(0, n),
+      distMins: this.mMin.slice(0, n),
+      distMaxes: this.mMax.slice(0, n),
+      sketchEnds,
+      sketchBytes: this.sketchScratch.slice(0, at),
+    };
+  }
+
+  private ensureScratch(bytes: number): void {
+    if (bytes <= this.sketchScratch.length) return;
+    const next = new Uint8Array(Math.max(bytes, this.sketchScratch.length * 2));
+    next.set(this.sketchScratch);
+    this.sketchScratch = next;
+  }
+}
+
+/** One server's parts as one block; distributions split across parts (or within one) merged back. */
+export function concatParts(parts: EdgeSecondMessage[]): SeriesColumns {
+  if (parts.length === 1 && !hasDuplicateDists(parts[0]!.series)) return withoutNames(parts[0]!.series);
+  let points = 0;
+  let dists = 0;
+  let sketchBytes = 0;
+  for (const p of parts) {
+    points += p.series.pointKinds.length;
+    dists += p.series.distKinds.length;
+    sketchBytes += p.series.sketchBytes.length;
+  }
+  const out: SeriesColumns = {
+    ...emptyColumns(),
+    pointHashes: new Uint32Array(2 * points),
+    pointKinds: new Uint8Array(points),
+    pointValues: new Float64Array(points),
+    distHashes: new Uint32Array(2 * dists),
+    distKinds: new Uint8Array(dists),
+    distCounts: new Uint32Array(dists),
+    distSums: new Float64Array(dists),
+    distMins: new Float64Array(dists),
+    distMaxes: new Float64Array(dists),
+    sketchEnds: new Uint32Array(dists),
+    sketchBytes: new Uint8Array(sketchBytes),
+  };
+  let pAt = 0;
+  let dAt = 0;
+  let sAt = 0;
+  for (const { series: c } of parts) {
+    out.pointHashes.set(c.pointHashes, 2 * pAt);
+    out.pointKinds.set(c.pointKinds, pAt);
+    out.pointValues.set(c.pointValues, pAt);
+    pAt += c.pointKinds.length;
+    out.distHashes.set(c.distHashes, 2 * dAt);
+    out.distKinds.set(c.distKinds, dAt);
+    out.distCounts.set(c.distCounts, dAt);
+    out.distSums.set(c.distSums, dAt);
+    out.distMins.set(c.distMins, dAt);
+    out.distMaxes.set(c.distMaxes, dAt);
+    for (let i = 0; i < c.sketchEnds.length; i++) out.sketchEnds[dAt + i] = sAt + c.sketchEnds[i]!;
+    out.sketchBytes.set(c.sketchBytes, sAt);
+    dAt += c.distKinds.length;
+    sAt += c.sketchBytes.length;
+  }
+  return hasDuplicateDists(out) ? mergeDuplicateDists(out) : out;
+}
+
+function withoutNames(c: SeriesColumns): SeriesColumns {
+  return { ...c, nameHashes: new Uint32Array(0), nameEnds: new Uint32Array(0), nameBytes: new Uint8Array(0) };
+}
+
+function hasDuplicateDists(c: SeriesColumns): boolean {
+  const n = c.distKinds.length;
+  if (n < 2) return false;
+  const seen = new HashIndex(n);
+  for (let i = 0; i < n; i++) {
+    const before = seen.size;
+    if (seen.insert(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!) < before) return true;
+  }
+  return false;
+}
+
+/** Rare path (a sketch too large for one datagram was split): merge entries of one hash. */
+function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
+  const groups = new Map<string, number[]>();
+  for (let i = 0; i < c.distKinds.length; i++) {
+    const k = hashKey(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!);
+    const g = groups.get(k);
+    if (g === undefined) groups.set(k, [i]);
+    else g.push(i);
+  }
+  const n = groups.size;
+  const acc = new SketchAccumulator();
+  const sketches: Uint8Array[] = [];
+  const out = {
+    distHashes: new Uint32Array(2 * n),
+    distKinds: new Uint8Array(n),
+    distCounts: new Uint32Array(n),
+    distSums: new Float64Array(n),
+    distMins: new Float64Array(n),
+    distMaxes: new Float64Array(n),
+    sketchEnds: new Uint32Array(n),
+  };
+  let j = 0;
+  let end = 0;
+  for (const idx of groups.values()) {
+    const first = idx[0]!;
+    out.distHashes[2 * j] = c.distHashes[2 * first]!;
+    out.distHashes[2 * j + 1] = c.distHashes[2 * first + 1]!;
+    out.distKinds[j] = c.distKinds[first] ?? KindCode.Distribution;
+    let count = 0;
+    let sum = 0;
+    let min = Infinity;
+    let max = -Infinity;
+    for (const i of idx) {
+      count += c.distCounts[i]!;
+      sum += c.distSums[i]!;
+      min = Math.min(min, c.distMins[i]!);
+      max = Math.max(max, c.distMaxes[i]!);
+      acc.addEncoded(c.sketchBytes, i === 0 ? 0 : c.sketchEnds[i - 1]!, c.sketchEnds[i]!);
+    }
+    const bytes = new Uint8Array(acc.encodedBytes());
+    acc.encodeInto(bytes, 0);
+    acc.reset();
+    sketches.push(bytes);
+    out.distCounts[j] = count;
+    out.distSums[j] = sum;
+    out.distMins[j] = min;
+    out.distMaxes[j] = max;
+    out.sketchEnds[j++] = end += bytes.length;
+  }
+  const sketchBytes = new Uint8Array(end);
+  let at = 0;
+  for (const s of sketches) {
+    sketchBytes.set(s, at);
+    at += s.length;
+  }
+  return { ...c, ...out, sketchBytes };
+}

@@ -1,0 +1,80 @@
+// The rack's metric-name dictionary: hash → name, learned from edge datagrams, relayed to the
+// core with each batch (new names first, then a slow round-robin refresh so that a core that
+// lost its registry relearns every name), and asked from edges when a hash has no name yet.
+
+import type { SeriesColumns } from '../schema/codec.js';
+import { nameAt } from '../schema/codec.js';
+import { HashIndex } from '../schema/hashtable.js';
+
+export class NameTable {
+  private readonly index: HashIndex;
+  private readonly hashes: Uint32Array;
+  private readonly names: string[] = [];
+  private fresh: number[] = [];
+  private refreshCursor = 0;
+  collisions = 0;
+  overflow = 0;
+
+  constructor(readonly namesMax: number) {
+    this.index = new HashIndex(namesMax);
+    this.hashes = new Uint32Array(2 * namesMax);
+  }
+
+  get size(): number {
+    return this.names.length;
+  }
+
+  has(lo: number, hi: number): boolean {
+    return this.index.get(lo, hi) >= 0;
+  }
+
+  /** Learns the dictionary entries of a block (hashes were verified by the decoder). */
+  learn(c: SeriesColumns): void {
+    for (let j = 0; j < c.nameEnds.length; j++) {
+      const lo = c.nameHashes[2 * j]!;
+      const hi = c.nameHashes[2 * j + 1]!;
+      const known = this.index.get(lo, hi);
+      if (known >= 0) {
+        if (this.names[known] !== nameAt(c, j)) this.collisions++;
+        continue;
+      }
+      const idx = this.index.insert(lo, hi);
+      if (idx < 0) {
+        this.overflow++;
+        continue;
+      }
+      this.hashes[2 * idx] = lo;
+      this.hashes[2 * idx + 1] = hi;
+      this.names.push(nameAt(c, j));
+      this.fresh.push(idx);
+    }
+  }
+
+  /** Appends up to `max` hashes of `c` without a known name to `out` (as lo, hi pairs). */
+  unknownIn(c: SeriesColumns, out: number[], max: number): void {
+    const scan = (h: Uint32Array) => {
+      for (let i = 0; i < h.length && out.length < 2 * max; i += 2) if (this.index.get(h[i]!, h[i + 1]!) < 0) out.push(h[i]!, h[i + 1]!);
+    };
+    scan(c.pointHashes);
+    scan(c.distHashes);
+  }
+
+  /** Name columns for the next batch: names learned since the last one plus `refresh` older ones. */
+  forBatch(refresh: number): Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'> {
+    const pick = this.fresh;
+    this.fresh = [];
+    for (let k = 0; k < refresh && this.names.length > 0; k++) {
+      pick.push(this.refreshCursor);
+      this.refreshCursor = (this.refreshCursor + 1) % this.names.length;
+    }
+    const nameHashes = new Uint32Array(2 * pick.length);
+    const nameEnds = new Uint32Array(pick.length);
+    let end = 0;
+    pick.forEach((idx, i) => {
+      nameHashes[2 * i] = this.hashes[2 * idx]!;
+      nameHashes[2 * i + 1] = this.hashes[2 * idx + 1]!;
+      nameEnds[i] = end += this.names[idx]!.length;
+    });
+    return { nameHashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(pick.map((i) => this.names[i]).join(''), 'latin1')) };
+  }
+}

@@ -1,0 +1,270 @@
+// The rack daemon: UDP socket → bounded queue → (tick) decode, reassemble, NACK, close
+// seconds → merge → spool → forward. HTTP /metrics and /healthz for operators.
+
+import dgram from 'node:dgram';
+import { readFileSync } from 'node:fs';
+import { Hono } from 'hono';
+import { serve, type ServerType } from '@hono/node-server';
+import { Encoder, decodeFrame, type RejectReason } from '../schema/codec.js';
+import { PromText } from '../schema/prom.js';
+import { Forwarder } from './forwarder.js';
+import type { RackLimits } from './limits.js';
+import { RackMerger } from './merge.js';
+import { NameTable } from './names.js';
+import { Reassembly, type ClosedBatch } from './reassembly.js';
+import { Spool } from './spool.js';
+
+export interface RackOptions {
+  rack: string;
+  listenHost: string;
+  listenPort: number;
+  coreUrl: string;
+  spoolDir: string;
+  httpHost: string;
+  httpPort: number;
+  latenessMs: number;
+  token: string | null;
+  allowList: ReadonlySet<string> | null;
+  limits: RackLimits;
+}
+
+export class Rack {
+  readonly reassembly: Reassembly;
+  readonly names: NameTable;
+  readonly spool: Spool;
+  readonly forwarder: Forwarder;
+  private readonly merger: RackMerger;
+  private readonly encoder = new Encoder();
+  private socket: dgram.Socket | null = null;
+  private http: ServerType | null = null;
+  private readonly queue: Buffer[] = [];
+  private readonly queuePeers: dgram.RemoteInfo[] = [];
+  private queueBytes = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private pendingWrites = 0;
+  recvBufferBytes = 0;
+  readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, summaries_merged: 0 };
+  readonly rejected: Partial<Record<RejectReason, number>> = {};
+
+  constructor(private readonly opts: RackOptions) {
+    const l = opts.limits;
+    this.reassembly = new Reassembly({
+      serversMax: l.serversMax,
+      openSecondsPerServerMax: l.openSecondsPerServerMax,
+      bytesHeldMax: l.bytesHeldMax,
+      latenessMs: opts.latenessMs,
+      lateHorizonSeconds: l.lateHorizonSeconds,
+      futureSeconds: l.futureSeconds,
+      nackDelayMs: l.nackDelayMs,
+      nackIntervalMs: l.nackIntervalMs,
+      nackRetriesMax: l.nackRetriesMax,
+      allowList: opts.allowList,
+    });
+    this.names = new NameTable(l.namesMax);
+    this.merger = new RackMerger(l.rollupMetricsMax);
+    this.spool = new Spool(opts.spoolDir, l.spoolBytes);
+    this.forwarder = new Forwarder(this.spool, {
+      coreUrl: opts.coreUrl,
+      token: opts.token,
+      concurrency: l.forwardConcurrency,
+      requestTimeoutMs: l.forwardTimeoutMs,
+      backoffMinMs: l.backoffMinMs,
+      backoffMaxMs: l.backoffMaxMs,
+    });
+  }
+
+  /** Binds UDP and HTTP; returns the bound ports. */
+  async start(): Promise<{ udpPort: number; httpPort: number }> {
+    const l = this.opts.limits;
+    const socket = dgram.createSocket({ type: this.opts.listenHost.includes(':') ? 'udp6' : 'udp4', recvBufferSize: l.recvBufferBytes });
+    socket.on('message', (msg, rinfo) => this.enqueue(msg, rinfo));
+    socket.on('error', (err) => console.error(`rack: UDP socket error: ${err.message}`));
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(this.opts.listenPort, this.opts.listenHost, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    this.socket = socket;
+    this.recvBufferBytes = socket.getRecvBufferSize();
+    if (this.recvBufferBytes < l.recvBufferBytes) {
+      console.error(`rack: the kernel granted a ${this.recvBufferBytes}-byte receive buffer < ${l.recvBufferBytes} asked; raise net.core.rmem_max or expect drops under load`);
+    }
+    const app = new Hono();
+    app.get('/healthz', (c) => c.text('ok\n'));
+    app.get('/metrics', (c) => c.text(this.metricsText(), 200, { 'content-type': 'text/plain; version=0.0.4' }));
+    const httpPort = await new Promise<number>((resolve) => {
+      this.http = serve({ fetch: app.fetch, hostname: this.opts.httpHost, port: this.opts.httpPort }, (info) => resolve(info.port));
+    });
+    this.timer = setInterval(() => this.tick(Date.now()), l.tickMs);
+    this.forwarder.pump();
+    return { udpPort: socket.address().port, httpPort };
+  }
+
+  private enqueue(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const l = this.opts.limits;
+    if (this.queue.length >= l.queueDatagramsMax || this.queueBytes + msg.length > l.queueBytesMax) {
+      this.counters.queue_dropped++;
+      return;
+    }
+    this.queue.push(msg);
+    this.queuePeers.push(rinfo);
+    this.queueBytes += msg.length;
+  }
+
+  /** Decodes queued datagrams, sends due NACKs, closes due seconds. */
+  tick(nowMs: number): void {
+    this.drain(nowMs);
+    this.sendNacks(nowMs);
+    for (const batch of this.reassembly.close(nowMs)) this.forward(batch);
+  }
+
+  private drain(nowMs: number): void {
+    const l = this.opts.limits;
+    for (let i = 0; i < this.queue.length; i++) {
+      const frame = this.queue[i]!;
+      const peer = this.queuePeers[i]!;
+      this.counters.datagrams_received++;
+      this.counters.bytes_received += frame.length;
+      const r = decodeFrame(frame, l.datagramBytesMax);
+      if (!r.ok) {
+        this.rejected[r.reason] = (this.rejected[r.reason] ?? 0) + 1;
+        continue;
+      }
+      if (r.msg.type !== 'edgeSecond') {
+        this.rejected.unexpected_body = (this.rejected.unexpected_body ?? 0) + 1;
+        continue;
+      }
+      this.names.learn(r.msg.series);
+      this.reassembly.accept(r.msg, frame.length, { address: peer.address, port: peer.port }, nowMs);
+    }
+    this.queue.length = 0;
+    this.queuePeers.length = 0;
+    this.queueBytes = 0;
+  }
+
+  private sendNacks(nowMs: number): void {
+    for (const n of this.reassembly.nacks(nowMs)) {
+      const frame = this.encoder.nack({ server: n.server, session: n.session, second: n.second, missingParts: n.missingParts, unknownHashes: new Uint32Array(0) });
+      this.socket?.send(frame, n.peer.port, n.peer.address);
+      this.counters.nacks_sent++;
+    }
+  }
+
+  private forward(batch: ClosedBatch): void {
+    const merged = this.merger.merge(batch.servers);
+    if (merged.servers.length === 0) return;
+    this.counters.summaries_merged += merged.summaries;
+    this.askNames(batch);
+    const rollup = { ...merged.rollup, ...this.names.forBatch(this.opts.limits.nameRefreshPerBatch) };
+    const seq = this.spool.takeSeq();
+    const bytes = this.encoder.rackBatch({ rack: this.opts.rack, batchSeq: seq, second: batch.second, late: batch.late, servers: merged.servers, rollup });
+    this.pendingWrites++;
+    void this.spool.put(seq, bytes).then((ok) => {
+      this.pendingWrites--;
+      if (!ok) return;
+      this.counters.batches_spooled++;
+      this.forwarder.enqueued(seq, batch.second);
+    });
+  }
+
+  /** Asks each edge for the names of hashes the rack has never seen named. */
+  private askNames(batch: ClosedBatch): void {
+    const max = this.opts.limits.nameAsksPerServerSecond;
+    for (const s of batch.servers) {
+      const unknown: number[] = [];
+      for (const p of s.parts) this.names.unknownIn(p.series, unknown, max);
+      const first = s.parts[0];
+      if (unknown.length === 0 || first === undefined) continue;
+      const peer = this.reassembly.peerOf(s.server);
+      if (peer === undefined) continue;
+      const frame = this.encoder.nack({ server: s.server, session: first.session, second: batch.second, missingParts: new Uint16Array(0), unknownHashes: Uint32Array.from(unknown) });
+      this.socket?.send(frame, peer.port, peer.address);
+      this.counters.name_asks_sent++;
+    }
+  }
+
+  /** Closes what is open, spools it, gives in-flight sends a moment, and closes everything. */
+  async stop(): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.drain(Date.now());
+    for (const batch of this.reassembly.flush()) this.forward(batch);
+    while (this.pendingWrites > 0) await new Promise((r) => setTimeout(r, 10));
+    await this.forwarder.stop(2000);
+    await new Promise<void>((r) => (this.socket ? this.socket.close(() => r()) : r()));
+    await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
+    await this.spool.close();
+  }
+
+  metricsText(): string {
+    const p = new PromText();
+    const r = this.reassembly;
+    const f = this.forwarder;
+    p.counter('apm_rack_datagrams_received_total', 'Datagrams read from the UDP socket', this.counters.datagrams_received);
+    p.counter('apm_rack_bytes_received_total', 'Bytes read from the UDP socket', this.counters.bytes_received);
+    p.counters('apm_rack_datagrams_rejected_total', 'Datagrams refused by the decoder or the reassembly, by reason', 'reason', {
+      ...this.rejected,
+      ...r.rejected,
+      queue_full: this.counters.queue_dropped,
+    });
+    p.gauge('apm_rack_socket_receive_buffer_bytes', 'Receive buffer the kernel granted', this.recvBufferBytes);
+    const k = kernelUdpDrops(this.socket?.address().port ?? 0);
+    p.counter('apm_rack_kernel_udp_rcvbuf_errors_total', 'Host-wide UDP RcvbufErrors from /proc/net/snmp', k.rcvbufErrors);
+    p.counter('apm_rack_socket_drops_total', "Datagrams the kernel dropped on this rack's socket (/proc/net/udp)", k.socketDrops);
+    p.counter('apm_rack_parts_received_total', 'Parts accepted', r.counters.parts_received);
+    p.counter('apm_rack_parts_duplicate_total', 'Duplicate parts ignored', r.counters.parts_duplicate);
+    p.counter('apm_rack_parts_nacked_total', 'Parts asked again from edges', r.counters.parts_nacked);
+    p.counter('apm_rack_parts_recovered_total', 'NACKed parts that arrived', r.counters.parts_recovered);
+    p.counter('apm_rack_parts_lost_total', 'Parts still missing when their second closed', r.counters.parts_lost);
+    p.counter('apm_rack_parts_late_total', 'Parts that arrived after their second closed (forwarded as late data)', r.counters.parts_late);
+    p.counter('apm_rack_seq_gap_datagrams_total', 'Datagrams missing by edge sequence number', r.counters.seq_gap_datagrams);
+    p.counter('apm_rack_seconds_closed_total', 'Seconds closed at the watermark', r.counters.seconds_closed);
+    p.counter('apm_rack_seconds_incomplete_total', 'Server-seconds closed with parts missing', r.counters.seconds_incomplete);
+    p.counter('apm_rack_late_batches_total', 'Batches of late data', r.counters.late_batches);
+    p.counter('apm_rack_edge_restarts_total', 'Edge session changes seen', r.counters.edge_restarts);
+    p.counter('apm_rack_nacks_sent_total', 'NACK datagrams sent', this.counters.nacks_sent);
+    p.counter('apm_rack_name_asks_sent_total', 'NACKs asking edges for metric names', this.counters.name_asks_sent);
+    p.counter('apm_rack_summaries_merged_total', 'Per-server summaries merged into batches', this.counters.summaries_merged);
+    p.gauge('apm_rack_servers', 'Edges seen', r.serverCount);
+    p.gauge('apm_rack_held_bytes', 'Bytes of datagrams held in open seconds', r.heldBytes);
+    p.gauge('apm_rack_names', 'Metric names known', this.names.size);
+    p.counter('apm_rack_name_collisions_total', 'Two names seen for one 64-bit hash', this.names.collisions);
+    p.counter('apm_rack_names_dropped_total', 'Names not kept because the name table is full', this.names.overflow);
+    p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
+    p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
+    p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);
+    p.gauge('apm_rack_spool_batches', 'Batches in the spool', this.spool.heldBatches);
+    p.counter('apm_rack_spool_dropped_batches_total', 'Oldest batches dropped because the spool was full', this.spool.droppedBatches);
+    p.counter('apm_rack_spool_write_errors_total', 'Batches that could not be written to the spool (dropped)', this.spool.writeErrors);
+    p.counter('apm_rack_batches_acked_total', 'Batches the core acknowledged', f.counters.batches_acked);
+    p.counter('apm_rack_batches_failed_total', 'Batch sends that failed and will be retried', f.counters.batches_failed);
+    p.counter('apm_rack_batches_rejected_total', 'Batches the core refused for good (4xx)', f.counters.batches_rejected);
+    p.counter('apm_rack_batches_replayed_total', 'Batches found in the spool at start-up', f.counters.batches_replayed);
+    p.gauge('apm_rack_core_up', '1 when the last send to the core succeeded', f.coreDown ? 0 : 1);
+    p.histogram('apm_rack_forward_latency_seconds', "Time from a second's end to the core's acknowledgement", f.ackLatency);
+    return p.toString();
+  }
+}
+
+/** Host-wide RcvbufErrors and this socket's drop count, read from /proc (0 when unavailable). */
+export function kernelUdpDrops(port: number): { rcvbufErrors: number; socketDrops: number } {
+  let rcvbufErrors = 0;
+  let socketDrops = 0;
+  try {
+    const snmp = readFileSync('/proc/net/snmp', 'latin1').split('\n').filter((l) => l.startsWith('Udp:'));
+    const head = snmp[0]?.split(/\s+/) ?? [];
+    const vals = snmp[1]?.split(/\s+/) ?? [];
+    rcvbufErrors = Number(vals[head.indexOf('RcvbufErrors')] ?? 0);
+    const portHex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+    for (const file of ['/proc/net/udp', '/proc/net/udp6']) {
+      for (const line of readFileSync(file, 'latin1').split('\n').slice(1)) {
+        const f = line.trim().split(/\s+/);
+        if (f[1]?.endsWith(portHex)) socketDrops += Number(f[f.length - 1] ?? 0);
+      }
+    }
+  } catch {
+    // Not Linux, or /proc hidden: the figures stay 0.
+  }
+  return { rcvbufErrors, socketDrops };
+}

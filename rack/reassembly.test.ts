@@ -1,0 +1,97 @@
+import { describe, expect, it } from 'vitest';
+import { emptyColumns, type EdgeSecondMessage } from '../schema/codec.js';
+import { Reassembly, type ReassemblyOptions } from './reassembly.js';
+
+const t0 = 1_790_000_000;
+const ms = (second: number, offset = 0) => second * 1000 + offset;
+const peer = { address: '127.0.0.1', port: 5000 };
+const opts: ReassemblyOptions = {
+  serversMax: 3,
+  openSecondsPerServerMax: 4,
+  bytesHeldMax: 1_000_000,
+  latenessMs: 2000,
+  lateHorizonSeconds: 600,
+  futureSeconds: 30,
+  nackDelayMs: 100,
+  nackIntervalMs: 250,
+  nackRetriesMax: 2,
+  allowList: null,
+};
+
+function part(server: string, second: number, p: number, parts: number, seq: number, session = 1): EdgeSecondMessage {
+  return { type: 'edgeSecond', server, session, seq, second, part: p, parts, sentMs: 0, series: emptyColumns() };
+}
+
+describe('Reassembly', () => {
+  it('collects parts, NACKs the missing one after the delay, counts it recovered, closes at the watermark', () => {
+    const r = new Reassembly(opts);
+    expect(r.accept(part('a', t0, 0, 3, 10), 100, peer, ms(t0, 10))).toBeNull();
+    expect(r.accept(part('a', t0, 2, 3, 12), 100, peer, ms(t0, 11))).toBeNull();
+    expect(r.nacks(ms(t0, 50))).toEqual([]); // siblings too recent
+    const [n] = r.nacks(ms(t0, 120));
+    expect(n).toMatchObject({ server: 'a', session: 1, second: t0, peer });
+    expect(Array.from(n!.missingParts)).toEqual([1]);
+    expect(r.nacks(ms(t0, 200))).toEqual([]); // interval not passed
+    r.accept(part('a', t0, 1, 3, 11), 100, peer, ms(t0, 300));
+    r.accept(part('a', t0, 1, 3, 11), 100, peer, ms(t0, 301)); // duplicate
+    expect(r.counters).toMatchObject({ parts_received: 3, parts_nacked: 1, parts_recovered: 1, parts_duplicate: 1 });
+    expect(r.close(ms(t0 + 2, 999))).toEqual([]); // watermark: end of t0 + 2 s
+    const [b] = r.close(ms(t0 + 3));
+    expect(b!.second).toBe(t0);
+    expect(b!.late).toBe(false);
+    expect(b!.servers[0]!.parts.map((p) => p.part)).toEqual([0, 1, 2]);
+    expect(r.heldBytes).toBe(0);
+  });
+
+  it('gives up after the retry bound and counts the part lost for good', () => {
+    const r = new Reassembly(opts);
+    r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0));
+    expect(r.nacks(ms(t0, 200)).length).toBe(1);
+    expect(r.nacks(ms(t0, 500)).length).toBe(1);
+    expect(r.nacks(ms(t0, 900)).length).toBe(0);
+    r.close(ms(t0 + 3));
+    expect(r.counters).toMatchObject({ parts_lost: 1, seconds_incomplete: 1 });
+  });
+
+  it('forwards parts after the watermark as late data, once', () => {
+    const r = new Reassembly(opts);
+    r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0));
+    r.close(ms(t0 + 3));
+    r.accept(part('a', t0, 1, 2, 2), 10, peer, ms(t0 + 4));
+    r.accept(part('a', t0, 1, 2, 2), 10, peer, ms(t0 + 4));
+    r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0 + 4)); // already forwarded on time
+    const [late] = r.close(ms(t0 + 4, 50));
+    expect(late).toMatchObject({ second: t0, late: true });
+    expect(late!.servers[0]!.parts.map((p) => p.part)).toEqual([1]);
+    expect(r.counters).toMatchObject({ parts_late: 1, parts_duplicate: 2 });
+    expect(r.heldBytes).toBe(0);
+  });
+
+  it('refuses what breaks a bound, with a reason', () => {
+    const r = new Reassembly({ ...opts, allowList: null, serversMax: 1, openSecondsPerServerMax: 1, bytesHeldMax: 150 });
+    const now = ms(t0);
+    expect(r.accept(part('a', t0 + 31, 0, 1, 1), 10, peer, now)).toBe('too_far_in_future');
+    expect(r.accept(part('a', t0 - 601, 0, 1, 1), 10, peer, now)).toBe('too_old');
+    expect(r.accept(part('a', t0, 0, 2, 1), 100, peer, now)).toBeNull();
+    expect(r.accept(part('b', t0, 0, 1, 1), 10, peer, now)).toBe('too_many_servers');
+    expect(r.accept(part('a', t0 - 1, 0, 1, 0), 10, peer, now)).toBe('too_many_open_seconds');
+    expect(r.accept(part('a', t0, 1, 2, 2), 100, peer, now)).toBe('memory_full');
+    expect(r.accept(part('a', t0, 1, 3, 2), 10, peer, now)).toBe('parts_mismatch');
+    const allow = new Reassembly({ ...opts, allowList: new Set(['x']) });
+    expect(allow.accept(part('a', t0, 0, 1, 1), 10, peer, now)).toBe('unknown_server');
+  });
+
+  it('counts sequence gaps and probes a second lost whole', () => {
+    const r = new Reassembly(opts);
+    r.accept(part('a', t0, 0, 2, 100), 10, peer, ms(t0));
+    r.accept(part('a', t0, 1, 2, 101), 10, peer, ms(t0));
+    // Second t0+1 (3 datagrams, seq 102..104) vanished; t0+2 starts at 105.
+    r.accept(part('a', t0 + 2, 0, 1, 105), 10, peer, ms(t0 + 2));
+    expect(r.counters.seq_gap_datagrams).toBe(3);
+    const probes = r.nacks(ms(t0 + 2, 10)).filter((n) => n.second === t0 + 1);
+    expect(probes.map((p) => Array.from(p.missingParts))).toEqual([[0]]);
+    // A restarted edge (new session) starts its sequence over without counting a gap.
+    r.accept(part('a', t0 + 3, 0, 1, 0, 2), 10, peer, ms(t0 + 3));
+    expect(r.counters).toMatchObject({ seq_gap_datagrams: 3, edge_restarts: 1 });
+  });
+});

@@ -1,0 +1,299 @@
+// Per (server, second) reassembly of edge datagrams (issue 3): collects parts 1..n, decides
+// which parts to NACK and when, accounts sequence gaps, closes seconds at the watermark and
+// routes parts that arrive after it as late data. Pure logic: the caller passes the clock,
+// sends the NACKs it returns, and merges what close() hands back.
+
+import type { EdgeSecondMessage } from '../schema/codec.js';
+import { nackPartsMax } from '../schema/limits.js';
+import type { ServerParts } from './merge.js';
+
+export interface ReassemblyOptions {
+  serversMax: number;
+  openSecondsPerServerMax: number;
+  bytesHeldMax: number;
+  latenessMs: number;
+  /** Parts older than this (s) are refused as too_old; newer late parts are forwarded late. */
+  lateHorizonSeconds: number;
+  /** Parts stamped further ahead of our clock than this (s) are refused: a skewed edge clock. */
+  futureSeconds: number;
+  nackDelayMs: number;
+  nackIntervalMs: number;
+  nackRetriesMax: number;
+  allowList: ReadonlySet<string> | null;
+}
+
+export type AcceptReason =
+  | 'too_old'
+  | 'too_far_in_future'
+  | 'unknown_server'
+  | 'too_many_servers'
+  | 'too_many_open_seconds'
+  | 'memory_full'
+  | 'parts_mismatch';
+
+export interface Peer {
+  address: string;
+  port: number;
+}
+
+export interface NackRequest {
+  peer: Peer;
+  server: string;
+  session: number;
+  second: number;
+  missingParts: Uint16Array;
+}
+
+interface OpenSecond {
+  second: number;
+  session: number;
+  parts: number;
+  received: (EdgeSecondMessage | null)[];
+  count: number;
+  bytes: number;
+  firstMs: number;
+  lastNackMs: number;
+  nacks: number;
+  nacked: Uint8Array;
+}
+
+interface ServerState {
+  id: string;
+  peer: Peer;
+  session: number;
+  lastSecond: number;
+  lastSeq: number;
+  open: Map<number, OpenSecond>;
+  /** Seconds already closed: which parts were seen, to drop late duplicates (bounded by the late horizon). */
+  closed: Map<number, Uint8Array>;
+  probes: number[];
+}
+
+export interface ClosedBatch {
+  second: number;
+  late: boolean;
+  servers: ServerParts[];
+}
+
+export class Reassembly {
+  private readonly servers = new Map<string, ServerState>();
+  private readonly openSeconds = new Map<number, Set<ServerState>>();
+  private readonly late = new Map<number, Map<ServerState, EdgeSecondMessage[]>>();
+  private bytesHeld = 0;
+  private lateBytes = 0;
+  /** Highest second closed so far; parts at or below it are late. */
+  closedThrough = -1;
+
+  readonly counters = {
+    parts_received: 0,
+    parts_duplicate: 0,
+    parts_late: 0,
+    parts_nacked: 0,
+    parts_recovered: 0,
+    parts_lost: 0,
+    seq_gap_datagrams: 0,
+    seconds_closed: 0,
+    seconds_incomplete: 0,
+    late_batches: 0,
+    edge_restarts: 0,
+    names_only: 0,
+  };
+  readonly rejected: Record<AcceptReason, number> = {
+    too_old: 0,
+    too_far_in_future: 0,
+    unknown_server: 0,
+    too_many_servers: 0,
+    too_many_open_seconds: 0,
+    memory_full: 0,
+    parts_mismatch: 0,
+  };
+
+  constructor(private readonly opts: ReassemblyOptions) {}
+
+  get heldBytes(): number {
+    return this.bytesHeld;
+  }
+
+  peerOf(server: string): Peer | undefined {
+    return this.servers.get(server)?.peer;
+  }
+
+  get serverCount(): number {
+    return this.servers.size;
+  }
+
+  /** Takes one decoded datagram; returns null when kept (or a counted duplicate), else why not. */
+  accept(msg: EdgeSecondMessage, frameBytes: number, peer: Peer, nowMs: number): AcceptReason | null {
+    const nowS = Math.floor(nowMs / 1000);
+    if (msg.second > nowS + this.opts.futureSeconds) return this.reject('too_far_in_future');
+    if (msg.second < nowS - this.opts.lateHorizonSeconds) return this.reject('too_old');
+    if (this.opts.allowList !== null && !this.opts.allowList.has(msg.server)) return this.reject('unknown_server');
+    const s = this.serverFor(msg, peer);
+    if (s === null) return this.reject('too_many_servers');
+    if (msg.parts === 0) {
+      this.counters.names_only++;
+      return null; // names were learned by the caller; nothing to reassemble
+    }
+    this.trackSequence(s, msg);
+    if (msg.second <= this.closedThrough) return this.acceptLate(s, msg, frameBytes);
+    let o = s.open.get(msg.second);
+    if (o === undefined) {
+      if (s.open.size >= this.opts.openSecondsPerServerMax) return this.reject('too_many_open_seconds');
+      o = { second: msg.second, session: msg.session, parts: msg.parts, received: new Array(msg.parts).fill(null), count: 0, bytes: 0, firstMs: nowMs, lastNackMs: 0, nacks: 0, nacked: new Uint8Array(msg.parts) };
+      s.open.set(msg.second, o);
+      let set = this.openSeconds.get(msg.second);
+      if (set === undefined) this.openSeconds.set(msg.second, (set = new Set()));
+      set.add(s);
+    }
+    if (o.parts !== msg.parts || o.session !== msg.session) return this.reject('parts_mismatch');
+    if (o.received[msg.part] !== null) {
+      this.counters.parts_duplicate++;
+      return null;
+    }
+    if (this.bytesHeld + frameBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
+    o.received[msg.part] = msg;
+    o.count++;
+    o.bytes += frameBytes;
+    this.bytesHeld += frameBytes;
+    this.counters.parts_received++;
+    if (o.nacked[msg.part] === 1) this.counters.parts_recovered++;
+    return null;
+  }
+
+  private reject(reason: AcceptReason): AcceptReason {
+    this.rejected[reason]++;
+    return reason;
+  }
+
+  private serverFor(msg: EdgeSecondMessage, peer: Peer): ServerState | null {
+    let s = this.servers.get(msg.server);
+    if (s === undefined) {
+      if (this.servers.size >= this.opts.serversMax) return null;
+      s = { id: msg.server, peer, session: msg.session, lastSecond: -1, lastSeq: -1, open: new Map(), closed: new Map(), probes: [] };
+      this.servers.set(msg.server, s);
+    }
+    s.peer = peer;
+    if (s.session !== msg.session) {
+      // A restarted edge: its sequence numbers start over.
+      this.counters.edge_restarts++;
+      s.session = msg.session;
+      s.lastSecond = -1;
+      s.lastSeq = -1;
+    }
+    return s;
+  }
+
+  /** Counts datagrams missing by sequence number and probes the seconds they belonged to. */
+  private trackSequence(s: ServerState, msg: EdgeSecondMessage): void {
+    if (msg.second <= s.lastSecond) return;
+    const firstSeq = (msg.seq - msg.part) >>> 0;
+    if (s.lastSeq >= 0) {
+      const gap = (firstSeq - s.lastSeq - 1) >>> 0;
+      if (gap > 0 && gap < 0x10000) {
+        this.counters.seq_gap_datagrams += gap;
+        // Whole seconds vanished between lastSecond and this one: ask for their first parts.
+        for (let sec = s.lastSecond + 1; sec < msg.second && s.probes.length < 8; sec++) if (sec > this.closedThrough) s.probes.push(sec);
+      }
+    }
+    s.lastSecond = msg.second;
+    s.lastSeq = (firstSeq + msg.parts - 1) >>> 0;
+  }
+
+  private acceptLate(s: ServerState, msg: EdgeSecondMessage, frameBytes: number): AcceptReason | null {
+    let seen = s.closed.get(msg.second);
+    if (seen === undefined) s.closed.set(msg.second, (seen = new Uint8Array(msg.parts)));
+    if (seen.length !== msg.parts) return this.reject('parts_mismatch');
+    if (seen[msg.part] === 1) {
+      this.counters.parts_duplicate++;
+      return null;
+    }
+    if (this.bytesHeld + frameBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
+    seen[msg.part] = 1;
+    this.bytesHeld += frameBytes;
+    this.lateBytes += frameBytes;
+    this.counters.parts_late++;
+    let bySecond = this.late.get(msg.second);
+    if (bySecond === undefined) this.late.set(msg.second, (bySecond = new Map()));
+    const list = bySecond.get(s);
+    if (list === undefined) bySecond.set(s, [msg]);
+    else list.push(msg);
+    return null;
+  }
+
+  /** NACKs due now: missing parts of open seconds, and probes for seconds lost whole. */
+  nacks(nowMs: number): NackRequest[] {
+    const out: NackRequest[] = [];
+    for (const s of this.servers.values()) {
+      for (const o of s.open.values()) {
+        if (o.count === o.parts || o.nacks >= this.opts.nackRetriesMax) continue;
+        if (nowMs - o.firstMs < this.opts.nackDelayMs || nowMs - o.lastNackMs < this.opts.nackIntervalMs) continue;
+        const missing: number[] = [];
+        for (let p = 0; p < o.parts && missing.length < nackPartsMax; p++) {
+          if (o.received[p] !== null) continue;
+          missing.push(p);
+          if (o.nacked[p] === 0) {
+            o.nacked[p] = 1;
+            this.counters.parts_nacked++;
+          }
+        }
+        o.nacks++;
+        o.lastNackMs = nowMs;
+        out.push({ peer: s.peer, server: s.id, session: o.session, second: o.second, missingParts: Uint16Array.from(missing) });
+      }
+      for (const sec of s.probes) out.push({ peer: s.peer, server: s.id, session: s.session, second: sec, missingParts: Uint16Array.of(0) });
+      s.probes.length = 0;
+    }
+    return out;
+  }
+
+  /** Closes every second whose watermark has passed, oldest first, and hands back late parts. */
+  close(nowMs: number): ClosedBatch[] {
+    const out: ClosedBatch[] = [];
+    for (const [second, bySecond] of this.late) {
+      const servers: ServerParts[] = [];
+      for (const [s, parts] of bySecond) servers.push({ server: s.id, parts });
+      out.push({ second, late: true, servers });
+      this.counters.late_batches++;
+    }
+    this.late.clear();
+    this.bytesHeld -= this.lateBytes;
+    this.lateBytes = 0;
+    const due = [...this.openSeconds.keys()].filter((sec) => (sec + 1) * 1000 + this.opts.latenessMs <= nowMs).sort((a, b) => a - b);
+    for (const second of due) out.push(this.closeSecond(second));
+    const watermarkSecond = Math.floor((nowMs - this.opts.latenessMs) / 1000) - 1;
+    if (watermarkSecond > this.closedThrough) this.closedThrough = watermarkSecond;
+    this.forgetClosed(Math.floor(nowMs / 1000) - this.opts.lateHorizonSeconds);
+    return out;
+  }
+
+  private closeSecond(second: number): ClosedBatch {
+    const servers: ServerParts[] = [];
+    for (const s of this.openSeconds.get(second) ?? []) {
+      const o = s.open.get(second)!;
+      s.open.delete(second);
+      const parts = o.received.filter((p): p is EdgeSecondMessage => p !== null);
+      if (o.count < o.parts) {
+        this.counters.parts_lost += o.parts - o.count;
+        this.counters.seconds_incomplete++;
+      }
+      s.closed.set(second, Uint8Array.from(o.received, (p) => (p === null ? 0 : 1)));
+      this.bytesHeld -= o.bytes;
+      servers.push({ server: s.id, parts });
+    }
+    this.openSeconds.delete(second);
+    this.counters.seconds_closed++;
+    if (second > this.closedThrough) this.closedThrough = second;
+    return { second, late: false, servers };
+  }
+
+  private forgetClosed(before: number): void {
+    for (const s of this.servers.values()) for (const sec of s.closed.keys()) if (sec < before) s.closed.delete(sec);
+  }
+
+  /** Closes everything still open (shutdown). */
+  flush(): ClosedBatch[] {
+    const out = this.close(0);
+    for (const second of [...this.openSeconds.keys()].sort((a, b) => a - b)) out.push(this.closeSecond(second));
+    return out;
+  }
+}
