@@ -31,8 +31,9 @@ export const rackLimits = {
   nameRefreshPerBatch: 200,
   /** Unknown-name hashes asked from one edge per second. */
   nameAsksPerServerSecond: 256,
-  /** Concurrent POSTs to the core. */
-  forwardConcurrency: 4,
+  /** POSTs in flight to the core. One keeps batches strictly in order (a core answers one in
+   *  ~10 ms, so a rack's 1 batch/s drains a backlog ~100× faster than it builds up). */
+  forwardConcurrency: 1,
   forwardTimeoutMs: 30_000,
   backoffMinMs: 200,
   backoffMaxMs: 10_000,

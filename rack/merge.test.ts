@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { KindCode, type EdgeSecondMessage, type SeriesColumns } from '../schema/codec.js';
 import { SketchAccumulator, SortedSketchEncoder } from '../schema/sketch.js';
-import { buildColumns } from '../schema/testdata.js';
+import { buildColumns, type PointInput } from '../schema/testdata.js';
 import { hashName } from '../schema/names.js';
 import { RackMerger, concatParts } from './merge.js';
 
@@ -46,7 +46,7 @@ describe('RackMerger rollups', () => {
       gauge.push(g);
       const vals = Array.from({ length: 1 + (s % 7) }, () => Math.round(Math.exp(r() * 6) * 100) / 100);
       lat.push(...vals);
-      const points = [{ name: 'cpu', kind: KindCode.Gauge as const, value: g }];
+      const points: PointInput[] = [{ name: 'cpu', kind: KindCode.Gauge, value: g }];
       if (s % 3 === 0) points.push({ name: 'only.some', kind: KindCode.Counter as const, value: s });
       return { server: `web-${s}`, parts: [msg(buildColumns(points, [{ name: 'lat', values: vals }]))] };
     });

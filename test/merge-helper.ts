@@ -1,7 +1,7 @@
 // Test helper: decodes a second's datagrams and merges them per metric name, the way a
 // receiver must (several summaries of one distribution merge into one).
 
-import { decodeFrame, nameAt, type EdgeSecondMessage } from '../schema/codec.js';
+import { decodeFrame, nameAt, type EdgeSecondMessage, type SeriesColumns } from '../schema/codec.js';
 import { hashKey, hashName } from '../schema/names.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 
@@ -57,6 +57,45 @@ export function mergeSecond(msgs: EdgeSecondMessage[], known: string[] = []): Me
       d.summaries++;
       start = s.sketchEnds[i]!;
     }
+  }
+  return out;
+}
+
+/** Order-independent form of a server-second's summaries, merged per hash (for equality checks). */
+export function canonical(blocks: SeriesColumns[]): { points: Record<string, [number, number]>; dists: Record<string, [number, number, number, number, string]> } {
+  const points: Record<string, [number, number]> = {};
+  const acc = new Map<string, { count: number; sum: number; min: number; max: number; sketch: SketchAccumulator }>();
+  for (const c of blocks) {
+    for (let i = 0; i < c.pointKinds.length; i++) points[hashKey(c.pointHashes[2 * i]!, c.pointHashes[2 * i + 1]!)] = [c.pointKinds[i]!, c.pointValues[i]!];
+    let start = 0;
+    for (let i = 0; i < c.distKinds.length; i++) {
+      const k = hashKey(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!);
+      let d = acc.get(k);
+      if (d === undefined) acc.set(k, (d = { count: 0, sum: 0, min: Infinity, max: -Infinity, sketch: new SketchAccumulator() }));
+      d.count += c.distCounts[i]!;
+      d.sum += c.distSums[i]!;
+      d.min = Math.min(d.min, c.distMins[i]!);
+      d.max = Math.max(d.max, c.distMaxes[i]!);
+      d.sketch.addEncoded(c.sketchBytes, start, c.sketchEnds[i]!);
+      start = c.sketchEnds[i]!;
+    }
+  }
+  const dists: Record<string, [number, number, number, number, string]> = {};
+  for (const [k, d] of [...acc].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const bytes = new Uint8Array(d.sketch.encodedBytes());
+    d.sketch.encodeInto(bytes, 0);
+    dists[k] = [d.count, Number(d.sum.toPrecision(12)), d.min, d.max, Buffer.from(bytes).toString('hex')];
+  }
+  return { points, dists };
+}
+
+/** Prometheus text → { 'name{labels}': value }. */
+export function parseProm(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || line.trim() === '') continue;
+    const i = line.lastIndexOf(' ');
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
   }
   return out;
 }
