@@ -83,6 +83,6 @@ describe('RackMerger rollups', () => {
     const m = merger.merge([{ server: 's', parts: [msg(cols)] }]);
     expect(m.rollup.distKinds.length).toBe(2);
     expect(merger.rollupOverflow).toBe(1);
-    expect(m.servers[0]!.series.pointKinds.length).toBe(3);
+    expect(m.servers[0]!.blocks[0]!.pointKinds.length).toBe(3);
   });
 });

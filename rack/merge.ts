@@ -3,7 +3,7 @@
 // rollup across the rack's servers (count, sum, min, max, merged sketch). Columnar: typed
 // arrays per server and per second, nothing per point.
 
-import { KindCode, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerSeriesEntry } from '../schema/codec.js';
+import { KindCode, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 import { hashKey } from '../schema/names.js';
 import { SketchAccumulator, SortedSketchEncoder } from '../schema/sketch.js';
@@ -14,7 +14,8 @@ export interface ServerParts {
 }
 
 export interface MergedSecond {
-  servers: ServerSeriesEntry[];
+  /** Per server, its parts' blocks as they came (the encoder concatenates them). */
+  servers: ServerBlocks[];
   rollup: SeriesColumns;
   /** Summaries (points + distributions) across all servers. */
   summaries: number;
@@ -49,11 +50,20 @@ export class RackMerger {
   }
 
   merge(input: ServerParts[]): MergedSecond {
-    const servers = input.map((s) => ({ server: s.server, series: concatParts(s.parts) }));
+    const servers = input.map((s) => ({ server: s.server, blocks: serverBlocks(s.parts) }));
+    const rows: SeriesColumns[] = [];
     let summaries = 0;
-    for (const s of servers) summaries += s.series.pointKinds.length + s.series.distKinds.length;
-    return { servers, rollup: this.rollup(servers.map((s) => s.series)), summaries };
+    for (const s of servers) {
+      for (const c of s.blocks) {
+        rows.push(c);
+        summaries += c.pointKinds.length + c.distKinds.length;
+      }
+    }
+    return { servers, rollup: this.rollup(rows), summaries };
   }
+
+  private pointMetric = new Int32Array(1 << 16);
+  private distMetric = new Int32Array(1 << 12);
 
   private metric(lo: number, hi: number, kind: number): number {
     const before = this.index.size;
@@ -81,9 +91,22 @@ export class RackMerger {
     this.index.clear();
     let values = 0;
     let sketches = 0;
+    let points = 0;
+    let dists = 0;
+    for (const c of rows) {
+      points += c.pointKinds.length;
+      dists += c.distKinds.length;
+    }
+    if (points > this.pointMetric.length) this.pointMetric = new Int32Array(points);
+    if (dists > this.distMetric.length) this.distMetric = new Int32Array(dists);
+    const pointMetric = this.pointMetric;
+    const distMetric = this.distMetric;
+    let pAt = 0;
+    let dAt = 0;
     for (const c of rows) {
       for (let i = 0; i < c.pointKinds.length; i++) {
         const m = this.metric(c.pointHashes[2 * i]!, c.pointHashes[2 * i + 1]!, c.pointKinds[i]!);
+        pointMetric[pAt++] = m;
         if (m < 0) continue;
         const v = c.pointValues[i]!;
         this.mCount[m]! += 1;
@@ -95,6 +118,7 @@ export class RackMerger {
       }
       for (let i = 0; i < c.distKinds.length; i++) {
         const m = this.metric(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!, c.distKinds[i]!);
+        distMetric[dAt++] = m;
         if (m < 0) continue;
         this.mCount[m]! += c.distCounts[i]!;
         this.mSum[m]! += c.distSums[i]!;
@@ -118,13 +142,15 @@ export class RackMerger {
     const skEnd = new Uint32Array(sketches);
     const vFill = vStart.slice(0, n);
     const sFill = sStart.slice(0, n);
+    pAt = 0;
+    dAt = 0;
     rows.forEach((c, r) => {
       for (let i = 0; i < c.pointKinds.length; i++) {
-        const m = this.index.get(c.pointHashes[2 * i]!, c.pointHashes[2 * i + 1]!);
+        const m = pointMetric[pAt++]!;
         if (m >= 0) vals[vFill[m]!++] = c.pointValues[i]!;
       }
       for (let i = 0; i < c.distKinds.length; i++) {
-        const m = this.index.get(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!);
+        const m = distMetric[dAt++]!;
         if (m < 0) continue;
         const k = sFill[m]!++;
         skRow[k] = r;
@@ -175,6 +201,31 @@ export class RackMerger {
     next.set(this.sketchScratch);
     this.sketchScratch = next;
   }
+}
+
+/**
+ * One server's blocks for the batch: its parts as they came (names stripped: the rack relays
+ * names in the rollup), unless a distribution was split across entries, then one merged block.
+ */
+function serverBlocks(parts: EdgeSecondMessage[]): SeriesColumns[] {
+  let dists = 0;
+  for (const p of parts) dists += p.series.distKinds.length;
+  if (dists > 1 && hasDuplicateHashes(parts)) return [concatParts(parts)];
+  return parts.map((p) => (p.series.nameEnds.length === 0 ? p.series : withoutNames(p.series)));
+}
+
+function hasDuplicateHashes(parts: EdgeSecondMessage[]): boolean {
+  let n = 0;
+  for (const p of parts) n += p.series.distKinds.length;
+  const seen = new HashIndex(n);
+  for (const p of parts) {
+    const h = p.series.distHashes;
+    for (let i = 0; i < h.length; i += 2) {
+      const before = seen.size;
+      if (seen.insert(h[i]!, h[i + 1]!) < before) return true;
+    }
+  }
+  return false;
 }
 
 /** One server's parts as one block; distributions split across parts (or within one) merged back. */

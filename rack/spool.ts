@@ -4,6 +4,9 @@
 
 import { open, type Database, type RootDatabase } from 'lmdb';
 
+/** Memory for the newest spooled batches (a few seconds of a full rack). */
+const recentBytesMax = 64 * 1024 * 1024;
+
 export interface SpoolEntry {
   seq: number;
   bytes: Uint8Array;
@@ -15,6 +18,9 @@ export class Spool {
   private readonly meta: Database<number, string>;
   private bytesHeld = 0;
   private count = 0;
+  /** Batches written by this process and not yet removed: sent without reading them back. */
+  private readonly recent = new Map<number, Uint8Array>();
+  private recentBytes = 0;
   private nextSeq: number;
   droppedBatches = 0;
   droppedBytes = 0;
@@ -64,6 +70,14 @@ export class Spool {
     }
     this.bytesHeld += bytes.length;
     this.count++;
+    // Keep the newest batches in memory (bounded) so that forwarding them costs no read.
+    this.recent.set(seq, bytes);
+    this.recentBytes += bytes.length;
+    for (const [k, v] of this.recent) {
+      if (this.recentBytes <= recentBytesMax) break;
+      this.recent.delete(k);
+      this.recentBytes -= v.length;
+    }
     while (this.bytesHeld > this.bytesMax && this.count > 1) {
       const oldest = this.oldest(1)[0];
       if (oldest === undefined || oldest.seq === seq) break;
@@ -77,19 +91,25 @@ export class Spool {
   /** Up to `limit` oldest batches, in order, skipping numbers in `exclude`. */
   oldest(limit: number, exclude?: ReadonlySet<number>): SpoolEntry[] {
     const out: SpoolEntry[] = [];
-    for (const { key, value } of this.batches.getRange()) {
+    for (const key of this.batches.getKeys()) {
       if (exclude?.has(key)) continue;
-      out.push({ seq: key, bytes: value });
+      const bytes = this.recent.get(key) ?? this.batches.get(key);
+      if (bytes !== undefined) out.push({ seq: key, bytes });
       if (out.length >= limit) break;
     }
     return out;
   }
 
   async remove(seq: number): Promise<void> {
-    const value = this.batches.get(seq);
-    if (value === undefined) return;
+    const cached = this.recent.get(seq);
+    const size = cached?.length ?? this.batches.get(seq)?.length;
+    if (size === undefined) return;
+    if (cached !== undefined) {
+      this.recent.delete(seq);
+      this.recentBytes -= size;
+    }
     await this.batches.remove(seq);
-    this.bytesHeld -= value.length;
+    this.bytesHeld -= size;
     this.count--;
   }
 

@@ -55,13 +55,24 @@ describe('codec round trips', () => {
     expect(nack).toMatchObject({ type: 'nack', server: 'db-7', second: 1_790_000_001 });
     expect(Array.from((nack as { missingParts: Uint16Array }).missingParts)).toEqual([0, 3]);
     const batch = decodeOk(
-      enc.rackBatch({ rack: 'r1', batchSeq: 2 ** 40 + 3, second: 1_790_000_002, late: true, servers: [{ server: 'a', series: columns }, { server: 'b', series: columns }], rollup: columns }),
+      enc.rackBatch({ rack: 'r1', batchSeq: 2 ** 40 + 3, second: 1_790_000_002, late: true, servers: [{ server: 'a', blocks: [columns] }, { server: 'b', blocks: [columns] }], rollup: columns }),
     );
     if (batch.type !== 'rackBatch') throw new Error('wrong type');
     expect(batch).toMatchObject({ rack: 'r1', batchSeq: 2 ** 40 + 3, late: true });
     expect(batch.servers.map((s) => s.server)).toEqual(['a', 'b']);
     expect(plain(batch.servers[1]!.series)).toEqual(plain(columns));
     expect(plain(batch.rollup)).toEqual(plain(columns));
+  });
+
+  it("concatenates a server's blocks column by column, rebasing sketch and name ends", () => {
+    const other = buildColumns([{ name: 'x.y', kind: KindCode.Counter, value: 5 }], [{ name: 'lat', values: [3, 4] }], ['x.y']);
+    const batch = decodeOk(enc.rackBatch({ rack: 'r', batchSeq: 1, second: 1_790_000_000, late: false, servers: [{ server: 'a', blocks: [columns, other] }], rollup: other }));
+    if (batch.type !== 'rackBatch') throw new Error('wrong type');
+    const c = batch.servers[0]!.series;
+    expect(Array.from(c.pointValues)).toEqual([12.5, 1042, -3, 5]);
+    expect(Array.from(c.distCounts)).toEqual([5, 3, 2]);
+    expect(Array.from(c.sketchEnds)).toEqual([...Array.from(columns.sketchEnds), columns.sketchBytes.length + other.sketchEnds[0]!]);
+    expect([nameAt(c, 0), nameAt(c, 1), nameAt(c, 2)]).toEqual(['cpu.user', 'rpc.latency', 'x.y']);
   });
 
   it('decodes frames that arrive at an unaligned offset', () => {
@@ -137,7 +148,7 @@ describe('fuzz: random, truncated and mutated frames never crash or read out of 
   const samples = [
     enc.edgeSecond({ ...header, series: columns }),
     enc.nack({ server: 's', session: 9, second: 1_790_000_000, missingParts: Uint16Array.of(1, 2, 3), unknownHashes: Uint32Array.of(5, 6) }),
-    enc.rackBatch({ rack: 'r', batchSeq: 1, second: 1_790_000_000, late: false, servers: [{ server: 'a', series: columns }], rollup: columns }),
+    enc.rackBatch({ rack: 'r', batchSeq: 1, second: 1_790_000_000, late: false, servers: [{ server: 'a', blocks: [columns] }], rollup: columns }),
   ];
   const fixCrc = (b: Uint8Array) => {
     new DataView(b.buffer, b.byteOffset).setUint32(b.length - 4, crc32(b.subarray(0, b.length - 4)), true);

@@ -102,6 +102,12 @@ export interface ServerSeriesEntry {
   series: SeriesColumns;
 }
 
+/** Encoder input for one server of a batch: its blocks are concatenated column by column. */
+export interface ServerBlocks {
+  server: string;
+  blocks: SeriesColumns[];
+}
+
 export interface RackBatchMessage {
   type: 'rackBatch';
   rack: string;
@@ -124,37 +130,60 @@ interface RawBuilder {
   bb: flatbuffers.ByteBuffer;
 }
 
-/** Copies a typed array into the builder as one vector (no per-element calls). */
-function typedVector(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes: number): flatbuffers.Offset {
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  b.startVector(elemBytes, bytes.length / elemBytes, elemBytes);
+function optionalVector(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes: number): flatbuffers.Offset {
+  return concatVector(b, [data], elemBytes);
+}
+
+/** Copies several typed arrays, in order, into the builder as one vector. */
+function concatVector(b: flatbuffers.Builder, parts: readonly ArrayBufferView[], elemBytes: number): flatbuffers.Offset {
+  let total = 0;
+  for (const p of parts) total += p.byteLength;
+  if (total === 0) return 0;
+  b.startVector(elemBytes, total / elemBytes, elemBytes);
   // The runtime exposes no bulk copy for wide scalars; this is what createByteVector() does.
   const raw = b as unknown as RawBuilder;
-  raw.space -= bytes.length;
-  raw.bb.bytes().set(bytes, raw.space);
+  raw.space -= total;
+  let at = raw.space;
+  const bytes = raw.bb.bytes();
+  for (const p of parts) {
+    bytes.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), at);
+    at += p.byteLength;
+  }
   return b.endVector();
 }
 
-function optionalVector(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes: number): flatbuffers.Offset {
-  return data.byteLength === 0 ? 0 : typedVector(b, data, elemBytes);
+/** sketch_ends of several blocks, each rebased past the sketch bytes of the blocks before it. */
+function sketchEndsVector(b: flatbuffers.Builder, blocks: readonly SeriesColumns[]): flatbuffers.Offset {
+  const off = concatVector(b, blocks.map((c) => c.sketchEnds), 4);
+  if (off === 0 || blocks.length === 1) return off;
+  const raw = b as unknown as RawBuilder;
+  const view = new DataView(raw.bb.bytes().buffer, raw.bb.bytes().byteOffset);
+  let at = raw.space + 4; // past the vector's length prefix
+  let base = 0;
+  for (const c of blocks) {
+    for (let i = 0; i < c.sketchEnds.length; i++, at += 4) view.setUint32(at, c.sketchEnds[i]! + base, true);
+    base += c.sketchBytes.length;
+  }
+  return off;
 }
 
-function seriesBlock(b: flatbuffers.Builder, c: SeriesColumns): flatbuffers.Offset {
+function seriesBlock(b: flatbuffers.Builder, blocks: readonly SeriesColumns[]): flatbuffers.Offset {
+  const col = (pick: (c: SeriesColumns) => ArrayBufferView, elemBytes: number) => concatVector(b, blocks.map(pick), elemBytes);
   const o = [
-    optionalVector(b, c.pointHashes, 8),
-    optionalVector(b, c.pointKinds, 1),
-    optionalVector(b, c.pointValues, 8),
-    optionalVector(b, c.distHashes, 8),
-    optionalVector(b, c.distKinds, 1),
-    optionalVector(b, c.distCounts, 4),
-    optionalVector(b, c.distSums, 8),
-    optionalVector(b, c.distMins, 8),
-    optionalVector(b, c.distMaxes, 8),
-    optionalVector(b, c.sketchEnds, 4),
-    optionalVector(b, c.sketchBytes, 1),
-    optionalVector(b, c.nameHashes, 8),
-    optionalVector(b, c.nameEnds, 4),
-    optionalVector(b, c.nameBytes, 1),
+    col((c) => c.pointHashes, 8),
+    col((c) => c.pointKinds, 1),
+    col((c) => c.pointValues, 8),
+    col((c) => c.distHashes, 8),
+    col((c) => c.distKinds, 1),
+    col((c) => c.distCounts, 4),
+    col((c) => c.distSums, 8),
+    col((c) => c.distMins, 8),
+    col((c) => c.distMaxes, 8),
+    sketchEndsVector(b, blocks),
+    col((c) => c.sketchBytes, 1),
+    col((c) => c.nameHashes, 8),
+    nameEndsVector(b, blocks),
+    col((c) => c.nameBytes, 1),
   ] as const;
   SeriesBlock.startSeriesBlock(b);
   const adders = [
@@ -177,15 +206,40 @@ function seriesBlock(b: flatbuffers.Builder, c: SeriesColumns): flatbuffers.Offs
   return SeriesBlock.endSeriesBlock(b);
 }
 
+/** name_ends of several blocks, rebased like sketch_ends. */
+function nameEndsVector(b: flatbuffers.Builder, blocks: readonly SeriesColumns[]): flatbuffers.Offset {
+  if (blocks.length === 1) return concatVector(b, [blocks[0]!.nameEnds], 4);
+  let base = 0;
+  const rebased = blocks.map((c) => {
+    const r = c.nameEnds.map((e) => e + base);
+    base += c.nameBytes.length;
+    return r;
+  });
+  return concatVector(b, rebased, 4);
+}
+
+/** Bytes a block will take in a frame, to size the builder once. */
+function blockBytes(c: SeriesColumns): number {
+  let n = 256;
+  for (const v of Object.values(c) as ArrayBufferView[]) n += v.byteLength + 12;
+  return n;
+}
+
 /** Builds frames; reuses one builder, returns a fresh 8-byte-aligned Uint8Array per frame. */
 export class Encoder {
-  private readonly b = new flatbuffers.Builder(64 * 1024);
+  private b = new flatbuffers.Builder(64 * 1024);
+
+  /** A builder with room for `bytes`: growing by doubling would copy a large batch many times. */
+  private builder(bytes: number): flatbuffers.Builder {
+    if ((this.b as unknown as RawBuilder).bb.capacity() < bytes) this.b = new flatbuffers.Builder(bytes);
+    this.b.clear();
+    return this.b;
+  }
 
   edgeSecond(m: Omit<EdgeSecondMessage, 'type'>): Uint8Array {
-    const b = this.b;
-    b.clear();
+    const b = this.builder(blockBytes(m.series));
     const server = b.createString(m.server);
-    const series = seriesBlock(b, m.series);
+    const series = seriesBlock(b, [m.series]);
     EdgeSecond.startEdgeSecond(b);
     EdgeSecond.addServer(b, server);
     EdgeSecond.addSession(b, m.session);
@@ -199,8 +253,7 @@ export class Encoder {
   }
 
   nack(m: Omit<NackMessage, 'type'>): Uint8Array {
-    const b = this.b;
-    b.clear();
+    const b = this.builder(1024 + m.missingParts.byteLength + m.unknownHashes.byteLength);
     const server = b.createString(m.server);
     const missing = optionalVector(b, m.missingParts, 2);
     const unknown = optionalVector(b, m.unknownHashes, 8);
@@ -213,20 +266,22 @@ export class Encoder {
     return this.finish(Body.Nack, Nack.endNack(b));
   }
 
-  rackBatch(m: Omit<RackBatchMessage, 'type'>): Uint8Array {
-    const b = this.b;
-    b.clear();
+  /** A batch; each server's blocks are concatenated (the rack passes an edge's parts as they came). */
+  rackBatch(m: Omit<RackBatchMessage, 'type' | 'servers'> & { servers: ServerBlocks[] }): Uint8Array {
+    let size = blockBytes(m.rollup);
+    for (const s of m.servers) for (const c of s.blocks) size += blockBytes(c);
+    const b = this.builder(size);
     const rack = b.createString(m.rack);
     const entries = m.servers.map((s) => {
       const server = b.createString(s.server);
-      const series = seriesBlock(b, s.series);
+      const series = seriesBlock(b, s.blocks);
       ServerSeries.startServerSeries(b);
       ServerSeries.addServer(b, server);
       ServerSeries.addSeries(b, series);
       return ServerSeries.endServerSeries(b);
     });
     const servers = RackBatch.createServersVector(b, entries);
-    const rollup = seriesBlock(b, m.rollup);
+    const rollup = seriesBlock(b, [m.rollup]);
     RackBatch.startRackBatch(b);
     RackBatch.addRack(b, rack);
     RackBatch.addBatchSeq(b, BigInt(m.batchSeq));

@@ -1,0 +1,182 @@
+// Rack figures (issue 3, DESIGN §7): server-seconds per CPU-second one `apm rack` process
+// sustains (2,000 gauges per server, and with 5% distributions) at 1432- and 8192-byte
+// datagrams, loss, and the time from a second's end to its batch acknowledged by the core.
+
+import dgram from 'node:dgram';
+import http from 'node:http';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
+import { KindCode } from '../schema/codec.js';
+import { Verifier } from '../schema/verify.js';
+import { Aggregator } from '../edge/aggregator.js';
+import { Packetizer } from '../edge/packetizer.js';
+import type { Figure } from './bench-edge.js';
+
+/** Byte offsets of EdgeSecond.seq and .second in a frame, found with the verifier. */
+function fieldOffsets(frame: Uint8Array): { seq: number; second: number } {
+  const v = new Verifier(frame.subarray(0, frame.length - 4));
+  const env = v.tableAt(0, 'Envelope');
+  const body = v.tableAt(v.field(env, 2, 4, 'body'), 'EdgeSecond');
+  return { seq: v.field(body, 2, 4, 'seq'), second: v.field(body, 3, 4, 'second') };
+}
+
+function patch(frame: Uint8Array, at: { seq: number; second: number }, seq: number, second: number): void {
+  const dv = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  dv.setUint32(at.seq, seq >>> 0, true);
+  dv.setUint32(at.second, second, true);
+  dv.setUint32(frame.length - 4, crc32(frame.subarray(0, frame.length - 4)), true);
+}
+
+/** One server's second as frames: 2,000 metrics, `distShare` of them distributions of 20 values. */
+function serverFrames(server: string, datagramBytes: number, distShare: number, seed: number): Uint8Array[] {
+  const agg = new Aggregator({ seriesMax: 4000, observationsPerSecondMax: 100_000, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+  let s = seed >>> 0;
+  const r = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const dists = Math.round(2000 * distShare);
+  const t = 1_790_000_000;
+  for (let i = 0; i < 2000 - dists; i++) agg.observe(`svc.metric_${i}`, KindCode.Gauge, Math.round(r() * 1e4) / 100, t);
+  for (let d = 0; d < dists; d++) for (let k = 0; k < 20; k++) agg.observe(`svc.latency_${d}`, KindCode.Distribution, Math.exp(1 + 2 * r()), t);
+  const pk = new Packetizer({ server, session: 1, datagramBytes });
+  // seq starts at 1: a field equal to its default (0) is left out of the buffer, and patch() needs it there.
+  return pk.pack(agg.close(t + 1), agg, { second: t, sentMs: 0, seq: 1 }, () => false);
+}
+
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]);
+}
+
+async function metric(port: number, name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(' ')[1] ?? NaN);
+}
+
+interface RackRun {
+  serverSecondsPerCpuSecond: number;
+  lossPercent: number;
+  ackP50: number;
+  ackP99: number;
+  cpuPercent: number;
+}
+
+/** Drives `servers` simulated edges for `seconds` into a real rack and a sink core. */
+async function runRack(servers: number, seconds: number, datagramBytes: number, distShare: number): Promise<RackRun> {
+  // A sink for the core: reads each batch and acknowledges it (the rack's latency histogram
+  // measures from a second's end to this acknowledgement).
+  const core = http.createServer((req, res) => {
+    req.on('data', () => undefined);
+    req.on('end', () => res.writeHead(204).end());
+  });
+  await new Promise<void>((r) => core.listen(0, '127.0.0.1', r));
+  const corePort = (core.address() as { port: number }).port;
+  const spool = mkdtempSync(join(tmpdir(), 'apm-bench-rack-'));
+  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
+  // APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the rack under load.
+  const nodeArgs = (process.env.APM_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a.length > 0);
+  const child = spawn(process.execPath, [...nodeArgs, cli, 'rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const ports = await new Promise<{ udp: number; http: number }>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      const m = /UDP on [^:]+:(\d+) .*metrics on http:\/\/[^:]+:(\d+)/.exec(d.toString());
+      if (m) resolve({ udp: Number(m[1]), http: Number(m[2]) });
+    });
+    child.once('exit', () => reject(new Error('apm rack exited during start-up')));
+  });
+  // Precompute each server's frames once; every second only the second, seq and CRC change.
+  const templates = Array.from({ length: servers }, (_, i) => serverFrames(`bench-${String(i).padStart(5, '0')}`, datagramBytes, distShare, i + 1));
+  const offsets = templates.map((fs) => fs.map(fieldOffsets));
+  const partsPerSecond = templates.reduce((a, fs) => a + fs.length, 0);
+  const sock = dgram.createSocket({ type: 'udp4', sendBufferSize: 8 * 1024 * 1024 });
+  const seqs = new Uint32Array(servers);
+  // Servers send in 25 slices over the first half of the second (edges' clocks and close
+  // delays differ; one burst of every server at once would only measure the socket buffer).
+  const slices = 25;
+  const sendSlice = (second: number, slice: number) => {
+    for (let i = slice; i < servers; i += slices) {
+      const fs = templates[i]!;
+      for (let p = 0; p < fs.length; p++) {
+        patch(fs[p]!, offsets[i]![p]!, seqs[i]! + p + 1, second);
+        sock.send(fs[p]!, ports.udp, '127.0.0.1');
+      }
+      seqs[i]! += fs.length;
+    }
+  };
+  const warmup = 3;
+  let cpu0 = 0;
+  let parts0 = 0;
+  for (let k = 0; k < warmup + seconds; k++) {
+    const now = Date.now();
+    await new Promise((r) => setTimeout(r, 1000 - (now % 1000) + 5));
+    const second = Math.floor(Date.now() / 1000);
+    if (k === warmup) {
+      cpu0 = cpuTicks(child.pid!);
+      parts0 = await metric(ports.http, 'apm_rack_parts_received_total');
+    }
+    for (let slice = 0; slice < slices; slice++) {
+      sendSlice(second, slice);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  // Wait for the measured seconds to close (1 s lateness) and reach the sink.
+  await new Promise((r) => setTimeout(r, 2500));
+  const cpu1 = cpuTicks(child.pid!);
+  const parts1 = await metric(ports.http, 'apm_rack_parts_received_total');
+  const lat = await (await fetch(`http://127.0.0.1:${ports.http}/metrics`)).text();
+  child.kill('SIGTERM');
+  await new Promise((r) => child.once('exit', r));
+  sock.close();
+  core.close();
+  rmSync(spool, { recursive: true, force: true });
+  const cpuSeconds = (cpu1 - cpu0) / 100;
+  const received = parts1 - parts0;
+  const expected = partsPerSecond * seconds;
+  const serverSeconds = (servers * seconds * Math.min(received, expected)) / expected;
+  const q = latencyQuantiles(lat);
+  return {
+    serverSecondsPerCpuSecond: serverSeconds / cpuSeconds,
+    lossPercent: (100 * Math.max(0, expected - received)) / expected,
+    ackP50: q.p50,
+    ackP99: q.p99,
+    cpuPercent: (100 * cpuSeconds) / (seconds + 2.5),
+  };
+}
+
+/** p50/p99 from the rack's forward-latency histogram (bucket upper bounds). */
+function latencyQuantiles(text: string): { p50: number; p99: number } {
+  const buckets: [number, number][] = [];
+  for (const line of text.split('\n')) {
+    const m = /^apm_rack_forward_latency_seconds_bucket\{le="([^"]+)"\} (\d+)/.exec(line);
+    if (m) buckets.push([m[1] === '+Inf' ? Infinity : Number(m[1]), Number(m[2])]);
+  }
+  const total = buckets[buckets.length - 1]?.[1] ?? 0;
+  const at = (q: number) => buckets.find(([, c]) => c >= q * total)?.[0] ?? NaN;
+  return { p50: at(0.5), p99: at(0.99) };
+}
+
+export async function rackFigures(quick: boolean): Promise<Figure[]> {
+  const out: Figure[] = [];
+  const seconds = quick ? 4 : 10;
+  for (const [label, share] of [
+    ['2,000 gauges', 0],
+    ['5% distributions', 0.05],
+  ] as const) {
+    for (const size of [1432, 8192]) {
+      const servers = size === 1432 ? 300 : 400;
+      const r = await runRack(servers, seconds, size, share);
+      const tag = `${label}, ${size} B, ${servers} servers`;
+      out.push({ name: `rack server-seconds per CPU-second (${tag})`, value: r.serverSecondsPerCpuSecond, unit: '/s', target: '≥ 1,000' });
+      out.push({ name: `rack summaries per CPU-second (${tag})`, value: r.serverSecondsPerCpuSecond * 2000, unit: '/s', target: '≥ 2 M' });
+      out.push({ name: `rack CPU (${tag})`, value: r.cpuPercent, unit: '% of one core' });
+      out.push({ name: `parts lost (${tag})`, value: r.lossPercent, unit: '%' });
+      out.push({ name: `second end → batch acked, p50 / p99 (${tag}, lateness 1 s)`, value: r.ackP50, unit: `s / ${r.ackP99} s` });
+    }
+  }
+  return out;
+}
