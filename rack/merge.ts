@@ -103,9 +103,17 @@ export class RackMerger {
     const distMetric = this.distMetric;
     let pAt = 0;
     let dAt = 0;
+    const mh = this.mHashes;
     for (const c of rows) {
+      // Edges send their metrics in the same order every second, so the metric after the
+      // previous point's is usually the next one: check that guess before probing the table.
+      let guess = -1;
       for (let i = 0; i < c.pointKinds.length; i++) {
-        const m = this.metric(c.pointHashes[2 * i]!, c.pointHashes[2 * i + 1]!, c.pointKinds[i]!);
+        const lo = c.pointHashes[2 * i]!;
+        const hi = c.pointHashes[2 * i + 1]!;
+        const g = guess + 1;
+        const m = g > 0 && g < this.index.size && mh[2 * g] === lo && mh[2 * g + 1] === hi ? g : this.metric(lo, hi, c.pointKinds[i]!);
+        guess = m;
         pointMetric[pAt++] = m;
         if (m < 0) continue;
         const v = c.pointValues[i]!;
