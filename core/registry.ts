@@ -1,0 +1,155 @@
+// What the core has seen: racks, servers (id, rack, first/last seen) and metrics (hash, name,
+// kind, first/last seen), kept in LMDB and mirrored in memory. Servers get small integer ids
+// that storage rows use; metrics are keyed by their stable 64-bit name hash (schema/names.ts),
+// so a node that owns a subset of metrics needs no id translation (DESIGN §1 scale-out).
+
+import type { Database } from 'lmdb';
+import { HashIndex } from '../schema/hashtable.js';
+import { hashKey } from '../schema/names.js';
+
+export interface ServerInfo {
+  id: number;
+  name: string;
+  rack: string;
+  firstSeenMs: number;
+  lastSeenMs: number;
+}
+
+export interface MetricInfo {
+  hash: string;
+  name: string | null;
+  kind: number;
+  firstSeenMs: number;
+  lastSeenMs: number;
+}
+
+interface StoredServer {
+  id: number;
+  rack: string;
+  first: number;
+  last: number;
+}
+
+interface StoredMetric {
+  lo: number;
+  hi: number;
+  name: string | null;
+  kind: number;
+  first: number;
+  last: number;
+}
+
+export class Registry {
+  private readonly serversByName = new Map<string, ServerInfo>();
+  private readonly serversById: ServerInfo[] = [];
+  private readonly metricIndex: HashIndex;
+  private readonly metrics: MetricInfo[] = [];
+  private readonly metricHashes: Uint32Array;
+  private readonly dirtyServers = new Set<ServerInfo>();
+  private readonly dirtyMetrics = new Set<number>();
+  metricsOverflow = 0;
+
+  constructor(
+    private readonly serverDb: Database<StoredServer, string>,
+    private readonly metricDb: Database<StoredMetric, string>,
+    readonly metricsMax: number,
+  ) {
+    this.metricIndex = new HashIndex(metricsMax);
+    this.metricHashes = new Uint32Array(2 * metricsMax);
+    for (const { key, value } of serverDb.getRange()) {
+      const info = { id: value.id, name: key, rack: value.rack, firstSeenMs: value.first, lastSeenMs: value.last };
+      this.serversByName.set(key, info);
+      this.serversById[value.id] = info;
+    }
+    for (const { value } of metricDb.getRange()) {
+      const m = this.metricIndex.insert(value.lo, value.hi);
+      if (m < 0) break;
+      this.metricHashes[2 * m] = value.lo;
+      this.metricHashes[2 * m + 1] = value.hi;
+      this.metrics[m] = { hash: hashKey(value.lo, value.hi), name: value.name, kind: value.kind, firstSeenMs: value.first, lastSeenMs: value.last };
+    }
+  }
+
+  /** The server's id, registering it (or its move to another rack); changes persist with flushDirty(). */
+  server(name: string, rack: string, nowMs: number): ServerInfo {
+    let s = this.serversByName.get(name);
+    if (s === undefined) {
+      s = { id: this.serversById.length, name, rack, firstSeenMs: nowMs, lastSeenMs: nowMs };
+      this.serversByName.set(name, s);
+      this.serversById.push(s);
+      this.dirtyServers.add(s);
+    } else if (s.rack !== rack) {
+      s.rack = rack;
+      this.dirtyServers.add(s);
+    }
+    s.lastSeenMs = Math.max(s.lastSeenMs, nowMs);
+    return s;
+  }
+
+  serverById(id: number): ServerInfo | undefined {
+    return this.serversById[id];
+  }
+
+  serverByName(name: string): ServerInfo | undefined {
+    return this.serversByName.get(name);
+  }
+
+  allServers(): ServerInfo[] {
+    return this.serversById.filter((s) => s !== undefined);
+  }
+
+  /** Notes a metric seen in a batch (kind from its summaries); returns its index or −1 when full. */
+  metric(lo: number, hi: number, kind: number, nowMs: number): number {
+    const before = this.metricIndex.size;
+    const m = this.metricIndex.insert(lo, hi);
+    if (m < 0) {
+      this.metricsOverflow++;
+      return -1;
+    }
+    if (m === before) {
+      this.metricHashes[2 * m] = lo;
+      this.metricHashes[2 * m + 1] = hi;
+      this.metrics[m] = { hash: hashKey(lo, hi), name: null, kind, firstSeenMs: nowMs, lastSeenMs: nowMs };
+      this.dirtyMetrics.add(m);
+    }
+    const info = this.metrics[m]!;
+    if (nowMs > info.lastSeenMs) info.lastSeenMs = nowMs;
+    return m;
+  }
+
+  name(lo: number, hi: number, name: string, nowMs: number): void {
+    const m = this.metric(lo, hi, 0, nowMs);
+    if (m < 0 || this.metrics[m]!.name === name) return;
+    this.metrics[m]!.name = name;
+    this.dirtyMetrics.add(m);
+  }
+
+  metricByName(name: string): { lo: number; hi: number; info: MetricInfo } | undefined {
+    // Cold path (query planning): a linear scan over at most metricsMax entries.
+    for (let m = 0; m < this.metrics.length; m++) {
+      if (this.metrics[m]!.name === name) return { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, info: this.metrics[m]! };
+    }
+    return undefined;
+  }
+
+  allMetrics(): MetricInfo[] {
+    return this.metrics.slice();
+  }
+
+  /** Writes new and changed entries (call inside a write transaction). */
+  flushDirty(): void {
+    for (const s of this.dirtyServers) this.serverDb.put(s.name, { id: s.id, rack: s.rack, first: s.firstSeenMs, last: s.lastSeenMs });
+    this.dirtyServers.clear();
+    for (const m of this.dirtyMetrics) {
+      const info = this.metrics[m]!;
+      this.metricDb.put(info.hash, { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, name: info.name, kind: info.kind, first: info.firstSeenMs, last: info.lastSeenMs });
+    }
+    this.dirtyMetrics.clear();
+  }
+
+  /** Persists last-seen times of everything (a periodic, cheap sweep). */
+  touchAll(): void {
+    for (const s of this.serversByName.values()) this.dirtyServers.add(s);
+    for (let m = 0; m < this.metrics.length; m++) this.dirtyMetrics.add(m);
+  }
+}
