@@ -17,7 +17,7 @@ afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force
 function open(over: Partial<StoreOptions> = {}): Store {
   const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
   dirs.push(dir);
-  return new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, ...over });
+  return new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, diskBytesMax: 0, diskReserveBytes: 0, ...over });
 }
 
 let seq = 1;
@@ -101,7 +101,7 @@ describe('Store', () => {
   it('replays acknowledged batches from the WAL after a restart', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
     dirs.push(dir);
-    const opts = { dir, retentionSeconds: 86400 * 365, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 1000 };
+    const opts = { dir, retentionSeconds: 86400 * 365, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 };
     const a = new Store(opts);
     await a.ingest(batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 5 }] } }));
     await a.close(); // not flushed: only the WAL has it

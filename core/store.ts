@@ -13,6 +13,7 @@
 // rows. A restart replays the WAL into the head. Late batches for a written block are merged
 // into its rows.
 
+import { statfsSync } from 'node:fs';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { decodeFrame, type RackBatchMessage, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
@@ -30,6 +31,10 @@ export interface StoreOptions {
   flushGraceMs: number;
   headBytesMax: number;
   metricsMax: number;
+  /** Storage budget: ingest answers 503 once the data in use reaches it (0: no budget). */
+  diskBytesMax: number;
+  /** Ingest answers 503 while the file system has less free space than this. */
+  diskReserveBytes: number;
 }
 
 export type IngestResult = { status: 204; duplicate: boolean; points: number } | { status: 400 | 503; error: string; reason: string };
@@ -71,6 +76,7 @@ export class Store {
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_batch', number>> = {};
   lastError = '';
+  private room = { checkedMs: 0, reason: '' };
 
   constructor(readonly opts: StoreOptions) {
     this.root = open({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 8 });
@@ -141,6 +147,11 @@ export class Store {
     if (this.seen.get(seenKey) !== undefined) {
       this.counters.batches_duplicate++;
       return { status: 204, duplicate: true, points: 0 };
+    }
+    const full = this.storageFull();
+    if (full !== '') {
+      this.counters.storage_full++;
+      return { status: 503, reason: 'storage_full', error: full };
     }
     if (this.headBytes + body.length > this.opts.headBytesMax) {
       this.counters.head_full++;
@@ -319,10 +330,43 @@ export class Store {
     await this.root.transaction(() => this.registry.flushDirty());
   }
 
-  /** Bytes the data file takes on disk. */
+  /** Bytes the data file takes on disk (its high-water mark; freed pages are reused, not returned). */
   diskBytes(): number {
-    const s = this.root.getStats() as { pageSize?: number; treeBranchPageCount?: number; lastPageNumber?: number };
-    return (s.lastPageNumber ?? 0) * (s.pageSize ?? 4096);
+    const s = this.root.getStats() as { pageSize?: number; lastPageNumber?: number };
+    return ((s.lastPageNumber ?? 0) + 1) * (s.pageSize ?? 4096);
+  }
+
+  /** Bytes of pages holding data now (falls when retention deletes rows). */
+  usedBytes(): number {
+    let pages = 0;
+    let pageSize = 4096;
+    for (const db of [this.wal, this.rows, this.seen, this.racks]) {
+      const st = db.getStats() as { pageSize: number; treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number };
+      pages += st.treeBranchPageCount + st.treeLeafPageCount + st.overflowPages;
+      pageSize = st.pageSize;
+    }
+    return pages * pageSize;
+  }
+
+  /** '' when there is room to ingest, else why not (checked at most every 500 ms). */
+  storageFull(nowMs = Date.now()): string {
+    if (nowMs - this.room.checkedMs < 500) return this.room.reason;
+    this.room.checkedMs = nowMs;
+    this.room.reason = '';
+    if (this.opts.diskBytesMax > 0) {
+      const used = this.usedBytes();
+      if (used >= this.opts.diskBytesMax) this.room.reason = `storage budget reached: ${used} B in use ≥ --disk-bytes-max ${this.opts.diskBytesMax}; shorten --retention or raise the budget; the rack spools and retries`;
+    }
+    if (this.room.reason === '') {
+      try {
+        const fs = statfsSync(this.opts.dir);
+        const free = fs.bavail * fs.bsize;
+        if (free < this.opts.diskReserveBytes) this.room.reason = `disk nearly full: ${free} B free < reserve ${this.opts.diskReserveBytes} B at ${this.opts.dir}; free space; the rack spools and retries`;
+      } catch {
+        // statfs unsupported: rely on write errors.
+      }
+    }
+    return this.room.reason;
   }
 
   async close(): Promise<void> {

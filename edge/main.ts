@@ -47,7 +47,7 @@ export async function main(argv: string[]): Promise<void> {
   limits.seriesMax = parseIntOption(values['series-max'], '--series-max', edgeLimits.seriesMax, 1, 1_000_000);
   const edge = new Edge({ server, rackHost: rack.host, rackPort: rack.port, statsdHost: statsd.host, statsdPort: statsd.port, hostCollector: values.host!, limits });
   const port = await edge.start();
-  console.log(`apm edge ${server}: StatsD on ${statsd.host}:${port}, sending to rack ${rack.host}:${rack.port} (session ${edge.session})`);
+  // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
     console.log(`apm edge: ${signal}, flushing`);
     await edge.stop();
@@ -55,4 +55,5 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
+  console.log(`apm edge ${server}: StatsD on ${statsd.host}:${port}, sending to rack ${rack.host}:${rack.port} (session ${edge.session})`);
 }

@@ -74,9 +74,7 @@ export async function main(argv: string[]): Promise<void> {
     limits,
   });
   const ports = await rack.start();
-  console.log(
-    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches`,
-  );
+  // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
     console.log(`apm rack: ${signal}, closing open seconds and spooling`);
     await rack.stop();
@@ -84,6 +82,9 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
+  console.log(
+    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches`,
+  );
 }
 
 function readSecret(file: string): string {

@@ -10,6 +10,7 @@ interface Command {
 const commands: Record<string, Command> = {
   edge: { summary: 'per-server daemon: StatsD in, per-second summaries out to the rack', run: async (a) => (await import('../edge/main.js')).main(a) },
   rack: { summary: 'rack aggregator: reassemble, recover loss, merge, forward to the core', run: async (a) => (await import('../rack/main.js')).main(a) },
+  core: { summary: 'core node: durable ingest, a year of per-second points, API', run: async (a) => (await import('../core/main.js')).main(a) },
   bench: { summary: 'measure the tiers and print a report', run: async (a) => (await import('./bench.js')).main(a) },
 };
 

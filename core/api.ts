@@ -1,0 +1,88 @@
+// The core's HTTP API (DESIGN §5) over Hono: ingest, registry, process metrics, health.
+// Query routes arrive with the query engine (issue 5). One error shape: {"error": "..."}.
+
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { PromText } from '../schema/prom.js';
+import type { Store } from './store.js';
+
+export interface ApiOptions {
+  ingestBodyBytesMax: number;
+}
+
+export function createApi(store: Store, opts: ApiOptions): Hono {
+  const app = new Hono();
+  const http = { ingest_requests: 0, ingest_too_large: 0 };
+
+  app.onError((err, c) => {
+    console.error(`core: ${c.req.method} ${c.req.path} failed:`, err);
+    return c.json({ error: `internal error: ${err.message}` }, 500);
+  });
+  app.notFound((c) => c.json({ error: `no route for ${c.req.method} ${c.req.path}` }, 404));
+
+  app.post(
+    '/api/v1/ingest',
+    bodyLimit({
+      maxSize: opts.ingestBodyBytesMax,
+      onError: (c) => {
+        http.ingest_too_large++;
+        return c.json({ error: `ingest body exceeds ${opts.ingestBodyBytesMax} bytes` }, 413);
+      },
+    }),
+    async (c) => {
+      http.ingest_requests++;
+      const body = new Uint8Array(await c.req.arrayBuffer());
+      const r = await store.ingest(body);
+      if (r.status === 204) return c.body(null, 204);
+      return c.json({ error: r.error, reason: r.reason }, r.status);
+    },
+  );
+
+  app.get('/api/v1/servers', (c) =>
+    c.json({
+      servers: store.registry.allServers().map((s) => ({ id: s.name, rack: s.rack, firstSeenMs: s.firstSeenMs, lastSeenMs: s.lastSeenMs })),
+    }),
+  );
+
+  app.get('/api/v1/metrics', (c) =>
+    c.json({
+      metrics: store.registry
+        .allMetrics()
+        .filter((m) => m.name !== null)
+        .map((m) => ({ name: m.name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs })),
+    }),
+  );
+
+  app.get('/healthz', (c) => c.text('ok\n'));
+
+  app.get('/metrics', (c) => {
+    const p = new PromText();
+    const s = store.counters;
+    p.counter('apm_core_ingest_requests_total', 'POST /api/v1/ingest requests', http.ingest_requests);
+    p.counters('apm_core_batches_rejected_total', 'Ingest bodies refused, by reason', 'reason', { ...store.rejected, too_large: http.ingest_too_large, storage_full: s.storage_full, head_full: s.head_full });
+    p.counter('apm_core_batches_ingested_total', 'Batches made durable', s.batches_ingested);
+    p.counter('apm_core_batches_duplicate_total', 'Retried batches acknowledged again without storing', s.batches_duplicate);
+    p.counter('apm_core_batches_late_total', 'Batches for blocks already written (merged)', s.batches_late);
+    p.counter('apm_core_points_ingested_total', 'Gauge and counter points ingested', s.points_ingested);
+    p.counter('apm_core_summaries_ingested_total', 'Distribution summaries ingested', s.summaries_ingested);
+    p.counter('apm_core_bytes_ingested_total', 'Batch bytes ingested', s.bytes_ingested);
+    p.counter('apm_core_rows_written_total', 'Storage rows written', s.rows_written);
+    p.counter('apm_core_rows_merged_total', 'Stored rows merged with late data', s.rows_merged);
+    p.counter('apm_core_rows_corrupt_total', 'Stored rows that failed to decode (skipped)', s.rows_corrupt);
+    p.counter('apm_core_flush_errors_total', 'Block writes that failed and will be retried', s.flush_errors);
+    p.counter('apm_core_retention_rows_deleted_total', 'Rows deleted past the retention', s.retention_rows_deleted);
+    p.counter('apm_core_wal_replayed_total', 'Batches replayed from the WAL at start-up', s.wal_replayed);
+    p.gauge('apm_core_head_bytes', 'Bytes of batches not yet written as rows', store.heldBytes);
+    p.gauge('apm_core_disk_bytes', 'Size of the LMDB data in use', store.diskBytes());
+    p.gauge('apm_core_servers', 'Servers known', store.registry.allServers().length);
+    p.gauge('apm_core_metrics', 'Metrics known', store.registry.allMetrics().length);
+    p.counter('apm_core_metrics_overflow_total', 'Metrics not registered because the registry is full', store.registry.metricsOverflow);
+    return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
+  });
+
+  return app;
+}
+
+export function kindName(kind: number): string {
+  return ['gauge', 'counter', 'distribution'][kind] ?? 'unknown';
+}

@@ -1,0 +1,78 @@
+// `apm core`: options → Store + API + timers → signals (STYLE "Thin entry points").
+
+import { serve } from '@hono/node-server';
+import { mkdirSync } from 'node:fs';
+import { parseBytes, parseDurationMs, parseHostPort, parseOptions, UsageError } from '../tools/args.js';
+import { createApi } from './api.js';
+import { coreLimits } from './limits.js';
+import { Store } from './store.js';
+
+export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard
+
+Usage: apm core --listen 127.0.0.1:8080 --data <dir> [options]
+
+  --listen <host:port>   HTTP address (default 127.0.0.1:8080)
+  --data <dir>           data directory (default ./data/core)
+  --retention <dur>      keep data this long, e.g. 365d, 12h (default 365d)
+  --disk-bytes-max <sz>  storage budget, e.g. 500GiB: ingest answers 503 (racks spool) once the
+                         data in use reaches it, and resumes when retention frees room (default: none;
+                         ingest also answers 503 when the file system has < 256 MiB free)
+  --help                 this text
+
+Stops on SIGINT/SIGTERM after writing what it holds.`;
+
+const loopback = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseOptions(
+    argv,
+    {
+      listen: { type: 'string', default: '127.0.0.1:8080' },
+      data: { type: 'string', default: './data/core' },
+      retention: { type: 'string', default: '365d' },
+      'disk-bytes-max': { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    coreHelp,
+  );
+  if (values.help) {
+    console.log(coreHelp);
+    return;
+  }
+  const listen = parseHostPort(values.listen!, '--listen');
+  if (!loopback.test(listen.host)) {
+    throw new UsageError(`--listen ${values.listen}: listening beyond loopback needs API tokens (--tokens), which this build does not have yet; bind to 127.0.0.1`);
+  }
+  const retentionMs = parseDurationMs(values.retention!, '--retention', 5_000, 10 * 365 * 86_400_000);
+  mkdirSync(values.data!, { recursive: true });
+  const store = new Store({
+    dir: values.data!,
+    retentionSeconds: Math.floor(retentionMs / 1000),
+    blockSeconds: coreLimits.blockSeconds,
+    mapBytes: coreLimits.mapBytes,
+    diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),
+    diskReserveBytes: coreLimits.diskReserveBytes,
+    flushGraceMs: coreLimits.flushGraceMs,
+    headBytesMax: coreLimits.headBytesMax,
+    metricsMax: coreLimits.metricsMax,
+  });
+  const app = createApi(store, { ingestBodyBytesMax: coreLimits.ingestBodyBytesMax });
+  const port = await new Promise<number>((resolve) => serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port)));
+  // Handlers go in before the ready line: whoever waits for that line may signal at once.
+  const stop = async (signal: string) => {
+    console.log(`apm core: ${signal}, writing what it holds`);
+    clearInterval(flushTimer);
+    clearInterval(retentionTimer);
+    clearInterval(registryTimer);
+    await store.saveRegistry().catch(() => undefined);
+    await store.close();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, retention ${values.retention}, ${store.counters.wal_replayed} batches replayed from the WAL)`);
+  const flushTimer = setInterval(() => void store.flushDue(Date.now()).catch((e: unknown) => console.error('core: flush failed', e)), 1000);
+  const sweepMs = Math.min(coreLimits.retentionSweepMs, Math.max(1000, retentionMs / 4));
+  const retentionTimer = setInterval(() => void store.retentionSweep(Date.now()).catch((e: unknown) => console.error('core: retention sweep failed', e)), sweepMs);
+  const registryTimer = setInterval(() => void store.saveRegistry().catch(() => undefined), coreLimits.registrySaveMs);
+}
