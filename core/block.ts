@@ -141,7 +141,15 @@ function readPresence(r: ByteReader, blockSeconds: number, out: Uint16Array, at:
   return n;
 }
 
-/** Point values of one series: decimal integers as zig-zag deltas when exact, else raw doubles. */
+const varintLen = (v: number) => (v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : Math.ceil(Math.log2(v + 1) / 7));
+/** Mode flag: values are offsets from the series' minimum (noisy but stationary series), not deltas. */
+const offsetMode = 0x40;
+
+/**
+ * Point values of one series: decimal integers when exact — as zig-zag deltas (random walks,
+ * slow drifts) or as offsets from the minimum (noise around a level), whichever is smaller —
+ * else raw doubles.
+ */
 function writeValues(w: ByteWriter, vals: Float64Array, from: number, to: number): void {
   const e = decimalExponent(vals, from, to);
   if (e < 0) {
@@ -149,9 +157,26 @@ function writeValues(w: ByteWriter, vals: Float64Array, from: number, to: number
     for (let i = from; i < to; i++) w.f64(vals[i]!);
     return;
   }
-  w.u8(e);
   const scale = 10 ** e;
+  let min = Infinity;
   let prev = 0;
+  let deltaBytes = 0;
+  for (let i = from; i < to; i++) {
+    const n = Math.round(vals[i]! * scale);
+    deltaBytes += varintLen(zz(n - prev));
+    prev = n;
+    if (n < min) min = n;
+  }
+  let offsetBytes = varintLen(zz(min));
+  for (let i = from; i < to; i++) offsetBytes += varintLen(Math.round(vals[i]! * scale) - min);
+  if (offsetBytes < deltaBytes) {
+    w.u8(e | offsetMode);
+    w.varint(zz(min));
+    for (let i = from; i < to; i++) w.varint(Math.round(vals[i]! * scale) - min);
+    return;
+  }
+  w.u8(e);
+  prev = 0;
   for (let i = from; i < to; i++) {
     const n = Math.round(vals[i]! * scale);
     w.varint(zz(n - prev));
@@ -163,6 +188,13 @@ function readValues(r: ByteReader, out: Float64Array, at: number, n: number): vo
   const e = r.u8();
   if (e === 0xff) {
     for (let i = 0; i < n; i++) out[at + i] = r.f64();
+    return;
+  }
+  if ((e & offsetMode) !== 0) {
+    const scale = 10 ** (e & ~offsetMode);
+    if ((e & ~offsetMode) > 9) throw new RowError(`decimal exponent ${e}`);
+    const min = unzz(r.varint());
+    for (let i = 0; i < n; i++) out[at + i] = (min + r.varint()) / scale;
     return;
   }
   if (e > 9) throw new RowError(`decimal exponent ${e}`);
@@ -313,7 +345,8 @@ export function decodeRow(stored: Uint8Array): DecodedRow {
   const pointSecs = new Uint16Array(cap);
   const pointVals = new Float64Array(cap);
   const pointStart = new Int32Array(n + 1);
-  const dist = summaryColumns(cap, raw);
+  // Distribution columns are allocated only when a row has distribution entries.
+  let dist: SummaryColumns | null = null;
   const distStart = new Int32Array(n + 1);
   let p = 0;
   let d = 0;
@@ -327,7 +360,7 @@ export function decodeRow(stored: Uint8Array): DecodedRow {
       p += k;
     }
     if (r.buf[r.pos] === 0) r.pos++;
-    else d += readSummaries(r, dist, d, blockSeconds);
+    else d += readSummaries(r, (dist ??= summaryColumns(cap, raw)), d, blockSeconds);
   }
   pointStart[n] = p;
   distStart[n] = d;
@@ -336,7 +369,7 @@ export function decodeRow(stored: Uint8Array): DecodedRow {
   if (r.buf[r.pos] === 0) r.pos++;
   else rolled = readSummaries(r, rollup, 0, blockSeconds);
   if (r.pos !== raw.length) throw new RowError(`${raw.length - r.pos} trailing bytes`);
-  return { kind, blockSeconds, serverIds, pointStart, pointSecs: pointSecs.subarray(0, p), pointVals: pointVals.subarray(0, p), distStart, dist: trim(dist, d), rollup: trim(rollup, rolled) };
+  return { kind, blockSeconds, serverIds, pointStart, pointSecs: pointSecs.subarray(0, p), pointVals: pointVals.subarray(0, p), distStart, dist: trim(dist ?? summaryColumns(0, raw), d), rollup: trim(rollup, rolled) };
 }
 
 function trim(c: SummaryColumns, n: number): SummaryColumns {

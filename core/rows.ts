@@ -1,9 +1,10 @@
 // Builds storage rows (core/block.ts) from ingested rack batches: for one rack and one block
-// of seconds, every entry (point, distribution, rollup) is appended to flat typed arrays,
-// grouped by metric with a counting sort, then by server, with duplicates of one (server,
-// second) resolved (points: the first wins — new data is appended before old; summaries: merged).
+// of seconds, every entry (point, distribution, rollup) is appended to flat typed arrays, then
+// ordered by (metric, server) with one stable counting sort — entries of a (metric, server)
+// keep arrival order, which is second order — and duplicates of one (server, second) are
+// resolved (points: the first wins, new data is appended before stored data; summaries merge).
 
-import type { RackBatchMessage, SeriesColumns } from '../schema/codec.js';
+import { KindCode, type RackBatchMessage, type SeriesColumns } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import type { DecodedRow, RowInput, SummaryColumns } from './block.js';
@@ -21,36 +22,45 @@ export interface BuiltRow {
   input: RowInput;
 }
 
-class Grow {
-  m = new Int32Array(1024);
-  sid = new Int32Array(1024);
-  sec = new Uint16Array(1024);
-  val = new Float64Array(1024);
-  count = new Float64Array(1024);
-  sum = new Float64Array(1024);
-  min = new Float64Array(1024);
-  max = new Float64Array(1024);
-  start = new Uint32Array(1024);
-  end = new Uint32Array(1024);
+/** Growable columns of entries: metric, server, second, value (points) or a summary. */
+class Entries {
+  m = new Int32Array(0);
+  sid = new Int32Array(0);
+  sec = new Uint16Array(0);
+  val = new Float64Array(0);
+  count = new Float64Array(0);
+  sum = new Float64Array(0);
+  min = new Float64Array(0);
+  max = new Float64Array(0);
+  start = new Uint32Array(0);
+  end = new Uint32Array(0);
   src: Uint8Array[] = [];
   n = 0;
+
+  constructor(readonly summaries: boolean) {}
 
   reset(): void {
     this.n = 0;
     this.src.length = 0;
   }
 
-  private grow(): void {
-    const c = this.m.length * 2;
+  /** Makes room for `more` entries (grows by doubling, copying once per doubling). */
+  reserve(more: number): void {
+    const need = this.n + more;
+    if (need <= this.m.length) return;
+    const c = Math.max(need, this.m.length * 2, 1024);
     const g = <T extends Int32Array | Uint16Array | Float64Array | Uint32Array>(a: T, make: (n: number) => T): T => {
       const b = make(c);
-      b.set(a as never);
+      b.set(a.subarray(0, this.n) as never);
       return b;
     };
     this.m = g(this.m, (n) => new Int32Array(n));
     this.sid = g(this.sid, (n) => new Int32Array(n));
     this.sec = g(this.sec, (n) => new Uint16Array(n));
-    this.val = g(this.val, (n) => new Float64Array(n));
+    if (!this.summaries) {
+      this.val = g(this.val, (n) => new Float64Array(n));
+      return;
+    }
     this.count = g(this.count, (n) => new Float64Array(n));
     this.sum = g(this.sum, (n) => new Float64Array(n));
     this.min = g(this.min, (n) => new Float64Array(n));
@@ -60,7 +70,6 @@ class Grow {
   }
 
   point(m: number, sid: number, sec: number, v: number): void {
-    if (this.n === this.m.length) this.grow();
     const i = this.n++;
     this.m[i] = m;
     this.sid[i] = sid;
@@ -69,7 +78,6 @@ class Grow {
   }
 
   summary(m: number, sid: number, sec: number, count: number, sum: number, min: number, max: number, src: Uint8Array, start: number, end: number): void {
-    if (this.n === this.m.length) this.grow();
     const i = this.n++;
     this.m[i] = m;
     this.sid[i] = sid;
@@ -89,9 +97,9 @@ export class RowBuilder {
   private readonly mLo: Uint32Array;
   private readonly mHi: Uint32Array;
   private readonly mKind: Uint8Array;
-  private readonly points = new Grow();
-  private readonly dists = new Grow();
-  private readonly rollups = new Grow();
+  private readonly points = new Entries(false);
+  private readonly dists = new Entries(true);
+  private readonly rollups = new Entries(true);
   private readonly acc = new SketchAccumulator();
 
   constructor(readonly metricsMax: number) {
@@ -123,6 +131,15 @@ export class RowBuilder {
   /** Appends a batch's entries; `only` restricts to one metric hash (reads of the head). */
   addBatch(item: BatchItem, blockStart: number, only?: { lo: number; hi: number }): void {
     const sec = item.msg.second - blockStart;
+    let points = 0;
+    let dists = 0;
+    for (const s of item.msg.servers) {
+      points += s.series.pointKinds.length;
+      dists += s.series.distKinds.length;
+    }
+    this.points.reserve(points);
+    this.dists.reserve(dists);
+    this.rollups.reserve(item.msg.rollup.distKinds.length);
     item.msg.servers.forEach((s, j) => this.addColumns(s.series, item.serverIds[j]!, sec, only));
     const r = item.msg.rollup;
     let start = 0;
@@ -130,7 +147,9 @@ export class RowBuilder {
       const end = r.sketchEnds[i]!;
       const lo = r.distHashes[2 * i]!;
       const hi = r.distHashes[2 * i + 1]!;
-      if (only === undefined || (only.lo === lo && only.hi === hi)) {
+      // Rollups of gauges and counters are not stored: the row holds every server's value of
+      // that second already, and a 40-value sketch per second would cost more than the values.
+      if (r.distKinds[i] === KindCode.Distribution && (only === undefined || (only.lo === lo && only.hi === hi))) {
         const m = this.metric(lo, hi, r.distKinds[i]!);
         if (m >= 0) this.rollups.summary(m, -1, sec, r.distCounts[i]!, r.distSums[i]!, r.distMins[i]!, r.distMaxes[i]!, r.sketchBytes, start, end);
       }
@@ -141,6 +160,7 @@ export class RowBuilder {
   private addColumns(c: SeriesColumns, sid: number, sec: number, only?: { lo: number; hi: number }): void {
     const mLo = this.mLo;
     const mHi = this.mHi;
+    const points = this.points;
     let guess = -1;
     for (let i = 0; i < c.pointKinds.length; i++) {
       const lo = c.pointHashes[2 * i]!;
@@ -150,7 +170,7 @@ export class RowBuilder {
       const g = guess + 1;
       const m = g > 0 && g < this.metrics.size && mLo[g] === lo && mHi[g] === hi ? g : this.metric(lo, hi, c.pointKinds[i]!);
       guess = m;
-      if (m >= 0) this.points.point(m, sid, sec, c.pointValues[i]!);
+      if (m >= 0) points.point(m, sid, sec, c.pointValues[i]!);
     }
     let start = 0;
     for (let i = 0; i < c.distKinds.length; i++) {
@@ -176,6 +196,9 @@ export class RowBuilder {
   addRow(lo: number, hi: number, row: DecodedRow): void {
     const m = this.metric(lo, hi, row.kind);
     if (m < 0) return;
+    this.points.reserve(row.pointVals.length);
+    this.dists.reserve(row.dist.secs.length);
+    this.rollups.reserve(row.rollup.secs.length);
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
       for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) this.points.point(m, sid, row.pointSecs[i]!, row.pointVals[i]!);
@@ -189,49 +212,62 @@ export class RowBuilder {
   /** Groups everything appended into one row per metric. */
   build(blockSeconds: number): BuiltRow[] {
     const n = this.metrics.size;
-    const pOrder = groupByMetric(this.points, n);
-    const dOrder = groupByMetric(this.dists, n);
-    const rOrder = groupByMetric(this.rollups, n);
+    const servers = serverOrdinals(this.points, this.dists);
+    const p = sortEntries(this.points, n, servers);
+    const d = sortEntries(this.dists, n, servers);
+    const r = sortEntries(this.rollups, n, null);
     const out: BuiltRow[] = [];
-    for (let m = 0; m < n; m++) {
-      const p = entriesByServerSecond(this.points, pOrder.order, pOrder.start[m]!, pOrder.start[m + 1]!);
-      const d = entriesByServerSecond(this.dists, dOrder.order, dOrder.start[m]!, dOrder.start[m + 1]!);
-      const r = entriesByServerSecond(this.rollups, rOrder.order, rOrder.start[m]!, rOrder.start[m + 1]!);
-      out.push({ lo: this.mLo[m]!, hi: this.mHi[m]!, input: this.rowInput(this.mKind[m]!, blockSeconds, p, d, r) });
-    }
+    for (let m = 0; m < n; m++) out.push({ lo: this.mLo[m]!, hi: this.mHi[m]!, input: this.rowInput(m, blockSeconds, p, d, r) });
     return out;
   }
 
-  private rowInput(kind: number, blockSeconds: number, p: number[], d: number[], r: number[]): RowInput {
+  private rowInput(m: number, blockSeconds: number, p: Sorted, d: Sorted, r: Sorted): RowInput {
     const P = this.points;
-    const ids = [...new Set([...p.map((i) => P.sid[i]!), ...d.map((i) => this.dists.sid[i]!)])].sort((a, b) => a - b);
+    const D = this.dists;
+    const p0 = p.metricStart[m]!;
+    const p1 = p.metricStart[m + 1]!;
+    const d0 = d.metricStart[m]!;
+    const d1 = d.metricStart[m + 1]!;
+    // Servers of this row, ascending by id (ordinals are ascending by id).
+    const ids: number[] = [];
+    let pi = p0;
+    let di = d0;
+    while (pi < p1 || di < d1) {
+      const ps = pi < p1 ? P.sid[p.order[pi]!]! : Infinity;
+      const ds = di < d1 ? D.sid[d.order[di]!]! : Infinity;
+      const sid = Math.min(ps, ds);
+      ids.push(sid);
+      while (pi < p1 && P.sid[p.order[pi]!] === sid) pi++;
+      while (di < d1 && D.sid[d.order[di]!] === sid) di++;
+    }
     const pointStart = new Int32Array(ids.length + 1);
     const distStart = new Int32Array(ids.length + 1);
-    const pointSecs = new Uint16Array(p.length);
-    const pointVals = new Float64Array(p.length);
+    const pointSecs = new Uint16Array(p1 - p0);
+    const pointVals = new Float64Array(p1 - p0);
+    const dist = emptySummaries(d1 - d0);
     let pn = 0;
-    let pi = 0;
-    let di = 0;
-    const dist = emptySummaries(d.length);
     let dn = 0;
-    ids.forEach((sid, j) => {
+    pi = p0;
+    di = d0;
+    for (let j = 0; j < ids.length; j++) {
+      const sid = ids[j]!;
       pointStart[j] = pn;
-      for (; pi < p.length && P.sid[p[pi]!] === sid; pi++) {
-        const e = p[pi]!;
-        if (pn > pointStart[j]! && pointSecs[pn - 1] === P.sec[e]) continue; // same second: the first wins
-        pointSecs[pn] = P.sec[e]!;
-        pointVals[pn++] = P.val[e]!;
-      }
+      const groupFrom = pi;
+      while (pi < p1 && P.sid[p.order[pi]!] === sid) pi++;
+      pn = this.putPoints(p.order, groupFrom, pi, pointSecs, pointVals, pn);
       distStart[j] = dn;
-      for (; di < d.length && this.dists.sid[d[di]!] === sid; di++) dn = this.putSummary(this.dists, d[di]!, dist, dn, distStart[j]!);
-    });
+      for (; di < d1 && D.sid[d.order[di]!] === sid; di++) dn = this.putSummary(D, d.order[di]!, dist, dn, distStart[j]!);
+    }
     pointStart[ids.length] = pn;
     distStart[ids.length] = dn;
-    const rollup = emptySummaries(r.length);
+    const r0 = r.metricStart[m]!;
+    const r1 = r.metricStart[m + 1]!;
+    const rollup = emptySummaries(r1 - r0);
+    const rIdx = bySecond(this.rollups, r.order, r0, r1);
     let rn = 0;
-    for (const e of r) rn = this.putSummary(this.rollups, e, rollup, rn, 0);
+    for (const e of rIdx) rn = this.putSummary(this.rollups, e, rollup, rn, 0);
     return {
-      kind,
+      kind: this.mKind[m]!,
       blockSeconds,
       serverIds: Uint32Array.from(ids),
       pointStart,
@@ -245,8 +281,24 @@ export class RowBuilder {
     };
   }
 
+  /** One (metric, server) group of points into ascending seconds; the first of equal seconds wins. */
+  private putPoints(order: Int32Array, from: number, to: number, secs: Uint16Array, vals: Float64Array, n: number): number {
+    const P = this.points;
+    let sorted = true;
+    for (let i = from + 1; i < to && sorted; i++) if (P.sec[order[i]!]! < P.sec[order[i - 1]!]!) sorted = false;
+    const idx = sorted ? order.subarray(from, to) : bySecond(P, order, from, to);
+    const start = n;
+    for (let k = 0; k < idx.length; k++) {
+      const e = idx[k]!;
+      if (n > start && secs[n - 1] === P.sec[e]) continue;
+      secs[n] = P.sec[e]!;
+      vals[n++] = P.val[e]!;
+    }
+    return n;
+  }
+
   /** Appends entry e to out at n, merging with out[n − 1] when it is the same second. */
-  private putSummary(g: Grow, e: number, out: SummaryColumns, n: number, groupStart: number): number {
+  private putSummary(g: Entries, e: number, out: SummaryColumns, n: number, groupStart: number): number {
     if (n > groupStart && out.secs[n - 1] === g.sec[e]) {
       const k = n - 1;
       this.acc.reset();
@@ -275,27 +327,52 @@ export class RowBuilder {
   }
 }
 
-/** Counting sort of entry indexes by metric (stable). */
-function groupByMetric(g: Grow, metrics: number): { order: Int32Array; start: Int32Array } {
-  const start = new Int32Array(metrics + 1);
-  for (let i = 0; i < g.n; i++) start[g.m[i]! + 1]! += 1;
-  for (let m = 0; m < metrics; m++) start[m + 1]! += start[m]!;
-  const fill = start.slice(0, metrics);
-  const order = new Int32Array(g.n);
-  for (let i = 0; i < g.n; i++) order[fill[g.m[i]!]!++] = i;
-  return { order, start };
+interface Sorted {
+  order: Int32Array;
+  /** Entries of metric m are order[metricStart[m] .. metricStart[m + 1]). */
+  metricStart: Int32Array;
 }
 
-/** Entries order[from..to) sorted by (server, second), stable (insertion order breaks ties). */
-function entriesByServerSecond(g: Grow, order: Int32Array, from: number, to: number): number[] {
-  const idx = Array.from(order.subarray(from, to));
+/** Ordinal per server id (ascending id → ascending ordinal), as a lookup table. */
+function serverOrdinals(...groups: Entries[]): { ord: Int32Array; count: number } {
+  let maxId = 0;
+  for (const g of groups) for (let i = 0; i < g.n; i++) if (g.sid[i]! > maxId) maxId = g.sid[i]!;
+  const ord = new Int32Array(maxId + 1).fill(-1);
+  for (const g of groups) for (let i = 0; i < g.n; i++) ord[g.sid[i]!] = 0;
+  let count = 0;
+  for (let id = 0; id <= maxId; id++) if (ord[id] === 0) ord[id] = count++;
+  return { ord, count };
+}
+
+/** Stable counting sort of entries by (metric, server ordinal); rollups (no server) by metric. */
+function sortEntries(g: Entries, metrics: number, servers: { ord: Int32Array; count: number } | null): Sorted {
+  const width = servers === null ? 1 : Math.max(1, servers.count);
+  const buckets = new Int32Array(metrics * width + 1);
+  const key = new Int32Array(g.n);
+  for (let i = 0; i < g.n; i++) {
+    const k = g.m[i]! * width + (servers === null ? 0 : servers.ord[g.sid[i]!]!);
+    key[i] = k;
+    buckets[k + 1]! += 1;
+  }
+  for (let k = 0; k < metrics * width; k++) buckets[k + 1]! += buckets[k]!;
+  const metricStart = new Int32Array(metrics + 1);
+  for (let m = 0; m <= metrics; m++) metricStart[m] = buckets[m * width]!;
+  const order = new Int32Array(g.n);
+  for (let i = 0; i < g.n; i++) order[buckets[key[i]!]!++] = i;
+  return { order, metricStart };
+}
+
+/** Entries order[from..to) by ascending second, stable (rare path: stored rows merged with late data). */
+function bySecond(g: Entries, order: Int32Array, from: number, to: number): Int32Array {
+  const idx = order.slice(from, to);
   for (let i = 1; i < idx.length; i++) {
-    const a = idx[i - 1]!;
-    const b = idx[i]!;
-    if (g.sid[a]! > g.sid[b]! || (g.sid[a] === g.sid[b] && g.sec[a]! > g.sec[b]!)) {
-      idx.sort((x, y) => g.sid[x]! - g.sid[y]! || g.sec[x]! - g.sec[y]! || x - y);
-      break;
+    const e = idx[i]!;
+    let j = i - 1;
+    while (j >= 0 && g.sec[idx[j]!]! > g.sec[e]!) {
+      idx[j + 1] = idx[j]!;
+      j--;
     }
+    idx[j + 1] = e;
   }
   return idx;
 }

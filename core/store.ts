@@ -54,6 +54,8 @@ export class Store {
   private readonly racks: Database<number, string>;
   private readonly rackIds = new Map<string, number>();
   private readonly head = new Map<number, HeadItem[]>();
+  /** Last arrival per head block: a block still receiving (a rack replaying its spool) waits. */
+  private readonly lastArrivalMs = new Map<number, number>();
   private headBytes = 0;
   private walSeq: number;
   private readonly builder: RowBuilder;
@@ -124,6 +126,7 @@ export class Store {
     if (items === undefined) this.head.set(block, (items = []));
     items.push({ msg, serverIds, walKey, rackId: this.rackId(msg.rack), bytes });
     this.headBytes += bytes;
+    this.lastArrivalMs.set(block, Date.now());
   }
 
   blockOf(second: number): number {
@@ -207,7 +210,14 @@ export class Store {
     this.flushing = true;
     let written = 0;
     try {
-      const due = [...this.head.keys()].filter((b) => (b + this.opts.blockSeconds) * 1000 + this.opts.flushGraceMs <= nowMs).sort((a, b) => a - b);
+      // Due: ended plus grace, and quiet for a moment (a backfilling rack sends a block's seconds
+      // back to back: writing it once beats merging it into its row every second) — unless
+      // memory is getting short.
+      const pressed = this.headBytes > this.opts.headBytesMax / 2;
+      const quietMs = Math.min(2000, this.opts.flushGraceMs);
+      const due = [...this.head.keys()]
+        .filter((b) => (b + this.opts.blockSeconds) * 1000 + this.opts.flushGraceMs <= nowMs && (pressed || nowMs - (this.lastArrivalMs.get(b) ?? 0) >= quietMs))
+        .sort((a, b) => a - b);
       for (const block of due) written += await this.flushBlock(block);
     } finally {
       this.flushing = false;
@@ -236,6 +246,7 @@ export class Store {
       return 0;
     }
     this.head.delete(block);
+    this.lastArrivalMs.delete(block);
     for (const it of items) this.headBytes -= it.bytes;
     this.counters.rows_written += written;
     this.flushedThrough = Math.max(this.flushedThrough, block + this.opts.blockSeconds);
@@ -259,8 +270,10 @@ export class Store {
         this.counters.rows_corrupt++;
       }
     }
-    const rows = b.build(this.opts.blockSeconds);
-    for (const r of rows) this.rows.put(rowKey(block, r.lo, r.hi, rackId), encodeRow(r.input));
+    // In key order: the B-tree fills pages front to back instead of splitting them at random.
+    const rows = b.build(this.opts.blockSeconds).map((r) => ({ key: rowKey(block, r.lo, r.hi, rackId), input: r.input }));
+    rows.sort((x, y) => Buffer.compare(x.key, y.key));
+    for (const r of rows) this.rows.put(r.key, encodeRow(r.input));
     return rows.length;
   }
 

@@ -5,13 +5,14 @@ import { writeFileSync } from 'node:fs';
 import { parseOptions } from './args.js';
 import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
 import { rackFigures } from './bench-rack.js';
+import { coreFigures } from './bench-core.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            shorter runs (for a smoke check; figures are noisier)
-  --only <section>   one of: edge, rack
+  --only <section>   one of: edge, rack, core
   --json <file>      also write the figures as JSON
   --help             this text`;
 
@@ -37,5 +38,6 @@ export async function main(argv: string[]): Promise<void> {
   };
   await section('edge', async () => [...wireFigures(), ...(await edgeProcessFigures(values.quick ? 5 : 20))]);
   await section('rack', () => rackFigures(values.quick!));
+  await section('core', () => coreFigures(values.quick!));
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ date: new Date().toISOString(), figures }, null, 2));
 }
