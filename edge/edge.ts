@@ -76,6 +76,8 @@ export class Edge {
   private hostTimer: NodeJS.Timeout | null = null;
   private reported = new Map<string, number>();
   private rackAddress = '';
+  /** Set once the rack socket is closing: late host readings are not sent. */
+  private closing = false;
 
   constructor(private readonly opts: EdgeOptions) {
     checkLimits(opts.limits);
@@ -133,6 +135,7 @@ export class Edge {
     await new Promise<void>((resolve) => (this.statsd ? this.statsd.close(() => resolve()) : resolve()));
     // Give queued sends a moment to leave before the socket closes.
     await new Promise((r) => setTimeout(r, 50));
+    this.closing = true;
     await new Promise<void>((resolve) => (this.rack ? this.rack.close(() => resolve()) : resolve()));
   }
 
@@ -187,7 +190,7 @@ export class Edge {
   }
 
   private async collectHost(): Promise<void> {
-    if (this.host === null) return;
+    if (this.host === null || this.closing) return;
     const sample = await this.host.collect();
     this.counters.host_errors = this.host.errors;
     this.drain();
@@ -214,7 +217,7 @@ export class Edge {
   }
 
   private send(frame: Uint8Array): void {
-    if (this.rack === null) return;
+    if (this.rack === null || this.closing) return;
     this.counters.datagrams_sent++;
     this.counters.bytes_sent += frame.length;
     this.rack.send(frame, this.opts.rackPort, this.rackAddress, (err) => {

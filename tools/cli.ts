@@ -11,6 +11,8 @@ const commands: Record<string, Command> = {
   edge: { summary: 'per-server daemon: StatsD in, per-second summaries out to the rack', run: async (a) => (await import('../edge/main.js')).main(a) },
   rack: { summary: 'rack aggregator: reassemble, recover loss, merge, forward to the core', run: async (a) => (await import('../rack/main.js')).main(a) },
   core: { summary: 'core node: durable ingest, a year of per-second points, API', run: async (a) => (await import('../core/main.js')).main(a) },
+  simulate: { summary: 'simulated fleet: N servers × M metrics sent to racks like real edges', run: async (a) => (await import('./simulate-main.js')).main(a) },
+  demo: { summary: 'the whole system on this machine (what npm start runs)', run: async (a) => (await import('./demo.js')).main(a) },
   bench: { summary: 'measure the tiers and print a report', run: async (a) => (await import('./bench.js')).main(a) },
 };
 

@@ -1,0 +1,133 @@
+// `apm demo` (what `npm start` runs): the whole system on this machine — a core with its data
+// in ./data, two racks, a real edge for this host, and a simulated fleet — with the URLs to
+// look at and a status line every few seconds. Ctrl-C stops everything cleanly.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseIntOption, parseOptions } from './args.js';
+import { Simulator } from './simulate.js';
+
+export const demoHelp = `apm demo: core + 2 racks + an edge for this host + a simulated fleet, data in ./data
+
+Usage: apm demo [--servers 80] [--metrics 200] [--data ./data] [--port 8080]`;
+
+interface Child {
+  name: string;
+  proc: ChildProcess;
+}
+
+const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
+
+function start(name: string, args: string[], ready: RegExp): Promise<Child> {
+  return new Promise((resolve, reject) => {
+    // Own process group: Ctrl-C reaches the demo alone, which then stops the tiers in order
+    // (edge, racks, core) so that each one's last batch still reaches the next.
+    const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const lines: string[] = [];
+    const onLine = (chunk: Buffer) => {
+      for (const line of chunk.toString('utf8').split('\n').filter((l) => l.length > 0)) {
+        lines.push(line);
+        if (ready.test(line)) resolve({ name, proc });
+        else if (/error|refus|unavailable|failed/i.test(line)) console.error(`  [${name}] ${line}`);
+      }
+    };
+    proc.stdout!.on('data', onLine);
+    proc.stderr!.on('data', onLine);
+    proc.once('exit', (code) => reject(new Error(`${name} exited (${code}) during start-up:\n${lines.join('\n')}`)));
+  });
+}
+
+async function prom(url: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  try {
+    const text = await (await fetch(url)).text();
+    for (const line of text.split('\n')) {
+      if (line.startsWith('#') || line === '') continue;
+      const i = line.lastIndexOf(' ');
+      out.set(line.slice(0, i), Number(line.slice(i + 1)));
+    }
+  } catch {
+    // not up (yet): an empty reading
+  }
+  return out;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseOptions(
+    argv,
+    { servers: { type: 'string' }, metrics: { type: 'string' }, data: { type: 'string', default: './data' }, port: { type: 'string' }, help: { type: 'boolean', default: false } },
+    demoHelp,
+  );
+  if (values.help) {
+    console.log(demoHelp);
+    return;
+  }
+  const servers = parseIntOption(values.servers, '--servers', 80, 1, 10_000);
+  const metrics = parseIntOption(values.metrics, '--metrics', 200, 1, 2000);
+  const port = parseIntOption(values.port, '--port', 8080, 1, 65535);
+  const data = values.data!;
+  mkdirSync(data, { recursive: true });
+  const core = `http://127.0.0.1:${port}`;
+  const children: Child[] = [];
+  let sim: Simulator | null = null;
+  const stopAll = async (code: number) => {
+    await sim?.stop().catch(() => undefined);
+    for (const c of [...children].reverse()) {
+      c.proc.kill('SIGTERM');
+      await new Promise((r) => (c.proc.exitCode !== null ? r(null) : c.proc.once('exit', r)));
+    }
+    process.exit(code);
+  };
+  process.once('SIGINT', () => {
+    console.log('\nstopping: edge, racks, core (each flushes what it holds)…');
+    void stopAll(0);
+  });
+  process.once('SIGTERM', () => void stopAll(0));
+  process.once('exit', () => children.forEach((c) => c.proc.exitCode === null && c.proc.kill('SIGKILL')));
+  try {
+    console.log(`apm demo: starting (data in ${data})`);
+    process.stdout.write('  core …');
+    children.push(await start('core', ['core', '--listen', `127.0.0.1:${port}`, '--data', `${data}/core`], /apm core: http/));
+    console.log(` ${core}`);
+    for (const [i, r] of ['r1', 'r2'].entries()) {
+      process.stdout.write(`  rack ${r} …`);
+      children.push(await start(`rack ${r}`, ['rack', '--rack', r, '--listen', `127.0.0.1:${7070 + 2 * i}`, '--http', `127.0.0.1:${7071 + 2 * i}`, '--core', core, '--spool', `${data}/rack-${r}`], /apm rack/));
+      console.log(` UDP 127.0.0.1:${7070 + 2 * i}, metrics http://127.0.0.1:${7071 + 2 * i}/metrics`);
+    }
+    const host = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64) || 'localhost';
+    process.stdout.write(`  edge ${host} (this host's /proc, StatsD) …`);
+    children.push(await start('edge', ['edge', '--server', host, '--rack', '127.0.0.1:7070', '--statsd', '127.0.0.1:8125'], /apm edge/));
+    console.log(' StatsD on 127.0.0.1:8125 (try: echo "demo.hello:1|c" | nc -u -w0 127.0.0.1 8125)');
+    process.stdout.write(`  simulated fleet: ${servers} servers × ${metrics} metrics over 2 racks …`);
+    sim = new Simulator({ racks: [{ host: '127.0.0.1', port: 7070 }, { host: '127.0.0.1', port: 7072 }], servers, metrics, distShare: 0.05, datagramBytes: 1432, seed: 1, prefix: 'sim' });
+    await sim.start();
+    console.log(' sending');
+  } catch (err) {
+    console.error(`\napm demo: ${(err as Error).message}`);
+    await stopAll(1);
+    return;
+  }
+  console.log(`
+Look at:
+  ${core}/api/v1/servers     servers and racks the core has seen
+  ${core}/api/v1/metrics     metric names and kinds
+  ${core}/metrics            the core's own counters (ingest, rows, WAL, disk)
+  http://127.0.0.1:7071/metrics   rack r1 (datagrams, NACKs, recovered/lost parts, spool)
+(Stored queries and the dashboard at ${core}/ arrive with the query engine; Ctrl-C stops.)
+`);
+  let last = await prom(`${core}/metrics`);
+  let lastMs = Date.now();
+  setInterval(async () => {
+    const now = await prom(`${core}/metrics`);
+    const r1 = await prom('http://127.0.0.1:7071/metrics');
+    const dt = (Date.now() - lastMs) / 1000;
+    const rate = ((now.get('apm_core_points_ingested_total') ?? 0) - (last.get('apm_core_points_ingested_total') ?? 0)) / dt;
+    console.log(
+      `  ${new Date().toISOString().slice(11, 19)}  ingest ${Math.round(rate).toLocaleString()} points/s  servers ${now.get('apm_core_servers') ?? 0}  metrics ${now.get('apm_core_metrics') ?? 0}  rows ${now.get('apm_core_rows_written_total') ?? 0}  disk ${((now.get('apm_core_disk_bytes') ?? 0) / 1048576).toFixed(1)} MiB  r1 recovered/lost parts ${r1.get('apm_rack_parts_recovered_total') ?? 0}/${r1.get('apm_rack_parts_lost_total') ?? 0}`,
+    );
+    last = now;
+    lastMs = Date.now();
+  }, 5000).unref();
+}

@@ -1,0 +1,277 @@
+// `apm simulate`: N servers × M metrics sent to racks as real edges would (issue 7): the same
+// wire encoding as `apm edge`, one EdgeSecond per datagram, sequence numbers, names for new
+// series and a periodic refresh, and answers to NACKs from a resend ring. Values come from
+// deterministic shapes stepped over columns (tools/shapes.ts); distribution seconds are drawn
+// from precomputed summaries, so the simulator stays cheaper than what it drives.
+
+import dgram from 'node:dgram';
+import { randomInt } from 'node:crypto';
+import { Encoder, KindCode, decodeFrame, emptyColumns, type NackMessage, type SeriesColumns } from '../schema/codec.js';
+import { datagramBytesDefault, udpPayloadBytesMax } from '../schema/limits.js';
+import { hashName, hashKey } from '../schema/names.js';
+import { SortedSketchEncoder } from '../schema/sketch.js';
+import { ResendRing } from '../edge/ring.js';
+import { frameBytesBound } from '../edge/packetizer.js';
+import { ShapeColumns, shapeOf, Shape } from './shapes.js';
+
+export interface SimulatorOptions {
+  racks: { host: string; port: number }[];
+  servers: number;
+  metrics: number;
+  /** Share of metrics that are latency distributions. */
+  distShare: number;
+  datagramBytes: number;
+  seed: number;
+  /** Server id prefix; servers are `<prefix>-<rack>-<n>`. */
+  prefix: string;
+}
+
+const variants = 32;
+const shapeNames = ['cpu', 'rpc_count', 'config', 'queue_unacked', 'carts'];
+
+/** Precomputed distribution seconds: per variant count, sum, min, max and encoded sketch. */
+interface DistPool {
+  count: Uint32Array;
+  sum: Float64Array;
+  min: Float64Array;
+  max: Float64Array;
+  sketch: Uint8Array[];
+}
+
+function distPool(seed: number): DistPool {
+  let s = seed >>> 0 || 1;
+  const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+  const enc = new SortedSketchEncoder();
+  const pool: DistPool = { count: new Uint32Array(variants), sum: new Float64Array(variants), min: new Float64Array(variants), max: new Float64Array(variants), sketch: [] };
+  for (let v = 0; v < variants; v++) {
+    const n = 5 + Math.floor(rand() * 40);
+    const vals = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const g = Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+      vals[i] = Math.round(Math.exp(2.5 + 0.8 * g) * 100) / 100; // ms, lognormal around 12 ms
+    }
+    vals.sort();
+    const out = new Uint8Array(enc.bin(vals, null, 0, n));
+    enc.encode(out, 0);
+    pool.count[v] = n;
+    pool.sum[v] = vals.reduce((a, b) => a + b, 0);
+    pool.min[v] = vals[0]!;
+    pool.max[v] = vals[n - 1]!;
+    pool.sketch.push(out);
+  }
+  return pool;
+}
+
+interface SimServer {
+  id: string;
+  rack: { host: string; port: number };
+  session: number;
+  seq: number;
+  ring: ResendRing;
+  bornSecond: number;
+}
+
+export class Simulator {
+  private readonly encoder = new Encoder();
+  private readonly socket: dgram.Socket;
+  private readonly servers: SimServer[] = [];
+  private readonly byId = new Map<string, SimServer>();
+  private readonly gauges: number;
+  private readonly dists: number;
+  private readonly names: string[];
+  private readonly hashes: Uint32Array;
+  private readonly kinds: Uint8Array;
+  private readonly shapes: ShapeColumns;
+  private readonly pool: DistPool;
+  private readonly nameOf = new Map<string, number>();
+  private readonly perPart: number;
+  private timer: NodeJS.Timeout | null = null;
+  private s: number;
+  readonly counters = { seconds: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
+
+  constructor(private readonly opts: SimulatorOptions) {
+    if (opts.racks.length === 0) throw new Error('simulate: give at least one --rack host:port');
+    this.s = opts.seed >>> 0 || 1;
+    this.dists = Math.round(opts.metrics * opts.distShare);
+    this.gauges = opts.metrics - this.dists;
+    this.names = [];
+    for (let i = 0; i < this.gauges; i++) this.names.push(`sim.${shapeNames[shapeOf(i)]}.${i}`);
+    for (let d = 0; d < this.dists; d++) this.names.push(`sim.rpc_latency_ms.${d}`);
+    this.hashes = new Uint32Array(2 * opts.metrics);
+    this.names.forEach((n, i) => {
+      hashName(n, this.hashes, 2 * i);
+      this.nameOf.set(hashKey(this.hashes[2 * i]!, this.hashes[2 * i + 1]!), i);
+    });
+    this.kinds = Uint8Array.from({ length: this.gauges }, (_, i) => (shapeOf(i) === Shape.Counter ? KindCode.Counter : KindCode.Gauge));
+    this.shapes = new ShapeColumns(opts.servers * this.gauges, opts.seed, this.gauges);
+    this.pool = distPool(opts.seed + 1);
+    const now = Math.floor(Date.now() / 1000);
+    for (let i = 0; i < opts.servers; i++) {
+      const r = Math.floor(i / 40) % opts.racks.length;
+      const server: SimServer = {
+        id: `${opts.prefix}-r${r + 1}-${String(i).padStart(5, '0')}`,
+        rack: opts.racks[r]!,
+        session: randomInt(1, 0xffffffff),
+        seq: 1,
+        ring: new ResendRing(10, 512 * 1024),
+        bornSecond: now,
+      };
+      this.servers.push(server);
+      this.byId.set(server.id, server);
+    }
+    // Points per part, from the same size bound the edge uses (names ride along at most 128 B each).
+    const serverBytes = 64 + 1;
+    let n = 1;
+    while (frameBytesBound(serverBytes, n + 1, 0, 0, n + 1, (n + 1) * 40) <= opts.datagramBytes) n++;
+    this.perPart = n;
+    this.socket = dgram.createSocket({ type: 'udp4', sendBufferSize: 16 * 1024 * 1024 });
+    this.socket.on('message', (msg) => this.onNack(msg));
+  }
+
+  private rand(): number {
+    this.s = (Math.imul(this.s, 1664525) + 1013904223) >>> 0;
+    return this.s / 4294967296;
+  }
+
+  async start(): Promise<void> {
+    await new Promise<void>((r) => this.socket.bind(0, r));
+    const tick = () => {
+      const now = Date.now();
+      this.timer = setTimeout(() => {
+        void this.sendSecond(Math.floor(Date.now() / 1000) - 1).then(tick);
+      }, 1000 - (now % 1000) + 30);
+    };
+    tick();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer !== null) clearTimeout(this.timer);
+    await new Promise<void>((r) => this.socket.close(() => r()));
+  }
+
+  /** Sends second t for every server, spread over ~half a second (edges do not all send at once). */
+  async sendSecond(t: number): Promise<void> {
+    this.shapes.step(t);
+    const slices = Math.min(25, this.servers.length);
+    for (let slice = 0; slice < slices; slice++) {
+      for (let i = slice; i < this.servers.length; i += slices) this.sendServer(i, t);
+      if (slice < slices - 1) await new Promise((r) => setTimeout(r, 15));
+    }
+    this.counters.seconds++;
+  }
+
+  private named(server: SimServer, metric: number, t: number): boolean {
+    return t - server.bornSecond < 5 || metric % 30 === t % 30;
+  }
+
+  private sendServer(i: number, t: number): void {
+    const server = this.servers[i]!;
+    const g = this.gauges;
+    const values = this.shapes.values.subarray(i * g, (i + 1) * g);
+    const frames: Uint8Array[] = [];
+    // Gauges and counters, perPart at a time; distributions in the parts after them.
+    const pointParts = Math.ceil(g / this.perPart);
+    const distPerPart = Math.max(1, Math.floor(this.perPart / 8));
+    const distParts = Math.ceil(this.dists / distPerPart);
+    const parts = pointParts + distParts;
+    for (let p = 0; p < pointParts; p++) {
+      const from = p * this.perPart;
+      const to = Math.min(g, from + this.perPart);
+      const series: SeriesColumns = { ...emptyColumns(), pointHashes: this.hashes.subarray(2 * from, 2 * to), pointKinds: this.kinds.subarray(from, to), pointValues: values.subarray(from, to), ...this.nameColumns(server, from, to, t) };
+      frames.push(this.frame(server, t, frames.length, parts, series));
+    }
+    for (let p = 0; p < distParts; p++) {
+      const from = g + p * distPerPart;
+      const to = Math.min(g + this.dists, from + distPerPart);
+      frames.push(this.frame(server, t, frames.length, parts, { ...this.distColumns(from, to), ...this.nameColumns(server, from, to, t) }));
+    }
+    server.ring.put(t, frames);
+    for (const f of frames) this.send(server, f);
+  }
+
+  private frame(server: SimServer, t: number, part: number, parts: number, series: SeriesColumns): Uint8Array {
+    const f = this.encoder.edgeSecond({ server: server.id, session: server.session, seq: server.seq++ >>> 0, second: t, part, parts, sentMs: Date.now(), series });
+    if (f.length > this.opts.datagramBytes) throw new Error(`BUG: simulated part of ${f.length} B > ${this.opts.datagramBytes}`);
+    return f;
+  }
+
+  private distColumns(from: number, to: number): SeriesColumns {
+    const n = to - from;
+    const pick = Uint8Array.from({ length: n }, () => Math.floor(this.rand() * variants));
+    const ends = new Uint32Array(n);
+    let end = 0;
+    for (let k = 0; k < n; k++) ends[k] = end += this.pool.sketch[pick[k]!]!.length;
+    const bytes = new Uint8Array(end);
+    let at = 0;
+    for (let k = 0; k < n; k++) {
+      bytes.set(this.pool.sketch[pick[k]!]!, at);
+      at += this.pool.sketch[pick[k]!]!.length;
+    }
+    return {
+      ...emptyColumns(),
+      distHashes: this.hashes.subarray(2 * from, 2 * to),
+      distKinds: new Uint8Array(n).fill(KindCode.Distribution),
+      distCounts: Uint32Array.from(pick, (v) => this.pool.count[v]!),
+      distSums: Float64Array.from(pick, (v) => this.pool.sum[v]!),
+      distMins: Float64Array.from(pick, (v) => this.pool.min[v]!),
+      distMaxes: Float64Array.from(pick, (v) => this.pool.max[v]!),
+      sketchEnds: ends,
+      sketchBytes: bytes,
+    };
+  }
+
+  private nameColumns(server: SimServer, from: number, to: number, t: number): Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'> {
+    const idx: number[] = [];
+    for (let m = from; m < to; m++) if (this.named(server, m, t)) idx.push(m);
+    return this.namesOf(idx);
+  }
+
+  private namesOf(idx: number[]): Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'> {
+    const nameHashes = new Uint32Array(2 * idx.length);
+    const nameEnds = new Uint32Array(idx.length);
+    let end = 0;
+    idx.forEach((m, k) => {
+      nameHashes[2 * k] = this.hashes[2 * m]!;
+      nameHashes[2 * k + 1] = this.hashes[2 * m + 1]!;
+      nameEnds[k] = end += this.names[m]!.length;
+    });
+    this.counters.names_sent += idx.length;
+    return { nameHashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(idx.map((m) => this.names[m]).join(''), 'latin1')) };
+  }
+
+  private send(server: SimServer, frame: Uint8Array): void {
+    this.counters.datagrams_sent++;
+    this.counters.bytes_sent += frame.length;
+    this.socket.send(frame, server.rack.port, server.rack.host);
+  }
+
+  private onNack(msg: Buffer): void {
+    const r = decodeFrame(msg, udpPayloadBytesMax);
+    if (!r.ok || r.msg.type !== 'nack') return;
+    const nack: NackMessage = r.msg;
+    const server = this.byId.get(nack.server);
+    if (server === undefined || server.session !== nack.session) return;
+    this.counters.nacks++;
+    for (const p of nack.missingParts) {
+      const f = server.ring.get(nack.second, p);
+      if (f === undefined) this.counters.resend_missed++;
+      else {
+        this.counters.resent++;
+        this.send(server, f);
+      }
+    }
+    if (nack.unknownHashes.length > 0) {
+      const idx: number[] = [];
+      for (let i = 0; i < nack.unknownHashes.length; i += 2) {
+        const m = this.nameOf.get(hashKey(nack.unknownHashes[i]!, nack.unknownHashes[i + 1]!));
+        if (m !== undefined) idx.push(m);
+      }
+      for (let k = 0; k < idx.length; k += 20) {
+        const f = this.encoder.edgeSecond({ server: server.id, session: server.session, seq: server.seq, second: nack.second, part: 0, parts: 0, sentMs: Date.now(), series: { ...emptyColumns(), ...this.namesOf(idx.slice(k, k + 20)) } });
+        this.send(server, f);
+      }
+    }
+  }
+}
+
+export const simulateDefaults = { datagramBytes: datagramBytesDefault, distShare: 0.05, seed: 1 };
