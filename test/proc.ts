@@ -17,12 +17,17 @@ export function spawnApm(args: string[]): Daemon {
   const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
   const waiters: (() => void)[] = [];
-  const onData = (chunk: Buffer) => {
-    output.push(...chunk.toString('utf8').split('\n').filter((l) => l.length > 0));
+  // Whole lines only: a line may arrive in several chunks.
+  const partial = { stdout: '', stderr: '' };
+  const onData = (stream: 'stdout' | 'stderr') => (chunk: Buffer) => {
+    const text = partial[stream] + chunk.toString('utf8');
+    const lines = text.split('\n');
+    partial[stream] = lines.pop()!;
+    output.push(...lines.filter((l) => l.length > 0));
     waiters.forEach((w) => w());
   };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
+  child.stdout!.on('data', onData('stdout'));
+  child.stderr!.on('data', onData('stderr'));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return {
     child,
@@ -51,11 +56,11 @@ export function spawnApm(args: string[]): Daemon {
   };
 }
 
-/** Polls `cond` every 20 ms until it returns a value other than undefined, or fails after `timeoutMs`. */
-export async function until<T>(cond: () => T | undefined, timeoutMs: number, what: string): Promise<T> {
+/** Polls `cond` every 20 ms until it yields a value other than undefined, or fails after `timeoutMs`. */
+export async function until<T>(cond: () => T | undefined | Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const v = cond();
+    const v = await cond();
     if (v !== undefined) return v;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));

@@ -24,7 +24,16 @@ ${Object.entries(commands)
   .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
   .join('\n')}`;
 
+/** Daemons started by `apm demo` live in their own process group; they stop when the demo dies. */
+function exitWithParent(): void {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM');
+  }, 1000).unref();
+}
+
 async function main(argv: string[]): Promise<void> {
+  if (process.env.APM_EXIT_WITH_PARENT === '1') exitWithParent();
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     console.log(help);

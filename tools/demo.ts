@@ -24,7 +24,7 @@ function start(name: string, args: string[], ready: RegExp): Promise<Child> {
   return new Promise((resolve, reject) => {
     // Own process group: Ctrl-C reaches the demo alone, which then stops the tiers in order
     // (edge, racks, core) so that each one's last batch still reaches the next.
-    const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, APM_EXIT_WITH_PARENT: '1' } });
     const lines: string[] = [];
     const onLine = (chunk: Buffer) => {
       for (const line of chunk.toString('utf8').split('\n').filter((l) => l.length > 0)) {

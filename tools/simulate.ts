@@ -86,6 +86,7 @@ export class Simulator {
   private readonly nameOf = new Map<string, number>();
   private readonly perPart: number;
   private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
   private s: number;
   readonly counters = { seconds: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
 
@@ -138,13 +139,14 @@ export class Simulator {
     const tick = () => {
       const now = Date.now();
       this.timer = setTimeout(() => {
-        void this.sendSecond(Math.floor(Date.now() / 1000) - 1).then(tick);
+        if (!this.stopped) void this.sendSecond(Math.floor(Date.now() / 1000) - 1).then(tick);
       }, 1000 - (now % 1000) + 30);
     };
     tick();
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer !== null) clearTimeout(this.timer);
     await new Promise<void>((r) => this.socket.close(() => r()));
   }
@@ -153,7 +155,7 @@ export class Simulator {
   async sendSecond(t: number): Promise<void> {
     this.shapes.step(t);
     const slices = Math.min(25, this.servers.length);
-    for (let slice = 0; slice < slices; slice++) {
+    for (let slice = 0; slice < slices && !this.stopped; slice++) {
       for (let i = slice; i < this.servers.length; i += slices) this.sendServer(i, t);
       if (slice < slices - 1) await new Promise((r) => setTimeout(r, 15));
     }
@@ -240,6 +242,7 @@ export class Simulator {
   }
 
   private send(server: SimServer, frame: Uint8Array): void {
+    if (this.stopped) return;
     this.counters.datagrams_sent++;
     this.counters.bytes_sent += frame.length;
     this.socket.send(frame, server.rack.port, server.rack.host);
