@@ -44,6 +44,9 @@ export class Aggregator {
   private readonly slotByName = new Map<string, number>();
   private readonly slotByHash = new Map<string, number>();
   private readonly freeSlots: number[] = [];
+  /** Open-addressing index from the FNV-1a hash of a name's bytes to its slot (StatsD path). */
+  private readonly byteSlots: Int32Array;
+  private readonly byteHash: Uint32Array;
   private nextSlot = 0;
 
   // Current second.
@@ -83,6 +86,10 @@ export class Aggregator {
     this.hashes = new Uint32Array(2 * n);
     this.createdSecond = new Int32Array(n);
     this.lastSeenSecond = new Int32Array(n);
+    let size = 16;
+    while (size < 2 * n) size *= 2;
+    this.byteSlots = new Int32Array(size).fill(-1);
+    this.byteHash = new Uint32Array(size);
     this.touched = new Int32Array(n);
     this.touchedIn = new Int32Array(n).fill(noSecond);
     this.value = new Float64Array(n);
@@ -136,6 +143,51 @@ export class Aggregator {
     if (!Number.isFinite(value)) return this.drop('not_finite');
     const slot = this.slotFor(name, kind, second);
     if (slot < 0) return this.lastDrop;
+    return this.observeSlot(slot, kind, value, second, weight, relative);
+  }
+
+  /**
+   * The slot of the series named by latin1 bytes[start..end) (the StatsD hot path: no string
+   * is made for a known name), or −1 when refused (the drop is counted).
+   */
+  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: KindCode, second: number): number {
+    let h = 0x811c9dc5;
+    for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+    const mask = this.byteSlots.length - 1;
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const slot = this.byteSlots[i]!;
+      if (slot < 0) break;
+      if (this.byteHash[i] !== h >>> 0) continue;
+      const name = this.names[slot];
+      if (name == null || name.length !== end - start) continue;
+      let same = true;
+      for (let k = 0; k < name.length && same; k++) same = name.charCodeAt(k) === bytes[start + k];
+      if (!same) continue;
+      if (this.kinds[slot] !== kind) {
+        this.drop('kind_conflict');
+        return -1;
+      }
+      return slot;
+    }
+    const name = Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start).toString('latin1');
+    const slot = this.slotFor(name, kind, second);
+    if (slot >= 0) this.indexBytes(slot, h >>> 0);
+    return slot;
+  }
+
+  private indexBytes(slot: number, h: number): void {
+    const mask = this.byteSlots.length - 1;
+    let i = h & mask;
+    while (this.byteSlots[i]! >= 0) i = (i + 1) & mask;
+    this.byteSlots[i] = slot;
+    this.byteHash[i] = h;
+  }
+
+  /** Records one observation of a known slot (see observe()). */
+  observeSlot(slot: number, kind: KindCode, value: number, second: number, weight = 1, relative = false): DropReason | null {
+    if (this.second === noSecond) this.second = second;
+    if (second !== this.second) return this.drop('late');
+    if (!Number.isFinite(value)) return this.drop('not_finite');
     this.lastSeenSecond[slot] = second;
     const fresh = this.touchedIn[slot] !== second;
     if (fresh) {
@@ -294,6 +346,7 @@ export class Aggregator {
   }
 
   private evict(second: number): void {
+    let evicted = 0;
     for (let slot = 0; slot < this.nextSlot; slot++) {
       const name = this.names[slot];
       if (name == null || second - this.lastSeenSecond[slot]! <= this.opts.seriesEvictSeconds) continue;
@@ -301,6 +354,20 @@ export class Aggregator {
       this.slotByHash.delete(hashKey(this.hashes[2 * slot]!, this.hashes[2 * slot + 1]!));
       this.names[slot] = null;
       this.freeSlots.push(slot);
+      evicted++;
+    }
+    if (evicted > 0) this.rebuildByteIndex();
+  }
+
+  /** Open addressing has no cheap delete: after evictions the byte index is rebuilt (rare). */
+  private rebuildByteIndex(): void {
+    this.byteSlots.fill(-1);
+    for (let slot = 0; slot < this.nextSlot; slot++) {
+      const name = this.names[slot];
+      if (name == null) continue;
+      let h = 0x811c9dc5;
+      for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+      this.indexBytes(slot, h >>> 0);
     }
   }
 }

@@ -6,8 +6,8 @@ import { datagramBytesDefault, datagramBytesMin, udpPayloadBytesMax } from '../s
 export const edgeLimits = {
   /** Active series per edge (`--series-max`): 2,000 expected per server, 5× headroom. */
   seriesMax: 10_000,
-  /** Distribution observations buffered per second: 10× the 20,000 lines/s target; 16 B each → 3.2 MB. */
-  observationsPerSecondMax: 200_000,
+  /** Distribution observations buffered per second: 5× the 20,000 lines/s target; ~32 B each → 3.2 MB. */
+  observationsPerSecondMax: 100_000,
   /** StatsD datagrams queued between the socket and the aggregator (drained every tick). */
   queueDatagramsMax: 65_536,
   /** Bytes queued between the socket and the aggregator: bounds memory under a burst. */

@@ -6,9 +6,11 @@ type Seen = [name: string, kind: KindCode, value: number, weight: number, relati
 
 function parse(text: string): { seen: Seen[]; parser: StatsdParser } {
   const seen: Seen[] = [];
+  const names: string[] = [];
   const sink: StatsdSink = {
-    observe: (name, kind, value, _second, weight, relative) => {
-      seen.push([name, kind, value, weight, relative]);
+    slotForBytes: (bytes, start, end) => names.push(Buffer.from(bytes.subarray(start, end)).toString('latin1')) - 1,
+    observeSlot: (slot, kind, value, _second, weight, relative) => {
+      seen.push([names[slot]!, kind, value, weight, relative]);
       return null;
     },
   };
@@ -36,6 +38,12 @@ describe('StatsD parser', () => {
     ]);
     expect(parser.lines).toBe(8);
     expect(Object.values(parser.malformed).every((n) => n === 0)).toBe(true);
+  });
+
+  it('parses plain decimals exactly like Number()', () => {
+    const vals = ['0', '-0.5', '12.34', '0.1', '0.30000000000000004', '123456789012345', '1e3', '-2.5E-3', '999999999999999.9', '+7'];
+    const { seen } = parse(vals.map((v, i) => `n${i}:${v}|g`).join('\n'));
+    expect(seen.map((s) => s[2])).toEqual(vals.map((v) => Number(v)));
   });
 
   it('counts malformed lines by reason and keeps the good ones', () => {

@@ -86,8 +86,9 @@ export async function edgeProcessFigures(seconds: number): Promise<Figure[]> {
     rackBytes += m.length;
   });
   await new Promise<void>((r) => rack.bind(0, '127.0.0.1', r));
-  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
-  const child = spawn(process.execPath, [cli, 'edge', '--server', 'bench-edge', '--rack', `127.0.0.1:${rack.address().port}`, '--statsd', '127.0.0.1:0'], {
+  // Through the launcher, as users run it (it sets the edge's V8 flags; `exec` keeps the pid).
+  const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
+  const child = spawn(apm, ['edge', '--server', 'bench-edge', '--rack', `127.0.0.1:${rack.address().port}`, '--statsd', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const port = await new Promise<number>((resolve, reject) => {

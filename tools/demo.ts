@@ -18,13 +18,14 @@ interface Child {
   proc: ChildProcess;
 }
 
-const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
+/** Children start through the launcher, which sets per-daemon V8 flags. */
+const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
 
 function start(name: string, args: string[], ready: RegExp): Promise<Child> {
   return new Promise((resolve, reject) => {
     // Own process group: Ctrl-C reaches the demo alone, which then stops the tiers in order
     // (edge, racks, core) so that each one's last batch still reaches the next.
-    const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, APM_EXIT_WITH_PARENT: '1' } });
+    const proc = spawn(apm, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, APM_EXIT_WITH_PARENT: '1' } });
     const lines: string[] = [];
     const onLine = (chunk: Buffer) => {
       for (const line of chunk.toString('utf8').split('\n').filter((l) => l.length > 0)) {
