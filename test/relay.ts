@@ -18,6 +18,7 @@ export class LossyRelay {
   private readonly upstream = new Map<string, dgram.Socket>();
   /** Every distinct data part each edge sent: server → second → part → message. */
   readonly sent = new Map<string, Map<number, Map<number, EdgeSecondMessage>>>();
+  private closed = false;
   dropped = 0;
   duplicated = 0;
   forwarded = 0;
@@ -54,7 +55,9 @@ export class LossyRelay {
     let up = this.upstream.get(key);
     if (up === undefined) {
       up = dgram.createSocket('udp4');
-      up.on('message', (nack) => this.listen?.send(nack, from.port, from.address));
+      up.on('message', (nack) => {
+        if (!this.closed) this.listen?.send(nack, from.port, from.address);
+      });
       up.bind(0, '127.0.0.1');
       this.upstream.set(key, up);
     }
@@ -68,6 +71,7 @@ export class LossyRelay {
       const delay = this.opts.reorderMaxMs > 0 ? Math.floor(this.rand() * this.opts.reorderMaxMs) : 0;
       const socket = up;
       setTimeout(() => {
+        if (this.closed) return;
         this.forwarded++;
         socket.send(msg, this.opts.rackPort, '127.0.0.1');
       }, delay);
@@ -75,6 +79,7 @@ export class LossyRelay {
   }
 
   close(): void {
+    this.closed = true;
     this.listen?.close();
     for (const u of this.upstream.values()) u.close();
   }
