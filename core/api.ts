@@ -5,14 +5,17 @@ import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { PromText } from '../schema/prom.js';
 import type { Store } from './store.js';
+import { addQueryRoutes } from './query/routes.js';
+import type { StoredQueries } from './query/stored.js';
 
 export interface ApiOptions {
   ingestBodyBytesMax: number;
 }
 
-export function createApi(store: Store, opts: ApiOptions): Hono {
+export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions): Hono {
   const app = new Hono();
   const http = { ingest_requests: 0, ingest_too_large: 0 };
+  const live = addQueryRoutes(app, store, stored);
 
   app.onError((err, c) => {
     console.error(`core: ${c.req.method} ${c.req.path} failed:`, err);
@@ -76,6 +79,13 @@ export function createApi(store: Store, opts: ApiOptions): Hono {
     p.gauge('apm_core_disk_bytes', 'Size of the LMDB data in use', store.diskBytes());
     p.gauge('apm_core_servers', 'Servers known', store.registry.allServers().length);
     p.gauge('apm_core_metrics', 'Metrics known', store.registry.allMetrics().length);
+    p.counter('apm_core_query_windows_evaluated_total', 'Stored-query windows evaluated', stored.counters.windows_evaluated);
+    p.counter('apm_core_query_windows_revised_total', 'Stored-query windows re-evaluated with a new result (late data)', stored.counters.windows_revised);
+    p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', stored.counters.windows_behind);
+    p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', stored.counters.evaluation_errors);
+    p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', stored.counters.late_seconds_dropped);
+    p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
+    p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counter('apm_core_metrics_overflow_total', 'Metrics not registered because the registry is full', store.registry.metricsOverflow);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
   });

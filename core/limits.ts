@@ -19,6 +19,12 @@ export const coreLimits = {
   diskReserveBytes: 256 * 1024 * 1024,
   /** Retention sweep period. */
   retentionSweepMs: 10_000,
+  /** Stored queries per core. */
+  storedQueriesMax: 1000,
+  /** Windows one stored query evaluates per scheduler tick (catch-up after downtime spreads over ticks). */
+  windowsPerTickMax: 720,
+  /** Distinct late seconds remembered for re-evaluation between ticks. */
+  lateSecondsMax: 100_000,
   /** Registry last-seen times are persisted this often. */
   registrySaveMs: 10_000,
 } as const;

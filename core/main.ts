@@ -6,6 +6,7 @@ import { parseBytes, parseDurationMs, parseHostPort, parseOptions, UsageError } 
 import { createApi } from './api.js';
 import { coreLimits } from './limits.js';
 import { Store } from './store.js';
+import { StoredQueries } from './query/stored.js';
 
 export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard
 
@@ -17,6 +18,8 @@ Usage: apm core --listen 127.0.0.1:8080 --data <dir> [options]
   --disk-bytes-max <sz>  storage budget, e.g. 500GiB: ingest answers 503 (racks spool) once the
                          data in use reaches it, and resumes when retention frees room (default: none;
                          ingest also answers 503 when the file system has < 256 MiB free)
+  --query-lateness <d>   a stored-query window is evaluated this long after it ends (default 3s:
+                         the racks' 2 s lateness plus forwarding); later data revises it
   --help                 this text
 
 Stops on SIGINT/SIGTERM after writing what it holds.`;
@@ -31,6 +34,7 @@ export async function main(argv: string[]): Promise<void> {
       data: { type: 'string', default: './data/core' },
       retention: { type: 'string', default: '365d' },
       'disk-bytes-max': { type: 'string' },
+      'query-lateness': { type: 'string', default: '3s' },
       help: { type: 'boolean', default: false },
     },
     coreHelp,
@@ -56,7 +60,14 @@ export async function main(argv: string[]): Promise<void> {
     headBytesMax: coreLimits.headBytesMax,
     metricsMax: coreLimits.metricsMax,
   });
-  const app = createApi(store, { ingestBodyBytesMax: coreLimits.ingestBodyBytesMax });
+  const stored = new StoredQueries(store.env, store, {
+    latenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
+    windowsPerTickMax: coreLimits.windowsPerTickMax,
+    queriesMax: coreLimits.storedQueriesMax,
+    lateSecondsMax: coreLimits.lateSecondsMax,
+  });
+  store.onIngest = (second) => stored.noteData(second);
+  const app = createApi(store, stored, { ingestBodyBytesMax: coreLimits.ingestBodyBytesMax });
   const port = await new Promise<number>((resolve) => serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port)));
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
@@ -64,6 +75,7 @@ export async function main(argv: string[]): Promise<void> {
     clearInterval(flushTimer);
     clearInterval(retentionTimer);
     clearInterval(registryTimer);
+    clearInterval(queryTimer);
     await store.saveRegistry().catch(() => undefined);
     await store.close();
     process.exit(0);
@@ -74,5 +86,14 @@ export async function main(argv: string[]): Promise<void> {
   const flushTimer = setInterval(() => void store.flushDue(Date.now()).catch((e: unknown) => console.error('core: flush failed', e)), 1000);
   const sweepMs = Math.min(coreLimits.retentionSweepMs, Math.max(1000, retentionMs / 4));
   const retentionTimer = setInterval(() => void store.retentionSweep(Date.now()).catch((e: unknown) => console.error('core: retention sweep failed', e)), sweepMs);
+  let evaluating = false;
+  const queryTimer = setInterval(() => {
+    if (evaluating) return;
+    evaluating = true;
+    void stored
+      .tick(Date.now())
+      .catch((e: unknown) => console.error('core: stored queries failed', e))
+      .finally(() => (evaluating = false));
+  }, 250);
   const registryTimer = setInterval(() => void store.saveRegistry().catch(() => undefined), coreLimits.registrySaveMs);
 }

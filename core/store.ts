@@ -78,6 +78,8 @@ export class Store {
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_batch', number>> = {};
   lastError = '';
+  /** Called with a batch's second once it is durable (stored queries re-evaluate late windows). */
+  onIngest: ((second: number) => void) | null = null;
   private room = { checkedMs: 0, reason: '' };
 
   constructor(readonly opts: StoreOptions) {
@@ -176,6 +178,7 @@ export class Store {
       return { status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space or raise --map-bytes; the rack will retry` };
     }
     this.addToHead(msg, walKey, body.length, serverIds);
+    this.onIngest?.(msg.second);
     if (msg.second < this.flushedThrough) this.counters.batches_late++;
     let points = 0;
     let summaries = 0;
@@ -305,6 +308,11 @@ export class Store {
         for (const r of b.build(S)) visit(asDecoded(r.input), block, rackId);
       }
     }
+  }
+
+  /** The LMDB environment, for other core state (stored queries) kept beside the data. */
+  get env(): RootDatabase {
+    return this.root;
   }
 
   rackIdOf(name: string): number | undefined {

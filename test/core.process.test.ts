@@ -142,6 +142,10 @@ describe('apm core process', () => {
     const edge = spawnApm(['edge', '--server', 'e2e-web-1', '--rack', `127.0.0.1:${rackPort}`, '--statsd', '127.0.0.1:0', '--no-host']);
     daemons.push(edge);
     const statsd = Number((await edge.waitFor(/StatsD on 127\.0\.0\.1:(\d+)/))[1]);
+    // A stored query made before the data: its windows must hold exactly what was sent.
+    const created = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'rpc', query: 'FROM e2e-* SELECT e2e.rpc WINDOW 1s COMPUTE sum, count, max' }) });
+    expect(created.status).toBe(201);
+    const queryId = ((await created.json()) as { id: string }).id;
     const sock = dgram.createSocket('udp4');
     const sent = new Map<number, number>();
     for (let k = 0; k < 3; k++) {
@@ -160,6 +164,20 @@ describe('apm core process', () => {
     expect(metrics.metrics.find((m) => m.name === 'e2e.rpc')?.kind).toBe('counter');
     const servers = (await (await fetch(`${url}/api/v1/servers`)).json()) as { servers: { id: string; rack: string }[] };
     expect(servers.servers).toContainEqual(expect.objectContaining({ id: 'e2e-web-1', rack: 'e2e' }));
+    // The stored query's windows (evaluated 3 s after each window ends), over HTTP.
+    const lastSent = Math.max(...sent.keys());
+    const windows = await until(async () => {
+      const r = (await (await fetch(`${url}/api/v1/queries/${queryId}/results?from=-5m`)).json()) as { windows: { startMs: number; values: Record<string, number>; servers: number }[] };
+      return r.windows.some((w) => w.startMs === lastSent * 1000) ? r.windows : undefined;
+    }, 15_000, 'the stored query window of the last second sent');
+    for (const second of sent.keys()) {
+      expect(windows.find((w) => w.startMs === second * 1000)).toMatchObject({ servers: 1, values: { sum: 5, count: 1, max: 5 } });
+    }
+    // And the command line prints the same as a table.
+    const cli = spawnApm(['query', `FROM e2e-web-1 SELECT e2e.queue WINDOW 1s COMPUTE max`, '--from', String(Math.min(...sent.keys()) * 1000), '--to', String((lastSent + 1) * 1000), '--core', url]);
+    expect(await cli.exited()).toBe(0);
+    const table = cli.output.join('\n');
+    for (const [second, v] of sent) expect(table).toMatch(new RegExp(`${new Date(second * 1000).toISOString().slice(11, 19)}\\s+1\\s+1\\s+${v}\\s+0`));
     expect(await core.stop('SIGTERM')).toBe(0);
     const store = openStore(data);
     for (const [second, v] of sent) {

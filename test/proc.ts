@@ -11,6 +11,8 @@ export interface Daemon {
   output: string[];
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Resolves with the exit code once the process ends by itself. */
+  exited(): Promise<number | null>;
 }
 
 export function spawnApm(args: string[]): Daemon {
@@ -48,6 +50,9 @@ export function spawnApm(args: string[]): Daemon {
         const timer = setTimeout(() => reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; output:\n${output.join('\n')}`)), timeoutMs);
         if (!check()) waiters.push(check);
       });
+    },
+    exited() {
+      return exited;
     },
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);

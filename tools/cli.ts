@@ -12,6 +12,7 @@ const commands: Record<string, Command> = {
   rack: { summary: 'rack aggregator: reassemble, recover loss, merge, forward to the core', run: async (a) => (await import('../rack/main.js')).main(a) },
   core: { summary: 'core node: durable ingest, a year of per-second points, API', run: async (a) => (await import('../core/main.js')).main(a) },
   simulate: { summary: 'simulated fleet: N servers × M metrics sent to racks like real edges', run: async (a) => (await import('./simulate-main.js')).main(a) },
+  query: { summary: 'evaluate a query on the core and print its windows', run: async (a) => (await import('./query-main.js')).main(a) },
   demo: { summary: 'the whole system on this machine (what npm start runs)', run: async (a) => (await import('./demo.js')).main(a) },
   bench: { summary: 'measure the tiers and print a report', run: async (a) => (await import('./bench.js')).main(a) },
 };

@@ -1,0 +1,89 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Encoder, KindCode } from '../schema/codec.js';
+import { buildColumns } from '../schema/testdata.js';
+import { createApi } from './api.js';
+import { StoredQueries } from './query/stored.js';
+import { Store } from './store.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'apm-api-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const store = new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
+const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 3, lateSecondsMax: 100 });
+store.onIngest = (s) => stored.noteData(s);
+const app = createApi(store, stored, { ingestBodyBytesMax: 100_000 });
+const enc = new Encoder();
+const now = Math.floor(Date.now() / 1000);
+const json = (method: string, body: unknown) => ({ method, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+
+async function ingest(second: number, value: number, seq: number): Promise<number> {
+  const body = enc.rackBatch({ rack: 'r1', batchSeq: seq, second, late: false, servers: [{ server: 'web-1', blocks: [buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value }], [])] }], rollup: buildColumns([], [], ['cpu']) });
+  return (await app.request('/api/v1/ingest', { method: 'POST', body })).status;
+}
+
+describe('core HTTP API', () => {
+  it('ingests, lists servers and metrics, and refuses bad bodies with a reason', async () => {
+    expect(await ingest(now - 20, 10, 1)).toBe(204);
+    expect(await ingest(now - 19, 30, 2)).toBe(204);
+    const bad = await app.request('/api/v1/ingest', { method: 'POST', body: new Uint8Array(64) });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { reason: string }).reason).toBe('bad_checksum');
+    expect((await app.request('/api/v1/ingest', { method: 'POST', body: new Uint8Array(200_000) })).status).toBe(413);
+    expect(await (await app.request('/api/v1/servers')).json()).toMatchObject({ servers: [{ id: 'web-1', rack: 'r1' }] });
+    expect(await (await app.request('/api/v1/metrics')).json()).toMatchObject({ metrics: [{ name: 'cpu', kind: 'gauge' }] });
+    expect((await app.request('/healthz')).status).toBe(200);
+    expect(await (await app.request('/metrics')).text()).toMatch(/apm_core_batches_ingested_total 2/);
+    expect((await app.request('/nope')).status).toBe(404);
+  });
+
+  it('answers ad-hoc queries with exact windows and clear errors', async () => {
+    const q = encodeURIComponent('FROM web-* SELECT cpu WINDOW 1s COMPUTE max, avg, p50');
+    const r = (await (await app.request(`/api/v1/query?q=${q}&from=${(now - 30) * 1000}&to=now`)).json()) as { query: string; windows: { startMs: number; values: Record<string, number> }[] };
+    expect(r.query).toBe('FROM web-* SELECT cpu WINDOW 1s COMPUTE max, avg, percentile(50)');
+    expect(r.windows.map((w) => [w.startMs, w.values])).toEqual([
+      [(now - 20) * 1000, { max: 10, avg: 10, 'percentile(50)': 10 }],
+      [(now - 19) * 1000, { max: 30, avg: 30, 'percentile(50)': 30 }],
+    ]);
+    const iso = new Date((now - 19) * 1000).toISOString();
+    const one = (await (await app.request(`/api/v1/query?q=${q}&from=${encodeURIComponent(iso)}&to=-1s`)).json()) as { windows: unknown[] };
+    expect(one.windows.length).toBe(1);
+    const parse = await app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT cpu WINDOW 5x COMPUTE max')}`);
+    expect([parse.status, await parse.json()]).toEqual([400, { error: 'expected a duration like 5s after WINDOW at 25', position: 25 }]);
+    expect((await app.request(`/api/v1/query?q=${q}&from=-1d`)).status).toBe(400); // 86,400 windows
+    expect((await app.request(`/api/v1/query?q=${q}&from=yesterday`)).status).toBe(400);
+  });
+
+  it('creates, lists, serves, streams and deletes stored queries', async () => {
+    const bad = await app.request('/api/v1/queries', json('POST', { name: 'x', query: 'FROM * SELECT cpu WINDOW 5s COMPUTE median' }));
+    expect([bad.status, ((await bad.json()) as { position: number }).position]).toEqual([400, 36]);
+    const created = await app.request('/api/v1/queries', json('POST', { name: 'CPU', query: 'from * select cpu window 1s compute max' }));
+    expect(created.status).toBe(201);
+    const def = (await created.json()) as { id: string; name: string; query: string; createdMs: number };
+    expect(def).toMatchObject({ name: 'CPU', query: 'FROM * SELECT cpu WINDOW 1s COMPUTE max' });
+    expect(((await (await app.request('/api/v1/queries')).json()) as { queries: unknown[] }).queries).toEqual([def]);
+    expect(await (await app.request(`/api/v1/queries/${def.id}`)).json()).toEqual(def);
+    expect((await app.request('/api/v1/queries/ffffff')).status).toBe(404);
+
+    // Live: subscribe, then a new second arrives and its window is evaluated.
+    const live = await app.request(`/api/v1/queries/${def.id}/live`);
+    expect(live.headers.get('content-type')).toMatch(/text\/event-stream/);
+    const reader = live.body!.getReader();
+    await stored.tick(Date.now());
+    expect(await ingest(now + 2, 77, 3)).toBe(204);
+    await stored.tick((now + 3) * 1000);
+    let text = '';
+    while (!text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value);
+    expect(text).toMatch(/^event: window\ndata: /m);
+    const w = JSON.parse(/data: (.*)/.exec(text)![1]!) as { startMs: number; values: { max: number }; revision: number };
+    expect(w).toMatchObject({ startMs: (now + 2) * 1000, values: { max: 77 }, revision: 0 });
+    await reader.cancel();
+
+    const results = (await (await app.request(`/api/v1/queries/${def.id}/results?from=${(now - 5) * 1000}&to=${(now + 10) * 1000}`)).json()) as { id: string; windows: { startMs: number }[] };
+    expect(results.id).toBe(def.id);
+    expect(results.windows.map((x) => x.startMs)).toContain((now + 2) * 1000);
+    expect((await app.request(`/api/v1/queries/${def.id}`, { method: 'DELETE' })).status).toBe(204);
+    expect((await app.request(`/api/v1/queries/${def.id}`, { method: 'DELETE' })).status).toBe(404);
+  });
+});

@@ -1,0 +1,151 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Encoder, KindCode, type EdgeSecondMessage } from '../../schema/codec.js';
+import { buildColumns, type DistInput, type PointInput } from '../../schema/testdata.js';
+import { RackMerger } from '../../rack/merge.js';
+import { Store } from '../store.js';
+import { evaluate, type WindowResult } from './eval.js';
+import { fnKey, globRegExp, parseQuery, type Query } from './parse.js';
+import { StoredQueries } from './stored.js';
+
+const dirs: string[] = [];
+afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+function openStore(): Store {
+  const dir = mkdtempSync(join(tmpdir(), 'apm-eval-'));
+  dirs.push(dir);
+  return new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
+}
+
+// Raw observations the reference evaluator works from.
+interface Obs {
+  server: string;
+  rack: string;
+  second: number;
+  metric: string;
+  value: number;
+}
+
+const racks: Record<string, string[]> = { r1: ['web-1', 'web-2', 'web-3', 'web-4'], r2: ['db-1', 'db-2', 'db-3'] };
+const t0 = 1_790_000_040; // a block boundary (multiple of 60)
+const seconds = 180;
+const enc = new Encoder();
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+}
+
+/** Generates observations and stores them as racks would send them; returns the raw truth. */
+async function load(store: Store): Promise<Obs[]> {
+  const r = rng(11);
+  const obs: Obs[] = [];
+  const merger = new RackMerger(100);
+  let seq = 1;
+  for (let t = t0; t < t0 + seconds; t++) {
+    for (const [rack, servers] of Object.entries(racks)) {
+      const parts: { server: string; parts: EdgeSecondMessage[] }[] = [];
+      for (const server of servers) {
+        if (server === 'db-3' && t < t0 + 30) continue; // appears later
+        const points: PointInput[] = [];
+        const dists: DistInput[] = [];
+        if (r() > 0.1) {
+          const v = Math.round((r() - 0.3) * 10_000) / 100; // negative values too
+          points.push({ name: 'g', kind: KindCode.Gauge, value: v });
+          obs.push({ server, rack, second: t, metric: 'g', value: v });
+        }
+        const k = Math.floor(r() * 5);
+        if (k > 0) {
+          const values = Array.from({ length: k }, () => Math.round(Math.exp(1 + 3 * r()) * 1000) / 1000);
+          dists.push({ name: 'lat', values });
+          for (const v of values) obs.push({ server, rack, second: t, metric: 'lat', value: v });
+        }
+        parts.push({ server, parts: [{ type: 'edgeSecond', server, session: 1, seq: 0, second: t, part: 0, parts: 1, sentMs: 0, series: buildColumns(points, dists) }] });
+      }
+      const m = merger.merge(parts);
+      const res = await store.ingest(enc.rackBatch({ rack, batchSeq: seq++, second: t, late: false, servers: m.servers, rollup: m.rollup }));
+      expect(res.status).toBe(204);
+    }
+    // Blocks written so far go to rows (the third one partly): reads then span rows, a row
+    // plus head batches of the same block, and the head.
+    if (t === t0 + 125) expect(await store.flushDue(Date.now() + 10_000)).toBeGreaterThan(0);
+  }
+  return obs;
+}
+
+/** Plain, obviously-correct evaluation over raw observations. */
+function reference(obs: Obs[], q: Query, from: number, to: number): Map<number, { servers: number; count: number; values: Record<string, number> }> {
+  const pick = (o: Obs) =>
+    o.metric === q.metric &&
+    q.selectors.some((s) => (s.type === 'all' ? true : s.type === 'server' ? o.server === s.id : s.type === 'glob' ? globRegExp(s.pattern).test(o.server) : globRegExp(s.pattern).test(o.rack)));
+  const W = q.windowSeconds;
+  const out = new Map<number, { servers: number; count: number; values: Record<string, number> }>();
+  for (let start = Math.ceil(from / W) * W; start < to; start += W) {
+    const inWin = obs.filter((o) => pick(o) && o.second >= start && o.second < start + W);
+    if (inWin.length === 0) continue;
+    const vals = inWin.map((o) => o.value).sort((a, b) => a - b);
+    const values: Record<string, number> = {};
+    for (const f of q.functions) {
+      const sum = vals.reduce((a, b) => a + b, 0);
+      values[fnKey(f)] = f.type === 'min' ? vals[0]! : f.type === 'max' ? vals[vals.length - 1]! : f.type === 'count' ? vals.length : f.type === 'sum' ? sum : f.type === 'avg' ? sum / vals.length : vals[Math.floor((f.p / 100) * (vals.length - 1))]!;
+    }
+    out.set(start * 1000, { servers: new Set(inWin.map((o) => o.server)).size, count: vals.length, values });
+  }
+  return out;
+}
+
+function compare(got: WindowResult[], want: ReturnType<typeof reference>, q: Query, exactPercentiles: boolean): void {
+  expect(got.map((w) => w.startMs)).toEqual([...want.keys()]);
+  for (const w of got) {
+    const r = want.get(w.startMs)!;
+    expect([w.servers, w.count, w.endMs - w.startMs]).toEqual([r.servers, r.count, q.windowSeconds * 1000]);
+    for (const f of q.functions) {
+      const k = fnKey(f);
+      const g = w.values[k]!;
+      const e = r.values[k]!;
+      if (f.type === 'percentile' && !exactPercentiles) expect(Math.abs(g - e), `${k} at ${w.startMs}`).toBeLessThanOrEqual(Math.abs(e) * 0.01);
+      else if (f.type === 'sum' || f.type === 'avg') expect(g).toBeCloseTo(e, 6);
+      else expect(g, `${k} at ${w.startMs}`).toBe(e);
+    }
+  }
+}
+
+describe('query evaluation against a reference over raw observations', async () => {
+  const store = openStore();
+  const obs = await load(store);
+  const cases: [string, boolean][] = [];
+  for (const sel of ['*', 'web-*', 'web-2', 'rack:r2', 'db-?,web-1', 'rack:r*']) {
+    for (const win of ['1s', '5s', '1m']) {
+      cases.push([`FROM ${sel} SELECT g WINDOW ${win} COMPUTE min, max, avg, count, sum, p50, p99, percentile(0), percentile(100)`, true]);
+      cases.push([`FROM ${sel} SELECT lat WINDOW ${win} COMPUTE min, max, avg, count, sum, p50, p90, p99.9`, false]);
+    }
+  }
+  for (const [text, exact] of cases) {
+    it(text, () => {
+      const q = parseQuery(text);
+      // A range that starts mid-window and spans rows and the head.
+      compare(evaluate(store, q, t0 + 3, t0 + seconds), reference(obs, q, t0 + 3, t0 + seconds), q, exact);
+    });
+  }
+
+  it('stored queries evaluate closed windows, and late data raises the revision', async () => {
+    const stored = new StoredQueries(store.env, store, { latenessMs: 3000, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 1000 });
+    store.onIngest = (s) => stored.noteData(s);
+    const def = await stored.create('g', 'FROM * SELECT g WINDOW 5s COMPUTE count, max', (t0 + 5) * 1000);
+    await stored.tick((t0 + seconds) * 1000 + 3000);
+    const before = stored.results_(def.id, t0 * 1000, (t0 + seconds) * 1000);
+    expect(before.length).toBe(seconds / 5);
+    expect(before[0]).toMatchObject({ startMs: t0 * 1000, revision: 0 });
+    const live: WindowResult[] = [];
+    stored.subscribe((_, w) => live.push(w));
+    // A late batch: a new server reports 1e6 at t0 + 7.
+    const late = enc.rackBatch({ rack: 'r9', batchSeq: 1, second: t0 + 7, late: true, servers: [{ server: 'late-1', blocks: [buildColumns([{ name: 'g', kind: KindCode.Gauge, value: 1e6 }], [])] }], rollup: buildColumns([], []) });
+    expect((await store.ingest(late)).status).toBe(204);
+    await stored.tick((t0 + seconds) * 1000 + 4000);
+    const after = stored.results_(def.id, (t0 + 5) * 1000, (t0 + 10) * 1000);
+    expect(after[0]).toMatchObject({ revision: 1, values: { max: 1e6, count: before[1]!.count + 1 } });
+    expect(live.map((w) => [w.startMs, w.revision])).toEqual([[(t0 + 5) * 1000, 1]]);
+  });
+});

@@ -1,0 +1,160 @@
+// Window evaluation (DESIGN §3): for the selected servers, one metric and tumbling windows
+// aligned to the epoch, the union of all observations in each window. min, max, count, sum and
+// avg are exact; percentiles are exact (sorted values) for gauges and counters and from merged
+// DDSketches (1% relative) for distributions — never an average of per-server percentiles.
+// Columnar: rows are visited as typed arrays; per window only running sums and, when a
+// percentile is asked for, the values or one sketch accumulator.
+
+import { hashName } from '../../schema/names.js';
+import { SketchAccumulator } from '../../schema/sketch.js';
+import type { Registry } from '../registry.js';
+import type { Store } from '../store.js';
+import { fnKey, globRegExp, type Query } from './parse.js';
+
+export interface WindowResult {
+  startMs: number;
+  endMs: number;
+  servers: number;
+  count: number;
+  values: Record<string, number>;
+  revision: number;
+}
+
+/** Server ids (registry) selected by the query's selectors, as a membership table. */
+export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number } {
+  const servers = registry.allServers();
+  let maxId = 0;
+  for (const s of servers) maxId = Math.max(maxId, s.id);
+  const selected = new Uint8Array(maxId + 1);
+  let size = 0;
+  const tests = q.selectors.map((sel) => {
+    if (sel.type === 'all') return () => true;
+    if (sel.type === 'server') return (name: string) => name === sel.id;
+    const re = globRegExp(sel.pattern);
+    return sel.type === 'glob' ? (name: string) => re.test(name) : (_: string, rack: string) => re.test(rack);
+  });
+  for (const s of servers) {
+    if (tests.some((t) => t(s.name, s.rack))) {
+      selected[s.id] = 1;
+      size++;
+    }
+  }
+  return { selected, size };
+}
+
+/** Evaluates every window whose start lies in [fromSec, toSec); windows without observations are omitted. */
+export function evaluate(store: Store, q: Query, fromSec: number, toSec: number): WindowResult[] {
+  const W = q.windowSeconds;
+  const first = Math.ceil(fromSec / W) * W;
+  if (first >= toSec) return [];
+  const n = Math.ceil((toSec - first) / W);
+  const end = first + n * W;
+  const { selected } = resolveServers(q, store.registry);
+  const h = new Uint32Array(2);
+  hashName(q.metric, h, 0);
+  const wantPct = q.functions.some((f) => f.type === 'percentile');
+  const count = new Float64Array(n);
+  const sum = new Float64Array(n);
+  const min = new Float64Array(n).fill(Infinity);
+  const max = new Float64Array(n).fill(-Infinity);
+  const seen = new Map<number, Set<number>>(); // window → servers that reported (sets per window, not per point)
+  const values: (number[] | undefined)[] = new Array(n);
+  const sketches: (SketchAccumulator | undefined)[] = new Array(n);
+  const pool: SketchAccumulator[] = [];
+  const out: WindowResult[] = [];
+  let finalized = 0;
+  const finalize = (upTo: number) => {
+    for (; finalized < upTo; finalized++) {
+      const w = finalized;
+      if (count[w]! > 0) out.push(result(q, first + w * W, W, count[w]!, sum[w]!, min[w]!, max[w]!, seen.get(w)?.size ?? 0, values[w], sketches[w]));
+      const acc = sketches[w];
+      if (acc !== undefined) {
+        acc.reset();
+        pool.push(acc);
+      }
+      sketches[w] = undefined;
+      values[w] = undefined;
+      seen.delete(w);
+    }
+  };
+  const mark = (w: number, sid: number) => {
+    let s = seen.get(w);
+    if (s === undefined) seen.set(w, (s = new Set()));
+    s.add(sid);
+  };
+  let lastBlock = -1;
+  store.read(h[0]!, h[1]!, first, end, (row, block) => {
+    if (block !== lastBlock) {
+      // Rows come block by block in time order: windows ending before this block are complete.
+      finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
+      lastBlock = block;
+    }
+    for (let j = 0; j < row.serverIds.length; j++) {
+      const sid = row.serverIds[j]!;
+      if (sid >= selected.length || selected[sid] === 0) continue;
+      for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
+        const sec = block + row.pointSecs[i]!;
+        if (sec < first || sec >= end) continue;
+        const w = Math.floor((sec - first) / W);
+        const v = row.pointVals[i]!;
+        count[w]! += 1;
+        sum[w]! += v;
+        if (v < min[w]!) min[w] = v;
+        if (v > max[w]!) max[w] = v;
+        mark(w, sid);
+        if (wantPct) (values[w] ??= []).push(v);
+      }
+      const d = row.dist;
+      for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
+        const sec = block + d.secs[i]!;
+        if (sec < first || sec >= end) continue;
+        const w = Math.floor((sec - first) / W);
+        count[w]! += d.count[i]!;
+        sum[w]! += d.sum[i]!;
+        if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
+        if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
+        mark(w, sid);
+        if (wantPct) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
+      }
+    }
+  });
+  finalize(n);
+  return out;
+}
+
+function result(q: Query, startSec: number, W: number, count: number, sum: number, min: number, max: number, servers: number, vals: number[] | undefined, acc: SketchAccumulator | undefined): WindowResult {
+  const values: Record<string, number> = {};
+  let sorted: Float64Array | undefined;
+  // Gauge values in a window of a metric that also has distributions (it changed kind) join the sketch.
+  if (acc !== undefined && vals !== undefined) for (const v of vals) acc.addValue(v);
+  for (const f of q.functions) {
+    const key = fnKey(f);
+    switch (f.type) {
+      case 'min':
+        values[key] = min;
+        break;
+      case 'max':
+        values[key] = max;
+        break;
+      case 'avg':
+        values[key] = sum / count;
+        break;
+      case 'count':
+        values[key] = count;
+        break;
+      case 'sum':
+        values[key] = sum;
+        break;
+      case 'percentile': {
+        if (acc !== undefined) {
+          values[key] = acc.quantile(f.p / 100, min, max);
+        } else {
+          sorted ??= Float64Array.from(vals ?? []).sort();
+          values[key] = sorted[Math.floor((f.p / 100) * (sorted.length - 1))] ?? NaN;
+        }
+        break;
+      }
+    }
+  }
+  return { startMs: startSec * 1000, endMs: (startSec + W) * 1000, servers, count, values, revision: 0 };
+}

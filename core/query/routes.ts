@@ -1,0 +1,139 @@
+// Query routes of the core API (DESIGN §5): stored queries, their results and live stream,
+// and ad-hoc queries. Errors are {"error"} (parse errors add {"position"}).
+
+import type { Hono } from 'hono';
+import { streamSSE } from 'hono/streaming';
+import type { Store } from '../store.js';
+import { evaluate, type WindowResult } from './eval.js';
+import { parseQuery, QueryError } from './parse.js';
+import type { StoredQueries } from './stored.js';
+import { parseTime, TimeError } from './time.js';
+
+export const routeLimits = {
+  /** Windows in one answer (ad-hoc or stored): 1 h of 1 s windows; more is a clear 400. */
+  windowsPerAnswerMax: 3600,
+  /** Live subscribers in all: each holds a connection and a small queue. */
+  subscribersMax: 1000,
+  /** Events queued for one slow subscriber before it is dropped. */
+  subscriberQueueMax: 256,
+  keepAliveMs: 15_000,
+  nameCharsMax: 200,
+} as const;
+
+export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): { subscribers: () => number; dropped: () => number } {
+  let subscribers = 0;
+  let dropped = 0;
+  const bad = (err: unknown) => {
+    if (err instanceof QueryError) return { body: { error: err.message, position: err.position }, status: 400 as const };
+    if (err instanceof TimeError) return { body: { error: err.message }, status: 400 as const };
+    throw err;
+  };
+  const range = (from: string | undefined, to: string | undefined) => {
+    const now = Date.now();
+    const toMs = parseTime(to, now, now, 'to');
+    const fromMs = parseTime(from, toMs - 3_600_000, now, 'from');
+    if (fromMs >= toMs) throw new TimeError(`from (${fromMs}) must be before to (${toMs})`);
+    return { fromMs, toMs };
+  };
+
+  app.post('/api/v1/queries', async (c) => {
+    let body: { name?: unknown; query?: unknown };
+    try {
+      body = await c.req.json();
+    } catch {
+      return c.json({ error: 'body must be JSON {"name": "...", "query": "..."}' }, 400);
+    }
+    if (typeof body.query !== 'string') return c.json({ error: '"query" must be a string' }, 400);
+    const name = typeof body.name === 'string' && body.name.trim() !== '' ? body.name.trim() : body.query;
+    if (name.length > routeLimits.nameCharsMax) return c.json({ error: `"name" is longer than ${routeLimits.nameCharsMax} characters` }, 400);
+    try {
+      return c.json(await stored.create(name, body.query, Date.now()), 201);
+    } catch (err) {
+      if (err instanceof QueryError) return c.json({ error: err.message, position: err.position }, 400);
+      return c.json({ error: (err as Error).message }, 409);
+    }
+  });
+
+  app.get('/api/v1/queries', (c) => c.json({ queries: stored.list() }));
+
+  app.get('/api/v1/queries/:id', (c) => {
+    const q = stored.get(c.req.param('id'));
+    return q === undefined ? c.json({ error: `no stored query ${c.req.param('id')}` }, 404) : c.json(q);
+  });
+
+  app.delete('/api/v1/queries/:id', async (c) => ((await stored.delete(c.req.param('id'))) ? c.body(null, 204) : c.json({ error: `no stored query ${c.req.param('id')}` }, 404)));
+
+  app.get('/api/v1/queries/:id/results', (c) => {
+    const q = stored.get(c.req.param('id'));
+    if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
+    try {
+      const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'));
+      const windows = stored.results_(q.id, fromMs, toMs);
+      if (windows.length > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows.length} windows > ${routeLimits.windowsPerAnswerMax} per answer; narrow from/to` }, 400);
+      return c.json({ id: q.id, query: q.query, windows });
+    } catch (err) {
+      const r = bad(err);
+      return c.json(r.body, r.status);
+    }
+  });
+
+  app.get('/api/v1/queries/:id/live', (c) => {
+    const q = stored.get(c.req.param('id'));
+    if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
+    if (subscribers >= routeLimits.subscribersMax) return c.json({ error: `${routeLimits.subscribersMax} live subscribers already; try later` }, 503);
+    return streamSSE(c, async (stream) => {
+      subscribers++;
+      const queue: WindowResult[] = [];
+      let wake: (() => void) | null = null;
+      let closed = false;
+      const unsubscribe = stored.subscribe((id, w) => {
+        if (id !== q.id || closed) return;
+        if (queue.length >= routeLimits.subscriberQueueMax) {
+          // A client this far behind is dropped rather than allowed to hold memory.
+          closed = true;
+          dropped++;
+        } else queue.push(w);
+        wake?.();
+      });
+      stream.onAbort(() => {
+        closed = true;
+        wake?.();
+      });
+      try {
+        while (!closed) {
+          const w = queue.shift();
+          if (w !== undefined) {
+            await stream.writeSSE({ event: 'window', data: JSON.stringify(w), id: `${w.startMs}:${w.revision}` });
+            continue;
+          }
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            setTimeout(resolve, routeLimits.keepAliveMs).unref();
+          });
+          wake = null;
+          if (!closed && queue.length === 0) await stream.write(': keep-alive\n\n');
+        }
+      } finally {
+        unsubscribe();
+        subscribers--;
+      }
+    });
+  });
+
+  app.get('/api/v1/query', (c) => {
+    try {
+      const text = c.req.query('q');
+      if (text === undefined) return c.json({ error: 'missing q=<query>' }, 400);
+      const q = parseQuery(text);
+      const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'));
+      const windows = Math.ceil((toMs - fromMs) / 1000 / q.windowSeconds);
+      if (windows > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range` }, 400);
+      return c.json({ query: q.text, windows: evaluate(store, q, Math.ceil(fromMs / 1000), Math.ceil(toMs / 1000)) });
+    } catch (err) {
+      const r = bad(err);
+      return c.json(r.body, r.status);
+    }
+  });
+
+  return { subscribers: () => subscribers, dropped: () => dropped };
+}

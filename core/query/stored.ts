@@ -1,0 +1,187 @@
+// Stored queries (issue 5): kept in LMDB, evaluated window by window once a window's
+// watermark (end + lateness) passes, results stored and pushed to live subscribers. Batches
+// that arrive for seconds already evaluated make the windows holding them re-evaluate; a
+// changed result gets revision + 1. After downtime the missed windows are computed from storage.
+
+import { randomBytes } from 'node:crypto';
+import type { Database, RootDatabase } from 'lmdb';
+import type { Store } from '../store.js';
+import { evaluate, type WindowResult } from './eval.js';
+import { parseQuery, type Query } from './parse.js';
+
+export interface StoredQuery {
+  id: string;
+  name: string;
+  query: string;
+  createdMs: number;
+}
+
+interface QueryState {
+  def: StoredQuery;
+  parsed: Query;
+  /** Start (s) of the next window to evaluate. */
+  next: number;
+}
+
+export interface StoredOptions {
+  latenessMs: number;
+  /** Windows one query may evaluate per tick; the rest are counted as behind and caught up next tick. */
+  windowsPerTickMax: number;
+  queriesMax: number;
+  lateSecondsMax: number;
+}
+
+export type Listener = (queryId: string, w: WindowResult) => void;
+
+export class StoredQueries {
+  private readonly defs: Database<StoredQuery & { next?: number }, string>;
+  private readonly results: Database<WindowResult, string>;
+  private readonly states = new Map<string, QueryState>();
+  private readonly lateSeconds = new Set<number>();
+  private readonly listeners = new Set<Listener>();
+  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0 };
+
+  constructor(
+    root: RootDatabase,
+    private readonly store: Store,
+    private readonly opts: StoredOptions,
+  ) {
+    this.defs = root.openDB({ name: 'queries', encoding: 'json' });
+    this.results = root.openDB({ name: 'results', encoding: 'json' });
+    for (const { value } of this.defs.getRange()) {
+      const parsed = parseQuery(value.query);
+      this.states.set(value.id, { def: { id: value.id, name: value.name, query: value.query, createdMs: value.createdMs }, parsed, next: value.next ?? alignedStart(value.createdMs, parsed.windowSeconds) });
+    }
+  }
+
+  list(): StoredQuery[] {
+    return [...this.states.values()].map((s) => s.def);
+  }
+
+  get(id: string): StoredQuery | undefined {
+    return this.states.get(id)?.def;
+  }
+
+  /** Creates a stored query (throws QueryError on a bad query; Error when at the limit). */
+  async create(name: string, query: string, nowMs: number): Promise<StoredQuery> {
+    const parsed = parseQuery(query);
+    if (this.states.size >= this.opts.queriesMax) throw new Error(`at most ${this.opts.queriesMax} stored queries; delete one first`);
+    const def: StoredQuery = { id: randomBytes(6).toString('hex'), name, query: parsed.text, createdMs: nowMs };
+    // Start with the window before creation, so a new chart has a point at once.
+    const next = alignedStart(nowMs, parsed.windowSeconds) - parsed.windowSeconds;
+    await this.defs.put(def.id, { ...def, next });
+    this.states.set(def.id, { def, parsed, next });
+    return def;
+  }
+
+  async delete(id: string): Promise<boolean> {
+    if (!this.states.delete(id)) return false;
+    await this.defs.remove(id);
+    const keys = [...this.results.getKeys({ start: `${id}:`, end: `${id};` })];
+    await this.results.transaction(() => keys.forEach((k) => this.results.remove(k)));
+    return true;
+  }
+
+  /** Stored results with start in [fromMs, toMs), ascending. */
+  results_(id: string, fromMs: number, toMs: number): WindowResult[] {
+    return [...this.results.getRange({ start: resultKey(id, Math.max(0, fromMs)), end: resultKey(id, toMs) })].map((e) => e.value);
+  }
+
+  subscribe(l: Listener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  /** Notes that data arrived for `second`: windows already evaluated over it are redone. */
+  noteData(second: number): void {
+    if (!this.anyPast(second)) return;
+    if (this.lateSeconds.size >= this.opts.lateSecondsMax) {
+      this.counters.late_seconds_dropped++;
+      return;
+    }
+    this.lateSeconds.add(second);
+  }
+
+  private anyPast(second: number): boolean {
+    for (const s of this.states.values()) if (s.next > second) return true;
+    return false;
+  }
+
+  /** Evaluates every window whose watermark has passed, then re-evaluates windows touched by late data. */
+  async tick(nowMs: number): Promise<void> {
+    const late = [...this.lateSeconds];
+    this.lateSeconds.clear();
+    for (const s of this.states.values()) {
+      try {
+        await this.advance(s, nowMs);
+        await this.revise(s, late);
+      } catch (err) {
+        this.counters.evaluation_errors++;
+        console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private async advance(s: QueryState, nowMs: number): Promise<void> {
+    const W = s.parsed.windowSeconds;
+    let done = 0;
+    while ((s.next + W) * 1000 + this.opts.latenessMs <= nowMs) {
+      if (done >= this.opts.windowsPerTickMax) {
+        this.counters.windows_behind++;
+        break;
+      }
+      // Catch-up evaluates many windows in one read.
+      const upTo = Math.min(s.next + W * (this.opts.windowsPerTickMax - done), Math.floor((nowMs - this.opts.latenessMs) / 1000 / W) * W);
+      const windows = evaluate(this.store, s.parsed, s.next, upTo);
+      for (const w of windows) await this.publish(s, w, false);
+      const evaluated = Math.max(1, (upTo - s.next) / W);
+      done += evaluated;
+      this.counters.windows_evaluated += evaluated;
+      s.next = upTo;
+      await this.defs.put(s.def.id, { ...s.def, next: s.next });
+    }
+  }
+
+  private async revise(s: QueryState, late: number[]): Promise<void> {
+    const W = s.parsed.windowSeconds;
+    const starts = new Set<number>();
+    for (const sec of late) {
+      const start = sec - (((sec % W) + W) % W);
+      if (start < s.next) starts.add(start);
+    }
+    for (const start of starts) {
+      const [w] = evaluate(this.store, s.parsed, start, start + W);
+      if (w !== undefined) await this.publish(s, w, true);
+    }
+  }
+
+  private async publish(s: QueryState, w: WindowResult, revision: boolean): Promise<void> {
+    const key = resultKey(s.def.id, w.startMs);
+    const old = this.results.get(key);
+    if (old !== undefined) {
+      if (sameValues(old, w)) return;
+      w.revision = old.revision + 1;
+      this.counters.windows_revised++;
+    } else if (revision) {
+      w.revision = 0;
+    }
+    await this.results.put(key, w);
+    for (const l of this.listeners) l(s.def.id, w);
+  }
+}
+
+function sameValues(a: WindowResult, b: WindowResult): boolean {
+  if (a.count !== b.count || a.servers !== b.servers) return false;
+  for (const k of Object.keys(b.values)) if (a.values[k] !== b.values[k]) return false;
+  return true;
+}
+
+function alignedStart(ms: number, W: number): number {
+  const s = Math.floor(ms / 1000);
+  return s - (s % W);
+}
+
+/** Keys sort by query, then window start (zero-padded ms). */
+function resultKey(id: string, startMs: number): string {
+  return `${id}:${String(Math.max(0, startMs)).padStart(15, '0')}`;
+}
