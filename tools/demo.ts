@@ -40,6 +40,20 @@ function start(name: string, args: string[], ready: RegExp): Promise<Child> {
   });
 }
 
+/** The newest window of the stored query called `name`, as text ('' when none yet). */
+async function latest(core: string, name: string): Promise<string> {
+  try {
+    const qs = (await (await fetch(`${core}/api/v1/queries`)).json()) as { queries: { id: string; name: string }[] };
+    const q = qs.queries.find((x) => x.name === name);
+    if (q === undefined) return '';
+    const r = (await (await fetch(`${core}/api/v1/queries/${q.id}/results?from=-1m`)).json()) as { windows: { values: Record<string, number>; servers: number }[] };
+    const w = r.windows[r.windows.length - 1];
+    return w === undefined ? '' : `${Object.entries(w.values).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} over ${w.servers} servers`;
+  } catch {
+    return '';
+  }
+}
+
 async function prom(url: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   try {
@@ -53,6 +67,25 @@ async function prom(url: string): Promise<Map<string, number>> {
     // not up (yet): an empty reading
   }
   return out;
+}
+
+/** The mission's example queries, created once (a second start finds them in ./data). */
+async function ensureQueries(core: string, host: string): Promise<void> {
+  const want = [
+    { name: 'Fleet CPU (%)', query: 'FROM sim-* SELECT sim.cpu.0 WINDOW 5s COMPUTE min, avg, max, p99' },
+    { name: 'Un-ACKed messages, rack r1', query: 'FROM rack:r1 SELECT sim.queue_unacked.17 WINDOW 5s COMPUTE max, avg, sum' },
+    { name: 'Shopping carts', query: 'FROM * SELECT sim.carts.19 WINDOW 1m COMPUTE sum, avg' },
+    { name: 'RPC count', query: 'FROM * SELECT sim.rpc_count.8 WINDOW 5s COMPUTE sum, count' },
+    { name: 'RPC latency (ms)', query: 'FROM sim-* SELECT sim.rpc_latency_ms.0 WINDOW 5s COMPUTE p50, p99, max' },
+    { name: `CPU of ${host} (%)`, query: `FROM ${host} SELECT host.cpu.total WINDOW 5s COMPUTE avg, max` },
+  ];
+  const have = (await (await fetch(`${core}/api/v1/queries`)).json()) as { queries: { name: string }[] };
+  for (const q of want) {
+    if (have.queries.some((h) => h.name === q.name)) continue;
+    const r = await fetch(`${core}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(q) });
+    if (r.status !== 201) console.error(`  could not create "${q.name}": ${await r.text()}`);
+  }
+  console.log(`  stored queries: ${want.map((q) => q.name).join('; ')}`);
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -110,13 +143,17 @@ export async function main(argv: string[]): Promise<void> {
     await stopAll(1);
     return;
   }
+  const host = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64) || 'localhost';
+  await ensureQueries(core, host);
   console.log(`
 Look at:
   ${core}/api/v1/servers     servers and racks the core has seen
   ${core}/api/v1/metrics     metric names and kinds
   ${core}/metrics            the core's own counters (ingest, rows, WAL, disk)
+  ${core}/api/v1/queries     the stored queries; /api/v1/queries/<id>/results and /live (SSE)
+  ./tools/apm query "FROM sim-* SELECT sim.rpc_latency_ms.0 WINDOW 5s COMPUTE p50, p99, max" --from -2m
   http://127.0.0.1:7071/metrics   rack r1 (datagrams, NACKs, recovered/lost parts, spool)
-(Stored queries and the dashboard at ${core}/ arrive with the query engine; Ctrl-C stops.)
+(The dashboard at ${core}/ is not built yet; Ctrl-C stops.)
 `);
   let last = await prom(`${core}/metrics`);
   let lastMs = Date.now();
@@ -130,5 +167,7 @@ Look at:
     );
     last = now;
     lastMs = Date.now();
+    const lat = await latest(core, 'RPC latency (ms)');
+    if (lat !== '') console.log(`            RPC latency (ms) last window: ${lat}`);
   }, 5000).unref();
 }
