@@ -18,7 +18,7 @@ import type { Figure } from './bench-edge.js';
 import { ShapeColumns } from './shapes.js';
 
 /** Builds one rack's batch per second from shape columns (servers × metrics). */
-class BatchMaker {
+export class BatchMaker {
   private readonly encoder = new Encoder();
   private readonly merger = new RackMerger(100_000);
   private readonly hashes: Uint32Array;

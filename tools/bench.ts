@@ -6,13 +6,14 @@ import { parseOptions } from './args.js';
 import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
 import { rackFigures } from './bench-rack.js';
 import { coreFigures } from './bench-core.js';
+import { queryFigures } from './bench-query.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            shorter runs (for a smoke check; figures are noisier)
-  --only <section>   one of: edge, rack, core
+  --only <section>   one of: edge, rack, core, query
   --json <file>      also write the figures as JSON
   --help             this text`;
 
@@ -39,5 +40,6 @@ export async function main(argv: string[]): Promise<void> {
   await section('edge', async () => [...wireFigures(), ...(await edgeProcessFigures(values.quick ? 5 : 20))]);
   await section('rack', () => rackFigures(values.quick!));
   await section('core', () => coreFigures(values.quick!));
+  await section('query', () => queryFigures(values.quick!));
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ date: new Date().toISOString(), figures }, null, 2));
 }

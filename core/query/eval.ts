@@ -20,12 +20,13 @@ export interface WindowResult {
   revision: number;
 }
 
-/** Server ids (registry) selected by the query's selectors, as a membership table. */
-export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number } {
+/** Server ids (registry) selected by the query's selectors, as a membership table, and their racks. */
+export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; racks: Set<string> } {
   const servers = registry.allServers();
   let maxId = 0;
   for (const s of servers) maxId = Math.max(maxId, s.id);
   const selected = new Uint8Array(maxId + 1);
+  const racks = new Set<string>();
   let size = 0;
   const tests = q.selectors.map((sel) => {
     if (sel.type === 'all') return () => true;
@@ -36,10 +37,11 @@ export function resolveServers(q: Query, registry: Registry): { selected: Uint8A
   for (const s of servers) {
     if (tests.some((t) => t(s.name, s.rack))) {
       selected[s.id] = 1;
+      racks.add(s.rack);
       size++;
     }
   }
-  return { selected, size };
+  return { selected, size, racks };
 }
 
 /** Evaluates every window whose start lies in [fromSec, toSec); windows without observations are omitted. */
@@ -49,7 +51,13 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   if (first >= toSec) return [];
   const n = Math.ceil((toSec - first) / W);
   const end = first + n * W;
-  const { selected } = resolveServers(q, store.registry);
+  const { selected, racks } = resolveServers(q, store.registry);
+  // Only the rows of racks that hold a selected server are read.
+  const rackIds = new Set<number>();
+  for (const r of racks) {
+    const id = store.rackIdOf(r);
+    if (id !== undefined) rackIds.add(id);
+  }
   const h = new Uint32Array(2);
   hashName(q.metric, h, 0);
   const wantPct = q.functions.some((f) => f.type === 'percentile');
@@ -57,7 +65,10 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   const sum = new Float64Array(n);
   const min = new Float64Array(n).fill(Infinity);
   const max = new Float64Array(n).fill(-Infinity);
-  const seen = new Map<number, Set<number>>(); // window → servers that reported (sets per window, not per point)
+  // Which servers reported in each window: one bit per (window, server).
+  const stride = selected.length;
+  const seenBits = new Uint8Array(Math.ceil((n * stride) / 8));
+  const serversIn = new Int32Array(n);
   const values: (number[] | undefined)[] = new Array(n);
   const sketches: (SketchAccumulator | undefined)[] = new Array(n);
   const pool: SketchAccumulator[] = [];
@@ -66,7 +77,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   const finalize = (upTo: number) => {
     for (; finalized < upTo; finalized++) {
       const w = finalized;
-      if (count[w]! > 0) out.push(result(q, first + w * W, W, count[w]!, sum[w]!, min[w]!, max[w]!, seen.get(w)?.size ?? 0, values[w], sketches[w]));
+      if (count[w]! > 0) out.push(result(q, first + w * W, W, count[w]!, sum[w]!, min[w]!, max[w]!, serversIn[w]!, values[w], sketches[w]));
       const acc = sketches[w];
       if (acc !== undefined) {
         acc.reset();
@@ -74,15 +85,19 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
       }
       sketches[w] = undefined;
       values[w] = undefined;
-      seen.delete(w);
     }
   };
   const mark = (w: number, sid: number) => {
-    let s = seen.get(w);
-    if (s === undefined) seen.set(w, (s = new Set()));
-    s.add(sid);
+    const bit = w * stride + sid;
+    const byte = bit >>> 3;
+    const m = 1 << (bit & 7);
+    if ((seenBits[byte]! & m) === 0) {
+      seenBits[byte]! |= m;
+      serversIn[w]! += 1;
+    }
   };
   let lastBlock = -1;
+  if (rackIds.size === 0) return [];
   store.read(h[0]!, h[1]!, first, end, (row, block) => {
     if (block !== lastBlock) {
       // Rows come block by block in time order: windows ending before this block are complete.
@@ -117,7 +132,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
         if (wantPct) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
       }
     }
-  });
+  }, rackIds);
   finalize(n);
   return out;
 }

@@ -68,9 +68,10 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
     try {
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'));
-      const windows = stored.results_(q.id, fromMs, toMs);
-      if (windows.length > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows.length} windows > ${routeLimits.windowsPerAnswerMax} per answer; narrow from/to` }, 400);
-      return c.json({ id: q.id, query: q.query, windows });
+      const windows = stored.resultsJson(q.id, fromMs, toMs, routeLimits.windowsPerAnswerMax);
+      if (windows.length > routeLimits.windowsPerAnswerMax) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
+      // Stored as JSON text: the answer is assembled without parsing them.
+      return c.body(`{"id":${JSON.stringify(q.id)},"query":${JSON.stringify(q.query)},"windows":[${windows.join(',')}]}`, 200, { 'content-type': 'application/json' });
     } catch (err) {
       const r = bad(err);
       return c.json(r.body, r.status);

@@ -35,7 +35,8 @@ export type Listener = (queryId: string, w: WindowResult) => void;
 
 export class StoredQueries {
   private readonly defs: Database<StoredQuery & { next?: number }, string>;
-  private readonly results: Database<WindowResult, string>;
+  /** Window results as JSON text: served by concatenation, without a parse per request. */
+  private readonly results: Database<string, string>;
   private readonly states = new Map<string, QueryState>();
   private readonly lateSeconds = new Set<number>();
   private readonly listeners = new Set<Listener>();
@@ -47,7 +48,7 @@ export class StoredQueries {
     private readonly opts: StoredOptions,
   ) {
     this.defs = root.openDB({ name: 'queries', encoding: 'json' });
-    this.results = root.openDB({ name: 'results', encoding: 'json' });
+    this.results = root.openDB({ name: 'results', encoding: 'string' });
     for (const { value } of this.defs.getRange()) {
       const parsed = parseQuery(value.query);
       this.states.set(value.id, { def: { id: value.id, name: value.name, query: value.query, createdMs: value.createdMs }, parsed, next: value.next ?? alignedStart(value.createdMs, parsed.windowSeconds) });
@@ -84,7 +85,17 @@ export class StoredQueries {
 
   /** Stored results with start in [fromMs, toMs), ascending. */
   results_(id: string, fromMs: number, toMs: number): WindowResult[] {
-    return [...this.results.getRange({ start: resultKey(id, Math.max(0, fromMs)), end: resultKey(id, toMs) })].map((e) => e.value);
+    return this.resultsJson(id, fromMs, toMs, Infinity).map((j) => JSON.parse(j) as WindowResult);
+  }
+
+  /** The same as JSON texts, at most `limit + 1` of them (the caller refuses more than limit). */
+  resultsJson(id: string, fromMs: number, toMs: number, limit: number): string[] {
+    const out: string[] = [];
+    for (const e of this.results.getRange({ start: resultKey(id, Math.max(0, fromMs)), end: resultKey(id, toMs) })) {
+      out.push(e.value);
+      if (out.length > limit) break;
+    }
+    return out;
   }
 
   subscribe(l: Listener): () => void {
@@ -157,7 +168,8 @@ export class StoredQueries {
 
   private async publish(s: QueryState, w: WindowResult, revision: boolean): Promise<void> {
     const key = resultKey(s.def.id, w.startMs);
-    const old = this.results.get(key);
+    const oldJson = this.results.get(key);
+    const old = oldJson === undefined ? undefined : (JSON.parse(oldJson) as WindowResult);
     if (old !== undefined) {
       if (sameValues(old, w)) return;
       w.revision = old.revision + 1;
@@ -165,7 +177,7 @@ export class StoredQueries {
     } else if (revision) {
       w.revision = 0;
     }
-    await this.results.put(key, w);
+    await this.results.put(key, JSON.stringify(w));
     for (const l of this.listeners) l(s.def.id, w);
   }
 }
