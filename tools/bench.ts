@@ -7,13 +7,14 @@ import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
 import { rackFigures } from './bench-rack.js';
 import { coreFigures } from './bench-core.js';
 import { queryFigures } from './bench-query.js';
+import { freshnessFigures } from './bench-fresh.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            shorter runs (for a smoke check; figures are noisier)
-  --only <section>   one of: edge, rack, core, query
+  --only <section>   one of: edge, rack, core, query, freshness
   --json <file>      also write the figures as JSON
   --help             this text`;
 
@@ -41,5 +42,6 @@ export async function main(argv: string[]): Promise<void> {
   await section('rack', () => rackFigures(values.quick!));
   await section('core', () => coreFigures(values.quick!));
   await section('query', () => queryFigures(values.quick!));
+  await section('freshness', () => freshnessFigures(values.quick ? 30 : 90));
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ date: new Date().toISOString(), figures }, null, 2));
 }

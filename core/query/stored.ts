@@ -25,6 +25,8 @@ interface QueryState {
 
 export interface StoredOptions {
   latenessMs: number;
+  /** Newest windows per query kept in memory for the results API (2 h of 5 s windows by default). */
+  recentWindowsMax?: number;
   /** Windows one query may evaluate per tick; the rest are counted as behind and caught up next tick. */
   windowsPerTickMax: number;
   queriesMax: number;
@@ -39,6 +41,8 @@ export class StoredQueries {
   private readonly results: Database<string, string>;
   private readonly states = new Map<string, QueryState>();
   private readonly lateSeconds = new Set<number>();
+  /** Newest results per query as JSON, in memory: the results API answers from here when it can. */
+  private readonly recent = new Map<string, { starts: number[]; json: string[]; all: boolean }>();
   private readonly listeners = new Set<Listener>();
   readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0 };
 
@@ -52,6 +56,7 @@ export class StoredQueries {
     for (const { value } of this.defs.getRange()) {
       const parsed = parseQuery(value.query);
       this.states.set(value.id, { def: { id: value.id, name: value.name, query: value.query, createdMs: value.createdMs }, parsed, next: value.next ?? alignedStart(value.createdMs, parsed.windowSeconds) });
+      this.warm(value.id);
     }
   }
 
@@ -72,15 +77,51 @@ export class StoredQueries {
     const next = alignedStart(nowMs, parsed.windowSeconds) - parsed.windowSeconds;
     await this.defs.put(def.id, { ...def, next });
     this.states.set(def.id, { def, parsed, next });
+    this.recent.set(def.id, { starts: [], json: [], all: true });
     return def;
   }
 
   async delete(id: string): Promise<boolean> {
     if (!this.states.delete(id)) return false;
+    this.recent.delete(id);
     await this.defs.remove(id);
     const keys = [...this.results.getKeys({ start: `${id}:`, end: `${id};` })];
     await this.results.transaction(() => keys.forEach((k) => this.results.remove(k)));
     return true;
+  }
+
+  private get recentMax(): number {
+    return this.opts.recentWindowsMax ?? 1440;
+  }
+
+  /** Loads a query's newest results into memory (after a restart). */
+  private warm(id: string): void {
+    const newest = [...this.results.getRange({ start: resultKey(id, Number.MAX_SAFE_INTEGER), end: resultKey(id, 0), reverse: true, limit: this.recentMax })];
+    newest.reverse();
+    this.recent.set(id, { starts: newest.map((e) => Number(e.key.slice(id.length + 1))), json: newest.map((e) => e.value), all: newest.length < this.recentMax });
+  }
+
+  private remember(id: string, startMs: number, json: string): void {
+    let r = this.recent.get(id);
+    if (r === undefined) this.recent.set(id, (r = { starts: [], json: [], all: true }));
+    const last = r.starts.length - 1;
+    if (last < 0 || startMs > r.starts[last]!) {
+      r.starts.push(startMs);
+      r.json.push(json);
+      if (r.starts.length > this.recentMax + 256) {
+        // Drop the oldest in chunks; from now on the memory covers only the newest windows.
+        r.starts.splice(0, 256);
+        r.json.splice(0, 256);
+        r.all = false;
+      }
+      return;
+    }
+    const i = lowerBound(r.starts, startMs);
+    if (r.starts[i] === startMs) r.json[i] = json;
+    else if (i > 0 || r.all) {
+      r.starts.splice(i, 0, startMs);
+      r.json.splice(i, 0, json);
+    }
   }
 
   /** Stored results with start in [fromMs, toMs), ascending. */
@@ -90,6 +131,12 @@ export class StoredQueries {
 
   /** The same as JSON texts, at most `limit + 1` of them (the caller refuses more than limit). */
   resultsJson(id: string, fromMs: number, toMs: number, limit: number): string[] {
+    const r = this.recent.get(id);
+    if (r !== undefined && (r.all || (r.starts.length > 0 && fromMs >= r.starts[0]!))) {
+      const a = lowerBound(r.starts, fromMs);
+      const b = lowerBound(r.starts, toMs);
+      return r.json.slice(a, Math.min(b, a + limit + 1));
+    }
     const out: string[] = [];
     for (const e of this.results.getRange({ start: resultKey(id, Math.max(0, fromMs)), end: resultKey(id, toMs) })) {
       out.push(e.value);
@@ -177,9 +224,23 @@ export class StoredQueries {
     } else if (revision) {
       w.revision = 0;
     }
-    await this.results.put(key, JSON.stringify(w));
+    const json = JSON.stringify(w);
+    await this.results.put(key, json);
+    this.remember(s.def.id, w.startMs, json);
     for (const l of this.listeners) l(s.def.id, w);
   }
+}
+
+/** First index with a[i] ≥ x (a ascending). */
+function lowerBound(a: number[], x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 function sameValues(a: WindowResult, b: WindowResult): boolean {
