@@ -231,20 +231,9 @@ function writeSummaries(w: ByteWriter, c: SummaryColumns, from: number, to: numb
   }
 }
 
-/** What one row holds, as the store assembles it: entries grouped by server, seconds ascending. */
-export interface RowInput {
-  kind: number;
-  blockSeconds: number;
-  serverIds: Uint32Array;
-  /** Point entries of server j: [pointStart[j], pointStart[j + 1]) of pointSecs/pointVals. */
-  pointStart: Int32Array;
-  pointSecs: Uint16Array;
-  pointVals: Float64Array;
-  /** Distribution entries of server j: [distStart[j], distStart[j + 1]) of dist. */
-  distStart: Int32Array;
-  dist: SummaryColumns;
+/** What one row holds, as the store assembles it: a row's columns plus the rollup range to write. */
+export interface RowInput extends DecodedRow {
   /** Rollup entries [rollupFrom, rollupTo) of rollup, one per second. */
-  rollup: SummaryColumns;
   rollupFrom: number;
   rollupTo: number;
 }
@@ -283,27 +272,33 @@ export function encodeRow(x: RowInput): Uint8Array {
   return deflateRawSync(w.buf.subarray(0, w.pos), { level: 6 });
 }
 
-/** A decoded row: per server point and distribution columns, and the rollup. */
+/** A row's columns (entries grouped by server, seconds ascending), as decoded or as built. */
 export interface DecodedRow {
   kind: number;
   blockSeconds: number;
   serverIds: Uint32Array;
+  /** Point entries of server j: [pointStart[j], pointStart[j + 1]) of pointSecs/pointVals. */
   pointStart: Int32Array;
   pointSecs: Uint16Array;
   pointVals: Float64Array;
+  /** Distribution entries of server j: [distStart[j], distStart[j + 1]) of dist. */
   distStart: Int32Array;
   dist: SummaryColumns;
+  /** Rack rollup per second (distributions only). */
   rollup: SummaryColumns;
 }
 
-function summaryColumns(n: number, src: Uint8Array): SummaryColumns {
+/** Summary columns for n entries (sketch sources filled with `src` when given). */
+export function summaryColumns(n: number, src?: Uint8Array): SummaryColumns {
+  const sketchSrc = new Array<Uint8Array>(n);
+  if (src !== undefined) sketchSrc.fill(src);
   return {
     secs: new Uint16Array(n),
     count: new Float64Array(n),
     sum: new Float64Array(n),
     min: new Float64Array(n),
     max: new Float64Array(n),
-    sketchSrc: new Array<Uint8Array>(n).fill(src),
+    sketchSrc,
     sketchStart: new Uint32Array(n),
     sketchEnd: new Uint32Array(n),
   };
@@ -369,10 +364,11 @@ export function decodeRow(stored: Uint8Array): DecodedRow {
   if (r.buf[r.pos] === 0) r.pos++;
   else rolled = readSummaries(r, rollup, 0, blockSeconds);
   if (r.pos !== raw.length) throw new RowError(`${raw.length - r.pos} trailing bytes`);
-  return { kind, blockSeconds, serverIds, pointStart, pointSecs: pointSecs.subarray(0, p), pointVals: pointVals.subarray(0, p), distStart, dist: trim(dist ?? summaryColumns(0, raw), d), rollup: trim(rollup, rolled) };
+  return { kind, blockSeconds, serverIds, pointStart, pointSecs: pointSecs.subarray(0, p), pointVals: pointVals.subarray(0, p), distStart, dist: trimSummaries(dist ?? summaryColumns(0, raw), d), rollup: trimSummaries(rollup, rolled) };
 }
 
-function trim(c: SummaryColumns, n: number): SummaryColumns {
+/** The first n entries of c (views; sketch sources copied). */
+export function trimSummaries(c: SummaryColumns, n: number): SummaryColumns {
   return {
     secs: c.secs.subarray(0, n),
     count: c.count.subarray(0, n),

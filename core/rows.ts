@@ -7,7 +7,7 @@
 import { KindCode, type RackBatchMessage, type SeriesColumns } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 import { SketchAccumulator } from '../schema/sketch.js';
-import type { DecodedRow, RowInput, SummaryColumns } from './block.js';
+import { summaryColumns, trimSummaries, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 
 /** A batch the store holds, with its servers' registry ids. */
 export interface BatchItem {
@@ -244,7 +244,7 @@ export class RowBuilder {
     const distStart = new Int32Array(ids.length + 1);
     const pointSecs = new Uint16Array(p1 - p0);
     const pointVals = new Float64Array(p1 - p0);
-    const dist = emptySummaries(d1 - d0);
+    const dist = summaryColumns(d1 - d0);
     let pn = 0;
     let dn = 0;
     pi = p0;
@@ -262,7 +262,7 @@ export class RowBuilder {
     distStart[ids.length] = dn;
     const r0 = r.metricStart[m]!;
     const r1 = r.metricStart[m + 1]!;
-    const rollup = emptySummaries(r1 - r0);
+    const rollup = summaryColumns(r1 - r0);
     const rIdx = bySecond(this.rollups, r.order, r0, r1);
     let rn = 0;
     for (const e of rIdx) rn = this.putSummary(this.rollups, e, rollup, rn, 0);
@@ -377,33 +377,7 @@ function bySecond(g: Entries, order: Int32Array, from: number, to: number): Int3
   return idx;
 }
 
-function emptySummaries(n: number): SummaryColumns {
-  return {
-    secs: new Uint16Array(n),
-    count: new Float64Array(n),
-    sum: new Float64Array(n),
-    min: new Float64Array(n),
-    max: new Float64Array(n),
-    sketchSrc: new Array<Uint8Array>(n),
-    sketchStart: new Uint32Array(n),
-    sketchEnd: new Uint32Array(n),
-  };
-}
-
-function trimSummaries(c: SummaryColumns, n: number): SummaryColumns {
-  return {
-    secs: c.secs.subarray(0, n),
-    count: c.count.subarray(0, n),
-    sum: c.sum.subarray(0, n),
-    min: c.min.subarray(0, n),
-    max: c.max.subarray(0, n),
-    sketchSrc: c.sketchSrc.slice(0, n),
-    sketchStart: c.sketchStart.subarray(0, n),
-    sketchEnd: c.sketchEnd.subarray(0, n),
-  };
-}
-
-/** A built row seen as a decoded one (reads of the head skip the encode/decode round trip). */
+/** A built row read as a decoded one (reads of the head skip the encode/decode round trip). */
 export function asDecoded(x: RowInput): DecodedRow {
-  return { kind: x.kind, blockSeconds: x.blockSeconds, serverIds: x.serverIds, pointStart: x.pointStart, pointSecs: x.pointSecs, pointVals: x.pointVals, distStart: x.distStart, dist: x.dist, rollup: x.rollup };
+  return x;
 }

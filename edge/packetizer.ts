@@ -4,7 +4,7 @@
 // disjoint value ranges: summaries are mergeable, so the rack merges them back exactly.
 // Names ride in the same datagram as their series, for the seconds a NamePolicy says.
 
-import { Encoder, type SeriesColumns } from '../schema/codec.js';
+import { Encoder, emptyColumns, nameColumns, type SeriesColumns } from '../schema/codec.js';
 import { SortedSketchEncoder } from '../schema/sketch.js';
 import type { ClosedSecond } from './aggregator.js';
 
@@ -267,29 +267,11 @@ function grow<T extends Int32Array | Uint32Array | Float64Array | Uint8Array>(fr
   return to;
 }
 
-const noColumns = {
-  pointHashes: new Uint32Array(0),
-  pointKinds: new Uint8Array(0),
-  pointValues: new Float64Array(0),
-  distHashes: new Uint32Array(0),
-  distKinds: new Uint8Array(0),
-  distCounts: new Uint32Array(0),
-  distSums: new Float64Array(0),
-  distMins: new Float64Array(0),
-  distMaxes: new Float64Array(0),
-  sketchEnds: new Uint32Array(0),
-  sketchBytes: new Uint8Array(0),
-};
-
 function emptyWithNames(table: SeriesTable, slots: readonly number[]): SeriesColumns {
-  const nameHashes = new Uint32Array(2 * slots.length);
-  const nameEnds = new Uint32Array(slots.length);
-  const text = slots.map((s) => table.names[s] ?? '').join('');
-  let end = 0;
+  const hashes = new Uint32Array(2 * slots.length);
   slots.forEach((s, i) => {
-    nameHashes[2 * i] = table.hashes[2 * s]!;
-    nameHashes[2 * i + 1] = table.hashes[2 * s + 1]!;
-    nameEnds[i] = end += (table.names[s] ?? '').length;
+    hashes[2 * i] = table.hashes[2 * s]!;
+    hashes[2 * i + 1] = table.hashes[2 * s + 1]!;
   });
-  return { ...noColumns, nameHashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(text, 'latin1')) };
+  return { ...emptyColumns(), ...nameColumns(hashes, slots.map((s) => table.names[s] ?? '')) };
 }

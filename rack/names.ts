@@ -3,7 +3,7 @@
 // lost its registry relearns every name), and asked from edges when a hash has no name yet.
 
 import type { SeriesColumns } from '../schema/codec.js';
-import { nameAt } from '../schema/codec.js';
+import { nameAt, nameColumns } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 
 export class NameTable {
@@ -67,14 +67,11 @@ export class NameTable {
       pick.push(this.refreshCursor);
       this.refreshCursor = (this.refreshCursor + 1) % this.names.length;
     }
-    const nameHashes = new Uint32Array(2 * pick.length);
-    const nameEnds = new Uint32Array(pick.length);
-    let end = 0;
+    const hashes = new Uint32Array(2 * pick.length);
     pick.forEach((idx, i) => {
-      nameHashes[2 * i] = this.hashes[2 * idx]!;
-      nameHashes[2 * i + 1] = this.hashes[2 * idx + 1]!;
-      nameEnds[i] = end += this.names[idx]!.length;
+      hashes[2 * i] = this.hashes[2 * idx]!;
+      hashes[2 * i + 1] = this.hashes[2 * idx + 1]!;
     });
-    return { nameHashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(pick.map((i) => this.names[i]).join(''), 'latin1')) };
+    return nameColumns(hashes, pick.map((i) => this.names[i]!));
   }
 }

@@ -75,6 +75,14 @@ export function emptyColumns(): SeriesColumns {
   };
 }
 
+/** Name dictionary columns for names[i] with hash (hashes[2i], hashes[2i + 1]). */
+export function nameColumns(hashes: Uint32Array, names: readonly string[]): Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'> {
+  const nameEnds = new Uint32Array(names.length);
+  let end = 0;
+  names.forEach((n, i) => (nameEnds[i] = end += n.length));
+  return { nameHashes: hashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(names.join(''), 'latin1')) };
+}
+
 export interface EdgeSecondMessage {
   type: 'edgeSecond';
   server: string;

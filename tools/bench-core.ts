@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { Encoder, KindCode, emptyColumns, type EdgeSecondMessage, type SeriesColumns } from '../schema/codec.js';
 import { hashName } from '../schema/names.js';
-import { SortedSketchEncoder } from '../schema/sketch.js';
+import { buildColumns } from '../schema/testdata.js';
 import { RackMerger } from '../rack/merge.js';
 import { Store } from '../core/store.js';
 import type { Figure } from './bench-edge.js';
@@ -61,37 +61,9 @@ export class BatchMaker {
   }
 }
 
+/** n distributions of 20 latency-like values each (the same every second). */
 function distColumns(n: number): SeriesColumns {
-  const enc = new SortedSketchEncoder();
-  const hashes = new Uint32Array(2 * n);
-  const sketches: Uint8Array[] = [];
-  for (let i = 0; i < n; i++) {
-    hashName(`bench.latency_${i}`, hashes, 2 * i);
-    const vals = Float64Array.from({ length: 20 }, (_, k) => Math.exp(1 + (k * 7 + i) % 30 / 10)).sort();
-    const out = new Uint8Array(enc.bin(vals, null, 0, vals.length));
-    enc.encode(out, 0);
-    sketches.push(out);
-  }
-  const ends = new Uint32Array(n);
-  let end = 0;
-  sketches.forEach((s, i) => (ends[i] = end += s.length));
-  const bytes = new Uint8Array(end);
-  let at = 0;
-  for (const s of sketches) {
-    bytes.set(s, at);
-    at += s.length;
-  }
-  return {
-    ...emptyColumns(),
-    distHashes: hashes,
-    distKinds: new Uint8Array(n).fill(KindCode.Distribution),
-    distCounts: new Uint32Array(n).fill(20),
-    distSums: new Float64Array(n).fill(250),
-    distMins: new Float64Array(n).fill(2.7),
-    distMaxes: new Float64Array(n).fill(50),
-    sketchEnds: ends,
-    sketchBytes: bytes,
-  };
+  return buildColumns([], Array.from({ length: n }, (_, i) => ({ name: `bench.latency_${i}`, values: Array.from({ length: 20 }, (_, k) => Math.exp(1 + ((k * 7 + i) % 30) / 10)) })));
 }
 
 function cpuTicks(pid: number): number {

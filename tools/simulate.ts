@@ -6,7 +6,7 @@
 
 import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
-import { Encoder, KindCode, decodeFrame, emptyColumns, type NackMessage, type SeriesColumns } from '../schema/codec.js';
+import { Encoder, KindCode, decodeFrame, emptyColumns, nameColumns, type NackMessage, type SeriesColumns } from '../schema/codec.js';
 import { datagramBytesDefault, udpPayloadBytesMax } from '../schema/limits.js';
 import { hashName, hashKey } from '../schema/names.js';
 import { SortedSketchEncoder } from '../schema/sketch.js';
@@ -229,16 +229,13 @@ export class Simulator {
   }
 
   private namesOf(idx: number[]): Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'> {
-    const nameHashes = new Uint32Array(2 * idx.length);
-    const nameEnds = new Uint32Array(idx.length);
-    let end = 0;
+    const hashes = new Uint32Array(2 * idx.length);
     idx.forEach((m, k) => {
-      nameHashes[2 * k] = this.hashes[2 * m]!;
-      nameHashes[2 * k + 1] = this.hashes[2 * m + 1]!;
-      nameEnds[k] = end += this.names[m]!.length;
+      hashes[2 * k] = this.hashes[2 * m]!;
+      hashes[2 * k + 1] = this.hashes[2 * m + 1]!;
     });
     this.counters.names_sent += idx.length;
-    return { nameHashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(idx.map((m) => this.names[m]).join(''), 'latin1')) };
+    return nameColumns(hashes, idx.map((m) => this.names[m]!));
   }
 
   private send(server: SimServer, frame: Uint8Array): void {
