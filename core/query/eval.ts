@@ -52,11 +52,16 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   const n = Math.ceil((toSec - first) / W);
   const end = first + n * W;
   const { selected, racks } = resolveServers(q, store.registry);
-  // Only the rows of racks that hold a selected server are read.
+  // Only the rows of racks that hold a selected server are read; for racks selected whole,
+  // distribution percentiles come from the stored rack rollup (one merge per second, not one
+  // per server).
   const rackIds = new Set<number>();
+  const wholeRacks = new Set<number>();
   for (const r of racks) {
     const id = store.rackIdOf(r);
-    if (id !== undefined) rackIds.add(id);
+    if (id === undefined) continue;
+    rackIds.add(id);
+    if (store.registry.allServers().every((s) => s.rack !== r || selected[s.id] === 1)) wholeRacks.add(id);
   }
   const h = new Uint32Array(2);
   hashName(q.metric, h, 0);
@@ -98,7 +103,17 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   };
   let lastBlock = -1;
   if (rackIds.size === 0) return [];
-  store.read(h[0]!, h[1]!, first, end, (row, block) => {
+  store.read(h[0]!, h[1]!, first, end, (row, block, rackId) => {
+    const useRollup = wantPct && wholeRacks.has(rackId) && row.rollup.secs.length > 0;
+    if (useRollup) {
+      const r = row.rollup;
+      for (let i = 0; i < r.secs.length; i++) {
+        const sec = block + r.secs[i]!;
+        if (sec < first || sec >= end) continue;
+        const w = Math.floor((sec - first) / W);
+        (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
+      }
+    }
     if (block !== lastBlock) {
       // Rows come block by block in time order: windows ending before this block are complete.
       finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
@@ -129,7 +144,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
         if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
         if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
         mark(w, sid);
-        if (wantPct) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
+        if (wantPct && !useRollup) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
       }
     }
   }, rackIds);
