@@ -244,7 +244,7 @@ export class RowBuilder {
     const distStart = new Int32Array(ids.length + 1);
     const pointSecs = new Uint16Array(p1 - p0);
     const pointVals = new Float64Array(p1 - p0);
-    const dist = summaryColumns(d1 - d0);
+    const dist = d1 === d0 ? noSummaries : summaryColumns(d1 - d0);
     let pn = 0;
     let dn = 0;
     pi = p0;
@@ -262,7 +262,7 @@ export class RowBuilder {
     distStart[ids.length] = dn;
     const r0 = r.metricStart[m]!;
     const r1 = r.metricStart[m + 1]!;
-    const rollup = summaryColumns(r1 - r0);
+    const rollup = r1 === r0 ? noSummaries : summaryColumns(r1 - r0);
     const rIdx = bySecond(this.rollups, r.order, r0, r1);
     let rn = 0;
     for (const e of rIdx) rn = this.putSummary(this.rollups, e, rollup, rn, 0);
@@ -274,8 +274,8 @@ export class RowBuilder {
       pointSecs: pointSecs.subarray(0, pn),
       pointVals: pointVals.subarray(0, pn),
       distStart,
-      dist: trimSummaries(dist, dn),
-      rollup: trimSummaries(rollup, rn),
+      dist: dn === 0 ? noSummaries : trimSummaries(dist, dn),
+      rollup: rn === 0 ? noSummaries : trimSummaries(rollup, rn),
       rollupFrom: 0,
       rollupTo: rn,
     };
@@ -326,6 +326,9 @@ export class RowBuilder {
     return n + 1;
   }
 }
+
+/** Shared empty summary columns: most rows (gauges) have neither distributions nor rollups. */
+const noSummaries: SummaryColumns = summaryColumns(0);
 
 interface Sorted {
   order: Int32Array;
