@@ -158,6 +158,7 @@ export class RowBuilder {
   }
 
   private addColumns(c: SeriesColumns, sid: number, sec: number, only?: { lo: number; hi: number }): void {
+    if (only !== undefined) return this.addOne(c, sid, sec, only);
     const mLo = this.mLo;
     const mHi = this.mHi;
     const points = this.points;
@@ -165,7 +166,6 @@ export class RowBuilder {
     for (let i = 0; i < c.pointKinds.length; i++) {
       const lo = c.pointHashes[2 * i]!;
       const hi = c.pointHashes[2 * i + 1]!;
-      if (only !== undefined && (only.lo !== lo || only.hi !== hi)) continue;
       // Servers list metrics in the same order every second: try the next index first.
       const g = guess + 1;
       const m = g > 0 && g < this.metrics.size && mLo[g] === lo && mHi[g] === hi ? g : this.metric(lo, hi, c.pointKinds[i]!);
@@ -175,13 +175,27 @@ export class RowBuilder {
     let start = 0;
     for (let i = 0; i < c.distKinds.length; i++) {
       const end = c.sketchEnds[i]!;
-      const lo = c.distHashes[2 * i]!;
-      const hi = c.distHashes[2 * i + 1]!;
-      if (only === undefined || (only.lo === lo && only.hi === hi)) {
-        const m = this.metric(lo, hi, c.distKinds[i]!);
-        if (m >= 0) this.dists.summary(m, sid, sec, c.distCounts[i]!, c.distSums[i]!, c.distMins[i]!, c.distMaxes[i]!, c.sketchBytes, start, end);
-      }
+      const m = this.metric(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!, c.distKinds[i]!);
+      if (m >= 0) this.dists.summary(m, sid, sec, c.distCounts[i]!, c.distSums[i]!, c.distMins[i]!, c.distMaxes[i]!, c.sketchBytes, start, end);
       start = end;
+    }
+  }
+
+  /** Where the previous server block had the one metric a head read wants (servers of one fleet list metrics alike). */
+  private pointHint = 0;
+
+  /** One metric of one server block: checks the hinted position first, scans only on a miss. */
+  private addOne(c: SeriesColumns, sid: number, sec: number, only: { lo: number; hi: number }): void {
+    const p = findHash(c.pointHashes, only.lo, only.hi, this.pointHint);
+    if (p >= 0) {
+      this.pointHint = p;
+      const m = this.metric(only.lo, only.hi, c.pointKinds[p]!);
+      if (m >= 0) this.points.point(m, sid, sec, c.pointValues[p]!);
+    }
+    // Distribution columns are short: scan them all (a split distribution has several entries).
+    for (let d = findHash(c.distHashes, only.lo, only.hi, -1); d >= 0; d = findHash(c.distHashes, only.lo, only.hi, -1, d + 1)) {
+      const m = this.metric(only.lo, only.hi, c.distKinds[d]!);
+      if (m >= 0) this.dists.summary(m, sid, sec, c.distCounts[d]!, c.distSums[d]!, c.distMins[d]!, c.distMaxes[d]!, c.sketchBytes, d === 0 ? 0 : c.sketchEnds[d - 1]!, c.sketchEnds[d]!);
     }
   }
 
@@ -383,4 +397,11 @@ function bySecond(g: Entries, order: Int32Array, from: number, to: number): Int3
 /** A built row read as a decoded one (reads of the head skip the encode/decode round trip). */
 export function asDecoded(x: RowInput): DecodedRow {
   return x;
+}
+
+/** Index of hash (lo, hi) in a (lo, hi)-pair column: `hint` first, then a scan from `from`; −1 if absent. */
+function findHash(h: Uint32Array, lo: number, hi: number, hint: number, from = 0): number {
+  if (hint >= from && 2 * hint + 1 < h.length && h[2 * hint] === lo && h[2 * hint + 1] === hi) return hint;
+  for (let i = from; 2 * i + 1 < h.length; i++) if (h[2 * i] === lo && h[2 * i + 1] === hi) return i;
+  return -1;
 }
