@@ -62,7 +62,7 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     const p = new PromText();
     const s = store.counters;
     p.counter('apm_core_ingest_requests_total', 'POST /api/v1/ingest requests', http.ingest_requests);
-    p.counters('apm_core_batches_rejected_total', 'Ingest bodies refused, by reason', 'reason', { ...store.rejected, too_large: http.ingest_too_large, storage_full: s.storage_full, head_full: s.head_full });
+    p.counters('apm_core_batches_rejected_total', 'Ingest bodies refused, by reason', 'reason', { ...store.rejected, too_large: http.ingest_too_large, storage_full: s.storage_full, head_full: s.head_full, registry_full: s.registry_full });
     p.counter('apm_core_batches_ingested_total', 'Batches made durable', s.batches_ingested);
     p.counter('apm_core_batches_duplicate_total', 'Retried batches acknowledged again without storing', s.batches_duplicate);
     p.counter('apm_core_batches_late_total', 'Batches for blocks already written (merged)', s.batches_late);

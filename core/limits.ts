@@ -19,6 +19,9 @@ export const coreLimits = {
   diskReserveBytes: 256 * 1024 * 1024,
   /** Retention sweep period. */
   retentionSweepMs: 10_000,
+  /** Servers and racks the registry accepts: 10× the design fleet. */
+  serversMax: 100_000,
+  racksMax: 10_000,
   /** Stored queries per core. */
   storedQueriesMax: 1000,
   /** Windows one stored query evaluates per scheduler tick (catch-up after downtime spreads over ticks). */

@@ -59,6 +59,8 @@ export async function main(argv: string[]): Promise<void> {
     flushGraceMs: coreLimits.flushGraceMs,
     headBytesMax: coreLimits.headBytesMax,
     metricsMax: coreLimits.metricsMax,
+    serversMax: coreLimits.serversMax,
+    racksMax: coreLimits.racksMax,
   });
   const stored = new StoredQueries(store.env, store, {
     latenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),

@@ -94,6 +94,10 @@ export class Registry {
     return this.serversByName.get(name);
   }
 
+  get serverCount(): number {
+    return this.serversByName.size;
+  }
+
   allServers(): ServerInfo[] {
     return this.serversById.filter((s) => s !== undefined);
   }

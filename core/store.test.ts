@@ -89,6 +89,15 @@ describe('Store', () => {
     await store.close();
   });
 
+  it('refuses batches naming servers beyond the registry bound, and counts them', async () => {
+    const store = open({ serversMax: 2 });
+    expect((await store.ingest(batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] }, b: {} }))).status).toBe(204);
+    expect(await store.ingest(batch(t0 + 1, { c: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] } }))).toMatchObject({ status: 400, reason: 'registry_full' });
+    expect((await store.ingest(batch(t0 + 2, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 2 }] } }))).status).toBe(204);
+    expect(store.counters.registry_full).toBe(1);
+    await store.close();
+  });
+
   it('refuses a batch holding NaN with 400 and counts it', async () => {
     const store = open();
     const r = await store.ingest(batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: NaN }] } }));

@@ -31,6 +31,9 @@ export interface StoreOptions {
   flushGraceMs: number;
   headBytesMax: number;
   metricsMax: number;
+  /** Servers and racks the registry accepts; a batch naming new ones beyond it is refused (counted). */
+  serversMax?: number;
+  racksMax?: number;
   /** Storage budget: ingest answers 503 once the data in use reaches it (0: no budget). */
   diskBytesMax: number;
   /** Ingest answers 503 while the file system has less free space than this. */
@@ -69,6 +72,7 @@ export class Store {
     bytes_ingested: 0,
     storage_full: 0,
     head_full: 0,
+    registry_full: 0,
     rows_written: 0,
     rows_merged: 0,
     flush_errors: 0,
@@ -161,6 +165,12 @@ export class Store {
     if (this.headBytes + body.length > this.opts.headBytesMax) {
       this.counters.head_full++;
       return { status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten batches (limit ${this.opts.headBytesMax}); retry later` };
+    }
+    const newServers = msg.servers.filter((s) => this.registry.serverByName(s.server) === undefined).length;
+    const newRack = this.rackIds.has(msg.rack) ? 0 : 1;
+    if (this.registry.serverCount + newServers > (this.opts.serversMax ?? 1_000_000) || this.rackIds.size + newRack > (this.opts.racksMax ?? 100_000)) {
+      this.counters.registry_full++;
+      return { status: 400, reason: 'registry_full', error: `the registry holds ${this.registry.serverCount} servers and ${this.rackIds.size} racks (limits ${this.opts.serversMax ?? 1_000_000} / ${this.opts.racksMax ?? 100_000}); batch from rack ${msg.rack} names new ones` };
     }
     const now = Date.now();
     this.noteMetrics(msg, now);

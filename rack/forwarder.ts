@@ -6,6 +6,9 @@ import { Pool } from 'undici';
 import { Histogram } from '../schema/prom.js';
 import type { Spool } from './spool.js';
 
+/** Batch → second notes kept for the latency histogram (a day of one batch per second). */
+const secondNotesMax = 86_400;
+
 export interface ForwarderOptions {
   coreUrl: string;
   token: string | null;
@@ -48,6 +51,8 @@ export class Forwarder {
   /** Notes the second a batch describes (for the latency histogram) and starts sending. */
   enqueued(seq: number, second: number): void {
     this.secondOf.set(seq, second);
+    // Batches the spool dropped while full never come back here: forget the oldest notes.
+    if (this.secondOf.size > secondNotesMax) this.secondOf.delete(this.secondOf.keys().next().value!);
     this.pump();
   }
 
