@@ -5,7 +5,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Simulator } from '../tools/simulate.js';
+import { hashName } from '../schema/names.js';
+import { Simulator, type RecordedObservation } from '../tools/simulate.js';
 import { FakeCore } from './fake-core.js';
 import { parseProm } from './merge-helper.js';
 import { spawnApm, until, type Daemon } from './proc.js';
@@ -27,7 +28,19 @@ describe('apm simulate', () => {
     const relay = new LossyRelay({ rackPort: Number(m[1]), lossRate: 0.05, dupRate: 0, reorderMaxMs: 0, seed: 3 });
     const relayPort = await relay.start();
     cleanup.push(() => relay.close());
-    const sim = new Simulator({ racks: [{ host: '127.0.0.1', port: relayPort }], servers: 20, metrics: 300, distShare: 0.05, datagramBytes: 1432, seed: 9, prefix: 't' });
+    const recorded: RecordedObservation[] = [];
+    const sim = new Simulator({
+      racks: [{ host: '127.0.0.1', port: relayPort }],
+      servers: 20,
+      metrics: 300,
+      distShare: 0.05,
+      datagramBytes: 1432,
+      seed: 9,
+      prefix: 't',
+      recordServers: /-00003$/,
+      recordMetrics: /^sim\.(cpu\.0|rpc_latency_ms\.2)$/,
+      record: (o) => recorded.push(o),
+    });
     await sim.start();
     cleanup.push(() => sim.stop());
     const full = await until(() => {
@@ -44,5 +57,21 @@ describe('apm simulate', () => {
     expect(rm.get('apm_rack_parts_recovered_total')).toBeGreaterThan(0);
     expect(rm.get('apm_rack_parts_lost_total')).toBe(0);
     expect(sim.counters.resent).toBeGreaterThan(0);
+    // The recorded observations are exactly what reached the core for that server.
+    const h = new Uint32Array(4);
+    hashName('sim.cpu.0', h, 0);
+    hashName('sim.rpc_latency_ms.2', h, 2);
+    let checked = 0;
+    for (const b of full) {
+      const s = b.servers.find((x) => x.server === 't-r1-00003')!;
+      const cpu = recorded.find((o) => o.second === b.second && o.metric === 'sim.cpu.0')!;
+      const lat = recorded.find((o) => o.second === b.second && o.metric === 'sim.rpc_latency_ms.2')!;
+      const pi = [...Array(s.series.pointKinds.length).keys()].find((i) => s.series.pointHashes[2 * i] === h[0] && s.series.pointHashes[2 * i + 1] === h[1])!;
+      expect(s.series.pointValues[pi]).toBe(cpu.values[0]);
+      const di = [...Array(s.series.distKinds.length).keys()].find((i) => s.series.distHashes[2 * i] === h[2] && s.series.distHashes[2 * i + 1] === h[3])!;
+      expect([s.series.distCounts[di], s.series.distMins[di], s.series.distMaxes[di]]).toEqual([lat.values.length, Math.min(...lat.values), Math.max(...lat.values)]);
+      checked++;
+    }
+    expect(checked).toBeGreaterThanOrEqual(4);
   });
 });

@@ -1,5 +1,6 @@
 // `apm simulate`: options → Simulator → signals.
 
+import { createWriteStream } from 'node:fs';
 import { parseHostPort, parseIntOption, parseOptions, UsageError } from './args.js';
 import { Simulator, simulateDefaults } from './simulate.js';
 
@@ -14,6 +15,9 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
   --datagram-bytes <n>   datagram size (default ${simulateDefaults.datagramBytes})
   --seed <n>             seed of the metric shapes (default 1)
   --prefix <id>          server id prefix (default sim)
+  --speedup <n>          backfill: send n seconds per wall-clock second, starting an hour ago
+  --record <file>        write the exact observations sent (JSON lines) for the servers and
+                         metrics matching --record-servers / --record-metrics (regular expressions)
   --help                 this text`;
 
 export async function main(argv: string[]): Promise<void> {
@@ -27,6 +31,10 @@ export async function main(argv: string[]): Promise<void> {
       'datagram-bytes': { type: 'string' },
       seed: { type: 'string' },
       prefix: { type: 'string', default: 'sim' },
+      speedup: { type: 'string' },
+      record: { type: 'string' },
+      'record-servers': { type: 'string', default: '.' },
+      'record-metrics': { type: 'string', default: '.' },
       help: { type: 'boolean', default: false },
     },
     simulateHelp,
@@ -44,6 +52,8 @@ export async function main(argv: string[]): Promise<void> {
     datagramBytes: parseIntOption(values['datagram-bytes'], '--datagram-bytes', simulateDefaults.datagramBytes, 1024, 65_507),
     seed: parseIntOption(values.seed, '--seed', 1, 0, 2 ** 31),
     prefix: values.prefix!,
+    speedup: parseIntOption(values.speedup, '--speedup', 1, 1, 100_000),
+    ...recording(values.record, values['record-servers']!, values['record-metrics']!),
   });
   const seconds = parseIntOption(values.seconds, '--seconds', 0, 0, 10_000_000);
   const stop = async (why: string) => {
@@ -55,5 +65,29 @@ export async function main(argv: string[]): Promise<void> {
   process.once('SIGTERM', () => void stop('SIGTERM'));
   await sim.start();
   console.log(`apm simulate: ${values.servers ?? 80} servers × ${values.metrics ?? 200} metrics → ${values.rack.join(', ')}`);
+  // Progress line: what a benchmark or an operator needs to see it is keeping up.
+  let last = { ...sim.counters, cpu: sim.cpuSeconds(), at: Date.now() };
+  setInterval(() => {
+    const now = { ...sim.counters, cpu: sim.cpuSeconds(), at: Date.now() };
+    const dt = (now.at - last.at) / 1000;
+    console.log(
+      `apm simulate: ${Math.round((now.points_sent - last.points_sent) / dt).toLocaleString()} points/s, ${Math.round((now.datagrams_sent - last.datagrams_sent) / dt)} datagrams/s, NACKs answered ${now.nacks} (resent ${now.resent}, missed ${now.resend_missed}), CPU ${((100 * (now.cpu - last.cpu)) / dt).toFixed(1)}%`,
+    );
+    last = now;
+  }, 5000).unref();
   if (seconds > 0) setTimeout(() => void stop(`${seconds} s done`), seconds * 1000 + 500);
+}
+
+function recording(file: string | undefined, servers: string, metrics: string) {
+  if (file === undefined) return {};
+  let serverRe: RegExp;
+  let metricRe: RegExp;
+  try {
+    serverRe = new RegExp(servers);
+    metricRe = new RegExp(metrics);
+  } catch (err) {
+    throw new UsageError(`--record-servers / --record-metrics: ${(err as Error).message}`);
+  }
+  const out = createWriteStream(file, { flags: 'a' });
+  return { recordServers: serverRe, recordMetrics: metricRe, record: (o: object) => out.write(`${JSON.stringify(o)}\n`) };
 }

@@ -24,6 +24,21 @@ export interface SimulatorOptions {
   seed: number;
   /** Server id prefix; servers are `<prefix>-<rack>-<n>`. */
   prefix: string;
+  /** Seconds sent per wall-clock second (1: real time; more: backfill from the past). */
+  speedup?: number;
+  /** Exact observations of the servers and metrics matching these are passed to `record`. */
+  recordServers?: RegExp;
+  recordMetrics?: RegExp;
+  record?: (line: RecordedObservation) => void;
+}
+
+/** One second of one series as sent: a gauge/counter value, or a distribution's observations. */
+export interface RecordedObservation {
+  server: string;
+  metric: string;
+  second: number;
+  kind: 'gauge' | 'counter' | 'distribution';
+  values: number[];
 }
 
 const variants = 32;
@@ -31,6 +46,8 @@ const shapeNames = ['cpu', 'rpc_count', 'config', 'queue_unacked', 'carts'];
 
 /** Precomputed distribution seconds: per variant count, sum, min, max and encoded sketch. */
 interface DistPool {
+  /** The observations of each variant (for --record). */
+  values: Float64Array[];
   count: Uint32Array;
   sum: Float64Array;
   min: Float64Array;
@@ -42,7 +59,7 @@ function distPool(seed: number): DistPool {
   let s = seed >>> 0 || 1;
   const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
   const enc = new SortedSketchEncoder();
-  const pool: DistPool = { count: new Uint32Array(variants), sum: new Float64Array(variants), min: new Float64Array(variants), max: new Float64Array(variants), sketch: [] };
+  const pool: DistPool = { values: [], count: new Uint32Array(variants), sum: new Float64Array(variants), min: new Float64Array(variants), max: new Float64Array(variants), sketch: [] };
   for (let v = 0; v < variants; v++) {
     const n = 5 + Math.floor(rand() * 40);
     const vals = new Float64Array(n);
@@ -58,6 +75,7 @@ function distPool(seed: number): DistPool {
     pool.min[v] = vals[0]!;
     pool.max[v] = vals[n - 1]!;
     pool.sketch.push(out);
+    pool.values.push(vals);
   }
   return pool;
 }
@@ -88,7 +106,7 @@ export class Simulator {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private s: number;
-  readonly counters = { seconds: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
+  readonly counters = { seconds: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
 
   constructor(private readonly opts: SimulatorOptions) {
     if (opts.racks.length === 0) throw new Error('simulate: give at least one --rack host:port');
@@ -136,13 +154,38 @@ export class Simulator {
 
   async start(): Promise<void> {
     await new Promise<void>((r) => this.socket.bind(0, r));
+    const speedup = this.opts.speedup ?? 1;
+    if (speedup <= 1) {
+      // Real time: each second is sent just after it ends, as an edge does.
+      const tick = () => {
+        const now = Date.now();
+        this.timer = setTimeout(() => {
+          if (!this.stopped) void this.sendSecond(Math.floor(Date.now() / 1000) - 1).then(tick);
+        }, 1000 - (now % 1000) + 30);
+      };
+      tick();
+      return;
+    }
+    // Backfill: seconds from the past, `speedup` of them per wall-clock second.
+    const t0 = Math.floor(Date.now() / 1000) - 3600;
+    const started = Date.now();
+    let next = t0;
     const tick = () => {
-      const now = Date.now();
+      const due = t0 + Math.floor(((Date.now() - started) / 1000) * speedup);
+      const send = async () => {
+        while (next <= due && next < Math.floor(Date.now() / 1000) - 1 && !this.stopped) await this.sendSecond(next++, 1);
+      };
       this.timer = setTimeout(() => {
-        if (!this.stopped) void this.sendSecond(Math.floor(Date.now() / 1000) - 1).then(tick);
-      }, 1000 - (now % 1000) + 30);
+        if (!this.stopped) void send().then(tick);
+      }, 50);
     };
     tick();
+  }
+
+  /** CPU this process used, in seconds (so benchmarks can subtract the simulator). */
+  cpuSeconds(): number {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
   }
 
   async stop(): Promise<void> {
@@ -152,9 +195,9 @@ export class Simulator {
   }
 
   /** Sends second t for every server, spread over ~half a second (edges do not all send at once). */
-  async sendSecond(t: number): Promise<void> {
+  async sendSecond(t: number, slicesMax = 25): Promise<void> {
     this.shapes.step(t);
-    const slices = Math.min(25, this.servers.length);
+    const slices = Math.min(slicesMax, this.servers.length);
     for (let slice = 0; slice < slices && !this.stopped; slice++) {
       for (let i = slice; i < this.servers.length; i += slices) this.sendServer(i, t);
       if (slice < slices - 1) await new Promise((r) => setTimeout(r, 15));
@@ -189,6 +232,22 @@ export class Simulator {
     }
     server.ring.put(t, frames);
     for (const f of frames) this.send(server, f);
+    this.counters.points_sent += this.opts.metrics;
+    if (this.opts.record !== undefined && this.opts.recordServers?.test(server.id) === true) this.recordServer(server, values, t);
+  }
+
+  /** Writes what `server` sent for `t` for the recorded metrics (the picks of its distributions are in lastPicks). */
+  private recordServer(server: SimServer, values: Float64Array, t: number): void {
+    const want = this.opts.recordMetrics;
+    for (let m = 0; m < this.gauges; m++) {
+      if (want !== undefined && !want.test(this.names[m]!)) continue;
+      this.opts.record!({ server: server.id, metric: this.names[m]!, second: t, kind: this.kinds[m] === KindCode.Counter ? 'counter' : 'gauge', values: [values[m]!] });
+    }
+    this.lastPicks.forEach((v, k) => {
+      const m = this.gauges + k;
+      if (want !== undefined && !want.test(this.names[m]!)) return;
+      this.opts.record!({ server: server.id, metric: this.names[m]!, second: t, kind: 'distribution', values: Array.from(this.pool.values[v]!) });
+    });
   }
 
   private frame(server: SimServer, t: number, part: number, parts: number, series: SeriesColumns): Uint8Array {
@@ -197,9 +256,14 @@ export class Simulator {
     return f;
   }
 
+  /** The variant each distribution of the server being sent drew (for --record). */
+  private lastPicks: number[] = [];
+
   private distColumns(from: number, to: number): SeriesColumns {
     const n = to - from;
     const pick = Uint8Array.from({ length: n }, () => Math.floor(this.rand() * variants));
+    if (from === this.gauges) this.lastPicks = [];
+    this.lastPicks.push(...pick);
     const ends = new Uint32Array(n);
     let end = 0;
     for (let k = 0; k < n; k++) ends[k] = end += this.pool.sketch[pick[k]!]!.length;
