@@ -4,8 +4,8 @@
 
 import { open, type Database, type RootDatabase } from 'lmdb';
 
-/** Memory for the newest spooled batches (a few seconds of a full rack). */
-const recentBytesMax = 64 * 1024 * 1024;
+/** Memory for the newest spooled batches (~10 s of a full rack's batches). */
+const recentBytesMax = 16 * 1024 * 1024;
 
 export interface SpoolEntry {
   seq: number;

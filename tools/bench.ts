@@ -8,15 +8,22 @@ import { rackFigures } from './bench-rack.js';
 import { coreFigures } from './bench-core.js';
 import { queryFigures } from './bench-query.js';
 import { freshnessFigures } from './bench-fresh.js';
+import { fleetStep, type FleetStep } from './bench-fleet.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
-  --quick            shorter runs (for a smoke check; figures are noisier)
-  --only <section>   one of: edge, rack, core, query, freshness
-  --json <file>      also write the figures as JSON
-  --help             this text`;
+  --quick            a smoke run under 2 minutes: wire figures and one small fleet step
+  --only <section>   one of: edge, rack, core, query, freshness, fleet
+  --json <file>      also write the figures as one JSON object
+  --help             this text
+
+The fleet section starts real core, rack (one per 40 servers) and simulator processes and
+ramps the fleet (servers × 2,000 metrics) until a step does not keep up; the largest step
+that kept up is the headline.`;
+
+const fleetMetrics = 2000;
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseOptions(
@@ -28,20 +35,62 @@ export async function main(argv: string[]): Promise<void> {
     console.log(benchHelp);
     return;
   }
+  const quick = values.quick!;
   const figures: Figure[] = [];
-  const section = async (name: string, run: () => Promise<Figure[]> | Figure[]) => {
-    if (values.only !== undefined && values.only !== name) return;
+  const wanted = (name: string, inQuick: boolean) => (values.only !== undefined ? values.only === name : !quick || inQuick);
+  const print = (f: Figure) => {
+    const v = f.value >= 100 ? f.value.toFixed(0) : f.value >= 1 ? f.value.toFixed(2) : f.value.toPrecision(3);
+    console.log(`  ${f.name.padEnd(86)} ${v.padStart(10)} ${f.unit}${f.target ? `   (target ${f.target})` : ''}`);
+  };
+  const section = async (name: string, inQuick: boolean, runIt: () => Promise<Figure[]> | Figure[]) => {
+    if (!wanted(name, inQuick)) return;
     console.log(`\n== ${name}`);
-    for (const f of await run()) {
+    for (const f of await runIt()) {
       figures.push(f);
-      const v = f.value >= 100 ? f.value.toFixed(0) : f.value >= 1 ? f.value.toFixed(2) : f.value.toPrecision(3);
-      console.log(`  ${f.name.padEnd(86)} ${v.padStart(10)} ${f.unit}${f.target ? `   (target ${f.target})` : ''}`);
+      print(f);
     }
   };
-  await section('edge', async () => [...wireFigures(), ...(await edgeProcessFigures(values.quick ? 5 : 20))]);
-  await section('rack', () => rackFigures(values.quick!));
-  await section('core', () => coreFigures(values.quick!));
-  await section('query', () => queryFigures(values.quick!));
-  await section('freshness', () => freshnessFigures(values.quick ? 30 : 90));
-  if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ date: new Date().toISOString(), figures }, null, 2));
+  await section('edge', true, async () => [...wireFigures(), ...(quick ? [] : await edgeProcessFigures(20))]);
+  await section('rack', false, () => rackFigures(false));
+  await section('core', false, () => coreFigures(false));
+  await section('query', false, () => queryFigures(false));
+  await section('freshness', false, () => freshnessFigures(90));
+  const steps: FleetStep[] = [];
+  if (wanted('fleet', true)) {
+    console.log(`\n== fleet (servers × ${fleetMetrics} metrics, real processes; a step keeps up when ≥ 99% is stored and every window is readable within 5 s of its close)`);
+    console.log(`  ${'servers'.padStart(7)} ${'offered/s'.padStart(10)} ${'stored/s'.padStart(10)} ${'core s/M'.padStart(8)} ${'racks s/M'.padStart(9)} ${'sim %'.padStart(6)} ${'core MiB'.padStart(8)} ${'rack MiB'.padStart(8)} ${'loss %'.padStart(7)} ${'lost %'.padStart(7)} ${'fresh p99'.padStart(9)} ${'results p99'.padStart(11)}  kept up`);
+    for (const servers of quick ? [40] : [40, 120, 240, 480, 960]) {
+      const s = await fleetStep(servers, fleetMetrics, quick ? 10 : 45);
+      steps.push(s);
+      console.log(
+        `  ${String(s.servers).padStart(7)} ${Math.round(s.pointsPerSecondOffered).toString().padStart(10)} ${Math.round(s.pointsPerSecondStored).toString().padStart(10)} ${s.coreCpuSecondsPerMillionPoints.toFixed(2).padStart(8)} ${s.rackCpuSecondsPerMillionPoints.toFixed(2).padStart(9)} ${s.simulatorCpuPercent.toFixed(0).padStart(6)} ${s.coreRssMiB.toFixed(0).padStart(8)} ${s.rackRssMiBMax.toFixed(0).padStart(8)} ${s.udpLossPercent.toFixed(2).padStart(7)} ${s.udpLostForGoodPercent.toFixed(2).padStart(7)} ${`${s.freshnessP99Ms} ms`.padStart(9)} ${`${s.resultsQueryP99Ms} ms`.padStart(11)}  ${s.keptUp ? 'yes' : 'NO'}`,
+      );
+      if (!s.keptUp) break;
+    }
+    const best = [...steps].reverse().find((s) => s.keptUp);
+    console.log(`\n  fleet sustained on this machine: ${best?.servers ?? 0} servers × ${fleetMetrics} metrics = ${(((best?.servers ?? 0) / 10_000) * 100).toFixed(1)}% of the 10,000-server fleet (DESIGN §7 goal: 100%)`);
+  }
+  if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(summary(steps, figures), null, 2));
+}
+
+/** The JSON object of issue 7: headline fields, then every step and figure. */
+function summary(steps: FleetStep[], figures: Figure[]): object {
+  const best = [...steps].reverse().find((s) => s.keptUp);
+  const fig = (prefix: string) => figures.find((f) => f.name.startsWith(prefix))?.value ?? null;
+  return {
+    date: new Date().toISOString(),
+    fleetServersSustained: best?.servers ?? 0,
+    metricsPerServer: fleetMetrics,
+    pointsPerSecondStored: best?.pointsPerSecondStored ?? 0,
+    coreCpuSecondsPerMillionPoints: best?.coreCpuSecondsPerMillionPoints ?? null,
+    rackCpuSecondsPerMillionPoints: best?.rackCpuSecondsPerMillionPoints ?? null,
+    edgeCpuPercentAt2000Metrics: fig('edge CPU at 2,000 metrics'),
+    freshnessP99Ms: best?.freshnessP99Ms ?? null,
+    bytesPerPointOnDisk: fig('bytes on disk per gauge point'),
+    resultsQueryP99Ms: best?.resultsQueryP99Ms ?? null,
+    udpLossPercent: best?.udpLossPercent ?? null,
+    udpLostForGoodPercent: best?.udpLostForGoodPercent ?? null,
+    steps,
+    figures,
+  };
 }

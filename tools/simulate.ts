@@ -102,7 +102,7 @@ export class Simulator {
   private readonly shapes: ShapeColumns;
   private readonly pool: DistPool;
   private readonly nameOf = new Map<string, number>();
-  private readonly perPart: number;
+  private readonly distPerPart: number;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private s: number;
@@ -138,11 +138,13 @@ export class Simulator {
       this.servers.push(server);
       this.byId.set(server.id, server);
     }
-    // Points per part, from the same size bound the edge uses (names ride along at most 128 B each).
-    const serverBytes = 64 + 1;
+    // Distributions per part, from the same size bound the edge uses, for the widest pooled
+    // sketch and the longest name (points are packed exactly, per second, in sendServer).
+    const maxSketch = Math.max(...this.pool.sketch.map((k) => k.length));
+    const maxName = Math.max(...this.names.map((x) => x.length));
     let n = 1;
-    while (frameBytesBound(serverBytes, n + 1, 0, 0, n + 1, (n + 1) * 40) <= opts.datagramBytes) n++;
-    this.perPart = n;
+    while (frameBytesBound(65, 0, n + 1, (n + 1) * maxSketch, n + 1, (n + 1) * maxName) <= opts.datagramBytes) n++;
+    this.distPerPart = n;
     this.socket = dgram.createSocket({ type: 'udp4', sendBufferSize: 16 * 1024 * 1024 });
     this.socket.on('message', (msg) => this.onNack(msg));
   }
@@ -214,14 +216,35 @@ export class Simulator {
     const g = this.gauges;
     const values = this.shapes.values.subarray(i * g, (i + 1) * g);
     const frames: Uint8Array[] = [];
-    // Gauges and counters, perPart at a time; distributions in the parts after them.
-    const pointParts = Math.ceil(g / this.perPart);
-    const distPerPart = Math.max(1, Math.floor(this.perPart / 8));
+    // Gauges and counters packed greedily as the edge's packetizer does (names cost only when
+    // attached); distributions in the parts after them.
+    const serverBytes = Buffer.byteLength(server.id) + 1;
+    const bounds = [0];
+    let count = 0;
+    let named = 0;
+    let nameBytes = 0;
+    for (let m = 0; m < g; m++) {
+      const len = this.named(server, m, t) ? this.names[m]!.length : -1;
+      if (frameBytesBound(serverBytes, count + 1, 0, 0, named + (len >= 0 ? 1 : 0), nameBytes + Math.max(0, len)) > this.opts.datagramBytes) {
+        bounds.push(m);
+        count = 0;
+        named = 0;
+        nameBytes = 0;
+      }
+      count++;
+      if (len >= 0) {
+        named++;
+        nameBytes += len;
+      }
+    }
+    if (g > 0) bounds.push(g);
+    const pointParts = bounds.length - 1;
+    const distPerPart = this.distPerPart;
     const distParts = Math.ceil(this.dists / distPerPart);
     const parts = pointParts + distParts;
     for (let p = 0; p < pointParts; p++) {
-      const from = p * this.perPart;
-      const to = Math.min(g, from + this.perPart);
+      const from = bounds[p]!;
+      const to = bounds[p + 1]!;
       const series: SeriesColumns = { ...emptyColumns(), pointHashes: this.hashes.subarray(2 * from, 2 * to), pointKinds: this.kinds.subarray(from, to), pointValues: values.subarray(from, to), ...this.nameColumns(server, from, to, t) };
       frames.push(this.frame(server, t, frames.length, parts, series));
     }

@@ -1,0 +1,182 @@
+// The fleet benchmark (issue 7): real `apm core`, `apm rack` (one per 40 servers) and
+// `apm simulate` processes on loopback, ramped through fleet sizes; per step the points offered
+// and stored, CPU seconds per million points and RSS of each tier (from /proc), UDP loss and
+// recovery, freshness over the live stream, disk per point, results-API latency under
+// autocannon, and whether the step kept up. The headline: the largest fleet sustained.
+
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
+const autocannon = fileURLToPath(new URL('../../node_modules/.bin/autocannon', import.meta.url));
+const run = promisify(execFile);
+
+export interface FleetStep {
+  servers: number;
+  metricsPerServer: number;
+  pointsPerSecondOffered: number;
+  pointsPerSecondStored: number;
+  coreCpuSecondsPerMillionPoints: number;
+  rackCpuSecondsPerMillionPoints: number;
+  simulatorCpuPercent: number;
+  coreRssMiB: number;
+  rackRssMiBMax: number;
+  udpLossPercent: number;
+  udpLostForGoodPercent: number;
+  freshnessP50Ms: number;
+  freshnessP99Ms: number;
+  resultsQueryP99Ms: number;
+  keptUp: boolean;
+}
+
+interface Proc {
+  proc: ChildProcess;
+  lines: string[];
+}
+
+function start(args: string[], ready: RegExp): Promise<Proc & { match: RegExpExecArray }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(apm, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines: string[] = [];
+    let done = false;
+    const onData = (d: Buffer) => {
+      for (const l of d.toString().split('\n')) if (l !== '') lines.push(l);
+      if (lines.length > 200) lines.splice(0, lines.length - 200);
+      const m = done ? null : ready.exec(lines.join('\n'));
+      if (m) {
+        done = true;
+        resolve({ proc, lines, match: m });
+      }
+    };
+    proc.stdout!.on('data', onData);
+    proc.stderr!.on('data', onData);
+    proc.once('exit', (code) => {
+      if (!done) reject(new Error(`apm ${args[0]} exited (${code}) during start-up:\n${lines.join('\n')}`));
+    });
+  });
+}
+
+function stat(pid: number): { ticks: number; rssMiB: number } {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    const rss = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
+    return { ticks: Number(f[11]) + Number(f[12]), rssMiB: Number(rss?.[1] ?? 0) / 1024 };
+  } catch {
+    return { ticks: 0, rssMiB: 0 };
+  }
+}
+
+async function prom(url: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const text = await (await fetch(url)).text();
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || line === '') continue;
+    const i = line.lastIndexOf(' ');
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+const sumOf = (maps: Map<string, number>[], key: string) => maps.reduce((a, m) => a + (m.get(key) ?? 0), 0);
+
+/** One fleet size: starts everything, warms up, measures for `seconds`, stops everything. */
+export async function fleetStep(servers: number, metrics: number, seconds: number): Promise<FleetStep> {
+  const data = mkdtempSync(join(tmpdir(), 'apm-bench-fleet-'));
+  const procs: ChildProcess[] = [];
+  try {
+    const core = await start(['core', '--listen', '127.0.0.1:0', '--data', `${data}/core`], /apm core: (http:\/\/127\.0\.0\.1:\d+)\//);
+    procs.push(core.proc);
+    const url = core.match[1]!;
+    const racks: { udp: number; http: string; pid: number }[] = [];
+    for (let r = 0; r < Math.ceil(servers / 40); r++) {
+      const rack = await start(['rack', '--rack', `b${r}`, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--core', url, '--spool', `${data}/rack-${r}`], /UDP on 127\.0\.0\.1:(\d+) .*metrics on (http:\/\/127\.0\.0\.1:\d+)/);
+      procs.push(rack.proc);
+      racks.push({ udp: Number(rack.match[1]), http: rack.match[2]!, pid: rack.proc.pid! });
+    }
+    const created = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'cpu', query: 'FROM * SELECT sim.cpu.0 WINDOW 5s COMPUTE max, p99' }) });
+    const { id } = (await created.json()) as { id: string };
+    const sim = await start(['simulate', ...racks.flatMap((r) => ['--rack', `127.0.0.1:${r.udp}`]), '--servers', String(servers), '--metrics', String(metrics), '--prefix', 'fleet'], /apm simulate: \d+ servers/);
+    procs.push(sim.proc);
+    // Freshness: window close (end + the core's 3 s query lateness) → event on the live stream.
+    const lags: number[] = [];
+    let measuring = false;
+    const abort = new AbortController();
+    const live = (async () => {
+      const res = await fetch(`${url}/api/v1/queries/${id}/live`, { signal: abort.signal });
+      const reader = res.body!.getReader();
+      let text = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        text += new TextDecoder().decode(value);
+        let i: number;
+        while ((i = text.indexOf('\n\n')) >= 0) {
+          const m = /data: (.*)/.exec(text.slice(0, i));
+          text = text.slice(i + 2);
+          if (m === null) continue;
+          const w = JSON.parse(m[1]!) as { endMs: number; revision: number; servers: number };
+          if (w.revision === 0 && w.servers === servers && measuring) lags.push(Date.now() - (w.endMs + 3000));
+        }
+      }
+    })().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 12_000)); // warm-up: every server named, racks closing seconds
+    const c0 = await prom(`${url}/metrics`);
+    const r0 = await Promise.all(racks.map((r) => prom(`${r.http}/metrics`)));
+    const t0 = { core: stat(core.proc.pid!).ticks, racks: racks.reduce((a, r) => a + stat(r.pid).ticks, 0), sim: stat(sim.proc.pid!).ticks, at: Date.now() };
+    measuring = true;
+    let rackRss = 0;
+    let coreRss = 0;
+    const end = Date.now() + seconds * 1000;
+    while (Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 1000));
+      coreRss = Math.max(coreRss, stat(core.proc.pid!).rssMiB);
+      for (const r of racks) rackRss = Math.max(rackRss, stat(r.pid).rssMiB);
+    }
+    measuring = false;
+    const t1 = { core: stat(core.proc.pid!).ticks, racks: racks.reduce((a, r) => a + stat(r.pid).ticks, 0), sim: stat(sim.proc.pid!).ticks, at: Date.now() };
+    const c1 = await prom(`${url}/metrics`);
+    const r1 = await Promise.all(racks.map((r) => prom(`${r.http}/metrics`)));
+    const dt = (t1.at - t0.at) / 1000;
+    const stored = (c1.get('apm_core_points_ingested_total')! + c1.get('apm_core_summaries_ingested_total')! - c0.get('apm_core_points_ingested_total')! - c0.get('apm_core_summaries_ingested_total')!) / dt;
+    const millions = (stored * dt) / 1e6;
+    const received = sumOf(r1, 'apm_rack_parts_received_total') - sumOf(r0, 'apm_rack_parts_received_total');
+    const nacked = sumOf(r1, 'apm_rack_parts_nacked_total') - sumOf(r0, 'apm_rack_parts_nacked_total');
+    const lost = sumOf(r1, 'apm_rack_parts_lost_total') - sumOf(r0, 'apm_rack_parts_lost_total');
+    const { stdout } = await run(process.execPath, [autocannon, '-j', '-c', '10', '-d', '5', `${url}/api/v1/queries/${id}/results?from=-1h`], { maxBuffer: 1 << 24 });
+    const ac = JSON.parse(stdout) as { latency: { p99: number } };
+    abort.abort();
+    await live;
+    lags.sort((a, b) => a - b);
+    const q = (p: number) => lags[Math.min(lags.length - 1, Math.floor(p * (lags.length - 1)))] ?? NaN;
+    const offered = servers * metrics;
+    return {
+      servers,
+      metricsPerServer: metrics,
+      pointsPerSecondOffered: offered,
+      pointsPerSecondStored: stored,
+      coreCpuSecondsPerMillionPoints: (t1.core - t0.core) / 100 / millions,
+      rackCpuSecondsPerMillionPoints: (t1.racks - t0.racks) / 100 / millions,
+      simulatorCpuPercent: (t1.sim - t0.sim) / dt,
+      coreRssMiB: coreRss,
+      rackRssMiBMax: rackRss,
+      udpLossPercent: (100 * nacked) / Math.max(1, received + lost),
+      udpLostForGoodPercent: (100 * lost) / Math.max(1, received + lost),
+      freshnessP50Ms: q(0.5),
+      freshnessP99Ms: q(0.99),
+      resultsQueryP99Ms: ac.latency.p99,
+      // Kept up: ≥ 99% of what was offered stored, and every window's result within one window of its close.
+      keptUp: stored >= 0.99 * offered && lags.length > 0 && q(1) <= 5000,
+    };
+  } finally {
+    for (const p of procs.reverse()) {
+      p.kill('SIGTERM');
+      await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
+    }
+    rmSync(data, { recursive: true, force: true });
+  }
+}
