@@ -58,12 +58,12 @@ export async function main(argv: string[]): Promise<void> {
   const steps: FleetStep[] = [];
   if (wanted('fleet', true)) {
     console.log(`\n== fleet (servers × ${fleetMetrics} metrics, real processes; a step keeps up when every window is complete and readable within 5 s of its close)`);
-    console.log(`  ${'servers'.padStart(7)} ${'offered/s'.padStart(10)} ${'stored/s'.padStart(10)} ${'complete'.padStart(8)} ${'core s/M'.padStart(8)} ${'racks s/M'.padStart(9)} ${'sim %'.padStart(6)} ${'core MiB'.padStart(8)} ${'rack MiB'.padStart(8)} ${'loss %'.padStart(7)} ${'lost %'.padStart(7)} ${'fresh p99'.padStart(9)} ${'results p99'.padStart(11)}  kept up`);
+    console.log(`  ${'servers'.padStart(7)} ${'offered/s'.padStart(10)} ${'stored/s'.padStart(10)} ${'complete'.padStart(8)} ${'revised'.padStart(7)} ${'core s/M'.padStart(8)} ${'racks s/M'.padStart(9)} ${'sim %'.padStart(6)} ${'core MiB'.padStart(8)} ${'rack MiB'.padStart(8)} ${'loss %'.padStart(7)} ${'lost %'.padStart(7)} ${'fresh p99'.padStart(9)} ${'results p99'.padStart(11)}  kept up`);
     for (const servers of quick ? [40] : [40, 120, 240, 480, 960]) {
       const s = await fleetStep(servers, fleetMetrics, quick ? 10 : 60);
       steps.push(s);
       console.log(
-        `  ${String(s.servers).padStart(7)} ${Math.round(s.pointsPerSecondOffered).toString().padStart(10)} ${Math.round(s.pointsPerSecondStored).toString().padStart(10)} ${`${s.completenessPercent.toFixed(2)}%`.padStart(8)} ${s.coreCpuSecondsPerMillionPoints.toFixed(2).padStart(8)} ${s.rackCpuSecondsPerMillionPoints.toFixed(2).padStart(9)} ${s.simulatorCpuPercent.toFixed(0).padStart(6)} ${s.coreRssMiB.toFixed(0).padStart(8)} ${s.rackRssMiBMax.toFixed(0).padStart(8)} ${s.udpLossPercent.toFixed(2).padStart(7)} ${s.udpLostForGoodPercent.toFixed(2).padStart(7)} ${`${s.freshnessP99Ms} ms`.padStart(9)} ${`${s.resultsQueryP99Ms} ms`.padStart(11)}  ${s.keptUp ? 'yes' : 'NO'}`,
+        `  ${String(s.servers).padStart(7)} ${Math.round(s.pointsPerSecondOffered).toString().padStart(10)} ${Math.round(s.pointsPerSecondStored).toString().padStart(10)} ${`${s.completenessPercent.toFixed(2)}%`.padStart(8)} ${`${s.revisedWindowsPercent.toFixed(0)}%`.padStart(7)} ${s.coreCpuSecondsPerMillionPoints.toFixed(2).padStart(8)} ${s.rackCpuSecondsPerMillionPoints.toFixed(2).padStart(9)} ${s.simulatorCpuPercent.toFixed(0).padStart(6)} ${s.coreRssMiB.toFixed(0).padStart(8)} ${s.rackRssMiBMax.toFixed(0).padStart(8)} ${s.udpLossPercent.toFixed(2).padStart(7)} ${s.udpLostForGoodPercent.toFixed(2).padStart(7)} ${`${s.freshnessP99Ms} ms`.padStart(9)} ${`${s.resultsQueryP99Ms} ms`.padStart(11)}  ${s.keptUp ? 'yes' : 'NO'}`,
       );
       if (!s.keptUp) break;
     }
