@@ -71,7 +71,7 @@ export async function main(argv: string[]): Promise<void> {
     const now = { ...sim.counters, cpu: sim.cpuSeconds(), at: Date.now() };
     const dt = (now.at - last.at) / 1000;
     console.log(
-      `apm simulate: ${Math.round((now.points_sent - last.points_sent) / dt).toLocaleString()} points/s, ${Math.round((now.datagrams_sent - last.datagrams_sent) / dt)} datagrams/s, NACKs answered ${now.nacks} (resent ${now.resent}, missed ${now.resend_missed}), CPU ${((100 * (now.cpu - last.cpu)) / dt).toFixed(1)}%`,
+      `apm simulate: ${Math.round((now.points_sent - last.points_sent) / dt).toLocaleString()} points/s, ${Math.round((now.datagrams_sent - last.datagrams_sent) / dt)} datagrams/s, NACKs answered ${now.nacks} (resent ${now.resent}, missed ${now.resend_missed}), seconds sent late ${now.seconds_late}, CPU ${((100 * (now.cpu - last.cpu)) / dt).toFixed(1)}%`,
     );
     last = now;
   }, 5000).unref();

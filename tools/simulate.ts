@@ -106,7 +106,7 @@ export class Simulator {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private s: number;
-  readonly counters = { seconds: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
+  readonly counters = { seconds: 0, seconds_late: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
 
   constructor(private readonly opts: SimulatorOptions) {
     if (opts.racks.length === 0) throw new Error('simulate: give at least one --rack host:port');
@@ -158,11 +158,18 @@ export class Simulator {
     await new Promise<void>((r) => this.socket.bind(0, r));
     const speedup = this.opts.speedup ?? 1;
     if (speedup <= 1) {
-      // Real time: each second is sent just after it ends, as an edge does.
+      // Real time: each second is sent just after it ends, as an edge does — every second, even
+      // when sending one ran late (then the missed ones go out at once, counted as late).
+      let next = Math.floor(Date.now() / 1000);
       const tick = () => {
         const now = Date.now();
         this.timer = setTimeout(() => {
-          if (!this.stopped) void this.sendSecond(Math.floor(Date.now() / 1000) - 1).then(tick);
+          const send = async () => {
+            const due = Math.floor(Date.now() / 1000) - 1;
+            if (due > next) this.counters.seconds_late += due - next;
+            while (next <= due && !this.stopped) await this.sendSecond(next++, next <= due ? 1 : 25);
+          };
+          if (!this.stopped) void send().then(tick);
         }, 1000 - (now % 1000) + 30);
       };
       tick();
