@@ -310,7 +310,12 @@ export class Store {
       const items = this.head.get(block);
       if (items === undefined) continue;
       const byRack = new Map<number, HeadItem[]>();
-      for (const it of items) if (racks === undefined || racks.has(it.rackId)) byRack.set(it.rackId, [...(byRack.get(it.rackId) ?? []), it]);
+      for (const it of items) {
+        if (racks !== undefined && !racks.has(it.rackId)) continue;
+        const list = byRack.get(it.rackId);
+        if (list === undefined) byRack.set(it.rackId, [it]);
+        else list.push(it);
+      }
       for (const [rackId, list] of byRack) {
         const b = new RowBuilder(1);
         b.begin();
