@@ -3,7 +3,7 @@
 // lost its registry relearns every name), and asked from edges when a hash has no name yet.
 
 import type { SeriesColumns } from '../schema/codec.js';
-import { nameAt, nameColumns } from '../schema/codec.js';
+import { nameAt, nameColumns, verifyName } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 
 export class NameTable {
@@ -14,6 +14,8 @@ export class NameTable {
   private refreshCursor = 0;
   collisions = 0;
   overflow = 0;
+  /** Names whose hash did not match (a corrupted or forged dictionary entry): not learned. */
+  badHashes = 0;
 
   constructor(readonly namesMax: number) {
     this.index = new HashIndex(namesMax);
@@ -35,7 +37,16 @@ export class NameTable {
       const hi = c.nameHashes[2 * j + 1]!;
       const known = this.index.get(lo, hi);
       if (known >= 0) {
-        if (this.names[known] !== nameAt(c, j)) this.collisions++;
+        // The same name again costs a compare; only a different one is hashed (frames are
+        // decoded without hashing every name: the rack checks here, once per new name).
+        if (this.names[known] !== nameAt(c, j)) {
+          if (verifyName(c, j)) this.collisions++;
+          else this.badHashes++;
+        }
+        continue;
+      }
+      if (!verifyName(c, j)) {
+        this.badHashes++;
         continue;
       }
       const idx = this.index.insert(lo, hi);

@@ -127,7 +127,7 @@ export class Rack {
       const peer = this.queuePeers[i]!;
       this.counters.datagrams_received++;
       this.counters.bytes_received += frame.length;
-      const r = decodeFrame(frame, l.datagramBytesMax);
+      const r = decodeFrame(frame, l.datagramBytesMax, { verifyNameHashes: false });
       if (!r.ok) {
         this.rejected[r.reason] = (this.rejected[r.reason] ?? 0) + 1;
         continue;
@@ -231,6 +231,7 @@ export class Rack {
     p.gauge('apm_rack_names', 'Metric names known', this.names.size);
     p.counter('apm_rack_name_collisions_total', 'Two names seen for one 64-bit hash', this.names.collisions);
     p.counter('apm_rack_names_dropped_total', 'Names not kept because the name table is full', this.names.overflow);
+    p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
     p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);

@@ -81,6 +81,7 @@ export class Reassembly {
   private readonly late = new Map<number, Map<ServerState, EdgeSecondMessage[]>>();
   private bytesHeld = 0;
   private lateBytes = 0;
+  private forgotAt = -1;
   /** Highest second closed so far; parts at or below it are late. */
   closedThrough = -1;
 
@@ -262,7 +263,12 @@ export class Reassembly {
     for (const second of due) out.push(this.closeSecond(second));
     const watermarkSecond = Math.floor((nowMs - this.opts.latenessMs) / 1000) - 1;
     if (watermarkSecond > this.closedThrough) this.closedThrough = watermarkSecond;
-    this.forgetClosed(Math.floor(nowMs / 1000) - this.opts.lateHorizonSeconds);
+    // Closed-second bitmaps age out once a second, not every tick (40 servers × 600 s of them).
+    const nowS = Math.floor(nowMs / 1000);
+    if (nowS !== this.forgotAt) {
+      this.forgotAt = nowS;
+      this.forgetClosed(nowS - this.opts.lateHorizonSeconds);
+    }
     return out;
   }
 

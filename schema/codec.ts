@@ -319,17 +319,26 @@ export class Encoder {
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
+export interface DecodeOptions {
+  /**
+   * Verify every dictionary name against its hash (default). A receiver that keeps its own
+   * name table (the rack) turns this off and verifies only names it has not seen, with
+   * verifyName(): hashing every repeated name costs more than the rest of the decode.
+   */
+  verifyNameHashes?: boolean;
+}
+
 /** Decodes and fully validates one frame of at most `bytesMax` bytes. Never throws on bad input. */
-export function decodeFrame(frame: Uint8Array, bytesMax: number): DecodeResult<Message> {
+export function decodeFrame(frame: Uint8Array, bytesMax: number, opts: DecodeOptions = {}): DecodeResult<Message> {
   try {
-    return { ok: true, msg: decodeChecked(frame, bytesMax) };
+    return { ok: true, msg: decodeChecked(frame, bytesMax, opts.verifyNameHashes ?? true) };
   } catch (err) {
     if (err instanceof Reject) return { ok: false, reason: err.reason, detail: err.message };
     throw err;
   }
 }
 
-function decodeChecked(frame: Uint8Array, bytesMax: number): Message {
+function decodeChecked(frame: Uint8Array, bytesMax: number, verifyNameHashes: boolean): Message {
   if (frame.length > bytesMax) throw new Reject('too_large', `frame is ${frame.length} bytes > limit ${bytesMax}`);
   if (frame.length < frameBytesMin) throw new Reject('too_short', `frame is ${frame.length} bytes < minimum ${frameBytesMin}`);
   const fbLength = frame.length - crcBytes;
@@ -342,6 +351,7 @@ function decodeChecked(frame: Uint8Array, bytesMax: number): Message {
     throw new Reject('bad_identifier', `identifier is not ${fileIdentifier}`);
   }
   const v = new Verifier(bytes);
+  v.nameHashes = verifyNameHashes;
   const env = v.tableAt(0, 'Envelope');
   const version = v.u16(env, 0, 'Envelope.version');
   if (version !== wireVersion) throw new Reject('bad_version', `wire version ${version}, this build speaks ${wireVersion}`);
@@ -467,7 +477,7 @@ function decodeSeries(v: Verifier, t: TableRef): SeriesColumns {
   };
   checkPoints(c);
   checkDists(c);
-  checkNames(c);
+  checkNames(c, v.nameHashes);
   return c;
 }
 
@@ -513,7 +523,7 @@ function checkDists(c: SeriesColumns): void {
 
 const hashScratch = new Uint32Array(2);
 
-function checkNames(c: SeriesColumns): void {
+function checkNames(c: SeriesColumns, verifyHashes: boolean): void {
   const n = c.nameEnds.length;
   if (c.nameHashes.length !== 2 * n) throw new Reject('bad_columns', `${c.nameHashes.length / 2} name hashes for ${n} names`);
   let start = 0;
@@ -522,13 +532,16 @@ function checkNames(c: SeriesColumns): void {
     if (end < start || end > c.nameBytes.length || !isMetricNameBytes(c.nameBytes, start, end)) {
       throw new Reject('bad_name', `name ${i} is not [A-Za-z0-9_.:-]{1,${metricNameBytesMax}}`);
     }
-    hashName(latin1(c.nameBytes, start, end), hashScratch, 0);
-    if (hashScratch[0] !== c.nameHashes[2 * i] || hashScratch[1] !== c.nameHashes[2 * i + 1]) {
-      throw new Reject('bad_name', `name ${i} does not match its hash`);
-    }
+    if (verifyHashes && !verifyName(c, i)) throw new Reject('bad_name', `name ${i} does not match its hash`);
     start = end;
   }
   if (start !== c.nameBytes.length) throw new Reject('bad_name', `${c.nameBytes.length - start} name bytes belong to no name`);
+}
+
+/** True when name j of a decoded block hashes to its hash. */
+export function verifyName(c: SeriesColumns, j: number): boolean {
+  hashName(nameAt(c, j), hashScratch, 0);
+  return hashScratch[0] === c.nameHashes[2 * j] && hashScratch[1] === c.nameHashes[2 * j + 1];
 }
 
 /** Metric names are ASCII (checked before this is called). */

@@ -45,6 +45,8 @@ const emptyVector: VectorRef = { start: 0, length: 0 };
 
 export class Verifier {
   readonly view: DataView;
+  /** Check each dictionary name against its hash (SHA-256); off when the caller checks only names it does not know. */
+  nameHashes = true;
   constructor(readonly bytes: Uint8Array) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }

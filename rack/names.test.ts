@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { Encoder, KindCode, decodeFrame, type EdgeSecondMessage } from '../schema/codec.js';
+import { buildColumns } from '../schema/testdata.js';
+import { NameTable } from './names.js';
+
+const enc = new Encoder();
+const header = { server: 's', session: 1, seq: 1, second: 1_790_000_000, part: 0, parts: 1, sentMs: 0 };
+
+function decodeUnverified(frame: Uint8Array): EdgeSecondMessage {
+  const r = decodeFrame(frame, 65_507, { verifyNameHashes: false });
+  if (!r.ok || r.msg.type !== 'edgeSecond') throw new Error('decode failed');
+  return r.msg;
+}
+
+describe('NameTable', () => {
+  it('learns names whose hash matches, refuses forged ones, and relays what it learned', () => {
+    const t = new NameTable(100);
+    const good = buildColumns([{ name: 'a.b', kind: KindCode.Gauge, value: 1 }], [], ['a.b', 'c.d']);
+    t.learn(decodeUnverified(enc.edgeSecond({ ...header, series: good })).series);
+    expect(t.size).toBe(2);
+    // A dictionary entry whose name was swapped: the frame decodes (hashes unchecked) but the table refuses it.
+    const forged = { ...good, nameHashes: Uint32Array.from(buildColumns([], [], ['x.y']).nameHashes), nameEnds: Uint32Array.of(3), nameBytes: new Uint8Array(Buffer.from('zzz')) };
+    expect(decodeFrame(enc.edgeSecond({ ...header, series: forged }), 65_507).ok).toBe(false);
+    t.learn(decodeUnverified(enc.edgeSecond({ ...header, series: forged })).series);
+    expect([t.size, t.badHashes]).toEqual([2, 1]);
+    // Known names again: nothing new, nothing bad.
+    t.learn(decodeUnverified(enc.edgeSecond({ ...header, series: good })).series);
+    expect([t.size, t.badHashes, t.collisions]).toEqual([2, 1, 0]);
+    const relay = t.forBatch(0);
+    expect(Buffer.from(relay.nameBytes).toString('latin1')).toBe('a.bc.d');
+    expect(t.forBatch(0).nameEnds.length).toBe(0);
+  });
+});
