@@ -52,7 +52,7 @@ function fmt(labels?: Labels): string {
   return `{${parts.join(',')}}`;
 }
 
-/** Fixed-bucket histogram with quantile estimates (upper bound of the bucket holding the rank). */
+/** Fixed-bucket histogram for the Prometheus text format. */
 export class Histogram {
   readonly counts: Float64Array;
   total = 0;
@@ -68,16 +68,5 @@ export class Histogram {
     this.counts[i]! += 1;
     this.total++;
     this.sum += v;
-  }
-
-  quantile(q: number): number {
-    if (this.total === 0) return NaN;
-    const rank = q * this.total;
-    let seen = 0;
-    for (let i = 0; i < this.counts.length; i++) {
-      seen += this.counts[i]!;
-      if (seen >= rank) return this.bounds[i] ?? Infinity;
-    }
-    return Infinity;
   }
 }

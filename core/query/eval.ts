@@ -20,13 +20,17 @@ export interface WindowResult {
   revision: number;
 }
 
-/** Server ids (registry) selected by the query's selectors, as a membership table, and their racks. */
-export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; racks: Set<string> } {
+/**
+ * Server ids (registry) selected by the query's selectors, as a membership table; the racks
+ * holding a selected server, and those whose servers are all selected.
+ */
+export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; racks: Set<string>; wholeRacks: Set<string> } {
   const servers = registry.allServers();
   let maxId = 0;
   for (const s of servers) maxId = Math.max(maxId, s.id);
   const selected = new Uint8Array(maxId + 1);
   const racks = new Set<string>();
+  const perRack = new Map<string, number>(); // servers of the rack not selected
   let size = 0;
   const tests = q.selectors.map((sel) => {
     if (sel.type === 'all') return () => true;
@@ -39,9 +43,10 @@ export function resolveServers(q: Query, registry: Registry): { selected: Uint8A
       selected[s.id] = 1;
       racks.add(s.rack);
       size++;
-    }
+    } else perRack.set(s.rack, (perRack.get(s.rack) ?? 0) + 1);
   }
-  return { selected, size, racks };
+  const wholeRacks = new Set([...racks].filter((r) => !perRack.has(r)));
+  return { selected, size, racks, wholeRacks };
 }
 
 /** Evaluates every window whose start lies in [fromSec, toSec); windows without observations are omitted. */
@@ -51,7 +56,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   if (first >= toSec) return [];
   const n = Math.ceil((toSec - first) / W);
   const end = first + n * W;
-  const { selected, racks } = resolveServers(q, store.registry);
+  const { selected, racks, wholeRacks: whole } = resolveServers(q, store.registry);
   // Only the rows of racks that hold a selected server are read; for racks selected whole,
   // distribution percentiles come from the stored rack rollup (one merge per second, not one
   // per server).
@@ -61,7 +66,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
     const id = store.rackIdOf(r);
     if (id === undefined) continue;
     rackIds.add(id);
-    if (store.registry.allServers().every((s) => s.rack !== r || selected[s.id] === 1)) wholeRacks.add(id);
+    if (whole.has(r)) wholeRacks.add(id);
   }
   const h = new Uint32Array(2);
   hashName(q.metric, h, 0);
