@@ -4,17 +4,34 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { PromText } from '../schema/prom.js';
+import { ApiAuth } from './auth.js';
+import { coreLimits } from './limits.js';
+import { rateLimit, type RateLimiter } from './ratelimit.js';
 import type { Store } from './store.js';
 import { addQueryRoutes } from './query/routes.js';
 import type { StoredQueries } from './query/stored.js';
 
 export interface ApiOptions {
   ingestBodyBytesMax: number;
+  /** Token checks (core/auth.ts); absent: auth off, the loopback dev default. */
+  auth?: ApiAuth;
+  /** Per-client rate limit of the query API; absent: none. */
+  queryRate?: RateLimiter;
 }
 
 export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions): Hono {
   const app = new Hono();
   const http = { ingest_requests: 0, ingest_too_large: 0 };
+  // Before every route: auth decides who is asking, the rate limit keys on it (issue 8).
+  const auth = opts.auth ?? new ApiAuth({ tokens: null });
+  app.use('*', auth.middleware());
+  const queryRate = opts.queryRate;
+  if (queryRate !== undefined) {
+    // The query API only: /api/v1/query* and /api/v1/queries*, never ingest (racks retry on
+    // their own schedule and their spool absorbs a slow core).
+    const cost = (path: string) => (path === '/api/v1/query' ? coreLimits.adHocQueryCost : path.startsWith('/api/v1/quer') ? 1 : 0);
+    app.use('/api/v1/*', rateLimit(queryRate, cost));
+  }
   const live = addQueryRoutes(app, store, stored);
 
   app.onError((err, c) => {
@@ -87,6 +104,9 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counter('apm_core_metrics_overflow_total', 'Metrics not registered because the registry is full', store.registry.metricsOverflow);
+    p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route)', 'reason', auth.failures);
+    p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
+    p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
   });
 

@@ -1,5 +1,6 @@
 // Every bound of the core in one place, each with why it has its value.
 
+import assert from 'node:assert';
 import { batchBytesMax } from '../schema/limits.js';
 
 export const coreLimits = {
@@ -30,6 +31,38 @@ export const coreLimits = {
   lateSecondsMax: 100_000,
   /** Registry last-seen times are persisted this often. */
   registrySaveMs: 10_000,
+  /** New metrics one server may introduce: 10× the design's 2,000 per server. A server that
+   * mints names (a request id in a metric name) fills its own budget, not the whole registry;
+   * its further new metrics are refused and their points dropped, both counted. */
+  metricsPerServerMax: 20_000,
+
+  // HTTP API (issue 8).
+  /** Lines in a tokens file: far above any team's tokens; bounds start-up and SIGHUP work. */
+  tokenLinesMax: 100_000,
+  /** Characters of a presented token: ours are 47; longer ones are refused before hashing. */
+  tokenCharsMax: 512,
+  /** Query API requests per second per token (or client address): a dashboard refreshing a
+   * dozen panels stays far below; a script in a loop is slowed before it starves ingest of CPU. */
+  queryRatePerSecond: 20,
+  /** Requests a client may make at once after being idle: a dashboard loading every panel. */
+  queryBurst: 100,
+  /** Cost of an ad-hoc query in rate-limit tokens: it evaluates from storage (ms to 100s of ms
+   * of CPU), where a list or stored result is served from memory. */
+  adHocQueryCost: 5,
+  /** Rate-limit buckets kept (one per token name or client address); the least recently used
+   * goes beyond it, so a flood of addresses costs bounded memory. */
+  rateBucketsMax: 10_000,
+  /** Body of a stored-query create or edit: a 4,096-character query and a 200-character name
+   * as JSON, with room for escaping. */
+  queryBodyBytesMax: 16 * 1024,
+  /** Range of an ad-hoc query: it reads every block of the range from storage; longer ranges
+   * belong to stored queries. */
+  adHocRangeMsMax: 31 * 86_400_000,
+  /** Range of a stored query's results request: the longest retention (10 years). */
+  resultsRangeMsMax: 10 * 366 * 86_400_000,
 } as const;
 
 export type CoreLimits = { -readonly [K in keyof typeof coreLimits]: number };
+
+// An ad-hoc query must fit in a full bucket, or no client could ever run one.
+assert(coreLimits.queryBurst >= coreLimits.adHocQueryCost, 'BUG: queryBurst < adHocQueryCost');

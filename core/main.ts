@@ -2,9 +2,11 @@
 
 import { serve } from '@hono/node-server';
 import { mkdirSync } from 'node:fs';
-import { parseBytes, parseDurationMs, parseHostPort, parseOptions, UsageError } from '../tools/args.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
 import { createApi } from './api.js';
+import { ApiAuth, TokenFileError, TokenSet } from './auth.js';
 import { coreLimits } from './limits.js';
+import { RateLimiter } from './ratelimit.js';
 import { Store } from './store.js';
 import { StoredQueries } from './query/stored.js';
 
@@ -20,6 +22,12 @@ Usage: apm core --listen 127.0.0.1:8080 --data <dir> [options]
                          ingest also answers 503 when the file system has < 256 MiB free)
   --query-lateness <d>   a stored-query window is evaluated this long after it ends (default 3s:
                          the racks' 2 s lateness plus forwarding); later data revises it
+  --tokens <file>        API tokens, one "<sha256 hex> <role> <name>" a line (roles read, write,
+                         ingest, admin); create entries with 'apm token create'. Reread on SIGHUP.
+                         Without it the API is open, which is allowed only on loopback.
+  --query-rate <n>       query API requests per second per token, or per client address without
+                         --tokens (burst ${coreLimits.queryBurst}; an ad-hoc query costs ${coreLimits.adHocQueryCost}; 0: no limit).
+                         Default ${coreLimits.queryRatePerSecond} with --tokens, 0 without (on loopback every client is you)
   --help                 this text
 
 Stops on SIGINT/SIGTERM after writing what it holds.`;
@@ -35,6 +43,8 @@ export async function main(argv: string[]): Promise<void> {
       retention: { type: 'string', default: '365d' },
       'disk-bytes-max': { type: 'string' },
       'query-lateness': { type: 'string', default: '3s' },
+      tokens: { type: 'string' },
+      'query-rate': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     coreHelp,
@@ -44,9 +54,13 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const listen = parseHostPort(values.listen!, '--listen');
-  if (!loopback.test(listen.host)) {
-    throw new UsageError(`--listen ${values.listen}: listening beyond loopback needs API tokens (--tokens), which this build does not have yet; bind to 127.0.0.1`);
+  if (!loopback.test(listen.host) && values.tokens === undefined) {
+    throw new UsageError(
+      `--listen ${values.listen}: listening beyond loopback needs API tokens, or anyone who can reach the port can read and delete everything. Create a tokens file with 'apm token create --role admin --name me --tokens /etc/apm/tokens', then start with --tokens /etc/apm/tokens (or bind to 127.0.0.1)`,
+    );
   }
+  const auth = new ApiAuth({ tokens: values.tokens === undefined ? null : readTokens(values.tokens) });
+  const queryRate = parseIntOption(values['query-rate'], '--query-rate', values.tokens === undefined ? 0 : coreLimits.queryRatePerSecond, 0, 1_000_000);
   const retentionMs = parseDurationMs(values.retention!, '--retention', 5_000, 10 * 365 * 86_400_000);
   mkdirSync(values.data!, { recursive: true });
   const store = new Store({
@@ -69,7 +83,11 @@ export async function main(argv: string[]): Promise<void> {
     lateSecondsMax: coreLimits.lateSecondsMax,
   });
   store.onIngest = (second) => stored.noteData(second);
-  const app = createApi(store, stored, { ingestBodyBytesMax: coreLimits.ingestBodyBytesMax });
+  const app = createApi(store, stored, {
+    ingestBodyBytesMax: coreLimits.ingestBodyBytesMax,
+    auth,
+    queryRate: queryRate === 0 ? undefined : new RateLimiter({ ratePerSecond: queryRate, burst: coreLimits.queryBurst, bucketsMax: coreLimits.rateBucketsMax }),
+  });
   const port = await new Promise<number>((resolve) => serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port)));
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
@@ -84,7 +102,9 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
-  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, retention ${values.retention}, ${store.counters.wal_replayed} batches replayed from the WAL)`);
+  process.on('SIGHUP', () => reloadTokens(auth, values.tokens));
+  const authNote = auth.tokens === null ? 'no auth (loopback dev default)' : `${auth.tokens.size} tokens from ${values.tokens}`;
+  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, retention ${values.retention}, ${store.counters.wal_replayed} batches replayed from the WAL, ${authNote})`);
   const flushTimer = setInterval(() => void store.flushDue(Date.now()).catch((e: unknown) => console.error('core: flush failed', e)), 1000);
   const sweepMs = Math.min(coreLimits.retentionSweepMs, Math.max(1000, retentionMs / 4));
   const retentionTimer = setInterval(() => void store.retentionSweep(Date.now()).catch((e: unknown) => console.error('core: retention sweep failed', e)), sweepMs);
@@ -98,4 +118,27 @@ export async function main(argv: string[]): Promise<void> {
       .finally(() => (evaluating = false));
   }, 250);
   const registryTimer = setInterval(() => void store.saveRegistry().catch(() => undefined), coreLimits.registrySaveMs);
+}
+
+function readTokens(file: string): TokenSet {
+  try {
+    return TokenSet.read(file);
+  } catch (err) {
+    if (err instanceof TokenFileError) throw new UsageError(`--tokens ${err.message}`);
+    throw err;
+  }
+}
+
+/** SIGHUP: the tokens file is read again; a bad file keeps the tokens in use (and says why). */
+function reloadTokens(auth: ApiAuth, file: string | undefined): void {
+  if (file === undefined || auth.tokens === null) {
+    console.error('apm core: SIGHUP, but no --tokens file to reload (auth is off)');
+    return;
+  }
+  try {
+    auth.tokens = TokenSet.read(file);
+    console.log(`apm core: SIGHUP, reloaded ${auth.tokens.size} tokens from ${file}`);
+  } catch (err) {
+    console.error(`apm core: SIGHUP, tokens file not reloaded, keeping the ${auth.tokens.size} tokens in use: ${(err as Error).message}`);
+  }
 }

@@ -1,6 +1,8 @@
 // Sends spooled batches to the core (POST /api/v1/ingest) with undici: keep-alive, bounded
 // concurrency, retry with exponential backoff. A batch leaves the spool only on a 2xx; a 4xx
-// other than 408/429 means the core refuses it for good (counted, logged, removed).
+// other than 401/403/408/429 means the core refuses it for good (counted, logged, removed).
+// 401/403 refuse the rack's token, not the batch: it stays spooled and is retried with backoff
+// until an operator fixes --token-file or the core's tokens file (issue 8).
 
 import { Pool } from 'undici';
 import { Histogram } from '../schema/prom.js';
@@ -28,7 +30,9 @@ export class Forwarder {
   private stopped = false;
   /** Set while the last attempt failed; cleared by the next 2xx. */
   coreDown = false;
-  readonly counters = { batches_acked: 0, bytes_acked: 0, batches_failed: 0, batches_rejected: 0, batches_replayed: 0 };
+  readonly counters = { batches_acked: 0, bytes_acked: 0, batches_failed: 0, batches_rejected: 0, batches_replayed: 0, batches_unauthorized: 0 };
+  /** Set while the core refuses the token (401/403); cleared by the next 2xx. */
+  authRefused = false;
   /** Seconds from a second's end to the core's acknowledgement of its batch. */
   readonly ackLatency = new Histogram([0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 30, 60, 120, 300]);
 
@@ -106,6 +110,7 @@ export class Forwarder {
     }
     this.inFlight.delete(seq);
     if (status >= 200 && status < 300) return this.acked(seq, bytes.length);
+    if (status === 401 || status === 403) return this.unauthorized(status, detail);
     if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
       this.counters.batches_rejected++;
       console.error(`rack: core refused batch ${seq} with ${status}: ${detail}; dropped (fix the cause: this will not succeed on retry)`);
@@ -115,6 +120,22 @@ export class Forwarder {
     }
     this.counters.batches_failed++;
     if (!this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} unavailable (${status || detail}); spooling and retrying with backoff`);
+    this.retryLater();
+  }
+
+  /** The core refuses the token: every batch would fail alike, so keep them all and back off. */
+  private unauthorized(status: number, detail: string): void {
+    this.counters.batches_failed++;
+    this.counters.batches_unauthorized++;
+    if (!this.authRefused) {
+      const token = this.opts.token === null ? 'no token (start the rack with --token-file <file>)' : 'the token of --token-file';
+      console.error(`rack: core at ${this.opts.coreUrl} refused ${token} with ${status}: ${detail}; batches stay spooled and are retried. Give the rack a token of role ingest ('apm token create --role ingest --name <rack> --tokens <core tokens file>' on the core, then SIGHUP the core)`);
+    }
+    this.authRefused = true;
+    this.retryLater();
+  }
+
+  private retryLater(): void {
     this.coreDown = true;
     this.backoffMs = Math.min(this.opts.backoffMaxMs, Math.max(this.opts.backoffMinMs, this.backoffMs * 2));
     this.retryAt = Date.now() + this.backoffMs * (0.75 + Math.random() * 0.5);
@@ -128,8 +149,9 @@ export class Forwarder {
     const second = this.secondOf.get(seq);
     if (second !== undefined) this.ackLatency.observe(Date.now() / 1000 - (second + 1));
     this.secondOf.delete(seq);
-    if (this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} is back; draining ${this.spool.heldBatches} spooled batches`);
+    if (this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} ${this.authRefused ? 'accepts the token again' : 'is back'}; draining ${this.spool.heldBatches} spooled batches`);
     this.coreDown = false;
+    this.authRefused = false;
     this.backoffMs = 0;
     this.retryAt = 0;
     this.pump();

@@ -93,7 +93,7 @@ function readSecret(file: string): string {
     if (token.length === 0) throw new Error('the file is empty');
     return token;
   } catch (err) {
-    throw new UsageError(`--token-file ${file}: ${(err as Error).message}; create it with 'apm token create --role ingest'`);
+    throw new UsageError(`--token-file ${file}: ${(err as Error).message}; it holds the raw token printed by 'apm token create --role ingest --name <rack> --tokens <the core's tokens file>'`);
   }
 }
 

@@ -15,6 +15,7 @@ const commands: Record<string, Command> = {
   query: { summary: 'evaluate a query on the core and print its windows', run: async (a) => (await import('./query-main.js')).main(a) },
   demo: { summary: 'the whole system on this machine (what npm start runs)', run: async (a) => (await import('./demo.js')).main(a) },
   bench: { summary: 'measure the tiers and print a report', run: async (a) => (await import('./bench.js')).main(a) },
+  token: { summary: 'create API tokens for the core (apm token create --role ... --name ... --tokens ...)', run: async (a) => (await import('./token.js')).main(a) },
 };
 
 const help = `apm: per-second metrics for a fleet of servers

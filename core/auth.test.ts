@@ -1,0 +1,124 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createApi } from './api.js';
+import { accessFor, ApiAuth, hashToken, parseTokens, TokenFileError, TokenSet, type Role } from './auth.js';
+import { StoredQueries } from './query/stored.js';
+import { Store } from './store.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'apm-auth-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const store = new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
+const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100 });
+
+const tokens: Record<Role, string> = { read: 'tok-read', write: 'tok-write', ingest: 'tok-ingest', admin: 'tok-admin' };
+const file = Object.entries(tokens)
+  .map(([role, t]) => `${hashToken(t)} ${role} ${role}-user`)
+  .join('\n');
+const auth = new ApiAuth({ tokens: new TokenSet(parseTokens(`# team tokens\n\n${file}\n`, 'tokens')) });
+const app = createApi(store, stored, { ingestBodyBytesMax: 100_000, auth });
+
+describe('tokens file', () => {
+  it('parses entries and names the bad line with what is wrong', () => {
+    const h = hashToken('x');
+    expect(parseTokens(`# c\n\n  ${h}  read  alice \n`, 'f').map((e) => [e.hashHex, e.role, e.name])).toEqual([[h, 'read', 'alice']]);
+    const f = (text: string, want: RegExp) => expect(() => parseTokens(text, '/etc/apm/tokens')).toThrow(want);
+    // Not hex.
+    f(`${h} read a\nzz read bob`, /\/etc\/apm\/tokens line 2: .*not a SHA-256 hex digest/);
+    // Unknown role.
+    f(`${h} owner bob`, /line 1: role "owner" is not one of read, write, ingest, admin/);
+    // Missing name.
+    f(`${h} read`, /line 1: expected "<sha256 hex> <role> <name>", got 2 fields/);
+    // Name with a bad character.
+    f(`${h} read bob/x`, /line 1: name "bob\/x"/);
+    // The same hash twice.
+    f(`${h} read a\n${h} admin b`, /line 2: the same token hash as line 1/);
+    expect(() => parseTokens('nope', 'f')).toThrow(TokenFileError);
+  });
+
+  it('accepts exactly the stored tokens, compared by hash', () => {
+    const set = new TokenSet(parseTokens(`${hashToken('secret')} write ci`, 'f'));
+    expect(set.check('secret')?.name).toBe('ci');
+    expect(set.check('secreT')).toBeUndefined();
+    expect(set.check(hashToken('secret'))).toBeUndefined(); // the hash itself is not a token
+    expect(set.check('')).toBeUndefined();
+  });
+
+  it('maps routes to roles', () => {
+    const f = (method: string, path: string, want: string) => expect(accessFor(method, path)).toBe(want);
+    f('GET', '/healthz', 'public');
+    f('GET', '/', 'public');
+    f('GET', '/ui/app.js', 'public');
+    f('GET', '/metrics', 'read');
+    f('HEAD', '/api/v1/servers', 'read');
+    f('POST', '/api/v1/ingest', 'ingest');
+    f('POST', '/api/v1/queries', 'write');
+    f('PUT', '/api/v1/queries/abc', 'write');
+    f('DELETE', '/api/v1/queries/abc', 'write');
+    f('POST', '/api/v1/anything-else', 'admin');
+    f('POST', '/ui/x', 'admin');
+  });
+});
+
+describe('auth middleware', () => {
+  const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+  const routes: { method: string; path: string; body?: string; need: Role | 'public' }[] = [
+    { method: 'GET', path: '/api/v1/servers', need: 'read' },
+    { method: 'GET', path: '/api/v1/metrics', need: 'read' },
+    { method: 'GET', path: '/metrics', need: 'read' },
+    { method: 'GET', path: '/api/v1/queries', need: 'read' },
+    { method: 'GET', path: `/api/v1/query?q=${encodeURIComponent('FROM * SELECT cpu WINDOW 1s COMPUTE max')}&from=-1m`, need: 'read' },
+    { method: 'POST', path: '/api/v1/queries', body: JSON.stringify({ name: 'q', query: 'FROM * SELECT cpu WINDOW 5s COMPUTE max' }), need: 'write' },
+    { method: 'DELETE', path: '/api/v1/queries/ffffffff', need: 'write' },
+    { method: 'POST', path: '/api/v1/ingest', body: 'not a batch', need: 'ingest' },
+    { method: 'GET', path: '/healthz', need: 'public' },
+    { method: 'GET', path: '/', need: 'public' },
+    { method: 'GET', path: '/ui/app.js', need: 'public' },
+  ];
+  const allowed = (role: Role, need: Role | 'public') => need === 'public' || role === 'admin' || role === need || (role === 'write' && need === 'read');
+
+  it('answers 401 without a token or with an unknown one, 403 when the role does not allow the route, and passes otherwise', async () => {
+    for (const r of routes) {
+      const req = (headers: Record<string, string>) => app.request(r.path, { method: r.method, headers: { 'content-type': 'application/json', ...headers }, ...(r.body === undefined ? {} : { body: r.body }) });
+      for (const [name, headers] of [['none', {}], ['unknown', bearer('tok-nobody')], ['basic', { authorization: 'Basic dTpw' }]] as const) {
+        const res = await req(headers);
+        const want = r.need === 'public' ? expect.not.stringMatching(/^401$/) : '401';
+        expect(String(res.status), `${r.method} ${r.path} with ${name}`).toEqual(want);
+        if (r.need !== 'public') {
+          expect(res.headers.get('www-authenticate')).toMatch(/^Bearer/);
+          expect(((await res.json()) as { error: string }).error).toMatch(name === 'unknown' ? /unknown token/ : /needs "Authorization: Bearer <token>"/);
+        }
+      }
+      for (const role of Object.keys(tokens) as Role[]) {
+        const res = await req(bearer(tokens[role]));
+        if (allowed(role, r.need)) expect([401, 403], `${role}: ${r.method} ${r.path}`).not.toContain(res.status);
+        else {
+          expect(res.status, `${role}: ${r.method} ${r.path}`).toBe(403);
+          expect(((await res.json()) as { error: string }).error).toContain(`needs role ${r.need}`);
+        }
+      }
+    }
+    const m = await (await app.request('/metrics', { headers: bearer(tokens.read) })).text();
+    expect(m).toMatch(/apm_core_http_auth_failures_total\{reason="missing"\} [1-9]/);
+    expect(m).toMatch(/apm_core_http_auth_failures_total\{reason="unknown"\} [1-9]/);
+    expect(m).toMatch(/apm_core_http_auth_failures_total\{reason="forbidden"\} [1-9]/);
+  });
+
+  it('takes access_token from the URL only on the live stream (EventSource cannot set headers)', async () => {
+    const def = await stored.create('live', 'FROM * SELECT cpu WINDOW 1s COMPUTE max', Date.now());
+    const live = await app.request(`/api/v1/queries/${def.id}/live?access_token=${tokens.read}`);
+    expect(live.status).toBe(200);
+    expect(live.headers.get('content-type')).toMatch(/text\/event-stream/);
+    await live.body!.cancel();
+    expect((await app.request(`/api/v1/queries/${def.id}/live?access_token=nope`)).status).toBe(401);
+    expect((await app.request(`/api/v1/queries/${def.id}/live?access_token=${tokens.ingest}`)).status).toBe(403);
+    expect((await app.request(`/api/v1/queries/${def.id}/results?access_token=${tokens.read}`)).status).toBe(401);
+    expect((await app.request(`/api/v1/queries?access_token=${tokens.admin}`)).status).toBe(401);
+  });
+
+  it('lets everything through when auth is off (loopback dev default)', async () => {
+    const open = createApi(store, stored, { ingestBodyBytesMax: 100_000 });
+    expect((await open.request('/api/v1/servers')).status).toBe(200);
+  });
+});

@@ -1,0 +1,63 @@
+// `apm token create`: a new API token for the core (issue 8). The token is printed once; only
+// its SHA-256 goes into the tokens file (core/auth.ts reads it).
+
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { hashToken, isRole, parseTokens, roles, TokenFileError, tokenNamePattern } from '../core/auth.js';
+import { parseOptions, UsageError } from './args.js';
+
+export const tokenHelp = `apm token: API tokens for the core
+
+Usage: apm token create --role <role> --name <name> --tokens <file>
+
+  --role <role>     read (GET routes), write (stored queries, and read), ingest (racks'
+                    POST /api/v1/ingest only) or admin (everything)
+  --name <name>     who holds it, ${tokenNamePattern.source}: shown in the core's errors and
+                    the key of its rate limit
+  --tokens <file>   the core's tokens file (created with mode 0600 if missing); the core
+                    reads it with --tokens <file> and again on SIGHUP
+  --help            this text
+
+Prints the token alone on the last line of stdout. It is shown once: the file keeps only its
+SHA-256. A rack takes an ingest token with --token-file; a client sends
+"Authorization: Bearer <token>". To revoke one, delete its line and send the core SIGHUP.`;
+
+export async function main(argv: string[]): Promise<void> {
+  const { values, positionals } = parseOptions(
+    argv,
+    { role: { type: 'string' }, name: { type: 'string' }, tokens: { type: 'string' }, help: { type: 'boolean', default: false } },
+    tokenHelp,
+  );
+  if (values.help || positionals.length === 0) {
+    console.log(tokenHelp);
+    return;
+  }
+  if (positionals[0] !== 'create' || positionals.length > 1) throw new UsageError(`unknown token command ${JSON.stringify(positionals.join(' '))}; use 'apm token create'\n\n${tokenHelp}`);
+  const token = createToken({ role: values.role, name: values.name, file: values.tokens });
+  console.log(`added token "${values.name}" (role ${values.role}) to ${values.tokens}; it is shown only this once:`);
+  console.log(token);
+}
+
+/** Validates, appends `<sha256> <role> <name>` to the file and returns the new token. */
+export function createToken(opts: { role: string | undefined; name: string | undefined; file: string | undefined }): string {
+  const { role, name, file } = opts;
+  if (role === undefined || !isRole(role)) throw new UsageError(`--role ${JSON.stringify(role ?? '')} must be one of ${roles.join(', ')}`);
+  if (name === undefined || !tokenNamePattern.test(name)) throw new UsageError(`--name ${JSON.stringify(name ?? '')} must be ${tokenNamePattern.source} (no white space), e.g. --name rack-r01`);
+  if (file === undefined) throw new UsageError('--tokens <file> is required: the core\'s tokens file, e.g. --tokens /etc/apm/tokens');
+  let before = '';
+  if (existsSync(file)) {
+    before = readFileSync(file, 'utf8');
+    try {
+      parseTokens(before, file); // never append to a file the core would refuse
+    } catch (err) {
+      if (err instanceof TokenFileError) throw new UsageError(`--tokens ${err.message}`);
+      throw err;
+    }
+  } else mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  // 32 random bytes: guessing is hopeless; the prefix makes a leaked token easy to recognize.
+  const token = `apm_${randomBytes(32).toString('base64url')}`;
+  const sep = before === '' || before.endsWith('\n') ? '' : '\n';
+  appendFileSync(file, `${sep}${hashToken(token)} ${role} ${name}\n`, { mode: 0o600 });
+  return token;
+}
