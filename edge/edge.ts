@@ -5,6 +5,7 @@
 import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
+import { authHeaderBytes, open, ReplayCache, sign, type KeySet } from '../schema/auth.js';
 import { KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
 import { udpPayloadBytesMax } from '../schema/limits.js';
 import { Aggregator } from './aggregator.js';
@@ -22,6 +23,8 @@ export interface EdgeOptions {
   statsdPort: number;
   hostCollector: boolean;
   limits: EdgeLimits;
+  /** Keys shared with the rack (`--key-file`): datagrams are signed, NACKs must be. */
+  keys?: KeySet | null;
   /** Wall clock in ms; tests may shift it. */
   nowMs?: () => number;
 }
@@ -36,6 +39,11 @@ export interface EdgeCounters {
   seconds_sent: number;
   nacks_received: number;
   nacks_rejected: number;
+  nacks_unauthenticated: number;
+  nacks_unknown_key: number;
+  nacks_bad_hmac: number;
+  nacks_stale: number;
+  nacks_replayed: number;
   datagrams_resent: number;
   resend_missed: number;
   names_resent: number;
@@ -55,6 +63,11 @@ export class Edge {
     seconds_sent: 0,
     nacks_received: 0,
     nacks_rejected: 0,
+    nacks_unauthenticated: 0,
+    nacks_unknown_key: 0,
+    nacks_bad_hmac: 0,
+    nacks_stale: 0,
+    nacks_replayed: 0,
     datagrams_resent: 0,
     resend_missed: 0,
     names_resent: 0,
@@ -66,6 +79,8 @@ export class Edge {
   private readonly ring: ResendRing;
   private readonly host: HostCollector | null;
   private readonly nowMs: () => number;
+  private keys: KeySet | null;
+  private readonly nackReplay: ReplayCache;
   private statsd: dgram.Socket | null = null;
   private rack: dgram.Socket | null = null;
   private readonly queue: Buffer[] = [];
@@ -83,6 +98,8 @@ export class Edge {
     checkLimits(opts.limits);
     const l = opts.limits;
     this.nowMs = opts.nowMs ?? Date.now;
+    this.keys = opts.keys ?? null;
+    this.nackReplay = new ReplayCache(l.nackReplayEntriesMax, l.nackClockSkewMaxMs);
     this.aggregator = new Aggregator({
       seriesMax: l.seriesMax,
       observationsPerSecondMax: l.observationsPerSecondMax,
@@ -90,7 +107,8 @@ export class Edge {
       seriesEvictSeconds: l.seriesEvictSeconds,
     });
     this.parser = new StatsdParser(l.lineBytesMax);
-    this.packetizer = new Packetizer({ server: opts.server, session: this.session, datagramBytes: l.datagramBytes });
+    // Signed datagrams carry the auth header: frames leave room for it within --datagram-bytes.
+    this.packetizer = new Packetizer({ server: opts.server, session: this.session, datagramBytes: l.datagramBytes, authBytes: this.keys === null ? 0 : authHeaderBytes });
     this.ring = new ResendRing(l.resendSeconds, l.resendBytesMax);
     this.host = opts.hostCollector ? new HostCollector() : null;
   }
@@ -119,6 +137,12 @@ export class Edge {
     this.tickTimer = setInterval(() => this.tick(), l.tickMs);
     if (this.host !== null) this.scheduleHost();
     return statsd.address().port;
+  }
+
+  /** Replaces the keys (SIGHUP). */
+  setKeys(keys: KeySet | null): void {
+    if (keys !== null && this.keys === null) throw new Error('BUG: keys added to an edge started without them (its frames leave no room for the auth header)');
+    this.keys = keys;
   }
 
   /** The address NACKs come back to (the rack socket's local port). */
@@ -216,11 +240,13 @@ export class Edge {
     this.counters.seconds_sent++;
   }
 
+  /** Sends a frame, signed at send time when keys are set (the ring holds frames unsigned, so resends are signed afresh). */
   private send(frame: Uint8Array): void {
     if (this.rack === null || this.closing) return;
+    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.nowMs());
     this.counters.datagrams_sent++;
-    this.counters.bytes_sent += frame.length;
-    this.rack.send(frame, this.opts.rackPort, this.rackAddress, (err) => {
+    this.counters.bytes_sent += datagram.length;
+    this.rack.send(datagram, this.opts.rackPort, this.rackAddress, (err) => {
       if (err) this.counters.send_errors++;
     });
   }
@@ -243,12 +269,42 @@ export class Edge {
   private onRackMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     // Only the rack we send to may ask for resends: anyone else could make us amplify traffic.
     const fromRack = rinfo.port === this.opts.rackPort && rinfo.address === this.rackAddress;
-    const r = decodeFrame(msg, udpPayloadBytesMax);
-    if (!fromRack || !r.ok || r.msg.type !== 'nack') {
+    if (!fromRack || msg.length > udpPayloadBytesMax) {
+      this.counters.nacks_rejected++;
+      return;
+    }
+    const frame = this.authenticNack(msg);
+    if (frame === null) return;
+    const r = decodeFrame(frame, udpPayloadBytesMax);
+    if (!r.ok || r.msg.type !== 'nack') {
       this.counters.nacks_rejected++;
       return;
     }
     this.onNack(r.msg);
+  }
+
+  /**
+   * The frame of a NACK whose MAC, age and novelty check out (a forged or replayed NACK must
+   * not make us send); without keys, the datagram as it came. Refusals are counted by reason.
+   */
+  private authenticNack(msg: Buffer): Uint8Array | null {
+    if (this.keys === null) return msg;
+    const o = open(this.keys, msg);
+    if (!o.ok) {
+      this.counters[`nacks_${o.reason}`]++;
+      return null;
+    }
+    const nowMs = this.nowMs();
+    if (Math.abs(o.signedMs - nowMs) > this.opts.limits.nackClockSkewMaxMs) {
+      this.counters.nacks_stale++;
+      return null;
+    }
+    const replay = this.nackReplay.check(o.mac, o.signedMs, nowMs);
+    if (replay !== null) {
+      this.counters[`nacks_${replay}`]++;
+      return null;
+    }
+    return o.frame;
   }
 
   /** Answers a NACK from the resend ring, and sends the names it asked for. */

@@ -36,6 +36,11 @@ export const edgeLimits = {
   tickMs: 20,
   /** A second closes this long after it ends, so datagrams read late in the tick are still in it. */
   closeDelayMs: 30,
+  /** A NACK signed further than this from our clock is refused as stale (the rack's
+   *  --clock-skew-max default; an edge that far off has its own data refused anyway). */
+  nackClockSkewMaxMs: 10_000,
+  /** NACK MACs remembered to refuse replays: a rack sends a few NACKs per second per edge. */
+  nackReplayEntriesMax: 4096,
   /** Socket buffers for StatsD bursts (DESIGN §2: the 212 KB default drops under load). */
   recvBufferBytes: 8 * 1024 * 1024,
 } as const;

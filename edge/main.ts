@@ -1,8 +1,9 @@
 // `apm edge`: options → Edge → signals. No logic beyond wiring (STYLE "Thin entry points").
 
 import { hostname } from 'node:os';
+import { keyFileHelp, readKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
-import { parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
+import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
 import { Edge } from './edge.js';
 import { edgeLimits, type EdgeLimits } from './limits.js';
 
@@ -16,9 +17,15 @@ Usage: apm edge --server <id> --rack <host:port> [options]
   --no-host                do not collect this host's /proc metrics
   --datagram-bytes <n>     largest datagram sent to the rack, ${edgeLimits.datagramBytesMin}..${edgeLimits.datagramBytesMax} (default ${edgeLimits.datagramBytes})
   --series-max <n>         active series kept; new ones beyond are dropped and counted (default ${edgeLimits.seriesMax})
+  --key-file <file>        keys shared with the rack: datagrams are signed with the first (the auth
+                           header counts within --datagram-bytes); NACKs must be signed with any
+  --clock-offset <dur>     FOR TESTING: pretend the clock is off by this much (e.g. -30s, 30s), to
+                           check the rack refuses a skewed edge (clock_skew)
   --help                   this text
 
-Stops on SIGINT/SIGTERM after sending the second it holds.`;
+${keyFileHelp}
+
+Stops on SIGINT/SIGTERM after sending the second it holds; SIGHUP rereads --key-file.`;
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseOptions(
@@ -30,6 +37,8 @@ export async function main(argv: string[]): Promise<void> {
       host: { type: 'boolean', default: true },
       'datagram-bytes': { type: 'string' },
       'series-max': { type: 'string' },
+      'key-file': { type: 'string' },
+      'clock-offset': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     edgeHelp,
@@ -45,7 +54,20 @@ export async function main(argv: string[]): Promise<void> {
   const limits: EdgeLimits = { ...edgeLimits };
   limits.datagramBytes = parseIntOption(values['datagram-bytes'], '--datagram-bytes', edgeLimits.datagramBytes, edgeLimits.datagramBytesMin, edgeLimits.datagramBytesMax);
   limits.seriesMax = parseIntOption(values['series-max'], '--series-max', edgeLimits.seriesMax, 1, 1_000_000);
-  const edge = new Edge({ server, rackHost: rack.host, rackPort: rack.port, statsdHost: statsd.host, statsdPort: statsd.port, hostCollector: values.host!, limits });
+  const keyFile = values['key-file'];
+  const keys = keyFile === undefined ? null : usageOnError(() => readKeyFile(keyFile));
+  const offsetMs = values['clock-offset'] === undefined ? 0 : parseSignedDurationMs(values['clock-offset'], '--clock-offset');
+  const edge = new Edge({
+    server,
+    rackHost: rack.host,
+    rackPort: rack.port,
+    statsdHost: statsd.host,
+    statsdPort: statsd.port,
+    hostCollector: values.host!,
+    limits,
+    keys,
+    ...(offsetMs === 0 ? {} : { nowMs: () => Date.now() + offsetMs }),
+  });
   const port = await edge.start();
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
@@ -55,5 +77,32 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
+  if (keyFile !== undefined) process.on('SIGHUP', () => rereadKeys(edge, keyFile));
   console.log(`apm edge ${server}: StatsD on ${statsd.host}:${port}, sending to rack ${rack.host}:${rack.port} (session ${edge.session})`);
+}
+
+/** `30s`, `-30s`, `+1.5s`: a duration with a sign, within ±1 day. */
+export function parseSignedDurationMs(value: string, flag: string): number {
+  const m = /^\s*([+-]?)(.*)$/.exec(value)!;
+  const ms = parseDurationMs(m[2]!, flag, 0, 86_400_000);
+  return m[1] === '-' ? -ms : ms;
+}
+
+function usageOnError<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+/** SIGHUP: a bad key file keeps the keys in use (and says so). */
+function rereadKeys(edge: Edge, file: string): void {
+  try {
+    const keys = readKeyFile(file);
+    edge.setKeys(keys);
+    console.log(`apm edge: SIGHUP, ${keys.byId.size} keys from ${file} (signing with key ${keys.signing.id})`);
+  } catch (err) {
+    console.error(`apm edge: SIGHUP, keeping the keys in use: ${(err as Error).message}`);
+  }
 }

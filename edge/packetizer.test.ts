@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { authHeaderBytes, parseKeyFile, sign } from '../schema/auth.js';
 import { KindCode } from '../schema/codec.js';
 import { decodeAll, mergeSecond } from '../test/merge-helper.js';
 import { Aggregator } from './aggregator.js';
@@ -93,23 +94,27 @@ describe('Packetizer', () => {
 });
 
 describe('Packetizer size bound', () => {
-  it('never builds a datagram over its size, whatever the mix of series, names and sizes', async () => {
+  it('never builds a datagram over its size, signed or not, whatever the mix of series, names and sizes', async () => {
+    const keys = parseKeyFile('1 ' + 'aa'.repeat(32), 'k');
     const fc = (await import('fast-check')).default;
     fc.assert(
       fc.property(
         fc.integer({ min: 1024, max: 9000 }),
         fc.integer({ min: 1, max: 64 }),
         fc.array(fc.tuple(fc.integer({ min: 1, max: 128 }), fc.integer({ min: 0, max: 400 }), fc.double({ min: -1e9, max: 1e9, noNaN: true })), { maxLength: 300 }),
-        (size, serverLen, series) => {
+        fc.boolean(),
+        (size, serverLen, series, signed) => {
           const agg = new Aggregator({ seriesMax: 1000, observationsPerSecondMax: 200_000, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
           series.forEach(([nameLen, obs, v], i) => {
             const name = `${i}.`.padEnd(nameLen + String(i).length + 1, 'n').slice(0, 128);
             if (obs === 0) agg.observe(name, KindCode.Gauge, v, t0);
             for (let k = 0; k < obs; k++) agg.observe(name, KindCode.Distribution, v * (k + 1) * (k % 2 ? -1 : 1), t0);
           });
-          const pk = new Packetizer({ server: 's'.repeat(serverLen), session: 1, datagramBytes: size });
+          const pk = new Packetizer({ server: 's'.repeat(serverLen), session: 1, datagramBytes: size, authBytes: signed ? authHeaderBytes : 0 });
           const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => true);
-          for (const f of frames) expect(f.length).toBeLessThanOrEqual(size);
+          for (const f of frames) expect((signed ? sign(keys, f, t0 * 1000) : f).length).toBeLessThanOrEqual(size);
+          const names = pk.namesOnly(agg, [...Array(Math.min(series.length, 50)).keys()], { second: t0, sentMs: 0, seq: 0 });
+          for (const f of names) expect((signed ? sign(keys, f, t0 * 1000) : f).length).toBeLessThanOrEqual(size);
           expect(decodeAll(frames).length).toBe(frames.length);
         },
       ),

@@ -24,6 +24,8 @@ export interface PacketizerOptions {
   server: string;
   session: number;
   datagramBytes: number;
+  /** Bytes added to each frame after packing (the auth header, schema/auth.ts); 0 when unsigned. */
+  authBytes?: number;
 }
 
 export interface PacketHeader {
@@ -46,6 +48,8 @@ export class Packetizer {
   private readonly encoder = new Encoder();
   private readonly sketcher = new SortedSketchEncoder();
   private readonly serverBytes: number;
+  /** Largest frame: the datagram size less what signing adds. */
+  readonly frameBytesMax: number;
   /** Largest sketch a single summary may carry in one datagram. */
   readonly sketchBytesBudget: number;
   // Distribution chunks of the second being packed.
@@ -61,7 +65,8 @@ export class Packetizer {
 
   constructor(private readonly opts: PacketizerOptions) {
     this.serverBytes = Buffer.byteLength(opts.server) + 1;
-    this.sketchBytesBudget = opts.datagramBytes - frameBytesBound(this.serverBytes, 0, 1, 0, 1, 128);
+    this.frameBytesMax = opts.datagramBytes - (opts.authBytes ?? 0);
+    this.sketchBytesBudget = this.frameBytesMax - frameBytesBound(this.serverBytes, 0, 1, 0, 1, 128);
     if (this.sketchBytesBudget < 64) throw new Error(`datagram size ${opts.datagramBytes} leaves no room for a sketch`);
   }
 
@@ -83,8 +88,8 @@ export class Packetizer {
         sentMs: header.sentMs,
         series,
       });
-      if (frame.length > this.opts.datagramBytes) {
-        throw new Error(`BUG: part ${p} is ${frame.length} bytes > datagram size ${this.opts.datagramBytes} (estimate ${part.bytes})`);
+      if (frame.length > this.frameBytesMax) {
+        throw new Error(`BUG: part ${p} is ${frame.length} bytes > frame size ${this.frameBytesMax} (estimate ${part.bytes})`);
       }
       frames.push(frame);
     }
@@ -104,7 +109,7 @@ export class Packetizer {
           i++;
           continue;
         }
-        if (frameBytesBound(this.serverBytes, 0, 0, 0, group.length + 1, bytes + name.length) > this.opts.datagramBytes) break;
+        if (frameBytesBound(this.serverBytes, 0, 0, 0, group.length + 1, bytes + name.length) > this.frameBytesMax) break;
         group.push(slots[i++]!);
         bytes += name.length;
       }
@@ -180,7 +185,7 @@ export class Packetizer {
     const parts: PartPlan[] = [];
     let cur = newPart(0, 0);
     const fits = (points: number, dists: number, sketch: number, names: number, nameBytes: number) =>
-      frameBytesBound(this.serverBytes, points, dists, sketch, names, nameBytes) <= this.opts.datagramBytes;
+      frameBytesBound(this.serverBytes, points, dists, sketch, names, nameBytes) <= this.frameBytesMax;
     const total = closed.pointLen + this.chunkLen;
     for (let e = 0; e < total; e++) {
       const isPoint = e < closed.pointLen;
@@ -192,7 +197,7 @@ export class Packetizer {
       const add = (p: PartPlan) =>
         fits(p.points + (isPoint ? 1 : 0), p.dists + (isPoint ? 0 : 1), p.sketchBytes + sketch, p.names.length + (name === null ? 0 : 1), p.nameBytes + nameLen);
       if (!add(cur)) {
-        if (cur.points + cur.dists === 0) throw new Error(`BUG: one series does not fit an empty ${this.opts.datagramBytes}-byte datagram`);
+        if (cur.points + cur.dists === 0) throw new Error(`BUG: one series does not fit an empty ${this.frameBytesMax}-byte frame`);
         parts.push(cur);
         cur = newPart(isPoint ? e : closed.pointLen, isPoint ? 0 : c);
       }

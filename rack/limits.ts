@@ -17,8 +17,26 @@ export const rackLimits = {
   bytesHeldMax: 256 * 1024 * 1024,
   /** Late parts are forwarded up to 10 minutes after their second; older ones are too_old. */
   lateHorizonSeconds: 600,
-  /** Edge clocks may run this far ahead before their parts are refused (issue 8 tightens it). */
+  /** Edge clocks may run this far ahead before their parts are refused (too_far_in_future).
+   *  The rack sets it to ⌈clockSkewMaxMs⌉ s: a second stamped ahead of our clock is a skewed edge. */
   futureSeconds: 30,
+  /** Largest |edge clock − rack clock| accepted (`--clock-skew-max`); beyond it datagrams are
+   *  refused as clock_skew (issue 8). NTP keeps hosts within milliseconds; a host whose NTP
+   *  stopped drifts ~50 ppm ≈ 4 s a day, so 10 s still admits it for a couple of days while a
+   *  clock wrong by the 30 s of a broken time zone or VM resume is refused, not filed into
+   *  windows 30 s off. It is also the freshness window of signed datagrams (stale beyond it):
+   *  every send is signed at send time, so the window need not cover the lateness. */
+  clockSkewMaxMs: 10_000,
+  /** MACs remembered to refuse replays: a full rack signs ~40 × 30 = 1,200 datagrams/s, kept
+   *  for the 10 s window → ~12 k; ×20 headroom at ~100 B each ≈ 25 MB. When full the oldest
+   *  goes and anything signed before it is refused as stale (never a replay let through). */
+  replayEntriesMax: 262_144,
+  /** A server counts in apm_rack_servers_clock_skewed this long after its last skewed datagram. */
+  skewReportMs: 60_000,
+  /** Clock records of senders unheard for this long are forgotten (one per server, bounded below). */
+  senderIdleMs: 600_000,
+  /** Senders whose clocks are tracked: serversMax, with room for ids the allow-list refuses. */
+  sendersTrackedMax: 4096,
   /** A missing part is NACKed once its siblings are this old: edges send a second in one burst. */
   nackDelayMs: 100,
   nackIntervalMs: 250,

@@ -5,9 +5,11 @@ import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
-import { Encoder, decodeFrame, type RejectReason } from '../schema/codec.js';
+import { sign, type KeySet } from '../schema/auth.js';
+import { Encoder, decodeFrame, frameBytesMin, type RejectReason } from '../schema/codec.js';
 import { PromText } from '../schema/prom.js';
 import { Forwarder } from './forwarder.js';
+import { DatagramGuard } from './guard.js';
 import type { RackLimits } from './limits.js';
 import { RackMerger } from './merge.js';
 import { NameTable } from './names.js';
@@ -25,6 +27,8 @@ export interface RackOptions {
   latenessMs: number;
   token: string | null;
   allowList: ReadonlySet<string> | null;
+  /** Edges' shared keys (`--key-file`): with keys, unsigned datagrams are refused. */
+  keys?: KeySet | null;
   limits: RackLimits;
 }
 
@@ -33,6 +37,8 @@ export class Rack {
   readonly names: NameTable;
   readonly spool: Spool;
   readonly forwarder: Forwarder;
+  readonly guard: DatagramGuard;
+  private keys: KeySet | null;
   private readonly merger: RackMerger;
   private readonly encoder = new Encoder();
   private socket: dgram.Socket | null = null;
@@ -42,6 +48,7 @@ export class Rack {
   private queueBytes = 0;
   private timer: NodeJS.Timeout | null = null;
   private pendingWrites = 0;
+  private prunedMs = 0;
   recvBufferBytes = 0;
   readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, summaries_merged: 0 };
   readonly rejected: Partial<Record<RejectReason, number>> = {};
@@ -54,11 +61,22 @@ export class Rack {
       bytesHeldMax: l.bytesHeldMax,
       latenessMs: opts.latenessMs,
       lateHorizonSeconds: l.lateHorizonSeconds,
-      futureSeconds: l.futureSeconds,
+      futureSeconds: Math.min(l.futureSeconds, Math.ceil(l.clockSkewMaxMs / 1000)),
       nackDelayMs: l.nackDelayMs,
       nackIntervalMs: l.nackIntervalMs,
       nackRetriesMax: l.nackRetriesMax,
       allowList: opts.allowList,
+    });
+    this.keys = opts.keys ?? null;
+    this.guard = new DatagramGuard({
+      keys: this.keys,
+      clockSkewMaxMs: l.clockSkewMaxMs,
+      // The rack asks for resends until a second closes, then retries: an unsigned resend's sent_ms is that old.
+      resendAgeMaxMs: opts.latenessMs + l.nackDelayMs + l.nackIntervalMs * l.nackRetriesMax + 1000,
+      replayEntriesMax: l.replayEntriesMax,
+      serversTrackedMax: Math.max(l.sendersTrackedMax, 2 * l.serversMax),
+      skewReportMs: l.skewReportMs,
+      log: (line) => console.error(line),
     });
     this.names = new NameTable(l.namesMax);
     this.merger = new RackMerger(l.rollupMetricsMax);
@@ -71,6 +89,12 @@ export class Rack {
       backoffMinMs: l.backoffMinMs,
       backoffMaxMs: l.backoffMaxMs,
     });
+  }
+
+  /** Replaces the keys (SIGHUP): datagrams signed with any key of the new set verify from now on. */
+  setKeys(keys: KeySet | null): void {
+    this.keys = keys;
+    this.guard.setKeys(keys);
   }
 
   /** Binds UDP and HTTP; returns the bound ports. */
@@ -117,37 +141,58 @@ export class Rack {
   tick(nowMs: number): void {
     this.drain(nowMs);
     this.sendNacks(nowMs);
+    if (nowMs - this.prunedMs >= 1000) {
+      this.prunedMs = nowMs;
+      this.guard.prune(nowMs, this.opts.limits.senderIdleMs);
+    }
     for (const batch of this.reassembly.close(nowMs)) this.forward(batch);
   }
 
+  /** Cheap checks first (size, then MAC and replay), then the decoder, then the sender's clock. */
   private drain(nowMs: number): void {
     const l = this.opts.limits;
     for (let i = 0; i < this.queue.length; i++) {
-      const frame = this.queue[i]!;
+      const datagram = this.queue[i]!;
       const peer = this.queuePeers[i]!;
       this.counters.datagrams_received++;
-      this.counters.bytes_received += frame.length;
-      const r = decodeFrame(frame, l.datagramBytesMax, { verifyNameHashes: false });
+      this.counters.bytes_received += datagram.length;
+      if (datagram.length > l.datagramBytesMax || datagram.length < frameBytesMin) {
+        this.countRejected(datagram.length < frameBytesMin ? 'too_short' : 'too_large');
+        continue;
+      }
+      const opened = this.guard.open(datagram);
+      if (typeof opened === 'string') continue; // counted by the guard
+      const r = decodeFrame(opened.frame, l.datagramBytesMax, { verifyNameHashes: false });
       if (!r.ok) {
-        this.rejected[r.reason] = (this.rejected[r.reason] ?? 0) + 1;
+        this.countRejected(r.reason);
         continue;
       }
       if (r.msg.type !== 'edgeSecond') {
-        this.rejected.unexpected_body = (this.rejected.unexpected_body ?? 0) + 1;
+        this.countRejected('unexpected_body');
         continue;
       }
+      if (this.guard.admit(r.msg.server, r.msg.sentMs, opened, nowMs) !== null) continue; // counted by the guard
       this.names.learn(r.msg.series);
-      this.reassembly.accept(r.msg, frame.length, { address: peer.address, port: peer.port }, nowMs);
+      this.reassembly.accept(r.msg, datagram.length, { address: peer.address, port: peer.port }, nowMs);
     }
     this.queue.length = 0;
     this.queuePeers.length = 0;
     this.queueBytes = 0;
   }
 
+  private countRejected(reason: RejectReason): void {
+    this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
+  }
+
+  /** Sends a NACK, signed when keys are configured (edges refuse unsigned NACKs then). */
+  private sendToEdge(frame: Uint8Array, peer: { port: number; address: string }): void {
+    this.socket?.send(this.keys === null ? frame : sign(this.keys, frame, Date.now()), peer.port, peer.address);
+  }
+
   private sendNacks(nowMs: number): void {
     for (const n of this.reassembly.nacks(nowMs)) {
       const frame = this.encoder.nack({ server: n.server, session: n.session, second: n.second, missingParts: n.missingParts, unknownHashes: new Uint32Array(0) });
-      this.socket?.send(frame, n.peer.port, n.peer.address);
+      this.sendToEdge(frame, n.peer);
       this.counters.nacks_sent++;
     }
   }
@@ -180,7 +225,7 @@ export class Rack {
       const peer = this.reassembly.peerOf(s.server);
       if (peer === undefined) continue;
       const frame = this.encoder.nack({ server: s.server, session: first.session, second: batch.second, missingParts: new Uint16Array(0), unknownHashes: Uint32Array.from(unknown) });
-      this.socket?.send(frame, peer.port, peer.address);
+      this.sendToEdge(frame, peer);
       this.counters.name_asks_sent++;
     }
   }
@@ -203,11 +248,19 @@ export class Rack {
     const f = this.forwarder;
     p.counter('apm_rack_datagrams_received_total', 'Datagrams read from the UDP socket', this.counters.datagrams_received);
     p.counter('apm_rack_bytes_received_total', 'Bytes read from the UDP socket', this.counters.bytes_received);
-    p.counters('apm_rack_datagrams_rejected_total', 'Datagrams refused by the decoder or the reassembly, by reason', 'reason', {
+    p.counters('apm_rack_datagrams_rejected_total', 'Datagrams refused by the authentication and clock checks, the decoder or the reassembly, by reason', 'reason', {
+      ...this.guard.rejected,
       ...this.rejected,
       ...r.rejected,
       queue_full: this.counters.queue_dropped,
     });
+    const nowMs = Date.now();
+    p.gauge('apm_rack_servers_clock_skewed', 'Servers whose datagrams were refused for clock skew in the last minute', this.guard.skewedServers(nowMs));
+    p.gauge('apm_rack_clock_offset_max_seconds', "Largest |edge clock − rack clock| seen in the last minute (unsigned resends add their age)", this.guard.offsetMaxMs(nowMs) / 1000);
+    p.gauge('apm_rack_auth_keys', 'Keys that verify datagrams (0: authentication off)', this.keys?.byId.size ?? 0);
+    p.counter('apm_rack_datagrams_unverified_total', 'Signed datagrams accepted unchecked because no --key-file is set', this.guard.unverified);
+    p.gauge('apm_rack_replay_cache_entries', 'MACs remembered to refuse replays', this.guard.replayCacheEntries);
+    p.counter('apm_rack_replay_cache_evicted_total', 'MACs forgotten because the replay cache was full (older datagrams then count as stale)', this.guard.replayCacheEvicted);
     p.gauge('apm_rack_socket_receive_buffer_bytes', 'Receive buffer the kernel granted', this.recvBufferBytes);
     const k = kernelUdpDrops(this.socket?.address().port ?? 0);
     p.counter('apm_rack_kernel_udp_rcvbuf_errors_total', 'Host-wide UDP RcvbufErrors from /proc/net/snmp', k.rcvbufErrors);

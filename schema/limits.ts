@@ -29,3 +29,7 @@ export const wireVersion = 1;
 export const sketchRelativeAccuracy = 0.01;
 /** Seconds since the epoch accepted on the wire: 2001-09-09 .. 2106 (uint32). */
 export const secondMin = 1_000_000_000;
+/** Keys in one key file: the signing key and the one being rotated out, with room for a spare. */
+export const authKeysMax = 4;
+/** Shortest HMAC secret accepted: 128 bits, the MAC's own strength (truncated to 16 bytes). */
+export const authSecretBytesMin = 16;

@@ -1,6 +1,8 @@
 // `apm simulate`: options → Simulator → signals.
 
 import { createWriteStream } from 'node:fs';
+import { keyFileHelp, readKeyFile } from '../schema/auth.js';
+import { parseSignedDurationMs } from '../edge/main.js';
 import { parseHostPort, parseIntOption, parseOptions, UsageError } from './args.js';
 import { Simulator, simulateDefaults } from './simulate.js';
 
@@ -18,7 +20,12 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
   --speedup <n>          backfill: send n seconds per wall-clock second, starting an hour ago
   --record <file>        write the exact observations sent (JSON lines) for the servers and
                          metrics matching --record-servers / --record-metrics (regular expressions)
-  --help                 this text`;
+  --key-file <file>      keys shared with the racks, as for apm edge: datagrams are signed with the
+                         first key, NACKs must be signed with any
+  --clock-offset <dur>   FOR TESTING: every simulated edge's clock is off by this much (e.g. -30s)
+  --help                 this text
+
+${keyFileHelp}`;
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseOptions(
@@ -35,6 +42,8 @@ export async function main(argv: string[]): Promise<void> {
       record: { type: 'string' },
       'record-servers': { type: 'string', default: '.' },
       'record-metrics': { type: 'string', default: '.' },
+      'key-file': { type: 'string' },
+      'clock-offset': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     simulateHelp,
@@ -44,6 +53,14 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (values.rack === undefined || values.rack.length === 0) throw new UsageError(`give at least one --rack host:port\n\n${simulateHelp}`);
+  let keys = null;
+  if (values['key-file'] !== undefined) {
+    try {
+      keys = readKeyFile(values['key-file']);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
   const sim = new Simulator({
     racks: values.rack.map((r) => parseHostPort(r, '--rack')),
     servers: parseIntOption(values.servers, '--servers', 80, 1, 10_000),
@@ -54,6 +71,8 @@ export async function main(argv: string[]): Promise<void> {
     prefix: values.prefix!,
     speedup: parseIntOption(values.speedup, '--speedup', 1, 1, 100_000),
     ...recording(values.record, values['record-servers']!, values['record-metrics']!),
+    keys,
+    clockOffsetMs: values['clock-offset'] === undefined ? 0 : parseSignedDurationMs(values['clock-offset'], '--clock-offset'),
   });
   const seconds = parseIntOption(values.seconds, '--seconds', 0, 0, 10_000_000);
   const stop = async (why: string) => {

@@ -6,6 +6,7 @@
 
 import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
+import { authHeaderBytes, open, sign, type KeySet } from '../schema/auth.js';
 import { Encoder, KindCode, decodeFrame, emptyColumns, nameColumns, type NackMessage, type SeriesColumns } from '../schema/codec.js';
 import { datagramBytesDefault, udpPayloadBytesMax } from '../schema/limits.js';
 import { hashName, hashKey } from '../schema/names.js';
@@ -30,6 +31,10 @@ export interface SimulatorOptions {
   recordServers?: RegExp;
   recordMetrics?: RegExp;
   record?: (line: RecordedObservation) => void;
+  /** Keys shared with the racks (`--key-file`): datagrams are signed, NACKs must be. */
+  keys?: KeySet | null;
+  /** Added to the wall clock (ms), to play edges with skewed clocks (`--clock-offset`, for tests). */
+  clockOffsetMs?: number;
 }
 
 /** One second of one series as sent: a gauge/counter value, or a distribution's observations. */
@@ -106,11 +111,16 @@ export class Simulator {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private s: number;
-  readonly counters = { seconds: 0, seconds_late: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, resent: 0, resend_missed: 0, names_sent: 0 };
+  private readonly keys: KeySet | null;
+  /** Frames are packed to this size, leaving room for the auth header when signing. */
+  private readonly frameBytesMax: number;
+  readonly counters = { seconds: 0, seconds_late: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, nacks_refused: 0, resent: 0, resend_missed: 0, names_sent: 0 };
 
   constructor(private readonly opts: SimulatorOptions) {
     if (opts.racks.length === 0) throw new Error('simulate: give at least one --rack host:port');
     this.s = opts.seed >>> 0 || 1;
+    this.keys = opts.keys ?? null;
+    this.frameBytesMax = opts.datagramBytes - (this.keys === null ? 0 : authHeaderBytes);
     this.dists = Math.round(opts.metrics * opts.distShare);
     this.gauges = opts.metrics - this.dists;
     this.names = [];
@@ -124,7 +134,7 @@ export class Simulator {
     this.kinds = Uint8Array.from({ length: this.gauges }, (_, i) => (shapeOf(i) === Shape.Counter ? KindCode.Counter : KindCode.Gauge));
     this.shapes = new ShapeColumns(opts.servers * this.gauges, opts.seed, this.gauges);
     this.pool = distPool(opts.seed + 1);
-    const now = Math.floor(Date.now() / 1000);
+    const now = Math.floor(this.now() / 1000);
     for (let i = 0; i < opts.servers; i++) {
       const r = Math.floor(i / 40) % opts.racks.length;
       const server: SimServer = {
@@ -143,10 +153,15 @@ export class Simulator {
     const maxSketch = Math.max(...this.pool.sketch.map((k) => k.length));
     const maxName = Math.max(...this.names.map((x) => x.length));
     let n = 1;
-    while (frameBytesBound(65, 0, n + 1, (n + 1) * maxSketch, n + 1, (n + 1) * maxName) <= opts.datagramBytes) n++;
+    while (frameBytesBound(65, 0, n + 1, (n + 1) * maxSketch, n + 1, (n + 1) * maxName) <= this.frameBytesMax) n++;
     this.distPerPart = n;
     this.socket = dgram.createSocket({ type: 'udp4', sendBufferSize: 16 * 1024 * 1024 });
     this.socket.on('message', (msg) => this.onNack(msg));
+  }
+
+  /** The simulated fleet's clock (the wall clock plus --clock-offset). */
+  private now(): number {
+    return Date.now() + (this.opts.clockOffsetMs ?? 0);
   }
 
   private rand(): number {
@@ -160,12 +175,12 @@ export class Simulator {
     if (speedup <= 1) {
       // Real time: each second is sent just after it ends, as an edge does — every second, even
       // when sending one ran late (then the missed ones go out at once, counted as late).
-      let next = Math.floor(Date.now() / 1000);
+      let next = Math.floor(this.now() / 1000);
       const tick = () => {
-        const now = Date.now();
+        const now = this.now();
         this.timer = setTimeout(() => {
           const send = async () => {
-            const due = Math.floor(Date.now() / 1000) - 1;
+            const due = Math.floor(this.now() / 1000) - 1;
             if (due > next) this.counters.seconds_late += due - next;
             while (next <= due && !this.stopped) await this.sendSecond(next++, next <= due ? 1 : 25);
           };
@@ -176,13 +191,13 @@ export class Simulator {
       return;
     }
     // Backfill: seconds from the past, `speedup` of them per wall-clock second.
-    const t0 = Math.floor(Date.now() / 1000) - 3600;
+    const t0 = Math.floor(this.now() / 1000) - 3600;
     const started = Date.now();
     let next = t0;
     const tick = () => {
       const due = t0 + Math.floor(((Date.now() - started) / 1000) * speedup);
       const send = async () => {
-        while (next <= due && next < Math.floor(Date.now() / 1000) - 1 && !this.stopped) await this.sendSecond(next++, 1);
+        while (next <= due && next < Math.floor(this.now() / 1000) - 1 && !this.stopped) await this.sendSecond(next++, 1);
       };
       this.timer = setTimeout(() => {
         if (!this.stopped) void send().then(tick);
@@ -232,7 +247,7 @@ export class Simulator {
     let nameBytes = 0;
     for (let m = 0; m < g; m++) {
       const len = this.named(server, m, t) ? this.names[m]!.length : -1;
-      if (frameBytesBound(serverBytes, count + 1, 0, 0, named + (len >= 0 ? 1 : 0), nameBytes + Math.max(0, len)) > this.opts.datagramBytes) {
+      if (frameBytesBound(serverBytes, count + 1, 0, 0, named + (len >= 0 ? 1 : 0), nameBytes + Math.max(0, len)) > this.frameBytesMax) {
         bounds.push(m);
         count = 0;
         named = 0;
@@ -281,8 +296,8 @@ export class Simulator {
   }
 
   private frame(server: SimServer, t: number, part: number, parts: number, series: SeriesColumns): Uint8Array {
-    const f = this.encoder.edgeSecond({ server: server.id, session: server.session, seq: server.seq++ >>> 0, second: t, part, parts, sentMs: Date.now(), series });
-    if (f.length > this.opts.datagramBytes) throw new Error(`BUG: simulated part of ${f.length} B > ${this.opts.datagramBytes}`);
+    const f = this.encoder.edgeSecond({ server: server.id, session: server.session, seq: server.seq++ >>> 0, second: t, part, parts, sentMs: this.now(), series });
+    if (f.length > this.frameBytesMax) throw new Error(`BUG: simulated part of ${f.length} B > ${this.frameBytesMax}`);
     return f;
   }
 
@@ -332,15 +347,27 @@ export class Simulator {
     return nameColumns(hashes, idx.map((m) => this.names[m]!));
   }
 
+  /** Sends a frame, signed at send time when keys are set (rings hold frames unsigned). */
   private send(server: SimServer, frame: Uint8Array): void {
     if (this.stopped) return;
+    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.now());
     this.counters.datagrams_sent++;
-    this.counters.bytes_sent += frame.length;
-    this.socket.send(frame, server.rack.port, server.rack.host);
+    this.counters.bytes_sent += datagram.length;
+    this.socket.send(datagram, server.rack.port, server.rack.host);
   }
 
   private onNack(msg: Buffer): void {
-    const r = decodeFrame(msg, udpPayloadBytesMax);
+    let frame: Uint8Array = msg;
+    if (this.keys !== null) {
+      // MAC only: the simulator trusts its loopback peers' timing (the edge also checks age and replays).
+      const o = open(this.keys, msg);
+      if (!o.ok) {
+        this.counters.nacks_refused++;
+        return;
+      }
+      frame = o.frame;
+    }
+    const r = decodeFrame(frame, udpPayloadBytesMax);
     if (!r.ok || r.msg.type !== 'nack') return;
     const nack: NackMessage = r.msg;
     const server = this.byId.get(nack.server);
@@ -361,7 +388,7 @@ export class Simulator {
         if (m !== undefined) idx.push(m);
       }
       for (let k = 0; k < idx.length; k += 20) {
-        const f = this.encoder.edgeSecond({ server: server.id, session: server.session, seq: server.seq, second: nack.second, part: 0, parts: 0, sentMs: Date.now(), series: { ...emptyColumns(), ...this.namesOf(idx.slice(k, k + 20)) } });
+        const f = this.encoder.edgeSecond({ server: server.id, session: server.session, seq: server.seq, second: nack.second, part: 0, parts: 0, sentMs: this.now(), series: { ...emptyColumns(), ...this.namesOf(idx.slice(k, k + 20)) } });
         this.send(server, f);
       }
     }

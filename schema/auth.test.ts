@@ -1,0 +1,102 @@
+import { describe, expect, it } from 'vitest';
+import { authHeaderBytes, isSigned, open, parseKeyFile, ReplayCache, sign, stripAuth } from './auth.js';
+import { Encoder, KindCode, decodeFrame } from './codec.js';
+import { buildColumns } from './testdata.js';
+
+const keyA = '1 ' + 'aa'.repeat(32);
+const keyB = '2 ' + Buffer.alloc(32, 7).toString('base64');
+const t = 1_790_000_000_000;
+
+function frame(): Uint8Array {
+  const series = buildColumns([{ name: 'cpu.user', kind: KindCode.Gauge, value: 12.5 }], [{ name: 'rpc.ms', values: [1, 2, 30] }], ['cpu.user']);
+  return new Encoder().edgeSecond({ server: 'web-1', session: 7, seq: 1, second: t / 1000 - 1, part: 0, parts: 1, sentMs: t, series });
+}
+
+describe('datagram authentication', () => {
+  it('signs and verifies; the frame comes back unchanged and decodes', () => {
+    const keys = parseKeyFile(keyA, 'k');
+    const f = frame();
+    const d = sign(keys, f, t);
+    expect(d.length).toBe(f.length + authHeaderBytes);
+    expect(isSigned(d)).toBe(true);
+    expect(isSigned(f)).toBe(false);
+    const o = open(keys, d);
+    if (!o.ok) throw new Error(o.reason);
+    expect(o.signedMs).toBe(t);
+    expect(Buffer.from(o.frame)).toEqual(Buffer.from(f));
+    expect(decodeFrame(Uint8Array.from(o.frame), 65_507).ok).toBe(true);
+    expect(Buffer.from(stripAuth(d))).toEqual(Buffer.from(f));
+  });
+
+  it('refuses any flipped byte, header or frame, as bad_hmac (or unknown_key/unauthenticated when it hits those fields)', () => {
+    const keys = parseKeyFile(keyA, 'k');
+    const d = sign(keys, frame(), t);
+    for (let i = 0; i < d.length; i++) {
+      const bad = Buffer.from(d);
+      bad[i]! ^= 0x01;
+      const o = open(keys, bad);
+      const want = i < 4 ? 'unauthenticated' : i < 8 ? 'unknown_key' : 'bad_hmac';
+      expect(o.ok ? 'ok' : o.reason, `byte ${i}`).toBe(want);
+    }
+  });
+
+  it('refuses a datagram signed with another key: unknown id → unknown_key, same id other secret → bad_hmac', () => {
+    const d = sign(parseKeyFile(keyA, 'k'), frame(), t);
+    const f = (keyFile: string, want: string) => {
+      const o = open(parseKeyFile(keyFile, 'k'), d);
+      expect(o.ok ? 'ok' : o.reason).toBe(want);
+    };
+    // A rack holding only key 2 does not know key 1.
+    f(keyB, 'unknown_key');
+    // Key id 1 with another secret: a forgery.
+    f('1 ' + 'ab'.repeat(32), 'bad_hmac');
+  });
+
+  it('refuses unsigned datagrams when keys are set', () => {
+    const o = open(parseKeyFile(keyA, 'k'), frame());
+    expect(o.ok ? 'ok' : o.reason).toBe('unauthenticated');
+  });
+
+  it('accepts both keys during a rotation; the first line signs', () => {
+    const old = parseKeyFile(keyA, 'k');
+    const rotating = parseKeyFile(`${keyB}\n# old key, until every edge has the new one\n${keyA}\n`, 'k');
+    expect(rotating.signing.id).toBe(2);
+    expect(open(rotating, sign(old, frame(), t)).ok).toBe(true);
+    expect(open(rotating, sign(rotating, frame(), t)).ok).toBe(true);
+    // The other side, still on the old file, cannot verify the new key yet.
+    const o = open(old, sign(rotating, frame(), t));
+    expect(o.ok ? 'ok' : o.reason).toBe('unknown_key');
+  });
+
+  it('refuses key files that are empty, short, malformed or duplicated, naming the line', () => {
+    const f = (text: string, want: RegExp) => expect(() => parseKeyFile(text, 'keys.txt')).toThrow(want);
+    f('', /holds no key/);
+    f('1 abcd', /line 1: key 1's secret is 2 bytes < 16/);
+    f('\nx ' + 'aa'.repeat(32), /line 2: expected/);
+    f('0 ' + 'aa'.repeat(32), /line 1: expected/);
+    f(`${keyA}\n${keyA}`, /line 2: key id 1 appears twice/);
+    f('1 not-a-secret!', /line 1/);
+  });
+});
+
+describe('ReplayCache', () => {
+  it('refuses a MAC seen before within the window, forgets it after the window', () => {
+    const c = new ReplayCache(100, 10_000);
+    const mac = new Uint8Array(16).fill(3);
+    expect(c.check(mac, t, t)).toBe(null);
+    expect(c.check(mac, t, t + 5000)).toBe('replayed');
+    expect(c.check(new Uint8Array(16).fill(4), t + 20_000, t + 20_000)).toBe(null);
+    expect(c.size).toBe(1); // the first one expired
+  });
+
+  it('stays bounded: when full, the oldest goes and anything signed no later than it is stale', () => {
+    const c = new ReplayCache(4, 60_000);
+    const mac = (i: number) => new Uint8Array(16).fill(i);
+    for (let i = 0; i < 10; i++) expect(c.check(mac(i), t + i, t + i)).toBe(null);
+    expect(c.size).toBe(4);
+    expect(c.evicted).toBe(6);
+    // MAC 2 was evicted: it cannot be told from new any more, so it is refused as stale.
+    expect(c.check(mac(2), t + 2, t + 10)).toBe('stale');
+    expect(c.check(mac(9), t + 9, t + 10)).toBe('replayed');
+  });
+});
