@@ -1,6 +1,7 @@
 // `apm rack`: options → Rack → signals (STYLE "Thin entry points").
 
 import { readFileSync } from 'node:fs';
+import { keyFileHelp, readKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
 import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
@@ -20,9 +21,16 @@ Usage: apm rack --rack <id> --listen <host:port> --core <url> [options]
   --token-file <file>      bearer token for the core's ingest API (role ingest)
   --servers-max <n>        edges accepted; more are refused and counted (default ${rackLimits.serversMax})
   --servers-file <file>    allow-list: one server id per line; other servers are refused (unknown_server)
+  --key-file <file>        keys shared with this rack's edges: datagrams must be signed with one of
+                           them (unsigned, forged, stale and replayed ones are refused and counted);
+                           NACKs are signed with the first. Without it, signatures are not checked.
+  --clock-skew-max <dur>   refuse datagrams whose sender's clock is further than this from the
+                           rack's (clock_skew; signed ones also stale beyond it) (default ${rackLimits.clockSkewMaxMs / 1000}s)
   --help                   this text
 
-Stops on SIGINT/SIGTERM after closing and spooling the seconds it holds.`;
+${keyFileHelp}
+
+Stops on SIGINT/SIGTERM after closing and spooling the seconds it holds; SIGHUP rereads --key-file.`;
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseOptions(
@@ -38,6 +46,8 @@ export async function main(argv: string[]): Promise<void> {
       'token-file': { type: 'string' },
       'servers-max': { type: 'string' },
       'servers-file': { type: 'string' },
+      'key-file': { type: 'string' },
+      'clock-skew-max': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     rackHelp,
@@ -60,6 +70,9 @@ export async function main(argv: string[]): Promise<void> {
   limits.serversMax = parseIntOption(values['servers-max'], '--servers-max', rackLimits.serversMax, 1, 100_000);
   const token = values['token-file'] === undefined ? null : readSecret(values['token-file']);
   const allowList = values['servers-file'] === undefined ? null : readAllowList(values['servers-file']);
+  if (values['clock-skew-max'] !== undefined) limits.clockSkewMaxMs = parseDurationMs(values['clock-skew-max'], '--clock-skew-max', 500, 3_600_000);
+  const keyFile = values['key-file'];
+  const keys = keyFile === undefined ? null : usageOnError(() => readKeyFile(keyFile));
   const rack = new Rack({
     rack: values.rack,
     listenHost: listen.host,
@@ -71,6 +84,7 @@ export async function main(argv: string[]): Promise<void> {
     latenessMs: parseDurationMs(values.lateness!, '--lateness', 0, 60_000),
     token,
     allowList,
+    keys,
     limits,
   });
   const ports = await rack.start();
@@ -82,6 +96,7 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
+  if (keyFile !== undefined) process.on('SIGHUP', () => rereadKeys(rack, keyFile));
   console.log(
     `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches`,
   );
@@ -94,6 +109,25 @@ function readSecret(file: string): string {
     return token;
   } catch (err) {
     throw new UsageError(`--token-file ${file}: ${(err as Error).message}; it holds the raw token printed by 'apm token create --role ingest --name <rack> --tokens <the core's tokens file>'`);
+  }
+}
+
+function usageOnError<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+/** SIGHUP: a bad key file keeps the keys in use (and says so). */
+function rereadKeys(rack: Rack, file: string): void {
+  try {
+    const keys = readKeyFile(file);
+    rack.setKeys(keys);
+    console.log(`apm rack: SIGHUP, ${keys.byId.size} keys from ${file} (signing with key ${keys.signing.id})`);
+  } catch (err) {
+    console.error(`apm rack: SIGHUP, keeping the keys in use: ${(err as Error).message}`);
   }
 }
 
