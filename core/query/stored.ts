@@ -81,12 +81,41 @@ export class StoredQueries {
     return def;
   }
 
+  /**
+   * Replaces a stored query's name and text, keeping its id. Its old results no longer
+   * describe it, so they are deleted and evaluation restarts at the window before now, like a
+   * new query (the dashboard fills older ranges with ad-hoc queries).
+   */
+  async update(id: string, name: string, query: string, nowMs: number): Promise<StoredQuery | undefined> {
+    const parsed = parseQuery(query);
+    const s = this.states.get(id);
+    if (s === undefined) return undefined;
+    const def: StoredQuery = { id, name, query: parsed.text, createdMs: s.def.createdMs };
+    const next = alignedStart(nowMs, parsed.windowSeconds) - parsed.windowSeconds;
+    await this.dropResults(id);
+    await this.defs.put(id, { ...def, next });
+    this.states.set(id, { def, parsed, next });
+    this.recent.set(id, { starts: [], json: [], all: true });
+    return def;
+  }
+
+  /** Seconds by which the most-behind stored query's evaluated windows trail `nowMs` (0 with none). */
+  lagSeconds(nowMs: number): number {
+    let lag = 0;
+    for (const s of this.states.values()) lag = Math.max(lag, nowMs / 1000 - s.next);
+    return lag;
+  }
+
+  private async dropResults(id: string): Promise<void> {
+    const keys = [...this.results.getKeys({ start: `${id}:`, end: `${id};` })];
+    await this.results.transaction(() => keys.forEach((k) => this.results.remove(k)));
+  }
+
   async delete(id: string): Promise<boolean> {
     if (!this.states.delete(id)) return false;
     this.recent.delete(id);
     await this.defs.remove(id);
-    const keys = [...this.results.getKeys({ start: `${id}:`, end: `${id};` })];
-    await this.results.transaction(() => keys.forEach((k) => this.results.remove(k)));
+    await this.dropResults(id);
     return true;
   }
 
@@ -196,6 +225,7 @@ export class StoredQueries {
       done += evaluated;
       this.counters.windows_evaluated += evaluated;
       s.next = upTo;
+      if (this.states.get(s.def.id) !== s) return; // edited or deleted meanwhile
       await this.defs.put(s.def.id, { ...s.def, next: s.next });
     }
   }
@@ -214,6 +244,8 @@ export class StoredQueries {
   }
 
   private async publish(s: QueryState, w: WindowResult, revision: boolean): Promise<void> {
+    // An evaluation that began before the query was edited or deleted must not land under its id.
+    if (this.states.get(s.def.id) !== s) return;
     const key = resultKey(s.def.id, w.startMs);
     const oldJson = this.results.get(key);
     const old = oldJson === undefined ? undefined : (JSON.parse(oldJson) as WindowResult);

@@ -1,0 +1,140 @@
+// The dashboard (issue 6): static page and assets under `/` and `/ui/`, served from memory with
+// content-hash URLs (immutable caching) and a strict CSP (no external requests), plus the
+// status routes the fleet view reads: `GET /api/v1/status` and the racks' own reports
+// (`POST /api/v1/racks/:rack/status`).
+
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import type { Hono } from 'hono';
+import { isServerId } from '../schema/names.js';
+import type { StoredQueries } from './query/stored.js';
+import { parseRackStatus, type CoreStatus } from './status.js';
+import type { Store } from './store.js';
+
+interface Asset {
+  body: Buffer;
+  type: string;
+  etag: string;
+  /** Path with the content hash, as the page refers to it. */
+  url: string;
+}
+
+/** The page's own files live in core/ui (plain ES modules: nothing to build on the user's side). */
+const uiDir = fileURLToPath(new URL('../../core/ui/', import.meta.url));
+const require = createRequire(import.meta.url);
+
+const csp = [
+  "default-src 'self'",
+  "script-src 'self'",
+  "connect-src 'self'",
+  // uPlot positions its cursor and legend with inline style attributes.
+  "style-src 'self' 'unsafe-inline'",
+  "img-src 'self' data:",
+  "base-uri 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+function asset(path: string, name: string, type: string): Asset {
+  const body = readFileSync(path);
+  const hash = createHash('sha256').update(body).digest('hex').slice(0, 12);
+  return { body, type, etag: `"${hash}"`, url: `/ui/${name}?v=${hash}` };
+}
+
+/** Loads the page and its assets (once, at start-up: a missing file fails the start, not a request). */
+export function loadAssets(): { index: Asset; byName: Map<string, Asset> } {
+  const list = [
+    asset(require.resolve('uplot/dist/uPlot.iife.min.js'), 'uplot.js', 'text/javascript; charset=utf-8'),
+    asset(require.resolve('uplot/dist/uPlot.min.css'), 'uplot.css', 'text/css; charset=utf-8'),
+    asset(`${uiDir}app.js`, 'app.js', 'text/javascript; charset=utf-8'),
+    asset(`${uiDir}app.css`, 'app.css', 'text/css; charset=utf-8'),
+  ];
+  const byName = new Map(list.map((a) => [a.url.slice('/ui/'.length, a.url.indexOf('?')), a]));
+  let html = readFileSync(`${uiDir}index.html`, 'utf8');
+  for (const [name, a] of byName) html = html.replaceAll(`{{${name}}}`, a.url);
+  const body = Buffer.from(html);
+  const index: Asset = { body, type: 'text/html; charset=utf-8', etag: `"${createHash('sha256').update(body).digest('hex').slice(0, 12)}"`, url: '/' };
+  return { index, byName };
+}
+
+export interface DashboardDeps {
+  store: Store;
+  stored: StoredQueries;
+  status: CoreStatus;
+}
+
+export function addDashboardRoutes(app: Hono, deps: DashboardDeps): void {
+  const { index, byName } = loadAssets();
+  const send = (a: Asset, ifNoneMatch: string | undefined, cacheControl: string): Response => {
+    const headers = { 'content-type': a.type, etag: a.etag, 'cache-control': cacheControl, 'x-content-type-options': 'nosniff', 'content-security-policy': csp };
+    if (ifNoneMatch === a.etag) return new Response(null, { status: 304, headers });
+    return new Response(a.body, { status: 200, headers });
+  };
+  // The page revalidates (cheap 304) so a new core's assets are picked up; assets are immutable by URL.
+  app.get('/', (c) => send(index, c.req.header('if-none-match'), 'no-cache'));
+  app.get('/ui/:name', (c) => {
+    const a = byName.get(c.req.param('name'));
+    if (a === undefined) return c.json({ error: `no dashboard asset ${c.req.param('name')}` }, 404);
+    const immutable = c.req.query('v') === a.etag.slice(1, -1);
+    return send(a, c.req.header('if-none-match'), immutable ? 'public, max-age=31536000, immutable' : 'no-cache');
+  });
+
+  app.get('/api/v1/status', (c) => c.json(statusJson(deps, Date.now())));
+
+  app.post('/api/v1/racks/:rack/status', async (c) => {
+    const rack = c.req.param('rack');
+    if (!isServerId(rack)) return c.json({ error: `rack id ${JSON.stringify(rack.slice(0, 80))} is not a valid id (DESIGN §3 server id syntax)` }, 400);
+    let body: unknown;
+    try {
+      body = await c.req.json();
+    } catch {
+      return c.json({ error: 'body must be a JSON object of counters' }, 400);
+    }
+    const s = parseRackStatus(body);
+    if (typeof s === 'string') return c.json({ error: s }, 400);
+    if (!deps.status.report(rack, s, Date.now())) return c.json({ error: `the core keeps reports of at most its racks limit; rack ${rack} refused` }, 429);
+    return c.body(null, 204);
+  });
+}
+
+/** What the fleet view shows: core rates and lag, and per rack its servers and its own report. */
+export function statusJson(deps: DashboardDeps, nowMs: number): object {
+  const { store, stored, status } = deps;
+  const c = store.counters;
+  const racks = new Map<string, { servers: number; lastSeenMs: number }>();
+  for (const s of store.registry.allServers()) {
+    const r = racks.get(s.rack) ?? { servers: 0, lastSeenMs: 0 };
+    r.servers++;
+    r.lastSeenMs = Math.max(r.lastSeenMs, s.lastSeenMs);
+    racks.set(s.rack, r);
+  }
+  const reports = new Map(status.rackReports().map((r) => [r.rack, r]));
+  return {
+    nowMs,
+    core: {
+      ...status.rates(),
+      newestSecondMs: status.newestSecond * 1000,
+      freshnessLagMs: status.newestSecond === 0 ? null : nowMs - (status.newestSecond + 1) * 1000,
+      queryLagMs: Math.round(stored.lagSeconds(nowMs) * 1000),
+      pointsIngested: c.points_ingested + c.summaries_ingested,
+      batchesIngested: c.batches_ingested,
+      batchesLate: c.batches_late,
+      batchesDuplicate: c.batches_duplicate,
+      storageFull: c.storage_full,
+      headBytes: store.heldBytes,
+      diskBytes: store.diskBytes(),
+      servers: store.registry.serverCount,
+      metrics: store.registry.allMetrics().length,
+      storedQueries: stored.list().length,
+      racksRefused: status.racksRefused,
+    },
+    racks: [...new Set([...racks.keys(), ...reports.keys()])].sort().map((id) => ({
+      id,
+      servers: racks.get(id)?.servers ?? 0,
+      lastSeenMs: racks.get(id)?.lastSeenMs ?? 0,
+      reportedMs: reports.get(id)?.reportedMs ?? null,
+      report: reports.get(id)?.status ?? null,
+    })),
+  };
+}

@@ -1,0 +1,750 @@
+// apm dashboard (issue 6). Plain ES module, no build step: stored queries as live uPlot charts
+// fed by each query's SSE stream, history from the results API (paged to the API's per-answer
+// bound), ad-hoc queries where stored results do not reach, create/edit/delete with parse errors
+// shown at their position, and a fleet view of servers, racks and the system's own health.
+
+/** The API answers at most this many windows per request (core/query/routes.ts). */
+const windowsPerAnswerMax = 3600;
+/** Stored-results pages per load: 24 h of 1 s windows. */
+const resultPagesMax = 24;
+/** Ad-hoc gap fills use the query's WINDOW, coarsened to one of these until one answer holds the gap. */
+const coarseWindowsSeconds = [1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400];
+/** Reconnect back-off for live streams. */
+const retryMsMin = 500;
+const retryMsMax = 10_000;
+/** Server states: a server reports each second; the racks forward ~2–3 s after it ends. */
+const lateAfterMs = 10_000;
+const silentAfterMs = 60_000;
+/** Rows shown in the server table before asking to filter (the fleet has 10,000 servers). */
+const serverRowsMax = 500;
+const palette = ['#2c6ecb', '#d9480f', '#2b8a3e', '#862e9c', '#e67700', '#0b7285', '#c2255c', '#5c940d'];
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  token: localStorage.getItem('apm.token') ?? '',
+  /** Live: the last `spanMs` up to now, sliding. Otherwise a fixed [fromMs, toMs). */
+  range: { live: true, spanMs: 3_600_000, fromMs: 0, toMs: 0 },
+  panels: new Map(),
+  clockOffsetMs: 0,
+  fleetTimer: 0,
+  editing: null,
+};
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body.error ?? `HTTP ${status}`);
+    this.status = status;
+    this.position = body.position;
+  }
+}
+
+/** fetch() against the core, with the token; JSON in and out; errors as ApiError. */
+async function api(path, init = {}) {
+  const headers = new Headers(init.headers);
+  if (state.token) headers.set('authorization', `Bearer ${state.token}`);
+  if (init.body !== undefined) headers.set('content-type', 'application/json');
+  const r = await fetch(path, { ...init, headers });
+  if (r.status === 204) return null;
+  let body = {};
+  try {
+    body = await r.json();
+  } catch {
+    body = { error: `HTTP ${r.status} with a body that is not JSON` };
+  }
+  if (r.status === 401) showTokenBar(body.error);
+  if (!r.ok) throw new ApiError(r.status, body);
+  return body;
+}
+
+const now = () => Date.now() + state.clockOffsetMs;
+
+function currentRange() {
+  if (state.range.live) {
+    const toMs = now();
+    return { fromMs: toMs - state.range.spanMs, toMs };
+  }
+  return { fromMs: state.range.fromMs, toMs: state.range.toMs };
+}
+
+function windowSecondsOf(query) {
+  const m = /\bWINDOW\s+(\d+)([smhd])\b/i.exec(query);
+  if (m === null) return 5;
+  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2].toLowerCase()];
+}
+
+function fmt(v) {
+  if (v === null || v === undefined) return '–';
+  const a = Math.abs(v);
+  if (a !== 0 && (a >= 1e9 || a < 1e-3)) return v.toExponential(3);
+  return v.toLocaleString('en-US', { maximumFractionDigits: a >= 100 ? 1 : 4 });
+}
+
+function fmtBytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function fmtAge(ms) {
+  if (ms < 0) return 'now';
+  if (ms < 10_000) return `${(ms / 1000).toFixed(1)} s ago`;
+  if (ms < 120_000) return `${Math.round(ms / 1000)} s ago`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)} min ago`;
+  return `${Math.round(ms / 3_600_000)} h ago`;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('data-')) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+/** Fetches `[fromMs, toMs)` in pages the API accepts; `base` is a path with or without a query string. */
+async function paged(base, fromMs, toMs, windowMs, pagesMax) {
+  const out = [];
+  const span = windowsPerAnswerMax * windowMs;
+  const sep = base.includes('?') ? '&' : '?';
+  // Newest pages first: when the cap cuts, it is the oldest history that is left out.
+  let pages = 0;
+  for (let to = toMs; to > fromMs && pages < pagesMax; to -= span, pages++) {
+    const from = Math.max(fromMs, to - span);
+    const r = await api(`${base}${sep}from=${Math.floor(from)}&to=${Math.ceil(to)}`);
+    out.push(...r.windows);
+  }
+  return out;
+}
+
+class Panel {
+  constructor(def) {
+    this.def = def;
+    this.windowMs = windowSecondsOf(def.query) * 1000;
+    this.windows = new Map();
+    this.keys = [];
+    this.received = 0;
+    this.revised = 0;
+    this.rows = [];
+    this.plot = null;
+    this.es = null;
+    this.retryMs = retryMsMin;
+    this.opened = false;
+    this.renderQueued = false;
+    this.loadSeq = 0;
+    this.note = '';
+    this.build();
+  }
+
+  build() {
+    this.stateEl = el('span', { class: 'state' }, 'connecting');
+    this.countEl = el('span', { class: 'received' });
+    this.revisedEl = el('span', { class: 'revised' });
+    this.noteEl = el('span', { class: 'note' });
+    this.hoverEl = el('div', { class: 'hover' });
+    this.latestEl = el('div', { class: 'latest' });
+    this.chartEl = el('div', { class: 'chart' });
+    this.titleEl = el('h3');
+    this.queryEl = el('div', { class: 'q mono' });
+    const edit = el('button', { type: 'button', class: 'edit', onclick: () => openEditor(this.def) }, 'Edit');
+    const del = el('button', { type: 'button', class: 'delete', onclick: () => this.remove() }, 'Delete');
+    this.root = el('article', { class: 'panel', 'data-id': this.def.id }, el('header', {}, this.titleEl, edit, del), this.queryEl, this.chartEl, this.hoverEl, this.latestEl, el('footer', {}, this.stateEl, this.countEl, this.revisedEl, this.noteEl));
+    this.describe();
+  }
+
+  describe() {
+    this.titleEl.textContent = this.def.name;
+    this.queryEl.textContent = this.def.query;
+  }
+
+  /** A changed definition (edited here or elsewhere): history and stream start over. */
+  redefine(def) {
+    const changed = def.query !== this.def.query;
+    this.def = def;
+    this.describe();
+    if (!changed) return;
+    this.windowMs = windowSecondsOf(def.query) * 1000;
+    this.windows.clear();
+    this.keys = [];
+    this.plot?.destroy();
+    this.plot = null;
+    this.stop();
+    this.start();
+  }
+
+  start() {
+    this.connect();
+    void this.load();
+  }
+
+  stop() {
+    clearTimeout(this.retryTimer);
+    this.es?.close();
+    this.es = null;
+  }
+
+  async remove() {
+    if (!confirm(`Delete the stored query "${this.def.name}" and its results?`)) return;
+    try {
+      await api(`/api/v1/queries/${this.def.id}`, { method: 'DELETE' });
+      this.dispose();
+    } catch (err) {
+      alert(`Could not delete: ${err.message}`);
+    }
+  }
+
+  dispose() {
+    this.stop();
+    this.plot?.destroy();
+    this.root.remove();
+    state.panels.delete(this.def.id);
+    $('empty').hidden = state.panels.size > 0;
+  }
+
+  /** Live stream; after a drop (core restart), reconnects with back-off and fills the gap. */
+  connect() {
+    const q = state.token ? `?access_token=${encodeURIComponent(state.token)}` : '';
+    const es = new EventSource(`/api/v1/queries/${encodeURIComponent(this.def.id)}/live${q}`);
+    this.es = es;
+    es.addEventListener('open', () => {
+      this.setState('live', 'live');
+      this.retryMs = retryMsMin;
+      if (this.opened) void this.backfill();
+      this.opened = true;
+    });
+    es.addEventListener('window', (e) => {
+      this.received++;
+      this.upsert(JSON.parse(e.data));
+      this.queueRender();
+    });
+    es.addEventListener('error', () => {
+      this.setState('reconnecting…', 'down');
+      // EventSource retries network errors itself; an HTTP error (404, 503 at start-up) closes it.
+      if (es.readyState !== EventSource.CLOSED) return;
+      es.close();
+      this.retryTimer = setTimeout(() => void this.reopen(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, retryMsMax);
+    });
+  }
+
+  async reopen() {
+    try {
+      await api(`/api/v1/queries/${encodeURIComponent(this.def.id)}`);
+    } catch (err) {
+      if (err.status === 404) {
+        this.dispose();
+        return;
+      }
+    }
+    if (state.panels.get(this.def.id) === this) this.connect();
+  }
+
+  setState(text, cls) {
+    this.stateEl.textContent = text;
+    this.stateEl.className = `state ${cls}`;
+  }
+
+  upsert(w) {
+    const old = this.windows.get(w.startMs);
+    if (old !== undefined && old.revision > w.revision && !old.adhoc) return;
+    if (old !== undefined && w.revision > old.revision) this.revised++;
+    this.windows.set(w.startMs, w);
+    for (const k of Object.keys(w.values)) if (!this.keys.includes(k)) this.keys.push(k);
+  }
+
+  /** History for the current range: stored results, then ad-hoc for what they do not cover. */
+  async load() {
+    const seq = ++this.loadSeq;
+    const { fromMs, toMs } = currentRange();
+    const W = this.windowMs;
+    try {
+      const stored = await paged(`/api/v1/queries/${encodeURIComponent(this.def.id)}/results`, fromMs, toMs, W, resultPagesMax);
+      if (seq !== this.loadSeq) return;
+      for (const w of stored) this.upsert(w);
+      let firstStored = Math.min(toMs, now());
+      for (const w of stored) firstStored = Math.min(firstStored, w.startMs);
+      this.note = '';
+      if (firstStored - fromMs >= W) await this.fillAdhoc(seq, fromMs, firstStored);
+    } catch (err) {
+      this.note = `history: ${err.message}`;
+    }
+    this.queueRender();
+  }
+
+  /** Windows before the stored results begin, from storage, at a window that fits one answer. */
+  async fillAdhoc(seq, fromMs, toMs) {
+    const base = windowSecondsOf(this.def.query);
+    const needed = (toMs - fromMs) / 1000 / windowsPerAnswerMax;
+    const ws = coarseWindowsSeconds.find((s) => s >= base && s % base === 0 && s >= needed) ?? 86400;
+    const text = this.def.query.replace(/\bWINDOW\s+\d+[smhd]\b/i, `WINDOW ${ws}s`);
+    const r = await api(`/api/v1/query?q=${encodeURIComponent(text)}&from=${Math.floor(fromMs)}&to=${Math.ceil(toMs)}`);
+    if (seq !== this.loadSeq) return;
+    for (const w of r.windows) if (!this.windows.has(w.startMs)) this.upsert({ ...w, adhoc: true });
+    this.note = `before ${new Date(toMs).toLocaleTimeString()}: ad-hoc${ws === base ? '' : ` at ${ws} s windows`}`;
+  }
+
+  /** After a reconnect: what closed while the stream was down. */
+  async backfill() {
+    let last = currentRange().fromMs;
+    for (const s of this.windows.keys()) if (!this.windows.get(s).adhoc) last = Math.max(last, s);
+    try {
+      const r = await api(`/api/v1/queries/${encodeURIComponent(this.def.id)}/results?from=${last}&to=${Math.ceil(now() + this.windowMs)}`);
+      for (const w of r.windows) this.upsert(w);
+    } catch (err) {
+      this.note = `catch-up: ${err.message}`;
+    }
+    this.queueRender();
+  }
+
+  queueRender() {
+    if (this.renderQueued) return;
+    this.renderQueued = true;
+    requestAnimationFrame(() => {
+      this.renderQueued = false;
+      this.render();
+    });
+  }
+
+  /** Windows in range as uPlot columns; a gap longer than a window gets a null point (a break). */
+  columns(fromMs, toMs) {
+    if (state.range.live) for (const s of this.windows.keys()) if (s < fromMs - this.windowMs) this.windows.delete(s);
+    const starts = [...this.windows.keys()].filter((s) => s >= fromMs - this.windowMs && s < toMs).sort((a, b) => a - b);
+    const xs = [];
+    this.rows = [];
+    for (const s of starts) {
+      const prev = this.rows[this.rows.length - 1];
+      const w = this.windows.get(s);
+      if (prev && s - prev.startMs > 1.5 * Math.max(this.windowMs, prev.endMs - prev.startMs)) {
+        xs.push((prev.endMs + 1) / 1000);
+        this.rows.push(null);
+      }
+      xs.push(s / 1000);
+      this.rows.push(w);
+    }
+    return [xs, ...this.keys.map((k) => this.rows.map((w) => (w === null ? null : (w.values[k] ?? null))))];
+  }
+
+  render() {
+    const { fromMs, toMs } = currentRange();
+    const data = this.columns(fromMs, toMs);
+    this.xRange = [fromMs / 1000, toMs / 1000];
+    if (this.plot === null || this.plot.series.length !== this.keys.length + 1) {
+      this.plot?.destroy();
+      this.plot = new uPlot(this.options(), data, this.chartEl);
+    } else {
+      this.plot.setData(data);
+    }
+    this.renderLatest();
+    this.countEl.textContent = `${this.received} live windows received`;
+    this.revisedEl.textContent = this.revised > 0 ? `▲ ${this.revised} revised by late data` : '';
+    this.noteEl.textContent = this.note;
+  }
+
+  renderLatest() {
+    let w;
+    for (const x of this.windows.values()) if (!x.adhoc && (w === undefined || x.startMs > w.startMs)) w = x;
+    this.latestEl.replaceChildren();
+    if (w === undefined) return;
+    this.latestEl.setAttribute('data-start', String(w.startMs));
+    this.latestEl.append(el('span', {}, `${new Date(w.startMs).toLocaleTimeString()}:`));
+    for (const [k, v] of Object.entries(w.values)) this.latestEl.append(el('span', { 'data-fn': k, 'data-value': String(v) }, `${k} `, el('b', {}, fmt(v))));
+    this.latestEl.append(el('span', { class: 'hint' }, `${w.servers} servers · ${w.count} observations`));
+  }
+
+  options() {
+    const width = Math.max(300, this.chartEl.clientWidth || 560);
+    return {
+      width,
+      height: 240,
+      scales: { x: { time: true, range: () => this.xRange } },
+      series: [{}, ...this.keys.map((k, i) => ({ label: k, stroke: palette[i % palette.length], width: 1.5, value: (u, v) => fmt(v) }))],
+      axes: [{}, { size: 60, values: (u, vals) => vals.map(fmt) }],
+      cursor: { drag: { x: true, y: false, setScale: false } },
+      legend: { live: true },
+      hooks: {
+        setCursor: [(u) => this.showHover(u.cursor.idx)],
+        setSelect: [(u) => this.zoomTo(u)],
+        draw: [(u) => this.drawRevisions(u)],
+      },
+    };
+  }
+
+  showHover(idx) {
+    const w = idx === null || idx === undefined ? null : this.rows[idx];
+    this.hoverEl.textContent = w ? `${new Date(w.startMs).toLocaleString()} · ${w.servers} servers · ${w.count} observations${w.revision > 0 ? ` · revision ${w.revision} (late data)` : ''}${w.adhoc ? ' · ad-hoc' : ''}` : '';
+  }
+
+  zoomTo(u) {
+    if (u.select.width < 4) return;
+    const from = u.posToVal(u.select.left, 'x') * 1000;
+    const to = u.posToVal(u.select.left + u.select.width, 'x') * 1000;
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    setRange({ live: false, fromMs: Math.floor(from), toMs: Math.ceil(to) });
+  }
+
+  /** A small orange triangle above each window revised by late data. */
+  drawRevisions(u) {
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.fillStyle = '#e67700';
+    const xs = u.data[0];
+    for (let i = 0; i < this.rows.length; i++) {
+      if (!(this.rows[i]?.revision > 0)) continue;
+      const x = u.valToPos(xs[i], 'x', true);
+      const y = u.bbox.top;
+      ctx.beginPath();
+      ctx.moveTo(x - 5, y);
+      ctx.lineTo(x + 5, y);
+      ctx.lineTo(x, y + 8);
+      ctx.fill();
+    }
+    ctx.restore();
+  }
+
+  resize() {
+    this.plot?.setSize({ width: Math.max(300, this.chartEl.clientWidth), height: 240 });
+  }
+}
+
+// ---- stored queries list --------------------------------------------------------------------
+
+async function refreshQueries() {
+  let list;
+  try {
+    list = (await api('/api/v1/queries')).queries;
+    setConn('', false);
+  } catch (err) {
+    setConn(`core: ${err.message}`, true);
+    return;
+  }
+  const seen = new Set();
+  for (const def of list) {
+    seen.add(def.id);
+    const p = state.panels.get(def.id);
+    if (p !== undefined) {
+      p.redefine(def);
+      continue;
+    }
+    const panel = new Panel(def);
+    state.panels.set(def.id, panel);
+    $('panels').append(panel.root);
+    panel.start();
+  }
+  for (const [id, p] of state.panels) if (!seen.has(id)) p.dispose();
+  $('empty').hidden = state.panels.size > 0;
+}
+
+function setConn(text, bad) {
+  $('conn').textContent = text;
+  $('conn').className = bad ? 'conn bad' : 'conn';
+}
+
+// ---- editor -----------------------------------------------------------------------------------
+
+function openEditor(def) {
+  state.editing = def ?? null;
+  $('editor-title').textContent = def ? `Edit “${def.name}”` : 'New stored query';
+  $('q-name').value = def?.name ?? '';
+  $('q-text').value = def?.query ?? '';
+  $('q-error').hidden = true;
+  $('editor').hidden = false;
+  void loadPickers();
+  $('q-name').focus();
+}
+
+/** Shows the API's parse error under the query, with the offending character marked. */
+function showParseError(text, message, position) {
+  const box = $('q-error');
+  box.replaceChildren(el('div', { class: 'message' }, message));
+  if (typeof position === 'number') {
+    const at = Math.max(0, Math.min(position, text.length));
+    const pre = el('pre', { class: 'mono' }, text.slice(0, at), el('mark', { 'data-position': String(at) }, text.slice(at, at + 1) || ' '), text.slice(at + 1));
+    box.append(pre);
+    const ta = $('q-text');
+    ta.focus();
+    ta.setSelectionRange(at, Math.min(text.length, at + 1));
+  }
+  box.hidden = false;
+}
+
+async function saveEditor(ev) {
+  ev.preventDefault();
+  const body = JSON.stringify({ name: $('q-name').value, query: $('q-text').value });
+  const text = $('q-text').value;
+  try {
+    const editing = state.editing;
+    if (editing) await api(`/api/v1/queries/${encodeURIComponent(editing.id)}`, { method: 'PUT', body });
+    else await api('/api/v1/queries', { method: 'POST', body });
+    $('editor').hidden = true;
+    await refreshQueries();
+  } catch (err) {
+    showParseError(text, err.message, err.position);
+  }
+}
+
+let validateTimer = 0;
+/** Checks the text while typing (a zero-length ad-hoc query parses without reading data). */
+function validateSoon() {
+  clearTimeout(validateTimer);
+  validateTimer = setTimeout(async () => {
+    const text = $('q-text').value;
+    if (text.trim() === '') return;
+    try {
+      const t = now();
+      await api(`/api/v1/query?q=${encodeURIComponent(text)}&from=${t - 1000}&to=${t}`);
+      $('q-error').hidden = true;
+    } catch (err) {
+      if (err.status === 400 && $('q-text').value === text) showParseError(text, err.message, err.position);
+    }
+  }, 600);
+}
+
+async function loadPickers() {
+  try {
+    const [{ servers }, { metrics }] = await Promise.all([api('/api/v1/servers'), api('/api/v1/metrics')]);
+    const sel = $('server-picker');
+    sel.replaceChildren(el('option', { value: '' }, 'choose…'), el('option', { value: '*' }, '* (every server)'));
+    const racks = [...new Set(servers.map((s) => s.rack))].sort();
+    // Globs: the first name segment (web-*) and the name without its trailing number (web-r1-*).
+    const globs = new Set();
+    for (const s of servers) {
+      const dash = s.id.indexOf('-');
+      if (dash > 0) globs.add(`${s.id.slice(0, dash)}-*`);
+      const stem = s.id.replace(/[0-9]+$/, '');
+      if (stem.length > 0 && stem !== s.id) globs.add(`${stem}*`);
+    }
+    for (const r of racks) sel.append(el('option', { value: `rack:${r}` }, `rack:${r}`));
+    for (const g of [...globs].sort().slice(0, 500)) sel.append(el('option', { value: g }, g));
+    for (const s of servers.slice(0, 2000).sort((a, b) => a.id.localeCompare(b.id))) sel.append(el('option', { value: s.id }, s.id));
+    $('metric-list').replaceChildren(...metrics.slice(0, 5000).map((m) => el('option', { value: m.name }, m.kind)));
+  } catch (err) {
+    $('q-error').hidden = false;
+    $('q-error').textContent = `pickers: ${err.message}`;
+  }
+}
+
+const template = (from, metric) => `FROM ${from} SELECT ${metric} WINDOW 5s COMPUTE min, max, avg, p99`;
+
+/** Puts the chosen servers into FROM, or the chosen metric into SELECT, keeping the rest. */
+function setClause(clause, value) {
+  const ta = $('q-text');
+  const text = ta.value;
+  if (clause === 'FROM') {
+    const m = /^(\s*FROM\s+)([\s\S]*?)(\s+SELECT\b)/i.exec(text);
+    ta.value = m ? `${m[1]}${value}${text.slice(m[0].length - m[3].length)}` : template(value, 'cpu.user');
+  } else {
+    const m = /(\bSELECT\s+)(\S+)/i.exec(text);
+    ta.value = m ? text.slice(0, m.index) + m[1] + value + text.slice(m.index + m[0].length) : template('*', value);
+  }
+  validateSoon();
+}
+
+// ---- time range -------------------------------------------------------------------------------
+
+function setRange(r) {
+  state.range = { ...state.range, ...r };
+  syncRangeControls();
+  for (const p of state.panels.values()) {
+    if (!state.range.live) p.windows.clear();
+    void p.load();
+    p.queueRender();
+  }
+}
+
+function toLocalInput(ms) {
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60_000);
+  return d.toISOString().slice(0, 19);
+}
+
+function syncRangeControls() {
+  const r = state.range;
+  const sel = $('range');
+  if (r.live) sel.value = String(r.spanMs);
+  else sel.value = 'custom';
+  $('custom').hidden = r.live;
+  if (!r.live) {
+    $('from').value = toLocalInput(r.fromMs);
+    $('to').value = toLocalInput(r.toMs);
+  }
+  $('live').disabled = r.live;
+}
+
+function pan(direction) {
+  const { fromMs, toMs } = currentRange();
+  const shift = ((toMs - fromMs) / 2) * direction;
+  const to = Math.min(now(), toMs + shift);
+  setRange({ live: false, fromMs: to - (toMs - fromMs), toMs: to });
+}
+
+// ---- fleet view -------------------------------------------------------------------------------
+
+function serverState(lastSeenMs, nowMs) {
+  const age = nowMs - lastSeenMs;
+  return age <= lateAfterMs ? 'reporting' : age <= silentAfterMs ? 'late' : 'silent';
+}
+
+function card(label, value, bad = false) {
+  return el('div', { class: bad ? 'card bad' : 'card', 'data-card': label }, el('div', { class: 'v' }, value), el('div', { class: 'k' }, label));
+}
+
+async function refreshFleet() {
+  let status;
+  let servers;
+  try {
+    [status, { servers }] = await Promise.all([api('/api/v1/status'), api('/api/v1/servers')]);
+    setConn('', false);
+  } catch (err) {
+    setConn(`core: ${err.message}`, true);
+    return;
+  }
+  state.clockOffsetMs = status.nowMs - Date.now();
+  const counts = { reporting: 0, late: 0, silent: 0 };
+  const perRack = new Map();
+  for (const s of servers) {
+    const st = serverState(s.lastSeenMs, status.nowMs);
+    counts[st]++;
+    const r = perRack.get(s.rack) ?? { reporting: 0, late: 0, silent: 0 };
+    r[st]++;
+    perRack.set(s.rack, r);
+  }
+  renderHealth(status, counts);
+  renderRacks(status, perRack);
+  renderServers(servers, status.nowMs);
+}
+
+function renderHealth(status, counts) {
+  const c = status.core;
+  let recovered = 0;
+  let lost = 0;
+  let spoolBytes = 0;
+  let spoolBatches = 0;
+  for (const r of status.racks) {
+    recovered += r.report?.partsRecovered ?? 0;
+    lost += r.report?.partsLost ?? 0;
+    spoolBytes += r.report?.spoolBytes ?? 0;
+    spoolBatches += r.report?.spoolBatches ?? 0;
+  }
+  $('health').replaceChildren(
+    card('ingest points/s', fmt(Math.round(c.pointsPerSecond))),
+    card('freshness lag', c.freshnessLagMs === null ? '–' : `${(c.freshnessLagMs / 1000).toFixed(1)} s`, c.freshnessLagMs > 10_000),
+    card('stored-query lag', `${(c.queryLagMs / 1000).toFixed(1)} s`, c.queryLagMs > 30_000),
+    card('parts recovered', fmt(recovered)),
+    card('parts lost for good', fmt(lost), lost > 0),
+    card('spool depth', `${fmtBytes(spoolBytes)} · ${spoolBatches} batches`, spoolBatches > 10),
+    card('servers', `${counts.reporting} / ${counts.late} / ${counts.silent}`, counts.silent > 0),
+    card('metrics', fmt(c.metrics)),
+    card('disk in use', fmtBytes(c.diskBytes)),
+    card('batches late / duplicate', `${fmt(c.batchesLate)} / ${fmt(c.batchesDuplicate)}`),
+  );
+  $('health').title = 'servers: reporting / late / silent';
+}
+
+function renderRacks(status, perRack) {
+  const rows = status.racks.map((r) => {
+    const st = perRack.get(r.id) ?? { reporting: 0, late: 0, silent: 0 };
+    const rep = r.report;
+    return el(
+      'tr',
+      { 'data-rack': r.id },
+      el('td', {}, r.id),
+      el('td', { class: 'n' }, String(r.servers)),
+      el('td', { class: 'n st-reporting' }, String(st.reporting)),
+      el('td', { class: 'n st-late' }, String(st.late)),
+      el('td', { class: 'n st-silent' }, String(st.silent)),
+      el('td', {}, r.lastSeenMs ? fmtAge(status.nowMs - r.lastSeenMs) : '–'),
+      el('td', { class: 'n' }, rep ? fmt(rep.partsRecovered) : '–'),
+      el('td', { class: 'n' }, rep ? fmt(rep.partsLost) : '–'),
+      el('td', { class: 'n' }, rep ? `${fmtBytes(rep.spoolBytes)} (${rep.spoolBatches})` : '–'),
+      el('td', {}, r.reportedMs ? fmtAge(status.nowMs - r.reportedMs) : 'none'),
+    );
+  });
+  $('racks').tBodies[0].replaceChildren(...rows);
+}
+
+function renderServers(servers, nowMs) {
+  const f = $('server-filter').value.trim();
+  const re = f === '' ? null : new RegExp(`^${f.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}`);
+  const shown = servers.filter((s) => re === null || re.test(s.id)).sort((a, b) => a.id.localeCompare(b.id));
+  const rows = shown.slice(0, serverRowsMax).map((s) => {
+    const st = serverState(s.lastSeenMs, nowMs);
+    return el('tr', { 'data-server': s.id }, el('td', {}, s.id), el('td', {}, s.rack), el('td', { class: `st-${st}` }, st), el('td', {}, fmtAge(nowMs - s.lastSeenMs)), el('td', {}, new Date(s.firstSeenMs).toLocaleString()));
+  });
+  $('servers').tBodies[0].replaceChildren(...rows);
+  $('servers-more').textContent = shown.length > serverRowsMax ? `${shown.length - serverRowsMax} more servers: filter to narrow` : '';
+}
+
+// ---- page -------------------------------------------------------------------------------------
+
+function showView(view) {
+  for (const b of document.querySelectorAll('.tab')) b.setAttribute('aria-selected', String(b.dataset.view === view));
+  $('view-queries').hidden = view !== 'queries';
+  $('view-fleet').hidden = view !== 'fleet';
+  clearInterval(state.fleetTimer);
+  if (view === 'fleet') {
+    void refreshFleet();
+    state.fleetTimer = setInterval(() => void refreshFleet(), 5000);
+  }
+}
+
+function showTokenBar(message) {
+  $('token-bar').hidden = false;
+  $('token-error').textContent = state.token ? message ?? 'token refused' : '';
+}
+
+function wire() {
+  for (const b of document.querySelectorAll('.tab')) b.addEventListener('click', () => showView(b.dataset.view));
+  $('new-query').addEventListener('click', () => openEditor(null));
+  $('cancel').addEventListener('click', () => ($('editor').hidden = true));
+  $('editor').addEventListener('submit', (ev) => void saveEditor(ev));
+  $('q-text').addEventListener('input', validateSoon);
+  $('server-picker').addEventListener('change', (e) => e.target.value && setClause('FROM', e.target.value));
+  $('use-metric').addEventListener('click', () => $('metric-picker').value && setClause('SELECT', $('metric-picker').value));
+  $('range').addEventListener('change', (e) => {
+    if (e.target.value === 'custom') {
+      const { fromMs, toMs } = currentRange();
+      setRange({ live: false, fromMs, toMs });
+    } else setRange({ live: true, spanMs: Number(e.target.value) });
+  });
+  $('apply').addEventListener('click', () => {
+    const fromMs = new Date($('from').value).getTime();
+    const toMs = new Date($('to').value).getTime();
+    if (!(fromMs < toMs)) return alert('“from” must be before “to”');
+    setRange({ live: false, fromMs, toMs });
+  });
+  $('pan-back').addEventListener('click', () => pan(-1));
+  $('pan-forward').addEventListener('click', () => pan(1));
+  $('live').addEventListener('click', () => setRange({ live: true }));
+  $('server-filter').addEventListener('input', () => void refreshFleet());
+  $('token-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    state.token = $('token').value.trim();
+    localStorage.setItem('apm.token', state.token);
+    $('token-bar').hidden = true;
+    for (const p of state.panels.values()) p.dispose();
+    void refreshQueries();
+  });
+  window.addEventListener('resize', () => state.panels.forEach((p) => p.resize()));
+  // Live mode slides the x axis even between windows.
+  setInterval(() => state.range.live && state.panels.forEach((p) => p.queueRender()), 1000);
+}
+
+async function main() {
+  wire();
+  syncRangeControls();
+  try {
+    const s = await api('/api/v1/status');
+    state.clockOffsetMs = s.nowMs - Date.now();
+  } catch {
+    // The token bar or the connection line says why; the rest still loads.
+  }
+  await refreshQueries();
+}
+
+// uPlot is a deferred classic script; modules run after it.
+void main();

@@ -1,0 +1,144 @@
+// The dashboard in a real browser (issue 6): Debian's Chromium driven by playwright-core against
+// a real core fed by a real rack and simulator. Creates a stored query through the UI, sees its
+// chart receive live windows whose values equal the API's, sees a parse error marked at its
+// position, keeps receiving windows after the core restarts, and saves a screenshot to artifacts/.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { spawnApm, until, type Daemon } from './proc.js';
+
+const chromiumPath = '/usr/bin/chromium';
+const artifacts = fileURLToPath(new URL('../artifacts/', import.meta.url));
+
+interface Window {
+  startMs: number;
+  servers: number;
+  count: number;
+  values: Record<string, number>;
+  revision: number;
+}
+
+const cleanup: (() => Promise<unknown> | void)[] = [];
+afterAll(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+async function startCore(data: string, listen = '127.0.0.1:0'): Promise<{ core: Daemon; url: string }> {
+  const core = spawnApm(['core', '--listen', listen, '--data', data, '--query-lateness', '1500ms']);
+  const m = await core.waitFor(/apm core: (http:\/\/127\.0\.0\.1:\d+)\//, 20_000);
+  return { core, url: m[1]! };
+}
+
+describe('dashboard in Chromium', () => {
+  let browser: Browser;
+  let page: Page;
+  let url: string;
+  let core: Daemon;
+  const data = mkdtempSync(join(tmpdir(), 'apm-dash-'));
+
+  beforeAll(async () => {
+    ({ core, url } = await startCore(data));
+    cleanup.push(() => core.stop('SIGKILL'));
+    const rack = spawnApm(['rack', '--rack', 'r1', '--listen', '127.0.0.1:0', '--core', url, '--http', '127.0.0.1:0', '--spool', mkdtempSync(join(tmpdir(), 'apm-dash-spool-')), '--lateness', '1s']);
+    cleanup.push(() => rack.stop('SIGKILL'));
+    const rackPort = (await rack.waitFor(/UDP on 127\.0\.0\.1:(\d+)/, 20_000))[1]!;
+    const sim = spawnApm(['simulate', '--rack', `127.0.0.1:${rackPort}`, '--servers', '6', '--metrics', '20', '--seconds', '150', '--prefix', 'web']);
+    cleanup.push(() => sim.stop('SIGKILL'));
+    await until(async () => {
+      const r = (await (await fetch(`${url}/api/v1/metrics`)).json()) as { metrics: { name: string }[] };
+      return r.metrics.some((m) => m.name === 'sim.cpu.0') ? true : undefined;
+    }, 30_000, 'the simulated metrics at the core');
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    cleanup.push(() => browser.close());
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const external: string[] = [];
+    page.on('request', (r) => {
+      if (!r.url().startsWith(url)) external.push(r.url());
+    });
+    cleanup.push(() => expect(external, 'requests beyond the core').toEqual([]));
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    cleanup.push(() => expect(errors, 'uncaught errors in the page').toEqual([]));
+    await page.goto(url);
+  });
+
+  it('creates a stored query from the pickers and its chart receives live windows equal to the API', async () => {
+    await page.getByRole('button', { name: 'New stored query' }).click();
+    await page.getByRole('textbox', { name: 'Name', exact: true }).fill('web cpu');
+    // The pickers are fed by the registry APIs: a glob of the simulated servers, a metric name.
+    await page.locator('#server-picker option[value="web-*"]').waitFor({ state: 'attached' });
+    await page.selectOption('#server-picker', 'web-*');
+    await page.getByLabel('metric picker').fill('sim.cpu.0');
+    await page.getByRole('button', { name: 'Use metric' }).click();
+    await expect.poll(() => page.inputValue('#q-text')).toBe('FROM web-* SELECT sim.cpu.0 WINDOW 5s COMPUTE min, max, avg, p99');
+    await page.getByRole('button', { name: 'Save' }).click();
+
+    const panel = page.locator('article.panel', { hasText: 'web cpu' });
+    await panel.waitFor();
+    const id = (await panel.getAttribute('data-id'))!;
+    // Two windows pushed over SSE after creation: the chart is live, not loaded once.
+    await until(async () => {
+      const t = (await panel.locator('.received').textContent()) ?? '';
+      return Number(/^(\d+)/.exec(t)?.[1] ?? 0) >= 2 ? true : undefined;
+    }, 40_000, 'two live windows in the chart');
+    const latest = panel.locator('.latest');
+    const startMs = Number(await latest.getAttribute('data-start'));
+    const shown: Record<string, number> = {};
+    for (const span of await latest.locator('[data-fn]').all()) shown[(await span.getAttribute('data-fn'))!] = Number(await span.getAttribute('data-value'));
+    const api = (await (await fetch(`${url}/api/v1/queries/${id}/results?from=${startMs}&to=${startMs + 5000}`)).json()) as { windows: Window[] };
+    expect(api.windows).toHaveLength(1);
+    expect(shown).toEqual(api.windows[0]!.values);
+    expect(Object.keys(shown)).toEqual(['min', 'max', 'avg', 'percentile(99)']);
+    expect(api.windows[0]!.servers).toBe(6);
+    // uPlot drew one series per function.
+    await expect.poll(() => panel.locator('.u-legend .u-series').count()).toBe(5);
+  });
+
+  it('marks a parse error at the position the API reports', async () => {
+    const bad = 'FROM web-* SELEKT sim.cpu.0 WINDOW 5s COMPUTE max';
+    const api = (await (await fetch(`${url}/api/v1/query?q=${encodeURIComponent(bad)}`)).json()) as { error: string; position: number };
+    expect(api.position).toBe(11);
+    await page.getByRole('button', { name: 'New stored query' }).click();
+    await page.getByRole('textbox', { name: 'Name', exact: true }).fill('broken');
+    await page.locator('#q-text').fill(bad);
+    await page.getByRole('button', { name: 'Save' }).click();
+    const box = page.locator('#q-error');
+    await expect.poll(() => box.locator('.message').textContent()).toBe(api.error);
+    expect(Number(await box.locator('mark').getAttribute('data-position'))).toBe(api.position);
+    expect(await box.locator('mark').textContent()).toBe('S');
+    const list = (await (await fetch(`${url}/api/v1/queries`)).json()) as { queries: { name: string }[] };
+    expect(list.queries.map((q) => q.name)).toEqual(['web cpu']);
+    await page.getByRole('button', { name: 'Cancel' }).click();
+  });
+
+  it('keeps the chart live across a core restart (the stream reconnects)', async () => {
+    const panel = page.locator('article.panel', { hasText: 'web cpu' });
+    const port = new URL(url).port;
+    expect(await core.stop('SIGTERM')).toBe(0);
+    await until(async () => ((await panel.locator('.state').textContent()) === 'reconnecting…' ? true : undefined), 10_000, 'the panel to notice');
+    const before = await panel.locator('.latest').getAttribute('data-start');
+    ({ core } = await startCore(data, `127.0.0.1:${port}`));
+    cleanup.push(() => core.stop('SIGKILL'));
+    await until(async () => ((await panel.locator('.state').textContent()) === 'live' ? true : undefined), 30_000, 'the stream to reconnect');
+    await until(async () => (Number(await panel.locator('.latest').getAttribute('data-start')) > Number(before) + 5000 ? true : undefined), 40_000, 'newer windows after the restart');
+    mkdirSync(artifacts, { recursive: true });
+    await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
+  });
+
+  it('shows the fleet: servers with their state and the core health', async () => {
+    await page.getByRole('button', { name: 'Fleet' }).click();
+    await expect.poll(() => page.locator('#servers tbody tr').count(), { timeout: 10_000 }).toBe(6);
+    expect(await page.locator('#servers tbody tr[data-server="web-r1-00001"] td').nth(2).textContent()).toBe('reporting');
+    const racks = page.locator('#racks tbody tr[data-rack="r1"] td');
+    expect(await racks.nth(1).textContent()).toBe('6');
+    await expect.poll(async () => Number(((await page.locator('[data-card="ingest points/s"] .v').textContent()) ?? '0').replace(/,/g, '')), { timeout: 15_000 }).toBeGreaterThan(0);
+    await page.screenshot({ path: join(artifacts, 'fleet.png'), fullPage: true });
+  });
+});
