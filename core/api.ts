@@ -25,6 +25,14 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
   // Before every route: auth decides who is asking, the rate limit keys on it (issue 8).
   const auth = opts.auth ?? new ApiAuth({ tokens: null });
   app.use('*', auth.middleware());
+  // Refusals of the query API, by reason (issue 8: every refusal counted; auth
+  // failures have their own counter). Registered first so it sees every later middleware's answer.
+  const refused: Record<string, number> = {};
+  app.use('/api/v1/*', async (c, next) => {
+    await next();
+    const reason = refusalReason(c.req.path, c.res.status);
+    if (reason !== null) refused[reason] = (refused[reason] ?? 0) + 1;
+  });
   const queryRate = opts.queryRate;
   if (queryRate !== undefined) {
     // The query API only: /api/v1/query* and /api/v1/queries*, never ingest (racks retry on
@@ -32,6 +40,12 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     const cost = (path: string) => (path === '/api/v1/query' ? coreLimits.adHocQueryCost : path.startsWith('/api/v1/quer') ? 1 : 0);
     app.use('/api/v1/*', rateLimit(queryRate, cost));
   }
+  // Every body but ingest's (which has its own, larger limit below) is a small JSON document.
+  const smallBody = bodyLimit({
+    maxSize: coreLimits.queryBodyBytesMax,
+    onError: (c) => c.json({ error: `${c.req.method} ${c.req.path}: body exceeds ${coreLimits.queryBodyBytesMax} bytes; a stored query's JSON is far smaller` }, 413),
+  });
+  app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
   const live = addQueryRoutes(app, store, stored);
 
   app.onError((err, c) => {
@@ -103,14 +117,23 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', stored.counters.late_seconds_dropped);
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
-    p.counter('apm_core_metrics_overflow_total', 'Metrics not registered because the registry is full', store.registry.metricsOverflow);
+    p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per batch naming one', 'scope', store.registry.overflow);
+    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s.points_dropped_overflow });
     p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route)', 'reason', auth.failures);
+    p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits)', 'reason', refused);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
   });
 
   return app;
+}
+
+/** The reason a query API answer counts as refused, or null (success, or not a query route). */
+function refusalReason(path: string, status: number): string | null {
+  if (status < 400 || !path.startsWith('/api/v1/quer')) return null;
+  const reasons: Record<number, string> = { 400: 'bad_request', 404: 'not_found', 409: 'conflict', 413: 'body_too_large', 429: 'rate_limited', 503: 'busy' };
+  return reasons[status] ?? 'error';
 }
 
 export function kindName(kind: number): string {

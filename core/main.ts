@@ -73,6 +73,7 @@ export async function main(argv: string[]): Promise<void> {
     flushGraceMs: coreLimits.flushGraceMs,
     headBytesMax: coreLimits.headBytesMax,
     metricsMax: coreLimits.metricsMax,
+    metricsPerServerMax: coreLimits.metricsPerServerMax,
     serversMax: coreLimits.serversMax,
     racksMax: coreLimits.racksMax,
   });

@@ -37,7 +37,12 @@ interface StoredMetric {
   kind: number;
   first: number;
   last: number;
+  /** The server id that introduced it (per-server cardinality limit); absent: none known. */
+  by?: number;
 }
+
+/** Why a new metric was not registered: its server's budget or the registry's total is spent. */
+export type OverflowScope = 'server' | 'total';
 
 export class Registry {
   private readonly serversByName = new Map<string, ServerInfo>();
@@ -47,7 +52,11 @@ export class Registry {
   private readonly metricHashes: Uint32Array;
   private readonly dirtyServers = new Set<ServerInfo>();
   private readonly dirtyMetrics = new Set<number>();
-  metricsOverflow = 0;
+  /** Server id that introduced each metric (−1: none known), and how many each server introduced. */
+  private readonly metricBy: number[] = [];
+  private readonly introducedBy: number[] = [];
+  /** New metrics refused, by scope: each batch that names a refused metric counts once more. */
+  readonly overflow: Record<OverflowScope, number> = { server: 0, total: 0 };
 
   constructor(
     private readonly serverDb: Database<StoredServer, string>,
@@ -67,7 +76,13 @@ export class Registry {
       this.metricHashes[2 * m] = value.lo;
       this.metricHashes[2 * m + 1] = value.hi;
       this.metrics[m] = { hash: hashKey(value.lo, value.hi), name: value.name, kind: value.kind, firstSeenMs: value.first, lastSeenMs: value.last };
+      this.noteOwner(m, value.by ?? -1);
     }
+  }
+
+  private noteOwner(m: number, serverId: number): void {
+    this.metricBy[m] = serverId;
+    if (serverId >= 0) this.introducedBy[serverId] = (this.introducedBy[serverId] ?? 0) + 1;
   }
 
   /** The server's id, registering it (or its move to another rack); changes persist with flushDirty(). */
@@ -107,18 +122,49 @@ export class Registry {
     const before = this.metricIndex.size;
     const m = this.metricIndex.insert(lo, hi);
     if (m < 0) {
-      this.metricsOverflow++;
+      this.overflow.total++;
       return -1;
     }
     if (m === before) {
       this.metricHashes[2 * m] = lo;
       this.metricHashes[2 * m + 1] = hi;
       this.metrics[m] = { hash: hashKey(lo, hi), name: null, kind, firstSeenMs: nowMs, lastSeenMs: nowMs };
+      this.noteOwner(m, -1);
       this.dirtyMetrics.add(m);
     }
     const info = this.metrics[m]!;
     if (nowMs > info.lastSeenMs) info.lastSeenMs = nowMs;
     return m;
+  }
+
+  /** The index of a registered metric (updating its last-seen time), or −1. */
+  touch(lo: number, hi: number, nowMs: number): number {
+    const m = this.metricIndex.get(lo, hi);
+    if (m >= 0 && nowMs > this.metrics[m]!.lastSeenMs) this.metrics[m]!.lastSeenMs = nowMs;
+    return m;
+  }
+
+  /**
+   * Registers a new metric introduced by `serverId` (−1: unknown, only the total applies), unless
+   * that server has introduced `perServerMax` already or the registry is full; refusals counted.
+   */
+  admit(opts: { lo: number; hi: number; kind: number; nowMs: number; serverId: number; perServerMax: number }): OverflowScope | null {
+    const { lo, hi, serverId } = opts;
+    const known = this.metricIndex.get(lo, hi);
+    if (known >= 0) return null;
+    if (serverId >= 0 && (this.introducedBy[serverId] ?? 0) >= opts.perServerMax) {
+      this.overflow.server++;
+      return 'server';
+    }
+    const m = this.metric(lo, hi, opts.kind, opts.nowMs);
+    if (m < 0) return 'total';
+    this.noteOwner(m, serverId); // metric() noted it with no owner
+    return null;
+  }
+
+  /** Metrics `serverId` introduced (its share of the per-server cardinality limit). */
+  introducedCount(serverId: number): number {
+    return this.introducedBy[serverId] ?? 0;
   }
 
   name(lo: number, hi: number, name: string, nowMs: number): void {
@@ -146,7 +192,8 @@ export class Registry {
     this.dirtyServers.clear();
     for (const m of this.dirtyMetrics) {
       const info = this.metrics[m]!;
-      this.metricDb.put(info.hash, { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, name: info.name, kind: info.kind, first: info.firstSeenMs, last: info.lastSeenMs });
+      const by = this.metricBy[m] ?? -1;
+      this.metricDb.put(info.hash, { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, name: info.name, kind: info.kind, first: info.firstSeenMs, last: info.lastSeenMs, ...(by >= 0 ? { by } : {}) });
     }
     this.dirtyMetrics.clear();
   }

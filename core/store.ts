@@ -18,6 +18,7 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { decodeFrame, type RackBatchMessage, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { decodeRow, encodeRow, RowError, type DecodedRow } from './block.js';
+import { admitMetrics, withoutMetrics } from './cardinality.js';
 import { Registry } from './registry.js';
 import { asDecoded, RowBuilder, type BatchItem } from './rows.js';
 
@@ -33,6 +34,8 @@ export interface StoreOptions {
   metricsMax: number;
   /** Servers and racks the registry accepts; a batch naming new ones beyond it is refused (counted). */
   serversMax?: number;
+  /** New metrics one server may introduce; beyond it (or metricsMax) their points are dropped, counted. */
+  metricsPerServerMax?: number;
   racksMax?: number;
   /** Storage budget: ingest answers 503 once the data in use reaches it (0: no budget). */
   diskBytesMax: number;
@@ -79,6 +82,8 @@ export class Store {
     rows_corrupt: 0,
     retention_rows_deleted: 0,
     wal_replayed: 0,
+    /** Points and summaries of metrics refused by the cardinality limits (not stored). */
+    points_dropped_overflow: 0,
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_batch', number>> = {};
   lastError = '';
@@ -107,7 +112,8 @@ export class Store {
         console.error(`core: WAL entry ${key} does not decode (${r.ok ? 'not a batch' : r.detail}); it is kept for inspection`);
         continue;
       }
-      this.addToHead(r.msg, key, value.length);
+      const serverIds = this.serverIds(r.msg, Date.now());
+      this.addToHead(this.admitted(r.msg, serverIds, Date.now()), key, value.length, serverIds);
       this.counters.wal_replayed++;
     }
   }
@@ -173,8 +179,8 @@ export class Store {
       return { status: 400, reason: 'registry_full', error: `the registry holds ${this.registry.serverCount} servers and ${this.rackIds.size} racks (limits ${this.opts.serversMax ?? 1_000_000} / ${this.opts.racksMax ?? 100_000}); batch from rack ${msg.rack} names new ones` };
     }
     const now = Date.now();
-    this.noteMetrics(msg, now);
     const serverIds = this.serverIds(msg, now);
+    const admitted = this.admitted(msg, serverIds, now);
     const walKey = this.walSeq++;
     try {
       await this.root.transaction(() => {
@@ -187,7 +193,7 @@ export class Store {
       this.lastError = (err as Error).message;
       return { status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space or raise --map-bytes; the rack will retry` };
     }
-    this.addToHead(msg, walKey, body.length, serverIds);
+    this.addToHead(admitted, walKey, body.length, serverIds);
     this.onIngest?.(msg.second);
     if (msg.second < this.flushedThrough) this.counters.batches_late++;
     let points = 0;
@@ -203,15 +209,23 @@ export class Store {
     return { status: 204, duplicate: false, points: points + summaries };
   }
 
-  private noteMetrics(msg: RackBatchMessage, now: number): void {
+  /**
+   * Registers the batch's metrics within the cardinality limits (core/cardinality.ts) and learns
+   * their names; returns the batch without the refused metrics' data (counted).
+   */
+  private admitted(msg: RackBatchMessage, serverIds: Uint32Array, now: number): RackBatchMessage {
+    const drop = admitMetrics(this.registry, msg, serverIds, { nowMs: now, perServerMax: this.opts.metricsPerServerMax ?? this.opts.metricsMax });
     const r = msg.rollup;
-    for (let i = 0; i < r.distKinds.length; i++) this.registry.metric(r.distHashes[2 * i]!, r.distHashes[2 * i + 1]!, r.distKinds[i]!, now);
     let start = 0;
     for (let j = 0; j < r.nameEnds.length; j++) {
       const end = r.nameEnds[j]!;
-      this.registry.name(r.nameHashes[2 * j]!, r.nameHashes[2 * j + 1]!, Buffer.from(r.nameBytes.buffer, r.nameBytes.byteOffset + start, end - start).toString('latin1'), now);
+      if (drop === null || drop.get(r.nameHashes[2 * j]!, r.nameHashes[2 * j + 1]!) < 0) this.registry.name(r.nameHashes[2 * j]!, r.nameHashes[2 * j + 1]!, Buffer.from(r.nameBytes.buffer, r.nameBytes.byteOffset + start, end - start).toString('latin1'), now);
       start = end;
     }
+    if (drop === null) return msg;
+    const kept = withoutMetrics(msg, drop);
+    this.counters.points_dropped_overflow += kept.dropped;
+    return kept.msg;
   }
 
   /** Seconds before this have had their block written at least once. */

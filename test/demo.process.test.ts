@@ -19,16 +19,41 @@ async function freePort(): Promise<number> {
 describe('apm demo', () => {
   it('starts core, racks, edge and a simulated fleet, stores data, and stops on SIGINT', async () => {
     const port = await freePort();
-    const demo = spawnApm(['demo', '--data', mkdtempSync(join(tmpdir(), 'apm-demo-')), '--port', String(port), '--servers', '50', '--metrics', '30']);
+    const data = mkdtempSync(join(tmpdir(), 'apm-demo-'));
+    const demo = spawnApm(['demo', '--data', data, '--port', String(port), '--servers', '50', '--metrics', '30']);
     try {
       await demo.waitFor(/simulated fleet: .* sending/, 30_000);
+      await demo.waitFor(new RegExp(`Dashboard: http://127\\.0\\.0\\.1:${port}/`), 10_000);
+      const page = await fetch(`http://127.0.0.1:${port}/`);
+      expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+      expect(await page.text()).toContain('<script src="/ui/app.js?v=');
       const servers = await until(async () => {
         const r = (await (await fetch(`http://127.0.0.1:${port}/api/v1/servers`)).json()) as { servers: { id: string; rack: string }[] };
         return r.servers.length >= 51 ? r.servers : undefined;
       }, 20_000, '50 simulated servers and this host at the core');
       expect(new Set(servers.map((s) => s.rack))).toEqual(new Set(['r1', 'r2']));
       await demo.waitFor(/ingest [\d,]+ points\/s/, 15_000);
+      const first = (await (await fetch(`http://127.0.0.1:${port}/api/v1/queries`)).json()) as { queries: { id: string; name: string }[] };
+      expect(first.queries.map((q) => q.name)).toContain('RPC latency (ms)');
+      const cpu = first.queries.find((q) => q.name === 'Fleet CPU (%)')!;
+      await until(async () => {
+        const r = (await (await fetch(`http://127.0.0.1:${port}/api/v1/queries/${cpu.id}/results?from=-5m`)).json()) as { windows: unknown[] };
+        return r.windows.length > 0 ? true : undefined;
+      }, 20_000, 'a first window of the fleet CPU query');
       expect(await demo.stop('SIGINT')).toBe(0);
+
+      // A second start reuses the data directory: same stored queries, history kept.
+      const again = spawnApm(['demo', '--data', data, '--port', String(port), '--servers', '50', '--metrics', '30']);
+      try {
+        await again.waitFor(/Dashboard: /, 30_000);
+        const second = (await (await fetch(`http://127.0.0.1:${port}/api/v1/queries`)).json()) as { queries: { id: string; name: string }[] };
+        expect(second.queries.map((q) => q.id).sort()).toEqual(first.queries.map((q) => q.id).sort());
+        const r = (await (await fetch(`http://127.0.0.1:${port}/api/v1/queries/${cpu.id}/results?from=-10m`)).json()) as { windows: unknown[] };
+        expect(r.windows.length).toBeGreaterThan(0);
+        expect(await again.stop('SIGINT')).toBe(0);
+      } finally {
+        await again.stop('SIGKILL');
+      }
     } finally {
       await demo.stop('SIGKILL');
     }

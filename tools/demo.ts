@@ -146,14 +146,16 @@ export async function main(argv: string[]): Promise<void> {
   const host = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64) || 'localhost';
   await ensureQueries(core, host);
   console.log(`
-Look at:
+Dashboard: ${core}/   (stored queries live, the fleet view, create/edit queries)
+
+Also:
   ${core}/api/v1/servers     servers and racks the core has seen
   ${core}/api/v1/metrics     metric names and kinds
   ${core}/metrics            the core's own counters (ingest, rows, WAL, disk)
   ${core}/api/v1/queries     the stored queries; /api/v1/queries/<id>/results and /live (SSE)
   ./tools/apm query "FROM sim-* SELECT sim.rpc_latency_ms.0 WINDOW 5s COMPUTE p50, p99, max" --from -2m
   http://127.0.0.1:7071/metrics   rack r1 (datagrams, NACKs, recovered/lost parts, spool)
-(The dashboard at ${core}/ is not built yet; Ctrl-C stops.)
+Ctrl-C stops everything; a second start reuses ${data}.
 `);
   let last = await prom(`${core}/metrics`);
   let lastMs = Date.now();

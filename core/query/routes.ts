@@ -3,6 +3,7 @@
 
 import type { Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
+import { coreLimits } from '../limits.js';
 import type { Store } from '../store.js';
 import { evaluate, type WindowResult } from './eval.js';
 import { parseQuery, QueryError } from './parse.js';
@@ -28,11 +29,13 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     if (err instanceof TimeError) return { body: { error: err.message }, status: 400 as const };
     throw err;
   };
-  const range = (from: string | undefined, to: string | undefined) => {
+  // Bounded ranges (issue 8): an ad-hoc query reads storage over all of it.
+  const range = (from: string | undefined, to: string | undefined, rangeMsMax: number, hint: string) => {
     const now = Date.now();
     const toMs = parseTime(to, now, now, 'to');
     const fromMs = parseTime(from, toMs - 3_600_000, now, 'from');
     if (fromMs >= toMs) throw new TimeError(`from (${fromMs}) must be before to (${toMs})`);
+    if (toMs - fromMs > rangeMsMax) throw new TimeError(`from..to spans ${Math.round((toMs - fromMs) / 86_400_000)} days > limit ${rangeMsMax / 86_400_000} days; ${hint}`);
     return { fromMs, toMs };
   };
 
@@ -67,7 +70,7 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     const q = stored.get(c.req.param('id'));
     if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
     try {
-      const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'));
+      const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.resultsRangeMsMax, 'narrow from/to');
       const windows = stored.resultsJson(q.id, fromMs, toMs, routeLimits.windowsPerAnswerMax);
       if (windows.length > routeLimits.windowsPerAnswerMax) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
       // Stored as JSON text: the answer is assembled without parsing them.
@@ -126,7 +129,7 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
       const text = c.req.query('q');
       if (text === undefined) return c.json({ error: 'missing q=<query>' }, 400);
       const q = parseQuery(text);
-      const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'));
+      const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.adHocRangeMsMax, 'narrow from/to, or make it a stored query (its results keep for the retention)');
       const windows = Math.ceil((toMs - fromMs) / 1000 / q.windowSeconds);
       if (windows > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range` }, 400);
       return c.json({ query: q.text, windows: evaluate(store, q, Math.ceil(fromMs / 1000), Math.ceil(toMs / 1000)) });
