@@ -19,7 +19,7 @@ Usage: apm edge --server <id> --rack <host:port> [options]
   --series-max <n>         active series kept; new ones beyond are dropped and counted (default ${edgeLimits.seriesMax})
   --key-file <file>        keys shared with the rack: datagrams are signed with the first (the auth
                            header counts within --datagram-bytes); NACKs must be signed with any
-  --clock-offset <dur>     FOR TESTING: pretend the clock is off by this much (e.g. -30s, 30s), to
+  --clock-offset <dur>     FOR TESTING: pretend the clock is off by this much (--clock-offset=-30s, =30s), to
                            check the rack refuses a skewed edge (clock_skew)
   --help                   this text
 

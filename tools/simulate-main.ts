@@ -22,7 +22,7 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
                          metrics matching --record-servers / --record-metrics (regular expressions)
   --key-file <file>      keys shared with the racks, as for apm edge: datagrams are signed with the
                          first key, NACKs must be signed with any
-  --clock-offset <dur>   FOR TESTING: every simulated edge's clock is off by this much (e.g. -30s)
+  --clock-offset <dur>   FOR TESTING: every simulated edge's clock is off by this much (--clock-offset=-30s)
   --help                 this text
 
 ${keyFileHelp}`;
