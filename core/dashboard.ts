@@ -4,7 +4,7 @@
 // (`POST /api/v1/racks/:rack/status`).
 
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Hono } from 'hono';
@@ -21,8 +21,11 @@ interface Asset {
   url: string;
 }
 
-/** The page's own files live in core/ui (plain ES modules: nothing to build on the user's side). */
-const uiDir = fileURLToPath(new URL('../../core/ui/', import.meta.url));
+/**
+ * The page's own files live in core/ui (plain ES modules: nothing to build on the user's side):
+ * beside this module when it runs from source (tests), two levels up from dist/core when built.
+ */
+const uiDir = [new URL('./ui/', import.meta.url), new URL('../../core/ui/', import.meta.url)].map((u) => fileURLToPath(u)).find((d) => existsSync(`${d}index.html`)) ?? fileURLToPath(new URL('./ui/', import.meta.url));
 const require = createRequire(import.meta.url);
 
 const csp = [
