@@ -9,6 +9,8 @@ import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
 import type { Store } from './store.js';
 import { addQueryRoutes } from './query/routes.js';
+import { addDashboardRoutes } from './dashboard.js';
+import { CoreStatus } from './status.js';
 import type { StoredQueries } from './query/stored.js';
 
 export interface ApiOptions {
@@ -17,6 +19,8 @@ export interface ApiOptions {
   auth?: ApiAuth;
   /** Per-client rate limit of the query API; absent: none. */
   queryRate?: RateLimiter;
+  /** The fleet view's health figures (sampled by the daemon); absent: an unsampled one. */
+  status?: CoreStatus;
 }
 
 export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions): Hono {
@@ -47,6 +51,7 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
   });
   app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
   const live = addQueryRoutes(app, store, stored);
+  addDashboardRoutes(app, { store, stored, status: opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax }) });
 
   app.onError((err, c) => {
     console.error(`core: ${c.req.method} ${c.req.path} failed:`, err);

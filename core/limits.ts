@@ -31,6 +31,8 @@ export const coreLimits = {
   lateSecondsMax: 100_000,
   /** Registry last-seen times are persisted this often. */
   registrySaveMs: 10_000,
+  /** One-second samples of the ingest counters behind the dashboard's rates: rates over 10 s. */
+  statusSamplesMax: 11,
   /** New metrics one server may introduce: 10× the design's 2,000 per server. A server that
    * mints names (a request id in a metric name) fills its own budget, not the whole registry;
    * its further new metrics are refused and their points dropped, both counted. */

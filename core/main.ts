@@ -9,6 +9,7 @@ import { coreLimits } from './limits.js';
 import { RateLimiter } from './ratelimit.js';
 import { Store } from './store.js';
 import { StoredQueries } from './query/stored.js';
+import { CoreStatus } from './status.js';
 
 export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard
 
@@ -83,9 +84,14 @@ export async function main(argv: string[]): Promise<void> {
     queriesMax: coreLimits.storedQueriesMax,
     lateSecondsMax: coreLimits.lateSecondsMax,
   });
-  store.onIngest = (second) => stored.noteData(second);
+  const status = new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
+  store.onIngest = (second) => {
+    stored.noteData(second);
+    status.noteSecond(second);
+  };
   const app = createApi(store, stored, {
     ingestBodyBytesMax: coreLimits.ingestBodyBytesMax,
+    status,
     auth,
     queryRate: queryRate === 0 ? undefined : new RateLimiter({ ratePerSecond: queryRate, burst: coreLimits.queryBurst, bucketsMax: coreLimits.rateBucketsMax }),
   });
@@ -106,7 +112,11 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGHUP', () => reloadTokens(auth, values.tokens));
   const authNote = auth.tokens === null ? 'no auth (loopback dev default)' : `${auth.tokens.size} tokens from ${values.tokens}`;
   console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, retention ${values.retention}, ${store.counters.wal_replayed} batches replayed from the WAL, ${authNote})`);
-  const flushTimer = setInterval(() => void store.flushDue(Date.now()).catch((e: unknown) => console.error('core: flush failed', e)), 1000);
+  const flushTimer = setInterval(() => {
+    const c = store.counters;
+    status.sample(Date.now(), { points: c.points_ingested + c.summaries_ingested, batches: c.batches_ingested, bytes: c.bytes_ingested });
+    void store.flushDue(Date.now()).catch((e: unknown) => console.error('core: flush failed', e));
+  }, 1000);
   const sweepMs = Math.min(coreLimits.retentionSweepMs, Math.max(1000, retentionMs / 4));
   const retentionTimer = setInterval(() => void store.retentionSweep(Date.now()).catch((e: unknown) => console.error('core: retention sweep failed', e)), sweepMs);
   let evaluating = false;

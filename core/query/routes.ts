@@ -40,17 +40,10 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
   };
 
   app.post('/api/v1/queries', async (c) => {
-    let body: { name?: unknown; query?: unknown };
+    const d = await readDefinition(c.req.raw);
+    if (typeof d === 'string') return c.json({ error: d }, 400);
     try {
-      body = await c.req.json();
-    } catch {
-      return c.json({ error: 'body must be JSON {"name": "...", "query": "..."}' }, 400);
-    }
-    if (typeof body.query !== 'string') return c.json({ error: '"query" must be a string' }, 400);
-    const name = typeof body.name === 'string' && body.name.trim() !== '' ? body.name.trim() : body.query;
-    if (name.length > routeLimits.nameCharsMax) return c.json({ error: `"name" is longer than ${routeLimits.nameCharsMax} characters` }, 400);
-    try {
-      return c.json(await stored.create(name, body.query, Date.now()), 201);
+      return c.json(await stored.create(d.name, d.query, Date.now()), 201);
     } catch (err) {
       if (err instanceof QueryError) return c.json({ error: err.message, position: err.position }, 400);
       return c.json({ error: (err as Error).message }, 409);
@@ -65,6 +58,19 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
   });
 
   app.delete('/api/v1/queries/:id', async (c) => ((await stored.delete(c.req.param('id'))) ? c.body(null, 204) : c.json({ error: `no stored query ${c.req.param('id')}` }, 404)));
+
+  // Edit: same id, new name and text; the old results are dropped (StoredQueries.update).
+  app.put('/api/v1/queries/:id', async (c) => {
+    const d = await readDefinition(c.req.raw);
+    if (typeof d === 'string') return c.json({ error: d }, 400);
+    try {
+      const q = await stored.update(c.req.param('id'), d.name, d.query, Date.now());
+      return q === undefined ? c.json({ error: `no stored query ${c.req.param('id')}` }, 404) : c.json(q);
+    } catch (err) {
+      const r = bad(err);
+      return c.json(r.body, r.status);
+    }
+  });
 
   app.get('/api/v1/queries/:id/results', (c) => {
     const q = stored.get(c.req.param('id'));
@@ -140,4 +146,19 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
   });
 
   return { subscribers: () => subscribers, dropped: () => dropped };
+}
+
+/** A stored query's definition from a request body, or an error text. The name defaults to the query. */
+async function readDefinition(req: Request): Promise<{ name: string; query: string } | string> {
+  let body: { name?: unknown; query?: unknown };
+  try {
+    body = (await req.json()) as typeof body;
+  } catch {
+    return 'body must be JSON {"name": "...", "query": "..."}';
+  }
+  if (typeof body !== 'object' || body === null) return 'body must be JSON {"name": "...", "query": "..."}';
+  if (typeof body.query !== 'string') return '"query" must be a string';
+  const name = typeof body.name === 'string' && body.name.trim() !== '' ? body.name.trim() : body.query;
+  if (name.length > routeLimits.nameCharsMax) return `"name" is longer than ${routeLimits.nameCharsMax} characters`;
+  return { name, query: body.query };
 }
