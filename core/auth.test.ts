@@ -53,6 +53,8 @@ describe('tokens file', () => {
     f('GET', '/metrics', 'read');
     f('HEAD', '/api/v1/servers', 'read');
     f('POST', '/api/v1/ingest', 'ingest');
+    f('POST', '/api/v1/racks/r01/status', 'ingest');
+    f('POST', '/api/v1/racks/r01/other', 'admin');
     f('POST', '/api/v1/queries', 'write');
     f('PUT', '/api/v1/queries/abc', 'write');
     f('DELETE', '/api/v1/queries/abc', 'write');

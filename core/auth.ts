@@ -103,7 +103,8 @@ export class TokenSet {
 export function accessFor(method: string, path: string): Access {
   const m = method === 'HEAD' ? 'GET' : method;
   if (m === 'GET' && (path === '/' || path === '/healthz' || path.startsWith('/ui/'))) return 'public';
-  if (m === 'POST' && path === '/api/v1/ingest') return 'ingest';
+  // Racks send batches and their own status report (the dashboard's fleet view) with one token.
+  if (m === 'POST' && (path === '/api/v1/ingest' || /^\/api\/v1\/racks\/[^/]+\/status$/.test(path))) return 'ingest';
   if (m === 'GET') return 'read';
   if ((m === 'POST' || m === 'PUT' || m === 'DELETE') && (path === '/api/v1/queries' || path.startsWith('/api/v1/queries/'))) return 'write';
   // Anything else that changes state has no role of its own yet: admins only.
