@@ -30,9 +30,11 @@ export class Forwarder {
   private stopped = false;
   /** Set while the last attempt failed; cleared by the next 2xx. */
   coreDown = false;
-  readonly counters = { batches_acked: 0, bytes_acked: 0, batches_failed: 0, batches_rejected: 0, batches_replayed: 0, batches_unauthorized: 0 };
+  readonly counters = { batches_acked: 0, bytes_acked: 0, batches_failed: 0, batches_rejected: 0, batches_replayed: 0, batches_unauthorized: 0, status_reports_failed: 0 };
   /** Set while the core refuses the token (401/403); cleared by the next 2xx. */
   authRefused = false;
+  /** Newest second whose batch the core acknowledged (0: none yet). */
+  ackedSecond = 0;
   /** Seconds from a second's end to the core's acknowledgement of its batch. */
   readonly ackLatency = new Histogram([0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 30, 60, 120, 300]);
 
@@ -147,7 +149,10 @@ export class Forwarder {
     this.counters.batches_acked++;
     this.counters.bytes_acked += bytes;
     const second = this.secondOf.get(seq);
-    if (second !== undefined) this.ackLatency.observe(Date.now() / 1000 - (second + 1));
+    if (second !== undefined) {
+      this.ackLatency.observe(Date.now() / 1000 - (second + 1));
+      if (second > this.ackedSecond) this.ackedSecond = second;
+    }
     this.secondOf.delete(seq);
     if (this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} ${this.authRefused ? 'accepts the token again' : 'is back'}; draining ${this.spool.heldBatches} spooled batches`);
     this.coreDown = false;
@@ -155,6 +160,26 @@ export class Forwarder {
     this.backoffMs = 0;
     this.retryAt = 0;
     this.pump();
+  }
+
+  /**
+   * Sends the rack's status report (POST /api/v1/racks/<rack>/status) beside the batches. Best
+   * effort: a report is a snapshot, so a failed one is counted and the next replaces it.
+   */
+  async report(rack: string, status: object): Promise<void> {
+    if (this.stopped) return;
+    try {
+      const res = await this.pool.request({
+        path: new URL(`/api/v1/racks/${encodeURIComponent(rack)}/status`, this.opts.coreUrl).pathname,
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(this.opts.token === null ? {} : { authorization: `Bearer ${this.opts.token}` }) },
+        body: JSON.stringify(status),
+      });
+      await res.body.dump();
+      if (res.statusCode >= 300) this.counters.status_reports_failed++;
+    } catch {
+      this.counters.status_reports_failed++;
+    }
   }
 
   /** Waits (bounded) for in-flight sends, then closes connections. */

@@ -47,6 +47,7 @@ export class Rack {
   private readonly queuePeers: dgram.RemoteInfo[] = [];
   private queueBytes = 0;
   private timer: NodeJS.Timeout | null = null;
+  private reportTimer: NodeJS.Timeout | null = null;
   private pendingWrites = 0;
   private prunedMs = 0;
   recvBufferBytes = 0;
@@ -122,6 +123,8 @@ export class Rack {
       this.http = serve({ fetch: app.fetch, hostname: this.opts.httpHost, port: this.opts.httpPort }, (info) => resolve(info.port));
     });
     this.timer = setInterval(() => this.tick(Date.now()), l.tickMs);
+    this.reportTimer = setInterval(() => void this.forwarder.report(this.opts.rack, this.statusReport()), l.statusReportMs);
+    this.reportTimer.unref();
     this.forwarder.pump();
     return { udpPort: socket.address().port, httpPort };
   }
@@ -233,6 +236,7 @@ export class Rack {
   /** Closes what is open, spools it, gives in-flight sends a moment, and closes everything. */
   async stop(): Promise<void> {
     if (this.timer !== null) clearInterval(this.timer);
+    if (this.reportTimer !== null) clearInterval(this.reportTimer);
     this.drain(Date.now());
     for (const batch of this.reassembly.flush()) this.forward(batch);
     while (this.pendingWrites > 0) await new Promise((r) => setTimeout(r, 10));
@@ -240,6 +244,27 @@ export class Rack {
     await new Promise<void>((r) => (this.socket ? this.socket.close(() => r()) : r()));
     await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
     await this.spool.close();
+  }
+
+  /** What the core's fleet view shows about this rack (core/status.ts RackStatus). */
+  statusReport(): Record<string, number> {
+    const r = this.reassembly;
+    let rejected = this.counters.queue_dropped;
+    for (const table of [this.guard.rejected, this.rejected, r.rejected] as Record<string, number | undefined>[]) for (const n of Object.values(table)) rejected += n ?? 0;
+    return {
+      datagramsReceived: this.counters.datagrams_received,
+      datagramsRejected: rejected,
+      partsRecovered: r.counters.parts_recovered,
+      partsLost: r.counters.parts_lost,
+      partsLate: r.counters.parts_late,
+      secondsIncomplete: r.counters.seconds_incomplete,
+      spoolBytes: this.spool.heldBytes,
+      spoolBatches: this.spool.heldBatches,
+      spoolDropped: this.spool.droppedBatches,
+      forwardFailures: this.forwarder.counters.batches_failed,
+      servers: r.serverCount,
+      ackedSecond: this.forwarder.ackedSecond,
+    };
   }
 
   metricsText(): string {
@@ -294,6 +319,7 @@ export class Rack {
     p.counter('apm_rack_batches_acked_total', 'Batches the core acknowledged', f.counters.batches_acked);
     p.counter('apm_rack_batches_failed_total', 'Batch sends that failed and will be retried', f.counters.batches_failed);
     p.counter('apm_rack_batches_rejected_total', 'Batches the core refused for good (4xx)', f.counters.batches_rejected);
+    p.counter('apm_rack_status_reports_failed_total', 'Status reports to the core (fleet view) that failed; the next one replaces them', f.counters.status_reports_failed);
     p.counter('apm_rack_batches_replayed_total', 'Batches found in the spool at start-up', f.counters.batches_replayed);
     p.gauge('apm_rack_core_up', '1 when the last send to the core succeeded', f.coreDown ? 0 : 1);
     p.histogram('apm_rack_forward_latency_seconds', "Time from a second's end to the core's acknowledgement", f.ackLatency);
