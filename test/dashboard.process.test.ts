@@ -146,3 +146,38 @@ describe('dashboard in Chromium', () => {
     await page.screenshot({ path: join(artifacts, 'fleet.png'), fullPage: true });
   });
 });
+
+describe('dashboard with API tokens', () => {
+  it('asks for a token, then loads the queries and opens the live stream with it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-dash-auth-'));
+    const tokensFile = join(dir, 'tokens');
+    const token = async (role: string, name: string) => {
+      const t = spawnApm(['token', 'create', '--role', role, '--name', name, '--tokens', tokensFile]);
+      expect(await t.exited()).toBe(0);
+      return t.output[t.output.length - 1]!;
+    };
+    const writer = await token('write', 'ops');
+    const reader = await token('read', 'viewer');
+    const core = spawnApm(['core', '--listen', '127.0.0.1:0', '--data', join(dir, 'core'), '--tokens', tokensFile]);
+    cleanup.push(() => core.stop('SIGKILL'));
+    const url = (await core.waitFor(/apm core: (http:\/\/127\.0\.0\.1:\d+)\//, 20_000))[1]!;
+    const created = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { authorization: `Bearer ${writer}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'guarded', query: 'FROM * SELECT cpu WINDOW 5s COMPUTE max' }) });
+    expect(created.status).toBe(201);
+    const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+    cleanup.push(() => browser.close());
+    const page = await browser.newPage();
+    await page.goto(url);
+    // The page and its assets are public; the API answers 401, so the page asks for a token.
+    await page.locator('#token-bar').waitFor({ state: 'visible' });
+    await page.locator('#token').fill('apm_wrong');
+    await page.getByRole('button', { name: 'Use token' }).click();
+    await expect.poll(() => page.locator('#token-error').textContent()).toMatch(/token/i);
+    await page.locator('#token').fill(reader);
+    await page.getByRole('button', { name: 'Use token' }).click();
+    const panel = page.locator('article.panel', { hasText: 'guarded' });
+    await panel.waitFor();
+    // The live stream authenticates with ?access_token= (EventSource cannot send headers).
+    await expect.poll(() => panel.locator('.state').textContent(), { timeout: 10_000 }).toBe('live');
+    expect(await page.evaluate('localStorage.getItem("apm.token")')).toBe(reader);
+  });
+});

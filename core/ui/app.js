@@ -17,6 +17,8 @@ const lateAfterMs = 10_000;
 const silentAfterMs = 60_000;
 /** Rows shown in the server table before asking to filter (the fleet has 10,000 servers). */
 const serverRowsMax = 500;
+/** Retries of a request the core rate-limited (429, waiting its Retry-After). */
+const rateRetriesMax = 3;
 const palette = ['#2c6ecb', '#d9480f', '#2b8a3e', '#862e9c', '#e67700', '#0b7285', '#c2255c', '#5c940d'];
 
 const $ = (id) => document.getElementById(id);
@@ -43,7 +45,13 @@ async function api(path, init = {}) {
   const headers = new Headers(init.headers);
   if (state.token) headers.set('authorization', `Bearer ${state.token}`);
   if (init.body !== undefined) headers.set('content-type', 'application/json');
-  const r = await fetch(path, { ...init, headers });
+  let r = await fetch(path, { ...init, headers });
+  // Rate limited (a burst of panels loading history): wait as told, a few times at most.
+  for (let tries = 0; r.status === 429 && tries < rateRetriesMax; tries++) {
+    const waitS = Math.min(10, Number(r.headers.get('retry-after')) || 1);
+    await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+    r = await fetch(path, { ...init, headers });
+  }
   if (r.status === 204) return null;
   let body = {};
   try {
