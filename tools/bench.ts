@@ -9,13 +9,14 @@ import { coreFigures } from './bench-core.js';
 import { queryFigures } from './bench-query.js';
 import { freshnessFigures } from './bench-fresh.js';
 import { fleetStep, type FleetStep } from './bench-fleet.js';
+import { lossFigures } from './bench-loss.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, rack, core, query, freshness, fleet
+  --only <section>   one of: edge, rack, core, query, freshness, loss, fleet
   --json <file>      also write the figures as one JSON object
   --help             this text
 
@@ -55,6 +56,8 @@ export async function main(argv: string[]): Promise<void> {
   await section('core', false, () => coreFigures(false));
   await section('query', false, () => queryFigures(false));
   await section('freshness', false, () => freshnessFigures(90));
+  // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
+  await section('loss', false, () => lossFigures(quick));
   const steps: FleetStep[] = [];
   if (wanted('fleet', true)) {
     console.log(`\n== fleet (servers × ${fleetMetrics} metrics, real processes; a step keeps up when every window is complete and readable within 5 s of its close)`);
