@@ -3,6 +3,7 @@
 
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
 import { ApiAuth } from './auth.js';
 import { coreLimits } from './limits.js';
@@ -124,6 +125,7 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per batch naming one', 'scope', store.registry.overflow);
     p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s.points_dropped_overflow });
+    p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
     p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route)', 'reason', auth.failures);
     p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits)', 'reason', refused);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);

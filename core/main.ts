@@ -10,6 +10,7 @@ import { RateLimiter } from './ratelimit.js';
 import { Store } from './store.js';
 import { StoredQueries } from './query/stored.js';
 import { CoreStatus } from './status.js';
+import { guardLmdbRejections } from '../schema/lmdb.js';
 
 export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard
 
@@ -54,6 +55,12 @@ export async function main(argv: string[]): Promise<void> {
     console.log(coreHelp);
     return;
   }
+  // A full disk must not end the core (issue 8): lmdb-js may leave a failed commit's rejection unhandled.
+  let lmdbLogged = 0;
+  guardLmdbRejections((message) => {
+    if (Date.now() - lmdbLogged > 10_000) console.error(`core: an LMDB write failed (${message}); free disk space — the write is retried or refused with 503`);
+    lmdbLogged = Date.now();
+  });
   const listen = parseHostPort(values.listen!, '--listen');
   if (!loopback.test(listen.host) && values.tokens === undefined) {
     throw new UsageError(

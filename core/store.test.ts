@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Encoder, KindCode, type SeriesColumns } from '../schema/codec.js';
@@ -134,5 +135,43 @@ describe('Store', () => {
     expect(await store.retentionSweep(Date.now())).toBe(1);
     expect(dump(store, 'old', now - 700, now + 1)).toEqual({ [`a@${now}`]: 2 });
     await store.close();
+  });
+
+  it('answers 503 with the cause while the disk is really full (a tmpfs), keeps what it acknowledged, and recovers without a restart', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-full-'));
+    // Root, as in CI: a file system that fills up. No free-space reserve, so LMDB's own write
+    // fails; a filler file takes the room and is deleted to give it back.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir]);
+    try {
+      const store = new Store({ dir: join(dir, 'core'), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, diskBytesMax: 0, diskReserveBytes: 0 });
+      const points = (v: number) => ({ 'web-1': { points: Array.from({ length: 200 }, (_, i) => ({ name: `m.${i}`, kind: KindCode.Gauge as const, value: v + i })) } });
+      expect((await store.ingest(batch(t0, points(1)))).status).toBe(204);
+      writeFileSync(join(dir, 'filler'), new Uint8Array(0));
+      try {
+        for (;;) appendFileSync(join(dir, 'filler'), new Uint8Array(64 * 1024));
+      } catch (err) {
+        expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      let refused = 0;
+      for (let i = 1; i < 40 && refused === 0; i++) {
+        const r = await store.ingest(batch(t0 + i, points(i + 1)));
+        if (r.status === 503) {
+          refused = i;
+          expect(r.reason).toBe('storage_full');
+          expect(r.error).toMatch(/^storage write failed \(.+\); free disk space/);
+        } else expect(r.status).toBe(204);
+      }
+      expect(refused).toBeGreaterThan(0);
+      rmSync(join(dir, 'filler'));
+      // The rack retries the refused batch: now stored, and every acknowledged second is there.
+      expect((await store.ingest(batch(t0 + refused, points(refused + 1)))).status).toBe(204);
+      await store.flushDue(Date.now() + 1e9);
+      const stored = dump(store, 'm.7', t0, t0 + 60);
+      expect(Object.keys(stored).length).toBe(refused + 1);
+      expect(stored[`web-1@${t0 + refused}`]).toBe(refused + 1 + 7);
+      await store.close();
+    } finally {
+      execFileSync('umount', [dir]);
+    }
   });
 });

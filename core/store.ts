@@ -14,9 +14,10 @@
 // into its rows.
 
 import { statfsSync } from 'node:fs';
-import { open, type Database, type RootDatabase } from 'lmdb';
+import type { Database, RootDatabase } from 'lmdb';
 import { decodeFrame, type RackBatchMessage, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
+import { openLmdb, writeFailure } from '../schema/lmdb.js';
 import { decodeRow, encodeRow, RowError, type DecodedRow } from './block.js';
 import { admitMetrics, withoutMetrics } from './cardinality.js';
 import { Registry } from './registry.js';
@@ -92,7 +93,7 @@ export class Store {
   private room = { checkedMs: 0, reason: '' };
 
   constructor(readonly opts: StoreOptions) {
-    this.root = open({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 8 });
+    this.root = openLmdb({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 8 });
     this.wal = this.root.openDB<Uint8Array, number>({ name: 'wal', encoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
     this.seen = this.root.openDB<number, string>({ name: 'seen', encoding: 'json' });
@@ -190,7 +191,7 @@ export class Store {
       });
     } catch (err) {
       this.counters.storage_full++;
-      this.lastError = (err as Error).message;
+      this.lastError = writeFailure(err);
       return { status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space or raise --map-bytes; the rack will retry` };
     }
     this.addToHead(admitted, walKey, body.length, serverIds);
@@ -268,7 +269,7 @@ export class Store {
       });
     } catch (err) {
       this.counters.flush_errors++;
-      this.lastError = (err as Error).message;
+      this.lastError = writeFailure(err);
       console.error(`core: writing block ${block} failed (${this.lastError}); its batches stay in the WAL and are retried`);
       return 0;
     }

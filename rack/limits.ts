@@ -57,6 +57,11 @@ export const rackLimits = {
   backoffMaxMs: 10_000,
   /** Spool bound (`--spool-bytes`): ~10 minutes of a full rack's batches. */
   spoolBytes: 1024 * 1024 * 1024,
+  /** Free file-system space the spool leaves: LMDB needs room to finish a transaction, and a
+   *  write into a full file system fails (lmdb-js rejects it; the rack then holds in memory). */
+  spoolReserveBytes: 64 * 1024 * 1024,
+  /** Batches held in memory while the disk refuses them: ~40 s of a full rack's batches. */
+  spoolMemoryBytesMax: 64 * 1024 * 1024,
   /** Socket receive buffer (DESIGN §2: the default loses 36% at 20 k datagrams/s). */
   recvBufferBytes: 8 * 1024 * 1024,
   tickMs: 20,

@@ -2,6 +2,7 @@
 
 import { readFileSync } from 'node:fs';
 import { keyFileHelp, readKeyFile } from '../schema/auth.js';
+import { guardLmdbRejections } from '../schema/lmdb.js';
 import { isServerId } from '../schema/names.js';
 import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
@@ -57,6 +58,9 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (values.rack === undefined || !isServerId(values.rack)) throw new UsageError(`--rack ${JSON.stringify(values.rack ?? '')} must be an id like r01 ([A-Za-z0-9._-]{1,64})\n\n${rackHelp}`);
+  // A full disk must not end the rack (issue 8): lmdb-js may leave a failed commit's rejection
+  // unhandled; the spool already holds the batch in memory.
+  guardLmdbRejections(() => undefined);
   const listen = parseHostPort(values.listen!, '--listen', '0.0.0.0');
   const http = parseHostPort(values.http!, '--http');
   let coreUrl: URL;

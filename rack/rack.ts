@@ -7,6 +7,7 @@ import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
 import { Encoder, decodeFrame, frameBytesMin, type RejectReason } from '../schema/codec.js';
+import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
 import { Forwarder } from './forwarder.js';
 import { DatagramGuard } from './guard.js';
@@ -81,7 +82,7 @@ export class Rack {
     });
     this.names = new NameTable(l.namesMax);
     this.merger = new RackMerger(l.rollupMetricsMax);
-    this.spool = new Spool(opts.spoolDir, l.spoolBytes);
+    this.spool = new Spool(opts.spoolDir, { bytesMax: l.spoolBytes, reserveBytes: l.spoolReserveBytes, memoryBytesMax: l.spoolMemoryBytesMax });
     this.forwarder = new Forwarder(this.spool, {
       coreUrl: opts.coreUrl,
       token: opts.token,
@@ -314,8 +315,14 @@ export class Rack {
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
     p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);
     p.gauge('apm_rack_spool_batches', 'Batches in the spool', this.spool.heldBatches);
-    p.counter('apm_rack_spool_dropped_batches_total', 'Oldest batches dropped because the spool was full', this.spool.droppedBatches);
-    p.counter('apm_rack_spool_write_errors_total', 'Batches that could not be written to the spool (dropped)', this.spool.writeErrors);
+    p.counter('apm_rack_spool_dropped_batches_total', 'Oldest batches dropped: the spool bound, or the memory bound while the disk refused writes', this.spool.droppedBatches);
+    p.counter('apm_rack_spool_dropped_in_memory_total', 'Of those, dropped from memory while the disk refused writes', this.spool.droppedInMemory);
+    p.counter('apm_rack_spool_write_errors_total', 'Spool writes the disk refused (the batches were held in memory)', this.spool.writeErrors);
+    p.counter('apm_rack_spool_disk_low_total', 'Batches held in memory because free space was below the reserve', this.spool.diskLowBatches);
+    p.gauge('apm_rack_spool_memory_batches', 'Batches held only in memory (the disk refused them; lost if the rack dies)', this.spool.memoryBatches);
+    p.gauge('apm_rack_spool_memory_bytes', 'Bytes of those', this.spool.memoryBytes);
+    p.counter('apm_rack_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
+    p.counter('apm_rack_batches_unauthorized_total', 'Sends the core refused for the token (401/403); the batches stay spooled', f.counters.batches_unauthorized);
     p.counter('apm_rack_batches_acked_total', 'Batches the core acknowledged', f.counters.batches_acked);
     p.counter('apm_rack_batches_failed_total', 'Batch sends that failed and will be retried', f.counters.batches_failed);
     p.counter('apm_rack_batches_rejected_total', 'Batches the core refused for good (4xx)', f.counters.batches_rejected);

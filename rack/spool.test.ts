@@ -1,5 +1,6 @@
-import { describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Spool } from './spool.js';
@@ -7,7 +8,7 @@ import { Spool } from './spool.js';
 describe('Spool (real LMDB files)', () => {
   it('keeps batches in order across a reopen, never reuses a number, and drops the oldest beyond its bound', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-spool-'));
-    const s = new Spool(dir, 1000);
+    const s = new Spool(dir, { bytesMax: 1000, reserveBytes: 0, memoryBytesMax: 1 << 20 });
     for (let i = 0; i < 3; i++) expect(await s.put(s.takeSeq(), new Uint8Array(300).fill(i))).toBe(true);
     expect(s.oldest(10).map((e) => [e.seq, e.bytes[0]])).toEqual([[1, 0], [2, 1], [3, 2]]);
     expect(s.oldest(10, new Set([1])).map((e) => e.seq)).toEqual([2, 3]);
@@ -16,10 +17,67 @@ describe('Spool (real LMDB files)', () => {
     await s.remove(2);
     await s.close();
 
-    const again = new Spool(dir, 1000);
+    const again = new Spool(dir, { bytesMax: 1000, reserveBytes: 0, memoryBytesMax: 1 << 20 });
     expect(again.oldest(10).map((e) => [e.seq, e.bytes[0]])).toEqual([[3, 2], [4, 3]]);
     expect([again.heldBatches, again.heldBytes]).toEqual([2, 600]);
     expect(again.takeSeq()).toBe(5);
     await again.close();
   });
+
+  it('holds batches in memory while the disk is full (a real tmpfs), forwards them in order, and moves them to disk once there is room', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-full-'));
+    // A file system that really fills up (root, as in CI). No reserve here, so LMDB's own
+    // write fails (ENOSPC); a filler file takes the room and is deleted to give it back.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir]);
+    unmount.push(dir);
+    const s = new Spool(join(dir, 'spool'), { bytesMax: 1 << 30, reserveBytes: 0, memoryBytesMax: 1_500_000 });
+    const batch = (i: number) => new Uint8Array(100_000).fill(i & 255);
+    let puts = 0;
+    for (; puts < 5; puts++) expect(await s.put(s.takeSeq(), batch(puts))).toBe(true);
+    expect(s.writeErrors).toBe(0);
+    writeFileSync(join(dir, 'filler'), new Uint8Array(0));
+    try {
+      for (;;) appendFileSync(join(dir, 'filler'), new Uint8Array(64 * 1024));
+    } catch (err) {
+      expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    }
+    for (; puts < 15; puts++) expect(await s.put(s.takeSeq(), batch(puts))).toBe(true);
+    expect(s.writeErrors).toBeGreaterThan(0);
+    expect([s.memoryBatches, s.heldBatches, s.droppedBatches]).toEqual([10, 15, 0]);
+    // Forwarding sees disk and memory as one queue, oldest first.
+    expect(s.oldest(100).map((e) => [e.seq, e.bytes[0]])).toEqual(Array.from({ length: 15 }, (_, i) => [i + 1, i]));
+    // Beyond the memory bound (15 × 100 kB = 1.5 MB) the oldest in memory is dropped, and counted.
+    for (; puts < 21; puts++) await s.put(s.takeSeq(), batch(puts));
+    expect([s.droppedInMemory, s.memoryBatches]).toEqual([1, 15]);
+    expect(s.oldest(100).map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, ...Array.from({ length: 15 }, (_, i) => i + 7)]);
+    // The core acknowledges batch 1 meanwhile (removing it may fail too: it is skipped either way).
+    await s.remove(1);
+    // Room again: the next put moves everything held in memory to disk, in order, without a restart.
+    rmSync(join(dir, 'filler'));
+    await s.put(s.takeSeq(), batch(puts++));
+    expect([s.memoryBatches, s.heldBatches]).toEqual([0, 20]);
+    const expected = [2, 3, 4, 5, ...Array.from({ length: 16 }, (_, i) => i + 7)];
+    expect(s.oldest(100).map((e) => e.seq)).toEqual(expected);
+    await s.close();
+    const again = new Spool(join(dir, 'spool'), { bytesMax: 1 << 30, reserveBytes: 0, memoryBytesMax: 1_500_000 });
+    expect(again.oldest(100).map((e) => e.seq)).toEqual(expected);
+    expect(again.oldest(100).map((e) => e.bytes[0])).toEqual(expected.map((q) => (q - 1) & 255));
+    await again.close();
+  });
+
+  it('keeps batches in memory while free space is below the reserve', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-low-'));
+    const s = new Spool(dir, { bytesMax: 1 << 20, reserveBytes: Number.MAX_SAFE_INTEGER, memoryBytesMax: 1 << 20 });
+    for (let i = 0; i < 3; i++) expect(await s.put(s.takeSeq(), new Uint8Array(10).fill(i))).toBe(true);
+    expect([s.memoryBatches, s.diskLowBatches, s.writeErrors]).toEqual([3, 1, 0]);
+    expect(s.oldest(10).map((e) => e.seq)).toEqual([1, 2, 3]);
+    await s.remove(2);
+    expect(s.oldest(10).map((e) => e.seq)).toEqual([1, 3]);
+    await s.close();
+  });
+});
+
+const unmount: string[] = [];
+afterAll(() => {
+  for (const d of unmount) execFileSync('umount', [d]);
 });

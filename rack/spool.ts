@@ -1,8 +1,13 @@
 // The rack's on-disk spool (issue 3): every closed batch is written here before it is sent,
 // and leaves only once the core acknowledged it, so a core outage or a rack crash loses
 // nothing that was spooled. Bounded by bytes: once full, the oldest batch is dropped and counted.
+// When the disk refuses (file system below its free-space reserve, or a write fails), batches
+// are held in memory (bounded) and still forwarded, and move to disk once it has room again —
+// recovery without a restart (issue 8).
 
-import { open, type Database, type RootDatabase } from 'lmdb';
+import { statfsSync } from 'node:fs';
+import type { Database, RootDatabase } from 'lmdb';
+import { openLmdb, writeFailure } from '../schema/lmdb.js';
 
 /** Memory for the newest spooled batches (~10 s of a full rack's batches). */
 const recentBytesMax = 16 * 1024 * 1024;
@@ -11,6 +16,18 @@ export interface SpoolEntry {
   seq: number;
   bytes: Uint8Array;
 }
+
+export interface SpoolOptions {
+  /** The spool's byte bound (--spool-bytes); beyond it the oldest batch is dropped and counted. */
+  bytesMax: number;
+  /** Free file-system bytes kept: below it, batches are held in memory instead of written. */
+  reserveBytes: number;
+  /** Batches held in memory while the disk refuses; beyond it the oldest is dropped and counted. */
+  memoryBytesMax: number;
+}
+
+/** How often the free space is read (a statfs per batch would be wasted work). */
+const freeSpaceCheckMs = 1000;
 
 export class Spool {
   private readonly root: RootDatabase;
@@ -22,16 +39,31 @@ export class Spool {
   private readonly recent = new Map<number, Uint8Array>();
   private recentBytes = 0;
   private nextSeq: number;
+  /** Batches the disk refused, by number (ascending: numbers are taken in order). */
+  private readonly unwritten = new Map<number, Uint8Array>();
+  private unwrittenBytes = 0;
+  private diskChecked = { atMs: 0, low: false };
+  /** Oldest batches dropped: beyond the spool bound, or beyond the memory bound while the disk refuses. */
   droppedBatches = 0;
   droppedBytes = 0;
+  droppedInMemory = 0;
+  /** Writes that failed (e.g. ENOSPC), and batches not written because free space was below the reserve. */
   writeErrors = 0;
+  diskLowBatches = 0;
+  private refusing = false;
+  private movingToDisk = false;
+  /** Acknowledged batches whose removal the disk refused: skipped, removed once it has room
+   *  (after a restart they would be sent again, and the core de-duplicates them). */
+  private readonly removeFailed = new Set<number>();
+  readonly bytesMax: number;
 
   constructor(
     readonly dir: string,
-    readonly bytesMax: number,
+    private readonly opts: SpoolOptions,
   ) {
+    this.bytesMax = opts.bytesMax;
     // Room for the bound plus LMDB's own overhead (free pages, B-tree, copy-on-write).
-    this.root = open({ path: dir, mapSize: Math.max(64 * 1024 * 1024, bytesMax * 2 + 64 * 1024 * 1024), maxDbs: 4 });
+    this.root = openLmdb({ path: dir, mapSize: Math.max(64 * 1024 * 1024, opts.bytesMax * 2 + 64 * 1024 * 1024), maxDbs: 4 });
     this.batches = this.root.openDB<Uint8Array, number>({ name: 'batches', encoding: 'binary' });
     this.meta = this.root.openDB<number, string>({ name: 'meta', encoding: 'json' });
     for (const { value } of this.batches.getRange()) {
@@ -44,11 +76,20 @@ export class Spool {
   }
 
   get heldBytes(): number {
-    return this.bytesHeld;
+    return this.bytesHeld + this.unwrittenBytes;
   }
 
   get heldBatches(): number {
-    return this.count;
+    return this.count + this.unwritten.size;
+  }
+
+  /** Batches held only in memory because the disk refused them (lost if the rack dies). */
+  get memoryBatches(): number {
+    return this.unwritten.size;
+  }
+
+  get memoryBytes(): number {
+    return this.unwrittenBytes;
   }
 
   /** Reserves the next batch number (persisted with the next put). */
@@ -56,18 +97,103 @@ export class Spool {
     return this.nextSeq++;
   }
 
-  /** Durably stores a batch; drops the oldest while over the byte bound. */
+  /**
+   * Stores a batch durably, or in memory while the disk refuses (then true as well: it is still
+   * forwarded); drops the oldest while over a bound. False only for a batch dropped at once.
+   */
   async put(seq: number, bytes: Uint8Array): Promise<boolean> {
+    if (this.unwritten.size > 0 || this.diskLow()) {
+      this.unwritten.set(seq, bytes);
+      this.unwrittenBytes += bytes.length;
+      await this.writeUnwritten();
+      return this.boundMemory(seq);
+    }
+    if (!(await this.write([[seq, bytes]]))) {
+      this.unwritten.set(seq, bytes);
+      this.unwrittenBytes += bytes.length;
+      return this.boundMemory(seq);
+    }
+    this.noteWritten(seq, bytes);
+    await this.boundDisk(seq);
+    return true;
+  }
+
+  /** One transaction; false (counted, logged once per episode) when the disk refuses it. */
+  private async write(entries: [number, Uint8Array][]): Promise<boolean> {
     try {
       await this.root.transaction(() => {
-        this.batches.put(seq, bytes);
+        for (const [seq, bytes] of entries) this.batches.put(seq, bytes);
         this.meta.put('nextSeq', this.nextSeq);
       });
+      if (this.refusing) console.error(`rack spool: ${this.dir} accepts writes again; ${this.unwritten.size} batches held in memory move to disk`);
+      this.refusing = false;
+      return true;
     } catch (err) {
       this.writeErrors++;
-      console.error(`rack spool: cannot write batch ${seq} (${bytes.length} B) to ${this.dir}: ${(err as Error).message}; it is dropped and counted`);
+      const why = writeFailure(err);
+      if (!this.refusing) console.error(`rack spool: cannot write to ${this.dir}: ${why}; holding batches in memory (up to ${this.opts.memoryBytesMax} B) and retrying; free disk space`);
+      this.refusing = true;
       return false;
     }
+  }
+
+  /** Moves batches held in memory to disk once it has room (oldest first, all in one go). */
+  private async writeUnwritten(): Promise<void> {
+    if (this.movingToDisk || this.unwritten.size === 0 || this.diskLow()) return;
+    this.movingToDisk = true;
+    try {
+      await this.moveToDisk();
+    } finally {
+      this.movingToDisk = false;
+    }
+  }
+
+  private async moveToDisk(): Promise<void> {
+    await this.retryRemovals();
+    const entries = [...this.unwritten];
+    if (!(await this.write(entries))) return;
+    for (const [seq, bytes] of entries) {
+      if (this.unwritten.delete(seq)) {
+        this.unwrittenBytes -= bytes.length;
+        this.noteWritten(seq, bytes);
+      } else {
+        // Acknowledged by the core while the write was in flight.
+        await this.batches.remove(seq);
+      }
+    }
+    await this.boundDisk(entries[entries.length - 1]![0]);
+  }
+
+  /** Free space below the reserve: checked at most once a second (statfs). */
+  private diskLow(nowMs = Date.now()): boolean {
+    if (nowMs - this.diskChecked.atMs < freeSpaceCheckMs) return this.diskChecked.low;
+    let low = false;
+    try {
+      const fs = statfsSync(this.dir);
+      low = fs.bavail * fs.bsize < this.opts.reserveBytes;
+    } catch {
+      // statfs unsupported: write errors still move batches to memory.
+    }
+    if (low && !this.diskChecked.low) console.error(`rack spool: ${this.dir} has less than ${this.opts.reserveBytes} B free; holding batches in memory (up to ${this.opts.memoryBytesMax} B); free disk space`);
+    this.diskChecked = { atMs: nowMs, low };
+    if (low) this.diskLowBatches++;
+    return low;
+  }
+
+  private boundMemory(seq: number): boolean {
+    while (this.unwrittenBytes > this.opts.memoryBytesMax && this.unwritten.size > 0) {
+      const [oldest, bytes] = this.unwritten.entries().next().value!;
+      this.unwritten.delete(oldest);
+      this.unwrittenBytes -= bytes.length;
+      this.droppedBatches++;
+      this.droppedBytes += bytes.length;
+      this.droppedInMemory++;
+      if (oldest === seq) return false;
+    }
+    return true;
+  }
+
+  private noteWritten(seq: number, bytes: Uint8Array): void {
     this.bytesHeld += bytes.length;
     this.count++;
     // Keep the newest batches in memory (bounded) so that forwarding them costs no read.
@@ -78,6 +204,9 @@ export class Spool {
       this.recent.delete(k);
       this.recentBytes -= v.length;
     }
+  }
+
+  private async boundDisk(seq: number): Promise<void> {
     while (this.bytesHeld > this.bytesMax && this.count > 1) {
       const oldest = this.oldest(1)[0];
       if (oldest === undefined || oldest.seq === seq) break;
@@ -85,22 +214,29 @@ export class Spool {
       this.droppedBytes += oldest.bytes.length;
       await this.remove(oldest.seq);
     }
-    return true;
   }
 
-  /** Up to `limit` oldest batches, in order, skipping numbers in `exclude`. */
+  /** Up to `limit` oldest batches, in order, skipping numbers in `exclude` (disk and memory merged). */
   oldest(limit: number, exclude?: ReadonlySet<number>): SpoolEntry[] {
     const out: SpoolEntry[] = [];
     for (const key of this.batches.getKeys()) {
-      if (exclude?.has(key)) continue;
+      if (exclude?.has(key) || this.removeFailed.has(key)) continue;
       const bytes = this.recent.get(key) ?? this.batches.get(key);
       if (bytes !== undefined) out.push({ seq: key, bytes });
       if (out.length >= limit) break;
     }
-    return out;
+    if (this.unwritten.size === 0) return out;
+    for (const [seq, bytes] of this.unwritten) if (!exclude?.has(seq)) out.push({ seq, bytes });
+    return out.sort((a, b) => a.seq - b.seq).slice(0, limit);
   }
 
   async remove(seq: number): Promise<void> {
+    const held = this.unwritten.get(seq);
+    if (held !== undefined) {
+      this.unwritten.delete(seq);
+      this.unwrittenBytes -= held.length;
+      return;
+    }
     const cached = this.recent.get(seq);
     const size = cached?.length ?? this.batches.get(seq)?.length;
     if (size === undefined) return;
@@ -108,12 +244,33 @@ export class Spool {
       this.recent.delete(seq);
       this.recentBytes -= size;
     }
-    await this.batches.remove(seq);
     this.bytesHeld -= size;
     this.count--;
+    try {
+      await this.batches.remove(seq);
+    } catch (err) {
+      this.writeErrors++;
+      writeFailure(err);
+      this.removeFailed.add(seq);
+    }
+  }
+
+  private async retryRemovals(): Promise<void> {
+    for (const seq of [...this.removeFailed]) {
+      try {
+        await this.batches.remove(seq);
+        this.removeFailed.delete(seq);
+      } catch (err) {
+        writeFailure(err);
+        return;
+      }
+    }
   }
 
   async close(): Promise<void> {
+    this.diskChecked.atMs = 0;
+    await this.writeUnwritten();
+    if (this.unwritten.size > 0) console.error(`rack spool: ${this.unwritten.size} batches (${this.unwrittenBytes} B) held in memory could not be written to ${this.dir} and are lost with this process`);
     await this.root.close();
   }
 }

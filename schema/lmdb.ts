@@ -1,0 +1,42 @@
+// LMDB as every tier opens it (core store, rack spool). Two lmdb-js behaviours would turn a full
+// disk into a crash (an unhandled rejection ends a Node process), found with a real full tmpfs:
+// - with event-turn batching (its default), each batch starts with an internal write whose
+//   promise nobody holds; when the commit fails, that promise rejects unhandled;
+// - a failed commit's error carries `commitError`, a second rejected promise (lmdb-js #368).
+// So batching is off (our writes are explicit transactions, one per batch or second) and every
+// caller that catches a write error passes it through `writeFailure`.
+
+import { open, type RootDatabase, type RootDatabaseOptionsWithPath } from 'lmdb';
+
+/** Failed commits that reached the process guard below (exported at each daemon's /metrics). */
+export const lmdbCounters = { commit_failures_unhandled: 0 };
+
+/** Opens an LMDB environment with the options a full disk needs (see above). */
+export function openLmdb(opts: RootDatabaseOptionsWithPath): RootDatabase {
+  return open({ ...opts, eventTurnBatching: false });
+}
+
+/** The message of a failed LMDB write, after handling its companion `commitError` rejection. */
+export function writeFailure(err: unknown): string {
+  const e = err as { message?: string; commitError?: Promise<unknown> };
+  e.commitError?.catch(() => undefined);
+  return e.message ?? String(err);
+}
+
+/**
+ * For daemons: a rejection that lmdb-js raised for a failed commit and nobody handled (a write
+ * whose caller has no `writeFailure`, or lmdb-js' own) is counted through `onFailure` instead of
+ * ending the process — the write's own caller already sees and handles the failure. Any other
+ * unhandled rejection is still a bug and still crashes the process.
+ */
+export function guardLmdbRejections(onFailure: (message: string) => void): void {
+  process.on('unhandledRejection', (reason) => {
+    const stack = reason instanceof Error ? (reason.stack ?? '') : '';
+    if (/[\\/]node_modules[\\/]lmdb[\\/]/.test(stack)) {
+      lmdbCounters.commit_failures_unhandled++;
+      onFailure(writeFailure(reason));
+      return;
+    }
+    throw reason;
+  });
+}
