@@ -42,7 +42,7 @@ interface Proc {
   lines: string[];
 }
 
-function start(args: string[], ready: RegExp): Promise<Proc & { match: RegExpExecArray }> {
+export function start(args: string[], ready: RegExp): Promise<Proc & { match: RegExpExecArray }> {
   return new Promise((resolve, reject) => {
     const proc = spawn(apm, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: string[] = [];
@@ -64,7 +64,7 @@ function start(args: string[], ready: RegExp): Promise<Proc & { match: RegExpExe
   });
 }
 
-function stat(pid: number): { ticks: number; rssMiB: number } {
+export function stat(pid: number): { ticks: number; rssMiB: number } {
   try {
     const s = readFileSync(`/proc/${pid}/stat`, 'latin1');
     const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
@@ -75,7 +75,7 @@ function stat(pid: number): { ticks: number; rssMiB: number } {
   }
 }
 
-async function prom(url: string): Promise<Map<string, number>> {
+export async function prom(url: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   const text = await (await fetch(url)).text();
   for (const line of text.split('\n')) {

@@ -10,13 +10,16 @@ import { queryFigures } from './bench-query.js';
 import { freshnessFigures } from './bench-fresh.js';
 import { fleetStep, type FleetStep } from './bench-fleet.js';
 import { lossFigures } from './bench-loss.js';
+import { soakFigures } from './bench-soak.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, rack, core, query, freshness, loss, fleet
+  --only <section>   one of: edge, rack, core, query, freshness, loss, fleet, soak (soak runs
+                     only when asked: 80 servers × 2,000 metrics + an edge for 10 minutes,
+                     2 with --quick, sampling each tier's RSS and open fds)
   --json <file>      also write the figures as one JSON object
   --help             this text
 
@@ -58,6 +61,7 @@ export async function main(argv: string[]): Promise<void> {
   await section('freshness', false, () => freshnessFigures(90));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
   await section('loss', false, () => lossFigures(quick));
+  if (values.only === 'soak') await section('soak', true, () => soakFigures({ servers: 80, metrics: fleetMetrics, minutes: quick ? 2 : 10 }));
   const steps: FleetStep[] = [];
   if (wanted('fleet', true)) {
     console.log(`\n== fleet (servers × ${fleetMetrics} metrics, real processes; a step keeps up when every window is complete and readable within 5 s of its close)`);
