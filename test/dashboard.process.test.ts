@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { Encoder, KindCode } from '../schema/codec.js';
+import { buildColumns } from '../schema/testdata.js';
 import { spawnApm, until, type Daemon } from './proc.js';
 
 const chromiumPath = '/usr/bin/chromium';
@@ -101,6 +103,18 @@ describe('dashboard in Chromium', () => {
     await expect.poll(() => panel.locator('.u-legend .u-series').count()).toBe(5);
   });
 
+  it('marks a window revised by late data, with the revised values', async () => {
+    const panel = page.locator('article.panel', { hasText: 'web cpu' });
+    const id = (await panel.getAttribute('data-id'))!;
+    const startMs = Number(await panel.locator('.latest').getAttribute('data-start'));
+    // A batch for a second of that (already evaluated) window, from a server the query selects.
+    const body = new Encoder().rackBatch({ rack: 'late-rack', batchSeq: 1, second: startMs / 1000 + 2, late: true, servers: [{ server: 'web-late-1', blocks: [buildColumns([{ name: 'sim.cpu.0', kind: KindCode.Gauge, value: 1e6 }], [])] }], rollup: buildColumns([], [], ['sim.cpu.0']) });
+    expect((await fetch(`${url}/api/v1/ingest`, { method: 'POST', body })).status).toBe(204);
+    await expect.poll(() => panel.locator('.revised').textContent(), { timeout: 15_000 }).toBe('▲ 1 windows revised by late data');
+    const api = (await (await fetch(`${url}/api/v1/queries/${id}/results?from=${startMs}&to=${startMs + 5000}`)).json()) as { windows: Window[] };
+    expect(api.windows[0]).toMatchObject({ revision: 1, servers: 7, values: { max: 1e6 } });
+  });
+
   it('marks a parse error at the position the API reports', async () => {
     const bad = 'FROM web-* SELEKT sim.cpu.0 WINDOW 5s COMPUTE max';
     const api = (await (await fetch(`${url}/api/v1/query?q=${encodeURIComponent(bad)}`)).json()) as { error: string; position: number };
@@ -134,7 +148,9 @@ describe('dashboard in Chromium', () => {
 
   it('shows the fleet: servers with their state and the core health', async () => {
     await page.getByRole('button', { name: 'Fleet' }).click();
-    await expect.poll(() => page.locator('#servers tbody tr').count(), { timeout: 10_000 }).toBe(6);
+    // The six simulated servers and the one that sent the late batch.
+    await expect.poll(() => page.locator('#servers tbody tr').count(), { timeout: 10_000 }).toBe(7);
+    expect(await page.locator('#racks tbody tr[data-rack="late-rack"] td').nth(1).textContent()).toBe('1');
     expect(await page.locator('#servers tbody tr[data-server="web-r1-00001"] td').nth(2).textContent()).toBe('reporting');
     const racks = page.locator('#racks tbody tr[data-rack="r1"] td');
     expect(await racks.nth(1).textContent()).toBe('6');

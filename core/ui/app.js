@@ -138,7 +138,6 @@ class Panel {
     this.windows = new Map();
     this.keys = [];
     this.received = 0;
-    this.revised = 0;
     this.rows = [];
     this.plot = null;
     this.es = null;
@@ -261,7 +260,6 @@ class Panel {
   upsert(w) {
     const old = this.windows.get(w.startMs);
     if (old !== undefined && old.revision > w.revision && !old.adhoc) return;
-    if (old !== undefined && w.revision > old.revision) this.revised++;
     this.windows.set(w.startMs, w);
     for (const k of Object.keys(w.values)) if (!this.keys.includes(k)) this.keys.push(k);
   }
@@ -350,7 +348,8 @@ class Panel {
     }
     this.renderLatest();
     this.countEl.textContent = `${this.received} live windows received`;
-    this.revisedEl.textContent = this.revised > 0 ? `▲ ${this.revised} revised by late data` : '';
+    const revised = this.rows.reduce((n, w) => n + (w !== null && w.revision > 0 ? 1 : 0), 0);
+    this.revisedEl.textContent = revised > 0 ? `▲ ${revised} windows revised by late data` : '';
     this.noteEl.textContent = this.note;
   }
 
