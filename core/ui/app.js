@@ -371,7 +371,8 @@ class Panel {
       height: 240,
       scales: { x: { time: true, range: () => this.xRange } },
       series: [{}, ...this.keys.map((k, i) => ({ label: k, stroke: palette[i % palette.length], width: 1.5, value: (u, v) => fmt(v) }))],
-      axes: [{}, { size: 60, values: (u, vals) => vals.map(fmt) }],
+      // The value axis is as wide as its longest label (1,000,000 needs more than 0.5).
+      axes: [{}, { values: (u, vals) => vals.map(fmt), size: (u, labels) => (labels ? Math.max(40, ...labels.map((l) => String(l).length * 7.5 + 18)) : 50) }],
       cursor: { drag: { x: true, y: false, setScale: false } },
       legend: { live: true },
       hooks: {
