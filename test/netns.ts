@@ -4,9 +4,13 @@
 // and iproute2 + nftables; without them `Netns.create` throws saying so — never a silent skip.
 
 import { execFile, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { Daemon } from './proc.js';
 import { cliPath } from './proc.js';
+
+/** The built `apm`: beside this file when it runs from dist/ (apm bench), else proc.ts's (vitest on sources). */
+const apmCli = import.meta.url.endsWith('.js') ? fileURLToPath(new URL('../tools/cli.js', import.meta.url)) : cliPath;
 
 const run = promisify(execFile);
 let created = 0;
@@ -76,7 +80,7 @@ export class Netns {
 
   /** Starts `apm <args>` inside the namespace (`ip netns exec` execs, so signals reach apm itself). */
   spawnApm(args: string[]): Daemon {
-    const d = spawnDaemon('ip', ['netns', 'exec', this.name, process.execPath, cliPath, ...args]);
+    const d = spawnDaemon('ip', ['netns', 'exec', this.name, process.execPath, apmCli, ...args]);
     this.daemons.push(d);
     return d;
   }
