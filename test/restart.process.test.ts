@@ -203,7 +203,7 @@ describe('kill and restart tiers under load', () => {
     // The windows of the downtime were evaluated after the restart, complete.
     const windows = await storedCaughtUp(fromS, Math.floor(Date.now() / 1000) - latenessS - 2);
     expect(windows.some((w) => w.startMs >= killedS * 1000 && w.startMs < (killedS + 2) * 1000)).toBe(true);
-    lostReport.push(`(a) core killed at ${killedS}, rack held ${held} batches: ${c.compared} summaries compared, 0 lost`);
+    lostReport.push(`(a) core killed at ${killedS}.7, rack held ${held} batches: ${c.compared} summaries compared, 0 lost`);
   }, 60_000);
 
   it('(b) rack SIGKILLed and restarted: everything spooled reaches the core; only seconds open in memory or sent while it was down are lost', async () => {
