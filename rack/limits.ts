@@ -65,6 +65,9 @@ export const rackLimits = {
   /** Socket receive buffer (DESIGN §2: the default loses 36% at 20 k datagrams/s). */
   recvBufferBytes: 8 * 1024 * 1024,
   tickMs: 20,
+  /** After a restart, seconds stay open this much longer than the lateness, so the probes for
+   *  the seconds missed (edges' resend rings) and the NACKs for their other parts come back. */
+  resumeHoldMs: 3_000,
   /** The rack's own status (loss, spool) is sent to the core this often, for the dashboard's
    *  fleet view; a few seconds is fresh enough for people and costs one small POST. */
   statusReportMs: 5_000,

@@ -57,6 +57,9 @@ export class Rack {
 
   constructor(private readonly opts: RackOptions) {
     const l = opts.limits;
+    this.spool = new Spool(opts.spoolDir, { bytesMax: l.spoolBytes, reserveBytes: l.spoolReserveBytes, memoryBytesMax: l.spoolMemoryBytesMax });
+    // A restart resumes after the newest spooled second: edges are asked for what came since.
+    const resumeAfter = this.spool.closedThrough;
     this.reassembly = new Reassembly({
       serversMax: l.serversMax,
       openSecondsPerServerMax: l.openSecondsPerServerMax,
@@ -68,6 +71,7 @@ export class Rack {
       nackIntervalMs: l.nackIntervalMs,
       nackRetriesMax: l.nackRetriesMax,
       allowList: opts.allowList,
+      resume: resumeAfter < 0 ? undefined : { afterSecond: resumeAfter, untilMs: Date.now() + opts.latenessMs + l.resumeHoldMs },
     });
     this.keys = opts.keys ?? null;
     this.guard = new DatagramGuard({
@@ -82,7 +86,6 @@ export class Rack {
     });
     this.names = new NameTable(l.namesMax);
     this.merger = new RackMerger(l.rollupMetricsMax);
-    this.spool = new Spool(opts.spoolDir, { bytesMax: l.spoolBytes, reserveBytes: l.spoolReserveBytes, memoryBytesMax: l.spoolMemoryBytesMax });
     this.forwarder = new Forwarder(this.spool, {
       coreUrl: opts.coreUrl,
       token: opts.token,
@@ -208,6 +211,7 @@ export class Rack {
     this.askNames(batch);
     const rollup = { ...merged.rollup, ...this.names.forBatch(this.opts.limits.nameRefreshPerBatch) };
     const seq = this.spool.takeSeq();
+    if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const bytes = this.encoder.rackBatch({ rack: this.opts.rack, batchSeq: seq, second: batch.second, late: batch.late, servers: merged.servers, rollup });
     this.pendingWrites++;
     void this.spool.put(seq, bytes).then((ok) => {
@@ -301,6 +305,7 @@ export class Rack {
     p.counter('apm_rack_seconds_closed_total', 'Seconds closed at the watermark', r.counters.seconds_closed);
     p.counter('apm_rack_seconds_incomplete_total', 'Server-seconds closed with parts missing', r.counters.seconds_incomplete);
     p.counter('apm_rack_late_batches_total', 'Batches of late data', r.counters.late_batches);
+    p.counter('apm_rack_resume_probes_total', 'Seconds asked again from edges after this rack restarted (still in their resend rings)', r.counters.resume_probes);
     p.counter('apm_rack_edge_restarts_total', 'Edge session changes seen', r.counters.edge_restarts);
     p.counter('apm_rack_nacks_sent_total', 'NACK datagrams sent', this.counters.nacks_sent);
     p.counter('apm_rack_name_asks_sent_total', 'NACKs asking edges for metric names', this.counters.name_asks_sent);

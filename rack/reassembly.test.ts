@@ -94,4 +94,29 @@ describe('Reassembly', () => {
     r.accept(part('a', t0 + 3, 0, 1, 0, 2), 10, peer, ms(t0 + 3));
     expect(r.counters).toMatchObject({ seq_gap_datagrams: 3, edge_restarts: 1 });
   });
+
+  it('after a restart, asks each edge for the seconds since the last spooled one and reassembles them before closing', () => {
+    // The previous process spooled t0; it died at t0 + 1.7 and this one starts at t0 + 3.
+    const r = new Reassembly({ ...opts, openSecondsPerServerMax: 16, resume: { afterSecond: t0, untilMs: ms(t0 + 3) + 2000 + 3000 } });
+    r.accept(part('a', t0 + 3, 0, 1, 40), 10, peer, ms(t0 + 3, 100));
+    // Probes for part 0 of t0+1 and t0+2: they are still in the edge's resend ring.
+    expect(r.nacks(ms(t0 + 3, 150)).map((n) => [n.second, Array.from(n.missingParts)])).toEqual([
+      [t0 + 1, [0]],
+      [t0 + 2, [0]],
+    ]);
+    // The edge answers: t0+1 had 2 parts, t0+2 one; the second part of t0+1 is NACKed as usual.
+    r.accept(part('a', t0 + 1, 0, 2, 30), 10, peer, ms(t0 + 3, 200));
+    r.accept(part('a', t0 + 2, 0, 1, 32), 10, peer, ms(t0 + 3, 200));
+    expect(r.nacks(ms(t0 + 3, 400)).map((n) => [n.second, Array.from(n.missingParts)])).toEqual([[t0 + 1, [1]]]);
+    r.accept(part('a', t0 + 1, 1, 2, 31), 10, peer, ms(t0 + 3, 500));
+    // Nothing closes during the hold, although t0+1's watermark (t0 + 4) passes meanwhile.
+    expect(r.close(ms(t0 + 5))).toEqual([]);
+    const closed = r.close(ms(t0 + 8, 1));
+    expect(closed.map((b) => [b.second, b.late, b.servers[0]!.parts.length])).toEqual([
+      [t0 + 1, false, 2],
+      [t0 + 2, false, 1],
+      [t0 + 3, false, 1],
+    ]);
+    expect(r.counters).toMatchObject({ resume_probes: 2, parts_lost: 0, seconds_incomplete: 0 });
+  });
 });

@@ -20,7 +20,16 @@ export interface ReassemblyOptions {
   nackIntervalMs: number;
   nackRetriesMax: number;
   allowList: ReadonlySet<string> | null;
+  /**
+   * After a restart: the newest second the previous process spooled, and until when to hold
+   * closing seconds. Each edge that shows up is asked (probes) for the seconds after it —
+   * they are still in its resend ring — and they are reassembled as usual (issue 8).
+   */
+  resume?: { afterSecond: number; untilMs: number };
 }
+
+/** Seconds per edge asked again after a restart (the edge's resend ring holds 30 s). */
+const resumeSecondsMax = 12;
 
 export type AcceptReason =
   | 'too_old'
@@ -85,6 +94,10 @@ export class Reassembly {
   /** Highest second closed so far; parts at or below it are late. */
   closedThrough = -1;
 
+  constructor(private readonly opts: ReassemblyOptions) {
+    if (opts.resume !== undefined) this.closedThrough = opts.resume.afterSecond;
+  }
+
   readonly counters = {
     parts_received: 0,
     parts_duplicate: 0,
@@ -97,6 +110,7 @@ export class Reassembly {
     seconds_incomplete: 0,
     late_batches: 0,
     edge_restarts: 0,
+    resume_probes: 0,
     names_only: 0,
   };
   readonly rejected: Record<AcceptReason, number> = {
@@ -108,8 +122,6 @@ export class Reassembly {
     memory_full: 0,
     parts_mismatch: 0,
   };
-
-  constructor(private readonly opts: ReassemblyOptions) {}
 
   get heldBytes(): number {
     return this.bytesHeld;
@@ -172,6 +184,7 @@ export class Reassembly {
       if (this.servers.size >= this.opts.serversMax) return null;
       s = { id: msg.server, peer, session: msg.session, lastSecond: -1, lastSeq: -1, open: new Map(), closed: new Map(), probes: [] };
       this.servers.set(msg.server, s);
+      this.probeSinceResume(s, msg.second);
     }
     s.peer = peer;
     if (s.session !== msg.session) {
@@ -182,6 +195,16 @@ export class Reassembly {
       s.lastSeq = -1;
     }
     return s;
+  }
+
+  /** A rack restarted: asks a newly seen edge for the seconds between the last spooled one and now. */
+  private probeSinceResume(s: ServerState, firstSecond: number): void {
+    const r = this.opts.resume;
+    if (r === undefined || r.afterSecond < 0) return;
+    for (let sec = Math.max(r.afterSecond + 1, firstSecond - resumeSecondsMax); sec < firstSecond; sec++) {
+      s.probes.push(sec);
+      this.counters.resume_probes++;
+    }
   }
 
   /** Counts datagrams missing by sequence number and probes the seconds they belonged to. */
@@ -259,6 +282,8 @@ export class Reassembly {
     this.late.clear();
     this.bytesHeld -= this.lateBytes;
     this.lateBytes = 0;
+    // Just restarted: seconds stay open while edges answer the resume probes.
+    if (this.opts.resume !== undefined && nowMs < this.opts.resume.untilMs) return out;
     const due = [...this.openSeconds.keys()].filter((sec) => (sec + 1) * 1000 + this.opts.latenessMs <= nowMs).sort((a, b) => a - b);
     for (const second of due) out.push(this.closeSecond(second));
     const watermarkSecond = Math.floor((nowMs - this.opts.latenessMs) / 1000) - 1;

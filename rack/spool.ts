@@ -39,6 +39,8 @@ export class Spool {
   private readonly recent = new Map<number, Uint8Array>();
   private recentBytes = 0;
   private nextSeq: number;
+  /** Newest second of a batch written here (kept with each write): where a restarted rack resumes. */
+  closedThrough: number;
   /** Batches the disk refused, by number (ascending: numbers are taken in order). */
   private readonly unwritten = new Map<number, Uint8Array>();
   private unwrittenBytes = 0;
@@ -73,6 +75,7 @@ export class Spool {
     // Batch numbers never repeat across restarts: the core de-duplicates by (rack, batch_seq).
     const last = [...this.batches.getKeys({ reverse: true, limit: 1 })][0] ?? 0;
     this.nextSeq = Math.max(this.meta.get('nextSeq') ?? 1, last + 1);
+    this.closedThrough = this.meta.get('closedThrough') ?? -1;
   }
 
   get heldBytes(): number {
@@ -124,6 +127,7 @@ export class Spool {
       await this.root.transaction(() => {
         for (const [seq, bytes] of entries) this.batches.put(seq, bytes);
         this.meta.put('nextSeq', this.nextSeq);
+        this.meta.put('closedThrough', this.closedThrough);
       });
       if (this.refusing) console.error(`rack spool: ${this.dir} accepts writes again; ${this.unwritten.size} batches held in memory move to disk`);
       this.refusing = false;

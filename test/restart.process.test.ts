@@ -4,9 +4,9 @@
 // What the design promises (DESIGN §1, rack/spool.ts, core/store.ts):
 // - the core acknowledges a batch only once it is durable, and the rack keeps a batch spooled
 //   until acknowledged: a core crash loses nothing;
-// - a rack crash loses nothing it had spooled (seconds closed at its watermark), but the
-//   seconds it held open in memory and those sent while it was down are lost: a new rack
-//   starts with no sequence state, so it never asks edges' resend rings for them;
+// - a rack crash loses nothing: what it had spooled is replayed, and the seconds it held open
+//   in memory or that were sent while it was down are asked again from the edges' resend rings
+//   (the restarted rack resumes after the newest spooled second, rack/reassembly.ts);
 // - an edge (simulator) restart is counted and files every second under its own second;
 // - a stored query evaluates the windows it missed while the core was down, and revises those
 //   that late (replayed) batches complete.
@@ -206,7 +206,7 @@ describe('kill and restart tiers under load', () => {
     lostReport.push(`(a) core killed at ${killedS}.7, rack held ${held} batches: ${c.compared} summaries compared, 0 lost`);
   }, 60_000);
 
-  it('(b) rack SIGKILLed and restarted: everything spooled reaches the core; only seconds open in memory or sent while it was down are lost', async () => {
+  it('(b) rack SIGKILLed and restarted: what it spooled is replayed and the seconds it missed are asked again from the edges: nothing lost', async () => {
     const fromS = Math.floor(Date.now() / 1000) - 2;
     const killedS = await kill(rack);
     // Down for about two seconds of sends (no listener: the kernel drops them).
@@ -219,13 +219,10 @@ describe('kill and restart tiers under load', () => {
     const c = await compare(fromS, toS);
     expect(c.wrong).toEqual([]);
     const lost = [...c.lostBySecond.keys()].sort((a, b) => a - b);
-    // Seconds closed before the kill (≤ killedS − 1 − lateness) were spooled: none lost. The
-    // second open in memory (killedS − 1), those sent while the rack was down, and at most the
-    // one being sent as it bound (readyS − 1) are lost; everything sent after it bound is complete.
-    for (const s of lost) expect(s, `lost second ${s}; killed at ${killedS}, ready at ${restarted.readyMs}`).toBeGreaterThanOrEqual(killedS - latenessS);
-    for (const s of lost) expect(s, `lost second ${s}; killed at ${killedS}, ready at ${restarted.readyMs}`).toBeLessThanOrEqual(readyS - 1);
-    // What a server lost, it lost whole (all three metrics of the second): nothing partial.
-    for (const [s, n] of c.lostBySecond) expect(n % recorded.length, `second ${s}`).toBe(0);
+    // The second open in memory at the kill and those sent while the rack was down came back
+    // from the edges' resend rings, asked by the restarted rack.
+    expect(lost, `killed at ${killedS}, ready at ${restarted.readyMs}`).toEqual([]);
+    expect((await rackMetrics()).get('apm_rack_resume_probes_total')).toBeGreaterThanOrEqual(servers * 2);
     expect(c.compared).toBeGreaterThanOrEqual(recorded.length * servers * 6);
     const lostSummaries = [...c.lostBySecond.values()].reduce((a, b) => a + b, 0);
     lostReport.push(`(b) rack killed at ${killedS}.7, ready at ${(restarted.readyMs / 1000).toFixed(1)}: lost seconds ${lost.join(',')} = ${lostSummaries / recorded.length} server-seconds (${(lostSummaries / recorded.length) * metrics} points) of ${c.compared / recorded.length} compared`);
@@ -264,9 +261,7 @@ describe('kill and restart tiers under load', () => {
     const c = await compare(fromS, toS);
     expect(c.wrong).toEqual([]);
     const lost = [...c.lostBySecond.keys()].sort((a, b) => a - b);
-    for (const s of lost) expect(s, `lost second ${s}; rack killed at ${rackKilledS}, ready at ${restarted.readyMs}`).toBeGreaterThanOrEqual(rackKilledS - latenessS);
-    for (const s of lost) expect(s, `lost second ${s}; rack killed at ${rackKilledS}, ready at ${restarted.readyMs}`).toBeLessThanOrEqual(readyS - 1);
-    for (const [s, n] of c.lostBySecond) expect(n % recorded.length, `second ${s}`).toBe(0);
+    expect(lost, `rack killed at ${rackKilledS}, ready at ${restarted.readyMs}`).toEqual([]);
     expect(c.compared).toBeGreaterThanOrEqual(recorded.length * servers * 6);
     const windows = await storedCaughtUp(fromS, toS - 1);
     expect(windows.some((w) => w.startMs >= coreKilledS * 1000 && w.startMs < (coreKilledS + 2) * 1000)).toBe(true);
