@@ -3,8 +3,7 @@
 // figures are each tier's RSS and fds after warm-up and at the end, and the RSS trend per minute
 // over the run (least squares), with the data kept flowing end to end (stored points counted).
 
-import { readdirSync } from 'node:fs';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -20,6 +19,18 @@ export interface SoakOptions {
 /** Samples are taken this often; the first minute is warm-up (JIT, registries, spool file). */
 const sampleMs = 10_000;
 const warmupMs = 60_000;
+
+/** Resident memory split as the kernel counts it: anonymous (heaps: where a leak shows) and
+ *  file-backed (LMDB's memory map: pages of the data file, which grows with the data). */
+function rss(pid: number): { anonMiB: number; fileMiB: number } {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'latin1');
+    const kib = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
+    return { anonMiB: kib('RssAnon') / 1024, fileMiB: (kib('RssFile') + kib('RssShmem')) / 1024 };
+  } catch {
+    return { anonMiB: 0, fileMiB: 0 };
+  }
+}
 
 function fds(pid: number): number {
   try {
@@ -47,7 +58,7 @@ function slope(xs: number[], ys: number[]): number {
 interface Tier {
   name: string;
   pid: number;
-  samples: { atMin: number; rssMiB: number; fds: number }[];
+  samples: { atMin: number; rssMiB: number; anonMiB: number; fileMiB: number; fds: number }[];
 }
 
 export async function soakFigures(opts: SoakOptions): Promise<Figure[]> {
@@ -90,8 +101,13 @@ export async function soakFigures(opts: SoakOptions): Promise<Figure[]> {
         warmAt = Date.now();
       }
       if (Date.now() - t0 < warmupMs) continue;
-      for (const t of tiers) t.samples.push({ atMin, rssMiB: stat(t.pid).rssMiB, fds: fds(t.pid) });
-      const last = tiers.map((t) => `${t.name} ${t.samples[t.samples.length - 1]!.rssMiB.toFixed(0)} MiB/${t.samples[t.samples.length - 1]!.fds} fds`).join(', ');
+      for (const t of tiers) t.samples.push({ atMin, rssMiB: stat(t.pid).rssMiB, ...rss(t.pid), fds: fds(t.pid) });
+      const last = tiers
+        .map((t) => {
+          const x = t.samples[t.samples.length - 1]!;
+          return `${t.name} ${x.anonMiB.toFixed(0)}+${x.fileMiB.toFixed(0)} MiB/${x.fds} fds`;
+        })
+        .join(', ');
       console.log(`  ${atMin.toFixed(1).padStart(5)} min: ${last}`);
     }
     const c1 = await prom(`${url}/metrics`);
@@ -105,9 +121,14 @@ export async function soakFigures(opts: SoakOptions): Promise<Figure[]> {
       const first = t.samples[0];
       const lastS = t.samples[t.samples.length - 1];
       if (first === undefined || lastS === undefined) continue;
+      const xs = t.samples.map((s) => s.atMin);
+      const secondHalf = t.samples.filter((s) => s.atMin >= (first.atMin + lastS.atMin) / 2);
       out.push(
         { name: `soak: ${t.name} RSS after warm-up → end`, value: first.rssMiB, unit: `→ ${lastS.rssMiB.toFixed(1)} MiB (max ${Math.max(...t.samples.map((s) => s.rssMiB)).toFixed(1)})` },
-        { name: `soak: ${t.name} RSS trend`, value: slope(t.samples.map((s) => s.atMin), t.samples.map((s) => s.rssMiB)), unit: 'MiB/min' },
+        { name: `soak: ${t.name} anonymous RSS (heaps) after warm-up → end`, value: first.anonMiB, unit: `→ ${lastS.anonMiB.toFixed(1)} MiB` },
+        { name: `soak: ${t.name} anonymous RSS trend, whole run`, value: slope(xs, t.samples.map((s) => s.anonMiB)), unit: 'MiB/min' },
+        { name: `soak: ${t.name} anonymous RSS trend, second half`, value: slope(secondHalf.map((s) => s.atMin), secondHalf.map((s) => s.anonMiB)), unit: 'MiB/min' },
+        { name: `soak: ${t.name} file-backed RSS (LMDB map) after warm-up → end`, value: first.fileMiB, unit: `→ ${lastS.fileMiB.toFixed(1)} MiB` },
         { name: `soak: ${t.name} open fds after warm-up → end`, value: first.fds, unit: `→ ${lastS.fds} (max ${Math.max(...t.samples.map((s) => s.fds))})` },
       );
     }
