@@ -306,6 +306,7 @@ export class Rack {
     p.counter('apm_rack_seconds_incomplete_total', 'Server-seconds closed with parts missing', r.counters.seconds_incomplete);
     p.counter('apm_rack_late_batches_total', 'Batches of late data', r.counters.late_batches);
     p.counter('apm_rack_resume_probes_total', 'Seconds asked again from edges after this rack restarted (still in their resend rings)', r.counters.resume_probes);
+    p.counter('apm_rack_resume_seconds_unasked_total', 'Server-seconds missed while this rack was down that were too old to ask edges for (lost)', r.counters.resume_seconds_unasked);
     p.counter('apm_rack_edge_restarts_total', 'Edge session changes seen', r.counters.edge_restarts);
     p.counter('apm_rack_nacks_sent_total', 'NACK datagrams sent', this.counters.nacks_sent);
     p.counter('apm_rack_name_asks_sent_total', 'NACKs asking edges for metric names', this.counters.name_asks_sent);

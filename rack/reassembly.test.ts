@@ -117,6 +117,9 @@ describe('Reassembly', () => {
       [t0 + 2, false, 1],
       [t0 + 3, false, 1],
     ]);
-    expect(r.counters).toMatchObject({ resume_probes: 2, parts_lost: 0, seconds_incomplete: 0 });
+    expect(r.counters).toMatchObject({ resume_probes: 2, resume_seconds_unasked: 0, parts_lost: 0, seconds_incomplete: 0 });
+    // An edge first heard 20 s after the last spooled second: the 12 newest are asked, 7 counted as too old.
+    r.accept(part('b', t0 + 20, 0, 1, 1), 10, peer, ms(t0 + 20, 100));
+    expect(r.counters).toMatchObject({ resume_probes: 14, resume_seconds_unasked: 7 });
   });
 });

@@ -111,6 +111,7 @@ export class Reassembly {
     late_batches: 0,
     edge_restarts: 0,
     resume_probes: 0,
+    resume_seconds_unasked: 0,
     names_only: 0,
   };
   readonly rejected: Record<AcceptReason, number> = {
@@ -201,7 +202,10 @@ export class Reassembly {
   private probeSinceResume(s: ServerState, firstSecond: number): void {
     const r = this.opts.resume;
     if (r === undefined || r.afterSecond < 0) return;
-    for (let sec = Math.max(r.afterSecond + 1, firstSecond - resumeSecondsMax); sec < firstSecond; sec++) {
+    const from = Math.max(r.afterSecond + 1, firstSecond - resumeSecondsMax);
+    // Seconds older than that were down longer than the edge keeps them: counted, not asked.
+    this.counters.resume_seconds_unasked += Math.max(0, from - (r.afterSecond + 1));
+    for (let sec = from; sec < firstSecond; sec++) {
       s.probes.push(sec);
       this.counters.resume_probes++;
     }
