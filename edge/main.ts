@@ -1,9 +1,9 @@
 // `apm edge`: options → Edge → signals. No logic beyond wiring (STYLE "Thin entry points").
 
 import { hostname } from 'node:os';
-import { keyFileHelp, readKeyFile } from '../schema/auth.js';
+import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
-import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
+import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
 import { Edge } from './edge.js';
 import { edgeLimits, type EdgeLimits } from './limits.js';
 
@@ -77,7 +77,7 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
-  if (keyFile !== undefined) process.on('SIGHUP', () => rereadKeys(edge, keyFile));
+  if (keyFile !== undefined) process.on('SIGHUP', () => reloadKeyFile(keyFile, 'edge', (keys) => edge.setKeys(keys)));
   console.log(`apm edge ${server}: StatsD on ${statsd.host}:${port}, sending to rack ${rack.host}:${rack.port} (session ${edge.session})`);
 }
 
@@ -86,23 +86,4 @@ export function parseSignedDurationMs(value: string, flag: string): number {
   const m = /^\s*([+-]?)(.*)$/.exec(value)!;
   const ms = parseDurationMs(m[2]!, flag, 0, 86_400_000);
   return m[1] === '-' ? -ms : ms;
-}
-
-function usageOnError<T>(f: () => T): T {
-  try {
-    return f();
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-}
-
-/** SIGHUP: a bad key file keeps the keys in use (and says so). */
-function rereadKeys(edge: Edge, file: string): void {
-  try {
-    const keys = readKeyFile(file);
-    edge.setKeys(keys);
-    console.log(`apm edge: SIGHUP, ${keys.byId.size} keys from ${file} (signing with key ${keys.signing.id})`);
-  } catch (err) {
-    console.error(`apm edge: SIGHUP, keeping the keys in use: ${(err as Error).message}`);
-  }
 }

@@ -1,10 +1,10 @@
 // `apm rack`: options → Rack → signals (STYLE "Thin entry points").
 
 import { readFileSync } from 'node:fs';
-import { keyFileHelp, readKeyFile } from '../schema/auth.js';
+import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
 import { isServerId } from '../schema/names.js';
-import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
 
@@ -100,7 +100,7 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
-  if (keyFile !== undefined) process.on('SIGHUP', () => rereadKeys(rack, keyFile));
+  if (keyFile !== undefined) process.on('SIGHUP', () => reloadKeyFile(keyFile, 'rack', (keys) => rack.setKeys(keys)));
   console.log(
     `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches`,
   );
@@ -116,24 +116,6 @@ function readSecret(file: string): string {
   }
 }
 
-function usageOnError<T>(f: () => T): T {
-  try {
-    return f();
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-}
-
-/** SIGHUP: a bad key file keeps the keys in use (and says so). */
-function rereadKeys(rack: Rack, file: string): void {
-  try {
-    const keys = readKeyFile(file);
-    rack.setKeys(keys);
-    console.log(`apm rack: SIGHUP, ${keys.byId.size} keys from ${file} (signing with key ${keys.signing.id})`);
-  } catch (err) {
-    console.error(`apm rack: SIGHUP, keeping the keys in use: ${(err as Error).message}`);
-  }
-}
 
 function readAllowList(file: string): Set<string> {
   const ids = readFileSync(file, 'utf8')

@@ -78,6 +78,17 @@ export function readKeyFile(file: string): KeySet {
   return parseKeyFile(text, `--key-file ${file}`);
 }
 
+
+/** SIGHUP for a daemon: rereads the key file and applies it; a bad file keeps the keys in use (and says so). */
+export function reloadKeyFile(file: string, daemon: string, apply: (keys: KeySet) => void): void {
+  try {
+    const keys = readKeyFile(file);
+    apply(keys);
+    console.log(`apm ${daemon}: SIGHUP, ${keys.byId.size} keys from ${file} (signing with key ${keys.signing.id})`);
+  } catch (err) {
+    console.error(`apm ${daemon}: SIGHUP, keeping the keys in use: ${(err as Error).message}`);
+  }
+}
 /** True when a datagram carries an auth header (it may still be forged). */
 export function isSigned(datagram: Uint8Array): boolean {
   return datagram.length >= authHeaderBytes && readU32(datagram, 0) === magic;

@@ -11,18 +11,12 @@ import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { Encoder, KindCode } from '../schema/codec.js';
 import { buildColumns } from '../schema/testdata.js';
+import type { WindowResult as Window } from '../core/query/eval.js';
 import { spawnApm, until, type Daemon } from './proc.js';
 
 const chromiumPath = '/usr/bin/chromium';
 const artifacts = fileURLToPath(new URL('../artifacts/', import.meta.url));
 
-interface Window {
-  startMs: number;
-  servers: number;
-  count: number;
-  values: Record<string, number>;
-  revision: number;
-}
 
 const cleanup: (() => Promise<unknown> | void)[] = [];
 afterAll(async () => {

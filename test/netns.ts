@@ -3,11 +3,10 @@
 // inside a namespace the caller creates and deletes. Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)
 // and iproute2 + nftables; without them `Netns.create` throws saying so — never a silent skip.
 
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { Daemon } from './proc.js';
-import { cliPath } from './proc.js';
+import { cliPath, spawnDaemon, type Daemon } from './proc.js';
 
 /** The built `apm`: beside this file when it runs from dist/ (apm bench), else proc.ts's (vitest on sources). */
 const apmCli = import.meta.url.endsWith('.js') ? fileURLToPath(new URL('../tools/cli.js', import.meta.url)) : cliPath;
@@ -148,58 +147,4 @@ export class Netns {
     this.deleted = true;
     await run('ip', ['netns', 'delete', this.name]).catch((err: Error) => console.error(`could not delete network namespace ${this.name}: ${err.message}`));
   }
-}
-
-/** A Daemon (see proc.ts) for any command, with an optional per-line hook and stdin. */
-function spawnDaemon(command: string, args: string[], opts: { stdin?: boolean } = {}): Daemon & { onLine: ((line: string) => void) | null } {
-  const child = spawn(command, args, { stdio: [opts.stdin === true ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
-  const output: string[] = [];
-  const waiters = new Set<() => boolean>();
-  const partial = { stdout: '', stderr: '' };
-  const d = {
-    child,
-    output,
-    onLine: null as ((line: string) => void) | null,
-    waitFor(pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          for (const line of output) {
-            const m = pattern.exec(line);
-            if (m !== null) {
-              clearTimeout(timer);
-              resolve(m);
-              return true;
-            }
-          }
-          return false;
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms from ${args.slice(3, 6).join(' ')}; output:\n${output.join('\n')}`));
-        }, timeoutMs);
-        if (!check()) waiters.add(check);
-      });
-    },
-    exited: () => exited,
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
-  };
-  const onData = (stream: 'stdout' | 'stderr') => (chunk: Buffer) => {
-    const lines = (partial[stream] + chunk.toString('utf8')).split('\n');
-    partial[stream] = lines.pop()!;
-    for (const l of lines) {
-      if (l.length === 0) continue;
-      if (d.onLine !== null && stream === 'stdout') d.onLine(l);
-      else output.push(l);
-    }
-    // Bounded: a long run keeps the newest lines only.
-    if (output.length > 2000) output.splice(0, output.length - 2000);
-    for (const w of [...waiters]) if (w()) waiters.delete(w);
-  };
-  child.stdout!.on('data', onData('stdout'));
-  child.stderr!.on('data', onData('stderr'));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return d;
 }

@@ -16,25 +16,20 @@ export interface Daemon {
 }
 
 export function spawnApm(args: string[]): Daemon {
-  const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawnDaemon(process.execPath, [cliPath, ...args]);
+}
+
+/** A Daemon (see proc.ts) for any command, with an optional per-line hook and stdin. */
+export function spawnDaemon(command: string, args: string[], opts: { stdin?: boolean } = {}): Daemon & { onLine: ((line: string) => void) | null } {
+  const child = spawn(command, args, { stdio: [opts.stdin === true ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
-  const waiters: (() => void)[] = [];
-  // Whole lines only: a line may arrive in several chunks.
+  const waiters = new Set<() => boolean>();
   const partial = { stdout: '', stderr: '' };
-  const onData = (stream: 'stdout' | 'stderr') => (chunk: Buffer) => {
-    const text = partial[stream] + chunk.toString('utf8');
-    const lines = text.split('\n');
-    partial[stream] = lines.pop()!;
-    output.push(...lines.filter((l) => l.length > 0));
-    waiters.forEach((w) => w());
-  };
-  child.stdout!.on('data', onData('stdout'));
-  child.stderr!.on('data', onData('stderr'));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return {
+  const d = {
     child,
     output,
-    waitFor(pattern, timeoutMs = 10_000) {
+    onLine: null as ((line: string) => void) | null,
+    waitFor(pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> {
       return new Promise((resolve, reject) => {
         const check = () => {
           for (const line of output) {
@@ -47,18 +42,35 @@ export function spawnApm(args: string[]): Daemon {
           }
           return false;
         };
-        const timer = setTimeout(() => reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; output:\n${output.join('\n')}`)), timeoutMs);
-        if (!check()) waiters.push(check);
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms from ${[command, ...args].join(' ').slice(0, 160)}; output:\n${output.join('\n')}`));
+        }, timeoutMs);
+        if (!check()) waiters.add(check);
       });
     },
-    exited() {
-      return exited;
-    },
-    async stop(signal = 'SIGTERM') {
+    exited: () => exited,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       return exited;
     },
   };
+  const onData = (stream: 'stdout' | 'stderr') => (chunk: Buffer) => {
+    const lines = (partial[stream] + chunk.toString('utf8')).split('\n');
+    partial[stream] = lines.pop()!;
+    for (const l of lines) {
+      if (l.length === 0) continue;
+      if (d.onLine !== null && stream === 'stdout') d.onLine(l);
+      else output.push(l);
+    }
+    // Bounded: a long run keeps the newest lines only.
+    if (output.length > 2000) output.splice(0, output.length - 2000);
+    for (const w of [...waiters]) if (w()) waiters.delete(w);
+  };
+  child.stdout!.on('data', onData('stdout'));
+  child.stderr!.on('data', onData('stderr'));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return d;
 }
 
 /** Polls `cond` every 20 ms until it yields a value other than undefined, or fails after `timeoutMs`. */

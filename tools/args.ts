@@ -5,6 +5,15 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 export class UsageError extends Error {}
 
+/** Runs `f`; an error it throws becomes a UsageError (exit 2 with the message, no stack). */
+export function usageOnError<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
 /** Parses argv against `options`; throws UsageError with `help` appended on anything unknown. */
