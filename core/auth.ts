@@ -118,7 +118,7 @@ export function allows(role: Role, access: Access): boolean {
   return role === access;
 }
 
-const livePath = /^\/api\/v1\/queries\/[^/]+\/live$/;
+const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
 
 export interface AuthOptions {
   /** The accepted tokens; null: auth is off (the loopback dev default), every request passes. */

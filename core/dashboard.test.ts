@@ -63,6 +63,15 @@ describe('dashboard routes', () => {
   });
 });
 
+describe('multiplexed live stream', () => {
+  it('refuses a stream without ids or with an unknown one', async () => {
+    expect((await app.request('/api/v1/live')).status).toBe(400);
+    const r = await app.request('/api/v1/live?ids=nope');
+    expect(r.status).toBe(404);
+    expect(await r.json()).toEqual({ error: 'no stored query nope', unknown: ['nope'] });
+  });
+});
+
 describe('CoreStatus', () => {
   it('computes ingest rates over the sampled span and tracks the newest second', () => {
     const s = new CoreStatus({ racksMax: 10, samplesMax: 3 });

@@ -140,6 +140,18 @@ describe('dashboard in Chromium', () => {
     await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
   });
 
+  it('stays usable with more stored queries than the browser has connections per host (6)', async () => {
+    for (let i = 0; i < 7; i++) {
+      const r = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `extra ${i}`, query: `FROM web-* SELECT sim.cpu.${i + 1} WINDOW 5s COMPUTE max` }) });
+      expect(r.status).toBe(201);
+    }
+    await page.reload();
+    await expect.poll(() => page.locator('article.panel').count()).toBe(8);
+    // One multiplexed stream feeds every chart: each goes live and receives windows.
+    await expect.poll(() => page.locator('article.panel .state.live').count(), { timeout: 15_000 }).toBe(8);
+    await expect.poll(() => page.locator('article.panel', { hasText: 'extra 6' }).locator('.received').textContent(), { timeout: 20_000 }).toMatch(/^[1-9]/);
+  });
+
   it('shows the fleet: servers with their state and the core health', async () => {
     await page.getByRole('button', { name: 'Fleet' }).click();
     // The six simulated servers and the one that sent the late batch.

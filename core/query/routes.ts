@@ -1,7 +1,7 @@
 // Query routes of the core API (DESIGN §5): stored queries, their results and live stream,
 // and ad-hoc queries. Errors are {"error"} (parse errors add {"position"}).
 
-import type { Hono } from 'hono';
+import type { Context, Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { coreLimits } from '../limits.js';
 import type { Store } from '../store.js';
@@ -19,6 +19,8 @@ export const routeLimits = {
   subscriberQueueMax: 256,
   keepAliveMs: 15_000,
   nameCharsMax: 200,
+  /** Stored queries on one multiplexed live stream: every stored query of a core. */
+  idsPerStreamMax: 1000,
 } as const;
 
 export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): { subscribers: () => number; dropped: () => number } {
@@ -87,22 +89,20 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     }
   });
 
-  app.get('/api/v1/queries/:id/live', (c) => {
-    const q = stored.get(c.req.param('id'));
-    if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
-    if (subscribers >= routeLimits.subscribersMax) return c.json({ error: `${routeLimits.subscribersMax} live subscribers already; try later` }, 503);
-    return streamSSE(c, async (stream) => {
+  /** Streams windows of the queries in `ids` as SSE `window` events until the client leaves. */
+  const liveStream = (c: Context, ids: ReadonlySet<string>, tagged: boolean) =>
+    streamSSE(c, async (stream) => {
       subscribers++;
-      const queue: WindowResult[] = [];
+      const queue: { id: string; w: WindowResult }[] = [];
       let wake: (() => void) | null = null;
       let closed = false;
       const unsubscribe = stored.subscribe((id, w) => {
-        if (id !== q.id || closed) return;
+        if (!ids.has(id) || closed) return;
         if (queue.length >= routeLimits.subscriberQueueMax) {
           // A client this far behind is dropped rather than allowed to hold memory.
           closed = true;
           dropped++;
-        } else queue.push(w);
+        } else queue.push({ id, w });
         wake?.();
       });
       stream.onAbort(() => {
@@ -111,9 +111,10 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
       });
       try {
         while (!closed) {
-          const w = queue.shift();
-          if (w !== undefined) {
-            await stream.writeSSE({ event: 'window', data: JSON.stringify(w), id: `${w.startMs}:${w.revision}` });
+          const e = queue.shift();
+          if (e !== undefined) {
+            const data = tagged ? `{"id":${JSON.stringify(e.id)},"window":${JSON.stringify(e.w)}}` : JSON.stringify(e.w);
+            await stream.writeSSE({ event: 'window', data, id: `${e.w.startMs}:${e.w.revision}` });
             continue;
           }
           await new Promise<void>((resolve) => {
@@ -128,6 +129,26 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
         subscribers--;
       }
     });
+  const busy = (c: Context) => c.json({ error: `${routeLimits.subscribersMax} live subscribers already; try later` }, 503);
+
+  app.get('/api/v1/queries/:id/live', (c) => {
+    const q = stored.get(c.req.param('id'));
+    if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
+    if (subscribers >= routeLimits.subscribersMax) return busy(c);
+    return liveStream(c, new Set([q.id]), false);
+  });
+
+  // Several stored queries on one stream: a browser holds at most 6 HTTP/1.1 connections per
+  // host, so a dashboard with a stream per chart would starve its own other requests.
+  // Events carry {"id", "window"}.
+  app.get('/api/v1/live', (c) => {
+    const ids = (c.req.query('ids') ?? '').split(',').filter((x) => x !== '');
+    if (ids.length === 0) return c.json({ error: 'missing ids=<id>,<id>,… (stored query ids)' }, 400);
+    if (ids.length > routeLimits.idsPerStreamMax) return c.json({ error: `${ids.length} ids > ${routeLimits.idsPerStreamMax} per stream` }, 400);
+    const unknown = ids.filter((id) => stored.get(id) === undefined);
+    if (unknown.length > 0) return c.json({ error: `no stored query ${unknown.join(', ')}`, unknown }, 404);
+    if (subscribers >= routeLimits.subscribersMax) return busy(c);
+    return liveStream(c, new Set(ids), true);
   });
 
   app.get('/api/v1/query', (c) => {

@@ -140,8 +140,6 @@ class Panel {
     this.received = 0;
     this.rows = [];
     this.plot = null;
-    this.es = null;
-    this.retryMs = retryMsMin;
     this.opened = false;
     this.renderQueued = false;
     this.loadSeq = 0;
@@ -181,19 +179,7 @@ class Panel {
     this.keys = [];
     this.plot?.destroy();
     this.plot = null;
-    this.stop();
-    this.start();
-  }
-
-  start() {
-    this.connect();
     void this.load();
-  }
-
-  stop() {
-    clearTimeout(this.retryTimer);
-    this.es?.close();
-    this.es = null;
   }
 
   async remove() {
@@ -207,49 +193,24 @@ class Panel {
   }
 
   dispose() {
-    this.stop();
     this.plot?.destroy();
     this.root.remove();
     state.panels.delete(this.def.id);
     $('empty').hidden = state.panels.size > 0;
+    live.sync();
   }
 
-  /** Live stream; after a drop (core restart), reconnects with back-off and fills the gap. */
-  connect() {
-    const q = state.token ? `?access_token=${encodeURIComponent(state.token)}` : '';
-    const es = new EventSource(`/api/v1/queries/${encodeURIComponent(this.def.id)}/live${q}`);
-    this.es = es;
-    es.addEventListener('open', () => {
-      this.setState('live', 'live');
-      this.retryMs = retryMsMin;
-      if (this.opened) void this.backfill();
-      this.opened = true;
-    });
-    es.addEventListener('window', (e) => {
-      this.received++;
-      this.upsert(JSON.parse(e.data));
-      this.queueRender();
-    });
-    es.addEventListener('error', () => {
-      this.setState('reconnecting…', 'down');
-      // EventSource retries network errors itself; an HTTP error (404, 503 at start-up) closes it.
-      if (es.readyState !== EventSource.CLOSED) return;
-      es.close();
-      this.retryTimer = setTimeout(() => void this.reopen(), this.retryMs);
-      this.retryMs = Math.min(this.retryMs * 2, retryMsMax);
-    });
+  /** The shared stream (re)opened: after the first time, fetch what closed while it was down. */
+  streamOpen() {
+    this.setState('live', 'live');
+    if (this.opened) void this.backfill();
+    this.opened = true;
   }
 
-  async reopen() {
-    try {
-      await api(`/api/v1/queries/${encodeURIComponent(this.def.id)}`);
-    } catch (err) {
-      if (err.status === 404) {
-        this.dispose();
-        return;
-      }
-    }
-    if (state.panels.get(this.def.id) === this) this.connect();
+  receive(w) {
+    this.received++;
+    this.upsert(w);
+    this.queueRender();
   }
 
   setState(text, cls) {
@@ -420,8 +381,69 @@ class Panel {
   }
 }
 
+/**
+ * One live stream for every panel (`/api/v1/live?ids=…`): a browser holds at most 6 HTTP/1.1
+ * connections per host, so a stream per chart would leave none for the page's other requests.
+ * EventSource retries a dropped connection itself; an HTTP error (a query deleted elsewhere,
+ * 503 while the core starts) closes it, and it is reopened with back-off for the current panels.
+ */
+const live = {
+  es: null,
+  ids: '',
+  retryMs: retryMsMin,
+  timer: 0,
+
+  /** Opens the stream for the current panels if they changed (or it is closed). */
+  sync() {
+    const ids = [...state.panels.keys()].sort().join(',');
+    if (ids === this.ids && this.es !== null) return;
+    this.close();
+    this.ids = ids;
+    if (ids !== '') this.open();
+  },
+
+  open() {
+    const q = new URLSearchParams({ ids: this.ids });
+    if (state.token) q.set('access_token', state.token);
+    const es = new EventSource(`/api/v1/live?${q}`);
+    this.es = es;
+    es.addEventListener('open', () => {
+      this.retryMs = retryMsMin;
+      for (const p of state.panels.values()) p.streamOpen();
+    });
+    es.addEventListener('window', (e) => {
+      const { id, window } = JSON.parse(e.data);
+      state.panels.get(id)?.receive(window);
+    });
+    es.addEventListener('error', () => {
+      for (const p of state.panels.values()) p.setState('reconnecting…', 'down');
+      if (es.readyState !== EventSource.CLOSED) return;
+      this.close();
+      this.timer = setTimeout(() => void this.reopen(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, retryMsMax);
+    });
+  },
+
+  async reopen() {
+    // The list first: a query deleted elsewhere would refuse the whole stream (404).
+    if (!(await refreshQueries())) {
+      this.timer = setTimeout(() => void this.reopen(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, retryMsMax);
+      return;
+    }
+    this.sync();
+  },
+
+  close() {
+    clearTimeout(this.timer);
+    this.es?.close();
+    this.es = null;
+  },
+};
+
 // ---- stored queries list --------------------------------------------------------------------
 
+/** Loads the stored queries: new ones get a panel, gone ones lose theirs. False when the core did not answer. */
 async function refreshQueries() {
   let list;
   try {
@@ -429,7 +451,7 @@ async function refreshQueries() {
     setConn('', false);
   } catch (err) {
     setConn(`core: ${err.message}`, true);
-    return;
+    return false;
   }
   const seen = new Set();
   for (const def of list) {
@@ -442,10 +464,12 @@ async function refreshQueries() {
     const panel = new Panel(def);
     state.panels.set(def.id, panel);
     $('panels').append(panel.root);
-    panel.start();
+    void panel.load();
   }
   for (const [id, p] of state.panels) if (!seen.has(id)) p.dispose();
   $('empty').hidden = state.panels.size > 0;
+  live.sync();
+  return true;
 }
 
 function setConn(text, bad) {
