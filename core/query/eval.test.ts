@@ -177,8 +177,35 @@ describe('stored queries across a restart', () => {
     store = new Store(opts);
     stored = new StoredQueries(store.env, store, sq);
     expect(stored.get(def.id)).toMatchObject({ name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max, count' });
+    // Behind by the windows missed: the oldest waiting one ([t0+20, t0+30)) ended 31 s before.
+    expect(stored.lagSeconds((t0 + 61) * 1000)).toBe(31);
     await stored.tick((t0 + 61) * 1000);
+    expect(stored.lagSeconds((t0 + 61) * 1000)).toBeLessThanOrEqual(0);
     expect(stored.results_(def.id, 0, Infinity).map((w) => [w.values.max, w.values.count])).toEqual([[9, 10], [19, 10], [29, 10], [39, 10], [49, 10], [59, 10]]);
+    await store.close();
+  });
+});
+
+describe('editing a stored query', () => {
+  it('keeps its id, drops the old results, evaluates the new text, and refuses a bad one without change', async () => {
+    const store = openStore();
+    const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100 });
+    for (let t = t0; t < t0 + 40; t++) {
+      const body = enc.rackBatch({ rack: 'r1', batchSeq: t, second: t, late: false, servers: [{ server: 's1', blocks: [buildColumns([{ name: 'x', kind: KindCode.Gauge, value: t - t0 }, { name: 'y', kind: KindCode.Gauge, value: 100 + t - t0 }], [])] }], rollup: buildColumns([], []) });
+      await store.ingest(body);
+    }
+    const def = await stored.create('q', 'FROM * SELECT x WINDOW 10s COMPUTE max', t0 * 1000);
+    await stored.tick((t0 + 20) * 1000);
+    expect(stored.results_(def.id, 0, Infinity).map((w) => w.values.max)).toEqual([9, 19]);
+    await expect(stored.update(def.id, 'q', 'FROM * SELEKT y', (t0 + 20) * 1000)).rejects.toThrow(/SELECT/);
+    expect(stored.get(def.id)!.query).toBe('FROM * SELECT x WINDOW 10s COMPUTE max');
+    const edited = await stored.update(def.id, 'q2', 'FROM * SELECT y WINDOW 10s COMPUTE max', (t0 + 20) * 1000);
+    expect(edited).toMatchObject({ id: def.id, name: 'q2', createdMs: def.createdMs });
+    expect(stored.results_(def.id, 0, Infinity)).toEqual([]);
+    await stored.tick((t0 + 40) * 1000);
+    // Evaluation restarts at the window before the edit: y's maxima from there on.
+    expect(stored.results_(def.id, 0, Infinity).map((w) => w.values.max)).toEqual([119, 129, 139]);
+    expect(await stored.update('nope', 'n', 'FROM * SELECT y WINDOW 10s COMPUTE max', 0)).toBeUndefined();
     await store.close();
   });
 });

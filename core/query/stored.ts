@@ -99,10 +99,14 @@ export class StoredQueries {
     return def;
   }
 
-  /** Seconds by which the most-behind stored query's evaluated windows trail `nowMs` (0 with none). */
+  /**
+   * How long ago the oldest window still waiting for evaluation ended, over every stored query
+   * (s; 0 with none waiting). On time, this stays at about the lateness; a query catching up
+   * after downtime shows how far behind it is.
+   */
   lagSeconds(nowMs: number): number {
     let lag = 0;
-    for (const s of this.states.values()) lag = Math.max(lag, nowMs / 1000 - s.next);
+    for (const s of this.states.values()) lag = Math.max(lag, nowMs / 1000 - (s.next + s.parsed.windowSeconds));
     return lag;
   }
 
