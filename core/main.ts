@@ -102,7 +102,10 @@ export async function main(argv: string[]): Promise<void> {
     auth,
     queryRate: queryRate === 0 ? undefined : new RateLimiter({ ratePerSecond: queryRate, burst: coreLimits.queryBurst, bucketsMax: coreLimits.rateBucketsMax }),
   });
-  const port = await new Promise<number>((resolve) => serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port)));
+  const port = await new Promise<number>((resolve, reject) => {
+    const server = serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port));
+    server.once('error', (err) => reject(new UsageError(`cannot listen on ${values.listen}: ${err.message} (another apm core?); choose another --listen`)));
+  });
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
     console.log(`apm core: ${signal}, writing what it holds`);

@@ -107,11 +107,11 @@ export class Rack {
     const l = this.opts.limits;
     const socket = dgram.createSocket({ type: this.opts.listenHost.includes(':') ? 'udp6' : 'udp4', recvBufferSize: l.recvBufferBytes });
     socket.on('message', (msg, rinfo) => this.enqueue(msg, rinfo));
-    socket.on('error', (err) => console.error(`rack: UDP socket error: ${err.message}`));
     await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
+      socket.once('error', (err) => reject(new Error(`cannot listen on UDP ${this.opts.listenHost}:${this.opts.listenPort}: ${err.message}; choose another --listen`, { cause: err })));
       socket.bind(this.opts.listenPort, this.opts.listenHost, () => {
-        socket.off('error', reject);
+        socket.removeAllListeners('error');
+        socket.on('error', (err) => console.error(`rack: UDP socket error: ${err.message}`));
         resolve();
       });
     });
@@ -123,8 +123,9 @@ export class Rack {
     const app = new Hono();
     app.get('/healthz', (c) => c.text('ok\n'));
     app.get('/metrics', (c) => c.text(this.metricsText(), 200, { 'content-type': 'text/plain; version=0.0.4' }));
-    const httpPort = await new Promise<number>((resolve) => {
+    const httpPort = await new Promise<number>((resolve, reject) => {
       this.http = serve({ fetch: app.fetch, hostname: this.opts.httpHost, port: this.opts.httpPort }, (info) => resolve(info.port));
+      this.http.once('error', (err) => reject(new Error(`cannot serve HTTP on ${this.opts.httpHost}:${this.opts.httpPort}: ${err.message}; choose another --http`, { cause: err })));
     });
     this.timer = setInterval(() => this.tick(Date.now()), l.tickMs);
     this.reportTimer = setInterval(() => void this.forwarder.report(this.opts.rack, this.statusReport()), l.statusReportMs);
