@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import net from 'node:net';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnApm, until } from './proc.js';
@@ -33,6 +33,13 @@ describe('apm demo', () => {
       }, 20_000, '50 simulated servers and this host at the core');
       expect(new Set(servers.map((s) => s.rack))).toEqual(new Set(['r1', 'r2']));
       await demo.waitFor(/ingest [\d,]+ points\/s/, 15_000);
+      // The demo runs signed: every datagram verified with the key it created (mode 0600).
+      expect(statSync(join(data, 'rack.keys')).mode & 0o777).toBe(0o600);
+      const rack = await (await fetch('http://127.0.0.1:7071/metrics')).text();
+      expect(rack).toMatch(/^apm_rack_auth_keys 1$/m);
+      expect(rack).toMatch(/^apm_rack_datagrams_rejected_total\{reason="unauthenticated"\} 0$/m);
+      expect(rack).toMatch(/^apm_rack_datagrams_rejected_total\{reason="bad_hmac"\} 0$/m);
+      expect(Number(/^apm_rack_datagrams_received_total (\d+)$/m.exec(rack)?.[1])).toBeGreaterThan(100);
       const first = (await (await fetch(`http://127.0.0.1:${port}/api/v1/queries`)).json()) as { queries: { id: string; name: string }[] };
       expect(first.queries.map((q) => q.name)).toContain('RPC latency (ms)');
       const cpu = first.queries.find((q) => q.name === 'Fleet CPU (%)')!;

@@ -3,10 +3,12 @@
 // look at and a status line every few seconds. Ctrl-C stops everything cleanly.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseIntOption, parseOptions } from './args.js';
+import { readKeyFile } from '../schema/auth.js';
 import { Simulator } from './simulate.js';
 
 export const demoHelp = `apm demo: core + 2 racks + an edge for this host + a simulated fleet, data in ./data
@@ -69,6 +71,16 @@ async function prom(url: string): Promise<Map<string, number>> {
   return out;
 }
 
+/**
+ * The racks' datagram key (DESIGN §3): created once in the data directory (mode 0600) and shared
+ * by the racks, the edge and the simulated fleet, so the demo runs signed like a real rack.
+ */
+function demoKeyFile(data: string): string {
+  const file = `${data}/rack.keys`;
+  if (!existsSync(file)) writeFileSync(file, `# apm demo: datagram key shared by racks and edges ("<key id> <hex secret>")\n1 ${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  return file;
+}
+
 /** The mission's example queries, created once (a second start finds them in ./data). */
 async function ensureQueries(core: string, host: string): Promise<void> {
   const want = [
@@ -103,6 +115,7 @@ export async function main(argv: string[]): Promise<void> {
   const port = parseIntOption(values.port, '--port', 8080, 1, 65535);
   const data = values.data!;
   mkdirSync(data, { recursive: true });
+  const keyFile = demoKeyFile(data);
   const core = `http://127.0.0.1:${port}`;
   const children: Child[] = [];
   let sim: Simulator | null = null;
@@ -127,15 +140,15 @@ export async function main(argv: string[]): Promise<void> {
     console.log(` ${core}`);
     for (const [i, r] of ['r1', 'r2'].entries()) {
       process.stdout.write(`  rack ${r} …`);
-      children.push(await start(`rack ${r}`, ['rack', '--rack', r, '--listen', `127.0.0.1:${7070 + 2 * i}`, '--http', `127.0.0.1:${7071 + 2 * i}`, '--core', core, '--spool', `${data}/rack-${r}`], /apm rack/));
+      children.push(await start(`rack ${r}`, ['rack', '--rack', r, '--listen', `127.0.0.1:${7070 + 2 * i}`, '--http', `127.0.0.1:${7071 + 2 * i}`, '--core', core, '--spool', `${data}/rack-${r}`, '--key-file', keyFile], /apm rack/));
       console.log(` UDP 127.0.0.1:${7070 + 2 * i}, metrics http://127.0.0.1:${7071 + 2 * i}/metrics`);
     }
     const host = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64) || 'localhost';
     process.stdout.write(`  edge ${host} (this host's /proc, StatsD) …`);
-    children.push(await start('edge', ['edge', '--server', host, '--rack', '127.0.0.1:7070', '--statsd', '127.0.0.1:8125'], /apm edge/));
+    children.push(await start('edge', ['edge', '--server', host, '--rack', '127.0.0.1:7070', '--statsd', '127.0.0.1:8125', '--key-file', keyFile], /apm edge/));
     console.log(' StatsD on 127.0.0.1:8125 (try: echo "demo.hello:1|c" | nc -u -w0 127.0.0.1 8125)');
     process.stdout.write(`  simulated fleet: ${servers} servers × ${metrics} metrics over 2 racks …`);
-    sim = new Simulator({ racks: [{ host: '127.0.0.1', port: 7070 }, { host: '127.0.0.1', port: 7072 }], servers, metrics, distShare: 0.05, datagramBytes: 1432, seed: 1, prefix: 'sim' });
+    sim = new Simulator({ racks: [{ host: '127.0.0.1', port: 7070 }, { host: '127.0.0.1', port: 7072 }], servers, metrics, distShare: 0.05, datagramBytes: 1432, seed: 1, prefix: 'sim', keys: readKeyFile(keyFile) });
     await sim.start();
     console.log(' sending');
   } catch (err) {
@@ -155,6 +168,7 @@ Also:
   ${core}/api/v1/queries     the stored queries; /api/v1/queries/<id>/results and /live (SSE)
   ./tools/apm query "FROM sim-* SELECT sim.rpc_latency_ms.0 WINDOW 5s COMPUTE p50, p99, max" --from -2m
   http://127.0.0.1:7071/metrics   rack r1 (datagrams, NACKs, recovered/lost parts, spool)
+Datagrams from the edge and the simulated fleet are signed with the key in ${keyFile}.
 Ctrl-C stops everything; a second start reuses ${data}.
 `);
   let last = await prom(`${core}/metrics`);
