@@ -215,12 +215,15 @@ export class Rack {
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const bytes = this.encoder.rackBatch({ rack: this.opts.rack, batchSeq: seq, second: batch.second, late: batch.late, servers: merged.servers, rollup });
     this.pendingWrites++;
-    void this.spool.put(seq, bytes).then((ok) => {
-      this.pendingWrites--;
-      if (!ok) return;
-      this.counters.batches_spooled++;
-      this.forwarder.enqueued(seq, batch.second);
-    });
+    void this.spool
+      .put(seq, bytes)
+      .then((ok) => {
+        if (!ok) return;
+        this.counters.batches_spooled++;
+        this.forwarder.enqueued(seq, batch.second);
+      })
+      .catch((err: unknown) => console.error(`rack: spooling batch ${seq} failed: ${(err as Error).message}`))
+      .finally(() => this.pendingWrites--);
   }
 
   /** Asks each edge for the names of hashes the rack has never seen named. */

@@ -118,8 +118,19 @@ describe('Reassembly', () => {
       [t0 + 3, false, 1],
     ]);
     expect(r.counters).toMatchObject({ resume_probes: 2, resume_seconds_unasked: 0, parts_lost: 0, seconds_incomplete: 0 });
-    // An edge first heard 20 s after the last spooled second: the 12 newest are asked, 7 counted as too old.
+    // An edge first heard after the hold was not missed by the restart: nothing asked, nothing counted.
     r.accept(part('b', t0 + 20, 0, 1, 1), 10, peer, ms(t0 + 20, 100));
-    expect(r.counters).toMatchObject({ resume_probes: 14, resume_seconds_unasked: 7 });
+    expect(r.counters).toMatchObject({ resume_probes: 2, resume_seconds_unasked: 0 });
+  });
+
+  it('after a long outage, asks for the 12 newest seconds, counts the older ones, and keeps room for the live ones', () => {
+    // Spooled through t0; restarted at t0 + 30 (down 29 s); the edge's first datagram is for t0 + 30.
+    const r = new Reassembly({ ...opts, openSecondsPerServerMax: 4, resume: { afterSecond: t0, untilMs: ms(t0 + 30) + 5000 } });
+    r.accept(part('a', t0 + 30, 0, 1, 1), 10, peer, ms(t0 + 30, 100));
+    expect(r.counters).toMatchObject({ resume_probes: 12, resume_seconds_unasked: 17 });
+    // All 12 probed seconds answer, and the live ones keep coming during the hold: none refused.
+    for (let sec = t0 + 18; sec < t0 + 30; sec++) expect(r.accept(part('a', sec, 0, 1, 0), 10, peer, ms(t0 + 30, 300))).toBeNull();
+    for (let sec = t0 + 31; sec < t0 + 34; sec++) expect(r.accept(part('a', sec, 0, 1, 1), 10, peer, ms(sec, 10))).toBeNull();
+    expect(r.rejected.too_many_open_seconds).toBe(0);
   });
 });

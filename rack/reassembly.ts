@@ -142,7 +142,7 @@ export class Reassembly {
     if (msg.second > nowS + this.opts.futureSeconds) return this.reject('too_far_in_future');
     if (msg.second < nowS - this.opts.lateHorizonSeconds) return this.reject('too_old');
     if (this.opts.allowList !== null && !this.opts.allowList.has(msg.server)) return this.reject('unknown_server');
-    const s = this.serverFor(msg, peer);
+    const s = this.serverFor(msg, peer, nowMs);
     if (s === null) return this.reject('too_many_servers');
     if (msg.parts === 0) {
       this.counters.names_only++;
@@ -152,7 +152,7 @@ export class Reassembly {
     if (msg.second <= this.closedThrough) return this.acceptLate(s, msg, frameBytes);
     let o = s.open.get(msg.second);
     if (o === undefined) {
-      if (s.open.size >= this.opts.openSecondsPerServerMax) return this.reject('too_many_open_seconds');
+      if (s.open.size >= this.openSecondsMax(nowMs)) return this.reject('too_many_open_seconds');
       o = { second: msg.second, session: msg.session, parts: msg.parts, received: new Array(msg.parts).fill(null), count: 0, bytes: 0, firstMs: nowMs, lastNackMs: 0, nacks: 0, nacked: new Uint8Array(msg.parts) };
       s.open.set(msg.second, o);
       let set = this.openSeconds.get(msg.second);
@@ -179,13 +179,13 @@ export class Reassembly {
     return reason;
   }
 
-  private serverFor(msg: EdgeSecondMessage, peer: Peer): ServerState | null {
+  private serverFor(msg: EdgeSecondMessage, peer: Peer, nowMs: number): ServerState | null {
     let s = this.servers.get(msg.server);
     if (s === undefined) {
       if (this.servers.size >= this.opts.serversMax) return null;
       s = { id: msg.server, peer, session: msg.session, lastSecond: -1, lastSeq: -1, open: new Map(), closed: new Map(), probes: [] };
       this.servers.set(msg.server, s);
-      this.probeSinceResume(s, msg.second);
+      this.probeSinceResume(s, msg.second, nowMs);
     }
     s.peer = peer;
     if (s.session !== msg.session) {
@@ -198,10 +198,18 @@ export class Reassembly {
     return s;
   }
 
-  /** A rack restarted: asks a newly seen edge for the seconds between the last spooled one and now. */
-  private probeSinceResume(s: ServerState, firstSecond: number): void {
+  /** Open seconds per edge: during the hold after a restart, room for the probed ones too. */
+  private openSecondsMax(nowMs: number): number {
     const r = this.opts.resume;
-    if (r === undefined || r.afterSecond < 0) return;
+    const holding = r !== undefined && nowMs < r.untilMs + 1000;
+    return this.opts.openSecondsPerServerMax + (holding ? resumeSecondsMax : 0);
+  }
+
+  /** A rack restarted: asks a newly seen edge for the seconds between the last spooled one and now. */
+  private probeSinceResume(s: ServerState, firstSecond: number, nowMs: number): void {
+    const r = this.opts.resume;
+    // Only edges heard during the hold: one that shows up later was not missed by the restart.
+    if (r === undefined || r.afterSecond < 0 || nowMs >= r.untilMs) return;
     const from = Math.max(r.afterSecond + 1, firstSecond - resumeSecondsMax);
     // Seconds older than that were down longer than the edge keeps them: counted, not asked.
     this.counters.resume_seconds_unasked += Math.max(0, from - (r.afterSecond + 1));

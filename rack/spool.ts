@@ -57,6 +57,8 @@ export class Spool {
   /** Acknowledged batches whose removal the disk refused: skipped, removed once it has room
    *  (after a restart they would be sent again, and the core de-duplicates them). */
   private readonly removeFailed = new Set<number>();
+  /** Removals in flight (their batch is still readable until the commit). */
+  private readonly removing = new Set<number>();
   readonly bytesMax: number;
 
   constructor(
@@ -111,6 +113,7 @@ export class Spool {
       await this.writeUnwritten();
       return this.boundMemory(seq);
     }
+    if (this.removeFailed.size > 0) await this.retryRemovals();
     if (!(await this.write([[seq, bytes]]))) {
       this.unwritten.set(seq, bytes);
       this.unwrittenBytes += bytes.length;
@@ -161,8 +164,8 @@ export class Spool {
         this.unwrittenBytes -= bytes.length;
         this.noteWritten(seq, bytes);
       } else {
-        // Acknowledged by the core while the write was in flight.
-        await this.batches.remove(seq);
+        // Acknowledged by the core while the write was in flight: written, then removed.
+        await this.removeFromDisk(seq);
       }
     }
     await this.boundDisk(entries[entries.length - 1]![0]);
@@ -224,7 +227,7 @@ export class Spool {
   oldest(limit: number, exclude?: ReadonlySet<number>): SpoolEntry[] {
     const out: SpoolEntry[] = [];
     for (const key of this.batches.getKeys()) {
-      if (exclude?.has(key) || this.removeFailed.has(key)) continue;
+      if (exclude?.has(key) || this.removeFailed.has(key) || this.removing.has(key)) continue;
       const bytes = this.recent.get(key) ?? this.batches.get(key);
       if (bytes !== undefined) out.push({ seq: key, bytes });
       if (out.length >= limit) break;
@@ -234,6 +237,7 @@ export class Spool {
     return out.sort((a, b) => a.seq - b.seq).slice(0, limit);
   }
 
+  /** Removes an acknowledged (or dropped) batch; a second call for the same number does nothing. */
   async remove(seq: number): Promise<void> {
     const held = this.unwritten.get(seq);
     if (held !== undefined) {
@@ -241,6 +245,7 @@ export class Spool {
       this.unwrittenBytes -= held.length;
       return;
     }
+    if (this.removing.has(seq) || this.removeFailed.has(seq)) return;
     const cached = this.recent.get(seq);
     const size = cached?.length ?? this.batches.get(seq)?.length;
     if (size === undefined) return;
@@ -250,6 +255,13 @@ export class Spool {
     }
     this.bytesHeld -= size;
     this.count--;
+    this.removing.add(seq);
+    await this.removeFromDisk(seq);
+    this.removing.delete(seq);
+  }
+
+  /** Deletes the batch from LMDB; when the disk refuses, it is skipped and deleted later. */
+  private async removeFromDisk(seq: number): Promise<void> {
     try {
       await this.batches.remove(seq);
     } catch (err) {

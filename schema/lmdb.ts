@@ -32,7 +32,11 @@ export function writeFailure(err: unknown): string {
 export function guardLmdbRejections(onFailure: (message: string) => void): void {
   process.on('unhandledRejection', (reason) => {
     const stack = reason instanceof Error ? (reason.stack ?? '') : '';
-    if (/[\\/]node_modules[\\/]lmdb[\\/]/.test(stack)) {
+    // A failed commit: lmdb-js' "Commit failed" (with commitError) or the system error behind it
+    // (numeric code). Our own exceptions inside a transaction callback are neither: they crash.
+    const e = reason as { commitError?: unknown; code?: unknown };
+    const commitFailure = e !== null && typeof e === 'object' && (e.commitError !== undefined || typeof e.code === 'number');
+    if (commitFailure && /[\\/]node_modules[\\/]lmdb[\\/]/.test(stack)) {
       lmdbCounters.commit_failures_unhandled++;
       onFailure(writeFailure(reason));
       return;

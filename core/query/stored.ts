@@ -44,6 +44,7 @@ export class StoredQueries {
   /** Newest results per query as JSON, in memory: the results API answers from here when it can. */
   private readonly recent = new Map<string, { starts: number[]; json: string[]; all: boolean }>();
   private readonly listeners = new Set<Listener>();
+  private lock: Promise<unknown> = Promise.resolve();
   readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0 };
 
   constructor(
@@ -88,6 +89,10 @@ export class StoredQueries {
    */
   async update(id: string, name: string, query: string, nowMs: number): Promise<StoredQuery | undefined> {
     const parsed = parseQuery(query);
+    return this.exclusive(() => this.replace(id, name, parsed, nowMs));
+  }
+
+  private async replace(id: string, name: string, parsed: Query, nowMs: number): Promise<StoredQuery | undefined> {
     const s = this.states.get(id);
     if (s === undefined) return undefined;
     const def: StoredQuery = { id, name, query: parsed.text, createdMs: s.def.createdMs };
@@ -115,7 +120,11 @@ export class StoredQueries {
     await this.results.transaction(() => keys.forEach((k) => this.results.remove(k)));
   }
 
-  async delete(id: string): Promise<boolean> {
+  delete(id: string): Promise<boolean> {
+    return this.exclusive(() => this.remove(id));
+  }
+
+  private async remove(id: string): Promise<boolean> {
     if (!this.states.delete(id)) return false;
     this.recent.delete(id);
     await this.defs.remove(id);
@@ -199,7 +208,21 @@ export class StoredQueries {
   }
 
   /** Evaluates every window whose watermark has passed, then re-evaluates windows touched by late data. */
-  async tick(nowMs: number): Promise<void> {
+  tick(nowMs: number): Promise<void> {
+    return this.exclusive(() => this.evaluateDue(nowMs));
+  }
+
+  /**
+   * Runs `f` after every change or evaluation already started: an edit or delete never
+   * interleaves with an evaluation writing results of the old definition (its awaits included).
+   */
+  private exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(f, f);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  private async evaluateDue(nowMs: number): Promise<void> {
     const late = [...this.lateSeconds];
     this.lateSeconds.clear();
     for (const s of this.states.values()) {

@@ -209,6 +209,9 @@ class Panel {
 
   receive(w) {
     this.received++;
+    // A fixed range keeps only its own windows (live ranges are pruned as they slide).
+    const { fromMs, toMs } = currentRange();
+    if (!state.range.live && (w.startMs < fromMs - this.windowMs || w.startMs >= toMs)) return;
     this.upsert(w);
     this.queueRender();
   }
@@ -230,6 +233,8 @@ class Panel {
     const seq = ++this.loadSeq;
     const { fromMs, toMs } = currentRange();
     const W = this.windowMs;
+    // Ad-hoc windows were sized for the previous range; mixed with others they would overlap.
+    for (const [start, w] of this.windows) if (w.adhoc) this.windows.delete(start);
     try {
       const stored = await paged(`/api/v1/queries/${encodeURIComponent(this.def.id)}/results`, fromMs, toMs, W, resultPagesMax);
       if (seq !== this.loadSeq) return;
@@ -256,13 +261,17 @@ class Panel {
     this.note = `before ${new Date(toMs).toLocaleTimeString()}: ad-hoc${ws === base ? '' : ` at ${ws} s windows`}`;
   }
 
-  /** After a reconnect: what closed while the stream was down. */
+  /** After a reconnect: what closed while the stream was down (paged: the gap may be long). */
   async backfill() {
-    let last = currentRange().fromMs;
-    for (const s of this.windows.keys()) if (!this.windows.get(s).adhoc) last = Math.max(last, s);
+    const seq = this.loadSeq;
+    const { fromMs, toMs } = currentRange();
+    let last = fromMs;
+    for (const [s, w] of this.windows) if (!w.adhoc) last = Math.max(last, s);
     try {
-      const r = await api(`/api/v1/queries/${encodeURIComponent(this.def.id)}/results?from=${last}&to=${Math.ceil(now() + this.windowMs)}`);
-      for (const w of r.windows) this.upsert(w);
+      const windows = await paged(`/api/v1/queries/${encodeURIComponent(this.def.id)}/results`, last, Math.min(toMs, now()) + this.windowMs, this.windowMs, resultPagesMax);
+      // A load started meanwhile (edit, range change) owns the windows now.
+      if (seq !== this.loadSeq) return;
+      for (const w of windows) this.upsert(w);
     } catch (err) {
       this.note = `catch-up: ${err.message}`;
     }
