@@ -3,7 +3,7 @@
 // rollup across the rack's servers (count, sum, min, max, merged sketch). Columnar: typed
 // arrays per server and per second, nothing per point.
 
-import { KindCode, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
+import { KindCode, columnsFor, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 import { hashKey } from '../schema/names.js';
 import { SketchAccumulator, SortedSketchEncoder } from '../schema/sketch.js';
@@ -247,20 +247,8 @@ export function concatParts(parts: EdgeSecondMessage[]): SeriesColumns {
     dists += p.series.distKinds.length;
     sketchBytes += p.series.sketchBytes.length;
   }
-  const out: SeriesColumns = {
-    ...emptyColumns(),
-    pointHashes: new Uint32Array(2 * points),
-    pointKinds: new Uint8Array(points),
-    pointValues: new Float64Array(points),
-    distHashes: new Uint32Array(2 * dists),
-    distKinds: new Uint8Array(dists),
-    distCounts: new Uint32Array(dists),
-    distSums: new Float64Array(dists),
-    distMins: new Float64Array(dists),
-    distMaxes: new Float64Array(dists),
-    sketchEnds: new Uint32Array(dists),
-    sketchBytes: new Uint8Array(sketchBytes),
-  };
+  const out = columnsFor({ points, dists, sketchBytes });
+
   let pAt = 0;
   let dAt = 0;
   let sAt = 0;
@@ -310,15 +298,10 @@ function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
   const n = groups.size;
   const acc = new SketchAccumulator();
   const sketches: Uint8Array[] = [];
-  const out = {
-    distHashes: new Uint32Array(2 * n),
-    distKinds: new Uint8Array(n),
-    distCounts: new Uint32Array(n),
-    distSums: new Float64Array(n),
-    distMins: new Float64Array(n),
-    distMaxes: new Float64Array(n),
-    sketchEnds: new Uint32Array(n),
-  };
+  // Only the summary columns: points and names of `c` stay as they are.
+  const { distHashes, distKinds, distCounts, distSums, distMins, distMaxes, sketchEnds } = columnsFor({ points: 0, dists: n, sketchBytes: 0 });
+  const out = { distHashes, distKinds, distCounts, distSums, distMins, distMaxes, sketchEnds };
+
   let j = 0;
   let end = 0;
   for (const idx of groups.values()) {

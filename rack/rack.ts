@@ -52,7 +52,7 @@ export class Rack {
   private pendingWrites = 0;
   private prunedMs = 0;
   recvBufferBytes = 0;
-  readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, summaries_merged: 0 };
+  readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, batches_spool_failed: 0, summaries_merged: 0 };
   readonly rejected: Partial<Record<RejectReason, number>> = {};
 
   constructor(private readonly opts: RackOptions) {
@@ -222,7 +222,10 @@ export class Rack {
         this.counters.batches_spooled++;
         this.forwarder.enqueued(seq, batch.second);
       })
-      .catch((err: unknown) => console.error(`rack: spooling batch ${seq} failed: ${(err as Error).message}`))
+      .catch((err: unknown) => {
+        this.counters.batches_spool_failed++;
+        console.error(`rack: spooling batch ${seq} failed, it is dropped: ${(err as Error).message}`);
+      })
       .finally(() => this.pendingWrites--);
   }
 
@@ -323,6 +326,7 @@ export class Rack {
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
+    p.counter('apm_rack_batches_spool_failed_total', 'Batches lost because spooling them threw (a bug: the spool holds refused writes in memory)', this.counters.batches_spool_failed);
     p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);
     p.gauge('apm_rack_spool_batches', 'Batches in the spool', this.spool.heldBatches);
     p.counter('apm_rack_spool_dropped_batches_total', 'Oldest batches dropped: the spool bound, or the memory bound while the disk refused writes', this.spool.droppedBatches);

@@ -57,18 +57,23 @@ export interface SeriesColumns {
 }
 
 export function emptyColumns(): SeriesColumns {
+  return columnsFor({ points: 0, dists: 0, sketchBytes: 0 });
+}
+
+/** Zeroed columns for `points` points and `dists` summaries with `sketchBytes` of sketches, no names. */
+export function columnsFor(n: { points: number; dists: number; sketchBytes: number }): SeriesColumns {
   return {
-    pointHashes: new Uint32Array(0),
-    pointKinds: new Uint8Array(0),
-    pointValues: new Float64Array(0),
-    distHashes: new Uint32Array(0),
-    distKinds: new Uint8Array(0),
-    distCounts: new Uint32Array(0),
-    distSums: new Float64Array(0),
-    distMins: new Float64Array(0),
-    distMaxes: new Float64Array(0),
-    sketchEnds: new Uint32Array(0),
-    sketchBytes: new Uint8Array(0),
+    pointHashes: new Uint32Array(2 * n.points),
+    pointKinds: new Uint8Array(n.points),
+    pointValues: new Float64Array(n.points),
+    distHashes: new Uint32Array(2 * n.dists),
+    distKinds: new Uint8Array(n.dists),
+    distCounts: new Uint32Array(n.dists),
+    distSums: new Float64Array(n.dists),
+    distMins: new Float64Array(n.dists),
+    distMaxes: new Float64Array(n.dists),
+    sketchEnds: new Uint32Array(n.dists),
+    sketchBytes: new Uint8Array(n.sketchBytes),
     nameHashes: new Uint32Array(0),
     nameEnds: new Uint32Array(0),
     nameBytes: new Uint8Array(0),

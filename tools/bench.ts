@@ -10,6 +10,7 @@ import { queryFigures } from './bench-query.js';
 import { freshnessFigures } from './bench-fresh.js';
 import { fleetStep, type FleetStep } from './bench-fleet.js';
 import { lossFigures } from './bench-loss.js';
+import { authFigures } from './bench-auth.js';
 import { soakFigures } from './bench-soak.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
@@ -17,7 +18,7 @@ export const benchHelp = `apm bench: measure the tiers and print a report
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, rack, core, query, freshness, loss, fleet, soak (soak runs
+  --only <section>   one of: edge, auth, rack, core, query, freshness, loss, fleet, soak (soak runs
                      only when asked: 80 servers × 2,000 metrics + an edge for 10 minutes,
                      2 with --quick, sampling each tier's RSS and open fds)
   --json <file>      also write the figures as one JSON object
@@ -55,6 +56,7 @@ export async function main(argv: string[]): Promise<void> {
     }
   };
   await section('edge', true, async () => [...wireFigures(), ...(quick ? [] : await edgeProcessFigures(20))]);
+  await section('auth', true, () => authFigures());
   await section('rack', false, () => rackFigures(false));
   await section('core', false, () => coreFigures(false));
   await section('query', false, () => queryFigures(false));
