@@ -52,7 +52,8 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
   });
   app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
   const live = addQueryRoutes(app, store, stored);
-  addDashboardRoutes(app, { store, stored, status: opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax }) });
+  const status = opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
+  addDashboardRoutes(app, { store, stored, status });
 
   app.onError((err, c) => {
     console.error(`core: ${c.req.method} ${c.req.path} failed:`, err);
@@ -125,6 +126,7 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per batch naming one', 'scope', store.registry.overflow);
     p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s.points_dropped_overflow });
+    p.counter('apm_core_rack_reports_refused_total', 'Rack status reports refused: more racks than the status table holds', status.racksRefused);
     p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
     p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route)', 'reason', auth.failures);
     p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits)', 'reason', refused);

@@ -56,6 +56,7 @@ describe('dashboard routes', () => {
     expect((await app.request('/api/v1/racks/r1/status', post({ ...good, partsLost: 5 }))).status).toBe(204);
     const s = (await (await app.request('/api/v1/status')).json()) as { core: { racksRefused: number }; racks: { id: string; report: { partsLost: number; spoolBytes: number } | null }[] };
     expect(s.core.racksRefused).toBe(1);
+    expect(await (await app.request('/metrics')).text()).toMatch(/^apm_core_rack_reports_refused_total 1$/m);
     expect(s.racks.map((r) => [r.id, r.report?.partsLost, r.report?.spoolBytes])).toEqual([
       ['r1', 5, 4096],
       ['r2', 1, 4096],

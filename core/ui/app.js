@@ -562,7 +562,7 @@ async function loadPickers() {
     }
     for (const r of racks) sel.append(el('option', { value: `rack:${r}` }, `rack:${r}`));
     for (const g of [...globs].sort().slice(0, 500)) sel.append(el('option', { value: g }, g));
-    for (const s of servers.slice(0, 2000).sort((a, b) => a.id.localeCompare(b.id))) sel.append(el('option', { value: s.id }, s.id));
+    for (const s of [...servers].sort((a, b) => a.id.localeCompare(b.id)).slice(0, 2000)) sel.append(el('option', { value: s.id }, s.id));
     $('metric-list').replaceChildren(...metrics.slice(0, 5000).map((m) => el('option', { value: m.name }, m.kind)));
   } catch (err) {
     $('q-error').hidden = false;
