@@ -19,6 +19,7 @@ import {
 } from './limits.js';
 import { hashName, isMetricNameBytes, isServerId } from './names.js';
 import { sketchCount } from './sketch.js';
+import { decodeRackSecond, decodeShardSection, type RackSecondMessage, type ShardSectionMessage } from './section.js';
 import { Reject, type RejectReason, type TableRef, Verifier } from './verify.js';
 
 export { type RejectReason } from './verify.js';
@@ -131,7 +132,7 @@ export interface RackBatchMessage {
   rollup: SeriesColumns;
 }
 
-export type Message = EdgeSecondMessage | NackMessage | RackBatchMessage;
+export type Message = EdgeSecondMessage | NackMessage | RackBatchMessage | ShardSectionMessage | RackSecondMessage;
 
 export type DecodeResult<M> = { ok: true; msg: M } | { ok: false; reason: RejectReason; detail: string };
 
@@ -147,8 +148,8 @@ function optionalVector(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes
   return concatVector(b, [data], elemBytes);
 }
 
-/** Copies several typed arrays, in order, into the builder as one vector. */
-function concatVector(b: flatbuffers.Builder, parts: readonly ArrayBufferView[], elemBytes: number): flatbuffers.Offset {
+/** Copies several typed arrays, in order, into the builder as one vector (0 when all are empty). */
+export function concatVector(b: flatbuffers.Builder, parts: readonly ArrayBufferView[], elemBytes: number): flatbuffers.Offset {
   let total = 0;
   for (const p of parts) total += p.byteLength;
   if (total === 0) return 0;
@@ -305,6 +306,11 @@ export class Encoder {
     return this.finish(Body.RackBatch, RackBatch.endRackBatch(b));
   }
 
+  /** A frame of any body: `build` adds the body's table to a builder with room for `bytes` (schema/section.ts). */
+  frame(type: Body, bytes: number, build: (b: flatbuffers.Builder) => flatbuffers.Offset): Uint8Array {
+    return this.finish(type, build(this.builder(bytes)));
+  }
+
   private finish(type: Body, body: flatbuffers.Offset): Uint8Array {
     const b = this.b;
     b.forceDefaults(false);
@@ -371,17 +377,21 @@ function decodeChecked(frame: Uint8Array, bytesMax: number, verifyNameHashes: bo
       return decodeNack(v, body);
     case Body.RackBatch:
       return decodeRackBatch(v, body);
+    case Body.ShardSection:
+      return decodeShardSection(v, body);
+    case Body.RackSecond:
+      return decodeRackSecond(v, body);
     default:
       throw new Reject('unexpected_body', `unknown body type ${bodyType}`);
   }
 }
 
-function requireServerId(id: string | null, what: string): string {
+export function requireServerId(id: string | null, what: string): string {
   if (id === null || !isServerId(id)) throw new Reject('bad_name', `${what} ${JSON.stringify(id)} is not [A-Za-z0-9._-]{1,64}`);
   return id;
 }
 
-function requireSecond(second: number): number {
+export function requireSecond(second: number): number {
   if (second < secondMin) throw new Reject('bad_value', `second ${second} is before ${secondMin}`);
   return second;
 }
@@ -528,7 +538,7 @@ function checkDists(c: SeriesColumns): void {
 
 const hashScratch = new Uint32Array(2);
 
-function checkNames(c: SeriesColumns, verifyHashes: boolean): void {
+export function checkNames(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'>, verifyHashes: boolean): void {
   const n = c.nameEnds.length;
   if (c.nameHashes.length !== 2 * n) throw new Reject('bad_columns', `${c.nameHashes.length / 2} name hashes for ${n} names`);
   let start = 0;
@@ -544,7 +554,7 @@ function checkNames(c: SeriesColumns, verifyHashes: boolean): void {
 }
 
 /** True when name j of a decoded block hashes to its hash. */
-export function verifyName(c: SeriesColumns, j: number): boolean {
+export function verifyName(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'>, j: number): boolean {
   hashName(nameAt(c, j), hashScratch, 0);
   return hashScratch[0] === c.nameHashes[2 * j] && hashScratch[1] === c.nameHashes[2 * j + 1];
 }
@@ -555,6 +565,6 @@ export function latin1(bytes: Uint8Array, start: number, end: number): string {
 }
 
 /** Name j of a block's dictionary. */
-export function nameAt(c: SeriesColumns, j: number): string {
+export function nameAt(c: Pick<SeriesColumns, 'nameEnds' | 'nameBytes'>, j: number): string {
   return latin1(c.nameBytes, j === 0 ? 0 : c.nameEnds[j - 1]!, c.nameEnds[j]!);
 }

@@ -24,7 +24,7 @@ export const nackPartsMax = 512;
 /** Unknown metric hashes asked for in one NACK. */
 export const nackHashesMax = 1024;
 /** Wire format version; decoders reject others (a rolling upgrade bumps both sides in order). */
-export const wireVersion = 1;
+export const wireVersion = 2;
 /** Relative accuracy of every sketch (DESIGN §2). */
 export const sketchRelativeAccuracy = 0.01;
 /** Seconds since the epoch accepted on the wire: 2001-09-09 .. 2106 (uint32). */
@@ -33,3 +33,10 @@ export const secondMin = 1_000_000_000;
 export const authKeysMax = 4;
 /** Shortest HMAC secret accepted: 128 bits, the MAC's own strength (truncated to 16 bytes). */
 export const authSecretBytesMin = 16;
+/** Shards of a core (DESIGN §9): a power of two fixed when a data directory is created. 4,096
+ * is far past any node count we plan (2 owners × 1,000 nodes), and bounds a request's sections. */
+export const shardsMax = 4096;
+/** DESIGN §9's default S: 64 shards spread over up to 32 nodes with 2 owners each. */
+export const shardsDefault = 64;
+/** Servers one section names: a rack's servers (batchServersMax); 0xffff marks the rollup. */
+export const rollupServer = 0xffff;

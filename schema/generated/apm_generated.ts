@@ -13,32 +13,38 @@ export enum Body {
   NONE = 0,
   EdgeSecond = 1,
   Nack = 2,
-  RackBatch = 3
+  RackBatch = 3,
+  ShardSection = 4,
+  RackSecond = 5
 }
 
 export function unionToBody(
   type: Body,
-  accessor: (obj:EdgeSecond|Nack|RackBatch) => EdgeSecond|Nack|RackBatch|null
-): EdgeSecond|Nack|RackBatch|null {
+  accessor: (obj:EdgeSecond|Nack|RackBatch|RackSecond|ShardSection) => EdgeSecond|Nack|RackBatch|RackSecond|ShardSection|null
+): EdgeSecond|Nack|RackBatch|RackSecond|ShardSection|null {
   switch(Body[type]) {
     case 'NONE': return null; 
     case 'EdgeSecond': return accessor(new EdgeSecond())! as EdgeSecond;
     case 'Nack': return accessor(new Nack())! as Nack;
     case 'RackBatch': return accessor(new RackBatch())! as RackBatch;
+    case 'ShardSection': return accessor(new ShardSection())! as ShardSection;
+    case 'RackSecond': return accessor(new RackSecond())! as RackSecond;
     default: return null;
   }
 }
 
 export function unionListToBody(
   type: Body, 
-  accessor: (index: number, obj:EdgeSecond|Nack|RackBatch) => EdgeSecond|Nack|RackBatch|null, 
+  accessor: (index: number, obj:EdgeSecond|Nack|RackBatch|RackSecond|ShardSection) => EdgeSecond|Nack|RackBatch|RackSecond|ShardSection|null, 
   index: number
-): EdgeSecond|Nack|RackBatch|null {
+): EdgeSecond|Nack|RackBatch|RackSecond|ShardSection|null {
   switch(Body[type]) {
     case 'NONE': return null; 
     case 'EdgeSecond': return accessor(index, new EdgeSecond())! as EdgeSecond;
     case 'Nack': return accessor(index, new Nack())! as Nack;
     case 'RackBatch': return accessor(index, new RackBatch())! as RackBatch;
+    case 'ShardSection': return accessor(index, new ShardSection())! as ShardSection;
+    case 'RackSecond': return accessor(index, new RackSecond())! as RackSecond;
     default: return null;
   }
 }
@@ -961,6 +967,956 @@ static endRackBatch(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+}
+
+/**
+ * Rack → core v2 (DESIGN §9): one shard's part of one closed rack second, metric-major, so
+ * that the core hands it to the worker owning the shard as bytes, and a metric's values for
+ * every server of the rack are one column. A section is a whole frame (its own CRC) and names
+ * its rack, session, seq and second itself: it can travel alone (a shard's log, a WAL).
+ */
+export class ShardSection {
+  bb: flatbuffers.ByteBuffer|null = null;
+  bb_pos = 0;
+  __init(i:number, bb:flatbuffers.ByteBuffer):ShardSection {
+  this.bb_pos = i;
+  this.bb = bb;
+  return this;
+}
+
+static getRootAsShardSection(bb:flatbuffers.ByteBuffer, obj?:ShardSection):ShardSection {
+  return (obj || new ShardSection()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+}
+
+static getSizePrefixedRootAsShardSection(bb:flatbuffers.ByteBuffer, obj?:ShardSection):ShardSection {
+  bb.setPosition(bb.position() + flatbuffers.SIZE_PREFIX_LENGTH);
+  return (obj || new ShardSection()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+}
+
+rack():string|null
+rack(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
+rack(optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 4);
+  return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+}
+
+/**
+ * Random per rack spool: a rack started on an empty spool is a new sender (de-duplication).
+ */
+session():number {
+  const offset = this.bb!.__offset(this.bb_pos, 6);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
+}
+
+/**
+ * Per-session request number; every section of one RackSecond carries the same one.
+ */
+seq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 8);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+second():number {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
+}
+
+/**
+ * True when this second carries parts that arrived after it had closed.
+ */
+late():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+shard():number {
+  const offset = this.bb!.__offset(this.bb_pos, 14);
+  return offset ? this.bb!.readUint16(this.bb_pos + offset) : 0;
+}
+
+/**
+ * S the rack cut with: shard = (metric hash lo32) mod shards.
+ */
+shards():number {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? this.bb!.readUint16(this.bb_pos + offset) : 0;
+}
+
+/**
+ * Server ids; the server columns below index into this list.
+ */
+servers(index: number):string
+servers(index: number,optionalEncoding:flatbuffers.Encoding):string|Uint8Array
+servers(index: number,optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 18);
+  return offset ? this.bb!.__string(this.bb!.__vector(this.bb_pos + offset) + index * 4, optionalEncoding) : null;
+}
+
+serversLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 18);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointHashes(index: number):bigint|null {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.readUint64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : BigInt(0);
+}
+
+pointHashesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointKinds(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.readUint8(this.bb!.__vector(this.bb_pos + offset) + index) : 0;
+}
+
+pointKindsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointKindsArray():Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+pointEnds(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? this.bb!.readUint32(this.bb!.__vector(this.bb_pos + offset) + index * 4) : 0;
+}
+
+pointEndsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointEndsArray():Uint32Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? new Uint32Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+pointServers(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 26);
+  return offset ? this.bb!.readUint16(this.bb!.__vector(this.bb_pos + offset) + index * 2) : 0;
+}
+
+pointServersLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 26);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointServersArray():Uint16Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 26);
+  return offset ? new Uint16Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+pointValues(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 28);
+  return offset ? this.bb!.readFloat64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : 0;
+}
+
+pointValuesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 28);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointValuesArray():Float64Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 28);
+  return offset ? new Float64Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+distHashes(index: number):bigint|null {
+  const offset = this.bb!.__offset(this.bb_pos, 30);
+  return offset ? this.bb!.readUint64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : BigInt(0);
+}
+
+distHashesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 30);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distEnds(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 32);
+  return offset ? this.bb!.readUint32(this.bb!.__vector(this.bb_pos + offset) + index * 4) : 0;
+}
+
+distEndsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 32);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distEndsArray():Uint32Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 32);
+  return offset ? new Uint32Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+distServers(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 34);
+  return offset ? this.bb!.readUint16(this.bb!.__vector(this.bb_pos + offset) + index * 2) : 0;
+}
+
+distServersLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 34);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distServersArray():Uint16Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 34);
+  return offset ? new Uint16Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+distCounts(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 36);
+  return offset ? this.bb!.readUint32(this.bb!.__vector(this.bb_pos + offset) + index * 4) : 0;
+}
+
+distCountsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 36);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distCountsArray():Uint32Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 36);
+  return offset ? new Uint32Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+distSums(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 38);
+  return offset ? this.bb!.readFloat64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : 0;
+}
+
+distSumsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 38);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distSumsArray():Float64Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 38);
+  return offset ? new Float64Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+distMins(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 40);
+  return offset ? this.bb!.readFloat64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : 0;
+}
+
+distMinsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 40);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distMinsArray():Float64Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 40);
+  return offset ? new Float64Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+distMaxes(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 42);
+  return offset ? this.bb!.readFloat64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : 0;
+}
+
+distMaxesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 42);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+distMaxesArray():Float64Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 42);
+  return offset ? new Float64Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+sketchEnds(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 44);
+  return offset ? this.bb!.readUint32(this.bb!.__vector(this.bb_pos + offset) + index * 4) : 0;
+}
+
+sketchEndsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 44);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+sketchEndsArray():Uint32Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 44);
+  return offset ? new Uint32Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+sketchBytes(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 46);
+  return offset ? this.bb!.readUint8(this.bb!.__vector(this.bb_pos + offset) + index) : 0;
+}
+
+sketchBytesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 46);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+sketchBytesArray():Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 46);
+  return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+/**
+ * Names of this shard's metrics the core may not know yet (as in SeriesBlock).
+ */
+nameHashes(index: number):bigint|null {
+  const offset = this.bb!.__offset(this.bb_pos, 48);
+  return offset ? this.bb!.readUint64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : BigInt(0);
+}
+
+nameHashesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 48);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+nameEnds(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 50);
+  return offset ? this.bb!.readUint32(this.bb!.__vector(this.bb_pos + offset) + index * 4) : 0;
+}
+
+nameEndsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 50);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+nameEndsArray():Uint32Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 50);
+  return offset ? new Uint32Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+nameBytes(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 52);
+  return offset ? this.bb!.readUint8(this.bb!.__vector(this.bb_pos + offset) + index) : 0;
+}
+
+nameBytesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 52);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+nameBytesArray():Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 52);
+  return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+static startShardSection(builder:flatbuffers.Builder) {
+  builder.startObject(25);
+}
+
+static addRack(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(0, rackOffset, 0);
+}
+
+static addSession(builder:flatbuffers.Builder, session:number) {
+  builder.addFieldInt32(1, session, 0);
+}
+
+static addSeq(builder:flatbuffers.Builder, seq:bigint) {
+  builder.addFieldInt64(2, seq, BigInt('0'));
+}
+
+static addSecond(builder:flatbuffers.Builder, second:number) {
+  builder.addFieldInt32(3, second, 0);
+}
+
+static addLate(builder:flatbuffers.Builder, late:boolean) {
+  builder.addFieldInt8(4, +late, +false);
+}
+
+static addShard(builder:flatbuffers.Builder, shard:number) {
+  builder.addFieldInt16(5, shard, 0);
+}
+
+static addShards(builder:flatbuffers.Builder, shards:number) {
+  builder.addFieldInt16(6, shards, 0);
+}
+
+static addServers(builder:flatbuffers.Builder, serversOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(7, serversOffset, 0);
+}
+
+static createServersVector(builder:flatbuffers.Builder, data:flatbuffers.Offset[]):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addOffset(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startServersVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addPointHashes(builder:flatbuffers.Builder, pointHashesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(8, pointHashesOffset, 0);
+}
+
+static createPointHashesVector(builder:flatbuffers.Builder, data:bigint[]):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startPointHashesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addPointKinds(builder:flatbuffers.Builder, pointKindsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(9, pointKindsOffset, 0);
+}
+
+static createPointKindsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset {
+  builder.startVector(1, data.length, 1);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt8(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startPointKindsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(1, numElems, 1);
+}
+
+static addPointEnds(builder:flatbuffers.Builder, pointEndsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(10, pointEndsOffset, 0);
+}
+
+static createPointEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createPointEndsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createPointEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt32(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startPointEndsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addPointServers(builder:flatbuffers.Builder, pointServersOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(11, pointServersOffset, 0);
+}
+
+static createPointServersVector(builder:flatbuffers.Builder, data:number[]|Uint16Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createPointServersVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createPointServersVector(builder:flatbuffers.Builder, data:number[]|Uint16Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(2, data.length, 2);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt16(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startPointServersVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(2, numElems, 2);
+}
+
+static addPointValues(builder:flatbuffers.Builder, pointValuesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(12, pointValuesOffset, 0);
+}
+
+static createPointValuesVector(builder:flatbuffers.Builder, data:number[]|Float64Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createPointValuesVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createPointValuesVector(builder:flatbuffers.Builder, data:number[]|Float64Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addFloat64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startPointValuesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addDistHashes(builder:flatbuffers.Builder, distHashesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(13, distHashesOffset, 0);
+}
+
+static createDistHashesVector(builder:flatbuffers.Builder, data:bigint[]):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistHashesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addDistEnds(builder:flatbuffers.Builder, distEndsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(14, distEndsOffset, 0);
+}
+
+static createDistEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createDistEndsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createDistEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt32(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistEndsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addDistServers(builder:flatbuffers.Builder, distServersOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(15, distServersOffset, 0);
+}
+
+static createDistServersVector(builder:flatbuffers.Builder, data:number[]|Uint16Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createDistServersVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createDistServersVector(builder:flatbuffers.Builder, data:number[]|Uint16Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(2, data.length, 2);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt16(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistServersVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(2, numElems, 2);
+}
+
+static addDistCounts(builder:flatbuffers.Builder, distCountsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(16, distCountsOffset, 0);
+}
+
+static createDistCountsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createDistCountsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createDistCountsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt32(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistCountsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addDistSums(builder:flatbuffers.Builder, distSumsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(17, distSumsOffset, 0);
+}
+
+static createDistSumsVector(builder:flatbuffers.Builder, data:number[]|Float64Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createDistSumsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createDistSumsVector(builder:flatbuffers.Builder, data:number[]|Float64Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addFloat64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistSumsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addDistMins(builder:flatbuffers.Builder, distMinsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(18, distMinsOffset, 0);
+}
+
+static createDistMinsVector(builder:flatbuffers.Builder, data:number[]|Float64Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createDistMinsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createDistMinsVector(builder:flatbuffers.Builder, data:number[]|Float64Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addFloat64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistMinsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addDistMaxes(builder:flatbuffers.Builder, distMaxesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(19, distMaxesOffset, 0);
+}
+
+static createDistMaxesVector(builder:flatbuffers.Builder, data:number[]|Float64Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createDistMaxesVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createDistMaxesVector(builder:flatbuffers.Builder, data:number[]|Float64Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addFloat64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startDistMaxesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addSketchEnds(builder:flatbuffers.Builder, sketchEndsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(20, sketchEndsOffset, 0);
+}
+
+static createSketchEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createSketchEndsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createSketchEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt32(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startSketchEndsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addSketchBytes(builder:flatbuffers.Builder, sketchBytesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(21, sketchBytesOffset, 0);
+}
+
+static createSketchBytesVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset {
+  builder.startVector(1, data.length, 1);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt8(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startSketchBytesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(1, numElems, 1);
+}
+
+static addNameHashes(builder:flatbuffers.Builder, nameHashesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(22, nameHashesOffset, 0);
+}
+
+static createNameHashesVector(builder:flatbuffers.Builder, data:bigint[]):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startNameHashesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
+static addNameEnds(builder:flatbuffers.Builder, nameEndsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(23, nameEndsOffset, 0);
+}
+
+static createNameEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createNameEndsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createNameEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt32(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startNameEndsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addNameBytes(builder:flatbuffers.Builder, nameBytesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(24, nameBytesOffset, 0);
+}
+
+static createNameBytesVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset {
+  builder.startVector(1, data.length, 1);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt8(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startNameBytesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(1, numElems, 1);
+}
+
+static endShardSection(builder:flatbuffers.Builder):flatbuffers.Offset {
+  const offset = builder.endObject();
+  return offset;
+}
+
+static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shard:number, shards:number, serversOffset:flatbuffers.Offset, pointHashesOffset:flatbuffers.Offset, pointKindsOffset:flatbuffers.Offset, pointEndsOffset:flatbuffers.Offset, pointServersOffset:flatbuffers.Offset, pointValuesOffset:flatbuffers.Offset, distHashesOffset:flatbuffers.Offset, distEndsOffset:flatbuffers.Offset, distServersOffset:flatbuffers.Offset, distCountsOffset:flatbuffers.Offset, distSumsOffset:flatbuffers.Offset, distMinsOffset:flatbuffers.Offset, distMaxesOffset:flatbuffers.Offset, sketchEndsOffset:flatbuffers.Offset, sketchBytesOffset:flatbuffers.Offset, nameHashesOffset:flatbuffers.Offset, nameEndsOffset:flatbuffers.Offset, nameBytesOffset:flatbuffers.Offset):flatbuffers.Offset {
+  ShardSection.startShardSection(builder);
+  ShardSection.addRack(builder, rackOffset);
+  ShardSection.addSession(builder, session);
+  ShardSection.addSeq(builder, seq);
+  ShardSection.addSecond(builder, second);
+  ShardSection.addLate(builder, late);
+  ShardSection.addShard(builder, shard);
+  ShardSection.addShards(builder, shards);
+  ShardSection.addServers(builder, serversOffset);
+  ShardSection.addPointHashes(builder, pointHashesOffset);
+  ShardSection.addPointKinds(builder, pointKindsOffset);
+  ShardSection.addPointEnds(builder, pointEndsOffset);
+  ShardSection.addPointServers(builder, pointServersOffset);
+  ShardSection.addPointValues(builder, pointValuesOffset);
+  ShardSection.addDistHashes(builder, distHashesOffset);
+  ShardSection.addDistEnds(builder, distEndsOffset);
+  ShardSection.addDistServers(builder, distServersOffset);
+  ShardSection.addDistCounts(builder, distCountsOffset);
+  ShardSection.addDistSums(builder, distSumsOffset);
+  ShardSection.addDistMins(builder, distMinsOffset);
+  ShardSection.addDistMaxes(builder, distMaxesOffset);
+  ShardSection.addSketchEnds(builder, sketchEndsOffset);
+  ShardSection.addSketchBytes(builder, sketchBytesOffset);
+  ShardSection.addNameHashes(builder, nameHashesOffset);
+  ShardSection.addNameEnds(builder, nameEndsOffset);
+  ShardSection.addNameBytes(builder, nameBytesOffset);
+  return ShardSection.endShardSection(builder);
+}
+}
+
+/**
+ * Rack → core v2: one closed second of one rack for one destination (one HTTP request). The
+ * core routes each section to its shard's worker by `section_shards` without reading it.
+ */
+export class RackSecond {
+  bb: flatbuffers.ByteBuffer|null = null;
+  bb_pos = 0;
+  __init(i:number, bb:flatbuffers.ByteBuffer):RackSecond {
+  this.bb_pos = i;
+  this.bb = bb;
+  return this;
+}
+
+static getRootAsRackSecond(bb:flatbuffers.ByteBuffer, obj?:RackSecond):RackSecond {
+  return (obj || new RackSecond()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+}
+
+static getSizePrefixedRootAsRackSecond(bb:flatbuffers.ByteBuffer, obj?:RackSecond):RackSecond {
+  bb.setPosition(bb.position() + flatbuffers.SIZE_PREFIX_LENGTH);
+  return (obj || new RackSecond()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+}
+
+rack():string|null
+rack(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
+rack(optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 4);
+  return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+}
+
+session():number {
+  const offset = this.bb!.__offset(this.bb_pos, 6);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
+}
+
+seq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 8);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+second():number {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
+}
+
+late():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+shards():number {
+  const offset = this.bb!.__offset(this.bb_pos, 14);
+  return offset ? this.bb!.readUint16(this.bb_pos + offset) : 0;
+}
+
+sectionShards(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? this.bb!.readUint16(this.bb!.__vector(this.bb_pos + offset) + index * 2) : 0;
+}
+
+sectionShardsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+sectionShardsArray():Uint16Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? new Uint16Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+/**
+ * Section i is the frame section_bytes[section_ends[i-1] .. section_ends[i]).
+ */
+sectionEnds(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 18);
+  return offset ? this.bb!.readUint32(this.bb!.__vector(this.bb_pos + offset) + index * 4) : 0;
+}
+
+sectionEndsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 18);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+sectionEndsArray():Uint32Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 18);
+  return offset ? new Uint32Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+sectionBytes(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.readUint8(this.bb!.__vector(this.bb_pos + offset) + index) : 0;
+}
+
+sectionBytesLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+sectionBytesArray():Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
+static startRackSecond(builder:flatbuffers.Builder) {
+  builder.startObject(9);
+}
+
+static addRack(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(0, rackOffset, 0);
+}
+
+static addSession(builder:flatbuffers.Builder, session:number) {
+  builder.addFieldInt32(1, session, 0);
+}
+
+static addSeq(builder:flatbuffers.Builder, seq:bigint) {
+  builder.addFieldInt64(2, seq, BigInt('0'));
+}
+
+static addSecond(builder:flatbuffers.Builder, second:number) {
+  builder.addFieldInt32(3, second, 0);
+}
+
+static addLate(builder:flatbuffers.Builder, late:boolean) {
+  builder.addFieldInt8(4, +late, +false);
+}
+
+static addShards(builder:flatbuffers.Builder, shards:number) {
+  builder.addFieldInt16(5, shards, 0);
+}
+
+static addSectionShards(builder:flatbuffers.Builder, sectionShardsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(6, sectionShardsOffset, 0);
+}
+
+static createSectionShardsVector(builder:flatbuffers.Builder, data:number[]|Uint16Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createSectionShardsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createSectionShardsVector(builder:flatbuffers.Builder, data:number[]|Uint16Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(2, data.length, 2);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt16(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startSectionShardsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(2, numElems, 2);
+}
+
+static addSectionEnds(builder:flatbuffers.Builder, sectionEndsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(7, sectionEndsOffset, 0);
+}
+
+static createSectionEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array):flatbuffers.Offset;
+/**
+ * @deprecated This Uint8Array overload will be removed in the future.
+ */
+static createSectionEndsVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset;
+static createSectionEndsVector(builder:flatbuffers.Builder, data:number[]|Uint32Array|Uint8Array):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt32(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startSectionEndsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
+static addSectionBytes(builder:flatbuffers.Builder, sectionBytesOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(8, sectionBytesOffset, 0);
+}
+
+static createSectionBytesVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset {
+  builder.startVector(1, data.length, 1);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt8(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startSectionBytesVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(1, numElems, 1);
+}
+
+static endRackSecond(builder:flatbuffers.Builder):flatbuffers.Offset {
+  const offset = builder.endObject();
+  return offset;
+}
+
+static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shards:number, sectionShardsOffset:flatbuffers.Offset, sectionEndsOffset:flatbuffers.Offset, sectionBytesOffset:flatbuffers.Offset):flatbuffers.Offset {
+  RackSecond.startRackSecond(builder);
+  RackSecond.addRack(builder, rackOffset);
+  RackSecond.addSession(builder, session);
+  RackSecond.addSeq(builder, seq);
+  RackSecond.addSecond(builder, second);
+  RackSecond.addLate(builder, late);
+  RackSecond.addShards(builder, shards);
+  RackSecond.addSectionShards(builder, sectionShardsOffset);
+  RackSecond.addSectionEnds(builder, sectionEndsOffset);
+  RackSecond.addSectionBytes(builder, sectionBytesOffset);
+  return RackSecond.endRackSecond(builder);
+}
 }
 
 export class Envelope {

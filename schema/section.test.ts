@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { decodeFrame, KindCode, nameAt, type Message } from './codec.js';
+import { batchBytesMax, rollupServer } from './limits.js';
+import { hashName } from './names.js';
+import { rackSecondBody, sectionAt, SectionCutter, shardOf, type ShardSectionMessage } from './section.js';
+import { buildColumns } from './testdata.js';
+
+function decodeOk(frame: Uint8Array): Message {
+  const r = decodeFrame(frame, batchBytesMax);
+  if (!r.ok) throw new Error(`${r.reason}: ${r.detail}`);
+  return r.msg;
+}
+
+const header = { rack: 'r1', session: 7, seq: 42, second: 1_790_000_000, late: false };
+
+/** Every (metric name, server, value) a decoded body holds, sorted. */
+function pointsOf(body: Uint8Array): string[] {
+  const m = decodeOk(body);
+  if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+  const out: string[] = [];
+  for (let i = 0; i < m.sectionShards.length; i++) {
+    const s = decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage;
+    expect(s.shard).toBe(m.sectionShards[i]);
+    expect(s).toMatchObject({ ...header, shards: m.shards });
+    for (let k = 0; k < s.pointEnds.length; k++) {
+      expect(shardOf(s.pointHashes[2 * k]!, s.shards)).toBe(s.shard);
+      for (let e = k === 0 ? 0 : s.pointEnds[k - 1]!; e < s.pointEnds[k]!; e++) out.push(`${s.pointHashes[2 * k]}/${s.servers[s.pointServers[e]!]}/${s.pointValues[e]}`);
+    }
+  }
+  return out.sort();
+}
+
+describe('shard sections (rack → core v2)', () => {
+  it('every point lands once, in its metric’s shard, with its server and value (property)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 6 }), fc.array(fc.array(fc.tuple(fc.integer({ min: 0, max: 30 }), fc.double({ noNaN: true, noDefaultInfinity: true })), { maxLength: 20 }), { minLength: 1, maxLength: 6 }), (log2S, perServer) => {
+        const shards = 2 ** log2S;
+        const servers = perServer.map((pts, j) => {
+          const seen = new Set<number>();
+          const points = pts.filter(([m]) => !seen.has(m) && seen.add(m)).map(([m, v]) => ({ name: `m.${m}`, kind: KindCode.Gauge as const, value: v }));
+          return { server: `s-${j}`, blocks: [buildColumns(points, [])] };
+        });
+        const want: string[] = [];
+        servers.forEach((s) => {
+          const c = s.blocks[0]!;
+          for (let i = 0; i < c.pointValues.length; i++) want.push(`${c.pointHashes[2 * i]}/${s.server}/${c.pointValues[i]}`);
+        });
+        const body = rackSecondBody({ ...header, shards, servers, rollup: buildColumns([], []) });
+        expect(pointsOf(body)).toEqual(want.sort());
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('distributions carry every server’s summary, then the rollup; gauge rollups are not sent; names go to their shard', () => {
+    const a = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], [{ name: 'lat', values: [1, 2, 3] }]);
+    const b = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 2 }], [{ name: 'lat', values: [10] }]);
+    const rollup = buildColumns([], [{ name: 'lat', values: [1, 2, 3, 10] }, { name: 'cpu', values: [1, 2] }], ['lat', 'cpu']);
+    rollup.distKinds[1] = KindCode.Gauge;
+    const cutter = new SectionCutter(1024);
+    const sections = cutter.cut({ ...header, shards: 1, servers: [{ server: 'a', blocks: [a] }, { server: 'b', blocks: [b] }], rollup });
+    expect(sections).toHaveLength(1);
+    const s = decodeOk(sections[0]!.frame) as ShardSectionMessage;
+    expect(Array.from(s.distServers)).toEqual([0, 1, rollupServer]);
+    expect(Array.from(s.distCounts)).toEqual([3, 1, 4]);
+    expect(Array.from(s.pointServers)).toEqual([0, 1]);
+    expect([nameAt(s, 0), nameAt(s, 1)].sort()).toEqual(['cpu', 'lat']);
+    // With 8 shards each name travels with its own shard's section.
+    const eight = cutter.cut({ ...header, shards: 8, servers: [{ server: 'a', blocks: [a] }, { server: 'b', blocks: [b] }], rollup });
+    const h = new Uint32Array(2);
+    hashName('lat', h, 0);
+    const lat = eight.find((x) => x.shard === shardOf(h[0]!, 8))!;
+    const ls = decodeOk(lat.frame) as ShardSectionMessage;
+    expect(Array.from(ls.distCounts)).toEqual([3, 1, 4]);
+  });
+
+  it('refuses any truncated or bit-flipped section or body (fuzz)', () => {
+    const c = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], [{ name: 'lat', values: [1, 2, 3] }], ['cpu']);
+    const body = rackSecondBody({ ...header, shards: 4, servers: [{ server: 'a', blocks: [c] }], rollup: buildColumns([], [{ name: 'lat', values: [1, 2, 3] }]) });
+    const section = new SectionCutter(64).cut({ ...header, shards: 4, servers: [{ server: 'a', blocks: [c] }], rollup: buildColumns([], []) })[0]!.frame;
+    for (const frame of [body, section]) {
+      for (let n = 0; n < frame.length; n += 7) expect(decodeFrame(frame.subarray(0, n), batchBytesMax).ok).toBe(false);
+      for (let i = 0; i < 2000; i++) {
+        const bad = frame.slice();
+        bad[Math.floor(Math.random() * bad.length)]! ^= 1 << Math.floor(Math.random() * 8);
+        expect(decodeFrame(bad, batchBytesMax).ok).toBe(false);
+      }
+    }
+  });
+});

@@ -1,0 +1,615 @@
+// Rack → core contract v2 (DESIGN §9, issue 12). The rack closes a second and cuts it into one
+// ShardSection per shard with data, metric-major: per metric its kind, the column of server
+// indexes and the column of values (gauges, counters) or summaries (distributions, then the
+// rack's rollup of them). The HTTP body, RackSecond, carries the sections as opaque frames plus
+// their shard numbers, so the core routes each to its shard's worker without decoding it; the
+// worker verifies the section. shard = (metric hash lo32) mod S, S a power of two.
+
+import type * as flatbuffers from 'flatbuffers';
+import { checkNames, concatVector, Encoder, KindCode, requireSecond, requireServerId, type SeriesColumns, type ServerBlocks } from './codec.js';
+import { Body, RackSecond, ShardSection } from './generated/apm_generated.js';
+import { HashIndex } from './hashtable.js';
+import { batchServersMax, rackIdBytesMax, rollupServer, serverIdBytesMax, shardsMax } from './limits.js';
+import { sketchCount } from './sketch.js';
+import { Reject, type TableRef, type Verifier } from './verify.js';
+
+/** The shard of a metric (hash lo32 mod S; S a power of two). */
+export function shardOf(lo: number, shards: number): number {
+  return (lo >>> 0) & (shards - 1);
+}
+
+export function isValidShardCount(s: number): boolean {
+  return Number.isInteger(s) && s >= 1 && s <= shardsMax && (s & (s - 1)) === 0;
+}
+
+/** One shard's part of a rack second, decoded: columns are typed-array views into the frame. */
+export interface ShardSectionMessage {
+  type: 'shardSection';
+  rack: string;
+  session: number;
+  seq: number;
+  second: number;
+  late: boolean;
+  shard: number;
+  shards: number;
+  servers: string[];
+  /** Metric i (hash pointHashes[2i], [2i + 1]) has entries [pointEnds[i − 1], pointEnds[i]). */
+  pointHashes: Uint32Array;
+  pointKinds: Uint8Array;
+  pointEnds: Uint32Array;
+  pointServers: Uint16Array;
+  pointValues: Float64Array;
+  /** Metric i has summaries [distEnds[i − 1], distEnds[i]); server rollupServer is the rack rollup. */
+  distHashes: Uint32Array;
+  distEnds: Uint32Array;
+  distServers: Uint16Array;
+  distCounts: Uint32Array;
+  distSums: Float64Array;
+  distMins: Float64Array;
+  distMaxes: Float64Array;
+  sketchEnds: Uint32Array;
+  sketchBytes: Uint8Array;
+  nameHashes: Uint32Array;
+  nameEnds: Uint32Array;
+  nameBytes: Uint8Array;
+}
+
+/** The HTTP body: a rack second's sections as frames, with their shards. */
+export interface RackSecondMessage {
+  type: 'rackSecond';
+  rack: string;
+  session: number;
+  seq: number;
+  second: number;
+  late: boolean;
+  shards: number;
+  sectionShards: Uint16Array;
+  /** Section i is sectionBytes[sectionEnds[i − 1] .. sectionEnds[i]). */
+  sectionEnds: Uint32Array;
+  sectionBytes: Uint8Array;
+}
+
+/** Identity of a rack second: every section of it carries the same. */
+export interface SecondHeader {
+  rack: string;
+  session: number;
+  seq: number;
+  second: number;
+  late: boolean;
+  shards: number;
+}
+
+/** One cut section. */
+export interface SectionFrame {
+  shard: number;
+  frame: Uint8Array;
+}
+
+/** What the rack merged for a second: every server's summaries, the distribution rollups and new names. */
+export interface CutInput extends SecondHeader {
+  servers: readonly ServerBlocks[];
+  /** Per metric, the merge across the rack's servers; only distributions' are kept (the core stores no others). */
+  rollup: SeriesColumns;
+}
+
+/** Section i of a decoded RackSecond, as its own bytes (a view). */
+export function sectionAt(m: RackSecondMessage, i: number): Uint8Array {
+  return m.sectionBytes.subarray(i === 0 ? 0 : m.sectionEnds[i - 1]!, m.sectionEnds[i]!);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cutting (the rack): one counting sort of every entry by (shard, metric), then each shard's
+// entries are contiguous and its section's columns are subarrays of a few scratch arrays.
+
+class Grow {
+  u16 = new Uint16Array(1024);
+  u32 = new Uint32Array(1024);
+  f64 = new Float64Array(1024);
+}
+
+export class SectionCutter {
+  private readonly index: HashIndex;
+  private readonly mLo: Uint32Array;
+  private readonly mHi: Uint32Array;
+  private readonly mKind: Uint8Array;
+  private readonly mPoints: Int32Array;
+  private readonly mDists: Int32Array;
+  private readonly mRank: Int32Array;
+  private readonly encoder = new Encoder();
+  // Entries in arrival order: metric index, server index, source position.
+  private pm = new Int32Array(1 << 16);
+  private dm = new Int32Array(1 << 12);
+  private pOut = { servers: new Uint16Array(1 << 16), values: new Float64Array(1 << 16) };
+  private dOut = new Grow();
+  private dStats = { counts: new Uint32Array(1 << 12), sums: new Float64Array(1 << 12), mins: new Float64Array(1 << 12), maxes: new Float64Array(1 << 12), ends: new Uint32Array(1 << 12) };
+  private sketch = new Uint8Array(1 << 20);
+  /** Metrics beyond metricsMax in one second: left out (counted by the caller from this). */
+  overflow = 0;
+
+  constructor(readonly metricsMax: number) {
+    this.index = new HashIndex(metricsMax);
+    this.mLo = new Uint32Array(metricsMax);
+    this.mHi = new Uint32Array(metricsMax);
+    this.mKind = new Uint8Array(metricsMax);
+    this.mPoints = new Int32Array(metricsMax + 1);
+    this.mDists = new Int32Array(metricsMax + 1);
+    this.mRank = new Int32Array(metricsMax);
+  }
+
+  private metric(lo: number, hi: number, kind: number): number {
+    const before = this.index.size;
+    const m = this.index.insert(lo, hi);
+    if (m < 0) {
+      this.overflow++;
+      return -1;
+    }
+    if (m === before) {
+      this.mLo[m] = lo;
+      this.mHi[m] = hi;
+      this.mKind[m] = kind;
+      this.mPoints[m] = 0;
+      this.mDists[m] = 0;
+    }
+    return m;
+  }
+
+  /** The HTTP body for one destination: every section of the second. */
+  body(input: CutInput): Uint8Array {
+    return encodeRackSecond(this.encoder, input, this.cut(input));
+  }
+
+  /** Cuts a merged second into one section frame per shard with data (ascending shard). */
+  cut(input: CutInput): SectionFrame[] {
+    if (!isValidShardCount(input.shards)) throw new Error(`BUG: shards ${input.shards} is not a power of two in 1..${shardsMax}`);
+    if (input.servers.length >= rollupServer) throw new Error(`BUG: ${input.servers.length} servers in one second`);
+    this.index.clear();
+    const { points, dists } = this.count(input);
+    const shardOfRank = this.rank(input.shards);
+    const M = this.index.size;
+    // Offsets per rank: points and summaries of the metric ranked r start at pStart[r], dStart[r].
+    const pStart = new Int32Array(M + 1);
+    const dStart = new Int32Array(M + 1);
+    const byRank = new Int32Array(M);
+    for (let m = 0; m < M; m++) byRank[this.mRank[m]!] = m;
+    for (let r = 0; r < M; r++) {
+      pStart[r + 1] = pStart[r]! + this.mPoints[byRank[r]!]!;
+      dStart[r + 1] = dStart[r]! + this.mDists[byRank[r]!]!;
+    }
+    this.place(input, points, dists, pStart, dStart);
+    const out: SectionFrame[] = [];
+    for (let a = 0; a < M; ) {
+      const shard = shardOfRank[a]!;
+      let b = a + 1;
+      while (b < M && shardOfRank[b] === shard) b++;
+      out.push({ shard, frame: this.section(input, shard, byRank, a, b, pStart, dStart) });
+      a = b;
+    }
+    // Names of shards with no data this second still travel (the core learns them early).
+    const named = namesByShard(input.rollup, input.shards);
+    for (const [shard] of named) if (!out.some((s) => s.shard === shard)) out.push({ shard, frame: this.section(input, shard, byRank, 0, 0, pStart, dStart) });
+    out.sort((x, y) => x.shard - y.shard);
+    return out;
+  }
+
+  /** Pass 1: every entry's metric, and entries per metric. */
+  private count(input: CutInput): { points: number; dists: number } {
+    let points = 0;
+    let dists = input.rollup.distKinds.length;
+    for (const s of input.servers) for (const c of s.blocks) (points += c.pointKinds.length), (dists += c.distKinds.length);
+    if (points > this.pm.length) this.pm = new Int32Array(points);
+    if (dists > this.dm.length) this.dm = new Int32Array(dists);
+    let p = 0;
+    let d = 0;
+    for (const s of input.servers) {
+      for (const c of s.blocks) {
+        let guess = -1;
+        for (let i = 0; i < c.pointKinds.length; i++) {
+          const lo = c.pointHashes[2 * i]!;
+          const hi = c.pointHashes[2 * i + 1]!;
+          // Edges list metrics alike every second: the metric after the previous one is the best guess.
+          const g = guess + 1;
+          const m = g > 0 && g < this.index.size && this.mLo[g] === lo && this.mHi[g] === hi ? g : this.metric(lo, hi, c.pointKinds[i]!);
+          guess = m;
+          this.pm[p++] = m;
+          if (m >= 0) this.mPoints[m]! += 1;
+        }
+        for (let i = 0; i < c.distKinds.length; i++) {
+          const m = this.metric(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!, KindCode.Distribution);
+          this.dm[d++] = m;
+          if (m >= 0) this.mDists[m]! += 1;
+        }
+      }
+    }
+    const r = input.rollup;
+    for (let i = 0; i < r.distKinds.length; i++) {
+      // Only distributions' rollups are stored (whole-rack percentiles); a gauge's would cost more than its 40 values.
+      const m = r.distKinds[i] === KindCode.Distribution ? this.index.get(r.distHashes[2 * i]!, r.distHashes[2 * i + 1]!) : -1;
+      this.dm[d++] = m >= 0 && this.mDists[m]! > 0 ? m : -1;
+      if (this.dm[d - 1]! >= 0) this.mDists[m]! += 1;
+    }
+    return { points: p, dists: d };
+  }
+
+  /** Ranks metrics by (shard, first appearance); returns the shard of each rank. */
+  private rank(shards: number): Int32Array {
+    const M = this.index.size;
+    const perShard = new Int32Array(shards + 1);
+    for (let m = 0; m < M; m++) perShard[shardOf(this.mLo[m]!, shards) + 1]! += 1;
+    for (let s = 0; s < shards; s++) perShard[s + 1]! += perShard[s]!;
+    const shardOfRank = new Int32Array(M);
+    for (let m = 0; m < M; m++) {
+      const s = shardOf(this.mLo[m]!, shards);
+      const r = perShard[s]!++;
+      this.mRank[m] = r;
+      shardOfRank[r] = s;
+    }
+    return shardOfRank;
+  }
+
+  /** Pass 2: entries into their (shard, metric) place, sketches concatenated in that order. */
+  private place(input: CutInput, points: number, dists: number, pStart: Int32Array, dStart: Int32Array): void {
+    if (points > this.pOut.values.length) this.pOut = { servers: new Uint16Array(points), values: new Float64Array(points) };
+    if (dists > this.dStats.counts.length) this.dStats = { counts: new Uint32Array(dists), sums: new Float64Array(dists), mins: new Float64Array(dists), maxes: new Float64Array(dists), ends: new Uint32Array(dists) };
+    if (dists > this.dOut.u16.length) this.dOut.u16 = new Uint16Array(dists);
+    // Where each summary's sketch comes from, placed by rank: source array, start, end.
+    const src: Uint8Array[] = new Array<Uint8Array>(dists);
+    const sStart = new Uint32Array(dists);
+    const sEnd = new Uint32Array(dists);
+    const pAt = pStart.slice();
+    const dAt = dStart.slice();
+    let p = 0;
+    let d = 0;
+    const putDist = (c: SeriesColumns, i: number, m: number, server: number) => {
+      const k = dAt[this.mRank[m]!]!++;
+      this.dOut.u16[k] = server;
+      this.dStats.counts[k] = c.distCounts[i]!;
+      this.dStats.sums[k] = c.distSums[i]!;
+      this.dStats.mins[k] = c.distMins[i]!;
+      this.dStats.maxes[k] = c.distMaxes[i]!;
+      src[k] = c.sketchBytes;
+      sStart[k] = i === 0 ? 0 : c.sketchEnds[i - 1]!;
+      sEnd[k] = c.sketchEnds[i]!;
+    };
+    input.servers.forEach((s, j) => {
+      for (const c of s.blocks) {
+        for (let i = 0; i < c.pointKinds.length; i++) {
+          const m = this.pm[p++]!;
+          if (m < 0) continue;
+          const k = pAt[this.mRank[m]!]!++;
+          this.pOut.servers[k] = j;
+          this.pOut.values[k] = c.pointValues[i]!;
+        }
+        for (let i = 0; i < c.distKinds.length; i++) {
+          const m = this.dm[d++]!;
+          if (m >= 0) putDist(c, i, m, j);
+        }
+      }
+    });
+    const r = input.rollup;
+    for (let i = 0; i < r.distKinds.length; i++) {
+      const m = this.dm[d++]!;
+      if (m >= 0) putDist(r, i, m, rollupServer);
+    }
+    // Sketches, concatenated in placed order.
+    const total = dStart[dStart.length - 1]!;
+    let bytes = 0;
+    for (let k = 0; k < total; k++) bytes += sEnd[k]! - sStart[k]!;
+    if (bytes > this.sketch.length) this.sketch = new Uint8Array(Math.max(bytes, this.sketch.length * 2));
+    let at = 0;
+    for (let k = 0; k < total; k++) {
+      this.sketch.set(src[k]!.subarray(sStart[k]!, sEnd[k]!), at);
+      at += sEnd[k]! - sStart[k]!;
+      this.dStats.ends[k] = at;
+    }
+  }
+
+  /** Encodes ranks [a, b) (one shard's metrics) as a section frame. */
+  private section(input: CutInput, shard: number, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
+    const p0 = pStart[a]!;
+    const p1 = pStart[b]!;
+    const d0 = dStart[a]!;
+    const d1 = dStart[b]!;
+    const pointMetrics: number[] = [];
+    const distMetrics: number[] = [];
+    for (let r = a; r < b; r++) {
+      if (pStart[r + 1]! > pStart[r]!) pointMetrics.push(r);
+      if (dStart[r + 1]! > dStart[r]!) distMetrics.push(r);
+    }
+    const pointHashes = new Uint32Array(2 * pointMetrics.length);
+    const pointKinds = new Uint8Array(pointMetrics.length);
+    const pointEnds = new Uint32Array(pointMetrics.length);
+    pointMetrics.forEach((r, i) => {
+      const m = byRank[r]!;
+      pointHashes[2 * i] = this.mLo[m]!;
+      pointHashes[2 * i + 1] = this.mHi[m]!;
+      pointKinds[i] = this.mKind[m] === KindCode.Distribution ? KindCode.Gauge : this.mKind[m]!;
+      pointEnds[i] = pStart[r + 1]! - p0;
+    });
+    const distHashes = new Uint32Array(2 * distMetrics.length);
+    const distEnds = new Uint32Array(distMetrics.length);
+    distMetrics.forEach((r, i) => {
+      const m = byRank[r]!;
+      distHashes[2 * i] = this.mLo[m]!;
+      distHashes[2 * i + 1] = this.mHi[m]!;
+      distEnds[i] = dStart[r + 1]! - d0;
+    });
+    const sk0 = d0 === 0 ? 0 : this.dStats.ends[d0 - 1]!;
+    const sk1 = d1 === 0 ? 0 : this.dStats.ends[d1 - 1]!;
+    const sketchEnds = this.dStats.ends.slice(d0, d1).map((e) => e - sk0);
+    const names = namesByShard(input.rollup, input.shards).get(shard);
+    return encodeShardSection(this.encoder, input, {
+      shard,
+      servers: input.servers.map((s) => s.server),
+      pointHashes,
+      pointKinds,
+      pointEnds,
+      pointServers: this.pOut.servers.subarray(p0, p1),
+      pointValues: this.pOut.values.subarray(p0, p1),
+      distHashes,
+      distEnds,
+      distServers: this.dOut.u16.subarray(d0, d1),
+      distCounts: this.dStats.counts.subarray(d0, d1),
+      distSums: this.dStats.sums.subarray(d0, d1),
+      distMins: this.dStats.mins.subarray(d0, d1),
+      distMaxes: this.dStats.maxes.subarray(d0, d1),
+      sketchEnds,
+      sketchBytes: this.sketch.subarray(sk0, sk1),
+      nameHashes: names?.hashes ?? new Uint32Array(0),
+      nameEnds: names?.ends ?? new Uint32Array(0),
+      nameBytes: names?.bytes ?? new Uint8Array(0),
+    });
+  }
+}
+
+/** The names of a block's dictionary grouped by shard. */
+function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'>, shards: number): Map<number, { hashes: Uint32Array; ends: Uint32Array; bytes: Uint8Array }> {
+  const out = new Map<number, { hashes: Uint32Array; ends: Uint32Array; bytes: Uint8Array }>();
+  if (c.nameEnds.length === 0) return out;
+  const groups = new Map<number, number[]>();
+  for (let j = 0; j < c.nameEnds.length; j++) {
+    const s = shardOf(c.nameHashes[2 * j]!, shards);
+    let g = groups.get(s);
+    if (g === undefined) groups.set(s, (g = []));
+    g.push(j);
+  }
+  for (const [s, js] of groups) {
+    const hashes = new Uint32Array(2 * js.length);
+    const ends = new Uint32Array(js.length);
+    let bytes = 0;
+    for (const j of js) bytes += c.nameEnds[j]! - (j === 0 ? 0 : c.nameEnds[j - 1]!);
+    const buf = new Uint8Array(bytes);
+    let at = 0;
+    js.forEach((j, i) => {
+      const start = j === 0 ? 0 : c.nameEnds[j - 1]!;
+      buf.set(c.nameBytes.subarray(start, c.nameEnds[j]!), at);
+      at += c.nameEnds[j]! - start;
+      hashes[2 * i] = c.nameHashes[2 * j]!;
+      hashes[2 * i + 1] = c.nameHashes[2 * j + 1]!;
+      ends[i] = at;
+    });
+    out.set(s, { hashes, ends, bytes: buf });
+  }
+  return out;
+}
+
+type SectionColumns = Omit<ShardSectionMessage, 'type' | keyof SecondHeader>;
+
+/** Encodes one section (its header from `h`). */
+export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns): Uint8Array {
+  let bytes = 1024;
+  for (const v of Object.values(c)) if (ArrayBuffer.isView(v)) bytes += v.byteLength + 16;
+  for (const s of c.servers) bytes += s.length + 8;
+  return enc.frame(Body.ShardSection, bytes, (b) => {
+    const rack = b.createString(h.rack);
+    const servers = ShardSection.createServersVector(b, c.servers.map((s) => b.createString(s)));
+    const v = (data: ArrayBufferView, elemBytes: number) => concatVector(b, [data], elemBytes);
+    return ShardSection.createShardSection(
+      b,
+      rack,
+      h.session,
+      BigInt(h.seq),
+      h.second,
+      h.late,
+      c.shard,
+      h.shards,
+      servers,
+      v(c.pointHashes, 8),
+      v(c.pointKinds, 1),
+      v(c.pointEnds, 4),
+      v(c.pointServers, 2),
+      v(c.pointValues, 8),
+      v(c.distHashes, 8),
+      v(c.distEnds, 4),
+      v(c.distServers, 2),
+      v(c.distCounts, 4),
+      v(c.distSums, 8),
+      v(c.distMins, 8),
+      v(c.distMaxes, 8),
+      v(c.sketchEnds, 4),
+      v(c.sketchBytes, 1),
+      v(c.nameHashes, 8),
+      v(c.nameEnds, 4),
+      v(c.nameBytes, 1),
+    );
+  });
+}
+
+/** The HTTP body holding `sections` (a worker copies its sections out, aligned, before decoding them). */
+export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readonly SectionFrame[]): Uint8Array {
+  const shards = Uint16Array.from(sections, (s) => s.shard);
+  const ends = new Uint32Array(sections.length);
+  let total = 0;
+  sections.forEach((s, i) => (ends[i] = total += s.frame.length));
+  const all = new Uint8Array(total);
+  let at = 0;
+  for (const s of sections) {
+    all.set(s.frame, at);
+    at += s.frame.length;
+  }
+  return enc.frame(Body.RackSecond, total + 1024 + 6 * sections.length, (b: flatbuffers.Builder) => {
+    const rack = b.createString(h.rack);
+    const sh = concatVector(b, [shards], 2);
+    const en = concatVector(b, [ends], 4);
+    const by = concatVector(b, [all], 1);
+    return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by);
+  });
+}
+
+/** Cuts and wraps in one call (tests and tools; the rack keeps a SectionCutter). */
+export function rackSecondBody(input: CutInput, metricsMax = 1 << 20): Uint8Array {
+  return new SectionCutter(Math.max(1024, metricsMax)).body(input);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding (called by decodeFrame in schema/codec.ts; throws Reject).
+
+function header(v: Verifier, t: TableRef, what: string, slots: { rack: number; session: number; seq: number; second: number; late: number; shards: number }): SecondHeader {
+  const shards = v.u16(t, slots.shards, `${what}.shards`);
+  if (!isValidShardCount(shards)) throw new Reject('bad_value', `${what}.shards ${shards} is not a power of two in 1..${shardsMax}`);
+  return {
+    rack: requireServerId(v.string(t, slots.rack, rackIdBytesMax, `${what}.rack`), 'rack id'),
+    session: v.u32(t, slots.session, `${what}.session`),
+    seq: v.u53(t, slots.seq, `${what}.seq`),
+    second: requireSecond(v.u32(t, slots.second, `${what}.second`)),
+    late: v.u8(t, slots.late, `${what}.late`) !== 0,
+    shards,
+  };
+}
+
+export function decodeRackSecond(v: Verifier, t: TableRef): RackSecondMessage {
+  const h = header(v, t, 'RackSecond', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 5 });
+  const buf = v.bytes.buffer as ArrayBuffer;
+  const base = v.bytes.byteOffset;
+  const sh = v.vector(t, 6, 2, shardsMax, 'RackSecond.section_shards');
+  const en = v.vector(t, 7, 4, shardsMax, 'RackSecond.section_ends');
+  const by = v.vector(t, 8, 1, v.bytes.length, 'RackSecond.section_bytes');
+  const sectionShards = new Uint16Array(buf, base + sh.start, sh.length);
+  const sectionEnds = new Uint32Array(buf, base + en.start, en.length);
+  if (sectionShards.length !== sectionEnds.length) throw new Reject('bad_columns', `${sectionShards.length} section shards for ${sectionEnds.length} sections`);
+  let prev = 0;
+  for (let i = 0; i < sectionEnds.length; i++) {
+    if (sectionShards[i]! >= h.shards || (i > 0 && sectionShards[i]! <= sectionShards[i - 1]!)) throw new Reject('bad_value', `section ${i} is for shard ${sectionShards[i]} (shards ${h.shards}, ascending, once each)`);
+    if (sectionEnds[i]! <= prev || sectionEnds[i]! > by.length) throw new Reject('bad_columns', `section ${i} ends at ${sectionEnds[i]}, outside ${prev}..${by.length}`);
+    prev = sectionEnds[i]!;
+  }
+  if (prev !== by.length) throw new Reject('bad_columns', `${by.length - prev} section bytes belong to no section`);
+  return { type: 'rackSecond', ...h, sectionShards, sectionEnds, sectionBytes: new Uint8Array(buf, base + by.start, by.length) };
+}
+
+export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessage {
+  const h = header(v, t, 'ShardSection', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 6 });
+  const shard = v.u16(t, 5, 'ShardSection.shard');
+  if (shard >= h.shards) throw new Reject('bad_value', `shard ${shard} ≥ shards ${h.shards}`);
+  const list = v.vector(t, 7, 4, batchServersMax, 'ShardSection.servers');
+  const servers: string[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const at = list.start + 4 * i;
+    // A vector of strings holds uoffsets to them; reuse the string check through a one-field view.
+    servers.push(requireServerId(stringAt(v, at), 'server id'));
+  }
+  const buf = v.bytes.buffer as ArrayBuffer;
+  const base = v.bytes.byteOffset;
+  const max = v.bytes.length;
+  const col = <T>(slot: number, elemBytes: number, make: (b: ArrayBuffer, o: number, n: number) => T, perElem = 1): T => {
+    const r = v.vector(t, slot, elemBytes, max, `ShardSection field ${slot}`);
+    return make(buf, base + r.start, r.length * perElem);
+  };
+  const u32 = (b: ArrayBuffer, o: number, n: number) => new Uint32Array(b, o, n);
+  const u16 = (b: ArrayBuffer, o: number, n: number) => new Uint16Array(b, o, n);
+  const u8 = (b: ArrayBuffer, o: number, n: number) => new Uint8Array(b, o, n);
+  const f64 = (b: ArrayBuffer, o: number, n: number) => new Float64Array(b, o, n);
+  const m: ShardSectionMessage = {
+    type: 'shardSection',
+    ...h,
+    shard,
+    servers,
+    pointHashes: col(8, 8, u32, 2),
+    pointKinds: col(9, 1, u8),
+    pointEnds: col(10, 4, u32),
+    pointServers: col(11, 2, u16),
+    pointValues: col(12, 8, f64),
+    distHashes: col(13, 8, u32, 2),
+    distEnds: col(14, 4, u32),
+    distServers: col(15, 2, u16),
+    distCounts: col(16, 4, u32),
+    distSums: col(17, 8, f64),
+    distMins: col(18, 8, f64),
+    distMaxes: col(19, 8, f64),
+    sketchEnds: col(20, 4, u32),
+    sketchBytes: col(21, 1, u8),
+    nameHashes: col(22, 8, u32, 2),
+    nameEnds: col(23, 4, u32),
+    nameBytes: col(24, 1, u8),
+  };
+  checkSectionPoints(m);
+  checkSectionDists(m);
+  checkNames(m, v.nameHashes);
+  for (let j = 0; j < m.nameEnds.length; j++) if (shardOf(m.nameHashes[2 * j]!, m.shards) !== shard) throw new Reject('bad_value', `name ${j} belongs to shard ${shardOf(m.nameHashes[2 * j]!, m.shards)}, not ${shard}`);
+  return m;
+}
+
+function stringAt(v: Verifier, at: number): string | null {
+  // A string in a vector is a uoffset from its slot; Verifier.string reads a table field, so
+  // build the equivalent check here.
+  const view = v.view;
+  if (at + 4 > v.bytes.length) throw new Reject('out_of_bounds', `server name offset at ${at} is outside the message`);
+  const pos = at + view.getUint32(at, true);
+  if (pos % 4 !== 0 || pos + 4 > v.bytes.length) throw new Reject('out_of_bounds', `server name at ${pos} is outside the message or unaligned`);
+  const length = view.getUint32(pos, true);
+  if (length > serverIdBytesMax) throw new Reject('bad_name', `server name is ${length} bytes > limit ${serverIdBytesMax}`);
+  if (pos + 4 + length + 1 > v.bytes.length || v.bytes[pos + 4 + length] !== 0) throw new Reject('out_of_bounds', 'server name overruns the message or is not NUL-terminated');
+  return Buffer.from(v.bytes.buffer, v.bytes.byteOffset + pos + 4, length).toString('latin1');
+}
+
+/** Ends ascend, stay within the column, and every metric's hash belongs to this shard. */
+function checkRanges(what: string, hashes: Uint32Array, ends: Uint32Array, entries: number, shard: number, shards: number): void {
+  if (hashes.length !== 2 * ends.length) throw new Reject('bad_columns', `${what}: ${hashes.length / 2} hashes for ${ends.length} metrics`);
+  let prev = 0;
+  for (let i = 0; i < ends.length; i++) {
+    if (ends[i]! <= prev) throw new Reject('bad_columns', `${what}: metric ${i} has no entries or ends before the previous one`);
+    if (ends[i]! > entries) throw new Reject('bad_columns', `${what}: metric ${i} ends at ${ends[i]} > ${entries} entries`);
+    if (shardOf(hashes[2 * i]!, shards) !== shard) throw new Reject('bad_value', `${what}: metric ${i} belongs to shard ${shardOf(hashes[2 * i]!, shards)}, not ${shard}`);
+    prev = ends[i]!;
+  }
+  if (prev !== entries) throw new Reject('bad_columns', `${what}: ${entries - prev} entries belong to no metric`);
+}
+
+function checkSectionPoints(m: ShardSectionMessage): void {
+  const n = m.pointValues.length;
+  if (m.pointServers.length !== n || m.pointKinds.length !== m.pointEnds.length) throw new Reject('bad_columns', `point columns disagree: ${m.pointServers.length} servers, ${n} values, ${m.pointKinds.length} kinds, ${m.pointEnds.length} metrics`);
+  checkRanges('points', m.pointHashes, m.pointEnds, n, m.shard, m.shards);
+  for (let i = 0; i < m.pointKinds.length; i++) if (m.pointKinds[i]! > KindCode.Counter) throw new Reject('bad_value', `point metric ${i} has kind ${m.pointKinds[i]}`);
+  const servers = m.servers.length;
+  for (let i = 0; i < n; i++) {
+    if (m.pointServers[i]! >= servers) throw new Reject('bad_value', `point ${i} names server ${m.pointServers[i]} of ${servers}`);
+    if (!Number.isFinite(m.pointValues[i]!)) throw new Reject('bad_value', `point ${i} is not finite`);
+  }
+}
+
+function checkSectionDists(m: ShardSectionMessage): void {
+  const n = m.distCounts.length;
+  if (m.distServers.length !== n || m.distSums.length !== n || m.distMins.length !== n || m.distMaxes.length !== n || m.sketchEnds.length !== n) {
+    throw new Reject('bad_columns', `summary columns disagree in length (counts: ${n})`);
+  }
+  checkRanges('summaries', m.distHashes, m.distEnds, n, m.shard, m.shards);
+  const servers = m.servers.length;
+  let start = 0;
+  let metric = 0;
+  for (let i = 0; i < n; i++) {
+    while (m.distEnds[metric]! <= i) metric++;
+    const server = m.distServers[i]!;
+    // The rollup, when present, is its metric's last entry.
+    if (server >= servers && !(server === rollupServer && i === m.distEnds[metric]! - 1)) throw new Reject('bad_value', `summary ${i} names server ${server} of ${servers}`);
+    const count = m.distCounts[i]!;
+    const min = m.distMins[i]!;
+    const max = m.distMaxes[i]!;
+    if (count === 0 || !Number.isFinite(m.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max) {
+      throw new Reject('bad_value', `summary ${i} has count ${count}, min ${min}, max ${max}, sum ${m.distSums[i]}`);
+    }
+    const end = m.sketchEnds[i]!;
+    if (end < start || end > m.sketchBytes.length) throw new Reject('bad_sketch', `summary ${i} sketch ends at ${end}, outside ${start}..${m.sketchBytes.length}`);
+    if (sketchCount(m.sketchBytes, start, end) !== count) throw new Reject('bad_sketch', `summary ${i} sketch is malformed or does not hold ${count} observations`);
+    start = end;
+  }
+  if (start !== m.sketchBytes.length) throw new Reject('bad_sketch', `${m.sketchBytes.length - start} sketch bytes belong to no summary`);
+}
