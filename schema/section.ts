@@ -11,7 +11,7 @@ import { Body, RackSecond, ShardSection } from './generated/apm_generated.js';
 import { HashIndex } from './hashtable.js';
 import { batchServersMax, rackIdBytesMax, rollupServer, serverIdBytesMax, shardsMax } from './limits.js';
 import { sketchCount } from './sketch.js';
-import { Reject, type TableRef, type Verifier } from './verify.js';
+import { Reject, type TableRef, type VectorRef, type Verifier } from './verify.js';
 
 /** The shard of a metric (hash lo32 mod S; S a power of two). */
 export function shardOf(lo: number, shards: number): number {
@@ -67,6 +67,8 @@ export interface RackSecondMessage {
   /** Section i is sectionBytes[sectionEnds[i − 1] .. sectionEnds[i]). */
   sectionEnds: Uint32Array;
   sectionBytes: Uint8Array;
+  /** The rack's servers in this second. */
+  servers: string[];
 }
 
 /** Identity of a rack second: every section of it carries the same. */
@@ -155,7 +157,7 @@ export class SectionCutter {
 
   /** The HTTP body for one destination: every section of the second. */
   body(input: CutInput): Uint8Array {
-    return encodeRackSecond(this.encoder, input, this.cut(input));
+    return encodeRackSecond(this.encoder, input, this.cut(input), input.servers.map((s) => s.server));
   }
 
   /** Cuts a merged second into one section frame per shard with data (ascending shard). */
@@ -435,7 +437,7 @@ export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColu
 }
 
 /** The HTTP body holding `sections` (a worker copies its sections out, aligned, before decoding them). */
-export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readonly SectionFrame[]): Uint8Array {
+export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readonly SectionFrame[], servers: readonly string[]): Uint8Array {
   const shards = Uint16Array.from(sections, (s) => s.shard);
   const ends = new Uint32Array(sections.length);
   let total = 0;
@@ -446,12 +448,15 @@ export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readon
     all.set(s.frame, at);
     at += s.frame.length;
   }
-  return enc.frame(Body.RackSecond, total + 1024 + 6 * sections.length, (b: flatbuffers.Builder) => {
+  let bytes = total + 1024 + 6 * sections.length;
+  for (const s of servers) bytes += s.length + 8;
+  return enc.frame(Body.RackSecond, bytes, (b: flatbuffers.Builder) => {
     const rack = b.createString(h.rack);
+    const names = RackSecond.createServersVector(b, servers.map((s) => b.createString(s)));
     const sh = concatVector(b, [shards], 2);
     const en = concatVector(b, [ends], 4);
     const by = concatVector(b, [all], 1);
-    return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by);
+    return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by, names);
   });
 }
 
@@ -493,20 +498,15 @@ export function decodeRackSecond(v: Verifier, t: TableRef): RackSecondMessage {
     prev = sectionEnds[i]!;
   }
   if (prev !== by.length) throw new Reject('bad_columns', `${by.length - prev} section bytes belong to no section`);
-  return { type: 'rackSecond', ...h, sectionShards, sectionEnds, sectionBytes: new Uint8Array(buf, base + by.start, by.length) };
+  const servers = serverList(v, v.vector(t, 9, 4, batchServersMax, 'RackSecond.servers'));
+  return { type: 'rackSecond', ...h, sectionShards, sectionEnds, sectionBytes: new Uint8Array(buf, base + by.start, by.length), servers };
 }
 
 export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessage {
   const h = header(v, t, 'ShardSection', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 6 });
   const shard = v.u16(t, 5, 'ShardSection.shard');
   if (shard >= h.shards) throw new Reject('bad_value', `shard ${shard} ≥ shards ${h.shards}`);
-  const list = v.vector(t, 7, 4, batchServersMax, 'ShardSection.servers');
-  const servers: string[] = [];
-  for (let i = 0; i < list.length; i++) {
-    const at = list.start + 4 * i;
-    // A vector of strings holds uoffsets to them; reuse the string check through a one-field view.
-    servers.push(requireServerId(stringAt(v, at), 'server id'));
-  }
+  const servers = serverList(v, v.vector(t, 7, 4, batchServersMax, 'ShardSection.servers'));
   const buf = v.bytes.buffer as ArrayBuffer;
   const base = v.bytes.byteOffset;
   const max = v.bytes.length;
@@ -546,6 +546,13 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
   checkNames(m, v.nameHashes);
   for (let j = 0; j < m.nameEnds.length; j++) if (shardOf(m.nameHashes[2 * j]!, m.shards) !== shard) throw new Reject('bad_value', `name ${j} belongs to shard ${shardOf(m.nameHashes[2 * j]!, m.shards)}, not ${shard}`);
   return m;
+}
+
+/** A vector of server ids (uoffsets to strings), each checked. */
+function serverList(v: Verifier, list: VectorRef): string[] {
+  const servers: string[] = [];
+  for (let i = 0; i < list.length; i++) servers.push(requireServerId(stringAt(v, list.start + 4 * i), 'server id'));
+  return servers;
 }
 
 function stringAt(v: Verifier, at: number): string | null {

@@ -1813,8 +1813,23 @@ sectionBytesArray():Uint8Array|null {
   return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
 }
 
+/**
+ * The rack's servers in this second (the core's server registry reads only this).
+ */
+servers(index: number):string
+servers(index: number,optionalEncoding:flatbuffers.Encoding):string|Uint8Array
+servers(index: number,optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.__string(this.bb!.__vector(this.bb_pos + offset) + index * 4, optionalEncoding) : null;
+}
+
+serversLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
 static startRackSecond(builder:flatbuffers.Builder) {
-  builder.startObject(9);
+  builder.startObject(10);
 }
 
 static addRack(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset) {
@@ -1899,12 +1914,28 @@ static startSectionBytesVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(1, numElems, 1);
 }
 
+static addServers(builder:flatbuffers.Builder, serversOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(9, serversOffset, 0);
+}
+
+static createServersVector(builder:flatbuffers.Builder, data:flatbuffers.Offset[]):flatbuffers.Offset {
+  builder.startVector(4, data.length, 4);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addOffset(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startServersVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(4, numElems, 4);
+}
+
 static endRackSecond(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shards:number, sectionShardsOffset:flatbuffers.Offset, sectionEndsOffset:flatbuffers.Offset, sectionBytesOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shards:number, sectionShardsOffset:flatbuffers.Offset, sectionEndsOffset:flatbuffers.Offset, sectionBytesOffset:flatbuffers.Offset, serversOffset:flatbuffers.Offset):flatbuffers.Offset {
   RackSecond.startRackSecond(builder);
   RackSecond.addRack(builder, rackOffset);
   RackSecond.addSession(builder, session);
@@ -1915,6 +1946,7 @@ static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offs
   RackSecond.addSectionShards(builder, sectionShardsOffset);
   RackSecond.addSectionEnds(builder, sectionEndsOffset);
   RackSecond.addSectionBytes(builder, sectionBytesOffset);
+  RackSecond.addServers(builder, serversOffset);
   return RackSecond.endRackSecond(builder);
 }
 }
