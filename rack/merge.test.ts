@@ -36,30 +36,34 @@ function rollupOf(c: SeriesColumns, name: string) {
 }
 
 describe('RackMerger rollups', () => {
-  it('per metric across servers: exact count/sum/min/max, and the sketch of the union', () => {
+  it('per distribution across servers: exact count/sum/min/max, and the sketch of the union', () => {
     const r = rng(5);
     const servers = 40;
-    const gauge: number[] = [];
     const lat: number[] = [];
     const input = Array.from({ length: servers }, (_, s) => {
-      const g = Math.round(r() * 1000) - 300;
-      gauge.push(g);
       const vals = Array.from({ length: 1 + (s % 7) }, () => Math.round(Math.exp(r() * 6) * 100) / 100);
       lat.push(...vals);
-      const points: PointInput[] = [{ name: 'cpu', kind: KindCode.Gauge, value: g }];
+      const points: PointInput[] = [{ name: 'cpu', kind: KindCode.Gauge, value: Math.round(r() * 1000) - 300 }];
       if (s % 3 === 0) points.push({ name: 'only.some', kind: KindCode.Counter as const, value: s });
       return { server: `web-${s}`, parts: [msg(buildColumns(points, [{ name: 'lat', values: vals }]))] };
     });
     const merged = new RackMerger(1000).merge(input);
     expect(merged.servers.map((s) => s.server)).toEqual(input.map((s) => s.server));
     expect(merged.summaries).toBe(40 * 2 + 14);
-    const cpu = rollupOf(merged.rollup, 'cpu')!;
-    expect(cpu).toEqual({ kind: KindCode.Gauge, count: 40, sum: gauge.reduce((a, b) => a + b, 0), min: Math.min(...gauge), max: Math.max(...gauge), sketch: encodeValues(gauge) });
     const l = rollupOf(merged.rollup, 'lat')!;
     expect([l.kind, l.count, l.min, l.max]).toEqual([KindCode.Distribution, lat.length, Math.min(...lat), Math.max(...lat)]);
     expect(l.sum).toBeCloseTo(lat.reduce((a, b) => a + b, 0), 9);
     expect(l.sketch).toEqual(encodeValues(lat));
-    expect(rollupOf(merged.rollup, 'only.some')!.count).toBe(14);
+    // Gauges and counters get no rollup: the core stores none (DESIGN §9).
+    expect(rollupOf(merged.rollup, 'cpu')).toBeUndefined();
+    expect(rollupOf(merged.rollup, 'only.some')).toBeUndefined();
+    expect([merged.rollup.distKinds.length, merged.rollup.pointKinds.length]).toEqual([1, 0]);
+  });
+
+  it('a second of gauges only has an empty rollup', () => {
+    const cols = buildColumns([{ name: 'g', kind: KindCode.Gauge, value: 1 }], []);
+    const m = new RackMerger(16).merge([{ server: 'a', parts: [msg(cols)] }, { server: 'b', parts: [msg(cols)] }]);
+    expect([m.rollup.distKinds.length, m.rollup.sketchBytes.length, m.summaries]).toEqual([0, 0, 2]);
   });
 
   it('merges a distribution split across parts back into one summary', () => {
@@ -77,12 +81,12 @@ describe('RackMerger rollups', () => {
   it('counts metrics beyond its bound instead of failing', () => {
     const merger = new RackMerger(2);
     const cols = buildColumns(
-      ['a', 'b', 'c'].map((name) => ({ name, kind: KindCode.Gauge as const, value: 1 })),
       [],
+      ['a', 'b', 'c'].map((name) => ({ name, values: [1, 2] })),
     );
     const m = merger.merge([{ server: 's', parts: [msg(cols)] }]);
     expect(m.rollup.distKinds.length).toBe(2);
     expect(merger.rollupOverflow).toBe(1);
-    expect(m.servers[0]!.blocks[0]!.pointKinds.length).toBe(3);
+    expect(m.servers[0]!.blocks[0]!.distKinds.length).toBe(3);
   });
 });

@@ -1,12 +1,12 @@
-// One closed second of a rack → the contents of one RackBatch (issue 3): every server's
-// summaries (its parts concatenated, split distributions merged back) and, per metric, the
-// rollup across the rack's servers (count, sum, min, max, merged sketch). Columnar: typed
-// arrays per server and per second, nothing per point.
+// One closed second of a rack → what the SectionCutter cuts into the core's shard sections
+// (issue 3, DESIGN §9): every server's summaries (its parts as they came, split distributions
+// merged back) and, per distribution metric, the rollup across the rack's servers (count, sum,
+// min, max, merged sketch). Columnar: typed arrays per server and per second, nothing per point.
 
 import { KindCode, columnsFor, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 import { hashKey } from '../schema/names.js';
-import { SketchAccumulator, SortedSketchEncoder } from '../schema/sketch.js';
+import { SketchAccumulator } from '../schema/sketch.js';
 
 export interface ServerParts {
   server: string;
@@ -14,8 +14,9 @@ export interface ServerParts {
 }
 
 export interface MergedSecond {
-  /** Per server, its parts' blocks as they came (the encoder concatenates them). */
+  /** Per server, its parts' blocks as they came (the cutter reads them in place). */
   servers: ServerBlocks[];
+  /** Distribution rollups only (summary columns; no points, no names). */
   rollup: SeriesColumns;
   /** Summaries (points + distributions) across all servers. */
   summaries: number;
@@ -29,11 +30,10 @@ export class RackMerger {
   private readonly mSum: Float64Array;
   private readonly mMin: Float64Array;
   private readonly mMax: Float64Array;
-  private readonly mValues: Int32Array; // point values per metric (for the counting sort)
-  private readonly mSketches: Int32Array; // sketch ranges per metric
+  private readonly mSketches: Int32Array; // sketch ranges per metric (for the counting sort)
   private readonly acc = new SketchAccumulator();
-  private readonly sorted = new SortedSketchEncoder();
   private sketchScratch = new Uint8Array(1 << 20);
+  private distMetric = new Int32Array(1 << 12);
   /** Metrics beyond metricsMax in one second: left out of the rollup (server rows still carry them). */
   rollupOverflow = 0;
 
@@ -45,7 +45,6 @@ export class RackMerger {
     this.mSum = new Float64Array(metricsMax);
     this.mMin = new Float64Array(metricsMax);
     this.mMax = new Float64Array(metricsMax);
-    this.mValues = new Int32Array(metricsMax);
     this.mSketches = new Int32Array(metricsMax);
   }
 
@@ -62,9 +61,6 @@ export class RackMerger {
     return { servers, rollup: this.rollup(rows), summaries };
   }
 
-  private pointMetric = new Int32Array(1 << 16);
-  private distMetric = new Int32Array(1 << 12);
-
   private metric(lo: number, hi: number, kind: number): number {
     const before = this.index.size;
     const m = this.index.insert(lo, hi);
@@ -80,50 +76,26 @@ export class RackMerger {
       this.mSum[m] = 0;
       this.mMin[m] = Infinity;
       this.mMax[m] = -Infinity;
-      this.mValues[m] = 0;
       this.mSketches[m] = 0;
     }
     return m;
   }
 
-  /** Per metric across servers: stats in one pass, then values and sketches grouped by a counting sort. */
+  /**
+   * Per distribution across servers: stats in one pass, then sketches grouped by a counting sort
+   * and merged. Gauges and counters get no rollup: the core stores only distributions' (whole-rack
+   * percentiles, DESIGN §9), and sketching every gauge cost the rack most of its merge time.
+   */
   private rollup(rows: SeriesColumns[]): SeriesColumns {
     this.index.clear();
-    let values = 0;
-    let sketches = 0;
-    let points = 0;
     let dists = 0;
-    for (const c of rows) {
-      points += c.pointKinds.length;
-      dists += c.distKinds.length;
-    }
-    if (points > this.pointMetric.length) this.pointMetric = new Int32Array(points);
+    for (const c of rows) dists += c.distKinds.length;
+    if (dists === 0) return emptyColumns();
     if (dists > this.distMetric.length) this.distMetric = new Int32Array(dists);
-    const pointMetric = this.pointMetric;
     const distMetric = this.distMetric;
-    let pAt = 0;
     let dAt = 0;
-    const mh = this.mHashes;
+    let sketches = 0;
     for (const c of rows) {
-      // Edges send their metrics in the same order every second, so the metric after the
-      // previous point's is usually the next one: check that guess before probing the table.
-      let guess = -1;
-      for (let i = 0; i < c.pointKinds.length; i++) {
-        const lo = c.pointHashes[2 * i]!;
-        const hi = c.pointHashes[2 * i + 1]!;
-        const g = guess + 1;
-        const m = g > 0 && g < this.index.size && mh[2 * g] === lo && mh[2 * g + 1] === hi ? g : this.metric(lo, hi, c.pointKinds[i]!);
-        guess = m;
-        pointMetric[pAt++] = m;
-        if (m < 0) continue;
-        const v = c.pointValues[i]!;
-        this.mCount[m]! += 1;
-        this.mSum[m]! += v;
-        if (v < this.mMin[m]!) this.mMin[m] = v;
-        if (v > this.mMax[m]!) this.mMax[m] = v;
-        this.mValues[m]! += 1;
-        values++;
-      }
       for (let i = 0; i < c.distKinds.length; i++) {
         const m = this.metric(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!, c.distKinds[i]!);
         distMetric[dAt++] = m;
@@ -137,26 +109,15 @@ export class RackMerger {
       }
     }
     const n = this.index.size;
-    // Counting sort: metric m's values are vals[vStart[m] ..], its sketch ranges sk*[sStart[m] ..].
-    const vStart = new Int32Array(n + 1);
+    // Counting sort: metric m's sketch ranges are sk*[sStart[m] .. sStart[m + 1]).
     const sStart = new Int32Array(n + 1);
-    for (let m = 0; m < n; m++) {
-      vStart[m + 1] = vStart[m]! + this.mValues[m]!;
-      sStart[m + 1] = sStart[m]! + this.mSketches[m]!;
-    }
-    const vals = new Float64Array(values);
+    for (let m = 0; m < n; m++) sStart[m + 1] = sStart[m]! + this.mSketches[m]!;
     const skRow = new Int32Array(sketches);
     const skStart = new Uint32Array(sketches);
     const skEnd = new Uint32Array(sketches);
-    const vFill = vStart.slice(0, n);
     const sFill = sStart.slice(0, n);
-    pAt = 0;
     dAt = 0;
     rows.forEach((c, r) => {
-      for (let i = 0; i < c.pointKinds.length; i++) {
-        const m = pointMetric[pAt++]!;
-        if (m >= 0) vals[vFill[m]!++] = c.pointValues[i]!;
-      }
       for (let i = 0; i < c.distKinds.length; i++) {
         const m = distMetric[dAt++]!;
         if (m < 0) continue;
@@ -169,25 +130,13 @@ export class RackMerger {
     const sketchEnds = new Uint32Array(n);
     let at = 0;
     for (let m = 0; m < n; m++) {
-      const v0 = vStart[m]!;
-      const v1 = vStart[m + 1]!;
-      let size: number;
-      if (sStart[m] === sStart[m + 1]) {
-        vals.subarray(v0, v1).sort();
-        size = this.sorted.bin(vals, null, v0, v1);
-        this.ensureScratch(at + size);
-        at = this.sorted.encode(this.sketchScratch, at);
-      } else {
-        for (let k = v0; k < v1; k++) this.acc.addValue(vals[k]!);
-        for (let k = sStart[m]!; k < sStart[m + 1]!; k++) {
-          const c = rows[skRow[k]!]!;
-          this.acc.addEncoded(c.sketchBytes, skStart[k]!, skEnd[k]!);
-        }
-        size = this.acc.encodedBytes();
-        this.ensureScratch(at + size);
-        at = this.acc.encodeInto(this.sketchScratch, at);
-        this.acc.reset();
+      for (let k = sStart[m]!; k < sStart[m + 1]!; k++) {
+        const c = rows[skRow[k]!]!;
+        this.acc.addEncoded(c.sketchBytes, skStart[k]!, skEnd[k]!);
       }
+      this.ensureScratch(at + this.acc.encodedBytes());
+      at = this.acc.encodeInto(this.sketchScratch, at);
+      this.acc.reset();
       sketchEnds[m] = at;
     }
     return {
