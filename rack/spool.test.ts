@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { shardsDefault } from '../schema/limits.js';
 import { Spool } from './spool.js';
 
 describe('Spool (real LMDB files)', () => {
@@ -21,6 +22,61 @@ describe('Spool (real LMDB files)', () => {
     expect(again.oldest(10).map((e) => [e.seq, e.bytes[0]])).toEqual([[3, 2], [4, 3]]);
     expect([again.heldBatches, again.heldBytes]).toEqual([2, 600]);
     expect(again.takeSeq()).toBe(5);
+    await again.close();
+  });
+
+  it('regression: a new or emptied spool directory gets a new session (seq restarts at 1 and the core must not take it for a duplicate); a reopen keeps both', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-session-'));
+    const opts = { bytesMax: 1 << 20, reserveBytes: 0, memoryBytesMax: 1 << 20 };
+    const a = new Spool(dir, opts);
+    expect(a.session).toBeGreaterThan(0);
+    expect(a.session).toBeLessThan(2 ** 32);
+    for (let i = 0; i < 3; i++) await a.put(a.takeSeq(), new Uint8Array(10));
+    await a.close();
+    const reopened = new Spool(dir, opts);
+    expect([reopened.session, reopened.takeSeq()]).toEqual([a.session, 4]);
+    await reopened.close();
+    // The operator deletes the spool (or the rack moves to a new disk): same rack id, seq 1 again.
+    rmSync(dir, { recursive: true, force: true });
+    const fresh = new Spool(dir, opts);
+    expect(fresh.takeSeq()).toBe(1);
+    expect(fresh.session).not.toBe(a.session);
+    // The new session is durable before any batch: a crash now and a restart keep it.
+    await fresh.close();
+    const again = new Spool(dir, opts);
+    expect(again.session).toBe(fresh.session);
+    await again.close();
+  });
+
+  it('keeps the shard count the core gave across a reopen (shardsDefault until then)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-shards-'));
+    const opts = { bytesMax: 1 << 20, reserveBytes: 0, memoryBytesMax: 1 << 20 };
+    const s = new Spool(dir, opts);
+    expect(s.shards).toBe(shardsDefault);
+    await s.setShards(16);
+    await expect(s.setShards(12)).rejects.toThrow(/power of two/);
+    await s.close();
+    const again = new Spool(dir, opts);
+    expect(again.shards).toBe(16);
+    await again.close();
+  });
+
+  it('replaces a held batch (a re-cut body): read back, counted at its new size, kept across a reopen', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-replace-'));
+    const opts = { bytesMax: 1 << 20, reserveBytes: 0, memoryBytesMax: 1 << 20 };
+    const s = new Spool(dir, opts);
+    for (let i = 0; i < 3; i++) await s.put(s.takeSeq(), new Uint8Array(100).fill(i));
+    await s.replace(2, new Uint8Array(150).fill(9));
+    await s.replace(7, new Uint8Array(5)); // not held: nothing happens
+    expect(s.oldest(10).map((e) => [e.seq, e.bytes.length, e.bytes[0]])).toEqual([[1, 100, 0], [2, 150, 9], [3, 100, 2]]);
+    expect(s.heldBytes).toBe(350);
+    await s.remove(2);
+    expect(s.heldBytes).toBe(200);
+    await s.replace(3, new Uint8Array(50).fill(8));
+    await s.close();
+    const again = new Spool(dir, opts);
+    expect(again.oldest(10).map((e) => [e.seq, e.bytes.length, e.bytes[0]])).toEqual([[1, 100, 0], [3, 50, 8]]);
+    expect(again.heldBytes).toBe(150);
     await again.close();
   });
 

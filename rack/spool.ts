@@ -4,10 +4,15 @@
 // When the disk refuses (file system below its free-space reserve, or a write fails), batches
 // are held in memory (bounded) and still forwarded, and move to disk once it has room again —
 // recovery without a restart (issue 8).
+// Its meta also holds the rack's sender identity for the core's de-duplication (DESIGN §9:
+// rack, session, seq) and the last shard count the core told the rack (issue 12).
 
+import { randomInt } from 'node:crypto';
 import { statfsSync } from 'node:fs';
 import type { Database, RootDatabase } from 'lmdb';
+import { shardsDefault } from '../schema/limits.js';
 import { openLmdb, writeFailure } from '../schema/lmdb.js';
+import { isValidShardCount } from '../schema/section.js';
 
 /** Memory for the newest spooled batches (~10 s of a full rack's batches). */
 const recentBytesMax = 16 * 1024 * 1024;
@@ -41,6 +46,15 @@ export class Spool {
   private nextSeq: number;
   /** Newest second of a batch written here (kept with each write): where a restarted rack resumes. */
   closedThrough: number;
+  /**
+   * Random non-zero id of this spool's sequence numbers, made when the spool has none (a new or
+   * emptied directory). The core de-duplicates by (rack, session, seq): a rack restarted on a
+   * new spool starts again at seq 1, and only a new session keeps the core from taking those
+   * bodies for duplicates of the old spool's.
+   */
+  readonly session: number;
+  private shardCount: number;
+  private metaWrite: Promise<void> = Promise.resolve();
   /** Batches the disk refused, by number (ascending: numbers are taken in order). */
   private readonly unwritten = new Map<number, Uint8Array>();
   private unwrittenBytes = 0;
@@ -78,6 +92,38 @@ export class Spool {
     const last = [...this.batches.getKeys({ reverse: true, limit: 1 })][0] ?? 0;
     this.nextSeq = Math.max(this.meta.get('nextSeq') ?? 1, last + 1);
     this.closedThrough = this.meta.get('closedThrough') ?? -1;
+    const session = this.meta.get('session');
+    this.session = session !== undefined && Number.isInteger(session) && session > 0 && session < 2 ** 32 ? session : randomInt(1, 2 ** 32);
+    const shards = this.meta.get('shards');
+    this.shardCount = shards !== undefined && isValidShardCount(shards) ? shards : shardsDefault;
+    // Written now (and with every batch): a session must be durable before a body carries it.
+    if (session !== this.session) this.metaWrite = this.persistMeta();
+  }
+
+  /** Shards the core last said it has (DESIGN §9), or shardsDefault until it ever said. */
+  get shards(): number {
+    return this.shardCount;
+  }
+
+  /** Records a shard count the core gave (GET /api/v1/placement, or a 409 shards_mismatch). */
+  async setShards(shards: number): Promise<void> {
+    if (!isValidShardCount(shards)) throw new Error(`BUG: shards ${shards} is not a power of two`);
+    if (shards === this.shardCount) return;
+    this.shardCount = shards;
+    await (this.metaWrite = this.persistMeta());
+  }
+
+  /** Writes session and shards; a refused write is counted and repeated with the next batch. */
+  private async persistMeta(): Promise<void> {
+    try {
+      await this.root.transaction(() => {
+        this.meta.put('session', this.session);
+        this.meta.put('shards', this.shardCount);
+      });
+    } catch (err) {
+      this.writeErrors++;
+      writeFailure(err);
+    }
   }
 
   get heldBytes(): number {
@@ -131,6 +177,8 @@ export class Spool {
         for (const [seq, bytes] of entries) this.batches.put(seq, bytes);
         this.meta.put('nextSeq', this.nextSeq);
         this.meta.put('closedThrough', this.closedThrough);
+        this.meta.put('session', this.session);
+        this.meta.put('shards', this.shardCount);
       });
       if (this.refusing) console.error(`rack spool: ${this.dir} accepts writes again; ${this.unwritten.size} batches held in memory move to disk`);
       this.refusing = false;
@@ -203,7 +251,13 @@ export class Spool {
   private noteWritten(seq: number, bytes: Uint8Array): void {
     this.bytesHeld += bytes.length;
     this.count++;
-    // Keep the newest batches in memory (bounded) so that forwarding them costs no read.
+    this.remember(seq, bytes);
+  }
+
+  /** Keeps the newest batches in memory (bounded) so that forwarding them costs no read. */
+  private remember(seq: number, bytes: Uint8Array): void {
+    const before = this.recent.get(seq);
+    if (before !== undefined) this.recentBytes -= before.length;
     this.recent.set(seq, bytes);
     this.recentBytes += bytes.length;
     for (const [k, v] of this.recent) {
@@ -235,6 +289,32 @@ export class Spool {
     if (this.unwritten.size === 0) return out;
     for (const [seq, bytes] of this.unwritten) if (!exclude?.has(seq)) out.push({ seq, bytes });
     return out.sort((a, b) => a.seq - b.seq).slice(0, limit);
+  }
+
+  /**
+   * Replaces a held batch's bytes (a body re-cut for a new shard count). A batch removed
+   * meanwhile stays removed; when the disk refuses, memory serves the new bytes and the disk
+   * keeps the old ones (re-cut again if read back).
+   */
+  async replace(seq: number, bytes: Uint8Array): Promise<void> {
+    const held = this.unwritten.get(seq);
+    if (held !== undefined) {
+      this.unwritten.set(seq, bytes);
+      this.unwrittenBytes += bytes.length - held.length;
+      return;
+    }
+    if (this.removing.has(seq) || this.removeFailed.has(seq)) return;
+    const old = this.recent.get(seq) ?? this.batches.get(seq);
+    if (old === undefined) return;
+    // Accounting first, as remove() does: a removal racing the write subtracts the new size.
+    this.bytesHeld += bytes.length - old.length;
+    this.remember(seq, bytes);
+    try {
+      await this.batches.put(seq, bytes);
+    } catch (err) {
+      this.writeErrors++;
+      writeFailure(err);
+    }
   }
 
   /** Removes an acknowledged (or dropped) batch; a second call for the same number does nothing. */
@@ -284,6 +364,7 @@ export class Spool {
   }
 
   async close(): Promise<void> {
+    await this.metaWrite;
     this.diskChecked.atMs = 0;
     await this.writeUnwritten();
     if (this.unwritten.size > 0) console.error(`rack spool: ${this.unwritten.size} batches (${this.unwrittenBytes} B) held in memory could not be written to ${this.dir} and are lost with this process`);
