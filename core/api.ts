@@ -8,11 +8,12 @@ import { PromText } from '../schema/prom.js';
 import { ApiAuth } from './auth.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
-import type { Store } from './store.js';
+import type { ShardPool } from './pool.js';
+import type { QueryCatalog } from './query/catalog.js';
 import { addQueryRoutes } from './query/routes.js';
 import { addDashboardRoutes } from './dashboard.js';
+import type { ServerTable } from './servers.js';
 import { CoreStatus } from './status.js';
-import type { StoredQueries } from './query/stored.js';
 
 export interface ApiOptions {
   ingestBodyBytesMax: number;
@@ -24,7 +25,15 @@ export interface ApiOptions {
   status?: CoreStatus;
 }
 
-export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions): Hono {
+/** What the HTTP thread serves from: the workers, the server list and the stored-query catalog. */
+export interface CoreParts {
+  pool: ShardPool;
+  servers: ServerTable;
+  stored: QueryCatalog;
+}
+
+export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
+  const { pool, servers, stored } = parts;
   const app = new Hono();
   const http = { ingest_requests: 0, ingest_too_large: 0 };
   // Before every route: auth decides who is asking, the rate limit keys on it (issue 8).
@@ -51,9 +60,9 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     onError: (c) => c.json({ error: `${c.req.method} ${c.req.path}: body exceeds ${coreLimits.queryBodyBytesMax} bytes; a stored query's JSON is far smaller` }, 413),
   });
   app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
-  const live = addQueryRoutes(app, store, stored);
+  const live = addQueryRoutes(app, pool, stored);
   const status = opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
-  addDashboardRoutes(app, { store, stored, status });
+  addDashboardRoutes(app, { pool, servers, stored, status });
 
   app.onError((err, c) => {
     console.error(`core: ${c.req.method} ${c.req.path} failed:`, err);
@@ -73,23 +82,30 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
     async (c) => {
       http.ingest_requests++;
       const body = new Uint8Array(await c.req.arrayBuffer());
-      const r = await store.ingest(body);
-      if (r.status === 204) return c.body(null, 204);
-      return c.json({ error: r.error, reason: r.reason }, r.status);
+      const r = await pool.ingest(body);
+      if (r.status === 204) {
+        servers.seen(r.msg.rack, r.msg.servers, Date.now());
+        status.noteSecond(r.msg.second);
+        return c.body(null, 204);
+      }
+      return c.json({ error: r.error, reason: r.reason, ...(r.shards === undefined ? {} : { shards: r.shards }) }, r.status);
     },
   );
 
+  // Racks ask for S (and, with a cluster, the placement) before they cut sections (issue 12).
+  app.get('/api/v1/placement', (c) => c.json({ shards: pool.shards, workers: pool.workers }));
+
   app.get('/api/v1/servers', (c) =>
     c.json({
-      servers: store.registry.allServers().map((s) => ({ id: s.name, rack: s.rack, firstSeenMs: s.firstSeenMs, lastSeenMs: s.lastSeenMs })),
+      servers: servers.all().map((s) => ({ id: s.name, rack: s.rack, firstSeenMs: s.firstSeenMs, lastSeenMs: s.lastSeenMs })),
     }),
   );
 
-  app.get('/api/v1/metrics', (c) =>
+  app.get('/api/v1/metrics', async (c) =>
     c.json({
-      metrics: store.registry
-        .allMetrics()
+      metrics: (await pool.metrics())
         .filter((m) => m.name !== null)
+        .sort((a, b) => (a.name! < b.name! ? -1 : 1))
         .map((m) => ({ name: m.name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs })),
     }),
   );
@@ -98,34 +114,53 @@ export function createApi(store: Store, stored: StoredQueries, opts: ApiOptions)
 
   app.get('/metrics', (c) => {
     const p = new PromText();
-    const s = store.counters;
+    const st = pool.stats();
+    const s = (k: string) => st.counters[k] ?? 0;
     p.counter('apm_core_ingest_requests_total', 'POST /api/v1/ingest requests', http.ingest_requests);
-    p.counters('apm_core_batches_rejected_total', 'Ingest bodies refused, by reason', 'reason', { ...store.rejected, too_large: http.ingest_too_large, storage_full: s.storage_full, head_full: s.head_full, registry_full: s.registry_full });
-    p.counter('apm_core_batches_ingested_total', 'Batches made durable', s.batches_ingested);
-    p.counter('apm_core_batches_duplicate_total', 'Retried batches acknowledged again without storing', s.batches_duplicate);
-    p.counter('apm_core_batches_late_total', 'Batches for blocks already written (merged)', s.batches_late);
-    p.counter('apm_core_points_ingested_total', 'Gauge and counter points ingested', s.points_ingested);
-    p.counter('apm_core_summaries_ingested_total', 'Distribution summaries ingested', s.summaries_ingested);
-    p.counter('apm_core_bytes_ingested_total', 'Batch bytes ingested', s.bytes_ingested);
-    p.counter('apm_core_rows_written_total', 'Storage rows written', s.rows_written);
-    p.counter('apm_core_rows_merged_total', 'Stored rows merged with late data', s.rows_merged);
-    p.counter('apm_core_rows_corrupt_total', 'Stored rows that failed to decode (skipped)', s.rows_corrupt);
-    p.counter('apm_core_flush_errors_total', 'Block writes that failed and will be retried', s.flush_errors);
-    p.counter('apm_core_retention_rows_deleted_total', 'Rows deleted past the retention', s.retention_rows_deleted);
-    p.counter('apm_core_wal_replayed_total', 'Batches replayed from the WAL at start-up', s.wal_replayed);
-    p.gauge('apm_core_head_bytes', 'Bytes of batches not yet written as rows', store.heldBytes);
-    p.gauge('apm_core_disk_bytes', 'Size of the LMDB data in use', store.diskBytes());
-    p.gauge('apm_core_servers', 'Servers known', store.registry.allServers().length);
-    p.gauge('apm_core_metrics', 'Metrics known', store.registry.allMetrics().length);
-    p.counter('apm_core_query_windows_evaluated_total', 'Stored-query windows evaluated', stored.counters.windows_evaluated);
-    p.counter('apm_core_query_windows_revised_total', 'Stored-query windows re-evaluated with a new result (late data)', stored.counters.windows_revised);
-    p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', stored.counters.windows_behind);
-    p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', stored.counters.evaluation_errors);
-    p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', stored.counters.late_seconds_dropped);
+    p.counters('apm_core_requests_rejected_total', 'Ingest requests refused, by reason (a section refused by its worker counts under its reason)', 'reason', {
+      ...pool.rejected,
+      ...st.rejected,
+      too_large: http.ingest_too_large,
+      shards_mismatch: pool.counters.shards_mismatch,
+      storage_full: s('storage_full'),
+      head_full: s('head_full'),
+    });
+    p.counter('apm_core_requests_ingested_total', 'Rack seconds made durable in every shard they name', pool.counters.requests_ingested);
+    p.counter('apm_core_sections_ingested_total', 'Shard sections made durable', s('sections_ingested'));
+    p.counter('apm_core_sections_duplicate_total', 'Sections of retried requests acknowledged again without storing (same rack, session, seq)', s('sections_duplicate'));
+    p.counter('apm_core_sections_too_old_total', 'Sections older than the de-duplication window, taken as duplicates', s('too_old'));
+    p.counter('apm_core_sections_late_total', 'Sections for blocks already written (merged)', s('sections_late'));
+    p.counter('apm_core_points_ingested_total', 'Gauge and counter points ingested', s('points_ingested'));
+    p.counter('apm_core_summaries_ingested_total', 'Distribution summaries ingested', s('summaries_ingested'));
+    p.counter('apm_core_bytes_ingested_total', 'Section bytes ingested', s('bytes_ingested'));
+    p.counter('apm_core_rows_written_total', 'Storage rows written', s('rows_written'));
+    p.counter('apm_core_rows_merged_total', 'Stored rows merged with late data', s('rows_merged'));
+    p.counter('apm_core_rows_corrupt_total', 'Stored rows that failed to decode (skipped)', s('rows_corrupt'));
+    p.counter('apm_core_row_slices_total', 'Row-writing transactions (each bounded in time)', s('row_slices'));
+    p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last second (ms): the longest a worker stops ingesting', st.sliceMsMax);
+    p.counter('apm_core_flush_errors_total', 'Row writes that failed and will be retried', s('flush_errors'));
+    p.counter('apm_core_retention_rows_deleted_total', 'Rows deleted past the retention', s('retention_rows_deleted'));
+    p.counter('apm_core_wal_replayed_total', 'Sections replayed from the WAL when workers started', s('wal_replayed'));
+    p.counter('apm_core_wal_corrupt_total', 'WAL entries that did not decode at replay (kept for inspection)', s('wal_corrupt'));
+    p.gauge('apm_core_head_bytes', 'Bytes of data not yet written as rows', st.heldBytes);
+    p.gauge('apm_core_disk_bytes', 'Size of the LMDB data files', st.diskBytes);
+    p.gauge('apm_core_servers', 'Servers known', servers.size);
+    p.gauge('apm_core_metrics', 'Metrics known', st.metrics);
+    p.gauge('apm_core_shards', 'Shards of this node (S)', pool.shards);
+    p.gauge('apm_core_workers', 'Worker threads running', st.workersUp);
+    p.counter('apm_core_worker_deaths_total', 'Worker threads that died (each is restarted from its WAL)', pool.counters.worker_deaths);
+    p.counter('apm_core_worker_requests_timed_out_total', 'Requests a worker did not answer in time (answered 503)', pool.counters.requests_timed_out);
+    p.counter('apm_core_query_windows_evaluated_total', 'Stored-query windows evaluated', s('windows_evaluated'));
+    p.counter('apm_core_query_windows_revised_total', 'Stored-query windows re-evaluated with a new result (late data)', s('windows_revised'));
+    p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', s('windows_behind'));
+    p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', s('evaluation_errors'));
+    p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', s('late_seconds_dropped'));
+    p.gauge('apm_core_queries_unloadable', 'Stored queries whose text no longer parses (set aside, listed at GET /api/v1/queries)', stored.unloadable.length);
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
-    p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per batch naming one', 'scope', store.registry.overflow);
-    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s.points_dropped_overflow });
+    p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per section naming one', 'scope', { server: s('metrics_overflow_server'), total: s('metrics_overflow_total') });
+    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s('points_dropped_overflow'), server_overflow: s('points_dropped_servers') });
+    p.counter('apm_core_servers_refused_total', 'Servers not registered: the registry is full (their points are dropped, counted above)', s('servers_refused') + servers.refused);
     p.counter('apm_core_rack_reports_refused_total', 'Rack status reports refused: more racks than the status table holds', status.racksRefused);
     p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
     p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route)', 'reason', auth.failures);

@@ -105,6 +105,8 @@ export function accessFor(method: string, path: string): Access {
   if (m === 'GET' && (path === '/' || path === '/healthz' || path.startsWith('/ui/'))) return 'public';
   // Racks send batches and their own status report (the dashboard's fleet view) with one token.
   if (m === 'POST' && (path === '/api/v1/ingest' || /^\/api\/v1\/racks\/[^/]+\/status$/.test(path))) return 'ingest';
+  // A rack asks for the shard count before it cuts its sections (issue 12).
+  if (m === 'GET' && path === '/api/v1/placement') return 'ingest';
   if (m === 'GET') return 'read';
   if ((m === 'POST' || m === 'PUT' || m === 'DELETE') && (path === '/api/v1/queries' || path.startsWith('/api/v1/queries/'))) return 'write';
   // Anything else that changes state has no role of its own yet: admins only.

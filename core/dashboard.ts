@@ -9,9 +9,10 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Hono } from 'hono';
 import { isServerId } from '../schema/names.js';
-import type { StoredQueries } from './query/stored.js';
+import type { ShardPool } from './pool.js';
+import type { QueryCatalog } from './query/catalog.js';
+import type { ServerTable } from './servers.js';
 import { parseRackStatus, type CoreStatus } from './status.js';
-import type { Store } from './store.js';
 
 interface Asset {
   body: Buffer;
@@ -62,8 +63,9 @@ export function loadAssets(): { index: Asset; byName: Map<string, Asset> } {
 }
 
 export interface DashboardDeps {
-  store: Store;
-  stored: StoredQueries;
+  pool: ShardPool;
+  servers: ServerTable;
+  stored: QueryCatalog;
   status: CoreStatus;
 }
 
@@ -103,10 +105,11 @@ export function addDashboardRoutes(app: Hono, deps: DashboardDeps): void {
 
 /** What the fleet view shows: core rates and lag, and per rack its servers and its own report. */
 export function statusJson(deps: DashboardDeps, nowMs: number): object {
-  const { store, stored, status } = deps;
-  const c = store.counters;
+  const { pool, servers, stored, status } = deps;
+  const st = pool.stats();
+  const c = st.counters;
   const racks = new Map<string, { servers: number; lastSeenMs: number }>();
-  for (const s of store.registry.allServers()) {
+  for (const s of servers.all()) {
     const r = racks.get(s.rack) ?? { servers: 0, lastSeenMs: 0 };
     r.servers++;
     r.lastSeenMs = Math.max(r.lastSeenMs, s.lastSeenMs);
@@ -119,17 +122,21 @@ export function statusJson(deps: DashboardDeps, nowMs: number): object {
       ...status.rates(),
       newestSecondMs: status.newestSecond * 1000,
       freshnessLagMs: status.newestSecond === 0 ? null : nowMs - (status.newestSecond + 1) * 1000,
-      queryLagMs: Math.round(stored.lagSeconds(nowMs) * 1000),
-      pointsIngested: c.points_ingested + c.summaries_ingested,
-      batchesIngested: c.batches_ingested,
-      batchesLate: c.batches_late,
-      batchesDuplicate: c.batches_duplicate,
-      storageFull: c.storage_full,
-      headBytes: store.heldBytes,
-      diskBytes: store.diskBytes(),
-      servers: store.registry.serverCount,
-      metrics: store.registry.allMetrics().length,
+      queryLagMs: Math.round(st.lagSeconds * 1000),
+      pointsIngested: (c.points_ingested ?? 0) + (c.summaries_ingested ?? 0),
+      batchesIngested: pool.counters.requests_ingested,
+      batchesLate: c.sections_late ?? 0,
+      batchesDuplicate: c.sections_duplicate ?? 0,
+      storageFull: c.storage_full ?? 0,
+      headBytes: st.heldBytes,
+      diskBytes: st.diskBytes,
+      servers: servers.size,
+      metrics: st.metrics,
       storedQueries: stored.list().length,
+      shards: pool.shards,
+      workers: pool.workers,
+      workersUp: st.workersUp,
+      workerRestarts: pool.counters.worker_restarts,
       racksRefused: status.racksRefused,
     },
     racks: [...new Set([...racks.keys(), ...reports.keys()])].sort().map((id) => ({

@@ -18,6 +18,13 @@ export const coreLimits = {
   mapBytes: 1024 ** 4,
   /** Free file-system space below which ingest answers 503 (room for LMDB to finish its work). */
   diskReserveBytes: 256 * 1024 * 1024,
+  /** Longest a row-writing transaction runs before its worker turns to ingest again (issue 12:
+   * no shard stops ingesting for more than about 50 ms, whatever the fleet size). */
+  rowSliceMs: 20,
+  /** A worker that has not answered a request in this time gets it answered 503 (racks retry). */
+  workerRequestTimeoutMs: 30_000,
+  /** The meta environment holds stored-query definitions and the server list: small. */
+  metaMapBytes: 1024 ** 3,
   /** Retention sweep period. */
   retentionSweepMs: 10_000,
   /** Servers and racks the registry accepts: 10× the design fleet. */

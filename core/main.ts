@@ -2,15 +2,15 @@
 
 import { serve } from '@hono/node-server';
 import { mkdirSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
-import { createApi } from './api.js';
 import { ApiAuth, TokenFileError, TokenSet } from './auth.js';
 import { coreLimits } from './limits.js';
 import { RateLimiter } from './ratelimit.js';
-import { Store } from './store.js';
-import { StoredQueries } from './query/stored.js';
-import { CoreStatus } from './status.js';
+import { LayoutError } from './layout.js';
+import { openNode, type CoreNode } from './node.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
+import { shardsDefault, shardsMax } from '../schema/limits.js';
 
 export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard
 
@@ -18,6 +18,12 @@ Usage: apm core --listen 127.0.0.1:8080 --data <dir> [options]
 
   --listen <host:port>   HTTP address (default 127.0.0.1:8080)
   --data <dir>           data directory (default ./data/core)
+  --workers <n>          worker threads that own the shards and do all storage and query work
+                         (default: this machine's available parallelism, ${availableParallelism()}); a data
+                         directory keeps as many stores as workers it was created with, and runs at
+                         most that many workers
+  --shards <n>           S, shards of a new data directory: a power of two in 1..${shardsMax} (default
+                         ${shardsDefault}); fixed once created (metric hash mod S picks a metric's shard)
   --retention <dur>      keep data this long, e.g. 365d, 12h (default 365d)
   --disk-bytes-max <sz>  storage budget, e.g. 500GiB: ingest answers 503 (racks spool) once the
                          data in use reaches it, and resumes when retention frees room (default: none;
@@ -42,6 +48,8 @@ export async function main(argv: string[]): Promise<void> {
     {
       listen: { type: 'string', default: '127.0.0.1:8080' },
       data: { type: 'string', default: './data/core' },
+      workers: { type: 'string' },
+      shards: { type: 'string' },
       retention: { type: 'string', default: '365d' },
       'disk-bytes-max': { type: 'string' },
       'query-lateness': { type: 'string', default: '3s' },
@@ -55,7 +63,8 @@ export async function main(argv: string[]): Promise<void> {
     console.log(coreHelp);
     return;
   }
-  // A full disk must not end the core (issue 8): lmdb-js may leave a failed commit's rejection unhandled.
+  // A full disk must not end the core (issue 8): lmdb-js may leave a failed commit's rejection unhandled
+  // (each worker guards its own thread the same way).
   let lmdbLogged = 0;
   guardLmdbRejections((message) => {
     if (Date.now() - lmdbLogged > 10_000) console.error(`core: an LMDB write failed (${message}); free disk space — the write is retried or refused with 503`);
@@ -71,37 +80,26 @@ export async function main(argv: string[]): Promise<void> {
   const queryRate = parseIntOption(values['query-rate'], '--query-rate', values.tokens === undefined ? 0 : coreLimits.queryRatePerSecond, 0, 1_000_000);
   const retentionMs = parseDurationMs(values.retention!, '--retention', 5_000, 10 * 365 * 86_400_000);
   mkdirSync(values.data!, { recursive: true });
-  const store = new Store({
-    dir: values.data!,
-    retentionSeconds: Math.floor(retentionMs / 1000),
-    blockSeconds: coreLimits.blockSeconds,
-    mapBytes: coreLimits.mapBytes,
-    diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),
-    diskReserveBytes: coreLimits.diskReserveBytes,
-    flushGraceMs: coreLimits.flushGraceMs,
-    headBytesMax: coreLimits.headBytesMax,
-    metricsMax: coreLimits.metricsMax,
-    metricsPerServerMax: coreLimits.metricsPerServerMax,
-    serversMax: coreLimits.serversMax,
-    racksMax: coreLimits.racksMax,
-  });
-  const stored = new StoredQueries(store.env, store, {
-    latenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
-    windowsPerTickMax: coreLimits.windowsPerTickMax,
-    queriesMax: coreLimits.storedQueriesMax,
-    lateSecondsMax: coreLimits.lateSecondsMax,
-  });
-  const status = new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
-  store.onIngest = (second) => {
-    stored.noteData(second);
-    status.noteSecond(second);
-  };
-  const app = createApi(store, stored, {
-    ingestBodyBytesMax: coreLimits.ingestBodyBytesMax,
-    status,
-    auth,
-    queryRate: queryRate === 0 ? undefined : new RateLimiter({ ratePerSecond: queryRate, burst: coreLimits.queryBurst, bucketsMax: coreLimits.rateBucketsMax }),
-  });
+  const workers = parseIntOption(values.workers, '--workers', availableParallelism(), 1, 256);
+  const shards = values.shards === undefined ? undefined : parseIntOption(values.shards, '--shards', shardsDefault, 1, shardsMax);
+  if (shards !== undefined && (shards & (shards - 1)) !== 0) throw new UsageError(`--shards ${shards}: must be a power of two (metric hash mod S must be a mask); try ${2 ** Math.round(Math.log2(shards))}`);
+  let node: CoreNode;
+  try {
+    node = await openNode({
+      dataDir: values.data!,
+      workers,
+      shards,
+      retentionSeconds: Math.floor(retentionMs / 1000),
+      queryLatenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
+      diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),
+      auth,
+      queryRate: queryRate === 0 ? undefined : new RateLimiter({ ratePerSecond: queryRate, burst: coreLimits.queryBurst, bucketsMax: coreLimits.rateBucketsMax }),
+    });
+  } catch (err) {
+    if (err instanceof LayoutError) throw new UsageError(`--data ${values.data}: ${err.message}`);
+    throw err;
+  }
+  const { pool, servers, status, app } = node;
   const port = await new Promise<number>((resolve, reject) => {
     const server = serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port));
     server.once('error', (err) => reject(new UsageError(`cannot listen on ${values.listen}: ${err.message} (another apm core?); choose another --listen`)));
@@ -109,36 +107,22 @@ export async function main(argv: string[]): Promise<void> {
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
     console.log(`apm core: ${signal}, writing what it holds`);
-    clearInterval(flushTimer);
-    clearInterval(retentionTimer);
+    clearInterval(sampleTimer);
     clearInterval(registryTimer);
-    clearInterval(queryTimer);
-    await store.saveRegistry().catch(() => undefined);
-    await store.close();
+    await node.close();
     process.exit(0);
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGHUP', () => reloadTokens(auth, values.tokens));
   const authNote = auth.tokens === null ? 'no auth (loopback dev default)' : `${auth.tokens.size} tokens from ${values.tokens}`;
-  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, retention ${values.retention}, ${store.counters.wal_replayed} batches replayed from the WAL, ${authNote})`);
-  const flushTimer = setInterval(() => {
-    const c = store.counters;
-    status.sample(Date.now(), { points: c.points_ingested + c.summaries_ingested, batches: c.batches_ingested, bytes: c.bytes_ingested });
-    void store.flushDue(Date.now()).catch((e: unknown) => console.error('core: flush failed', e));
+  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, ${pool.shards} shards on ${pool.workers} workers, retention ${values.retention}, ${pool.counters.wal_replayed} sections replayed from the WAL, ${authNote})`);
+  const sampleTimer = setInterval(() => {
+    const c = pool.stats().counters;
+    status.sample(Date.now(), { points: (c.points_ingested ?? 0) + (c.summaries_ingested ?? 0), batches: pool.counters.requests_ingested, bytes: c.bytes_ingested ?? 0 });
+    void servers.save({ all: false }).catch(() => undefined);
   }, 1000);
-  const sweepMs = Math.min(coreLimits.retentionSweepMs, Math.max(1000, retentionMs / 4));
-  const retentionTimer = setInterval(() => void store.retentionSweep(Date.now()).catch((e: unknown) => console.error('core: retention sweep failed', e)), sweepMs);
-  let evaluating = false;
-  const queryTimer = setInterval(() => {
-    if (evaluating) return;
-    evaluating = true;
-    void stored
-      .tick(Date.now())
-      .catch((e: unknown) => console.error('core: stored queries failed', e))
-      .finally(() => (evaluating = false));
-  }, 250);
-  const registryTimer = setInterval(() => void store.saveRegistry().catch(() => undefined), coreLimits.registrySaveMs);
+  const registryTimer = setInterval(() => void servers.save({ all: true }).catch(() => undefined), coreLimits.registrySaveMs);
 }
 
 function readTokens(file: string): TokenSet {

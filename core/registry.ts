@@ -137,6 +137,11 @@ export class Registry {
     return m;
   }
 
+  /** The index of a registered metric, or −1 (no side effects). */
+  indexOf(lo: number, hi: number): number {
+    return this.metricIndex.get(lo, hi);
+  }
+
   /** The index of a registered metric (updating its last-seen time), or −1. */
   touch(lo: number, hi: number, nowMs: number): number {
     const m = this.metricIndex.get(lo, hi);

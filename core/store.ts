@@ -1,122 +1,162 @@
-// The core's storage engine (issue 4). Layout, one LMDB environment:
-//   wal      arrival number → rack batch bytes: written (and synced) before a batch is
-//            acknowledged; removed in the same transaction that writes the batch's rows.
-//   rows     [block start u32][metric hash hi, lo][rack id u32] (big-endian, so keys sort by
-//            time, then metric, then rack) → one deflated row (core/block.ts): a metric's
-//            per-second values of every server of a rack over a block of seconds, plus the
-//            rack rollup per second. A stored query reads one metric over a range: a few
-//            contiguous keys per block. Retention deletes whole leading blocks.
-//   seen     "rack:batch_seq" → second: a retried batch the core already has is acknowledged
-//            again, not stored twice.
-//   servers, racks, metrics: the registry (core/registry.ts).
-// Batches wait in memory (the head) until their block ends plus a grace period, then become
-// rows. A restart replays the WAL into the head. Late batches for a written block are merged
-// into its rows.
+// One store (issue 12): an LMDB environment holding some of a node's shards (core/layout.ts),
+// owned by one worker thread. Every key begins with its shard (u16), so a shard is a contiguous
+// key range in each database and can be copied on its own:
+//   wal     [shard][seq u48] → a ShardSection frame: written (synced) before the request that
+//           carried it is acknowledged; deleted once every row of its block is written.
+//   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][deflated row]
+//           (core/block.ts): one metric's per-second values for every server of a rack over a
+//           block. The WAL seq is the newest entry the row holds: a replay skips older ones.
+//   dedup   [shard][rack] → the newest (session, seq) seen and a window of recent seqs.
+//   racks, servers, metrics: this store's registry (ids are store-local).
+// Sections go to the head (core/head.ts) at ingest; rows are written continuously in slices of
+// a bounded time (`sliceMs`), so the worker keeps ingesting while a large block is written.
 
 import { statfsSync } from 'node:fs';
 import type { Database, RootDatabase } from 'lmdb';
-import { decodeFrame, type RackBatchMessage, type RejectReason } from '../schema/codec.js';
-import { batchBytesMax } from '../schema/limits.js';
+import { decodeFrame, nameAt, type RejectReason } from '../schema/codec.js';
+import { batchBytesMax, rollupServer } from '../schema/limits.js';
 import { openLmdb, writeFailure } from '../schema/lmdb.js';
+import { hashKey } from '../schema/names.js';
+import { shardOf, type ShardSectionMessage } from '../schema/section.js';
+import { SketchAccumulator } from '../schema/sketch.js';
 import { decodeRow, encodeRow, RowError, type DecodedRow } from './block.js';
-import { admitMetrics, withoutMetrics } from './cardinality.js';
+import { Dedup } from './dedup.js';
+import { buildRow, MetricHead } from './head.js';
 import { Registry } from './registry.js';
-import { asDecoded, RowBuilder, type BatchItem } from './rows.js';
 
 export interface StoreOptions {
   dir: string;
+  /** S: shards of the node (the shard of a metric is hash lo32 mod S). */
+  shardCount: number;
+  /** The shards this store holds. */
+  shards: readonly number[];
   retentionSeconds: number;
   blockSeconds: number;
-  /** LMDB map size: the most the data files may grow to. */
   mapBytes: number;
-  /** A block is written this long after it ends (late batches within it stay in memory). */
+  /** A block is written this long after it ends (late sections within it stay in memory). */
   flushGraceMs: number;
   headBytesMax: number;
   metricsMax: number;
-  /** Servers and racks the registry accepts; a batch naming new ones beyond it is refused (counted). */
-  serversMax?: number;
-  /** New metrics one server may introduce; beyond it (or metricsMax) their points are dropped, counted. */
-  metricsPerServerMax?: number;
-  racksMax?: number;
-  /** Storage budget: ingest answers 503 once the data in use reaches it (0: no budget). */
+  metricsPerServerMax: number;
+  serversMax: number;
+  racksMax: number;
+  /** Longest a row-writing slice runs before the worker turns to ingest again. */
+  sliceMs: number;
   diskBytesMax: number;
-  /** Ingest answers 503 while the file system has less free space than this. */
   diskReserveBytes: number;
 }
 
-export type IngestResult = { status: 204; duplicate: boolean; points: number } | { status: 400 | 503; error: string; reason: string };
-
-interface HeadItem extends BatchItem {
-  walKey: number;
-  rackId: number;
-  bytes: number;
+/** One section as a worker receives it: its bytes (8-byte aligned) and what the request said of it. */
+export interface SectionIn {
+  shard: number;
+  bytes: Uint8Array;
 }
+
+export interface RequestHeader {
+  rack: string;
+  session: number;
+  seq: number;
+  second: number;
+  late: boolean;
+}
+
+export type StoreIngestResult = { status: 204; points: number; duplicates: number } | { status: 400 | 503; error: string; reason: string };
+
+interface ShardHead {
+  /** block → metric index → rack id → head. */
+  blocks: Map<number, Map<number, Map<number, MetricHead>>>;
+  /** block → WAL keys of its sections (deleted once the block's heads are all written). */
+  wal: Map<number, Buffer[]>;
+  lastArrivalMs: Map<number, number>;
+}
+
+const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
+/** Names waiting for their metric's first data: a few seconds of a fleet's new names. */
+const pendingNamesMax = 65_536;
 
 export class Store {
   readonly registry: Registry;
   private readonly root: RootDatabase;
-  private readonly wal: Database<Uint8Array, number>;
+  private readonly wal: Database<Uint8Array, Buffer>;
   private readonly rows: Database<Uint8Array, Buffer>;
-  private readonly seen: Database<number, string>;
   private readonly racks: Database<number, string>;
   private readonly rackIds = new Map<string, number>();
-  private readonly head = new Map<number, HeadItem[]>();
-  /** Last arrival per head block: a block still receiving (a rack replaying its spool) waits. */
-  private readonly lastArrivalMs = new Map<number, number>();
+  private readonly rackNamesById: string[] = [];
+  readonly dedup: Dedup;
+  private readonly heads = new Map<number, ShardHead>();
   private headBytes = 0;
   private walSeq: number;
-  private readonly builder: RowBuilder;
-  private flushing = false;
+  private readonly acc = new SketchAccumulator();
+  /** Names whose metric has no admitted data yet (hash key → name). */
+  private readonly pendingNames = new Map<string, string>();
   readonly counters = {
-    batches_ingested: 0,
-    batches_duplicate: 0,
-    batches_late: 0,
+    requests_ingested: 0,
+    sections_ingested: 0,
+    sections_duplicate: 0,
+    sections_late: 0,
     points_ingested: 0,
     summaries_ingested: 0,
     bytes_ingested: 0,
     storage_full: 0,
     head_full: 0,
-    registry_full: 0,
     rows_written: 0,
     rows_merged: 0,
+    row_slices: 0,
     flush_errors: 0,
     rows_corrupt: 0,
     retention_rows_deleted: 0,
     wal_replayed: 0,
+    wal_corrupt: 0,
     /** Points and summaries of metrics refused by the cardinality limits (not stored). */
     points_dropped_overflow: 0,
+    /** Points and summaries of servers refused because the registry is full. */
+    points_dropped_servers: 0,
+    servers_refused: 0,
+    names_pending_dropped: 0,
   };
-  readonly rejected: Partial<Record<RejectReason | 'not_a_batch', number>> = {};
+  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section', number>> = {};
+  /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
+  sliceMsMax = 0;
   lastError = '';
-  /** Called with a batch's second once it is durable (stored queries re-evaluate late windows). */
-  onIngest: ((second: number) => void) | null = null;
+  /** Called with a section's shard and second once it is durable (stored queries re-evaluate late windows). */
+  onIngest: ((shard: number, second: number) => void) | null = null;
   private room = { checkedMs: 0, reason: '' };
+  /** Seconds before this have had their block written at least once, per shard. */
+  private readonly flushedThrough = new Map<number, number>();
 
   constructor(readonly opts: StoreOptions) {
-    this.root = openLmdb({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 8 });
-    this.wal = this.root.openDB<Uint8Array, number>({ name: 'wal', encoding: 'binary' });
+    this.root = openLmdb({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 16 });
+    this.wal = this.root.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
-    this.seen = this.root.openDB<number, string>({ name: 'seen', encoding: 'json' });
     this.racks = this.root.openDB<number, string>({ name: 'racks', encoding: 'json' });
-    for (const { key, value } of this.racks.getRange()) this.rackIds.set(key, value);
+    this.dedup = new Dedup(this.root.openDB({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' }), { racksMax: opts.racksMax });
+    for (const { key, value } of this.racks.getRange()) {
+      this.rackIds.set(key, value);
+      this.rackNamesById[value] = key;
+    }
     this.registry = new Registry(this.root.openDB({ name: 'servers', encoding: 'json' }), this.root.openDB({ name: 'metrics', encoding: 'json' }), opts.metricsMax);
-    this.builder = new RowBuilder(opts.metricsMax);
-    this.walSeq = ([...this.wal.getKeys({ reverse: true, limit: 1 })][0] ?? 0) + 1;
+    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), lastArrivalMs: new Map() });
+    let last = 0;
+    for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
+    this.walSeq = last + 1;
     this.replayWal();
   }
 
-  /** Batches acknowledged but not yet written as rows come back into the head. */
-  private replayWal(): void {
-    for (const { key, value } of this.wal.getRange()) {
-      const r = decodeFrame(value, batchBytesMax);
-      if (!r.ok || r.msg.type !== 'rackBatch') {
-        console.error(`core: WAL entry ${key} does not decode (${r.ok ? 'not a batch' : r.detail}); it is kept for inspection`);
-        continue;
-      }
-      const serverIds = this.serverIds(r.msg, Date.now());
-      this.addToHead(this.admitted(r.msg, serverIds, Date.now()), key, value.length, serverIds);
-      this.counters.wal_replayed++;
-    }
+  /** The LMDB environment (stored-query state of these shards lives beside their data). */
+  get env(): RootDatabase {
+    return this.root;
+  }
+
+  get heldBytes(): number {
+    return this.headBytes;
+  }
+
+  blockOf(second: number): number {
+    return second - (second % this.opts.blockSeconds);
+  }
+
+  rackName(id: number): string | undefined {
+    return this.rackNamesById[id];
   }
 
   private rackId(name: string): number {
@@ -124,261 +164,375 @@ export class Store {
     if (id === undefined) {
       id = this.rackIds.size + 1;
       this.rackIds.set(name, id);
+      this.rackNamesById[id] = name;
       void this.racks.put(name, id);
     }
     return id;
   }
 
-  private serverIds(msg: RackBatchMessage, nowMs: number): Uint32Array {
-    return Uint32Array.from(msg.servers, (s) => this.registry.server(s.server, msg.rack, nowMs).id);
-  }
-
-  private addToHead(msg: RackBatchMessage, walKey: number, bytes: number, serverIds = this.serverIds(msg, Date.now())): void {
-    const block = this.blockOf(msg.second);
-    let items = this.head.get(block);
-    if (items === undefined) this.head.set(block, (items = []));
-    items.push({ msg, serverIds, walKey, rackId: this.rackId(msg.rack), bytes });
-    this.headBytes += bytes;
-    this.lastArrivalMs.set(block, Date.now());
-  }
-
-  blockOf(second: number): number {
-    return second - (second % this.opts.blockSeconds);
-  }
-
-  get heldBytes(): number {
-    return this.headBytes;
-  }
-
-  /** Validates a rack batch and makes it durable; 204 only once it survives a crash. */
-  async ingest(body: Uint8Array): Promise<IngestResult> {
-    const r = decodeFrame(body, batchBytesMax);
-    if (!r.ok || r.msg.type !== 'rackBatch') {
-      const reason = r.ok ? 'not_a_batch' : r.reason;
-      this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
-      return { status: 400, reason, error: r.ok ? `expected a RackBatch, got a ${r.msg.type}` : `batch refused (${r.reason}): ${r.detail}` };
+  /** Sections acknowledged but not yet written as rows come back into the head. */
+  private replayWal(): void {
+    for (const { key, value } of this.wal.getRange()) {
+      const seq = readU48(key, 2);
+      const r = decodeFrame(value, batchBytesMax);
+      if (!r.ok || r.msg.type !== 'shardSection' || !this.heads.has(r.msg.shard)) {
+        this.counters.wal_corrupt++;
+        console.error(`core: WAL entry ${seq} does not decode (${r.ok ? `a ${r.msg.type}` : r.detail}); it is kept for inspection`);
+        continue;
+      }
+      const sids = this.serverIds(r.msg, Date.now());
+      this.toHead(r.msg, sids, seq, Buffer.from(key), true);
+      this.counters.wal_replayed++;
     }
-    const msg = r.msg;
-    const seenKey = `${msg.rack}:${msg.batchSeq}`;
-    if (this.seen.get(seenKey) !== undefined) {
-      this.counters.batches_duplicate++;
-      return { status: 204, duplicate: true, points: 0 };
+  }
+
+  /** Store-local server ids of a section's servers (−1: refused, the registry is full). */
+  private serverIds(m: ShardSectionMessage, nowMs: number): Int32Array {
+    const ids = new Int32Array(m.servers.length);
+    m.servers.forEach((name, j) => {
+      if (this.registry.serverByName(name) === undefined && this.registry.serverCount >= this.opts.serversMax) {
+        ids[j] = -1;
+        this.counters.servers_refused++;
+        return;
+      }
+      ids[j] = this.registry.server(name, m.rack, nowMs).id;
+    });
+    return ids;
+  }
+
+  /**
+   * Makes a request's sections for this store durable, then adds them to the head. A section
+   * already stored (same rack, session and seq for its shard) is skipped and counted; the check
+   * and the commit run without a turn in between, so two copies of one request cannot both land.
+   */
+  ingest(h: RequestHeader, sections: readonly SectionIn[], nowMs = Date.now()): StoreIngestResult {
+    const decoded: ShardSectionMessage[] = [];
+    for (const s of sections) {
+      const r = decodeFrame(s.bytes, batchBytesMax);
+      if (!r.ok || r.msg.type !== 'shardSection') {
+        const reason = r.ok ? 'not_a_section' : r.reason;
+        this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
+        return { status: 400, reason, error: r.ok ? `expected a ShardSection, got a ${r.msg.type}` : `section for shard ${s.shard} refused (${r.reason}): ${r.detail}` };
+      }
+      const m = r.msg;
+      if (m.shard !== s.shard || !this.heads.has(m.shard) || m.shards !== this.opts.shardCount || m.rack !== h.rack || m.session !== h.session || m.seq !== h.seq || m.second !== h.second) {
+        this.rejected.wrong_section = (this.rejected.wrong_section ?? 0) + 1;
+        return { status: 400, reason: 'wrong_section', error: `section of ${m.rack} session ${m.session} seq ${m.seq} second ${m.second} shard ${m.shard}/${m.shards} does not belong to request ${h.rack} ${h.session} ${h.seq} ${h.second} shard ${s.shard}/${this.opts.shardCount}` };
+      }
+      decoded.push(m);
     }
-    const full = this.storageFull();
+    const full = this.storageFull(nowMs);
     if (full !== '') {
       this.counters.storage_full++;
       return { status: 503, reason: 'storage_full', error: full };
     }
-    if (this.headBytes + body.length > this.opts.headBytesMax) {
+    let bytes = 0;
+    for (const s of sections) bytes += s.bytes.length;
+    if (this.headBytes + bytes * 2 > this.opts.headBytesMax) {
       this.counters.head_full++;
-      return { status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten batches (limit ${this.opts.headBytesMax}); retry later` };
+      return { status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data (limit ${this.opts.headBytesMax}); retry later` };
     }
-    const newServers = msg.servers.filter((s) => this.registry.serverByName(s.server) === undefined).length;
-    const newRack = this.rackIds.has(msg.rack) ? 0 : 1;
-    if (this.registry.serverCount + newServers > (this.opts.serversMax ?? 1_000_000) || this.rackIds.size + newRack > (this.opts.racksMax ?? 100_000)) {
-      this.counters.registry_full++;
-      return { status: 400, reason: 'registry_full', error: `the registry holds ${this.registry.serverCount} servers and ${this.rackIds.size} racks (limits ${this.opts.serversMax ?? 1_000_000} / ${this.opts.racksMax ?? 100_000}); batch from rack ${msg.rack} names new ones` };
-    }
-    const now = Date.now();
-    const serverIds = this.serverIds(msg, now);
-    const admitted = this.admitted(msg, serverIds, now);
-    const walKey = this.walSeq++;
+    const fresh = decoded.filter((m) => !this.dedup.seen(m.shard, m.rack, m.session, m.seq));
+    const duplicates = decoded.length - fresh.length;
+    this.counters.sections_duplicate += duplicates;
+    const sids = fresh.map((m) => this.serverIds(m, nowMs));
+    const keys = fresh.map((m) => walKey(m.shard, this.walSeq++));
     try {
-      await this.root.transaction(() => {
-        this.wal.put(walKey, body);
-        this.seen.put(seenKey, msg.second);
+      this.root.transactionSync(() => {
+        fresh.forEach((m, i) => {
+          this.wal.put(keys[i]!, Buffer.from(sections[decoded.indexOf(m)]!.bytes));
+          this.dedup.note(m.shard, m.rack, m.session, m.seq);
+        });
         this.registry.flushDirty();
       });
     } catch (err) {
+      this.dedup.reload(fresh.map((m) => ({ shard: m.shard, rack: m.rack })));
       this.counters.storage_full++;
       this.lastError = writeFailure(err);
-      return { status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space or raise --map-bytes; the rack will retry` };
+      return { status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space; the rack will retry` };
     }
-    this.addToHead(admitted, walKey, body.length, serverIds);
-    this.onIngest?.(msg.second);
-    if (msg.second < this.flushedThrough) this.counters.batches_late++;
     let points = 0;
-    let summaries = 0;
-    for (const s of msg.servers) {
-      points += s.series.pointKinds.length;
-      summaries += s.series.distKinds.length;
+    fresh.forEach((m, i) => {
+      points += this.toHead(m, sids[i]!, readU48(keys[i]!, 2), keys[i]!, false);
+      this.onIngest?.(m.shard, m.second);
+      if (m.second < (this.flushedThrough.get(m.shard) ?? 0)) this.counters.sections_late++;
+    });
+    this.counters.requests_ingested++;
+    this.counters.sections_ingested += fresh.length;
+    this.counters.bytes_ingested += bytes;
+    return { status: 204, points, duplicates };
+  }
+
+  /** Registers a section's metrics and names and appends its columns to the head; returns entries added. */
+  private toHead(m: ShardSectionMessage, sids: Int32Array, seq: number, key: Buffer, replay: boolean): number {
+    const head = this.heads.get(m.shard)!;
+    const block = this.blockOf(m.second);
+    const sec = m.second - block;
+    const rackId = this.rackId(m.rack);
+    if (rackId >= rackIdsMax) throw new Error(`BUG: rack id ${rackId} ≥ ${rackIdsMax} (racksMax must stay below)`);
+    let metrics = head.blocks.get(block);
+    if (metrics === undefined) head.blocks.set(block, (metrics = new Map()));
+    const wal = head.wal.get(block);
+    if (wal === undefined) head.wal.set(block, [key]);
+    else wal.push(key);
+    head.lastArrivalMs.set(block, Date.now());
+    const now = Date.now();
+    let added = 0;
+    const target = (lo: number, hi: number, kind: number, firstServer: number): MetricHead | null => {
+      const mi = this.admit(lo, hi, kind, firstServer, now);
+      if (mi < 0) return null;
+      // A replayed section whose rows were written before the crash: its entries are in them already.
+      if (replay && this.storedThrough(m.shard, block, lo, hi, rackId) >= seq) return null;
+      let racks = metrics.get(mi);
+      if (racks === undefined) metrics.set(mi, (racks = new Map()));
+      let mh = racks.get(rackId);
+      if (mh === undefined) {
+        mh = new MetricHead(kind, lo, hi, rackId, m.servers.length * 8);
+        racks.set(rackId, mh);
+        this.headBytes += mh.bytes;
+      }
+      return mh;
+    };
+    let from = 0;
+    for (let i = 0; i < m.pointEnds.length; i++) {
+      const to = m.pointEnds[i]!;
+      const mh = target(m.pointHashes[2 * i]!, m.pointHashes[2 * i + 1]!, m.pointKinds[i]!, sids[m.pointServers[from]!]!);
+      if (mh === null) {
+        this.counters.points_dropped_overflow += replay ? 0 : to - from;
+      } else {
+        const before = mh.bytes;
+        let at = mh.reservePoints(to - from);
+        for (let e = from; e < to; e++) {
+          const sid = sids[m.pointServers[e]!]!;
+          if (sid < 0) {
+            this.counters.points_dropped_servers++;
+            continue;
+          }
+          mh.pSid[at] = sid;
+          mh.pSec[at] = sec;
+          mh.pVal[at++] = m.pointValues[e]!;
+        }
+        mh.pn = at;
+        mh.walSeq = Math.max(mh.walSeq, seq);
+        this.headBytes += mh.bytes - before;
+        added += to - from;
+        this.counters.points_ingested += to - from;
+      }
+      from = to;
     }
-    this.counters.batches_ingested++;
-    this.counters.points_ingested += points;
-    this.counters.summaries_ingested += summaries;
-    this.counters.bytes_ingested += body.length;
-    return { status: 204, duplicate: false, points: points + summaries };
+    from = 0;
+    for (let i = 0; i < m.distEnds.length; i++) {
+      const to = m.distEnds[i]!;
+      const mh = target(m.distHashes[2 * i]!, m.distHashes[2 * i + 1]!, 2, m.distServers[from]! === rollupServer ? -1 : sids[m.distServers[from]!]!);
+      if (mh === null) this.counters.points_dropped_overflow += replay ? 0 : to - from;
+      else {
+        const before = mh.bytes;
+        for (let e = from; e < to; e++) {
+          const server = m.distServers[e]!;
+          const sStart = e === 0 ? 0 : m.sketchEnds[e - 1]!;
+          if (server === rollupServer) {
+            mh.rollup.add(-1, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
+            continue;
+          }
+          const sid = sids[server]!;
+          if (sid < 0) {
+            this.counters.points_dropped_servers++;
+            continue;
+          }
+          mh.dist.add(sid, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
+          this.counters.summaries_ingested++;
+          added++;
+        }
+        mh.walSeq = Math.max(mh.walSeq, seq);
+        this.headBytes += mh.bytes - before;
+      }
+      from = to;
+    }
+    this.learnNames(m, now);
+    return added;
   }
 
   /**
-   * Registers the batch's metrics within the cardinality limits (core/cardinality.ts) and learns
-   * their names; returns the batch without the refused metrics' data (counted).
+   * Names of admitted metrics are recorded; a name for a metric with no data yet waits (bounded)
+   * until its data is admitted, so a name alone never registers a metric past the cardinality
+   * limits, nor with a guessed kind (issue 16).
    */
-  private admitted(msg: RackBatchMessage, serverIds: Uint32Array, now: number): RackBatchMessage {
-    const drop = admitMetrics(this.registry, msg, serverIds, { nowMs: now, perServerMax: this.opts.metricsPerServerMax ?? this.opts.metricsMax });
-    const r = msg.rollup;
-    let start = 0;
-    for (let j = 0; j < r.nameEnds.length; j++) {
-      const end = r.nameEnds[j]!;
-      if (drop === null || drop.get(r.nameHashes[2 * j]!, r.nameHashes[2 * j + 1]!) < 0) this.registry.name(r.nameHashes[2 * j]!, r.nameHashes[2 * j + 1]!, Buffer.from(r.nameBytes.buffer, r.nameBytes.byteOffset + start, end - start).toString('latin1'), now);
-      start = end;
+  private learnNames(m: ShardSectionMessage, nowMs: number): void {
+    for (let j = 0; j < m.nameEnds.length; j++) {
+      const lo = m.nameHashes[2 * j]!;
+      const hi = m.nameHashes[2 * j + 1]!;
+      if (this.registry.indexOf(lo, hi) >= 0) this.registry.name(lo, hi, nameAt(m, j), nowMs);
+      else {
+        if (this.pendingNames.size >= pendingNamesMax) {
+          this.pendingNames.delete(this.pendingNames.keys().next().value!);
+          this.counters.names_pending_dropped++;
+        }
+        this.pendingNames.set(hashKey(lo, hi), nameAt(m, j));
+      }
     }
-    if (drop === null) return msg;
-    const kept = withoutMetrics(msg, drop);
-    this.counters.points_dropped_overflow += kept.dropped;
-    return kept.msg;
   }
 
-  /** Seconds before this have had their block written at least once. */
-  private flushedThrough = 0;
-
-  /** Writes every block whose end plus grace has passed. Returns the rows written. */
-  async flushDue(nowMs: number): Promise<number> {
-    if (this.flushing) return 0;
-    this.flushing = true;
-    let written = 0;
-    try {
-      // Due: ended plus grace, and quiet for a moment (a backfilling rack sends a block's seconds
-      // back to back: writing it once beats merging it into its row every second) — unless
-      // memory is getting short.
-      const pressed = this.headBytes > this.opts.headBytesMax / 2;
-      const quietMs = Math.min(2000, this.opts.flushGraceMs);
-      const due = [...this.head.keys()]
-        .filter((b) => (b + this.opts.blockSeconds) * 1000 + this.opts.flushGraceMs <= nowMs && (pressed || nowMs - (this.lastArrivalMs.get(b) ?? 0) >= quietMs))
-        .sort((a, b) => a - b);
-      for (const block of due) written += await this.flushBlock(block);
-    } finally {
-      this.flushing = false;
+  /** The registry index of a metric, registering it within the cardinality limits (−1: refused). */
+  private admit(lo: number, hi: number, kind: number, firstServer: number, nowMs: number): number {
+    const known = this.registry.touch(lo, hi, nowMs);
+    if (known >= 0) return known;
+    if (this.registry.admit({ lo, hi, kind, nowMs, serverId: firstServer, perServerMax: this.opts.metricsPerServerMax }) !== null) return -1;
+    const waiting = this.pendingNames.get(hashKey(lo, hi));
+    if (waiting !== undefined) {
+      this.registry.name(lo, hi, waiting, nowMs);
+      this.pendingNames.delete(hashKey(lo, hi));
     }
-    return written;
+    return this.registry.indexOf(lo, hi);
   }
 
-  private async flushBlock(block: number): Promise<number> {
-    const items = this.head.get(block) ?? [];
-    const byRack = new Map<number, HeadItem[]>();
-    for (const it of items) {
-      const list = byRack.get(it.rackId);
-      if (list === undefined) byRack.set(it.rackId, [it]);
-      else list.push(it);
+  /** The WAL seq a stored row holds entries through (0: no row). */
+  private storedThrough(shard: number, block: number, lo: number, hi: number, rackId: number): number {
+    const v = this.rows.get(rowKey(shard, block, lo, hi, rackId));
+    return v === undefined ? 0 : readU48(v, 0);
+  }
+
+  /** Blocks due for writing (ended plus grace, and quiet), oldest first, per shard. */
+  private dueBlocks(nowMs: number): { shard: number; block: number }[] {
+    const pressed = this.headBytes > this.opts.headBytesMax / 2;
+    const quietMs = Math.min(2000, this.opts.flushGraceMs);
+    const due: { shard: number; block: number }[] = [];
+    for (const [shard, head] of this.heads) {
+      for (const block of head.wal.keys()) {
+        // A backfilling rack sends a block's seconds back to back: writing it once beats merging it every second.
+        if ((block + this.opts.blockSeconds) * 1000 + this.opts.flushGraceMs <= nowMs && (pressed || nowMs - (head.lastArrivalMs.get(block) ?? 0) >= quietMs)) due.push({ shard, block });
+      }
     }
-    let written = 0;
+    return due.sort((a, b) => a.block - b.block || a.shard - b.shard);
+  }
+
+  /**
+   * Writes rows of due blocks for at most about `sliceMs` in one transaction; returns whether due
+   * work remains (the worker calls again on its next turn, after any waiting ingest).
+   */
+  writeSlice(nowMs: number): boolean {
+    const due = this.dueBlocks(nowMs);
+    if (due.length === 0) return false;
+    const t0 = performance.now();
+    const written: { head: ShardHead; block: number; metrics: Map<number, Map<number, MetricHead>>; mi: number; rackId: number; mh: MetricHead }[] = [];
+    const puts: { key: Buffer; value: Buffer }[] = [];
+    const emptied: { shard: number; head: ShardHead; block: number }[] = [];
+    let more = false;
+    outer: for (const { shard, block } of due) {
+      const head = this.heads.get(shard)!;
+      const metrics = head.blocks.get(block) ?? new Map<number, Map<number, MetricHead>>();
+      for (const [mi, racks] of metrics) {
+        for (const [rackId, mh] of racks) {
+          if (performance.now() - t0 > this.opts.sliceMs) {
+            more = true;
+            break outer;
+          }
+          const key = rowKey(shard, block, mh.metricLo, mh.metricHi, rackId);
+          puts.push({ key, value: this.rowValue(key, mh) });
+          written.push({ head, block, metrics, mi, rackId, mh });
+        }
+      }
+      emptied.push({ shard, head, block });
+    }
     try {
-      await this.root.transaction(() => {
-        for (const [rackId, list] of byRack) written += this.writeRackBlock(block, rackId, list);
-        for (const it of items) this.wal.remove(it.walKey);
+      this.root.transactionSync(() => {
+        // In key order: the B-tree fills pages front to back instead of splitting them at random.
+        puts.sort((a, b) => Buffer.compare(a.key, b.key));
+        for (const p of puts) this.rows.put(p.key, p.value);
+        for (const e of emptied) for (const k of e.head.wal.get(e.block) ?? []) this.wal.remove(k);
       });
     } catch (err) {
       this.counters.flush_errors++;
       this.lastError = writeFailure(err);
-      console.error(`core: writing block ${block} failed (${this.lastError}); its batches stay in the WAL and are retried`);
-      return 0;
+      console.error(`core: writing rows failed (${this.lastError}); their sections stay in the WAL and are retried`);
+      return false;
     }
-    this.head.delete(block);
-    this.lastArrivalMs.delete(block);
-    for (const it of items) this.headBytes -= it.bytes;
-    this.counters.rows_written += written;
-    this.flushedThrough = Math.max(this.flushedThrough, block + this.opts.blockSeconds);
-    return written;
+    for (const w of written) {
+      const racks = w.metrics.get(w.mi);
+      racks?.delete(w.rackId);
+      if (racks !== undefined && racks.size === 0) w.metrics.delete(w.mi);
+      this.headBytes -= w.mh.bytes;
+    }
+    for (const e of emptied) {
+      e.head.blocks.delete(e.block);
+      e.head.wal.delete(e.block);
+      e.head.lastArrivalMs.delete(e.block);
+      this.flushedThrough.set(e.shard, Math.max(this.flushedThrough.get(e.shard) ?? 0, e.block + this.opts.blockSeconds));
+    }
+    this.counters.rows_written += puts.length;
+    this.counters.row_slices++;
+    this.sliceMsMax = Math.max(this.sliceMsMax, performance.now() - t0);
+    return more;
   }
 
-  /** Inside a write transaction: builds and writes (merging with stored rows) one rack's block. */
-  private writeRackBlock(block: number, rackId: number, items: HeadItem[]): number {
-    const b = this.builder;
-    b.begin();
-    items.sort((x, y) => x.msg.second - y.msg.second || x.walKey - y.walKey);
-    for (const it of items) b.addBatch(it, block);
-    for (const { lo, hi } of b.metricHashes()) {
-      const old = this.rows.get(rowKey(block, lo, hi, rackId));
-      if (old === undefined) continue;
+  /** A head's row value: WAL seq, then the row (merged with the stored one, if any). */
+  private rowValue(key: Buffer, mh: MetricHead): Buffer {
+    const stored = this.rows.get(key);
+    let old: DecodedRow | undefined;
+    if (stored !== undefined) {
       try {
-        b.addRow(lo, hi, decodeRow(old));
+        old = decodeRow(stored.subarray(6));
         this.counters.rows_merged++;
       } catch (err) {
         if (!(err instanceof RowError)) throw err;
         this.counters.rows_corrupt++;
       }
     }
-    // In key order: the B-tree fills pages front to back instead of splitting them at random.
-    const rows = b.build(this.opts.blockSeconds).map((r) => ({ key: rowKey(block, r.lo, r.hi, rackId), input: r.input }));
-    rows.sort((x, y) => Buffer.compare(x.key, y.key));
-    for (const r of rows) this.rows.put(r.key, encodeRow(r.input));
-    return rows.length;
+    const row = encodeRow(buildRow(mh, old, this.opts.blockSeconds, this.acc));
+    const out = Buffer.allocUnsafe(6 + row.length);
+    writeU48(out, 0, Math.max(mh.walSeq, stored === undefined ? 0 : readU48(stored, 0)));
+    out.set(row, 6);
+    return out;
   }
 
   /**
-   * Visits every row of one metric with data in [fromSecond, toSecond): written rows and the
-   * head alike. `racks` limits to those rack ids. Rows are columnar (core/block.ts).
+   * Visits every row of one metric with data in [fromSecond, toSecond), block by block in time
+   * order: stored rows, then the head's (built on the fly). Rows are columnar (core/block.ts).
    */
-  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void, racks?: ReadonlySet<number>): void {
+  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void): void {
+    const shard = shardOf(lo, this.opts.shardCount);
+    const head = this.heads.get(shard);
+    if (head === undefined) throw new Error(`BUG: shard ${shard} is not in this store`);
+    const mi = this.registry.indexOf(lo, hi);
     const S = this.opts.blockSeconds;
     for (let block = this.blockOf(fromSecond); block < toSecond; block += S) {
-      for (const { key, value } of this.rows.getRange({ start: rowKey(block, lo, hi, 0), end: rowKey(block, lo, hi, 0xffffffff) })) {
-        const rackId = key.readUInt32BE(12);
-        if (racks !== undefined && !racks.has(rackId)) continue;
+      for (const { key, value } of this.rows.getRange({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
         try {
-          visit(decodeRow(value), block, rackId);
+          visit(decodeRow(value.subarray(6)), block, key.readUInt32BE(14));
         } catch (err) {
           if (!(err instanceof RowError)) throw err;
           this.counters.rows_corrupt++;
         }
       }
-      const items = this.head.get(block);
-      if (items === undefined) continue;
-      const byRack = new Map<number, HeadItem[]>();
-      for (const it of items) {
-        if (racks !== undefined && !racks.has(it.rackId)) continue;
-        const list = byRack.get(it.rackId);
-        if (list === undefined) byRack.set(it.rackId, [it]);
-        else list.push(it);
-      }
-      for (const [rackId, list] of byRack) {
-        const b = new RowBuilder(1);
-        b.begin();
-        for (const it of [...list].sort((x, y) => x.msg.second - y.msg.second || x.walKey - y.walKey)) b.addBatch(it, block, { lo, hi });
-        for (const r of b.build(S)) visit(asDecoded(r.input), block, rackId);
-      }
+      const racks = mi < 0 ? undefined : head.blocks.get(block)?.get(mi);
+      if (racks === undefined) continue;
+      for (const [rackId, mh] of racks) visit(buildRow(mh, undefined, S, this.acc), block, rackId);
     }
-  }
-
-  /** The LMDB environment, for other core state (stored queries) kept beside the data. */
-  get env(): RootDatabase {
-    return this.root;
-  }
-
-  rackIdOf(name: string): number | undefined {
-    return this.rackIds.get(name);
-  }
-
-  rackNames(): Map<number, string> {
-    return new Map([...this.rackIds].map(([n, id]) => [id, n]));
   }
 
   /** Deletes rows older than the retention, in bounded transactions. Returns rows deleted. */
   async retentionSweep(nowMs: number, batchRows = 5000): Promise<number> {
     const cutoff = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
-    const end = rowKey(cutoff, 0, 0, 0);
     let deleted = 0;
-    for (;;) {
-      const keys = [...this.rows.getKeys({ end, limit: batchRows })];
-      if (keys.length === 0) break;
-      await this.root.transaction(() => {
-        for (const k of keys) this.rows.remove(k);
-      });
-      deleted += keys.length;
-      if (keys.length < batchRows) break;
-      await new Promise((r) => setImmediate(r)); // let ingest and queries run between chunks
+    for (const shard of this.opts.shards) {
+      for (;;) {
+        const keys = [...this.rows.getKeys({ start: rowKey(shard, 0, 0, 0, 0), end: rowKey(shard, cutoff, 0, 0, 0), limit: batchRows })];
+        if (keys.length === 0) break;
+        this.root.transactionSync(() => {
+          for (const k of keys) this.rows.remove(k);
+        });
+        deleted += keys.length;
+        if (keys.length < batchRows) break;
+        await new Promise((r) => setImmediate(r)); // let ingest and queries run between chunks
+      }
     }
-    const seenCutoff = Math.floor(nowMs / 1000) - Math.max(3600, this.opts.retentionSeconds);
-    const oldSeen = [...this.seen.getRange()].filter((e) => e.value < seenCutoff).map((e) => e.key);
-    if (oldSeen.length > 0) await this.root.transaction(() => oldSeen.forEach((k) => this.seen.remove(k)));
     this.counters.retention_rows_deleted += deleted;
     return deleted;
   }
 
   /** Persists registry last-seen times. */
-  async saveRegistry(): Promise<void> {
+  saveRegistry(): void {
     this.registry.touchAll();
-    await this.root.transaction(() => this.registry.flushDirty());
+    this.root.transactionSync(() => this.registry.flushDirty());
   }
 
   /** Bytes the data file takes on disk (its high-water mark; freed pages are reused, not returned). */
@@ -391,7 +545,7 @@ export class Store {
   usedBytes(): number {
     let pages = 0;
     let pageSize = 4096;
-    for (const db of [this.wal, this.rows, this.seen, this.racks]) {
+    for (const db of [this.wal, this.rows]) {
       const st = db.getStats() as { pageSize: number; treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number };
       pages += st.treeBranchPageCount + st.treeLeafPageCount + st.overflowPages;
       pageSize = st.pageSize;
@@ -406,7 +560,7 @@ export class Store {
     this.room.reason = '';
     if (this.opts.diskBytesMax > 0) {
       const used = this.usedBytes();
-      if (used >= this.opts.diskBytesMax) this.room.reason = `storage budget reached: ${used} B in use ≥ --disk-bytes-max ${this.opts.diskBytesMax}; shorten --retention or raise the budget; the rack spools and retries`;
+      if (used >= this.opts.diskBytesMax) this.room.reason = `storage budget reached: ${used} B in use ≥ this store's share of --disk-bytes-max (${this.opts.diskBytesMax} B); shorten --retention or raise the budget; the rack spools and retries`;
     }
     if (this.room.reason === '') {
       try {
@@ -425,11 +579,27 @@ export class Store {
   }
 }
 
-export function rowKey(block: number, lo: number, hi: number, rackId: number): Buffer {
-  const k = Buffer.allocUnsafe(16);
-  k.writeUInt32BE(block, 0);
-  k.writeUInt32BE(hi, 4);
-  k.writeUInt32BE(lo, 8);
-  k.writeUInt32BE(rackId >>> 0, 12);
+export function rowKey(shard: number, block: number, lo: number, hi: number, rackId: number): Buffer {
+  const k = Buffer.allocUnsafe(18);
+  k.writeUInt16BE(shard, 0);
+  k.writeUInt32BE(block, 2);
+  k.writeUInt32BE(hi, 6);
+  k.writeUInt32BE(lo, 10);
+  k.writeUInt32BE(rackId >>> 0, 14);
   return k;
+}
+
+function walKey(shard: number, seq: number): Buffer {
+  const k = Buffer.allocUnsafe(8);
+  k.writeUInt16BE(shard, 0);
+  writeU48(k, 2, seq);
+  return k;
+}
+
+function writeU48(b: Buffer, at: number, v: number): void {
+  b.writeUIntBE(v, at, 6);
+}
+
+function readU48(b: Buffer | Uint8Array, at: number): number {
+  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).readUIntBE(at, 6);
 }

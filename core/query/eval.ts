@@ -7,9 +7,10 @@
 
 import { hashName } from '../../schema/names.js';
 import { SketchAccumulator } from '../../schema/sketch.js';
+import type { DecodedRow } from '../block.js';
 import type { Registry } from '../registry.js';
-import type { Store } from '../store.js';
-import { fnKey, globRegExp, type Query } from './parse.js';
+import { compileGlob } from './glob.js';
+import { fnKey, type Query } from './parse.js';
 
 export interface WindowResult {
   startMs: number;
@@ -20,54 +21,53 @@ export interface WindowResult {
   revision: number;
 }
 
+/** What evaluation reads: one store's registry and rows of a metric (core/store.ts). */
+export interface MetricReader {
+  readonly registry: Registry;
+  rackName(rackId: number): string | undefined;
+  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void): void;
+}
+
 /**
- * Server ids (registry) selected by the query's selectors, as a membership table; the racks
- * holding a selected server, and those whose servers are all selected.
+ * The query's selection in one store: server ids chosen by id or glob, and a test of rack ids
+ * for `rack:` selectors. A rack selector selects what that rack carried (issue 16: a server that
+ * moved racks keeps its history under the racks that carried it); server selectors select a
+ * server's observations whichever rack carried them.
  */
-export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; racks: Set<string>; wholeRacks: Set<string> } {
+export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; rackTest: ((rack: string) => boolean) | null } {
   const servers = registry.allServers();
   let maxId = 0;
   for (const s of servers) maxId = Math.max(maxId, s.id);
   const selected = new Uint8Array(maxId + 1);
-  const racks = new Set<string>();
-  const perRack = new Map<string, number>(); // servers of the rack not selected
   let size = 0;
-  const tests = q.selectors.map((sel) => {
-    if (sel.type === 'all') return () => true;
-    if (sel.type === 'server') return (name: string) => name === sel.id;
-    const re = globRegExp(sel.pattern);
-    return sel.type === 'glob' ? (name: string) => re.test(name) : (_: string, rack: string) => re.test(rack);
-  });
+  const all = q.selectors.some((sel) => sel.type === 'all');
+  const tests = q.selectors.flatMap((sel) => (sel.type === 'server' ? [(name: string) => name === sel.id] : sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
+  const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
   for (const s of servers) {
-    if (tests.some((t) => t(s.name, s.rack))) {
+    if (all || tests.some((t) => t(s.name))) {
       selected[s.id] = 1;
-      racks.add(s.rack);
       size++;
-    } else perRack.set(s.rack, (perRack.get(s.rack) ?? 0) + 1);
+    }
   }
-  const wholeRacks = new Set([...racks].filter((r) => !perRack.has(r)));
-  return { selected, size, racks, wholeRacks };
+  return { selected, size, rackTest: rackTests.length === 0 ? null : (rack) => rackTests.some((t) => t(rack)) };
 }
 
 /** Evaluates every window whose start lies in [fromSec, toSec); windows without observations are omitted. */
-export function evaluate(store: Store, q: Query, fromSec: number, toSec: number): WindowResult[] {
+export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: number): WindowResult[] {
   const W = q.windowSeconds;
   const first = Math.ceil(fromSec / W) * W;
   if (first >= toSec) return [];
   const n = Math.ceil((toSec - first) / W);
   const end = first + n * W;
-  const { selected, racks, wholeRacks: whole } = resolveServers(q, store.registry);
-  // Only the rows of racks that hold a selected server are read; for racks selected whole,
-  // distribution percentiles come from the stored rack rollup (one merge per second, not one
-  // per server).
-  const rackIds = new Set<number>();
-  const wholeRacks = new Set<number>();
-  for (const r of racks) {
-    const id = store.rackIdOf(r);
-    if (id === undefined) continue;
-    rackIds.add(id);
-    if (whole.has(r)) wholeRacks.add(id);
-  }
+  const { selected, size, rackTest } = resolveServers(q, store.registry);
+  if (size === 0 && rackTest === null) return [];
+  // Rows of racks a `rack:` selector names are taken whole; the test runs once per rack id.
+  const rackWhole = new Map<number, boolean>();
+  const wholeRack = (rackId: number) => {
+    let w = rackWhole.get(rackId);
+    if (w === undefined) rackWhole.set(rackId, (w = rackTest !== null && rackTest(store.rackName(rackId) ?? '')));
+    return w;
+  };
   const h = new Uint32Array(2);
   hashName(q.metric, h, 0);
   const wantPct = q.functions.some((f) => f.type === 'percentile');
@@ -76,7 +76,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
   const min = new Float64Array(n).fill(Infinity);
   const max = new Float64Array(n).fill(-Infinity);
   // Which servers reported in each window: one bit per (window, server).
-  const stride = selected.length;
+  const stride = store.registry.serverCount + 1;
   const seenBits = new Uint8Array(Math.ceil((n * stride) / 8));
   const serversIn = new Int32Array(n);
   const values: (number[] | undefined)[] = new Array(n);
@@ -98,6 +98,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
     }
   };
   const mark = (w: number, sid: number) => {
+    if (sid >= stride) return;
     const bit = w * stride + sid;
     const byte = bit >>> 3;
     const m = 1 << (bit & 7);
@@ -107,9 +108,17 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
     }
   };
   let lastBlock = -1;
-  if (rackIds.size === 0) return [];
   store.read(h[0]!, h[1]!, first, end, (row, block, rackId) => {
-    const useRollup = wantPct && wholeRacks.has(rackId) && row.rollup.secs.length > 0;
+    const whole = wholeRack(rackId);
+    const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
+    // The rack's rollup answers percentiles only when every server the row holds is selected
+    // (issue 12: a server that moved racks may be in the row but not in the selection).
+    let allSelected = whole;
+    if (!allSelected && wantPct && row.rollup.secs.length > 0) {
+      allSelected = true;
+      for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
+    }
+    const useRollup = wantPct && allSelected && row.rollup.secs.length > 0;
     if (useRollup) {
       const r = row.rollup;
       for (let i = 0; i < r.secs.length; i++) {
@@ -126,7 +135,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
     }
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
-      if (sid >= selected.length || selected[sid] === 0) continue;
+      if (!isSelected(sid)) continue;
       for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
         const sec = block + row.pointSecs[i]!;
         if (sec < first || sec >= end) continue;
@@ -152,7 +161,7 @@ export function evaluate(store: Store, q: Query, fromSec: number, toSec: number)
         if (wantPct && !useRollup) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
       }
     }
-  }, rackIds);
+  });
   finalize(n);
   return out;
 }

@@ -4,10 +4,10 @@
 import type { Context, Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { coreLimits } from '../limits.js';
-import type { Store } from '../store.js';
-import { evaluate, type WindowResult } from './eval.js';
+import { WorkerError, type ShardPool } from '../pool.js';
+import type { QueryCatalog } from './catalog.js';
+import type { WindowResult } from './eval.js';
 import { parseQuery, QueryError } from './parse.js';
-import type { StoredQueries } from './stored.js';
 import { parseTime, TimeError } from './time.js';
 
 export const routeLimits = {
@@ -23,12 +23,13 @@ export const routeLimits = {
   idsPerStreamMax: 1000,
 } as const;
 
-export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): { subscribers: () => number; dropped: () => number } {
+export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog): { subscribers: () => number; dropped: () => number } {
   let subscribers = 0;
   let dropped = 0;
   const bad = (err: unknown) => {
     if (err instanceof QueryError) return { body: { error: err.message, position: err.position }, status: 400 as const };
     if (err instanceof TimeError) return { body: { error: err.message }, status: 400 as const };
+    if (err instanceof WorkerError) return { body: { error: err.message }, status: 503 as const };
     throw err;
   };
   // Bounded ranges (issue 8): an ad-hoc query reads storage over all of it.
@@ -52,7 +53,7 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     }
   });
 
-  app.get('/api/v1/queries', (c) => c.json({ queries: stored.list() }));
+  app.get('/api/v1/queries', (c) => c.json({ queries: stored.list(), ...(stored.unloadable.length > 0 ? { unloadable: stored.unloadable } : {}) }));
 
   app.get('/api/v1/queries/:id', (c) => {
     const q = stored.get(c.req.param('id'));
@@ -66,7 +67,7 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     const d = await readDefinition(c.req.raw);
     if (typeof d === 'string') return c.json({ error: d }, 400);
     try {
-      const q = await stored.update(c.req.param('id'), d.name, d.query, Date.now());
+      const q = await stored.update(c.req.param('id'), d.name, d.query);
       return q === undefined ? c.json({ error: `no stored query ${c.req.param('id')}` }, 404) : c.json(q);
     } catch (err) {
       const r = bad(err);
@@ -74,12 +75,12 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     }
   });
 
-  app.get('/api/v1/queries/:id/results', (c) => {
+  app.get('/api/v1/queries/:id/results', async (c) => {
     const q = stored.get(c.req.param('id'));
     if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
     try {
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.resultsRangeMsMax, 'narrow from/to');
-      const windows = stored.resultsJson(q.id, fromMs, toMs, routeLimits.windowsPerAnswerMax);
+      const windows = await stored.resultsJson(q.id, fromMs, toMs, routeLimits.windowsPerAnswerMax);
       if (windows.length > routeLimits.windowsPerAnswerMax) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
       // Stored as JSON text: the answer is assembled without parsing them.
       return c.body(`{"id":${JSON.stringify(q.id)},"query":${JSON.stringify(q.query)},"windows":[${windows.join(',')}]}`, 200, { 'content-type': 'application/json' });
@@ -151,7 +152,7 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
     return liveStream(c, new Set(ids), true);
   });
 
-  app.get('/api/v1/query', (c) => {
+  app.get('/api/v1/query', async (c) => {
     try {
       const text = c.req.query('q');
       if (text === undefined) return c.json({ error: 'missing q=<query>' }, 400);
@@ -159,7 +160,8 @@ export function addQueryRoutes(app: Hono, store: Store, stored: StoredQueries): 
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.adHocRangeMsMax, 'narrow from/to, or make it a stored query (its results keep for the retention)');
       const windows = Math.ceil((toMs - fromMs) / 1000 / q.windowSeconds);
       if (windows > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range` }, 400);
-      return c.json({ query: q.text, windows: evaluate(store, q, Math.ceil(fromMs / 1000), Math.ceil(toMs / 1000)) });
+      // Evaluated by the worker that owns the metric's shard: the HTTP thread never reads rows.
+      return c.json({ query: q.text, windows: await pool.query(q.text, q.metric, Math.ceil(fromMs / 1000), Math.ceil(toMs / 1000)) });
     } catch (err) {
       const r = bad(err);
       return c.json(r.body, r.status);

@@ -1,0 +1,104 @@
+// De-duplication of rack sections per shard (DESIGN §9, issue 12): for each (shard, rack) the
+// rack's current session, the highest seq seen and a bitmap of the `windowSeqs` seqs below it.
+// A rack sends in order with a few requests in flight, so a retried request is either the
+// high-water mark or within the window; one older than the window is treated as already seen
+// (counted). Bounded by shards × racks, never by time. A rack started on an empty spool picks a
+// new session: its seq 1 is new, not a duplicate of the old session's seq 1.
+
+import type { Database } from 'lmdb';
+
+/** Seqs below the high-water mark whose arrival is remembered (a rack retries far fewer out of order). */
+export const windowSeqs = 4096;
+const windowBytes = windowSeqs / 8;
+
+interface Entry {
+  session: number;
+  hwm: number;
+  bits: Uint8Array;
+}
+
+export class Dedup {
+  private readonly entries = new Map<string, Entry>();
+  readonly counters = { too_old: 0, sessions_replaced: 0, evicted: 0 };
+
+  constructor(
+    private readonly db: Database<Buffer, Buffer>,
+    private readonly opts: { racksMax: number },
+  ) {
+    for (const { key, value } of db.getRange()) {
+      const e = decode(value);
+      if (e !== null) this.entries.set(key.toString('latin1'), e);
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** True when (rack, session, seq) is already stored for this shard. */
+  seen(shard: number, rack: string, session: number, seq: number): boolean {
+    const e = this.entries.get(entryKey(shard, rack));
+    if (e === undefined || e.session !== session || seq > e.hwm) return false;
+    if (e.hwm - seq >= windowSeqs) {
+      this.counters.too_old++;
+      return true;
+    }
+    return (e.bits[(seq % windowSeqs) >>> 3]! & (1 << (seq & 7))) !== 0;
+  }
+
+  /** Records (rack, session, seq) as stored; call inside the transaction that stores it. */
+  note(shard: number, rack: string, session: number, seq: number): void {
+    const k = entryKey(shard, rack);
+    let e = this.entries.get(k);
+    if (e === undefined || e.session !== session) {
+      if (e !== undefined) this.counters.sessions_replaced++;
+      else if (this.entries.size >= this.opts.racksMax * 4) this.evictOne();
+      e = { session, hwm: seq, bits: new Uint8Array(windowBytes) };
+      this.entries.set(k, e);
+    } else if (seq > e.hwm) {
+      // Slide the window: seqs hwm+1 .. seq−1 have not arrived (yet).
+      if (seq - e.hwm >= windowSeqs) e.bits.fill(0);
+      else for (let s = e.hwm + 1; s < seq; s++) e.bits[(s % windowSeqs) >>> 3]! &= ~(1 << (s & 7));
+      e.hwm = seq;
+    }
+    e.bits[(seq % windowSeqs) >>> 3]! |= 1 << (seq & 7);
+    void this.db.put(Buffer.from(k, 'latin1'), encode(e));
+  }
+
+  /** After a failed commit: the entries of these keys come back from storage. */
+  reload(keys: readonly { shard: number; rack: string }[]): void {
+    for (const { shard, rack } of keys) {
+      const k = entryKey(shard, rack);
+      const v = this.db.get(Buffer.from(k, 'latin1'));
+      const e = v === undefined ? null : decode(v);
+      if (e === null) this.entries.delete(k);
+      else this.entries.set(k, e);
+    }
+  }
+
+  private evictOne(): void {
+    const k = this.entries.keys().next().value;
+    if (k === undefined) return;
+    this.entries.delete(k);
+    void this.db.remove(Buffer.from(k, 'latin1'));
+    this.counters.evicted++;
+  }
+}
+
+/** Shard first, so a shard's marks are one key range (copied with the shard). */
+function entryKey(shard: number, rack: string): string {
+  return String.fromCharCode(shard >>> 8, shard & 0xff) + rack;
+}
+
+function encode(e: Entry): Buffer {
+  const b = Buffer.allocUnsafe(12 + windowBytes);
+  b.writeUInt32LE(e.session, 0);
+  b.writeDoubleLE(e.hwm, 4);
+  b.set(e.bits, 12);
+  return b;
+}
+
+function decode(v: Buffer): Entry | null {
+  if (v.length !== 12 + windowBytes) return null;
+  return { session: v.readUInt32LE(0), hwm: v.readDoubleLE(4), bits: Uint8Array.from(v.subarray(12)) };
+}

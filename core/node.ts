@@ -1,0 +1,90 @@
+// One core node assembled (issue 12): the shard workers (core/pool.ts), the meta environment
+// (stored-query definitions, server list) and the HTTP API on top. `apm core` and the tests
+// build it the same way; the options default to the core's limits (core/limits.ts).
+
+import { mkdirSync } from 'node:fs';
+import type { Hono } from 'hono';
+import type { RootDatabase } from 'lmdb';
+import { openLmdb } from '../schema/lmdb.js';
+import { createApi } from './api.js';
+import type { ApiAuth } from './auth.js';
+import { coreLimits } from './limits.js';
+import { ShardPool } from './pool.js';
+import { QueryCatalog } from './query/catalog.js';
+import type { RateLimiter } from './ratelimit.js';
+import { ServerTable } from './servers.js';
+import { CoreStatus } from './status.js';
+
+export interface NodeOptions {
+  dataDir: string;
+  workers: number;
+  /** S for a new data directory. */
+  shards?: number;
+  retentionSeconds?: number;
+  queryLatenessMs?: number;
+  diskBytesMax?: number;
+  diskReserveBytes?: number;
+  auth?: ApiAuth;
+  queryRate?: RateLimiter;
+  /** Overrides of core/limits.ts (tests use small ones). */
+  limits?: Partial<{ -readonly [K in keyof typeof coreLimits]: number }>;
+  /** Write a block this long after it ends (default coreLimits.flushGraceMs). */
+  flushGraceMs?: number;
+}
+
+export interface CoreNode {
+  pool: ShardPool;
+  servers: ServerTable;
+  stored: QueryCatalog;
+  status: CoreStatus;
+  app: Hono;
+  meta: RootDatabase;
+  close(): Promise<void>;
+}
+
+export async function openNode(o: NodeOptions): Promise<CoreNode> {
+  const L = { ...coreLimits, ...o.limits };
+  mkdirSync(o.dataDir, { recursive: true });
+  const pool = await ShardPool.open({
+    dataDir: o.dataDir,
+    workers: o.workers,
+    shards: o.shards,
+    store: {
+      retentionSeconds: o.retentionSeconds ?? 365 * 86_400,
+      blockSeconds: L.blockSeconds,
+      mapBytes: L.mapBytes,
+      diskBytesMax: o.diskBytesMax ?? 0,
+      diskReserveBytes: o.diskReserveBytes ?? L.diskReserveBytes,
+      flushGraceMs: o.flushGraceMs ?? L.flushGraceMs,
+      headBytesMax: Math.floor(L.headBytesMax / o.workers),
+      metricsMax: L.metricsMax,
+      metricsPerServerMax: L.metricsPerServerMax,
+      serversMax: L.serversMax,
+      racksMax: L.racksMax,
+      sliceMs: L.rowSliceMs,
+    },
+    stored: { latenessMs: o.queryLatenessMs ?? 3000, windowsPerTickMax: L.windowsPerTickMax, lateSecondsMax: L.lateSecondsMax },
+    retentionSweepMs: Math.min(L.retentionSweepMs, Math.max(1000, ((o.retentionSeconds ?? 365 * 86_400) * 1000) / 4)),
+    registrySaveMs: L.registrySaveMs,
+    requestTimeoutMs: L.workerRequestTimeoutMs,
+  });
+  const meta = openLmdb({ path: `${o.dataDir}/meta`, mapSize: L.metaMapBytes, maxDbs: 4 });
+  const servers = new ServerTable(meta.openDB({ name: 'servers', encoding: 'json' }), L.serversMax);
+  const stored = new QueryCatalog(meta.openDB({ name: 'queries', encoding: 'json' }), pool, { queriesMax: L.storedQueriesMax });
+  await stored.start();
+  const status = new CoreStatus({ racksMax: L.racksMax, samplesMax: L.statusSamplesMax });
+  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate });
+  return {
+    pool,
+    servers,
+    stored,
+    status,
+    app,
+    meta,
+    async close() {
+      await servers.save({ all: true }).catch(() => undefined);
+      await pool.close();
+      await meta.close();
+    },
+  };
+}

@@ -1,0 +1,340 @@
+// The HTTP thread's side of the workers (issue 12): starts one worker thread per store group,
+// routes each request's sections to the workers owning their shards (as bytes, in one
+// transferred buffer per worker, no re-encoding), answers once every section is durable,
+// routes queries by their metric's shard, and restarts a worker that dies (it replays its WAL;
+// the process stays up, the death is logged and counted).
+
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { decodeFrame, type RejectReason } from '../schema/codec.js';
+import { batchBytesMax } from '../schema/limits.js';
+import { hashName } from '../schema/names.js';
+import { sectionAt, type RackSecondMessage } from '../schema/section.js';
+import { openLayout, Placement } from './layout.js';
+import type { Reply, SectionRef, ToMain, ToWorker, WorkerConfig, WorkerMetric, WorkerStats } from './protocol.js';
+import type { WindowResult } from './query/eval.js';
+import type { StoredOptions, StoredQuery } from './query/stored.js';
+import type { StoreIngestResult, StoreOptions } from './store.js';
+
+export interface PoolOptions {
+  dataDir: string;
+  /** Worker threads wanted (at most one per store runs). */
+  workers: number;
+  /** S for a new data directory (ignored, but checked, for an existing one). */
+  shards?: number;
+  store: Omit<StoreOptions, 'dir' | 'shards' | 'shardCount'>;
+  stored: StoredOptions;
+  retentionSweepMs: number;
+  registrySaveMs: number;
+  /** A request a worker has not answered in this time is answered 503 (the rack retries). */
+  requestTimeoutMs: number;
+}
+
+export type IngestResult = { status: 204; points: number; duplicates: number; msg: RackSecondMessage } | { status: 400 | 409 | 503; error: string; reason: string; shards?: number };
+
+type Pending = { resolve: (r: Reply) => void; timer: NodeJS.Timeout };
+
+interface Slot {
+  index: number;
+  worker: Worker | null;
+  ready: Promise<void> | null;
+  pending: Map<number, Pending>;
+  stats: WorkerStats | null;
+  deaths: number;
+}
+
+export class ShardPool {
+  readonly placement: Placement;
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+  private defs: StoredQuery[] = [];
+  private stopping = false;
+  readonly counters = { requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
+  readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
+  /** Each new or revised stored-query window. */
+  onWindow: ((qid: string, w: WindowResult) => void) | null = null;
+
+  private constructor(private readonly opts: PoolOptions) {
+    const layout = openLayout(opts.dataDir, { shards: opts.shards, stores: Math.max(1, opts.workers) });
+    this.placement = new Placement(layout, opts.workers);
+    if (this.placement.workers < opts.workers) console.error(`apm core: ${opts.dataDir} was created with ${layout.stores} stores; running ${this.placement.workers} workers (one per store) of the ${opts.workers} asked for`);
+  }
+
+  /** Opens the data directory and starts the workers (each replays its WAL first). */
+  static async open(opts: PoolOptions): Promise<ShardPool> {
+    const pool = new ShardPool(opts);
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0 });
+    await Promise.all(pool.slots.map((s) => pool.start(s)));
+    return pool;
+  }
+
+  get shards(): number {
+    return this.placement.layout.shards;
+  }
+
+  get workers(): number {
+    return this.slots.length;
+  }
+
+  private config(w: number): WorkerConfig {
+    const stores = this.placement.storesOf(w);
+    const shardsOfStore: Record<number, number[]> = {};
+    for (const e of stores) shardsOfStore[e] = this.placement.shardsOf(e);
+    return {
+      worker: w,
+      dataDir: this.opts.dataDir,
+      layout: this.placement.layout,
+      stores,
+      shardsOfStore,
+      store: { ...this.opts.store, shardCount: this.shards, diskBytesMax: Math.floor(this.opts.store.diskBytesMax / this.placement.layout.stores) },
+      stored: this.opts.stored,
+      retentionSweepMs: this.opts.retentionSweepMs,
+      registrySaveMs: this.opts.registrySaveMs,
+    };
+  }
+
+  private start(slot: Slot): Promise<void> {
+    const worker = new Worker(workerScript(), { workerData: this.config(slot.index) });
+    slot.worker = worker;
+    slot.ready = new Promise<void>((resolve, reject) => {
+      const onMessage = (m: ToMain) => {
+        if (m.t === 'ready') {
+          this.counters.wal_replayed += m.replayed;
+          resolve();
+        }
+        this.onMessage(slot, m);
+      };
+      worker.on('message', onMessage);
+      worker.once('error', (err) => {
+        console.error(`apm core: worker ${slot.index} failed: ${err.stack ?? err.message}`);
+        reject(err);
+      });
+      worker.once('exit', (code) => {
+        reject(new Error(`worker ${slot.index} exited with ${code} while starting`));
+        this.died(slot, worker, code);
+      });
+    });
+    return slot.ready;
+  }
+
+  private onMessage(slot: Slot, m: ToMain): void {
+    switch (m.t) {
+      case 'reply': {
+        const p = slot.pending.get(m.id);
+        if (p === undefined) return;
+        slot.pending.delete(m.id);
+        clearTimeout(p.timer);
+        p.resolve(m);
+        return;
+      }
+      case 'window':
+        this.onWindow?.(m.qid, m.w);
+        return;
+      case 'stats':
+        slot.stats = m.stats;
+        return;
+      case 'log':
+        console.error(`apm core: worker ${slot.index}: ${m.message}`);
+        return;
+      case 'ready':
+        return;
+    }
+  }
+
+  /** A worker that dies is logged, counted and started again from its WAL; its requests get 503. */
+  private died(slot: Slot, worker: Worker, code: number): void {
+    if (slot.worker !== worker) return;
+    slot.worker = null;
+    for (const [id, p] of slot.pending) {
+      clearTimeout(p.timer);
+      p.resolve({ t: 'reply', id, error: `worker ${slot.index} stopped (exit ${code}) before answering; retry` });
+    }
+    slot.pending.clear();
+    if (this.stopping) return;
+    this.counters.worker_deaths++;
+    slot.deaths++;
+    const delayMs = Math.min(30_000, 100 * 2 ** Math.min(8, slot.deaths - 1));
+    console.error(`apm core: worker ${slot.index} died (exit ${code}); restarting it from its WAL in ${delayMs} ms`);
+    setTimeout(() => {
+      if (this.stopping) return;
+      this.counters.worker_restarts++;
+      this.start(slot)
+        .then(() => this.syncSlot(slot))
+        .then(() => (slot.deaths = 0))
+        .catch((err: unknown) => console.error(`apm core: worker ${slot.index} did not restart: ${(err as Error).message}`));
+    }, delayMs).unref();
+  }
+
+  private request(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = []): Promise<Reply> {
+    const worker = slot.worker;
+    if (worker === null) return Promise.resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} is restarting; retry` });
+    return new Promise<Reply>((resolve) => {
+      const timer = setTimeout(() => {
+        slot.pending.delete(msg.id);
+        this.counters.requests_timed_out++;
+        resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} did not answer within ${this.opts.requestTimeoutMs} ms; retry` });
+      }, this.opts.requestTimeoutMs);
+      slot.pending.set(msg.id, { resolve, timer });
+      worker.postMessage(msg, transfer);
+    });
+  }
+
+  /** Validates a RackSecond and makes every section durable in its shard's worker; 204 only then. */
+  async ingest(body: Uint8Array): Promise<IngestResult> {
+    const r = decodeFrame(body, batchBytesMax);
+    if (!r.ok || r.msg.type !== 'rackSecond') {
+      const reason = r.ok ? 'not_a_second' : r.reason;
+      this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
+      return { status: 400, reason, error: r.ok ? `expected a RackSecond (wire v2), got a ${r.msg.type}` : `request refused (${r.reason}): ${r.detail}` };
+    }
+    const msg = r.msg;
+    if (msg.shards !== this.shards) {
+      this.counters.shards_mismatch++;
+      return { status: 409, reason: 'shards_mismatch', shards: this.shards, error: `the rack cut its sections for ${msg.shards} shards; this core has ${this.shards}: ask GET /api/v1/placement and cut again` };
+    }
+    // Per worker: its sections copied, 8-byte aligned, into one buffer that is transferred.
+    const perWorker = new Map<number, { refs: SectionRef[]; size: number }>();
+    for (let i = 0; i < msg.sectionShards.length; i++) {
+      const shard = msg.sectionShards[i]!;
+      const w = this.placement.workerOfShard(shard);
+      let g = perWorker.get(w);
+      if (g === undefined) perWorker.set(w, (g = { refs: [], size: 0 }));
+      const len = sectionAt(msg, i).length;
+      g.refs.push({ shard, start: g.size, end: g.size + len });
+      g.size += (len + 7) & ~7;
+    }
+    const replies = [...perWorker].map(([w, g]) => {
+      const buf = new ArrayBuffer(g.size);
+      const bytes = new Uint8Array(buf);
+      let k = 0;
+      for (let i = 0; i < msg.sectionShards.length; i++) {
+        if (this.placement.workerOfShard(msg.sectionShards[i]!) !== w) continue;
+        bytes.set(sectionAt(msg, i), g.refs[k++]!.start);
+      }
+      const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late };
+      return this.request(this.slots[w]!, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf]);
+    });
+    let points = 0;
+    let duplicates = 0;
+    let worst: IngestResult | null = null;
+    for (const reply of await Promise.all(replies)) {
+      const res: StoreIngestResult | undefined = reply.result;
+      if (res === undefined) {
+        worst ??= { status: 503, reason: 'worker_unavailable', error: reply.error ?? 'no answer' };
+        continue;
+      }
+      if (res.status === 204) {
+        points += res.points;
+        duplicates += res.duplicates;
+      } else if (worst === null || res.status === 400) worst = res;
+    }
+    if (worst !== null) return worst;
+    this.counters.requests_ingested++;
+    if (duplicates > 0 && points === 0) this.counters.requests_duplicate++;
+    return { status: 204, points, duplicates, msg };
+  }
+
+  private slotOfMetric(name: string): Slot {
+    const h = new Uint32Array(2);
+    hashName(name, h, 0);
+    return this.slots[this.placement.workerOfShard(this.placement.shardOfHash(h[0]!))]!;
+  }
+
+  storeOfMetric(name: string): number {
+    const h = new Uint32Array(2);
+    hashName(name, h, 0);
+    return this.placement.storeOfShard(this.placement.shardOfHash(h[0]!));
+  }
+
+  /** Evaluates an ad-hoc query in the worker owning its metric (throws when it fails). */
+  async query(text: string, metric: string, fromSec: number, toSec: number): Promise<WindowResult[]> {
+    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+    return r.windows ?? [];
+  }
+
+  /** Stored results of a query from its worker's store (JSON texts, ascending). */
+  async results(def: { id: string; metric: string }, range: { fromMs: number; toMs: number; limit: number; newest?: boolean }): Promise<string[]> {
+    const r = await this.request(this.slotOfMetric(def.metric), { t: 'results', id: this.nextId++, metric: def.metric, qid: def.id, fromMs: range.fromMs, toMs: range.toMs, limit: range.limit, newest: range.newest ?? false });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+    return r.json ?? [];
+  }
+
+  /** Hands every stored-query definition to the worker owning its metric. */
+  async sync(defs: StoredQuery[], metricOf: (d: StoredQuery) => string): Promise<void> {
+    this.defs = defs;
+    this.metricOf = metricOf;
+    await Promise.all(this.slots.map((s) => this.syncSlot(s)));
+  }
+
+  private metricOf: (d: StoredQuery) => string = () => '';
+
+  private async syncSlot(slot: Slot): Promise<void> {
+    const defsByStore: Record<number, StoredQuery[]> = {};
+    for (const e of this.placement.storesOf(slot.index)) defsByStore[e] = [];
+    for (const d of this.defs) defsByStore[this.storeOfMetric(this.metricOf(d))]?.push(d);
+    const r = await this.request(slot, { t: 'sync', id: this.nextId++, defsByStore });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+  }
+
+  /** Every metric of every shard. */
+  async metrics(): Promise<WorkerMetric[]> {
+    const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'metrics', id: this.nextId++ })));
+    return replies.flatMap((r) => r.metrics ?? []);
+  }
+
+  /** Writes every due row now (tests and benches; the workers do it on their own timers). */
+  async flush(nowMs: number): Promise<void> {
+    await Promise.all(this.slots.map((s) => this.request(s, { t: 'flush', id: this.nextId++, nowMs })));
+  }
+
+  /** Evaluates due stored-query windows as of `nowMs` now (tests; the workers tick on their own). */
+  async tick(nowMs: number): Promise<void> {
+    await Promise.all(this.slots.map((s) => this.request(s, { t: 'tick', id: this.nextId++, nowMs })));
+  }
+
+  /** The workers' latest reports, summed (maxima for lags and pauses). */
+  stats(): WorkerStats & { workersUp: number } {
+    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
+    for (const s of this.slots) {
+      if (s.worker !== null) total.workersUp++;
+      const st = s.stats;
+      if (st === null) continue;
+      for (const [k, v] of Object.entries(st.counters)) total.counters[k] = (total.counters[k] ?? 0) + v;
+      for (const [k, v] of Object.entries(st.rejected)) total.rejected[k] = (total.rejected[k] ?? 0) + v;
+      total.heldBytes += st.heldBytes;
+      total.diskBytes += st.diskBytes;
+      total.usedBytes += st.usedBytes;
+      total.lagSeconds = Math.max(total.lagSeconds, st.lagSeconds);
+      total.sliceMsMax = Math.max(total.sliceMsMax, st.sliceMsMax);
+      total.servers = Math.max(total.servers, st.servers);
+      total.metrics += st.metrics;
+      total.storedQueries += st.storedQueries;
+    }
+    return total;
+  }
+
+  /** Stops one worker thread abruptly (tests: a dead worker is restarted from its WAL). */
+  async killWorker(index: number): Promise<void> {
+    await this.slots[index]?.worker?.terminate();
+  }
+
+  /** Stops the workers after they write what they must (their WAL holds the head). */
+  async close(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(this.slots.map((s) => this.request(s, { t: 'stop', id: this.nextId++ })));
+    await Promise.all(this.slots.map((s) => s.worker?.terminate()));
+  }
+}
+
+export class WorkerError extends Error {}
+
+/** The compiled worker script: beside this file in dist/, or dist/core/worker.js when running from source (tests). */
+function workerScript(): URL {
+  const here = new URL('./worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(here))) return here;
+  const fromSource = new URL('../dist/core/worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(fromSource))) return fromSource;
+  throw new Error(`no compiled worker at ${fileURLToPath(here)} or ${fileURLToPath(fromSource)}; run 'npx tsc -p tsconfig.json' first`);
+}

@@ -1,0 +1,62 @@
+// Messages between the HTTP thread (core/pool.ts) and a worker (core/worker.ts).
+
+import type { Layout } from './layout.js';
+import type { WindowResult } from './query/eval.js';
+import type { StoredOptions, StoredQuery } from './query/stored.js';
+import type { RequestHeader, StoreIngestResult, StoreOptions } from './store.js';
+
+export interface WorkerConfig {
+  worker: number;
+  dataDir: string;
+  layout: Layout;
+  /** The stores this worker owns. */
+  stores: number[];
+  /** Shards of each store, by store index. */
+  shardsOfStore: Record<number, number[]>;
+  store: Omit<StoreOptions, 'dir' | 'shards'>;
+  stored: StoredOptions;
+  retentionSweepMs: number;
+  registrySaveMs: number;
+}
+
+/** Sections of one request for one worker: byte ranges of `buf` (each 8-byte aligned). */
+export interface SectionRef {
+  shard: number;
+  start: number;
+  end: number;
+}
+
+export type ToWorker =
+  | { t: 'ingest'; id: number; h: RequestHeader; sections: SectionRef[]; buf: ArrayBuffer }
+  | { t: 'query'; id: number; query: string; fromSec: number; toSec: number }
+  | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]> }
+  | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
+  | { t: 'metrics'; id: number }
+  | { t: 'flush'; id: number; nowMs: number }
+  | { t: 'tick'; id: number; nowMs: number }
+  | { t: 'stop'; id: number };
+
+export interface WorkerStats {
+  counters: Record<string, number>;
+  rejected: Record<string, number>;
+  heldBytes: number;
+  diskBytes: number;
+  usedBytes: number;
+  lagSeconds: number;
+  /** Longest row-writing slice since the previous report (ms). */
+  sliceMsMax: number;
+  servers: number;
+  metrics: number;
+  storedQueries: number;
+}
+
+export interface WorkerMetric {
+  name: string | null;
+  kind: number;
+  firstSeenMs: number;
+  lastSeenMs: number;
+}
+
+export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[] };
+
+export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };

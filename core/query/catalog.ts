@@ -1,0 +1,201 @@
+// Stored-query definitions on the HTTP thread (issue 12): kept in the node's meta environment,
+// handed to the workers that own their metrics (core/pool.ts), and the newest results of each
+// query in memory, fed by the workers as windows close, so the results API and live streams
+// answer without a worker round trip. Older ranges are read from the owning worker's store.
+// A stored definition that no longer parses is set aside (counted, listed), never fatal (issue 16).
+
+import { randomBytes } from 'node:crypto';
+import type { Database } from 'lmdb';
+import type { ShardPool } from '../pool.js';
+import type { WindowResult } from './eval.js';
+import { parseQuery, type Query } from './parse.js';
+import type { Listener, StoredQuery } from './stored.js';
+
+export interface CatalogOptions {
+  queriesMax: number;
+  /** Newest windows per query kept in memory for the results API (2 h of 5 s windows by default). */
+  recentWindowsMax?: number;
+}
+
+interface Recent {
+  starts: number[];
+  json: string[];
+  /** True while memory holds every result the query has. */
+  all: boolean;
+}
+
+export class QueryCatalog {
+  private readonly defs = new Map<string, { def: StoredQuery; parsed: Query }>();
+  private readonly recent = new Map<string, Recent>();
+  private readonly listeners = new Set<Listener>();
+  /** Definitions that no longer parse: kept, not evaluated, listed with the reason. */
+  readonly unloadable: { id: string; query: string; error: string }[] = [];
+  private lock: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly db: Database<StoredQuery & { next?: number }, string>,
+    private readonly pool: ShardPool,
+    private readonly opts: CatalogOptions,
+  ) {
+    for (const { value } of db.getRange()) {
+      const def = { id: value.id, name: value.name, query: value.query, createdMs: value.createdMs };
+      try {
+        this.defs.set(def.id, { def, parsed: parseQuery(def.query) });
+        this.recent.set(def.id, { starts: [], json: [], all: false });
+      } catch (err) {
+        this.unloadable.push({ id: def.id, query: def.query, error: (err as Error).message });
+        console.error(`apm core: stored query ${def.id} (${JSON.stringify(def.query)}) does not parse (${(err as Error).message}); set aside — delete it with DELETE /api/v1/queries/${def.id}`);
+      }
+    }
+    pool.onWindow = (id, w) => this.remember(id, w);
+  }
+
+  /** Hands the definitions to the workers and loads each query's newest results into memory. */
+  async start(): Promise<void> {
+    await this.syncWorkers();
+    for (const { def, parsed } of this.defs.values()) {
+      const json = await this.pool.results({ id: def.id, metric: parsed.metric }, { fromMs: 0, toMs: 0, limit: this.recentMax, newest: true });
+      const r = { starts: json.map((j) => (JSON.parse(j) as WindowResult).startMs), json, all: json.length < this.recentMax };
+      const live = this.recent.get(def.id);
+      // Windows that arrived while loading are newer: keep them after the loaded ones.
+      if (live !== undefined) for (let i = 0; i < live.starts.length; i++) if (r.starts.length === 0 || live.starts[i]! > r.starts[r.starts.length - 1]!) (r.starts.push(live.starts[i]!), r.json.push(live.json[i]!));
+      this.recent.set(def.id, r);
+    }
+  }
+
+  private syncWorkers(): Promise<void> {
+    return this.pool.sync(
+      [...this.defs.values()].map((d) => d.def),
+      (d) => this.defs.get(d.id)?.parsed.metric ?? '',
+    );
+  }
+
+  list(): StoredQuery[] {
+    return [...this.defs.values()].map((d) => d.def);
+  }
+
+  get(id: string): StoredQuery | undefined {
+    return this.defs.get(id)?.def;
+  }
+
+  /** Creates a stored query (throws QueryError on a bad query; Error when at the limit). */
+  create(name: string, query: string, nowMs: number): Promise<StoredQuery> {
+    const parsed = parseQuery(query);
+    return this.exclusive(async () => {
+      if (this.defs.size >= this.opts.queriesMax) throw new Error(`at most ${this.opts.queriesMax} stored queries; delete one first`);
+      const def: StoredQuery = { id: randomBytes(6).toString('hex'), name, query: parsed.text, createdMs: nowMs };
+      await this.db.put(def.id, def);
+      this.defs.set(def.id, { def, parsed });
+      this.recent.set(def.id, { starts: [], json: [], all: true });
+      await this.syncWorkers();
+      return def;
+    });
+  }
+
+  /**
+   * Replaces a stored query's name and text, keeping its id. Its old results no longer describe
+   * it: the worker drops them and evaluation restarts at the window before now.
+   */
+  update(id: string, name: string, query: string): Promise<StoredQuery | undefined> {
+    const parsed = parseQuery(query);
+    return this.exclusive(async () => {
+      const d = this.defs.get(id);
+      if (d === undefined) return undefined;
+      const def: StoredQuery = { id, name, query: parsed.text, createdMs: d.def.createdMs };
+      await this.db.put(id, def);
+      const old = d.parsed;
+      this.defs.set(id, { def, parsed });
+      if (old.text === parsed.text) return def; // renamed: results stand
+      this.recent.set(id, { starts: [], json: [], all: true });
+      // The worker drops the old results; a new metric may live in another worker, which starts it.
+      await this.syncWorkers();
+      return def;
+    });
+  }
+
+  delete(id: string): Promise<boolean> {
+    return this.exclusive(async () => {
+      const set = this.unloadable.findIndex((u) => u.id === id);
+      if (set >= 0) {
+        this.unloadable.splice(set, 1);
+        await this.db.remove(id);
+        return true;
+      }
+      if (!this.defs.delete(id)) return false;
+      this.recent.delete(id);
+      await this.db.remove(id);
+      await this.syncWorkers();
+      return true;
+    });
+  }
+
+  /** One change at a time: the workers see definitions in the order they were made. */
+  private exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(f, f);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  lagSeconds(): number {
+    return this.pool.stats().lagSeconds;
+  }
+
+  private get recentMax(): number {
+    return this.opts.recentWindowsMax ?? 1440;
+  }
+
+  private remember(id: string, w: WindowResult): void {
+    const r = this.recent.get(id);
+    if (r === undefined) return; // deleted meanwhile
+    const json = JSON.stringify(w);
+    const last = r.starts.length - 1;
+    if (last < 0 || w.startMs > r.starts[last]!) {
+      r.starts.push(w.startMs);
+      r.json.push(json);
+      if (r.starts.length > this.recentMax + 256) {
+        // Drop the oldest in chunks; from now on the memory covers only the newest windows.
+        r.starts.splice(0, 256);
+        r.json.splice(0, 256);
+        r.all = false;
+      }
+    } else {
+      const i = lowerBound(r.starts, w.startMs);
+      if (r.starts[i] === w.startMs) r.json[i] = json;
+      else if (i > 0 || r.all) {
+        r.starts.splice(i, 0, w.startMs);
+        r.json.splice(i, 0, json);
+      }
+    }
+    for (const l of this.listeners) l(id, w);
+  }
+
+  /** Stored results with start in [fromMs, toMs) as JSON texts, at most `limit + 1` of them. */
+  async resultsJson(id: string, fromMs: number, toMs: number, limit: number): Promise<string[]> {
+    const r = this.recent.get(id);
+    if (r !== undefined && (r.all || (r.starts.length > 0 && fromMs >= r.starts[0]!))) {
+      const a = lowerBound(r.starts, fromMs);
+      const b = lowerBound(r.starts, toMs);
+      return r.json.slice(a, Math.min(b, a + limit + 1));
+    }
+    const d = this.defs.get(id);
+    if (d === undefined) return [];
+    return this.pool.results({ id, metric: d.parsed.metric }, { fromMs, toMs, limit });
+  }
+
+  subscribe(l: Listener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+}
+
+/** First index with a[i] ≥ x (a ascending). */
+function lowerBound(a: number[], x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

@@ -1,0 +1,65 @@
+// The node's server list on the HTTP thread (issue 12): which servers report, through which
+// rack, first and last seen — read from each request's server ids (RackSecond.servers), so the
+// fleet view and GET /api/v1/servers need no worker. Kept in the meta environment; bounded by
+// serversMax (new servers beyond it are counted, not listed; their data is stored regardless).
+// Which rack carried which observation is the workers' business (rows are keyed by rack).
+
+import type { Database } from 'lmdb';
+
+export interface ServerInfo {
+  name: string;
+  rack: string;
+  firstSeenMs: number;
+  lastSeenMs: number;
+}
+
+export class ServerTable {
+  private readonly byName = new Map<string, ServerInfo>();
+  private readonly dirty = new Set<ServerInfo>();
+  refused = 0;
+
+  constructor(
+    private readonly db: Database<{ rack: string; first: number; last: number }, string>,
+    private readonly serversMax: number,
+  ) {
+    for (const { key, value } of db.getRange()) this.byName.set(key, { name: key, rack: value.rack, firstSeenMs: value.first, lastSeenMs: value.last });
+  }
+
+  get size(): number {
+    return this.byName.size;
+  }
+
+  /** Notes that `rack` carried data of these servers now. */
+  seen(rack: string, names: readonly string[], nowMs: number): void {
+    for (const name of names) {
+      let s = this.byName.get(name);
+      if (s === undefined) {
+        if (this.byName.size >= this.serversMax) {
+          this.refused++;
+          continue;
+        }
+        s = { name, rack, firstSeenMs: nowMs, lastSeenMs: nowMs };
+        this.byName.set(name, s);
+        this.dirty.add(s);
+      } else if (s.rack !== rack) {
+        s.rack = rack;
+        this.dirty.add(s);
+      }
+      s.lastSeenMs = Math.max(s.lastSeenMs, nowMs);
+    }
+  }
+
+  all(): ServerInfo[] {
+    return [...this.byName.values()];
+  }
+
+  /** Persists new and moved servers, and everyone's last-seen time when `all`. */
+  async save(opts: { all: boolean }): Promise<void> {
+    const list = opts.all ? this.all() : [...this.dirty];
+    this.dirty.clear();
+    if (list.length === 0) return;
+    await this.db.transaction(() => {
+      for (const s of list) void this.db.put(s.name, { rack: s.rack, first: s.firstSeenMs, last: s.lastSeenMs });
+    });
+  }
+}

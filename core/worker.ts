@@ -1,0 +1,189 @@
+// A core worker thread (issue 12): owns some stores (core/layout.ts) and does all their work —
+// ingest into the WAL and head, row writing in bounded slices, retention, stored-query
+// evaluation and ad-hoc queries of their metrics. The HTTP thread (core/pool.ts) talks to it
+// with messages; section bytes arrive in a transferred buffer, never re-encoded.
+
+import { parentPort, workerData } from 'node:worker_threads';
+import { hashName } from '../schema/names.js';
+import { guardLmdbRejections } from '../schema/lmdb.js';
+import { shardOf } from '../schema/section.js';
+import { evaluate } from './query/eval.js';
+import { parseQuery } from './query/parse.js';
+import { StoredQueries, type StoredQuery } from './query/stored.js';
+import { Store, type StoreOptions } from './store.js';
+import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js';
+
+const config = workerData as WorkerConfig;
+const port = parentPort!;
+
+interface Owned {
+  index: number;
+  store: Store;
+  stored: StoredQueries;
+}
+
+function post(m: ToMain): void {
+  port.postMessage(m);
+}
+
+guardLmdbRejections((message) => post({ t: 'log', message: `an LMDB write failed (${message}); free disk space — the write is retried or refused with 503` }));
+
+const owned = new Map<number, Owned>();
+for (const index of config.stores) {
+  const opts: StoreOptions = { ...config.store, dir: `${config.dataDir}/store-${index}`, shards: config.shardsOfStore[index]! };
+  const store = new Store(opts);
+  const stored = new StoredQueries(store.env, store, config.stored);
+  stored.onWindow = (qid, w) => post({ t: 'window', qid, w });
+  store.onIngest = (_shard, second) => stored.noteData(second);
+  owned.set(index, { index, store, stored });
+}
+
+function storeOfShard(shard: number): Owned {
+  const o = owned.get(shard % config.layout.stores);
+  if (o === undefined) throw new Error(`BUG: shard ${shard} (store ${shard % config.layout.stores}) is not owned by worker ${config.worker}`);
+  return o;
+}
+
+function storeOfMetric(name: string): Owned {
+  const h = new Uint32Array(2);
+  hashName(name, h, 0);
+  return storeOfShard(shardOf(h[0]!, config.layout.shards));
+}
+
+function stats(): WorkerStats {
+  const counters: Record<string, number> = {};
+  const rejected: Record<string, number> = {};
+  let heldBytes = 0;
+  let diskBytes = 0;
+  let usedBytes = 0;
+  let lagSeconds = 0;
+  let sliceMsMax = 0;
+  let servers = 0;
+  let metrics = 0;
+  let storedQueries = 0;
+  const now = Date.now();
+  for (const { store, stored } of owned.values()) {
+    const add = (src: Record<string, number>, dst: Record<string, number>) => {
+      for (const [k, v] of Object.entries(src)) dst[k] = (dst[k] ?? 0) + v;
+    };
+    add(store.counters, counters);
+    add(stored.counters, counters);
+    add(store.dedup.counters as Record<string, number>, counters);
+    add(store.rejected as Record<string, number>, rejected);
+    counters.metrics_overflow_server = (counters.metrics_overflow_server ?? 0) + store.registry.overflow.server;
+    counters.metrics_overflow_total = (counters.metrics_overflow_total ?? 0) + store.registry.overflow.total;
+    heldBytes += store.heldBytes;
+    diskBytes += store.diskBytes();
+    usedBytes += store.usedBytes();
+    lagSeconds = Math.max(lagSeconds, stored.lagSeconds(now));
+    sliceMsMax = Math.max(sliceMsMax, store.sliceMsMax);
+    store.sliceMsMax = 0;
+    servers = Math.max(servers, store.registry.serverCount);
+    metrics += store.registry.allMetrics().length;
+    storedQueries += stored.size;
+  }
+  return { counters, rejected, heldBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
+}
+
+/** Row writing, continuously: one slice per turn while work is due, so ingest runs in between. */
+let writing = false;
+function writeRows(): void {
+  if (writing) return;
+  writing = true;
+  const step = () => {
+    let more = false;
+    for (const { store } of owned.values()) more = store.writeSlice(Date.now()) || more;
+    if (more) setImmediate(step);
+    else writing = false;
+  };
+  step();
+}
+
+const timers = [
+  setInterval(writeRows, 250),
+  setInterval(() => post({ t: 'stats', stats: stats() }), 1000),
+  setInterval(() => {
+    for (const { stored } of owned.values()) void stored.tick(Date.now()).catch((e: unknown) => post({ t: 'log', message: `stored queries failed: ${String(e)}` }));
+  }, 250),
+  setInterval(() => {
+    for (const { store } of owned.values()) void store.retentionSweep(Date.now()).catch((e: unknown) => post({ t: 'log', message: `retention sweep failed: ${String(e)}` }));
+  }, config.retentionSweepMs),
+  setInterval(() => {
+    for (const { store } of owned.values()) store.saveRegistry();
+  }, config.registrySaveMs),
+];
+
+port.on('message', (m: ToWorker) => {
+  try {
+    handle(m);
+  } catch (err) {
+    if ('id' in m) post({ t: 'reply', id: m.id, error: (err as Error).message });
+    else post({ t: 'log', message: `worker ${config.worker}: ${(err as Error).stack ?? String(err)}` });
+  }
+});
+
+function handle(m: ToWorker): void {
+  switch (m.t) {
+    case 'ingest': {
+      const buf = new Uint8Array(m.buf);
+      // Sections grouped by store: each store commits its sections in one synced transaction.
+      const byStore = new Map<Owned, { shard: number; bytes: Uint8Array }[]>();
+      for (const s of m.sections) {
+        const o = storeOfShard(s.shard);
+        let list = byStore.get(o);
+        if (list === undefined) byStore.set(o, (list = []));
+        list.push({ shard: s.shard, bytes: buf.subarray(s.start, s.end) });
+      }
+      let points = 0;
+      let duplicates = 0;
+      for (const [o, list] of byStore) {
+        const r = o.store.ingest(m.h, list);
+        if (r.status !== 204) return post({ t: 'reply', id: m.id, result: r });
+        points += r.points;
+        duplicates += r.duplicates;
+      }
+      return post({ t: 'reply', id: m.id, result: { status: 204, points, duplicates } });
+    }
+    case 'query': {
+      const q = parseQuery(m.query);
+      const o = storeOfMetric(q.metric);
+      return post({ t: 'reply', id: m.id, windows: evaluate(o.store, q, m.fromSec, m.toSec) });
+    }
+    case 'sync': {
+      for (const [index, defs] of Object.entries(m.defsByStore)) owned.get(Number(index))?.stored.sync(defs as StoredQuery[], Date.now());
+      return post({ t: 'reply', id: m.id });
+    }
+    case 'results': {
+      const o = storeOfMetric(m.metric);
+      return post({ t: 'reply', id: m.id, json: m.newest ? o.stored.newestJson(m.qid, m.limit) : o.stored.resultsJson(m.qid, m.fromMs, m.toMs, m.limit) });
+    }
+    case 'metrics': {
+      const out: { name: string | null; kind: number; firstSeenMs: number; lastSeenMs: number }[] = [];
+      for (const { store } of owned.values()) for (const x of store.registry.allMetrics()) out.push({ name: x.name, kind: x.kind, firstSeenMs: x.firstSeenMs, lastSeenMs: x.lastSeenMs });
+      return post({ t: 'reply', id: m.id, metrics: out });
+    }
+    case 'flush': {
+      // Tests and benches: write every due row now (as the timer would, without waiting for it).
+      for (const { store } of owned.values()) while (store.writeSlice(m.nowMs));
+      return post({ t: 'reply', id: m.id });
+    }
+    case 'tick': {
+      // Tests: evaluate stored queries as of nowMs, and answer once done.
+      void Promise.all([...owned.values()].map((o) => o.stored.tick(m.nowMs))).then(() => post({ t: 'reply', id: m.id }));
+      return;
+    }
+    case 'stop': {
+      for (const t of timers) clearInterval(t);
+      void (async () => {
+        for (const { store } of owned.values()) {
+          store.saveRegistry();
+          await store.close();
+        }
+        post({ t: 'reply', id: m.id });
+      })();
+      return;
+    }
+  }
+}
+
+post({ t: 'ready', replayed: [...owned.values()].reduce((n, o) => n + o.store.counters.wal_replayed, 0) });
