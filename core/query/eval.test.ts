@@ -7,7 +7,8 @@ import { buildColumns, type DistInput, type PointInput } from '../../schema/test
 import { RackMerger } from '../../rack/merge.js';
 import { Store } from '../store.js';
 import { evaluate, type WindowResult } from './eval.js';
-import { fnKey, globRegExp, parseQuery, type Query } from './parse.js';
+import { compileGlob } from './glob.js';
+import { fnKey, parseQuery, type Query } from './parse.js';
 import { StoredQueries } from './stored.js';
 
 const dirs: string[] = [];
@@ -79,7 +80,7 @@ async function load(store: Store): Promise<Obs[]> {
 function reference(obs: Obs[], q: Query, from: number, to: number): Map<number, { servers: number; count: number; values: Record<string, number> }> {
   const pick = (o: Obs) =>
     o.metric === q.metric &&
-    q.selectors.some((s) => (s.type === 'all' ? true : s.type === 'server' ? o.server === s.id : s.type === 'glob' ? globRegExp(s.pattern).test(o.server) : globRegExp(s.pattern).test(o.rack)));
+    q.selectors.some((s) => (s.type === 'all' ? true : s.type === 'server' ? o.server === s.id : s.type === 'glob' ? compileGlob(s.pattern)(o.server) : compileGlob(s.pattern)(o.rack)));
   const W = q.windowSeconds;
   const out = new Map<number, { servers: number; count: number; values: Record<string, number> }>();
   for (let start = Math.ceil(from / W) * W; start < to; start += W) {

@@ -3,10 +3,15 @@
 // Keywords are case-insensitive; clauses are separated by any white space. Errors name the
 // problem and its character offset, e.g. "expected a duration like 5s after WINDOW at 41".
 
+import { checkGlob, GlobError } from './glob.js';
+
 export const queryLimits = {
   /** Characters in a query: far above any real one, small enough to parse in microseconds. */
   queryCharsMax: 4096,
   selectorsMax: 256,
+  /** Characters of one glob: as long as the longest id (DESIGN §3), so matching one id costs at
+   * most 65 × 65 steps (core/query/glob.ts). */
+  globCharsMax: 64,
   functionsMax: 32,
   windowSecondsMin: 1,
   windowSecondsMax: 86_400,
@@ -25,6 +30,7 @@ export interface Query {
   text: string;
 }
 
+/** A refused query: what is wrong, and the character offset in the query text where it is. */
 export class QueryError extends Error {
   constructor(
     message: string,
@@ -36,7 +42,22 @@ export class QueryError extends Error {
 
 /** Canonical key of a function in a result's `values`: min, max, avg, count, sum, percentile(99.9). */
 export function fnKey(f: Fn): string {
-  return f.type === 'percentile' ? `percentile(${f.p})` : f.type;
+  return f.type === 'percentile' ? `percentile(${decimalText(f.p)})` : f.type;
+}
+
+/**
+ * The shortest decimal that reads back as x, never in exponent form: the language has no
+ * exponents, and `percentile(1e-7)` stored as canonical text was refused at the next start
+ * (issue 16.2). For 0 ≤ x ≤ 100 String() uses an exponent only below 1e-6.
+ */
+export function decimalText(x: number): string {
+  const s = String(x);
+  const e = /^(-?)(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(s);
+  if (e === null) return s;
+  const digits = e[2]! + (e[3] ?? '');
+  const exp = Number(e[4]);
+  if (exp >= 0) return e[1]! + digits.padEnd(exp + 1, '0');
+  return `${e[1]}0.${'0'.repeat(-exp - 1)}${digits}`;
 }
 
 class Cursor {
@@ -71,7 +92,6 @@ class Cursor {
 }
 
 const serverIdRe = /^[A-Za-z0-9._-]{1,64}$/;
-const globRe = /^[A-Za-z0-9._*?[\]-]{1,64}$/;
 const metricRe = /^[A-Za-z0-9_.:-]{1,128}$/;
 const keywords = new Set(['FROM', 'SELECT', 'WINDOW', 'COMPUTE']);
 
@@ -93,34 +113,75 @@ export function parseQuery(input: string): Query {
     const extra = c.word();
     throw new QueryError(`unexpected "${extra.text || c.s[c.pos]}" at ${extra.at} after the functions`, extra.at);
   }
-  const text = `FROM ${selectors.map(selectorText).join(', ')} SELECT ${m.text} WINDOW ${d.text.toLowerCase()} COMPUTE ${functions.map(fnKey).join(', ')}`;
-  return { selectors, metric: m.text, windowSeconds, functions, text };
+  const text = canonicalText({ selectors, metric: m, window: d, functions });
+  return { selectors: selectors.map((s) => s.sel), metric: m.text, windowSeconds, functions: functions.map((f) => f.fn), text };
 }
 
-function parseSelectors(c: Cursor): Selector[] {
-  const out: Selector[] = [];
+/**
+ * The canonical text, which must parse again to the same query (issue 16.2): it is what a
+ * stored query keeps. Shorthands expand (p99 → percentile(99)) and commas gain a space, so it
+ * can be longer than the input: past queryCharsMax it is refused here, at the input position
+ * of the selector or function that crosses the limit, rather than at the next start.
+ */
+function canonicalText(q: { selectors: { sel: Selector; at: number }[]; metric: Word; window: Word; functions: { fn: Fn; at: number }[] }): string {
+  let text = '';
+  let over = -1;
+  const add = (piece: string, at: number) => {
+    text += piece;
+    if (over < 0 && text.length > queryLimits.queryCharsMax) over = at;
+  };
+  q.selectors.forEach((s, i) => add(`${i === 0 ? 'FROM ' : ', '}${selectorText(s.sel)}`, s.at));
+  add(` SELECT ${q.metric.text}`, q.metric.at);
+  add(` WINDOW ${q.window.text.toLowerCase()}`, q.window.at);
+  q.functions.forEach((f, i) => add(`${i === 0 ? ' COMPUTE ' : ', '}${fnKey(f.fn)}`, f.at));
+  if (over >= 0) {
+    throw new QueryError(
+      `the query's canonical form (shorthands like p99 written percentile(99), ", " between items) is ${text.length} characters > limit ${queryLimits.queryCharsMax}, crossed at ${over}; use fewer selectors or functions`,
+      over,
+    );
+  }
+  return text;
+}
+
+type Word = { text: string; at: number };
+
+function parseSelectors(c: Cursor): { sel: Selector; at: number }[] {
+  const out: { sel: Selector; at: number }[] = [];
   do {
     const { text, at } = c.word();
     if (text === '' || keywords.has(text.toUpperCase())) throw new QueryError(`expected a server, glob, rack:<glob> or * at ${at}`, at);
     if (out.length >= queryLimits.selectorsMax) throw new QueryError(`more than ${queryLimits.selectorsMax} selectors at ${at}`, at);
-    out.push(parseSelector(text, at));
+    out.push({ sel: parseSelector(text, at), at });
   } while (c.comma());
   return out;
 }
 
 function parseSelector(text: string, at: number): Selector {
   if (text === '*') return { type: 'all' };
-  if (text.toLowerCase().startsWith('rack:')) {
-    const pattern = text.slice(5);
-    if (!globRe.test(pattern)) throw new QueryError(`bad rack pattern "${pattern}" at ${at + 5}`, at + 5);
-    return { type: 'rack', pattern };
-  }
-  if (/[*?[]/.test(text)) {
-    if (!globRe.test(text)) throw new QueryError(`bad server glob "${text}" at ${at}`, at);
-    return { type: 'glob', pattern: text };
-  }
+  if (text.toLowerCase().startsWith('rack:')) return { type: 'rack', pattern: checkedGlob(text.slice(5), at + 5, 'rack pattern') };
+  if (/[*?[\]]/.test(text)) return { type: 'glob', pattern: checkedGlob(text, at, 'server glob') };
   if (!serverIdRe.test(text)) throw new QueryError(`bad server id "${text}" at ${at} (expected [A-Za-z0-9._-]{1,64})`, at);
   return { type: 'server', id: text };
+}
+
+/**
+ * A glob the evaluator can match (issue 16.7: every accepted selector evaluates), or a
+ * QueryError at the offending character; `at` is the pattern's offset in the query.
+ */
+function checkedGlob(pattern: string, at: number, what: string): string {
+  if (pattern === '') throw new QueryError(`empty ${what} at ${at}`, at);
+  if (pattern.length > queryLimits.globCharsMax) {
+    const pos = at + queryLimits.globCharsMax;
+    throw new QueryError(`${what} "${pattern}" is ${pattern.length} characters > limit ${queryLimits.globCharsMax} at ${pos}`, pos);
+  }
+  try {
+    checkGlob(pattern);
+  } catch (err) {
+    if (!(err instanceof GlobError)) throw err;
+    const pos = at + err.index;
+    throw new QueryError(`bad ${what} "${pattern}": ${err.message} at ${pos}`, pos);
+  }
+  return pattern;
 }
 
 function selectorText(s: Selector): string {
@@ -137,8 +198,8 @@ export function parseDuration(text: string, at: number): number {
   return seconds;
 }
 
-function parseFunctions(c: Cursor): Fn[] {
-  const out: Fn[] = [];
+function parseFunctions(c: Cursor): { fn: Fn; at: number }[] {
+  const out: { fn: Fn; at: number }[] = [];
   do {
     c.skipSpace();
     const at = c.pos;
@@ -146,24 +207,13 @@ function parseFunctions(c: Cursor): Fn[] {
     if (m === null) throw new QueryError(`expected min, max, avg, count, sum, percentile(p) or pNN at ${at}`, at);
     if (out.length >= queryLimits.functionsMax) throw new QueryError(`more than ${queryLimits.functionsMax} functions at ${at}`, at);
     c.pos += m[0].length;
-    if (m[1] !== undefined) out.push({ type: m[1].toLowerCase() as 'min' });
+    if (m[1] !== undefined) out.push({ fn: { type: m[1].toLowerCase() as 'min' }, at });
     else {
-      const p = Number(m[2] ?? m[3]);
-      if (!(p >= 0 && p <= 100)) throw new QueryError(`percentile ${p} is outside 0..100 at ${at}`, at);
-      out.push({ type: 'percentile', p });
+      const text = m[2] ?? m[3]!;
+      const p = Number(text);
+      if (!(p >= 0 && p <= 100)) throw new QueryError(`percentile ${text.length > 20 ? `${text.slice(0, 20)}…` : text} is outside 0..100 at ${at}`, at);
+      out.push({ fn: { type: 'percentile', p }, at });
     }
   } while (c.comma());
   return out;
-}
-
-/** Glob (*, ?, [abc]) → anchored RegExp. */
-export function globRegExp(pattern: string): RegExp {
-  let re = '^';
-  for (const ch of pattern) {
-    if (ch === '*') re += '.*';
-    else if (ch === '?') re += '.';
-    else if (ch === '[' || ch === ']') re += ch;
-    else re += ch.replace(/[.\\^$+(){}|-]/g, '\\$&');
-  }
-  return new RegExp(`${re}$`);
 }
