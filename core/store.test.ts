@@ -3,34 +3,49 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Encoder, KindCode, type SeriesColumns } from '../schema/codec.js';
+import { decodeFrame, Encoder, KindCode, type SeriesColumns } from '../schema/codec.js';
+import { batchBytesMax } from '../schema/limits.js';
 import { hashName } from '../schema/names.js';
+import { encodeShardSection, rackSecondBody, sectionAt } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
-import { Store, type StoreOptions } from './store.js';
+import { Store, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a multiple of 60 minus 0: block starts at 1_790_000_040 - 1_790_000_040 % 60
-const enc = new Encoder();
+const S = 4;
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+function options(dir: string, over: Partial<StoreOptions> = {}): StoreOptions {
+  return { dir, shardCount: S, shards: [0, 1, 2, 3], retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0, ...over };
+}
 
 function open(over: Partial<StoreOptions> = {}): Store {
   const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
   dirs.push(dir);
-  return new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, diskBytesMax: 0, diskReserveBytes: 0, ...over });
+  return new Store(options(dir, over));
 }
 
 let seq = 1;
-function batch(second: number, servers: Record<string, { points?: PointInput[]; dists?: DistInput[] }>, rack = 'r1', rollup?: SeriesColumns): Uint8Array {
-  return enc.rackBatch({
-    rack,
-    batchSeq: seq++,
-    second,
-    late: false,
+/** One rack second as the store receives it from its worker: the header and the sections' bytes. */
+function batch(second: number, servers: Record<string, { points?: PointInput[]; dists?: DistInput[] }>, rack = 'r1', rollup?: SeriesColumns): [RequestHeader, SectionIn[]] {
+  const h = { rack, session: 9, seq: seq++, second, late: false };
+  const body = rackSecondBody({
+    ...h,
+    shards: S,
     servers: Object.entries(servers).map(([server, c]) => ({ server, blocks: [buildColumns(c.points ?? [], c.dists ?? [])] })),
     rollup: rollup ?? buildColumns([], [], []),
   });
+  const r = decodeFrame(body, batchBytesMax);
+  if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('not a RackSecond');
+  const m = r.msg;
+  return [h, Array.from(m.sectionShards, (shard, i) => ({ shard, bytes: sectionAt(m, i).slice() }))];
+}
+
+/** Writes every due row, as the worker does slice by slice. */
+function flushAll(store: Store, nowMs = Date.now() + 3600_000): void {
+  while (store.writeSlice(nowMs));
 }
 
 /** Everything stored for a metric, as { "server@second": value | summary }. */
@@ -58,80 +73,109 @@ function dump(store: Store, name: string, from: number, to: number) {
 }
 
 describe('Store', () => {
-  it('round-trips gauges, counters, negative values and distributions through the head and through rows', async () => {
+  it('round-trips gauges, counters, negative values and distributions through the head and through rows', () => {
     const store = open();
-    expect((await store.ingest(batch(t0, { a: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: 12.25 }, { name: 'req', kind: KindCode.Counter, value: 7 }] }, b: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: -3.5 }] } }))).status).toBe(204);
-    expect((await store.ingest(batch(t0 + 1, { a: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: 1e-7 }], dists: [{ name: 'lat', values: [5, -1, 0, 20] }] } }))).status).toBe(204);
+    expect(store.ingest(...batch(t0, { a: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: 12.25 }, { name: 'req', kind: KindCode.Counter, value: 7 }] }, b: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: -3.5 }] } })).status).toBe(204);
+    expect(store.ingest(...batch(t0 + 1, { a: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: 1e-7 }], dists: [{ name: 'lat', values: [5, -1, 0, 20] }] } })).status).toBe(204);
     // A gap (t0 + 2 missing) and a server appearing later.
-    await store.ingest(batch(t0 + 3, { c: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: 99 }] } }));
+    store.ingest(...batch(t0 + 3, { c: { points: [{ name: 'cpu', kind: KindCode.Gauge, value: 99 }] } }));
     const want = { [`a@${t0}`]: 12.25, [`b@${t0}`]: -3.5, [`a@${t0 + 1}`]: 1e-7, [`c@${t0 + 3}`]: 99 };
     expect(dump(store, 'cpu', t0, t0 + 10)).toEqual(want); // from the head
     expect(dump(store, 'lat', t0, t0 + 10)).toEqual({ [`a@${t0 + 1}`]: { count: 4, sum: 24, min: -1, max: 20, p50: 0 } });
-    expect(await store.flushDue(Date.now() + 3600_000)).toBeGreaterThan(0);
+    flushAll(store);
+    expect(store.counters.rows_written).toBeGreaterThan(0);
     expect(store.heldBytes).toBe(0);
     expect(dump(store, 'cpu', t0, t0 + 10)).toEqual(want); // from LMDB rows
     expect(dump(store, 'req', t0, t0 + 10)).toEqual({ [`a@${t0}`]: 7 });
     expect(dump(store, 'cpu', t0 + 1, t0 + 3)).toEqual({ [`a@${t0 + 1}`]: 1e-7 });
     expect(store.registry.allServers().map((s) => [s.name, s.rack])).toEqual([['a', 'r1'], ['b', 'r1'], ['c', 'r1']]);
-    await store.close();
+    return store.close();
   });
 
-  it('merges late data into a written block, and acknowledges a retried batch once', async () => {
+  it('merges late data into a written block, and stores a retried request once', () => {
     const store = open();
-    await store.ingest(batch(t0, { a: { points: [{ name: 'q', kind: KindCode.Gauge, value: 1 }], dists: [{ name: 'd', values: [1, 2] }] } }));
-    await store.flushDue(Date.now() + 3600_000);
+    store.ingest(...batch(t0, { a: { points: [{ name: 'q', kind: KindCode.Gauge, value: 1 }], dists: [{ name: 'd', values: [1, 2] }] } }));
+    flushAll(store);
     const late = batch(t0, { b: { points: [{ name: 'q', kind: KindCode.Gauge, value: 2 }] }, a: { dists: [{ name: 'd', values: [3] }] } });
-    expect(await store.ingest(late)).toMatchObject({ status: 204, duplicate: false });
-    expect(await store.ingest(late)).toMatchObject({ status: 204, duplicate: true });
-    await store.flushDue(Date.now() + 3600_000);
+    const sections = late[1].length;
+    expect(store.ingest(...late)).toMatchObject({ status: 204, duplicates: 0 });
+    expect(store.ingest(...late)).toMatchObject({ status: 204, duplicates: sections, points: 0 });
+    flushAll(store);
     expect(dump(store, 'q', t0, t0 + 1)).toEqual({ [`a@${t0}`]: 1, [`b@${t0}`]: 2 });
     expect(dump(store, 'd', t0, t0 + 1)).toMatchObject({ [`a@${t0}`]: { count: 3, sum: 6, min: 1, max: 3 } });
-    expect(store.counters).toMatchObject({ batches_duplicate: 1, rows_merged: 2 });
-    await store.close();
+    expect(store.counters).toMatchObject({ sections_duplicate: sections, rows_merged: 2 });
+    return store.close();
   });
 
-  it('refuses batches naming servers beyond the registry bound, and counts them', async () => {
-    const store = open({ serversMax: 2 });
-    expect((await store.ingest(batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] }, b: {} }))).status).toBe(204);
-    expect(await store.ingest(batch(t0 + 1, { c: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] } }))).toMatchObject({ status: 400, reason: 'registry_full' });
-    expect((await store.ingest(batch(t0 + 2, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 2 }] } }))).status).toBe(204);
-    expect(store.counters.registry_full).toBe(1);
-    await store.close();
-  });
-
-  it('refuses a batch holding NaN with 400 and counts it', async () => {
+  it('a rack restarted on an empty spool (new session, seq from 1) is not taken for a duplicate', () => {
     const store = open();
-    const r = await store.ingest(batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: NaN }] } }));
-    expect(r).toMatchObject({ status: 400, reason: 'bad_value' });
-    expect((await store.ingest(new Uint8Array(40))).status).toBe(400);
-    expect(store.rejected).toMatchObject({ bad_value: 1 });
-    await store.close();
+    const [h1, s1] = batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] } });
+    store.ingest(h1, s1);
+    // The same rack id, a new session, and the same seq as before: new data, stored.
+    const [h2, s2] = batch(t0 + 1, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 2 }] } });
+    expect(store.ingest({ ...h2, session: 10, seq: h1.seq }, s2.map((s) => ({ ...s, bytes: resection(s.bytes, { session: 10, seq: h1.seq }) })))).toMatchObject({ status: 204, duplicates: 0 });
+    expect(dump(store, 'x', t0, t0 + 2)).toEqual({ [`a@${t0}`]: 1, [`a@${t0 + 1}`]: 2 });
+    return store.close();
   });
 
-  it('replays acknowledged batches from the WAL after a restart', async () => {
+  it('a server beyond the registry bound loses only its own points (counted), never the rest of the second', () => {
+    const store = open({ serversMax: 2 });
+    expect(store.ingest(...batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] }, b: {} })).status).toBe(204);
+    expect(store.ingest(...batch(t0 + 1, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 2 }] }, c: { points: [{ name: 'x', kind: KindCode.Gauge, value: 3 }] } })).status).toBe(204);
+    expect(dump(store, 'x', t0, t0 + 2)).toEqual({ [`a@${t0}`]: 1, [`a@${t0 + 1}`]: 2 });
+    expect(store.counters).toMatchObject({ servers_refused: 1, points_dropped_servers: 1 });
+    return store.close();
+  });
+
+  it('refuses a section holding NaN with 400 and counts it', () => {
+    const store = open();
+    const r = store.ingest(...batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: NaN }] } }));
+    expect(r).toMatchObject({ status: 400, reason: 'bad_value' });
+    expect(store.ingest({ rack: 'r1', session: 1, seq: 1, second: t0, late: false }, [{ shard: 0, bytes: new Uint8Array(40) }]).status).toBe(400);
+    expect(store.rejected).toMatchObject({ bad_value: 1 });
+    return store.close();
+  });
+
+  it('replays acknowledged sections from the WAL after a restart, and not what rows already hold', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
     dirs.push(dir);
-    const opts = { dir, retentionSeconds: 86400 * 365, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 };
-    const a = new Store(opts);
-    await a.ingest(batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 5 }] } }));
-    await a.close(); // not flushed: only the WAL has it
-    const b = new Store(opts);
-    expect(b.counters.wal_replayed).toBe(1);
+    const a = new Store(options(dir));
+    a.ingest(...batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 5 }], dists: [{ name: 'd', values: [1, 2] }] } }));
+    await a.close(); // not written: only the WAL has it
+    const b = new Store(options(dir));
+    expect(b.counters.wal_replayed).toBeGreaterThan(0);
     expect(dump(b, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
-    await b.flushDue(Date.now() + 3600_000);
+    flushAll(b);
     await b.close();
-    const c = new Store(opts);
+    const c = new Store(options(dir));
     expect(c.counters.wal_replayed).toBe(0);
     expect(dump(c, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
+    expect(dump(c, 'd', t0, t0 + 1)).toMatchObject({ [`s1@${t0}`]: { count: 2 } });
     await c.close();
+  });
+
+  it('a crash between row slices replays only the sections whose rows were not written (distribution counts not doubled)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    // sliceMs 0: one row per slice, so the block is half written when the "crash" comes.
+    const a = new Store(options(dir, { sliceMs: 0 }));
+    a.ingest(...batch(t0, { s1: { dists: [{ name: 'd1', values: [1, 2] }, { name: 'd2', values: [3] }, { name: 'd3', values: [4] }, { name: 'd4', values: [5] }] } }));
+    a.ingest(...batch(t0 + 1, { s1: { dists: [{ name: 'd1', values: [1, 2] }, { name: 'd2', values: [3] }, { name: 'd3', values: [4] }, { name: 'd4', values: [5] }] } }));
+    expect(a.writeSlice(Date.now() + 3600_000)).toBe(true); // more to write
+    expect(a.counters.rows_written).toBeGreaterThan(0);
+    await a.close();
+    const b = new Store(options(dir));
+    flushAll(b);
+    for (const d of ['d1', 'd2', 'd3', 'd4']) expect(Object.values(dump(b, d, t0, t0 + 2)).map((x) => (x as { count: number }).count)).toEqual(d === 'd1' ? [2, 2] : [1, 1]);
+    await b.close();
   });
 
   it('deletes rows past the retention', async () => {
     const store = open({ retentionSeconds: 120 });
     const now = Math.floor(Date.now() / 1000);
-    await store.ingest(batch(now - 600, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 1 }] } }));
-    await store.ingest(batch(now, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 2 }] } }));
-    await store.flushDue(Date.now() + 3600_000);
+    store.ingest(...batch(now - 600, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 1 }] } }));
+    store.ingest(...batch(now, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 2 }] } }));
+    flushAll(store);
     expect(await store.retentionSweep(Date.now())).toBe(1);
     expect(dump(store, 'old', now - 700, now + 1)).toEqual({ [`a@${now}`]: 2 });
     await store.close();
@@ -143,9 +187,9 @@ describe('Store', () => {
     // fails; a filler file takes the room and is deleted to give it back.
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir]);
     try {
-      const store = new Store({ dir: join(dir, 'core'), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, diskBytesMax: 0, diskReserveBytes: 0 });
+      const store = new Store(options(join(dir, 'core')));
       const points = (v: number) => ({ 'web-1': { points: Array.from({ length: 200 }, (_, i) => ({ name: `m.${i}`, kind: KindCode.Gauge as const, value: v + i })) } });
-      expect((await store.ingest(batch(t0, points(1)))).status).toBe(204);
+      expect(store.ingest(...batch(t0, points(1))).status).toBe(204);
       writeFileSync(join(dir, 'filler'), new Uint8Array(0));
       try {
         for (;;) appendFileSync(join(dir, 'filler'), new Uint8Array(64 * 1024));
@@ -153,19 +197,22 @@ describe('Store', () => {
         expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
       }
       let refused = 0;
+      let retry: ReturnType<typeof batch> | null = null;
       for (let i = 1; i < 40 && refused === 0; i++) {
-        const r = await store.ingest(batch(t0 + i, points(i + 1)));
+        const b = batch(t0 + i, points(i + 1));
+        const r = store.ingest(...b);
         if (r.status === 503) {
           refused = i;
+          retry = b;
           expect(r.reason).toBe('storage_full');
-          expect(r.error).toMatch(/^storage write failed \(.+\); free disk space/);
+          expect((r as { error: string }).error).toMatch(/^storage write failed \(.+\); free disk space/);
         } else expect(r.status).toBe(204);
       }
       expect(refused).toBeGreaterThan(0);
       rmSync(join(dir, 'filler'));
-      // The rack retries the refused batch: now stored, and every acknowledged second is there.
-      expect((await store.ingest(batch(t0 + refused, points(refused + 1)))).status).toBe(204);
-      await store.flushDue(Date.now() + 1e9);
+      // The rack retries the refused request: now stored, and every acknowledged second is there.
+      expect(store.ingest(...retry!).status).toBe(204);
+      flushAll(store, Date.now() + 1e9);
       const stored = dump(store, 'm.7', t0, t0 + 60);
       expect(Object.keys(stored).length).toBe(refused + 1);
       expect(stored[`web-1@${t0 + refused}`]).toBe(refused + 1 + 7);
@@ -175,3 +222,10 @@ describe('Store', () => {
     }
   });
 });
+
+/** A section re-encoded with another session and seq (a rack that started over). */
+function resection(bytes: Uint8Array, h: { session: number; seq: number }): Uint8Array {
+  const r = decodeFrame(bytes, batchBytesMax);
+  if (!r.ok || r.msg.type !== 'shardSection') throw new Error('not a section');
+  return encodeShardSection(new Encoder(), { ...r.msg, ...h }, r.msg);
+}

@@ -422,7 +422,8 @@ export class Store {
       const metrics = head.blocks.get(block) ?? new Map<number, Map<number, MetricHead>>();
       for (const [mi, racks] of metrics) {
         for (const [rackId, mh] of racks) {
-          if (performance.now() - t0 > this.opts.sliceMs) {
+          // At least one row per slice, so that any budget makes progress.
+          if (puts.length > 0 && performance.now() - t0 > this.opts.sliceMs) {
             more = true;
             break outer;
           }
