@@ -1,0 +1,181 @@
+// One suite over a whole core node (HTTP API → worker threads → stores) with 1 and with 3
+// workers (issue 12): the answers must not depend on how shards are spread over threads.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KindCode } from '../schema/codec.js';
+import { rackSecondBody } from '../schema/section.js';
+import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
+import { openNode, type CoreNode } from './node.js';
+import type { WindowResult } from './query/eval.js';
+
+const S = 8;
+const now = Math.floor(Date.now() / 1000);
+const t0 = now - 600 - (now % 60); // a block start 10 minutes ago: every block due for writing
+
+describe.each([1, 3])('core node with %i worker(s)', (workers) => {
+  let dir: string;
+  let node: CoreNode;
+  let seq = 1;
+  const session = 77;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), `apm-node-${workers}-`));
+    node = await openNode({ dataDir: dir, workers, shards: S, queryLatenessMs: 0, flushGraceMs: 0, limits: { serversMax: 50 } });
+  });
+  afterAll(async () => {
+    await node.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function body(second: number, servers: Record<string, { points?: PointInput[]; dists?: DistInput[] }>, opts: { rack?: string; rollup?: DistInput[]; names?: string[]; seq?: number } = {}): Uint8Array {
+    return rackSecondBody({
+      rack: opts.rack ?? 'r1',
+      session,
+      seq: opts.seq ?? seq++,
+      second,
+      late: false,
+      shards: S,
+      servers: Object.entries(servers).map(([server, c]) => ({ server, blocks: [buildColumns(c.points ?? [], c.dists ?? [])] })),
+      rollup: buildColumns([], opts.rollup ?? [], opts.names ?? []),
+    });
+  }
+
+  async function post(b: Uint8Array): Promise<number> {
+    return (await node.app.request('/api/v1/ingest', { method: 'POST', body: b })).status;
+  }
+
+  async function query(text: string, from: number, to: number): Promise<WindowResult[]> {
+    const r = await node.app.request(`/api/v1/query?q=${encodeURIComponent(text)}&from=${from * 1000}&to=${to * 1000}`);
+    expect(r.status).toBe(200);
+    return ((await r.json()) as { windows: WindowResult[] }).windows;
+  }
+
+  it('answers exactly across shards, from the head and from rows', async () => {
+    const metrics = Array.from({ length: 12 }, (_, i) => `m.${i}`);
+    for (let t = t0; t < t0 + 10; t++) {
+      const servers: Record<string, { points: PointInput[] }> = {};
+      for (let s = 0; s < 4; s++) servers[`web-${s}`] = { points: metrics.map((m, i) => ({ name: m, kind: KindCode.Gauge, value: s * 100 + i + (t - t0) })) };
+      expect(await post(body(t, servers, { names: t === t0 ? metrics : [] }))).toBe(204);
+    }
+    const check = async () => {
+      for (const [i, m] of metrics.entries()) {
+        const [w] = await query(`FROM web-* SELECT ${m} WINDOW 10s COMPUTE count, sum, min, max, p50`, t0, t0 + 10);
+        const values = [0, 1, 2, 3].flatMap((s) => Array.from({ length: 10 }, (_, k) => s * 100 + i + k));
+        expect(w).toMatchObject({ servers: 4, count: 40, values: { count: 40, sum: values.reduce((a, b) => a + b), min: i, max: 300 + i + 9, 'percentile(50)': [...values].sort((a, b) => a - b)[19] } });
+      }
+    };
+    await check(); // from the head
+    await node.pool.flush(Date.now() + 3_600_000);
+    await check(); // from rows
+    const listed = ((await (await node.app.request('/api/v1/metrics')).json()) as { metrics: { name: string }[] }).metrics.map((m) => m.name);
+    expect(listed).toEqual(expect.arrayContaining(metrics));
+  });
+
+  it('stores two copies of one request arriving at once only once', async () => {
+    const b = body(t0 + 20, { a: { dists: [{ name: 'dup.lat', values: [1, 2, 3] }] } }, { rollup: [{ name: 'dup.lat', values: [1, 2, 3] }] });
+    expect(await Promise.all([post(b), post(b), post(b)])).toEqual([204, 204, 204]);
+    const [w] = await query('FROM a SELECT dup.lat WINDOW 1s COMPUTE count, sum', t0 + 20, t0 + 21);
+    expect(w!.values).toEqual({ count: 3, sum: 6 });
+  });
+
+  it('whole-rack percentiles use the rack rollup only when every server of the row is selected', async () => {
+    // r9 carried x (1s) and y (100s) at t; y later moves to rack r10.
+    const t = t0 + 40;
+    expect(await post(body(t, { x: { dists: [{ name: 'moved.lat', values: [1, 1, 1] }] }, y: { dists: [{ name: 'moved.lat', values: [100, 100, 100] }] } }, { rack: 'r9', rollup: [{ name: 'moved.lat', values: [1, 1, 1, 100, 100, 100] }] }))).toBe(204);
+    expect(await post(body(t + 1, { y: { dists: [{ name: 'moved.lat', values: [100] }] } }, { rack: 'r10', rollup: [{ name: 'moved.lat', values: [100] }] }))).toBe(204);
+    const [onlyX] = await query('FROM x SELECT moved.lat WINDOW 1s COMPUTE p99, max', t, t + 1);
+    expect(onlyX!.values['percentile(99)']).toBeCloseTo(1, 1);
+    // The rack as a whole: everything it carried, from the rollup.
+    const [rack] = await query('FROM rack:r9 SELECT moved.lat WINDOW 1s COMPUTE count, p99', t, t + 1);
+    expect(rack!.values.count).toBe(6);
+    expect(rack!.values['percentile(99)']).toBeCloseTo(100, -1);
+    // y's history is under both racks: FROM y sees all of it.
+    const [both] = await query('FROM y SELECT moved.lat WINDOW 2s COMPUTE count', t, t + 2);
+    expect(both!.values.count).toBe(4);
+  });
+
+  it('stored queries evaluate in the owning worker and revise a window when late data arrives', async () => {
+    const created = await node.app.request('/api/v1/queries', { method: 'POST', body: JSON.stringify({ name: 'sq', query: 'FROM * SELECT sq.v WINDOW 5s COMPUTE sum, count' }), headers: { 'content-type': 'application/json' } });
+    expect(created.status).toBe(201);
+    const { id } = (await created.json()) as { id: string };
+    // Its first window is the one before creation.
+    const nowS = Math.floor(Date.now() / 1000);
+    const first = nowS - (nowS % 5) - 5;
+    expect(await post(body(first + 1, { a: { points: [{ name: 'sq.v', kind: KindCode.Gauge, value: 2 }] } }))).toBe(204);
+    await node.pool.tick(Date.now() + 10_000);
+    const results = async () => ((await (await node.app.request(`/api/v1/queries/${id}/results?from=${first * 1000}&to=${(first + 5) * 1000}`)).json()) as { windows: WindowResult[] }).windows;
+    await waitFor(async () => (await results())[0]?.values.sum === 2);
+    expect((await results())[0]!.revision).toBe(0);
+    // A late second inside that evaluated window revises it.
+    expect(await post(body(first + 2, { b: { points: [{ name: 'sq.v', kind: KindCode.Gauge, value: 7 }] } }))).toBe(204);
+    await node.pool.tick(Date.now() + 10_000);
+    await waitFor(async () => (await results())[0]?.values.sum === 9);
+    expect((await results())[0]).toMatchObject({ revision: 1, servers: 2, values: { sum: 9, count: 2 } });
+  });
+
+  it('a worker thread that dies is restarted from its WAL; acknowledged data is intact', async () => {
+    const t = t0 + 180;
+    for (let k = 0; k < 3; k++) expect(await post(body(t + k, { w1: { points: [{ name: `kill.${k}`, kind: KindCode.Gauge, value: k + 1 }, { name: 'kill.all', kind: KindCode.Gauge, value: 1 }] } }))).toBe(204);
+    await node.pool.killWorker(0);
+    await waitFor(async () => node.pool.counters.worker_restarts >= 1 && node.pool.stats().workersUp === workers);
+    for (let k = 0; k < 3; k++) {
+      const [w] = await query(`FROM w1 SELECT kill.${k} WINDOW 1s COMPUTE sum`, t + k, t + k + 1);
+      expect(w!.values.sum).toBe(k + 1);
+    }
+    const [all] = await query('FROM w1 SELECT kill.all WINDOW 3s COMPUTE count', t, t + 3);
+    expect(all!.values.count).toBe(3);
+    expect(await metricValue(node, 'apm_core_worker_deaths_total')).toBe(1);
+  });
+
+  it('keeps answering while a large block is written', async () => {
+    const t = t0 + 240;
+    const metrics = Array.from({ length: 500 }, (_, i) => ({ name: `big.${i}`, kind: KindCode.Gauge as const, value: i }));
+    for (let k = 0; k < 30; k++) {
+      const servers: Record<string, { points: PointInput[] }> = {};
+      for (let s = 0; s < 10; s++) servers[`big-${s}`] = { points: metrics.map((m) => ({ ...m, value: m.value + k })) };
+      expect(await post(body(t + k, servers, { rack: 'big' }))).toBe(204);
+    }
+    let done = false;
+    const writing = node.pool.flush(Date.now() + 3_600_000).then(() => (done = true));
+    let answered = 0;
+    while (!done) {
+      const r = await Promise.race([node.app.request('/healthz'), new Promise<null>((resolve) => setTimeout(() => resolve(null), 2000))]);
+      expect(r?.status).toBe(200); // null: the HTTP thread did not answer within 2 s
+      answered++;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await writing;
+    expect(answered).toBeGreaterThan(0);
+    const [w] = await query('FROM big-* SELECT big.499 WINDOW 30s COMPUTE count', t, t + 30);
+    expect(w!.values.count).toBe(300);
+  });
+  it('(last: fills the registry) a server beyond serversMax loses its own points, counted; the rest of the second is stored (not a 400)', async () => {
+    const many: Record<string, { points: PointInput[] }> = {};
+    for (let s = 0; s < 60; s++) many[`cap-${String(s).padStart(2, '0')}`] = { points: [{ name: 'cap.x', kind: KindCode.Gauge, value: 1 }] };
+    expect(await post(body(t0 + 30, many, { rack: 'cap' }))).toBe(204);
+    const [w] = await query('FROM cap-* SELECT cap.x WINDOW 1s COMPUTE count', t0 + 30, t0 + 31);
+    // The store holding cap.x knew some servers already; the first ones fit, the rest are refused, each counted.
+    const stored = w!.values.count!;
+    expect(stored).toBeGreaterThan(0);
+    expect(stored).toBeLessThan(60);
+    await waitFor(async () => (await metricValue(node, 'apm_core_points_dropped_total{reason="server_overflow"}')) === 60 - stored);
+  });
+
+});
+
+async function metricValue(node: CoreNode, series: string): Promise<number> {
+  const text = await (await node.app.request('/metrics')).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? NaN : Number(line.slice(series.length + 1));
+}
+
+async function waitFor(cond: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
