@@ -1,11 +1,18 @@
-// Sends spooled batches to the core (POST /api/v1/ingest) with undici: keep-alive, bounded
-// concurrency, retry with exponential backoff. A batch leaves the spool only on a 2xx; a 4xx
-// other than 401/403/408/429 means the core refuses it for good (counted, logged, removed).
+// Sends spooled batches — RackSecond bodies, one per closed second — to the core (POST
+// /api/v1/ingest, DESIGN §9) with undici: keep-alive, bounded concurrency, in order, retry with
+// exponential backoff. A batch leaves the spool only on a 2xx; a 4xx other than
+// 401/403/408/409/429 means the core refuses it for good (counted, logged, removed).
 // 401/403 refuse the rack's token, not the batch: it stays spooled and is retried with backoff
 // until an operator fixes --token-file or the core's tokens file (issue 8).
+// 409 shards_mismatch: the body was cut for another shard count than the core's. The rack
+// learns the core's S (persisted in the spool), and every spooled body cut for another S is
+// re-cut before it is sent (issue 12). The core's S is also asked at start (placement.ts).
 
 import { Pool } from 'undici';
+import { decodeFrame } from '../schema/codec.js';
+import { batchBytesMax } from '../schema/limits.js';
 import { Histogram } from '../schema/prom.js';
+import { PlacementFetch, parseShardsMismatch } from './placement.js';
 import type { Spool } from './spool.js';
 
 /** Batch → second notes kept for the latency histogram (a day of one batch per second). */
@@ -18,7 +25,12 @@ export interface ForwarderOptions {
   requestTimeoutMs: number;
   backoffMinMs: number;
   backoffMaxMs: number;
+  /** The same body cut for another shard count (rack/recut.ts); throws on a body it cannot read. */
+  recut: (body: Uint8Array, shards: number) => Uint8Array;
 }
+
+/** The body's content type (issue 12): a RackSecond frame. */
+export const bodyContentType = 'application/x-apm-second';
 
 export class Forwarder {
   private readonly pool: Pool;
@@ -30,7 +42,22 @@ export class Forwarder {
   private stopped = false;
   /** Set while the last attempt failed; cleared by the next 2xx. */
   coreDown = false;
-  readonly counters = { batches_acked: 0, bytes_acked: 0, batches_failed: 0, batches_rejected: 0, batches_replayed: 0, batches_unauthorized: 0, status_reports_failed: 0 };
+  readonly counters = {
+    batches_acked: 0,
+    bytes_acked: 0,
+    batches_failed: 0,
+    batches_rejected: 0,
+    batches_replayed: 0,
+    batches_unauthorized: 0,
+    status_reports_failed: 0,
+    /** 409 shards_mismatch answers. */
+    shards_mismatch: 0,
+    /** Spooled bodies re-cut for the core's shard count. */
+    batches_recut: 0,
+    /** Spooled bodies this build cannot read (e.g. written by an older version): dropped. */
+    batches_unreadable: 0,
+  };
+  private readonly placement: PlacementFetch;
   /** Set while the core refuses the token (401/403); cleared by the next 2xx. */
   authRefused = false;
   /** Newest second whose batch the core acknowledged (0: none yet). */
@@ -52,6 +79,41 @@ export class Forwarder {
     });
     // Whatever a previous process left in the spool is replayed first, in order.
     this.counters.batches_replayed = spool.heldBatches;
+    this.placement = new PlacementFetch({
+      get: () => this.getPlacement(),
+      learn: (shards) => void this.learnShards(shards, 'its placement'),
+      backoffMinMs: opts.backoffMinMs,
+      backoffMaxMs: opts.backoffMaxMs,
+      log: (line) => console.error(line),
+    });
+  }
+
+  /** Asks the core for its shard count (in the background) and starts sending. */
+  start(): void {
+    void this.placement.run();
+    this.pump();
+  }
+
+  /** Placement requests that failed (they are retried with backoff until one succeeds). */
+  get placementFailures(): number {
+    return this.placement.failures;
+  }
+
+  private async getPlacement(): Promise<{ status: number; text: string }> {
+    const res = await this.pool.request({ path: new URL('/api/v1/placement', this.opts.coreUrl).pathname, method: 'GET', headers: this.authHeader() });
+    return { status: res.statusCode, text: (await res.body.text()).slice(0, 1000) };
+  }
+
+  private authHeader(): Record<string, string> {
+    return this.opts.token === null ? {} : { authorization: `Bearer ${this.opts.token}` };
+  }
+
+  /** Records the core's S (persisted): bodies cut for another S are re-cut before they are sent. */
+  private async learnShards(shards: number, source: string): Promise<void> {
+    const before = this.spool.shards;
+    if (shards === before) return;
+    console.error(`rack: the core has ${shards} shards (from ${source}), this rack cut for ${before}; spooled bodies are re-cut for ${shards} before they are sent`);
+    await this.spool.setShards(shards);
   }
 
   /** Notes the second a batch describes (for the latency histogram) and starts sending. */
@@ -91,17 +153,20 @@ export class Forwarder {
     this.timer.unref();
   }
 
-  private async send(seq: number, bytes: Uint8Array): Promise<void> {
+  private async send(seq: number, spooled: Uint8Array): Promise<void> {
+    const cut = await this.forShards(seq, spooled);
+    if (cut === null) {
+      this.inFlight.delete(seq);
+      return this.pump();
+    }
+    const bytes = cut.bytes;
     let status = 0;
     let detail = '';
     try {
       const res = await this.pool.request({
         path: new URL('/api/v1/ingest', this.opts.coreUrl).pathname,
         method: 'POST',
-        headers: {
-          'content-type': 'application/x-apm-batch',
-          ...(this.opts.token === null ? {} : { authorization: `Bearer ${this.opts.token}` }),
-        },
+        headers: { 'content-type': bodyContentType, ...this.authHeader() },
         body: bytes,
       });
       status = res.statusCode;
@@ -113,6 +178,8 @@ export class Forwarder {
     this.inFlight.delete(seq);
     if (status >= 200 && status < 300) return this.acked(seq, bytes.length);
     if (status === 401 || status === 403) return this.unauthorized(status, detail);
+    const coreShards = status === 409 ? parseShardsMismatch(detail) : null;
+    if (coreShards !== null) return this.mismatch(seq, cut.shards, coreShards);
     if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
       this.counters.batches_rejected++;
       console.error(`rack: core refused batch ${seq} with ${status}: ${detail}; dropped (fix the cause: this will not succeed on retry)`);
@@ -123,6 +190,43 @@ export class Forwarder {
     this.counters.batches_failed++;
     if (!this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} unavailable (${status || detail}); spooling and retrying with backoff`);
     this.retryLater();
+  }
+
+  /**
+   * The spooled body cut for the shard count in use: re-cut (and replaced in the spool) when it
+   * was cut for another; null for a body this build cannot read (counted, logged, removed).
+   */
+  private async forShards(seq: number, bytes: Uint8Array): Promise<{ bytes: Uint8Array; shards: number } | null> {
+    const r = decodeFrame(bytes, batchBytesMax);
+    const shards = this.spool.shards;
+    if (r.ok && r.msg.type === 'rackSecond' && r.msg.shards === shards) return { bytes, shards };
+    try {
+      if (!r.ok || r.msg.type !== 'rackSecond') throw new Error(r.ok ? `a ${r.msg.type}, not a RackSecond` : `${r.reason}: ${r.detail}`);
+      const recut = this.opts.recut(bytes, shards);
+      this.counters.batches_recut++;
+      await this.spool.replace(seq, recut);
+      return { bytes: recut, shards };
+    } catch (err) {
+      if (this.counters.batches_unreadable++ === 0) {
+        console.error(`rack: spooled batch ${seq} cannot be read (${(err as Error).message}); dropped, as is every other such batch (apm_rack_batches_unreadable_total). A spool written by an older apm holds batches this core no longer accepts`);
+      }
+      this.secondOf.delete(seq);
+      await this.spool.remove(seq);
+      return null;
+    }
+  }
+
+  /** 409 shards_mismatch: learn the core's S and send the body again, re-cut. */
+  private async mismatch(seq: number, sentShards: number, coreShards: number): Promise<void> {
+    this.counters.shards_mismatch++;
+    if (coreShards === sentShards) {
+      // The core refuses the S it names: re-cutting cannot help, so back off as for a 5xx.
+      console.error(`rack: core refused batch ${seq} for shards_mismatch yet names the ${sentShards} shards it was cut for; retrying with backoff`);
+      this.counters.batches_failed++;
+      return this.retryLater();
+    }
+    await this.learnShards(coreShards, `a 409 for batch ${seq}`);
+    this.pump();
   }
 
   /** The core refuses the token: every batch would fail alike, so keep them all and back off. */
@@ -172,7 +276,7 @@ export class Forwarder {
       const res = await this.pool.request({
         path: new URL(`/api/v1/racks/${encodeURIComponent(rack)}/status`, this.opts.coreUrl).pathname,
         method: 'POST',
-        headers: { 'content-type': 'application/json', ...(this.opts.token === null ? {} : { authorization: `Bearer ${this.opts.token}` }) },
+        headers: { 'content-type': 'application/json', ...this.authHeader() },
         body: JSON.stringify(status),
       });
       await res.body.dump();
@@ -187,6 +291,7 @@ export class Forwarder {
     const deadline = Date.now() + waitMs;
     while (this.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.stopped = true;
+    this.placement.stop();
     if (this.timer !== null) clearTimeout(this.timer);
     await this.pool.close().catch(() => undefined);
   }

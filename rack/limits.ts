@@ -46,7 +46,8 @@ export const rackLimits = {
   nackRetriesMax: 6,
   /** Metric names remembered (hash → name); beyond it names are not relayed (counted). */
   namesMax: 1_000_000,
-  /** Distinct metrics in one rack-second's rollup. */
+  /** Distinct metrics in one rack second: bounds the rollup and the shard sections cut from it
+   *  (40 servers × 2,000 metrics share most names; 500 k leaves room for per-server names). */
   rollupMetricsMax: 500_000,
   /** Names re-sent to the core with every batch (a core that lost its registry relearns them). */
   nameRefreshPerBatch: 200,

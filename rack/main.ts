@@ -8,7 +8,8 @@ import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOption
 import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
 
-export const rackHelp = `apm rack: the rack aggregator (edges' datagrams in, one batch per second out to the core)
+export const rackHelp = `apm rack: the rack aggregator (edges' datagrams in, one batch per second out to the core,
+cut into the core's shards: GET /api/v1/placement at start, re-cut on 409 shards_mismatch)
 
 Usage: apm rack --rack <id> --listen <host:port> --core <url> [options]
 
@@ -102,7 +103,7 @@ export async function main(argv: string[]): Promise<void> {
   process.once('SIGTERM', () => void stop('SIGTERM'));
   if (keyFile !== undefined) process.on('SIGHUP', () => reloadKeyFile(keyFile, 'rack', (keys) => rack.setKeys(keys)));
   console.log(
-    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches`,
+    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches (session ${rack.spool.session.toString(16)}, ${rack.spool.shards} shards)`,
   );
 }
 

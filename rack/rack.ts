@@ -1,5 +1,6 @@
 // The rack daemon: UDP socket → bounded queue → (tick) decode, reassemble, NACK, close
-// seconds → merge → spool → forward. HTTP /metrics and /healthz for operators.
+// seconds → merge → cut into the core's shard sections (one RackSecond body per second,
+// DESIGN §9) → spool → forward. HTTP /metrics and /healthz for operators.
 
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
@@ -9,12 +10,14 @@ import { sign, type KeySet } from '../schema/auth.js';
 import { Encoder, decodeFrame, frameBytesMin, type RejectReason } from '../schema/codec.js';
 import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
+import { SectionCutter } from '../schema/section.js';
 import { Forwarder } from './forwarder.js';
 import { DatagramGuard } from './guard.js';
 import type { RackLimits } from './limits.js';
 import { RackMerger } from './merge.js';
 import { NameTable } from './names.js';
 import { Reassembly, type ClosedBatch } from './reassembly.js';
+import { recut } from './recut.js';
 import { Spool } from './spool.js';
 
 export interface RackOptions {
@@ -41,6 +44,8 @@ export class Rack {
   readonly guard: DatagramGuard;
   private keys: KeySet | null;
   private readonly merger: RackMerger;
+  /** Cuts each merged second into shard sections; also re-cuts spooled bodies for a new S. */
+  private readonly cutter: SectionCutter;
   private readonly encoder = new Encoder();
   private socket: dgram.Socket | null = null;
   private http: ServerType | null = null;
@@ -86,6 +91,7 @@ export class Rack {
     });
     this.names = new NameTable(l.namesMax);
     this.merger = new RackMerger(l.rollupMetricsMax);
+    this.cutter = new SectionCutter(l.rollupMetricsMax);
     this.forwarder = new Forwarder(this.spool, {
       coreUrl: opts.coreUrl,
       token: opts.token,
@@ -93,6 +99,7 @@ export class Rack {
       requestTimeoutMs: l.forwardTimeoutMs,
       backoffMinMs: l.backoffMinMs,
       backoffMaxMs: l.backoffMaxMs,
+      recut: (body, shards) => recut(this.cutter, body, shards),
     });
   }
 
@@ -130,7 +137,7 @@ export class Rack {
     this.timer = setInterval(() => this.tick(Date.now()), l.tickMs);
     this.reportTimer = setInterval(() => void this.forwarder.report(this.opts.rack, this.statusReport()), l.statusReportMs);
     this.reportTimer.unref();
-    this.forwarder.pump();
+    this.forwarder.start();
     return { udpPort: socket.address().port, httpPort };
   }
 
@@ -213,7 +220,7 @@ export class Rack {
     const rollup = { ...merged.rollup, ...this.names.forBatch(this.opts.limits.nameRefreshPerBatch) };
     const seq = this.spool.takeSeq();
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
-    const bytes = this.encoder.rackBatch({ rack: this.opts.rack, batchSeq: seq, second: batch.second, late: batch.late, servers: merged.servers, rollup });
+    const bytes = this.cutter.body({ rack: this.opts.rack, session: this.spool.session, seq, second: batch.second, late: batch.late, shards: this.spool.shards, servers: merged.servers, rollup });
     this.pendingWrites++;
     void this.spool
       .put(seq, bytes)
@@ -325,6 +332,13 @@ export class Rack {
     p.counter('apm_rack_names_dropped_total', 'Names not kept because the name table is full', this.names.overflow);
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
+    p.counter('apm_rack_section_metrics_dropped_total', "Metrics left out of a second's sections (more distinct metrics in one second than the rack's metric bound)", this.cutter.overflow);
+    p.gauge('apm_rack_shards', "Shards the rack cuts each second into (the core's S; the default until the core ever said)", this.spool.shards);
+    p.gauge('apm_rack_session', "This spool's session: the core de-duplicates by (rack, session, seq)", this.spool.session);
+    p.counter('apm_rack_placement_failures_total', "Requests for the core's shard count (GET /api/v1/placement) that failed; retried with backoff", f.placementFailures);
+    p.counter('apm_rack_shards_mismatch_total', 'Batches the core refused with 409 shards_mismatch (cut for another shard count; re-cut and sent again)', f.counters.shards_mismatch);
+    p.counter('apm_rack_batches_recut_total', "Spooled batches re-cut for the core's shard count before sending", f.counters.batches_recut);
+    p.counter('apm_rack_batches_unreadable_total', 'Spooled batches this build cannot read (e.g. written by an older apm), dropped', f.counters.batches_unreadable);
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
     p.counter('apm_rack_batches_spool_failed_total', 'Batches lost because spooling them threw (a bug: the spool holds refused writes in memory)', this.counters.batches_spool_failed);
     p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);

@@ -117,10 +117,8 @@ class CaptureRelay {
 /** The core's view per server-second, on-time and late batches together. */
 function coreView(core: FakeCore): Map<string, SeriesColumns[]> {
   const out = new Map<string, SeriesColumns[]>();
-  const seen = new Set<number>();
+  // The fake core keeps each (rack, session, seq) once, as the core de-duplicates.
   for (const b of core.batches) {
-    if (seen.has(b.batchSeq)) continue;
-    seen.add(b.batchSeq);
     for (const s of b.servers) out.set(`${s.server}@${b.second}`, [...(out.get(`${s.server}@${b.second}`) ?? []), s.series]);
   }
   return out;

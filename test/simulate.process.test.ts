@@ -50,8 +50,7 @@ describe('apm simulate', () => {
     for (const b of full.slice(1)) {
       for (const s of b.servers) expect(s.series.pointKinds.length + s.series.distKinds.length, `${s.server} at ${b.second}`).toBe(300);
     }
-    const names = core.batches.map((b) => Buffer.from(b.rollup.nameBytes).toString('latin1')).join('');
-    expect(names).toContain('sim.rpc_latency_ms.14');
+    expect(core.names()).toContain('sim.rpc_latency_ms.14');
     const rm = parseProm(await (await fetch(`${m[2]}/metrics`)).text());
     expect(relay.dropped).toBeGreaterThan(0);
     expect(rm.get('apm_rack_parts_recovered_total')).toBeGreaterThan(0);

@@ -1,0 +1,170 @@
+// A Rack in this process with real sockets: UDP datagrams in, RackSecond bodies out to a fake
+// core on loopback (contract v2, issue 12): sessions, placement, 409 shards_mismatch.
+
+import { afterEach, describe, expect, it } from 'vitest';
+import dgram from 'node:dgram';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Encoder, KindCode } from '../schema/codec.js';
+import { buildColumns } from '../schema/testdata.js';
+import { FakeCore } from '../test/fake-core.js';
+import { parseProm } from '../test/merge-helper.js';
+import { until } from '../test/proc.js';
+import { rackLimits } from './limits.js';
+import { Rack } from './rack.js';
+import { decodeSecond } from './recut.js';
+import { Spool } from './spool.js';
+
+const cleanup: (() => Promise<unknown> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+async function startCore(): Promise<FakeCore> {
+  const core = new FakeCore();
+  await core.start();
+  cleanup.push(() => core.stop());
+  return core;
+}
+
+interface Started {
+  rack: Rack;
+  udpPort: number;
+  httpPort: number;
+  /** Stops the rack once (later calls and the cleanup do nothing). */
+  stop: () => Promise<void>;
+}
+
+async function startRack(corePort: number, spoolDir: string): Promise<Started> {
+  const rack = new Rack({
+    rack: 'r1',
+    listenHost: '127.0.0.1',
+    listenPort: 0,
+    coreUrl: `http://127.0.0.1:${corePort}`,
+    spoolDir,
+    httpHost: '127.0.0.1',
+    httpPort: 0,
+    latenessMs: 200,
+    token: null,
+    allowList: null,
+    limits: { ...rackLimits, resumeHoldMs: 0, backoffMinMs: 20, backoffMaxMs: 200 },
+  });
+  const ports = await rack.start();
+  let stopping: Promise<void> | null = null;
+  const stop = () => (stopping ??= rack.stop());
+  cleanup.push(stop);
+  return { rack, udpPort: ports.udpPort, httpPort: ports.httpPort, stop };
+}
+
+/** An edge: one datagram per second with a gauge, a counter and a distribution, names attached. */
+class Edge {
+  private readonly sock = dgram.createSocket('udp4');
+  private seq = 1;
+  constructor(private readonly server: string) {
+    cleanup.push(() => void this.sock.close());
+  }
+
+  send(port: number, second: number): void {
+    const series = buildColumns(
+      [
+        { name: 'cpu', kind: KindCode.Gauge, value: second % 1000 },
+        { name: 'requests', kind: KindCode.Counter, value: 3 },
+      ],
+      [{ name: 'latency', values: [1, 2, second % 7] }],
+      ['cpu', 'requests', 'latency'],
+    );
+    this.sock.send(new Encoder().edgeSecond({ server: this.server, session: 9, seq: this.seq++, second, part: 0, parts: 1, sentMs: Date.now(), series }), port, '127.0.0.1');
+  }
+}
+
+const nowSecond = () => Math.floor(Date.now() / 1000);
+
+async function rackMetrics(httpPort: number): Promise<Map<string, number>> {
+  return parseProm(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text());
+}
+
+describe('Rack → core (RackSecond bodies)', () => {
+  it('regression: a rack on a new spool gets a new session, so the core does not take its seq 1 for a duplicate; a restart on the same spool keeps session and seq', async () => {
+    const core = await startCore();
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rack-session-'));
+    const edge = new Edge('web-1');
+    const first = await startRack(core.port, dir);
+    const s1 = nowSecond();
+    edge.send(first.udpPort, s1);
+    await until(() => (core.batches.length === 1 ? true : undefined), 5000, 'the first body');
+    await first.stop();
+    const session1 = core.batches[0]!.session;
+    expect([core.batches[0]!.seq, core.batches[0]!.second, session1]).toEqual([1, s1, first.rack.spool.session]);
+
+    // The spool is deleted: the next rack starts at seq 1 again, under a new session.
+    rmSync(dir, { recursive: true, force: true });
+    const second = await startRack(core.port, dir);
+    const s2 = nowSecond() + 1;
+    edge.send(second.udpPort, s2);
+    await until(() => (core.batches.length === 2 ? true : undefined), 5000, 'the new spool’s first body at the core');
+    await second.stop();
+    const b = core.batches[1]!;
+    expect([b.seq, b.second, core.duplicates]).toEqual([1, s2, 0]);
+    expect(b.session).not.toBe(session1);
+    expect(b.servers.map((s) => s.server)).toEqual(['web-1']);
+
+    // Restarted on the same spool: same session, the next seq.
+    const third = await startRack(core.port, dir);
+    const s3 = nowSecond() + 1;
+    edge.send(third.udpPort, s3);
+    await until(() => (core.batches.length === 3 ? true : undefined), 5000, 'the restarted rack’s body');
+    expect([core.batches[2]!.session, core.batches[2]!.seq, core.duplicates]).toEqual([b.session, 2, 0]);
+  });
+
+  it('asks the core for its shard count (retrying while it fails), cuts with it, and re-cuts a body the core refuses with 409 shards_mismatch', async () => {
+    const core = await startCore();
+    core.shards = 8;
+    core.placementStatus = 503;
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rack-shards-'));
+    const { rack, udpPort, httpPort } = await startRack(core.port, dir);
+    await until(() => (core.placementRequests >= 2 ? true : undefined), 5000, 'placement retries');
+    core.placementStatus = 200;
+    await until(() => (rack.spool.shards === 8 ? true : undefined), 5000, 'the core’s 8 shards learned');
+    const edge = new Edge('web-1');
+    const s1 = nowSecond();
+    edge.send(udpPort, s1);
+    await until(() => (core.batches.length === 1 ? true : undefined), 5000, 'a body cut for 8 shards');
+    expect([core.batches[0]!.shards, core.mismatches]).toEqual([8, 0]);
+
+    // The core now has 2 shards (say, a new data directory): the next body is refused once, re-cut and taken.
+    core.shards = 2;
+    edge.send(udpPort, s1 + 1);
+    await until(() => (core.batches.length === 2 ? true : undefined), 5000, 'the re-cut body');
+    const b = core.batches[1]!;
+    expect([b.shards, b.seq, b.second, core.mismatches, rack.spool.shards]).toEqual([2, 2, s1 + 1, 1, 2]);
+    // Nothing lost in the re-cut: every point, the distribution and its rollup, every name.
+    const sec = b.servers[0]!.series;
+    expect([sec.pointKinds.length, sec.distKinds.length, b.rollup.distKinds.length]).toEqual([2, 1, 1]);
+    expect(core.names()).toEqual(new Set(['cpu', 'requests', 'latency']));
+    const m = await rackMetrics(httpPort);
+    expect([m.get('apm_rack_shards'), m.get('apm_rack_shards_mismatch_total'), m.get('apm_rack_batches_recut_total'), m.get('apm_rack_batches_rejected_total')]).toEqual([2, 1, 1, 0]);
+    expect(m.get('apm_rack_placement_failures_total')).toBeGreaterThanOrEqual(2);
+    expect(m.get('apm_rack_session')).toBe(rack.spool.session);
+  });
+
+  it('a rack restarted while the core is down cuts with the shard count it learned before', async () => {
+    const core = await startCore();
+    core.shards = 4;
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rack-down-'));
+    const first = await startRack(core.port, dir);
+    await until(() => (first.rack.spool.shards === 4 ? true : undefined), 5000, 'the core’s 4 shards learned');
+    await first.stop();
+    await core.stop();
+    const again = await startRack(core.port, dir);
+    const edge = new Edge('web-2');
+    edge.send(again.udpPort, nowSecond());
+    await until(() => (again.rack.spool.heldBatches >= 1 ? true : undefined), 5000, 'a spooled body');
+    const body = again.rack.spool.oldest(1)[0]!.bytes;
+    expect(decodeSecond(body).input.shards).toBe(4);
+    await again.stop();
+    const spool = new Spool(dir, { bytesMax: 1 << 30, reserveBytes: 0, memoryBytesMax: 1 << 20 });
+    cleanup.push(() => spool.close());
+    expect([spool.shards, spool.heldBatches]).toEqual([4, 1]);
+  });
+});
