@@ -9,6 +9,7 @@ import { authHeaderBytes, open, ReplayCache, sign, type KeySet } from '../schema
 import { KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
 import { udpPayloadBytesMax } from '../schema/limits.js';
 import { Aggregator } from './aggregator.js';
+import { SecondClock, systemClock, type EdgeClock } from './clock.js';
 import { HostCollector } from './host.js';
 import { checkLimits, type EdgeLimits } from './limits.js';
 import { Packetizer } from './packetizer.js';
@@ -25,8 +26,8 @@ export interface EdgeOptions {
   limits: EdgeLimits;
   /** Keys shared with the rack (`--key-file`): datagrams are signed, NACKs must be. */
   keys?: KeySet | null;
-  /** Wall clock in ms; tests may shift it. */
-  nowMs?: () => number;
+  /** Wall and monotonic clocks (edge/clock.ts); tests step them, --clock-offset shifts the wall clock. */
+  clock?: EdgeClock;
 }
 
 /** Counters of the edge itself; they also travel as apm.edge.* metrics (issue 2). */
@@ -78,13 +79,16 @@ export class Edge {
   private readonly packetizer: Packetizer;
   private readonly ring: ResendRing;
   private readonly host: HostCollector | null;
-  private readonly nowMs: () => number;
+  private readonly clock: EdgeClock;
+  /** The open second: when it closes (monotonic) and its stamp (wall clock), issue 16.9. */
+  private readonly seconds: SecondClock;
   private keys: KeySet | null;
   private readonly nackReplay: ReplayCache;
   private statsd: dgram.Socket | null = null;
   private rack: dgram.Socket | null = null;
   private readonly queue: Buffer[] = [];
-  private readonly queueSeconds: number[] = [];
+  /** Monotonic arrival time of each queued datagram: it belongs to the second open then. */
+  private readonly queueMonoMs: number[] = [];
   private queueBytes = 0;
   private seq = 0;
   private tickTimer: NodeJS.Timeout | null = null;
@@ -97,7 +101,8 @@ export class Edge {
   constructor(private readonly opts: EdgeOptions) {
     checkLimits(opts.limits);
     const l = opts.limits;
-    this.nowMs = opts.nowMs ?? Date.now;
+    this.clock = opts.clock ?? systemClock;
+    this.seconds = new SecondClock(this.clock);
     this.keys = opts.keys ?? null;
     this.nackReplay = new ReplayCache(l.nackReplayEntriesMax, l.nackClockSkewMaxMs);
     this.aggregator = new Aggregator({
@@ -155,7 +160,7 @@ export class Edge {
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     if (this.hostTimer !== null) clearTimeout(this.hostTimer);
     this.drain();
-    if (this.aggregator.openSecond >= 0) this.closeSecond(this.aggregator.openSecond + 1);
+    if (this.seconds.index >= 0) this.closeSecond(this.clock.monoMs());
     await new Promise<void>((resolve) => (this.statsd ? this.statsd.close(() => resolve()) : resolve()));
     // Give queued sends a moment to leave before the socket closes.
     await new Promise((r) => setTimeout(r, 50));
@@ -170,42 +175,45 @@ export class Edge {
       return;
     }
     this.queue.push(msg);
-    this.queueSeconds.push(Math.floor(this.nowMs() / 1000));
+    this.queueMonoMs.push(this.clock.monoMs());
     this.queueBytes += msg.length;
   }
 
-  /** Parses queued StatsD datagrams, closing seconds as their stamps move on. */
+  /** Parses queued StatsD datagrams, each into the second open when it arrived. */
   drain(): void {
     const agg = this.aggregator;
     for (let i = 0; i < this.queue.length; i++) {
-      const second = this.queueSeconds[i]!;
-      this.advanceTo(second);
+      this.advanceTo(this.queueMonoMs[i]!);
       this.counters.statsd_datagrams++;
       this.parser.parse(this.queue[i]!, agg.openSecond, agg);
     }
     this.queue.length = 0;
-    this.queueSeconds.length = 0;
+    this.queueMonoMs.length = 0;
     this.queueBytes = 0;
   }
 
-  private advanceTo(second: number): void {
-    const open = this.aggregator.openSecond;
-    if (open < 0) this.aggregator.close(second);
-    else if (second > open) this.closeSecond(second);
+  /** Makes the open second the one holding monotonic time `monoMs`, closing those before it. */
+  private advanceTo(monoMs: number): void {
+    if (this.seconds.index < 0) this.openFirst(monoMs);
+    else while (monoMs >= this.seconds.endMs) this.closeSecond(monoMs);
   }
 
+  private openFirst(monoMs: number): void {
+    this.seconds.start(monoMs);
+    this.aggregator.close(this.seconds.index);
+  }
+
+  /** Closes the open second closeDelayMs after it ends by the monotonic clock (issue 16.9). */
   private tick(): void {
     this.drain();
-    const now = this.nowMs();
-    const open = this.aggregator.openSecond;
-    const current = Math.floor(now / 1000);
-    if (open < 0) this.aggregator.close(current);
-    else if (now >= (open + 1) * 1000 + this.opts.limits.closeDelayMs) this.closeSecond(Math.max(current, open + 1));
+    const now = this.clock.monoMs();
+    if (this.seconds.index < 0) this.openFirst(now);
+    else if (now >= this.seconds.endMs + this.opts.limits.closeDelayMs) this.closeSecond(now);
   }
 
   private scheduleHost(): void {
     // Read /proc mid-second so the reading lands well inside the second it describes.
-    const now = this.nowMs();
+    const now = this.clock.wallMs();
     const delay = 1000 - (now % 1000) + 500;
     this.hostTimer = setTimeout(() => {
       void this.collectHost().finally(() => this.scheduleHost());
@@ -218,24 +226,29 @@ export class Edge {
     const sample = await this.host.collect();
     this.counters.host_errors = this.host.errors;
     this.drain();
-    const second = Math.floor(this.nowMs() / 1000);
-    this.advanceTo(second);
+    this.advanceTo(this.clock.monoMs());
     for (const s of sample) this.aggregator.observe(s.name, s.kind, s.value, this.aggregator.openSecond);
   }
 
-  /** Closes the open second, sends it, and opens `next`. */
-  private closeSecond(next: number): void {
+  /**
+   * Closes the open second, sends it as its wall-clock stamp, and opens the next one for an
+   * event at monotonic time `monoMs` (edge/clock.ts says what a stepped wall clock does).
+   */
+  private closeSecond(monoMs: number): void {
     const agg = this.aggregator;
-    const second = agg.openSecond;
-    this.reportSelf(second);
-    const closed = agg.close(next);
+    const index = this.seconds.index;
+    const stamp = this.seconds.stamp;
+    this.reportSelf(index);
+    this.seconds.advance(monoMs);
+    const closed = agg.close(this.seconds.index);
     if (closed.pointLen + closed.distLen === 0) return;
     const l = this.opts.limits;
-    const named = (slot: number) => second - agg.createdSecond[slot]! < l.newSeriesNamedSeconds || slot % l.nameRefreshSeconds === second % l.nameRefreshSeconds;
-    const frames = this.packetizer.pack(closed, agg, { second, sentMs: this.nowMs(), seq: this.seq }, named);
+    // Ages count monotonic seconds (index), never stamps, which a stepped clock can repeat.
+    const named = (slot: number) => index - agg.createdSecond[slot]! < l.newSeriesNamedSeconds || slot % l.nameRefreshSeconds === index % l.nameRefreshSeconds;
+    const frames = this.packetizer.pack(closed, agg, { second: stamp, sentMs: this.clock.wallMs(), seq: this.seq }, named);
     this.seq = (this.seq + frames.length) >>> 0;
     this.counters.summaries_split = this.packetizer.splitSummaries;
-    this.ring.put(second, frames);
+    this.ring.put(stamp, frames);
     for (const f of frames) this.send(f);
     this.counters.seconds_sent++;
   }
@@ -243,7 +256,7 @@ export class Edge {
   /** Sends a frame, signed at send time when keys are set (the ring holds frames unsigned, so resends are signed afresh). */
   private send(frame: Uint8Array): void {
     if (this.rack === null || this.closing) return;
-    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.nowMs());
+    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.clock.wallMs());
     this.counters.datagrams_sent++;
     this.counters.bytes_sent += datagram.length;
     this.rack.send(datagram, this.opts.rackPort, this.rackAddress, (err) => {
@@ -294,7 +307,7 @@ export class Edge {
       this.counters[`nacks_${o.reason}`]++;
       return null;
     }
-    const nowMs = this.nowMs();
+    const nowMs = this.clock.wallMs();
     if (Math.abs(o.signedMs - nowMs) > this.opts.limits.nackClockSkewMaxMs) {
       this.counters.nacks_stale++;
       return null;
@@ -329,7 +342,7 @@ export class Edge {
       const slot = this.aggregator.slotOfHash(nack.unknownHashes[i]!, nack.unknownHashes[i + 1]!);
       if (slot !== undefined) slots.push(slot);
     }
-    const frames = this.packetizer.namesOnly(this.aggregator, slots, { second: nack.second, sentMs: this.nowMs(), seq: this.seq });
+    const frames = this.packetizer.namesOnly(this.aggregator, slots, { second: nack.second, sentMs: this.clock.wallMs(), seq: this.seq });
     this.counters.names_resent += slots.length;
     for (const f of frames) this.send(f);
   }

@@ -66,7 +66,7 @@ export async function main(argv: string[]): Promise<void> {
     hostCollector: values.host!,
     limits,
     keys,
-    ...(offsetMs === 0 ? {} : { nowMs: () => Date.now() + offsetMs }),
+    ...(offsetMs === 0 ? {} : { clock: { wallMs: () => Date.now() + offsetMs, monoMs: () => performance.now() } }),
   });
   const port = await edge.start();
   // Handlers go in before the ready line: whoever waits for that line may signal at once.

@@ -1,0 +1,117 @@
+// The Edge wired on loopback (a test socket stands in for the rack) with a clock the test
+// steps: seconds close by the monotonic clock and carry wall-clock stamps (issue 16.9).
+
+import dgram from 'node:dgram';
+import { afterEach, describe, expect, it } from 'vitest';
+import { decodeFrame, type EdgeSecondMessage } from '../schema/codec.js';
+import { mergeSecond } from '../test/merge-helper.js';
+import { until } from '../test/proc.js';
+import type { EdgeClock } from './clock.js';
+import { Edge } from './edge.js';
+import { edgeLimits } from './limits.js';
+
+/** Wall and monotonic clocks that move only when the test says. */
+class TestClock implements EdgeClock {
+  mono = 10_000;
+  constructor(public wall: number) {}
+  wallMs(): number {
+    return this.wall;
+  }
+  monoMs(): number {
+    return this.mono;
+  }
+  pass(monoMs: number, wallMs = monoMs): void {
+    this.mono += monoMs;
+    this.wall += wallMs;
+  }
+}
+
+const S = 1_790_000_000;
+const cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0)) await f();
+});
+
+/** An Edge on loopback sending to a test socket; `second()` sends x:<v>|c, lets one monotonic second pass, and returns what arrived for it. */
+async function edgeWith(clock: TestClock) {
+  const got: EdgeSecondMessage[] = [];
+  const rack = dgram.createSocket('udp4');
+  rack.on('message', (frame) => {
+    const r = decodeFrame(frame, 65_507);
+    if (!r.ok || r.msg.type !== 'edgeSecond') throw new Error(`edge sent an invalid datagram: ${JSON.stringify(r)}`);
+    if (r.msg.parts > 0) got.push(r.msg);
+  });
+  await new Promise<void>((r) => rack.bind(0, '127.0.0.1', r));
+  const edge = new Edge({
+    server: 'clock-test',
+    rackHost: '127.0.0.1',
+    rackPort: rack.address().port,
+    statsdHost: '127.0.0.1',
+    statsdPort: 0,
+    hostCollector: false,
+    limits: { ...edgeLimits },
+    clock,
+  });
+  const statsdPort = await edge.start();
+  const client = dgram.createSocket('udp4');
+  cleanup.push(async () => {
+    client.close();
+    await edge.stop();
+    rack.close();
+  });
+  await until(() => (edge.aggregator.openSecond >= 0 ? true : undefined), 5000, 'the first second to open');
+
+  const second = async (value: number, pass: { monoMs: number; wallMs: number } = { monoMs: 1000, wallMs: 1000 }) => {
+    const lines = edge.parser.lines;
+    await new Promise<void>((r) => client.send(`x:${value}|c`, statsdPort, '127.0.0.1', () => r()));
+    await until(() => (edge.parser.lines > lines ? true : undefined), 5000, `x:${value}|c to be parsed`);
+    const sent = edge.counters.seconds_sent;
+    const from = got.length;
+    clock.pass(pass.monoMs, pass.wallMs);
+    await until(() => (edge.counters.seconds_sent > sent && got.length === edge.counters.datagrams_sent ? true : undefined), 5000, `the second holding x:${value} to be sent`);
+    const parts = got.slice(from);
+    expect(new Set(parts.map((p) => p.second)).size, 'one second per monotonic second').toBe(1);
+    return { second: parts[0]!.second, x: mergeSecond(parts, ['x']).points.get('x')?.value };
+  };
+  return { edge, second };
+}
+
+describe('Edge seconds and a stepped wall clock (issue 16.9)', () => {
+  it('an edge goes silent when its clock steps back 1 h (issue 16.9): seconds keep closing once per monotonic second', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, second } = await edgeWith(clock);
+    const got = [await second(1)];
+    clock.wall -= 3_600_000;
+    for (const v of [2, 3, 4]) got.push(await second(v));
+    // The second open at the step keeps its stamp; the next ones follow the stepped clock.
+    expect(got).toEqual([
+      { second: S, x: 1 },
+      { second: S + 1, x: 2 },
+      { second: S + 2 - 3600, x: 3 },
+      { second: S + 3 - 3600, x: 4 },
+    ]);
+    expect(edge.counters.seconds_sent).toBe(4);
+  });
+
+  it('an edge lumps 5 s of observations into one second when its clock steps back 5 s (issue 16.9): each second stays separate, stamps repeat', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, second } = await edgeWith(clock);
+    const got = [await second(1)];
+    clock.wall -= 5000;
+    for (let v = 2; v <= 8; v++) got.push(await second(v));
+    // S−3 … S+1 repeat stamps already sent: the rack takes those parts as duplicates (clock.ts).
+    expect(got.map((g) => g.second)).toEqual([S, S + 1, S - 3, S - 2, S - 1, S, S + 1, S + 2]);
+    expect(got.map((g) => g.x)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(edge.counters.seconds_sent).toBe(8);
+  });
+
+  it('a wall clock slewed by NTP (±0.5 ms per second) keeps stamps consecutive', async () => {
+    for (const wallMs of [1000.5, 999.5]) {
+      const clock = new TestClock(S * 1000 + 500);
+      const { second } = await edgeWith(clock);
+      const stamps: number[] = [];
+      for (let v = 0; v < 12; v++) stamps.push((await second(v, { monoMs: 1000, wallMs })).second);
+      expect(stamps).toEqual(stamps.map((_, i) => S + i));
+    }
+  });
+});
