@@ -112,14 +112,16 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
 
   app.get('/healthz', (c) => c.text('ok\n'));
 
-  app.get('/metrics', (c) => {
+  app.get('/metrics', async (c) => {
     const p = new PromText();
-    const st = pool.stats();
+    const st = await pool.freshStats();
     const s = (k: string) => st.counters[k] ?? 0;
     p.counter('apm_core_ingest_requests_total', 'POST /api/v1/ingest requests', http.ingest_requests);
+    // A reason can come from both sides (bad_name: a server id on this thread, a metric name in a worker): summed.
+    const rejected: Record<string, number> = { ...st.rejected };
+    for (const [k, v] of Object.entries(pool.rejected)) rejected[k] = (rejected[k] ?? 0) + v;
     p.counters('apm_core_requests_rejected_total', 'Ingest requests refused, by reason (a section refused by its worker counts under its reason)', 'reason', {
-      ...pool.rejected,
-      ...st.rejected,
+      ...rejected,
       too_large: http.ingest_too_large,
       shards_mismatch: pool.counters.shards_mismatch,
       storage_full: s('storage_full'),

@@ -166,15 +166,15 @@ export class ShardPool {
     }, delayMs).unref();
   }
 
-  private request(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = []): Promise<Reply> {
+  private request(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = [], timeoutMs = this.opts.requestTimeoutMs): Promise<Reply> {
     const worker = slot.worker;
     if (worker === null) return Promise.resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} is restarting; retry` });
     return new Promise<Reply>((resolve) => {
       const timer = setTimeout(() => {
         slot.pending.delete(msg.id);
         this.counters.requests_timed_out++;
-        resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} did not answer within ${this.opts.requestTimeoutMs} ms; retry` });
-      }, this.opts.requestTimeoutMs);
+        resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} did not answer within ${timeoutMs} ms; retry` });
+      }, timeoutMs);
       slot.pending.set(msg.id, { resolve, timer });
       worker.postMessage(msg, transfer);
     });
@@ -294,6 +294,17 @@ export class ShardPool {
     await Promise.all(this.slots.map((s) => this.request(s, { t: 'tick', id: this.nextId++, nowMs })));
   }
 
+  /** Asks every worker for its figures now (a busy worker's last report stands), then sums them. */
+  async freshStats(): Promise<WorkerStats & { workersUp: number }> {
+    await Promise.all(
+      this.slots.map(async (s) => {
+        const r = await this.request(s, { t: 'stats', id: this.nextId++ }, [], statsWaitMs);
+        if (r.stats !== undefined) s.stats = r.stats;
+      }),
+    );
+    return this.stats();
+  }
+
   /** The workers' latest reports, summed (maxima for lags and pauses). */
   stats(): WorkerStats & { workersUp: number } {
     const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
@@ -329,6 +340,9 @@ export class ShardPool {
 }
 
 export class WorkerError extends Error {}
+
+/** A /metrics scrape waits this long for a busy worker's figures, then uses its last report. */
+const statsWaitMs = 2000;
 
 /** The compiled worker script: beside this file in dist/, or dist/core/worker.js when running from source (tests). */
 function workerScript(): URL {

@@ -162,6 +162,8 @@ function handle(m: ToWorker): void {
       for (const { store } of owned.values()) for (const x of store.registry.allMetrics()) out.push({ name: x.name, kind: x.kind, firstSeenMs: x.firstSeenMs, lastSeenMs: x.lastSeenMs });
       return post({ t: 'reply', id: m.id, metrics: out });
     }
+    case 'stats':
+      return post({ t: 'reply', id: m.id, stats: stats() });
     case 'flush': {
       // Tests and benches: write every due row now (as the timer would, without waiting for it).
       for (const { store } of owned.values()) while (store.writeSlice(m.nowMs));
