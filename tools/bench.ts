@@ -1,6 +1,7 @@
 // `apm bench`: measures the tiers and prints figures against DESIGN §7's targets. Runs one
 // measurement at a time (never two loads at once on a 2-core box).
 
+import { storeLayoutFigures } from './bench-stores.js';
 import { writeFileSync } from 'node:fs';
 import { parseOptions } from './args.js';
 import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
@@ -18,7 +19,7 @@ export const benchHelp = `apm bench: measure the tiers and print a report
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, auth, rack, core, query, freshness, loss, fleet, soak (soak runs
+  --only <section>   one of: edge, auth, rack, core, stores, query, freshness, loss, fleet, soak (soak runs
                      only when asked: 80 servers × 2,000 metrics + an edge for 10 minutes,
                      2 with --quick, sampling each tier's RSS and open fds)
   --json <file>      also write the figures as one JSON object
@@ -59,6 +60,8 @@ export async function main(argv: string[]): Promise<void> {
   await section('auth', true, () => authFigures());
   await section('rack', false, () => rackFigures(false));
   await section('core', false, () => coreFigures(false));
+  // Issue 12: one LMDB environment per worker against one per shard (synced commits per request).
+  await section('stores', false, () => storeLayoutFigures(quick));
   await section('query', false, () => queryFigures(false));
   await section('freshness', false, () => freshnessFigures(90));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
