@@ -4,7 +4,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseIntOption, parseOptions } from './args.js';
@@ -135,6 +135,7 @@ export async function main(argv: string[]): Promise<void> {
   process.once('exit', () => children.forEach((c) => c.proc.exitCode === null && c.proc.kill('SIGKILL')));
   try {
     console.log(`apm demo: starting (data in ${data})`);
+    setAsideOldCore(`${data}/core`);
     process.stdout.write('  core …');
     children.push(await start('core', ['core', '--listen', `127.0.0.1:${port}`, '--data', `${data}/core`], /apm core: http/));
     console.log(` ${core}`);
@@ -186,4 +187,15 @@ Ctrl-C stops everything; a second start reuses ${data}.
     const lat = await latest(core, 'RPC latency (ms)');
     if (lat !== '') console.log(`            RPC latency (ms) last window: ${lat}`);
   }, 5000).unref();
+}
+
+/**
+ * A demo data directory from before the sharded core (one LMDB file, no core.json) is moved
+ * aside, so `npm start` works after an upgrade; the old data stays on disk, untouched.
+ */
+function setAsideOldCore(dir: string): void {
+  if (!existsSync(`${dir}/data.mdb`) || existsSync(`${dir}/core.json`)) return;
+  const to = `${dir}-before-shards-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}`;
+  renameSync(dir, to);
+  console.log(`  (moved the earlier core's data in ${dir}, which this core cannot read, to ${to})`);
 }
