@@ -13,8 +13,17 @@ export interface AggregatorOptions {
   seriesEvictSeconds: number;
 }
 
-/** Why an observation was not aggregated; each is a counter (`apm.edge.dropped.<reason>`). */
-export type DropReason = 'series_limit' | 'observations_full' | 'kind_conflict' | 'hash_collision' | 'bad_name' | 'not_finite' | 'late';
+/**
+ * Why an observation (or a series' second) was not sent; each is a counter
+ * (`apm.edge.dropped.<reason>`). `overflow` (issue 16.4): the rack refuses a datagram holding a
+ * non-finite value or sum, and with it every other series of the datagram, so a series whose
+ * second would not be finite is not sent for that second and counted once here: a counter
+ * whose sum, or a distribution whose positive or negative observations' sum, passes
+ * ±Number.MAX_VALUE (±1.8e308; bounding both halves keeps every partial sum — a summary split
+ * across datagrams, the rack's merge of them — finite too); a relative gauge update that would
+ * leave the gauge non-finite is refused (the gauge keeps its value) and counted likewise.
+ */
+export type DropReason = 'series_limit' | 'observations_full' | 'kind_conflict' | 'hash_collision' | 'bad_name' | 'not_finite' | 'overflow' | 'late';
 
 /** A closed second as columns; the arrays are scratch space valid until the next close. */
 export interface ClosedSecond {
@@ -66,6 +75,9 @@ export class Aggregator {
   // Output scratch.
   private readonly out: ClosedSecond;
   private readonly order: Int32Array;
+  /** Per distribution of the closing second: sums of its positive and negative observations. */
+  private readonly sumPos: Float64Array;
+  private readonly sumNeg: Float64Array;
 
   readonly drops: Record<DropReason, number> = {
     series_limit: 0,
@@ -74,6 +86,7 @@ export class Aggregator {
     hash_collision: 0,
     bad_name: 0,
     not_finite: 0,
+    overflow: 0,
     late: 0,
   };
   observations = 0;
@@ -100,6 +113,8 @@ export class Aggregator {
     this.obsValue = new Float64Array(m);
     this.obsWeight = new Uint32Array(m);
     this.order = new Int32Array(m);
+    this.sumPos = new Float64Array(n);
+    this.sumNeg = new Float64Array(n);
     this.out = {
       second: noSecond,
       pointLen: 0,
@@ -188,6 +203,7 @@ export class Aggregator {
     if (this.second === noSecond) this.second = second;
     if (second !== this.second) return this.drop('late');
     if (!Number.isFinite(value)) return this.drop('not_finite');
+    if (kind === KindCode.Gauge && relative && !Number.isFinite(this.gaugeLast[slot]! + value)) return this.drop('overflow');
     this.lastSeenSecond[slot] = second;
     const fresh = this.touchedIn[slot] !== second;
     if (fresh) {
@@ -292,6 +308,8 @@ export class Aggregator {
       const kind = this.kinds[slot]!;
       if (kind === KindCode.Distribution) {
         out.distSlots[out.distLen++] = slot;
+      } else if (!Number.isFinite(this.value[slot]!)) {
+        this.drops.overflow++; // a counter's sum past ±MAX_VALUE (see DropReason)
       } else {
         out.pointSlots[out.pointLen] = slot;
         out.pointKinds[out.pointLen] = kind;
@@ -310,7 +328,10 @@ export class Aggregator {
     }
   }
 
-  /** Groups observations by series (counting sort), then sorts each series' values. */
+  /**
+   * Groups observations by series (counting sort), drops the series whose sums overflow
+   * (see DropReason), then sorts each series' values.
+   */
   private sortObservations(out: ClosedSecond): void {
     let at = 0;
     for (let i = 0; i < out.distLen; i++) {
@@ -319,13 +340,30 @@ export class Aggregator {
       out.distTo[i] = at; // used as the fill cursor below
       at += this.obsCount[slot]!;
       this.obsCount[slot] = i; // slot → its dist index, until the next touch resets it
+      this.sumPos[i] = 0;
+      this.sumNeg[i] = 0;
     }
     for (let j = 0; j < this.obsLen; j++) {
       const d = this.obsCount[this.obsSlot[j]!]!;
       const k = out.distTo[d]!++;
-      out.values[k] = this.obsValue[j]!;
-      out.weights[k] = this.obsWeight[j]!;
+      const v = this.obsValue[j]!;
+      const w = this.obsWeight[j]!;
+      out.values[k] = v;
+      out.weights[k] = w;
+      if (v > 0) this.sumPos[d]! += v * w;
+      else this.sumNeg[d]! += v * w;
     }
+    let kept = 0;
+    for (let i = 0; i < out.distLen; i++) {
+      if (!Number.isFinite(this.sumPos[i]!) || !Number.isFinite(this.sumNeg[i]!)) {
+        this.drops.overflow++;
+        continue;
+      }
+      out.distSlots[kept] = out.distSlots[i]!;
+      out.distFrom[kept] = out.distFrom[i]!;
+      out.distTo[kept++] = out.distTo[i]!;
+    }
+    out.distLen = kept;
     for (let i = 0; i < out.distLen; i++) {
       const from = out.distFrom[i]!;
       const to = out.distTo[i]!;

@@ -61,19 +61,24 @@ async function edgeWith(clock: TestClock) {
   });
   await until(() => (edge.aggregator.openSecond >= 0 ? true : undefined), 5000, 'the first second to open');
 
-  const second = async (value: number, pass: { monoMs: number; wallMs: number } = { monoMs: 1000, wallMs: 1000 }) => {
-    const lines = edge.parser.lines;
-    await new Promise<void>((r) => client.send(`x:${value}|c`, statsdPort, '127.0.0.1', () => r()));
-    await until(() => (edge.parser.lines > lines ? true : undefined), 5000, `x:${value}|c to be parsed`);
+  /** Sends StatsD lines, lets one monotonic second pass and returns the second sent. */
+  const secondOf = async (lines: string[], pass = { monoMs: 1000, wallMs: 1000 }) => {
+    const parsed = edge.parser.lines + lines.reduce((n, l) => n + l.split('\n').length, 0);
+    for (const line of lines) await new Promise<void>((r) => client.send(line, statsdPort, '127.0.0.1', () => r()));
+    await until(() => (edge.parser.lines >= parsed ? true : undefined), 5000, `${lines.join(', ')} to be parsed`);
     const sent = edge.counters.seconds_sent;
     const from = got.length;
     clock.pass(pass.monoMs, pass.wallMs);
-    await until(() => (edge.counters.seconds_sent > sent && got.length === edge.counters.datagrams_sent ? true : undefined), 5000, `the second holding x:${value} to be sent`);
+    await until(() => (edge.counters.seconds_sent > sent && got.length === edge.counters.datagrams_sent ? true : undefined), 5000, `the second holding ${lines.join(', ')} to be sent`);
     const parts = got.slice(from);
     expect(new Set(parts.map((p) => p.second)).size, 'one second per monotonic second').toBe(1);
-    return { second: parts[0]!.second, x: mergeSecond(parts, ['x']).points.get('x')?.value };
+    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'apm.edge.dropped.overflow']) };
   };
-  return { edge, second };
+  const second = async (value: number, pass = { monoMs: 1000, wallMs: 1000 }) => {
+    const { second, merged } = await secondOf([`x:${value}|c`], pass);
+    return { second, x: merged.points.get('x')?.value };
+  };
+  return { edge, second, secondOf };
 }
 
 describe('Edge seconds and a stepped wall clock (issue 16.9)', () => {
@@ -113,5 +118,21 @@ describe('Edge seconds and a stepped wall clock (issue 16.9)', () => {
       for (let v = 0; v < 12; v++) stamps.push((await second(v, { monoMs: 1000, wallMs })).second);
       expect(stamps).toEqual(stamps.map((_, i) => S + i));
     }
+  });
+});
+
+describe('Edge and sums that overflow (issue 16.4)', () => {
+  it('an overflowing counter or timer is not sent, counted as apm.edge.dropped.overflow; the rest of the datagram arrives', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, secondOf } = await edgeWith(clock);
+    const first = await secondOf(['big:1e308|c', 'big:1e308|c\nt:1e308|ms\nt:1e308|ms', 'ok:1|c\nx:2|g']);
+    expect(first.merged.points.get('ok')).toEqual({ kind: 1, value: 1 });
+    expect(first.merged.points.get('x')).toEqual({ kind: 0, value: 2 });
+    expect(first.merged.points.has('big')).toBe(false);
+    expect(first.merged.dists.has('t')).toBe(false);
+    expect(edge.aggregator.drops.overflow).toBe(2);
+    // The edge's own counters describe the second they were counted in: the next one.
+    const next = await secondOf([]);
+    expect(next.merged.points.get('apm.edge.dropped.overflow')).toEqual({ kind: 1, value: 2 });
   });
 });

@@ -122,3 +122,40 @@ describe('Packetizer size bound', () => {
     );
   });
 });
+
+describe('Packetizer and sums that overflow', () => {
+  it("one server's counter or timer sum overflowing to ±Infinity loses the datagram's other metrics (issue 16.4): that series is not sent, counted", () => {
+    const agg = new Aggregator({ seriesMax: 100, observationsPerSecondMax: 1000, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+    const obs = (name: string, kind: KindCode, values: number[], weight = 1, relative = false) => {
+      for (const v of values) agg.observe(name, kind, v, t0, weight, relative);
+    };
+    // Sums past ±1.8e308: not sent this second.
+    obs('big', KindCode.Counter, [1e308, 1e308]);
+    obs('small', KindCode.Counter, [-1e308, -1e308]);
+    obs('scaled', KindCode.Counter, [1e300], 1e10); // @1e-10
+    obs('t', KindCode.Distribution, [1e308, 1e308]);
+    obs('tn', KindCode.Distribution, [-1e308, -1e308, 5]);
+    // A relative gauge update that would overflow is refused; the gauge keeps its value.
+    obs('rel', KindCode.Gauge, [1e308, 1e308], 1, true);
+    // Everything else of the second, including large values whose sums stay finite.
+    obs('g', KindCode.Gauge, [5]);
+    obs('c', KindCode.Counter, [1, 2]);
+    obs('d', KindCode.Distribution, [3, 1, 2]);
+    obs('mixed', KindCode.Distribution, [1e308, -1e308]);
+    obs('huge', KindCode.Counter, [1e308, 7e307]);
+    const pk = new Packetizer({ server: 'web-0001', session: 7, datagramBytes: 1432 });
+    const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: t0 * 1000, seq: 0 }, () => true);
+    // The rack's decoder refuses any datagram with a non-finite value or sum: none here.
+    const got = mergeSecond(decodeAll(frames));
+    expect(Object.fromEntries([...got.points].map(([n, p]) => [n, p.value]))).toEqual({ rel: 1e308, g: 5, c: 3, huge: 1.7e308 });
+    expect([...got.dists.keys()].sort()).toEqual(['d', 'mixed']);
+    expect([got.dists.get('d')!.count, got.dists.get('d')!.sum, got.dists.get('mixed')!.sum]).toEqual([3, 6, 0]);
+    expect(agg.drops.overflow).toBe(6);
+    // The next second starts clean: the counters emit their idle 0, the gauge is still settable.
+    agg.observe('rel', KindCode.Gauge, -1, t0 + 1, 1, true);
+    const next = agg.close(t0 + 2);
+    const points = new Map<string, number>();
+    for (let i = 0; i < next.pointLen; i++) points.set(agg.names[next.pointSlots[i]!]!, next.pointValues[i]!);
+    expect(Object.fromEntries(points)).toEqual({ rel: 1e308 - 1, big: 0, small: 0, scaled: 0, c: 0, huge: 0 });
+  });
+});
