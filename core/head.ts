@@ -11,15 +11,15 @@ import { summaryColumns, trimSummaries, type DecodedRow, type RowInput, type Sum
 /** Growable summary columns with their sketches copied into one arena. */
 class Summaries {
   n = 0;
-  sid = new Int32Array(8);
-  sec = new Uint16Array(8);
-  count = new Float64Array(8);
-  sum = new Float64Array(8);
-  min = new Float64Array(8);
-  max = new Float64Array(8);
-  start = new Uint32Array(8);
-  end = new Uint32Array(8);
-  arena = new Uint8Array(256);
+  sid = new Int32Array(0);
+  sec = new Uint16Array(0);
+  count = new Float64Array(0);
+  sum = new Float64Array(0);
+  min = new Float64Array(0);
+  max = new Float64Array(0);
+  start = new Uint32Array(0);
+  end = new Uint32Array(0);
+  arena = new Uint8Array(0);
   arenaUsed = 0;
 
   get bytes(): number {
@@ -27,10 +27,10 @@ class Summaries {
   }
 
   add(sid: number, sec: number, count: number, sum: number, min: number, max: number, src: Uint8Array, from: number, to: number): void {
-    if (this.n === this.sid.length) this.grow(this.n * 2);
+    if (this.n === this.sid.length) this.grow(Math.max(8, this.n * 2));
     const len = to - from;
     if (this.arenaUsed + len > this.arena.length) {
-      const a = new Uint8Array(Math.max(this.arena.length * 2, this.arenaUsed + len));
+      const a = new Uint8Array(Math.max(256, this.arena.length * 2, this.arenaUsed + len));
       a.set(this.arena.subarray(0, this.arenaUsed));
       this.arena = a;
     }
@@ -69,8 +69,9 @@ export class MetricHead {
   pSid: Int32Array;
   pSec: Uint16Array;
   pVal: Float64Array;
-  readonly dist = new Summaries();
-  readonly rollup = new Summaries();
+  /** Distribution summaries and the rack's rollups; most heads (gauges, counters) never have any. */
+  private distCols: Summaries | null = null;
+  private rollupCols: Summaries | null = null;
   /** Newest WAL sequence whose entries are in this head (a stored row records it: replay skips what a row holds). */
   walSeq = 0;
 
@@ -87,9 +88,27 @@ export class MetricHead {
     this.pVal = new Float64Array(cap);
   }
 
+  get dist(): Summaries {
+    return this.distCols ?? noEntries;
+  }
+
+  get rollup(): Summaries {
+    return this.rollupCols ?? noEntries;
+  }
+
+  /** Appends a server's summary of one second (sketch bytes copied). */
+  addDist(sid: number, sec: number, count: number, sum: number, min: number, max: number, src: Uint8Array, from: number, to: number): void {
+    (this.distCols ??= new Summaries()).add(sid, sec, count, sum, min, max, src, from, to);
+  }
+
+  /** Appends the rack's rollup of one second. */
+  addRollup(sec: number, count: number, sum: number, min: number, max: number, src: Uint8Array, from: number, to: number): void {
+    (this.rollupCols ??= new Summaries()).add(-1, sec, count, sum, min, max, src, from, to);
+  }
+
   /** Approximate bytes held (for the head's memory bound). */
   get bytes(): number {
-    return this.pSid.length * 14 + this.dist.bytes + this.rollup.bytes + 200;
+    return this.pSid.length * 14 + (this.distCols?.bytes ?? 0) + (this.rollupCols?.bytes ?? 0) + 200;
   }
 
   /** Room for `more` points; returns the index to write the first at. */
@@ -311,3 +330,5 @@ function putSummary(g: FlatSummaries, e: number, out: SummaryColumns, n: number,
 }
 
 const noSummaries: SummaryColumns = summaryColumns(0);
+/** What a head without summaries reads as (never written to). */
+const noEntries = Object.freeze(new Summaries()) as Summaries;

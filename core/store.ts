@@ -331,7 +331,7 @@ export class Store {
           const server = m.distServers[e]!;
           const sStart = e === 0 ? 0 : m.sketchEnds[e - 1]!;
           if (server === rollupServer) {
-            mh.rollup.add(-1, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
+            mh.addRollup(sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
             continue;
           }
           const sid = sids[server]!;
@@ -339,7 +339,7 @@ export class Store {
             this.counters.points_dropped_servers++;
             continue;
           }
-          mh.dist.add(sid, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
+          mh.addDist(sid, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
           this.counters.summaries_ingested++;
           added++;
         }
