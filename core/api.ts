@@ -161,7 +161,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per section naming one', 'scope', { server: s('metrics_overflow_server'), total: s('metrics_overflow_total') });
-    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s('points_dropped_overflow'), server_overflow: s('points_dropped_servers') });
+    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s('points_dropped_overflow'), server_overflow: s('points_dropped_servers'), bad_value: s('points_dropped_bad_value') });
     p.counter('apm_core_servers_refused_total', 'Servers not registered: the registry is full (their points are dropped, counted above)', s('servers_refused') + servers.refused);
     p.counter('apm_core_rack_reports_refused_total', 'Rack status reports refused: more racks than the status table holds', status.racksRefused);
     p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);

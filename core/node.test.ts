@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KindCode } from '../schema/codec.js';
-import { rackSecondBody } from '../schema/section.js';
+import { rackSecondBody, SectionCutter } from '../schema/section.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import { openNode, type CoreNode } from './node.js';
 import type { WindowResult } from './query/eval.js';
@@ -152,6 +152,32 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
     const [w] = await query('FROM big-* SELECT big.499 WINDOW 30s COMPUTE count', t, t + 30);
     expect(w!.values.count).toBe(300);
   });
+  it('one huge value loses only its own series (issue 16.4): a rollup that overflows is left out, a value that cannot be stored is refused alone', async () => {
+    const t = t0 + 300;
+    // Two servers' 1e308 latencies: the rack's rollup sum overflows; the cutter leaves that rollup out.
+    const cutter = new SectionCutter(1024);
+    const servers = [
+      { server: 'huge-1', blocks: [buildColumns([{ name: 'huge.ok', kind: KindCode.Gauge, value: 1 }], [{ name: 'huge.lat', values: [1e308] }])] },
+      { server: 'huge-2', blocks: [buildColumns([{ name: 'huge.ok', kind: KindCode.Gauge, value: 2 }], [{ name: 'huge.lat', values: [1e308, 5] }])] },
+    ];
+    const rollup = buildColumns([], [{ name: 'huge.lat', values: [1e308, 1e308, 5] }]);
+    expect(rollup.distSums[0]).toBe(Infinity);
+    expect(await post(cutter.body({ rack: 'huge', session, seq: seq++, second: t, late: false, shards: S, servers, rollup }))).toBe(204);
+    expect(cutter.rollupsNotFinite).toBe(1);
+    const [lat] = await query('FROM rack:huge SELECT huge.lat WINDOW 1s COMPUTE count, max, p99', t, t + 1);
+    expect(lat!.values.count).toBe(3);
+    expect(lat!.values.max).toBe(1e308);
+    expect(lat!.values['percentile(99)']! / 1e308).toBeCloseTo(1, 1);
+    // A section whose one point is not finite: that point is refused and counted, the rest stored.
+    const nan = buildColumns([{ name: 'huge.ok', kind: KindCode.Gauge, value: 3 }, { name: 'huge.nan', kind: KindCode.Gauge, value: 4 }], []);
+    nan.pointValues[1] = NaN;
+    expect(await post(rackSecondBody({ rack: 'huge', session, seq: seq++, second: t + 1, late: false, shards: S, servers: [{ server: 'huge-1', blocks: [nan] }], rollup: buildColumns([], []) }))).toBe(204);
+    const [ok] = await query('FROM huge-* SELECT huge.ok WINDOW 2s COMPUTE count, sum', t, t + 2);
+    expect(ok!.values).toEqual({ count: 3, sum: 6 });
+    expect(await query('FROM huge-* SELECT huge.nan WINDOW 2s COMPUTE count', t, t + 2)).toEqual([]);
+    await waitFor(async () => (await metricValue(node, 'apm_core_points_dropped_total{reason="bad_value"}')) === 1);
+  });
+
   it('(last: fills the registry) a server beyond serversMax loses its own points, counted; the rest of the second is stored (not a 400)', async () => {
     const many: Record<string, { points: PointInput[] }> = {};
     for (let s = 0; s < 60; s++) many[`cap-${String(s).padStart(2, '0')}`] = { points: [{ name: 'cap.x', kind: KindCode.Gauge, value: 1 }] };

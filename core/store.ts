@@ -113,6 +113,8 @@ export class Store {
     points_dropped_servers: 0,
     servers_refused: 0,
     names_pending_dropped: 0,
+    /** Points and summaries whose value cannot be stored (not finite, inconsistent): that entry alone. */
+    points_dropped_bad_value: 0,
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section', number>> = {};
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
@@ -308,6 +310,10 @@ export class Store {
             this.counters.points_dropped_servers++;
             continue;
           }
+          if (m.pointBad !== null && m.pointBad[e] === 1) {
+            this.counters.points_dropped_bad_value += replay ? 0 : 1;
+            continue;
+          }
           mh.pSid[at] = sid;
           mh.pSec[at] = sec;
           mh.pVal[at++] = m.pointValues[e]!;
@@ -330,6 +336,10 @@ export class Store {
         for (let e = from; e < to; e++) {
           const server = m.distServers[e]!;
           const sStart = e === 0 ? 0 : m.sketchEnds[e - 1]!;
+          if (m.distBad !== null && m.distBad[e] === 1) {
+            this.counters.points_dropped_bad_value += replay ? 0 : 1;
+            continue;
+          }
           if (server === rollupServer) {
             mh.addRollup(sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
             continue;

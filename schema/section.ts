@@ -52,6 +52,13 @@ export interface ShardSectionMessage {
   nameHashes: Uint32Array;
   nameEnds: Uint32Array;
   nameBytes: Uint8Array;
+  /**
+   * Entries whose value cannot be stored (a point not finite; a summary with count 0, a sum,
+   * min or max not finite, min > max, or a sketch that does not hold its count): 1 marks one.
+   * Null when there are none. The receiver refuses those entries alone, counted (issue 16.4).
+   */
+  pointBad: Uint8Array | null;
+  distBad: Uint8Array | null;
 }
 
 /** The HTTP body: a rack second's sections as frames, with their shards. */
@@ -127,6 +134,12 @@ export class SectionCutter {
   private sketch = new Uint8Array(1 << 20);
   /** Metrics beyond metricsMax in one second: left out (counted by the caller from this). */
   overflow = 0;
+  /**
+   * Rollups left out because their sum is not finite (issue 16.4: two servers' 1e308 overflow
+   * it). The servers' own summaries still go; the core answers that second's whole-rack
+   * percentiles from them.
+   */
+  rollupsNotFinite = 0;
 
   constructor(readonly metricsMax: number) {
     this.index = new HashIndex(metricsMax);
@@ -225,7 +238,11 @@ export class SectionCutter {
     const r = input.rollup;
     for (let i = 0; i < r.distKinds.length; i++) {
       // Only distributions' rollups are stored (whole-rack percentiles); a gauge's would cost more than its 40 values.
-      const m = r.distKinds[i] === KindCode.Distribution ? this.index.get(r.distHashes[2 * i]!, r.distHashes[2 * i + 1]!) : -1;
+      let m = r.distKinds[i] === KindCode.Distribution ? this.index.get(r.distHashes[2 * i]!, r.distHashes[2 * i + 1]!) : -1;
+      if (m >= 0 && !Number.isFinite(r.distSums[i]!)) {
+        this.rollupsNotFinite++;
+        m = -1;
+      }
       this.dm[d++] = m >= 0 && this.mDists[m]! > 0 ? m : -1;
       if (this.dm[d - 1]! >= 0) this.mDists[m]! += 1;
     }
@@ -394,7 +411,7 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
   return out;
 }
 
-type SectionColumns = Omit<ShardSectionMessage, 'type' | keyof SecondHeader>;
+type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | keyof SecondHeader>;
 
 /** Encodes one section (its header from `h`). */
 export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns): Uint8Array {
@@ -540,6 +557,8 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
     nameHashes: col(22, 8, u32, 2),
     nameEnds: col(23, 4, u32),
     nameBytes: col(24, 1, u8),
+    pointBad: null,
+    distBad: null,
   };
   checkSectionPoints(m);
   checkSectionDists(m);
@@ -589,7 +608,7 @@ function checkSectionPoints(m: ShardSectionMessage): void {
   const servers = m.servers.length;
   for (let i = 0; i < n; i++) {
     if (m.pointServers[i]! >= servers) throw new Reject('bad_value', `point ${i} names server ${m.pointServers[i]} of ${servers}`);
-    if (!Number.isFinite(m.pointValues[i]!)) throw new Reject('bad_value', `point ${i} is not finite`);
+    if (!Number.isFinite(m.pointValues[i]!)) (m.pointBad ??= new Uint8Array(n))[i] = 1;
   }
 }
 
@@ -610,12 +629,12 @@ function checkSectionDists(m: ShardSectionMessage): void {
     const count = m.distCounts[i]!;
     const min = m.distMins[i]!;
     const max = m.distMaxes[i]!;
-    if (count === 0 || !Number.isFinite(m.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max) {
-      throw new Reject('bad_value', `summary ${i} has count ${count}, min ${min}, max ${max}, sum ${m.distSums[i]}`);
-    }
     const end = m.sketchEnds[i]!;
     if (end < start || end > m.sketchBytes.length) throw new Reject('bad_sketch', `summary ${i} sketch ends at ${end}, outside ${start}..${m.sketchBytes.length}`);
-    if (sketchCount(m.sketchBytes, start, end) !== count) throw new Reject('bad_sketch', `summary ${i} sketch is malformed or does not hold ${count} observations`);
+    // A bad value is that summary's problem alone: marked, not a reason to refuse the section.
+    if (count === 0 || !Number.isFinite(m.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max || sketchCount(m.sketchBytes, start, end) !== count) {
+      (m.distBad ??= new Uint8Array(n))[i] = 1;
+    }
     start = end;
   }
   if (start !== m.sketchBytes.length) throw new Reject('bad_sketch', `${m.sketchBytes.length - start} sketch bytes belong to no summary`);

@@ -108,6 +108,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
     }
   };
   let lastBlock = -1;
+  const rolled = new Uint8Array(1 << 16);
   store.read(h[0]!, h[1]!, first, end, (row, block, rackId) => {
     const whole = wholeRack(rackId);
     const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
@@ -119,11 +120,15 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
       for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
     }
     const useRollup = wantPct && allSelected && row.rollup.secs.length > 0;
+    // Seconds the rollup answers; a second without one (its sum overflowed at the rack) is
+    // answered from the servers' own sketches.
     if (useRollup) {
+      rolled.fill(0, 0, row.blockSeconds);
       const r = row.rollup;
       for (let i = 0; i < r.secs.length; i++) {
         const sec = block + r.secs[i]!;
         if (sec < first || sec >= end) continue;
+        rolled[r.secs[i]!] = 1;
         const w = Math.floor((sec - first) / W);
         (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
       }
@@ -158,7 +163,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
         if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
         mark(w, sid);
-        if (wantPct && !useRollup) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
+        if (wantPct && !(useRollup && rolled[d.secs[i]!] === 1)) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
       }
     }
   });
