@@ -2,24 +2,24 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Encoder, KindCode } from '../schema/codec.js';
+import { KindCode } from '../schema/codec.js';
+import { rackSecondBody } from '../schema/section.js';
 import { buildColumns } from '../schema/testdata.js';
-import { createApi } from './api.js';
-import { StoredQueries } from './query/stored.js';
-import { Store } from './store.js';
+import { openNode } from './node.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'apm-api-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const store = new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
-const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 3, lateSecondsMax: 100 });
-store.onIngest = (s) => stored.noteData(s);
-const app = createApi(store, stored, { ingestBodyBytesMax: 100_000 });
-const enc = new Encoder();
+// Two workers: the HTTP thread routes sections and queries to the worker owning each shard.
+const node = await openNode({ dataDir: dir, workers: 2, shards: 8, queryLatenessMs: 0, flushGraceMs: 0, limits: { ingestBodyBytesMax: 100_000, storedQueriesMax: 3 } });
+afterAll(async () => {
+  await node.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+const app = node.app;
 const now = Math.floor(Date.now() / 1000);
 const json = (method: string, body: unknown) => ({ method, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
 
 async function ingest(second: number, value: number, seq: number): Promise<number> {
-  const body = enc.rackBatch({ rack: 'r1', batchSeq: seq, second, late: false, servers: [{ server: 'web-1', blocks: [buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value }], [])] }], rollup: buildColumns([], [], ['cpu']) });
+  const body = rackSecondBody({ rack: 'r1', session: 1, seq, second, late: false, shards: 8, servers: [{ server: 'web-1', blocks: [buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value }], [])] }], rollup: buildColumns([], [], ['cpu']) });
   return (await app.request('/api/v1/ingest', { method: 'POST', body })).status;
 }
 
@@ -34,7 +34,7 @@ describe('core HTTP API', () => {
     expect(await (await app.request('/api/v1/servers')).json()).toMatchObject({ servers: [{ id: 'web-1', rack: 'r1' }] });
     expect(await (await app.request('/api/v1/metrics')).json()).toMatchObject({ metrics: [{ name: 'cpu', kind: 'gauge' }] });
     expect((await app.request('/healthz')).status).toBe(200);
-    expect(await (await app.request('/metrics')).text()).toMatch(/apm_core_batches_ingested_total 2/);
+    expect(await (await app.request('/metrics')).text()).toMatch(/^apm_core_requests_ingested_total 2$/m);
     expect((await app.request('/nope')).status).toBe(404);
   });
 
@@ -66,13 +66,14 @@ describe('core HTTP API', () => {
     expect(await (await app.request(`/api/v1/queries/${def.id}`)).json()).toEqual(def);
     expect((await app.request('/api/v1/queries/ffffff')).status).toBe(404);
 
-    // Live: subscribe, then a new second arrives and its window is evaluated.
+    // Live: subscribe, then a new second arrives and its window is evaluated (in the worker
+    // owning cpu's shard, streamed from the HTTP thread).
     const live = await app.request(`/api/v1/queries/${def.id}/live`);
     expect(live.headers.get('content-type')).toMatch(/text\/event-stream/);
     const reader = live.body!.getReader();
-    await stored.tick(Date.now());
+    await node.pool.tick(Date.now());
     expect(await ingest(now + 2, 77, 3)).toBe(204);
-    await stored.tick((now + 3) * 1000);
+    await node.pool.tick((now + 3) * 1000);
     let text = '';
     while (!text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value);
     expect(text).toMatch(/^event: window\ndata: /m);

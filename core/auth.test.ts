@@ -4,20 +4,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createApi } from './api.js';
 import { accessFor, ApiAuth, hashToken, parseTokens, TokenFileError, TokenSet, type Role } from './auth.js';
-import { StoredQueries } from './query/stored.js';
-import { Store } from './store.js';
-
-const dir = mkdtempSync(join(tmpdir(), 'apm-auth-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const store = new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
-const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100 });
+import { openNode } from './node.js';
 
 const tokens: Record<Role, string> = { read: 'tok-read', write: 'tok-write', ingest: 'tok-ingest', admin: 'tok-admin' };
 const file = Object.entries(tokens)
   .map(([role, t]) => `${hashToken(t)} ${role} ${role}-user`)
   .join('\n');
 const auth = new ApiAuth({ tokens: new TokenSet(parseTokens(`# team tokens\n\n${file}\n`, 'tokens')) });
-const app = createApi(store, stored, { ingestBodyBytesMax: 100_000, auth });
+const dir = mkdtempSync(join(tmpdir(), 'apm-auth-'));
+const node = await openNode({ dataDir: dir, workers: 1, shards: 8, queryLatenessMs: 0, flushGraceMs: 0, auth, limits: { ingestBodyBytesMax: 100_000 } });
+afterAll(async () => {
+  await node.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+const app = node.app;
 
 describe('tokens file', () => {
   it('parses entries and names the bad line with what is wrong', () => {
@@ -108,7 +108,7 @@ describe('auth middleware', () => {
   });
 
   it('takes access_token from the URL only on the live stream (EventSource cannot set headers)', async () => {
-    const def = await stored.create('live', 'FROM * SELECT cpu WINDOW 1s COMPUTE max', Date.now());
+    const def = await node.stored.create('live', 'FROM * SELECT cpu WINDOW 1s COMPUTE max', Date.now());
     const live = await app.request(`/api/v1/queries/${def.id}/live?access_token=${tokens.read}`);
     expect(live.status).toBe(200);
     expect(live.headers.get('content-type')).toMatch(/text\/event-stream/);
@@ -120,7 +120,7 @@ describe('auth middleware', () => {
   });
 
   it('lets everything through when auth is off (loopback dev default)', async () => {
-    const open = createApi(store, stored, { ingestBodyBytesMax: 100_000 });
+    const open = createApi({ pool: node.pool, servers: node.servers, stored: node.stored }, { ingestBodyBytesMax: 100_000 });
     expect((await open.request('/api/v1/servers')).status).toBe(200);
   });
 });

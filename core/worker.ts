@@ -170,8 +170,8 @@ function handle(m: ToWorker): void {
       return post({ t: 'reply', id: m.id });
     }
     case 'tick': {
-      // Tests: evaluate stored queries as of nowMs, and answer once done.
-      void Promise.all([...owned.values()].map((o) => o.stored.tick(m.nowMs))).then(() => post({ t: 'reply', id: m.id }));
+      // Tests: evaluate stored queries as of nowMs (after a timer run under way), and answer once done.
+      void Promise.all([...owned.values()].map((o) => o.stored.tickAfter(m.nowMs))).then(() => post({ t: 'reply', id: m.id }));
       return;
     }
     case 'stop': {

@@ -2,22 +2,32 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Encoder, KindCode, type EdgeSecondMessage } from '../../schema/codec.js';
+import { decodeFrame, KindCode, type EdgeSecondMessage } from '../../schema/codec.js';
+import { batchBytesMax } from '../../schema/limits.js';
+import { rackSecondBody, sectionAt } from '../../schema/section.js';
 import { buildColumns, type DistInput, type PointInput } from '../../schema/testdata.js';
 import { RackMerger } from '../../rack/merge.js';
+import { openNode, type CoreNode, type NodeOptions } from '../node.js';
 import { Store } from '../store.js';
-import { evaluate, type WindowResult } from './eval.js';
+import { type WindowResult } from './eval.js';
+import { QueryCatalog } from './catalog.js';
 import { compileGlob } from './glob.js';
 import { fnKey, parseQuery, type Query } from './parse.js';
 import { StoredQueries } from './stored.js';
 
 const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+const S = 8;
 
-function openStore(): Store {
+function tempDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'apm-eval-'));
   dirs.push(dir);
-  return new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
+  return dir;
+}
+
+/** A node of two workers (a query's metric may live in either); close it when done. */
+function openAt(dir: string, over: Partial<NodeOptions> = {}): Promise<CoreNode> {
+  return openNode({ dataDir: dir, workers: 2, shards: S, queryLatenessMs: 0, flushGraceMs: 0, ...over });
 }
 
 // Raw observations the reference evaluator works from.
@@ -30,17 +40,30 @@ interface Obs {
 }
 
 const racks: Record<string, string[]> = { r1: ['web-1', 'web-2', 'web-3', 'web-4'], r2: ['db-1', 'db-2', 'db-3'] };
-const t0 = 1_790_000_040; // a block boundary (multiple of 60)
+// A block boundary (a multiple of 60) two to three minutes ahead: a new stored query starts at
+// the window before real now (core/query/stored.ts sync), and the workers' own timers (at real
+// now) neither write these blocks nor evaluate these windows, so each test decides when
+// (node.pool.flush, node.pool.tick).
+const t0 = Math.ceil(Date.now() / 60_000) * 60 + 120;
 const seconds = 180;
-const enc = new Encoder();
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
   return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
 }
 
+/** One rack-second of gauges for one server (session 1). */
+function gaugeBody(o: { rack: string; seq: number; second: number; server: string; points: PointInput[]; late?: boolean }): Uint8Array {
+  return rackSecondBody({ rack: o.rack, session: 1, seq: o.seq, second: o.second, late: o.late ?? false, shards: S, servers: [{ server: o.server, blocks: [buildColumns(o.points, [])] }], rollup: buildColumns([], []) });
+}
+
+async function ingest(node: CoreNode, body: Uint8Array): Promise<void> {
+  const r = await node.pool.ingest(body);
+  expect(r.status).toBe(204);
+}
+
 /** Generates observations and stores them as racks would send them; returns the raw truth. */
-async function load(store: Store): Promise<Obs[]> {
+async function load(node: CoreNode): Promise<Obs[]> {
   const r = rng(11);
   const obs: Obs[] = [];
   const merger = new RackMerger(100);
@@ -66,14 +89,21 @@ async function load(store: Store): Promise<Obs[]> {
         parts.push({ server, parts: [{ type: 'edgeSecond', server, session: 1, seq: 0, second: t, part: 0, parts: 1, sentMs: 0, series: buildColumns(points, dists) }] });
       }
       const m = merger.merge(parts);
-      const res = await store.ingest(enc.rackBatch({ rack, batchSeq: seq++, second: t, late: false, servers: m.servers, rollup: m.rollup }));
-      expect(res.status).toBe(204);
+      await ingest(node, rackSecondBody({ rack, session: 1, seq: seq++, second: t, late: false, shards: S, servers: m.servers, rollup: m.rollup }));
     }
     // Blocks written so far go to rows (the third one partly): reads then span rows, a row
-    // plus head batches of the same block, and the head.
-    if (t === t0 + 125) expect(await store.flushDue(Date.now() + 10_000)).toBeGreaterThan(0);
+    // plus head entries of the same block, and the head.
+    if (t === t0 + 125) {
+      await node.pool.flush(Date.now() + 3_600_000);
+      expect((await node.pool.freshStats()).counters.rows_written).toBeGreaterThan(0);
+    }
   }
   return obs;
+}
+
+/** A stored query's results with start in [fromMs, toMs), as the results API serves them. */
+async function results(node: CoreNode, id: string, fromMs = 0, toMs = 8.64e15): Promise<WindowResult[]> {
+  return (await node.stored.resultsJson(id, fromMs, toMs, 10_000)).map((j) => JSON.parse(j) as WindowResult);
 }
 
 /** Plain, obviously-correct evaluation over raw observations. */
@@ -114,8 +144,9 @@ function compare(got: WindowResult[], want: ReturnType<typeof reference>, q: Que
 }
 
 describe('query evaluation against a reference over raw observations', async () => {
-  const store = openStore();
-  const obs = await load(store);
+  const node = await openAt(tempDir(), { queryLatenessMs: 3000, limits: { lateSecondsMax: 1000 } });
+  afterAll(() => node.close());
+  const obs = await load(node);
   const cases: [string, boolean][] = [];
   for (const sel of ['*', 'web-*', 'web-2', 'rack:r2', 'db-?,web-1', 'rack:r*']) {
     for (const win of ['1s', '5s', '1m']) {
@@ -124,28 +155,25 @@ describe('query evaluation against a reference over raw observations', async () 
     }
   }
   for (const [text, exact] of cases) {
-    it(text, () => {
+    it(text, async () => {
       const q = parseQuery(text);
-      // A range that starts mid-window and spans rows and the head.
-      compare(evaluate(store, q, t0 + 3, t0 + seconds), reference(obs, q, t0 + 3, t0 + seconds), q, exact);
+      // A range that starts mid-window and spans rows and the head; evaluated by the worker owning the metric.
+      compare(await node.pool.query(q.text, q.metric, t0 + 3, t0 + seconds), reference(obs, q, t0 + 3, t0 + seconds), q, exact);
     });
   }
 
   it('stored queries evaluate closed windows, and late data raises the revision', async () => {
-    const stored = new StoredQueries(store.env, store, { latenessMs: 3000, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 1000 });
-    store.onIngest = (s) => stored.noteData(s);
-    const def = await stored.create('g', 'FROM * SELECT g WINDOW 5s COMPUTE count, max', (t0 + 5) * 1000);
-    await stored.tick((t0 + seconds) * 1000 + 3000);
-    const before = stored.results_(def.id, t0 * 1000, (t0 + seconds) * 1000);
+    const def = await node.stored.create('g', 'FROM * SELECT g WINDOW 5s COMPUTE count, max', Date.now());
+    await node.pool.tick((t0 + seconds) * 1000 + 3000);
+    const before = await results(node, def.id, t0 * 1000, (t0 + seconds) * 1000);
     expect(before.length).toBe(seconds / 5);
     expect(before[0]).toMatchObject({ startMs: t0 * 1000, revision: 0 });
     const live: WindowResult[] = [];
-    stored.subscribe((_, w) => live.push(w));
-    // A late batch: a new server reports 1e6 at t0 + 7.
-    const late = enc.rackBatch({ rack: 'r9', batchSeq: 1, second: t0 + 7, late: true, servers: [{ server: 'late-1', blocks: [buildColumns([{ name: 'g', kind: KindCode.Gauge, value: 1e6 }], [])] }], rollup: buildColumns([], []) });
-    expect((await store.ingest(late)).status).toBe(204);
-    await stored.tick((t0 + seconds) * 1000 + 4000);
-    const after = stored.results_(def.id, (t0 + 5) * 1000, (t0 + 10) * 1000);
+    node.stored.subscribe((id, w) => id === def.id && live.push(w));
+    // A late request: a new server of a new rack reports 1e6 at t0 + 7.
+    await ingest(node, gaugeBody({ rack: 'r9', seq: 1, second: t0 + 7, late: true, server: 'late-1', points: [{ name: 'g', kind: KindCode.Gauge, value: 1e6 }] }));
+    await node.pool.tick((t0 + seconds) * 1000 + 4000);
+    const after = await results(node, def.id, (t0 + 5) * 1000, (t0 + 10) * 1000);
     expect(after[0]).toMatchObject({ revision: 1, values: { max: 1e6, count: before[1]!.count + 1 } });
     expect(live.map((w) => [w.startMs, w.revision])).toEqual([[(t0 + 5) * 1000, 1]]);
   });
@@ -153,79 +181,120 @@ describe('query evaluation against a reference over raw observations', async () 
 
 describe('stored queries across a restart', () => {
   it('keep their definition and cursor, and compute the windows missed while down from storage', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'apm-restart-'));
-    dirs.push(dir);
-    const opts = { dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, diskBytesMax: 0, diskReserveBytes: 0 };
-    const sq = { latenessMs: 1000, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100 };
-    const ingestRange = async (store: Store, from: number, to: number, seq0: number) => {
-      for (let t = from; t < to; t++) {
-        const body = enc.rackBatch({ rack: 'r1', batchSeq: seq0 + t - from, second: t, late: false, servers: [{ server: 's1', blocks: [buildColumns([{ name: 'up', kind: KindCode.Gauge, value: t - t0 }], [])] }], rollup: buildColumns([], []) });
-        expect((await store.ingest(body)).status).toBe(204);
-      }
+    const dir = tempDir();
+    const ingestRange = async (node: CoreNode, from: number, to: number, seq0: number) => {
+      for (let t = from; t < to; t++) await ingest(node, gaugeBody({ rack: 'r1', seq: seq0 + t - from, second: t, server: 's1', points: [{ name: 'up', kind: KindCode.Gauge, value: t - t0 }] }));
     };
-    let store = new Store(opts);
-    let stored = new StoredQueries(store.env, store, sq);
-    const def = await stored.create('up', 'FROM s1 SELECT up WINDOW 10s COMPUTE max, count', t0 * 1000);
-    await ingestRange(store, t0, t0 + 20, 1);
+    let node = await openAt(dir, { queryLatenessMs: 1000 });
+    const def = await node.stored.create('up', 'FROM s1 SELECT up WINDOW 10s COMPUTE max, count', Date.now());
+    await ingestRange(node, t0, t0 + 20, 1);
+    await node.pool.tick((t0 + 21) * 1000);
+    expect((await results(node, def.id)).map((w) => w.values.max)).toEqual([9, 19]);
+    await node.close();
+    // Down while seconds t0+20 .. t0+60 are written: a node on the same data whose queries never
+    // reach those windows (its workers tick at real now, before t0), as a core replaying its WAL.
+    node = await openAt(dir, { queryLatenessMs: 1000 });
+    await ingestRange(node, t0 + 20, t0 + 60, 100);
+    await node.pool.flush(Date.now() + 3_600_000);
+    await node.close();
+    node = await openAt(dir, { queryLatenessMs: 1000 });
+    expect(node.stored.get(def.id)).toMatchObject({ name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max, count' });
+    expect((await results(node, def.id)).map((w) => w.values.max)).toEqual([9, 19]); // loaded from the worker's store
+    await node.pool.tick((t0 + 61) * 1000);
+    expect((await results(node, def.id)).map((w) => [w.values.max, w.values.count])).toEqual([[9, 10], [19, 10], [29, 10], [39, 10], [49, 10], [59, 10]]);
+    await node.close();
+  });
+
+  it('count their lag from the end of the oldest waiting window', async () => {
+    // The worker's side (core/query/stored.ts) over one store in this thread, at chosen times.
+    const store = new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+    const stored = new StoredQueries(store.env, store, { latenessMs: 1000, windowsPerTickMax: 1000, lateSecondsMax: 100 });
+    stored.sync([{ id: 'q1', name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max, count', createdMs: t0 * 1000 }], t0 * 1000);
+    for (let t = t0; t < t0 + 60; t++) {
+      const m = decodeFrame(gaugeBody({ rack: 'r1', seq: 1 + t - t0, second: t, server: 's1', points: [{ name: 'up', kind: KindCode.Gauge, value: t - t0 }] }), batchBytesMax);
+      if (!m.ok || m.msg.type !== 'rackSecond') throw new Error('BUG: test body does not decode');
+      const msg = m.msg;
+      expect(store.ingest(msg, [...msg.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() }))).status).toBe(204);
+    }
     await stored.tick((t0 + 21) * 1000);
-    expect(stored.results_(def.id, 0, Infinity).map((w) => w.values.max)).toEqual([9, 19]);
-    await store.close();
-    // Down while seconds t0+20 .. t0+60 are written by another core of the same data (a restart replay).
-    store = new Store(opts);
-    await ingestRange(store, t0 + 20, t0 + 60, 100);
-    await store.flushDue(Date.now() + 3_600_000);
-    await store.close();
-    store = new Store(opts);
-    stored = new StoredQueries(store.env, store, sq);
-    expect(stored.get(def.id)).toMatchObject({ name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max, count' });
-    // Behind by the windows missed: the oldest waiting one ([t0+20, t0+30)) ended 31 s before.
+    // Behind by the windows not evaluated: the oldest waiting one ([t0+20, t0+30)) ended 31 s before.
     expect(stored.lagSeconds((t0 + 61) * 1000)).toBe(31);
     await stored.tick((t0 + 61) * 1000);
     expect(stored.lagSeconds((t0 + 61) * 1000)).toBeLessThanOrEqual(0);
-    expect(stored.results_(def.id, 0, Infinity).map((w) => [w.values.max, w.values.count])).toEqual([[9, 10], [19, 10], [29, 10], [39, 10], [49, 10], [59, 10]]);
+    expect(stored.resultsJson('q1', 0, 8.64e15, 100).map((j) => (JSON.parse(j) as WindowResult).values.max)).toEqual([9, 19, 29, 39, 49, 59]);
     await store.close();
   });
 });
 
 describe('editing a stored query', () => {
   it('keeps its id, drops the old results, evaluates the new text, and refuses a bad one without change', async () => {
-    const store = openStore();
-    const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100 });
+    const node = await openAt(tempDir());
     for (let t = t0; t < t0 + 40; t++) {
-      const body = enc.rackBatch({ rack: 'r1', batchSeq: t, second: t, late: false, servers: [{ server: 's1', blocks: [buildColumns([{ name: 'x', kind: KindCode.Gauge, value: t - t0 }, { name: 'y', kind: KindCode.Gauge, value: 100 + t - t0 }], [])] }], rollup: buildColumns([], []) });
-      await store.ingest(body);
+      const points: PointInput[] = [{ name: 'x', kind: KindCode.Gauge, value: t - t0 }, { name: 'y', kind: KindCode.Gauge, value: 100 + t - t0 }];
+      await ingest(node, gaugeBody({ rack: 'r1', seq: t - t0 + 1, second: t, server: 's1', points }));
     }
-    const def = await stored.create('q', 'FROM * SELECT x WINDOW 10s COMPUTE max', t0 * 1000);
-    await stored.tick((t0 + 20) * 1000);
-    expect(stored.results_(def.id, 0, Infinity).map((w) => w.values.max)).toEqual([9, 19]);
-    await expect(stored.update(def.id, 'q', 'FROM * SELEKT y', (t0 + 20) * 1000)).rejects.toThrow(/SELECT/);
-    expect(stored.get(def.id)!.query).toBe('FROM * SELECT x WINDOW 10s COMPUTE max');
-    const edited = await stored.update(def.id, 'q2', 'FROM * SELECT y WINDOW 10s COMPUTE max', (t0 + 20) * 1000);
+    const def = await node.stored.create('q', 'FROM * SELECT x WINDOW 10s COMPUTE max', Date.now());
+    await node.pool.tick((t0 + 20) * 1000);
+    expect((await results(node, def.id)).map((w) => w.values.max)).toEqual([9, 19]);
+    const put = (body: unknown) => node.app.request(`/api/v1/queries/${def.id}`, { method: 'PUT', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const bad = await put({ name: 'q', query: 'FROM * SELEKT y' });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: string }).error).toMatch(/SELECT/);
+    expect(node.stored.get(def.id)!.query).toBe('FROM * SELECT x WINDOW 10s COMPUTE max');
+    expect((await results(node, def.id)).map((w) => w.values.max)).toEqual([9, 19]);
+    const edited = await node.stored.update(def.id, 'q2', 'FROM * SELECT y WINDOW 10s COMPUTE max');
     expect(edited).toMatchObject({ id: def.id, name: 'q2', createdMs: def.createdMs });
-    expect(stored.results_(def.id, 0, Infinity)).toEqual([]);
-    await stored.tick((t0 + 40) * 1000);
-    // Evaluation restarts at the window before the edit: y's maxima from there on.
-    expect(stored.results_(def.id, 0, Infinity).map((w) => w.values.max)).toEqual([119, 129, 139]);
-    expect(await stored.update('nope', 'n', 'FROM * SELECT y WINDOW 10s COMPUTE max', 0)).toBeUndefined();
-    await store.close();
+    expect(await results(node, def.id)).toEqual([]);
+    // Dropped in the workers too, wherever x and y live.
+    for (const metric of ['x', 'y']) expect(await node.pool.results({ id: def.id, metric }, { fromMs: 0, toMs: 8.64e15, limit: 100 })).toEqual([]);
+    await node.pool.tick((t0 + 40) * 1000);
+    // Evaluation restarts at the window before the edit (real now, before t0), not at the old
+    // cursor (t0 + 20): y's maxima for every window.
+    expect((await results(node, def.id)).map((w) => w.values.max)).toEqual([109, 119, 129, 139]);
+    expect(await node.stored.update('nope', 'n', 'FROM * SELECT y WINDOW 10s COMPUTE max')).toBeUndefined();
+    await node.close();
   });
 });
 
 describe('stored results in memory', () => {
   it('serve the newest windows from memory and older ones from LMDB, identically', async () => {
-    const store = openStore();
-    const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100, recentWindowsMax: 4 });
-    for (let t = t0; t < t0 + 300; t++) {
-      const body = enc.rackBatch({ rack: 'r1', batchSeq: t, second: t, late: false, servers: [{ server: 's1', blocks: [buildColumns([{ name: 'x', kind: KindCode.Gauge, value: t - t0 }], [])] }], rollup: buildColumns([], []) });
-      await store.ingest(body);
-    }
-    const def = await stored.create('x', 'FROM * SELECT x WINDOW 1s COMPUTE max', t0 * 1000);
-    await stored.tick((t0 + 300) * 1000);
-    const all = stored.results_(def.id, t0 * 1000, (t0 + 300) * 1000);
-    expect(all.map((w) => w.values.max)).toEqual(Array.from({ length: 300 }, (_, i) => i));
+    const node = await openAt(tempDir());
+    // A catalog that keeps 4 windows in memory, over this node's workers (it takes the place of
+    // the node's own: the workers evaluate its queries and report their windows to it).
+    const catalog = new QueryCatalog(node.meta.openDB({ name: 'queries-small', encoding: 'json' }), node.pool, { queriesMax: 10, recentWindowsMax: 4 });
+    await catalog.start();
+    for (let t = t0; t < t0 + 300; t++) await ingest(node, gaugeBody({ rack: 'r1', seq: t - t0 + 1, second: t, server: 's1', points: [{ name: 'x', kind: KindCode.Gauge, value: t - t0 }] }));
+    const def = await catalog.create('x', 'FROM * SELECT x WINDOW 1s COMPUTE max', Date.now());
+    await node.pool.tick((t0 + 300) * 1000);
+    const range = async (from: number, to: number) => (await catalog.resultsJson(def.id, (t0 + from) * 1000, (t0 + to) * 1000, 3600)).map((j) => (JSON.parse(j) as WindowResult).values.max);
+    expect(await range(0, 300)).toEqual(Array.from({ length: 300 }, (_, i) => i));
     // The newest few come from memory; a range reaching further back falls back to LMDB.
-    expect(stored.results_(def.id, (t0 + 297) * 1000, (t0 + 300) * 1000).map((w) => w.values.max)).toEqual([297, 298, 299]);
-    expect(stored.results_(def.id, (t0 + 10) * 1000, (t0 + 13) * 1000).map((w) => w.values.max)).toEqual([10, 11, 12]);
-    await store.close();
+    expect(await range(297, 300)).toEqual([297, 298, 299]);
+    expect(await range(10, 13)).toEqual([10, 11, 12]);
+    // Memory and the worker's store hold the same texts.
+    const fromStore = await node.pool.results({ id: def.id, metric: 'x' }, { fromMs: (t0 + 290) * 1000, toMs: (t0 + 300) * 1000, limit: 100 });
+    expect(await catalog.resultsJson(def.id, (t0 + 290) * 1000, (t0 + 300) * 1000, 100)).toEqual(fromStore);
+    await node.close();
+  });
+});
+
+describe('regression: pool.tick(nowMs) answered before evaluating as of nowMs', () => {
+  it('evaluates as of nowMs even when the worker timer\'s own tick is under way', async () => {
+    // The worker's timer ticks every 250 ms at real now; an explicit tick arriving during that
+    // run was answered when that run ended, without evaluating as of its own time.
+    const node = await openAt(tempDir());
+    const def = await node.stored.create('up', 'FROM s1 SELECT up WINDOW 1s COMPUTE max', Date.now());
+    // Other queries make each timer run longer (a commit per query), so an explicit tick often lands in one.
+    for (let k = 0; k < 30; k++) await node.stored.create(`other-${k}`, `FROM s${k} SELECT up WINDOW 1s COMPUTE max`, Date.now());
+    const missed: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const t = t0 + i;
+      await ingest(node, gaugeBody({ rack: 'r1', seq: i + 1, second: t, server: 's1', points: [{ name: 'up', kind: KindCode.Gauge, value: i }] }));
+      await node.pool.tick((t + 1) * 1000);
+      if ((await results(node, def.id, t * 1000, (t + 1) * 1000)).length === 0) missed.push(t);
+      await new Promise((r) => setTimeout(r, 37)); // land at different points of the timer's period
+    }
+    expect(missed).toEqual([]);
+    await node.close();
   });
 });

@@ -141,6 +141,15 @@ export class StoredQueries {
     return this.running;
   }
 
+  /**
+   * tick(nowMs) once any run under way has ended: that run (the worker's timer's) may be as of
+   * an earlier time, or may have taken its late seconds before newer data arrived.
+   */
+  async tickAfter(nowMs: number): Promise<void> {
+    while (this.running !== null) await this.running.catch(() => undefined);
+    await this.tick(nowMs);
+  }
+
   private async evaluateDue(nowMs: number): Promise<void> {
     const late = [...this.lateSeconds];
     this.lateSeconds.clear();
