@@ -5,14 +5,16 @@ import { join } from 'node:path';
 import { createApi } from './api.js';
 import { ApiAuth, hashToken, parseTokens, TokenSet } from './auth.js';
 import { coreLimits } from './limits.js';
-import { StoredQueries } from './query/stored.js';
+import { openNode } from './node.js';
 import { RateLimiter } from './ratelimit.js';
-import { Store } from './store.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'apm-rate-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const store = new Store({ dir, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 1000, diskBytesMax: 0, diskReserveBytes: 0 });
-const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 1000, queriesMax: 10, lateSecondsMax: 100 });
+const node = await openNode({ dataDir: dir, workers: 1, shards: 4, queryLatenessMs: 0 });
+afterAll(async () => {
+  await node.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+const parts = { pool: node.pool, servers: node.servers, stored: node.stored };
 
 describe('token buckets', () => {
   it('allows a burst, then refills at the rate, and says how long to wait', () => {
@@ -43,7 +45,7 @@ describe('query API rate limit', () => {
     const t = { alice: 'tok-a', bob: 'tok-b', rack: 'tok-r' };
     const auth = new ApiAuth({ tokens: new TokenSet(parseTokens(`${hashToken(t.alice)} read alice\n${hashToken(t.bob)} read bob\n${hashToken(t.rack)} ingest rack`, 'f')) });
     const queryRate = new RateLimiter({ ratePerSecond: 1, burst: 10, bucketsMax: 100 });
-    const app = createApi(store, stored, { ingestBodyBytesMax: 100_000, auth, queryRate });
+    const app = createApi(parts, { ingestBodyBytesMax: 100_000, auth, queryRate });
     const get = (path: string, token: string) => app.request(path, { headers: { authorization: `Bearer ${token}` } });
     for (let i = 0; i < 10; i++) expect((await get('/api/v1/queries', t.alice)).status).toBe(200);
     const limited = await get('/api/v1/queries', t.alice);
@@ -63,7 +65,7 @@ describe('query API rate limit', () => {
   });
 
   it('keys on the client address when auth is off', async () => {
-    const app = createApi(store, stored, { ingestBodyBytesMax: 100_000, queryRate: new RateLimiter({ ratePerSecond: 1, burst: 2, bucketsMax: 10 }) });
+    const app = createApi(parts, { ingestBodyBytesMax: 100_000, queryRate: new RateLimiter({ ratePerSecond: 1, burst: 2, bucketsMax: 10 }) });
     expect([(await app.request('/api/v1/queries')).status, (await app.request('/api/v1/queries')).status, (await app.request('/api/v1/queries')).status]).toEqual([200, 200, 429]);
   });
 });
