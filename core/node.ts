@@ -56,7 +56,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
       diskBytesMax: o.diskBytesMax ?? 0,
       diskReserveBytes: o.diskReserveBytes ?? L.diskReserveBytes,
       flushGraceMs: o.flushGraceMs ?? L.flushGraceMs,
-      headBytesMax: Math.floor(L.headBytesMax / o.workers),
+      headBytesMax: L.headBytesMax,
       metricsMax: L.metricsMax,
       metricsPerServerMax: L.metricsPerServerMax,
       serversMax: L.serversMax,

@@ -87,7 +87,7 @@ export class ShardPool {
       layout: this.placement.layout,
       stores,
       shardsOfStore,
-      store: { ...this.opts.store, shardCount: this.shards, diskBytesMax: Math.floor(this.opts.store.diskBytesMax / this.placement.layout.stores) },
+      store: { ...this.opts.store, shardCount: this.shards, ...perStore(this.opts.store, this.placement.layout.stores) },
       stored: this.opts.stored,
       retentionSweepMs: this.opts.retentionSweepMs,
       registrySaveMs: this.opts.registrySaveMs,
@@ -340,6 +340,16 @@ export class ShardPool {
 }
 
 export class WorkerError extends Error {}
+
+/**
+ * A node's limits as each of its E stores applies them: budgets split evenly (a metric hash
+ * spreads a server's metrics and the registry evenly over stores; 10% slack for the unevenness
+ * of a few thousand hashes), counts of servers and racks whole (every store sees every server).
+ */
+function perStore(o: PoolOptions['store'], stores: number): Pick<StoreOptions, 'diskBytesMax' | 'headBytesMax' | 'metricsMax' | 'metricsPerServerMax'> {
+  const share = (n: number) => (stores === 1 ? n : Math.ceil((n / stores) * 1.1));
+  return { diskBytesMax: Math.floor(o.diskBytesMax / stores), headBytesMax: Math.floor(o.headBytesMax / stores), metricsMax: share(o.metricsMax), metricsPerServerMax: share(o.metricsPerServerMax) };
+}
 
 /** A /metrics scrape waits this long for a busy worker's figures, then uses its last report. */
 const statsWaitMs = 2000;

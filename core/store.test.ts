@@ -127,12 +127,15 @@ describe('Store', () => {
     return store.close();
   });
 
-  it('refuses a section holding NaN with 400 and counts it', () => {
+  it('refuses a NaN point alone (counted), and a malformed section with 400', () => {
     const store = open();
-    const r = store.ingest(...batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: NaN }] } }));
-    expect(r).toMatchObject({ status: 400, reason: 'bad_value' });
+    const r = store.ingest(...batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: NaN }, { name: 'y', kind: KindCode.Gauge, value: 1 }] } }));
+    expect(r).toMatchObject({ status: 204 });
+    expect(dump(store, 'x', t0, t0 + 1)).toEqual({});
+    expect(dump(store, 'y', t0, t0 + 1)).toEqual({ [`a@${t0}`]: 1 });
+    expect(store.counters.points_dropped_bad_value).toBe(1);
     expect(store.ingest({ rack: 'r1', session: 1, seq: 1, second: t0, late: false }, [{ shard: 0, bytes: new Uint8Array(40) }]).status).toBe(400);
-    expect(store.rejected).toMatchObject({ bad_value: 1 });
+    expect(store.rejected).toMatchObject({ bad_checksum: 1 });
     return store.close();
   });
 

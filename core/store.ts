@@ -450,6 +450,8 @@ export class Store {
         puts.sort((a, b) => Buffer.compare(a.key, b.key));
         for (const p of puts) this.rows.put(p.key, p.value);
         for (const e of emptied) for (const k of e.head.wal.get(e.block) ?? []) this.wal.remove(k);
+        // The registry entries the rows refer to are durable no later than the rows (their WAL goes).
+        this.registry.flushDirty();
       });
     } catch (err) {
       this.counters.flush_errors++;

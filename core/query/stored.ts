@@ -153,20 +153,24 @@ export class StoredQueries {
   private async evaluateDue(nowMs: number): Promise<void> {
     const late = [...this.lateSeconds];
     this.lateSeconds.clear();
+    const done: { s: QueryState; pending: Map<string, WindowResult> }[] = [];
     for (const s of [...this.states.values()]) {
       if (this.states.get(s.def.id) !== s) continue; // edited or deleted meanwhile
       const pending = new Map<string, WindowResult>();
+      const next = s.next;
       try {
         this.advance(s, nowMs, pending);
         this.revise(s, late, pending);
-        this.commit(s, pending);
       } catch (err) {
         this.counters.evaluation_errors++;
         console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
       }
+      if (pending.size > 0 || s.next !== next) done.push({ s, pending });
       // One query at a time: ingest and reads of this worker run in between.
       await new Promise((r) => setImmediate(r));
     }
+    // Every query's new windows and cursor of this tick in one transaction: one sync per tick, not per query.
+    if (done.length > 0) this.commit(done.filter((d) => this.states.get(d.s.def.id) === d.s));
   }
 
   private advance(s: QueryState, nowMs: number, pending: Map<string, WindowResult>): void {
@@ -200,24 +204,26 @@ export class StoredQueries {
     }
   }
 
-  /** Stores a query's new and changed windows and its cursor in one transaction, then announces them. */
-  private commit(s: QueryState, pending: Map<string, WindowResult>): void {
-    const changed: [string, WindowResult, string][] = [];
-    for (const [key, w] of pending) {
-      const oldJson = this.results.get(key);
-      const old = oldJson === undefined ? undefined : (JSON.parse(oldJson) as WindowResult);
-      if (old !== undefined) {
-        if (sameValues(old, w)) continue;
-        w.revision = old.revision + 1;
-        this.counters.windows_revised++;
+  /** Stores the queries' new and changed windows and their cursors in one transaction, then announces them. */
+  private commit(done: readonly { s: QueryState; pending: Map<string, WindowResult> }[]): void {
+    const changed: [string, string, WindowResult, string][] = [];
+    for (const { s, pending } of done) {
+      for (const [key, w] of pending) {
+        const oldJson = this.results.get(key);
+        const old = oldJson === undefined ? undefined : (JSON.parse(oldJson) as WindowResult);
+        if (old !== undefined) {
+          if (sameValues(old, w)) continue;
+          w.revision = old.revision + 1;
+          this.counters.windows_revised++;
+        }
+        changed.push([s.def.id, key, w, JSON.stringify(w)]);
       }
-      changed.push([key, w, JSON.stringify(w)]);
     }
     this.root.transactionSync(() => {
-      for (const [key, , json] of changed) void this.results.put(key, json);
-      void this.cursors.put(s.def.id, { query: s.def.query, next: s.next });
+      for (const [, key, , json] of changed) void this.results.put(key, json);
+      for (const { s } of done) void this.cursors.put(s.def.id, { query: s.def.query, next: s.next });
     });
-    for (const [, w] of changed) this.onWindow?.(s.def.id, w);
+    for (const [id, , w] of changed) this.onWindow?.(id, w);
   }
 }
 
