@@ -5,7 +5,7 @@ import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
-import { ApiAuth } from './auth.js';
+import { ApiAuth, mayRack } from './auth.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
 import type { ShardPool } from './pool.js';
@@ -82,12 +82,15 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     async (c) => {
       http.ingest_requests++;
       const body = new Uint8Array(await c.req.arrayBuffer());
-      const r = await pool.ingest(body);
+      // Only the racks the token names (issue 16.3): checked on the decoded container, before any worker sees it.
+      const grant = c.get('apmRacks') ?? '*';
+      const r = await pool.ingest(body, (rack) => mayRack(grant, rack));
       if (r.status === 204) {
         servers.seen(r.msg.rack, r.msg.servers, Date.now());
         status.noteSecond(r.msg.second);
         return c.body(null, 204);
       }
+      if (r.status === 403) return auth.rackRefused(c, c.get('apmClient') ?? 'unknown', grant, r.rack);
       return c.json({ error: r.error, reason: r.reason, ...(r.shards === undefined ? {} : { shards: r.shards }) }, r.status);
     },
   );
@@ -164,8 +167,10 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s('points_dropped_overflow'), server_overflow: s('points_dropped_servers'), bad_value: s('points_dropped_bad_value') });
     p.counter('apm_core_servers_refused_total', 'Servers not registered: the registry is full (their points are dropped, counted above)', s('servers_refused') + servers.refused);
     p.counter('apm_core_rack_reports_refused_total', 'Rack status reports refused: more racks than the status table holds', status.racksRefused);
+    p.counter('apm_core_rack_reports_expired_total', 'Rack status reports dropped from the fleet view: their rack sent none for rackReportTtlMs', status.racksExpired);
+    p.gauge('apm_core_rack_reports', 'Racks with an unexpired status report', status.rackCount);
     p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
-    p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route)', 'reason', auth.failures);
+    p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route, rack: the token does not name the rack it sent for)', 'reason', auth.failures);
     p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits)', 'reason', refused);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);

@@ -2,9 +2,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { KindCode } from '../schema/codec.js';
+import { rackSecondBody } from '../schema/section.js';
+import { buildColumns } from '../schema/testdata.js';
 import { createApi } from './api.js';
 import { accessFor, ApiAuth, hashToken, parseTokens, TokenFileError, TokenSet, type Role } from './auth.js';
 import { openNode } from './node.js';
+import type { WindowResult } from './query/eval.js';
 
 const tokens: Record<Role, string> = { read: 'tok-read', write: 'tok-write', ingest: 'tok-ingest', admin: 'tok-admin' };
 const file = Object.entries(tokens)
@@ -29,12 +33,34 @@ describe('tokens file', () => {
     // Unknown role.
     f(`${h} owner bob`, /line 1: role "owner" is not one of read, write, ingest, admin/);
     // Missing name.
-    f(`${h} read`, /line 1: expected "<sha256 hex> <role> <name>", got 2 fields/);
+    f(`${h} read`, /line 1: expected "<sha256 hex> <role> <name> \[racks=<rack>,…\]", got 2 fields/);
     // Name with a bad character.
     f(`${h} read bob/x`, /line 1: name "bob\/x"/);
     // The same hash twice.
     f(`${h} read a\n${h} admin b`, /line 2: the same token hash as line 1/);
     expect(() => parseTokens('nope', 'f')).toThrow(TokenFileError);
+  });
+
+  it('reads the racks an ingest token may speak for (racks=, issue 16.3), old lines too', () => {
+    const h = hashToken('x');
+    const racksOf = (text: string) => {
+      const r = parseTokens(text, 'f')[0]!.racks;
+      return r === '*' ? '*' : [...r];
+    };
+    expect(racksOf(`${h} ingest rack-r1 racks=r1`)).toEqual(['r1']);
+    expect(racksOf(`${h} ingest relay racks=r1,r2,rack.03`)).toEqual(['r1', 'r2', 'rack.03']);
+    expect(racksOf(`${h} ingest relay racks=*`)).toBe('*');
+    // A line from before racks= parses, and speaks for no rack.
+    expect(racksOf(`${h} ingest old-rack`)).toEqual([]);
+    expect(new TokenSet(parseTokens(`${h} ingest old-rack`, 'f')).ingestWithoutRacks()).toEqual(['old-rack']);
+    const f = (text: string, want: RegExp) => expect(() => parseTokens(text, 'f')).toThrow(want);
+    // racks= on another role.
+    f(`${h} read bob racks=r1`, /line 1: racks= applies to role ingest only/);
+    // Not racks=.
+    f(`${h} ingest r racks:r1`, /line 1: 4th field "racks:r1" is not racks=/);
+    // A bad rack id, an empty one.
+    f(`${h} ingest r racks=r1,r/2`, /line 1: racks=: rack id "r\/2" is not/);
+    f(`${h} ingest r racks=r1,`, /line 1: racks=: rack id "" is not/);
   });
 
   it('accepts exactly the stored tokens, compared by hash', () => {
@@ -122,5 +148,57 @@ describe('auth middleware', () => {
   it('lets everything through when auth is off (loopback dev default)', async () => {
     const open = createApi({ pool: node.pool, servers: node.servers, stored: node.stored }, { ingestBodyBytesMax: 100_000 });
     expect((await open.request('/api/v1/servers')).status).toBe(200);
+  });
+});
+
+describe('regression: any ingest token could erase or forge another rack\'s data (issue 16.3)', () => {
+  // rack-r7 may speak for r7 only; the admin for any rack.
+  const t = { r7: 'tok-r7', r1: 'tok-r1', admin: 'tok-adm', old: 'tok-old' };
+  const rackAuth = new ApiAuth({
+    tokens: new TokenSet(parseTokens(`${hashToken(t.r7)} ingest rack-r7 racks=r7\n${hashToken(t.r1)} ingest rack-r1 racks=r1\n${hashToken(t.admin)} admin me\n${hashToken(t.old)} ingest rack-old`, 'tokens')),
+  });
+  const now = Math.floor(Date.now() / 1000);
+  const second = (rack: string, seq: number, value: number) =>
+    rackSecondBody({ rack, session: 5, seq, second: now - 30 + seq, late: false, shards: 8, servers: [{ server: `${rack}-web`, blocks: [buildColumns([{ name: 'owned', kind: KindCode.Gauge, value }], [])] }], rollup: buildColumns([], [], ['owned']) });
+  const as = (token: string, body: Uint8Array) => ({ method: 'POST', body, headers: { authorization: `Bearer ${token}` } });
+
+  it("refuses a RackSecond or a status report of a rack the token does not name (403, counted); the rack's own data is then stored, not taken as duplicates", async () => {
+    const d = mkdtempSync(join(tmpdir(), 'apm-auth-racks-'));
+    const n = await openNode({ dataDir: d, workers: 1, shards: 8, queryLatenessMs: 0, flushGraceMs: 0, auth: rackAuth, limits: { ingestBodyBytesMax: 100_000 } });
+    try {
+      // r7's token posts r1's seqs 1..3 (empty of meaning, or forged values): refused, nothing stored.
+      for (let seq = 1; seq <= 3; seq++) {
+        const r = await n.app.request('/api/v1/ingest', as(t.r7, second('r1', seq, 666)));
+        expect(r.status).toBe(403);
+        expect(await r.json()).toMatchObject({ reason: 'rack_not_allowed', error: expect.stringMatching(/token "rack-r7" may speak for rack r7, not for rack "r1"/) });
+      }
+      // The real r1 then sends the same seqs: stored, not acknowledged as duplicates.
+      for (let seq = 1; seq <= 3; seq++) expect((await n.app.request('/api/v1/ingest', as(t.r1, second('r1', seq, seq)))).status).toBe(204);
+      // An ingest line from before racks= speaks for no rack; the admin for any.
+      expect((await n.app.request('/api/v1/ingest', as(t.old, second('r1', 4, 4)))).status).toBe(403);
+      expect((await n.app.request('/api/v1/ingest', as(t.admin, second('r1', 5, 5)))).status).toBe(204);
+      expect((await n.app.request('/api/v1/ingest', as(t.r7, second('r7', 1, 70)))).status).toBe(204);
+      const q = encodeURIComponent('FROM r1-web SELECT owned WINDOW 1m COMPUTE count, max');
+      const windows = ((await (await n.app.request(`/api/v1/query?q=${q}&from=${(now - 120) * 1000}&to=${now * 1000}`, { headers: { authorization: `Bearer ${t.admin}` } })).json()) as { windows: WindowResult[] }).windows;
+      expect(windows.reduce((a, w) => a + w.count, 0)).toBe(4);
+      expect(Math.max(...windows.map((w) => w.values.max!))).toBe(5);
+      // Status reports likewise.
+      const report = (token: string, rack: string) => n.app.request(`/api/v1/racks/${rack}/status`, { method: 'POST', body: JSON.stringify({ partsLost: 1 }), headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } });
+      expect((await report(t.r7, 'r1')).status).toBe(403);
+      expect((await report(t.r1, 'r1')).status).toBe(204);
+      expect((await report(t.admin, 'r9')).status).toBe(204);
+      const m = await (await n.app.request('/metrics', { headers: { authorization: `Bearer ${t.admin}` } })).text();
+      expect(m).toMatch(/^apm_core_http_auth_failures_total\{reason="rack"\} 5$/m);
+      expect(m).toMatch(/^apm_core_sections_duplicate_total 0$/m);
+    } finally {
+      await n.close();
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('lets any rack through with auth off (loopback dev default)', async () => {
+    expect((await node.pool.ingest(second('r42', 1, 1), () => true)).status).toBe(204);
+    const open = createApi({ pool: node.pool, servers: node.servers, stored: node.stored }, { ingestBodyBytesMax: 100_000 });
+    expect((await open.request('/api/v1/ingest', { method: 'POST', body: second('r43', 1, 1) })).status).toBe(204);
   });
 });

@@ -1,7 +1,12 @@
 // API tokens of the core (DESIGN §5 "Auth", issue 8). A tokens file holds one token a line:
-//   <sha-256 hex of the token> <role> <name>
+//   <sha-256 hex of the token> <role> <name> [racks=<rack>,<rack>…|racks=*]
 // ('#' comments and blank lines allowed). Only hashes are stored, so the file is not a secret
 // worth stealing; `apm token create` writes it. Clients send `Authorization: Bearer <token>`.
+// A token of role ingest speaks only for the racks its line names (issue 16.3): a RackSecond or
+// a status report of any other rack is refused with 403 and counted; `racks=*` is any rack (a
+// stated choice, e.g. for a relay). An ingest line without racks= (written before issue 16.3)
+// still parses, but speaks for no rack. Admin tokens, and every request with auth off (the
+// loopback dev default), may speak for any rack.
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -13,18 +18,50 @@ export type Role = (typeof roles)[number];
 /** What a route needs: a role, or nothing (health check, dashboard page and assets). */
 export type Access = Role | 'public';
 
+/** The racks a request may speak for: '*' any, else exactly these (empty: none). */
+export type RackGrant = '*' | ReadonlySet<string>;
+
 export interface TokenEntry {
   hashHex: string;
   hash: Buffer;
   role: Role;
   name: string;
+  /** Role ingest: the racks named by racks= ('*': any; empty: none named). Other roles: empty. */
+  racks: RackGrant;
 }
 
 declare module 'hono' {
   interface ContextVariableMap {
     /** Who is asking: the token's name, or the client address when auth is off (rate limits key on it). */
     apmClient: string;
+    /** The racks the request may speak for (ingest, rack status reports). */
+    apmRacks: RackGrant;
+    /** Why a route refused the request, when its status alone does not say (counted at /metrics). */
+    apmRefusal: string;
   }
+}
+
+/** Whether `grant` lets a request speak for `rack`. */
+export function mayRack(grant: RackGrant, rack: string): boolean {
+  return grant === '*' || grant.has(rack);
+}
+
+/** A grant as text for errors: "any rack", "no rack", or the list. */
+export function grantText(grant: RackGrant): string {
+  if (grant === '*') return 'any rack';
+  return grant.size === 0 ? 'no rack' : `rack${grant.size === 1 ? '' : 's'} ${[...grant].sort().join(', ')}`;
+}
+
+/** Rack ids in racks= (the rack's --rack syntax: DESIGN §3 server ids). */
+const rackIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Parses the value of racks= ("r1,r2" or "*"), or says what is wrong with it. */
+export function parseRacks(value: string): { racks: RackGrant } | { error: string } {
+  if (value === '*') return { racks: '*' };
+  const ids = value.split(',');
+  if (ids.length > coreLimits.tokenRacksMax) return { error: `${ids.length} racks > ${coreLimits.tokenRacksMax}; use racks=* for a token that may speak for any rack` };
+  for (const id of ids) if (!rackIdPattern.test(id)) return { error: `rack id ${JSON.stringify(id.slice(0, 80))} is not ${rackIdPattern.source}` };
+  return { racks: new Set(ids) };
 }
 
 export class TokenFileError extends Error {}
@@ -51,15 +88,23 @@ export function parseTokens(text: string, file: string): TokenEntry[] {
     if (line === '' || line.startsWith('#')) return;
     const where = `${file} line ${i + 1}`;
     const fields = line.split(/\s+/);
-    if (fields.length !== 3) throw new TokenFileError(`${where}: expected "<sha256 hex> <role> <name>", got ${fields.length} fields; fix or remove the line`);
-    const [hashHex, role, name] = fields as [string, string, string];
+    if (fields.length !== 3 && fields.length !== 4) throw new TokenFileError(`${where}: expected "<sha256 hex> <role> <name> [racks=<rack>,…]", got ${fields.length} fields; fix or remove the line`);
+    const [hashHex, role, name, extra] = fields as [string, string, string, string | undefined];
     if (!/^[0-9a-f]{64}$/.test(hashHex)) throw new TokenFileError(`${where}: ${JSON.stringify(hashHex.slice(0, 80))} is not a SHA-256 hex digest (64 lower-case hex digits); create entries with 'apm token create'`);
     if (!isRole(role)) throw new TokenFileError(`${where}: role ${JSON.stringify(role)} is not one of ${roles.join(', ')}`);
     if (!tokenNamePattern.test(name)) throw new TokenFileError(`${where}: name ${JSON.stringify(name.slice(0, 80))} is not ${tokenNamePattern.source}`);
     const dup = lineOf.get(hashHex);
     if (dup !== undefined) throw new TokenFileError(`${where}: the same token hash as line ${dup}; remove one`);
+    let racks: RackGrant = new Set<string>();
+    if (extra !== undefined) {
+      if (!extra.startsWith('racks=')) throw new TokenFileError(`${where}: 4th field ${JSON.stringify(extra.slice(0, 80))} is not racks=<rack>,<rack>… or racks=*`);
+      if (role !== 'ingest') throw new TokenFileError(`${where}: racks= applies to role ingest only (this token has role ${role}; admin tokens may send for any rack); remove it`);
+      const r = parseRacks(extra.slice('racks='.length));
+      if ('error' in r) throw new TokenFileError(`${where}: racks=: ${r.error}`);
+      racks = r.racks;
+    }
     lineOf.set(hashHex, i + 1);
-    out.push({ hashHex, hash: Buffer.from(hashHex, 'hex'), role, name });
+    out.push({ hashHex, hash: Buffer.from(hashHex, 'hex'), role, name, racks });
   });
   return out;
 }
@@ -79,11 +124,20 @@ export class TokenSet {
     } catch (err) {
       throw new TokenFileError(`${file}: ${(err as Error).message}; create it with 'apm token create --role admin --name me --tokens ${file}'`, { cause: err });
     }
-    return new TokenSet(parseTokens(text, file));
+    const set = new TokenSet(parseTokens(text, file));
+    const without = set.ingestWithoutRacks();
+    // Lines from before issue 16.3 still load, but send nothing: say so where the operator looks.
+    if (without.length > 0) console.error(`apm core: ${file}: ingest token${without.length === 1 ? '' : 's'} ${without.slice(0, 10).join(', ')}${without.length > 10 ? ', …' : ''} name${without.length === 1 ? 's' : ''} no racks and may send for none; append racks=<rack id>[,<rack id>…] to ${without.length === 1 ? 'its line' : 'their lines'} and send the core SIGHUP`);
+    return set;
   }
 
   get size(): number {
     return this.byHash.size;
+  }
+
+  /** Names of ingest tokens that name no rack (lines from before issue 16.3): they can send nothing. */
+  ingestWithoutRacks(): string[] {
+    return [...this.byHash.values()].filter((e) => e.role === 'ingest' && e.racks !== '*' && e.racks.size === 0).map((e) => e.name);
   }
 
   /** The entry of a presented token, or undefined. */
@@ -121,6 +175,7 @@ export function allows(role: Role, access: Access): boolean {
 }
 
 const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
+const rackStatusPath = /^\/api\/v1\/racks\/([^/]+)\/status$/;
 
 export interface AuthOptions {
   /** The accepted tokens; null: auth is off (the loopback dev default), every request passes. */
@@ -129,7 +184,8 @@ export interface AuthOptions {
 
 /** Checks every request's token against the route's role; counts failures by reason. */
 export class ApiAuth {
-  readonly failures = { missing: 0, unknown: 0, forbidden: 0 };
+  /** rack: a token sent for a rack it does not name (ingest or status report, issue 16.3). */
+  readonly failures = { missing: 0, unknown: 0, forbidden: 0, rack: 0 };
   tokens: TokenSet | null;
 
   constructor(opts: AuthOptions) {
@@ -141,11 +197,13 @@ export class ApiAuth {
       const tokens = this.tokens;
       if (tokens === null) {
         c.set('apmClient', clientAddress(c));
+        c.set('apmRacks', '*');
         return next();
       }
       const access = accessFor(c.req.method, c.req.path);
       if (access === 'public') {
         c.set('apmClient', clientAddress(c));
+        c.set('apmRacks', new Set());
         return next();
       }
       const presented = presentedToken(c);
@@ -162,9 +220,27 @@ export class ApiAuth {
         this.failures.forbidden++;
         return c.json({ error: `token "${entry.name}" has role ${entry.role}; ${c.req.method} ${c.req.path} needs role ${access} (or admin)` }, 403);
       }
+      const racks: RackGrant = entry.role === 'admin' ? '*' : entry.racks;
+      // A rack's status report names its rack in the path: checked here. An ingest body names
+      // its rack inside; the ingest route checks that once the container is decoded.
+      const m = c.req.method === 'POST' ? rackStatusPath.exec(c.req.path) : null;
+      if (m !== null && !mayRack(racks, m[1]!)) return this.rackRefused(c, entry.name, racks, m[1]!);
       c.set('apmClient', entry.name);
+      c.set('apmRacks', racks);
       return next();
     };
+  }
+
+  /** 403 for a token speaking for a rack it does not name (counted). */
+  rackRefused(c: Context, token: string, grant: RackGrant, rack: string): Response {
+    this.failures.rack++;
+    return c.json(
+      {
+        error: `token "${token}" may speak for ${grantText(grant)}, not for rack ${JSON.stringify(rack.slice(0, 80))}; give rack ${JSON.stringify(rack.slice(0, 80))} its own token ('apm token create --role ingest --name rack-<id> --racks <id> --tokens <file>') or add it to this token's racks= and SIGHUP the core`,
+        reason: 'rack_not_allowed',
+      },
+      403,
+    );
   }
 }
 

@@ -50,6 +50,13 @@ export const coreLimits = {
   tokenLinesMax: 100_000,
   /** Characters of a presented token: ours are 47; longer ones are refused before hashing. */
   tokenCharsMax: 512,
+  /** Racks one ingest token may name in racks= (issue 16.3): a rack has its own token, a relay
+   * a few dozen; a token for more uses racks=*. Bounds a line's parse and its set. */
+  tokenRacksMax: 1000,
+  /** A rack's status report is dropped from the fleet view this long after it was sent (issue
+   * 16.3: the table expires entries). Racks report every 5 s; 10 min spans a rack restart and a
+   * short core-rack partition, and a retired or renamed rack leaves the table on its own. */
+  rackReportTtlMs: 10 * 60_000,
   /** Query API requests per second per token (or client address): a dashboard refreshing a
    * dozen panels stays far below; a script in a loop is slowed before it starves ingest of CPU. */
   queryRatePerSecond: 20,
@@ -58,6 +65,14 @@ export const coreLimits = {
   /** Cost of an ad-hoc query in rate-limit tokens: it evaluates from storage (ms to 100s of ms
    * of CPU), where a list or stored result is served from memory. */
   adHocQueryCost: 5,
+  /** Live (SSE) streams one client (token name, or client address when auth is off) may hold
+   * at once: a tenth of the node's subscribersMax (1,000), so one token cannot take every slot
+   * (issue 16.10). A dashboard holds one multiplexed stream per open tab. */
+  liveStreamsPerClientMax: 100,
+  /** Cost of opening a live stream in rate-limit tokens (issue 16.10): it holds a connection
+   * and a queue for as long as the client likes, so it costs as much as an ad-hoc query; a
+   * client can open queryBurst / liveStreamCost = 20 at once, then 4 a second. */
+  liveStreamCost: 5,
   /** Rate-limit buckets kept (one per token name or client address); the least recently used
    * goes beyond it, so a flood of addresses costs bounded memory. */
   rateBucketsMax: 10_000,
@@ -69,6 +84,31 @@ export const coreLimits = {
   adHocRangeMsMax: 31 * 86_400_000,
   /** Range of a stored query's results request: the longest retention (10 years). */
   resultsRangeMsMax: 10 * 366 * 86_400_000,
+
+  // Evaluation (issue 16.1, 16.11): what one evaluation may cost its worker, which meanwhile
+  // ingests nothing for its shards.
+  /** Time budget of one ad-hoc evaluation: past it the evaluation stops and the API answers 503
+   * with the reason. A day of a 1,000-server gauge reads ~1,440 rows in well under 1 s on the
+   * development box; 2 s is a stall the racks absorb (they spool and retry), not an outage. */
+  adHocEvalMs: 2_000,
+  /** Time budget of one stored query's tick (its new windows and revisions): past it the tick
+   * is abandoned (counted), and retried later with a quarter of the windows per evaluation. */
+  storedEvalMs: 1_000,
+  /** Longest wait before a stored query that ran past its budget is tried again (the wait
+   * doubles from storedEvalMs with each failure in a row), so a query that never fits costs its
+   * worker at most storedEvalMs a minute. */
+  storedEvalRetryMaxMs: 60_000,
+  /** Rows read between two looks at the clock: a row decodes in tens of µs, a clock read is
+   * ~50 ns, so the check is free and the budget is overrun by a few rows at most. */
+  evalBudgetCheckRows: 8,
+  /** Exact values held at once by one evaluation for percentiles of gauges and counters
+   * (issue 16.11): 1 M doubles, 8 MB (16 MB with array growth). Past it the window holding the
+   * most values switches to a sketch (1% relative error, DESIGN §3), and its result says so
+   * ("sketched": true). `FROM * SELECT g WINDOW 1d COMPUTE p99` at 10,000 servers is 864 M values. */
+  evalExactValuesMax: 1_000_000,
+  /** Windows one evaluation computes: the answer bound (routes' windowsPerAnswerMax) plus the
+   * window that contains `from`. Beyond it an evaluation is refused, never attempted. */
+  evalWindowsMax: 3601,
 } as const;
 
 export type CoreLimits = { -readonly [K in keyof typeof coreLimits]: number };

@@ -31,7 +31,7 @@ export interface PoolOptions {
   requestTimeoutMs: number;
 }
 
-export type IngestResult = { status: 204; points: number; duplicates: number; msg: RackSecondMessage } | { status: 400 | 409 | 503; error: string; reason: string; shards?: number };
+export type IngestResult = { status: 204; points: number; duplicates: number; msg: RackSecondMessage } | { status: 400 | 409 | 503; error: string; reason: string; shards?: number } | { status: 403; reason: 'rack_not_allowed'; rack: string; error: string };
 
 type Pending = { resolve: (r: Reply) => void; timer: NodeJS.Timeout };
 
@@ -180,8 +180,11 @@ export class ShardPool {
     });
   }
 
-  /** Validates a RackSecond and makes every section durable in its shard's worker; 204 only then. */
-  async ingest(body: Uint8Array): Promise<IngestResult> {
+  /**
+   * Validates a RackSecond and makes every section durable in its shard's worker; 204 only then.
+   * A second of a rack `mayRack` refuses is answered 403 before anything is stored (issue 16.3).
+   */
+  async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true): Promise<IngestResult> {
     const r = decodeFrame(body, batchBytesMax);
     if (!r.ok || r.msg.type !== 'rackSecond') {
       const reason = r.ok ? 'not_a_second' : r.reason;
@@ -189,6 +192,7 @@ export class ShardPool {
       return { status: 400, reason, error: r.ok ? `expected a RackSecond (wire v2), got a ${r.msg.type}` : `request refused (${r.reason}): ${r.detail}` };
     }
     const msg = r.msg;
+    if (!mayRack(msg.rack)) return { status: 403, reason: 'rack_not_allowed', rack: msg.rack, error: `not allowed to send for rack ${msg.rack}` };
     if (msg.shards !== this.shards) {
       this.counters.shards_mismatch++;
       return { status: 409, reason: 'shards_mismatch', shards: this.shards, error: `the rack cut its sections for ${msg.shards} shards; this core has ${this.shards}: ask GET /api/v1/placement and cut again` };

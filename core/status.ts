@@ -3,6 +3,8 @@
 // and the status each rack reports about itself (loss recovered and lost, spool depth) — so
 // one page on the core shows every tier without reaching the racks' own HTTP ports.
 
+import { coreLimits } from './limits.js';
+
 export interface RackStatus {
   /** What the rack reported (numbers only; unknown fields are ignored). */
   datagramsReceived: number;
@@ -38,6 +40,8 @@ const rackFields: (keyof RackStatus)[] = [
 export interface StatusOptions {
   /** Racks whose reports are kept (the registry's bound); more are counted and refused. */
   racksMax: number;
+  /** A report older than this is dropped (issue 16.3: the table expires entries); default coreLimits.rackReportTtlMs. */
+  reportTtlMs?: number;
   /** One-second samples kept for rates: the rate is over this span. */
   samplesMax: number;
 }
@@ -64,11 +68,17 @@ export function parseRackStatus(body: unknown): RackStatus | string {
 
 export class CoreStatus {
   private readonly samples: Sample[] = [];
+  /** Reports in the order they arrived (each report moves its rack to the end): oldest first. */
   private readonly racks = new Map<string, { status: RackStatus; reportedMs: number }>();
+  private readonly reportTtlMs: number;
   newestSecond = 0;
   racksRefused = 0;
+  /** Reports dropped for age (their rack stopped reporting). */
+  racksExpired = 0;
 
-  constructor(private readonly opts: StatusOptions) {}
+  constructor(private readonly opts: StatusOptions) {
+    this.reportTtlMs = opts.reportTtlMs ?? coreLimits.rackReportTtlMs;
+  }
 
   /** Called for every batch made durable. */
   noteSecond(second: number): void {
@@ -81,14 +91,29 @@ export class CoreStatus {
     if (this.samples.length > this.opts.samplesMax) this.samples.shift();
   }
 
-  /** Stores a rack's report; false when the table is full and the rack is new (counted). */
+  /** Stores a rack's report; false when the table is full of unexpired reports and the rack is new (counted). */
   report(rack: string, status: RackStatus, nowMs: number): boolean {
-    if (!this.racks.has(rack) && this.racks.size >= this.opts.racksMax) {
+    this.expire(nowMs);
+    const known = this.racks.delete(rack);
+    if (!known && this.racks.size >= this.opts.racksMax) {
       this.racksRefused++;
       return false;
     }
     this.racks.set(rack, { status, reportedMs: nowMs });
     return true;
+  }
+
+  /** Drops reports older than the TTL, oldest first (the map is in arrival order). */
+  private expire(nowMs: number): void {
+    for (const [rack, r] of this.racks) {
+      if (nowMs - r.reportedMs <= this.reportTtlMs) break;
+      this.racks.delete(rack);
+      this.racksExpired++;
+    }
+  }
+
+  get rackCount(): number {
+    return this.racks.size;
   }
 
   /** Rates over the sampled span (per second); zeros until two samples exist. */
@@ -100,7 +125,9 @@ export class CoreStatus {
     return { pointsPerSecond: (b.points - a.points) / s, batchesPerSecond: (b.batches - a.batches) / s, bytesPerSecond: (b.bytes - a.bytes) / s, spanMs: b.atMs - a.atMs };
   }
 
-  rackReports(): { rack: string; reportedMs: number; status: RackStatus }[] {
+  /** The unexpired reports, by rack. */
+  rackReports(nowMs = Date.now()): { rack: string; reportedMs: number; status: RackStatus }[] {
+    this.expire(nowMs);
     return [...this.racks].map(([rack, r]) => ({ rack, reportedMs: r.reportedMs, status: r.status }));
   }
 }

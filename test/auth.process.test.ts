@@ -22,8 +22,8 @@ afterEach(async () => {
 });
 
 /** `apm token create` through the CLI; the token is the last line of stdout. */
-async function createToken(role: string, name: string, file: string): Promise<string> {
-  const { stdout } = await run(process.execPath, [cliPath, 'token', 'create', '--role', role, '--name', name, '--tokens', file]);
+async function createToken(role: string, name: string, file: string, extra: string[] = []): Promise<string> {
+  const { stdout } = await run(process.execPath, [cliPath, 'token', 'create', '--role', role, '--name', name, '--tokens', file, ...extra]);
   const lines = stdout.trim().split('\n');
   return lines[lines.length - 1]!;
 }
@@ -98,7 +98,7 @@ describe('apm rack --token-file', () => {
     const file = join(dir, 'tokens');
     const admin = await createToken('admin', 'me', file);
     const wrongRole = await createToken('read', 'not-a-rack', file);
-    const ingest = await createToken('ingest', 'rack-r1', file);
+    const ingest = await createToken('ingest', 'rack-r1', file, ['--racks', 'r1']);
     const { url } = await startCore(['--tokens', file]);
     const spool = join(dir, 'spool');
     const startRack = async (token: string, udpPort = 0) => {

@@ -4,17 +4,20 @@
 import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { hashToken, isRole, parseTokens, roles, TokenFileError, tokenNamePattern } from '../core/auth.js';
+import { hashToken, isRole, parseRacks, parseTokens, roles, TokenFileError, tokenNamePattern } from '../core/auth.js';
 import { parseOptions, UsageError } from './args.js';
 
 export const tokenHelp = `apm token: API tokens for the core
 
-Usage: apm token create --role <role> --name <name> --tokens <file>
+Usage: apm token create --role <role> --name <name> [--racks <id>,<id>…] --tokens <file>
 
   --role <role>     read (GET routes), write (stored queries, and read), ingest (racks'
-                    POST /api/v1/ingest only) or admin (everything)
+                    POST /api/v1/ingest and status reports only) or admin (everything)
   --name <name>     who holds it, ${tokenNamePattern.source}: shown in the core's errors and
                     the key of its rate limit
+  --racks <ids>     role ingest, required: the racks (their --rack ids, comma-separated) this
+                    token may send for; the core refuses (403) a second or a status report of any
+                    other rack. '*' allows every rack (a relay); admin tokens may send for any
   --tokens <file>   the core's tokens file (created with mode 0600 if missing); the core
                     reads it with --tokens <file> and again on SIGHUP
   --help            this text
@@ -26,7 +29,7 @@ SHA-256. A rack takes an ingest token with --token-file; a client sends
 export async function main(argv: string[]): Promise<void> {
   const { values, positionals } = parseOptions(
     argv,
-    { role: { type: 'string' }, name: { type: 'string' }, tokens: { type: 'string' }, help: { type: 'boolean', default: false } },
+    { role: { type: 'string' }, name: { type: 'string' }, racks: { type: 'string' }, tokens: { type: 'string' }, help: { type: 'boolean', default: false } },
     tokenHelp,
   );
   if (values.help || positionals.length === 0) {
@@ -34,16 +37,23 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   if (positionals[0] !== 'create' || positionals.length > 1) throw new UsageError(`unknown token command ${JSON.stringify(positionals.join(' '))}; use 'apm token create'\n\n${tokenHelp}`);
-  const token = createToken({ role: values.role, name: values.name, file: values.tokens });
-  console.log(`added token "${values.name}" (role ${values.role}) to ${values.tokens}; it is shown only this once:`);
+  const token = createToken({ role: values.role, name: values.name, racks: values.racks, file: values.tokens });
+  console.log(`added token "${values.name}" (role ${values.role}${values.racks === undefined ? '' : `, racks ${values.racks}`}) to ${values.tokens}; it is shown only this once:`);
   console.log(token);
 }
 
-/** Validates, appends `<sha256> <role> <name>` to the file and returns the new token. */
-export function createToken(opts: { role: string | undefined; name: string | undefined; file: string | undefined }): string {
-  const { role, name, file } = opts;
+/** Validates, appends `<sha256> <role> <name>[ racks=<ids>]` to the file and returns the new token. */
+export function createToken(opts: { role: string | undefined; name: string | undefined; racks?: string | undefined; file: string | undefined }): string {
+  const { role, name, racks, file } = opts;
   if (role === undefined || !isRole(role)) throw new UsageError(`--role ${JSON.stringify(role ?? '')} must be one of ${roles.join(', ')}`);
   if (name === undefined || !tokenNamePattern.test(name)) throw new UsageError(`--name ${JSON.stringify(name ?? '')} must be ${tokenNamePattern.source} (no white space), e.g. --name rack-r01`);
+  // Issue 16.3: an ingest token names the racks it speaks for; no other role takes a list.
+  if (role === 'ingest' && racks === undefined) throw new UsageError(`--role ingest needs --racks <rack id>[,<rack id>…]: the racks this token may send for, e.g. --name rack-r1 --racks r1 (or --racks '*' for any rack)`);
+  if (role !== 'ingest' && racks !== undefined) throw new UsageError(`--racks applies to --role ingest only (${role === 'admin' ? 'an admin token may send for any rack' : `a ${role} token sends no rack data`})`);
+  if (racks !== undefined) {
+    const r = parseRacks(racks);
+    if ('error' in r) throw new UsageError(`--racks ${JSON.stringify(racks.slice(0, 80))}: ${r.error}`);
+  }
   if (file === undefined) throw new UsageError('--tokens <file> is required: the core\'s tokens file, e.g. --tokens /etc/apm/tokens');
   let before = '';
   if (existsSync(file)) {
@@ -58,6 +68,6 @@ export function createToken(opts: { role: string | undefined; name: string | und
   // 32 random bytes: guessing is hopeless; the prefix makes a leaked token easy to recognize.
   const token = `apm_${randomBytes(32).toString('base64url')}`;
   const sep = before === '' || before.endsWith('\n') ? '' : '\n';
-  appendFileSync(file, `${sep}${hashToken(token)} ${role} ${name}\n`, { mode: 0o600 });
+  appendFileSync(file, `${sep}${hashToken(token)} ${role} ${name}${racks === undefined ? '' : ` racks=${racks}`}\n`, { mode: 0o600 });
   return token;
 }
