@@ -44,14 +44,15 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const refused: Record<string, number> = {};
   app.use('/api/v1/*', async (c, next) => {
     await next();
-    const reason = refusalReason(c.req.path, c.res.status);
+    const reason = c.res.status >= 400 ? (c.get('apmRefusal') ?? refusalReason(c.req.path, c.res.status)) : null;
     if (reason !== null) refused[reason] = (refused[reason] ?? 0) + 1;
   });
   const queryRate = opts.queryRate;
   if (queryRate !== undefined) {
     // The query API only: /api/v1/query* and /api/v1/queries*, never ingest (racks retry on
-    // their own schedule and their spool absorbs a slow core).
-    const cost = (path: string) => (path === '/api/v1/query' ? coreLimits.adHocQueryCost : path.startsWith('/api/v1/quer') ? 1 : 0);
+    // their own schedule and their spool absorbs a slow core). Opening a live stream costs as
+    // much as an ad-hoc query (issue 16.10).
+    const cost = (path: string) => (path === '/api/v1/query' ? coreLimits.adHocQueryCost : livePath.test(path) ? coreLimits.liveStreamCost : path.startsWith('/api/v1/quer') ? 1 : 0);
     app.use('/api/v1/*', rateLimit(queryRate, cost));
   }
   // Every body but ingest's (which has its own, larger limit below) is a small JSON document.
@@ -171,7 +172,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_rack_reports', 'Racks with an unexpired status report', status.rackCount);
     p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
     p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route, rack: the token does not name the rack it sent for)', 'reason', auth.failures);
-    p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits)', 'reason', refused);
+    p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits; live_share: the client holds its share of the live-stream slots; live_full: every slot is taken; time_budget: an evaluation ran past its budget)', 'reason', refused);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
@@ -180,9 +181,11 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   return app;
 }
 
+const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
+
 /** The reason a query API answer counts as refused, or null (success, or not a query route). */
 function refusalReason(path: string, status: number): string | null {
-  if (status < 400 || !path.startsWith('/api/v1/quer')) return null;
+  if (status < 400 || !(path.startsWith('/api/v1/quer') || livePath.test(path))) return null;
   const reasons: Record<number, string> = { 400: 'bad_request', 404: 'not_found', 409: 'conflict', 413: 'body_too_large', 429: 'rate_limited', 503: 'busy' };
   return reasons[status] ?? 'error';
 }

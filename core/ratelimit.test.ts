@@ -69,3 +69,51 @@ describe('query API rate limit', () => {
     expect([(await app.request('/api/v1/queries')).status, (await app.request('/api/v1/queries')).status, (await app.request('/api/v1/queries')).status]).toEqual([200, 200, 429]);
   });
 });
+
+describe('regression: one read token could take every live-stream slot (issue 16.10)', () => {
+  const t = { alice: 'tok-alice', admin: 'tok-admin' };
+  const auth = new ApiAuth({ tokens: new TokenSet(parseTokens(`${hashToken(t.alice)} read alice\n${hashToken(t.admin)} admin me`, 'f')) });
+  const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
+
+  it("holds a client to its share of the slots (429, counted); others still get streams; a closed stream gives its slot back", async () => {
+    // A rate limit that does not get in the way here (the next test checks it).
+    const app = createApi(parts, { ingestBodyBytesMax: 100_000, auth, queryRate: new RateLimiter({ ratePerSecond: 1, burst: 1e6, bucketsMax: 100 }) });
+    const def = await node.stored.create('share', 'FROM * SELECT cpu WINDOW 1s COMPUTE max', Date.now());
+    const open: Response[] = [];
+    for (let i = 0; i < coreLimits.liveStreamsPerClientMax; i++) {
+      const r = await app.request(i % 2 === 0 ? `/api/v1/queries/${def.id}/live` : `/api/v1/live?ids=${def.id}`, as(t.alice));
+      expect(r.status).toBe(200);
+      open.push(r);
+    }
+    const refused = await app.request(`/api/v1/live?ids=${def.id}`, as(t.alice));
+    expect(refused.status).toBe(429);
+    expect(((await refused.json()) as { error: string }).error).toMatch(/"alice" holds 100 live streams, its share of the 1000 slots/);
+    // The admin's dashboard still gets its stream.
+    const admin = await app.request(`/api/v1/live?ids=${def.id}`, as(t.admin));
+    expect(admin.status).toBe(200);
+    expect(await (await app.request('/metrics', as(t.admin))).text()).toMatch(/^apm_core_query_requests_refused_total\{reason="live_share"\} 1$/m);
+    // Closing one gives alice a slot again.
+    await open.pop()!.body!.cancel();
+    await admin.body!.cancel();
+    await new Promise((r) => setTimeout(r, 50));
+    const again = await app.request(`/api/v1/live?ids=${def.id}`, as(t.alice));
+    expect(again.status).toBe(200);
+    await again.body!.cancel();
+    for (const r of open) await r.body!.cancel();
+  });
+
+  it('counts opening a live stream against the client\'s rate', async () => {
+    const app = createApi(parts, { ingestBodyBytesMax: 100_000, auth, queryRate: new RateLimiter({ ratePerSecond: 1, burst: coreLimits.queryBurst, bucketsMax: 100 }) });
+    const def = await node.stored.create('rate', 'FROM * SELECT cpu WINDOW 1s COMPUTE max', Date.now());
+    const fit = Math.floor(coreLimits.queryBurst / coreLimits.liveStreamCost);
+    const statuses: number[] = [];
+    const open: Response[] = [];
+    for (let i = 0; i <= fit; i++) {
+      const r = await app.request(`/api/v1/live?ids=${def.id}`, as(t.alice));
+      statuses.push(r.status);
+      if (r.status === 200) open.push(r);
+    }
+    expect(statuses).toEqual([...Array<number>(fit).fill(200), 429]);
+    for (const r of open) await r.body!.cancel();
+  });
+});

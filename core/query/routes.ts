@@ -13,7 +13,8 @@ import { parseTime, TimeError } from './time.js';
 export const routeLimits = {
   /** Windows in one answer (ad-hoc or stored): 1 h of 1 s windows; more is a clear 400. */
   windowsPerAnswerMax: 3600,
-  /** Live subscribers in all: each holds a connection and a small queue. */
+  /** Live subscribers in all: each holds a connection and a small queue. A client's share is
+   * coreLimits.liveStreamsPerClientMax. */
   subscribersMax: 1000,
   /** Events queued for one slow subscriber before it is dropped. */
   subscriberQueueMax: 256,
@@ -90,10 +91,9 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     }
   });
 
-  /** Streams windows of the queries in `ids` as SSE `window` events until the client leaves. */
-  const liveStream = (c: Context, ids: ReadonlySet<string>, tagged: boolean) =>
+  /** Streams windows of the queries in `ids` as SSE `window` events until the client leaves; `who` holds one of its slots meanwhile. */
+  const liveStream = (c: Context, ids: ReadonlySet<string>, tagged: boolean, who: string) =>
     streamSSE(c, async (stream) => {
-      subscribers++;
       const queue: { id: string; w: WindowResult }[] = [];
       let wake: (() => void) | null = null;
       let closed = false;
@@ -127,16 +127,48 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
         }
       } finally {
         unsubscribe();
-        subscribers--;
+        release(who);
       }
     });
-  const busy = (c: Context) => c.json({ error: `${routeLimits.subscribersMax} live subscribers already; try later` }, 503);
+  // Slots are taken before the stream starts and given back when it ends, so requests arriving
+  // together cannot all pass the checks (issue 16.10: one token opened every slot).
+  const streamsOf = new Map<string, number>();
+  const release = (who: string) => {
+    subscribers--;
+    const n = (streamsOf.get(who) ?? 1) - 1;
+    if (n <= 0) streamsOf.delete(who);
+    else streamsOf.set(who, n);
+  };
+  /** Takes a slot for the client, or answers why not (503: the node is full; 429: the client's share is). */
+  const openLive = (c: Context, ids: ReadonlySet<string>, tagged: boolean) => {
+    if (subscribers >= routeLimits.subscribersMax) {
+      c.set('apmRefusal', 'live_full');
+      return c.json({ error: `${routeLimits.subscribersMax} live subscribers already; try later` }, 503);
+    }
+    const who = c.get('apmClient') ?? 'unknown';
+    const held = streamsOf.get(who) ?? 0;
+    if (held >= coreLimits.liveStreamsPerClientMax) {
+      c.set('apmRefusal', 'live_share');
+      return c.json(
+        { error: `"${who}" holds ${held} live streams, its share of the ${routeLimits.subscribersMax} slots (liveStreamsPerClientMax ${coreLimits.liveStreamsPerClientMax}); close some, or carry several queries on one stream: GET /api/v1/live?ids=<id>,<id>,…` },
+        429,
+        { 'Retry-After': String(Math.ceil(routeLimits.keepAliveMs / 1000)) },
+      );
+    }
+    subscribers++;
+    streamsOf.set(who, held + 1);
+    try {
+      return liveStream(c, ids, tagged, who);
+    } catch (err) {
+      release(who);
+      throw err;
+    }
+  };
 
   app.get('/api/v1/queries/:id/live', (c) => {
     const q = stored.get(c.req.param('id'));
     if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
-    if (subscribers >= routeLimits.subscribersMax) return busy(c);
-    return liveStream(c, new Set([q.id]), false);
+    return openLive(c, new Set([q.id]), false);
   });
 
   // Several stored queries on one stream: a browser holds at most 6 HTTP/1.1 connections per
@@ -148,8 +180,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     if (ids.length > routeLimits.idsPerStreamMax) return c.json({ error: `${ids.length} ids > ${routeLimits.idsPerStreamMax} per stream` }, 400);
     const unknown = ids.filter((id) => stored.get(id) === undefined);
     if (unknown.length > 0) return c.json({ error: `no stored query ${unknown.join(', ')}`, unknown }, 404);
-    if (subscribers >= routeLimits.subscribersMax) return busy(c);
-    return liveStream(c, new Set(ids), true);
+    return openLive(c, new Set(ids), true);
   });
 
   app.get('/api/v1/query', async (c) => {
