@@ -130,7 +130,7 @@ describe('apm rack --token-file', () => {
     // Same spool, a good token: the held batches reach the core.
     await first.rack.stop('SIGTERM');
     const second = await startRack(ingest, first.udpPort);
-    const coreBatches = async () => parseProm(await (await fetch(`${url}/metrics`, bearer(admin))).text()).get('apm_core_batches_ingested_total') ?? 0;
+    const coreBatches = async () => parseProm(await (await fetch(`${url}/metrics`, bearer(admin))).text()).get('apm_core_requests_ingested_total') ?? 0;
     await until(async () => ((await coreBatches()) >= held.get('apm_rack_spool_batches')! ? true : undefined), 20_000, 'the spooled batches at the core');
     await until(async () => ((await rackMetrics(second.httpPort)).get('apm_rack_spool_batches') === 0 ? true : undefined), 10_000, 'an empty spool');
     const servers = (await (await fetch(`${url}/api/v1/servers`, bearer(admin))).json()) as { servers: { id: string }[] };

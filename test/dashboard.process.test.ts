@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { Encoder, KindCode } from '../schema/codec.js';
+import { KindCode } from '../schema/codec.js';
+import { rackSecondBody } from '../schema/section.js';
 import { buildColumns } from '../schema/testdata.js';
 import type { WindowResult as Window } from '../core/query/eval.js';
 import { spawnApm, until, type Daemon } from './proc.js';
@@ -102,7 +103,8 @@ describe('dashboard in Chromium', () => {
     const id = (await panel.getAttribute('data-id'))!;
     const startMs = Number(await panel.locator('.latest').getAttribute('data-start'));
     // A batch for a second of that (already evaluated) window, from a server the query selects.
-    const body = new Encoder().rackBatch({ rack: 'late-rack', batchSeq: 1, second: startMs / 1000 + 2, late: true, servers: [{ server: 'web-late-1', blocks: [buildColumns([{ name: 'sim.cpu.0', kind: KindCode.Gauge, value: 1e6 }], [])] }], rollup: buildColumns([], [], ['sim.cpu.0']) });
+    const { shards } = (await (await fetch(`${url}/api/v1/placement`)).json()) as { shards: number };
+    const body = rackSecondBody({ rack: 'late-rack', session: 1, seq: 1, second: startMs / 1000 + 2, late: true, shards, servers: [{ server: 'web-late-1', blocks: [buildColumns([{ name: 'sim.cpu.0', kind: KindCode.Gauge, value: 1e6 }], [])] }], rollup: buildColumns([], [], ['sim.cpu.0']) });
     expect((await fetch(`${url}/api/v1/ingest`, { method: 'POST', body })).status).toBe(204);
     await expect.poll(() => panel.locator('.revised').textContent(), { timeout: 15_000 }).toBe('▲ 1 windows revised by late data');
     const api = (await (await fetch(`${url}/api/v1/queries/${id}/results?from=${startMs}&to=${startMs + 5000}`)).json()) as { windows: Window[] };
