@@ -191,17 +191,19 @@ export class SectionCutter {
       dStart[r + 1] = dStart[r]! + this.mDists[byRank[r]!]!;
     }
     this.place(input, points, dists, pStart, dStart);
+    // Once per second, not per section: names grouped by shard, server ids as UTF-8.
+    const named = namesByShard(input.rollup, input.shards);
+    const ids = input.servers.map((s) => Buffer.from(s.server, 'latin1'));
     const out: SectionFrame[] = [];
     for (let a = 0; a < M; ) {
       const shard = shardOfRank[a]!;
       let b = a + 1;
       while (b < M && shardOfRank[b] === shard) b++;
-      out.push({ shard, frame: this.section(input, shard, byRank, a, b, pStart, dStart) });
+      out.push({ shard, frame: this.section(input, { shard, ids, names: named.get(shard) }, byRank, a, b, pStart, dStart) });
       a = b;
     }
     // Names of shards with no data this second still travel (the core learns them early).
-    const named = namesByShard(input.rollup, input.shards);
-    for (const [shard] of named) if (!out.some((s) => s.shard === shard)) out.push({ shard, frame: this.section(input, shard, byRank, 0, 0, pStart, dStart) });
+    for (const [shard, names] of named) if (!out.some((s) => s.shard === shard)) out.push({ shard, frame: this.section(input, { shard, ids, names }, byRank, 0, 0, pStart, dStart) });
     out.sort((x, y) => x.shard - y.shard);
     return out;
   }
@@ -323,7 +325,8 @@ export class SectionCutter {
   }
 
   /** Encodes ranks [a, b) (one shard's metrics) as a section frame. */
-  private section(input: CutInput, shard: number, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
+  private section(input: CutInput, to: { shard: number; ids: Uint8Array[]; names: ShardNames | undefined }, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
+    const { shard, names } = to;
     const p0 = pStart[a]!;
     const p1 = pStart[b]!;
     const d0 = dStart[a]!;
@@ -355,10 +358,9 @@ export class SectionCutter {
     const sk0 = d0 === 0 ? 0 : this.dStats.ends[d0 - 1]!;
     const sk1 = d1 === 0 ? 0 : this.dStats.ends[d1 - 1]!;
     const sketchEnds = this.dStats.ends.slice(d0, d1).map((e) => e - sk0);
-    const names = namesByShard(input.rollup, input.shards).get(shard);
     return encodeShardSection(this.encoder, input, {
       shard,
-      servers: input.servers.map((s) => s.server),
+      servers: to.ids,
       pointHashes,
       pointKinds,
       pointEnds,
@@ -380,9 +382,15 @@ export class SectionCutter {
   }
 }
 
+interface ShardNames {
+  hashes: Uint32Array;
+  ends: Uint32Array;
+  bytes: Uint8Array;
+}
+
 /** The names of a block's dictionary grouped by shard. */
-function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'>, shards: number): Map<number, { hashes: Uint32Array; ends: Uint32Array; bytes: Uint8Array }> {
-  const out = new Map<number, { hashes: Uint32Array; ends: Uint32Array; bytes: Uint8Array }>();
+function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'>, shards: number): Map<number, ShardNames> {
+  const out = new Map<number, ShardNames>();
   if (c.nameEnds.length === 0) return out;
   const groups = new Map<number, number[]>();
   for (let j = 0; j < c.nameEnds.length; j++) {
@@ -411,7 +419,8 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
   return out;
 }
 
-type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | keyof SecondHeader>;
+/** A section's columns; server ids as strings or already UTF-8 encoded (the cutter encodes them once per second). */
+type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | 'servers' | keyof SecondHeader> & { servers: readonly (string | Uint8Array)[] };
 
 /** Encodes one section (its header from `h`). */
 export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns): Uint8Array {
@@ -459,12 +468,6 @@ export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readon
   const ends = new Uint32Array(sections.length);
   let total = 0;
   sections.forEach((s, i) => (ends[i] = total += s.frame.length));
-  const all = new Uint8Array(total);
-  let at = 0;
-  for (const s of sections) {
-    all.set(s.frame, at);
-    at += s.frame.length;
-  }
   let bytes = total + 1024 + 6 * sections.length;
   for (const s of servers) bytes += s.length + 8;
   return enc.frame(Body.RackSecond, bytes, (b: flatbuffers.Builder) => {
@@ -472,7 +475,7 @@ export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readon
     const names = RackSecond.createServersVector(b, servers.map((s) => b.createString(s)));
     const sh = concatVector(b, [shards], 2);
     const en = concatVector(b, [ends], 4);
-    const by = concatVector(b, [all], 1);
+    const by = concatVector(b, sections.map((s) => s.frame), 1);
     return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by, names);
   });
 }
