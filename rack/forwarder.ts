@@ -15,7 +15,8 @@ import { Histogram } from '../schema/prom.js';
 import { PlacementFetch, parseShardsMismatch } from './placement.js';
 import type { Spool } from './spool.js';
 
-/** Batch → second notes kept for the latency histogram (a day of one batch per second). */
+/** Notes on batches this process cut (their second for the latency histogram, the S they were
+ *  cut for: such a body is sent without decoding it first); a day of one batch per second. */
 const secondNotesMax = 86_400;
 
 export interface ForwarderOptions {
@@ -35,7 +36,7 @@ export const bodyContentType = 'application/x-apm-second';
 export class Forwarder {
   private readonly pool: Pool;
   private readonly inFlight = new Set<number>();
-  private readonly secondOf = new Map<number, number>();
+  private readonly notes = new Map<number, { second: number; shards: number }>();
   private backoffMs = 0;
   private retryAt = 0;
   private timer: NodeJS.Timeout | null = null;
@@ -116,11 +117,11 @@ export class Forwarder {
     await this.spool.setShards(shards);
   }
 
-  /** Notes the second a batch describes (for the latency histogram) and starts sending. */
-  enqueued(seq: number, second: number): void {
-    this.secondOf.set(seq, second);
+  /** Notes the second a batch describes and the S it was cut for, and starts sending. */
+  enqueued(seq: number, second: number, shards: number): void {
+    this.notes.set(seq, { second, shards });
     // Batches the spool dropped while full never come back here: forget the oldest notes.
-    if (this.secondOf.size > secondNotesMax) this.secondOf.delete(this.secondOf.keys().next().value!);
+    if (this.notes.size > secondNotesMax) this.notes.delete(this.notes.keys().next().value!);
     this.pump();
   }
 
@@ -183,7 +184,7 @@ export class Forwarder {
     if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
       this.counters.batches_rejected++;
       console.error(`rack: core refused batch ${seq} with ${status}: ${detail}; dropped (fix the cause: this will not succeed on retry)`);
-      this.secondOf.delete(seq);
+      this.notes.delete(seq);
       await this.spool.remove(seq);
       return this.pump();
     }
@@ -197,20 +198,23 @@ export class Forwarder {
    * was cut for another; null for a body this build cannot read (counted, logged, removed).
    */
   private async forShards(seq: number, bytes: Uint8Array): Promise<{ bytes: Uint8Array; shards: number } | null> {
-    const r = decodeFrame(bytes, batchBytesMax);
     const shards = this.spool.shards;
+    const note = this.notes.get(seq);
+    if (note?.shards === shards) return { bytes, shards };
+    const r = decodeFrame(bytes, batchBytesMax);
     if (r.ok && r.msg.type === 'rackSecond' && r.msg.shards === shards) return { bytes, shards };
     try {
       if (!r.ok || r.msg.type !== 'rackSecond') throw new Error(r.ok ? `a ${r.msg.type}, not a RackSecond` : `${r.reason}: ${r.detail}`);
       const recut = this.opts.recut(bytes, shards);
       this.counters.batches_recut++;
+      if (note !== undefined) note.shards = shards;
       await this.spool.replace(seq, recut);
       return { bytes: recut, shards };
     } catch (err) {
       if (this.counters.batches_unreadable++ === 0) {
         console.error(`rack: spooled batch ${seq} cannot be read (${(err as Error).message}); dropped, as is every other such batch (apm_rack_batches_unreadable_total). A spool written by an older apm holds batches this core no longer accepts`);
       }
-      this.secondOf.delete(seq);
+      this.notes.delete(seq);
       await this.spool.remove(seq);
       return null;
     }
@@ -252,12 +256,12 @@ export class Forwarder {
     await this.spool.remove(seq);
     this.counters.batches_acked++;
     this.counters.bytes_acked += bytes;
-    const second = this.secondOf.get(seq);
+    const second = this.notes.get(seq)?.second;
     if (second !== undefined) {
       this.ackLatency.observe(Date.now() / 1000 - (second + 1));
       if (second > this.ackedSecond) this.ackedSecond = second;
     }
-    this.secondOf.delete(seq);
+    this.notes.delete(seq);
     if (this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} ${this.authRefused ? 'accepts the token again' : 'is back'}; draining ${this.spool.heldBatches} spooled batches`);
     this.coreDown = false;
     this.authRefused = false;

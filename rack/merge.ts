@@ -87,10 +87,10 @@ export class RackMerger {
    * percentiles, DESIGN §9), and sketching every gauge cost the rack most of its merge time.
    */
   private rollup(rows: SeriesColumns[]): SeriesColumns {
-    this.index.clear();
     let dists = 0;
     for (const c of rows) dists += c.distKinds.length;
     if (dists === 0) return emptyColumns();
+    this.index.clear();
     if (dists > this.distMetric.length) this.distMetric = new Int32Array(dists);
     const distMetric = this.distMetric;
     let dAt = 0;

@@ -220,14 +220,15 @@ export class Rack {
     const rollup = { ...merged.rollup, ...this.names.forBatch(this.opts.limits.nameRefreshPerBatch) };
     const seq = this.spool.takeSeq();
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
-    const bytes = this.cutter.body({ rack: this.opts.rack, session: this.spool.session, seq, second: batch.second, late: batch.late, shards: this.spool.shards, servers: merged.servers, rollup });
+    const shards = this.spool.shards;
+    const bytes = this.cutter.body({ rack: this.opts.rack, session: this.spool.session, seq, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup });
     this.pendingWrites++;
     void this.spool
       .put(seq, bytes)
       .then((ok) => {
         if (!ok) return;
         this.counters.batches_spooled++;
-        this.forwarder.enqueued(seq, batch.second);
+        this.forwarder.enqueued(seq, batch.second, shards);
       })
       .catch((err: unknown) => {
         this.counters.batches_spool_failed++;

@@ -43,8 +43,12 @@ function patch(frame: Uint8Array, at: FieldOffsets, seq: number, second: number,
   dv.setUint32(frame.length - 4, crc32(frame.subarray(0, frame.length - 4)), true);
 }
 
-/** One server's second as frames: 2,000 metrics, `distShare` of them distributions of 20 values. */
-function serverFrames(server: string, datagramBytes: number, distShare: number, seed: number): Uint8Array[] {
+/**
+ * One server's second as frames (2,000 metrics, `distShare` of them distributions of 20 values),
+ * and names-only frames for all of them: sent once at the start, as an edge answers the rack's
+ * first name asks, so the measured seconds do not ask every server for names every second.
+ */
+function serverFrames(server: string, datagramBytes: number, distShare: number, seed: number): { data: Uint8Array[]; names: Uint8Array[] } {
   const agg = new Aggregator({ seriesMax: 4000, observationsPerSecondMax: 100_000, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
   let s = seed >>> 0;
   const r = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
@@ -54,7 +58,9 @@ function serverFrames(server: string, datagramBytes: number, distShare: number, 
   for (let d = 0; d < dists; d++) for (let k = 0; k < 20; k++) agg.observe(`svc.latency_${d}`, KindCode.Distribution, Math.exp(1 + 2 * r()), t);
   const pk = new Packetizer({ server, session: 1, datagramBytes });
   // seq and sent_ms start non-zero: a field equal to its default (0) is left out of the buffer, and patch() needs it there.
-  return pk.pack(agg.close(t + 1), agg, { second: t, sentMs: 1, seq: 1 }, () => false);
+  const header = { second: t, sentMs: 1, seq: 1 };
+  const data = pk.pack(agg.close(t + 1), agg, header, () => false);
+  return { data, names: pk.namesOnly(agg, [...agg.names.keys()], header) };
 }
 
 function cpuTicks(pid: number): number {
@@ -107,7 +113,8 @@ async function runRack(servers: number, seconds: number, datagramBytes: number, 
     child.once('exit', () => reject(new Error('apm rack exited during start-up')));
   });
   // Precompute each server's frames once; every second only the second, seq and CRC change.
-  const templates = Array.from({ length: servers }, (_, i) => serverFrames(`bench-${String(i).padStart(5, '0')}`, datagramBytes, distShare, i + 1));
+  const built = Array.from({ length: servers }, (_, i) => serverFrames(`bench-${String(i).padStart(5, '0')}`, datagramBytes, distShare, i + 1));
+  const templates = built.map((b) => b.data);
   const offsets = templates.map((fs) => fs.map(fieldOffsets));
   const partsPerSecond = templates.reduce((a, fs) => a + fs.length, 0);
   const sock = dgram.createSocket({ type: 'udp4', sendBufferSize: 8 * 1024 * 1024 });
@@ -132,6 +139,18 @@ async function runRack(servers: number, seconds: number, datagramBytes: number, 
     const now = Date.now();
     await new Promise((r) => setTimeout(r, 1000 - (now % 1000) + 5));
     const second = Math.floor(Date.now() / 1000);
+    if (k === 0) {
+      // Names first (an edge's answers to the rack's name asks), spread like the seconds.
+      for (let slice = 0; slice < slices; slice++) {
+        for (let i = slice; i < servers; i += slices) {
+          for (const f of built[i]!.names) {
+            patch(f, fieldOffsets(f), ++seqs[i]!, second, Date.now());
+            sock.send(f, ports.udp, '127.0.0.1');
+          }
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
     if (k === warmup) {
       cpu0 = cpuTicks(child.pid!);
       parts0 = await metric(ports.http, 'apm_rack_parts_received_total');
