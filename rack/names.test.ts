@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Encoder, KindCode, decodeFrame, type EdgeSecondMessage } from '../schema/codec.js';
 import { buildColumns } from '../schema/testdata.js';
-import { NameTable } from './names.js';
+import { NameTable, hashesSignature } from './names.js';
 
 const enc = new Encoder();
 const header = { server: 's', session: 1, seq: 1, second: 1_790_000_000, part: 0, parts: 1, sentMs: 0 };
@@ -29,5 +29,18 @@ describe('NameTable', () => {
     const relay = t.forBatch(0);
     expect(Buffer.from(relay.nameBytes).toString('latin1')).toBe('a.bc.d');
     expect(t.forBatch(0).nameEnds.length).toBe(0);
+  });
+
+  it('signs a server’s hash set: the same set gives the same signature, any added, removed or changed series another', () => {
+    const cols = (names: string[]) => buildColumns(names.map((name) => ({ name, kind: KindCode.Gauge as const, value: 1 })), [{ name: 'lat', values: [1] }]);
+    const f = (a: string[], b: string[], same: boolean) => expect(hashesSignature([cols(a)]) === hashesSignature([cols(b)])).toBe(same);
+    // the same series, values aside
+    f(['a', 'b'], ['a', 'b'], true);
+    // one added, one removed, one renamed
+    f(['a', 'b'], ['a', 'b', 'c'], false);
+    f(['a', 'b'], ['a'], false);
+    f(['a', 'b'], ['a', 'x'], false);
+    // split across parts like one block
+    expect(hashesSignature([cols(['a']), cols([])])).not.toBe(hashesSignature([cols(['a'])]));
   });
 });

@@ -86,3 +86,20 @@ export class NameTable {
     return nameColumns(hashes, pick.map((i) => this.names[i]!));
   }
 }
+
+/**
+ * A 32-bit signature (FNV-1a over the words) of the hashes a server sent in a second, in order.
+ * Edges send the same series in the same order every second, so an unchanged signature means
+ * a set already found fully named: the rack skips looking up its ~2,000 hashes again.
+ */
+export function hashesSignature(blocks: readonly Pick<SeriesColumns, 'pointHashes' | 'distHashes'>[]): number {
+  let h = 0x811c9dc5;
+  const mix = (a: Uint32Array) => {
+    for (let i = 0; i < a.length; i++) h = Math.imul(h ^ a[i]!, 0x01000193);
+  };
+  for (const c of blocks) {
+    mix(c.pointHashes);
+    mix(c.distHashes);
+  }
+  return h >>> 0;
+}

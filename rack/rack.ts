@@ -15,7 +15,7 @@ import { Forwarder } from './forwarder.js';
 import { DatagramGuard } from './guard.js';
 import type { RackLimits } from './limits.js';
 import { RackMerger } from './merge.js';
-import { NameTable } from './names.js';
+import { NameTable, hashesSignature } from './names.js';
 import { Reassembly, type ClosedBatch } from './reassembly.js';
 import { recut } from './recut.js';
 import { Spool } from './spool.js';
@@ -55,6 +55,8 @@ export class Rack {
   private timer: NodeJS.Timeout | null = null;
   private reportTimer: NodeJS.Timeout | null = null;
   private pendingWrites = 0;
+  /** Per server, the signature of its last hash set found fully named (askNames skips it unchanged). */
+  private readonly namedSets = new Map<string, number>();
   private prunedMs = 0;
   recvBufferBytes = 0;
   readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, batches_spool_failed: 0, summaries_merged: 0 };
@@ -241,10 +243,19 @@ export class Rack {
   private askNames(batch: ClosedBatch): void {
     const max = this.opts.limits.nameAsksPerServerSecond;
     for (const s of batch.servers) {
+      // Names are never forgotten: a set found fully named stays so (one pass instead of ~2,000 lookups).
+      const sig = hashesSignature(s.parts.map((p) => p.series));
+      if (this.namedSets.get(s.server) === sig) continue;
       const unknown: number[] = [];
       for (const p of s.parts) this.names.unknownIn(p.series, unknown, max);
       const first = s.parts[0];
-      if (unknown.length === 0 || first === undefined) continue;
+      if (unknown.length === 0) {
+        // Bounded: servers that went away are forgotten wholesale (their next second is looked up once).
+        if (this.namedSets.size >= 2 * this.opts.limits.serversMax) this.namedSets.clear();
+        this.namedSets.set(s.server, sig);
+        continue;
+      }
+      if (first === undefined) continue;
       const peer = this.reassembly.peerOf(s.server);
       if (peer === undefined) continue;
       const frame = this.encoder.nack({ server: s.server, session: first.session, second: batch.second, missingParts: new Uint16Array(0), unknownHashes: Uint32Array.from(unknown) });
