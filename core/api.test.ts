@@ -88,3 +88,30 @@ describe('core HTTP API', () => {
     expect((await app.request(`/api/v1/queries/${def.id}`, { method: 'DELETE' })).status).toBe(404);
   });
 });
+
+describe('regression: WINDOW 1h with from=-10m returned no window when no hour starts inside the range (issue 16.12)', () => {
+  it('answers from the window containing `from`, the same in ad-hoc answers and in stored results', async () => {
+    const H = now - (now % 3600); // the current hour; data 10 minutes before it, in the previous hour
+    for (let k = 0; k < 10; k++) {
+      const body = rackSecondBody({ rack: 'r1', session: 2, seq: 100 + k, second: H - 600 + k, late: false, shards: 8, servers: [{ server: 'web-1', blocks: [buildColumns([{ name: 'hourly', kind: KindCode.Gauge, value: k }], [])] }], rollup: buildColumns([], [], ['hourly']) });
+      expect((await app.request('/api/v1/ingest', { method: 'POST', body })).status).toBe(204);
+    }
+    // A range inside the previous hour, where no hour starts.
+    const range = `from=${(H - 300) * 1000}&to=${(H - 100) * 1000}`;
+    const adHoc = (await (await app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT hourly WINDOW 1h COMPUTE count, sum')}&${range}`)).json()) as { windows: { startMs: number; count: number; values: Record<string, number> }[] };
+    expect(adHoc.windows).toMatchObject([{ startMs: (H - 3600) * 1000, endMs: H * 1000, count: 10, values: { count: 10, sum: 45 } }]);
+    // The stored query's first window is the previous hour; evaluated by the next tick.
+    const created = (await (await app.request('/api/v1/queries', json('POST', { name: 'hourly', query: 'FROM * SELECT hourly WINDOW 1h COMPUTE count, sum' }))).json()) as { id: string };
+    const stored = async () => ((await (await app.request(`/api/v1/queries/${created.id}/results?${range}`)).json()) as { windows: unknown[] }).windows;
+    for (let i = 0; i < 50 && (await stored()).length === 0; i++) {
+      await node.pool.tick(Date.now());
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(await stored()).toEqual(adHoc.windows.map((w) => ({ ...w, revision: 0 })));
+    // The window containing `from` comes on top of the windows starting inside the range.
+    const hourOfSeconds = `from=${(H - 3599) * 1000}&to=${(H + 1) * 1000}`;
+    expect((await app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT hourly WINDOW 1s COMPUTE count')}&${hourOfSeconds}`)).status).toBe(200);
+    expect((await app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT hourly WINDOW 1s COMPUTE count')}&from=${(H - 3600) * 1000 - 1}&to=${(H + 1) * 1000}`)).status).toBe(400);
+    expect((await app.request(`/api/v1/queries/${created.id}`, { method: 'DELETE' })).status).toBe(204);
+  });
+});

@@ -160,12 +160,13 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_query_windows_revised_total', 'Stored-query windows re-evaluated with a new result (late data)', s('windows_revised'));
     p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', s('windows_behind'));
     p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', s('evaluation_errors'));
+    p.counter('apm_core_query_over_budget_total', 'Stored-query ticks stopped by their time budget (storedEvalMs; retried later with fewer windows at a time, also in apm_core_query_errors_total)', s('evaluation_over_budget'));
     p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', s('late_seconds_dropped'));
     p.gauge('apm_core_queries_unloadable', 'Stored queries whose text no longer parses (set aside, listed at GET /api/v1/queries)', stored.unloadable.length);
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per section naming one', 'scope', { server: s('metrics_overflow_server'), total: s('metrics_overflow_total') });
-    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason', 'reason', { metric_overflow: s('points_dropped_overflow'), server_overflow: s('points_dropped_servers'), bad_value: s('points_dropped_bad_value') });
+    p.counters('apm_core_points_dropped_total', 'Points and summaries not stored, by reason (kind_conflict: of another kind than their metric, which keeps the kind it was first stored with)', 'reason', { metric_overflow: s('points_dropped_overflow'), server_overflow: s('points_dropped_servers'), bad_value: s('points_dropped_bad_value'), kind_conflict: s('points_dropped_kind_conflict') });
     p.counter('apm_core_servers_refused_total', 'Servers not registered: the registry is full (their points are dropped, counted above)', s('servers_refused') + servers.refused);
     p.counter('apm_core_rack_reports_refused_total', 'Rack status reports refused: more racks than the status table holds', status.racksRefused);
     p.counter('apm_core_rack_reports_expired_total', 'Rack status reports dropped from the fleet view: their rack sent none for rackReportTtlMs', status.racksExpired);

@@ -13,7 +13,7 @@
 
 import { statfsSync } from 'node:fs';
 import type { Database, RootDatabase } from 'lmdb';
-import { decodeFrame, nameAt, type RejectReason } from '../schema/codec.js';
+import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
 import { openLmdb, writeFailure } from '../schema/lmdb.js';
 import { hashKey } from '../schema/names.js';
@@ -115,6 +115,8 @@ export class Store {
     names_pending_dropped: 0,
     /** Points and summaries whose value cannot be stored (not finite, inconsistent): that entry alone. */
     points_dropped_bad_value: 0,
+    /** Points and summaries of a kind other than their metric's (issue 16.6): a gauge or counter of a distribution metric, or the reverse. */
+    points_dropped_kind_conflict: 0,
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section', number>> = {};
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
@@ -125,6 +127,8 @@ export class Store {
   private room = { checkedMs: 0, reason: '' };
   /** Seconds before this have had their block written at least once, per shard. */
   private readonly flushedThrough = new Map<number, number>();
+  /** Kind of each registered metric, by registry index: the kind it was first admitted with. */
+  private metricKinds = new Uint8Array(1024);
 
   constructor(readonly opts: StoreOptions) {
     this.root = openLmdb({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 16 });
@@ -137,6 +141,7 @@ export class Store {
       this.rackNamesById[value] = key;
     }
     this.registry = new Registry(this.root.openDB({ name: 'servers', encoding: 'json' }), this.root.openDB({ name: 'metrics', encoding: 'json' }), opts.metricsMax);
+    this.registry.allMetrics().forEach((m, i) => this.noteKind(i, m.kind));
     for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), lastArrivalMs: new Map() });
     let last = 0;
     for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
@@ -280,9 +285,18 @@ export class Store {
     head.lastArrivalMs.set(block, Date.now());
     const now = Date.now();
     let added = 0;
+    // Why target() gave no head: the cardinality limits, or the entries' kind (issue 16.6).
+    let kindConflict = false;
     const target = (lo: number, hi: number, kind: number, firstServer: number): MetricHead | null => {
+      kindConflict = false;
       const mi = this.admit(lo, hi, kind, firstServer, now);
       if (mi < 0) return null;
+      // One kind per metric: the first admitted wins; a distribution's entries for a gauge or
+      // counter metric (or the reverse) are refused, so every reader sees one kind (issue 16.6).
+      if ((this.metricKinds[mi] === KindCode.Distribution) !== (kind === KindCode.Distribution)) {
+        kindConflict = true;
+        return null;
+      }
       // A replayed section whose rows were written before the crash: its entries are in them already.
       if (replay && this.storedThrough(m.shard, block, lo, hi, rackId) >= seq) return null;
       let racks = metrics.get(mi);
@@ -300,7 +314,8 @@ export class Store {
       const to = m.pointEnds[i]!;
       const mh = target(m.pointHashes[2 * i]!, m.pointHashes[2 * i + 1]!, m.pointKinds[i]!, sids[m.pointServers[from]!]!);
       if (mh === null) {
-        this.counters.points_dropped_overflow += replay ? 0 : to - from;
+        if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : to - from;
+        else this.counters.points_dropped_overflow += replay ? 0 : to - from;
       } else {
         const before = mh.bytes;
         let at = mh.reservePoints(to - from);
@@ -329,9 +344,14 @@ export class Store {
     from = 0;
     for (let i = 0; i < m.distEnds.length; i++) {
       const to = m.distEnds[i]!;
-      const mh = target(m.distHashes[2 * i]!, m.distHashes[2 * i + 1]!, 2, m.distServers[from]! === rollupServer ? -1 : sids[m.distServers[from]!]!);
-      if (mh === null) this.counters.points_dropped_overflow += replay ? 0 : to - from;
-      else {
+      const mh = target(m.distHashes[2 * i]!, m.distHashes[2 * i + 1]!, KindCode.Distribution, m.distServers[from]! === rollupServer ? -1 : sids[m.distServers[from]!]!);
+      if (mh === null) {
+        // The rack's rollup is not an observation: only the servers' summaries count.
+        let summaries = 0;
+        for (let e = from; e < to; e++) if (m.distServers[e] !== rollupServer) summaries++;
+        if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : summaries;
+        else this.counters.points_dropped_overflow += replay ? 0 : to - from;
+      } else {
         const before = mh.bytes;
         for (let e = from; e < to; e++) {
           const server = m.distServers[e]!;
@@ -387,12 +407,22 @@ export class Store {
     const known = this.registry.touch(lo, hi, nowMs);
     if (known >= 0) return known;
     if (this.registry.admit({ lo, hi, kind, nowMs, serverId: firstServer, perServerMax: this.opts.metricsPerServerMax }) !== null) return -1;
+    this.noteKind(this.registry.indexOf(lo, hi), kind);
     const waiting = this.pendingNames.get(hashKey(lo, hi));
     if (waiting !== undefined) {
       this.registry.name(lo, hi, waiting, nowMs);
       this.pendingNames.delete(hashKey(lo, hi));
     }
     return this.registry.indexOf(lo, hi);
+  }
+
+  private noteKind(mi: number, kind: number): void {
+    if (mi >= this.metricKinds.length) {
+      const grown = new Uint8Array(Math.max(mi + 1, 2 * this.metricKinds.length));
+      grown.set(this.metricKinds);
+      this.metricKinds = grown;
+    }
+    this.metricKinds[mi] = kind;
   }
 
   /** The WAL seq a stored row holds entries through (0: no row). */

@@ -113,7 +113,8 @@ function reference(obs: Obs[], q: Query, from: number, to: number): Map<number, 
     q.selectors.some((s) => (s.type === 'all' ? true : s.type === 'server' ? o.server === s.id : s.type === 'glob' ? compileGlob(s.pattern)(o.server) : compileGlob(s.pattern)(o.rack)));
   const W = q.windowSeconds;
   const out = new Map<number, { servers: number; count: number; values: Record<string, number> }>();
-  for (let start = Math.ceil(from / W) * W; start < to; start += W) {
+  // Every window that overlaps [from, to): the first is the one containing `from` (issue 16.12).
+  for (let start = Math.floor(from / W) * W; start < to; start += W) {
     const inWin = obs.filter((o) => pick(o) && o.second >= start && o.second < start + W);
     if (inWin.length === 0) continue;
     const vals = inWin.map((o) => o.value).sort((a, b) => a - b);
@@ -295,6 +296,56 @@ describe('regression: pool.tick(nowMs) answered before evaluating as of nowMs', 
       await new Promise((r) => setTimeout(r, 37)); // land at different points of the timer's period
     }
     expect(missed).toEqual([]);
+    await node.close();
+  });
+});
+
+describe('regression: whole-rack percentiles were wrong when one metric arrived as different kinds (issue 16.6)', () => {
+  // `mix` from the issue: a gauge on a-01 (1000, 2000) and a timer on a-02 (1…6). Rule: a metric
+  // keeps the kind it was first stored with; entries of the other kind are refused and counted
+  // (kind_conflict), so every path (head, rows, the rack's rollup, per-server sketches) sees one kind.
+  const edge = (server: string, second: number, points: PointInput[], dists: DistInput[]) => ({ server, parts: [{ type: 'edgeSecond' as const, server, session: 1, seq: 0, second, part: 0, parts: 1, sentMs: 0, series: buildColumns(points, dists) }] });
+
+  it('answers the same for rack:r1 and for its servers, from the head and from rows, with the other kind refused and counted', async () => {
+    const node = await openAt(tempDir());
+    const merger = new RackMerger(100);
+    let seq = 1;
+    const names = buildColumns([], [], ['mix', 'mix2']);
+    const send = async (second: number, servers: ReturnType<typeof edge>[]) => {
+      const m = merger.merge(servers);
+      const rollup = { ...m.rollup, nameHashes: names.nameHashes, nameEnds: names.nameEnds, nameBytes: names.nameBytes };
+      await ingest(node, rackSecondBody({ rack: 'r1', session: 1, seq: seq++, second, late: false, shards: S, servers: m.servers, rollup }));
+    };
+    const timer = [1, 2, 3, 4, 5, 6];
+    // mix: both kinds in its first second (the gauge's points are stored first: a gauge metric).
+    await send(t0, [edge('a-02', t0, [], [{ name: 'mix', values: timer }]), edge('a-01', t0, [{ name: 'mix', kind: KindCode.Gauge, value: 1000 }], [])]);
+    await send(t0 + 1, [edge('a-01', t0 + 1, [{ name: 'mix', kind: KindCode.Gauge, value: 2000 }], []), edge('a-02', t0 + 1, [], [{ name: 'mix', values: timer }])]);
+    // mix2: the timer comes first (a distribution metric); the gauge later.
+    await send(t0, [edge('a-02', t0, [], [{ name: 'mix2', values: timer }])]);
+    await send(t0 + 1, [edge('a-01', t0 + 1, [{ name: 'mix2', kind: KindCode.Gauge, value: 1000 }], [])]);
+    await send(t0 + 2, [edge('a-01', t0 + 2, [{ name: 'mix2', kind: KindCode.Gauge, value: 2000 }], [])]);
+    const answers = async (metric: string) => {
+      const out: Record<string, WindowResult[]> = {};
+      for (const sel of ['rack:r1', 'a-01,a-02', '*']) out[sel] = await node.pool.query(`FROM ${sel} SELECT ${metric} WINDOW 10s COMPUTE count, p25, p50, p75`, metric, t0, t0 + 10);
+      return out;
+    };
+    for (const when of ['head', 'rows']) {
+      if (when === 'rows') await node.pool.flush(Date.now() + 3_600_000);
+      const mix = await answers('mix');
+      expect(mix['rack:r1'], when).toEqual(mix['a-01,a-02']);
+      expect(mix['*'], when).toEqual(mix['a-01,a-02']);
+      expect(mix['rack:r1']![0]).toMatchObject({ count: 2, servers: 1, values: { count: 2, 'percentile(25)': 1000, 'percentile(50)': 1000, 'percentile(75)': 1000 } });
+      const mix2 = await answers('mix2');
+      expect(mix2['rack:r1'], when).toEqual(mix2['a-01,a-02']);
+      expect(mix2['*'], when).toEqual(mix2['a-01,a-02']);
+      const w = mix2['rack:r1']![0]!;
+      expect([w.count, w.servers]).toEqual([6, 1]);
+      for (const [p, exact] of [['percentile(25)', 2], ['percentile(50)', 3], ['percentile(75)', 4]] as const) expect(Math.abs(w.values[p]! - exact)).toBeLessThanOrEqual(exact * 0.01);
+    }
+    const kinds = ((await (await node.app.request('/api/v1/metrics')).json()) as { metrics: { name: string; kind: string }[] }).metrics;
+    expect(kinds.filter((m) => m.name.startsWith('mix'))).toMatchObject([{ name: 'mix', kind: 'gauge' }, { name: 'mix2', kind: 'distribution' }]);
+    // Refused: a-02's two timer seconds of mix, a-01's two gauge seconds of mix2.
+    expect(await (await node.app.request('/metrics')).text()).toMatch(/^apm_core_points_dropped_total\{reason="kind_conflict"\} 4$/m);
     await node.close();
   });
 });

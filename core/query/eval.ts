@@ -4,10 +4,23 @@
 // DDSketches (1% relative) for distributions — never an average of per-server percentiles.
 // Columnar: rows are visited as typed arrays; per window only running sums and, when a
 // percentile is asked for, the values or one sketch accumulator.
+//
+// Bounds of one evaluation (issue 16.1, 16.11), so that no query holds its worker (and the
+// ingest of that worker's shards) for long, nor takes unbounded memory:
+// - time: the clock is read every evalBudgetCheckRows rows; past the budget (ad-hoc:
+//   adHocEvalMs; a stored query's tick: storedEvalMs) the evaluation stops with EvalLimitError;
+// - windows: at most evalWindowsMax, refused before anything is read;
+// - exact values: at most evalExactValuesMax doubles held at once; past it the open window
+//   holding the most switches to a sketch (1% relative) and its result says "sketched": true;
+// - servers seen per window: one bit per (server, open window), in a ring of the windows one
+//   block can touch (a block of 60 s touches at most ceil(60 / W) + 1), whatever the range.
+// The range is the windows that overlap [from, to): the first is the window containing `from`
+// (issue 16.12: `WINDOW 1h` over the last 10 minutes answers the current hour).
 
 import { hashName } from '../../schema/names.js';
 import { SketchAccumulator } from '../../schema/sketch.js';
 import type { DecodedRow } from '../block.js';
+import { coreLimits } from '../limits.js';
 import type { Registry } from '../registry.js';
 import { compileGlob } from './glob.js';
 import { fnKey, type Query } from './parse.js';
@@ -19,6 +32,57 @@ export interface WindowResult {
   count: number;
   values: Record<string, number>;
   revision: number;
+  /**
+   * Present when this window's percentiles of gauge or counter values come from a sketch (1%
+   * relative error, DESIGN §3) instead of the exact sorted values: the evaluation held more than
+   * evalExactValuesMax values (issue 16.11). Distributions' percentiles are always sketched.
+   */
+  sketched?: true;
+}
+
+export type EvalLimitReason = 'time_budget' | 'too_many_windows';
+
+/** An evaluation refused or stopped by one of its bounds; the message says which and what to do. */
+export class EvalLimitError extends Error {
+  constructor(
+    readonly reason: EvalLimitReason,
+    message: string,
+  ) {
+    super(`${limitPrefix[reason]}${message}`);
+  }
+}
+
+// Messages cross the worker boundary as text: these prefixes let the HTTP thread tell them apart.
+const limitPrefix: Record<EvalLimitReason, string> = { time_budget: 'evaluation time budget: ', too_many_windows: 'evaluation bound: ' };
+
+/** The bound a worker's error message names, or null when it is another failure. */
+export function evalLimitReasonOf(message: string): EvalLimitReason | null {
+  for (const [reason, prefix] of Object.entries(limitPrefix)) if (message.startsWith(prefix)) return reason as EvalLimitReason;
+  return null;
+}
+
+export interface EvalOptions {
+  /** The clock the budget is read on (ms; default performance.now). Tests step it. */
+  clockMs?: () => number;
+  /** Stop once clockMs() passes this (default: the clock at the start + budgetMs). */
+  deadlineMs?: number;
+  /** The budget the deadline stands for, for the error message (default coreLimits.adHocEvalMs). */
+  budgetMs?: number;
+  /** Exact values held at once before the fullest open window is sketched (default coreLimits.evalExactValuesMax). */
+  exactValuesMax?: number;
+}
+
+/** What an evaluation cost, for callers that report it (tests, benches). */
+export interface EvalStats {
+  rows: number;
+  /** Windows switched from exact values to a sketch. */
+  windowsSketched: number;
+  /** Most doubles held for exact percentiles at once (array capacity). */
+  exactValuesHeldMax: number;
+  /** Sketch accumulators allocated (~1.1 MB of address space each, touched only where used). */
+  sketchesAllocated: number;
+  /** Bytes of the per-window server bits (the ring). */
+  seenBitsBytes: number;
 }
 
 /** What evaluation reads: one store's registry and rows of a metric (core/store.ts). */
@@ -52,13 +116,23 @@ export function resolveServers(q: Query, registry: Registry): { selected: Uint8A
   return { selected, size, rackTest: rackTests.length === 0 ? null : (rack) => rackTests.some((t) => t(rack)) };
 }
 
-/** Evaluates every window whose start lies in [fromSec, toSec); windows without observations are omitted. */
-export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: number): WindowResult[] {
+/**
+ * Evaluates every window that overlaps [fromSec, toSec) — from the window containing fromSec —
+ * within the bounds above (throws EvalLimitError past them); windows without observations are
+ * omitted. `stats`, when given, receives what the evaluation cost.
+ */
+export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: number, opts: EvalOptions = {}, stats?: EvalStats): WindowResult[] {
   const W = q.windowSeconds;
-  const first = Math.ceil(fromSec / W) * W;
-  if (first >= toSec) return [];
+  const first = Math.floor(fromSec / W) * W;
+  if (fromSec >= toSec) return [];
   const n = Math.ceil((toSec - first) / W);
+  if (n > coreLimits.evalWindowsMax) throw new EvalLimitError('too_many_windows', `"${q.text}" from ${fromSec} to ${toSec} (s) is ${n} windows > evalWindowsMax ${coreLimits.evalWindowsMax}; use a longer WINDOW or a shorter range`);
   const end = first + n * W;
+  const clock = opts.clockMs ?? (() => performance.now());
+  const budgetMs = opts.budgetMs ?? coreLimits.adHocEvalMs;
+  const startedMs = clock();
+  const deadlineMs = opts.deadlineMs ?? startedMs + budgetMs;
+  const exactMax = opts.exactValuesMax ?? coreLimits.evalExactValuesMax;
   const { selected, size, rackTest } = resolveServers(q, store.registry);
   if (size === 0 && rackTest === null) return [];
   // Rows of racks a `rack:` selector names are taken whole; the test runs once per rack id.
@@ -75,41 +149,78 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   const sum = new Float64Array(n);
   const min = new Float64Array(n).fill(Infinity);
   const max = new Float64Array(n).fill(-Infinity);
-  // Which servers reported in each window: one bit per (window, server).
-  const stride = store.registry.serverCount + 1;
-  const seenBits = new Uint8Array(Math.ceil((n * stride) / 8));
   const serversIn = new Int32Array(n);
-  const values: (number[] | undefined)[] = new Array(n);
+  const st: EvalStats = stats ?? { rows: 0, windowsSketched: 0, exactValuesHeldMax: 0, sketchesAllocated: 0, seenBitsBytes: 0 };
+  const values = new ExactValues(n, exactMax, st);
   const sketches: (SketchAccumulator | undefined)[] = new Array(n);
   const pool: SketchAccumulator[] = [];
+  const sketchOf = (w: number) => {
+    let acc = sketches[w];
+    if (acc === undefined) {
+      acc = pool.pop();
+      if (acc === undefined) {
+        acc = new SketchAccumulator();
+        st.sketchesAllocated++;
+      }
+      sketches[w] = acc;
+    }
+    return acc;
+  };
   const out: WindowResult[] = [];
+  // Which servers reported in each open window: one bit per (server, window), in a ring of
+  // slots (set on the first row, from its block length); a window's slot is cleared when it is final.
+  const stride = store.registry.serverCount + 1;
+  let slots = 0;
+  let seenBits = new Uint8Array(0);
   let finalized = 0;
   const finalize = (upTo: number) => {
     for (; finalized < upTo; finalized++) {
       const w = finalized;
-      if (count[w]! > 0) out.push(result(q, first + w * W, W, count[w]!, sum[w]!, min[w]!, max[w]!, serversIn[w]!, values[w], sketches[w]));
+      // A sketched window's values are all in its sketch already (ExactValues.push).
+      if (count[w]! > 0) out.push(result(q, first + w * W, W, { count: count[w]!, sum: sum[w]!, min: min[w]!, max: max[w]!, servers: serversIn[w]! }, values.exact(w), sketches[w], values.sketched(w)));
       const acc = sketches[w];
       if (acc !== undefined) {
         acc.reset();
         pool.push(acc);
       }
       sketches[w] = undefined;
-      values[w] = undefined;
+      values.drop(w);
+      if (slots > 0) seenBits.fill(0, (w % slots) * Math.ceil(stride / 8), ((w % slots) + 1) * Math.ceil(stride / 8));
     }
   };
   const mark = (w: number, sid: number) => {
     if (sid >= stride) return;
-    const bit = w * stride + sid;
-    const byte = bit >>> 3;
-    const m = 1 << (bit & 7);
-    if ((seenBits[byte]! & m) === 0) {
-      seenBits[byte]! |= m;
+    const at = (w % slots) * Math.ceil(stride / 8) + (sid >>> 3);
+    const m = 1 << (sid & 7);
+    if ((seenBits[at]! & m) === 0) {
+      seenBits[at]! |= m;
       serversIn[w]! += 1;
     }
   };
+  const overBudget = () => {
+    const nowMs = clock();
+    if (nowMs <= deadlineMs) return;
+    throw new EvalLimitError(
+      'time_budget',
+      `"${q.text}" stopped after ${Math.round(nowMs - startedMs)} ms > its budget of ${budgetMs} ms, having read ${st.rows} rows and completed ${finalized} of ${n} windows; narrow from/to, select fewer servers, or use a longer WINDOW`,
+    );
+  };
   let lastBlock = -1;
-  const rolled = new Uint8Array(1 << 16);
+  let rolled = new Uint8Array(0);
   store.read(h[0]!, h[1]!, first, end, (row, block, rackId) => {
+    if (++st.rows % coreLimits.evalBudgetCheckRows === 0) overBudget();
+    if (slots === 0) {
+      // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
+      slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
+      seenBits = new Uint8Array(slots * Math.ceil(stride / 8));
+      st.seenBitsBytes = seenBits.length;
+      rolled = new Uint8Array(row.blockSeconds);
+    }
+    if (block !== lastBlock) {
+      // Rows come block by block in time order: windows ending before this block are complete.
+      finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
+      lastBlock = block;
+    }
     const whole = wholeRack(rackId);
     const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
     // The rack's rollup answers percentiles only when every server the row holds is selected
@@ -129,14 +240,8 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         const sec = block + r.secs[i]!;
         if (sec < first || sec >= end) continue;
         rolled[r.secs[i]!] = 1;
-        const w = Math.floor((sec - first) / W);
-        (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
+        sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
       }
-    }
-    if (block !== lastBlock) {
-      // Rows come block by block in time order: windows ending before this block are complete.
-      finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
-      lastBlock = block;
     }
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
@@ -151,7 +256,10 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         if (v < min[w]!) min[w] = v;
         if (v > max[w]!) max[w] = v;
         mark(w, sid);
-        if (wantPct) (values[w] ??= []).push(v);
+        if (wantPct) {
+          if (values.sketched(w)) sketchOf(w).addValue(v);
+          else values.push(w, v, finalized, sketchOf);
+        }
       }
       const d = row.dist;
       for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
@@ -163,7 +271,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
         if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
         mark(w, sid);
-        if (wantPct && !(useRollup && rolled[d.secs[i]!] === 1)) (sketches[w] ??= pool.pop() ?? new SketchAccumulator()).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
+        if (wantPct && !(useRollup && rolled[d.secs[i]!] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
       }
     }
   });
@@ -171,39 +279,136 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   return out;
 }
 
-function result(q: Query, startSec: number, W: number, count: number, sum: number, min: number, max: number, servers: number, vals: number[] | undefined, acc: SketchAccumulator | undefined): WindowResult {
+/**
+ * Exact values of the open windows, for percentiles of gauges and counters, in growable
+ * Float64Arrays. The capacity held in all is at most `max` doubles: past it, the open window
+ * holding the most is switched to its sketch for good (issue 16.11).
+ */
+class ExactValues {
+  private readonly vals: (Float64Array | undefined)[];
+  private readonly len: Int32Array;
+  private readonly toSketch: Uint8Array;
+  private held = 0;
+  /** Highest window given a value (the open windows are [finalized, top]). */
+  private top = -1;
+
+  constructor(
+    n: number,
+    private readonly max: number,
+    private readonly stats: EvalStats,
+  ) {
+    this.vals = new Array(n);
+    this.len = new Int32Array(n);
+    this.toSketch = new Uint8Array(n);
+  }
+
+  sketched(w: number): boolean {
+    return this.toSketch[w] === 1;
+  }
+
+  /** Window w's values so far (a view; sorting it in place is fine once w is final), or undefined. */
+  exact(w: number): Float64Array | undefined {
+    const a = this.vals[w];
+    return a === undefined ? undefined : a.subarray(0, this.len[w]!);
+  }
+
+  /** Adds v to window w: to its exact values while they fit the bound, else to its sketch. */
+  push(w: number, v: number, finalized: number, sketchOf: (w: number) => SketchAccumulator): void {
+    let a = this.vals[w];
+    const k = this.len[w]!;
+    if (a === undefined || k === a.length) {
+      const cap = Math.max(64, 2 * k);
+      const extra = cap - (a?.length ?? 0);
+      // Room first, so that the bound holds at every moment: the fullest open window (this one,
+      // if it is the fullest) goes to its sketch.
+      while (this.held + extra > this.max) {
+        const big = this.fullest(finalized, w);
+        this.toSketch[big] = 1;
+        this.stats.windowsSketched++;
+        this.spillInto(big, sketchOf(big));
+        if (big === w) {
+          sketchOf(w).addValue(v);
+          return;
+        }
+      }
+      const grown = new Float64Array(cap);
+      if (a !== undefined) grown.set(a);
+      this.held += extra;
+      this.vals[w] = a = grown;
+      if (w > this.top) this.top = w;
+      if (this.held > this.stats.exactValuesHeldMax) this.stats.exactValuesHeldMax = this.held;
+    }
+    a[k] = v;
+    this.len[w] = k + 1;
+  }
+
+  /** The open window holding the most values (w when none holds more). */
+  private fullest(finalized: number, w: number): number {
+    let big = w;
+    for (let x = finalized; x <= this.top; x++) if ((this.vals[x]?.length ?? 0) > (this.vals[big]?.length ?? 0)) big = x;
+    return big;
+  }
+
+  /** Adds window w's exact values (if any) to `acc` and frees them. */
+  private spillInto(w: number, acc: SketchAccumulator): void {
+    const a = this.vals[w];
+    if (a === undefined) return;
+    for (let i = 0; i < this.len[w]!; i++) acc.addValue(a[i]!);
+    this.drop(w);
+  }
+
+  drop(w: number): void {
+    const a = this.vals[w];
+    if (a !== undefined) this.held -= a.length;
+    this.vals[w] = undefined;
+    this.len[w] = 0;
+  }
+}
+
+interface WindowStats {
+  count: number;
+  sum: number;
+  min: number;
+  max: number;
+  servers: number;
+}
+
+function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Float64Array | undefined, acc: SketchAccumulator | undefined, sketched: boolean): WindowResult {
   const values: Record<string, number> = {};
   let sorted: Float64Array | undefined;
-  // Gauge values in a window of a metric that also has distributions (it changed kind) join the sketch.
+  // A metric keeps one kind per store (core/store.ts, issue 16.6); rows written before that rule
+  // may hold points beside summaries: those values join the sketch.
   if (acc !== undefined && vals !== undefined) for (const v of vals) acc.addValue(v);
   for (const f of q.functions) {
     const key = fnKey(f);
     switch (f.type) {
       case 'min':
-        values[key] = min;
+        values[key] = s.min;
         break;
       case 'max':
-        values[key] = max;
+        values[key] = s.max;
         break;
       case 'avg':
-        values[key] = sum / count;
+        values[key] = s.sum / s.count;
         break;
       case 'count':
-        values[key] = count;
+        values[key] = s.count;
         break;
       case 'sum':
-        values[key] = sum;
+        values[key] = s.sum;
         break;
       case 'percentile': {
         if (acc !== undefined) {
-          values[key] = acc.quantile(f.p / 100, min, max);
+          values[key] = acc.quantile(f.p / 100, s.min, s.max);
         } else {
-          sorted ??= Float64Array.from(vals ?? []).sort();
+          sorted ??= (vals ?? new Float64Array(0)).sort();
           values[key] = sorted[Math.floor((f.p / 100) * (sorted.length - 1))] ?? NaN;
         }
         break;
       }
     }
   }
-  return { startMs: startSec * 1000, endMs: (startSec + W) * 1000, servers, count, values, revision: 0 };
+  const out: WindowResult = { startMs: startSec * 1000, endMs: (startSec + W) * 1000, servers: s.servers, count: s.count, values, revision: 0 };
+  if (sketched) out.sketched = true;
+  return out;
 }

@@ -6,12 +6,13 @@ import { streamSSE } from 'hono/streaming';
 import { coreLimits } from '../limits.js';
 import { WorkerError, type ShardPool } from '../pool.js';
 import type { QueryCatalog } from './catalog.js';
-import type { WindowResult } from './eval.js';
+import { evalLimitReasonOf, type WindowResult } from './eval.js';
 import { parseQuery, QueryError } from './parse.js';
 import { parseTime, TimeError } from './time.js';
 
 export const routeLimits = {
-  /** Windows in one answer (ad-hoc or stored): 1 h of 1 s windows; more is a clear 400. */
+  /** Windows starting inside the range of one answer (ad-hoc or stored): 1 h of 1 s windows;
+   * more is a clear 400. The window containing `from` comes on top (coreLimits.evalWindowsMax). */
   windowsPerAnswerMax: 3600,
   /** Live subscribers in all: each holds a connection and a small queue. A client's share is
    * coreLimits.liveStreamsPerClientMax. */
@@ -27,10 +28,16 @@ export const routeLimits = {
 export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog): { subscribers: () => number; dropped: () => number } {
   let subscribers = 0;
   let dropped = 0;
-  const bad = (err: unknown) => {
+  const bad = (err: unknown, c: Context) => {
     if (err instanceof QueryError) return { body: { error: err.message, position: err.position }, status: 400 as const };
     if (err instanceof TimeError) return { body: { error: err.message }, status: 400 as const };
-    if (err instanceof WorkerError) return { body: { error: err.message }, status: 503 as const };
+    if (err instanceof WorkerError) {
+      // An evaluation past its time budget (issue 16.1) may fit when the worker is less busy or
+      // the range shorter: 503; one with more windows than any evaluation computes: 400.
+      const reason = evalLimitReasonOf(err.message);
+      if (reason !== null) c.set('apmRefusal', reason);
+      return { body: { error: err.message, ...(reason === null ? {} : { reason }) }, status: reason === 'too_many_windows' ? (400 as const) : (503 as const) };
+    }
     throw err;
   };
   // Bounded ranges (issue 8): an ad-hoc query reads storage over all of it.
@@ -71,7 +78,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       const q = await stored.update(c.req.param('id'), d.name, d.query);
       return q === undefined ? c.json({ error: `no stored query ${c.req.param('id')}` }, 404) : c.json(q);
     } catch (err) {
-      const r = bad(err);
+      const r = bad(err, c);
       return c.json(r.body, r.status);
     }
   });
@@ -81,12 +88,17 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     if (q === undefined) return c.json({ error: `no stored query ${c.req.param('id')}` }, 404);
     try {
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.resultsRangeMsMax, 'narrow from/to');
-      const windows = await stored.resultsJson(q.id, fromMs, toMs, routeLimits.windowsPerAnswerMax);
-      if (windows.length > routeLimits.windowsPerAnswerMax) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
+      // From the window containing `from`, as ad-hoc answers (issue 16.12); that window comes on
+      // top of the windowsPerAnswerMax that start inside the range.
+      const Wms = parseQuery(q.query).windowSeconds * 1000;
+      const firstMs = Math.floor(fromMs / Wms) * Wms;
+      const most = routeLimits.windowsPerAnswerMax + (firstMs < fromMs ? 1 : 0);
+      const windows = await stored.resultsJson(q.id, firstMs, toMs, most);
+      if (windows.length > most) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
       // Stored as JSON text: the answer is assembled without parsing them.
       return c.body(`{"id":${JSON.stringify(q.id)},"query":${JSON.stringify(q.query)},"windows":[${windows.join(',')}]}`, 200, { 'content-type': 'application/json' });
     } catch (err) {
-      const r = bad(err);
+      const r = bad(err, c);
       return c.json(r.body, r.status);
     }
   });
@@ -189,12 +201,15 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       if (text === undefined) return c.json({ error: 'missing q=<query>' }, 400);
       const q = parseQuery(text);
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.adHocRangeMsMax, 'narrow from/to, or make it a stored query (its results keep for the retention)');
-      const windows = Math.ceil((toMs - fromMs) / 1000 / q.windowSeconds);
+      // The answer starts with the window containing `from` (issue 16.12); the bound counts the
+      // windows that start inside the range, so that one comes on top.
+      const Wms = q.windowSeconds * 1000;
+      const windows = Math.ceil(toMs / Wms) - Math.ceil(fromMs / Wms);
       if (windows > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range` }, 400);
       // Evaluated by the worker that owns the metric's shard: the HTTP thread never reads rows.
-      return c.json({ query: q.text, windows: await pool.query(q.text, q.metric, Math.ceil(fromMs / 1000), Math.ceil(toMs / 1000)) });
+      return c.json({ query: q.text, windows: await pool.query(q.text, q.metric, Math.floor(fromMs / 1000), Math.ceil(toMs / 1000)) });
     } catch (err) {
-      const r = bad(err);
+      const r = bad(err, c);
       return c.json(r.body, r.status);
     }
   });

@@ -7,7 +7,8 @@
 // are written in one transaction, then announced (the catalog serves and streams them).
 
 import type { Database, RootDatabase } from 'lmdb';
-import { evaluate, type MetricReader, type WindowResult } from './eval.js';
+import { coreLimits } from '../limits.js';
+import { EvalLimitError, evaluate, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
 
 export interface StoredQuery {
@@ -22,6 +23,14 @@ interface QueryState {
   parsed: Query;
   /** Start (s) of the next window to evaluate. */
   next: number;
+  /** Windows per evaluation: windowsPerTickMax, a quarter of it after each tick past the budget (issue 16.1). */
+  step: number;
+  /** Ticks past the budget in a row; the query waits storedEvalMs × 2^(failures − 1) (at most storedEvalRetryMaxMs) after one. */
+  failures: number;
+  /** Clock time (ms, the budget's clock) before which the query is not tried again. */
+  retryAtMs: number;
+  /** Late seconds that arrived while the query waited: revised when it runs again. */
+  late: Set<number>;
 }
 
 export interface StoredOptions {
@@ -29,6 +38,10 @@ export interface StoredOptions {
   /** Windows one query may evaluate per tick; the rest are counted as behind and caught up next tick. */
   windowsPerTickMax: number;
   lateSecondsMax: number;
+  /** Time budget of one query's tick (default coreLimits.storedEvalMs). */
+  evalBudgetMs?: number;
+  /** The clock budgets are read on (default performance.now; tests step it). */
+  clockMs?: () => number;
 }
 
 export type Listener = (queryId: string, w: WindowResult) => void;
@@ -45,7 +58,8 @@ export class StoredQueries {
   private readonly states = new Map<string, QueryState>();
   private readonly lateSeconds = new Set<number>();
   private running: Promise<void> | null = null;
-  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0 };
+  /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
+  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0 };
   /** Each new or revised window, once stored. */
   onWindow: Listener | null = null;
 
@@ -85,7 +99,7 @@ export class StoredQueries {
       let next = fresh;
       if (cursor !== undefined && cursor.query === d.query) next = cursor.next;
       else if (cursor !== undefined || s !== undefined) drop.push(d.id); // edited: old results no longer describe it
-      this.states.set(d.id, { def: d, parsed, next });
+      this.states.set(d.id, { def: d, parsed, next, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
       puts.push([d.id, { query: d.query, next }]);
     }
     const dropKeys = drop.flatMap((id) => [...this.results.getKeys({ start: `${id}:`, end: `${id};` })]);
@@ -153,17 +167,29 @@ export class StoredQueries {
   private async evaluateDue(nowMs: number): Promise<void> {
     const late = [...this.lateSeconds];
     this.lateSeconds.clear();
+    const clock = this.opts.clockMs ?? (() => performance.now());
+    const budgetMs = this.opts.evalBudgetMs ?? coreLimits.storedEvalMs;
     const done: { s: QueryState; pending: Map<string, WindowResult> }[] = [];
     for (const s of [...this.states.values()]) {
       if (this.states.get(s.def.id) !== s) continue; // edited or deleted meanwhile
+      const startedMs = clock();
+      if (startedMs < s.retryAtMs) {
+        this.holdLate(s, late);
+        continue;
+      }
       const pending = new Map<string, WindowResult>();
       const next = s.next;
+      // One budget for this query's whole tick: its new windows and its revisions (issue 16.1).
+      const budget: EvalOptions = { clockMs: clock, deadlineMs: startedMs + budgetMs, budgetMs };
       try {
-        this.advance(s, nowMs, pending);
-        this.revise(s, late, pending);
+        this.advance(s, nowMs, pending, budget);
+        this.revise(s, [...late, ...s.late], pending, budget);
+        s.late.clear();
+        s.failures = 0;
       } catch (err) {
         this.counters.evaluation_errors++;
-        console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
+        if (err instanceof EvalLimitError && err.reason === 'time_budget') this.overBudget(s, late, clock(), budgetMs, err);
+        else console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
       }
       if (pending.size > 0 || s.next !== next) done.push({ s, pending });
       // One query at a time: ingest and reads of this worker run in between.
@@ -173,7 +199,33 @@ export class StoredQueries {
     if (done.length > 0) this.commit(done.filter((d) => this.states.get(d.s.def.id) === d.s));
   }
 
-  private advance(s: QueryState, nowMs: number, pending: Map<string, WindowResult>): void {
+  /**
+   * A tick past its budget: the windows it evaluated so far stay (in `pending`, the cursor is
+   * past them), the rest wait: the query is tried again after a back-off, a quarter of the
+   * windows per evaluation at a time; its late seconds are kept for then. Counted and logged.
+   */
+  private overBudget(s: QueryState, late: number[], stoppedMs: number, budgetMs: number, err: Error): void {
+    this.counters.evaluation_over_budget++;
+    s.failures++;
+    s.step = Math.max(1, Math.floor(s.step / 4));
+    const waitMs = Math.min(coreLimits.storedEvalRetryMaxMs, budgetMs * 2 ** (s.failures - 1));
+    s.retryAtMs = stoppedMs + waitMs;
+    this.holdLate(s, late);
+    console.error(`core: stored query ${s.def.id}: ${err.message}; retried in ${Math.round(waitMs / 1000)} s with at most ${s.step} windows per evaluation`);
+  }
+
+  /** Keeps late seconds for a query that does not run this tick (bounded like the shared set). */
+  private holdLate(s: QueryState, late: readonly number[]): void {
+    for (const sec of late) {
+      if (s.late.size >= this.opts.lateSecondsMax) {
+        this.counters.late_seconds_dropped++;
+        continue;
+      }
+      s.late.add(sec);
+    }
+  }
+
+  private advance(s: QueryState, nowMs: number, pending: Map<string, WindowResult>, budget: EvalOptions): void {
     const W = s.parsed.windowSeconds;
     let done = 0;
     while ((s.next + W) * 1000 + this.opts.latenessMs <= nowMs) {
@@ -181,17 +233,19 @@ export class StoredQueries {
         this.counters.windows_behind++;
         break;
       }
-      // Catch-up evaluates many windows in one read.
-      const upTo = Math.min(s.next + W * (this.opts.windowsPerTickMax - done), Math.floor((nowMs - this.opts.latenessMs) / 1000 / W) * W);
-      for (const w of evaluate(this.store, s.parsed, s.next, upTo)) pending.set(resultKey(s.def.id, w.startMs), w);
+      // Catch-up evaluates many windows in one read (at most `step`: fewer after a tick past its budget).
+      const upTo = Math.min(s.next + W * Math.min(s.step, this.opts.windowsPerTickMax - done), Math.floor((nowMs - this.opts.latenessMs) / 1000 / W) * W);
+      for (const w of evaluate(this.store, s.parsed, s.next, upTo, budget)) pending.set(resultKey(s.def.id, w.startMs), w);
       const evaluated = Math.max(1, (upTo - s.next) / W);
       done += evaluated;
       this.counters.windows_evaluated += evaluated;
       s.next = upTo;
+      // Windows that fit: the step grows back, twice as many at a time.
+      s.step = Math.min(this.opts.windowsPerTickMax, s.step * 2);
     }
   }
 
-  private revise(s: QueryState, late: number[], pending: Map<string, WindowResult>): void {
+  private revise(s: QueryState, late: number[], pending: Map<string, WindowResult>, budget: EvalOptions): void {
     const W = s.parsed.windowSeconds;
     const starts = new Set<number>();
     for (const sec of late) {
@@ -199,7 +253,7 @@ export class StoredQueries {
       if (start < s.next) starts.add(start);
     }
     for (const start of starts) {
-      const [w] = evaluate(this.store, s.parsed, start, start + W);
+      const [w] = evaluate(this.store, s.parsed, start, start + W, budget);
       if (w !== undefined) pending.set(resultKey(s.def.id, w.startMs), w);
     }
   }

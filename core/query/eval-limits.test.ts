@@ -1,0 +1,172 @@
+// The bounds of one evaluation (issue 16.1, 16.11): its time budget (ad-hoc and stored) and the
+// memory its exact percentiles may hold. Evaluated over a store in this thread, on a clock the
+// tests step, so that a budget is passed without a slow test.
+
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeFrame, KindCode } from '../../schema/codec.js';
+import { batchBytesMax } from '../../schema/limits.js';
+import { rackSecondBody, sectionAt } from '../../schema/section.js';
+import { buildColumns, type PointInput } from '../../schema/testdata.js';
+import { createApi } from '../api.js';
+import { coreLimits } from '../limits.js';
+import { openNode } from '../node.js';
+import { WorkerError, type ShardPool } from '../pool.js';
+import { Store } from '../store.js';
+import { EvalLimitError, evaluate, type EvalStats } from './eval.js';
+import { parseQuery } from './parse.js';
+import { StoredQueries } from './stored.js';
+
+const S = 8;
+const dirs: string[] = [];
+afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+const t0 = 1_790_000_040 - (1_790_000_040 % 3600); // an hour start
+
+function openStore(): Store {
+  const dir = mkdtempSync(join(tmpdir(), 'apm-evlim-'));
+  dirs.push(dir);
+  return new Store({ dir, shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 100 * 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 31, metricsMax: 100, metricsPerServerMax: 100, serversMax: 10_000, racksMax: 100, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+}
+
+const seqs = new Map<string, number>();
+/** One rack second: `servers` servers of `rack`, each with the gauge `value(server, second)`. */
+function ingest(store: Store, o: { rack: string; second: number; servers: number; value: (s: number, t: number) => number }): void {
+  const seq = (seqs.get(o.rack) ?? 0) + 1;
+  seqs.set(o.rack, seq);
+  const servers = Array.from({ length: o.servers }, (_, s) => ({ server: `${o.rack}-s${s}`, blocks: [buildColumns([{ name: 'g', kind: KindCode.Gauge, value: o.value(s, o.second) } satisfies PointInput], [])] }));
+  const r = decodeFrame(rackSecondBody({ rack: o.rack, session: 1, seq, second: o.second, late: false, shards: S, servers, rollup: buildColumns([], []) }), batchBytesMax);
+  if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: test body does not decode');
+  const m = r.msg;
+  expect(store.ingest(m, [...m.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(m, i).slice() }))).status).toBe(204);
+}
+
+/** 4 racks × 5 servers, one second in each of 10 blocks (minutes) of a gauge, written as rows: 40 rows. */
+function loadRows(): Store {
+  const store = openStore();
+  for (let t = t0; t < t0 + 600; t += 60) for (const rack of ['r1', 'r2', 'r3', 'r4']) ingest(store, { rack, second: t, servers: 5, value: (s, tt) => s * 1000 + (tt - t0) });
+  while (store.writeSlice(Date.now() + 3_600_000));
+  return store;
+}
+
+/** A clock that moves `stepMs` each time it is read. */
+function steppingClock(stepMs: number): { clockMs: () => number; reads: () => number } {
+  let now = 0;
+  let reads = 0;
+  return {
+    clockMs: () => {
+      reads++;
+      return (now += stepMs);
+    },
+    reads: () => reads,
+  };
+}
+
+describe('regression: an evaluation had no time budget (issue 16.1)', () => {
+  const store = loadRows();
+  afterAll(() => store.close());
+  const q = parseQuery('FROM * SELECT g WINDOW 1m COMPUTE count, max, p99');
+
+  it('stops past its budget, checking the clock every few rows, with an error naming the budget and what to do', () => {
+    const whole = evaluate(store, q, t0, t0 + 600);
+    expect(whole.reduce((a, w) => a + w.count, 0)).toBe(4 * 5 * 10);
+    // Each clock read is 500 ms later: the 2 s ad-hoc budget is passed at the 4th check after the start.
+    const clock = steppingClock(500);
+    const stats: EvalStats = { rows: 0, windowsSketched: 0, exactValuesHeldMax: 0, sketchesAllocated: 0, seenBitsBytes: 0 };
+    let err: unknown;
+    try {
+      evaluate(store, q, t0, t0 + 600, { clockMs: clock.clockMs }, stats);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(EvalLimitError);
+    expect((err as EvalLimitError).reason).toBe('time_budget');
+    expect((err as Error).message).toMatch(/^evaluation time budget: "FROM \* SELECT g WINDOW 1m COMPUTE count, max, percentile\(99\)" stopped after 2500 ms > its budget of 2000 ms, having read 40 rows and completed \d+ of 10 windows; narrow from\/to/);
+    expect(stats.rows).toBe(5 * coreLimits.evalBudgetCheckRows);
+    expect(clock.reads()).toBe(6);
+  });
+
+  it('answers 503 for an ad-hoc query stopped by its budget, with the reason, counted', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-evlim-node-'));
+    dirs.push(dir);
+    const node = await openNode({ dataDir: dir, workers: 1, shards: S, queryLatenessMs: 0 });
+    try {
+      const message = new EvalLimitError('time_budget', '"FROM * SELECT g WINDOW 1m COMPUTE p99" stopped after 2001 ms > its budget of 2000 ms').message;
+      // The worker answers with the error's text; the HTTP thread tells the budget from other failures.
+      const pool = new Proxy(node.pool, { get: (p, k) => (k === 'query' ? () => Promise.reject(new WorkerError(message)) : Reflect.get(p, k)) }) as ShardPool;
+      const app = createApi({ pool, servers: node.servers, stored: node.stored }, { ingestBodyBytesMax: 100_000 });
+      const r = await app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT g WINDOW 1m COMPUTE p99')}&from=-1h`);
+      expect(r.status).toBe(503);
+      expect(await r.json()).toEqual({ error: message, reason: 'time_budget' });
+      expect(await (await app.request('/metrics')).text()).toMatch(/^apm_core_query_requests_refused_total\{reason="time_budget"\} 1$/m);
+    } finally {
+      await node.close();
+    }
+  });
+
+  it("stops a stored query's tick past its budget, counts it, waits, and catches up later with fewer windows at a time", async () => {
+    // A clock moving `step` ms a read while the evaluation runs too long, then held still.
+    let now = 0;
+    let step = 400;
+    const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100, evalBudgetMs: 1000, clockMs: () => (now += step) });
+    // Created "at" t0 + 60: its first window is [t0, t0 + 60).
+    stored.sync([{ id: 'q1', name: 'g', query: 'FROM * SELECT g WINDOW 1m COMPUTE count', createdMs: 0 }], (t0 + 60) * 1000);
+    await stored.tick((t0 + 600) * 1000);
+    expect(stored.counters.evaluation_over_budget).toBe(1);
+    expect(stored.resultsJson('q1', 0, 8.64e15, 100)).toEqual([]);
+    // Within its back-off (1 s after it stopped) it is not tried again.
+    step = 0;
+    await stored.tick((t0 + 600) * 1000);
+    expect(stored.counters.evaluation_over_budget).toBe(1);
+    // After it, on a clock that stays inside the budget, it catches up.
+    now += 1001;
+    step = 1;
+    await stored.tick((t0 + 600) * 1000);
+    const counts = stored.resultsJson('q1', 0, 8.64e15, 100).map((j) => (JSON.parse(j) as { count: number }).count);
+    expect(counts).toEqual(Array<number>(10).fill(4 * 5));
+    expect(stored.counters.evaluation_over_budget).toBe(1);
+  });
+});
+
+describe('regression: exact percentiles of gauges over a large window had no memory bound (issue 16.11)', () => {
+  it('holds at most exactValuesMax values, sketching the fullest window past it (1% relative), and says so in the window', () => {
+    const store = openStore();
+    // 500 servers × 2 minutes: 60,000 values in one 2 m window.
+    for (let t = t0; t < t0 + 120; t++) ingest(store, { rack: 'r1', second: t, servers: 500, value: (s, tt) => 1 + s * 120 + (tt - t0) });
+    const exact = Array.from({ length: 60_000 }, (_, i) => 1 + i);
+    const q = parseQuery('FROM * SELECT g WINDOW 2m COMPUTE count, min, max, p50, p99');
+    // Bound above the window's values: exact.
+    const [w0] = evaluate(store, q, t0, t0 + 120, { exactValuesMax: 1e6 });
+    expect(w0).not.toHaveProperty('sketched');
+    expect(w0!.values['percentile(99)']).toBe(exact[Math.floor(0.99 * 59_999)]);
+    // Bound 10,000: the window is sketched; count, min and max stay exact; percentiles within 1%.
+    const stats: EvalStats = { rows: 0, windowsSketched: 0, exactValuesHeldMax: 0, sketchesAllocated: 0, seenBitsBytes: 0 };
+    const [w] = evaluate(store, q, t0, t0 + 120, { exactValuesMax: 10_000 }, stats);
+    expect(w).toMatchObject({ sketched: true, count: 60_000, values: { count: 60_000, min: 1, max: 60_000 } });
+    for (const p of [50, 99]) {
+      const want = exact[Math.floor((p / 100) * 59_999)]!;
+      expect(Math.abs(w!.values[`percentile(${p})`]! - want)).toBeLessThanOrEqual(want * 0.01);
+    }
+    expect(stats.exactValuesHeldMax).toBeLessThanOrEqual(10_000);
+    expect(stats.windowsSketched).toBe(1);
+    // Small windows: each is sketched only when the open ones do not fit together (1 s: 500 values each, a block's 60 open at once).
+    const ten = parseQuery('FROM * SELECT g WINDOW 1s COMPUTE p50');
+    const roomy = evaluate(store, ten, t0, t0 + 120, { exactValuesMax: 60 * 512 });
+    expect(roomy.length).toBe(120);
+    expect(roomy.every((x) => x.sketched === undefined)).toBe(true);
+    const tightStats: EvalStats = { rows: 0, windowsSketched: 0, exactValuesHeldMax: 0, sketchesAllocated: 0, seenBitsBytes: 0 };
+    const tight = evaluate(store, ten, t0, t0 + 120, { exactValuesMax: 10_000 }, tightStats);
+    expect(tight.filter((x) => x.sketched === true).length).toBe(tightStats.windowsSketched);
+    expect(tightStats.windowsSketched).toBeGreaterThan(0);
+    expect(tight.some((x) => x.sketched === undefined)).toBe(true);
+    expect(tightStats.exactValuesHeldMax).toBeLessThanOrEqual(10_000);
+    // Whether sketched or not, each answer is within 1% of the exact one.
+    tight.forEach((x, i) => {
+      const vals = Array.from({ length: 500 }, (_, s) => 1 + s * 120 + i);
+      const want = vals[Math.floor(0.5 * 499)]!;
+      expect(Math.abs(x.values['percentile(50)']! - want)).toBeLessThanOrEqual(want * 0.01);
+    });
+    return store.close();
+  });
+});
