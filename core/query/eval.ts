@@ -317,8 +317,10 @@ class ExactValues {
     let a = this.vals[w];
     const k = this.len[w]!;
     if (a === undefined || k === a.length) {
-      const cap = Math.max(64, 2 * k);
-      const extra = cap - (a?.length ?? 0);
+      // Doubling, or as far as the bound lets this array grow (so one window may fill it).
+      let cap = Math.max(64, 2 * k);
+      if (this.held + cap - k > this.max && this.max - this.held > 0) cap = Math.max(k + 1, k + this.max - this.held);
+      const extra = cap - k;
       // Room first, so that the bound holds at every moment: the fullest open window (this one,
       // if it is the fullest) goes to its sketch.
       while (this.held + extra > this.max) {
