@@ -19,6 +19,8 @@ interface Entry {
 
 export class Dedup {
   private readonly entries = new Map<string, Entry>();
+  /** Keys changed since the last persist() (evicted ones are removed then). */
+  private readonly dirty = new Set<string>();
   readonly counters = { too_old: 0, sessions_replaced: 0, evicted: 0 };
 
   constructor(
@@ -46,8 +48,8 @@ export class Dedup {
     return (e.bits[(seq % windowSeqs) >>> 3]! & (1 << (seq & 7))) !== 0;
   }
 
-  /** Records (rack, session, seq) as stored; call inside the transaction that stores it. */
-  note(shard: number, rack: string, session: number, seq: number): void {
+  /** Records (rack, session, seq) as stored, in memory; persist() writes it in the storing transaction. */
+  mark(shard: number, rack: string, session: number, seq: number): void {
     const k = entryKey(shard, rack);
     let e = this.entries.get(k);
     if (e === undefined || e.session !== session) {
@@ -62,25 +64,39 @@ export class Dedup {
       e.hwm = seq;
     }
     e.bits[(seq % windowSeqs) >>> 3]! |= 1 << (seq & 7);
-    void this.db.put(Buffer.from(k, 'latin1'), encode(e));
+    this.dirty.add(k);
   }
 
-  /** After a failed commit: the entries of these keys come back from storage. */
-  reload(keys: readonly { shard: number; rack: string }[]): void {
-    for (const { shard, rack } of keys) {
-      const k = entryKey(shard, rack);
+  /** Writes what mark() changed (call inside the transaction that stores the sections). */
+  persist(): void {
+    for (const k of this.dirty) {
+      const e = this.entries.get(k);
+      if (e === undefined) void this.db.remove(Buffer.from(k, 'latin1'));
+      else void this.db.put(Buffer.from(k, 'latin1'), encode(e));
+    }
+  }
+
+  /** The transaction that persisted the marks committed. */
+  committed(): void {
+    this.dirty.clear();
+  }
+
+  /** After a failed commit: what mark() changed comes back from storage. */
+  rollback(): void {
+    for (const k of this.dirty) {
       const v = this.db.get(Buffer.from(k, 'latin1'));
       const e = v === undefined ? null : decode(v);
       if (e === null) this.entries.delete(k);
       else this.entries.set(k, e);
     }
+    this.dirty.clear();
   }
 
   private evictOne(): void {
     const k = this.entries.keys().next().value;
     if (k === undefined) return;
     this.entries.delete(k);
-    void this.db.remove(Buffer.from(k, 'latin1'));
+    this.dirty.add(k);
     this.counters.evicted++;
   }
 }

@@ -91,6 +91,8 @@ export class Store {
   private readonly pendingNames = new Map<string, string>();
   readonly counters = {
     requests_ingested: 0,
+    /** Synced ingest transactions: fewer than requests when requests wait together (group commit). */
+    commits: 0,
     sections_ingested: 0,
     sections_duplicate: 0,
     sections_late: 0,
@@ -207,12 +209,85 @@ export class Store {
     return ids;
   }
 
-  /**
-   * Makes a request's sections for this store durable, then adds them to the head. A section
-   * already stored (same rack, session and seq for its shard) is skipped and counted; the check
-   * and the commit run without a turn in between, so two copies of one request cannot both land.
-   */
+  /** One request (see ingestMany). */
   ingest(h: RequestHeader, sections: readonly SectionIn[], nowMs = Date.now()): StoreIngestResult {
+    return this.ingestMany([{ h, sections }], nowMs)[0]!;
+  }
+
+  /**
+   * Makes several requests' sections for this store durable in one synced transaction (group
+   * commit: the requests waiting in a worker's queue share one fsync), then adds them to the
+   * head. A section already stored (same rack, session and seq for its shard) is skipped and
+   * counted; the checks and the commit run without a turn in between, so two copies of one
+   * request — in one group or not — cannot both land. A malformed request is refused alone.
+   */
+  ingestMany(reqs: readonly { h: RequestHeader; sections: readonly SectionIn[] }[], nowMs = Date.now()): StoreIngestResult[] {
+    const results: StoreIngestResult[] = [];
+    const valid: { i: number; decoded: ShardSectionMessage[]; bytes: Uint8Array[] }[] = [];
+    reqs.forEach((r, i) => {
+      const d = this.decodeRequest(r.h, r.sections);
+      if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
+      else results[i] = d;
+    });
+    const refuse = (r: StoreIngestResult) => {
+      for (const v of valid) results[v.i] = r;
+      return results;
+    };
+    const full = this.storageFull(nowMs);
+    if (full !== '') {
+      this.counters.storage_full += valid.length;
+      return refuse({ status: 503, reason: 'storage_full', error: full });
+    }
+    let bytes = 0;
+    for (const v of valid) for (const b of v.bytes) bytes += b.length;
+    if (this.headBytes + bytes * 2 > this.opts.headBytesMax) {
+      this.counters.head_full += valid.length;
+      return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data (limit ${this.opts.headBytesMax}); retry later` });
+    }
+    const fresh: { i: number; m: ShardSectionMessage; bytes: Uint8Array; key: Buffer }[] = [];
+    const duplicates = new Map<number, number>();
+    for (const v of valid) {
+      v.decoded.forEach((m, k) => {
+        if (this.dedup.seen(m.shard, m.rack, m.session, m.seq)) duplicates.set(v.i, (duplicates.get(v.i) ?? 0) + 1);
+        else {
+          this.dedup.mark(m.shard, m.rack, m.session, m.seq);
+          fresh.push({ i: v.i, m, bytes: v.bytes[k]!, key: walKey(m.shard, this.walSeq++) });
+        }
+      });
+    }
+    let dups = 0;
+    for (const n of duplicates.values()) dups += n;
+    this.counters.sections_duplicate += dups;
+    const sids = fresh.map((f) => this.serverIds(f.m, nowMs));
+    try {
+      this.root.transactionSync(() => {
+        for (const f of fresh) this.wal.put(f.key, Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength));
+        this.dedup.persist();
+        this.registry.flushDirty();
+      });
+    } catch (err) {
+      this.dedup.rollback();
+      this.counters.storage_full += valid.length;
+      this.lastError = writeFailure(err);
+      return refuse({ status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space; the rack will retry` });
+    }
+    this.dedup.committed();
+    const points = new Map<number, number>();
+    fresh.forEach((f, k) => {
+      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, false));
+      this.onIngest?.(f.m.shard, f.m.second);
+      if (f.m.second < (this.flushedThrough.get(f.m.shard) ?? 0)) this.counters.sections_late++;
+    });
+    this.counters.requests_ingested += valid.length;
+    this.counters.sections_ingested += fresh.length;
+    this.counters.bytes_ingested += bytes;
+    this.counters.commits++;
+    for (const v of valid) results[v.i] = { status: 204, points: points.get(v.i) ?? 0, duplicates: duplicates.get(v.i) ?? 0 };
+    return results;
+  }
+
+  /** A request's sections decoded and checked against its header, or why it is refused. */
+  private decodeRequest(h: RequestHeader, sections: readonly SectionIn[]): ShardSectionMessage[] | StoreIngestResult {
     const decoded: ShardSectionMessage[] = [];
     for (const s of sections) {
       const r = decodeFrame(s.bytes, batchBytesMax);
@@ -228,46 +303,7 @@ export class Store {
       }
       decoded.push(m);
     }
-    const full = this.storageFull(nowMs);
-    if (full !== '') {
-      this.counters.storage_full++;
-      return { status: 503, reason: 'storage_full', error: full };
-    }
-    let bytes = 0;
-    for (const s of sections) bytes += s.bytes.length;
-    if (this.headBytes + bytes * 2 > this.opts.headBytesMax) {
-      this.counters.head_full++;
-      return { status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data (limit ${this.opts.headBytesMax}); retry later` };
-    }
-    const fresh = decoded.filter((m) => !this.dedup.seen(m.shard, m.rack, m.session, m.seq));
-    const duplicates = decoded.length - fresh.length;
-    this.counters.sections_duplicate += duplicates;
-    const sids = fresh.map((m) => this.serverIds(m, nowMs));
-    const keys = fresh.map((m) => walKey(m.shard, this.walSeq++));
-    try {
-      this.root.transactionSync(() => {
-        fresh.forEach((m, i) => {
-          this.wal.put(keys[i]!, Buffer.from(sections[decoded.indexOf(m)]!.bytes));
-          this.dedup.note(m.shard, m.rack, m.session, m.seq);
-        });
-        this.registry.flushDirty();
-      });
-    } catch (err) {
-      this.dedup.reload(fresh.map((m) => ({ shard: m.shard, rack: m.rack })));
-      this.counters.storage_full++;
-      this.lastError = writeFailure(err);
-      return { status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space; the rack will retry` };
-    }
-    let points = 0;
-    fresh.forEach((m, i) => {
-      points += this.toHead(m, sids[i]!, readU48(keys[i]!, 2), keys[i]!, false);
-      this.onIngest?.(m.shard, m.second);
-      if (m.second < (this.flushedThrough.get(m.shard) ?? 0)) this.counters.sections_late++;
-    });
-    this.counters.requests_ingested++;
-    this.counters.sections_ingested += fresh.length;
-    this.counters.bytes_ingested += bytes;
-    return { status: 204, points, duplicates };
+    return decoded;
   }
 
   /** Registers a section's metrics and names and appends its columns to the head; returns entries added. */

@@ -10,7 +10,7 @@ import { shardOf } from '../schema/section.js';
 import { evaluate } from './query/eval.js';
 import { parseQuery } from './query/parse.js';
 import { StoredQueries, type StoredQuery } from './query/stored.js';
-import { Store, type StoreOptions } from './store.js';
+import { Store, type StoreIngestResult, type StoreOptions } from './store.js';
 import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js';
 
 const config = workerData as WorkerConfig;
@@ -122,27 +122,51 @@ port.on('message', (m: ToWorker) => {
   }
 });
 
+type IngestMessage = Extract<ToWorker, { t: 'ingest' }>;
+const pendingIngest: IngestMessage[] = [];
+
+/** Commits every waiting request: per store one transaction, then one answer per request. */
+function ingestPending(): void {
+  const batch = pendingIngest.splice(0);
+  // Per store, the requests' sections for it; per request, its answers from each store.
+  const perStore = new Map<Owned, { req: number; h: IngestMessage['h']; sections: { shard: number; bytes: Uint8Array }[] }[]>();
+  batch.forEach((m, req) => {
+    const buf = new Uint8Array(m.buf);
+    const byStore = new Map<Owned, { shard: number; bytes: Uint8Array }[]>();
+    for (const s of m.sections) {
+      const o = storeOfShard(s.shard);
+      let list = byStore.get(o);
+      if (list === undefined) byStore.set(o, (list = []));
+      list.push({ shard: s.shard, bytes: buf.subarray(s.start, s.end) });
+    }
+    for (const [o, sections] of byStore) {
+      let reqs = perStore.get(o);
+      if (reqs === undefined) perStore.set(o, (reqs = []));
+      reqs.push({ req, h: m.h, sections });
+    }
+  });
+  const answers = batch.map((): StoreIngestResult => ({ status: 204, points: 0, duplicates: 0 }));
+  for (const [o, reqs] of perStore) {
+    const results = o.store.ingestMany(reqs);
+    reqs.forEach((r, k) => {
+      const res = results[k]!;
+      const a = answers[r.req]!;
+      if (a.status !== 204) return;
+      if (res.status !== 204) answers[r.req] = res;
+      else answers[r.req] = { status: 204, points: a.points + res.points, duplicates: a.duplicates + res.duplicates };
+    });
+  }
+  batch.forEach((m, req) => post({ t: 'reply', id: m.id, result: answers[req]! }));
+}
+
 function handle(m: ToWorker): void {
   switch (m.t) {
     case 'ingest': {
-      const buf = new Uint8Array(m.buf);
-      // Sections grouped by store: each store commits its sections in one synced transaction.
-      const byStore = new Map<Owned, { shard: number; bytes: Uint8Array }[]>();
-      for (const s of m.sections) {
-        const o = storeOfShard(s.shard);
-        let list = byStore.get(o);
-        if (list === undefined) byStore.set(o, (list = []));
-        list.push({ shard: s.shard, bytes: buf.subarray(s.start, s.end) });
-      }
-      let points = 0;
-      let duplicates = 0;
-      for (const [o, list] of byStore) {
-        const r = o.store.ingest(m.h, list);
-        if (r.status !== 204) return post({ t: 'reply', id: m.id, result: r });
-        points += r.points;
-        duplicates += r.duplicates;
-      }
-      return post({ t: 'reply', id: m.id, result: { status: 204, points, duplicates } });
+      // Group commit: requests that arrive while the worker is busy wait here and are committed
+      // together on the next turn, one synced transaction per store for all of them.
+      pendingIngest.push(m);
+      if (pendingIngest.length === 1) setImmediate(ingestPending);
+      return;
     }
     case 'query': {
       const q = parseQuery(m.query);
