@@ -3,11 +3,12 @@
 
 import dgram from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
+import { parseKeyFile } from '../schema/auth.js';
 import { decodeFrame, type EdgeSecondMessage } from '../schema/codec.js';
 import { mergeSecond } from '../test/merge-helper.js';
 import { until } from '../test/proc.js';
 import type { EdgeClock } from './clock.js';
-import { Edge } from './edge.js';
+import { Edge, macRack } from './edge.js';
 import { edgeLimits } from './limits.js';
 
 /** Wall and monotonic clocks that move only when the test says. */
@@ -134,5 +135,18 @@ describe('Edge and sums that overflow (issue 16.4)', () => {
     // The edge's own counters describe the second they were counted in: the next one.
     const next = await secondOf([]);
     expect(next.merged.points.get('apm.edge.dropped.overflow')).toEqual({ kind: 1, value: 2 });
+  });
+});
+
+describe('the rack id signed datagrams cover (issue 16.5)', () => {
+  it('comes from --rack-id or the key file; both must agree; neither is refused at start', () => {
+    const bound = parseKeyFile(`1 ${'aa'.repeat(32)} rack=r1`, 'k');
+    const unbound = parseKeyFile(`1 ${'aa'.repeat(32)}`, 'k');
+    expect(macRack(bound, undefined)).toBe('r1');
+    expect(macRack(bound, 'r1')).toBe('r1');
+    expect(macRack(unbound, 'r7')).toBe('r7');
+    expect(() => macRack(bound, 'r2')).toThrow(/the key file names rack r1 \(rack=r1\) but --rack-id is r2/);
+    expect(() => macRack(unbound, undefined)).toThrow(/give --rack-id <the rack's --rack>, or add rack=<rack id> to the key file/);
+    expect(() => macRack(unbound, 'r 1')).toThrow(/--rack-id "r 1" is not a rack id/);
   });
 });

@@ -5,7 +5,7 @@
 import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
-import { authHeaderBytes, open, ReplayCache, sign, type KeySet } from '../schema/auth.js';
+import { authHeaderBytes, isRackId, open, ReplayCache, sign, type KeySet } from '../schema/auth.js';
 import { KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
 import { udpPayloadBytesMax } from '../schema/limits.js';
 import { Aggregator } from './aggregator.js';
@@ -26,6 +26,8 @@ export interface EdgeOptions {
   limits: EdgeLimits;
   /** Keys shared with the rack (`--key-file`): datagrams are signed, NACKs must be. */
   keys?: KeySet | null;
+  /** The rack's id (`--rack-id`), which every MAC covers (issue 16.5); default: the rack the key file names. */
+  rackId?: string;
   /** Wall and monotonic clocks (edge/clock.ts); tests step them, --clock-offset shifts the wall clock. */
   clock?: EdgeClock;
 }
@@ -83,6 +85,8 @@ export class Edge {
   /** The open second: when it closes (monotonic) and its stamp (wall clock), issue 16.9. */
   private readonly seconds: SecondClock;
   private keys: KeySet | null;
+  /** The rack our MACs are for (null without keys). */
+  private readonly rackId: string | null;
   private readonly nackReplay: ReplayCache;
   private statsd: dgram.Socket | null = null;
   private rack: dgram.Socket | null = null;
@@ -104,6 +108,7 @@ export class Edge {
     this.clock = opts.clock ?? systemClock;
     this.seconds = new SecondClock(this.clock);
     this.keys = opts.keys ?? null;
+    this.rackId = this.keys === null ? null : macRack(this.keys, opts.rackId);
     this.nackReplay = new ReplayCache(l.nackReplayEntriesMax, l.nackClockSkewMaxMs);
     this.aggregator = new Aggregator({
       seriesMax: l.seriesMax,
@@ -147,6 +152,7 @@ export class Edge {
   /** Replaces the keys (SIGHUP). */
   setKeys(keys: KeySet | null): void {
     if (keys !== null && this.keys === null) throw new Error('BUG: keys added to an edge started without them (its frames leave no room for the auth header)');
+    if (keys !== null) macRack(keys, this.rackId ?? undefined);
     this.keys = keys;
   }
 
@@ -256,7 +262,7 @@ export class Edge {
   /** Sends a frame, signed at send time when keys are set (the ring holds frames unsigned, so resends are signed afresh). */
   private send(frame: Uint8Array): void {
     if (this.rack === null || this.closing) return;
-    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.clock.wallMs());
+    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.clock.wallMs(), this.rackId);
     this.counters.datagrams_sent++;
     this.counters.bytes_sent += datagram.length;
     this.rack.send(datagram, this.opts.rackPort, this.rackAddress, (err) => {
@@ -302,7 +308,7 @@ export class Edge {
    */
   private authenticNack(msg: Buffer): Uint8Array | null {
     if (this.keys === null) return msg;
-    const o = open(this.keys, msg);
+    const o = open(this.keys, msg, this.rackId);
     if (!o.ok) {
       this.counters[`nacks_${o.reason}`]++;
       return null;
@@ -346,4 +352,16 @@ export class Edge {
     this.counters.names_resent += slots.length;
     for (const f of frames) this.send(f);
   }
+}
+
+/**
+ * The rack id our MACs cover: `--rack-id`, or the rack the key file names; both, they must
+ * agree; neither, the edge cannot sign (issue 16.5). Throws an error saying what to do.
+ */
+export function macRack(keys: KeySet, rackId: string | undefined): string {
+  if (rackId !== undefined && !isRackId(rackId)) throw new Error(`--rack-id ${JSON.stringify(rackId.slice(0, 80))} is not a rack id ([A-Za-z0-9._-]{1,64})`);
+  if (rackId !== undefined && keys.rack !== null && keys.rack !== rackId) throw new Error(`the key file names rack ${keys.rack} (rack=${keys.rack}) but --rack-id is ${rackId}; use the key file of rack ${rackId}`);
+  const rack = rackId ?? keys.rack;
+  if (rack === null) throw new Error('signed datagrams name the rack they are for (issue 16.5): give --rack-id <the rack\'s --rack>, or add rack=<rack id> to the key file\'s lines');
+  return rack;
 }

@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
 import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
-import { Edge } from './edge.js';
+import { Edge, macRack } from './edge.js';
 import { edgeLimits, type EdgeLimits } from './limits.js';
 
 export const edgeHelp = `apm edge: the per-server daemon (StatsD in, per-second summaries out to the rack)
@@ -19,6 +19,9 @@ Usage: apm edge --server <id> --rack <host:port> [options]
   --series-max <n>         active series kept; new ones beyond are dropped and counted (default ${edgeLimits.seriesMax})
   --key-file <file>        keys shared with the rack: datagrams are signed with the first (the auth
                            header counts within --datagram-bytes); NACKs must be signed with any
+  --rack-id <id>           the rack's id (its --rack): every MAC covers it, so a datagram captured on
+                           its way to this rack is refused by any other. Needed with --key-file unless
+                           the key file names the rack (rack=<id>); when both are given they must agree
   --clock-offset <dur>     FOR TESTING: pretend the clock is off by this much (--clock-offset=-30s, =30s), to
                            check the rack refuses a skewed edge (clock_skew)
   --help                   this text
@@ -38,6 +41,7 @@ export async function main(argv: string[]): Promise<void> {
       'datagram-bytes': { type: 'string' },
       'series-max': { type: 'string' },
       'key-file': { type: 'string' },
+      'rack-id': { type: 'string' },
       'clock-offset': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
@@ -56,6 +60,9 @@ export async function main(argv: string[]): Promise<void> {
   limits.seriesMax = parseIntOption(values['series-max'], '--series-max', edgeLimits.seriesMax, 1, 1_000_000);
   const keyFile = values['key-file'];
   const keys = keyFile === undefined ? null : usageOnError(() => readKeyFile(keyFile));
+  const rackId = values['rack-id'];
+  if (keys === null && rackId !== undefined) throw new UsageError('--rack-id names the rack signed datagrams are for; it needs --key-file');
+  if (keys !== null) usageOnError(() => macRack(keys, rackId));
   const offsetMs = values['clock-offset'] === undefined ? 0 : parseSignedDurationMs(values['clock-offset'], '--clock-offset');
   const edge = new Edge({
     server,
@@ -66,6 +73,7 @@ export async function main(argv: string[]): Promise<void> {
     hostCollector: values.host!,
     limits,
     keys,
+    ...(rackId === undefined ? {} : { rackId }),
     ...(offsetMs === 0 ? {} : { clock: { wallMs: () => Date.now() + offsetMs, monoMs: () => performance.now() } }),
   });
   const port = await edge.start();

@@ -95,7 +95,7 @@ describe('Packetizer', () => {
 
 describe('Packetizer size bound', () => {
   it('never builds a datagram over its size, signed or not, whatever the mix of series, names and sizes', async () => {
-    const keys = parseKeyFile('1 ' + 'aa'.repeat(32), 'k');
+    const keys = parseKeyFile('1 ' + 'aa'.repeat(32) + ' rack=r1', 'k');
     const fc = (await import('fast-check')).default;
     fc.assert(
       fc.property(

@@ -3,12 +3,13 @@ import { parseKeyFile, sign } from '../schema/auth.js';
 import { DatagramGuard, type GuardReason } from './guard.js';
 
 const t = 1_790_000_000_000;
-const keys = parseKeyFile('1 ' + 'aa'.repeat(32), 'k');
+const keys = parseKeyFile('1 ' + 'aa'.repeat(32) + ' rack=r1', 'k');
 const frame = new Uint8Array(64).fill(9); // the guard never parses frames
 
-function guard(withKeys = true, log: string[] = []) {
+function guard(withKeys = true, log: string[] = [], rack = 'r1', k = keys) {
   return new DatagramGuard({
-    keys: withKeys ? keys : null,
+    keys: withKeys ? k : null,
+    rack,
     clockSkewMaxMs: 10_000,
     resendAgeMaxMs: 3_000,
     replayEntriesMax: 1000,
@@ -24,6 +25,22 @@ function pass(g: DatagramGuard, datagram: Uint8Array, opts: { server?: string; s
   if (typeof d === 'string') return d;
   return g.admit(opts.server ?? 'web-1', opts.sentMs ?? opts.nowMs, d, opts.nowMs);
 }
+
+describe('regression: a datagram captured on its way to rack r1 and replayed to rack r2 was accepted (issue 16.5)', () => {
+  it('is refused by r2 as bad_hmac, though both racks hold the same secret and r2 never saw it', () => {
+    // Each rack's key file names its rack; the demo had given both the same secret.
+    const r2keys = parseKeyFile('1 ' + 'aa'.repeat(32) + ' rack=r2', 'k');
+    const g1 = guard(true, [], 'r1', keys);
+    const g2 = guard(true, [], 'r2', r2keys);
+    const captured = sign(keys, frame, t);
+    expect(pass(g2, captured, { nowMs: t + 10 })).toBe('bad_hmac');
+    expect(pass(g1, captured, { nowMs: t + 20 })).toBe(null);
+    expect(pass(g2, captured, { nowMs: t + 30 })).toBe('bad_hmac');
+    expect(g2.rejected.bad_hmac).toBe(2);
+    // r2's own edges pass.
+    expect(pass(g2, sign(r2keys, frame, t), { nowMs: t + 40 })).toBe(null);
+  });
+});
 
 describe('DatagramGuard', () => {
   it('admits a fresh signed datagram and refuses the same one again as replayed', () => {
@@ -42,7 +59,7 @@ describe('DatagramGuard', () => {
     const bad = sign(keys, frame, t);
     bad[40]! ^= 0x80;
     expect(pass(g, bad, { nowMs: t })).toBe('bad_hmac');
-    expect(pass(g, sign(parseKeyFile('7 ' + 'bb'.repeat(32), 'k'), frame, t), { nowMs: t })).toBe('unknown_key');
+    expect(pass(g, sign(parseKeyFile('7 ' + 'bb'.repeat(32) + ' rack=r1', 'k'), frame, t), { nowMs: t })).toBe('unknown_key');
     expect(g.rejected).toMatchObject({ unauthenticated: 1, bad_hmac: 1, unknown_key: 1 });
   });
 

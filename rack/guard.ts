@@ -18,6 +18,8 @@ export type GuardReason = 'unauthenticated' | 'unknown_key' | 'bad_hmac' | 'stal
 
 export interface GuardOptions {
   keys: KeySet | null;
+  /** This rack's id: every MAC covers it, so a datagram signed for another rack is refused (issue 16.5). */
+  rack: string;
   /** Largest |sender clock − rack clock| accepted (`--clock-skew-max`). */
   clockSkewMaxMs: number;
   /** How much older than its send an unsigned frame's sent_ms may be: a resend repeats it. */
@@ -77,7 +79,7 @@ export class DatagramGuard {
       if (frame !== datagram) this.unverified++;
       return { frame, signedMs: null, mac: null };
     }
-    const o = open(this.keys, datagram);
+    const o = open(this.keys, datagram, this.opts.rack);
     if (!o.ok) return this.reject(o.reason);
     // A replay within the window is refused before its frame is parsed.
     if (this.replay.has(o.mac)) return this.reject('replayed');

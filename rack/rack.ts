@@ -80,9 +80,10 @@ export class Rack {
       allowList: opts.allowList,
       resume: resumeAfter < 0 ? undefined : { afterSecond: resumeAfter, untilMs: Date.now() + opts.latenessMs + l.resumeHoldMs },
     });
-    this.keys = opts.keys ?? null;
+    this.keys = checkRack(opts.keys ?? null, opts.rack);
     this.guard = new DatagramGuard({
       keys: this.keys,
+      rack: opts.rack,
       clockSkewMaxMs: l.clockSkewMaxMs,
       // The rack asks for resends until a second closes, then retries: an unsigned resend's sent_ms is that old.
       resendAgeMaxMs: opts.latenessMs + l.nackDelayMs + l.nackIntervalMs * l.nackRetriesMax + 1000,
@@ -107,7 +108,7 @@ export class Rack {
 
   /** Replaces the keys (SIGHUP): datagrams signed with any key of the new set verify from now on. */
   setKeys(keys: KeySet | null): void {
-    this.keys = keys;
+    this.keys = checkRack(keys, this.opts.rack);
     this.guard.setKeys(keys);
   }
 
@@ -203,7 +204,7 @@ export class Rack {
 
   /** Sends a NACK, signed when keys are configured (edges refuse unsigned NACKs then). */
   private sendToEdge(frame: Uint8Array, peer: { port: number; address: string }): void {
-    this.socket?.send(this.keys === null ? frame : sign(this.keys, frame, Date.now()), peer.port, peer.address);
+    this.socket?.send(this.keys === null ? frame : sign(this.keys, frame, Date.now(), this.opts.rack), peer.port, peer.address);
   }
 
   private sendNacks(nowMs: number): void {
@@ -395,4 +396,10 @@ export function kernelUdpDrops(port: number): { rcvbufErrors: number; socketDrop
     // Not Linux, or /proc hidden: the figures stay 0.
   }
   return { rcvbufErrors, socketDrops };
+}
+
+/** Keys whose file names another rack are a mistake: refused, naming both (issue 16.5). */
+function checkRack(keys: KeySet | null, rack: string): KeySet | null {
+  if (keys !== null && keys.rack !== null && keys.rack !== rack) throw new Error(`the key file names rack ${keys.rack} (rack=${keys.rack}) but this rack is ${rack} (--rack): every MAC covers the rack id, so its edges' datagrams would all be refused; give this rack its own key file with rack=${rack}`);
+  return keys;
 }

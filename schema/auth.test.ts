@@ -3,8 +3,9 @@ import { authHeaderBytes, isSigned, open, parseKeyFile, ReplayCache, sign, strip
 import { Encoder, KindCode, decodeFrame } from './codec.js';
 import { buildColumns } from './testdata.js';
 
-const keyA = '1 ' + 'aa'.repeat(32);
-const keyB = '2 ' + Buffer.alloc(32, 7).toString('base64');
+// Key files name their rack: every MAC covers it (issue 16.5).
+const keyA = '1 ' + 'aa'.repeat(32) + ' rack=r1';
+const keyB = '2 ' + Buffer.alloc(32, 7).toString('base64') + ' rack=r1';
 const t = 1_790_000_000_000;
 
 function frame(): Uint8Array {
@@ -49,7 +50,7 @@ describe('datagram authentication', () => {
     // A rack holding only key 2 does not know key 1.
     f(keyB, 'unknown_key');
     // Key id 1 with another secret: a forgery.
-    f('1 ' + 'ab'.repeat(32), 'bad_hmac');
+    f('1 ' + 'ab'.repeat(32) + ' rack=r1', 'bad_hmac');
   });
 
   it('refuses unsigned datagrams when keys are set', () => {
@@ -76,6 +77,33 @@ describe('datagram authentication', () => {
     f('0 ' + 'aa'.repeat(32), /line 1: expected/);
     f(`${keyA}\n${keyA}`, /line 2: key id 1 appears twice/);
     f('1 not-a-secret!', /line 1/);
+    f(`${keyA}\n2 ${'bb'.repeat(32)} rack=r2`, /line 2: names rack r2, an earlier line rack r1; a key file is one rack's/);
+    f(`1 ${'aa'.repeat(32)} rack=r/1`, /line 1: rack="r\/1" is not a rack id/);
+    f(`1 ${'aa'.repeat(32)} rack=`, /line 1: rack="" is not a rack id/);
+  });
+
+  it('reads the rack a key file names; a line without rack= takes the file\'s, a file without any names none', () => {
+    expect(parseKeyFile(`${keyB}\n1 ${'aa'.repeat(32)}\n`, 'k').rack).toBe('r1');
+    expect(parseKeyFile(`1 ${'aa'.repeat(32)}`, 'k').rack).toBe(null);
+    // Signing for no rack is refused: the edge asks for --rack-id at start.
+    expect(() => sign(parseKeyFile(`1 ${'aa'.repeat(32)}`, 'k'), frame(), t)).toThrow(/needs the id of its rack/);
+    expect(open(parseKeyFile(`1 ${'aa'.repeat(32)}`, 'k'), sign(parseKeyFile(`1 ${'aa'.repeat(32)}`, 'k'), frame(), t, 'r7'), 'r7').ok).toBe(true);
+  });
+});
+
+describe('regression: a datagram captured on its way to rack r1 was accepted by rack r2 (issue 16.5)', () => {
+  it('fails the MAC check of any other rack, even one holding the same secret', () => {
+    const secret = 'cd'.repeat(32);
+    const r1 = parseKeyFile(`1 ${secret} rack=r1`, 'r1.keys');
+    const r2 = parseKeyFile(`1 ${secret} rack=r2`, 'r2.keys');
+    const d = sign(r1, frame(), t);
+    expect(open(r1, d).ok).toBe(true);
+    const o = open(r2, d);
+    expect(o.ok ? 'ok' : o.reason).toBe('bad_hmac');
+    // The rack id is what differs: the same keys verify for r1 and not for r2.
+    expect(open(r2, d, 'r1').ok).toBe(true);
+    // A NACK from rack r1 does not pass as one from r2 either.
+    expect(open(r1, sign(r2, frame(), t)).ok).toBe(false);
   });
 });
 

@@ -37,8 +37,8 @@ function spawn(args: string[]): Daemon {
   return d;
 }
 
-async function startRack(corePort: number, extra: string[]): Promise<{ udpPort: number; httpPort: number; rack: Daemon }> {
-  const rack = spawn(['rack', '--rack', 'r1', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', mkdtempSync(join(tmpdir(), 'apm-rack-')), '--lateness', '1s', ...extra]);
+async function startRack(corePort: number, extra: string[], id = 'r1'): Promise<{ udpPort: number; httpPort: number; rack: Daemon }> {
+  const rack = spawn(['rack', '--rack', id, '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', mkdtempSync(join(tmpdir(), 'apm-rack-')), '--lateness', '1s', ...extra]);
   const m = await rack.waitFor(/UDP on 127\.0\.0\.1:(\d+) .*metrics on http:\/\/127\.0\.0\.1:(\d+)/);
   return { udpPort: Number(m[1]), httpPort: Number(m[2]), rack };
 }
@@ -150,18 +150,19 @@ describe('signed datagrams between processes', () => {
     const corePort = await core.start();
     cleanup.push(() => core.stop());
     // Mid-rotation: the rack signs with key 2, the edge still with key 1; both verify both.
-    const { udpPort, httpPort } = await startRack(corePort, ['--key-file', keyFile(`2 ${secretB}\n1 ${secretA}\n`), '--clock-skew-max', '3s']);
+    // Key files name their rack: every MAC covers the rack id (issue 16.5).
+    const { udpPort, httpPort } = await startRack(corePort, ['--key-file', keyFile(`2 ${secretB} rack=r1\n1 ${secretA}\n`), '--clock-skew-max', '3s']);
     const relay = new CaptureRelay(udpPort);
     const relayPort = await relay.start();
-    const statsd = await startEdge('e1', relayPort, ['--key-file', keyFile(`1 ${secretA}\n2 ${secretB}\n`)]);
+    const statsd = await startEdge('e1', relayPort, ['--key-file', keyFile(`1 ${secretA}\n2 ${secretB}\n`), '--rack-id', 'r1']);
     const loading = load([statsd], 9);
     await until(() => (core.batches.some((b) => b.servers.some((s) => s.server === 'e1')) ? true : undefined), 10_000, 'signed data from e1 at the core');
     const attacker = dgram.createSocket('udp4');
     cleanup.push(() => void attacker.close());
     const toRack = (d: Uint8Array) => attacker.send(d, udpPort, '127.0.0.1');
     const nowSecond = () => Math.floor(Date.now() / 1000) - 1;
-    const wrongKey = parseKeyFile(`1 ${'ab'.repeat(32)}`, 'forger');
-    const unknownKey = parseKeyFile(`9 ${secretA}`, 'forger');
+    const wrongKey = parseKeyFile(`1 ${'ab'.repeat(32)} rack=r1`, 'forger');
+    const unknownKey = parseKeyFile(`9 ${secretA} rack=r1`, 'forger');
     for (let i = 0; i < 20; i++) {
       toRack(sign(wrongKey, forgedFrame('e1', nowSecond()), Date.now())); // bad_hmac
       toRack(sign(unknownKey, forgedFrame('e1', nowSecond()), Date.now())); // unknown_key
@@ -182,6 +183,17 @@ describe('signed datagrams between processes', () => {
     await until(() => (Date.now() - relay.fromEdge[0]!.atMs > 5000 ? true : undefined), 10_000, 'captures 5 s old');
     const old = relay.fromEdge.filter((d) => Date.now() - d.atMs > 4500).slice(0, 10);
     for (const d of old) relay.toRack(d.datagram);
+    // The same genuine datagrams replayed to another rack holding the same secret (issue 16.5):
+    // its MAC covers r1, so r2 refuses every one, fresh or not, and stores nothing.
+    const other = await startRack(corePort, ['--key-file', keyFile(`2 ${secretB} rack=r2\n1 ${secretA}\n`), '--clock-skew-max', '3s'], 'r2');
+    const toOther = relay.fromEdge.slice(-10);
+    for (const d of toOther) attacker.send(d.datagram, other.udpPort, '127.0.0.1');
+    const r2 = await until(async () => {
+      const mm = await rackMetrics(other.httpPort);
+      return rejected(mm, 'bad_hmac') >= toOther.length ? mm : undefined;
+    }, 10_000, 'r2 refusing datagrams meant for r1');
+    expect(rejected(r2, 'bad_hmac')).toBe(toOther.length);
+    expect(r2.get('apm_rack_datagrams_rejected_total{reason="replayed"}') ?? 0).toBe(0);
     // NACKs to the edge for a part it sent: forged and unsigned ones must not make it resend.
     const sent = relay.fromEdge.at(-1)!.msg;
     const nack = new Encoder().nack({ server: 'e1', session: sent.session, second: sent.second, missingParts: Uint16Array.of(sent.part), unknownHashes: new Uint32Array(0) });
@@ -191,7 +203,7 @@ describe('signed datagrams between processes', () => {
     await new Promise((r) => setTimeout(r, 300)); // a resend would come back within a tick (20 ms)
     expect(relay.resends()).toBe(0);
     // A NACK signed with the rack's key does (the test's probe works), and only once when replayed.
-    const genuine = sign(parseKeyFile(`2 ${secretB}`, 'rack'), nack, Date.now());
+    const genuine = sign(parseKeyFile(`2 ${secretB}`, 'rack'), nack, Date.now(), 'r1');
     relay.toEdge(genuine);
     await until(() => (relay.resends() === 1 ? true : undefined), 5000, 'a resend for the genuine NACK');
     relay.toEdge(genuine);
@@ -215,6 +227,7 @@ describe('signed datagrams between processes', () => {
     const lastSent = Math.max(...relay.fromEdge.map((d) => d.msg.second));
     const view = await until(() => (coreView(core).has(`e1@${lastSent}`) ? coreView(core) : undefined), 10_000, 'the last second at the core');
     expect([...view.keys()].every((k) => k.startsWith('e1@'))).toBe(true);
+    expect(core.batches.every((b) => b.rack === 'r1')).toBe(true);
     const forged = new Uint32Array(2);
     hashName('forged.metric', forged, 0);
     const forgedKey = hashKey(forged[0]!, forged[1]!);
@@ -240,7 +253,7 @@ describe('signed datagrams between processes', () => {
     const core = new FakeCore();
     const corePort = await core.start();
     cleanup.push(() => core.stop());
-    const keys = keyFile(`1 ${secretA}\n`);
+    const keys = keyFile(`1 ${secretA} rack=r1\n`);
     const { udpPort, httpPort } = await startRack(corePort, ['--key-file', keys]);
     const ports = await Promise.all([
       startEdge('ok-1', udpPort, ['--key-file', keys]),
@@ -268,14 +281,14 @@ describe('signed datagrams between processes', () => {
     const core = new FakeCore();
     const corePort = await core.start();
     cleanup.push(() => core.stop());
-    const rackKeys = keyFile(`1 ${secretA}\n`);
+    const rackKeys = keyFile(`1 ${secretA} rack=r1\n`);
     const { udpPort, httpPort, rack } = await startRack(corePort, ['--key-file', rackKeys]);
     // The edge already signs with the new key 2, which the rack does not know yet.
-    const statsd = await startEdge('rot-1', udpPort, ['--key-file', keyFile(`2 ${secretB}\n1 ${secretA}\n`)]);
+    const statsd = await startEdge('rot-1', udpPort, ['--key-file', keyFile(`2 ${secretB} rack=r1\n1 ${secretA}\n`)]);
     const loading = load([statsd], 8);
     await until(async () => (rejected(await rackMetrics(httpPort), 'unknown_key') > 0 ? true : undefined), 10_000, 'unknown_key refusals');
     expect(core.batches.length).toBe(0);
-    writeFileSync(rackKeys, `1 ${secretA}\n2 ${secretB}\n`);
+    writeFileSync(rackKeys, `1 ${secretA} rack=r1\n2 ${secretB}\n`);
     (rack.child as ChildProcess).kill('SIGHUP');
     await rack.waitFor(/SIGHUP, 2 keys/);
     await until(() => (core.batches.some((b) => b.servers.some((s) => s.server === 'rot-1')) ? true : undefined), 10_000, 'rot-1 data after the reload');

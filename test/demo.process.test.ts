@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import net from 'node:net';
-import { mkdtempSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnApm, until } from './proc.js';
@@ -33,8 +33,12 @@ describe('apm demo', () => {
       }, 20_000, '50 simulated servers and this host at the core');
       expect(new Set(servers.map((s) => s.rack))).toEqual(new Set(['r1', 'r2']));
       await demo.waitFor(/ingest [\d,]+ points\/s/, 15_000);
-      // The demo runs signed: every datagram verified with the key it created (mode 0600).
-      expect(statSync(join(data, 'rack.keys')).mode & 0o777).toBe(0o600);
+      // The demo runs signed: every datagram verified with its rack's key (one file per rack,
+      // mode 0600, its own secret, naming its rack: issue 16.5).
+      for (const r of ['r1', 'r2']) expect(statSync(join(data, `${r}.keys`)).mode & 0o777).toBe(0o600);
+      const secrets = ['r1', 'r2'].map((r) => / ([0-9a-f]{64}) rack=(r\d)$/m.exec(readFileSync(join(data, `${r}.keys`), 'utf8')));
+      expect(secrets.map((m) => m?.[2])).toEqual(['r1', 'r2']);
+      expect(secrets[0]![1]).not.toBe(secrets[1]![1]);
       const rack = await (await fetch('http://127.0.0.1:7071/metrics')).text();
       expect(rack).toMatch(/^apm_rack_auth_keys 1$/m);
       expect(rack).toMatch(/^apm_rack_datagrams_rejected_total\{reason="unauthenticated"\} 0$/m);

@@ -15,7 +15,7 @@ function perCallUs(n: number, f: () => void): number {
 }
 
 export function authFigures(): Figure[] {
-  const keys = parseKeyFile(`1 ${randomBytes(32).toString('hex')}\n`, 'bench');
+  const keys = parseKeyFile(`1 ${randomBytes(32).toString('hex')} rack=r1\n`, 'bench');
   const out: Figure[] = [];
   for (const bytes of [1400, 8160]) {
     const frame = randomBytes(bytes);

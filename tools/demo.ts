@@ -72,12 +72,14 @@ async function prom(url: string): Promise<Map<string, number>> {
 }
 
 /**
- * The racks' datagram key (DESIGN §3): created once in the data directory (mode 0600) and shared
- * by the racks, the edge and the simulated fleet, so the demo runs signed like a real rack.
+ * A rack's datagram key file (DESIGN §3): created once per rack in the data directory (mode 0600),
+ * with its own secret and naming its rack, shared by that rack, its edges and its simulated
+ * servers, so the demo runs signed like a real fleet: a datagram for one rack is refused by the
+ * other (issue 16.5: every MAC covers the rack id, and no two racks share a secret).
  */
-function demoKeyFile(data: string): string {
-  const file = `${data}/rack.keys`;
-  if (!existsSync(file)) writeFileSync(file, `# apm demo: datagram key shared by racks and edges ("<key id> <hex secret>")\n1 ${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+function demoKeyFile(data: string, rack: string): string {
+  const file = `${data}/${rack}.keys`;
+  if (!existsSync(file)) writeFileSync(file, `# apm demo: datagram key of rack ${rack} and its edges ("<key id> <hex secret> rack=<rack id>")\n1 ${randomBytes(32).toString('hex')} rack=${rack}\n`, { mode: 0o600 });
   return file;
 }
 
@@ -115,7 +117,7 @@ export async function main(argv: string[]): Promise<void> {
   const port = parseIntOption(values.port, '--port', 8080, 1, 65535);
   const data = values.data!;
   mkdirSync(data, { recursive: true });
-  const keyFile = demoKeyFile(data);
+  const keyFiles = { r1: demoKeyFile(data, 'r1'), r2: demoKeyFile(data, 'r2') };
   const core = `http://127.0.0.1:${port}`;
   const children: Child[] = [];
   let sim: Simulator | null = null;
@@ -139,17 +141,28 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write('  core …');
     children.push(await start('core', ['core', '--listen', `127.0.0.1:${port}`, '--data', `${data}/core`], /apm core: http/));
     console.log(` ${core}`);
-    for (const [i, r] of ['r1', 'r2'].entries()) {
+    for (const [i, r] of (['r1', 'r2'] as const).entries()) {
       process.stdout.write(`  rack ${r} …`);
-      children.push(await start(`rack ${r}`, ['rack', '--rack', r, '--listen', `127.0.0.1:${7070 + 2 * i}`, '--http', `127.0.0.1:${7071 + 2 * i}`, '--core', core, '--spool', `${data}/rack-${r}`, '--key-file', keyFile], /apm rack/));
+      children.push(await start(`rack ${r}`, ['rack', '--rack', r, '--listen', `127.0.0.1:${7070 + 2 * i}`, '--http', `127.0.0.1:${7071 + 2 * i}`, '--core', core, '--spool', `${data}/rack-${r}`, '--key-file', keyFiles[r]], /apm rack/));
       console.log(` UDP 127.0.0.1:${7070 + 2 * i}, metrics http://127.0.0.1:${7071 + 2 * i}/metrics`);
     }
     const host = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64) || 'localhost';
     process.stdout.write(`  edge ${host} (this host's /proc, StatsD) …`);
-    children.push(await start('edge', ['edge', '--server', host, '--rack', '127.0.0.1:7070', '--statsd', '127.0.0.1:8125', '--key-file', keyFile], /apm edge/));
+    children.push(await start('edge', ['edge', '--server', host, '--rack', '127.0.0.1:7070', '--statsd', '127.0.0.1:8125', '--key-file', keyFiles.r1], /apm edge/));
     console.log(' StatsD on 127.0.0.1:8125 (try: echo "demo.hello:1|c" | nc -u -w0 127.0.0.1 8125)');
     process.stdout.write(`  simulated fleet: ${servers} servers × ${metrics} metrics over 2 racks …`);
-    sim = new Simulator({ racks: [{ host: '127.0.0.1', port: 7070 }, { host: '127.0.0.1', port: 7072 }], servers, metrics, distShare: 0.05, datagramBytes: 1432, seed: 1, prefix: 'sim', keys: readKeyFile(keyFile) });
+    sim = new Simulator({
+      racks: [
+        { host: '127.0.0.1', port: 7070, keys: readKeyFile(keyFiles.r1) },
+        { host: '127.0.0.1', port: 7072, keys: readKeyFile(keyFiles.r2) },
+      ],
+      servers,
+      metrics,
+      distShare: 0.05,
+      datagramBytes: 1432,
+      seed: 1,
+      prefix: 'sim',
+    });
     await sim.start();
     console.log(' sending');
   } catch (err) {
@@ -169,7 +182,7 @@ Also:
   ${core}/api/v1/queries     the stored queries; /api/v1/queries/<id>/results and /live (SSE)
   ./tools/apm query "FROM sim-* SELECT sim.rpc_latency_ms.0 WINDOW 5s COMPUTE p50, p99, max" --from -2m
   http://127.0.0.1:7071/metrics   rack r1 (datagrams, NACKs, recovered/lost parts, spool)
-Datagrams from the edge and the simulated fleet are signed with the key in ${keyFile}.
+Datagrams from the edge and the simulated fleet are signed with their rack's key: ${keyFiles.r1}, ${keyFiles.r2}.
 Ctrl-C stops everything; a second start reuses ${data}.
 `);
   let last = await prom(`${core}/metrics`);

@@ -16,7 +16,8 @@ import { frameBytesBound } from '../edge/packetizer.js';
 import { ShapeColumns, shapeOf, Shape } from './shapes.js';
 
 export interface SimulatorOptions {
-  racks: { host: string; port: number }[];
+  /** The racks; `keys` overrides the shared `keys` for one rack (each rack's key file names it, issue 16.5). */
+  racks: { host: string; port: number; keys?: KeySet | null }[];
   servers: number;
   metrics: number;
   /** Share of metrics that are latency distributions. */
@@ -87,7 +88,7 @@ function distPool(seed: number): DistPool {
 
 interface SimServer {
   id: string;
-  rack: { host: string; port: number };
+  rack: SimulatorOptions['racks'][number];
   session: number;
   seq: number;
   ring: ResendRing;
@@ -120,7 +121,12 @@ export class Simulator {
     if (opts.racks.length === 0) throw new Error('simulate: give at least one --rack host:port');
     this.s = opts.seed >>> 0 || 1;
     this.keys = opts.keys ?? null;
-    this.frameBytesMax = opts.datagramBytes - (this.keys === null ? 0 : authHeaderBytes);
+    // Every MAC covers the rack's id, which only a key file naming it (rack=<id>) tells us.
+    for (const r of opts.racks) {
+      const k = r.keys ?? this.keys;
+      if (k !== null && k.rack === null) throw new Error(`simulate: the key file for rack ${r.host}:${r.port} names no rack; add rack=<its --rack id> to its lines (every MAC covers the rack id)`);
+    }
+    this.frameBytesMax = opts.datagramBytes - (this.keys === null && opts.racks.every((r) => (r.keys ?? null) === null) ? 0 : authHeaderBytes);
     this.dists = Math.round(opts.metrics * opts.distShare);
     this.gauges = opts.metrics - this.dists;
     this.names = [];
@@ -156,7 +162,7 @@ export class Simulator {
     while (frameBytesBound(65, 0, n + 1, (n + 1) * maxSketch, n + 1, (n + 1) * maxName) <= this.frameBytesMax) n++;
     this.distPerPart = n;
     this.socket = dgram.createSocket({ type: 'udp4', sendBufferSize: 16 * 1024 * 1024 });
-    this.socket.on('message', (msg) => this.onNack(msg));
+    this.socket.on('message', (msg, from) => this.onNack(msg, this.opts.racks.find((r) => r.port === from.port && r.host === from.address)?.keys ?? this.keys));
   }
 
   /** The simulated fleet's clock (the wall clock plus --clock-offset). */
@@ -350,17 +356,18 @@ export class Simulator {
   /** Sends a frame, signed at send time when keys are set (rings hold frames unsigned). */
   private send(server: SimServer, frame: Uint8Array): void {
     if (this.stopped) return;
-    const datagram = this.keys === null ? frame : sign(this.keys, frame, this.now());
+    const keys = server.rack.keys ?? this.keys;
+    const datagram = keys === null ? frame : sign(keys, frame, this.now());
     this.counters.datagrams_sent++;
     this.counters.bytes_sent += datagram.length;
     this.socket.send(datagram, server.rack.port, server.rack.host);
   }
 
-  private onNack(msg: Buffer): void {
+  private onNack(msg: Buffer, keys: KeySet | null): void {
     let frame: Uint8Array = msg;
-    if (this.keys !== null) {
+    if (keys !== null) {
       // MAC only: the simulator trusts its loopback peers' timing (the edge also checks age and replays).
-      const o = open(this.keys, msg);
+      const o = open(keys, msg);
       if (!o.ok) {
         this.counters.nacks_refused++;
         return;
