@@ -113,5 +113,8 @@ export const coreLimits = {
 
 export type CoreLimits = { -readonly [K in keyof typeof coreLimits]: number };
 
-// An ad-hoc query must fit in a full bucket, or no client could ever run one.
+// An ad-hoc query must fit in a full bucket, or no client could ever run one; a live stream too.
 assert(coreLimits.queryBurst >= coreLimits.adHocQueryCost, 'BUG: queryBurst < adHocQueryCost');
+assert(coreLimits.queryBurst >= coreLimits.liveStreamCost, 'BUG: queryBurst < liveStreamCost');
+// A stored query's tick must be able to evaluate at least one window within its budget's back-off.
+assert(coreLimits.storedEvalRetryMaxMs >= coreLimits.storedEvalMs, 'BUG: storedEvalRetryMaxMs < storedEvalMs');

@@ -1,6 +1,7 @@
 // Query routes of the core API (DESIGN §5): stored queries, their results and live stream,
 // and ad-hoc queries. Errors are {"error"} (parse errors add {"position"}).
 
+import assert from 'node:assert';
 import type { Context, Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { coreLimits } from '../limits.js';
@@ -24,6 +25,11 @@ export const routeLimits = {
   /** Stored queries on one multiplexed live stream: every stored query of a core. */
   idsPerStreamMax: 1000,
 } as const;
+
+// An evaluation computes the windows an answer holds plus the one containing `from`; a client's
+// share of the live streams leaves room for others.
+assert(coreLimits.evalWindowsMax >= routeLimits.windowsPerAnswerMax + 1, 'BUG: evalWindowsMax < windowsPerAnswerMax + 1');
+assert(coreLimits.liveStreamsPerClientMax < routeLimits.subscribersMax, 'BUG: liveStreamsPerClientMax ≥ subscribersMax');
 
 export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog): { subscribers: () => number; dropped: () => number } {
   let subscribers = 0;
