@@ -31,7 +31,8 @@ Usage: apm core --listen 127.0.0.1:8080 --data <dir> [options]
   --query-lateness <d>   a stored-query window is evaluated this long after it ends (default 3s:
                          the racks' 2 s lateness plus forwarding); later data revises it
   --tokens <file>        API tokens, one "<sha256 hex> <role> <name>" a line (roles read, write,
-                         ingest, admin); create entries with 'apm token create'. Reread on SIGHUP.
+                         ingest, admin; an ingest line ends in racks=<id>,… or racks=*: the racks
+                         it may send for); create entries with 'apm token create'. Reread on SIGHUP.
                          Without it the API is open, which is allowed only on loopback.
   --query-rate <n>       query API requests per second per token, or per client address without
                          --tokens (burst ${coreLimits.queryBurst}; an ad-hoc query costs ${coreLimits.adHocQueryCost}; 0: no limit).

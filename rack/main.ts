@@ -78,6 +78,9 @@ export async function main(argv: string[]): Promise<void> {
   if (values['clock-skew-max'] !== undefined) limits.clockSkewMaxMs = parseDurationMs(values['clock-skew-max'], '--clock-skew-max', 500, 3_600_000);
   const keyFile = values['key-file'];
   const keys = keyFile === undefined ? null : usageOnError(() => readKeyFile(keyFile));
+  if (keys !== null && keys.rack !== null && keys.rack !== values.rack) {
+    throw new UsageError(`--key-file ${keyFile} names rack ${keys.rack} (rack=${keys.rack}) but this rack is ${values.rack} (--rack): every MAC covers the rack id, so its edges' datagrams would all be refused; give this rack its own key file with rack=${values.rack}`);
+  }
   const rack = new Rack({
     rack: values.rack,
     listenHost: listen.host,
