@@ -137,6 +137,7 @@ export async function edgeProcessFigures(seconds: number): Promise<Figure[]> {
   client.close();
   rack.close();
   const ticksPerS = 100; // USER_HZ on Linux
+  if (rackDatagrams - d0 === 0) throw new Error(`bench edge INVALID RUN: the edge sent no datagrams to the rack in ${elapsedS.toFixed(0)} s of load`);
   const cpuPercent = ((b.cpuTicks - a.cpuTicks) / ticksPerS / elapsedS) * 100;
   return [
     { name: 'edge CPU at 2,000 metrics + 20,000 StatsD lines/s (host collector on)', value: cpuPercent, unit: '% of one core', target: '≤ 1%' },

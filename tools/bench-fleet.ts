@@ -163,6 +163,11 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
     const received = sumOf(r1, 'apm_rack_parts_received_total') - sumOf(r0, 'apm_rack_parts_received_total');
     const nacked = sumOf(r1, 'apm_rack_parts_nacked_total') - sumOf(r0, 'apm_rack_parts_nacked_total');
     const lost = sumOf(r1, 'apm_rack_parts_lost_total') - sumOf(r0, 'apm_rack_parts_lost_total');
+    // A step where nothing reached the racks or the core measures nothing: say so, never print zeros.
+    if (!(stored > 0) || !(received > 0)) {
+      const refused = [...c1].filter(([k, v]) => k.startsWith('apm_core_requests_rejected_total{') && v > (c0.get(k) ?? 0)).map(([k, v]) => `${k.slice(k.indexOf('{'))}=${v - (c0.get(k) ?? 0)}`);
+      throw new Error(`bench fleet INVALID RUN (${servers} servers): the core stored ${stored} points/s and the racks accepted ${received} parts in ${dt.toFixed(0)} s (core refusals: ${refused.join(', ') || 'none'}); the core's last output:\n${core.lines.slice(-20).join('\n')}`);
+    }
     await new Promise((r) => setTimeout(r, 3000)); // revisions of the last windows
     const { stdout } = await run(process.execPath, [autocannon, '-j', '-c', '10', '-d', '5', `${url}/api/v1/queries/${id}/results?from=-1h`], { maxBuffer: 1 << 24 });
     const ac = JSON.parse(stdout) as { latency: { p99: number } };

@@ -76,6 +76,7 @@ export async function freshnessFigures(seconds: number): Promise<Figure[]> {
     await sim.stop();
     // The first windows start before every server is up: count only full windows.
     const full = lags.filter((_, k) => servers[k] === 1000).sort((a, b) => a - b);
+    if (full.length === 0) throw new Error(`bench freshness INVALID RUN: ${lags.length} windows arrived on the live stream in ${seconds} s, none with all 1,000 servers (servers per window: ${[...new Set(servers)].join(', ') || 'none'})`);
     const q = (p: number) => full[Math.min(full.length - 1, Math.floor(p * (full.length - 1)))] ?? NaN;
     return [
       { name: `freshness: window close → result on the live stream, 1,000 servers (${full.length} windows)`, value: q(0.5) / 1000, unit: `s p50, ${(q(0.99) / 1000).toFixed(3)} s p99`, target: 'p99 ≤ 1.5 s' },

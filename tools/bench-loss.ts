@@ -187,6 +187,10 @@ export async function lossFigures(quick: boolean): Promise<Figure[]> {
       throw err;
     }
     const at = `kernel loss ${percent}%`;
+    // Nothing received or compared measures nothing: say so, never print zeros or NaN.
+    if (!(r.partsReceived > 0) || !(r.points > 0) || !(r.serverSeconds > 0)) {
+      throw new Error(`bench loss INVALID RUN (${at}): the rack accepted ${r.partsReceived} parts; ${r.points} points over ${r.serverSeconds} server-seconds compared with the core`);
+    }
     figures.push(
       { name: `${at}: rack datagrams dropped by the kernel (nftables counter)`, value: r.kernelDropped, unit: 'packets' },
       { name: `${at}: parts NACKed by the rack`, value: r.partsNacked, unit: 'parts' },

@@ -113,6 +113,9 @@ export async function soakFigures(opts: SoakOptions): Promise<Figure[]> {
     const c1 = await prom(`${url}/metrics`);
     const rk = await Promise.all(racks.map((r) => prom(`${r}/metrics`)));
     const points = (m: Map<string, number>) => (m.get('apm_core_points_ingested_total') ?? 0) + (m.get('apm_core_summaries_ingested_total') ?? 0);
+    if (c0 === null || !(points(c1) > points(c0))) {
+      throw new Error(`bench soak INVALID RUN: ${c0 === null ? `the run (${opts.minutes} min) ended before its ${warmupMs / 60_000} min warm-up` : `the core stored no points after warm-up (${points(c1)} in all)`}; the core's last output:\n${core.lines.slice(-20).join('\n')}`);
+    }
     const out: Figure[] = [
       { name: 'soak: points stored per second after warm-up', value: c0 === null ? 0 : (points(c1) - points(c0)) / ((Date.now() - warmAt) / 1000), unit: 'points/s' },
       { name: 'soak: parts lost for good (all racks)', value: rk.reduce((a, m) => a + (m.get('apm_rack_parts_lost_total') ?? 0), 0), unit: 'parts' },

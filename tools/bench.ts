@@ -25,9 +25,14 @@ Usage: apm bench [--quick] [--only <section>] [--json <file>]
   --json <file>      also write the figures as one JSON object
   --help             this text
 
+The core section starts real \`apm core\` processes: ingest per CPU-second and per wall second with
+--workers 1 and 2 (bodies built first, sent by 8 racks), the longest /healthz wait while a
+minute-block of 240 and of 1,000 servers × 2,000 metrics is written, then in-process reads of one
+metric from the head and from rows; with --quick (and --only core) a small version of each.
 The fleet section starts real core, rack (one per 40 servers) and simulator processes and
 ramps the fleet (servers × 2,000 metrics) until a step does not keep up; the largest step
-that kept up is the headline.`;
+that kept up is the headline.
+A section whose run is invalid (nothing stored, points lost, no rows) stops with an error.`;
 
 const fleetMetrics = 2000;
 
@@ -59,10 +64,10 @@ export async function main(argv: string[]): Promise<void> {
   await section('edge', true, async () => [...wireFigures(), ...(quick ? [] : await edgeProcessFigures(20))]);
   await section('auth', true, () => authFigures());
   await section('rack', false, () => rackFigures(false));
-  await section('core', false, () => coreFigures(false));
+  await section('core', false, () => coreFigures(quick));
   // Issue 12: one LMDB environment per worker against one per shard (synced commits per request).
   await section('stores', false, () => storeLayoutFigures(quick));
-  await section('query', false, () => queryFigures(false));
+  await section('query', false, () => queryFigures(quick));
   await section('freshness', false, () => freshnessFigures(90));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
   await section('loss', false, () => lossFigures(quick));
