@@ -101,8 +101,10 @@ async function ingestRun(p: Prepared, workers: number): Promise<IngestRun> {
     let sent;
     let done;
     let threadsAck;
+    let cpuAck;
     try {
       sent = await sendRacks(pool, core, p.timed);
+      cpuAck = cpuTicks(core.pid);
       threadsAck = threadTicks(core.pid);
       done = await drained(core, { points: p.warmPoints + p.points, timeoutMs: 600_000 });
     } finally {
@@ -135,7 +137,7 @@ async function ingestRun(p: Prepared, workers: number): Promise<IngestRun> {
       rows: d('apm_core_rows_written_total'),
       threadsAcked: threadShares(core.pid, threads0, threadsAck, (sent.ackedAt - t0) / 1000).text,
       threadsAfter: threadShares(core.pid, threadsAck, threads1, (done.at - sent.ackedAt) / 1000).text,
-      cpuSecondsAcked: [...threadsAck.values()].reduce((a, b) => a + b, 0) / ticksPerSecond - [...threads0.values()].reduce((a, b) => a + b, 0) / ticksPerSecond,
+      cpuSecondsAcked: (cpuAck - cpu0) / ticksPerSecond,
       benchCpuPercent: (bench1.user + bench1.system) / 1e4 / wallSeconds,
     };
   } finally {
