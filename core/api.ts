@@ -144,7 +144,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_rows_merged_total', 'Stored rows merged with late data', s('rows_merged'));
     p.counter('apm_core_rows_corrupt_total', 'Stored rows that failed to decode (skipped)', s('rows_corrupt'));
     p.counter('apm_core_row_slices_total', 'Row-writing transactions (each bounded in time)', s('row_slices'));
-    p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last second (ms): the longest a worker stops ingesting', st.sliceMsMax);
+    p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last 10 s (ms): the longest a worker stops ingesting to write rows', st.sliceMsMax);
+    p.counter('apm_core_row_slices_over_50ms_total', 'Row-writing slices longer than 50 ms (the pause target)', s('slices_over_50ms'));
     p.counter('apm_core_flush_errors_total', 'Row writes that failed and will be retried', s('flush_errors'));
     p.counter('apm_core_retention_rows_deleted_total', 'Rows deleted past the retention', s('retention_rows_deleted'));
     p.counter('apm_core_wal_replayed_total', 'Sections replayed from the WAL when workers started', s('wal_replayed'));

@@ -20,7 +20,7 @@ export const coreLimits = {
   diskReserveBytes: 256 * 1024 * 1024,
   /** Longest a row-writing transaction runs before its worker turns to ingest again (issue 12:
    * no shard stops ingesting for more than about 50 ms, whatever the fleet size). */
-  rowSliceMs: 20,
+  rowSliceMs: 10,
   /** A worker that has not answered a request in this time gets it answered 503 (racks retry). */
   workerRequestTimeoutMs: 30_000,
   /** The meta environment holds stored-query definitions and the server list: small. */

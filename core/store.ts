@@ -71,6 +71,8 @@ interface ShardHead {
 }
 
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
+/** WAL entries deleted per row slice: a few ms of a commit's work. */
+const walDeletesPerSlice = 1000;
 /** Names waiting for their metric's first data: a few seconds of a fleet's new names. */
 const pendingNamesMax = 65_536;
 
@@ -87,6 +89,8 @@ export class Store {
   private headBytes = 0;
   private walSeq: number;
   private readonly acc = new SketchAccumulator();
+  /** WAL keys of fully written blocks, deleted a bounded number per slice. */
+  private readonly walDeletes: Buffer[] = [];
   /** Names whose metric has no admitted data yet (hash key → name). */
   private readonly pendingNames = new Map<string, string>();
   readonly counters = {
@@ -104,6 +108,7 @@ export class Store {
     rows_written: 0,
     rows_merged: 0,
     row_slices: 0,
+    slices_over_50ms: 0,
     flush_errors: 0,
     rows_corrupt: 0,
     retention_rows_deleted: 0,
@@ -487,7 +492,7 @@ export class Store {
    */
   writeSlice(nowMs: number): boolean {
     const due = this.dueBlocks(nowMs);
-    if (due.length === 0) return false;
+    if (due.length === 0 && this.walDeletes.length === 0) return false;
     const t0 = performance.now();
     const written: { head: ShardHead; block: number; metrics: Map<number, Map<number, MetricHead>>; mi: number; rackId: number; mh: MetricHead }[] = [];
     const puts: { key: Buffer; value: Buffer }[] = [];
@@ -515,7 +520,9 @@ export class Store {
         // In key order: the B-tree fills pages front to back instead of splitting them at random.
         puts.sort((a, b) => Buffer.compare(a.key, b.key));
         for (const p of puts) this.rows.put(p.key, p.value);
-        for (const e of emptied) for (const k of e.head.wal.get(e.block) ?? []) this.wal.remove(k);
+        // WAL entries of written blocks go a bounded number per slice (a block of 25 racks has
+        // 1,500 per shard); until then a replay skips them, their rows hold their seq.
+        for (const k of this.walDeletes.slice(0, walDeletesPerSlice)) this.wal.remove(k);
         // The registry entries the rows refer to are durable no later than the rows (their WAL goes).
         this.registry.flushDirty();
       });
@@ -531,7 +538,9 @@ export class Store {
       if (racks !== undefined && racks.size === 0) w.metrics.delete(w.mi);
       this.headBytes -= w.mh.bytes;
     }
+    this.walDeletes.splice(0, walDeletesPerSlice);
     for (const e of emptied) {
+      for (const k of e.head.wal.get(e.block) ?? []) this.walDeletes.push(k);
       e.head.blocks.delete(e.block);
       e.head.wal.delete(e.block);
       e.head.lastArrivalMs.delete(e.block);
@@ -539,8 +548,10 @@ export class Store {
     }
     this.counters.rows_written += puts.length;
     this.counters.row_slices++;
-    this.sliceMsMax = Math.max(this.sliceMsMax, performance.now() - t0);
-    return more;
+    const ms = performance.now() - t0;
+    this.sliceMsMax = Math.max(this.sliceMsMax, ms);
+    if (ms > 50) this.counters.slices_over_50ms++;
+    return more || this.walDeletes.length > 0;
   }
 
   /** A head's row value: WAL seq, then the row (merged with the stored one, if any). */
