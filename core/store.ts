@@ -72,7 +72,7 @@ interface ShardHead {
 
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
 /** WAL entries deleted per row slice: a few ms of a commit's work. */
-const walDeletesPerSlice = 1000;
+const walDeletesPerSlice = 250;
 /** Names waiting for their metric's first data: a few seconds of a fleet's new names. */
 const pendingNamesMax = 65_536;
 
