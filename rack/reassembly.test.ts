@@ -60,10 +60,28 @@ describe('Reassembly', () => {
     r.accept(part('a', t0, 1, 2, 2), 10, peer, ms(t0 + 4));
     r.accept(part('a', t0, 1, 2, 2), 10, peer, ms(t0 + 4));
     r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0 + 4)); // already forwarded on time
-    const [late] = r.close(ms(t0 + 4, 50));
+    // Late parts of a second wait a moment for more of them: one late batch, not one per tick.
+    expect(r.close(ms(t0 + 4, 50))).toEqual([]);
+    const [late] = r.close(ms(t0 + 5));
     expect(late).toMatchObject({ second: t0, late: true });
     expect(late!.servers[0]!.parts.map((p) => p.part)).toEqual([1]);
     expect(r.counters).toMatchObject({ parts_late: 1, parts_duplicate: 2 });
+    expect(r.heldBytes).toBe(0);
+  });
+
+  it('a fleet running behind sends one late batch per second per second, not one per tick', () => {
+    const r = new Reassembly(opts);
+    r.accept(part('a', t0, 0, 50, 1), 10, peer, ms(t0));
+    r.close(ms(t0 + 3));
+    // 45 parts of t0 trickle in over 900 ms, a close every 20 ms as the rack's tick does.
+    const batches = [];
+    for (let k = 1; k <= 45; k++) {
+      r.accept(part('a', t0, k, 50, 1 + k), 10, peer, ms(t0 + 3, 20 * k));
+      batches.push(...r.close(ms(t0 + 3, 20 * k + 10)));
+    }
+    batches.push(...r.close(ms(t0 + 5)));
+    expect(batches).toHaveLength(1);
+    expect(batches[0]!.servers[0]!.parts).toHaveLength(45);
     expect(r.heldBytes).toBe(0);
   });
 

@@ -7,6 +7,9 @@ import type { EdgeSecondMessage } from '../schema/codec.js';
 import { nackPartsMax } from '../schema/limits.js';
 import type { ServerParts } from './merge.js';
 
+/** Longest a second's late parts wait for more of them before they go as one late batch. */
+export const lateHoldMs = 1000;
+
 export interface ReassemblyOptions {
   serversMax: number;
   openSecondsPerServerMax: number;
@@ -88,6 +91,9 @@ export class Reassembly {
   private readonly servers = new Map<string, ServerState>();
   private readonly openSeconds = new Map<number, Set<ServerState>>();
   private readonly late = new Map<number, Map<ServerState, EdgeSecondMessage[]>>();
+  /** Per second with late parts held: when the first arrived, and their bytes. */
+  private readonly lateSinceMs = new Map<number, number>();
+  private readonly lateBytesOf = new Map<number, number>();
   private bytesHeld = 0;
   private lateBytes = 0;
   private forgotAt = -1;
@@ -149,7 +155,7 @@ export class Reassembly {
       return null; // names were learned by the caller; nothing to reassemble
     }
     this.trackSequence(s, msg);
-    if (msg.second <= this.closedThrough) return this.acceptLate(s, msg, frameBytes);
+    if (msg.second <= this.closedThrough) return this.acceptLate(s, msg, frameBytes, nowMs);
     let o = s.open.get(msg.second);
     if (o === undefined) {
       if (s.open.size >= this.openSecondsMax(nowMs)) return this.reject('too_many_open_seconds');
@@ -235,7 +241,7 @@ export class Reassembly {
     s.lastSeq = (firstSeq + msg.parts - 1) >>> 0;
   }
 
-  private acceptLate(s: ServerState, msg: EdgeSecondMessage, frameBytes: number): AcceptReason | null {
+  private acceptLate(s: ServerState, msg: EdgeSecondMessage, frameBytes: number, nowMs: number): AcceptReason | null {
     let seen = s.closed.get(msg.second);
     if (seen === undefined) s.closed.set(msg.second, (seen = new Uint8Array(msg.parts)));
     if (seen.length !== msg.parts) return this.reject('parts_mismatch');
@@ -247,9 +253,13 @@ export class Reassembly {
     seen[msg.part] = 1;
     this.bytesHeld += frameBytes;
     this.lateBytes += frameBytes;
+    this.lateBytesOf.set(msg.second, (this.lateBytesOf.get(msg.second) ?? 0) + frameBytes);
     this.counters.parts_late++;
     let bySecond = this.late.get(msg.second);
-    if (bySecond === undefined) this.late.set(msg.second, (bySecond = new Map()));
+    if (bySecond === undefined) {
+      this.late.set(msg.second, (bySecond = new Map()));
+      this.lateSinceMs.set(msg.second, nowMs);
+    }
     const list = bySecond.get(s);
     if (list === undefined) bySecond.set(s, [msg]);
     else list.push(msg);
@@ -282,18 +292,28 @@ export class Reassembly {
     return out;
   }
 
-  /** Closes every second whose watermark has passed, oldest first, and hands back late parts. */
-  close(nowMs: number): ClosedBatch[] {
+  /**
+   * Closes every second whose watermark has passed, oldest first, and hands back late parts:
+   * a second's late parts wait up to lateHoldMs from the first of them (all of them with
+   * `allLate`), so a fleet running seconds behind sends one late batch per second per second,
+   * not one per tick — each batch is a request to the core with a section per shard.
+   */
+  close(nowMs: number, opts: { allLate?: boolean } = {}): ClosedBatch[] {
     const out: ClosedBatch[] = [];
+    const pressed = this.lateBytes > this.opts.bytesHeldMax / 4;
     for (const [second, bySecond] of this.late) {
+      if (!(opts.allLate === true || pressed || nowMs - (this.lateSinceMs.get(second) ?? 0) >= lateHoldMs)) continue;
       const servers: ServerParts[] = [];
       for (const [s, parts] of bySecond) servers.push({ server: s.id, parts });
       out.push({ second, late: true, servers });
       this.counters.late_batches++;
+      const bytes = this.lateBytesOf.get(second) ?? 0;
+      this.bytesHeld -= bytes;
+      this.lateBytes -= bytes;
+      this.late.delete(second);
+      this.lateSinceMs.delete(second);
+      this.lateBytesOf.delete(second);
     }
-    this.late.clear();
-    this.bytesHeld -= this.lateBytes;
-    this.lateBytes = 0;
     // Just restarted: seconds stay open while edges answer the resume probes.
     if (this.opts.resume !== undefined && nowMs < this.opts.resume.untilMs) return out;
     const due = [...this.openSeconds.keys()].filter((sec) => (sec + 1) * 1000 + this.opts.latenessMs <= nowMs).sort((a, b) => a - b);
@@ -335,7 +355,7 @@ export class Reassembly {
 
   /** Closes everything still open (shutdown). */
   flush(): ClosedBatch[] {
-    const out = this.close(0);
+    const out = this.close(0, { allLate: true });
     for (const second of [...this.openSeconds.keys()].sort((a, b) => a - b)) out.push(this.closeSecond(second));
     return out;
   }

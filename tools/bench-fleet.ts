@@ -160,7 +160,8 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
     const dt = (t1.at - t0.at) / 1000;
     const stored = (c1.get('apm_core_points_ingested_total')! + c1.get('apm_core_summaries_ingested_total')! - c0.get('apm_core_points_ingested_total')! - c0.get('apm_core_summaries_ingested_total')!) / dt;
     const millions = (stored * dt) / 1e6;
-    const received = sumOf(r1, 'apm_rack_parts_received_total') - sumOf(r0, 'apm_rack_parts_received_total');
+    // Parts accepted on time or late (a fleet running behind delivers them late: still received).
+    const received = sumOf(r1, 'apm_rack_parts_received_total') + sumOf(r1, 'apm_rack_parts_late_total') - sumOf(r0, 'apm_rack_parts_received_total') - sumOf(r0, 'apm_rack_parts_late_total');
     const nacked = sumOf(r1, 'apm_rack_parts_nacked_total') - sumOf(r0, 'apm_rack_parts_nacked_total');
     const lost = sumOf(r1, 'apm_rack_parts_lost_total') - sumOf(r0, 'apm_rack_parts_lost_total');
     // A step where nothing reached the racks or the core measures nothing: say so, never print zeros.
