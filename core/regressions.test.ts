@@ -1,0 +1,91 @@
+// Regression tests of issue 16 that need a whole node (the others sit beside their modules).
+
+import { afterEach, describe, expect, it } from 'vitest';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KindCode } from '../schema/codec.js';
+import { openLmdb } from '../schema/lmdb.js';
+import { rackSecondBody } from '../schema/section.js';
+import { buildColumns, type PointInput } from '../schema/testdata.js';
+import { openNode, type CoreNode } from './node.js';
+import type { WindowResult } from './query/eval.js';
+
+const S = 4;
+const now = Math.floor(Date.now() / 1000);
+const t0 = now - 600 - (now % 60);
+const open: { node: CoreNode; dir: string }[] = [];
+afterEach(async () => {
+  for (const { node, dir } of open.splice(0)) {
+    await node.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+async function start(limits: Parameters<typeof openNode>[0]['limits'] = {}, dir = mkdtempSync(join(tmpdir(), 'apm-regress-'))): Promise<CoreNode> {
+  const node = await openNode({ dataDir: dir, workers: 1, shards: S, queryLatenessMs: 0, flushGraceMs: 0, limits });
+  open.push({ node, dir });
+  return node;
+}
+
+let seq = 1;
+async function post(node: CoreNode, rack: string, second: number, servers: Record<string, PointInput[]>, names: string[] = []): Promise<void> {
+  const body = rackSecondBody({ rack, session: 1, seq: seq++, second, late: false, shards: S, servers: Object.entries(servers).map(([server, points]) => ({ server, blocks: [buildColumns(points, [])] })), rollup: buildColumns([], [], names) });
+  expect((await node.app.request('/api/v1/ingest', { method: 'POST', body })).status).toBe(204);
+}
+
+async function query(node: CoreNode, text: string, from: number, to: number): Promise<WindowResult[]> {
+  const r = await node.app.request(`/api/v1/query?q=${encodeURIComponent(text)}&from=${from * 1000}&to=${to * 1000}`);
+  expect(r.status).toBe(200);
+  return ((await r.json()) as { windows: WindowResult[] }).windows;
+}
+
+describe('issue 16 regressions through a node', () => {
+  it('history follows a server\'s current rack (16.5): a query sees every observation of the selected servers, whichever racks carried them', async () => {
+    const node = await start();
+    const g = (v: number): PointInput[] => [{ name: 'h.x', kind: KindCode.Gauge, value: v }];
+    // r1 carries web-01 for 10 s, then r1 restarts as r1b and carries it on.
+    for (let k = 0; k < 10; k++) await post(node, 'r1', t0 + k, { 'web-01': g(1) });
+    for (let k = 10; k < 12; k++) await post(node, 'r1b', t0 + k, { 'web-01': g(1) });
+    // Two edges claiming web-02 on two racks, alternating: both are its observations.
+    for (let k = 0; k < 10; k++) await post(node, k % 2 === 0 ? 'ra' : 'rb', t0 + k, { 'web-02': g(k % 2 === 0 ? 10 : 12) });
+    const [w1] = await query(node, 'FROM web-01 SELECT h.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
+    expect(w1!.values.sum).toBe(12);
+    const [w2] = await query(node, 'FROM web-02 SELECT h.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
+    expect(w2!.values.sum).toBe(110);
+    const [all] = await query(node, 'FROM * SELECT h.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
+    expect(all!.values.sum).toBe(122);
+    await node.pool.flush(Date.now() + 3_600_000);
+    const [rows] = await query(node, 'FROM * SELECT h.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
+    expect(rows!.values.sum).toBe(122);
+  });
+
+  it('the per-server new-metric limit did nothing (16.8): names arriving after the data no longer register metrics without an owner', async () => {
+    const node = await start({ metricsPerServerMax: 5 });
+    const minted = Array.from({ length: 20 }, (_, i) => ({ name: `mint.${i}`, kind: KindCode.Counter as const, value: 1 }));
+    // The rack sends newly learned names with a later second than their data.
+    await post(node, 'r1', t0, { bomb: minted });
+    await post(node, 'r1', t0 + 1, { bomb: [] }, minted.map((m) => m.name));
+    const listed = ((await (await node.app.request('/api/v1/metrics')).json()) as { metrics: { name: string; kind: string }[] }).metrics.filter((m) => m.name.startsWith('mint.'));
+    expect(listed).toHaveLength(5);
+    expect(listed.every((m) => m.kind === 'counter')).toBe(true);
+    const text = await (await node.app.request('/metrics')).text();
+    expect(text).toMatch(/apm_core_points_dropped_total\{reason="metric_overflow"\} 15\b/);
+  });
+
+  it('one stored query stopped the core from starting (16.2): a definition that no longer parses is set aside, listed and deletable', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-regress-'));
+    mkdirSync(join(dir, 'meta'), { recursive: true });
+    const meta = openLmdb({ path: join(dir, 'meta'), mapSize: 1 << 26, maxDbs: 4 });
+    const bad = { id: 'badbadbadbad', name: 'old', query: 'FROM web-[ SELECT x WINDOW 5s COMPUTE max', createdMs: Date.now() };
+    await meta.openDB({ name: 'queries', encoding: 'json' }).put(bad.id, bad);
+    await meta.close();
+    const node = await start({}, dir);
+    const list = (await (await node.app.request('/api/v1/queries')).json()) as { queries: unknown[]; unloadable: { id: string; error: string }[] };
+    expect(list.queries).toEqual([]);
+    expect(list.unloadable).toMatchObject([{ id: bad.id }]);
+    expect(await (await node.app.request('/metrics')).text()).toMatch(/apm_core_queries_unloadable 1\b/);
+    expect((await node.app.request(`/api/v1/queries/${bad.id}`, { method: 'DELETE' })).status).toBe(204);
+    expect(((await (await node.app.request('/api/v1/queries')).json()) as { unloadable?: unknown[] }).unloadable).toBeUndefined();
+  });
+});
