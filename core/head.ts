@@ -63,6 +63,39 @@ class Summaries {
   }
 }
 
+interface PointColumns {
+  sid: Int32Array;
+  sec: Uint16Array;
+  val: Float64Array;
+}
+
+/**
+ * Point columns of written heads, kept for new ones of the same size: each minute a live fleet's
+ * heads are written and as many new ones start, and allocating them (zeroed, page-faulted
+ * memory) was a tenth of ingest CPU. Bounded in bytes; beyond it columns go to the collector.
+ */
+export class ColumnPool {
+  private readonly free = new Map<number, PointColumns[]>();
+  private bytes = 0;
+
+  constructor(readonly bytesMax: number) {}
+
+  take(cap: number): PointColumns | undefined {
+    const c = this.free.get(cap)?.pop();
+    if (c !== undefined) this.bytes -= cap * 14;
+    return c;
+  }
+
+  give(c: PointColumns): void {
+    const cap = c.sid.length;
+    if (this.bytes + cap * 14 > this.bytesMax) return;
+    let list = this.free.get(cap);
+    if (list === undefined) this.free.set(cap, (list = []));
+    list.push(c);
+    this.bytes += cap * 14;
+  }
+}
+
 /** One metric × one rack × one block in memory. */
 export class MetricHead {
   pn = 0;
@@ -81,11 +114,18 @@ export class MetricHead {
     readonly metricHi: number,
     readonly rackId: number,
     pointsHint: number,
+    private readonly pool: ColumnPool | null = null,
   ) {
     const cap = Math.max(8, pointsHint);
-    this.pSid = new Int32Array(cap);
-    this.pSec = new Uint16Array(cap);
-    this.pVal = new Float64Array(cap);
+    const c = pool?.take(cap);
+    this.pSid = c?.sid ?? new Int32Array(cap);
+    this.pSec = c?.sec ?? new Uint16Array(cap);
+    this.pVal = c?.val ?? new Float64Array(cap);
+  }
+
+  /** Hands the point columns back to the pool (the head is written and gone). */
+  release(): void {
+    this.pool?.give({ sid: this.pSid, sec: this.pSec, val: this.pVal });
   }
 
   get dist(): Summaries {
@@ -140,6 +180,8 @@ const keyServersMax = 1 << 20;
 
 /** Entry order by (server, second), stable (earlier arrivals first). */
 function orderBy(sid: Int32Array, sec: Uint16Array, n: number): Int32Array {
+  const fast = byServerIfSecondsAscend(sid, sec, n);
+  if (fast !== null) return fast;
   const order = new Int32Array(n);
   if (n < idxBits && n > 0) {
     const keys = new Float64Array(n);
@@ -157,6 +199,33 @@ function orderBy(sid: Int32Array, sec: Uint16Array, n: number): Int32Array {
   for (let i = 0; i < n; i++) order[i] = i;
   return order.sort((a, b) => sid[a]! - sid[b]! || sec[a]! - sec[b]! || a - b);
 }
+
+/**
+ * The common case: entries arrived second by second, so their seconds never decrease and a
+ * stable counting sort by server gives (server, second) order — linear, no comparison sort.
+ * Null when seconds go back (late data, a merged stored row) or the servers span too widely.
+ */
+function byServerIfSecondsAscend(sid: Int32Array, sec: Uint16Array, n: number): Int32Array | null {
+  if (n === 0) return new Int32Array(0);
+  let lo = sid[0]!;
+  let hi = lo;
+  for (let i = 1; i < n; i++) {
+    if (sec[i]! < sec[i - 1]!) return null;
+    const v = sid[i]!;
+    if (v < lo) lo = v;
+    else if (v > hi) hi = v;
+  }
+  if (hi - lo >= countingSpanMax) return null;
+  const start = new Int32Array(hi - lo + 2);
+  for (let i = 0; i < n; i++) start[sid[i]! - lo + 1]! += 1;
+  for (let k = 1; k < start.length; k++) start[k]! += start[k - 1]!;
+  const order = new Int32Array(n);
+  for (let i = 0; i < n; i++) order[start[sid[i]! - lo]!++] = i;
+  return order;
+}
+
+/** Widest range of server ids the counting sort takes (a table of this many counters). */
+const countingSpanMax = 1 << 16;
 
 /**
  * The row of a head, merged with the row already stored for it (late data): per server its
