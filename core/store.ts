@@ -73,8 +73,6 @@ interface ShardHead {
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
 /** Point columns kept for reuse: a minute of 500 servers × 2,000 metrics (a store's share at the design's 1,000 per node). */
 const columnPoolBytesMax = 512 * 1024 * 1024;
-/** WAL entries deleted per row slice: a few ms of a commit's work. */
-const walDeletesPerSlice = 250;
 /** Names waiting for their metric's first data: a few seconds of a fleet's new names. */
 const pendingNamesMax = 65_536;
 
@@ -93,8 +91,6 @@ export class Store {
   private readonly acc = new SketchAccumulator();
   /** Point columns of written heads, reused by new ones (head.ts). */
   private readonly columns = new ColumnPool(columnPoolBytesMax);
-  /** WAL keys of fully written blocks, deleted a bounded number per slice. */
-  private readonly walDeletes: Buffer[] = [];
   /** Names whose metric has no admitted data yet (hash key → name). */
   private readonly pendingNames = new Map<string, string>();
   readonly counters = {
@@ -499,7 +495,7 @@ export class Store {
    */
   writeSlice(nowMs: number): boolean {
     const due = this.dueBlocks(nowMs);
-    if (due.length === 0 && this.walDeletes.length === 0) return false;
+    if (due.length === 0) return false;
     const t0 = performance.now();
     const written: { head: ShardHead; block: number; metrics: Map<number, Map<number, MetricHead>>; mi: number; rackId: number; mh: MetricHead }[] = [];
     const puts: { key: Buffer; value: Buffer }[] = [];
@@ -527,9 +523,11 @@ export class Store {
         // In key order: the B-tree fills pages front to back instead of splitting them at random.
         puts.sort((a, b) => Buffer.compare(a.key, b.key));
         for (const p of puts) this.rows.put(p.key, p.value);
-        // WAL entries of written blocks go a bounded number per slice (a block of 25 racks has
-        // 1,500 per shard); until then a replay skips them, their rows hold their seq.
-        for (const k of this.walDeletes.slice(0, walDeletesPerSlice)) this.wal.remove(k);
+        // A block's WAL entries go in the transaction of its last rows. Not in bounded chunks over
+        // later slices: that pattern (a queue's deletes spread over many small transactions
+        // while others append) broke lmdb-js' freelist in a 1 h backfill — "reserved freelist had
+        // a data entry with zero-size", every later commit refused (cf. kriszyp/lmdb-js#321).
+        for (const e of emptied) for (const k of e.head.wal.get(e.block) ?? []) this.wal.remove(k);
         // The registry entries the rows refer to are durable no later than the rows (their WAL goes).
         this.registry.flushDirty();
       });
@@ -546,9 +544,7 @@ export class Store {
       this.headBytes -= w.mh.bytes;
       w.mh.release();
     }
-    this.walDeletes.splice(0, walDeletesPerSlice);
     for (const e of emptied) {
-      for (const k of e.head.wal.get(e.block) ?? []) this.walDeletes.push(k);
       e.head.blocks.delete(e.block);
       e.head.wal.delete(e.block);
       e.head.lastArrivalMs.delete(e.block);
@@ -559,7 +555,7 @@ export class Store {
     const ms = performance.now() - t0;
     this.sliceMsMax = Math.max(this.sliceMsMax, ms);
     if (ms > 50) this.counters.slices_over_50ms++;
-    return more || this.walDeletes.length > 0;
+    return more;
   }
 
   /** A head's row value: WAL seq, then the row (merged with the stored one, if any). */
