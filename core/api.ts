@@ -128,6 +128,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       ...rejected,
       too_large: http.ingest_too_large,
       shards_mismatch: pool.counters.shards_mismatch,
+      worker_busy: pool.counters.ingest_busy,
       storage_full: s('storage_full'),
       head_full: s('head_full'),
     });

@@ -23,6 +23,10 @@ export const coreLimits = {
   rowSliceMs: 10,
   /** A worker that has not answered a request in this time gets it answered 503 (racks retry). */
   workerRequestTimeoutMs: 30_000,
+  /** Ingest requests waiting for one worker (each holds a copy of its sections, ~1 MB for a
+   * 40-server second): a node's racks keep one or two in flight each, so 512 is ~250 racks'
+   * worth; beyond it 503 and the racks retry from their spools. */
+  ingestWaitingPerWorkerMax: 512,
   /** The meta environment holds stored-query definitions and the server list: small. */
   metaMapBytes: 1024 ** 3,
   /** Retention sweep period. */

@@ -67,6 +67,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
     retentionSweepMs: Math.min(L.retentionSweepMs, Math.max(1000, ((o.retentionSeconds ?? 365 * 86_400) * 1000) / 4)),
     registrySaveMs: L.registrySaveMs,
     requestTimeoutMs: L.workerRequestTimeoutMs,
+    ingestWaitingMax: L.ingestWaitingPerWorkerMax,
   });
   const meta = openLmdb({ path: `${o.dataDir}/meta`, mapSize: L.metaMapBytes, maxDbs: 4 });
   const servers = new ServerTable(meta.openDB({ name: 'servers', encoding: 'json' }), L.serversMax);

@@ -29,6 +29,8 @@ export interface PoolOptions {
   registrySaveMs: number;
   /** A request a worker has not answered in this time is answered 503 (the rack retries). */
   requestTimeoutMs: number;
+  /** Ingest requests waiting for one worker; beyond it a request is answered 503 (counted) before its sections are copied. */
+  ingestWaitingMax: number;
 }
 
 export type IngestResult = { status: 204; points: number; duplicates: number; msg: RackSecondMessage } | { status: 400 | 409 | 503; error: string; reason: string; shards?: number } | { status: 403; reason: 'rack_not_allowed'; rack: string; error: string };
@@ -42,6 +44,8 @@ interface Slot {
   pending: Map<number, Pending>;
   stats: WorkerStats | null;
   deaths: number;
+  /** Ingest requests sent and not answered yet. */
+  ingestWaiting: number;
 }
 
 export class ShardPool {
@@ -50,7 +54,7 @@ export class ShardPool {
   private nextId = 1;
   private defs: StoredQuery[] = [];
   private stopping = false;
-  readonly counters = { requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
+  readonly counters = { ingest_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
   onWindow: ((qid: string, w: WindowResult) => void) | null = null;
@@ -64,7 +68,7 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, ingestWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
   }
@@ -208,7 +212,15 @@ export class ShardPool {
       g.refs.push({ shard, start: g.size, end: g.size + len });
       g.size += (len + 7) & ~7;
     }
-    const replies = [...perWorker].map(([w, g]) => {
+    // Each waiting request holds a copy of its sections: a bounded number per worker.
+    for (const w of perWorker.keys()) {
+      if (this.slots[w]!.ingestWaiting >= this.opts.ingestWaitingMax) {
+        this.counters.ingest_busy++;
+        return { status: 503, reason: 'worker_busy', error: `worker ${w} has ${this.opts.ingestWaitingMax} ingest requests waiting; retry later` };
+      }
+    }
+    const replies = [...perWorker].map(async ([w, g]) => {
+      const slot = this.slots[w]!;
       const buf = new ArrayBuffer(g.size);
       const bytes = new Uint8Array(buf);
       let k = 0;
@@ -217,7 +229,12 @@ export class ShardPool {
         bytes.set(sectionAt(msg, i), g.refs[k++]!.start);
       }
       const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late };
-      return this.request(this.slots[w]!, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf]);
+      slot.ingestWaiting++;
+      try {
+        return await this.request(slot, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf]);
+      } finally {
+        slot.ingestWaiting--;
+      }
     });
     let points = 0;
     let duplicates = 0;

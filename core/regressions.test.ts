@@ -40,6 +40,21 @@ async function query(node: CoreNode, text: string, from: number, to: number): Pr
   return ((await r.json()) as { windows: WindowResult[] }).windows;
 }
 
+describe('bounds of the ingest path', () => {
+  it('ingest requests waiting for a worker are bounded: beyond the limit 503 worker_busy, counted, and nothing stored twice or lost on retry', async () => {
+    const node = await start({ ingestWaitingPerWorkerMax: 1 });
+    const bodies = [0, 1, 2, 3].map((k) => rackSecondBody({ rack: 'busy', session: 1, seq: 1000 + k, second: t0 + k, late: false, shards: S, servers: [{ server: 'b-1', blocks: [buildColumns([{ name: 'busy.x', kind: KindCode.Gauge, value: 1 }], [])] }], rollup: buildColumns([], []) }));
+    const statuses = await Promise.all(bodies.map(async (body) => (await node.app.request('/api/v1/ingest', { method: 'POST', body })).status));
+    expect(statuses.filter((x) => x === 204).length).toBeGreaterThan(0);
+    expect(statuses.filter((x) => x === 503).length).toBeGreaterThan(0);
+    expect(await (await node.app.request('/metrics')).text()).toMatch(new RegExp(`apm_core_requests_rejected_total\\{reason="worker_busy"\\} ${statuses.filter((x) => x === 503).length}\\b`));
+    // The racks retry: every second once.
+    for (const body of bodies) expect((await node.app.request('/api/v1/ingest', { method: 'POST', body })).status).toBe(204);
+    const [w] = await query(node, 'FROM b-1 SELECT busy.x WINDOW 1m COMPUTE count', t0, t0 + 60);
+    expect(w!.values.count).toBe(4);
+  });
+});
+
 describe('issue 16 regressions through a node', () => {
   it('history follows a server\'s current rack (16.5): a query sees every observation of the selected servers, whichever racks carried them', async () => {
     const node = await start();

@@ -22,16 +22,20 @@ export function isValidShardCount(s: number): boolean {
   return Number.isInteger(s) && s >= 1 && s <= shardsMax && (s & (s - 1)) === 0;
 }
 
-/** One shard's part of a rack second, decoded: columns are typed-array views into the frame. */
-export interface ShardSectionMessage {
-  type: 'shardSection';
+/** Identity of a rack second: every section of it carries the same. */
+export interface SecondHeader {
   rack: string;
   session: number;
   seq: number;
   second: number;
   late: boolean;
-  shard: number;
   shards: number;
+}
+
+/** One shard's part of a rack second, decoded: columns are typed-array views into the frame. */
+export interface ShardSectionMessage extends SecondHeader {
+  type: 'shardSection';
+  shard: number;
   servers: string[];
   /** Metric i (hash pointHashes[2i], [2i + 1]) has entries [pointEnds[i − 1], pointEnds[i]). */
   pointHashes: Uint32Array;
@@ -62,30 +66,14 @@ export interface ShardSectionMessage {
 }
 
 /** The HTTP body: a rack second's sections as frames, with their shards. */
-export interface RackSecondMessage {
+export interface RackSecondMessage extends SecondHeader {
   type: 'rackSecond';
-  rack: string;
-  session: number;
-  seq: number;
-  second: number;
-  late: boolean;
-  shards: number;
   sectionShards: Uint16Array;
   /** Section i is sectionBytes[sectionEnds[i − 1] .. sectionEnds[i]). */
   sectionEnds: Uint32Array;
   sectionBytes: Uint8Array;
   /** The rack's servers in this second. */
   servers: string[];
-}
-
-/** Identity of a rack second: every section of it carries the same. */
-export interface SecondHeader {
-  rack: string;
-  session: number;
-  seq: number;
-  second: number;
-  late: boolean;
-  shards: number;
 }
 
 /** One cut section. */
@@ -481,7 +469,7 @@ export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readon
 }
 
 /** Cuts and wraps in one call (tests and tools; the rack keeps a SectionCutter). */
-export function rackSecondBody(input: CutInput, metricsMax = 1 << 20): Uint8Array {
+export function rackSecondBody(input: CutInput, metricsMax = 1 << 16): Uint8Array {
   return new SectionCutter(Math.max(1024, metricsMax)).body(input);
 }
 

@@ -6,17 +6,11 @@
 import http from 'node:http';
 import type { SeriesColumns } from '../schema/codec.js';
 import { shardsDefault } from '../schema/limits.js';
-import type { ShardSectionMessage } from '../schema/section.js';
+import type { SecondHeader, ShardSectionMessage } from '../schema/section.js';
 import { decodeSecond } from '../rack/recut.js';
 
 /** One accepted body, regrouped per server (what the rack merged for that second). */
-export interface CoreBatch {
-  rack: string;
-  session: number;
-  seq: number;
-  second: number;
-  late: boolean;
-  shards: number;
+export interface CoreBatch extends SecondHeader {
   /** Every server's points and summaries in this body (rebuilt from the sections). */
   servers: { server: string; series: SeriesColumns }[];
   /** Distribution rollups (server 0xffff in the sections) and every name the body carried. */
