@@ -19,10 +19,45 @@ export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 /** Parses argv against `options`; throws UsageError with `help` appended on anything unknown. */
 export function parseOptions<T extends OptionSpec>(argv: string[], options: T, help: string) {
   try {
-    return parseArgs({ args: argv, options, allowPositionals: true, strict: true, allowNegative: true });
+    return parseArgs({ args: joinOptionValues(argv, options), options, allowPositionals: true, strict: true, allowNegative: true });
   } catch (err) {
     throw new UsageError(`${(err as Error).message}\n\n${help}`);
   }
+}
+
+/**
+ * `--from -5m` → `--from=-5m`: an option that takes a value gets the next argument even when it
+ * starts with `-` (relative times, negative offsets), which parseArgs otherwise refuses as
+ * ambiguous (issue 15). A next argument that is itself one of the command's options (`--from
+ * --to now`) is left alone, so a forgotten value still fails as one; nothing after `--` is touched.
+ */
+export function joinOptionValues(argv: readonly string[], options: OptionSpec): string[] {
+  const takesValue = new Map<string, string>(); // as typed → how to attach a value
+  const known = new Set<string>();
+  for (const [name, o] of Object.entries(options)) {
+    known.add(`--${name}`);
+    if (o.type === 'boolean') known.add(`--no-${name}`);
+    if (o.short !== undefined) known.add(`-${o.short}`);
+    if (o.type !== 'string') continue;
+    takesValue.set(`--${name}`, `--${name}=`);
+    if (o.short !== undefined) takesValue.set(`-${o.short}`, `-${o.short}`); // parseArgs reads -f-5m as -f "-5m"
+  }
+  const isOption = (a: string) => a === '--' || known.has(a.startsWith('--') ? a.split('=', 1)[0]! : a);
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const attach = takesValue.get(a);
+    const next = argv[i + 1];
+    if (attach !== undefined && next !== undefined && next.startsWith('-') && !isOption(next)) {
+      out.push(`${attach}${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
 }
 
 /** `host:port`, `[v6]:port` or `:port` (host defaults to `defaultHost`). */

@@ -1,71 +1,139 @@
-// `apm query "<query>"`: evaluates an ad-hoc query on a core and prints the windows as a table.
+// `apm query "<query>"`: evaluates an ad-hoc query on a core and prints the windows as a table,
+// the API's JSON, or CSV.
 
 import { parseOptions, UsageError } from './args.js';
 
+export const queryFormats = ['table', 'json', 'csv'] as const;
+export type QueryFormat = (typeof queryFormats)[number];
+
 export const queryHelp = `apm query: evaluate a query on the core and print its windows
 
-Usage: apm query "<query>" [--from -1h] [--to now] [--core http://127.0.0.1:8080]
+Usage: apm query "<query>" [--from -1h] [--to now] [--format table|json|csv] [--core <url>]
 
   e.g. apm query "FROM web-* SELECT rpc.latency WINDOW 5s COMPUTE min, max, avg, p99" --from -15m
-  --from, --to   Unix ms, ISO-8601, now, or -<n>s|m|h|d (default: the last hour)
-  --core <url>   the core (default http://127.0.0.1:8080)`;
+  --from, --to     Unix ms, ISO-8601, now, or relative to now: -<n>s|m|h|d, e.g. --from -5m
+                   --to -1m (default: the last hour)
+  --format <f>     table (default): aligned columns, window start (UTC), servers, count, one
+                   column per function, revision (> 0: revised by late data);
+                   json: the API's answer unchanged; csv: the same columns with a header row
+                   (RFC 4180: comma-separated, CRLF line ends, quoted where needed), start as
+                   ISO-8601 and Unix ms
+  --core <url>     the core (default http://127.0.0.1:8080)
+  --help           this text
 
-interface Window {
+One answer holds at most 3,600 windows: use a longer WINDOW or a shorter range beyond that.`;
+
+/** A window as the API answers it (core/query/eval.ts WindowResult); a NaN value arrives as null. */
+export interface QueryWindow {
   startMs: number;
   servers: number;
   count: number;
-  values: Record<string, number>;
+  values: Record<string, number | null>;
   revision: number;
 }
 
-/** Rows of cells → aligned text (numbers right-aligned). */
+export interface QueryAnswer {
+  query: string;
+  windows: QueryWindow[];
+}
+
+/** Rows of cells → aligned text (first column left-aligned, the rest right-aligned). */
 export function table(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 
-export function formatNumber(v: number): string {
+/** A value for the table: integers as they are, others to 6 significant digits (1 decimal from 1,000). */
+export function formatNumber(v: number | null | undefined): string {
+  if (v === null || v === undefined) return '-';
   if (!Number.isFinite(v)) return String(v);
   if (Number.isInteger(v)) return String(v);
   return Math.abs(v) >= 1000 ? v.toFixed(1) : Number(v.toPrecision(6)).toString();
 }
 
+/** One CSV field (RFC 4180 §2.6-7): quoted when it holds a comma, a quote or a line break. */
+export function csvField(s: string): string {
+  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+}
+
+/** The functions of an answer, in the order the windows name them. */
+function functionsOf(windows: QueryWindow[]): string[] {
+  const fns = new Set<string>();
+  for (const w of windows) for (const f of Object.keys(w.values)) fns.add(f);
+  return [...fns];
+}
+
+/** The answer as `apm query` prints it; `raw` is the API's body (json prints it unchanged). */
+export function renderAnswer(format: QueryFormat, answer: QueryAnswer, raw: string): string {
+  const { windows } = answer;
+  const fns = functionsOf(windows);
+  switch (format) {
+    case 'json':
+      return raw.trimEnd();
+    case 'csv': {
+      // Full precision (String(v)): CSV is for programs; an empty field is a value the window lacks.
+      const rows = windows.map((w) => [new Date(w.startMs).toISOString(), String(w.startMs), String(w.servers), String(w.count), ...fns.map((f) => (w.values[f] == null ? '' : String(w.values[f]))), String(w.revision)]);
+      return [['start', 'start_ms', 'servers', 'count', ...fns, 'revision'], ...rows].map((r) => r.map(csvField).join(',')).join('\r\n');
+    }
+    case 'table': {
+      const rows = windows.map((w) => [new Date(w.startMs).toISOString().replace('T', ' ').slice(0, 19), String(w.servers), formatNumber(w.count), ...fns.map((f) => formatNumber(w.values[f])), String(w.revision)]);
+      return `${answer.query}\n${table(['window start (UTC)', 'servers', 'count', ...fns, 'rev'], rows)}\n${windows.length} windows`;
+    }
+  }
+}
+
+function parseFormat(value: string): QueryFormat {
+  const f = queryFormats.find((x) => x === value);
+  if (f === undefined) throw new UsageError(`--format ${JSON.stringify(value)} must be one of ${queryFormats.join(', ')}\n\n${queryHelp}`);
+  return f;
+}
+
 export async function main(argv: string[]): Promise<void> {
   const { values, positionals } = parseOptions(
     argv,
-    { from: { type: 'string', default: '-1h' }, to: { type: 'string', default: 'now' }, core: { type: 'string', default: 'http://127.0.0.1:8080' }, help: { type: 'boolean', default: false } },
+    {
+      from: { type: 'string', default: '-1h' },
+      to: { type: 'string', default: 'now' },
+      format: { type: 'string', default: 'table' },
+      core: { type: 'string', default: 'http://127.0.0.1:8080' },
+      help: { type: 'boolean', default: false },
+    },
     queryHelp,
   );
   if (values.help) {
     console.log(queryHelp);
     return;
   }
+  const format = parseFormat(values.format!);
   const q = positionals.join(' ').trim();
   if (q === '') throw new UsageError(`give the query in quotes\n\n${queryHelp}`);
-  const url = new URL('/api/v1/query', values.core);
+  let url: URL;
+  try {
+    url = new URL('/api/v1/query', values.core);
+  } catch {
+    throw new UsageError(`--core ${JSON.stringify(values.core)} is not a URL (for example http://127.0.0.1:8080)`);
+  }
   url.searchParams.set('q', q);
   url.searchParams.set('from', values.from!);
   url.searchParams.set('to', values.to!);
   let res: Response;
+  let raw: string;
   try {
     res = await fetch(url);
+    raw = await res.text();
   } catch (err) {
-    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}`);
+    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}; start it (apm core) or give its URL with --core`);
   }
-  const body = (await res.json()) as { error?: string; position?: number; query?: string; windows?: Window[] };
+  let body: Partial<QueryAnswer> & { error?: string; position?: number };
+  try {
+    body = JSON.parse(raw) as typeof body;
+  } catch {
+    throw new UsageError(`the core at ${values.core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
+  }
   if (!res.ok) {
     const pointer = body.position === undefined ? '' : `\n  ${q}\n  ${' '.repeat(body.position)}^`;
     throw new UsageError(`${body.error ?? res.statusText}${pointer}`);
   }
-  const windows = body.windows ?? [];
-  const fns = windows.length > 0 ? Object.keys(windows[0]!.values) : [];
-  console.log(body.query);
-  console.log(
-    table(
-      ['window start (UTC)', 'servers', 'count', ...fns, 'rev'],
-      windows.map((w) => [new Date(w.startMs).toISOString().replace('T', ' ').slice(0, 19), String(w.servers), formatNumber(w.count), ...fns.map((f) => formatNumber(w.values[f]!)), String(w.revision)]),
-    ),
-  );
-  console.log(`${windows.length} windows`);
+  console.log(renderAnswer(format, { query: body.query ?? q, windows: body.windows ?? [] }, raw));
 }
