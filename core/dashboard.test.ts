@@ -28,18 +28,29 @@ describe('dashboard routes', () => {
     expect(csp).not.toMatch(/https?:/);
     const html = await page.text();
     const urls = [...html.matchAll(/(?:src|href)="(\/ui\/[^"]+)"/g)].map((m) => m[1]!);
-    expect(urls.map((u) => u.replace(/\?v=[0-9a-f]{12}$/, ''))).toEqual(['/ui/uplot.css', '/ui/app.css', '/ui/uplot.js', '/ui/app.js']);
+    expect(urls.map((u) => u.replace(/\?v=[0-9a-f]{12}$/, ''))).toEqual(['/ui/favicon.svg', '/ui/uplot.css', '/ui/app.css', '/ui/uplot.js', '/ui/app.js']);
     for (const u of urls) {
       const r = await app.request(u);
       expect(r.status, u).toBe(200);
       expect(r.headers.get('cache-control'), u).toBe('public, max-age=31536000, immutable');
-      expect((await r.arrayBuffer()).byteLength, u).toBeGreaterThan(1000);
+      expect((await r.arrayBuffer()).byteLength, u).toBeGreaterThan(u.includes('favicon') ? 100 : 1000);
       expect((await app.request(u, { headers: { 'if-none-match': r.headers.get('etag')! } })).status, u).toBe(304);
     }
     // A stale hash is served but not cached for a year.
     expect((await app.request('/ui/app.js?v=000000000000')).headers.get('cache-control')).toBe('no-cache');
     expect((await app.request('/ui/nope.js')).status).toBe(404);
     expect(html).not.toContain('{{');
+  });
+
+  it('serves an icon: the page links its hashed URL, /favicon.ico answers browsers that ask anyway (issue 15: a 404 on every load)', async () => {
+    const html = await (await app.request('/')).text();
+    expect(html).toMatch(/<link rel="icon" href="\/ui\/favicon\.svg\?v=[0-9a-f]{12}" type="image\/svg\+xml">/);
+    const r = await app.request('/favicon.ico');
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toBe('image/svg+xml');
+    expect(r.headers.get('cache-control')).toBe('public, max-age=86400');
+    expect(await r.text()).toMatch(/^<svg /);
+    expect((await app.request('/favicon.ico', { headers: { 'if-none-match': r.headers.get('etag')! } })).status).toBe(304);
   });
 
   it('keeps each rack report, validates it, bounds the table and shows it in the status', async () => {

@@ -53,6 +53,7 @@ export function loadAssets(): { index: Asset; byName: Map<string, Asset> } {
     asset(require.resolve('uplot/dist/uPlot.min.css'), 'uplot.css', 'text/css; charset=utf-8'),
     asset(`${uiDir}app.js`, 'app.js', 'text/javascript; charset=utf-8'),
     asset(`${uiDir}app.css`, 'app.css', 'text/css; charset=utf-8'),
+    asset(`${uiDir}favicon.svg`, 'favicon.svg', 'image/svg+xml'),
   ];
   const byName = new Map(list.map((a) => [a.url.slice('/ui/'.length, a.url.indexOf('?')), a]));
   let html = readFileSync(`${uiDir}index.html`, 'utf8');
@@ -78,6 +79,10 @@ export function addDashboardRoutes(app: Hono, deps: DashboardDeps): void {
   };
   // The page revalidates (cheap 304) so a new core's assets are picked up; assets are immutable by URL.
   app.get('/', (c) => send(index, c.req.header('if-none-match'), 'no-cache'));
+  // The page names its icon (a hashed /ui/ URL); this answers browsers that ask by habit (an API
+  // URL opened in a tab), which otherwise log a 404 each time. A day: the URL carries no hash.
+  const favicon = byName.get('favicon.svg')!;
+  app.get('/favicon.ico', (c) => send(favicon, c.req.header('if-none-match'), 'public, max-age=86400'));
   app.get('/ui/:name', (c) => {
     const a = byName.get(c.req.param('name'));
     if (a === undefined) return c.json({ error: `no dashboard asset ${c.req.param('name')}` }, 404);
