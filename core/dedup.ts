@@ -37,9 +37,9 @@ export class Dedup {
     return this.entries.size;
   }
 
-  /** True when (rack, session, seq) is already stored for this shard. */
-  seen(shard: number, rack: string, session: number, seq: number): boolean {
-    const e = this.entries.get(entryKey(shard, rack));
+  /** True when (rack, session, seq) of this origin is already stored for this shard. */
+  seen(shard: number, rack: string, origin: number, session: number, seq: number): boolean {
+    const e = this.entries.get(entryKey(shard, rack, origin));
     if (e === undefined || e.session !== session || seq > e.hwm) return false;
     if (e.hwm - seq >= windowSeqs) {
       this.counters.too_old++;
@@ -49,8 +49,8 @@ export class Dedup {
   }
 
   /** Records (rack, session, seq) as stored, in memory; persist() writes it in the storing transaction. */
-  mark(shard: number, rack: string, session: number, seq: number): void {
-    const k = entryKey(shard, rack);
+  mark(shard: number, rack: string, origin: number, session: number, seq: number): void {
+    const k = entryKey(shard, rack, origin);
     let e = this.entries.get(k);
     if (e === undefined || e.session !== session) {
       if (e !== undefined) this.counters.sessions_replaced++;
@@ -101,9 +101,13 @@ export class Dedup {
   }
 }
 
-/** Shard first, so a shard's marks are one key range (copied with the shard). */
-function entryKey(shard: number, rack: string): string {
-  return String.fromCharCode(shard >>> 8, shard & 0xff) + rack;
+/**
+ * Shard first, so a shard's marks are one key range (copied with the shard). An import's marks
+ * are apart from its rack's (a NUL and the origin after the rack id, which never holds a NUL):
+ * an import into rack r1 while r1 sends live keeps r1's window whole.
+ */
+function entryKey(shard: number, rack: string, origin: number): string {
+  return String.fromCharCode(shard >>> 8, shard & 0xff) + rack + (origin === 0 ? '' : `\0${origin}`);
 }
 
 function encode(e: Entry): Buffer {

@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { decodeFrame, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { hashName } from '../schema/names.js';
-import { sectionAt, type RackSecondMessage } from '../schema/section.js';
+import { originRack, sectionAt, type RackSecondMessage } from '../schema/section.js';
 import { openLayout, Placement } from './layout.js';
 import type { Reply, SectionRef, ToMain, ToWorker, WorkerConfig, WorkerMetric, WorkerStats } from './protocol.js';
 import type { WindowResult } from './query/eval.js';
@@ -228,7 +228,7 @@ export class ShardPool {
         if (this.placement.workerOfShard(msg.sectionShards[i]!) !== w) continue;
         bytes.set(sectionAt(msg, i), g.refs[k++]!.start);
       }
-      const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late };
+      const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late, origin: msg.origin ?? originRack };
       slot.ingestWaiting++;
       try {
         return await this.request(slot, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf]);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { decodeFrame, Encoder, KindCode, type SeriesColumns } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { hashName } from '../schema/names.js';
-import { encodeShardSection, rackSecondBody, sectionAt } from '../schema/section.js';
+import { encodeShardSection, originImport, rackSecondBody, sectionAt } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
@@ -242,10 +242,43 @@ describe('Store', () => {
       execFileSync('umount', ['-l', dir]); // lazy: a failed assertion above may leave the store open
     }
   });
+
+  it('keeps an import\'s de-duplication apart from its rack\'s: an import into r1 does not reopen r1\'s window (issue 15)', () => {
+    const store = open();
+    const point = (value: number) => ({ a: { points: [{ name: 'x', kind: KindCode.Gauge as const, value }] } });
+    const [h1, s1] = batch(t0, point(1));
+    expect(store.ingest(h1, s1)).toMatchObject({ status: 204, duplicates: 0 });
+    // An import of history into the same rack id, its own session, seq 1.
+    const [h2, s2] = batch(t0 - 600, point(7));
+    const imp = { session: 77, seq: 1, origin: originImport };
+    expect(store.ingest({ ...h2, ...imp }, s2.map((s) => ({ ...s, bytes: resection(s.bytes, imp) })))).toMatchObject({ status: 204, duplicates: 0 });
+    // The live rack retries its request: still known as stored (without origins the import's session had replaced r1's).
+    expect(store.ingest(h1, s1)).toMatchObject({ status: 204, duplicates: 1 });
+    // An import section under a rack header (or the reverse) is refused, not mixed up.
+    expect(store.ingest(h2, s2.map((s) => ({ ...s, bytes: resection(s.bytes, imp) }))).status).toBe(400);
+    expect(dump(store, 'x', t0 - 600, t0 + 1)).toEqual({ [`a@${t0 - 600}`]: 7, [`a@${t0}`]: 1 });
+    return store.close();
+  });
+
+  it('refuses a new rack beyond racksMax with 503 racks_full, counted, before storing anything; known racks go on (regression: it threw past 16,384)', () => {
+    const store = open({ racksMax: 2 });
+    const point = { a: { points: [{ name: 'x', kind: KindCode.Gauge as const, value: 1 }] } };
+    expect(store.ingest(...batch(t0, point, 'r1')).status).toBe(204);
+    expect(store.ingest(...batch(t0, point, 'r2')).status).toBe(204);
+    expect(store.ingest(...batch(t0, point, 'r3'))).toMatchObject({ status: 503, reason: 'racks_full' });
+    expect(store.rejected).toMatchObject({ racks_full: 1 });
+    expect(store.ingest(...batch(t0 + 1, point, 'r1')).status).toBe(204);
+    // Two new racks in one group commit cannot both pass the bound.
+    const many = open({ racksMax: 1 });
+    const res = many.ingestMany([batch(t0, point, 'p'), batch(t0, point, 'q')].map(([h, sections]) => ({ h, sections })));
+    expect(res.map((r) => r.status)).toEqual([204, 503]);
+    expect(() => open({ racksMax: 1 << 14 })).toThrow(/racksMax/);
+    return Promise.all([store.close(), many.close()]);
+  });
 });
 
 /** A section re-encoded with another session and seq (a rack that started over). */
-function resection(bytes: Uint8Array, h: { session: number; seq: number }): Uint8Array {
+function resection(bytes: Uint8Array, h: { session: number; seq: number; origin?: number }): Uint8Array {
   const r = decodeFrame(bytes, batchBytesMax);
   if (!r.ok || r.msg.type !== 'shardSection') throw new Error('not a section');
   return encodeShardSection(new Encoder(), { ...r.msg, ...h }, r.msg);

@@ -17,7 +17,7 @@ import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/code
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
 import { openLmdb, writeFailure } from '../schema/lmdb.js';
 import { hashKey } from '../schema/names.js';
-import { shardOf, type ShardSectionMessage } from '../schema/section.js';
+import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import { decodeRow, encodeRow, RowError, type DecodedRow } from './block.js';
 import { Dedup } from './dedup.js';
@@ -58,6 +58,8 @@ export interface RequestHeader {
   seq: number;
   second: number;
   late: boolean;
+  /** originRack (absent: the same) or originImport (schema/section.ts). */
+  origin?: number;
 }
 
 export type StoreIngestResult = { status: 204; points: number; duplicates: number } | { status: 400 | 503; error: string; reason: string };
@@ -125,7 +127,7 @@ export class Store {
     /** Points and summaries of a kind other than their metric's (issue 16.6): a gauge or counter of a distribution metric, or the reverse. */
     points_dropped_kind_conflict: 0,
   };
-  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section', number>> = {};
+  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full', number>> = {};
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
   sliceMsMax = 0;
   lastError = '';
@@ -138,6 +140,7 @@ export class Store {
   private metricKinds = new Uint8Array(1024);
 
   constructor(readonly opts: StoreOptions) {
+    if (opts.racksMax >= rackIdsMax) throw new Error(`BUG: racksMax ${opts.racksMax} ≥ ${rackIdsMax} (head keys pack rack ids)`);
     this.root = openLmdb({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 16 });
     this.wal = this.root.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
@@ -253,9 +256,9 @@ export class Store {
     const duplicates = new Map<number, number>();
     for (const v of valid) {
       v.decoded.forEach((m, k) => {
-        if (this.dedup.seen(m.shard, m.rack, m.session, m.seq)) duplicates.set(v.i, (duplicates.get(v.i) ?? 0) + 1);
+        if (this.dedup.seen(m.shard, m.rack, m.origin ?? originRack, m.session, m.seq)) duplicates.set(v.i, (duplicates.get(v.i) ?? 0) + 1);
         else {
-          this.dedup.mark(m.shard, m.rack, m.session, m.seq);
+          this.dedup.mark(m.shard, m.rack, m.origin ?? originRack, m.session, m.seq);
           fresh.push({ i: v.i, m, bytes: v.bytes[k]!, key: walKey(m.shard, this.walSeq++) });
         }
       });
@@ -293,6 +296,12 @@ export class Store {
 
   /** A request's sections decoded and checked against its header, or why it is refused. */
   private decodeRequest(h: RequestHeader, sections: readonly SectionIn[]): ShardSectionMessage[] | StoreIngestResult {
+    // Rack ids are bounded (head keys pack them): a new rack beyond racksMax is refused before
+    // anything is stored, and the rack's spool keeps its data until an operator makes room.
+    if (!this.rackIds.has(h.rack) && this.rackIds.size >= this.opts.racksMax) {
+      this.rejected.racks_full = (this.rejected.racks_full ?? 0) + 1;
+      return { status: 503, reason: 'racks_full', error: `this core holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); rack ${h.rack} is refused` };
+    }
     const decoded: ShardSectionMessage[] = [];
     for (const s of sections) {
       const r = decodeFrame(s.bytes, batchBytesMax);
@@ -302,12 +311,14 @@ export class Store {
         return { status: 400, reason, error: r.ok ? `expected a ShardSection, got a ${r.msg.type}` : `section for shard ${s.shard} refused (${r.reason}): ${r.detail}` };
       }
       const m = r.msg;
-      if (m.shard !== s.shard || !this.heads.has(m.shard) || m.shards !== this.opts.shardCount || m.rack !== h.rack || m.session !== h.session || m.seq !== h.seq || m.second !== h.second) {
+      if (m.shard !== s.shard || !this.heads.has(m.shard) || m.shards !== this.opts.shardCount || m.rack !== h.rack || m.session !== h.session || m.seq !== h.seq || m.second !== h.second || (m.origin ?? originRack) !== (h.origin ?? originRack)) {
         this.rejected.wrong_section = (this.rejected.wrong_section ?? 0) + 1;
         return { status: 400, reason: 'wrong_section', error: `section of ${m.rack} session ${m.session} seq ${m.seq} second ${m.second} shard ${m.shard}/${m.shards} does not belong to request ${h.rack} ${h.session} ${h.seq} ${h.second} shard ${s.shard}/${this.opts.shardCount}` };
       }
       decoded.push(m);
     }
+    // Registered now, so that two new racks in one group commit cannot both pass the bound.
+    this.rackId(h.rack);
     return decoded;
   }
 

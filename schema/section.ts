@@ -30,7 +30,15 @@ export interface SecondHeader {
   second: number;
   late: boolean;
   shards: number;
+  /**
+   * Who sent it: originRack (absent: the same) or originImport (history through POST
+   * /api/v1/import). The core de-duplicates each origin apart (core/dedup.ts).
+   */
+  origin?: number;
 }
+
+export const originRack = 0;
+export const originImport = 1;
 
 /** One shard's part of a rack second, decoded: columns are typed-array views into the frame. */
 export interface ShardSectionMessage extends SecondHeader {
@@ -446,6 +454,7 @@ export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColu
       v(c.nameHashes, 8),
       v(c.nameEnds, 4),
       v(c.nameBytes, 1),
+      h.origin ?? originRack,
     );
   });
 }
@@ -464,7 +473,7 @@ export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readon
     const sh = concatVector(b, [shards], 2);
     const en = concatVector(b, [ends], 4);
     const by = concatVector(b, sections.map((s) => s.frame), 1);
-    return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by, names);
+    return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by, names, h.origin ?? originRack);
   });
 }
 
@@ -476,10 +485,13 @@ export function rackSecondBody(input: CutInput, metricsMax = 1 << 16): Uint8Arra
 // ---------------------------------------------------------------------------------------------
 // Decoding (called by decodeFrame in schema/codec.ts; throws Reject).
 
-function header(v: Verifier, t: TableRef, what: string, slots: { rack: number; session: number; seq: number; second: number; late: number; shards: number }): SecondHeader {
+function header(v: Verifier, t: TableRef, what: string, slots: { rack: number; session: number; seq: number; second: number; late: number; shards: number; origin: number }): SecondHeader {
   const shards = v.u16(t, slots.shards, `${what}.shards`);
   if (!isValidShardCount(shards)) throw new Reject('bad_value', `${what}.shards ${shards} is not a power of two in 1..${shardsMax}`);
+  const origin = v.u8(t, slots.origin, `${what}.origin`);
+  if (origin !== originRack && origin !== originImport) throw new Reject('bad_value', `${what}.origin ${origin} is neither ${originRack} (rack) nor ${originImport} (import)`);
   return {
+    origin,
     rack: requireServerId(v.string(t, slots.rack, rackIdBytesMax, `${what}.rack`), 'rack id'),
     session: v.u32(t, slots.session, `${what}.session`),
     seq: v.u53(t, slots.seq, `${what}.seq`),
@@ -490,7 +502,7 @@ function header(v: Verifier, t: TableRef, what: string, slots: { rack: number; s
 }
 
 export function decodeRackSecond(v: Verifier, t: TableRef): RackSecondMessage {
-  const h = header(v, t, 'RackSecond', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 5 });
+  const h = header(v, t, 'RackSecond', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 5, origin: 10 });
   const buf = v.bytes.buffer as ArrayBuffer;
   const base = v.bytes.byteOffset;
   const sh = v.vector(t, 6, 2, shardsMax, 'RackSecond.section_shards');
@@ -511,7 +523,7 @@ export function decodeRackSecond(v: Verifier, t: TableRef): RackSecondMessage {
 }
 
 export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessage {
-  const h = header(v, t, 'ShardSection', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 6 });
+  const h = header(v, t, 'ShardSection', { rack: 0, session: 1, seq: 2, second: 3, late: 4, shards: 6, origin: 25 });
   const shard = v.u16(t, 5, 'ShardSection.shard');
   if (shard >= h.shards) throw new Reject('bad_value', `shard ${shard} ≥ shards ${h.shards}`);
   const servers = serverList(v, v.vector(t, 7, 4, batchServersMax, 'ShardSection.servers'));

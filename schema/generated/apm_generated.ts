@@ -1300,8 +1300,17 @@ nameBytesArray():Uint8Array|null {
   return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
 }
 
+/**
+ * Who sent it: 0 a rack, 1 an import of history (POST /api/v1/import). The core
+ * de-duplicates each origin apart, so an import never disturbs a live rack's window.
+ */
+origin():number {
+  const offset = this.bb!.__offset(this.bb_pos, 54);
+  return offset ? this.bb!.readUint8(this.bb_pos + offset) : 0;
+}
+
 static startShardSection(builder:flatbuffers.Builder) {
-  builder.startObject(25);
+  builder.startObject(26);
 }
 
 static addRack(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset) {
@@ -1675,12 +1684,16 @@ static startNameBytesVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(1, numElems, 1);
 }
 
+static addOrigin(builder:flatbuffers.Builder, origin:number) {
+  builder.addFieldInt8(25, origin, 0);
+}
+
 static endShardSection(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shard:number, shards:number, serversOffset:flatbuffers.Offset, pointHashesOffset:flatbuffers.Offset, pointKindsOffset:flatbuffers.Offset, pointEndsOffset:flatbuffers.Offset, pointServersOffset:flatbuffers.Offset, pointValuesOffset:flatbuffers.Offset, distHashesOffset:flatbuffers.Offset, distEndsOffset:flatbuffers.Offset, distServersOffset:flatbuffers.Offset, distCountsOffset:flatbuffers.Offset, distSumsOffset:flatbuffers.Offset, distMinsOffset:flatbuffers.Offset, distMaxesOffset:flatbuffers.Offset, sketchEndsOffset:flatbuffers.Offset, sketchBytesOffset:flatbuffers.Offset, nameHashesOffset:flatbuffers.Offset, nameEndsOffset:flatbuffers.Offset, nameBytesOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shard:number, shards:number, serversOffset:flatbuffers.Offset, pointHashesOffset:flatbuffers.Offset, pointKindsOffset:flatbuffers.Offset, pointEndsOffset:flatbuffers.Offset, pointServersOffset:flatbuffers.Offset, pointValuesOffset:flatbuffers.Offset, distHashesOffset:flatbuffers.Offset, distEndsOffset:flatbuffers.Offset, distServersOffset:flatbuffers.Offset, distCountsOffset:flatbuffers.Offset, distSumsOffset:flatbuffers.Offset, distMinsOffset:flatbuffers.Offset, distMaxesOffset:flatbuffers.Offset, sketchEndsOffset:flatbuffers.Offset, sketchBytesOffset:flatbuffers.Offset, nameHashesOffset:flatbuffers.Offset, nameEndsOffset:flatbuffers.Offset, nameBytesOffset:flatbuffers.Offset, origin:number):flatbuffers.Offset {
   ShardSection.startShardSection(builder);
   ShardSection.addRack(builder, rackOffset);
   ShardSection.addSession(builder, session);
@@ -1707,6 +1720,7 @@ static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Of
   ShardSection.addNameHashes(builder, nameHashesOffset);
   ShardSection.addNameEnds(builder, nameEndsOffset);
   ShardSection.addNameBytes(builder, nameBytesOffset);
+  ShardSection.addOrigin(builder, origin);
   return ShardSection.endShardSection(builder);
 }
 }
@@ -1828,8 +1842,16 @@ serversLength():number {
   return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
 }
 
+/**
+ * As ShardSection.origin (every section of the request carries the same).
+ */
+origin():number {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? this.bb!.readUint8(this.bb_pos + offset) : 0;
+}
+
 static startRackSecond(builder:flatbuffers.Builder) {
-  builder.startObject(10);
+  builder.startObject(11);
 }
 
 static addRack(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset) {
@@ -1930,12 +1952,16 @@ static startServersVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(4, numElems, 4);
 }
 
+static addOrigin(builder:flatbuffers.Builder, origin:number) {
+  builder.addFieldInt8(10, origin, 0);
+}
+
 static endRackSecond(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shards:number, sectionShardsOffset:flatbuffers.Offset, sectionEndsOffset:flatbuffers.Offset, sectionBytesOffset:flatbuffers.Offset, serversOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shards:number, sectionShardsOffset:flatbuffers.Offset, sectionEndsOffset:flatbuffers.Offset, sectionBytesOffset:flatbuffers.Offset, serversOffset:flatbuffers.Offset, origin:number):flatbuffers.Offset {
   RackSecond.startRackSecond(builder);
   RackSecond.addRack(builder, rackOffset);
   RackSecond.addSession(builder, session);
@@ -1947,6 +1973,7 @@ static createRackSecond(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offs
   RackSecond.addSectionEnds(builder, sectionEndsOffset);
   RackSecond.addSectionBytes(builder, sectionBytesOffset);
   RackSecond.addServers(builder, serversOffset);
+  RackSecond.addOrigin(builder, origin);
   return RackSecond.endRackSecond(builder);
 }
 }
