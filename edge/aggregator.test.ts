@@ -67,6 +67,49 @@ describe('Aggregator semantics (DESIGN §3)', () => {
     expect(summary(agg, agg.close(t0 + 1)).dists).toEqual({ a: [1, 2, 3] });
   });
 
+  it('a set counts distinct members per second, sent as a gauge; repeats and other seconds do not add', () => {
+    const agg = new Aggregator(opts);
+    for (const m of ['u1', 'u2', 'u1', 'u3', 'u2']) expect(agg.observeSet('users', m, t0)).toBeNull();
+    agg.observeSet('other', 'u1', t0); // same member, other series: counted there
+    const c = agg.close(t0 + 1);
+    expect(summary(agg, c).points).toEqual({ users: 3, other: 1 });
+    expect([...c.pointKinds.subarray(0, c.pointLen)]).toEqual([KindCode.Gauge, KindCode.Gauge]);
+    agg.observeSet('users', 'u1', t0 + 1);
+    expect(summary(agg, agg.close(t0 + 2)).points).toEqual({ users: 1 });
+    // An idle set sends nothing (it is not a counter).
+    expect(summary(agg, agg.close(t0 + 3)).points).toEqual({});
+    expect(agg.observe('users', KindCode.Gauge, 1, t0 + 3)).toBe('kind_conflict');
+  });
+
+  it('a set is bounded per series and per second, with counted drops; the count is a lower bound', () => {
+    const agg = new Aggregator({ ...opts, setValuesPerSeriesMax: 3, setValuesPerSecondMax: 5 });
+    for (let i = 0; i < 5; i++) agg.observeSet('a', `m${i}`, t0); // 3 counted, 2 dropped
+    expect(agg.observeSet('a', 'm0', t0)).toBeNull(); // a counted member repeats freely
+    expect(agg.observeSet('b', 'x', t0)).toBeNull();
+    expect(agg.observeSet('b', 'y', t0)).toBeNull();
+    expect(agg.observeSet('c', 'z', t0)).toBe('set_values_full');
+    expect(agg.drops).toMatchObject({ set_values_limit: 2, set_values_full: 1 });
+    // c had no member counted: it sends nothing rather than a 0.
+    expect(summary(agg, agg.close(t0 + 1)).points).toEqual({ a: 3, b: 2 });
+    // The table is per second: the next second starts empty.
+    for (let i = 0; i < 3; i++) agg.observeSet('c', `n${i}`, t0 + 1);
+    expect(summary(agg, agg.close(t0 + 2)).points).toEqual({ c: 3 });
+  });
+
+  it('a set counts exactly many distinct members over many seconds (no stale entries between seconds)', () => {
+    const agg = new Aggregator({ ...opts, seriesMax: 64, setValuesPerSeriesMax: 4096, setValuesPerSecondMax: 4096 });
+    for (let s = 0; s < 20; s++) {
+      const want: Record<string, number> = {};
+      for (let k = 0; k < 8; k++) {
+        const n = 1 + ((s * 7 + k * 13) % 400);
+        for (let i = 0; i < 2 * n; i++) agg.observeSet(`set${k}`, `user-${(i * 7919) % n}-${s % 3}`, t0 + s);
+        want[`set${k}`] = n;
+      }
+      expect(summary(agg, agg.close(t0 + s + 1)).points).toEqual(want);
+    }
+    expect(agg.drops.set_values_limit + agg.drops.set_values_full).toBe(0);
+  });
+
   it('forgets series idle past the eviction age and reuses their slots', () => {
     const agg = new Aggregator({ ...opts, seriesMax: 1 });
     agg.observe('old', KindCode.Gauge, 1, t0);

@@ -5,13 +5,32 @@
 
 import { KindCode } from '../schema/codec.js';
 import { hashKey, hashName, isMetricName } from '../schema/names.js';
+import { edgeLimits } from './limits.js';
 
 export interface AggregatorOptions {
   seriesMax: number;
   observationsPerSecondMax: number;
   counterIdleSeconds: number;
   seriesEvictSeconds: number;
+  /** Distinct members counted per set series per second (default edgeLimits). */
+  setValuesPerSeriesMax?: number;
+  /** Distinct (series, member) pairs held per second across all sets (default edgeLimits). */
+  setValuesPerSecondMax?: number;
 }
+
+/**
+ * A StatsD set (`|s`) series: its value for a server-second is the number of distinct members
+ * seen in that second, sent as a gauge (the wire has no set kind). Exact up to 64-bit member
+ * hash collisions (chance ≈ n² / 2^65 for n members), and up to setValuesPerSeriesMax members per
+ * series-second: beyond it the count stops there (a lower bound) and each line with a member
+ * not yet counted is dropped as `set_values_limit`; when the second's shared table holds
+ * setValuesPerSecondMax members, as `set_values_full`. Across servers (the rack's rollup, a
+ * query's sum) the per-server counts add up, which over-counts members seen on several
+ * servers: a union needs a mergeable distinct-count sketch (HyperLogLog) per summary.
+ */
+export const SetKind = 3;
+/** The kind of a series at the edge: the wire kinds and sets (sent as gauges). */
+export type SeriesKind = KindCode | typeof SetKind;
 
 /**
  * Why an observation (or a series' second) was not sent; each is a counter
@@ -23,7 +42,20 @@ export interface AggregatorOptions {
  * across datagrams, the rack's merge of them — finite too); a relative gauge update that would
  * leave the gauge non-finite is refused (the gauge keeps its value) and counted likewise.
  */
-export type DropReason = 'series_limit' | 'observations_full' | 'kind_conflict' | 'hash_collision' | 'bad_name' | 'not_finite' | 'overflow' | 'late';
+export const dropReasons = {
+  series_limit: 'a new series beyond --series-max',
+  observations_full: 'distribution values beyond observationsPerSecondMax in one second',
+  kind_conflict: 'a name already used with another type',
+  hash_collision: 'a name whose 64-bit hash another name has',
+  bad_name: 'a name outside [A-Za-z0-9_.:-]{1,128}',
+  not_finite: 'a value that is not a finite number',
+  overflow: 'a second whose sum would pass ±1.8e308 (not sent)',
+  late: 'an observation for a second already closed',
+  set_values_limit: 'a set member beyond setValuesPerSeriesMax distinct ones in a series-second',
+  set_values_full: 'a set member beyond setValuesPerSecondMax in one second across sets',
+} as const;
+
+export type DropReason = keyof typeof dropReasons;
 
 /** A closed second as columns; the arrays are scratch space valid until the next close. */
 export interface ClosedSecond {
@@ -63,7 +95,7 @@ export class Aggregator {
   private readonly touched: Int32Array;
   private touchedLen = 0;
   private readonly touchedIn: Int32Array; // second in which the slot was last touched
-  private readonly value: Float64Array; // gauge: last value; counter: sum
+  private readonly value: Float64Array; // gauge: last value; counter: sum; set: distinct members
   private readonly gaugeLast: Float64Array; // survives seconds, for relative gauges
   private readonly obsCount: Int32Array;
   private readonly weighted: Uint8Array;
@@ -79,21 +111,25 @@ export class Aggregator {
   private readonly sumPos: Float64Array;
   private readonly sumNeg: Float64Array;
 
-  readonly drops: Record<DropReason, number> = {
-    series_limit: 0,
-    observations_full: 0,
-    kind_conflict: 0,
-    hash_collision: 0,
-    bad_name: 0,
-    not_finite: 0,
-    overflow: 0,
-    late: 0,
-  };
+  // Set members of the open second: open addressing over (slot, 64-bit member hash); an
+  // entry is live when its epoch is the open second's (no clearing). Allocated on first use.
+  private setSlot = new Int32Array(0);
+  private setH1 = new Uint32Array(0);
+  private setH2 = new Uint32Array(0);
+  private setEpoch = new Int32Array(0);
+  private setLen = 0;
+  private epoch = 1;
+  private readonly setPerSeriesMax: number;
+  private readonly setPerSecondMax: number;
+
+  readonly drops = Object.fromEntries(Object.keys(dropReasons).map((k) => [k, 0])) as Record<DropReason, number>;
   observations = 0;
 
   constructor(private readonly opts: AggregatorOptions) {
     const n = opts.seriesMax;
     const m = opts.observationsPerSecondMax;
+    this.setPerSeriesMax = opts.setValuesPerSeriesMax ?? edgeLimits.setValuesPerSeriesMax;
+    this.setPerSecondMax = opts.setValuesPerSecondMax ?? edgeLimits.setValuesPerSecondMax;
     this.names = new Array<string | null>(n).fill(null);
     this.kinds = new Uint8Array(n);
     this.hashes = new Uint32Array(2 * n);
@@ -165,7 +201,7 @@ export class Aggregator {
    * The slot of the series named by latin1 bytes[start..end) (the StatsD hot path: no string
    * is made for a known name), or −1 when refused (the drop is counted).
    */
-  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: KindCode, second: number): number {
+  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: SeriesKind, second: number): number {
     let h = 0x811c9dc5;
     for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
     const mask = this.byteSlots.length - 1;
@@ -204,15 +240,7 @@ export class Aggregator {
     if (second !== this.second) return this.drop('late');
     if (!Number.isFinite(value)) return this.drop('not_finite');
     if (kind === KindCode.Gauge && relative && !Number.isFinite(this.gaugeLast[slot]! + value)) return this.drop('overflow');
-    this.lastSeenSecond[slot] = second;
-    const fresh = this.touchedIn[slot] !== second;
-    if (fresh) {
-      this.touchedIn[slot] = second;
-      this.touched[this.touchedLen++] = slot;
-      this.value[slot] = 0;
-      this.obsCount[slot] = 0;
-      this.weighted[slot] = 0;
-    }
+    this.touch(slot, second);
     switch (kind) {
       case KindCode.Gauge:
         this.value[slot] = relative ? this.gaugeLast[slot]! + value : value;
@@ -236,6 +264,74 @@ export class Aggregator {
     return null;
   }
 
+  /** Adds a member to a set series' second (the string form of observeSetBytes, for tests and cold paths). */
+  observeSet(name: string, member: string, second: number): DropReason | null {
+    if (this.second === noSecond) this.second = second;
+    const slot = this.slotFor(name, SetKind, second);
+    if (slot < 0) return this.lastDrop;
+    const b = Buffer.from(member, 'latin1');
+    return this.observeSetBytes(slot, b, 0, b.length, second);
+  }
+
+  /** Adds the member bytes[start..end) to set slot `slot`'s second: counted once however often it comes (see SetKind). */
+  observeSetBytes(slot: number, bytes: Uint8Array, start: number, end: number, second: number): DropReason | null {
+    if (this.second === noSecond) this.second = second;
+    if (second !== this.second) return this.drop('late');
+    if (this.setEpoch.length === 0) this.allocateSets();
+    let h1 = 0x811c9dc5;
+    let h2 = 0x9747b28c;
+    for (let i = start; i < end; i++) {
+      const c = bytes[i]!;
+      h1 = Math.imul(h1 ^ c, 0x01000193);
+      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
+      h2 ^= h2 >>> 15;
+    }
+    h1 >>>= 0;
+    h2 >>>= 0;
+    const mask = this.setEpoch.length - 1;
+    let i = (h1 ^ Math.imul(slot + 1, 0x9e3779b1)) & mask;
+    for (; this.setEpoch[i] === this.epoch; i = (i + 1) & mask) {
+      if (this.setSlot[i] === slot && this.setH1[i] === h1 && this.setH2[i] === h2) {
+        this.observations++;
+        return null;
+      }
+    }
+    // A series whose every member of the second is dropped sends nothing rather than a 0.
+    const counted = this.touchedIn[slot] === second ? this.value[slot]! : 0;
+    if (counted >= this.setPerSeriesMax) return this.drop('set_values_limit');
+    if (this.setLen >= this.setPerSecondMax) return this.drop('set_values_full');
+    this.touch(slot, second);
+    this.setEpoch[i] = this.epoch;
+    this.setSlot[i] = slot;
+    this.setH1[i] = h1;
+    this.setH2[i] = h2;
+    this.setLen++;
+    this.value[slot]! += 1;
+    this.observations++;
+    return null;
+  }
+
+  /** The members table: a power of two at least twice setValuesPerSecondMax, so probes stay short and always end. */
+  private allocateSets(): void {
+    let size = 16;
+    while (size < 2 * this.setPerSecondMax) size *= 2;
+    this.setSlot = new Int32Array(size);
+    this.setH1 = new Uint32Array(size);
+    this.setH2 = new Uint32Array(size);
+    this.setEpoch = new Int32Array(size);
+  }
+
+  /** Marks a slot as observed in `second`, resetting its per-second state on its first observation. */
+  private touch(slot: number, second: number): void {
+    this.lastSeenSecond[slot] = second;
+    if (this.touchedIn[slot] === second) return;
+    this.touchedIn[slot] = second;
+    this.touched[this.touchedLen++] = slot;
+    this.value[slot] = 0;
+    this.obsCount[slot] = 0;
+    this.weighted[slot] = 0;
+  }
+
   private lastDrop: DropReason = 'late';
 
   private drop(reason: DropReason): DropReason {
@@ -244,7 +340,7 @@ export class Aggregator {
     return reason;
   }
 
-  private slotFor(name: string, kind: KindCode, second: number): number {
+  private slotFor(name: string, kind: SeriesKind, second: number): number {
     const known = this.slotByName.get(name);
     if (known !== undefined) {
       if (this.kinds[known] !== kind) {
@@ -299,6 +395,8 @@ export class Aggregator {
     this.second = next;
     this.touchedLen = 0;
     this.obsLen = 0;
+    this.setLen = 0;
+    this.epoch++;
     return out;
   }
 
@@ -312,7 +410,7 @@ export class Aggregator {
         this.drops.overflow++; // a counter's sum past ±MAX_VALUE (see DropReason)
       } else {
         out.pointSlots[out.pointLen] = slot;
-        out.pointKinds[out.pointLen] = kind;
+        out.pointKinds[out.pointLen] = kind === SetKind ? KindCode.Gauge : kind;
         out.pointValues[out.pointLen++] = this.value[slot]!;
       }
     }

@@ -73,7 +73,7 @@ async function edgeWith(clock: TestClock) {
     await until(() => (edge.counters.seconds_sent > sent && got.length === edge.counters.datagrams_sent ? true : undefined), 5000, `the second holding ${lines.join(', ')} to be sent`);
     const parts = got.slice(from);
     expect(new Set(parts.map((p) => p.second)).size, 'one second per monotonic second').toBe(1);
-    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'apm.edge.dropped.overflow']) };
+    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'users', 'apm.edge.dropped.overflow', 'apm.edge.statsd.refused.timestamp']) };
   };
   const second = async (value: number, pass = { monoMs: 1000, wallMs: 1000 }) => {
     const { second, merged } = await secondOf([`x:${value}|c`], pass);
@@ -135,6 +135,22 @@ describe('Edge and sums that overflow (issue 16.4)', () => {
     // The edge's own counters describe the second they were counted in: the next one.
     const next = await secondOf([]);
     expect(next.merged.points.get('apm.edge.dropped.overflow')).toEqual({ kind: 1, value: 2 });
+  });
+});
+
+describe('Edge and StatsD sets and timestamps (issue 15)', () => {
+  it('a set sends its distinct members per second; a |T timestamp is taken within 1 s of the second\'s stamp, else refused and counted', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, secondOf } = await edgeWith(clock);
+    const first = await secondOf(['users:a|s\nusers:b|s', 'users:a|s', `t:1|c|T${S}`, `t:2|c|T${S + 1}`, `t:4|c|T${S - 5}`]);
+    expect(first.second).toBe(S);
+    expect(first.merged.points.get('users')).toEqual({ kind: 0, value: 2 });
+    expect(first.merged.points.get('t')).toEqual({ kind: 1, value: 3 });
+    expect(edge.parser.refused.timestamp).toBe(1);
+    // Counted in the second the line arrived in.
+    expect(first.merged.points.get('apm.edge.statsd.refused.timestamp')).toEqual({ kind: 1, value: 1 });
+    const next = await secondOf(['users:c|s']);
+    expect(next.merged.points.get('users')).toEqual({ kind: 0, value: 1 });
   });
 });
 

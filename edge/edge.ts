@@ -8,13 +8,13 @@ import { lookup } from 'node:dns/promises';
 import { authHeaderBytes, isRackId, open, ReplayCache, sign, type KeySet } from '../schema/auth.js';
 import { KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
 import { udpPayloadBytesMax } from '../schema/limits.js';
-import { Aggregator } from './aggregator.js';
+import { Aggregator, dropReasons } from './aggregator.js';
 import { SecondClock, systemClock, type EdgeClock } from './clock.js';
 import { HostCollector } from './host.js';
 import { checkLimits, type EdgeLimits } from './limits.js';
 import { Packetizer } from './packetizer.js';
 import { ResendRing } from './ring.js';
-import { StatsdParser } from './statsd.js';
+import { malformedReasons, refusedReasons, StatsdParser, type StatsdSecond } from './statsd.js';
 
 export interface EdgeOptions {
   server: string;
@@ -32,7 +32,10 @@ export interface EdgeOptions {
   clock?: EdgeClock;
 }
 
-/** Counters of the edge itself; they also travel as apm.edge.* metrics (issue 2). */
+/**
+ * Counters of the edge itself; they also travel as apm.edge.* metrics (issue 2), with the
+ * per-reason counts of StatsD lines not stored (`edgeSelfMetricsHelp` lists them all).
+ */
 export interface EdgeCounters {
   statsd_datagrams: number;
   statsd_queue_dropped: number;
@@ -94,6 +97,8 @@ export class Edge {
   /** Monotonic arrival time of each queued datagram: it belongs to the second open then. */
   private readonly queueMonoMs: number[] = [];
   private queueBytes = 0;
+  /** The second each datagram is parsed into (reused: no allocation per datagram). */
+  private readonly parsing: StatsdSecond = { second: -1, stamp: -1 };
   private seq = 0;
   private tickTimer: NodeJS.Timeout | null = null;
   private hostTimer: NodeJS.Timeout | null = null;
@@ -115,6 +120,8 @@ export class Edge {
       observationsPerSecondMax: l.observationsPerSecondMax,
       counterIdleSeconds: l.counterIdleSeconds,
       seriesEvictSeconds: l.seriesEvictSeconds,
+      setValuesPerSeriesMax: l.setValuesPerSeriesMax,
+      setValuesPerSecondMax: l.setValuesPerSecondMax,
     });
     this.parser = new StatsdParser(l.lineBytesMax);
     // Signed datagrams carry the auth header: frames leave room for it within --datagram-bytes.
@@ -191,7 +198,9 @@ export class Edge {
     for (let i = 0; i < this.queue.length; i++) {
       this.advanceTo(this.queueMonoMs[i]!);
       this.counters.statsd_datagrams++;
-      this.parser.parse(this.queue[i]!, agg.openSecond, agg);
+      this.parsing.second = agg.openSecond;
+      this.parsing.stamp = this.seconds.stamp;
+      this.parser.parse(this.queue[i]!, this.parsing, agg);
     }
     this.queue.length = 0;
     this.queueMonoMs.length = 0;
@@ -279,6 +288,7 @@ export class Edge {
     };
     emit('apm.edge.statsd.lines', this.parser.lines);
     for (const [reason, n] of Object.entries(this.parser.malformed)) emit(`apm.edge.statsd.malformed.${reason}`, n);
+    for (const [reason, n] of Object.entries(this.parser.refused)) emit(`apm.edge.statsd.refused.${reason}`, n);
     for (const [reason, n] of Object.entries(this.aggregator.drops)) emit(`apm.edge.dropped.${reason}`, n);
     for (const [name, n] of Object.entries(this.counters)) emit(`apm.edge.${name}`, n);
     this.aggregator.observe('apm.edge.series', KindCode.Gauge, this.aggregator.seriesCount, second);
@@ -352,6 +362,24 @@ export class Edge {
     this.counters.names_resent += slots.length;
     for (const f of frames) this.send(f);
   }
+}
+
+/**
+ * What happens to StatsD lines the edge does not store, metric by metric (for `apm edge
+ * --help`; the reason tables in statsd.ts and aggregator.ts are the one home of the list).
+ */
+export function edgeSelfMetricsHelp(): string {
+  const rows = (prefix: string, reasons: Record<string, string>) => Object.entries(reasons).map(([r, why]) => `  ${`${prefix}${r}`.padEnd(44)} ${why}`);
+  return [
+    'Its own metrics (counters per second, in its stream like any other; the dashboard\'s fleet view',
+    'sums them fleet-wide over the last minutes). Every StatsD line counts in apm.edge.statsd.lines;',
+    'a line not taken counts under one malformed or refused reason, and a value of a taken line',
+    '(a packed line has several) that is not stored counts under one dropped reason:',
+    ...rows('apm.edge.statsd.malformed.', malformedReasons),
+    ...rows('apm.edge.statsd.refused.', refusedReasons),
+    ...rows('apm.edge.dropped.', dropReasons),
+    `  ${'apm.edge.statsd_queue_dropped'.padEnd(44)} whole datagrams, when the socket queue is full`,
+  ].join('\n');
 }
 
 /**

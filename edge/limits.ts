@@ -8,6 +8,12 @@ export const edgeLimits = {
   seriesMax: 10_000,
   /** Distribution observations buffered per second: 5× the 20,000 lines/s target; ~32 B each → 3.2 MB. */
   observationsPerSecondMax: 100_000,
+  /** Distinct members of one set series in one second (aggregator.ts SetKind): sets count users or
+   *  hosts per server-second, rarely thousands; beyond this a count is a lower bound (counted). */
+  setValuesPerSeriesMax: 4096,
+  /** Set members held per second across all sets: 16 × the per-series bound; the table is twice
+   *  this (16 B an entry → 2 MiB), allocated when the first set line arrives. */
+  setValuesPerSecondMax: 65_536,
   /** StatsD datagrams queued between the socket and the aggregator (drained every tick). */
   queueDatagramsMax: 65_536,
   /** Bytes queued between the socket and the aggregator: bounds memory under a burst. */
@@ -57,5 +63,6 @@ export function checkLimits(l: EdgeLimits): void {
   }
   if (!Number.isInteger(l.seriesMax) || l.seriesMax < 1 || l.seriesMax > 1_000_000) fail(`--series-max ${l.seriesMax} is outside 1..1000000`);
   if (l.resendBytesMax < l.datagramBytes) fail(`resend ring (${l.resendBytesMax} B) cannot hold one datagram (${l.datagramBytes} B)`);
+  if (!(l.setValuesPerSeriesMax >= 1 && l.setValuesPerSeriesMax <= l.setValuesPerSecondMax)) fail(`setValuesPerSeriesMax ${l.setValuesPerSeriesMax} must be 1..setValuesPerSecondMax ${l.setValuesPerSecondMax}`);
   if (l.counterIdleSeconds >= l.seriesEvictSeconds) fail('counters must be evicted only after their idle-zero period');
 }

@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
 import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
-import { Edge, macRack } from './edge.js';
+import { Edge, edgeSelfMetricsHelp, macRack } from './edge.js';
 import { edgeLimits, type EdgeLimits } from './limits.js';
 
 export const edgeHelp = `apm edge: the per-server daemon (StatsD in, per-second summaries out to the rack)
@@ -27,6 +27,8 @@ Usage: apm edge --server <id> --rack <host:port> [options]
   --help                   this text
 
 ${keyFileHelp}
+
+${edgeSelfMetricsHelp()}
 
 Stops on SIGINT/SIGTERM after sending the second it holds; SIGHUP rereads --key-file.`;
 
