@@ -10,7 +10,9 @@ import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
 import type { ShardPool } from './pool.js';
 import type { QueryCatalog } from './query/catalog.js';
+import { addPromRoutes, promPath } from './query/prom.js';
 import { addQueryRoutes } from './query/routes.js';
+import { addHistoryRoutes } from './history/routes.js';
 import { addDashboardRoutes } from './dashboard.js';
 import type { ServerTable } from './servers.js';
 import { CoreStatus } from './status.js';
@@ -51,17 +53,22 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   if (queryRate !== undefined) {
     // The query API only: /api/v1/query* and /api/v1/queries*, never ingest (racks retry on
     // their own schedule and their spool absorbs a slow core). Opening a live stream costs as
-    // much as an ad-hoc query (issue 16.10).
-    const cost = (path: string) => (path === '/api/v1/query' ? coreLimits.adHocQueryCost : livePath.test(path) ? coreLimits.liveStreamCost : path.startsWith('/api/v1/quer') ? 1 : 0);
+    // much as an ad-hoc query (issue 16.10), and so does a Prometheus range query (issue 15: it
+    // evaluates from storage like one); the Prometheus API's lists cost 1.
+    const cost = (path: string) =>
+      path === '/api/v1/query' || path === '/api/v1/query_range' || path === '/api/v1/export' ? coreLimits.adHocQueryCost : livePath.test(path) ? coreLimits.liveStreamCost : path.startsWith('/api/v1/quer') || promPath.test(path) ? 1 : 0;
     app.use('/api/v1/*', rateLimit(queryRate, cost));
   }
-  // Every body but ingest's (which has its own, larger limit below) is a small JSON document.
+  // Every body but ingest's (which has its own, larger limit below) and an import's (streamed,
+  // any size, in bounded memory) is a small JSON document.
   const smallBody = bodyLimit({
     maxSize: coreLimits.queryBodyBytesMax,
     onError: (c) => c.json({ error: `${c.req.method} ${c.req.path}: body exceeds ${coreLimits.queryBodyBytesMax} bytes; a stored query's JSON is far smaller` }, 413),
   });
-  app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
+  app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.path === '/api/v1/import' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
   const live = addQueryRoutes(app, pool, stored);
+  const prom = addPromRoutes(app, { pool, servers, stored });
+  const history = addHistoryRoutes(app, { pool, servers });
   const status = opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
   addDashboardRoutes(app, { pool, servers, stored, status });
 
@@ -176,7 +183,17 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_rack_reports', 'Racks with an unexpired status report', status.rackCount);
     p.counter('apm_core_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
     p.counters('apm_core_http_auth_failures_total', 'Requests refused by auth, by reason (missing token, unknown token, role forbids the route, rack: the token does not name the rack it sent for)', 'reason', auth.failures);
-    p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits; live_share: the client holds its share of the live-stream slots; live_full: every slot is taken; time_budget: an evaluation ran past its budget)', 'reason', refused);
+    p.counters('apm_core_query_requests_refused_total', 'Query API requests answered with an error, by reason (bad_request: parse errors, ranges and sizes over their limits; live_share: the client holds its share of the live-stream slots; live_full: every slot is taken; time_budget: an evaluation ran past its budget; execution: a Prometheus API query that could not run)', 'reason', refused);
+    p.counters('apm_core_prom_answers_truncated_total', 'Prometheus API list answers (label values, series, metadata) cut at their limit, by route', 'route', prom.truncated);
+    p.counter('apm_core_imports_total', 'POST /api/v1/import requests taken', history.imports);
+    p.counter('apm_core_imports_failed_total', 'Imports that stopped before their end (the core stayed busy, a broken body); what they acknowledged is stored', history.importsFailed);
+    p.counter('apm_core_imports_refused_busy_total', 'Imports refused with 409: another was running', history.importsRefusedBusy);
+    p.counter('apm_core_import_points_stored_total', 'Imported points stored', history.pointsStored);
+    p.counters('apm_core_import_lines_refused_total', 'Imported series lines refused, by reason', 'reason', history.linesRefused);
+    p.counters('apm_core_import_points_refused_total', 'Imported points not stored, by reason (same_second: a later sample of the server-second was kept; core_refused: the workers dropped it, see apm_core_points_dropped_total)', 'reason', history.pointsRefused);
+    p.counter('apm_core_exports_total', 'GET /api/v1/export requests', history.exports);
+    p.counter('apm_core_export_lines_total', 'JSON lines exported', history.exportLines);
+    p.counter('apm_core_exports_failed_total', 'Exports that stopped early (their stream ends with an error line)', history.exportsFailed);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
@@ -189,8 +206,8 @@ const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
 
 /** The reason a query API answer counts as refused, or null (success, or not a query route). */
 function refusalReason(path: string, status: number): string | null {
-  if (status < 400 || !(path.startsWith('/api/v1/quer') || livePath.test(path))) return null;
-  const reasons: Record<number, string> = { 400: 'bad_request', 404: 'not_found', 409: 'conflict', 413: 'body_too_large', 429: 'rate_limited', 503: 'busy' };
+  if (status < 400 || !(path.startsWith('/api/v1/quer') || livePath.test(path) || promPath.test(path))) return null;
+  const reasons: Record<number, string> = { 400: 'bad_request', 404: 'not_found', 409: 'conflict', 413: 'body_too_large', 422: 'execution', 429: 'rate_limited', 503: 'busy' };
   return reasons[status] ?? 'error';
 }
 

@@ -159,9 +159,13 @@ export function accessFor(method: string, path: string): Access {
   if (m === 'GET' && (path === '/' || path === '/healthz' || path.startsWith('/ui/'))) return 'public';
   // Racks send batches and their own status report (the dashboard's fleet view) with one token.
   if (m === 'POST' && (path === '/api/v1/ingest' || /^\/api\/v1\/racks\/[^/]+\/status$/.test(path))) return 'ingest';
+  // History is written as the racks write seconds: an ingest token imports for its racks= only.
+  if (m === 'POST' && path === '/api/v1/import') return 'ingest';
   // A rack asks for the shard count before it cuts its sections (issue 12).
   if (m === 'GET' && path === '/api/v1/placement') return 'ingest';
   if (m === 'GET') return 'read';
+  // The Prometheus API's reads may come as form POSTs (Grafana's default, promtool's first try).
+  if (m === 'POST' && promReadPost.test(path)) return 'read';
   if ((m === 'POST' || m === 'PUT' || m === 'DELETE') && (path === '/api/v1/queries' || path.startsWith('/api/v1/queries/'))) return 'write';
   // Anything else that changes state has no role of its own yet: admins only.
   return 'admin';
@@ -175,6 +179,7 @@ export function allows(role: Role, access: Access): boolean {
 }
 
 const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
+const promReadPost = /^\/api\/v1\/(query|query_range|labels|series|query_exemplars|format_query)$/;
 const rackStatusPath = /^\/api\/v1\/racks\/([^/]+)\/status$/;
 
 export interface AuthOptions {

@@ -9,6 +9,7 @@ import { WorkerError, type ShardPool } from '../pool.js';
 import type { QueryCatalog } from './catalog.js';
 import { evalLimitReasonOf, type WindowResult } from './eval.js';
 import { parseQuery, QueryError } from './parse.js';
+import { promInstant } from './prom.js';
 import { parseTime, TimeError } from './time.js';
 
 export const routeLimits = {
@@ -202,9 +203,11 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
   });
 
   app.get('/api/v1/query', async (c) => {
+    // query= is the Prometheus API (Grafana, promtool: core/query/prom.ts); q= is apm's own shape.
+    if (c.req.query('q') === undefined && c.req.query('query') !== undefined) return promInstant(c, pool);
     try {
       const text = c.req.query('q');
-      if (text === undefined) return c.json({ error: 'missing q=<query>' }, 400);
+      if (text === undefined) return c.json({ error: 'missing q=<query> (apm\'s answer), or query=<query> for the Prometheus API\'s' }, 400);
       const q = parseQuery(text);
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.adHocRangeMsMax, 'narrow from/to, or make it a stored query (its results keep for the retention)');
       // The answer starts with the window containing `from` (issue 16.12); the bound counts the
