@@ -11,6 +11,7 @@ import { decodeFrame, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { hashName } from '../schema/names.js';
 import { originRack, sectionAt, type RackSecondMessage } from '../schema/section.js';
+import type { ExportChunk } from './history/export.js';
 import { openLayout, Placement } from './layout.js';
 import type { Reply, SectionRef, ToMain, ToWorker, WorkerConfig, WorkerMetric, WorkerStats } from './protocol.js';
 import type { WindowResult } from './query/eval.js';
@@ -71,6 +72,11 @@ export class ShardPool {
     for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, ingestWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
+  }
+
+  /** Seconds of history kept (an import refuses older points). */
+  get retentionSeconds(): number {
+    return this.opts.store.retentionSeconds;
   }
 
   get shards(): number {
@@ -273,6 +279,13 @@ export class ShardPool {
     const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec });
     if (r.error !== undefined) throw new WorkerError(r.error);
     return r.windows ?? [];
+  }
+
+  /** One bounded chunk of a metric's stored points as JSON lines (core/history/export.ts). */
+  async exportChunk(metric: string, fromSec: number, toSec: number, entriesMax: number): Promise<ExportChunk> {
+    const r = await this.request(this.slotOfMetric(metric), { t: 'export', id: this.nextId++, metric, fromSec, toSec, entriesMax });
+    if (r.error !== undefined || r.chunk === undefined) throw new WorkerError(r.error ?? 'no export chunk in the answer');
+    return r.chunk;
   }
 
   /** Stored results of a query from its worker's store (JSON texts, ascending). */

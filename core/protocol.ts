@@ -1,5 +1,6 @@
 // Messages between the HTTP thread (core/pool.ts) and a worker (core/worker.ts).
 
+import type { ExportChunk } from './history/export.js';
 import type { Layout } from './layout.js';
 import type { WindowResult } from './query/eval.js';
 import type { StoredOptions, StoredQuery } from './query/stored.js';
@@ -29,6 +30,7 @@ export interface SectionRef {
 export type ToWorker =
   | { t: 'ingest'; id: number; h: RequestHeader; sections: SectionRef[]; buf: ArrayBuffer }
   | { t: 'query'; id: number; query: string; fromSec: number; toSec: number }
+  | { t: 'export'; id: number; metric: string; fromSec: number; toSec: number; entriesMax: number }
   | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]> }
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
   | { t: 'metrics'; id: number }
@@ -58,6 +60,6 @@ export interface WorkerMetric {
   lastSeenMs: number;
 }
 
-export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats };
+export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk };
 
 export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };

@@ -49,6 +49,30 @@ export class ServerTable {
     }
   }
 
+  /**
+   * Notes servers whose history was imported (at `atMs`, the newest second of theirs): a server
+   * not known yet is listed with its rack; a known one keeps its rack (an import never moves a
+   * live server) and its first-seen time moves back when the import reaches further.
+   */
+  imported(rack: string, names: readonly string[], atMs: number): void {
+    for (const name of names) {
+      const s = this.byName.get(name);
+      if (s === undefined) {
+        if (this.byName.size >= this.serversMax) {
+          this.refused++;
+          continue;
+        }
+        const n = { name, rack, firstSeenMs: atMs, lastSeenMs: atMs };
+        this.byName.set(name, n);
+        this.dirty.add(n);
+      } else if (atMs < s.firstSeenMs || atMs > s.lastSeenMs) {
+        s.firstSeenMs = Math.min(s.firstSeenMs, atMs);
+        s.lastSeenMs = Math.max(s.lastSeenMs, atMs);
+        this.dirty.add(s);
+      }
+    }
+  }
+
   all(): ServerInfo[] {
     return [...this.byName.values()];
   }

@@ -7,6 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { hashName } from '../schema/names.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
 import { shardOf } from '../schema/section.js';
+import { exportChunk } from './history/export.js';
 import { evaluate } from './query/eval.js';
 import { parseQuery } from './query/parse.js';
 import { StoredQueries, type StoredQuery } from './query/stored.js';
@@ -180,6 +181,10 @@ function handle(m: ToWorker): void {
       const q = parseQuery(m.query);
       const o = storeOfMetric(q.metric);
       return post({ t: 'reply', id: m.id, windows: evaluate(o.store, q, m.fromSec, m.toSec) });
+    }
+    case 'export': {
+      const o = storeOfMetric(m.metric);
+      return post({ t: 'reply', id: m.id, chunk: exportChunk(o.store, m.metric, m.fromSec, m.toSec, config.store.blockSeconds, m.entriesMax) });
     }
     case 'sync': {
       for (const [index, defs] of Object.entries(m.defsByStore)) owned.get(Number(index))?.stored.sync(defs as StoredQuery[], Date.now());

@@ -1,0 +1,109 @@
+// Export of history (issue 15), the worker's side: one metric's stored points over a span, as
+// VictoriaMetrics JSON lines (the format POST /api/v1/import takes), a bounded chunk at a time:
+//   {"metric":{"__name__":"rpc.count","server":"web-01","rack":"r1"},"values":[3,4],"timestamps":[1733000000000,1733000001000]}
+// One line per (server, rack) per chunk, points in time order. A distribution is exported as four
+// gauge series per (server, rack) — `<name>.count`, `.sum`, `.min`, `.max` — its sketches are not
+// (the format holds numbers only); importing them back gives those four gauges. The rack rollup
+// of a distribution is not exported (it is the merge of the servers' summaries).
+
+import { hashName } from '../../schema/names.js';
+import { KindCode } from '../../schema/codec.js';
+import type { DecodedRow } from '../block.js';
+import type { MetricReader } from '../query/eval.js';
+
+export const exportLimits = {
+  /** Points (or summaries) one chunk holds before it stops at a block boundary: ~10 MB of JSON, ~100 ms of a worker. */
+  entriesPerChunkMax: 200_000,
+} as const;
+
+export interface ExportChunk {
+  /** JSON lines, without their newline. */
+  lines: string[];
+  /** Where the next chunk starts (null: the span is done). */
+  nextSecond: number | null;
+  entries: number;
+}
+
+interface Series {
+  labels: { __name__: string; server: string; rack: string };
+  values: number[];
+  timestamps: number[];
+}
+
+/**
+ * The chunk of `name` from `fromSecond` (whole blocks of `blockSeconds`, at least one) up to
+ * `toSecond` exclusive, stopping after the block that reaches entriesMax.
+ */
+export function exportChunk(store: MetricReader, name: string, fromSecond: number, toSecond: number, blockSeconds: number, entriesMax: number = exportLimits.entriesPerChunkMax): ExportChunk {
+  const h = new Uint32Array(2);
+  hashName(name, h, 0);
+  const series = new Map<string, Series>();
+  let entries = 0;
+  let block = fromSecond - (fromSecond % blockSeconds);
+  const get = (server: string, rack: string, suffix: string): Series => {
+    const key = `${server}\u0000${rack}\u0000${suffix}`;
+    let s = series.get(key);
+    if (s === undefined) series.set(key, (s = { labels: { __name__: name + suffix, server, rack }, values: [], timestamps: [] }));
+    return s;
+  };
+  const add = (s: Series, second: number, v: number) => {
+    s.values.push(v);
+    s.timestamps.push(second * 1000);
+  };
+  for (; block < toSecond && entries < entriesMax; block += blockSeconds) {
+    store.read(h[0]!, h[1]!, block, block + blockSeconds, (row: DecodedRow, blockStart: number, rackId: number) => {
+      const rack = store.rackName(rackId) ?? `rack-${rackId}`;
+      row.serverIds.forEach((sid, j) => {
+        const server = store.registry.serverById(sid)?.name;
+        if (server === undefined) return;
+        if (row.kind !== KindCode.Distribution) {
+          const s = get(server, rack, '');
+          for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
+            const second = blockStart + row.pointSecs[i]!;
+            if (second < fromSecond || second >= toSecond) continue;
+            add(s, second, row.pointVals[i]!);
+            entries++;
+          }
+          return;
+        }
+        const d = row.dist;
+        const cols = [
+          ['.count', d.count],
+          ['.sum', d.sum],
+          ['.min', d.min],
+          ['.max', d.max],
+        ] as const;
+        for (const [suffix, col] of cols) {
+          const s = get(server, rack, suffix);
+          for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
+            const second = blockStart + d.secs[i]!;
+            if (second >= fromSecond && second < toSecond) add(s, second, col[i]!);
+          }
+        }
+        for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
+          const second = blockStart + d.secs[i]!;
+          if (second >= fromSecond && second < toSecond) entries++;
+        }
+      });
+    });
+  }
+  const lines: string[] = [];
+  for (const s of series.values()) {
+    if (s.values.length === 0) continue;
+    // Rows of one block come per rack, stored then head: keep each series in time order.
+    if (!ascending(s.timestamps)) sortTogether(s);
+    lines.push(JSON.stringify({ metric: s.labels, values: s.values, timestamps: s.timestamps }));
+  }
+  return { lines, nextSecond: block < toSecond ? block : null, entries };
+}
+
+function ascending(xs: number[]): boolean {
+  for (let i = 1; i < xs.length; i++) if (xs[i]! < xs[i - 1]!) return false;
+  return true;
+}
+
+function sortTogether(s: Series): void {
+  const order = s.timestamps.map((_, i) => i).sort((a, b) => s.timestamps[a]! - s.timestamps[b]!);
+  s.values = order.map((i) => s.values[i]!);
+  s.timestamps = order.map((i) => s.timestamps[i]!);
+}

@@ -1,0 +1,208 @@
+// Import and export of history (issue 15) through a whole core node: JSON lines in, stored
+// through the workers' WAL, read back by queries and by export; refusals counted per line.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { rackSecondBody } from '../../schema/section.js';
+import { buildColumns } from '../../schema/testdata.js';
+import { openNode, type CoreNode } from '../node.js';
+import type { WindowResult } from '../query/eval.js';
+import { runImport, type ImportSummary } from './import.js';
+
+const S = 8;
+const now = Math.floor(Date.now() / 1000);
+const t0 = now - 7200 - (now % 60); // two hours ago, a block start
+
+function line(name: string, labels: Record<string, string>, points: [number, number][]): string {
+  return JSON.stringify({ metric: { __name__: name, ...labels }, values: points.map((p) => p[1]), timestamps: points.map((p) => p[0] * 1000) });
+}
+
+async function* chunks(text: string, size: number): AsyncIterable<Uint8Array> {
+  const b = Buffer.from(text);
+  for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size);
+}
+
+describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
+  let dir: string;
+  let node: CoreNode;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), `apm-history-${workers}-`));
+    node = await openNode({ dataDir: dir, workers, shards: S, queryLatenessMs: 0, flushGraceMs: 0, retentionSeconds: 86_400 });
+  });
+  afterAll(async () => {
+    await node.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function post(body: string | Uint8Array, headers: Record<string, string> = {}): Promise<{ status: number; json: ImportSummary & { error?: string; reason?: string } }> {
+    const r = await node.app.request('/api/v1/import', { method: 'POST', body, headers });
+    return { status: r.status, json: (await r.json()) as ImportSummary & { error?: string } };
+  }
+
+  async function query(text: string, from: number, to: number): Promise<WindowResult[]> {
+    const r = await node.app.request(`/api/v1/query?q=${encodeURIComponent(text)}&from=${from * 1000}&to=${to * 1000}`);
+    expect(r.status).toBe(200);
+    return ((await r.json()) as { windows: WindowResult[] }).windows;
+  }
+
+  async function exported(metric: string, from: number, to: number): Promise<{ metric: Record<string, string>; values: number[]; timestamps: number[] }[]> {
+    const r = await node.app.request(`/api/v1/export?match[]=${encodeURIComponent(metric)}&from=${from * 1000}&to=${to * 1000}`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toContain('application/x-ndjson');
+    const text = await r.text();
+    return text
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => JSON.parse(l) as { metric: Record<string, string>; values: number[]; timestamps: number[] });
+  }
+
+  it('stores every series of a JSON-lines body as gauges, answers queries from it, and exports the same points', async () => {
+    const lines: string[] = [];
+    for (let s = 0; s < 5; s++) {
+      const pts: [number, number][] = [];
+      for (let t = t0; t < t0 + 180; t++) pts.push([t, s * 1000 + (t - t0)]);
+      // server, instance (its :port dropped) and host name the server; rack defaults to "import".
+      const labels: Record<string, string> = s === 0 ? { instance: 'db-0:9100' } : s === 1 ? { host: 'db-1', rack: 'r9' } : { server: `db-${s}`, rack: 'r9', job: 'ignored' };
+      lines.push(line('imp.load', labels, pts));
+    }
+    const r = await post(lines.join('\n') + '\n');
+    expect(r.status).toBe(200);
+    expect(r.json).toMatchObject({ lines: 5, series: 5, points: 900, stored: 900, linesRefused: {}, pointsRefused: {}, fromSecond: t0, toSecond: t0 + 179 });
+    const w = await query('FROM db-* SELECT imp.load WINDOW 60s COMPUTE count, min, max, sum', t0, t0 + 180);
+    expect(w.map((x) => x.values)).toEqual([0, 1, 2].map((k) => ({ count: 300, min: 60 * k, max: 4000 + 60 * k + 59, sum: 60 * (0 + 1000 + 2000 + 3000 + 4000) + 5 * (60 * 60 * k + (59 * 60) / 2) })));
+    // Racks are kept: rack:r9 is db-1..db-4.
+    expect((await query('FROM rack:r9 SELECT imp.load WINDOW 60s COMPUTE min', t0, t0 + 60))[0]!.values).toEqual({ min: 1000 });
+    const out = await exported('imp.load', t0, t0 + 180);
+    expect(out.map((l) => [l.metric['server'], l.metric['rack']]).sort()).toEqual([['db-0', 'import'], ['db-1', 'r9'], ['db-2', 'r9'], ['db-3', 'r9'], ['db-4', 'r9']]);
+    for (const l of out) {
+      const s = Number(l.metric['server']!.slice(3));
+      expect(l.metric['__name__']).toBe('imp.load');
+      expect(l.timestamps).toEqual(Array.from({ length: 180 }, (_, i) => (t0 + i) * 1000));
+      expect(l.values).toEqual(Array.from({ length: 180 }, (_, i) => s * 1000 + i));
+    }
+    // Imported servers are listed with their rack, last seen at their newest imported second.
+    const servers = ((await (await node.app.request('/api/v1/servers')).json()) as { servers: { id: string; rack: string; lastSeenMs: number }[] }).servers;
+    expect(servers.find((s) => s.id === 'db-2')).toMatchObject({ rack: 'r9', lastSeenMs: (t0 + 179) * 1000 });
+  });
+
+  it('refuses each bad line alone, by reason, and each bad point alone; keeps the last sample of a server-second', async () => {
+    const body = [
+      'not json',
+      JSON.stringify({ values: [1], timestamps: [t0 * 1000] }),
+      line('bad name!', { server: 'a' }, [[t0, 1]]),
+      line('imp.bad', {}, [[t0, 1]]),
+      line('imp.bad', { server: 'no spaces' }, [[t0, 1]]),
+      line('imp.bad', { server: 'a', rack: 'r/1' }, [[t0, 1]]),
+      JSON.stringify({ metric: { __name__: 'imp.bad', server: 'a' }, values: [1, 2], timestamps: [t0 * 1000] }),
+      '',
+      // Good line: a NaN-free null, a time before 2001, one past the retention, one far in the future, two samples in one second.
+      JSON.stringify({ metric: { __name__: 'imp.mixed', server: 'mix-1' }, values: [null, 1, 2, 3, 4, 5], timestamps: [t0 * 1000, 5_000, (now - 90_000) * 1000, (now + 3600) * 1000, (t0 + 1) * 1000, (t0 + 1) * 1000 + 500] }),
+    ].join('\n');
+    const r = await post(body);
+    expect(r.status).toBe(200);
+    expect(r.json).toMatchObject({
+      lines: 8,
+      series: 1,
+      points: 6,
+      stored: 1,
+      sameSecond: 1,
+      linesRefused: { bad_json: 2, bad_name: 1, no_server: 1, bad_server: 1, bad_rack: 1, bad_columns: 1 },
+      pointsRefused: { bad_value: 1, bad_time: 2, past_retention: 1 },
+    });
+    expect(r.json.errors.map((e) => [e.line, e.reason])).toEqual([
+      [1, 'bad_json'],
+      [2, 'bad_json'],
+      [3, 'bad_name'],
+      [4, 'no_server'],
+      [5, 'bad_server'],
+      [6, 'bad_rack'],
+      [7, 'bad_columns'],
+    ]);
+    expect((await exported('imp.mixed', t0, t0 + 2))[0]).toMatchObject({ values: [5], timestamps: [(t0 + 1) * 1000] });
+    const metrics = await (await node.app.request('/metrics')).text();
+    expect(metrics).toMatch(/apm_core_import_lines_refused_total\{reason="bad_json"\} [2-9]/);
+    expect(metrics).toMatch(/apm_core_import_points_refused_total\{reason="same_second"\} [1-9]/);
+  });
+
+  it('takes a gzip body, and a body in small chunks with lines split across them; holds a bounded buffer (several flushes) and refuses an over-long line alone', async () => {
+    const lines = Array.from({ length: 20 }, (_, s) =>
+      line(
+        'imp.chunked',
+        { server: `ch-${s}` },
+        Array.from({ length: 60 }, (_, i): [number, number] => [t0 + 600 + i, s + i / 100]),
+      ),
+    );
+    const gz = await post(gzipSync(lines.slice(0, 10).join('\n')), { 'content-encoding': 'gzip' });
+    expect(gz.json).toMatchObject({ series: 10, stored: 600 });
+    const long = line('imp.chunked', { server: 'ch-long' }, Array.from({ length: 500 }, (_, i): [number, number] => [t0 + 600 + i, i]));
+    const s = await runImport(chunks([...lines.slice(10, 15), long, ...lines.slice(15)].join('\n'), 7), {
+      shards: S,
+      retentionSeconds: 86_400,
+      ingest: (b) => node.pool.ingest(b),
+      mayRack: () => true,
+      limits: { pointsBufferedMax: 97, lineBytesMax: 4096 },
+    });
+    expect(s).toMatchObject({ lines: 11, series: 10, stored: 600, linesRefused: { line_too_long: 1 } });
+    expect(s.errors[0]).toMatchObject({ line: 6, reason: 'line_too_long' });
+    const w = await query('FROM ch-* SELECT imp.chunked WINDOW 60s COMPUTE count, sum', t0 + 600, t0 + 660);
+    expect(w[0]!.values['count']).toBe(1200);
+    expect(w[0]!.values['sum']).toBeCloseTo(60 * (19 * 20) / 2 + 20 * (59 * 60) / 200, 6);
+    expect(await post(Buffer.from([0x1f, 0x8b, 1, 2, 3]), { 'content-encoding': 'gzip' })).toMatchObject({ status: 400 });
+    expect((await post('x', { 'content-encoding': 'br' })).status).toBe(415);
+  });
+
+  it('counts points the workers refuse (a gauge import into a distribution metric) and stores the rest', async () => {
+    const body = rackSecondBody({ rack: 'live', session: 5, seq: 1, second: t0 + 900, late: false, shards: S, servers: [{ server: 'live-1', blocks: [buildColumns([], [{ name: 'imp.dist', values: [1, 2, 3] }])] }], rollup: buildColumns([], [], ['imp.dist']) });
+    expect((await node.pool.ingest(body)).status).toBe(204);
+    const r = await post([line('imp.dist', { server: 'live-1' }, [[t0 + 901, 1]]), line('imp.fine', { server: 'live-1' }, [[t0 + 901, 1]])].join('\n'));
+    expect(r.json).toMatchObject({ series: 2, stored: 1, pointsRefused: { core_refused: 1 } });
+    // A distribution exports as four gauges per server.
+    const out = await exported('imp.dist', t0 + 900, t0 + 901);
+    expect(Object.fromEntries(out.map((l) => [l.metric['__name__'], l.values]))).toEqual({ 'imp.dist.count': [3], 'imp.dist.sum': [6], 'imp.dist.min': [1], 'imp.dist.max': [3] });
+  });
+
+  it('exports in bounded chunks (one block or more each) whose lines together hold every point once', async () => {
+    const pts: [number, number][] = Array.from({ length: 600 }, (_, i) => [t0 + 1200 + i, i]);
+    expect((await post(line('imp.long', { server: 'lg-1' }, pts))).json).toMatchObject({ stored: 600 });
+    const seen: number[] = [];
+    let at: number | null = t0 + 1230;
+    let chunks = 0;
+    while (at !== null) {
+      const c = await node.pool.exportChunk('imp.long', at, t0 + 1790, 50);
+      chunks++;
+      for (const l of c.lines) seen.push(...(JSON.parse(l) as { timestamps: number[] }).timestamps.map((ms) => ms / 1000));
+      at = c.nextSecond;
+    }
+    // Ten blocks: the first holds 30 points (< 50), so its chunk takes the next block too; then one block (60) a chunk.
+    expect(chunks).toBe(9);
+    expect(seen).toEqual(Array.from({ length: 560 }, (_, i) => t0 + 1230 + i));
+  });
+
+  it('answers clear errors: no match, a selector it cannot export, bad times; one import at a time', async () => {
+    expect((await node.app.request('/api/v1/export')).status).toBe(400);
+    expect((await node.app.request('/api/v1/export?match[]=' + encodeURIComponent('{job="x"}'))).status).toBe(400);
+    expect((await node.app.request('/api/v1/export?match[]=x&from=yesterday')).status).toBe(400);
+    expect((await node.app.request(`/api/v1/export?match[]=${encodeURIComponent('{__name__="imp.load"}')}&from=-3h`)).status).toBe(200);
+    // A second import while one streams its body: 409.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const slow = new ReadableStream<Uint8Array>({
+      async pull(ctl) {
+        await gate;
+        ctl.enqueue(Buffer.from(line('imp.slow', { server: 's' }, [[t0, 1]])));
+        ctl.close();
+      },
+    });
+    const first = node.app.request('/api/v1/import', { method: 'POST', body: slow, duplex: 'half' } as RequestInit);
+    await new Promise((r) => setTimeout(r, 50));
+    const second = await post(line('imp.slow', { server: 's' }, [[t0, 2]]));
+    expect(second).toMatchObject({ status: 409, json: { reason: 'import_running' } });
+    release();
+    expect((await first).status).toBe(200);
+  });
+});
+

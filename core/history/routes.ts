@@ -1,0 +1,140 @@
+// Routes for moving history in and out (issue 15): POST /api/v1/import takes VictoriaMetrics
+// JSON lines (core/history/import.ts), GET /api/v1/export writes them (core/history/export.ts).
+
+import type { Hono } from 'hono';
+import { stream } from 'hono/streaming';
+import { isMetricName } from '../../schema/names.js';
+import { mayRack } from '../auth.js';
+import { WorkerError, type ShardPool } from '../pool.js';
+import { parseTime, TimeError } from '../query/time.js';
+import type { ServerTable } from '../servers.js';
+import { exportLimits } from './export.js';
+import { ImportError, runImport, type ImportSummary } from './import.js';
+
+export const historyLimits = {
+  /** Metrics one export names (each is read chunk by chunk). */
+  exportMetricsMax: 100,
+  /** Imports running at once: their requests share the import origin's de-duplication per rack. */
+  importsAtOnce: 1,
+} as const;
+
+/** What /metrics shows of imports and exports. */
+export class HistoryCounters {
+  imports = 0;
+  importsFailed = 0;
+  importsRefusedBusy = 0;
+  linesRefused: Record<string, number> = {};
+  pointsStored = 0;
+  pointsRefused: Record<string, number> = {};
+  exports = 0;
+  exportLines = 0;
+  exportsFailed = 0;
+
+  add(s: ImportSummary): void {
+    this.pointsStored += s.stored;
+    for (const [k, v] of Object.entries(s.linesRefused)) this.linesRefused[k] = (this.linesRefused[k] ?? 0) + v;
+    for (const [k, v] of Object.entries(s.pointsRefused)) this.pointsRefused[k] = (this.pointsRefused[k] ?? 0) + v;
+    this.pointsRefused['same_second'] = (this.pointsRefused['same_second'] ?? 0) + s.sameSecond;
+  }
+}
+
+export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable }): HistoryCounters {
+  const { pool, servers } = deps;
+  const counters = new HistoryCounters();
+  let running = 0;
+
+  app.post('/api/v1/import', async (c) => {
+    if (running >= historyLimits.importsAtOnce) {
+      counters.importsRefusedBusy++;
+      return c.json({ error: 'an import is running on this core; run imports one after another (they share its de-duplication)', reason: 'import_running' }, 409);
+    }
+    const raw = c.req.raw.body;
+    if (raw === null) return c.json({ error: 'the body holds the JSON lines to import (one series a line: {"metric":{"__name__":…,"server":…},"values":[…],"timestamps":[…]})' }, 400);
+    const encoding = (c.req.header('content-encoding') ?? 'identity').toLowerCase();
+    if (encoding !== 'identity' && encoding !== 'gzip') return c.json({ error: `content-encoding ${encoding} is not taken; send identity or gzip` }, 415);
+    const body = encoding === 'gzip' ? raw.pipeThrough(new DecompressionStream('gzip')) : raw;
+    const grant = c.get('apmRacks') ?? '*';
+    running++;
+    counters.imports++;
+    try {
+      const summary = await runImport(body as unknown as AsyncIterable<Uint8Array>, {
+        shards: pool.shards,
+        retentionSeconds: pool.retentionSeconds,
+        ingest: (b) => pool.ingest(b),
+        mayRack: (rack) => mayRack(grant, rack),
+        onStored: (rack, names, second) => servers.imported(rack, names, second * 1000),
+      });
+      counters.add(summary);
+      return c.json(summary, 200);
+    } catch (err) {
+      counters.importsFailed++;
+      if (err instanceof ImportError) {
+        counters.add(err.summary);
+        return c.json({ error: err.message, ...err.summary }, err.status);
+      }
+      // The body stream failed (a client that went away, a corrupt gzip stream).
+      return c.json({ error: `import stopped: ${(err as Error).message}; what was acknowledged before is stored`, reason: 'body' }, 400);
+    } finally {
+      running--;
+    }
+  });
+
+  app.get('/api/v1/export', (c) => {
+    const matches = [...c.req.queries('match[]') ?? [], ...c.req.queries('metric') ?? []];
+    if (matches.length === 0) return c.json({ error: 'name the metrics: match[]=<metric> (or {__name__="<metric>"}), repeatable; from/to bound the time (default: the last hour)' }, 400);
+    if (matches.length > historyLimits.exportMetricsMax) return c.json({ error: `${matches.length} metrics > ${historyLimits.exportMetricsMax} per export` }, 400);
+    const names: string[] = [];
+    for (const m of matches) {
+      const name = metricOfMatch(m);
+      if (name === null) return c.json({ error: `match ${JSON.stringify(m)} is not a metric name nor {__name__="<metric name>"} (apm exports whole metrics; filter servers after)` }, 400);
+      names.push(name);
+    }
+    let fromMs: number;
+    let toMs: number;
+    try {
+      const now = Date.now();
+      toMs = parseTime(c.req.query('to'), now, now, 'to');
+      fromMs = parseTime(c.req.query('from'), toMs - 3_600_000, now, 'from');
+    } catch (err) {
+      if (err instanceof TimeError) return c.json({ error: err.message }, 400);
+      throw err;
+    }
+    if (fromMs >= toMs) return c.json({ error: `from (${fromMs}) must be before to (${toMs})` }, 400);
+    counters.exports++;
+    c.header('content-type', 'application/x-ndjson');
+    return stream(c, async (out) => {
+      let aborted = false;
+      out.onAbort(() => {
+        aborted = true;
+      });
+      try {
+        for (const name of names) {
+          let at: number | null = Math.floor(fromMs / 1000);
+          const end = Math.ceil(toMs / 1000);
+          while (at !== null && !aborted) {
+            // One bounded chunk at a time, written before the next is read: memory stays one chunk.
+            const chunk = await pool.exportChunk(name, at, end, exportLimits.entriesPerChunkMax);
+            if (chunk.lines.length > 0) await out.write(chunk.lines.join('\n') + '\n');
+            counters.exportLines += chunk.lines.length;
+            at = chunk.nextSecond;
+          }
+        }
+      } catch (err) {
+        // The status is sent: the stream ends with a line saying why, which an import refuses (counted), and no more.
+        counters.exportsFailed++;
+        const why = err instanceof WorkerError ? err.message : String(err);
+        await out.write(JSON.stringify({ error: `export stopped: ${why}` }) + '\n');
+      }
+    });
+  });
+
+  return counters;
+}
+
+/** The metric a match[] names: `name` or `{__name__="name"}`; null for anything else. */
+function metricOfMatch(m: string): string | null {
+  const t = m.trim();
+  if (isMetricName(t)) return t;
+  const sel = /^\{\s*__name__\s*=\s*"([^"]+)"\s*\}$/.exec(t);
+  return sel !== null && isMetricName(sel[1]!) ? sel[1]! : null;
+}
