@@ -108,7 +108,7 @@ export function addDashboardRoutes(app: Hono, deps: DashboardDeps): void {
   });
 }
 
-/** What the fleet view shows: core rates and lag, and per rack its servers and its own report. */
+/** What the fleet view shows: core rates and lag, per rack its servers and its own report, and the StatsD lines refused by reason. */
 export function statusJson(deps: DashboardDeps, nowMs: number): object {
   const { pool, servers, stored, status } = deps;
   const st = pool.stats();
@@ -151,5 +151,7 @@ export function statusJson(deps: DashboardDeps, nowMs: number): object {
       reportedMs: reports.get(id)?.reportedMs ?? null,
       report: reports.get(id)?.status ?? null,
     })),
+    // StatsD lines the edges refused, per reason, fleet-wide over the last minutes (cached; issue 15).
+    statsdRefused: status.statsdRefusals.view(pool, nowMs),
   };
 }

@@ -1,7 +1,8 @@
 // The system's own health for the dashboard's fleet view (issue 6): ingest rates from the
 // core's counters sampled each second, freshness (newest second ingested, stored-query lag),
 // and the status each rack reports about itself (loss recovered and lost, spool depth) — so
-// one page on the core shows every tier without reaching the racks' own HTTP ports.
+// one page on the core shows every tier without reaching the racks' own HTTP ports; and the
+// StatsD lines the edges refused, per reason, fleet-wide (issue 15).
 
 import { coreLimits } from './limits.js';
 
@@ -75,6 +76,8 @@ export class CoreStatus {
   racksRefused = 0;
   /** Reports dropped for age (their rack stopped reporting). */
   racksExpired = 0;
+  /** StatsD lines the fleet's edges refused, per reason (issue 15). */
+  readonly statsdRefusals = new StatsdRefusals();
 
   constructor(private readonly opts: StatusOptions) {
     this.reportTtlMs = opts.reportTtlMs ?? coreLimits.rackReportTtlMs;
@@ -129,5 +132,105 @@ export class CoreStatus {
   rackReports(nowMs = Date.now()): { rack: string; reportedMs: number; status: RackStatus }[] {
     this.expire(nowMs);
     return [...this.racks].map(([rack, r]) => ({ rack, reportedMs: r.reportedMs, status: r.status }));
+  }
+}
+
+/**
+ * Bounds of the fleet's StatsD refusal table (issue 15). Here rather than in core/limits.ts
+ * because only this table uses them.
+ */
+export const statsdRefusalLimits = {
+  /** "Recently": the refusals summed over the last 5 minutes (an edge counts a reason each second). */
+  windowSeconds: 300,
+  /** The table is recomputed at most this often, and only while someone reads the status: one
+   *  metric list and one small query per reason seen, one query at a time. */
+  refreshMs: 15_000,
+  /** Reasons shown: ~20 exist (`apm edge --help`); more names under the prefixes are counted, not queried. */
+  reasonsMax: 64,
+  /** Query windows: 30 of them per reason per refresh. */
+  querySeconds: 10,
+} as const;
+
+/** The edge's refusal families (edge/edge.ts reportSelf): `<prefix><reason>` counters. */
+export const refusalPrefixes = ['apm.edge.statsd.malformed.', 'apm.edge.statsd.refused.', 'apm.edge.dropped.'] as const;
+
+/** What the table is computed from (the pool: its metric list and ad-hoc queries). */
+export interface RefusalSource {
+  metrics(): Promise<{ name: string | null; lastSeenMs: number }[]>;
+  query(text: string, metric: string, fromSec: number, toSec: number): Promise<{ values: Record<string, number> }[]>;
+}
+
+export interface RefusalRow {
+  /** The counter, e.g. apm.edge.statsd.refused.event. */
+  metric: string;
+  /** malformed, refused or dropped. */
+  family: string;
+  reason: string;
+  /** Lines (or values, for dropped) refused fleet-wide in the window. */
+  count: number;
+}
+
+export interface RefusalTable {
+  /** When the figures were computed (null before the first refresh ends). */
+  updatedMs: number | null;
+  windowSeconds: number;
+  rows: RefusalRow[];
+  /** Reason counters beyond reasonsMax, not queried. */
+  omitted: number;
+  /** Why the last refresh failed (the previous rows are kept), else null. */
+  error: string | null;
+}
+
+/**
+ * StatsD lines refused fleet-wide per reason, from the stored `apm.edge.statsd.malformed.*`,
+ * `apm.edge.statsd.refused.*` and `apm.edge.dropped.*` counters (every server's edge sends
+ * them). Cached: a status request reads the last table and, when it is older than refreshMs,
+ * starts one refresh in the background (never two at once), so requests never wait on queries.
+ */
+export class StatsdRefusals {
+  private table: RefusalTable = { updatedMs: null, windowSeconds: statsdRefusalLimits.windowSeconds, rows: [], omitted: 0, error: null };
+  private refreshing: Promise<void> | null = null;
+  private startedMs = -Infinity;
+  refreshes = 0;
+
+  /** The newest table; starts a refresh when it is stale and none is running. */
+  view(source: RefusalSource, nowMs: number): RefusalTable {
+    if (this.refreshing === null && nowMs - this.startedMs >= statsdRefusalLimits.refreshMs) {
+      this.startedMs = nowMs;
+      this.refreshing = this.refresh(source, nowMs).finally(() => (this.refreshing = null));
+    }
+    return this.table;
+  }
+
+  /** Resolves when the running refresh (if any) ends (tests). */
+  async settled(): Promise<void> {
+    await this.refreshing;
+  }
+
+  /** Recomputes the table for the window ending at `nowMs`; a failure keeps the old rows and says why. */
+  async refresh(source: RefusalSource, nowMs: number): Promise<void> {
+    const L = statsdRefusalLimits;
+    const toSec = Math.ceil(nowMs / 1000);
+    const fromSec = toSec - L.windowSeconds;
+    try {
+      // Counters idle for counterIdleSeconds stop; a reason unseen since the window began has nothing in it.
+      const names = (await source.metrics())
+        .filter((m) => m.name !== null && m.lastSeenMs >= (fromSec - 60) * 1000 && refusalPrefixes.some((p) => m.name!.startsWith(p)))
+        .map((m) => m.name!)
+        .sort();
+      const rows: RefusalRow[] = [];
+      for (const metric of names.slice(0, L.reasonsMax)) {
+        const windows = await source.query(`FROM * SELECT ${metric} WINDOW ${L.querySeconds}s COMPUTE sum`, metric, fromSec, toSec);
+        const count = windows.reduce((n, w) => n + (w.values.sum ?? 0), 0);
+        const prefix = refusalPrefixes.find((p) => metric.startsWith(p))!;
+        if (count > 0) rows.push({ metric, family: prefix.split('.').at(-2)!, reason: metric.slice(prefix.length), count });
+      }
+      rows.sort((a, b) => b.count - a.count || a.metric.localeCompare(b.metric));
+      this.table = { updatedMs: nowMs, windowSeconds: L.windowSeconds, rows, omitted: Math.max(0, names.length - L.reasonsMax), error: null };
+    } catch (err) {
+      this.table = { ...this.table, error: `the refusal table was not refreshed at ${new Date(nowMs).toISOString()}: ${(err as Error).message}` };
+    } finally {
+      this.refreshes++;
+    }
   }
 }
