@@ -656,6 +656,7 @@ async function refreshFleet() {
   }
   renderHealth(status, counts);
   renderRacks(status, perRack);
+  renderStatsdRefusals(status);
   renderServers(servers, status.nowMs);
 }
 
@@ -684,6 +685,34 @@ function renderHealth(status, counts) {
     card('batches late / duplicate', `${fmt(c.batchesLate)} / ${fmt(c.batchesDuplicate)}`),
   );
   $('health').title = 'servers: reporting / late / silent';
+}
+
+/**
+ * StatsD lines the edges refused, per reason, fleet-wide over the last minutes (issue 15:
+ * status.statsdRefused, computed by the core every 15 s from the edges' apm.edge.* counters;
+ * `apm edge --help` says what each reason means). Builds its own heading and table after the
+ * racks table the first time.
+ */
+function renderStatsdRefusals(status) {
+  const t = status.statsdRefused;
+  if (t === undefined) return;
+  let table = $('statsd-refused');
+  if (table === null) {
+    table = el('table', { id: 'statsd-refused', class: 'grid' }, el('thead', {}, el('tr', {}, el('th', {}, 'family'), el('th', {}, 'reason'), el('th', {}, 'lines'), el('th', {}, 'metric'))), el('tbody'));
+    const note = el('p', { id: 'statsd-refused-note', class: 'hint' });
+    $('racks').after(el('h2', {}, 'StatsD lines refused'), note, table);
+  }
+  const minutes = Math.round(t.windowSeconds / 60);
+  const when = t.updatedMs === null ? 'computing…' : `computed ${fmtAge(status.nowMs - t.updatedMs)}`;
+  const parts = [`fleet-wide, last ${minutes} min, ${when}`];
+  if (t.updatedMs !== null && t.rows.length === 0) parts.push('none refused');
+  if (t.omitted > 0) parts.push(`${t.omitted} more reasons not shown`);
+  if (t.error !== null) parts.push(t.error);
+  $('statsd-refused-note').textContent = parts.join(' · ');
+  const rows = t.rows.map((r) =>
+    el('tr', { 'data-reason': r.metric }, el('td', {}, r.family), el('td', {}, r.reason), el('td', { class: 'n' }, fmt(r.count)), el('td', {}, r.metric)),
+  );
+  table.tBodies[0].replaceChildren(...rows);
 }
 
 function renderRacks(status, perRack) {
