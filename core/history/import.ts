@@ -26,8 +26,10 @@ export const importLimits = {
   lineBytesMax: 64 * 1024 * 1024,
   /** Points held before they are cut into requests and made durable (~22 B each): bounds the import's memory. */
   pointsBufferedMax: 1_000_000,
-  /** Requests awaiting the workers at once: enough to share their group commits. */
-  inFlightMax: 4,
+  /** Requests awaiting the workers at once. History often has few series a second, so its
+   * requests are small: many share each synced commit (group commit). Well under the workers'
+   * ingestWaitingPerWorkerMax (512), so live racks keep their room. */
+  inFlightMax: 64,
   /** A request answered 503 (a busy or restarting worker, a full head) is retried for this long, then the import stops with 503. */
   retryForMs: 120_000,
   /** Refused lines described in the answer (all are counted). */
