@@ -698,7 +698,7 @@ function renderStatsdRefusals(status) {
   if (t === undefined) return;
   let table = $('statsd-refused');
   if (table === null) {
-    table = el('table', { id: 'statsd-refused', class: 'grid' }, el('thead', {}, el('tr', {}, el('th', {}, 'family'), el('th', {}, 'reason'), el('th', {}, 'lines'), el('th', {}, 'metric'))), el('tbody'));
+    table = el('table', { id: 'statsd-refused', class: 'grid' }, el('thead', {}, el('tr', {}, el('th', {}, 'family'), el('th', {}, 'reason'), el('th', { title: 'lines (malformed, refused) or values (dropped)' }, 'count'), el('th', {}, 'metric'))), el('tbody'));
     const note = el('p', { id: 'statsd-refused-note', class: 'hint' });
     $('racks').after(el('h2', {}, 'StatsD lines refused'), note, table);
   }
