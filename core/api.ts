@@ -156,6 +156,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_row_slices_over_50ms_total', 'Row-writing slices longer than 50 ms (the pause target)', s('slices_over_50ms'));
     p.counter('apm_core_flush_errors_total', 'Row writes that failed and will be retried', s('flush_errors'));
     p.counter('apm_core_retention_rows_deleted_total', 'Rows deleted past the retention', s('retention_rows_deleted'));
+    p.counter('apm_core_retention_results_deleted_total', 'Stored-query results deleted past the retention (windows that start before it)', s('results_deleted'));
     p.counter('apm_core_wal_replayed_total', 'Sections replayed from the WAL when workers started', s('wal_replayed'));
     p.counter('apm_core_wal_corrupt_total', 'WAL entries that did not decode at replay (kept for inspection)', s('wal_corrupt'));
     p.gauge('apm_core_head_bytes', 'Bytes of data not yet written as rows', st.heldBytes);

@@ -115,7 +115,10 @@ const timers = [
     for (const { stored } of owned.values()) void stored.tick(Date.now()).catch((e: unknown) => post({ t: 'log', message: `stored queries failed: ${String(e)}` }));
   }, 250),
   setInterval(() => {
-    for (const { store } of owned.values()) void store.retentionSweep(Date.now()).catch((e: unknown) => post({ t: 'log', message: `retention sweep failed: ${String(e)}` }));
+    for (const { store, stored } of owned.values()) {
+      void store.retentionSweep(Date.now()).catch((e: unknown) => post({ t: 'log', message: `retention sweep failed: ${String(e)}` }));
+      void stored.retentionSweep(Date.now(), config.store.retentionSeconds).catch((e: unknown) => post({ t: 'log', message: `retention sweep of stored-query results failed: ${String(e)}` }));
+    }
   }, config.retentionSweepMs),
   setInterval(() => {
     for (const { store } of owned.values()) store.saveRegistry();

@@ -223,6 +223,11 @@ describe('stored queries across a restart', () => {
     await stored.tick((t0 + 61) * 1000);
     expect(stored.lagSeconds((t0 + 61) * 1000)).toBeLessThanOrEqual(0);
     expect(stored.resultsJson('q1', 0, 8.64e15, 100).map((j) => (JSON.parse(j) as WindowResult).values.max)).toEqual([9, 19, 29, 39, 49, 59]);
+    // Results of windows that start before the retention go with the rows (they grew for ever):
+    // 30 s of retention at t0 + 60 keeps the windows from t0 + 30 on; in bounded transactions.
+    expect(await stored.retentionSweep((t0 + 60) * 1000, 30, 2)).toBe(3);
+    expect(stored.resultsJson('q1', 0, 8.64e15, 100).map((j) => (JSON.parse(j) as WindowResult).values.max)).toEqual([39, 49, 59]);
+    expect(stored.counters.results_deleted).toBe(3);
     await store.close();
   });
 });

@@ -59,7 +59,7 @@ export class StoredQueries {
   private readonly lateSeconds = new Set<number>();
   private running: Promise<void> | null = null;
   /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
-  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0 };
+  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0 };
   /** Each new or revised window, once stored. */
   onWindow: Listener | null = null;
 
@@ -119,6 +119,30 @@ export class StoredQueries {
     let lag = 0;
     for (const s of this.states.values()) lag = Math.max(lag, nowMs / 1000 - (s.next + s.parsed.windowSeconds));
     return lag;
+  }
+
+  /**
+   * Deletes results of windows that start before the retention, in bounded transactions (they
+   * describe rows already deleted; without it a stored query's results grew for ever). Returns
+   * how many went.
+   */
+  async retentionSweep(nowMs: number, retentionSeconds: number, batchKeys = 5000): Promise<number> {
+    const cutoffMs = nowMs - retentionSeconds * 1000;
+    let deleted = 0;
+    for (const id of [...this.states.keys()]) {
+      for (;;) {
+        const keys = [...this.results.getKeys({ start: resultKey(id, 0), end: resultKey(id, cutoffMs), limit: batchKeys })];
+        if (keys.length === 0) break;
+        this.root.transactionSync(() => {
+          for (const k of keys) this.results.remove(k);
+        });
+        deleted += keys.length;
+        if (keys.length < batchKeys) break;
+        await new Promise((r) => setImmediate(r)); // let ingest and queries run between chunks
+      }
+    }
+    this.counters.results_deleted += deleted;
+    return deleted;
   }
 
   /** Stored results with start in [fromMs, toMs), at most `limit + 1` (the caller refuses more than limit). */
