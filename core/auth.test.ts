@@ -76,6 +76,9 @@ describe('tokens file', () => {
     f('GET', '/healthz', 'public');
     f('GET', '/', 'public');
     f('GET', '/ui/app.js', 'public');
+    // Browsers ask for it on every page load, without a token (it answered 401 and counted an auth failure).
+    f('GET', '/favicon.ico', 'public');
+    f('POST', '/api/v1/import', 'ingest');
     f('GET', '/metrics', 'read');
     f('HEAD', '/api/v1/servers', 'read');
     f('POST', '/api/v1/ingest', 'ingest');

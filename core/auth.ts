@@ -156,7 +156,7 @@ export class TokenSet {
 /** Which role a request needs (DESIGN §5): GET read; stored-query changes write; ingest ingest. */
 export function accessFor(method: string, path: string): Access {
   const m = method === 'HEAD' ? 'GET' : method;
-  if (m === 'GET' && (path === '/' || path === '/healthz' || path.startsWith('/ui/'))) return 'public';
+  if (m === 'GET' && (path === '/' || path === '/healthz' || path === '/favicon.ico' || path.startsWith('/ui/'))) return 'public';
   // Racks send batches and their own status report (the dashboard's fleet view) with one token.
   if (m === 'POST' && (path === '/api/v1/ingest' || /^\/api\/v1\/racks\/[^/]+\/status$/.test(path))) return 'ingest';
   // History is written as the racks write seconds: an ingest token imports for its racks= only.

@@ -64,6 +64,8 @@ export class Forwarder {
   /** Newest second whose batch the core acknowledged (0: none yet). */
   ackedSecond = 0;
   /** Seconds from a second's end to the core's acknowledgement of its batch. */
+  /** The path of --core (no trailing slash): '' for a core at the root. */
+  private readonly base: string;
   readonly ackLatency = new Histogram([0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 30, 60, 120, 300]);
 
   constructor(
@@ -71,6 +73,8 @@ export class Forwarder {
     private readonly opts: ForwarderOptions,
   ) {
     const url = new URL(opts.coreUrl);
+    // A core behind a reverse proxy at a path prefix (--core https://proxy/apm): routes go under it.
+    this.base = url.pathname.replace(/\/+$/, '');
     this.pool = new Pool(url.origin, {
       connections: opts.concurrency,
       pipelining: 1,
@@ -101,7 +105,7 @@ export class Forwarder {
   }
 
   private async getPlacement(): Promise<{ status: number; text: string }> {
-    const res = await this.pool.request({ path: new URL('/api/v1/placement', this.opts.coreUrl).pathname, method: 'GET', headers: this.authHeader() });
+    const res = await this.pool.request({ path: `${this.base}/api/v1/placement`, method: 'GET', headers: this.authHeader() });
     return { status: res.statusCode, text: (await res.body.text()).slice(0, 1000) };
   }
 
@@ -165,7 +169,7 @@ export class Forwarder {
     let detail = '';
     try {
       const res = await this.pool.request({
-        path: new URL('/api/v1/ingest', this.opts.coreUrl).pathname,
+        path: `${this.base}/api/v1/ingest`,
         method: 'POST',
         headers: { 'content-type': bodyContentType, ...this.authHeader() },
         body: bytes,
@@ -278,7 +282,7 @@ export class Forwarder {
     if (this.stopped) return;
     try {
       const res = await this.pool.request({
-        path: new URL(`/api/v1/racks/${encodeURIComponent(rack)}/status`, this.opts.coreUrl).pathname,
+        path: `${this.base}/api/v1/racks/${encodeURIComponent(rack)}/status`,
         method: 'POST',
         headers: { 'content-type': 'application/json', ...this.authHeader() },
         body: JSON.stringify(status),

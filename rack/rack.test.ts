@@ -36,12 +36,12 @@ interface Started {
   stop: () => Promise<void>;
 }
 
-async function startRack(corePort: number, spoolDir: string): Promise<Started> {
+async function startRack(corePort: number, spoolDir: string, corePath = ''): Promise<Started> {
   const rack = new Rack({
     rack: 'r1',
     listenHost: '127.0.0.1',
     listenPort: 0,
-    coreUrl: `http://127.0.0.1:${corePort}`,
+    coreUrl: `http://127.0.0.1:${corePort}${corePath}`,
     spoolDir,
     httpHost: '127.0.0.1',
     httpPort: 0,
@@ -85,6 +85,17 @@ async function rackMetrics(httpPort: number): Promise<Map<string, number>> {
 }
 
 describe('Rack → core (RackSecond bodies)', () => {
+  it('regression: reaches a core behind a reverse proxy at a path prefix (--core http://host/apm/): the prefix was dropped', async () => {
+    const core = await startCore();
+    core.prefix = '/apm';
+    const edge = new Edge('web-1');
+    const r = await startRack(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-prefix-')), '/apm/');
+    const s1 = nowSecond();
+    edge.send(r.udpPort, s1);
+    await until(() => (core.batches.length === 1 ? true : undefined), 5000, 'a body through the prefix');
+    expect([core.batches[0]!.second, core.placementRequests > 0]).toEqual([s1, true]);
+  });
+
   it('regression: a rack on a new spool gets a new session, so the core does not take its seq 1 for a duplicate; a restart on the same spool keeps session and seq', async () => {
     const core = await startCore();
     const dir = mkdtempSync(join(tmpdir(), 'apm-rack-session-'));

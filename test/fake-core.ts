@@ -35,6 +35,8 @@ export class FakeCore {
   duplicates = 0;
   invalid = 0;
   readonly contentTypes = new Set<string>();
+  /** A path prefix the core is reached under (a reverse proxy's): requests outside it get 404. */
+  prefix = '';
   private readonly seen = new Set<string>();
   private server: http.Server | null = null;
   port = 0;
@@ -50,6 +52,11 @@ export class FakeCore {
           res.writeHead(401).end('{"error":"bad token"}');
           return;
         }
+        if (!(req.url ?? '').startsWith(`${this.prefix}/`)) {
+          res.writeHead(404).end('{"error":"outside the prefix"}');
+          return;
+        }
+        req.url = req.url!.slice(this.prefix.length);
         if (req.method === 'GET' && req.url === '/api/v1/placement') {
           this.placementRequests++;
           if (this.placementStatus !== 200) res.writeHead(this.placementStatus).end('{"error":"unavailable"}');
