@@ -207,7 +207,8 @@ const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
 
 /** The reason a query API answer counts as refused, or null (success, or not a query route). */
 function refusalReason(path: string, status: number): string | null {
-  if (status < 400 || !(path.startsWith('/api/v1/quer') || livePath.test(path) || promPath.test(path))) return null;
+  // 401 and 403 are auth's: counted once, in apm_core_http_auth_failures_total.
+  if (status < 400 || status === 401 || status === 403 || !(path.startsWith('/api/v1/quer') || livePath.test(path) || promPath.test(path))) return null;
   const reasons: Record<number, string> = { 400: 'bad_request', 404: 'not_found', 409: 'conflict', 413: 'body_too_large', 422: 'execution', 429: 'rate_limited', 503: 'busy' };
   return reasons[status] ?? 'error';
 }

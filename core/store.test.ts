@@ -137,7 +137,8 @@ describe('Store', () => {
     expect(store.ingest(...batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] }, b: {} })).status).toBe(204);
     expect(store.ingest(...batch(t0 + 1, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 2 }] }, c: { points: [{ name: 'x', kind: KindCode.Gauge, value: 3 }] } })).status).toBe(204);
     expect(dump(store, 'x', t0, t0 + 2)).toEqual({ [`a@${t0}`]: 1, [`a@${t0 + 1}`]: 2 });
-    expect(store.counters).toMatchObject({ servers_refused: 1, points_dropped_servers: 1 });
+    // Ingested counts what was stored only (it counted the refused server's point too).
+    expect(store.counters).toMatchObject({ servers_refused: 1, points_dropped_servers: 1, points_ingested: 2 });
     return store.close();
   });
 
@@ -148,6 +149,7 @@ describe('Store', () => {
     expect(dump(store, 'x', t0, t0 + 1)).toEqual({});
     expect(dump(store, 'y', t0, t0 + 1)).toEqual({ [`a@${t0}`]: 1 });
     expect(store.counters.points_dropped_bad_value).toBe(1);
+    expect(store.counters.points_ingested).toBe(1);
     expect(store.ingest({ rack: 'r1', session: 1, seq: 1, second: t0, late: false }, [{ shard: 0, bytes: new Uint8Array(40) }]).status).toBe(400);
     expect(store.rejected).toMatchObject({ bad_checksum: 1 });
     return store.close();

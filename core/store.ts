@@ -373,7 +373,8 @@ export class Store {
         else this.counters.points_dropped_overflow += replay ? 0 : to - from;
       } else {
         const before = mh.bytes;
-        let at = mh.reservePoints(to - from);
+        const start = mh.reservePoints(to - from);
+        let at = start;
         for (let e = from; e < to; e++) {
           const sid = sids[m.pointServers[e]!]!;
           if (sid < 0) {
@@ -388,11 +389,13 @@ export class Store {
           mh.pSec[at] = sec;
           mh.pVal[at++] = m.pointValues[e]!;
         }
+        // Only what the head took: refused servers and bad values are counted under their reasons.
+        const took = at - start;
         mh.pn = at;
         mh.walSeq = Math.max(mh.walSeq, seq);
         this.headBytes += mh.bytes - before;
-        added += to - from;
-        this.counters.points_ingested += to - from;
+        added += took;
+        this.counters.points_ingested += took;
       }
       from = to;
     }
@@ -405,7 +408,7 @@ export class Store {
         let summaries = 0;
         for (let e = from; e < to; e++) if (m.distServers[e] !== rollupServer) summaries++;
         if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : summaries;
-        else this.counters.points_dropped_overflow += replay ? 0 : to - from;
+        else this.counters.points_dropped_overflow += replay ? 0 : summaries;
       } else {
         const before = mh.bytes;
         for (let e = from; e < to; e++) {
