@@ -138,6 +138,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       worker_busy: pool.counters.ingest_busy,
       storage_full: s('storage_full'),
       head_full: s('head_full'),
+      rows_behind: s('rows_behind'),
     });
     p.counter('apm_core_requests_ingested_total', 'Rack seconds made durable in every shard they name', pool.counters.requests_ingested);
     p.counter('apm_core_sections_ingested_total', 'Shard sections made durable', s('sections_ingested'));
@@ -160,7 +161,10 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_wal_replayed_total', 'Sections replayed from the WAL when workers started', s('wal_replayed'));
     p.counter('apm_core_wal_corrupt_total', 'WAL entries that did not decode at replay (kept for inspection)', s('wal_corrupt'));
     p.gauge('apm_core_head_bytes', 'Bytes of data not yet written as rows', st.heldBytes);
+    p.gauge('apm_core_wal_bytes', 'Bytes of WAL entries whose rows are not written yet', st.walBytes);
+    p.counter('apm_core_row_bytes_written_total', 'Bytes of encoded rows written (before LMDB pages)', s('row_bytes_written'));
     p.gauge('apm_core_disk_bytes', 'Size of the LMDB data files', st.diskBytes);
+    p.gauge('apm_core_disk_used_bytes', 'Bytes of LMDB pages holding rows and WAL now (the rest of the files is free pages, reused before they grow)', st.usedBytes);
     p.gauge('apm_core_servers', 'Servers known', servers.size);
     p.gauge('apm_core_metrics', 'Metrics known', st.metrics);
     p.gauge('apm_core_shards', 'Shards of this node (S)', pool.shards);

@@ -12,6 +12,11 @@ export const coreLimits = {
   flushGraceMs: 5_000,
   /** Unwritten batches held in memory; beyond it ingest answers 503 and racks spool. */
   headBytesMax: 4 * 1024 * 1024 * 1024,
+  /** WAL bytes of due blocks a node's rows may lag behind the ingest beyond each shard's newest
+   * due block (a backfill, a slow disk), split over its stores; past it ingest answers 503
+   * rows_behind (racks spool). The LMDB file never shrinks, so this bounds how much a backfill
+   * inflates it beyond its rows: ~ this plus two blocks of WAL. */
+  walBacklogBytesMax: 512 * 1024 * 1024,
   /** Distinct metrics the registry tracks (hash → name, kind). */
   metricsMax: 2_000_000,
   /** LMDB map size: address space reserved (lmdb-js grows it on demand; --disk-bytes-max is the budget). */

@@ -57,6 +57,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
       diskReserveBytes: o.diskReserveBytes ?? L.diskReserveBytes,
       flushGraceMs: o.flushGraceMs ?? L.flushGraceMs,
       headBytesMax: L.headBytesMax,
+      walBacklogBytesMax: L.walBacklogBytesMax,
       metricsMax: L.metricsMax,
       metricsPerServerMax: L.metricsPerServerMax,
       serversMax: L.serversMax,

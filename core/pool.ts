@@ -341,7 +341,7 @@ export class ShardPool {
 
   /** The workers' latest reports, summed (maxima for lags and pauses). */
   stats(): WorkerStats & { workersUp: number } {
-    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
+    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
     for (const s of this.slots) {
       if (s.worker !== null) total.workersUp++;
       const st = s.stats;
@@ -349,6 +349,7 @@ export class ShardPool {
       for (const [k, v] of Object.entries(st.counters)) total.counters[k] = (total.counters[k] ?? 0) + v;
       for (const [k, v] of Object.entries(st.rejected)) total.rejected[k] = (total.rejected[k] ?? 0) + v;
       total.heldBytes += st.heldBytes;
+      total.walBytes += st.walBytes;
       total.diskBytes += st.diskBytes;
       total.usedBytes += st.usedBytes;
       total.lagSeconds = Math.max(total.lagSeconds, st.lagSeconds);
@@ -380,9 +381,15 @@ export class WorkerError extends Error {}
  * spreads a server's metrics and the registry evenly over stores; 10% slack for the unevenness
  * of a few thousand hashes), counts of servers and racks whole (every store sees every server).
  */
-function perStore(o: PoolOptions['store'], stores: number): Pick<StoreOptions, 'diskBytesMax' | 'headBytesMax' | 'metricsMax' | 'metricsPerServerMax'> {
+function perStore(o: PoolOptions['store'], stores: number): Pick<StoreOptions, 'diskBytesMax' | 'headBytesMax' | 'metricsMax' | 'metricsPerServerMax' | 'walBacklogBytesMax'> {
   const share = (n: number) => (stores === 1 ? n : Math.ceil((n / stores) * 1.1));
-  return { diskBytesMax: Math.floor(o.diskBytesMax / stores), headBytesMax: Math.floor(o.headBytesMax / stores), metricsMax: share(o.metricsMax), metricsPerServerMax: share(o.metricsPerServerMax) };
+  return {
+    diskBytesMax: Math.floor(o.diskBytesMax / stores),
+    headBytesMax: Math.floor(o.headBytesMax / stores),
+    metricsMax: share(o.metricsMax),
+    metricsPerServerMax: share(o.metricsPerServerMax),
+    ...(o.walBacklogBytesMax === undefined ? {} : { walBacklogBytesMax: Math.floor(o.walBacklogBytesMax / stores) }),
+  };
 }
 
 /** A /metrics scrape waits this long for a busy worker's figures, then uses its last report. */

@@ -43,6 +43,8 @@ export interface WorkerStats {
   counters: Record<string, number>;
   rejected: Record<string, number>;
   heldBytes: number;
+  /** WAL bytes whose rows are not written yet. */
+  walBytes: number;
   diskBytes: number;
   usedBytes: number;
   lagSeconds: number;

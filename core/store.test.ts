@@ -277,6 +277,28 @@ describe('Store', () => {
     expect(() => open({ racksMax: 1 << 14 })).toThrow(/racksMax/);
     return Promise.all([store.close(), many.close()]);
   });
+
+  it('bounds how far rows may lag the ingest: past walBacklogBytesMax of due WAL (beyond each shard\'s newest due block) ingest is refused with 503 rows_behind until rows are written', () => {
+    const point = { a: { points: [{ name: 'x', kind: KindCode.Gauge as const, value: 1 }] } };
+    const probe = open();
+    const [h, sec] = batch(t0, point);
+    probe.ingest(h, sec);
+    const perSecond = probe.unwrittenWalBytes;
+    // Room for the backlog of about three seconds' WAL; blocks t0, t0+60, t0+120 are all due (an old backfill).
+    const store = open({ walBacklogBytesMax: perSecond * 3 + 1 });
+    for (let b = 0; b < 4; b++) expect(store.ingest(...batch(t0 + 60 * b, point)).status).toBe(204);
+    expect(store.walBacklogBytes(Date.now())).toBe(3 * perSecond);
+    expect(store.rowsBehind(Date.now())).toBe(true);
+    expect(store.ingest(...batch(t0 + 240, point)).status).toBe(204);
+    // Four due blocks beyond the newest: refused, counted, nothing stored.
+    expect(store.ingest(...batch(t0 + 300, point))).toMatchObject({ status: 503, reason: 'rows_behind' });
+    expect(store.counters.rows_behind).toBe(1);
+    flushAll(store);
+    expect([store.unwrittenWalBytes, store.walBacklogBytes(Date.now())]).toEqual([0, 0]);
+    expect(store.ingest(...batch(t0 + 300, point)).status).toBe(204);
+    expect(store.counters.row_bytes_written).toBeGreaterThan(0);
+    return Promise.all([probe.close(), store.close()]);
+  });
 });
 
 /** A section re-encoded with another session and seq (a rack that started over). */

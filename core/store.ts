@@ -44,6 +44,13 @@ export interface StoreOptions {
   sliceMs: number;
   diskBytesMax: number;
   diskReserveBytes: number;
+  /**
+   * WAL bytes of blocks due for writing beyond each shard's newest due block (rows behind the
+   * ingest, as in a backfill): past it ingest answers 503 rows_behind; past a quarter of it the
+   * worker gives row writing more of its time. Bounds how far the WAL — and so the LMDB file,
+   * which never shrinks — outgrows the rows. Absent: no bound.
+   */
+  walBacklogBytesMax?: number;
 }
 
 /** One section as a worker receives it: its bytes (8-byte aligned) and what the request said of it. */
@@ -69,6 +76,8 @@ interface ShardHead {
   blocks: Map<number, Map<number, Map<number, MetricHead>>>;
   /** block → WAL keys of its sections (deleted once the block's heads are all written). */
   wal: Map<number, Buffer[]>;
+  /** block → bytes of its WAL entries. */
+  walBytes: Map<number, number>;
   lastArrivalMs: Map<number, number>;
 }
 
@@ -89,6 +98,8 @@ export class Store {
   readonly dedup: Dedup;
   private readonly heads = new Map<number, ShardHead>();
   private headBytes = 0;
+  /** Bytes of WAL entries whose rows are not written yet. */
+  private walBytes = 0;
   private walSeq: number;
   private readonly acc = new SketchAccumulator();
   /** Point columns of written heads, reused by new ones (head.ts). */
@@ -108,6 +119,10 @@ export class Store {
     storage_full: 0,
     head_full: 0,
     rows_written: 0,
+    /** Bytes of row values written (encoded rows, before LMDB pages). */
+    row_bytes_written: 0,
+    /** Ingest requests refused because rows were too far behind (walBacklogBytesMax). */
+    rows_behind: 0,
     rows_merged: 0,
     row_slices: 0,
     slices_over_50ms: 0,
@@ -152,7 +167,7 @@ export class Store {
     }
     this.registry = new Registry(this.root.openDB({ name: 'servers', encoding: 'json' }), this.root.openDB({ name: 'metrics', encoding: 'json' }), opts.metricsMax);
     this.registry.allMetrics().forEach((m, i) => this.noteKind(i, m.kind));
-    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), lastArrivalMs: new Map() });
+    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map() });
     let last = 0;
     for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
     this.walSeq = last + 1;
@@ -166,6 +181,40 @@ export class Store {
 
   get heldBytes(): number {
     return this.headBytes;
+  }
+
+  /** Bytes of WAL entries whose rows are not written yet. */
+  get unwrittenWalBytes(): number {
+    return this.walBytes;
+  }
+
+  /** WAL bytes of due blocks beyond each shard's newest due one: how far row writing is behind. */
+  walBacklogBytes(nowMs: number): number {
+    let behind = 0;
+    for (const head of this.heads.values()) {
+      let newest = -1;
+      let sum = 0;
+      for (const [block, bytes] of head.walBytes) {
+        if (!this.isDue(block, nowMs)) continue;
+        sum += bytes;
+        if (block > newest) newest = block;
+      }
+      if (newest >= 0) behind += sum - (head.walBytes.get(newest) ?? 0);
+    }
+    return behind;
+  }
+
+  /** Whether row writing is behind enough for the worker to give it more of its time. */
+  rowsBehind(nowMs: number): boolean {
+    return this.walBacklogBytes(nowMs) > this.backlogMax / 4;
+  }
+
+  private get backlogMax(): number {
+    return this.opts.walBacklogBytesMax ?? Number.POSITIVE_INFINITY;
+  }
+
+  private isDue(block: number, nowMs: number): boolean {
+    return (block + this.opts.blockSeconds) * 1000 + this.opts.flushGraceMs <= nowMs;
   }
 
   blockOf(second: number): number {
@@ -198,7 +247,7 @@ export class Store {
         continue;
       }
       const sids = this.serverIds(r.msg, Date.now());
-      this.toHead(r.msg, sids, seq, Buffer.from(key), true);
+      this.toHead(r.msg, sids, seq, Buffer.from(key), value.length, true);
       this.counters.wal_replayed++;
     }
   }
@@ -248,6 +297,13 @@ export class Store {
     }
     let bytes = 0;
     for (const v of valid) for (const b of v.bytes) bytes += b.length;
+    if (this.backlogMax < Number.POSITIVE_INFINITY) {
+      const behind = this.walBacklogBytes(nowMs);
+      if (behind > this.backlogMax) {
+        this.counters.rows_behind += valid.length;
+        return refuse({ status: 503, reason: 'rows_behind', error: `rows are ${behind} B of WAL behind the ingest (limit ${this.backlogMax}); retry later` });
+      }
+    }
     if (this.headBytes + bytes * 2 > this.opts.headBytesMax) {
       this.counters.head_full += valid.length;
       return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data (limit ${this.opts.headBytesMax}); retry later` });
@@ -282,7 +338,7 @@ export class Store {
     this.dedup.committed();
     const points = new Map<number, number>();
     fresh.forEach((f, k) => {
-      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, false));
+      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, f.bytes.length, false));
       this.onIngest?.(f.m.shard, f.m.second);
       if (f.m.second < (this.flushedThrough.get(f.m.shard) ?? 0)) this.counters.sections_late++;
     });
@@ -323,7 +379,7 @@ export class Store {
   }
 
   /** Registers a section's metrics and names and appends its columns to the head; returns entries added. */
-  private toHead(m: ShardSectionMessage, sids: Int32Array, seq: number, key: Buffer, replay: boolean): number {
+  private toHead(m: ShardSectionMessage, sids: Int32Array, seq: number, key: Buffer, bytes: number, replay: boolean): number {
     const head = this.heads.get(m.shard)!;
     const block = this.blockOf(m.second);
     const sec = m.second - block;
@@ -334,6 +390,8 @@ export class Store {
     const wal = head.wal.get(block);
     if (wal === undefined) head.wal.set(block, [key]);
     else wal.push(key);
+    head.walBytes.set(block, (head.walBytes.get(block) ?? 0) + bytes);
+    this.walBytes += bytes;
     head.lastArrivalMs.set(block, Date.now());
     const now = Date.now();
     let added = 0;
@@ -497,7 +555,7 @@ export class Store {
     for (const [shard, head] of this.heads) {
       for (const block of head.wal.keys()) {
         // A backfilling rack sends a block's seconds back to back: writing it once beats merging it every second.
-        if ((block + this.opts.blockSeconds) * 1000 + this.opts.flushGraceMs <= nowMs && (pressed || nowMs - (head.lastArrivalMs.get(block) ?? 0) >= quietMs)) due.push({ shard, block });
+        if (this.isDue(block, nowMs) && (pressed || nowMs - (head.lastArrivalMs.get(block) ?? 0) >= quietMs)) due.push({ shard, block });
       }
     }
     return due.sort((a, b) => a.block - b.block || a.shard - b.shard);
@@ -561,10 +619,13 @@ export class Store {
     for (const e of emptied) {
       e.head.blocks.delete(e.block);
       e.head.wal.delete(e.block);
+      this.walBytes -= e.head.walBytes.get(e.block) ?? 0;
+      e.head.walBytes.delete(e.block);
       e.head.lastArrivalMs.delete(e.block);
       this.flushedThrough.set(e.shard, Math.max(this.flushedThrough.get(e.shard) ?? 0, e.block + this.opts.blockSeconds));
     }
     this.counters.rows_written += puts.length;
+    for (const p of puts) this.counters.row_bytes_written += p.value.length;
     this.counters.row_slices++;
     const ms = performance.now() - t0;
     this.sliceMsMax = Math.max(this.sliceMsMax, ms);

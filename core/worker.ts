@@ -58,6 +58,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
   const counters: Record<string, number> = {};
   const rejected: Record<string, number> = {};
   let heldBytes = 0;
+  let walBytes = 0;
   let diskBytes = 0;
   let usedBytes = 0;
   let lagSeconds = 0;
@@ -77,6 +78,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
     counters.metrics_overflow_server = (counters.metrics_overflow_server ?? 0) + store.registry.overflow.server;
     counters.metrics_overflow_total = (counters.metrics_overflow_total ?? 0) + store.registry.overflow.total;
     heldBytes += store.heldBytes;
+    walBytes += store.unwrittenWalBytes;
     diskBytes += store.diskBytes();
     usedBytes += store.usedBytes();
     lagSeconds = Math.max(lagSeconds, stored.lagSeconds(now));
@@ -91,8 +93,11 @@ function stats(opts: { periodic: boolean }): WorkerStats {
     if (sliceMaxes.length > 10) sliceMaxes.shift();
   }
   sliceMsMax = Math.max(sliceMsMax, ...sliceMaxes);
-  return { counters, rejected, heldBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
+  return { counters, rejected, heldBytes, walBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
 }
+
+/** Row writing per turn while rows are behind the ingest (Store.rowsBehind): several slices. */
+const behindTurnMs = 50;
 
 /** Row writing, continuously: one slice per turn while work is due, so ingest runs in between. */
 let writing = false;
@@ -101,7 +106,14 @@ function writeRows(): void {
   writing = true;
   const step = () => {
     let more = false;
-    for (const { store } of owned.values()) more = store.writeSlice(Date.now()) || more;
+    const t0 = performance.now();
+    for (const { store } of owned.values()) {
+      let again = store.writeSlice(Date.now());
+      // Rows behind the ingest (a backfill): slices back to back for up to behindTurnMs, so the
+      // WAL — and the file, which never shrinks — stops growing; ingest waits meanwhile.
+      while (again && performance.now() - t0 < behindTurnMs && store.rowsBehind(Date.now())) again = store.writeSlice(Date.now());
+      more = again || more;
+    }
     if (more) setImmediate(step);
     else writing = false;
   };
