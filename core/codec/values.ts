@@ -1,0 +1,598 @@
+// Value codec of a storage row (issue 14): one server's values in one block (≤ 60 doubles in
+// practice, any n works), as a bit stream that ends on a byte boundary. Bit-exact for every
+// double (−0, NaN payloads, ±Inf, subnormals): decode(encode(x)) has x's bits.
+//
+// Format of one series of n values (n is known to the reader; n = 0 writes nothing), bits
+// little-endian first:
+//   mode 2 bits: 0 decimal values, 1 decimal deltas, 2 decimal delta-of-deltas, 3 float
+//   decimal: e 4 bits (values are integers x / 10^e, |x| < 2^50, checked exactly on encode),
+//            then `mode` leading integers (x0; for mode 2 also the first delta), each zig-zag
+//            as a 6-bit length + bits, then the n − mode residuals, coded one of two ways (1 bit):
+//     PFOR:  base (zig-zag, the minimum), width b (6 bits), exception count c, then every
+//            residual − base in b bits, then c × (position, high bits) of those that do not fit
+//     Rice:  base, k (5 bits), escape width (6 bits), then per residual − base: q = r >> k in
+//            unary (q < 16; 16 ones escape to the whole r in the escape width), then k low bits
+//   float: 1 bit: 0 raw 64-bit doubles, 1 Gorilla XOR against the previous value's bits
+// The encoder computes the exact bit cost of every (transform, coder, parameter) and keeps the
+// cheapest, so a constant costs its header (b = 0), an arithmetic run the same in mode 1, a
+// counter's total is deltas (its rate) and a rate is values.
+//
+// Why this design (measured with `apm bench --only codec`, figures in docs/design-notes.md,
+// "Value codec"): the bench's mix is dominated by noise bits (a CPU walk's steps, a latency's
+// 2 decimals), where a per-series bit width (VictoriaMetrics' nearest delta is varint bytes +
+// zstd; ALP's FOR bit-packing) is already within ~0.5 bit of the entropy; outliers (latency
+// spikes, queue bursts) are patched exceptions, not a wider width for all; skewed small values
+// (idle queues) need an entropy code, which Rice is, decodable 60 values at a time without a
+// table. Deflate over the bit-packed row gains little (see the bench); Gorilla XOR is kept only
+// for values that are not short decimals (ALP's and Chimp's point: decimal scaling first).
+
+/** What writeSeries needs of a byte writer (core/block.ts ByteWriter has it). */
+export interface SeriesWriter {
+  bytes(src: Uint8Array, start: number, end: number): void;
+}
+
+/** What readSeries needs of a byte reader: the buffer and a position it advances. */
+export interface SeriesReader {
+  readonly buf: Uint8Array;
+  pos: number;
+}
+
+/** A malformed series (truncated, impossible field); the row is corrupt. */
+export class ValueCodecError extends Error {}
+
+const enum Mode {
+  Values = 0,
+  Delta = 1,
+  Delta2 = 2,
+  Float = 3,
+}
+
+const enum Coder {
+  Pfor = 0,
+  Rice = 1,
+}
+
+/** Decimal integers stay below this so that deltas of deltas (and their zig-zag) are exact. */
+const intLimit = 2 ** 50;
+const exponentMax = 15;
+/** A residual − base is < 2^54 (a delta of deltas spans 2^53 at most): widths fit 6 bits. */
+const widthMax = 54;
+const riceKMax = 24;
+const riceEscape = 16;
+
+const pow10 = Float64Array.from({ length: exponentMax + 1 }, (_, e) => 10 ** e);
+const pow2 = Float64Array.from({ length: widthMax + 1 }, (_, b) => 2 ** b);
+
+const zz = (n: number) => (n >= 0 ? n * 2 : -n * 2 - 1);
+const unzz = (z: number) => (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
+
+/** Bits needed for a non-negative integer < 2^54 (0 for 0). */
+function bitLen(x: number): number {
+  if (x < 0x80000000) return 32 - Math.clz32(x);
+  return 63 - Math.clz32(Math.floor(x / 0x80000000));
+}
+
+const ctz32 = (x: number) => 31 - Math.clz32(x & -x);
+
+// ---- bit writer (module state: one series at a time, never re-entered) ----
+
+let wbuf = new Uint8Array(1 << 12);
+let wpos = 0;
+let acc = 0;
+let accBits = 0;
+
+/** Appends the nb ≤ 24 low bits of v (v < 2^nb). */
+function put(v: number, nb: number): void {
+  acc |= v << accBits;
+  accBits += nb;
+  while (accBits >= 8) {
+    if (wpos === wbuf.length) {
+      const next = new Uint8Array(wbuf.length * 2);
+      next.set(wbuf);
+      wbuf = next;
+    }
+    wbuf[wpos++] = acc & 0xff;
+    acc >>>= 8;
+    accBits -= 8;
+  }
+}
+
+/** Appends an integer 0 ≤ v < 2^nb, nb ≤ 54. */
+function putBig(v: number, nb: number): void {
+  while (nb > 24) {
+    put(v % 0x1000000, 24);
+    v = Math.floor(v / 0x1000000);
+    nb -= 24;
+  }
+  put(v, nb);
+}
+
+/** Appends the nb ≤ 32 low bits of an unsigned 32-bit v. */
+function putU32(v: number, nb: number): void {
+  if (nb <= 24) put(v & ((1 << nb) - 1), nb);
+  else {
+    put(v & 0xffff, 16);
+    put((v >>> 16) & ((1 << (nb - 16)) - 1), nb - 16);
+  }
+}
+
+/** A signed integer as a 6-bit length and its zig-zag bits. */
+function putVarBits(n: number): void {
+  const z = zz(n);
+  const len = bitLen(z);
+  put(len, 6);
+  putBig(z, len);
+}
+
+const varBitsCost = (n: number) => 6 + bitLen(zz(n));
+
+// ---- encoder ----
+
+let ints = new Float64Array(64);
+let deltas = new Float64Array(64);
+let dods = new Float64Array(64);
+const lenHist = new Int32Array(widthMax + 2);
+
+/** The cheapest coding of m residuals found by plan(). */
+class Plan {
+  cost = 0;
+  coder = Coder.Pfor;
+  base = 0;
+  /** PFOR width or Rice k. */
+  param = 0;
+  /** Width of an exception's high bits (PFOR) or of an escaped residual (Rice). */
+  wide = 0;
+  exceptions = 0;
+  copy(p: Plan): void {
+    this.cost = p.cost;
+    this.coder = p.coder;
+    this.base = p.base;
+    this.param = p.param;
+    this.wide = p.wide;
+    this.exceptions = p.exceptions;
+  }
+}
+const cand = new Plan();
+const best = new Plan();
+
+/** Cheapest PFOR or Rice coding of res[0 .. m) into p (cost in bits, header included). */
+function plan(res: Float64Array, m: number, p: Plan): void {
+  let min = res[0]!;
+  let max = min;
+  for (let i = 1; i < m; i++) {
+    const v = res[i]!;
+    if (v < min) min = v;
+    else if (v > max) max = v;
+  }
+  const maxBits = bitLen(max - min);
+  lenHist.fill(0, 0, maxBits + 1);
+  let sum = 0;
+  for (let i = 0; i < m; i++) {
+    const r = res[i]! - min;
+    lenHist[bitLen(r)]!++;
+    sum += r;
+  }
+  const head = 2 + 1 + varBitsCost(min);
+  const cw = bitLen(m);
+  const pw = bitLen(m - 1);
+  // PFOR: width b, the values longer than b are exceptions.
+  p.coder = Coder.Pfor;
+  p.base = min;
+  p.cost = Infinity;
+  let longer = m - lenHist[0]!;
+  for (let b = 0; b <= maxBits; b++) {
+    if (b > 0) longer -= lenHist[b]!;
+    const cost = head + 6 + cw + m * b + (longer > 0 ? 6 + longer * (pw + maxBits - b) : 0);
+    if (cost < p.cost) {
+      p.cost = cost;
+      p.param = b;
+      p.exceptions = longer;
+      p.wide = maxBits - b;
+    }
+  }
+  if (maxBits === 0) return;
+  // Rice: k around log2 of the mean residual.
+  const k0 = Math.max(0, Math.floor(Math.log2(sum / m + 1)) - 1);
+  for (let k = k0; k <= Math.min(k0 + 2, riceKMax); k++) {
+    let cost = head + 5 + 6;
+    const div = pow2[k]!;
+    for (let i = 0; i < m; i++) {
+      const q = Math.floor((res[i]! - min) / div);
+      cost += q < riceEscape ? q + 1 + k : riceEscape + maxBits;
+    }
+    if (cost < p.cost) {
+      p.cost = cost;
+      p.coder = Coder.Rice;
+      p.param = k;
+      p.wide = maxBits;
+    }
+  }
+}
+
+function writeResiduals(res: Float64Array, m: number, p: Plan): void {
+  put(p.coder, 1);
+  putVarBits(p.base);
+  const base = p.base;
+  if (p.coder === Coder.Rice) {
+    const k = p.param;
+    const div = pow2[k]!;
+    put(k, 5);
+    put(p.wide, 6);
+    for (let i = 0; i < m; i++) {
+      const r = res[i]! - base;
+      const q = Math.floor(r / div);
+      if (q < riceEscape) {
+        put((1 << q) - 1, q + 1);
+        putBig(r - q * div, k);
+      } else {
+        put((1 << riceEscape) - 1, riceEscape);
+        putBig(r, p.wide);
+      }
+    }
+    return;
+  }
+  const b = p.param;
+  const div = pow2[b]!;
+  put(b, 6);
+  put(p.exceptions, bitLen(m));
+  if (p.exceptions > 0) put(p.wide, 6);
+  for (let i = 0; i < m; i++) putBig((res[i]! - base) % div, b);
+  if (p.exceptions === 0) return;
+  const pw = bitLen(m - 1);
+  for (let i = 0; i < m; i++) {
+    const high = Math.floor((res[i]! - base) / div);
+    if (high === 0) continue;
+    put(i, pw);
+    putBig(high, p.wide);
+  }
+}
+
+/** Smallest e ≤ exponentMax with every value an integer · 10^−e below intLimit, else −1. */
+function decimalExponent(vals: Float64Array, from: number, to: number): number {
+  let e = 0;
+  let scale = 1;
+  for (let i = from; i < to; i++) {
+    const v = vals[i]!;
+    if (v !== v || Object.is(v, -0)) return -1;
+    for (;;) {
+      const x = Math.round(v * scale);
+      if (Math.abs(x) < intLimit && x / scale === v) break;
+      if (++e > exponentMax) return -1;
+      scale = pow10[e]!;
+    }
+  }
+  return e;
+}
+
+function grow(n: number): void {
+  if (ints.length >= n) return;
+  ints = new Float64Array(n);
+  deltas = new Float64Array(n);
+  dods = new Float64Array(n);
+}
+
+/** Writes the decimal form; false (nothing written) when a value does not scale back exactly. */
+function writeDecimal(vals: Float64Array, from: number, n: number, e: number): boolean {
+  grow(n);
+  const scale = pow10[e]!;
+  for (let i = 0; i < n; i++) {
+    const x = Math.round(vals[from + i]! * scale);
+    // decimalExponent checked each value at the exponent it had then; check again at e.
+    if (x / scale !== vals[from + i]! || !(Math.abs(x) < intLimit)) return false;
+    ints[i] = x;
+  }
+  plan(ints, n, best);
+  let mode = Mode.Values;
+  if (n >= 2) {
+    for (let i = 1; i < n; i++) deltas[i - 1] = ints[i]! - ints[i - 1]!;
+    plan(deltas, n - 1, cand);
+    cand.cost += varBitsCost(ints[0]!);
+    if (cand.cost < best.cost) {
+      best.copy(cand);
+      mode = Mode.Delta;
+    }
+  }
+  if (n >= 3) {
+    for (let i = 1; i < n - 1; i++) dods[i - 1] = deltas[i]! - deltas[i - 1]!;
+    plan(dods, n - 2, cand);
+    cand.cost += varBitsCost(ints[0]!) + varBitsCost(deltas[0]!);
+    if (cand.cost < best.cost) {
+      best.copy(cand);
+      mode = Mode.Delta2;
+    }
+  }
+  put(mode, 2);
+  put(e, 4);
+  if (mode === Mode.Values) writeResiduals(ints, n, best);
+  else if (mode === Mode.Delta) {
+    putVarBits(ints[0]!);
+    writeResiduals(deltas, n - 1, best);
+  } else {
+    putVarBits(ints[0]!);
+    putVarBits(deltas[0]!);
+    writeResiduals(dods, n - 2, best);
+  }
+  return true;
+}
+
+const f64 = new Float64Array(1);
+const u32 = new Uint32Array(f64.buffer);
+/** Index of the low and high 32-bit halves of a double in u32 (platform byte order). */
+const loIdx = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1 ? 0 : 1;
+const hiIdx = 1 - loIdx;
+
+/** Appends len bits of the 64-bit (hi, lo) starting at bit sh. */
+function putRange(hi: number, lo: number, sh: number, len: number): void {
+  let l = lo;
+  let h = hi;
+  if (sh >= 32) {
+    l = hi >>> (sh - 32);
+    h = 0;
+  } else if (sh > 0) {
+    l = ((lo >>> sh) | (hi << (32 - sh))) >>> 0;
+    h = hi >>> sh;
+  }
+  if (len <= 32) putU32(l, len);
+  else {
+    putU32(l, 32);
+    putU32(h, len - 32);
+  }
+}
+
+/** Gorilla XOR of the doubles: each against the previous one's bits (the first against 0). */
+function writeGorilla(vals: Float64Array, from: number, to: number): void {
+  let plo = 0;
+  let phi = 0;
+  let pLz = -1;
+  let pTz = 0;
+  for (let i = from; i < to; i++) {
+    f64[0] = vals[i]!;
+    const lo = u32[loIdx]!;
+    const hi = u32[hiIdx]!;
+    const xlo = (lo ^ plo) >>> 0;
+    const xhi = (hi ^ phi) >>> 0;
+    plo = lo;
+    phi = hi;
+    if ((xlo | xhi) === 0) {
+      put(0, 1);
+      continue;
+    }
+    const lz = Math.min(31, xhi !== 0 ? Math.clz32(xhi) : 32 + Math.clz32(xlo));
+    const tz = xlo !== 0 ? ctz32(xlo) : 32 + ctz32(xhi);
+    if (pLz >= 0 && lz >= pLz && tz >= pTz) {
+      put(1, 2);
+      putRange(xhi, xlo, pTz, 64 - pLz - pTz);
+      continue;
+    }
+    const len = 64 - lz - tz;
+    put(3, 2);
+    put(lz, 5);
+    put(len - 1, 6);
+    putRange(xhi, xlo, tz, len);
+    pLz = lz;
+    pTz = tz;
+  }
+}
+
+function writeFloat(vals: Float64Array, from: number, to: number): void {
+  const start = wpos;
+  put(Mode.Float, 2);
+  put(1, 1);
+  writeGorilla(vals, from, to);
+  if ((wpos - start) * 8 + accBits <= 3 + 64 * (to - from)) return;
+  wpos = start;
+  acc = 0;
+  accBits = 0;
+  put(Mode.Float, 2);
+  put(0, 1);
+  for (let i = from; i < to; i++) {
+    f64[0] = vals[i]!;
+    putU32(u32[loIdx]!, 32);
+    putU32(u32[hiIdx]!, 32);
+  }
+}
+
+/** Appends vals[from .. to) to w, byte-aligned; readSeries with n = to − from reads them back bit-exact. */
+export function writeSeries(w: SeriesWriter, vals: Float64Array, from: number, to: number): void {
+  const n = to - from;
+  if (n <= 0) return;
+  wpos = 0;
+  acc = 0;
+  accBits = 0;
+  const e = decimalExponent(vals, from, to);
+  if (e < 0 || !writeDecimal(vals, from, n, e)) {
+    wpos = 0;
+    acc = 0;
+    accBits = 0;
+    writeFloat(vals, from, to);
+  }
+  if (accBits > 0) put(0, 8 - accBits);
+  w.bytes(wbuf, 0, wpos);
+}
+
+// ---- decoder (module state: one series at a time) ----
+
+let rbuf: Uint8Array = new Uint8Array(0);
+let rbit = 0;
+let rEnd = 0;
+
+function need(nb: number): void {
+  if (rbit + nb > rEnd) throw new ValueCodecError(`value series truncated: ${nb} bits wanted at bit ${rbit} of ${rEnd}`);
+}
+
+/** Next nb ≤ 24 bits (bounds checked by the caller through need()). */
+function get(nb: number): number {
+  const i = rbit >>> 3;
+  const w = i + 3 < rbuf.length ? rbuf[i]! | (rbuf[i + 1]! << 8) | (rbuf[i + 2]! << 16) | (rbuf[i + 3]! << 24) : tail(i);
+  const v = (w >>> (rbit & 7)) & ((1 << nb) - 1);
+  rbit += nb;
+  return v;
+}
+
+/** The last bytes of the buffer as a 32-bit word, zeros beyond its end. */
+function tail(i: number): number {
+  let w = 0;
+  for (let k = 0; k < 4 && i + k < rbuf.length; k++) w |= rbuf[i + k]! << (8 * k);
+  return w;
+}
+
+function getBig(nb: number): number {
+  if (nb <= 24) return get(nb);
+  let v = 0;
+  let scale = 1;
+  while (nb > 24) {
+    v += get(24) * scale;
+    scale *= 0x1000000;
+    nb -= 24;
+  }
+  return v + get(nb) * scale;
+}
+
+function getU32(nb: number): number {
+  if (nb <= 24) return get(nb);
+  const lo = get(16);
+  return (lo | (get(nb - 16) << 16)) >>> 0;
+}
+
+function getVarBits(): number {
+  need(6);
+  const len = get(6);
+  if (len > widthMax) throw new ValueCodecError(`value series: integer of ${len} bits (at most ${widthMax})`);
+  need(len);
+  return unzz(getBig(len));
+}
+
+/** Reads m residuals into out[at .. at + m). */
+function readResiduals(out: Float64Array, at: number, m: number): void {
+  need(1);
+  const coder = get(1);
+  const base = getVarBits();
+  if (coder === Coder.Rice) {
+    need(11);
+    const k = get(5);
+    const wide = get(6);
+    if (k > riceKMax || wide > widthMax) throw new ValueCodecError(`value series: Rice k ${k}, escape width ${wide}`);
+    const div = pow2[k]!;
+    for (let i = 0; i < m; i++) {
+      // Peek 17 bits (zeros past the end), then check what the code really takes.
+      const q = ctz32(~get(riceEscape + 1));
+      rbit -= riceEscape + 1;
+      if (q < riceEscape) {
+        need(q + 1 + k);
+        rbit += q + 1;
+        out[at + i] = base + q * div + getBig(k);
+      } else {
+        need(riceEscape + wide);
+        rbit += riceEscape;
+        out[at + i] = base + getBig(wide);
+      }
+    }
+    return;
+  }
+  const cw = bitLen(m);
+  need(6 + cw);
+  const b = get(6);
+  const c = get(cw);
+  if (b > widthMax || c > m) throw new ValueCodecError(`value series: width ${b}, ${c} exceptions of ${m}`);
+  need(c > 0 ? 6 : 0);
+  const wide = c > 0 ? get(6) : 0;
+  if (b + wide > widthMax) throw new ValueCodecError(`value series: width ${b} + ${wide} bits`);
+  need(m * b);
+  if (b <= 24) for (let i = 0; i < m; i++) out[at + i] = base + get(b);
+  else for (let i = 0; i < m; i++) out[at + i] = base + getBig(b);
+  if (c === 0) return;
+  const pw = bitLen(m - 1);
+  need(c * (pw + wide));
+  const mul = pow2[b]!;
+  for (let j = 0; j < c; j++) {
+    const pos = get(pw);
+    if (pos >= m) throw new ValueCodecError(`value series: exception at ${pos} of ${m}`);
+    out[at + pos] = out[at + pos]! + getBig(wide) * mul;
+  }
+}
+
+function readDecimal(mode: number, out: Float64Array, at: number, n: number): void {
+  need(4);
+  const e = get(4);
+  if (n < mode + 1) throw new ValueCodecError(`value series: mode ${mode} with ${n} values`);
+  const scale = pow10[e]!;
+  if (mode === Mode.Values) {
+    readResiduals(out, at, n);
+    for (let i = 0; i < n; i++) out[at + i] = out[at + i]! / scale;
+    return;
+  }
+  let x = getVarBits();
+  out[at] = x / scale;
+  if (mode === Mode.Delta) {
+    readResiduals(out, at + 1, n - 1);
+    for (let i = 1; i < n; i++) out[at + i] = (x += out[at + i]!) / scale;
+    return;
+  }
+  let d = getVarBits();
+  out[at + 1] = (x += d) / scale;
+  readResiduals(out, at + 2, n - 2);
+  for (let i = 2; i < n; i++) out[at + i] = (x += d += out[at + i]!) / scale;
+}
+
+function readFloat(out: Float64Array, at: number, n: number): void {
+  need(1);
+  if (get(1) === 0) {
+    need(64 * n);
+    for (let i = 0; i < n; i++) {
+      u32[loIdx] = getU32(32);
+      u32[hiIdx] = getU32(32);
+      out[at + i] = f64[0]!;
+    }
+    return;
+  }
+  let plo = 0;
+  let phi = 0;
+  let pLz = -1;
+  let pTz = 0;
+  for (let i = 0; i < n; i++) {
+    need(1);
+    if (get(1) !== 0) {
+      need(1);
+      let sh = pTz;
+      let len = 64 - pLz - pTz;
+      if (get(1) === 1) {
+        need(11);
+        pLz = get(5);
+        len = get(6) + 1;
+        pTz = sh = 64 - pLz - len;
+        if (sh < 0) throw new ValueCodecError(`value series: XOR window ${pLz} + ${len} bits`);
+      } else if (pLz < 0) throw new ValueCodecError('value series: XOR window reused before one was set');
+      need(len);
+      const l = len <= 32 ? getU32(len) : getU32(32);
+      const h = len > 32 ? getU32(len - 32) : 0;
+      let xlo = l;
+      let xhi = h;
+      if (sh >= 32) {
+        xhi = l << (sh - 32);
+        xlo = 0;
+      } else if (sh > 0) {
+        xhi = (h << sh) | (l >>> (32 - sh));
+        xlo = l << sh;
+      }
+      plo = (plo ^ xlo) >>> 0;
+      phi = (phi ^ xhi) >>> 0;
+    }
+    u32[loIdx] = plo;
+    u32[hiIdx] = phi;
+    out[at + i] = f64[0]!;
+  }
+}
+
+/** Reads n values written by writeSeries from r.buf at r.pos into out[at .. at + n); advances r.pos. Throws ValueCodecError when malformed. */
+export function readSeries(r: SeriesReader, out: Float64Array, at: number, n: number): void {
+  if (n <= 0) return;
+  if (at < 0 || at + n > out.length) throw new RangeError(`readSeries: ${n} values at ${at} do not fit ${out.length}`);
+  rbuf = r.buf;
+  rbit = r.pos * 8;
+  rEnd = rbuf.length * 8;
+  need(2);
+  const mode = get(2);
+  if (mode === Mode.Float) readFloat(out, at, n);
+  else readDecimal(mode, out, at, n);
+  r.pos = Math.ceil(rbit / 8);
+}
