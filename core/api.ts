@@ -163,7 +163,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_head_bytes', 'Bytes of data not yet written as rows', st.heldBytes);
     p.gauge('apm_core_wal_bytes', 'Bytes of WAL entries whose rows are not written yet', st.walBytes);
     p.counter('apm_core_row_bytes_written_total', 'Bytes of encoded rows written (before LMDB pages)', s('row_bytes_written'));
-    p.gauge('apm_core_disk_bytes', 'Size of the LMDB data files', st.diskBytes);
+    p.gauge('apm_core_disk_bytes', 'Size of the LMDB data files (rows and WAL)', st.diskBytes);
+    p.gauge('apm_core_wal_file_bytes', "Size of the WAL's LMDB files (in apm_core_disk_bytes; their high-water mark, bounded by walBacklogBytesMax plus the blocks being filled)", st.walFileBytes);
     p.gauge('apm_core_disk_used_bytes', 'Bytes of LMDB pages holding rows and WAL now (the rest of the files is free pages, reused before they grow)', st.usedBytes);
     p.gauge('apm_core_servers', 'Servers known', servers.size);
     p.gauge('apm_core_metrics', 'Metrics known', st.metrics);

@@ -341,7 +341,7 @@ export class ShardPool {
 
   /** The workers' latest reports, summed (maxima for lags and pauses). */
   stats(): WorkerStats & { workersUp: number } {
-    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
+    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, walFileBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
     for (const s of this.slots) {
       if (s.worker !== null) total.workersUp++;
       const st = s.stats;
@@ -350,6 +350,7 @@ export class ShardPool {
       for (const [k, v] of Object.entries(st.rejected)) total.rejected[k] = (total.rejected[k] ?? 0) + v;
       total.heldBytes += st.heldBytes;
       total.walBytes += st.walBytes;
+      total.walFileBytes += st.walFileBytes;
       total.diskBytes += st.diskBytes;
       total.usedBytes += st.usedBytes;
       total.lagSeconds = Math.max(total.lagSeconds, st.lagSeconds);

@@ -45,6 +45,8 @@ export interface WorkerStats {
   heldBytes: number;
   /** WAL bytes whose rows are not written yet. */
   walBytes: number;
+  /** Bytes the WAL's files take (their high-water marks; diskBytes includes them). */
+  walFileBytes: number;
   diskBytes: number;
   usedBytes: number;
   lagSeconds: number;

@@ -10,6 +10,7 @@ import { encodeShardSection, originImport, rackSecondBody, sectionAt } from '../
 import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
+import { openLmdb } from '../schema/lmdb.js';
 import { Store, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a multiple of 60 minus 0: block starts at 1_790_000_040 - 1_790_000_040 % 60
@@ -170,6 +171,40 @@ describe('Store', () => {
     expect(c.counters.wal_replayed).toBe(0);
     expect(dump(c, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
     expect(dump(c, 'd', t0, t0 + 1)).toMatchObject({ [`s1@${t0}`]: { count: 2 } });
+    await c.close();
+  });
+
+  it('keeps the WAL in an environment of its own and moves a WAL left in the rows\' environment by an older version into it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    const a = new Store(options(dir));
+    const sameAgain = batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 5 }] } });
+    a.ingest(...sameAgain);
+    await a.close();
+    // As an older version left it: the WAL and the de-duplication marks in the rows' environment.
+    const walEnv = openLmdb({ path: join(dir, 'wal'), mapSize: 1 << 30, maxDbs: 4 });
+    const root = openLmdb({ path: dir, mapSize: 1 << 30, maxDbs: 16 });
+    for (const name of ['wal', 'dedup']) {
+      const from = walEnv.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
+      const to = root.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
+      const entries = [...from.getRange()];
+      expect(entries.length).toBeGreaterThan(0);
+      root.transactionSync(() => entries.forEach((e) => to.put(e.key, e.value)));
+      walEnv.transactionSync(() => entries.forEach((e) => from.remove(e.key)));
+    }
+    await root.close();
+    await walEnv.close();
+    const b = new Store(options(dir));
+    expect(b.counters.wal_replayed).toBe(1);
+    expect(dump(b, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
+    // The moved de-duplication marks hold: the same request again is a duplicate.
+    expect(b.ingest(...sameAgain)).toMatchObject({ status: 204, duplicates: 1 });
+    expect(b.unwrittenWalBytes).toBeGreaterThan(0);
+    flushAll(b);
+    await b.close();
+    const c = new Store(options(dir));
+    expect([c.counters.wal_replayed, c.unwrittenWalBytes]).toEqual([0, 0]);
+    expect(dump(c, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
     await c.close();
   });
 

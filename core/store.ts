@@ -2,7 +2,8 @@
 // owned by one worker thread. Every key begins with its shard (u16), so a shard is a contiguous
 // key range in each database and can be copied on its own:
 //   wal     [shard][seq u48] → a ShardSection frame: written (synced) before the request that
-//           carried it is acknowledged; deleted once every row of its block is written.
+//           carried it is acknowledged; deleted once every row of its block is written. With
+//           dedup, in an environment of its own (<store>/wal): the rows' file holds rows only.
 //   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][deflated row]
 //           (core/block.ts): one metric's per-second values for every server of a rack over a
 //           block. The WAL seq is the newest entry the row holds: a replay skips older ones.
@@ -12,6 +13,7 @@
 // a bounded time (`sliceMs`), so the worker keeps ingesting while a large block is written.
 
 import { statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
 import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
@@ -90,6 +92,7 @@ const pendingNamesMax = 65_536;
 export class Store {
   readonly registry: Registry;
   private readonly root: RootDatabase;
+  private readonly walEnv: RootDatabase;
   private readonly wal: Database<Uint8Array, Buffer>;
   private readonly rows: Database<Uint8Array, Buffer>;
   private readonly racks: Database<number, string>;
@@ -157,10 +160,16 @@ export class Store {
   constructor(readonly opts: StoreOptions) {
     if (opts.racksMax >= rackIdsMax) throw new Error(`BUG: racksMax ${opts.racksMax} ≥ ${rackIdsMax} (head keys pack rack ids)`);
     this.root = openLmdb({ path: opts.dir, mapSize: opts.mapBytes, maxDbs: 16 });
-    this.wal = this.root.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
+    // The WAL (and the de-duplication marks committed with it) in an environment of its own: its
+    // file is sized by the WAL's high-water mark (bounded: walBacklogBytesMax), and its freed pages
+    // — runs of many pages per section — never fragment the rows' file, which then holds rows only.
+    this.walEnv = openLmdb({ path: join(opts.dir, 'wal'), mapSize: opts.mapBytes, maxDbs: 4 });
+    this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
     this.racks = this.root.openDB<number, string>({ name: 'racks', encoding: 'json' });
-    this.dedup = new Dedup(this.root.openDB({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' }), { racksMax: opts.racksMax });
+    const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
+    moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
+    this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax });
     for (const { key, value } of this.racks.getRange()) {
       this.rackIds.set(key, value);
       this.rackNamesById[value] = key;
@@ -324,10 +333,10 @@ export class Store {
     this.counters.sections_duplicate += dups;
     const sids = fresh.map((f) => this.serverIds(f.m, nowMs));
     try {
-      this.root.transactionSync(() => {
+      // Registry entries go with the rows that refer to them (writeSlice); a replay registers again.
+      this.walEnv.transactionSync(() => {
         for (const f of fresh) this.wal.put(f.key, Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength));
         this.dedup.persist();
-        this.registry.flushDirty();
       });
     } catch (err) {
       this.dedup.rollback();
@@ -595,12 +604,7 @@ export class Store {
         // In key order: the B-tree fills pages front to back instead of splitting them at random.
         puts.sort((a, b) => Buffer.compare(a.key, b.key));
         for (const p of puts) this.rows.put(p.key, p.value);
-        // A block's WAL entries go in the transaction of its last rows. Not in bounded chunks over
-        // later slices: that pattern (a queue's deletes spread over many small transactions
-        // while others append) broke lmdb-js' freelist in a 1 h backfill — "reserved freelist had
-        // a data entry with zero-size", every later commit refused (cf. kriszyp/lmdb-js#321).
-        for (const e of emptied) for (const k of e.head.wal.get(e.block) ?? []) this.wal.remove(k);
-        // The registry entries the rows refer to are durable no later than the rows (their WAL goes).
+        // The registry entries the rows refer to are durable no later than the rows.
         this.registry.flushDirty();
       });
     } catch (err) {
@@ -608,6 +612,22 @@ export class Store {
       this.lastError = writeFailure(err);
       console.error(`core: writing rows failed (${this.lastError}); their sections stay in the WAL and are retried`);
       return false;
+    }
+    // A block's WAL entries go once its last rows are durable, all in one transaction (not in
+    // bounded chunks over later slices: that pattern — a queue's deletes spread over many small
+    // transactions while others append — broke lmdb-js' freelist in a 1 h backfill, "reserved
+    // freelist had a data entry with zero-size", cf. kriszyp/lmdb-js#321). Not synced: were the
+    // deletes lost in a crash, the replay skips what the rows hold and deletes them again.
+    const gone = emptied.flatMap((e) => e.head.wal.get(e.block) ?? []);
+    if (gone.length > 0) {
+      this.walEnv
+        .transaction(() => {
+          for (const k of gone) this.wal.remove(k);
+        })
+        .catch((err: unknown) => {
+          this.counters.flush_errors++;
+          console.error(`core: deleting written blocks' WAL entries failed (${writeFailure(err)}); a restart replays and deletes them`);
+        });
     }
     for (const w of written) {
       const racks = w.metrics.get(w.mi);
@@ -704,10 +724,14 @@ export class Store {
     this.root.transactionSync(() => this.registry.flushDirty());
   }
 
-  /** Bytes the data file takes on disk (its high-water mark; freed pages are reused, not returned). */
+  /** Bytes the data files take on disk (their high-water marks; freed pages are reused, not returned). */
   diskBytes(): number {
-    const s = this.root.getStats() as { pageSize?: number; lastPageNumber?: number };
-    return ((s.lastPageNumber ?? 0) + 1) * (s.pageSize ?? 4096);
+    return this.walFileBytes() + fileBytes(this.root);
+  }
+
+  /** Bytes the WAL's file takes (its high-water mark). */
+  walFileBytes(): number {
+    return fileBytes(this.walEnv);
   }
 
   /** Bytes of pages holding data now (falls when retention deletes rows). */
@@ -745,6 +769,31 @@ export class Store {
 
   async close(): Promise<void> {
     await this.root.close();
+    await this.walEnv.close();
+  }
+}
+
+function fileBytes(env: RootDatabase): number {
+  const s = env.getStats() as { pageSize?: number; lastPageNumber?: number };
+  return ((s.lastPageNumber ?? 0) + 1) * (s.pageSize ?? 4096);
+}
+
+/**
+ * Moves the entries of `names` from `from` into `to` (a data directory written before the WAL had
+ * its own environment), copied and synced before they are deleted from `from`: no crash loses one.
+ */
+function moveFromRoot(from: RootDatabase, to: RootDatabase, names: readonly string[]): void {
+  for (const name of names) {
+    const src = from.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
+    const dst = to.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
+    const entries = [...src.getRange()];
+    if (entries.length === 0) continue;
+    to.transactionSync(() => {
+      for (const { key, value } of entries) dst.put(key, value);
+    });
+    from.transactionSync(() => {
+      for (const { key } of entries) src.remove(key);
+    });
   }
 }
 

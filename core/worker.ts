@@ -59,6 +59,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
   const rejected: Record<string, number> = {};
   let heldBytes = 0;
   let walBytes = 0;
+  let walFileBytes = 0;
   let diskBytes = 0;
   let usedBytes = 0;
   let lagSeconds = 0;
@@ -79,6 +80,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
     counters.metrics_overflow_total = (counters.metrics_overflow_total ?? 0) + store.registry.overflow.total;
     heldBytes += store.heldBytes;
     walBytes += store.unwrittenWalBytes;
+    walFileBytes += store.walFileBytes();
     diskBytes += store.diskBytes();
     usedBytes += store.usedBytes();
     lagSeconds = Math.max(lagSeconds, stored.lagSeconds(now));
@@ -93,7 +95,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
     if (sliceMaxes.length > 10) sliceMaxes.shift();
   }
   sliceMsMax = Math.max(sliceMsMax, ...sliceMaxes);
-  return { counters, rejected, heldBytes, walBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
+  return { counters, rejected, heldBytes, walBytes, walFileBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
 }
 
 /** Row writing per turn while rows are behind the ingest (Store.rowsBehind): several slices. */
