@@ -13,13 +13,14 @@ import { fleetStep, type FleetStep } from './bench-fleet.js';
 import { lossFigures } from './bench-loss.js';
 import { authFigures } from './bench-auth.js';
 import { soakFigures } from './bench-soak.js';
+import { codecFigures } from './bench-codec.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, auth, rack, core, stores, query, freshness, loss, fleet, soak (soak runs
+  --only <section>   one of: edge, auth, rack, core, stores, codec, query, freshness, loss, fleet, soak (soak runs
                      only when asked: 80 servers × 2,000 metrics + an edge for 10 minutes,
                      2 with --quick, sampling each tier's RSS and open fds)
   --json <file>      also write the figures as one JSON object
@@ -67,6 +68,8 @@ export async function main(argv: string[]): Promise<void> {
   await section('core', false, () => coreFigures(quick));
   // Issue 12: one LMDB environment per worker against one per shard (synced commits per request).
   await section('stores', false, () => storeLayoutFigures(quick));
+  // Issue 14: the value codec's bytes per point on tools/shapes-compare.ts against today's, and its speed.
+  await section('codec', false, () => codecFigures(quick));
   await section('query', false, () => queryFigures(quick));
   await section('freshness', false, () => freshnessFigures(90));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).

@@ -462,6 +462,22 @@ function getVarBits(): number {
   return unzz(getBig(len));
 }
 
+/** The hot loop: m values of b ≤ 24 bits plus base into out[at ..] (bounds checked by the caller). */
+function unpack(out: Float64Array, at: number, m: number, b: number, base: number): void {
+  const buf = rbuf;
+  const mask = (1 << b) - 1;
+  // Below this bit a 4-byte load stays inside the buffer.
+  const safe = (buf.length - 3) * 8;
+  let bit = rbit;
+  for (let i = 0; i < m; i++) {
+    const j = bit >>> 3;
+    const w = bit < safe ? buf[j]! | (buf[j + 1]! << 8) | (buf[j + 2]! << 16) | (buf[j + 3]! << 24) : tail(j);
+    out[at + i] = base + ((w >>> (bit & 7)) & mask);
+    bit += b;
+  }
+  rbit = bit;
+}
+
 /** Reads m residuals into out[at .. at + m). */
 function readResiduals(out: Float64Array, at: number, m: number): void {
   need(1);
@@ -498,7 +514,7 @@ function readResiduals(out: Float64Array, at: number, m: number): void {
   const wide = c > 0 ? get(6) : 0;
   if (b + wide > widthMax) throw new ValueCodecError(`value series: width ${b} + ${wide} bits`);
   need(m * b);
-  if (b <= 24) for (let i = 0; i < m; i++) out[at + i] = base + get(b);
+  if (b <= 24) unpack(out, at, m, b, base);
   else for (let i = 0; i < m; i++) out[at + i] = base + getBig(b);
   if (c === 0) return;
   const pw = bitLen(m - 1);
