@@ -77,7 +77,9 @@ describe('value codec', () => {
       for (const [i, v] of spikes) if (i < s.length) s[i] = v;
       return s;
     });
-    fc.assert(fc.property(fc.array(fc.oneof(walk(1), walk(300), walk(2 ** 20), counter, constant, spiky), { minLength: 1, maxLength: 5 }), roundTrip), { numRuns: 1000 });
+    // Mostly 0 or small with rare large values (idle queues: the Rice coder and its escapes).
+    const skewed = fc.array(fc.oneof({ weight: 20, arbitrary: fc.constant(0) }, { weight: 8, arbitrary: fc.nat(3) }, { weight: 1, arbitrary: fc.nat(2 ** 40) }), { minLength: 1, maxLength: 70 }).map(f64);
+    fc.assert(fc.property(fc.array(fc.oneof(walk(1), walk(300), walk(2 ** 20), counter, constant, spiky, skewed), { minLength: 1, maxLength: 5 }), roundTrip), { numRuns: 1000 });
   });
 
   it('round-trips the edges of the decimal range', () => {
@@ -90,6 +92,24 @@ describe('value codec', () => {
     roundTrip([new Float64Array(60).fill(42.5), Float64Array.from({ length: 60 }, (_, i) => 1000 + 7 * i), new Float64Array(60), f64([3])]);
   });
 
+  it('reads a Rice escape (a residual of 16 or more times 2^k, written whole)', () => {
+    // mode 0, e 0, Rice, base 0 (length 0), k 0, escape width 5; then 16 ones and 21 in 5 bits; then 3 as 1110.
+    const bits: [number, number][] = [[0, 2], [0, 4], [1, 1], [0, 6], [0, 5], [5, 6], [0xffff, 16], [21, 5], [0b0111, 4]];
+    const bytes = new Uint8Array(8);
+    let at = 0;
+    for (const [v, nb] of bits) for (let i = 0; i < nb; i++, at++) if ((v >> i) & 1) bytes[at >> 3]! |= 1 << (at & 7);
+    const r = { buf: bytes.subarray(0, Math.ceil(at / 8)), pos: 0 };
+    const out = new Float64Array(2);
+    readSeries(r, out, 0, 2);
+    expect(Array.from(out)).toEqual([21, 3]);
+    expect(r.pos).toBe(r.buf.length);
+    expect(() => readSeries({ buf: r.buf.subarray(0, 5), pos: 0 }, out, 0, 2)).toThrow(ValueCodecError);
+  });
+
+  it('round-trips long series (beyond one block)', () => {
+    roundTrip([Float64Array.from({ length: 5000 }, (_, i) => Math.sin(i) * 1e6), Float64Array.from({ length: 5000 }, (_, i) => (i * 37) % 1001)]);
+  });
+
   it('codes a constant and an arithmetic run in a few bytes', () => {
     expect(encode([new Float64Array(60).fill(42.5)]).length).toBeLessThanOrEqual(5);
     expect(encode([Float64Array.from({ length: 60 }, (_, i) => 1e6 + 7 * i)]).length).toBeLessThanOrEqual(9);
@@ -97,7 +117,7 @@ describe('value codec', () => {
 
   it('rejects any truncation with ValueCodecError', () => {
     fc.assert(
-      fc.property(fc.oneof(walk(300), seriesOf(anyBits), seriesOf(decimal)), (s) => {
+      fc.property(fc.oneof(walk(300), seriesOf(anyBits), seriesOf(decimal), seriesOf(fc.oneof({ weight: 9, arbitrary: fc.nat(2) }, { weight: 1, arbitrary: fc.nat(5000) }))), (s) => {
         const buf = encode([s]);
         for (let len = 0; len < buf.length; len++) expect(() => readSeries({ buf: buf.subarray(0, len), pos: 0 }, new Float64Array(s.length), 0, s.length)).toThrow(ValueCodecError);
       }),

@@ -478,6 +478,35 @@ function unpack(out: Float64Array, at: number, m: number, b: number, base: numbe
   rbit = bit;
 }
 
+/** m Rice codes (parameter k, escapes of `wide` bits) plus base into out[at ..]; checks bounds per value. */
+function riceUnpack(out: Float64Array, at: number, m: number, k: number, wide: number, base: number): void {
+  const buf = rbuf;
+  const safe = (buf.length - 3) * 8;
+  const div = pow2[k]!;
+  const kMask = (1 << k) - 1;
+  let bit = rbit;
+  for (let i = 0; i < m; i++) {
+    // The next 25+ bits (zeros past the end); q = the ones before the first zero.
+    let j = bit >>> 3;
+    let w = (bit < safe ? buf[j]! | (buf[j + 1]! << 8) | (buf[j + 2]! << 16) | (buf[j + 3]! << 24) : tail(j)) >>> (bit & 7);
+    const q = ctz32(~w);
+    if (q < riceEscape) {
+      if (bit + q + 1 + k > rEnd) throw new ValueCodecError(`value series truncated: Rice code at bit ${bit} of ${rEnd}`);
+      bit += q + 1;
+      j = bit >>> 3;
+      w = bit < safe ? buf[j]! | (buf[j + 1]! << 8) | (buf[j + 2]! << 16) | (buf[j + 3]! << 24) : tail(j);
+      out[at + i] = base + q * div + ((w >>> (bit & 7)) & kMask);
+      bit += k;
+    } else {
+      rbit = bit + riceEscape;
+      need(wide);
+      out[at + i] = base + getBig(wide);
+      bit = rbit;
+    }
+  }
+  rbit = bit;
+}
+
 /** Reads m residuals into out[at .. at + m). */
 function readResiduals(out: Float64Array, at: number, m: number): void {
   need(1);
@@ -488,21 +517,7 @@ function readResiduals(out: Float64Array, at: number, m: number): void {
     const k = get(5);
     const wide = get(6);
     if (k > riceKMax || wide > widthMax) throw new ValueCodecError(`value series: Rice k ${k}, escape width ${wide}`);
-    const div = pow2[k]!;
-    for (let i = 0; i < m; i++) {
-      // Peek 17 bits (zeros past the end), then check what the code really takes.
-      const q = ctz32(~get(riceEscape + 1));
-      rbit -= riceEscape + 1;
-      if (q < riceEscape) {
-        need(q + 1 + k);
-        rbit += q + 1;
-        out[at + i] = base + q * div + getBig(k);
-      } else {
-        need(riceEscape + wide);
-        rbit += riceEscape;
-        out[at + i] = base + getBig(wide);
-      }
-    }
+    riceUnpack(out, at, m, k, wide, base);
     return;
   }
   const cw = bitLen(m);
