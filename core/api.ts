@@ -152,6 +152,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_rows_written_total', 'Storage rows written', s('rows_written'));
     p.counter('apm_core_rows_merged_total', 'Stored rows merged with late data', s('rows_merged'));
     p.counter('apm_core_rows_corrupt_total', 'Stored rows that failed to decode (skipped)', s('rows_corrupt'));
+    p.counters('apm_core_row_cache_reads_total', 'Stored-query reads of rows: found decoded in the row cache (hit) or decoded (miss)', 'result', { hit: s('row_cache_hits'), miss: s('row_cache_misses') });
+    p.counter('apm_core_row_cache_evicted_total', 'Decoded rows evicted from the row cache (least recently used, beyond its byte bound)', s('row_cache_evicted'));
+    p.gauge('apm_core_row_cache_bytes', 'Bytes of decoded rows held in the row caches', s('row_cache_bytes'));
     p.counter('apm_core_row_slices_total', 'Row-writing transactions (each bounded in time)', s('row_slices'));
     p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last 10 s (ms): the longest a worker stops ingesting to write rows', st.sliceMsMax);
     p.counter('apm_core_row_slices_over_50ms_total', 'Row-writing slices longer than 50 ms (the pause target)', s('slices_over_50ms'));

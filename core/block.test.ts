@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeRow, encodeRow, RowError, type RowInput, type SummaryColumns } from './block.js';
+import { decodeRow, encodeRow, rowAggregates, RowError, rowV2Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 
 function summaries(secs: number[], src: Uint8Array): SummaryColumns {
   const n = secs.length;
@@ -16,51 +16,175 @@ function summaries(secs: number[], src: Uint8Array): SummaryColumns {
   };
 }
 
-describe('storage row encoding', () => {
-  it('round-trips any values exactly, with any presence pattern', () => {
-    const value = fc.oneof(fc.double({ noNaN: true, noDefaultInfinity: true }), fc.integer({ min: -1e6, max: 1e6 }), fc.integer({ min: -99999, max: 99999 }).map((n) => n / 100));
-    const series = fc.array(fc.tuple(fc.uniqueArray(fc.integer({ min: 0, max: 59 }), { maxLength: 60 }), fc.array(value, { minLength: 60, maxLength: 60 })), { minLength: 1, maxLength: 5 });
+const sketch = Uint8Array.of(0, 0, 1, 2, 1);
+const noZero = (v: number) => (Object.is(v, -0) ? 0 : v);
+const value = fc.oneof(fc.double({ noNaN: true, noDefaultInfinity: true }), fc.integer({ min: -1e6, max: 1e6 }), fc.integer({ min: -99999, max: 99999 }).map((n) => n / 100));
+/** Per server: the seconds it has a point at, 60 candidate values, and whether it has a summary at its first second. */
+const serversArb = fc.array(fc.tuple(fc.uniqueArray(fc.integer({ min: 0, max: 59 }), { maxLength: 60 }), fc.array(value, { minLength: 60, maxLength: 60 }), fc.boolean()), { minLength: 1, maxLength: 12 });
+
+/** A row of these servers (ids j * 7 + 1): points, a summary at second 3 for flagged servers, a rollup at 0, 5, 59. */
+function rowOf(ss: [number[], number[], boolean][]): RowInput {
+  const pointStart = new Int32Array(ss.length + 1);
+  const distStart = new Int32Array(ss.length + 1);
+  const secs: number[] = [];
+  const vals: number[] = [];
+  const dsecs: number[] = [];
+  ss.forEach(([present, v, dist], j) => {
+    pointStart[j] = secs.length;
+    distStart[j] = dsecs.length;
+    for (const s of [...present].sort((a, b) => a - b)) {
+      secs.push(s);
+      vals.push(v[s]!);
+    }
+    if (dist) dsecs.push(3);
+  });
+  pointStart[ss.length] = secs.length;
+  distStart[ss.length] = dsecs.length;
+  return {
+    kind: 0,
+    blockSeconds: 60,
+    serverIds: Uint32Array.from(ss, (_, j) => j * 7 + 1),
+    serversOmitted: 0,
+    entries: 'values',
+    aggregates: null,
+    pointStart,
+    pointSecs: Uint16Array.from(secs),
+    pointVals: Float64Array.from(vals),
+    distStart,
+    dist: summaries(dsecs, sketch),
+    rollup: summaries([0, 5, 59], sketch),
+    rollupFrom: 0,
+    rollupTo: 3,
+  };
+}
+
+/** Plain columns of a row, for comparison (-0 read as 0: the value codec stores 0). */
+function plain(row: DecodedRow) {
+  const d = row.dist;
+  return {
+    serverIds: Array.from(row.serverIds),
+    serversOmitted: row.serversOmitted,
+    pointStart: Array.from(row.pointStart),
+    pointSecs: Array.from(row.pointSecs),
+    pointVals: Array.from(row.pointVals, noZero),
+    distStart: Array.from(row.distStart),
+    dist: [Array.from(d.secs), Array.from(d.count), Array.from(d.sum), Array.from(d.min), Array.from(d.max)],
+    sketches: d.sketchSrc.map((src, i) => Array.from(src.subarray(d.sketchStart[i], d.sketchEnd[i]))),
+    rollup: [Array.from(row.rollup.secs), Array.from(row.rollup.count)],
+    rollupSketches: row.rollup.sketchSrc.map((src, i) => Array.from(src.subarray(row.rollup.sketchStart[i], row.rollup.sketchEnd[i]))),
+  };
+}
+
+describe('storage row encoding (version 2)', () => {
+  it('round-trips any servers, seconds and values exactly', () => {
     fc.assert(
-      fc.property(series, (ss) => {
-        const pointStart = new Int32Array(ss.length + 1);
-        const secs: number[] = [];
-        const vals: number[] = [];
-        ss.forEach(([present, v], j) => {
-          pointStart[j] = secs.length;
-          for (const s of [...present].sort((a, b) => a - b)) {
-            secs.push(s);
-            vals.push(v[s]!);
-          }
-        });
-        pointStart[ss.length] = secs.length;
-        const sketch = Uint8Array.of(0, 0, 1, 2, 1);
-        const input: RowInput = {
-          kind: 0,
-          blockSeconds: 60,
-          serverIds: Uint32Array.from(ss, (_, j) => j * 7 + 1),
-          pointStart,
-          pointSecs: Uint16Array.from(secs),
-          pointVals: Float64Array.from(vals),
-          distStart: new Int32Array(ss.length + 1).fill(0).map((_, j) => (j === 0 ? 0 : 1)),
-          dist: summaries([3], sketch),
-          rollup: summaries([0, 5, 59], sketch),
-          rollupFrom: 0,
-          rollupTo: 3,
-        };
-        const row = decodeRow(encodeRow(input));
-        expect(Array.from(row.serverIds)).toEqual(Array.from(input.serverIds));
-        expect(Array.from(row.pointStart)).toEqual(Array.from(pointStart));
-        expect(Array.from(row.pointSecs)).toEqual(secs);
-        expect(Array.from(row.pointVals).map((v) => (Object.is(v, -0) ? 0 : v))).toEqual(vals.map((v) => (Object.is(v, -0) ? 0 : v)));
-        expect(Array.from(row.dist.count)).toEqual([4]);
-        expect(Array.from(row.rollup.secs)).toEqual([0, 5, 59]);
-        expect(Array.from(row.rollup.sketchSrc[2]!.subarray(row.rollup.sketchStart[2], row.rollup.sketchEnd[2]))).toEqual(Array.from(sketch));
+      fc.property(serversArb, (ss) => {
+        const input = rowOf(ss);
+        const stored = encodeRow(input);
+        expect(stored[0]).toBe(rowV2Marker);
+        const row = decodeRow(stored);
+        expect(plain(row)).toEqual(plain(input));
+        expect(row.entries).toBe('values');
       }),
       { numRuns: 300 },
     );
   });
 
-  it('refuses a corrupt row with RowError', () => {
+  it('decodes a subset of servers as the full decode filtered', () => {
+    fc.assert(
+      fc.property(serversArb, fc.array(fc.boolean(), { minLength: 12, maxLength: 12 }), (ss, pick) => {
+        const stored = encodeRow(rowOf(ss));
+        const keep = (sid: number) => pick[(sid - 1) / 7]!;
+        expect(plain(decodeRow(stored, { servers: keep }))).toEqual(plain(selectServers(decodeRow(stored), keep)));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('stores per-second aggregates over every server (rows of ≥ 4), equal to those of the decoded row', () => {
+    fc.assert(
+      fc.property(serversArb, (ss) => {
+        const stored = encodeRow(rowOf(ss));
+        const row = decodeRow(stored);
+        const want = rowAggregates(row);
+        if (ss.length < 4) expect(row.aggregates).toBeNull();
+        else {
+          const a = row.aggregates!;
+          expect(want).not.toBeNull();
+          // Bit for bit (Object.is): the same additions in the same order.
+          for (const k of ['secs', 'count', 'sum', 'min', 'max'] as const) expect(Array.from(a[k], noZero)).toEqual(Array.from(want![k], noZero));
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('decodes only the seconds of entries when asked and the aggregates answer', () => {
+    fc.assert(
+      fc.property(serversArb, fc.boolean(), (ss, some) => {
+        const stored = encodeRow(rowOf(ss));
+        const full = decodeRow(stored);
+        const keep = some ? (sid: number) => sid !== 1 : undefined;
+        const row = decodeRow(stored, { servers: keep, secondsOnly: true });
+        // Only a whole row with aggregates skips values (server 1 is in every row: `some` leaves it out).
+        const skips = full.aggregates !== null && keep === undefined;
+        expect(row.entries).toBe(skips ? 'seconds' : 'values');
+        const want = keep === undefined ? full : selectServers(full, keep);
+        expect([Array.from(row.serverIds), Array.from(row.pointStart), Array.from(row.pointSecs), Array.from(row.distStart), Array.from(row.dist.secs)]).toEqual([
+          Array.from(want.serverIds),
+          Array.from(want.pointStart),
+          Array.from(want.pointSecs),
+          Array.from(want.distStart),
+          Array.from(want.dist.secs),
+        ]);
+        if (skips) expect(row.pointVals.length).toBe(0);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('refuses a corrupt or truncated row with RowError', () => {
     expect(() => decodeRow(Uint8Array.of(1, 2, 3))).toThrow(RowError);
+    const stored = encodeRow(rowOf([[[0, 1, 2], new Array<number>(60).fill(1.5), true], [[5], new Array<number>(60).fill(2), false]]));
+    for (let cut = 1; cut < stored.length; cut++) expect(() => decodeRow(stored.subarray(0, cut)), `cut at ${cut}`).toThrow(RowError);
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: stored.length - 1 }), fc.integer({ min: 0, max: 255 }), (at, b) => {
+        const bad = stored.slice();
+        bad[at] = b;
+        try {
+          decodeRow(bad);
+        } catch (err) {
+          expect(err).toBeInstanceOf(RowError);
+        }
+      }),
+    );
+  });
+});
+
+describe('storage row encoding (version 1, as data directories hold it)', () => {
+  // Written by the version 1 encoder (commit 488178e): servers 3 (every second, 2 decimals), 9
+  // (seconds 0, 7, 59: raw doubles), 12 (one summary at second 3); a rollup at 0, 5, 59.
+  const v1 =
+    'Y2SwYWZmY2Z0OmD3gn0j31e+rxyfGTUvsv7kOcrfwn2CmeE8cw/3cf5PPCdY1X8y/uP4ybeW7z77LMa4J2yPeZfwf+e8wMRzhaWf5wL/T+49LBxPmCZwreG/yHuSLXgF4y/23Xzv+J5wvGDUe8TaxnuY/wvXTmaGe8xzuE/yP+VhYGpkAAOO/xK6LiG/FTkd5pQydNg8Mf8XCgZX7RkYmDggahhYIJSQA1TPAQgt4cDKwMDIxMikCBVnZEAFDTAGRB0bhCMHNUYEaowK1BgbME8hDCLd4AuRboiFSgMA';
+  const v3 = Array.from({ length: 60 }, (_, i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
+
+  it('still decodes, whole and by server', () => {
+    const stored = Buffer.from(v1, 'base64');
+    const row = decodeRow(stored);
+    expect(plain(row)).toMatchObject({
+      serverIds: [3, 9, 12],
+      serversOmitted: 0,
+      pointStart: [0, 60, 63, 63],
+      pointVals: [...v3, Math.PI, -1e300, 1 / 3],
+      distStart: [0, 0, 0, 1],
+      dist: [[3], [4], [4.5], [-3], [6]],
+      rollup: [[0, 5, 59], [1, 6, 60]],
+    });
+    expect(row.aggregates).toBeNull();
+    const some = decodeRow(stored, { servers: (sid) => sid === 9, secondsOnly: true });
+    expect(plain(some)).toMatchObject({ serverIds: [9], serversOmitted: 2, pointSecs: [0, 7, 59], pointVals: [Math.PI, -1e300, 1 / 3] });
+    // Written again (a merge of late data), it becomes version 2 with the same content.
+    const again = decodeRow(encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length }));
+    expect(plain(again)).toEqual(plain(row));
   });
 });

@@ -1,11 +1,29 @@
 // The storage row: one metric × one rack × one block of seconds (core/store.ts explains the
-// layout). Per server a presence map and the values; per second the rack rollup. Values are
-// decimal-scaled integers, delta-encoded as varints when that is exact, raw doubles when not;
-// the whole row is then deflated. Decoding returns columns (typed arrays), never a point object.
+// layout). Per server a presence map and the values; per second the rack rollup. Decoding
+// returns columns (typed arrays), never a point object.
+//
+// Version 2 (issue 14), not deflated, so that a reader touches only what a query needs:
+//   u8 0x16 (marker: version 2; a deflate stream never starts with block type 3, so v1 rows,
+//      which are deflated whole, are told apart by their first byte)
+//   u8 kind, u8 blockSeconds, varint n
+//   varint × n   server ids, delta-encoded (ascending)
+//   varint × n   directory: byte length of each server's segment
+//   varint len + aggregates: per second of the block, count/sum/min/max over the row's servers
+//                (rowAggregates: the sums in the order the evaluator adds them), or len 0
+//   varint len + the rack rollup (summaries), or len 0
+//   n segments, one per server: [points: 0 | presence + series][summaries: 0 | presence + each]
+// A decoder reads the directory and decodes the segments of the servers asked for only; with
+// `secondsOnly` it reads each segment's presence map and skips its values (the aggregates answer).
+// Version 1: the same per-server content inline (no directory, no aggregates), deflated whole.
+// Values go through writeSeries / readSeries (one place to swap the value codec).
 
-import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { inflateRawSync } from 'node:zlib';
 
-export const rowVersion = 1;
+/** First byte of a version 2 row: low bits 110 are deflate's reserved block type, never a v1 row's first byte. */
+export const rowV2Marker = 0x16;
+const rowV1Version = 1;
+/** Rows of fewer servers carry no aggregates (their values are as quick to read). */
+const aggregatesServersMin = 4;
 
 /** Growable byte writer with 53-bit varints. */
 export class ByteWriter {
@@ -53,10 +71,11 @@ export class ByteWriter {
   }
 }
 
-/** Bounds-checked reader over an inflated row; a malformed row throws RowError. */
+/** A malformed row: decoding throws this. */
 export class RowError extends Error {}
 
-class ByteReader {
+/** Bounds-checked reader over a row's bytes; a malformed row throws RowError. */
+export class ByteReader {
   pos = 0;
   readonly dv: DataView;
   constructor(readonly buf: Uint8Array) {
@@ -184,6 +203,7 @@ function writeValues(w: ByteWriter, vals: Float64Array, from: number, to: number
   }
 }
 
+/** Reads what writeValues wrote (n values into out[at ..]). */
 function readValues(r: ByteReader, out: Float64Array, at: number, n: number): void {
   const e = r.u8();
   if (e === 0xff) {
@@ -205,6 +225,11 @@ function readValues(r: ByteReader, out: Float64Array, at: number, n: number): vo
     out[at + i] = prev / scale;
   }
 }
+
+// The value codec of version 2 rows: one place to swap it (core/codec/values.ts, issue 14).
+// Version 1 rows keep readValues for good (data directories hold them).
+const writeSeries = writeValues;
+const readSeries = readValues;
 
 /** Summaries (distributions, rollups) of one series: a presence map then count, sum, min, max, sketch. */
 export interface SummaryColumns {
@@ -231,6 +256,96 @@ function writeSummaries(w: ByteWriter, c: SummaryColumns, from: number, to: numb
   }
 }
 
+/**
+ * Per second of a block, over every server of a row: the count, sum, min and max of its points
+ * and summaries. Sums are added server by server (points, then summaries) from +0, in the order
+ * core/query/eval.ts adds a row's values of one second, so either path gives the same double.
+ */
+export interface RowAggregates {
+  /** Seconds with at least one entry, ascending; the columns below are indexed alike. */
+  secs: Uint16Array;
+  count: Float64Array;
+  sum: Float64Array;
+  min: Float64Array;
+  max: Float64Array;
+}
+
+/** The aggregates of a row's entries (all of its servers), or null when it has none. */
+export function rowAggregates(x: DecodedRow): RowAggregates | null {
+  if (x.entries !== 'values' || x.serversOmitted !== 0) throw new Error('BUG: aggregates of a partly decoded row');
+  const S = x.blockSeconds;
+  const has = new Uint8Array(S);
+  const count = new Float64Array(S);
+  const sum = new Float64Array(S);
+  const min = new Float64Array(S).fill(Infinity);
+  const max = new Float64Array(S).fill(-Infinity);
+  const d = x.dist;
+  for (let j = 0; j < x.serverIds.length; j++) {
+    for (let i = x.pointStart[j]!; i < x.pointStart[j + 1]!; i++) {
+      const s = x.pointSecs[i]!;
+      const v = x.pointVals[i]!;
+      has[s] = 1;
+      count[s]! += 1;
+      sum[s]! += v;
+      if (v < min[s]!) min[s] = v;
+      if (v > max[s]!) max[s] = v;
+    }
+    for (let i = x.distStart[j]!; i < x.distStart[j + 1]!; i++) {
+      const s = d.secs[i]!;
+      has[s] = 1;
+      count[s]! += d.count[i]!;
+      sum[s]! += d.sum[i]!;
+      if (d.min[i]! < min[s]!) min[s] = d.min[i]!;
+      if (d.max[i]! > max[s]!) max[s] = d.max[i]!;
+    }
+  }
+  let k = 0;
+  for (let s = 0; s < S; s++) k += has[s]!;
+  if (k === 0) return null;
+  const a: RowAggregates = { secs: new Uint16Array(k), count: new Float64Array(k), sum: new Float64Array(k), min: new Float64Array(k), max: new Float64Array(k) };
+  k = 0;
+  for (let s = 0; s < S; s++) {
+    if (has[s] === 0) continue;
+    a.secs[k] = s;
+    a.count[k] = count[s]!;
+    a.sum[k] = sum[s]!;
+    a.min[k] = min[s]!;
+    a.max[k++] = max[s]!;
+  }
+  return a;
+}
+
+function writeAggregates(w: ByteWriter, a: RowAggregates, blockSeconds: number): void {
+  const k = a.secs.length;
+  writePresence(w, a.secs, 0, k, blockSeconds);
+  let same = true;
+  for (let i = 1; i < k && same; i++) same = a.count[i] === a.count[0];
+  if (same) {
+    w.u8(0);
+    w.varint(a.count[0]!);
+  } else {
+    w.u8(1);
+    writeSeries(w, a.count, 0, k);
+  }
+  writeSeries(w, a.min, 0, k);
+  writeSeries(w, a.max, 0, k);
+  writeSeries(w, a.sum, 0, k);
+}
+
+function readAggregates(r: ByteReader, blockSeconds: number): RowAggregates {
+  const secs = new Uint16Array(blockSeconds);
+  const k = readPresence(r, blockSeconds, secs, 0);
+  const a: RowAggregates = { secs: secs.subarray(0, k), count: new Float64Array(k), sum: new Float64Array(k), min: new Float64Array(k), max: new Float64Array(k) };
+  const mode = r.u8();
+  if (mode === 0) a.count.fill(r.varint());
+  else if (mode === 1) readSeries(r, a.count, 0, k);
+  else throw new RowError(`aggregate count mode ${mode}`);
+  readSeries(r, a.min, 0, k);
+  readSeries(r, a.max, 0, k);
+  readSeries(r, a.sum, 0, k);
+  return a;
+}
+
 /** What one row holds, as the store assembles it: a row's columns plus the rollup range to write. */
 export interface RowInput extends DecodedRow {
   /** Rollup entries [rollupFrom, rollupTo) of rollup, one per second. */
@@ -239,44 +354,70 @@ export interface RowInput extends DecodedRow {
 }
 
 const scratch = new ByteWriter();
+const segments = new ByteWriter();
+const section = new ByteWriter();
 
-/** Encodes and deflates one row. */
+/** Encodes one row (version 2; see the top of this file). The input must be a whole row with values. */
 export function encodeRow(x: RowInput): Uint8Array {
+  if (x.entries !== 'values' || x.serversOmitted !== 0) throw new Error('BUG: encoding a partly decoded row');
   const w = scratch;
   w.reset();
-  w.u8(rowVersion);
+  w.u8(rowV2Marker);
   w.u8(x.kind);
   w.u8(x.blockSeconds);
   const n = x.serverIds.length;
   w.varint(n);
   let prev = 0;
   for (let j = 0; j < n; j++) {
-    w.varint(x.serverIds[j]! - prev);
-    prev = x.serverIds[j]!;
+    const id = x.serverIds[j]!;
+    if (j > 0 && id <= prev) throw new Error(`BUG: row servers not ascending (${id} after ${prev})`);
+    w.varint(id - prev);
+    prev = id;
   }
+  const seg = segments;
+  seg.reset();
   for (let j = 0; j < n; j++) {
+    const at = seg.pos;
     const p0 = x.pointStart[j]!;
     const p1 = x.pointStart[j + 1]!;
-    if (p1 === p0) w.u8(0);
-    else {
-      writePresence(w, x.pointSecs, p0, p1, x.blockSeconds);
-      writeValues(w, x.pointVals, p0, p1);
-    }
     const d0 = x.distStart[j]!;
     const d1 = x.distStart[j + 1]!;
-    if (d1 === d0) w.u8(0);
-    else writeSummaries(w, x.dist, d0, d1, x.blockSeconds);
+    seg.u8((p1 > p0 ? 1 : 0) | (d1 > d0 ? 2 : 0));
+    if (p1 > p0) {
+      writePresence(seg, x.pointSecs, p0, p1, x.blockSeconds);
+      writeSeries(seg, x.pointVals, p0, p1);
+    }
+    if (d1 > d0) writeSummaries(seg, x.dist, d0, d1, x.blockSeconds);
+    w.varint(seg.pos - at);
   }
-  if (x.rollupTo === x.rollupFrom) w.u8(0);
-  else writeSummaries(w, x.rollup, x.rollupFrom, x.rollupTo, x.blockSeconds);
-  return deflateRawSync(w.buf.subarray(0, w.pos), { level: 6 });
+  const a = n >= aggregatesServersMin ? rowAggregates(x) : null;
+  section.reset();
+  if (a !== null) writeAggregates(section, a, x.blockSeconds);
+  w.varint(section.pos);
+  w.bytes(section.buf, 0, section.pos);
+  section.reset();
+  if (x.rollupTo > x.rollupFrom) writeSummaries(section, x.rollup, x.rollupFrom, x.rollupTo, x.blockSeconds);
+  w.varint(section.pos);
+  w.bytes(section.buf, 0, section.pos);
+  w.bytes(seg.buf, 0, seg.pos);
+  return w.buf.slice(0, w.pos);
 }
 
 /** A row's columns (entries grouped by server, seconds ascending), as decoded or as built. */
 export interface DecodedRow {
   kind: number;
   blockSeconds: number;
+  /** The servers decoded, ascending (all of the row's unless a decode asked for some). */
   serverIds: Uint32Array;
+  /** Servers of the row left out by the decode's `servers` test (0: serverIds is the whole row). */
+  serversOmitted: number;
+  /**
+   * 'seconds': only the seconds of entries were decoded (pointSecs, dist.secs); pointVals is
+   * empty and dist's other columns are zero — `aggregates` answers for the whole row.
+   */
+  entries: 'values' | 'seconds';
+  /** Per-second aggregates over all the row's servers (rowAggregates), or null (small or version 1 rows). */
+  aggregates: RowAggregates | null;
   /** Point entries of server j: [pointStart[j], pointStart[j + 1]) of pointSecs/pointVals. */
   pointStart: Int32Array;
   pointSecs: Uint16Array;
@@ -318,8 +459,136 @@ function readSummaries(r: ByteReader, c: SummaryColumns, at: number, blockSecond
   return n;
 }
 
-/** Inflates and decodes a row; throws RowError when it is malformed. */
-export function decodeRow(stored: Uint8Array): DecodedRow {
+/** What to decode of a row (decodeRow). */
+export interface RowDecodeOptions {
+  /** Decode the entries of these servers only; the others are left out (serversOmitted counts them). */
+  servers?: (serverId: number) => boolean;
+  /** When the row has aggregates and no server is left out: decode the seconds of entries only (entries: 'seconds'). */
+  secondsOnly?: boolean;
+}
+
+/** What a reader of a metric's rows needs of them (Store.read): a test per (server, rack), and caching. */
+export interface RowReadOptions {
+  /** The servers whose entries are needed, by the rack whose row holds them (absent: all). Rows may hold more. */
+  servers?: (serverId: number, rackId: number) => boolean;
+  /** Rows whose aggregates answer may come with the seconds of entries only (see RowDecodeOptions). */
+  secondsOnly?: boolean;
+  /** Keep whole decoded rows in the store's row cache and use them (stored queries re-read blocks). */
+  cache?: boolean;
+}
+
+/**
+ * Decodes a stored row (version 1 or 2); throws RowError when it is malformed. With options,
+ * a version 2 row is read only where they need (the directory locates each server's bytes).
+ */
+export function decodeRow(stored: Uint8Array, opts: RowDecodeOptions = {}): DecodedRow {
+  if (stored[0] === rowV2Marker) return decodeV2(stored, opts);
+  const row = decodeV1(stored);
+  return opts.servers === undefined ? row : selectServers(row, opts.servers);
+}
+
+const noValues = new Float64Array(0);
+const emptySummaries: SummaryColumns = summaryColumns(0);
+/** Values of a segment read only to pass over them (secondsOnly on a row holding points and summaries). */
+let passOver = new Float64Array(256);
+
+function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
+  const r = new ByteReader(stored);
+  r.u8();
+  const kind = r.u8();
+  const blockSeconds = r.u8();
+  const n = r.varint();
+  if (n > stored.length) throw new RowError(`${n} servers in a row of ${stored.length} bytes`);
+  const ids = new Uint32Array(n);
+  let prev = 0;
+  for (let j = 0; j < n; j++) ids[j] = prev += r.varint();
+  const ends = new Int32Array(n);
+  let total = 0;
+  for (let j = 0; j < n; j++) ends[j] = total += r.varint();
+  const aggLen = r.varint();
+  const aggAt = r.skip(aggLen);
+  const rollLen = r.varint();
+  const rollAt = r.skip(rollLen);
+  const segAt = r.pos;
+  if (segAt + total !== stored.length) throw new RowError(`row directory says ${total} segment bytes, the row has ${stored.length - segAt}`);
+  const keep = opts.servers;
+  let picked: Uint8Array | null = null;
+  let k = n;
+  if (keep !== undefined) {
+    picked = new Uint8Array(n);
+    k = 0;
+    for (let j = 0; j < n; j++) if (keep(ids[j]!)) (picked[j] = 1), k++;
+  }
+  let aggregates: RowAggregates | null = null;
+  if (aggLen > 0) {
+    r.pos = aggAt;
+    aggregates = readAggregates(r, blockSeconds);
+    if (r.pos !== aggAt + aggLen) throw new RowError(`aggregates end at ${r.pos}, not ${aggAt + aggLen}`);
+  }
+  let rollup = emptySummaries;
+  if (rollLen > 0) {
+    r.pos = rollAt;
+    rollup = summaryColumns(blockSeconds, stored);
+    const rolled = readSummaries(r, rollup, 0, blockSeconds);
+    if (r.pos !== rollAt + rollLen) throw new RowError(`rollup ends at ${r.pos}, not ${rollAt + rollLen}`);
+    rollup = trimSummaries(rollup, rolled);
+  }
+  const secondsOnly = opts.secondsOnly === true && aggregates !== null && k === n;
+  const cap = k * blockSeconds;
+  const serverIds = k === n ? ids : new Uint32Array(k);
+  const pointStart = new Int32Array(k + 1);
+  const distStart = new Int32Array(k + 1);
+  const pointSecs = new Uint16Array(cap);
+  const pointVals = secondsOnly ? noValues : new Float64Array(cap);
+  let dist: SummaryColumns | null = null;
+  let p = 0;
+  let d = 0;
+  let out = 0;
+  for (let j = 0; j < n; j++) {
+    if (picked !== null && picked[j] === 0) continue;
+    serverIds[out] = ids[j]!;
+    pointStart[out] = p;
+    distStart[out++] = d;
+    const from = segAt + (j === 0 ? 0 : ends[j - 1]!);
+    const to = segAt + ends[j]!;
+    r.pos = from;
+    const flags = r.u8();
+    if (flags > 3) throw new RowError(`segment flags ${flags}`);
+    if ((flags & 1) !== 0) {
+      const m = readPresence(r, blockSeconds, pointSecs, p);
+      if (!secondsOnly) readSeries(r, pointVals, p, m);
+      else if ((flags & 2) !== 0) {
+        if (passOver.length < m) passOver = new Float64Array(blockSeconds);
+        readSeries(r, passOver, 0, m);
+      }
+      p += m;
+    }
+    if ((flags & 2) !== 0) {
+      dist ??= summaryColumns(cap, stored);
+      d += secondsOnly ? readPresence(r, blockSeconds, dist.secs, d) : readSummaries(r, dist, d, blockSeconds);
+    }
+    if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment of server ${ids[j]} ends at ${r.pos}, its directory entry at ${to}`);
+  }
+  pointStart[k] = p;
+  distStart[k] = d;
+  return {
+    kind,
+    blockSeconds,
+    serverIds,
+    serversOmitted: n - k,
+    entries: secondsOnly ? 'seconds' : 'values',
+    aggregates,
+    pointStart,
+    pointSecs: pointSecs.subarray(0, p),
+    pointVals: secondsOnly ? noValues : pointVals.subarray(0, p),
+    distStart,
+    dist: dist === null ? emptySummaries : trimSummaries(dist, d),
+    rollup,
+  };
+}
+
+/** Version 1: inflate, then every server's entries inline. */
+function decodeV1(stored: Uint8Array): DecodedRow {
   let raw: Uint8Array;
   try {
     raw = inflateRawSync(stored);
@@ -327,7 +596,7 @@ export function decodeRow(stored: Uint8Array): DecodedRow {
     throw new RowError('row does not inflate', { cause });
   }
   const r = new ByteReader(raw);
-  if (r.u8() !== rowVersion) throw new RowError('unknown row version');
+  if (r.u8() !== rowV1Version) throw new RowError('unknown row version');
   const kind = r.u8();
   const blockSeconds = r.u8();
   const n = r.varint();
@@ -364,7 +633,61 @@ export function decodeRow(stored: Uint8Array): DecodedRow {
   if (r.buf[r.pos] === 0) r.pos++;
   else rolled = readSummaries(r, rollup, 0, blockSeconds);
   if (r.pos !== raw.length) throw new RowError(`${raw.length - r.pos} trailing bytes`);
-  return { kind, blockSeconds, serverIds, pointStart, pointSecs: pointSecs.subarray(0, p), pointVals: pointVals.subarray(0, p), distStart, dist: trimSummaries(dist ?? summaryColumns(0, raw), d), rollup: trimSummaries(rollup, rolled) };
+  return {
+    kind,
+    blockSeconds,
+    serverIds,
+    serversOmitted: 0,
+    entries: 'values',
+    aggregates: null,
+    pointStart,
+    pointSecs: pointSecs.subarray(0, p),
+    pointVals: pointVals.subarray(0, p),
+    distStart,
+    dist: trimSummaries(dist ?? summaryColumns(0, raw), d),
+    rollup: trimSummaries(rollup, rolled),
+  };
+}
+
+/** The servers of a whole decoded row that pass `keep` (copies; serversOmitted counts the rest). */
+export function selectServers(row: DecodedRow, keep: (serverId: number) => boolean): DecodedRow {
+  const js: number[] = [];
+  for (let j = 0; j < row.serverIds.length; j++) if (keep(row.serverIds[j]!)) js.push(j);
+  if (js.length === row.serverIds.length) return row;
+  let pn = 0;
+  let dn = 0;
+  for (const j of js) {
+    pn += row.pointStart[j + 1]! - row.pointStart[j]!;
+    dn += row.distStart[j + 1]! - row.distStart[j]!;
+  }
+  const pointStart = new Int32Array(js.length + 1);
+  const distStart = new Int32Array(js.length + 1);
+  const pointSecs = new Uint16Array(pn);
+  const pointVals = new Float64Array(pn);
+  const dist = summaryColumns(dn);
+  let p = 0;
+  let d = 0;
+  js.forEach((j, o) => {
+    pointStart[o] = p;
+    distStart[o] = d;
+    for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++, p++) {
+      pointSecs[p] = row.pointSecs[i]!;
+      pointVals[p] = row.pointVals[i]!;
+    }
+    for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++, d++) {
+      dist.secs[d] = row.dist.secs[i]!;
+      dist.count[d] = row.dist.count[i]!;
+      dist.sum[d] = row.dist.sum[i]!;
+      dist.min[d] = row.dist.min[i]!;
+      dist.max[d] = row.dist.max[i]!;
+      dist.sketchSrc[d] = row.dist.sketchSrc[i]!;
+      dist.sketchStart[d] = row.dist.sketchStart[i]!;
+      dist.sketchEnd[d] = row.dist.sketchEnd[i]!;
+    }
+  });
+  pointStart[js.length] = p;
+  distStart[js.length] = d;
+  return { ...row, serverIds: Uint32Array.from(js, (j) => row.serverIds[j]!), serversOmitted: row.serversOmitted + row.serverIds.length - js.length, pointStart, pointSecs, pointVals, distStart, dist };
 }
 
 /** The first n entries of c (views; sketch sources copied). */

@@ -302,6 +302,10 @@ export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSecond
     kind: old?.kind ?? h.kind,
     blockSeconds,
     serverIds: Uint32Array.from(ids),
+    serversOmitted: 0,
+    entries: 'values',
+    // Computed by encodeRow for a stored row, by Store.read for a head read.
+    aggregates: null,
     pointStart,
     pointSecs: pointSecs.subarray(0, po),
     pointVals: pointVals.subarray(0, po),

@@ -4,7 +4,7 @@
 //   wal     [shard][seq u48] → a ShardSection frame: written (synced) before the request that
 //           carried it is acknowledged; deleted once every row of its block is written. With
 //           dedup, in an environment of its own (<store>/wal): the rows' file holds rows only.
-//   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][deflated row]
+//   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][row]
 //           (core/block.ts): one metric's per-second values for every server of a rack over a
 //           block. The WAL seq is the newest entry the row holds: a replay skips older ones.
 //   dedup   [shard][rack] → the newest (session, seq) seen and a window of recent seqs.
@@ -21,10 +21,11 @@ import { openLmdb, writeFailure } from '../schema/lmdb.js';
 import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
-import { decodeRow, encodeRow, RowError, type DecodedRow } from './block.js';
+import { decodeRow, encodeRow, RowError, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
 import { Dedup } from './dedup.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
+import { RowCache, rowCacheBytesMax } from './rowcache.js';
 
 export interface StoreOptions {
   dir: string;
@@ -131,6 +132,11 @@ export class Store {
     slices_over_50ms: 0,
     flush_errors: 0,
     rows_corrupt: 0,
+    /** Stored-query reads of rows (issue 14): found decoded in the row cache, decoded, evicted; bytes held (a gauge). */
+    row_cache_hits: 0,
+    row_cache_misses: 0,
+    row_cache_evicted: 0,
+    row_cache_bytes: 0,
     retention_rows_deleted: 0,
     wal_replayed: 0,
     wal_corrupt: 0,
@@ -146,6 +152,8 @@ export class Store {
     points_dropped_kind_conflict: 0,
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full', number>> = {};
+  /** Decoded rows stored queries read again (core/rowcache.ts). */
+  private readonly rowCache = new RowCache(rowCacheBytesMax, this.counters);
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
   sliceMsMax = 0;
   lastError = '';
@@ -675,18 +683,23 @@ export class Store {
 
   /**
    * Visits every row of one metric with data in [fromSecond, toSecond), block by block in time
-   * order: stored rows, then the head's (built on the fly). Rows are columnar (core/block.ts).
+   * order: stored rows, then the head's (built on the fly). Rows are columnar (core/block.ts);
+   * `opts` lets a stored row be decoded only where the reader needs it, or come from the cache.
    */
-  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void): void {
+  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void, opts: RowReadOptions = {}): void {
     const shard = shardOf(lo, this.opts.shardCount);
     const head = this.heads.get(shard);
     if (head === undefined) throw new Error(`BUG: shard ${shard} is not in this store`);
     const mi = this.registry.indexOf(lo, hi);
     const S = this.opts.blockSeconds;
+    const servers = opts.servers;
+    let rackId = 0;
+    const decodeOpts: RowDecodeOptions = { servers: servers === undefined ? undefined : (sid) => servers(sid, rackId), secondsOnly: opts.secondsOnly };
     for (let block = this.blockOf(fromSecond); block < toSecond; block += S) {
       for (const { key, value } of this.rows.getRange({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
+        rackId = key.readUInt32BE(14);
         try {
-          visit(decodeRow(value.subarray(6)), block, key.readUInt32BE(14));
+          visit(opts.cache === true ? this.cachedRow(key, value) : decodeRow(value.subarray(6), decodeOpts), block, rackId);
         } catch (err) {
           if (!(err instanceof RowError)) throw err;
           this.counters.rows_corrupt++;
@@ -694,8 +707,20 @@ export class Store {
       }
       const racks = mi < 0 ? undefined : head.blocks.get(block)?.get(mi);
       if (racks === undefined) continue;
-      for (const [rackId, mh] of racks) visit(buildRow(mh, undefined, S, this.acc), block, rackId);
+      for (const [id, mh] of racks) visit(buildRow(mh, undefined, S, this.acc), block, id);
     }
+  }
+
+  /** A stored row, whole, from the row cache or decoded into it (found by key, WAL seq and length: never stale). */
+  private cachedRow(key: Buffer, value: Uint8Array): DecodedRow {
+    const k = RowCache.keyOf(key, readU48(value, 0), value.length);
+    let row = this.rowCache.get(k);
+    if (row === undefined) {
+      row = decodeRow(value.subarray(6));
+      this.rowCache.put(k, row, value.length);
+    }
+    this.counters.row_cache_bytes = this.rowCache.bytes;
+    return row;
   }
 
   /** Deletes rows older than the retention, in bounded transactions. Returns rows deleted. */

@@ -33,7 +33,9 @@ const owned = new Map<number, Owned>();
 for (const index of config.stores) {
   const opts: StoreOptions = { ...config.store, dir: `${config.dataDir}/store-${index}`, shards: config.shardsOfStore[index]! };
   const store = new Store(opts);
-  const stored = new StoredQueries(store.env, store, config.stored);
+  // Stored queries read the same blocks window after window: their rows go through the store's row cache (issue 14).
+  const cachedReads = { registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => store.read(lo, hi, from, to, visit, { ...o, cache: true })) satisfies Store['read'] };
+  const stored = new StoredQueries(store.env, cachedReads, config.stored);
   stored.onWindow = (qid, w) => post({ t: 'window', qid, w });
   store.onIngest = (_shard, second) => stored.noteData(second);
   owned.set(index, { index, store, stored });

@@ -19,7 +19,7 @@
 
 import { hashName } from '../../schema/names.js';
 import { SketchAccumulator } from '../../schema/sketch.js';
-import type { DecodedRow } from '../block.js';
+import type { DecodedRow, RowReadOptions } from '../block.js';
 import { coreLimits } from '../limits.js';
 import type { Registry } from '../registry.js';
 import { compileGlob } from './glob.js';
@@ -89,7 +89,8 @@ export interface EvalStats {
 export interface MetricReader {
   readonly registry: Registry;
   rackName(rackId: number): string | undefined;
-  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void): void;
+  /** Rows may hold more servers than `opts.servers` asks for (a cached or head row): the visitor tests each. */
+  read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void, opts?: RowReadOptions): void;
 }
 
 /**
@@ -99,20 +100,29 @@ export interface MetricReader {
  * server's observations whichever rack carried them.
  */
 export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; rackTest: ((rack: string) => boolean) | null } {
-  const servers = registry.allServers();
-  let maxId = 0;
-  for (const s of servers) maxId = Math.max(maxId, s.id);
-  const selected = new Uint8Array(maxId + 1);
+  // Server ids are registry indexes (core/registry.ts): about the count of servers.
+  let selected = new Uint8Array(registry.serverCount + 1);
   let size = 0;
-  const all = q.selectors.some((sel) => sel.type === 'all');
-  const tests = q.selectors.flatMap((sel) => (sel.type === 'server' ? [(name: string) => name === sel.id] : sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
-  const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
-  for (const s of servers) {
-    if (all || tests.some((t) => t(s.name))) {
-      selected[s.id] = 1;
+  const pick = (id: number) => {
+    if (id >= selected.length) {
+      const grown = new Uint8Array(id + 1);
+      grown.set(selected);
+      selected = grown;
+    }
+    if (selected[id] === 0) {
+      selected[id] = 1;
       size++;
     }
+  };
+  const all = q.selectors.some((sel) => sel.type === 'all');
+  const globs = q.selectors.flatMap((sel) => (sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
+  const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
+  // Named servers by lookup; every server is tested only when a glob (or `*`) asks.
+  for (const sel of q.selectors) {
+    const s = sel.type === 'server' && !all ? registry.serverByName(sel.id) : undefined;
+    if (s !== undefined) pick(s.id);
   }
+  if (all || globs.length > 0) for (const s of registry.allServers()) if (all || globs.some((t) => t(s.name))) pick(s.id);
   return { selected, size, rackTest: rackTests.length === 0 ? null : (rack) => rackTests.some((t) => t(rack)) };
 }
 
@@ -207,74 +217,143 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   };
   let lastBlock = -1;
   let rolled = new Uint8Array(0);
-  store.read(h[0]!, h[1]!, first, end, (row, block, rackId) => {
-    if (++st.rows % coreLimits.evalBudgetCheckRows === 0) overBudget();
-    if (slots === 0) {
-      // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
-      slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
-      seenBits = new Uint8Array(slots * Math.ceil(stride / 8));
-      st.seenBitsBytes = seenBits.length;
-      rolled = new Uint8Array(row.blockSeconds);
-    }
-    if (block !== lastBlock) {
-      // Rows come block by block in time order: windows ending before this block are complete.
-      finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
-      lastBlock = block;
-    }
-    const whole = wholeRack(rackId);
-    const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
-    // The rack's rollup answers percentiles only when every server the row holds is selected
-    // (issue 12: a server that moved racks may be in the row but not in the selection).
-    let allSelected = whole;
-    if (!allSelected && wantPct && row.rollup.secs.length > 0) {
-      allSelected = true;
-      for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
-    }
-    const useRollup = wantPct && allSelected && row.rollup.secs.length > 0;
-    // Seconds the rollup answers; a second without one (its sum overflowed at the rack) is
-    // answered from the servers' own sketches.
-    if (useRollup) {
-      rolled.fill(0, 0, row.blockSeconds);
-      const r = row.rollup;
-      for (let i = 0; i < r.secs.length; i++) {
-        const sec = block + r.secs[i]!;
-        if (sec < first || sec >= end) continue;
-        rolled[r.secs[i]!] = 1;
-        sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
+  // Per second of the row being read: count and sum of the selected servers' entries, added to
+  // their windows second by second once the row is read — the order in which a row's
+  // aggregates (core/block.ts rowAggregates) sum, so both paths give the same doubles.
+  let secHas = new Uint8Array(0);
+  let secCount = new Float64Array(0);
+  let secSum = new Float64Array(0);
+  const isSelectedIn = (sid: number, rackId: number) => wholeRack(rackId) || (sid < selected.length && selected[sid] === 1);
+  // Every registered server selected (`*`): rows are decoded whole, with no test per server.
+  const everyServer = rackTest === null && size >= store.registry.serverCount;
+  const readOpts: RowReadOptions = { servers: everyServer ? undefined : isSelectedIn, secondsOnly: !wantPct };
+  store.read(
+    h[0]!,
+    h[1]!,
+    first,
+    end,
+    (row, block, rackId) => {
+      if (++st.rows % coreLimits.evalBudgetCheckRows === 0) overBudget();
+      if (slots === 0) {
+        // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
+        slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
+        seenBits = new Uint8Array(slots * Math.ceil(stride / 8));
+        st.seenBitsBytes = seenBits.length;
+        rolled = new Uint8Array(row.blockSeconds);
+        secHas = new Uint8Array(row.blockSeconds);
+        secCount = new Float64Array(row.blockSeconds);
+        secSum = new Float64Array(row.blockSeconds);
       }
+      if (block !== lastBlock) {
+        // Rows come block by block in time order: windows ending before this block are complete.
+        finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
+        lastBlock = block;
+      }
+      const whole = wholeRack(rackId);
+      const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
+      // The rack's rollup answers percentiles, and the row's aggregates everything else, only when
+      // every server of the row is selected (issue 12: a server that moved racks may be in the
+      // row but not in the selection).
+      let allSelected = row.serversOmitted === 0 && (whole || everyServer);
+      if (!allSelected && row.serversOmitted === 0 && (wantPct ? row.rollup.secs.length > 0 : row.aggregates !== null)) {
+        allSelected = true;
+        for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
+      }
+      if (!wantPct && allSelected && row.aggregates !== null) {
+        addAggregates(row, block);
+        return;
+      }
+      if (row.entries !== 'values') throw new Error(`BUG: a row of seconds only for "${q.text}"`);
+      const useRollup = wantPct && allSelected && row.rollup.secs.length > 0;
+      // Seconds the rollup answers; a second without one (its sum overflowed at the rack) is
+      // answered from the servers' own sketches.
+      if (useRollup) {
+        rolled.fill(0, 0, row.blockSeconds);
+        const r = row.rollup;
+        for (let i = 0; i < r.secs.length; i++) {
+          const sec = block + r.secs[i]!;
+          if (sec < first || sec >= end) continue;
+          rolled[r.secs[i]!] = 1;
+          sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
+        }
+      }
+      for (let j = 0; j < row.serverIds.length; j++) {
+        const sid = row.serverIds[j]!;
+        if (!isSelected(sid)) continue;
+        let lastW = -1;
+        for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
+          const s = row.pointSecs[i]!;
+          const sec = block + s;
+          if (sec < first || sec >= end) continue;
+          const w = Math.floor((sec - first) / W);
+          const v = row.pointVals[i]!;
+          secHas[s] = 1;
+          secCount[s]! += 1;
+          secSum[s]! += v;
+          if (v < min[w]!) min[w] = v;
+          if (v > max[w]!) max[w] = v;
+          if (w !== lastW) mark(w, sid), (lastW = w);
+          if (wantPct) {
+            if (values.sketched(w)) sketchOf(w).addValue(v);
+            else values.push(w, v, finalized, sketchOf);
+          }
+        }
+        const d = row.dist;
+        lastW = -1;
+        for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
+          const s = d.secs[i]!;
+          const sec = block + s;
+          if (sec < first || sec >= end) continue;
+          const w = Math.floor((sec - first) / W);
+          secHas[s] = 1;
+          secCount[s]! += d.count[i]!;
+          secSum[s]! += d.sum[i]!;
+          if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
+          if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
+          if (w !== lastW) mark(w, sid), (lastW = w);
+          if (wantPct && !(useRollup && rolled[s] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
+        }
+      }
+      for (let s = 0; s < row.blockSeconds; s++) {
+        if (secHas[s] === 0) continue;
+        const w = Math.floor((block + s - first) / W);
+        count[w]! += secCount[s]!;
+        sum[w]! += secSum[s]!;
+        secHas[s] = 0;
+        secCount[s] = 0;
+        secSum[s] = 0;
+      }
+    },
+    readOpts,
+  );
+  /** A whole row's count, sum, min and max from its aggregates; its servers from their seconds. */
+  function addAggregates(row: DecodedRow, block: number): void {
+    const a = row.aggregates!;
+    for (let i = 0; i < a.secs.length; i++) {
+      const sec = block + a.secs[i]!;
+      if (sec < first || sec >= end) continue;
+      const w = Math.floor((sec - first) / W);
+      count[w]! += a.count[i]!;
+      sum[w]! += a.sum[i]!;
+      if (a.min[i]! < min[w]!) min[w] = a.min[i]!;
+      if (a.max[i]! > max[w]!) max[w] = a.max[i]!;
     }
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
-      if (!isSelected(sid)) continue;
-      for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
-        const sec = block + row.pointSecs[i]!;
-        if (sec < first || sec >= end) continue;
-        const w = Math.floor((sec - first) / W);
-        const v = row.pointVals[i]!;
-        count[w]! += 1;
-        sum[w]! += v;
-        if (v < min[w]!) min[w] = v;
-        if (v > max[w]!) max[w] = v;
-        mark(w, sid);
-        if (wantPct) {
-          if (values.sketched(w)) sketchOf(w).addValue(v);
-          else values.push(w, v, finalized, sketchOf);
-        }
-      }
-      const d = row.dist;
-      for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
-        const sec = block + d.secs[i]!;
-        if (sec < first || sec >= end) continue;
-        const w = Math.floor((sec - first) / W);
-        count[w]! += d.count[i]!;
-        sum[w]! += d.sum[i]!;
-        if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
-        if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
-        mark(w, sid);
-        if (wantPct && !(useRollup && rolled[d.secs[i]!] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
-      }
+      markSeconds(sid, block, row.pointSecs, row.pointStart[j]!, row.pointStart[j + 1]!);
+      markSeconds(sid, block, row.dist.secs, row.distStart[j]!, row.distStart[j + 1]!);
     }
-  });
+  }
+  /** Marks server sid in each window its seconds secs[from, to) (ascending) fall in. */
+  function markSeconds(sid: number, block: number, secs: Uint16Array, from: number, to: number): void {
+    let lastW = -1;
+    for (let i = from; i < to; i++) {
+      const sec = block + secs[i]!;
+      if (sec < first || sec >= end) continue;
+      const w = Math.floor((sec - first) / W);
+      if (w !== lastW) mark(w, sid), (lastW = w);
+    }
+  }
   finalize(n);
   return out;
 }
