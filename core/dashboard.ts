@@ -53,6 +53,8 @@ export function loadAssets(): { index: Asset; byName: Map<string, Asset> } {
     asset(require.resolve('uplot/dist/uPlot.min.css'), 'uplot.css', 'text/css; charset=utf-8'),
     asset(`${uiDir}app.js`, 'app.js', 'text/javascript; charset=utf-8'),
     asset(`${uiDir}app.css`, 'app.css', 'text/css; charset=utf-8'),
+    // Imported by app.js as ./columns.js (no hash in that URL: revalidated, a 304 per load).
+    asset(`${uiDir}columns.js`, 'columns.js', 'text/javascript; charset=utf-8'),
     asset(`${uiDir}favicon.svg`, 'favicon.svg', 'image/svg+xml'),
   ];
   const byName = new Map(list.map((a) => [a.url.slice('/ui/'.length, a.url.indexOf('?')), a]));

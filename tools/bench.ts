@@ -13,6 +13,7 @@ import { fleetStep, type FleetStep } from './bench-fleet.js';
 import { lossFigures } from './bench-loss.js';
 import { authFigures } from './bench-auth.js';
 import { soakFigures } from './bench-soak.js';
+import { pageFigures } from './bench-page.js';
 import { codecFigures } from './bench-codec.js';
 
 export const benchHelp = `apm bench: measure the tiers and print a report
@@ -20,9 +21,12 @@ export const benchHelp = `apm bench: measure the tiers and print a report
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, auth, rack, core, stores, codec, query, freshness, loss, fleet, soak (soak runs
-                     only when asked: 80 servers × 2,000 metrics + an edge for 10 minutes,
-                     2 with --quick, sampling each tier's RSS and open fds)
+  --only <section>   one of: edge, auth, rack, core, stores, codec, query, freshness, loss, fleet, soak, page
+                     (soak runs only when asked: 80 servers × 2,000 metrics + an edge for 10
+                     minutes, 2 with --quick, sampling each tier's RSS and open fds; page too: the
+                     dashboard in Debian's Chromium with 12 panels × 24 h of 1 s windows from a
+                     synthetic API on 127.0.0.1: time to the first chart and to all, longest
+                     task, JS heap and typed arrays, one live update)
   --json <file>      also write the figures as one JSON object
   --help             this text
 
@@ -74,6 +78,7 @@ export async function main(argv: string[]): Promise<void> {
   await section('freshness', false, () => freshnessFigures(90));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
   await section('loss', false, () => lossFigures(quick));
+  if (values.only === 'page') await section('page', true, () => pageFigures());
   if (values.only === 'soak') await section('soak', true, () => soakFigures({ servers: 80, metrics: fleetMetrics, minutes: quick ? 2 : 10 }));
   const steps: FleetStep[] = [];
   if (wanted('fleet', true)) {
