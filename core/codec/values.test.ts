@@ -106,6 +106,11 @@ describe('value codec', () => {
     expect(() => readSeries({ buf: r.buf.subarray(0, 5), pos: 0 }, out, 0, 2)).toThrow(ValueCodecError);
   });
 
+  it('reads Rice escapes followed by ones (32 ones in one word; found by the codec bench)', () => {
+    // An idle queue after a burst: Rice k = 0, escapes for 31 and 22.
+    roundTrip([f64([31, 22, 15, 11, 7, 5, 4, 3, 2, 1, 0, 0, 0, 0, 3, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])]);
+  });
+
   it('round-trips long series (beyond one block)', () => {
     roundTrip([Float64Array.from({ length: 5000 }, (_, i) => Math.sin(i) * 1e6), Float64Array.from({ length: 5000 }, (_, i) => (i * 37) % 1001)]);
   });

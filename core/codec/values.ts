@@ -489,7 +489,8 @@ function riceUnpack(out: Float64Array, at: number, m: number, k: number, wide: n
     // The next 25+ bits (zeros past the end); q = the ones before the first zero.
     let j = bit >>> 3;
     let w = (bit < safe ? buf[j]! | (buf[j + 1]! << 8) | (buf[j + 2]! << 16) | (buf[j + 3]! << 24) : tail(j)) >>> (bit & 7);
-    const q = ctz32(~w);
+    // 32 ones in view (an escape followed by ones) leave ~w = 0, where ctz32 would say −1.
+    const q = w === -1 || w === 0xffffffff ? 32 : ctz32(~w);
     if (q < riceEscape) {
       if (bit + q + 1 + k > rEnd) throw new ValueCodecError(`value series truncated: Rice code at bit ${bit} of ${rEnd}`);
       bit += q + 1;
