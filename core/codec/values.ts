@@ -8,8 +8,9 @@
 //   decimal: e 4 bits (values are integers x / 10^e, |x| < 2^50, checked exactly on encode),
 //            then `mode` leading integers (x0; for mode 2 also the first delta), each zig-zag
 //            as a 6-bit length + bits, then the n − mode residuals, coded one of two ways (1 bit):
-//     PFOR:  base (zig-zag, the minimum), width b (6 bits), exception count c, then every
-//            residual − base in b bits, then c × (position, high bits) of those that do not fit
+//     PFOR:  base (zig-zag, the minimum), width b (6 bits), 1 bit: exceptions follow, their
+//            count c (bits for 0..m) and high-bit width (6 bits); then every residual − base
+//            in b bits, then c × (position, high bits) of those that do not fit
 //     Rice:  base, k (5 bits), escape width (6 bits), then per residual − base: q = r >> k in
 //            unary (q < 16; 16 ones escape to the whole r in the escape width), then k low bits
 //   float: 1 bit: 0 raw 64-bit doubles, 1 Gorilla XOR against the previous value's bits
@@ -17,19 +18,22 @@
 // cheapest, so a constant costs its header (b = 0), an arithmetic run the same in mode 1, a
 // counter's total is deltas (its rate) and a rate is values.
 //
-// Measured (`apm bench --only codec`, 2 cores, load < 2; 200 servers × 40 metrics × 600 s of
+// Measured (`apm bench --only codec`, 2 cores shared; 200 servers × 40 metrics × 600 s of
 // tools/shapes-compare.ts in rows of 40 servers × 60 s; values only, B/point):
 //   shape                 this codec  + deflate 6  + brotli 11   today (varints + deflate 6)
-//   cpu walk, 2 decimals      1.221       1.223        1.222        1.303
-//   counter rates             0.680       0.682        0.682        0.761
-//   counter totals            0.738       0.740        0.739        1.170
-//   queues                    0.281       0.271        0.259        0.323
-//   latencies, 2 decimals     1.435       1.437        1.437        1.684
-//   mixed (rates)             0.904       0.903        0.900        1.018
-//   mixed (totals)            0.919       0.918        0.914        1.120
-//   encode 75 ns/point (today with deflate 69), decode 11.5 ns/point (today with inflate 19.5).
-// So no entropy stage: deflate 1/6/9 gain < 0.2 % (a bit-packed stream has no byte repeats),
-// brotli 11 0.4 % at many times the cost; queues alone gain 4–8 % from it.
+//   cpu walk, 2 decimals      1.214       1.216        1.216        1.303
+//   counter rates             0.677       0.679        0.678        0.761
+//   counter totals            0.734       0.736        0.736        1.170
+//   queues                    0.281       0.270        0.259        0.323
+//   latencies, 2 decimals     1.434       1.437        1.436        1.684
+//   mixed (rates)             0.902       0.900        0.897        1.018
+//   mixed (totals)            0.916       0.915        0.912        1.120
+//   not in the mix: near-constants (tools/shapes.ts) 0.093 alone, 0.054 deflated, today 0.055;
+//   daily cycles 0.804, 0.797, today 0.817.
+//   encode 75–90 ns/point (today with deflate 69–89), decode 11.5–19 ns/point (today with
+//   inflate 19.5–20); deflate 1 of the new rows +30–48 ns/point, inflate +4–6.
+// An entropy stage gains < 0.5 % on the mix (a bit-packed stream has few byte repeats); it pays
+// only where series repeat across a row's servers: constants (−42 %) and idle queues (−4 %).
 //
 // Why this design: the bench's mix is dominated by noise bits (a CPU walk's steps, a latency's
 // 2 decimals), where a per-series bit width (VictoriaMetrics' nearest delta is varint bytes +
@@ -196,7 +200,7 @@ function plan(res: Float64Array, m: number, p: Plan): void {
   let longer = m - lenHist[0]!;
   for (let b = 0; b <= maxBits; b++) {
     if (b > 0) longer -= lenHist[b]!;
-    const cost = head + 6 + cw + m * b + (longer > 0 ? 6 + longer * (pw + maxBits - b) : 0);
+    const cost = head + 6 + 1 + m * b + (longer > 0 ? cw + 6 + longer * (pw + maxBits - b) : 0);
     if (cost < p.cost) {
       p.cost = cost;
       p.param = b;
@@ -248,8 +252,11 @@ function writeResiduals(res: Float64Array, m: number, p: Plan): void {
   const b = p.param;
   const div = pow2[b]!;
   put(b, 6);
-  put(p.exceptions, bitLen(m));
-  if (p.exceptions > 0) put(p.wide, 6);
+  put(p.exceptions > 0 ? 1 : 0, 1);
+  if (p.exceptions > 0) {
+    put(p.exceptions, bitLen(m));
+    put(p.wide, 6);
+  }
   for (let i = 0; i < m; i++) putBig((res[i]! - base) % div, b);
   if (p.exceptions === 0) return;
   const pw = bitLen(m - 1);
@@ -536,12 +543,14 @@ function readResiduals(out: Float64Array, at: number, m: number): void {
     return;
   }
   const cw = bitLen(m);
-  need(6 + cw);
+  need(7);
   const b = get(6);
-  const c = get(cw);
+  const some = get(1);
+  need(some * cw);
+  const c = some === 1 ? get(cw) : 0;
   if (b > widthMax || c > m) throw new ValueCodecError(`value series: width ${b}, ${c} exceptions of ${m}`);
-  need(c > 0 ? 6 : 0);
-  const wide = c > 0 ? get(6) : 0;
+  need(some * 6);
+  const wide = some === 1 ? get(6) : 0;
   if (b + wide > widthMax) throw new ValueCodecError(`value series: width ${b} + ${wide} bits`);
   need(m * b);
   if (b <= 24) unpack(out, at, m, b, base);
