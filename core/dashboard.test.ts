@@ -51,6 +51,10 @@ describe('dashboard routes', () => {
     expect(r.headers.get('cache-control')).toBe('public, max-age=86400');
     expect(await r.text()).toMatch(/^<svg /);
     expect((await app.request('/favicon.ico', { headers: { 'if-none-match': r.headers.get('etag')! } })).status).toBe(304);
+    // app.js imports ./columns.js: served too, revalidated (its URL has no hash).
+    const cols = await app.request('/ui/columns.js');
+    expect(cols.status).toBe(200);
+    expect(cols.headers.get('cache-control')).toBe('no-cache');
   });
 
   it('keeps each rack report, validates it, bounds the table and shows it in the status', async () => {

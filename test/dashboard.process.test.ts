@@ -63,7 +63,20 @@ describe('dashboard in Chromium', () => {
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
     cleanup.push(() => expect(errors, 'uncaught errors in the page').toEqual([]));
+    // Issue 15: every load asked for /favicon.ico and got a 404.
+    const notFound: string[] = [];
+    page.on('response', (r) => {
+      if (r.status() === 404) notFound.push(r.url());
+    });
+    cleanup.push(() => expect(notFound, 'requests answered 404').toEqual([]));
     await page.goto(url);
+  });
+
+  it('links an icon the core serves', async () => {
+    const href = (await page.locator('link[rel="icon"]').getAttribute('href'))!;
+    const r = await fetch(new URL(href, url));
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toBe('image/svg+xml');
   });
 
   it('creates a stored query from the pickers and its chart receives live windows equal to the API', async () => {
@@ -152,6 +165,57 @@ describe('dashboard in Chromium', () => {
     // One multiplexed stream feeds every chart: each goes live and receives windows.
     await expect.poll(() => page.locator('article.panel .state.live').count(), { timeout: 15_000 }).toBe(8);
     await expect.poll(() => page.locator('article.panel', { hasText: 'extra 6' }).locator('.received').textContent(), { timeout: 20_000 }).toMatch(/^[1-9]/);
+  });
+
+  it('draws values and totals on their own axes (sum beside avg no longer flattens avg), with the range from the URL', async () => {
+    const r = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'mixed', query: 'FROM web-* SELECT sim.cpu.0 WINDOW 5s COMPUTE sum, avg, max' }) });
+    expect(r.status).toBe(201);
+    const id = ((await r.json()) as { id: string }).id;
+    // A new hash on the same page is a range change; a reload reads it from the URL.
+    await page.goto(`${url}/#last=15m`);
+    await expect.poll(() => page.inputValue('#range')).toBe('900000');
+    await page.reload();
+    expect(await page.inputValue('#range')).toBe('900000');
+    const panel = page.locator(`article.panel[data-id="${id}"]`);
+    await expect.poll(async () => Number(await panel.getAttribute('data-windows')), { timeout: 20_000 }).toBeGreaterThan(2);
+    // x, left (the metric's values), right (totals), each labelled with its functions.
+    await expect.poll(() => panel.locator('.u-axis').count()).toBe(3);
+    expect(await panel.locator('.u-legend .u-series .u-label').allTextContents()).toEqual(['Time', 'sum (right axis)', 'avg', 'max']);
+    const scales = (await page.evaluate(`(() => {
+      const p = window.__apm.panels.get(${JSON.stringify(id)});
+      const values = (i) => p.plot.data[i].filter((v) => v !== null);
+      const axes = p.plot.axes.slice(1).map((a) => ({ scale: a.scale, side: a.side, label: a.label }));
+      return { axes, left: p.plot.scales.left, right: p.plot.scales.right, sum: values(1), max: values(3) };
+    })()`)) as { axes: object[]; left: { min: number; max: number }; right: { min: number; max: number }; sum: number[]; max: number[] };
+    // uPlot draws axis labels on the canvas: read them from the chart (side 3 left, 1 right).
+    expect(scales.axes).toEqual([
+      { scale: 'left', side: 3, label: 'avg · max' },
+      { scale: 'right', side: 1, label: 'sum' },
+    ]);
+    // The left scale spans the values, not the sums; the right one holds the sums.
+    expect(scales.left.max).toBeLessThanOrEqual(2 * Math.max(...scales.max) + 1);
+    expect(scales.left.max).toBeGreaterThanOrEqual(Math.max(...scales.max));
+    expect(scales.right.max).toBeGreaterThanOrEqual(Math.max(...scales.sum));
+    expect(scales.right.min).toBeLessThanOrEqual(Math.min(...scales.sum));
+    // Hover: the legend shows the window under the cursor, as the API has it.
+    await panel.scrollIntoViewIfNeeded();
+    const box = (await panel.locator('.u-over').boundingBox())!;
+    await page.mouse.move(box.x + box.width - 40, box.y + box.height / 2);
+    await expect.poll(() => panel.locator('.hover').textContent()).toMatch(/servers/);
+    const shown = await panel.locator('.u-legend .u-series').nth(3).locator('.u-value').textContent();
+    const hovered = (await page.evaluate(`(() => {
+      const p = window.__apm.panels.get(${JSON.stringify(id)});
+      const r = p.rowAtCursor(p.plot, p.plot.cursor.idx);
+      return p.cols.row(r);
+    })()`)) as { startMs: number; values: { max: number }; adhoc: boolean };
+    // Windows from before the query existed are ad-hoc evaluations of the same text.
+    const from = `from=${hovered.startMs}&to=${hovered.startMs + 5000}`;
+    const api = (await (await fetch(hovered.adhoc ? `${url}/api/v1/query?q=${encodeURIComponent('FROM web-* SELECT sim.cpu.0 WINDOW 5s COMPUTE sum, avg, max')}&${from}` : `${url}/api/v1/queries/${id}/results?${from}`)).json()) as { windows: Window[] };
+    expect(api.windows[0]!.values.max).toBe(hovered.values.max);
+    expect(shown).toBe(hovered.values.max.toLocaleString('en-US', { maximumFractionDigits: Math.abs(hovered.values.max) >= 100 ? 1 : 4 }));
+    mkdirSync(artifacts, { recursive: true });
+    await panel.screenshot({ path: join(artifacts, 'dashboard-axes.png') });
+    await page.mouse.move(0, 0);
   });
 
   it('shows the fleet: servers with their state and the core health', async () => {
