@@ -135,6 +135,8 @@ export async function pageFigures(): Promise<Figure[]> {
     const heapRetained = await heap();
     const loaded = await metrics();
     const heapLoaded = await heap();
+    await checkHover(page, (second) => (JSON.parse(windowsJson(0, second, second + 1)[0]!) as { values: { avg: number } }).values.avg);
+    await page.screenshot({ path: 'artifacts/bench-page.png' }).catch(() => undefined);
     const pagesServed = resultPages;
     const bytesServed = resultBytes;
     // The floor under "every chart": the same pages fetched and parsed by a bare loop, 6 at a
@@ -209,4 +211,27 @@ async function liveUpdateMs(page: import('playwright-core').Page): Promise<{ upd
     const drawMs = performance.now() - t2;
     return { updateMs: runs.sort((a, b) => a - b)[2], renderMs, drawMs };
   })()`)) as { updateMs: number; renderMs: number; drawMs: number };
+}
+
+/**
+ * Hovers the middle of the first chart (24 h decimated to its pixels) and checks that the legend
+ * shows the avg of the window under the cursor exactly as served (`avgAt(second)`).
+ */
+async function checkHover(page: import('playwright-core').Page, avgAt: (second: number) => number): Promise<void> {
+  const over = page.locator('article.panel').first().locator('.u-over');
+  const box = await over.boundingBox();
+  if (box === null) throw new Error('bench page INVALID RUN: the first chart has no plot area');
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  const got = (await page.evaluate(`(() => {
+    const p = [...window.__apm.panels.values()][0];
+    const r = p.rowAtCursor(p.plot, p.plot.cursor.idx);
+    const legend = [...p.root.querySelectorAll('.u-legend .u-series')].find((e) => e.querySelector('.u-label')?.textContent === 'avg');
+    return { decimated: p.view.startOf === null, row: r < 0 ? null : p.cols.row(r), shown: legend?.querySelector('.u-value')?.textContent };
+  })()`)) as { decimated: boolean; row: { startMs: number; values: { avg: number } } | null; shown: string | undefined };
+  const want = got.row === null ? NaN : avgAt(got.row.startMs / 1000);
+  const wantText = want.toLocaleString('en-US', { maximumFractionDigits: Math.abs(want) >= 100 ? 1 : 4 });
+  if (!got.decimated || got.row === null || got.row.values.avg !== want || got.shown !== wantText) {
+    throw new Error(`bench page INVALID RUN: hovering a decimated 24 h chart should show the window under the cursor exactly; got ${JSON.stringify(got)}, want avg ${want} shown as ${wantText}`);
+  }
+  await page.mouse.move(0, 0);
 }
