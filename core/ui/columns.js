@@ -215,30 +215,39 @@ export class WindowColumns {
  * every window is drawn (-1 for a break), null when decimated: the hover then looks the time up.
  */
 export function plotColumns(cols, { lo, hi, windowMs, fromMs, toMs, pixels }) {
+  const px = Math.max(1, Math.floor(pixels));
+  if (hi - lo <= 2 * px) return plotEvery(cols, lo, hi, windowMs);
+  return plotBuckets(cols, { lo, hi, windowMs, bucketMs: Math.ceil((toMs - fromMs) / px / windowMs) * windowMs });
+}
+
+/** Every window of rows [lo, hi), a null point where a gap exceeds 1.5 windows. */
+function plotEvery(cols, lo, hi, windowMs) {
   const xs = [];
   const ys = cols.keys.map(() => []);
-  const px = Math.max(1, Math.floor(pixels));
-  if (hi - lo <= 2 * px) {
-    const rowOf = [];
-    for (let i = lo; i < hi; i++) {
-      if (i > lo) {
-        const prevWidth = cols.endMs[i - 1] - cols.startMs[i - 1];
-        if (cols.startMs[i] - cols.startMs[i - 1] > 1.5 * Math.max(windowMs, prevWidth)) {
-          xs.push((cols.endMs[i - 1] + 1) / 1000);
-          for (const y of ys) y.push(null);
-          rowOf.push(-1);
-        }
+  const rowOf = [];
+  for (let i = lo; i < hi; i++) {
+    if (i > lo) {
+      const prevWidth = cols.endMs[i - 1] - cols.startMs[i - 1];
+      if (cols.startMs[i] - cols.startMs[i - 1] > 1.5 * Math.max(windowMs, prevWidth)) {
+        xs.push((cols.endMs[i - 1] + 1) / 1000);
+        for (const y of ys) y.push(null);
+        rowOf.push(-1);
       }
-      xs.push(cols.startMs[i] / 1000);
-      ys.forEach((y, j) => {
-        const v = cols.values[j][i];
-        y.push(Number.isNaN(v) ? null : v);
-      });
-      rowOf.push(i);
     }
-    return { data: [xs, ...ys], rowOf, bucketMs: 0 };
+    xs.push(cols.startMs[i] / 1000);
+    ys.forEach((y, j) => {
+      const v = cols.values[j][i];
+      y.push(Number.isNaN(v) ? null : v);
+    });
+    rowOf.push(i);
   }
-  const bucketMs = Math.ceil((toMs - fromMs) / px / windowMs) * windowMs;
+  return { data: [xs, ...ys], rowOf, bucketMs: 0 };
+}
+
+/** Each bucket's minimum and maximum per function, in the order they occurred. */
+function plotBuckets(cols, { lo, hi, windowMs, bucketMs }) {
+  const xs = [];
+  const ys = cols.keys.map(() => []);
   const k = cols.keys.length;
   const min = new Float64Array(k);
   const max = new Float64Array(k);
