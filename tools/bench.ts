@@ -3,7 +3,7 @@
 
 import { storeLayoutFigures } from './bench-stores.js';
 import { writeFileSync } from 'node:fs';
-import { parseOptions } from './args.js';
+import { parseOptions, UsageError } from './args.js';
 import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
 import { rackFigures } from './bench-rack.js';
 import { coreFigures } from './bench-core.js';
@@ -14,14 +14,19 @@ import { lossFigures } from './bench-loss.js';
 import { authFigures } from './bench-auth.js';
 import { soakFigures } from './bench-soak.js';
 import { pageFigures } from './bench-page.js';
+import { importFigures } from './bench-import.js';
 import { codecFigures } from './bench-codec.js';
+import { diskFigures } from './bench-disk.js';
+
+/** Every section --only may name (each is run below). */
+export const benchSections = ['edge', 'auth', 'rack', 'core', 'stores', 'codec', 'query', 'disk', 'import', 'freshness', 'loss', 'fleet', 'soak', 'page'];
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, auth, rack, core, stores, codec, query, freshness, loss, fleet, soak, page
+  --only <section>   one of: edge, auth, rack, core, stores, codec, query, disk, import, freshness, loss, fleet, soak, page
                      (soak runs only when asked: 80 servers × 2,000 metrics + an edge for 10
                      minutes, 2 with --quick, sampling each tier's RSS and open fds; page too: the
                      dashboard in Debian's Chromium with 12 panels × 24 h of 1 s windows from a
@@ -52,6 +57,8 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const quick = values.quick!;
+  // An --only that names no section ran nothing and said nothing: refused, with the list.
+  if (values.only !== undefined && !benchSections.includes(values.only)) throw new UsageError(`--only ${JSON.stringify(values.only)} is not a section; one of: ${benchSections.join(', ')}\n\n${benchHelp}`);
   const figures: Figure[] = [];
   const wanted = (name: string, inQuick: boolean) => (values.only !== undefined ? values.only === name : !quick || inQuick);
   const print = (f: Figure) => {
@@ -76,6 +83,10 @@ export async function main(argv: string[]): Promise<void> {
   await section('codec', false, () => codecFigures(quick));
   await section('query', false, () => queryFigures(quick));
   await section('freshness', false, () => freshnessFigures(90));
+  // Bytes on disk per point, the WAL's high-water, the files after a backfill (issue 14).
+  await section('disk', false, () => diskFigures(quick));
+  // History in and out (issue 15): POST /api/v1/import and GET /api/v1/export of a real core.
+  await section('import', false, () => importFigures(quick));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
   await section('loss', false, () => lossFigures(quick));
   if (values.only === 'page') await section('page', true, () => pageFigures());
