@@ -15,9 +15,10 @@
 // A decoder reads the directory and decodes the segments of the servers asked for only; with
 // `secondsOnly` it reads each segment's presence map and skips its values (the aggregates answer).
 // Version 1: the same per-server content inline (no directory, no aggregates), deflated whole.
-// Values go through writeSeries / readSeries (one place to swap the value codec).
+// Values go through core/codec/values.ts (writeSeries / readSeries).
 
 import { inflateRawSync } from 'node:zlib';
+import { readSeries, ValueCodecError, writeSeries } from './codec/values.js';
 
 /** First byte of a version 2 row: low bits 110 are deflate's reserved block type, never a v1 row's first byte. */
 export const rowV2Marker = 0x16;
@@ -114,25 +115,7 @@ export class ByteReader {
   }
 }
 
-const zz = (n: number) => (n >= 0 ? n * 2 : -n * 2 - 1);
 const unzz = (z: number) => (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
-const intLimit = 2 ** 50;
-
-/** Smallest decimal exponent (0..9) that turns every value into an exact integer, or −1. */
-function decimalExponent(vals: Float64Array, from: number, to: number): number {
-  let e = 0;
-  let scale = 1;
-  for (let i = from; i < to; i++) {
-    const v = vals[i]!;
-    for (;;) {
-      const r = Math.round(v * scale);
-      if (Math.abs(r) < intLimit && r / scale === v) break;
-      if (++e > 9) return -1;
-      scale *= 10;
-    }
-  }
-  return e;
-}
 
 /** Writes seconds (ascending offsets < blockSeconds) as "all" or a bitmap. */
 function writePresence(w: ByteWriter, secs: Uint16Array, from: number, to: number, blockSeconds: number): void {
@@ -147,10 +130,13 @@ function writePresence(w: ByteWriter, secs: Uint16Array, from: number, to: numbe
   for (let i = from; i < to; i++) w.buf[at + (secs[i]! >> 3)]! |= 1 << (secs[i]! & 7);
 }
 
+/** 0, 1, … blockSeconds − 1 (copied in one call for a series present every second). */
+const everySecond = Uint16Array.from({ length: 256 }, (_, s) => s);
+
 function readPresence(r: ByteReader, blockSeconds: number, out: Uint16Array, at: number): number {
   const mode = r.u8();
   if (mode === 1) {
-    for (let s = 0; s < blockSeconds; s++) out[at + s] = s;
+    out.set(everySecond.subarray(0, blockSeconds), at);
     return blockSeconds;
   }
   if (mode !== 2) throw new RowError(`presence mode ${mode}`);
@@ -160,50 +146,10 @@ function readPresence(r: ByteReader, blockSeconds: number, out: Uint16Array, at:
   return n;
 }
 
-const varintLen = (v: number) => (v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : Math.ceil(Math.log2(v + 1) / 7));
 /** Mode flag: values are offsets from the series' minimum (noisy but stationary series), not deltas. */
 const offsetMode = 0x40;
 
-/**
- * Point values of one series: decimal integers when exact — as zig-zag deltas (random walks,
- * slow drifts) or as offsets from the minimum (noise around a level), whichever is smaller —
- * else raw doubles.
- */
-function writeValues(w: ByteWriter, vals: Float64Array, from: number, to: number): void {
-  const e = decimalExponent(vals, from, to);
-  if (e < 0) {
-    w.u8(0xff);
-    for (let i = from; i < to; i++) w.f64(vals[i]!);
-    return;
-  }
-  const scale = 10 ** e;
-  let min = Infinity;
-  let prev = 0;
-  let deltaBytes = 0;
-  for (let i = from; i < to; i++) {
-    const n = Math.round(vals[i]! * scale);
-    deltaBytes += varintLen(zz(n - prev));
-    prev = n;
-    if (n < min) min = n;
-  }
-  let offsetBytes = varintLen(zz(min));
-  for (let i = from; i < to; i++) offsetBytes += varintLen(Math.round(vals[i]! * scale) - min);
-  if (offsetBytes < deltaBytes) {
-    w.u8(e | offsetMode);
-    w.varint(zz(min));
-    for (let i = from; i < to; i++) w.varint(Math.round(vals[i]! * scale) - min);
-    return;
-  }
-  w.u8(e);
-  prev = 0;
-  for (let i = from; i < to; i++) {
-    const n = Math.round(vals[i]! * scale);
-    w.varint(zz(n - prev));
-    prev = n;
-  }
-}
-
-/** Reads what writeValues wrote (n values into out[at ..]). */
+/** Reads version 1 point values (n into out[at ..]): decimal integers as zig-zag deltas or offsets from the minimum, or raw doubles. */
 function readValues(r: ByteReader, out: Float64Array, at: number, n: number): void {
   const e = r.u8();
   if (e === 0xff) {
@@ -226,10 +172,8 @@ function readValues(r: ByteReader, out: Float64Array, at: number, n: number): vo
   }
 }
 
-// The value codec of version 2 rows: one place to swap it (core/codec/values.ts, issue 14).
-// Version 1 rows keep readValues for good (data directories hold them).
-const writeSeries = writeValues;
-const readSeries = readValues;
+// Version 2 rows' values go through core/codec/values.ts (writeSeries / readSeries); version 1
+// rows keep readValues for good (data directories hold them).
 
 /** Summaries (distributions, rollups) of one series: a presence map then count, sum, min, max, sketch. */
 export interface SummaryColumns {
@@ -416,7 +360,7 @@ export interface DecodedRow {
    * empty and dist's other columns are zero — `aggregates` answers for the whole row.
    */
   entries: 'values' | 'seconds';
-  /** Per-second aggregates over all the row's servers (rowAggregates), or null (small or version 1 rows). */
+  /** Per-second aggregates over all the row's servers (rowAggregates), or null (small or version 1 rows, or a subset decoded). */
   aggregates: RowAggregates | null;
   /** Point entries of server j: [pointStart[j], pointStart[j + 1]) of pointSecs/pointVals. */
   pointStart: Int32Array;
@@ -461,16 +405,18 @@ function readSummaries(r: ByteReader, c: SummaryColumns, at: number, blockSecond
 
 /** What to decode of a row (decodeRow). */
 export interface RowDecodeOptions {
-  /** Decode the entries of these servers only; the others are left out (serversOmitted counts them). */
-  servers?: (serverId: number) => boolean;
+  /** Decode the entries of the servers marked 1 here (by id; beyond its length: not) only; the others are left out (serversOmitted counts them). */
+  servers?: Uint8Array;
   /** When the row has aggregates and no server is left out: decode the seconds of entries only (entries: 'seconds'). */
   secondsOnly?: boolean;
 }
 
-/** What a reader of a metric's rows needs of them (Store.read): a test per (server, rack), and caching. */
+/** What a reader of a metric's rows needs of them (Store.read): which servers, and caching. */
 export interface RowReadOptions {
-  /** The servers whose entries are needed, by the rack whose row holds them (absent: all). Rows may hold more. */
-  servers?: (serverId: number, rackId: number) => boolean;
+  /** The servers whose entries are needed, marked 1 by id (absent: all). Rows may hold more. */
+  servers?: Uint8Array;
+  /** Racks whose rows are needed whole whatever `servers` says (`rack:` selectors). */
+  wholeRack?: (rackId: number) => boolean;
   /** Rows whose aggregates answer may come with the seconds of entries only (see RowDecodeOptions). */
   secondsOnly?: boolean;
   /** Keep whole decoded rows in the store's row cache and use them (stored queries re-read blocks). */
@@ -482,15 +428,26 @@ export interface RowReadOptions {
  * a version 2 row is read only where they need (the directory locates each server's bytes).
  */
 export function decodeRow(stored: Uint8Array, opts: RowDecodeOptions = {}): DecodedRow {
-  if (stored[0] === rowV2Marker) return decodeV2(stored, opts);
+  if (stored[0] === rowV2Marker) {
+    try {
+      return decodeV2(stored, opts);
+    } catch (err) {
+      if (err instanceof ValueCodecError) throw new RowError(`row values do not decode: ${err.message}`, { cause: err });
+      throw err;
+    }
+  }
   const row = decodeV1(stored);
-  return opts.servers === undefined ? row : selectServers(row, opts.servers);
+  const keep = opts.servers;
+  return keep === undefined ? row : selectServers(row, (sid) => sid < keep.length && keep[sid] === 1);
 }
 
 const noValues = new Float64Array(0);
 const emptySummaries: SummaryColumns = summaryColumns(0);
 /** Values of a segment read only to pass over them (secondsOnly on a row holding points and summaries). */
 let passOver = new Float64Array(256);
+/** Scratch of decodeV2: segment ends and which servers are picked (no allocation per row for them). */
+let endsScratch = new Int32Array(1024);
+let pickedScratch = new Uint8Array(1024);
 
 function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   const r = new ByteReader(stored);
@@ -499,10 +456,25 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   const blockSeconds = r.u8();
   const n = r.varint();
   if (n > stored.length) throw new RowError(`${n} servers in a row of ${stored.length} bytes`);
-  const ids = new Uint32Array(n);
+  const keep = opts.servers;
+  if (endsScratch.length < n) {
+    endsScratch = new Int32Array(2 * n);
+    pickedScratch = new Uint8Array(2 * n);
+  }
+  const ends = endsScratch;
+  const picked = pickedScratch;
+  // Server ids, and which are picked; the ids of a subset are kept in `ends` until it is known.
+  let k = 0;
   let prev = 0;
-  for (let j = 0; j < n; j++) ids[j] = prev += r.varint();
-  const ends = new Int32Array(n);
+  for (let j = 0; j < n; j++) {
+    const id = (prev += r.varint());
+    const pick = keep === undefined || (id < keep.length && keep[id] === 1) ? 1 : 0;
+    picked[j] = pick;
+    k += pick;
+    ends[j] = id;
+  }
+  const ids = new Uint32Array(k);
+  for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = ends[j]!;
   let total = 0;
   for (let j = 0; j < n; j++) ends[j] = total += r.varint();
   const aggLen = r.varint();
@@ -511,16 +483,9 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   const rollAt = r.skip(rollLen);
   const segAt = r.pos;
   if (segAt + total !== stored.length) throw new RowError(`row directory says ${total} segment bytes, the row has ${stored.length - segAt}`);
-  const keep = opts.servers;
-  let picked: Uint8Array | null = null;
-  let k = n;
-  if (keep !== undefined) {
-    picked = new Uint8Array(n);
-    k = 0;
-    for (let j = 0; j < n; j++) if (keep(ids[j]!)) (picked[j] = 1), k++;
-  }
+  // Aggregates describe the whole row: a subset's reader has no use for them.
   let aggregates: RowAggregates | null = null;
-  if (aggLen > 0) {
+  if (aggLen > 0 && k === n) {
     r.pos = aggAt;
     aggregates = readAggregates(r, blockSeconds);
     if (r.pos !== aggAt + aggLen) throw new RowError(`aggregates end at ${r.pos}, not ${aggAt + aggLen}`);
@@ -535,7 +500,6 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   }
   const secondsOnly = opts.secondsOnly === true && aggregates !== null && k === n;
   const cap = k * blockSeconds;
-  const serverIds = k === n ? ids : new Uint32Array(k);
   const pointStart = new Int32Array(k + 1);
   const distStart = new Int32Array(k + 1);
   const pointSecs = new Uint16Array(cap);
@@ -545,8 +509,7 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   let d = 0;
   let out = 0;
   for (let j = 0; j < n; j++) {
-    if (picked !== null && picked[j] === 0) continue;
-    serverIds[out] = ids[j]!;
+    if (picked[j] === 0) continue;
     pointStart[out] = p;
     distStart[out++] = d;
     const from = segAt + (j === 0 ? 0 : ends[j - 1]!);
@@ -567,14 +530,14 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
       dist ??= summaryColumns(cap, stored);
       d += secondsOnly ? readPresence(r, blockSeconds, dist.secs, d) : readSummaries(r, dist, d, blockSeconds);
     }
-    if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment of server ${ids[j]} ends at ${r.pos}, its directory entry at ${to}`);
+    if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment ${j} ends at ${r.pos}, its directory entry at ${to}`);
   }
   pointStart[k] = p;
   distStart[k] = d;
   return {
     kind,
     blockSeconds,
-    serverIds,
+    serverIds: ids,
     serversOmitted: n - k,
     entries: secondsOnly ? 'seconds' : 'values',
     aggregates,

@@ -685,6 +685,7 @@ export class Store {
    * Visits every row of one metric with data in [fromSecond, toSecond), block by block in time
    * order: stored rows, then the head's (built on the fly). Rows are columnar (core/block.ts);
    * `opts` lets a stored row be decoded only where the reader needs it, or come from the cache.
+   * A row is valid during its visit only: its sketches may point into a buffer the next row reuses.
    */
   read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void, opts: RowReadOptions = {}): void {
     const shard = shardOf(lo, this.opts.shardCount);
@@ -692,14 +693,18 @@ export class Store {
     if (head === undefined) throw new Error(`BUG: shard ${shard} is not in this store`);
     const mi = this.registry.indexOf(lo, hi);
     const S = this.opts.blockSeconds;
-    const servers = opts.servers;
-    let rackId = 0;
-    const decodeOpts: RowDecodeOptions = { servers: servers === undefined ? undefined : (sid) => servers(sid, rackId), secondsOnly: opts.secondsOnly };
+    const some: RowDecodeOptions = { servers: opts.servers, secondsOnly: opts.secondsOnly };
+    const whole: RowDecodeOptions = { secondsOnly: opts.secondsOnly };
     for (let block = this.blockOf(fromSecond); block < toSecond; block += S) {
-      for (const { key, value } of this.rows.getRange({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
-        rackId = key.readUInt32BE(14);
+      // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
+      // a new buffer: several times slower for rows of a few KB).
+      for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
+        const rackId = key.readUInt32BE(14);
         try {
-          visit(opts.cache === true ? this.cachedRow(key, value) : decodeRow(value.subarray(6), decodeOpts), block, rackId);
+          // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
+          const value = opts.cache === true ? this.rows.getBinary(key) : this.rows.getBinaryFast(key);
+          if (value === undefined) continue;
+          visit(opts.cache === true ? this.cachedRow(key, value) : decodeRow(value.subarray(6, value.length), opts.wholeRack?.(rackId) === true ? whole : some), block, rackId);
         } catch (err) {
           if (!(err instanceof RowError)) throw err;
           this.counters.rows_corrupt++;

@@ -64,6 +64,53 @@ async function windowsOf(url: string): Promise<Window[]> {
   return (JSON.parse(text) as { windows: Window[] }).windows;
 }
 
+// Issue 14's table: one metric, 120 windows of 5 s, over the fleet and over 40 servers spread
+// across it (one or two per rack), per function set; VictoriaMetrics 1.79 on the same samples
+// and apm before issue 14 (DESIGN §7, measured 2026-12-01).
+const tableShapes = [
+  { label: 'min, max', fns: 'min, max', vm1000: '8.5–16.6', vm40: '0.8–1.1', before1000: '42', before40: '32–36' },
+  { label: 'avg', fns: 'avg', vm1000: '15.6–26.1', vm40: '—', before1000: '50', before40: '32–36' },
+  { label: 'p50, p90, p99 exact', fns: 'p50, p90, p99', vm1000: '100–140', vm40: '4.6–5.9', before1000: '94', before40: '32–36' },
+  { label: 'all six', fns: 'min, max, avg, p50, p90, p99', vm1000: '138', vm40: '—', before1000: '90', before40: '32–36' },
+] as const;
+
+/** 40 servers spread over the 25 racks of ingest(): two in each of the first 15 racks, one in the others. */
+function spreadServers(): string[] {
+  const out: string[] = [];
+  for (let r = 0; r < 25; r++) {
+    out.push(`q-r${r}-${(r * 7) % 40}`);
+    if (r < 15) out.push(`q-r${r}-${(r * 7 + 20) % 40}`);
+  }
+  return out;
+}
+
+async function shapesTable(base: string, t: number): Promise<Figure[]> {
+  const out: Figure[] = [];
+  const lines = ['  servers  functions               apm p50 ms (max)   before   VictoriaMetrics'];
+  for (const [servers, from] of [[1000, '*'], [40, spreadServers().join(',')]] as const) {
+    for (const shape of tableShapes) {
+      const q = encodeURIComponent(`FROM ${from} SELECT bench.metric_0 WINDOW 5s COMPUTE ${shape.fns}`);
+      let windows: Window[] = [];
+      const url = `${base}/api/v1/query?q=${q}&from=${t * 1000}&to=${(t + 600) * 1000}`;
+      for (let i = 0; i < 3; i++) await windowsOf(url); // warm: compiled code, no garbage of the ingest before
+      const r = await timeMs(11, async () => void (windows = await windowsOf(url)));
+      if (windows.length !== 120 || windows.some((w) => w.servers !== servers || w.count !== servers * 5)) {
+        throw new Error(`bench query INVALID RUN: ${shape.label} over ${servers} servers gave ${windows.length} windows (want 120), servers per window ${[...new Set(windows.map((w) => w.servers))].join(', ')} (want ${servers}), points ${[...new Set(windows.map((w) => w.count))].join(', ')} (want ${servers * 5})`);
+      }
+      const vm = servers === 1000 ? shape.vm1000 : shape.vm40;
+      const before = servers === 1000 ? shape.before1000 : shape.before40;
+      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${r.p50.toFixed(2).padStart(7)} (${r.max.toFixed(1)})`.padEnd(52) + `${before.padStart(6)}   ${vm}`);
+      out.push({ name: `issue 14 table: 1 metric × ${servers} servers${servers === 40 ? ' (spread, 1–2 per rack)' : ''} × 120 windows of 5 s, ${shape.label}`, value: r.p50, unit: `ms p50 (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
+    }
+  }
+  // What any answer costs here: the client's fetch and the route, in this process, without evaluation.
+  const floor = await timeMs(11, async () => void (await (await fetch(`${base}/api/v1/placement`)).text()));
+  lines.push(`  HTTP floor (GET /api/v1/placement from this process): ${floor.p50.toFixed(2)} ms p50`);
+  console.log(lines.join('\n'));
+  out.push({ name: 'issue 14 table: HTTP floor, GET /api/v1/placement from the bench process', value: floor.p50, unit: 'ms p50' });
+  return out;
+}
+
 export async function queryFigures(quick: boolean): Promise<Figure[]> {
   const seconds = quick ? 600 : 3600;
   const dir = mkdtempSync(join(tmpdir(), 'apm-bench-query-'));
@@ -79,7 +126,7 @@ export async function queryFigures(quick: boolean): Promise<Figure[]> {
     const t = blockStart(Math.floor(Date.now() / 1000)) + (quick ? 1200 : 3 * 3600);
     const points = await ingest(node, t, seconds);
     if (points !== 1000 * 20 * seconds) throw new Error(`bench query INVALID RUN: ${points} of ${1000 * 20 * seconds} points stored`);
-    const out: Figure[] = [];
+    const out: Figure[] = [...(await shapesTable(base, t))];
     const minutes = seconds / 60;
     for (const [label, fns, span] of [
       ['min, max', 'min, max', 600],

@@ -9,7 +9,7 @@ import { buildColumns, type DistInput, type PointInput } from '../../schema/test
 import { RackMerger } from '../../rack/merge.js';
 import { openNode, type CoreNode, type NodeOptions } from '../node.js';
 import { Store } from '../store.js';
-import { type WindowResult } from './eval.js';
+import { evaluate, type WindowResult } from './eval.js';
 import { QueryCatalog } from './catalog.js';
 import { compileGlob } from './glob.js';
 import { fnKey, parseQuery, type Query } from './parse.js';
@@ -352,5 +352,121 @@ describe('regression: whole-rack percentiles were wrong when one metric arrived 
     // Refused: a-02's two timer seconds of mix, a-01's two gauge seconds of mix2.
     expect(await (await node.app.request('/metrics')).text()).toMatch(/^apm_core_points_dropped_total\{reason="kind_conflict"\} 4$/m);
     await node.close();
+  });
+});
+
+describe('rows v2 (issue 14): aggregates, subset decoding and the row cache change no answer', () => {
+  // One store in this thread: two racks of 6 servers (rows of ≥ 4 carry aggregates), a gauge of
+  // awkward doubles (sums depend on the order of additions) with gaps, and a distribution.
+  const racks2: Record<string, string[]> = { ra: Array.from({ length: 6 }, (_, i) => `a-${i}`), rb: Array.from({ length: 6 }, (_, i) => `b-${i}`) };
+  const openStore = () =>
+    new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+  const seqs = new Map<string, number>();
+  const put = (store: Store, rack: string, second: number, servers: { server: string; points: PointInput[]; dists: DistInput[] }[], late = false) => {
+    const merger = new RackMerger(100);
+    const m = merger.merge(servers.map((s) => ({ server: s.server, parts: [{ type: 'edgeSecond' as const, server: s.server, session: 1, seq: 0, second, part: 0, parts: 1, sentMs: 0, series: buildColumns(s.points, s.dists) }] })));
+    const seq = (seqs.get(rack) ?? 0) + 1;
+    seqs.set(rack, seq);
+    const f = decodeFrame(rackSecondBody({ rack, session: 1, seq, second, late, shards: S, servers: m.servers, rollup: m.rollup }), batchBytesMax);
+    if (!f.ok || f.msg.type !== 'rackSecond') throw new Error('BUG: test body does not decode');
+    const msg = f.msg;
+    expect(store.ingest(msg, [...msg.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() }))).status).toBe(204);
+  };
+  const flush = (store: Store) => {
+    while (store.writeSlice(Date.now() + 86_400_000));
+  };
+  const r = rng(14);
+  const obs: Obs[] = [];
+  const load14 = (store: Store) => {
+    for (let t = t0; t < t0 + 150; t++) {
+      for (const [rack, servers] of Object.entries(racks2)) {
+        put(
+          store,
+          rack,
+          t,
+          servers.flatMap((server) => {
+            const points: PointInput[] = [];
+            const dists: DistInput[] = [];
+            if (r() > 0.15) {
+              const v = (r() - 0.4) * 10 ** Math.floor(r() * 6); // many digits: sums differ by order
+              points.push({ name: 'g', kind: KindCode.Gauge, value: v });
+              obs.push({ server, rack, second: t, metric: 'g', value: v });
+            }
+            if (r() > 0.3) {
+              const values = Array.from({ length: 1 + Math.floor(r() * 4) }, () => Math.round(r() * 1e5) / 1000);
+              dists.push({ name: 'lat', values });
+              for (const v of values) obs.push({ server, rack, second: t, metric: 'lat', value: v });
+            }
+            return points.length + dists.length === 0 ? [] : [{ server, points, dists }];
+          }),
+        );
+      }
+    }
+  };
+  /** The store read as before issue 14: whole rows, no aggregates, no cache. */
+  const plainReader = (store: Store) => ({
+    registry: store.registry,
+    rackName: (id: number) => store.rackName(id),
+    read: (lo: number, hi: number, from: number, to: number, visit: Parameters<Store['read']>[4]) => store.read(lo, hi, from, to, (row, block, rack) => visit({ ...row, aggregates: null }, block, rack)),
+  });
+  const cachedReader = (store: Store) => ({ registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => store.read(lo, hi, from, to, visit, { ...o, cache: true })) satisfies Store['read'] });
+  const texts: string[] = [];
+  for (const sel of ['*', 'rack:ra', 'a-*', 'a-1,b-4,b-5', 'b-0,b-1,b-2,b-3,b-4,b-5']) {
+    for (const win of sel === '*' || sel.startsWith('a-1') ? ['1s', '7s', '1m'] : ['7s']) {
+      texts.push(`FROM ${sel} SELECT g WINDOW ${win} COMPUTE min, max, avg, sum, count`);
+      texts.push(`FROM ${sel} SELECT g WINDOW ${win} COMPUTE min, max, avg, p50, p99`);
+      texts.push(`FROM ${sel} SELECT lat WINDOW ${win} COMPUTE min, max, avg, sum, count`);
+    }
+  }
+
+  it('answers identically from the head, from rows (aggregates, subsets), from whole rows without aggregates, and from the cache; the same as a brute-force evaluation', () => {
+    const store = openStore();
+    load14(store);
+    const fromHead = texts.map((text) => evaluate(store, parseQuery(text), t0 + 2, t0 + 150));
+    flush(store);
+    for (const [k, text] of texts.entries()) {
+      const q = parseQuery(text);
+      const seen = { seconds: 0, subsets: 0 };
+      const counting = { registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => store.read(lo, hi, from, to, (row, b, rack) => {
+        if (row.entries === 'seconds') seen.seconds++;
+        if (row.serversOmitted > 0) seen.subsets++;
+        visit(row, b, rack);
+      }, o)) satisfies Store['read'] };
+      const rows = evaluate(counting, q, t0 + 2, t0 + 150);
+      // The paths under test are taken: aggregates for whole racks without percentiles, subsets for servers picked.
+      if (!text.includes('p50') && (text.includes('FROM *') || text.includes('rack:ra'))) expect(seen.seconds, text).toBeGreaterThan(0);
+      if (text.includes('a-1,b-4')) expect(seen.subsets, text).toBeGreaterThan(0);
+      expect(rows, `${text}: rows vs head`).toEqual(fromHead[k]);
+      expect(evaluate(plainReader(store), q, t0 + 2, t0 + 150), `${text}: without aggregates or subsets`).toEqual(rows);
+      expect(evaluate(cachedReader(store), q, t0 + 2, t0 + 150), `${text}: cache, first`).toEqual(rows);
+      expect(evaluate(cachedReader(store), q, t0 + 2, t0 + 150), `${text}: cache, again`).toEqual(rows);
+      compare(rows, reference(obs, q, t0 + 2, t0 + 150), q, q.metric === 'g');
+    }
+    expect(store.counters.row_cache_hits).toBeGreaterThan(0);
+    return store.close();
+  });
+
+  it('regression: a row rewritten by late data is never served from the cache stale', async () => {
+    const store = openStore();
+    const q = parseQuery('FROM * SELECT g WINDOW 10s COMPUTE max, count');
+    const servers = racks2.ra!;
+    for (let t = t0; t < t0 + 60; t++) put(store, 'ra', t, servers.map((server) => ({ server, points: [{ name: 'g', kind: KindCode.Gauge, value: t - t0 }], dists: [] })));
+    flush(store);
+    const before = evaluate(cachedReader(store), q, t0, t0 + 60);
+    expect(before[0]!.values).toEqual({ max: 9, count: 60 });
+    expect(evaluate(cachedReader(store), q, t0, t0 + 60)).toEqual(before);
+    const hits = store.counters.row_cache_hits;
+    expect(hits).toBeGreaterThan(0);
+    // Late: a new server of the rack at t0 + 3 with 1000; the block's row is merged and rewritten.
+    put(store, 'ra', t0 + 3, [{ server: 'a-late', points: [{ name: 'g', kind: KindCode.Gauge, value: 1000 }], dists: [] }], true);
+    flush(store);
+    expect(store.counters.rows_merged).toBeGreaterThan(0);
+    const misses = store.counters.row_cache_misses;
+    const after = evaluate(cachedReader(store), q, t0, t0 + 60);
+    expect(after[0]!.values).toEqual({ max: 1000, count: 61 });
+    expect(after.slice(1)).toEqual(before.slice(1));
+    expect(store.counters.row_cache_misses).toBe(misses + 1);
+    expect(evaluate(store, q, t0, t0 + 60)).toEqual(after);
+    await store.close();
   });
 });

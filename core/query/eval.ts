@@ -223,10 +223,9 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   let secHas = new Uint8Array(0);
   let secCount = new Float64Array(0);
   let secSum = new Float64Array(0);
-  const isSelectedIn = (sid: number, rackId: number) => wholeRack(rackId) || (sid < selected.length && selected[sid] === 1);
   // Every registered server selected (`*`): rows are decoded whole, with no test per server.
   const everyServer = rackTest === null && size >= store.registry.serverCount;
-  const readOpts: RowReadOptions = { servers: everyServer ? undefined : isSelectedIn, secondsOnly: !wantPct };
+  const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnly: !wantPct };
   store.read(
     h[0]!,
     h[1]!,
@@ -346,6 +345,13 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   }
   /** Marks server sid in each window its seconds secs[from, to) (ascending) fall in. */
   function markSeconds(sid: number, block: number, secs: Uint16Array, from: number, to: number): void {
+    if (to > from && secs[to - 1]! - secs[from]! === to - from - 1) {
+      // Seconds without a gap (most servers: every second): the windows they span.
+      const lo = Math.max(first, block + secs[from]!);
+      const hi = Math.min(end, block + secs[to - 1]! + 1);
+      for (let w = Math.floor((lo - first) / W); w * W + first < hi; w++) mark(w, sid);
+      return;
+    }
     let lastW = -1;
     for (let i = from; i < to; i++) {
       const sec = block + secs[i]!;
