@@ -132,5 +132,11 @@ describe('apm import / apm export', () => {
     const ex = await apm(['export', 'tok.m', '--from', String(t0 * 1000), '--to', String((t0 + 2) * 1000), '--core', url], { APM_TOKEN: reader });
     expect(ex.code, ex.stderr).toBe(0);
     expect(canonical(ex.stdout)).toEqual({ [JSON.stringify([['__name__', 'tok.m'], ['rack', 'ra'], ['server', 's-ra']])]: [[t0 * 1000, 1], [(t0 + 1) * 1000, 2]] });
+    // apm query sends APM_TOKEN too (it had no way to query a --tokens core).
+    const q = ['query', 'FROM * SELECT tok.m WINDOW 2s COMPUTE max', '--from', String(t0 * 1000), '--to', String((t0 + 2) * 1000), '--core', url, '--format', 'csv'];
+    expect((await apm(q)).stderr).toMatch(/needs "Authorization: Bearer <token>"/);
+    const qa = await apm(q, { APM_TOKEN: reader });
+    expect(qa.code, qa.stderr).toBe(0);
+    expect(qa.stdout).toMatch(/,2,/);
   });
 });

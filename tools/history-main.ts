@@ -6,6 +6,7 @@ import { createReadStream, createWriteStream, statSync } from 'node:fs';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseOptions, UsageError } from './args.js';
+import { authHeaders, coreUrl } from './core-client.js';
 
 export const importHelp = `apm import: load history into a core from VictoriaMetrics JSON lines
 
@@ -37,19 +38,6 @@ Usage: apm export <metric> [<metric>…] [--from -1h] [--to now] [--output <file
   --core <url>     the core (default http://127.0.0.1:8080)
   APM_TOKEN        environment: a token of role read (or higher), when the core has --tokens
   --help           this text`;
-
-function coreUrl(core: string, path: string): URL {
-  try {
-    return new URL(path, core);
-  } catch {
-    throw new UsageError(`--core ${JSON.stringify(core)} is not a URL (for example http://127.0.0.1:8080)`);
-  }
-}
-
-function authHeaders(): Record<string, string> {
-  const t = process.env['APM_TOKEN'];
-  return t === undefined || t === '' ? {} : { authorization: `Bearer ${t}` };
-}
 
 /** A progress line on stderr, rewritten in place on a terminal, one line a few seconds otherwise. */
 class Progress {

@@ -2,6 +2,7 @@
 // the API's JSON, or CSV.
 
 import { parseOptions, UsageError } from './args.js';
+import { authHeaders, coreUrl } from './core-client.js';
 
 export const queryFormats = ['table', 'json', 'csv'] as const;
 export type QueryFormat = (typeof queryFormats)[number];
@@ -19,6 +20,7 @@ Usage: apm query "<query>" [--from -1h] [--to now] [--format table|json|csv] [--
                    (RFC 4180: comma-separated, CRLF line ends, quoted where needed), start as
                    ISO-8601 and Unix ms
   --core <url>     the core (default http://127.0.0.1:8080)
+  APM_TOKEN        environment: a token of role read (or higher), when the core has --tokens
   --help           this text
 
 One answer holds at most 3,600 windows: use a longer WINDOW or a shorter range beyond that.`;
@@ -108,19 +110,14 @@ export async function main(argv: string[]): Promise<void> {
   const format = parseFormat(values.format!);
   const q = positionals.join(' ').trim();
   if (q === '') throw new UsageError(`give the query in quotes\n\n${queryHelp}`);
-  let url: URL;
-  try {
-    url = new URL('/api/v1/query', values.core);
-  } catch {
-    throw new UsageError(`--core ${JSON.stringify(values.core)} is not a URL (for example http://127.0.0.1:8080)`);
-  }
+  const url = coreUrl(values.core!, '/api/v1/query');
   url.searchParams.set('q', q);
   url.searchParams.set('from', values.from!);
   url.searchParams.set('to', values.to!);
   let res: Response;
   let raw: string;
   try {
-    res = await fetch(url);
+    res = await fetch(url, { headers: authHeaders() });
     raw = await res.text();
   } catch (err) {
     throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}; start it (apm core) or give its URL with --core`);
