@@ -273,7 +273,101 @@ function writeAggregates(w: ByteWriter, a: RowAggregates, blockSeconds: number):
   }
   writeSeries(w, a.min, 0, k);
   writeSeries(w, a.max, 0, k);
-  writeSeries(w, a.sum, 0, k);
+  writeSums(w, a.sum, k);
+}
+
+// Sums of decimals are rarely decimals themselves (0.1 + 0.2), and as doubles they cost the
+// codec ~5 B each: they are stored as the nearest decimal of some exponent (which packs like
+// the values) plus their distance from it in units in the last place (a few), with the odd sum
+// far from any decimal (a cancellation near 0) kept raw. Exact: the bits come back.
+const f64 = new Float64Array(1);
+const u32 = new Uint32Array(f64.buffer);
+f64[0] = 1;
+if (u32[1] !== 0x3ff00000) throw new Error('BUG: row sums assume a little-endian platform');
+/** Ulps a sum may lie from its decimal before it is kept raw. */
+const ulpsMax = 4096;
+
+/** The distance in ulps from d to v (same sign, both finite), or NaN when it is not small. */
+function ulpsFrom(d: number, v: number): number {
+  if (!Number.isFinite(v) || !Number.isFinite(d)) return NaN;
+  f64[0] = d;
+  const dl = u32[0]!;
+  const dh = u32[1]!;
+  f64[0] = v;
+  const vl = u32[0]!;
+  const vh = u32[1]!;
+  if (((dh ^ vh) & 0x80000000) !== 0) return NaN;
+  const diff = (vh - dh) * 4294967296 + (vl - dl);
+  return Math.abs(diff) <= ulpsMax ? diff : NaN;
+}
+
+/** d moved by `ulps` units in the last place (ulpsFrom's inverse). */
+function addUlps(d: number, ulps: number): number {
+  f64[0] = d;
+  const lo = u32[0]! + ulps;
+  const carry = Math.floor(lo / 4294967296);
+  u32[0] = lo - carry * 4294967296;
+  u32[1] = u32[1]! + carry;
+  return f64[0];
+}
+
+function writeSums(w: ByteWriter, sums: Float64Array, k: number): void {
+  const dec = new Float64Array(k);
+  const ulps = new Float64Array(k);
+  const raw: number[] = [];
+  for (let e = 0; e <= 9; e++) {
+    const scale = 10 ** e;
+    raw.length = 0;
+    for (let i = 0; i < k && raw.length <= k / 4; i++) {
+      const v = sums[i]!;
+      const d = Math.round(v * scale) / scale;
+      const u = ulpsFrom(d, v);
+      if (Number.isNaN(u)) {
+        raw.push(i);
+        dec[i] = i === 0 ? 0 : dec[i - 1]!;
+        ulps[i] = 0;
+      } else {
+        dec[i] = d;
+        ulps[i] = u;
+      }
+    }
+    if (raw.length > k / 4) continue;
+    w.u8(1);
+    w.varint(raw.length);
+    for (const i of raw) {
+      w.varint(i);
+      w.f64(sums[i]!);
+    }
+    writeSeries(w, dec, 0, k);
+    writeSeries(w, ulps, 0, k);
+    return;
+  }
+  w.u8(0);
+  writeSeries(w, sums, 0, k);
+}
+
+function readSums(r: ByteReader, out: Float64Array, k: number): void {
+  const mode = r.u8();
+  if (mode === 0) return readSeries(r, out, 0, k);
+  if (mode !== 1) throw new RowError(`aggregate sum mode ${mode}`);
+  const rawN = r.varint();
+  if (rawN > k) throw new RowError(`${rawN} raw sums of ${k}`);
+  const rawAt = new Int32Array(rawN);
+  const rawVal = new Float64Array(rawN);
+  for (let j = 0; j < rawN; j++) {
+    rawAt[j] = r.varint();
+    rawVal[j] = r.f64();
+    if (rawAt[j]! >= k) throw new RowError(`raw sum at ${rawAt[j]} of ${k}`);
+  }
+  readSeries(r, out, 0, k);
+  const ulps = new Float64Array(k);
+  readSeries(r, ulps, 0, k);
+  for (let i = 0; i < k; i++) {
+    const u = ulps[i]!;
+    if (!(Math.abs(u) <= ulpsMax) || !Number.isInteger(u)) throw new RowError(`sum ${i} is ${u} ulps from its decimal`);
+    if (u !== 0) out[i] = addUlps(out[i]!, u);
+  }
+  for (let j = 0; j < rawN; j++) out[rawAt[j]!] = rawVal[j]!;
 }
 
 function readAggregates(r: ByteReader, blockSeconds: number): RowAggregates {
@@ -286,7 +380,7 @@ function readAggregates(r: ByteReader, blockSeconds: number): RowAggregates {
   else throw new RowError(`aggregate count mode ${mode}`);
   readSeries(r, a.min, 0, k);
   readSeries(r, a.max, 0, k);
-  readSeries(r, a.sum, 0, k);
+  readSums(r, a.sum, k);
   return a;
 }
 

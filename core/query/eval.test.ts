@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ import { buildColumns, type DistInput, type PointInput } from '../../schema/test
 import { RackMerger } from '../../rack/merge.js';
 import { openNode, type CoreNode, type NodeOptions } from '../node.js';
 import { Store } from '../store.js';
-import { evaluate, type WindowResult } from './eval.js';
+import { evaluate, orderStatistic, type WindowResult } from './eval.js';
 import { QueryCatalog } from './catalog.js';
 import { compileGlob } from './glob.js';
 import { fnKey, parseQuery, type Query } from './parse.js';
@@ -468,5 +469,19 @@ describe('rows v2 (issue 14): aggregates, subset decoding and the row cache chan
     expect(store.counters.row_cache_misses).toBe(misses + 1);
     expect(evaluate(store, q, t0, t0 + 60)).toEqual(after);
     await store.close();
+  });
+});
+
+describe('orderStatistic (exact percentiles without a sort, issue 14)', () => {
+  it('is what a sort puts at k, for any values (duplicates, −0 and +0) and any k', () => {
+    const v = fc.oneof(fc.double({ noNaN: true }), fc.constantFrom(0, -0, 1, -1), fc.integer({ min: -5, max: 5 }));
+    fc.assert(
+      fc.property(fc.array(v, { minLength: 1, maxLength: 300 }), fc.nat(), (xs, kk) => {
+        const k = kk % xs.length;
+        const sorted = Float64Array.from(xs).sort();
+        expect(Object.is(orderStatistic(Float64Array.from(xs), k), sorted[k])).toBe(true);
+      }),
+      { numRuns: 500 },
+    );
   });
 });

@@ -462,7 +462,6 @@ interface WindowStats {
 
 function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Float64Array | undefined, acc: SketchAccumulator | undefined, sketched: boolean): WindowResult {
   const values: Record<string, number> = {};
-  let sorted: Float64Array | undefined;
   // A metric keeps one kind per store (core/store.ts, issue 16.6); rows written before that rule
   // may hold points beside summaries: those values join the sketch.
   if (acc !== undefined && vals !== undefined) for (const v of vals) acc.addValue(v);
@@ -488,8 +487,8 @@ function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Flo
         if (acc !== undefined) {
           values[key] = acc.quantile(f.p / 100, s.min, s.max);
         } else {
-          sorted ??= (vals ?? new Float64Array(0)).sort();
-          values[key] = sorted[Math.floor((f.p / 100) * (sorted.length - 1))] ?? NaN;
+          const a = vals ?? new Float64Array(0);
+          values[key] = a.length === 0 ? NaN : orderStatistic(a, Math.floor((f.p / 100) * (a.length - 1)));
         }
         break;
       }
@@ -498,4 +497,46 @@ function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Flo
   const out: WindowResult = { startMs: startSec * 1000, endMs: (startSec + W) * 1000, servers: s.servers, count: s.count, values, revision: 0 };
   if (sketched) out.sketched = true;
   return out;
+}
+
+/**
+ * The k-th smallest of a — what a[k] would be after a.sort(), −0 before +0 included — by
+ * quickselect (Hoare partitions, median-of-three pivots) in place: a window's percentiles cost
+ * O(n) each instead of a sort (issue 14). Past a bound on rounds, the range left is sorted.
+ */
+export function orderStatistic(a: Float64Array, k: number): number {
+  let lo = 0;
+  let hi = a.length - 1;
+  for (let rounds = 0; hi > lo; rounds++) {
+    if (hi - lo < 16 || rounds > 64) {
+      a.subarray(lo, hi + 1).sort();
+      break;
+    }
+    const mid = (lo + hi) >>> 1;
+    const x = a[lo]!;
+    const y = a[mid]!;
+    const z = a[hi]!;
+    const pivot = x < y ? (y < z ? y : x < z ? z : x) : x < z ? x : y < z ? z : y;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i]! < pivot) i++;
+      while (a[j]! > pivot) j--;
+      if (i <= j) {
+        const t = a[i]!;
+        a[i++] = a[j]!;
+        a[j--] = t;
+      }
+    }
+    // [lo, j] ≤ pivot ≤ [i, hi]; between them, values equal to the pivot.
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else break;
+  }
+  const v = a[k]!;
+  if (v !== 0) return v;
+  // A zero: sorted, the −0s come before the +0s; which is at k depends on how many of each.
+  let below = 0;
+  for (let i = 0; i < a.length; i++) if (a[i]! < 0 || Object.is(a[i], -0)) below++;
+  return k < below ? -0 : 0;
 }
