@@ -463,7 +463,7 @@ export interface DecodedRow {
   /** Distribution entries of server j: [distStart[j], distStart[j + 1]) of dist. */
   distStart: Int32Array;
   dist: SummaryColumns;
-  /** Rack rollup per second (distributions only). */
+  /** Rack rollup per second (distributions only; like aggregates, absent when a subset was decoded). */
   rollup: SummaryColumns;
 }
 
@@ -537,6 +537,21 @@ export function decodeRow(stored: Uint8Array, opts: RowDecodeOptions = {}): Deco
 
 const noValues = new Float64Array(0);
 const emptySummaries: SummaryColumns = summaryColumns(0);
+/** A row decoded for none of its servers (kind, blockSeconds and serversOmitted set per row). */
+const noServers: DecodedRow = Object.freeze({
+  kind: 0,
+  blockSeconds: 0,
+  serverIds: new Uint32Array(0),
+  serversOmitted: 0,
+  entries: 'values',
+  aggregates: null,
+  pointStart: new Int32Array(1),
+  pointSecs: new Uint16Array(0),
+  pointVals: noValues,
+  distStart: new Int32Array(1),
+  dist: emptySummaries,
+  rollup: emptySummaries,
+});
 /** Values of a segment read only to pass over them (secondsOnly on a row holding points and summaries). */
 let passOver = new Float64Array(256);
 /** Scratch of decodeV2: segment ends and which servers are picked (no allocation per row for them). */
@@ -567,6 +582,8 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
     k += pick;
     ends[j] = id;
   }
+  // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
+  if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
   const ids = new Uint32Array(k);
   for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = ends[j]!;
   let total = 0;
@@ -577,7 +594,7 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   const rollAt = r.skip(rollLen);
   const segAt = r.pos;
   if (segAt + total !== stored.length) throw new RowError(`row directory says ${total} segment bytes, the row has ${stored.length - segAt}`);
-  // Aggregates describe the whole row: a subset's reader has no use for them.
+  // Aggregates and the rollup describe the whole row: a subset's reader has no use for them.
   let aggregates: RowAggregates | null = null;
   if (aggLen > 0 && k === n) {
     r.pos = aggAt;
@@ -585,7 +602,7 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
     if (r.pos !== aggAt + aggLen) throw new RowError(`aggregates end at ${r.pos}, not ${aggAt + aggLen}`);
   }
   let rollup = emptySummaries;
-  if (rollLen > 0) {
+  if (rollLen > 0 && k === n) {
     r.pos = rollAt;
     rollup = summaryColumns(blockSeconds, stored);
     const rolled = readSummaries(r, rollup, 0, blockSeconds);
@@ -706,7 +723,7 @@ function decodeV1(stored: Uint8Array): DecodedRow {
   };
 }
 
-/** The servers of a whole decoded row that pass `keep` (copies; serversOmitted counts the rest). */
+/** The servers of a whole decoded row that pass `keep` (copies; serversOmitted counts the rest; without aggregates and rollup). */
 export function selectServers(row: DecodedRow, keep: (serverId: number) => boolean): DecodedRow {
   const js: number[] = [];
   for (let j = 0; j < row.serverIds.length; j++) if (keep(row.serverIds[j]!)) js.push(j);
@@ -744,7 +761,8 @@ export function selectServers(row: DecodedRow, keep: (serverId: number) => boole
   });
   pointStart[js.length] = p;
   distStart[js.length] = d;
-  return { ...row, serverIds: Uint32Array.from(js, (j) => row.serverIds[j]!), serversOmitted: row.serversOmitted + row.serverIds.length - js.length, pointStart, pointSecs, pointVals, distStart, dist };
+  const serversOmitted = row.serversOmitted + row.serverIds.length - js.length;
+  return { ...row, serverIds: Uint32Array.from(js, (j) => row.serverIds[j]!), serversOmitted, aggregates: null, rollup: emptySummaries, pointStart, pointSecs, pointVals, distStart, dist };
 }
 
 /** The first n entries of c (views; sketch sources copied). */

@@ -704,7 +704,9 @@ export class Store {
           // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
           const value = opts.cache === true ? this.rows.getBinary(key) : this.rows.getBinaryFast(key);
           if (value === undefined) continue;
-          visit(opts.cache === true ? this.cachedRow(key, value) : decodeRow(value.subarray(6, value.length), opts.wholeRack?.(rackId) === true ? whole : some), block, rackId);
+          const row = opts.cache === true ? this.cachedRow(key, value) : decodeRow(value.subarray(6, value.length), opts.wholeRack?.(rackId) === true ? whole : some);
+          // A row none of whose servers are asked for has nothing for the reader.
+          if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);
         } catch (err) {
           if (!(err instanceof RowError)) throw err;
           this.counters.rows_corrupt++;
