@@ -8,10 +8,13 @@
 //   u8 kind, u8 blockSeconds, varint n
 //   varint × n   server ids, delta-encoded (ascending)
 //   varint × n   directory: byte length of each server's segment
-//   varint len + aggregates: per second of the block, count/sum/min/max over the row's servers
-//                (rowAggregates: the sums in the order the evaluator adds them), or len 0
+//   varint len + aggregates, or len 0 (rows of < 4 servers): per second of the block, count /
+//                sum / min / max over the row's servers (rowAggregates: sums added in the order
+//                the evaluator adds them) — presence, counts (one varint when all equal, else a
+//                series), min and max series, sums as decimals + ulps from them (writeSums)
 //   varint len + the rack rollup (summaries), or len 0
-//   n segments, one per server: [points: 0 | presence + series][summaries: 0 | presence + each]
+//   n segments, one per server: u8 flags (1 points, 2 summaries), [presence + series],
+//                [presence + each summary]
 // A decoder reads the directory and decodes the segments of the servers asked for only; with
 // `secondsOnly` it reads each segment's presence map and skips its values (the aggregates answer).
 // Version 1: the same per-server content inline (no directory, no aggregates), deflated whole.
