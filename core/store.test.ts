@@ -236,7 +236,47 @@ describe('Store', () => {
     flushAll(store);
     expect(await store.retentionSweep(Date.now())).toBe(1);
     expect(dump(store, 'old', now - 700, now + 1)).toEqual({ [`a@${now}`]: 2 });
+    // The old block's row group went with it; the new block's stays.
+    expect(store.counters.retention_groups_deleted).toBe(1);
     await store.close();
+  });
+
+  it('packs the rows one slice writes for a (shard, block) into row groups that fill LMDB pages, reads them back exactly, and merges late data into a new group', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    // One shard: every row of a block in one group (up to 64 KB).
+    const one = { shardCount: 1, shards: [0] };
+    const store = new Store(options(dir, one));
+    const servers: Record<string, { points: PointInput[] }> = {};
+    const metrics = Array.from({ length: 50 }, (_, m) => `g.${m}`);
+    for (let t = t0; t < t0 + 60; t++) {
+      for (let v = 0; v < 40; v++) servers[`s${v}`] = { points: metrics.map((name, m) => ({ name, kind: KindCode.Gauge, value: Math.round(1000 * Math.sin(t + v * 7 + m)) / 100 })) };
+      store.ingest(...batch(t, servers, 'r1', undefined, 1));
+    }
+    flushAll(store);
+    const bytes = store.counters.row_bytes_written;
+    expect(store.counters.rows_written).toBe(50);
+    // In use: the groups' pages plus small pointers, within 10% of the row bytes (alone, each
+    // ~2 KB row took an overflow page of 4 KiB).
+    expect(store.rowsUsedBytes()).toBeLessThan(bytes * 1.1 + 8 * 4096);
+    const want = (m: number, v: number, t: number) => Math.round(1000 * Math.sin(t + v * 7 + m)) / 100;
+    for (const m of [0, 17, 49]) {
+      const got = dump(store, `g.${m}`, t0, t0 + 60);
+      expect(Object.keys(got)).toHaveLength(40 * 60);
+      expect(got[`s3@${t0 + 5}`]).toBe(want(m, 3, t0 + 5));
+    }
+    // Late data for g.17: its row is rebuilt from the group's bytes and written in a group of its own.
+    store.ingest(...batch(t0 + 10, { late: { points: [{ name: 'g.17', kind: KindCode.Gauge, value: 42 }] } }, 'r1', undefined, 1));
+    flushAll(store);
+    expect(store.counters.rows_merged).toBe(1);
+    expect(store.counters.group_bytes_orphaned).toBeGreaterThan(0);
+    const g17 = dump(store, 'g.17', t0, t0 + 60);
+    expect([g17[`late@${t0 + 10}`], g17[`s39@${t0 + 59}`], Object.keys(g17).length]).toEqual([42, want(17, 39, t0 + 59), 40 * 60 + 1]);
+    await store.close();
+    // After a restart too.
+    const again = new Store(options(dir, one));
+    expect(dump(again, 'g.49', t0, t0 + 60)[`s0@${t0}`]).toBe(want(49, 0, t0));
+    await again.close();
   });
 
   it('answers 503 with the cause while the disk is really full (a tmpfs), keeps what it acknowledged, and recovers without a restart', async () => {

@@ -96,6 +96,11 @@ export class Store {
   private readonly walEnv: RootDatabase;
   private readonly wal: Database<Uint8Array, Buffer>;
   private readonly rows: Database<Uint8Array, Buffer>;
+  /** Row groups: the rows one slice writes for one (shard, block), packed (see packRows). */
+  private readonly groups: Database<Uint8Array, Buffer>;
+  private readonly state: Database<number, string>;
+  /** The newest row group id (unique per store; persisted with the groups). */
+  private groupSeq = 0;
   private readonly racks: Database<number, string>;
   private readonly rackIds = new Map<string, number>();
   private readonly rackNamesById: string[] = [];
@@ -123,6 +128,9 @@ export class Store {
     storage_full: 0,
     head_full: 0,
     rows_written: 0,
+    /** Bytes of rows in groups that a later merge replaced (freed when their block passes the retention). */
+    group_bytes_orphaned: 0,
+    retention_groups_deleted: 0,
     /** Bytes of row values written (encoded rows, before LMDB pages). */
     row_bytes_written: 0,
     /** Ingest requests refused because rows were too far behind (walBacklogBytesMax). */
@@ -175,6 +183,9 @@ export class Store {
     this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
     this.racks = this.root.openDB<number, string>({ name: 'racks', encoding: 'json' });
+    this.groups = this.root.openDB<Uint8Array, Buffer>({ name: 'groups', encoding: 'binary', keyEncoding: 'binary' });
+    this.state = this.root.openDB<number, string>({ name: 'state', encoding: 'json' });
+    this.groupSeq = this.state.get('groupSeq') ?? 0;
     const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax });
@@ -607,11 +618,15 @@ export class Store {
       }
       emptied.push({ shard, head, block });
     }
+    // In key order: the B-tree fills pages front to back instead of splitting them at random,
+    // and a (shard, block)'s rows are neighbours in their groups.
+    puts.sort((a, b) => Buffer.compare(a.key, b.key));
+    const packed = this.packRows(puts);
     try {
       this.root.transactionSync(() => {
-        // In key order: the B-tree fills pages front to back instead of splitting them at random.
-        puts.sort((a, b) => Buffer.compare(a.key, b.key));
-        for (const p of puts) this.rows.put(p.key, p.value);
+        for (const g of packed.groups) this.groups.put(g.key, g.value);
+        for (const p of packed.pointers) this.rows.put(p.key, p.value);
+        this.state.put('groupSeq', this.groupSeq);
         // The registry entries the rows refer to are durable no later than the rows.
         this.registry.flushDirty();
       });
@@ -661,13 +676,69 @@ export class Store {
     return more;
   }
 
+  /**
+   * Packs a slice's rows (sorted by key) into row groups: the rows of one (shard, block) are
+   * concatenated into values of up to groupBytesMax, and each row's key holds a pointer to its
+   * bytes. A row alone takes whole LMDB pages (a 2.4 KB row an overflow page of 4 KiB: 1.7× its
+   * size); a group of 64 KB wastes at most its last page. The pointer keeps the WAL seq first.
+   */
+  private packRows(puts: readonly { key: Buffer; value: Buffer }[]): { groups: { key: Buffer; value: Buffer }[]; pointers: { key: Buffer; value: Buffer }[] } {
+    const groups: { key: Buffer; value: Buffer }[] = [];
+    const pointers: { key: Buffer; value: Buffer }[] = [];
+    let a = 0;
+    while (a < puts.length) {
+      // One group: rows of the same (shard, block) (the first 6 key bytes) up to groupBytesMax.
+      let b = a;
+      let bytes = 0;
+      while (b < puts.length && (b === a || (puts[b]!.key.compare(puts[a]!.key, 0, 6, 0, 6) === 0 && bytes + puts[b]!.value.length - 6 <= groupBytesMax))) bytes += puts[b++]!.value.length - 6;
+      const id = ++this.groupSeq;
+      const value = Buffer.allocUnsafe(bytes);
+      let at = 0;
+      for (let i = a; i < b; i++) {
+        const row = puts[i]!.value;
+        row.copy(value, at, 6);
+        const ptr = Buffer.allocUnsafe(pointerBytes);
+        row.copy(ptr, 0, 0, 6);
+        ptr[6] = pointerTag;
+        ptr.writeUInt32BE(id, 7);
+        ptr.writeUInt32BE(at, 11);
+        ptr.writeUInt32BE(row.length - 6, 15);
+        pointers.push({ key: puts[i]!.key, value: ptr });
+        at += row.length - 6;
+      }
+      groups.push({ key: groupKey(puts[a]!.key, id), value });
+      a = b;
+    }
+    return { groups, pointers };
+  }
+
+  /**
+   * The row bytes (after the WAL seq) of a rows value: inline (a row written before row groups)
+   * or through its pointer into a group. `copy`: bytes of their own, else a view valid until the
+   * next LMDB read. Throws RowError for a pointer to a missing or short group.
+   */
+  private rowBytes(key: Uint8Array, value: Uint8Array, copy: boolean): Uint8Array {
+    if (value.length !== pointerBytes || value[6] !== pointerTag) return copy ? Uint8Array.prototype.slice.call(value, 6) : value.subarray(6, value.length);
+    // The pointer's fields first: the group read may reuse the buffer `value` is in.
+    const dv = new DataView(value.buffer, value.byteOffset, pointerBytes);
+    const id = dv.getUint32(7);
+    const at = dv.getUint32(11);
+    const length = dv.getUint32(15);
+    const group = this.groups.getBinaryFast(groupKey(key, id));
+    if (group === undefined || at + length > group.length) throw new RowError(`row group ${id} is missing or shorter than ${at + length} B`);
+    const bytes = group.subarray(at, at + length);
+    return copy ? Uint8Array.prototype.slice.call(bytes) : bytes;
+  }
+
   /** A head's row value: WAL seq, then the row (merged with the stored one, if any). */
   private rowValue(key: Buffer, mh: MetricHead): Buffer {
     const stored = this.rows.get(key);
     let old: DecodedRow | undefined;
     if (stored !== undefined) {
       try {
-        old = decodeRow(stored.subarray(6));
+        old = decodeRow(this.rowBytes(key, stored, false));
+        // Its bytes in their group are garbage until the block passes the retention.
+        if (stored.length === pointerBytes && stored[6] === pointerTag) this.counters.group_bytes_orphaned += Buffer.from(stored.buffer, stored.byteOffset, stored.length).readUInt32BE(15);
         this.counters.rows_merged++;
       } catch (err) {
         if (!(err instanceof RowError)) throw err;
@@ -702,9 +773,11 @@ export class Store {
         const rackId = key.readUInt32BE(14);
         try {
           // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
-          const value = opts.cache === true ? this.rows.getBinary(key) : this.rows.getBinaryFast(key);
+          const value = this.rows.getBinaryFast(key);
           if (value === undefined) continue;
-          const row = opts.cache === true ? this.cachedRow(key, value) : decodeRow(value.subarray(6, value.length), opts.wholeRack?.(rackId) === true ? whole : some);
+          const walSeq = readU48(value, 0);
+          const bytes = this.rowBytes(key, value, false);
+          const row = opts.cache === true ? this.cachedRow(key, walSeq, bytes) : decodeRow(bytes, opts.wholeRack?.(rackId) === true ? whole : some);
           // A row none of whose servers are asked for has nothing for the reader.
           if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);
         } catch (err) {
@@ -719,12 +792,13 @@ export class Store {
   }
 
   /** A stored row, whole, from the row cache or decoded into it (found by key, WAL seq and length: never stale). */
-  private cachedRow(key: Buffer, value: Uint8Array): DecodedRow {
-    const k = RowCache.keyOf(key, readU48(value, 0), value.length);
+  private cachedRow(key: Buffer, walSeq: number, bytes: Uint8Array): DecodedRow {
+    const k = RowCache.keyOf(key, walSeq, bytes.length);
     let row = this.rowCache.get(k);
     if (row === undefined) {
-      row = decodeRow(value.subarray(6));
-      this.rowCache.put(k, row, value.length);
+      // Kept: its own bytes (sketches point into them), not a view of LMDB's reused buffer.
+      row = decodeRow(Uint8Array.prototype.slice.call(bytes));
+      this.rowCache.put(k, row, bytes.length);
     }
     this.counters.row_cache_bytes = this.rowCache.bytes;
     return row;
@@ -744,6 +818,18 @@ export class Store {
         deleted += keys.length;
         if (keys.length < batchRows) break;
         await new Promise((r) => setImmediate(r)); // let ingest and queries run between chunks
+      }
+      // Row groups of those blocks (their rows' pointers went above, or before a restart).
+      const end = groupKey(rowKey(shard, cutoff, 0, 0, 0), 0);
+      for (;;) {
+        const keys = [...this.groups.getKeys({ start: groupKey(rowKey(shard, 0, 0, 0, 0), 0), end, limit: batchRows })];
+        if (keys.length === 0) break;
+        this.root.transactionSync(() => {
+          for (const k of keys) this.groups.remove(k);
+        });
+        this.counters.retention_groups_deleted += keys.length;
+        if (keys.length < batchRows) break;
+        await new Promise((r) => setImmediate(r));
       }
     }
     this.counters.retention_rows_deleted += deleted;
@@ -766,11 +852,20 @@ export class Store {
     return fileBytes(this.walEnv);
   }
 
-  /** Bytes of pages holding data now (falls when retention deletes rows). */
+  /** Bytes of pages holding data now, WAL included (falls when retention deletes rows). */
   usedBytes(): number {
+    return this.pagesBytes([this.wal, this.rows, this.groups]);
+  }
+
+  /** Bytes of pages holding rows now (their pointers and groups). */
+  rowsUsedBytes(): number {
+    return this.pagesBytes([this.rows, this.groups]);
+  }
+
+  private pagesBytes(dbs: readonly Database<Uint8Array, Buffer>[]): number {
     let pages = 0;
     let pageSize = 4096;
-    for (const db of [this.wal, this.rows]) {
+    for (const db of dbs) {
       const st = db.getStats() as { pageSize: number; treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number };
       pages += st.treeBranchPageCount + st.treeLeafPageCount + st.overflowPages;
       pageSize = st.pageSize;
@@ -828,6 +923,21 @@ function moveFromRoot(from: RootDatabase, to: RootDatabase, names: readonly stri
     });
   }
 }
+
+/** A row group's key: the (shard, block) of its rows' keys, then its id. */
+function groupKey(rowKeyOf: Uint8Array, id: number): Buffer {
+  const k = Buffer.allocUnsafe(10);
+  k.set(rowKeyOf.subarray(0, 6), 0);
+  k.writeUInt32BE(id, 6);
+  return k;
+}
+
+/** Rows written together are packed into values of up to this (core/store.ts packRows). */
+const groupBytesMax = 64 * 1024;
+/** A rows value pointing into a group: [WAL seq u48][pointerTag][group id u32][offset u32][length u32]. */
+const pointerBytes = 19;
+/** Row bytes begin with their version (≥ 1), never 0. */
+const pointerTag = 0;
 
 export function rowKey(shard: number, block: number, lo: number, hi: number, rackId: number): Buffer {
   const k = Buffer.allocUnsafe(18);
