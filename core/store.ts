@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
 import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
-import { openLmdb, writeFailure } from '../schema/lmdb.js';
+import { deleteRange, openLmdb, writeFailure } from '../schema/lmdb.js';
 import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
@@ -809,28 +809,9 @@ export class Store {
     const cutoff = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
     let deleted = 0;
     for (const shard of this.opts.shards) {
-      for (;;) {
-        const keys = [...this.rows.getKeys({ start: rowKey(shard, 0, 0, 0, 0), end: rowKey(shard, cutoff, 0, 0, 0), limit: batchRows })];
-        if (keys.length === 0) break;
-        this.root.transactionSync(() => {
-          for (const k of keys) this.rows.remove(k);
-        });
-        deleted += keys.length;
-        if (keys.length < batchRows) break;
-        await new Promise((r) => setImmediate(r)); // let ingest and queries run between chunks
-      }
+      deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows);
       // Row groups of those blocks (their rows' pointers went above, or before a restart).
-      const end = groupKey(rowKey(shard, cutoff, 0, 0, 0), 0);
-      for (;;) {
-        const keys = [...this.groups.getKeys({ start: groupKey(rowKey(shard, 0, 0, 0, 0), 0), end, limit: batchRows })];
-        if (keys.length === 0) break;
-        this.root.transactionSync(() => {
-          for (const k of keys) this.groups.remove(k);
-        });
-        this.counters.retention_groups_deleted += keys.length;
-        if (keys.length < batchRows) break;
-        await new Promise((r) => setImmediate(r));
-      }
+      this.counters.retention_groups_deleted += await deleteRange(this.root, this.groups, groupKey(rowKey(shard, 0, 0, 0, 0), 0), groupKey(rowKey(shard, cutoff, 0, 0, 0), 0), batchRows);
     }
     this.counters.retention_rows_deleted += deleted;
     return deleted;

@@ -6,7 +6,26 @@
 // So batching is off (our writes are explicit transactions, one per batch or second) and every
 // caller that catches a write error passes it through `writeFailure`.
 
-import { open, type RootDatabase, type RootDatabaseOptionsWithPath } from 'lmdb';
+import { open, type Database, type Key, type RootDatabase, type RootDatabaseOptionsWithPath } from 'lmdb';
+
+/**
+ * Deletes the keys of `db` in [start, end) in synced transactions of at most `batch` keys,
+ * letting the event loop run between them (retention sweeps: ingest and queries go on). Returns
+ * how many went.
+ */
+export async function deleteRange<K extends Key>(env: RootDatabase, db: Database<unknown, K>, start: K, end: K, batch: number): Promise<number> {
+  let deleted = 0;
+  for (;;) {
+    const keys = [...db.getKeys({ start, end, limit: batch })];
+    if (keys.length === 0) return deleted;
+    env.transactionSync(() => {
+      for (const k of keys) void db.remove(k);
+    });
+    deleted += keys.length;
+    if (keys.length < batch) return deleted;
+    await new Promise((r) => setImmediate(r));
+  }
+}
 
 /** Failed commits that reached the process guard below (exported at each daemon's /metrics). */
 export const lmdbCounters = { commit_failures_unhandled: 0 };

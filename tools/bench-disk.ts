@@ -7,7 +7,7 @@
 // high-water during the run. Fails loudly when the core did not store every point.
 
 import { Pool } from 'undici';
-import { KindCode, type SeriesColumns } from '../schema/codec.js';
+import { emptyColumns, KindCode, type SeriesColumns } from '../schema/codec.js';
 import { hashName } from '../schema/names.js';
 import { shardsDefault } from '../schema/limits.js';
 import { SectionCutter } from '../schema/section.js';
@@ -43,25 +43,6 @@ function rackBody(cutter: SectionCutter, mix: MixColumns, rack: number, second: 
     names.forEach((n, i) => (rollup.nameEnds[i] = end += n.length));
   }
   return cutter.body({ rack: `disk-r${rack}`, session: 7, seq, second, late: false, shards: shardsDefault, servers, rollup });
-}
-
-function emptyColumns(): SeriesColumns {
-  return {
-    pointHashes: new Uint32Array(0),
-    pointKinds: new Uint8Array(0),
-    pointValues: new Float64Array(0),
-    distHashes: new Uint32Array(0),
-    distKinds: new Uint8Array(0),
-    distCounts: new Uint32Array(0),
-    distSums: new Float64Array(0),
-    distMins: new Float64Array(0),
-    distMaxes: new Float64Array(0),
-    sketchEnds: new Uint32Array(0),
-    sketchBytes: new Uint8Array(0),
-    nameHashes: new Uint32Array(0),
-    nameEnds: new Uint32Array(0),
-    nameBytes: new Uint8Array(0),
-  };
 }
 
 async function diskRun(r: DiskRun): Promise<Figure[]> {

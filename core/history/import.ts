@@ -15,7 +15,7 @@
 // and a request retried after a 503 is not stored twice. One import runs at a time per core.
 
 import { randomInt } from 'node:crypto';
-import { KindCode, type SeriesColumns } from '../../schema/codec.js';
+import { columnsFor, KindCode, type SeriesColumns } from '../../schema/codec.js';
 import { batchServersMax, secondMin } from '../../schema/limits.js';
 import { hashName, isMetricName, isServerId } from '../../schema/names.js';
 import { originImport, SectionCutter } from '../../schema/section.js';
@@ -381,20 +381,7 @@ function intern(list: string[], ids: Map<string, number>, s: string): number {
 
 /** Gauge columns for n points, no summaries, no names. */
 function pointColumns(n: number): SeriesColumns {
-  return {
-    pointHashes: new Uint32Array(2 * n),
-    pointKinds: new Uint8Array(n).fill(KindCode.Gauge),
-    pointValues: new Float64Array(n),
-    distHashes: new Uint32Array(0),
-    distKinds: new Uint8Array(0),
-    distCounts: new Uint32Array(0),
-    distSums: new Float64Array(0),
-    distMins: new Float64Array(0),
-    distMaxes: new Float64Array(0),
-    sketchEnds: new Uint32Array(0),
-    sketchBytes: new Uint8Array(0),
-    nameHashes: new Uint32Array(0),
-    nameEnds: new Uint32Array(0),
-    nameBytes: new Uint8Array(0),
-  };
+  const c = columnsFor({ points: n, dists: 0, sketchBytes: 0 });
+  c.pointKinds.fill(KindCode.Gauge);
+  return c;
 }

@@ -10,6 +10,7 @@ import type { Database, RootDatabase } from 'lmdb';
 import { coreLimits } from '../limits.js';
 import { EvalLimitError, evaluate, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
+import { deleteRange } from '../../schema/lmdb.js';
 
 export interface StoredQuery {
   id: string;
@@ -129,18 +130,7 @@ export class StoredQueries {
   async retentionSweep(nowMs: number, retentionSeconds: number, batchKeys = 5000): Promise<number> {
     const cutoffMs = nowMs - retentionSeconds * 1000;
     let deleted = 0;
-    for (const id of [...this.states.keys()]) {
-      for (;;) {
-        const keys = [...this.results.getKeys({ start: resultKey(id, 0), end: resultKey(id, cutoffMs), limit: batchKeys })];
-        if (keys.length === 0) break;
-        this.root.transactionSync(() => {
-          for (const k of keys) this.results.remove(k);
-        });
-        deleted += keys.length;
-        if (keys.length < batchKeys) break;
-        await new Promise((r) => setImmediate(r)); // let ingest and queries run between chunks
-      }
-    }
+    for (const id of [...this.states.keys()]) deleted += await deleteRange(this.root, this.results, resultKey(id, 0), resultKey(id, cutoffMs), batchKeys);
     this.counters.results_deleted += deleted;
     return deleted;
   }
