@@ -4,9 +4,12 @@
 //   wal     [shard][seq u48] → a ShardSection frame: written (synced) before the request that
 //           carried it is acknowledged; deleted once every row of its block is written. With
 //           dedup, in an environment of its own (<store>/wal): the rows' file holds rows only.
-//   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][row]
-//           (core/block.ts): one metric's per-second values for every server of a rack over a
-//           block. The WAL seq is the newest entry the row holds: a replay skips older ones.
+//   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][pointer] into
+//           groups, or [WAL seq u48][row] (written before row groups): one metric's per-second
+//           values for every server of a rack over a block (core/block.ts). The WAL seq is the
+//           newest entry the row holds: a replay skips older ones.
+//   groups  [shard][block u32][group id u32] → the rows one slice wrote for that (shard, block),
+//           concatenated (up to 64 KB: a row alone would take whole LMDB pages).
 //   dedup   [shard][rack] → the newest (session, seq) seen and a window of recent seqs.
 //   racks, servers, metrics: this store's registry (ids are store-local).
 // Sections go to the head (core/head.ts) at ingest; rows are written continuously in slices of
