@@ -174,6 +174,27 @@ describe('Store', () => {
     await c.close();
   });
 
+  it('regression: never reuses a WAL seq after a restart with an empty WAL, so late data for a written block survives a crash', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    const a = new Store(options(dir));
+    for (let k = 0; k < 20; k++) a.ingest(...batch(t0 + k, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: k }] } }));
+    flushAll(a); // the block's row holds WAL seqs up to the 20th; the WAL is emptied
+    await a.close();
+    const b = new Store(options(dir));
+    expect(b.unwrittenWalBytes).toBe(0);
+    // Late data for the written block, acknowledged, then a crash before its row is rewritten.
+    expect(b.ingest(...batch(t0 + 30, { late: { points: [{ name: 'm', kind: KindCode.Gauge, value: 99 }] } })).status).toBe(204);
+    await b.close();
+    // Its replay must not be skipped as "held by the row" (the seq restarted at 1 before the fix).
+    const c = new Store(options(dir));
+    expect(c.counters.wal_replayed).toBe(1);
+    expect(dump(c, 'm', t0 + 30, t0 + 31)).toEqual({ [`late@${t0 + 30}`]: 99 });
+    flushAll(c);
+    expect(Object.keys(dump(c, 'm', t0, t0 + 60))).toHaveLength(21);
+    await c.close();
+  });
+
   it('keeps the WAL in an environment of its own and moves a WAL left in the rows\' environment by an older version into it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
     dirs.push(dir);

@@ -201,7 +201,13 @@ export class Store {
     for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map() });
     let last = 0;
     for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
-    this.walSeq = last + 1;
+    // WAL seqs never go back, even when the WAL is empty: rows record the newest seq they hold
+    // and a replay skips older entries, so a seq reused after a restart (the WAL had been
+    // emptied) made a later crash drop acknowledged late data for a written block. The next seq
+    // is persisted with every slice of rows; a directory written before that starts above the
+    // clock in ms (its seqs counted from 1 and never came near).
+    const persisted = this.state.get('walSeq');
+    this.walSeq = Math.max(last + 1, persisted ?? Date.now());
     this.replayWal();
   }
 
@@ -630,6 +636,7 @@ export class Store {
         for (const g of packed.groups) this.groups.put(g.key, g.value);
         for (const p of packed.pointers) this.rows.put(p.key, p.value);
         this.state.put('groupSeq', this.groupSeq);
+        this.state.put('walSeq', this.walSeq);
         // The registry entries the rows refer to are durable no later than the rows.
         this.registry.flushDirty();
       });
