@@ -195,6 +195,18 @@ describe('Store', () => {
     await c.close();
   });
 
+  it('regression: a rack id is durable in the transaction of the first rows keyed by it (it was an asynchronous put that could land later, or never)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    const store = new Store(options(dir));
+    store.ingest(...batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 1 }] } }, 'rack-a'));
+    flushAll(store);
+    // Read in the same turn as the slice's commit: nothing asynchronous has run yet.
+    const racks = store.env.openDB<number, string>({ name: 'racks', encoding: 'json' });
+    expect(racks.get('rack-a')).toBe(1);
+    await store.close();
+  });
+
   it('keeps the WAL in an environment of its own and moves a WAL left in the rows\' environment by an older version into it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
     dirs.push(dir);

@@ -106,6 +106,8 @@ export class Store {
   private groupSeq = 0;
   private readonly racks: Database<number, string>;
   private readonly rackIds = new Map<string, number>();
+  /** Rack ids assigned since the last slice of rows (written with it). */
+  private readonly racksDirty = new Map<string, number>();
   private readonly rackNamesById: string[] = [];
   readonly dedup: Dedup;
   private readonly heads = new Map<number, ShardHead>();
@@ -268,7 +270,9 @@ export class Store {
       id = this.rackIds.size + 1;
       this.rackIds.set(name, id);
       this.rackNamesById[id] = name;
-      void this.racks.put(name, id);
+      // Durable in the transaction of the first rows keyed by it (an asynchronous put could
+      // land after them, or never: a restart would then give the id to another rack).
+      this.racksDirty.set(name, id);
     }
     return id;
   }
@@ -635,6 +639,7 @@ export class Store {
       this.root.transactionSync(() => {
         for (const g of packed.groups) this.groups.put(g.key, g.value);
         for (const p of packed.pointers) this.rows.put(p.key, p.value);
+        for (const [name, id] of this.racksDirty) this.racks.put(name, id);
         this.state.put('groupSeq', this.groupSeq);
         this.state.put('walSeq', this.walSeq);
         // The registry entries the rows refer to are durable no later than the rows.
@@ -677,6 +682,7 @@ export class Store {
       e.head.lastArrivalMs.delete(e.block);
       this.flushedThrough.set(e.shard, Math.max(this.flushedThrough.get(e.shard) ?? 0, e.block + this.opts.blockSeconds));
     }
+    this.racksDirty.clear();
     this.counters.rows_written += puts.length;
     for (const p of puts) this.counters.row_bytes_written += p.value.length;
     this.counters.row_slices++;
