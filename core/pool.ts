@@ -34,7 +34,11 @@ export interface PoolOptions {
   ingestWaitingMax: number;
 }
 
-export type IngestResult = { status: 204; points: number; duplicates: number; msg: RackSecondMessage } | { status: 400 | 409 | 503; error: string; reason: string; shards?: number } | { status: 403; reason: 'rack_not_allowed'; rack: string; error: string };
+export type IngestResult =
+  | { status: 204; points: number; duplicates: number; msg: RackSecondMessage }
+  /** pointsStored: points the other workers stored before this answer (their sections are now duplicates of a retry). */
+  | { status: 400 | 409 | 503; error: string; reason: string; shards?: number; pointsStored?: number }
+  | { status: 403; reason: 'rack_not_allowed'; rack: string; error: string };
 
 type Pending = { resolve: (r: Reply) => void; timer: NodeJS.Timeout };
 
@@ -256,7 +260,7 @@ export class ShardPool {
         duplicates += res.duplicates;
       } else if (worst === null || res.status === 400) worst = res;
     }
-    if (worst !== null) return worst;
+    if (worst !== null) return { ...worst, pointsStored: points };
     this.counters.requests_ingested++;
     if (duplicates > 0 && points === 0) this.counters.requests_duplicate++;
     return { status: 204, points, duplicates, msg };

@@ -904,20 +904,24 @@ function fileBytes(env: RootDatabase): number {
 
 /**
  * Moves the entries of `names` from `from` into `to` (a data directory written before the WAL had
- * its own environment), copied and synced before they are deleted from `from`: no crash loses one.
+ * its own environment), in batches of at most moveBatch entries, each copied and synced before it
+ * is deleted from `from`: memory stays one batch, and a crash in between repeats a batch harmlessly.
  */
 function moveFromRoot(from: RootDatabase, to: RootDatabase, names: readonly string[]): void {
+  const moveBatch = 1000;
   for (const name of names) {
     const src = from.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
     const dst = to.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
-    const entries = [...src.getRange()];
-    if (entries.length === 0) continue;
-    to.transactionSync(() => {
-      for (const { key, value } of entries) dst.put(key, value);
-    });
-    from.transactionSync(() => {
-      for (const { key } of entries) src.remove(key);
-    });
+    for (;;) {
+      const entries = [...src.getRange({ limit: moveBatch })];
+      if (entries.length === 0) break;
+      to.transactionSync(() => {
+        for (const { key, value } of entries) dst.put(key, value);
+      });
+      from.transactionSync(() => {
+        for (const { key } of entries) src.remove(key);
+      });
+    }
   }
 }
 

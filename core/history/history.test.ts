@@ -10,6 +10,9 @@ import { rackSecondBody } from '../../schema/section.js';
 import { buildColumns } from '../../schema/testdata.js';
 import { openNode, type CoreNode } from '../node.js';
 import type { WindowResult } from '../query/eval.js';
+import { decodeFrame } from '../../schema/codec.js';
+import { batchBytesMax } from '../../schema/limits.js';
+import { Dedup, windowSeqs } from '../dedup.js';
 import { runImport, type ImportSummary } from './import.js';
 
 const S = 8;
@@ -206,3 +209,83 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
   });
 });
 
+
+describe('import requests and the core\'s de-duplication window', () => {
+  it('regression: a request retrying after 503 is never passed by windowSeqs later ones (its retry was taken for already stored, and dropped)', async () => {
+    const dedup = new Dedup({ getRange: () => [] } as unknown as ConstructorParameters<typeof Dedup>[0], { racksMax: 100 });
+    const stored = new Set<number>();
+    let refusals = 0;
+    let newestWhileRefused = 0;
+    const nowSec = 1_790_000_000;
+    const lines = Array.from({ length: 5000 }, (_, i) => JSON.stringify({ metric: { __name__: 'm', server: 's1' }, values: [i], timestamps: [(nowSec - 6000 + i) * 1000] }));
+    const summary = await runImport(chunks(lines.join('\n'), 1 << 16), {
+      shards: 1,
+      retentionSeconds: 86_400,
+      nowMs: () => nowSec * 1000,
+      mayRack: () => true,
+      ingest: async (b) => {
+        await new Promise((r) => setImmediate(r));
+        const r = decodeFrame(b, batchBytesMax);
+        if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: not a RackSecond');
+        const m = r.msg;
+        if (!stored.has(1)) newestWhileRefused = Math.max(newestWhileRefused, m.seq);
+        // The first request is refused five times (a head full for a moment), the others pass.
+        if (m.seq === 1 && refusals < 5) {
+          refusals++;
+          return { status: 503, reason: 'head_full', error: 'busy', pointsStored: 0 };
+        }
+        if (dedup.seen(0, m.rack, m.origin ?? 0, m.session, m.seq)) return { status: 204, points: 0, duplicates: 1, msg: m };
+        dedup.mark(0, m.rack, m.origin ?? 0, m.session, m.seq);
+        stored.add(m.seq);
+        return { status: 204, points: 1, duplicates: 0, msg: m };
+      },
+    });
+    expect(stored.size).toBe(5000);
+    expect(summary.stored).toBe(5000);
+    expect(dedup.counters.too_old).toBe(0);
+    expect(newestWhileRefused).toBeLessThan(1 + windowSeqs / 2 + 1);
+  });
+
+  it('counts the points other workers stored before a 503 (their retried sections are duplicates), and answers only when every request has ended', async () => {
+    const nowSec = 1_790_000_000;
+    let attempts = 0;
+    let running = 0;
+    const tried = new Set<number>();
+    const lines = [JSON.stringify({ metric: { __name__: 'm', server: 's1' }, values: [1, 2, 3, 4], timestamps: [0, 1, 2, 3].map((k) => (nowSec - 100 + k) * 1000) })];
+    const summary = await runImport(chunks(lines.join('\n'), 64), {
+      shards: 1,
+      retentionSeconds: 86_400,
+      nowMs: () => nowSec * 1000,
+      mayRack: () => true,
+      ingest: async (b) => {
+        const r = decodeFrame(b, batchBytesMax);
+        if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: not a RackSecond');
+        // Of each 1-point request: the first try, one worker stored it and another answered 503;
+        // the retry finds it stored there (a duplicate).
+        attempts++;
+        if (!tried.has(r.msg.seq)) {
+          tried.add(r.msg.seq);
+          return { status: 503, reason: 'rows_behind', error: 'behind', pointsStored: 1 };
+        }
+        return { status: 204, points: 0, duplicates: 1, msg: r.msg };
+      },
+    });
+    expect(summary).toMatchObject({ stored: 4, pointsRefused: {} });
+    expect(attempts).toBe(8);
+    // A failing import waits for its requests before it answers.
+    const failing = runImport(chunks([lines[0]!, 'x'.repeat(10)].join('\n'), 64), {
+      shards: 1,
+      retentionSeconds: 86_400,
+      nowMs: () => nowSec * 1000,
+      mayRack: () => true,
+      ingest: async () => {
+        running++;
+        await new Promise((r) => setTimeout(r, 30));
+        running--;
+        return { status: 400, reason: 'bad', error: 'refused' };
+      },
+    });
+    await failing;
+    expect(running).toBe(0);
+  });
+});

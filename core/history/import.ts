@@ -19,6 +19,7 @@ import { columnsFor, KindCode, type SeriesColumns } from '../../schema/codec.js'
 import { batchServersMax, secondMin } from '../../schema/limits.js';
 import { hashName, isMetricName, isServerId } from '../../schema/names.js';
 import { originImport, SectionCutter } from '../../schema/section.js';
+import { windowSeqs } from '../dedup.js';
 import type { IngestResult } from '../pool.js';
 
 export const importLimits = {
@@ -41,6 +42,9 @@ export const importLimits = {
 } as const;
 
 export const importRackDefault = 'import';
+
+/** How far (in seqs) requests in flight may spread: half the core's de-duplication window. */
+const dedupWindowSpan = windowSeqs / 2;
 
 export type LineRefusal = 'bad_json' | 'bad_name' | 'no_server' | 'bad_server' | 'bad_rack' | 'rack_not_allowed' | 'bad_columns' | 'line_too_long';
 export type PointRefusal = 'bad_value' | 'bad_time' | 'past_retention' | 'core_refused';
@@ -119,7 +123,11 @@ class Importer {
   private metrics: string[] = [];
   private metricIds = new Map<string, number>();
   private inFlight = new Set<Promise<void>>();
+  /** Seqs of the requests in flight: the newest may run at most dedupWindowSpan ahead of the oldest. */
+  private readonly inFlightSeqs = new Set<number>();
   private failure: ImportError | null = null;
+  /** Set when the import fails: requests still retrying give up. */
+  private stopping = false;
 
   constructor(private readonly deps: ImportDeps) {
     this.bufferMax = deps.limits?.pointsBufferedMax ?? importLimits.pointsBufferedMax;
@@ -132,6 +140,18 @@ class Importer {
   }
 
   async run(body: AsyncIterable<Uint8Array>): Promise<ImportSummary> {
+    try {
+      return await this.read(body);
+    } catch (err) {
+      // Never answer while requests of this import still run: a next import would share their
+      // de-duplication entries, and their points would miss the summary. They stop retrying.
+      this.stopping = true;
+      await Promise.allSettled(this.inFlight);
+      throw err instanceof ImportError ? this.done(err) : err;
+    }
+  }
+
+  private async read(body: AsyncIterable<Uint8Array>): Promise<ImportSummary> {
     const decoder = new TextDecoder();
     let parts: Uint8Array[] = [];
     let partBytes = 0;
@@ -326,7 +346,12 @@ class Importer {
     for (const s of servers) sent += s.blocks[0]!.pointValues.length;
     const serverNames = servers.map((s) => s.server);
     this.summary.requests++;
-    while (this.inFlight.size >= importLimits.inFlightMax) await Promise.race(this.inFlight);
+    const seq = this.seq;
+    // The core remembers a window of windowSeqs seqs per (shard, rack, origin); one older than the
+    // newest stored by that much counts as already stored. A request retrying after a 503 while
+    // the others run on must stay inside it, or its retry would be taken for stored and dropped.
+    while (this.inFlight.size >= importLimits.inFlightMax || (this.inFlightSeqs.size > 0 && seq - Math.min(...this.inFlightSeqs) >= dedupWindowSpan)) await Promise.race(this.inFlight);
+    this.inFlightSeqs.add(seq);
     const p = this.deliver(body, sent).then(
       (stored) => {
         this.summary.stored += stored;
@@ -337,23 +362,34 @@ class Importer {
         this.failure ??= err instanceof ImportError ? err : new ImportError(503, String(err), this.summary);
       },
     );
-    const tracked = p.finally(() => this.inFlight.delete(tracked));
+    const tracked = p.finally(() => {
+      this.inFlight.delete(tracked);
+      this.inFlightSeqs.delete(seq);
+    });
     this.inFlight.add(tracked);
   }
 
-  /** Points stored of one request (a request already stored — a retry after a lost answer — counts as stored). */
+  /**
+   * Points stored of one request. A 503 may come after some workers stored their sections (they
+   * say how many points): those count, and the retry's sections there are duplicates. A retry
+   * after an answer that never came (a worker timed out) finds everything stored: all duplicates,
+   * counted as the points sent (the core's per-point refusals in them are not known here).
+   */
   private async deliver(body: Uint8Array, sent: number): Promise<number> {
     const until = performance.now() + importLimits.retryForMs;
     let waitMs = 50;
+    let stored = 0;
     for (;;) {
       const r = await this.deps.ingest(body);
-      if (r.status === 204) return r.duplicates > 0 && r.points === 0 ? sent : r.points;
+      if (r.status === 204) return r.duplicates > 0 && r.points === 0 && stored === 0 ? sent : stored + r.points;
+      if (r.status === 503) stored += r.pointsStored ?? 0;
       if (r.status !== 503) {
         // Refused whole (a rack beyond the core's bound, a token's racks): this request's points
         // alone, counted and described; the import goes on.
         if (this.summary.errors.length < importLimits.errorsListedMax) this.summary.errors.push({ line: this.summary.lines, reason: `core_refused:${r.reason}`, error: r.error });
-        return 0;
+        return stored + ('pointsStored' in r ? (r.pointsStored ?? 0) : 0);
       }
+      if (this.stopping) throw new ImportError(503, 'the import stopped (another request failed)', this.summary);
       if (performance.now() + waitMs > until) throw new ImportError(503, `the core stayed busy for ${importLimits.retryForMs / 1000} s (${r.reason}: ${r.error}); points up to second ${this.summary.toSecond} may be partly stored — importing the same file again stores nothing twice within a second`, this.summary);
       await new Promise((res) => setTimeout(res, waitMs));
       waitMs = Math.min(2000, waitMs * 2);

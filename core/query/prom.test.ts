@@ -14,7 +14,7 @@ import { openNode, type CoreNode } from '../node.js';
 import { WorkerError } from '../pool.js';
 import { RateLimiter } from '../ratelimit.js';
 import type { WindowResult } from './eval.js';
-import { evalFailure, parseSelector, matches, planRange, promDurationMs, promFloat, promTimeMs, scalarLiteral, PromError } from './prom.js';
+import { evalFailure, parseSelector, matches, planRange, promDurationMs, promFloat, promSettleMs, promTimeMs, scalarLiteral, PromError } from './prom.js';
 
 const S = 8;
 const now = Math.floor(Date.now() / 1000);
@@ -258,6 +258,19 @@ describe('Prometheus API on a core node', () => {
     const created = await node.app.request('/api/v1/queries', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'cpu', query: 'from * select cpu window 1m compute max' }) });
     expect(created.status).toBe(201);
     expect((await prom('/api/v1/label/query/values')).body.data).toEqual(['FROM * SELECT cpu WINDOW 1m COMPUTE max']);
+  });
+
+  it('regression: answers no window whose seconds may still be on their way (ending within promSettleMs of now)', async () => {
+    const now = Date.now();
+    const s = Math.floor(now / 1000) - 1;
+    const body = rackSecondBody({ rack: 'fresh', session: 9, seq: 1, second: s, late: false, shards: S, servers: [{ server: 'fresh-1', blocks: [buildColumns([{ name: 'fresh.g', kind: KindCode.Gauge, value: 1 }], [])] }], rollup: buildColumns([], [], ['fresh.g']) });
+    expect((await node.pool.ingest(body)).status).toBe(204);
+    const { body: r } = await prom(`/api/v1/query_range?${qs({ query: 'FROM * SELECT fresh.g WINDOW 1s COMPUTE count', start: s - 10, end: Math.ceil(now / 1000), step: '1s' })}`);
+    // The second just ended is stored, but its window is not answered yet: a rack may still send its other servers.
+    expect((r.data as { result: Series[] }).result.flatMap((x) => x.values)).toEqual([]);
+    const { body: later } = await prom(`/api/v1/query_range?${qs({ query: 'FROM * SELECT fresh.g WINDOW 1s COMPUTE count', start: s - 10, end: s + 1, step: '1s' })}`);
+    expect(later.status).toBe('success');
+    expect(promSettleMs).toBeGreaterThanOrEqual(2000);
   });
 });
 

@@ -9,8 +9,9 @@
 // - A sample at time t is the window that ENDS at t, [t − W, t): Prometheus' range functions
 //   look back from their evaluation time (max_over_time(x[5s]) at t covers (t − 5s, t]), so a
 //   Prometheus user reads an apm sample the same way, and a sample never shows data from after
-//   its timestamp. Only complete windows are answered (ending at or before both `end` and now),
-//   so the newest point does not dip while its window fills.
+//   its timestamp. Only complete windows are answered: ending at or before both `end` and
+//   now − promSettleMs (the 3 s stored queries also wait: racks close a second about 2 s after
+//   it ends and forward it), so the newest point does not dip while its data is on its way.
 // - query_range: `step` becomes the WINDOW when the text has none. With WINDOW W, step < W is
 //   refused (a step finer than the windows would invent samples), and step ≥ W evaluates windows
 //   of W × ceil(step / W): Grafana zoomed out gets coarser windows. Merging the summaries of a
@@ -168,6 +169,9 @@ export interface RangePlan {
  * What a query_range evaluates: the effective window from the text's WINDOW and `step`, and the
  * complete windows whose end lies in [start, min(end, now)]; throws PromError past the bounds.
  */
+/** A window is answered once this long past its end: its seconds have reached the core (racks close a second ~2 s late). */
+export const promSettleMs = 3000;
+
 export function planRange(text: string, o: { startMs: number; endMs: number; stepMs: number; nowMs: number }): RangePlan {
   if (o.endMs < o.startMs) throw new PromError('bad_data', `invalid parameter end: end timestamp (${o.endMs / 1000}) must not be before start time (${o.startMs / 1000})`);
   if (o.endMs - o.startMs > coreLimits.adHocRangeMsMax) throw new PromError('bad_data', `start..end spans ${Math.round((o.endMs - o.startMs) / 86_400_000)} days > the ad-hoc limit of ${coreLimits.adHocRangeMsMax / 86_400_000} days; narrow the time range, or make it a stored query`);
@@ -431,7 +435,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     const text = p.get('query');
     if (text === undefined) throw new PromError('bad_data', 'missing query=<apm query>');
     const nowMs = Date.now();
-    const plan = planRange(text, { startMs: requiredTimeMs(p, 'start'), endMs: requiredTimeMs(p, 'end'), stepMs: promDurationMs(p.get('step'), 'step'), nowMs });
+    const plan = planRange(text, { startMs: requiredTimeMs(p, 'start'), endMs: requiredTimeMs(p, 'end'), stepMs: promDurationMs(p.get('step'), 'step'), nowMs: nowMs - promSettleMs });
     const windows = plan.windows === 0 ? [] : await evaluate(pool, plan.q, plan.firstEndMs - plan.q.windowSeconds * 1000, plan.lastEndMs);
     return success({ resultType: 'matrix', result: toMatrix(plan.q, windows) }, [...plan.warnings, ...sketchedWarning(windows)]);
   });
@@ -520,7 +524,7 @@ export async function promInstant(c: Context, pool: ShardPool): Promise<Response
     if (scalar !== null) return c.json({ status: 'success', data: { resultType: 'scalar', result: [timeMs / 1000, promFloat(scalar)] } });
     const { q } = parseForProm(text, null);
     const Wms = q.windowSeconds * 1000;
-    const endMs = Math.floor(Math.min(timeMs, nowMs) / Wms) * Wms;
+    const endMs = Math.floor(Math.min(timeMs, nowMs - promSettleMs) / Wms) * Wms;
     const windows = endMs - Wms < 0 ? [] : await evaluate(pool, q, endMs - Wms, endMs);
     const warnings = sketchedWarning(windows);
     return c.json({ status: 'success', data: { resultType: 'vector', result: toVector(q, windows.find((w) => w.endMs === endMs)) }, ...(warnings.length > 0 ? { warnings } : {}) });
