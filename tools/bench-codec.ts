@@ -7,48 +7,14 @@
 // mismatch.
 
 import { brotliCompressSync, constants, deflateRawSync, inflateRawSync } from 'node:zlib';
-import { readSeries, writeSeries, type SeriesWriter } from '../core/codec/values.js';
+import { ByteWriter } from '../core/block.js';
+import { readSeries, writeSeries } from '../core/codec/values.js';
 import type { Figure } from './bench-edge.js';
 import { fillSeries, mixShapeNames, mixShapeOf, type MixOptions } from './shapes-compare.js';
 import { Shape, ShapeColumns, shapeOf } from './shapes.js';
 
 const serversPerRow = 40;
 const blockSeconds = 60;
-
-class Sink implements SeriesWriter {
-  buf = new Uint8Array(1 << 16);
-  pos = 0;
-  private dv = new DataView(this.buf.buffer);
-  private room(n: number): void {
-    if (this.pos + n <= this.buf.length) return;
-    const next = new Uint8Array(Math.max(this.buf.length * 2, this.pos + n));
-    next.set(this.buf.subarray(0, this.pos));
-    this.buf = next;
-    this.dv = new DataView(next.buffer);
-  }
-  bytes(src: Uint8Array, start: number, end: number): void {
-    this.room(end - start);
-    this.buf.set(src.subarray(start, end), this.pos);
-    this.pos += end - start;
-  }
-  u8(v: number): void {
-    this.room(1);
-    this.buf[this.pos++] = v;
-  }
-  varint(v: number): void {
-    this.room(8);
-    while (v >= 0x80) {
-      this.buf[this.pos++] = (v % 0x80) | 0x80;
-      v = Math.floor(v / 0x80);
-    }
-    this.buf[this.pos++] = v;
-  }
-  f64(v: number): void {
-    this.room(8);
-    this.dv.setFloat64(this.pos, v, true);
-    this.pos += 8;
-  }
-}
 
 // ---- today's value path (core/block.ts writeValues/readValues at 488178e), for the baseline ----
 
@@ -71,7 +37,7 @@ function legacyExponent(vals: Float64Array, from: number, to: number): number {
   return e;
 }
 
-function legacyWrite(w: Sink, vals: Float64Array, from: number, to: number): void {
+function legacyWrite(w: ByteWriter, vals: Float64Array, from: number, to: number): void {
   const e = legacyExponent(vals, from, to);
   if (e < 0) {
     w.u8(0xff);
@@ -174,8 +140,8 @@ const bitsEqual = (a: Float64Array, b: Float64Array) => {
 
 /** Encodes, packs and decodes every row of one metric (servers × seconds of series) into t. */
 function measureMetric(vals: Float64Array, servers: number, seconds: number, t: Tally, label: string): void {
-  const w = new Sink();
-  const lw = new Sink();
+  const w = new ByteWriter();
+  const lw = new ByteWriter();
   const rowVals = new Float64Array(serversPerRow * blockSeconds);
   const out = new Float64Array(serversPerRow * blockSeconds);
   for (let r0 = 0; r0 < servers; r0 += serversPerRow) {
