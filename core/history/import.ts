@@ -232,6 +232,7 @@ class Importer {
     this.summary.points += values.length;
     const nowSec = Math.floor((this.deps.nowMs?.() ?? Date.now()) / 1000);
     const oldest = nowSec - this.deps.retentionSeconds;
+    let ids: { rack: number; server: number; metric: number } | null = null;
     const newest = nowSec + importLimits.futureSecondsMax;
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
@@ -254,12 +255,17 @@ class Importer {
         continue;
       }
       // Rack indexes are 16-bit in the buffer (the core holds far fewer racks).
-      if (this.n === this.bufferMax || (this.racks.length === 0xffff && !this.rackIds.has(rack))) await this.flush();
+      if (this.n === this.bufferMax || (ids === null && this.racks.length === 0xffff && !this.rackIds.has(rack))) {
+        await this.flush();
+        ids = null; // a flush empties the interned names
+      }
+      // One line is one series: its names are interned once (again after a flush), not per point.
+      ids ??= { rack: intern(this.racks, this.rackIds, rack), server: intern(this.servers, this.serverIds, server), metric: intern(this.metrics, this.metricIds, name) };
       const k = this.n++;
       this.sec[k] = second;
-      this.rackOf[k] = intern(this.racks, this.rackIds, rack);
-      this.serverOf[k] = intern(this.servers, this.serverIds, server);
-      this.metricOf[k] = intern(this.metrics, this.metricIds, name);
+      this.rackOf[k] = ids.rack;
+      this.serverOf[k] = ids.server;
+      this.metricOf[k] = ids.metric;
       this.val[k] = v;
       if (this.summary.fromSecond === null || second < this.summary.fromSecond) this.summary.fromSecond = second;
       if (this.summary.toSecond === null || second > this.summary.toSecond) this.summary.toSecond = second;
