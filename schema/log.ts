@@ -1,0 +1,184 @@
+// The log contract of a core cluster (issue 13): racks publish each closed second to NATS
+// JetStream, one message per (second, shard); every core node that owns a shard applies its
+// stream in order. Racks and nodes must agree on everything here.
+//
+//   stream  APM_<k>          subject apm.shard.<k>: shard k's sections, file storage, R3 (fewer
+//                            NATS servers: all of them), duplicate window and max age from the
+//                            cluster settings. One stream per shard, so leaders spread over
+//                            the NATS servers and no stream holds many subjects.
+//   message                  a RackSecond body (schema/section.ts) holding one section, raw
+//                            deflate; header Apm-Enc: deflate. Nats-Msg-Id:
+//                            <rack>/<origin>/<session>/<seq>/<shard>, so a re-publish inside the
+//                            duplicate window is stored once.
+//   KV apm-cluster           "settings": ClusterSettings, written once by the first node.
+//   KV apm-nodes             one key per node: its URL, workers and the shards it has caught up
+//                            (core/cluster/membership.ts); a heartbeat every 2 s.
+//   KV apm-placement         "shards": shard → owners (core/cluster/placement.ts), changed by
+//                            compare-and-set.
+//   KV apm-queries           stored-query definitions (core/cluster/queries.ts).
+
+import { readFileSync } from 'node:fs';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { decodeFrame, Encoder } from './codec.js';
+import { batchBytesMax, shardsMax } from './limits.js';
+import { encodeRackSecond, isValidShardCount, sectionAt, type RackSecondMessage } from './section.js';
+
+export const buckets = { cluster: 'apm-cluster', nodes: 'apm-nodes', placement: 'apm-placement', queries: 'apm-queries' } as const;
+
+export function streamOf(shard: number): string {
+  return `APM_${shard}`;
+}
+
+export function subjectOf(shard: number): string {
+  return `apm.shard.${shard}`;
+}
+
+/** Subject of stored-query windows as their evaluating node publishes them (core NATS, not a stream). */
+export function resultsSubject(qid: string): string {
+  return `apm.results.${qid}`;
+}
+
+export const encodingHeader = 'Apm-Enc';
+export const encodingDeflate = 'deflate';
+
+/** What every node and rack of one cluster must agree on (KV apm-cluster, key "settings"). */
+export interface ClusterSettings {
+  format: 1;
+  /** S: shards (metric hash lo32 mod S). */
+  shards: number;
+  /** Core nodes that own each shard. */
+  ownerReplicas: number;
+  /** Replicas of each shard's stream (≤ the NATS servers). */
+  streamReplicas: number;
+  /** A message older than this leaves its stream; a node further behind rebuilds from a live owner's rows. */
+  streamMaxAgeSeconds: number;
+  /** A re-published message inside this window is stored once (longer than any rack retry of one message). */
+  duplicateWindowSeconds: number;
+}
+
+export const clusterSettingsDefaults: Omit<ClusterSettings, 'shards' | 'streamReplicas'> = {
+  format: 1,
+  ownerReplicas: 2,
+  streamMaxAgeSeconds: 86_400,
+  duplicateWindowSeconds: 600,
+};
+
+/** Why `mine` cannot join a cluster whose settings are `theirs` (null: they agree). */
+export function settingsDisagree(theirs: ClusterSettings, mine: Partial<ClusterSettings>): string | null {
+  for (const k of ['format', 'shards', 'ownerReplicas', 'streamReplicas', 'streamMaxAgeSeconds', 'duplicateWindowSeconds'] as const) {
+    if (mine[k] !== undefined && mine[k] !== theirs[k]) return `${k} is ${String(mine[k])} here but ${String(theirs[k])} in the cluster (KV ${buckets.cluster}, key settings)`;
+  }
+  return null;
+}
+
+/** Parses and checks settings read from KV (a bad entry is a clear error, never a guess). */
+export function parseSettings(text: string): ClusterSettings {
+  const s = JSON.parse(text) as Partial<ClusterSettings>;
+  const int = (v: unknown, min: number, max: number) => typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max;
+  if (s.format !== 1) throw new Error(`cluster settings format ${String(s.format)}; this build reads format 1`);
+  if (s.shards === undefined || !isValidShardCount(s.shards)) throw new Error(`cluster settings: shards ${String(s.shards)} is not a power of two in 1..${shardsMax}`);
+  if (!int(s.ownerReplicas, 1, 5) || !int(s.streamReplicas, 1, 5) || !int(s.streamMaxAgeSeconds, 10, 10 * 365 * 86_400) || !int(s.duplicateWindowSeconds, 1, 86_400)) {
+    throw new Error(`cluster settings out of range: ${text.slice(0, 300)}`);
+  }
+  return s as ClusterSettings;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+export interface LogMessage {
+  shard: number;
+  subject: string;
+  msgId: string;
+  /** Raw deflate of a RackSecond holding this shard's section only. */
+  data: Uint8Array;
+}
+
+export function msgIdOf(m: Pick<RackSecondMessage, 'rack' | 'origin' | 'session' | 'seq'>, shard: number): string {
+  return `${m.rack}/${m.origin ?? 0}/${m.session}/${m.seq}/${shard}`;
+}
+
+/** A rack second's body split into one compressed message per shard section. Throws on a body that does not decode. */
+export function logMessages(body: Uint8Array, enc = new Encoder()): LogMessage[] {
+  const r = decodeFrame(body, batchBytesMax);
+  if (!r.ok) throw new Error(`not a rack second (${r.reason}): ${r.detail}`);
+  if (r.msg.type !== 'rackSecond') throw new Error(`not a rack second: a ${r.msg.type}`);
+  const m = r.msg;
+  const out: LogMessage[] = [];
+  for (let i = 0; i < m.sectionShards.length; i++) {
+    const shard = m.sectionShards[i]!;
+    const one = encodeRackSecond(enc, m, [{ shard, frame: sectionAt(m, i) }], m.servers);
+    out.push({ shard, subject: subjectOf(shard), msgId: msgIdOf(m, shard), data: deflateRawSync(one, { level: 1 }) });
+  }
+  return out;
+}
+
+/** The RackSecond body of a message (inflated, bounded). Throws on a bad message. */
+export function openLogMessage(data: Uint8Array, encoding: string | undefined): Uint8Array {
+  if (encoding === undefined || encoding === '') return data;
+  if (encoding !== encodingDeflate) throw new Error(`unknown ${encodingHeader} ${JSON.stringify(encoding)}`);
+  return inflateRawSync(data, { maxOutputLength: batchBytesMax });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connecting
+
+export interface NatsAuth {
+  /** A .creds file (JWT + NKey seed), --nats-creds. */
+  credsFile?: string;
+  user?: string;
+  /** A file whose first line is the password, --nats-password-file. */
+  passwordFile?: string;
+}
+
+/** Parses --nats: comma-separated nats:// URLs, loopback or not (the caller decides). */
+export function parseNatsUrls(value: string): string[] {
+  const urls = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+  if (urls.length === 0) throw new Error('--nats needs at least one URL, e.g. nats://127.0.0.1:4222');
+  for (const u of urls) {
+    let p: URL;
+    try {
+      p = new URL(u.includes('://') ? u : `nats://${u}`);
+    } catch {
+      throw new Error(`--nats: ${JSON.stringify(u)} is not a URL like nats://127.0.0.1:4222`);
+    }
+    if (p.protocol !== 'nats:' && p.protocol !== 'tls:') throw new Error(`--nats: ${u} is not a nats:// or tls:// URL`);
+  }
+  return urls;
+}
+
+/**
+ * Connects to the NATS servers (reconnecting for ever: a dead NATS server is waited out, never a
+ * reason to stop) with the credentials given.
+ */
+export async function connectNats(servers: string[], auth: NatsAuth, name: string): Promise<NatsConnection> {
+  const opts: Parameters<typeof connect>[0] = { servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true, timeout: 5000 };
+  if (auth.credsFile !== undefined) {
+    const creds = readFileSync(auth.credsFile);
+    opts.authenticator = credsAuthenticator(new Uint8Array(creds));
+  } else if (auth.user !== undefined) {
+    opts.user = auth.user;
+    if (auth.passwordFile !== undefined) opts.pass = readFileSync(auth.passwordFile, 'utf8').split('\n')[0]!.trim();
+  }
+  return connect(opts);
+}
+
+/** JetStream's manager once the NATS servers have a JetStream leader (a new cluster takes a second or two). */
+export async function waitJetStream(nc: NatsConnection, timeoutMs = 30_000): Promise<JetStreamManager> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown = null;
+  while (Date.now() < until) {
+    try {
+      return await jetstreamManager(nc, { timeout: 2000 });
+    } catch (err) {
+      last = err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  throw new Error(`JetStream did not answer within ${timeoutMs} ms (${(last as Error | null)?.message ?? 'no answer'}); is JetStream enabled on the NATS servers?`);
+}
