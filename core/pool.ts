@@ -198,7 +198,7 @@ export class ShardPool {
    * Validates a RackSecond and makes every section durable in its shard's worker; 204 only then.
    * A second of a rack `mayRack` refuses is answered 403 before anything is stored (issue 16.3).
    */
-  async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true): Promise<IngestResult> {
+  async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true, stream?: { seq: number; after: number }): Promise<IngestResult> {
     const r = decodeFrame(body, batchBytesMax);
     if (!r.ok || r.msg.type !== 'rackSecond') {
       const reason = r.ok ? 'not_a_second' : r.reason;
@@ -206,6 +206,7 @@ export class ShardPool {
       return { status: 400, reason, error: r.ok ? `expected a RackSecond (wire v2), got a ${r.msg.type}` : `request refused (${r.reason}): ${r.detail}` };
     }
     const msg = r.msg;
+    if (stream !== undefined && msg.sectionShards.length !== 1) return { status: 400, reason: 'not_one_section', error: `a stream message holds one section; this one holds ${msg.sectionShards.length}` };
     if (!mayRack(msg.rack)) return { status: 403, reason: 'rack_not_allowed', rack: msg.rack, error: `not allowed to send for rack ${msg.rack}` };
     if (msg.shards !== this.shards) {
       this.counters.shards_mismatch++;
@@ -238,7 +239,7 @@ export class ShardPool {
         if (this.placement.workerOfShard(msg.sectionShards[i]!) !== w) continue;
         bytes.set(sectionAt(msg, i), g.refs[k++]!.start);
       }
-      const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late, origin: msg.origin ?? originRack };
+      const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late, origin: msg.origin ?? originRack, ...(stream === undefined ? {} : { stream }) };
       slot.ingestWaiting++;
       try {
         return await this.request(slot, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf]);
@@ -314,6 +315,17 @@ export class ShardPool {
     for (const d of this.defs) defsByStore[this.storeOfMetric(this.metricOf(d))]?.push(d);
     const r = await this.request(slot, { t: 'sync', id: this.nextId++, defsByStore });
     if (r.error !== undefined) throw new WorkerError(r.error);
+  }
+
+  /** Per shard, the newest stream sequence applied (cluster nodes; 0: none). */
+  async streamSeqs(): Promise<Record<number, number>> {
+    const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'streamSeqs', id: this.nextId++ })));
+    const out: Record<number, number> = {};
+    for (const r of replies) {
+      if (r.error !== undefined || r.seqs === undefined) throw new WorkerError(r.error ?? 'no stream sequences in the answer');
+      Object.assign(out, r.seqs);
+    }
+    return out;
   }
 
   /** Every metric of every shard. */

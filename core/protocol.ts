@@ -34,6 +34,7 @@ export type ToWorker =
   | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]> }
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
   | { t: 'metrics'; id: number }
+  | { t: 'streamSeqs'; id: number }
   | { t: 'stats'; id: number }
   | { t: 'flush'; id: number; nowMs: number }
   | { t: 'tick'; id: number; nowMs: number }
@@ -64,6 +65,6 @@ export interface WorkerMetric {
   lastSeenMs: number;
 }
 
-export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk };
+export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number> };
 
 export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };

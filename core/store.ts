@@ -73,9 +73,20 @@ export interface RequestHeader {
   late: boolean;
   /** originRack (absent: the same) or originImport (schema/section.ts). */
   origin?: number;
+  /**
+   * A cluster node's request from shard `shard`'s stream (issue 13): one section, stream
+   * sequence `seq`, delivered right after `after` (the previous message the node received from
+   * that stream, or the sequence it had applied when its consumer started). It is applied only
+   * when `after` is the shard's applied sequence, and that sequence is recorded in the
+   * transaction that stores the section, so a crash replays exactly what was not applied.
+   */
+  stream?: { seq: number; after: number };
 }
 
-export type StoreIngestResult = { status: 204; points: number; duplicates: number } | { status: 400 | 503; error: string; reason: string };
+export type StoreIngestResult =
+  | { status: 204; points: number; duplicates: number }
+  /** 409 stream_gap: a stream request whose `after` is not the applied sequence (the consumer restarts from it). */
+  | { status: 400 | 409 | 503; error: string; reason: string; applied?: number };
 
 interface ShardHead {
   /** block → metric index → rack id → head. */
@@ -102,6 +113,9 @@ export class Store {
   /** Row groups: the rows one slice writes for one (shard, block), packed (see packRows). */
   private readonly groups: Database<Uint8Array, Buffer>;
   private readonly state: Database<number, string>;
+  /** Per shard, the newest stream sequence applied (cluster nodes; in the WAL's environment, committed with the sections). */
+  private readonly streamDb: Database<number, number>;
+  private readonly streamApplied = new Map<number, number>();
   /** The newest row group id (unique per store; persisted with the groups). */
   private groupSeq = 0;
   private readonly racks: Database<number, string>;
@@ -129,6 +143,12 @@ export class Store {
     sections_late: 0,
     points_ingested: 0,
     summaries_ingested: 0,
+    /** Stream messages (cluster) delivered again after they were applied: acknowledged, not stored again. */
+    stream_redelivered: 0,
+    /** Stream messages that did not follow the applied sequence (the consumer restarts from it). */
+    stream_gaps: 0,
+    /** Stream messages refused for good (malformed): the stream moves past them, counted by reason. */
+    stream_refused: 0,
     bytes_ingested: 0,
     storage_full: 0,
     head_full: 0,
@@ -192,6 +212,8 @@ export class Store {
     this.state = this.root.openDB<number, string>({ name: 'state', encoding: 'json' });
     this.groupSeq = this.state.get('groupSeq') ?? 0;
     const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
+    this.streamDb = this.walEnv.openDB<number, number>({ name: 'stream', encoding: 'json', keyEncoding: 'uint32' });
+    for (const { key, value } of this.streamDb.getRange()) this.streamApplied.set(key, value);
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax });
     for (const { key, value } of this.racks.getRange()) {
@@ -211,6 +233,13 @@ export class Store {
     const persisted = this.state.get('walSeq');
     this.walSeq = Math.max(last + 1, persisted ?? Date.now());
     this.replayWal();
+  }
+
+  /** Per shard of this store, the newest stream sequence applied (0: none). */
+  streamSeqs(): Record<number, number> {
+    const out: Record<number, number> = {};
+    for (const k of this.heads.keys()) out[k] = this.streamApplied.get(k) ?? 0;
+    return out;
   }
 
   /** The LMDB environment (stored-query state of these shards lives beside their data). */
@@ -322,13 +351,47 @@ export class Store {
   ingestMany(reqs: readonly { h: RequestHeader; sections: readonly SectionIn[] }[], nowMs = Date.now()): StoreIngestResult[] {
     const results: StoreIngestResult[] = [];
     const valid: { i: number; decoded: ShardSectionMessage[]; bytes: Uint8Array[] }[] = [];
+    // Stream requests (cluster): applied in stream order only; the sequences this group applies.
+    const applied = new Map<number, number>();
+    const refusedForGood: { shard: number; seq: number }[] = [];
     reqs.forEach((r, i) => {
+      const st = r.h.stream;
+      if (st !== undefined) {
+        const shard = r.sections[0]?.shard ?? -1;
+        const now = applied.get(shard) ?? this.streamApplied.get(shard) ?? 0;
+        if (r.sections.length !== 1 || !this.heads.has(shard)) {
+          results[i] = { status: 400, reason: 'wrong_section', error: `a stream request holds one section of a shard of this store` };
+          return;
+        }
+        if (st.seq <= now) {
+          this.counters.stream_redelivered++;
+          results[i] = { status: 204, points: 0, duplicates: 1 };
+          return;
+        }
+        if (st.after !== now) {
+          this.counters.stream_gaps++;
+          results[i] = { status: 409, reason: 'stream_gap', error: `stream of shard ${shard}: message ${st.seq} follows ${st.after}, but ${now} is applied`, applied: now };
+          return;
+        }
+        const d = this.decodeRequest(r.h, r.sections);
+        if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
+        else {
+          results[i] = d;
+          if (d.status !== 400) return;
+          // Refused for good (counted by reason): the stream moves past it.
+          refusedForGood.push({ shard, seq: st.seq });
+        }
+        applied.set(shard, st.seq);
+        return;
+      }
       const d = this.decodeRequest(r.h, r.sections);
       if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
       else results[i] = d;
     });
     const refuse = (r: StoreIngestResult) => {
       for (const v of valid) results[v.i] = r;
+      // Nothing of this group is stored: a stream's later requests must not pass the refused ones.
+      for (let i = 0; i < reqs.length; i++) if (reqs[i]!.h.stream !== undefined && results[i]?.status === 400) results[i] = r;
       return results;
     };
     const full = this.storageFull(nowMs);
@@ -369,14 +432,18 @@ export class Store {
       this.walEnv.transactionSync(() => {
         for (const f of fresh) this.wal.put(f.key, Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength));
         this.dedup.persist();
+        for (const [shard, seq] of applied) this.streamDb.put(shard, seq);
       });
     } catch (err) {
       this.dedup.rollback();
+      for (let i = 0; i < reqs.length; i++) if (reqs[i]!.h.stream !== undefined && results[i]?.status === 400) results[i] = { status: 503, reason: 'storage_full', error: 'storage write failed; retry' };
       this.counters.storage_full += valid.length;
       this.lastError = writeFailure(err);
       return refuse({ status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space; the rack will retry` });
     }
     this.dedup.committed();
+    for (const [shard, seq] of applied) this.streamApplied.set(shard, seq);
+    this.counters.stream_refused += refusedForGood.length;
     const points = new Map<number, number>();
     fresh.forEach((f, k) => {
       points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, f.bytes.length, false));

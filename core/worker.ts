@@ -218,6 +218,11 @@ function handle(m: ToWorker): void {
       for (const { store } of owned.values()) for (const x of store.registry.allMetrics()) out.push({ name: x.name, kind: x.kind, firstSeenMs: x.firstSeenMs, lastSeenMs: x.lastSeenMs });
       return post({ t: 'reply', id: m.id, metrics: out });
     }
+    case 'streamSeqs': {
+      const seqs: Record<number, number> = {};
+      for (const { store } of owned.values()) Object.assign(seqs, store.streamSeqs());
+      return post({ t: 'reply', id: m.id, seqs });
+    }
     case 'stats':
       return post({ t: 'reply', id: m.id, stats: stats({ periodic: false }) });
     case 'flush': {
