@@ -20,7 +20,8 @@
 import { readFileSync } from 'node:fs';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { DiscardPolicy, jetstreamManager, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { decodeFrame, Encoder } from './codec.js';
 import { batchBytesMax, shardsMax } from './limits.js';
 import { encodeRackSecond, isValidShardCount, sectionAt, type RackSecondMessage } from './section.js';
@@ -181,4 +182,36 @@ export async function waitJetStream(nc: NatsConnection, timeoutMs = 30_000): Pro
     }
   }
   throw new Error(`JetStream did not answer within ${timeoutMs} ms (${(last as Error | null)?.message ?? 'no answer'}); is JetStream enabled on the NATS servers?`);
+}
+
+/** Creates every shard's stream the settings call for (an existing one is left as it is). */
+export async function ensureStreams(jsm: JetStreamManager, s: ClusterSettings): Promise<void> {
+  const names = new Set<string>();
+  for await (const n of jsm.streams.names()) names.add(n);
+  for (let k = 0; k < s.shards; k++) {
+    if (names.has(streamOf(k))) continue;
+    await jsm.streams.add({
+      name: streamOf(k),
+      subjects: [subjectOf(k)],
+      storage: StorageType.File,
+      num_replicas: s.streamReplicas,
+      duplicate_window: s.duplicateWindowSeconds * 1e9,
+      max_age: s.streamMaxAgeSeconds * 1e9,
+      discard: DiscardPolicy.Old,
+    });
+  }
+}
+
+/** The cluster's settings as KV apm-cluster holds them, or null when no node has written them yet. */
+export async function readSettings(nc: NatsConnection): Promise<ClusterSettings | null> {
+  let kv;
+  try {
+    kv = await new Kvm(nc).open(buckets.cluster);
+    await kv.status();
+  } catch {
+    return null;
+  }
+  const e = await kv.get('settings');
+  if (e === null || e.operation !== 'PUT') return null;
+  return parseSettings(e.string());
 }
