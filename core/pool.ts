@@ -317,6 +317,41 @@ export class ShardPool {
     if (r.error !== undefined) throw new WorkerError(r.error);
   }
 
+  /**
+   * Applies one message of shard `shard`'s stream (a cluster node's consumer): its points, or
+   * 'refused' when it can never be stored (counted by reason; the stream moves past it), or why
+   * it cannot be applied now (the consumer starts again from the applied sequence).
+   */
+  async ingestStream(body: Uint8Array, shard: number, stream: { seq: number; after: number }): Promise<{ points: number } | 'refused' | string> {
+    const r = decodeFrame(body, batchBytesMax);
+    let bad: string | null = null;
+    if (!r.ok) bad = r.reason;
+    else if (r.msg.type !== 'rackSecond') bad = 'not_a_second';
+    else if (r.msg.shards !== this.shards) bad = 'shards_mismatch';
+    else if (r.msg.sectionShards.length !== 1 || r.msg.sectionShards[0] !== shard) bad = 'wrong_section';
+    if (bad !== null) {
+      this.streamRefused[bad] = (this.streamRefused[bad] ?? 0) + 1;
+      return this.skipStream(shard, stream.seq, stream.after);
+    }
+    const res = await this.ingest(body, () => true, stream);
+    if (res.status === 204) return { points: res.points };
+    if (res.status === 400) {
+      this.streamRefused[res.reason] = (this.streamRefused[res.reason] ?? 0) + 1;
+      return 'refused';
+    }
+    return `${res.status} ${res.reason}: ${res.error}`;
+  }
+
+  /** Stream messages refused for good, by reason (they never decoded or never belonged to their shard). */
+  readonly streamRefused: Record<string, number> = {};
+
+  /** Moves a shard's stream past a message that cannot be stored (see Store.skipStream). */
+  async skipStream(shard: number, seq: number, after: number): Promise<'refused' | string> {
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    const r = await this.request(slot, { t: 'streamSkip', id: this.nextId++, shard, seq, after });
+    return r.skip ?? r.error ?? 'no answer';
+  }
+
   /** Per shard, the newest stream sequence applied (cluster nodes; 0: none). */
   async streamSeqs(): Promise<Record<number, number>> {
     const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'streamSeqs', id: this.nextId++ })));

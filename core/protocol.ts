@@ -35,6 +35,7 @@ export type ToWorker =
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
   | { t: 'metrics'; id: number }
   | { t: 'streamSeqs'; id: number }
+  | { t: 'streamSkip'; id: number; shard: number; seq: number; after: number }
   | { t: 'stats'; id: number }
   | { t: 'flush'; id: number; nowMs: number }
   | { t: 'tick'; id: number; nowMs: number }
@@ -65,6 +66,6 @@ export interface WorkerMetric {
   lastSeenMs: number;
 }
 
-export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number> };
+export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string };
 
 export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };

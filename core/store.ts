@@ -235,6 +235,30 @@ export class Store {
     this.replayWal();
   }
 
+  /**
+   * Moves shard `shard`'s stream past message `seq` that cannot be stored (it does not decode;
+   * counted by the caller's reason), in stream order like ingestMany: 'refused' once recorded,
+   * else why not (retry).
+   */
+  skipStream(shard: number, seq: number, after: number): 'refused' | string {
+    if (!this.heads.has(shard)) return `shard ${shard} is not in this store`;
+    const now = this.streamApplied.get(shard) ?? 0;
+    if (seq <= now) return 'refused';
+    if (after !== now) {
+      this.counters.stream_gaps++;
+      return `stream_gap: message ${seq} follows ${after}, but ${now} is applied`;
+    }
+    try {
+      this.walEnv.transactionSync(() => void this.streamDb.put(shard, seq));
+    } catch (err) {
+      this.lastError = writeFailure(err);
+      return `storage write failed (${this.lastError})`;
+    }
+    this.streamApplied.set(shard, seq);
+    this.counters.stream_refused++;
+    return 'refused';
+  }
+
   /** Per shard of this store, the newest stream sequence applied (0: none). */
   streamSeqs(): Record<number, number> {
     const out: Record<number, number> = {};

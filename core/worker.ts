@@ -218,6 +218,11 @@ function handle(m: ToWorker): void {
       for (const { store } of owned.values()) for (const x of store.registry.allMetrics()) out.push({ name: x.name, kind: x.kind, firstSeenMs: x.firstSeenMs, lastSeenMs: x.lastSeenMs });
       return post({ t: 'reply', id: m.id, metrics: out });
     }
+    case 'streamSkip': {
+      // After the requests already waiting: the stream's order is the order of arrival here.
+      if (pendingIngest.length > 0) ingestPending();
+      return post({ t: 'reply', id: m.id, skip: storeOfShard(m.shard).store.skipStream(m.shard, m.seq, m.after) });
+    }
     case 'streamSeqs': {
       const seqs: Record<number, number> = {};
       for (const { store } of owned.values()) Object.assign(seqs, store.streamSeqs());

@@ -1,0 +1,110 @@
+// Shard placement of a core cluster (issue 13): which nodes own each shard. One node, the
+// placer (the live node with the smallest id), computes the next placement from the current
+// one and writes it to KV apm-placement by compare-and-set; every node reads it.
+//
+// A shard has `replicas` owners. A node that is to become an owner first "joins" the shard:
+// it copies a current owner's rows and reads the rest of the shard's stream; once it reports
+// the shard caught up (its NodeRecord.ready), the placer makes it an owner and drops one
+// surplus owner (a dead one first, then the most loaded). Moves happen a few at a time
+// (`movesMax` shards joining at once across the cluster), so copies never swamp the owners.
+// A dead owner is replaced only after `replaceAfterMs`: a node that restarts within that time
+// keeps its shards and catches up from its own consumers.
+
+import type { PlacementDoc } from './view.js';
+
+export interface PlacerInput {
+  current: PlacementDoc | null;
+  shards: number;
+  replicas: number;
+  /** Every known node: live or not, how long since its last heartbeat, and the shards it reports caught up. */
+  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number> }[];
+  replaceAfterMs: number;
+  movesMax: number;
+}
+
+/** The next placement, or null when the current one stands. Pure: the same input gives the same output. */
+export function nextPlacement(p: PlacerInput): PlacementDoc | null {
+  const live = p.nodes.filter((n) => n.live).map((n) => n.id).sort();
+  if (live.length === 0) return null;
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  if (p.current === null || p.current.shards.length !== p.shards) {
+    // A new cluster: round robin over the live nodes; every owner reads its streams from the start.
+    const r = Math.min(p.replicas, live.length);
+    return { shards: Array.from({ length: p.shards }, (_, k) => ({ owners: Array.from({ length: r }, (_, j) => live[(k + j) % live.length]!), joining: [] })) };
+  }
+  const doc: PlacementDoc = { shards: p.current.shards.map((s) => ({ owners: [...s.owners], joining: [...s.joining] })) };
+  const isLive = (id: string) => byId.get(id)?.live === true;
+  const replaceable = (id: string) => {
+    const n = byId.get(id);
+    return n === undefined || (!n.live && n.silentMs >= p.replaceAfterMs);
+  };
+  const load = new Map<string, number>(live.map((id) => [id, 0]));
+  for (const s of doc.shards) for (const id of [...s.owners, ...s.joining]) if (load.has(id)) load.set(id, load.get(id)! + 1);
+
+  // 1. Promote joiners that caught up; drop surplus owners (replaceable first, then dead, then the most loaded).
+  for (const [k, s] of doc.shards.entries()) {
+    for (const id of [...s.joining]) {
+      if (!isLive(id) || !byId.get(id)!.ready.has(k)) continue;
+      s.joining = s.joining.filter((j) => j !== id);
+      s.owners.push(id);
+    }
+    while (s.owners.length > p.replicas) {
+      const victim = [...s.owners].sort((a, b) => rank(b) - rank(a) || (load.get(b) ?? 0) - (load.get(a) ?? 0) || (a < b ? 1 : -1))[0]!;
+      s.owners = s.owners.filter((o) => o !== victim);
+      if (load.has(victim)) load.set(victim, load.get(victim)! - 1);
+    }
+  }
+  function rank(id: string): number {
+    return replaceable(id) ? 2 : isLive(id) ? 0 : 1;
+  }
+  // Joiners that died are dropped (another node will be picked).
+  for (const s of doc.shards) {
+    for (const id of s.joining) if (!isLive(id) && load.has(id)) load.set(id, load.get(id)! - 1);
+    s.joining = s.joining.filter(isLive);
+  }
+  let moving = doc.shards.reduce((n, s) => n + s.joining.length, 0);
+  const leastLoaded = (exclude: ReadonlySet<string>) => live.filter((id) => !exclude.has(id)).sort((a, b) => load.get(a)! - load.get(b)! || (a < b ? -1 : 1))[0];
+
+  // 2. Replace owners dead for longer than replaceAfterMs (and fill shards short of owners).
+  for (const s of doc.shards) {
+    if (moving >= p.movesMax) break;
+    const keep = s.owners.filter((o) => !replaceable(o)).length + s.joining.length;
+    const want = Math.min(p.replicas, live.length);
+    if (keep >= want) continue;
+    const pick = leastLoaded(new Set([...s.owners, ...s.joining]));
+    if (pick === undefined) continue;
+    if (s.owners.length === 0) s.owners.push(pick); // nothing to copy from: it reads the stream
+    else s.joining.push(pick);
+    load.set(pick, load.get(pick)! + 1);
+    moving++;
+  }
+  // 3. Balance: move a shard from the most to the least loaded live node while they differ by more than one.
+  while (moving < p.movesMax) {
+    const sorted = [...live].sort((a, b) => load.get(a)! - load.get(b)! || (a < b ? -1 : 1));
+    const low = sorted[0]!;
+    const high = sorted[sorted.length - 1]!;
+    if (load.get(high)! - load.get(low)! <= 1) break;
+    const s = doc.shards.find((x) => x.owners.includes(high) && !x.owners.includes(low) && !x.joining.includes(low) && x.joining.length === 0);
+    if (s === undefined) break;
+    s.joining.push(low);
+    load.set(low, load.get(low)! + 1);
+    // The joiner replaces `high` once it is ready (step 1 drops the most loaded owner).
+    load.set(high, load.get(high)! - 1);
+    moving++;
+  }
+  return same(doc, p.current) ? null : doc;
+}
+
+function same(a: PlacementDoc, b: PlacementDoc): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Checks a placement read from KV (a bad document is an error, never a guess). */
+export function parsePlacement(text: string, shards: number): PlacementDoc {
+  const d = JSON.parse(text) as PlacementDoc;
+  if (!Array.isArray(d.shards) || d.shards.length !== shards) throw new Error(`placement has ${Array.isArray(d.shards) ? d.shards.length : 'no'} shards; the cluster has ${shards}`);
+  for (const s of d.shards) {
+    if (!Array.isArray(s.owners) || !Array.isArray(s.joining) || ![...s.owners, ...s.joining].every((x) => typeof x === 'string')) throw new Error('placement: a shard without owners/joining lists');
+  }
+  return d;
+}
