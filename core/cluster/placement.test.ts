@@ -1,0 +1,77 @@
+import { describe, expect, test } from 'vitest';
+import { nextPlacement, type PlacerInput } from './placement.js';
+import type { PlacementDoc } from './view.js';
+
+const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[] } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []) });
+const base = (over: Partial<PlacerInput>): PlacerInput => ({ current: null, shards: 8, replicas: 2, nodes: [], replaceAfterMs: 60_000, movesMax: 4, ...over });
+const load = (d: PlacementDoc) => {
+  const m = new Map<string, number>();
+  for (const s of d.shards) for (const id of [...s.owners, ...s.joining]) m.set(id, (m.get(id) ?? 0) + 1);
+  return m;
+};
+
+describe('placement', () => {
+  test('a new cluster: every shard on `replicas` distinct live nodes, evenly', () => {
+    const d = nextPlacement(base({ nodes: [node('c'), node('a'), node('b'), node('d', { live: false })] }))!;
+    expect(d.shards).toHaveLength(8);
+    for (const s of d.shards) {
+      expect(new Set(s.owners).size).toBe(2);
+      expect(s.owners.every((o) => o !== 'd')).toBe(true);
+      expect(s.joining).toEqual([]);
+    }
+    const l = load(d);
+    expect(Math.max(...l.values()) - Math.min(...l.values())).toBeLessThanOrEqual(1);
+    // The same input gives the same placement (two placers for a moment agree).
+    expect(nextPlacement(base({ nodes: [node('a'), node('b'), node('c')] }))).toEqual(d);
+    // And a placement that stands is not rewritten.
+    expect(nextPlacement(base({ current: d, nodes: [node('a'), node('b'), node('c')] }))).toBeNull();
+  });
+
+  test('a dead owner keeps its shards until replaceAfterMs, then a live node joins them, and is promoted once ready', () => {
+    const start = nextPlacement(base({ nodes: [node('a'), node('b'), node('c')] }))!;
+    const dying = [node('a'), node('b'), node('c', { live: false, silentMs: 20_000 })];
+    expect(nextPlacement(base({ current: start, nodes: dying }))).toBeNull();
+    const dead = [node('a'), node('b'), node('c', { live: false, silentMs: 61_000 })];
+    const j = nextPlacement(base({ current: start, nodes: dead }))!;
+    const joined = j.shards.flatMap((s, k) => s.joining.map((id) => ({ k, id })));
+    expect(joined.length).toBeGreaterThan(0);
+    expect(joined.length).toBeLessThanOrEqual(4); // a few moves at a time
+    for (const { k, id } of joined) {
+      expect(start.shards[k]!.owners).toContain('c');
+      expect(j.shards[k]!.owners).not.toContain(id);
+    }
+    // The joiners report ready: they become owners, c leaves those shards.
+    const ready = (id: string) => joined.filter((x) => x.id === id).map((x) => x.k);
+    const p = nextPlacement(base({ current: j, nodes: [node('a', { ready: ready('a') }), node('b', { ready: ready('b') }), dead[2]!] }))!;
+    for (const { k, id } of joined) {
+      expect(p.shards[k]!.owners).toContain(id);
+      expect(p.shards[k]!.owners).not.toContain('c');
+      expect(p.shards[k]!.owners).toHaveLength(2);
+    }
+  });
+
+  test('a new node takes a fair share, a few shards at a time, and owners are dropped only once it is ready', () => {
+    let d = nextPlacement(base({ shards: 16, nodes: [node('a'), node('b')] }))!;
+    const nodes = () => ['a', 'b', 'c'].map((id) => node(id, { ready: d.shards.flatMap((s, k) => (s.joining.includes(id) || s.owners.includes(id) ? [k] : [])) }));
+    for (let round = 0; round < 20; round++) {
+      const n = nextPlacement(base({ shards: 16, current: d, nodes: nodes() }));
+      if (n === null) break;
+      for (const s of n.shards) expect(s.owners.length).toBeGreaterThanOrEqual(2); // never fewer owners while moving
+      expect(n.shards.reduce((x, s) => x + s.joining.length, 0)).toBeLessThanOrEqual(4);
+      d = n;
+    }
+    const l = load(d);
+    expect(l.get('c')).toBeGreaterThanOrEqual(10); // 32 owner slots over 3 nodes
+    expect(Math.max(...l.values()) - Math.min(...l.values())).toBeLessThanOrEqual(1);
+    for (const s of d.shards) expect(s.joining).toEqual([]);
+  });
+
+  test('a joiner that dies is dropped; with one live node every shard keeps its owners', () => {
+    const start = nextPlacement(base({ nodes: [node('a'), node('b')] }))!;
+    start.shards[0]!.joining.push('c');
+    const d = nextPlacement(base({ current: start, nodes: [node('a'), node('b'), node('c', { live: false, silentMs: 11_000 })] }))!;
+    expect(d.shards[0]!.joining).toEqual([]);
+    const alone = nextPlacement(base({ current: start, nodes: [node('a'), node('b', { live: false, silentMs: 5_000 })] }));
+    for (const s of (alone ?? start).shards) expect(s.owners).toContain('b');
+  });
+});
