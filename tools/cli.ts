@@ -15,6 +15,7 @@ const commands: Record<string, Command> = {
   query: { summary: 'evaluate a query on the core and print its windows', run: async (a) => (await import('./query-main.js')).main(a) },
   import: { summary: 'load history into the core from VictoriaMetrics JSON lines', run: async (a) => (await import('./history-main.js')).importMain(a) },
   export: { summary: "write the core's history of metrics as VictoriaMetrics JSON lines", run: async (a) => (await import('./history-main.js')).exportMain(a) },
+  cluster: { summary: "a core cluster's nodes, shard placement and consumer lag (apm cluster status)", run: async (a) => (await import('./cluster-main.js')).clusterMain(a) },
   demo: { summary: 'the whole system on this machine (what npm start runs)', run: async (a) => (await import('./demo.js')).main(a) },
   bench: { summary: 'measure the tiers and print a report', run: async (a) => (await import('./bench.js')).main(a) },
   token: { summary: 'create API tokens for the core (apm token create --role ... --name ... --tokens ...)', run: async (a) => (await import('./token.js')).main(a) },

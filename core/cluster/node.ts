@@ -1,0 +1,363 @@
+// A core node in a cluster (issue 13): joins through NATS JetStream, keeps the ClusterView
+// (core/cluster/view.ts) current, and consumes the streams of the shards placement gives it.
+//
+//   join         KV apm-cluster "settings": written once by the first node (create); a node
+//                whose settings disagree refuses to start. The shards' streams are created if
+//                absent (schema/log.ts ensureStreams).
+//   heartbeat    every 2 s this node puts its NodeRecord under its id in KV apm-nodes; a node
+//                whose newest heartbeat is 10 s older than the newest one seen is dead (the KV's
+//                own timestamps: clocks of the nodes never matter).
+//   placement    the live node with the smallest id places (core/cluster/placement.ts) and
+//                writes KV apm-placement "shards" by compare-and-set; every node reads it.
+//   shards       for each shard it owns or joins, one ShardConsumer. A joining node (or one whose
+//                stream has aged out past what it applied) first copies a live owner's data of
+//                the shard over HTTP (core/snapshot.ts), then reads the stream from the copy's
+//                sequence. It reports a shard ready (NodeRecord.ready) once its lag is small;
+//                only then do queries go to it.
+
+import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { buckets, clusterSettingsDefaults, ensureStreams, parseSettings, settingsDisagree, waitJetStream, type ClusterSettings } from '../../schema/log.js';
+import type { ShardPool } from '../pool.js';
+import { ShardConsumer } from './consumer.js';
+import { nextPlacement, parsePlacement } from './placement.js';
+import type { ClusterView, NodeRecord, NodeState, PlacementDoc } from './view.js';
+
+export interface ClusterNodeOptions {
+  node: string;
+  /** This node's API base URL as other nodes reach it. */
+  url: string;
+  workers: number;
+  /** Settings this node asks for (given on its command line); the cluster's win where absent. */
+  want: Partial<ClusterSettings>;
+  heartbeatMs: number;
+  deadAfterMs: number;
+  /** A dead owner is replaced after this long (a node restarting sooner keeps its shards). */
+  replaceAfterMs: number;
+  /** Shards joining at once, cluster-wide. */
+  movesMax: number;
+  /** A shard is ready (answers queries) when at most this many of its messages are not applied. */
+  readyLagMax: number;
+  /** Copies a live owner's data of a shard into this node (core/snapshot.ts); returns the applied sequence. */
+  copyShard: (fromUrl: string, shard: number) => Promise<number>;
+  /** Called with every log line worth an operator's eye. */
+  log?: (line: string) => void;
+}
+
+export class ClusterNode implements ClusterView {
+  settings!: ClusterSettings;
+  private js!: JetStreamClient;
+  private jsm!: JetStreamManager;
+  private kvNodes!: KV;
+  private kvPlacement!: KV;
+  private readonly consumers = new Map<number, ShardConsumer>();
+  /** Shards being copied from another owner now. */
+  private readonly copying = new Set<number>();
+  private nodeStates: NodeState[] = [];
+  private doc: PlacementDoc | null = null;
+  private docRevision = 0;
+  private readonly listeners: (() => void)[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private ticking: Promise<void> | null = null;
+  private stopped = false;
+  private readonly startedMs = Date.now();
+  private lastHeartbeatMs = 0;
+  readonly counters = { heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0 };
+  private readonly log: (line: string) => void;
+
+  /** The node's workers; set by attach() once the data directory is open. */
+  private pool: ShardPool | null = null;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    private readonly o: ClusterNodeOptions,
+  ) {
+    this.log = o.log ?? ((l) => console.error(`apm core [${o.node}]: ${l}`));
+  }
+
+  get nodeId(): string {
+    return this.o.node;
+  }
+
+  /**
+   * Agrees on the cluster's settings (or writes them as the first node). Call before the data
+   * directory is opened: its S must be the cluster's.
+   */
+  static async settingsFor(nc: NatsConnection, want: Partial<ClusterSettings> & { shards: number; streamReplicas: number }): Promise<ClusterSettings> {
+    await waitJetStream(nc);
+    const kvm = new Kvm(nc);
+    const kv = await kvm.create(buckets.cluster, { history: 1, replicas: want.streamReplicas });
+    const mine: ClusterSettings = { ...clusterSettingsDefaults, ...want } as ClusterSettings;
+    let entry = await kv.get('settings');
+    if (entry === null || entry.operation !== 'PUT') {
+      try {
+        await kv.create('settings', JSON.stringify(mine));
+      } catch {
+        // Another node wrote them first: theirs stand.
+      }
+      entry = await kv.get('settings');
+    }
+    if (entry === null) throw new Error(`KV ${buckets.cluster} has no settings after writing them`);
+    return parseSettings(entry.string());
+  }
+
+  /**
+   * Joins: streams and KV buckets exist, the first heartbeat is written. The node consumes
+   * nothing until attach() hands it the workers (the API needs the view before that).
+   */
+  static async join(nc: NatsConnection, settings: ClusterSettings, o: ClusterNodeOptions): Promise<ClusterNode> {
+    const why = settingsDisagree(settings, o.want);
+    if (why !== null) throw new Error(`this node cannot join the cluster: ${why}`);
+    const n = new ClusterNode(nc, o);
+    n.settings = settings;
+    n.jsm = await waitJetStream(nc);
+    n.js = jetstream(nc);
+    await ensureStreams(n.jsm, settings);
+    const kvm = new Kvm(nc);
+    const replicas = settings.streamReplicas;
+    n.kvNodes = await kvm.create(buckets.nodes, { history: 1, replicas });
+    n.kvPlacement = await kvm.create(buckets.placement, { history: 1, replicas });
+    await n.tick();
+    n.timer = setInterval(() => {
+      if (n.ticking === null) n.ticking = n.tick().finally(() => (n.ticking = null));
+    }, o.heartbeatMs);
+    return n;
+  }
+
+  /** This node's API URL once its port is known (the first heartbeats may carry the configured one). */
+  setUrl(url: string): void {
+    this.o.url = url;
+  }
+
+  /** Hands over the workers: from the next round on, the node consumes the shards placed here. */
+  attach(pool: ShardPool): void {
+    if (pool.shards !== this.settings.shards) throw new Error(`the data directory has ${pool.shards} shards; the cluster has ${this.settings.shards}`);
+    this.pool = pool;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // ClusterView
+
+  nodes(): NodeState[] {
+    return this.nodeStates;
+  }
+
+  placement(): PlacementDoc {
+    return this.doc ?? { shards: [] };
+  }
+
+  placementRevision(): number {
+    return this.docRevision;
+  }
+
+  readyOwners(shard: number): NodeState[] {
+    const s = this.doc?.shards[shard];
+    if (s === undefined) return [];
+    const out: NodeState[] = [];
+    for (const id of s.owners) {
+      const n = this.nodeStates.find((x) => x.id === id);
+      if (n !== undefined && n.live && n.ready.includes(shard)) out.push(n);
+    }
+    return out;
+  }
+
+  servesLocally(shard: number): boolean {
+    return this.doc?.shards[shard]?.owners.includes(this.o.node) === true && this.isReady(shard);
+  }
+
+  onChange(f: () => void): void {
+    this.listeners.push(f);
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  /** This node's consumer of a shard has caught up (and no copy is under way). */
+  private isReady(shard: number): boolean {
+    const c = this.consumers.get(shard);
+    return c !== undefined && !this.copying.has(shard) && c.state === 'reading' && c.lag <= this.o.readyLagMax;
+  }
+
+  /** Per shard this node consumes: its consumer's figures (status pages, /metrics). */
+  shardStates(): { shard: number; state: string; applied: number; lag: number; ready: boolean; role: 'owner' | 'joining'; lastError: string }[] {
+    return [...this.consumers].map(([shard, c]) => ({
+      shard,
+      state: this.copying.has(shard) ? 'copying' : c.state,
+      applied: c.applied,
+      lag: Number.isFinite(c.lag) ? c.lag : -1,
+      ready: this.isReady(shard),
+      role: this.doc?.shards[shard]?.owners.includes(this.o.node) === true ? 'owner' : 'joining',
+      lastError: c.lastError,
+    }));
+  }
+
+  consumerCounters(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const c of this.consumers.values()) for (const [k, v] of Object.entries(c.counters)) out[k] = (out[k] ?? 0) + v;
+    return out;
+  }
+
+  private record(): NodeRecord {
+    const ready: number[] = [];
+    const lag: Record<number, number> = {};
+    const applied: Record<number, number> = {};
+    for (const [k, c] of this.consumers) {
+      if (this.isReady(k)) ready.push(k);
+      lag[k] = Number.isFinite(c.lag) ? c.lag : -1;
+      applied[k] = c.applied;
+    }
+    return { id: this.o.node, url: this.o.url, workers: this.o.workers, startedMs: this.startedMs, ready: ready.sort((a, b) => a - b), lag, applied };
+  }
+
+  /** One round: heartbeat, read the nodes and the placement, place (if this node is the placer), follow the placement. */
+  private async tick(): Promise<void> {
+    if (this.stopped) return;
+    const before = JSON.stringify([this.doc, this.nodeStates.map((n) => [n.id, n.live, n.ready])]);
+    try {
+      await this.kvNodes.put(this.o.node, JSON.stringify(this.record()));
+      this.counters.heartbeats++;
+    } catch (err) {
+      this.counters.heartbeat_failures++;
+      this.log(`heartbeat failed: ${(err as Error).message}`);
+      return;
+    }
+    await this.readNodes();
+    await this.readPlacement();
+    await this.place();
+    await this.follow();
+    const after = JSON.stringify([this.doc, this.nodeStates.map((n) => [n.id, n.live, n.ready])]);
+    if (after !== before) for (const f of this.listeners) f();
+  }
+
+  private async readNodes(): Promise<void> {
+    const states: NodeState[] = [];
+    const keys: string[] = [];
+    for await (const k of await this.kvNodes.keys()) keys.push(k);
+    let newest = 0;
+    for (const k of keys) {
+      const e = await this.kvNodes.get(k);
+      if (e === null || e.operation !== 'PUT') continue;
+      try {
+        const r = JSON.parse(e.string()) as NodeRecord;
+        const ms = e.created.getTime();
+        newest = Math.max(newest, ms);
+        if (k === this.o.node) this.lastHeartbeatMs = ms;
+        states.push({ ...r, live: true, heartbeatMs: ms });
+      } catch {
+        this.log(`KV ${buckets.nodes} key ${k} does not parse; ignored`);
+      }
+    }
+    for (const s of states) s.live = newest - s.heartbeatMs <= this.o.deadAfterMs;
+    this.nodeStates = states.sort((a, b) => (a.id < b.id ? -1 : 1));
+  }
+
+  private async readPlacement(): Promise<void> {
+    const e = await this.kvPlacement.get('shards');
+    if (e === null || e.operation !== 'PUT') {
+      this.doc = null;
+      this.docRevision = 0;
+      return;
+    }
+    try {
+      this.doc = parsePlacement(e.string(), this.settings.shards);
+      this.docRevision = e.revision;
+    } catch (err) {
+      this.log(`KV ${buckets.placement} does not parse (${(err as Error).message}); keeping the last one`);
+    }
+  }
+
+  /** The placer's work (the live node with the smallest id): write the next placement by compare-and-set. */
+  private async place(): Promise<void> {
+    const live = this.nodeStates.filter((n) => n.live);
+    if (live.length === 0 || live[0]!.id !== this.o.node) return;
+    // A new cluster's first placement waits a few heartbeats, so nodes started together are all in it (no copies at birth).
+    if (this.doc === null && Date.now() - this.startedMs < 2 * this.o.heartbeatMs) return;
+    const next = nextPlacement({
+      current: this.doc,
+      shards: this.settings.shards,
+      replicas: this.settings.ownerReplicas,
+      nodes: this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready) })),
+      replaceAfterMs: this.o.replaceAfterMs,
+      movesMax: this.o.movesMax,
+    });
+    if (next === null) return;
+    try {
+      this.docRevision = this.docRevision === 0 ? await this.kvPlacement.create('shards', JSON.stringify(next)) : await this.kvPlacement.update('shards', JSON.stringify(next), this.docRevision);
+      this.doc = next;
+      this.counters.placements_written++;
+    } catch (err) {
+      // Another placer wrote first (two nodes both thought they were the smallest live id for a moment): read again next round.
+      this.counters.placement_conflicts++;
+      this.log(`placement not written (${(err as Error).message}); reading it again`);
+    }
+  }
+
+  /** Starts consumers of shards placed here, copies where needed, stops those no longer here. */
+  private async follow(): Promise<void> {
+    const pool = this.pool;
+    if (this.doc === null || pool === null) return;
+    const mine = new Set<number>();
+    this.doc.shards.forEach((s, k) => {
+      if (s.owners.includes(this.o.node) || s.joining.includes(this.o.node)) mine.add(k);
+    });
+    for (const [k, c] of this.consumers) {
+      if (mine.has(k)) continue;
+      this.consumers.delete(k);
+      await c.remove();
+      this.log(`shard ${k} is no longer placed here; its consumer is removed (its data stays until retention)`);
+    }
+    let seqs: Record<number, number> | null = null;
+    for (const k of mine) {
+      const c = this.consumers.get(k);
+      if (c !== undefined && c.state !== 'behind_stream') continue;
+      if (this.copying.has(k)) continue;
+      seqs ??= await pool.streamSeqs();
+      const applied = seqs[k] ?? 0;
+      const joining = this.doc.shards[k]!.joining.includes(this.o.node);
+      const source = this.readyOwners(k).find((n) => n.id !== this.o.node);
+      // Copy when joining with nothing of the shard, or when the stream aged out past what this node applied.
+      const needCopy = c?.state === 'behind_stream' || (joining && applied === 0 && source !== undefined);
+      if (needCopy && source === undefined) {
+        if (c === undefined) this.startConsumer(k, applied);
+        continue; // no live owner to copy from yet: try again next round
+      }
+      if (needCopy) {
+        void this.copyThenConsume(k, source!, c);
+        continue;
+      }
+      this.startConsumer(k, applied);
+    }
+  }
+
+  private startConsumer(k: number, applied: number): void {
+    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, backoffMinMs: 200, backoffMaxMs: 10_000 }, this.pool!, this.js, this.jsm);
+    this.consumers.set(k, c);
+    c.start(applied);
+  }
+
+  private async copyThenConsume(k: number, source: NodeState, old: ShardConsumer | undefined): Promise<void> {
+    this.copying.add(k);
+    try {
+      if (old !== undefined) await old.stop();
+      this.consumers.delete(k);
+      const t0 = Date.now();
+      const applied = await this.o.copyShard(source.url, k);
+      this.counters.shards_copied++;
+      if (old !== undefined) this.counters.shards_rebuilt++;
+      this.log(`shard ${k}: copied from ${source.id} up to stream sequence ${applied} in ${Date.now() - t0} ms`);
+      if (!this.stopped) this.startConsumer(k, applied);
+    } catch (err) {
+      this.counters.shard_copy_failures++;
+      this.log(`shard ${k}: copy from ${source.id} failed (${(err as Error).message}); trying again`);
+    } finally {
+      this.copying.delete(k);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    await this.ticking;
+    await Promise.all([...this.consumers.values()].map((c) => c.stop()));
+  }
+}

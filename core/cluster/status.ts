@@ -1,0 +1,39 @@
+// What a cluster node tells about its cluster (issue 13): GET /api/v1/cluster (nodes, placement,
+// this node's consumers; `apm cluster status` prints it) and the cluster's lines of /metrics.
+
+import type { Hono } from 'hono';
+import type { PromText } from '../../schema/prom.js';
+import type { ClusterNode } from './node.js';
+
+export interface ClusterStatus {
+  node: string;
+  settings: ClusterNode['settings'];
+  placementRevision: number;
+  nodes: ReturnType<ClusterNode['nodes']>;
+  placement: ReturnType<ClusterNode['placement']>;
+  /** This node's consumers, one per shard it owns or joins. */
+  shards: ReturnType<ClusterNode['shardStates']>;
+  counters: Record<string, number>;
+}
+
+export function clusterStatus(n: ClusterNode): ClusterStatus {
+  return { node: n.nodeId, settings: n.settings, placementRevision: n.placementRevision(), nodes: n.nodes(), placement: n.placement(), shards: n.shardStates(), counters: { ...n.counters, ...n.consumerCounters() } };
+}
+
+export function addClusterStatusRoutes(app: Hono, n: ClusterNode): void {
+  app.get('/api/v1/cluster', (c) => c.json(clusterStatus(n)));
+}
+
+/** The cluster's lines of a node's /metrics: consumer lag per shard, placement revision, membership. */
+export function clusterMetrics(p: PromText, n: ClusterNode): void {
+  p.gauge('apm_core_cluster_placement_revision', 'KV revision of the shard placement this node follows', n.placementRevision());
+  p.gauge('apm_core_cluster_nodes', 'Nodes known in KV apm-nodes, by liveness', n.nodes().filter((x) => x.live).length, { state: 'live' });
+  p.gauge('apm_core_cluster_nodes', 'Nodes known in KV apm-nodes, by liveness', n.nodes().filter((x) => !x.live).length, { state: 'dead' });
+  for (const s of n.shardStates()) {
+    p.gauge('apm_core_cluster_consumer_lag', "Messages of a shard's stream this node has not applied yet (-1: not known yet)", s.lag, { shard: String(s.shard), role: s.role });
+    p.gauge('apm_core_cluster_applied_seq', "Newest stream sequence of a shard this node applied", s.applied, { shard: String(s.shard) });
+    p.gauge('apm_core_cluster_shard_ready', 'Whether this node answers a shard (owner and caught up)', s.ready ? 1 : 0, { shard: String(s.shard) });
+  }
+  const c = { ...n.counters, ...n.consumerCounters() };
+  for (const [k, v] of Object.entries(c)) p.counter(`apm_core_cluster_${k}_total`, `Cluster node: ${k.replace(/_/g, ' ')}`, v);
+}
