@@ -322,7 +322,7 @@ export class ShardPool {
    * 'refused' when it can never be stored (counted by reason; the stream moves past it), or why
    * it cannot be applied now (the consumer starts again from the applied sequence).
    */
-  async ingestStream(body: Uint8Array, shard: number, stream: { seq: number; after: number }): Promise<{ points: number } | 'refused' | string> {
+  async ingestStream(body: Uint8Array, shard: number, stream: { seq: number; after: number }): Promise<{ points: number; msg: RackSecondMessage } | 'refused' | string> {
     const r = decodeFrame(body, batchBytesMax);
     let bad: string | null = null;
     if (!r.ok) bad = r.reason;
@@ -334,7 +334,7 @@ export class ShardPool {
       return this.skipStream(shard, stream.seq, stream.after);
     }
     const res = await this.ingest(body, () => true, stream);
-    if (res.status === 204) return { points: res.points };
+    if (res.status === 204) return { points: res.points, msg: res.msg };
     if (res.status === 400) {
       this.streamRefused[res.reason] = (this.streamRefused[res.reason] ?? 0) + 1;
       return 'refused';

@@ -10,6 +10,7 @@
 
 import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import { encodingHeader, openLogMessage, streamOf } from '../../schema/log.js';
+import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
 
 export interface ConsumerOptions {
@@ -36,6 +37,8 @@ export class ShardConsumer {
   readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0 };
   private stopping = false;
   private loop: Promise<void> | null = null;
+  /** Called with every rack second applied (the server list and fleet view learn of racks this way). */
+  onApplied: ((msg: RackSecondMessage) => void) | null = null;
 
   constructor(
     private readonly o: ConsumerOptions,
@@ -157,6 +160,7 @@ export class ShardConsumer {
         else if (typeof status === 'object') {
           this.counters.messages_applied++;
           this.counters.points += status.points;
+          this.onApplied?.(status.msg);
         } else if (status === 'refused') this.counters.messages_refused++;
         else {
           this.lastError = `message ${m.seq}: ${status}`;

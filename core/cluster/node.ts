@@ -19,6 +19,7 @@ import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { buckets, clusterSettingsDefaults, ensureStreams, parseSettings, settingsDisagree, waitJetStream, type ClusterSettings } from '../../schema/log.js';
+import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
 import { ShardConsumer } from './consumer.js';
 import { nextPlacement, parsePlacement } from './placement.js';
@@ -65,6 +66,8 @@ export class ClusterNode implements ClusterView {
   private lastHeartbeatMs = 0;
   readonly counters = { heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0 };
   private readonly log: (line: string) => void;
+  /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
+  onApplied: ((msg: RackSecondMessage) => void) | null = null;
 
   /** The node's workers; set by attach() once the data directory is open. */
   private pool: ShardPool | null = null;
@@ -74,6 +77,10 @@ export class ClusterNode implements ClusterView {
     private readonly o: ClusterNodeOptions,
   ) {
     this.log = o.log ?? ((l) => console.error(`apm core [${o.node}]: ${l}`));
+  }
+
+  get jetstream(): JetStreamClient {
+    return this.js;
   }
 
   get nodeId(): string {
@@ -331,6 +338,7 @@ export class ClusterNode implements ClusterView {
 
   private startConsumer(k: number, applied: number): void {
     const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, backoffMinMs: 200, backoffMaxMs: 10_000 }, this.pool!, this.js, this.jsm);
+    c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
     c.start(applied);
   }
