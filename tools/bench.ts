@@ -17,16 +17,17 @@ import { pageFigures } from './bench-page.js';
 import { importFigures } from './bench-import.js';
 import { codecFigures } from './bench-codec.js';
 import { diskFigures } from './bench-disk.js';
+import { clusterFigures } from './bench-cluster.js';
 
 /** Every section --only may name (each is run below). */
-export const benchSections = ['edge', 'auth', 'rack', 'core', 'stores', 'codec', 'query', 'disk', 'import', 'freshness', 'loss', 'fleet', 'soak', 'page'];
+export const benchSections = ['edge', 'auth', 'rack', 'core', 'stores', 'codec', 'query', 'disk', 'import', 'freshness', 'loss', 'fleet', 'soak', 'page', 'cluster'];
 
 export const benchHelp = `apm bench: measure the tiers and print a report
 
 Usage: apm bench [--quick] [--only <section>] [--json <file>]
 
   --quick            a smoke run under 2 minutes: wire figures and one small fleet step
-  --only <section>   one of: edge, auth, rack, core, stores, codec, query, disk, import, freshness, loss, fleet, soak, page
+  --only <section>   one of: edge, auth, rack, core, stores, codec, query, disk, import, freshness, loss, fleet, soak, page, cluster
                      (soak runs only when asked: 80 servers × 2,000 metrics + an edge for 10
                      minutes, 2 with --quick, sampling each tier's RSS and open fds; page too: the
                      dashboard in Debian's Chromium with 12 panels × 24 h of 1 s windows from a
@@ -39,6 +40,10 @@ The core section starts real \`apm core\` processes: ingest per CPU-second and p
 --workers 1 and 2 (bodies built first, sent by 8 racks), the longest /healthz wait while a
 minute-block of 240 and of 1,000 servers × 2,000 metrics is written, then in-process reads of one
 metric from the head and from rows; with --quick (and --only core) a small version of each.
+The cluster section starts 3 real nats-server and 1, 2, then 3 \`apm core --nats\` nodes: core
+CPU-seconds per million points applied per node, the NATS servers' CPU and the log's bytes per
+point, then a node SIGKILLed under load (time to the other owner's first complete answer) and
+restarted (its catch-up rate).
 The fleet section starts real core, rack (one per 40 servers) and simulator processes and
 ramps the fleet (servers × 2,000 metrics) until a step does not keep up; the largest step
 that kept up is the headline.
@@ -89,6 +94,8 @@ export async function main(argv: string[]): Promise<void> {
   await section('import', false, () => importFigures(quick));
   // Real kernel packet loss in a network namespace (issue 8; needs root, says so otherwise).
   await section('loss', false, () => lossFigures(quick));
+  // A core cluster on NATS JetStream (issue 13): 3 nats-server + 1, 2 and 3 `apm core --nats` nodes.
+  await section('cluster', false, () => clusterFigures(quick));
   if (values.only === 'page') await section('page', true, () => pageFigures());
   if (values.only === 'soak') await section('soak', true, () => soakFigures({ servers: 80, metrics: fleetMetrics, minutes: quick ? 2 : 10 }));
   const steps: FleetStep[] = [];

@@ -1,0 +1,185 @@
+// Cluster figures (issue 13): real nats-server (3, streams R3) and `apm core --nats` processes on
+// this box (tools/cluster-harness.ts). Rack seconds of realistic shapes (tools/bench-batch.ts) are
+// built first, then published to the shards' streams as `apm rack --nats` does.
+//   ingest    with 1, 2 and 3 core nodes (2 owners per shard; 1 with one node): CPU-seconds per
+//             million points each node applied (the target: flat within 10% — on 2 cores the wall
+//             rate cannot grow with nodes, the cost per point must not), the NATS servers' CPU
+//             per million points published, and the log's bytes per point (one replica).
+//   failover  3 nodes under load, one SIGKILLed: time to the first complete answer from the other
+//             owner; then the killed node restarted: its catch-up rate in points applied per second.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connectNats, streamOf } from '../schema/log.js';
+import { hashName } from '../schema/names.js';
+import { shardOf } from '../schema/section.js';
+import { BatchMaker } from './bench-batch.js';
+import type { Figure } from './bench-edge.js';
+import { prom } from './bench-fleet.js';
+import { cpuTicks, ticksPerSecond } from './bench-proc.js';
+import { ClusterHarness } from './cluster-harness.js';
+
+const shards = 16;
+
+interface Load {
+  racks: Uint8Array[][];
+  points: number;
+  bytes: number;
+}
+
+function buildLoad(racks: number, servers: number, metrics: number, seconds: number, t0: number): Load {
+  const out: Uint8Array[][] = [];
+  let points = 0;
+  let bytes = 0;
+  for (let r = 0; r < racks; r++) {
+    const m = new BatchMaker({ rack: `bench-r${r}`, servers, metrics, distShare: 0.05, seed: 7 + r, shards });
+    const bodies: Uint8Array[] = [];
+    for (let s = 0; s < seconds; s++) {
+      const b = m.body(t0 + s);
+      bodies.push(b);
+      bytes += b.length;
+      points += m.pointsPerSecond;
+    }
+    out.push(bodies);
+  }
+  return { racks: out, points, bytes };
+}
+
+/** Publishes every rack's seconds, the racks in parallel, each in order. */
+async function publishAll(h: ClusterHarness, load: Load): Promise<void> {
+  await Promise.all(
+    load.racks.map(async (bodies) => {
+      for (const b of bodies) await h.publish(b);
+    }),
+  );
+}
+
+async function pointsOf(url: string): Promise<number> {
+  const m = await prom(`${url}/metrics`);
+  return (m.get('apm_core_points_ingested_total') ?? 0) + (m.get('apm_core_summaries_ingested_total') ?? 0);
+}
+
+async function waitFor(what: string, timeoutMs: number, cond: () => Promise<boolean>): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (await cond().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`INVALID RUN: ${what} did not happen within ${timeoutMs} ms`);
+}
+
+export async function clusterFigures(quick: boolean): Promise<Figure[]> {
+  const figures: Figure[] = [];
+  const t0 = Math.floor(Date.now() / 1000) - 3600;
+  const load = buildLoad(4, 40, quick ? 100 : 400, quick ? 10 : 30, t0);
+  console.log(`  (load: 4 racks × 40 servers × ${quick ? 100 : 400} metrics × ${quick ? 10 : 30} s = ${(load.points / 1e6).toFixed(2)} M points, ${(load.bytes / 2 ** 20).toFixed(1)} MiB of rack seconds; ${shards} shards)`);
+  const perNode: number[] = [];
+  for (const nodes of [1, 2, 3]) {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-bench-cluster-'));
+    const h = await ClusterHarness.start(dir, 3);
+    try {
+      const ids = Array.from({ length: nodes }, (_, i) => `b${i + 1}`);
+      for (const id of ids) await h.startCore(id, ['--workers', '1', '--shards', String(shards)]);
+      await waitFor(`${nodes} nodes settled`, 60_000, () => h.settled('b1', nodes));
+      const replicas = Math.min(2, nodes);
+      const cores = ids.map((id) => h.cores.get(id)!);
+      const natsPids = Array.from({ length: h.nats.size }, (_, i) => h.nats.pid(i)!);
+      const cpu0 = cores.map((c) => cpuTicks(c.child.pid!));
+      const nats0 = natsPids.map((p) => cpuTicks(p));
+      const p0 = await Promise.all(cores.map((c) => pointsOf(c.url)));
+      const start = Date.now();
+      await publishAll(h, load);
+      const publishedMs = Date.now() - start;
+      await waitFor(`every point applied on ${replicas} owners`, 300_000, async () => {
+        const p = await Promise.all(cores.map((c) => pointsOf(c.url)));
+        return p.reduce((a, b) => a + b, 0) - p0.reduce((a, b) => a + b, 0) >= replicas * load.points;
+      });
+      const wallMs = Date.now() - start;
+      const p1 = await Promise.all(cores.map((c) => pointsOf(c.url)));
+      const cpuPerM = cores.map((c, i) => (cpuTicks(c.child.pid!) - cpu0[i]!) / ticksPerSecond / ((p1[i]! - p0[i]!) / 1e6));
+      const natsCpu = natsPids.reduce((a, p, i) => a + cpuTicks(p) - nats0[i]!, 0) / ticksPerSecond;
+      const nc = await connectNats(h.nats.urls, { user: 'core', passwordFile: h.passFile }, 'bench');
+      const jsm = await jetstreamManager(nc);
+      let logBytes = 0;
+      for (let k = 0; k < shards; k++) logBytes += (await jsm.streams.info(streamOf(k))).state.bytes;
+      await nc.close();
+      const mean = cpuPerM.reduce((a, b) => a + b, 0) / cpuPerM.length;
+      perNode.push(mean);
+      figures.push({ name: `${nodes} node(s): core CPU-s per M points applied, mean over nodes (max ${Math.max(...cpuPerM).toFixed(2)})`, value: mean, unit: 'CPU-s/M', target: 'flat within 10% from 1 to 3 nodes' });
+      figures.push({ name: `${nodes} node(s): points applied per wall second, all owners (published in ${(publishedMs / 1000).toFixed(1)} s)`, value: (replicas * load.points) / (wallMs / 1000), unit: 'points/s' });
+      figures.push({ name: `${nodes} node(s): NATS servers' CPU-s per M points published (3 servers, streams R3)`, value: natsCpu / (load.points / 1e6), unit: 'CPU-s/M' });
+      figures.push({ name: `${nodes} node(s): log bytes per point (one replica of the streams; rack seconds were ${(load.bytes / load.points).toFixed(2)} B/point)`, value: logBytes / load.points, unit: 'B/point' });
+      if (nodes === 3) figures.push(...(await failover(h, quick, t0 + 100)));
+    } finally {
+      await h.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const spread = (Math.max(...perNode) - Math.min(...perNode)) / Math.min(...perNode);
+  figures.push({ name: 'core CPU-s per M points: spread from 1 to 3 nodes', value: 100 * spread, unit: '%', target: '≤ 10%' });
+  return figures;
+}
+
+/** Kills one of 3 nodes under load; the first complete answer from the other owner, then the restarted node's catch-up. */
+async function failover(h: ClusterHarness, quick: boolean, t0: number): Promise<Figure[]> {
+  const m = new BatchMaker({ rack: 'bench-fo', servers: 40, metrics: quick ? 100 : 400, distShare: 0.05, seed: 99, shards });
+  const st = await h.status('b1');
+  // A metric whose shard b3 owns first: its queries must move to the other owner.
+  let metric = '';
+  for (let i = 0; i < 400 && metric === ''; i++) {
+    const name = `bench.metric_${i}`;
+    const k = shardOfName(name);
+    if (st.placement.shards[k]?.owners[0] === 'b3') metric = name;
+  }
+  if (metric === '') throw new Error('INVALID RUN: b3 owns no shard first');
+  let second = t0;
+  let stop = false;
+  const publisher = (async () => {
+    while (!stop) {
+      await h.publish(m.body(second++));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 3000));
+  const b1 = h.cores.get('b1')!.url;
+  const q = (from: number, to: number) => fetch(`${b1}/api/v1/query?q=${encodeURIComponent(`FROM * SELECT ${metric} WINDOW 1s COMPUTE count`)}&from=${from * 1000}&to=${to * 1000}`);
+  const killedAt = Date.now();
+  await h.killCore('b3');
+  let answeredMs = -1;
+  while (Date.now() - killedAt < 30_000) {
+    const upTo = second - 2;
+    const r = await q(t0, upTo).catch(() => null);
+    if (r !== null && r.ok) {
+      const w = ((await r.json()) as { windows: { values: { count: number } }[] }).windows;
+      if (w.length === upTo - t0 && w.every((x) => x.values.count === 40)) {
+        answeredMs = Date.now() - killedAt;
+        break;
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  // b3 stays down while a backlog builds, then restarts and catches up.
+  const backlogFrom = second;
+  await new Promise((r) => setTimeout(r, quick ? 5000 : 15_000));
+  stop = true;
+  await publisher;
+  const backlogSeconds = second - backlogFrom;
+  const restartedAt = Date.now();
+  const b3 = await h.startCore('b3', ['--workers', '1', '--shards', String(shards)]);
+  await waitFor('b3 caught up', 120_000, () => h.settled('b1', 3));
+  const caughtUpMs = Date.now() - restartedAt;
+  const applied = await pointsOf(b3.url);
+  if (answeredMs < 0) throw new Error('INVALID RUN: no complete answer within 30 s of the SIGKILL');
+  return [
+    { name: 'failover: SIGKILL of a node → first complete answer from the other owner', value: answeredMs, unit: 'ms', target: '≤ 10,000 ms' },
+    { name: `catch-up of the restarted node (${backlogSeconds} s of backlog; ${(applied / 1e6).toFixed(2)} M points applied, restart included)`, value: applied / (caughtUpMs / 1000), unit: 'points/s' },
+  ];
+}
+
+function shardOfName(name: string): number {
+  const h = new Uint32Array(2);
+  hashName(name, h, 0);
+  return shardOf(h[0]!, shards);
+}
