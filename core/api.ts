@@ -14,6 +14,9 @@ import { addPromRoutes, promPath } from './query/prom.js';
 import { addQueryRoutes } from './query/routes.js';
 import { addHistoryRoutes } from './history/routes.js';
 import { addDashboardRoutes } from './dashboard.js';
+import type { ClusterQueries } from './cluster/queries.js';
+import { ClusterRouting } from './cluster/routes.js';
+import type { ClusterView } from './cluster/view.js';
 import type { ServerTable } from './servers.js';
 import { CoreStatus } from './status.js';
 
@@ -25,6 +28,10 @@ export interface ApiOptions {
   queryRate?: RateLimiter;
   /** The fleet view's health figures (sampled by the daemon); absent: an unsampled one. */
   status?: CoreStatus;
+  /** A core cluster (issue 13): one-metric routes go to their shard's ready owner, lists span every node (core/cluster/routes.ts); absent: a single node. */
+  cluster?: ClusterView;
+  /** The cluster's stored queries (core/cluster/queries.ts), for their counters at /metrics. */
+  clusterQueries?: ClusterQueries;
 }
 
 /** What the HTTP thread serves from: the workers, the server list and the stored-query catalog. */
@@ -66,6 +73,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     onError: (c) => c.json({ error: `${c.req.method} ${c.req.path}: body exceeds ${coreLimits.queryBodyBytesMax} bytes; a stored query's JSON is far smaller` }, 413),
   });
   app.use('*', (c, next) => (c.req.path === '/api/v1/ingest' || c.req.path === '/api/v1/import' || c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : smallBody(c, next)));
+  // In a cluster, before every route that reads a metric's data or lists metrics (issue 13).
+  const routing = opts.cluster === undefined ? null : new ClusterRouting(opts.cluster, stored);
+  if (routing !== null) app.use('*', routing.middleware());
   const live = addQueryRoutes(app, pool, stored);
   const prom = addPromRoutes(app, { pool, servers, stored });
   const history = addHistoryRoutes(app, { pool, servers });
@@ -112,14 +122,15 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     }),
   );
 
-  app.get('/api/v1/metrics', async (c) =>
-    c.json({
+  app.get('/api/v1/metrics', async (c) => {
+    const keep = c.get('apmShardFilter'); // a cluster: the metrics of the shards this node answers for
+    return c.json({
       metrics: (await pool.metrics())
-        .filter((m) => m.name !== null)
+        .filter((m) => m.name !== null && (keep === undefined || keep(m.name)))
         .sort((a, b) => (a.name! < b.name! ? -1 : 1))
         .map((m) => ({ name: m.name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs })),
-    }),
-  );
+    });
+  });
 
   app.get('/healthz', (c) => c.text('ok\n'));
 
@@ -205,6 +216,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_exports_failed_total', 'Exports that stopped early (their stream ends with an error line)', history.exportsFailed);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
+    routing?.writeMetrics(p);
+    opts.clusterQueries?.writeMetrics(p);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
   });
 

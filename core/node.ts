@@ -10,7 +10,9 @@ import { createApi } from './api.js';
 import type { ApiAuth } from './auth.js';
 import { coreLimits } from './limits.js';
 import { ShardPool } from './pool.js';
-import { QueryCatalog } from './query/catalog.js';
+import { ClusterQueries } from './cluster/queries.js';
+import type { ClusterView } from './cluster/view.js';
+import { LmdbDefinitions, QueryCatalog } from './query/catalog.js';
 import type { RateLimiter } from './ratelimit.js';
 import { ServerTable } from './servers.js';
 import { CoreStatus } from './status.js';
@@ -30,6 +32,12 @@ export interface NodeOptions {
   limits?: Partial<{ -readonly [K in keyof typeof coreLimits]: number }>;
   /** Write a block this long after it ends (default coreLimits.flushGraceMs). */
   flushGraceMs?: number;
+  /**
+   * A core cluster (issue 13; core/cluster/node.ts keeps it): stored queries live in KV
+   * apm-queries and each is evaluated by its shard's first ready owner; the API proxies and fans
+   * out (core/cluster/routes.ts). Absent: a single node (definitions in the meta environment).
+   */
+  cluster?: ClusterView;
 }
 
 export interface CoreNode {
@@ -72,10 +80,11 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
   });
   const meta = openLmdb({ path: `${o.dataDir}/meta`, mapSize: L.metaMapBytes, maxDbs: 4 });
   const servers = new ServerTable(meta.openDB({ name: 'servers', encoding: 'json' }), L.serversMax);
-  const stored = new QueryCatalog(meta.openDB({ name: 'queries', encoding: 'json' }), pool, { queriesMax: L.storedQueriesMax });
-  await stored.start();
+  const clusterQueries = o.cluster === undefined ? undefined : await ClusterQueries.open(o.cluster, pool, { queriesMax: L.storedQueriesMax });
+  const stored = clusterQueries?.catalog ?? new QueryCatalog(new LmdbDefinitions(meta.openDB({ name: 'queries', encoding: 'json' })), pool, { queriesMax: L.storedQueriesMax });
+  if (clusterQueries === undefined) await stored.start();
   const status = new CoreStatus({ racksMax: L.racksMax, samplesMax: L.statusSamplesMax });
-  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate });
+  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries });
   return {
     pool,
     servers,
@@ -84,6 +93,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
     app,
     meta,
     async close() {
+      clusterQueries?.close();
       await servers.save({ all: true }).catch(() => undefined);
       await pool.close();
       await meta.close();

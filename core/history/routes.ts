@@ -132,7 +132,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
 }
 
 /** The metric a match[] names: `name` or `{__name__="name"}`; null for anything else. */
-function metricOfMatch(m: string): string | null {
+export function metricOfMatch(m: string): string | null {
   const t = m.trim();
   if (isMetricName(t)) return t;
   const sel = /^\{\s*__name__\s*=\s*"([^"]+)"\s*\}$/.exec(t);

@@ -3,6 +3,10 @@
 // query in memory, fed by the workers as windows close, so the results API and live streams
 // answer without a worker round trip. Older ranges are read from the owning worker's store.
 // A stored definition that no longer parses is set aside (counted, listed), never fatal (issue 16).
+// Where definitions are kept is a DefinitionStore: the node's meta LMDB (LmdbDefinitions), or in
+// a cluster KV apm-queries (core/cluster/queries.ts), whose watch feeds other nodes' changes in
+// through applyChange(); there each node's workers evaluate only the queries it is the first
+// ready owner of (evaluatesHere), and windows from other nodes arrive through receiveWindow().
 
 import { randomBytes } from 'node:crypto';
 import type { Database } from 'lmdb';
@@ -11,8 +15,43 @@ import type { WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
 import type { Listener, StoredQuery } from './stored.js';
 
+/** Where stored-query definitions are kept. */
+export interface DefinitionStore {
+  /** Every definition kept now (read once, when the catalog is built). */
+  load(): StoredQuery[];
+  /** Keeps a new definition; throws DefinitionConflict when its id is taken. */
+  create(def: StoredQuery): Promise<void>;
+  /** Replaces a definition; throws DefinitionConflict when another writer changed it since this node last saw it. */
+  update(def: StoredQuery): Promise<void>;
+  remove(id: string): Promise<void>;
+}
+
+/** Two writers changed one definition at once (a cluster's KV compare-and-set refused this one): answered 409. */
+export class DefinitionConflict extends Error {}
+
+/** Definitions in the node's meta environment (one node, no cluster). */
+export class LmdbDefinitions implements DefinitionStore {
+  constructor(private readonly db: Database<StoredQuery & { next?: number }, string>) {}
+  load(): StoredQuery[] {
+    return [...this.db.getRange()].map(({ value }) => ({ id: value.id, name: value.name, query: value.query, createdMs: value.createdMs }));
+  }
+  async create(def: StoredQuery): Promise<void> {
+    await this.db.put(def.id, def);
+  }
+  async update(def: StoredQuery): Promise<void> {
+    await this.db.put(def.id, def);
+  }
+  async remove(id: string): Promise<void> {
+    await this.db.remove(id);
+  }
+}
+
 export interface CatalogOptions {
   queriesMax: number;
+  /** A cluster: whether this node's workers evaluate the queries of `metric` (it is the first ready owner of its shard); absent: all. */
+  evaluatesHere?: (metric: string) => boolean;
+  /** Called with each window this node's own workers evaluated (a cluster publishes it to the other nodes). */
+  onOwnWindow?: (id: string, w: WindowResult) => void;
   /** Newest windows per query kept in memory for the results API (2 h of 5 s windows by default). */
   recentWindowsMax?: number;
 }
@@ -33,12 +72,11 @@ export class QueryCatalog {
   private lock: Promise<unknown> = Promise.resolve();
 
   constructor(
-    private readonly db: Database<StoredQuery & { next?: number }, string>,
+    private readonly db: DefinitionStore,
     private readonly pool: ShardPool,
     private readonly opts: CatalogOptions,
   ) {
-    for (const { value } of db.getRange()) {
-      const def = { id: value.id, name: value.name, query: value.query, createdMs: value.createdMs };
+    for (const def of db.load()) {
       try {
         this.defs.set(def.id, { def, parsed: parseQuery(def.query) });
         this.recent.set(def.id, { starts: [], json: [], all: false });
@@ -47,7 +85,10 @@ export class QueryCatalog {
         console.error(`apm core: stored query ${def.id} (${JSON.stringify(def.query)}) does not parse (${(err as Error).message}); set aside — delete it with DELETE /api/v1/queries/${def.id}`);
       }
     }
-    pool.onWindow = (id, w) => this.remember(id, w);
+    pool.onWindow = (id, w) => {
+      this.remember(id, w);
+      opts.onOwnWindow?.(id, w);
+    };
   }
 
   /** Hands the definitions to the workers and loads each query's newest results into memory. */
@@ -64,10 +105,58 @@ export class QueryCatalog {
   }
 
   private syncWorkers(): Promise<void> {
+    const here = this.opts.evaluatesHere;
     return this.pool.sync(
-      [...this.defs.values()].map((d) => d.def),
+      [...this.defs.values()].filter((d) => here === undefined || here(d.parsed.metric)).map((d) => d.def),
       (d) => this.defs.get(d.id)?.parsed.metric ?? '',
     );
+  }
+
+  /** Hands the workers the definitions again (a cluster: after the placement or a node's readiness changed). */
+  resync(): Promise<void> {
+    return this.exclusive(() => this.syncWorkers());
+  }
+
+  /**
+   * A change another writer made (a cluster's KV watch): `def` null for a deletion. The node's
+   * own changes come back here too and change nothing. Throws nothing: a definition that does
+   * not parse is set aside as at start.
+   */
+  applyChange(id: string, def: StoredQuery | null): Promise<void> {
+    return this.exclusive(async () => {
+      const had = this.defs.get(id);
+      const unloadableAt = this.unloadable.findIndex((u) => u.id === id);
+      if (unloadableAt >= 0) this.unloadable.splice(unloadableAt, 1);
+      if (def === null) {
+        if (had === undefined) return;
+        this.defs.delete(id);
+        this.recent.delete(id);
+        await this.syncWorkers();
+        return;
+      }
+      if (had !== undefined && had.def.query === def.query) {
+        had.def = def; // renamed, or this node's own change: results stand
+        return;
+      }
+      let parsed: Query;
+      try {
+        parsed = parseQuery(def.query);
+      } catch (err) {
+        if (had !== undefined) (this.defs.delete(id), this.recent.delete(id));
+        this.unloadable.push({ id, query: def.query, error: (err as Error).message });
+        if (had !== undefined) await this.syncWorkers();
+        return;
+      }
+      this.defs.set(id, { def, parsed });
+      // Results of another text, or none yet: memory holds all only from here on for a new one.
+      this.recent.set(id, { starts: [], json: [], all: false });
+      await this.syncWorkers();
+    });
+  }
+
+  /** A window another node evaluated (a cluster's results subject): kept and streamed as a local one. */
+  receiveWindow(id: string, w: WindowResult): void {
+    this.remember(id, w);
   }
 
   list(): StoredQuery[] {
@@ -78,13 +167,18 @@ export class QueryCatalog {
     return this.defs.get(id)?.def;
   }
 
+  /** The metric a stored query reads (undefined: no such query). */
+  metricOf(id: string): string | undefined {
+    return this.defs.get(id)?.parsed.metric;
+  }
+
   /** Creates a stored query (throws QueryError on a bad query; Error when at the limit). */
   create(name: string, query: string, nowMs: number): Promise<StoredQuery> {
     const parsed = parseQuery(query);
     return this.exclusive(async () => {
       if (this.defs.size >= this.opts.queriesMax) throw new Error(`at most ${this.opts.queriesMax} stored queries; delete one first`);
       const def: StoredQuery = { id: randomBytes(6).toString('hex'), name, query: parsed.text, createdMs: nowMs };
-      await this.db.put(def.id, def);
+      await this.db.create(def);
       this.defs.set(def.id, { def, parsed });
       this.recent.set(def.id, { starts: [], json: [], all: true });
       await this.syncWorkers();
@@ -102,7 +196,7 @@ export class QueryCatalog {
       const d = this.defs.get(id);
       if (d === undefined) return undefined;
       const def: StoredQuery = { id, name, query: parsed.text, createdMs: d.def.createdMs };
-      await this.db.put(id, def);
+      await this.db.update(def);
       const old = d.parsed;
       this.defs.set(id, { def, parsed });
       if (old.text === parsed.text) return def; // renamed: results stand
@@ -121,9 +215,10 @@ export class QueryCatalog {
         await this.db.remove(id);
         return true;
       }
-      if (!this.defs.delete(id)) return false;
+      if (!this.defs.has(id)) return false;
+      await this.db.remove(id); // first: a store that refuses leaves the catalog as it was
+      this.defs.delete(id);
       this.recent.delete(id);
-      await this.db.remove(id);
       await this.syncWorkers();
       return true;
     });

@@ -11,7 +11,7 @@ import { RackMerger } from '../../rack/merge.js';
 import { openNode, type CoreNode, type NodeOptions } from '../node.js';
 import { Store } from '../store.js';
 import { evaluate, orderStatistic, type WindowResult } from './eval.js';
-import { QueryCatalog } from './catalog.js';
+import { LmdbDefinitions, QueryCatalog } from './catalog.js';
 import { compileGlob } from './glob.js';
 import { fnKey, parseQuery, type Query } from './parse.js';
 import { StoredQueries } from './stored.js';
@@ -268,7 +268,7 @@ describe('stored results in memory', () => {
     const node = await openAt(tempDir());
     // A catalog that keeps 4 windows in memory, over this node's workers (it takes the place of
     // the node's own: the workers evaluate its queries and report their windows to it).
-    const catalog = new QueryCatalog(node.meta.openDB({ name: 'queries-small', encoding: 'json' }), node.pool, { queriesMax: 10, recentWindowsMax: 4 });
+    const catalog = new QueryCatalog(new LmdbDefinitions(node.meta.openDB({ name: 'queries-small', encoding: 'json' })), node.pool, { queriesMax: 10, recentWindowsMax: 4 });
     await catalog.start();
     for (let t = t0; t < t0 + 300; t++) await ingest(node, gaugeBody({ rack: 'r1', seq: t - t0 + 1, second: t, server: 's1', points: [{ name: 'x', kind: KindCode.Gauge, value: t - t0 }] }));
     const def = await catalog.create('x', 'FROM * SELECT x WINDOW 1s COMPUTE max', Date.now());

@@ -429,7 +429,11 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     if (raw.length > promLimits.matchersMax) throw new PromError('bad_data', `${raw.length} match[] > ${promLimits.matchersMax}`);
     return raw.map(parseSelector);
   };
-  const metricNames = async () => [...new Set((await pool.metrics()).flatMap((m) => (m.name === null ? [] : [m.name])))].sort();
+  // In a cluster (core/cluster/routes.ts), only the metrics of the shards this node answers for: the other nodes give theirs.
+  const metricNames = async (c: Context) => {
+    const keep = c.get('apmShardFilter');
+    return [...new Set((await pool.metrics()).flatMap((m) => (m.name === null || (keep !== undefined && !keep(m.name)) ? [] : [m.name])))].sort();
+  };
 
   const range = handle(async (p) => {
     const text = p.get('query');
@@ -455,7 +459,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
       const name = c.req.param('name');
       const ms = selectors(p, false);
       let values: string[];
-      if (name === '__name__') values = (await metricNames()).filter((m) => ms.length === 0 || ms.some((sel) => matches(sel, { __name__: m })));
+      if (name === '__name__') values = (await metricNames(c)).filter((m) => ms.length === 0 || ms.some((sel) => matches(sel, { __name__: m })));
       else if (name === 'server') values = servers.all().map((s) => s.name).sort();
       else if (name === 'rack') values = [...new Set(servers.all().map((s) => s.rack))].sort();
       else if (name === 'function') values = functionLabels;
@@ -465,9 +469,9 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     }),
   );
 
-  const series = handle(async (p) => {
+  const series = handle(async (p, c) => {
     const ms = selectors(p, true);
-    const names = await metricNames();
+    const names = await metricNames(c);
     return limitedList('series', names.filter((m) => ms.some((sel) => matches(sel, { __name__: m }))).map((m) => ({ __name__: m })), p);
   });
   app.get('/api/v1/series', series);
@@ -475,9 +479,10 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
 
   app.get(
     '/api/v1/metadata',
-    handle(async (p) => {
+    handle(async (p, c) => {
       const only = p.get('metric');
-      const all = (await pool.metrics()).filter((m) => m.name !== null && (only === undefined || only === '' || m.name === only)).sort((a, b) => (a.name! < b.name! ? -1 : 1));
+      const keep = c.get('apmShardFilter');
+      const all = (await pool.metrics()).filter((m) => m.name !== null && (only === undefined || only === '' || m.name === only) && (keep === undefined || keep(m.name))).sort((a, b) => (a.name! < b.name! ? -1 : 1));
       const r = limited('metadata', all, p);
       const data: Record<string, { type: string; help: string; unit: string }[]> = {};
       for (const m of r.items) data[m.name!] = [{ type: promType(m.kind), help: `apm ${['gauge', 'counter', 'distribution'][m.kind] ?? 'metric'}: FROM <servers> SELECT ${m.name} [WINDOW <d>] COMPUTE min, max, avg, count, sum, pNN`, unit: '' }];

@@ -6,7 +6,7 @@ import type { Context, Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { coreLimits } from '../limits.js';
 import { WorkerError, type ShardPool } from '../pool.js';
-import type { QueryCatalog } from './catalog.js';
+import { DefinitionConflict, type QueryCatalog } from './catalog.js';
 import { evalLimitReasonOf, type WindowResult } from './eval.js';
 import { parseQuery, QueryError } from './parse.js';
 import { promInstant } from './prom.js';
@@ -85,6 +85,8 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       const q = await stored.update(c.req.param('id'), d.name, d.query);
       return q === undefined ? c.json({ error: `no stored query ${c.req.param('id')}` }, 404) : c.json(q);
     } catch (err) {
+      // Another node changed it meanwhile (a cluster's KV compare-and-set, core/cluster/queries.ts).
+      if (err instanceof DefinitionConflict) return c.json({ error: err.message, reason: 'conflict' }, 409);
       const r = bad(err, c);
       return c.json(r.body, r.status);
     }

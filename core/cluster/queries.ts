@@ -1,0 +1,283 @@
+// Stored queries in a core cluster (issue 13). The definitions live in KV apm-queries, not in a
+// node's meta LMDB: any node creates, edits and deletes them there (compare-and-set where two
+// nodes could race), and every node watches the bucket, so every node lists every query.
+// Evaluation: each node hands its workers only the queries whose metric's shard it is the
+// first ready owner of (ClusterView.readyOwners), again whenever the placement, a node's
+// readiness or a definition changes, so each query is evaluated by one live node. That node
+// publishes each new or revised window on core NATS (resultsSubject); every node subscribes and
+// feeds its newest-window cache and live streams, so /api/v1/queries/:id/live and /api/v1/live
+// answer on any node. A results range is proxied to the evaluating node (core/cluster/routes.ts).
+
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
+import { headers, type Subscription } from '@nats-io/transport-node';
+import { buckets, resultsSubject } from '../../schema/log.js';
+import type { PromText } from '../../schema/prom.js';
+import type { ShardPool } from '../pool.js';
+import { DefinitionConflict, QueryCatalog, type DefinitionStore } from '../query/catalog.js';
+import type { WindowResult } from '../query/eval.js';
+import type { StoredQuery } from '../query/stored.js';
+import { shardOfMetric } from './routes.js';
+import type { ClusterView } from './view.js';
+
+export const clusterQueryLimits = {
+  /** Replicas of KV apm-queries: the definitions outlive any NATS server (at most the stream replicas). */
+  bucketReplicasMax: 3,
+  /** A node waits this long for the bucket's current definitions at start before it refuses to start. */
+  loadTimeoutMs: 15_000,
+  /** Characters of a stored-query id taken from a results subject (ids are 12 hex digits). */
+  idCharsMax: 64,
+  /** Bytes of one definition in KV: a name (200) and a query text (bounded by the body limit). */
+  definitionBytesMax: 32 * 1024,
+} as const;
+
+/** Header naming the node that published a window: a node skips its own (it kept them already). */
+const originHeader = 'Apm-Node';
+const resultsPrefix = resultsSubject('');
+
+export interface ClusterQueriesOptions {
+  queriesMax: number;
+  recentWindowsMax?: number;
+  log?: (line: string) => void;
+}
+
+/** Definitions in KV apm-queries: each write compares the revision this node last saw. */
+class KvDefinitions implements DefinitionStore {
+  /** Revision of each key as last seen (own writes and the watch); bounded by the keys of the bucket. */
+  readonly revisions = new Map<string, number>();
+  snapshot: StoredQuery[] = [];
+
+  constructor(private readonly kv: KV) {}
+
+  load(): StoredQuery[] {
+    return this.snapshot;
+  }
+
+  async create(def: StoredQuery): Promise<void> {
+    try {
+      this.revisions.set(def.id, await this.kv.create(def.id, JSON.stringify(def)));
+    } catch (err) {
+      if (isWrongLastSequence(err)) throw new DefinitionConflict(`stored query id ${def.id} is taken in KV ${buckets.queries}; create it again (a new id is drawn)`, { cause: err });
+      throw err;
+    }
+  }
+
+  async update(def: StoredQuery): Promise<void> {
+    const rev = this.revisions.get(def.id);
+    if (rev === undefined) throw new DefinitionConflict(`stored query ${def.id} is not in KV ${buckets.queries} as this node last saw it; GET it again and retry`);
+    try {
+      this.revisions.set(def.id, await this.kv.update(def.id, JSON.stringify(def), rev));
+    } catch (err) {
+      if (isWrongLastSequence(err)) throw new DefinitionConflict(`stored query ${def.id} was changed by another node meanwhile (revision ${rev} is no longer the newest); GET it again and retry`, { cause: err });
+      throw err;
+    }
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.kv.delete(id);
+    this.revisions.delete(id);
+  }
+}
+
+function isWrongLastSequence(err: unknown): boolean {
+  return err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
+}
+
+/** A definition from a KV entry, or null when it is not one (counted by the caller). */
+export function definitionOf(key: string, text: string): StoredQuery | null {
+  if (text.length > clusterQueryLimits.definitionBytesMax) return null;
+  let v: Partial<StoredQuery>;
+  try {
+    v = JSON.parse(text) as Partial<StoredQuery>;
+  } catch {
+    return null;
+  }
+  if (typeof v !== 'object' || v === null || v.id !== key || typeof v.name !== 'string' || typeof v.query !== 'string' || typeof v.createdMs !== 'number') return null;
+  return { id: v.id, name: v.name, query: v.query, createdMs: v.createdMs };
+}
+
+/** A window from a results message, or null when it is not one. */
+export function windowOf(text: string): WindowResult | null {
+  let w: Partial<WindowResult>;
+  try {
+    w = JSON.parse(text) as Partial<WindowResult>;
+  } catch {
+    return null;
+  }
+  if (typeof w !== 'object' || w === null || !Number.isFinite(w.startMs) || !Number.isFinite(w.endMs) || !Number.isInteger(w.revision) || typeof w.values !== 'object' || w.values === null) return null;
+  return w as WindowResult;
+}
+
+/** The stored-query catalog of a cluster node, kept from KV apm-queries and the results subjects. */
+export class ClusterQueries {
+  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, resyncs: 0, resync_failures: 0 };
+  catalog!: QueryCatalog;
+  private sub: Subscription | null = null;
+  private watch: { stop(): void } | null = null;
+  private resyncing: Promise<void> | null = null;
+  private resyncAgain = false;
+  private closed = false;
+  private readonly log: (line: string) => void;
+
+  private constructor(
+    private readonly view: ClusterView,
+    private readonly defs: KvDefinitions,
+    log: ((line: string) => void) | undefined,
+  ) {
+    this.log = log ?? ((l) => console.error(`apm core [${view.nodeId}]: ${l}`));
+  }
+
+  /** Opens (creates if absent) KV apm-queries, reads every definition, and starts evaluating this node's share. */
+  static async open(view: ClusterView, pool: ShardPool, o: ClusterQueriesOptions): Promise<ClusterQueries> {
+    const kv = await new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas) });
+    const cq = new ClusterQueries(view, new KvDefinitions(kv), o.log);
+    await cq.load(kv);
+    cq.catalog = new QueryCatalog(cq.defs, pool, {
+      queriesMax: o.queriesMax,
+      recentWindowsMax: o.recentWindowsMax,
+      evaluatesHere: (metric) => cq.evaluatesHere(metric),
+      onOwnWindow: (id, w) => cq.publish(id, w),
+    });
+    cq.sub = view.nc.subscribe(`${resultsPrefix}>`, {
+      callback: (err, msg) => {
+        if (err === null) cq.receive(msg.subject, msg.string(), msg.headers?.get(originHeader));
+        else cq.counters.windows_bad++;
+      },
+    });
+    view.onChange(() => cq.resync());
+    await cq.catalog.start();
+    return cq;
+  }
+
+  /** Whether this node evaluates the stored queries of `metric`: it is the first ready owner of its shard. */
+  evaluatesHere(metric: string): boolean {
+    return this.view.readyOwners(shardOfMetric(metric, this.view.settings.shards))[0]?.id === this.view.nodeId;
+  }
+
+  /** Watches the bucket; resolves once every entry written before the watch began has arrived. */
+  private async load(kv: KV): Promise<void> {
+    const lastSeq = (await kv.status()).streamInfo.state.last_seq;
+    const initial = new Map<string, StoredQuery>();
+    let loaded!: () => void;
+    const done = new Promise<void>((resolve) => (loaded = resolve));
+    if (lastSeq === 0) loaded();
+    const iter = await kv.watch();
+    this.watch = iter;
+    void (async () => {
+      for await (const e of iter) {
+        const def = this.entry(e);
+        if (this.catalog === undefined) {
+          if (def === null) initial.delete(e.key);
+          else if (def !== undefined) initial.set(e.key, def);
+          if (e.revision >= lastSeq) {
+            this.defs.snapshot = [...initial.values()];
+            loaded();
+          }
+        } else if (def !== undefined) {
+          await this.catalog.applyChange(e.key, def).catch((err: unknown) => this.log(`applying stored query ${e.key} from KV ${buckets.queries} failed: ${(err as Error).message}`));
+        }
+      }
+    })().catch((err: unknown) => this.closed || this.log(`watch of KV ${buckets.queries} stopped: ${(err as Error).message}; stored-query changes of other nodes are not seen until restart`));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`KV ${buckets.queries} did not deliver its ${lastSeq} entries within ${clusterQueryLimits.loadTimeoutMs} ms; is JetStream healthy?`)), clusterQueryLimits.loadTimeoutMs);
+      timer.unref();
+    });
+    try {
+      await Promise.race([done, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** A watch entry as a change: the definition, null for a deletion, undefined for an entry that is not a definition (counted). */
+  private entry(e: KvWatchEntry): StoredQuery | null | undefined {
+    if (e.operation !== 'PUT') {
+      this.defs.revisions.delete(e.key);
+      return null;
+    }
+    this.defs.revisions.set(e.key, e.revision);
+    const def = definitionOf(e.key, e.string());
+    if (def === null) {
+      this.counters.definitions_bad++;
+      this.log(`KV ${buckets.queries} key ${JSON.stringify(e.key.slice(0, 80))} (revision ${e.revision}) is not a stored query; ignored — delete it from the bucket`);
+      return undefined;
+    }
+    return def;
+  }
+
+  /** Hands the workers their share again; calls arriving meanwhile make one more pass. */
+  resync(): void {
+    if (this.closed) return;
+    if (this.resyncing !== null) {
+      this.resyncAgain = true;
+      return;
+    }
+    this.resyncing = (async () => {
+      do {
+        this.resyncAgain = false;
+        this.counters.resyncs++;
+        await this.catalog.resync().catch((err: unknown) => {
+          this.counters.resync_failures++;
+          this.log(`handing stored queries to the workers failed: ${(err as Error).message}; retried at the next cluster change`);
+        });
+      } while (this.resyncAgain && !this.closed);
+      this.resyncing = null;
+    })();
+  }
+
+  private publish(id: string, w: WindowResult): void {
+    try {
+      const h = headers();
+      h.set(originHeader, this.view.nodeId);
+      this.view.nc.publish(resultsSubject(id), JSON.stringify(w), { headers: h });
+      this.counters.windows_published++;
+    } catch (err) {
+      // A closed connection: the windows are stored here and served by the results route.
+      this.counters.windows_publish_failed++;
+      if (this.counters.windows_publish_failed === 1) this.log(`publishing stored-query windows failed: ${(err as Error).message}; other nodes' live streams miss them until NATS is back`);
+    }
+  }
+
+  private receive(subject: string, text: string, origin: string | undefined): void {
+    if (origin === this.view.nodeId) return; // kept when this node's worker announced it
+    const id = subject.slice(resultsPrefix.length);
+    const w = windowOf(text);
+    if (w === null || id === '' || id.length > clusterQueryLimits.idCharsMax) {
+      this.counters.windows_bad++;
+      return;
+    }
+    this.counters.windows_received++;
+    this.catalog.receiveWindow(id, w);
+  }
+
+  /** Stored queries this node's workers evaluate now. */
+  evaluatedHere(): number {
+    let n = 0;
+    for (const d of this.catalog.list()) {
+      const metric = this.catalog.metricOf(d.id);
+      if (metric !== undefined && this.evaluatesHere(metric)) n++;
+    }
+    return n;
+  }
+
+  writeMetrics(p: PromText): void {
+    const c = this.counters;
+    p.counters('apm_core_cluster_query_windows_total', 'Stored-query windows on core NATS: published (evaluated here), publish_failed, received (from the evaluating node), bad (not a window; ignored)', 'result', {
+      published: c.windows_published,
+      publish_failed: c.windows_publish_failed,
+      received: c.windows_received,
+      bad: c.windows_bad,
+    });
+    p.counter('apm_core_cluster_query_definitions_bad_total', `Entries of KV ${buckets.queries} that are not stored queries (ignored)`, c.definitions_bad);
+    p.counter('apm_core_cluster_query_resyncs_total', 'Times the stored queries were handed to the workers again (placement, readiness or definitions changed)', c.resyncs);
+    p.counter('apm_core_cluster_query_resync_failures_total', 'Hand-overs to the workers that failed (retried at the next change)', c.resync_failures);
+    p.gauge('apm_core_cluster_queries_evaluated', 'Stored queries this node evaluates (it is the first ready owner of their shard)', this.evaluatedHere());
+  }
+
+  close(): void {
+    this.closed = true;
+    this.sub?.unsubscribe();
+    this.watch?.stop();
+  }
+}

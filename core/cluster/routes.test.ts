@@ -1,0 +1,246 @@
+// Query routing and stored queries in a core cluster (issue 13), over real processes where it
+// matters: one real nats-server, two in-process core nodes each served on a loopback port, and
+// a fake ClusterView per node that the test controls (which node owns and serves which shard).
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { serve, type ServerType } from '@hono/node-server';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { KindCode } from '../../schema/codec.js';
+import type { ClusterSettings } from '../../schema/log.js';
+import { rackSecondBody } from '../../schema/section.js';
+import { buildColumns } from '../../schema/testdata.js';
+import { NatsCluster } from '../../tools/nats-servers.js';
+import { ApiAuth, hashToken, parseTokens, TokenSet } from '../auth.js';
+import { openNode, type CoreNode } from '../node.js';
+import { forwardedHeader, shardOfMetric } from './routes.js';
+import type { ClusterView, NodeState, PlacementDoc } from './view.js';
+
+const S = 4;
+const now = Math.floor(Date.now() / 1000);
+const t0 = now - 600 - (now % 60);
+
+/** The cluster as the test decides it: owners per shard (in order) and the nodes that are ready. */
+class FakeCluster {
+  owners: string[][] = Array.from({ length: S }, () => []);
+  readonly ready = new Set<string>();
+  readonly states = new Map<string, NodeState>();
+  private readonly listeners: (() => void)[] = [];
+  readonly settings: ClusterSettings = { format: 1, shards: S, ownerReplicas: 1, streamReplicas: 1, streamMaxAgeSeconds: 86_400, duplicateWindowSeconds: 600 };
+
+  view(nodeId: string, nc: NatsConnection): ClusterView {
+    this.states.set(nodeId, { id: nodeId, url: '', workers: 1, startedMs: Date.now(), ready: [], lag: {}, applied: {}, live: true, heartbeatMs: Date.now() });
+    const cluster = this;
+    return {
+      nodeId,
+      settings: this.settings,
+      nc,
+      nodes: () => [...this.states.values()],
+      placement: (): PlacementDoc => ({ shards: this.owners.map((o) => ({ owners: o, joining: [] })) }),
+      placementRevision: () => 1,
+      readyOwners: (shard) => (cluster.owners[shard] ?? []).filter((id) => cluster.ready.has(id)).map((id) => cluster.states.get(id)!),
+      servesLocally: (shard) => cluster.ready.has(nodeId) && (cluster.owners[shard] ?? []).includes(nodeId),
+      onChange: (f) => void this.listeners.push(f),
+    };
+  }
+
+  change(): void {
+    for (const f of this.listeners) f();
+  }
+}
+
+/** Polls `f` until it returns a value other than undefined (bounded). */
+async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('core cluster: query routing and stored queries', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'apm-cluster-routes-'));
+  const cluster = new FakeCluster();
+  const tokens = { read: 'read-token-0123456789', write: 'write-token-0123456789', bOnly: 'b-only-admin-0123456789', ingest: 'ingest-token-0123456789' };
+  const line = (t: string, role: string, name: string) => `${hashToken(t)} ${role} ${name}`;
+  let nats: NatsCluster;
+  const ncs: NatsConnection[] = [];
+  const nodes: Record<'A' | 'B', { node: CoreNode; server: ServerType; url: string }> = {} as never;
+  // mA lives in a shard only A owns, mB in one only B owns (the other shards: B).
+  const names = Array.from({ length: 64 }, (_, i) => `svc.m${i}`);
+  const mA = names[0]!;
+  const mB = names.find((n) => shardOfMetric(n, S) !== shardOfMetric(mA, S))!;
+  let seq = 1;
+  let ticker: NodeJS.Timeout | null = null;
+
+  const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+  const get = (n: 'A' | 'B', path: string, token = tokens.read, extra: Record<string, string> = {}) => fetch(`${nodes[n].url}${path}`, { headers: { ...auth(token), ...extra } });
+  const ingest = (n: 'A' | 'B', metric: string, second: number, value: number) =>
+    fetch(`${nodes[n].url}/api/v1/ingest`, {
+      method: 'POST',
+      headers: auth(tokens.ingest),
+      body: rackSecondBody({
+        rack: 'r1',
+        session: 5,
+        seq: seq++,
+        second,
+        late: false,
+        shards: S,
+        servers: [0, 1].map((s) => ({ server: `web-${s}`, blocks: [buildColumns([{ name: metric, kind: KindCode.Gauge, value: value + s }], [])] })),
+        rollup: buildColumns([], [], [metric]),
+      }),
+    });
+  const metric = async (n: 'A' | 'B', name: string, label = ''): Promise<number> => {
+    const text = await (await get(n, '/metrics')).text();
+    const m = new RegExp(`^${name}${label === '' ? '' : `\\{${label}\\}`} (\\d+)$`, 'm').exec(text);
+    return m === null ? 0 : Number(m[1]);
+  };
+
+  beforeAll(async () => {
+    nats = await NatsCluster.start({ dir: join(dir, 'nats'), n: 1 });
+    for (let s = 0; s < S; s++) cluster.owners[s] = [s === shardOfMetric(mA, S) ? 'A' : 'B'];
+    const common = [line(tokens.read, 'read', 'reader'), line(tokens.write, 'write', 'writer'), line(tokens.ingest, 'ingest', 'rack racks=*')];
+    for (const id of ['A', 'B'] as const) {
+      const nc = await connect({ servers: nats.url(0), user: nats.users.core.user, pass: nats.users.core.pass });
+      ncs.push(nc);
+      const view = cluster.view(id, nc);
+      cluster.ready.add(id);
+      const file = [...common, ...(id === 'B' ? [line(tokens.bOnly, 'admin', 'b-admin')] : [])].join('\n');
+      const node = await openNode({ dataDir: join(dir, id), workers: 1, shards: S, queryLatenessMs: 0, flushGraceMs: 0, auth: new ApiAuth({ tokens: new TokenSet(parseTokens(file, `tokens-${id}`)) }), cluster: view });
+      const port = await new Promise<number>((resolve) => {
+        nodes[id] = { node, server: serve({ fetch: node.app.fetch, hostname: '127.0.0.1', port: 0 }, (info) => resolve(info.port)), url: '' };
+      });
+      nodes[id].url = `http://127.0.0.1:${port}`;
+      cluster.states.get(id)!.url = nodes[id].url;
+    }
+    // Each node stores only its own metric: 10 s of two servers.
+    for (let t = t0; t < t0 + 10; t++) {
+      expect((await ingest('A', mA, t, t - t0)).status).toBe(204);
+      expect((await ingest('B', mB, t, 100 + t - t0)).status).toBe(204);
+    }
+  }, 30_000);
+
+  afterAll(async () => {
+    if (ticker !== null) clearInterval(ticker);
+    for (const n of Object.values(nodes)) {
+      n.server.close();
+      await n.node.close();
+    }
+    for (const nc of ncs) await nc.close();
+    await nats?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  it('answers an ad-hoc query, a Prometheus range query and an export through the node that does not own the metric', async () => {
+    const q = encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE avg, max, count`);
+    const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
+    const owner = await get('A', `/api/v1/query?q=${q}${range}`);
+    const other = await get('B', `/api/v1/query?q=${q}${range}`);
+    expect(owner.status).toBe(200);
+    expect(other.status).toBe(200);
+    const want = (await owner.json()) as { windows: unknown[] };
+    expect(want.windows).toHaveLength(2);
+    expect(await other.json()).toEqual(want);
+    // Prometheus' range query, a form POST (Grafana's default): the body travels too.
+    const form = `query=${q}&start=${t0}&end=${t0 + 10}&step=5`;
+    const post = (n: 'A' | 'B') => fetch(`${nodes[n].url}/api/v1/query_range`, { method: 'POST', headers: { ...auth(tokens.read), 'content-type': 'application/x-www-form-urlencoded' }, body: form });
+    const promA = await (await post('A')).json();
+    expect((promA as { data: { result: unknown[] } }).data.result.length).toBeGreaterThan(0);
+    expect(await (await post('B')).json()).toEqual(promA);
+    const exp = async (n: 'A' | 'B') => (await get(n, `/api/v1/export?metric=${mA}${range}`)).text();
+    const lines = await exp('A');
+    expect(lines.split('\n').filter((l) => l !== '')).toHaveLength(2);
+    expect(await exp('B')).toBe(lines);
+    expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="ok"')).toBeGreaterThanOrEqual(3);
+  });
+
+  it("forwards the caller's own token: never a stronger one", async () => {
+    const q = encodeURIComponent(`FROM * SELECT ${mA} WINDOW 5s COMPUTE avg`);
+    // An admin token B knows but A does not: B lets it pass, A (the owner) refuses it.
+    const r = await get('B', `/api/v1/query?q=${q}&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`, tokens.bOnly);
+    expect(r.status).toBe(401);
+    expect(((await r.json()) as { error: string }).error).toMatch(/unknown token/);
+    // A read token cannot create a stored query through either node.
+    for (const n of ['A', 'B'] as const) {
+      const c = await fetch(`${nodes[n].url}/api/v1/queries`, { method: 'POST', headers: { ...auth(tokens.read), 'content-type': 'application/json' }, body: JSON.stringify({ query: `FROM * SELECT ${mB} WINDOW 1s COMPUTE max` }) });
+      expect(c.status).toBe(403);
+    }
+    expect(((await (await get('A', '/api/v1/queries')).json()) as { queries: unknown[] }).queries).toEqual([]);
+  });
+
+  it('never proxies a proxied request again, and answers 503 when no owner is ready', async () => {
+    const q = encodeURIComponent(`FROM * SELECT ${mA} WINDOW 5s COMPUTE avg`);
+    const loops = await metric('B', 'apm_core_cluster_proxied_total', 'result="loop"');
+    const r = await get('B', `/api/v1/query?q=${q}`, tokens.read, { [forwardedHeader]: 'A' });
+    expect(r.status).toBe(503);
+    expect(((await r.json()) as { reason: string }).reason).toBe('shard_unavailable');
+    expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="loop"')).toBe(loops + 1);
+    cluster.ready.delete('A');
+    try {
+      for (const n of ['A', 'B'] as const) {
+        const u = await get(n, `/api/v1/query?q=${q}`);
+        expect(u.status).toBe(503);
+        expect(await u.json()).toMatchObject({ reason: 'shard_unavailable' });
+      }
+      expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="unavailable"')).toBeGreaterThanOrEqual(1);
+      // Lists still answer, saying what is missing.
+      const l = (await (await get('B', '/api/v1/metrics')).json()) as { metrics: { name: string }[]; warnings: string[] };
+      expect(l.metrics.map((m) => m.name)).toEqual([mB]);
+      expect(l.warnings[0]).toMatch(/no ready owner/);
+    } finally {
+      cluster.ready.add('A');
+    }
+  });
+
+  it('lists the metrics of every node from either node', async () => {
+    for (const n of ['A', 'B'] as const) {
+      const l = (await (await get(n, '/api/v1/metrics')).json()) as { metrics: { name: string }[]; warnings?: string[] };
+      expect(l.metrics.map((m) => m.name)).toEqual([mA, mB].sort());
+      expect(l.warnings).toBeUndefined();
+      const v = (await (await get(n, '/api/v1/label/__name__/values')).json()) as { data: string[] };
+      expect(v.data).toEqual([mA, mB].sort());
+      const s = (await (await get(n, `/api/v1/series?match[]=${encodeURIComponent('{__name__=~"svc.*"}')}`)).json()) as { data: { __name__: string }[] };
+      expect(s.data.map((x) => x.__name__)).toEqual([mA, mB].sort());
+      const md = (await (await get(n, '/api/v1/metadata')).json()) as { data: Record<string, unknown> };
+      expect(Object.keys(md.data)).toEqual([mA, mB].sort());
+    }
+  });
+
+  it('keeps stored queries in KV: listed everywhere, evaluated by the first ready owner only, streamed live on every node', async () => {
+    const c = await fetch(`${nodes.A.url}/api/v1/queries`, { method: 'POST', headers: { ...auth(tokens.write), 'content-type': 'application/json' }, body: JSON.stringify({ name: 'b max', query: `FROM * SELECT ${mB} WINDOW 1s COMPUTE max` }) });
+    expect(c.status).toBe(201);
+    const { id } = (await c.json()) as { id: string };
+    await until('the query listed on B', async () => (((await (await get('B', '/api/v1/queries')).json()) as { queries: { id: string }[] }).queries.some((q) => q.id === id) ? true : undefined));
+    // B owns mB's shard: data keeps arriving there, each second as it happens.
+    ticker = setInterval(() => void ingest('B', mB, Math.floor(Date.now() / 1000), 7).catch(() => undefined), 250);
+    const sse = await fetch(`${nodes.A.url}/api/v1/queries/${id}/live?access_token=${tokens.read}`);
+    expect(sse.status).toBe(200);
+    const reader = sse.body!.getReader();
+    let text = '';
+    await until('a live window on A (evaluated on B)', async () => {
+      const { value } = await reader.read();
+      text += new TextDecoder().decode(value);
+      return text.includes('event: window') ? true : undefined;
+    }, 20_000);
+    await reader.cancel();
+    expect(text).toMatch(/"max":8/);
+    expect(await metric('A', 'apm_core_query_windows_evaluated_total')).toBe(0);
+    expect(await metric('B', 'apm_core_query_windows_evaluated_total')).toBeGreaterThan(0);
+    expect(await metric('A', 'apm_core_cluster_query_windows_total', 'result="received"')).toBeGreaterThan(0);
+    // Results history comes from the evaluating node, through either node.
+    const res = await get('A', `/api/v1/queries/${id}/results?from=-5m`);
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { windows: unknown[] }).windows.length).toBeGreaterThan(0);
+    // Ownership moves: A becomes the shard's first ready owner and takes the query over.
+    cluster.owners[shardOfMetric(mB, S)] = ['A', 'B'];
+    cluster.change();
+    await until('A evaluates the query, B no longer', async () => ((await metric('A', 'apm_core_cluster_queries_evaluated')) === 1 && (await metric('B', 'apm_core_cluster_queries_evaluated')) === 0 ? true : undefined));
+    // Deleted through B: gone on A.
+    expect((await fetch(`${nodes.B.url}/api/v1/queries/${id}`, { method: 'DELETE', headers: auth(tokens.write) })).status).toBe(204);
+    await until('the query gone on A', async () => ((await get('A', `/api/v1/queries/${id}`)).status === 404 ? true : undefined));
+  }, 40_000);
+});

@@ -1,0 +1,361 @@
+// Query routing in a core cluster (issue 13): any node answers any API call.
+//
+// - A route whose answer is one metric's data (ad-hoc /api/v1/query?q=, the Prometheus
+//   query_range and instant query, export, a stored query's results) is answered where the
+//   metric's shard is: locally when this node serves the shard (it owns it and has caught up),
+//   else proxied to the shard's first ready owner with the same method, path, query and body and
+//   the caller's own Authorization header (never a node credential: the owner checks the
+//   caller's token and role itself). A stored query's results go to its evaluating node, the
+//   first ready owner, even when this node is a later owner (it does not evaluate the query).
+// - A proxied request carries forwardedHeader; a node never proxies such a request again: it
+//   answers it itself or says 503 (no loops while two nodes' views of the placement differ).
+// - Lists across metrics (/api/v1/metrics, the Prometheus label values, series, metadata) fan
+//   out: this node answers for the shards it serves, one ready owner per other shard answers
+//   with localHeader (only its own ready shards), the answers are merged and de-duplicated.
+//
+// Both headers may come from any client: a forged forwardedHeader only gets a local answer or
+// a 503, a forged localHeader only a partial list. Neither lends any rights.
+
+import { Readable } from 'node:stream';
+import type { Context, MiddlewareHandler, Next } from 'hono';
+import { Agent, request, type Dispatcher } from 'undici';
+import { hashName } from '../../schema/names.js';
+import type { PromText } from '../../schema/prom.js';
+import { shardOf } from '../../schema/section.js';
+import { metricOfMatch } from '../history/routes.js';
+import type { QueryCatalog } from '../query/catalog.js';
+import { parseQuery } from '../query/parse.js';
+import { parseForProm, promLimits, scalarLiteral } from '../query/prom.js';
+import type { ClusterView, NodeState } from './view.js';
+
+declare module 'hono' {
+  interface ContextVariableMap {
+    /** A cluster list route: the metrics this node answers for (those of the shards it serves); absent: all. */
+    apmShardFilter: (metric: string) => boolean;
+  }
+}
+
+export const clusterRouteLimits = {
+  /** The owner's answer must start within this: its ad-hoc budget (adHocEvalMs, 2 s) plus queueing. */
+  proxyHeadersTimeoutMs: 10_000,
+  /** Silence between two chunks of a proxied body (an export reads a chunk of ~200,000 points at a time). */
+  proxyBodyIdleMs: 30_000,
+  proxyConnectTimeoutMs: 2_000,
+  /** Proxied requests open at once; beyond it 503 (each holds a socket to the owner and a client's connection). */
+  proxiesInFlightMax: 256,
+  /** Connections to one other node. */
+  connectionsPerNodeMax: 64,
+  /** A node's part of a list must arrive within this (else the list is answered without it, with a warning). */
+  fanoutTimeoutMs: 5_000,
+  /** Bytes of one node's part of a list: 10,000 names (listValuesMax) of up to 128 characters, with room for metadata. */
+  fanoutBytesMax: 16 * 1024 * 1024,
+} as const;
+
+/** Set on a proxied request: the id of the node that proxied it (a loop guard). */
+export const forwardedHeader = 'x-apm-forwarded-by';
+/** Set on a fanned-out list request: answer only for the shards this node serves. */
+export const localHeader = 'x-apm-local-shards';
+
+/** Response headers passed back from the owner (besides the body and status). */
+const passedHeaders = ['content-type', 'cache-control', 'retry-after', 'www-authenticate'];
+
+/** The shard of a metric (its name's hash lo32, as ShardPool and the racks cut it). */
+export function shardOfMetric(name: string, shards: number): number {
+  const h = new Uint32Array(2);
+  hashName(name, h, 0);
+  return shardOf(h[0]!, shards);
+}
+
+type ListRoute = 'metrics' | 'label_values' | 'series' | 'metadata';
+
+/** The cluster-wide list a request asks for, or null. Label values of `function` and `query` are the same on every node. */
+function listRoute(method: string, path: string): ListRoute | null {
+  const get = method === 'GET' || method === 'HEAD';
+  if (get && path === '/api/v1/metrics') return 'metrics';
+  if (get && path === '/api/v1/metadata') return 'metadata';
+  if ((get || method === 'POST') && path === '/api/v1/series') return 'series';
+  const m = /^\/api\/v1\/label\/([^/]+)\/values$/.exec(path);
+  if (get && m !== null && ['__name__', 'server', 'rack'].includes(m[1]!)) return 'label_values';
+  return null;
+}
+
+const resultsPath = /^\/api\/v1\/queries\/([^/]+)\/results$/;
+
+/** What one metric's route needs: its metrics, and whether it must reach the evaluating node. */
+interface Target {
+  metrics: string[];
+  evaluator: boolean;
+}
+
+type ProxyResult = 'ok' | 'failed' | 'timeout' | 'busy' | 'unavailable' | 'loop' | 'spans_nodes';
+
+export class ClusterRouting {
+  readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0 };
+  readonly fanout = { ok: 0, failed: 0, shards_missing: 0, truncated: 0 };
+  private inFlight = 0;
+  private readonly agent = new Agent({
+    connections: clusterRouteLimits.connectionsPerNodeMax,
+    headersTimeout: clusterRouteLimits.proxyHeadersTimeoutMs,
+    bodyTimeout: clusterRouteLimits.proxyBodyIdleMs,
+    connect: { timeout: clusterRouteLimits.proxyConnectTimeoutMs },
+  });
+
+  constructor(
+    private readonly view: ClusterView,
+    private readonly stored: QueryCatalog,
+  ) {}
+
+  /** The middleware createApi installs before the query, Prometheus and history routes. */
+  middleware(): MiddlewareHandler {
+    return async (c, next) => {
+      const list = listRoute(c.req.method, c.req.path);
+      if (list !== null) return this.list(c, next, list);
+      const t = await this.targetOf(c);
+      if (t === null) return next();
+      return this.route(c, next, t);
+    };
+  }
+
+  /** Answers locally, proxies, or refuses with 503 (no ready owner; a proxied request for a shard not served here). */
+  private async route(c: Context, next: Next, t: Target): Promise<Response | void> {
+    const S = this.view.settings.shards;
+    const targets = new Map<string, NodeState | null>();
+    for (const metric of t.metrics) {
+      const shard = shardOfMetric(metric, S);
+      const first = this.view.readyOwners(shard)[0];
+      const local = t.evaluator ? first?.id === this.view.nodeId : this.view.servesLocally(shard);
+      if (local) targets.set(this.view.nodeId, null);
+      else if (first === undefined) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
+      else if (c.req.header(forwardedHeader) !== undefined) {
+        return this.refuse(c, 'loop', `this node (${this.view.nodeId}) does not ${t.evaluator ? 'evaluate the stored queries of' : 'serve'} shard ${shard} (metric ${metric}), and the request was already proxied (by ${c.req.header(forwardedHeader)}): the nodes' views of the placement differ for a moment; retry shortly`);
+      } else targets.set(first.id, first);
+    }
+    if (targets.size > 1) {
+      this.proxied.spans_nodes++;
+      c.set('apmRefusal', 'spans_nodes');
+      return c.json({ error: `the metrics of this request live on ${targets.size} nodes (${[...targets.keys()].join(', ')}); ask for them one request each`, reason: 'spans_nodes' }, 400);
+    }
+    const [to] = targets.values();
+    return to === null || to === undefined ? next() : this.proxy(c, to);
+  }
+
+  private refuse(c: Context, result: 'unavailable' | 'loop', error: string): Response {
+    this.proxied[result]++;
+    c.set('apmRefusal', 'shard_unavailable');
+    return c.json({ error, reason: 'shard_unavailable' }, 503);
+  }
+
+  /** The metrics a one-metric route reads, or null when it reads none (or cannot say: the local route answers the error). */
+  private async targetOf(c: Context): Promise<Target | null> {
+    const { method, path } = c.req;
+    const one = (metric: string | null): Target | null => (metric === null ? null : { metrics: [metric], evaluator: false });
+    if (path === '/api/v1/query' && method === 'GET') {
+      const q = c.req.query('q');
+      return one(q !== undefined ? metricOf(() => parseQuery(q).metric) : promMetric(c.req.query('query')));
+    }
+    if ((path === '/api/v1/query' && method === 'POST') || (path === '/api/v1/query_range' && (method === 'GET' || method === 'POST'))) return one(promMetric(await promParam(c, 'query')));
+    if (path === '/api/v1/export' && method === 'GET') {
+      const names = [...(c.req.queries('match[]') ?? []), ...(c.req.queries('metric') ?? [])].map(metricOfMatch);
+      return names.length === 0 || names.includes(null) ? null : { metrics: names as string[], evaluator: false };
+    }
+    const m = method === 'GET' ? resultsPath.exec(path) : null;
+    if (m !== null) {
+      const metric = this.stored.metricOf(decodeURIComponent(m[1]!));
+      return metric === undefined ? null : { metrics: [metric], evaluator: true };
+    }
+    return null;
+  }
+
+  /** The same request to `to`, its answer streamed back. */
+  private async proxy(c: Context, to: NodeState): Promise<Response> {
+    if (this.inFlight >= clusterRouteLimits.proxiesInFlightMax) {
+      this.proxied.busy++;
+      c.set('apmRefusal', 'proxy_busy');
+      return c.json({ error: `${this.inFlight} requests are being proxied by this node already (proxiesInFlightMax ${clusterRouteLimits.proxiesInFlightMax}); retry shortly, or ask node ${to.id} (${to.url}) directly`, reason: 'proxy_busy' }, 503);
+    }
+    const url = new URL(c.req.url);
+    const target = `${to.url.replace(/\/+$/, '')}${url.pathname}${url.search}`;
+    const body = c.req.method === 'GET' || c.req.method === 'HEAD' ? undefined : await c.req.text();
+    this.inFlight++;
+    let r: Dispatcher.ResponseData;
+    try {
+      r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
+    } catch (err) {
+      this.inFlight--;
+      const timeout = /TIMEOUT/.test((err as { code?: string }).code ?? '');
+      this.proxied[timeout ? 'timeout' : 'failed']++;
+      c.set('apmRefusal', 'proxy_failed');
+      return c.json({ error: `node ${to.id} (${to.url}), the owner of this request's shard, did not answer ${c.req.method} ${url.pathname}${timeout ? ' in time' : ''}: ${(err as Error).message}; retry shortly`, reason: 'proxy_failed' }, 503);
+    }
+    this.proxied.ok++;
+    let released = false;
+    const release = () => {
+      if (!released) (released = true), this.inFlight--;
+    };
+    r.body.once('close', release);
+    r.body.once('error', release);
+    const out = new Headers();
+    for (const k of passedHeaders) {
+      const v = r.headers[k];
+      if (typeof v === 'string') out.set(k, v);
+    }
+    if (c.req.method === 'HEAD' || r.statusCode === 204 || r.statusCode === 304) {
+      r.body.resume();
+      release();
+      return new Response(null, { status: r.statusCode, headers: out });
+    }
+    return new Response(Readable.toWeb(r.body) as ReadableStream<Uint8Array>, { status: r.statusCode, headers: out });
+  }
+
+  /** Headers of a request to another node: the caller's token unchanged, its body's type, the loop guard. */
+  private forwardHeaders(c: Context, extra: Record<string, string> = {}): Record<string, string> {
+    const h: Record<string, string> = { [forwardedHeader]: this.view.nodeId, ...extra };
+    for (const k of ['authorization', 'content-type', 'accept']) {
+      const v = c.req.header(k);
+      if (v !== undefined) h[k] = v;
+    }
+    return h;
+  }
+
+  /** A cluster-wide list: this node's part, then one ready owner's per other shard, merged. */
+  private async list(c: Context, next: Next, route: ListRoute): Promise<Response | void> {
+    const S = this.view.settings.shards;
+    c.set('apmShardFilter', (metric) => this.view.servesLocally(shardOfMetric(metric, S)));
+    if (c.req.header(localHeader) !== undefined) return next();
+    const ask = new Map<string, NodeState>();
+    const missing: number[] = [];
+    for (let s = 0; s < S; s++) {
+      if (this.view.servesLocally(s)) continue;
+      const o = this.view.readyOwners(s)[0];
+      if (o === undefined) missing.push(s);
+      else if (o.id !== this.view.nodeId) ask.set(o.id, o);
+    }
+    const body = c.req.method === 'POST' ? await c.req.text() : undefined; // read before the local route: it is cached for it
+    await next();
+    if (c.res.status !== 200 || (ask.size === 0 && missing.length === 0)) return;
+    const parts: ListAnswer[] = [(await c.res.json()) as ListAnswer];
+    const warnings: string[] = [];
+    if (missing.length > 0) {
+      this.fanout.shards_missing += missing.length;
+      warnings.push(`${missing.length} of ${S} shards have no ready owner (${missing.slice(0, 16).join(', ')}${missing.length > 16 ? ', …' : ''}): their metrics are missing from this list`);
+    }
+    for (const a of await Promise.all([...ask.values()].map((n) => this.fetchPart(c, n, body)))) {
+      if (typeof a === 'string') warnings.push(a);
+      else parts.push(a);
+    }
+    const merged = mergeLists(route, parts, listLimit(new URL(c.req.url).searchParams.get('limit')), warnings);
+    if (merged.truncated) this.fanout.truncated++;
+    c.res = new Response(JSON.stringify(merged.answer), { status: 200, headers: { 'content-type': 'application/json' } });
+  }
+
+  /** One node's part of a list, or a warning saying why it is missing. */
+  private async fetchPart(c: Context, n: NodeState, body: string | undefined): Promise<ListAnswer | string> {
+    const url = new URL(c.req.url);
+    try {
+      const r = await request(`${n.url.replace(/\/+$/, '')}${url.pathname}${url.search}`, {
+        method: c.req.method as Dispatcher.HttpMethod,
+        headers: this.forwardHeaders(c, { [localHeader]: '1' }),
+        body,
+        dispatcher: this.agent,
+        headersTimeout: clusterRouteLimits.fanoutTimeoutMs,
+        bodyTimeout: clusterRouteLimits.fanoutTimeoutMs,
+        signal: AbortSignal.timeout(clusterRouteLimits.fanoutTimeoutMs),
+      });
+      const chunks: Buffer[] = [];
+      let bytes = 0;
+      for await (const chunk of r.body as AsyncIterable<Buffer>) {
+        bytes += chunk.length;
+        if (bytes > clusterRouteLimits.fanoutBytesMax) {
+          r.body.destroy();
+          throw new Error(`answer exceeds fanoutBytesMax ${clusterRouteLimits.fanoutBytesMax} bytes`);
+        }
+        chunks.push(chunk);
+      }
+      if (r.statusCode !== 200) throw new Error(`status ${r.statusCode}: ${Buffer.concat(chunks).toString('utf8').slice(0, 200)}`);
+      this.fanout.ok++;
+      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as ListAnswer;
+    } catch (err) {
+      this.fanout.failed++;
+      return `node ${n.id} (${n.url}) did not give its part of this list (${(err as Error).message}): the metrics of its shards are missing`;
+    }
+  }
+
+  writeMetrics(p: PromText): void {
+    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400)", 'result', this.proxied);
+    p.counters('apm_core_cluster_fanout_total', 'Parts of cluster-wide lists asked of other nodes, by result (failed: the list was answered without it, with a warning)', 'result', { ok: this.fanout.ok, failed: this.fanout.failed });
+    p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner', this.fanout.shards_missing);
+    p.counter('apm_core_cluster_fanout_truncated_total', 'Cluster-wide lists cut at their limit after merging', this.fanout.truncated);
+  }
+
+  close(): Promise<void> {
+    return this.agent.close();
+  }
+}
+
+/** The metric of a query text, or null when it does not parse (the local route says why). */
+function metricOf(f: () => string): string | null {
+  try {
+    return f();
+  } catch {
+    return null;
+  }
+}
+
+/** The metric of a Prometheus API query (apm's language); null for a scalar literal, a missing or bad text. */
+function promMetric(text: string | undefined): string | null {
+  if (text === undefined || scalarLiteral(text) !== null) return null;
+  return metricOf(() => parseForProm(text, 1).q.metric);
+}
+
+/** A Prometheus API parameter: a form POST's body wins over the URL (as prom.ts reads it). */
+async function promParam(c: Context, name: string): Promise<string | undefined> {
+  const type = (c.req.header('content-type') ?? '').toLowerCase();
+  if (c.req.method === 'POST' && type.startsWith('application/x-www-form-urlencoded')) {
+    const v = new URLSearchParams(await c.req.text()).get(name);
+    if (v !== null) return v;
+  }
+  return c.req.query(name);
+}
+
+interface MetricEntry {
+  name: string;
+  kind: string;
+  firstSeenMs: number;
+  lastSeenMs: number;
+}
+/** A node's list answer: /api/v1/metrics' {metrics}, or a Prometheus {status, data, warnings}. */
+type ListAnswer = { metrics?: MetricEntry[]; data?: unknown; warnings?: string[] };
+
+function listLimit(asked: string | null): number {
+  const n = asked === null || asked === '' || asked === '0' ? promLimits.listValuesMax : Number(asked);
+  return Number.isInteger(n) && n > 0 ? Math.min(n, promLimits.listValuesMax) : promLimits.listValuesMax;
+}
+
+/** Merges the nodes' parts of a list: de-duplicated, sorted, cut at `limit` (Prometheus lists), warnings kept. */
+export function mergeLists(route: ListRoute, parts: readonly ListAnswer[], limit: number, warnings: string[]): { answer: object; truncated: boolean } {
+  const all = [...new Set([...parts.flatMap((p) => p.warnings ?? []), ...warnings])];
+  const withWarnings = (o: object, w: string[]) => (w.length > 0 ? { ...o, warnings: w } : o);
+  if (route === 'metrics') {
+    const by = new Map<string, MetricEntry>();
+    for (const m of parts.flatMap((p) => p.metrics ?? [])) {
+      const had = by.get(m.name);
+      by.set(m.name, had === undefined ? { ...m } : { ...had, firstSeenMs: Math.min(had.firstSeenMs, m.firstSeenMs), lastSeenMs: Math.max(had.lastSeenMs, m.lastSeenMs) });
+    }
+    return { answer: withWarnings({ metrics: [...by.values()].sort((a, b) => (a.name < b.name ? -1 : 1)) }, all), truncated: false };
+  }
+  const cut = <T>(items: T[]): T[] => {
+    if (items.length <= limit) return items;
+    all.push(`results truncated due to limit (${limit}) after merging the nodes' lists; narrow match[]`);
+    return items.slice(0, limit);
+  };
+  let data: unknown;
+  if (route === 'label_values') data = cut([...new Set(parts.flatMap((p) => (Array.isArray(p.data) ? (p.data as string[]) : [])))].sort());
+  else if (route === 'series') data = cut([...new Set(parts.flatMap((p) => (Array.isArray(p.data) ? (p.data as { __name__: string }[]).map((s) => s.__name__) : [])))].sort()).map((n) => ({ __name__: n }));
+  else {
+    const by: Record<string, unknown> = {};
+    for (const p of parts) if (typeof p.data === 'object' && p.data !== null) Object.assign(by, p.data);
+    data = Object.fromEntries(cut(Object.keys(by).sort()).map((k) => [k, by[k]]));
+  }
+  const truncated = all.some((w) => w.includes('after merging'));
+  return { answer: withWarnings({ status: 'success', data }, all), truncated };
+}
