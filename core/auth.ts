@@ -163,6 +163,8 @@ export function accessFor(method: string, path: string): Access {
   if (m === 'POST' && path === '/api/v1/import') return 'ingest';
   // A rack asks for the shard count before it cuts its sections (issue 12).
   if (m === 'GET' && path === '/api/v1/placement') return 'ingest';
+  // A shard's snapshot is all of its data and its de-duplication marks (issue 13): nodes copy it with an admin token.
+  if (m === 'GET' && shardSnapshotPath.test(path)) return 'admin';
   if (m === 'GET') return 'read';
   // The Prometheus API's reads may come as form POSTs (Grafana's default, promtool's first try).
   if (m === 'POST' && promReadPost.test(path)) return 'read';
@@ -179,6 +181,8 @@ export function allows(role: Role, access: Access): boolean {
 }
 
 const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
+/** core/cluster/snapshot-routes.ts */
+const shardSnapshotPath = /^\/api\/v1\/cluster\/shards\/[^/]+\/snapshot$/;
 const promReadPost = /^\/api\/v1\/(query|query_range|labels|series|query_exemplars|format_query)$/;
 const rackStatusPath = /^\/api\/v1\/racks\/([^/]+)\/status$/;
 

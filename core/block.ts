@@ -781,3 +781,88 @@ export function trimSummaries(c: SummaryColumns, n: number): SummaryColumns {
     sketchEnd: c.sketchEnd.subarray(0, n),
   };
 }
+
+/**
+ * The server ids of a stored row (version 1 or 2), ascending, without decoding its values when it
+ * is version 2 (a shard snapshot names a row's servers: core/snapshot.ts). Throws RowError.
+ */
+export function rowServerIds(stored: Uint8Array): Uint32Array {
+  if (stored[0] !== rowV2Marker) return decodeV1(stored).serverIds;
+  const r = new ByteReader(stored);
+  r.skip(3);
+  const n = r.varint();
+  if (n > stored.length) throw new RowError(`${n} servers in a row of ${stored.length} bytes`);
+  const ids = new Uint32Array(n);
+  let prev = 0;
+  for (let j = 0; j < n; j++) {
+    const id = (prev += r.varint());
+    if (id > 0xffffffff) throw new RowError(`server id ${id} in a row`);
+    ids[j] = id;
+  }
+  return ids;
+}
+
+/**
+ * A whole decoded row with its servers renumbered by `idOf` (another store's ids: a shard restored
+ * from another node, core/snapshot.ts) and put in ascending order of the new ids, as encodeRow
+ * needs; a server `idOf` maps below 0 is left out (the target's registry is full). Entries are
+ * copied (sketches still point into the row's bytes); aggregates are not carried: encodeRow
+ * computes them again in the new server order, the order the evaluator then adds values in.
+ */
+export function renumberServers(row: DecodedRow, idOf: (serverId: number) => number): RowInput {
+  if (row.entries !== 'values' || row.serversOmitted !== 0) throw new Error('BUG: renumbering a partly decoded row');
+  const order: { j: number; id: number }[] = [];
+  for (let j = 0; j < row.serverIds.length; j++) {
+    const id = idOf(row.serverIds[j]!);
+    if (id >= 0) order.push({ j, id });
+  }
+  order.sort((a, b) => a.id - b.id);
+  for (let k = 1; k < order.length; k++) if (order[k]!.id === order[k - 1]!.id) throw new Error(`BUG: two servers of a row renumbered to ${order[k]!.id}`);
+  let pn = 0;
+  let dn = 0;
+  for (const { j } of order) {
+    pn += row.pointStart[j + 1]! - row.pointStart[j]!;
+    dn += row.distStart[j + 1]! - row.distStart[j]!;
+  }
+  const pointStart = new Int32Array(order.length + 1);
+  const distStart = new Int32Array(order.length + 1);
+  const pointSecs = new Uint16Array(pn);
+  const pointVals = new Float64Array(pn);
+  const dist = summaryColumns(dn);
+  let p = 0;
+  let d = 0;
+  order.forEach(({ j }, o) => {
+    pointStart[o] = p;
+    distStart[o] = d;
+    const p0 = row.pointStart[j]!;
+    const p1 = row.pointStart[j + 1]!;
+    pointSecs.set(row.pointSecs.subarray(p0, p1), p);
+    pointVals.set(row.pointVals.subarray(p0, p1), p);
+    p += p1 - p0;
+    for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++, d++) {
+      dist.secs[d] = row.dist.secs[i]!;
+      dist.count[d] = row.dist.count[i]!;
+      dist.sum[d] = row.dist.sum[i]!;
+      dist.min[d] = row.dist.min[i]!;
+      dist.max[d] = row.dist.max[i]!;
+      dist.sketchSrc[d] = row.dist.sketchSrc[i]!;
+      dist.sketchStart[d] = row.dist.sketchStart[i]!;
+      dist.sketchEnd[d] = row.dist.sketchEnd[i]!;
+    }
+  });
+  pointStart[order.length] = p;
+  distStart[order.length] = d;
+  return {
+    ...row,
+    serverIds: Uint32Array.from(order, (o) => o.id),
+    serversOmitted: 0,
+    aggregates: null,
+    pointStart,
+    pointSecs,
+    pointVals,
+    distStart,
+    dist,
+    rollupFrom: 0,
+    rollupTo: row.rollup.secs.length,
+  };
+}

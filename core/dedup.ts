@@ -92,6 +92,32 @@ export class Dedup {
     this.dirty.clear();
   }
 
+  /**
+   * Forgets a shard's entries in memory (its marks on disk are being replaced: a shard restored
+   * from another node, core/snapshot.ts). Call between commits (nothing of the shard is dirty then).
+   */
+  forgetShard(shard: number): void {
+    const prefix = String.fromCharCode(shard >>> 8, shard & 0xff);
+    for (const k of this.entries.keys()) {
+      if (!k.startsWith(prefix)) continue;
+      this.entries.delete(k);
+      this.dirty.delete(k);
+    }
+  }
+
+  /**
+   * Takes in an entry as another node stored it (its key and value bytes; a restored shard's
+   * marks, which the caller writes to disk); false when the value is not an entry.
+   */
+  adopt(key: Buffer, value: Buffer): boolean {
+    const e = decode(value);
+    if (e === null) return false;
+    const k = key.toString('latin1');
+    if (!this.entries.has(k) && this.entries.size >= this.opts.racksMax * 4) this.evictOne();
+    this.entries.set(k, e);
+    return true;
+  }
+
   private evictOne(): void {
     const k = this.entries.keys().next().value;
     if (k === undefined) return;

@@ -13,6 +13,7 @@ import { hashName } from '../schema/names.js';
 import { originRack, sectionAt, type RackSecondMessage } from '../schema/section.js';
 import type { ExportChunk } from './history/export.js';
 import { openLayout, Placement } from './layout.js';
+import { RecordBatcher, RecordFramer, restoreBatchBytes, SnapshotError, type RestoreSummary } from './snapshot.js';
 import type { Reply, SectionRef, ToMain, ToWorker, WorkerConfig, WorkerMetric, WorkerStats } from './protocol.js';
 import type { WindowResult } from './query/eval.js';
 import type { StoredOptions, StoredQuery } from './query/stored.js';
@@ -301,11 +302,18 @@ export class ShardPool {
   }
 
   /** Hands every stored-query definition to the worker owning its metric. */
-  async sync(defs: StoredQuery[], metricOf: (d: StoredQuery) => string): Promise<void> {
+  /**
+   * Hands every stored-query definition to the worker owning its metric. `elsewhere`: queries
+   * another cluster node evaluates now; not evaluated here, their results kept (stored.ts sync).
+   */
+  async sync(defs: StoredQuery[], metricOf: (d: StoredQuery) => string, elsewhere: StoredQuery[] = []): Promise<void> {
     this.defs = defs;
+    this.elsewhere = elsewhere;
     this.metricOf = metricOf;
     await Promise.all(this.slots.map((s) => this.syncSlot(s)));
   }
+
+  private elsewhere: StoredQuery[] = [];
 
   private metricOf: (d: StoredQuery) => string = () => '';
 
@@ -313,7 +321,10 @@ export class ShardPool {
     const defsByStore: Record<number, StoredQuery[]> = {};
     for (const e of this.placement.storesOf(slot.index)) defsByStore[e] = [];
     for (const d of this.defs) defsByStore[this.storeOfMetric(this.metricOf(d))]?.push(d);
-    const r = await this.request(slot, { t: 'sync', id: this.nextId++, defsByStore });
+    const elsewhereByStore: Record<number, StoredQuery[]> = {};
+    for (const e of this.placement.storesOf(slot.index)) elsewhereByStore[e] = [];
+    for (const d of this.elsewhere) elsewhereByStore[this.storeOfMetric(this.metricOf(d))]?.push(d);
+    const r = await this.request(slot, { t: 'sync', id: this.nextId++, defsByStore, elsewhereByStore });
     if (r.error !== undefined) throw new WorkerError(r.error);
   }
 
@@ -361,6 +372,68 @@ export class ShardPool {
       Object.assign(out, r.seqs);
     }
     return out;
+  }
+
+  /**
+   * A consistent snapshot of one shard as a byte stream in chunks (core/snapshot.ts), read from
+   * its worker one chunk per request; finish the iteration or break out of it (the cursor closes).
+   */
+  async *snapshotShard(shard: number): AsyncGenerator<Uint8Array, void, void> {
+    this.checkShard(shard);
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    let r = await this.request(slot, { t: 'snapshotOpen', id: this.nextId++, shard });
+    let cursor = -1;
+    try {
+      for (;;) {
+        if (r.error !== undefined || r.snapshot === undefined) throw new SnapshotError(`snapshot of shard ${shard}: ${r.error ?? 'no chunk in the answer'}`);
+        cursor = r.snapshot.cursor;
+        if (r.snapshot.done) {
+          cursor = -1;
+          return;
+        }
+        yield new Uint8Array(r.snapshot.bytes);
+        r = await this.request(slot, { t: 'snapshotNext', id: this.nextId++, cursor });
+      }
+    } finally {
+      // Left early (the reader went away): the worker's cursor holds read transactions until closed.
+      if (cursor >= 0) void this.request(slot, { t: 'snapshotClose', id: this.nextId++, cursor });
+    }
+  }
+
+  /**
+   * Replaces one shard's data by a snapshot stream's (core/snapshot.ts): the worker empties the
+   * shard (applied 0), takes the stream's records in batches and records the applied sequence
+   * last. A truncated or corrupt stream throws SnapshotError and leaves the shard empty at applied 0.
+   */
+  async restoreShard(shard: number, chunks: AsyncIterable<Uint8Array>): Promise<RestoreSummary> {
+    this.checkShard(shard);
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    const ask = async (msg: ToWorker, transfer: ArrayBuffer[] = [], timeoutMs?: number) => {
+      const r = await this.request(slot, msg, transfer, timeoutMs);
+      if (r.error !== undefined) throw new SnapshotError(r.error);
+      return r;
+    };
+    await ask({ t: 'restoreBegin', id: this.nextId++, shard }, [], restoreWipeTimeoutMs);
+    const framer = new RecordFramer();
+    try {
+      const batcher = new RecordBatcher(restoreBatchBytes);
+      const send = (b: Buffer) => ask({ t: 'restoreBatch', id: this.nextId++, shard, buf: b.buffer as ArrayBuffer }, [b.buffer as ArrayBuffer]);
+      for await (const chunk of chunks) for (const rec of framer.push(chunk)) for (const batch of batcher.add(rec)) await send(batch);
+      framer.end();
+      const last = batcher.flush();
+      if (last !== null) await send(last);
+      const r = await ask({ t: 'restoreEnd', id: this.nextId++, shard });
+      if (r.restored === undefined) throw new SnapshotError('no restore summary in the answer');
+      return { ...r.restored, bytes: framer.bytes };
+    } catch (err) {
+      const abort = await this.request(slot, { t: 'restoreAbort', id: this.nextId++, shard }, [], restoreWipeTimeoutMs);
+      const left = abort.error === undefined ? 'it is left empty at applied 0' : `emptying it failed too (${abort.error}); it is at applied 0`;
+      throw new SnapshotError(`restoring shard ${shard} failed after ${framer.bytes} B of its snapshot: ${(err as Error).message}; ${left}: copy it again`, { cause: err });
+    }
+  }
+
+  private checkShard(shard: number): void {
+    if (!Number.isInteger(shard) || shard < 0 || shard >= this.shards) throw new SnapshotError(`shard ${shard} is not in 0..${this.shards - 1}`);
   }
 
   /** Every metric of every shard. */
@@ -443,6 +516,9 @@ function perStore(o: PoolOptions['store'], stores: number): Pick<StoreOptions, '
     ...(o.walBacklogBytesMax === undefined ? {} : { walBacklogBytesMax: Math.floor(o.walBacklogBytesMax / stores) }),
   };
 }
+
+/** Emptying a shard before and after a restore: bounded transactions over all its rows (minutes for a large shard, not the 30 s of a request). */
+const restoreWipeTimeoutMs = 10 * 60_000;
 
 /** A /metrics scrape waits this long for a busy worker's figures, then uses its last report. */
 const statsWaitMs = 2000;

@@ -3,6 +3,7 @@
 import type { ExportChunk } from './history/export.js';
 import type { Layout } from './layout.js';
 import type { WindowResult } from './query/eval.js';
+import type { RestoreSummary } from './snapshot.js';
 import type { StoredOptions, StoredQuery } from './query/stored.js';
 import type { RequestHeader, StoreIngestResult, StoreOptions } from './store.js';
 
@@ -31,7 +32,7 @@ export type ToWorker =
   | { t: 'ingest'; id: number; h: RequestHeader; sections: SectionRef[]; buf: ArrayBuffer }
   | { t: 'query'; id: number; query: string; fromSec: number; toSec: number }
   | { t: 'export'; id: number; metric: string; fromSec: number; toSec: number; entriesMax: number }
-  | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]> }
+  | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]>; elsewhereByStore: Record<number, StoredQuery[]> }
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
   | { t: 'metrics'; id: number }
   | { t: 'streamSeqs'; id: number }
@@ -39,7 +40,16 @@ export type ToWorker =
   | { t: 'stats'; id: number }
   | { t: 'flush'; id: number; nowMs: number }
   | { t: 'tick'; id: number; nowMs: number }
-  | { t: 'stop'; id: number };
+  | { t: 'stop'; id: number }
+  // Shard snapshots (issue 13, core/snapshot.ts): a cursor answers one chunk per request; a
+  // restore takes batches of whole records between its begin (wipe) and its end (applied seq).
+  | { t: 'snapshotOpen'; id: number; shard: number }
+  | { t: 'snapshotNext'; id: number; cursor: number }
+  | { t: 'snapshotClose'; id: number; cursor: number }
+  | { t: 'restoreBegin'; id: number; shard: number }
+  | { t: 'restoreBatch'; id: number; shard: number; buf: ArrayBuffer }
+  | { t: 'restoreEnd'; id: number; shard: number }
+  | { t: 'restoreAbort'; id: number; shard: number };
 
 export interface WorkerStats {
   counters: Record<string, number>;
@@ -66,6 +76,10 @@ export interface WorkerMetric {
   lastSeenMs: number;
 }
 
-export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string };
+export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string;
+  /** A snapshot cursor's next chunk (transferred; empty when done). */
+  snapshot?: { cursor: number; bytes: ArrayBuffer; done: boolean };
+  restored?: Omit<RestoreSummary, 'bytes'>;
+};
 
 export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };

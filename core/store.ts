@@ -17,7 +17,7 @@
 
 import { statfsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Database, RootDatabase } from 'lmdb';
+import { TransactionFlags, type Database, type RootDatabase, type Transaction } from 'lmdb';
 import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
 import { deleteRange, openLmdb, writeFailure } from '../schema/lmdb.js';
@@ -25,10 +25,11 @@ import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import { decodeRow, encodeRow, RowError, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
-import { Dedup } from './dedup.js';
+import { Dedup, windowSeqs } from './dedup.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
+import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
 export interface StoreOptions {
   dir: string;
@@ -183,10 +184,21 @@ export class Store {
     points_dropped_bad_value: 0,
     /** Points and summaries of a kind other than their metric's (issue 16.6): a gauge or counter of a distribution metric, or the reverse. */
     points_dropped_kind_conflict: 0,
+    /** Shard snapshots (issue 13, core/snapshot.ts): taken for another node; restored here, and failed restores. */
+    shard_snapshots: 0,
+    shard_restores: 0,
+    shard_restores_failed: 0,
+    /** What restores took in: rows, WAL entries and de-duplication marks. */
+    restored_rows: 0,
+    restored_wal_entries: 0,
+    restored_marks: 0,
+    /** Restored servers and metrics this store's registry refused (full, or a metric of another kind here): their entries are left out or unlisted. */
+    restore_servers_refused: 0,
+    restore_metrics_refused: 0,
   };
   readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full', number>> = {};
   /** Decoded rows stored queries read again (core/rowcache.ts). */
-  private readonly rowCache = new RowCache(rowCacheBytesMax, this.counters);
+  private rowCache = new RowCache(rowCacheBytesMax, this.counters);
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
   sliceMsMax = 0;
   lastError = '';
@@ -492,6 +504,8 @@ export class Store {
     }
     const decoded: ShardSectionMessage[] = [];
     for (const s of sections) {
+      // A shard being restored from another node (core/snapshot.ts) takes nothing until its copy is whole.
+      if (this.restoring.has(s.shard)) return { status: 503, reason: 'shard_restoring', error: `shard ${s.shard} is being restored from another node; retry when the copy is done` };
       const r = decodeFrame(s.bytes, batchBytesMax);
       if (!r.ok || r.msg.type !== 'shardSection') {
         const reason = r.ok ? 'not_a_section' : r.reason;
@@ -980,6 +994,191 @@ export class Store {
       }
     }
     return this.room.reason;
+  }
+
+  // ---- Shard snapshots (issue 13): the format and the logic are in core/snapshot.ts; the store
+  // lends it its databases, names of its ids and its write paths (ShardIo).
+
+  /** Shards being restored from another node: their ingest is refused (503 shard_restoring) until the restore ends. */
+  private readonly restoring = new Set<number>();
+  private io: ShardIo | null = null;
+
+  /** A consistent snapshot of one shard as chunks of a byte stream (core/snapshot.ts); finish or return() it. */
+  snapshotShard(shard: number, chunkBytes?: number): Generator<Uint8Array, void, void> {
+    this.counters.shard_snapshots++;
+    return snapshotChunks(this.shardIo(), shard, chunkBytes);
+  }
+
+  /** Replaces one shard's data by a snapshot stream's (core/snapshot.ts); on failure the shard is left empty at applied 0. */
+  async restoreShard(shard: number, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<RestoreSummary> {
+    return restoreFromStream(this.shardIo(), shard, chunks);
+  }
+
+  /** A restore driven a batch of records at a time (the worker: chunks arrive as messages). */
+  shardRestore(shard: number): ShardRestore {
+    return new ShardRestore(this.shardIo(), shard);
+  }
+
+  private shardIo(): ShardIo {
+    if (this.io !== null) return this.io;
+    const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
+    // Restored data is committed without a sync each step; endRestore's synced commits make it
+    // durable before the applied sequence is recorded (a crash before leaves applied 0).
+    const unsynced = TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT | TransactionFlags.NO_SYNC_FLUSH;
+    this.io = {
+      shardCount: this.opts.shardCount,
+      blockSeconds: this.opts.blockSeconds,
+      holds: (shard) => this.heads.has(shard),
+      rootEnv: this.root,
+      walEnv: this.walEnv,
+      rows: this.rows,
+      groups: this.groups,
+      wal: this.wal,
+      dedup: dedupDb,
+      appliedIn: (shard, txn: Transaction) => this.streamDb.get(shard, { transaction: txn }) ?? 0,
+      walSeqBound: () => this.walSeq,
+      rackName: (id) => this.rackNamesById[id],
+      server: (id) => this.registry.serverById(id),
+      metrics: () => this.registry.allMetrics(),
+      metricIndex: (lo, hi) => this.registry.indexOf(lo, hi),
+      beginRestore: async (shard) => {
+        if (this.restoring.has(shard)) throw new SnapshotError(`shard ${shard} is being restored already; wait for that copy to end`);
+        this.restoring.add(shard);
+        try {
+          await this.wipeShard(shard);
+        } catch (err) {
+          this.restoring.delete(shard);
+          throw err;
+        }
+      },
+      endRestore: (shard, applied) => {
+        this.root.transactionSync(() => this.persistRegistryState());
+        this.walEnv.transactionSync(() => this.streamDb.put(shard, applied));
+        this.streamApplied.set(shard, applied);
+        this.restoring.delete(shard);
+        this.counters.shard_restores++;
+      },
+      abortRestore: async (shard) => {
+        this.counters.shard_restores_failed++;
+        try {
+          await this.wipeShard(shard);
+        } finally {
+          this.restoring.delete(shard);
+        }
+      },
+      rackIdFor: (name) => {
+        if (!this.rackIds.has(name) && this.rackIds.size >= this.opts.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); the snapshot's rack ${name} does not fit: raise the racks limit`);
+        return this.rackId(name);
+      },
+      serverIdFor: (name, rack) => {
+        const known = this.registry.serverByName(name);
+        if (known !== undefined) return known.id;
+        if (this.registry.serverCount >= this.opts.serversMax) return -1;
+        return this.registry.server(name, rack, Date.now()).id;
+      },
+      registerMetric: (lo, hi, kind, name) => {
+        const nowMs = Date.now();
+        let mi = this.registry.indexOf(lo, hi);
+        if (mi < 0) {
+          // The source admitted it within the same limits: only the registry's total applies.
+          mi = this.registry.metric(lo, hi, kind, nowMs);
+          if (mi < 0) return false;
+          this.noteKind(mi, kind);
+        } else if ((this.metricKinds[mi] === KindCode.Distribution) !== (kind === KindCode.Distribution)) return false;
+        if (name !== null) this.registry.name(lo, hi, name, nowMs);
+        return true;
+      },
+      writeRows: (rows, walSeqMax) => {
+        rows.sort((a, b) => Buffer.compare(a.key, b.key));
+        const packed = this.packRows(rows);
+        // Restored rows keep the source's WAL seqs (a replay compares entries against them); the
+        // store's own seqs go above them, so later entries of the shard are never skipped.
+        this.walSeq = Math.max(this.walSeq, walSeqMax + 1);
+        this.root.transactionSync(() => {
+          for (const g of packed.groups) this.groups.put(g.key, g.value);
+          for (const p of packed.pointers) this.rows.put(p.key, p.value);
+          this.persistRegistryState();
+        }, unsynced);
+        this.counters.restored_rows += rows.length;
+      },
+      replayWal: (shard, entries) => {
+        const msgs = entries.map((e) => {
+          const r = decodeFrame(e.bytes, batchBytesMax);
+          if (!r.ok || r.msg.type !== 'shardSection' || r.msg.shard !== shard || r.msg.shards !== this.opts.shardCount) throw new SnapshotError(`WAL entry ${e.seq} of the snapshot is not a section of shard ${shard}/${this.opts.shardCount} (${r.ok ? `a ${r.msg.type} of shard ${r.msg.type === 'shardSection' ? `${r.msg.shard}/${r.msg.shards}` : '-'}` : r.detail}): the stream is corrupt`);
+          if (!this.rackIds.has(r.msg.rack) && this.rackIds.size >= this.opts.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); the snapshot's rack ${r.msg.rack} does not fit: raise the racks limit`);
+          return r.msg;
+        });
+        for (const e of entries) this.walSeq = Math.max(this.walSeq, e.seq + 1);
+        const keys = entries.map((e) => walKey(shard, e.seq));
+        this.walEnv.transactionSync(() => entries.forEach((e, i) => this.wal.put(keys[i]!, e.bytes)), unsynced);
+        // As a replay after a restart: what a restored row holds already (by WAL seq) is skipped.
+        msgs.forEach((m, i) => this.toHead(m, this.serverIds(m, Date.now()), entries[i]!.seq, keys[i]!, entries[i]!.bytes.length, true));
+        this.counters.restored_wal_entries += entries.length;
+      },
+      adoptMarks: (shard, marks) => {
+        for (const { key, value } of marks) {
+          if (key.length <= 2 || key.readUInt16BE(0) !== shard || value.length !== 12 + windowSeqs / 8) throw new SnapshotError(`a de-duplication mark of the snapshot (key of ${key.length} B, value of ${value.length} B) is not one of shard ${shard}: the stream is corrupt`);
+        }
+        this.walEnv.transactionSync(() => {
+          for (const { key, value } of marks) dedupDb.put(key, value);
+        }, unsynced);
+        for (const { key, value } of marks) if (!this.dedup.adopt(key, value)) throw new SnapshotError(`a de-duplication mark of shard ${shard} does not decode: the stream is corrupt`);
+        this.counters.restored_marks += marks.length;
+      },
+      noteDropped: (what, n) => {
+        if (what === 'rows_corrupt') this.counters.rows_corrupt += n;
+        else if (what === 'servers_refused') this.counters.restore_servers_refused += n;
+        else this.counters.restore_metrics_refused += n;
+      },
+    };
+    return this.io;
+  }
+
+  /** Racks, registry entries and the store's sequences, written in the caller's transaction (as writeSlice writes them). */
+  private persistRegistryState(): void {
+    for (const [name, id] of this.racksDirty) this.racks.put(name, id);
+    this.racksDirty.clear();
+    this.state.put('groupSeq', this.groupSeq);
+    this.state.put('walSeq', this.walSeq);
+    this.registry.flushDirty();
+  }
+
+  /**
+   * Empties one shard of this store: applied stream sequence 0 first (synced: a crash after it
+   * leaves a shard that is copied again), then its head, marks and cached rows in memory, then
+   * its rows, row groups, WAL entries and marks on disk in bounded transactions.
+   */
+  private async wipeShard(shard: number): Promise<void> {
+    this.walEnv.transactionSync(() => this.streamDb.put(shard, 0));
+    this.streamApplied.set(shard, 0);
+    const head = this.heads.get(shard)!;
+    for (const metrics of head.blocks.values()) {
+      for (const racks of metrics.values()) {
+        for (const mh of racks.values()) {
+          this.headBytes -= mh.bytes;
+          mh.release();
+        }
+      }
+    }
+    for (const bytes of head.walBytes.values()) this.walBytes -= bytes;
+    head.blocks.clear();
+    head.wal.clear();
+    head.walBytes.clear();
+    head.lastArrivalMs.clear();
+    this.flushedThrough.delete(shard);
+    this.dedup.forgetShard(shard);
+    // Cached rows are found by key, WAL seq and length: a restored row could match an old one's.
+    this.rowCache = new RowCache(rowCacheBytesMax, this.counters);
+    this.counters.row_cache_bytes = 0;
+    // A written block's WAL deletes still queued must not land on restored entries.
+    await this.walEnv.committed;
+    const batch = 5000;
+    const first = rowKey(shard, 0, 0, 0, 0);
+    const next = rowKey(shard + 1, 0, 0, 0, 0);
+    await deleteRange(this.root, this.rows, first, next, batch);
+    await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch);
+    await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch);
+    await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch);
   }
 
   async close(): Promise<void> {

@@ -12,6 +12,7 @@ import { evaluate } from './query/eval.js';
 import { parseQuery } from './query/parse.js';
 import { StoredQueries, type StoredQuery } from './query/stored.js';
 import { Store, type StoreIngestResult, type StoreOptions } from './store.js';
+import { restoresMax, snapshotCursorsMax, snapshotIdleMs, type ShardRestore } from './snapshot.js';
 import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js';
 
 const config = workerData as WorkerConfig;
@@ -187,8 +188,145 @@ function ingestPending(): void {
   batch.forEach((m, req) => post({ t: 'reply', id: m.id, result: answers[req]! }));
 }
 
+// Shard snapshots for another node and restores from one (issue 13, core/snapshot.ts). Both are
+// bounded in number and closed when their requests stop coming (a copy that died mid-way).
+interface Cursor {
+  gen: Generator<Uint8Array, void, void>;
+  timer: NodeJS.Timeout;
+}
+const cursors = new Map<number, Cursor>();
+let nextCursor = 1;
+interface RestoreUnderWay {
+  restore: ShardRestore;
+  /** null while the shard is being emptied (begin) or after an abort started. */
+  timer: NodeJS.Timeout | null;
+}
+const restores = new Map<number, RestoreUnderWay>();
+
+function closeCursor(cursor: number): void {
+  const c = cursors.get(cursor);
+  if (c === undefined) return;
+  clearTimeout(c.timer);
+  cursors.delete(cursor);
+  // Ends its read transactions (the generator's finally).
+  c.gen.return();
+}
+
+function idle(what: string, onIdle: () => void): NodeJS.Timeout {
+  return setTimeout(() => {
+    post({ t: 'log', message: `${what} heard nothing for ${snapshotIdleMs} ms; closed` });
+    onIdle();
+  }, snapshotIdleMs).unref();
+}
+
+/** The cursor's next chunk, transferred; the cursor closes when it is done or fails. */
+function snapshotStep(id: number, cursor: number): void {
+  const c = cursors.get(cursor);
+  if (c === undefined) throw new Error(`snapshot cursor ${cursor} is not open (ended, or idle for ${snapshotIdleMs} ms); start the copy again`);
+  let r: IteratorResult<Uint8Array, void>;
+  try {
+    r = c.gen.next();
+  } catch (err) {
+    closeCursor(cursor);
+    throw err;
+  }
+  clearTimeout(c.timer);
+  if (r.done === true) closeCursor(cursor);
+  else c.timer = idle(`snapshot cursor ${cursor}`, () => closeCursor(cursor));
+  const bytes = r.done === true ? new Uint8Array(0) : r.value;
+  const buf = bytes.buffer as ArrayBuffer;
+  if (bytes.byteOffset !== 0 || bytes.byteLength !== buf.byteLength) throw new Error('BUG: a snapshot chunk is not a buffer of its own');
+  port.postMessage({ t: 'reply', id, snapshot: { cursor, bytes: buf, done: r.done === true } } satisfies ToMain, [buf]);
+}
+
+function abortRestore(shard: number, reply: number | null): void {
+  const u = restores.get(shard);
+  if (u === undefined) {
+    if (reply !== null) post({ t: 'reply', id: reply });
+    return;
+  }
+  if (u.timer !== null) clearTimeout(u.timer);
+  u.timer = null;
+  void u.restore.abort().then(
+    () => {
+      restores.delete(shard);
+      if (reply !== null) post({ t: 'reply', id: reply });
+    },
+    (err: unknown) => {
+      restores.delete(shard);
+      const message = `emptying shard ${shard} after a failed restore failed: ${(err as Error).message}`;
+      if (reply !== null) post({ t: 'reply', id: reply, error: message });
+      else post({ t: 'log', message });
+    },
+  );
+}
+
+function restoreOf(shard: number): RestoreUnderWay {
+  const u = restores.get(shard);
+  if (u === undefined || u.timer === null) throw new Error(`no restore of shard ${shard} is under way (ended, failed, or idle for ${snapshotIdleMs} ms); copy the shard again`);
+  clearTimeout(u.timer);
+  u.timer = idle(`the restore of shard ${shard}`, () => abortRestore(shard, null));
+  return u;
+}
+
+type SnapshotMessage = Extract<ToWorker, { t: 'snapshotOpen' | 'snapshotNext' | 'snapshotClose' | 'restoreBegin' | 'restoreBatch' | 'restoreEnd' | 'restoreAbort' }>;
+
+function handleSnapshot(m: SnapshotMessage): void {
+  switch (m.t) {
+    case 'snapshotOpen': {
+      if (cursors.size >= snapshotCursorsMax) throw new Error(`worker ${config.worker} has ${snapshotCursorsMax} shard snapshots open; retry when one ends`);
+      const cursor = nextCursor++;
+      cursors.set(cursor, { gen: storeOfShard(m.shard).store.snapshotShard(m.shard), timer: idle(`snapshot cursor ${cursor}`, () => closeCursor(cursor)) });
+      return snapshotStep(m.id, cursor);
+    }
+    case 'snapshotNext':
+      return snapshotStep(m.id, m.cursor);
+    case 'snapshotClose':
+      closeCursor(m.cursor);
+      return post({ t: 'reply', id: m.id });
+    case 'restoreBegin': {
+      if (restores.has(m.shard)) throw new Error(`a restore of shard ${m.shard} is under way already; wait for it to end`);
+      if (restores.size >= restoresMax) throw new Error(`worker ${config.worker} has ${restoresMax} shard restores under way; retry when one ends`);
+      const u: RestoreUnderWay = { restore: storeOfShard(m.shard).store.shardRestore(m.shard), timer: null };
+      restores.set(m.shard, u);
+      // The idle clock starts once the shard is empty (emptying a large shard takes a while).
+      void u.restore.begin().then(
+        () => {
+          u.timer = idle(`the restore of shard ${m.shard}`, () => abortRestore(m.shard, null));
+          post({ t: 'reply', id: m.id });
+        },
+        (err: unknown) => {
+          restores.delete(m.shard);
+          post({ t: 'reply', id: m.id, error: (err as Error).message });
+        },
+      );
+      return;
+    }
+    case 'restoreBatch':
+      restoreOf(m.shard).restore.apply(Buffer.from(m.buf));
+      return post({ t: 'reply', id: m.id });
+    case 'restoreEnd': {
+      const u = restoreOf(m.shard);
+      const restored = u.restore.finish();
+      clearTimeout(u.timer!);
+      restores.delete(m.shard);
+      return post({ t: 'reply', id: m.id, restored });
+    }
+    case 'restoreAbort':
+      return abortRestore(m.shard, m.id);
+  }
+}
+
 function handle(m: ToWorker): void {
   switch (m.t) {
+    case 'snapshotOpen':
+    case 'snapshotNext':
+    case 'snapshotClose':
+    case 'restoreBegin':
+    case 'restoreBatch':
+    case 'restoreEnd':
+    case 'restoreAbort':
+      return handleSnapshot(m);
     case 'ingest': {
       // Group commit: requests that arrive while the worker is busy wait here and are committed
       // together on the next turn, one synced transaction per store for all of them.
@@ -206,7 +344,7 @@ function handle(m: ToWorker): void {
       return post({ t: 'reply', id: m.id, chunk: exportChunk(o.store, m.metric, m.fromSec, m.toSec, config.store.blockSeconds, m.entriesMax) });
     }
     case 'sync': {
-      for (const [index, defs] of Object.entries(m.defsByStore)) owned.get(Number(index))?.stored.sync(defs as StoredQuery[], Date.now());
+      for (const [index, defs] of Object.entries(m.defsByStore)) owned.get(Number(index))?.stored.sync(defs as StoredQuery[], Date.now(), m.elsewhereByStore[Number(index)] ?? []);
       return post({ t: 'reply', id: m.id });
     }
     case 'results': {
@@ -242,6 +380,7 @@ function handle(m: ToWorker): void {
     }
     case 'stop': {
       for (const t of timers) clearInterval(t);
+      for (const cursor of [...cursors.keys()]) closeCursor(cursor);
       void (async () => {
         for (const { store } of owned.values()) {
           store.saveRegistry();
