@@ -106,9 +106,11 @@ export class QueryCatalog {
 
   private syncWorkers(): Promise<void> {
     const here = this.opts.evaluatesHere;
+    const all = [...this.defs.values()];
     return this.pool.sync(
-      [...this.defs.values()].filter((d) => here === undefined || here(d.parsed.metric)).map((d) => d.def),
+      all.filter((d) => here === undefined || here(d.parsed.metric)).map((d) => d.def),
       (d) => this.defs.get(d.id)?.parsed.metric ?? '',
+      here === undefined ? [] : all.filter((d) => !here(d.parsed.metric)).map((d) => d.def),
     );
   }
 

@@ -233,6 +233,36 @@ describe('stored queries across a restart', () => {
   });
 });
 
+describe('a stored query evaluated by another cluster node for a while', () => {
+  it('keeps its results and cursor here, and resumes where it stopped when evaluation comes back', async () => {
+    const store = new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+    const stored = new StoredQueries(store.env, store, { latenessMs: 1000, windowsPerTickMax: 1000, lateSecondsMax: 100 });
+    const def = { id: 'q1', name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max', createdMs: t0 * 1000 };
+    stored.sync([def], t0 * 1000);
+    for (let t = t0; t < t0 + 60; t++) {
+      const m = decodeFrame(gaugeBody({ rack: 'r1', seq: 1 + t - t0, second: t, server: 's1', points: [{ name: 'up', kind: KindCode.Gauge, value: t - t0 }] }), batchBytesMax);
+      if (!m.ok || m.msg.type !== 'rackSecond') throw new Error('BUG: test body does not decode');
+      const msg = m.msg;
+      expect(store.ingest(msg, [...msg.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() }))).status).toBe(204);
+    }
+    const maxes = () => stored.resultsJson('q1', 0, 8.64e15, 100).map((j) => (JSON.parse(j) as WindowResult).values.max);
+    await stored.tick((t0 + 21) * 1000);
+    expect(maxes()).toEqual([9, 19]);
+    // Another node evaluates it now: nothing is evaluated here, and nothing is deleted.
+    stored.sync([], (t0 + 22) * 1000, [def]);
+    await stored.tick((t0 + 41) * 1000);
+    expect(maxes()).toEqual([9, 19]);
+    // Back here: it resumes at its cursor (the windows in between come from the stored data).
+    stored.sync([def], (t0 + 42) * 1000);
+    await stored.tick((t0 + 61) * 1000);
+    expect(maxes()).toEqual([9, 19, 29, 39, 49, 59]);
+    // An edit made while elsewhere drops the old results here (they no longer describe it).
+    stored.sync([], (t0 + 62) * 1000, [{ ...def, query: 'FROM s1 SELECT up WINDOW 10s COMPUTE min' }]);
+    expect(maxes()).toEqual([]);
+    await store.close();
+  });
+});
+
 describe('editing a stored query', () => {
   it('keeps its id, drops the old results, evaluates the new text, and refuses a bad one without change', async () => {
     const node = await openAt(tempDir());

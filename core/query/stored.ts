@@ -82,11 +82,17 @@ export class StoredQueries {
    * text is the same, else at the window before now), changed ones restart with their old
    * results dropped, missing ones are dropped with their results.
    */
-  sync(defs: readonly StoredQuery[], nowMs: number): void {
+  sync(defs: readonly StoredQuery[], nowMs: number, elsewhere: readonly StoredQuery[] = []): void {
     const want = new Map(defs.map((d) => [d.id, d]));
+    // Queries another node evaluates now (a cluster): not evaluated here, but their results and
+    // cursor stay, so when evaluation comes back here it resumes where it stopped (the windows
+    // in between are evaluated from the stored data) instead of losing the history. An edited
+    // one's results go as usual once it is synced here again.
+    const kept = new Map(elsewhere.filter((d) => !want.has(d.id)).map((d) => [d.id, d]));
+    for (const id of kept.keys()) this.states.delete(id);
     const drop: string[] = [];
     for (const id of this.states.keys()) if (!want.has(id)) drop.push(id);
-    for (const { key } of this.cursors.getRange()) if (!want.has(key) && !drop.includes(key)) drop.push(key);
+    for (const { key, value } of this.cursors.getRange()) if (!want.has(key) && kept.get(key)?.query !== value.query && !drop.includes(key)) drop.push(key);
     const puts: [string, Cursor][] = [];
     for (const d of defs) {
       const s = this.states.get(d.id);
