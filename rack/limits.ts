@@ -59,6 +59,30 @@ export const rackLimits = {
   forwardTimeoutMs: 30_000,
   backoffMinMs: 200,
   backoffMaxMs: 10_000,
+  /** NATS mode (issue 13): messages in flight over all open bodies. A stream takes one message
+   *  of this rack at a time (order), so this is how many shards publish in parallel: 64 covers
+   *  the default S in one round trip, and a backlog drains at ~64 messages per round trip. */
+  natsConcurrency: 64,
+  /** Spooled bodies split into messages at once: bounds the messages in memory (16 s of a full
+   *  rack's seconds, compressed) while letting a backlog pipeline across bodies. */
+  natsBodiesOpenMax: 16,
+  /** A stream acknowledges in milliseconds (R3: one round trip to a follower); 5 s covers a
+   *  leader election without holding a shard's messages long behind a lost answer. */
+  natsPublishTimeoutMs: 5_000,
+  /** Backoff after failed publishes; capped lower than the core's: NATS coming back after an
+   *  outage is noticed by the connection (reconnect), this only paces retries against a cluster
+   *  that answers but refuses (no stream leader, permissions). */
+  natsBackoffMaxMs: 5_000,
+  /** Acknowledged bodies kept for a re-publish after a reconnect: JetStream acknowledges before
+   *  the message is on disk, and a crash of every NATS server loses what was not synced; 30 s
+   *  is far inside the streams' duplicate window (600 s), so the re-publish is de-duplicated. */
+  natsKeepAckedMs: 30_000,
+  /** Bound on those (compressed bytes): 30 s of a full rack's seconds with headroom. */
+  natsKeepAckedBytesMax: 64 * 1024 * 1024,
+  /** KV apm-cluster is asked this often while no core node wrote the settings. */
+  natsSettingsPollMs: 1_000,
+  /** While waiting (settings, a first NATS server), the rack says so this often. */
+  natsWaitLogMs: 5_000,
   /** Spool bound (`--spool-bytes`): ~10 minutes of a full rack's batches. */
   spoolBytes: 1024 * 1024 * 1024,
   /** Free file-system space the spool leaves: LMDB needs room to finish a transaction, and a

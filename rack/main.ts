@@ -3,19 +3,35 @@
 import { readFileSync } from 'node:fs';
 import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
+import { parseNatsUrls, type NatsAuth } from '../schema/log.js';
 import { isServerId } from '../schema/names.js';
 import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
 
 export const rackHelp = `apm rack: the rack aggregator (edges' datagrams in, one batch per second out to the core,
-cut into the core's shards: GET /api/v1/placement at start, re-cut on 409 shards_mismatch)
+cut into the core's shards: GET /api/v1/placement at start, re-cut on 409 shards_mismatch;
+or, with --nats, published to a core cluster's NATS JetStream: one message per shard section)
 
 Usage: apm rack --rack <id> --listen <host:port> --core <url> [options]
+       apm rack --rack <id> --listen <host:port> --nats <url,...> [options]
 
   --rack <id>              this rack's id, [A-Za-z0-9._-]{1,64} (required)
   --listen <host:port>     UDP address edges send to (default 0.0.0.0:7070)
-  --core <url>             the core's base URL (default http://127.0.0.1:8080)
+  --core <url>             the core's base URL (default http://127.0.0.1:8080); with --nats only
+                           the rack's status reports (fleet view) go there, and none without it
+  --nats <url,...>         publish to NATS JetStream instead of POSTing to a core: the NATS
+                           servers' URLs (nats://host:4222, comma-separated). The rack reads the
+                           cluster's shard count from KV apm-cluster (written by the first core node
+                           started with --nats; it waits, spooling, until then) and publishes each
+                           second's sections to apm.shard.<k>; a batch leaves the spool once every
+                           stream acknowledged its message, and batches acknowledged in the last
+                           ${rackLimits.natsKeepAckedMs / 1000} s are published again after a reconnect (Msg-Id de-duplicates)
+  --nats-creds <file>      NATS credentials (.creds: JWT and NKey seed)
+  --nats-user <name>       NATS user, with --nats-password-file <file> (its first line is the password).
+                           The rack's user needs: publish apm.shard.>, $JS.API.INFO,
+                           $JS.API.STREAM.INFO.KV_apm-cluster, $JS.API.DIRECT.GET.KV_apm-cluster.>,
+                           $JS.API.STREAM.MSG.GET.KV_apm-cluster; subscribe _INBOX.>
   --spool <dir>            on-disk spool for batches not yet acknowledged (default ./data/rack-<id>)
   --spool-bytes <size>     spool bound; the oldest batch is dropped (and counted) beyond it (default 1GiB)
   --http <host:port>       /metrics and /healthz (default 127.0.0.1:7071)
@@ -40,7 +56,12 @@ export async function main(argv: string[]): Promise<void> {
     {
       rack: { type: 'string' },
       listen: { type: 'string', default: '0.0.0.0:7070' },
-      core: { type: 'string', default: 'http://127.0.0.1:8080' },
+      // No default here: with --nats, a --core given or not decides whether status reports are sent.
+      core: { type: 'string' },
+      nats: { type: 'string' },
+      'nats-creds': { type: 'string' },
+      'nats-user': { type: 'string' },
+      'nats-password-file': { type: 'string' },
       spool: { type: 'string' },
       'spool-bytes': { type: 'string', default: '1GiB' },
       http: { type: 'string', default: '127.0.0.1:7071' },
@@ -64,11 +85,16 @@ export async function main(argv: string[]): Promise<void> {
   guardLmdbRejections(() => undefined);
   const listen = parseHostPort(values.listen!, '--listen', '0.0.0.0');
   const http = parseHostPort(values.http!, '--http');
-  let coreUrl: URL;
+  const nats = values.nats === undefined ? null : { servers: usageOnError(() => parseNatsUrls(values.nats!)), auth: natsAuth(values) };
+  if (nats === null && (values['nats-creds'] ?? values['nats-user'] ?? values['nats-password-file']) !== undefined) {
+    throw new UsageError('--nats-creds, --nats-user and --nats-password-file need --nats <url,...>');
+  }
+  const coreText = values.core ?? (nats === null ? 'http://127.0.0.1:8080' : undefined);
+  let coreUrl: URL | null = null;
   try {
-    coreUrl = new URL(values.core!);
+    if (coreText !== undefined) coreUrl = new URL(coreText);
   } catch {
-    throw new UsageError(`--core ${JSON.stringify(values.core)} is not a URL like http://127.0.0.1:8080`);
+    throw new UsageError(`--core ${JSON.stringify(coreText)} is not a URL like http://127.0.0.1:8080`);
   }
   const limits: RackLimits = { ...rackLimits };
   limits.spoolBytes = parseBytes(values['spool-bytes']!, '--spool-bytes', 1024 * 1024, 2 ** 40);
@@ -85,7 +111,8 @@ export async function main(argv: string[]): Promise<void> {
     rack: values.rack,
     listenHost: listen.host,
     listenPort: listen.port,
-    coreUrl: coreUrl.toString(),
+    coreUrl: coreUrl?.toString() ?? null,
+    nats,
     spoolDir: values.spool ?? `./data/rack-${values.rack}`,
     httpHost: http.host,
     httpPort: http.port,
@@ -106,8 +133,28 @@ export async function main(argv: string[]): Promise<void> {
   process.once('SIGTERM', () => void stop('SIGTERM'));
   if (keyFile !== undefined) process.on('SIGHUP', () => reloadKeyFile(keyFile, 'rack', (keys) => rack.setKeys(keys)));
   console.log(
-    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, forwarding to ${coreUrl.origin}, spool ${rack.spool.heldBatches} batches (session ${rack.spool.session.toString(16)}, ${rack.spool.shards} shards)`,
+    `apm rack ${values.rack}: UDP on ${listen.host}:${ports.udpPort} (receive buffer ${rack.recvBufferBytes} B), metrics on http://${http.host}:${ports.httpPort}/metrics, ${nats === null ? `forwarding to ${coreUrl!.origin}` : `publishing to NATS ${nats.servers.join(',')}${coreUrl === null ? '' : ` (status reports to ${coreUrl.origin})`}`}, spool ${rack.spool.heldBatches} batches (session ${rack.spool.session.toString(16)}, ${rack.spool.shards} shards)`,
   );
+}
+
+/** NATS credentials from the flags; the files are read now so a wrong path fails at start, not in the background. */
+function natsAuth(values: { 'nats-creds'?: string; 'nats-user'?: string; 'nats-password-file'?: string }): NatsAuth {
+  const creds = values['nats-creds'];
+  const user = values['nats-user'];
+  const passwordFile = values['nats-password-file'];
+  if (creds !== undefined && (user !== undefined || passwordFile !== undefined)) throw new UsageError('give either --nats-creds or --nats-user with --nats-password-file, not both');
+  if ((user === undefined) !== (passwordFile === undefined)) throw new UsageError('--nats-user and --nats-password-file go together (the file\'s first line is the password)');
+  for (const [flag, file] of [['--nats-creds', creds], ['--nats-password-file', passwordFile]] as const) {
+    if (file === undefined) continue;
+    try {
+      if (readFileSync(file, 'utf8').trim().length === 0) throw new Error('the file is empty');
+    } catch (err) {
+      throw new UsageError(`${flag} ${file}: ${(err as Error).message}`);
+    }
+  }
+  if (creds !== undefined) return { credsFile: creds };
+  if (user !== undefined) return { user, passwordFile };
+  return {};
 }
 
 function readSecret(file: string): string {

@@ -1,6 +1,7 @@
 // The rack daemon: UDP socket → bounded queue → (tick) decode, reassemble, NACK, close
 // seconds → merge → cut into the core's shard sections (one RackSecond body per second,
-// DESIGN §9) → spool → forward. HTTP /metrics and /healthz for operators.
+// DESIGN §9) → spool → forward (POST to a core, forwarder.ts) or, with --nats, publish one
+// message per section to JetStream (publisher.ts, issue 13). HTTP /metrics and /healthz for operators.
 
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
@@ -9,6 +10,7 @@ import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
 import { Encoder, decodeFrame, frameBytesMin, type RejectReason } from '../schema/codec.js';
 import { lmdbCounters } from '../schema/lmdb.js';
+import type { NatsAuth } from '../schema/log.js';
 import { PromText } from '../schema/prom.js';
 import { SectionCutter } from '../schema/section.js';
 import { Forwarder } from './forwarder.js';
@@ -16,6 +18,7 @@ import { DatagramGuard } from './guard.js';
 import type { RackLimits } from './limits.js';
 import { RackMerger } from './merge.js';
 import { NameTable, hashesSignature } from './names.js';
+import { NatsLink, Publisher } from './publisher.js';
 import { Reassembly, type ClosedBatch } from './reassembly.js';
 import { recut } from './recut.js';
 import { Spool } from './spool.js';
@@ -24,7 +27,10 @@ export interface RackOptions {
   rack: string;
   listenHost: string;
   listenPort: number;
-  coreUrl: string;
+  /** The core bodies are POSTed to; with `nats`, only status reports go there (null: none). */
+  coreUrl: string | null;
+  /** Publish to NATS JetStream instead of POSTing to a core (`--nats`). */
+  nats?: { servers: string[]; auth: NatsAuth } | null;
   spoolDir: string;
   httpHost: string;
   httpPort: number;
@@ -40,7 +46,11 @@ export class Rack {
   readonly reassembly: Reassembly;
   readonly names: NameTable;
   readonly spool: Spool;
-  readonly forwarder: Forwarder;
+  /** POSTs bodies to the core; in NATS mode it only sends status reports (null without --core). */
+  readonly forwarder: Forwarder | null;
+  /** Publishes bodies to JetStream (NATS mode, else null). */
+  readonly publisher: Publisher | null;
+  private readonly natsLink: NatsLink | null;
   readonly guard: DatagramGuard;
   private keys: KeySet | null;
   private readonly merger: RackMerger;
@@ -95,15 +105,45 @@ export class Rack {
     this.names = new NameTable(l.namesMax);
     this.merger = new RackMerger(l.rollupMetricsMax);
     this.cutter = new SectionCutter(l.rollupMetricsMax);
-    this.forwarder = new Forwarder(this.spool, {
-      coreUrl: opts.coreUrl,
-      token: opts.token,
-      concurrency: l.forwardConcurrency,
-      requestTimeoutMs: l.forwardTimeoutMs,
-      backoffMinMs: l.backoffMinMs,
-      backoffMaxMs: l.backoffMaxMs,
-      recut: (body, shards) => recut(this.cutter, body, shards),
-    });
+    const nats = opts.nats ?? null;
+    if (nats === null && opts.coreUrl === null) throw new Error('BUG: a rack needs a core URL or NATS servers');
+    this.forwarder =
+      opts.coreUrl === null
+        ? null
+        : new Forwarder(this.spool, {
+            coreUrl: opts.coreUrl,
+            token: opts.token,
+            concurrency: l.forwardConcurrency,
+            requestTimeoutMs: l.forwardTimeoutMs,
+            backoffMinMs: l.backoffMinMs,
+            backoffMaxMs: l.backoffMaxMs,
+            recut: (body, shards) => recut(this.cutter, body, shards),
+          });
+    this.publisher =
+      nats === null
+        ? null
+        : new Publisher(this.spool, {
+            concurrency: l.natsConcurrency,
+            bodiesOpenMax: l.natsBodiesOpenMax,
+            publishTimeoutMs: l.natsPublishTimeoutMs,
+            backoffMinMs: l.backoffMinMs,
+            backoffMaxMs: l.natsBackoffMaxMs,
+            keepAckedMs: l.natsKeepAckedMs,
+            keepAckedBytesMax: l.natsKeepAckedBytesMax,
+            recut: (body, shards) => recut(this.cutter, body, shards),
+            log: (line) => console.error(line),
+          });
+    this.natsLink =
+      nats === null || this.publisher === null
+        ? null
+        : new NatsLink(this.publisher, {
+            servers: nats.servers,
+            auth: nats.auth,
+            name: `apm-rack-${opts.rack}`,
+            settingsPollMs: l.natsSettingsPollMs,
+            waitLogMs: l.natsWaitLogMs,
+            log: (line) => console.error(line),
+          });
   }
 
   /** Replaces the keys (SIGHUP): datagrams signed with any key of the new set verify from now on. */
@@ -138,9 +178,18 @@ export class Rack {
       this.http.once('error', (err) => reject(new Error(`cannot serve HTTP on ${this.opts.httpHost}:${this.opts.httpPort}: ${err.message}; choose another --http`, { cause: err })));
     });
     this.timer = setInterval(() => this.tick(Date.now()), l.tickMs);
-    this.reportTimer = setInterval(() => void this.forwarder.report(this.opts.rack, this.statusReport()), l.statusReportMs);
-    this.reportTimer.unref();
-    this.forwarder.start();
+    const f = this.forwarder;
+    if (f !== null) {
+      this.reportTimer = setInterval(() => void f.report(this.opts.rack, this.statusReport()), l.statusReportMs);
+      this.reportTimer.unref();
+    }
+    if (this.natsLink !== null) {
+      // In the background: UDP is served and seconds are spooled while NATS or the settings are awaited.
+      this.natsLink.run().catch((err: unknown) => console.error(`rack: BUG: the NATS link stopped: ${(err as Error).stack ?? String(err)}`));
+    } else {
+      // NATS mode uses the forwarder for status reports only: no placement, no bodies.
+      f?.start();
+    }
     return { udpPort: socket.address().port, httpPort };
   }
 
@@ -231,7 +280,8 @@ export class Rack {
       .then((ok) => {
         if (!ok) return;
         this.counters.batches_spooled++;
-        this.forwarder.enqueued(seq, batch.second, shards);
+        if (this.publisher !== null) this.publisher.enqueued(seq, batch.second, shards);
+        else this.forwarder?.enqueued(seq, batch.second, shards);
       })
       .catch((err: unknown) => {
         this.counters.batches_spool_failed++;
@@ -272,7 +322,11 @@ export class Rack {
     this.drain(Date.now());
     for (const batch of this.reassembly.flush()) this.forward(batch);
     while (this.pendingWrites > 0) await new Promise((r) => setTimeout(r, 10));
-    await this.forwarder.stop(2000);
+    if (this.publisher !== null) {
+      await this.publisher.stop(2000);
+      await this.natsLink?.stop();
+    }
+    await this.forwarder?.stop(this.publisher === null ? 2000 : 0);
     await new Promise<void>((r) => (this.socket ? this.socket.close(() => r()) : r()));
     await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
     await this.spool.close();
@@ -293,16 +347,15 @@ export class Rack {
       spoolBytes: this.spool.heldBytes,
       spoolBatches: this.spool.heldBatches,
       spoolDropped: this.spool.droppedBatches,
-      forwardFailures: this.forwarder.counters.batches_failed,
+      forwardFailures: this.publisher?.counters.publish_failed ?? this.forwarder?.counters.batches_failed ?? 0,
       servers: r.serverCount,
-      ackedSecond: this.forwarder.ackedSecond,
+      ackedSecond: this.publisher?.ackedSecond ?? this.forwarder?.ackedSecond ?? 0,
     };
   }
 
   metricsText(): string {
     const p = new PromText();
     const r = this.reassembly;
-    const f = this.forwarder;
     p.counter('apm_rack_datagrams_received_total', 'Datagrams read from the UDP socket', this.counters.datagrams_received);
     p.counter('apm_rack_bytes_received_total', 'Bytes read from the UDP socket', this.counters.bytes_received);
     p.counters('apm_rack_datagrams_rejected_total', 'Datagrams refused by the authentication and clock checks, the decoder or the reassembly, by reason', 'reason', {
@@ -349,10 +402,6 @@ export class Rack {
     p.counter('apm_rack_section_metrics_dropped_total', "Metrics left out of a second's sections (more distinct metrics in one second than the rack's metric bound)", this.cutter.overflow);
     p.gauge('apm_rack_shards', "Shards the rack cuts each second into (the core's S; the default until the core ever said)", this.spool.shards);
     p.gauge('apm_rack_session', "This spool's session: the core de-duplicates by (rack, session, seq)", this.spool.session);
-    p.counter('apm_rack_placement_failures_total', "Requests for the core's shard count (GET /api/v1/placement) that failed; retried with backoff", f.placementFailures);
-    p.counter('apm_rack_shards_mismatch_total', 'Batches the core refused with 409 shards_mismatch (cut for another shard count; re-cut and sent again)', f.counters.shards_mismatch);
-    p.counter('apm_rack_batches_recut_total', "Spooled batches re-cut for the core's shard count before sending", f.counters.batches_recut);
-    p.counter('apm_rack_batches_unreadable_total', 'Spooled batches this build cannot read (e.g. written by an older apm), dropped', f.counters.batches_unreadable);
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
     p.counter('apm_rack_batches_spool_failed_total', 'Batches lost because spooling them threw (a bug: the spool holds refused writes in memory)', this.counters.batches_spool_failed);
     p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);
@@ -364,15 +413,51 @@ export class Rack {
     p.gauge('apm_rack_spool_memory_batches', 'Batches held only in memory (the disk refused them; lost if the rack dies)', this.spool.memoryBatches);
     p.gauge('apm_rack_spool_memory_bytes', 'Bytes of those', this.spool.memoryBytes);
     p.counter('apm_rack_lmdb_unhandled_failures_total', 'Failed LMDB commits whose rejection lmdb-js left unhandled (caught, not a crash)', lmdbCounters.commit_failures_unhandled);
+    if (this.publisher !== null) this.publisherMetrics(p, this.publisher);
+    else if (this.forwarder !== null) this.forwarderMetrics(p, this.forwarder);
+    if (this.forwarder !== null) p.counter('apm_rack_status_reports_failed_total', 'Status reports to the core (fleet view) that failed; the next one replaces them', this.forwarder.counters.status_reports_failed);
+    return p.toString();
+  }
+
+  private forwarderMetrics(p: PromText, f: Forwarder): void {
+    p.counter('apm_rack_placement_failures_total', "Requests for the core's shard count (GET /api/v1/placement) that failed; retried with backoff", f.placementFailures);
+    p.counter('apm_rack_shards_mismatch_total', 'Batches the core refused with 409 shards_mismatch (cut for another shard count; re-cut and sent again)', f.counters.shards_mismatch);
+    p.counter('apm_rack_batches_recut_total', "Spooled batches re-cut for the core's shard count before sending", f.counters.batches_recut);
+    p.counter('apm_rack_batches_unreadable_total', 'Spooled batches this build cannot read (e.g. written by an older apm), dropped', f.counters.batches_unreadable);
     p.counter('apm_rack_batches_unauthorized_total', 'Sends the core refused for the token (401/403); the batches stay spooled', f.counters.batches_unauthorized);
     p.counter('apm_rack_batches_acked_total', 'Batches the core acknowledged', f.counters.batches_acked);
     p.counter('apm_rack_batches_failed_total', 'Batch sends that failed and will be retried', f.counters.batches_failed);
     p.counter('apm_rack_batches_rejected_total', 'Batches the core refused for good (4xx)', f.counters.batches_rejected);
-    p.counter('apm_rack_status_reports_failed_total', 'Status reports to the core (fleet view) that failed; the next one replaces them', f.counters.status_reports_failed);
     p.counter('apm_rack_batches_replayed_total', 'Batches found in the spool at start-up', f.counters.batches_replayed);
     p.gauge('apm_rack_core_up', '1 when the last send to the core succeeded', f.coreDown ? 0 : 1);
     p.histogram('apm_rack_forward_latency_seconds', "Time from a second's end to the core's acknowledgement", f.ackLatency);
-    return p.toString();
+  }
+
+  /** NATS mode (issue 13): the same batch figures as the forwarder's where they mean the same, and the publisher's own. */
+  private publisherMetrics(p: PromText, u: Publisher): void {
+    const c = u.counters;
+    p.gauge('apm_rack_nats_connected', '1 while the rack is connected to a NATS server', u.connected ? 1 : 0);
+    p.gauge('apm_rack_nats_publishing', '1 once the cluster settings were read and publishing started (0: waiting for KV apm-cluster)', this.natsLink?.settings === null ? 0 : 1);
+    p.counter('apm_rack_nats_settings_failures_total', 'Reads of the cluster settings (KV apm-cluster) that failed; retried', this.natsLink?.settingsFailures ?? 0);
+    p.counter('apm_rack_nats_reconnects_total', 'Reconnections to NATS (each re-publishes the kept acknowledged bodies)', c.reconnects);
+    p.counter('apm_rack_batches_acked_total', 'Batches every message of which its stream acknowledged (then removed from the spool)', c.batches_acked);
+    p.counter('apm_rack_nats_body_bytes_acked_total', 'Bytes of those batches as spooled (before compression)', c.bytes_raw_acked);
+    p.counter('apm_rack_nats_compressed_bytes_acked_total', 'Bytes of their messages as published (deflated)', c.bytes_compressed_acked);
+    p.counter('apm_rack_nats_messages_acked_total', 'Messages a stream acknowledged', c.messages_acked);
+    p.counter('apm_rack_nats_messages_duplicate_total', 'Of those, acknowledged as duplicates (the stream already had the Msg-Id)', c.messages_duplicate);
+    p.gauge('apm_rack_nats_streams_failing', 'Streams whose last publish failed (backing off; their batches stay spooled)', u.streamsFailing);
+    p.counters('apm_rack_nats_publish_failed_total', 'Publishes that failed, by reason; the batch stays spooled and the message is retried with backoff', 'reason', u.failures);
+    p.counter('apm_rack_nats_batches_republished_total', 'Acknowledged batches published again after a reconnect (NATS may have lost them)', c.batches_republished);
+    p.counter('apm_rack_nats_messages_republished_total', 'Acknowledged messages published again after a reconnect (kept batches and open ones)', c.messages_republished);
+    p.gauge('apm_rack_nats_kept_batches', 'Acknowledged batches kept for a re-publish after a reconnect', u.keptBatches);
+    p.gauge('apm_rack_nats_kept_bytes', 'Their compressed bytes', u.keptBytesHeld);
+    p.counter('apm_rack_nats_kept_evicted_total', 'Kept batches forgotten early for the byte bound (not re-published after a reconnect)', c.kept_evicted);
+    p.gauge('apm_rack_nats_messages_in_flight', 'Publishes awaiting their acknowledgement', u.messagesInFlight);
+    p.gauge('apm_rack_nats_batches_open', 'Batches being published (split into messages)', u.bodiesOpen);
+    p.counter('apm_rack_batches_recut_total', "Spooled batches re-cut for the cluster's shard count before publishing", c.batches_recut);
+    p.counter('apm_rack_batches_unreadable_total', 'Spooled batches this build cannot read (e.g. written by an older apm), dropped', c.batches_unreadable);
+    p.counter('apm_rack_batches_replayed_total', 'Batches found in the spool at start-up', c.batches_replayed);
+    p.histogram('apm_rack_forward_latency_seconds', "Time from a second's end to the acknowledgement of its batch's last message", u.ackLatency);
   }
 }
 
