@@ -8,7 +8,8 @@ import { PromText } from '../schema/prom.js';
 import { ApiAuth, mayRack } from './auth.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
-import type { ShardPool } from './pool.js';
+import type { IngestResult, ShardPool } from './pool.js';
+import { addSnapshotRoutes } from './cluster/snapshot-routes.js';
 import type { QueryCatalog } from './query/catalog.js';
 import { addPromRoutes, promPath } from './query/prom.js';
 import { addQueryRoutes } from './query/routes.js';
@@ -32,6 +33,13 @@ export interface ApiOptions {
   cluster?: ClusterView;
   /** The cluster's stored queries (core/cluster/queries.ts), for their counters at /metrics. */
   clusterQueries?: ClusterQueries;
+  /**
+   * Where a rack second POSTed here (or an import's) goes instead of this node's workers: a
+   * cluster node publishes it to the shards' streams (core/cluster/ingest.ts). Absent: the pool.
+   */
+  ingest?: (body: Uint8Array, mayRack: (rack: string) => boolean) => Promise<IngestResult>;
+  /** More lines for /metrics (a cluster node's consumers and placement). */
+  metricsExtra?: (p: PromText) => void;
 }
 
 /** What the HTTP thread serves from: the workers, the server list and the stored-query catalog. */
@@ -78,7 +86,10 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   if (routing !== null) app.use('*', routing.middleware());
   const live = addQueryRoutes(app, pool, stored);
   const prom = addPromRoutes(app, { pool, servers, stored });
-  const history = addHistoryRoutes(app, { pool, servers });
+  const ingest = opts.ingest ?? ((body: Uint8Array, may: (rack: string) => boolean) => pool.ingest(body, may));
+  const history = addHistoryRoutes(app, { pool, servers, ingest: (b) => ingest(b, () => true) });
+  // A cluster node hands a copy of a shard to a node that joins it (admin only; core/snapshot.ts).
+  if (opts.cluster !== undefined) addSnapshotRoutes(app, pool);
   const status = opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
   addDashboardRoutes(app, { pool, servers, stored, status });
 
@@ -102,7 +113,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       const body = new Uint8Array(await c.req.arrayBuffer());
       // Only the racks the token names (issue 16.3): checked on the decoded container, before any worker sees it.
       const grant = c.get('apmRacks') ?? '*';
-      const r = await pool.ingest(body, (rack) => mayRack(grant, rack));
+      const r = await ingest(body, (rack) => mayRack(grant, rack));
       if (r.status === 204) {
         servers.seen(r.msg.rack, r.msg.servers, Date.now());
         status.noteSecond(r.msg.second);
@@ -218,6 +229,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
     routing?.writeMetrics(p);
     opts.clusterQueries?.writeMetrics(p);
+    opts.metricsExtra?.(p);
     return c.text(p.toString(), 200, { 'content-type': 'text/plain; version=0.0.4' });
   });
 

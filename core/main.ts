@@ -10,6 +10,11 @@ import { RateLimiter } from './ratelimit.js';
 import { LayoutError } from './layout.js';
 import { openNode, type CoreNode } from './node.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
+import { clusterHelp, clusterOptionSpec, joinCluster, type ClusterStart } from './cluster/start.js';
+import { copyShardFrom } from './cluster/snapshot-routes.js';
+import { addClusterStatusRoutes, clusterMetrics } from './cluster/status.js';
+import { LogIngest } from './cluster/ingest.js';
+import type { PromText } from '../schema/prom.js';
 import { shardsDefault, shardsMax } from '../schema/limits.js';
 
 export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard
@@ -39,6 +44,8 @@ Usage: apm core --listen 127.0.0.1:8080 --data <dir> [options]
                          Default ${coreLimits.queryRatePerSecond} with --tokens, 0 without (on loopback every client is you)
   --help                 this text
 
+${clusterHelp}
+
 Stops on SIGINT/SIGTERM after writing what it holds.`;
 
 const loopback = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -56,6 +63,7 @@ export async function main(argv: string[]): Promise<void> {
       'query-lateness': { type: 'string', default: '3s' },
       tokens: { type: 'string' },
       'query-rate': { type: 'string' },
+      ...clusterOptionSpec,
       help: { type: 'boolean', default: false },
     },
     coreHelp,
@@ -84,12 +92,30 @@ export async function main(argv: string[]): Promise<void> {
   const workers = parseIntOption(values.workers, '--workers', availableParallelism(), 1, 256);
   const shards = values.shards === undefined ? undefined : parseIntOption(values.shards, '--shards', shardsDefault, 1, shardsMax);
   if (shards !== undefined && (shards & (shards - 1)) !== 0) throw new UsageError(`--shards ${shards}: must be a power of two (metric hash mod S must be a mask); try ${2 ** Math.round(Math.log2(shards))}`);
+  // A cluster node agrees on the settings first: the data directory's S must be the cluster's.
+  let cluster: ClusterStart | null = null;
+  let opened: CoreNode | null = null;
+  if (values.nats !== undefined) {
+    cluster = await joinCluster(values, {
+      listenUrl: `http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`,
+      workers,
+      shardsWanted: shards,
+      shardsDefault,
+      copyShard: (fromUrl, shard, authorization) => {
+        if (opened === null) return Promise.reject(new Error('the workers are not running yet'));
+        return copyShardFrom(opened.pool, fromUrl, shard, authorization).then((r) => r.applied);
+      },
+    });
+  } else if (values.node !== undefined) throw new UsageError('--node needs --nats (a node id names a member of a cluster)');
+  const logIngest = cluster === null ? null : new LogIngest(cluster.node.jetstream, cluster.settings.shards);
   let node: CoreNode;
   try {
     node = await openNode({
       dataDir: values.data!,
       workers,
-      shards,
+      shards: cluster?.settings.shards ?? shards,
+      cluster: cluster?.node,
+      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node) }),
       retentionSeconds: Math.floor(retentionMs / 1000),
       queryLatenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
       diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),
@@ -100,24 +126,43 @@ export async function main(argv: string[]): Promise<void> {
     if (err instanceof LayoutError) throw new UsageError(`--data ${values.data}: ${err.message}`);
     throw err;
   }
+  opened = node;
+  if (cluster !== null) {
+    // The server list and the fleet view learn of racks from the seconds the consumers apply
+    // (each second comes once per shard: the newest second per rack is noted once; bounded by racksMax).
+    const newestSecond = new Map<string, number>();
+    cluster.node.onApplied = (m) => {
+      const prev = newestSecond.get(m.rack);
+      if ((prev !== undefined && prev >= m.second) || (prev === undefined && newestSecond.size >= coreLimits.racksMax)) return;
+      newestSecond.set(m.rack, m.second);
+      node.servers.seen(m.rack, m.servers, Date.now());
+      node.status.noteSecond(m.second);
+    };
+    cluster.node.attach(node.pool);
+    addClusterStatusRoutes(node.app, cluster.node);
+  }
   const { pool, servers, status, app } = node;
   const port = await new Promise<number>((resolve, reject) => {
     const server = serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port));
     server.once('error', (err) => reject(new UsageError(`cannot listen on ${values.listen}: ${err.message} (another apm core?); choose another --listen`)));
   });
+  if (cluster !== null && values.url === undefined) cluster.node.setUrl(`http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`);
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
     console.log(`apm core: ${signal}, writing what it holds`);
     clearInterval(sampleTimer);
     clearInterval(registryTimer);
+    await cluster?.node.close();
     await node.close();
+    await cluster?.nc.close().catch(() => undefined);
     process.exit(0);
   };
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGHUP', () => reloadTokens(auth, values.tokens));
   const authNote = auth.tokens === null ? 'no auth (loopback dev default)' : `${auth.tokens.size} tokens from ${values.tokens}`;
-  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, ${pool.shards} shards on ${pool.workers} workers, retention ${values.retention}, ${pool.counters.wal_replayed} sections replayed from the WAL, ${authNote})`);
+  const clusterNote = cluster === null ? '' : `, node ${cluster.node.nodeId} of a cluster through ${values.nats}`;
+  console.log(`apm core: http://${listen.host}:${port}/ (data ${values.data}, ${pool.shards} shards on ${pool.workers} workers, retention ${values.retention}, ${pool.counters.wal_replayed} sections replayed from the WAL, ${authNote}${clusterNote})`);
   const sampleTimer = setInterval(() => {
     const c = pool.stats().counters;
     status.sample(Date.now(), { points: (c.points_ingested ?? 0) + (c.summaries_ingested ?? 0), batches: pool.counters.requests_ingested, bytes: c.bytes_ingested ?? 0 });

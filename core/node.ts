@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs';
 import type { Hono } from 'hono';
 import type { RootDatabase } from 'lmdb';
 import { openLmdb } from '../schema/lmdb.js';
-import { createApi } from './api.js';
+import { createApi, type ApiOptions } from './api.js';
 import type { ApiAuth } from './auth.js';
 import { coreLimits } from './limits.js';
 import { ShardPool } from './pool.js';
@@ -38,6 +38,10 @@ export interface NodeOptions {
    * out (core/cluster/routes.ts). Absent: a single node (definitions in the meta environment).
    */
   cluster?: ClusterView;
+  /** See ApiOptions.ingest (a cluster node: publish to the shards' streams). */
+  ingest?: ApiOptions['ingest'];
+  /** See ApiOptions.metricsExtra. */
+  metricsExtra?: ApiOptions['metricsExtra'];
 }
 
 export interface CoreNode {
@@ -84,7 +88,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
   const stored = clusterQueries?.catalog ?? new QueryCatalog(new LmdbDefinitions(meta.openDB({ name: 'queries', encoding: 'json' })), pool, { queriesMax: L.storedQueriesMax });
   if (clusterQueries === undefined) await stored.start();
   const status = new CoreStatus({ racksMax: L.racksMax, samplesMax: L.statusSamplesMax });
-  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries });
+  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries, ingest: o.ingest, metricsExtra: o.metricsExtra });
   return {
     pool,
     servers,

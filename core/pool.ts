@@ -36,7 +36,8 @@ export interface PoolOptions {
 }
 
 export type IngestResult =
-  | { status: 204; points: number; duplicates: number; msg: RackSecondMessage }
+  /** logged: a cluster node published it to the shards' streams; their owners apply it (and count its points) in order. */
+  | { status: 204; points: number; duplicates: number; msg: RackSecondMessage; logged?: boolean }
   /** pointsStored: points the other workers stored before this answer (their sections are now duplicates of a retry). */
   | { status: 400 | 409 | 503; error: string; reason: string; shards?: number; pointsStored?: number }
   | { status: 403; reason: 'rack_not_allowed'; rack: string; error: string };

@@ -187,10 +187,12 @@ export async function waitJetStream(nc: NatsConnection, timeoutMs = 30_000): Pro
 /** Creates every shard's stream the settings call for (an existing one is left as it is). */
 export async function ensureStreams(jsm: JetStreamManager, s: ClusterSettings): Promise<void> {
   const names = new Set<string>();
-  for await (const n of jsm.streams.names()) names.add(n);
+  await retryJetStream('listing the streams', async () => {
+    for await (const n of jsm.streams.names()) names.add(n);
+  });
   for (let k = 0; k < s.shards; k++) {
     if (names.has(streamOf(k))) continue;
-    await jsm.streams.add({
+    await retryJetStream(`creating stream ${streamOf(k)}`, () => jsm.streams.add({
       name: streamOf(k),
       subjects: [subjectOf(k)],
       storage: StorageType.File,
@@ -198,7 +200,7 @@ export async function ensureStreams(jsm: JetStreamManager, s: ClusterSettings): 
       duplicate_window: s.duplicateWindowSeconds * 1e9,
       max_age: s.streamMaxAgeSeconds * 1e9,
       discard: DiscardPolicy.Old,
-    });
+    }));
   }
 }
 
@@ -214,4 +216,25 @@ export async function readSettings(nc: NatsConnection): Promise<ClusterSettings 
   const e = await kv.get('settings');
   if (e === null || e.operation !== 'PUT') return null;
   return parseSettings(e.string());
+}
+
+/**
+ * Runs a JetStream administration call again while it times out or finds no leader (a new
+ * cluster elects its leaders for a few seconds; nodes starting together create the same
+ * streams at once), for at most `forMs`. Any other error is thrown at once.
+ */
+export async function retryJetStream<T>(what: string, f: () => Promise<T>, forMs = 60_000): Promise<T> {
+  const until = Date.now() + forMs;
+  let waitMs = 200;
+  for (;;) {
+    try {
+      return await f();
+    } catch (err) {
+      const m = (err as Error).message;
+      const transient = /timeout|no responders|leader|temporarily unavailable|insufficient resources|503/i.test(m) || (err as Error).name === 'TimeoutError';
+      if (!transient || Date.now() + waitMs > until) throw new Error(`${what}: ${m}`, { cause: err });
+      await new Promise((r) => setTimeout(r, waitMs));
+      waitMs = Math.min(2000, waitMs * 2);
+    }
+  }
 }

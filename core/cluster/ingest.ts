@@ -43,6 +43,6 @@ export class LogIngest {
       this.counters.publish_failures++;
       return { status: 503, reason: 'log_unavailable', error: `the cluster's log did not acknowledge every shard (${(err as Error).message}); retry` };
     }
-    return { status: 204, points: 0, duplicates: 0, msg };
+    return { status: 204, points: 0, duplicates: 0, msg, logged: true };
   }
 }

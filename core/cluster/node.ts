@@ -18,7 +18,7 @@
 import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { buckets, clusterSettingsDefaults, ensureStreams, parseSettings, settingsDisagree, waitJetStream, type ClusterSettings } from '../../schema/log.js';
+import { buckets, clusterSettingsDefaults, ensureStreams, parseSettings, retryJetStream, settingsDisagree, waitJetStream, type ClusterSettings } from '../../schema/log.js';
 import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
 import { ShardConsumer } from './consumer.js';
@@ -64,7 +64,7 @@ export class ClusterNode implements ClusterView {
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
-  readonly counters = { heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0 };
+  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0 };
   private readonly log: (line: string) => void;
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
@@ -94,16 +94,16 @@ export class ClusterNode implements ClusterView {
   static async settingsFor(nc: NatsConnection, want: Partial<ClusterSettings> & { shards: number; streamReplicas: number }): Promise<ClusterSettings> {
     await waitJetStream(nc);
     const kvm = new Kvm(nc);
-    const kv = await kvm.create(buckets.cluster, { history: 1, replicas: want.streamReplicas });
+    const kv = await retryJetStream(`KV ${buckets.cluster}`, () => kvm.create(buckets.cluster, { history: 1, replicas: want.streamReplicas }));
     const mine: ClusterSettings = { ...clusterSettingsDefaults, ...want } as ClusterSettings;
-    let entry = await kv.get('settings');
+    let entry = await retryJetStream('reading the cluster settings', () => kv.get('settings'));
     if (entry === null || entry.operation !== 'PUT') {
       try {
-        await kv.create('settings', JSON.stringify(mine));
+        await retryJetStream('writing the cluster settings', () => kv.create('settings', JSON.stringify(mine)));
       } catch {
         // Another node wrote them first: theirs stand.
       }
-      entry = await kv.get('settings');
+      entry = await retryJetStream('reading the cluster settings', () => kv.get('settings'));
     }
     if (entry === null) throw new Error(`KV ${buckets.cluster} has no settings after writing them`);
     return parseSettings(entry.string());
@@ -123,11 +123,19 @@ export class ClusterNode implements ClusterView {
     await ensureStreams(n.jsm, settings);
     const kvm = new Kvm(nc);
     const replicas = settings.streamReplicas;
-    n.kvNodes = await kvm.create(buckets.nodes, { history: 1, replicas });
-    n.kvPlacement = await kvm.create(buckets.placement, { history: 1, replicas });
-    await n.tick();
+    n.kvNodes = await retryJetStream(`KV ${buckets.nodes}`, () => kvm.create(buckets.nodes, { history: 1, replicas }));
+    n.kvPlacement = await retryJetStream(`KV ${buckets.placement}`, () => kvm.create(buckets.placement, { history: 1, replicas }));
+    await retryJetStream('the first cluster round', () => n.tick());
     n.timer = setInterval(() => {
-      if (n.ticking === null) n.ticking = n.tick().finally(() => (n.ticking = null));
+      if (n.ticking !== null) return;
+      n.ticking = n
+        .tick()
+        .catch((err: unknown) => {
+          // NATS away or a leader election under way: the next round tries again.
+          n.counters.round_failures++;
+          n.log(`cluster round failed: ${(err as Error).message}`);
+        })
+        .finally(() => (n.ticking = null));
     }, o.heartbeatMs);
     return n;
   }

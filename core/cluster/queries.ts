@@ -11,7 +11,7 @@
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { headers, type Subscription } from '@nats-io/transport-node';
-import { buckets, resultsSubject } from '../../schema/log.js';
+import { buckets, resultsSubject, retryJetStream } from '../../schema/log.js';
 import type { PromText } from '../../schema/prom.js';
 import type { ShardPool } from '../pool.js';
 import { DefinitionConflict, QueryCatalog, type DefinitionStore } from '../query/catalog.js';
@@ -129,7 +129,7 @@ export class ClusterQueries {
 
   /** Opens (creates if absent) KV apm-queries, reads every definition, and starts evaluating this node's share. */
   static async open(view: ClusterView, pool: ShardPool, o: ClusterQueriesOptions): Promise<ClusterQueries> {
-    const kv = await new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas) });
+    const kv = await retryJetStream(`KV ${buckets.queries}`, () => new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas) }));
     const cq = new ClusterQueries(view, new KvDefinitions(kv), o.log);
     await cq.load(kv);
     cq.catalog = new QueryCatalog(cq.defs, pool, {

@@ -43,6 +43,8 @@ export const clusterRouteLimits = {
   proxyConnectTimeoutMs: 2_000,
   /** Proxied requests open at once; beyond it 503 (each holds a socket to the owner and a client's connection). */
   proxiesInFlightMax: 256,
+  /** A node whose connection failed is asked last for this long (it is probably down; KV says so within 10 s). */
+  unreachableForMs: 10_000,
   /** Connections to one other node. */
   connectionsPerNodeMax: 64,
   /** A node's part of a list must arrive within this (else the list is answered without it, with a warning). */
@@ -87,10 +89,10 @@ interface Target {
   evaluator: boolean;
 }
 
-type ProxyResult = 'ok' | 'failed' | 'timeout' | 'busy' | 'unavailable' | 'loop' | 'spans_nodes';
+type ProxyResult = 'ok' | 'failed' | 'timeout' | 'busy' | 'unavailable' | 'loop' | 'spans_nodes' | 'rerouted';
 
 export class ClusterRouting {
-  readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0 };
+  readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0, rerouted: 0 };
   readonly fanout = { ok: 0, failed: 0, shards_missing: 0, truncated: 0 };
   private inFlight = 0;
   private readonly agent = new Agent({
@@ -120,9 +122,13 @@ export class ClusterRouting {
   private async route(c: Context, next: Next, t: Target): Promise<Response | void> {
     const S = this.view.settings.shards;
     const targets = new Map<string, NodeState | null>();
+    let candidates: NodeState[] = [];
     for (const metric of t.metrics) {
       const shard = shardOfMetric(metric, S);
-      const first = this.view.readyOwners(shard)[0];
+      const owners = this.view.readyOwners(shard);
+      const first = owners[0];
+      // The evaluator of a stored query's results is the first ready owner only; data has every ready owner.
+      candidates = t.evaluator ? owners.slice(0, 1) : owners;
       const local = t.evaluator ? first?.id === this.view.nodeId : this.view.servesLocally(shard);
       if (local) targets.set(this.view.nodeId, null);
       else if (first === undefined) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
@@ -136,8 +142,22 @@ export class ClusterRouting {
       return c.json({ error: `the metrics of this request live on ${targets.size} nodes (${[...targets.keys()].join(', ')}); ask for them one request each`, reason: 'spans_nodes' }, 400);
     }
     const [to] = targets.values();
-    return to === null || to === undefined ? next() : this.proxy(c, to);
+    return to === null || to === undefined ? next() : this.proxy(c, this.ordered(candidates));
   }
+
+  /**
+   * Ready owners, those that refused a connection lately last: a node killed a moment ago is
+   * still live in KV for up to the dead-after time (10 s), and its requests go to the other
+   * owner at once instead of failing until then.
+   */
+  private ordered(owners: NodeState[]): NodeState[] {
+    const now = Date.now();
+    const bad = (n: NodeState) => (this.unreachableUntil.get(n.id) ?? 0) > now;
+    return [...owners.filter((n) => !bad(n)), ...owners.filter(bad)];
+  }
+
+  /** Nodes whose connection failed, until when they are tried last (bounded: one entry per node of the placement). */
+  private readonly unreachableUntil = new Map<string, number>();
 
   private refuse(c: Context, result: 'unavailable' | 'loop', error: string): Response {
     this.proxied[result]++;
@@ -166,27 +186,40 @@ export class ClusterRouting {
     return null;
   }
 
-  /** The same request to `to`, its answer streamed back. */
-  private async proxy(c: Context, to: NodeState): Promise<Response> {
+  /** The same request to the first of `owners` that takes the connection, its answer streamed back. */
+  private async proxy(c: Context, owners: NodeState[]): Promise<Response> {
+    const to = owners[0]!;
     if (this.inFlight >= clusterRouteLimits.proxiesInFlightMax) {
       this.proxied.busy++;
       c.set('apmRefusal', 'proxy_busy');
       return c.json({ error: `${this.inFlight} requests are being proxied by this node already (proxiesInFlightMax ${clusterRouteLimits.proxiesInFlightMax}); retry shortly, or ask node ${to.id} (${to.url}) directly`, reason: 'proxy_busy' }, 503);
     }
     const url = new URL(c.req.url);
-    const target = `${to.url.replace(/\/+$/, '')}${url.pathname}${url.search}`;
     const body = c.req.method === 'GET' || c.req.method === 'HEAD' ? undefined : await c.req.text();
     this.inFlight++;
-    let r: Dispatcher.ResponseData;
-    try {
-      r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
-    } catch (err) {
-      this.inFlight--;
-      const timeout = /TIMEOUT/.test((err as { code?: string }).code ?? '');
-      this.proxied[timeout ? 'timeout' : 'failed']++;
-      c.set('apmRefusal', 'proxy_failed');
-      return c.json({ error: `node ${to.id} (${to.url}), the owner of this request's shard, did not answer ${c.req.method} ${url.pathname}${timeout ? ' in time' : ''}: ${(err as Error).message}; retry shortly`, reason: 'proxy_failed' }, 503);
+    let r: Dispatcher.ResponseData | null = null;
+    for (const [i, node] of owners.entries()) {
+      const target = `${node.url.replace(/\/+$/, '')}${url.pathname}${url.search}`;
+      try {
+        r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
+        break;
+      } catch (err) {
+        const code = (err as { code?: string }).code ?? '';
+        // Refused or reset before any answer: nothing was done there (every proxied route only reads), so the next owner is asked.
+        const unreachable = code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_SOCKET' || code === 'EHOSTUNREACH';
+        if (unreachable) {
+          if (this.unreachableUntil.size < 4096 || this.unreachableUntil.has(node.id)) this.unreachableUntil.set(node.id, Date.now() + clusterRouteLimits.unreachableForMs);
+          this.proxied.rerouted++;
+          if (i + 1 < owners.length) continue;
+        }
+        this.inFlight--;
+        const timeout = /TIMEOUT/.test(code);
+        this.proxied[timeout ? 'timeout' : 'failed']++;
+        c.set('apmRefusal', 'proxy_failed');
+        return c.json({ error: `node ${node.id} (${node.url}), ${owners.length > 1 ? 'the last ready owner tried' : 'the owner'} of this request's shard, did not answer ${c.req.method} ${url.pathname}${timeout ? ' in time' : ''}: ${(err as Error).message}; retry shortly`, reason: 'proxy_failed' }, 503);
+      }
     }
+    if (r === null) throw new Error('BUG: proxy without an answer or an error');
     this.proxied.ok++;
     let released = false;
     const release = () => {
@@ -281,7 +314,7 @@ export class ClusterRouting {
   }
 
   writeMetrics(p: PromText): void {
-    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400)", 'result', this.proxied);
+    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400), rerouted (an owner refused the connection; the next ready owner was asked)", 'result', this.proxied);
     p.counters('apm_core_cluster_fanout_total', 'Parts of cluster-wide lists asked of other nodes, by result (failed: the list was answered without it, with a warning)', 'result', { ok: this.fanout.ok, failed: this.fanout.failed });
     p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner', this.fanout.shards_missing);
     p.counter('apm_core_cluster_fanout_truncated_total', 'Cluster-wide lists cut at their limit after merging', this.fanout.truncated);

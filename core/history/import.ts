@@ -387,6 +387,8 @@ class Importer {
     let stored = 0;
     for (;;) {
       const r = await this.deps.ingest(body);
+      // In a cluster the request is in the shards' streams (durable); their owners apply it and count refusals.
+      if (r.status === 204 && r.logged === true) return sent;
       if (r.status === 204) return r.duplicates > 0 && r.points === 0 && stored === 0 ? sent : stored + r.points;
       if (r.status === 503) stored += r.pointsStored ?? 0;
       if (r.status !== 503) {

@@ -5,7 +5,7 @@ import type { Hono } from 'hono';
 import { stream } from 'hono/streaming';
 import { isMetricName } from '../../schema/names.js';
 import { mayRack } from '../auth.js';
-import { WorkerError, type ShardPool } from '../pool.js';
+import { WorkerError, type IngestResult, type ShardPool } from '../pool.js';
 import { parseTime, TimeError } from '../query/time.js';
 import type { ServerTable } from '../servers.js';
 import { exportLimits } from './export.js';
@@ -38,8 +38,9 @@ export class HistoryCounters {
   }
 }
 
-export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable }): HistoryCounters {
+export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult> }): HistoryCounters {
   const { pool, servers } = deps;
+  const ingest = deps.ingest ?? ((b: Uint8Array) => pool.ingest(b));
   const counters = new HistoryCounters();
   let running = 0;
 
@@ -60,7 +61,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
       const summary = await runImport(body as unknown as AsyncIterable<Uint8Array>, {
         shards: pool.shards,
         retentionSeconds: pool.retentionSeconds,
-        ingest: (b) => pool.ingest(b),
+        ingest,
         mayRack: (rack) => mayRack(grant, rack),
         onStored: (rack, names, second) => servers.imported(rack, names, second * 1000),
       });
