@@ -23,7 +23,10 @@ import { LossyRelay } from './relay.js';
 
 const cleanup: (() => Promise<unknown> | void)[] = [];
 afterEach(async () => {
-  for (const c of cleanup.splice(0).reverse()) await c();
+  // Every step runs even when one fails: a nats-server left behind would outlive the test run.
+  const errors: unknown[] = [];
+  for (const c of cleanup.splice(0).reverse()) await Promise.resolve().then(c).catch((err: unknown) => errors.push(err));
+  if (errors.length > 0) throw errors[0];
 });
 
 const settings: ClusterSettings = { format: 1, shards: 4, ownerReplicas: 1, streamReplicas: 3, streamMaxAgeSeconds: 3600, duplicateWindowSeconds: 600 };
