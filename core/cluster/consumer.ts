@@ -107,51 +107,52 @@ export class ShardConsumer {
       this.lastError = `applied ${this.applied}, but the stream starts at ${si.state.first_seq}: rebuild from a live owner`;
       return;
     }
-    let ci = await this.jsm.consumers.info(stream, this.durable).catch(() => null);
-    // Its floor past what is applied (data restored from an older copy) or far behind it: start afresh.
-    if (ci !== null && (ci.ack_floor.stream_seq > this.applied || ci.delivered.stream_seq > this.applied + 10 * this.o.batch || ci.delivered.stream_seq < this.applied)) {
-      await this.jsm.consumers.delete(stream, this.durable);
-      ci = null;
-    }
-    if (ci === null) {
-      await this.jsm.consumers.add(stream, {
-        durable_name: this.durable,
-        ack_policy: AckPolicy.All,
-        deliver_policy: this.applied === 0 ? DeliverPolicy.All : DeliverPolicy.StartSequence,
-        ...(this.applied === 0 ? {} : { opt_start_seq: this.applied + 1 }),
-        ack_wait: 30e9,
-        max_ack_pending: 4 * this.o.batch,
-      });
-    }
+    const ci = await this.jsm.consumers.info(stream, this.durable).catch((err: Error) => {
+      if (/not found/i.test(err.message)) return null;
+      throw err;
+    });
+    // Reused only when it delivers exactly from applied + 1: messages delivered past what is
+    // applied (a pull that failed half way) would come again only after the ack wait (30 s of
+    // stall), and a floor past it means data restored from an older copy. Else: afresh.
+    if (ci !== null && ci.delivered.stream_seq === this.applied && ci.ack_floor.stream_seq <= this.applied) return;
+    if (ci !== null) await this.jsm.consumers.delete(stream, this.durable);
+    await this.jsm.consumers.add(stream, {
+      durable_name: this.durable,
+      ack_policy: AckPolicy.All,
+      deliver_policy: this.applied === 0 ? DeliverPolicy.All : DeliverPolicy.StartSequence,
+      ...(this.applied === 0 ? {} : { opt_start_seq: this.applied + 1 }),
+      ack_wait: 30e9,
+      max_ack_pending: 4 * this.o.batch,
+    });
   }
 
   /** Pulls and applies until stopped; false when a message could not be applied (start again after a backoff). */
   private async read(): Promise<boolean> {
     const consumer = await this.js.consumers.get(streamOf(this.o.shard), this.durable);
     while (!this.stopping) {
-      const msgs: JsMsg[] = [];
-      const it = await consumer.fetch({ max_messages: this.o.batch, expires: 1000 });
-      for await (const m of it) msgs.push(m);
-      if (msgs.length === 0) {
-        this.lag = 0;
+      // Each message goes to the worker as it arrives (the worker commits what waits together),
+      // chained in delivery order; the pull's results are read, and acknowledged, once it ends.
+      const sent: Promise<{ m: JsMsg; status: Applied }>[] = [];
+      let after = this.applied;
+      let pullError: Error | null = null;
+      try {
+        const it = await consumer.fetch({ max_messages: this.o.batch, expires: pullExpiresMs, idle_heartbeat: pullHeartbeatMs });
+        for await (const m of it) {
+          const prev = after;
+          after = m.seq;
+          sent.push(this.apply(m, prev));
+        }
+      } catch (err) {
+        pullError = err as Error; // the pull broke off (a leader moved, heartbeats missed): what arrived is still applied
+      }
+      if (sent.length === 0) {
+        if (pullError !== null) throw pullError;
+        // Nothing came: caught up, or the consumer cannot deliver (a leader election): its own count says which.
+        const ci = await consumer.info();
+        this.lag = ci.num_pending + ci.num_ack_pending;
+        if (ci.delivered.stream_seq > this.applied) return false; // delivered but never received: start afresh
         continue;
       }
-      // Every message of the pull goes to the worker at once (they commit together), chained in delivery order.
-      let after = this.applied;
-      const sent = msgs.map((m) => {
-        const prev = after;
-        after = m.seq;
-        if (m.seq <= this.applied) return Promise.resolve({ m, status: 'redelivered' as const });
-        let body: Uint8Array;
-        try {
-          body = openLogMessage(m.data, m.headers?.get(encodingHeader));
-        } catch (err) {
-          this.counters.messages_undecodable++;
-          this.lastError = `message ${m.seq}: ${(err as Error).message}`;
-          return this.pool.skipStream(this.o.shard, m.seq, prev).then((r) => ({ m, status: r }));
-        }
-        return this.pool.ingestStream(body, this.o.shard, { seq: m.seq, after: prev }).then((r) => ({ m, status: r }));
-      });
       let lastOk: JsMsg | null = null;
       let failed = false;
       for (const { m, status } of await Promise.all(sent)) {
@@ -174,11 +175,33 @@ export class ShardConsumer {
         lastOk.ack();
         this.lag = lastOk.info.pending;
       }
+      if (pullError !== null) throw pullError;
       if (failed) return false;
     }
     return true;
   }
+
+  /** One message to its worker: applied (its points), redelivered, refused for good, or why not now. */
+  private apply(m: JsMsg, prev: number): Promise<{ m: JsMsg; status: Applied }> {
+    if (m.seq <= this.applied) return Promise.resolve({ m, status: 'redelivered' });
+    let body: Uint8Array;
+    try {
+      body = openLogMessage(m.data, m.headers?.get(encodingHeader));
+    } catch (err) {
+      this.counters.messages_undecodable++;
+      this.lastError = `message ${m.seq}: ${(err as Error).message}`;
+      return this.pool.skipStream(this.o.shard, m.seq, prev).then((r) => ({ m, status: r }));
+    }
+    return this.pool.ingestStream(body, this.o.shard, { seq: m.seq, after: prev }).then((r) => ({ m, status: r }));
+  }
 }
+
+type Applied = { points: number; msg: RackSecondMessage } | 'redelivered' | 'refused' | string;
+
+/** A pull waits this long for messages (they are applied as they arrive, so this is no delay). */
+const pullExpiresMs = 3000;
+/** The server's heartbeat inside a pull: a busy 2-core box missed the client's default (half of 1 s). */
+const pullHeartbeatMs = 1500;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());

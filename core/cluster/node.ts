@@ -345,7 +345,7 @@ export class ClusterNode implements ClusterView {
   }
 
   private startConsumer(k: number, applied: number): void {
-    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, backoffMinMs: 200, backoffMaxMs: 10_000 }, this.pool!, this.js, this.jsm);
+    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.js, this.jsm);
     c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
     c.start(applied);
