@@ -83,6 +83,7 @@ export function parseSettings(text: string): ClusterSettings {
   if (!int(s.ownerReplicas, 1, 5) || !int(s.streamReplicas, 1, 5) || !int(s.streamMaxAgeSeconds, 10, 10 * 365 * 86_400) || !int(s.duplicateWindowSeconds, 1, 86_400)) {
     throw new Error(`cluster settings out of range: ${text.slice(0, 300)}`);
   }
+  if (s.duplicateWindowSeconds! > s.streamMaxAgeSeconds!) throw new Error(`cluster settings: the duplicate window (${s.duplicateWindowSeconds} s) is longer than the streams' max age (${s.streamMaxAgeSeconds} s)`);
   return s as ClusterSettings;
 }
 

@@ -263,3 +263,33 @@ describe('core cluster on NATS JetStream', () => {
     expect(await sums(c4.url, t0, end)).toEqual(before);
   }, 240_000);
 });
+
+describe('a node dead for longer than its streams keep messages', () => {
+  it('rebuilds its shards from a live owner\'s rows, then answers exactly as the other owner', async () => {
+    const h = await ClusterHarness.start(mkdtempSync(join(tmpdir(), 'apm-cluster-age-')));
+    try {
+      // Two nodes, both owning every shard; streams keep 10 s (the smallest max age allowed).
+      const flags = ['--workers', '1', '--shards', String(S), '--stream-max-age', '10s', '--replace-after', '600s'];
+      await Promise.all(['a1', 'a2'].map((id) => h.startCore(id, flags)));
+      await until(async () => ((await h.settled('a1', 2)) ? true : undefined), 60_000, 'both nodes own every shard');
+      const t0 = Math.floor(Date.now() / 1000) - 900;
+      for (let k = 0; k < 10; k++) for (const r of racks) await h.publish(rackSecond(r, t0 + k));
+      const url1 = h.cores.get('a1')!.url;
+      await until(async () => (diff(await sums(url1, t0, t0 + 10), expectedSums(t0, t0 + 10)) === '' ? true : undefined), 30_000, 'the first seconds on a1');
+      await h.killCore('a2');
+      // While a2 is down: more seconds, then they age out of the streams (max age 10 s).
+      for (let k = 10; k < 30; k++) for (const r of racks) await h.publish(rackSecond(r, t0 + k));
+      await until(async () => (diff(await sums(url1, t0, t0 + 30), expectedSums(t0, t0 + 30)) === '' ? true : undefined), 30_000, 'every second on a1');
+      await new Promise((r) => setTimeout(r, 14_000));
+      const a2 = await h.startCore('a2', flags);
+      await until(async () => ((await h.settled('a1', 2)) ? true : undefined), 90_000, 'a2 rebuilt and ready');
+      const st = await h.status('a2');
+      expect(st.counters.shards_rebuilt).toBeGreaterThan(0);
+      // a2's own data (a request marked as proxied is answered locally) equals the record.
+      const local = await sums(a2.url, t0, t0 + 30, { [forwardedHeader]: 'test' });
+      expect(diff(local, expectedSums(t0, t0 + 30))).toBe('');
+    } finally {
+      await h.stop();
+    }
+  }, 200_000);
+});

@@ -51,6 +51,9 @@ export class ShardConsumer {
     return `n-${this.o.node}`;
   }
 
+  /** Read from the stream's first message even when it starts past applied + 1 (no owner holds what aged out). */
+  acceptLoss = false;
+
   /** Starts reading from the applied sequence `applied` (the worker's record). */
   start(applied: number): void {
     this.applied = applied;
@@ -101,8 +104,9 @@ export class ShardConsumer {
     const stream = streamOf(this.o.shard);
     const si = await this.jsm.streams.info(stream);
     this.streamFirst = si.state.first_seq;
-    if (this.applied + 1 < si.state.first_seq && si.state.messages > 0 && this.applied < si.state.last_seq) {
-      // Messages this node never applied have aged out of the stream: only a live owner's rows have them.
+    if (this.applied + 1 < si.state.first_seq && !this.acceptLoss) {
+      // Messages this node never applied have aged out of the stream (all of them, when it is
+      // empty: first_seq is then last_seq + 1): only a live owner's rows have them.
       this.state = 'behind_stream';
       this.lastError = `applied ${this.applied}, but the stream starts at ${si.state.first_seq}: rebuild from a live owner`;
       return;

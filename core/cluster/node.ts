@@ -64,7 +64,7 @@ export class ClusterNode implements ClusterView {
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
-  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0 };
+  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0 };
   private readonly log: (line: string) => void;
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
@@ -96,6 +96,8 @@ export class ClusterNode implements ClusterView {
     const kvm = new Kvm(nc);
     const kv = await retryJetStream(`KV ${buckets.cluster}`, () => kvm.create(buckets.cluster, { history: 1, replicas: want.streamReplicas }));
     const mine: ClusterSettings = { ...clusterSettingsDefaults, ...want } as ClusterSettings;
+    // JetStream refuses a duplicate window longer than the max age (a short max age: tests).
+    mine.duplicateWindowSeconds = Math.min(mine.duplicateWindowSeconds, mine.streamMaxAgeSeconds);
     let entry = await retryJetStream('reading the cluster settings', () => kv.get('settings'));
     if (entry === null || entry.operation !== 'PUT') {
       try {
@@ -334,7 +336,15 @@ export class ClusterNode implements ClusterView {
       const needCopy = c?.state === 'behind_stream' || (joining && applied === 0 && source !== undefined);
       if (needCopy && source === undefined) {
         if (c === undefined) this.startConsumer(k, applied);
-        continue; // no live owner to copy from yet: try again next round
+        else if (!this.nodeStates.some((n) => n.live && n.id !== this.o.node && this.doc!.shards[k]!.owners.includes(n.id))) {
+          // No other owner is alive: what aged out of the stream is nowhere else. Read on from
+          // the stream's first message rather than stop; the gap is counted and logged.
+          this.counters.shards_resumed_with_gap++;
+          this.log(`shard ${k}: applied up to ${applied}, its stream starts at ${c.streamFirst} and no other owner is alive: resuming from the stream; sequences ${applied + 1}..${c.streamFirst - 1} are lost`);
+          this.consumers.delete(k);
+          this.startConsumer(k, applied, true);
+        }
+        continue; // an owner is alive but not caught up yet: copy from it next round
       }
       if (needCopy) {
         void this.copyThenConsume(k, source!, c);
@@ -344,8 +354,9 @@ export class ClusterNode implements ClusterView {
     }
   }
 
-  private startConsumer(k: number, applied: number): void {
+  private startConsumer(k: number, applied: number, acceptLoss = false): void {
     const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.js, this.jsm);
+    c.acceptLoss = acceptLoss;
     c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
     c.start(applied);
