@@ -106,7 +106,10 @@ export async function main(argv: string[]): Promise<void> {
         return copyShardFrom(opened.pool, fromUrl, shard, authorization).then((r) => r.applied);
       },
     });
-  } else if (values.node !== undefined) throw new UsageError('--node needs --nats (a node id names a member of a cluster)');
+  } else {
+    const given = Object.keys(clusterOptionSpec).filter((k) => k !== 'nats' && values[k as keyof typeof values] !== undefined);
+    if (given.length > 0) throw new UsageError(`--${given.join(', --')} ${given.length === 1 ? 'needs' : 'need'} --nats (they configure a cluster node)`);
+  }
   const logIngest = cluster === null ? null : new LogIngest(cluster.node.jetstream, cluster.settings.shards);
   let node: CoreNode;
   try {

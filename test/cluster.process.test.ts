@@ -12,7 +12,7 @@ import { rackSecondBody, shardOf } from '../schema/section.js';
 import { forwardedHeader } from '../core/cluster/routes.js';
 import { buildColumns } from '../schema/testdata.js';
 import { ClusterHarness } from '../tools/cluster-harness.js';
-import { until } from './proc.js';
+import { spawnApm, until } from './proc.js';
 
 const S = 8;
 const metrics = 24;
@@ -149,6 +149,18 @@ describe('core cluster on NATS JetStream', () => {
       return true;
     }, 60_000, 'every point on both owners of its shard').catch((err: Error) => {
       throw new Error(`${err.message}: ${last}`);
+    });
+    // `apm cluster status` from any node: every node live, every shard with its two ready owners.
+    let text = '';
+    await until(async () => {
+      const cli = spawnApm(['cluster', 'status', '--core', urls[2]!]);
+      expect(await cli.exited()).toBe(0);
+      text = cli.output.join('\n');
+      const nodesOk = ['c1', 'c2', 'c3'].every((id) => new RegExp(`^${id} +live `, 'm').test(text));
+      const shardsOk = Array.from({ length: S }, (_, k) => new RegExp(`^${k} +\\S+\\* \\S+\\*`, 'm').test(text)).every(Boolean);
+      return nodesOk && shardsOk ? true : undefined;
+    }, 20_000, 'apm cluster status: every node live, two ready owners per shard').catch((err: Error) => {
+      throw new Error(`${err.message}:\n${text}`);
     });
   }, 120_000);
 

@@ -8,7 +8,7 @@ import { connectNats, parseNatsUrls, type ClusterSettings, type NatsAuth } from 
 import { parseDurationMs, parseIntOption, UsageError } from '../../tools/args.js';
 import { ClusterNode } from './node.js';
 
-export const clusterHelp = `Cluster (issue 13; without --nats the core runs alone, as before):
+export const clusterHelp = `Cluster (without --nats the core runs alone):
   --nats <url,...>        join a cluster through these NATS servers (JetStream on): racks publish
                          to one stream per shard, every shard is owned by --replicas nodes
   --node <id>             this node's id, [A-Za-z0-9_-]{1,32} (required with --nats)
