@@ -164,6 +164,13 @@ describe('core cluster on NATS JetStream', () => {
     });
   }, 120_000);
 
+  it('a node whose settings disagree with the cluster\'s refuses to start, saying why', async () => {
+    const d = spawnApm(['core', '--listen', '127.0.0.1:0', '--data', join(h.dir, 'core-bad'), '--nats', h.nats.urls.join(','), '--node', 'bad', '--nats-user', 'core', '--nats-password-file', h.passFile, '--shards', '16']);
+    expect(await d.exited()).not.toBe(0);
+    expect(d.output.join('\n')).toMatch(/cannot join the cluster: shards is 16 here but 8 in the cluster/);
+    expect((await h.status('c1')).nodes.map((n) => n.id)).not.toContain('bad');
+  }, 60_000);
+
   it('SIGKILL of a node under load: queries answer from the other owner within 10 s, nothing is lost; restarted, it catches up', async () => {
     let stop = false;
     let second = t0 + 20;
