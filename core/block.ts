@@ -731,6 +731,12 @@ export function selectServers(row: DecodedRow, keep: (serverId: number) => boole
   const js: number[] = [];
   for (let j = 0; j < row.serverIds.length; j++) if (keep(row.serverIds[j]!)) js.push(j);
   if (js.length === row.serverIds.length) return row;
+  const serversOmitted = row.serversOmitted + row.serverIds.length - js.length;
+  return { ...row, ...gatherServers(row, js), serverIds: Uint32Array.from(js, (j) => row.serverIds[j]!), serversOmitted, aggregates: null, rollup: emptySummaries };
+}
+
+/** The columns of servers `js` (indexes into the row, in this order) of a whole decoded row, copied. */
+function gatherServers(row: DecodedRow, js: readonly number[]): Pick<DecodedRow, 'pointStart' | 'pointSecs' | 'pointVals' | 'distStart' | 'dist'> {
   let pn = 0;
   let dn = 0;
   for (const j of js) {
@@ -747,10 +753,11 @@ export function selectServers(row: DecodedRow, keep: (serverId: number) => boole
   js.forEach((j, o) => {
     pointStart[o] = p;
     distStart[o] = d;
-    for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++, p++) {
-      pointSecs[p] = row.pointSecs[i]!;
-      pointVals[p] = row.pointVals[i]!;
-    }
+    const p0 = row.pointStart[j]!;
+    const p1 = row.pointStart[j + 1]!;
+    pointSecs.set(row.pointSecs.subarray(p0, p1), p);
+    pointVals.set(row.pointVals.subarray(p0, p1), p);
+    p += p1 - p0;
     for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++, d++) {
       dist.secs[d] = row.dist.secs[i]!;
       dist.count[d] = row.dist.count[i]!;
@@ -764,8 +771,7 @@ export function selectServers(row: DecodedRow, keep: (serverId: number) => boole
   });
   pointStart[js.length] = p;
   distStart[js.length] = d;
-  const serversOmitted = row.serversOmitted + row.serverIds.length - js.length;
-  return { ...row, serverIds: Uint32Array.from(js, (j) => row.serverIds[j]!), serversOmitted, aggregates: null, rollup: emptySummaries, pointStart, pointSecs, pointVals, distStart, dist };
+  return { pointStart, pointSecs, pointVals, distStart, dist };
 }
 
 /** The first n entries of c (views; sketch sources copied). */
@@ -818,50 +824,12 @@ export function renumberServers(row: DecodedRow, idOf: (serverId: number) => num
   }
   order.sort((a, b) => a.id - b.id);
   for (let k = 1; k < order.length; k++) if (order[k]!.id === order[k - 1]!.id) throw new Error(`BUG: two servers of a row renumbered to ${order[k]!.id}`);
-  let pn = 0;
-  let dn = 0;
-  for (const { j } of order) {
-    pn += row.pointStart[j + 1]! - row.pointStart[j]!;
-    dn += row.distStart[j + 1]! - row.distStart[j]!;
-  }
-  const pointStart = new Int32Array(order.length + 1);
-  const distStart = new Int32Array(order.length + 1);
-  const pointSecs = new Uint16Array(pn);
-  const pointVals = new Float64Array(pn);
-  const dist = summaryColumns(dn);
-  let p = 0;
-  let d = 0;
-  order.forEach(({ j }, o) => {
-    pointStart[o] = p;
-    distStart[o] = d;
-    const p0 = row.pointStart[j]!;
-    const p1 = row.pointStart[j + 1]!;
-    pointSecs.set(row.pointSecs.subarray(p0, p1), p);
-    pointVals.set(row.pointVals.subarray(p0, p1), p);
-    p += p1 - p0;
-    for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++, d++) {
-      dist.secs[d] = row.dist.secs[i]!;
-      dist.count[d] = row.dist.count[i]!;
-      dist.sum[d] = row.dist.sum[i]!;
-      dist.min[d] = row.dist.min[i]!;
-      dist.max[d] = row.dist.max[i]!;
-      dist.sketchSrc[d] = row.dist.sketchSrc[i]!;
-      dist.sketchStart[d] = row.dist.sketchStart[i]!;
-      dist.sketchEnd[d] = row.dist.sketchEnd[i]!;
-    }
-  });
-  pointStart[order.length] = p;
-  distStart[order.length] = d;
   return {
     ...row,
+    ...gatherServers(row, order.map((o) => o.j)),
     serverIds: Uint32Array.from(order, (o) => o.id),
     serversOmitted: 0,
     aggregates: null,
-    pointStart,
-    pointSecs,
-    pointVals,
-    distStart,
-    dist,
     rollupFrom: 0,
     rollupTo: row.rollup.secs.length,
   };
