@@ -1,7 +1,8 @@
 // apm dashboard (issue 6). Plain ES module, no build step: stored queries as live uPlot charts
 // fed by each query's SSE stream, history from the results API (paged to the API's per-answer
 // bound), ad-hoc queries where stored results do not reach, create/edit/delete with parse errors
-// shown at their position, and a fleet view of servers, racks and the system's own health.
+// shown at their position, and a fleet view of servers, racks, the system's own health and, on a
+// cluster node, the cluster's nodes and shards.
 
 import { axisOf, plotColumns, WindowColumns } from './columns.js';
 
@@ -21,6 +22,11 @@ const lateAfterMs = 10_000;
 const silentAfterMs = 60_000;
 /** Rows shown in the server table before asking to filter (the fleet has 10,000 servers). */
 const serverRowsMax = 500;
+/**
+ * Cluster shard rows at most (schema/limits.ts shardsMax): each refresh rewrites only the rows
+ * whose owners, readiness or lag changed, inside a scrolling box.
+ */
+const clusterShardRowsMax = 4096;
 /** Retries of a request the core rate-limited (429, waiting its Retry-After). */
 const rateRetriesMax = 3;
 const palette = ['#2c6ecb', '#d9480f', '#2b8a3e', '#862e9c', '#e67700', '#0b7285', '#c2255c', '#5c940d'];
@@ -33,6 +39,8 @@ const state = {
   panels: new Map(),
   clockOffsetMs: 0,
   fleetTimer: 0,
+  /** Answers of GET /api/v1/cluster still wanted: a newer request makes an older one's answer stale. */
+  clusterSeq: 0,
   editing: null,
 };
 
@@ -824,6 +832,8 @@ async function refreshFleet() {
     perRack.set(s.rack, r);
   }
   renderHealth(status, counts);
+  // Its own request and error line: a cluster answer that fails leaves the rest of the view alone.
+  void refreshCluster(status.cluster === true);
   renderRacks(status, perRack);
   renderStatsdRefusals(status);
   renderServers(servers, status.nowMs);
@@ -882,6 +892,122 @@ function renderStatsdRefusals(status) {
     el('tr', { 'data-reason': r.metric }, el('td', {}, r.family), el('td', {}, r.reason), el('td', { class: 'n' }, fmt(r.count)), el('td', {}, r.metric)),
   );
   table.tBodies[0].replaceChildren(...rows);
+}
+
+/**
+ * The cluster section (issue 13), shown when this core is a cluster node (status.cluster): its
+ * nodes and, per shard, the owners (✓ ready), each owner's consumer lag and the nodes joining,
+ * from GET /api/v1/cluster (core/cluster/status.ts). A single node shows nothing.
+ */
+async function refreshCluster(isCluster) {
+  const seq = ++state.clusterSeq;
+  const section = $('cluster');
+  if (!isCluster) {
+    section.hidden = true;
+    return;
+  }
+  let s;
+  try {
+    s = await api('/api/v1/cluster');
+  } catch (err) {
+    if (seq !== state.clusterSeq) return;
+    // 404: not a cluster node after all (restarted without --nats between the two requests).
+    section.hidden = err.status === 404;
+    // The tables keep the last answer, if any, under the error line.
+    $('cluster-error').textContent = `cluster status: ${err.message}${$('cluster-body').hidden ? '' : ' (the tables show the last answer)'}`;
+    $('cluster-error').hidden = false;
+    return;
+  }
+  if (seq !== state.clusterSeq) return;
+  section.hidden = false;
+  $('cluster-error').hidden = true;
+  $('cluster-body').hidden = false;
+  // Ready shards as sets: 4096 shards × owners looked up in lists of thousands took too long.
+  const nodes = new Map(s.nodes.map((n) => [n.id, { live: n.live, ready: new Set(n.live ? n.ready : []), lag: n.lag }]));
+  // Ready owners a shard should have: the owner replicas, or fewer while fewer nodes are live.
+  const want = Math.max(1, Math.min(s.settings.ownerReplicas, s.nodes.filter((n) => n.live).length));
+  renderClusterSummary(s, nodes, want);
+  renderClusterNodes(s);
+  renderClusterShards(s, nodes, want);
+}
+
+/** Whether `id` is live and has caught up on `shard` (a dead node's last heartbeat does not count). */
+function readyOn(nodes, id, shard) {
+  return nodes.get(id)?.ready.has(shard) === true;
+}
+
+/** An owner's consumer lag for `shard` from its heartbeat: '–' unknown node or none reported, '?' not known yet (-1). */
+function lagText(nodes, id, shard) {
+  const v = nodes.get(id)?.lag[shard];
+  return v === undefined ? '–' : v < 0 ? '?' : fmt(v);
+}
+
+function renderClusterSummary(s, nodes, want) {
+  const st = s.settings;
+  let short = 0;
+  s.placement.shards.forEach((x, k) => {
+    if (x.owners.filter((o) => readyOn(nodes, o, k)).length < want) short++;
+  });
+  const live = s.nodes.filter((n) => n.live).length;
+  $('cluster-summary').textContent = `seen from ${s.node} · ${live} of ${s.nodes.length} nodes live · ${st.shards} shards, ${st.ownerReplicas} owners each, streams R${st.streamReplicas} · placement revision ${s.placementRevision}`;
+  const ready = $('cluster-ready');
+  ready.textContent = s.placement.shards.length === 0 ? 'no placement written yet' : short === 0 ? `every shard has ${want} ready owners` : `${short} shards with fewer than ${want} ready owners`;
+  ready.className = s.placement.shards.length === 0 || short > 0 ? 'cluster-ready bad' : 'cluster-ready';
+}
+
+function renderClusterNodes(s) {
+  const owns = new Map();
+  const joins = new Map();
+  for (const x of s.placement.shards) {
+    for (const o of x.owners) owns.set(o, (owns.get(o) ?? 0) + 1);
+    for (const j of x.joining) joins.set(j, (joins.get(j) ?? 0) + 1);
+  }
+  const rows = [...s.nodes].sort((a, b) => a.id.localeCompare(b.id)).map((n) => {
+    let lag = 0;
+    let unknown = false;
+    for (const v of Object.values(n.lag)) {
+      if (v < 0) unknown = true;
+      else lag += v;
+    }
+    return el(
+      'tr',
+      { 'data-node': n.id, class: n.live ? '' : 'dead' },
+      el('td', {}, n.id, n.id === s.node ? el('span', { class: 'hint' }, ' (this page)') : ''),
+      el('td', { class: n.live ? 'st-reporting' : 'st-silent' }, n.live ? 'live' : 'dead'),
+      el('td', { class: 'n' }, String(owns.get(n.id) ?? 0)),
+      el('td', { class: 'n' }, String(joins.get(n.id) ?? 0)),
+      el('td', { class: 'n' }, String(n.ready.length)),
+      el('td', { class: 'n', title: unknown ? 'some shards: not known yet' : '' }, `${fmt(lag)}${unknown ? ' ?' : ''}`),
+      el('td', { class: 'n' }, `${(Math.max(0, now() - n.heartbeatMs) / 1000).toFixed(1)} s`),
+      el('td', { class: 'mono' }, n.url),
+    );
+  });
+  $('cluster-nodes').tBodies[0].replaceChildren(...rows);
+}
+
+/** One row per shard, reused: a row is rebuilt only when its text changed (64-4096 shards, every 5 s). */
+function renderClusterShards(s, nodes, want) {
+  const tbody = $('cluster-shards').tBodies[0];
+  const shards = s.placement.shards;
+  const n = Math.min(shards.length, clusterShardRowsMax);
+  while (tbody.rows.length > n) tbody.lastElementChild.remove();
+  for (let k = 0; k < n; k++) {
+    const x = shards[k];
+    const owners = x.owners.map((o) => ({ id: o, ready: readyOn(nodes, o, k), lag: lagText(nodes, o, k) }));
+    const joining = x.joining.map((j) => ({ id: j, lag: lagText(nodes, j, k) }));
+    const sig = JSON.stringify([owners, joining, want]);
+    let tr = tbody.rows[k];
+    if (tr === undefined) tr = tbody.appendChild(el('tr', { 'data-shard': String(k) }));
+    if (tr.dataset.sig === sig) continue;
+    tr.dataset.sig = sig;
+    const readyCount = owners.filter((o) => o.ready).length;
+    tr.className = readyCount === 0 ? 'short bad' : readyCount < want ? 'short' : '';
+    const ownerSpans = owners.map((o) => el('span', { class: o.ready ? 'owner ready' : 'owner', 'data-node': o.id, 'data-ready': String(o.ready), title: o.ready ? 'ready: caught up, answers this shard' : 'not ready: catching up, or the node is dead' }, `${o.id} ${o.ready ? '✓' : '✗'}`));
+    const lagSpans = owners.map((o) => el('span', { class: 'owner-lag', 'data-node': o.id, title: `${o.id}: messages of this shard's stream not applied yet` }, o.lag));
+    const joinSpans = joining.map((j) => el('span', { class: 'joiner', 'data-node': j.id, title: `${j.id}: copying this shard to become an owner; lag ${j.lag}` }, j.id));
+    tr.replaceChildren(el('td', { class: 'n' }, String(k)), el('td', {}, ...ownerSpans), el('td', { class: 'n' }, ...lagSpans), el('td', {}, ...joinSpans));
+  }
+  $('cluster-shards-more').textContent = shards.length > n ? `${shards.length - n} more shards not shown` : '';
 }
 
 function renderRacks(status, perRack) {
