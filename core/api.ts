@@ -38,6 +38,8 @@ export interface ApiOptions {
    * cluster node publishes it to the shards' streams (core/cluster/ingest.ts). Absent: the pool.
    */
   ingest?: (body: Uint8Array, mayRack: (rack: string) => boolean) => Promise<IngestResult>;
+  /** A cluster node's GET /api/v1/cluster answer (core/cluster/status.ts). */
+  clusterStatus?: () => object;
   /** More lines for /metrics (a cluster node's consumers and placement). */
   metricsExtra?: (p: PromText) => void;
 }
@@ -91,7 +93,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   // A cluster node hands a copy of a shard to a node that joins it (admin only; core/snapshot.ts).
   if (opts.cluster !== undefined) addSnapshotRoutes(app, pool);
   const status = opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
-  addDashboardRoutes(app, { pool, servers, stored, status });
+  addDashboardRoutes(app, { pool, servers, stored, status, clusterStatus: opts.clusterStatus });
 
   app.onError((err, c) => {
     console.error(`core: ${c.req.method} ${c.req.path} failed:`, err);

@@ -70,6 +70,8 @@ export interface DashboardDeps {
   servers: ServerTable;
   stored: QueryCatalog;
   status: CoreStatus;
+  /** A cluster node's GET /api/v1/cluster answer (core/cluster/status.ts); absent: a single node. */
+  clusterStatus?: () => object;
 }
 
 export function addDashboardRoutes(app: Hono, deps: DashboardDeps): void {
@@ -92,11 +94,13 @@ export function addDashboardRoutes(app: Hono, deps: DashboardDeps): void {
     return send(a, c.req.header('if-none-match'), immutable ? 'public, max-age=31536000, immutable' : 'no-cache');
   });
 
-  // `cluster`: whether this core answers GET /api/v1/cluster (a cluster node: core/main.ts adds
-  // that route after the API is built, so it is looked up per request). The fleet view asks that
-  // route only then: a single node answers it 404.
-  const isCluster = () => app.routes.some((r) => r.method === 'GET' && r.path === '/api/v1/cluster');
-  app.get('/api/v1/status', (c) => c.json({ ...statusJson(deps, Date.now()), cluster: isCluster() }));
+  // `cluster`: whether this core answers GET /api/v1/cluster (a cluster node); the fleet view asks
+  // that route only then (a single node answers it 404).
+  app.get('/api/v1/status', (c) => c.json({ ...statusJson(deps, Date.now()), cluster: deps.clusterStatus !== undefined }));
+  if (deps.clusterStatus !== undefined) {
+    const status = deps.clusterStatus;
+    app.get('/api/v1/cluster', (c) => c.json(status()));
+  }
 
   app.post('/api/v1/racks/:rack/status', async (c) => {
     const rack = c.req.param('rack');

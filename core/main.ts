@@ -12,7 +12,7 @@ import { openNode, type CoreNode } from './node.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
 import { clusterHelp, clusterOptionSpec, joinCluster, type ClusterStart } from './cluster/start.js';
 import { copyShardFrom } from './cluster/snapshot-routes.js';
-import { addClusterStatusRoutes, clusterMetrics } from './cluster/status.js';
+import { clusterMetrics, clusterStatus } from './cluster/status.js';
 import { LogIngest } from './cluster/ingest.js';
 import type { PromText } from '../schema/prom.js';
 import { shardsDefault, shardsMax } from '../schema/limits.js';
@@ -118,7 +118,7 @@ export async function main(argv: string[]): Promise<void> {
       workers,
       shards: cluster?.settings.shards ?? shards,
       cluster: cluster?.node,
-      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node) }),
+      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node), clusterStatus: () => clusterStatus(cluster!.node) }),
       retentionSeconds: Math.floor(retentionMs / 1000),
       queryLatenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
       diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),
@@ -142,7 +142,6 @@ export async function main(argv: string[]): Promise<void> {
       node.status.noteSecond(m.second);
     };
     cluster.node.attach(node.pool);
-    addClusterStatusRoutes(node.app, cluster.node);
   }
   const { pool, servers, status, app } = node;
   const port = await new Promise<number>((resolve, reject) => {

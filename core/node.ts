@@ -42,6 +42,8 @@ export interface NodeOptions {
   ingest?: ApiOptions['ingest'];
   /** See ApiOptions.metricsExtra. */
   metricsExtra?: ApiOptions['metricsExtra'];
+  /** See ApiOptions.clusterStatus. */
+  clusterStatus?: ApiOptions['clusterStatus'];
 }
 
 export interface CoreNode {
@@ -88,7 +90,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
   const stored = clusterQueries?.catalog ?? new QueryCatalog(new LmdbDefinitions(meta.openDB({ name: 'queries', encoding: 'json' })), pool, { queriesMax: L.storedQueriesMax });
   if (clusterQueries === undefined) await stored.start();
   const status = new CoreStatus({ racksMax: L.racksMax, samplesMax: L.statusSamplesMax });
-  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries, ingest: o.ingest, metricsExtra: o.metricsExtra });
+  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries, ingest: o.ingest, metricsExtra: o.metricsExtra, clusterStatus: o.clusterStatus });
   return {
     pool,
     servers,

@@ -63,7 +63,7 @@ function wide(real: ClusterStatus, o: { lagOfShard0: number }): ClusterStatus {
     nodes: [
       { ...c1!, ready: shards, lag: lag(shards) },
       { ...c2!, ready: shards.filter((k) => !odd(k)), lag: { ...lag(shards), 0: o.lagOfShard0 } },
-      { ...c2!, id: 'c3', url: 'http://127.0.0.1:9', live: false, heartbeatMs: c2!.heartbeatMs - 600_000, ready: shards.filter(odd), lag: {} },
+      { ...c2!, id: 'c3', url: 'http://127.0.0.1:9', live: false, heartbeatMs: c2!.heartbeatMs - 600_000, silentMs: 600_000, ready: shards.filter(odd), lag: {} },
     ],
     placement: { shards: shards.map((k) => (odd(k) ? { owners: ['c3', 'c1'], joining: ['c2'] } : { owners: ['c1', 'c2'], joining: [] })) },
   };

@@ -40,11 +40,10 @@ export function formatStatus(s: ClusterStatus): string {
   const out: string[] = [];
   out.push(`cluster seen from ${s.node}: ${s.settings.shards} shards, ${s.settings.ownerReplicas} owners each, streams R${s.settings.streamReplicas}, max age ${s.settings.streamMaxAgeSeconds} s; placement revision ${s.placementRevision}`);
   out.push('', 'NODE'.padEnd(16) + 'STATE'.padEnd(7) + 'OWNS'.padEnd(6) + 'READY'.padEnd(7) + 'LAG'.padEnd(9) + 'HEARTBEAT'.padEnd(11) + 'URL');
-  const newest = Math.max(0, ...s.nodes.map((n) => n.heartbeatMs));
   for (const n of s.nodes) {
     const owns = s.placement.shards.filter((x) => x.owners.includes(n.id)).length;
     const lag = Object.values(n.lag).reduce((a, b) => a + Math.max(0, b), 0);
-    out.push(n.id.padEnd(16) + (n.live ? 'live' : 'dead').padEnd(7) + String(owns).padEnd(6) + String(n.ready.length).padEnd(7) + String(lag).padEnd(9) + `${((newest - n.heartbeatMs) / 1000).toFixed(1)} s ago`.padEnd(11) + n.url);
+    out.push(n.id.padEnd(16) + (n.live ? 'live' : 'dead').padEnd(7) + String(owns).padEnd(6) + String(n.ready.length).padEnd(7) + String(lag).padEnd(9) + `${(n.silentMs / 1000).toFixed(1)} s ago`.padEnd(11) + n.url);
   }
   out.push('', 'SHARD  OWNERS (ready*)                 JOINING');
   const ready = new Map(s.nodes.map((n) => [n.id, new Set(n.live ? n.ready : [])]));

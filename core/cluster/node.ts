@@ -259,12 +259,15 @@ export class ClusterNode implements ClusterView {
         const ms = e.created.getTime();
         newest = Math.max(newest, ms);
         if (k === this.o.node) this.lastHeartbeatMs = ms;
-        states.push({ ...r, live: true, heartbeatMs: ms });
+        states.push({ ...r, live: true, heartbeatMs: ms, silentMs: 0 });
       } catch {
         this.log(`KV ${buckets.nodes} key ${k} does not parse; ignored`);
       }
     }
-    for (const s of states) s.live = newest - s.heartbeatMs <= this.o.deadAfterMs;
+    for (const s of states) {
+      s.silentMs = newest - s.heartbeatMs;
+      s.live = s.silentMs <= this.o.deadAfterMs;
+    }
     this.nodeStates = states.sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 

@@ -1,7 +1,6 @@
 // What a cluster node tells about its cluster (issue 13): GET /api/v1/cluster (nodes, placement,
 // this node's consumers; `apm cluster status` prints it) and the cluster's lines of /metrics.
 
-import type { Hono } from 'hono';
 import type { PromText } from '../../schema/prom.js';
 import type { ClusterNode } from './node.js';
 
@@ -18,10 +17,6 @@ export interface ClusterStatus {
 
 export function clusterStatus(n: ClusterNode): ClusterStatus {
   return { node: n.nodeId, settings: n.settings, placementRevision: n.placementRevision(), nodes: n.nodes(), placement: n.placement(), shards: n.shardStates(), counters: { ...n.counters, ...n.consumerCounters() } };
-}
-
-export function addClusterStatusRoutes(app: Hono, n: ClusterNode): void {
-  app.get('/api/v1/cluster', (c) => c.json(clusterStatus(n)));
 }
 
 /** The cluster's lines of a node's /metrics: consumer lag per shard, placement revision, membership. */

@@ -25,6 +25,8 @@ export interface NodeState extends NodeRecord {
   live: boolean;
   /** The KV's timestamp of its newest heartbeat (ms). */
   heartbeatMs: number;
+  /** How much older its newest heartbeat is than the newest one in KV apm-nodes (ms; the NATS servers' clock only). */
+  silentMs: number;
 }
 
 /** KV apm-placement, key "shards": per shard its owners (in order) and the nodes copying it to become owners. */

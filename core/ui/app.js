@@ -978,7 +978,7 @@ function renderClusterNodes(s) {
       el('td', { class: 'n' }, String(joins.get(n.id) ?? 0)),
       el('td', { class: 'n' }, String(n.ready.length)),
       el('td', { class: 'n', title: unknown ? 'some shards: not known yet' : '' }, `${fmt(lag)}${unknown ? ' ?' : ''}`),
-      el('td', { class: 'n' }, `${(Math.max(0, now() - n.heartbeatMs) / 1000).toFixed(1)} s`),
+      el('td', { class: 'n' }, `${(Math.max(0, n.silentMs) / 1000).toFixed(1)} s`),
       el('td', { class: 'mono' }, n.url),
     );
   });
