@@ -18,6 +18,8 @@ export interface ConsumerOptions {
   shard: number;
   /** Messages asked for per pull (they go to the worker together: one synced commit). */
   batch: number;
+  /** Caught up: at most this many messages of the stream not applied. */
+  readyLagMax: number;
   /** Backoff after a message could not be applied (doubles up to backoffMaxMs). */
   backoffMinMs: number;
   backoffMaxMs: number;
@@ -34,6 +36,12 @@ export class ShardConsumer {
   /** The stream's first sequence when the consumer started (a node with applied + 1 below it missed messages that aged out). */
   streamFirst = 0;
   lastError = '';
+  /**
+   * At most readyLagMax messages behind as of the newest pull that could tell. It stays true
+   * while the log is unreachable (a NATS outage): what this node holds is still the newest
+   * anyone holds, and queries keep being answered from it.
+   */
+  caughtUp = false;
   readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0 };
   private stopping = false;
   private loop: Promise<void> | null = null;
@@ -108,6 +116,7 @@ export class ShardConsumer {
       // Messages this node never applied have aged out of the stream (all of them, when it is
       // empty: first_seq is then last_seq + 1): only a live owner's rows have them.
       this.state = 'behind_stream';
+      this.caughtUp = false;
       this.lastError = `applied ${this.applied}, but the stream starts at ${si.state.first_seq}: rebuild from a live owner`;
       return;
     }
@@ -154,6 +163,7 @@ export class ShardConsumer {
         // Nothing came: caught up, or the consumer cannot deliver (a leader election): its own count says which.
         const ci = await consumer.info();
         this.lag = ci.num_pending + ci.num_ack_pending;
+        this.caughtUp = this.lag <= this.o.readyLagMax;
         if (ci.delivered.stream_seq > this.applied) return false; // delivered but never received: start afresh
         continue;
       }
@@ -178,6 +188,7 @@ export class ShardConsumer {
       if (lastOk !== null) {
         lastOk.ack();
         this.lag = lastOk.info.pending;
+        this.caughtUp = this.lag <= this.o.readyLagMax;
       }
       if (pullError !== null) throw pullError;
       if (failed) return false;

@@ -192,7 +192,7 @@ export class ClusterNode implements ClusterView {
   /** This node's consumer of a shard has caught up (and no copy is under way). */
   private isReady(shard: number): boolean {
     const c = this.consumers.get(shard);
-    return c !== undefined && !this.copying.has(shard) && c.state === 'reading' && c.lag <= this.o.readyLagMax;
+    return c !== undefined && !this.copying.has(shard) && c.state !== 'behind_stream' && c.caughtUp;
   }
 
   /** Per shard this node consumes: its consumer's figures (status pages, /metrics). */
@@ -358,7 +358,7 @@ export class ClusterNode implements ClusterView {
   }
 
   private startConsumer(k: number, applied: number, acceptLoss = false): void {
-    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.js, this.jsm);
+    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.js, this.jsm);
     c.acceptLoss = acceptLoss;
     c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
