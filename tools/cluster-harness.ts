@@ -43,9 +43,10 @@ export class ClusterHarness {
   }
 
   /** Starts `apm core --nats` as node `id` (its data directory kept across restarts) and waits for its ready line. */
-  async startCore(id: string, extra: string[] = []): Promise<CoreProc> {
+  async startCore(id: string, extra: string[] = [], nodeArgs: string[] = []): Promise<CoreProc> {
     const data = join(this.dir, `core-${id}`);
-    const child = spawn(process.execPath, [cliPathFor(), 'core', '--listen', '127.0.0.1:0', '--data', data, '--nats', this.nats.urls.join(','), '--node', id, '--nats-user', 'core', '--nats-password-file', this.passFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // nodeArgs: e.g. --cpu-prof to profile a node (Node refuses it in NODE_OPTIONS).
+    const child = spawn(process.execPath, [...nodeArgs, cliPathFor(), 'core', '--listen', '127.0.0.1:0', '--data', data, '--nats', this.nats.urls.join(','), '--node', id, '--nats-user', 'core', '--nats-password-file', this.passFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output: string[] = [];
     const url = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`core ${id} did not start within 60 s:\n${output.join('')}`)), 60_000);
