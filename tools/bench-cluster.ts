@@ -18,7 +18,8 @@ import { shardOf } from '../schema/section.js';
 import { BatchMaker } from './bench-batch.js';
 import type { Figure } from './bench-edge.js';
 import { prom } from './bench-fleet.js';
-import { cpuTicks, ticksPerSecond } from './bench-proc.js';
+import { Pool } from 'undici';
+import { cpuTicks, sendRacks, startCore, ticksPerSecond } from './bench-proc.js';
 import { ClusterHarness } from './cluster-harness.js';
 
 const shards = 16;
@@ -73,8 +74,22 @@ async function waitFor(what: string, timeoutMs: number, cond: () => Promise<bool
 export async function clusterFigures(quick: boolean): Promise<Figure[]> {
   const figures: Figure[] = [];
   const t0 = Math.floor(Date.now() / 1000) - 3600;
-  const load = buildLoad(4, 40, quick ? 100 : 400, quick ? 10 : 30, t0);
-  console.log(`  (load: 4 racks × 40 servers × ${quick ? 100 : 400} metrics × ${quick ? 10 : 30} s = ${(load.points / 1e6).toFixed(2)} M points, ${(load.bytes / 2 ** 20).toFixed(1)} MiB of rack seconds; ${shards} shards)`);
+  const load = buildLoad(4, 40, quick ? 100 : 400, quick ? 10 : 60, t0);
+  console.log(`  (load: 4 racks × 40 servers × ${quick ? 100 : 400} metrics × ${quick ? 10 : 60} s = ${(load.points / 1e6).toFixed(2)} M points, ${(load.bytes / 2 ** 20).toFixed(1)} MiB of rack seconds; ${shards} shards)`);
+  // The same bodies POSTed to one core without a cluster: what the log path costs beside it.
+  const single = await startCore(['--workers', '1', '--shards', String(shards)]);
+  try {
+    const cpu0 = cpuTicks(single.pid);
+    const p0 = await pointsOf(single.url);
+    const pool = new Pool(single.url, { connections: 8 });
+    await sendRacks(pool, single, load.racks);
+    await waitFor('every point stored by the single core', 300_000, async () => (await pointsOf(single.url)) - p0 >= load.points);
+    await pool.close();
+    const cpuPerM = (cpuTicks(single.pid) - cpu0) / ticksPerSecond / (load.points / 1e6);
+    figures.push({ name: 'single core, no cluster (POST /api/v1/ingest, the same bodies): CPU-s per M points stored', value: cpuPerM, unit: 'CPU-s/M' });
+  } finally {
+    await single.stop();
+  }
   const perNode: number[] = [];
   for (const nodes of [1, 2, 3]) {
     const dir = mkdtempSync(join(tmpdir(), 'apm-bench-cluster-'));

@@ -51,6 +51,7 @@ export class ShardConsumer {
   constructor(
     private readonly o: ConsumerOptions,
     private readonly pool: ShardPool,
+    private readonly queue: ApplyQueue,
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
   ) {}
@@ -207,7 +208,43 @@ export class ShardConsumer {
       this.lastError = `message ${m.seq}: ${(err as Error).message}`;
       return this.pool.skipStream(this.o.shard, m.seq, prev).then((r) => ({ m, status: r }));
     }
-    return this.pool.ingestStream(body, this.o.shard, { seq: m.seq, after: prev }).then((r) => ({ m, status: r }));
+    return this.queue.ingest(body, this.o.shard, { seq: m.seq, after: prev }).then((r) => ({ m, status: r }));
+  }
+}
+
+/**
+ * Messages of every shard a node consumes, handed to the workers in bursts: each consumer's
+ * messages trickle in one by one, and a worker commits what waits for it together (one synced
+ * transaction), so messages held for a few ms and sent together cost one commit instead of one
+ * each (measured: per-point CPU grew by half when the NATS servers were busy and messages came
+ * apart). The order of one shard's messages is kept (a flush sends them in arrival order).
+ */
+export class ApplyQueue {
+  private waiting: { body: Uint8Array; shard: number; stream: { seq: number; after: number }; done: (r: Awaited<ReturnType<ShardPool['ingestStream']>>) => void }[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  readonly counters = { flushes: 0, messages: 0 };
+
+  constructor(
+    private readonly pool: ShardPool,
+    private readonly o: { holdMs: number; burstMax: number },
+  ) {}
+
+  ingest(body: Uint8Array, shard: number, stream: { seq: number; after: number }): ReturnType<ShardPool['ingestStream']> {
+    return new Promise((done) => {
+      this.waiting.push({ body, shard, stream, done });
+      if (this.waiting.length >= this.o.burstMax) this.flush();
+      else this.timer ??= setTimeout(() => this.flush(), this.o.holdMs);
+    });
+  }
+
+  private flush(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    const batch = this.waiting;
+    this.waiting = [];
+    this.counters.flushes++;
+    this.counters.messages += batch.length;
+    for (const w of batch) void this.pool.ingestStream(w.body, w.shard, w.stream).then(w.done, (err: unknown) => w.done(`not applied: ${(err as Error).message}`));
   }
 }
 

@@ -21,7 +21,12 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { buckets, clusterSettingsDefaults, ensureStreams, parseSettings, retryJetStream, settingsDisagree, waitJetStream, type ClusterSettings } from '../../schema/log.js';
 import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
-import { ShardConsumer } from './consumer.js';
+import { ApplyQueue, ShardConsumer } from './consumer.js';
+
+/** A message waits at most this long for others to go to the workers with (the smallest window is 5 s). */
+const applyHoldMs = 20;
+/** Messages sent to the workers at once at most (a flush comes sooner when this many wait). */
+const applyBurstMax = 512;
 import { nextPlacement, parsePlacement } from './placement.js';
 import type { ClusterView, NodeRecord, NodeState, PlacementDoc } from './view.js';
 
@@ -69,6 +74,8 @@ export class ClusterNode implements ClusterView {
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
 
+  /** Messages of every consumer on their way to the workers, in bursts. */
+  private applyQueue: ApplyQueue | null = null;
   /** The node's workers; set by attach() once the data directory is open. */
   private pool: ShardPool | null = null;
 
@@ -358,7 +365,8 @@ export class ClusterNode implements ClusterView {
   }
 
   private startConsumer(k: number, applied: number, acceptLoss = false): void {
-    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.js, this.jsm);
+    this.applyQueue ??= new ApplyQueue(this.pool!, { holdMs: applyHoldMs, burstMax: applyBurstMax });
+    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.applyQueue, this.js, this.jsm);
     c.acceptLoss = acceptLoss;
     c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
