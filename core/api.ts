@@ -91,7 +91,10 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const ingest = opts.ingest ?? ((body: Uint8Array, may: (rack: string) => boolean) => pool.ingest(body, may));
   const history = addHistoryRoutes(app, { pool, servers, ingest: (b) => ingest(b, () => true) });
   // A cluster node hands a copy of a shard to a node that joins it (admin only; core/snapshot.ts).
-  if (opts.cluster !== undefined) addSnapshotRoutes(app, pool);
+  if (opts.cluster !== undefined) {
+    const cluster = opts.cluster;
+    addSnapshotRoutes(app, pool, (shard) => cluster.servesLocally(shard));
+  }
   const status = opts.status ?? new CoreStatus({ racksMax: coreLimits.racksMax, samplesMax: coreLimits.statusSamplesMax });
   addDashboardRoutes(app, { pool, servers, stored, status, clusterStatus: opts.clusterStatus });
 

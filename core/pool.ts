@@ -403,8 +403,8 @@ export class ShardPool {
 
   /**
    * Replaces one shard's data by a snapshot stream's (core/snapshot.ts): the worker empties the
-   * shard (applied 0), takes the stream's records in batches and records the applied sequence
-   * last. A truncated or corrupt stream throws SnapshotError and leaves the shard empty at applied 0.
+   * shard (marked restoring), takes the stream's records in batches and records the applied sequence
+   * last. A truncated or corrupt stream throws SnapshotError and leaves the shard empty and marked restoring.
    */
   async restoreShard(shard: number, chunks: AsyncIterable<Uint8Array>): Promise<RestoreSummary> {
     this.checkShard(shard);
@@ -428,7 +428,7 @@ export class ShardPool {
       return { ...r.restored, bytes: framer.bytes };
     } catch (err) {
       const abort = await this.request(slot, { t: 'restoreAbort', id: this.nextId++, shard }, [], restoreWipeTimeoutMs);
-      const left = abort.error === undefined ? 'it is left empty at applied 0' : `emptying it failed too (${abort.error}); it is at applied 0`;
+      const left = abort.error === undefined ? 'it is left empty, marked restoring (copy it again)' : `emptying it failed too (${abort.error}); it is marked restoring (copy it again)`;
       throw new SnapshotError(`restoring shard ${shard} failed after ${framer.bytes} B of its snapshot: ${(err as Error).message}; ${left}: copy it again`, { cause: err });
     }
   }

@@ -107,11 +107,11 @@ export interface ShardIo {
   /** The registry's metrics by index now, and the index of a hash (−1: none). */
   metrics(): readonly { name: string | null; kind: number }[];
   metricIndex(lo: number, hi: number): number;
-  /** Refuses the shard's ingest, records applied 0 (synced), forgets its head and marks and deletes its data. */
+  /** Refuses the shard's ingest, records the restoring marker as its applied sequence (restoringSeq, synced), forgets its head and marks and deletes its data. */
   beginRestore(shard: number): Promise<void>;
   /** Makes everything restored durable, then records `applied` (synced) and takes ingest again. */
   endRestore(shard: number, applied: number): void;
-  /** After a failed restore: deletes what was restored; the shard stays at applied 0 and takes ingest again. */
+  /** After a failed restore: deletes what was restored; the shard stays marked restoring (it must be copied again) and takes no stream messages. */
   abortRestore(shard: number): Promise<void>;
   /** This store's id of a rack (registered); throws SnapshotError when the store holds racksMax racks. */
   rackIdFor(name: string): number;
@@ -488,10 +488,10 @@ class PayloadReader {
 }
 
 /**
- * Restores one shard of a store from snapshot records: begin() wipes the shard (applied 0),
+ * Restores one shard of a store from snapshot records: begin() wipes the shard (marked restoring),
  * apply() takes batches of whole records in stream order, finish() checks the end record and
  * records the applied sequence last; abort() after a failure wipes what came. A crash at any
- * point before finish() leaves the shard at applied 0: the cluster copies it again.
+ * point before finish() leaves the shard marked restoring: the cluster copies it again (it never reads the stream on top of a partial copy).
  */
 export class ShardRestore {
   private phase: 'new' | 'begun' | 'rows' | 'wal' | 'marks' | 'ended' | 'finished' | 'aborted' = 'new';
@@ -601,7 +601,7 @@ export class ShardRestore {
     return { applied: this.applied, ...this.counts };
   }
 
-  /** After a failure: the shard is emptied again, at applied 0. */
+  /** After a failure: the shard is emptied again, marked restoring. */
   async abort(): Promise<void> {
     if (this.phase === 'finished' || this.phase === 'aborted') return;
     const begun = this.phase !== 'new';

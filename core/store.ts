@@ -84,6 +84,9 @@ export interface RequestHeader {
   stream?: { seq: number; after: number };
 }
 
+/** The applied sequence of a shard whose restore from another node did not complete: copy it again. */
+export const restoringSeq = -1;
+
 export type StoreIngestResult =
   | { status: 204; points: number; duplicates: number }
   /** 409 stream_gap: a stream request whose `after` is not the applied sequence (the consumer restarts from it). */
@@ -271,7 +274,7 @@ export class Store {
     return 'refused';
   }
 
-  /** Per shard of this store, the newest stream sequence applied (0: none). */
+  /** Per shard of this store, the newest stream sequence applied (0: none; restoringSeq: a copy into it did not complete). */
   streamSeqs(): Record<number, number> {
     const out: Record<number, number> = {};
     for (const k of this.heads.keys()) out[k] = this.streamApplied.get(k) ?? 0;
@@ -390,18 +393,22 @@ export class Store {
     // Stream requests (cluster): applied in stream order only; the sequences this group applies.
     const applied = new Map<number, number>();
     const refusedForGood: { shard: number; seq: number }[] = [];
+    // Requests answered 204 as copies of a request earlier in this group: they stand or fall with it.
+    const inGroupCopies: number[] = [];
     reqs.forEach((r, i) => {
       const st = r.h.stream;
       if (st !== undefined) {
         const shard = r.sections[0]?.shard ?? -1;
         const now = applied.get(shard) ?? this.streamApplied.get(shard) ?? 0;
         if (r.sections.length !== 1 || !this.heads.has(shard)) {
-          results[i] = { status: 400, reason: 'wrong_section', error: `a stream request holds one section of a shard of this store` };
+          // Not refused for good (400 would move the stream past it): the pool checks this first, so it is a bug upstream.
+          results[i] = { status: 503, reason: 'wrong_section', error: `BUG: a stream request holds one section of a shard of this store` };
           return;
         }
         if (st.seq <= now) {
           this.counters.stream_redelivered++;
           results[i] = { status: 204, points: 0, duplicates: 1 };
+          if (st.seq > (this.streamApplied.get(shard) ?? 0)) inGroupCopies.push(i);
           return;
         }
         if (st.after !== now) {
@@ -428,6 +435,7 @@ export class Store {
       for (const v of valid) results[v.i] = r;
       // Nothing of this group is stored: a stream's later requests must not pass the refused ones.
       for (let i = 0; i < reqs.length; i++) if (reqs[i]!.h.stream !== undefined && results[i]?.status === 400) results[i] = r;
+      for (const i of inGroupCopies) results[i] = r;
       return results;
     };
     const full = this.storageFull(nowMs);
@@ -473,6 +481,7 @@ export class Store {
     } catch (err) {
       this.dedup.rollback();
       for (let i = 0; i < reqs.length; i++) if (reqs[i]!.h.stream !== undefined && results[i]?.status === 400) results[i] = { status: 503, reason: 'storage_full', error: 'storage write failed; retry' };
+      for (const i of inGroupCopies) results[i] = { status: 503, reason: 'storage_full', error: 'storage write failed; retry' };
       this.counters.storage_full += valid.length;
       this.lastError = writeFailure(err);
       return refuse({ status: 503, reason: 'storage_full', error: `storage write failed (${this.lastError}); free disk space; the rack will retry` });
@@ -1009,7 +1018,7 @@ export class Store {
     return snapshotChunks(this.shardIo(), shard, chunkBytes);
   }
 
-  /** Replaces one shard's data by a snapshot stream's (core/snapshot.ts); on failure the shard is left empty at applied 0. */
+  /** Replaces one shard's data by a snapshot stream's (core/snapshot.ts); on failure the shard is left empty and marked restoring (restoringSeq). */
   async restoreShard(shard: number, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<RestoreSummary> {
     return restoreFromStream(this.shardIo(), shard, chunks);
   }
@@ -1023,7 +1032,7 @@ export class Store {
     if (this.io !== null) return this.io;
     const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
     // Restored data is committed without a sync each step; endRestore's synced commits make it
-    // durable before the applied sequence is recorded (a crash before leaves applied 0).
+    // durable before the applied sequence is recorded (a crash before leaves the restoring marker).
     const unsynced = TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT | TransactionFlags.NO_SYNC_FLUSH;
     this.io = {
       shardCount: this.opts.shardCount,
@@ -1144,13 +1153,15 @@ export class Store {
   }
 
   /**
-   * Empties one shard of this store: applied stream sequence 0 first (synced: a crash after it
-   * leaves a shard that is copied again), then its head, marks and cached rows in memory, then
-   * its rows, row groups, WAL entries and marks on disk in bounded transactions.
+   * Empties one shard of this store: its applied stream sequence becomes `restoringSeq` first
+   * (synced: a crash after it leaves a shard whose partial data must be copied again, never read
+   * on from the stream: that would store what the partial copy holds twice), then its head, marks
+   * and cached rows in memory, then its rows, row groups, WAL entries and marks on disk in
+   * bounded transactions. Only a completed restore (endRestore) records a real sequence.
    */
   private async wipeShard(shard: number): Promise<void> {
-    this.walEnv.transactionSync(() => this.streamDb.put(shard, 0));
-    this.streamApplied.set(shard, 0);
+    this.walEnv.transactionSync(() => this.streamDb.put(shard, restoringSeq));
+    this.streamApplied.set(shard, restoringSeq);
     const head = this.heads.get(shard)!;
     for (const metrics of head.blocks.values()) {
       for (const racks of metrics.values()) {

@@ -83,4 +83,15 @@ describe('stream order (cluster consumer)', () => {
     expect(store.streamSeqs()[0]).toBe(0);
     await store.close();
   });
+
+  it('a copy of a message inside a group that is refused is refused with it (it was answered as applied: the consumer then ran ahead of the store for good)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-stream-'));
+    dirs.push(dir);
+    const store = new Store({ ...options(dir), headBytesMax: 10 });
+    const m1 = message(1, 0, 1);
+    const r = store.ingestMany([m1, m1]);
+    expect(r.map((x) => x.status)).toEqual([503, 503]);
+    expect(store.streamSeqs()[0]).toBe(0);
+    await store.close();
+  });
 });

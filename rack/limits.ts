@@ -74,10 +74,12 @@ export const rackLimits = {
    *  that answers but refuses (no stream leader, permissions). */
   natsBackoffMaxMs: 5_000,
   /** Acknowledged bodies kept for a re-publish after a reconnect: JetStream acknowledges before
-   *  the message is on disk, and a crash of every NATS server loses what was not synced; 30 s
-   *  is far inside the streams' duplicate window (600 s), so the re-publish is de-duplicated. */
-  natsKeepAckedMs: 30_000,
-  /** Bound on those (compressed bytes): 30 s of a full rack's seconds with headroom. */
+   *  the message is on disk, and a crash of every NATS server loses what was not synced — up to
+   *  nats-server's sync_interval, 2 min by default; 150 s covers it and is inside the streams'
+   *  duplicate window (600 s), so the re-publish is de-duplicated. Counted back from the moment
+   *  the connection was lost. */
+  natsKeepAckedMs: 150_000,
+  /** Bound on those (compressed bytes): 150 s of a full rack's seconds (40 servers × 2,000 metrics, ~3.9 B a point deflated: ~47 MB) with headroom. */
   natsKeepAckedBytesMax: 64 * 1024 * 1024,
   /** KV apm-cluster is asked this often while no core node wrote the settings. */
   natsSettingsPollMs: 1_000,

@@ -212,6 +212,7 @@ export class Publisher {
   connectionLost(detail: string): void {
     if (!this.connected) return;
     this.connected = false;
+    this.lostAtMs = this.now();
     this.opts.log(`rack: lost the connection to NATS (${detail}); spooling and reconnecting`);
   }
 
@@ -232,7 +233,9 @@ export class Publisher {
       b.state.fill(pending);
       b.unacked = b.messages.length;
     }
-    this.expireKept();
+    // Kept bodies are counted back from the moment the connection was lost, not from now: a
+    // crash of every NATS server and their restart can outlast the keep time.
+    this.expireKept(this.lostAtMs);
     const bodies = this.kept.size;
     for (const b of this.kept.values()) {
       b.state.fill(pending);
@@ -245,7 +248,7 @@ export class Publisher {
     this.open.sort((a, b) => a.seq - b.seq);
     this.counters.batches_republished += bodies;
     this.counters.messages_republished += messages;
-    this.opts.log(`rack: connected to NATS again (${detail}); re-publishing ${bodies} bodies acknowledged in the last ${this.opts.keepAckedMs / 1000} s and the acknowledged messages of open ones (${messages} messages; streams de-duplicate what they kept), then ${this.spool.heldBatches} spooled bodies`);
+    this.opts.log(`rack: connected to NATS again (${detail}); re-publishing ${bodies} bodies acknowledged in the last ${this.opts.keepAckedMs / 1000} s before the connection was lost and the acknowledged messages of open ones (${messages} messages; streams de-duplicate what they kept), then ${this.spool.heldBatches} spooled bodies`);
     this.failing.clear();
     this.pump();
   }
@@ -365,10 +368,12 @@ export class Publisher {
     const at = this.open.indexOf(b);
     if (at >= 0) this.open.splice(at, 1);
     const now = this.now();
+    // Acknowledged now, by the servers as they are now (a re-published body too: a second crash
+    // of them could lose it again), so it is kept from now on.
+    b.ackedAtMs = now;
     if (b.spooled) {
       this.openSpooled--;
       b.spooled = false;
-      b.ackedAtMs = now;
       void this.spool.remove(b.seq);
       this.counters.batches_acked++;
       this.counters.bytes_raw_acked += b.bodyBytes;
@@ -396,9 +401,12 @@ export class Publisher {
     }
   }
 
-  /** Forgets kept bodies acknowledged more than keepAckedMs ago. */
-  private expireKept(): void {
-    const oldest = this.now() - this.opts.keepAckedMs;
+  /** When the connection to NATS was last lost (ms). */
+  private lostAtMs = 0;
+
+  /** Forgets kept bodies acknowledged more than keepAckedMs before `nowMs`. */
+  private expireKept(nowMs = this.now()): void {
+    const oldest = nowMs - this.opts.keepAckedMs;
     for (const [seq, k] of this.kept) {
       if (k.ackedAtMs >= oldest) continue;
       this.kept.delete(seq);

@@ -128,7 +128,8 @@ async function expectEverySecondOnce(jsm: JetStreamManager, rack: string, relay:
       entries = await readStreams(jsm, rack);
     } catch (err) {
       // Streams answer again once the NATS servers elected their leaders after a restart.
-      if ((err as Error).name === 'TimeoutError' || /no responders|not enabled|leader/i.test((err as Error).message)) return undefined;
+      // (Right after a restart a stream may also answer "temporarily unavailable" or not find a message for a moment.)
+      if ((err as Error).name === 'TimeoutError' || (err as Error).name === 'JetStreamApiError' || /no responders|not enabled|leader|unavailable|not found/i.test((err as Error).message)) return undefined;
       throw err;
     }
     const view = streamView(entries);

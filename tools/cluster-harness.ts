@@ -109,9 +109,13 @@ export class ClusterHarness {
       this.nc = await connectNats(this.nats.urls, { user: 'core', passwordFile: this.passFile }, 'apm-harness');
       this.js = jetstream(this.nc);
     }
-    const h = headers();
-    h.set(encodingHeader, encodingDeflate);
-    const acks = await Promise.all(logMessages(body, this.enc).map((m) => this.js!.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: 10_000 })));
+    const acks = await Promise.all(
+      logMessages(body, this.enc).map((m) => {
+        const h = headers(); // one per message: publish() writes the Msg-Id into it
+        h.set(encodingHeader, encodingDeflate);
+        return this.js!.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: 10_000 });
+      }),
+    );
     return acks.length;
   }
 

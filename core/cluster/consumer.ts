@@ -111,6 +111,17 @@ export class ShardConsumer {
   /** Makes sure the durable consumer delivers from applied + 1 (recreating it when it would not). */
   private async open(): Promise<void> {
     const stream = streamOf(this.o.shard);
+    // The worker's record is the truth, read again at every (re)start: this consumer's count can
+    // be ahead of it (a message answered as a copy of one whose group was then refused).
+    const seqs = await this.pool.streamSeqs();
+    this.applied = seqs[this.o.shard] ?? 0;
+    if (this.applied < 0) {
+      // A copy into this shard did not complete (restoringSeq): its partial data must be copied again.
+      this.state = 'behind_stream';
+      this.caughtUp = false;
+      this.lastError = 'a copy of this shard did not complete: copy it again from a live owner';
+      return;
+    }
     const si = await this.jsm.streams.info(stream);
     this.streamFirst = si.state.first_seq;
     if (this.applied + 1 < si.state.first_seq && !this.acceptLoss) {
@@ -152,8 +163,9 @@ export class ShardConsumer {
       try {
         const it = await consumer.fetch({ max_messages: this.o.batch, expires: pullExpiresMs, idle_heartbeat: pullHeartbeatMs });
         for await (const m of it) {
+          // A redelivered older message (its ack was lost) is not part of the chain.
           const prev = after;
-          after = m.seq;
+          if (m.seq > after) after = m.seq;
           sent.push(this.apply(m, prev));
         }
       } catch (err) {
@@ -192,7 +204,13 @@ export class ShardConsumer {
         this.caughtUp = this.lag <= this.o.readyLagMax;
       }
       if (pullError !== null) throw pullError;
-      if (failed) return false;
+      if (failed) {
+        // This node cannot apply the shard now (storage full, rows behind, a worker restarting):
+        // it falls behind, so queries go to the other owner until a pull shows it caught up.
+        // (A NATS outage never gets here: no message comes, and what this node holds stays the newest.)
+        this.caughtUp = false;
+        return false;
+      }
     }
     return true;
   }
@@ -206,7 +224,7 @@ export class ShardConsumer {
     } catch (err) {
       this.counters.messages_undecodable++;
       this.lastError = `message ${m.seq}: ${(err as Error).message}`;
-      return this.pool.skipStream(this.o.shard, m.seq, prev).then((r) => ({ m, status: r }));
+      return this.queue.skip(this.o.shard, m.seq, prev).then((r) => ({ m, status: r }));
     }
     return this.queue.ingest(body, this.o.shard, { seq: m.seq, after: prev }).then((r) => ({ m, status: r }));
   }
@@ -220,16 +238,28 @@ export class ShardConsumer {
  * apart). The order of one shard's messages is kept (a flush sends them in arrival order).
  */
 export class ApplyQueue {
-  private waiting: { body: Uint8Array; shard: number; stream: { seq: number; after: number }; done: (r: Awaited<ReturnType<ShardPool['ingestStream']>>) => void }[] = [];
+  /** Waiting: at most (consumers × their pull) messages, each consumer awaiting its own. */
+  private waiting: { body: Uint8Array | null; shard: number; stream: { seq: number; after: number }; done: (r: Awaited<ReturnType<ShardPool['ingestStream']>>) => void }[] = [];
   private timer: NodeJS.Timeout | null = null;
+  /** Messages sent to the workers and not answered yet. */
+  private inFlight = 0;
   readonly counters = { flushes: 0, messages: 0 };
 
   constructor(
     private readonly pool: ShardPool,
-    private readonly o: { holdMs: number; burstMax: number },
+    private readonly o: { holdMs: number; burstMax: number; inFlightMax: number },
   ) {}
 
   ingest(body: Uint8Array, shard: number, stream: { seq: number; after: number }): ReturnType<ShardPool['ingestStream']> {
+    return this.enqueue(body, shard, stream);
+  }
+
+  /** A message that never decodes: the stream moves past it, in order with the shard's others. */
+  skip(shard: number, seq: number, after: number): Promise<'refused' | string> {
+    return this.enqueue(null, shard, { seq, after }) as Promise<'refused' | string>;
+  }
+
+  private enqueue(body: Uint8Array | null, shard: number, stream: { seq: number; after: number }): ReturnType<ShardPool['ingestStream']> {
     return new Promise((done) => {
       this.waiting.push({ body, shard, stream, done });
       if (this.waiting.length >= this.o.burstMax) this.flush();
@@ -237,14 +267,31 @@ export class ApplyQueue {
     });
   }
 
+  /**
+   * Sends what waits, in arrival order, up to inFlightMax messages at the workers (beyond the
+   * pool's bound on waiting requests a worker would answer worker_busy, and every consumer would
+   * restart); the rest goes as answers come back.
+   */
   private flush(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
-    const batch = this.waiting;
-    this.waiting = [];
+    const n = Math.min(this.waiting.length, this.o.inFlightMax - this.inFlight);
+    if (n <= 0) return;
+    const batch = this.waiting.splice(0, n);
     this.counters.flushes++;
     this.counters.messages += batch.length;
-    for (const w of batch) void this.pool.ingestStream(w.body, w.shard, w.stream).then(w.done, (err: unknown) => w.done(`not applied: ${(err as Error).message}`));
+    this.inFlight += batch.length;
+    const answered = () => {
+      this.inFlight--;
+      if (this.waiting.length > 0 && this.timer === null) this.timer = setTimeout(() => this.flush(), 0);
+    };
+    for (const w of batch) {
+      const sent = w.body === null ? this.pool.skipStream(w.shard, w.stream.seq, w.stream.after) : this.pool.ingestStream(w.body, w.shard, w.stream);
+      void sent.then(
+        (r) => (answered(), w.done(r)),
+        (err: unknown) => (answered(), w.done(`not applied: ${(err as Error).message}`)),
+      );
+    }
   }
 }
 

@@ -31,11 +31,16 @@ export class LogIngest {
     if (msg.shards !== this.shards) {
       return { status: 409, reason: 'shards_mismatch', shards: this.shards, error: `the rack cut its sections for ${msg.shards} shards; the cluster has ${this.shards}: ask GET /api/v1/placement and cut again` };
     }
-    const h = headers();
-    h.set(encodingHeader, encodingDeflate);
     try {
       const messages = logMessages(body, this.enc);
-      await Promise.all(messages.map((m) => this.js.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: this.publishTimeoutMs })));
+      // One headers object per message: publish() writes the Msg-Id into the one it is given.
+      await Promise.all(
+        messages.map((m) => {
+          const h = headers();
+          h.set(encodingHeader, encodingDeflate);
+          return this.js.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: this.publishTimeoutMs });
+        }),
+      );
       this.counters.published++;
       this.counters.messages += messages.length;
     } catch (err) {

@@ -25,6 +25,12 @@ import { ApplyQueue, ShardConsumer } from './consumer.js';
 
 /** A message waits at most this long for others to go to the workers with (the smallest window is 5 s). */
 const applyHoldMs = 20;
+/** A node silent this long and owning nothing is removed from KV apm-nodes. */
+const goneAfterMs = 24 * 3_600_000;
+/** Shards this node copies from owners at once. */
+const copiesAtOnceMax = 2;
+/** Messages at the workers at once (below the pool's ingestWaitingPerWorkerMax, 512, even with one worker). */
+const applyInFlightMax = 384;
 /** Messages sent to the workers at once at most (a flush comes sooner when this many wait). */
 const applyBurstMax = 512;
 import { nextPlacement, parsePlacement } from './placement.js';
@@ -69,7 +75,7 @@ export class ClusterNode implements ClusterView {
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
-  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0 };
+  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0 };
   private readonly log: (line: string) => void;
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
@@ -307,6 +313,7 @@ export class ClusterNode implements ClusterView {
       replaceAfterMs: this.o.replaceAfterMs,
       movesMax: this.o.movesMax,
     });
+    await this.forgetGoneNodes();
     if (next === null) return;
     try {
       this.docRevision = this.docRevision === 0 ? await this.kvPlacement.create('shards', JSON.stringify(next)) : await this.kvPlacement.update('shards', JSON.stringify(next), this.docRevision);
@@ -316,6 +323,20 @@ export class ClusterNode implements ClusterView {
       // Another placer wrote first (two nodes both thought they were the smallest live id for a moment): read again next round.
       this.counters.placement_conflicts++;
       this.log(`placement not written (${(err as Error).message}); reading it again`);
+    }
+  }
+
+  /**
+   * The placer deletes from KV apm-nodes a node silent for goneAfterMs that no shard names any
+   * more (ids come and go: the bucket and each round's reads must not grow with time).
+   */
+  private async forgetGoneNodes(): Promise<void> {
+    const placed = new Set(this.doc?.shards.flatMap((s) => [...s.owners, ...s.joining]) ?? []);
+    for (const n of this.nodeStates) {
+      if (n.silentMs < goneAfterMs || placed.has(n.id)) continue;
+      await this.kvNodes.delete(n.id);
+      this.counters.nodes_forgotten++;
+      this.log(`node ${n.id} silent for ${Math.round(n.silentMs / 3_600_000)} h and owning nothing: removed from KV ${buckets.nodes}`);
     }
   }
 
@@ -342,11 +363,15 @@ export class ClusterNode implements ClusterView {
       const applied = seqs[k] ?? 0;
       const joining = this.doc.shards[k]!.joining.includes(this.o.node);
       const source = this.readyOwners(k).find((n) => n.id !== this.o.node);
-      // Copy when joining with nothing of the shard, or when the stream aged out past what this node applied.
-      const needCopy = c?.state === 'behind_stream' || (joining && applied === 0 && source !== undefined);
+      // Copy when joining with nothing of the shard while the owner has something (an owner that
+      // applied nothing holds nothing: the stream alone has it all), or when the stream aged out
+      // past what this node applied (the consumer says so).
+      const needCopy = c?.state === 'behind_stream' || applied < 0 || (joining && applied === 0 && source !== undefined && (source.applied[k] ?? 0) > 0);
       if (needCopy && source === undefined) {
         if (c === undefined) this.startConsumer(k, applied);
-        else if (!this.nodeStates.some((n) => n.live && n.id !== this.o.node && this.doc!.shards[k]!.owners.includes(n.id))) {
+        else if (applied >= 0 && !this.nodeStates.some((n) => n.id !== this.o.node && n.silentMs < this.o.replaceAfterMs && this.doc!.shards[k]!.owners.includes(n.id))) {
+          // Only once every other owner has been silent for the replace-after time: one that is
+          // down a moment may come back with everything.
           // No other owner is alive: what aged out of the stream is nowhere else. Read on from
           // the stream's first message rather than stop; the gap is counted and logged.
           this.counters.shards_resumed_with_gap++;
@@ -357,7 +382,8 @@ export class ClusterNode implements ClusterView {
         continue; // an owner is alive but not caught up yet: copy from it next round
       }
       if (needCopy) {
-        void this.copyThenConsume(k, source!, c);
+        // A few copies at a time (the owner serves a bounded number of snapshots; the rest wait a round).
+        if (this.copying.size < copiesAtOnceMax) void this.copyThenConsume(k, source!, c);
         continue;
       }
       this.startConsumer(k, applied);
@@ -365,7 +391,7 @@ export class ClusterNode implements ClusterView {
   }
 
   private startConsumer(k: number, applied: number, acceptLoss = false): void {
-    this.applyQueue ??= new ApplyQueue(this.pool!, { holdMs: applyHoldMs, burstMax: applyBurstMax });
+    this.applyQueue ??= new ApplyQueue(this.pool!, { holdMs: applyHoldMs, burstMax: applyBurstMax, inFlightMax: applyInFlightMax });
     const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.applyQueue, this.js, this.jsm);
     c.acceptLoss = acceptLoss;
     c.onApplied = (m) => this.onApplied?.(m);

@@ -18,11 +18,16 @@ const copyHeadersTimeoutMs = 60_000;
 const errorBodyBytesMax = 4096;
 
 /** GET /api/v1/cluster/shards/:shard/snapshot: the shard's snapshot, streamed chunk by chunk as the reader takes them. */
-export function addSnapshotRoutes(app: Hono, pool: ShardPool): void {
+/**
+ * `serves`: whether this node holds shard k whole now (an owner caught up, no copy into it under
+ * way); a snapshot of anything else would hand a joiner partial data as if it were complete.
+ */
+export function addSnapshotRoutes(app: Hono, pool: ShardPool, serves: (shard: number) => boolean = () => true): void {
   app.get('/api/v1/cluster/shards/:shard/snapshot', async (c) => {
     const text = c.req.param('shard');
     const shard = /^[0-9]{1,5}$/.test(text) ? Number(text) : -1;
     if (shard < 0 || shard >= pool.shards) return c.json({ error: `shard ${JSON.stringify(text.slice(0, 20))} is not in 0..${pool.shards - 1}` }, 400);
+    if (!serves(shard)) return c.json({ error: `this node does not hold shard ${shard} whole now (not an owner that has caught up, or a copy into it is under way): copy it from another owner`, reason: 'snapshot_unavailable' }, 503);
     const it = pool.snapshotShard(shard);
     let first: IteratorResult<Uint8Array, void>;
     try {
@@ -63,7 +68,7 @@ export function addSnapshotRoutes(app: Hono, pool: ShardPool): void {
  * Copies shard `shard` from the node at `baseUrl` into this node's store (replacing what it held
  * of the shard) and returns what the restore put in place; `authorization` is sent as is (an
  * admin token's "Bearer …" when the source has tokens on). On any failure the shard is left
- * empty at applied 0 and the error says why.
+ * empty, marked restoring, and the error says why.
  */
 export async function copyShardFrom(pool: ShardPool, baseUrl: string, shard: number, authorization?: string): Promise<RestoreSummary> {
   const url = `${baseUrl.replace(/\/+$/, '')}${snapshotPath(shard)}`;
