@@ -57,6 +57,10 @@ async function publishAll(h: ClusterHarness, load: Load): Promise<void> {
   );
 }
 
+async function commitsOf(url: string): Promise<number> {
+  return (await prom(`${url}/metrics`)).get('apm_core_ingest_commits_total') ?? 0;
+}
+
 async function pointsOf(url: string): Promise<number> {
   const m = await prom(`${url}/metrics`);
   return (m.get('apm_core_points_ingested_total') ?? 0) + (m.get('apm_core_summaries_ingested_total') ?? 0);
@@ -107,6 +111,7 @@ export async function clusterFigures(quick: boolean): Promise<Figure[]> {
       const cpu0 = cores.map((c) => cpuTicks(c.child.pid!));
       const nats0 = natsPids.map((p) => cpuTicks(p));
       const p0 = await Promise.all(cores.map((c) => pointsOf(c.url)));
+      const k0 = await Promise.all(cores.map((c) => commitsOf(c.url)));
       const start = Date.now();
       await publishAll(h, load);
       const publishedMs = Date.now() - start;
@@ -117,6 +122,8 @@ export async function clusterFigures(quick: boolean): Promise<Figure[]> {
       const wallMs = Date.now() - start;
       const p1 = await Promise.all(cores.map((c) => pointsOf(c.url)));
       const cpuPerM = cores.map((c, i) => (cpuTicks(c.child.pid!) - cpu0[i]!) / ticksPerSecond / ((p1[i]! - p0[i]!) / 1e6));
+      const k1 = await Promise.all(cores.map((c) => commitsOf(c.url)));
+      const commitsPerM = cores.reduce((a, _, i) => a + (k1[i]! - k0[i]!) / ((p1[i]! - p0[i]!) / 1e6), 0) / cores.length;
       const natsCpu = natsPids.reduce((a, p, i) => a + cpuTicks(p) - nats0[i]!, 0) / ticksPerSecond;
       const nc = await connectNats(h.nats.urls, { user: 'core', passwordFile: h.passFile }, 'bench');
       const jsm = await jetstreamManager(nc);
@@ -126,6 +133,7 @@ export async function clusterFigures(quick: boolean): Promise<Figure[]> {
       const mean = cpuPerM.reduce((a, b) => a + b, 0) / cpuPerM.length;
       perNode.push(mean);
       figures.push({ name: `${nodes} node(s): core CPU-s per M points applied, mean over nodes (max ${Math.max(...cpuPerM).toFixed(2)})`, value: mean, unit: 'CPU-s/M', target: 'flat within 10% from 1 to 3 nodes' });
+      figures.push({ name: `${nodes} node(s): synced ingest commits per M points applied, mean over nodes (each an fsync: its kernel time is the node's CPU)`, value: commitsPerM, unit: 'commits/M' });
       figures.push({ name: `${nodes} node(s): points applied per wall second, all owners (published in ${(publishedMs / 1000).toFixed(1)} s)`, value: (replicas * load.points) / (wallMs / 1000), unit: 'points/s' });
       figures.push({ name: `${nodes} node(s): NATS servers' CPU-s per M points published (3 servers, streams R3)`, value: natsCpu / (load.points / 1e6), unit: 'CPU-s/M' });
       figures.push({ name: `${nodes} node(s): log bytes per point (one replica of the streams; rack seconds were ${(load.bytes / load.points).toFixed(2)} B/point)`, value: logBytes / load.points, unit: 'B/point' });

@@ -23,8 +23,12 @@ import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
 import { ApplyQueue, ShardConsumer } from './consumer.js';
 
-/** A message waits at most this long for others to go to the workers with (the smallest window is 5 s). */
-const applyHoldMs = 20;
+/**
+ * A message waits at most this long for others to go to the workers with (the smallest window is
+ * 5 s): a worker then commits (fsyncs) at most ~10 times a second, whatever the number of shards
+ * and their messages' timing — an fsync's kernel time is most of a node's CPU per point.
+ */
+const applyHoldMs = 100;
 /** A node silent this long and owning nothing is removed from KV apm-nodes. */
 const goneAfterMs = 24 * 3_600_000;
 /** Shards this node copies from owners at once. */
