@@ -200,15 +200,16 @@ describe('apm rack --nats (3 NATS servers)', () => {
     expect(rack.output.join('\n')).not.toMatch(/no cluster settings/);
   });
 
-  it('spools while every NATS server is down for 10 s, then publishes everything in order: nothing lost, nothing doubled', async () => {
+  // (test/cluster-fleet.process.test.ts stops them for 20 s with the whole system; this one checks the streams' contents.)
+  it('spools while every NATS server is down for 5 s, then publishes everything in order: nothing lost, nothing doubled', async () => {
     const { rack, udpPort, httpPort } = await startRack('rb', cluster.urls, pwFile);
     const { relay, stop } = await fleet(udpPort, 'b', 5, 60);
     await until(async () => ((await metrics(httpPort)).get('apm_rack_batches_acked_total')! >= 2 ? true : undefined), 15_000, 'two acknowledged batches');
     await Promise.all([0, 1, 2].map((i) => cluster.stopServer(i)));
-    await new Promise((r) => setTimeout(r, 10_000));
+    await new Promise((r) => setTimeout(r, 5_000));
     const during = await metrics(httpPort);
     expect(during.get('apm_rack_nats_connected')).toBe(0);
-    expect(during.get('apm_rack_spool_batches')).toBeGreaterThanOrEqual(6);
+    expect(during.get('apm_rack_spool_batches')).toBeGreaterThanOrEqual(3);
     await Promise.all([0, 1, 2].map((i) => cluster.startServer(i)));
     await rack.waitFor(/connected to NATS again .*re-publishing \d+ bodies/, 15_000);
     await new Promise((r) => setTimeout(r, 2000));

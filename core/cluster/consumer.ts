@@ -154,6 +154,10 @@ export class ShardConsumer {
   /** Pulls and applies until stopped; false when a message could not be applied (start again after a backoff). */
   private async read(): Promise<boolean> {
     const consumer = await this.js.consumers.get(streamOf(this.o.shard), this.durable);
+    // Caught up already? (An idle stream's first pull would take its whole expiry to say so.)
+    const ci = await consumer.info();
+    this.lag = ci.num_pending + ci.num_ack_pending;
+    this.caughtUp = this.lag <= this.o.readyLagMax;
     while (!this.stopping) {
       // Each message goes to the worker as it arrives (the worker commits what waits together),
       // chained in delivery order; the pull's results are read, and acknowledged, once it ends.

@@ -55,6 +55,8 @@ export const clusterRouteLimits = {
 
 /** Set on a proxied request: the id of the node that proxied it (a loop guard). */
 export const forwardedHeader = 'x-apm-forwarded-by';
+/** Set on a 503 of a node that does not serve the shard asked for (a proxy then asks the next owner). */
+export const shardUnavailableHeader = 'x-apm-shard-unavailable';
 /** Set on a fanned-out list request: answer only for the shards this node serves. */
 export const localHeader = 'x-apm-local-shards';
 
@@ -162,7 +164,7 @@ export class ClusterRouting {
   private refuse(c: Context, result: 'unavailable' | 'loop', error: string): Response {
     this.proxied[result]++;
     c.set('apmRefusal', 'shard_unavailable');
-    return c.json({ error, reason: 'shard_unavailable' }, 503);
+    return c.json({ error, reason: 'shard_unavailable' }, 503, { [shardUnavailableHeader]: this.view.nodeId });
   }
 
   /** The metrics a one-metric route reads, or null when it reads none (or cannot say: the local route answers the error). */
@@ -202,6 +204,12 @@ export class ClusterRouting {
       const target = `${node.url.replace(/\/+$/, '')}${url.pathname}${url.search}`;
       try {
         r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
+        // That owner does not serve the shard in its own view (placement moved a moment ago): the next one may.
+        if (r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined && i + 1 < owners.length) {
+          await r.body.dump();
+          this.proxied.rerouted++;
+          continue;
+        }
         break;
       } catch (err) {
         const code = (err as { code?: string }).code ?? '';
