@@ -120,7 +120,7 @@ async function everyNodeExact(h: ClusterHarness, recordFile: string, fromS: numb
     }
     return true;
   }, timeoutMs, `every node to answer seconds ${fromS}..${toS} as the simulator sent them`).catch(async (err: Error) => {
-    throw new Error(`${err.message}: ${last}\n${await clusterState(h)}`);
+    throw new Error(`${err.message}: ${last}\n${await h.describe()}`);
   });
   const [first, ...rest] = [...answers.values()];
   for (const [id, a] of answers) expect(a.text, `node ${id}'s answer equals node ${[...answers.keys()][0]}'s`).toBe(first!.text);
@@ -128,17 +128,6 @@ async function everyNodeExact(h: ClusterHarness, recordFile: string, fromS: numb
   return first!.compared;
 }
 
-/** Every node's view of the cluster and its last log lines, for a failing test's message. */
-async function clusterState(h: ClusterHarness): Promise<string> {
-  const out: string[] = [];
-  for (const id of h.cores.keys()) {
-    const st = await h.status(id).catch((err: Error) => err.message);
-    if (typeof st === 'string') out.push(`${id}: ${st}`);
-    else out.push(`${id}: nodes ${JSON.stringify(st.nodes.map((n) => [n.id, n.live, n.ready]))} placement ${JSON.stringify(st.placement.shards.map((x) => [x.owners, x.joining]))} shards ${JSON.stringify(st.shards)}`);
-  }
-  for (const c of h.cores.values()) out.push(`${c.id} log: ${c.output.join('').slice(-1500)}`);
-  return out.join('\n');
-}
 
 /** Per shard stream, the rack's batch numbers in stream order (from the Msg-Ids `<rack>/0/<session>/<seq>/<shard>`). */
 async function streamBatches(nc: NatsConnection, rack: string): Promise<{ ids: string[]; seqs: number[][] }> {

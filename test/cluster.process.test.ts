@@ -82,17 +82,6 @@ function diff(got: number[][], want: number[][]): string {
   return out.slice(0, 10).join('; ');
 }
 
-/** Every node's consumers and placement, for a failing test's message. */
-async function clusterState(h: ClusterHarness): Promise<string> {
-  const out: string[] = [];
-  for (const id of h.cores.keys()) {
-    const st = await h.status(id).catch((err: Error) => err.message);
-    if (typeof st === 'string') out.push(`${id}: ${st}`);
-    else out.push(`${id}: nodes ${JSON.stringify(st.nodes.map((n) => [n.id, n.live, n.ready]))} placement ${JSON.stringify(st.placement.shards.map((x) => [x.owners, x.joining]))} shards ${JSON.stringify(st.shards)}`);
-  }
-  for (const c of h.cores.values()) out.push(`${c.id} log: ${c.output.join('').slice(-1500)}`);
-  return out.join('\n');
-}
 
 function shardOfMetric(name: string): number {
   const h = new Uint32Array(2);
@@ -195,7 +184,7 @@ describe('core cluster on NATS JetStream', () => {
         last = typeof s === 'string' ? s : diff(s, expectedSums(t0, t0 + 30));
         return last === '' ? true : undefined;
       }, 10_000, 'answers from the other owners within 10 s of the kill').catch(async (err: Error) => {
-        throw new Error(`${err.message}: ${last}\n${await clusterState(h)}`);
+        throw new Error(`${err.message}: ${last}\n${await h.describe()}`);
       });
       failoverMs = Date.now() - killedAt;
       await until(() => (second > t0 + 70 ? true : undefined), 30_000, 'load after the kill');
@@ -259,7 +248,7 @@ describe('core cluster on NATS JetStream', () => {
       last = typeof got === 'string' ? got : diff(got, expectedSums(from, end));
       return last === '' ? true : undefined;
     }, 60_000, 'every second published while a NATS server was down').catch(async (err: Error) => {
-      throw new Error(`${err.message}: ${last}\n${await clusterState(h)}`);
+      throw new Error(`${err.message}: ${last}\n${await h.describe()}`);
     });
     await h.nats.startServer(1);
     // A 4th node: the placer moves shards to it a few at a time (each copied, then caught up).

@@ -102,8 +102,7 @@ export async function clusterFigures(quick: boolean): Promise<Figure[]> {
       const ids = Array.from({ length: nodes }, (_, i) => `b${i + 1}`);
       for (const id of ids) await h.startCore(id, ['--workers', '1', '--shards', String(shards)]);
       await waitFor(`${nodes} nodes settled`, 120_000, () => h.settled('b1', nodes)).catch(async (err: Error) => {
-        const st = await h.status('b1').catch((e: Error) => e.message);
-        throw new Error(`${err.message}; b1 sees: ${JSON.stringify(st).slice(0, 3000)}\n${[...h.cores.values()].map((c) => `${c.id}: ${c.output.join('').slice(-1500)}`).join('\n')}`);
+        throw new Error(`${err.message}:\n${await h.describe()}`);
       });
       const replicas = Math.min(2, nodes);
       const cores = ids.map((id) => h.cores.get(id)!);

@@ -119,6 +119,18 @@ export class ClusterHarness {
     return acks.length;
   }
 
+  /** Every node's view of the cluster (nodes, placement, its consumers) and its last log lines: a failing test's or bench's message. */
+  async describe(): Promise<string> {
+    const out: string[] = [];
+    for (const id of this.cores.keys()) {
+      const st = await this.status(id).catch((err: Error) => err.message);
+      if (typeof st === 'string') out.push(`${id}: ${st}`);
+      else out.push(`${id}: nodes ${JSON.stringify(st.nodes.map((n) => [n.id, n.live, n.ready]))} placement ${JSON.stringify(st.placement.shards.map((x) => [x.owners, x.joining]))} shards ${JSON.stringify(st.shards)}`);
+    }
+    for (const c of this.cores.values()) out.push(`${c.id} log: ${c.output.join('').slice(-1500)}`);
+    return out.join('\n');
+  }
+
   async stop(): Promise<void> {
     for (const id of [...this.cores.keys()]) await this.killCore(id, 'SIGTERM');
     await this.nc?.close().catch(() => undefined);
