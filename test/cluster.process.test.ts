@@ -235,7 +235,7 @@ describe('core cluster on NATS JetStream', () => {
     try {
       await until(() => (second > from + 20 ? true : undefined), 30_000, 'load before the NATS kill');
       await h.nats.kill(1);
-      await until(() => (second > from + 60 ? true : undefined), 60_000, 'load after the NATS kill');
+      await until(() => (second > from + 40 ? true : undefined), 60_000, 'load after the NATS kill');
     } finally {
       stop = true;
       await publisher;
