@@ -1,11 +1,13 @@
 // The core's HTTP API (DESIGN §5) over Hono: ingest, registry, process metrics, health.
 // Query routes arrive with the query engine (issue 5). One error shape: {"error": "..."}.
 
+import type { IncomingMessage } from 'node:http';
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
 import { ApiAuth, mayRack } from './auth.js';
+import { BodyError, BufferPool, readBodyInto } from './buffers.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
 import type { IngestResult, ShardPool } from './pool.js';
@@ -55,6 +57,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const { pool, servers, stored } = parts;
   const app = new Hono();
   const http = { ingest_requests: 0, ingest_too_large: 0 };
+  // Bodies of rack seconds, recycled (core/buffers.ts): racks send one request at a time each.
+  const bodies = new BufferPool(ingestBodiesBytesMax);
   // Before every route: auth decides who is asking, the rate limit keys on it (issue 8).
   const auth = opts.auth ?? new ApiAuth({ tokens: null });
   app.use('*', auth.middleware());
@@ -115,17 +119,38 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     }),
     async (c) => {
       http.ingest_requests++;
-      const body = new Uint8Array(await c.req.arrayBuffer());
-      // Only the racks the token names (issue 16.3): checked on the decoded container, before any worker sees it.
-      const grant = c.get('apmRacks') ?? '*';
-      const r = await ingest(body, (rack) => mayRack(grant, rack));
-      if (r.status === 204) {
-        servers.seen(r.msg.rack, r.msg.servers, Date.now());
-        status.noteSecond(r.msg.second);
-        return c.body(null, 204);
+      // The body straight from the socket into a recycled buffer (core/buffers.ts) when its length
+      // is declared and it goes to this node's workers (which copy it); otherwise through Hono.
+      const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+      const declared = Number(c.req.header('content-length'));
+      let pooled: ArrayBuffer | null = null;
+      let body: Uint8Array;
+      if (opts.ingest === undefined && incoming !== undefined && Number.isSafeInteger(declared) && declared > 0) {
+        try {
+          const r = await readBodyInto(incoming, declared, opts.ingestBodyBytesMax, bodies);
+          pooled = r.buf;
+          body = new Uint8Array(r.buf, 0, r.length);
+        } catch (err) {
+          if (!(err instanceof BodyError)) throw err;
+          if (err.status === 413) http.ingest_too_large++;
+          return c.json({ error: err.message, reason: err.status === 413 ? 'too_large' : 'bad_body' }, err.status);
+        }
+      } else body = new Uint8Array(await c.req.arrayBuffer());
+      try {
+        // Only the racks the token names (issue 16.3): checked on the decoded container, before any worker sees it.
+        const grant = c.get('apmRacks') ?? '*';
+        const r = await ingest(body, (rack) => mayRack(grant, rack));
+        if (r.status === 204) {
+          servers.seen(r.msg.rack, r.msg.servers, Date.now());
+          status.noteSecond(r.msg.second);
+          return c.body(null, 204);
+        }
+        if (r.status === 403) return auth.rackRefused(c, c.get('apmClient') ?? 'unknown', grant, r.rack);
+        return c.json({ error: r.error, reason: r.reason, ...(r.shards === undefined ? {} : { shards: r.shards }) }, r.status);
+      } finally {
+        // The workers have their own copies, and the decoded message's strings are copies too.
+        if (pooled !== null) bodies.give(pooled);
       }
-      if (r.status === 403) return auth.rackRefused(c, c.get('apmClient') ?? 'unknown', grant, r.rack);
-      return c.json({ error: r.error, reason: r.reason, ...(r.shards === undefined ? {} : { shards: r.shards }) }, r.status);
     },
   );
 
@@ -167,6 +192,10 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       head_full: s('head_full'),
       rows_behind: s('rows_behind'),
     });
+    for (const [name, b] of [['bodies', bodies], ['workers', pool.buffers]] as const) {
+      for (const [event, v] of Object.entries(b.counters)) p.counter('apm_core_ingest_buffers_total', 'Ingest buffers (rack-second bodies; the copies each worker receives) by pool and event: reused, allocated (none free of that size), discarded (pool at its bound)', v, { pool: name, event });
+      p.gauge('apm_core_ingest_buffers_kept_bytes', 'Bytes of ingest buffers kept for reuse, by pool (bounded)', b.keptBytes, { pool: name });
+    }
     p.counter('apm_core_requests_ingested_total', 'Rack seconds made durable in every shard they name', pool.counters.requests_ingested);
     p.counter('apm_core_sections_ingested_total', 'Shard sections made durable', s('sections_ingested'));
     p.counter('apm_core_ingest_commits_total', 'Synced ingest transactions (requests waiting together share one: group commit)', s('commits'));
@@ -240,6 +269,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
 
   return app;
 }
+
+/** Rack-second bodies kept for reuse: racks send one request at a time each, ~1 MB at 2,000 metrics × 40 servers. */
+const ingestBodiesBytesMax = 64 * 1024 * 1024;
 
 const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
 

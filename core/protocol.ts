@@ -76,7 +76,9 @@ export interface WorkerMetric {
   lastSeenMs: number;
 }
 
-export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string;
+export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult;
+  /** An ingest request's buffer, handed back (transferred) for reuse once the store copied what it keeps. */
+  buf?: ArrayBuffer; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string;
   /** A snapshot cursor's next chunk (transferred; empty when done). */
   snapshot?: { cursor: number; bytes: ArrayBuffer; done: boolean };
   restored?: Omit<RestoreSummary, 'bytes'>;

@@ -185,7 +185,8 @@ function ingestPending(): void {
       else answers[r.req] = { status: 204, points: a.points + res.points, duplicates: a.duplicates + res.duplicates };
     });
   }
-  batch.forEach((m, req) => post({ t: 'reply', id: m.id, result: answers[req]! }));
+  // The store copied what it keeps (WAL values, head columns, names): the buffers go back for reuse.
+  batch.forEach((m, req) => port.postMessage({ t: 'reply', id: m.id, result: answers[req]!, buf: m.buf } satisfies ToMain, [m.buf]));
 }
 
 // Shard snapshots for another node and restores from one (issue 13, core/snapshot.ts). Both are

@@ -1,5 +1,5 @@
 // Real `apm core` processes: a SIGKILL in the middle of sustained ingest loses nothing that
-// was acknowledged; a full storage budget answers 503 and recovers by itself; and the whole
+// was acknowledged (with bodies and worker buffers recycled: every value read back exact); a full storage budget answers 503 and recovers by itself; and the whole
 // chain StatsD → edge → rack → core stores exactly what was sent.
 
 import { afterEach, describe, expect, it } from 'vitest';
@@ -70,6 +70,9 @@ describe('apm core process', () => {
     };
     const senders = [0, 1, 2, 3].map(sender);
     await until(() => (acked.length >= 150 ? true : undefined), 20_000, '150 acknowledged batches');
+    // Bodies and the workers' copies were recycled (core/buffers.ts) while every value below stayed exact.
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    for (const pool of ['bodies', 'workers']) expect(Number(new RegExp(`apm_core_ingest_buffers_total\\{pool="${pool}",event="reused"\\} (\\d+)`).exec(metrics)?.[1]), `${pool} reused`).toBeGreaterThan(50);
     core.child.kill('SIGKILL');
     stop = true;
     await Promise.all(senders);

@@ -209,15 +209,37 @@ function plan(res: Float64Array, m: number, p: Plan): void {
     }
   }
   if (maxBits === 0) return;
-  // Rice: k around log2 of the mean residual.
+  // Rice: k around log2 of the mean residual; the three costs in one pass, as q(k + 1) = ⌊q(k) / 2⌋
+  // (exact: halving a double is).
   const k0 = Math.max(0, Math.floor(Math.log2(sum / m + 1)) - 1);
-  for (let k = k0; k <= Math.min(k0 + 2, riceKMax); k++) {
-    let cost = head + 5 + 6;
-    const div = pow2[k]!;
+  const kTop = Math.min(k0 + 2, riceKMax);
+  if (kTop < k0) return;
+  const escaped = riceEscape + maxBits;
+  let c0 = 0;
+  let c1 = 0;
+  let c2 = 0;
+  if (maxBits <= 31) {
+    for (let i = 0; i < m; i++) {
+      const q = (res[i]! - min) >>> k0;
+      c0 += q < riceEscape ? q + 1 + k0 : escaped;
+      const q1 = q >>> 1;
+      c1 += q1 < riceEscape ? q1 + 2 + k0 : escaped;
+      const q2 = q >>> 2;
+      c2 += q2 < riceEscape ? q2 + 3 + k0 : escaped;
+    }
+  } else {
+    const div = pow2[k0]!;
     for (let i = 0; i < m; i++) {
       const q = Math.floor((res[i]! - min) / div);
-      cost += q < riceEscape ? q + 1 + k : riceEscape + maxBits;
+      c0 += q < riceEscape ? q + 1 + k0 : escaped;
+      const q1 = Math.floor(q / 2);
+      c1 += q1 < riceEscape ? q1 + 2 + k0 : escaped;
+      const q2 = Math.floor(q / 4);
+      c2 += q2 < riceEscape ? q2 + 3 + k0 : escaped;
     }
+  }
+  for (let k = k0; k <= kTop; k++) {
+    const cost = head + 5 + 6 + (k === k0 ? c0 : k === k0 + 1 ? c1 : c2);
     if (cost < p.cost) {
       p.cost = cost;
       p.coder = Coder.Rice;
@@ -257,7 +279,11 @@ function writeResiduals(res: Float64Array, m: number, p: Plan): void {
     put(p.exceptions, bitLen(m));
     put(p.wide, 6);
   }
-  for (let i = 0; i < m; i++) putBig((res[i]! - base) % div, b);
+  if (b <= 24 && b + p.wide <= 31) {
+    // Every residual below 2^31: integer masks instead of a double's remainder.
+    const mask = div - 1;
+    for (let i = 0; i < m; i++) put((res[i]! - base) & mask, b);
+  } else for (let i = 0; i < m; i++) putBig((res[i]! - base) % div, b);
   if (p.exceptions === 0) return;
   const pw = bitLen(m - 1);
   for (let i = 0; i < m; i++) {

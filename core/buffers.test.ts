@@ -1,0 +1,68 @@
+import { createServer, request, type IncomingMessage } from 'node:http';
+import { describe, expect, it } from 'vitest';
+import { BodyError, BufferPool, readBodyInto } from './buffers.js';
+
+describe('BufferPool', () => {
+  it('hands back buffers of the size class, keeps at most its byte bound, and counts each event', () => {
+    const pool = new BufferPool(256 * 1024);
+    const a = pool.take(70_000);
+    expect(a.byteLength).toBe(128 * 1024);
+    pool.give(a);
+    expect(pool.take(100_000)).toBe(a);
+    const b = pool.take(1);
+    expect(b.byteLength).toBe(64 * 1024);
+    pool.give(a);
+    pool.give(b);
+    pool.give(new ArrayBuffer(128 * 1024)); // over the bound: not kept
+    pool.give(new ArrayBuffer(1000)); // not a size of the pool
+    const moved = pool.take(1); // b again
+    structuredClone(moved, { transfer: [moved] }); // detached: 0 bytes
+    pool.give(moved);
+    expect(pool.keptBytes).toBe(128 * 1024);
+    expect(pool.counters).toEqual({ reused: 2, allocated: 2, discarded: 3 });
+  });
+});
+
+describe('readBodyInto', () => {
+  async function serve(handle: (req: IncomingMessage) => Promise<string>): Promise<{ port: number; close: () => void }> {
+    const server = createServer((req, res) => {
+      handle(req).then(
+        (text) => res.end(text),
+        (err: unknown) => res.end(err instanceof BodyError ? `${err.status} ${err.message}` : `error ${(err as Error).message}`),
+      );
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as { port: number }).port, close: () => server.close() };
+  }
+
+  function post(port: number, body: Buffer, declared: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, method: 'POST', path: '/', headers: { 'content-length': declared } }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve(text));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  it('reads a body of its declared length into a recycled buffer, and refuses one over the limit', async () => {
+    const pool = new BufferPool(1 << 20);
+    const s = await serve(async (req) => {
+      const declared = Number(req.headers['content-length']);
+      const r = await readBodyInto(req, declared, 300_000, pool);
+      const text = Buffer.from(r.buf, 0, r.length).toString();
+      pool.give(r.buf);
+      return `ok ${text.length} ${text.slice(0, 3)}${text.slice(-3)}`;
+    });
+    try {
+      expect(await post(s.port, Buffer.from('abc'.repeat(50_000)), 150_000)).toBe('ok 150000 abcabc');
+      expect(await post(s.port, Buffer.from('xyz'.repeat(60_000)), 180_000)).toBe('ok 180000 xyzxyz');
+      expect(pool.counters.reused).toBe(1);
+      expect(await post(s.port, Buffer.alloc(10), 400_000).catch(() => 'reset')).toMatch(/^(413 body of 400000 bytes exceeds 300000|reset)$/);
+    } finally {
+      s.close();
+    }
+  });
+});

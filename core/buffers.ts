@@ -1,0 +1,103 @@
+// Buffers of the ingest path, recycled: a rack second's HTTP body and the copy of its sections
+// each worker receives. Allocating them fresh — one body and one or two worker buffers per rack
+// second, ~1 MB each at 2,000 metrics × 40 servers — page-faulted a gigabyte of new memory per
+// 100 M points and kept the HTTP thread's collector busy. A worker hands its buffer back in its
+// answer (transferred again), so in steady state no ingest buffer is allocated at all.
+
+import type { IncomingMessage } from 'node:http';
+
+/** Smallest buffer handed out (size classes are powers of two from here). */
+const classMinBytes = 64 * 1024;
+
+export interface BufferPoolCounters {
+  /** Taken from the pool. */
+  reused: number;
+  /** Made new (the pool had none of that size). */
+  allocated: number;
+  /** Given back but not kept (the pool was at its byte bound, or the buffer was not one of its sizes). */
+  discarded: number;
+}
+
+/** ArrayBuffers by power-of-two size, at most `bytesMax` of them kept. */
+export class BufferPool {
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  private bytes = 0;
+  readonly counters: BufferPoolCounters = { reused: 0, allocated: 0, discarded: 0 };
+
+  constructor(readonly bytesMax: number) {}
+
+  /** A buffer of at least `size` bytes (its contents are whatever it last held). */
+  take(size: number): ArrayBuffer {
+    const cls = sizeClass(size);
+    const b = this.free.get(cls)?.pop();
+    if (b !== undefined) {
+      this.bytes -= cls;
+      this.counters.reused++;
+      return b;
+    }
+    this.counters.allocated++;
+    return new ArrayBuffer(cls);
+  }
+
+  /** Keeps `b` for a later take() (nobody may use it after this). */
+  give(b: ArrayBuffer): void {
+    const cls = b.byteLength;
+    // A detached buffer (transferred away) has 0 bytes: not a size of the pool.
+    if (cls !== sizeClass(cls) || this.bytes + cls > this.bytesMax) {
+      this.counters.discarded++;
+      return;
+    }
+    let list = this.free.get(cls);
+    if (list === undefined) this.free.set(cls, (list = []));
+    list.push(b);
+    this.bytes += cls;
+  }
+
+  /** Bytes kept for reuse. */
+  get keptBytes(): number {
+    return this.bytes;
+  }
+}
+
+function sizeClass(size: number): number {
+  let c = classMinBytes;
+  while (c < size) c *= 2;
+  return c;
+}
+
+/** Why a body could not be read. */
+export class BodyError extends Error {
+  constructor(
+    readonly status: 400 | 413,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Reads a request body of a declared Content-Length into a pooled buffer: the bytes are
+ * `new Uint8Array(buf, 0, length)`; give `buf` back when nothing refers to them any more.
+ * Throws BodyError when the body is longer or shorter than declared, or over `bytesMax`.
+ */
+export async function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool): Promise<{ buf: ArrayBuffer; length: number }> {
+  if (length > bytesMax) throw new BodyError(413, `body of ${length} bytes exceeds ${bytesMax}`);
+  const buf = pool.take(length);
+  const view = new Uint8Array(buf);
+  let at = 0;
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      if (at + chunk.length > length) throw new BodyError(400, `body longer than its Content-Length ${length}`);
+      view.set(chunk, at);
+      at += chunk.length;
+    }
+  } catch (err) {
+    pool.give(buf);
+    throw err;
+  }
+  if (at !== length) {
+    pool.give(buf);
+    throw new BodyError(400, `body of ${at} bytes ended before its Content-Length ${length}`);
+  }
+  return { buf, length };
+}
