@@ -109,14 +109,18 @@ async function results(node: CoreNode, id: string, fromMs = 0, toMs = 8.64e15): 
 
 /** Plain, obviously-correct evaluation over raw observations. */
 function reference(obs: Obs[], q: Query, from: number, to: number): Map<number, { servers: number; count: number; values: Record<string, number> }> {
-  const pick = (o: Obs) =>
-    o.metric === q.metric &&
-    q.selectors.some((s) => (s.type === 'all' ? true : s.type === 'server' ? o.server === s.id : s.type === 'glob' ? compileGlob(s.pattern)(o.server) : compileGlob(s.pattern)(o.rack)));
+  const tests = q.selectors.map((s): ((o: Obs) => boolean) => {
+    if (s.type === 'all') return () => true;
+    if (s.type === 'server') return (o) => o.server === s.id;
+    const match = compileGlob(s.pattern);
+    return s.type === 'glob' ? (o) => match(o.server) : (o) => match(o.rack);
+  });
+  const picked = obs.filter((o) => o.metric === q.metric && tests.some((t) => t(o)));
   const W = q.windowSeconds;
   const out = new Map<number, { servers: number; count: number; values: Record<string, number> }>();
   // Every window that overlaps [from, to): the first is the one containing `from` (issue 16.12).
   for (let start = Math.floor(from / W) * W; start < to; start += W) {
-    const inWin = obs.filter((o) => pick(o) && o.second >= start && o.second < start + W);
+    const inWin = picked.filter((o) => o.second >= start && o.second < start + W);
     if (inWin.length === 0) continue;
     const vals = inWin.map((o) => o.value).sort((a, b) => a - b);
     const values: Record<string, number> = {};
