@@ -1,9 +1,10 @@
 // The head (issue 12): what a shard holds in memory before it becomes rows, metric-major.
-// One MetricHead per (block, metric, rack): typed columns of that metric's entries for the
-// rack's servers, appended section by section — a section carries a metric's column for every
-// server of the rack, so ingest is a few typed-array copies per metric, and reading one metric
-// touches that metric's heads only. buildRow() orders a head's entries by (server, second) —
-// merging an already stored row when late data arrives — into what core/block.ts encodes.
+// One MetricHead per (block, metric, rack): that metric's points for the rack's servers as a
+// dense server × second matrix, filled section by section — a section carries a metric's column
+// for every server of the rack, in the same server order each second — plus any summaries, and
+// reading one metric touches that metric's heads only. buildRow() turns a head into a row
+// (servers ascending, each one's seconds ascending), merging an already stored row when late
+// data arrives, into what core/block.ts encodes.
 
 import { SketchAccumulator } from '../schema/sketch.js';
 import { summaryColumns, trimSummaries, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
@@ -63,50 +64,54 @@ class Summaries {
   }
 }
 
-interface PointColumns {
-  sid: Int32Array;
-  sec: Uint16Array;
-  val: Float64Array;
+/** A head's point memory: values second-major (slotsCap per second) and its slots' server ids. */
+interface HeadColumns {
+  vals: Float64Array;
+  sids: Int32Array;
 }
 
 /**
- * Point columns for heads: those of written heads are kept for new ones of the same size (each
- * minute a live fleet's heads are written and as many new ones start), and new ones are carved
- * from 1 MiB slabs. Allocating three typed arrays per head one by one cost ~115 µs a head
- * (16,000 heads: 1.8 s; the same bytes as slabs: 0.35 s with first touch) — a tenth of ingest
- * CPU. A slab lives while any of its heads does; heads of one slab start together and are
- * written together (one block), so a slab is not pinned long. Bounded in bytes; beyond it
- * columns go to the collector.
+ * Point memory for heads: that of written heads is kept for new ones of the same capacity (each
+ * minute a live fleet's heads are written and as many new ones start), and new memory is carved
+ * from 1 MiB slabs. Allocating a head's typed arrays one by one cost ~115 µs a head (measured
+ * with the former three point columns: 16,000 heads 1.8 s; the same bytes as slabs: 0.35 s with
+ * first touch) — a tenth of ingest CPU. A slab lives while any of its heads does; heads of one
+ * slab start together and are written together (one block), so a slab is not pinned long.
+ * Bounded in bytes; beyond it memory goes to the collector.
  */
 export class ColumnPool {
-  private readonly free = new Map<number, PointColumns[]>();
+  private readonly free = new Map<number, HeadColumns[]>();
   private bytes = 0;
   private slab = new ArrayBuffer(0);
   private slabUsed = 0;
 
   constructor(readonly bytesMax: number) {}
 
-  take(cap: number): PointColumns {
-    const c = this.free.get(cap)?.pop();
+  /** Columns for slotsCap servers × blockSeconds; their contents are left over (the head fills what it uses). */
+  take(slotsCap: number, blockSeconds: number): HeadColumns {
+    const c = this.free.get(poolKey(slotsCap, blockSeconds))?.pop();
     if (c !== undefined) {
-      this.bytes -= cap * 14;
+      this.bytes -= columnsBytes(slotsCap, blockSeconds);
       return c;
     }
-    return this.carve(cap);
+    return this.carve(slotsCap, blockSeconds);
   }
 
-  give(c: PointColumns): void {
-    const cap = c.sid.length;
-    if (this.bytes + cap * 14 > this.bytesMax) return;
-    let list = this.free.get(cap);
-    if (list === undefined) this.free.set(cap, (list = []));
+  give(c: HeadColumns): void {
+    const cap = c.sids.length;
+    const blockSeconds = c.vals.length / cap;
+    const bytes = columnsBytes(cap, blockSeconds);
+    if (this.bytes + bytes > this.bytesMax) return;
+    const key = poolKey(cap, blockSeconds);
+    let list = this.free.get(key);
+    if (list === undefined) this.free.set(key, (list = []));
     list.push(c);
-    this.bytes += cap * 14;
+    this.bytes += bytes;
   }
 
-  /** Three columns of cap entries in one stretch of a slab (values first: 8-byte aligned). */
-  private carve(cap: number): PointColumns {
-    const bytes = Math.ceil((cap * 14) / 8) * 8;
+  /** Both columns in one stretch of a slab (values first: 8-byte aligned). */
+  private carve(slotsCap: number, blockSeconds: number): HeadColumns {
+    const bytes = columnsBytes(slotsCap, blockSeconds);
     let buf = this.slab;
     let at = this.slabUsed;
     if (bytes > slabBytes / 4) {
@@ -119,42 +124,87 @@ export class ColumnPool {
       }
       this.slabUsed = at + bytes;
     }
-    return { val: new Float64Array(buf, at, cap), sid: new Int32Array(buf, at + cap * 8, cap), sec: new Uint16Array(buf, at + cap * 12, cap) };
+    const n = slotsCap * blockSeconds;
+    return { vals: new Float64Array(buf, at, n), sids: new Int32Array(buf, at + n * 8, slotsCap) };
   }
 }
 
 const slabBytes = 1 << 20;
+/** Seconds of a block are < 2^16 (rows keep them as Uint16). */
+const poolKey = (slotsCap: number, blockSeconds: number) => slotsCap * 65_536 + blockSeconds;
+const columnsBytes = (slotsCap: number, blockSeconds: number) => slotsCap * blockSeconds * 8 + Math.ceil(slotsCap / 2) * 8;
 
-/** One metric × one rack × one block in memory. */
+/** Server slots found by a linear search up to this many; past it by a map. */
+const linearSlotsMax = 8;
+/** About what a Map entry costs (V8's ordered hash table: key, value, chain, bucket share, growth slack). */
+const indexEntryBytes = 48;
+
+export interface MetricHeadOptions {
+  kind: number;
+  metricLo: number;
+  metricHi: number;
+  rackId: number;
+  blockSeconds: number;
+  /** Where point memory comes from and goes back to; null: carved, never kept (tests). */
+  pool: ColumnPool | null;
+}
+
+/**
+ * One metric × one rack × one block in memory. Points are dense: a slot per server (in order of
+ * first appearance) and a matrix of values, vals[second × slotsCap + slot], NaN where absent —
+ * 8 B a cell instead of 14 B an appended (server, second, value), no sort when the row is built.
+ * Second-major, so that a section (one second, the rack's servers in order) writes one stretch;
+ * buildRow reads a server's seconds with a stride, once per block.
+ * Values that reach it are finite (Store.toHead refuses the section decoder's `pointBad`), so
+ * NaN is free to mean "absent". Seconds are filled with NaN as sections first reach them
+ * (sections come second by second): rows at and past `secondsFilled` hold leftovers.
+ */
 export class MetricHead {
-  pn = 0;
-  pSid: Int32Array;
-  pSec: Uint16Array;
-  pVal: Float64Array;
+  readonly kind: number;
+  readonly metricLo: number;
+  readonly metricHi: number;
+  readonly rackId: number;
+  readonly blockSeconds: number;
+  /** Cells holding a value: the head's points, each (server, second) once. */
+  points = 0;
+  /** Slot → server id; slots [0, slotsN) are in use. */
+  slotSids: Int32Array = noSids;
+  slotsN = 0;
+  slotsCap = 0;
+  /** vals[second × slotsCap + slot]: the value, or NaN when none came. */
+  vals: Float64Array = noVals;
+  /** Seconds [0, secondsFilled) are initialised. */
+  secondsFilled = 0;
+  /** Slot the next entry of the section probably belongs to (a rack lists its servers in the same order each second). */
+  private cursor = 0;
+  /** vals index of the current section's second, slot 0. */
+  private rowAt = 0;
+  private second = 0;
+  /** Server id → slot, once there are more than linearSlotsMax slots. */
+  private slotIndex: Map<number, number> | null = null;
+  private readonly pool: ColumnPool | null;
   /** Distribution summaries and the rack's rollups; most heads (gauges, counters) never have any. */
   private distCols: Summaries | null = null;
   private rollupCols: Summaries | null = null;
   /** Newest WAL sequence whose entries are in this head (a stored row records it: replay skips what a row holds). */
   walSeq = 0;
 
-  constructor(
-    readonly kind: number,
-    readonly metricLo: number,
-    readonly metricHi: number,
-    readonly rackId: number,
-    pointsHint: number,
-    private readonly pool: ColumnPool | null = null,
-  ) {
-    const cap = Math.max(8, pointsHint);
-    const c = (pool ?? unpooled).take(cap);
-    this.pSid = c.sid;
-    this.pSec = c.sec;
-    this.pVal = c.val;
+  constructor(o: MetricHeadOptions) {
+    this.kind = o.kind;
+    this.metricLo = o.metricLo;
+    this.metricHi = o.metricHi;
+    this.rackId = o.rackId;
+    this.blockSeconds = o.blockSeconds;
+    this.pool = o.pool;
   }
 
-  /** Hands the point columns back to the pool (the head is written and gone). */
+  /** Hands the point memory back to the pool (the head is written and gone). */
   release(): void {
-    this.pool?.give({ sid: this.pSid, sec: this.pSec, val: this.pVal });
+    if (this.slotsCap > 0) this.pool?.give({ sids: this.slotSids, vals: this.vals });
+    this.slotsCap = this.slotsN = this.secondsFilled = this.points = 0;
+    this.slotSids = noSids;
+    this.vals = noVals;
+    this.slotIndex = null;
   }
 
   get dist(): Summaries {
@@ -177,30 +227,102 @@ export class MetricHead {
 
   /** Approximate bytes held (for the head's memory bound). */
   get bytes(): number {
-    return this.pSid.length * 14 + (this.distCols?.bytes ?? 0) + (this.rollupCols?.bytes ?? 0) + 200;
+    const index = this.slotIndex === null ? 0 : this.slotsN * indexEntryBytes;
+    return (this.slotsCap > 0 ? columnsBytes(this.slotsCap, this.blockSeconds) : 0) + index + (this.distCols?.bytes ?? 0) + (this.rollupCols?.bytes ?? 0) + 200;
   }
 
-  /** Room for `more` points; returns the index to write the first at. */
-  reservePoints(more: number): number {
-    const need = this.pn + more;
-    if (need > this.pSid.length) {
-      const cap = Math.max(need, this.pSid.length * 2);
-      const sid = new Int32Array(cap);
-      sid.set(this.pSid.subarray(0, this.pn));
-      const sec = new Uint16Array(cap);
-      sec.set(this.pSec.subarray(0, this.pn));
-      const val = new Float64Array(cap);
-      val.set(this.pVal.subarray(0, this.pn));
-      this.pSid = sid;
-      this.pSec = sec;
-      this.pVal = val;
+  /**
+   * Starts a section's points of second `sec` (at most `entries` of them): the first section
+   * sizes the slots for its entries, and the cursor restarts. Call before addPoint.
+   */
+  openSection(sec: number, entries: number): void {
+    if (sec < 0 || sec >= this.blockSeconds) throw new Error(`BUG: second ${sec} outside a block of ${this.blockSeconds} s`);
+    if (this.slotsCap === 0) this.allot(Math.max(1, entries));
+    if (sec >= this.secondsFilled) {
+      this.vals.fill(NaN, this.secondsFilled * this.slotsCap, (sec + 1) * this.slotsCap);
+      this.secondsFilled = sec + 1;
     }
-    const at = this.pn;
-    this.pn = need;
-    return at;
+    this.second = sec;
+    this.rowAt = sec * this.slotsCap;
+    this.cursor = 0;
+  }
+
+  /**
+   * Server `sid`'s value (finite) for the open section's second, unless the head holds one for
+   * that (server, second) already: the first arrival wins. Returns whether it was kept.
+   */
+  addPoint(sid: number, v: number): boolean {
+    let s = this.cursor;
+    if (s >= this.slotsN || this.slotSids[s] !== sid) s = this.slotOf(sid);
+    this.cursor = s + 1;
+    const i = this.rowAt + s;
+    if (this.vals[i] === this.vals[i]) return false;
+    this.vals[i] = v;
+    this.points++;
+    return true;
+  }
+
+  /** The slot of server sid, made if it has none. */
+  private slotOf(sid: number): number {
+    const n = this.slotsN;
+    if (n <= linearSlotsMax) {
+      for (let s = 0; s < n; s++) if (this.slotSids[s] === sid) return s;
+    } else {
+      let index = this.slotIndex;
+      if (index === null) {
+        index = this.slotIndex = new Map();
+        for (let s = 0; s < n; s++) index.set(this.slotSids[s]!, s);
+      }
+      const s = index.get(sid);
+      if (s !== undefined) return s;
+    }
+    if (n === this.slotsCap) this.grow(n * 2);
+    this.slotSids[n] = sid;
+    this.slotIndex?.set(sid, n);
+    this.slotsN = n + 1;
+    return n;
+  }
+
+  private allot(slotsCap: number): void {
+    const c = (this.pool ?? unpooled).take(slotsCap, this.blockSeconds);
+    this.slotSids = c.sids;
+    this.vals = c.vals;
+    this.slotsCap = slotsCap;
+  }
+
+  /** Room for slotsCap servers: the filled seconds move to a larger matrix, the new slots absent. */
+  private grow(slotsCap: number): void {
+    const oldCap = this.slotsCap;
+    const oldVals = this.vals;
+    const oldSids = this.slotSids;
+    this.allot(slotsCap);
+    this.slotSids.set(oldSids.subarray(0, this.slotsN));
+    for (let sec = 0; sec < this.secondsFilled; sec++) {
+      const to = sec * slotsCap;
+      this.vals.set(oldVals.subarray(sec * oldCap, sec * oldCap + this.slotsN), to);
+      this.vals.fill(NaN, to + this.slotsN, to + slotsCap);
+    }
+    this.rowAt = this.second * slotsCap;
+    this.pool?.give({ sids: oldSids, vals: oldVals });
+  }
+
+  /** Slots in ascending order of their servers' ids. */
+  slotsByServer(): Int32Array {
+    const order = new Int32Array(this.slotsN);
+    let ascending = true;
+    for (let s = 0; s < this.slotsN; s++) {
+      order[s] = s;
+      if (s > 0 && this.slotSids[s]! < this.slotSids[s - 1]!) ascending = false;
+    }
+    if (!ascending) order.sort((a, b) => this.slotSids[a]! - this.slotSids[b]!);
+    return order;
   }
 }
 
+const noSids = new Int32Array(0);
+const noVals = new Float64Array(0);
+
+// Summary entries are sorted (points need not: the head's matrix is in order already).
 // Sort keys pack (server, second, arrival index) into one exact double: server ids < 2^20,
 // seconds < 2^16, entries per row < 2^17 (a rack of 1,024 servers × 60 s × 2 is 122,880).
 const idxBits = 131_072;
@@ -262,61 +384,37 @@ const countingSpanMax = 1 << 16;
  * summaries of one (server, second) merge (the rack sends each part once).
  */
 export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSeconds: number, acc: SketchAccumulator): RowInput {
-  // Points: the head's, then the stored row's.
-  let pSid = h.pSid;
-  let pSec = h.pSec;
-  let pVal = h.pVal;
-  let pn = h.pn;
-  if (old !== undefined && old.pointVals.length > 0) {
-    const on = old.pointVals.length;
-    pSid = new Int32Array(pn + on);
-    pSid.set(h.pSid.subarray(0, pn));
-    pSec = new Uint16Array(pn + on);
-    pSec.set(h.pSec.subarray(0, pn));
-    pVal = new Float64Array(pn + on);
-    pVal.set(h.pVal.subarray(0, pn));
-    pSec.set(old.pointSecs, pn);
-    pVal.set(old.pointVals, pn);
-    for (let j = 0; j < old.serverIds.length; j++) pSid.fill(old.serverIds[j]!, pn + old.pointStart[j]!, pn + old.pointStart[j + 1]!);
-    pn += on;
-  }
+  if (blockSeconds !== h.blockSeconds) throw new Error(`BUG: building a row of ${blockSeconds} s from a head of ${h.blockSeconds} s`);
   const dist = withOld(h.dist, old, (o) => o.dist, (o, j) => [o.distStart[j]!, o.distStart[j + 1]!]);
   const rollup = withOld(h.rollup, old, (o) => o.rollup, null);
-  const pOrder = orderBy(pSid, pSec, pn);
   const dOrder = orderBy(dist.sid, dist.sec, dist.n);
-  // Servers of the row: the union of both columns' servers, ascending.
-  const ids: number[] = [];
-  const take = (sid: number) => {
-    if (ids.length === 0 || ids[ids.length - 1]! < sid) ids.push(sid);
-  };
-  let a = 0;
-  let b = 0;
-  while (a < pn || b < dist.n) {
-    const ps = a < pn ? pSid[pOrder[a]!]! : Infinity;
-    const ds = b < dist.n ? dist.sid[dOrder[b]!]! : Infinity;
-    if (ps <= ds) take(pSid[pOrder[a++]!]!);
-    else take(dist.sid[dOrder[b++]!]!);
-  }
+  const slots = h.slotsByServer();
+  const ids = rowServers(h, slots, old, dist, dOrder);
   const n = ids.length;
+  const oldIds = old?.serverIds ?? noIds;
+  const oldPoints = old?.pointVals.length ?? 0;
   const pointStart = new Int32Array(n + 1);
-  const pointSecs = new Uint16Array(pn);
-  const pointVals = new Float64Array(pn);
+  const pointSecs = new Uint16Array(h.points + oldPoints);
+  const pointVals = new Float64Array(h.points + oldPoints);
   const distStart = new Int32Array(n + 1);
   const dOut = dist.n === 0 ? noSummaries : summaryColumns(dist.n);
-  let pi = 0;
+  let a = 0;
+  let b = 0;
   let di = 0;
   let po = 0;
   let dn = 0;
   for (let j = 0; j < n; j++) {
     const sid = ids[j]!;
     pointStart[j] = po;
-    const first = po;
-    for (; pi < pn && pSid[pOrder[pi]!] === sid; pi++) {
-      const e = pOrder[pi]!;
-      if (po > first && pointSecs[po - 1] === pSec[e]) continue; // the first (newest) wins
-      pointSecs[po] = pSec[e]!;
-      pointVals[po++] = pVal[e]!;
+    const slot = a < slots.length && h.slotSids[slots[a]!] === sid ? slots[a++]! : -1;
+    while (b < oldIds.length && oldIds[b]! < sid) b++;
+    let o0 = 0;
+    let o1 = 0;
+    if (old !== undefined && b < oldIds.length && oldIds[b] === sid) {
+      o0 = old.pointStart[b]!;
+      o1 = old.pointStart[b + 1]!;
     }
+    po = putPoints(h, slot, old, o0, o1, pointSecs, pointVals, po);
     distStart[j] = dn;
     const dFirst = dn;
     for (; di < dist.n && dist.sid[dOrder[di]!] === sid; di++) dn = putSummary(dist, dOrder[di]!, dOut, dn, dFirst, acc);
@@ -345,6 +443,69 @@ export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSecond
     rollupTo: rn,
   };
 }
+
+/** Servers of the row, ascending: the head's, the stored row's with points, and the summaries'. */
+function rowServers(h: MetricHead, slots: Int32Array, old: DecodedRow | undefined, dist: FlatSummaries, dOrder: Int32Array): number[] {
+  const ids: number[] = [];
+  const oldIds = old?.serverIds ?? noIds;
+  let a = 0;
+  let b = 0;
+  let c = 0;
+  for (;;) {
+    // A stored server without points comes in through the summaries, if at all.
+    while (old !== undefined && b < oldIds.length && old.pointStart[b + 1] === old.pointStart[b]) b++;
+    const hs = a < slots.length ? h.slotSids[slots[a]!]! : Infinity;
+    const os = b < oldIds.length ? oldIds[b]! : Infinity;
+    const ds = c < dist.n ? dist.sid[dOrder[c]!]! : Infinity;
+    const sid = Math.min(hs, os, ds);
+    if (sid === Infinity) return ids;
+    if (ids.length === 0 || ids[ids.length - 1]! < sid) ids.push(sid);
+    if (hs === sid) a++;
+    else if (os === sid) b++;
+    else c++;
+  }
+}
+
+/**
+ * One server's points into pointSecs/pointVals at po, seconds ascending: the head's (slot, or −1
+ * for none) merged with the stored row's [o0, o1), the head's winning a second both have.
+ */
+function putPoints(h: MetricHead, slot: number, old: DecodedRow | undefined, o0: number, o1: number, pointSecs: Uint16Array, pointVals: Float64Array, po: number): number {
+  let k = o0;
+  if (slot >= 0 && old !== undefined) {
+    const vals = h.vals;
+    const cap = h.slotsCap;
+    const oSecs = old.pointSecs;
+    for (let sec = 0, i = slot; sec < h.secondsFilled; sec++, i += cap) {
+      const v = vals[i]!;
+      if (v !== v) continue;
+      for (; k < o1 && oSecs[k]! < sec; k++, po++) {
+        pointSecs[po] = oSecs[k]!;
+        pointVals[po] = old.pointVals[k]!;
+      }
+      if (k < o1 && oSecs[k] === sec) k++;
+      pointSecs[po] = sec;
+      pointVals[po++] = v;
+    }
+  } else if (slot >= 0) {
+    const vals = h.vals;
+    const cap = h.slotsCap;
+    for (let sec = 0, i = slot; sec < h.secondsFilled; sec++, i += cap) {
+      const v = vals[i]!;
+      if (v !== v) continue;
+      pointSecs[po] = sec;
+      pointVals[po++] = v;
+    }
+  }
+  if (old !== undefined && k < o1) {
+    pointSecs.set(old.pointSecs.subarray(k, o1), po);
+    pointVals.set(old.pointVals.subarray(k, o1), po);
+    po += o1 - k;
+  }
+  return po;
+}
+
+const noIds = new Uint32Array(0);
 
 /** Flat summary entries: the head's, then the stored row's (server −1 for rollups). */
 interface FlatSummaries {

@@ -568,10 +568,8 @@ export class Store {
       if (racks === undefined) metrics.set(mi, (racks = new Map()));
       let mh = racks.get(rackId);
       if (mh === undefined) {
-        // Room for the rest of the block: sections of a block come second by second (live or a
-        // spool replayed), and growing by doubling copied each head's columns several times (9%
-        // of ingest CPU). A lone late section over-allocates for the moment until its row is written.
-        mh = new MetricHead(kind, lo, hi, rackId, m.servers.length * (this.opts.blockSeconds - sec), this.columns);
+        // Its points' matrix is sized by their first section (MetricHead.openSection).
+        mh = new MetricHead({ kind, metricLo: lo, metricHi: hi, rackId, blockSeconds: this.opts.blockSeconds, pool: this.columns });
         racks.set(rackId, mh);
         this.headBytes += mh.bytes;
       }
@@ -586,25 +584,25 @@ export class Store {
         else this.counters.points_dropped_overflow += replay ? 0 : to - from;
       } else {
         const before = mh.bytes;
-        const start = mh.reservePoints(to - from);
-        let at = start;
+        mh.openSection(sec, to - from);
+        let took = 0;
         for (let e = from; e < to; e++) {
           const sid = sids[m.pointServers[e]!]!;
           if (sid < 0) {
             this.counters.points_dropped_servers++;
             continue;
           }
+          // The decoder marks every non-finite value (schema/section.ts checkSectionPoints), so the
+          // head only ever sees finite ones: it marks absent seconds with NaN.
           if (m.pointBad !== null && m.pointBad[e] === 1) {
             this.counters.points_dropped_bad_value += replay ? 0 : 1;
             continue;
           }
-          mh.pSid[at] = sid;
-          mh.pSec[at] = sec;
-          mh.pVal[at++] = m.pointValues[e]!;
+          // A (server, second) the head holds already counts as taken, as it always has; its first value is kept.
+          mh.addPoint(sid, m.pointValues[e]!);
+          took++;
         }
         // Only what the head took: refused servers and bad values are counted under their reasons.
-        const took = at - start;
-        mh.pn = at;
         mh.walSeq = Math.max(mh.walSeq, seq);
         this.headBytes += mh.bytes - before;
         added += took;
