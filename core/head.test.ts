@@ -214,3 +214,20 @@ describe('MetricHead and buildRow', () => {
     );
   });
 });
+
+describe('ColumnPool', () => {
+  it('keeps written heads\' columns only within its bound and the room its store leaves', () => {
+    let room = 1 << 20;
+    const pool = new ColumnPool(1 << 20, () => room);
+    const a = pool.take(40, 60);
+    const b = pool.take(40, 60);
+    const bytes = 40 * 60 * 8 + 40 * 4;
+    pool.give(a);
+    expect(pool.keptBytes).toBe(bytes);
+    room = bytes + 10; // the store's live heads now leave room for one set only
+    pool.give(b);
+    expect(pool.keptBytes).toBe(bytes);
+    expect(pool.take(40, 60)).toBe(a);
+    expect(pool.keptBytes).toBe(0);
+  });
+});

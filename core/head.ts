@@ -85,7 +85,19 @@ export class ColumnPool {
   private slab = new ArrayBuffer(0);
   private slabUsed = 0;
 
-  constructor(readonly bytesMax: number) {}
+  /**
+   * `room`: bytes the pool may hold now besides `bytesMax` (the store passes what its head bound
+   * leaves free, so live heads and kept columns together stay within the head's memory bound).
+   */
+  constructor(
+    readonly bytesMax: number,
+    private readonly room: () => number = () => Number.POSITIVE_INFINITY,
+  ) {}
+
+  /** Bytes of columns kept for reuse. */
+  get keptBytes(): number {
+    return this.bytes;
+  }
 
   /** Columns for slotsCap servers × blockSeconds; their contents are left over (the head fills what it uses). */
   take(slotsCap: number, blockSeconds: number): HeadColumns {
@@ -101,7 +113,7 @@ export class ColumnPool {
     const cap = c.sids.length;
     const blockSeconds = c.vals.length / cap;
     const bytes = columnsBytes(cap, blockSeconds);
-    if (this.bytes + bytes > this.bytesMax) return;
+    if (this.bytes + bytes > Math.min(this.bytesMax, this.room())) return;
     const key = poolKey(cap, blockSeconds);
     let list = this.free.get(key);
     if (list === undefined) this.free.set(key, (list = []));
