@@ -132,7 +132,8 @@ export class ClusterHarness {
   }
 
   async stop(): Promise<void> {
-    for (const id of [...this.cores.keys()]) await this.killCore(id, 'SIGTERM');
+    // All at once: each node's graceful stop (consumers drained, heartbeat removed) takes seconds.
+    await Promise.all([...this.cores.keys()].map((id) => this.killCore(id, 'SIGTERM')));
     await this.nc?.close().catch(() => undefined);
     await this.nats.stop();
   }
