@@ -3,8 +3,6 @@
 // evaluation and ad-hoc queries of their metrics. The HTTP thread (core/pool.ts) talks to it
 // with messages; section bytes arrive in a transferred buffer, never re-encoded.
 
-import { readlinkSync } from 'node:fs';
-import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { hashName } from '../schema/names.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
@@ -18,8 +16,6 @@ import { restoresMax, snapshotCursorsMax, snapshotIdleMs, type ShardRestore } fr
 import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js';
 
 const config = workerData as WorkerConfig;
-/** How much lower than the HTTP thread's a worker's priority is (nice steps; each ~1.25× less CPU share when both want it). */
-const workerNiceDelta = 5;
 const port = parentPort!;
 
 interface Owned {
@@ -33,25 +29,6 @@ function post(m: ToMain): void {
 }
 
 guardLmdbRejections((message) => post({ t: 'log', message: `an LMDB write failed (${message}); free disk space — the write is retried or refused with 503` }));
-
-/**
- * Workers run at a lower CPU priority than the HTTP thread (Linux: nice is per thread): with
- * every core busy ingesting and writing rows, the HTTP thread — health checks, acknowledgements,
- * queries — then runs as soon as it has work instead of waiting its turn behind the workers
- * (at equal priority `/healthz` waited up to 600 ms while 1,000 servers' block was ingested on
- * 2 cores). The workers lose nothing when the HTTP thread is idle.
- */
-function lowerPriority(): void {
-  try {
-    // This thread's id: /proc/thread-self → <pid>/task/<tid>.
-    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
-    if (!Number.isInteger(tid) || tid <= 0) return;
-    setPriority(tid, Math.min(19, getPriority(tid) + workerNiceDelta));
-  } catch (err) {
-    post({ t: 'log', message: `could not lower the worker's CPU priority (${(err as Error).message}); the HTTP thread may answer late while workers are busy` });
-  }
-}
-lowerPriority();
 
 const owned = new Map<number, Owned>();
 for (const index of config.stores) {

@@ -4,7 +4,7 @@
 
 import { afterEach, describe, expect, it } from 'vitest';
 import dgram from 'node:dgram';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KindCode } from '../schema/codec.js';
@@ -51,10 +51,6 @@ describe('apm core process', () => {
   it('loses no acknowledged request when SIGKILLed in the middle of sustained ingest (2 workers)', async () => {
     const data = mkdtempSync(join(tmpdir(), 'apm-core-'));
     const { core, url } = await startCore(data, ['--workers', '2']);
-    // Its two workers run at a lower CPU priority than the HTTP thread (core/worker.ts), the rest at the process's own.
-    const nice = readdirSync(`/proc/${core.child.pid}/task`).map((t) => Number(readFileSync(`/proc/${core.child.pid}/task/${t}/stat`, 'latin1').replace(/^.*\) /, '').split(' ')[16]));
-    expect(nice.filter((n) => n === 5).length, `nice values of the threads: ${nice.join(' ')}`).toBe(2);
-    expect(nice.filter((n) => n === 0).length).toBe(nice.length - 2);
     const acked: { seq: number; second: number; rack: number }[] = [];
     const t = Math.floor(Date.now() / 1000) - 200;
     let seq = 1;
