@@ -56,7 +56,7 @@ export interface CoreParts {
 export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const { pool, servers, stored } = parts;
   const app = new Hono();
-  const http = { ingest_requests: 0, ingest_too_large: 0 };
+  const http = { ingest_requests: 0, ingest_too_large: 0, ingest_bad_body: 0 };
   // Bodies of rack seconds, recycled (core/buffers.ts): racks send one request at a time each.
   const bodies = new BufferPool(ingestBodiesBytesMax);
   // Before every route: auth decides who is asking, the rate limit keys on it (issue 8).
@@ -133,6 +133,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
         } catch (err) {
           if (!(err instanceof BodyError)) throw err;
           if (err.status === 413) http.ingest_too_large++;
+          else http.ingest_bad_body++;
           return c.json({ error: err.message, reason: err.status === 413 ? 'too_large' : 'bad_body' }, err.status);
         }
       } else body = new Uint8Array(await c.req.arrayBuffer());
@@ -186,6 +187,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counters('apm_core_requests_rejected_total', 'Ingest requests refused, by reason (a section refused by its worker counts under its reason)', 'reason', {
       ...rejected,
       too_large: http.ingest_too_large,
+      bad_body: http.ingest_bad_body,
       shards_mismatch: pool.counters.shards_mismatch,
       worker_busy: pool.counters.ingest_busy,
       storage_full: s('storage_full'),

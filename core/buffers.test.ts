@@ -1,4 +1,5 @@
 import { createServer, request, type IncomingMessage } from 'node:http';
+import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { BodyError, BufferPool, readBodyInto } from './buffers.js';
 
@@ -46,6 +47,34 @@ describe('readBodyInto', () => {
       req.end(body);
     });
   }
+
+  it('refuses a body whose sender goes away before its declared length, as a BodyError, and keeps the buffer', async () => {
+    const pool = new BufferPool(1 << 20);
+    let failure: unknown = null;
+    const seen = new Promise<void>((done) => {
+      const server = createServer((req) => {
+        readBodyInto(req, Number(req.headers['content-length']), 1 << 20, pool).then(
+          () => done(),
+          (err: unknown) => {
+            failure = err;
+            done();
+          },
+        );
+      });
+      server.listen(0, '127.0.0.1', () => {
+        const sock = connect((server.address() as { port: number }).port, '127.0.0.1', () => {
+          sock.end('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789');
+        });
+        sock.on('error', () => undefined);
+        void seen.then(() => server.close());
+      });
+    });
+    await seen;
+    expect(failure).toBeInstanceOf(BodyError);
+    expect((failure as BodyError).status).toBe(400);
+    expect((failure as BodyError).message).toMatch(/^body not received whole \(aborted\)$/);
+    expect(pool.keptBytes).toBe(128 * 1024);
+  });
 
   it('reads a body of its declared length into a recycled buffer, and refuses one over the limit', async () => {
     const pool = new BufferPool(1 << 20);

@@ -2,7 +2,8 @@
 // each worker receives. Allocating them fresh — one body and one or two worker buffers per rack
 // second, ~1 MB each at 2,000 metrics × 40 servers — page-faulted a gigabyte of new memory per
 // 100 M points and kept the HTTP thread's collector busy. A worker hands its buffer back in its
-// answer (transferred again), so in steady state no ingest buffer is allocated at all.
+// answer (transferred again), so in steady state buffers are reused rather than allocated
+// (apm_core_ingest_buffers_total counts both).
 
 import type { IncomingMessage } from 'node:http';
 
@@ -78,7 +79,8 @@ export class BodyError extends Error {
 /**
  * Reads a request body of a declared Content-Length into a pooled buffer: the bytes are
  * `new Uint8Array(buf, 0, length)`; give `buf` back when nothing refers to them any more.
- * Throws BodyError when the body is longer or shorter than declared, or over `bytesMax`.
+ * Throws BodyError when the body is longer or shorter than declared, over `bytesMax`, or not
+ * received whole (the connection failed mid-body).
  */
 export async function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool): Promise<{ buf: ArrayBuffer; length: number }> {
   if (length > bytesMax) throw new BodyError(413, `body of ${length} bytes exceeds ${bytesMax}`);
@@ -93,7 +95,8 @@ export async function readBodyInto(req: IncomingMessage, length: number, bytesMa
     }
   } catch (err) {
     pool.give(buf);
-    throw err;
+    // A sender that went away mid-body (aborted, reset) is a refused request, not a core failure.
+    throw err instanceof BodyError ? err : new BodyError(400, `body not received whole (${(err as Error).message})`);
   }
   if (at !== length) {
     pool.give(buf);

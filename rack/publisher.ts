@@ -96,6 +96,8 @@ export class Publisher {
   /** Acknowledged bodies kept for a re-publish after a reconnect, in the order they were kept. */
   private readonly kept = new Map<number, OpenBody>();
   private keptBytes = 0;
+  /** When the connection to NATS was last lost (ms): kept bodies are counted back from it. */
+  private lostAtMs = 0;
   private readonly notes = new Map<number, { second: number; shards: number }>();
   private readonly encoder = new Encoder();
   private readonly now: () => number;
@@ -400,9 +402,6 @@ export class Publisher {
       this.counters.kept_evicted++;
     }
   }
-
-  /** When the connection to NATS was last lost (ms). */
-  private lostAtMs = 0;
 
   /** Forgets kept bodies acknowledged more than keepAckedMs before `nowMs`. */
   private expireKept(nowMs = this.now()): void {

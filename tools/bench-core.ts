@@ -188,7 +188,7 @@ function ingestFigures(p: Prepared, r: IngestRun): Figure[] {
 }
 
 /** `apm core --workers 1` then `--workers 2` on the same prebuilt bodies; the ratio of their wall rates. */
-export async function scalingFigures(quick: boolean): Promise<Figure[]> {
+async function scalingFigures(quick: boolean): Promise<Figure[]> {
   // Racks send one second at a time each, so their number is the core's concurrency (a fleet
   // has 250); 8 keep both workers fed here. 150 s: two blocks written while ingest goes on.
   const racks = quick ? 3 : 8;
