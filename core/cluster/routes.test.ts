@@ -26,6 +26,8 @@ const t0 = now - 600 - (now % 60);
 class FakeCluster {
   owners: string[][] = Array.from({ length: S }, () => []);
   readonly ready = new Set<string>();
+  /** Nodes whose own consumer fell behind while their record still says ready (KV lags the node). */
+  readonly behind = new Set<string>();
   readonly states = new Map<string, NodeState>();
   private readonly listeners: (() => void)[] = [];
   readonly settings: ClusterSettings = { format: 1, shards: S, ownerReplicas: 1, streamReplicas: 1, streamMaxAgeSeconds: 86_400, duplicateWindowSeconds: 600 };
@@ -41,7 +43,7 @@ class FakeCluster {
       placement: (): PlacementDoc => ({ shards: this.owners.map((o) => ({ owners: o, joining: [] })) }),
       placementRevision: () => 1,
       readyOwners: (shard) => (cluster.owners[shard] ?? []).filter((id) => cluster.ready.has(id)).map((id) => cluster.states.get(id)!),
-      servesLocally: (shard) => cluster.ready.has(nodeId) && (cluster.owners[shard] ?? []).includes(nodeId),
+      servesLocally: (shard) => cluster.ready.has(nodeId) && !cluster.behind.has(nodeId) && (cluster.owners[shard] ?? []).includes(nodeId),
       onChange: (f) => void this.listeners.push(f),
     };
   }
@@ -193,6 +195,32 @@ describe('core cluster: query routing and stored queries', () => {
       expect(l.warnings[0]).toMatch(/no ready owner/);
     } finally {
       cluster.ready.add('A');
+    }
+  });
+
+  it('never proxies to itself: a node behind on its own shard while its record still says ready answers 503 unavailable, or asks the other owner', async () => {
+    const q = encodeURIComponent(`FROM * SELECT ${mA} WINDOW 5s COMPUTE avg`);
+    const loops = await metric('A', 'apm_core_cluster_proxied_total', 'result="loop"');
+    cluster.behind.add('A');
+    try {
+      const r = await get('A', `/api/v1/query?q=${q}`);
+      expect(r.status).toBe(503);
+      const body = (await r.json()) as { reason: string; error: string };
+      expect(body.reason).toBe('shard_unavailable');
+      expect(body.error).toMatch(/no ready owner/);
+      expect(await metric('A', 'apm_core_cluster_proxied_total', 'result="loop"')).toBe(loops);
+      // With B a ready owner too, A asks B (which answers from its own copy: nothing of mA there, so no windows).
+      cluster.owners[shardOfMetric(mA, S)] = ['A', 'B'];
+      const viaB = await get('A', `/api/v1/query?q=${q}`);
+      expect(viaB.status).toBe(200);
+      expect(await metric('A', 'apm_core_cluster_proxied_total', 'result="loop"')).toBe(loops);
+      // A list from A names B's part for that shard instead of skipping it.
+      const l = (await (await get('A', '/api/v1/metrics')).json()) as { metrics: { name: string }[]; warnings: string[] };
+      expect(l.warnings ?? []).toEqual([]);
+      expect(l.metrics.map((m) => m.name)).toEqual([mB]);
+    } finally {
+      cluster.behind.delete('A');
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
     }
   });
 

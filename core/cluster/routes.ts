@@ -128,10 +128,12 @@ export class ClusterRouting {
     for (const metric of t.metrics) {
       const shard = shardOfMetric(metric, S);
       const owners = this.view.readyOwners(shard);
-      const first = owners[0];
-      // The evaluator of a stored query's results is the first ready owner only; data has every ready owner.
-      candidates = t.evaluator ? owners.slice(0, 1) : owners;
-      const local = t.evaluator ? first?.id === this.view.nodeId : this.view.servesLocally(shard);
+      const local = t.evaluator ? owners[0]?.id === this.view.nodeId : this.view.servesLocally(shard);
+      // The evaluator of a stored query's results is the first ready owner only; data has every
+      // ready owner but this node: the nodes' records say ready for a moment after this node's
+      // consumer fell behind, and a request proxied to itself would only be refused as a loop.
+      candidates = t.evaluator ? owners.slice(0, 1) : owners.filter((n) => n.id !== this.view.nodeId);
+      const first = candidates[0];
       if (local) targets.set(this.view.nodeId, null);
       else if (first === undefined) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
       else if (c.req.header(forwardedHeader) !== undefined) {
@@ -267,9 +269,10 @@ export class ClusterRouting {
     const missing: number[] = [];
     for (let s = 0; s < S; s++) {
       if (this.view.servesLocally(s)) continue;
-      const o = this.view.readyOwners(s)[0];
+      // Not this node (its record may still say ready while its consumer catches up): its part is already the local one.
+      const o = this.view.readyOwners(s).find((n) => n.id !== this.view.nodeId);
       if (o === undefined) missing.push(s);
-      else if (o.id !== this.view.nodeId) ask.set(o.id, o);
+      else ask.set(o.id, o);
     }
     const body = c.req.method === 'POST' ? await c.req.text() : undefined; // read before the local route: it is cached for it
     await next();
