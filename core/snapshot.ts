@@ -32,6 +32,7 @@ import { crc32 } from 'node:zlib';
 import type { Database, RootDatabase, Transaction } from 'lmdb';
 import { shardOf } from '../schema/section.js';
 import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from './block.js';
+import { storedRowBytes } from './rowgroups.js';
 
 export const snapshotFormatVersion = 1;
 const magic = Buffer.from('APMSHS', 'latin1');
@@ -320,7 +321,7 @@ function* pages(db: Database<Uint8Array, Buffer>, start: Buffer, end: Buffer, tx
   }
 }
 
-/** Row bytes through their pointers into row groups (core/store.ts), the last group kept: rows of a group are neighbours in key order. */
+/** Row bytes through their pointers into row groups (core/rowgroups.ts), the last chunk kept: rows of a group are neighbours in key order. */
 class GroupReader {
   private lastKey: Buffer | null = null;
   private last: Buffer | undefined;
@@ -331,19 +332,13 @@ class GroupReader {
   ) {}
 
   rowBytes(key: Buffer, value: Buffer): Uint8Array {
-    // [WAL seq u48][pointerTag 0][group id u32][offset u32][length u32], or [WAL seq u48][row] (row bytes never start with 0).
-    if (value.length !== 19 || value[6] !== 0) return value.subarray(6);
-    const gk = Buffer.allocUnsafe(10);
-    key.copy(gk, 0, 0, 6);
-    gk.writeUInt32BE(value.readUInt32BE(7), 6);
-    if (this.lastKey === null || !this.lastKey.equals(gk)) {
-      this.last = this.groups.get(gk, { transaction: this.txn }) as Buffer | undefined;
-      this.lastKey = gk;
-    }
-    const at = value.readUInt32BE(11);
-    const length = value.readUInt32BE(15);
-    if (this.last === undefined || at + length > this.last.length) throw new RowError(`row group ${value.readUInt32BE(7)} is missing or shorter than ${at + length} B`);
-    return this.last.subarray(at, at + length);
+    return storedRowBytes(key, value, (gk) => {
+      if (this.lastKey === null || !this.lastKey.equals(gk)) {
+        this.last = this.groups.get(gk, { transaction: this.txn }) as Buffer | undefined;
+        this.lastKey = gk;
+      }
+      return this.last;
+    });
   }
 }
 

@@ -9,7 +9,8 @@
 //           values for every server of a rack over a block (core/block.ts). The WAL seq is the
 //           newest entry the row holds: a replay skips older ones.
 //   groups  [shard][block u32][group id u32] → the rows one slice wrote for that (shard, block),
-//           concatenated (up to 64 KB: a row alone would take whole LMDB pages).
+//           concatenated and cut into chunks of whole LMDB pages (core/rowgroups.ts: a row alone
+//           would take whole pages); a row may continue into the chunks with the next ids.
 //   dedup   [shard][rack] → the newest (session, seq) seen and a window of recent seqs.
 //   racks, servers, metrics: this store's registry (ids are store-local).
 // Sections go to the head (core/head.ts) at ingest; rows are written continuously in slices of
@@ -29,6 +30,7 @@ import { Dedup, windowSeqs } from './dedup.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
+import { groupKey, isPointer, packRows, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
 export interface StoreOptions {
@@ -808,58 +810,20 @@ export class Store {
     return more;
   }
 
-  /**
-   * Packs a slice's rows (sorted by key) into row groups: the rows of one (shard, block) are
-   * concatenated into values of up to groupBytesMax, and each row's key holds a pointer to its
-   * bytes. A row alone takes whole LMDB pages (a 2.4 KB row an overflow page of 4 KiB: 1.7× its
-   * size); a group of 64 KB wastes at most its last page. The pointer keeps the WAL seq first.
-   */
-  private packRows(puts: readonly { key: Buffer; value: Buffer }[]): { groups: { key: Buffer; value: Buffer }[]; pointers: { key: Buffer; value: Buffer }[] } {
-    const groups: { key: Buffer; value: Buffer }[] = [];
-    const pointers: { key: Buffer; value: Buffer }[] = [];
-    let a = 0;
-    while (a < puts.length) {
-      // One group: rows of the same (shard, block) (the first 6 key bytes) up to groupBytesMax.
-      let b = a;
-      let bytes = 0;
-      while (b < puts.length && (b === a || (puts[b]!.key.compare(puts[a]!.key, 0, 6, 0, 6) === 0 && bytes + puts[b]!.value.length - 6 <= groupBytesMax))) bytes += puts[b++]!.value.length - 6;
-      const id = ++this.groupSeq;
-      const value = Buffer.allocUnsafe(bytes);
-      let at = 0;
-      for (let i = a; i < b; i++) {
-        const row = puts[i]!.value;
-        row.copy(value, at, 6);
-        const ptr = Buffer.allocUnsafe(pointerBytes);
-        row.copy(ptr, 0, 0, 6);
-        ptr[6] = pointerTag;
-        ptr.writeUInt32BE(id, 7);
-        ptr.writeUInt32BE(at, 11);
-        ptr.writeUInt32BE(row.length - 6, 15);
-        pointers.push({ key: puts[i]!.key, value: ptr });
-        at += row.length - 6;
-      }
-      groups.push({ key: groupKey(puts[a]!.key, id), value });
-      a = b;
-    }
-    return { groups, pointers };
+  /** Packs a slice's rows (sorted by key) into row groups of whole pages (core/rowgroups.ts), with ids from the store's sequence. */
+  private packRows(puts: readonly KeyValue[]): { groups: KeyValue[]; pointers: KeyValue[] } {
+    const packed = packRows(puts, this.groupSeq + 1);
+    this.groupSeq = packed.nextId - 1;
+    return packed;
   }
 
   /**
    * The row bytes (after the WAL seq) of a rows value: inline (a row written before row groups)
-   * or through its pointer into a group. `copy`: bytes of their own, else a view valid until the
-   * next LMDB read. Throws RowError for a pointer to a missing or short group.
+   * or through its pointer into a group's chunks; a view valid until the next LMDB read (or an
+   * array of its own). Throws RowError for a pointer to a missing or short chunk.
    */
-  private rowBytes(key: Uint8Array, value: Uint8Array, copy: boolean): Uint8Array {
-    if (value.length !== pointerBytes || value[6] !== pointerTag) return copy ? Uint8Array.prototype.slice.call(value, 6) : value.subarray(6, value.length);
-    // The pointer's fields first: the group read may reuse the buffer `value` is in.
-    const dv = new DataView(value.buffer, value.byteOffset, pointerBytes);
-    const id = dv.getUint32(7);
-    const at = dv.getUint32(11);
-    const length = dv.getUint32(15);
-    const group = this.groups.getBinaryFast(groupKey(key, id));
-    if (group === undefined || at + length > group.length) throw new RowError(`row group ${id} is missing or shorter than ${at + length} B`);
-    const bytes = group.subarray(at, at + length);
-    return copy ? Uint8Array.prototype.slice.call(bytes) : bytes;
+  private rowBytes(key: Uint8Array, value: Uint8Array): Uint8Array {
+    return storedRowBytes(key, value, (k) => this.groups.getBinaryFast(k));
   }
 
   /** A head's row value: WAL seq, then the row (merged with the stored one, if any). */
@@ -868,9 +832,9 @@ export class Store {
     let old: DecodedRow | undefined;
     if (stored !== undefined) {
       try {
-        old = decodeRow(this.rowBytes(key, stored, false));
+        old = decodeRow(this.rowBytes(key, stored));
         // Its bytes in their group are garbage until the block passes the retention.
-        if (stored.length === pointerBytes && stored[6] === pointerTag) this.counters.group_bytes_orphaned += Buffer.from(stored.buffer, stored.byteOffset, stored.length).readUInt32BE(15);
+        if (isPointer(stored)) this.counters.group_bytes_orphaned += pointedLength(stored);
         this.counters.rows_merged++;
       } catch (err) {
         if (!(err instanceof RowError)) throw err;
@@ -908,7 +872,7 @@ export class Store {
           const value = this.rows.getBinaryFast(key);
           if (value === undefined) continue;
           const walSeq = readU48(value, 0);
-          const bytes = this.rowBytes(key, value, false);
+          const bytes = this.rowBytes(key, value);
           const row = opts.cache === true ? this.cachedRow(key, walSeq, bytes) : decodeRow(bytes, opts.wholeRack?.(rackId) === true ? whole : some);
           // A row none of whose servers are asked for has nothing for the reader.
           if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);
@@ -1227,21 +1191,6 @@ function moveFromRoot(from: RootDatabase, to: RootDatabase, names: readonly stri
     }
   }
 }
-
-/** A row group's key: the (shard, block) of its rows' keys, then its id. */
-function groupKey(rowKeyOf: Uint8Array, id: number): Buffer {
-  const k = Buffer.allocUnsafe(10);
-  k.set(rowKeyOf.subarray(0, 6), 0);
-  k.writeUInt32BE(id, 6);
-  return k;
-}
-
-/** Rows written together are packed into values of up to this (core/store.ts packRows). */
-const groupBytesMax = 64 * 1024;
-/** A rows value pointing into a group: [WAL seq u48][pointerTag][group id u32][offset u32][length u32]. */
-const pointerBytes = 19;
-/** Row bytes begin with their version (≥ 1), never 0. */
-const pointerTag = 0;
 
 export function rowKey(shard: number, block: number, lo: number, hi: number, rackId: number): Buffer {
   const k = Buffer.allocUnsafe(18);

@@ -1,0 +1,117 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openLmdb } from '../schema/lmdb.js';
+import { RowError } from './block.js';
+import { chunkBytes, chunkInlineBytesMax, chunkSizes, groupKey, overflowHeaderBytes, packRows, pageBytes, pointerBytes, storedRowBytes, type KeyValue } from './rowgroups.js';
+
+const dirs: string[] = [];
+afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+/** Overflow pages LMDB gives a value of n bytes (0: it sits in a leaf page), per this module's constants. */
+const overflowPages = (n: number) => (n <= chunkInlineBytesMax ? 0 : Math.ceil((n + overflowHeaderBytes) / pageBytes));
+
+/** A rows key [shard u16][block u32][metric hi, lo][rack u32] (as core/store.ts rowKey). */
+function key(shard: number, block: number, metric: number, rack: number): Buffer {
+  const k = Buffer.alloc(18);
+  k.writeUInt16BE(shard, 0);
+  k.writeUInt32BE(block, 2);
+  k.writeUInt32BE(metric, 10);
+  k.writeUInt32BE(rack, 14);
+  return k;
+}
+
+/** A rows value before packing: WAL seq, then `n` row bytes (first byte ≥ 1, as a row's version). */
+function rowValue(seq: number, n: number, fill: number): Buffer {
+  const v = Buffer.alloc(6 + n);
+  v.writeUIntBE(seq, 0, 6);
+  for (let i = 6; i < v.length; i++) v[i] = 1 + ((fill + i * 31) % 255);
+  return v;
+}
+
+describe('row groups of whole pages (issue 14)', () => {
+  it('LMDB takes values as the constants say: a chunk fills 8 overflow pages exactly, a tail of chunkInlineBytesMax stays in a leaf page', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rowgroups-'));
+    dirs.push(dir);
+    const root = openLmdb({ path: dir, mapSize: 1 << 26 });
+    const db = root.openDB<Buffer, Buffer>({ name: 'groups', encoding: 'binary', keyEncoding: 'binary' });
+    const k = groupKey(key(0, 60, 1, 1), 7);
+    const pagesOf = async (n: number) => {
+      await db.put(k, Buffer.alloc(n, 1));
+      const st = db.getStats() as { overflowPages: number; pageSize: number };
+      expect(st.pageSize).toBe(pageBytes);
+      await db.remove(k);
+      return st.overflowPages;
+    };
+    expect(await pagesOf(chunkInlineBytesMax)).toBe(0);
+    expect(await pagesOf(chunkInlineBytesMax + 1)).toBe(1);
+    expect(await pagesOf(chunkBytes)).toBe(8);
+    expect(await pagesOf(chunkBytes + 1)).toBe(9);
+    expect(await pagesOf(pageBytes - overflowHeaderBytes)).toBe(1);
+    await root.close();
+  });
+
+  it('cuts a run so that it wastes less than a page minus a leaf-sized tail (64 KiB groups of whole rows wasted up to a page each)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 400_000 }), (n) => {
+        const sizes = chunkSizes(n);
+        expect(sizes.reduce((a, b) => a + b, 0)).toBe(n);
+        expect(sizes.every((s) => s > 0 && s <= chunkBytes + chunkInlineBytesMax)).toBe(true);
+        // Every chunk but the last two fills its pages exactly.
+        for (const s of sizes.slice(0, -2)) expect(s).toBe(chunkBytes);
+        // Pages' bytes beyond each overflow run's header and data.
+        const wasted = sizes.reduce((a, s) => a + (overflowPages(s) === 0 ? 0 : overflowPages(s) * pageBytes - overflowHeaderBytes - s), 0);
+        expect(wasted).toBeLessThan(pageBytes - chunkInlineBytesMax);
+      }),
+    );
+    // A case each: a leaf-sized run, one page exactly, a page plus a leaf-sized tail, a tail too big for a leaf page.
+    expect(chunkSizes(2000)).toEqual([2000]);
+    expect(chunkSizes(pageBytes - overflowHeaderBytes)).toEqual([pageBytes - overflowHeaderBytes]);
+    expect(chunkSizes(pageBytes - overflowHeaderBytes + 100)).toEqual([pageBytes - overflowHeaderBytes, 100]);
+    expect(chunkSizes(2 * chunkBytes + 3000)).toEqual([chunkBytes, chunkBytes, 3000]);
+  });
+
+  it('reads every row back exactly through its pointer, rows spanning chunks included, each (shard, block) in chunks of its own', () => {
+    fc.assert(
+      fc.property(fc.array(fc.record({ shard: fc.integer({ min: 0, max: 2 }), block: fc.integer({ min: 0, max: 2 }), bytes: fc.integer({ min: 1, max: 40_000 }) }), { minLength: 1, maxLength: 60 }), fc.integer({ min: 1, max: 1000 }), (rows, firstId) => {
+        const puts: KeyValue[] = rows.map((r, i) => ({ key: key(r.shard, 60 * r.block, i, 1), value: rowValue(100 + i, r.bytes, i) }));
+        puts.sort((a, b) => Buffer.compare(a.key, b.key));
+        const packed = packRows(puts, firstId);
+        const chunks = new Map(packed.groups.map((g) => [g.key.toString('hex'), g.value]));
+        expect(chunks.size).toBe(packed.groups.length);
+        expect(packed.nextId).toBe(firstId + packed.groups.length);
+        for (const g of packed.groups) expect(g.value.length).toBeGreaterThan(0);
+        packed.pointers.forEach((p, i) => {
+          expect(p.key).toBe(puts[i]!.key);
+          expect(p.value.length).toBe(pointerBytes);
+          expect(p.value.subarray(0, 6)).toEqual(puts[i]!.value.subarray(0, 6));
+          const got = storedRowBytes(p.key, p.value, (k) => chunks.get(k.toString('hex')));
+          expect(Buffer.from(got).equals(puts[i]!.value.subarray(6))).toBe(true);
+        });
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('reads rows stored inline and rows of groups written before chunks (whole rows, up to 64 KiB), and refuses a pointer to a missing chunk', () => {
+    const k = key(1, 120, 5, 3);
+    // Inline: [WAL seq][row].
+    const inline = rowValue(9, 30, 4);
+    expect(Buffer.from(storedRowBytes(k, inline, () => undefined)).equals(inline.subarray(6))).toBe(true);
+    // An old group: two whole rows; the pointer names the second (offset 3000, 2000 B).
+    const group = Buffer.concat([rowValue(0, 3000, 1).subarray(6), rowValue(0, 2000, 2).subarray(6)]);
+    const ptr = Buffer.alloc(pointerBytes);
+    ptr.writeUIntBE(9, 0, 6);
+    ptr.writeUInt32BE(41, 7);
+    ptr.writeUInt32BE(3000, 11);
+    ptr.writeUInt32BE(2000, 15);
+    const old = new Map([[groupKey(k, 41).toString('hex'), group]]);
+    expect(Buffer.from(storedRowBytes(k, ptr, (g) => old.get(g.toString('hex')))).equals(group.subarray(3000))).toBe(true);
+    // Longer than the group and no next chunk: refused.
+    ptr.writeUInt32BE(2500, 15);
+    expect(() => storedRowBytes(k, ptr, (g) => old.get(g.toString('hex')))).toThrow(RowError);
+    expect(() => storedRowBytes(k, ptr, () => undefined)).toThrow(RowError);
+  });
+});
