@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeRow, encodeRow, rowAggregates, RowError, rowV2Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
+import { decodeRow, encodeRow, rowAggregates, RowError, rowParts, rowServerIds, rowV3Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
+import { writeSeries } from './codec/values.js';
 
 function summaries(secs: number[], src: Uint8Array): SummaryColumns {
   const n = secs.length;
@@ -61,6 +62,40 @@ function rowOf(ss: [number[], number[], boolean][]): RowInput {
 /** Servers 0..99 marked by `keep` (the row tests use ids below 100). */
 const bitmap = (keep: (sid: number) => boolean) => Uint8Array.from({ length: 100 }, (_, sid) => (keep(sid) ? 1 : 0));
 
+/** Servers 0..1099 marked by `keep` (dense rows use ids firstId .. firstId + 39). */
+const bitmap100 = (keep: (sid: number) => boolean, firstId: number) => Uint8Array.from({ length: 1100 }, (_, sid) => (sid >= firstId && sid < firstId + 40 && keep(sid) ? 1 : 0));
+
+/** Bytes of one series through the value codec alone. */
+function seriesBytes(vals: number[]): number {
+  let n = 0;
+  writeSeries({ bytes: (_src, start, end) => void (n += end - start) }, Float64Array.from(vals), 0, vals.length);
+  return n;
+}
+
+/** 1..40 servers, each with a value at every one of 60 seconds. */
+const denseArb = fc.array(fc.array(value, { minLength: 60, maxLength: 60 }), { minLength: 1, maxLength: 40 });
+
+/** A dense row: servers firstId, firstId + 1, … (a rack's run of ids), no summaries, no rollup. */
+function denseRow(vals: number[][], firstId: number): RowInput {
+  const n = vals.length;
+  return {
+    kind: 0,
+    blockSeconds: 60,
+    serverIds: Uint32Array.from(vals, (_, j) => firstId + j),
+    serversOmitted: 0,
+    entries: 'values',
+    aggregates: null,
+    pointStart: Int32Array.from({ length: n + 1 }, (_, j) => 60 * j),
+    pointSecs: Uint16Array.from({ length: 60 * n }, (_, i) => i % 60),
+    pointVals: Float64Array.from(vals.flat()),
+    distStart: new Int32Array(n + 1),
+    dist: summaries([], sketch),
+    rollup: summaries([], sketch),
+    rollupFrom: 0,
+    rollupTo: 0,
+  };
+}
+
 /** Plain columns of a row, for comparison (-0 read as 0: the value codec stores 0). */
 function plain(row: DecodedRow) {
   const d = row.dist;
@@ -78,13 +113,14 @@ function plain(row: DecodedRow) {
   };
 }
 
-describe('storage row encoding (version 2)', () => {
+describe('storage row encoding (version 3)', () => {
   it('round-trips any servers, seconds and values exactly', () => {
     fc.assert(
       fc.property(serversArb, (ss) => {
         const input = rowOf(ss);
         const stored = encodeRow(input);
-        expect(stored[0]).toBe(rowV2Marker);
+        expect(stored[0]).toBe(rowV3Marker);
+        expect(Array.from(rowServerIds(stored))).toEqual(Array.from(input.serverIds));
         const row = decodeRow(stored);
         expect(plain(row)).toEqual(plain(input));
         expect(row.entries).toBe('values');
@@ -146,6 +182,34 @@ describe('storage row encoding (version 2)', () => {
     );
   });
 
+  it('writes dense rows (every server at every second, no summaries) as bare series: ids, directory and segment headers under 0.3 B per server (version 2: 4–5 B)', () => {
+    fc.assert(
+      fc.property(denseArb, fc.integer({ min: 0, max: 1000 }), fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }), (vals, firstId, pick) => {
+        const input = denseRow(vals, firstId);
+        const stored = encodeRow(input);
+        const n = vals.length;
+        expect(plain(decodeRow(stored))).toEqual(plain(input));
+        const parts = rowParts(stored);
+        // Segments are the values' series alone.
+        expect(parts.segments).toBe(vals.reduce((a, v) => a + seriesBytes(v), 0));
+        // A rack's run of ids and its segment lengths, through the value codec.
+        expect(parts.head).toBeLessThanOrEqual(3 + 2 + 0.3 * n + 12);
+        const keep = (sid: number) => pick[sid - firstId]!;
+        expect(plain(decodeRow(stored, { servers: bitmap100(keep, firstId) }))).toEqual(plain(selectServers(decodeRow(stored), keep)));
+        const seconds = decodeRow(stored, { secondsOnly: true });
+        expect([seconds.entries, Array.from(seconds.pointSecs), Array.from(seconds.pointStart)]).toEqual([n >= 4 ? 'seconds' : 'values', Array.from(input.pointSecs), Array.from(input.pointStart)]);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('marks a part present at every second in its segment\'s flags (no presence byte, no bitmap)', () => {
+    // Server 1 every second, server 8 at three seconds: one flag byte each, and a bitmap for server 8 only.
+    const stored = encodeRow(rowOf([[Array.from({ length: 60 }, (_, s) => s), new Array<number>(60).fill(2), false], [[0, 7, 59], new Array<number>(60).fill(3), false]]));
+    const series = seriesBytes(new Array<number>(60).fill(2)) + seriesBytes([3, 3, 3]);
+    expect(rowParts(stored).segments).toBe(series + 2 + 8);
+  });
+
   it('refuses a corrupt or truncated row with RowError', () => {
     expect(() => decodeRow(Uint8Array.of(1, 2, 3))).toThrow(RowError);
     const stored = encodeRow(rowOf([[[0, 1, 2], new Array<number>(60).fill(1.5), true], [[5], new Array<number>(60).fill(2), false]]));
@@ -161,6 +225,59 @@ describe('storage row encoding (version 2)', () => {
         }
       }),
     );
+  });
+});
+
+describe('storage row encoding (version 2, as data directories hold it)', () => {
+  // Written by the version 2 encoder (commit 47f0cd3), kind 2: servers 2 (every second, 2
+  // decimals), 3 (seconds 0, 7, 59: raw doubles), 5 (every second, 3·s, and a summary at second
+  // 3), 9 (a summary at second 10 only), 40 (every second, 1000 − s); a rollup at 0, 5, 59.
+  const v2 =
+    'FgI8BQIBAgQfWSMuKQecBwEBgMHAggBioCOU3QN3WAIwARgsAZgA3oJfwgf9WQeAyENe4NtZB4DIQ/7gGwAAAAAAMAAQAAAA' +
+    'AADwARgAAAAAAEgGGAAAAAAAKAAQAAAAAAAYABAAAAAAAGgAEAAAAAAAOADwgx+F61G4Hu7ibr311lvfa+qpp556aDZ/FK5H' +
+    '4fpzcT0K16NQlP//////L7TJJptssl1FFllkkcVwPfXUU0+90FtvvfXWC2fqqaeeekjlcMMNN1xEM/XUU0+dV/XUU089/RdS' +
+    'SCGFFBrRW2+99dZLmm666aY7XbgehetRcFW4HoXrUVplk0022eR1VlhhhRXWkpBNNtlkczRTTz311PulsMIKK6xeyCGHHHJo' +
+    'keONN954I+WRRx555MV100033fRCAAAAAADAnU022WSTFSXyyCOPPAxxww033HBQNtlkk022nBRSSCGFRKSQQgoppDitk046' +
+    '6aRvFVtsscW2Eb311ltvxfWmm2666cxRuB6F69FIpHA9CtdjksINN9xwU5dHHnnkkW2HPmhfgvYlivkHwQJ9QQABAgAXIqr9' +
+    'kHSQQDtqA5020FqSQAMAAAAAAAAAiOtRuB6NhAR6FK5H4eKEBIrrUbgevYQE+ihcj8JNgwSK61G4Hk2DBCKF61G4ZoQE4qwD' +
+    'QOQhv/EfrkfhenyGBKJwPQrXA4YEUrgehevxhgQCAAAAAMCEBGKPwvUolIUEamZmZmYGhwSK61G4Hv2HBAIAAAAA0IcEonA9' +
+    'CtfjhgQarkfhekyGBErhehSuz4YEAgAAAAAwiARij8L1KGSJBKJwPQrXi4kEiutRuB69iATiehSuR/GHBLJH4XoUHogE+ihc' +
+    'j8JViQRij8L1KLSKBFK4HoXrMYsEIoXrUbiWigTqUbgehauJBKJwPQrXg4kEIoXrUbh+igS6HoXrUfCLBAIAAAAAwIwE4noU' +
+    'rkdpjATao3A9CneLBML1KFyPAosEUrgeheuxiwQihetRuB6NBBquR+F6NI4EamZmZmYujgSK61G4Hk2NBML1KFyPmowE+ihc' +
+    'j8L1jAT6KFyPwkWOBLoehetRkI8Ecj0K16PgjwRK4XoUriePBArXo3A9So4EIoXrUbhOjgRij8L1KGyPBGpmZmZm1pAEonA9' +
+    'Ctd7kQQihetRuP6QBIrrUbgeDZAEAgAAAADAjwQqXI/C9ZiQBOpRuB6FC5IE+ihcj8L9kgT6KFyPwv2SBAKAYFAI/v//v//+' +
+    '/7ubB2YCIQAAAAAAAAgBAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAABQAAAQIBBgAAAAAAAB5AAAAAAAAAFMAAAAAAAAAkQAUA' +
+    'AAECATwAAAAAACBWQAAAAAAAgE3AAAAAAACAXUAFAAABAgEBAYgG6C/QF/O613EeKYhWnotPWOQA4DmMPb6ckXWCfPgx7y3/' +
+    'nia8QLZxk/6eUGEAlR4M/fzyCAFkgSjro520KaBCfzt3OxnR4QJxGXr4dM0NALzD2eSXGQECgQAAAAAAAAjDaCGi2g9JAOKs' +
+    'A0DkIb/xr6qqqqqqqv4BAwEBYDAAAggAAAAAAAAABAAAAAAAABJAAAAAAAAACMAAAAAAAAAYQAUAAAECAQICAAQAAAAAAAAL' +
+    'AAAAAAAALkAAAAAAAAAkwAAAAAAAADRABQAAAQIBAQHBAn1BAA==';
+  const all = Array.from({ length: 60 }, (_, s) => s);
+  const wave = all.map((i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
+
+  it('still decodes, whole, by server and as seconds only, with its aggregates', () => {
+    const stored = Buffer.from(v2, 'base64');
+    expect(stored[0]).toBe(0x16);
+    const row = decodeRow(stored);
+    expect(plain(row)).toMatchObject({
+      serverIds: [2, 3, 5, 9, 40],
+      serversOmitted: 0,
+      pointStart: [0, 60, 63, 123, 123, 183],
+      pointVals: [...wave, Math.PI, -1e300, 1 / 3, ...all.map((s) => s * 3), ...all.map((s) => 1000 - s)],
+      distStart: [0, 0, 0, 1, 2, 2],
+      dist: [[3, 10], [4, 11], [4.5, 15], [-3, -10], [6, 20]],
+      rollup: [[0, 5, 59], [1, 6, 60]],
+    });
+    expect(Array.from(rowServerIds(stored))).toEqual([2, 3, 5, 9, 40]);
+    const want = rowAggregates(row)!;
+    for (const k of ['secs', 'count', 'sum', 'min', 'max'] as const) expect(Array.from(row.aggregates![k], noZero)).toEqual(Array.from(want[k], noZero));
+    const keep = (sid: number) => sid === 3 || sid === 9;
+    expect(plain(decodeRow(stored, { servers: bitmap(keep) }))).toEqual(plain(selectServers(row, keep)));
+    const seconds = decodeRow(stored, { secondsOnly: true });
+    expect([seconds.entries, Array.from(seconds.pointSecs), Array.from(seconds.dist.secs)]).toEqual(['seconds', Array.from(row.pointSecs), [3, 10]]);
+    // Written again (a merge of late data), it becomes version 3 with the same content.
+    const again = encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length });
+    expect(again[0]).toBe(rowV3Marker);
+    expect(plain(decodeRow(again))).toEqual(plain(row));
   });
 });
 
@@ -186,7 +303,7 @@ describe('storage row encoding (version 1, as data directories hold it)', () => 
     expect(row.aggregates).toBeNull();
     const some = decodeRow(stored, { servers: bitmap((sid) => sid === 9), secondsOnly: true });
     expect(plain(some)).toMatchObject({ serverIds: [9], serversOmitted: 2, pointSecs: [0, 7, 59], pointVals: [Math.PI, -1e300, 1 / 3] });
-    // Written again (a merge of late data), it becomes version 2 with the same content.
+    // Written again (a merge of late data), it becomes version 3 with the same content.
     const again = decodeRow(encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length }));
     expect(plain(again)).toEqual(plain(row));
   });

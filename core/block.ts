@@ -2,19 +2,25 @@
 // layout). Per server a presence map and the values; per second the rack rollup. Decoding
 // returns columns (typed arrays), never a point object.
 //
-// Version 2 (issue 14), not deflated, so that a reader touches only what a query needs:
-//   u8 0x16 (marker: version 2; a deflate stream never starts with block type 3, so v1 rows,
-//      which are deflated whole, are told apart by their first byte)
+// Version 3 (issue 14, third session), not deflated, so that a reader touches only what a query
+// needs:
+//   u8 0x26 (marker: version 3; like 0x16 a deflate stream never starts with it, block type 3)
 //   u8 kind, u8 blockSeconds, varint n
-//   varint × n   server ids, delta-encoded (ascending)
-//   varint × n   directory: byte length of each server's segment
+//   series of n  server ids (ascending), through the value codec (a rack's run of ids: ~3 B)
+//   series of n  directory: byte length of each server's segment, through the value codec
+//   u8 layout    0: segments as below; 1 (dense): every server has a point at every second of the
+//                block and no summaries, and a segment is its values' series alone
 //   varint len + aggregates, or len 0 (rows of < 4 servers): per second of the block, count /
 //                sum / min / max over the row's servers (rowAggregates: sums added in the order
 //                the evaluator adds them) — presence, counts (one varint when all equal, else a
 //                series), min and max series, sums as decimals + ulps from them (writeSums)
 //   varint len + the rack rollup (summaries), or len 0
-//   n segments, one per server: u8 flags (1 points, 2 summaries), [presence + series],
-//                [presence + each summary]
+//   n segments, one per server: u8 flags (1 points, 2 summaries, 4 points at every second,
+//                8 summaries at every second), [points' bitmap unless 4, series],
+//                [summaries' bitmap unless 8, each summary]
+// Version 2 (0x16): ids as varint deltas, the directory as varints, no layout byte, and a segment
+// is u8 flags (1 points, 2 summaries) then for each part a presence byte (1 every second, 2 a
+// bitmap follows) — 4–5 B per server (0.067 B/point on the comparison mix; v3 head: 0.016).
 // A decoder reads the directory and decodes the segments of the servers asked for only; with
 // `secondsOnly` it reads each segment's presence map and skips its values (the aggregates answer).
 // Version 1: the same per-server content inline (no directory, no aggregates), deflated whole.
@@ -25,6 +31,8 @@ import { readSeries, ValueCodecError, writeSeries } from './codec/values.js';
 
 /** First byte of a version 2 row: low bits 110 are deflate's reserved block type, never a v1 row's first byte. */
 export const rowV2Marker = 0x16;
+/** First byte of a version 3 row (what encodeRow writes): deflate's reserved block type too. */
+export const rowV3Marker = 0x26;
 const rowV1Version = 1;
 /** Rows of fewer servers carry no aggregates (their values are as quick to read). */
 const aggregatesServersMin = 4;
@@ -127,6 +135,11 @@ function writePresence(w: ByteWriter, secs: Uint16Array, from: number, to: numbe
     return;
   }
   w.u8(2);
+  writeBitmap(w, secs, from, to, blockSeconds);
+}
+
+/** Writes seconds (ascending offsets < blockSeconds) as a bitmap of ⌈blockSeconds / 8⌉ bytes. */
+function writeBitmap(w: ByteWriter, secs: Uint16Array, from: number, to: number, blockSeconds: number): void {
   const bytes = Math.ceil(blockSeconds / 8);
   const at = w.pos;
   for (let i = 0; i < bytes; i++) w.u8(0);
@@ -138,11 +151,17 @@ const everySecond = Uint16Array.from({ length: 256 }, (_, s) => s);
 
 function readPresence(r: ByteReader, blockSeconds: number, out: Uint16Array, at: number): number {
   const mode = r.u8();
-  if (mode === 1) {
-    out.set(everySecond.subarray(0, blockSeconds), at);
-    return blockSeconds;
-  }
+  if (mode === 1) return readEverySecond(blockSeconds, out, at);
   if (mode !== 2) throw new RowError(`presence mode ${mode}`);
+  return readBitmap(r, blockSeconds, out, at);
+}
+
+function readEverySecond(blockSeconds: number, out: Uint16Array, at: number): number {
+  out.set(everySecond.subarray(0, blockSeconds), at);
+  return blockSeconds;
+}
+
+function readBitmap(r: ByteReader, blockSeconds: number, out: Uint16Array, at: number): number {
   const start = r.skip(Math.ceil(blockSeconds / 8));
   let n = 0;
   for (let s = 0; s < blockSeconds; s++) if (r.buf[start + (s >> 3)]! & (1 << (s & 7))) out[at + n++] = s;
@@ -193,6 +212,11 @@ export interface SummaryColumns {
 
 function writeSummaries(w: ByteWriter, c: SummaryColumns, from: number, to: number, blockSeconds: number): void {
   writePresence(w, c.secs, from, to, blockSeconds);
+  writeSummaryEntries(w, c, from, to);
+}
+
+/** Summaries' entries, after their presence: count, sum, min, max, sketch. */
+function writeSummaryEntries(w: ByteWriter, c: SummaryColumns, from: number, to: number): void {
   for (let i = from; i < to; i++) {
     w.varint(c.count[i]!);
     w.f64(c.sum[i]!);
@@ -398,39 +422,75 @@ const scratch = new ByteWriter();
 const segments = new ByteWriter();
 const section = new ByteWriter();
 
-/** Encodes one row (version 2; see the top of this file). The input must be a whole row with values. */
+/** Segment flags (version 3): points, summaries, and which of them are there every second. */
+const segPoints = 1;
+const segSummaries = 2;
+const segPointsAll = 4;
+const segSummariesAll = 8;
+/** Layouts (version 3): segments with their flags, or dense (values' series alone). */
+const layoutFlagged = 0;
+const layoutDense = 1;
+
+/** Whether every server of x has a point at every second and none has summaries. */
+function isDense(x: RowInput): boolean {
+  const n = x.serverIds.length;
+  if (n === 0 || x.distStart[n] !== x.distStart[0]) return false;
+  for (let j = 0; j < n; j++) if (x.pointStart[j + 1]! - x.pointStart[j]! !== x.blockSeconds) return false;
+  return true;
+}
+
+/** One server's segment (version 3): its values' series alone when dense, else flags, bitmaps and entries. */
+function writeSegment(seg: ByteWriter, x: RowInput, j: number, dense: boolean): void {
+  const p0 = x.pointStart[j]!;
+  const p1 = x.pointStart[j + 1]!;
+  if (dense) {
+    writeSeries(seg, x.pointVals, p0, p1);
+    return;
+  }
+  const d0 = x.distStart[j]!;
+  const d1 = x.distStart[j + 1]!;
+  const S = x.blockSeconds;
+  seg.u8((p1 > p0 ? segPoints : 0) | (d1 > d0 ? segSummaries : 0) | (p1 - p0 === S ? segPointsAll : 0) | (d1 - d0 === S ? segSummariesAll : 0));
+  if (p1 > p0) {
+    if (p1 - p0 !== S) writeBitmap(seg, x.pointSecs, p0, p1, S);
+    writeSeries(seg, x.pointVals, p0, p1);
+  }
+  if (d1 > d0) {
+    if (d1 - d0 !== S) writeBitmap(seg, x.dist.secs, d0, d1, S);
+    writeSummaryEntries(seg, x.dist, d0, d1);
+  }
+}
+
+const idsScratch = { f64: new Float64Array(256) };
+
+/** Encodes one row (version 3; see the top of this file). The input must be a whole row with values. */
 export function encodeRow(x: RowInput): Uint8Array {
   if (x.entries !== 'values' || x.serversOmitted !== 0) throw new Error('BUG: encoding a partly decoded row');
   const w = scratch;
   w.reset();
-  w.u8(rowV2Marker);
+  w.u8(rowV3Marker);
   w.u8(x.kind);
   w.u8(x.blockSeconds);
   const n = x.serverIds.length;
   w.varint(n);
-  let prev = 0;
+  if (idsScratch.f64.length < n) idsScratch.f64 = new Float64Array(2 * n);
+  const f = idsScratch.f64;
   for (let j = 0; j < n; j++) {
     const id = x.serverIds[j]!;
-    if (j > 0 && id <= prev) throw new Error(`BUG: row servers not ascending (${id} after ${prev})`);
-    w.varint(id - prev);
-    prev = id;
+    if (j > 0 && id <= x.serverIds[j - 1]!) throw new Error(`BUG: row servers not ascending (${id} after ${x.serverIds[j - 1]})`);
+    f[j] = id;
   }
+  writeSeries(w, f, 0, n);
+  const dense = isDense(x);
   const seg = segments;
   seg.reset();
   for (let j = 0; j < n; j++) {
     const at = seg.pos;
-    const p0 = x.pointStart[j]!;
-    const p1 = x.pointStart[j + 1]!;
-    const d0 = x.distStart[j]!;
-    const d1 = x.distStart[j + 1]!;
-    seg.u8((p1 > p0 ? 1 : 0) | (d1 > d0 ? 2 : 0));
-    if (p1 > p0) {
-      writePresence(seg, x.pointSecs, p0, p1, x.blockSeconds);
-      writeSeries(seg, x.pointVals, p0, p1);
-    }
-    if (d1 > d0) writeSummaries(seg, x.dist, d0, d1, x.blockSeconds);
-    w.varint(seg.pos - at);
+    writeSegment(seg, x, j, dense);
+    f[j] = seg.pos - at;
   }
+  writeSeries(w, f, 0, n);
+  w.u8(dense ? layoutDense : layoutFlagged);
   const a = n >= aggregatesServersMin ? rowAggregates(x) : null;
   section.reset();
   if (a !== null) writeAggregates(section, a, x.blockSeconds);
@@ -488,6 +548,12 @@ export function summaryColumns(n: number, src?: Uint8Array): SummaryColumns {
 
 function readSummaries(r: ByteReader, c: SummaryColumns, at: number, blockSeconds: number): number {
   const n = readPresence(r, blockSeconds, c.secs, at);
+  readSummaryEntries(r, c, at, n);
+  return n;
+}
+
+/** n summaries' entries into c from `at` (their seconds are read already). */
+function readSummaryEntries(r: ByteReader, c: SummaryColumns, at: number, n: number): void {
   for (let i = at; i < at + n; i++) {
     c.count[i] = r.varint();
     c.sum[i] = r.f64();
@@ -497,7 +563,6 @@ function readSummaries(r: ByteReader, c: SummaryColumns, at: number, blockSecond
     c.sketchStart[i] = r.skip(len);
     c.sketchEnd[i] = c.sketchStart[i]! + len;
   }
-  return n;
 }
 
 /** What to decode of a row (decodeRow). */
@@ -521,13 +586,13 @@ export interface RowReadOptions {
 }
 
 /**
- * Decodes a stored row (version 1 or 2); throws RowError when it is malformed. With options,
- * a version 2 row is read only where they need (the directory locates each server's bytes).
+ * Decodes a stored row (version 1, 2 or 3); throws RowError when it is malformed. With options,
+ * a version 2 or 3 row is read only where they need (the directory locates each server's bytes).
  */
 export function decodeRow(stored: Uint8Array, opts: RowDecodeOptions = {}): DecodedRow {
-  if (stored[0] === rowV2Marker) {
+  if (stored[0] === rowV3Marker || stored[0] === rowV2Marker) {
     try {
-      return decodeV2(stored, opts);
+      return decodeDirected(stored, opts);
     } catch (err) {
       if (err instanceof ValueCodecError) throw new RowError(`row values do not decode: ${err.message}`, { cause: err });
       throw err;
@@ -557,11 +622,87 @@ const noServers: DecodedRow = Object.freeze({
 });
 /** Values of a segment read only to pass over them (secondsOnly on a row holding points and summaries). */
 let passOver = new Float64Array(256);
-/** Scratch of decodeV2: segment ends and which servers are picked (no allocation per row for them). */
+/** Scratch of decodeDirected: segment ends, which servers are picked, ids and lengths as the codec gives them (no allocation per row for them). */
 let endsScratch = new Int32Array(1024);
 let pickedScratch = new Uint8Array(1024);
+let f64Scratch = new Float64Array(1024);
 
-function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
+/** Server ids (v2: varint deltas; v3: a series) into ends[0 .. n), checked ascending u32. */
+function readIds(r: ByteReader, v3: boolean, n: number, ends: Int32Array): void {
+  let prev = -1;
+  if (v3) readSeries(r, f64Scratch, 0, n);
+  for (let j = 0; j < n; j++) {
+    const id = v3 ? f64Scratch[j]! : (prev < 0 ? 0 : prev) + r.varint();
+    if (!Number.isInteger(id) || id > 0xffffffff || id <= prev) throw new RowError(`server id ${id} after ${prev} in a row`);
+    ends[j] = id;
+    prev = id;
+  }
+}
+
+/** The directory (v2: varints; v3: a series) as segment ends into ends[0 .. n); returns their total. */
+function readDirectory(r: ByteReader, v3: boolean, n: number, ends: Int32Array, rowBytes: number): number {
+  if (v3) readSeries(r, f64Scratch, 0, n);
+  let total = 0;
+  for (let j = 0; j < n; j++) {
+    const len = v3 ? f64Scratch[j]! : r.varint();
+    if (!Number.isInteger(len) || len < 0 || (total += len) > rowBytes) throw new RowError(`directory entry ${j} is ${len} B in a row of ${rowBytes}`);
+    ends[j] = total;
+  }
+  return total;
+}
+
+/** Where decoded entries go (decodeDirected's columns and their fill). */
+interface SegmentOut {
+  pointSecs: Uint16Array;
+  pointVals: Float64Array;
+  p: number;
+  dist: SummaryColumns | null;
+  d: number;
+  cap: number;
+}
+
+type SegmentLayout = 'v2' | 'flagged' | 'dense';
+
+/** The seconds of a segment's part: v2 a presence byte first; v3 every second when the flag `all` says so, else a bitmap. */
+function partSeconds(r: ByteReader, layout: SegmentLayout, all: boolean, blockSeconds: number, out: Uint16Array, at: number): number {
+  if (layout === 'v2') return readPresence(r, blockSeconds, out, at);
+  return all ? readEverySecond(blockSeconds, out, at) : readBitmap(r, blockSeconds, out, at);
+}
+
+/** Reads one server's segment [r.pos, to) into o: version 2, 3 flagged or 3 dense; `secondsOnly` leaves values out. */
+function readSegment(r: ByteReader, layout: SegmentLayout, o: SegmentOut, to: number, blockSeconds: number, secondsOnly: boolean): void {
+  if (layout === 'dense') {
+    readEverySecond(blockSeconds, o.pointSecs, o.p);
+    if (!secondsOnly) {
+      readSeries(r, o.pointVals, o.p, blockSeconds);
+      if (r.pos !== to) throw new RowError(`dense segment ends at ${r.pos}, its directory entry at ${to}`);
+    }
+    o.p += blockSeconds;
+    return;
+  }
+  const flags = r.u8();
+  if (layout === 'v2' ? flags > 3 : flags > 15 || (flags & segPointsAll && !(flags & segPoints)) || (flags & segSummariesAll && !(flags & segSummaries))) throw new RowError(`segment flags ${flags}`);
+  if ((flags & segPoints) !== 0) {
+    const m = partSeconds(r, layout, (flags & segPointsAll) !== 0, blockSeconds, o.pointSecs, o.p);
+    if (!secondsOnly) readSeries(r, o.pointVals, o.p, m);
+    else if ((flags & segSummaries) !== 0) {
+      if (passOver.length < m) passOver = new Float64Array(blockSeconds);
+      readSeries(r, passOver, 0, m);
+    }
+    o.p += m;
+  }
+  if ((flags & segSummaries) !== 0) {
+    const dist = (o.dist ??= summaryColumns(o.cap, r.buf));
+    const m = partSeconds(r, layout, (flags & segSummariesAll) !== 0, blockSeconds, dist.secs, o.d);
+    if (!secondsOnly) readSummaryEntries(r, dist, o.d, m);
+    o.d += m;
+  }
+  if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment ends at ${r.pos}, its directory entry at ${to}`);
+}
+
+/** Decodes a version 2 or 3 row (see the top of this file), only where `opts` needs. */
+function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
+  const v3 = stored[0] === rowV3Marker;
   const r = new ByteReader(stored);
   r.u8();
   const kind = r.u8();
@@ -572,25 +713,28 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   if (endsScratch.length < n) {
     endsScratch = new Int32Array(2 * n);
     pickedScratch = new Uint8Array(2 * n);
+    f64Scratch = new Float64Array(2 * n);
   }
   const ends = endsScratch;
   const picked = pickedScratch;
   // Server ids, and which are picked; the ids of a subset are kept in `ends` until it is known.
+  readIds(r, v3, n, ends);
   let k = 0;
-  let prev = 0;
   for (let j = 0; j < n; j++) {
-    const id = (prev += r.varint());
-    const pick = keep === undefined || (id < keep.length && keep[id] === 1) ? 1 : 0;
-    picked[j] = pick;
-    k += pick;
-    ends[j] = id;
+    const id = ends[j]!;
+    k += picked[j] = keep === undefined || (id < keep.length && keep[id] === 1) ? 1 : 0;
   }
   // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
   if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
   const ids = new Uint32Array(k);
   for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = ends[j]!;
-  let total = 0;
-  for (let j = 0; j < n; j++) ends[j] = total += r.varint();
+  const total = readDirectory(r, v3, n, ends, stored.length);
+  let layout: SegmentLayout = 'v2';
+  if (v3) {
+    const l = r.u8();
+    if (l !== layoutFlagged && l !== layoutDense) throw new RowError(`row layout ${l}`);
+    layout = l === layoutDense ? 'dense' : 'flagged';
+  }
   const aggLen = r.varint();
   const aggAt = r.skip(aggLen);
   const rollLen = r.varint();
@@ -616,38 +760,17 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   const cap = k * blockSeconds;
   const pointStart = new Int32Array(k + 1);
   const distStart = new Int32Array(k + 1);
-  const pointSecs = new Uint16Array(cap);
-  const pointVals = secondsOnly ? noValues : new Float64Array(cap);
-  let dist: SummaryColumns | null = null;
-  let p = 0;
-  let d = 0;
+  const o: SegmentOut = { pointSecs: new Uint16Array(cap), pointVals: secondsOnly ? noValues : new Float64Array(cap), p: 0, dist: null, d: 0, cap };
   let out = 0;
   for (let j = 0; j < n; j++) {
     if (picked[j] === 0) continue;
-    pointStart[out] = p;
-    distStart[out++] = d;
-    const from = segAt + (j === 0 ? 0 : ends[j - 1]!);
-    const to = segAt + ends[j]!;
-    r.pos = from;
-    const flags = r.u8();
-    if (flags > 3) throw new RowError(`segment flags ${flags}`);
-    if ((flags & 1) !== 0) {
-      const m = readPresence(r, blockSeconds, pointSecs, p);
-      if (!secondsOnly) readSeries(r, pointVals, p, m);
-      else if ((flags & 2) !== 0) {
-        if (passOver.length < m) passOver = new Float64Array(blockSeconds);
-        readSeries(r, passOver, 0, m);
-      }
-      p += m;
-    }
-    if ((flags & 2) !== 0) {
-      dist ??= summaryColumns(cap, stored);
-      d += secondsOnly ? readPresence(r, blockSeconds, dist.secs, d) : readSummaries(r, dist, d, blockSeconds);
-    }
-    if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment ${j} ends at ${r.pos}, its directory entry at ${to}`);
+    pointStart[out] = o.p;
+    distStart[out++] = o.d;
+    r.pos = segAt + (j === 0 ? 0 : ends[j - 1]!);
+    readSegment(r, layout, o, segAt + ends[j]!, blockSeconds, secondsOnly);
   }
-  pointStart[k] = p;
-  distStart[k] = d;
+  pointStart[k] = o.p;
+  distStart[k] = o.d;
   return {
     kind,
     blockSeconds,
@@ -656,10 +779,10 @@ function decodeV2(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
     entries: secondsOnly ? 'seconds' : 'values',
     aggregates,
     pointStart,
-    pointSecs: pointSecs.subarray(0, p),
-    pointVals: secondsOnly ? noValues : pointVals.subarray(0, p),
+    pointSecs: o.pointSecs.subarray(0, o.p),
+    pointVals: secondsOnly ? noValues : o.pointVals.subarray(0, o.p),
     distStart,
-    dist: dist === null ? emptySummaries : trimSummaries(dist, d),
+    dist: o.dist === null ? emptySummaries : trimSummaries(o.dist, o.d),
     rollup,
   };
 }
@@ -793,19 +916,45 @@ export function trimSummaries(c: SummaryColumns, n: number): SummaryColumns {
  * is version 2 (a shard snapshot names a row's servers: core/snapshot.ts). Throws RowError.
  */
 export function rowServerIds(stored: Uint8Array): Uint32Array {
-  if (stored[0] !== rowV2Marker) return decodeV1(stored).serverIds;
+  if (stored[0] !== rowV2Marker && stored[0] !== rowV3Marker) return decodeV1(stored).serverIds;
   const r = new ByteReader(stored);
   r.skip(3);
   const n = r.varint();
   if (n > stored.length) throw new RowError(`${n} servers in a row of ${stored.length} bytes`);
-  const ids = new Uint32Array(n);
-  let prev = 0;
-  for (let j = 0; j < n; j++) {
-    const id = (prev += r.varint());
-    if (id > 0xffffffff) throw new RowError(`server id ${id} in a row`);
-    ids[j] = id;
+  if (endsScratch.length < n) {
+    endsScratch = new Int32Array(2 * n);
+    pickedScratch = new Uint8Array(2 * n);
+    f64Scratch = new Float64Array(2 * n);
   }
-  return ids;
+  try {
+    readIds(r, stored[0] === rowV3Marker, n, endsScratch);
+  } catch (err) {
+    if (err instanceof ValueCodecError) throw new RowError(`row server ids do not decode: ${err.message}`, { cause: err });
+    throw err;
+  }
+  return Uint32Array.from(endsScratch.subarray(0, n));
+}
+
+/** Where a version 2 or 3 row's bytes go (tests, benches): the head (marker to layout: ids, directory), aggregates and rollup (each with its length), segments. Throws RowError. */
+export function rowParts(stored: Uint8Array): { head: number; aggregates: number; rollup: number; segments: number } {
+  if (stored[0] !== rowV2Marker && stored[0] !== rowV3Marker) throw new RowError('not a version 2 or 3 row');
+  const v3 = stored[0] === rowV3Marker;
+  const r = new ByteReader(stored);
+  r.skip(3);
+  const n = r.varint();
+  if (n > stored.length) throw new RowError(`${n} servers in a row of ${stored.length} bytes`);
+  const ends = new Int32Array(n);
+  if (f64Scratch.length < n) f64Scratch = new Float64Array(2 * n);
+  readIds(r, v3, n, ends);
+  const segments = readDirectory(r, v3, n, ends, stored.length);
+  if (v3) r.u8();
+  const head = r.pos;
+  r.skip(r.varint());
+  const aggregates = r.pos - head;
+  r.skip(r.varint());
+  const rollup = r.pos - head - aggregates;
+  if (r.pos + segments !== stored.length) throw new RowError(`row directory says ${segments} segment bytes, the row has ${stored.length - r.pos}`);
+  return { head, aggregates, rollup, segments };
 }
 
 /**

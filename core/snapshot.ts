@@ -13,7 +13,8 @@
 //
 // Stored-query results are not copied: the new owner evaluates its queries again from the rows.
 //
-// Format (version 1), a byte stream:
+// Format (version 2; version 1 is the same, its row records never hold version 3 rows, so a
+// core of this version reads both and an older core refuses version 2 by its preamble), a byte stream:
 //   preamble   "APMSHS" u16 version (little-endian)
 //   records    u8 type, u32 payload length, u32 CRC-32 of type and payload, payload
 //     1 header  u16 shard, u16 S, u16 blockSeconds, f64 applied stream seq, f64 source WAL seq bound
@@ -34,7 +35,10 @@ import { shardOf } from '../schema/section.js';
 import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from './block.js';
 import { storedRowBytes } from './rowgroups.js';
 
-export const snapshotFormatVersion = 1;
+/** Written by this core: row records may hold version 3 rows (core/block.ts), which cores before it cannot decode. */
+export const snapshotFormatVersion = 2;
+/** Read by this core: version 1 streams hold rows of versions 1 and 2, which it decodes. */
+const snapshotFormatVersionMin = 1;
 const magic = Buffer.from('APMSHS', 'latin1');
 const preambleBytes = magic.length + 2;
 const recordHeadBytes = 9;
@@ -420,7 +424,7 @@ export class RecordFramer {
     if (this.state === 'preamble') {
       if (!unit.subarray(0, magic.length).equals(magic)) throw new SnapshotError('not a shard snapshot (no APMSHS preamble): is the URL a core\'s /api/v1/cluster/shards/:shard/snapshot?');
       const version = unit.readUInt16LE(magic.length);
-      if (version !== snapshotFormatVersion) throw new SnapshotError(`shard snapshot format ${version}; this core reads format ${snapshotFormatVersion}: run the same apm version on both nodes`);
+      if (version < snapshotFormatVersionMin || version > snapshotFormatVersion) throw new SnapshotError(`shard snapshot format ${version}; this core reads formats ${snapshotFormatVersionMin}–${snapshotFormatVersion}: run the same apm version on both nodes`);
       this.state = 'head';
       return;
     }
