@@ -307,11 +307,12 @@ export class Encoder {
   }
 
   /** A frame of any body: `build` adds the body's table to a builder with room for `bytes` (schema/section.ts). */
-  frame(type: Body, bytes: number, build: (b: flatbuffers.Builder) => flatbuffers.Offset): Uint8Array {
-    return this.finish(type, build(this.builder(bytes)));
+  frame(type: Body, bytes: number, build: (b: flatbuffers.Builder) => flatbuffers.Offset, into?: FrameArena): Uint8Array {
+    return this.finish(type, build(this.builder(bytes)), into);
   }
 
-  private finish(type: Body, body: flatbuffers.Offset): Uint8Array {
+  /** The finished frame with its CRC: a fresh array, or a view of `into`'s memory (valid until its reset). */
+  private finish(type: Body, body: flatbuffers.Offset, into?: FrameArena): Uint8Array {
     const b = this.b;
     b.forceDefaults(false);
     Envelope.startEnvelope(b);
@@ -320,10 +321,40 @@ export class Encoder {
     Envelope.addBody(b, body);
     b.finish(Envelope.endEnvelope(b), fileIdentifier);
     const fb = b.asUint8Array();
-    const out = new Uint8Array(fb.length + crcBytes);
+    const out = into === undefined ? new Uint8Array(fb.length + crcBytes) : into.take(fb.length + crcBytes);
     out.set(fb);
-    new DataView(out.buffer).setUint32(fb.length, crc32(fb), true);
+    const crc = crc32(fb);
+    out[fb.length] = crc & 0xff;
+    out[fb.length + 1] = (crc >>> 8) & 0xff;
+    out[fb.length + 2] = (crc >>> 16) & 0xff;
+    out[fb.length + 3] = crc >>> 24;
     return out;
+  }
+}
+
+/**
+ * Reused memory for frames that live only until the caller's next reset (a rack second's shard
+ * sections, copied into its body right after): no fresh allocation per frame. Each frame starts
+ * 8-byte aligned (decoders view its float columns in place). Growing allocates a larger array;
+ * views taken before stay valid (they keep the old one).
+ */
+export class FrameArena {
+  private buf = new Uint8Array(1 << 16);
+  private used = 0;
+
+  reset(): void {
+    this.used = 0;
+  }
+
+  take(bytes: number): Uint8Array {
+    const at = (this.used + 7) & ~7;
+    if (at + bytes > this.buf.length) {
+      this.buf = new Uint8Array(Math.max(2 * this.buf.length, bytes + 8));
+      this.used = 0;
+      return this.take(bytes);
+    }
+    this.used = at + bytes;
+    return this.buf.subarray(at, at + bytes);
   }
 }
 

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeFrame, KindCode, nameAt, type Message } from './codec.js';
+import { decodeFrame, Encoder, FrameArena, KindCode, nameAt, type Message } from './codec.js';
 import { batchBytesMax, rollupServer } from './limits.js';
 import { hashName } from './names.js';
-import { rackSecondBody, sectionAt, SectionCutter, shardOf, type ShardSectionMessage } from './section.js';
+import { encodeRackSecond, rackSecondBody, sectionAt, SectionCutter, shardOf, type ShardSectionMessage } from './section.js';
 import { buildColumns } from './testdata.js';
 
 function decodeOk(frame: Uint8Array): Message {
@@ -51,6 +51,38 @@ describe('shard sections (rack → core v2)', () => {
       }),
       { numRuns: 200 },
     );
+  });
+
+  it('one cutter, second after second: each body (sections written in reused memory) equals one built from fresh frames, and stays intact', () => {
+    const cutter = new SectionCutter(1 << 12);
+    const inputs = [3, 40, 1, 25].map((servers, k) => ({
+      ...header,
+      seq: k + 1,
+      shards: 8,
+      servers: Array.from({ length: servers }, (_, j) => ({
+        server: `web-${j}`,
+        blocks: [buildColumns(Array.from({ length: 50 + 20 * k }, (_, i) => ({ name: `m.${i}`, kind: KindCode.Gauge as const, value: i * 1.5 + j + k })), k % 2 === 0 ? [{ name: 'lat', values: [j, j + 1, 2.5] }] : [])],
+      })),
+      rollup: buildColumns([], [], ['m.0']),
+    }));
+    const want = inputs.map((input) => encodeRackSecond(new Encoder(), input, new SectionCutter(1 << 12).cut(input), input.servers.map((s) => s.server)));
+    const bodies = inputs.map((input) => cutter.body(input));
+    bodies.forEach((b, k) => expect(Buffer.from(b).equals(Buffer.from(want[k]!))).toBe(true));
+  });
+
+  it('FrameArena: frames start 8-byte aligned, and views taken before it grows keep their bytes', () => {
+    const arena = new FrameArena();
+    const first = arena.take(13);
+    first.fill(7);
+    const big = arena.take(200_000);
+    big.fill(9);
+    expect(first.byteOffset % 8).toBe(0);
+    expect(big.byteOffset % 8).toBe(0);
+    expect([...first]).toEqual(new Array(13).fill(7));
+    const third = arena.take(5);
+    expect(third.byteOffset % 8).toBe(0);
+    arena.reset();
+    expect(arena.take(8).byteOffset).toBe(0);
   });
 
   it('distributions carry every server’s summary, then the rollup; gauge rollups are not sent; names go to their shard', () => {

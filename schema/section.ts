@@ -6,7 +6,7 @@
 // worker verifies the section. shard = (metric hash lo32) mod S, S a power of two.
 
 import type * as flatbuffers from 'flatbuffers';
-import { checkNames, concatVector, Encoder, KindCode, requireSecond, requireServerId, type SeriesColumns, type ServerBlocks } from './codec.js';
+import { checkNames, concatVector, Encoder, FrameArena, KindCode, requireSecond, requireServerId, type SeriesColumns, type ServerBlocks } from './codec.js';
 import { Body, RackSecond, ShardSection } from './generated/apm_generated.js';
 import { HashIndex } from './hashtable.js';
 import { batchServersMax, rackIdBytesMax, rollupServer, serverIdBytesMax, shardsMax } from './limits.js';
@@ -121,6 +121,7 @@ export class SectionCutter {
   private readonly mDists: Int32Array;
   private readonly mRank: Int32Array;
   private readonly encoder = new Encoder();
+  private readonly arena = new FrameArena();
   // Entries in arrival order: metric index, server index, source position.
   private pm = new Int32Array(1 << 16);
   private dm = new Int32Array(1 << 12);
@@ -166,11 +167,18 @@ export class SectionCutter {
 
   /** The HTTP body for one destination: every section of the second. */
   body(input: CutInput): Uint8Array {
-    return encodeRackSecond(this.encoder, input, this.cut(input), input.servers.map((s) => s.server));
+    // The sections live only until they are copied into the body: written into reused memory.
+    this.arena.reset();
+    return encodeRackSecond(this.encoder, input, this.cutInto(input, this.arena), input.servers.map((s) => s.server));
   }
 
   /** Cuts a merged second into one section frame per shard with data (ascending shard). */
   cut(input: CutInput): SectionFrame[] {
+    return this.cutInto(input, undefined);
+  }
+
+  /** cut(), the frames in `arena` (views valid until its reset) or fresh. */
+  private cutInto(input: CutInput, arena: FrameArena | undefined): SectionFrame[] {
     if (!isValidShardCount(input.shards)) throw new Error(`BUG: shards ${input.shards} is not a power of two in 1..${shardsMax}`);
     if (input.servers.length >= rollupServer) throw new Error(`BUG: ${input.servers.length} servers in one second`);
     this.index.clear();
@@ -195,11 +203,11 @@ export class SectionCutter {
       const shard = shardOfRank[a]!;
       let b = a + 1;
       while (b < M && shardOfRank[b] === shard) b++;
-      out.push({ shard, frame: this.section(input, { shard, ids, names: named.get(shard) }, byRank, a, b, pStart, dStart) });
+      out.push({ shard, frame: this.section(input, { shard, ids, names: named.get(shard), arena }, byRank, a, b, pStart, dStart) });
       a = b;
     }
     // Names of shards with no data this second still travel (the core learns them early).
-    for (const [shard, names] of named) if (!out.some((s) => s.shard === shard)) out.push({ shard, frame: this.section(input, { shard, ids, names }, byRank, 0, 0, pStart, dStart) });
+    for (const [shard, names] of named) if (!out.some((s) => s.shard === shard)) out.push({ shard, frame: this.section(input, { shard, ids, names, arena }, byRank, 0, 0, pStart, dStart) });
     out.sort((x, y) => x.shard - y.shard);
     return out;
   }
@@ -321,7 +329,7 @@ export class SectionCutter {
   }
 
   /** Encodes ranks [a, b) (one shard's metrics) as a section frame. */
-  private section(input: CutInput, to: { shard: number; ids: Uint8Array[]; names: ShardNames | undefined }, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
+  private section(input: CutInput, to: { shard: number; ids: Uint8Array[]; names: ShardNames | undefined; arena: FrameArena | undefined }, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
     const { shard, names } = to;
     const p0 = pStart[a]!;
     const p1 = pStart[b]!;
@@ -374,7 +382,7 @@ export class SectionCutter {
       nameHashes: names?.hashes ?? new Uint32Array(0),
       nameEnds: names?.ends ?? new Uint32Array(0),
       nameBytes: names?.bytes ?? new Uint8Array(0),
-    });
+    }, to.arena);
   }
 }
 
@@ -419,7 +427,7 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
 type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | 'servers' | keyof SecondHeader> & { servers: readonly (string | Uint8Array)[] };
 
 /** Encodes one section (its header from `h`). */
-export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns): Uint8Array {
+export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns, into?: FrameArena): Uint8Array {
   let bytes = 1024;
   for (const v of Object.values(c)) if (ArrayBuffer.isView(v)) bytes += v.byteLength + 16;
   for (const s of c.servers) bytes += s.length + 8;
@@ -456,7 +464,7 @@ export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColu
       v(c.nameBytes, 1),
       h.origin ?? originRack,
     );
-  });
+  }, into);
 }
 
 /** The HTTP body holding `sections` (a worker copies its sections out, aligned, before decoding them). */
