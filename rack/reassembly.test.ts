@@ -69,6 +69,20 @@ describe('Reassembly', () => {
     expect(r.heldBytes).toBe(0);
   });
 
+  it('a second that closed whole refuses every later copy of its parts (duplicates; another part count: parts_mismatch)', () => {
+    const r = new Reassembly(opts);
+    r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0));
+    r.accept(part('a', t0, 1, 2, 2), 10, peer, ms(t0));
+    const [whole] = r.close(ms(t0 + 3));
+    expect(whole!.servers[0]!.parts.length).toBe(2);
+    r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0 + 4));
+    r.accept(part('a', t0, 1, 2, 2), 10, peer, ms(t0 + 4));
+    expect(r.accept(part('a', t0, 0, 3, 3), 10, peer, ms(t0 + 4))).toBe('parts_mismatch');
+    expect(r.close(ms(t0 + 6))).toEqual([]);
+    expect(r.counters).toMatchObject({ parts_late: 0, parts_duplicate: 2 });
+    expect(r.heldBytes).toBe(0);
+  });
+
   it('a fleet running behind sends one late batch per second per second, not one per tick', () => {
     const r = new Reassembly(opts);
     r.accept(part('a', t0, 0, 50, 1), 10, peer, ms(t0));

@@ -76,8 +76,13 @@ interface ServerState {
   lastSecond: number;
   lastSeq: number;
   open: Map<number, OpenSecond>;
-  /** Seconds already closed: which parts were seen, to drop late duplicates (bounded by the late horizon). */
-  closed: Map<number, Uint8Array>;
+  /**
+   * Seconds already closed: which parts were seen, to drop late duplicates (bounded by the late
+   * horizon). A second that closed whole holds its part count (every part seen): a full rack
+   * closes every server's second whole, and an array per server-second kept for 10 minutes
+   * was hundreds of thousands of live objects for every full collection to mark.
+   */
+  closed: Map<number, Uint8Array | number>;
   probes: number[];
 }
 
@@ -244,8 +249,8 @@ export class Reassembly {
   private acceptLate(s: ServerState, msg: EdgeSecondMessage, frameBytes: number, nowMs: number): AcceptReason | null {
     let seen = s.closed.get(msg.second);
     if (seen === undefined) s.closed.set(msg.second, (seen = new Uint8Array(msg.parts)));
-    if (seen.length !== msg.parts) return this.reject('parts_mismatch');
-    if (seen[msg.part] === 1) {
+    if ((typeof seen === 'number' ? seen : seen.length) !== msg.parts) return this.reject('parts_mismatch');
+    if (typeof seen === 'number' || seen[msg.part] === 1) {
       this.counters.parts_duplicate++;
       return null;
     }
@@ -339,7 +344,7 @@ export class Reassembly {
         this.counters.parts_lost += o.parts - o.count;
         this.counters.seconds_incomplete++;
       }
-      s.closed.set(second, Uint8Array.from(o.received, (p) => (p === null ? 0 : 1)));
+      s.closed.set(second, o.count === o.parts ? o.parts : Uint8Array.from(o.received, (p) => (p === null ? 0 : 1)));
       this.bytesHeld -= o.bytes;
       servers.push({ server: s.id, parts });
     }
