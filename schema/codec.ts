@@ -57,8 +57,17 @@ export interface SeriesColumns {
   nameBytes: Uint8Array;
 }
 
+// Zero-length columns are shared: a datagram of gauges leaves 11 of its 14 columns empty, and a
+// rack decodes thousands of datagrams a second (a view costs ~100 bytes of heap; the decoder's
+// allocations set how often the rack's young generation is collected). Nothing can be written
+// into a zero-length array.
+const noU32 = new Uint32Array(0);
+const noU8 = new Uint8Array(0);
+const noF64 = new Float64Array(0);
+
+/** Columns with nothing in them (their zero-length arrays are shared: nothing can be written into them). */
 export function emptyColumns(): SeriesColumns {
-  return columnsFor({ points: 0, dists: 0, sketchBytes: 0 });
+  return { pointHashes: noU32, pointKinds: noU8, pointValues: noF64, distHashes: noU32, distKinds: noU8, distCounts: noU32, distSums: noF64, distMins: noF64, distMaxes: noF64, sketchEnds: noU32, sketchBytes: noU8, nameHashes: noU32, nameEnds: noU32, nameBytes: noU8 };
 }
 
 /** Zeroed columns for `points` points and `dists` summaries with `sketchBytes` of sketches, no names. */
@@ -494,13 +503,6 @@ function decodeRackBatch(v: Verifier, t: TableRef): RackBatchMessage {
   };
 }
 
-// Zero-length columns are shared: a datagram of gauges leaves 11 of its 14 columns empty, and a
-// rack decodes thousands of datagrams a second (a view costs ~100 bytes of heap; the decoder's
-// allocations set how often the rack's young generation is collected). Nothing can be written
-// into a zero-length array.
-const noU32 = new Uint32Array(0);
-const noU8 = new Uint8Array(0);
-const noF64 = new Float64Array(0);
 
 function colU32(v: Verifier, t: TableRef, slot: number, elemBytes: number, perElem: number): Uint32Array {
   const r = v.vector(t, slot, elemBytes, v.bytes.length, `SeriesBlock field ${slot}`);

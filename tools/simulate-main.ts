@@ -76,7 +76,7 @@ export async function main(argv: string[]): Promise<void> {
   });
   const seconds = parseIntOption(values.seconds, '--seconds', 0, 0, 10_000_000);
   const stop = async (why: string) => {
-    console.log(`apm simulate: ${why}; sent ${sim.counters.seconds} seconds, ${sim.counters.datagrams_sent} datagrams, resent ${sim.counters.resent}`);
+    console.log(`apm simulate: ${why}; sent ${sim.counters.seconds} seconds, ${sim.counters.datagrams_sent} datagrams, resent ${sim.counters.resent}${sim.counters.send_errors > 0 ? `, ${sim.counters.send_errors} send errors (a rack not listening)` : ""}`);
     await sim.stop();
     process.exit(0);
   };
