@@ -330,7 +330,7 @@ export class Encoder {
     Envelope.addBody(b, body);
     b.finish(Envelope.endEnvelope(b), fileIdentifier);
     const fb = b.asUint8Array();
-    const out = into === undefined ? new Uint8Array(fb.length + crcBytes) : into.take(fb.length + crcBytes);
+    const out = into === undefined ? uninitialized(fb.length + crcBytes) : into.take(fb.length + crcBytes);
     out.set(fb);
     const crc = crc32(fb);
     out[fb.length] = crc & 0xff;
@@ -339,6 +339,16 @@ export class Encoder {
     out[fb.length + 3] = crc >>> 24;
     return out;
   }
+}
+
+/**
+ * Memory every byte of which the caller writes: not zeroed first, and small sizes come from
+ * Node's shared 8 KiB slabs (8-byte aligned) instead of an allocation each. A plain Uint8Array,
+ * not a Buffer (whose slice() would not copy). Its .buffer may be shared: never transfer it.
+ */
+function uninitialized(bytes: number): Uint8Array {
+  const b = Buffer.allocUnsafe(bytes);
+  return new Uint8Array(b.buffer, b.byteOffset, bytes);
 }
 
 /**
