@@ -11,7 +11,7 @@ import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
 import { openLmdb } from '../schema/lmdb.js';
-import { Store, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
+import { Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a multiple of 60 minus 0: block starts at 1_790_000_040 - 1_790_000_040 % 60
 const S = 4;
@@ -120,6 +120,19 @@ describe('Store', () => {
     expect(dump(store, 'g', t0, t0 + 2)).toEqual({ [`a@${t0}`]: 1, [`a@${t0 + 1}`]: 2 });
     expect(Object.values(dump(store, 'gd', t0, t0 + 2)).map((x) => (x as { count: number }).count)).toEqual([1, 1]);
     return store.close();
+  });
+
+  it('records its store format, and refuses a data directory written by a newer format instead of taking its rows for corrupt ones', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-format-'));
+    dirs.push(dir);
+    const first = new Store(options(dir));
+    await first.close();
+    const root = openLmdb({ path: dir, maxDbs: 16, mapSize: 1 << 30 });
+    const state = root.openDB<number, string>({ name: 'state', encoding: 'json' });
+    expect(state.get('format')).toBe(storeFormat);
+    await state.put('format', storeFormat + 1);
+    await root.close();
+    expect(() => new Store(options(dir))).toThrow(/written by a newer apm \(store format 3; this build reads up to 2\)/);
   });
 
   it('a rack restarted on an empty spool (new session, seq from 1) is not taken for a duplicate', () => {

@@ -30,7 +30,7 @@ import { Dedup, windowSeqs } from './dedup.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
-import { groupKey, isPointer, packRows, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
 export interface StoreOptions {
@@ -164,6 +164,7 @@ export class Store {
     rows_written: 0,
     /** Bytes of rows in groups that a later merge replaced (freed when their block passes the retention). */
     group_bytes_orphaned: 0,
+    /** Row-group chunks the retention deleted (a slice's run of rows is cut into chunks of 8 pages). */
     retention_groups_deleted: 0,
     /** Bytes of row values written (encoded rows, before LMDB pages). */
     row_bytes_written: 0,
@@ -232,6 +233,9 @@ export class Store {
     this.groups = this.root.openDB<Uint8Array, Buffer>({ name: 'groups', encoding: 'binary', keyEncoding: 'binary' });
     this.state = this.root.openDB<number, string>({ name: 'state', encoding: 'json' });
     this.groupSeq = this.state.get('groupSeq') ?? 0;
+    checkStoreFormat(this.state, opts.dir);
+    const pageSize = (this.groups.getStats() as { pageSize: number }).pageSize;
+    if (pageSize !== pageBytes) throw new Error(`${opts.dir}: LMDB pages of ${pageSize} B, but row groups are cut for ${pageBytes}-byte pages (core/rowgroups.ts); this build cannot use this data directory`);
     const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
     this.streamDb = this.walEnv.openDB<number, number>({ name: 'stream', encoding: 'json', keyEncoding: 'uint32' });
     for (const { key, value } of this.streamDb.getRange()) this.streamApplied.set(key, value);
@@ -812,6 +816,11 @@ export class Store {
 
   /** Packs a slice's rows (sorted by key) into row groups of whole pages (core/rowgroups.ts), with ids from the store's sequence. */
   private packRows(puts: readonly KeyValue[]): { groups: KeyValue[]; pointers: KeyValue[] } {
+    // Chunk ids are u32 and never reused: at 2^32 the store cannot write rows (years at a full
+    // fleet's rate per store); said plainly instead of a RangeError from a buffer write.
+    let bytes = 0;
+    for (const p of puts) bytes += p.value.length;
+    if (this.groupSeq + 2 * puts.length + Math.ceil(bytes / 1024) > 0xffffffff) throw new Error(`row group ids are exhausted in this store (${this.groupSeq} of 2^32 used): copy its shards to a new data directory (apm cluster, or a fresh node)`);
     const packed = packRows(puts, this.groupSeq + 1);
     this.groupSeq = packed.nextId - 1;
     return packed;
@@ -1215,4 +1224,18 @@ function writeU48(b: Buffer, at: number, v: number): void {
 
 function readU48(b: Buffer | Uint8Array, at: number): number {
   return Buffer.from(b.buffer, b.byteOffset, b.byteLength).readUIntBE(at, 6);
+}
+
+/**
+ * What this build writes into a store: 2 = rows of version 3 in chunked row groups (third
+ * session). A build reads every format up to its own and refuses a newer one instead of taking
+ * its rows for corrupt ones (a merge of late data would then overwrite them). Builds before
+ * format 2 do not check: never run one on a data directory a newer build has written.
+ */
+export const storeFormat = 2;
+
+function checkStoreFormat(state: Database<number, string>, dir: string): void {
+  const found = state.get('format');
+  if (found !== undefined && found > storeFormat) throw new Error(`${dir} was written by a newer apm (store format ${found}; this build reads up to ${storeFormat}): run that version or a newer one`);
+  if (found !== storeFormat) state.putSync('format', storeFormat);
 }

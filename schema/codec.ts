@@ -342,12 +342,13 @@ export class Encoder {
 }
 
 /**
- * Memory every byte of which the caller writes: not zeroed first, and small sizes come from
- * Node's shared 8 KiB slabs (8-byte aligned) instead of an allocation each. A plain Uint8Array,
- * not a Buffer (whose slice() would not copy). Its .buffer may be shared: never transfer it.
+ * Memory every byte of which the caller writes, not zeroed first. Its own allocation, not a
+ * slice of Node's shared slabs: an edge keeps its frames for 30 s, and a slab would keep every
+ * frame cut from it alive (and a transfer of .buffer would take them all). A plain Uint8Array,
+ * not a Buffer (whose slice() would not copy).
  */
 function uninitialized(bytes: number): Uint8Array {
-  const b = Buffer.allocUnsafe(bytes);
+  const b = Buffer.allocUnsafeSlow(bytes);
   return new Uint8Array(b.buffer, b.byteOffset, bytes);
 }
 
@@ -512,7 +513,6 @@ function decodeRackBatch(v: Verifier, t: TableRef): RackBatchMessage {
     rollup: rollupAt === 0 ? emptyColumns() : decodeSeries(v, v.tableAt(rollupAt, 'SeriesBlock')),
   };
 }
-
 
 function colU32(v: Verifier, t: TableRef, slot: number, elemBytes: number, perElem: number): Uint32Array {
   const r = v.vector(t, slot, elemBytes, v.bytes.length, `SeriesBlock field ${slot}`);

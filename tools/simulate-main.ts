@@ -10,7 +10,8 @@ export const simulateHelp = `apm simulate: a fleet of simulated edges sending to
 
 Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
 
-  --rack <host:port>     a rack's UDP address; repeat for several racks (servers go 40 per rack)
+  --rack <host:port>     a rack's UDP address, the one it answers NACKs from; repeat for several
+                         racks (servers go 40 per rack)
   --servers <n>          servers to simulate, 1..10000 (default 80)
   --metrics <n>          metrics per server, 1..2000 (default 200; 5% are latency distributions)
   --seconds <n>          stop after n seconds (default: until SIGINT/SIGTERM)
@@ -76,7 +77,7 @@ export async function main(argv: string[]): Promise<void> {
   });
   const seconds = parseIntOption(values.seconds, '--seconds', 0, 0, 10_000_000);
   const stop = async (why: string) => {
-    console.log(`apm simulate: ${why}; sent ${sim.counters.seconds} seconds, ${sim.counters.datagrams_sent} datagrams, resent ${sim.counters.resent}${sim.counters.send_errors > 0 ? `, ${sim.counters.send_errors} send errors (a rack not listening)` : ""}`);
+    console.log(`apm simulate: ${why}; sent ${sim.counters.seconds} seconds, ${sim.counters.datagrams_sent} datagrams, resent ${sim.counters.resent}${sendErrors(sim.sendErrors)}`);
     await sim.stop();
     process.exit(0);
   };
@@ -95,6 +96,13 @@ export async function main(argv: string[]): Promise<void> {
     last = now;
   }, 5000).unref();
   if (seconds > 0) setTimeout(() => void stop(`${seconds} s done`), seconds * 1000 + 500);
+}
+
+/** ', 3 send errors (ECONNREFUSED 3)' or ''. */
+function sendErrors(byCode: Record<string, number>): string {
+  const all = Object.entries(byCode);
+  const n = all.reduce((a, [, k]) => a + k, 0);
+  return n === 0 ? '' : `, ${n} send errors (${all.map(([c, k]) => `${c} ${k}`).join(', ')})`;
 }
 
 function recording(file: string | undefined, servers: string, metrics: string) {

@@ -116,7 +116,9 @@ export class Simulator {
   private readonly keys: KeySet | null;
   /** Frames are packed to this size, leaving room for the auth header when signing. */
   private readonly frameBytesMax: number;
-  readonly counters = { seconds: 0, seconds_late: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, nacks_refused: 0, resent: 0, resend_missed: 0, names_sent: 0, send_errors: 0 };
+  readonly counters = { seconds: 0, seconds_late: 0, points_sent: 0, datagrams_sent: 0, bytes_sent: 0, nacks: 0, nacks_refused: 0, resent: 0, resend_missed: 0, names_sent: 0 };
+  /** Socket errors by code (a rack not listening yet answers ICMP port unreachable). */
+  readonly sendErrors: Record<string, number> = {};
 
   constructor(private readonly opts: SimulatorOptions) {
     if (opts.racks.length === 0) throw new Error('simulate: give at least one --rack host:port');
@@ -165,7 +167,8 @@ export class Simulator {
     for (const r of opts.racks) {
       if (this.sockets.has(r)) continue;
       const socket = dgram.createSocket({ type: r.host.includes(':') ? 'udp6' : 'udp4', sendBufferSize: 16 * 1024 * 1024 });
-      // A connected socket takes datagrams from its rack only: NACKs come back on it.
+      // A connected socket takes datagrams from its rack's address only: NACKs come back on it
+      // (--rack must be the address the rack answers from, as on loopback).
       socket.on('message', (msg) => this.onNack(msg, r.keys ?? this.keys));
       this.sockets.set(r, socket);
     }
@@ -189,7 +192,11 @@ export class Simulator {
         socket.connect(rack.port, rack.host, () => {
           socket.removeListener('error', reject);
           // A rack not listening yet answers ICMP port unreachable: a connected socket reports it; an edge keeps sending.
-          socket.on('error', () => void this.counters.send_errors++);
+          socket.on('error', (err: NodeJS.ErrnoException) => {
+            const code = err.code ?? 'unknown';
+            if (this.sendErrors[code] === undefined) console.error(`apm simulate: sending to rack ${rack.host}:${rack.port}: ${err.message} (counted from now on by code)`);
+            this.sendErrors[code] = (this.sendErrors[code] ?? 0) + 1;
+          });
           resolve();
         });
       });

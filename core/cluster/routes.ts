@@ -269,7 +269,7 @@ export class ClusterRouting {
     const missing: number[] = [];
     for (let s = 0; s < S; s++) {
       if (this.view.servesLocally(s)) continue;
-      // Not this node (its record may still say ready while its consumer catches up): its part is already the local one.
+      // Another node: this one's record may still say ready while its own consumer catches up, and its local part leaves that shard out.
       const o = this.view.readyOwners(s).find((n) => n.id !== this.view.nodeId);
       if (o === undefined) missing.push(s);
       else ask.set(o.id, o);
