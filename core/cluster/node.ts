@@ -265,8 +265,12 @@ export class ClusterNode implements ClusterView {
 
   private async readNodes(): Promise<void> {
     const states: NodeState[] = [];
-    const keys: string[] = [];
-    for await (const k of await this.kvNodes.keys()) keys.push(k);
+    // KV keys() may list a key twice, or miss one, while it is written (every heartbeat writes):
+    // a node seen twice was shown twice in the fleet view (CI, 2026-12-02), and a node missed
+    // would look gone for a round. So: a set, and every node known before read again by its key
+    // (a deleted one reads as absent).
+    const keys = new Set<string>(this.nodeStates.map((n) => n.id));
+    for await (const k of await this.kvNodes.keys()) keys.add(k);
     let newest = 0;
     for (const k of keys) {
       const e = await this.kvNodes.get(k);
