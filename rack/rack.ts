@@ -385,6 +385,7 @@ export class Rack {
     p.counter('apm_rack_seconds_closed_total', 'Seconds closed at the watermark', r.counters.seconds_closed);
     p.counter('apm_rack_seconds_incomplete_total', 'Server-seconds closed with parts missing', r.counters.seconds_incomplete);
     p.counter('apm_rack_late_batches_total', 'Batches of late data', r.counters.late_batches);
+    p.counter('apm_rack_seconds_unanswered_total', 'Server-seconds lost whole (a sequence gap, or missed during a restart) whose probes the edge never answered: lost, counted here', r.counters.seconds_unanswered);
     p.counter('apm_rack_resume_probes_total', 'Seconds asked again from edges after this rack restarted (still in their resend rings)', r.counters.resume_probes);
     p.counter('apm_rack_resume_seconds_unasked_total', 'Server-seconds missed while this rack was down that were too old to ask edges for (lost)', r.counters.resume_seconds_unasked);
     p.counter('apm_rack_edge_restarts_total', 'Edge session changes seen', r.counters.edge_restarts);

@@ -127,6 +127,29 @@ describe('Reassembly', () => {
     expect(r.counters).toMatchObject({ seq_gap_datagrams: 3, edge_restarts: 1 });
   });
 
+  it('asks again for a second lost whole until a part of it arrives (the answer may be lost too), and counts one never answered', () => {
+    const r = new Reassembly(opts);
+    r.accept(part('a', t0, 0, 1, 100), 10, peer, ms(t0));
+    r.accept(part('b', t0, 0, 1, 200), 10, peer, ms(t0));
+    // Both lose second t0+1 whole (seq 101 / 201).
+    r.accept(part('a', t0 + 2, 0, 1, 102), 10, peer, ms(t0 + 2));
+    r.accept(part('b', t0 + 2, 0, 1, 202), 10, peer, ms(t0 + 2));
+    const probesOf = (at: number) => r.nacks(at).filter((n) => n.second === t0 + 1).map((n) => n.server).sort();
+    expect(probesOf(ms(t0 + 2, 10))).toEqual(['a', 'b']);
+    expect(probesOf(ms(t0 + 2, 100))).toEqual([]); // within the interval
+    // The resends were lost: asked again.
+    expect(probesOf(ms(t0 + 2, 270))).toEqual(['a', 'b']);
+    // a's answer arrives now: only b is asked again, and b never answers.
+    r.accept(part('a', t0 + 1, 0, 1, 101), 10, peer, ms(t0 + 2, 300));
+    expect(probesOf(ms(t0 + 2, 500))).toEqual([]); // within the interval after b's second probe
+    expect(r.counters.seconds_unanswered).toBe(0);
+    // b had nackRetriesMax (2) probes and a whole interval after the last: counted, asked no more.
+    expect(probesOf(ms(t0 + 2, 530))).toEqual([]);
+    expect(r.counters.seconds_unanswered).toBe(1);
+    expect(probesOf(ms(t0 + 3, 500))).toEqual([]);
+    expect(r.counters.seconds_unanswered).toBe(1);
+  });
+
   it('after a restart, asks each edge for the seconds since the last spooled one and reassembles them before closing', () => {
     // The previous process spooled t0; it died at t0 + 1.7 and this one starts at t0 + 3.
     const r = new Reassembly({ ...opts, openSecondsPerServerMax: 16, resume: { afterSecond: t0, untilMs: ms(t0 + 3) + 2000 + 3000 } });

@@ -69,6 +69,13 @@ interface OpenSecond {
   nacked: Uint8Array;
 }
 
+interface Probe {
+  second: number;
+  /** Probes sent so far, and when the next is due. */
+  sent: number;
+  dueMs: number;
+}
+
 interface ServerState {
   id: string;
   peer: Peer;
@@ -83,7 +90,8 @@ interface ServerState {
    * was hundreds of thousands of live objects for every full collection to mark.
    */
   closed: Map<number, Uint8Array | number>;
-  probes: number[];
+  /** Seconds lost whole (a sequence gap, or missed while this rack restarted), asked again until a part of them arrives. */
+  probes: Probe[];
 }
 
 export interface ClosedBatch {
@@ -122,6 +130,8 @@ export class Reassembly {
     late_batches: 0,
     edge_restarts: 0,
     resume_probes: 0,
+    /** Seconds lost whole whose probes were never answered (every retry): lost, counted here. */
+    seconds_unanswered: 0,
     resume_seconds_unasked: 0,
     names_only: 0,
   };
@@ -225,7 +235,7 @@ export class Reassembly {
     // Seconds older than that were down longer than the edge keeps them: counted, not asked.
     this.counters.resume_seconds_unasked += Math.max(0, from - (r.afterSecond + 1));
     for (let sec = from; sec < firstSecond; sec++) {
-      s.probes.push(sec);
+      s.probes.push({ second: sec, sent: 0, dueMs: 0 });
       this.counters.resume_probes++;
     }
   }
@@ -239,7 +249,7 @@ export class Reassembly {
       if (gap > 0 && gap < 0x10000) {
         this.counters.seq_gap_datagrams += gap;
         // Whole seconds vanished between lastSecond and this one: ask for their first parts.
-        for (let sec = s.lastSecond + 1; sec < msg.second && s.probes.length < 8; sec++) if (sec > this.closedThrough) s.probes.push(sec);
+        for (let sec = s.lastSecond + 1; sec < msg.second && s.probes.length < 8; sec++) if (sec > this.closedThrough) s.probes.push({ second: sec, sent: 0, dueMs: 0 });
       }
     }
     s.lastSecond = msg.second;
@@ -291,8 +301,24 @@ export class Reassembly {
         o.lastNackMs = nowMs;
         out.push({ peer: s.peer, server: s.id, session: o.session, second: o.second, missingParts: Uint16Array.from(missing) });
       }
-      for (const sec of s.probes) out.push({ peer: s.peer, server: s.id, session: s.session, second: sec, missingParts: Uint16Array.of(0) });
-      s.probes.length = 0;
+      // A probe is asked again on the NACK schedule until a part of its second arrives (its
+      // answer may be lost too); one never answered is counted, never lost silently.
+      let kept = 0;
+      for (const p of s.probes) {
+        if (s.open.has(p.second) || s.closed.has(p.second)) continue;
+        if (nowMs >= p.dueMs) {
+          // The last probe's answer had a whole interval to come.
+          if (p.sent >= this.opts.nackRetriesMax) {
+            this.counters.seconds_unanswered++;
+            continue;
+          }
+          out.push({ peer: s.peer, server: s.id, session: s.session, second: p.second, missingParts: Uint16Array.of(0) });
+          p.sent++;
+          p.dueMs = nowMs + this.opts.nackIntervalMs;
+        }
+        s.probes[kept++] = p;
+      }
+      s.probes.length = kept;
     }
     return out;
   }
