@@ -24,7 +24,8 @@ export interface CoreProc {
 export class ClusterHarness {
   readonly cores = new Map<string, CoreProc>();
   private nc: NatsConnection | null = null;
-  private js: JetStreamClient | null = null;
+  /** The publisher's connection, made once: publishes that start together share it (each used to dial its own, and stop() closed only the last). */
+  private js: Promise<JetStreamClient> | null = null;
   private readonly enc = new Encoder();
   readonly passFile: string;
 
@@ -105,15 +106,19 @@ export class ClusterHarness {
 
   /** Publishes one rack second as a rack does: one message per shard, Msg-Id de-duplicated. Returns the messages acknowledged. */
   async publish(body: Uint8Array): Promise<number> {
-    if (this.js === null) {
-      this.nc = await connectNats(this.nats.urls, { user: 'core', passwordFile: this.passFile }, 'apm-harness');
-      this.js = jetstream(this.nc);
-    }
+    this.js ??= connectNats(this.nats.urls, { user: 'core', passwordFile: this.passFile }, 'apm-harness').then((nc) => {
+      this.nc = nc;
+      return jetstream(nc);
+    }, (err: unknown) => {
+      this.js = null; // the next publish dials again
+      throw err;
+    });
+    const js = await this.js;
     const acks = await Promise.all(
       logMessages(body, this.enc).map((m) => {
         const h = headers(); // one per message: publish() writes the Msg-Id into it
         h.set(encodingHeader, encodingDeflate);
-        return this.js!.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: 10_000 });
+        return js.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: 10_000 });
       }),
     );
     return acks.length;
