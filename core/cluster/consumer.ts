@@ -45,6 +45,8 @@ export class ShardConsumer {
   readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0 };
   private stopping = false;
   private loop: Promise<void> | null = null;
+  /** Ends the running read's pull (stop, or a message that could not be applied). */
+  private closeMessages: (() => void) | null = null;
   /** Called with every rack second applied (the server list and fleet view learn of racks this way). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
 
@@ -72,6 +74,7 @@ export class ShardConsumer {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    this.closeMessages?.();
     await this.loop;
     this.state = 'stopped';
   }
@@ -151,72 +154,96 @@ export class ShardConsumer {
     });
   }
 
-  /** Pulls and applies until stopped; false when a message could not be applied (start again after a backoff). */
+  /**
+   * Reads and applies until stopped; false when a message could not be applied (start again
+   * after a backoff).
+   *
+   * One continuous pull (`consume`): the client asks for more as the messages it holds are
+   * taken, so messages flow at whatever rate the stream has. (A loop of fetches, each waiting
+   * for its batch to be applied before the next, paid a pull request, an inbox and an ack per
+   * cycle; at a node's lower rate each cycle carried fewer messages, and the node's CPU per point
+   * grew by half from 1 to 3 nodes.) Each message goes to the worker as it arrives, chained in
+   * delivery order; the server holds at most max_ack_pending unacknowledged, which bounds what
+   * waits here. An ack (AckPolicy.All) goes when nothing else is being applied, or every half
+   * batch while messages keep coming.
+   */
   private async read(): Promise<boolean> {
     const consumer = await this.js.consumers.get(streamOf(this.o.shard), this.durable);
-    // Caught up already? (An idle stream's first pull would take its whole expiry to say so.)
+    // Caught up already? (Nothing may come for a long time on an idle stream.)
     const ci = await consumer.info();
     this.lag = ci.num_pending + ci.num_ack_pending;
     this.caughtUp = this.lag <= this.o.readyLagMax;
-    while (!this.stopping) {
-      // Each message goes to the worker as it arrives (the worker commits what waits together),
-      // chained in delivery order; the pull's results are read, and acknowledged, once it ends.
-      const sent: Promise<{ m: JsMsg; status: Applied }>[] = [];
-      let after = this.applied;
-      let pullError: Error | null = null;
-      try {
-        const it = await consumer.fetch({ max_messages: this.o.batch, expires: pullExpiresMs, idle_heartbeat: pullHeartbeatMs });
-        for await (const m of it) {
-          // A redelivered older message (its ack was lost) is not part of the chain.
-          const prev = after;
-          if (m.seq > after) after = m.seq;
-          sent.push(this.apply(m, prev));
-        }
-      } catch (err) {
-        pullError = err as Error; // the pull broke off (a leader moved, heartbeats missed): what arrived is still applied
+    const messages = await consumer.consume({ max_messages: this.o.batch, expires: consumeExpiresMs, idle_heartbeat: consumeHeartbeatMs });
+    this.closeMessages = () => void messages.stop();
+    let after = this.applied;
+    let chain = Promise.resolve();
+    let pending = 0;
+    let sinceAck = 0;
+    let failed = false;
+    let lastArrival = Date.now();
+    // While nothing comes, the consumer's own count says whether the node is caught up, and
+    // whether messages were delivered that never arrived (a pull lost in a leader election:
+    // they would come again only after the ack wait): then start afresh.
+    const idleCheck = setInterval(() => {
+      if (pending > 0 || Date.now() - lastArrival < idleCheckMs) return;
+      void consumer.info().then(
+        (info) => {
+          if (pending > 0) return;
+          this.lag = info.num_pending + info.num_ack_pending;
+          this.caughtUp = this.lag <= this.o.readyLagMax;
+          if (info.delivered.stream_seq > this.applied && Date.now() - lastArrival >= idleCheckMs) {
+            failed = true;
+            this.lastError = `delivered up to ${info.delivered.stream_seq}, applied ${this.applied}, nothing arriving: reading afresh`;
+            void messages.stop();
+          }
+        },
+        () => undefined, // the log is unreachable: what this node holds stays the newest
+      );
+    }, idleCheckMs);
+    idleCheck.unref();
+    try {
+      for await (const m of messages) {
+        if (this.stopping || failed) break;
+        lastArrival = Date.now();
+        // A redelivered older message (its ack was lost) is not part of the chain.
+        const prev = after;
+        if (m.seq > after) after = m.seq;
+        const sent = this.apply(m, prev);
+        pending++;
+        chain = chain.then(async () => {
+          const { status } = await sent;
+          pending--;
+          if (failed) return;
+          if (status === 'redelivered') this.counters.messages_redelivered++;
+          else if (typeof status === 'object') {
+            this.counters.messages_applied++;
+            this.counters.points += status.points;
+            this.onApplied?.(status.msg);
+          } else if (status === 'refused') this.counters.messages_refused++;
+          else {
+            // This node cannot apply the shard now (storage full, rows behind, a worker
+            // restarting): it falls behind, so queries go to the other owner until it reads again.
+            this.lastError = `message ${m.seq}: ${status}`;
+            failed = true;
+            this.caughtUp = false;
+            void messages.stop();
+            return;
+          }
+          this.applied = Math.max(this.applied, m.seq);
+          if (pending === 0 || ++sinceAck >= this.o.batch / 2) {
+            sinceAck = 0;
+            m.ack();
+            this.lag = m.info.pending;
+            this.caughtUp = this.lag <= this.o.readyLagMax;
+          }
+        });
       }
-      if (sent.length === 0) {
-        if (pullError !== null) throw pullError;
-        // Nothing came: caught up, or the consumer cannot deliver (a leader election): its own count says which.
-        const ci = await consumer.info();
-        this.lag = ci.num_pending + ci.num_ack_pending;
-        this.caughtUp = this.lag <= this.o.readyLagMax;
-        if (ci.delivered.stream_seq > this.applied) return false; // delivered but never received: start afresh
-        continue;
-      }
-      let lastOk: JsMsg | null = null;
-      let failed = false;
-      for (const { m, status } of await Promise.all(sent)) {
-        if (failed) continue;
-        if (status === 'redelivered') this.counters.messages_redelivered++;
-        else if (typeof status === 'object') {
-          this.counters.messages_applied++;
-          this.counters.points += status.points;
-          this.onApplied?.(status.msg);
-        } else if (status === 'refused') this.counters.messages_refused++;
-        else {
-          this.lastError = `message ${m.seq}: ${status}`;
-          failed = true;
-          continue;
-        }
-        this.applied = Math.max(this.applied, m.seq);
-        lastOk = m;
-      }
-      if (lastOk !== null) {
-        lastOk.ack();
-        this.lag = lastOk.info.pending;
-        this.caughtUp = this.lag <= this.o.readyLagMax;
-      }
-      if (pullError !== null) throw pullError;
-      if (failed) {
-        // This node cannot apply the shard now (storage full, rows behind, a worker restarting):
-        // it falls behind, so queries go to the other owner until a pull shows it caught up.
-        // (A NATS outage never gets here: no message comes, and what this node holds stays the newest.)
-        this.caughtUp = false;
-        return false;
-      }
+    } finally {
+      clearInterval(idleCheck);
+      this.closeMessages = null;
+      await chain;
     }
-    return true;
+    return !failed;
   }
 
   /** One message to its worker: applied (its points), redelivered, refused for good, or why not now. */
@@ -301,10 +328,12 @@ export class ApplyQueue {
 
 type Applied = { points: number; msg: RackSecondMessage } | 'redelivered' | 'refused' | string;
 
-/** A pull waits this long for messages (they are applied as they arrive, so this is no delay). */
-const pullExpiresMs = 3000;
-/** The server's heartbeat inside a pull: a busy 2-core box missed the client's default (half of 1 s). */
-const pullHeartbeatMs = 1500;
+/** Each pull request of the continuous pull lasts this long (the client renews it). */
+const consumeExpiresMs = 30_000;
+/** The server's heartbeat inside a pull: two missed and the client pulls again (a busy 2-core box missed half a second's). */
+const consumeHeartbeatMs = 5_000;
+/** With nothing arriving for this long, the consumer's own count is read (lag, and messages delivered that never came). */
+const idleCheckMs = 3_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
