@@ -332,8 +332,12 @@ type Applied = { points: number; msg: RackSecondMessage } | 'redelivered' | 'ref
 const consumeExpiresMs = 30_000;
 /** The server's heartbeat inside a pull: two missed and the client pulls again (a busy 2-core box missed half a second's). */
 const consumeHeartbeatMs = 5_000;
-/** With nothing arriving for this long, the consumer's own count is read (lag, and messages delivered that never came). */
-const idleCheckMs = 3_000;
+/**
+ * With nothing arriving for this long, the consumer's own count is read (lag, and messages
+ * delivered that never came: else they would come again only after the 30 s ack wait). One
+ * request per shard each time: an idle node's main cost.
+ */
+const idleCheckMs = 10_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
