@@ -139,7 +139,12 @@ export class ClusterHarness {
   async stop(): Promise<void> {
     // All at once: each node's graceful stop (consumers drained, heartbeat removed) takes seconds.
     await Promise.all([...this.cores.keys()].map((id) => this.killCore(id, 'SIGTERM')));
+    // A connection still being made is awaited first: else it would be left reconnecting.
+    const dialling = this.js;
+    this.js = null;
+    await dialling?.catch(() => undefined);
     await this.nc?.close().catch(() => undefined);
+    this.nc = null;
     await this.nats.stop();
   }
 }

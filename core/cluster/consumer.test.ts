@@ -10,8 +10,16 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { ShardPool } from '../pool.js';
 import { ApplyQueue, ShardConsumer } from './consumer.js';
 
-/** A pull that delivers nothing until it is stopped. */
-function deadPull(pulls: { stopped: number }) {
+interface FakeMsg {
+  seq: number;
+  data: Uint8Array;
+  headers: undefined;
+  info: { deliverySequence: number; pending: number };
+  ack(): void;
+}
+
+/** A pull that delivers `msgs` (none by default), then nothing until it is stopped. */
+function deadPull(pulls: { stopped: number }, msgs: FakeMsg[] = []) {
   let wake: (() => void) | null = null;
   let done = false;
   return {
@@ -22,19 +30,20 @@ function deadPull(pulls: { stopped: number }) {
       wake?.();
     },
     async *[Symbol.asyncIterator]() {
+      for (const m of msgs) if (!done) yield m;
       while (!done) await new Promise<void>((r) => (wake = r));
     },
   };
 }
 
-function fakes(numPending: number) {
+function fakes(numPending: number, msgs: FakeMsg[] = []) {
   const pulls = { started: 0, stopped: 0 };
-  const info = { num_pending: numPending, num_ack_pending: 0, delivered: { stream_seq: 5 }, ack_floor: { stream_seq: 5 } };
+  const info = { num_pending: numPending, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 } };
   const consumer = {
     info: async () => info,
     consume: async () => {
       pulls.started++;
-      return deadPull(pulls);
+      return deadPull(pulls, pulls.started === 1 ? msgs : []);
     },
   };
   const js = { consumers: { get: async () => consumer } } as unknown as JetStreamClient;
@@ -42,7 +51,16 @@ function fakes(numPending: number) {
     streams: { info: async () => ({ state: { first_seq: 1 } }) },
     consumers: { info: async () => info, add: async () => info, delete: async () => true },
   } as unknown as JetStreamManager;
-  const pool = { streamSeqs: async () => [5] } as unknown as ShardPool;
+  // The worker refuses every message for good (counted; the shard moves past it): applied without a store.
+  let stored = 5;
+  const pool = {
+    streamSeqs: async () => [stored],
+    ingestStream: async (_body: Uint8Array, _shard: number, stream: { seq: number; after: number }) => {
+      if (stream.after !== stored) return `after ${stream.after}, applied ${stored}`;
+      stored = stream.seq;
+      return 'refused';
+    },
+  } as unknown as ShardPool;
   const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
   const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10 }, pool, queue, js, jsm);
   return { c, pulls };
@@ -71,4 +89,32 @@ describe('a shard consumer whose pull stops delivering', () => {
     await c.stop();
     expect(pulls.stopped).toBe(1);
   }, 15_000);
+});
+
+function msg(seq: number, delivery: number, acks: number[]): FakeMsg {
+  return { seq, data: new Uint8Array([1, 2, 3]), headers: undefined, info: { deliverySequence: delivery, pending: 0 }, ack: () => acks.push(seq) };
+}
+
+describe('a shard consumer and its deliveries', () => {
+  it('stops at a delivery that never arrived: nothing past it is applied or acknowledged', async () => {
+    const acks: number[] = [];
+    // Deliveries 6 and 7 arrive; 8 is lost on the way; 9 (stream message 9) arrives.
+    const { c } = fakes(0, [msg(6, 6, acks), msg(7, 7, acks), msg(9, 9, acks)]);
+    c.start(5);
+    await new Promise((r) => setTimeout(r, 300));
+    await c.stop();
+    expect(c.applied).toBe(7);
+    expect(acks.filter((seq) => seq > 7)).toEqual([]);
+    expect(c.counters.messages_refused).toBe(2);
+    expect(c.counters.restarts).toBeGreaterThanOrEqual(1);
+    expect(c.lastError).toMatch(/delivery 8 never arrived/);
+  });
+
+  it('a stop() right after start() returns on an idle stream', async () => {
+    const { c, pulls } = fakes(0);
+    c.start(5);
+    const stopped = await Promise.race([c.stop().then(() => true), new Promise((r) => setTimeout(() => r(false), 2_000))]);
+    expect(stopped).toBe(true);
+    expect(pulls.stopped).toBe(pulls.started);
+  });
 });

@@ -90,7 +90,7 @@ export class ShardConsumer {
     while (!this.stopping) {
       try {
         await this.open();
-        if (this.state === 'behind_stream') return;
+        if (this.state === 'behind_stream' || this.stopping) return;
         this.state = 'reading';
         const ok = await this.read();
         if (ok) backoff = this.o.backoffMinMs;
@@ -150,7 +150,7 @@ export class ShardConsumer {
       deliver_policy: this.applied === 0 ? DeliverPolicy.All : DeliverPolicy.StartSequence,
       ...(this.applied === 0 ? {} : { opt_start_seq: this.applied + 1 }),
       ack_wait: 30e9,
-      max_ack_pending: 4 * this.o.batch,
+      max_ack_pending: 2 * this.o.batch,
     });
   }
 
@@ -175,30 +175,46 @@ export class ShardConsumer {
     this.caughtUp = this.lag <= this.o.readyLagMax;
     const messages = await consumer.consume({ max_messages: this.o.batch, expires: consumeExpiresMs, idle_heartbeat: consumeHeartbeatMs });
     this.closeMessages = () => void messages.stop();
+    if (this.stopping) messages.stop(); // stop() came while the pull was being made
     let after = this.applied;
+    // Deliveries are numbered by the consumer, redeliveries included: a number skipped is a
+    // message lost on its way (a pull cut by a reconnect or a leader change that the client
+    // renewed). Applying past it would store a gap and the cumulative ack would clear it on the
+    // server: the read starts afresh from the applied sequence instead.
+    let delivery = ci.delivered.consumer_seq;
     let chain = Promise.resolve();
     let pending = 0;
     let sinceAck = 0;
     let failed = false;
+    let ended = false;
     let lastArrival = Date.now();
+    const fail = (why: string) => {
+      if (failed) return;
+      failed = true;
+      this.lastError = why;
+      this.caughtUp = false;
+      messages.stop();
+    };
     // While nothing comes, the consumer's own count says whether the node is caught up, and
     // whether the pull is dead: messages delivered that never arrived (a pull lost in a leader
     // election: they would come again only after the ack wait), or messages waiting that are not
     // delivered (a pull lost with a NATS server the client did not renew). Then start afresh.
     const idleCheck = setInterval(() => {
-      if (pending > 0 || Date.now() - lastArrival < idleCheckMs) return;
+      if (pending > 0 || ended || failed || Date.now() - lastArrival < idleCheckMs) return;
       void consumer.info().then(
         (info) => {
-          if (pending > 0) return;
+          if (pending > 0 || ended || failed) return;
           this.lag = info.num_pending + info.num_ack_pending;
           this.caughtUp = this.lag <= this.o.readyLagMax;
           if ((info.delivered.stream_seq > this.applied || info.num_pending > 0) && Date.now() - lastArrival >= idleCheckMs) {
-            failed = true;
-            this.lastError = `delivered up to ${info.delivered.stream_seq}, applied ${this.applied}, ${info.num_pending} waiting, nothing arriving: reading afresh`;
-            void messages.stop();
+            fail(`delivered up to ${info.delivered.stream_seq}, applied ${this.applied}, ${info.num_pending} waiting, nothing arriving: reading afresh`);
           }
         },
-        () => undefined, // the log is unreachable: what this node holds stays the newest
+        (err: Error) => {
+          // The consumer or its stream is gone (the client would wait for it for good): made again by open().
+          if (/not found/i.test(err.message) && !ended) fail(`consumer check: ${err.message}`);
+          // Else the log is unreachable: what this node holds stays the newest.
+        },
       );
     }, idleCheckMs);
     idleCheck.unref();
@@ -206,6 +222,11 @@ export class ShardConsumer {
       for await (const m of messages) {
         if (this.stopping || failed) break;
         lastArrival = Date.now();
+        if (m.info.deliverySequence !== delivery + 1) {
+          fail(`delivery ${delivery + 1} never arrived (${m.info.deliverySequence} did, stream message ${m.seq}): reading afresh from ${this.applied + 1}`);
+          break;
+        }
+        delivery = m.info.deliverySequence;
         // A redelivered older message (its ack was lost) is not part of the chain.
         const prev = after;
         if (m.seq > after) after = m.seq;
@@ -214,7 +235,8 @@ export class ShardConsumer {
         chain = chain.then(async () => {
           const { status } = await sent;
           pending--;
-          if (failed) return;
+          if (pending === 0) lastArrival = Date.now(); // a slow apply is not a silent pull
+          // Messages sent before a failure are still counted (the worker stored them in order); none is acknowledged after it.
           if (status === 'redelivered') this.counters.messages_redelivered++;
           else if (typeof status === 'object') {
             this.counters.messages_applied++;
@@ -224,22 +246,21 @@ export class ShardConsumer {
           else {
             // This node cannot apply the shard now (storage full, rows behind, a worker
             // restarting): it falls behind, so queries go to the other owner until it reads again.
-            this.lastError = `message ${m.seq}: ${status}`;
-            failed = true;
-            this.caughtUp = false;
-            void messages.stop();
+            fail(`message ${m.seq}: ${status}`);
             return;
           }
           this.applied = Math.max(this.applied, m.seq);
+          if (failed) return;
           if (pending === 0 || ++sinceAck >= this.o.batch / 2) {
             sinceAck = 0;
             m.ack();
             this.lag = m.info.pending;
             this.caughtUp = this.lag <= this.o.readyLagMax;
           }
-        });
+        }).catch((err: unknown) => fail(`message ${m.seq}: ${(err as Error).message}`)); // an ack on a closed connection: read afresh
       }
     } finally {
+      ended = true;
       clearInterval(idleCheck);
       this.closeMessages = null;
       await chain;
@@ -270,7 +291,7 @@ export class ShardConsumer {
  * apart). The order of one shard's messages is kept (a flush sends them in arrival order).
  */
 export class ApplyQueue {
-  /** Waiting: at most (consumers × their pull) messages, each consumer awaiting its own. */
+  /** Waiting: at most (consumers × max_ack_pending) messages: the server delivers no more unacknowledged. */
   private waiting: { body: Uint8Array | null; shard: number; stream: { seq: number; after: number }; done: (r: Awaited<ReturnType<ShardPool['ingestStream']>>) => void }[] = [];
   private timer: NodeJS.Timeout | null = null;
   /** Messages sent to the workers and not answered yet. */
@@ -336,7 +357,7 @@ const consumeHeartbeatMs = 5_000;
 /**
  * With nothing arriving for this long, the consumer's own count is read (its lag, and whether
  * its pull is dead). One request per shard each time: an idle node's main cost (14 ms of CPU a
- * second for 16 shards).
+ * second for 16 shards, measured alone).
  */
 const idleCheckMs = 3_000;
 
