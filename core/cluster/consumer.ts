@@ -356,8 +356,8 @@ const consumeExpiresMs = 30_000;
 const consumeHeartbeatMs = 5_000;
 /**
  * With nothing arriving for this long, the consumer's own count is read (its lag, and whether
- * its pull is dead). One request per shard each time: an idle node's main cost (14 ms of CPU a
- * second for 16 shards, measured alone).
+ * its pull is dead). One request per shard each time: an idle node's main cost (14–21 ms of
+ * CPU a second for 16 shards, measured alone on this box).
  */
 const idleCheckMs = 3_000;
 
