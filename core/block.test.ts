@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeRow, encodeRow, rowAggregates, RowError, rowParts, rowServerIds, rowV3Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
+import { decodeRow, encodeRow, rowAggregates, RowError, rowParts, rowServerIds, rowV3Marker, rowV4Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 import { writeSeries } from './codec/values.js';
 
 function summaries(secs: number[], src: Uint8Array): SummaryColumns {
@@ -113,13 +113,13 @@ function plain(row: DecodedRow) {
   };
 }
 
-describe('storage row encoding (version 3)', () => {
+describe('storage row encoding (version 4)', () => {
   it('round-trips any servers, seconds and values exactly', () => {
     fc.assert(
       fc.property(serversArb, (ss) => {
         const input = rowOf(ss);
         const stored = encodeRow(input);
-        expect(stored[0]).toBe(rowV3Marker);
+        expect(stored[0]).toBe(rowV4Marker);
         expect(Array.from(rowServerIds(stored))).toEqual(Array.from(input.serverIds));
         const row = decodeRow(stored);
         expect(plain(row)).toEqual(plain(input));
@@ -140,7 +140,7 @@ describe('storage row encoding (version 3)', () => {
     );
   });
 
-  it('stores per-second aggregates over every server (rows of ≥ 4), equal to those of the decoded row', () => {
+  it('stores aggregates per 5 s over every server (rows of ≥ 4), equal to those of the decoded row', () => {
     fc.assert(
       fc.property(serversArb, (ss) => {
         const stored = encodeRow(rowOf(ss));
@@ -150,6 +150,7 @@ describe('storage row encoding (version 3)', () => {
         else {
           const a = row.aggregates!;
           expect(want).not.toBeNull();
+          expect(a.span).toBe(5);
           // Bit for bit (Object.is): the same additions in the same order.
           for (const k of ['secs', 'count', 'sum', 'min', 'max'] as const) expect(Array.from(a[k], noZero)).toEqual(Array.from(want![k], noZero));
         }
@@ -158,15 +159,46 @@ describe('storage row encoding (version 3)', () => {
     );
   });
 
-  it('decodes only the seconds of entries when asked and the aggregates answer', () => {
+  it('aggregates a span as its seconds: counts, min and max of its entries, the sum of each second\'s sum over the servers in order', () => {
     fc.assert(
-      fc.property(serversArb, fc.boolean(), (ss, some) => {
+      fc.property(serversArb, (ss) => {
+        const row = decodeRow(encodeRow(rowOf(ss)));
+        const a = rowAggregates(row);
+        const bySecond = new Map<number, { count: number; sum: number; min: number; max: number }>();
+        const add = (s: number, count: number, sum: number, lo: number, hi: number) => {
+          const e = bySecond.get(s) ?? { count: 0, sum: 0, min: Infinity, max: -Infinity };
+          bySecond.set(s, { count: e.count + count, sum: e.sum + sum, min: Math.min(e.min, lo), max: Math.max(e.max, hi) });
+        };
+        for (let j = 0; j < row.serverIds.length; j++) {
+          for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) add(row.pointSecs[i]!, 1, row.pointVals[i]!, row.pointVals[i]!, row.pointVals[i]!);
+          for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) add(row.dist.secs[i]!, row.dist.count[i]!, row.dist.sum[i]!, row.dist.min[i]!, row.dist.max[i]!);
+        }
+        const spans: number[][] = [];
+        for (let s0 = 0; s0 < 60; s0 += 5) {
+          const seconds = [...bySecond.keys()].filter((s) => s >= s0 && s < s0 + 5).sort((x, y) => x - y);
+          if (seconds.length === 0) continue;
+          let sum = 0;
+          for (const s of seconds) sum += bySecond.get(s)!.sum;
+          const es = seconds.map((s) => bySecond.get(s)!);
+          spans.push([s0, es.reduce((x, e) => x + e.count, 0), sum, Math.min(...es.map((e) => e.min)), Math.max(...es.map((e) => e.max))]);
+        }
+        if (bySecond.size === 0) expect(a).toBeNull();
+        else expect([0, 1, 2, 3, 4].map((c) => Array.from([a!.secs, a!.count, a!.sum, a!.min, a!.max][c]!, noZero))).toEqual([0, 1, 2, 3, 4].map((c) => spans.map((x) => noZero(x[c]!))));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('decodes only the seconds of entries when asked and the aggregates answer the window', () => {
+    fc.assert(
+      fc.property(serversArb, fc.boolean(), fc.constantFrom(1, 5, 7, 10, 60), (ss, some, window) => {
         const stored = encodeRow(rowOf(ss));
         const full = decodeRow(stored);
         const keep = some ? (sid: number) => sid !== 1 : undefined;
-        const row = decodeRow(stored, { servers: keep === undefined ? undefined : bitmap(keep), secondsOnly: true });
-        // Only a whole row with aggregates skips values (server 1 is in every row: `some` leaves it out).
-        const skips = full.aggregates !== null && keep === undefined;
+        const row = decodeRow(stored, { servers: keep === undefined ? undefined : bitmap(keep), secondsOnlyFor: window });
+        // Only a whole row with aggregates skips values (server 1 is in every row: `some` leaves it
+        // out), and only for windows its spans of 5 s divide.
+        const skips = full.aggregates !== null && keep === undefined && window % 5 === 0;
         expect(row.entries).toBe(skips ? 'seconds' : 'values');
         const want = keep === undefined ? full : selectServers(full, keep);
         expect([Array.from(row.serverIds), Array.from(row.pointStart), Array.from(row.pointSecs), Array.from(row.distStart), Array.from(row.dist.secs)]).toEqual([
@@ -196,7 +228,7 @@ describe('storage row encoding (version 3)', () => {
         expect(parts.head).toBeLessThanOrEqual(3 + 2 + 0.3 * n + 12);
         const keep = (sid: number) => pick[sid - firstId]!;
         expect(plain(decodeRow(stored, { servers: bitmap100(keep, firstId) }))).toEqual(plain(selectServers(decodeRow(stored), keep)));
-        const seconds = decodeRow(stored, { secondsOnly: true });
+        const seconds = decodeRow(stored, { secondsOnlyFor: 5 });
         expect([seconds.entries, Array.from(seconds.pointSecs), Array.from(seconds.pointStart)]).toEqual([n >= 4 ? 'seconds' : 'values', Array.from(input.pointSecs), Array.from(input.pointStart)]);
       }),
       { numRuns: 200 },
@@ -268,16 +300,69 @@ describe('storage row encoding (version 2, as data directories hold it)', () => 
       rollup: [[0, 5, 59], [1, 6, 60]],
     });
     expect(Array.from(rowServerIds(stored))).toEqual([2, 3, 5, 9, 40]);
-    const want = rowAggregates(row)!;
+    const want = rowAggregates(row, 1)!;
     for (const k of ['secs', 'count', 'sum', 'min', 'max'] as const) expect(Array.from(row.aggregates![k], noZero)).toEqual(Array.from(want[k], noZero));
     const keep = (sid: number) => sid === 3 || sid === 9;
     expect(plain(decodeRow(stored, { servers: bitmap(keep) }))).toEqual(plain(selectServers(row, keep)));
-    const seconds = decodeRow(stored, { secondsOnly: true });
+    // Per-second aggregates answer any window.
+    expect(row.aggregates!.span).toBe(1);
+    const seconds = decodeRow(stored, { secondsOnlyFor: 7 });
     expect([seconds.entries, Array.from(seconds.pointSecs), Array.from(seconds.dist.secs)]).toEqual(['seconds', Array.from(row.pointSecs), [3, 10]]);
-    // Written again (a merge of late data), it becomes version 3 with the same content.
+    // Written again (a merge of late data), it becomes version 4 with the same content.
     const again = encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length });
-    expect(again[0]).toBe(rowV3Marker);
+    expect(again[0]).toBe(rowV4Marker);
     expect(plain(decodeRow(again))).toEqual(plain(row));
+  });
+});
+
+describe('storage row encoding (version 3, as data directories hold it)', () => {
+  // Written by the version 3 encoder (commit ec61424): the content of the version 2 row above,
+  // with aggregates per second.
+  const v3 =
+    'JgI8BcCBwwAxfwYAgg9SjkkEAACcBwEBgMHAggBioCOU3QN3WAIwARgsAZgA3oJfwgf9WQeAyENe4NtZB4DIQ/7gGwAAAAAAMAAQ' +
+    'AAAAAADwARgAAAAAAEgGGAAAAAAAKAAQAAAAAAAYABAAAAAAAGgAEAAAAAAAOADwgx+F61G4Hu7ibr311lvfa+qpp556aDZ/FK5H' +
+    '4fpzcT0K16NQlP//////L7TJJptssl1FFllkkcVwPfXUU0+90FtvvfXWC2fqqaeeekjlcMMNN1xEM/XUU0+dV/XUU089/RdSSCGF' +
+    'FBrRW2+99dZLmm666aY7XbgehetRcFW4HoXrUVplk0022eR1VlhhhRXWkpBNNtlkczRTTz311PulsMIKK6xeyCGHHHJokeONN954' +
+    'I+WRRx555MV100033fRCAAAAAADAnU022WSTFSXyyCOPPAxxww033HBQNtlkk022nBRSSCGFRKSQQgoppDitk0466aRvFVtsscW2' +
+    'Eb311ltvxfWmm2666cxRuB6F69FIpHA9CtdjksINN9xwU5dHHnnkkW2HPmhfgvYlivkHwQJ9QQABAgAXIqr9kHSQQDtqA5020FqS' +
+    'QAMAAAAAAAAAiOtRuB6NhAR6FK5H4eKEBIrrUbgevYQE+ihcj8JNgwSK61G4Hk2DBCKF61G4ZoQE4qwDQOQhv/EfrkfhenyGBKJw' +
+    'PQrXA4YEUrgehevxhgQCAAAAAMCEBGKPwvUolIUEamZmZmYGhwSK61G4Hv2HBAIAAAAA0IcEonA9CtfjhgQarkfhekyGBErhehSu' +
+    'z4YEAgAAAAAwiARij8L1KGSJBKJwPQrXi4kEiutRuB69iATiehSuR/GHBLJH4XoUHogE+ihcj8JViQRij8L1KLSKBFK4HoXrMYsE' +
+    'IoXrUbiWigTqUbgehauJBKJwPQrXg4kEIoXrUbh+igS6HoXrUfCLBAIAAAAAwIwE4noUrkdpjATao3A9CneLBML1KFyPAosEUrge' +
+    'heuxiwQihetRuB6NBBquR+F6NI4EamZmZmYujgSK61G4Hk2NBML1KFyPmowE+ihcj8L1jAT6KFyPwkWOBLoehetRkI8Ecj0K16Pg' +
+    'jwRK4XoUriePBArXo3A9So4EIoXrUbhOjgRij8L1KGyPBGpmZmZm1pAEonA9Ctd7kQQihetRuP6QBIrrUbgeDZAEAgAAAADAjwQq' +
+    'XI/C9ZiQBOpRuB6FC5IE+ihcj8L9kgT6KFyPwv2SBAKAYFAI/v//v//+/7ubB2YCIQAAAAAAAAgBAAAAAAAAAAAAAAAAAAAAgAAA' +
+    'AAAAAAAABQAAAQIBBgAAAAAAAB5AAAAAAAAAFMAAAAAAAAAkQAUAAAECATwAAAAAACBWQAAAAAAAgE3AAAAAAACAXUAFAAABAgEF' +
+    'iAboL9AX87rXcR4piFaei09Y5ADgOYw9vpyRdYJ8+DHvLf+eJrxAtnGT/p5QYQCVHgz9/PIIAWSBKOujnbQpoEJ/O3c7GdHhAnEZ' +
+    'evh0zQ0AvMPZ5JcZAYEAAAAAAAAIw2ghotoPSQDirANA5CG/8a+qqqqqqqr+AQcBYDAACAAAAAAAAAAEAAAAAAAAEkAAAAAAAAAI' +
+    'wAAAAAAAABhABQAAAQIBAgAEAAAAAAAACwAAAAAAAC5AAAAAAAAAJMAAAAAAAAA0QAUAAAECAQXBAn1BAA==';
+  const all = Array.from({ length: 60 }, (_, s) => s);
+  const wave = all.map((i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
+
+  it('still decodes, whole, by server and as seconds only for any window, with per-second aggregates', () => {
+    const stored = Buffer.from(v3, 'base64');
+    expect(stored[0]).toBe(rowV3Marker);
+    const row = decodeRow(stored);
+    expect(plain(row)).toMatchObject({
+      serverIds: [2, 3, 5, 9, 40],
+      pointStart: [0, 60, 63, 123, 123, 183],
+      pointVals: [...wave, Math.PI, -1e300, 1 / 3, ...all.map((s) => s * 3), ...all.map((s) => 1000 - s)],
+      dist: [[3, 10], [4, 11], [4.5, 15], [-3, -10], [6, 20]],
+      rollup: [[0, 5, 59], [1, 6, 60]],
+    });
+    const a = row.aggregates!;
+    expect(a.span).toBe(1);
+    expect(Array.from(a.secs)).toEqual(all);
+    // Second 3: servers 2, 5 (a point and a summary of count 4, sum 4.5) and 40, added in that order.
+    expect([a.count[3], a.sum[3], a.min[3], a.max[3]]).toEqual([7, wave[3]! + 9 + 4.5 + 997, -3, 997]);
+    const keep = (sid: number) => sid === 3 || sid === 40;
+    expect(plain(decodeRow(stored, { servers: bitmap(keep) }))).toEqual(plain(selectServers(row, keep)));
+    for (const window of [1, 7]) expect(decodeRow(stored, { secondsOnlyFor: window }).entries).toBe('seconds');
+    const again = encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length });
+    expect(again[0]).toBe(rowV4Marker);
+    const back = decodeRow(again);
+    expect(plain(back)).toEqual(plain(row));
+    expect(back.aggregates!.span).toBe(5);
   });
 });
 
@@ -301,9 +386,9 @@ describe('storage row encoding (version 1, as data directories hold it)', () => 
       rollup: [[0, 5, 59], [1, 6, 60]],
     });
     expect(row.aggregates).toBeNull();
-    const some = decodeRow(stored, { servers: bitmap((sid) => sid === 9), secondsOnly: true });
+    const some = decodeRow(stored, { servers: bitmap((sid) => sid === 9), secondsOnlyFor: 5 });
     expect(plain(some)).toMatchObject({ serverIds: [9], serversOmitted: 2, pointSecs: [0, 7, 59], pointVals: [Math.PI, -1e300, 1 / 3] });
-    // Written again (a merge of late data), it becomes version 3 with the same content.
+    // Written again (a merge of late data), it becomes version 4 with the same content.
     const again = decodeRow(encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length }));
     expect(plain(again)).toEqual(plain(row));
   });

@@ -132,7 +132,7 @@ describe('Store', () => {
     expect(state.get('format')).toBe(storeFormat);
     await state.put('format', storeFormat + 1);
     await root.close();
-    expect(() => new Store(options(dir))).toThrow(/written by a newer apm \(store format 3; this build reads up to 2\)/);
+    expect(() => new Store(options(dir))).toThrow(/written by a newer apm \(store format 4; this build reads up to 3\)/);
   });
 
   it('a rack restarted on an empty spool (new session, seq from 1) is not taken for a duplicate', () => {

@@ -869,8 +869,8 @@ export class Store {
     if (head === undefined) throw new Error(`BUG: shard ${shard} is not in this store`);
     const mi = this.registry.indexOf(lo, hi);
     const S = this.opts.blockSeconds;
-    const some: RowDecodeOptions = { servers: opts.servers, secondsOnly: opts.secondsOnly };
-    const whole: RowDecodeOptions = { secondsOnly: opts.secondsOnly };
+    const some: RowDecodeOptions = { servers: opts.servers, secondsOnlyFor: opts.secondsOnlyFor };
+    const whole: RowDecodeOptions = { secondsOnlyFor: opts.secondsOnlyFor };
     for (let block = this.blockOf(fromSecond); block < toSecond; block += S) {
       // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
       // a new buffer: several times slower for rows of a few KB).
@@ -1228,11 +1228,12 @@ function readU48(b: Buffer | Uint8Array, at: number): number {
 
 /**
  * What this build writes into a store: 2 = rows of version 3 in chunked row groups (third
- * session). A build reads every format up to its own and refuses a newer one instead of taking
- * its rows for corrupt ones (a merge of late data would then overwrite them). Builds before
- * format 2 do not check: never run one on a data directory a newer build has written.
+ * session); 3 = rows of version 4 (aggregates per 5 s, fifth session). A build reads every
+ * format up to its own and refuses a newer one instead of taking its rows for corrupt ones (a
+ * merge of late data would then overwrite them). Builds before format 2 do not check: never run
+ * one on a data directory a newer build has written.
  */
-export const storeFormat = 2;
+export const storeFormat = 3;
 
 function checkStoreFormat(state: Database<number, string>, dir: string): void {
   const found = state.get('format');

@@ -19,7 +19,7 @@
 
 import { hashName } from '../../schema/names.js';
 import { SketchAccumulator } from '../../schema/sketch.js';
-import type { DecodedRow, RowReadOptions } from '../block.js';
+import { aggregateSpanSeconds, type DecodedRow, type RowReadOptions } from '../block.js';
 import { coreLimits } from '../limits.js';
 import type { Registry } from '../registry.js';
 import { compileGlob } from './glob.js';
@@ -217,15 +217,18 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   };
   let lastBlock = -1;
   let rolled = new Uint8Array(0);
-  // Per second of the row being read: count and sum of the selected servers' entries, added to
-  // their windows second by second once the row is read — the order in which a row's
-  // aggregates (core/block.ts rowAggregates) sum, so both paths give the same doubles.
+  // Per second of the row being read: count and sum of the selected servers' entries. Once the
+  // row is read, the sums of the seconds of each group of `group` seconds (5 when the window is
+  // a multiple of 5 s, else 1; groups aligned to multiples of it) are added from +0, and each
+  // group's sum to its window — the order in which a row's aggregates (core/block.ts
+  // rowAggregates: per 5 s, or per second in version 3 rows) sum, so both paths give the same doubles.
   let secHas = new Uint8Array(0);
   let secCount = new Float64Array(0);
   let secSum = new Float64Array(0);
+  const group = W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1;
   // Every registered server selected (`*`): rows are decoded whole, with no test per server.
   const everyServer = rackTest === null && size >= store.registry.serverCount;
-  const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnly: !wantPct };
+  const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnlyFor: wantPct ? undefined : W };
   store.read(
     h[0]!,
     h[1]!,
@@ -258,7 +261,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         allSelected = true;
         for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
       }
-      if (!wantPct && allSelected && row.aggregates !== null) {
+      if (!wantPct && allSelected && row.aggregates !== null && W % row.aggregates.span === 0) {
         addAggregates(row, block);
         return;
       }
@@ -313,30 +316,48 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
           if (wantPct && !(useRollup && rolled[s] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
         }
       }
+      let g = -1;
+      let groupSum = 0;
       for (let s = 0; s < row.blockSeconds; s++) {
         if (secHas[s] === 0) continue;
-        const w = Math.floor((block + s - first) / W);
-        count[w]! += secCount[s]!;
-        sum[w]! += secSum[s]!;
+        const sec = block + s;
+        const gs = Math.floor(sec / group);
+        if (gs !== g) {
+          if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
+          g = gs;
+          groupSum = 0;
+        }
+        count[Math.floor((sec - first) / W)]! += secCount[s]!;
+        groupSum += secSum[s]!;
         secHas[s] = 0;
         secCount[s] = 0;
         secSum[s] = 0;
       }
+      if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
     },
     readOpts,
   );
-  /** A whole row's count, sum, min and max from its aggregates; its servers from their seconds. */
+  /** A whole row's count, sum, min and max from its aggregates (spans of `group` seconds, or seconds added up by group); its servers from their seconds. */
   function addAggregates(row: DecodedRow, block: number): void {
     const a = row.aggregates!;
+    let g = -1;
+    let groupSum = 0;
     for (let i = 0; i < a.secs.length; i++) {
       const sec = block + a.secs[i]!;
       if (sec < first || sec >= end) continue;
       const w = Math.floor((sec - first) / W);
+      const gs = Math.floor(sec / group);
+      if (gs !== g) {
+        if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
+        g = gs;
+        groupSum = 0;
+      }
       count[w]! += a.count[i]!;
-      sum[w]! += a.sum[i]!;
+      groupSum += a.sum[i]!;
       if (a.min[i]! < min[w]!) min[w] = a.min[i]!;
       if (a.max[i]! > max[w]!) max[w] = a.max[i]!;
     }
+    if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
       markSeconds(sid, block, row.pointSecs, row.pointStart[j]!, row.pointStart[j + 1]!);
