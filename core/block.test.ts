@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { decodeRow, encodeRow, rowAggregates, RowError, rowParts, rowServerIds, rowV3Marker, rowV4Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
-import { writeSeries } from './codec/values.js';
+import { seriesHabit, writeSeries } from './codec/values.js';
 
 function summaries(secs: number[], src: Uint8Array): SummaryColumns {
   const n = secs.length;
@@ -65,10 +65,10 @@ const bitmap = (keep: (sid: number) => boolean) => Uint8Array.from({ length: 100
 /** Servers 0..1099 marked by `keep` (dense rows use ids firstId .. firstId + 39). */
 const bitmap100 = (keep: (sid: number) => boolean, firstId: number) => Uint8Array.from({ length: 1100 }, (_, sid) => (sid >= firstId && sid < firstId + 40 && keep(sid) ? 1 : 0));
 
-/** Bytes of one series through the value codec alone. */
-function seriesBytes(vals: number[]): number {
+/** Bytes of one series through the value codec alone, with the row's habit (its first values' series' choices). */
+function seriesBytes(vals: number[], first: number[]): number {
   let n = 0;
-  writeSeries({ bytes: (_src, start, end) => void (n += end - start) }, Float64Array.from(vals), 0, vals.length);
+  writeSeries({ bytes: (_src, start, end) => void (n += end - start) }, Float64Array.from(vals), 0, vals.length, seriesHabit(Float64Array.from(first), 0, first.length));
   return n;
 }
 
@@ -214,7 +214,7 @@ describe('storage row encoding (version 4)', () => {
     );
   });
 
-  it('writes dense rows (every server at every second, no summaries) as bare series: ids, directory and segment headers under 0.3 B per server (version 2: 4–5 B)', () => {
+  it('writes dense rows (every server at every second, no summaries) as bare series: ids, directory, habit and segment headers under 0.3 B per server (version 2: 4–5 B)', () => {
     fc.assert(
       fc.property(denseArb, fc.integer({ min: 0, max: 1000 }), fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }), (vals, firstId, pick) => {
         const input = denseRow(vals, firstId);
@@ -222,10 +222,10 @@ describe('storage row encoding (version 4)', () => {
         const n = vals.length;
         expect(plain(decodeRow(stored))).toEqual(plain(input));
         const parts = rowParts(stored);
-        // Segments are the values' series alone.
-        expect(parts.segments).toBe(vals.reduce((a, v) => a + seriesBytes(v), 0));
-        // A rack's run of ids and its segment lengths, through the value codec.
-        expect(parts.head).toBeLessThanOrEqual(3 + 2 + 0.3 * n + 12);
+        // Segments are the values' series alone, under the habit of the first.
+        expect(parts.segments).toBe(vals.reduce((a, v) => a + seriesBytes(v, vals[0]!), 0));
+        // A rack's run of ids and its segment lengths, through the value codec, and the habit (3 B).
+        expect(parts.head).toBeLessThanOrEqual(3 + 2 + 0.3 * n + 12 + 3);
         const keep = (sid: number) => pick[sid - firstId]!;
         expect(plain(decodeRow(stored, { servers: bitmap100(keep, firstId) }))).toEqual(plain(selectServers(decodeRow(stored), keep)));
         const seconds = decodeRow(stored, { secondsOnlyFor: 5 });
@@ -238,7 +238,8 @@ describe('storage row encoding (version 4)', () => {
   it('marks a part present at every second in its segment\'s flags (no presence byte, no bitmap)', () => {
     // Server 1 every second, server 8 at three seconds: one flag byte each, and a bitmap for server 8 only.
     const stored = encodeRow(rowOf([[Array.from({ length: 60 }, (_, s) => s), new Array<number>(60).fill(2), false], [[0, 7, 59], new Array<number>(60).fill(3), false]]));
-    const series = seriesBytes(new Array<number>(60).fill(2)) + seriesBytes([3, 3, 3]);
+    const first = new Array<number>(60).fill(2);
+    const series = seriesBytes(first, first) + seriesBytes([3, 3, 3], first);
     expect(rowParts(stored).segments).toBe(series + 2 + 8);
   });
 

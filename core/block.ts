@@ -10,6 +10,9 @@
 //   series of n  directory: byte length of each server's segment, through the value codec
 //   u8 layout    0: segments as below; 1 (dense): every server has a point at every second of the
 //                block and no summaries, and a segment is its values' series alone
+//   u8 habit     1 then u8 mode << 4 | e, u8 coder << 6 | param: what the first server's values'
+//                series chose, which every server's values' series is written with (core/codec/
+//                values.ts: ~10 bits less per series when they choose alike); 0 none (no points)
 //   varint len + aggregates, or len 0 (rows of < 4 servers): per span of 5 s of the block (the
 //                shortest window; 1 s when the block is not a multiple of 5 s), count / sum / min /
 //                max over the row's servers (rowAggregates: sums added in the order the evaluator
@@ -19,7 +22,7 @@
 //   n segments, one per server: u8 flags (1 points, 2 summaries, 4 points at every second,
 //                8 summaries at every second), [points' bitmap unless 4, series],
 //                [summaries' bitmap unless 8, each summary]
-// Version 3 (0x26): the same, with aggregates per second (no span byte): 0.091 B/point on the
+// Version 3 (0x26): the same without the habit byte, with aggregates per second (no span byte): 0.091 B/point on the
 // comparison mix, against 0.023 per 5 s. A window of a multiple of 5 s (every window is aligned to
 // its length) takes whole spans; other windows read the values instead.
 // Version 2 (0x16): ids as varint deltas, the directory as varints, no layout byte, and a segment
@@ -31,7 +34,7 @@
 // Values go through core/codec/values.ts (writeSeries / readSeries).
 
 import { inflateRawSync } from 'node:zlib';
-import { readSeries, ValueCodecError, writeSeries } from './codec/values.js';
+import { checkedHabit, readSeries, seriesHabit, ValueCodecError, writeSeries, type SeriesHabit } from './codec/values.js';
 
 /** First byte of a version 2 row: low bits 110 are deflate's reserved block type, never a v1 row's first byte. */
 export const rowV2Marker = 0x16;
@@ -482,11 +485,11 @@ function isDense(x: RowInput): boolean {
 }
 
 /** One server's segment (versions 3 and 4): its values' series alone when dense, else flags, bitmaps and entries. */
-function writeSegment(seg: ByteWriter, x: RowInput, j: number, dense: boolean): void {
+function writeSegment(seg: ByteWriter, x: RowInput, j: number, dense: boolean, habit: SeriesHabit | null): void {
   const p0 = x.pointStart[j]!;
   const p1 = x.pointStart[j + 1]!;
   if (dense) {
-    writeSeries(seg, x.pointVals, p0, p1);
+    writeSeries(seg, x.pointVals, p0, p1, habit);
     return;
   }
   const d0 = x.distStart[j]!;
@@ -495,7 +498,7 @@ function writeSegment(seg: ByteWriter, x: RowInput, j: number, dense: boolean): 
   seg.u8((p1 > p0 ? segPoints : 0) | (d1 > d0 ? segSummaries : 0) | (p1 - p0 === S ? segPointsAll : 0) | (d1 - d0 === S ? segSummariesAll : 0));
   if (p1 > p0) {
     if (p1 - p0 !== S) writeBitmap(seg, x.pointSecs, p0, p1, S);
-    writeSeries(seg, x.pointVals, p0, p1);
+    writeSeries(seg, x.pointVals, p0, p1, habit);
   }
   if (d1 > d0) {
     if (d1 - d0 !== S) writeBitmap(seg, x.dist.secs, d0, d1, S);
@@ -524,15 +527,23 @@ export function encodeRow(x: RowInput): Uint8Array {
   }
   writeSeries(w, f, 0, n);
   const dense = isDense(x);
+  let habit: SeriesHabit | null = null;
+  for (let j = 0; j < n && habit === null; j++) if (x.pointStart[j + 1]! > x.pointStart[j]!) habit = seriesHabit(x.pointVals, x.pointStart[j]!, x.pointStart[j + 1]!);
   const seg = segments;
   seg.reset();
   for (let j = 0; j < n; j++) {
     const at = seg.pos;
-    writeSegment(seg, x, j, dense);
+    writeSegment(seg, x, j, dense, habit);
     f[j] = seg.pos - at;
   }
   writeSeries(w, f, 0, n);
   w.u8(dense ? layoutDense : layoutFlagged);
+  if (habit === null) w.u8(0);
+  else {
+    w.u8(1);
+    w.u8((habit.mode << 4) | habit.e);
+    w.u8((habit.coder << 6) | habit.param);
+  }
   const a = n >= aggregatesServersMin ? rowAggregates(x) : null;
   section.reset();
   if (a !== null) writeAggregates(section, a, x.blockSeconds);
@@ -716,11 +727,11 @@ function partSeconds(r: ByteReader, layout: SegmentLayout, all: boolean, blockSe
 }
 
 /** Reads one server's segment [r.pos, to) into o: version 2, 3 flagged or 3 dense; `secondsOnly` leaves values out. */
-function readSegment(r: ByteReader, layout: SegmentLayout, o: SegmentOut, to: number, blockSeconds: number, secondsOnly: boolean): void {
+function readSegment(r: ByteReader, layout: SegmentLayout, o: SegmentOut, to: number, blockSeconds: number, secondsOnly: boolean, habit: SeriesHabit | null): void {
   if (layout === 'dense') {
     readEverySecond(blockSeconds, o.pointSecs, o.p);
     if (!secondsOnly) {
-      readSeries(r, o.pointVals, o.p, blockSeconds);
+      readSeries(r, o.pointVals, o.p, blockSeconds, habit);
       if (r.pos !== to) throw new RowError(`dense segment ends at ${r.pos}, its directory entry at ${to}`);
     }
     o.p += blockSeconds;
@@ -730,10 +741,10 @@ function readSegment(r: ByteReader, layout: SegmentLayout, o: SegmentOut, to: nu
   if (layout === 'v2' ? flags > 3 : flags > 15 || (flags & segPointsAll && !(flags & segPoints)) || (flags & segSummariesAll && !(flags & segSummaries))) throw new RowError(`segment flags ${flags}`);
   if ((flags & segPoints) !== 0) {
     const m = partSeconds(r, layout, (flags & segPointsAll) !== 0, blockSeconds, o.pointSecs, o.p);
-    if (!secondsOnly) readSeries(r, o.pointVals, o.p, m);
+    if (!secondsOnly) readSeries(r, o.pointVals, o.p, m, habit);
     else if ((flags & segSummaries) !== 0) {
       if (passOver.length < m) passOver = new Float64Array(blockSeconds);
-      readSeries(r, passOver, 0, m);
+      readSeries(r, passOver, 0, m, habit);
     }
     o.p += m;
   }
@@ -744,6 +755,18 @@ function readSegment(r: ByteReader, layout: SegmentLayout, o: SegmentOut, to: nu
     o.d += m;
   }
   if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment ends at ${r.pos}, its directory entry at ${to}`);
+}
+
+/** A version 4 row's habit byte(s): the values' series' habit, or null (none). */
+function readHabit(r: ByteReader): SeriesHabit | null {
+  const flag = r.u8();
+  if (flag === 0) return null;
+  if (flag !== 1) throw new RowError(`row habit flag ${flag}`);
+  const a = r.u8();
+  const b = r.u8();
+  const habit = checkedHabit({ mode: a >> 4, e: a & 15, coder: b >> 6, param: b & 63 });
+  if (habit === null) throw new RowError(`row habit ${a}, ${b} out of range`);
+  return habit;
 }
 
 /** Decodes a version 2, 3 or 4 row (see the top of this file), only where `opts` needs. */
@@ -783,6 +806,7 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
     if (l !== layoutFlagged && l !== layoutDense) throw new RowError(`row layout ${l}`);
     layout = l === layoutDense ? 'dense' : 'flagged';
   }
+  const habit = v4 ? readHabit(r) : null;
   const aggLen = r.varint();
   const aggAt = r.skip(aggLen);
   const rollLen = r.varint();
@@ -815,7 +839,7 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
     pointStart[out] = o.p;
     distStart[out++] = o.d;
     r.pos = segAt + (j === 0 ? 0 : ends[j - 1]!);
-    readSegment(r, layout, o, segAt + ends[j]!, blockSeconds, secondsOnly);
+    readSegment(r, layout, o, segAt + ends[j]!, blockSeconds, secondsOnly, habit);
   }
   pointStart[k] = o.p;
   distStart[k] = o.d;
@@ -983,7 +1007,7 @@ export function rowServerIds(stored: Uint8Array): Uint32Array {
   return Uint32Array.from(endsScratch.subarray(0, n));
 }
 
-/** Where a version 2, 3 or 4 row's bytes go (tests, benches): the head (marker to layout: ids, directory), aggregates and rollup (each with its length), segments. Throws RowError. */
+/** Where a version 2, 3 or 4 row's bytes go (tests, benches): the head (marker to habit: ids, directory), aggregates and rollup (each with its length), segments. Throws RowError. */
 export function rowParts(stored: Uint8Array): { head: number; aggregates: number; rollup: number; segments: number } {
   if (!isDirected(stored[0])) throw new RowError('not a version 2, 3 or 4 row');
   const v3 = stored[0] !== rowV2Marker;
@@ -996,6 +1020,7 @@ export function rowParts(stored: Uint8Array): { head: number; aggregates: number
   readIds(r, v3, n, ends);
   const segments = readDirectory(r, v3, n, ends, stored.length);
   if (v3) r.u8();
+  if (stored[0] === rowV4Marker) readHabit(r);
   const head = r.pos;
   r.skip(r.varint());
   const aggregates = r.pos - head;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { readSeries, ValueCodecError, writeSeries, type SeriesWriter } from './values.js';
+import { checkedHabit, readSeries, seriesHabit, ValueCodecError, writeSeries, type SeriesHabit, type SeriesWriter } from './values.js';
 
 /** A growable SeriesWriter, like core/block.ts ByteWriter. */
 class Sink implements SeriesWriter {
@@ -22,19 +22,19 @@ class Sink implements SeriesWriter {
 
 const bitsOf = (a: Float64Array) => Array.from(new BigUint64Array(a.buffer, a.byteOffset, a.length), (b) => b.toString(16));
 
-function encode(series: Float64Array[]): Uint8Array {
+function encode(series: Float64Array[], habit: SeriesHabit | null = null): Uint8Array {
   const w = new Sink();
-  for (const s of series) writeSeries(w, s, 0, s.length);
+  for (const s of series) writeSeries(w, s, 0, s.length, habit);
   return w.done();
 }
 
 /** Every series back bit for bit, read one after another from one buffer, every byte used. */
-function roundTrip(series: Float64Array[]): void {
-  const buf = encode(series);
+function roundTrip(series: Float64Array[], habit: SeriesHabit | null = null): void {
+  const buf = encode(series, habit);
   const r = { buf, pos: 0 };
   for (const s of series) {
     const out = new Float64Array(s.length + 2).fill(7);
-    readSeries(r, out, 1, s.length);
+    readSeries(r, out, 1, s.length, habit);
     expect(bitsOf(out.subarray(1, 1 + s.length))).toEqual(bitsOf(s));
     expect([out[0], out[s.length + 1]]).toEqual([7, 7]);
   }
@@ -59,12 +59,12 @@ const walk = (step: number) =>
 
 describe('value codec', () => {
   it('round-trips arbitrary doubles bit for bit', () => {
-    fc.assert(fc.property(fc.array(seriesOf(fc.oneof(anyBits, fc.double())), { minLength: 1, maxLength: 4 }), roundTrip), { numRuns: 500 });
+    fc.assert(fc.property(fc.array(seriesOf(fc.oneof(anyBits, fc.double())), { minLength: 1, maxLength: 4 }), (s) => roundTrip(s)), { numRuns: 500 });
   });
 
   it('round-trips decimal-looking values, special values and mixes of both', () => {
-    fc.assert(fc.property(fc.array(seriesOf(decimal), { minLength: 1, maxLength: 4 }), roundTrip), { numRuns: 500 });
-    fc.assert(fc.property(fc.array(seriesOf(fc.oneof(special, decimal, fc.integer())), { minLength: 1, maxLength: 4 }), roundTrip), { numRuns: 500 });
+    fc.assert(fc.property(fc.array(seriesOf(decimal), { minLength: 1, maxLength: 4 }), (s) => roundTrip(s)), { numRuns: 500 });
+    fc.assert(fc.property(fc.array(seriesOf(fc.oneof(special, decimal, fc.integer())), { minLength: 1, maxLength: 4 }), (s) => roundTrip(s)), { numRuns: 500 });
   });
 
   it('round-trips integer runs, counters, walks with outliers and constants', () => {
@@ -79,7 +79,7 @@ describe('value codec', () => {
     });
     // Mostly 0 or small with rare large values (idle queues: the Rice coder and its escapes).
     const skewed = fc.array(fc.oneof({ weight: 20, arbitrary: fc.constant(0) }, { weight: 8, arbitrary: fc.nat(3) }, { weight: 1, arbitrary: fc.nat(2 ** 40) }), { minLength: 1, maxLength: 70 }).map(f64);
-    fc.assert(fc.property(fc.array(fc.oneof(walk(1), walk(300), walk(2 ** 20), counter, constant, spiky, skewed), { minLength: 1, maxLength: 5 }), roundTrip), { numRuns: 1000 });
+    fc.assert(fc.property(fc.array(fc.oneof(walk(1), walk(300), walk(2 ** 20), counter, constant, spiky, skewed), { minLength: 1, maxLength: 5 }), (s) => roundTrip(s)), { numRuns: 1000 });
   });
 
   it('round-trips the edges of the decimal range', () => {
@@ -146,6 +146,57 @@ describe('value codec', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  // Habits (what a row's series usually choose, core/block.ts): any habit, the first series' or
+  // one that fits none, writes series that read back bit for bit with it.
+  const anySeries = fc.oneof(walk(300), walk(3), seriesOf(anyBits), seriesOf(fc.oneof(decimal, special)), seriesOf(fc.oneof({ weight: 9, arbitrary: fc.nat(2) }, { weight: 1, arbitrary: fc.nat(5000) })));
+  const anyHabit = fc.record({ mode: fc.nat(3), e: fc.nat(15), coder: fc.nat(1), param: fc.nat(24) });
+
+  it('round-trips any series under any habit, its own first series\' or another', () => {
+    fc.assert(
+      fc.property(fc.array(anySeries, { minLength: 1, maxLength: 6 }), anyHabit, fc.boolean(), (series, other, own) => {
+        const habit = own ? seriesHabit(series[0]!, 0, series[0]!.length) : other;
+        expect(checkedHabit(habit)).toEqual(habit);
+        roundTrip(series, habit);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('saves about 10 bits a series of a row whose series choose alike (walks of 2 decimals)', () => {
+    const rows = Array.from({ length: 40 }, (_, j) => {
+      let x = 5000 + 37 * j;
+      return Float64Array.from({ length: 60 }, (_, i) => (x += ((i * 7919 + j * 104729) % 301) - 150) / 100);
+    });
+    const habit = seriesHabit(rows[0]!, 0, 60);
+    const without = encode(rows).length;
+    const withHabit = encode(rows, habit).length;
+    roundTrip(rows, habit);
+    expect(without - withHabit).toBeGreaterThanOrEqual(40);
+  });
+
+  it('under a habit, rejects any truncation with ValueCodecError and survives mutation', () => {
+    fc.assert(
+      fc.property(anySeries, anyHabit, fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 }), (s, habit, flips) => {
+        const buf = encode([s], habit);
+        for (let len = 0; len < buf.length; len++) expect(() => readSeries({ buf: buf.subarray(0, len), pos: 0 }, new Float64Array(s.length), 0, s.length, habit)).toThrow(ValueCodecError);
+        for (const [at, x] of flips) buf[at % buf.length]! ^= x;
+        const r = { buf, pos: 0 };
+        try {
+          readSeries(r, new Float64Array(s.length), 0, s.length, habit);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ValueCodecError);
+          return;
+        }
+        expect(r.pos).toBeLessThanOrEqual(buf.length);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('refuses a habit out of range', () => {
+    for (const h of [{ mode: 4, e: 0, coder: 0, param: 0 }, { mode: 0, e: 16, coder: 0, param: 0 }, { mode: 0, e: 0, coder: 2, param: 0 }, { mode: 0, e: 0, coder: 0, param: 55 }, { mode: 0, e: 0, coder: 1, param: 25 }]) expect(checkedHabit(h)).toBeNull();
   });
 
   it('refuses a series claimed longer than its output', () => {

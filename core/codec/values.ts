@@ -17,6 +17,10 @@
 // The encoder computes the exact bit cost of every (transform, coder, parameter) and keeps the
 // cheapest, so a constant costs its header (b = 0), an arithmetic run the same in mode 1, a
 // counter's total is deltas (its rate) and a rate is values.
+// With a habit (what a row's series usually choose; core/block.ts keeps one per row, taken from
+// its first series), a series spends 1 bit instead of mode and e when they are the habit's (then
+// `mode` and `e` above are not written), and 1 bit before its residuals instead of the coder bit
+// and its width or k when those are the habit's: ~10 bits of a series' ~50-bit header.
 //
 // Measured (`apm bench --only codec`, 2 cores shared; 200 servers × 40 metrics × 600 s of
 // tools/shapes-compare.ts in rows of 40 servers × 60 s; values only, B/point):
@@ -69,6 +73,28 @@ const enum Coder {
   Pfor = 0,
   Rice = 1,
 }
+
+/**
+ * What a row's series usually choose: mode (0–3), decimal exponent e (0 for floats), coder (0 PFOR,
+ * 1 Rice) and its parameter (PFOR width or Rice k). Writer and reader of a series pass the same one.
+ */
+export interface SeriesHabit {
+  mode: number;
+  e: number;
+  coder: number;
+  param: number;
+}
+
+/** A habit read from storage: null when a field is out of range (the row is corrupt). */
+export function checkedHabit(h: SeriesHabit): SeriesHabit | null {
+  const ok = h.mode >= 0 && h.mode <= 3 && h.e >= 0 && h.e <= exponentMax && (h.coder === Coder.Pfor ? h.param <= widthMax : h.coder === Coder.Rice && h.param <= riceKMax) && h.param >= 0;
+  return ok ? h : null;
+}
+
+/** The habit of the series being written or read (module state: one series at a time), or null. */
+let habit: SeriesHabit | null = null;
+/** What the last series written chose (seriesHabit). */
+const chose: SeriesHabit = { mode: 0, e: 0, coder: 0, param: 0 };
 
 /** Decimal integers stay below this so that deltas of deltas (and their zig-zag) are exact. */
 const intLimit = 2 ** 50;
@@ -250,13 +276,17 @@ function plan(res: Float64Array, m: number, p: Plan): void {
 }
 
 function writeResiduals(res: Float64Array, m: number, p: Plan): void {
-  put(p.coder, 1);
+  chose.coder = p.coder;
+  chose.param = p.param;
+  const usual = habit !== null && habit.coder === p.coder && habit.param === p.param;
+  if (habit !== null) put(usual ? 1 : 0, 1);
+  if (!usual) put(p.coder, 1);
   putVarBits(p.base);
   const base = p.base;
   if (p.coder === Coder.Rice) {
     const k = p.param;
     const div = pow2[k]!;
-    put(k, 5);
+    if (!usual) put(k, 5);
     put(p.wide, 6);
     for (let i = 0; i < m; i++) {
       const r = res[i]! - base;
@@ -273,7 +303,7 @@ function writeResiduals(res: Float64Array, m: number, p: Plan): void {
   }
   const b = p.param;
   const div = pow2[b]!;
-  put(b, 6);
+  if (!usual) put(b, 6);
   put(p.exceptions > 0 ? 1 : 0, 1);
   if (p.exceptions > 0) {
     put(p.exceptions, bitLen(m));
@@ -348,8 +378,9 @@ function writeDecimal(vals: Float64Array, from: number, n: number, e: number): b
       mode = Mode.Delta2;
     }
   }
-  put(mode, 2);
-  put(e, 4);
+  chose.mode = mode;
+  chose.e = e;
+  putModeAndExponent(mode, e);
   if (mode === Mode.Values) writeResiduals(ints, n, best);
   else if (mode === Mode.Delta) {
     putVarBits(ints[0]!);
@@ -421,16 +452,31 @@ function writeGorilla(vals: Float64Array, from: number, to: number): void {
   }
 }
 
+/** The mode (2 bits) and a decimal's exponent (4 bits), or 1 bit when they are the habit's. */
+function putModeAndExponent(mode: number, e: number): void {
+  if (habit !== null) {
+    const usual = habit.mode === mode && habit.e === e;
+    put(usual ? 1 : 0, 1);
+    if (usual) return;
+  }
+  put(mode, 2);
+  if (mode !== Mode.Float) put(e, 4);
+}
+
 function writeFloat(vals: Float64Array, from: number, to: number): void {
+  chose.mode = Mode.Float;
+  chose.e = 0;
+  chose.coder = 0;
+  chose.param = 0;
   const start = wpos;
-  put(Mode.Float, 2);
+  putModeAndExponent(Mode.Float, 0);
   put(1, 1);
   writeGorilla(vals, from, to);
   if ((wpos - start) * 8 + accBits <= 3 + 64 * (to - from)) return;
   wpos = start;
   acc = 0;
   accBits = 0;
-  put(Mode.Float, 2);
+  putModeAndExponent(Mode.Float, 0);
   put(0, 1);
   for (let i = from; i < to; i++) {
     f64[0] = vals[i]!;
@@ -439,10 +485,29 @@ function writeFloat(vals: Float64Array, from: number, to: number): void {
   }
 }
 
-/** Appends vals[from .. to) to w, byte-aligned; readSeries with n = to − from reads them back bit-exact. */
-export function writeSeries(w: SeriesWriter, vals: Float64Array, from: number, to: number): void {
+/**
+ * Appends vals[from .. to) to w, byte-aligned; readSeries with n = to − from (and the same
+ * habit) reads them back bit-exact.
+ */
+export function writeSeries(w: SeriesWriter, vals: Float64Array, from: number, to: number, withHabit: SeriesHabit | null = null): void {
   const n = to - from;
   if (n <= 0) return;
+  habit = withHabit;
+  encode(vals, from, to, n);
+  habit = null;
+  w.bytes(wbuf, 0, wpos);
+}
+
+/** What writeSeries chooses for vals[from .. to) without a habit: the habit a row's series take from it. */
+export function seriesHabit(vals: Float64Array, from: number, to: number): SeriesHabit {
+  habit = null;
+  if (to > from) encode(vals, from, to, to - from);
+  else Object.assign(chose, { mode: 0, e: 0, coder: 0, param: 0 });
+  return { ...chose };
+}
+
+/** Encodes one series into the module's buffer [0, wpos). */
+function encode(vals: Float64Array, from: number, to: number, n: number): void {
   wpos = 0;
   acc = 0;
   accBits = 0;
@@ -454,7 +519,6 @@ export function writeSeries(w: SeriesWriter, vals: Float64Array, from: number, t
     writeFloat(vals, from, to);
   }
   if (accBits > 0) put(0, 8 - accBits);
-  w.bytes(wbuf, 0, wpos);
 }
 
 // ---- decoder (module state: one series at a time) ----
@@ -557,20 +621,25 @@ function riceUnpack(out: Float64Array, at: number, m: number, k: number, wide: n
 
 /** Reads m residuals into out[at .. at + m). */
 function readResiduals(out: Float64Array, at: number, m: number): void {
-  need(1);
-  const coder = get(1);
+  let usual = false;
+  if (habit !== null) {
+    need(1);
+    usual = get(1) === 1;
+  }
+  need(usual ? 0 : 1);
+  const coder = usual ? habit!.coder : get(1);
   const base = getVarBits();
   if (coder === Coder.Rice) {
-    need(11);
-    const k = get(5);
+    need(usual ? 6 : 11);
+    const k = usual ? habit!.param : get(5);
     const wide = get(6);
     if (k > riceKMax || wide > widthMax) throw new ValueCodecError(`value series: Rice k ${k}, escape width ${wide}`);
     riceUnpack(out, at, m, k, wide, base);
     return;
   }
   const cw = bitLen(m);
-  need(7);
-  const b = get(6);
+  need(usual ? 1 : 7);
+  const b = usual ? habit!.param : get(6);
   const some = get(1);
   need(some * cw);
   const c = some === 1 ? get(cw) : 0;
@@ -592,9 +661,7 @@ function readResiduals(out: Float64Array, at: number, m: number): void {
   }
 }
 
-function readDecimal(mode: number, out: Float64Array, at: number, n: number): void {
-  need(4);
-  const e = get(4);
+function readDecimal(mode: number, e: number, out: Float64Array, at: number, n: number): void {
   if (n < mode + 1) throw new ValueCodecError(`value series: mode ${mode} with ${n} values`);
   const scale = pow10[e]!;
   if (mode === Mode.Values) {
@@ -664,16 +731,36 @@ function readFloat(out: Float64Array, at: number, n: number): void {
   }
 }
 
-/** Reads n values written by writeSeries from r.buf at r.pos into out[at .. at + n); advances r.pos. Throws ValueCodecError when malformed. */
-export function readSeries(r: SeriesReader, out: Float64Array, at: number, n: number): void {
+/**
+ * Reads n values written by writeSeries (with the same habit) from r.buf at r.pos into
+ * out[at .. at + n); advances r.pos. Throws ValueCodecError when malformed.
+ */
+export function readSeries(r: SeriesReader, out: Float64Array, at: number, n: number, withHabit: SeriesHabit | null = null): void {
   if (n <= 0) return;
   if (at < 0 || at + n > out.length) throw new RangeError(`readSeries: ${n} values at ${at} do not fit ${out.length}`);
   rbuf = r.buf;
   rbit = r.pos * 8;
   rEnd = rbuf.length * 8;
-  need(2);
-  const mode = get(2);
-  if (mode === Mode.Float) readFloat(out, at, n);
-  else readDecimal(mode, out, at, n);
+  habit = withHabit;
+  try {
+    let mode: number;
+    let e = 0;
+    need(habit !== null ? 1 : 0);
+    if (habit !== null && get(1) === 1) {
+      mode = habit.mode;
+      e = habit.e;
+    } else {
+      need(2);
+      mode = get(2);
+      if (mode !== Mode.Float) {
+        need(4);
+        e = get(4);
+      }
+    }
+    if (mode === Mode.Float) readFloat(out, at, n);
+    else readDecimal(mode, e, out, at, n);
+  } finally {
+    habit = null;
+  }
   r.pos = Math.ceil(rbit / 8);
 }
