@@ -132,7 +132,8 @@ export class RackMerger {
     for (let m = 0; m < n; m++) {
       for (let k = sStart[m]!; k < sStart[m + 1]!; k++) {
         const c = rows[skRow[k]!]!;
-        this.acc.addEncoded(c.sketchBytes, skStart[k]!, skEnd[k]!);
+        // Checked when the datagram was decoded (schema/codec.ts checkDists).
+        this.acc.addChecked(c.sketchBytes, skStart[k]!, skEnd[k]!);
       }
       this.ensureScratch(at + this.acc.encodedBytes());
       at = this.acc.encodeInto(this.sketchScratch, at);
@@ -267,7 +268,7 @@ function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
       sum += c.distSums[i]!;
       min = Math.min(min, c.distMins[i]!);
       max = Math.max(max, c.distMaxes[i]!);
-      acc.addEncoded(c.sketchBytes, i === 0 ? 0 : c.sketchEnds[i - 1]!, c.sketchEnds[i]!);
+      acc.addChecked(c.sketchBytes, i === 0 ? 0 : c.sketchEnds[i - 1]!, c.sketchEnds[i]!);
     }
     const bytes = new Uint8Array(acc.encodedBytes());
     acc.encodeInto(bytes, 0);

@@ -91,6 +91,24 @@ describe('sketch encoding properties', () => {
     );
   });
 
+  it('addChecked (one walk, for sketches checked on decode) merges exactly as addEncoded, and throws on a malformed one', () => {
+    fc.assert(
+      fc.property(values, values, (a, b) => {
+        const once = new SketchAccumulator();
+        const twice = new SketchAccumulator();
+        for (const x of [encode(a), encode(b)]) expect(once.addChecked(x, 0, x.length)).toBe(twice.addEncoded(x, 0, x.length));
+        const [p, q] = [once, twice].map((acc) => {
+          const out = new Uint8Array(acc.encodedBytes());
+          acc.encodeInto(out, 0);
+          return out;
+        });
+        expect(p).toEqual(q);
+      }),
+      { numRuns: 300 },
+    );
+    expect(() => new SketchAccumulator().addChecked(Uint8Array.of(0, 0, 1, 2), 0, 4)).toThrow(/BUG/);
+  });
+
   it('decode(encode(x)) re-encodes to the same bytes and counts', () => {
     fc.assert(
       fc.property(values, (a) => {

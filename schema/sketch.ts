@@ -179,6 +179,17 @@ export class SketchAccumulator {
     return walkSketch(bytes, start, end, this);
   }
 
+  /**
+   * Merges encoded bins a decoder has already checked (sketchCount ≥ 0: the rack's datagrams,
+   * schema/codec.ts): one walk instead of addEncoded's two. Returns their count; a sketch that
+   * is malformed after all is a bug (thrown; part of it may have been merged).
+   */
+  addChecked(bytes: Uint8Array, start: number, end: number): number {
+    const n = walkSketch(bytes, start, end, this);
+    if (n < 0) throw new Error(`BUG: a sketch checked on decode is malformed (bytes ${start}..${end})`);
+    return n;
+  }
+
   /** Adds one finite value `weight` times. */
   addValue(value: number, weight = 1): void {
     if (value >= sketchMinIndexable) bump(this.pos, this.posRange, mapping.key(value) - sketchKeyMin, weight);
