@@ -189,6 +189,20 @@ describe('storage row encoding (version 4)', () => {
     );
   });
 
+  it('refuses a version 4 row whose aggregates claim another span than 5 s (their sums would not match the values path)', () => {
+    const all = Array.from({ length: 60 }, (_, s) => s);
+    const stored = encodeRow(rowOf([1, 2, 3, 4].map((k) => [all, all.map((s) => s * k + 0.1), false] as [number[], number[], boolean])));
+    expect(decodeRow(stored).aggregates!.span).toBe(5);
+    // The aggregates' section follows the head: its varint length, then the span byte.
+    const at = rowParts(stored).head + 1;
+    expect(stored[at]).toBe(5);
+    for (const span of [1, 10, 60]) {
+      const bad = stored.slice();
+      bad[at] = span;
+      expect(() => decodeRow(bad), `span ${span}`).toThrow(RowError);
+    }
+  });
+
   it('decodes only the seconds of entries when asked and the aggregates answer the window', () => {
     fc.assert(
       fc.property(serversArb, fc.boolean(), fc.constantFrom(1, 5, 7, 10, 60), (ss, some, window) => {

@@ -443,7 +443,7 @@ export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSecond
     serverIds: Uint32Array.from(ids),
     serversOmitted: 0,
     entries: 'values',
-    // Computed by encodeRow for a stored row, by Store.read for a head read.
+    // A head row has none (its readers read its values); encodeRow computes a stored row's.
     aggregates: null,
     pointStart,
     pointSecs: pointSecs.subarray(0, po),
