@@ -275,6 +275,10 @@ describe('storage row encoding (version 4)', () => {
   });
 });
 
+/** Seconds and values of the version 2 and 3 fixtures below (servers 2 and 40 every second). */
+const all = Array.from({ length: 60 }, (_, s) => s);
+const wave = all.map((i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
+
 describe('storage row encoding (version 2, as data directories hold it)', () => {
   // Written by the version 2 encoder (commit 47f0cd3), kind 2: servers 2 (every second, 2
   // decimals), 3 (seconds 0, 7, 59: raw doubles), 5 (every second, 3·s, and a summary at second
@@ -298,8 +302,6 @@ describe('storage row encoding (version 2, as data directories hold it)', () => 
     'nia8QLZxk/6eUGEAlR4M/fzyCAFkgSjro520KaBCfzt3OxnR4QJxGXr4dM0NALzD2eSXGQECgQAAAAAAAAjDaCGi2g9JAOKs' +
     'A0DkIb/xr6qqqqqqqv4BAwEBYDAAAggAAAAAAAAABAAAAAAAABJAAAAAAAAACMAAAAAAAAAYQAUAAAECAQICAAQAAAAAAAAL' +
     'AAAAAAAALkAAAAAAAAAkwAAAAAAAADRABQAAAQIBAQHBAn1BAA==';
-  const all = Array.from({ length: 60 }, (_, s) => s);
-  const wave = all.map((i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
 
   it('still decodes, whole, by server and as seconds only, with its aggregates', () => {
     const stored = Buffer.from(v2, 'base64');
@@ -351,8 +353,6 @@ describe('storage row encoding (version 3, as data directories hold it)', () => 
     'iAboL9AX87rXcR4piFaei09Y5ADgOYw9vpyRdYJ8+DHvLf+eJrxAtnGT/p5QYQCVHgz9/PIIAWSBKOujnbQpoEJ/O3c7GdHhAnEZ' +
     'evh0zQ0AvMPZ5JcZAYEAAAAAAAAIw2ghotoPSQDirANA5CG/8a+qqqqqqqr+AQcBYDAACAAAAAAAAAAEAAAAAAAAEkAAAAAAAAAI' +
     'wAAAAAAAABhABQAAAQIBAgAEAAAAAAAACwAAAAAAAC5AAAAAAAAAJMAAAAAAAAA0QAUAAAECAQXBAn1BAA==';
-  const all = Array.from({ length: 60 }, (_, s) => s);
-  const wave = all.map((i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
 
   it('still decodes, whole, by server and as seconds only for any window, with per-second aggregates', () => {
     const stored = Buffer.from(v3, 'base64');
