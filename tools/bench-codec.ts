@@ -2,13 +2,14 @@
 // on the comparison mix (tools/shapes-compare.ts), per shape and mixed, alone and under each
 // entropy stage over whole rows (40 servers × 60 s of one metric, as the store groups them),
 // against today's value path (decimal varints, deflated with the row; reimplemented here so the
-// baseline does not move while core/block.ts changes). Values only: presence maps, server ids
-// and the row header are the row's. Encode and decode ns per point. Throws on any round-trip
-// mismatch.
+// baseline does not move while core/block.ts changes). Values only, written as a row writes
+// them: with the row's habit (its first series' choices, 3 bytes counted per row); presence
+// maps, server ids and the rest of the row header are the row's. Encode and decode ns per point.
+// Throws on any round-trip mismatch.
 
 import { brotliCompressSync, constants, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { ByteWriter } from '../core/block.js';
-import { readSeries, writeSeries } from '../core/codec/values.js';
+import { readSeries, seriesHabit, writeSeries } from '../core/codec/values.js';
 import type { Figure } from './bench-edge.js';
 import { fillSeries, mixShapeNames, mixShapeOf, type MixOptions } from './shapes-compare.js';
 import { Shape, ShapeColumns, shapeOf } from './shapes.js';
@@ -152,16 +153,18 @@ function measureMetric(vals: Float64Array, servers: number, seconds: number, t: 
       const points = rs * n;
       w.pos = 0;
       let t0 = process.hrtime.bigint();
-      for (let j = 0; j < rs; j++) writeSeries(w, rowVals, j * n, j * n + n);
+      const habit = seriesHabit(rowVals, 0, n);
+      for (let j = 0; j < rs; j++) writeSeries(w, rowVals, j * n, j * n + n, habit);
       t.encodeNs += Number(process.hrtime.bigint() - t0);
       const raw = w.buf.subarray(0, w.pos);
       t0 = process.hrtime.bigint();
       const r = { buf: raw, pos: 0 };
-      for (let j = 0; j < rs; j++) readSeries(r, out, j * n, n);
+      for (let j = 0; j < rs; j++) readSeries(r, out, j * n, n, habit);
       t.decodeNs += Number(process.hrtime.bigint() - t0);
       const bad = bitsEqual(out.subarray(0, points), rowVals.subarray(0, points));
       if (bad >= 0 || r.pos !== raw.length) throw new Error(`bench codec: ${label} row at server ${r0} second ${b0}: value ${bad} is ${out[bad]}, wrote ${rowVals[bad]} (read ${r.pos} of ${raw.length} bytes)`);
-      for (let s = 0; s < stages.length; s++) t.bytes[s] = t.bytes[s]! + stages[s]!.pack(raw).length;
+      // The habit's 3 bytes are the row's (core/block.ts), counted here with its values.
+      for (let s = 0; s < stages.length; s++) t.bytes[s] = t.bytes[s]! + stages[s]!.pack(raw).length + 3;
       t0 = process.hrtime.bigint();
       const packed1 = deflateRawSync(raw, { level: 1 });
       const t1 = process.hrtime.bigint();
