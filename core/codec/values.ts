@@ -475,7 +475,9 @@ function writeFloat(vals: Float64Array, from: number, to: number): void {
   putModeAndExponent(Mode.Float, 0);
   put(1, 1);
   writeGorilla(vals, from, to);
-  if ((wpos - start) * 8 + accBits <= 3 + 64 * (to - from)) return;
+  // Raw doubles cost the same header (1 bit under a float habit, 3 under another, 2 without), a flag and 64 bits each.
+  const headBits = habit === null ? 2 : habit.mode === Mode.Float ? 1 : 3;
+  if ((wpos - start) * 8 + accBits <= headBits + 1 + 64 * (to - from)) return;
   wpos = start;
   acc = 0;
   accBits = 0;
