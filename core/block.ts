@@ -22,9 +22,9 @@
 //   n segments, one per server: u8 flags (1 points, 2 summaries, 4 points at every second,
 //                8 summaries at every second), [points' bitmap unless 4, series],
 //                [summaries' bitmap unless 8, each summary]
-// Version 3 (0x26): the same without the habit byte, with aggregates per second (no span byte): 0.091 B/point on the
-// comparison mix, against 0.027 per 5 s. A window of a multiple of 5 s (every window is aligned to
-// its length) takes whole spans; other windows read the values instead.
+// Version 3 (0x26): the same without the habit byte, with aggregates per second (no span byte):
+// 0.091 B/point on the comparison mix, against 0.027 per 5 s. A window of a multiple of 5 s
+// (every window is aligned to its length) takes whole spans; other windows read the values.
 // Version 2 (0x16): ids as varint deltas, the directory as varints, no layout byte, and a segment
 // is u8 flags (1 points, 2 summaries) then for each part a presence byte (1 every second, 2 a
 // bitmap follows) — 4–5 B per server (0.067 B/point on the comparison mix; v3 head: 0.016).

@@ -225,7 +225,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   let secHas = new Uint8Array(0);
   let secCount = new Float64Array(0);
   let secSum = new Float64Array(0);
-  const group = W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1;
+  const sums = new GroupedSums(sum, W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1, first, W);
   // Every registered server selected (`*`): rows are decoded whole, with no test per server.
   const everyServer = rackTest === null && size >= store.registry.serverCount;
   const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnlyFor: wantPct ? undefined : W };
@@ -316,48 +316,32 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
           if (wantPct && !(useRollup && rolled[s] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
         }
       }
-      let g = -1;
-      let groupSum = 0;
       for (let s = 0; s < row.blockSeconds; s++) {
         if (secHas[s] === 0) continue;
         const sec = block + s;
-        const gs = Math.floor(sec / group);
-        if (gs !== g) {
-          if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
-          g = gs;
-          groupSum = 0;
-        }
         count[Math.floor((sec - first) / W)]! += secCount[s]!;
-        groupSum += secSum[s]!;
+        sums.add(sec, secSum[s]!);
         secHas[s] = 0;
         secCount[s] = 0;
         secSum[s] = 0;
       }
-      if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
+      sums.flush();
     },
     readOpts,
   );
-  /** A whole row's count, sum, min and max from its aggregates (spans of `group` seconds, or seconds added up by group); its servers from their seconds. */
+  /** A whole row's count, sum, min and max from its aggregates (added up by `sums`' groups); its servers from their seconds. */
   function addAggregates(row: DecodedRow, block: number): void {
     const a = row.aggregates!;
-    let g = -1;
-    let groupSum = 0;
     for (let i = 0; i < a.secs.length; i++) {
       const sec = block + a.secs[i]!;
       if (sec < first || sec >= end) continue;
       const w = Math.floor((sec - first) / W);
-      const gs = Math.floor(sec / group);
-      if (gs !== g) {
-        if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
-        g = gs;
-        groupSum = 0;
-      }
       count[w]! += a.count[i]!;
-      groupSum += a.sum[i]!;
+      sums.add(sec, a.sum[i]!);
       if (a.min[i]! < min[w]!) min[w] = a.min[i]!;
       if (a.max[i]! > max[w]!) max[w] = a.max[i]!;
     }
-    if (g >= 0) sum[Math.floor((g * group - first) / W)]! += groupSum;
+    sums.flush();
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
       markSeconds(sid, block, row.pointSecs, row.pointStart[j]!, row.pointStart[j + 1]!);
@@ -383,6 +367,40 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   }
   finalize(n);
   return out;
+}
+
+/**
+ * Adds a row's per-second (or per-span) sums into their windows' sums a group of `group` seconds
+ * at a time (groups aligned to multiples of `group`; `group` divides the window): each group's
+ * sum from +0, second by second, then into its window — rowAggregates' order. flush() after each row.
+ */
+class GroupedSums {
+  private at = -1;
+  private total = 0;
+
+  constructor(
+    private readonly sums: Float64Array,
+    private readonly group: number,
+    private readonly first: number,
+    private readonly W: number,
+  ) {}
+
+  /** Adds the sum of second `sec` (seconds ascending within a row). */
+  add(sec: number, v: number): void {
+    const g = Math.floor(sec / this.group);
+    if (g !== this.at) {
+      this.flush();
+      this.at = g;
+    }
+    this.total += v;
+  }
+
+  /** Adds the open group's sum to its window. */
+  flush(): void {
+    if (this.at >= 0) this.sums[Math.floor((this.at * this.group - this.first) / this.W)]! += this.total;
+    this.at = -1;
+    this.total = 0;
+  }
 }
 
 /**
