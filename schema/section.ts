@@ -284,19 +284,9 @@ export class SectionCutter {
     const dAt = dStart.slice();
     let p = 0;
     let d = 0;
-    const putDist = (c: SeriesColumns, i: number, m: number, server: number) => {
-      const k = dAt[this.mRank[m]!]!++;
-      this.dOut.u16[k] = server;
-      this.dStats.counts[k] = c.distCounts[i]!;
-      this.dStats.sums[k] = c.distSums[i]!;
-      this.dStats.mins[k] = c.distMins[i]!;
-      this.dStats.maxes[k] = c.distMaxes[i]!;
-      src[k] = c.sketchBytes;
-      sStart[k] = i === 0 ? 0 : c.sketchEnds[i - 1]!;
-      sEnd[k] = c.sketchEnds[i]!;
-    };
-    input.servers.forEach((s, j) => {
-      for (const c of s.blocks) {
+    const servers = input.servers;
+    for (let j = 0; j < servers.length; j++) {
+      for (const c of servers[j]!.blocks) {
         for (let i = 0; i < c.pointKinds.length; i++) {
           const m = this.pm[p++]!;
           if (m < 0) continue;
@@ -306,14 +296,14 @@ export class SectionCutter {
         }
         for (let i = 0; i < c.distKinds.length; i++) {
           const m = this.dm[d++]!;
-          if (m >= 0) putDist(c, i, m, j);
+          if (m >= 0) this.putDist(c, i, dAt[this.mRank[m]!]!++, j, src, sStart, sEnd);
         }
       }
-    });
+    }
     const r = input.rollup;
     for (let i = 0; i < r.distKinds.length; i++) {
       const m = this.dm[d++]!;
-      if (m >= 0) putDist(r, i, m, rollupServer);
+      if (m >= 0) this.putDist(r, i, dAt[this.mRank[m]!]!++, rollupServer, src, sStart, sEnd);
     }
     // Sketches, concatenated in placed order.
     const total = dStart[dStart.length - 1]!;
@@ -326,6 +316,18 @@ export class SectionCutter {
       at += sEnd[k]! - sStart[k]!;
       this.dStats.ends[k] = at;
     }
+  }
+
+  /** Summary i of `c` into placed position k; its sketch's source noted for the concatenation. */
+  private putDist(c: SeriesColumns, i: number, k: number, server: number, src: Uint8Array[], sStart: Uint32Array, sEnd: Uint32Array): void {
+    this.dOut.u16[k] = server;
+    this.dStats.counts[k] = c.distCounts[i]!;
+    this.dStats.sums[k] = c.distSums[i]!;
+    this.dStats.mins[k] = c.distMins[i]!;
+    this.dStats.maxes[k] = c.distMaxes[i]!;
+    src[k] = c.sketchBytes;
+    sStart[k] = i === 0 ? 0 : c.sketchEnds[i - 1]!;
+    sEnd[k] = c.sketchEnds[i]!;
   }
 
   /** Encodes ranks [a, b) (one shard's metrics) as a section frame. */
@@ -344,24 +346,27 @@ export class SectionCutter {
     const pointHashes = new Uint32Array(2 * pointMetrics.length);
     const pointKinds = new Uint8Array(pointMetrics.length);
     const pointEnds = new Uint32Array(pointMetrics.length);
-    pointMetrics.forEach((r, i) => {
+    for (let i = 0; i < pointMetrics.length; i++) {
+      const r = pointMetrics[i]!;
       const m = byRank[r]!;
       pointHashes[2 * i] = this.mLo[m]!;
       pointHashes[2 * i + 1] = this.mHi[m]!;
       pointKinds[i] = this.mKind[m] === KindCode.Distribution ? KindCode.Gauge : this.mKind[m]!;
       pointEnds[i] = pStart[r + 1]! - p0;
-    });
+    }
     const distHashes = new Uint32Array(2 * distMetrics.length);
     const distEnds = new Uint32Array(distMetrics.length);
-    distMetrics.forEach((r, i) => {
+    for (let i = 0; i < distMetrics.length; i++) {
+      const r = distMetrics[i]!;
       const m = byRank[r]!;
       distHashes[2 * i] = this.mLo[m]!;
       distHashes[2 * i + 1] = this.mHi[m]!;
       distEnds[i] = dStart[r + 1]! - d0;
-    });
+    }
     const sk0 = d0 === 0 ? 0 : this.dStats.ends[d0 - 1]!;
     const sk1 = d1 === 0 ? 0 : this.dStats.ends[d1 - 1]!;
-    const sketchEnds = this.dStats.ends.slice(d0, d1).map((e) => e - sk0);
+    const sketchEnds = this.dStats.ends.slice(d0, d1);
+    for (let i = 0; i < sketchEnds.length; i++) sketchEnds[i]! -= sk0;
     return encodeShardSection(this.encoder, input, {
       shard,
       servers: to.ids,
@@ -431,40 +436,46 @@ export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColu
   let bytes = 1024;
   for (const v of Object.values(c)) if (ArrayBuffer.isView(v)) bytes += v.byteLength + 16;
   for (const s of c.servers) bytes += s.length + 8;
-  return enc.frame(Body.ShardSection, bytes, (b) => {
-    const rack = b.createString(h.rack);
-    const servers = ShardSection.createServersVector(b, c.servers.map((s) => b.createString(s)));
-    const v = (data: ArrayBufferView, elemBytes: number) => concatVector(b, [data], elemBytes);
-    return ShardSection.createShardSection(
-      b,
-      rack,
-      h.session,
-      BigInt(h.seq),
-      h.second,
-      h.late,
-      c.shard,
-      h.shards,
-      servers,
-      v(c.pointHashes, 8),
-      v(c.pointKinds, 1),
-      v(c.pointEnds, 4),
-      v(c.pointServers, 2),
-      v(c.pointValues, 8),
-      v(c.distHashes, 8),
-      v(c.distEnds, 4),
-      v(c.distServers, 2),
-      v(c.distCounts, 4),
-      v(c.distSums, 8),
-      v(c.distMins, 8),
-      v(c.distMaxes, 8),
-      v(c.sketchEnds, 4),
-      v(c.sketchBytes, 1),
-      v(c.nameHashes, 8),
-      v(c.nameEnds, 4),
-      v(c.nameBytes, 1),
-      h.origin ?? originRack,
-    );
-  }, into);
+  const b = enc.begin(bytes);
+  const rack = b.createString(h.rack);
+  const ids: flatbuffers.Offset[] = [];
+  for (const s of c.servers) ids.push(b.createString(s));
+  const servers = ShardSection.createServersVector(b, ids);
+  const body = ShardSection.createShardSection(
+    b,
+    rack,
+    h.session,
+    BigInt(h.seq),
+    h.second,
+    h.late,
+    c.shard,
+    h.shards,
+    servers,
+    one(b, c.pointHashes, 8),
+    one(b, c.pointKinds, 1),
+    one(b, c.pointEnds, 4),
+    one(b, c.pointServers, 2),
+    one(b, c.pointValues, 8),
+    one(b, c.distHashes, 8),
+    one(b, c.distEnds, 4),
+    one(b, c.distServers, 2),
+    one(b, c.distCounts, 4),
+    one(b, c.distSums, 8),
+    one(b, c.distMins, 8),
+    one(b, c.distMaxes, 8),
+    one(b, c.sketchEnds, 4),
+    one(b, c.sketchBytes, 1),
+    one(b, c.nameHashes, 8),
+    one(b, c.nameEnds, 4),
+    one(b, c.nameBytes, 1),
+    h.origin ?? originRack,
+  );
+  return enc.end(Body.ShardSection, body, into);
+}
+
+/** One typed array as a vector (0 when empty). */
+function one(b: flatbuffers.Builder, data: ArrayBufferView, elemBytes: number): flatbuffers.Offset {
+  return concatVector(b, [data], elemBytes);
 }
 
 /** The HTTP body holding `sections` (a worker copies its sections out, aligned, before decoding them). */
@@ -475,14 +486,17 @@ export function encodeRackSecond(enc: Encoder, h: SecondHeader, sections: readon
   sections.forEach((s, i) => (ends[i] = total += s.frame.length));
   let bytes = total + 1024 + 6 * sections.length;
   for (const s of servers) bytes += s.length + 8;
-  return enc.frame(Body.RackSecond, bytes, (b: flatbuffers.Builder) => {
-    const rack = b.createString(h.rack);
-    const names = RackSecond.createServersVector(b, servers.map((s) => b.createString(s)));
-    const sh = concatVector(b, [shards], 2);
-    const en = concatVector(b, [ends], 4);
-    const by = concatVector(b, sections.map((s) => s.frame), 1);
-    return RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by, names, h.origin ?? originRack);
-  });
+  const b = enc.begin(bytes);
+  const rack = b.createString(h.rack);
+  const ids: flatbuffers.Offset[] = [];
+  for (const s of servers) ids.push(b.createString(s));
+  const names = RackSecond.createServersVector(b, ids);
+  const sh = concatVector(b, [shards], 2);
+  const en = concatVector(b, [ends], 4);
+  const frames: Uint8Array[] = [];
+  for (const s of sections) frames.push(s.frame);
+  const by = concatVector(b, frames, 1);
+  return enc.end(Body.RackSecond, RackSecond.createRackSecond(b, rack, h.session, BigInt(h.seq), h.second, h.late, h.shards, sh, en, by, names, h.origin ?? originRack));
 }
 
 /** Cuts and wraps in one call (tests and tools; the rack keeps a SectionCutter). */

@@ -51,14 +51,16 @@ export class Verifier {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
-  private need(pos: number, size: number, what: string): void {
+  // `what` and `part` (" table", " vtable", " length") name the checked thing; they are joined
+  // only when a check fails: building the name on every call was most of a decode's garbage.
+  private need(pos: number, size: number, what: string, part = ''): void {
     if (!Number.isInteger(pos) || pos < 0 || size < 0 || pos + size > this.bytes.length) {
-      throw new Reject('out_of_bounds', `${what} at ${pos}+${size} is outside the ${this.bytes.length}-byte message`);
+      throw new Reject('out_of_bounds', `${what}${part} at ${pos}+${size} is outside the ${this.bytes.length}-byte message`);
     }
   }
 
-  private aligned(pos: number, align: number, what: string): void {
-    if (pos % align !== 0) throw new Reject('out_of_bounds', `${what} at ${pos} is not ${align}-byte aligned`);
+  private aligned(pos: number, align: number, what: string, part = ''): void {
+    if (pos % align !== 0) throw new Reject('out_of_bounds', `${what}${part} at ${pos} is not ${align}-byte aligned`);
   }
 
   /** The table whose position is stored as a uoffset at `at`. */
@@ -69,17 +71,17 @@ export class Verifier {
   }
 
   table(pos: number, what: string): TableRef {
-    this.need(pos, 4, `${what} table`);
-    this.aligned(pos, 4, `${what} table`);
+    this.need(pos, 4, what, ' table');
+    this.aligned(pos, 4, what, ' table');
     const vtable = pos - this.view.getInt32(pos, true);
-    this.need(vtable, 4, `${what} vtable`);
-    this.aligned(vtable, 2, `${what} vtable`);
+    this.need(vtable, 4, what, ' vtable');
+    this.aligned(vtable, 2, what, ' vtable');
     const vtableBytes = this.view.getUint16(vtable, true);
     const tableBytes = this.view.getUint16(vtable + 2, true);
     if (vtableBytes < 4 || vtableBytes % 2 !== 0) throw new Reject('out_of_bounds', `${what} vtable size ${vtableBytes} is invalid`);
-    this.need(vtable, vtableBytes, `${what} vtable`);
+    this.need(vtable, vtableBytes, what, ' vtable');
     if (tableBytes < 4) throw new Reject('out_of_bounds', `${what} table size ${tableBytes} is invalid`);
-    this.need(pos, tableBytes, `${what} table`);
+    this.need(pos, tableBytes, what, ' table');
     return { pos, vtable, vtableBytes, tableBytes };
   }
 
@@ -124,8 +126,8 @@ export class Verifier {
     const p = this.field(t, slot, 4, what);
     if (p === 0) return emptyVector;
     const at = p + this.view.getUint32(p, true);
-    this.need(at, 4, `${what} length`);
-    this.aligned(at, 4, `${what} length`);
+    this.need(at, 4, what, ' length');
+    this.aligned(at, 4, what, ' length');
     const length = this.view.getUint32(at, true);
     if (length > maxLength) throw new Reject('out_of_bounds', `${what} has ${length} elements > limit ${maxLength}`);
     if (length === 0) return emptyVector;
@@ -140,8 +142,8 @@ export class Verifier {
     const p = this.field(t, slot, 4, what);
     if (p === 0) return null;
     const at = p + this.view.getUint32(p, true);
-    this.need(at, 4, `${what} length`);
-    this.aligned(at, 4, `${what} length`);
+    this.need(at, 4, what, ' length');
+    this.aligned(at, 4, what, ' length');
     const length = this.view.getUint32(at, true);
     if (length > maxBytes) throw new Reject('bad_name', `${what} is ${length} bytes > limit ${maxBytes}`);
     this.need(at + 4, length + 1, what);
