@@ -1,6 +1,7 @@
 // Rack figures (issue 3, DESIGN §7): server-seconds per CPU-second one `apm rack` process
 // sustains (2,000 gauges per server, and with 5% distributions) at 1432- and 8192-byte
-// datagrams, loss, and the time from a second's end to its batch acknowledged by the core.
+// datagrams, loss, the time from a second's end to its batch acknowledged by the core, and the
+// cost of one rack at its real size (40 servers), fixed costs included.
 
 import dgram from 'node:dgram';
 import http from 'node:http';
@@ -231,5 +232,13 @@ export async function rackFigures(quick: boolean): Promise<Figure[]> {
       out.push({ name: `second end → batch acked, p50 / p99 (${tag}, lateness 1 s)`, value: r.ackP50, unit: `s / ${r.ackP99} s` });
     }
   }
+  // One rack at its real size (DESIGN: 40 servers): what a deployed rack costs, fixed costs
+  // included (timers, per-second cutting into every shard's section, the spool's commit, the
+  // POST, V8's compiler and collector threads), which 300 servers' figures hide. Longer, as its
+  // CPU is small against this box's noise.
+  const one = await runRack(40, quick ? 6 : 20, 1432, 0);
+  out.push({ name: 'rack server-seconds per CPU-second (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.serverSecondsPerCpuSecond, unit: '/s', target: '≥ 2,000' });
+  out.push({ name: 'rack CPU (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.cpuPercent, unit: '% of one core' });
+  out.push({ name: 'parts lost (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.lossPercent, unit: '%' });
   return out;
 }
