@@ -3,7 +3,7 @@
 // merged back) and, per distribution metric, the rollup across the rack's servers (count, sum,
 // min, max, merged sketch). Columnar: typed arrays per server and per second, nothing per point.
 
-import { KindCode, columnsFor, emptyColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
+import { KindCode, columnsFor, emptyColumns, withColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
 import { hashKey } from '../schema/names.js';
 import { SketchAccumulator } from '../schema/sketch.js';
@@ -140,8 +140,7 @@ export class RackMerger {
       this.acc.reset();
       sketchEnds[m] = at;
     }
-    return {
-      ...emptyColumns(),
+    return withColumns(emptyColumns(), {
       distHashes: this.mHashes.slice(0, 2 * n),
       distKinds: this.mKind.slice(0, n),
       distCounts: Uint32Array.from(this.mCount.subarray(0, n)),
@@ -150,7 +149,7 @@ export class RackMerger {
       distMaxes: this.mMax.slice(0, n),
       sketchEnds,
       sketchBytes: this.sketchScratch.slice(0, at),
-    };
+    });
   }
 
   private ensureScratch(bytes: number): void {
@@ -222,7 +221,7 @@ export function concatParts(parts: EdgeSecondMessage[]): SeriesColumns {
 }
 
 function withoutNames(c: SeriesColumns): SeriesColumns {
-  return { ...c, nameHashes: new Uint32Array(0), nameEnds: new Uint32Array(0), nameBytes: new Uint8Array(0) };
+  return withColumns(c, { nameHashes: new Uint32Array(0), nameEnds: new Uint32Array(0), nameBytes: new Uint8Array(0) });
 }
 
 function hasDuplicateDists(c: SeriesColumns): boolean {
@@ -286,5 +285,5 @@ function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
     sketchBytes.set(s, at);
     at += s.length;
   }
-  return { ...c, ...out, sketchBytes };
+  return withColumns(c, { ...out, sketchBytes });
 }

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
-import { Encoder, decodeFrame, frameBytesMin, type RejectReason } from '../schema/codec.js';
+import { Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason } from '../schema/codec.js';
 import { lmdbCounters } from '../schema/lmdb.js';
 import type { NatsAuth } from '../schema/log.js';
 import { PromText } from '../schema/prom.js';
@@ -269,7 +269,7 @@ export class Rack {
     if (merged.servers.length === 0) return;
     this.counters.summaries_merged += merged.summaries;
     this.askNames(batch);
-    const rollup = { ...merged.rollup, ...this.names.forBatch(this.opts.limits.nameRefreshPerBatch) };
+    const rollup = withColumns(merged.rollup, this.names.forBatch(this.opts.limits.nameRefreshPerBatch));
     const seq = this.spool.takeSeq();
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const shards = this.spool.shards;

@@ -70,6 +70,31 @@ export function emptyColumns(): SeriesColumns {
   return { pointHashes: noU32, pointKinds: noU8, pointValues: noF64, distHashes: noU32, distKinds: noU8, distCounts: noU32, distSums: noF64, distMins: noF64, distMaxes: noF64, sketchEnds: noU32, sketchBytes: noU8, nameHashes: noU32, nameEnds: noU32, nameBytes: noU8 };
 }
 
+/**
+ * `c` with the columns in `change` replaced, as a new object of the one shape every
+ * SeriesColumns has (the literal below, fields in this order). A spread ({ ...c, ... }) gives
+ * objects of other hidden classes, and the rack's per-second code, optimized for one, was
+ * thrown away ("wrong map") and optimized again whenever another came by.
+ */
+export function withColumns(c: SeriesColumns, change: Partial<SeriesColumns>): SeriesColumns {
+  return {
+    pointHashes: change.pointHashes ?? c.pointHashes,
+    pointKinds: change.pointKinds ?? c.pointKinds,
+    pointValues: change.pointValues ?? c.pointValues,
+    distHashes: change.distHashes ?? c.distHashes,
+    distKinds: change.distKinds ?? c.distKinds,
+    distCounts: change.distCounts ?? c.distCounts,
+    distSums: change.distSums ?? c.distSums,
+    distMins: change.distMins ?? c.distMins,
+    distMaxes: change.distMaxes ?? c.distMaxes,
+    sketchEnds: change.sketchEnds ?? c.sketchEnds,
+    sketchBytes: change.sketchBytes ?? c.sketchBytes,
+    nameHashes: change.nameHashes ?? c.nameHashes,
+    nameEnds: change.nameEnds ?? c.nameEnds,
+    nameBytes: change.nameBytes ?? c.nameBytes,
+  };
+}
+
 /** Zeroed columns for `points` points and `dists` summaries with `sketchBytes` of sketches, no names. */
 export function columnsFor(n: { points: number; dists: number; sketchBytes: number }): SeriesColumns {
   return {
