@@ -63,11 +63,12 @@ export class NameTable {
 
   /** Appends up to `max` hashes of `c` without a known name to `out` (as lo, hi pairs). */
   unknownIn(c: SeriesColumns, out: number[], max: number): void {
-    const scan = (h: Uint32Array) => {
-      for (let i = 0; i < h.length && out.length < 2 * max; i += 2) if (this.index.get(h[i]!, h[i + 1]!) < 0) out.push(h[i]!, h[i + 1]!);
-    };
-    scan(c.pointHashes);
-    scan(c.distHashes);
+    this.scanUnknown(c.pointHashes, out, max);
+    this.scanUnknown(c.distHashes, out, max);
+  }
+
+  private scanUnknown(h: Uint32Array, out: number[], max: number): void {
+    for (let i = 0; i < h.length && out.length < 2 * max; i += 2) if (this.index.get(h[i]!, h[i + 1]!) < 0) out.push(h[i]!, h[i + 1]!);
   }
 
   /** Name columns for the next batch: names learned since the last one plus `refresh` older ones. */
@@ -78,12 +79,16 @@ export class NameTable {
       pick.push(this.refreshCursor);
       this.refreshCursor = (this.refreshCursor + 1) % this.names.length;
     }
+    // Plain loops: this runs once a second, and V8 compiled a fresh closure here again each time.
     const hashes = new Uint32Array(2 * pick.length);
-    pick.forEach((idx, i) => {
+    const names: string[] = [];
+    for (let i = 0; i < pick.length; i++) {
+      const idx = pick[i]!;
       hashes[2 * i] = this.hashes[2 * idx]!;
       hashes[2 * i + 1] = this.hashes[2 * idx + 1]!;
-    });
-    return nameColumns(hashes, pick.map((i) => this.names[i]!));
+      names.push(this.names[idx]!);
+    }
+    return nameColumns(hashes, names);
   }
 }
 
@@ -94,12 +99,11 @@ export class NameTable {
  */
 export function hashesSignature(blocks: readonly Pick<SeriesColumns, 'pointHashes' | 'distHashes'>[]): number {
   let h = 0x811c9dc5;
-  const mix = (a: Uint32Array) => {
-    for (let i = 0; i < a.length; i++) h = Math.imul(h ^ a[i]!, 0x01000193);
-  };
   for (const c of blocks) {
-    mix(c.pointHashes);
-    mix(c.distHashes);
+    const p = c.pointHashes;
+    for (let i = 0; i < p.length; i++) h = Math.imul(h ^ p[i]!, 0x01000193);
+    const d = c.distHashes;
+    for (let i = 0; i < d.length; i++) h = Math.imul(h ^ d[i]!, 0x01000193);
   }
   return h >>> 0;
 }

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
-import { Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason } from '../schema/codec.js';
+import { Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason, type SeriesColumns } from '../schema/codec.js';
 import { lmdbCounters } from '../schema/lmdb.js';
 import type { NatsAuth } from '../schema/log.js';
 import { PromText } from '../schema/prom.js';
@@ -295,7 +295,9 @@ export class Rack {
     const max = this.opts.limits.nameAsksPerServerSecond;
     for (const s of batch.servers) {
       // Names are never forgotten: a set found fully named stays so (one pass instead of ~2,000 lookups).
-      const sig = hashesSignature(s.parts.map((p) => p.series));
+      const blocks: SeriesColumns[] = [];
+      for (const p of s.parts) blocks.push(p.series);
+      const sig = hashesSignature(blocks);
       if (this.namedSets.get(s.server) === sig) continue;
       const unknown: number[] = [];
       for (const p of s.parts) this.names.unknownIn(p.series, unknown, max);

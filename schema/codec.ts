@@ -119,7 +119,7 @@ export function columnsFor(n: { points: number; dists: number; sketchBytes: numb
 export function nameColumns(hashes: Uint32Array, names: readonly string[]): Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBytes'> {
   const nameEnds = new Uint32Array(names.length);
   let end = 0;
-  names.forEach((n, i) => (nameEnds[i] = end += n.length));
+  for (let i = 0; i < names.length; i++) nameEnds[i] = end += names[i]!.length;
   return { nameHashes: hashes, nameEnds, nameBytes: new Uint8Array(Buffer.from(names.join(''), 'latin1')) };
 }
 

@@ -415,14 +415,15 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
     for (const j of js) bytes += c.nameEnds[j]! - (j === 0 ? 0 : c.nameEnds[j - 1]!);
     const buf = new Uint8Array(bytes);
     let at = 0;
-    js.forEach((j, i) => {
+    for (let i = 0; i < js.length; i++) {
+      const j = js[i]!;
       const start = j === 0 ? 0 : c.nameEnds[j - 1]!;
       buf.set(c.nameBytes.subarray(start, c.nameEnds[j]!), at);
       at += c.nameEnds[j]! - start;
       hashes[2 * i] = c.nameHashes[2 * j]!;
       hashes[2 * i + 1] = c.nameHashes[2 * j + 1]!;
       ends[i] = at;
-    });
+    }
     out.set(s, { hashes, ends, bytes: buf });
   }
   return out;
