@@ -1006,8 +1006,11 @@ export class Store {
   private shardIo(): ShardIo {
     if (this.io !== null) return this.io;
     const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
-    // Restored data is committed without a sync each step; endRestore's synced commits make it
-    // durable before the applied sequence is recorded (a crash before leaves the restoring marker).
+    // Restored data is committed with NO_SYNC_FLUSH each step; endRestore's synced commits make
+    // it durable before the applied sequence is recorded (a crash before leaves the restoring
+    // marker). In an environment opened with lmdb-js' overlappingSync (its default here) such a
+    // commit is still flushed by the committing thread, only after the write lock is released
+    // (docs/figures.md, "The /healthz tail at 1,000 servers"): the committing thread still waits.
     const unsynced = TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT | TransactionFlags.NO_SYNC_FLUSH;
     this.io = {
       shardCount: this.opts.shardCount,
