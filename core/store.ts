@@ -914,9 +914,9 @@ export class Store {
     const cutoff = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
     let deleted = 0;
     for (const shard of this.opts.shards) {
-      deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows);
+      deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows, this.stopped);
       // Row groups of those blocks (their rows' pointers went above, or before a restart).
-      this.counters.retention_groups_deleted += await deleteRange(this.root, this.groups, groupKey(rowKey(shard, 0, 0, 0, 0), 0), groupKey(rowKey(shard, cutoff, 0, 0, 0), 0), batchRows);
+      this.counters.retention_groups_deleted += await deleteRange(this.root, this.groups, groupKey(rowKey(shard, 0, 0, 0, 0), 0), groupKey(rowKey(shard, cutoff, 0, 0, 0), 0), batchRows, this.stopped);
     }
     this.counters.retention_rows_deleted += deleted;
     return deleted;
@@ -1164,10 +1164,19 @@ export class Store {
     const batch = 5000;
     const first = rowKey(shard, 0, 0, 0, 0);
     const next = rowKey(shard + 1, 0, 0, 0, 0);
-    await deleteRange(this.root, this.rows, first, next, batch);
-    await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch);
-    await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch);
-    await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch);
+    await deleteRange(this.root, this.rows, first, next, batch, this.stopped);
+    await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch, this.stopped);
+    await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch, this.stopped);
+    await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
+  }
+
+  private stopping = false;
+  /** Asked by long sweeps between batches: true once stopBackgroundWork was called. */
+  private readonly stopped = () => this.stopping;
+
+  /** Ends retention sweeps and shard wipes at their next batch (the store is about to close). */
+  stopBackgroundWork(): void {
+    this.stopping = true;
   }
 
   async close(): Promise<void> {

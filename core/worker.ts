@@ -101,6 +101,26 @@ function stats(opts: { periodic: boolean }): WorkerStats {
   return { counters, rejected, heldBytes, walBytes, walFileBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
 }
 
+/**
+ * Set by the 'stop' message. From then on nothing new starts against the stores: a row-writing
+ * step or an ingest turn already queued (setImmediate) returns, and a message is refused. The
+ * stores close only after the asynchronous work that uses them (below) has settled — a step
+ * that ran on a closing store crashed the process on SIGTERM (SIGSEGV, 2 of 12 under load).
+ */
+let stopping = false;
+/** Set once the stores start closing: an ingest turn still queued answers instead of writing. */
+let closing = false;
+/** Longest a stop waits for that work (a stored-query run is bounded far below it). */
+const stopWaitMs = 10_000;
+/** Asynchronous work that reads or writes the stores (stored-query runs, sweeps, restores). */
+const inFlight = new Set<Promise<unknown>>();
+function track<T>(p: Promise<T>): Promise<T> {
+  inFlight.add(p);
+  const done = () => void inFlight.delete(p);
+  p.then(done, done);
+  return p;
+}
+
 /** Row writing per turn while rows are behind the ingest (Store.rowsBehind): several slices. */
 const behindTurnMs = 50;
 
@@ -110,6 +130,10 @@ function writeRows(): void {
   if (writing) return;
   writing = true;
   const step = () => {
+    if (stopping) {
+      writing = false;
+      return;
+    }
     let more = false;
     const t0 = performance.now();
     for (const { store } of owned.values()) {
@@ -129,12 +153,12 @@ const timers = [
   setInterval(writeRows, 250),
   setInterval(() => post({ t: 'stats', stats: stats({ periodic: true }) }), 1000),
   setInterval(() => {
-    for (const { stored } of owned.values()) void stored.tick(Date.now()).catch((e: unknown) => post({ t: 'log', message: `stored queries failed: ${String(e)}` }));
+    for (const { stored } of owned.values()) void track(stored.tick(Date.now())).catch((e: unknown) => post({ t: 'log', message: `stored queries failed: ${String(e)}` }));
   }, 250),
   setInterval(() => {
     for (const { store, stored } of owned.values()) {
-      void store.retentionSweep(Date.now()).catch((e: unknown) => post({ t: 'log', message: `retention sweep failed: ${String(e)}` }));
-      void stored.retentionSweep(Date.now(), config.store.retentionSeconds).catch((e: unknown) => post({ t: 'log', message: `retention sweep of stored-query results failed: ${String(e)}` }));
+      void track(store.retentionSweep(Date.now())).catch((e: unknown) => post({ t: 'log', message: `retention sweep failed: ${String(e)}` }));
+      void track(stored.retentionSweep(Date.now(), config.store.retentionSeconds)).catch((e: unknown) => post({ t: 'log', message: `retention sweep of stored-query results failed: ${String(e)}` }));
     }
   }, config.retentionSweepMs),
   setInterval(() => {
@@ -144,6 +168,7 @@ const timers = [
 
 port.on('message', (m: ToWorker) => {
   try {
+    if (stopping && m.t !== 'stop') throw new Error(`worker ${config.worker} is stopping`);
     handle(m);
   } catch (err) {
     if ('id' in m) post({ t: 'reply', id: m.id, error: (err as Error).message });
@@ -157,6 +182,11 @@ const pendingIngest: IngestMessage[] = [];
 /** Commits every waiting request: per store one transaction, then one answer per request. */
 function ingestPending(): void {
   const batch = pendingIngest.splice(0);
+  if (closing) {
+    // Not stored, not acknowledged: the HTTP thread answers 503 and the rack sends it again.
+    for (const m of batch) post({ t: 'reply', id: m.id, error: `worker ${config.worker} is stopping` });
+    return;
+  }
   // Per store, the requests' sections for it; per request, its answers from each store.
   const perStore = new Map<Owned, { req: number; h: IngestMessage['h']; sections: { shard: number; bytes: Uint8Array }[] }[]>();
   batch.forEach((m, req) => {
@@ -248,7 +278,7 @@ function abortRestore(shard: number, reply: number | null): void {
   }
   if (u.timer !== null) clearTimeout(u.timer);
   u.timer = null;
-  void u.restore.abort().then(
+  void track(u.restore.abort()).then(
     () => {
       restores.delete(shard);
       if (reply !== null) post({ t: 'reply', id: reply });
@@ -291,7 +321,7 @@ function handleSnapshot(m: SnapshotMessage): void {
       const u: RestoreUnderWay = { restore: storeOfShard(m.shard).store.shardRestore(m.shard), timer: null };
       restores.set(m.shard, u);
       // The idle clock starts once the shard is empty (emptying a large shard takes a while).
-      void u.restore.begin().then(
+      void track(u.restore.begin()).then(
         () => {
           u.timer = idle(`the restore of shard ${m.shard}`, () => abortRestore(m.shard, null));
           post({ t: 'reply', id: m.id });
@@ -376,13 +406,25 @@ function handle(m: ToWorker): void {
     }
     case 'tick': {
       // Tests: evaluate stored queries as of nowMs (after a timer run under way), and answer once done.
-      void Promise.all([...owned.values()].map((o) => o.stored.tickAfter(m.nowMs))).then(() => post({ t: 'reply', id: m.id }));
+      void track(Promise.all([...owned.values()].map((o) => o.stored.tickAfter(m.nowMs)))).then(() => post({ t: 'reply', id: m.id }));
       return;
     }
     case 'stop': {
+      stopping = true;
       for (const t of timers) clearInterval(t);
+      for (const { store, stored } of owned.values()) {
+        store.stopBackgroundWork();
+        stored.stopBackgroundWork();
+      }
       for (const cursor of [...cursors.keys()]) closeCursor(cursor);
       void (async () => {
+        // Bounded: work that never settles (a bug) delays the stop by stopWaitMs, not for good.
+        const deadline = Date.now() + stopWaitMs;
+        while (inFlight.size > 0 && Date.now() < deadline) await Promise.race([Promise.allSettled([...inFlight]), new Promise((r) => setTimeout(r, deadline - Date.now()))]);
+        if (inFlight.size > 0) post({ t: 'log', message: `worker ${config.worker}: ${inFlight.size} tasks still running after ${stopWaitMs} ms; closing its stores anyway` });
+        // Requests received before the stop are committed and answered, not dropped.
+        if (pendingIngest.length > 0) ingestPending();
+        closing = true;
         for (const { store } of owned.values()) {
           store.saveRegistry();
           await store.close();

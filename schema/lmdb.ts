@@ -11,11 +11,13 @@ import { open, type Database, type Key, type RootDatabase, type RootDatabaseOpti
 /**
  * Deletes the keys of `db` in [start, end) in synced transactions of at most `batch` keys,
  * letting the event loop run between them (retention sweeps: ingest and queries go on). Returns
- * how many went.
+ * how many went. `stopped`: asked before each batch; true ends the sweep there (the environment
+ * is about to close; the next sweep goes on from what is left).
  */
-export async function deleteRange<K extends Key>(env: RootDatabase, db: Database<unknown, K>, start: K, end: K, batch: number): Promise<number> {
+export async function deleteRange<K extends Key>(env: RootDatabase, db: Database<unknown, K>, start: K, end: K, batch: number, stopped: () => boolean = () => false): Promise<number> {
   let deleted = 0;
   for (;;) {
+    if (stopped()) return deleted;
     const keys = [...db.getKeys({ start, end, limit: batch })];
     if (keys.length === 0) return deleted;
     env.transactionSync(() => {

@@ -59,6 +59,7 @@ export class StoredQueries {
   private readonly states = new Map<string, QueryState>();
   private readonly lateSeconds = new Set<number>();
   private running: Promise<void> | null = null;
+  private stopping = false;
   /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
   readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0 };
   /** Each new or revised window, once stored. */
@@ -136,7 +137,7 @@ export class StoredQueries {
   async retentionSweep(nowMs: number, retentionSeconds: number, batchKeys = 5000): Promise<number> {
     const cutoffMs = nowMs - retentionSeconds * 1000;
     let deleted = 0;
-    for (const id of [...this.states.keys()]) deleted += await deleteRange(this.root, this.results, resultKey(id, 0), resultKey(id, cutoffMs), batchKeys);
+    for (const id of [...this.states.keys()]) deleted += await deleteRange(this.root, this.results, resultKey(id, 0), resultKey(id, cutoffMs), batchKeys, () => this.stopping);
     this.counters.results_deleted += deleted;
     return deleted;
   }
@@ -167,6 +168,11 @@ export class StoredQueries {
       return;
     }
     this.lateSeconds.add(second);
+  }
+
+  /** Ends a results sweep at its next batch (the store is about to close); runs are bounded already. */
+  stopBackgroundWork(): void {
+    this.stopping = true;
   }
 
   /** Evaluates every window whose watermark has passed, then re-evaluates windows touched by late data. */
