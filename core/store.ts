@@ -211,6 +211,9 @@ export class Store {
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
   sliceMsMax = 0;
   lastError = '';
+  /** Set by stopBackgroundWork; long sweeps ask `stopped` between batches. */
+  private stopping = false;
+  private readonly stopped = () => this.stopping;
   /** Called with a section's shard and second once it is durable (stored queries re-evaluate late windows). */
   onIngest: ((shard: number, second: number) => void) | null = null;
   private room = { checkedMs: 0, reason: '' };
@@ -1169,10 +1172,6 @@ export class Store {
     await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch, this.stopped);
     await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
   }
-
-  private stopping = false;
-  /** Asked by long sweeps between batches: true once stopBackgroundWork was called. */
-  private readonly stopped = () => this.stopping;
 
   /** Ends retention sweeps and shard wipes at their next batch (the store is about to close). */
   stopBackgroundWork(): void {
