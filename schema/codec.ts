@@ -284,7 +284,8 @@ export class Encoder {
     return this.b;
   }
 
-  edgeSecond(m: Omit<EdgeSecondMessage, 'type'>): Uint8Array {
+  /** An EdgeSecond frame: a fresh array, or a view of `into`'s memory (valid until its reset). */
+  edgeSecond(m: Omit<EdgeSecondMessage, 'type'>, into?: FrameArena): Uint8Array {
     const b = this.builder(blockBytes(m.series));
     const server = b.createString(m.server);
     const series = seriesBlock(b, [m.series]);
@@ -297,7 +298,7 @@ export class Encoder {
     EdgeSecond.addParts(b, m.parts);
     EdgeSecond.addSentMs(b, m.sentMs);
     EdgeSecond.addSeries(b, series);
-    return this.finish(Body.EdgeSecond, EdgeSecond.endEdgeSecond(b));
+    return this.finish(Body.EdgeSecond, EdgeSecond.endEdgeSecond(b), into);
   }
 
   nack(m: Omit<NackMessage, 'type'>): Uint8Array {
@@ -393,8 +394,18 @@ function uninitialized(bytes: number): Uint8Array {
  * views taken before stay valid (they keep the old one).
  */
 export class FrameArena {
-  private buf = new Uint8Array(1 << 16);
+  private buf: Uint8Array;
   private used = 0;
+
+  /** `bytes`: the first array's size (a caller that knows about what it will take sizes it once). */
+  constructor(bytes = 1 << 16) {
+    this.buf = new Uint8Array(Math.max(8, bytes));
+  }
+
+  /** Bytes taken from the current array since the last reset (alignment included). */
+  get usedBytes(): number {
+    return this.used;
+  }
 
   reset(): void {
     this.used = 0;
