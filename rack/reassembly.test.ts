@@ -53,6 +53,27 @@ describe('Reassembly', () => {
     expect(r.counters).toMatchObject({ parts_lost: 1, seconds_incomplete: 1 });
   });
 
+  it('NACKs a server again when a later second of it misses a part, after its earlier seconds came whole (the walk skips servers with nothing missing)', () => {
+    const r = new Reassembly(opts);
+    for (const srv of ['a', 'b']) {
+      r.accept(part(srv, t0, 0, 2, 1), 10, peer, ms(t0));
+      r.accept(part(srv, t0, 1, 2, 2), 10, peer, ms(t0));
+    }
+    expect(r.nacks(ms(t0, 200))).toEqual([]);
+    expect(r.nacks(ms(t0, 400))).toEqual([]);
+    // Second t0 + 1: b misses part 1; a comes whole.
+    r.accept(part('a', t0 + 1, 0, 2, 3), 10, peer, ms(t0 + 1));
+    r.accept(part('a', t0 + 1, 1, 2, 4), 10, peer, ms(t0 + 1));
+    r.accept(part('b', t0 + 1, 0, 2, 3), 10, peer, ms(t0 + 1));
+    expect(r.nacks(ms(t0 + 1, 50))).toEqual([]); // not due yet, and b stays asked about
+    const due = r.nacks(ms(t0 + 1, 150));
+    expect(due.map((n) => [n.server, n.second, Array.from(n.missingParts)])).toEqual([['b', t0 + 1, [1]]]);
+    expect(r.nacks(ms(t0 + 1, 450)).map((n) => n.server)).toEqual(['b']); // the retry
+    r.accept(part('b', t0 + 1, 1, 2, 4), 10, peer, ms(t0 + 1, 500));
+    expect(r.nacks(ms(t0 + 1, 800))).toEqual([]);
+    expect(r.counters).toMatchObject({ parts_nacked: 1, parts_recovered: 1 });
+  });
+
   it('forwards parts after the watermark as late data, once', () => {
     const r = new Reassembly(opts);
     r.accept(part('a', t0, 0, 2, 1), 10, peer, ms(t0));

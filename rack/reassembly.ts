@@ -102,6 +102,13 @@ export interface ClosedBatch {
 
 export class Reassembly {
   private readonly servers = new Map<string, ServerState>();
+  /**
+   * Servers that may need a NACK or a probe: one with an open second still missing parts, or
+   * probes. Added when such a second opens or a probe is queued; nacks() drops a server once it
+   * has neither, so its walk (every tick) visits the few servers receiving a second right
+   * now instead of every server of the rack.
+   */
+  private readonly needy = new Set<ServerState>();
   private readonly openSeconds = new Map<number, Set<ServerState>>();
   private readonly late = new Map<number, Map<ServerState, EdgeSecondMessage[]>>();
   /** Per second with late parts held: when the first arrived, and their bytes. */
@@ -176,6 +183,7 @@ export class Reassembly {
       if (s.open.size >= this.openSecondsMax(nowMs)) return this.reject('too_many_open_seconds');
       o = { second: msg.second, session: msg.session, parts: msg.parts, received: new Array(msg.parts).fill(null), count: 0, bytes: 0, firstMs: nowMs, lastNackMs: 0, nacks: 0, nacked: new Uint8Array(msg.parts) };
       s.open.set(msg.second, o);
+      this.needy.add(s);
       let set = this.openSeconds.get(msg.second);
       if (set === undefined) this.openSeconds.set(msg.second, (set = new Set()));
       set.add(s);
@@ -238,6 +246,7 @@ export class Reassembly {
       s.probes.push({ second: sec, sent: 0, dueMs: 0 });
       this.counters.resume_probes++;
     }
+    if (s.probes.length > 0) this.needy.add(s);
   }
 
   /** Counts datagrams missing by sequence number and probes the seconds they belonged to. */
@@ -250,6 +259,7 @@ export class Reassembly {
         this.counters.seq_gap_datagrams += gap;
         // Whole seconds vanished between lastSecond and this one: ask for their first parts.
         for (let sec = s.lastSecond + 1; sec < msg.second && s.probes.length < 8; sec++) if (sec > this.closedThrough) s.probes.push({ second: sec, sent: 0, dueMs: 0 });
+        if (s.probes.length > 0) this.needy.add(s);
       }
     }
     s.lastSecond = msg.second;
@@ -284,9 +294,11 @@ export class Reassembly {
   /** NACKs due now: missing parts of open seconds, and probes for seconds lost whole. */
   nacks(nowMs: number): NackRequest[] {
     const out: NackRequest[] = [];
-    for (const s of this.servers.values()) {
+    for (const s of this.needy) {
+      let waiting = false;
       for (const o of s.open.values()) {
         if (o.count === o.parts || o.nacks >= this.opts.nackRetriesMax) continue;
+        waiting = true;
         if (nowMs - o.firstMs < this.opts.nackDelayMs || nowMs - o.lastNackMs < this.opts.nackIntervalMs) continue;
         const missing: number[] = [];
         for (let p = 0; p < o.parts && missing.length < nackPartsMax; p++) {
@@ -319,6 +331,8 @@ export class Reassembly {
         s.probes[kept++] = p;
       }
       s.probes.length = kept;
+      // Nothing left to ask for (a second that opens again, or a probe, adds it back).
+      if (!waiting && kept === 0) this.needy.delete(s);
     }
     return out;
   }
