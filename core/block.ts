@@ -173,6 +173,18 @@ function readPresence(r: ByteReader, blockSeconds: number, out: Uint16Array, at:
   return readBitmap(r, blockSeconds, out, at);
 }
 
+/** 0 .. blockSeconds − 1, k times over (read only: shared by every dense row decoded for its seconds). */
+let repeated = new Uint16Array(0);
+let repeatedSeconds = 0;
+function everySecondRepeated(k: number, blockSeconds: number): Uint16Array {
+  if (repeatedSeconds !== blockSeconds || repeated.length < k * blockSeconds) {
+    repeated = new Uint16Array(Math.max(k, repeatedSeconds === blockSeconds ? repeated.length / blockSeconds : 0, 64) * blockSeconds);
+    repeatedSeconds = blockSeconds;
+    for (let i = 0; i < repeated.length; i++) repeated[i] = i % blockSeconds;
+  }
+  return repeated.subarray(0, k * blockSeconds);
+}
+
 function readEverySecond(blockSeconds: number, out: Uint16Array, at: number): number {
   out.set(everySecond.subarray(0, blockSeconds), at);
   return blockSeconds;
@@ -833,6 +845,12 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   const cap = k * blockSeconds;
   const pointStart = new Int32Array(k + 1);
   const distStart = new Int32Array(k + 1);
+  if (secondsOnly && layout === 'dense') {
+    // Every server has every second and nothing else: the seconds are known without reading a
+    // segment (a whole-fleet min/max/avg reads only aggregates and these).
+    for (let j = 0; j <= k; j++) pointStart[j] = j * blockSeconds;
+    return { kind, blockSeconds, serverIds: ids, serversOmitted: 0, entries: 'seconds', aggregates, pointStart, pointSecs: everySecondRepeated(k, blockSeconds), pointVals: noValues, distStart, dist: emptySummaries, rollup };
+  }
   const o: SegmentOut = { pointSecs: new Uint16Array(cap), pointVals: secondsOnly ? noValues : new Float64Array(cap), p: 0, dist: null, d: 0, cap };
   let out = 0;
   for (let j = 0; j < n; j++) {

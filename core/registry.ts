@@ -113,6 +113,18 @@ export class Registry {
     return this.serversByName.size;
   }
 
+  /** Every server id marked 1 in a new array indexed by id (one slot spare), and how many there are. */
+  allServerIds(): { marks: Uint8Array; count: number } {
+    const marks = new Uint8Array(this.serversById.length + 1);
+    let count = 0;
+    for (let id = 0; id < this.serversById.length; id++) {
+      if (this.serversById[id] === undefined) continue;
+      marks[id] = 1;
+      count++;
+    }
+    return { marks, count };
+  }
+
   allServers(): ServerInfo[] {
     return this.serversById.filter((s) => s !== undefined);
   }

@@ -117,13 +117,19 @@ export function resolveServers(q: Query, registry: Registry): { selected: Uint8A
   const all = q.selectors.some((sel) => sel.type === 'all');
   const globs = q.selectors.flatMap((sel) => (sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
   const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
-  // Named servers by lookup; every server is tested only when a glob (or `*`) asks.
+  const rackTest = rackTests.length === 0 ? null : (rack: string) => rackTests.some((t) => t(rack));
+  if (all) {
+    // `*`: every server, marked by id without a name test (a stored query over the fleet runs this every window).
+    const every = registry.allServerIds();
+    return { selected: every.marks, size: every.count, rackTest };
+  }
+  // Named servers by lookup; every server is tested only when a glob asks.
   for (const sel of q.selectors) {
-    const s = sel.type === 'server' && !all ? registry.serverByName(sel.id) : undefined;
+    const s = sel.type === 'server' ? registry.serverByName(sel.id) : undefined;
     if (s !== undefined) pick(s.id);
   }
-  if (all || globs.length > 0) for (const s of registry.allServers()) if (all || globs.some((t) => t(s.name))) pick(s.id);
-  return { selected, size, rackTest: rackTests.length === 0 ? null : (rack) => rackTests.some((t) => t(rack)) };
+  if (globs.length > 0) for (const s of registry.allServers()) if (globs.some((t) => t(s.name))) pick(s.id);
+  return { selected, size, rackTest };
 }
 
 /**
