@@ -421,8 +421,11 @@ describe('rows v2 (issue 14): aggregates, subset decoding and the row cache chan
           store,
           rack,
           t,
-          servers.flatMap((server) => {
-            const points: PointInput[] = [];
+          servers.flatMap((server, si) => {
+            // 'd': every server at every second (dense rows: their seconds are not read from segments).
+            const dv = (((t - t0) * 31 + si * 7 + rack.charCodeAt(1)) % 97) / 4;
+            const points: PointInput[] = [{ name: 'd', kind: KindCode.Gauge, value: dv }];
+            obs.push({ server, rack, second: t, metric: 'd', value: dv });
             const dists: DistInput[] = [];
             if (r() > 0.15) {
               const v = (r() - 0.4) * 10 ** Math.floor(r() * 6); // many digits: sums differ by order
@@ -434,7 +437,7 @@ describe('rows v2 (issue 14): aggregates, subset decoding and the row cache chan
               dists.push({ name: 'lat', values });
               for (const v of values) obs.push({ server, rack, second: t, metric: 'lat', value: v });
             }
-            return points.length + dists.length === 0 ? [] : [{ server, points, dists }];
+            return [{ server, points, dists }];
           }),
         );
       }
@@ -454,6 +457,7 @@ describe('rows v2 (issue 14): aggregates, subset decoding and the row cache chan
       texts.push(`FROM ${sel} SELECT g WINDOW ${win} COMPUTE min, max, avg, p50, p99`);
       texts.push(`FROM ${sel} SELECT lat WINDOW ${win} COMPUTE min, max, avg, sum, count`);
     }
+    for (const win of ['5s', '1m', '7s']) texts.push(`FROM ${sel} SELECT d WINDOW ${win} COMPUTE min, max, avg, sum, count`);
   }
 
   // Blocks of 60 s have aggregates per 5 s; blocks of 12 s (not a multiple of 5) per second,
