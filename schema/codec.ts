@@ -402,11 +402,6 @@ export class FrameArena {
     this.buf = new Uint8Array(Math.max(8, bytes));
   }
 
-  /** Bytes taken from the current array since the last reset (alignment included). */
-  get usedBytes(): number {
-    return this.used;
-  }
-
   reset(): void {
     this.used = 0;
   }

@@ -100,6 +100,15 @@ export interface MetricReader {
  * server's observations whichever rack carried them.
  */
 export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; rackTest: ((rack: string) => boolean) | null } {
+  const all = q.selectors.some((sel) => sel.type === 'all');
+  const globs = q.selectors.flatMap((sel) => (sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
+  const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
+  const rackTest = rackTests.length === 0 ? null : (rack: string) => rackTests.some((t) => t(rack));
+  if (all) {
+    // `*`: every server, marked by id without a name test (a stored query over the fleet runs this every window).
+    const every = registry.allServerIds();
+    return { selected: every.marks, size: every.count, rackTest };
+  }
   // Server ids are registry indexes (core/registry.ts): about the count of servers.
   let selected = new Uint8Array(registry.serverCount + 1);
   let size = 0;
@@ -114,15 +123,6 @@ export function resolveServers(q: Query, registry: Registry): { selected: Uint8A
       size++;
     }
   };
-  const all = q.selectors.some((sel) => sel.type === 'all');
-  const globs = q.selectors.flatMap((sel) => (sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
-  const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
-  const rackTest = rackTests.length === 0 ? null : (rack: string) => rackTests.some((t) => t(rack));
-  if (all) {
-    // `*`: every server, marked by id without a name test (a stored query over the fleet runs this every window).
-    const every = registry.allServerIds();
-    return { selected: every.marks, size: every.count, rackTest };
-  }
   // Named servers by lookup; every server is tested only when a glob asks.
   for (const sel of q.selectors) {
     const s = sel.type === 'server' ? registry.serverByName(sel.id) : undefined;
