@@ -61,6 +61,9 @@ export interface ClusterNodeOptions {
   log?: (line: string) => void;
 }
 
+/** How long a node waits to read the cluster settings back after it or another node wrote them. */
+const settingsReadWaitMs = 10_000;
+
 export class ClusterNode implements ClusterView {
   settings!: ClusterSettings;
   private js!: JetStreamClient;
@@ -116,15 +119,21 @@ export class ClusterNode implements ClusterView {
     // JetStream refuses a duplicate window longer than the max age (a short max age: tests).
     mine.duplicateWindowSeconds = Math.min(mine.duplicateWindowSeconds, mine.streamMaxAgeSeconds);
     let entry = await retryJetStream('reading the cluster settings', () => kv.get('settings'));
-    if (entry === null || entry.operation !== 'PUT') {
+    // Written by the first node to get there; read back. The read may be answered by a replica
+    // the write has not reached yet (a bucket's reads are direct gets, served by any replica), and
+    // a write refused for another reason than "exists" (a leader election) leaves none: both are
+    // tried again for a bounded time.
+    const deadline = Date.now() + settingsReadWaitMs;
+    while ((entry === null || entry.operation !== 'PUT') && Date.now() < deadline) {
       try {
         await retryJetStream('writing the cluster settings', () => kv.create('settings', JSON.stringify(mine)));
       } catch {
         // Another node wrote them first: theirs stand.
       }
       entry = await retryJetStream('reading the cluster settings', () => kv.get('settings'));
+      if (entry === null || entry.operation !== 'PUT') await new Promise((r) => setTimeout(r, 200));
     }
-    if (entry === null) throw new Error(`KV ${buckets.cluster} has no settings after writing them`);
+    if (entry === null || entry.operation !== 'PUT') throw new Error(`KV ${buckets.cluster} has no settings ${settingsReadWaitMs} ms after writing them`);
     return parseSettings(entry.string());
   }
 
