@@ -99,6 +99,9 @@ describe('Spool (real LMDB files)', () => {
     }
     for (; puts < 15; puts++) expect(await s.put(s.takeSeq(), batch(puts))).toBe(true);
     expect(s.writeErrors).toBeGreaterThan(0);
+    // Regression: one failed commit, then LMDB is left alone until statfs shows room (lmdb-js
+    // retrying commits into the full file system corrupted its heap and aborted the process).
+    expect(s.writeErrors, 'commits tried into the full file system').toBe(1);
     expect([s.memoryBatches, s.heldBatches, s.droppedBatches]).toEqual([10, 15, 0]);
     // Forwarding sees disk and memory as one queue, oldest first.
     expect(s.oldest(100).map((e) => [e.seq, e.bytes[0]])).toEqual(Array.from({ length: 15 }, (_, i) => [i + 1, i]));

@@ -31,6 +31,8 @@ export interface SpoolOptions {
   memoryBytesMax: number;
 }
 
+/** Room beyond a write's own bytes that a refusing spool waits for (LMDB's pages, its meta writes). */
+const roomSlackBytes = 256 * 1024;
 /** How often the free space is read (a statfs per batch would be wasted work). */
 const freeSpaceCheckMs = 1000;
 
@@ -160,7 +162,7 @@ export class Spool {
       return this.boundMemory(seq);
     }
     if (this.removeFailed.size > 0) await this.retryRemovals();
-    if (!(await this.write([[seq, bytes]]))) {
+    if (!this.roomFor(bytes.length) || !(await this.write([[seq, bytes]]))) {
       this.unwritten.set(seq, bytes);
       this.unwrittenBytes += bytes.length;
       return this.boundMemory(seq);
@@ -194,7 +196,7 @@ export class Spool {
 
   /** Moves batches held in memory to disk once it has room (oldest first, all in one go). */
   private async writeUnwritten(): Promise<void> {
-    if (this.movingToDisk || this.unwritten.size === 0 || this.diskLow()) return;
+    if (this.movingToDisk || this.unwritten.size === 0 || this.diskLow() || !this.roomFor(this.unwrittenBytes)) return;
     this.movingToDisk = true;
     try {
       await this.moveToDisk();
@@ -217,6 +219,22 @@ export class Spool {
       }
     }
     await this.boundDisk(entries[entries.length - 1]![0]);
+  }
+
+  /**
+   * After a write failed, whether the file system has room for `bytes` more now (statfs, every
+   * time while refusing; always true otherwise). LMDB is not asked again until it has: lmdb-js
+   * retrying a commit into a full file system corrupted its heap (a garbage buffer size, then
+   * malloc() aborted the process) — one failure is survivable, a run of them was not.
+   */
+  private roomFor(bytes: number): boolean {
+    if (!this.refusing) return true;
+    try {
+      const fs = statfsSync(this.dir);
+      return fs.bavail * fs.bsize >= bytes + roomSlackBytes;
+    } catch {
+      return true; // statfs unsupported: the write itself says
+    }
   }
 
   /** Free space below the reserve: checked at most once a second (statfs). */
@@ -342,6 +360,10 @@ export class Spool {
 
   /** Deletes the batch from LMDB; when the disk refuses, it is skipped and deleted later. */
   private async removeFromDisk(seq: number): Promise<void> {
+    if (!this.roomFor(0)) {
+      this.removeFailed.add(seq);
+      return;
+    }
     try {
       await this.batches.remove(seq);
     } catch (err) {
@@ -352,6 +374,7 @@ export class Spool {
   }
 
   private async retryRemovals(): Promise<void> {
+    if (!this.roomFor(0)) return;
     for (const seq of [...this.removeFailed]) {
       try {
         await this.batches.remove(seq);
