@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeRow, encodeRow, rowAggregates, RowError, rowParts, rowServerIds, rowV3Marker, rowV4Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
+import { decodeRow, encodeRow, rowAggregates, RowError, RowScratch, rowParts, rowServerIds, rowV3Marker, rowV4Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 import { seriesHabit, writeSeries } from './codec/values.js';
 
 function summaries(secs: number[], src: Uint8Array): SummaryColumns {
@@ -137,6 +137,21 @@ describe('storage row encoding (version 4)', () => {
         expect(plain(decodeRow(stored, { servers: bitmap(keep) }))).toEqual(plain(selectServers(decodeRow(stored), keep)));
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it('decodes into reused columns (RowScratch) as into new ones, row after row, whole, by server and as seconds only', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.oneof(serversArb.map((ss) => rowOf(ss)), denseArb.map((v) => denseRow(v, 1))), fc.array(fc.boolean(), { minLength: 41, maxLength: 41 }), fc.constantFrom(undefined, 5, 60)), { minLength: 1, maxLength: 8 }), (rows) => {
+        const scratch = new RowScratch();
+        for (const [input, pick, secondsOnlyFor] of rows) {
+          const stored = encodeRow(input);
+          const servers = pick[40] ? undefined : bitmap((sid) => pick[sid % 40]!);
+          // The scratch's row is compared before the next decode overwrites it.
+          expect(plain(decodeRow(stored, { servers, secondsOnlyFor, scratch }))).toEqual(plain(decodeRow(stored, { servers, secondsOnlyFor })));
+        }
+      }),
+      { numRuns: 200 },
     );
   });
 

@@ -631,6 +631,16 @@ function readSummaryEntries(r: ByteReader, c: SummaryColumns, at: number, n: num
   }
 }
 
+/** Zeroes entries [from, to) but their seconds (a row of seconds only, decoded into reused columns, reads as a new one). */
+function clearSummaryEntries(c: SummaryColumns, from: number, to: number): void {
+  c.count.fill(0, from, to);
+  c.sum.fill(0, from, to);
+  c.min.fill(0, from, to);
+  c.max.fill(0, from, to);
+  c.sketchStart.fill(0, from, to);
+  c.sketchEnd.fill(0, from, to);
+}
+
 /** What to decode of a row (decodeRow). */
 export interface RowDecodeOptions {
   /** Decode the entries of the servers marked 1 here (by id; beyond its length: not) only; the others are left out (serversOmitted counts them). */
@@ -641,6 +651,47 @@ export interface RowDecodeOptions {
    * (entries: 'seconds').
    */
   secondsOnlyFor?: number;
+  /**
+   * Columns to decode into, reused row after row (a reader that is done with a row before it
+   * decodes the next: Store.read). Without it every column is a new array — on this VM an
+   * array of more than 64 B has a backing store of its own and cost ~1 µs, which was a third of
+   * a 40-server query's row (issue 14, tenth session).
+   */
+  scratch?: RowScratch;
+}
+
+/**
+ * Reused columns of decodeRow (RowDecodeOptions.scratch): grown to the largest row decoded,
+ * never shrunk (bounded by the largest row: servers × block seconds entries). A row decoded into
+ * them is overwritten by the next decode with the same scratch.
+ */
+export class RowScratch {
+  ids = new Uint32Array(64);
+  pointStart = new Int32Array(65);
+  distStart = new Int32Array(65);
+  pointSecs = new Uint16Array(4096);
+  pointVals = new Float64Array(4096);
+  dist: SummaryColumns = summaryColumns(0);
+
+  /** Room for k servers and `cap` entries. */
+  fit(k: number, cap: number): void {
+    if (this.ids.length < k) {
+      this.ids = new Uint32Array(2 * k);
+      this.pointStart = new Int32Array(2 * k + 1);
+      this.distStart = new Int32Array(2 * k + 1);
+    }
+    if (this.pointSecs.length < cap) {
+      this.pointSecs = new Uint16Array(2 * cap);
+      this.pointVals = new Float64Array(2 * cap);
+    }
+  }
+
+  /** Summary columns for `cap` entries whose sketches are in `src`. */
+  summaries(cap: number, src: Uint8Array): SummaryColumns {
+    if (this.dist.secs.length < cap) this.dist = summaryColumns(2 * cap);
+    this.dist.sketchSrc.fill(src, 0, cap);
+    return this.dist;
+  }
 }
 
 /** What a reader of a metric's rows needs of them (Store.read): which servers, and caching. */
@@ -729,6 +780,8 @@ interface SegmentOut {
   dist: SummaryColumns | null;
   d: number;
   cap: number;
+  /** Where summary columns come from (else new arrays). */
+  scratch: RowScratch | undefined;
 }
 
 type SegmentLayout = 'v2' | 'flagged' | 'dense';
@@ -762,9 +815,10 @@ function readSegment(r: ByteReader, layout: SegmentLayout, o: SegmentOut, to: nu
     o.p += m;
   }
   if ((flags & segSummaries) !== 0) {
-    const dist = (o.dist ??= summaryColumns(o.cap, r.buf));
+    const dist = (o.dist ??= o.scratch === undefined ? summaryColumns(o.cap, r.buf) : o.scratch.summaries(o.cap, r.buf));
     const m = partSeconds(r, layout, (flags & segSummariesAll) !== 0, blockSeconds, dist.secs, o.d);
     if (!secondsOnly) readSummaryEntries(r, dist, o.d, m);
+    else if (o.scratch !== undefined) clearSummaryEntries(dist, o.d, o.d + m);
     o.d += m;
   }
   if (secondsOnly ? r.pos > to : r.pos !== to) throw new RowError(`segment ends at ${r.pos}, its directory entry at ${to}`);
@@ -810,7 +864,9 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   }
   // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
   if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
-  const ids = new Uint32Array(k);
+  const scratch = opts.scratch;
+  scratch?.fit(k, k * blockSeconds);
+  const ids = scratch === undefined ? new Uint32Array(k) : scratch.ids.subarray(0, k);
   for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = ends[j]!;
   const total = readDirectory(r, v3, n, ends, stored.length);
   let layout: SegmentLayout = 'v2';
@@ -843,15 +899,23 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   }
   const secondsOnly = opts.secondsOnlyFor !== undefined && aggregates !== null && k === n && opts.secondsOnlyFor % aggregates.span === 0;
   const cap = k * blockSeconds;
-  const pointStart = new Int32Array(k + 1);
-  const distStart = new Int32Array(k + 1);
+  const pointStart = scratch === undefined ? new Int32Array(k + 1) : scratch.pointStart.subarray(0, k + 1);
+  const distStart = scratch === undefined ? new Int32Array(k + 1) : scratch.distStart.subarray(0, k + 1).fill(0);
   if (secondsOnly && layout === 'dense') {
     // Every server has every second and nothing else: the seconds are known without reading a
     // segment (a whole-fleet min/max/avg reads only aggregates and these).
     for (let j = 0; j <= k; j++) pointStart[j] = j * blockSeconds;
     return { kind, blockSeconds, serverIds: ids, serversOmitted: 0, entries: 'seconds', aggregates, pointStart, pointSecs: everySecondRepeated(k, blockSeconds), pointVals: noValues, distStart, dist: emptySummaries, rollup };
   }
-  const o: SegmentOut = { pointSecs: new Uint16Array(cap), pointVals: secondsOnly ? noValues : new Float64Array(cap), p: 0, dist: null, d: 0, cap };
+  const o: SegmentOut = {
+    pointSecs: scratch === undefined ? new Uint16Array(cap) : scratch.pointSecs,
+    pointVals: secondsOnly ? noValues : scratch === undefined ? new Float64Array(cap) : scratch.pointVals,
+    p: 0,
+    dist: null,
+    d: 0,
+    cap,
+    scratch,
+  };
   let out = 0;
   for (let j = 0; j < n; j++) {
     if (picked[j] === 0) continue;

@@ -30,7 +30,8 @@ export interface SectionRef {
 
 export type ToWorker =
   | { t: 'ingest'; id: number; h: RequestHeader; sections: SectionRef[]; buf: ArrayBuffer }
-  | { t: 'query'; id: number; query: string; fromSec: number; toSec: number }
+  /** `json`: the windows answered as their JSON text (`windowsJson`), for the HTTP thread to send as it is. */
+  | { t: 'query'; id: number; query: string; fromSec: number; toSec: number; json?: boolean }
   | { t: 'export'; id: number; metric: string; fromSec: number; toSec: number; entriesMax: number }
   | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]>; elsewhereByStore: Record<number, StoredQuery[]> }
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
@@ -78,7 +79,7 @@ export interface WorkerMetric {
 
 export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult;
   /** An ingest request's buffer, handed back (transferred) for reuse once the store copied what it keeps. */
-  buf?: ArrayBuffer; windows?: WindowResult[]; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string;
+  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string;
   /** A snapshot cursor's next chunk (transferred; empty when done). */
   snapshot?: { cursor: number; bytes: ArrayBuffer; done: boolean };
   restored?: Omit<RestoreSummary, 'bytes'>;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openLmdb } from '../schema/lmdb.js';
 import { RowError } from './block.js';
-import { chunkBytes, chunkInlineBytesMax, chunkSizes, groupKey, overflowHeaderBytes, packRows, pageBytes, pointerBytes, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { ChunkMemo, chunkBytes, chunkInlineBytesMax, chunkSizes, groupKey, overflowHeaderBytes, packRows, pageBytes, pointerBytes, storedRowBytes, type KeyValue } from './rowgroups.js';
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -87,12 +87,45 @@ describe('row groups of whole pages (issue 14)', () => {
           expect(p.key).toBe(puts[i]!.key);
           expect(p.value.length).toBe(pointerBytes);
           expect(p.value.subarray(0, 6)).toEqual(puts[i]!.value.subarray(0, 6));
-          const got = storedRowBytes(p.key, p.value, (k) => chunks.get(k.toString('hex')));
+          const got = storedRowBytes(p.key, p.value, (rk, id) => chunks.get(groupKey(rk, id).toString('hex')));
           expect(Buffer.from(got).equals(puts[i]!.value.subarray(6))).toBe(true);
         });
       }),
       { numRuns: 60 },
     );
+  });
+
+  it('a reader holding its last chunk (ChunkMemo) reads each chunk from LMDB once and every row back exactly, through lmdb-js\' reused buffer', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rowgroups-'));
+    dirs.push(dir);
+    const root = openLmdb({ path: dir, mapSize: 1 << 27 });
+    const groups = root.openDB<Buffer, Buffer>({ name: 'groups', encoding: 'binary', keyEncoding: 'binary' });
+    const rows = root.openDB<Buffer, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
+    // Two blocks of 60 racks' rows of 300 B – 9 KB: some rows span chunks.
+    const puts: KeyValue[] = [];
+    for (const block of [60, 120]) for (let rack = 0; rack < 60; rack++) puts.push({ key: key(0, block, 5, rack), value: rowValue(block + rack, 300 + ((rack * 7919) % 9000), rack) });
+    const packed = packRows(puts, 1);
+    await root.transaction(() => {
+      for (const g of packed.groups) void groups.put(g.key, g.value);
+      for (const p of packed.pointers) void rows.put(p.key, p.value);
+    });
+    let gets = 0;
+    const memo = new ChunkMemo((k) => (gets++, groups.getBinaryFast(k)));
+    let spanning = 0;
+    for (const [i, p] of puts.entries()) {
+      // The pointer through getBinaryFast too: the same reused buffer the chunk came through.
+      const value = rows.getBinaryFast(p.key)!;
+      if (value.readUInt32BE(11) + value.readUInt32BE(15) > chunkBytes) spanning++;
+      const got = storedRowBytes(p.key, value, memo.chunk, memo.spill);
+      expect(Buffer.from(got).equals(puts[i]!.value.subarray(6)), `row ${i}`).toBe(true);
+    }
+    expect(spanning).toBeGreaterThan(0);
+    expect(gets).toBe(packed.groups.length);
+    // Forgetting makes the next row read its chunk again.
+    memo.forget();
+    storedRowBytes(puts[0]!.key, rows.getBinaryFast(puts[0]!.key)!, memo.chunk, memo.spill);
+    expect(gets).toBe(packed.groups.length + 1);
+    await root.close();
   });
 
   it('reads rows stored inline and rows of groups written before chunks (whole rows, up to 64 KiB), and refuses a pointer to a missing chunk', () => {
@@ -108,10 +141,10 @@ describe('row groups of whole pages (issue 14)', () => {
     ptr.writeUInt32BE(3000, 11);
     ptr.writeUInt32BE(2000, 15);
     const old = new Map([[groupKey(k, 41).toString('hex'), group]]);
-    expect(Buffer.from(storedRowBytes(k, ptr, (g) => old.get(g.toString('hex')))).equals(group.subarray(3000))).toBe(true);
+    expect(Buffer.from(storedRowBytes(k, ptr, (rk, id) => old.get(groupKey(rk, id).toString('hex')))).equals(group.subarray(3000))).toBe(true);
     // Longer than the group and no next chunk: refused.
     ptr.writeUInt32BE(2500, 15);
-    expect(() => storedRowBytes(k, ptr, (g) => old.get(g.toString('hex')))).toThrow(RowError);
+    expect(() => storedRowBytes(k, ptr, (rk, id) => old.get(groupKey(rk, id).toString('hex')))).toThrow(RowError);
     expect(() => storedRowBytes(k, ptr, () => undefined)).toThrow(RowError);
   });
 });

@@ -34,7 +34,7 @@ import { crc32 } from 'node:zlib';
 import type { Database, RootDatabase, Transaction } from 'lmdb';
 import { shardOf } from '../schema/section.js';
 import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from './block.js';
-import { storedRowBytes } from './rowgroups.js';
+import { groupKey, storedRowBytes } from './rowgroups.js';
 
 /** Written by this core: row records may hold version 4 rows (core/block.ts), which cores before it cannot decode. */
 export const snapshotFormatVersion = 3;
@@ -337,7 +337,8 @@ class GroupReader {
   ) {}
 
   rowBytes(key: Buffer, value: Buffer): Uint8Array {
-    return storedRowBytes(key, value, (gk) => {
+    return storedRowBytes(key, value, (rowKey, id) => {
+      const gk = groupKey(rowKey, id);
       if (this.lastKey === null || !this.lastKey.equals(gk)) {
         this.last = this.groups.get(gk, { transaction: this.txn }) as Buffer | undefined;
         this.lastKey = gk;

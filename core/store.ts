@@ -25,12 +25,12 @@ import { deleteRange, openLmdb, writeFailure } from '../schema/lmdb.js';
 import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
-import { decodeRow, encodeRow, RowError, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
+import { decodeRow, encodeRow, RowError, RowScratch, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
 import { Dedup, windowSeqs } from './dedup.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
-import { groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
 export interface StoreOptions {
@@ -134,6 +134,11 @@ export class Store {
   private walBytes = 0;
   private walSeq: number;
   private readonly acc = new SketchAccumulator();
+  /** Columns rows are decoded into by `read` (its visitor is done with a row before the next). */
+  private readonly rowScratch = new RowScratch();
+  private readonly readChunk = (rowKey: Uint8Array, id: number) => this.groups.getBinaryFast(groupKey(rowKey, id));
+  /** The chunk `read` holds, and its scratch for rows spanning chunks. */
+  private readonly chunkMemo = new ChunkMemo((k) => this.groups.getBinaryFast(k));
   /**
    * Point columns of written heads, reused by new ones (head.ts): a block's heads are written
    * while the next block's start, so up to half the head bound is kept (within what live heads
@@ -835,7 +840,7 @@ export class Store {
    * array of its own). Throws RowError for a pointer to a missing or short chunk.
    */
   private rowBytes(key: Uint8Array, value: Uint8Array): Uint8Array {
-    return storedRowBytes(key, value, (k) => this.groups.getBinaryFast(k));
+    return storedRowBytes(key, value, this.readChunk);
   }
 
   /** A head's row value: WAL seq, then the row (merged with the stored one, if any). */
@@ -864,7 +869,8 @@ export class Store {
    * Visits every row of one metric with data in [fromSecond, toSecond), block by block in time
    * order: stored rows, then the head's (built on the fly). Rows are columnar (core/block.ts);
    * `opts` lets a stored row be decoded only where the reader needs it, or come from the cache.
-   * A row is valid during its visit only: its sketches may point into a buffer the next row reuses.
+   * A row is valid during its visit only: the next row is decoded into the same columns, and its
+   * sketches may point into a buffer the next row reuses.
    */
   read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void, opts: RowReadOptions = {}): void {
     const shard = shardOf(lo, this.opts.shardCount);
@@ -872,8 +878,11 @@ export class Store {
     if (head === undefined) throw new Error(`BUG: shard ${shard} is not in this store`);
     const mi = this.registry.indexOf(lo, hi);
     const S = this.opts.blockSeconds;
-    const some: RowDecodeOptions = { servers: opts.servers, secondsOnlyFor: opts.secondsOnlyFor };
-    const whole: RowDecodeOptions = { secondsOnlyFor: opts.secondsOnlyFor };
+    // Decoded into reused columns: a row is the visitor's during its visit only.
+    const some: RowDecodeOptions = { servers: opts.servers, secondsOnlyFor: opts.secondsOnlyFor, scratch: this.rowScratch };
+    const whole: RowDecodeOptions = { secondsOnlyFor: opts.secondsOnlyFor, scratch: this.rowScratch };
+    const chunks = this.chunkMemo;
+    chunks.forget();
     for (let block = this.blockOf(fromSecond); block < toSecond; block += S) {
       // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
       // a new buffer: several times slower for rows of a few KB).
@@ -884,7 +893,7 @@ export class Store {
           const value = this.rows.getBinaryFast(key);
           if (value === undefined) continue;
           const walSeq = readU48(value, 0);
-          const bytes = this.rowBytes(key, value);
+          const bytes = storedRowBytes(key, value, chunks.chunk, chunks.spill);
           const row = opts.cache === true ? this.cachedRow(key, walSeq, bytes) : decodeRow(bytes, opts.wholeRack?.(rackId) === true ? whole : some);
           // A row none of whose servers are asked for has nothing for the reader.
           if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);

@@ -368,7 +368,8 @@ function handle(m: ToWorker): void {
     case 'query': {
       const q = parseQuery(m.query);
       const o = storeOfMetric(q.metric);
-      return post({ t: 'reply', id: m.id, windows: evaluate(o.store, q, m.fromSec, m.toSec) });
+      const windows = evaluate(o.store, q, m.fromSec, m.toSec);
+      return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: JSON.stringify(windows) } : { t: 'reply', id: m.id, windows });
     }
     case 'export': {
       const o = storeOfMetric(m.metric);

@@ -94,7 +94,7 @@ describe('regression: an evaluation had no time budget (issue 16.1)', () => {
     try {
       const message = new EvalLimitError('time_budget', '"FROM * SELECT g WINDOW 1m COMPUTE p99" stopped after 2001 ms > its budget of 2000 ms').message;
       // The worker answers with the error's text; the HTTP thread tells the budget from other failures.
-      const pool = new Proxy(node.pool, { get: (p, k) => (k === 'query' ? () => Promise.reject(new WorkerError(message)) : Reflect.get(p, k)) }) as ShardPool;
+      const pool = new Proxy(node.pool, { get: (p, k) => (k === 'query' || k === 'queryJson' ? () => Promise.reject(new WorkerError(message)) : Reflect.get(p, k)) }) as ShardPool;
       const app = createApi({ pool, servers: node.servers, stored: node.stored }, { ingestBodyBytesMax: 100_000 });
       const r = await app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT g WINDOW 1m COMPUTE p99')}&from=-1h`);
       expect(r.status).toBe(503);

@@ -89,7 +89,7 @@ export interface EvalStats {
 export interface MetricReader {
   readonly registry: Registry;
   rackName(rackId: number): string | undefined;
-  /** Rows may hold more servers than `opts.servers` asks for (a cached or head row): the visitor tests each. */
+  /** Rows may hold more servers than `opts.servers` asks for (a cached or head row): the visitor tests each. A row is valid during its visit only (its columns are reused). */
   read(lo: number, hi: number, fromSecond: number, toSecond: number, visit: (row: DecodedRow, blockStart: number, rackId: number) => void, opts?: RowReadOptions): void;
 }
 
@@ -229,6 +229,8 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   // group's sum to its window — the order in which a row's aggregates (core/block.ts
   // rowAggregates: per 5 s, or per second in version 3 rows) sum, so both paths give the same doubles.
   let secHas = new Uint8Array(0);
+  // The window of each second of the block being read (−1: outside [first, end)), set per block.
+  let winOf = new Int32Array(0);
   let secCount = new Float64Array(0);
   let secSum = new Float64Array(0);
   const sums = new GroupedSums(sum, W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1, first, W);
@@ -251,11 +253,13 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         secHas = new Uint8Array(row.blockSeconds);
         secCount = new Float64Array(row.blockSeconds);
         secSum = new Float64Array(row.blockSeconds);
+        winOf = new Int32Array(row.blockSeconds);
       }
       if (block !== lastBlock) {
         // Rows come block by block in time order: windows ending before this block are complete.
         finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
         lastBlock = block;
+        for (let s = 0; s < winOf.length; s++) winOf[s] = block + s < first || block + s >= end ? -1 : Math.floor((block + s - first) / W);
       }
       const whole = wholeRack(rackId);
       const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
@@ -285,16 +289,18 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
           sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
         }
       }
+      const pointSecs = row.pointSecs;
+      const pointVals = row.pointVals;
       for (let j = 0; j < row.serverIds.length; j++) {
         const sid = row.serverIds[j]!;
         if (!isSelected(sid)) continue;
         let lastW = -1;
-        for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
-          const s = row.pointSecs[i]!;
-          const sec = block + s;
-          if (sec < first || sec >= end) continue;
-          const w = Math.floor((sec - first) / W);
-          const v = row.pointVals[i]!;
+        for (let i = row.pointStart[j]!, e = row.pointStart[j + 1]!; i < e; i++) {
+          const s = pointSecs[i]!;
+          const w = winOf[s]!;
+          // (undefined, a second past the block, is not ≥ 0 either)
+          if (!(w >= 0)) continue;
+          const v = pointVals[i]!;
           secHas[s] = 1;
           secCount[s]! += 1;
           secSum[s]! += v;
@@ -308,11 +314,10 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
         }
         const d = row.dist;
         lastW = -1;
-        for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) {
+        for (let i = row.distStart[j]!, e = row.distStart[j + 1]!; i < e; i++) {
           const s = d.secs[i]!;
-          const sec = block + s;
-          if (sec < first || sec >= end) continue;
-          const w = Math.floor((sec - first) / W);
+          const w = winOf[s]!;
+          if (!(w >= 0)) continue;
           secHas[s] = 1;
           secCount[s]! += d.count[i]!;
           secSum[s]! += d.sum[i]!;
@@ -324,9 +329,8 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
       }
       for (let s = 0; s < row.blockSeconds; s++) {
         if (secHas[s] === 0) continue;
-        const sec = block + s;
-        count[Math.floor((sec - first) / W)]! += secCount[s]!;
-        sums.add(sec, secSum[s]!);
+        count[winOf[s]!]! += secCount[s]!;
+        sums.add(block + s, secSum[s]!);
         secHas[s] = 0;
         secCount[s] = 0;
         secSum[s] = 0;
