@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { serve } from '@hono/node-server';
+import { Pool } from 'undici';
 import { openNode, type CoreNode } from '../core/node.js';
 import { BatchMaker, blockStart } from './bench-batch.js';
 import type { Figure } from './bench-edge.js';
@@ -64,6 +65,18 @@ async function windowsOf(url: string): Promise<Window[]> {
   return (JSON.parse(text) as { windows: Window[] }).windows;
 }
 
+/**
+ * The same through undici's own request API on one kept-alive connection: the client a program
+ * that queries all day would use (Node's fetch is built on it and costs ~0.5–0.8 ms more per
+ * call on this box — more than the whole answer of a small query).
+ */
+async function windowsOfLean(client: Pool, base: string, url: string): Promise<Window[]> {
+  const res = await client.request({ path: url.slice(base.length), method: 'GET' });
+  const text = await res.body.text();
+  if (res.statusCode !== 200) throw new Error(`bench query INVALID RUN: GET ${url} answered ${res.statusCode} ${text}`);
+  return (JSON.parse(text) as { windows: Window[] }).windows;
+}
+
 // Issue 14's table: one metric, 120 windows of 5 s, over the fleet and over 40 servers spread
 // across it (one or two per rack), per function set; VictoriaMetrics 1.79 on the same samples
 // and apm before issue 14 (DESIGN §7, measured 2026-12-01).
@@ -86,28 +99,47 @@ function spreadServers(): string[] {
 
 async function shapesTable(base: string, t: number): Promise<Figure[]> {
   const out: Figure[] = [];
-  const lines = ['  servers  functions               apm p50 ms (max)   before   VictoriaMetrics'];
+  const lean = new Pool(base, { connections: 1 });
+  try {
+    return await shapesTableWith(base, t, lean, out);
+  } finally {
+    await lean.close();
+  }
+}
+
+async function shapesTableWith(base: string, t: number, lean: Pool, out: Figure[]): Promise<Figure[]> {
+  const lines = ['  servers  functions               apm p50 ms (max): fetch    undici.request   before   VictoriaMetrics'];
   for (const [servers, from] of [[1000, '*'], [40, spreadServers().join(',')]] as const) {
     for (const shape of tableShapes) {
       const q = encodeURIComponent(`FROM ${from} SELECT bench.metric_0 WINDOW 5s COMPUTE ${shape.fns}`);
       let windows: Window[] = [];
       const url = `${base}/api/v1/query?q=${q}&from=${t * 1000}&to=${(t + 600) * 1000}`;
-      for (let i = 0; i < 5; i++) await windowsOf(url); // warm: compiled code (a core answers queries all day)
+      const check = (client: string) => {
+        if (windows.length !== 120 || windows.some((w) => w.servers !== servers || w.count !== servers * 5)) {
+          throw new Error(`bench query INVALID RUN: ${shape.label} over ${servers} servers (${client}) gave ${windows.length} windows (want 120), servers per window ${[...new Set(windows.map((w) => w.servers))].join(', ')} (want ${servers}), points ${[...new Set(windows.map((w) => w.count))].join(', ')} (want ${servers * 5})`);
+        }
+      };
+      for (let i = 0; i < 5; i++) await windowsOf(url), await windowsOfLean(lean, base, url); // warm: compiled code (a core answers queries all day)
       const r = await timeMs(11, async () => void (windows = await windowsOf(url)));
-      if (windows.length !== 120 || windows.some((w) => w.servers !== servers || w.count !== servers * 5)) {
-        throw new Error(`bench query INVALID RUN: ${shape.label} over ${servers} servers gave ${windows.length} windows (want 120), servers per window ${[...new Set(windows.map((w) => w.servers))].join(', ')} (want ${servers}), points ${[...new Set(windows.map((w) => w.count))].join(', ')} (want ${servers * 5})`);
-      }
+      check('fetch');
+      windows = [];
+      const rl = await timeMs(11, async () => void (windows = await windowsOfLean(lean, base, url)));
+      check('undici.request');
       const vm = servers === 1000 ? shape.vm1000 : shape.vm40;
       const before = servers === 1000 ? shape.before1000 : shape.before40;
-      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${r.p50.toFixed(2).padStart(7)} (${r.max.toFixed(1)})`.padEnd(52) + `${before.padStart(6)}   ${vm}`);
-      out.push({ name: `issue 14 table: 1 metric × ${servers} servers${servers === 40 ? ' (spread, 1–2 per rack)' : ''} × 120 windows of 5 s, ${shape.label}`, value: r.p50, unit: `ms p50 (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${r.p50.toFixed(2).padStart(7)} (${r.max.toFixed(1)})`.padEnd(52) + `${rl.p50.toFixed(2).padStart(7)} (${rl.max.toFixed(1)})`.padEnd(17) + `${before.padStart(6)}   ${vm}`);
+      const cell = `issue 14 table: 1 metric × ${servers} servers${servers === 40 ? ' (spread, 1–2 per rack)' : ''} × 120 windows of 5 s, ${shape.label}`;
+      out.push({ name: cell, value: r.p50, unit: `ms p50 with fetch (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      out.push({ name: `${cell}, undici.request`, value: rl.p50, unit: `ms p50 (max ${rl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
     }
   }
   // What any answer costs here: the client's fetch and the route, in this process, without evaluation.
   const floor = await timeMs(11, async () => void (await (await fetch(`${base}/api/v1/placement`)).text()));
-  lines.push(`  HTTP floor (GET /api/v1/placement from this process): ${floor.p50.toFixed(2)} ms p50`);
+  const floorLean = await timeMs(11, async () => void (await (await lean.request({ path: '/api/v1/placement', method: 'GET' })).body.text()));
+  lines.push(`  HTTP floor (GET /api/v1/placement from this process): fetch ${floor.p50.toFixed(2)} ms p50, undici.request ${floorLean.p50.toFixed(2)} ms p50`);
   console.log(lines.join('\n'));
-  out.push({ name: 'issue 14 table: HTTP floor, GET /api/v1/placement from the bench process', value: floor.p50, unit: 'ms p50' });
+  out.push({ name: 'issue 14 table: HTTP floor, GET /api/v1/placement from the bench process, fetch', value: floor.p50, unit: 'ms p50' });
+  out.push({ name: 'issue 14 table: HTTP floor, the same with undici.request', value: floorLean.p50, unit: 'ms p50' });
   return out;
 }
 
