@@ -161,6 +161,8 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   const h = new Uint32Array(2);
   hashName(q.metric, h, 0);
   const wantPct = q.functions.some((f) => f.type === 'percentile');
+  // Window sums are added up second by second in a fixed order (GroupedSums): only when asked for.
+  const wantSum = q.functions.some((f) => f.type === 'avg' || f.type === 'sum');
   const count = new Float64Array(n);
   const sum = new Float64Array(n);
   const min = new Float64Array(n).fill(Infinity);
@@ -330,7 +332,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
       for (let s = 0; s < row.blockSeconds; s++) {
         if (secHas[s] === 0) continue;
         count[winOf[s]!]! += secCount[s]!;
-        sums.add(block + s, secSum[s]!);
+        if (wantSum) sums.add(block + s, secSum[s]!);
         secHas[s] = 0;
         secCount[s] = 0;
         secSum[s] = 0;
