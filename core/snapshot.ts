@@ -34,7 +34,7 @@ import { crc32 } from 'node:zlib';
 import type { Database, RootDatabase, Transaction } from 'lmdb';
 import { shardOf } from '../schema/section.js';
 import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from './block.js';
-import { groupKey, storedRowBytes } from './rowgroups.js';
+import { ChunkMemo, storedRowBytes } from './rowgroups.js';
 
 /** Written by this core: row records may hold version 4 rows (core/block.ts), which cores before it cannot decode. */
 export const snapshotFormatVersion = 3;
@@ -241,7 +241,9 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
     const sentRacks = new Set<number>();
     const sentServers = new Set<number>();
     const sentMetrics = new Set<number>();
-    const groups = new GroupReader(io.groups, rootTxn);
+    // The last chunk kept: rows of a group are neighbours in key order (core/rowgroups.ts).
+    const txn = rootTxn;
+    const groups = new ChunkMemo((gk) => io.groups.get(gk, { transaction: txn }) as Buffer | undefined);
     let rows = 0;
     for (const { key, value } of pages(io.rows, shardKey(shard, 18), shardKey(shard + 1, 18), rootTxn)) {
       const block = key.readUInt32BE(2);
@@ -251,7 +253,7 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
       let bytes: Uint8Array;
       let ids: Uint32Array;
       try {
-        bytes = groups.rowBytes(key, value);
+        bytes = storedRowBytes(key, value, groups.chunk, groups.spill);
         ids = rowServerIds(bytes);
       } catch (err) {
         // The source cannot read it either (its queries skip it, counted as rows_corrupt).
@@ -323,28 +325,6 @@ function* pages(db: Database<Uint8Array, Buffer>, start: Buffer, end: Buffer, tx
     if (page.length < rangePageEntries) return;
     from = page[page.length - 1]!.key;
     exclusiveStart = true;
-  }
-}
-
-/** Row bytes through their pointers into row groups (core/rowgroups.ts), the last chunk kept: rows of a group are neighbours in key order. */
-class GroupReader {
-  private lastKey: Buffer | null = null;
-  private last: Buffer | undefined;
-
-  constructor(
-    private readonly groups: Database<Uint8Array, Buffer>,
-    private readonly txn: Transaction,
-  ) {}
-
-  rowBytes(key: Buffer, value: Buffer): Uint8Array {
-    return storedRowBytes(key, value, (rowKey, id) => {
-      const gk = groupKey(rowKey, id);
-      if (this.lastKey === null || !this.lastKey.equals(gk)) {
-        this.last = this.groups.get(gk, { transaction: this.txn }) as Buffer | undefined;
-        this.lastKey = gk;
-      }
-      return this.last;
-    });
   }
 }
 

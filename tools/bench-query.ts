@@ -67,7 +67,7 @@ async function windowsOf(url: string): Promise<Window[]> {
 
 /**
  * The same through undici's own request API on one kept-alive connection: the client a program
- * that queries all day would use (Node's fetch is built on it and costs ~0.5–0.8 ms more per
+ * that queries all day would use (Node's fetch is built on it and costs 0.35–0.8 ms more per
  * call on this box — more than the whole answer of a small query).
  */
 async function windowsOfLean(client: Pool, base: string, url: string): Promise<Window[]> {
