@@ -212,6 +212,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_rows_corrupt_total', 'Stored rows that failed to decode (skipped)', s('rows_corrupt'));
     p.counters('apm_core_row_cache_reads_total', 'Stored-query reads of rows: found decoded in the row cache (hit) or decoded (miss)', 'result', { hit: s('row_cache_hits'), miss: s('row_cache_misses') });
     p.counter('apm_core_row_cache_evicted_total', 'Decoded rows evicted from the row cache (least recently used, beyond its byte bound)', s('row_cache_evicted'));
+    p.counters('apm_core_answer_cache_windows_total', 'Windows of ad-hoc answers: kept from an earlier answer whose rows have not changed (hit) or evaluated (miss)', 'result', { hit: s('answer_cache_hits'), miss: s('answer_cache_misses') });
+    p.counter('apm_core_answer_cache_evicted_total', 'Windows of ad-hoc answers dropped from the cache to stay within its bounds', s('answer_cache_evicted'));
+    p.gauge('apm_core_answer_cache_windows', 'Windows of ad-hoc answers held in the caches', s('answer_cache_windows'));
     p.gauge('apm_core_row_cache_bytes', 'Bytes of decoded rows held in the row caches', s('row_cache_bytes'));
     p.counter('apm_core_row_slices_total', 'Row-writing transactions (each bounded in time)', s('row_slices'));
     p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last 10 s (ms): the longest a worker stops ingesting to write rows', st.sliceMsMax);

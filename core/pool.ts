@@ -286,9 +286,13 @@ export class ShardPool {
     return this.placement.storeOfShard(this.placement.shardOfHash(h[0]!));
   }
 
-  /** Evaluates an ad-hoc query in the worker owning its metric (throws when it fails). */
-  async query(text: string, metric: string, fromSec: number, toSec: number): Promise<WindowResult[]> {
-    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec });
+  /**
+   * Evaluates an ad-hoc query in the worker owning its metric (throws when it fails). Windows it
+   * answered before and whose rows have not changed come from its cache (core/query/windowcache.ts)
+   * unless `cache` is false.
+   */
+  async query(text: string, metric: string, fromSec: number, toSec: number, cache = true): Promise<WindowResult[]> {
+    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, cache });
     if (r.error !== undefined) throw new WorkerError(r.error);
     return r.windows ?? [];
   }
@@ -298,8 +302,8 @@ export class ShardPool {
    * HTTP thread neither copies the windows out of a message nor serializes them (an answer of
    * 120 windows: 0.15–0.3 ms less per answer of the 40-server cells over HTTP, issue 14, tenth session).
    */
-  async queryJson(text: string, metric: string, fromSec: number, toSec: number): Promise<string> {
-    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, json: true });
+  async queryJson(text: string, metric: string, fromSec: number, toSec: number, cache = true): Promise<string> {
+    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, json: true, cache });
     if (r.error !== undefined) throw new WorkerError(r.error);
     if (r.windowsJson === undefined) throw new WorkerError('no windows in the answer');
     return r.windowsJson;

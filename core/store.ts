@@ -30,6 +30,7 @@ import { Dedup, windowSeqs } from './dedup.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
+import { RowVersions } from './rowversions.js';
 import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
@@ -185,6 +186,11 @@ export class Store {
     row_cache_misses: 0,
     row_cache_evicted: 0,
     row_cache_bytes: 0,
+    /** Ad-hoc answers' windows (core/query/windowcache.ts, kept by the worker beside this store): from the cache, evaluated, evicted; held (a gauge). */
+    answer_cache_hits: 0,
+    answer_cache_misses: 0,
+    answer_cache_evicted: 0,
+    answer_cache_windows: 0,
     retention_rows_deleted: 0,
     wal_replayed: 0,
     wal_corrupt: 0,
@@ -213,6 +219,8 @@ export class Store {
   readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full', number>> = {};
   /** Decoded rows stored queries read again (core/rowcache.ts). */
   private rowCache = new RowCache(rowCacheBytesMax, this.counters);
+  /** When each block's rows last changed: cached answers (core/query/windowcache.ts) check it. */
+  readonly rowVersions = new RowVersions();
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
   sliceMsMax = 0;
   lastError = '';
@@ -740,7 +748,7 @@ export class Store {
     const due = this.dueBlocks(nowMs);
     if (due.length === 0) return false;
     const t0 = performance.now();
-    const written: { head: ShardHead; block: number; metrics: Map<number, Map<number, MetricHead>>; mi: number; rackId: number; mh: MetricHead }[] = [];
+    const written: { shard: number; head: ShardHead; block: number; metrics: Map<number, Map<number, MetricHead>>; mi: number; rackId: number; mh: MetricHead }[] = [];
     const puts: { key: Buffer; value: Buffer }[] = [];
     const emptied: { shard: number; head: ShardHead; block: number }[] = [];
     let more = false;
@@ -756,7 +764,7 @@ export class Store {
           }
           const key = rowKey(shard, block, mh.metricLo, mh.metricHi, rackId);
           puts.push({ key, value: this.rowValue(key, mh) });
-          written.push({ head, block, metrics, mi, rackId, mh });
+          written.push({ shard, head, block, metrics, mi, rackId, mh });
         }
       }
       emptied.push({ shard, head, block });
@@ -798,6 +806,7 @@ export class Store {
         });
     }
     for (const w of written) {
+      this.rowVersions.wrote(w.shard, w.block);
       const racks = w.metrics.get(w.mi);
       racks?.delete(w.rackId);
       if (racks !== undefined && racks.size === 0) w.metrics.delete(w.mi);
@@ -908,6 +917,17 @@ export class Store {
     }
   }
 
+  /**
+   * The epoch (RowVersions) of the last change to the rows `read` visits for one metric and block,
+   * or Infinity while the head holds data of them (an answer read from the head is not final).
+   */
+  blockVersion(lo: number, hi: number, block: number): number {
+    const shard = shardOf(lo, this.opts.shardCount);
+    const mi = this.registry.indexOf(lo, hi);
+    if (mi >= 0 && this.heads.get(shard)?.blocks.get(block)?.has(mi) === true) return Infinity;
+    return this.rowVersions.version(shard, block);
+  }
+
   /** A stored row, whole, from the row cache or decoded into it (found by key, WAL seq and length: never stale). */
   private cachedRow(key: Buffer, walSeq: number, bytes: Uint8Array): DecodedRow {
     const k = RowCache.keyOf(key, walSeq, bytes.length);
@@ -926,7 +946,10 @@ export class Store {
     const cutoff = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
     let deleted = 0;
     for (const shard of this.opts.shards) {
+      // Before and after: an answer cached while the sweep runs may hold rows it then deletes.
+      this.rowVersions.deletedBelow(shard, cutoff);
       deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows, this.stopped);
+      this.rowVersions.deletedBelow(shard, cutoff);
       // Row groups of those blocks (their rows' pointers went above, or before a restart).
       this.counters.retention_groups_deleted += await deleteRange(this.root, this.groups, groupKey(rowKey(shard, 0, 0, 0, 0), 0), groupKey(rowKey(shard, cutoff, 0, 0, 0), 0), batchRows, this.stopped);
     }
@@ -1098,6 +1121,7 @@ export class Store {
           for (const p of packed.pointers) this.rows.put(p.key, p.value);
           this.persistRegistryState();
         }, unsynced);
+        for (const shard of new Set(rows.map((r) => r.key.readUInt16BE(0)))) this.rowVersions.wroteShard(shard);
         this.counters.restored_rows += rows.length;
       },
       replayWal: (shard, entries) => {
@@ -1152,6 +1176,7 @@ export class Store {
   private async wipeShard(shard: number): Promise<void> {
     this.walEnv.transactionSync(() => this.streamDb.put(shard, restoringSeq));
     this.streamApplied.set(shard, restoringSeq);
+    this.rowVersions.wroteShard(shard);
     const head = this.heads.get(shard)!;
     for (const metrics of head.blocks.values()) {
       for (const racks of metrics.values()) {
@@ -1180,6 +1205,7 @@ export class Store {
     await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch, this.stopped);
     await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch, this.stopped);
     await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
+    this.rowVersions.wroteShard(shard);
   }
 
   /** Ends retention sweeps and shard wipes at their next batch (the store is about to close). */

@@ -9,8 +9,9 @@ import { guardLmdbRejections } from '../schema/lmdb.js';
 import { shardOf } from '../schema/section.js';
 import { exportChunk } from './history/export.js';
 import { evaluate } from './query/eval.js';
-import { parseQuery } from './query/parse.js';
+import { parseQueryOften } from './query/parse.js';
 import { StoredQueries, type StoredQuery } from './query/stored.js';
+import { WindowCache } from './query/windowcache.js';
 import { Store, type StoreIngestResult, type StoreOptions } from './store.js';
 import { restoresMax, snapshotCursorsMax, snapshotIdleMs, type ShardRestore } from './snapshot.js';
 import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js';
@@ -22,6 +23,8 @@ interface Owned {
   index: number;
   store: Store;
   stored: StoredQueries;
+  /** Ad-hoc answers per window, kept while their rows do not change. */
+  answers: WindowCache;
 }
 
 function post(m: ToMain): void {
@@ -39,7 +42,7 @@ for (const index of config.stores) {
   const stored = new StoredQueries(store.env, cachedReads, config.stored);
   stored.onWindow = (qid, w) => post({ t: 'window', qid, w });
   store.onIngest = (_shard, second) => stored.noteData(second);
-  owned.set(index, { index, store, stored });
+  owned.set(index, { index, store, stored, answers: new WindowCache(store.counters) });
 }
 
 function storeOfShard(shard: number): Owned {
@@ -366,10 +369,13 @@ function handle(m: ToWorker): void {
       return;
     }
     case 'query': {
-      const q = parseQuery(m.query);
+      const q = parseQueryOften(m.query);
       const o = storeOfMetric(q.metric);
-      const windows = evaluate(o.store, q, m.fromSec, m.toSec);
-      return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: JSON.stringify(windows) } : { t: 'reply', id: m.id, windows });
+      if (m.cache === false) {
+        const windows = evaluate(o.store, q, m.fromSec, m.toSec);
+        return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: JSON.stringify(windows) } : { t: 'reply', id: m.id, windows });
+      }
+      return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: o.answers.evaluateJson(o.store, q, m.fromSec, m.toSec) } : { t: 'reply', id: m.id, windows: o.answers.evaluate(o.store, q, m.fromSec, m.toSec) });
     }
     case 'export': {
       const o = storeOfMetric(m.metric);

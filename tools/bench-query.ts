@@ -97,23 +97,35 @@ function spreadServers(): string[] {
   return out;
 }
 
-async function shapesTable(base: string, t: number): Promise<Figure[]> {
+async function shapesTable(base: string, t: number, seconds: number): Promise<Figure[]> {
   const out: Figure[] = [];
   const lean = new Pool(base, { connections: 1 });
   try {
-    return await shapesTableWith(base, t, lean, out);
+    return await shapesTableWith(base, t, seconds, lean, out);
   } finally {
     await lean.close();
   }
 }
 
-async function shapesTableWith(base: string, t: number, lean: Pool, out: Figure[]): Promise<Figure[]> {
-  const lines = ['  servers  functions               apm p50 ms (max): fetch    undici.request   before   VictoriaMetrics'];
+// Each cell three ways: every window evaluated (nocache=1: what the engine costs); the same
+// query again (its windows from the worker's answer cache, core/query/windowcache.ts: a panel
+// redrawn, a second viewer); and a dashboard's refresh, the range 5 s later at each call (one
+// new window evaluated, 119 from the cache; needs data past the range: not with --quick).
+async function shapesTableWith(base: string, t: number, seconds: number, lean: Pool, out: Figure[]): Promise<Figure[]> {
+  const refreshes = seconds >= 600 + 5 * 60;
+  const lines = [
+    '                                   apm p50 ms (max)',
+    '                                   every window (nocache=1)       same query again (cache)    refresh +5 s',
+    '  servers  functions               fetch          undici          fetch         undici        undici          before   VictoriaMetrics',
+  ];
+  const ms = (r: { p50: number; max: number }) => `${r.p50.toFixed(2).padStart(6)} (${r.max.toFixed(1)})`.padEnd(15);
   for (const [servers, from] of [[1000, '*'], [40, spreadServers().join(',')]] as const) {
     for (const shape of tableShapes) {
       const q = encodeURIComponent(`FROM ${from} SELECT bench.metric_0 WINDOW 5s COMPUTE ${shape.fns}`);
       let windows: Window[] = [];
-      const url = `${base}/api/v1/query?q=${q}&from=${t * 1000}&to=${(t + 600) * 1000}`;
+      const urlAt = (shift: number) => `${base}/api/v1/query?q=${q}&from=${(t + shift) * 1000}&to=${(t + shift + 600) * 1000}`;
+      const cached = urlAt(0);
+      const url = `${cached}&nocache=1`;
       const check = (client: string) => {
         if (windows.length !== 120 || windows.some((w) => w.servers !== servers || w.count !== servers * 5)) {
           throw new Error(`bench query INVALID RUN: ${shape.label} over ${servers} servers (${client}) gave ${windows.length} windows (want 120), servers per window ${[...new Set(windows.map((w) => w.servers))].join(', ')} (want ${servers}), points ${[...new Set(windows.map((w) => w.count))].join(', ')} (want ${servers * 5})`);
@@ -127,12 +139,25 @@ async function shapesTableWith(base: string, t: number, lean: Pool, out: Figure[
       windows = [];
       const rl = await timeMs(21, async () => void (windows = await windowsOfLean(lean, base, url)));
       check('undici.request');
+      for (let i = 0; i < 5; i++) await windowsOf(cached), await windowsOfLean(lean, base, cached);
+      windows = [];
+      const c = await timeMs(21, async () => void (windows = await windowsOf(cached)));
+      check('fetch, cached');
+      windows = [];
+      const cl = await timeMs(21, async () => void (windows = await windowsOfLean(lean, base, cached)));
+      check('undici.request, cached');
+      let shift = 0;
+      const refresh = refreshes ? await timeMs(21, async () => void (windows = await windowsOfLean(lean, base, urlAt((shift += 5))))) : null;
+      if (refresh !== null) check('undici.request, refreshed');
       const vm = servers === 1000 ? shape.vm1000 : shape.vm40;
       const before = servers === 1000 ? shape.before1000 : shape.before40;
-      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${r.p50.toFixed(2).padStart(7)} (${r.max.toFixed(1)})`.padEnd(52) + `${rl.p50.toFixed(2).padStart(7)} (${rl.max.toFixed(1)})`.padEnd(17) + `${before.padStart(6)}   ${vm}`);
+      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${ms(r)}${ms(rl)}${ms(c)}${ms(cl)}${refresh === null ? '—'.padEnd(15) : ms(refresh)} ${before.padStart(6)}   ${vm}`);
       const cell = `issue 14 table: 1 metric × ${servers} servers${servers === 40 ? ' (spread, 1–2 per rack)' : ''} × 120 windows of 5 s, ${shape.label}`;
-      out.push({ name: cell, value: r.p50, unit: `ms p50 with fetch (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
-      out.push({ name: `${cell}, undici.request`, value: rl.p50, unit: `ms p50 (max ${rl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      out.push({ name: cell, value: r.p50, unit: `ms p50 with fetch, nocache=1 (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      out.push({ name: `${cell}, undici.request`, value: rl.p50, unit: `ms p50, nocache=1 (max ${rl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      out.push({ name: `${cell}, same query again (answer cache), fetch`, value: c.p50, unit: `ms p50 (max ${c.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      out.push({ name: `${cell}, same query again (answer cache), undici.request`, value: cl.p50, unit: `ms p50 (max ${cl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      if (refresh !== null) out.push({ name: `${cell}, refreshed (range +5 s per call, answer cache), undici.request`, value: refresh.p50, unit: `ms p50 (max ${refresh.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
     }
   }
   // What any answer costs here: the client's fetch and the route, in this process, without evaluation.
@@ -169,7 +194,7 @@ export async function queryFigures(quick: boolean): Promise<Figure[]> {
     ] as const) {
       const q = encodeURIComponent(`FROM * SELECT bench.metric_0 WINDOW 5s COMPUTE ${fns}`);
       let windows: Window[] = [];
-      const url = `${base}/api/v1/query?q=${q}&from=${t * 1000}&to=${(t + span) * 1000}`;
+      const url = `${base}/api/v1/query?q=${q}&from=${t * 1000}&to=${(t + span) * 1000}&nocache=1`;
       // Warm, as the table below: the first calls after ingest measure V8 compiling the evaluator.
       for (let i = 0; i < 10; i++) await windowsOf(url);
       const r = await timeMs(5, async () => void (windows = await windowsOf(url)));
@@ -179,10 +204,10 @@ export async function queryFigures(quick: boolean): Promise<Figure[]> {
     }
     const one = encodeURIComponent('FROM q-r0-0 SELECT bench.metric_0 WINDOW 1m COMPUTE avg, max, p99');
     let oneWindows: Window[] = [];
-    const r1 = await timeMs(5, async () => void (oneWindows = await windowsOf(`${base}/api/v1/query?q=${one}&from=${t * 1000}&to=${(t + seconds) * 1000}`)));
+    const r1 = await timeMs(5, async () => void (oneWindows = await windowsOf(`${base}/api/v1/query?q=${one}&from=${t * 1000}&to=${(t + seconds) * 1000}&nocache=1`)));
     if (oneWindows.length !== minutes || oneWindows.some((w) => w.count !== 60)) throw new Error(`bench query INVALID RUN: one server gave ${oneWindows.length} windows of 1 m (want ${minutes}, 60 points each)`);
     out.push({ name: `ad-hoc over HTTP: 1 server × 1 metric × ${minutes} min of 1 m windows`, value: r1.p50, unit: 'ms p50' });
-    out.push(...(await shapesTable(base, t)));
+    out.push(...(await shapesTable(base, t, seconds)));
 
     // Stored results over HTTP under load: 1 h (or 10 min) of 5 s windows per request.
     const resultsUrl = `${base}/api/v1/queries/${def.id}/results?from=${t * 1000}&to=${(t + seconds) * 1000}`;

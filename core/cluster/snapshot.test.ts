@@ -16,6 +16,8 @@ import { buildColumns, type DistInput, type PointInput } from '../../schema/test
 import { ApiAuth, hashToken, parseTokens, TokenSet } from '../auth.js';
 import { openNode, type CoreNode } from '../node.js';
 import type { WindowResult } from '../query/eval.js';
+import { parseQuery } from '../query/parse.js';
+import { WindowCache } from '../query/windowcache.js';
 import { SnapshotError } from '../snapshot.js';
 import { restoringSeq, Store, type StoreOptions } from '../store.js';
 import { addSnapshotRoutes, copyShardFrom, snapshotContentType, snapshotPath } from './snapshot-routes.js';
@@ -193,6 +195,8 @@ describe('copying shards between nodes over HTTP', () => {
       expect((await b.pool.streamSeqs())[k]).toBe(restoringSeq);
       expect(await b.pool.query(q, metric, t0, t0 + 240)).toEqual([]);
     };
+    // Answered (and kept in the worker's answer cache) before the failed restores wipe the shard.
+    expect((await b.pool.query(q, metric, t0, t0 + 240)).length).toBeGreaterThan(0);
     await f(bytes.subarray(0, Math.floor(bytes.length / 2)), /truncated/); // cut inside a record
     await f(bytes.subarray(0, bytes.length - 41), /truncated/); // the end record (41 B) cut off: whole records only
     const flipped = bytes.slice();
@@ -264,11 +268,20 @@ describe('Store snapshots', () => {
     const r = await dst.restoreShard(shardOfName('g.0'), chunks);
     expect(r.rows).toBeGreaterThan(0);
     for (const m of [...gauges, ...dists].filter((x) => shardOfName(x) === shardOfName('g.0'))) expect(dump(dst, m)).toEqual(dump(src, m));
+    // An answer kept by the worker's cache (core/query/windowcache.ts) goes with the wiped shard.
+    const cacheCounters = { answer_cache_hits: 0, answer_cache_misses: 0, answer_cache_evicted: 0, answer_cache_windows: 0 };
+    const answers = new WindowCache(cacheCounters);
+    const q = parseQuery('FROM * SELECT g.0 WINDOW 10s COMPUTE count, sum');
+    const copied = answers.evaluate(dst, q, t0, t0 + 60);
+    expect(copied.length).toBe(3);
+    expect(answers.evaluate(dst, q, t0, t0 + 60)).toEqual(copied);
+    expect(cacheCounters.answer_cache_hits).toBe(6);
     const all = Buffer.concat(chunks);
     for (let cut = 0; cut < all.length; cut += Math.max(1, Math.floor(all.length / 60))) {
       await expect(dst.restoreShard(shardOfName('g.0'), [all.subarray(0, cut)])).rejects.toThrow(SnapshotError);
       expect(dst.streamSeqs()[shardOfName('g.0')]).toBe(restoringSeq);
       expect(dump(dst, 'g.0')).toEqual({});
+      expect(answers.evaluate(dst, q, t0, t0 + 60)).toEqual([]);
     }
     await src.close();
     await dst.close();

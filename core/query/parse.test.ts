@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compileGlob } from './glob.js';
-import { fnKey, parseQuery, QueryError } from './parse.js';
+import { fnKey, parseQuery, parseQueryOften, QueryError } from './parse.js';
 
 describe('query parser', () => {
   const ok = (text: string, want: object) => expect(parseQuery(text)).toMatchObject(want);
@@ -190,5 +190,20 @@ describe('query parser: canonical form (issue 16.2)', () => {
     );
     // Most generated queries are valid: the property is not vacuous.
     expect(accepted, [...refusals].join('\n')).toBeGreaterThan(2500);
+  });
+});
+
+describe('parseQueryOften', () => {
+  it('gives the same frozen query for the same text, parses again past its bound, and never keeps a refusal', () => {
+    const text = 'FROM web-1, web-2 SELECT cpu WINDOW 5s COMPUTE max';
+    const q = parseQueryOften(text);
+    expect(q).toEqual(parseQuery(text));
+    expect(parseQueryOften(text)).toBe(q);
+    expect(Object.isFrozen(q) && Object.isFrozen(q.selectors) && Object.isFrozen(q.functions[0])).toBe(true);
+    for (let i = 0; i < 300; i++) parseQueryOften(`FROM web-${i} SELECT cpu WINDOW 5s COMPUTE max`);
+    const again = parseQueryOften(text);
+    expect(again).not.toBe(q);
+    expect(again).toEqual(q);
+    for (let i = 0; i < 2; i++) expect(() => parseQueryOften('FROM * SELECT cpu WINDOW 5x COMPUTE max')).toThrow(QueryError);
   });
 });

@@ -8,7 +8,7 @@ import { coreLimits } from '../limits.js';
 import { WorkerError, type ShardPool } from '../pool.js';
 import { DefinitionConflict, type QueryCatalog } from './catalog.js';
 import { evalLimitReasonOf, type WindowResult } from './eval.js';
-import { parseQuery, QueryError } from './parse.js';
+import { parseQuery, parseQueryOften, QueryError } from './parse.js';
 import { promInstant } from './prom.js';
 import { parseTime, TimeError } from './time.js';
 
@@ -210,7 +210,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     try {
       const text = c.req.query('q');
       if (text === undefined) return c.json({ error: 'missing q=<query> (apm\'s answer), or query=<query> for the Prometheus API\'s' }, 400);
-      const q = parseQuery(text);
+      const q = parseQueryOften(text);
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.adHocRangeMsMax, 'narrow from/to, or make it a stored query (its results keep for the retention)');
       // The answer starts with the window containing `from` (issue 16.12); the bound counts the
       // windows that start inside the range, so that one comes on top.
@@ -218,7 +218,8 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       const windows = Math.ceil(toMs / Wms) - Math.ceil(fromMs / Wms);
       if (windows > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range` }, 400);
       // Evaluated by the worker that owns the metric's shard: the HTTP thread never reads rows.
-      const answer = await pool.queryJson(q.text, q.metric, Math.floor(fromMs / 1000), Math.ceil(toMs / 1000));
+      // nocache=1 (as VictoriaMetrics spells it): every window evaluated, none taken from or kept in the worker's answer cache.
+      const answer = await pool.queryJson(q.text, q.metric, Math.floor(fromMs / 1000), Math.ceil(toMs / 1000), c.req.query('nocache') !== '1');
       return c.body(`{"query":${JSON.stringify(q.text)},"windows":${answer}}`, 200, { 'content-type': 'application/json' });
     } catch (err) {
       const r = bad(err, c);
