@@ -203,17 +203,13 @@ class Plan {
 const cand = new Plan();
 const best = new Plan();
 
-/** Cheapest PFOR or Rice coding of res[0 .. m) into p (cost in bits, header included). */
-function plan(res: Float64Array, m: number, p: Plan): void {
-  let min = res[0]!;
-  let max = min;
-  for (let i = 1; i < m; i++) {
-    const v = res[i]!;
-    if (v < min) min = v;
-    else if (v > max) max = v;
-  }
+/**
+ * Cheapest PFOR or Rice coding of res[0 .. m) into p (cost in bits, header included); min and max
+ * are those of res[0 .. m) (the caller found them while computing the residuals).
+ */
+function plan(res: Float64Array, m: number, p: Plan, min: number, max: number): void {
   const maxBits = bitLen(max - min);
-  lenHist.fill(0, 0, maxBits + 1);
+  for (let b = 0; b <= maxBits; b++) lenHist[b] = 0;
   let sum = 0;
   for (let i = 0; i < m; i++) {
     const r = res[i]! - min;
@@ -239,11 +235,19 @@ function plan(res: Float64Array, m: number, p: Plan): void {
     }
   }
   if (maxBits === 0) return;
-  // Rice: k around log2 of the mean residual; the three costs in one pass, as q(k + 1) = ⌊q(k) / 2⌋
-  // (exact: halving a double is).
-  const k0 = Math.max(0, Math.floor(Math.log2(sum / m + 1)) - 1);
+  // Rice: k around log2 of the mean residual (⌊log2 y⌋ = bitLen(⌊y⌋) − 1 for y ≥ 1); the three
+  // costs in one pass, as q(k + 1) = ⌊q(k) / 2⌋ (exact: halving a double is).
+  const k0 = Math.max(0, bitLen(Math.floor(sum / m + 1)) - 2);
   const kTop = Math.min(k0 + 2, riceKMax);
   if (kTop < k0) return;
+  // Without a pass when no Rice k can be cheaper: while no residual escapes (maxBits − k ≤ 4),
+  // a residual costs q + 1 + k bits with q = ⌊r / 2^k⌋ > r / 2^k − 1, so the series costs more
+  // than m(1 + k) + sum / 2^k − m. Evenly spread residuals (noise) end here; skewed ones do not.
+  if (maxBits <= 31 && maxBits - k0 <= 4) {
+    let bound = Infinity;
+    for (let k = k0; k <= kTop; k++) bound = Math.min(bound, head + 5 + 6 + m * (1 + k) + Math.max(0, sum / pow2[k]! - m));
+    if (bound >= p.cost) return;
+  }
   const escaped = riceEscape + maxBits;
   let c0 = 0;
   let c1 = 0;
@@ -356,17 +360,28 @@ function grow(n: number): void {
 function writeDecimal(vals: Float64Array, from: number, n: number, e: number): boolean {
   grow(n);
   const scale = pow10[e]!;
+  let min = Infinity;
+  let max = -Infinity;
   for (let i = 0; i < n; i++) {
     const x = Math.round(vals[from + i]! * scale);
     // decimalExponent checked each value at the exponent it had then; check again at e.
     if (x / scale !== vals[from + i]! || !(Math.abs(x) < intLimit)) return false;
     ints[i] = x;
+    if (x < min) min = x;
+    if (x > max) max = x;
   }
-  plan(ints, n, best);
+  plan(ints, n, best, min, max);
   let mode = Mode.Values;
   if (n >= 2) {
-    for (let i = 1; i < n; i++) deltas[i - 1] = ints[i]! - ints[i - 1]!;
-    plan(deltas, n - 1, cand);
+    min = Infinity;
+    max = -Infinity;
+    for (let i = 1; i < n; i++) {
+      const d = ints[i]! - ints[i - 1]!;
+      deltas[i - 1] = d;
+      if (d < min) min = d;
+      if (d > max) max = d;
+    }
+    plan(deltas, n - 1, cand, min, max);
     cand.cost += varBitsCost(ints[0]!);
     if (cand.cost < best.cost) {
       best.copy(cand);
@@ -374,8 +389,15 @@ function writeDecimal(vals: Float64Array, from: number, n: number, e: number): b
     }
   }
   if (n >= 3) {
-    for (let i = 1; i < n - 1; i++) dods[i - 1] = deltas[i]! - deltas[i - 1]!;
-    plan(dods, n - 2, cand);
+    min = Infinity;
+    max = -Infinity;
+    for (let i = 1; i < n - 1; i++) {
+      const d = deltas[i]! - deltas[i - 1]!;
+      dods[i - 1] = d;
+      if (d < min) min = d;
+      if (d > max) max = d;
+    }
+    plan(dods, n - 2, cand, min, max);
     cand.cost += varBitsCost(ints[0]!) + varBitsCost(deltas[0]!);
     if (cand.cost < best.cost) {
       best.copy(cand);
