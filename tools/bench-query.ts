@@ -222,11 +222,14 @@ export async function queryFigures(quick: boolean): Promise<Figure[]> {
     if (got.length !== seconds / 5 || got.some((w) => w.servers !== 1000)) throw new Error(`bench query INVALID RUN: the stored query has ${got.length} windows (want ${seconds / 5}) of ${[...new Set(got.map((w) => w.servers))].join(', ')} servers (want 1000)`);
     out.push({ name: `stored query catch-up: ${seconds / 5} windows of 1,000 servers (from ${Math.round((t - def.createdMs / 1000) / 60)} min before the data) computed from storage`, value: catchUpMs, unit: 'ms' });
     const autocannon = fileURLToPath(new URL('../../node_modules/.bin/autocannon', import.meta.url));
+    // Warm (2 s, not counted): the route's code compiled and its answer kept, as in a core that serves all day.
+    await run(process.execPath, [autocannon, '-j', '-c', '10', '-d', '2', resultsUrl], { maxBuffer: 1 << 24 });
     const { stdout } = await run(process.execPath, [autocannon, '-j', '-c', '10', '-d', quick ? '5' : '10', resultsUrl], { maxBuffer: 1 << 24 });
-    const res = JSON.parse(stdout) as { requests: { average: number; total: number }; latency: { p50: number; p99: number }; non2xx: number; errors: number };
+    const res = JSON.parse(stdout) as { requests: { average: number; total: number }; latency: { average: number; p50: number; p90: number; p99: number; max: number }; non2xx: number; errors: number };
     if (res.non2xx > 0 || res.errors > 0 || !(res.requests.total > 0)) throw new Error(`bench query INVALID RUN: under load ${res.requests.total} requests, ${res.non2xx} non-2xx, ${res.errors} errors`);
     out.push({ name: `GET results (${seconds / 5} windows of 5 s), 10 connections: requests/s`, value: res.requests.average, unit: '/s' });
-    out.push({ name: '  … latency p50 / p99', value: res.latency.p50, unit: `ms / ${res.latency.p99} ms p99`, target: 'p99 ≤ 5 ms (for 1 h)' });
+    // autocannon's percentiles are whole milliseconds: the mean says what a p50 of 0 or 1 hides.
+    out.push({ name: '  … latency mean (p50 / p90 / p99 / max, whole ms)', value: res.latency.average, unit: `ms (${res.latency.p50} / ${res.latency.p90} / ${res.latency.p99} / ${res.latency.max} ms)`, target: 'p99 ≤ 5 ms (for 1 h)' });
     return out;
   } finally {
     await new Promise((r) => server.close(r));

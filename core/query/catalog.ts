@@ -61,11 +61,23 @@ interface Recent {
   json: string[];
   /** True while memory holds every result the query has. */
   all: boolean;
+  /** Windows remembered since this record was made (an answer kept by resultsAnswer is current while it does not change). */
+  changes?: number;
 }
+
+/** Answers of the results route kept (many dashboards read the same range between two windows). */
+const answersKeptMax = 64;
+/**
+ * At most this long (ms): results the retention deleted, or (in a cluster) a query whose windows
+ * stopped arriving here, change no record; an answer is served at most this much older than them.
+ */
+const answerKeepMs = 1000;
 
 export class QueryCatalog {
   private readonly defs = new Map<string, { def: StoredQuery; parsed: Query }>();
   private readonly recent = new Map<string, Recent>();
+  /** resultsAnswer's texts by query id and range, oldest first. */
+  private readonly answers = new Map<string, { r: Recent | undefined; changes: number; atMs: number; text: Uint8Array<ArrayBuffer> | null }>();
   private readonly listeners = new Set<Listener>();
   /** Definitions that no longer parse: kept, not evaluated, listed with the reason. */
   readonly unloadable: { id: string; query: string; error: string }[] = [];
@@ -244,6 +256,7 @@ export class QueryCatalog {
   private remember(id: string, w: WindowResult): void {
     const r = this.recent.get(id);
     if (r === undefined) return; // deleted meanwhile
+    r.changes = (r.changes ?? 0) + 1;
     const json = JSON.stringify(w);
     const last = r.starts.length - 1;
     if (last < 0 || w.startMs > r.starts[last]!) {
@@ -264,6 +277,29 @@ export class QueryCatalog {
       }
     }
     for (const l of this.listeners) l(id, w);
+  }
+
+  /**
+   * build(resultsJson(id, fromMs, toMs, limit)), the same text again while no window of the query
+   * arrived and for at most answerKeepMs (a results answer of 720 windows is ~90 KB of text).
+   */
+  async resultsAnswer(id: string, fromMs: number, toMs: number, limit: number, build: (windows: string[]) => Uint8Array<ArrayBuffer> | null): Promise<Uint8Array<ArrayBuffer> | null> {
+    const key = `${id} ${fromMs} ${toMs} ${limit}`;
+    const r = this.recent.get(id);
+    const changes = r?.changes ?? 0;
+    const atMs = performance.now();
+    const kept = this.answers.get(key);
+    if (kept !== undefined && kept.r === r && kept.changes === changes && atMs - kept.atMs < answerKeepMs) return kept.text;
+    const text = build(await this.resultsJson(id, fromMs, toMs, limit));
+    this.answers.delete(key);
+    if (this.answers.size >= answersKeptMax) this.answers.delete(this.answers.keys().next().value!);
+    this.answers.set(key, { r, changes, atMs, text });
+    return text;
+  }
+
+  /** The parsed text of a stored query (undefined: none with that id). */
+  parsed(id: string): Query | undefined {
+    return this.defs.get(id)?.parsed;
   }
 
   /** Stored results with start in [fromMs, toMs) as JSON texts, at most `limit + 1` of them. */

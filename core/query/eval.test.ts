@@ -174,6 +174,11 @@ describe('query evaluation against a reference over raw observations', async () 
     const before = await results(node, def.id, t0 * 1000, (t0 + seconds) * 1000);
     expect(before.length).toBe(seconds / 5);
     expect(before[0]).toMatchObject({ startMs: t0 * 1000, revision: 0 });
+    // The results route keeps its answer text while no window of the query arrives.
+    const url = `/api/v1/queries/${def.id}/results?from=${t0 * 1000}&to=${(t0 + seconds) * 1000}`;
+    const viaHttp = async () => ((await (await node.app.request(url)).json()) as { windows: WindowResult[] }).windows;
+    expect(await viaHttp()).toEqual(before);
+    expect(await viaHttp()).toEqual(before);
     const live: WindowResult[] = [];
     node.stored.subscribe((id, w) => id === def.id && live.push(w));
     // A late request: a new server of a new rack reports 1e6 at t0 + 7.
@@ -182,6 +187,8 @@ describe('query evaluation against a reference over raw observations', async () 
     const after = await results(node, def.id, (t0 + 5) * 1000, (t0 + 10) * 1000);
     expect(after[0]).toMatchObject({ revision: 1, values: { max: 1e6, count: before[1]!.count + 1 } });
     expect(live.map((w) => [w.startMs, w.revision])).toEqual([[(t0 + 5) * 1000, 1]]);
+    // Regression (kept answers): the revised window is answered at once, not a second later.
+    expect((await viaHttp())[1]).toMatchObject({ revision: 1, values: { max: 1e6 } });
   });
 });
 

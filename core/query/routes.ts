@@ -99,13 +99,16 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       const { fromMs, toMs } = range(c.req.query('from'), c.req.query('to'), coreLimits.resultsRangeMsMax, 'narrow from/to');
       // From the window containing `from`, as ad-hoc answers (issue 16.12); that window comes on
       // top of the windowsPerAnswerMax that start inside the range.
-      const Wms = parseQuery(q.query).windowSeconds * 1000;
+      const Wms = (stored.parsed(q.id) ?? parseQuery(q.query)).windowSeconds * 1000;
       const firstMs = Math.floor(fromMs / Wms) * Wms;
       const most = routeLimits.windowsPerAnswerMax + (firstMs < fromMs ? 1 : 0);
-      const windows = await stored.resultsJson(q.id, firstMs, toMs, most);
-      if (windows.length > most) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
-      // Stored as JSON text: the answer is assembled without parsing them.
-      return c.body(`{"id":${JSON.stringify(q.id)},"query":${JSON.stringify(q.query)},"windows":[${windows.join(',')}]}`, 200, { 'content-type': 'application/json' });
+      // Stored as JSON text: the answer is assembled without parsing them, and the same answer is
+      // sent again while no window of the query arrived (for at most a second).
+      const body = await stored.resultsAnswer(q.id, firstMs, toMs, most, (windows) =>
+        windows.length > most ? null : Buffer.from(`{"id":${JSON.stringify(q.id)},"query":${JSON.stringify(q.query)},"windows":[${windows.join(',')}]}`),
+      );
+      if (body === null) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
+      return c.body(body, 200, { 'content-type': 'application/json' });
     } catch (err) {
       const r = bad(err, c);
       return c.json(r.body, r.status);
