@@ -946,12 +946,16 @@ export class Store {
     const cutoff = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
     let deleted = 0;
     for (const shard of this.opts.shards) {
-      // Before and after: an answer cached while the sweep runs may hold rows it then deletes.
+      // Before and after, whatever happens between: an answer cached while the sweep runs may
+      // hold rows it then deletes.
       this.rowVersions.deletedBelow(shard, cutoff);
-      deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows, this.stopped);
-      this.rowVersions.deletedBelow(shard, cutoff);
-      // Row groups of those blocks (their rows' pointers went above, or before a restart).
-      this.counters.retention_groups_deleted += await deleteRange(this.root, this.groups, groupKey(rowKey(shard, 0, 0, 0, 0), 0), groupKey(rowKey(shard, cutoff, 0, 0, 0), 0), batchRows, this.stopped);
+      try {
+        deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows, this.stopped);
+        // Row groups of those blocks (their rows' pointers went above, or before a restart).
+        this.counters.retention_groups_deleted += await deleteRange(this.root, this.groups, groupKey(rowKey(shard, 0, 0, 0, 0), 0), groupKey(rowKey(shard, cutoff, 0, 0, 0), 0), batchRows, this.stopped);
+      } finally {
+        this.rowVersions.deletedBelow(shard, cutoff);
+      }
     }
     this.counters.retention_rows_deleted += deleted;
     return deleted;
@@ -1177,6 +1181,16 @@ export class Store {
     this.walEnv.transactionSync(() => this.streamDb.put(shard, restoringSeq));
     this.streamApplied.set(shard, restoringSeq);
     this.rowVersions.wroteShard(shard);
+    try {
+      await this.emptyShard(shard);
+    } finally {
+      // Again once the rows are gone, or as far as a failed delete got.
+      this.rowVersions.wroteShard(shard);
+    }
+  }
+
+  /** wipeShard's work once the shard is marked restoring. */
+  private async emptyShard(shard: number): Promise<void> {
     const head = this.heads.get(shard)!;
     for (const metrics of head.blocks.values()) {
       for (const racks of metrics.values()) {
@@ -1205,7 +1219,6 @@ export class Store {
     await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch, this.stopped);
     await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch, this.stopped);
     await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
-    this.rowVersions.wroteShard(shard);
   }
 
   /** Ends retention sweeps and shard wipes at their next batch (the store is about to close). */

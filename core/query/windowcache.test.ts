@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeFrame, KindCode } from '../../schema/codec.js';
 import { batchBytesMax } from '../../schema/limits.js';
-import { rackSecondBody, sectionAt } from '../../schema/section.js';
+import { hashName } from '../../schema/names.js';
+import { rackSecondBody, sectionAt, shardOf } from '../../schema/section.js';
 import { buildColumns, type PointInput } from '../../schema/testdata.js';
 import { openNode } from '../node.js';
 import { Store } from '../store.js';
@@ -19,10 +20,10 @@ const S = 4;
 // Whole blocks of 60 s, well in the past (the head writes them when the test flushes).
 const t0 = Math.floor(Date.now() / 1000 / 3600) * 3600 - 2 * 86400;
 
-function openStore(sliceMs = 20): Store {
+function openStore(sliceMs = 20, shards = [0, 1, 2, 3]): Store {
   const dir = mkdtempSync(join(tmpdir(), 'apm-wcache-'));
   dirs.push(dir);
-  return new Store({ dir, shardCount: S, shards: [0, 1, 2, 3], retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs, diskBytesMax: 0, diskReserveBytes: 0 });
+  return new Store({ dir, shardCount: S, shards, retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs, diskBytesMax: 0, diskReserveBytes: 0 });
 }
 
 const counters = (): AnswerCacheCounters => ({ answer_cache_hits: 0, answer_cache_misses: 0, answer_cache_evicted: 0, answer_cache_windows: 0 });
@@ -42,7 +43,8 @@ function put(store: Store, rack: string, second: number, values: [string, number
   const f = decodeFrame(rackSecondBody({ rack, session: 1, seq, second, late, shards: S, servers, rollup: buildColumns([], [], ['g', 'h']) }), batchBytesMax);
   if (!f.ok || f.msg.type !== 'rackSecond') throw new Error('BUG: test body does not decode');
   const msg = f.msg;
-  expect(store.ingest(msg, [...msg.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() }))).status).toBe(204);
+  const sections = [...msg.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() })).filter((x) => store.opts.shards.includes(x.shard));
+  expect(store.ingest(msg, sections).status).toBe(204);
 }
 
 const flush = (store: Store) => {
@@ -123,6 +125,22 @@ describe('ad-hoc answers kept per window (issue 14)', () => {
     await store.close();
   });
 
+  it('never keeps a window switched to a sketch (whether it is depends on the other windows open with it)', async () => {
+    const store = openStore();
+    fill(store, t0, t0 + 120);
+    flush(store);
+    const c = counters();
+    const cache = new WindowCache(c);
+    const q = parseQuery('FROM * SELECT g WINDOW 10s COMPUTE p50');
+    // At most 150 exact values held at once: windows of 100 values are sketched when two are open.
+    const answer = cache.evaluate(store, q, t0, t0 + 120, { exactValuesMax: 150 });
+    expect(answer).toEqual(evaluate(store, q, t0, t0 + 120, { exactValuesMax: 150 }));
+    const sketched = answer.filter((w) => w.sketched === true).length;
+    expect(sketched).toBeGreaterThan(0);
+    expect(cache.size).toBe(12 - sketched);
+    await store.close();
+  });
+
   it('forgets windows of blocks the retention deleted', async () => {
     const store = openStore();
     fill(store, t0, t0 + 120);
@@ -136,6 +154,33 @@ describe('ad-hoc answers kept per window (issue 14)', () => {
     const after = cache.evaluate(store, q, t0, t0 + 120);
     expect(after).toEqual(evaluate(store, q, t0, t0 + 120));
     expect(after.map((w) => w.startMs / 1000)).toEqual([t0 + 60, t0 + 90]);
+    await store.close();
+  });
+
+  it('regression: a retention sweep that fails part way leaves no answer cached in between served', async () => {
+    const h = new Uint32Array(2);
+    hashName('g', h, 0);
+    // A store of g's shard alone: every batch of the sweep deletes one of g's rows.
+    const store = openStore(20, [shardOf(h[0]!, S)]);
+    for (let t = t0; t < t0 + 120; t++) for (const rack of ['ra', 'rb', 'rc', 'rd']) put(store, rack, t, [[`${rack}-0`, t - t0]]);
+    flush(store);
+    const cache = new WindowCache(counters());
+    const q = parseQuery('FROM * SELECT g WINDOW 30s COMPUTE count');
+    const root = (store as unknown as { root: { transactionSync: (f: () => unknown) => unknown } }).root;
+    const commit = root.transactionSync.bind(root);
+    // The first block's 4 rows go one per batch; a query runs between two batches.
+    const sweep = store.retentionSweep((t0 + 60 + store.opts.retentionSeconds) * 1000, 1);
+    expect(cache.evaluate(store, q, t0, t0 + 120).map((w) => w.count)).toEqual([90, 90, 120, 120]);
+    let calls = 0;
+    root.transactionSync = (f) => {
+      if (++calls === 2) throw new Error('test: the disk failed');
+      return commit(f);
+    };
+    await expect(sweep).rejects.toThrow(/disk failed/);
+    root.transactionSync = commit;
+    const fresh = evaluate(store, q, t0, t0 + 120);
+    expect(fresh.map((w) => w.count)).toEqual([60, 60, 120, 120]);
+    expect(cache.evaluate(store, q, t0, t0 + 120)).toEqual(fresh);
     await store.close();
   });
 

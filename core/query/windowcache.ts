@@ -6,7 +6,10 @@
 // (core/rowversions.ts), and served while no block it overlaps has changed since: rows written
 // (late data merged, a restore, a wipe) or deleted by the retention. A window that overlaps a
 // block whose data is still in the head (not yet written as rows) is never kept: its answer
-// changes as data arrives. So a cached answer equals a fresh evaluation, window for window; a
+// changes as data arrives. Nor is a window whose percentiles were switched to a sketch: whether
+// that happens depends on the other windows open with it (evalExactValuesMax), not on its own
+// rows alone. So a cached answer equals a fresh evaluation, window for window, except that a
+// window a fresh evaluation of a longer range would sketch may come exact from the cache; a
 // test checks that against random histories of ingest, late data, row writing and retention.
 //
 // Bounded in windows, per store and per query; least recently asked queries go first, and a
@@ -18,7 +21,10 @@ import { coreLimits } from '../limits.js';
 import { evaluate, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import type { Query } from './parse.js';
 
-/** Windows kept per store (~250 B each: ~12 MB). An hour of 5 s windows is 720: ~70 such panels. */
+/**
+ * Windows kept per store (~250 B each, ~120 B more with their JSON: ~19 MB; the last answer's
+ * texts hold no more windows than are kept). An hour of 5 s windows is 720: ~70 such panels.
+ */
 export const answerCacheWindowsMax = 50_000;
 /** Windows kept per query: two of the longest answers (evalWindowsMax). */
 export const answerCacheWindowsPerQueryMax = 2 * coreLimits.evalWindowsMax;
@@ -84,7 +90,8 @@ export class WindowCache {
     let json = '[';
     for (const [i, e] of answer.entries()) json += (i === 0 ? '' : ',') + (e.json ??= JSON.stringify(e.result));
     json += ']';
-    if (of !== undefined) of.last = { answer, json };
+    // Bounded with the windows: an answer mostly of windows not kept (the head's) is not kept.
+    if (of !== undefined) of.last = answer.length <= of.windows.size ? { answer, json } : null;
     return json;
   }
 
@@ -141,7 +148,7 @@ export class WindowCache {
         const ws = first + i * W;
         const e: Kept = { result: byStart.get(ws) ?? null, epoch };
         got[i] = e;
-        if (versionOf(ws) <= epoch) this.keep(kept, ws, e);
+        if (versionOf(ws) <= epoch && e.result?.sketched !== true) this.keep(kept, ws, e);
         else if (kept.delete(ws)) this.windows--;
       }
       if (kept.size === 0) {
