@@ -24,7 +24,7 @@ import type { PromText } from '../../schema/prom.js';
 import { shardOf } from '../../schema/section.js';
 import { metricOfMatch } from '../history/routes.js';
 import type { QueryCatalog } from '../query/catalog.js';
-import { parseQuery } from '../query/parse.js';
+import { parseQueryOften } from '../query/parse.js';
 import { parseForProm, promLimits, scalarLiteral } from '../query/prom.js';
 import type { ClusterView, NodeState } from './view.js';
 
@@ -175,7 +175,7 @@ export class ClusterRouting {
     const one = (metric: string | null): Target | null => (metric === null ? null : { metrics: [metric], evaluator: false });
     if (path === '/api/v1/query' && method === 'GET') {
       const q = c.req.query('q');
-      return one(q !== undefined ? metricOf(() => parseQuery(q).metric) : promMetric(c.req.query('query')));
+      return one(q !== undefined ? metricOf(() => parseQueryOften(q).metric) : promMetric(c.req.query('query')));
     }
     if ((path === '/api/v1/query' && method === 'POST') || (path === '/api/v1/query_range' && (method === 'GET' || method === 'POST'))) return one(promMetric(await promParam(c, 'query')));
     if (path === '/api/v1/export' && method === 'GET') {
