@@ -242,6 +242,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', s('evaluation_errors'));
     p.counter('apm_core_query_over_budget_total', 'Stored-query ticks stopped by their time budget (storedEvalMs; retried later with fewer windows at a time, also in apm_core_query_errors_total)', s('evaluation_over_budget'));
     p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', s('late_seconds_dropped'));
+    p.counters('apm_core_results_answers_total', 'Answers of GET /api/v1/queries/:id/results: the same bytes sent again (no window of the query arrived since, at most 1 s) or built', 'result', { kept: stored.answerCounters.kept, built: stored.answerCounters.built });
+    p.counter('apm_core_results_answers_evicted_total', 'Kept results answers dropped to stay within 64 answers and 16 MiB', stored.answerCounters.evicted);
+    p.gauge('apm_core_results_answers_bytes', 'Bytes of results answers kept', stored.answerCounters.bytes);
     p.gauge('apm_core_queries_unloadable', 'Stored queries whose text no longer parses (set aside, listed at GET /api/v1/queries)', stored.unloadable.length);
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());

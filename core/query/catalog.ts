@@ -65,8 +65,9 @@ interface Recent {
   changes?: number;
 }
 
-/** Answers of the results route kept (many dashboards read the same range between two windows). */
+/** Answers of the results route kept (many dashboards read the same range between two windows), by count and bytes. */
 const answersKeptMax = 64;
+const answersKeptBytesMax = 16 * 1024 * 1024;
 /**
  * At most this long (ms): results the retention deleted, or (in a cluster) a query whose windows
  * stopped arriving here, change no record; an answer is served at most this much older than them.
@@ -78,6 +79,8 @@ export class QueryCatalog {
   private readonly recent = new Map<string, Recent>();
   /** resultsAnswer's texts by query id and range, oldest first. */
   private readonly answers = new Map<string, { r: Recent | undefined; changes: number; atMs: number; text: Uint8Array<ArrayBuffer> | null }>();
+  /** resultsAnswer: answers sent again (kept) or built, kept ones evicted by the bounds, bytes held. */
+  readonly answerCounters = { kept: 0, built: 0, evicted: 0, bytes: 0 };
   private readonly listeners = new Set<Listener>();
   /** Definitions that no longer parse: kept, not evaluated, listed with the reason. */
   readonly unloadable: { id: string; query: string; error: string }[] = [];
@@ -289,12 +292,30 @@ export class QueryCatalog {
     const changes = r?.changes ?? 0;
     const atMs = performance.now();
     const kept = this.answers.get(key);
-    if (kept !== undefined && kept.r === r && kept.changes === changes && atMs - kept.atMs < answerKeepMs) return kept.text;
+    if (kept !== undefined && kept.r === r && kept.changes === changes && atMs - kept.atMs < answerKeepMs) {
+      this.answerCounters.kept++;
+      return kept.text;
+    }
     const text = build(await this.resultsJson(id, fromMs, toMs, limit));
-    this.answers.delete(key);
-    if (this.answers.size >= answersKeptMax) this.answers.delete(this.answers.keys().next().value!);
+    this.answerCounters.built++;
+    this.forgetAnswer(key);
+    const bytes = text?.length ?? 0;
+    if (bytes > answersKeptBytesMax / 4) return text;
+    for (const k of this.answers.keys()) {
+      if (this.answers.size < answersKeptMax && this.answerCounters.bytes + bytes <= answersKeptBytesMax) break;
+      this.forgetAnswer(k);
+      this.answerCounters.evicted++;
+    }
     this.answers.set(key, { r, changes, atMs, text });
+    this.answerCounters.bytes += bytes;
     return text;
+  }
+
+  private forgetAnswer(key: string): void {
+    const a = this.answers.get(key);
+    if (a === undefined) return;
+    this.answers.delete(key);
+    this.answerCounters.bytes -= a.text?.length ?? 0;
   }
 
   /** The parsed text of a stored query (undefined: none with that id). */

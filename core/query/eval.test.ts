@@ -177,8 +177,10 @@ describe('query evaluation against a reference over raw observations', async () 
     // The results route keeps its answer text while no window of the query arrives.
     const url = `/api/v1/queries/${def.id}/results?from=${t0 * 1000}&to=${(t0 + seconds) * 1000}`;
     const viaHttp = async () => ((await (await node.app.request(url)).json()) as { windows: WindowResult[] }).windows;
+    const sent = { ...node.stored.answerCounters };
     expect(await viaHttp()).toEqual(before);
     expect(await viaHttp()).toEqual(before);
+    expect([node.stored.answerCounters.built - sent.built, node.stored.answerCounters.kept - sent.kept]).toEqual([1, 1]);
     const live: WindowResult[] = [];
     node.stored.subscribe((id, w) => id === def.id && live.push(w));
     // A late request: a new server of a new rack reports 1e6 at t0 + 7.
@@ -189,6 +191,12 @@ describe('query evaluation against a reference over raw observations', async () 
     expect(live.map((w) => [w.startMs, w.revision])).toEqual([[(t0 + 5) * 1000, 1]]);
     // Regression (kept answers): the revised window is answered at once, not a second later.
     expect((await viaHttp())[1]).toMatchObject({ revision: 1, values: { max: 1e6 } });
+    // 70 more ranges beside the one kept: at most 64 answers stay kept, the rest evicted and counted.
+    const evicted = node.stored.answerCounters.evicted;
+    for (let i = 1; i <= 70; i++) expect((await node.app.request(`/api/v1/queries/${def.id}/results?from=${t0 * 1000}&to=${(t0 + seconds + i) * 1000}`)).status).toBe(200);
+    const a = node.stored.answerCounters;
+    expect(a.evicted - evicted).toBe(71 - 64);
+    expect(await (await node.app.request('/metrics')).text()).toMatch(new RegExp(`^apm_core_results_answers_evicted_total ${a.evicted}$`, 'm'));
   });
 });
 

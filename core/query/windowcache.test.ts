@@ -56,11 +56,17 @@ function fill(store: Store, from: number, to: number, bump = 0): void {
   for (let t = from; t < to; t++) for (const rack of ['ra', 'rb']) put(store, rack, t, servers(rack).map((s, i) => [s, ((t - t0) % 17) + i * 3 + bump] as [string, number]));
 }
 
+/** A store holding seconds [t0, t0 + seconds) of both racks, written as rows. */
+function filledStore(seconds: number): Store {
+  const store = openStore();
+  fill(store, t0, t0 + seconds);
+  flush(store);
+  return store;
+}
+
 describe('ad-hoc answers kept per window (issue 14)', () => {
   it('answers again from the cache, evaluates only the windows a shifted range adds, and equals a fresh evaluation', async () => {
-    const store = openStore();
-    fill(store, t0, t0 + 600);
-    flush(store);
+    const store = filledStore(600);
     const c = counters();
     const cache = new WindowCache(c);
     const q = parseQuery('FROM ra-1,rb-2,rb-4 SELECT g WINDOW 5s COMPUTE min, max, avg, p90');
@@ -126,9 +132,7 @@ describe('ad-hoc answers kept per window (issue 14)', () => {
   });
 
   it('never keeps a window switched to a sketch (whether it is depends on the other windows open with it)', async () => {
-    const store = openStore();
-    fill(store, t0, t0 + 120);
-    flush(store);
+    const store = filledStore(120);
     const c = counters();
     const cache = new WindowCache(c);
     const q = parseQuery('FROM * SELECT g WINDOW 10s COMPUTE p50');
@@ -142,9 +146,7 @@ describe('ad-hoc answers kept per window (issue 14)', () => {
   });
 
   it('forgets windows of blocks the retention deleted', async () => {
-    const store = openStore();
-    fill(store, t0, t0 + 120);
-    flush(store);
+    const store = filledStore(120);
     const cache = new WindowCache(counters());
     const q = parseQuery('FROM * SELECT g WINDOW 30s COMPUTE min, count');
     expect(cache.evaluate(store, q, t0, t0 + 120).length).toBe(4);
@@ -185,9 +187,7 @@ describe('ad-hoc answers kept per window (issue 14)', () => {
   });
 
   it('stays within its bounds in windows, per store and per query, and counts what it drops', async () => {
-    const store = openStore();
-    fill(store, t0, t0 + 300);
-    flush(store);
+    const store = filledStore(300);
     const c = counters();
     const cache = new WindowCache(c, 100, 50);
     const q = (i: number) => parseQuery(`FROM ra-${i} SELECT g WINDOW 5s COMPUTE max`);
