@@ -2,18 +2,16 @@
 // `apm simulate` processes on loopback, ramped through fleet sizes; per step the points offered
 // and stored, CPU seconds per million points and RSS of each tier (from /proc), UDP loss and
 // recovery, freshness over the live stream, disk per point, results-API latency under
-// autocannon, and whether the step kept up. The headline: the largest fleet sustained.
+// load (wrk when installed, else autocannon), and whether the step kept up. The headline: the largest fleet sustained.
 
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { httpLoad, wrkInstalled, type LoadClient } from './bench-http.js';
 
 const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
-const autocannon = fileURLToPath(new URL('../../node_modules/.bin/autocannon', import.meta.url));
-const run = promisify(execFile);
 
 export interface FleetStep {
   servers: number;
@@ -34,6 +32,8 @@ export interface FleetStep {
   /** Windows whose first result was revised by data that arrived after the window closed. */
   revisedWindowsPercent: number;
   resultsQueryP99Ms: number;
+  /** The load client of resultsQueryP99Ms (tools/bench-http.ts). */
+  resultsQueryClient: LoadClient;
   keptUp: boolean;
 }
 
@@ -170,8 +170,8 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
       throw new Error(`bench fleet INVALID RUN (${servers} servers): the core stored ${stored} points/s and the racks accepted ${received} parts in ${dt.toFixed(0)} s (core refusals: ${refused.join(', ') || 'none'}); the core's last output:\n${core.lines.slice(-20).join('\n')}`);
     }
     await new Promise((r) => setTimeout(r, 3000)); // revisions of the last windows
-    const { stdout } = await run(process.execPath, [autocannon, '-j', '-c', '10', '-d', '5', `${url}/api/v1/queries/${id}/results?from=-1h`], { maxBuffer: 1 << 24 });
-    const ac = JSON.parse(stdout) as { latency: { p99: number } };
+    const load = await httpLoad(wrkInstalled() ? 'wrk' : 'autocannon', `${url}/api/v1/queries/${id}/results?from=-1h`, 10, 5);
+    if (load.failed > 0 || !(load.requests > 0)) throw new Error(`bench fleet INVALID RUN (${servers} servers): results under load (${load.client}) ${load.requests} requests, ${load.failed} failed`);
     abort.abort();
     await live;
     lags.sort((a, b) => a - b);
@@ -193,7 +193,8 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
       udpLostForGoodPercent: (100 * lost) / Math.max(1, received + lost),
       freshnessP50Ms: q(0.5),
       freshnessP99Ms: q(0.99),
-      resultsQueryP99Ms: ac.latency.p99,
+      resultsQueryP99Ms: load.p99Ms,
+      resultsQueryClient: load.client,
       completenessPercent: 100 * completeness,
       revisedWindowsPercent: counts.length === 0 ? 0 : (100 * revised.size) / counts.length,
       // Kept up: every window complete (all servers' seconds stored), each result on the live

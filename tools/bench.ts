@@ -18,6 +18,7 @@ import { importFigures } from './bench-import.js';
 import { codecFigures } from './bench-codec.js';
 import { diskFigures } from './bench-disk.js';
 import { clusterFigures } from './bench-cluster.js';
+import { wrkInstalled } from './bench-http.js';
 
 /** Every section --only may name (each is run below). */
 export const benchSections = ['edge', 'auth', 'rack', 'core', 'stores', 'codec', 'query', 'disk', 'import', 'freshness', 'loss', 'fleet', 'soak', 'page', 'cluster'];
@@ -102,6 +103,7 @@ export async function main(argv: string[]): Promise<void> {
   if (wanted('fleet', true)) {
     console.log(`\n== fleet (servers × ${fleetMetrics} metrics, real processes; a step keeps up when every window is complete and readable within 5 s of its close)`);
     console.log(`  ${'servers'.padStart(7)} ${'offered/s'.padStart(10)} ${'stored/s'.padStart(10)} ${'complete'.padStart(8)} ${'revised'.padStart(7)} ${'core s/M'.padStart(8)} ${'racks s/M'.padStart(9)} ${'sim %'.padStart(6)} ${'core MiB'.padStart(8)} ${'rack MiB'.padStart(8)} ${'loss %'.padStart(7)} ${'lost %'.padStart(7)} ${'fresh p99'.padStart(9)} ${'results p99'.padStart(11)}  kept up`);
+    console.log(`  (results p99: GET …/results?from=-1h under 10 connections for 5 s, by ${wrkInstalled() ? 'wrk' : 'autocannon: wrk is not installed (apt install wrk)'})`);
     for (const servers of quick ? [40] : [40, 120, 240, 480, 960]) {
       const s = await fleetStep(servers, fleetMetrics, quick ? 10 : 60);
       steps.push(s);
