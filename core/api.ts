@@ -2,7 +2,7 @@
 // Query routes arrive with the query engine (issue 5). One error shape: {"error": "..."}.
 
 import type { IncomingMessage } from 'node:http';
-import { Hono } from 'hono';
+import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
@@ -108,26 +108,39 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   });
   app.notFound((c) => c.json({ error: `no route for ${c.req.method} ${c.req.path}` }, 404));
 
+  const ingestLimit = bodyLimit({
+    maxSize: opts.ingestBodyBytesMax,
+    onError: (c) => {
+      http.ingest_too_large++;
+      return c.json({ error: `ingest body exceeds ${opts.ingestBodyBytesMax} bytes` }, 413);
+    },
+  });
+  /**
+   * The socket of a request whose body goes straight into a recycled buffer (core/buffers.ts):
+   * its length declared, not chunked, and for this node's workers (which copy it). Such a request
+   * must never reach Hono's body: reading `c.req.raw.body` (bodyLimit does) makes
+   * @hono/node-server attach a web stream to the socket, which copies every chunk we read into a
+   * queue nobody reads — the whole body allocated twice, on the HTTP thread's heap.
+   */
+  const direct = (c: Context): { incoming: IncomingMessage; declared: number } | null => {
+    const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+    const declared = Number(c.req.header('content-length'));
+    if (opts.ingest !== undefined || incoming === undefined || !Number.isSafeInteger(declared) || declared <= 0 || c.req.header('transfer-encoding') !== undefined) return null;
+    return { incoming, declared };
+  };
   app.post(
     '/api/v1/ingest',
-    bodyLimit({
-      maxSize: opts.ingestBodyBytesMax,
-      onError: (c) => {
-        http.ingest_too_large++;
-        return c.json({ error: `ingest body exceeds ${opts.ingestBodyBytesMax} bytes` }, 413);
-      },
-    }),
+    // readBodyInto has the same bound for a direct body (413 before anything is read).
+    (c, next) => (direct(c) !== null ? next() : ingestLimit(c, next)),
     async (c) => {
       http.ingest_requests++;
-      // The body straight from the socket into a recycled buffer (core/buffers.ts) when its length
-      // is declared and it goes to this node's workers (which copy it); otherwise through Hono.
-      const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
-      const declared = Number(c.req.header('content-length'));
+      // The body straight from the socket into a recycled buffer when `direct`; otherwise through Hono.
+      const d = direct(c);
       let pooled: ArrayBuffer | null = null;
       let body: Uint8Array;
-      if (opts.ingest === undefined && incoming !== undefined && Number.isSafeInteger(declared) && declared > 0) {
+      if (d !== null) {
         try {
-          const r = await readBodyInto(incoming, declared, opts.ingestBodyBytesMax, bodies);
+          const r = await readBodyInto(d.incoming, d.declared, opts.ingestBodyBytesMax, bodies);
           pooled = r.buf;
           body = new Uint8Array(r.buf, 0, r.length);
         } catch (err) {

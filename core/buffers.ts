@@ -82,25 +82,39 @@ export class BodyError extends Error {
  * Throws BodyError when the body is longer or shorter than declared, over `bytesMax`, or not
  * received whole (the connection failed mid-body).
  */
-export async function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool): Promise<{ buf: ArrayBuffer; length: number }> {
-  if (length > bytesMax) throw new BodyError(413, `body of ${length} bytes exceeds ${bytesMax}`);
+export function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool): Promise<{ buf: ArrayBuffer; length: number }> {
+  if (length > bytesMax) return Promise.reject(new BodyError(413, `body of ${length} bytes exceeds ${bytesMax}`));
   const buf = pool.take(length);
   const view = new Uint8Array(buf);
   let at = 0;
-  try {
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      if (at + chunk.length > length) throw new BodyError(400, `body longer than its Content-Length ${length}`);
+  // Chunks as the socket delivers them ('data' in flowing mode). An async iterator over `req`
+  // reads in paused mode, where read() joins the chunks buffered so far into a new Buffer first:
+  // every body copied once more, on fresh pages (2.5–3× the HTTP thread's page faults).
+  return new Promise((resolve, reject) => {
+    const done = (err: BodyError | null) => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.off('close', onClose);
+      if (err === null) return resolve({ buf, length });
+      pool.give(buf);
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      if (at + chunk.length > length) {
+        req.resume(); // the rest is read and dropped; the answer says why
+        return done(new BodyError(400, `body longer than its Content-Length ${length}`));
+      }
       view.set(chunk, at);
       at += chunk.length;
-    }
-  } catch (err) {
-    pool.give(buf);
+    };
+    const onEnd = () => done(at === length ? null : new BodyError(400, `body of ${at} bytes ended before its Content-Length ${length}`));
     // A sender that went away mid-body (aborted, reset) is a refused request, not a core failure.
-    throw err instanceof BodyError ? err : new BodyError(400, `body not received whole (${(err as Error).message})`);
-  }
-  if (at !== length) {
-    pool.give(buf);
-    throw new BodyError(400, `body of ${at} bytes ended before its Content-Length ${length}`);
-  }
-  return { buf, length };
+    const onError = (err: Error) => done(new BodyError(400, `body not received whole (${err.message})`));
+    const onClose = () => done(new BodyError(400, 'body not received whole (connection closed)'));
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('close', onClose);
+  });
 }

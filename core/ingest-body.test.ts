@@ -1,0 +1,61 @@
+// The ingest route's body path under @hono/node-server (issue 12): a body of declared length goes
+// from the socket into a recycled buffer and nothing else reads it. Regression: Hono's bodyLimit
+// read `c.req.raw.body`, which made @hono/node-server attach a web stream to the socket that
+// copied every chunk into a queue nobody read — each body allocated twice on the HTTP thread
+// (its collector then paused /healthz for up to half a second while 1,000 servers were ingested).
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { serve, type ServerType } from '@hono/node-server';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KindCode } from '../schema/codec.js';
+import { rackSecondBody } from '../schema/section.js';
+import { buildColumns } from '../schema/testdata.js';
+import { openNode, type CoreNode } from './node.js';
+
+describe('ingest body under @hono/node-server', () => {
+  let dir: string;
+  let node: CoreNode;
+  let server: ServerType;
+  let base = '';
+  /** Per request: 'data' listeners on the socket's message when its answer was sent. */
+  const dataListenersAtAnswer: number[] = [];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'apm-ingest-body-'));
+    node = await openNode({ dataDir: dir, workers: 1, shards: 4, queryLatenessMs: 0 });
+    server = serve({
+      fetch: (req, env) => {
+        const { incoming, outgoing } = env as { incoming: IncomingMessage; outgoing: ServerResponse };
+        outgoing.once('finish', () => dataListenersAtAnswer.push(incoming.listenerCount('data')));
+        return node.app.fetch(req, env);
+      },
+      hostname: '127.0.0.1',
+      port: 0,
+    });
+    await new Promise<void>((r) => server.once('listening', () => r()));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  });
+  afterAll(async () => {
+    await new Promise((r) => server.close(r));
+    await node.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('reads a body of declared length once, leaving no reader attached to the socket', async () => {
+    const second = Math.floor(Date.now() / 1000) - 120;
+    const servers = Array.from({ length: 40 }, (_, i) => `s${i}`);
+    for (let seq = 1; seq <= 3; seq++) {
+      // ~200 KB: several socket chunks.
+      const points = Array.from({ length: 1000 }, (_, m) => ({ name: `m${m}`, kind: KindCode.Gauge as const, value: m + seq }));
+      const body = rackSecondBody({ rack: 'r1', session: 5, seq, second: second + seq, late: false, shards: 4, servers: servers.map((server) => ({ server, blocks: [buildColumns(points, [])] })), rollup: buildColumns([], []) });
+      expect(body.length).toBeGreaterThan(150_000);
+      const r = await fetch(`${base}/api/v1/ingest`, { method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } });
+      expect(r.status).toBe(204);
+    }
+    expect(dataListenersAtAnswer).toEqual([0, 0, 0]);
+    expect(node.pool.counters.requests_ingested).toBe(3);
+  });
+});
