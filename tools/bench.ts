@@ -48,6 +48,8 @@ restarted (its catch-up rate).
 The fleet section starts real core, rack (one per 40 servers) and simulator processes and
 ramps the fleet (servers × 2,000 metrics) until a step does not keep up; the largest step
 that kept up is the headline.
+HTTP load (the query section's stored results, the fleet's results p99) comes from wrk when it
+is installed (apt install wrk), else from autocannon; the output says which.
 A section whose run is invalid (nothing stored, points lost, no rows) stops with an error.`;
 
 const fleetMetrics = 2000;
