@@ -108,13 +108,11 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   });
   app.notFound((c) => c.json({ error: `no route for ${c.req.method} ${c.req.path}` }, 404));
 
-  const ingestLimit = bodyLimit({
-    maxSize: opts.ingestBodyBytesMax,
-    onError: (c) => {
-      http.ingest_too_large++;
-      return c.json({ error: `ingest body exceeds ${opts.ingestBodyBytesMax} bytes` }, 413);
-    },
-  });
+  const tooLarge = (c: Context) => {
+    http.ingest_too_large++;
+    return c.json({ error: `ingest body exceeds ${opts.ingestBodyBytesMax} bytes`, reason: 'too_large' }, 413);
+  };
+  const ingestLimit = bodyLimit({ maxSize: opts.ingestBodyBytesMax, onError: tooLarge });
   /**
    * The socket of a request whose body goes straight into a recycled buffer (core/buffers.ts):
    * its length declared, not chunked, and for this node's workers (which copy it). Such a request
@@ -130,8 +128,13 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   };
   app.post(
     '/api/v1/ingest',
-    // readBodyInto has the same bound for a direct body (413 before anything is read).
-    (c, next) => (direct(c) !== null ? next() : ingestLimit(c, next)),
+    // A direct body over the bound is refused here, as bodyLimit refuses the others: before the
+    // handler counts the request and before anything is read.
+    (c, next) => {
+      const d = direct(c);
+      if (d === null) return ingestLimit(c, next);
+      return d.declared > opts.ingestBodyBytesMax ? tooLarge(c) : next();
+    },
     async (c) => {
       http.ingest_requests++;
       // The body straight from the socket into a recycled buffer when `direct`; otherwise through Hono.

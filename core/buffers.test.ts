@@ -94,4 +94,20 @@ describe('readBodyInto', () => {
       s.close();
     }
   });
+
+  it('settles at once for a message that ended or failed before it listened (never a promise left pending)', async () => {
+    const pool = new BufferPool(1 << 20);
+    const s = await serve(async (req) => {
+      // Everything read elsewhere first: 'end' has been emitted already.
+      req.resume();
+      await new Promise((r) => req.once('end', r));
+      return readBodyInto(req, Number(req.headers['content-length']), 1 << 20, pool).then(() => 'read');
+    });
+    try {
+      expect(await post(s.port, Buffer.from('abcdef'), 6)).toBe('400 body of 0 bytes ended before its Content-Length 6');
+      expect(pool.keptBytes).toBe(64 * 1024);
+    } finally {
+      s.close();
+    }
+  });
 });

@@ -116,5 +116,9 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
     req.on('end', onEnd);
     req.on('error', onError);
     req.on('close', onClose);
+    // A message that ended or failed before we listened emits nothing more: settle now.
+    if (req.readableEnded) onEnd();
+    else if (req.errored !== null) onError(req.errored);
+    else if (req.destroyed) onClose();
   });
 }

@@ -6,6 +6,7 @@
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, type ServerType } from '@hono/node-server';
@@ -57,5 +58,30 @@ describe('ingest body under @hono/node-server', () => {
     }
     expect(dataListenersAtAnswer).toEqual([0, 0, 0]);
     expect(node.pool.counters.requests_ingested).toBe(3);
+  });
+
+  it('refuses a declared length over the bound before reading or counting the request, as for any body', async () => {
+    const metric = async (line: RegExp) => Number(line.exec(await (await fetch(`${base}/metrics`)).text())?.[1] ?? NaN);
+    const requests = await metric(/^apm_core_ingest_requests_total (\d+)$/m);
+    const tooLarge = await metric(/^apm_core_requests_rejected_total\{reason="too_large"\} (\d+)$/m);
+    // A raw request: a client would not declare 2 GB and send 10 bytes.
+    const answer = await new Promise<string>((resolve, reject) => {
+      const sock = connect((server.address() as { port: number }).port, '127.0.0.1', () => {
+        sock.write('POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 2000000000\r\n\r\n0123456789');
+      });
+      let text = '';
+      sock.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (/\r\n\r\n[\s\S]*\}/.test(text)) {
+          sock.destroy();
+          resolve(text);
+        }
+      });
+      sock.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+    expect(answer).toMatch(/"error":"ingest body exceeds \d+ bytes","reason":"too_large"/);
+    expect(await metric(/^apm_core_requests_rejected_total\{reason="too_large"\} (\d+)$/m)).toBe(tooLarge + 1);
+    expect(await metric(/^apm_core_ingest_requests_total (\d+)$/m)).toBe(requests);
   });
 });

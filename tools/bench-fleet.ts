@@ -167,12 +167,13 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
     // A step where nothing reached the racks or the core measures nothing: say so, never print zeros.
     if (!(stored > 0) || !(received > 0)) {
       const refused = [...c1].filter(([k, v]) => k.startsWith('apm_core_requests_rejected_total{') && v > (c0.get(k) ?? 0)).map(([k, v]) => `${k.slice(k.indexOf('{'))}=${v - (c0.get(k) ?? 0)}`);
+      abort.abort(); // the live stream ends here, not when the core is stopped
       throw new Error(`bench fleet INVALID RUN (${servers} servers): the core stored ${stored} points/s and the racks accepted ${received} parts in ${dt.toFixed(0)} s (core refusals: ${refused.join(', ') || 'none'}); the core's last output:\n${core.lines.slice(-20).join('\n')}`);
     }
     await new Promise((r) => setTimeout(r, 3000)); // revisions of the last windows
     const load = await httpLoad(wrkInstalled() ? 'wrk' : 'autocannon', `${url}/api/v1/queries/${id}/results?from=-1h`, 10, 5);
-    if (load.failed > 0 || !(load.requests > 0)) throw new Error(`bench fleet INVALID RUN (${servers} servers): results under load (${load.client}) ${load.requests} requests, ${load.failed} failed`);
     abort.abort();
+    if (load.failed > 0 || !(load.requests > 0)) throw new Error(`bench fleet INVALID RUN (${servers} servers): results under load (${load.client}) ${load.requests} requests, ${load.failed} failed`);
     await live;
     lags.sort((a, b) => a - b);
     const q = (p: number) => lags[Math.min(lags.length - 1, Math.floor(p * (lags.length - 1)))] ?? NaN;

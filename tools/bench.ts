@@ -135,6 +135,8 @@ function summary(steps: FleetStep[], figures: Figure[]): object {
     freshnessP99Ms: best?.freshnessP99Ms ?? null,
     bytesPerPointOnDisk: fig('bytes on disk per gauge point'),
     resultsQueryP99Ms: best?.resultsQueryP99Ms ?? null,
+    // wrk or autocannon (tools/bench-http.ts): their p99s under a busy fleet are not comparable.
+    resultsQueryClient: best?.resultsQueryClient ?? null,
     udpLossPercent: best?.udpLossPercent ?? null,
     udpLostForGoodPercent: best?.udpLostForGoodPercent ?? null,
     steps,
