@@ -229,7 +229,7 @@ export async function queryFigures(quick: boolean): Promise<Figure[]> {
       const first = client === clients[0];
       out.push({ name: `GET results (${seconds / 5} windows of 5 s), 10 connections, ${client}: requests/s`, value: res.requestsPerS, unit: '/s' });
       // autocannon's percentiles are whole milliseconds: the mean says what a p50 of 0 or 1 hides.
-      out.push({ name: `  … latency mean (p50 / p90 / p99 / max${client === 'autocannon' ? ', whole ms' : ''})`, value: res.meanMs, unit: `ms (${res.p50Ms} / ${res.p90Ms} / ${res.p99Ms} / ${res.maxMs} ms)`, target: first ? 'p99 ≤ 5 ms (for 1 h)' : undefined });
+      out.push({ name: `  … latency mean (p50 / p90 / p99 / max${client === 'autocannon' ? ', whole ms' : ''})`, value: res.meanMs, unit: `ms (${res.p50Ms} / ${res.p90Ms} / ${res.p99Ms} / ${res.maxMs} ms)`, target: first ? 'p99 ≤ 5 ms (for 1 h; here the core does nothing else — bench fleet measures it beside a fleet)' : undefined });
     }
     return out;
   } finally {
