@@ -57,7 +57,6 @@ interface Kept {
   json?: string;
 }
 
-
 export class WindowCache {
   /** Query key → window start (s) → answer; both in least-recently-used order. */
   private readonly queries = new Map<string, Map<number, Kept>>();
