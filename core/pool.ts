@@ -508,9 +508,16 @@ export class ShardPool {
     return total;
   }
 
-  /** Stops one worker thread abruptly (tests: a dead worker is restarted from its WAL). */
-  async killWorker(index: number): Promise<void> {
-    await this.slots[index]?.worker?.terminate();
+  /**
+   * Makes one worker thread die of an uncaught error (tests: a dead worker is restarted from its
+   * WAL). Not terminate(): a thread stopped from outside while it commits to LMDB can crash the
+   * process (core/worker.ts, the uncaughtException handler).
+   */
+  async failWorker(index: number): Promise<void> {
+    const slot = this.slots[index];
+    if (slot === undefined) throw new Error(`no worker ${index}`);
+    const r = await this.request(slot, { t: 'fail', id: this.nextId++ });
+    if (r.error !== undefined) throw new WorkerError(r.error);
   }
 
   /** Stops the workers after they write what they must (their WAL holds the head). */

@@ -42,6 +42,8 @@ export type ToWorker =
   | { t: 'flush'; id: number; nowMs: number }
   | { t: 'tick'; id: number; nowMs: number }
   | { t: 'stop'; id: number }
+  /** Tests: the worker throws an error nothing catches (a worker that dies is restarted from its WAL). */
+  | { t: 'fail'; id: number }
   // Shard snapshots (issue 13, core/snapshot.ts): a cursor answers one chunk per request; a
   // restore takes batches of whole records between its begin (wipe) and its end (applied seq).
   | { t: 'snapshotOpen'; id: number; shard: number }

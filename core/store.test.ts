@@ -13,13 +13,13 @@ import type { DecodedRow } from './block.js';
 import { openLmdb } from '../schema/lmdb.js';
 import { Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
-const t0 = 1_790_000_040; // a multiple of 60 minus 0: block starts at 1_790_000_040 - 1_790_000_040 % 60
+const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
 const S = 4;
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
 
 function options(dir: string, over: Partial<StoreOptions> = {}): StoreOptions {
-  return { dir, shardCount: S, shards: [0, 1, 2, 3], retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0, ...over };
+  return { dir, shardCount: S, shards: [0, 1, 2, 3], retentionSeconds: 100 * 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0, ...over };
 }
 
 function open(over: Partial<StoreOptions> = {}): Store {
@@ -277,13 +277,31 @@ describe('Store', () => {
   it('deletes rows past the retention', async () => {
     const store = open({ retentionSeconds: 120 });
     const now = Math.floor(Date.now() / 1000);
-    store.ingest(...batch(now - 600, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 1 }] } }));
+    // Stored 10 minutes ago, when it was inside the retention.
+    expect(store.ingest(...batch(now - 600, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 1 }] } }), (now - 590) * 1000).status).toBe(204);
     store.ingest(...batch(now, { a: { points: [{ name: 'old', kind: KindCode.Gauge, value: 2 }] } }));
     flushAll(store);
     expect(await store.retentionSweep(Date.now())).toBe(1);
     expect(dump(store, 'old', now - 700, now + 1)).toEqual({ [`a@${now}`]: 2 });
     // The old block's row group went with it; the new block's stays.
     expect(store.counters.retention_groups_deleted).toBe(1);
+    await store.close();
+  });
+
+  it('regression: refuses a second the retention has passed (400 past_retention, counted) instead of acknowledging what its sweep deletes', async () => {
+    const store = open({ retentionSeconds: 120 });
+    const now = Math.floor(Date.now() / 1000);
+    const nowMs = now * 1000;
+    const oldest = now - 120 - ((now - 120) % 60); // the oldest block the sweep keeps
+    const tooOld = store.ingest(...batch(oldest - 1, { a: { points: [{ name: 'ret', kind: KindCode.Gauge, value: 1 }] } }), nowMs);
+    expect(tooOld).toMatchObject({ status: 400, reason: 'past_retention' });
+    expect(store.rejected.past_retention).toBe(1);
+    // The oldest kept block and everything after it are stored; the refused second is not.
+    expect(store.ingest(...batch(oldest, { a: { points: [{ name: 'ret', kind: KindCode.Gauge, value: 2 }] } }), nowMs).status).toBe(204);
+    expect(store.ingest(...batch(now, { a: { points: [{ name: 'ret', kind: KindCode.Gauge, value: 3 }] } }), nowMs).status).toBe(204);
+    flushAll(store);
+    expect(await store.retentionSweep(nowMs)).toBe(0);
+    expect(dump(store, 'ret', oldest - 60, now + 1)).toEqual({ [`a@${oldest}`]: 2, [`a@${now}`]: 3 });
     await store.close();
   });
 

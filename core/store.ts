@@ -216,7 +216,7 @@ export class Store {
     restore_servers_refused: 0,
     restore_metrics_refused: 0,
   };
-  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full', number>> = {};
+  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full' | 'past_retention', number>> = {};
   /** Decoded rows stored queries read again (core/rowcache.ts). */
   private rowCache = new RowCache(rowCacheBytesMax, this.counters);
   /** When each block's rows last changed: cached answers (core/query/windowcache.ts) check it. */
@@ -442,7 +442,7 @@ export class Store {
           results[i] = { status: 409, reason: 'stream_gap', error: `stream of shard ${shard}: message ${st.seq} follows ${st.after}, but ${now} is applied`, applied: now };
           return;
         }
-        const d = this.decodeRequest(r.h, r.sections);
+        const d = this.decodeRequest(r.h, r.sections, nowMs);
         if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
         else {
           results[i] = d;
@@ -453,7 +453,7 @@ export class Store {
         applied.set(shard, st.seq);
         return;
       }
-      const d = this.decodeRequest(r.h, r.sections);
+      const d = this.decodeRequest(r.h, r.sections, nowMs);
       if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
       else results[i] = d;
     });
@@ -530,7 +530,14 @@ export class Store {
   }
 
   /** A request's sections decoded and checked against its header, or why it is refused. */
-  private decodeRequest(h: RequestHeader, sections: readonly SectionIn[]): ShardSectionMessage[] | StoreIngestResult {
+  private decodeRequest(h: RequestHeader, sections: readonly SectionIn[], nowMs: number): ShardSectionMessage[] | StoreIngestResult {
+    // A second whose block the retention sweep deletes is refused, not acknowledged and then
+    // deleted unseen (an import of old history, a rack that spooled past the retention).
+    const oldestBlock = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
+    if (this.blockOf(h.second) < oldestBlock) {
+      this.rejected.past_retention = (this.rejected.past_retention ?? 0) + 1;
+      return { status: 400, reason: 'past_retention', error: `second ${h.second} is older than the retention (${this.opts.retentionSeconds} s) keeps: rows before ${new Date(oldestBlock * 1000).toISOString()} are deleted; nothing of this second is stored` };
+    }
     // Rack ids are bounded (head keys pack them): a new rack beyond racksMax is refused before
     // anything is stored, and the rack's spool keeps its data until an operator makes room.
     if (!this.rackIds.has(h.rack) && this.rackIds.size >= this.opts.racksMax) {

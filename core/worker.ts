@@ -417,30 +417,63 @@ function handle(m: ToWorker): void {
       return;
     }
     case 'stop': {
-      stopping = true;
-      for (const t of timers) clearInterval(t);
-      for (const { store, stored } of owned.values()) {
-        store.stopBackgroundWork();
-        stored.stopBackgroundWork();
-      }
-      for (const cursor of [...cursors.keys()]) closeCursor(cursor);
-      void (async () => {
-        // Bounded: work that never settles (a bug) delays the stop by stopWaitMs, not for good.
-        const deadline = Date.now() + stopWaitMs;
-        while (inFlight.size > 0 && Date.now() < deadline) await Promise.race([Promise.allSettled([...inFlight]), new Promise((r) => setTimeout(r, deadline - Date.now()))]);
-        if (inFlight.size > 0) post({ t: 'log', message: `worker ${config.worker}: ${inFlight.size} tasks still running after ${stopWaitMs} ms; closing its stores anyway` });
-        // Requests received before the stop are committed and answered, not dropped.
-        if (pendingIngest.length > 0) ingestPending();
-        closing = true;
-        for (const { store } of owned.values()) {
-          store.saveRegistry();
-          await store.close();
-        }
-        post({ t: 'reply', id: m.id });
-      })();
+      void shutdown('stop').then(() => post({ t: 'reply', id: m.id }));
+      return;
+    }
+    case 'fail': {
+      // Tests: the worker dies of an error nothing catches, as it would of a bug.
+      post({ t: 'reply', id: m.id });
+      setImmediate(() => {
+        throw new Error('fault injected by a test');
+      });
       return;
     }
   }
 }
+
+/**
+ * Stops every timer, waits (bounded) for the asynchronous work on the stores, and closes them.
+ * 'stop' first commits and answers the requests received before it; after an uncaught error
+ * those are left to the HTTP thread, which answers them 503 (retry) when this thread exits.
+ */
+async function shutdown(why: 'stop' | 'fatal'): Promise<void> {
+  stopping = true;
+  for (const t of timers) clearInterval(t);
+  for (const { store, stored } of owned.values()) {
+    store.stopBackgroundWork();
+    stored.stopBackgroundWork();
+  }
+  for (const cursor of [...cursors.keys()]) closeCursor(cursor);
+  // Bounded: work that never settles (a bug) delays the stop by stopWaitMs, not for good.
+  const deadline = Date.now() + stopWaitMs;
+  while (inFlight.size > 0 && Date.now() < deadline) await Promise.race([Promise.allSettled([...inFlight]), new Promise((r) => setTimeout(r, deadline - Date.now()))]);
+  if (inFlight.size > 0) post({ t: 'log', message: `worker ${config.worker}: ${inFlight.size} tasks still running after ${stopWaitMs} ms; closing its stores anyway` });
+  // Requests received before the stop are committed and answered, not dropped.
+  if (why === 'stop' && pendingIngest.length > 0) ingestPending();
+  closing = true;
+  for (const { store } of owned.values()) {
+    if (why === 'stop') store.saveRegistry();
+    await store.close();
+  }
+}
+
+/**
+ * An error nothing caught ends this thread, but not abruptly. A thread that ends while an LMDB
+ * commit of its own is under way lets lmdb-js close the environment under that commit (its
+ * cleanup hook, src/env.cpp closeEnv): a native crash that takes the whole process down — the
+ * suite lost a test file's process to it when a test stopped a worker with terminate() while it
+ * wrote rows. So the stores are closed first, after their commits settle, and then the thread
+ * exits; the HTTP thread counts the death and starts the worker again from its WAL.
+ */
+let fatal = false;
+process.on('uncaughtException', (err) => {
+  const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  if (fatal) return post({ t: 'log', message: `another uncaught error while it stops: ${text}` });
+  fatal = true;
+  post({ t: 'log', message: `uncaught error; closing its stores, then exiting to be restarted: ${text}` });
+  shutdown('fatal')
+    .catch((e: unknown) => post({ t: 'log', message: `its stores did not close cleanly: ${(e as Error).message}` }))
+    .finally(() => process.exit(1));
+});
 
 post({ t: 'ready', replayed: [...owned.values()].reduce((n, o) => n + o.store.counters.wal_replayed, 0) });
