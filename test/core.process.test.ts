@@ -132,11 +132,14 @@ describe('apm core process', () => {
   it('answers 503 when its storage budget is reached, keeps serving, recovers by itself, and retention deletes the old rows', async () => {
     const data = mkdtempSync(join(tmpdir(), 'apm-core-'));
     const { url } = await startCore(data, ['--disk-bytes-max', '2MiB', '--retention', '20s']);
-    const old = Math.floor(Date.now() / 1000) - 40; // inside the retention now, outside it 20 s later
+    // The oldest block the retention keeps now (a second before it is refused, past_retention):
+    // its rows go once it is 20 s past its end, within 80 s from now.
+    const now = Math.floor(Date.now() / 1000);
+    const oldest = now - 20 - ((now - 20) % 60);
     let status = 0;
     let body = '';
     for (let seq = 1; seq < 400 && status !== 503; seq++) {
-      const res = await fetch(`${url}/api/v1/ingest`, { method: 'POST', body: rackSecond('full', seq, old - seq, 10, seq) });
+      const res = await fetch(`${url}/api/v1/ingest`, { method: 'POST', body: rackSecond(`full${Math.floor(seq / 20)}`, seq, oldest + (seq % 20), 10, seq) });
       status = res.status;
       body = await res.text();
     }
@@ -146,7 +149,7 @@ describe('apm core process', () => {
     const metrics = await (await fetch(`${url}/metrics`)).text();
     expect(metrics).toMatch(/apm_core_requests_rejected_total\{reason="storage_full"\} [1-9]/);
     let ok = false;
-    const deadline = Date.now() + 45_000;
+    const deadline = Date.now() + 85_000;
     for (let seq = 1000; !ok && Date.now() < deadline; seq++) {
       const res = await fetch(`${url}/api/v1/ingest`, { method: 'POST', body: rackSecond('full', seq, Math.floor(Date.now() / 1000), 1, seq) });
       ok = res.status === 204;
@@ -162,7 +165,7 @@ describe('apm core process', () => {
       if (deleted === 0) await new Promise((r) => setTimeout(r, 500));
     }
     expect(deleted).toBeGreaterThan(0);
-  }, 90_000);
+  }, 150_000);
 
   it('stores exactly what StatsD clients sent, through real edge, rack and core processes', async () => {
     const data = mkdtempSync(join(tmpdir(), 'apm-core-'));
