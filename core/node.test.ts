@@ -2,12 +2,13 @@
 // workers (issue 12): the answers must not depend on how shards are spread over threads.
 
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KindCode } from '../schema/codec.js';
 import { rackSecondBody, SectionCutter } from '../schema/section.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
+import { coreLimits } from './limits.js';
 import { openNode, type CoreNode } from './node.js';
 import type { WindowResult } from './query/eval.js';
 
@@ -140,6 +141,14 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
     const [all] = await query('FROM w1 SELECT kill.all WINDOW 3s COMPUTE count', t, t + 3);
     expect(all!.values.count).toBe(3);
     expect(await metricValue(node, 'apm_core_worker_deaths_total')).toBe(1);
+  });
+
+  it('runs its worker threads at a higher nice value than the HTTP thread (Linux: per thread)', () => {
+    const nice = (stat: string) => Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+    const threads = readdirSync('/proc/self/task').map((t) => nice(readFileSync(`/proc/self/task/${t}/stat`, 'utf8')));
+    expect(nice(readFileSync('/proc/thread-self/stat', 'utf8'))).toBe(0);
+    expect(coreLimits.workerNice).toBeGreaterThan(0);
+    expect(threads.filter((n) => n === coreLimits.workerNice).length).toBeGreaterThanOrEqual(workers);
   });
 
   it('keeps answering while a large block is written', async () => {

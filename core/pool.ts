@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { decodeFrame, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
+import { coreLimits as L } from './limits.js';
 import { hashName } from '../schema/names.js';
 import { originRack, sectionAt, type RackSecondMessage } from '../schema/section.js';
 import { BufferPool } from './buffers.js';
@@ -110,6 +111,7 @@ export class ShardPool {
       stored: this.opts.stored,
       retentionSweepMs: this.opts.retentionSweepMs,
       registrySaveMs: this.opts.registrySaveMs,
+      nice: L.workerNice,
     };
   }
 

@@ -19,6 +19,8 @@ export interface WorkerConfig {
   stored: StoredOptions;
   retentionSweepMs: number;
   registrySaveMs: number;
+  /** The worker thread's nice value (core/limits.ts workerNice). */
+  nice: number;
 }
 
 /** Sections of one request for one worker: byte ranges of `buf` (each 8-byte aligned). */

@@ -3,6 +3,7 @@
 // evaluation and ad-hoc queries of their metrics. The HTTP thread (core/pool.ts) talks to it
 // with messages; section bytes arrive in a transferred buffer, never re-encoded.
 
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { hashName } from '../schema/names.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
@@ -18,6 +19,17 @@ import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js'
 
 const config = workerData as WorkerConfig;
 const port = parentPort!;
+
+/**
+ * The HTTP thread goes first when the cores are busy: this thread runs at a higher nice value
+ * (Linux: per thread). While 1,000 servers' minute-block was ingested, the longest /healthz wait
+ * was 382, 494, 433 ms with the workers at nice 0 and 310, 153, 206 ms at 5 (thirteenth session).
+ */
+try {
+  setPriority(config.nice);
+} catch (err) {
+  port.postMessage({ t: 'log', message: `could not set its nice value to ${config.nice}: ${(err as Error).message}; it runs at the process' priority` } satisfies ToMain);
+}
 
 interface Owned {
   index: number;
