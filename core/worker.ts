@@ -450,12 +450,26 @@ function handle(m: ToWorker): void {
  */
 async function shutdown(why: 'stop' | 'fatal'): Promise<void> {
   stopping = true;
-  for (const t of timers) clearInterval(t);
-  for (const { store, stored } of owned.values()) {
-    store.stopBackgroundWork();
-    stored.stopBackgroundWork();
-  }
-  for (const cursor of [...cursors.keys()]) closeCursor(cursor);
+  // After an uncaught error the state may be broken: a step that throws is logged and the
+  // stores are still closed (an environment left open is what crashes the process).
+  const step = (what: string, f: () => void) => {
+    try {
+      f();
+    } catch (err) {
+      if (why === 'stop') throw err;
+      post({ t: 'log', message: `while it stops, ${what} failed: ${(err as Error).message}` });
+    }
+  };
+  step('stopping timers and background work', () => {
+    for (const t of timers) clearInterval(t);
+    for (const { store, stored } of owned.values()) {
+      store.stopBackgroundWork();
+      stored.stopBackgroundWork();
+    }
+  });
+  step('closing snapshot cursors', () => {
+    for (const cursor of [...cursors.keys()]) closeCursor(cursor);
+  });
   // Bounded: work that never settles (a bug) delays the stop by stopWaitMs, not for good.
   const deadline = Date.now() + stopWaitMs;
   while (inFlight.size > 0 && Date.now() < deadline) await Promise.race([Promise.allSettled([...inFlight]), new Promise((r) => setTimeout(r, deadline - Date.now()))]);
@@ -463,10 +477,13 @@ async function shutdown(why: 'stop' | 'fatal'): Promise<void> {
   // Requests received before the stop are committed and answered, not dropped.
   if (why === 'stop' && pendingIngest.length > 0) ingestPending();
   closing = true;
+  let failed: unknown = null;
   for (const { store } of owned.values()) {
     if (why === 'stop') store.saveRegistry();
-    await store.close();
+    // Every store is closed even when one of them fails to.
+    await store.close().catch((err: unknown) => (failed ??= err));
   }
+  if (failed !== null) throw failed;
 }
 
 /**
