@@ -53,6 +53,8 @@ interface Slot {
   pending: Map<number, Pending>;
   stats: WorkerStats | null;
   deaths: number;
+  /** performance.now() when its thread last started. */
+  startedAt: number;
   /** Ingest requests sent and not answered yet. */
   ingestWaiting: number;
 }
@@ -79,7 +81,7 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, ingestWaiting: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, startedAt: 0, ingestWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
   }
@@ -118,6 +120,7 @@ export class ShardPool {
   private start(slot: Slot): Promise<void> {
     const worker = new Worker(workerScript(), { workerData: this.config(slot.index) });
     slot.worker = worker;
+    slot.startedAt = performance.now();
     slot.ready = new Promise<void>((resolve, reject) => {
       const onMessage = (m: ToMain) => {
         if (m.t === 'ready') {
@@ -174,6 +177,8 @@ export class ShardPool {
     slot.pending.clear();
     if (this.stopping) return;
     this.counters.worker_deaths++;
+    // Deaths in a row grow the back-off; a worker that stayed up a minute starts the count again.
+    if (performance.now() - slot.startedAt > 60_000) slot.deaths = 0;
     slot.deaths++;
     const delayMs = Math.min(30_000, 100 * 2 ** Math.min(8, slot.deaths - 1));
     console.error(`apm core: worker ${slot.index} died (exit ${code}); restarting it from its WAL in ${delayMs} ms`);
@@ -182,7 +187,6 @@ export class ShardPool {
       this.counters.worker_restarts++;
       this.start(slot)
         .then(() => this.syncSlot(slot))
-        .then(() => (slot.deaths = 0))
         .catch((err: unknown) => console.error(`apm core: worker ${slot.index} did not restart: ${(err as Error).message}`));
     }, delayMs).unref();
   }

@@ -134,12 +134,15 @@ describe('apm core process', () => {
     const { url } = await startCore(data, ['--disk-bytes-max', '2MiB', '--retention', '20s']);
     // The oldest block the retention keeps now (a second before it is refused, past_retention):
     // its rows go once it is 20 s past its end, within 80 s from now.
-    const now = Math.floor(Date.now() / 1000);
-    const oldest = now - 20 - ((now - 20) % 60);
+    // Taken per request: the oldest kept block moves on at a minute's boundary.
+    const oldest = () => {
+      const now = Math.floor(Date.now() / 1000);
+      return now - 20 - ((now - 20) % 60);
+    };
     let status = 0;
     let body = '';
     for (let seq = 1; seq < 400 && status !== 503; seq++) {
-      const res = await fetch(`${url}/api/v1/ingest`, { method: 'POST', body: rackSecond(`full${Math.floor(seq / 20)}`, seq, oldest + (seq % 20), 10, seq) });
+      const res = await fetch(`${url}/api/v1/ingest`, { method: 'POST', body: rackSecond(`full${Math.floor(seq / 20)}`, seq, oldest() + (seq % 20), 10, seq) });
       status = res.status;
       body = await res.text();
     }
