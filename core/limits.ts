@@ -26,8 +26,8 @@ export const coreLimits = {
   /** Longest a row-writing transaction runs before its worker turns to ingest again (issue 12:
    * no shard stops ingesting for more than about 50 ms, whatever the fleet size). */
   rowSliceMs: 10,
-  /** Nice value of the worker threads (Linux sets it per thread; the HTTP thread stays at the
-   * process' own): when the cores are busy the HTTP thread answers first. */
+  /** Added to the process' nice value for the worker threads (Linux sets it per thread; the
+   * HTTP thread keeps the process' own): when the cores are busy the HTTP thread answers first. */
   workerNice: 5,
   /** A worker that has not answered a request in this time gets it answered 503 (racks retry). */
   workerRequestTimeoutMs: 30_000,

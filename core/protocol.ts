@@ -19,7 +19,7 @@ export interface WorkerConfig {
   stored: StoredOptions;
   retentionSweepMs: number;
   registrySaveMs: number;
-  /** The worker thread's nice value (core/limits.ts workerNice). */
+  /** Added to the process' nice value for the worker thread (core/limits.ts workerNice). */
   nice: number;
 }
 

@@ -22,8 +22,9 @@ const port = parentPort!;
 
 /**
  * The HTTP thread goes first when the cores are busy: this thread runs `config.nice` above the
- * process' nice value (Linux keeps one per thread; the HTTP thread keeps the process' own). While 1,000 servers' minute-block was ingested, the longest /healthz wait
- * was 382, 494, 433 ms with the workers at nice 0 and 310, 153, 206 ms at 5 (thirteenth session).
+ * process' nice value (Linux keeps one per thread; the HTTP thread keeps the process' own).
+ * While 1,000 servers' minute-block was ingested, the longest /healthz wait was 382, 494, 433 ms
+ * with the workers at nice 0 and 310, 153, 206 ms at 5 (thirteenth session).
  */
 const niceWanted = Math.min(19, getPriority() + config.nice);
 try {
@@ -454,13 +455,12 @@ function handle(m: ToWorker): void {
  */
 async function shutdown(why: 'stop' | 'fatal'): Promise<void> {
   stopping = true;
-  // After an uncaught error the state may be broken: a step that throws is logged and the
-  // stores are still closed (an environment left open is what crashes the process).
+  // A step that throws (after an uncaught error the state may be broken) is logged, and the
+  // stores are still closed: an environment left open as the thread ends crashes the process.
   const step = (what: string, f: () => void) => {
     try {
       f();
     } catch (err) {
-      if (why === 'stop') throw err;
       post({ t: 'log', message: `while it stops, ${what} failed: ${(err as Error).message}` });
     }
   };
