@@ -18,6 +18,9 @@ import { Aggregator } from '../edge/aggregator.js';
 import { Packetizer } from '../edge/packetizer.js';
 import type { Figure } from './bench-edge.js';
 
+/** The `apm` launcher, as an operator runs it (its V8 flags per command included). */
+const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
+
 interface FieldOffsets {
   seq: number;
   second: number;
@@ -100,11 +103,13 @@ async function runRack(servers: number, seconds: number, datagramBytes: number, 
   await new Promise<void>((r) => core.listen(0, '127.0.0.1', r));
   const corePort = (core.address() as { port: number }).port;
   const spool = mkdtempSync(join(tmpdir(), 'apm-bench-rack-'));
-  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
-  // APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the rack under load.
-  const nodeArgs = (process.env.APM_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a.length > 0);
-  const child = spawn(process.execPath, [...nodeArgs, cli, 'rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], {
+  // Started as an operator starts it (tools/apm: its V8 flags for a rack included; it execs node,
+  // so the pid is the rack's). APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the rack under
+  // load: they reach node through NODE_OPTIONS.
+  const nodeOptions = [process.env.NODE_OPTIONS ?? '', process.env.APM_BENCH_NODE_ARGS ?? ''].join(' ').trim();
+  const child = spawn(apm, ['rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, NODE_OPTIONS: nodeOptions },
   });
   const ports = await new Promise<{ udp: number; http: number }>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
