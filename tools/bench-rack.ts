@@ -105,11 +105,10 @@ async function runRack(servers: number, seconds: number, datagramBytes: number, 
   const spool = mkdtempSync(join(tmpdir(), 'apm-bench-rack-'));
   // Started as an operator starts it (tools/apm: its V8 flags for a rack included; it execs node,
   // so the pid is the rack's). APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the rack under
-  // load: they reach node through NODE_OPTIONS.
-  const nodeOptions = [process.env.NODE_OPTIONS ?? '', process.env.APM_BENCH_NODE_ARGS ?? ''].join(' ').trim();
+  // load: tools/apm passes them to node as APM_NODE_ARGS.
   const child = spawn(apm, ['rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, NODE_OPTIONS: nodeOptions },
+    env: { ...process.env, APM_NODE_ARGS: process.env.APM_BENCH_NODE_ARGS ?? '' },
   });
   const ports = await new Promise<{ udp: number; http: number }>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
