@@ -1,0 +1,36 @@
+import { describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const apm = fileURLToPath(new URL('./apm', import.meta.url));
+
+/**
+ * The node flags `tools/apm <command>` starts node with: a module given through APM_NODE_ARGS
+ * prints them and exits before the command runs (so the daemon itself never starts).
+ */
+async function nodeFlags(command: string): Promise<string[]> {
+  const probe = 'data:text/javascript,console.log(JSON.stringify(process.execArgv));process.exit(0)';
+  const { stdout } = await run(apm, [command, '--help'], { env: { ...process.env, APM_NODE_ARGS: `--import ${probe}` } });
+  return JSON.parse(stdout) as string[];
+}
+
+describe('tools/apm (the launcher)', () => {
+  it("starts a rack with a 128 MiB initial old generation (V8's default began a full collection after each one), the edge with a 1 MiB young generation, the core with neither", async () => {
+    expect(await nodeFlags('rack')).toContain('--initial-old-space-size=128');
+    const edge = await nodeFlags('edge');
+    expect(edge).toContain('--max-semi-space-size=1');
+    expect(edge.some((f) => f.startsWith('--initial-old-space-size'))).toBe(false);
+    const core = await nodeFlags('core');
+    expect(core.some((f) => f.startsWith('--initial-old-space-size') || f.startsWith('--max-semi-space-size'))).toBe(false);
+  });
+
+  it('passes APM_NODE_ARGS to node, split on spaces, after its own flags', async () => {
+    const flags = await nodeFlags('rack');
+    // The probe itself arrived as two arguments: --import and its module.
+    const at = flags.indexOf('--import');
+    expect(at).toBeGreaterThan(flags.indexOf('--initial-old-space-size=128'));
+    expect(flags[at + 1]).toMatch(/^data:text\/javascript,/);
+  });
+});
