@@ -223,6 +223,11 @@ export async function readSettings(nc: NatsConnection): Promise<ClusterSettings 
  * Runs a JetStream administration call again while it times out or finds no leader (a new
  * cluster elects its leaders for a few seconds; nodes starting together create the same
  * streams at once), for at most `forMs`. Any other error is thrown at once.
+ *
+ * Two nodes creating one stream (a KV bucket) at the same moment: the server may refuse the
+ * second with "subjects overlap with an existing stream" while the first is being created; asked
+ * again, the same create finds the stream there and returns it (a node exited at start with that
+ * error in test/cluster.process.test.ts, once, when its nodes started together).
  */
 export async function retryJetStream<T>(what: string, f: () => Promise<T>, forMs = 60_000): Promise<T> {
   const until = Date.now() + forMs;
@@ -232,7 +237,7 @@ export async function retryJetStream<T>(what: string, f: () => Promise<T>, forMs
       return await f();
     } catch (err) {
       const m = (err as Error).message;
-      const transient = /timeout|no responders|leader|temporarily unavailable|insufficient resources|503/i.test(m) || (err as Error).name === 'TimeoutError';
+      const transient = /timeout|no responders|leader|temporarily unavailable|insufficient resources|503|subjects overlap with an existing stream/i.test(m) || (err as Error).name === 'TimeoutError';
       if (!transient || Date.now() + waitMs > until) throw new Error(`${what}: ${m}`, { cause: err });
       await new Promise((r) => setTimeout(r, waitMs));
       waitMs = Math.min(2000, waitMs * 2);

@@ -26,10 +26,11 @@ export interface CoreProcess {
 /** Starts `apm core` with `args` (beside --listen and --data) and waits for its ready line. */
 export async function startCore(args: string[]): Promise<CoreProcess> {
   const data = mkdtempSync(join(tmpdir(), 'apm-bench-core-'));
-  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
-  // APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the core under load.
-  const nodeArgs = (process.env.APM_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a.length > 0);
-  const proc = spawn(process.execPath, [...nodeArgs, cli, 'core', '--listen', '127.0.0.1:0', '--data', `${data}/core`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Started as an operator starts it (tools/apm, with its node flags for a core; it execs node,
+  // so the pid is the core's). APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the core under
+  // load: tools/apm passes them to node as APM_NODE_ARGS.
+  const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
+  const proc = spawn(apm, ['core', '--listen', '127.0.0.1:0', '--data', `${data}/core`, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, APM_NODE_ARGS: process.env.APM_BENCH_NODE_ARGS ?? '' } });
   const lines: string[] = [];
   const url = await new Promise<string>((resolve, reject) => {
     let ready = false;

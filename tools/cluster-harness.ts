@@ -46,8 +46,9 @@ export class ClusterHarness {
   /** Starts `apm core --nats` as node `id` (its data directory kept across restarts) and waits for its ready line. */
   async startCore(id: string, extra: string[] = [], nodeArgs: string[] = []): Promise<CoreProc> {
     const data = join(this.dir, `core-${id}`);
-    // nodeArgs: e.g. --cpu-prof to profile a node (Node refuses it in NODE_OPTIONS).
-    const child = spawn(process.execPath, [...nodeArgs, cliPathFor(), 'core', '--listen', '127.0.0.1:0', '--data', data, '--nats', this.nats.urls.join(','), '--node', id, '--nats-user', 'core', '--nats-password-file', this.passFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Through tools/apm, as an operator starts a node (its node flags included; it execs node, so
+    // the pid is the node's). nodeArgs: e.g. --cpu-prof to profile a node, as APM_NODE_ARGS.
+    const child = spawn(apmLauncher(), ['core', '--listen', '127.0.0.1:0', '--data', data, '--nats', this.nats.urls.join(','), '--node', id, '--nats-user', 'core', '--nats-password-file', this.passFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, APM_NODE_ARGS: nodeArgs.join(' ') } });
     const output: string[] = [];
     const url = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`core ${id} did not start within 60 s:\n${output.join('')}`)), 60_000);
@@ -150,7 +151,8 @@ export class ClusterHarness {
 }
 
 /** The compiled CLI (dist/tools/cli.js), from this file in dist/tools/ or in tools/ (tests run the source). */
-function cliPathFor(): string {
+/** The checkout's tools/apm, from the build (dist/tools/) or the source (tools/). */
+function apmLauncher(): string {
   const here = fileURLToPath(import.meta.url);
-  return here.includes('/dist/tools/') ? here.replace(/cluster-harness\.js$/, 'cli.js') : here.replace(/\/tools\/cluster-harness\.ts$/, '/dist/tools/cli.js');
+  return here.includes('/dist/tools/') ? here.replace(/\/dist\/tools\/cluster-harness\.js$/, '/tools/apm') : here.replace(/cluster-harness\.ts$/, 'apm');
 }

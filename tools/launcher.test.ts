@@ -17,13 +17,18 @@ async function nodeFlags(command: string): Promise<string[]> {
 }
 
 describe('tools/apm (the launcher)', () => {
-  it("starts a rack with a 128 MiB initial old generation (V8's default began a full collection after each one), the edge with a 1 MiB young generation, the core with neither", async () => {
-    expect(await nodeFlags('rack')).toContain('--initial-old-space-size=128');
+  it("starts a rack and a core with a 128 MiB initial old generation (V8's default began a full collection after each one), the edge with a 1 MiB young generation", async () => {
+    for (const command of ['rack', 'core']) {
+      const flags = await nodeFlags(command);
+      expect(flags).toContain('--initial-old-space-size=128');
+      expect(flags.some((f) => f.startsWith('--max-semi-space-size'))).toBe(false);
+    }
     const edge = await nodeFlags('edge');
     expect(edge).toContain('--max-semi-space-size=1');
     expect(edge.some((f) => f.startsWith('--initial-old-space-size'))).toBe(false);
-    const core = await nodeFlags('core');
-    expect(core.some((f) => f.startsWith('--initial-old-space-size') || f.startsWith('--max-semi-space-size'))).toBe(false);
+    // Other commands (short-lived tools) run with node's defaults.
+    const query = await nodeFlags('query');
+    expect(query.some((f) => f.startsWith('--initial-old-space-size') || f.startsWith('--max-semi-space-size'))).toBe(false);
   });
 
   it('passes APM_NODE_ARGS to node, split on spaces, after its own flags', async () => {

@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest';
+import { retryJetStream } from './log.js';
+
+/** f() failing with each message in turn, then answering 'ok'. */
+function failing(messages: string[]): { f: () => Promise<string>; calls: () => number } {
+  let n = 0;
+  return {
+    f: async () => {
+      const m = messages[n++];
+      if (m !== undefined) throw new Error(m);
+      return 'ok';
+    },
+    calls: () => n,
+  };
+}
+
+describe('retryJetStream', () => {
+  it('asks again while a create races another node\'s ("subjects overlap with an existing stream"), a leader is elected or a call times out', async () => {
+    const r = failing(['subjects overlap with an existing stream', 'no responders available for request', 'TIMEOUT']);
+    expect(await retryJetStream('KV apm-placement', r.f, 10_000)).toBe('ok');
+    expect(r.calls()).toBe(4);
+  });
+
+  it('throws any other error at once, named', async () => {
+    const r = failing(['stream name already in use with a different configuration']);
+    await expect(retryJetStream('KV apm-placement', r.f, 10_000)).rejects.toThrow(/^KV apm-placement: stream name already in use/);
+    expect(r.calls()).toBe(1);
+  });
+});
