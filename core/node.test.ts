@@ -120,15 +120,20 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
   it('a worker thread that dies is restarted from its WAL; acknowledged data is intact', async () => {
     const t = t0 + 180;
     for (let k = 0; k < 3; k++) expect(await post(body(t + k, { w1: { points: [{ name: `kill.${k}`, kind: KindCode.Gauge, value: k + 1 }, { name: 'kill.all', kind: KindCode.Gauge, value: 1 }] } }))).toBe(204);
-    const logged: string[] = [];
-    const spy = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void logged.push(a.join(' ')));
-    try {
-      // Dies of an error nothing catches, while its rows fall due (blocks of t0 are 10 minutes old).
-      await node.pool.failWorker(0);
-      await waitFor(async () => node.pool.counters.worker_restarts >= 1 && node.pool.stats().workersUp === workers);
-    } finally {
-      spy.mockRestore();
-    }
+    /** Worker 0 dies of an error nothing catches; waits for its `restarts`-th restart; returns what was logged meanwhile. */
+    const failAndRestart = async (restarts: number): Promise<string[]> => {
+      const logged: string[] = [];
+      const spy = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void logged.push(a.join(' ')));
+      try {
+        await node.pool.failWorker(0);
+        await waitFor(async () => node.pool.counters.worker_restarts >= restarts && node.pool.stats().workersUp === workers);
+      } finally {
+        spy.mockRestore();
+      }
+      return logged;
+    };
+    // It dies while its rows fall due (blocks of t0 are 10 minutes old).
+    const logged = await failAndRestart(1);
     // It closed its stores before its thread ended (an LMDB environment closed under a commit of
     // a dying thread crashes the process), and the HTTP thread saw it exit with 1.
     const i = logged.findIndex((l) => l.includes('worker 0: uncaught error; closing its stores, then exiting to be restarted: Error: fault injected by a test'));
@@ -146,14 +151,7 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
     expect(await metricValue(node, 'apm_core_worker_deaths_total')).toBe(1);
     // A second death soon after the restart waits twice as long (regression: the count of deaths
     // in a row went back to 0 on every restart, so a worker that kept dying restarted every 100 ms).
-    const again: string[] = [];
-    const spy2 = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void again.push(a.join(' ')));
-    try {
-      await node.pool.failWorker(0);
-      await waitFor(async () => node.pool.counters.worker_restarts >= 2 && node.pool.stats().workersUp === workers);
-    } finally {
-      spy2.mockRestore();
-    }
+    const again = await failAndRestart(2);
     expect(again.some((l) => l.includes('worker 0 died (exit 1); restarting it from its WAL in 200 ms'))).toBe(true);
   });
 

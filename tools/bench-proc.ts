@@ -2,7 +2,7 @@
 // core` on a free loopback port with a fresh data directory, fed over HTTP with undici, its CPU
 // (utime + stime of the whole process: the HTTP thread and every worker thread) read from /proc.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,14 +23,20 @@ export interface CoreProcess {
   stop(): Promise<void>;
 }
 
+/**
+ * Starts a daemon under bench as an operator starts it: through tools/apm, with its node flags
+ * for that command (it execs node, so the pid is the daemon's). APM_BENCH_NODE_ARGS (e.g.
+ * --cpu-prof) profiles it under load: tools/apm passes them to node as APM_NODE_ARGS.
+ */
+export function spawnBenched(args: string[], stdio: StdioOptions): ChildProcess {
+  const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
+  return spawn(apm, args, { stdio, env: { ...process.env, APM_NODE_ARGS: process.env.APM_BENCH_NODE_ARGS ?? '' } });
+}
+
 /** Starts `apm core` with `args` (beside --listen and --data) and waits for its ready line. */
 export async function startCore(args: string[]): Promise<CoreProcess> {
   const data = mkdtempSync(join(tmpdir(), 'apm-bench-core-'));
-  // Started as an operator starts it (tools/apm, with its node flags for a core; it execs node,
-  // so the pid is the core's). APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the core under
-  // load: tools/apm passes them to node as APM_NODE_ARGS.
-  const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
-  const proc = spawn(apm, ['core', '--listen', '127.0.0.1:0', '--data', `${data}/core`, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, APM_NODE_ARGS: process.env.APM_BENCH_NODE_ARGS ?? '' } });
+  const proc = spawnBenched(['core', '--listen', '127.0.0.1:0', '--data', `${data}/core`, ...args], ['ignore', 'pipe', 'pipe']);
   const lines: string[] = [];
   const url = await new Promise<string>((resolve, reject) => {
     let ready = false;

@@ -8,8 +8,6 @@ import http from 'node:http';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 import { KindCode } from '../schema/codec.js';
 import { shardsDefault } from '../schema/limits.js';
@@ -17,9 +15,7 @@ import { Verifier } from '../schema/verify.js';
 import { Aggregator } from '../edge/aggregator.js';
 import { Packetizer } from '../edge/packetizer.js';
 import type { Figure } from './bench-edge.js';
-
-/** The `apm` launcher, as an operator runs it (its V8 flags per command included). */
-const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
+import { spawnBenched } from './bench-proc.js';
 
 interface FieldOffsets {
   seq: number;
@@ -103,13 +99,7 @@ async function runRack(servers: number, seconds: number, datagramBytes: number, 
   await new Promise<void>((r) => core.listen(0, '127.0.0.1', r));
   const corePort = (core.address() as { port: number }).port;
   const spool = mkdtempSync(join(tmpdir(), 'apm-bench-rack-'));
-  // Started as an operator starts it (tools/apm: its V8 flags for a rack included; it execs node,
-  // so the pid is the rack's). APM_BENCH_NODE_ARGS (e.g. --cpu-prof) profiles the rack under
-  // load: tools/apm passes them to node as APM_NODE_ARGS.
-  const child = spawn(apm, ['rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, APM_NODE_ARGS: process.env.APM_BENCH_NODE_ARGS ?? '' },
-  });
+  const child = spawnBenched(['rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], ['ignore', 'pipe', 'inherit']);
   const ports = await new Promise<{ udp: number; http: number }>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
       const m = /UDP on [^:]+:(\d+) .*metrics on http:\/\/[^:]+:(\d+)/.exec(d.toString());

@@ -150,8 +150,7 @@ export class ClusterHarness {
   }
 }
 
-/** The compiled CLI (dist/tools/cli.js), from this file in dist/tools/ or in tools/ (tests run the source). */
-/** The checkout's tools/apm, from the build (dist/tools/) or the source (tools/). */
+/** The checkout's tools/apm, from this file in dist/tools/ or in tools/ (tests run the source). */
 function apmLauncher(): string {
   const here = fileURLToPath(import.meta.url);
   return here.includes('/dist/tools/') ? here.replace(/\/dist\/tools\/cluster-harness\.js$/, '/tools/apm') : here.replace(/cluster-harness\.ts$/, 'apm');
