@@ -227,16 +227,26 @@ export async function readSettings(nc: NatsConnection): Promise<ClusterSettings 
  * Two nodes creating one stream (a KV bucket) at the same moment: the server may refuse the
  * second with "subjects overlap with an existing stream" while the first is being created; asked
  * again, the same create finds the stream there and returns it (a node exited at start with that
- * error in test/cluster.process.test.ts, once, when its nodes started together).
+ * error in test/cluster.process.test.ts, once, when its nodes started together). That race ends
+ * at the next call, so the error is asked about again only `overlapRetries` times: an overlap
+ * that stays is another stream of the account capturing the subjects, said at once, not after
+ * `forMs` of waiting.
  */
+/** Retries of "subjects overlap with an existing stream" (a create racing another node's ends at the first). */
+export const overlapRetries = 3;
+
 export async function retryJetStream<T>(what: string, f: () => Promise<T>, forMs = 60_000): Promise<T> {
   const until = Date.now() + forMs;
   let waitMs = 200;
+  let overlaps = 0;
   for (;;) {
     try {
       return await f();
     } catch (err) {
       const m = (err as Error).message;
+      if (/subjects overlap with an existing stream/i.test(m) && ++overlaps > overlapRetries) {
+        throw new Error(`${what}: ${m} (still after ${overlapRetries} retries: another stream of this NATS account captures these subjects; remove it, or give apm an account of its own)`, { cause: err });
+      }
       const transient = /timeout|no responders|leader|temporarily unavailable|insufficient resources|503|subjects overlap with an existing stream/i.test(m) || (err as Error).name === 'TimeoutError';
       if (!transient || Date.now() + waitMs > until) throw new Error(`${what}: ${m}`, { cause: err });
       await new Promise((r) => setTimeout(r, waitMs));
