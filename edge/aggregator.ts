@@ -40,7 +40,9 @@ export type SeriesKind = KindCode | typeof SetKind;
  * whose sum, or a distribution whose positive or negative observations' sum, passes
  * ±Number.MAX_VALUE (±1.8e308; bounding both halves keeps every partial sum — a summary split
  * across datagrams, the rack's merge of them — finite too); a relative gauge update that would
- * leave the gauge non-finite is refused (the gauge keeps its value) and counted likewise.
+ * leave the gauge non-finite is refused (the gauge keeps its value) and counted likewise. A
+ * distribution's second whose count (its values' weights, 1 / rate each) would not fit the
+ * wire's 32-bit count is not sent either, for the same reason (the rack's datagram check).
  */
 export const dropReasons = {
   series_limit: 'a new series beyond --series-max',
@@ -49,7 +51,7 @@ export const dropReasons = {
   hash_collision: 'a name whose 64-bit hash another name has',
   bad_name: 'a name outside [A-Za-z0-9_.:-]{1,128}',
   not_finite: 'a value that is not a finite number',
-  overflow: 'a second whose sum would pass ±1.8e308 (not sent)',
+  overflow: 'a second whose sum would pass ±1.8e308, or whose count (sampled values weigh 1 / rate) 2³² − 1 (not sent)',
   late: 'an observation for a second already closed',
   set_values_limit: 'a set member beyond setValuesPerSeriesMax distinct ones in a series-second',
   set_values_full: 'a set member beyond setValuesPerSecondMax in one second across sets',
@@ -74,6 +76,8 @@ export interface ClosedSecond {
 }
 
 const noSecond = -1;
+/** The largest count a summary carries (the wire's counts and sketch bins are 32-bit). */
+const countMax = 0xffffffff;
 
 export class Aggregator {
   readonly names: (string | null)[];
@@ -109,6 +113,8 @@ export class Aggregator {
   private readonly order: Int32Array;
   /** Per distribution of the closing second: sums of its positive and negative observations. */
   private readonly sumPos: Float64Array;
+  /** Per distribution of the closing second: its count (the sum of its values' weights). */
+  private readonly weightSum: Float64Array;
   private readonly sumNeg: Float64Array;
 
   // Set members of the open second: open addressing over (slot, 64-bit member hash); an
@@ -150,6 +156,7 @@ export class Aggregator {
     this.obsWeight = new Uint32Array(m);
     this.order = new Int32Array(m);
     this.sumPos = new Float64Array(n);
+    this.weightSum = new Float64Array(n);
     this.sumNeg = new Float64Array(n);
     this.out = {
       second: noSecond,
@@ -440,6 +447,7 @@ export class Aggregator {
       this.obsCount[slot] = i; // slot → its dist index, until the next touch resets it
       this.sumPos[i] = 0;
       this.sumNeg[i] = 0;
+      this.weightSum[i] = 0;
     }
     for (let j = 0; j < this.obsLen; j++) {
       const d = this.obsCount[this.obsSlot[j]!]!;
@@ -450,10 +458,11 @@ export class Aggregator {
       out.weights[k] = w;
       if (v > 0) this.sumPos[d]! += v * w;
       else this.sumNeg[d]! += v * w;
+      this.weightSum[d]! += w;
     }
     let kept = 0;
     for (let i = 0; i < out.distLen; i++) {
-      if (!Number.isFinite(this.sumPos[i]!) || !Number.isFinite(this.sumNeg[i]!)) {
+      if (!Number.isFinite(this.sumPos[i]!) || !Number.isFinite(this.sumNeg[i]!) || this.weightSum[i]! > countMax) {
         this.drops.overflow++;
         continue;
       }

@@ -73,7 +73,7 @@ async function edgeWith(clock: TestClock) {
     await until(() => (edge.counters.seconds_sent > sent && got.length === edge.counters.datagrams_sent ? true : undefined), 5000, `the second holding ${lines.join(', ')} to be sent`);
     const parts = got.slice(from);
     expect(new Set(parts.map((p) => p.second)).size, 'one second per monotonic second').toBe(1);
-    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'users', 'apm.edge.dropped.overflow', 'apm.edge.statsd.refused.timestamp']) };
+    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'w', 'tiny', 'users', 'apm.edge.dropped.overflow', 'apm.edge.statsd.refused.timestamp']) };
   };
   const second = async (value: number, pass = { monoMs: 1000, wallMs: 1000 }) => {
     const { second, merged } = await secondOf([`x:${value}|c`], pass);
@@ -135,6 +135,28 @@ describe('Edge and sums that overflow (issue 16.4)', () => {
     // The edge's own counters describe the second they were counted in: the next one.
     const next = await secondOf([]);
     expect(next.merged.points.get('apm.edge.dropped.overflow')).toEqual({ kind: 1, value: 2 });
+  });
+});
+
+describe('Edge and sample rates that would overflow a summary\'s 32-bit count', () => {
+  it('a rate below 1e-6 is refused as bad_rate; a distribution whose weights pass 2³² − 1 in one second is not sent, counted as overflow; the rest of the second arrives', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, secondOf } = await edgeWith(clock);
+    // 4,296 samples at @1e-6 weigh 4.296e9 > 2³² − 1 (before: a summary whose count wrapped, or
+    // whose sketch the rack could not encode once merged: the rack process stopped).
+    const heavy: string[] = [];
+    for (let i = 0; i < 4296; i += 64) heavy.push(Array.from({ length: Math.min(64, 4296 - i) }, () => 'w:5|ms|@0.000001').join('\n'));
+    const first = await secondOf(['tiny:5|ms|@0.0000000003\ntiny:5|ms|@1e-300', ...heavy, 'ok:1|c\nx:2|g\nt:3|ms|@0.5']);
+    expect(first.merged.points.get('ok')).toEqual({ kind: 1, value: 1 });
+    expect(first.merged.points.get('x')).toEqual({ kind: 0, value: 2 });
+    expect(first.merged.dists.get('t')?.count).toBe(2);
+    expect(first.merged.dists.has('w')).toBe(false);
+    expect(first.merged.dists.has('tiny')).toBe(false);
+    expect(edge.parser.malformed.bad_rate).toBe(2);
+    expect(edge.aggregator.drops.overflow).toBe(1);
+    // Just under the bound: sent, its count exact.
+    const next = await secondOf([...heavy.slice(0, -1), Array.from({ length: 4294 - 64 * (heavy.length - 1) }, () => 'w:5|ms|@0.000001').join('\n')]);
+    expect(next.merged.dists.get('w')?.count).toBe(4294e6);
   });
 });
 

@@ -49,10 +49,19 @@ export const malformedReasons = {
   bad_syntax: 'no name:value|type shape',
   bad_value: 'a value is not a finite decimal number, or a set member is empty',
   bad_type: 'the type is not c, g, ms, h, d or s',
-  bad_rate: 'the @rate is not in (0, 1]',
+  bad_rate: 'the @rate is not in [1e-6, 1]',
   bad_timestamp: 'the |T timestamp is not whole Unix seconds',
   too_long: 'the line is longer than lineBytesMax',
 } as const;
+
+/**
+ * The smallest @rate taken: a sample then stands for 10⁶ (its weight, 1 / rate). Summaries carry
+ * counts and sketch bins as 32-bit integers; a rate of 3e-10 made one sample's weight 3.3e9 and
+ * two such samples of one series in a rack passed 2³² in the rack's rollup (the rack stopped
+ * with "sketch bin count exceeds the 32-bit wire limit"); 1e-300 made the weight 0 (a summary of
+ * count 0, and the rack refused its whole datagram). No client samples that thinly.
+ */
+export const sampleRateMin = 1e-6;
 
 /** Well-formed lines the edge does not store, each with why. */
 export const refusedReasons = {
@@ -156,7 +165,7 @@ export class StatsdParser {
       const c = b[f + 1];
       if (c === AT) {
         const rate = parseNumber(b, f + 2, fEnd);
-        if (!(rate > 0 && rate <= 1)) return this.malformedLine('bad_rate');
+        if (!(rate >= sampleRateMin && rate <= 1)) return this.malformedLine('bad_rate');
         weight = 1 / rate;
       } else if (c === T) {
         const ts = parseNumber(b, f + 2, fEnd);
