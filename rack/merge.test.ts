@@ -78,6 +78,22 @@ describe('RackMerger rollups', () => {
     expect(Array.from(c.pointValues)).toEqual([1]);
   });
 
+  it("leaves out a rollup whose servers' counts add up past 2³² − 1, counted; the servers' summaries and the other rollups stay", () => {
+    // Each server's summary is valid (3e9 < 2³²); merged, the sketch's bin could not be encoded
+    // and the rack process stopped on it.
+    const heavy = (value: number) => buildColumns([], [{ name: 'heavy', values: [value], weights: [3e9] }, { name: 'lat', values: [value, 2] }]);
+    const merger = new RackMerger(16);
+    const m = merger.merge([{ server: 'a', parts: [msg(heavy(5))] }, { server: 'b', parts: [msg(heavy(7))] }]);
+    expect(merger.rollupsCountOverflow).toBe(1);
+    expect(rollupOf(m.rollup, 'heavy')).toBeUndefined();
+    expect(rollupOf(m.rollup, 'lat')).toMatchObject({ count: 4, min: 2, max: 7, sketch: encodeValues([5, 2, 7, 2]) });
+    expect(m.servers.map((s) => rollupOf(s.blocks[0]!, 'heavy')?.count)).toEqual([3e9, 3e9]);
+    // Alone, the same summary is kept whole.
+    const one = merger.merge([{ server: 'a', parts: [msg(heavy(5))] }]);
+    expect(rollupOf(one.rollup, 'heavy')?.count).toBe(3e9);
+    expect(merger.rollupsCountOverflow).toBe(1);
+  });
+
   it('counts metrics beyond its bound instead of failing', () => {
     const merger = new RackMerger(2);
     const cols = buildColumns(

@@ -22,6 +22,9 @@ export interface MergedSecond {
   summaries: number;
 }
 
+/** The largest count a summary carries (the wire's counts and sketch bins are 32-bit). */
+const countMax = 0xffffffff;
+
 export class RackMerger {
   private readonly index: HashIndex;
   private readonly mHashes: Uint32Array;
@@ -36,6 +39,12 @@ export class RackMerger {
   private distMetric = new Int32Array(1 << 12);
   /** Metrics beyond metricsMax in one second: left out of the rollup (server rows still carry them). */
   rollupOverflow = 0;
+  /**
+   * Rollups left out because their servers' counts add up past 2³² − 1, what the wire's counts
+   * and sketch bins hold (the rack stopped on encoding one). The servers' own summaries still
+   * go; the core answers that second's whole-rack percentiles from them.
+   */
+  rollupsCountOverflow = 0;
 
   constructor(readonly metricsMax: number) {
     this.index = new HashIndex(metricsMax);
@@ -127,9 +136,15 @@ export class RackMerger {
         skEnd[k] = c.sketchEnds[i]!;
       }
     });
+    // Metrics kept (a count past the wire's 32 bits is not), compacted in place: kept ≤ m.
+    let kept = 0;
     const sketchEnds = new Uint32Array(n);
     let at = 0;
     for (let m = 0; m < n; m++) {
+      if (this.mCount[m]! > countMax) {
+        this.rollupsCountOverflow++;
+        continue;
+      }
       for (let k = sStart[m]!; k < sStart[m + 1]!; k++) {
         const c = rows[skRow[k]!]!;
         // Checked when the datagram was decoded (schema/codec.ts checkDists).
@@ -138,16 +153,26 @@ export class RackMerger {
       this.ensureScratch(at + this.acc.encodedBytes());
       at = this.acc.encodeInto(this.sketchScratch, at);
       this.acc.reset();
-      sketchEnds[m] = at;
+      sketchEnds[kept] = at;
+      if (kept !== m) {
+        this.mHashes[2 * kept] = this.mHashes[2 * m]!;
+        this.mHashes[2 * kept + 1] = this.mHashes[2 * m + 1]!;
+        this.mKind[kept] = this.mKind[m]!;
+        this.mCount[kept] = this.mCount[m]!;
+        this.mSum[kept] = this.mSum[m]!;
+        this.mMin[kept] = this.mMin[m]!;
+        this.mMax[kept] = this.mMax[m]!;
+      }
+      kept++;
     }
     return withColumns(emptyColumns(), {
-      distHashes: this.mHashes.slice(0, 2 * n),
-      distKinds: this.mKind.slice(0, n),
-      distCounts: Uint32Array.from(this.mCount.subarray(0, n)),
-      distSums: this.mSum.slice(0, n),
-      distMins: this.mMin.slice(0, n),
-      distMaxes: this.mMax.slice(0, n),
-      sketchEnds,
+      distHashes: this.mHashes.slice(0, 2 * kept),
+      distKinds: this.mKind.slice(0, kept),
+      distCounts: Uint32Array.from(this.mCount.subarray(0, kept)),
+      distSums: this.mSum.slice(0, kept),
+      distMins: this.mMin.slice(0, kept),
+      distMaxes: this.mMax.slice(0, kept),
+      sketchEnds: sketchEnds.subarray(0, kept),
       sketchBytes: this.sketchScratch.slice(0, at),
     });
   }

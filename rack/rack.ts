@@ -401,6 +401,7 @@ export class Rack {
     p.counter('apm_rack_names_dropped_total', 'Names not kept because the name table is full', this.names.overflow);
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
+    p.counter('apm_rack_rollups_count_overflow_total', "Distribution rollups not sent because their servers' counts add up past 2^32 - 1 (the servers' summaries are sent; the core uses them for that second)", this.merger.rollupsCountOverflow);
     p.counter('apm_rack_rollups_not_finite_total', 'Distribution rollups not sent because their sum overflowed (the servers\' summaries are sent; the core uses them for that second)', this.cutter.rollupsNotFinite);
     p.counter('apm_rack_section_metrics_dropped_total', "Metrics left out of a second's sections (more distinct metrics in one second than the rack's metric bound)", this.cutter.overflow);
     p.gauge('apm_rack_shards', "Shards the rack cuts each second into (the core's S; the default until the core ever said)", this.spool.shards);

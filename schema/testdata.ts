@@ -7,6 +7,8 @@ import { SortedSketchEncoder } from './sketch.js';
 export interface DistInput {
   name: string;
   values: number[];
+  /** Each value's weight (a sampled StatsD value stands for 1 / rate); 1 each when absent. */
+  weights?: number[];
 }
 
 export interface PointInput {
@@ -22,9 +24,11 @@ export function buildColumns(points: PointInput[], dists: DistInput[], named: st
   points.forEach((p, i) => hashName(p.name, pointHashes, 2 * i));
   const distHashes = new Uint32Array(dists.length * 2);
   dists.forEach((d, i) => hashName(d.name, distHashes, 2 * i));
+  const weightOf = (d: DistInput, i: number) => d.weights?.[i] ?? 1;
   const sketches: Uint8Array[] = dists.map((d) => {
-    const sorted = Float64Array.from(d.values).sort();
-    const out = new Uint8Array(enc.bin(sorted, null, 0, sorted.length));
+    const order = d.values.map((_, i) => i).sort((a, b) => d.values[a]! - d.values[b]!);
+    const sorted = Float64Array.from(order, (i) => d.values[i]!);
+    const out = new Uint8Array(enc.bin(sorted, d.weights === undefined ? null : Uint32Array.from(order, (i) => weightOf(d, i)), 0, sorted.length));
     enc.encode(out, 0);
     return out;
   });
@@ -49,8 +53,8 @@ export function buildColumns(points: PointInput[], dists: DistInput[], named: st
     pointValues: Float64Array.from(points.map((p) => p.value)),
     distHashes,
     distKinds: new Uint8Array(dists.length).fill(KindCode.Distribution),
-    distCounts: Uint32Array.from(dists.map((d) => d.values.length)),
-    distSums: Float64Array.from(dists.map((d) => d.values.reduce((a, b) => a + b, 0))),
+    distCounts: Uint32Array.from(dists.map((d) => d.values.reduce((a, _, i) => a + weightOf(d, i), 0))),
+    distSums: Float64Array.from(dists.map((d) => d.values.reduce((a, v, i) => a + v * weightOf(d, i), 0))),
     distMins: Float64Array.from(dists.map((d) => Math.min(...d.values))),
     distMaxes: Float64Array.from(dists.map((d) => Math.max(...d.values))),
     sketchEnds,
