@@ -395,7 +395,7 @@ const countingSpanMax = 1 << 16;
  * seconds ascending; of two points for one (server, second) the head's wins (it is newer);
  * summaries of one (server, second) merge (the rack sends each part once).
  */
-export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSeconds: number, acc: SketchAccumulator): RowInput {
+export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSeconds: number, acc: SketchAccumulator, dropped: SummaryDrops = { summaries_dropped_count_overflow: 0 }): RowInput {
   if (blockSeconds !== h.blockSeconds) throw new Error(`BUG: building a row of ${blockSeconds} s from a head of ${h.blockSeconds} s`);
   const dist = withOld(h.dist, old, (o) => o.dist, (o, j) => [o.distStart[j]!, o.distStart[j + 1]!]);
   const rollup = withOld(h.rollup, old, (o) => o.rollup, null);
@@ -429,14 +429,28 @@ export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSecond
     po = putPoints(h, slot, old, o0, o1, pointSecs, pointVals, po);
     distStart[j] = dn;
     const dFirst = dn;
-    for (; di < dist.n && dist.sid[dOrder[di]!] === sid; di++) dn = putSummary(dist, dOrder[di]!, dOut, dn, dFirst, acc);
+    for (; di < dist.n && dist.sid[dOrder[di]!] === sid; di++) {
+      // Two parts of one server-second whose counts add up past the wire's 32 bits: the later is refused.
+      if (mergeOverflows(dist, dOrder[di]!, dOut, dn, dFirst)) dropped.summaries_dropped_count_overflow++;
+      else dn = putSummary(dist, dOrder[di]!, dOut, dn, dFirst, acc);
+    }
   }
   pointStart[n] = po;
   distStart[n] = dn;
   const rOrder = orderBy(new Int32Array(rollup.n), rollup.sec, rollup.n);
   const rOut = rollup.n === 0 ? noSummaries : summaryColumns(rollup.n);
   let rn = 0;
-  for (let i = 0; i < rollup.n; i++) rn = putSummary(rollup, rOrder[i]!, rOut, rn, 0, acc);
+  // A second whose rollups add up past the wire's 32 bits keeps none: its servers' summaries answer it.
+  let noRollup = -1;
+  for (let i = 0; i < rollup.n; i++) {
+    const e = rOrder[i]!;
+    if (rollup.sec[e] === noRollup) continue;
+    if (mergeOverflows(rollup, e, rOut, rn, 0)) {
+      dropped.summaries_dropped_count_overflow++;
+      noRollup = rollup.sec[e]!;
+      rn--;
+    } else rn = putSummary(rollup, e, rOut, rn, 0, acc);
+  }
   return {
     kind: old?.kind ?? h.kind,
     blockSeconds,
@@ -573,6 +587,17 @@ function withOld(h: Summaries, old: DecodedRow | undefined, pick: (o: DecodedRow
       f.sid.fill(old.serverIds[j]!, h.n + from, h.n + to);
     }
   return f;
+}
+
+/** Summaries a row leaves out (the store's counters; a read of the head counts into a scratch one). */
+export interface SummaryDrops {
+  /** Summaries of one series-second whose counts add up past 2³² − 1 (a count and a sketch bin must fit 32 bits). */
+  summaries_dropped_count_overflow: number;
+}
+
+/** Whether putSummary would merge entry e into out[n − 1] past the 32-bit count a summary carries. */
+function mergeOverflows(g: FlatSummaries, e: number, out: SummaryColumns, n: number, groupStart: number): boolean {
+  return n > groupStart && out.secs[n - 1] === g.sec[e] && out.count[n - 1]! + g.count[e]! > 0xffffffff;
 }
 
 /** Appends entry e to out at n, merging it into out[n − 1] when that is the same second. */

@@ -213,6 +213,24 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
     await waitFor(async () => (await metricValue(node, 'apm_core_points_dropped_total{reason="bad_value"}')) === 1);
   });
 
+  it("summaries of one series-second whose counts add up past 2³² − 1 (a count and a sketch bin are 32-bit): the later part is refused, a rollup's second keeps none (its servers' summaries answer), each counted", async () => {
+    const t = t0 + 360;
+    // A server's summary of 3e9 (sampled values weigh 1 / rate), and its rack's rollup.
+    const heavy = (value: number): DistInput => ({ name: 'heavy.lat', values: [value], weights: [3e9] });
+    expect(await post(body(t, { 'heavy-1': { dists: [heavy(5)] }, 'heavy-2': { dists: [{ name: 'heavy.lat', values: [7, 9] }] } }, { rack: 'heavy', rollup: [{ name: 'heavy.lat', values: [5, 7, 9], weights: [3e9, 1, 1] }] }))).toBe(204);
+    // A late part of the same server-second and its rollup: merged, either would pass 2³² − 1 (the
+    // worker stopped writing rows on it, and a read of the head failed).
+    expect(await post(body(t, { 'heavy-1': { dists: [heavy(6)] } }, { rack: 'heavy', rollup: [heavy(6)] }))).toBe(204);
+    for (const from of ['heavy-*', 'rack:heavy']) {
+      const [w] = await query(`FROM ${from} SELECT heavy.lat WINDOW 1s COMPUTE count, max, p50`, t, t + 1);
+      expect(w!.values).toMatchObject({ count: 3e9 + 2, max: 9 });
+      expect(w!.values['percentile(50)']! / 5).toBeCloseTo(1, 1);
+    }
+    await waitFor(async () => (await metricValue(node, 'apm_core_points_dropped_total{reason="count_overflow"}')) === 2);
+    const [w] = await query('FROM rack:heavy SELECT heavy.lat WINDOW 1s COMPUTE count, max', t, t + 1);
+    expect(w!.values).toEqual({ count: 3e9 + 2, max: 9 });
+  });
+
   it('(last: fills the registry) a server beyond serversMax loses its own points, counted; the rest of the second is stored (not a 400)', async () => {
     const many: Record<string, { points: PointInput[] }> = {};
     for (let s = 0; s < 60; s++) many[`cap-${String(s).padStart(2, '0')}`] = { points: [{ name: 'cap.x', kind: KindCode.Gauge, value: 1 }] };

@@ -204,6 +204,8 @@ export class Store {
     points_dropped_bad_value: 0,
     /** Points and summaries of a kind other than their metric's (issue 16.6): a gauge or counter of a distribution metric, or the reverse. */
     points_dropped_kind_conflict: 0,
+    /** Summaries of one series-second left out of a row because merged their count would pass 2³² − 1 (a rollup: that second's). */
+    summaries_dropped_count_overflow: 0,
     /** Shard snapshots (issue 13, core/snapshot.ts): taken for another node; restored here, and failed restores. */
     shard_snapshots: 0,
     shard_restores: 0,
@@ -874,7 +876,7 @@ export class Store {
         this.counters.rows_corrupt++;
       }
     }
-    const row = encodeRow(buildRow(mh, old, this.opts.blockSeconds, this.acc));
+    const row = encodeRow(buildRow(mh, old, this.opts.blockSeconds, this.acc, this.counters));
     const out = Buffer.allocUnsafe(6 + row.length);
     writeU48(out, 0, Math.max(mh.walSeq, stored === undefined ? 0 : readU48(stored, 0)));
     out.set(row, 6);
