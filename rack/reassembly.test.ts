@@ -134,6 +134,27 @@ describe('Reassembly', () => {
     expect(allow.accept(part('a', t0, 0, 1, 1), 10, peer, now)).toBe('unknown_server');
   });
 
+  it('forgets an edge silent for the late horizon with nothing held, so a new edge is not refused forever as too_many_servers', () => {
+    const r = new Reassembly({ ...opts, serversMax: 2 });
+    expect(r.accept(part('a', t0, 0, 1, 1), 10, peer, ms(t0))).toBeNull();
+    expect(r.accept(part('b', t0, 0, 1, 1), 10, peer, ms(t0))).toBeNull();
+    expect(r.close(ms(t0 + 3)).map((b) => b.second)).toEqual([t0]);
+    // a goes silent (its server replaced); b keeps sending.
+    expect(r.accept(part('b', t0 + 300, 0, 1, 2), 10, peer, ms(t0 + 300))).toBeNull();
+    expect(r.accept(part('c', t0 + 300, 0, 1, 1), 10, peer, ms(t0 + 300))).toBe('too_many_servers');
+    r.close(ms(t0 + 303));
+    expect(r.serverCount).toBe(2);
+    // A late horizon (600 s) after a's last datagram: a is forgotten, b is not.
+    r.close(ms(t0 + 601));
+    expect([r.serverCount, r.counters.servers_forgotten]).toEqual([1, 1]);
+    expect(r.accept(part('c', t0 + 601, 0, 1, 1), 10, peer, ms(t0 + 601))).toBeNull();
+    expect(r.accept(part('b', t0 + 601, 0, 1, 3), 10, peer, ms(t0 + 601))).toBeNull();
+    expect(r.close(ms(t0 + 604)).map((b) => b.servers.map((x) => x.server).sort())).toEqual([['b', 'c']]);
+    // b's sequence was kept across (no gap counted for it); a speaking again is a new edge.
+    expect(r.counters.seq_gap_datagrams).toBe(0);
+    expect(r.accept(part('a', t0 + 605, 0, 1, 7), 10, peer, ms(t0 + 605))).toBe('too_many_servers');
+  });
+
   it('counts sequence gaps and probes a second lost whole', () => {
     const r = new Reassembly(opts);
     r.accept(part('a', t0, 0, 2, 100), 10, peer, ms(t0));

@@ -92,6 +92,8 @@ interface ServerState {
   closed: Map<number, Uint8Array | number>;
   /** Seconds lost whole (a sequence gap, or missed while this rack restarted), asked again until a part of them arrives. */
   probes: Probe[];
+  /** When its last datagram came: silent for the late horizon, it is forgotten. */
+  heardMs: number;
 }
 
 export interface ClosedBatch {
@@ -141,6 +143,8 @@ export class Reassembly {
     seconds_unanswered: 0,
     resume_seconds_unasked: 0,
     names_only: 0,
+    /** Edges forgotten after a late horizon of silence with nothing held (the table holds serversMax). */
+    servers_forgotten: 0,
   };
   readonly rejected: Record<AcceptReason, number> = {
     too_old: 0,
@@ -212,11 +216,12 @@ export class Reassembly {
     let s = this.servers.get(msg.server);
     if (s === undefined) {
       if (this.servers.size >= this.opts.serversMax) return null;
-      s = { id: msg.server, peer, session: msg.session, lastSecond: -1, lastSeq: -1, open: new Map(), closed: new Map(), probes: [] };
+      s = { id: msg.server, peer, session: msg.session, lastSecond: -1, lastSeq: -1, open: new Map(), closed: new Map(), probes: [], heardMs: nowMs };
       this.servers.set(msg.server, s);
       this.probeSinceResume(s, msg.second, nowMs);
     }
     s.peer = peer;
+    s.heardMs = nowMs;
     if (s.session !== msg.session) {
       // A restarted edge: its sequence numbers start over.
       this.counters.edge_restarts++;
@@ -370,6 +375,7 @@ export class Reassembly {
     if (nowS !== this.forgotAt) {
       this.forgotAt = nowS;
       this.forgetClosed(nowS - this.opts.lateHorizonSeconds);
+      this.forgetSilent(nowMs - this.opts.lateHorizonSeconds * 1000);
     }
     return out;
   }
@@ -396,6 +402,22 @@ export class Reassembly {
 
   private forgetClosed(before: number): void {
     for (const s of this.servers.values()) for (const sec of s.closed.keys()) if (sec < before) s.closed.delete(sec);
+  }
+
+  /**
+   * Forgets edges silent since before `heardBeforeMs` (a late horizon) with nothing open, closed
+   * or probed: the table holds serversMax edges at once, not every edge a rack ever heard (a rack
+   * whose servers were replaced over months refused every new one as too_many_servers). Nothing
+   * of such an edge is held: its closed seconds aged out, and its late parts went within
+   * lateHoldMs. If it speaks again it is a new edge (its old seconds are past the horizon).
+   */
+  private forgetSilent(heardBeforeMs: number): void {
+    for (const [id, s] of this.servers) {
+      if (s.heardMs >= heardBeforeMs || s.open.size > 0 || s.closed.size > 0 || s.probes.length > 0) continue;
+      this.servers.delete(id);
+      this.needy.delete(s);
+      this.counters.servers_forgotten++;
+    }
   }
 
   /** Closes everything still open (shutdown). */
