@@ -13,6 +13,7 @@ import { guardLmdbRejections } from '../schema/lmdb.js';
 import { clusterHelp, clusterOptionSpec, joinCluster, type ClusterStart } from './cluster/start.js';
 import { copyShardFrom } from './cluster/snapshot-routes.js';
 import { clusterMetrics, clusterStatus } from './cluster/status.js';
+import { RackSeconds } from './cluster/racks-seen.js';
 import { LogIngest } from './cluster/ingest.js';
 import type { PromText } from '../schema/prom.js';
 import { shardsDefault, shardsMax } from '../schema/limits.js';
@@ -132,12 +133,10 @@ export async function main(argv: string[]): Promise<void> {
   opened = node;
   if (cluster !== null) {
     // The server list and the fleet view learn of racks from the seconds the consumers apply
-    // (each second comes once per shard: the newest second per rack is noted once; bounded by racksMax).
-    const newestSecond = new Map<string, number>();
+    // (each second comes once per shard: core/cluster/racks-seen.ts notes it once).
+    const racksSeen = new RackSeconds(coreLimits.racksMax);
     cluster.node.onApplied = (m) => {
-      const prev = newestSecond.get(m.rack);
-      if ((prev !== undefined && prev >= m.second) || (prev === undefined && newestSecond.size >= coreLimits.racksMax)) return;
-      newestSecond.set(m.rack, m.second);
+      if (!racksSeen.note(m.rack, m.second)) return;
       node.servers.seen(m.rack, m.servers, Date.now());
       node.status.noteSecond(m.second);
     };
