@@ -7,7 +7,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { lmdbCounters } from '../schema/lmdb.js';
 import { PromText } from '../schema/prom.js';
 import { ApiAuth, mayRack } from './auth.js';
-import { BodyError, BufferPool, readBodyInto } from './buffers.js';
+import { BodyBudget, BodyError, BufferPool, readBodyInto } from './buffers.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
 import type { IngestResult, ShardPool } from './pool.js';
@@ -25,6 +25,8 @@ import { CoreStatus } from './status.js';
 
 export interface ApiOptions {
   ingestBodyBytesMax: number;
+  /** Bytes of ingest bodies being read or ingested at once (default 256 MiB). */
+  ingestBodiesHeldBytesMax?: number;
   /** Token checks (core/auth.ts); absent: auth off, the loopback dev default. */
   auth?: ApiAuth;
   /** Per-client rate limit of the query API; absent: none. */
@@ -59,6 +61,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const http = { ingest_requests: 0, ingest_too_large: 0, ingest_bad_body: 0 };
   // Bodies of rack seconds, recycled (core/buffers.ts): racks send one request at a time each.
   const bodies = new BufferPool(ingestBodiesBytesMax);
+  const bodyBudget = new BodyBudget(opts.ingestBodiesHeldBytesMax ?? ingestBodiesHeldBytesMax);
   // Before every route: auth decides who is asking, the rate limit keys on it (issue 8).
   const auth = opts.auth ?? new ApiAuth({ tokens: null });
   app.use('*', auth.middleware());
@@ -143,14 +146,14 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       let body: Uint8Array;
       if (d !== null) {
         try {
-          const r = await readBodyInto(d.incoming, d.declared, opts.ingestBodyBytesMax, bodies);
+          const r = await readBodyInto(d.incoming, d.declared, opts.ingestBodyBytesMax, bodies, bodyBudget);
           pooled = r.buf;
           body = new Uint8Array(r.buf, 0, r.length);
         } catch (err) {
           if (!(err instanceof BodyError)) throw err;
           if (err.status === 413) http.ingest_too_large++;
-          else http.ingest_bad_body++;
-          return c.json({ error: err.message, reason: err.status === 413 ? 'too_large' : 'bad_body' }, err.status);
+          else if (err.status === 400) http.ingest_bad_body++;
+          return c.json({ error: err.message, reason: err.status === 413 ? 'too_large' : err.status === 503 ? 'bodies_full' : 'bad_body' }, err.status);
         }
       } else body = new Uint8Array(await c.req.arrayBuffer());
       try {
@@ -166,7 +169,10 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
         return c.json({ error: r.error, reason: r.reason, ...(r.shards === undefined ? {} : { shards: r.shards }) }, r.status);
       } finally {
         // The workers have their own copies, and the decoded message's strings are copies too.
-        if (pooled !== null) bodies.give(pooled);
+        if (pooled !== null) {
+          bodyBudget.release(pooled.byteLength);
+          bodies.give(pooled);
+        }
       }
     },
   );
@@ -204,6 +210,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       ...rejected,
       too_large: http.ingest_too_large,
       bad_body: http.ingest_bad_body,
+      bodies_full: bodyBudget.refused,
       shards_mismatch: pool.counters.shards_mismatch,
       worker_busy: pool.counters.ingest_busy,
       storage_full: s('storage_full'),
@@ -296,6 +303,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
 
 /** Rack-second bodies kept for reuse: racks send one request at a time each, ~1 MB at 2,000 metrics × 40 servers. */
 const ingestBodiesBytesMax = 64 * 1024 * 1024;
+/** Bytes of bodies being read or ingested at once (core/buffers.ts BodyBudget): ~250 racks' seconds of ~1 MB. */
+const ingestBodiesHeldBytesMax = 256 * 1024 * 1024;
 
 const livePath = /^\/api\/v1\/(queries\/[^/]+\/)?live$/;
 

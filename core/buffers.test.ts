@@ -1,7 +1,7 @@
 import { createServer, request, type IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { BodyError, BufferPool, readBodyInto } from './buffers.js';
+import { BodyBudget, BodyError, BufferPool, readBodyInto } from './buffers.js';
 
 describe('BufferPool', () => {
   it('hands back buffers of the size class, keeps at most its byte bound, and counts each event', () => {
@@ -53,7 +53,7 @@ describe('readBodyInto', () => {
     let failure: unknown = null;
     const seen = new Promise<void>((done) => {
       const server = createServer((req) => {
-        readBodyInto(req, Number(req.headers['content-length']), 1 << 20, pool).then(
+        readBodyInto(req, Number(req.headers['content-length']), 1 << 20, pool, new BodyBudget(1 << 30)).then(
           () => done(),
           (err: unknown) => {
             failure = err;
@@ -80,7 +80,7 @@ describe('readBodyInto', () => {
     const pool = new BufferPool(1 << 20);
     const s = await serve(async (req) => {
       const declared = Number(req.headers['content-length']);
-      const r = await readBodyInto(req, declared, 300_000, pool);
+      const r = await readBodyInto(req, declared, 300_000, pool, new BodyBudget(1 << 30));
       const text = Buffer.from(r.buf, 0, r.length).toString();
       pool.give(r.buf);
       return `ok ${text.length} ${text.slice(0, 3)}${text.slice(-3)}`;
@@ -95,13 +95,48 @@ describe('readBodyInto', () => {
     }
   });
 
+  it('holds memory for the bytes that arrived, not for the declared length, within a budget; beyond it answers 503', async () => {
+    // Before: each request declaring 64 MiB got a 64 MiB buffer before sending a byte.
+    const pool = new BufferPool(1 << 20);
+    const budget = new BodyBudget(512 * 1024, 64 * 1024);
+    const s = await serve(async (req) => {
+      const r = await readBodyInto(req, Number(req.headers['content-length']), 64 << 20, pool, budget);
+      budget.release(r.buf.byteLength);
+      pool.give(r.buf);
+      return `ok ${r.length}`;
+    });
+    const idle: ReturnType<typeof connect>[] = [];
+    const until = async (cond: () => boolean) => {
+      for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(cond()).toBe(true);
+    };
+    try {
+      for (let i = 0; i < 8; i++) {
+        const sock = connect(s.port, '127.0.0.1', () => sock.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n0123456789'));
+        sock.on('error', () => undefined);
+        idle.push(sock);
+      }
+      await until(() => budget.held === 8 * 64 * 1024);
+      expect(await post(s.port, Buffer.alloc(150_000, 1), 150_000)).toBe('503 ingest bodies being read hold 524288 bytes (bound 524288): retry later');
+      expect(budget.refused).toBe(1);
+      for (const sock of idle) sock.destroy();
+      await until(() => budget.held === 0);
+      // Grown as it arrives (64 → 128 → 256 KiB), then released.
+      expect(await post(s.port, Buffer.alloc(150_000, 1), 150_000)).toBe('ok 150000');
+      expect(budget.held).toBe(0);
+    } finally {
+      for (const sock of idle) sock.destroy();
+      s.close();
+    }
+  });
+
   it('settles at once for a message that ended or failed before it listened (never a promise left pending)', async () => {
     const pool = new BufferPool(1 << 20);
     const s = await serve(async (req) => {
       // Everything read elsewhere first: 'end' has been emitted already.
       req.resume();
       await new Promise((r) => req.once('end', r));
-      return readBodyInto(req, Number(req.headers['content-length']), 1 << 20, pool).then(() => 'read');
+      return readBodyInto(req, Number(req.headers['content-length']), 1 << 20, pool, new BodyBudget(1 << 30)).then(() => 'read');
     });
     try {
       expect(await post(s.port, Buffer.from('abcdef'), 6)).toBe('400 body of 0 bytes ended before its Content-Length 6');

@@ -66,10 +66,38 @@ function sizeClass(size: number): number {
   return c;
 }
 
+/**
+ * Bytes of ingest bodies being read or ingested at once (their buffers), at most `bytesMax`. A
+ * buffer is sized by the declared Content-Length up to `firstBytesMax` and grows only as bytes
+ * arrive: before, each request declaring 64 MiB got a 64 MiB buffer before sending anything, so
+ * a few connections that sent headers alone held gigabytes for the server's request timeout.
+ * Beyond the bound a body is answered 503 (the rack retries it), counted as `refused`.
+ */
+export class BodyBudget {
+  held = 0;
+  refused = 0;
+
+  constructor(
+    readonly bytesMax: number,
+    readonly firstBytesMax = 4 * 1024 * 1024,
+  ) {}
+
+  /** Holds n more bytes when the bound allows. */
+  tryHold(n: number): boolean {
+    if (this.held + n > this.bytesMax) return false;
+    this.held += n;
+    return true;
+  }
+
+  release(n: number): void {
+    this.held -= n;
+  }
+}
+
 /** Why a body could not be read. */
 export class BodyError extends Error {
   constructor(
-    readonly status: 400 | 413,
+    readonly status: 400 | 413 | 503,
     message: string,
   ) {
     super(message);
@@ -78,14 +106,24 @@ export class BodyError extends Error {
 
 /**
  * Reads a request body of a declared Content-Length into a pooled buffer: the bytes are
- * `new Uint8Array(buf, 0, length)`; give `buf` back when nothing refers to them any more.
- * Throws BodyError when the body is longer or shorter than declared, over `bytesMax`, or not
- * received whole (the connection failed mid-body).
+ * `new Uint8Array(buf, 0, length)`; give `buf` back, and release `buf.byteLength` from `budget`,
+ * when nothing refers to them any more. Throws BodyError when the body is longer or shorter than
+ * declared, over `bytesMax`, not received whole (the connection failed mid-body), or when the
+ * budget has no room for it (503).
  */
-export function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool): Promise<{ buf: ArrayBuffer; length: number }> {
+export function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool, budget: BodyBudget): Promise<{ buf: ArrayBuffer; length: number }> {
   if (length > bytesMax) return Promise.reject(new BodyError(413, `body of ${length} bytes exceeds ${bytesMax}`));
-  const buf = pool.take(length);
-  const view = new Uint8Array(buf);
+  const full = () => {
+    budget.refused++;
+    return new BodyError(503, `ingest bodies being read hold ${budget.held} bytes (bound ${budget.bytesMax}): retry later`);
+  };
+  const first = sizeClass(Math.min(length, budget.firstBytesMax));
+  if (!budget.tryHold(first)) {
+    req.resume(); // the body is read and dropped; the answer says why
+    return Promise.reject(full());
+  }
+  let buf = pool.take(first);
+  let view = new Uint8Array(buf);
   let at = 0;
   // Chunks as the socket delivers them ('data' in flowing mode). An async iterator over `req`
   // reads in paused mode, where read() joins the chunks buffered so far into a new Buffer first
@@ -98,6 +136,7 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
       req.off('error', onError);
       req.off('close', onClose);
       if (err === null) return resolve({ buf, length });
+      budget.release(buf.byteLength);
       pool.give(buf);
       reject(err);
     };
@@ -105,6 +144,20 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
       if (at + chunk.length > length) {
         req.resume(); // the rest is read and dropped; the answer says why
         return done(new BodyError(400, `body longer than its Content-Length ${length}`));
+      }
+      if (at + chunk.length > buf.byteLength) {
+        // Grown as bytes arrive (doubling, up to the declared length).
+        const next = sizeClass(Math.min(length, Math.max(2 * buf.byteLength, at + chunk.length)));
+        if (!budget.tryHold(next)) {
+          req.resume();
+          return done(full());
+        }
+        const grown = pool.take(next);
+        new Uint8Array(grown).set(view.subarray(0, at));
+        budget.release(buf.byteLength);
+        pool.give(buf);
+        buf = grown;
+        view = new Uint8Array(buf);
       }
       view.set(chunk, at);
       at += chunk.length;
