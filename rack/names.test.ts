@@ -31,6 +31,28 @@ describe('NameTable', () => {
     expect(t.forBatch(0).nameEnds.length).toBe(0);
   });
 
+  it('stays bounded by forgetting names unseen for a generation, keeps names in use, and relays every new name', () => {
+    // Before: once full, no new name was ever learned or relayed (a client naming metrics by
+    // request id filled it in hours, and every later metric reached the core without a name).
+    const t = new NameTable(8); // two generations of 4
+    const learn = (names: string[]) => t.learn(decodeUnverified(enc.edgeSecond({ ...header, series: buildColumns([], [], names) })).series);
+    const relayed = () => Buffer.from(t.forBatch(0).nameBytes).toString('latin1');
+    const known = (name: string) => t.has(...(Array.from(buildColumns([], [], [name]).nameHashes) as [number, number]));
+    learn(['a', 'b', 'c', 'd']);
+    expect(relayed()).toBe('abcd');
+    learn(['e', 'f']); // a new generation: a–d are the previous one
+    expect(t.generation).toBe(1);
+    expect(relayed()).toBe('ef');
+    expect(known('b')).toBe(true); // in use: moved into the current generation
+    learn(['g', 'h', 'i']); // another: a, c, d were not seen again
+    expect([t.generation, t.forgotten]).toEqual([2, 3]);
+    expect(relayed()).toBe('ghi');
+    expect([known('a'), known('b'), known('e'), known('i')]).toEqual([false, true, true, true]);
+    expect(t.size).toBeLessThanOrEqual(8);
+    learn(['a']); // a forgotten name comes back: learned and relayed again
+    expect(relayed()).toBe('a');
+  });
+
   it('signs a server’s hash set: the same set gives the same signature, any added, removed or changed series another', () => {
     const cols = (names: string[]) => buildColumns(names.map((name) => ({ name, kind: KindCode.Gauge as const, value: 1 })), [{ name: 'lat', values: [1] }]);
     const f = (a: string[], b: string[], same: boolean) => expect(hashesSignature([cols(a)]) === hashesSignature([cols(b)])).toBe(same);

@@ -67,6 +67,8 @@ export class Rack {
   private pendingWrites = 0;
   /** Per server, the signature of its last hash set found fully named (askNames skips it unchanged). */
   private readonly namedSets = new Map<string, number>();
+  /** The name table's generation namedSets was found under. */
+  private namedGeneration = 0;
   private prunedMs = 0;
   recvBufferBytes = 0;
   readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, batches_spool_failed: 0, summaries_merged: 0 };
@@ -294,7 +296,13 @@ export class Rack {
   private askNames(batch: ClosedBatch): void {
     const max = this.opts.limits.nameAsksPerServerSecond;
     for (const s of batch.servers) {
-      // Names are never forgotten: a set found fully named stays so (one pass instead of ~2,000 lookups).
+      // A set found fully named stays so (one pass instead of ~2,000 lookups) until the name
+      // table starts a generation: then every set is looked at again, which moves its names
+      // into the new generation (rack/names.ts).
+      if (this.names.generation !== this.namedGeneration) {
+        this.namedSets.clear();
+        this.namedGeneration = this.names.generation;
+      }
       const blocks: SeriesColumns[] = [];
       for (const p of s.parts) blocks.push(p.series);
       const sig = hashesSignature(blocks);
@@ -399,7 +407,7 @@ export class Rack {
     p.gauge('apm_rack_held_bytes', 'Bytes of datagrams held in open seconds', r.heldBytes);
     p.gauge('apm_rack_names', 'Metric names known', this.names.size);
     p.counter('apm_rack_name_collisions_total', 'Two names seen for one 64-bit hash', this.names.collisions);
-    p.counter('apm_rack_names_dropped_total', 'Names not kept because the name table is full', this.names.overflow);
+    p.counter('apm_rack_names_forgotten_total', 'Names forgotten: not seen again for a whole generation of the name table (namesMax / 2 new names)', this.names.forgotten);
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
     p.counter('apm_rack_rollups_count_overflow_total', "Distribution rollups not sent because their servers' counts add up past 2^32 - 1 (the servers' summaries are sent; the core uses them for that second)", this.merger.rollupsCountOverflow);
