@@ -14,6 +14,12 @@ import type { MetricReader } from '../query/eval.js';
 export const exportLimits = {
   /** Points (or summaries) one chunk holds before it stops at a block boundary: ~10 MB of JSON, ~100 ms of a worker. */
   entriesPerChunkMax: 200_000,
+  /**
+   * Blocks one chunk looks at, data or not: a day of 60 s blocks, ~1.5 ms when empty. Without it
+   * a span with nothing in it (from=0) was one worker message walking every block to 2106: 75 s
+   * in which that worker's shards ingested nothing.
+   */
+  blocksPerChunkMax: 1440,
 } as const;
 
 export interface ExportChunk {
@@ -32,7 +38,8 @@ interface Series {
 
 /**
  * The chunk of `name` from `fromSecond` (whole blocks of `blockSeconds`, at least one) up to
- * `toSecond` exclusive, stopping after the block that reaches entriesMax.
+ * `toSecond` exclusive, stopping after the block that reaches entriesMax, or after
+ * blocksPerChunkMax blocks.
  */
 export function exportChunk(store: MetricReader, name: string, fromSecond: number, toSecond: number, blockSeconds: number, entriesMax: number = exportLimits.entriesPerChunkMax): ExportChunk {
   const h = new Uint32Array(2);
@@ -50,7 +57,8 @@ export function exportChunk(store: MetricReader, name: string, fromSecond: numbe
     s.values.push(v);
     s.timestamps.push(second * 1000);
   };
-  for (; block < toSecond && entries < entriesMax; block += blockSeconds) {
+  const blocksEnd = block + exportLimits.blocksPerChunkMax * blockSeconds;
+  for (; block < toSecond && block < blocksEnd && entries < entriesMax; block += blockSeconds) {
     store.read(h[0]!, h[1]!, block, block + blockSeconds, (row: DecodedRow, blockStart: number, rackId: number) => {
       const rack = store.rackName(rackId) ?? `rack-${rackId}`;
       row.serverIds.forEach((sid, j) => {

@@ -185,6 +185,16 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(seen).toEqual(Array.from({ length: 560 }, (_, i) => t0 + 1230 + i));
   });
 
+  it('a span with nothing in it is looked at a day of blocks per chunk, and clamped to the retention: from=0 no longer holds a worker for a minute', async () => {
+    // Before: one chunk walked every block of the span in one worker message (from 1970 to 2106: ~75 s).
+    const c = await node.pool.exportChunk('imp.none', 0, 2 ** 32, 200_000);
+    expect(c).toEqual({ lines: [], nextSecond: 1440 * 60, entries: 0 });
+    const pts: [number, number][] = [[t0 + 5, 1], [t0 + 7, 2]];
+    expect((await post(line('imp.clamped', { server: 'cl-1' }, pts))).json).toMatchObject({ stored: 2 });
+    const all = await exported('imp.clamped', 0, 2 ** 32 - 1);
+    expect(all.map((l) => l.values)).toEqual([[1, 2]]);
+  });
+
   it('answers clear errors: no match, a selector it cannot export, bad times; one import at a time', async () => {
     expect((await node.app.request('/api/v1/export')).status).toBe(400);
     expect((await node.app.request('/api/v1/export?match[]=' + encodeURIComponent('{job="x"}'))).status).toBe(400);

@@ -101,6 +101,9 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
       throw err;
     }
     if (fromMs >= toMs) return c.json({ error: `from (${fromMs}) must be before to (${toMs})` }, 400);
+    // Nothing is kept before the retention nor stored past the core's clock (+ the racks' skew).
+    fromMs = Math.max(fromMs, Date.now() - pool.retentionSeconds * 1000 - 60_000);
+    toMs = Math.min(toMs, Date.now() + 3_600_000);
     counters.exports++;
     c.header('content-type', 'application/x-ndjson');
     return stream(c, async (out) => {
@@ -112,7 +115,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
         for (const name of names) {
           let at: number | null = Math.floor(fromMs / 1000);
           const end = Math.ceil(toMs / 1000);
-          while (at !== null && !aborted) {
+          while (at !== null && at < end && !aborted) {
             // One bounded chunk at a time, written before the next is read: memory stays one chunk.
             const chunk = await pool.exportChunk(name, at, end, exportLimits.entriesPerChunkMax);
             if (chunk.lines.length > 0) await out.write(chunk.lines.join('\n') + '\n');
