@@ -87,6 +87,20 @@ describe('regression: an evaluation had no time budget (issue 16.1)', () => {
     expect(clock.reads()).toBe(6);
   });
 
+  it('holds its budget while matching server patterns too (before: every pattern against every server, unchecked — seconds for many patterns over a large fleet)', () => {
+    const big = loadRows();
+    try {
+      ingest(big, { rack: 'big', second: t0, servers: 200, value: () => 1 });
+      const patterns = parseQuery(`FROM ${Array.from({ length: 50 }, (_, i) => `*nomatch${i}*`).join(',')} SELECT g WINDOW 1m COMPUTE count`);
+      expect(evaluate(big, patterns, t0, t0 + 600)).toEqual([]);
+      // Each clock read 1 s later: started at 1 s, budget 2 s; checks every 64 servers, the third past it.
+      const clock = steppingClock(1000);
+      expect(() => evaluate(big, patterns, t0, t0 + 600, { clockMs: clock.clockMs })).toThrow(/^evaluation time budget: ".*" stopped after 3000 ms > its budget of 2000 ms while matching its server patterns against 220 servers; name fewer patterns, or servers by id$/);
+    } finally {
+      big.close();
+    }
+  });
+
   it('answers 503 for an ad-hoc query stopped by its budget, with the reason, counted', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-evlim-node-'));
     dirs.push(dir);

@@ -99,9 +99,10 @@ export interface MetricReader {
  * moved racks keeps its history under the racks that carried it); server selectors select a
  * server's observations whichever rack carried them.
  */
-export function resolveServers(q: Query, registry: Registry): { selected: Uint8Array; size: number; rackTest: ((rack: string) => boolean) | null } {
+export function resolveServers(q: Query, registry: Registry, overBudget: () => void = () => undefined): { selected: Uint8Array; size: number; rackTest: ((rack: string) => boolean) | null } {
   const all = q.selectors.some((sel) => sel.type === 'all');
-  const globs = q.selectors.flatMap((sel) => (sel.type === 'glob' ? [compileGlob(sel.pattern)] : []));
+  // Each pattern once: a query may repeat one (256 copies of `*q*` tested every server 256 times).
+  const globs = [...new Set(q.selectors.flatMap((sel) => (sel.type === 'glob' ? [sel.pattern] : [])))].map((p) => compileGlob(p));
   const rackTests = q.selectors.flatMap((sel) => (sel.type === 'rack' ? [compileGlob(sel.pattern)] : []));
   const rackTest = rackTests.length === 0 ? null : (rack: string) => rackTests.some((t) => t(rack));
   if (all) {
@@ -128,7 +129,15 @@ export function resolveServers(q: Query, registry: Registry): { selected: Uint8A
     const s = sel.type === 'server' ? registry.serverByName(sel.id) : undefined;
     if (s !== undefined) pick(s.id);
   }
-  if (globs.length > 0) for (const s of registry.allServers()) if (globs.some((t) => t(s.name))) pick(s.id);
+  if (globs.length > 0) {
+    // Globs × servers × id length can take seconds (256 globs over 100,000 servers: ~7 s): the
+    // query's time budget holds here too.
+    let tested = 0;
+    for (const s of registry.allServers()) {
+      if ((++tested & 63) === 0) overBudget();
+      if (globs.some((t) => t(s.name))) pick(s.id);
+    }
+  }
   return { selected, size, rackTest };
 }
 
@@ -149,7 +158,10 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   const startedMs = clock();
   const deadlineMs = opts.deadlineMs ?? startedMs + budgetMs;
   const exactMax = opts.exactValuesMax ?? coreLimits.evalExactValuesMax;
-  const { selected, size, rackTest } = resolveServers(q, store.registry);
+  const { selected, size, rackTest } = resolveServers(q, store.registry, () => {
+    const nowMs = clock();
+    if (nowMs > deadlineMs) throw new EvalLimitError('time_budget', `"${q.text}" stopped after ${Math.round(nowMs - startedMs)} ms > its budget of ${budgetMs} ms while matching its server patterns against ${store.registry.serverCount} servers; name fewer patterns, or servers by id`);
+  });
   if (size === 0 && rackTest === null) return [];
   // Rows of racks a `rack:` selector names are taken whole; the test runs once per rack id.
   const rackWhole = new Map<number, boolean>();
