@@ -15,6 +15,7 @@ import { WorkerError } from '../pool.js';
 import { RateLimiter } from '../ratelimit.js';
 import type { WindowResult } from './eval.js';
 import { evalFailure, parseSelector, matches, planRange, promDurationMs, promFloat, promSettleMs, promTimeMs, scalarLiteral, PromError } from './prom.js';
+import { parseQuery, queryLimits } from './parse.js';
 
 const S = 8;
 const now = Math.floor(Date.now() / 1000);
@@ -345,6 +346,16 @@ describe('Prometheus API helpers', () => {
     // A step of 12 s over WINDOW 5s: 15 s windows.
     expect(planRange('FROM * SELECT m WINDOW 5s COMPUTE max', { startMs: 0, endMs: 60_000, stepMs: 12_000, nowMs }).q.text).toBe('FROM * SELECT m WINDOW 15s COMPUTE max');
     expect(() => planRange('FROM * SELECT m COMPUTE max', { startMs: 0, endMs: 86_400_000, stepMs: 3 * 86_400_000, nowMs: 2 * 86_400_000 })).toThrow(/windows of 259200s > the longest WINDOW/);
+    // A text at the length limit with WINDOW 1s, widened to 10s (before: parsed again, one
+    // character too long, and the refusal surfaced as a 500).
+    const tail = ' SELECT m WINDOW 1s COMPUTE max';
+    const ids: string[] = [];
+    while (`FROM ${[...ids, 'x'.repeat(64)].join(', ')}${tail}`.length <= queryLimits.queryCharsMax) ids.push(`h${ids.length}-`.padEnd(64, 'x'));
+    ids.push('z'.repeat(queryLimits.queryCharsMax - `FROM ${ids.join(', ')}, ${tail}`.length));
+    const atLimit = `FROM ${ids.join(', ')}${tail}`;
+    expect(parseQuery(atLimit).text.length).toBe(queryLimits.queryCharsMax);
+    const wide = planRange(atLimit, { startMs: 0, endMs: 60_000, stepMs: 10_000, nowMs });
+    expect([wide.q.windowSeconds, wide.q.text.endsWith(' WINDOW 10s COMPUTE max'), wide.q.selectors.length]).toEqual([10, true, ids.length]);
   });
 
   it('reads series selectors without building regular expressions from them', () => {
@@ -356,6 +367,12 @@ describe('Prometheus API helpers', () => {
     f('{__name__!~"a|b"}', 'b', false);
     f("{__name__='x:y'}", 'x:y', true);
     f('{__name__=~`.+`, job=""}', 'm', true);
+    // Escaped characters no name holds match nothing (before: `\]` made a 500, `\[a-z\]` a character set).
+    f('{__name__=~`a.*\\]`}', 'a', false);
+    f('{__name__=~`a.*\\]|b`}', 'b', true);
+    f('{__name__=~`.*\\[a-z\\]`}', 'b', false);
+    f('{__name__=~`.*\\/x`}', 'a/x', false);
+    f('{__name__=~`web\\-.*`}', 'web-1', true);
     expect(() => parseSelector('{__name__=~"(a+)+b"}')).toThrow(PromError);
     expect(() => parseSelector('{__name__="x"')).toThrow(/expected \{…\} after the name|cannot read/);
   });

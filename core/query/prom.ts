@@ -35,7 +35,7 @@ import { WorkerError, type ShardPool } from '../pool.js';
 import type { ServerTable } from '../servers.js';
 import type { QueryCatalog } from './catalog.js';
 import { evalLimitReasonOf, type WindowResult } from './eval.js';
-import { compileGlob } from './glob.js';
+import { compileGlob, GlobError } from './glob.js';
 import { decimalText, fnKey, parseQuery, QueryError, queryLimits, type Fn, type Query } from './parse.js';
 import { timeLimits } from './time.js';
 
@@ -149,10 +149,14 @@ export function parseForProm(text: string, windowSeconds: number | null): { q: Q
   }
 }
 
-/** The same query with another window (its canonical text holds " WINDOW <d> " once: keywords are never selectors or metrics). */
-function withWindowSeconds(q: Query, windowSeconds: number): Query {
+/**
+ * The same query with another window (its canonical text holds " WINDOW <d> " once: keywords are
+ * never selectors or metrics). Not parsed again: a text at the length limit with `WINDOW 1s`
+ * became one character too long with `WINDOW 10s`, and the refusal surfaced as a 500.
+ */
+export function withWindowSeconds(q: Query, windowSeconds: number): Query {
   if (q.windowSeconds === windowSeconds) return q;
-  return parseQuery(q.text.replace(/ WINDOW \S+ COMPUTE /, ` WINDOW ${windowSeconds}s COMPUTE `));
+  return { ...q, windowSeconds, text: q.text.replace(/ WINDOW \S+ COMPUTE /, ` WINDOW ${windowSeconds}s COMPUTE `) };
 }
 
 export interface RangePlan {
@@ -331,10 +335,16 @@ function regexAsGlobs(re: string): ((s: string) => boolean)[] {
   return alts.map((alt) => {
     let glob = '';
     let wild = false;
+    // An escaped character no server, rack or metric name holds: the alternative matches nothing
+    // (before, `\[`, `\]` or `\*` went into the glob as its syntax: a 500, or a character set).
+    let never = false;
     for (let i = 0; i < alt.length; i++) {
       const ch = alt[i]!;
-      if (ch === '\\' && i + 1 < alt.length && /[^A-Za-z0-9]/.test(alt[i + 1]!)) glob += alt[++i];
-      else if (ch === '.' && (alt[i + 1] === '*' || alt[i + 1] === '+')) {
+      if (ch === '\\' && i + 1 < alt.length && /[^A-Za-z0-9]/.test(alt[i + 1]!)) {
+        const lit = alt[++i]!;
+        if (/[._:-]/.test(lit)) glob += lit;
+        else never = true;
+      } else if (ch === '.' && (alt[i + 1] === '*' || alt[i + 1] === '+')) {
         glob += alt[++i] === '*' ? '*' : '?*';
         wild = true;
       } else if (ch === '.') {
@@ -343,9 +353,15 @@ function regexAsGlobs(re: string): ((s: string) => boolean)[] {
       } else if (/[A-Za-z0-9_:-]/.test(ch)) glob += ch;
       else throw new PromError('bad_data', `regex ${JSON.stringify(re.slice(0, 60))}: apm matches names with literals, ., .*, .+ and | only (no ${JSON.stringify(ch)}); escape a literal dot as \\.`);
     }
+    if (never) return () => false;
     if (!wild) return (s: string) => s === glob;
     if (glob.includes(':')) throw new PromError('bad_data', `regex ${JSON.stringify(re.slice(0, 60))}: ':' together with wildcards is not supported; list the names with |`);
-    return compileGlob(glob);
+    try {
+      return compileGlob(glob);
+    } catch (err) {
+      if (err instanceof GlobError) throw new PromError('bad_data', `regex ${JSON.stringify(re.slice(0, 60))}: ${err.message}`);
+      throw err;
+    }
   });
 }
 
