@@ -10,7 +10,7 @@
 
 import { randomBytes } from 'node:crypto';
 import type { Database } from 'lmdb';
-import type { ShardPool } from '../pool.js';
+import { WorkerError, type ShardPool } from '../pool.js';
 import type { WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
 import type { Listener, StoredQuery } from './stored.js';
@@ -189,16 +189,16 @@ export class QueryCatalog {
     return this.defs.get(id)?.parsed.metric;
   }
 
-  /** Creates a stored query (throws QueryError on a bad query; Error when at the limit). */
+  /** Creates a stored query (throws QueryError on a bad query; StoredQueryLimit when at the limit). */
   create(name: string, query: string, nowMs: number): Promise<StoredQuery> {
     const parsed = parseQuery(query);
     return this.exclusive(async () => {
-      if (this.defs.size >= this.opts.queriesMax) throw new Error(`at most ${this.opts.queriesMax} stored queries; delete one first`);
+      if (this.defs.size >= this.opts.queriesMax) throw new StoredQueryLimit(`at most ${this.opts.queriesMax} stored queries; delete one first`);
       const def: StoredQuery = { id: randomBytes(6).toString('hex'), name, query: parsed.text, createdMs: nowMs };
       await this.db.create(def);
       this.defs.set(def.id, { def, parsed });
       this.recent.set(def.id, { starts: [], json: [], all: true });
-      await this.syncWorkers();
+      await this.syncAfterChange();
       return def;
     });
   }
@@ -219,7 +219,7 @@ export class QueryCatalog {
       if (old.text === parsed.text) return def; // renamed: results stand
       this.recent.set(id, { starts: [], json: [], all: true });
       // The worker drops the old results; a new metric may live in another worker, which starts it.
-      await this.syncWorkers();
+      await this.syncAfterChange();
       return def;
     });
   }
@@ -236,10 +236,29 @@ export class QueryCatalog {
       await this.db.remove(id); // first: a store that refuses leaves the catalog as it was
       this.defs.delete(id);
       this.recent.delete(id);
-      await this.syncWorkers();
+      await this.syncAfterChange();
       return true;
     });
   }
+
+  /**
+   * The workers told of a change already made durable. A worker restarting or too busy to answer
+   * gets every definition when it is back (ShardPool.sync keeps them; a restart syncs its slot),
+   * so the change stands and its caller is told so: before, it was answered 409 or 503 although
+   * it had taken effect, and a client that retried a create made the query twice.
+   */
+  private async syncAfterChange(): Promise<void> {
+    try {
+      await this.syncWorkers();
+    } catch (err) {
+      if (!(err instanceof WorkerError)) throw err;
+      this.syncDeferred++;
+      console.error(`apm core: stored queries changed; a worker gets them when it answers again (${err.message})`);
+    }
+  }
+
+  /** Changes whose workers were told later (a worker restarting or busy). */
+  syncDeferred = 0;
 
   /** One change at a time: the workers see definitions in the order they were made. */
   private exclusive<T>(f: () => Promise<T>): Promise<T> {
@@ -353,3 +372,6 @@ function lowerBound(a: number[], x: number): number {
   }
   return lo;
 }
+
+/** Creating a stored query past the catalog's bound (answered 409). */
+export class StoredQueryLimit extends Error {}

@@ -6,7 +6,7 @@ import type { Context, Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { coreLimits } from '../limits.js';
 import { WorkerError, type ShardPool } from '../pool.js';
-import { DefinitionConflict, type QueryCatalog } from './catalog.js';
+import { DefinitionConflict, StoredQueryLimit, type QueryCatalog } from './catalog.js';
 import { evalLimitReasonOf, type WindowResult } from './eval.js';
 import { parseQuery, parseQueryOften, QueryError } from './parse.js';
 import { promInstant } from './prom.js';
@@ -64,7 +64,9 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       return c.json(await stored.create(d.name, d.query, Date.now()), 201);
     } catch (err) {
       if (err instanceof QueryError) return c.json({ error: err.message, position: err.position }, 400);
-      return c.json({ error: (err as Error).message }, 409);
+      if (err instanceof StoredQueryLimit) return c.json({ error: err.message }, 409);
+      // Not stored (the store refused: a full disk): the client may retry.
+      return c.json({ error: `not stored: ${(err as Error).message}` }, 503);
     }
   });
 
@@ -243,7 +245,9 @@ async function readDefinition(req: Request): Promise<{ name: string; query: stri
   }
   if (typeof body !== 'object' || body === null) return 'body must be JSON {"name": "...", "query": "..."}';
   if (typeof body.query !== 'string') return '"query" must be a string';
-  const name = typeof body.name === 'string' && body.name.trim() !== '' ? body.name.trim() : body.query;
-  if (name.length > routeLimits.nameCharsMax) return `"name" is longer than ${routeLimits.nameCharsMax} characters`;
+  const given = typeof body.name === 'string' && body.name.trim() !== '';
+  if (given && (body.name as string).trim().length > routeLimits.nameCharsMax) return `"name" is longer than ${routeLimits.nameCharsMax} characters`;
+  // Defaulted from a query longer than a name may be: its beginning (before: refused, naming a "name" never sent).
+  const name = given ? (body.name as string).trim() : body.query.length > routeLimits.nameCharsMax ? `${body.query.slice(0, routeLimits.nameCharsMax - 1)}…` : body.query;
   return { name, query: body.query };
 }

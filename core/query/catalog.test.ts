@@ -1,0 +1,76 @@
+// The stored-query catalog's answers when a change is durable but a worker cannot be told now.
+
+import { describe, expect, it, vi } from 'vitest';
+import { Hono } from 'hono';
+import { WorkerError, type ShardPool } from '../pool.js';
+import { QueryCatalog, type DefinitionStore } from './catalog.js';
+import { addQueryRoutes } from './routes.js';
+import type { StoredQuery } from './stored.js';
+
+/** Definitions in memory, and a pool whose workers answer sync with `syncError` (null: they take it). */
+function catalogWith(syncError: () => Error | null, o: { failStore?: boolean } = {}) {
+  const kept = new Map<string, StoredQuery>();
+  const db: DefinitionStore = {
+    load: () => [...kept.values()],
+    create: async (d) => {
+      if (o.failStore === true) throw new Error('MDB_MAP_FULL: Environment mapsize limit reached');
+      kept.set(d.id, d);
+    },
+    update: async (d) => void kept.set(d.id, d),
+    remove: async (id) => void kept.delete(id),
+  };
+  const synced: StoredQuery[][] = [];
+  const pool = {
+    onWindow: null,
+    sync: async (defs: StoredQuery[]) => {
+      synced.push(defs);
+      const e = syncError();
+      if (e !== null) throw e;
+    },
+  } as unknown as ShardPool;
+  const catalog = new QueryCatalog(db, pool, { queriesMax: 2 });
+  const app = new Hono();
+  addQueryRoutes(app, pool, catalog);
+  const post = (body: object) => app.request('/api/v1/queries', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { kept, synced, catalog, app, post };
+}
+
+describe('stored-query changes a worker cannot be told of now', () => {
+  it('stand, answered as done, once: the worker gets them when it is back (before: 409 although created, and a retry made it twice)', async () => {
+    let restarting = true;
+    const c = catalogWith(() => (restarting ? new WorkerError('worker 0 is restarting; retry') : null));
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      const r = await c.post({ name: 'x', query: 'FROM * SELECT a WINDOW 5s COMPUTE max' });
+      expect(r.status).toBe(201);
+      const { id } = (await r.json()) as { id: string };
+      expect([...c.kept.keys()]).toEqual([id]);
+      expect(c.catalog.syncDeferred).toBe(1);
+      const put = await c.app.request(`/api/v1/queries/${id}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'y', query: 'FROM * SELECT b WINDOW 5s COMPUTE max' }) });
+      expect(put.status).toBe(200);
+      expect(c.kept.get(id)?.query).toBe('FROM * SELECT b WINDOW 5s COMPUTE max');
+      restarting = false;
+      expect((await c.app.request(`/api/v1/queries/${id}`, { method: 'DELETE' })).status).toBe(204);
+      expect(c.kept.size).toBe(0);
+      expect(c.synced.at(-1)).toEqual([]);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('answers 409 only at the bound, 503 when the store refuses (nothing stored), and names a long query by its beginning', async () => {
+    const c = catalogWith(() => null);
+    const long = `FROM ${Array.from({ length: 40 }, (_, i) => `web-${i}`).join(', ')} SELECT a WINDOW 5s COMPUTE max`;
+    expect(long.length).toBeGreaterThan(200);
+    const r = await c.post({ query: long });
+    expect(r.status).toBe(201);
+    expect(((await r.json()) as { name: string }).name).toBe(`${long.slice(0, 199)}…`);
+    expect((await c.post({ query: 'FROM * SELECT b WINDOW 5s COMPUTE max' })).status).toBe(201);
+    const third = await c.post({ query: 'FROM * SELECT c WINDOW 5s COMPUTE max' });
+    expect([third.status, ((await third.json()) as { error: string }).error]).toEqual([409, 'at most 2 stored queries; delete one first']);
+    const full = catalogWith(() => null, { failStore: true });
+    const refused = await full.post({ query: 'FROM * SELECT a WINDOW 5s COMPUTE max' });
+    expect(refused.status).toBe(503);
+    expect(full.kept.size).toBe(0);
+  });
+});
