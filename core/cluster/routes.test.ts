@@ -262,6 +262,8 @@ describe('core cluster: query routing and stored queries', () => {
     // Results history comes from the evaluating node, through either node.
     const res = await get('A', `/api/v1/queries/${id}/results?from=-5m`);
     expect(res.status).toBe(200);
+    // A malformed escape is no query's id: 404 (before: decodeURIComponent threw, a 500).
+    expect((await get('A', '/api/v1/queries/%ZZ/results?from=-5m')).status).toBe(404);
     expect(((await res.json()) as { windows: unknown[] }).windows.length).toBeGreaterThan(0);
     // Ownership moves: A becomes the shard's first ready owner and takes the query over.
     cluster.owners[shardOfMetric(mB, S)] = ['A', 'B'];

@@ -184,7 +184,14 @@ export class ClusterRouting {
     }
     const m = method === 'GET' ? resultsPath.exec(path) : null;
     if (m !== null) {
-      const metric = this.stored.metricOf(decodeURIComponent(m[1]!));
+      // A malformed escape (`%ZZ`) is no query's id: the local route answers 404 (it threw: a 500).
+      let id: string;
+      try {
+        id = decodeURIComponent(m[1]!);
+      } catch {
+        return null;
+      }
+      const metric = this.stored.metricOf(id);
       return metric === undefined ? null : { metrics: [metric], evaluator: true };
     }
     return null;
