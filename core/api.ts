@@ -78,9 +78,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     // The query API only: /api/v1/query* and /api/v1/queries*, never ingest (racks retry on
     // their own schedule and their spool absorbs a slow core). Opening a live stream costs as
     // much as an ad-hoc query (issue 16.10), and so does a Prometheus range query (issue 15: it
-    // evaluates from storage like one); the Prometheus API's lists cost 1.
+    // evaluates from storage like one); the Prometheus API's lists, and the list of metrics, cost 1.
     const cost = (path: string) =>
-      path === '/api/v1/query' || path === '/api/v1/query_range' || path === '/api/v1/export' ? coreLimits.adHocQueryCost : livePath.test(path) ? coreLimits.liveStreamCost : path.startsWith('/api/v1/quer') || promPath.test(path) ? 1 : 0;
+      path === '/api/v1/query' || path === '/api/v1/query_range' || path === '/api/v1/export' ? coreLimits.adHocQueryCost : livePath.test(path) ? coreLimits.liveStreamCost : path.startsWith('/api/v1/quer') || promPath.test(path) || path === '/api/v1/metrics' ? 1 : 0;
     app.use('/api/v1/*', rateLimit(queryRate, cost));
   }
   // Every body but ingest's (which has its own, larger limit below) and an import's (streamed,
@@ -186,14 +186,28 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     }),
   );
 
-  app.get('/api/v1/metrics', async (c) => {
-    const keep = c.get('apmShardFilter'); // a cluster: the metrics of the shards this node answers for
-    return c.json({
+  // The list of every metric, built once for all who ask while it is being built: with 200,000
+  // metrics one answer is ~33 MB and ~1 s of this thread, and eight asked at once held ~700 MB
+  // (each built its own). Not kept after: a metric just stored is listed by the next call. A
+  // cluster node's list (its shards) is built per call.
+  let metricsList: Promise<string> | null = null;
+  const metricsBody = async (keep: ((name: string) => boolean) | undefined): Promise<string> =>
+    JSON.stringify({
       metrics: (await pool.metrics())
         .filter((m) => m.name !== null && (keep === undefined || keep(m.name)))
         .sort((a, b) => (a.name! < b.name! ? -1 : 1))
         .map((m) => ({ name: m.name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs })),
     });
+  app.get('/api/v1/metrics', async (c) => {
+    const keep = c.get('apmShardFilter'); // a cluster: the metrics of the shards this node answers for
+    if (keep !== undefined) return c.body(await metricsBody(keep), 200, { 'content-type': 'application/json' });
+    if (metricsList === null) {
+      const list = metricsBody(undefined);
+      metricsList = list;
+      const done = () => (metricsList = metricsList === list ? null : metricsList);
+      list.then(done, done);
+    }
+    return c.body(await metricsList, 200, { 'content-type': 'application/json' });
   });
 
   app.get('/healthz', (c) => c.text('ok\n'));
