@@ -391,6 +391,13 @@ export class ShardPool {
     return r.skip ?? r.error ?? 'no answer';
   }
 
+  /** Lowers a shard's applied stream sequence (its stream was made again or cut back; see Store.rebaseStream). */
+  async rebaseStream(shard: number, seq: number): Promise<void> {
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    const r = await this.request(slot, { t: 'streamRebase', id: this.nextId++, shard, seq });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+  }
+
   /** Per shard, the newest stream sequence applied (cluster nodes; 0: none). */
   async streamSeqs(): Promise<Record<number, number>> {
     const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'streamSeqs', id: this.nextId++ })));

@@ -164,6 +164,8 @@ export class Store {
     stream_gaps: 0,
     /** Stream messages refused for good (malformed): the stream moves past them, counted by reason. */
     stream_refused: 0,
+    /** Shard streams found made again or cut back under what was applied (read again from their first message). */
+    stream_resets: 0,
     bytes_ingested: 0,
     storage_full: 0,
     head_full: 0,
@@ -300,6 +302,27 @@ export class Store {
     this.streamApplied.set(shard, seq);
     this.counters.stream_refused++;
     return 'refused';
+  }
+
+  /**
+   * Sets shard `shard`'s applied stream sequence to `seq`, below what it was: its stream was made
+   * again, or lost its tail (a NATS server's storage lost), and sequences up to the old one now
+   * name other messages. Reading from `seq` + 1 applies them; sections stored already are
+   * dropped as duplicates by the (rack, session, seq) marks.
+   */
+  rebaseStream(shard: number, seq: number): string | null {
+    if (!this.heads.has(shard)) return `shard ${shard} is not in this store`;
+    const now = this.streamApplied.get(shard) ?? 0;
+    if (!(seq >= 0 && seq <= now)) return `BUG: rebasing shard ${shard}'s stream from ${now} to ${seq}`;
+    try {
+      this.walEnv.transactionSync(() => void this.streamDb.put(shard, seq));
+    } catch (err) {
+      this.lastError = writeFailure(err);
+      return `storage write failed (${this.lastError})`;
+    }
+    this.streamApplied.set(shard, seq);
+    this.counters.stream_resets++;
+    return null;
   }
 
   /** Per shard of this store, the newest stream sequence applied (0: none; restoringSeq: a copy into it did not complete). */

@@ -56,6 +56,28 @@ describe('stream order (cluster consumer)', () => {
     await store.close();
   });
 
+  it('a stream made again: the applied sequence is lowered durably, its messages are applied from the first, and sections stored before are duplicates', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-stream-'));
+    dirs.push(dir);
+    let store = new Store(options(dir));
+    const old1 = message(1, 0, 1);
+    const old2 = message(2, 1, 2);
+    expect(store.ingestMany([old1, old2]).map((r) => r.status)).toEqual([204, 204]);
+    expect(store.rebaseStream(0, 5)).toMatch(/^BUG: rebasing shard 0's stream from 2 to 5/);
+    expect(store.rebaseStream(0, 0)).toBeNull();
+    await store.close();
+    store = new Store(options(dir));
+    expect([store.streamSeqs()[0], store.counters.stream_resets]).toEqual([0, 0]);
+    // The new stream: a rack's re-published second (stored before) then a new one, as sequences 1 and 2.
+    const again = { h: { ...old2.h, stream: { seq: 1, after: 0 } }, sections: old2.sections };
+    const fresh = message(2, 1, 7);
+    const [a, b] = store.ingestMany([again, fresh]);
+    expect(a).toMatchObject({ status: 204, points: 0, duplicates: 1 });
+    expect(b).toMatchObject({ status: 204, points: 1 });
+    expect(store.streamSeqs()[0]).toBe(2);
+    await store.close();
+  });
+
   it('a message refused for good moves the stream past it; a later one in the same group is not applied before it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-stream-'));
     dirs.push(dir);

@@ -413,6 +413,11 @@ function handle(m: ToWorker): void {
       if (pendingIngest.length > 0) ingestPending();
       return post({ t: 'reply', id: m.id, skip: storeOfShard(m.shard).store.skipStream(m.shard, m.seq, m.after) });
     }
+    case 'streamRebase': {
+      if (pendingIngest.length > 0) ingestPending();
+      const err = storeOfShard(m.shard).store.rebaseStream(m.shard, m.seq);
+      return post({ t: 'reply', id: m.id, ...(err === null ? {} : { error: err }) });
+    }
     case 'streamSeqs': {
       const seqs: Record<number, number> = {};
       for (const { store } of owned.values()) Object.assign(seqs, store.streamSeqs());

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { overlapRetries, retryJetStream } from './log.js';
+import { createServer, type Socket } from 'node:net';
+import { connectNats, overlapRetries, retryJetStream } from './log.js';
 
 /** f() failing with each message in turn, then answering 'ok'. */
 function failing(messages: string[]): { f: () => Promise<string>; calls: () => number } {
@@ -31,5 +32,47 @@ describe('retryJetStream', () => {
     const r = failing(['stream name already in use with a different configuration']);
     await expect(retryJetStream('KV apm-placement', r.f, 10_000)).rejects.toThrow(/^KV apm-placement: stream name already in use/);
     expect(r.calls()).toBe(1);
+  });
+});
+
+describe('connectNats', () => {
+  it('keeps reconnecting after a server refuses the credentials twice in a row once connected (before: the connection closed for good)', async () => {
+    // A minimal NATS server on loopback: the 1st and 4th connections are accepted, the 2nd and
+    // 3rd are refused with an authorization error (a server restarting while its accounts load).
+    let conns = 0;
+    const sockets: Socket[] = [];
+    const server = createServer((sock) => {
+      sockets.push(sock);
+      const n = ++conns;
+      sock.on('error', () => undefined);
+      sock.write('INFO {"server_id":"fake","server_name":"fake","version":"2.10.0","proto":1,"max_payload":1048576,"headers":true}\r\n');
+      let buf = '';
+      sock.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        if (!buf.includes('PING\r\n')) return;
+        buf = buf.replaceAll('PING\r\n', '');
+        if (n === 2 || n === 3) {
+          sock.end("-ERR 'Authorization Violation'\r\n");
+          return;
+        }
+        sock.write('PONG\r\n');
+        if (n === 1) setTimeout(() => sock.destroy(), 50); // then the server goes away
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const nc = await connectNats([`nats://127.0.0.1:${port}`], {}, 'test-auth-refusals');
+    let closed = false;
+    void nc.closed().then(() => (closed = true));
+    try {
+      for (let i = 0; i < 100 && conns < 4; i++) await new Promise((r) => setTimeout(r, 100));
+      await nc.flush(); // answered by the 4th connection
+      expect(conns).toBeGreaterThanOrEqual(4);
+      expect(closed).toBe(false);
+    } finally {
+      await nc.close().catch(() => undefined);
+      for (const s of sockets) s.destroy();
+      server.close();
+    }
   });
 });

@@ -156,10 +156,14 @@ export function parseNatsUrls(value: string): string[] {
 
 /**
  * Connects to the NATS servers (reconnecting for ever: a dead NATS server is waited out, never a
- * reason to stop) with the credentials given.
+ * reason to stop) with the credentials given. Credentials refused at the first connection fail
+ * it (a clear start-up error); refused later (a server restarting while its accounts load, a
+ * password being changed) the client keeps reconnecting: nats.js's default gave up after two
+ * refusals in a row and closed the connection for good, and a rack then spooled until its spool
+ * dropped batches while its log still said it was reconnecting.
  */
 export async function connectNats(servers: string[], auth: NatsAuth, name: string): Promise<NatsConnection> {
-  const opts: Parameters<typeof connect>[0] = { servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true, timeout: 5000 };
+  const opts: Parameters<typeof connect>[0] = { servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true, timeout: 5000, ignoreAuthErrorAbort: true };
   if (auth.credsFile !== undefined) {
     const creds = readFileSync(auth.credsFile);
     opts.authenticator = credsAuthenticator(new Uint8Array(creds));

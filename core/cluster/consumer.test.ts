@@ -5,7 +5,7 @@
 // happen at will; here the JetStream client is a fake whose pull never delivers while the
 // consumer's own count says messages wait.
 
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { ShardPool } from '../pool.js';
 import { ApplyQueue, ShardConsumer } from './consumer.js';
@@ -116,5 +116,77 @@ describe('a shard consumer and its deliveries', () => {
     const stopped = await Promise.race([c.stop().then(() => true), new Promise((r) => setTimeout(() => r(false), 2_000))]);
     expect(stopped).toBe(true);
     expect(pulls.stopped).toBe(pulls.started);
+  });
+});
+
+describe('a shard consumer whose stream was made again or cut back', () => {
+  /** A stream whose info says `state` (and `created`), a pull delivering `msgs`, and a store that applied up to `stored`. */
+  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[] }) {
+    let stored = o.stored;
+    const rebased: number[] = [];
+    const applied: number[] = [];
+    const info = { num_pending: 0, num_ack_pending: 0, delivered: { stream_seq: 0, consumer_seq: 0 }, ack_floor: { stream_seq: 0 } };
+    let pulls = 0;
+    const consumer = { info: async () => info, consume: async () => deadPull({ stopped: 0 }, pulls++ === 0 ? o.msgs : []) };
+    const js = { consumers: { get: async () => consumer } } as unknown as JetStreamClient;
+    const jsm = {
+      streams: { info: async () => ({ created: o.created(), state: o.state() }) },
+      consumers: { info: async () => null, add: async () => info, delete: async () => true },
+    } as unknown as JetStreamManager;
+    const pool = {
+      streamSeqs: async () => [stored],
+      rebaseStream: async (_shard: number, seq: number) => {
+        rebased.push(seq);
+        stored = seq;
+      },
+      ingestStream: async (_body: Uint8Array, _shard: number, stream: { seq: number; after: number }) => {
+        if (stream.after !== stored) return `after ${stream.after}, applied ${stored}`;
+        stored = stream.seq;
+        applied.push(stream.seq);
+        return 'refused';
+      },
+    } as unknown as ShardPool;
+    const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
+    const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10 }, pool, queue, js, jsm);
+    return { c, rebased, applied };
+  }
+
+  it('reads a stream that ends before what it applied again from its first message (before: its messages were skipped as redelivered, on every owner)', async () => {
+    const acks: number[] = [];
+    const errors: string[] = [];
+    const spy = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void errors.push(a.join(' ')));
+    try {
+      // This node applied up to 50; the stream, made again, holds 1..3.
+      const r = remade({ stored: 50, state: () => ({ first_seq: 1, last_seq: 3 }), created: () => '2026-12-03T10:00:00Z', msgs: [msg(1, 1, acks), msg(2, 2, acks), msg(3, 3, acks)] });
+      r.c.start(50);
+      await new Promise((res) => setTimeout(res, 300));
+      await r.c.stop();
+      expect(r.rebased).toEqual([0]);
+      expect(r.applied).toEqual([1, 2, 3]);
+      expect([r.c.counters.stream_resets, r.c.counters.messages_redelivered, r.c.applied]).toEqual([1, 0, 3]);
+      expect(errors.some((e) => /stream APM_0 was cut back to 3 after this node applied up to 50: reading it again from 1/.test(e))).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('reads a stream made again while it read it from its first message, even when it already holds more messages', async () => {
+    let created = '2026-12-03T10:00:00Z';
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      const r = remade({ stored: 5, state: () => ({ first_seq: 1, last_seq: 9 }), created: () => created, msgs: [] });
+      r.c.start(5);
+      await new Promise((res) => setTimeout(res, 100));
+      expect(r.rebased).toEqual([]);
+      await r.c.stop();
+      created = '2026-12-03T11:00:00Z';
+      r.c.start(5);
+      await new Promise((res) => setTimeout(res, 100));
+      await r.c.stop();
+      expect(r.rebased).toEqual([0]);
+      expect(r.c.counters.stream_resets).toBe(1);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });

@@ -42,7 +42,9 @@ export class ShardConsumer {
    * anyone holds, and queries keep being answered from it.
    */
   caughtUp = false;
-  readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0 };
+  readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0, stream_resets: 0 };
+  /** The stream's creation time when this consumer last opened it (null: not yet). */
+  private streamCreated: string | null = null;
   private stopping = false;
   private loop: Promise<void> | null = null;
   /** Ends the running read's pull (stop, or a message that could not be applied). */
@@ -126,6 +128,22 @@ export class ShardConsumer {
       return;
     }
     const si = await this.jsm.streams.info(stream);
+    // The stream made again (NATS storage lost, then created anew) or cut back (acknowledged
+    // messages lost in a correlated crash): its sequences up to what this node applied now name
+    // other messages, which were skipped as "redelivered" — silently, on every owner. Seen by its
+    // creation time changing while this node reads it, or by its end lying before what was
+    // applied: read it again from its first message (sections already stored are duplicates).
+    const created = si.created;
+    const remade = this.streamCreated !== null && created !== this.streamCreated;
+    this.streamCreated = created;
+    if ((remade || this.applied > si.state.last_seq) && this.applied > 0) {
+      const to = Math.max(0, si.state.first_seq - 1);
+      console.error(`apm core: shard ${this.o.shard}'s stream ${stream} was ${remade ? 'made again' : `cut back to ${si.state.last_seq}`} after this node applied up to ${this.applied}: reading it again from ${to + 1}`);
+      await this.pool.rebaseStream(this.o.shard, to);
+      this.counters.stream_resets++;
+      this.applied = to;
+      await this.jsm.consumers.delete(stream, this.durable).catch(() => undefined);
+    }
     this.streamFirst = si.state.first_seq;
     if (this.applied + 1 < si.state.first_seq && !this.acceptLoss) {
       // Messages this node never applied have aged out of the stream (all of them, when it is
