@@ -29,6 +29,9 @@ export const clusterQueryLimits = {
   idCharsMax: 64,
   /** Bytes of one definition in KV: a name (200) and a query text (bounded by the body limit). */
   definitionBytesMax: 32 * 1024,
+  /** The bucket's watch, when it ends, is opened again after this long, doubling up to watchRetryMaxMs. */
+  watchRetryMinMs: 500,
+  watchRetryMaxMs: 30_000,
 } as const;
 
 /** Header naming the node that published a window: a node skips its own (it kept them already). */
@@ -110,7 +113,7 @@ export function windowOf(text: string): WindowResult | null {
 
 /** The stored-query catalog of a cluster node, kept from KV apm-queries and the results subjects. */
 export class ClusterQueries {
-  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, resyncs: 0, resync_failures: 0 };
+  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, resyncs: 0, resync_failures: 0, watch_restarts: 0 };
   catalog!: QueryCatalog;
   private sub: Subscription | null = null;
   private watch: { stop(): void } | null = null;
@@ -161,10 +164,9 @@ export class ClusterQueries {
     let loaded!: () => void;
     const done = new Promise<void>((resolve) => (loaded = resolve));
     if (lastSeq === 0) loaded();
-    const iter = await kv.watch();
-    this.watch = iter;
-    void (async () => {
-      for await (const e of iter) {
+    void watchAgain({
+      open: (from) => kv.watch(from === 0 ? {} : { resumeFromRevision: from }),
+      onEntry: async (e) => {
         const def = this.entry(e);
         if (this.catalog === undefined) {
           if (def === null) initial.delete(e.key);
@@ -176,8 +178,17 @@ export class ClusterQueries {
         } else if (def !== undefined) {
           await this.catalog.applyChange(e.key, def).catch((err: unknown) => this.log(`applying stored query ${e.key} from KV ${buckets.queries} failed: ${(err as Error).message}`));
         }
-      }
-    })().catch((err: unknown) => this.closed || this.log(`watch of KV ${buckets.queries} stopped: ${(err as Error).message}; stored-query changes of other nodes are not seen until restart`));
+      },
+      current: (iter) => {
+        this.watch = iter;
+        if (this.closed) iter.stop();
+      },
+      closed: () => this.closed,
+      restarted: (why) => {
+        this.counters.watch_restarts++;
+        this.log(`watch of KV ${buckets.queries} ${why}`);
+      },
+    });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`KV ${buckets.queries} did not deliver its ${lastSeq} entries within ${clusterQueryLimits.loadTimeoutMs} ms; is JetStream healthy?`)), clusterQueryLimits.loadTimeoutMs);
@@ -272,6 +283,7 @@ export class ClusterQueries {
     p.counter('apm_core_cluster_query_definitions_bad_total', `Entries of KV ${buckets.queries} that are not stored queries (ignored)`, c.definitions_bad);
     p.counter('apm_core_cluster_query_resyncs_total', 'Times the stored queries were handed to the workers again (placement, readiness or definitions changed)', c.resyncs);
     p.counter('apm_core_cluster_query_resync_failures_total', 'Hand-overs to the workers that failed (retried at the next change)', c.resync_failures);
+    p.counter('apm_core_cluster_query_watch_restarts_total', `Times the watch of KV ${buckets.queries} ended or failed and was opened again from the next revision`, c.watch_restarts);
     p.gauge('apm_core_cluster_queries_evaluated', 'Stored queries this node evaluates (it is the first ready owner of their shard)', this.evaluatedHere());
   }
 
@@ -279,5 +291,43 @@ export class ClusterQueries {
     this.closed = true;
     this.sub?.unsubscribe();
     this.watch?.stop();
+  }
+}
+
+/**
+ * Reads a KV watch for as long as `closed()` is false, opening it again from the revision after
+ * the last entry whenever it ends or fails, with a backoff (500 ms doubling to 30 s). A watch's
+ * ordered consumer gives up after a few minutes without a JetStream quorum and then simply ended:
+ * a node never saw another node's stored-query changes again, without a word.
+ */
+export async function watchAgain(o: {
+  open: (fromRevision: number) => Promise<AsyncIterable<KvWatchEntry> & { stop(): void }>;
+  onEntry: (e: KvWatchEntry) => Promise<void>;
+  current: (iter: { stop(): void }) => void;
+  closed: () => boolean;
+  restarted: (why: string) => void;
+  sleep?: (ms: number) => Promise<void>;
+}): Promise<void> {
+  const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref()));
+  let revision = 0;
+  let backoffMs: number = clusterQueryLimits.watchRetryMinMs;
+  while (!o.closed()) {
+    let why: string;
+    try {
+      const iter = await o.open(revision === 0 ? 0 : revision + 1);
+      o.current(iter);
+      for await (const e of iter) {
+        revision = e.revision;
+        backoffMs = clusterQueryLimits.watchRetryMinMs;
+        await o.onEntry(e);
+      }
+      why = `ended after revision ${revision}`;
+    } catch (err) {
+      why = `failed after revision ${revision}: ${(err as Error).message}`;
+    }
+    if (o.closed()) return;
+    o.restarted(`${why}; watching again from ${revision + 1} in ${backoffMs} ms`);
+    await sleep(backoffMs);
+    backoffMs = Math.min(clusterQueryLimits.watchRetryMaxMs, backoffMs * 2);
   }
 }
