@@ -293,6 +293,14 @@ export class Store {
       this.counters.stream_gaps++;
       return `stream_gap: message ${seq} follows ${after}, but ${now} is applied`;
     }
+    const failed = this.recordStreamSeq(shard, seq);
+    if (failed !== null) return failed;
+    this.counters.stream_refused++;
+    return 'refused';
+  }
+
+  /** Commits `seq` as shard `shard`'s applied stream sequence (no data with it); null, or why not. */
+  private recordStreamSeq(shard: number, seq: number): string | null {
     try {
       this.walEnv.transactionSync(() => void this.streamDb.put(shard, seq));
     } catch (err) {
@@ -300,8 +308,7 @@ export class Store {
       return `storage write failed (${this.lastError})`;
     }
     this.streamApplied.set(shard, seq);
-    this.counters.stream_refused++;
-    return 'refused';
+    return null;
   }
 
   /**
@@ -314,15 +321,9 @@ export class Store {
     if (!this.heads.has(shard)) return `shard ${shard} is not in this store`;
     const now = this.streamApplied.get(shard) ?? 0;
     if (!(seq >= 0 && seq <= now)) return `BUG: rebasing shard ${shard}'s stream from ${now} to ${seq}`;
-    try {
-      this.walEnv.transactionSync(() => void this.streamDb.put(shard, seq));
-    } catch (err) {
-      this.lastError = writeFailure(err);
-      return `storage write failed (${this.lastError})`;
-    }
-    this.streamApplied.set(shard, seq);
-    this.counters.stream_resets++;
-    return null;
+    const failed = this.recordStreamSeq(shard, seq);
+    if (failed === null) this.counters.stream_resets++;
+    return failed;
   }
 
   /** Per shard of this store, the newest stream sequence applied (0: none; restoringSeq: a copy into it did not complete). */
