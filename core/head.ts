@@ -6,6 +6,7 @@
 // (servers ascending, each one's seconds ascending), merging an already stored row when late
 // data arrives, into what core/block.ts encodes.
 
+import { summaryCountMax } from '../schema/limits.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import { summaryColumns, trimSummaries, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 
@@ -395,7 +396,7 @@ const countingSpanMax = 1 << 16;
  * seconds ascending; of two points for one (server, second) the head's wins (it is newer);
  * summaries of one (server, second) merge (the rack sends each part once).
  */
-export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSeconds: number, acc: SketchAccumulator, dropped: SummaryDrops = { summaries_dropped_count_overflow: 0 }): RowInput {
+export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSeconds: number, acc: SketchAccumulator, dropped: SummaryDrops = uncounted): RowInput {
   if (blockSeconds !== h.blockSeconds) throw new Error(`BUG: building a row of ${blockSeconds} s from a head of ${h.blockSeconds} s`);
   const dist = withOld(h.dist, old, (o) => o.dist, (o, j) => [o.distStart[j]!, o.distStart[j + 1]!]);
   const rollup = withOld(h.rollup, old, (o) => o.rollup, null);
@@ -595,9 +596,12 @@ export interface SummaryDrops {
   summaries_dropped_count_overflow: number;
 }
 
+/** Where a read of the head (not a row written) counts what it leaves out: nowhere that is reported. */
+const uncounted: SummaryDrops = { summaries_dropped_count_overflow: 0 };
+
 /** Whether putSummary would merge entry e into out[n − 1] past the 32-bit count a summary carries. */
 function mergeOverflows(g: FlatSummaries, e: number, out: SummaryColumns, n: number, groupStart: number): boolean {
-  return n > groupStart && out.secs[n - 1] === g.sec[e] && out.count[n - 1]! + g.count[e]! > 0xffffffff;
+  return n > groupStart && out.secs[n - 1] === g.sec[e] && out.count[n - 1]! + g.count[e]! > summaryCountMax;
 }
 
 /** Appends entry e to out at n, merging it into out[n − 1] when that is the same second. */

@@ -4,6 +4,7 @@
 // belongs to and when a second closes.
 
 import { KindCode } from '../schema/codec.js';
+import { summaryCountMax } from '../schema/limits.js';
 import { hashKey, hashName, isMetricName } from '../schema/names.js';
 import { edgeLimits } from './limits.js';
 
@@ -76,8 +77,6 @@ export interface ClosedSecond {
 }
 
 const noSecond = -1;
-/** The largest count a summary carries (the wire's counts and sketch bins are 32-bit). */
-const countMax = 0xffffffff;
 
 export class Aggregator {
   readonly names: (string | null)[];
@@ -462,7 +461,7 @@ export class Aggregator {
     }
     let kept = 0;
     for (let i = 0; i < out.distLen; i++) {
-      if (!Number.isFinite(this.sumPos[i]!) || !Number.isFinite(this.sumNeg[i]!) || this.weightSum[i]! > countMax) {
+      if (!Number.isFinite(this.sumPos[i]!) || !Number.isFinite(this.sumNeg[i]!) || this.weightSum[i]! > summaryCountMax) {
         this.drops.overflow++;
         continue;
       }

@@ -5,6 +5,7 @@
 
 import { KindCode, columnsFor, emptyColumns, withColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { HashIndex } from '../schema/hashtable.js';
+import { summaryCountMax } from '../schema/limits.js';
 import { hashKey } from '../schema/names.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 
@@ -21,9 +22,6 @@ export interface MergedSecond {
   /** Summaries (points + distributions) across all servers. */
   summaries: number;
 }
-
-/** The largest count a summary carries (the wire's counts and sketch bins are 32-bit). */
-const countMax = 0xffffffff;
 
 export class RackMerger {
   private readonly index: HashIndex;
@@ -141,7 +139,7 @@ export class RackMerger {
     const sketchEnds = new Uint32Array(n);
     let at = 0;
     for (let m = 0; m < n; m++) {
-      if (this.mCount[m]! > countMax) {
+      if (this.mCount[m]! > summaryCountMax) {
         this.rollupsCountOverflow++;
         continue;
       }

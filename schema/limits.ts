@@ -25,6 +25,12 @@ export const nackPartsMax = 512;
 export const nackHashesMax = 1024;
 /** Wire format version; decoders reject others (a rolling upgrade bumps both sides in order). */
 export const wireVersion = 2;
+/**
+ * The largest count a summary carries, and so any sketch bin: counts and bins are 32-bit on the
+ * wire. The edge does not send a second past it, the rack leaves out a rollup past it, the core
+ * refuses a merge past it (a sampled StatsD value weighs 1 / rate, so a count can get there).
+ */
+export const summaryCountMax = 0xffffffff;
 /** Relative accuracy of every sketch (DESIGN §2). */
 export const sketchRelativeAccuracy = 0.01;
 /** Seconds since the epoch accepted on the wire: 2001-09-09 .. 2106 (uint32). */

@@ -223,6 +223,9 @@ export async function readSettings(nc: NatsConnection): Promise<ClusterSettings 
   return parseSettings(e.string());
 }
 
+/** Retries of "subjects overlap with an existing stream" (a create racing another node's ends at the first). */
+export const overlapRetries = 3;
+
 /**
  * Runs a JetStream administration call again while it times out or finds no leader (a new
  * cluster elects its leaders for a few seconds; nodes starting together create the same
@@ -236,9 +239,6 @@ export async function readSettings(nc: NatsConnection): Promise<ClusterSettings 
  * that stays is another stream of the account capturing the subjects, said at once, not after
  * `forMs` of waiting.
  */
-/** Retries of "subjects overlap with an existing stream" (a create racing another node's ends at the first). */
-export const overlapRetries = 3;
-
 export async function retryJetStream<T>(what: string, f: () => Promise<T>, forMs = 60_000): Promise<T> {
   const until = Date.now() + forMs;
   let waitMs = 200;

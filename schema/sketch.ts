@@ -14,7 +14,7 @@
 // One value costs 5 bytes; 100 latency values ~130; 10,000 values ~600.
 
 import { LogarithmicMapping } from '@datadog/sketches-js/dist/ddsketch/mapping/index.js';
-import { sketchRelativeAccuracy } from './limits.js';
+import { sketchRelativeAccuracy, summaryCountMax } from './limits.js';
 import { VarintReader, varintBytes, writeVarint, zigzag, unzigzag } from './varint.js';
 
 const mapping = new LogarithmicMapping(sketchRelativeAccuracy);
@@ -263,7 +263,7 @@ function clearRange(store: Float64Array, range: Int32Array): void {
 }
 
 function put(out: Uint8Array | null, pos: number, value: number): number {
-  if (value > 0xffffffff) throw new Error(`BUG: sketch bin count ${value} exceeds the 32-bit wire limit`);
+  if (value > summaryCountMax) throw new Error(`BUG: sketch bin count ${value} exceeds the 32-bit wire limit`);
   return out === null ? pos + varintBytes(value) : writeVarint(out, pos, value);
 }
 
