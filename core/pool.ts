@@ -398,6 +398,13 @@ export class ShardPool {
     if (r.error !== undefined) throw new WorkerError(r.error);
   }
 
+  /** Empties a shard left by a copy that did not complete and sets its applied stream sequence to 0 (see Store.restartFromStream). */
+  async restartFromStream(shard: number): Promise<void> {
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    const r = await this.request(slot, { t: 'streamRestart', id: this.nextId++, shard });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+  }
+
   /** Per shard, the newest stream sequence applied (cluster nodes; 0: none). */
   async streamSeqs(): Promise<Record<number, number>> {
     const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'streamSeqs', id: this.nextId++ })));

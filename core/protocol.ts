@@ -41,6 +41,7 @@ export type ToWorker =
   | { t: 'streamSeqs'; id: number }
   | { t: 'streamSkip'; id: number; shard: number; seq: number; after: number }
   | { t: 'streamRebase'; id: number; shard: number; seq: number }
+  | { t: 'streamRestart'; id: number; shard: number }
   | { t: 'stats'; id: number }
   | { t: 'flush'; id: number; nowMs: number }
   | { t: 'tick'; id: number; nowMs: number }

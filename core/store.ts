@@ -326,6 +326,28 @@ export class Store {
     return failed;
   }
 
+  /**
+   * Empties shard `shard`, left restoring by a copy that did not complete (restoringSeq; its
+   * rows may be partial, or all there when a crash came right after the mark), and records
+   * stream sequence 0, so that its consumer reads the shard's stream from its first message.
+   * For a cluster node with no other live owner to copy from: what aged out of the stream is
+   * lost, and the caller counts and logs it.
+   */
+  async restartFromStream(shard: number): Promise<void> {
+    if (!this.heads.has(shard)) throw new Error(`shard ${shard} is not in this store`);
+    const now = this.streamApplied.get(shard) ?? 0;
+    if (now !== restoringSeq) throw new Error(`shard ${shard} has applied stream sequence ${now}, not a copy that did not complete: nothing to start again`);
+    if (this.restoring.has(shard)) throw new SnapshotError(`shard ${shard} is being restored already; wait for that copy to end`);
+    this.restoring.add(shard);
+    try {
+      await this.wipeShard(shard);
+      const failed = this.recordStreamSeq(shard, 0);
+      if (failed !== null) throw new Error(failed);
+    } finally {
+      this.restoring.delete(shard);
+    }
+  }
+
   /** Per shard of this store, the newest stream sequence applied (0: none; restoringSeq: a copy into it did not complete). */
   streamSeqs(): Record<number, number> {
     const out: Record<number, number> = {};
@@ -1251,7 +1273,7 @@ export class Store {
     await deleteRange(this.root, this.rows, first, next, batch, this.stopped);
     await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch, this.stopped);
     await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch, this.stopped);
-    await deleteRange(this.walEnv, this.io!.dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
+    await deleteRange(this.walEnv, this.shardIo().dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
   }
 
   /** Ends retention sweeps and shard wipes at their next batch (the store is about to close). */

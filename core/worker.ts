@@ -418,6 +418,14 @@ function handle(m: ToWorker): void {
       const err = storeOfShard(m.shard).store.rebaseStream(m.shard, m.seq);
       return post({ t: 'reply', id: m.id, ...(err === null ? {} : { error: err }) });
     }
+    case 'streamRestart': {
+      if (pendingIngest.length > 0) ingestPending();
+      void track(storeOfShard(m.shard).store.restartFromStream(m.shard)).then(
+        () => post({ t: 'reply', id: m.id }),
+        (err: unknown) => post({ t: 'reply', id: m.id, error: (err as Error).message }),
+      );
+      return;
+    }
     case 'streamSeqs': {
       const seqs: Record<number, number> = {};
       for (const { store } of owned.values()) Object.assign(seqs, store.streamSeqs());

@@ -11,6 +11,8 @@ import { hashName } from '../schema/names.js';
 import { rackSecondBody, shardOf } from '../schema/section.js';
 import { forwardedHeader } from '../core/cluster/routes.js';
 import { buildColumns } from '../schema/testdata.js';
+import { restoringSeq } from '../core/store.js';
+import { openLmdb } from '../schema/lmdb.js';
 import { ClusterHarness } from '../tools/cluster-harness.js';
 import { spawnApm, until } from './proc.js';
 
@@ -311,6 +313,40 @@ describe('a node dead for longer than its streams keep messages', () => {
       // a2's own data (a request marked as proxied is answered locally) equals the record.
       const local = await sums(a2.url, t0, t0 + 30, { [forwardedHeader]: 'test' });
       expect(diff(local, expectedSums(t0, t0 + 30))).toBe('');
+    } finally {
+      await h.stop();
+    }
+  }, 200_000);
+});
+
+describe('a node left with a copy that did not complete, and no other owner alive', () => {
+  it('empties the shard and reads its stream again from the first message, instead of waiting forever', async () => {
+    const h = await ClusterHarness.start(mkdtempSync(join(tmpdir(), 'apm-cluster-restoring-')), 1);
+    try {
+      const flags = ['--workers', '1', '--shards', String(S), '--replace-after', '1s'];
+      await h.startCore('h1', flags);
+      await until(async () => ((await h.settled('h1', 1)) ? true : undefined), 60_000, 'h1 owns every shard');
+      const t0 = Math.floor(Date.now() / 1000) - 900;
+      for (let k = 0; k < 10; k++) for (const r of racks) await h.publish(rackSecond(r, t0 + k));
+      const matches = async (url: string) => {
+        const got = await sums(url, t0, t0 + 10).catch(() => null);
+        return got !== null && diff(got, expectedSums(t0, t0 + 10)) === '' ? true : undefined;
+      };
+      await until(() => matches(h.cores.get('h1')!.url), 30_000, 'every second on h1');
+      const { data } = h.cores.get('h1')!;
+      await h.killCore('h1', 'SIGTERM');
+      // As a crash right after a copy into shard k began leaves it: marked restoring, its rows
+      // still there (a copy's first step; core/store.ts wipeShard). One store: workers 1.
+      const k = shardOfMetric('m.0');
+      const env = openLmdb({ path: join(data, 'store-0', 'wal'), maxDbs: 4 });
+      await env.openDB<number, number>({ name: 'stream', encoding: 'json', keyEncoding: 'uint32' }).put(k, restoringSeq);
+      await env.close();
+      const h1 = await h.startCore('h1', flags);
+      // Every answer exact: the shard's rows came back from the stream, once.
+      await until(() => matches(h1.url), 60_000, `shard ${k} read again from its stream`).catch(async (err: Error) => {
+        throw new Error(`${err.message}\n${await h.describe()}`);
+      });
+      expect((await h.status('h1')).counters.shards_resumed_with_gap).toBe(1);
     } finally {
       await h.stop();
     }

@@ -386,15 +386,24 @@ export class ClusterNode implements ClusterView {
       const needCopy = c?.state === 'behind_stream' || applied < 0 || (joining && applied === 0 && source !== undefined && (source.applied[k] ?? 0) > 0);
       if (needCopy && source === undefined) {
         if (c === undefined) this.startConsumer(k, applied);
-        else if (applied >= 0 && !this.nodeStates.some((n) => n.id !== this.o.node && n.silentMs < this.o.replaceAfterMs && this.doc!.shards[k]!.owners.includes(n.id))) {
+        else if (!this.nodeStates.some((n) => n.id !== this.o.node && n.silentMs < this.o.replaceAfterMs && this.doc!.shards[k]!.owners.includes(n.id))) {
           // Only once every other owner has been silent for the replace-after time: one that is
           // down a moment may come back with everything.
           // No other owner is alive: what aged out of the stream is nowhere else. Read on from
           // the stream's first message rather than stop; the gap is counted and logged.
-          this.counters.shards_resumed_with_gap++;
-          this.log(`shard ${k}: applied up to ${applied}, its stream starts at ${c.streamFirst} and no other owner is alive: resuming from the stream; sequences ${applied + 1}..${c.streamFirst - 1} are lost`);
           this.consumers.delete(k);
-          this.startConsumer(k, applied, true);
+          if (applied >= 0) {
+            this.counters.shards_resumed_with_gap++;
+            this.log(`shard ${k}: applied up to ${applied}, its stream starts at ${c.streamFirst} and no other owner is alive: resuming from the stream; sequences ${applied + 1}..${c.streamFirst - 1} are lost`);
+            this.startConsumer(k, applied, true);
+          } else {
+            // A copy into it did not complete (a failed copy, or a crash during one): its partial
+            // rows are emptied, then the whole stream is read; what aged out of it is lost.
+            await pool.restartFromStream(k);
+            this.counters.shards_resumed_with_gap++;
+            this.log(`shard ${k}: a copy into it did not complete and no other owner is alive: emptied it; reading its stream from the first message (what aged out of the stream before is lost)`);
+            this.startConsumer(k, 0, true);
+          }
         }
         continue; // an owner is alive but not caught up yet: copy from it next round
       }
