@@ -282,7 +282,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counters('apm_core_results_answers_total', 'Answers of GET /api/v1/queries/:id/results: the same bytes sent again (no window of the query arrived since, at most 1 s) or built', 'result', { kept: stored.answerCounters.kept, built: stored.answerCounters.built });
     p.counter('apm_core_results_answers_evicted_total', 'Kept results answers dropped to stay within 64 answers and 16 MiB', stored.answerCounters.evicted);
     p.gauge('apm_core_results_answers_bytes', 'Bytes of results answers kept', stored.answerCounters.bytes);
-    p.gauge('apm_core_queries_unloadable', 'Stored queries whose text no longer parses (set aside, listed at GET /api/v1/queries)', stored.unloadable.length);
+    p.gauge('apm_core_queries_unloadable', 'Stored queries set aside, not evaluated, listed at GET /api/v1/queries: their text no longer parses, or (a cluster) the store holds more than the limit', stored.unloadable.length);
+    p.counter('apm_core_queries_dropped_total', 'Stored-query definitions from the store neither kept nor listed: the set-aside lists were full', stored.definitionsDropped);
+    p.counter('apm_core_queries_sync_deferred_total', 'Stored-query changes made durable whose workers were told later (a worker restarting or busy)', stored.syncDeferred);
     p.gauge('apm_core_live_subscribers', 'Open live (SSE) streams', live.subscribers());
     p.counter('apm_core_live_subscribers_dropped_total', 'Live streams dropped for falling behind', live.dropped());
     p.counters('apm_core_metrics_overflow_total', 'New metrics refused, by scope: server (it introduced metricsPerServerMax) or total (registry full); counted per section naming one', 'scope', { server: s('metrics_overflow_server'), total: s('metrics_overflow_total') });

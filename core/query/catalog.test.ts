@@ -74,3 +74,50 @@ describe('stored-query changes a worker cannot be told of now', () => {
     expect(full.kept.size).toBe(0);
   });
 });
+
+describe('definitions another writer made (a cluster\'s KV watch) beyond the limit', () => {
+  const def = (i: number, query = `FROM * SELECT m${i} WINDOW 5s COMPUTE max`): StoredQuery => ({ id: `q${i}`, name: `q${i}`, query, createdMs: i });
+
+  it('are set aside, listed and not evaluated; a deletion admits the oldest; the lists are bounded (before: every one kept and evaluated)', async () => {
+    const c = catalogWith(() => null);
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      for (let i = 0; i < 5; i++) await c.catalog.applyChange(`q${i}`, def(i));
+      // Two kept (queriesMax 2) and handed to the workers; two set aside; the fifth neither.
+      expect(c.catalog.list().map((d) => d.id)).toEqual(['q0', 'q1']);
+      expect(c.synced.at(-1)!.map((d) => d.id)).toEqual(['q0', 'q1']);
+      expect(c.catalog.unloadable.map((u) => u.id)).toEqual(['q2', 'q3']);
+      expect(c.catalog.unloadable[0]!.error).toMatch(/beyond the limit of 2/);
+      expect(c.catalog.definitionsDropped).toBe(1);
+      // Text that does not parse is set aside in its own bounded list.
+      for (let i = 5; i < 8; i++) await c.catalog.applyChange(`q${i}`, def(i, 'FROM * SELECT'));
+      expect(c.catalog.unloadable.map((u) => u.id)).toEqual(['q5', 'q6', 'q2', 'q3']);
+      expect(c.catalog.definitionsDropped).toBe(2);
+      // Another node deleted q0: the oldest set aside beyond the limit takes its place.
+      await c.catalog.applyChange('q0', null);
+      expect(c.catalog.list().map((d) => d.id)).toEqual(['q1', 'q2']);
+      expect(c.synced.at(-1)!.map((d) => d.id)).toEqual(['q1', 'q2']);
+      // A set-aside definition is deleted through the API.
+      expect((await c.app.request('/api/v1/queries/q3', { method: 'DELETE' })).status).toBe(204);
+      expect(c.catalog.unloadable.map((u) => u.id)).toEqual(['q5', 'q6']);
+      // And through the API a kept one, which admits nothing more (nothing left beyond the limit).
+      expect((await c.app.request('/api/v1/queries/q1', { method: 'DELETE' })).status).toBe(204);
+      expect(c.catalog.list().map((d) => d.id)).toEqual(['q2']);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('at start: the store holding more than the limit keeps the limit', () => {
+    const c = catalogWith(() => null);
+    for (let i = 0; i < 4; i++) c.kept.set(`q${i}`, def(i));
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      const again = new QueryCatalog({ load: () => [...c.kept.values()], create: async () => undefined, update: async () => undefined, remove: async () => undefined }, { onWindow: null, sync: async () => undefined } as unknown as ShardPool, { queriesMax: 2 });
+      expect(again.list().map((d) => d.id)).toEqual(['q0', 'q1']);
+      expect(again.unloadable.map((u) => u.id)).toEqual(['q2', 'q3']);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+});

@@ -82,8 +82,16 @@ export class QueryCatalog {
   /** resultsAnswer: answers sent again (kept) or built, kept ones evicted by the bounds, bytes held. */
   readonly answerCounters = { kept: 0, built: 0, evicted: 0, bytes: 0 };
   private readonly listeners = new Set<Listener>();
-  /** Definitions that no longer parse: kept, not evaluated, listed with the reason. */
-  readonly unloadable: { id: string; query: string; error: string }[] = [];
+  /** Definitions that no longer parse: kept, not evaluated, listed with the reason (at most queriesMax). */
+  private readonly unparsable: { id: string; query: string; error: string }[] = [];
+  /**
+   * Definitions the store holds beyond queriesMax (a cluster: two nodes created at once near the
+   * limit, or this node's limit is lower than another's): not evaluated here, listed; the oldest
+   * learned takes the first place a deletion frees. At most queriesMax.
+   */
+  private readonly overLimit = new Map<string, StoredQuery>();
+  /** Definitions from the store neither kept nor listed: both lists above were full (each logged). */
+  definitionsDropped = 0;
   private lock: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -91,19 +99,68 @@ export class QueryCatalog {
     private readonly pool: ShardPool,
     private readonly opts: CatalogOptions,
   ) {
-    for (const def of db.load()) {
-      try {
-        this.defs.set(def.id, { def, parsed: parseQuery(def.query) });
-        this.recent.set(def.id, { starts: [], json: [], all: false });
-      } catch (err) {
-        this.unloadable.push({ id: def.id, query: def.query, error: (err as Error).message });
-        console.error(`apm core: stored query ${def.id} (${JSON.stringify(def.query)}) does not parse (${(err as Error).message}); set aside — delete it with DELETE /api/v1/queries/${def.id}`);
-      }
-    }
+    for (const def of db.load()) this.learn(def);
     pool.onWindow = (id, w) => {
       this.remember(id, w);
       opts.onOwnWindow?.(id, w);
     };
+  }
+
+  /** Every definition set aside, with why: the text no longer parses, or it is beyond the limit. */
+  get unloadable(): { id: string; query: string; error: string }[] {
+    const out = [...this.unparsable];
+    for (const def of this.overLimit.values()) out.push({ id: def.id, query: def.query, error: `beyond the limit of ${this.opts.queriesMax} stored queries (created elsewhere meanwhile): not evaluated; delete a query to make room` });
+    return out;
+  }
+
+  /**
+   * Takes a definition the store holds that this catalog does not (at start, or another writer's
+   * change): kept and evaluated; set aside when its text does not parse or the catalog is full.
+   * Returns whether it was kept.
+   */
+  private learn(def: StoredQuery): boolean {
+    let parsed: Query;
+    try {
+      parsed = parseQuery(def.query);
+    } catch (err) {
+      if (this.unparsable.length >= this.opts.queriesMax) return this.drop(def, 'it does not parse');
+      this.unparsable.push({ id: def.id, query: def.query, error: (err as Error).message });
+      console.error(`apm core: stored query ${def.id} (${JSON.stringify(def.query.slice(0, 200))}) does not parse (${(err as Error).message}); set aside — delete it with DELETE /api/v1/queries/${def.id}`);
+      return false;
+    }
+    if (this.defs.size >= this.opts.queriesMax) {
+      if (this.overLimit.size >= this.opts.queriesMax) return this.drop(def, 'the catalog is full');
+      this.overLimit.set(def.id, def);
+      console.error(`apm core: stored query ${def.id} is beyond the limit of ${this.opts.queriesMax} stored queries; set aside, not evaluated — delete a query to make room, or delete it with DELETE /api/v1/queries/${def.id}`);
+      return false;
+    }
+    this.defs.set(def.id, { def, parsed });
+    this.recent.set(def.id, { starts: [], json: [], all: false });
+    return true;
+  }
+
+  private drop(def: StoredQuery, why: string): false {
+    this.definitionsDropped++;
+    if (this.definitionsDropped === 1 || this.definitionsDropped % 1000 === 0) console.error(`apm core: stored query ${def.id} not kept (${why}) and not listed: ${this.opts.queriesMax} are set aside already (${this.definitionsDropped} dropped so far); delete set-aside queries from the store`);
+    return false;
+  }
+
+  /** Forgets a set-aside definition; true when there was one. */
+  private forgetSetAside(id: string): boolean {
+    if (this.overLimit.delete(id)) return true;
+    const at = this.unparsable.findIndex((u) => u.id === id);
+    if (at < 0) return false;
+    this.unparsable.splice(at, 1);
+    return true;
+  }
+
+  /** After a deletion: the oldest definition set aside beyond the limit takes the free place. */
+  private admitOverLimit(): void {
+    while (this.defs.size < this.opts.queriesMax && this.overLimit.size > 0) {
+      const [id, def] = this.overLimit.entries().next().value as [string, StoredQuery];
+      this.overLimit.delete(id);
+      this.learn(def);
+    }
   }
 
   /** Hands the definitions to the workers and loads each query's newest results into memory. */
@@ -142,12 +199,12 @@ export class QueryCatalog {
   applyChange(id: string, def: StoredQuery | null): Promise<void> {
     return this.exclusive(async () => {
       const had = this.defs.get(id);
-      const unloadableAt = this.unloadable.findIndex((u) => u.id === id);
-      if (unloadableAt >= 0) this.unloadable.splice(unloadableAt, 1);
+      this.forgetSetAside(id);
       if (def === null) {
         if (had === undefined) return;
         this.defs.delete(id);
         this.recent.delete(id);
+        this.admitOverLimit();
         await this.syncWorkers();
         return;
       }
@@ -155,19 +212,10 @@ export class QueryCatalog {
         had.def = def; // renamed, or this node's own change: results stand
         return;
       }
-      let parsed: Query;
-      try {
-        parsed = parseQuery(def.query);
-      } catch (err) {
-        if (had !== undefined) (this.defs.delete(id), this.recent.delete(id));
-        this.unloadable.push({ id, query: def.query, error: (err as Error).message });
-        if (had !== undefined) await this.syncWorkers();
-        return;
-      }
-      this.defs.set(id, { def, parsed });
-      // Results of another text, or none yet: memory holds all only from here on for a new one.
-      this.recent.set(id, { starts: [], json: [], all: false });
-      await this.syncWorkers();
+      if (had !== undefined) (this.defs.delete(id), this.recent.delete(id));
+      // Results of another text, or none yet: memory holds all only from here on (learn).
+      const kept = this.learn(def);
+      if (kept || had !== undefined) await this.syncWorkers();
     });
   }
 
@@ -226,16 +274,16 @@ export class QueryCatalog {
 
   delete(id: string): Promise<boolean> {
     return this.exclusive(async () => {
-      const set = this.unloadable.findIndex((u) => u.id === id);
-      if (set >= 0) {
-        this.unloadable.splice(set, 1);
+      if (this.overLimit.has(id) || this.unparsable.some((u) => u.id === id)) {
         await this.db.remove(id);
+        this.forgetSetAside(id);
         return true;
       }
       if (!this.defs.has(id)) return false;
       await this.db.remove(id); // first: a store that refuses leaves the catalog as it was
       this.defs.delete(id);
       this.recent.delete(id);
+      this.admitOverLimit();
       await this.syncAfterChange();
       return true;
     });
