@@ -50,7 +50,16 @@ class KvDefinitions implements DefinitionStore {
   readonly revisions = new Map<string, number>();
   snapshot: StoredQuery[] = [];
 
-  constructor(private readonly kv: KV) {}
+  /** keysMax: the catalog keeps or lists at most this many definitions (queriesMax kept, as many set aside per reason). */
+  constructor(
+    private readonly kv: KV,
+    readonly keysMax: number,
+  ) {}
+
+  /** Records a key's revision; a key beyond keysMax is not recorded (the catalog does not hold it either). */
+  saw(key: string, revision: number): void {
+    if (this.revisions.has(key) || this.revisions.size < this.keysMax) this.revisions.set(key, revision);
+  }
 
   load(): StoredQuery[] {
     return this.snapshot;
@@ -58,7 +67,7 @@ class KvDefinitions implements DefinitionStore {
 
   async create(def: StoredQuery): Promise<void> {
     try {
-      this.revisions.set(def.id, await this.kv.create(def.id, JSON.stringify(def)));
+      this.saw(def.id, await this.kv.create(def.id, JSON.stringify(def)));
     } catch (err) {
       if (isWrongLastSequence(err)) throw new DefinitionConflict(`stored query id ${def.id} is taken in KV ${buckets.queries}; create it again (a new id is drawn)`, { cause: err });
       throw err;
@@ -69,7 +78,7 @@ class KvDefinitions implements DefinitionStore {
     const rev = this.revisions.get(def.id);
     if (rev === undefined) throw new DefinitionConflict(`stored query ${def.id} is not in KV ${buckets.queries} as this node last saw it; GET it again and retry`);
     try {
-      this.revisions.set(def.id, await this.kv.update(def.id, JSON.stringify(def), rev));
+      this.saw(def.id, await this.kv.update(def.id, JSON.stringify(def), rev));
     } catch (err) {
       if (isWrongLastSequence(err)) throw new DefinitionConflict(`stored query ${def.id} was changed by another node meanwhile (revision ${rev} is no longer the newest); GET it again and retry`, { cause: err });
       throw err;
@@ -113,7 +122,7 @@ export function windowOf(text: string): WindowResult | null {
 
 /** The stored-query catalog of a cluster node, kept from KV apm-queries and the results subjects. */
 export class ClusterQueries {
-  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, resyncs: 0, resync_failures: 0, watch_restarts: 0 };
+  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, definitions_dropped: 0, resyncs: 0, resync_failures: 0, watch_restarts: 0 };
   catalog!: QueryCatalog;
   private sub: Subscription | null = null;
   private watch: { stop(): void } | null = null;
@@ -133,7 +142,8 @@ export class ClusterQueries {
   /** Opens (creates if absent) KV apm-queries, reads every definition, and starts evaluating this node's share. */
   static async open(view: ClusterView, pool: ShardPool, o: ClusterQueriesOptions): Promise<ClusterQueries> {
     const kv = await retryJetStream(`KV ${buckets.queries}`, () => new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas) }));
-    const cq = new ClusterQueries(view, new KvDefinitions(kv), o.log);
+    // Kept, set aside beyond the limit, set aside unparsable: the catalog holds at most 3 × queriesMax.
+    const cq = new ClusterQueries(view, new KvDefinitions(kv, 3 * o.queriesMax), o.log);
     await cq.load(kv);
     cq.catalog = new QueryCatalog(cq.defs, pool, {
       queriesMax: o.queriesMax,
@@ -170,7 +180,8 @@ export class ClusterQueries {
         const def = this.entry(e);
         if (this.catalog === undefined) {
           if (def === null) initial.delete(e.key);
-          else if (def !== undefined) initial.set(e.key, def);
+          else if (def !== undefined && (initial.has(e.key) || initial.size < this.defs.keysMax)) initial.set(e.key, def);
+          else if (def !== undefined) this.counters.definitions_dropped++;
           if (e.revision >= lastSeq) {
             this.defs.snapshot = [...initial.values()];
             loaded();
@@ -207,7 +218,7 @@ export class ClusterQueries {
       this.defs.revisions.delete(e.key);
       return null;
     }
-    this.defs.revisions.set(e.key, e.revision);
+    this.defs.saw(e.key, e.revision);
     const def = definitionOf(e.key, e.string());
     if (def === null) {
       this.counters.definitions_bad++;
@@ -281,6 +292,7 @@ export class ClusterQueries {
       bad: c.windows_bad,
     });
     p.counter('apm_core_cluster_query_definitions_bad_total', `Entries of KV ${buckets.queries} that are not stored queries (ignored)`, c.definitions_bad);
+    p.counter('apm_core_cluster_query_definitions_dropped_total', `Definitions in KV ${buckets.queries} beyond what this node holds at start (3 × its stored-query limit): not read`, c.definitions_dropped);
     p.counter('apm_core_cluster_query_resyncs_total', 'Times the stored queries were handed to the workers again (placement, readiness or definitions changed)', c.resyncs);
     p.counter('apm_core_cluster_query_resync_failures_total', 'Hand-overs to the workers that failed (retried at the next change)', c.resync_failures);
     p.counter('apm_core_cluster_query_watch_restarts_total', `Times the watch of KV ${buckets.queries} ended or failed and was opened again from the next revision`, c.watch_restarts);
