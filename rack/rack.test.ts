@@ -1,7 +1,7 @@
 // A Rack in this process with real sockets: UDP datagrams in, RackSecond bodies out to a fake
 // core on loopback (contract v2, issue 12): sessions, placement, 409 shards_mismatch.
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import dgram from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -177,5 +177,40 @@ describe('Rack → core (RackSecond bodies)', () => {
     const spool = new Spool(dir, { bytesMax: 1 << 30, reserveBytes: 0, memoryBytesMax: 1 << 20 });
     cleanup.push(() => spool.close());
     expect([spool.shards, spool.heldBatches]).toEqual([4, 1]);
+  });
+
+  it('regression: an error the rack did not expect costs one datagram or one second, counted; before, it ended the process', async () => {
+    const core = await startCore();
+    const { rack, udpPort, httpPort } = await startRack(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-bug-')));
+    const edge = new Edge('web-1');
+    // Stand-ins for bugs: the name table throws on the first datagram, the merger on the next second.
+    const inner = rack as unknown as { names: { learn(...a: unknown[]): void }; merger: { merge(...a: unknown[]): unknown } };
+    const learn = inner.names.learn.bind(inner.names);
+    const merge = inner.merger.merge.bind(inner.merger);
+    let learnFails = 1;
+    let mergeFails = 0;
+    inner.names.learn = (...a) => {
+      if (learnFails-- > 0) throw new Error('bug in learn');
+      learn(...a);
+    };
+    inner.merger.merge = (...a) => {
+      if (mergeFails-- > 0) throw new Error('bug in merge');
+      return merge(...a);
+    };
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      const s1 = nowSecond();
+      edge.send(udpPort, s1);
+      await until(async () => ((await rackMetrics(httpPort)).get('apm_rack_internal_failures_total{unit="datagram"}') === 1 ? true : undefined), 5000, 'the datagram counted');
+      mergeFails = 1;
+      edge.send(udpPort, s1 + 1);
+      await until(async () => ((await rackMetrics(httpPort)).get('apm_rack_internal_failures_total{unit="second"}') === 1 ? true : undefined), 5000, 'the second counted');
+      edge.send(udpPort, s1 + 2);
+      await until(() => (core.batches.some((b) => b.second === s1 + 2) ? true : undefined), 5000, 'the next second at the core');
+      expect(core.batches.map((b) => b.second)).toEqual([s1 + 2]);
+      expect(spy.mock.calls.map((c) => String(c[0])).filter((l) => l.startsWith('rack: BUG:'))).toHaveLength(2);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });

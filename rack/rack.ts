@@ -71,7 +71,7 @@ export class Rack {
   private namedGeneration = 0;
   private prunedMs = 0;
   recvBufferBytes = 0;
-  readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, batches_spool_failed: 0, summaries_merged: 0 };
+  readonly counters = { datagrams_received: 0, bytes_received: 0, queue_dropped: 0, nacks_sent: 0, name_asks_sent: 0, batches_spooled: 0, batches_spool_failed: 0, summaries_merged: 0, datagrams_failed: 0, batches_failed: 0 };
   readonly rejected: Partial<Record<RejectReason, number>> = {};
 
   constructor(private readonly opts: RackOptions) {
@@ -214,7 +214,21 @@ export class Rack {
       this.prunedMs = nowMs;
       this.guard.prune(nowMs, this.opts.limits.senderIdleMs);
     }
-    for (const batch of this.reassembly.close(nowMs)) this.forward(batch);
+    for (const batch of this.reassembly.close(nowMs)) {
+      try {
+        this.forward(batch);
+      } catch (err) {
+        // A bug met by one second's data costs that second, counted, not the process (whose
+        // edges would resend the same data to a restarted rack).
+        this.counters.batches_failed++;
+        this.logFailure(`second ${batch.second} of ${batch.servers.length} servers was not forwarded`, err, this.counters.batches_failed);
+      }
+    }
+  }
+
+  /** Logs the first failure of a kind and then every 1,000th (each is counted). */
+  private logFailure(what: string, err: unknown, n: number): void {
+    if (n === 1 || n % 1000 === 0) console.error(`rack: BUG: ${what} (${n} so far): ${(err as Error).stack ?? String(err)}`);
   }
 
   /** Cheap checks first (size, then MAC and replay), then the decoder, then the sender's clock. */
@@ -229,24 +243,29 @@ export class Rack {
         this.countRejected(datagram.length < frameBytesMin ? 'too_short' : 'too_large');
         continue;
       }
-      const opened = this.guard.open(datagram);
-      if (typeof opened === 'string') continue; // counted by the guard
-      const r = decodeFrame(opened.frame, l.datagramBytesMax, { verifyNameHashes: false });
-      if (!r.ok) {
-        this.countRejected(r.reason);
-        continue;
+      try {
+        this.take(datagram, peer, nowMs);
+      } catch (err) {
+        // A bug met by one datagram costs that datagram, counted, not the process.
+        this.counters.datagrams_failed++;
+        this.logFailure(`a ${datagram.length}-byte datagram from ${peer.address}:${peer.port} was not taken`, err, this.counters.datagrams_failed);
       }
-      if (r.msg.type !== 'edgeSecond') {
-        this.countRejected('unexpected_body');
-        continue;
-      }
-      if (this.guard.admit(r.msg.server, r.msg.sentMs, opened, nowMs) !== null) continue; // counted by the guard
-      this.names.learn(r.msg.series);
-      this.reassembly.accept(r.msg, datagram.length, { address: peer.address, port: peer.port }, nowMs);
     }
     this.queue.length = 0;
     this.queuePeers.length = 0;
     this.queueBytes = 0;
+  }
+
+  /** One datagram of the right size: authenticated, decoded, clock-checked, then reassembled. */
+  private take(datagram: Buffer, peer: dgram.RemoteInfo, nowMs: number): void {
+    const opened = this.guard.open(datagram);
+    if (typeof opened === 'string') return; // counted by the guard
+    const r = decodeFrame(opened.frame, this.opts.limits.datagramBytesMax, { verifyNameHashes: false });
+    if (!r.ok) return this.countRejected(r.reason);
+    if (r.msg.type !== 'edgeSecond') return this.countRejected('unexpected_body');
+    if (this.guard.admit(r.msg.server, r.msg.sentMs, opened, nowMs) !== null) return; // counted by the guard
+    this.names.learn(r.msg.series);
+    this.reassembly.accept(r.msg, datagram.length, { address: peer.address, port: peer.port }, nowMs);
   }
 
   private countRejected(reason: RejectReason): void {
@@ -416,6 +435,7 @@ export class Rack {
     p.gauge('apm_rack_shards', "Shards the rack cuts each second into (the core's S; the default until the core ever said)", this.spool.shards);
     p.gauge('apm_rack_session', "This spool's session: the core de-duplicates by (rack, session, seq)", this.spool.session);
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
+    p.counters('apm_rack_internal_failures_total', 'Units lost to an error this rack did not expect (a bug; logged): a datagram not taken, or a closed second not forwarded', 'unit', { datagram: this.counters.datagrams_failed, second: this.counters.batches_failed });
     p.counter('apm_rack_batches_spool_failed_total', 'Batches lost because spooling them threw (a bug: the spool holds refused writes in memory)', this.counters.batches_spool_failed);
     p.gauge('apm_rack_spool_bytes', 'Bytes in the spool', this.spool.heldBytes);
     p.gauge('apm_rack_spool_batches', 'Batches in the spool', this.spool.heldBatches);
