@@ -13,6 +13,9 @@ import { forwardedHeader } from '../core/cluster/routes.js';
 import { buildColumns } from '../schema/testdata.js';
 import { restoringSeq } from '../core/store.js';
 import { openLmdb } from '../schema/lmdb.js';
+import { buckets, connectNats } from '../schema/log.js';
+import { clusterQueryLimits } from '../core/cluster/queries.js';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { ClusterHarness } from '../tools/cluster-harness.js';
 import { spawnApm, until } from './proc.js';
 
@@ -326,6 +329,11 @@ describe('a node left with a copy that did not complete, and no other owner aliv
       const flags = ['--workers', '1', '--shards', String(S), '--replace-after', '1s'];
       await h.startCore('h1', flags);
       await until(async () => ((await h.settled('h1', 1)) ? true : undefined), 60_000, 'h1 owns every shard');
+      // The bucket of stored-query definitions the node made is bounded (a full one refuses new definitions).
+      const nc = await connectNats(h.nats.urls, { user: 'core', passwordFile: h.passFile }, 'test');
+      const kvConfig = (await (await jetstreamManager(nc)).streams.info(`KV_${buckets.queries}`)).config;
+      await nc.close();
+      expect([kvConfig.max_bytes, kvConfig.max_msg_size, kvConfig.discard]).toEqual([clusterQueryLimits.bucketBytesMax, clusterQueryLimits.definitionBytesMax, 'new']);
       const t0 = Math.floor(Date.now() / 1000) - 900;
       for (let k = 0; k < 10; k++) for (const r of racks) await h.publish(rackSecond(r, t0 + k));
       const matches = async (url: string) => {

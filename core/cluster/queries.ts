@@ -29,6 +29,12 @@ export const clusterQueryLimits = {
   idCharsMax: 64,
   /** Bytes of one definition in KV: a name (200) and a query text (bounded by the body limit). */
   definitionBytesMax: 32 * 1024,
+  /**
+   * Bytes KV apm-queries holds, set when a node creates it (an existing bucket keeps its
+   * settings): a full bucket refuses new definitions (discard new), answered 503, rather than
+   * growing without bound. A definition takes ~200 B, so this is far above any node's limit.
+   */
+  bucketBytesMax: 64 * 1024 * 1024,
   /** The bucket's watch, when it ends, is opened again after this long, doubling up to watchRetryMaxMs. */
   watchRetryMinMs: 500,
   watchRetryMaxMs: 30_000,
@@ -141,7 +147,7 @@ export class ClusterQueries {
 
   /** Opens (creates if absent) KV apm-queries, reads every definition, and starts evaluating this node's share. */
   static async open(view: ClusterView, pool: ShardPool, o: ClusterQueriesOptions): Promise<ClusterQueries> {
-    const kv = await retryJetStream(`KV ${buckets.queries}`, () => new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas) }));
+    const kv = await retryJetStream(`KV ${buckets.queries}`, () => new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas), max_bytes: clusterQueryLimits.bucketBytesMax, maxValueSize: clusterQueryLimits.definitionBytesMax }));
     // Kept, set aside beyond the limit, set aside unparsable: the catalog holds at most 3 × queriesMax.
     const cq = new ClusterQueries(view, new KvDefinitions(kv, 3 * o.queriesMax), o.log);
     await cq.load(kv);
