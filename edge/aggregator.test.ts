@@ -67,6 +67,17 @@ describe('Aggregator semantics (DESIGN §3)', () => {
     expect(summary(agg, agg.close(t0 + 1)).dists).toEqual({ a: [1, 2, 3] });
   });
 
+  it('regression: a distribution first seen once the observations are full is not sent as a summary of count 0 (the rack refused its whole datagram)', () => {
+    const agg = new Aggregator({ ...opts, observationsPerSecondMax: 2 });
+    agg.observe('busy', KindCode.Distribution, 1, t0);
+    agg.observe('busy', KindCode.Distribution, 2, t0);
+    expect(agg.observe('g', KindCode.Gauge, 42, t0)).toBeNull();
+    expect(agg.observe('late', KindCode.Distribution, 7, t0)).toBe('observations_full');
+    const c = agg.close(t0 + 1);
+    expect(summary(agg, c)).toEqual({ points: { g: 42 }, dists: { busy: [1, 2] } });
+    for (let i = 0; i < c.distLen; i++) expect(c.distTo[i]! - c.distFrom[i]!).toBeGreaterThan(0);
+  });
+
   it('a set counts distinct members per second, sent as a gauge; repeats and other seconds do not add', () => {
     const agg = new Aggregator(opts);
     for (const m of ['u1', 'u2', 'u1', 'u3', 'u2']) expect(agg.observeSet('users', m, t0)).toBeNull();

@@ -246,6 +246,9 @@ export class Aggregator {
     if (second !== this.second) return this.drop('late');
     if (!Number.isFinite(value)) return this.drop('not_finite');
     if (kind === KindCode.Gauge && relative && !Number.isFinite(this.gaugeLast[slot]! + value)) return this.drop('overflow');
+    // Before touch: a distribution touched with no value would close as a summary of count 0,
+    // which the rack refuses with the whole datagram carrying it.
+    if (kind === KindCode.Distribution && this.obsLen >= this.obsValue.length) return this.drop('observations_full');
     this.touch(slot, second);
     switch (kind) {
       case KindCode.Gauge:
@@ -256,7 +259,6 @@ export class Aggregator {
         this.value[slot]! += value * weight;
         break;
       case KindCode.Distribution: {
-        if (this.obsLen >= this.obsValue.length) return this.drop('observations_full');
         const w = Math.max(1, Math.round(weight));
         this.obsSlot[this.obsLen] = slot;
         this.obsValue[this.obsLen] = value;
