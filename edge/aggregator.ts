@@ -17,6 +17,14 @@ export interface AggregatorOptions {
   setValuesPerSeriesMax?: number;
   /** Distinct (series, member) pairs held per second across all sets (default edgeLimits). */
   setValuesPerSecondMax?: number;
+  /**
+   * Name prefixes of the edge's own series (its counters, the host collector's readings): a
+   * client's series may not take them (`reserved_name`), and the edge's own (observe with
+   * `own`) have ownSeriesMax slots of their own, so a client filling seriesMax cannot silence
+   * the counters that report it.
+   */
+  reservedPrefixes?: readonly string[];
+  ownSeriesMax?: number;
 }
 
 /**
@@ -54,6 +62,7 @@ export const dropReasons = {
   not_finite: 'a value that is not a finite number',
   overflow: 'a second whose sum would pass ±1.8e308, or whose count (sampled values weigh 1 / rate) 2³² − 1 (not sent)',
   late: 'an observation for a second already closed',
+  reserved_name: "a client's name under a prefix of the edge's own series (apm.edge., and host. with the host collector)",
   set_values_limit: 'a set member beyond setValuesPerSeriesMax distinct ones in a series-second',
   set_values_full: 'a set member beyond setValuesPerSecondMax in one second across sets',
 } as const;
@@ -130,8 +139,17 @@ export class Aggregator {
   readonly drops = Object.fromEntries(Object.keys(dropReasons).map((k) => [k, 0])) as Record<DropReason, number>;
   observations = 0;
 
+  /** 1 for a slot of the edge's own series (see AggregatorOptions.reservedPrefixes). */
+  private readonly own: Uint8Array;
+  private ownCount = 0;
+  private readonly ownMax: number;
+  private readonly reserved: readonly string[];
+
   constructor(private readonly opts: AggregatorOptions) {
-    const n = opts.seriesMax;
+    this.ownMax = opts.ownSeriesMax ?? 0;
+    this.reserved = opts.reservedPrefixes ?? [];
+    const n = opts.seriesMax + this.ownMax;
+    this.own = new Uint8Array(n);
     const m = opts.observationsPerSecondMax;
     this.setPerSeriesMax = opts.setValuesPerSeriesMax ?? edgeLimits.setValuesPerSeriesMax;
     this.setPerSecondMax = opts.setValuesPerSecondMax ?? edgeLimits.setValuesPerSecondMax;
@@ -193,12 +211,13 @@ export class Aggregator {
    * Records one observation of `second` (DESIGN §3). `weight` scales counters and repeats
    * distribution values (1 / sample rate); `relative` applies a gauge as a delta. Returns the
    * drop reason, or null when it was aggregated. The caller closes earlier seconds first.
+   * `own`: one of the edge's own series (AggregatorOptions.reservedPrefixes).
    */
-  observe(name: string, kind: KindCode, value: number, second: number, weight = 1, relative = false): DropReason | null {
+  observe(name: string, kind: KindCode, value: number, second: number, weight = 1, relative = false, own = false): DropReason | null {
     if (this.second === noSecond) this.second = second;
     if (second !== this.second) return this.drop('late');
     if (!Number.isFinite(value)) return this.drop('not_finite');
-    const slot = this.slotFor(name, kind, second);
+    const slot = this.slotFor(name, kind, second, own);
     if (slot < 0) return this.lastDrop;
     return this.observeSlot(slot, kind, value, second, weight, relative);
   }
@@ -220,6 +239,10 @@ export class Aggregator {
       let same = true;
       for (let k = 0; k < name.length && same; k++) same = name.charCodeAt(k) === bytes[start + k];
       if (!same) continue;
+      if (this.own[slot] === 1) {
+        this.drop('reserved_name');
+        return -1;
+      }
       if (this.kinds[slot] !== kind) {
         this.drop('kind_conflict');
         return -1;
@@ -348,9 +371,13 @@ export class Aggregator {
     return reason;
   }
 
-  private slotFor(name: string, kind: SeriesKind, second: number): number {
+  private slotFor(name: string, kind: SeriesKind, second: number, own = false): number {
     const known = this.slotByName.get(name);
     if (known !== undefined) {
+      if (this.own[known] !== (own ? 1 : 0)) {
+        this.drop('reserved_name');
+        return -1;
+      }
       if (this.kinds[known] !== kind) {
         this.drop('kind_conflict');
         return -1;
@@ -361,7 +388,14 @@ export class Aggregator {
       this.drop('bad_name');
       return -1;
     }
-    const slot = this.freeSlots.length > 0 ? this.freeSlots.pop()! : this.nextSlot < this.kinds.length ? this.nextSlot++ : -1;
+    if (!own && this.reserved.length > 0 && this.reserved.some((p) => name.startsWith(p))) {
+      this.drop('reserved_name');
+      return -1;
+    }
+    // Client series take at most seriesMax slots, the edge's own at most ownMax: one never
+    // takes the other's room.
+    const full = own ? this.ownCount >= this.ownMax : this.slotByName.size - this.ownCount >= this.opts.seriesMax;
+    const slot = full ? -1 : this.freeSlots.length > 0 ? this.freeSlots.pop()! : this.nextSlot < this.kinds.length ? this.nextSlot++ : -1;
     if (slot < 0) {
       this.drop('series_limit');
       return -1;
@@ -376,6 +410,8 @@ export class Aggregator {
     }
     this.slotByName.set(name, slot);
     this.slotByHash.set(hk, slot);
+    this.own[slot] = own ? 1 : 0;
+    if (own) this.ownCount++;
     this.names[slot] = name;
     this.kinds[slot] = kind;
     this.createdSecond[slot] = second;
@@ -499,6 +535,8 @@ export class Aggregator {
       this.slotByName.delete(name);
       this.slotByHash.delete(hashKey(this.hashes[2 * slot]!, this.hashes[2 * slot + 1]!));
       this.names[slot] = null;
+      if (this.own[slot] === 1) this.ownCount--;
+      this.own[slot] = 0;
       this.freeSlots.push(slot);
       evicted++;
     }

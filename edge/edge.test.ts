@@ -34,7 +34,7 @@ afterEach(async () => {
 });
 
 /** An Edge on loopback sending to a test socket; `second()` sends x:<v>|c, lets one monotonic second pass, and returns what arrived for it. */
-async function edgeWith(clock: TestClock) {
+async function edgeWith(clock: TestClock, limits: Partial<typeof edgeLimits> = {}) {
   const got: EdgeSecondMessage[] = [];
   const rack = dgram.createSocket('udp4');
   rack.on('message', (frame) => {
@@ -50,7 +50,7 @@ async function edgeWith(clock: TestClock) {
     statsdHost: '127.0.0.1',
     statsdPort: 0,
     hostCollector: false,
-    limits: { ...edgeLimits },
+    limits: { ...edgeLimits, ...limits },
     clock,
   });
   const statsdPort = await edge.start();
@@ -73,7 +73,7 @@ async function edgeWith(clock: TestClock) {
     await until(() => (edge.counters.seconds_sent > sent && got.length === edge.counters.datagrams_sent ? true : undefined), 5000, `the second holding ${lines.join(', ')} to be sent`);
     const parts = got.slice(from);
     expect(new Set(parts.map((p) => p.second)).size, 'one second per monotonic second').toBe(1);
-    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'w', 'tiny', 'users', 'apm.edge.dropped.overflow', 'apm.edge.statsd.refused.timestamp']) };
+    return { second: parts[0]!.second, merged: mergeSecond(parts, ['x', 'ok', 'big', 't', 'w', 'tiny', 'users', 'apm.edge.dropped.overflow', 'apm.edge.statsd.refused.timestamp', 'apm.edge.dropped.series_limit', 'apm.edge.dropped.reserved_name', 'apm.edge.statsd.malformed.bad_syntax', 'apm.edge.statsd.lines']) };
   };
   const second = async (value: number, pass = { monoMs: 1000, wallMs: 1000 }) => {
     const { second, merged } = await secondOf([`x:${value}|c`], pass);
@@ -186,5 +186,22 @@ describe('the rack id signed datagrams cover (issue 16.5)', () => {
     expect(() => macRack(bound, 'r2')).toThrow(/the key file names rack r1 \(rack=r1\) but --rack-id is r2/);
     expect(() => macRack(unbound, undefined)).toThrow(/give --rack-id <the rack's --rack>, or add rack=<rack id> to the key file/);
     expect(() => macRack(unbound, 'r 1')).toThrow(/--rack-id "r 1" is not a rack id/);
+  });
+});
+
+describe('the edge\'s own series (apm.edge.*) and a client that fills the series table', () => {
+  it('regression: still arrive, exact, and a client may not write them; before, series_limit itself was never sent and a client could overwrite the counters', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, secondOf } = await edgeWith(clock, { seriesMax: 5 });
+    // 20 distinct counters (15 beyond --series-max 5), one line squatting an edge counter, one malformed line.
+    const flood = Array.from({ length: 20 }, (_, i) => `c${i}:1|c`).join('\n');
+    const first = await secondOf([flood, 'apm.edge.statsd.malformed.bad_syntax:0|g', 'garbage']);
+    expect(edge.aggregator.drops).toMatchObject({ series_limit: 15, reserved_name: 1 });
+    // Each second carries the counters' increments since the one before (ok: one more series_limit).
+    const next = await secondOf(['ok:1|c']);
+    const got = (name: string) => (first.merged.points.get(name)?.value ?? 0) + (next.merged.points.get(name)?.value ?? 0);
+    expect([got('apm.edge.dropped.series_limit'), got('apm.edge.dropped.reserved_name'), got('apm.edge.statsd.malformed.bad_syntax')]).toEqual([16, 1, 1]);
+    expect(edge.aggregator.drops.series_limit).toBe(16);
+    expect(next.merged.points.has('ok')).toBe(false); // still no room for a client series
   });
 });

@@ -16,6 +16,10 @@ import { Packetizer } from './packetizer.js';
 import { ResendRing } from './ring.js';
 import { malformedReasons, refusedReasons, StatsdParser, type StatsdSecond } from './statsd.js';
 
+/** Name prefixes of the edge's own series, which StatsD clients may not use (Aggregator reservedPrefixes). */
+const selfPrefix = 'apm.edge.';
+const hostPrefix = 'host.';
+
 export interface EdgeOptions {
   server: string;
   rackHost: string;
@@ -122,6 +126,8 @@ export class Edge {
       seriesEvictSeconds: l.seriesEvictSeconds,
       setValuesPerSeriesMax: l.setValuesPerSeriesMax,
       setValuesPerSecondMax: l.setValuesPerSecondMax,
+      reservedPrefixes: opts.hostCollector ? [selfPrefix, hostPrefix] : [selfPrefix],
+      ownSeriesMax: l.ownSeriesMax,
     });
     this.parser = new StatsdParser(l.lineBytesMax);
     // Signed datagrams carry the auth header: frames leave room for it within --datagram-bytes.
@@ -242,7 +248,7 @@ export class Edge {
     this.counters.host_errors = this.host.errors;
     this.drain();
     this.advanceTo(this.clock.monoMs());
-    for (const s of sample) this.aggregator.observe(s.name, s.kind, s.value, this.aggregator.openSecond);
+    for (const s of sample) this.aggregator.observe(s.name, s.kind, s.value, this.aggregator.openSecond, 1, false, true);
   }
 
   /**
@@ -283,16 +289,17 @@ export class Edge {
   private reportSelf(second: number): void {
     const emit = (name: string, total: number) => {
       const prev = this.reported.get(name) ?? 0;
-      this.reported.set(name, total);
-      if (total !== prev || prev !== 0) this.aggregator.observe(name, KindCode.Counter, total - prev, second);
+      if (total === prev && prev === 0) return;
+      // Recorded as reported only once taken: a refused delta goes with the next second's.
+      if (this.aggregator.observe(name, KindCode.Counter, total - prev, second, 1, false, true) === null) this.reported.set(name, total);
     };
     emit('apm.edge.statsd.lines', this.parser.lines);
     for (const [reason, n] of Object.entries(this.parser.malformed)) emit(`apm.edge.statsd.malformed.${reason}`, n);
     for (const [reason, n] of Object.entries(this.parser.refused)) emit(`apm.edge.statsd.refused.${reason}`, n);
     for (const [reason, n] of Object.entries(this.aggregator.drops)) emit(`apm.edge.dropped.${reason}`, n);
     for (const [name, n] of Object.entries(this.counters)) emit(`apm.edge.${name}`, n);
-    this.aggregator.observe('apm.edge.series', KindCode.Gauge, this.aggregator.seriesCount, second);
-    this.aggregator.observe('apm.edge.resend_ring_bytes', KindCode.Gauge, this.ring.heldBytes, second);
+    this.aggregator.observe('apm.edge.series', KindCode.Gauge, this.aggregator.seriesCount, second, 1, false, true);
+    this.aggregator.observe('apm.edge.resend_ring_bytes', KindCode.Gauge, this.ring.heldBytes, second, 1, false, true);
   }
 
   private onRackMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {

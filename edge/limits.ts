@@ -6,6 +6,9 @@ import { datagramBytesDefault, datagramBytesMin, udpPayloadBytesMax } from '../s
 export const edgeLimits = {
   /** Active series per edge (`--series-max`): 2,000 expected per server, 5× headroom. */
   seriesMax: 10_000,
+  /** Slots for the edge's own series (apm.edge.*: ~60; host.*: ~40), beside seriesMax: a client
+   *  that fills seriesMax does not silence the counters that report it. */
+  ownSeriesMax: 256,
   /** Distribution observations buffered per second: 5× the 20,000 lines/s target; ~32 B each → 3.2 MB. */
   observationsPerSecondMax: 100_000,
   /** Distinct members of one set series in one second (aggregator.ts SetKind): sets count users or
