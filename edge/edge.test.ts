@@ -9,7 +9,7 @@ import { mergeSecond } from '../test/merge-helper.js';
 import { until } from '../test/proc.js';
 import type { EdgeClock } from './clock.js';
 import { Edge, macRack } from './edge.js';
-import { edgeLimits } from './limits.js';
+import { edgeLimits, type EdgeLimits } from './limits.js';
 
 /** Wall and monotonic clocks that move only when the test says. */
 class TestClock implements EdgeClock {
@@ -34,7 +34,7 @@ afterEach(async () => {
 });
 
 /** An Edge on loopback sending to a test socket; `second()` sends x:<v>|c, lets one monotonic second pass, and returns what arrived for it. */
-async function edgeWith(clock: TestClock, limits: Partial<typeof edgeLimits> = {}) {
+async function edgeWith(clock: TestClock, limits: Partial<EdgeLimits> = {}) {
   const got: EdgeSecondMessage[] = [];
   const rack = dgram.createSocket('udp4');
   rack.on('message', (frame) => {

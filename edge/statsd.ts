@@ -80,11 +80,15 @@ const PIPE = 124;
 const AT = 64;
 const UNDERSCORE = 95;
 const T = 84;
+const HASH = 35;
+const C = 99;
 
 export class StatsdParser {
   lines = 0;
   readonly malformed = zeros(malformedReasons);
   readonly refused = zeros(refusedReasons);
+  /** The line being read has DogStatsD fields (`|#tags`, `|c:container`, `|T`): set by fields(). */
+  private dogStatsd = false;
 
   constructor(private readonly lineBytesMax: number) {}
 
@@ -146,7 +150,10 @@ export class StatsdParser {
       let vEnd = v;
       while (vEnd < pipe && b[vEnd] !== COLON) vEnd++;
       const sign = b[v];
-      const relative = kind === KindCode.Gauge && (sign === 43 || sign === 45);
+      // A signed gauge adjusts the last value (etsy StatsD), except on a DogStatsD line (tags,
+      // container or timestamp fields): DogStatsD has no gauge deltas, and its clients send a
+      // negative gauge as `-3.5|g|#…`, which as a delta would drift without bound.
+      const relative = kind === KindCode.Gauge && (sign === 43 || sign === 45) && !this.dogStatsd;
       sink.observeSlot(slot, kind as KindCode, parseNumber(b, v, vEnd), at.second, weight, relative);
       v = vEnd + 1;
     }
@@ -159,10 +166,12 @@ export class StatsdParser {
    */
   private fields(b: Uint8Array, from: number, end: number, stamp: number): number {
     let weight = 1;
+    this.dogStatsd = false;
     for (let f = from; f < end; ) {
       let fEnd = f + 1;
       while (fEnd < end && b[fEnd] !== PIPE) fEnd++;
       const c = b[f + 1];
+      if (c === HASH || c === T || (c === C && b[f + 2] === COLON)) this.dogStatsd = true;
       if (c === AT) {
         const rate = parseNumber(b, f + 2, fEnd);
         if (!(rate >= sampleRateMin && rate <= 1)) return this.malformedLine('bad_rate');
