@@ -58,6 +58,10 @@ export interface EdgeCounters {
   resend_missed: number;
   names_resent: number;
   summaries_split: number;
+  /** Seconds whose names were left out: with them they took more than 4,096 datagrams. */
+  names_deferred: number;
+  /** Series not sent: their second took more than 4,096 datagrams even without names. */
+  series_over_parts: number;
   host_errors: number;
 }
 
@@ -82,6 +86,8 @@ export class Edge {
     resend_missed: 0,
     names_resent: 0,
     summaries_split: 0,
+    names_deferred: 0,
+    series_over_parts: 0,
     host_errors: 0,
   };
   readonly session = randomInt(1, 0xffffffff);
@@ -269,6 +275,8 @@ export class Edge {
     const frames = this.packetizer.pack(closed, agg, { second: stamp, sentMs: this.clock.wallMs(), seq: this.seq }, named);
     this.seq = (this.seq + frames.length) >>> 0;
     this.counters.summaries_split = this.packetizer.splitSummaries;
+    this.counters.names_deferred = this.packetizer.namesDeferred;
+    this.counters.series_over_parts = this.packetizer.seriesOverParts;
     this.ring.put(stamp, frames);
     for (const f of frames) this.send(f);
     this.counters.seconds_sent++;

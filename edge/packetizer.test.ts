@@ -93,6 +93,37 @@ describe('Packetizer', () => {
   });
 });
 
+describe('Packetizer and the wire\'s 4,096 parts a second', () => {
+  it('regression: a second that needs more datagrams is sent without names, then cut at 4,096 parts, the rest counted; before, every part said parts > 4096 and the rack refused the whole second', () => {
+    const agg = new Aggregator({ seriesMax: 100_000, observationsPerSecondMax: 10, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+    const name = (i: number) => `svc.${i}.`.padEnd(120, 'x');
+    const pack = (n: number) => {
+      for (let i = 0; i < n; i++) agg.observe(name(i), KindCode.Gauge, i, t0);
+      const pk = new Packetizer({ server: 's1', session: 1, datagramBytes: 1432 });
+      const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => true);
+      return { pk, msgs: decodeAll(frames), frames };
+    };
+    // 40,000 named series need ~5,000 datagrams: sent unnamed (~600), every one decodes.
+    const unnamed = pack(40_000);
+    expect(unnamed.msgs.length).toBe(unnamed.frames.length);
+    expect(unnamed.msgs.length).toBeLessThanOrEqual(4096);
+    expect(unnamed.msgs.every((m) => m.series.nameEnds.length === 0)).toBe(true);
+    expect(unnamed.msgs.reduce((n, m) => n + m.series.pointKinds.length, 0)).toBe(40_000);
+    expect([unnamed.pk.namesDeferred, unnamed.pk.seriesOverParts]).toEqual([1, 0]);
+  });
+
+  it('beyond what 4,096 unnamed datagrams hold, the rest of the second is counted, not sent', () => {
+    const agg = new Aggregator({ seriesMax: 400_000, observationsPerSecondMax: 10, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+    for (let i = 0; i < 400_000; i++) agg.observe(`m${i}`, KindCode.Gauge, i, t0);
+    const pk = new Packetizer({ server: 's1', session: 1, datagramBytes: 1024 });
+    const msgs = decodeAll(pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => false));
+    expect(msgs.length).toBe(4096);
+    const sent = msgs.reduce((n, m) => n + m.series.pointKinds.length, 0);
+    expect(sent + pk.seriesOverParts).toBe(400_000);
+    expect(pk.seriesOverParts).toBeGreaterThan(0);
+  });
+});
+
 describe('Packetizer size bound', () => {
   it('never builds a datagram over its size, signed or not, whatever the mix of series, names and sizes', async () => {
     const keys = parseKeyFile('1 ' + 'aa'.repeat(32) + ' rack=r1', 'k');

@@ -5,6 +5,7 @@
 // Names ride in the same datagram as their series, for the seconds a NamePolicy says.
 
 import { Encoder, emptyColumns, nameColumns, type SeriesColumns } from '../schema/codec.js';
+import { partsMax } from '../schema/limits.js';
 import { SortedSketchEncoder } from '../schema/sketch.js';
 import type { ClosedSecond } from './aggregator.js';
 
@@ -62,6 +63,10 @@ export class Packetizer {
   private chunkEnd = new Uint32Array(1024);
   private sketchBuf = new Uint8Array(64 * 1024);
   splitSummaries = 0;
+  /** Seconds sent without the names they were to carry: with them they took more than partsMax datagrams (the rack asks for names it lacks). */
+  namesDeferred = 0;
+  /** Series (points and summary chunks) not sent: their second took more than partsMax datagrams even without names. */
+  seriesOverParts = 0;
 
   constructor(private readonly opts: PacketizerOptions) {
     this.serverBytes = Buffer.byteLength(opts.server) + 1;
@@ -73,7 +78,17 @@ export class Packetizer {
   /** The frames of one closed second, in part order. `named(slot)` says whose names to include. */
   pack(closed: ClosedSecond, table: SeriesTable, header: PacketHeader, named: (slot: number) => boolean): Uint8Array[] {
     this.chunkDistributions(closed);
-    const parts = this.plan(closed, table, named);
+    let parts = this.plan(closed, table, named);
+    // The wire allows partsMax datagrams a second (the rack refuses a part numbered beyond, and
+    // with it the whole second): names go first, then the series past the last part.
+    if (parts.length > partsMax) {
+      this.namesDeferred++;
+      parts = this.plan(closed, table, () => false);
+    }
+    if (parts.length > partsMax) {
+      for (let p = partsMax; p < parts.length; p++) this.seriesOverParts += parts[p]!.points + parts[p]!.dists;
+      parts.length = partsMax;
+    }
     const frames: Uint8Array[] = [];
     for (let p = 0; p < parts.length; p++) {
       const part = parts[p]!;
