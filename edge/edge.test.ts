@@ -205,3 +205,25 @@ describe('the edge\'s own series (apm.edge.*) and a client that fills the series
     expect(next.merged.points.has('ok')).toBe(false); // still no room for a client series
   });
 });
+
+describe('the edge and NACKs that ask too much', () => {
+  it('regression: a part or a name asked for many times in one NACK is sent once, and resends stay within a byte budget a second; before, each repeat was sent', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, secondOf } = await edgeWith(clock, { resendBytesPerSecondMax: 4 * 1432 });
+    // A second of ~600 series: several parts.
+    const first = await secondOf([Array.from({ length: 300 }, (_, i) => `a.series.of.a.rather.long.name.${i}:1|c`).join('\n'), Array.from({ length: 300 }, (_, i) => `b.series.of.a.rather.long.name.${i}:1|c`).join('\n')]);
+    const nack = (missingParts: number[]) => edge.onNack({ type: 'nack', server: 'clock-test', session: edge.session, second: first.second, missingParts: Uint16Array.from(missingParts), unknownHashes: new Uint32Array(0) });
+    nack(Array(512).fill(0));
+    expect(edge.counters.datagrams_resent).toBe(1);
+    const parts = edge.counters.datagrams_sent - 1;
+    expect(parts).toBeGreaterThan(5);
+    nack(Array.from({ length: parts }, (_, i) => i));
+    // The budget (4 datagrams' bytes a second) had room for 3 more in this second.
+    expect(edge.counters.datagrams_resent).toBeLessThanOrEqual(4);
+    expect(edge.counters.resends_refused).toBe(parts - (edge.counters.datagrams_resent - 1));
+    // The next second has a budget again.
+    clock.pass(1000);
+    nack([0]);
+    expect(edge.counters.datagrams_resent).toBeGreaterThanOrEqual(2);
+  });
+});

@@ -56,6 +56,8 @@ export interface EdgeCounters {
   nacks_replayed: number;
   datagrams_resent: number;
   resend_missed: number;
+  /** Parts and names a NACK asked for beyond resendBytesPerSecondMax in one second: not sent. */
+  resends_refused: number;
   names_resent: number;
   summaries_split: number;
   /** Seconds whose names were left out: with them they took more than 4,096 datagrams. */
@@ -84,6 +86,7 @@ export class Edge {
     nacks_replayed: 0,
     datagrams_resent: 0,
     resend_missed: 0,
+    resends_refused: 0,
     names_resent: 0,
     summaries_split: 0,
     names_deferred: 0,
@@ -112,6 +115,9 @@ export class Edge {
   private seq = 0;
   private tickTimer: NodeJS.Timeout | null = null;
   private hostTimer: NodeJS.Timeout | null = null;
+  /** The monotonic second of resendBytes: what NACKs made this edge send in it (resendBudget). */
+  private resendSecond = -1;
+  private resendBytes = 0;
   private reported = new Map<string, number>();
   private rackAddress = '';
   /** Set once the rack socket is closing: late host readings are not sent. */
@@ -358,24 +364,43 @@ export class Edge {
       return;
     }
     this.counters.nacks_received++;
-    for (const part of nack.missingParts) {
+    // Each part and name once per NACK, within a budget of bytes a second: a NACK naming one
+    // part 512 times made 512 sends (a 600-fold amplification for a buggy or hostile rack).
+    const parts = new Set(nack.missingParts);
+    for (const part of parts) {
       const frame = this.ring.get(nack.second, part);
       if (frame === undefined) {
         this.counters.resend_missed++;
         continue;
       }
+      if (!this.resendBudget(frame.length)) continue;
       this.counters.datagrams_resent++;
       this.send(frame);
     }
     if (nack.unknownHashes.length === 0) return;
-    const slots: number[] = [];
+    const slots = new Set<number>();
     for (let i = 0; i < nack.unknownHashes.length; i += 2) {
       const slot = this.aggregator.slotOfHash(nack.unknownHashes[i]!, nack.unknownHashes[i + 1]!);
-      if (slot !== undefined) slots.push(slot);
+      if (slot !== undefined) slots.add(slot);
     }
-    const frames = this.packetizer.namesOnly(this.aggregator, slots, { second: nack.second, sentMs: this.clock.wallMs(), seq: this.seq });
-    this.counters.names_resent += slots.length;
-    for (const f of frames) this.send(f);
+    const frames = this.packetizer.namesOnly(this.aggregator, [...slots], { second: nack.second, sentMs: this.clock.wallMs(), seq: this.seq });
+    this.counters.names_resent += slots.size;
+    for (const f of frames) if (this.resendBudget(f.length)) this.send(f);
+  }
+
+  /** Takes `bytes` from this monotonic second's resend budget; false (counted) when it has no room. */
+  private resendBudget(bytes: number): boolean {
+    const second = Math.floor(this.clock.monoMs() / 1000);
+    if (second !== this.resendSecond) {
+      this.resendSecond = second;
+      this.resendBytes = 0;
+    }
+    if (this.resendBytes + bytes > this.opts.limits.resendBytesPerSecondMax) {
+      this.counters.resends_refused++;
+      return false;
+    }
+    this.resendBytes += bytes;
+    return true;
   }
 }
 

@@ -31,6 +31,10 @@ export const edgeLimits = {
   resendSeconds: 30,
   /** Bytes of sent datagrams kept: 30 s × ~40 KB/s per server, with headroom. */
   resendBytesMax: 8 * 1024 * 1024,
+  /** Bytes resent (and names sent) per second in answer to NACKs: a rack asks for a few parts a
+   *  second; 1 MiB is a whole second's data many times over, and bounds what a buggy or hostile
+   *  rack can make the edge send. Beyond it a part is not resent (`apm.edge.resends_refused`). */
+  resendBytesPerSecondMax: 1024 * 1024,
   /** Names sent with every series for its first seconds, so a rack learns new series quickly. */
   newSeriesNamedSeconds: 5,
   /** Every series' name is re-sent once per this many seconds (a rack restart relearns all names). */
@@ -65,6 +69,7 @@ export function checkLimits(l: EdgeLimits): void {
     fail(`--datagram-bytes ${l.datagramBytes} is outside ${l.datagramBytesMin}..${l.datagramBytesMax}`);
   }
   if (!Number.isInteger(l.seriesMax) || l.seriesMax < 1 || l.seriesMax > 1_000_000) fail(`--series-max ${l.seriesMax} is outside 1..1000000`);
+  if (l.resendBytesPerSecondMax < l.datagramBytes) fail(`resends a second (${l.resendBytesPerSecondMax} B) cannot hold one datagram (${l.datagramBytes} B)`);
   if (l.resendBytesMax < l.datagramBytes) fail(`resend ring (${l.resendBytesMax} B) cannot hold one datagram (${l.datagramBytes} B)`);
   if (!(l.setValuesPerSeriesMax >= 1 && l.setValuesPerSeriesMax <= l.setValuesPerSecondMax)) fail(`setValuesPerSeriesMax ${l.setValuesPerSeriesMax} must be 1..setValuesPerSecondMax ${l.setValuesPerSecondMax}`);
   if (l.counterIdleSeconds >= l.seriesEvictSeconds) fail('counters must be evicted only after their idle-zero period');
