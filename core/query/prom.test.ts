@@ -14,7 +14,7 @@ import { openNode, type CoreNode } from '../node.js';
 import { WorkerError } from '../pool.js';
 import { RateLimiter } from '../ratelimit.js';
 import type { WindowResult } from './eval.js';
-import { evalFailure, parseSelector, matches, planRange, promDurationMs, promFloat, promSettleMs, promTimeMs, scalarLiteral, PromError } from './prom.js';
+import { evalFailure, parseSelector, matches, namesMatching, planRange, promDurationMs, promFloat, promSettleMs, promTimeMs, scalarLiteral, PromError } from './prom.js';
 import { parseQuery, queryLimits } from './parse.js';
 
 const S = 8;
@@ -356,6 +356,17 @@ describe('Prometheus API helpers', () => {
     expect(parseQuery(atLimit).text.length).toBe(queryLimits.queryCharsMax);
     const wide = planRange(atLimit, { startMs: 0, endMs: 60_000, stepMs: 10_000, nowMs });
     expect([wide.q.windowSeconds, wide.q.text.endsWith(' WINDOW 10s COMPUTE max'), wide.q.selectors.length]).toEqual([10, true, ids.length]);
+  });
+
+  it('regression: bounds the name tests of match[] (before, 12 selectors of 165 wildcard alternatives over 20,000 names held the HTTP thread 5 s); literal alternatives cost one lookup', () => {
+    const names = Array.from({ length: 1000 }, (_, i) => `m.${i}`);
+    const wild = parseSelector(`{__name__=~"${Array.from({ length: 100 }, (_, i) => `.*q${i}.*`).join('|')}"}`);
+    expect(wild[0]!.cost).toBe(100);
+    expect(() => namesMatching(names, [wild, wild], 150_000)).toThrow(/would test 1000 metric names 200 times each/);
+    expect(namesMatching(names, [wild], 150_000)).toEqual([]);
+    const literal = parseSelector(`{__name__=~"${Array.from({ length: 120 }, (_, i) => `m\\\\.${i * 3}`).join('|')}"}`);
+    expect(literal[0]!.cost).toBe(1);
+    expect(namesMatching(names, [literal], 1000)).toHaveLength(120);
   });
 
   it('reads series selectors without building regular expressions from them', () => {

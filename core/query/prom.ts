@@ -52,6 +52,12 @@ export const promLimits = {
   selectorCharsMax: 1024,
   /** Alternatives of one =~ regex (`a|b|c`): a Grafana multi-value variable's worth. */
   regexAlternativesMax: 256,
+  /**
+   * Name tests one label-values or series request may make (names × its selectors' matcher
+   * costs, Matcher.cost), on the HTTP thread: ~0.1 µs each, so ~0.5 s at most. 12 selectors of
+   * 165 wildcard alternatives over 20,000 metrics held the thread 5 s.
+   */
+  matchTestsMax: 4_000_000,
 } as const;
 
 /** Prometheus' error types, with the status each is answered with. */
@@ -276,6 +282,8 @@ export interface Matcher {
   value: string;
   /** For =~ and !~: the value as globs (a subset of RE2 that cannot backtrack: issue 16.1). */
   test: (s: string) => boolean;
+  /** Tests one name costs: 1, or a regex's wildcard alternatives (+1 for its literal ones, one set lookup). */
+  cost: number;
 }
 
 /**
@@ -319,14 +327,20 @@ function unquote(q: string): string {
 }
 
 function matcher(name: string, op: MatchOp, value: string): Matcher {
-  if (op === '=' || op === '!=') return { name, op, value, test: (s) => (s === value) === (op === '=') };
-  const tests = regexAsGlobs(value);
-  const any = (s: string) => tests.some((t) => t(s));
-  return { name, op, value, test: op === '=~' ? any : (s) => !any(s) };
+  if (op === '=' || op === '!=') return { name, op, value, test: (s) => (s === value) === (op === '='), cost: 1 };
+  const alts = regexAsGlobs(value);
+  // Literal alternatives (a Grafana multi-value variable: a|b|c) in one set, the wildcard ones tested each.
+  const literals = new Set(alts.flatMap((a) => (typeof a === 'string' ? [a] : [])));
+  const globs = alts.flatMap((a) => (typeof a === 'string' ? [] : [a]));
+  const any = (s: string) => literals.has(s) || globs.some((t) => t(s));
+  return { name, op, value, test: op === '=~' ? any : (s) => !any(s), cost: globs.length + (literals.size > 0 ? 1 : 0) };
 }
 
-/** A regex of the supported subset as one test per alternative; PromError for anything else. */
-function regexAsGlobs(re: string): ((s: string) => boolean)[] {
+/**
+ * A regex of the supported subset as one entry per alternative: the name it is (no wildcard), or
+ * its test; PromError for anything else.
+ */
+function regexAsGlobs(re: string): (string | ((s: string) => boolean))[] {
   let body = re;
   const group = /^\((?:\?:)?(.*)\)$/.exec(body);
   if (group !== null && !/[()]/.test(group[1]!)) body = group[1]!;
@@ -354,7 +368,7 @@ function regexAsGlobs(re: string): ((s: string) => boolean)[] {
       else throw new PromError('bad_data', `regex ${JSON.stringify(re.slice(0, 60))}: apm matches names with literals, ., .*, .+ and | only (no ${JSON.stringify(ch)}); escape a literal dot as \\.`);
     }
     if (never) return () => false;
-    if (!wild) return (s: string) => s === glob;
+    if (!wild) return glob;
     if (glob.includes(':')) throw new PromError('bad_data', `regex ${JSON.stringify(re.slice(0, 60))}: ':' together with wildcards is not supported; list the names with |`);
     try {
       return compileGlob(glob);
@@ -363,6 +377,15 @@ function regexAsGlobs(re: string): ((s: string) => boolean)[] {
       throw err;
     }
   });
+}
+
+/** The names matching any selector; bad_data when that would take more than `testsMax` tests (on the HTTP thread). */
+export function namesMatching(names: string[], selectors: readonly (readonly Matcher[])[], testsMax: number = promLimits.matchTestsMax): string[] {
+  const cost = selectors.reduce((a, sel) => a + sel.reduce((b, m) => b + m.cost, 0), 0);
+  if (names.length * cost > testsMax) {
+    throw new PromError('bad_data', `match[] would test ${names.length} metric names ${cost} times each (> ${testsMax} tests); use fewer wildcard alternatives (literal names cost one lookup), or fewer selectors`);
+  }
+  return names.filter((m) => selectors.some((sel) => matches(sel, { __name__: m })));
 }
 
 /** Whether a series' labels satisfy every matcher (an absent label is ""). */
@@ -443,8 +466,10 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     const raw = p.all('match[]');
     if (required && raw.length === 0) throw new PromError('bad_data', 'no match[] parameter provided; give a metric name or {__name__=~"rpc.*"}');
     if (raw.length > promLimits.matchersMax) throw new PromError('bad_data', `${raw.length} match[] > ${promLimits.matchersMax}`);
-    return raw.map(parseSelector);
+    // Each distinct selector once: a repeated one adds no answer, only work.
+    return [...new Set(raw)].map(parseSelector);
   };
+
   // In a cluster (core/cluster/routes.ts), only the metrics of the shards this node answers for: the other nodes give theirs.
   const metricNames = async (c: Context) => {
     const keep = c.get('apmShardFilter');
@@ -475,7 +500,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
       const name = c.req.param('name');
       const ms = selectors(p, false);
       let values: string[];
-      if (name === '__name__') values = (await metricNames(c)).filter((m) => ms.length === 0 || ms.some((sel) => matches(sel, { __name__: m })));
+      if (name === '__name__') values = ms.length === 0 ? await metricNames(c) : namesMatching(await metricNames(c), ms);
       else if (name === 'server') values = servers.all().map((s) => s.name).sort();
       else if (name === 'rack') values = [...new Set(servers.all().map((s) => s.rack))].sort();
       else if (name === 'function') values = functionLabels;
@@ -488,7 +513,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
   const series = handle(async (p, c) => {
     const ms = selectors(p, true);
     const names = await metricNames(c);
-    return limitedList('series', names.filter((m) => ms.some((sel) => matches(sel, { __name__: m }))).map((m) => ({ __name__: m })), p);
+    return limitedList('series', namesMatching(names, ms).map((m) => ({ __name__: m })), p);
   });
   app.get('/api/v1/series', series);
   app.post('/api/v1/series', series);
