@@ -131,6 +131,18 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(metrics).toMatch(/apm_core_import_points_refused_total\{reason="same_second"\} [1-9]/);
   });
 
+  it('regression: a body that fails half way is answered with the summary of what was stored, and counted (before: no summary, and its stored points not counted)', async () => {
+    const lines = Array.from({ length: 40 }, (_, s) => line('imp.cut', { server: `cut-${s}` }, Array.from({ length: 60 }, (_, i): [number, number] => [t0 + 1200 + i, s + i])));
+    const gz = gzipSync(lines.join('\n'));
+    const before = await (await node.app.request('/metrics')).text();
+    const storedTotal = (text: string) => Number(/apm_core_import_points_stored_total (\d+)/.exec(text)?.[1] ?? 0);
+    const r = await post(gz.subarray(0, gz.length - 8), { 'content-encoding': 'gzip' });
+    expect(r.status).toBe(400);
+    // The last line was cut with the stream: the 39 whole ones before it are stored.
+    expect(r.json).toMatchObject({ reason: 'body', lines: 39, stored: 2340 });
+    expect(storedTotal(await (await node.app.request('/metrics')).text()) - storedTotal(before)).toBe(2340);
+  });
+
   it('takes a gzip body, and a body in small chunks with lines split across them; holds a bounded buffer (several flushes) and refuses an over-long line alone', async () => {
     const lines = Array.from({ length: 20 }, (_, s) =>
       line(

@@ -76,6 +76,8 @@ export class ImportError extends Error {
     readonly status: 400 | 503,
     message: string,
     readonly summary: ImportSummary,
+    /** 'body': the body stream failed, not a line or the core. */
+    readonly reason?: string,
   ) {
     super(message);
   }
@@ -145,9 +147,21 @@ class Importer {
     } catch (err) {
       // Never answer while requests of this import still run: a next import would share their
       // de-duplication entries, and their points would miss the summary. They stop retrying.
+      if (!(err instanceof ImportError) && this.failure === null) {
+        // The body stream failed (a client that went away, a corrupt gzip stream): the whole
+        // lines read before it are stored, and the summary, which the answer and the counters
+        // carry, says so.
+        try {
+          await this.flush();
+          await Promise.all(this.inFlight);
+        } catch {
+          // Counted in the summary by the requests themselves.
+        }
+      }
       this.stopping = true;
       await Promise.allSettled(this.inFlight);
-      throw err instanceof ImportError ? this.done(err) : err;
+      if (err instanceof ImportError) throw this.done(err);
+      throw this.done(new ImportError(400, `import stopped: ${(err as Error).message}; the whole lines before it are stored (see stored)`, this.summary, 'body'));
     }
   }
 

@@ -71,10 +71,9 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
       counters.importsFailed++;
       if (err instanceof ImportError) {
         counters.add(err.summary);
-        return c.json({ error: err.message, ...err.summary }, err.status);
+        return c.json({ error: err.message, ...(err.reason === undefined ? {} : { reason: err.reason }), ...err.summary }, err.status);
       }
-      // The body stream failed (a client that went away, a corrupt gzip stream).
-      return c.json({ error: `import stopped: ${(err as Error).message}; what was acknowledged before is stored`, reason: 'body' }, 400);
+      return c.json({ error: `import stopped: ${(err as Error).message}`, reason: 'body' }, 400);
     } finally {
       running--;
     }
