@@ -346,16 +346,18 @@ describe('Prometheus API helpers', () => {
     // A step of 12 s over WINDOW 5s: 15 s windows.
     expect(planRange('FROM * SELECT m WINDOW 5s COMPUTE max', { startMs: 0, endMs: 60_000, stepMs: 12_000, nowMs }).q.text).toBe('FROM * SELECT m WINDOW 15s COMPUTE max');
     expect(() => planRange('FROM * SELECT m COMPUTE max', { startMs: 0, endMs: 86_400_000, stepMs: 3 * 86_400_000, nowMs: 2 * 86_400_000 })).toThrow(/windows of 259200s > the longest WINDOW/);
-    // A text at the length limit with WINDOW 1s, widened to 10s (before: parsed again, one
-    // character too long, and the refusal surfaced as a 500).
+    // A text at the length limit with WINDOW 1s, widened to 10s: the worker parses the text
+    // again, so it is refused here as bad_data (before: a 500, then a 422 from the worker).
+    // Widened to 5s, the same length: taken.
     const tail = ' SELECT m WINDOW 1s COMPUTE max';
     const ids: string[] = [];
     while (`FROM ${[...ids, 'x'.repeat(64)].join(', ')}${tail}`.length <= queryLimits.queryCharsMax) ids.push(`h${ids.length}-`.padEnd(64, 'x'));
     ids.push('z'.repeat(queryLimits.queryCharsMax - `FROM ${ids.join(', ')}, ${tail}`.length));
     const atLimit = `FROM ${ids.join(', ')}${tail}`;
     expect(parseQuery(atLimit).text.length).toBe(queryLimits.queryCharsMax);
-    const wide = planRange(atLimit, { startMs: 0, endMs: 60_000, stepMs: 10_000, nowMs });
-    expect([wide.q.windowSeconds, wide.q.text.endsWith(' WINDOW 10s COMPUTE max'), wide.q.selectors.length]).toEqual([10, true, ids.length]);
+    expect(() => planRange(atLimit, { startMs: 0, endMs: 60_000, stepMs: 10_000, nowMs })).toThrow(/with the step's window \(WINDOW 10s\) the query is 4097 characters > limit 4096/);
+    const wide = planRange(atLimit, { startMs: 0, endMs: 60_000, stepMs: 5_000, nowMs });
+    expect([wide.q.windowSeconds, wide.q.text.endsWith(' WINDOW 5s COMPUTE max'), parseQuery(wide.q.text).selectors.length]).toEqual([5, true, ids.length]);
   });
 
   it('regression: bounds the name tests of match[] (before, 12 selectors of 165 wildcard alternatives over 20,000 names held the HTTP thread 5 s); literal alternatives cost one lookup', () => {

@@ -157,12 +157,15 @@ export function parseForProm(text: string, windowSeconds: number | null): { q: Q
 
 /**
  * The same query with another window (its canonical text holds " WINDOW <d> " once: keywords are
- * never selectors or metrics). Not parsed again: a text at the length limit with `WINDOW 1s`
- * became one character too long with `WINDOW 10s`, and the refusal surfaced as a 500.
+ * never selectors or metrics). The worker parses the text again, so a text the new window
+ * takes past the length limit (`WINDOW 1s` → `WINDOW 10s` at 4,096 characters) is refused here
+ * as bad_data (it was a 500, then a 422 from the worker).
  */
 export function withWindowSeconds(q: Query, windowSeconds: number): Query {
   if (q.windowSeconds === windowSeconds) return q;
-  return { ...q, windowSeconds, text: q.text.replace(/ WINDOW \S+ COMPUTE /, ` WINDOW ${windowSeconds}s COMPUTE `) };
+  const text = q.text.replace(/ WINDOW \S+ COMPUTE /, ` WINDOW ${windowSeconds}s COMPUTE `);
+  if (text.length > queryLimits.queryCharsMax) throw new PromError('bad_data', `with the step's window (WINDOW ${windowSeconds}s) the query is ${text.length} characters > limit ${queryLimits.queryCharsMax}; shorten it by a few characters, or zoom in`);
+  return { ...q, windowSeconds, text };
 }
 
 export interface RangePlan {
