@@ -331,9 +331,15 @@ describe('Prometheus API helpers', () => {
     expect(promDurationMs('1m30s', 'step')).toBe(90_000);
     expect(promDurationMs('0.5', 'step')).toBe(500);
     expect(promDurationMs('250ms', 'step')).toBe(250);
-    expect(() => promDurationMs('-5', 'step')).toThrow(/not a duration/);
+    expect(() => promDurationMs('-5', 'step')).toThrow(/zero or negative/);
+    expect(() => promDurationMs('5x', 'step')).toThrow(/not a duration/);
     expect(promTimeMs('1700000000.25', 0, 'time')).toBe(1_700_000_000_250);
     expect(promTimeMs('2023-11-14T22:13:20Z', 0, 'time')).toBe(1_700_000_000_000);
+    // Regression: numbers as Go's ParseFloat reads them (they were refused), and RFC 3339 needs
+    // its zone (a time without one was read as this machine's local time).
+    expect([promTimeMs('1.7e9', 0, 'time'), promDurationMs('1e1', 'step'), promDurationMs('.5', 'step')]).toEqual([1_700_000_000_000, 10_000, 500]);
+    expect(promTimeMs('2023-11-15T00:13:20.5+02:00', 0, 'time')).toBe(1_700_000_000_500);
+    expect(() => promTimeMs('2023-11-14T22:13:20', 0, 'time')).toThrow(/not Unix seconds/);
     expect(() => promTimeMs('5000000000', 0, 'time')).toThrow(/outside 1970..2106/);
   });
 

@@ -94,7 +94,7 @@ export function promDurationMs(value: string | undefined, name: string): number 
   if (value === undefined || value === '') throw new PromError('bad_data', `missing ${name}=<duration> (e.g. 5s, or seconds like 5)`);
   const v = value.trim();
   let ms: number | null = null;
-  if (/^\d+(\.\d+)?$/.test(v)) ms = Number(v) * 1000;
+  if (goFloat.test(v)) ms = Number(v) * 1000;
   else if (v.length <= 32 && /^(\d+(ms|[smhdwy]))+$/.test(v)) {
     ms = 0;
     for (const m of v.matchAll(/(\d+)(ms|[smhdwy])/g)) ms += Number(m[1]) * durationUnitMs[m[2]!]!;
@@ -104,13 +104,17 @@ export function promDurationMs(value: string | undefined, name: string): number 
   return ms;
 }
 
+/** A decimal number as Prometheus (Go's ParseFloat) reads times and steps: 1700000000, 1.7e9, .5, -3, 1e1. */
+const goFloat = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
 /** A Prometheus time (Unix seconds, possibly fractional, or RFC 3339) in ms, or `fallbackMs` when absent. */
 export function promTimeMs(value: string | undefined, fallbackMs: number, name: string): number {
   if (value === undefined || value === '') return fallbackMs;
   const v = value.trim();
   let ms = NaN;
-  if (/^-?\d+(\.\d+)?$/.test(v)) ms = Math.round(Number(v) * 1000);
-  else if (/^\d{4}-\d{2}-\d{2}T/.test(v)) ms = Date.parse(v);
+  if (goFloat.test(v)) ms = Math.round(Number(v) * 1000);
+  // RFC 3339 says the zone (Z or ±hh:mm); without it Date.parse takes this machine's local time.
+  else if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(v)) ms = Date.parse(v);
   if (!Number.isFinite(ms)) throw new PromError('bad_data', `invalid parameter ${name}=${JSON.stringify(value.slice(0, 40))}: not Unix seconds (e.g. 1700000000.5) or an RFC 3339 time`);
   if (ms < timeLimits.timeMsMin || ms > timeLimits.timeMsMax) {
     throw new PromError('bad_data', `invalid parameter ${name}=${JSON.stringify(value.slice(0, 40))}: outside 1970..2106, the times apm stores (32-bit Unix seconds)`);
