@@ -1,11 +1,11 @@
 // `apm core`: options → Store + API + timers → signals (STYLE "Thin entry points").
 
-import { serve } from '@hono/node-server';
 import { mkdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
 import { ApiAuth, TokenFileError, TokenSet } from './auth.js';
 import { coreLimits } from './limits.js';
+import { serveHttp } from './http-server.js';
 import { RateLimiter } from './ratelimit.js';
 import { LayoutError } from './layout.js';
 import { openNode, type CoreNode } from './node.js';
@@ -143,9 +143,8 @@ export async function main(argv: string[]): Promise<void> {
     cluster.node.attach(node.pool);
   }
   const { pool, servers, status, app } = node;
-  const port = await new Promise<number>((resolve, reject) => {
-    const server = serve({ fetch: app.fetch, hostname: listen.host, port: listen.port }, (info) => resolve(info.port));
-    server.once('error', (err) => reject(new UsageError(`cannot listen on ${values.listen}: ${err.message} (another apm core?); choose another --listen`)));
+  const { port } = await serveHttp(app.fetch, listen.host, listen.port).catch((err: Error) => {
+    throw new UsageError(`cannot listen on ${values.listen}: ${err.message} (another apm core?); choose another --listen`);
   });
   if (cluster !== null && values.url === undefined) cluster.node.setUrl(`http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`);
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
