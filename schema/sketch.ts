@@ -211,7 +211,7 @@ export class SketchAccumulator {
   quantile(q: number, min = -Infinity, max = Infinity): number {
     const n = this.count();
     if (n === 0) return NaN;
-    const rank = q * (n - 1);
+    const rank = quantileRank(q, n);
     let seen = 0;
     let v = NaN;
     // Most negative values first: descending |v| key.
@@ -283,4 +283,15 @@ function encodeDenseStore(out: Uint8Array | null, pos: number, store: Float64Arr
     first = false;
   }
   return p;
+}
+
+/**
+ * The rank (0-based, maybe fractional) of quantile q among n values: q·(n − 1), snapped to the
+ * whole number it misses by rounding only (q = 0.29 is not exact in binary: 0.29 · 100 =
+ * 28.999…, which took the 29th value for percentile(29) of 101 values instead of the 30th).
+ */
+export function quantileRank(q: number, n: number): number {
+  const rank = q * (n - 1);
+  const whole = Math.round(rank);
+  return Math.abs(rank - whole) <= 1e-9 * Math.max(1, whole) ? whole : rank;
 }

@@ -18,7 +18,7 @@
 // (issue 16.12: `WINDOW 1h` over the last 10 minutes answers the current hour).
 
 import { hashName } from '../../schema/names.js';
-import { SketchAccumulator } from '../../schema/sketch.js';
+import { quantileRank, SketchAccumulator } from '../../schema/sketch.js';
 import { aggregateSpanSeconds, type DecodedRow, type RowReadOptions } from '../block.js';
 import { coreLimits } from '../limits.js';
 import type { Registry } from '../registry.js';
@@ -551,7 +551,7 @@ function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Flo
           values[key] = acc.quantile(f.p / 100, s.min, s.max);
         } else {
           const a = vals ?? new Float64Array(0);
-          values[key] = a.length === 0 ? NaN : orderStatistic(a, Math.floor((f.p / 100) * (a.length - 1)));
+          values[key] = a.length === 0 ? NaN : orderStatistic(a, Math.floor(quantileRank(f.p / 100, a.length)));
         }
         break;
       }
