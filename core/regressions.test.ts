@@ -104,3 +104,33 @@ describe('issue 16 regressions through a node', () => {
     expect(((await (await node.app.request('/api/v1/queries')).json()) as { unloadable?: unknown[] }).unloadable).toBeUndefined();
   });
 });
+
+describe('regression: a live-stream client that stops reading', () => {
+  it('is dropped and gives back its slot once its queue is full (before: counted as dropped, its slot held until it closed the socket)', async () => {
+    const node = await start();
+    const { serveHttp } = await import('./http-server.js');
+    const { server, port } = await serveHttp(node.app.fetch, '127.0.0.1', 0);
+    try {
+      const created = (await (await node.app.request('/api/v1/queries', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query: 'FROM * SELECT cpu WINDOW 1s COMPUTE max' }) })).json()) as { id: string };
+      const gauge = async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await (await node.app.request('/metrics')).text())?.[1]);
+      const { connect } = await import('node:net');
+      const sock = connect(port, '127.0.0.1');
+      await new Promise((r) => sock.once('connect', r));
+      sock.write(`GET /api/v1/queries/${created.id}/live HTTP/1.1\r\nHost: x\r\n\r\n`);
+      sock.pause(); // never reads: the socket's buffers fill, then every write waits
+      const { until } = await import('../test/proc.js');
+      await until(async () => ((await gauge('apm_core_live_subscribers')) === 1 ? true : undefined), 5000, 'the stream open');
+      const pad = 'x'.repeat(2000);
+      for (let i = 0; i < 10_000; i++) {
+        node.stored.receiveWindow(created.id, { startMs: 1_790_000_000_000 + i * 1000, endMs: 1_790_000_001_000 + i * 1000, servers: 1, count: 1, values: { max: i }, revision: 0, pad } as unknown as WindowResult);
+        if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5));
+      }
+      await until(async () => ((await gauge('apm_core_live_subscribers')) === 0 ? true : undefined), 5000, 'the slot given back while the client still holds its socket');
+      expect(await gauge('apm_core_live_subscribers_dropped_total')).toBe(1);
+      sock.destroy();
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+});

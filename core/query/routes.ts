@@ -22,6 +22,8 @@ export const routeLimits = {
   /** Events queued for one slow subscriber before it is dropped. */
   subscriberQueueMax: 256,
   keepAliveMs: 15_000,
+  /** A write to a live stream (an event or a keep-alive) not taken by the client's socket within this is a client that stopped reading: dropped. */
+  writeStallMs: 30_000,
   nameCharsMax: 200,
   /** Stored queries on one multiplexed live stream: every stored query of a core. */
   idsPerStreamMax: 1000,
@@ -125,13 +127,27 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       let closed = false;
       const unsubscribe = stored.subscribe((id, w) => {
         if (!ids.has(id) || closed) return;
-        if (queue.length >= routeLimits.subscriberQueueMax) {
-          // A client this far behind is dropped rather than allowed to hold memory.
-          closed = true;
-          dropped++;
-        } else queue.push({ id, w });
+        if (queue.length >= routeLimits.subscriberQueueMax) drop(); // a client this far behind may not hold memory
+        else queue.push({ id, w });
         wake?.();
       });
+      // A dropped client's write never completes (its socket is full): abort the stream, which
+      // ends that write, the loop, and so gives back the slot (before: counted, never let go).
+      const drop = () => {
+        if (closed) return;
+        closed = true;
+        dropped++;
+        stream.abort();
+      };
+      /** Writes, dropping the client when its socket takes nothing for writeStallMs. */
+      const write = async (w: () => Promise<unknown>) => {
+        const stall = setTimeout(drop, routeLimits.writeStallMs);
+        try {
+          await w();
+        } finally {
+          clearTimeout(stall);
+        }
+      };
       stream.onAbort(() => {
         closed = true;
         wake?.();
@@ -141,7 +157,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
           const e = queue.shift();
           if (e !== undefined) {
             const data = tagged ? `{"id":${JSON.stringify(e.id)},"window":${JSON.stringify(e.w)}}` : JSON.stringify(e.w);
-            await stream.writeSSE({ event: 'window', data, id: `${e.w.startMs}:${e.w.revision}` });
+            await write(() => stream.writeSSE({ event: 'window', data, id: `${e.w.startMs}:${e.w.revision}` }));
             continue;
           }
           await new Promise<void>((resolve) => {
@@ -149,7 +165,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
             setTimeout(resolve, routeLimits.keepAliveMs).unref();
           });
           wake = null;
-          if (!closed && queue.length === 0) await stream.write(': keep-alive\n\n');
+          if (!closed && queue.length === 0) await write(() => stream.write(': keep-alive\n\n'));
         }
       } finally {
         unsubscribe();
