@@ -273,6 +273,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_workers', 'Worker threads running', st.workersUp);
     p.counter('apm_core_worker_deaths_total', 'Worker threads that died (each is restarted from its WAL)', pool.counters.worker_deaths);
     p.counter('apm_core_worker_requests_timed_out_total', 'Requests a worker did not answer in time (answered 503)', pool.counters.requests_timed_out);
+    p.counter('apm_core_worker_queries_busy_total', 'Ad-hoc queries and export chunks answered 503 at once: their worker had queriesWaitingPerWorkerMax waiting', pool.counters.queries_busy);
     p.counter('apm_core_query_windows_evaluated_total', 'Stored-query windows evaluated', s('windows_evaluated'));
     p.counter('apm_core_query_windows_revised_total', 'Stored-query windows re-evaluated with a new result (late data)', s('windows_revised'));
     p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', s('windows_behind'));

@@ -35,6 +35,10 @@ export const coreLimits = {
    * 40-server second): a node's racks keep one or two in flight each, so 512 is ~250 racks'
    * worth; beyond it 503 and the racks retry from their spools. */
   ingestWaitingPerWorkerMax: 512,
+  /** Ad-hoc queries (and exports) waiting for one worker: a worker takes its messages in order,
+   * so each query queued there delays the ingest behind it by up to its 2 s budget. Beyond it 503
+   * worker_busy (counted); a query whose answer is no longer awaited is not evaluated. */
+  queriesWaitingPerWorkerMax: 16,
   /** The meta environment holds stored-query definitions and the server list: small. */
   metaMapBytes: 1024 ** 3,
   /** Retention sweep period. */

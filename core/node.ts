@@ -83,6 +83,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
     registrySaveMs: L.registrySaveMs,
     requestTimeoutMs: L.workerRequestTimeoutMs,
     ingestWaitingMax: L.ingestWaitingPerWorkerMax,
+    queriesWaitingMax: L.queriesWaitingPerWorkerMax,
   });
   const meta = openLmdb({ path: `${o.dataDir}/meta`, mapSize: L.metaMapBytes, maxDbs: 4 });
   const servers = new ServerTable(meta.openDB({ name: 'servers', encoding: 'json' }), L.serversMax);

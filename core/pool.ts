@@ -35,6 +35,8 @@ export interface PoolOptions {
   requestTimeoutMs: number;
   /** Ingest requests waiting for one worker; beyond it a request is answered 503 (counted) before its sections are copied. */
   ingestWaitingMax: number;
+  /** Ad-hoc queries and export chunks waiting for one worker; beyond it 503 worker_busy (counted). */
+  queriesWaitingMax?: number;
 }
 
 export type IngestResult =
@@ -57,6 +59,8 @@ interface Slot {
   startedAt: number;
   /** Ingest requests sent and not answered yet. */
   ingestWaiting: number;
+  /** Ad-hoc queries and export chunks sent and not answered yet. */
+  queriesWaiting: number;
 }
 
 export class ShardPool {
@@ -67,7 +71,7 @@ export class ShardPool {
   readonly buffers = new BufferPool(ingestBuffersBytesMax);
   private defs: StoredQuery[] = [];
   private stopping = false;
-  readonly counters = { ingest_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
+  readonly counters = { ingest_busy: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
   onWindow: ((qid: string, w: WindowResult) => void) | null = null;
@@ -81,7 +85,7 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, startedAt: 0, ingestWaiting: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, startedAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
   }
@@ -298,9 +302,28 @@ export class ShardPool {
    * unless `cache` is false.
    */
   async query(text: string, metric: string, fromSec: number, toSec: number, cache = true): Promise<WindowResult[]> {
-    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, cache });
+    const r = await this.queryRequest(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, cache });
     if (r.error !== undefined) throw new WorkerError(r.error);
     return r.windows ?? [];
+  }
+
+  /**
+   * A query or export request, at most queriesWaitingMax waiting per worker: the worker takes
+   * messages in order, so queries queued without bound delayed its ingest by seconds each. The
+   * worker skips a query whose deadline (this side's timeout) has passed.
+   */
+  private async queryRequest(slot: Slot, msg: Extract<ToWorker, { t: 'query' | 'export' }>): Promise<Reply> {
+    const max = this.opts.queriesWaitingMax ?? Infinity;
+    if (slot.queriesWaiting >= max) {
+      this.counters.queries_busy++;
+      return { t: 'reply', id: msg.id, error: `worker ${slot.index} has ${max} queries waiting; retry later` };
+    }
+    slot.queriesWaiting++;
+    try {
+      return await this.request(slot, msg.t === 'query' ? { ...msg, deadlineMs: Date.now() + this.opts.requestTimeoutMs } : msg);
+    } finally {
+      slot.queriesWaiting--;
+    }
   }
 
   /**
@@ -309,7 +332,7 @@ export class ShardPool {
    * 120 windows: 0.15–0.3 ms less per answer of the 40-server cells over HTTP, issue 14, tenth session).
    */
   async queryJson(text: string, metric: string, fromSec: number, toSec: number, cache = true): Promise<string> {
-    const r = await this.request(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, json: true, cache });
+    const r = await this.queryRequest(this.slotOfMetric(metric), { t: 'query', id: this.nextId++, query: text, fromSec, toSec, json: true, cache });
     if (r.error !== undefined) throw new WorkerError(r.error);
     if (r.windowsJson === undefined) throw new WorkerError('no windows in the answer');
     return r.windowsJson;
@@ -317,7 +340,7 @@ export class ShardPool {
 
   /** One bounded chunk of a metric's stored points as JSON lines (core/history/export.ts). */
   async exportChunk(metric: string, fromSec: number, toSec: number, entriesMax: number): Promise<ExportChunk> {
-    const r = await this.request(this.slotOfMetric(metric), { t: 'export', id: this.nextId++, metric, fromSec, toSec, entriesMax });
+    const r = await this.queryRequest(this.slotOfMetric(metric), { t: 'export', id: this.nextId++, metric, fromSec, toSec, entriesMax });
     if (r.error !== undefined || r.chunk === undefined) throw new WorkerError(r.error ?? 'no export chunk in the answer');
     return r.chunk;
   }

@@ -134,3 +134,20 @@ describe('regression: a live-stream client that stops reading', () => {
     }
   });
 });
+
+describe('regression: ad-hoc queries queued in a worker without bound', () => {
+  it('beyond queriesWaitingPerWorkerMax a query is answered 503 at once, counted (before: queued, each delaying the ingest behind it)', async () => {
+    const node = await start({ queriesWaitingPerWorkerMax: 2 });
+    await post(node, 'r1', t0, { 'q-1': [{ name: 'cpu', kind: KindCode.Gauge, value: 1 }] }, ['cpu']);
+    const url = `/api/v1/query?q=${encodeURIComponent('FROM * SELECT cpu WINDOW 1s COMPUTE max')}&from=${t0 * 1000}&to=${(t0 + 60) * 1000}&nocache=1`;
+    const answers = await Promise.all(Array.from({ length: 10 }, async () => {
+      const r = await node.app.request(url);
+      return { status: r.status, text: await r.text() };
+    }));
+    const busy = answers.filter((a) => a.status === 503);
+    expect(busy.length).toBeGreaterThanOrEqual(1);
+    expect(busy.every((a) => /2 queries waiting; retry later/.test(a.text))).toBe(true);
+    expect(answers.filter((a) => a.status === 200).length).toBeGreaterThanOrEqual(2);
+    expect(await (await node.app.request('/metrics')).text()).toMatch(new RegExp(`apm_core_worker_queries_busy_total ${busy.length}\\b`));
+  });
+});

@@ -383,6 +383,8 @@ function handle(m: ToWorker): void {
       return;
     }
     case 'query': {
+      // Its asker stopped waiting (the HTTP side answered 503): not evaluated.
+      if (m.deadlineMs !== undefined && Date.now() > m.deadlineMs) return post({ t: 'reply', id: m.id, error: 'the query waited past its deadline in the worker; retry' });
       const q = parseQueryOften(m.query);
       const o = storeOfMetric(q.metric);
       if (m.cache === false) {
