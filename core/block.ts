@@ -704,6 +704,12 @@ export interface RowReadOptions {
   secondsOnlyFor?: number;
   /** Keep whole decoded rows in the store's row cache and use them (stored queries re-read blocks). */
   cache?: boolean;
+  /**
+   * Called for every block and every stored row key the read passes, visited or not (a reader's
+   * time budget: rows holding none of the servers asked for, and blocks without rows, cost time
+   * the visitor never sees). May throw to stop the read.
+   */
+  tick?: () => void;
 }
 
 /**

@@ -114,8 +114,8 @@ export const coreLimits = {
    * doubles from storedEvalMs with each failure in a row), so a query that never fits costs its
    * worker at most storedEvalMs a minute. */
   storedEvalRetryMaxMs: 60_000,
-  /** Rows read between two looks at the clock: a row decodes in tens of µs, a clock read is
-   * ~50 ns, so the check is free and the budget is overrun by a few rows at most. */
+  /** Rows and blocks passed between two looks at the clock (visited or not): a row decodes in
+   * tens of µs, a clock read is ~50 ns, so the check is free and the budget is overrun by a few rows at most. */
   evalBudgetCheckRows: 8,
   /** Exact values held at once by one evaluation for percentiles of gauges and counters
    * (issue 16.11): 1 M doubles, 8 MB (16 MB with array growth). Past it the window holding the

@@ -947,10 +947,15 @@ export class Store {
     const whole: RowDecodeOptions = { secondsOnlyFor: opts.secondsOnlyFor, scratch: this.rowScratch };
     const chunks = this.chunkMemo;
     chunks.forget();
-    for (let block = this.blockOf(fromSecond); block < toSecond; block += S) {
+    const tick = opts.tick;
+    // Row keys hold 32-bit seconds: a range reaching past 2106 ends there.
+    const last = Math.min(toSecond, 2 ** 32);
+    for (let block = this.blockOf(fromSecond); block < last; block += S) {
+      tick?.();
       // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
       // a new buffer: several times slower for rows of a few KB).
       for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
+        tick?.();
         const rackId = key.readUInt32BE(14);
         try {
           // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
@@ -968,7 +973,10 @@ export class Store {
       }
       const racks = mi < 0 ? undefined : head.blocks.get(block)?.get(mi);
       if (racks === undefined) continue;
-      for (const [id, mh] of racks) visit(buildRow(mh, undefined, S, this.acc), block, id);
+      for (const [id, mh] of racks) {
+        tick?.();
+        visit(buildRow(mh, undefined, S, this.acc), block, id);
+      }
     }
   }
 

@@ -7,7 +7,7 @@
 //
 // Bounds of one evaluation (issue 16.1, 16.11), so that no query holds its worker (and the
 // ingest of that worker's shards) for long, nor takes unbounded memory:
-// - time: the clock is read every evalBudgetCheckRows rows; past the budget (ad-hoc:
+// - time: the clock is read every evalBudgetCheckRows rows or blocks passed; past the budget (ad-hoc:
 //   adHocEvalMs; a stored query's tick: storedEvalMs) the evaluation stops with EvalLimitError;
 // - windows: at most evalWindowsMax, refused before anything is read;
 // - exact values: at most evalExactValuesMax doubles held at once; past it the open window
@@ -250,14 +250,19 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   const sums = new GroupedSums(sum, W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1, first, W);
   // Every registered server selected (`*`): rows are decoded whole, with no test per server.
   const everyServer = rackTest === null && size >= store.registry.serverCount;
-  const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnlyFor: wantPct ? undefined : W };
+  // Blocks, row keys and head rows passed, visited or not: the budget holds for reads that skip every row.
+  let passed = 0;
+  const tick = () => {
+    if (++passed % coreLimits.evalBudgetCheckRows === 0) overBudget();
+  };
+  const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnlyFor: wantPct ? undefined : W, tick };
   store.read(
     h[0]!,
     h[1]!,
     first,
     end,
     (row, block, rackId) => {
-      if (++st.rows % coreLimits.evalBudgetCheckRows === 0) overBudget();
+      st.rows++; // the budget is checked by readOpts.tick, for every row key and block passed
       if (slots === 0) {
         // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
         slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
