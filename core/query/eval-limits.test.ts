@@ -157,6 +157,27 @@ describe('regression: an evaluation had no time budget (issue 16.1)', () => {
   });
 });
 
+describe('regression: a stored query revising many late windows, each reading a few rows, passed its budget unchecked', () => {
+  it('stops between windows once past the budget, counted', async () => {
+    const store = loadRows();
+    try {
+      let stepping = false;
+      let now = 0;
+      const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100, evalBudgetMs: 1000, clockMs: () => (stepping ? (now += 10_000) : now) });
+      stored.sync([{ id: 'q1', name: 'g', query: 'FROM * SELECT g WINDOW 1s COMPUTE count', createdMs: 0 }], (t0 + 1) * 1000);
+      await stored.tick((t0 + 600) * 1000);
+      expect(stored.counters.evaluation_over_budget).toBe(0);
+      // Late data in 10 seconds: 10 windows to revise, each of one block's 4 rows (under the 8 between two looks at the clock).
+      for (let k = 0; k < 10; k++) stored.noteData(t0 + 60 * k);
+      stepping = true;
+      await stored.tick((t0 + 600) * 1000);
+      expect(stored.counters.evaluation_over_budget).toBe(1);
+    } finally {
+      store.close();
+    }
+  });
+});
+
 describe('regression: exact percentiles of gauges over a large window had no memory bound (issue 16.11)', () => {
   it('holds at most exactValuesMax values, sketching the fullest window past it (1% relative), and says so in the window', () => {
     const store = openStore();

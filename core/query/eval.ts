@@ -235,6 +235,9 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
       `"${q.text}" stopped after ${Math.round(nowMs - startedMs)} ms > its budget of ${budgetMs} ms, having read ${st.rows} rows and completed ${finalized} of ${n} windows; narrow from/to, select fewer servers, or use a longer WINDOW`,
     );
   };
+  // A deadline given by the caller (a stored query's tick: one budget for many evaluations, e.g.
+  // a revision per late window, each reading a few rows) is looked at before anything is read.
+  if (opts.deadlineMs !== undefined) overBudget();
   let lastBlock = -1;
   let rolled = new Uint8Array(0);
   // Per second of the row being read: count and sum of the selected servers' entries. Once the
