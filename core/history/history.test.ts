@@ -310,4 +310,28 @@ describe('import requests and the core\'s de-duplication window', () => {
     await failing;
     expect(running).toBe(0);
   });
+
+  it('regression: a rack the core cannot take (503 racks_full) costs that rack\'s points, counted, and the import goes on (before: retried 120 s, then the import stopped, the rest neither stored nor counted)', async () => {
+    const nowSec = 1_790_000_000;
+    const series = (rack: string, s: number) => JSON.stringify({ metric: { __name__: 'm', server: `${rack}-s${s}`, rack }, values: [1, 2, 3], timestamps: [0, 1, 2].map((k) => (nowSec - 100 + k) * 1000) });
+    const lines = [series('ra', 0), series('rb', 0), series('ra', 1), series('rb', 1)];
+    const t = performance.now();
+    const summary = await runImport(chunks(lines.join('\n'), 64), {
+      shards: 1,
+      retentionSeconds: 86_400,
+      nowMs: () => nowSec * 1000,
+      mayRack: () => true,
+      ingest: async (b) => {
+        const r = decodeFrame(b, batchBytesMax);
+        if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: not a RackSecond');
+        if (r.msg.rack === 'rb') return { status: 503, reason: 'racks_full', error: 'this store holds data of 1 racks (racksMax 1)' };
+        let points = 0;
+        for (let i = 0; i < r.msg.servers.length; i++) points += 1;
+        return { status: 204, points, duplicates: 0, msg: r.msg };
+      },
+    });
+    expect(performance.now() - t).toBeLessThan(5000);
+    expect(summary).toMatchObject({ stored: 6, pointsRefused: { core_refused: 6 } });
+    expect(summary.errors.some((e) => e.reason === 'core_refused:racks_full')).toBe(true);
+  });
 });

@@ -405,9 +405,10 @@ class Importer {
       if (r.status === 204 && r.logged === true) return sent;
       if (r.status === 204) return r.duplicates > 0 && r.points === 0 && stored === 0 ? sent : stored + r.points;
       if (r.status === 503) stored += r.pointsStored ?? 0;
-      if (r.status !== 503) {
+      if (r.status !== 503 || lastingRefusals.has(r.reason)) {
         // Refused whole (a rack beyond the core's bound, a token's racks): this request's points
-        // alone, counted and described; the import goes on.
+        // alone, counted and described; the import goes on. (racks_full was retried for 120 s,
+        // then stopped the import, the rest of the file neither stored nor counted.)
         if (this.summary.errors.length < importLimits.errorsListedMax) this.summary.errors.push({ line: this.summary.lines, reason: `core_refused:${r.reason}`, error: r.error });
         return stored + ('pointsStored' in r ? (r.pointsStored ?? 0) : 0);
       }
@@ -418,6 +419,9 @@ class Importer {
     }
   }
 }
+
+/** 503 reasons that waiting does not change within an import: its request is refused, counted, and the import goes on. */
+const lastingRefusals: ReadonlySet<string> = new Set(['racks_full']);
 
 /** The server id of a series: `server`, else `instance` without its `:port`, else `host`. */
 function serverOf(labels: Record<string, unknown>): string | null {
