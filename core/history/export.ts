@@ -4,7 +4,9 @@
 // One line per (server, rack) per chunk, points in time order. A distribution is exported as four
 // gauge series per (server, rack) — `<name>.count`, `.sum`, `.min`, `.max` — its sketches are not
 // (the format holds numbers only); importing them back gives those four gauges. The rack rollup
-// of a distribution is not exported (it is the merge of the servers' summaries).
+// of a distribution is not exported (it is the merge of the servers' summaries). A counter's
+// series carry the label apm_kind="counter", which the import reads (it takes any other series
+// as a gauge), so a counter comes back a counter.
 
 import { hashName } from '../../schema/names.js';
 import { KindCode } from '../../schema/codec.js';
@@ -31,7 +33,7 @@ export interface ExportChunk {
 }
 
 interface Series {
-  labels: { __name__: string; server: string; rack: string };
+  labels: { __name__: string; server: string; rack: string; apm_kind?: 'counter' };
   values: number[];
   timestamps: number[];
 }
@@ -66,6 +68,7 @@ export function exportChunk(store: MetricReader, name: string, fromSecond: numbe
         if (server === undefined) return;
         if (row.kind !== KindCode.Distribution) {
           const s = get(server, rack, '');
+          if (row.kind === KindCode.Counter) s.labels.apm_kind = 'counter';
           for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) {
             const second = blockStart + row.pointSecs[i]!;
             if (second < fromSecond || second >= toSecond) continue;

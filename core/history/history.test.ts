@@ -10,7 +10,7 @@ import { rackSecondBody } from '../../schema/section.js';
 import { buildColumns } from '../../schema/testdata.js';
 import { openNode, type CoreNode } from '../node.js';
 import type { WindowResult } from '../query/eval.js';
-import { decodeFrame } from '../../schema/codec.js';
+import { decodeFrame, KindCode } from '../../schema/codec.js';
 import { batchBytesMax } from '../../schema/limits.js';
 import { Dedup, windowSeqs } from '../dedup.js';
 import { runImport, type ImportSummary } from './import.js';
@@ -168,6 +168,18 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(w[0]!.values['sum']).toBeCloseTo(60 * (19 * 20) / 2 + 20 * (59 * 60) / 200, 6);
     expect(await post(Buffer.from([0x1f, 0x8b, 1, 2, 3]), { 'content-encoding': 'gzip' })).toMatchObject({ status: 400 });
     expect((await post('x', { 'content-encoding': 'br' })).status).toBe(415);
+  });
+
+  it('regression: a counter exports with apm_kind="counter" and imports back as a counter (before: it came back a gauge)', async () => {
+    const body = rackSecondBody({ rack: 'live', session: 6, seq: 1, second: t0 + 950, late: false, shards: S, servers: [{ server: 'live-2', blocks: [buildColumns([{ name: 'imp.ctr', kind: KindCode.Counter, value: 7 }], [])] }], rollup: buildColumns([], [], ['imp.ctr']) });
+    expect((await node.pool.ingest(body)).status).toBe(204);
+    const [out] = await exported('imp.ctr', t0 + 950, t0 + 951);
+    expect(out!.metric).toMatchObject({ __name__: 'imp.ctr', apm_kind: 'counter' });
+    // Into a metric new to the core (the same line under another name): a counter.
+    const r = await post(JSON.stringify({ ...out, metric: { ...out!.metric, __name__: 'imp.ctr2' } }));
+    expect(r.json).toMatchObject({ stored: 1, pointsRefused: {} });
+    const metrics = ((await (await node.app.request('/api/v1/metrics')).json()) as { metrics: { name: string; kind: string }[] }).metrics;
+    expect(metrics.find((m) => m.name === 'imp.ctr2')?.kind).toBe('counter');
   });
 
   it('counts points the workers refuse (a gauge import into a distribution metric) and stores the rest', async () => {

@@ -244,6 +244,8 @@ class Importer {
     this.summary.lines++;
     this.summary.series++;
     this.summary.points += values.length;
+    // apm's export names a counter's kind (apm_kind="counter"); any other series is a gauge.
+    const kind = labels['apm_kind'] === 'counter' ? KindCode.Counter : KindCode.Gauge;
     const nowSec = Math.floor((this.deps.nowMs?.() ?? Date.now()) / 1000);
     const oldest = nowSec - this.deps.retentionSeconds;
     let ids: { rack: number; server: number; metric: number } | null = null;
@@ -274,7 +276,7 @@ class Importer {
         ids = null; // a flush empties the interned names
       }
       // One line is one series: its names are interned once (again after a flush), not per point.
-      ids ??= { rack: intern(this.racks, this.rackIds, rack), server: intern(this.servers, this.serverIds, server), metric: intern(this.metrics, this.metricIds, name) };
+      ids ??= { rack: intern(this.racks, this.rackIds, rack), server: intern(this.servers, this.serverIds, server), metric: intern(this.metrics, this.metricIds, kind === KindCode.Counter ? name + counterMark : name) };
       const k = this.n++;
       this.sec[k] = second;
       this.rackOf[k] = ids.rack;
@@ -296,7 +298,7 @@ class Importer {
     const key = (i: number) => this.sec[i]! * 65_536 + this.rackOf[i]!;
     order.sort((a, b) => key(a) - key(b) || this.serverOf[a]! - this.serverOf[b]! || this.metricOf[a]! - this.metricOf[b]! || a - b);
     const hashes = new Uint32Array(2 * this.metrics.length);
-    this.metrics.forEach((m, i) => hashName(m, hashes, 2 * i));
+    this.metrics.forEach((m, i) => hashName(metricName(m), hashes, 2 * i));
     for (let a = 0; a < n; ) {
       let b = a + 1;
       while (b < n && key(order[b]!) === key(order[a]!)) b++;
@@ -342,6 +344,7 @@ class Importer {
         cols.pointHashes[2 * j] = hashes[2 * m]!;
         cols.pointHashes[2 * j + 1] = hashes[2 * m + 1]!;
         cols.pointValues[j] = this.val[p]!;
+        if (this.metrics[m]!.endsWith(counterMark)) cols.pointKinds[j] = KindCode.Counter;
         named.add(m);
       });
       if (group.length === batchServersMax || named.size + keep.length > importLimits.metricsPerRequestMax) await send();
@@ -354,7 +357,7 @@ class Importer {
   /** One request, made durable with at most inFlightMax others waiting; a 503 is retried with back-off. */
   private async send(rack: string, second: number, servers: { server: string; blocks: SeriesColumns[] }[], named: Set<number>): Promise<void> {
     const rollup = pointColumns(0);
-    const names = [...named].map((m) => this.metrics[m]!);
+    const names = [...named].map((m) => metricName(this.metrics[m]!));
     rollup.nameHashes = new Uint32Array(2 * names.length);
     names.forEach((nm, j) => hashName(nm, rollup.nameHashes, 2 * j));
     rollup.nameBytes = Buffer.from(names.join(''), 'latin1');
@@ -419,6 +422,10 @@ class Importer {
     }
   }
 }
+
+/** Ends an interned metric key of a counter's series (a metric name never holds it). */
+const counterMark = '\u0000';
+const metricName = (key: string) => (key.endsWith(counterMark) ? key.slice(0, -1) : key);
 
 /** 503 reasons that waiting does not change within an import: its request is refused, counted, and the import goes on. */
 const lastingRefusals: ReadonlySet<string> = new Set(['racks_full']);
