@@ -30,15 +30,16 @@ function parse(text: string): { seen: Seen[]; parser: StatsdParser } {
 const sumOf = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
 
 describe('StatsD parser', () => {
-  it('regression: a signed gauge is a delta on a plain StatsD line, the value on a DogStatsD line (tags, container, timestamp); before, a DogStatsD client\'s negative gauge drifted without bound', () => {
-    const { seen } = parse(['q:-2|g', 'q:+4|g|@0.5', 't:-3.5|g|#room:cold', 't:+1|g|c:abc', `t:-1|g|T${stamp}`, 't:-2|g|#'].join('\n'));
+  it('regression: a signed gauge is a delta on a plain StatsD line; on a DogStatsD line (tags, container, timestamp) a negative one is the value, + still a delta; before, a DogStatsD client\'s negative gauge drifted without bound', () => {
+    const { seen } = parse(['q:-2|g', 'q:+4|g|@0.5', 't:-3.5|g|#room:cold', 't:+1|g|c:abc', `t:-1|g|T${stamp}`, 't:-2|g|#', 't:+2|g|#a'].join('\n'));
     expect(seen.map((x) => [x[2], x[4]])).toEqual([
       [-2, true],
       [4, true],
       [-3.5, false],
-      [1, false],
+      [1, true],
       [-1, false],
       [-2, false],
+      [2, true],
     ]);
   });
 

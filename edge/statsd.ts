@@ -150,10 +150,11 @@ export class StatsdParser {
       let vEnd = v;
       while (vEnd < pipe && b[vEnd] !== COLON) vEnd++;
       const sign = b[v];
-      // A signed gauge adjusts the last value (etsy StatsD), except on a DogStatsD line (tags,
-      // container or timestamp fields): DogStatsD has no gauge deltas, and its clients send a
-      // negative gauge as `-3.5|g|#…`, which as a delta would drift without bound.
-      const relative = kind === KindCode.Gauge && (sign === 43 || sign === 45) && !this.dogStatsd;
+      // A signed gauge adjusts the last value (etsy StatsD). On a DogStatsD line (tags,
+      // container or timestamp fields) only `+` does: DogStatsD has no gauge deltas and its
+      // clients send a negative value as `-3.5|g|#…`, which as a delta drifted without bound;
+      // none writes `+` before a value, so `+5` stays a delta (hot-shots' gaugeDelta).
+      const relative = kind === KindCode.Gauge && (sign === 43 || (sign === 45 && !this.dogStatsd));
       sink.observeSlot(slot, kind as KindCode, parseNumber(b, v, vEnd), at.second, weight, relative);
       v = vEnd + 1;
     }
