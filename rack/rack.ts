@@ -442,6 +442,7 @@ export class Rack {
     p.counter('apm_rack_spool_dropped_batches_total', 'Oldest batches dropped: the spool bound, or the memory bound while the disk refused writes', this.spool.droppedBatches);
     p.counter('apm_rack_spool_dropped_in_memory_total', 'Of those, dropped from memory while the disk refused writes', this.spool.droppedInMemory);
     p.counter('apm_rack_spool_write_errors_total', 'Spool writes the disk refused (the batches were held in memory)', this.spool.writeErrors);
+    p.counter('apm_rack_spool_session_rotations_total', 'New sessions taken because batch numbers could not be reserved on disk (a full disk)', this.spool.sessionRotations);
     p.counter('apm_rack_spool_disk_low_total', 'Batches held in memory because free space was below the reserve', this.spool.diskLowBatches);
     p.gauge('apm_rack_spool_memory_batches', 'Batches held only in memory (the disk refused them; lost if the rack dies)', this.spool.memoryBatches);
     p.gauge('apm_rack_spool_memory_bytes', 'Bytes of those', this.spool.memoryBytes);

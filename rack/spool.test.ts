@@ -4,7 +4,7 @@ import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { shardsDefault } from '../schema/limits.js';
-import { Spool } from './spool.js';
+import { seqReserveBlock, Spool } from './spool.js';
 
 describe('Spool (real LMDB files)', () => {
   it('keeps batches in order across a reopen, never reuses a number, and drops the oldest beyond its bound', async () => {
@@ -21,7 +21,8 @@ describe('Spool (real LMDB files)', () => {
     const again = new Spool(dir, { bytesMax: 1000, reserveBytes: 0, memoryBytesMax: 1 << 20 });
     expect(again.oldest(10).map((e) => [e.seq, e.bytes[0]])).toEqual([[3, 2], [4, 3]]);
     expect([again.heldBatches, again.heldBytes]).toEqual([2, 600]);
-    expect(again.takeSeq()).toBe(5);
+    // Numbers are reserved on disk a block at a time: a reopen goes on past the block, never back.
+    expect(again.takeSeq()).toBe(1 + seqReserveBlock);
     await again.close();
   });
 
@@ -34,7 +35,7 @@ describe('Spool (real LMDB files)', () => {
     for (let i = 0; i < 3; i++) await a.put(a.takeSeq(), new Uint8Array(10));
     await a.close();
     const reopened = new Spool(dir, opts);
-    expect([reopened.session, reopened.takeSeq()]).toEqual([a.session, 4]);
+    expect([reopened.session, reopened.takeSeq()]).toEqual([a.session, 1 + seqReserveBlock]);
     await reopened.close();
     // The operator deletes the spool (or the rack moves to a new disk): same rack id, seq 1 again.
     rmSync(dir, { recursive: true, force: true });
@@ -122,6 +123,32 @@ describe('Spool (real LMDB files)', () => {
     expect(again.oldest(100).map((e) => e.seq)).toEqual(expected);
     expect(again.oldest(100).map((e) => e.bytes[0])).toEqual(expected.map((q) => (q - 1) & 255));
     await again.close();
+  });
+
+  it('regression: never numbers a batch as one that went out from memory before a restart (the disk refused it, so nextSeq was not written: the core dropped the new batches as duplicates)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-seq-'));
+    // Below the reserve from the start: every batch is held in memory, and no number is written with one.
+    const low = { bytesMax: 1 << 20, reserveBytes: Number.MAX_SAFE_INTEGER, memoryBytesMax: 1 << 20 };
+    const s = new Spool(dir, low);
+    const sent: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const seq = s.takeSeq();
+      sent.push(`${s.session}/${seq}`);
+      expect(await s.put(seq, new Uint8Array(10))).toBe(true);
+      await s.remove(seq); // acknowledged by the core
+    }
+    expect(s.sessionRotations).toBe(1);
+    await s.close();
+    // Reopened with room on the disk: its next numbers (under whatever session) are new.
+    const again = new Spool(dir, { ...low, reserveBytes: 0 });
+    const next = Array.from({ length: 5 }, () => `${again.session}/${again.takeSeq()}`);
+    expect(next.filter((k) => sent.includes(k))).toEqual([]);
+    // With room, numbers are reserved on disk: a reopen goes on past them, same session.
+    const session = again.session;
+    await again.close();
+    const third = new Spool(dir, { ...low, reserveBytes: 0 });
+    expect([third.session, third.takeSeq() > 5]).toEqual([session, true]);
+    await third.close();
   });
 
   it('keeps batches in memory while free space is below the reserve', async () => {

@@ -36,6 +36,13 @@ const roomSlackBytes = 256 * 1024;
 /** How often the free space is read (a statfs per batch would be wasted work). */
 const freeSpaceCheckMs = 1000;
 
+/**
+ * Batch numbers reserved on disk at a time (Spool.takeSeq): a synced write per 64 batches, and a
+ * reopen goes on after the reserved numbers (a gap of < 64, far inside the core's de-duplication
+ * window of 4,096 numbers, so batches still held are not taken for old ones).
+ */
+export const seqReserveBlock = 64;
+
 export class Spool {
   private readonly root: RootDatabase;
   private readonly batches: Database<Uint8Array, number>;
@@ -54,7 +61,16 @@ export class Spool {
    * new spool starts again at seq 1, and only a new session keeps the core from taking those
    * bodies for duplicates of the old spool's.
    */
-  readonly session: number;
+  session: number;
+  /**
+   * Numbers below this may have been handed out (persisted before any is): a rack restarted
+   * after batches went out from memory only (the disk refusing them, so nextSeq was not written
+   * with them) must not number new batches as those, which the core took and would drop as
+   * duplicates. Reserved seqReserveBlock at a time.
+   */
+  private seqReserved: number;
+  /** Sessions changed because a reservation could not be written (the disk full): counted. */
+  sessionRotations = 0;
   private shardCount: number;
   private metaWrite: Promise<void> = Promise.resolve();
   /** Batches the disk refused, by number (ascending: numbers are taken in order). */
@@ -92,7 +108,8 @@ export class Spool {
     }
     // Batch numbers never repeat across restarts: the core de-duplicates by (rack, batch_seq).
     const last = [...this.batches.getKeys({ reverse: true, limit: 1 })][0] ?? 0;
-    this.nextSeq = Math.max(this.meta.get('nextSeq') ?? 1, last + 1);
+    this.nextSeq = Math.max(this.meta.get('nextSeq') ?? 1, this.meta.get('seqReserved') ?? 1, last + 1);
+    this.seqReserved = this.nextSeq;
     this.closedThrough = this.meta.get('closedThrough') ?? -1;
     const session = this.meta.get('session');
     this.session = session !== undefined && Number.isInteger(session) && session > 0 && session < 2 ** 32 ? session : randomInt(1, 2 ** 32);
@@ -120,6 +137,9 @@ export class Spool {
     try {
       await this.root.transaction(() => {
         this.meta.put('session', this.session);
+        // With the numbers reserved under it: a session taken in memory (takeSeq) is written
+        // only together with what covers the numbers it handed out.
+        this.meta.put('seqReserved', this.seqReserved);
         this.meta.put('shards', this.shardCount);
       });
     } catch (err) {
@@ -145,8 +165,33 @@ export class Spool {
     return this.unwrittenBytes;
   }
 
-  /** Reserves the next batch number (persisted with the next put). */
+  /**
+   * The next batch number. Numbers are reserved on disk a block at a time before one is handed
+   * out (a tiny synced write, one per seqReserveBlock batches). When even that write fails (a
+   * full disk), this spool takes a new session, in memory: a restart then reuses the old
+   * session only with numbers never handed out under it.
+   */
   takeSeq(): number {
+    if (this.nextSeq >= this.seqReserved) {
+      const reserved = this.nextSeq + seqReserveBlock;
+      // Not into a disk known to refuse (lmdb-js retrying commits into a full file system
+      // corrupted its heap: see write()); a new session needs no write.
+      let why = this.refusing || this.diskLow() ? 'the disk is full or below its reserve' : null;
+      if (why === null) {
+        try {
+          this.root.transactionSync(() => this.meta.put('seqReserved', reserved));
+        } catch (err) {
+          this.writeErrors++;
+          why = writeFailure(err);
+        }
+      }
+      if (why !== null) {
+        this.session = randomInt(1, 2 ** 32);
+        this.sessionRotations++;
+        console.error(`rack spool: cannot reserve batch numbers in ${this.dir} (${why}); batches go out under a new session ${this.session.toString(16)}, which a restart does not reuse`);
+      }
+      this.seqReserved = reserved;
+    }
     return this.nextSeq++;
   }
 
@@ -180,6 +225,7 @@ export class Spool {
         this.meta.put('nextSeq', this.nextSeq);
         this.meta.put('closedThrough', this.closedThrough);
         this.meta.put('session', this.session);
+        this.meta.put('seqReserved', this.seqReserved);
         this.meta.put('shards', this.shardCount);
       });
       if (this.refusing) console.error(`rack spool: ${this.dir} accepts writes again; ${this.unwritten.size} batches held in memory move to disk`);
