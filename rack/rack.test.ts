@@ -14,7 +14,7 @@ import { until } from '../test/proc.js';
 import { rackLimits } from './limits.js';
 import { Rack } from './rack.js';
 import { decodeSecond } from './recut.js';
-import { Spool } from './spool.js';
+import { seqReserveBlock, Spool } from './spool.js';
 
 const cleanup: (() => Promise<unknown> | void)[] = [];
 afterEach(async () => {
@@ -120,12 +120,12 @@ describe('Rack → core (RackSecond bodies)', () => {
     expect(b.session).not.toBe(session1);
     expect(b.servers.map((s) => s.server)).toEqual(['web-1']);
 
-    // Restarted on the same spool: same session, the next seq.
+    // Restarted on the same spool: same session, a seq past those reserved before (never one used).
     const third = await startRack(core.port, dir);
     const s3 = nowSecond() + 1;
     edge.send(third.udpPort, s3);
     await until(() => (core.batches.length === 3 ? true : undefined), 5000, 'the restarted rack’s body');
-    expect([core.batches[2]!.session, core.batches[2]!.seq, core.duplicates]).toEqual([b.session, 2, 0]);
+    expect([core.batches[2]!.session, core.batches[2]!.seq, core.duplicates]).toEqual([b.session, 1 + seqReserveBlock, 0]);
   });
 
   it('asks the core for its shard count (retrying while it fails), cuts with it, and re-cuts a body the core refuses with 409 shards_mismatch', async () => {
