@@ -105,8 +105,8 @@ export class Forwarder {
   }
 
   private async getPlacement(): Promise<{ status: number; text: string }> {
-    const res = await this.pool.request({ path: `${this.base}/api/v1/placement`, method: 'GET', headers: this.authHeader() });
-    return { status: res.statusCode, text: (await res.body.text()).slice(0, 1000) };
+    const res = await this.pool.request({ path: `${this.base}/api/v1/placement`, method: 'GET', headers: this.authHeader(), signal: AbortSignal.timeout(this.opts.requestTimeoutMs) });
+    return { status: res.statusCode, text: await boundedText(res.body, 1000) };
   }
 
   private authHeader(): Record<string, string> {
@@ -168,14 +168,17 @@ export class Forwarder {
     let status = 0;
     let detail = '';
     try {
+      // One deadline for the whole exchange, answer included: a core (or proxy) that sends its
+      // answer a byte at a time held the forwarder (one request at a time) for good, uncounted.
       const res = await this.pool.request({
         path: `${this.base}/api/v1/ingest`,
         method: 'POST',
         headers: { 'content-type': bodyContentType, ...this.authHeader() },
         body: bytes,
+        signal: AbortSignal.timeout(this.opts.requestTimeoutMs),
       });
       status = res.statusCode;
-      detail = status >= 300 ? (await res.body.text()).slice(0, 300) : '';
+      detail = status >= 300 ? await boundedText(res.body, 300) : '';
       if (status < 300) await res.body.dump();
     } catch (err) {
       detail = (err as Error).message;
@@ -185,7 +188,10 @@ export class Forwarder {
     if (status === 401 || status === 403) return this.unauthorized(status, detail);
     const coreShards = status === 409 ? parseShardsMismatch(detail) : null;
     if (coreShards !== null) return this.mismatch(seq, cut.shards, coreShards);
-    if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+    // Dropped only when the answer is about this body (400: it does not decode or check; 413:
+    // too large). A 404 or 405 (a wrong --core path, a proxy) or another 4xx says nothing of the
+    // body: each batch was dropped as fast as it was sent and the spool emptied. Retried instead.
+    if (status === 400 || status === 413) {
       this.counters.batches_rejected++;
       console.error(`rack: core refused batch ${seq} with ${status}: ${detail}; dropped (fix the cause: this will not succeed on retry)`);
       this.notes.delete(seq);
@@ -193,7 +199,7 @@ export class Forwarder {
       return this.pump();
     }
     this.counters.batches_failed++;
-    if (!this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} unavailable (${status || detail}); spooling and retrying with backoff`);
+    if (!this.coreDown) console.error(`rack: core at ${this.opts.coreUrl} unavailable (${status === 0 ? detail : `${status}: ${detail.slice(0, 120)}`}); spooling and retrying with backoff`);
     this.retryLater();
   }
 
@@ -286,6 +292,7 @@ export class Forwarder {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...this.authHeader() },
         body: JSON.stringify(status),
+        signal: AbortSignal.timeout(this.opts.requestTimeoutMs),
       });
       await res.body.dump();
       if (res.statusCode >= 300) this.counters.status_reports_failed++;
@@ -303,4 +310,17 @@ export class Forwarder {
     if (this.timer !== null) clearTimeout(this.timer);
     await this.pool.close().catch(() => undefined);
   }
+}
+
+/** At most `max` characters of an answer's body; the rest is not read (the connection is closed). */
+async function boundedText(body: AsyncIterable<Buffer> & { destroy(): unknown }, max: number): Promise<string> {
+  let text = '';
+  for await (const chunk of body) {
+    text += chunk.toString('utf8', 0, Math.min(chunk.length, max - text.length));
+    if (text.length >= max) {
+      body.destroy();
+      break;
+    }
+  }
+  return text;
 }

@@ -11,7 +11,7 @@ import { buildColumns } from '../schema/testdata.js';
 import { FakeCore } from '../test/fake-core.js';
 import { parseProm } from '../test/merge-helper.js';
 import { until } from '../test/proc.js';
-import { rackLimits } from './limits.js';
+import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
 import { decodeSecond } from './recut.js';
 import { seqReserveBlock, Spool } from './spool.js';
@@ -37,6 +37,10 @@ interface Started {
 }
 
 async function startRack(corePort: number, spoolDir: string, corePath = ''): Promise<Started> {
+  return startRackWith(corePort, spoolDir, {}, corePath);
+}
+
+async function startRackWith(corePort: number, spoolDir: string, limits: Partial<RackLimits>, corePath = ''): Promise<Started> {
   const rack = new Rack({
     rack: 'r1',
     listenHost: '127.0.0.1',
@@ -48,7 +52,7 @@ async function startRack(corePort: number, spoolDir: string, corePath = ''): Pro
     latenessMs: 200,
     token: null,
     allowList: null,
-    limits: { ...rackLimits, resumeHoldMs: 0, backoffMinMs: 20, backoffMaxMs: 200 },
+    limits: { ...rackLimits, resumeHoldMs: 0, backoffMinMs: 20, backoffMaxMs: 200, ...limits },
   });
   const ports = await rack.start();
   let stopping: Promise<void> | null = null;
@@ -212,5 +216,32 @@ describe('Rack → core (RackSecond bodies)', () => {
     } finally {
       spy.mockRestore();
     }
+  });
+
+  it('regression: a 404 (a wrong path, a proxy) keeps the batches and retries; before, each was dropped as sent and the spool emptied', async () => {
+    const core = await startCore();
+    const { rack, udpPort, httpPort } = await startRack(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-404-')));
+    core.status = 404;
+    const edge = new Edge('web-1');
+    const s1 = nowSecond();
+    for (let k = 0; k < 3; k++) edge.send(udpPort, s1 + k);
+    await until(async () => ((await rackMetrics(httpPort)).get('apm_rack_batches_failed_total') ?? 0) >= 1 ? true : undefined, 8000, 'a failed forward');
+    expect((await rackMetrics(httpPort)).get('apm_rack_batches_rejected_total')).toBe(0);
+    expect(rack.spool.heldBatches).toBeGreaterThanOrEqual(1);
+    core.status = 204;
+    await until(() => (core.batches.length >= 1 && rack.spool.heldBatches === 0 ? true : undefined), 15_000, 'the held batches at the core');
+  });
+
+  it('regression: a core that sends its answer a byte at a time is given up on at the request timeout, counted, and retried; before, the forwarder waited for good', async () => {
+    const core = await startCore();
+    core.status = 503;
+    core.dripMs = 100;
+    const { rack, udpPort, httpPort } = await startRackWith(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-drip-')), { forwardTimeoutMs: 500 });
+    const edge = new Edge('web-1');
+    edge.send(udpPort, nowSecond());
+    await until(async () => ((await rackMetrics(httpPort)).get('apm_rack_batches_failed_total') ?? 0) >= 2 ? true : undefined, 10_000, 'failed forwards, one per timeout');
+    core.status = 204;
+    core.dripMs = 0;
+    await until(() => (core.batches.length >= 1 && rack.spool.heldBatches === 0 ? true : undefined), 15_000, 'the batch at the core');
   });
 });

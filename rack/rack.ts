@@ -461,7 +461,7 @@ export class Rack {
     p.counter('apm_rack_batches_unauthorized_total', 'Sends the core refused for the token (401/403); the batches stay spooled', f.counters.batches_unauthorized);
     p.counter('apm_rack_batches_acked_total', 'Batches the core acknowledged', f.counters.batches_acked);
     p.counter('apm_rack_batches_failed_total', 'Batch sends that failed and will be retried', f.counters.batches_failed);
-    p.counter('apm_rack_batches_rejected_total', 'Batches the core refused for good (4xx)', f.counters.batches_rejected);
+    p.counter('apm_rack_batches_rejected_total', 'Batches the core refused for good (400: the body does not decode or check; 413: too large)', f.counters.batches_rejected);
     p.counter('apm_rack_batches_replayed_total', 'Batches found in the spool at start-up', f.counters.batches_replayed);
     p.gauge('apm_rack_core_up', '1 when the last send to the core succeeded', f.coreDown ? 0 : 1);
     p.histogram('apm_rack_forward_latency_seconds', "Time from a second's end to the core's acknowledgement", f.ackLatency);

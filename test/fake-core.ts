@@ -24,6 +24,8 @@ export class FakeCore {
   readonly batches: CoreBatch[] = [];
   /** Ingest answers this instead while it is 300 or more (e.g. 503). */
   status = 204;
+  /** With status ≥ 300: its body is sent a byte every dripMs, never ending (0: at once). */
+  dripMs = 0;
   /** The core's S: GET /api/v1/placement answers it; bodies cut for another get 409. */
   shards = shardsDefault;
   /** Placement answer status while not 200 (e.g. 503). */
@@ -80,7 +82,10 @@ export class FakeCore {
   private ingest(req: http.IncomingMessage, body: Uint8Array, res: http.ServerResponse): void {
     this.contentTypes.add(req.headers['content-type'] ?? '');
     if (this.status >= 300) {
-      res.writeHead(this.status).end('{"error":"unavailable"}');
+      if (this.dripMs === 0) return void res.writeHead(this.status).end('{"error":"unavailable"}');
+      res.writeHead(this.status, { 'content-length': '1000000' });
+      const drip = setInterval(() => res.write('x'), this.dripMs);
+      res.once('close', () => clearInterval(drip));
       return;
     }
     if (req.headers['content-type'] !== 'application/x-apm-second') {
