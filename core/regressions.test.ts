@@ -151,3 +151,17 @@ describe('regression: ad-hoc queries queued in a worker without bound', () => {
     expect(await (await node.app.request('/metrics')).text()).toMatch(new RegExp(`apm_core_worker_queries_busy_total ${busy.length}\\b`));
   });
 });
+
+describe('regression: a section repeating one server in a metric', () => {
+  it('keeps that server\'s first point, drops the repeats as bad values, and sizes the head by servers (before: by entries, ~50× the section\'s bytes, again on every WAL replay)', async () => {
+    const node = await start();
+    const gauge = async (name: string) => Number(new RegExp(`^${name.replace(/[{}"]/g, (c) => `\\${c}`)} (\\d+)`, 'm').exec(await (await node.app.request('/metrics')).text())?.[1]);
+    const repeats: PointInput[] = Array.from({ length: 20_000 }, (_, i) => ({ name: 'dup.g', kind: KindCode.Gauge, value: i + 1 }));
+    await post(node, 'r1', t0, { 'd-1': repeats, 'd-2': [{ name: 'dup.g', kind: KindCode.Gauge, value: 7 }] }, ['dup.g']);
+    const [w] = await query(node, 'FROM * SELECT dup.g WINDOW 1s COMPUTE count, min, max', t0, t0 + 1);
+    expect(w!.values).toEqual({ count: 2, min: 1, max: 7 });
+    expect(await gauge('apm_core_points_dropped_total{reason="bad_value"}')).toBe(19_999);
+    // Two servers' worth of a 60 s block (~1 KB), not 20,000 servers' (~9.6 MB).
+    expect(await gauge('apm_core_head_bytes')).toBeLessThan(200_000);
+  });
+});

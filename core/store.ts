@@ -665,7 +665,8 @@ export class Store {
         else this.counters.points_dropped_overflow += replay ? 0 : to - from;
       } else {
         const before = mh.bytes;
-        mh.openSection(sec, to - from);
+        // Sized by the section's servers at most: its entries may repeat one (marked bad, skipped).
+        mh.openSection(sec, Math.min(to - from, m.servers.length));
         let took = 0;
         for (let e = from; e < to; e++) {
           const sid = sids[m.pointServers[e]!]!;

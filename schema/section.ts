@@ -632,9 +632,16 @@ function checkSectionPoints(m: ShardSectionMessage): void {
   checkRanges('points', m.pointHashes, m.pointEnds, n, m.shard, m.shards);
   for (let i = 0; i < m.pointKinds.length; i++) if (m.pointKinds[i]! > KindCode.Counter) throw new Reject('bad_value', `point metric ${i} has kind ${m.pointKinds[i]}`);
   const servers = m.servers.length;
+  let metric = 0;
   for (let i = 0; i < n; i++) {
     if (m.pointServers[i]! >= servers) throw new Reject('bad_value', `point ${i} names server ${m.pointServers[i]} of ${servers}`);
-    if (!Number.isFinite(m.pointValues[i]!)) (m.pointBad ??= new Uint8Array(n))[i] = 1;
+    // One point per server of a metric, in server order (as SectionCutter places them). A point
+    // repeating its metric's server (an edge that sent a metric in two parts) is marked bad, that
+    // point's problem alone, like a non-finite value; the core sizes a metric's head by its
+    // servers, not its entries (a section repeating one server took ~50× its bytes of head).
+    if (m.pointEnds[metric] === i) metric++;
+    const first = metric === 0 ? 0 : m.pointEnds[metric - 1]!;
+    if (!Number.isFinite(m.pointValues[i]!) || (i > first && m.pointServers[i]! <= m.pointServers[i - 1]!)) (m.pointBad ??= new Uint8Array(n))[i] = 1;
   }
 }
 
