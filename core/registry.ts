@@ -23,14 +23,14 @@ export interface MetricInfo {
   lastSeenMs: number;
 }
 
-interface StoredServer {
+export interface StoredServer {
   id: number;
   rack: string;
   first: number;
   last: number;
 }
 
-interface StoredMetric {
+export interface StoredMetric {
   lo: number;
   hi: number;
   name: string | null;
@@ -203,15 +203,24 @@ export class Registry {
     return this.metrics.slice();
   }
 
-  /** Writes new and changed entries (call inside a write transaction). */
+  /**
+   * Writes new and changed entries (call inside a write transaction), and flushed() once it
+   * committed: a transaction that fails leaves them to be written again. (They were cleared here:
+   * a failed commit lost them, later rows referred to ids never persisted, and after a restart
+   * those ids went to other servers and metrics.)
+   */
   flushDirty(): void {
     for (const s of this.dirtyServers) this.serverDb.put(s.name, { id: s.id, rack: s.rack, first: s.firstSeenMs, last: s.lastSeenMs });
-    this.dirtyServers.clear();
     for (const m of this.dirtyMetrics) {
       const info = this.metrics[m]!;
       const by = this.metricBy[m] ?? -1;
       this.metricDb.put(info.hash, { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, name: info.name, kind: info.kind, first: info.firstSeenMs, last: info.lastSeenMs, ...(by >= 0 ? { by } : {}) });
     }
+  }
+
+  /** The transaction holding flushDirty's writes committed (a synchronous one: nothing changed between). */
+  flushed(): void {
+    this.dirtyServers.clear();
     this.dirtyMetrics.clear();
   }
 

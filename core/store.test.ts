@@ -377,6 +377,11 @@ describe('Store', () => {
         } else expect(r.status).toBe(204);
       }
       expect(refused).toBeGreaterThan(0);
+      // Regression: the registry's periodic save into the full disk is counted, not thrown (it
+      // threw from the worker's timer: the worker died every 10 s).
+      const errors = store.counters.flush_errors;
+      expect(() => store.saveRegistry()).not.toThrow();
+      expect(store.counters.flush_errors).toBe(errors + 1);
       rmSync(join(dir, 'filler'));
       // The rack retries the refused request: now stored, and every acknowledged second is there.
       expect(store.ingest(...retry!).status).toBe(204);

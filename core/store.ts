@@ -839,6 +839,7 @@ export class Store {
         // The registry entries the rows refer to are durable no later than the rows.
         this.registry.flushDirty();
       });
+      this.registry.flushed();
     } catch (err) {
       this.counters.flush_errors++;
       this.lastError = writeFailure(err);
@@ -1026,9 +1027,17 @@ export class Store {
   }
 
   /** Persists registry last-seen times. */
+  /** Persists the registry's last-seen times (every registrySaveMs); a refused write is counted and tried again next time, never thrown (a full disk made the worker die every 10 s). */
   saveRegistry(): void {
     this.registry.touchAll();
-    this.root.transactionSync(() => this.registry.flushDirty());
+    try {
+      this.root.transactionSync(() => this.registry.flushDirty());
+      this.registry.flushed();
+    } catch (err) {
+      this.counters.flush_errors++;
+      this.lastError = writeFailure(err);
+      if (this.counters.flush_errors === 1 || this.counters.flush_errors % 100 === 0) console.error(`core: saving the server and metric registry failed (${this.lastError}); written again with the next rows or save`);
+    }
   }
 
   /** Bytes the data files take on disk (their high-water marks; freed pages are reused, not returned). */
@@ -1143,6 +1152,7 @@ export class Store {
       },
       endRestore: (shard, applied) => {
         this.root.transactionSync(() => this.persistRegistryState());
+        this.registry.flushed();
         this.walEnv.transactionSync(() => this.streamDb.put(shard, applied));
         this.streamApplied.set(shard, applied);
         this.restoring.delete(shard);
@@ -1189,6 +1199,7 @@ export class Store {
           for (const p of packed.pointers) this.rows.put(p.key, p.value);
           this.persistRegistryState();
         }, unsynced);
+        this.registry.flushed();
         for (const shard of new Set(rows.map((r) => r.key.readUInt16BE(0)))) this.rowVersions.wroteShard(shard);
         this.counters.restored_rows += rows.length;
       },
