@@ -11,7 +11,7 @@ import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
 import { openLmdb } from '../schema/lmdb.js';
-import { Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
+import { futureSecondsMax, Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
 const S = 4;
@@ -302,6 +302,16 @@ describe('Store', () => {
     flushAll(store);
     expect(await store.retentionSweep(nowMs)).toBe(0);
     expect(dump(store, 'ret', oldest - 60, now + 1)).toEqual({ [`a@${oldest}`]: 2, [`a@${now}`]: 3 });
+    await store.close();
+  });
+
+  it('regression: refuses a second more than an hour ahead of its clock (400 future, counted); before, it was acknowledged and held in the head and the WAL until that date', async () => {
+    const store = open();
+    const now = Math.floor(Date.now() / 1000);
+    const far = store.ingest(...batch(now + 10 * 365 * 86_400, { a: { points: [{ name: 'fut', kind: KindCode.Gauge, value: 1 }] } }), now * 1000);
+    expect(far).toMatchObject({ status: 400, reason: 'future' });
+    expect(store.rejected.future).toBe(1);
+    expect(store.ingest(...batch(now + futureSecondsMax, { a: { points: [{ name: 'fut', kind: KindCode.Gauge, value: 2 }] } }), now * 1000).status).toBe(204);
     await store.close();
   });
 

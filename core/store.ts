@@ -87,6 +87,9 @@ export interface RequestHeader {
   stream?: { seq: number; after: number };
 }
 
+/** Seconds ahead of the core's clock a second may be (decodeRequest): a sender's clock an hour off is a clock to fix. */
+export const futureSecondsMax = 3600;
+
 /** The applied sequence of a shard whose restore from another node did not complete: copy it again. */
 export const restoringSeq = -1;
 
@@ -220,7 +223,7 @@ export class Store {
     restore_servers_refused: 0,
     restore_metrics_refused: 0,
   };
-  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full' | 'past_retention', number>> = {};
+  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full' | 'past_retention' | 'future', number>> = {};
   /** Decoded rows stored queries read again (core/rowcache.ts). */
   private rowCache = new RowCache(rowCacheBytesMax, this.counters);
   /** When each block's rows last changed: cached answers (core/query/windowcache.ts) check it. */
@@ -585,6 +588,14 @@ export class Store {
     if (this.blockOf(h.second) < oldestBlock) {
       this.rejected.past_retention = (this.rejected.past_retention ?? 0) + 1;
       return { status: 400, reason: 'past_retention', error: `second ${h.second} is older than the retention (${this.opts.retentionSeconds} s) keeps: rows before ${new Date(oldestBlock * 1000).toISOString()} are deleted; nothing of this second is stored` };
+    }
+    // A second far ahead of this core's clock is never due: its block would sit in the head and
+    // the WAL until that date (out of the rows-behind backlog too), until head_full refused
+    // every rack. Racks refuse edges more than 10 s off their clock; this is for a rack (or an
+    // import) whose own clock is wrong.
+    if (h.second > Math.floor(nowMs / 1000) + futureSecondsMax) {
+      this.rejected.future = (this.rejected.future ?? 0) + 1;
+      return { status: 400, reason: 'future', error: `second ${h.second} is ${h.second - Math.floor(nowMs / 1000)} s ahead of this core's clock (at most ${futureSecondsMax} s are taken): check the sender's clock; nothing of this second is stored` };
     }
     // Rack ids are bounded (head keys pack them): a new rack beyond racksMax is refused before
     // anything is stored, and the rack's spool keeps its data until an operator makes room.
