@@ -10,6 +10,8 @@ import type { Database } from 'lmdb';
 /** Seqs below the high-water mark whose arrival is remembered (a rack retries far fewer out of order). */
 export const windowSeqs = 4096;
 const windowBytes = windowSeqs / 8;
+/** Entries one store's table holds at most: ~530 B each, 64 MiB. */
+export const dedupEntriesMax = 131_072;
 
 interface Entry {
   session: number;
@@ -23,10 +25,20 @@ export class Dedup {
   private readonly dirty = new Set<string>();
   readonly counters = { too_old: 0, sessions_replaced: 0, evicted: 0 };
 
+  /** Entries held: one per (shard, rack, origin) in use, least recently marked evicted first. */
+  private readonly entriesMax: number;
+
+  /**
+   * `racksMax` racks may each send to every one of `shards` shards of this store: the table
+   * holds that many (it held racksMax × 4, whatever the shards: with 32 shards a store evicted
+   * active racks from 1,250 racks on, and their retried requests were stored twice), up to
+   * dedupEntriesMax (64 MiB of windows).
+   */
   constructor(
     private readonly db: Database<Buffer, Buffer>,
-    private readonly opts: { racksMax: number },
+    opts: { racksMax: number; shards?: number },
   ) {
+    this.entriesMax = Math.min(dedupEntriesMax, Math.max(4, opts.racksMax * Math.max(4, opts.shards ?? 4)));
     for (const { key, value } of db.getRange()) {
       const e = decode(value);
       if (e !== null) this.entries.set(key.toString('latin1'), e);
@@ -52,9 +64,14 @@ export class Dedup {
   mark(shard: number, rack: string, origin: number, session: number, seq: number): void {
     const k = entryKey(shard, rack, origin);
     let e = this.entries.get(k);
+    if (e !== undefined) {
+      // Least recently marked first in the map's order: the entry moves to its end.
+      this.entries.delete(k);
+      this.entries.set(k, e);
+    }
     if (e === undefined || e.session !== session) {
       if (e !== undefined) this.counters.sessions_replaced++;
-      else if (this.entries.size >= this.opts.racksMax * 4) this.evictOne();
+      else if (this.entries.size >= this.entriesMax) this.evictOne();
       e = { session, hwm: seq, bits: new Uint8Array(windowBytes) };
       this.entries.set(k, e);
     } else if (seq > e.hwm) {
@@ -113,7 +130,7 @@ export class Dedup {
     const e = decode(value);
     if (e === null) return false;
     const k = key.toString('latin1');
-    if (!this.entries.has(k) && this.entries.size >= this.opts.racksMax * 4) this.evictOne();
+    if (!this.entries.has(k) && this.entries.size >= this.entriesMax) this.evictOne();
     this.entries.set(k, e);
     return true;
   }

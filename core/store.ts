@@ -263,7 +263,7 @@ export class Store {
     this.streamDb = this.walEnv.openDB<number, number>({ name: 'stream', encoding: 'json', keyEncoding: 'uint32' });
     for (const { key, value } of this.streamDb.getRange()) this.streamApplied.set(key, value);
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
-    this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax });
+    this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax, shards: opts.shards.length });
     for (const { key, value } of this.racks.getRange()) {
       this.rackIds.set(key, value);
       this.rackNamesById[value] = key;
