@@ -127,4 +127,12 @@ describe('ReplayCache', () => {
     expect(c.check(mac(2), t + 2, t + 10)).toBe('stale');
     expect(c.check(mac(9), t + 9, t + 10)).toBe('replayed');
   });
+
+  it('regression: an evicted entry signed ahead of now (a sender\'s fast clock) does not push the floor past now; honest datagrams signed since stay fresh', () => {
+    const c = new ReplayCache(4, 60_000);
+    const mac = (i: number) => new Uint8Array(16).fill(i);
+    expect(c.check(mac(1), t + 9500, t)).toBe(null); // 9.5 s ahead, still within the skew allowed
+    for (let i = 2; i <= 5; i++) expect(c.check(mac(i), t + 100 * i, t + 100 * i)).toBe(null); // evicts mac 1
+    expect(c.check(mac(6), t + 600, t + 600)).toBe(null); // was 'stale': the floor stood at t + 9500
+  });
 });

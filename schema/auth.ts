@@ -212,7 +212,9 @@ export class ReplayCache {
       const [oldest, at] = this.seen.entries().next().value as [string, number];
       this.seen.delete(oldest);
       this.evicted++;
-      if (at > this.floorMs) this.floorMs = at;
+      // Not past now: an entry signed ahead (a sender's clock up to the skew limit fast) raised
+      // the floor into the future, and every honest datagram signed before it was stale.
+      if (at > this.floorMs) this.floorMs = Math.min(at, nowMs);
     }
     this.seen.set(k, signedMs);
     return null;
