@@ -188,6 +188,22 @@ describe('Publisher', () => {
     expect(logs.filter((l) => l.includes('every stream acknowledges publishes again (after permission failures)'))).toHaveLength(1);
   });
 
+  it('regression: drops a message refused as itself 5 times in a row (over the max payload), counted and logged, and the rest drains; before, it held its stream and every body behind it for good', async () => {
+    const { spool, streams, pub, logs, add } = await setup();
+    pub.connected = true;
+    const poison = new Set<string>();
+    streams.refuse = (m) => (poison.has(m.msgId) ? new Error('MAX_PAYLOAD_EXCEEDED') : null);
+    const seqs = await add(6);
+    poison.add(`r1/0/${spool.session}/${seqs[1]}/2`);
+    await pub.begin(streams, 4);
+    await until(() => spool.heldBatches === 0, 'an empty spool');
+    expect(pub.counters.messages_dropped_refused).toBe(1);
+    expect(logs.some((l) => /apm\.shard\.2 message .* refused 5 times \(MAX_PAYLOAD_EXCEEDED\); dropped/.test(l))).toBe(true);
+    expect(streams.stored.get('apm.shard.2')!.length).toBe(5);
+    // A refusal that waiting changes (permission, above) is never dropped.
+    expect(pub.counters.messages_acked).toBe(23);
+  });
+
   it('counts a duplicate acknowledgement as acknowledged', async () => {
     const { spool, streams, pub, add } = await setup();
     pub.connected = true;

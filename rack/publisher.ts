@@ -84,6 +84,8 @@ interface OpenBody {
   messages: LogMessage[];
   /** Per message: pending, inFlight or acked. */
   state: Uint8Array;
+  /** Per message: refusals in a row that no wait changes (refusedForGood), allocated at the first. */
+  refusals?: Uint8Array;
   unacked: number;
   /** When every message was first acknowledged (kept bodies re-published keep it). */
   ackedAtMs: number;
@@ -138,6 +140,8 @@ export class Publisher {
     /** Bodies found in the spool at start. */
     batches_replayed: 0,
     reconnects: 0,
+    /** Messages dropped after refusedAttemptsMax refusals in a row of the message itself (over the max payload or the stream's message size). */
+    messages_dropped_refused: 0,
   };
   readonly failures: Record<PublishFailure, number> = { permission: 0, no_stream: 0, timeout: 0, refused: 0, other: 0 };
   /** Newest second whose body was acknowledged whole (0: none yet). */
@@ -333,6 +337,23 @@ export class Publisher {
       if (b.unacked === 0) this.complete(b);
       return this.pumpSoon();
     }
+    // A refusal of the message itself (a payload over the server's limit, a message over the
+    // stream's size) does not change with waiting: after a few in a row it is dropped, counted, so that one
+    // message does not hold its stream and every body behind it (the spool then dropped the
+    // oldest bodies) for good.
+    if (refusedForGood(err)) {
+      const r = (b.refusals ??= new Uint8Array(b.messages.length));
+      if (++r[i]! >= refusedAttemptsMax) {
+        const m = b.messages[i]!;
+        b.state[i] = acked;
+        b.unacked--;
+        this.counters.messages_dropped_refused++;
+        this.opts.log(`rack: ${m.subject} message ${m.msgId} refused ${refusedAttemptsMax} times (${(err as Error).message}); dropped (apm_rack_nats_messages_dropped_total)`);
+        if (this.failing.delete(m.shard) && this.failing.size === 0) this.recovered();
+        if (b.unacked === 0) this.complete(b);
+        return this.pumpSoon();
+      }
+    } else if (b.refusals !== undefined) b.refusals[i] = 0;
     b.state[i] = pending;
     this.failed(b.messages[i]!, err);
   }
@@ -480,6 +501,21 @@ function compressedBytes(b: OpenBody): number {
 }
 
 /** The reason of a failed publish, from the error or its causes. */
+/** Refusals in a row of one message, each a refusal of the message itself, before it is dropped. */
+export const refusedAttemptsMax = 5;
+
+/**
+ * A refusal of the message itself, which no wait changes: over the server's max payload or the
+ * stream's message size. (A stream or JetStream without room, a leader election, a timeout: all
+ * pass, and are retried for as long as they last.)
+ */
+function refusedForGood(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; depth < 4 && e instanceof Error; depth++, e = e.cause) {
+    if (/max(imum)?[ _]payload|message size exceeds|exceeds maximum allowed/i.test(e.message)) return true;
+  }
+  return false;
+}
+
 export function classifyPublishError(err: unknown): PublishFailure {
   let e: unknown = err;
   for (let depth = 0; depth < 4 && e instanceof Error; depth++, e = e.cause) {

@@ -478,6 +478,7 @@ export class Rack {
     p.counter('apm_rack_nats_body_bytes_acked_total', 'Bytes of those batches as spooled (before compression)', c.bytes_raw_acked);
     p.counter('apm_rack_nats_compressed_bytes_acked_total', 'Bytes of their messages as published (deflated)', c.bytes_compressed_acked);
     p.counter('apm_rack_nats_messages_acked_total', 'Messages a stream acknowledged', c.messages_acked);
+    p.counter('apm_rack_nats_messages_dropped_total', 'Messages dropped after 5 refusals in a row of the message itself (over the NATS max payload or the stream message size)', c.messages_dropped_refused);
     p.counter('apm_rack_nats_messages_duplicate_total', 'Of those, acknowledged as duplicates (the stream already had the Msg-Id)', c.messages_duplicate);
     p.gauge('apm_rack_nats_streams_failing', 'Streams whose last publish failed (backing off; their batches stay spooled)', u.streamsFailing);
     p.counters('apm_rack_nats_publish_failed_total', 'Publishes that failed, by reason; the batch stays spooled and the message is retried with backoff', 'reason', u.failures);
