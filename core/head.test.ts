@@ -65,7 +65,8 @@ function storedRow(points: Record<number, [number, number][]>, blockSeconds = B)
  * row's entries, sorted stably by (server, second); the first of a (server, second) wins.
  */
 function reference(arrivals: readonly { sid: number; sec: number; v: number }[], old: DecodedRow | undefined): Record<number, [number, number][]> {
-  const all = [...arrivals];
+  // The newest arrival wins (first in the list after a stable sort), then the head over the row.
+  const all = [...arrivals].reverse();
   if (old !== undefined) {
     old.serverIds.forEach((sid, j) => {
       for (let i = old.pointStart[j]!; i < old.pointStart[j + 1]!; i++) all.push({ sid, sec: old.pointSecs[i]!, v: old.pointVals[i]! });
@@ -87,17 +88,17 @@ function check(r: DecodedRow): void {
 }
 
 describe('MetricHead and buildRow', () => {
-  it('keeps the first arrival of a (server, second)', () => {
+  it('regression: keeps the newest arrival of a (server, second), as a merge into a written row does (it kept the first: a correction counted as taken was dropped)', () => {
     const h = head();
     feed(h, 0, [[7, 1], [9, 2]]);
-    // The same second again (a resent section): nothing changes.
+    // The same second again (a correction, a re-import): the new values.
     feed(h, 0, [[7, 10], [9, 20]]);
     // A server twice in one section.
     feed(h, 1, [[7, 3], [7, 30], [9, 4]]);
     expect(h.points).toBe(4);
     const r = buildRow(h, undefined, B, acc);
     check(r);
-    expect(pointsOf(r)).toEqual({ 7: [[0, 1], [1, 3]], 9: [[0, 2], [1, 4]] });
+    expect(pointsOf(r)).toEqual({ 7: [[0, 10], [1, 30]], 9: [[0, 20], [1, 4]] });
   });
 
   it('merges a stored row, the head winning a second both have', () => {

@@ -261,18 +261,20 @@ export class MetricHead {
   }
 
   /**
-   * Server `sid`'s value (finite) for the open section's second, unless the head holds one for
-   * that (server, second) already: the first arrival wins. Returns whether it was kept.
+   * Server `sid`'s value (finite) for the open section's second. A value the head holds for that
+   * (server, second) already is replaced: the newest arrival wins, as it does once the block is
+   * a row (a merge takes the newer), so a correction (a re-import) does not depend on whether
+   * its block was written yet. Returns whether the cell was empty.
    */
   addPoint(sid: number, v: number): boolean {
     let s = this.cursor;
     if (s >= this.slotsN || this.slotSids[s] !== sid) s = this.slotOf(sid);
     this.cursor = s + 1;
     const i = this.rowAt + s;
-    if (this.vals[i] === this.vals[i]) return false;
+    const empty = this.vals[i] !== this.vals[i];
     this.vals[i] = v;
-    this.points++;
-    return true;
+    if (empty) this.points++;
+    return empty;
   }
 
   /** The slot of server sid, made if it has none. */

@@ -691,7 +691,7 @@ export class Store {
             this.counters.points_dropped_bad_value += replay ? 0 : 1;
             continue;
           }
-          // A (server, second) the head holds already counts as taken, as it always has; its first value is kept.
+          // A (server, second) the head holds already counts as taken: its newest value is kept.
           mh.addPoint(sid, m.pointValues[e]!);
           took++;
         }
