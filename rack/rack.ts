@@ -83,6 +83,7 @@ export class Rack {
       serversMax: l.serversMax,
       openSecondsPerServerMax: l.openSecondsPerServerMax,
       bytesHeldMax: l.bytesHeldMax,
+      serverSecondBytesMax: l.serverSecondBytesMax,
       latenessMs: opts.latenessMs,
       lateHorizonSeconds: l.lateHorizonSeconds,
       futureSeconds: Math.min(l.futureSeconds, Math.ceil(l.clockSkewMaxMs / 1000)),

@@ -23,6 +23,18 @@ function part(server: string, second: number, p: number, parts: number, seq: num
 }
 
 describe('Reassembly', () => {
+  it('regression: one server\'s second holds at most serverSecondBytesMax, so one edge cannot take every other server\'s room (before: memory_full for the others)', () => {
+    const r = new Reassembly({ ...opts, serverSecondBytesMax: 300_000 });
+    // A hog: 4,096 parts of 64 KB for one second; 4 are taken (256 KB), the rest refused.
+    let refused = 0;
+    for (let p = 0; p < 4096; p++) if (r.accept(part('hog', t0, p, 4096, 100 + p), 65_507, peer, ms(t0)) === 'server_second_full') refused++;
+    expect(refused).toBe(4092);
+    expect(r.heldBytes).toBe(4 * 65_507);
+    // Another server's parts still fit.
+    expect(r.accept(part('b', t0, 0, 1, 1), 40_000, peer, ms(t0))).toBeNull();
+    expect(r.rejected).toMatchObject({ server_second_full: 4092, memory_full: 0 });
+  });
+
   it('collects parts, NACKs the missing one after the delay, counts it recovered, closes at the watermark', () => {
     const r = new Reassembly(opts);
     expect(r.accept(part('a', t0, 0, 3, 10), 100, peer, ms(t0, 10))).toBeNull();

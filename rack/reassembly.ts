@@ -14,6 +14,8 @@ export interface ReassemblyOptions {
   serversMax: number;
   openSecondsPerServerMax: number;
   bytesHeldMax: number;
+  /** Bytes of one server's open second (server_second_full beyond: one edge may not take everyone's room). */
+  serverSecondBytesMax?: number;
   latenessMs: number;
   /** Parts older than this (s) are refused as too_old; newer late parts are forwarded late. */
   lateHorizonSeconds: number;
@@ -41,6 +43,7 @@ export type AcceptReason =
   | 'too_many_servers'
   | 'too_many_open_seconds'
   | 'memory_full'
+  | 'server_second_full'
   | 'parts_mismatch';
 
 export interface Peer {
@@ -153,6 +156,7 @@ export class Reassembly {
     too_many_servers: 0,
     too_many_open_seconds: 0,
     memory_full: 0,
+    server_second_full: 0,
     parts_mismatch: 0,
   };
 
@@ -197,6 +201,10 @@ export class Reassembly {
       this.counters.parts_duplicate++;
       return null;
     }
+    // One server's second takes at most serverSecondBytesMax: an edge sending 4,096 parts of
+    // 64 KB for one second took the whole bytesHeldMax, and every other server's parts were
+    // refused as memory_full.
+    if (o.bytes + frameBytes > (this.opts.serverSecondBytesMax ?? Infinity)) return this.reject('server_second_full');
     if (this.bytesHeld + frameBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
     o.received[msg.part] = msg;
     o.count++;
