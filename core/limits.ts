@@ -46,6 +46,9 @@ export const coreLimits = {
   /** Servers and racks the registry accepts: 10× the design fleet. */
   serversMax: 100_000,
   racksMax: 10_000,
+  /** Seconds ahead of the core's clock a rack second may be (400 `future` beyond): a sender's
+   * clock an hour off is a clock to fix, and such a block would wait in the head until then. */
+  futureSecondsMax: 3600,
   /** Stored queries per core. */
   storedQueriesMax: 1000,
   /** Windows one stored query evaluates per scheduler tick (catch-up after downtime spreads over ticks). */

@@ -76,6 +76,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
       metricsPerServerMax: L.metricsPerServerMax,
       serversMax: L.serversMax,
       racksMax: L.racksMax,
+      futureSecondsMax: L.futureSecondsMax,
       sliceMs: L.rowSliceMs,
     },
     stored: { latenessMs: o.queryLatenessMs ?? 3000, windowsPerTickMax: L.windowsPerTickMax, lateSecondsMax: L.lateSecondsMax },

@@ -50,6 +50,8 @@ export interface StoreOptions {
   metricsPerServerMax: number;
   serversMax: number;
   racksMax: number;
+  /** Seconds ahead of the clock a second may be (default futureSecondsMax). */
+  futureSecondsMax?: number;
   /** Longest a row-writing slice runs before the worker turns to ingest again. */
   sliceMs: number;
   diskBytesMax: number;
@@ -593,9 +595,10 @@ export class Store {
     // the WAL until that date (out of the rows-behind backlog too), until head_full refused
     // every rack. Racks refuse edges more than 10 s off their clock; this is for a rack (or an
     // import) whose own clock is wrong.
-    if (h.second > Math.floor(nowMs / 1000) + futureSecondsMax) {
+    const ahead = this.opts.futureSecondsMax ?? futureSecondsMax;
+    if (h.second > Math.floor(nowMs / 1000) + ahead) {
       this.rejected.future = (this.rejected.future ?? 0) + 1;
-      return { status: 400, reason: 'future', error: `second ${h.second} is ${h.second - Math.floor(nowMs / 1000)} s ahead of this core's clock (at most ${futureSecondsMax} s are taken): check the sender's clock; nothing of this second is stored` };
+      return { status: 400, reason: 'future', error: `second ${h.second} is ${h.second - Math.floor(nowMs / 1000)} s ahead of this core's clock (at most ${ahead} s are taken): check the sender's clock; nothing of this second is stored` };
     }
     // Rack ids are bounded (head keys pack them): a new rack beyond racksMax is refused before
     // anything is stored, and the rack's spool keeps its data until an operator makes room.
