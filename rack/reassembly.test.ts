@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { emptyColumns, type EdgeSecondMessage } from '../schema/codec.js';
-import { Reassembly, type ReassemblyOptions } from './reassembly.js';
+import { closedRecordBytesMax, Reassembly, type ReassemblyOptions } from './reassembly.js';
 
 const t0 = 1_790_000_000;
 const ms = (second: number, offset = 0) => second * 1000 + offset;
@@ -23,6 +23,19 @@ function part(server: string, second: number, p: number, parts: number, seq: num
 }
 
 describe('Reassembly', () => {
+  it('regression: the records of closed seconds kept for late parts are bounded (late parts naming 4,096 parts made 4 KiB records without bound, uncounted)', () => {
+    const r = new Reassembly({ ...opts, serversMax: 256 });
+    r.close(ms(t0 + 600)); // every second up to now is closed: parts for them are late
+    let refused = 0;
+    for (let srv = 0; srv < 256; srv++) {
+      // Seconds up to t0 + 597 are closed (the lateness is 2 s): 28 late seconds of each server.
+      for (let k = 3; k <= 30; k++) if (r.accept(part(`s${srv}`, t0 + 600 - k, 0, 4096, k), 100, peer, ms(t0 + 600)) === 'memory_full') refused++;
+      r.close(ms(t0 + 600)); // the late parts go on
+    }
+    expect(r.closedRecordBytes).toBeLessThanOrEqual(closedRecordBytesMax);
+    expect(refused).toBe(256 * 28 - closedRecordBytesMax / 4096);
+  });
+
   it('regression: one server\'s second holds at most serverSecondBytesMax, so one edge cannot take every other server\'s room (before: memory_full for the others)', () => {
     const r = new Reassembly({ ...opts, serverSecondBytesMax: 300_000 });
     // A hog: 4,096 parts of 64 KB for one second; 4 are taken (256 KB), the rest refused.
