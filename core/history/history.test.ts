@@ -11,6 +11,8 @@ import { buildColumns } from '../../schema/testdata.js';
 import { openNode, type CoreNode } from '../node.js';
 import type { WindowResult } from '../query/eval.js';
 import { decodeFrame, KindCode } from '../../schema/codec.js';
+import type { RackSecondMessage } from '../../schema/section.js';
+import type { IngestResult } from '../pool.js';
 import { batchBytesMax } from '../../schema/limits.js';
 import { Dedup, windowSeqs } from '../dedup.js';
 import { runImport, type ImportSummary } from './import.js';
@@ -21,6 +23,21 @@ const t0 = now - 7200 - (now % 60); // two hours ago, a block start
 
 function line(name: string, labels: Record<string, string>, points: [number, number][]): string {
   return JSON.stringify({ metric: { __name__: name, ...labels }, values: points.map((p) => p[1]), timestamps: points.map((p) => p[0] * 1000) });
+}
+
+/** runImport of `lines` on a clock at `nowSec`, each request decoded and answered by `answer`. */
+function importAt(lines: string[], nowSec: number, answer: (msg: RackSecondMessage) => IngestResult) {
+  return runImport(chunks(lines.join('\n'), 64), {
+    shards: 1,
+    retentionSeconds: 86_400,
+    nowMs: () => nowSec * 1000,
+    mayRack: () => true,
+    ingest: async (b) => {
+      const r = decodeFrame(b, batchBytesMax);
+      if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: not a RackSecond');
+      return answer(r.msg);
+    },
+  });
 }
 
 async function* chunks(text: string, size: number): AsyncIterable<Uint8Array> {
@@ -286,23 +303,15 @@ describe('import requests and the core\'s de-duplication window', () => {
     let running = 0;
     const tried = new Set<number>();
     const lines = [JSON.stringify({ metric: { __name__: 'm', server: 's1' }, values: [1, 2, 3, 4], timestamps: [0, 1, 2, 3].map((k) => (nowSec - 100 + k) * 1000) })];
-    const summary = await runImport(chunks(lines.join('\n'), 64), {
-      shards: 1,
-      retentionSeconds: 86_400,
-      nowMs: () => nowSec * 1000,
-      mayRack: () => true,
-      ingest: async (b) => {
-        const r = decodeFrame(b, batchBytesMax);
-        if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: not a RackSecond');
-        // Of each 1-point request: the first try, one worker stored it and another answered 503;
-        // the retry finds it stored there (a duplicate).
-        attempts++;
-        if (!tried.has(r.msg.seq)) {
-          tried.add(r.msg.seq);
-          return { status: 503, reason: 'rows_behind', error: 'behind', pointsStored: 1 };
-        }
-        return { status: 204, points: 0, duplicates: 1, msg: r.msg };
-      },
+    const summary = await importAt(lines, nowSec, (msg) => {
+      // Of each 1-point request: the first try, one worker stored it and another answered 503;
+      // the retry finds it stored there (a duplicate).
+      attempts++;
+      if (!tried.has(msg.seq)) {
+        tried.add(msg.seq);
+        return { status: 503, reason: 'rows_behind', error: 'behind', pointsStored: 1 };
+      }
+      return { status: 204, points: 0, duplicates: 1, msg };
     });
     expect(summary).toMatchObject({ stored: 4, pointsRefused: {} });
     expect(attempts).toBe(8);
@@ -328,20 +337,10 @@ describe('import requests and the core\'s de-duplication window', () => {
     const series = (rack: string, s: number) => JSON.stringify({ metric: { __name__: 'm', server: `${rack}-s${s}`, rack }, values: [1, 2, 3], timestamps: [0, 1, 2].map((k) => (nowSec - 100 + k) * 1000) });
     const lines = [series('ra', 0), series('rb', 0), series('ra', 1), series('rb', 1)];
     const t = performance.now();
-    const summary = await runImport(chunks(lines.join('\n'), 64), {
-      shards: 1,
-      retentionSeconds: 86_400,
-      nowMs: () => nowSec * 1000,
-      mayRack: () => true,
-      ingest: async (b) => {
-        const r = decodeFrame(b, batchBytesMax);
-        if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('BUG: not a RackSecond');
-        if (r.msg.rack === 'rb') return { status: 503, reason: 'racks_full', error: 'this store holds data of 1 racks (racksMax 1)' };
-        let points = 0;
-        for (let i = 0; i < r.msg.servers.length; i++) points += 1;
-        return { status: 204, points, duplicates: 0, msg: r.msg };
-      },
-    });
+    // One point a server a request: the points stored are its servers.
+    const summary = await importAt(lines, nowSec, (msg) =>
+      msg.rack === 'rb' ? { status: 503, reason: 'racks_full', error: 'this store holds data of 1 racks (racksMax 1)' } : { status: 204, points: msg.servers.length, duplicates: 0, msg },
+    );
     expect(performance.now() - t).toBeLessThan(5000);
     expect(summary).toMatchObject({ stored: 6, pointsRefused: { core_refused: 6 } });
     expect(summary.errors.some((e) => e.reason === 'core_refused:racks_full')).toBe(true);
