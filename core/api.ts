@@ -238,6 +238,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_requests_ingested_total', 'Rack seconds made durable in every shard they name', pool.counters.requests_ingested);
     p.counter('apm_core_sections_ingested_total', 'Shard sections made durable', s('sections_ingested'));
     p.counter('apm_core_ingest_commits_total', 'Synced ingest transactions (requests waiting together share one: group commit)', s('commits'));
+    p.counter('apm_core_sections_refused_total', "Sections refused alone (they do not decode or check; by reason in apm_core_requests_rejected_total); their request's other sections are stored", s('sections_refused'));
     p.counter('apm_core_sections_duplicate_total', 'Sections of retried requests acknowledged again without storing (same rack, session, seq)', s('sections_duplicate'));
     p.counter('apm_core_sections_too_old_total', 'Sections older than the de-duplication window, taken as duplicates', s('too_old'));
     p.counter('apm_core_sections_late_total', 'Sections for blocks already written (merged)', s('sections_late'));

@@ -305,6 +305,25 @@ describe('Store', () => {
     await store.close();
   });
 
+  it('regression: a section that does not decode is refused alone, counted; the request\'s other sections are stored (before: 400 for the request, and the rack dropped every shard\'s good sections with it)', () => {
+    const store = open();
+    const now = Math.floor(Date.now() / 1000);
+    const points = Array.from({ length: 40 }, (_, i) => ({ name: `sec.${i}`, kind: KindCode.Gauge as const, value: i }));
+    const [h, sections] = batch(now, { a: { points } });
+    expect(sections.length).toBeGreaterThan(1);
+    // One section's bytes cut short: its frame no longer checks.
+    sections[0] = { shard: sections[0]!.shard, bytes: sections[0]!.bytes.subarray(0, 24) };
+    const r = store.ingest(h, sections, now * 1000);
+    expect(r.status).toBe(204);
+    expect(store.counters.sections_refused).toBe(1);
+    expect((r as { points: number }).points).toBeGreaterThan(0);
+    expect((r as { points: number }).points).toBeLessThan(40);
+    // Every section bad: refused as before.
+    const [h2, bad] = batch(now, { a: { points } });
+    expect(store.ingest(h2, bad.map((x) => ({ shard: x.shard, bytes: x.bytes.subarray(0, 24) })), now * 1000).status).toBe(400);
+    void store.close();
+  });
+
   it('regression: refuses a second more than an hour ahead of its clock (400 future, counted); before, it was acknowledged and held in the head and the WAL until that date', async () => {
     const store = open();
     const now = Math.floor(Date.now() / 1000);

@@ -156,6 +156,8 @@ export class Store {
   private readonly pendingNames = new Map<string, string>();
   readonly counters = {
     requests_ingested: 0,
+    /** Sections refused alone (they do not decode or check); their request's other sections are stored. */
+    sections_refused: 0,
     /** Synced ingest transactions: fewer than requests when requests wait together (group commit). */
     commits: 0,
     sections_ingested: 0,
@@ -496,7 +498,7 @@ export class Store {
           return;
         }
         const d = this.decodeRequest(r.h, r.sections, nowMs);
-        if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
+        if ('decoded' in d) valid.push({ i, decoded: d.decoded, bytes: d.bytes });
         else {
           results[i] = d;
           if (d.status !== 400) return;
@@ -507,7 +509,7 @@ export class Store {
         return;
       }
       const d = this.decodeRequest(r.h, r.sections, nowMs);
-      if (Array.isArray(d)) valid.push({ i, decoded: d, bytes: r.sections.map((s) => s.bytes) });
+      if ('decoded' in d) valid.push({ i, decoded: d.decoded, bytes: d.bytes });
       else results[i] = d;
     });
     const refuse = (r: StoreIngestResult) => {
@@ -583,7 +585,7 @@ export class Store {
   }
 
   /** A request's sections decoded and checked against its header, or why it is refused. */
-  private decodeRequest(h: RequestHeader, sections: readonly SectionIn[], nowMs: number): ShardSectionMessage[] | StoreIngestResult {
+  private decodeRequest(h: RequestHeader, sections: readonly SectionIn[], nowMs: number): { decoded: ShardSectionMessage[]; bytes: Uint8Array[] } | StoreIngestResult {
     // A second whose block the retention sweep deletes is refused, not acknowledged and then
     // deleted unseen (an import of old history, a rack that spooled past the retention).
     const oldestBlock = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
@@ -607,14 +609,21 @@ export class Store {
       return { status: 503, reason: 'racks_full', error: `this core holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); rack ${h.rack} is refused` };
     }
     const decoded: ShardSectionMessage[] = [];
+    const kept: Uint8Array[] = [];
+    let refused: StoreIngestResult | null = null;
     for (const s of sections) {
       // A shard being restored from another node (core/snapshot.ts) takes nothing until its copy is whole.
       if (this.restoring.has(s.shard)) return { status: 503, reason: 'shard_restoring', error: `shard ${s.shard} is being restored from another node; retry when the copy is done` };
       const r = decodeFrame(s.bytes, batchBytesMax);
       if (!r.ok || r.msg.type !== 'shardSection') {
+        // That section alone is refused, counted and logged; the request's other sections are
+        // stored (a 400 made the rack drop the whole second, every shard's good sections with it).
         const reason = r.ok ? 'not_a_section' : r.reason;
         this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
-        return { status: 400, reason, error: r.ok ? `expected a ShardSection, got a ${r.msg.type}` : `section for shard ${s.shard} refused (${r.reason}): ${r.detail}` };
+        this.counters.sections_refused++;
+        if (this.counters.sections_refused === 1 || this.counters.sections_refused % 1000 === 0) console.error(`core: a section of ${h.rack} seq ${h.seq} second ${h.second} for shard ${s.shard} refused (${r.ok ? `a ${r.msg.type}` : `${r.reason}: ${r.detail}`}); the request's other sections are stored (${this.counters.sections_refused} refused so far)`);
+        refused ??= { status: 400, reason, error: r.ok ? `expected a ShardSection, got a ${r.msg.type}` : `section for shard ${s.shard} refused (${r.reason}): ${r.detail}` };
+        continue;
       }
       const m = r.msg;
       if (m.shard !== s.shard || !this.heads.has(m.shard) || m.shards !== this.opts.shardCount || m.rack !== h.rack || m.session !== h.session || m.seq !== h.seq || m.second !== h.second || (m.origin ?? originRack) !== (h.origin ?? originRack)) {
@@ -622,10 +631,13 @@ export class Store {
         return { status: 400, reason: 'wrong_section', error: `section of ${m.rack} session ${m.session} seq ${m.seq} second ${m.second} shard ${m.shard}/${m.shards} does not belong to request ${h.rack} ${h.session} ${h.seq} ${h.second} shard ${s.shard}/${this.opts.shardCount}` };
       }
       decoded.push(m);
+      kept.push(s.bytes);
     }
+    // Nothing of it good (a cluster's message is one section): refused whole, as before.
+    if (decoded.length === 0 && refused !== null) return refused;
     // Registered now, so that two new racks in one group commit cannot both pass the bound.
     this.rackId(h.rack);
-    return decoded;
+    return { decoded, bytes: kept };
   }
 
   /** Registers a section's metrics and names and appends its columns to the head; returns entries added. */
