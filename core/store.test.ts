@@ -11,7 +11,8 @@ import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
 import { openLmdb } from '../schema/lmdb.js';
-import { futureSecondsMax, Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
+import { coreLimits } from './limits.js';
+import { Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
 const S = 4;
@@ -330,7 +331,7 @@ describe('Store', () => {
     const far = store.ingest(...batch(now + 10 * 365 * 86_400, { a: { points: [{ name: 'fut', kind: KindCode.Gauge, value: 1 }] } }), now * 1000);
     expect(far).toMatchObject({ status: 400, reason: 'future' });
     expect(store.rejected.future).toBe(1);
-    expect(store.ingest(...batch(now + futureSecondsMax, { a: { points: [{ name: 'fut', kind: KindCode.Gauge, value: 2 }] } }), now * 1000).status).toBe(204);
+    expect(store.ingest(...batch(now + coreLimits.futureSecondsMax, { a: { points: [{ name: 'fut', kind: KindCode.Gauge, value: 2 }] } }), now * 1000).status).toBe(204);
     await store.close();
   });
 

@@ -27,6 +27,7 @@ import { originRack, shardOf, type ShardSectionMessage } from '../schema/section
 import { SketchAccumulator } from '../schema/sketch.js';
 import { decodeRow, encodeRow, RowError, RowScratch, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
 import { Dedup, windowSeqs } from './dedup.js';
+import { coreLimits } from './limits.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
@@ -50,7 +51,7 @@ export interface StoreOptions {
   metricsPerServerMax: number;
   serversMax: number;
   racksMax: number;
-  /** Seconds ahead of the clock a second may be (default futureSecondsMax). */
+  /** Seconds ahead of the clock a second may be (default coreLimits.futureSecondsMax). */
   futureSecondsMax?: number;
   /** Longest a row-writing slice runs before the worker turns to ingest again. */
   sliceMs: number;
@@ -88,9 +89,6 @@ export interface RequestHeader {
    */
   stream?: { seq: number; after: number };
 }
-
-/** Seconds ahead of the core's clock a second may be (decodeRequest): a sender's clock an hour off is a clock to fix. */
-export const futureSecondsMax = 3600;
 
 /** The applied sequence of a shard whose restore from another node did not complete: copy it again. */
 export const restoringSeq = -1;
@@ -597,7 +595,7 @@ export class Store {
     // the WAL until that date (out of the rows-behind backlog too), until head_full refused
     // every rack. Racks refuse edges more than 10 s off their clock; this is for a rack (or an
     // import) whose own clock is wrong.
-    const ahead = this.opts.futureSecondsMax ?? futureSecondsMax;
+    const ahead = this.opts.futureSecondsMax ?? coreLimits.futureSecondsMax;
     if (h.second > Math.floor(nowMs / 1000) + ahead) {
       this.rejected.future = (this.rejected.future ?? 0) + 1;
       return { status: 400, reason: 'future', error: `second ${h.second} is ${h.second - Math.floor(nowMs / 1000)} s ahead of this core's clock (at most ${ahead} s are taken): check the sender's clock; nothing of this second is stored` };

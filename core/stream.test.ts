@@ -31,10 +31,16 @@ function message(seq: number, after: number, v: number): { h: RequestHeader; sec
   return { h: { ...h, stream: { seq, after } }, sections: [{ shard: 0, bytes: sectionAt(m, 0).slice() }] };
 }
 
+/** A temporary data directory, removed after the tests. */
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'apm-stream-'));
+  dirs.push(dir);
+  return dir;
+}
+
 describe('stream order (cluster consumer)', () => {
   it('applies in order, records the sequence durably, refuses a gap, and stores a redelivery once', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'apm-stream-'));
-    dirs.push(dir);
+    const dir = tempDir();
     let store = new Store(options(dir));
     const m1 = message(1, 0, 1);
     const m2 = message(2, 1, 2);
@@ -57,8 +63,7 @@ describe('stream order (cluster consumer)', () => {
   });
 
   it('a stream made again: the applied sequence is lowered durably, its messages are applied from the first, and sections stored before are duplicates', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'apm-stream-'));
-    dirs.push(dir);
+    const dir = tempDir();
     let store = new Store(options(dir));
     const old1 = message(1, 0, 1);
     const old2 = message(2, 1, 2);
