@@ -46,20 +46,27 @@ export type IngestResult =
   | { status: 400 | 409 | 503; error: string; reason: string; shards?: number; pointsStored?: number }
   | { status: 403; reason: 'rack_not_allowed'; rack: string; error: string };
 
-type Pending = { resolve: (r: Reply) => void; timer: NodeJS.Timeout };
+/**
+ * A request sent to a worker. `answered` runs once when the worker answers it or dies, even
+ * after its asker was answered 503 for a timeout: the message still waits in the worker's
+ * queue until then, and what bounds that queue (ingestWaiting, queriesWaiting) counts it.
+ */
+type Pending = { resolve: (r: Reply) => void; timer: NodeJS.Timeout | null; answered?: (r: Reply | null) => void };
 
 interface Slot {
   index: number;
   worker: Worker | null;
   ready: Promise<void> | null;
+  /** Its thread said 'ready' (its WAL is replayed); before, requests other than 'stop' are answered 503 at once. */
+  isReady: boolean;
   pending: Map<number, Pending>;
   stats: WorkerStats | null;
   deaths: number;
   /** performance.now() when its thread last started. */
   startedAt: number;
-  /** Ingest requests sent and not answered yet. */
+  /** Ingest requests sent and not answered by the worker yet (timed out or not). */
   ingestWaiting: number;
-  /** Ad-hoc queries and export chunks sent and not answered yet. */
+  /** Ad-hoc queries and export chunks sent and not answered by the worker yet (timed out or not). */
   queriesWaiting: number;
 }
 
@@ -71,6 +78,8 @@ export class ShardPool {
   readonly buffers = new BufferPool(ingestBuffersBytesMax);
   private defs: StoredQuery[] = [];
   private stopping = false;
+  /** Tests (stallWorker): the next worker thread started is busy this long before its replay. */
+  private stallNextStartMs = 0;
   readonly counters = { ingest_busy: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
@@ -85,7 +94,7 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, pending: new Map(), stats: null, deaths: 0, startedAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, deaths: 0, startedAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
   }
@@ -118,17 +127,21 @@ export class ShardPool {
       retentionSweepMs: this.opts.retentionSweepMs,
       registrySaveMs: this.opts.registrySaveMs,
       nice: L.workerNice,
+      ...(this.stallNextStartMs === 0 ? {} : { stallStartMs: this.stallNextStartMs }),
     };
   }
 
   private start(slot: Slot): Promise<void> {
     const worker = new Worker(workerScript(), { workerData: this.config(slot.index) });
+    this.stallNextStartMs = 0;
     slot.worker = worker;
+    slot.isReady = false;
     slot.startedAt = performance.now();
     slot.ready = new Promise<void>((resolve, reject) => {
       const onMessage = (m: ToMain) => {
         if (m.t === 'ready') {
           this.counters.wal_replayed += m.replayed;
+          slot.isReady = true;
           resolve();
         }
         this.onMessage(slot, m);
@@ -152,8 +165,9 @@ export class ShardPool {
         const p = slot.pending.get(m.id);
         if (p === undefined) return;
         slot.pending.delete(m.id);
-        clearTimeout(p.timer);
+        if (p.timer !== null) clearTimeout(p.timer);
         p.resolve(m);
+        p.answered?.(m);
         return;
       }
       case 'window':
@@ -174,9 +188,11 @@ export class ShardPool {
   private died(slot: Slot, worker: Worker, code: number): void {
     if (slot.worker !== worker) return;
     slot.worker = null;
+    slot.isReady = false;
     for (const [id, p] of slot.pending) {
-      clearTimeout(p.timer);
+      if (p.timer !== null) clearTimeout(p.timer);
       p.resolve({ t: 'reply', id, error: `worker ${slot.index} stopped (exit ${code}) before answering; retry` });
+      p.answered?.(null);
     }
     slot.pending.clear();
     if (this.stopping) return;
@@ -195,16 +211,30 @@ export class ShardPool {
     }, delayMs).unref();
   }
 
-  private request(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = [], timeoutMs = this.opts.requestTimeoutMs): Promise<Reply> {
+  /**
+   * Sends `msg` to the worker; answered 503-like (an error reply) when it does not answer within
+   * `timeoutMs`. `answered` runs when the worker does answer or dies, timed out or not.
+   */
+  private request(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = [], timeoutMs = this.opts.requestTimeoutMs, answered?: (r: Reply | null) => void): Promise<Reply> {
     const worker = slot.worker;
-    if (worker === null) return Promise.resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} is restarting; retry` });
+    // A thread replaying its WAL takes no requests yet: they would wait unseen in its queue for
+    // as long as the replay lasts. 'stop' waits (the thread closes its stores once it is up).
+    const refuse = worker === null ? 'is restarting' : !slot.isReady && msg.t !== 'stop' ? 'is starting (replaying its WAL)' : null;
+    if (refuse !== null || worker === null) {
+      answered?.(null);
+      return Promise.resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} ${refuse ?? 'is restarting'}; retry` });
+    }
     return new Promise<Reply>((resolve) => {
-      const timer = setTimeout(() => {
-        slot.pending.delete(msg.id);
+      const p: Pending = { resolve, timer: null, answered };
+      p.timer = setTimeout(() => {
         this.counters.requests_timed_out++;
         resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} did not answer within ${timeoutMs} ms; retry` });
+        // Still queued in the worker: kept until it answers when something counts it, so that
+        // the count bounds the worker's queue; forgotten otherwise.
+        if (answered === undefined) slot.pending.delete(msg.id);
+        else (p.timer = null), (p.resolve = () => {});
       }, timeoutMs);
-      slot.pending.set(msg.id, { resolve, timer });
+      slot.pending.set(msg.id, p);
       worker.postMessage(msg, transfer);
     });
   }
@@ -256,13 +286,10 @@ export class ShardPool {
       }
       const h = { rack: msg.rack, session: msg.session, seq: msg.seq, second: msg.second, late: msg.late, origin: msg.origin ?? originRack, ...(stream === undefined ? {} : { stream }) };
       slot.ingestWaiting++;
-      try {
-        const reply = await this.request(slot, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf]);
-        if (reply.buf !== undefined) this.buffers.give(reply.buf);
-        return reply;
-      } finally {
+      return this.request(slot, { t: 'ingest', id: this.nextId++, h, sections: g.refs, buf }, [buf], undefined, (r) => {
         slot.ingestWaiting--;
-      }
+        if (r?.buf !== undefined) this.buffers.give(r.buf);
+      });
     });
     let points = 0;
     let duplicates = 0;
@@ -319,11 +346,7 @@ export class ShardPool {
       return { t: 'reply', id: msg.id, error: `worker ${slot.index} has ${max} queries waiting; retry later` };
     }
     slot.queriesWaiting++;
-    try {
-      return await this.request(slot, msg.t === 'query' ? { ...msg, deadlineMs: Date.now() + this.opts.requestTimeoutMs } : msg);
-    } finally {
-      slot.queriesWaiting--;
-    }
+    return this.request(slot, msg.t === 'query' ? { ...msg, deadlineMs: Date.now() + this.opts.requestTimeoutMs } : msg, [], undefined, () => void slot.queriesWaiting--);
   }
 
   /**
@@ -560,6 +583,18 @@ export class ShardPool {
     const slot = this.slots[index];
     if (slot === undefined) throw new Error(`no worker ${index}`);
     const r = await this.request(slot, { t: 'fail', id: this.nextId++ });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+  }
+
+  /**
+   * Tests: keeps a worker thread from turning its event loop for `ms` (a long synchronous step),
+   * now or, with `atNextStart`, in the next thread started before it replays its WAL.
+   */
+  async stallWorker(index: number, ms: number, atNextStart = false): Promise<void> {
+    const slot = this.slots[index];
+    if (slot === undefined) throw new Error(`no worker ${index}`);
+    if (atNextStart) return void (this.stallNextStartMs = ms);
+    const r = await this.request(slot, { t: 'stall', id: this.nextId++, ms });
     if (r.error !== undefined) throw new WorkerError(r.error);
   }
 

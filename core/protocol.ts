@@ -21,6 +21,8 @@ export interface WorkerConfig {
   registrySaveMs: number;
   /** Added to the process' nice value for the worker thread (core/limits.ts workerNice). */
   nice: number;
+  /** Tests: the thread is busy this long before it opens its stores, as during a long WAL replay. */
+  stallStartMs?: number;
 }
 
 /** Sections of one request for one worker: byte ranges of `buf` (each 8-byte aligned). */
@@ -48,6 +50,8 @@ export type ToWorker =
   | { t: 'stop'; id: number }
   /** Tests: the worker throws an error nothing catches (a worker that dies is restarted from its WAL). */
   | { t: 'fail'; id: number }
+  /** Tests: the thread answers, then is busy for `ms` (at most 10 s), as in a long synchronous step. */
+  | { t: 'stall'; id: number; ms: number }
   // Shard snapshots (issue 13, core/snapshot.ts): a cursor answers one chunk per request; a
   // restore takes batches of whole records between its begin (wipe) and its end (applied seq).
   | { t: 'snapshotOpen'; id: number; shard: number }

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KindCode } from '../schema/codec.js';
 import { openLmdb } from '../schema/lmdb.js';
-import { rackSecondBody } from '../schema/section.js';
+import { rackSecondBody, SectionCutter } from '../schema/section.js';
 import { buildColumns, type PointInput } from '../schema/testdata.js';
 import { openNode, type CoreNode } from './node.js';
 import type { WindowResult } from './query/eval.js';
@@ -52,6 +52,67 @@ describe('bounds of the ingest path', () => {
     for (const body of bodies) expect((await node.app.request('/api/v1/ingest', { method: 'POST', body })).status).toBe(204);
     const [w] = await query(node, 'FROM b-1 SELECT busy.x WINDOW 1m COMPUTE count', t0, t0 + 60);
     expect(w!.values.count).toBe(4);
+  });
+
+  it('an ingest request that timed out still counts against its worker until the worker answers it: the bound holds the worker\'s queue, not only its askers', async () => {
+    const node = await start({ ingestWaitingPerWorkerMax: 2, workerRequestTimeoutMs: 300 });
+    const body = (k: number) => rackSecondBody({ rack: 'slow', session: 1, seq: 2000 + k, second: t0 + k, late: false, shards: S, servers: [{ server: 's-1', blocks: [buildColumns([{ name: 'slow.x', kind: KindCode.Gauge, value: 1 }], [])] }], rollup: buildColumns([], []) });
+    const send = async (k: number) => {
+      const r = await node.app.request('/api/v1/ingest', { method: 'POST', body: body(k) });
+      return { status: r.status, reason: r.status === 204 ? null : ((await r.json()) as { reason: string }).reason };
+    };
+    await node.pool.stallWorker(0, 3000);
+    // Two requests wait past the timeout: their askers get 503, the messages stay queued.
+    expect(await Promise.all([send(0), send(1)])).toEqual([
+      { status: 503, reason: 'worker_unavailable' },
+      { status: 503, reason: 'worker_unavailable' },
+    ]);
+    // Before the fix the count went back to 0 on the timeouts, and this one was queued behind them too.
+    expect(await send(2)).toEqual({ status: 503, reason: 'worker_busy' });
+    // Once the worker turns again it stores the two queued ones; the racks' retries are duplicates.
+    await waitFor(async () => (await send(2)).status === 204);
+    for (const k of [0, 1]) expect((await send(k)).status).toBe(204);
+    const [w] = await query(node, 'FROM s-1 SELECT slow.x WINDOW 1m COMPUTE count', t0, t0 + 60);
+    expect(w!.values.count).toBe(3);
+  });
+
+  it('a worker thread that is starting (replaying its WAL) refuses requests at once with 503, instead of queueing them unseen until its replay ends', async () => {
+    const node = await start();
+    await post(node, 'rp', t0, { 'rp-1': [{ name: 'rp.x', kind: KindCode.Gauge, value: 5 }] });
+    await node.pool.stallWorker(0, 4000, true);
+    const restarts = node.pool.counters.worker_restarts;
+    await node.pool.failWorker(0);
+    await waitFor(() => node.pool.counters.worker_restarts > restarts);
+    const body = rackSecondBody({ rack: 'rp', session: 1, seq: seq++, second: t0 + 1, late: false, shards: S, servers: [{ server: 'rp-1', blocks: [buildColumns([{ name: 'rp.x', kind: KindCode.Gauge, value: 6 }], [])] }], rollup: buildColumns([], []) });
+    const r = await node.app.request('/api/v1/ingest', { method: 'POST', body });
+    expect(r.status).toBe(503);
+    expect(((await r.json()) as { error: string }).error).toMatch(/worker 0 is starting \(replaying its WAL\); retry/);
+    await waitFor(async () => (await node.app.request('/api/v1/ingest', { method: 'POST', body })).status === 204, 20_000);
+    const [w] = await query(node, 'FROM rp-1 SELECT rp.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
+    expect(w!.values.sum).toBe(11);
+  });
+});
+
+describe('a rack second in several bodies', () => {
+  it('bodies of one rack second with different metrics of the same shard are all stored, each metric whole (its whole-rack percentile from its rollup)', async () => {
+    const node = await start();
+    const cutter = new SectionCutter(1 << 12);
+    const names = Array.from({ length: 200 }, (_, i) => `split.${i}`);
+    const servers = Array.from({ length: 10 }, (_, j) => ({ server: `sp-${j}`, blocks: [buildColumns(names.map((name, i) => ({ name, kind: KindCode.Gauge, value: i + j })), [{ name: 'split.lat', values: [j, 10 + j] }])] }));
+    const rollup = buildColumns([], [{ name: 'split.lat', values: Array.from({ length: 10 }, (_, j) => [j, 10 + j]).flat() }], [...names, 'split.lat']);
+    const bodies = cutter.bodies({ rack: 'sp', second: t0 + 5, late: false, shards: S, servers, rollup }, () => ({ session: 1, seq: seq++ }), { sectionBytesMax: 4096, bodyBytesMax: 8192 });
+    // Shard sections were cut by metrics: some shard is in more than one body.
+    expect(bodies.length).toBeGreaterThan(S);
+    for (const b of bodies) expect((await node.app.request('/api/v1/ingest', { method: 'POST', body: b.bytes })).status).toBe(204);
+    for (const i of [0, 77, 199]) {
+      const [w] = await query(node, `FROM sp-* SELECT split.${i} WINDOW 1m COMPUTE sum, count`, t0, t0 + 60);
+      expect(w!.values).toEqual({ sum: 10 * i + 45, count: 10 });
+    }
+    const [w] = await query(node, 'FROM * SELECT split.lat WINDOW 1m COMPUTE count, min, max, percentile(50)', t0, t0 + 60);
+    expect(w!.values).toMatchObject({ count: 20, min: 0, max: 19 });
+    const p50 = w!.values['percentile(50)']!;
+    expect(p50).toBeGreaterThan(9 * 0.98);
+    expect(p50).toBeLessThan(10 * 1.02);
   });
 });
 
@@ -165,3 +226,11 @@ describe('regression: a section repeating one server in a metric', () => {
     expect(await gauge('apm_core_head_bytes')).toBeLessThan(200_000);
   });
 });
+
+async function waitFor(cond: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -47,6 +47,13 @@ function post(m: ToMain): void {
 
 guardLmdbRejections((message) => post({ t: 'log', message: `an LMDB write failed (${message}); free disk space — the write is retried or refused with 503` }));
 
+/** Tests only: the thread runs without turning its event loop for `ms` (at most 10 s). */
+function busyFor(ms: number): void {
+  const until = performance.now() + Math.min(ms, 10_000);
+  while (performance.now() < until);
+}
+
+if (config.stallStartMs !== undefined) busyFor(config.stallStartMs);
 const owned = new Map<number, Owned>();
 for (const index of config.stores) {
   const opts: StoreOptions = { ...config.store, dir: `${config.dataDir}/store-${index}`, shards: config.shardsOfStore[index]! };
@@ -450,6 +457,11 @@ function handle(m: ToWorker): void {
         () => post({ t: 'reply', id: m.id }),
         (err: unknown) => post({ t: 'reply', id: m.id, error: `its stores did not close cleanly: ${(err as Error).message}` }),
       );
+      return;
+    }
+    case 'stall': {
+      post({ t: 'reply', id: m.id });
+      setImmediate(() => busyFor(m.ms));
       return;
     }
     case 'fail': {
