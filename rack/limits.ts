@@ -52,6 +52,14 @@ export const rackLimits = {
   /** Distinct metrics in one rack second: bounds the rollup and the shard sections cut from it
    *  (40 servers × 2,000 metrics share most names; 500 k leaves room for per-server names). */
   rollupMetricsMax: 500_000,
+  /** Largest body of one second: a second past it goes as several bodies (rack_seconds_split),
+   *  each with its own seq and whole metrics (all servers' entries and the rollup). A full
+   *  rack's second is ~1–2 MB; 256 edges at serverSecondBytesMax can make hundreds of MB, which
+   *  the core would refuse whole (413 beyond 64 MiB, schema/limits.ts batchBytesMax). */
+  bodyBytesMax: 16 * 1024 * 1024,
+  /** NATS mode: largest shard section (one message): under nats-server's default max payload
+   *  (1 MiB) even when deflate gains nothing. A larger one is cut by metrics into several. */
+  natsSectionBytesMax: 960 * 1024,
   /** Names re-sent to the core with every batch (a core that lost its registry relearns them). */
   nameRefreshPerBatch: 200,
   /** Unknown-name hashes asked from one edge per second. */

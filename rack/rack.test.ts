@@ -218,6 +218,29 @@ describe('Rack → core (RackSecond bodies)', () => {
     }
   });
 
+  it('regression: a second past bodyBytesMax goes as several bodies, each numbered and within the bound, every point once; before, one body the core refused (413) and the rack dropped', async () => {
+    const core = await startCore();
+    const { udpPort, httpPort } = await startRackWith(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-split-')), { bodyBytesMax: 16 * 1024 });
+    const sock = dgram.createSocket('udp4');
+    cleanup.push(() => void sock.close());
+    const s1 = nowSecond();
+    const names = Array.from({ length: 400 }, (_, i) => `wide.${i}`);
+    for (let j = 0; j < 8; j++) {
+      const series = buildColumns(names.map((name, i) => ({ name, kind: KindCode.Gauge, value: i + j / 10 })), [{ name: 'wide.lat', values: [j, 2 * j] }], [...names, 'wide.lat']);
+      sock.send(new Encoder().edgeSecond({ server: `w-${j}`, session: 3, seq: 1, second: s1, part: 0, parts: 1, sentMs: Date.now(), series }), udpPort, '127.0.0.1');
+    }
+    const points = () => core.batches.filter((b) => b.second === s1).reduce((n, b) => n + b.servers.reduce((k, x) => k + x.series.pointValues.length, 0), 0);
+    await until(() => (points() === 8 * 400 ? true : undefined), 8000, 'every point at the core');
+    const bodies = core.batches.filter((b) => b.second === s1);
+    expect(bodies.length).toBeGreaterThan(1);
+    expect(new Set(bodies.map((b) => b.seq)).size).toBe(bodies.length);
+    for (const b of bodies) expect(b.bytes).toBeLessThanOrEqual(16 * 1024);
+    // The distribution went whole: its 8 servers' summaries in one body.
+    expect(bodies.filter((b) => b.servers.some((x) => x.series.distKinds.length > 0)).map((b) => b.servers.filter((x) => x.series.distKinds.length > 0).length)).toEqual([8]);
+    expect((await rackMetrics(httpPort)).get('apm_rack_seconds_split_total')).toBe(1);
+    expect(core.invalid).toBe(0);
+  });
+
   it('regression: a 404 (a wrong path, a proxy) keeps the batches and retries; before, each was dropped as sent and the spool emptied', async () => {
     const core = await startCore();
     const { rack, udpPort, httpPort } = await startRack(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-404-')));

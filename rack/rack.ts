@@ -292,18 +292,25 @@ export class Rack {
     this.counters.summaries_merged += merged.summaries;
     this.askNames(batch);
     const rollup = withColumns(merged.rollup, this.names.forBatch(this.opts.limits.nameRefreshPerBatch));
-    const seq = this.spool.takeSeq();
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const shards = this.spool.shards;
-    const bytes = this.cutter.body({ rack: this.opts.rack, session: this.spool.session, seq, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup });
+    // One body a second, or several when it would pass what one request or message carries.
+    const l = this.opts.limits;
+    const bounds = { bodyBytesMax: l.bodyBytesMax, sectionBytesMax: this.publisher !== null ? Math.min(l.natsSectionBytesMax, l.bodyBytesMax) : l.bodyBytesMax };
+    const take = () => ({ seq: this.spool.takeSeq(), session: this.spool.session });
+    for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, take, bounds)) this.keep(seq, batch.second, shards, bytes);
+  }
+
+  /** One body into the spool, then to the forwarder or publisher. */
+  private keep(seq: number, second: number, shards: number, bytes: Uint8Array): void {
     this.pendingWrites++;
     void this.spool
       .put(seq, bytes)
       .then((ok) => {
         if (!ok) return;
         this.counters.batches_spooled++;
-        if (this.publisher !== null) this.publisher.enqueued(seq, batch.second, shards);
-        else this.forwarder?.enqueued(seq, batch.second, shards);
+        if (this.publisher !== null) this.publisher.enqueued(seq, second, shards);
+        else this.forwarder?.enqueued(seq, second, shards);
       })
       .catch((err: unknown) => {
         this.counters.batches_spool_failed++;
@@ -431,6 +438,8 @@ export class Rack {
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
     p.counter('apm_rack_rollups_count_overflow_total', "Distribution rollups not sent because their servers' counts add up past 2^32 - 1 (the servers' summaries are sent; the core uses them for that second)", this.merger.rollupsCountOverflow);
+    p.counter('apm_rack_seconds_split_total', 'Seconds sent as several bodies: one would have passed bodyBytesMax, or a shard\'s section the NATS section bound (each body holds whole metrics: all servers\' entries and the rollup)', this.cutter.secondsSplit);
+    p.counter('apm_rack_metrics_too_large_total', "Metric-seconds not sent: one metric's entries alone passed a body's bound (its other seconds, and the second's other metrics, are sent)", this.cutter.metricsTooLarge);
     p.counter('apm_rack_rollups_not_finite_total', 'Distribution rollups not sent because their sum overflowed (the servers\' summaries are sent; the core uses them for that second)', this.cutter.rollupsNotFinite);
     p.counter('apm_rack_section_metrics_dropped_total', "Metrics left out of a second's sections (more distinct metrics in one second than the rack's metric bound)", this.cutter.overflow);
     p.gauge('apm_rack_shards', "Shards the rack cuts each second into (the core's S; the default until the core ever said)", this.spool.shards);

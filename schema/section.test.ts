@@ -107,6 +107,72 @@ describe('shard sections (rack → core v2)', () => {
     expect(Array.from(ls.distCounts)).toEqual([3, 1, 4]);
   });
 
+  it('bodies(): a second past its bounds goes as several numbered bodies, each section within its bound, one section per shard a body, every metric whole and once', () => {
+    const servers = Array.from({ length: 30 }, (_, j) => ({
+      server: `big-${j}`,
+      blocks: [buildColumns(Array.from({ length: 300 }, (_, i) => ({ name: `g.${i}`, kind: KindCode.Gauge as const, value: i + j / 100 })), Array.from({ length: 5 }, (_, k) => ({ name: `lat.${k}`, values: [j, k + 1, 2.5 * j] })))],
+    }));
+    const rollup = buildColumns([], Array.from({ length: 5 }, (_, k) => ({ name: `lat.${k}`, values: Array.from({ length: 30 }, (_, j) => j) })), ['g.0', 'g.1', 'lat.0']);
+    const input = { rack: 'r1', second: header.second, late: false, shards: 4, servers, rollup };
+    const whole = new SectionCutter(1 << 12).body({ ...input, session: 7, seq: 42 });
+    // Within bounds: one body, the same bytes as body().
+    const one = new SectionCutter(1 << 12).bodies(input, () => ({ session: 7, seq: 42 }), { sectionBytesMax: 1 << 20, bodyBytesMax: 1 << 20 });
+    expect(one.map((b) => b.seq)).toEqual([42]);
+    expect(Buffer.from(one[0]!.bytes).equals(Buffer.from(whole))).toBe(true);
+    // Past them: several.
+    const cutter = new SectionCutter(1 << 12);
+    const bounds = { sectionBytesMax: 8 * 1024, bodyBytesMax: 24 * 1024 };
+    let seq = 0;
+    const bodies = cutter.bodies(input, () => ({ session: 9, seq: ++seq }), bounds);
+    expect(bodies.length).toBeGreaterThan(2);
+    expect(bodies.map((b) => b.seq)).toEqual(bodies.map((_, k) => 1 + k));
+    expect(cutter.secondsSplit).toBe(1);
+    expect(cutter.metricsTooLarge).toBe(0);
+    const points: string[] = [];
+    const dists = new Map<number, number[]>();
+    const names: string[] = [];
+    for (const b of bodies) {
+      expect(b.bytes.length).toBeLessThanOrEqual(bounds.bodyBytesMax);
+      const m = decodeOk(b.bytes);
+      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+      expect(m).toMatchObject({ rack: 'r1', session: 9, seq: b.seq, second: header.second, shards: 4 });
+      expect(new Set(m.sectionShards).size).toBe(m.sectionShards.length);
+      for (let i = 0; i < m.sectionShards.length; i++) {
+        expect(sectionAt(m, i).length).toBeLessThanOrEqual(bounds.sectionBytesMax);
+        const x = decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage;
+        expect(x).toMatchObject({ seq: b.seq, session: 9, shard: m.sectionShards[i] });
+        for (let k = 0; k < x.pointEnds.length; k++) for (let e = k === 0 ? 0 : x.pointEnds[k - 1]!; e < x.pointEnds[k]!; e++) points.push(`${x.pointHashes[2 * k]}/${x.servers[x.pointServers[e]!]}/${x.pointValues[e]}`);
+        for (let k = 0; k < x.distEnds.length; k++) {
+          // A distribution's summaries (every server's, then the rollup) are in one section.
+          expect(dists.has(x.distHashes[2 * k]!)).toBe(false);
+          dists.set(x.distHashes[2 * k]!, Array.from(x.distServers.subarray(k === 0 ? 0 : x.distEnds[k - 1]!, x.distEnds[k]!)));
+        }
+        for (let k = 0; k < x.nameEnds.length; k++) names.push(nameAt(x, k));
+      }
+    }
+    expect(points.sort()).toEqual(pointsOf(whole));
+    expect(dists.size).toBe(5);
+    for (const servers of dists.values()) expect(servers).toEqual([...Array.from({ length: 30 }, (_, j) => j), rollupServer]);
+    expect(names.sort()).toEqual(['g.0', 'g.1', 'lat.0']);
+  });
+
+  it('bodies(): a metric whose entries alone pass a body\'s bound is left out of that second, counted; the others go', () => {
+    const servers = Array.from({ length: 30 }, (_, j) => ({
+      server: `wide-${j}`,
+      blocks: [buildColumns([{ name: 'small', kind: KindCode.Gauge as const, value: j }], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])],
+    }));
+    const cutter = new SectionCutter(1 << 12);
+    let seq = 0;
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 8 * 1024, bodyBytesMax: 8 * 1024 });
+    expect(cutter.metricsTooLarge).toBe(1);
+    expect(bodies).toHaveLength(1);
+    const m = decodeOk(bodies[0]!.bytes);
+    if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+    const x = decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
+    expect(x.distEnds.length).toBe(0);
+    expect(Array.from(x.pointValues)).toEqual(Array.from({ length: 30 }, (_, j) => j));
+  });
+
   it('refuses any truncated or bit-flipped section or body (fuzz)', () => {
     const c = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], [{ name: 'lat', values: [1, 2, 3] }], ['cpu']);
     const body = rackSecondBody({ ...header, shards: 4, servers: [{ server: 'a', blocks: [c] }], rollup: buildColumns([], [{ name: 'lat', values: [1, 2, 3] }]) });

@@ -177,8 +177,90 @@ export class SectionCutter {
     return this.cutInto(input, undefined);
   }
 
+  /** Rack seconds that needed more than one body (bodies()). */
+  secondsSplit = 0;
+  /** Metrics of a second left out by bodies() because their entries alone pass a body's bound (each counted once a second). */
+  metricsTooLarge = 0;
+
+  /**
+   * The second as bodies of at most `o.bodyBytesMax` bytes whose sections hold at most
+   * `o.sectionBytesMax` each, every body numbered by `take()` (its session and seq). One body
+   * with one section per shard, as body(), unless a shard's section would pass its bound: it is
+   * then cut by metrics into several sections, which go in different bodies (a body holds one
+   * section per shard: the core de-duplicates per (rack, session, seq, shard)), and bodies are
+   * filled up to their bound. Every section still holds all servers' entries of its metrics, so
+   * rollups and whole-rack percentiles stay whole. A metric whose entries alone pass a body's
+   * bound cannot be sent: it is left out of this second and counted (metricsTooLarge).
+   */
+  bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: { sectionBytesMax: number; bodyBytesMax: number }): { session: number; seq: number; bytes: Uint8Array }[] {
+    const c = this.prepare({ ...input, session: 0, seq: 0 });
+    const servers = input.servers.map((x) => x.server);
+    let idBytes = 0;
+    for (const id of c.ids) idBytes += id.length + 8;
+    const bodyFixed = 1024 + idBytes;
+    // Pieces: a shard's rank range [a, b), names with the first piece of a shard.
+    type Piece = { shard: number; a: number; b: number; names: ShardNames | undefined; bytes: number };
+    const pieces: Piece[] = [];
+    const add = (shard: number, a: number, b: number) => {
+      const names = c.named.get(shard);
+      const fixed = 1024 + idBytes + (names === undefined ? 0 : names.bytes.length + 12 * names.ends.length);
+      const whole = fixed + this.rangeBytes(a, b, c.pStart, c.dStart);
+      if (whole <= o.sectionBytesMax) return void pieces.push({ shard, a, b, names, bytes: whole });
+      let first = true;
+      let start = a;
+      let bytes = fixed;
+      for (let r = a; r < b; r++) {
+        const one = this.rangeBytes(r, r + 1, c.pStart, c.dStart);
+        if (one + 1024 + idBytes > o.bodyBytesMax - bodyFixed) {
+          // Alone past a body's bound: not sendable. What came before it goes as a piece.
+          if (r > start) pieces.push({ shard, a: start, b: r, names: first ? names : undefined, bytes }), (first = false);
+          this.metricsTooLarge++;
+          start = r + 1;
+          bytes = 1024 + idBytes;
+          continue;
+        }
+        if (r > start && bytes + one > o.sectionBytesMax) {
+          pieces.push({ shard, a: start, b: r, names: first ? names : undefined, bytes });
+          first = false;
+          start = r;
+          bytes = 1024 + idBytes;
+        }
+        bytes += one;
+      }
+      if (b > start || first) pieces.push({ shard, a: start, b: Math.max(start, b), names: first ? names : undefined, bytes });
+    };
+    this.eachShard(c, add);
+    // Bodies filled in order: a piece goes in the first body with room that lacks its shard.
+    const plans: { pieces: Piece[]; shards: Set<number>; bytes: number }[] = [];
+    for (const piece of pieces) {
+      let plan = plans.find((x) => !x.shards.has(piece.shard) && x.bytes + piece.bytes + 16 <= o.bodyBytesMax);
+      if (plan === undefined) plans.push((plan = { pieces: [], shards: new Set(), bytes: bodyFixed }));
+      plan.pieces.push(piece);
+      plan.shards.add(piece.shard);
+      plan.bytes += piece.bytes + 16;
+    }
+    if (plans.length > 1) this.secondsSplit++;
+    return plans.map((plan) => {
+      const { session, seq } = take();
+      const h: SecondHeader = { ...input, session, seq };
+      this.arena.reset();
+      const frames = plan.pieces.map((x) => ({ shard: x.shard, frame: this.section(h, { shard: x.shard, ids: c.ids, names: x.names, arena: this.arena }, c.byRank, x.a, x.b, c.pStart, c.dStart) }));
+      frames.sort((x, y) => x.shard - y.shard);
+      return { session, seq, bytes: encodeRackSecond(this.encoder, h, frames, servers) };
+    });
+  }
+
   /** cut(), the frames in `arena` (views valid until its reset) or fresh. */
   private cutInto(input: CutInput, arena: FrameArena | undefined): SectionFrame[] {
+    const c = this.prepare(input);
+    const out: SectionFrame[] = [];
+    this.eachShard(c, (shard, a, b) => out.push({ shard, frame: this.section(input, { shard, ids: c.ids, names: c.named.get(shard), arena }, c.byRank, a, b, c.pStart, c.dStart) }));
+    out.sort((x, y) => x.shard - y.shard);
+    return out;
+  }
+
+  /** Counts, ranks and places every entry; what sections are then cut from. */
+  private prepare(input: CutInput): Prepared {
     if (!isValidShardCount(input.shards)) throw new Error(`BUG: shards ${input.shards} is not a power of two in 1..${shardsMax}`);
     if (input.servers.length >= rollupServer) throw new Error(`BUG: ${input.servers.length} servers in one second`);
     this.index.clear();
@@ -198,18 +280,30 @@ export class SectionCutter {
     // Once per second, not per section: names grouped by shard, server ids as UTF-8.
     const named = namesByShard(input.rollup, input.shards);
     const ids = input.servers.map((s) => Buffer.from(s.server, 'latin1'));
-    const out: SectionFrame[] = [];
-    for (let a = 0; a < M; ) {
-      const shard = shardOfRank[a]!;
+    return { M, shardOfRank, byRank, pStart, dStart, named, ids };
+  }
+
+  /** Each shard with data: its rank range; then each shard with names only (an empty range: the core learns them early). */
+  private eachShard(c: Prepared, f: (shard: number, a: number, b: number) => void): void {
+    const seen = new Set<number>();
+    for (let a = 0; a < c.M; ) {
+      const shard = c.shardOfRank[a]!;
       let b = a + 1;
-      while (b < M && shardOfRank[b] === shard) b++;
-      out.push({ shard, frame: this.section(input, { shard, ids, names: named.get(shard), arena }, byRank, a, b, pStart, dStart) });
+      while (b < c.M && c.shardOfRank[b] === shard) b++;
+      seen.add(shard);
+      f(shard, a, b);
       a = b;
     }
-    // Names of shards with no data this second still travel (the core learns them early).
-    for (const [shard, names] of named) if (!out.some((s) => s.shard === shard)) out.push({ shard, frame: this.section(input, { shard, ids, names, arena }, byRank, 0, 0, pStart, dStart) });
-    out.sort((x, y) => x.shard - y.shard);
-    return out;
+    for (const shard of c.named.keys()) if (!seen.has(shard)) f(shard, 0, 0);
+  }
+
+  /** About what ranks [a, b) take in a section (columns, sketches), from the placed entries. */
+  private rangeBytes(a: number, b: number, pStart: Int32Array, dStart: Int32Array): number {
+    const d0 = dStart[a]!;
+    const d1 = dStart[b]!;
+    const sketches = (d1 === 0 ? 0 : this.dStats.ends[d1 - 1]!) - (d0 === 0 ? 0 : this.dStats.ends[d0 - 1]!);
+    // Per point: server index 2 + value 8; per summary: server 2, count 4, sum/min/max 24, sketch end 4; per metric: hashes 8, kind 1, ends 4 and 4.
+    return 10 * (pStart[b]! - pStart[a]!) + 34 * (d1 - d0) + sketches + 17 * (b - a);
   }
 
   /** Pass 1: every entry's metric, and entries per metric. */
@@ -331,7 +425,7 @@ export class SectionCutter {
   }
 
   /** Encodes ranks [a, b) (one shard's metrics) as a section frame. */
-  private section(input: CutInput, to: { shard: number; ids: Uint8Array[]; names: ShardNames | undefined; arena: FrameArena | undefined }, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
+  private section(input: SecondHeader, to: { shard: number; ids: Uint8Array[]; names: ShardNames | undefined; arena: FrameArena | undefined }, byRank: Int32Array, a: number, b: number, pStart: Int32Array, dStart: Int32Array): Uint8Array {
     const { shard, names } = to;
     const p0 = pStart[a]!;
     const p1 = pStart[b]!;
@@ -389,6 +483,17 @@ export class SectionCutter {
       nameBytes: names?.bytes ?? new Uint8Array(0),
     }, to.arena);
   }
+}
+
+/** A second counted, ranked and placed by the cutter (its scratch arrays hold the entries). */
+interface Prepared {
+  M: number;
+  shardOfRank: Int32Array;
+  byRank: Int32Array;
+  pStart: Int32Array;
+  dStart: Int32Array;
+  named: Map<number, ShardNames>;
+  ids: Uint8Array[];
 }
 
 interface ShardNames {
