@@ -10,7 +10,7 @@ import { ApiAuth, mayRack } from './auth.js';
 import { BodyBudget, BodyError, BufferPool, readBodyInto } from './buffers.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
-import type { IngestResult, ShardPool } from './pool.js';
+import { WorkerError, type IngestResult, type ShardPool } from './pool.js';
 import { addSnapshotRoutes } from './cluster/snapshot-routes.js';
 import type { QueryCatalog } from './query/catalog.js';
 import { addPromRoutes, promPath } from './query/prom.js';
@@ -199,15 +199,20 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
         .map((m) => ({ name: m.name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs })),
     });
   app.get('/api/v1/metrics', async (c) => {
-    const keep = c.get('apmShardFilter'); // a cluster: the metrics of the shards this node answers for
-    if (keep !== undefined) return c.body(await metricsBody(keep), 200, { 'content-type': 'application/json' });
-    if (metricsList === null) {
-      const list = metricsBody(undefined);
-      metricsList = list;
-      const done = () => (metricsList = metricsList === list ? null : metricsList);
-      list.then(done, done);
+    try {
+      const keep = c.get('apmShardFilter'); // a cluster: the metrics of the shards this node answers for
+      if (keep !== undefined) return c.body(await metricsBody(keep), 200, { 'content-type': 'application/json' });
+      if (metricsList === null) {
+        const list = metricsBody(undefined);
+        metricsList = list;
+        const done = () => (metricsList = metricsList === list ? null : metricsList);
+        list.then(done, done);
+      }
+      return c.body(await metricsList, 200, { 'content-type': 'application/json' });
+    } catch (err) {
+      if (!(err instanceof WorkerError)) throw err;
+      return c.json({ error: `the metric list is incomplete: ${err.message}` }, 503);
     }
-    return c.body(await metricsList, 200, { 'content-type': 'application/json' });
   });
 
   app.get('/healthz', (c) => c.text('ok\n'));

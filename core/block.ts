@@ -700,6 +700,8 @@ export interface RowReadOptions {
   servers?: Uint8Array;
   /** Racks whose rows are needed whole whatever `servers` says (`rack:` selectors). */
   wholeRack?: (rackId: number) => boolean;
+  /** Only rows of rack ids in [from, to) (an export's chunk of a large block); others are not read. */
+  racks?: { from: number; to: number };
   /** Rows whose aggregates answer windows of this many seconds may come with the seconds of entries only (see RowDecodeOptions). */
   secondsOnlyFor?: number;
   /** Keep whole decoded rows in the store's row cache and use them (stored queries re-read blocks). */

@@ -235,7 +235,15 @@ export class ShardPool {
         else (p.timer = null), (p.resolve = () => {});
       }, timeoutMs);
       slot.pending.set(msg.id, p);
-      worker.postMessage(msg, transfer);
+      try {
+        worker.postMessage(msg, transfer);
+      } catch (err) {
+        // Not sent (a message that cannot be cloned): answered now, and nothing counts it.
+        slot.pending.delete(msg.id);
+        if (p.timer !== null) clearTimeout(p.timer);
+        resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index}: the request could not be sent: ${(err as Error).message}` });
+        answered?.(null);
+      }
     });
   }
 
@@ -268,9 +276,13 @@ export class ShardPool {
       g.refs.push({ shard, start: g.size, end: g.size + len });
       g.size += (len + 7) & ~7;
     }
-    // Each waiting request holds a copy of its sections: a bounded number per worker.
+    // Each waiting request holds a copy of its sections: a bounded number per worker. A worker
+    // that is not up is refused before anything is copied or stored by the others (whose
+    // sections would be stored again, as duplicates, by every retry during a long replay).
     for (const w of perWorker.keys()) {
-      if (this.slots[w]!.ingestWaiting >= this.opts.ingestWaitingMax) {
+      const slot = this.slots[w]!;
+      if (slot.worker === null || !slot.isReady) return { status: 503, reason: 'worker_unavailable', error: `worker ${w} is ${slot.worker === null ? 'restarting' : 'starting (replaying its WAL)'}; retry` };
+      if (slot.ingestWaiting >= this.opts.ingestWaitingMax) {
         this.counters.ingest_busy++;
         return { status: 503, reason: 'worker_busy', error: `worker ${w} has ${this.opts.ingestWaitingMax} ingest requests waiting; retry later` };
       }
@@ -362,8 +374,8 @@ export class ShardPool {
   }
 
   /** One bounded chunk of a metric's stored points as JSON lines (core/history/export.ts). */
-  async exportChunk(metric: string, fromSec: number, toSec: number, entriesMax: number): Promise<ExportChunk> {
-    const r = await this.queryRequest(this.slotOfMetric(metric), { t: 'export', id: this.nextId++, metric, fromSec, toSec, entriesMax });
+  async exportChunk(metric: string, fromSec: number, toSec: number, entriesMax: number, rackFrom = 0): Promise<ExportChunk> {
+    const r = await this.queryRequest(this.slotOfMetric(metric), { t: 'export', id: this.nextId++, metric, fromSec, toSec, entriesMax, rackFrom });
     if (r.error !== undefined || r.chunk === undefined) throw new WorkerError(r.error ?? 'no export chunk in the answer');
     return r.chunk;
   }
@@ -424,10 +436,17 @@ export class ShardPool {
       this.streamRefused[res.reason] = (this.streamRefused[res.reason] ?? 0) + 1;
       return 'refused';
     }
+    // A new rack beyond racksMax: rack ids are never given back, so no retry will take it.
+    // Refused for good (this rack's section of this second, counted): retried, it held the
+    // shard's stream on every owner for good, until the backlog aged out of the stream.
+    if (res.status === 503 && res.reason === 'racks_full') {
+      this.streamRefused[res.reason] = (this.streamRefused[res.reason] ?? 0) + 1;
+      return this.skipStream(shard, stream.seq, stream.after);
+    }
     return `${res.status} ${res.reason}: ${res.error}`;
   }
 
-  /** Stream messages refused for good, by reason (they never decoded or never belonged to their shard). */
+  /** Stream messages refused for good, by reason (they never decoded, never belonged to their shard, or came from a rack past racksMax). */
   readonly streamRefused: Record<string, number> = {};
 
   /** Moves a shard's stream past a message that cannot be stored (see Store.skipStream). */
@@ -527,6 +546,9 @@ export class ShardPool {
   /** Every metric of every shard. */
   async metrics(): Promise<WorkerMetric[]> {
     const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'metrics', id: this.nextId++ })));
+    // Not a partial list that looks whole (a worker replaying its WAL, or restarting): the asker answers 503.
+    const failed = replies.find((r) => r.error !== undefined);
+    if (failed !== undefined) throw new WorkerError(failed.error!);
     return replies.flatMap((r) => r.metrics ?? []);
   }
 
@@ -555,7 +577,7 @@ export class ShardPool {
   stats(): WorkerStats & { workersUp: number } {
     const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, walFileBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
     for (const s of this.slots) {
-      if (s.worker !== null) total.workersUp++;
+      if (s.worker !== null && s.isReady) total.workersUp++;
       const st = s.stats;
       if (st === null) continue;
       for (const [k, v] of Object.entries(st.counters)) total.counters[k] = (total.counters[k] ?? 0) + v;

@@ -36,7 +36,7 @@ export type ToWorker =
   | { t: 'ingest'; id: number; h: RequestHeader; sections: SectionRef[]; buf: ArrayBuffer }
   /** `json`: the windows answered as their JSON text (`windowsJson`), for the HTTP thread to send as it is. */
   | { t: 'query'; id: number; query: string; fromSec: number; toSec: number; json?: boolean; /** false: evaluate every window, keep none (core/query/windowcache.ts). */ cache?: boolean; /** Date.now() past which nobody awaits the answer: not evaluated then. */ deadlineMs?: number }
-  | { t: 'export'; id: number; metric: string; fromSec: number; toSec: number; entriesMax: number }
+  | { t: 'export'; id: number; metric: string; fromSec: number; toSec: number; entriesMax: number; /** The chunk's first rack id in fromSec's block (core/history/export.ts). */ rackFrom: number }
   | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]>; elsewhereByStore: Record<number, StoredQuery[]> }
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
   | { t: 'metrics'; id: number }

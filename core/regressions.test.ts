@@ -4,7 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KindCode } from '../schema/codec.js';
+import { decodeFrame, KindCode } from '../schema/codec.js';
+import { batchBytesMax } from '../schema/limits.js';
 import { openLmdb } from '../schema/lmdb.js';
 import { rackSecondBody, SectionCutter } from '../schema/section.js';
 import { buildColumns, type PointInput } from '../schema/testdata.js';
@@ -87,9 +88,27 @@ describe('bounds of the ingest path', () => {
     const r = await node.app.request('/api/v1/ingest', { method: 'POST', body });
     expect(r.status).toBe(503);
     expect(((await r.json()) as { error: string }).error).toMatch(/worker 0 is starting \(replaying its WAL\); retry/);
+    // Nor is it counted up, nor does a list of metrics without its own look whole (before: 200 without them).
+    expect(node.pool.stats().workersUp).toBe(0);
+    expect((await node.app.request('/api/v1/metrics')).status).toBe(503);
     await waitFor(async () => (await node.app.request('/api/v1/ingest', { method: 'POST', body })).status === 204, 20_000);
     const [w] = await query(node, 'FROM rp-1 SELECT rp.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
     expect(w!.values.sum).toBe(11);
+  });
+});
+
+describe('a cluster node\'s stream path', () => {
+  it('a stream message of a new rack past racksMax is refused for good, counted, and the shard\'s stream moves on (before: retried for good, holding the shard on every owner until its backlog aged out)', async () => {
+    const node = await start({ racksMax: 1 });
+    const body = (rack: string, second: number) => rackSecondBody({ rack, session: 1, seq: seq++, second, late: false, shards: S, servers: [{ server: `${rack}-1`, blocks: [buildColumns([{ name: 'st.x', kind: KindCode.Gauge, value: 1 }], [])] }], rollup: buildColumns([], []) });
+    const first = body('sa', t0);
+    const r = decodeFrame(first, batchBytesMax);
+    if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('not a RackSecond');
+    const shard = r.msg.sectionShards[0]!;
+    expect(await node.pool.ingestStream(first, shard, { seq: 1, after: 0 })).toMatchObject({ points: 1 });
+    expect(await node.pool.ingestStream(body('sb', t0), shard, { seq: 2, after: 1 })).toBe('refused');
+    expect(node.pool.streamRefused).toMatchObject({ racks_full: 1 });
+    expect(await node.pool.ingestStream(body('sa', t0 + 1), shard, { seq: 3, after: 2 })).toMatchObject({ points: 1 });
   });
 });
 
@@ -100,7 +119,7 @@ describe('a rack second in several bodies', () => {
     const names = Array.from({ length: 200 }, (_, i) => `split.${i}`);
     const servers = Array.from({ length: 10 }, (_, j) => ({ server: `sp-${j}`, blocks: [buildColumns(names.map((name, i) => ({ name, kind: KindCode.Gauge, value: i + j })), [{ name: 'split.lat', values: [j, 10 + j] }])] }));
     const rollup = buildColumns([], [{ name: 'split.lat', values: Array.from({ length: 10 }, (_, j) => [j, 10 + j]).flat() }], [...names, 'split.lat']);
-    const bodies = cutter.bodies({ rack: 'sp', second: t0 + 5, late: false, shards: S, servers, rollup }, () => ({ session: 1, seq: seq++ }), { sectionBytesMax: 4096, bodyBytesMax: 8192 });
+    const bodies = cutter.bodies({ rack: 'sp', second: t0 + 5, late: false, shards: S, servers, rollup }, () => ({ session: 1, seq: seq++ }), { sectionBytesMax: 4096, bodyBytesMax: 8192, metricBytesMax: 8192 });
     // Shard sections were cut by metrics: some shard is in more than one body.
     expect(bodies.length).toBeGreaterThan(S);
     for (const b of bodies) expect((await node.app.request('/api/v1/ingest', { method: 'POST', body: b.bytes })).status).toBe(204);

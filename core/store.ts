@@ -411,6 +411,11 @@ export class Store {
     return this.rackNamesById[id];
   }
 
+  /** Rack ids given so far (ids are 0 .. rackCount − 1). */
+  rackCount(): number {
+    return this.rackNamesById.length;
+  }
+
   private rackId(name: string): number {
     let id = this.rackIds.get(name);
     if (id === undefined) {
@@ -976,11 +981,13 @@ export class Store {
     const tick = opts.tick;
     // Row keys hold 32-bit seconds: a range reaching past 2106 ends there.
     const last = Math.min(toSecond, 2 ** 32);
+    const rackFrom = opts.racks?.from ?? 0;
+    const rackTo = Math.min(opts.racks?.to ?? 0xffffffff, 0xffffffff);
     for (let block = this.blockOf(fromSecond); block < last; block += S) {
       tick?.();
       // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
       // a new buffer: several times slower for rows of a few KB).
-      for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
+      for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, rackFrom), end: rowKey(shard, block, lo, hi, rackTo) })) {
         tick?.();
         const rackId = key.readUInt32BE(14);
         try {
@@ -1001,6 +1008,7 @@ export class Store {
       if (racks === undefined) continue;
       for (const [id, mh] of racks) {
         tick?.();
+        if (id < rackFrom || id >= rackTo) continue;
         visit(buildRow(mh, undefined, S, this.acc), block, id);
       }
     }

@@ -402,7 +402,7 @@ function handle(m: ToWorker): void {
     }
     case 'export': {
       const o = storeOfMetric(m.metric);
-      return post({ t: 'reply', id: m.id, chunk: exportChunk(o.store, m.metric, m.fromSec, m.toSec, config.store.blockSeconds, m.entriesMax) });
+      return post({ t: 'reply', id: m.id, chunk: exportChunk(o.store, m.metric, m.fromSec, m.toSec, config.store.blockSeconds, m.entriesMax, m.rackFrom) });
     }
     case 'sync': {
       for (const [index, defs] of Object.entries(m.defsByStore)) owned.get(Number(index))?.stored.sync(defs as StoredQuery[], Date.now(), m.elsewhereByStore[Number(index)] ?? []);

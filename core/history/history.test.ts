@@ -214,22 +214,59 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect((await post(line('imp.long', { server: 'lg-1' }, pts))).json).toMatchObject({ stored: 600 });
     const seen: number[] = [];
     let at: number | null = t0 + 1230;
+    let rack = 0;
     let chunks = 0;
     while (at !== null) {
-      const c = await node.pool.exportChunk('imp.long', at, t0 + 1790, 50);
+      const c = await node.pool.exportChunk('imp.long', at, t0 + 1790, 50, rack);
       chunks++;
       for (const l of c.lines) seen.push(...(JSON.parse(l) as { timestamps: number[] }).timestamps.map((ms) => ms / 1000));
       at = c.nextSecond;
+      rack = c.nextRack;
     }
-    // Ten blocks: the first holds 30 points (< 50), so its chunk takes the next block too; then one block (60) a chunk.
-    expect(chunks).toBe(9);
+    // Ten blocks, one or more chunks each (50 entries is less than a rack's block: read a range of racks at a time).
+    expect(chunks).toBeGreaterThanOrEqual(9);
     expect(seen).toEqual(Array.from({ length: 560 }, (_, i) => t0 + 1230 + i));
+  });
+
+  it('reads a block larger than a chunk a range of racks at a time, each chunk within its bound, every point once (before: the whole block in one step, 1.4 s of a worker at 40,000 servers)', async () => {
+    const own = mkdtempSync(join(tmpdir(), `apm-history-slice-${workers}-`));
+    const n = await openNode({ dataDir: own, workers, shards: S, queryLatenessMs: 0, flushGraceMs: 0, retentionSeconds: 86_400 });
+    try {
+      const block = t0 + 1800;
+      for (let k = 0; k < 4; k++) {
+        for (let s = 0; s < 60; s++) {
+          const servers = Array.from({ length: 10 }, (_, j) => ({ server: `sl-${k}-${j}`, blocks: [buildColumns([{ name: 'sl.x', kind: KindCode.Gauge, value: 1000 * k + 10 * j + s }], [])] }));
+          expect((await n.pool.ingest(rackSecondBody({ rack: `sl-${k}`, session: 9, seq: s + 1, second: block + s, late: false, shards: S, servers, rollup: buildColumns([], [], ['sl.x']) }))).status).toBe(204);
+        }
+      }
+      const values: number[] = [];
+      const cursors: [number | null, number, number][] = [];
+      let at: number | null = block;
+      let rack = 0;
+      while (at !== null) {
+        // 600 entries: one rack's block (10 servers × 60 s).
+        const c = await n.pool.exportChunk('sl.x', at, block + 60, 600, rack);
+        for (const l of c.lines) values.push(...(JSON.parse(l) as { values: number[] }).values);
+        at = c.nextSecond;
+        rack = c.nextRack;
+        cursors.push([at, rack, c.entries]);
+      }
+      // One rack a chunk (rack ids the store gave before these hold nothing of this metric).
+      expect(cursors.filter((x) => x[2] > 0).map((x) => x[2])).toEqual([600, 600, 600, 600]);
+      expect(cursors.slice(0, -1).every(([at, next], i) => at === block && next === (i === 0 ? cursors[0]![1] : cursors[i - 1]![1] + 1))).toBe(true);
+      expect(cursors[cursors.length - 1]!.slice(0, 2)).toEqual([null, 0]);
+      const want = [0, 1, 2, 3].flatMap((k) => Array.from({ length: 10 }, (_, j) => Array.from({ length: 60 }, (_, s) => 1000 * k + 10 * j + s)).flat());
+      expect(values.sort((a, b) => a - b)).toEqual(want.sort((a, b) => a - b));
+    } finally {
+      await n.close();
+      rmSync(own, { recursive: true, force: true });
+    }
   });
 
   it('a span with nothing in it is looked at a day of blocks per chunk, and clamped to the retention: from=0 no longer holds a worker for a minute', async () => {
     // Before: one chunk walked every block of the span in one worker message (from 1970 to 2106: ~75 s).
     const c = await node.pool.exportChunk('imp.none', 0, 2 ** 32, 200_000);
-    expect(c).toEqual({ lines: [], nextSecond: 1440 * 60, entries: 0 });
+    expect(c).toEqual({ lines: [], nextSecond: 1440 * 60, nextRack: 0, entries: 0 });
     const pts: [number, number][] = [[t0 + 5, 1], [t0 + 7, 2]];
     expect((await post(line('imp.clamped', { server: 'cl-1' }, pts))).json).toMatchObject({ stored: 2 });
     const all = await exported('imp.clamped', 0, 2 ** 32 - 1);

@@ -113,13 +113,15 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
       try {
         for (const name of names) {
           let at: number | null = Math.floor(fromMs / 1000);
+          let rack = 0;
           const end = Math.ceil(toMs / 1000);
           while (at !== null && at < end && !aborted) {
             // One bounded chunk at a time, written before the next is read: memory stays one chunk.
-            const chunk = await pool.exportChunk(name, at, end, exportLimits.entriesPerChunkMax);
+            const chunk = await pool.exportChunk(name, at, end, exportLimits.entriesPerChunkMax, rack);
             if (chunk.lines.length > 0) await out.write(chunk.lines.join('\n') + '\n');
             counters.exportLines += chunk.lines.length;
             at = chunk.nextSecond;
+            rack = chunk.nextRack;
           }
         }
       } catch (err) {

@@ -276,7 +276,7 @@ export function evalFailure(err: WorkerError): PromError {
   const reason = evalLimitReasonOf(err.message);
   if (reason === 'time_budget') return new PromError('timeout', `${err.message} (the core's ad-hoc budget, adHocEvalMs ${coreLimits.adHocEvalMs} ms)`, 'time_budget');
   if (reason === 'too_many_windows') return new PromError('bad_data', err.message, 'too_many_windows');
-  if (/did not answer within/.test(err.message)) return new PromError('unavailable', err.message);
+  if (/did not answer within|is starting|is restarting|before answering/.test(err.message)) return new PromError('unavailable', err.message);
   return new PromError('execution', err.message);
 }
 
@@ -603,6 +603,7 @@ function sketchedWarning(windows: readonly WindowResult[]): string[] {
 
 /** A PromError in Prometheus' shape (its reason noted for the refusal counter); anything else is a bug and goes to onError. */
 function promFailure(c: Context, err: unknown): Response {
+  if (err instanceof WorkerError) err = evalFailure(err);
   if (!(err instanceof PromError)) throw err;
   if (err.reason !== undefined) c.set('apmRefusal', err.reason);
   return c.json({ status: 'error', errorType: err.type, error: err.message }, err.status);
