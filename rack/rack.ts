@@ -9,6 +9,7 @@ import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
 import { Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason, type SeriesColumns } from '../schema/codec.js';
+import { batchBytesMax } from '../schema/limits.js';
 import { lmdbCounters } from '../schema/lmdb.js';
 import type { NatsAuth } from '../schema/log.js';
 import { PromText } from '../schema/prom.js';
@@ -296,7 +297,10 @@ export class Rack {
     const shards = this.spool.shards;
     // One body a second, or several when it would pass what one request or message carries.
     const l = this.opts.limits;
-    const bounds = { bodyBytesMax: l.bodyBytesMax, sectionBytesMax: this.publisher !== null ? Math.min(l.natsSectionBytesMax, l.bodyBytesMax) : l.bodyBytesMax };
+    // A metric's entries alone may pass bodyBytesMax up to what one request (the core's 64 MiB)
+    // or one NATS message carries: it then goes in a body of its own.
+    const nats = this.publisher !== null;
+    const bounds = { bodyBytesMax: l.bodyBytesMax, sectionBytesMax: nats ? Math.min(l.natsSectionBytesMax, l.bodyBytesMax) : l.bodyBytesMax, metricBytesMax: nats ? l.natsSectionBytesMax : batchBytesMax - 1024 * 1024 };
     const take = () => ({ seq: this.spool.takeSeq(), session: this.spool.session });
     for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, take, bounds)) this.keep(seq, batch.second, shards, bytes);
   }

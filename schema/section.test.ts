@@ -116,12 +116,12 @@ describe('shard sections (rack → core v2)', () => {
     const input = { rack: 'r1', second: header.second, late: false, shards: 4, servers, rollup };
     const whole = new SectionCutter(1 << 12).body({ ...input, session: 7, seq: 42 });
     // Within bounds: one body, the same bytes as body().
-    const one = new SectionCutter(1 << 12).bodies(input, () => ({ session: 7, seq: 42 }), { sectionBytesMax: 1 << 20, bodyBytesMax: 1 << 20 });
+    const one = new SectionCutter(1 << 12).bodies(input, () => ({ session: 7, seq: 42 }), { sectionBytesMax: 1 << 20, bodyBytesMax: 1 << 20, metricBytesMax: 1 << 20 });
     expect(one.map((b) => b.seq)).toEqual([42]);
     expect(Buffer.from(one[0]!.bytes).equals(Buffer.from(whole))).toBe(true);
     // Past them: several.
     const cutter = new SectionCutter(1 << 12);
-    const bounds = { sectionBytesMax: 8 * 1024, bodyBytesMax: 24 * 1024 };
+    const bounds = { sectionBytesMax: 8 * 1024, bodyBytesMax: 24 * 1024, metricBytesMax: 24 * 1024 };
     let seq = 0;
     const bodies = cutter.bodies(input, () => ({ session: 9, seq: ++seq }), bounds);
     expect(bodies.length).toBeGreaterThan(2);
@@ -163,7 +163,7 @@ describe('shard sections (rack → core v2)', () => {
     }));
     const cutter = new SectionCutter(1 << 12);
     let seq = 0;
-    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 8 * 1024, bodyBytesMax: 8 * 1024 });
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 8 * 1024, bodyBytesMax: 64 * 1024, metricBytesMax: 8 * 1024 });
     expect(cutter.metricsTooLarge).toBe(1);
     expect(bodies).toHaveLength(1);
     const m = decodeOk(bodies[0]!.bytes);
@@ -171,6 +171,49 @@ describe('shard sections (rack → core v2)', () => {
     const x = decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
     expect(x.distEnds.length).toBe(0);
     expect(Array.from(x.pointValues)).toEqual(Array.from({ length: 30 }, (_, j) => j));
+  });
+
+  it('bodies(): a metric past the section bound but within metricBytesMax goes in a section and body of its own; a second with nothing to cut is still one (empty) body', () => {
+    const servers = Array.from({ length: 30 }, (_, j) => ({
+      server: `wide-${j}`,
+      blocks: [buildColumns([{ name: 'small', kind: KindCode.Gauge as const, value: j }], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])],
+    }));
+    const cutter = new SectionCutter(1 << 12);
+    let seq = 0;
+    const bounds = { sectionBytesMax: 8 * 1024, bodyBytesMax: 8 * 1024, metricBytesMax: 1 << 20 };
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), bounds);
+    expect(cutter.metricsTooLarge).toBe(0);
+    expect(bodies).toHaveLength(2);
+    const sections = bodies.map((b) => {
+      const m = decodeOk(b.bytes);
+      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+      expect(m.sectionShards.length).toBe(1);
+      return decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
+    });
+    expect(sections.map((x) => x.distEnds.length).sort()).toEqual([0, 1]);
+    expect(bodies.some((b) => b.bytes.length > bounds.bodyBytesMax)).toBe(true);
+    // Servers with nothing in them: one body with no sections, as body() sends.
+    const empty = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 4, servers: [{ server: 'idle', blocks: [buildColumns([], [])] }], rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), bounds);
+    expect(empty).toHaveLength(1);
+    const m = decodeOk(empty[0]!.bytes);
+    expect(m).toMatchObject({ type: 'rackSecond', servers: ['idle'] });
+  });
+
+  it('bodies(): a shard\'s names go whole with its first section even when its first metric is left out', () => {
+    const servers = Array.from({ length: 30 }, (_, j) => ({
+      server: `nm-${j}`,
+      blocks: [buildColumns([], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])],
+    }));
+    const cutter = new SectionCutter(1 << 12);
+    let seq = 0;
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], [], ['wide', 'other.name']) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 8 * 1024, bodyBytesMax: 8 * 1024, metricBytesMax: 8 * 1024 });
+    expect(cutter.metricsTooLarge).toBe(1);
+    expect(bodies).toHaveLength(1);
+    const m = decodeOk(bodies[0]!.bytes);
+    if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+    const x = decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
+    expect(x.distEnds.length).toBe(0);
+    expect([nameAt(x, 0), nameAt(x, 1)].sort()).toEqual(['other.name', 'wide']);
   });
 
   it('refuses any truncated or bit-flipped section or body (fuzz)', () => {

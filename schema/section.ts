@@ -189,45 +189,51 @@ export class SectionCutter {
    * then cut by metrics into several sections, which go in different bodies (a body holds one
    * section per shard: the core de-duplicates per (rack, session, seq, shard)), and bodies are
    * filled up to their bound. Every section still holds all servers' entries of its metrics, so
-   * rollups and whole-rack percentiles stay whole. A metric whose entries alone pass a body's
-   * bound cannot be sent: it is left out of this second and counted (metricsTooLarge).
+   * rollups and whole-rack percentiles stay whole. A metric whose section alone would pass
+   * `o.metricBytesMax` (what one message or request can carry) is left out of this second and
+   * counted (metricsTooLarge); one between the bounds goes in a section and a body of its own.
+   * A shard's names travel whole with its first section (they are not split).
    */
-  bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: { sectionBytesMax: number; bodyBytesMax: number }): { session: number; seq: number; bytes: Uint8Array }[] {
+  bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: { sectionBytesMax: number; bodyBytesMax: number; metricBytesMax: number }): { session: number; seq: number; bytes: Uint8Array }[] {
     const c = this.prepare({ ...input, session: 0, seq: 0 });
     const servers = input.servers.map((x) => x.server);
     let idBytes = 0;
-    for (const id of c.ids) idBytes += id.length + 8;
+    for (const id of c.ids) idBytes += id.length + 12;
     const bodyFixed = 1024 + idBytes;
     // Pieces: a shard's rank range [a, b), names with the first piece of a shard.
     type Piece = { shard: number; a: number; b: number; names: ShardNames | undefined; bytes: number };
     const pieces: Piece[] = [];
+    const base = 1024 + idBytes;
     const add = (shard: number, a: number, b: number) => {
       const names = c.named.get(shard);
-      const fixed = 1024 + idBytes + (names === undefined ? 0 : names.bytes.length + 12 * names.ends.length);
-      const whole = fixed + this.rangeBytes(a, b, c.pStart, c.dStart);
+      const withNames = base + (names === undefined ? 0 : names.bytes.length + 12 * names.ends.length);
+      const whole = withNames + this.rangeBytes(a, b, c.pStart, c.dStart);
       if (whole <= o.sectionBytesMax) return void pieces.push({ shard, a, b, names, bytes: whole });
       let first = true;
       let start = a;
-      let bytes = fixed;
+      let bytes = withNames;
+      const close = (end: number) => {
+        pieces.push({ shard, a: start, b: end, names: first ? names : undefined, bytes });
+        first = false;
+      };
       for (let r = a; r < b; r++) {
         const one = this.rangeBytes(r, r + 1, c.pStart, c.dStart);
-        if (one + 1024 + idBytes > o.bodyBytesMax - bodyFixed) {
-          // Alone past a body's bound: not sendable. What came before it goes as a piece.
-          if (r > start) pieces.push({ shard, a: start, b: r, names: first ? names : undefined, bytes }), (first = false);
+        if (base + one > o.metricBytesMax) {
+          // Not sendable. What came before it goes as a piece; the names still wait for one.
+          if (r > start) close(r);
           this.metricsTooLarge++;
           start = r + 1;
-          bytes = 1024 + idBytes;
+          bytes = first ? withNames : base;
           continue;
         }
         if (r > start && bytes + one > o.sectionBytesMax) {
-          pieces.push({ shard, a: start, b: r, names: first ? names : undefined, bytes });
-          first = false;
+          close(r);
           start = r;
-          bytes = 1024 + idBytes;
+          bytes = base;
         }
         bytes += one;
       }
-      if (b > start || first) pieces.push({ shard, a: start, b: Math.max(start, b), names: first ? names : undefined, bytes });
+      if (b > start || (first && names !== undefined)) close(Math.max(start, b));
     };
     this.eachShard(c, add);
     // Bodies filled in order: a piece goes in the first body with room that lacks its shard.
@@ -240,6 +246,8 @@ export class SectionCutter {
       plan.bytes += piece.bytes + 16;
     }
     if (plans.length > 1) this.secondsSplit++;
+    // Nothing to cut (servers without entries or names): one body, as body() sends, with no sections.
+    if (plans.length === 0) plans.push({ pieces: [], shards: new Set(), bytes: bodyFixed });
     return plans.map((plan) => {
       const { session, seq } = take();
       const h: SecondHeader = { ...input, session, seq };
