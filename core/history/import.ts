@@ -20,6 +20,7 @@ import { batchServersMax, secondMin } from '../../schema/limits.js';
 import { hashName, isMetricName, isServerId } from '../../schema/names.js';
 import { originImport, SectionCutter } from '../../schema/section.js';
 import { windowSeqs } from '../dedup.js';
+import { orderBy } from './order.js';
 import type { IngestResult } from '../pool.js';
 
 export const importLimits = {
@@ -292,11 +293,10 @@ class Importer {
   private async flush(): Promise<void> {
     if (this.n === 0) return;
     const n = this.n;
-    // Group by (second, rack): the key fits a double exactly (second < 2^32, rack index < 2^16).
-    const order = new Uint32Array(n);
-    for (let i = 0; i < n; i++) order[i] = i;
+    // Grouped by (second, rack), then server and metric, arrival order kept (core/history/order.ts).
+    const order = orderBy(n, [this.sec.subarray(0, n), this.rackOf.subarray(0, n), this.serverOf.subarray(0, n), this.metricOf.subarray(0, n)]);
+    // The (second, rack) key fits a double exactly (second < 2^32, rack index < 2^16).
     const key = (i: number) => this.sec[i]! * 65_536 + this.rackOf[i]!;
-    order.sort((a, b) => key(a) - key(b) || this.serverOf[a]! - this.serverOf[b]! || this.metricOf[a]! - this.metricOf[b]! || a - b);
     const hashes = new Uint32Array(2 * this.metrics.length);
     this.metrics.forEach((m, i) => hashName(metricName(m), hashes, 2 * i));
     for (let a = 0; a < n; ) {
