@@ -99,6 +99,8 @@ export async function main(argv: string[]): Promise<void> {
   if (values.nats !== undefined) {
     cluster = await joinCluster(values, {
       listenUrl: `http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`,
+      listenHost: listen.host,
+      tokens: values.tokens !== undefined,
       workers,
       shardsWanted: shards,
       shardsDefault,
@@ -119,7 +121,7 @@ export async function main(argv: string[]): Promise<void> {
       workers,
       shards: cluster?.settings.shards ?? shards,
       cluster: cluster?.node,
-      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node), clusterStatus: () => clusterStatus(cluster!.node) }),
+      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node, opened?.pool.streamRefused ?? {}), clusterStatus: () => clusterStatus(cluster!.node) }),
       retentionSeconds: Math.floor(retentionMs / 1000),
       queryLatenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
       diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),

@@ -82,6 +82,24 @@ describe('apm core --tokens', () => {
     expect(core.output.join('\n')).toMatch(/apm token create --role admin --name me --tokens \/etc\/apm\/tokens.*--tokens \/etc\/apm\/tokens/);
   });
 
+  it('a cluster node refuses to start with --tokens but no --cluster-token-file, and on 0.0.0.0 without --url (before: every shard copy failed 401; nodes proxied to 0.0.0.0, themselves)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-auth-cluster-'));
+    const file = join(dir, 'tokens');
+    await createToken('admin', 'me', file);
+    // Refused before any NATS server is asked (none listens on this port).
+    const cases: [string[], RegExp][] = [
+      [['--listen', '127.0.0.1:0', '--tokens', file], /--tokens in a cluster needs --cluster-token-file/],
+      [['--listen', '0.0.0.0:0', '--tokens', file, '--cluster-token-file', file], /--listen 0\.0\.0\.0: other nodes cannot reach .*give --url/],
+      [['--listen', '127.0.0.1:0', '--url', 'ftp://x'], /--url ftp:\/\/x: an http\(s\) URL/],
+    ];
+    for (const [flags, why] of cases) {
+      const core = spawnApm(['core', '--data', join(dir, 'data'), '--nats', 'nats://127.0.0.1:1', '--node', 'n1', ...flags]);
+      daemons.push(core);
+      expect(await core.exited()).toBe(2);
+      expect(core.output.join('\n')).toMatch(why);
+    }
+  });
+
   it('refuses a malformed tokens file at start-up, naming the line', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'apm-auth-')), 'tokens');
     writeFileSync(file, '# ok\nabc read me\n');

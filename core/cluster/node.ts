@@ -33,11 +33,13 @@ const applyHoldMs = 100;
 const goneAfterMs = 24 * 3_600_000;
 /** Shards this node copies from owners at once. */
 const copiesAtOnceMax = 2;
+/** Refused node records remembered to log each once (a few; cleared when full). */
+const refusedRecordsMax = 256;
 /** Messages at the workers at once (below the pool's ingestWaitingPerWorkerMax, 512, even with one worker). */
 const applyInFlightMax = 384;
 /** Messages sent to the workers at once at most (a flush comes sooner when this many wait). */
 const applyBurstMax = 512;
-import { nextPlacement, parsePlacement } from './placement.js';
+import { nextPlacement, parseNodeRecord, parsePlacement } from './placement.js';
 import type { ClusterView, NodeRecord, NodeState, PlacementDoc } from './view.js';
 
 export interface ClusterNodeOptions {
@@ -76,13 +78,21 @@ export class ClusterNode implements ClusterView {
   private nodeStates: NodeState[] = [];
   private doc: PlacementDoc | null = null;
   private docRevision = 0;
+  /** KV apm-placement holds a document that does not parse (the placer writes over it). */
+  private docUnreadable = false;
+  /** Keys of KV apm-nodes whose records were refused, with why (logged once each). */
+  private readonly refusedRecords = new Map<string, string>();
   private readonly listeners: (() => void)[] = [];
   private timer: NodeJS.Timeout | null = null;
   private ticking: Promise<void> | null = null;
+  private beatTimer: NodeJS.Timeout | null = null;
+  private beating: Promise<void> | null = null;
+  /** The last heartbeat was written (a round does not place or follow after one that failed). */
+  private heartbeatOk = false;
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
-  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0 };
+  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0, node_records_refused: 0 };
   private readonly log: (line: string) => void;
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
@@ -153,7 +163,18 @@ export class ClusterNode implements ClusterView {
     const replicas = settings.streamReplicas;
     n.kvNodes = await retryJetStream(`KV ${buckets.nodes}`, () => kvm.create(buckets.nodes, { history: 1, replicas }));
     n.kvPlacement = await retryJetStream(`KV ${buckets.placement}`, () => kvm.create(buckets.placement, { history: 1, replicas }));
+    await retryJetStream('the first heartbeat', () => n.heartbeat());
     await retryJetStream('the first cluster round', () => n.tick());
+    // Heartbeats on their own timer: a round waits on its workers (a shard emptied for a
+    // rebuild, the applied sequences), which could hold the heartbeat past deadAfterMs and make
+    // the others take this node for dead.
+    n.beatTimer = setInterval(() => {
+      if (n.beating !== null) return;
+      n.beating = n
+        .heartbeat()
+        .catch(() => undefined) // counted; a round waits for the next good one
+        .finally(() => (n.beating = null));
+    }, o.heartbeatMs);
     n.timer = setInterval(() => {
       if (n.ticking !== null) return;
       n.ticking = n
@@ -254,22 +275,29 @@ export class ClusterNode implements ClusterView {
 
   /** One round: heartbeat, read the nodes and the placement, place (if this node is the placer), follow the placement. */
   private async tick(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || !this.heartbeatOk) return;
     const before = JSON.stringify([this.doc, this.nodeStates.map((n) => [n.id, n.live, n.ready])]);
-    try {
-      await this.kvNodes.put(this.o.node, JSON.stringify(this.record()));
-      this.counters.heartbeats++;
-    } catch (err) {
-      this.counters.heartbeat_failures++;
-      this.log(`heartbeat failed: ${(err as Error).message}`);
-      return;
-    }
     await this.readNodes();
     await this.readPlacement();
     await this.place();
     await this.follow();
     const after = JSON.stringify([this.doc, this.nodeStates.map((n) => [n.id, n.live, n.ready])]);
     if (after !== before) for (const f of this.listeners) f();
+  }
+
+  /** Puts this node's record in KV apm-nodes (every heartbeatMs, on its own timer). */
+  private async heartbeat(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.kvNodes.put(this.o.node, JSON.stringify(this.record()));
+      this.counters.heartbeats++;
+      this.heartbeatOk = true;
+    } catch (err) {
+      this.counters.heartbeat_failures++;
+      if (this.heartbeatOk) this.log(`heartbeat failed: ${(err as Error).message}`);
+      this.heartbeatOk = false;
+      throw err;
+    }
   }
 
   private async readNodes(): Promise<void> {
@@ -285,13 +313,20 @@ export class ClusterNode implements ClusterView {
       const e = await this.kvNodes.get(k);
       if (e === null || e.operation !== 'PUT') continue;
       try {
-        const r = JSON.parse(e.string()) as NodeRecord;
+        const r = parseNodeRecord(e.string(), k, this.settings.shards);
         const ms = e.created.getTime();
         newest = Math.max(newest, ms);
         if (k === this.o.node) this.lastHeartbeatMs = ms;
         states.push({ ...r, live: true, heartbeatMs: ms, silentMs: 0 });
-      } catch {
-        this.log(`KV ${buckets.nodes} key ${k} does not parse; ignored`);
+      } catch (err) {
+        this.counters.node_records_refused++;
+        // Once per key and reason, not every round.
+        const why = (err as Error).message;
+        if (this.refusedRecords.get(k) !== why) {
+          if (this.refusedRecords.size >= refusedRecordsMax) this.refusedRecords.clear();
+          this.refusedRecords.set(k, why);
+          this.log(`KV ${buckets.nodes} key ${k} is not a node record (${why}); ignored`);
+        }
       }
     }
     for (const s of states) {
@@ -311,8 +346,13 @@ export class ClusterNode implements ClusterView {
     try {
       this.doc = parsePlacement(e.string(), this.settings.shards);
       this.docRevision = e.revision;
+      this.docUnreadable = false;
     } catch (err) {
-      this.log(`KV ${buckets.placement} does not parse (${(err as Error).message}); keeping the last one`);
+      // Its revision is kept so that the placer can write over it: with the revision of the last
+      // good document, every compare-and-set failed and placement stayed frozen for good.
+      if (!this.docUnreadable) this.log(`KV ${buckets.placement} does not parse (${(err as Error).message}); keeping the last one, and the placer writes a good one over it`);
+      this.docRevision = e.revision;
+      this.docUnreadable = true;
     }
   }
 
@@ -331,10 +371,13 @@ export class ClusterNode implements ClusterView {
       movesMax: this.o.movesMax,
     });
     await this.forgetGoneNodes();
-    if (next === null) return;
+    // An unreadable document is replaced by the placement this node follows (or the next one).
+    const write = next ?? (this.docUnreadable ? this.doc : null);
+    if (write === null) return;
     try {
-      this.docRevision = this.docRevision === 0 ? await this.kvPlacement.create('shards', JSON.stringify(next)) : await this.kvPlacement.update('shards', JSON.stringify(next), this.docRevision);
-      this.doc = next;
+      this.docRevision = this.docRevision === 0 ? await this.kvPlacement.create('shards', JSON.stringify(write)) : await this.kvPlacement.update('shards', JSON.stringify(write), this.docRevision);
+      this.doc = write;
+      this.docUnreadable = false;
       this.counters.placements_written++;
     } catch (err) {
       // Another placer wrote first (two nodes both thought they were the smallest live id for a moment): read again next round.
@@ -447,7 +490,9 @@ export class ClusterNode implements ClusterView {
   async close(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearInterval(this.timer);
+    if (this.beatTimer !== null) clearInterval(this.beatTimer);
     await this.ticking;
+    await this.beating?.catch(() => undefined);
     await Promise.all([...this.consumers.values()].map((c) => c.stop()));
   }
 }

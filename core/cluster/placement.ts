@@ -10,7 +10,7 @@
 // A dead owner is replaced only after `replaceAfterMs`: a node that restarts within that time
 // keeps its shards and catches up from its own consumers.
 
-import type { PlacementDoc } from './view.js';
+import type { NodeRecord, PlacementDoc } from './view.js';
 
 export interface PlacerInput {
   current: PlacementDoc | null;
@@ -107,4 +107,35 @@ export function parsePlacement(text: string, shards: number): PlacementDoc {
     if (!Array.isArray(s.owners) || !Array.isArray(s.joining) || ![...s.owners, ...s.joining].every((x) => typeof x === 'string')) throw new Error('placement: a shard without owners/joining lists');
   }
   return d;
+}
+
+/**
+ * A node's record from KV apm-nodes, checked field by field and copied (nothing else kept): a
+ * record another program wrote, or an older apm, threw in every placer round and route (`ready`
+ * not an array, `applied` missing) and could pose as another node (its `id` won over its key).
+ */
+export function parseNodeRecord(text: string, key: string, shards: number): NodeRecord {
+  const r = JSON.parse(text) as Record<string, unknown>;
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) throw new Error('not an object');
+  if (r['id'] !== key) throw new Error(`its id ${JSON.stringify(r['id'])} is not its key`);
+  const url = r['url'];
+  if (typeof url !== 'string' || !/^https?:\/\/[^\s/]+/.test(url)) throw new Error(`url ${JSON.stringify(url)} is not an http(s) URL`);
+  const int = (v: unknown, min: number, max: number, what: string): number => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${what} ${JSON.stringify(v)} is not an integer in ${min}..${max}`);
+    return v;
+  };
+  const workers = int(r['workers'], 1, 4096, 'workers');
+  const startedMs = int(r['startedMs'], 0, Number.MAX_SAFE_INTEGER, 'startedMs');
+  const readyIn = r['ready'];
+  if (!Array.isArray(readyIn) || readyIn.length > shards) throw new Error(`ready is not a list of at most ${shards} shards`);
+  const ready = readyIn.map((k) => int(k, 0, shards - 1, 'a ready shard'));
+  const perShard = (v: unknown, what: string): Record<number, number> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${what} is not an object of shards`);
+    const out: Record<number, number> = {};
+    const entries = Object.entries(v);
+    if (entries.length > shards) throw new Error(`${what} names more than ${shards} shards`);
+    for (const [k, x] of entries) out[int(Number(k), 0, shards - 1, `a shard of ${what}`)] = int(x, -1, Number.MAX_SAFE_INTEGER, `${what}[${k}]`);
+    return out;
+  };
+  return { id: key, url, workers, startedMs, ready, lag: perShard(r['lag'], 'lag'), applied: perShard(r['applied'], 'applied') };
 }

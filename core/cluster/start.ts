@@ -56,8 +56,13 @@ const nodeIdPattern = /^[A-Za-z0-9_-]{1,32}$/;
  */
 export async function joinCluster(
   v: ClusterValues,
-  o: { listenUrl: string; workers: number; shardsWanted: number | undefined; shardsDefault: number; copyShard: (fromUrl: string, shard: number, authorization: string | undefined) => Promise<number> },
+  o: { listenUrl: string; listenHost: string; tokens: boolean; workers: number; shardsWanted: number | undefined; shardsDefault: number; copyShard: (fromUrl: string, shard: number, authorization: string | undefined) => Promise<number> },
 ): Promise<ClusterStart> {
+  // Other nodes proxy queries to this URL and copy shards from it: it must reach this node.
+  if (v.url === undefined && /^(0\.0\.0\.0|::|\[::\])$/.test(o.listenHost)) throw new UsageError(`--listen ${o.listenHost}: other nodes cannot reach ${o.listenUrl}; give --url with this node's address as they reach it (e.g. --url http://10.0.0.5:8080)`);
+  if (v.url !== undefined && !/^https?:\/\/[^\s/]+/.test(v.url)) throw new UsageError(`--url ${v.url}: an http(s) URL other nodes reach this node at, e.g. http://10.0.0.5:8080`);
+  // With tokens every node's API asks for one: a node copying a shard must show one (role admin).
+  if (o.tokens && v['cluster-token-file'] === undefined) throw new UsageError("--tokens in a cluster needs --cluster-token-file: a node copying a shard from another shows that token (role admin in every node's --tokens file); without it every copy fails 401 and a joining node never becomes an owner");
   const urls = (() => {
     try {
       return parseNatsUrls(v.nats!);

@@ -20,7 +20,7 @@ export function clusterStatus(n: ClusterNode): ClusterStatus {
 }
 
 /** The cluster's lines of a node's /metrics: consumer lag per shard, placement revision, membership. */
-export function clusterMetrics(p: PromText, n: ClusterNode): void {
+export function clusterMetrics(p: PromText, n: ClusterNode, streamRefused: Record<string, number> = {}): void {
   p.gauge('apm_core_cluster_placement_revision', 'KV revision of the shard placement this node follows', n.placementRevision());
   p.gauge('apm_core_cluster_nodes', 'Nodes known in KV apm-nodes, by liveness', n.nodes().filter((x) => x.live).length, { state: 'live' });
   p.gauge('apm_core_cluster_nodes', 'Nodes known in KV apm-nodes, by liveness', n.nodes().filter((x) => !x.live).length, { state: 'dead' });
@@ -31,4 +31,5 @@ export function clusterMetrics(p: PromText, n: ClusterNode): void {
   }
   const c = { ...n.counters, ...n.consumerCounters() };
   for (const [k, v] of Object.entries(c)) p.counter(`apm_core_cluster_${k}_total`, `Cluster node: ${k.replace(/_/g, ' ')}`, v);
+  p.counters('apm_core_cluster_messages_refused_by_reason_total', 'Stream messages refused for good (the stream moves past them), by reason: they do not decode or belong to another shard, or their rack is past racksMax (racks_full)', 'reason', streamRefused);
 }

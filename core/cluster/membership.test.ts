@@ -1,0 +1,135 @@
+// Membership and placement of a cluster node (core/cluster/node.ts) against what another program
+// may leave in KV apm-nodes and apm-placement: one real nats-server, one ClusterNode in this
+// process (no workers attached: heartbeats, reads and placement only), fast rounds.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm, type KV } from '@nats-io/kv';
+import { buckets } from '../../schema/log.js';
+import { NatsCluster } from '../../tools/nats-servers.js';
+import { ClusterNode } from './node.js';
+import { parseNodeRecord, parsePlacement } from './placement.js';
+
+const S = 4;
+
+async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, ms = 15_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('a cluster node and what KV holds', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'apm-membership-'));
+  let nats: NatsCluster;
+  let nc: NatsConnection;
+  let node: ClusterNode;
+  let kvNodes: KV;
+  let kvPlacement: KV;
+  const logged: string[] = [];
+
+  beforeAll(async () => {
+    nats = await NatsCluster.start({ dir: join(dir, 'nats'), n: 1 });
+    nc = await connect({ servers: nats.url(0), user: nats.users.core.user, pass: nats.users.core.pass });
+    const settings = await ClusterNode.settingsFor(nc, { shards: S, streamReplicas: 1 });
+    node = await ClusterNode.join(nc, settings, {
+      node: 'n1',
+      url: 'http://127.0.0.1:1',
+      workers: 1,
+      want: {},
+      heartbeatMs: 200,
+      deadAfterMs: 2_000,
+      replaceAfterMs: 2_000,
+      movesMax: 8,
+      readyLagMax: 8,
+      copyShard: () => Promise.reject(new Error('no copies here')),
+      log: (l) => void logged.push(l),
+    });
+    const kvm = new Kvm(nc);
+    kvNodes = await kvm.open(buckets.nodes);
+    kvPlacement = await kvm.open(buckets.placement);
+    await until('the first placement', () => (node.placementRevision() > 0 && node.placement().shards.length === S && node.placement().shards.every((s) => s.owners.includes('n1')) ? true : undefined));
+  }, 30_000);
+
+  afterAll(async () => {
+    await node?.close();
+    await nc?.close();
+    await nats?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  it('refuses a node record that does not check (counted, logged once) and keeps placing; one cannot pose as another node (before: `ready: 5` failed every placer round, and a record\'s id won over its key)', async () => {
+    const failures = node.counters.round_failures;
+    await kvNodes.put('ghost', JSON.stringify({ id: 'n1', url: 'http://evil.example', workers: 1, startedMs: 1, ready: 5, lag: {}, applied: {} }));
+    await kvNodes.put('n9', JSON.stringify({ id: 'n9', url: 'http://127.0.0.1:2', workers: 1, startedMs: 1, ready: [0, 1, 2, 3, 4], lag: {}, applied: {} }));
+    await until('both refused', () => (node.counters.node_records_refused >= 2 ? true : undefined));
+    const rounds = node.counters.heartbeats;
+    await until('more rounds', () => (node.counters.heartbeats >= rounds + 5 ? true : undefined));
+    expect(node.counters.round_failures).toBe(failures);
+    expect(node.nodes().map((n) => [n.id, n.url])).toEqual([['n1', 'http://127.0.0.1:1']]);
+    // Logged once per key, not every round.
+    expect(logged.filter((l) => l.includes('key ghost is not a node record'))).toHaveLength(1);
+    await kvNodes.delete('ghost');
+    await kvNodes.delete('n9');
+  });
+
+  it('keeps its heartbeat while a round waits on its workers (before: the heartbeat was the round\'s first step, so a round held 10 s made the others take this node for dead)', async () => {
+    const inner = node as unknown as { follow: () => Promise<void> };
+    const follow = inner.follow.bind(node);
+    let held = 0;
+    inner.follow = async () => {
+      held++;
+      await new Promise((r) => setTimeout(r, 2_500));
+      return follow();
+    };
+    try {
+      await until('a round held', () => (held > 0 ? true : undefined));
+      const beats = node.counters.heartbeats;
+      await new Promise((r) => setTimeout(r, 2_000));
+      // Every 200 ms while the round waits: about 10.
+      expect(node.counters.heartbeats - beats).toBeGreaterThanOrEqual(5);
+      expect(node.nodes().find((n) => n.id === 'n1')?.live).toBe(true);
+    } finally {
+      inner.follow = follow;
+    }
+  });
+
+  it('writes a good placement over one that does not parse (before: it kept the last good one\'s revision, and every compare-and-set failed for good)', async () => {
+    const written = node.counters.placements_written;
+    await kvPlacement.put('shards', '{"x":1}');
+    const doc = await until('a good placement again', async () => {
+      const e = await kvPlacement.get('shards');
+      try {
+        return e === null ? undefined : parsePlacement(e.string(), S);
+      } catch {
+        return undefined;
+      }
+    });
+    expect(doc.shards.every((s) => s.owners.includes('n1'))).toBe(true);
+    expect(node.counters.placements_written).toBeGreaterThan(written);
+  });
+});
+
+describe('parseNodeRecord', () => {
+  const good = { id: 'n1', url: 'http://10.0.0.1:8080', workers: 2, startedMs: 1_700_000_000_000, ready: [0, 3], lag: { 0: 0, 3: -1 }, applied: { 0: 12, 3: 0 } };
+  it('takes a record that checks, keeping only its fields', () => {
+    expect(parseNodeRecord(JSON.stringify({ ...good, extra: 'x' }), 'n1', S)).toEqual(good);
+  });
+  it.each([
+    ['another node\'s id', { ...good, id: 'n2' }, /not its key/],
+    ['a url that is not http(s)', { ...good, url: 'file:///etc/passwd' }, /url/],
+    ['ready not a list', { ...good, ready: 5 }, /ready/],
+    ['a ready shard out of range', { ...good, ready: [4] }, /ready shard/],
+    ['applied missing', { ...good, applied: undefined }, /applied/],
+    ['a lag that is not a number', { ...good, lag: { 0: 'x' } }, /lag/],
+    ['workers 0', { ...good, workers: 0 }, /workers/],
+  ])('refuses %s', (_what, rec, why) => {
+    expect(() => parseNodeRecord(JSON.stringify(rec), 'n1', S)).toThrow(why);
+  });
+});
