@@ -187,6 +187,15 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect((await post('x', { 'content-encoding': 'br' })).status).toBe(415);
   });
 
+  it('regression: a line past 8 MiB is refused alone by default, saying how to split it (before: 64 MiB, parsed whole on the HTTP thread, ~0.7 s of it)', async () => {
+    const pts = Array.from({ length: 420_000 }, (_, i): [number, number] => [t0 + (i % 3600), i + 0.25]);
+    const big = line('imp.big', { server: 'big-1' }, pts);
+    expect(big.length).toBeGreaterThan(8 * 1024 * 1024);
+    const s = await runImport(chunks([line('imp.small', { server: 'big-1' }, [[t0, 1]]), big].join('\n'), 1 << 20), { shards: S, retentionSeconds: 86_400, ingest: (b) => node.pool.ingest(b), mayRack: () => true });
+    expect(s).toMatchObject({ lines: 2, series: 1, stored: 1, linesRefused: { line_too_long: 1 } });
+    expect(s.errors[0]!.error).toMatch(/longer than 8388608 bytes; split the series by time \(VictoriaMetrics' export: max_rows_per_line=100000\)/);
+  });
+
   it('regression: a counter exports with apm_kind="counter" and imports back as a counter (before: it came back a gauge)', async () => {
     const body = rackSecondBody({ rack: 'live', session: 6, seq: 1, second: t0 + 950, late: false, shards: S, servers: [{ server: 'live-2', blocks: [buildColumns([{ name: 'imp.ctr', kind: KindCode.Counter, value: 7 }], [])] }], rollup: buildColumns([], [], ['imp.ctr']) });
     expect((await node.pool.ingest(body)).status).toBe(204);
