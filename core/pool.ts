@@ -457,6 +457,14 @@ export class ShardPool {
   }
 
   /** Lowers a shard's applied stream sequence (its stream was made again or cut back; see Store.rebaseStream). */
+  /** The creation time of shard `shard`'s stream its store last saw, and with `created`, that one noted (see Store.streamCreated). */
+  async streamCreated(shard: number, created?: string): Promise<string | null> {
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    const r = await this.request(slot, { t: 'streamCreated', id: this.nextId++, shard, ...(created === undefined ? {} : { created }) });
+    if (r.error !== undefined || r.created === undefined) throw new WorkerError(r.error ?? 'no creation time in the answer');
+    return r.created;
+  }
+
   async rebaseStream(shard: number, seq: number): Promise<void> {
     const slot = this.slots[this.placement.workerOfShard(shard)]!;
     const r = await this.request(slot, { t: 'streamRebase', id: this.nextId++, shard, seq });

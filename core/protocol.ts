@@ -41,6 +41,8 @@ export type ToWorker =
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
   | { t: 'metrics'; id: number }
   | { t: 'streamSeqs'; id: number }
+  /** The stream creation time a shard's store last saw (`created`: note this one). */
+  | { t: 'streamCreated'; id: number; shard: number; created?: string }
   | { t: 'streamSkip'; id: number; shard: number; seq: number; after: number }
   | { t: 'streamRebase'; id: number; shard: number; seq: number }
   | { t: 'streamRestart'; id: number; shard: number }
@@ -89,7 +91,7 @@ export interface WorkerMetric {
 
 export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult;
   /** An ingest request's buffer, handed back (transferred) for reuse once the store copied what it keeps. */
-  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string;
+  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string; created?: string | null;
   /** A snapshot cursor's next chunk (transferred; empty when done). */
   snapshot?: { cursor: number; bytes: ArrayBuffer; done: boolean };
   restored?: Omit<RestoreSummary, 'bytes'>;

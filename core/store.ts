@@ -123,6 +123,8 @@ export class Store {
   private readonly state: Database<number, string>;
   /** Per shard, the newest stream sequence applied (cluster nodes; in the WAL's environment, committed with the sections). */
   private readonly streamDb: Database<number, number>;
+  /** Per shard, the creation time of its stream when it was last read (a cluster node: a stream made again while it was down). */
+  private readonly streamCreatedDb: Database<string, number>;
   private readonly streamApplied = new Map<number, number>();
   /** The newest row group id (unique per store; persisted with the groups). */
   private groupSeq = 0;
@@ -264,6 +266,7 @@ export class Store {
     const dedupDb = this.walEnv.openDB<Buffer, Buffer>({ name: 'dedup', encoding: 'binary', keyEncoding: 'binary' });
     this.streamDb = this.walEnv.openDB<number, number>({ name: 'stream', encoding: 'json', keyEncoding: 'uint32' });
     for (const { key, value } of this.streamDb.getRange()) this.streamApplied.set(key, value);
+    this.streamCreatedDb = this.walEnv.openDB<string, number>({ name: 'streamCreated', encoding: 'json', keyEncoding: 'uint32' });
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax, shards: opts.shards.length });
     for (const { key, value } of this.racks.getRange()) {
@@ -351,6 +354,26 @@ export class Store {
     } finally {
       this.restoring.delete(shard);
     }
+  }
+
+  /**
+   * The creation time of shard `shard`'s stream as this store last saw it, and, with `created`,
+   * that time noted (durably, beside the applied sequence). A node that restarts compares it
+   * with the stream's: a stream made again while it was down (its NATS storage lost) numbers
+   * other messages with the sequences it applied. Returns the time known before, or an error.
+   */
+  streamCreated(shard: number, created?: string): { before: string | null } | { error: string } {
+    if (!this.heads.has(shard)) return { error: `shard ${shard} is not in this store` };
+    const before = this.streamCreatedDb.get(shard) ?? null;
+    if (created !== undefined && created !== before) {
+      try {
+        this.walEnv.transactionSync(() => void this.streamCreatedDb.put(shard, created));
+      } catch (err) {
+        this.lastError = writeFailure(err);
+        return { error: `storage write failed (${this.lastError})` };
+      }
+    }
+    return { before };
   }
 
   /** Per shard of this store, the newest stream sequence applied (0: none; restoringSeq: a copy into it did not complete). */

@@ -62,6 +62,19 @@ describe('stream order (cluster consumer)', () => {
     await store.close();
   });
 
+  it('notes the stream\'s creation time durably, beside the applied sequence (a restarted node compares it with the stream\'s)', async () => {
+    const dir = tempDir();
+    let store = new Store(options(dir));
+    expect(store.streamCreated(0)).toEqual({ before: null });
+    expect(store.streamCreated(0, '2026-12-03T10:00:00Z')).toEqual({ before: null });
+    await store.close();
+    store = new Store(options(dir));
+    expect(store.streamCreated(0, '2026-12-03T11:00:00Z')).toEqual({ before: '2026-12-03T10:00:00Z' });
+    expect(store.streamCreated(0)).toEqual({ before: '2026-12-03T11:00:00Z' });
+    expect(store.streamCreated(7)).toMatchObject({ error: 'shard 7 is not in this store' });
+    await store.close();
+  });
+
   it('a stream made again: the applied sequence is lowered durably, its messages are applied from the first, and sections stored before are duplicates', async () => {
     const dir = tempDir();
     let store = new Store(options(dir));

@@ -435,6 +435,10 @@ function handle(m: ToWorker): void {
       );
       return;
     }
+    case 'streamCreated': {
+      const r = storeOfShard(m.shard).store.streamCreated(m.shard, m.created);
+      return post('error' in r ? { t: 'reply', id: m.id, error: r.error } : { t: 'reply', id: m.id, created: r.before });
+    }
     case 'streamSeqs': {
       const seqs: Record<number, number> = {};
       for (const { store } of owned.values()) Object.assign(seqs, store.streamSeqs());

@@ -55,6 +55,7 @@ function fakes(numPending: number, msgs: FakeMsg[] = []) {
   let stored = 5;
   const pool = {
     streamSeqs: async () => [stored],
+    streamCreated: async () => null,
     ingestStream: async (_body: Uint8Array, _shard: number, stream: { seq: number; after: number }) => {
       if (stream.after !== stored) return `after ${stream.after}, applied ${stored}`;
       stored = stream.seq;
@@ -62,7 +63,7 @@ function fakes(numPending: number, msgs: FakeMsg[] = []) {
     },
   } as unknown as ShardPool;
   const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
-  const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10 }, pool, queue, js, jsm);
+  const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
   return { c, pulls };
 }
 
@@ -121,8 +122,10 @@ describe('a shard consumer and its deliveries', () => {
 
 describe('a shard consumer whose stream was made again or cut back', () => {
   /** A stream whose info says `state` (and `created`), a pull delivering `msgs`, and a store that applied up to `stored`. */
-  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[] }) {
+  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[]; known?: string | null }) {
     let stored = o.stored;
+    /** The creation time the store noted (Store.streamCreated): it outlives the consumer. */
+    let known = o.known ?? null;
     const rebased: number[] = [];
     const applied: number[] = [];
     const info = { num_pending: 0, num_ack_pending: 0, delivered: { stream_seq: 0, consumer_seq: 0 }, ack_floor: { stream_seq: 0 } };
@@ -135,6 +138,11 @@ describe('a shard consumer whose stream was made again or cut back', () => {
     } as unknown as JetStreamManager;
     const pool = {
       streamSeqs: async () => [stored],
+      streamCreated: async (_shard: number, created?: string) => {
+        const before = known;
+        if (created !== undefined) known = created;
+        return before;
+      },
       rebaseStream: async (_shard: number, seq: number) => {
         rebased.push(seq);
         stored = seq;
@@ -147,8 +155,8 @@ describe('a shard consumer whose stream was made again or cut back', () => {
       },
     } as unknown as ShardPool;
     const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
-    const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10 }, pool, queue, js, jsm);
-    return { c, rebased, applied };
+    const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
+    return { c, rebased, applied, known: () => known };
   }
 
   it('reads a stream that ends before what it applied again from its first message (before: its messages were skipped as redelivered, on every owner)', async () => {
@@ -185,6 +193,28 @@ describe('a shard consumer whose stream was made again or cut back', () => {
       await r.c.stop();
       expect(r.rebased).toEqual([0]);
       expect(r.c.counters.stream_resets).toBe(1);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('sees a stream made again while its node was down, by the creation time its store noted (before: a new consumer knew none, and a stream grown past what was applied looked unchanged)', async () => {
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      // Before the restart this node's store noted the stream's creation time; the stream was made
+      // again since and holds 9 messages, more than the 5 applied.
+      const r = remade({ stored: 5, state: () => ({ first_seq: 1, last_seq: 9 }), created: () => '2026-12-03T11:00:00Z', known: '2026-12-03T10:00:00Z', msgs: [] });
+      r.c.start(5);
+      await new Promise((res) => setTimeout(res, 100));
+      await r.c.stop();
+      expect(r.rebased).toEqual([0]);
+      expect(r.known()).toBe('2026-12-03T11:00:00Z');
+      // A first read notes the time, and rebases nothing.
+      const first = remade({ stored: 5, state: () => ({ first_seq: 1, last_seq: 9 }), created: () => '2026-12-03T11:00:00Z', msgs: [] });
+      first.c.start(5);
+      await new Promise((res) => setTimeout(res, 100));
+      await first.c.stop();
+      expect([first.rebased, first.known()]).toEqual([[], '2026-12-03T11:00:00Z']);
     } finally {
       spy.mockRestore();
     }

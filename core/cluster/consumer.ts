@@ -23,6 +23,12 @@ export interface ConsumerOptions {
   /** Backoff after a message could not be applied (doubles up to backoffMaxMs). */
   backoffMinMs: number;
   backoffMaxMs: number;
+  /**
+   * The server deletes the durable consumer after this long without a pull (a node gone for
+   * good left S consumers per id it ever had, for good). A node back later makes it again, from
+   * its applied sequence, as for any missing consumer.
+   */
+  inactiveMs: number;
 }
 
 export type ConsumerState = 'starting' | 'reading' | 'backoff' | 'stopped' | 'behind_stream';
@@ -43,7 +49,7 @@ export class ShardConsumer {
    */
   caughtUp = false;
   readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0, stream_resets: 0 };
-  /** The stream's creation time when this consumer last opened it (null: not yet). */
+  /** The stream's creation time when this consumer last opened it (null: not yet; then the store's record is asked). */
   private streamCreated: string | null = null;
   private stopping = false;
   private loop: Promise<void> | null = null;
@@ -133,9 +139,11 @@ export class ShardConsumer {
     // other messages, which were skipped as "redelivered" — silently, on every owner. Seen by its
     // creation time changing while this node reads it, or by its end lying before what was
     // applied: read it again from its first message (sections already stored are duplicates).
+    // The time this node saw is kept beside the applied sequence: a stream made again while the
+    // node was down (and grown past what it had applied) looked unchanged after a restart.
     const created = si.created;
-    const remade = this.streamCreated !== null && created !== this.streamCreated;
-    this.streamCreated = created;
+    const known = this.streamCreated ?? (await this.pool.streamCreated(this.o.shard));
+    const remade = known !== null && created !== known;
     if ((remade || this.applied > si.state.last_seq) && this.applied > 0) {
       const to = Math.max(0, si.state.first_seq - 1);
       console.error(`apm core: shard ${this.o.shard}'s stream ${stream} was ${remade ? 'made again' : `cut back to ${si.state.last_seq}`} after this node applied up to ${this.applied}: reading it again from ${to + 1}`);
@@ -144,6 +152,9 @@ export class ShardConsumer {
       this.applied = to;
       await this.jsm.consumers.delete(stream, this.durable).catch(() => undefined);
     }
+    // Noted after the rebase: a crash between the two reads the stream again, never skips it.
+    if (created !== known) await this.pool.streamCreated(this.o.shard, created);
+    this.streamCreated = created;
     this.streamFirst = si.state.first_seq;
     if (this.applied + 1 < si.state.first_seq && !this.acceptLoss) {
       // Messages this node never applied have aged out of the stream (all of them, when it is
@@ -169,6 +180,7 @@ export class ShardConsumer {
       ...(this.applied === 0 ? {} : { opt_start_seq: this.applied + 1 }),
       ack_wait: 30e9,
       max_ack_pending: 2 * this.o.batch,
+      inactive_threshold: this.o.inactiveMs * 1e6,
     });
   }
 

@@ -8,7 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
-import { buckets } from '../../schema/log.js';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { buckets, ensureStreams, streamOf } from '../../schema/log.js';
+import type { ShardPool } from '../pool.js';
+import { ApplyQueue, ShardConsumer } from './consumer.js';
 import { NatsCluster } from '../../tools/nats-servers.js';
 import { ClusterNode } from './node.js';
 import { parseNodeRecord, parsePlacement } from './placement.js';
@@ -114,6 +117,30 @@ describe('a cluster node and what KV holds', () => {
     expect(doc.shards.every((s) => s.owners.includes('n1'))).toBe(true);
     expect(node.counters.placements_written).toBeGreaterThan(written);
   });
+});
+
+describe('a shard consumer nobody pulls from', () => {
+  it('is deleted by the server after its inactivity bound (before: a node id gone for good left its S durable consumers for good)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-consumer-inactive-'));
+    const nats = await NatsCluster.start({ dir: join(dir, 'nats'), n: 1 });
+    const nc = await connect({ servers: nats.url(0), user: nats.users.core.user, pass: nats.users.core.pass });
+    try {
+      const settings = await ClusterNode.settingsFor(nc, { shards: S, streamReplicas: 1 });
+      await ensureStreams(await jetstreamManager(nc), settings);
+      const jsm = await jetstreamManager(nc);
+      // The worker side as a stand-in: nothing applied, nothing to apply (the stream is empty).
+      const pool = { streamSeqs: async () => new Array<number>(S).fill(0), streamCreated: async () => null, ingestStream: async () => 'refused' } as unknown as ShardPool;
+      const c = new ShardConsumer({ node: 'gone', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 1_500 }, pool, new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 }), jetstream(nc), jsm);
+      c.start(0);
+      await until('its durable consumer', async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? undefined : true));
+      await c.stop();
+      await until('the consumer deleted by the server', async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? true : undefined), 20_000);
+    } finally {
+      await nc.close();
+      await nats.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 40_000);
 });
 
 describe('parseNodeRecord', () => {

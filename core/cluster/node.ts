@@ -33,6 +33,8 @@ const applyHoldMs = 100;
 const goneAfterMs = 24 * 3_600_000;
 /** Shards this node copies from owners at once. */
 const copiesAtOnceMax = 2;
+/** A durable consumer nobody pulls from for this long is deleted by the server (a node id gone for good). */
+const consumerInactiveMs = 3_600_000;
 /** Refused node records remembered to log each once (a few; cleared when full). */
 const refusedRecordsMax = 256;
 /** Messages at the workers at once (below the pool's ingestWaitingPerWorkerMax, 512, even with one worker). */
@@ -461,7 +463,7 @@ export class ClusterNode implements ClusterView {
 
   private startConsumer(k: number, applied: number, acceptLoss = false): void {
     this.applyQueue ??= new ApplyQueue(this.pool!, { holdMs: applyHoldMs, burstMax: applyBurstMax, inFlightMax: applyInFlightMax });
-    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000 }, this.pool!, this.applyQueue, this.js, this.jsm);
+    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000, inactiveMs: consumerInactiveMs }, this.pool!, this.applyQueue, this.js, this.jsm);
     c.acceptLoss = acceptLoss;
     c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
