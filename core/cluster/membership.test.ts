@@ -146,7 +146,9 @@ describe('a shard consumer nobody pulls from', () => {
 describe('parseNodeRecord', () => {
   const good = { id: 'n1', url: 'http://10.0.0.1:8080', workers: 2, startedMs: 1_700_000_000_000, ready: [0, 3], lag: { 0: 0, 3: -1 }, applied: { 0: 12, 3: 0 } };
   it('takes a record that checks, keeping only its fields', () => {
-    expect(parseNodeRecord(JSON.stringify({ ...good, extra: 'x' }), 'n1', S)).toEqual(good);
+    // copyFailing is optional (a node of an older apm sends none).
+    expect(parseNodeRecord(JSON.stringify({ ...good, extra: 'x' }), 'n1', S)).toEqual({ ...good, copyFailing: [] });
+    expect(parseNodeRecord(JSON.stringify({ ...good, copyFailing: [2] }), 'n1', S)).toEqual({ ...good, copyFailing: [2] });
   });
   it.each([
     ['another node\'s id', { ...good, id: 'n2' }, /not its key/],
@@ -156,6 +158,7 @@ describe('parseNodeRecord', () => {
     ['applied missing', { ...good, applied: undefined }, /applied/],
     ['a lag that is not a number', { ...good, lag: { 0: 'x' } }, /lag/],
     ['workers 0', { ...good, workers: 0 }, /workers/],
+    ['a copyFailing shard out of range', { ...good, copyFailing: [9] }, /copyFailing/],
   ])('refuses %s', (_what, rec, why) => {
     expect(() => parseNodeRecord(JSON.stringify(rec), 'n1', S)).toThrow(why);
   });

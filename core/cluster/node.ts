@@ -33,6 +33,9 @@ const applyHoldMs = 100;
 const goneAfterMs = 24 * 3_600_000;
 /** Shards this node copies from owners at once. */
 const copiesAtOnceMax = 2;
+/** Copies of a shard that fail in a row before this node reports it (NodeRecord.copyFailing); kept this long after the last. */
+const copyFailuresToGiveUp = 3;
+const copyFailingForgetMs = 10 * 60_000;
 /** A durable consumer nobody pulls from for this long is deleted by the server (a node id gone for good). */
 const consumerInactiveMs = 3_600_000;
 /** Refused node records remembered to log each once (a few; cleared when full). */
@@ -77,6 +80,8 @@ export class ClusterNode implements ClusterView {
   private readonly consumers = new Map<number, ShardConsumer>();
   /** Shards being copied from another owner now. */
   private readonly copying = new Set<number>();
+  /** Per shard (at most S), copies into this node that failed in a row, and when the last did. */
+  private readonly copyFailures = new Map<number, { inRow: number; lastMs: number }>();
   private nodeStates: NodeState[] = [];
   private doc: PlacementDoc | null = null;
   private docRevision = 0;
@@ -272,7 +277,13 @@ export class ClusterNode implements ClusterView {
       lag[k] = Number.isFinite(c.lag) ? c.lag : -1;
       applied[k] = c.applied;
     }
-    return { id: this.o.node, url: this.o.url, workers: this.o.workers, startedMs: this.startedMs, ready: ready.sort((a, b) => a - b), lag, applied };
+    const now = Date.now();
+    const copyFailing: number[] = [];
+    for (const [k, f] of this.copyFailures) {
+      if (now - f.lastMs > copyFailingForgetMs) this.copyFailures.delete(k);
+      else if (f.inRow >= copyFailuresToGiveUp) copyFailing.push(k);
+    }
+    return { id: this.o.node, url: this.o.url, workers: this.o.workers, startedMs: this.startedMs, ready: ready.sort((a, b) => a - b), lag, applied, copyFailing: copyFailing.sort((a, b) => a - b) };
   }
 
   /** One round: heartbeat, read the nodes and the placement, place (if this node is the placer), follow the placement. */
@@ -368,7 +379,7 @@ export class ClusterNode implements ClusterView {
       current: this.doc,
       shards: this.settings.shards,
       replicas: this.settings.ownerReplicas,
-      nodes: this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready) })),
+      nodes: this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready), copyFailing: new Set(n.copyFailing) })),
       replaceAfterMs: this.o.replaceAfterMs,
       movesMax: this.o.movesMax,
     });
@@ -478,12 +489,15 @@ export class ClusterNode implements ClusterView {
       const t0 = Date.now();
       const applied = await this.o.copyShard(source.url, k);
       this.counters.shards_copied++;
+      this.copyFailures.delete(k);
       if (old !== undefined) this.counters.shards_rebuilt++;
       this.log(`shard ${k}: copied from ${source.id} up to stream sequence ${applied} in ${Date.now() - t0} ms`);
       if (!this.stopped) this.startConsumer(k, applied);
     } catch (err) {
       this.counters.shard_copy_failures++;
-      this.log(`shard ${k}: copy from ${source.id} failed (${(err as Error).message}); trying again`);
+      const f = this.copyFailures.get(k) ?? { inRow: 0, lastMs: 0 };
+      this.copyFailures.set(k, { inRow: f.inRow + 1, lastMs: Date.now() });
+      this.log(`shard ${k}: copy from ${source.id} failed (${(err as Error).message}); ${f.inRow + 1 >= copyFailuresToGiveUp ? `${f.inRow + 1} in a row: reported, the placer picks another joiner` : 'trying again'}`);
     } finally {
       this.copying.delete(k);
     }

@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import { nextPlacement, type PlacerInput } from './placement.js';
 import type { PlacementDoc } from './view.js';
 
-const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[] } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []) });
+const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[]; copyFailing?: number[] } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []), copyFailing: new Set(o.copyFailing ?? []) });
 const base = (over: Partial<PlacerInput>): PlacerInput => ({ current: null, shards: 8, replicas: 2, nodes: [], replaceAfterMs: 60_000, movesMax: 4, ...over });
 const load = (d: PlacementDoc) => {
   const m = new Map<string, number>();
@@ -73,5 +73,22 @@ describe('placement', () => {
     expect(d.shards[0]!.joining).toEqual([]);
     const alone = nextPlacement(base({ current: start, nodes: [node('a'), node('b', { live: false, silentMs: 5_000 })] }));
     for (const s of (alone ?? start).shards) expect(s.owners).toContain('b');
+  });
+
+  test('a joiner whose copies keep failing is dropped and another node joins instead; with no other, the shard waits without a joiner (before: it held a move slot for good)', () => {
+    const start = nextPlacement(base({ nodes: [node('a'), node('b')] }))!;
+    const dead = (k: number) => start.shards[k]!.owners.includes('b');
+    // b died long ago; c and d are live: the placer sends joiners to b's shards.
+    const j = nextPlacement(base({ current: start, nodes: [node('a'), node('b', { live: false, silentMs: 120_000 }), node('c'), node('d')] }))!;
+    const k = j.shards.findIndex((s, i) => dead(i) && s.joining.length > 0);
+    expect(k).toBeGreaterThanOrEqual(0);
+    const joiner = j.shards[k]!.joining[0]!;
+    const other = joiner === 'c' ? 'd' : 'c';
+    // The joiner reports that its copies of shard k keep failing: dropped, the other node joins.
+    const failing = nextPlacement(base({ current: j, nodes: [node('a'), node('b', { live: false, silentMs: 120_000 }), node(joiner, { copyFailing: [k] }), node(other)] }))!;
+    expect(failing.shards[k]!.joining).toEqual([other]);
+    // Both fail on it: nobody joins shard k, and the other shards' moves go on.
+    const both = nextPlacement(base({ current: failing, nodes: [node('a'), node('b', { live: false, silentMs: 120_000 }), node('c', { copyFailing: [k] }), node('d', { copyFailing: [k] })] }));
+    expect((both ?? failing).shards[k]!.joining).toEqual([]);
   });
 });

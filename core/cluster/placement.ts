@@ -16,8 +16,11 @@ export interface PlacerInput {
   current: PlacementDoc | null;
   shards: number;
   replicas: number;
-  /** Every known node: live or not, how long since its last heartbeat, and the shards it reports caught up. */
-  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number> }[];
+  /**
+   * Every known node: live or not, how long since its last heartbeat, the shards it reports
+   * caught up, and those whose copy into it keeps failing (NodeRecord.copyFailing).
+   */
+  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number>; copyFailing?: ReadonlySet<number> }[];
   replaceAfterMs: number;
   movesMax: number;
 }
@@ -57,21 +60,25 @@ export function nextPlacement(p: PlacerInput): PlacementDoc | null {
   function rank(id: string): number {
     return replaceable(id) ? 2 : isLive(id) ? 0 : 1;
   }
-  // Joiners that died are dropped (another node will be picked).
-  for (const s of doc.shards) {
-    for (const id of s.joining) if (!isLive(id) && load.has(id)) load.set(id, load.get(id)! - 1);
-    s.joining = s.joining.filter(isLive);
+  // Joiners that died, or whose copies keep failing (a copy they can never finish held a move
+  // slot for good: eight such stopped every dead owner's replacement), are dropped; another node
+  // is picked, not one whose copy of that shard fails.
+  const failing = (id: string, k: number) => byId.get(id)?.copyFailing?.has(k) === true;
+  for (const [k, s] of doc.shards.entries()) {
+    const keep = (id: string) => isLive(id) && !failing(id, k);
+    for (const id of s.joining) if (!keep(id) && load.has(id)) load.set(id, load.get(id)! - 1);
+    s.joining = s.joining.filter(keep);
   }
   let moving = doc.shards.reduce((n, s) => n + s.joining.length, 0);
-  const leastLoaded = (exclude: ReadonlySet<string>) => live.filter((id) => !exclude.has(id)).sort((a, b) => load.get(a)! - load.get(b)! || (a < b ? -1 : 1))[0];
+  const leastLoaded = (exclude: ReadonlySet<string>, k: number) => live.filter((id) => !exclude.has(id) && !failing(id, k)).sort((a, b) => load.get(a)! - load.get(b)! || (a < b ? -1 : 1))[0];
 
   // 2. Replace owners dead for longer than replaceAfterMs (and fill shards short of owners).
-  for (const s of doc.shards) {
+  for (const [k, s] of doc.shards.entries()) {
     if (moving >= p.movesMax) break;
     const keep = s.owners.filter((o) => !replaceable(o)).length + s.joining.length;
     const want = Math.min(p.replicas, live.length);
     if (keep >= want) continue;
-    const pick = leastLoaded(new Set([...s.owners, ...s.joining]));
+    const pick = leastLoaded(new Set([...s.owners, ...s.joining]), k);
     if (pick === undefined) continue;
     if (s.owners.length === 0) s.owners.push(pick); // nothing to copy from: it reads the stream
     else s.joining.push(pick);
@@ -84,7 +91,7 @@ export function nextPlacement(p: PlacerInput): PlacementDoc | null {
     const low = sorted[0]!;
     const high = sorted[sorted.length - 1]!;
     if (load.get(high)! - load.get(low)! <= 1) break;
-    const s = doc.shards.find((x) => x.owners.includes(high) && !x.owners.includes(low) && !x.joining.includes(low) && x.joining.length === 0);
+    const s = doc.shards.find((x, k) => x.owners.includes(high) && !x.owners.includes(low) && !x.joining.includes(low) && x.joining.length === 0 && !failing(low, k));
     if (s === undefined) break;
     s.joining.push(low);
     load.set(low, load.get(low)! + 1);
@@ -137,5 +144,8 @@ export function parseNodeRecord(text: string, key: string, shards: number): Node
     for (const [k, x] of entries) out[int(Number(k), 0, shards - 1, `a shard of ${what}`)] = int(x, -1, Number.MAX_SAFE_INTEGER, `${what}[${k}]`);
     return out;
   };
-  return { id: key, url, workers, startedMs, ready, lag: perShard(r['lag'], 'lag'), applied: perShard(r['applied'], 'applied') };
+  const failingIn = r['copyFailing'] ?? [];
+  if (!Array.isArray(failingIn) || failingIn.length > shards) throw new Error(`copyFailing is not a list of at most ${shards} shards`);
+  const copyFailing = failingIn.map((k) => int(k, 0, shards - 1, 'a copyFailing shard'));
+  return { id: key, url, workers, startedMs, ready, lag: perShard(r['lag'], 'lag'), applied: perShard(r['applied'], 'applied'), copyFailing };
 }

@@ -33,7 +33,7 @@ class FakeCluster {
   readonly settings: ClusterSettings = { format: 1, shards: S, ownerReplicas: 1, streamReplicas: 1, streamMaxAgeSeconds: 86_400, duplicateWindowSeconds: 600 };
 
   view(nodeId: string, nc: NatsConnection): ClusterView {
-    this.states.set(nodeId, { id: nodeId, url: '', workers: 1, startedMs: Date.now(), ready: [], lag: {}, applied: {}, live: true, heartbeatMs: Date.now(), silentMs: 0 });
+    this.states.set(nodeId, { id: nodeId, url: '', workers: 1, startedMs: Date.now(), ready: [], lag: {}, applied: {}, copyFailing: [], live: true, heartbeatMs: Date.now(), silentMs: 0 });
     const cluster = this;
     return {
       nodeId,

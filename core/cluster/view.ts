@@ -18,6 +18,8 @@ export interface NodeRecord {
   lag: Record<number, number>;
   /** Per shard it consumes: the newest stream sequence applied. */
   applied: Record<number, number>;
+  /** Shards whose copy into it failed several times in a row lately: the placer drops it as their joiner and picks another node. */
+  copyFailing: number[];
 }
 
 export interface NodeState extends NodeRecord {
