@@ -31,6 +31,22 @@ function pointsOf(body: Uint8Array): string[] {
   return out.sort();
 }
 
+/** 30 servers, each with a gauge `small` (its index) and a distribution `wide` whose sketch takes ~600 B. */
+function wideServers() {
+  return Array.from({ length: 30 }, (_, j) => ({
+    server: `wide-${j}`,
+    blocks: [buildColumns([{ name: 'small', kind: KindCode.Gauge as const, value: j }], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])],
+  }));
+}
+
+/** The one section of a body that holds one. */
+function soleSection(body: Uint8Array): ShardSectionMessage {
+  const m = decodeOk(body);
+  if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+  expect(m.sectionShards.length).toBe(1);
+  return decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
+}
+
 describe('shard sections (rack → core v2)', () => {
   it('every point lands once, in its metric’s shard, with its server and value (property)', () => {
     fc.assert(
@@ -157,39 +173,26 @@ describe('shard sections (rack → core v2)', () => {
   });
 
   it('bodies(): a metric whose entries alone pass a body\'s bound is left out of that second, counted; the others go', () => {
-    const servers = Array.from({ length: 30 }, (_, j) => ({
-      server: `wide-${j}`,
-      blocks: [buildColumns([{ name: 'small', kind: KindCode.Gauge as const, value: j }], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])],
-    }));
+    const servers = wideServers();
     const cutter = new SectionCutter(1 << 12);
     let seq = 0;
     const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 8 * 1024, bodyBytesMax: 64 * 1024, metricBytesMax: 8 * 1024 });
     expect(cutter.metricsTooLarge).toBe(1);
     expect(bodies).toHaveLength(1);
-    const m = decodeOk(bodies[0]!.bytes);
-    if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
-    const x = decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
+    const x = soleSection(bodies[0]!.bytes);
     expect(x.distEnds.length).toBe(0);
     expect(Array.from(x.pointValues)).toEqual(Array.from({ length: 30 }, (_, j) => j));
   });
 
   it('bodies(): a metric past the section bound but within metricBytesMax goes in a section and body of its own; a second with nothing to cut is still one (empty) body', () => {
-    const servers = Array.from({ length: 30 }, (_, j) => ({
-      server: `wide-${j}`,
-      blocks: [buildColumns([{ name: 'small', kind: KindCode.Gauge as const, value: j }], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])],
-    }));
+    const servers = wideServers();
     const cutter = new SectionCutter(1 << 12);
     let seq = 0;
     const bounds = { sectionBytesMax: 8 * 1024, bodyBytesMax: 8 * 1024, metricBytesMax: 1 << 20 };
     const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], []) }, () => ({ session: 1, seq: ++seq }), bounds);
     expect(cutter.metricsTooLarge).toBe(0);
     expect(bodies).toHaveLength(2);
-    const sections = bodies.map((b) => {
-      const m = decodeOk(b.bytes);
-      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
-      expect(m.sectionShards.length).toBe(1);
-      return decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
-    });
+    const sections = bodies.map((b) => soleSection(b.bytes));
     expect(sections.map((x) => x.distEnds.length).sort()).toEqual([0, 1]);
     expect(bodies.some((b) => b.bytes.length > bounds.bodyBytesMax)).toBe(true);
     // Servers with nothing in them: one body with no sections, as body() sends.
@@ -209,9 +212,7 @@ describe('shard sections (rack → core v2)', () => {
     const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], [], ['wide', 'other.name']) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 8 * 1024, bodyBytesMax: 8 * 1024, metricBytesMax: 8 * 1024 });
     expect(cutter.metricsTooLarge).toBe(1);
     expect(bodies).toHaveLength(1);
-    const m = decodeOk(bodies[0]!.bytes);
-    if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
-    const x = decodeOk(sectionAt(m, 0).slice()) as ShardSectionMessage;
+    const x = soleSection(bodies[0]!.bytes);
     expect(x.distEnds.length).toBe(0);
     expect([nameAt(x, 0), nameAt(x, 1)].sort()).toEqual(['other.name', 'wide']);
   });

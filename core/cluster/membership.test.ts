@@ -13,20 +13,11 @@ import { buckets, ensureStreams, streamOf } from '../../schema/log.js';
 import type { ShardPool } from '../pool.js';
 import { ApplyQueue, ShardConsumer } from './consumer.js';
 import { NatsCluster } from '../../tools/nats-servers.js';
+import { until } from '../../test/proc.js';
 import { ClusterNode } from './node.js';
 import { parseNodeRecord, parsePlacement } from './placement.js';
 
 const S = 4;
-
-async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('a cluster node and what KV holds', () => {
   const dir = mkdtempSync(join(tmpdir(), 'apm-membership-'));
@@ -57,7 +48,7 @@ describe('a cluster node and what KV holds', () => {
     const kvm = new Kvm(nc);
     kvNodes = await kvm.open(buckets.nodes);
     kvPlacement = await kvm.open(buckets.placement);
-    await until('the first placement', () => (node.placementRevision() > 0 && node.placement().shards.length === S && node.placement().shards.every((s) => s.owners.includes('n1')) ? true : undefined));
+    await until(() => (node.placementRevision() > 0 && node.placement().shards.length === S && node.placement().shards.every((s) => s.owners.includes('n1')) ? true : undefined), 15_000, 'the first placement');
   }, 30_000);
 
   afterAll(async () => {
@@ -71,9 +62,9 @@ describe('a cluster node and what KV holds', () => {
     const failures = node.counters.round_failures;
     await kvNodes.put('ghost', JSON.stringify({ id: 'n1', url: 'http://evil.example', workers: 1, startedMs: 1, ready: 5, lag: {}, applied: {} }));
     await kvNodes.put('n9', JSON.stringify({ id: 'n9', url: 'http://127.0.0.1:2', workers: 1, startedMs: 1, ready: [0, 1, 2, 3, 4], lag: {}, applied: {} }));
-    await until('both refused', () => (node.counters.node_records_refused >= 2 ? true : undefined));
+    await until(() => (node.counters.node_records_refused >= 2 ? true : undefined), 15_000, 'both refused');
     const rounds = node.counters.heartbeats;
-    await until('more rounds', () => (node.counters.heartbeats >= rounds + 5 ? true : undefined));
+    await until(() => (node.counters.heartbeats >= rounds + 5 ? true : undefined), 15_000, 'more rounds');
     expect(node.counters.round_failures).toBe(failures);
     expect(node.nodes().map((n) => [n.id, n.url])).toEqual([['n1', 'http://127.0.0.1:1']]);
     // Logged once per key, not every round.
@@ -92,7 +83,7 @@ describe('a cluster node and what KV holds', () => {
       return follow();
     };
     try {
-      await until('a round held', () => (held > 0 ? true : undefined));
+      await until(() => (held > 0 ? true : undefined), 15_000, 'a round held');
       const beats = node.counters.heartbeats;
       await new Promise((r) => setTimeout(r, 2_000));
       // Every 200 ms while the round waits: about 10.
@@ -106,14 +97,18 @@ describe('a cluster node and what KV holds', () => {
   it('writes a good placement over one that does not parse (before: it kept the last good one\'s revision, and every compare-and-set failed for good)', async () => {
     const written = node.counters.placements_written;
     await kvPlacement.put('shards', '{"x":1}');
-    const doc = await until('a good placement again', async () => {
-      const e = await kvPlacement.get('shards');
-      try {
-        return e === null ? undefined : parsePlacement(e.string(), S);
-      } catch {
-        return undefined;
-      }
-    });
+    const doc = await until(
+      async () => {
+        const e = await kvPlacement.get('shards');
+        try {
+          return e === null ? undefined : parsePlacement(e.string(), S);
+        } catch {
+          return undefined;
+        }
+      },
+      15_000,
+      'a good placement again',
+    );
     expect(doc.shards.every((s) => s.owners.includes('n1'))).toBe(true);
     expect(node.counters.placements_written).toBeGreaterThan(written);
   });
@@ -132,9 +127,9 @@ describe('a shard consumer nobody pulls from', () => {
       const pool = { streamSeqs: async () => new Array<number>(S).fill(0), streamCreated: async () => null, ingestStream: async () => 'refused' } as unknown as ShardPool;
       const c = new ShardConsumer({ node: 'gone', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 1_500 }, pool, new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 }), jetstream(nc), jsm);
       c.start(0);
-      await until('its durable consumer', async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? undefined : true));
+      await until(async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? undefined : true), 15_000, 'its durable consumer');
       await c.stop();
-      await until('the consumer deleted by the server', async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? true : undefined), 20_000);
+      await until(async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? true : undefined), 20_000, 'the consumer deleted by the server');
     } finally {
       await nc.close();
       await nats.stop();
