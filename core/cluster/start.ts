@@ -12,7 +12,8 @@ export const clusterHelp = `Cluster (without --nats the core runs alone):
   --nats <url,...>        join a cluster through these NATS servers (JetStream on): racks publish
                          to one stream per shard, every shard is owned by --replicas nodes
   --node <id>             this node's id, [A-Za-z0-9_-]{1,32} (required with --nats)
-  --url <url>             this node's API as other nodes reach it (default http://<--listen>)
+  --url <url>             this node's API as other nodes reach it (default http://<--listen>;
+                         required when --listen is 0.0.0.0 or ::)
   --nats-creds <file>     NATS credentials (.creds); or --nats-user <name> --nats-password-file <file>
   --replicas <n>          nodes owning each shard (a cluster setting, default 2)
   --stream-replicas <n>   replicas of each shard's stream (a cluster setting; default: the NATS
@@ -21,7 +22,7 @@ export const clusterHelp = `Cluster (without --nats the core runs alone):
                          node further behind rebuilds the shard from a live owner's rows
   --replace-after <dur>   a dead owner's shards get a new owner after this long (default 60s)
   --cluster-token-file <file>  bearer token (role admin) this node sends to other nodes when it
-                         copies a shard from them (needed when the nodes run with --tokens)
+                         copies a shard from them (required with --tokens)
 Cluster settings are written by the first node; a node started with different ones refuses to start.`;
 
 export const clusterOptionSpec = {
