@@ -456,7 +456,6 @@ export class ShardPool {
     return r.skip ?? r.error ?? 'no answer';
   }
 
-  /** Lowers a shard's applied stream sequence (its stream was made again or cut back; see Store.rebaseStream). */
   /** The creation time of shard `shard`'s stream its store last saw, and with `created`, that one noted (see Store.streamCreated). */
   async streamCreated(shard: number, created?: string): Promise<string | null> {
     const slot = this.slots[this.placement.workerOfShard(shard)]!;
@@ -465,6 +464,7 @@ export class ShardPool {
     return r.created;
   }
 
+  /** Lowers a shard's applied stream sequence (its stream was made again or cut back; see Store.rebaseStream). */
   async rebaseStream(shard: number, seq: number): Promise<void> {
     const slot = this.slots[this.placement.workerOfShard(shard)]!;
     const r = await this.request(slot, { t: 'streamRebase', id: this.nextId++, shard, seq });

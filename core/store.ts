@@ -253,7 +253,7 @@ export class Store {
     // The WAL (and the de-duplication marks committed with it) in an environment of its own: its
     // file is sized by the WAL's high-water mark (bounded: walBacklogBytesMax), and its freed pages
     // — runs of many pages per section — never fragment the rows' file, which then holds rows only.
-    this.walEnv = openLmdb({ path: join(opts.dir, 'wal'), mapSize: opts.mapBytes, maxDbs: 4 });
+    this.walEnv = openLmdb({ path: join(opts.dir, 'wal'), mapSize: opts.mapBytes, maxDbs: 8 });
     this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
     this.racks = this.root.openDB<number, string>({ name: 'racks', encoding: 'json' });
@@ -1037,6 +1037,17 @@ export class Store {
     }
   }
 
+  /** The rack ids with rows of one metric in one block, stored or in the head, ascending: what an export cuts a large block by. */
+  rackIdsOf(lo: number, hi: number, block: number): number[] {
+    const shard = shardOf(lo, this.opts.shardCount);
+    const ids = new Set<number>();
+    for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) ids.add(key.readUInt32BE(14));
+    const mi = this.registry.indexOf(lo, hi);
+    const head = mi < 0 ? undefined : this.heads.get(shard)?.blocks.get(block)?.get(mi);
+    if (head !== undefined) for (const id of head.keys()) ids.add(id);
+    return [...ids].sort((a, b) => a - b);
+  }
+
   /**
    * The epoch (RowVersions) of the last change to the rows `read` visits for one metric and block,
    * or Infinity while the head holds data of them (an answer read from the head is not final).
@@ -1308,7 +1319,11 @@ export class Store {
    * bounded transactions. Only a completed restore (endRestore) records a real sequence.
    */
   private async wipeShard(shard: number): Promise<void> {
-    this.walEnv.transactionSync(() => this.streamDb.put(shard, restoringSeq));
+    // The stream creation time it noted goes too: a copy holds what the source read, of whatever stream that was.
+    this.walEnv.transactionSync(() => {
+      this.streamDb.put(shard, restoringSeq);
+      this.streamCreatedDb.remove(shard);
+    });
     this.streamApplied.set(shard, restoringSeq);
     this.rowVersions.wroteShard(shard);
     try {

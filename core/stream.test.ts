@@ -72,6 +72,10 @@ describe('stream order (cluster consumer)', () => {
     expect(store.streamCreated(0, '2026-12-03T11:00:00Z')).toEqual({ before: '2026-12-03T10:00:00Z' });
     expect(store.streamCreated(0)).toEqual({ before: '2026-12-03T11:00:00Z' });
     expect(store.streamCreated(7)).toMatchObject({ error: 'shard 7 is not in this store' });
+    // A copy into the shard wipes it first: the time goes with its data (a copy holds what its
+    // source read, of whatever stream that was; kept, the consumer took the stream for remade).
+    await store.shardRestore(0).begin();
+    expect(store.streamCreated(0)).toEqual({ before: null });
     await store.close();
   });
 

@@ -38,7 +38,7 @@ function deadPull(pulls: { stopped: number }, msgs: FakeMsg[] = []) {
 
 function fakes(numPending: number, msgs: FakeMsg[] = []) {
   const pulls = { started: 0, stopped: 0 };
-  const info = { num_pending: numPending, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 } };
+  const info = { num_pending: numPending, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 }, config: { inactive_threshold: 60_000 * 1e6 } };
   const consumer = {
     info: async () => info,
     consume: async () => {

@@ -171,7 +171,9 @@ export class ShardConsumer {
     // Reused only when it delivers exactly from applied + 1: messages delivered past what is
     // applied (a pull that failed half way) would come again only after the ack wait (30 s of
     // stall), and a floor past it means data restored from an older copy. Else: afresh.
-    if (ci !== null && ci.delivered.stream_seq === this.applied && ci.ack_floor.stream_seq <= this.applied) return;
+    // (And one made before consumers had an inactivity bound is made again with it.)
+    const inactiveNs = this.o.inactiveMs * 1e6;
+    if (ci !== null && ci.delivered.stream_seq === this.applied && ci.ack_floor.stream_seq <= this.applied && ci.config?.inactive_threshold === inactiveNs) return;
     if (ci !== null) await this.jsm.consumers.delete(stream, this.durable);
     await this.jsm.consumers.add(stream, {
       durable_name: this.durable,
@@ -180,7 +182,7 @@ export class ShardConsumer {
       ...(this.applied === 0 ? {} : { opt_start_seq: this.applied + 1 }),
       ack_wait: 30e9,
       max_ack_pending: 2 * this.o.batch,
-      inactive_threshold: this.o.inactiveMs * 1e6,
+      inactive_threshold: inactiveNs,
     });
   }
 

@@ -44,7 +44,7 @@ const refusedRecordsMax = 256;
 const applyInFlightMax = 384;
 /** Messages sent to the workers at once at most (a flush comes sooner when this many wait). */
 const applyBurstMax = 512;
-import { nextPlacement, parseNodeRecord, parsePlacement } from './placement.js';
+import { nextPlacement, parseNodeRecord, parsePlacement, placementFromRecords } from './placement.js';
 import type { ClusterView, NodeRecord, NodeState, PlacementDoc } from './view.js';
 
 export interface ClusterNodeOptions {
@@ -363,7 +363,7 @@ export class ClusterNode implements ClusterView {
     } catch (err) {
       // Its revision is kept so that the placer can write over it: with the revision of the last
       // good document, every compare-and-set failed and placement stayed frozen for good.
-      if (!this.docUnreadable) this.log(`KV ${buckets.placement} does not parse (${(err as Error).message}); keeping the last one, and the placer writes a good one over it`);
+      if (!this.docUnreadable) this.log(`KV ${buckets.placement} does not parse (${(err as Error).message}); ${this.doc === null ? 'the placer rebuilds one from what the nodes consume' : 'keeping the last one'}, and the placer writes a good one over it`);
       this.docRevision = e.revision;
       this.docUnreadable = true;
     }
@@ -375,8 +375,10 @@ export class ClusterNode implements ClusterView {
     if (live.length === 0 || live[0]!.id !== this.o.node) return;
     // A new cluster's first placement waits a few heartbeats, so nodes started together are all in it (no copies at birth).
     if (this.doc === null && Date.now() - this.startedMs < 2 * this.o.heartbeatMs) return;
+    // Never read a good document and the one in KV does not parse: rebuilt from who consumes what.
+    const current = this.doc ?? (this.docUnreadable ? placementFromRecords(this.nodeStates.filter((n) => n.live), this.settings.shards) : null);
     const next = nextPlacement({
-      current: this.doc,
+      current,
       shards: this.settings.shards,
       replicas: this.settings.ownerReplicas,
       nodes: this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready), copyFailing: new Set(n.copyFailing) })),
@@ -385,7 +387,7 @@ export class ClusterNode implements ClusterView {
     });
     await this.forgetGoneNodes();
     // An unreadable document is replaced by the placement this node follows (or the next one).
-    const write = next ?? (this.docUnreadable ? this.doc : null);
+    const write = next ?? (this.docUnreadable ? current : null);
     if (write === null) return;
     try {
       this.docRevision = this.docRevision === 0 ? await this.kvPlacement.create('shards', JSON.stringify(write)) : await this.kvPlacement.update('shards', JSON.stringify(write), this.docRevision);

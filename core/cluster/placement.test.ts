@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { nextPlacement, type PlacerInput } from './placement.js';
+import { nextPlacement, placementFromRecords, type PlacerInput } from './placement.js';
 import type { PlacementDoc } from './view.js';
 
 const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[]; copyFailing?: number[] } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []), copyFailing: new Set(o.copyFailing ?? []) });
@@ -90,5 +90,21 @@ describe('placement', () => {
     // Both fail on it: nobody joins shard k, and the other shards' moves go on.
     const both = nextPlacement(base({ current: failing, nodes: [node('a'), node('b', { live: false, silentMs: 120_000 }), node('c', { copyFailing: [k] }), node('d', { copyFailing: [k] })] }));
     expect((both ?? failing).shards[k]!.joining).toEqual([]);
+  });
+
+  test('a placement rebuilt from what the nodes consume keeps every shard with the nodes holding it (a placer with no good document wrote a fresh round robin over an unreadable one: owners with the data dropped)', () => {
+    const rebuilt = placementFromRecords([{ id: 'b', applied: { 0: 5, 1: 7 } }, { id: 'a', applied: { 1: 7, 2: 0, 9: 1 } }], 4)!;
+    expect(rebuilt.shards).toEqual([
+      { owners: ['b'], joining: [] },
+      { owners: ['a', 'b'], joining: [] },
+      { owners: ['a'], joining: [] },
+      { owners: [], joining: [] },
+    ]);
+    // The placer goes on from it: shard 3 gets owners, shards 0 and 2 a second one by joining.
+    const next = nextPlacement(base({ shards: 4, current: rebuilt, nodes: [node('a'), node('b')] }))!;
+    expect(next.shards[1]).toEqual({ owners: ['a', 'b'], joining: [] });
+    expect(next.shards[0]!.owners).toEqual(['b']);
+    expect(next.shards[3]!.owners.length).toBeGreaterThan(0);
+    expect(placementFromRecords([{ id: 'a', applied: {} }], 4)).toBeNull();
   });
 });

@@ -106,6 +106,27 @@ function same(a: PlacementDoc, b: PlacementDoc): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+/**
+ * A placement rebuilt from the nodes' records, for a placer that has none to go by (the
+ * document in KV does not parse, and this node never read a good one): each shard is owned by
+ * the live nodes that consume it (their `applied` names it), so no node holding a shard's data
+ * is dropped, and none without it becomes an owner without joining. Null when no node consumes
+ * anything (a fresh placement then loses nothing).
+ */
+export function placementFromRecords(nodes: readonly Pick<NodeRecord, 'id' | 'applied'>[], shards: number): PlacementDoc | null {
+  const doc: PlacementDoc = { shards: Array.from({ length: shards }, () => ({ owners: [], joining: [] })) };
+  let any = false;
+  for (const n of [...nodes].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+    for (const k of Object.keys(n.applied).map(Number)) {
+      const s = doc.shards[k];
+      if (s === undefined) continue;
+      s.owners.push(n.id);
+      any = true;
+    }
+  }
+  return any ? doc : null;
+}
+
 /** Checks a placement read from KV (a bad document is an error, never a guess). */
 export function parsePlacement(text: string, shards: number): PlacementDoc {
   const d = JSON.parse(text) as PlacementDoc;

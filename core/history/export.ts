@@ -34,8 +34,8 @@ export interface ExportChunk {
   entries: number;
 }
 
-/** What an export reads: a store's rows, and how many rack ids it gave (a large block is read a range of racks at a time). */
-export type ExportReader = MetricReader & { rackCount(): number };
+/** What an export reads: a store's rows, how many rack ids it gave, and which racks have rows of a metric in a block (a large block is read some racks at a time). */
+export type ExportReader = MetricReader & { rackCount(): number; rackIdsOf(lo: number, hi: number, block: number): number[] };
 
 interface Series {
   labels: { __name__: string; server: string; rack: string; apm_kind?: 'counter' };
@@ -67,14 +67,25 @@ export function exportChunk(store: ExportReader, name: string, fromSecond: numbe
     s.values.push(v);
     s.timestamps.push(second * 1000);
   };
-  // Racks per chunk: entriesMax over a rack's entries in a block (the store's servers spread over its racks).
-  const racks = store.rackCount();
-  const perRack = Math.max(1, Math.ceil(store.registry.serverCount / Math.max(1, racks))) * blockSeconds;
-  const span = Math.max(1, Math.floor(entriesMax / perRack));
-  const sliced = rackFrom > 0 || span < racks;
-  const rackTo = sliced ? rackFrom + span : Infinity;
-  const blocksEnd = sliced ? block + blockSeconds : block + exportLimits.blocksPerChunkMax * blockSeconds;
-  for (; block < toSecond && block < blocksEnd && entries < entriesMax; block += blockSeconds) {
+  // Rows (racks) per chunk: entriesMax over a rack's entries in a block (the store's servers
+  // spread over its racks). A block with more rows of this metric is read that many rows at a
+  // time, one group a chunk, from rack id `rackFrom` on; the others go whole, many a chunk.
+  const perRack = Math.max(1, Math.ceil(store.registry.serverCount / Math.max(1, store.rackCount()))) * blockSeconds;
+  const rowsPerChunk = Math.max(1, Math.floor(entriesMax / perRack));
+  const first = block;
+  const blocksEnd = block + exportLimits.blocksPerChunkMax * blockSeconds;
+  /** Set when this chunk read part of a block: the rack id the next chunk starts from (null: the block is done). */
+  let nextRack: number | null | undefined;
+  while (block < toSecond && block < blocksEnd && entries < entriesMax) {
+    const ids = store.rackIdsOf(h[0]!, h[1]!, block);
+    let racks: { from: number; to: number } | undefined;
+    if (rackFrom > 0 || ids.length > rowsPerChunk) {
+      // A large block starts a chunk of its own.
+      if (block !== first) break;
+      const left = ids.filter((id) => id >= rackFrom);
+      racks = { from: rackFrom, to: left.length > rowsPerChunk ? left[rowsPerChunk]! : Number.MAX_SAFE_INTEGER };
+      nextRack = left.length > rowsPerChunk ? left[rowsPerChunk]! : null;
+    }
     store.read(h[0]!, h[1]!, block, block + blockSeconds, (row: DecodedRow, blockStart: number, rackId: number) => {
       const rack = store.rackName(rackId) ?? `rack-${rackId}`;
       row.serverIds.forEach((sid, j) => {
@@ -110,7 +121,9 @@ export function exportChunk(store: ExportReader, name: string, fromSecond: numbe
           if (second >= fromSecond && second < toSecond) entries++;
         }
       });
-    }, sliced ? { racks: { from: rackFrom, to: rackTo } } : {});
+    }, racks === undefined ? {} : { racks });
+    block += blockSeconds;
+    if (racks !== undefined) break;
   }
   const lines: string[] = [];
   for (const s of series.values()) {
@@ -119,8 +132,8 @@ export function exportChunk(store: ExportReader, name: string, fromSecond: numbe
     if (!ascending(s.timestamps)) sortTogether(s);
     lines.push(JSON.stringify({ metric: s.labels, values: s.values, timestamps: s.timestamps }));
   }
-  // A sliced block not done: the next chunk reads its next racks from the same second (racks registered meanwhile included).
-  if (sliced && rackTo < store.rackCount()) return { lines, nextSecond: fromSecond, nextRack: rackTo, entries };
+  // A large block not done: the next chunk reads its next racks from the same second (rows of racks that came meanwhile included).
+  if (typeof nextRack === 'number') return { lines, nextSecond: fromSecond, nextRack, entries };
   return { lines, nextSecond: block < toSecond ? block : null, nextRack: 0, entries };
 }
 
