@@ -232,6 +232,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       bodies_full: bodyBudget.refused,
       shards_mismatch: pool.counters.shards_mismatch,
       worker_busy: pool.counters.ingest_busy,
+      worker_unavailable: pool.counters.ingest_unavailable,
       storage_full: s('storage_full'),
       head_full: s('head_full'),
       rows_behind: s('rows_behind'),

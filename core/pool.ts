@@ -80,7 +80,7 @@ export class ShardPool {
   private stopping = false;
   /** Tests (stallWorker): the next worker thread started is busy this long before its replay. */
   private stallNextStartMs = 0;
-  readonly counters = { ingest_busy: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
+  readonly counters = { ingest_busy: 0, ingest_unavailable: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
   onWindow: ((qid: string, w: WindowResult) => void) | null = null;
@@ -219,10 +219,9 @@ export class ShardPool {
     const worker = slot.worker;
     // A thread replaying its WAL takes no requests yet: they would wait unseen in its queue for
     // as long as the replay lasts. 'stop' waits (the thread closes its stores once it is up).
-    const refuse = worker === null ? 'is restarting' : !slot.isReady && msg.t !== 'stop' ? 'is starting (replaying its WAL)' : null;
-    if (refuse !== null || worker === null) {
+    if (worker === null || (!slot.isReady && msg.t !== 'stop')) {
       answered?.(null);
-      return Promise.resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} ${refuse ?? 'is restarting'}; retry` });
+      return Promise.resolve({ t: 'reply', id: msg.id, error: `worker ${slot.index} ${worker === null ? 'is restarting' : 'is starting (replaying its WAL)'}; retry` });
     }
     return new Promise<Reply>((resolve) => {
       const p: Pending = { resolve, timer: null, answered };
@@ -281,7 +280,10 @@ export class ShardPool {
     // sections would be stored again, as duplicates, by every retry during a long replay).
     for (const w of perWorker.keys()) {
       const slot = this.slots[w]!;
-      if (slot.worker === null || !slot.isReady) return { status: 503, reason: 'worker_unavailable', error: `worker ${w} is ${slot.worker === null ? 'restarting' : 'starting (replaying its WAL)'}; retry` };
+      if (slot.worker === null || !slot.isReady) {
+        this.counters.ingest_unavailable++;
+        return { status: 503, reason: 'worker_unavailable', error: `worker ${w} is ${slot.worker === null ? 'restarting' : 'starting (replaying its WAL)'}; retry` };
+      }
       if (slot.ingestWaiting >= this.opts.ingestWaitingMax) {
         this.counters.ingest_busy++;
         return { status: 503, reason: 'worker_busy', error: `worker ${w} has ${this.opts.ingestWaitingMax} ingest requests waiting; retry later` };
@@ -317,7 +319,10 @@ export class ShardPool {
         duplicates += res.duplicates;
       } else if (worst === null || res.status === 400) worst = res;
     }
-    if (worst !== null) return { ...worst, pointsStored: points };
+    if (worst !== null) {
+      if (worst.reason === 'worker_unavailable') this.counters.ingest_unavailable++;
+      return { ...worst, pointsStored: points };
+    }
     this.counters.requests_ingested++;
     if (duplicates > 0 && points === 0) this.counters.requests_duplicate++;
     return { status: 204, points, duplicates, msg };

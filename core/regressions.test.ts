@@ -70,6 +70,8 @@ describe('bounds of the ingest path', () => {
     ]);
     // Before the fix the count went back to 0 on the timeouts, and this one was queued behind them too.
     expect(await send(2)).toEqual({ status: 503, reason: 'worker_busy' });
+    // Every refusal counted by its reason.
+    expect(await (await node.app.request('/metrics')).text()).toMatch(/apm_core_requests_rejected_total\{reason="worker_unavailable"\} 2\b/);
     // Once the worker turns again it stores the two queued ones; the racks' retries are duplicates.
     await waitFor(async () => (await send(2)).status === 204);
     for (const k of [0, 1]) expect((await send(k)).status).toBe(204);

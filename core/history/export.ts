@@ -46,10 +46,11 @@ interface Series {
 /**
  * The chunk of `name` from `fromSecond` (whole blocks of `blockSeconds`, at least one) up to
  * `toSecond` exclusive, stopping after the block that reaches entriesMax, or after
- * blocksPerChunkMax blocks. A block whose racks would hold more than entriesMax entries (by the
- * store's servers per rack) is read a range of rack ids at a time, one range a chunk, from
- * `rackFrom`: one block of 40,000 servers was 2.4 M entries read in one step, ~1.4 s in which
- * the worker's shards ingested nothing.
+ * blocksPerChunkMax blocks. A block with more of this metric's rows (one per rack) than a chunk
+ * holds, by the store's servers per rack, starts a chunk of its own and is read that many rows
+ * at a time, one group a chunk, from rack id `rackFrom`: one block of 40,000 servers was 2.4 M
+ * entries read in one step, ~1.4 s (a reviewer's script) in which the worker's shards ingested
+ * nothing.
  */
 export function exportChunk(store: ExportReader, name: string, fromSecond: number, toSecond: number, blockSeconds: number, entriesMax: number = exportLimits.entriesPerChunkMax, rackFrom = 0): ExportChunk {
   const h = new Uint32Array(2);
