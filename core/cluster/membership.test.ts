@@ -112,6 +112,26 @@ describe('a cluster node and what KV holds', () => {
     expect(doc.shards.every((s) => s.owners.includes('n1'))).toBe(true);
     expect(node.counters.placements_written).toBeGreaterThan(written);
   });
+
+  it('keeps a shard owned by a live node whose record does not check (before: that node was taken for gone at once, and another joined its shard)', async () => {
+    const doc = { shards: Array.from({ length: S }, (_, k) => ({ owners: k === 0 ? ['bad'] : ['n1'], joining: [] as string[] })) };
+    const beat = () => kvNodes.put('bad', JSON.stringify({ id: 'bad', url: 'http://127.0.0.1:3', workers: 1, startedMs: 1, ready: 'all', lag: {}, applied: {} }));
+    await beat();
+    const beating = setInterval(() => void beat().catch(() => undefined), 200);
+    try {
+      await kvPlacement.put('shards', JSON.stringify(doc));
+      await until(() => (node.placement().shards[0]?.owners[0] === 'bad' ? true : undefined), 15_000, 'the placement read');
+      const rounds = node.counters.heartbeats;
+      await until(() => (node.counters.heartbeats >= rounds + 10 ? true : undefined), 15_000, 'more rounds');
+      expect(node.placement().shards[0]).toEqual({ owners: ['bad'], joining: [] });
+      const e = await kvPlacement.get('shards');
+      expect(JSON.parse(e!.string()).shards[0]).toEqual({ owners: ['bad'], joining: [] });
+    } finally {
+      clearInterval(beating);
+      await kvNodes.delete('bad');
+      await kvPlacement.put('shards', JSON.stringify({ shards: Array.from({ length: S }, () => ({ owners: ['n1'], joining: [] })) }));
+    }
+  });
 });
 
 describe('a shard consumer nobody pulls from', () => {

@@ -22,6 +22,7 @@ import { buckets, clusterSettingsDefaults, ensureStreams, parseSettings, retryJe
 import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
 import { ApplyQueue, ShardConsumer } from './consumer.js';
+import { CopyFailures } from './copy-failures.js';
 
 /**
  * A message waits at most this long for others to go to the workers with (the smallest window is
@@ -33,9 +34,12 @@ const applyHoldMs = 100;
 const goneAfterMs = 24 * 3_600_000;
 /** Shards this node copies from owners at once. */
 const copiesAtOnceMax = 2;
-/** Copies of a shard that fail in a row before this node reports it (NodeRecord.copyFailing); kept this long after the last. */
-const copyFailuresToGiveUp = 3;
-const copyFailingForgetMs = 10 * 60_000;
+/**
+ * Copies of a shard that fail in a row before this node reports it (NodeRecord.copyFailing), for
+ * 10 minutes, doubled with each report that follows another without a good copy (at most a day):
+ * core/cluster/copy-failures.ts.
+ */
+const copyFailureReports = { inRowToReport: 3, reportMs: 10 * 60_000, reportMaxMs: 24 * 3_600_000 };
 /** A durable consumer nobody pulls from for this long is deleted by the server (a node id gone for good). */
 const consumerInactiveMs = 3_600_000;
 /** Refused node records remembered to log each once (a few; cleared when full). */
@@ -80,13 +84,15 @@ export class ClusterNode implements ClusterView {
   private readonly consumers = new Map<number, ShardConsumer>();
   /** Shards being copied from another owner now. */
   private readonly copying = new Set<number>();
-  /** Per shard (at most S), copies into this node that failed in a row, and when the last did. */
-  private readonly copyFailures = new Map<number, { inRow: number; lastMs: number }>();
+  /** Per shard (at most S), copies into this node that keep failing, and the reports made of them. */
+  private readonly copyFailures = new CopyFailures(copyFailureReports);
   private nodeStates: NodeState[] = [];
   private doc: PlacementDoc | null = null;
   private docRevision = 0;
   /** KV apm-placement holds a document that does not parse (the placer writes over it). */
   private docUnreadable = false;
+  /** Keys of KV apm-nodes whose records do not check, with their heartbeats (as last read). */
+  private unreadableNodes: { id: string; heartbeatMs: number; silentMs: number }[] = [];
   /** Keys of KV apm-nodes whose records were refused, with why (logged once each). */
   private readonly refusedRecords = new Map<string, string>();
   private readonly listeners: (() => void)[] = [];
@@ -277,13 +283,8 @@ export class ClusterNode implements ClusterView {
       lag[k] = Number.isFinite(c.lag) ? c.lag : -1;
       applied[k] = c.applied;
     }
-    const now = Date.now();
-    const copyFailing: number[] = [];
-    for (const [k, f] of this.copyFailures) {
-      if (now - f.lastMs > copyFailingForgetMs) this.copyFailures.delete(k);
-      else if (f.inRow >= copyFailuresToGiveUp) copyFailing.push(k);
-    }
-    return { id: this.o.node, url: this.o.url, workers: this.o.workers, startedMs: this.startedMs, ready: ready.sort((a, b) => a - b), lag, applied, copyFailing: copyFailing.sort((a, b) => a - b) };
+    const copyFailing = this.copyFailures.reported(Date.now());
+    return { id: this.o.node, url: this.o.url, workers: this.o.workers, startedMs: this.startedMs, ready: ready.sort((a, b) => a - b), lag, applied, copyFailing };
   }
 
   /** One round: heartbeat, read the nodes and the placement, place (if this node is the placer), follow the placement. */
@@ -315,30 +316,36 @@ export class ClusterNode implements ClusterView {
 
   private async readNodes(): Promise<void> {
     const states: NodeState[] = [];
+    const unreadable: { id: string; heartbeatMs: number }[] = [];
     // KV keys() may list a key twice, or miss one, while it is written (every heartbeat writes):
     // a node seen twice was shown twice in the fleet view (CI, 2026-12-02), and a node missed
     // would look gone for a round. So: a set, and every node known before read again by its key
     // (a deleted one reads as absent).
-    const keys = new Set<string>(this.nodeStates.map((n) => n.id));
+    const keys = new Set<string>([...this.nodeStates.map((n) => n.id), ...this.unreadableNodes.map((n) => n.id)]);
     for await (const k of await this.kvNodes.keys()) keys.add(k);
     let newest = 0;
     for (const k of keys) {
       const e = await this.kvNodes.get(k);
       if (e === null || e.operation !== 'PUT') continue;
+      const ms = e.created.getTime();
+      newest = Math.max(newest, ms);
       try {
         const r = parseNodeRecord(e.string(), k, this.settings.shards);
-        const ms = e.created.getTime();
-        newest = Math.max(newest, ms);
         if (k === this.o.node) this.lastHeartbeatMs = ms;
         states.push({ ...r, live: true, heartbeatMs: ms, silentMs: 0 });
       } catch (err) {
+        // Not routed to nor picked for a shard, but its heartbeat still counts: a live node whose
+        // record does not check (another apm's format, a bad write) keeps the shards it owns
+        // until it is silent past the replace-after time, like any node (before: it was taken
+        // for gone at once and its shards replaced).
+        unreadable.push({ id: k, heartbeatMs: ms });
         this.counters.node_records_refused++;
         // Once per key and reason, not every round.
         const why = (err as Error).message;
         if (this.refusedRecords.get(k) !== why) {
           if (this.refusedRecords.size >= refusedRecordsMax) this.refusedRecords.clear();
           this.refusedRecords.set(k, why);
-          this.log(`KV ${buckets.nodes} key ${k} is not a node record (${why}); ignored`);
+          this.log(`KV ${buckets.nodes} key ${k} is not a node record (${why}); not routed to nor placed on, its shards kept while it heartbeats`);
         }
       }
     }
@@ -347,6 +354,7 @@ export class ClusterNode implements ClusterView {
       s.live = s.silentMs <= this.o.deadAfterMs;
     }
     this.nodeStates = states.sort((a, b) => (a.id < b.id ? -1 : 1));
+    this.unreadableNodes = unreadable.map((u) => ({ ...u, silentMs: newest - u.heartbeatMs }));
   }
 
   private async readPlacement(): Promise<void> {
@@ -381,7 +389,10 @@ export class ClusterNode implements ClusterView {
       current,
       shards: this.settings.shards,
       replicas: this.settings.ownerReplicas,
-      nodes: this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready), copyFailing: new Set(n.copyFailing) })),
+      nodes: [
+        ...this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready), copyFailing: new Set(n.copyFailing) })),
+        ...this.unreadableNodes.map((n) => ({ id: n.id, live: n.silentMs <= this.o.deadAfterMs, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set<number>(), unusable: true })),
+      ],
       replaceAfterMs: this.o.replaceAfterMs,
       movesMax: this.o.movesMax,
     });
@@ -407,7 +418,7 @@ export class ClusterNode implements ClusterView {
    */
   private async forgetGoneNodes(): Promise<void> {
     const placed = new Set(this.doc?.shards.flatMap((s) => [...s.owners, ...s.joining]) ?? []);
-    for (const n of this.nodeStates) {
+    for (const n of [...this.nodeStates, ...this.unreadableNodes]) {
       if (n.silentMs < goneAfterMs || placed.has(n.id)) continue;
       await this.kvNodes.delete(n.id);
       this.counters.nodes_forgotten++;
@@ -491,15 +502,15 @@ export class ClusterNode implements ClusterView {
       const t0 = Date.now();
       const applied = await this.o.copyShard(source.url, k);
       this.counters.shards_copied++;
-      this.copyFailures.delete(k);
+      this.copyFailures.succeeded(k);
       if (old !== undefined) this.counters.shards_rebuilt++;
       this.log(`shard ${k}: copied from ${source.id} up to stream sequence ${applied} in ${Date.now() - t0} ms`);
       if (!this.stopped) this.startConsumer(k, applied);
     } catch (err) {
       this.counters.shard_copy_failures++;
-      const f = this.copyFailures.get(k) ?? { inRow: 0, lastMs: 0 };
-      this.copyFailures.set(k, { inRow: f.inRow + 1, lastMs: Date.now() });
-      this.log(`shard ${k}: copy from ${source.id} failed (${(err as Error).message}); ${f.inRow + 1 >= copyFailuresToGiveUp ? `${f.inRow + 1} in a row: reported, the placer picks another joiner` : 'trying again'}`);
+      const now = Date.now();
+      const reported = this.copyFailures.failed(k, now);
+      this.log(`shard ${k}: copy from ${source.id} failed (${(err as Error).message}); ${reported ? `${copyFailureReports.inRowToReport} in a row: reported for ${Math.round(this.copyFailures.reportLengthMs(k, now) / 60_000)} min, the placer picks another joiner` : 'trying again'}`);
     } finally {
       this.copying.delete(k);
     }

@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import { nextPlacement, placementFromRecords, type PlacerInput } from './placement.js';
 import type { PlacementDoc } from './view.js';
 
-const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[]; copyFailing?: number[] } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []), copyFailing: new Set(o.copyFailing ?? []) });
+const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[]; copyFailing?: number[]; unusable?: boolean } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []), copyFailing: new Set(o.copyFailing ?? []), unusable: o.unusable });
 const base = (over: Partial<PlacerInput>): PlacerInput => ({ current: null, shards: 8, replicas: 2, nodes: [], replaceAfterMs: 60_000, movesMax: 4, ...over });
 const load = (d: PlacementDoc) => {
   const m = new Map<string, number>();
@@ -106,5 +106,21 @@ describe('placement', () => {
     expect(next.shards[0]!.owners).toEqual(['b']);
     expect(next.shards[3]!.owners.length).toBeGreaterThan(0);
     expect(placementFromRecords([{ id: 'a', applied: {} }], 4)).toBeNull();
+  });
+
+  test('a live node whose record does not check keeps its shards until it is silent past replaceAfterMs, and is never picked (before: node.ts left it out, so it was taken for gone at once and its shards replaced)', () => {
+    // c owns one shard, a and b the rest: c is the least loaded node.
+    const start: PlacementDoc = { shards: Array.from({ length: 8 }, (_, k) => ({ owners: k === 1 ? ['a', 'c'] : ['a', 'b'], joining: [] })) };
+    const withBad = [node('a'), node('b'), node('c', { unusable: true })];
+    // Not replaced while it heartbeats, and not balanced onto.
+    expect(nextPlacement(base({ current: start, nodes: withBad }))).toBeNull();
+    // A shard with no owner at all is filled by a usable node, never by c.
+    const empty: PlacementDoc = { shards: start.shards.map((s, k) => (k === 0 ? { owners: [], joining: [] } : s)) };
+    const filled = nextPlacement(base({ current: empty, nodes: withBad }))!;
+    expect(filled.shards[0]!.owners).toEqual(['b']);
+    for (const s of filled.shards) expect(s.joining).not.toContain('c');
+    // Silent past replaceAfterMs, it is replaced like any dead owner.
+    const gone = nextPlacement(base({ current: start, nodes: [node('a'), node('b'), node('c', { unusable: true, live: false, silentMs: 61_000 }), node('d')] }))!;
+    expect(gone.shards[1]!.joining).toEqual(['d']);
   });
 });

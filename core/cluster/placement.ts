@@ -18,16 +18,19 @@ export interface PlacerInput {
   replicas: number;
   /**
    * Every known node: live or not, how long since its last heartbeat, the shards it reports
-   * caught up, and those whose copy into it keeps failing (NodeRecord.copyFailing).
+   * caught up, and those whose copy into it keeps failing (NodeRecord.copyFailing). An
+   * `unusable` node (its record does not check) keeps what it owns while it is live, but is
+   * never picked to join a shard nor kept as a joiner.
    */
-  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number>; copyFailing?: ReadonlySet<number> }[];
+  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number>; copyFailing?: ReadonlySet<number>; unusable?: boolean }[];
   replaceAfterMs: number;
   movesMax: number;
 }
 
 /** The next placement, or null when the current one stands. Pure: the same input gives the same output. */
 export function nextPlacement(p: PlacerInput): PlacementDoc | null {
-  const live = p.nodes.filter((n) => n.live).map((n) => n.id).sort();
+  // The nodes shards may be placed on; an unusable node's heartbeat still keeps its own shards (isLive).
+  const live = p.nodes.filter((n) => n.live && n.unusable !== true).map((n) => n.id).sort();
   if (live.length === 0) return null;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   if (p.current === null || p.current.shards.length !== p.shards) {
@@ -57,15 +60,16 @@ export function nextPlacement(p: PlacerInput): PlacementDoc | null {
       if (load.has(victim)) load.set(victim, load.get(victim)! - 1);
     }
   }
+  // Dropped first: a replaceable owner, then a dead one or one whose record does not check.
   function rank(id: string): number {
-    return replaceable(id) ? 2 : isLive(id) ? 0 : 1;
+    return replaceable(id) ? 2 : isLive(id) && byId.get(id)!.unusable !== true ? 0 : 1;
   }
   // Joiners that died, or whose copies keep failing (a copy they can never finish held a move
   // slot for good: eight such stopped every dead owner's replacement), are dropped; another node
   // is picked, not one whose copy of that shard fails.
   const failing = (id: string, k: number) => byId.get(id)?.copyFailing?.has(k) === true;
   for (const [k, s] of doc.shards.entries()) {
-    const keep = (id: string) => isLive(id) && !failing(id, k);
+    const keep = (id: string) => isLive(id) && byId.get(id)!.unusable !== true && !failing(id, k);
     for (const id of s.joining) if (!keep(id) && load.has(id)) load.set(id, load.get(id)! - 1);
     s.joining = s.joining.filter(keep);
   }
