@@ -132,6 +132,24 @@ describe('a cluster node and what KV holds', () => {
       await kvPlacement.put('shards', JSON.stringify({ shards: Array.from({ length: S }, () => ({ owners: ['n1'], joining: [] })) }));
     }
   });
+
+  it('says it is cut off once its heartbeats have failed past the dead-after time, and since when (the query routes mark its answers stale)', async () => {
+    const kv = (node as unknown as { kvNodes: KV }).kvNodes;
+    const put = kv.put.bind(kv);
+    expect(node.cutOffSinceMs()).toBeNull();
+    const before = Date.now();
+    kv.put = () => Promise.reject(new Error('NATS is away'));
+    try {
+      // deadAfterMs is 2 s here.
+      const since = await until(() => node.cutOffSinceMs() ?? undefined, 15_000, 'cut off');
+      expect(Date.now() - since).toBeGreaterThan(2_000);
+      expect(since).toBeGreaterThanOrEqual(before - 1_000);
+      expect(since).toBeLessThanOrEqual(before + 250);
+    } finally {
+      kv.put = put;
+    }
+    await until(() => (node.cutOffSinceMs() === null ? true : undefined), 15_000, 'back');
+  });
 });
 
 describe('a shard consumer nobody pulls from', () => {

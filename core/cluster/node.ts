@@ -102,6 +102,8 @@ export class ClusterNode implements ClusterView {
   private beating: Promise<void> | null = null;
   /** The last heartbeat was written (a round does not place or follow after one that failed). */
   private heartbeatOk = false;
+  /** When the last heartbeat was written (this process' clock; 0: none yet). */
+  private lastBeatOkMs = 0;
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
@@ -247,6 +249,12 @@ export class ClusterNode implements ClusterView {
     this.listeners.push(f);
   }
 
+  cutOffSinceMs(): number | null {
+    if (this.heartbeatOk || this.stopped) return null;
+    const since = this.lastBeatOkMs === 0 ? this.startedMs : this.lastBeatOkMs;
+    return Date.now() - since > this.o.deadAfterMs ? since : null;
+  }
+
   // -------------------------------------------------------------------------------------------
 
   /** This node's consumer of a shard has caught up (and no copy is under way). */
@@ -306,6 +314,7 @@ export class ClusterNode implements ClusterView {
       await this.kvNodes.put(this.o.node, JSON.stringify(this.record()));
       this.counters.heartbeats++;
       this.heartbeatOk = true;
+      this.lastBeatOkMs = Date.now();
     } catch (err) {
       this.counters.heartbeat_failures++;
       if (this.heartbeatOk) this.log(`heartbeat failed: ${(err as Error).message}`);

@@ -15,7 +15,7 @@ import { buildColumns } from '../../schema/testdata.js';
 import { NatsCluster } from '../../tools/nats-servers.js';
 import { ApiAuth, hashToken, parseTokens, TokenSet } from '../auth.js';
 import { openNode, type CoreNode } from '../node.js';
-import { forwardedHeader, shardOfMetric } from './routes.js';
+import { forwardedHeader, shardOfMetric, staleSinceHeader } from './routes.js';
 import type { ClusterView, NodeState, PlacementDoc } from './view.js';
 
 const S = 4;
@@ -28,6 +28,8 @@ class FakeCluster {
   readonly ready = new Set<string>();
   /** Nodes whose own consumer fell behind while their record still says ready (KV lags the node). */
   readonly behind = new Set<string>();
+  /** Nodes whose heartbeats fail past the dead-after time, and since when. */
+  readonly cutOff = new Map<string, number>();
   readonly states = new Map<string, NodeState>();
   private readonly listeners: (() => void)[] = [];
   readonly settings: ClusterSettings = { format: 1, shards: S, ownerReplicas: 1, streamReplicas: 1, streamMaxAgeSeconds: 86_400, duplicateWindowSeconds: 600 };
@@ -45,6 +47,7 @@ class FakeCluster {
       readyOwners: (shard) => (cluster.owners[shard] ?? []).filter((id) => cluster.ready.has(id)).map((id) => cluster.states.get(id)!),
       servesLocally: (shard) => cluster.ready.has(nodeId) && !cluster.behind.has(nodeId) && (cluster.owners[shard] ?? []).includes(nodeId),
       onChange: (f) => void this.listeners.push(f),
+      cutOffSinceMs: () => cluster.cutOff.get(nodeId) ?? null,
     };
   }
 
@@ -222,6 +225,43 @@ describe('core cluster: query routing and stored queries', () => {
       cluster.behind.delete('A');
       cluster.owners[shardOfMetric(mA, S)] = ['A'];
     }
+  });
+
+  it('a node cut off from NATS asks another owner of its shard, and answers itself only marked stale (before: it answered from what it held, unmarked, while the other owner went on)', async () => {
+    const q = encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE max`);
+    const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
+    const fresh = (await (await get('A', `/api/v1/query?q=${q}${range}`)).json()) as { windows: unknown[] };
+    expect(fresh.windows).toHaveLength(2);
+    const since = Date.now() - 30_000;
+    cluster.owners[shardOfMetric(mA, S)] = ['A', 'B'];
+    cluster.cutOff.set('A', since);
+    const urlB = cluster.states.get('B')!.url;
+    try {
+      // B, the other owner, answers (from its own copy: it holds nothing of mA, so no windows).
+      const viaB = await get('A', `/api/v1/query?q=${q}${range}`);
+      expect(viaB.status).toBe(200);
+      expect(viaB.headers.get(staleSinceHeader)).toBeNull();
+      expect(((await viaB.json()) as { windows: unknown[] }).windows).toEqual([]);
+      expect(await metric('A', 'apm_core_cluster_cut_off_answers_total', 'result="proxied"')).toBe(1);
+      // B unreachable: A answers from what it holds, saying since when it may miss data.
+      cluster.states.get('B')!.url = 'http://127.0.0.1:1';
+      const stale = await get('A', `/api/v1/query?q=${q}${range}`);
+      expect(stale.status).toBe(200);
+      expect(stale.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+      expect(await stale.json()).toEqual(fresh);
+      expect(await metric('A', 'apm_core_cluster_cut_off_answers_total', 'result="stale"')).toBe(1);
+      // Through B, which proxies to A: the mark comes along.
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+      const throughB = await get('B', `/api/v1/query?q=${q}${range}`);
+      expect(throughB.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+      // A list from A says the same.
+      expect((await get('A', '/api/v1/metrics')).headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+    } finally {
+      cluster.cutOff.delete('A');
+      cluster.states.get('B')!.url = urlB;
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+    }
+    expect((await get('A', `/api/v1/query?q=${q}${range}`)).headers.get(staleSinceHeader)).toBeNull();
   });
 
   it('lists the metrics of every node from either node', async () => {

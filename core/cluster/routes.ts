@@ -60,8 +60,14 @@ export const shardUnavailableHeader = 'x-apm-shard-unavailable';
 /** Set on a fanned-out list request: answer only for the shards this node serves. */
 export const localHeader = 'x-apm-local-shards';
 
+/**
+ * Set on an answer of a node cut off from NATS (ClusterView.cutOffSinceMs): the time (ISO 8601)
+ * since which data of its shards may be missing from it.
+ */
+export const staleSinceHeader = 'x-apm-stale-since';
+
 /** Response headers passed back from the owner (besides the body and status). */
-const passedHeaders = ['content-type', 'cache-control', 'retry-after', 'www-authenticate'];
+const passedHeaders = ['content-type', 'cache-control', 'retry-after', 'www-authenticate', staleSinceHeader];
 
 /** The shard of a metric (its name's hash lo32, as ShardPool and the racks cut it). */
 export function shardOfMetric(name: string, shards: number): number {
@@ -93,9 +99,16 @@ interface Target {
 
 type ProxyResult = 'ok' | 'failed' | 'timeout' | 'busy' | 'unavailable' | 'loop' | 'spans_nodes' | 'rerouted';
 
+/** Whether proxy() answers a failure itself (503) or leaves it to its caller (null). */
+interface ProxyOptions {
+  orNull: boolean;
+}
+
 export class ClusterRouting {
   readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0, rerouted: 0 };
   readonly fanout = { ok: 0, failed: 0, shards_missing: 0, truncated: 0 };
+  /** Requests for its own shards while this node was cut off from NATS: asked of another owner, or answered here marked stale. */
+  readonly cutOff = { proxied: 0, stale: 0 };
   private inFlight = 0;
   private readonly agent = new Agent({
     connections: clusterRouteLimits.connectionsPerNodeMax,
@@ -146,7 +159,30 @@ export class ClusterRouting {
       return c.json({ error: `the metrics of this request live on ${targets.size} nodes (${[...targets.keys()].join(', ')}); ask for them one request each`, reason: 'spans_nodes' }, 400);
     }
     const [to] = targets.values();
-    return to === null || to === undefined ? next() : this.proxy(c, this.ordered(candidates));
+    if (to !== null && to !== undefined) return (await this.proxy(c, this.ordered(candidates), { orNull: false }))!;
+    return this.local(c, next, candidates.filter((n) => n.id !== this.view.nodeId));
+  }
+
+  /**
+   * Answers here. A node cut off from NATS holds its shards only up to when it was cut off, while
+   * the other owners may go on (before: it kept answering from what it held, unmarked): it asks
+   * another ready owner of its last view first, and answers itself only when none answers, marked
+   * with the time since which it may miss data (staleSinceHeader). When the whole log is down
+   * every owner is cut off, and the answer is as stale wherever it comes from.
+   */
+  private async local(c: Context, next: Next, others: NodeState[]): Promise<Response | void> {
+    const since = this.view.cutOffSinceMs();
+    if (since === null) return next();
+    if (others.length > 0 && c.req.header(forwardedHeader) === undefined) {
+      const r = await this.proxy(c, this.ordered(others), { orNull: true });
+      if (r !== null) {
+        this.cutOff.proxied++;
+        return r;
+      }
+    }
+    await next();
+    this.cutOff.stale++;
+    c.res.headers.set(staleSinceHeader, new Date(since).toISOString());
   }
 
   /**
@@ -197,10 +233,15 @@ export class ClusterRouting {
     return null;
   }
 
-  /** The same request to the first of `owners` that takes the connection, its answer streamed back. */
-  private async proxy(c: Context, owners: NodeState[]): Promise<Response> {
+  /**
+   * The same request to the first of `owners` that takes the connection, its answer streamed
+   * back. A failure is a 503, or null with `orNull` (no owner answered; nothing is counted as
+   * proxied then).
+   */
+  private async proxy(c: Context, owners: NodeState[], o: ProxyOptions): Promise<Response | null> {
     const to = owners[0]!;
     if (this.inFlight >= clusterRouteLimits.proxiesInFlightMax) {
+      if (o.orNull) return null;
       this.proxied.busy++;
       c.set('apmRefusal', 'proxy_busy');
       return c.json({ error: `${this.inFlight} requests are being proxied by this node already (proxiesInFlightMax ${clusterRouteLimits.proxiesInFlightMax}); retry shortly, or ask node ${to.id} (${to.url}) directly`, reason: 'proxy_busy' }, 503);
@@ -214,8 +255,9 @@ export class ClusterRouting {
       try {
         r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
         // That owner does not serve the shard in its own view (placement moved a moment ago): the next one may.
-        if (r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined && i + 1 < owners.length) {
+        if (r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined && (i + 1 < owners.length || o.orNull)) {
           await r.body.dump();
+          r = null;
           this.proxied.rerouted++;
           continue;
         }
@@ -230,13 +272,19 @@ export class ClusterRouting {
           if (i + 1 < owners.length) continue;
         }
         this.inFlight--;
+        if (o.orNull) return null;
         const timeout = /TIMEOUT/.test(code);
         this.proxied[timeout ? 'timeout' : 'failed']++;
         c.set('apmRefusal', 'proxy_failed');
         return c.json({ error: `node ${node.id} (${node.url}), ${owners.length > 1 ? 'the last ready owner tried' : 'the owner'} of this request's shard, did not answer ${c.req.method} ${url.pathname}${timeout ? ' in time' : ''}: ${(err as Error).message}; retry shortly`, reason: 'proxy_failed' }, 503);
       }
     }
-    if (r === null) throw new Error('BUG: proxy without an answer or an error');
+    if (r === null) {
+      // Every owner said it does not serve the shard (only with orNull: else the last one's 503 is passed on).
+      this.inFlight--;
+      if (o.orNull) return null;
+      throw new Error('BUG: proxy without an answer or an error');
+    }
     this.proxied.ok++;
     let released = false;
     const release = () => {
@@ -283,6 +331,9 @@ export class ClusterRouting {
     }
     const body = c.req.method === 'POST' ? await c.req.text() : undefined; // read before the local route: it is cached for it
     await next();
+    // Cut off from NATS: this node's own part may miss what its shards took since (see local()).
+    const since = this.view.cutOffSinceMs();
+    if (since !== null) c.res.headers.set(staleSinceHeader, new Date(since).toISOString());
     if (c.res.status !== 200 || (ask.size === 0 && missing.length === 0)) return;
     const parts: ListAnswer[] = [(await c.res.json()) as ListAnswer];
     const warnings: string[] = [];
@@ -296,7 +347,7 @@ export class ClusterRouting {
     }
     const merged = mergeLists(route, parts, listLimit(new URL(c.req.url).searchParams.get('limit')), warnings);
     if (merged.truncated) this.fanout.truncated++;
-    c.res = new Response(JSON.stringify(merged.answer), { status: 200, headers: { 'content-type': 'application/json' } });
+    c.res = new Response(JSON.stringify(merged.answer), { status: 200, headers: { 'content-type': 'application/json', ...(since === null ? {} : { [staleSinceHeader]: new Date(since).toISOString() }) } });
   }
 
   /** One node's part of a list, or a warning saying why it is missing. */
@@ -336,6 +387,7 @@ export class ClusterRouting {
     p.counters('apm_core_cluster_fanout_total', 'Parts of cluster-wide lists asked of other nodes, by result (failed: the list was answered without it, with a warning)', 'result', { ok: this.fanout.ok, failed: this.fanout.failed });
     p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner', this.fanout.shards_missing);
     p.counter('apm_core_cluster_fanout_truncated_total', 'Cluster-wide lists cut at their limit after merging', this.fanout.truncated);
+    p.counters('apm_core_cluster_cut_off_answers_total', "Requests for this node's own shards while its heartbeats failed past the dead-after time (cut off from NATS), by how they were answered: proxied (another owner answered) or stale (answered here, with the x-apm-stale-since header)", 'result', this.cutOff);
   }
 
   close(): Promise<void> {

@@ -49,6 +49,12 @@ export interface ClusterView {
   readyOwners(shard: number): NodeState[];
   /** This node owns `shard` and has caught up: it answers the shard itself. */
   servesLocally(shard: number): boolean;
+  /**
+   * When this node's heartbeats have failed for longer than the dead-after time (the others take
+   * it for dead: it is cut off from NATS, or NATS is down), the time of the last one written (ms);
+   * else null. Its own shards then stop at what it applied while the other owners may go on.
+   */
+  cutOffSinceMs(): number | null;
   /** Called after the placement or a node's liveness or readiness changed. */
   onChange(f: () => void): void;
 }
