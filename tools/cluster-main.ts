@@ -39,11 +39,16 @@ export async function clusterMain(argv: string[]): Promise<void> {
 export function formatStatus(s: ClusterStatus): string {
   const out: string[] = [];
   out.push(`cluster seen from ${s.node}: ${s.settings.shards} shards, ${s.settings.ownerReplicas} owners each, streams R${s.settings.streamReplicas}, max age ${s.settings.streamMaxAgeSeconds} s; placement revision ${s.placementRevision}`);
+  if (s.cutOffSince !== null && s.cutOffSince !== undefined) out.push(`${s.node} is cut off from NATS since ${s.cutOffSince} (its heartbeats fail): what follows is as of then, and its answers carry x-apm-stale-since`);
   out.push('', 'NODE'.padEnd(16) + 'STATE'.padEnd(7) + 'OWNS'.padEnd(6) + 'READY'.padEnd(7) + 'LAG'.padEnd(9) + 'HEARTBEAT'.padEnd(11) + 'URL');
   for (const n of s.nodes) {
     const owns = s.placement.shards.filter((x) => x.owners.includes(n.id)).length;
     const lag = Object.values(n.lag).reduce((a, b) => a + Math.max(0, b), 0);
     out.push(n.id.padEnd(16) + (n.live ? 'live' : 'dead').padEnd(7) + String(owns).padEnd(6) + String(n.ready.length).padEnd(7) + String(lag).padEnd(9) + `${(n.silentMs / 1000).toFixed(1)} s ago`.padEnd(11) + n.url);
+  }
+  for (const n of s.unreadableNodes ?? []) {
+    const owns = s.placement.shards.filter((x) => x.owners.includes(n.id)).length;
+    out.push(n.id.padEnd(16) + 'bad'.padEnd(7) + String(owns).padEnd(6) + '-'.padEnd(7) + '-'.padEnd(9) + `${(n.silentMs / 1000).toFixed(1)} s ago`.padEnd(11) + '(its KV record does not check: not routed to, never placed on)');
   }
   out.push('', 'SHARD  OWNERS (ready*)                 JOINING');
   const ready = new Map(s.nodes.map((n) => [n.id, new Set(n.live ? n.ready : [])]));

@@ -249,6 +249,11 @@ export class ClusterNode implements ClusterView {
     this.listeners.push(f);
   }
 
+  /** Keys of KV apm-nodes whose records do not check, as last read. */
+  unreadable(): { id: string; silentMs: number }[] {
+    return this.unreadableNodes.map((n) => ({ id: n.id, silentMs: n.silentMs }));
+  }
+
   cutOffSinceMs(): number | null {
     if (this.heartbeatOk || this.stopped) return null;
     const since = this.lastBeatOkMs === 0 ? this.startedMs : this.lastBeatOkMs;

@@ -13,10 +13,15 @@ export interface ClusterStatus {
   /** This node's consumers, one per shard it owns or joins. */
   shards: ReturnType<ClusterNode['shardStates']>;
   counters: Record<string, number>;
+  /** Since when this node's heartbeats fail past the dead-after time (ISO 8601; null: they are written). */
+  cutOffSince: string | null;
+  /** Keys of KV apm-nodes whose records do not check (not routed to, never placed on; they keep their shards while they heartbeat). */
+  unreadableNodes: { id: string; silentMs: number }[];
 }
 
 export function clusterStatus(n: ClusterNode): ClusterStatus {
-  return { node: n.nodeId, settings: n.settings, placementRevision: n.placementRevision(), nodes: n.nodes(), placement: n.placement(), shards: n.shardStates(), counters: { ...n.counters, ...n.consumerCounters() } };
+  const cutOff = n.cutOffSinceMs();
+  return { node: n.nodeId, settings: n.settings, placementRevision: n.placementRevision(), nodes: n.nodes(), placement: n.placement(), shards: n.shardStates(), counters: { ...n.counters, ...n.consumerCounters() }, cutOffSince: cutOff === null ? null : new Date(cutOff).toISOString(), unreadableNodes: n.unreadable() };
 }
 
 /** The cluster's lines of a node's /metrics: consumer lag per shard, placement revision, membership. */
