@@ -59,6 +59,17 @@ describe('CopyFailures (a node reporting shards it cannot copy)', () => {
     expect(f.reported(0)).toEqual([1]);
   });
 
+  it('reports a join given up at once (a copy that succeeded but never caught up), doubling like failed copies', () => {
+    const f = new CopyFailures({ inRowToReport: 3, reportMs: 10 * min, reportMaxMs: day });
+    f.gaveUp(6, 0);
+    expect(f.reported(1)).toEqual([6]);
+    expect(f.reportLengthMs(6, 0)).toBe(10 * min);
+    f.gaveUp(6, 5 * min); // still reported: no change
+    expect(f.reportLengthMs(6, 0)).toBe(10 * min);
+    f.gaveUp(6, 10 * min);
+    expect(f.reportLengthMs(6, 10 * min)).toBe(20 * min);
+  });
+
   it('refuses options out of range', () => {
     expect(() => new CopyFailures({ inRowToReport: 0, reportMs: 1, reportMaxMs: 1 })).toThrow(/out of range/);
     expect(() => new CopyFailures({ inRowToReport: 1, reportMs: 10, reportMaxMs: 5 })).toThrow(/out of range/);

@@ -47,6 +47,18 @@ export class CopyFailures {
     return true;
   }
 
+  /**
+   * A join of `shard` that copied but did not catch up in time (a stream faster than this node
+   * applies it): reported at once, as if its copies had failed (the placer picks another joiner).
+   */
+  gaveUp(shard: number, nowMs: number): void {
+    const e = this.byShard.get(shard) ?? { inRow: 0, reports: 0, reportUntilMs: 0 };
+    this.byShard.set(shard, e);
+    if (nowMs < e.reportUntilMs) return;
+    e.inRow = this.o.inRowToReport - 1;
+    this.failed(shard, nowMs);
+  }
+
   /** A copy of `shard` succeeded: its failures are forgotten. */
   succeeded(shard: number): void {
     this.byShard.delete(shard);

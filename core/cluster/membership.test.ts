@@ -176,6 +176,72 @@ describe('a shard consumer nobody pulls from', () => {
   }, 40_000);
 });
 
+describe('a join that never catches up', () => {
+  it('is given up and reported, so the placer picks another joiner (before: a joiner whose copy succeeded but never caught up held its move slot for good)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-join-slow-'));
+    const nats = await NatsCluster.start({ dir: join(dir, 'nats'), n: 1 });
+    const nc = await connect({ servers: nats.url(0), user: nats.users.core.user, pass: nats.users.core.pass });
+    let node: ClusterNode | null = null;
+    const beats: NodeJS.Timeout[] = [];
+    try {
+      const settings = await ClusterNode.settingsFor(nc, { shards: S, streamReplicas: 1 });
+      await ensureStreams(await jetstreamManager(nc), settings);
+      const kvm = new Kvm(nc);
+      const kvNodes = await kvm.create(buckets.nodes, { history: 1, replicas: 1 });
+      const kvPlacement = await kvm.create(buckets.placement, { history: 1, replicas: 1 });
+      // n0 (the placer: the smallest id) is the test: it owns every shard, has applied 50 of shard 0, and places n1 as shard 0's joiner.
+      const n0 = () => kvNodes.put('n0', JSON.stringify({ id: 'n0', url: 'http://127.0.0.1:9', workers: 1, startedMs: 1, ready: [0, 1, 2, 3], lag: {}, applied: { 0: 50, 1: 0, 2: 0, 3: 0 }, copyFailing: [] }));
+      await n0();
+      beats.push(setInterval(() => void n0().catch(() => undefined), 200));
+      await kvPlacement.put('shards', JSON.stringify({ shards: Array.from({ length: S }, (_, k) => ({ owners: ['n0'], joining: k === 0 ? ['n1'] : [] })) }));
+      // Shard 0's stream holds more than n1 will ever apply.
+      const js = jetstream(nc);
+      for (let i = 0; i < 80; i++) await js.publish(`apm.shard.0`, new Uint8Array([i]));
+      // n1's workers take nothing: its consumer of shard 0 never catches up.
+      const seqs = new Array<number>(S).fill(0);
+      const pool = { shards: S, streamSeqs: async () => [...seqs], streamCreated: async () => null, rebaseStream: async () => undefined, ingestStream: () => new Promise((r) => setTimeout(() => r('not applied: this test applies nothing'), 50)), skipStream: async () => 'refused' } as unknown as ShardPool;
+      let copies = 0;
+      node = await ClusterNode.join(nc, settings, {
+        node: 'n1',
+        url: 'http://127.0.0.1:1',
+        workers: 1,
+        want: {},
+        heartbeatMs: 200,
+        deadAfterMs: 2_000,
+        replaceAfterMs: 2_000,
+        movesMax: 8,
+        readyLagMax: 8,
+        joinCatchUpMaxMs: 2_000,
+        copyShard: async () => {
+          copies++;
+          seqs[0] = 50;
+          return 50;
+        },
+        log: () => undefined,
+      });
+      node.attach(pool);
+      const rec = await until(
+        async () => {
+          const e = await kvNodes.get('n1');
+          const r = e === null ? null : (JSON.parse(e.string()) as { copyFailing: number[] });
+          return r !== null && r.copyFailing.includes(0) ? r : undefined;
+        },
+        20_000,
+        'n1 reporting shard 0',
+      );
+      expect(rec.copyFailing).toEqual([0]);
+      expect(copies).toBe(1);
+      expect(node.counters.joins_given_up).toBe(1);
+    } finally {
+      for (const b of beats) clearInterval(b);
+      await node?.close();
+      await nc.close();
+      await nats.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 40_000);
+});
+
 describe('parseNodeRecord', () => {
   const good = { id: 'n1', url: 'http://10.0.0.1:8080', workers: 2, startedMs: 1_700_000_000_000, ready: [0, 3], lag: { 0: 0, 3: -1 }, applied: { 0: 12, 3: 0 } };
   it('takes a record that checks, keeping only its fields', () => {

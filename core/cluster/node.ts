@@ -40,6 +40,13 @@ const copiesAtOnceMax = 2;
  * core/cluster/copy-failures.ts.
  */
 const copyFailureReports = { inRowToReport: 3, reportMs: 10 * 60_000, reportMaxMs: 24 * 3_600_000 };
+/**
+ * A join that has not caught up this long after its consumer started (a copy succeeded, but the
+ * stream grows faster than this node applies it) is given up and reported like failed copies: it
+ * held one of the cluster's move slots for good. Catch-up runs at ~230,000 points/s on the
+ * 2-core bench box (docs/figures.md), so half an hour is a backlog no join should have.
+ */
+const joinCatchUpMaxMs = 30 * 60_000;
 /** A durable consumer nobody pulls from for this long is deleted by the server (a node id gone for good). */
 const consumerInactiveMs = 3_600_000;
 /** Refused node records remembered to log each once (a few; cleared when full). */
@@ -66,6 +73,8 @@ export interface ClusterNodeOptions {
   movesMax: number;
   /** A shard is ready (answers queries) when at most this many of its messages are not applied. */
   readyLagMax: number;
+  /** A join not caught up this long after its consumer started is given up (default joinCatchUpMaxMs). */
+  joinCatchUpMaxMs?: number;
   /** Copies a live owner's data of a shard into this node (core/snapshot.ts); returns the applied sequence. */
   copyShard: (fromUrl: string, shard: number) => Promise<number>;
   /** Called with every log line worth an operator's eye. */
@@ -84,6 +93,8 @@ export class ClusterNode implements ClusterView {
   private readonly consumers = new Map<number, ShardConsumer>();
   /** Shards being copied from another owner now. */
   private readonly copying = new Set<number>();
+  /** Per shard this node joins (at most S): when its consumer started. */
+  private readonly joinStartedMs = new Map<number, number>();
   /** Per shard (at most S), copies into this node that keep failing, and the reports made of them. */
   private readonly copyFailures = new CopyFailures(copyFailureReports);
   private nodeStates: NodeState[] = [];
@@ -107,7 +118,7 @@ export class ClusterNode implements ClusterView {
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
-  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0, node_records_refused: 0 };
+  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0, node_records_refused: 0, joins_given_up: 0 };
   private readonly log: (line: string) => void;
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
@@ -448,6 +459,7 @@ export class ClusterNode implements ClusterView {
     this.doc.shards.forEach((s, k) => {
       if (s.owners.includes(this.o.node) || s.joining.includes(this.o.node)) mine.add(k);
     });
+    this.giveUpSlowJoins(Date.now());
     for (const [k, c] of this.consumers) {
       if (mine.has(k)) continue;
       this.consumers.delete(k);
@@ -499,7 +511,25 @@ export class ClusterNode implements ClusterView {
     }
   }
 
+  /** Joins that did not catch up within joinCatchUpMaxMs are reported (the placer then drops this node as their joiner). */
+  private giveUpSlowJoins(nowMs: number): void {
+    for (const [k, startedMs] of this.joinStartedMs) {
+      const s = this.doc?.shards[k];
+      if (s === undefined || !s.joining.includes(this.o.node) || !this.consumers.has(k)) {
+        this.joinStartedMs.delete(k); // promoted, dropped, or its consumer gone
+        continue;
+      }
+      if (this.isReady(k) || nowMs - startedMs < (this.o.joinCatchUpMaxMs ?? joinCatchUpMaxMs)) continue;
+      this.joinStartedMs.delete(k);
+      this.copyFailures.gaveUp(k, nowMs);
+      this.counters.joins_given_up++;
+      const lag = this.consumers.get(k)!.lag;
+      this.log(`shard ${k}: joined ${Math.round((nowMs - startedMs) / 60_000)} min ago and still ${Number.isFinite(lag) ? `${lag} messages` : 'not'} caught up: given up, reported for ${Math.round(this.copyFailures.reportLengthMs(k, nowMs) / 60_000)} min (the placer picks another joiner)`);
+    }
+  }
+
   private startConsumer(k: number, applied: number, acceptLoss = false): void {
+    if (this.doc?.shards[k]?.joining.includes(this.o.node) === true) this.joinStartedMs.set(k, Date.now());
     this.applyQueue ??= new ApplyQueue(this.pool!, { holdMs: applyHoldMs, burstMax: applyBurstMax, inFlightMax: applyInFlightMax });
     const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000, inactiveMs: consumerInactiveMs }, this.pool!, this.applyQueue, this.js, this.jsm);
     c.acceptLoss = acceptLoss;
