@@ -217,6 +217,30 @@ describe('shard sections (rack → core v2)', () => {
     expect([nameAt(x, 0), nameAt(x, 1)].sort()).toEqual(['other.name', 'wide']);
   });
 
+  it('bodies(): a shard\'s names past a section\'s bound are cut into sections of names only, each within the bound, every name once (before: they went whole with its first section, past any NATS message)', () => {
+    const many = Array.from({ length: 3000 }, (_, i) => `service.endpoint.latency.histogram.bucket.${String(i).padStart(6, '0')}`);
+    const servers = Array.from({ length: 4 }, (_, j) => ({ server: `nm-${j}`, blocks: [buildColumns([{ name: many[0]!, kind: KindCode.Gauge, value: j }], [])] }));
+    const cutter = new SectionCutter(1 << 12);
+    let seq = 0;
+    const bounds = { sectionBytesMax: 32 * 1024, bodyBytesMax: 64 * 1024, metricBytesMax: 32 * 1024 };
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], [], many) }, () => ({ session: 1, seq: ++seq }), bounds);
+    const names: string[] = [];
+    const values: number[] = [];
+    for (const b of bodies) {
+      const m = decodeOk(b.bytes);
+      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+      for (let i = 0; i < m.sectionShards.length; i++) {
+        expect(sectionAt(m, i).length).toBeLessThanOrEqual(bounds.sectionBytesMax);
+        const x = decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage;
+        for (let k = 0; k < x.nameEnds.length; k++) names.push(nameAt(x, k));
+        values.push(...x.pointValues);
+      }
+    }
+    expect(bodies.length).toBeGreaterThan(4);
+    expect(names.sort()).toEqual([...many].sort());
+    expect(values.sort()).toEqual([0, 1, 2, 3]);
+  });
+
   it('refuses any truncated or bit-flipped section or body (fuzz)', () => {
     const c = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], [{ name: 'lat', values: [1, 2, 3] }], ['cpu']);
     const body = rackSecondBody({ ...header, shards: 4, servers: [{ server: 'a', blocks: [c] }], rollup: buildColumns([], [{ name: 'lat', values: [1, 2, 3] }]) });

@@ -192,7 +192,8 @@ export class SectionCutter {
    * rollups and whole-rack percentiles stay whole. A metric whose section alone would pass
    * `o.metricBytesMax` (what one message or request can carry) is left out of this second and
    * counted (metricsTooLarge); one between the bounds goes in a section and a body of its own.
-   * A shard's names travel whole with its first section (they are not split).
+   * A shard's names travel with its first section; those past `o.sectionBytesMax` go in
+   * sections of names only.
    */
   bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: { sectionBytesMax: number; bodyBytesMax: number; metricBytesMax: number }): { session: number; seq: number; bytes: Uint8Array }[] {
     const c = this.prepare({ ...input, session: 0, seq: 0 });
@@ -205,8 +206,14 @@ export class SectionCutter {
     const pieces: Piece[] = [];
     const base = 1024 + idBytes;
     const add = (shard: number, a: number, b: number) => {
-      const names = c.named.get(shard);
-      const withNames = base + (names === undefined ? 0 : names.bytes.length + 12 * names.ends.length);
+      // Names past what one section carries beside its header go in sections of their own (an
+      // empty metric range: the core learns them from any section); the first part goes with the
+      // shard's first metrics. (A first second with 100,000 new names in one shard made a section
+      // no NATS message could carry.)
+      const parts = splitNames(c.named.get(shard), o.sectionBytesMax - base);
+      const names = parts[0];
+      for (let i = 1; i < parts.length; i++) pieces.push({ shard, a, b: a, names: parts[i], bytes: base + namesBytes(parts[i]) });
+      const withNames = base + namesBytes(names);
       const whole = withNames + this.rangeBytes(a, b, c.pStart, c.dStart);
       if (whole <= o.sectionBytesMax) return void pieces.push({ shard, a, b, names, bytes: whole });
       let first = true;
@@ -508,6 +515,29 @@ interface ShardNames {
   hashes: Uint32Array;
   ends: Uint32Array;
   bytes: Uint8Array;
+}
+
+/** Bytes a shard's names take in a section (their bytes, hashes and ends). */
+function namesBytes(n: ShardNames | undefined): number {
+  return n === undefined ? 0 : n.bytes.length + 12 * n.ends.length;
+}
+
+/** A shard's names in parts of at most `bytesMax` (namesBytes) each, at least one name a part; none: []. */
+function splitNames(n: ShardNames | undefined, bytesMax: number): ShardNames[] {
+  if (n === undefined) return [];
+  if (namesBytes(n) <= bytesMax) return [n];
+  const parts: ShardNames[] = [];
+  let from = 0;
+  while (from < n.ends.length) {
+    const start = from === 0 ? 0 : n.ends[from - 1]!;
+    let to = from + 1;
+    while (to < n.ends.length && n.ends[to]! - start + 12 * (to + 1 - from) <= bytesMax) to++;
+    const ends = new Uint32Array(to - from);
+    for (let i = from; i < to; i++) ends[i - from] = n.ends[i]! - start;
+    parts.push({ hashes: n.hashes.slice(2 * from, 2 * to), ends, bytes: n.bytes.slice(start, n.ends[to - 1]!) });
+    from = to;
+  }
+  return parts;
 }
 
 /** The names of a block's dictionary grouped by shard. */
