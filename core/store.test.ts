@@ -12,7 +12,7 @@ import { buildColumns, type DistInput, type PointInput } from '../schema/testdat
 import type { DecodedRow } from './block.js';
 import { openLmdb } from '../schema/lmdb.js';
 import { coreLimits } from './limits.js';
-import { Store, storeFormat, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
+import { Store, storeFormat, walPageBytes, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
 const S = 4;
@@ -253,6 +253,26 @@ describe('Store', () => {
     expect([c.counters.wal_replayed, c.unwrittenWalBytes]).toEqual([0, 0]);
     expect(dump(c, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
     await c.close();
+  });
+
+  it('makes a new WAL with 16 KiB pages (a section: one overflow page, a quarter of the free list), and keeps a 4 KiB WAL of an older directory as it is', async () => {
+    const fresh = open();
+    expect(fresh.walPageBytes()).toBe(walPageBytes);
+    await fresh.close();
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    // As a directory made before: its WAL's environment has 4 KiB pages.
+    const old = openLmdb({ path: join(dir, 'wal'), mapSize: 1 << 30, maxDbs: 8, pageSize: 4096 });
+    old.openDB({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
+    await old.close();
+    const a = new Store(options(dir));
+    expect(a.walPageBytes()).toBe(4096);
+    a.ingest(...batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 5 }] } }));
+    await a.close();
+    const b = new Store(options(dir));
+    expect(b.counters.wal_replayed).toBe(1);
+    expect(dump(b, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
+    await b.close();
   });
 
   it('a crash between row slices replays only the sections whose rows were not written (distribution counts not doubled)', async () => {

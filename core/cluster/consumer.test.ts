@@ -14,7 +14,7 @@ interface FakeMsg {
   seq: number;
   data: Uint8Array;
   headers: undefined;
-  info: { deliverySequence: number; pending: number };
+  info: { deliverySequence: number; pending: number; timestampNanos?: number };
   ack(): void;
 }
 
@@ -63,7 +63,7 @@ function fakes(numPending: number, msgs: FakeMsg[] = []) {
     },
   } as unknown as ShardPool;
   const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
-  const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
+  const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
   return { c, pulls };
 }
 
@@ -120,6 +120,51 @@ describe('a shard consumer and its deliveries', () => {
   });
 });
 
+describe('a shard consumer applying a burst', () => {
+  /** 100 messages after 5, each `ageMs` old when delivered, applied 1 ms apart; caughtUp as each is applied. */
+  async function burst(ageMs: number): Promise<boolean[]> {
+    let stored = 5;
+    const seen: boolean[] = [];
+    const msgs: FakeMsg[] = Array.from({ length: 100 }, (_, i) => ({ seq: 6 + i, data: new Uint8Array([1]), headers: undefined, info: { deliverySequence: 6 + i, pending: 99 - i, timestampNanos: (Date.now() - ageMs) * 1e6 }, ack: () => undefined }));
+    const info = { num_pending: 100, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 }, config: { inactive_threshold: 60_000 * 1e6 } };
+    const consumer = { info: async () => info, consume: async () => deadPull({ stopped: 0 }, msgs) };
+    const js = { consumers: { get: async () => consumer } } as unknown as JetStreamClient;
+    const jsm = { streams: { info: async () => ({ state: { first_seq: 1 } }) }, consumers: { info: async () => info, add: async () => info, delete: async () => true } } as unknown as JetStreamManager;
+    let c: ShardConsumer | null = null;
+    const pool = {
+      streamSeqs: async () => [stored],
+      streamCreated: async () => null,
+      ingestStream: async (_b: Uint8Array, _s: number, stream: { seq: number; after: number }) => {
+        await new Promise((r) => setTimeout(r, 1));
+        seen.push(c!.caughtUp);
+        stored = stream.seq;
+        return 'refused';
+      },
+    } as unknown as ShardPool;
+    c = new ShardConsumer({ node: 'n1', shard: 0, batch: 16, readyLagMax: 8, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, new ApplyQueue(pool, { holdMs: 1, burstMax: 4, inFlightMax: 4 }), js, jsm);
+    c.start(5);
+    await new Promise((r) => setTimeout(r, 1_500));
+    await c.stop();
+    expect(seen).toHaveLength(100);
+    return seen;
+  }
+
+  it('stays ready through a burst of fresh messages, however many wait (before: more than readyLagMax waiting made every owner not ready: 503 shard_unavailable)', async () => {
+    const seen = await burst(0);
+    // Not ready before its first acknowledgement (the consumer's count: 100 waiting), then ready throughout.
+    const first = seen.indexOf(true);
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThanOrEqual(20);
+    expect(seen.slice(first).every((x) => x)).toBe(true);
+  });
+
+  it('is not ready while it applies old messages until few wait (a joiner reading a backlog)', async () => {
+    const seen = await burst(60_000);
+    // Ready only once at most readyLagMax (8) wait: after message ~92 of 100.
+    expect(seen.slice(0, 80).some((x) => x)).toBe(false);
+  });
+});
+
 describe('a shard consumer whose stream was made again or cut back', () => {
   /** A stream whose info says `state` (and `created`), a pull delivering `msgs`, and a store that applied up to `stored`. */
   function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[]; known?: string | null }) {
@@ -155,7 +200,7 @@ describe('a shard consumer whose stream was made again or cut back', () => {
       },
     } as unknown as ShardPool;
     const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
-    const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
+    const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
     return { c, rebased, applied, known: () => known };
   }
 

@@ -20,6 +20,12 @@ export interface ConsumerOptions {
   batch: number;
   /** Caught up: at most this many messages of the stream not applied. */
   readyLagMax: number;
+  /**
+   * Or at most this far behind in time: the message applied last was stored in the stream this
+   * long ago at most (the NATS server's clock against this node's; NTP keeps them within
+   * milliseconds, and a clock off by more only falls back on readyLagMax).
+   */
+  readyBehindMsMax: number;
   /** Backoff after a message could not be applied (doubles up to backoffMaxMs). */
   backoffMinMs: number;
   backoffMaxMs: number;
@@ -43,7 +49,11 @@ export class ShardConsumer {
   streamFirst = 0;
   lastError = '';
   /**
-   * At most readyLagMax messages behind as of the newest pull that could tell. It stays true
+   * At most readyLagMax messages behind, or applying messages stored at most readyBehindMsMax
+   * ago, as of the newest pull that could tell. (By count alone, an owner of a shard that 250
+   * racks publish to — 250 messages a second — was behind by more than 8 messages whenever
+   * its apply queue held 100 ms of them, and a burst of one rack's spooled seconds made every
+   * owner not ready at once: queries answered 503 shard_unavailable.) It stays true
    * while the log is unreachable (a NATS outage): what this node holds is still the newest
    * anyone holds, and queries keep being answered from it.
    */
@@ -287,7 +297,7 @@ export class ShardConsumer {
             sinceAck = 0;
             m.ack();
             this.lag = m.info.pending;
-            this.caughtUp = this.lag <= this.o.readyLagMax;
+            this.caughtUp = this.lag <= this.o.readyLagMax || Date.now() - m.info.timestampNanos / 1e6 <= this.o.readyBehindMsMax;
           }
         }).catch((err: unknown) => fail(`message ${m.seq}: ${(err as Error).message}`)); // an ack on a closed connection: read afresh
       }

@@ -163,7 +163,7 @@ describe('a shard consumer nobody pulls from', () => {
       const jsm = await jetstreamManager(nc);
       // The worker side as a stand-in: nothing applied, nothing to apply (the stream is empty).
       const pool = { streamSeqs: async () => new Array<number>(S).fill(0), streamCreated: async () => null, ingestStream: async () => 'refused' } as unknown as ShardPool;
-      const c = new ShardConsumer({ node: 'gone', shard: 0, batch: 64, readyLagMax: 2, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 1_500 }, pool, new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 }), jetstream(nc), jsm);
+      const c = new ShardConsumer({ node: 'gone', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 1_500 }, pool, new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 }), jetstream(nc), jsm);
       c.start(0);
       await until(async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? undefined : true), 15_000, 'its durable consumer');
       await c.stop();

@@ -30,6 +30,8 @@ import { CopyFailures } from './copy-failures.js';
  * and their messages' timing — an fsync's kernel time is most of a node's CPU per point.
  */
 const applyHoldMs = 100;
+/** A shard is ready when its consumer applies messages stored this recently (or lags by at most readyLagMax messages): the smallest window. */
+const readyBehindMsMax = 5_000;
 /** A node silent this long and owning nothing is removed from KV apm-nodes. */
 const goneAfterMs = 24 * 3_600_000;
 /** Shards this node copies from owners at once. */
@@ -531,7 +533,7 @@ export class ClusterNode implements ClusterView {
   private startConsumer(k: number, applied: number, acceptLoss = false): void {
     if (this.doc?.shards[k]?.joining.includes(this.o.node) === true) this.joinStartedMs.set(k, Date.now());
     this.applyQueue ??= new ApplyQueue(this.pool!, { holdMs: applyHoldMs, burstMax: applyBurstMax, inFlightMax: applyInFlightMax });
-    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, backoffMinMs: 100, backoffMaxMs: 2_000, inactiveMs: consumerInactiveMs }, this.pool!, this.applyQueue, this.js, this.jsm);
+    const c = new ShardConsumer({ node: this.o.node, shard: k, batch: 64, readyLagMax: this.o.readyLagMax, readyBehindMsMax, backoffMinMs: 100, backoffMaxMs: 2_000, inactiveMs: consumerInactiveMs }, this.pool!, this.applyQueue, this.js, this.jsm);
     c.acceptLoss = acceptLoss;
     c.onApplied = (m) => this.onApplied?.(m);
     this.consumers.set(k, c);
