@@ -241,6 +241,33 @@ describe('shard sections (rack → core v2)', () => {
     expect(values.sort()).toEqual([0, 1, 2, 3]);
   });
 
+  it('bodies(): names near the bound and a large first metric still make no section past the bound, and the names come after the metrics (the core holds names of metrics it has no data of in a bounded table)', () => {
+    // ~31 KB of names, and a distribution of 30 servers (~18 KB): together past 32 KiB.
+    const many = Array.from({ length: 420 }, (_, i) => `service.endpoint.latency.histogram.bucket.${String(i).padStart(6, '0')}`);
+    const cutter = new SectionCutter(1 << 12);
+    let seq = 0;
+    const bounds = { sectionBytesMax: 32 * 1024, bodyBytesMax: 64 * 1024, metricBytesMax: 32 * 1024 };
+    // The shard's first (and only) metric is the large one.
+    const servers = Array.from({ length: 30 }, (_, j) => ({ server: `wide-${j}`, blocks: [buildColumns([], [{ name: 'wide', values: Array.from({ length: 200 }, (_, v) => 1.07 ** v + j) }])] }));
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], [], many) }, () => ({ session: 1, seq: ++seq }), bounds);
+    const order: string[] = [];
+    let names = 0;
+    for (const b of bodies) {
+      const m = decodeOk(b.bytes);
+      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+      for (let i = 0; i < m.sectionShards.length; i++) {
+        expect(sectionAt(m, i).length).toBeLessThanOrEqual(bounds.sectionBytesMax);
+        const x = decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage;
+        if (x.pointEnds.length + x.distEnds.length > 0) order.push('metrics');
+        if (x.nameEnds.length > 0) order.push('names');
+        names += x.nameEnds.length;
+      }
+    }
+    expect(names).toBe(many.length);
+    // Every section with names comes after every section with metrics (or is the last of them).
+    expect(order.lastIndexOf('metrics')).toBeLessThan(order.indexOf('names'));
+  });
+
   it('refuses any truncated or bit-flipped section or body (fuzz)', () => {
     const c = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], [{ name: 'lat', values: [1, 2, 3] }], ['cpu']);
     const body = rackSecondBody({ ...header, shards: 4, servers: [{ server: 'a', blocks: [c] }], rollup: buildColumns([], [{ name: 'lat', values: [1, 2, 3] }]) });

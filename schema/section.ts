@@ -192,8 +192,8 @@ export class SectionCutter {
    * rollups and whole-rack percentiles stay whole. A metric whose section alone would pass
    * `o.metricBytesMax` (what one message or request can carry) is left out of this second and
    * counted (metricsTooLarge); one between the bounds goes in a section and a body of its own.
-   * A shard's names travel with its first section; those past `o.sectionBytesMax` go in
-   * sections of names only.
+   * A shard cut into several sections sends its names after its metrics: with the last metrics'
+   * section when they fit there, else in sections of names only.
    */
   bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: { sectionBytesMax: number; bodyBytesMax: number; metricBytesMax: number }): { session: number; seq: number; bytes: Uint8Array }[] {
     const c = this.prepare({ ...input, session: 0, seq: 0 });
@@ -206,31 +206,26 @@ export class SectionCutter {
     const pieces: Piece[] = [];
     const base = 1024 + idBytes;
     const add = (shard: number, a: number, b: number) => {
-      // Names past what one section carries beside its header go in sections of their own (an
-      // empty metric range: the core learns them from any section); the first part goes with the
-      // shard's first metrics. (A first second with 100,000 new names in one shard made a section
-      // no NATS message could carry.)
-      const parts = splitNames(c.named.get(shard), o.sectionBytesMax - base);
-      const names = parts[0];
-      for (let i = 1; i < parts.length; i++) pieces.push({ shard, a, b: a, names: parts[i], bytes: base + namesBytes(parts[i]) });
-      const withNames = base + namesBytes(names);
-      const whole = withNames + this.rangeBytes(a, b, c.pStart, c.dStart);
-      if (whole <= o.sectionBytesMax) return void pieces.push({ shard, a, b, names, bytes: whole });
-      let first = true;
+      const all = c.named.get(shard);
+      const whole = base + namesBytes(all) + this.rangeBytes(a, b, c.pStart, c.dStart);
+      if (whole <= o.sectionBytesMax) return void pieces.push({ shard, a, b, names: all, bytes: whole });
+      // Past the bound: the metrics are cut first, then the names follow, on the last metrics'
+      // piece when they fit there, else in pieces of names only (an empty metric range). After
+      // the metrics: bodies are stored in seq order, and the core keeps names of metrics it has no
+      // data of yet only in a bounded table. (Names went whole with the first piece: a first
+      // second with 100,000 new names in one shard made a section no NATS message could carry.)
+      const firstPiece = pieces.length;
       let start = a;
-      let bytes = withNames;
-      const close = (end: number) => {
-        pieces.push({ shard, a: start, b: end, names: first ? names : undefined, bytes });
-        first = false;
-      };
+      let bytes = base;
+      const close = (end: number) => void pieces.push({ shard, a: start, b: end, names: undefined, bytes });
       for (let r = a; r < b; r++) {
         const one = this.rangeBytes(r, r + 1, c.pStart, c.dStart);
         if (base + one > o.metricBytesMax) {
-          // Not sendable. What came before it goes as a piece; the names still wait for one.
+          // Not sendable. What came before it goes as a piece.
           if (r > start) close(r);
           this.metricsTooLarge++;
           start = r + 1;
-          bytes = first ? withNames : base;
+          bytes = base;
           continue;
         }
         if (r > start && bytes + one > o.sectionBytesMax) {
@@ -240,7 +235,13 @@ export class SectionCutter {
         }
         bytes += one;
       }
-      if (b > start || (first && names !== undefined)) close(Math.max(start, b));
+      if (b > start) close(b);
+      const parts = splitNames(all, o.sectionBytesMax - base);
+      const last = pieces.length > firstPiece ? pieces[pieces.length - 1]! : undefined;
+      if (parts.length === 1 && last !== undefined && last.bytes + namesBytes(parts[0]) <= o.sectionBytesMax) {
+        last.names = parts[0];
+        last.bytes += namesBytes(parts[0]);
+      } else for (const part of parts) pieces.push({ shard, a: b, b, names: part, bytes: base + namesBytes(part) });
     };
     this.eachShard(c, add);
     // Bodies filled in order: a piece goes in the first body with room that lacks its shard.
