@@ -113,24 +113,46 @@ describe('a cluster node and what KV holds', () => {
     expect(node.counters.placements_written).toBeGreaterThan(written);
   });
 
-  it('keeps a shard owned by a live node whose record does not check (before: that node was taken for gone at once, and another joined its shard)', async () => {
-    const doc = { shards: Array.from({ length: S }, (_, k) => ({ owners: k === 0 ? ['bad'] : ['n1'], joining: [] as string[] })) };
-    const beat = () => kvNodes.put('bad', JSON.stringify({ id: 'bad', url: 'http://127.0.0.1:3', workers: 1, startedMs: 1, ready: 'all', lag: {}, applied: {} }));
+  it('keeps a shard owned by a live node whose record does not check until the replace-after time, then replaces it (before: that node was taken for gone at once, and another joined its shard)', async () => {
+    // "zbad" sorts after n1: n1 stays the placer.
+    const doc = { shards: Array.from({ length: S }, (_, k) => ({ owners: k === 0 ? ['zbad'] : ['n1'], joining: [] as string[] })) };
+    const beat = () => kvNodes.put('zbad', JSON.stringify({ id: 'zbad', url: 'http://127.0.0.1:3', workers: 1, startedMs: 1, ready: 'all', lag: {}, applied: {} }));
     await beat();
     const beating = setInterval(() => void beat().catch(() => undefined), 200);
     try {
       await kvPlacement.put('shards', JSON.stringify(doc));
-      await until(() => (node.placement().shards[0]?.owners[0] === 'bad' ? true : undefined), 15_000, 'the placement read');
+      await until(() => (node.placement().shards[0]?.owners[0] === 'zbad' ? true : undefined), 15_000, 'the placement read');
       const rounds = node.counters.heartbeats;
-      await until(() => (node.counters.heartbeats >= rounds + 10 ? true : undefined), 15_000, 'more rounds');
-      expect(node.placement().shards[0]).toEqual({ owners: ['bad'], joining: [] });
-      const e = await kvPlacement.get('shards');
-      expect(JSON.parse(e!.string()).shards[0]).toEqual({ owners: ['bad'], joining: [] });
+      await until(() => (node.counters.heartbeats >= rounds + 3 ? true : undefined), 15_000, 'more rounds');
+      // Within the replace-after time (2 s here): kept, nobody joins.
+      expect(node.placement().shards[0]).toEqual({ owners: ['zbad'], joining: [] });
+      // Past it: nothing can be routed to it, so the shard gets an owner that can answer.
+      await until(() => (node.placement().shards[0]?.joining.includes('n1') ? true : undefined), 15_000, 'n1 joining shard 0');
     } finally {
       clearInterval(beating);
-      await kvNodes.delete('bad');
+      await kvNodes.delete('zbad');
       await kvPlacement.put('shards', JSON.stringify({ shards: Array.from({ length: S }, () => ({ owners: ['n1'], joining: [] })) }));
     }
+  });
+
+  it('holds placement while the smallest live id has a record it cannot read (before: both placed by their own views and overwrote each other every round)', async () => {
+    await until(() => (node.placement().shards.every((s) => s.owners.includes('n1')) ? true : undefined), 15_000, 'a settled placement');
+    const beat = () => kvNodes.put('a0', JSON.stringify({ id: 'a0', url: 'http://127.0.0.1:3', workers: 1, startedMs: 1, ready: 'all', lag: {}, applied: {} }));
+    await beat();
+    const beating = setInterval(() => void beat().catch(() => undefined), 200);
+    const doc = { shards: Array.from({ length: S }, (_, k) => ({ owners: k === 0 ? [] : ['n1'], joining: [] as string[] })) };
+    try {
+      const held = node.counters.placement_rounds_held;
+      await kvPlacement.put('shards', JSON.stringify(doc));
+      await until(() => (node.counters.placement_rounds_held >= held + 5 ? true : undefined), 15_000, 'rounds held');
+      // Shard 0 has no owner, and n1 would fill it; it holds instead.
+      expect(node.placement().shards[0]).toEqual({ owners: [], joining: [] });
+      expect(logged.some((l) => /placement held: node a0/.test(l))).toBe(true);
+    } finally {
+      clearInterval(beating);
+      await kvNodes.delete('a0');
+    }
+    await until(() => (node.placement().shards[0]?.owners.includes('n1') ? true : undefined), 15_000, 'n1 placing again');
   });
 
   it('says it is cut off once its heartbeats have failed past the dead-after time, and since when (the query routes mark its answers stale)', async () => {

@@ -106,6 +106,10 @@ export class ClusterNode implements ClusterView {
   private docUnreadable = false;
   /** Keys of KV apm-nodes whose records do not check, with their heartbeats (as last read). */
   private unreadableNodes: { id: string; heartbeatMs: number; silentMs: number }[] = [];
+  /** The unreadable node this node last held placement for (logged once). */
+  private heldFor: string | null = null;
+  /** Per key of KV apm-nodes whose record does not check: when this node first saw it so (bounded by the keys read). */
+  private readonly unreadableSinceMs = new Map<string, number>();
   /** Keys of KV apm-nodes whose records were refused, with why (logged once each). */
   private readonly refusedRecords = new Map<string, string>();
   private readonly listeners: (() => void)[] = [];
@@ -120,7 +124,7 @@ export class ClusterNode implements ClusterView {
   private stopped = false;
   private readonly startedMs = Date.now();
   private lastHeartbeatMs = 0;
-  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0, node_records_refused: 0, joins_given_up: 0 };
+  readonly counters = { round_failures: 0, heartbeats: 0, heartbeat_failures: 0, placements_written: 0, placement_conflicts: 0, shards_copied: 0, shard_copy_failures: 0, shards_rebuilt: 0, shards_resumed_with_gap: 0, nodes_forgotten: 0, node_records_refused: 0, joins_given_up: 0, placement_rounds_held: 0 };
   private readonly log: (line: string) => void;
   /** Every rack second a consumer applied (core/main.ts feeds the server list and the fleet view). */
   onApplied: ((msg: RackSecondMessage) => void) | null = null;
@@ -382,6 +386,9 @@ export class ClusterNode implements ClusterView {
     }
     this.nodeStates = states.sort((a, b) => (a.id < b.id ? -1 : 1));
     this.unreadableNodes = unreadable.map((u) => ({ ...u, silentMs: newest - u.heartbeatMs }));
+    const now = Date.now();
+    for (const id of this.unreadableSinceMs.keys()) if (!unreadable.some((u) => u.id === id)) this.unreadableSinceMs.delete(id);
+    for (const u of unreadable) if (!this.unreadableSinceMs.has(u.id)) this.unreadableSinceMs.set(u.id, now);
   }
 
   private async readPlacement(): Promise<void> {
@@ -407,6 +414,19 @@ export class ClusterNode implements ClusterView {
   /** The placer's work (the live node with the smallest id): write the next placement by compare-and-set. */
   private async place(): Promise<void> {
     const live = this.nodeStates.filter((n) => n.live);
+    // The placer is the smallest live id, readable or not: a node whose record this one cannot
+    // read (another apm's format, in a rolling upgrade) may be placing by its own view; two
+    // placers overwriting each other every round would start and stop consumers for good. So
+    // while such a node is the smallest live id, this node holds placement (logged once).
+    const unreadableLive = this.unreadableNodes.filter((n) => n.silentMs <= this.o.deadAfterMs).map((n) => n.id);
+    const smallest = [...live.map((n) => n.id), ...unreadableLive].sort()[0];
+    if (smallest !== undefined && unreadableLive.includes(smallest)) {
+      if (this.heldFor !== smallest) this.log(`placement held: node ${smallest}, the smallest live id, has a record this node cannot read; it may be placing by its own view`);
+      this.heldFor = smallest;
+      this.counters.placement_rounds_held++;
+      return;
+    }
+    this.heldFor = null;
     if (live.length === 0 || live[0]!.id !== this.o.node) return;
     // A new cluster's first placement waits a few heartbeats, so nodes started together are all in it (no copies at birth).
     if (this.doc === null && Date.now() - this.startedMs < 2 * this.o.heartbeatMs) return;
@@ -418,7 +438,7 @@ export class ClusterNode implements ClusterView {
       replicas: this.settings.ownerReplicas,
       nodes: [
         ...this.nodeStates.map((n) => ({ id: n.id, live: n.live, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set(n.ready), copyFailing: new Set(n.copyFailing) })),
-        ...this.unreadableNodes.map((n) => ({ id: n.id, live: n.silentMs <= this.o.deadAfterMs, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set<number>(), unusable: true })),
+        ...this.unreadableNodes.map((n) => ({ id: n.id, live: n.silentMs <= this.o.deadAfterMs, silentMs: this.lastHeartbeatMs - n.heartbeatMs, ready: new Set<number>(), unusable: true, unusableForMs: Date.now() - (this.unreadableSinceMs.get(n.id) ?? Date.now()) })),
       ],
       replaceAfterMs: this.o.replaceAfterMs,
       movesMax: this.o.movesMax,

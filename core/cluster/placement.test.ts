@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import { nextPlacement, placementFromRecords, type PlacerInput } from './placement.js';
 import type { PlacementDoc } from './view.js';
 
-const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[]; copyFailing?: number[]; unusable?: boolean } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []), copyFailing: new Set(o.copyFailing ?? []), unusable: o.unusable });
+const node = (id: string, o: { live?: boolean; silentMs?: number; ready?: number[]; copyFailing?: number[]; unusable?: boolean; unusableForMs?: number } = {}) => ({ id, live: o.live ?? true, silentMs: o.silentMs ?? 0, ready: new Set(o.ready ?? []), copyFailing: new Set(o.copyFailing ?? []), unusable: o.unusable, unusableForMs: o.unusableForMs });
 const base = (over: Partial<PlacerInput>): PlacerInput => ({ current: null, shards: 8, replicas: 2, nodes: [], replaceAfterMs: 60_000, movesMax: 4, ...over });
 const load = (d: PlacementDoc) => {
   const m = new Map<string, number>();
@@ -119,6 +119,9 @@ describe('placement', () => {
     const filled = nextPlacement(base({ current: empty, nodes: withBad }))!;
     expect(filled.shards[0]!.owners).toEqual(['b']);
     for (const s of filled.shards) expect(s.joining).not.toContain('c');
+    // Unreadable for replaceAfterMs while it heartbeats: nothing can be routed to it, so its shard gets an owner that can answer.
+    const stale = nextPlacement(base({ current: start, nodes: [node('a'), node('b'), node('c', { unusable: true, unusableForMs: 61_000 }), node('d')] }))!;
+    expect(stale.shards[1]!.joining).toEqual(['d']);
     // Silent past replaceAfterMs, it is replaced like any dead owner.
     const gone = nextPlacement(base({ current: start, nodes: [node('a'), node('b'), node('c', { unusable: true, live: false, silentMs: 61_000 }), node('d')] }))!;
     expect(gone.shards[1]!.joining).toEqual(['d']);

@@ -19,10 +19,12 @@ export interface PlacerInput {
   /**
    * Every known node: live or not, how long since its last heartbeat, the shards it reports
    * caught up, and those whose copy into it keeps failing (NodeRecord.copyFailing). An
-   * `unusable` node (its record does not check) keeps what it owns while it is live, but is
-   * never picked to join a shard nor kept as a joiner.
+   * `unusable` node (its record does not check) keeps what it owns while it is live, for
+   * replaceAfterMs after its record stopped checking (`unusableForMs`: nothing can be routed to
+   * it, so its shards have one owner fewer), and is never picked to join a shard nor kept as a
+   * joiner.
    */
-  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number>; copyFailing?: ReadonlySet<number>; unusable?: boolean }[];
+  nodes: { id: string; live: boolean; silentMs: number; ready: ReadonlySet<number>; copyFailing?: ReadonlySet<number>; unusable?: boolean; unusableForMs?: number }[];
   replaceAfterMs: number;
   movesMax: number;
 }
@@ -42,7 +44,7 @@ export function nextPlacement(p: PlacerInput): PlacementDoc | null {
   const isLive = (id: string) => byId.get(id)?.live === true;
   const replaceable = (id: string) => {
     const n = byId.get(id);
-    return n === undefined || (!n.live && n.silentMs >= p.replaceAfterMs);
+    return n === undefined || (!n.live && n.silentMs >= p.replaceAfterMs) || (n.unusable === true && (n.unusableForMs ?? 0) >= p.replaceAfterMs);
   };
   const load = new Map<string, number>(live.map((id) => [id, 0]));
   for (const s of doc.shards) for (const id of [...s.owners, ...s.joining]) if (load.has(id)) load.set(id, load.get(id)! + 1);
