@@ -21,9 +21,9 @@ export interface ConsumerOptions {
   /** Caught up: at most this many messages of the stream not applied. */
   readyLagMax: number;
   /**
-   * Or at most this far behind in time: the message applied last was stored in the stream this
-   * long ago at most (the NATS server's clock against this node's; NTP keeps them within
-   * milliseconds, and a clock off by more only falls back on readyLagMax).
+   * Or at most this far behind in time: the messages waiting were stored in the stream over at
+   * most this long (their count times the stream's interval between the last two acknowledged
+   * messages, both by the NATS server's clock: this node's clock plays no part).
    */
   readyBehindMsMax: number;
   /** Backoff after a message could not be applied (doubles up to backoffMaxMs). */
@@ -49,8 +49,8 @@ export class ShardConsumer {
   streamFirst = 0;
   lastError = '';
   /**
-   * At most readyLagMax messages behind, or applying messages stored at most readyBehindMsMax
-   * ago, as of the newest pull that could tell. (By count alone, an owner of a shard that 250
+   * At most readyLagMax messages behind, or behind by at most readyBehindMsMax of the stream's
+   * time, as of the newest pull that could tell. (By count alone, an owner of a shard that 250
    * racks publish to — 250 messages a second — was behind by more than 8 messages whenever
    * its apply queue held 100 ms of them, and a burst of one rack's spooled seconds made every
    * owner not ready at once: queries answered 503 shard_unavailable.) It stays true
@@ -127,6 +127,11 @@ export class ShardConsumer {
         backoff = Math.min(this.o.backoffMaxMs, backoff * 2);
       }
     }
+  }
+
+  /** Not known to be caught up until the next pull tells (after the log was out of reach: what waited meanwhile is not known). */
+  unsure(): void {
+    this.caughtUp = false;
   }
 
   /** Makes sure the durable consumer delivers from applied + 1 (recreating it when it would not). */
@@ -219,6 +224,8 @@ export class ShardConsumer {
     this.closeMessages = () => void messages.stop();
     if (this.stopping) messages.stop(); // stop() came while the pull was being made
     let after = this.applied;
+    /** The last acknowledged message's sequence and stream time (ms): the stream's pace since then gives the time behind. */
+    let prevAck: { seq: number; tsMs: number } | null = null;
     // Deliveries are numbered by the consumer, redeliveries included: a number skipped is a
     // message lost on its way (a pull cut by a reconnect or a leader change that the client
     // renewed). Applying past it would store a gap and the cumulative ack would clear it on the
@@ -297,7 +304,11 @@ export class ShardConsumer {
             sinceAck = 0;
             m.ack();
             this.lag = m.info.pending;
-            this.caughtUp = this.lag <= this.o.readyLagMax || Date.now() - m.info.timestampNanos / 1e6 <= this.o.readyBehindMsMax;
+            const tsMs = m.info.timestampNanos / 1e6;
+            // The messages waiting, at the pace the stream took them between the last two acks.
+            const behindMs = prevAck !== null && m.seq > prevAck.seq ? (this.lag * Math.max(0, tsMs - prevAck.tsMs)) / (m.seq - prevAck.seq) : Number.POSITIVE_INFINITY;
+            prevAck = { seq: m.seq, tsMs };
+            this.caughtUp = this.lag <= this.o.readyLagMax || behindMs <= this.o.readyBehindMsMax;
           }
         }).catch((err: unknown) => fail(`message ${m.seq}: ${(err as Error).message}`)); // an ack on a closed connection: read afresh
       }

@@ -36,15 +36,29 @@ describe('CopyFailures (a node reporting shards it cannot copy)', () => {
     expect(f.reportLengthMs(4, 0)).toBe(10 * min);
   });
 
-  it('starts over after a good copy, and forgets a shard a day after its last report ended (one entry per shard at most)', () => {
+  it('keeps the doubling across a good copy (a join given up after its copy succeeded), and starts over once the node owns the shard', () => {
+    const f = new CopyFailures({ inRowToReport: 3, reportMs: 10 * min, reportMaxMs: day });
+    f.gaveUp(2, 0);
+    f.succeeded(2);
+    f.gaveUp(2, 10 * min);
+    expect(f.reportLengthMs(2, 10 * min)).toBe(20 * min);
+    f.promoted(2);
+    f.gaveUp(2, 30 * min);
+    expect(f.reportLengthMs(2, 30 * min)).toBe(10 * min);
+  });
+
+  it('counts failures in a row only within 10 minutes of each other (two failures weeks ago and one now are not three in a row)', () => {
+    const f = new CopyFailures({ inRowToReport: 3, reportMs: 10 * min, reportMaxMs: day });
+    f.failed(3, 0);
+    f.failed(3, 1);
+    expect(f.failed(3, 20 * day)).toBe(false);
+    expect(f.reported(20 * day)).toEqual([]);
+  });
+
+  it('forgets a shard a day after its last failure or report (one entry per shard at most)', () => {
     const f = new CopyFailures({ inRowToReport: 3, reportMs: 10 * min, reportMaxMs: day });
     for (let i = 0; i < 3; i++) f.failed(2, 0);
-    for (let i = 0; i < 3; i++) f.failed(2, 10 * min);
-    expect(f.reportLengthMs(2, 10 * min)).toBe(20 * min);
-    f.succeeded(2);
-    for (let i = 0; i < 3; i++) f.failed(2, 0);
-    expect(f.reportLengthMs(2, 0)).toBe(10 * min);
-    for (let i = 0; i < 3; i++) f.failed(3, 0);
+    f.failed(3, 0);
     expect(f.size).toBe(2);
     f.reported(10 * min + day + 1);
     expect(f.size).toBe(0);

@@ -6,8 +6,13 @@
 // again after 10 minutes, then 20, 40, … — not every 10 minutes for good, three failed copies
 // (each a snapshot an owner serves) every time.
 //
-// Bounded: one entry per shard (at most S); an entry is forgotten `reportMaxMs` after its last
-// report ended (the doubling starts over).
+// Failures count "in a row" only within `reportMs` of each other (two failures weeks apart are
+// not a pattern). A good copy clears the count but not the doubling: a join given up after its
+// copy succeeded (it never caught up) would otherwise start over at 10 minutes every time; the
+// doubling starts over once the node owns the shard (`promoted`) or a day after the last report.
+//
+// Bounded: one entry per shard (at most S), forgotten `reportMaxMs` after its last failure or
+// report.
 
 export interface CopyFailureOptions {
   inRowToReport: number;
@@ -18,6 +23,8 @@ export interface CopyFailureOptions {
 interface Entry {
   /** Failures since the last report (or the first failure). */
   inRow: number;
+  /** When the last failure was. */
+  lastFailMs: number;
   /** Reports made without a good copy between them. */
   reports: number;
   /** The current report lasts until then (0: none made). */
@@ -36,9 +43,10 @@ export class CopyFailures {
    * a report lasts do not count (the placer takes a round or two to see it and drop the node).
    */
   failed(shard: number, nowMs: number): boolean {
-    const e = this.byShard.get(shard) ?? { inRow: 0, reports: 0, reportUntilMs: 0 };
-    this.byShard.set(shard, e);
+    const e = this.entry(shard);
     if (nowMs < e.reportUntilMs) return false;
+    if (nowMs - e.lastFailMs > this.o.reportMs) e.inRow = 0;
+    e.lastFailMs = nowMs;
     e.inRow++;
     if (e.inRow < this.o.inRowToReport) return false;
     e.inRow = 0;
@@ -52,16 +60,28 @@ export class CopyFailures {
    * applies it): reported at once, as if its copies had failed (the placer picks another joiner).
    */
   gaveUp(shard: number, nowMs: number): void {
-    const e = this.byShard.get(shard) ?? { inRow: 0, reports: 0, reportUntilMs: 0 };
-    this.byShard.set(shard, e);
+    const e = this.entry(shard);
     if (nowMs < e.reportUntilMs) return;
     e.inRow = this.o.inRowToReport - 1;
+    e.lastFailMs = nowMs;
     this.failed(shard, nowMs);
   }
 
-  /** A copy of `shard` succeeded: its failures are forgotten. */
+  /** A copy of `shard` succeeded: the failures in a row are forgotten (not the reports: see above). */
   succeeded(shard: number): void {
+    const e = this.byShard.get(shard);
+    if (e !== undefined) e.inRow = 0;
+  }
+
+  /** This node owns `shard` now: everything about it is forgotten. */
+  promoted(shard: number): void {
     this.byShard.delete(shard);
+  }
+
+  private entry(shard: number): Entry {
+    let e = this.byShard.get(shard);
+    if (e === undefined) this.byShard.set(shard, (e = { inRow: 0, lastFailMs: Number.NEGATIVE_INFINITY, reports: 0, reportUntilMs: 0 }));
+    return e;
   }
 
   /** How long the report that `failed` just started lasts (ms), for the log. */
@@ -75,7 +95,7 @@ export class CopyFailures {
     const out: number[] = [];
     for (const [k, e] of this.byShard) {
       if (nowMs < e.reportUntilMs) out.push(k);
-      else if (e.reportUntilMs > 0 && nowMs - e.reportUntilMs > this.o.reportMaxMs) this.byShard.delete(k);
+      else if (nowMs - Math.max(e.reportUntilMs, e.lastFailMs) > this.o.reportMaxMs) this.byShard.delete(k);
     }
     return out.sort((a, b) => a - b);
   }

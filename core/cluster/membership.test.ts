@@ -159,6 +159,10 @@ describe('a cluster node and what KV holds', () => {
     const kv = (node as unknown as { kvNodes: KV }).kvNodes;
     const put = kv.put.bind(kv);
     expect(node.cutOffSinceMs()).toBeNull();
+    // A consumer as the node holds one (this test attaches no workers): caught up before the cut-off.
+    const consumers = (node as unknown as { consumers: Map<number, unknown> }).consumers;
+    const fake = { caughtUp: true, state: 'reading', lag: 0, applied: 1, lastError: '', counters: {}, unsure() { this.caughtUp = false; }, stop: async () => undefined, remove: async () => undefined };
+    consumers.set(S - 1, fake);
     const before = Date.now();
     kv.put = () => Promise.reject(new Error('NATS is away'));
     try {
@@ -171,6 +175,9 @@ describe('a cluster node and what KV holds', () => {
       kv.put = put;
     }
     await until(() => (node.cutOffSinceMs() === null ? true : undefined), 15_000, 'back');
+    // Back: not ready until its consumer's next pull tells (before: it stayed caught up from before the cut-off, answering unmarked).
+    expect(fake.caughtUp).toBe(false);
+    consumers.delete(S - 1);
   });
 });
 

@@ -30,7 +30,7 @@ import { CopyFailures } from './copy-failures.js';
  * and their messages' timing — an fsync's kernel time is most of a node's CPU per point.
  */
 const applyHoldMs = 100;
-/** A shard is ready when its consumer applies messages stored this recently (or lags by at most readyLagMax messages): the smallest window. */
+/** A shard is ready when what its consumer has not applied was stored over at most this much of the stream's time (or is at most readyLagMax messages): the smallest window. */
 const readyBehindMsMax = 5_000;
 /** A node silent this long and owning nothing is removed from KV apm-nodes. */
 const goneAfterMs = 24 * 3_600_000;
@@ -333,8 +333,12 @@ export class ClusterNode implements ClusterView {
   private async heartbeat(): Promise<void> {
     if (this.stopped) return;
     try {
+      const wasCutOff = this.cutOffSinceMs() !== null;
       await this.kvNodes.put(this.o.node, JSON.stringify(this.record()));
       this.counters.heartbeats++;
+      // Back from a cut-off: what the streams took meanwhile is not known until each consumer's
+      // next pull tells, so no shard is ready (nor answered unmarked) until then.
+      if (wasCutOff) for (const c of this.consumers.values()) c.unsure();
       this.heartbeatOk = true;
       this.lastBeatOkMs = Date.now();
     } catch (err) {
@@ -480,6 +484,7 @@ export class ClusterNode implements ClusterView {
     const mine = new Set<number>();
     this.doc.shards.forEach((s, k) => {
       if (s.owners.includes(this.o.node) || s.joining.includes(this.o.node)) mine.add(k);
+      if (s.owners.includes(this.o.node)) this.copyFailures.promoted(k);
     });
     this.giveUpSlowJoins(Date.now());
     for (const [k, c] of this.consumers) {

@@ -4,6 +4,8 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, type ServerType } from '@hono/node-server';
@@ -243,13 +245,40 @@ describe('core cluster: query routing and stored queries', () => {
       expect(viaB.headers.get(staleSinceHeader)).toBeNull();
       expect(((await viaB.json()) as { windows: unknown[] }).windows).toEqual([]);
       expect(await metric('A', 'apm_core_cluster_cut_off_answers_total', 'result="proxied"')).toBe(1);
-      // B unreachable: A answers from what it holds, saying since when it may miss data.
-      cluster.states.get('B')!.url = 'http://127.0.0.1:1';
-      const stale = await get('A', `/api/v1/query?q=${q}${range}`);
-      expect(stale.status).toBe(200);
-      expect(stale.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
-      expect(await stale.json()).toEqual(fresh);
-      expect(await metric('A', 'apm_core_cluster_cut_off_answers_total', 'result="stale"')).toBe(1);
+      // An owner that answers 500: answered here, stale, rather than passing its failure on.
+      const failing = createServer((_q, res) => void res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"boom"}'));
+      const port = await new Promise<number>((resolve) => failing.listen(0, '127.0.0.1', () => resolve((failing.address() as AddressInfo).port)));
+      cluster.states.get('B')!.url = `http://127.0.0.1:${port}`;
+      try {
+        const viaFailing = await get('A', `/api/v1/query?q=${encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE min`)}${range}`);
+        expect(viaFailing.status).toBe(200);
+        expect(viaFailing.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+      } finally {
+        failing.close();
+      }
+      // B unreachable (it resets every connection): A answers from what it holds, saying since when it may miss data.
+      let hits = 0;
+      const resetter = createNetServer((sock) => {
+        hits++;
+        sock.destroy();
+      });
+      const resetPort = await new Promise<number>((resolve) => resetter.listen(0, '127.0.0.1', () => resolve((resetter.address() as AddressInfo).port)));
+      cluster.states.get('B')!.url = `http://127.0.0.1:${resetPort}`;
+      try {
+        const stale = await get('A', `/api/v1/query?q=${q}${range}`);
+        expect(stale.status).toBe(200);
+        expect(stale.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+        expect(await stale.json()).toEqual(fresh);
+        expect(await metric('A', 'apm_core_cluster_cut_off_answers_total', 'result="stale"')).toBe(2);
+        expect(hits).toBeGreaterThanOrEqual(1);
+        // B is now known unreachable: skipped, not asked again on every request (a connect timeout each, when blackholed).
+        const before = hits;
+        const again = await get('A', `/api/v1/query?q=${q}${range}`);
+        expect(again.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+        expect(hits).toBe(before);
+      } finally {
+        resetter.close();
+      }
       // Through B, which proxies to A: the mark comes along.
       cluster.owners[shardOfMetric(mA, S)] = ['A'];
       const throughB = await get('B', `/api/v1/query?q=${q}${range}`);

@@ -173,8 +173,11 @@ export class ClusterRouting {
   private async local(c: Context, next: Next, others: NodeState[]): Promise<Response | void> {
     const since = this.view.cutOffSinceMs();
     if (since === null) return next();
-    if (others.length > 0 && c.req.header(forwardedHeader) === undefined) {
-      const r = await this.proxy(c, this.ordered(others), { orNull: true });
+    // Owners that refused a connection lately are skipped, not only tried last: a node cut off
+    // from its peers as well would pay a connect timeout per owner on every request.
+    const reachable = others.filter((n) => (this.unreachableUntil.get(n.id) ?? 0) <= Date.now());
+    if (reachable.length > 0 && c.req.header(forwardedHeader) === undefined) {
+      const r = await this.proxy(c, reachable, { orNull: true });
       if (r !== null) {
         this.cutOff.proxied++;
         return r;
@@ -255,10 +258,11 @@ export class ClusterRouting {
       try {
         r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
         // That owner does not serve the shard in its own view (placement moved a moment ago): the next one may.
-        if (r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined && (i + 1 < owners.length || o.orNull)) {
+        // With orNull, any failure of the owner (5xx, 429) is the caller's to answer: a stale answer beats none.
+        if ((r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined && i + 1 < owners.length) || (o.orNull && (r.statusCode >= 500 || r.statusCode === 429))) {
           await r.body.dump();
           r = null;
-          this.proxied.rerouted++;
+          if (i + 1 < owners.length) this.proxied.rerouted++;
           continue;
         }
         break;
@@ -268,7 +272,7 @@ export class ClusterRouting {
         const unreachable = code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_SOCKET' || code === 'EHOSTUNREACH';
         if (unreachable) {
           if (this.unreachableUntil.size < 4096 || this.unreachableUntil.has(node.id)) this.unreachableUntil.set(node.id, Date.now() + clusterRouteLimits.unreachableForMs);
-          this.proxied.rerouted++;
+          if (i + 1 < owners.length) this.proxied.rerouted++;
           if (i + 1 < owners.length) continue;
         }
         this.inFlight--;
