@@ -39,6 +39,20 @@ function wideServers() {
   }));
 }
 
+/** Every section of `bodies` in order, each checked to be within `sectionBytesMax`. */
+function sectionsOf(bodies: readonly { bytes: Uint8Array }[], sectionBytesMax: number): ShardSectionMessage[] {
+  const out: ShardSectionMessage[] = [];
+  for (const b of bodies) {
+    const m = decodeOk(b.bytes);
+    if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
+    for (let i = 0; i < m.sectionShards.length; i++) {
+      expect(sectionAt(m, i).length).toBeLessThanOrEqual(sectionBytesMax);
+      out.push(decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage);
+    }
+  }
+  return out;
+}
+
 /** The one section of a body that holds one. */
 function soleSection(body: Uint8Array): ShardSectionMessage {
   const m = decodeOk(body);
@@ -226,15 +240,9 @@ describe('shard sections (rack → core v2)', () => {
     const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], [], many) }, () => ({ session: 1, seq: ++seq }), bounds);
     const names: string[] = [];
     const values: number[] = [];
-    for (const b of bodies) {
-      const m = decodeOk(b.bytes);
-      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
-      for (let i = 0; i < m.sectionShards.length; i++) {
-        expect(sectionAt(m, i).length).toBeLessThanOrEqual(bounds.sectionBytesMax);
-        const x = decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage;
-        for (let k = 0; k < x.nameEnds.length; k++) names.push(nameAt(x, k));
-        values.push(...x.pointValues);
-      }
+    for (const x of sectionsOf(bodies, bounds.sectionBytesMax)) {
+      for (let k = 0; k < x.nameEnds.length; k++) names.push(nameAt(x, k));
+      values.push(...x.pointValues);
     }
     expect(bodies.length).toBeGreaterThan(4);
     expect(names.sort()).toEqual([...many].sort());
@@ -252,16 +260,10 @@ describe('shard sections (rack → core v2)', () => {
     const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers, rollup: buildColumns([], [], many) }, () => ({ session: 1, seq: ++seq }), bounds);
     const order: string[] = [];
     let names = 0;
-    for (const b of bodies) {
-      const m = decodeOk(b.bytes);
-      if (m.type !== 'rackSecond') throw new Error('not a RackSecond');
-      for (let i = 0; i < m.sectionShards.length; i++) {
-        expect(sectionAt(m, i).length).toBeLessThanOrEqual(bounds.sectionBytesMax);
-        const x = decodeOk(sectionAt(m, i).slice()) as ShardSectionMessage;
-        if (x.pointEnds.length + x.distEnds.length > 0) order.push('metrics');
-        if (x.nameEnds.length > 0) order.push('names');
-        names += x.nameEnds.length;
-      }
+    for (const x of sectionsOf(bodies, bounds.sectionBytesMax)) {
+      if (x.pointEnds.length + x.distEnds.length > 0) order.push('metrics');
+      if (x.nameEnds.length > 0) order.push('names');
+      names += x.nameEnds.length;
     }
     expect(names).toBe(many.length);
     // Every section with names comes after every section with metrics (or is the last of them).

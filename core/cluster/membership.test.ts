@@ -14,10 +14,15 @@ import type { ShardPool } from '../pool.js';
 import { ApplyQueue, ShardConsumer } from './consumer.js';
 import { NatsCluster } from '../../tools/nats-servers.js';
 import { until } from '../../test/proc.js';
-import { ClusterNode } from './node.js';
+import { ClusterNode, type ClusterNodeOptions } from './node.js';
 import { parseNodeRecord, parsePlacement } from './placement.js';
 
 const S = 4;
+
+/** A node's options as these tests run it: fast rounds, short liveness bounds. */
+function nodeOptions(over: Partial<ClusterNodeOptions> & Pick<ClusterNodeOptions, 'copyShard' | 'log'>): ClusterNodeOptions {
+  return { node: 'n1', url: 'http://127.0.0.1:1', workers: 1, want: {}, heartbeatMs: 200, deadAfterMs: 2_000, replaceAfterMs: 2_000, movesMax: 8, readyLagMax: 8, ...over };
+}
 
 describe('a cluster node and what KV holds', () => {
   const dir = mkdtempSync(join(tmpdir(), 'apm-membership-'));
@@ -32,19 +37,7 @@ describe('a cluster node and what KV holds', () => {
     nats = await NatsCluster.start({ dir: join(dir, 'nats'), n: 1 });
     nc = await connect({ servers: nats.url(0), user: nats.users.core.user, pass: nats.users.core.pass });
     const settings = await ClusterNode.settingsFor(nc, { shards: S, streamReplicas: 1 });
-    node = await ClusterNode.join(nc, settings, {
-      node: 'n1',
-      url: 'http://127.0.0.1:1',
-      workers: 1,
-      want: {},
-      heartbeatMs: 200,
-      deadAfterMs: 2_000,
-      replaceAfterMs: 2_000,
-      movesMax: 8,
-      readyLagMax: 8,
-      copyShard: () => Promise.reject(new Error('no copies here')),
-      log: (l) => void logged.push(l),
-    });
+    node = await ClusterNode.join(nc, settings, nodeOptions({ copyShard: () => Promise.reject(new Error('no copies here')), log: (l) => void logged.push(l) }));
     const kvm = new Kvm(nc);
     kvNodes = await kvm.open(buckets.nodes);
     kvPlacement = await kvm.open(buckets.placement);
@@ -230,24 +223,19 @@ describe('a join that never catches up', () => {
       const seqs = new Array<number>(S).fill(0);
       const pool = { shards: S, streamSeqs: async () => [...seqs], streamCreated: async () => null, rebaseStream: async () => undefined, ingestStream: () => new Promise((r) => setTimeout(() => r('not applied: this test applies nothing'), 50)), skipStream: async () => 'refused' } as unknown as ShardPool;
       let copies = 0;
-      node = await ClusterNode.join(nc, settings, {
-        node: 'n1',
-        url: 'http://127.0.0.1:1',
-        workers: 1,
-        want: {},
-        heartbeatMs: 200,
-        deadAfterMs: 2_000,
-        replaceAfterMs: 2_000,
-        movesMax: 8,
-        readyLagMax: 8,
-        joinCatchUpMaxMs: 2_000,
-        copyShard: async () => {
-          copies++;
-          seqs[0] = 50;
-          return 50;
-        },
-        log: () => undefined,
-      });
+      node = await ClusterNode.join(
+        nc,
+        settings,
+        nodeOptions({
+          joinCatchUpMaxMs: 2_000,
+          copyShard: async () => {
+            copies++;
+            seqs[0] = 50;
+            return 50;
+          },
+          log: () => undefined,
+        }),
+      );
       node.attach(pool);
       const rec = await until(
         async () => {
