@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type Page, type Route } from 'playwright-core';
 import { KindCode } from '../schema/codec.js';
 import { rackSecondBody } from '../schema/section.js';
 import { buildColumns } from '../schema/testdata.js';
@@ -233,6 +233,24 @@ describe('dashboard in Chromium', () => {
     expect(Number(/\((\d+)\)$/.exec((await racks.nth(8).textContent()) ?? '')?.[1])).toBeLessThanOrEqual(1);
     await expect.poll(async () => Number(((await page.locator('[data-card="ingest points/s"] .v').textContent()) ?? '0').replace(/,/g, '')), { timeout: 15_000 }).toBeGreaterThan(0);
     await page.screenshot({ path: join(artifacts, 'fleet.png'), fullPage: true });
+  });
+
+  it('says when the data comes from a cluster node cut off from its log (x-apm-stale-since on the results)', async () => {
+    // A single core is never cut off: the header is added to its real answers on their way to the page.
+    const since = '2026-12-04T05:00:00.000Z';
+    const mark = async (route: Route) => {
+      const r = await route.fetch();
+      await route.fulfill({ response: r, headers: { ...r.headers(), 'x-apm-stale-since': since } });
+    };
+    await page.route(/\/results\?/, mark);
+    await page.getByRole('button', { name: 'Stored queries' }).click();
+    await page.reload();
+    const stale = page.locator('#stale');
+    await expect.poll(() => stale.isVisible(), { timeout: 15_000 }).toBe(true);
+    expect(await stale.textContent()).toMatch(/^data as of .*2026.*: this core lost the cluster's log then/);
+    await page.unroute(/\/results\?/, mark);
+    await page.reload();
+    await expect.poll(async () => (await page.locator('.panel').count()) > 0 && !(await stale.isVisible()), { timeout: 15_000 }).toBe(true);
   });
 });
 

@@ -64,6 +64,8 @@ async function api(path, init = {}) {
     await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
     r = await fetch(path, { ...init, headers });
   }
+  // A cluster node cut off from its log answers from what it holds and says since when (x-apm-stale-since).
+  if (/\/results$|^\/api\/v1\/query$/.test(path.split('?')[0])) showStale(r.headers.get('x-apm-stale-since'));
   if (r.status === 204) return null;
   let body = {};
   try {
@@ -636,6 +638,13 @@ async function refreshQueries() {
   $('empty').hidden = state.panels.size > 0;
   live.sync();
   return true;
+}
+
+/** Shows (or hides, with null) that data answers come from a node cut off from the cluster's log since `iso`. */
+function showStale(iso) {
+  const el = $('stale');
+  el.hidden = iso === null;
+  if (iso !== null) el.textContent = `data as of ${new Date(iso).toLocaleString()}: this core lost the cluster's log then, newer points may be missing`;
 }
 
 function setConn(text, bad) {
