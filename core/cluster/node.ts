@@ -391,7 +391,8 @@ export class ClusterNode implements ClusterView {
     this.nodeStates = states.sort((a, b) => (a.id < b.id ? -1 : 1));
     this.unreadableNodes = unreadable.map((u) => ({ ...u, silentMs: newest - u.heartbeatMs }));
     const now = Date.now();
-    for (const id of this.unreadableSinceMs.keys()) if (!unreadable.some((u) => u.id === id)) this.unreadableSinceMs.delete(id);
+    const unreadableIds = new Set(unreadable.map((u) => u.id));
+    for (const id of this.unreadableSinceMs.keys()) if (!unreadableIds.has(id)) this.unreadableSinceMs.delete(id);
     for (const u of unreadable) if (!this.unreadableSinceMs.has(u.id)) this.unreadableSinceMs.set(u.id, now);
   }
 
