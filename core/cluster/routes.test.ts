@@ -85,7 +85,7 @@ describe('core cluster: query routing and stored queries', () => {
   let ticker: NodeJS.Timeout | null = null;
 
   const auth = (token: string) => ({ authorization: `Bearer ${token}` });
-  const get = (n: 'A' | 'B', path: string, token = tokens.read, extra: Record<string, string> = {}) => fetch(`${nodes[n].url}${path}`, { headers: { ...auth(token), ...extra } });
+  const get = (n: 'A' | 'B', path: string, token = tokens.read, extra: Record<string, string> = {}, signal?: AbortSignal) => fetch(`${nodes[n].url}${path}`, { headers: { ...auth(token), ...extra }, signal });
   const ingest = (n: 'A' | 'B', metric: string, second: number, value: number) =>
     fetch(`${nodes[n].url}/api/v1/ingest`, {
       method: 'POST',
@@ -291,6 +291,66 @@ describe('core cluster: query routing and stored queries', () => {
       cluster.owners[shardOfMetric(mA, S)] = ['A'];
     }
     expect((await get('A', `/api/v1/query?q=${q}${range}`)).headers.get(staleSinceHeader)).toBeNull();
+  });
+
+  it('asks the next owner beside one that has not begun to answer within a second, and asks a hung owner last after that (before: every request for its shards waited 10 s, then failed)', async () => {
+    const q = encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE max`);
+    const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
+    const want = await (await get('A', `/api/v1/query?q=${q}${range}`)).json();
+    // H takes connections and never answers: a stopped process, or one whose disk hangs.
+    const held: import('node:net').Socket[] = [];
+    let closed = 0;
+    const hung = createNetServer((sock) => {
+      held.push(sock);
+      sock.on('close', () => closed++).on('error', () => {}).resume();
+    });
+    const port = await new Promise<number>((resolve) => hung.listen(0, '127.0.0.1', () => resolve((hung.address() as AddressInfo).port)));
+    cluster.states.set('H', { ...cluster.states.get('A')!, id: 'H', url: `http://127.0.0.1:${port}` });
+    cluster.ready.add('H');
+    cluster.owners[shardOfMetric(mA, S)] = ['H', 'A'];
+    const hedged = await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"');
+    try {
+      const started = Date.now();
+      const r = await get('B', `/api/v1/query?q=${q}${range}`, tokens.read, {}, AbortSignal.timeout(8_000));
+      expect(r.status).toBe(200);
+      expect(await r.json()).toEqual(want);
+      expect(Date.now() - started).toBeLessThan(8_000);
+      expect(held.length).toBe(1);
+      expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"')).toBe(hedged + 1);
+      // H is now asked last: the next request goes to A at once, and H sees no new connection.
+      const again = await get('B', `/api/v1/query?q=${q}${range}`, tokens.read, {}, AbortSignal.timeout(8_000));
+      expect(await again.json()).toEqual(want);
+      expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"')).toBe(hedged + 1);
+      // The request left at H was aborted, its connection closed.
+      await until('the hedged-away request to be aborted', async () => (closed === held.length ? true : undefined), 5_000);
+    } finally {
+      for (const x of held) x.destroy();
+      hung.close();
+      cluster.ready.delete('H');
+      cluster.states.delete('H');
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+    }
+  });
+
+  it("an export naming metrics of two shards goes to a node that serves both (before: 400 spans_nodes from a node serving one of them, or a fail-over by the last metric's owners only)", async () => {
+    // mC shares mB's shard; only A holds it. B and A both own that shard for this test.
+    const mC = names.find((n) => n !== mB && shardOfMetric(n, S) === shardOfMetric(mB, S))!;
+    for (let t = t0; t < t0 + 10; t++) expect((await ingest('A', mC, t, 200 + t - t0)).status).toBe(204);
+    cluster.owners[shardOfMetric(mB, S)] = ['B', 'A'];
+    try {
+      const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
+      const path = `/api/v1/export?metric=${mA}&metric=${mC}${range}`;
+      const fromA = await get('A', path);
+      expect(fromA.status).toBe(200);
+      const lines = (await fromA.text()).split('\n').filter((l) => l !== '');
+      expect(lines).toHaveLength(4);
+      // B serves mC's shard but not mA's: A serves both, so B asks A.
+      const fromB = await get('B', path);
+      expect(fromB.status).toBe(200);
+      expect((await fromB.text()).split('\n').filter((l) => l !== '')).toEqual(lines);
+    } finally {
+      cluster.owners[shardOfMetric(mB, S)] = ['B'];
+    }
   });
 
   it('lists the metrics of every node from either node', async () => {

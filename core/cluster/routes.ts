@@ -38,6 +38,13 @@ declare module 'hono' {
 export const clusterRouteLimits = {
   /** The owner's answer must start within this: its ad-hoc budget (adHocEvalMs, 2 s) plus queueing. */
   proxyHeadersTimeoutMs: 10_000,
+  /**
+   * An owner that has not begun to answer within this gets the next ready owner asked beside it
+   * (the first answer wins). Above what a healthy owner takes for nearly every request (ad-hoc
+   * queries of 1,000 servers × 10 min answer in ~5–50 ms), below the ad-hoc budget (2 s), so only
+   * the heaviest queries and hung owners cost a second ask.
+   */
+  proxyHedgeAfterMs: 1_000,
   /** Silence between two chunks of a proxied body (an export reads a chunk of ~200,000 points at a time). */
   proxyBodyIdleMs: 30_000,
   proxyConnectTimeoutMs: 2_000,
@@ -97,7 +104,10 @@ interface Target {
   evaluator: boolean;
 }
 
-type ProxyResult = 'ok' | 'failed' | 'timeout' | 'busy' | 'unavailable' | 'loop' | 'spans_nodes' | 'rerouted';
+type ProxyResult = 'ok' | 'failed' | 'timeout' | 'busy' | 'unavailable' | 'loop' | 'spans_nodes' | 'rerouted' | 'hedged';
+
+/** What asking the owners of a request came to: an answer to pass on, every owner failed (the last one's error), or none answered usably. */
+type Asked = { kind: 'answer'; r: Dispatcher.ResponseData } | { kind: 'failed'; node: NodeState; err: unknown } | { kind: 'none' };
 
 /** Whether proxy() answers a failure itself (503) or leaves it to its caller (null). */
 interface ProxyOptions {
@@ -105,7 +115,7 @@ interface ProxyOptions {
 }
 
 export class ClusterRouting {
-  readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0, rerouted: 0 };
+  readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0, rerouted: 0, hedged: 0 };
   readonly fanout = { ok: 0, failed: 0, shards_missing: 0, truncated: 0 };
   /** Requests for its own shards while this node was cut off from NATS: asked of another owner, or answered here marked stale. */
   readonly cutOff = { proxied: 0, stale: 0 };
@@ -133,34 +143,41 @@ export class ClusterRouting {
     };
   }
 
-  /** Answers locally, proxies, or refuses with 503 (no ready owner; a proxied request for a shard not served here). */
+  /**
+   * Answers locally, proxies, or refuses with 503 (no ready owner; a proxied request for a shard
+   * not served here). A request naming metrics of several shards (an export) is answered here
+   * when this node serves them all, else proxied to the ready owners of them all (before: to the
+   * owners of its last metric's shard, which could fail over to a node missing the others).
+   */
   private async route(c: Context, next: Next, t: Target): Promise<Response | void> {
     const S = this.view.settings.shards;
-    const targets = new Map<string, NodeState | null>();
-    let candidates: NodeState[] = [];
+    let local = true;
+    // Ready owners of every shard named (not this node), in the first shard's order.
+    let common: NodeState[] | null = null;
+    const firsts = new Set<string>();
     for (const metric of t.metrics) {
       const shard = shardOfMetric(metric, S);
       const owners = this.view.readyOwners(shard);
-      const local = t.evaluator ? owners[0]?.id === this.view.nodeId : this.view.servesLocally(shard);
+      if (!(t.evaluator ? owners[0]?.id === this.view.nodeId : this.view.servesLocally(shard))) local = false;
       // The evaluator of a stored query's results is the first ready owner only; data has every
       // ready owner but this node: the nodes' records say ready for a moment after this node's
       // consumer fell behind, and a request proxied to itself would only be refused as a loop.
-      candidates = t.evaluator ? owners.slice(0, 1) : owners.filter((n) => n.id !== this.view.nodeId);
-      const first = candidates[0];
-      if (local) targets.set(this.view.nodeId, null);
-      else if (first === undefined) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
-      else if (c.req.header(forwardedHeader) !== undefined) {
-        return this.refuse(c, 'loop', `this node (${this.view.nodeId}) does not ${t.evaluator ? 'evaluate the stored queries of' : 'serve'} shard ${shard} (metric ${metric}), and the request was already proxied (by ${c.req.header(forwardedHeader)}): the nodes' views of the placement differ for a moment; retry shortly`);
-      } else targets.set(first.id, first);
+      const mine = t.evaluator ? owners.slice(0, 1) : owners.filter((n) => n.id !== this.view.nodeId);
+      common = common === null ? mine : common.filter((n) => mine.some((m) => m.id === n.id));
+      if (mine[0] !== undefined) firsts.add(mine[0].id);
+      else if (!local) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
     }
-    if (targets.size > 1) {
+    const candidates = common ?? [];
+    if (local) return this.local(c, next, candidates.filter((n) => n.id !== this.view.nodeId));
+    if (candidates.length === 0) {
       this.proxied.spans_nodes++;
       c.set('apmRefusal', 'spans_nodes');
-      return c.json({ error: `the metrics of this request live on ${targets.size} nodes (${[...targets.keys()].join(', ')}); ask for them one request each`, reason: 'spans_nodes' }, 400);
+      return c.json({ error: `the metrics of this request live on different nodes (first ready owners ${[...firsts].join(', ')}) and no node serves them all; ask for them one request each`, reason: 'spans_nodes' }, 400);
     }
-    const [to] = targets.values();
-    if (to !== null && to !== undefined) return (await this.proxy(c, this.ordered(candidates), { orNull: false }))!;
-    return this.local(c, next, candidates.filter((n) => n.id !== this.view.nodeId));
+    if (c.req.header(forwardedHeader) !== undefined) {
+      return this.refuse(c, 'loop', `this node (${this.view.nodeId}) does not ${t.evaluator ? 'evaluate the stored queries of' : 'serve'} every shard this request reads (${t.metrics.join(', ')}), and the request was already proxied (by ${c.req.header(forwardedHeader)}): the nodes' views of the placement differ for a moment; retry shortly`);
+    }
+    return (await this.proxy(c, this.ordered(candidates), { orNull: false }))!;
   }
 
   /**
@@ -237,9 +254,15 @@ export class ClusterRouting {
   }
 
   /**
-   * The same request to the first of `owners` that takes the connection, its answer streamed
-   * back. A failure is a 503, or null with `orNull` (no owner answered; nothing is counted as
-   * proxied then).
+   * The same request to the first of `owners` that answers, its answer streamed back. An owner
+   * that fails (refused, reset, timed out, a 503 saying it does not serve the shard, or with
+   * `orNull` any 5xx or 429) passes the request to the next; one that has not begun to answer
+   * within proxyHedgeAfterMs gets the next owner asked beside it (a hedged request), and the
+   * first usable answer wins while the other is aborted. Every proxied route only reads, so a
+   * second ask costs work, never a double effect. Before: a hung owner (stopped, swapping, cut
+   * off behind a firewall that drops) held every request for its shards for the headers timeout
+   * (10 s) and then failed it, for as long as its record said live. A failure is a 503, or null
+   * with `orNull` (no owner answered; nothing is counted as proxied then).
    */
   private async proxy(c: Context, owners: NodeState[], o: ProxyOptions): Promise<Response | null> {
     const to = owners[0]!;
@@ -252,43 +275,23 @@ export class ClusterRouting {
     const url = new URL(c.req.url);
     const body = c.req.method === 'GET' || c.req.method === 'HEAD' ? undefined : await c.req.text();
     this.inFlight++;
-    let r: Dispatcher.ResponseData | null = null;
-    for (const [i, node] of owners.entries()) {
-      const target = `${node.url.replace(/\/+$/, '')}${url.pathname}${url.search}`;
-      try {
-        r = await request(target, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent });
-        // That owner does not serve the shard in its own view (placement moved a moment ago): the next one may.
-        // With orNull, any failure of the owner (5xx, 429) is the caller's to answer: a stale answer beats none.
-        if ((r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined && i + 1 < owners.length) || (o.orNull && (r.statusCode >= 500 || r.statusCode === 429))) {
-          await r.body.dump();
-          r = null;
-          if (i + 1 < owners.length) this.proxied.rerouted++;
-          continue;
-        }
-        break;
-      } catch (err) {
-        const code = (err as { code?: string }).code ?? '';
-        // Refused or reset before any answer: nothing was done there (every proxied route only reads), so the next owner is asked.
-        const unreachable = code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_SOCKET' || code === 'EHOSTUNREACH';
-        if (unreachable) {
-          if (this.unreachableUntil.size < 4096 || this.unreachableUntil.has(node.id)) this.unreachableUntil.set(node.id, Date.now() + clusterRouteLimits.unreachableForMs);
-          if (i + 1 < owners.length) this.proxied.rerouted++;
-          if (i + 1 < owners.length) continue;
-        }
-        this.inFlight--;
-        if (o.orNull) return null;
-        const timeout = /TIMEOUT/.test(code);
-        this.proxied[timeout ? 'timeout' : 'failed']++;
-        c.set('apmRefusal', 'proxy_failed');
-        return c.json({ error: `node ${node.id} (${node.url}), ${owners.length > 1 ? 'the last ready owner tried' : 'the owner'} of this request's shard, did not answer ${c.req.method} ${url.pathname}${timeout ? ' in time' : ''}: ${(err as Error).message}; retry shortly`, reason: 'proxy_failed' }, 503);
-      }
+    const asked = await this.firstAnswer(owners, (node, signal) => request(`${node.url.replace(/\/+$/, '')}${url.pathname}${url.search}`, { method: c.req.method as Dispatcher.HttpMethod, headers: this.forwardHeaders(c), body, dispatcher: this.agent, signal }), o);
+    if (asked.kind === 'failed') {
+      this.inFlight--;
+      if (o.orNull) return null;
+      const { node, err } = asked;
+      const timeout = /TIMEOUT/.test((err as { code?: string }).code ?? '');
+      this.proxied[timeout ? 'timeout' : 'failed']++;
+      c.set('apmRefusal', 'proxy_failed');
+      return c.json({ error: `node ${node.id} (${node.url}), ${owners.length > 1 ? 'the last ready owner tried' : 'the owner'} of this request's shard, did not answer ${c.req.method} ${url.pathname}${timeout ? ' in time' : ''}: ${(err as Error).message}; retry shortly`, reason: 'proxy_failed' }, 503);
     }
-    if (r === null) {
+    if (asked.kind === 'none') {
       // Every owner said it does not serve the shard (only with orNull: else the last one's 503 is passed on).
       this.inFlight--;
       if (o.orNull) return null;
       throw new Error('BUG: proxy without an answer or an error');
     }
+    const r = asked.r;
     this.proxied.ok++;
     let released = false;
     const release = () => {
@@ -307,6 +310,76 @@ export class ClusterRouting {
       return new Response(null, { status: r.statusCode, headers: out });
     }
     return new Response(Readable.toWeb(r.body) as ReadableStream<Uint8Array>, { status: r.statusCode, headers: out });
+  }
+
+  /**
+   * Asks `owners` in order for one answer (see proxy()): the next owner when one fails or has not
+   * answered within proxyHedgeAfterMs; the first usable answer wins and the others are aborted.
+   * An owner that failed or was outrun is asked last for unreachableForMs.
+   */
+  private firstAnswer(owners: NodeState[], ask: (node: NodeState, signal: AbortSignal) => Promise<Dispatcher.ResponseData>, o: ProxyOptions): Promise<Asked> {
+    return new Promise<Asked>((resolve) => {
+      const aborts: AbortController[] = [];
+      let next = 0;
+      let pending = 0;
+      let done = false;
+      let hedge: NodeJS.Timeout | null = null;
+      let last: Asked = { kind: 'none' };
+      const finish = (a: Asked) => {
+        done = true;
+        if (hedge !== null) clearTimeout(hedge);
+        for (const ac of aborts) ac.abort();
+        resolve(a);
+      };
+      const askedLast = (node: NodeState) => {
+        if (this.unreachableUntil.size < 4096 || this.unreachableUntil.has(node.id)) this.unreachableUntil.set(node.id, Date.now() + clusterRouteLimits.unreachableForMs);
+      };
+      // The next owner, if any; false when none is left.
+      const start = (): boolean => {
+        if (next >= owners.length) return false;
+        const i = next++;
+        const node = owners[i]!;
+        const ac = new AbortController();
+        aborts.push(ac);
+        pending++;
+        if (i > 0) this.proxied.rerouted++;
+        if (hedge !== null) clearTimeout(hedge);
+        hedge = null;
+        if (next < owners.length) {
+          hedge = setTimeout(() => {
+            if (done) return;
+            this.proxied.hedged++;
+            askedLast(node);
+            start();
+          }, clusterRouteLimits.proxyHedgeAfterMs);
+        }
+        ask(node, ac.signal).then(
+          (r) => {
+            pending--;
+            if (done) return void r.body.destroy();
+            // That owner does not serve the shard in its own view (placement moved a moment ago), or with orNull any failure of it (5xx, 429): the next one may answer.
+            const unusable = (r.statusCode === 503 && r.headers[shardUnavailableHeader] !== undefined) || (o.orNull && (r.statusCode >= 500 || r.statusCode === 429));
+            if (!unusable) {
+              aborts.splice(aborts.indexOf(ac), 1);
+              return finish({ kind: 'answer', r });
+            }
+            // The last owner's refusal is passed on as it is (without orNull).
+            if (o.orNull || next < owners.length || pending > 0) void r.body.dump().catch(() => {});
+            else return finish({ kind: 'answer', r });
+            if (!start() && pending === 0) finish(last);
+          },
+          (err: unknown) => {
+            pending--;
+            if (done) return;
+            askedLast(node);
+            last = { kind: 'failed', node, err };
+            if (!start() && pending === 0) finish(last);
+          },
+        );
+        return true;
+      };
+      start();
+    });
   }
 
   /** Headers of a request to another node: the caller's token unchanged, its body's type, the loop guard. */
@@ -387,7 +460,7 @@ export class ClusterRouting {
   }
 
   writeMetrics(p: PromText): void {
-    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400), rerouted (an owner refused the connection; the next ready owner was asked)", 'result', this.proxied);
+    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400), rerouted (an owner failed or did not serve the shard; the next ready owner was asked), hedged (an owner had not begun to answer within 1 s; the next ready owner was asked beside it, the first answer won)", 'result', this.proxied);
     p.counters('apm_core_cluster_fanout_total', 'Parts of cluster-wide lists asked of other nodes, by result (failed: the list was answered without it, with a warning)', 'result', { ok: this.fanout.ok, failed: this.fanout.failed });
     p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner', this.fanout.shards_missing);
     p.counter('apm_core_cluster_fanout_truncated_total', 'Cluster-wide lists cut at their limit after merging', this.fanout.truncated);
