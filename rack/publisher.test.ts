@@ -118,7 +118,7 @@ async function setup(opts: Partial<PublisherOptions> = {}): Promise<Setup> {
     backoffMaxMs: 10,
     keepAckedMs: 30_000,
     keepAckedBytesMax: 1 << 20,
-    recut: (b, shards) => recut(cutter, b, shards),
+    recut: (b, shards) => recut(cutter, b, shards, { sectionBytesMax: 1 << 30, bodyBytesMax: 1 << 30, metricBytesMax: 1 << 30 }, () => ({ session: 1, seq: 1e6 }))[0]!.bytes,
     log: (line) => logs.push(line),
     nowMs: () => Date.now() + clock.ms,
     ...opts,

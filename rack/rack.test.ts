@@ -163,6 +163,34 @@ describe('Rack → core (RackSecond bodies)', () => {
     expect(m.get('apm_rack_session')).toBe(rack.spool.session);
   });
 
+  it('regression: a spooled body re-cut for a new shard count that passes bodyBytesMax goes on in more bodies, every point delivered (before: one body of any size)', async () => {
+    const core = await startCore();
+    core.shards = 1;
+    const bodyBytesMax = 8 * 1024;
+    const { rack, udpPort, httpPort } = await startRackWith(core.port, mkdtempSync(join(tmpdir(), 'apm-rack-recut-split-')), { bodyBytesMax });
+    await until(() => (rack.spool.shards === 1 ? true : undefined), 5000, 'the core’s 1 shard learned');
+    const sock = dgram.createSocket('udp4');
+    cleanup.push(() => void sock.close());
+    const send = (second: number, seq: number) => {
+      const series = buildColumns(Array.from({ length: 200 }, (_, i) => ({ name: `g.${i}`, kind: KindCode.Gauge, value: i + second % 10 })), []);
+      sock.send(new Encoder().edgeSecond({ server: 'web-1', session: 9, seq, second, part: 0, parts: 1, sentMs: Date.now(), series }), udpPort, '127.0.0.1');
+    };
+    const s1 = nowSecond();
+    send(s1, 1);
+    await until(() => (core.batches.length === 1 ? true : undefined), 5000, 'one body for 1 shard');
+    // 64 shards: each of ~60 sections carries its own header, so the second no longer fits one body.
+    core.shards = 64;
+    send(s1 + 1, 2);
+    await until(() => (core.batches.filter((b) => b.second === s1 + 1).length > 1 && core.batches.filter((b) => b.second === s1 + 1).reduce((n, b) => n + b.servers[0]!.series.pointKinds.length, 0) === 200 ? true : undefined), 5000, 'the re-cut second, in several bodies');
+    const recut = core.batches.filter((b) => b.second === s1 + 1);
+    for (const b of recut) expect([b.shards, b.bytes <= bodyBytesMax]).toEqual([64, true]);
+    expect(recut.map((b) => b.seq).sort((a, b) => a - b)[0]).toBe(2);
+    expect(new Set(recut.map((b) => b.seq)).size).toBe(recut.length);
+    const m = await rackMetrics(httpPort);
+    expect([m.get('apm_rack_batches_recut_total'), m.get('apm_rack_batches_rejected_total')]).toEqual([1, 0]);
+    expect(m.get('apm_rack_seconds_split_total')).toBeGreaterThanOrEqual(1);
+  });
+
   it('a rack restarted while the core is down cuts with the shard count it learned before', async () => {
     const core = await startCore();
     core.shards = 4;

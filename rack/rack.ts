@@ -13,7 +13,7 @@ import { batchBytesMax } from '../schema/limits.js';
 import { lmdbCounters } from '../schema/lmdb.js';
 import type { NatsAuth } from '../schema/log.js';
 import { PromText } from '../schema/prom.js';
-import { SectionCutter } from '../schema/section.js';
+import { SectionCutter, type CutBounds } from '../schema/section.js';
 import { Forwarder } from './forwarder.js';
 import { DatagramGuard } from './guard.js';
 import type { RackLimits } from './limits.js';
@@ -121,7 +121,7 @@ export class Rack {
             requestTimeoutMs: l.forwardTimeoutMs,
             backoffMinMs: l.backoffMinMs,
             backoffMaxMs: l.backoffMaxMs,
-            recut: (body, shards) => recut(this.cutter, body, shards),
+            recut: (body, shards) => this.recutSpooled(body, shards),
           });
     this.publisher =
       nats === null
@@ -134,7 +134,7 @@ export class Rack {
             backoffMaxMs: l.natsBackoffMaxMs,
             keepAckedMs: l.natsKeepAckedMs,
             keepAckedBytesMax: l.natsKeepAckedBytesMax,
-            recut: (body, shards) => recut(this.cutter, body, shards),
+            recut: (body, shards) => this.recutSpooled(body, shards),
             log: (line) => console.error(line),
           });
     this.natsLink =
@@ -296,13 +296,33 @@ export class Rack {
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const shards = this.spool.shards;
     // One body a second, or several when it would pass what one request or message carries.
+    for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, this.takeSeq, this.cutBounds())) this.keep(seq, batch.second, shards, bytes);
+  }
+
+  /** The next body's identity: the spool's session (after a possible rotation) and seq. */
+  private readonly takeSeq = () => {
+    const seq = this.spool.takeSeq();
+    return { seq, session: this.spool.session };
+  };
+
+  /** What one body, one section and one metric may take: a request to the core, or a NATS message. */
+  private cutBounds(): CutBounds {
     const l = this.opts.limits;
     // A metric's entries alone may pass bodyBytesMax up to what one request (the core's 64 MiB)
     // or one NATS message carries: it then goes in a body of its own.
     const nats = this.publisher !== null;
-    const bounds = { bodyBytesMax: l.bodyBytesMax, sectionBytesMax: nats ? Math.min(l.natsSectionBytesMax, l.bodyBytesMax) : l.bodyBytesMax, metricBytesMax: nats ? l.natsSectionBytesMax : batchBytesMax - 1024 * 1024 };
-    const take = () => ({ seq: this.spool.takeSeq(), session: this.spool.session });
-    for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, take, bounds)) this.keep(seq, batch.second, shards, bytes);
+    return { bodyBytesMax: l.bodyBytesMax, sectionBytesMax: nats ? Math.min(l.natsSectionBytesMax, l.bodyBytesMax) : l.bodyBytesMax, metricBytesMax: nats ? l.natsSectionBytesMax : batchBytesMax - 1024 * 1024 };
+  }
+
+  /**
+   * A spooled body cut for the S in use (the forwarder or publisher replaces the spooled bytes
+   * with the first body returned); when the second now needs more bodies, the others are
+   * spooled and sent as new ones.
+   */
+  private recutSpooled(body: Uint8Array, shards: number): Uint8Array {
+    const [first, ...more] = recut(this.cutter, body, shards, this.cutBounds(), this.takeSeq);
+    for (const b of more) this.keep(b.seq, b.second, shards, b.bytes);
+    return first!.bytes;
   }
 
   /** One body into the spool, then to the forwarder or publisher. */
@@ -442,7 +462,7 @@ export class Rack {
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
     p.counter('apm_rack_rollups_count_overflow_total', "Distribution rollups not sent because their servers' counts add up past 2^32 - 1 (the servers' summaries are sent; the core uses them for that second)", this.merger.rollupsCountOverflow);
-    p.counter('apm_rack_seconds_split_total', 'Seconds sent as several bodies: one would have passed bodyBytesMax, or a shard\'s section the NATS section bound (each body holds whole metrics: all servers\' entries and the rollup)', this.cutter.secondsSplit);
+    p.counter('apm_rack_seconds_split_total', 'Seconds sent as several bodies, new or spooled and re-cut for another shard count: one would have passed bodyBytesMax, or a shard\'s section the NATS section bound (each body holds whole metrics: all servers\' entries and the rollup)', this.cutter.secondsSplit);
     p.counter('apm_rack_metrics_too_large_total', "Metric-seconds not sent: one metric's entries alone passed a body's bound (its other seconds, and the second's other metrics, are sent)", this.cutter.metricsTooLarge);
     p.counter('apm_rack_rollups_not_finite_total', 'Distribution rollups not sent because their sum overflowed (the servers\' summaries are sent; the core uses them for that second)', this.cutter.rollupsNotFinite);
     p.counter('apm_rack_section_metrics_dropped_total', "Metrics left out of a second's sections (more distinct metrics in one second than the rack's metric bound)", this.cutter.overflow);

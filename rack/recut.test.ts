@@ -3,10 +3,21 @@ import fc from 'fast-check';
 import { KindCode, nameAt, nameColumns, type EdgeSecondMessage, type SeriesColumns } from '../schema/codec.js';
 import { rollupServer } from '../schema/limits.js';
 import { hashName } from '../schema/names.js';
-import { SectionCutter, shardOf } from '../schema/section.js';
+import { SectionCutter, sectionAt, shardOf } from '../schema/section.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import { RackMerger } from './merge.js';
-import { decodeSecond, recut } from './recut.js';
+import { decodeSecond, recut as recutBodies } from './recut.js';
+
+const unbounded = { sectionBytesMax: 1 << 30, bodyBytesMax: 1 << 30, metricBytesMax: 1 << 30 };
+
+/** A re-cut that fits one body (no bound reached): its bytes. */
+function recut(cutter: SectionCutter, body: Uint8Array, shards: number): Uint8Array {
+  const out = recutBodies(cutter, body, shards, unbounded, () => {
+    throw new Error('a second body was numbered');
+  });
+  expect(out).toHaveLength(1);
+  return out[0]!.bytes;
+}
 
 const header = { rack: 'r1', session: 0xdeadbeef, seq: 77, second: 1_790_000_000, late: true };
 
@@ -93,6 +104,29 @@ describe('recut (a spooled body for a new shard count)', () => {
     const c = contents(body);
     expect(c.filter((l) => l.includes(' rollup '))).toHaveLength(1);
     expect(c.filter((l) => l.startsWith('n ')).map((l) => l.split(' ')[2]).sort()).toEqual(['idle.metric', 'lat.2', 'm.0']);
+  });
+
+  it('regression: a re-cut past the bounds goes on in more bodies, each within them, the first keeping the spooled identity (before: one body of any size)', () => {
+    const cutter = new SectionCutter(1024);
+    // 300 metrics on 3 servers, cut for 1 shard: one body.
+    const input = second([0, 1, 2].map((j) => Array.from({ length: 300 }, (_, m): [number, number] => [m, m * 10 + j])), 1);
+    const before = cutter.body(input);
+    const bounds = { sectionBytesMax: 8 * 1024, bodyBytesMax: 16 * 1024, metricBytesMax: 64 * 1024 };
+    // For 64 shards each section carries its own header and server list, and for 1 shard one section holds all: both pass these bounds.
+    expect(cutter.body({ ...input, shards: 64 }).length).toBeGreaterThan(bounds.bodyBytesMax);
+    let next = 500;
+    for (const shards of [64, 1]) {
+      const from = shards === 64 ? before : cutter.body({ ...input, shards: 64 });
+      const out = recutBodies(cutter, from, shards, bounds, () => ({ session: 42, seq: next++ }));
+      expect(out.length).toBeGreaterThan(1);
+      expect(out.map((b) => [b.session, b.seq, b.second])).toEqual(out.map((_, i) => (i === 0 ? [header.session, header.seq, header.second] : [42, next - out.length + i, header.second])));
+      for (const b of out) {
+        expect(b.bytes.length).toBeLessThanOrEqual(bounds.bodyBytesMax);
+        const m = decodeSecond(b.bytes).message;
+        for (let i = 0; i < m.sectionShards.length; i++) expect(sectionAt(m, i).length).toBeLessThanOrEqual(bounds.sectionBytesMax);
+      }
+      expect(out.flatMap((b) => contents(b.bytes)).sort()).toEqual(contents(before));
+    }
   });
 
   it('refuses what is not a readable RackSecond', () => {

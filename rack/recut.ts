@@ -6,7 +6,7 @@
 
 import { KindCode, columnsFor, decodeFrame, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
-import { sectionAt, type CutInput, type RackSecondMessage, type SectionCutter, type ShardSectionMessage } from '../schema/section.js';
+import { sectionAt, type CutBounds, type CutInput, type RackSecondMessage, type SectionCutter, type ShardSectionMessage } from '../schema/section.js';
 
 /** A decoded body: the cutter's input it was cut from, its sections, and the container. */
 export interface DecodedSecond {
@@ -37,10 +37,32 @@ export function decodeSecond(body: Uint8Array): DecodedSecond {
   return { input: { rack: m.rack, session: m.session, seq: m.seq, second: m.second, late: m.late, shards: m.shards, servers, rollup }, message: m, sections };
 }
 
-/** The same second cut for `shards` (the body's identity kept: rack, session, seq, second, late). */
-export function recut(cutter: SectionCutter, body: Uint8Array, shards: number): Uint8Array {
+/** A body re-cut: its identity (session, seq), the second it holds, and its bytes. */
+export interface RecutBody {
+  session: number;
+  seq: number;
+  second: number;
+  bytes: Uint8Array;
+}
+
+/**
+ * The same second cut for `shards` within `bounds`, as the rack cuts a new second
+ * (SectionCutter.bodies). The first body keeps the spooled body's identity (rack, session,
+ * seq, second, late). A second that no longer fits one body at the new S (one section's
+ * per-section overhead times many more shards, or much larger sections for far fewer: past
+ * what a NATS message carries) goes on in more bodies numbered by `take` (the spool's session
+ * and next seqs). Before, the re-cut was one body whatever its size: a section past the NATS
+ * payload was refused five times, then dropped with the second's points.
+ */
+export function recut(cutter: SectionCutter, body: Uint8Array, shards: number, bounds: CutBounds, take: () => { session: number; seq: number }): RecutBody[] {
   const { input } = decodeSecond(body);
-  return cutter.body({ ...input, shards });
+  let first = true;
+  const numbered = () => {
+    if (!first) return take();
+    first = false;
+    return { session: input.session, seq: input.seq };
+  };
+  return cutter.bodies({ ...input, shards }, numbered, bounds).map((b) => ({ ...b, second: input.second }));
 }
 
 /** Sections' metric-major columns → one block per server, the rollups and the names. */

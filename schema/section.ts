@@ -84,6 +84,13 @@ export interface RackSecondMessage extends SecondHeader {
   servers: string[];
 }
 
+/** What bodies() cuts a second within: a section's bytes, a body's, and one metric's (past it the metric is left out, counted). */
+export interface CutBounds {
+  sectionBytesMax: number;
+  bodyBytesMax: number;
+  metricBytesMax: number;
+}
+
 /** One cut section. */
 export interface SectionFrame {
   shard: number;
@@ -195,7 +202,7 @@ export class SectionCutter {
    * A shard cut into several sections sends its names after its metrics: with the last metrics'
    * section when they fit there, else in sections of names only.
    */
-  bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: { sectionBytesMax: number; bodyBytesMax: number; metricBytesMax: number }): { session: number; seq: number; bytes: Uint8Array }[] {
+  bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: CutBounds): { session: number; seq: number; bytes: Uint8Array }[] {
     const c = this.prepare({ ...input, session: 0, seq: 0 });
     const servers = input.servers.map((x) => x.server);
     let idBytes = 0;
