@@ -56,7 +56,10 @@ export class RackMerger {
   }
 
   merge(input: ServerParts[]): MergedSecond {
-    const servers = input.map((s) => ({ server: s.server, blocks: serverBlocks(s.parts) }));
+    // A loop, not input.map(): map's result was sometimes a holey array, sometimes a packed one,
+    // and the cutter's passes over it, optimized for one, were thrown away for the other.
+    const servers: ServerBlocks[] = [];
+    for (const s of input) servers.push({ server: s.server, blocks: serverBlocks(s.parts) });
     const rows: SeriesColumns[] = [];
     let summaries = 0;
     for (const s of servers) {
@@ -191,7 +194,10 @@ function serverBlocks(parts: EdgeSecondMessage[]): SeriesColumns[] {
   let dists = 0;
   for (const p of parts) dists += p.series.distKinds.length;
   if (dists > 1 && hasDuplicateHashes(parts)) return [concatParts(parts)];
-  return parts.map((p) => (p.series.nameEnds.length === 0 ? p.series : withoutNames(p.series)));
+  // A loop, not parts.map(): one kind of array whichever branch made it (see merge()).
+  const out: SeriesColumns[] = [];
+  for (const p of parts) out.push(p.series.nameEnds.length === 0 ? p.series : withoutNames(p.series));
+  return out;
 }
 
 function hasDuplicateHashes(parts: EdgeSecondMessage[]): boolean {

@@ -203,7 +203,7 @@ export class SectionCutter {
    * section when they fit there, else in sections of names only.
    */
   bodies(input: Omit<CutInput, 'seq' | 'session'>, take: () => { session: number; seq: number }, o: CutBounds): { session: number; seq: number; bytes: Uint8Array }[] {
-    const c = this.prepare({ ...input, session: 0, seq: 0 });
+    const c = this.prepare(input.servers, input.rollup, input.shards);
     const servers = input.servers.map((x) => x.server);
     let idBytes = 0;
     for (const id of c.ids) idBytes += id.length + 12;
@@ -275,20 +275,25 @@ export class SectionCutter {
 
   /** cut(), the frames in `arena` (views valid until its reset) or fresh. */
   private cutInto(input: CutInput, arena: FrameArena | undefined): SectionFrame[] {
-    const c = this.prepare(input);
+    const c = this.prepare(input.servers, input.rollup, input.shards);
     const out: SectionFrame[] = [];
     this.eachShard(c, (shard, a, b) => out.push({ shard, frame: this.section(input, { shard, ids: c.ids, names: c.named.get(shard), arena }, c.byRank, a, b, c.pStart, c.dStart) }));
     out.sort((x, y) => x.shard - y.shard);
     return out;
   }
 
-  /** Counts, ranks and places every entry; what sections are then cut from. */
-  private prepare(input: CutInput): Prepared {
-    if (!isValidShardCount(input.shards)) throw new Error(`BUG: shards ${input.shards} is not a power of two in 1..${shardsMax}`);
-    if (input.servers.length >= rollupServer) throw new Error(`BUG: ${input.servers.length} servers in one second`);
+  /**
+   * Counts, ranks and places every entry; what sections are then cut from. The hot passes take
+   * the server list and rollup themselves, not the object holding them: inputs built by other
+   * callers (a spread, a re-cut) have other hidden classes, and code optimized for one was
+   * thrown away ("wrong map") and optimized again every few seconds.
+   */
+  private prepare(servers: readonly ServerBlocks[], rollup: SeriesColumns, shards: number): Prepared {
+    if (!isValidShardCount(shards)) throw new Error(`BUG: shards ${shards} is not a power of two in 1..${shardsMax}`);
+    if (servers.length >= rollupServer) throw new Error(`BUG: ${servers.length} servers in one second`);
     this.index.clear();
-    const { points, dists } = this.count(input);
-    const shardOfRank = this.rank(input.shards);
+    const { points, dists } = this.count(servers, rollup);
+    const shardOfRank = this.rank(shards);
     const M = this.index.size;
     // Offsets per rank: points and summaries of the metric ranked r start at pStart[r], dStart[r].
     const pStart = new Int32Array(M + 1);
@@ -299,10 +304,10 @@ export class SectionCutter {
       pStart[r + 1] = pStart[r]! + this.mPoints[byRank[r]!]!;
       dStart[r + 1] = dStart[r]! + this.mDists[byRank[r]!]!;
     }
-    this.place(input, points, dists, pStart, dStart);
+    this.place(servers, rollup, points, dists, pStart, dStart);
     // Once per second, not per section: names grouped by shard, server ids as UTF-8.
-    const named = namesByShard(input.rollup, input.shards);
-    const ids = input.servers.map((s) => Buffer.from(s.server, 'latin1'));
+    const named = namesByShard(rollup, shards);
+    const ids = servers.map((s) => Buffer.from(s.server, 'latin1'));
     return { M, shardOfRank, byRank, pStart, dStart, named, ids };
   }
 
@@ -330,16 +335,23 @@ export class SectionCutter {
   }
 
   /** Pass 1: every entry's metric, and entries per metric. */
-  private count(input: CutInput): { points: number; dists: number } {
+  private count(servers: readonly ServerBlocks[], r: SeriesColumns): { points: number; dists: number } {
     let points = 0;
-    let dists = input.rollup.distKinds.length;
-    for (const s of input.servers) for (const c of s.blocks) (points += c.pointKinds.length), (dists += c.distKinds.length);
+    let dists = r.distKinds.length;
+    // Index loops: for-of's iterator protocol deoptimized these passes ("wrong map") whenever an
+    // array of another elements kind came by.
+    for (let j = 0; j < servers.length; j++) {
+      const blocks = servers[j]!.blocks;
+      for (let b = 0; b < blocks.length; b++) (points += blocks[b]!.pointKinds.length), (dists += blocks[b]!.distKinds.length);
+    }
     if (points > this.pm.length) this.pm = new Int32Array(points);
     if (dists > this.dm.length) this.dm = new Int32Array(dists);
     let p = 0;
     let d = 0;
-    for (const s of input.servers) {
-      for (const c of s.blocks) {
+    for (let j = 0; j < servers.length; j++) {
+      const blocks = servers[j]!.blocks;
+      for (let b = 0; b < blocks.length; b++) {
+        const c = blocks[b]!;
         let guess = -1;
         for (let i = 0; i < c.pointKinds.length; i++) {
           const lo = c.pointHashes[2 * i]!;
@@ -358,7 +370,6 @@ export class SectionCutter {
         }
       }
     }
-    const r = input.rollup;
     for (let i = 0; i < r.distKinds.length; i++) {
       // Only distributions' rollups are stored (whole-rack percentiles); a gauge's would cost more than its 40 values.
       let m = r.distKinds[i] === KindCode.Distribution ? this.index.get(r.distHashes[2 * i]!, r.distHashes[2 * i + 1]!) : -1;
@@ -389,7 +400,7 @@ export class SectionCutter {
   }
 
   /** Pass 2: entries into their (shard, metric) place, sketches concatenated in that order. */
-  private place(input: CutInput, points: number, dists: number, pStart: Int32Array, dStart: Int32Array): void {
+  private place(servers: readonly ServerBlocks[], r: SeriesColumns, points: number, dists: number, pStart: Int32Array, dStart: Int32Array): void {
     if (points > this.pOut.values.length) this.pOut = { servers: new Uint16Array(points), values: new Float64Array(points) };
     if (dists > this.dStats.counts.length) this.dStats = { counts: new Uint32Array(dists), sums: new Float64Array(dists), mins: new Float64Array(dists), maxes: new Float64Array(dists), ends: new Uint32Array(dists) };
     if (dists > this.dOut.u16.length) this.dOut.u16 = new Uint16Array(dists);
@@ -401,9 +412,10 @@ export class SectionCutter {
     const dAt = dStart.slice();
     let p = 0;
     let d = 0;
-    const servers = input.servers;
     for (let j = 0; j < servers.length; j++) {
-      for (const c of servers[j]!.blocks) {
+      const blocks = servers[j]!.blocks;
+      for (let b = 0; b < blocks.length; b++) {
+        const c = blocks[b]!;
         for (let i = 0; i < c.pointKinds.length; i++) {
           const m = this.pm[p++]!;
           if (m < 0) continue;
@@ -417,7 +429,6 @@ export class SectionCutter {
         }
       }
     }
-    const r = input.rollup;
     for (let i = 0; i < r.distKinds.length; i++) {
       const m = this.dm[d++]!;
       if (m >= 0) this.putDist(r, i, dAt[this.mRank[m]!]!++, rollupServer, src, sStart, sEnd);
@@ -585,9 +596,14 @@ type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' 
 
 /** Encodes one section (its header from `h`). */
 export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns, into?: FrameArena): Uint8Array {
-  let bytes = 1024;
-  for (const v of Object.values(c)) if (ArrayBuffer.isView(v)) bytes += v.byteLength + 16;
-  for (const s of c.servers) bytes += s.length + 8;
+  // Every column's bytes plus its vector's length and padding; the columns named one by one
+  // (Object.values over c walked a dictionary per section, and its iterator deoptimized this).
+  let bytes = 1024 + 16 * 17;
+  bytes += c.pointHashes.byteLength + c.pointKinds.byteLength + c.pointEnds.byteLength + c.pointServers.byteLength + c.pointValues.byteLength;
+  bytes += c.distHashes.byteLength + c.distEnds.byteLength + c.distServers.byteLength + c.distCounts.byteLength + c.distSums.byteLength + c.distMins.byteLength + c.distMaxes.byteLength;
+  bytes += c.sketchEnds.byteLength + c.sketchBytes.byteLength + c.nameHashes.byteLength + c.nameEnds.byteLength + c.nameBytes.byteLength;
+  const serverIds = c.servers;
+  for (let i = 0; i < serverIds.length; i++) bytes += serverIds[i]!.length + 8;
   const b = enc.begin(bytes);
   const rack = b.createString(h.rack);
   const ids: flatbuffers.Offset[] = [];
