@@ -438,10 +438,14 @@ export class SectionCutter {
     let bytes = 0;
     for (let k = 0; k < total; k++) bytes += sEnd[k]! - sStart[k]!;
     if (bytes > this.sketch.length) this.sketch = new Uint8Array(Math.max(bytes, this.sketch.length * 2));
+    // Byte by byte: a sketch is tens of bytes, and a subarray per summary to set() from was an
+    // object per summary (30,000 a second at 300 servers with 5 % distributions).
+    const out = this.sketch;
     let at = 0;
     for (let k = 0; k < total; k++) {
-      this.sketch.set(src[k]!.subarray(sStart[k]!, sEnd[k]!), at);
-      at += sEnd[k]! - sStart[k]!;
+      const from = src[k]!;
+      const end = sEnd[k]!;
+      for (let i = sStart[k]!; i < end; i++) out[at++] = from[i]!;
       this.dStats.ends[k] = at;
     }
   }
