@@ -285,6 +285,12 @@ describe('core cluster: query routing and stored queries', () => {
       expect(throughB.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
       // A list from A says the same.
       expect((await get('A', '/api/v1/metrics')).headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+      // So does a list from B, which asks A for its shard's part (before: B's list came unmarked).
+      const listB = await get('B', '/api/v1/metrics');
+      expect(listB.headers.get(staleSinceHeader)).toBe(new Date(since).toISOString());
+      const listed = (await listB.json()) as { metrics: { name: string }[]; warnings: string[] };
+      expect(listed.metrics.map((m) => m.name)).toEqual([mA, mB].sort());
+      expect(listed.warnings.join(' ')).toMatch(/node A is cut off from the log since/);
     } finally {
       cluster.cutOff.delete('A');
       cluster.states.get('B')!.url = urlB;

@@ -396,7 +396,13 @@ export class ClusterRouting {
   private async list(c: Context, next: Next, route: ListRoute): Promise<Response | void> {
     const S = this.view.settings.shards;
     c.set('apmShardFilter', (metric) => this.view.servesLocally(shardOfMetric(metric, S)));
-    if (c.req.header(localHeader) !== undefined) return next();
+    if (c.req.header(localHeader) !== undefined) {
+      // A part of another node's list: marked as this node's whole answers are when it is cut off.
+      await next();
+      const since = this.view.cutOffSinceMs();
+      if (since !== null) c.res.headers.set(staleSinceHeader, new Date(since).toISOString());
+      return;
+    }
     const ask = new Map<string, NodeState>();
     const missing: number[] = [];
     for (let s = 0; s < S; s++) {
@@ -409,7 +415,7 @@ export class ClusterRouting {
     const body = c.req.method === 'POST' ? await c.req.text() : undefined; // read before the local route: it is cached for it
     await next();
     // Cut off from NATS: this node's own part may miss what its shards took since (see local()).
-    const since = this.view.cutOffSinceMs();
+    let since = this.view.cutOffSinceMs();
     if (since !== null) c.res.headers.set(staleSinceHeader, new Date(since).toISOString());
     if (c.res.status !== 200 || (ask.size === 0 && missing.length === 0)) return;
     const parts: ListAnswer[] = [(await c.res.json()) as ListAnswer];
@@ -419,16 +425,24 @@ export class ClusterRouting {
       warnings.push(`${missing.length} of ${S} shards have no ready owner (${missing.slice(0, 16).join(', ')}${missing.length > 16 ? ', …' : ''}): their metrics are missing from this list`);
     }
     for (const a of await Promise.all([...ask.values()].map((n) => this.fetchPart(c, n, body)))) {
-      if (typeof a === 'string') warnings.push(a);
-      else parts.push(a);
+      if (typeof a === 'string') {
+        warnings.push(a);
+        continue;
+      }
+      parts.push(a.answer);
+      // A part from a node cut off from NATS: the list carries the earliest such time (before: unmarked).
+      if (a.staleSinceMs !== null) {
+        warnings.push(`node ${a.node} is cut off from the log since ${new Date(a.staleSinceMs).toISOString()}: the metrics of its shards may miss what came since`);
+        since = since === null ? a.staleSinceMs : Math.min(since, a.staleSinceMs);
+      }
     }
     const merged = mergeLists(route, parts, listLimit(new URL(c.req.url).searchParams.get('limit')), warnings);
     if (merged.truncated) this.fanout.truncated++;
     c.res = new Response(JSON.stringify(merged.answer), { status: 200, headers: { 'content-type': 'application/json', ...(since === null ? {} : { [staleSinceHeader]: new Date(since).toISOString() }) } });
   }
 
-  /** One node's part of a list, or a warning saying why it is missing. */
-  private async fetchPart(c: Context, n: NodeState, body: string | undefined): Promise<ListAnswer | string> {
+  /** One node's part of a list (with the time since which it may miss data, when it is cut off), or a warning saying why it is missing. */
+  private async fetchPart(c: Context, n: NodeState, body: string | undefined): Promise<{ answer: ListAnswer; node: string; staleSinceMs: number | null } | string> {
     const url = new URL(c.req.url);
     try {
       const r = await request(`${n.url.replace(/\/+$/, '')}${url.pathname}${url.search}`, {
@@ -452,7 +466,9 @@ export class ClusterRouting {
       }
       if (r.statusCode !== 200) throw new Error(`status ${r.statusCode}: ${Buffer.concat(chunks).toString('utf8').slice(0, 200)}`);
       this.fanout.ok++;
-      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as ListAnswer;
+      const stale = r.headers[staleSinceHeader];
+      const staleSinceMs = typeof stale === 'string' && Number.isFinite(Date.parse(stale)) ? Date.parse(stale) : null;
+      return { answer: JSON.parse(Buffer.concat(chunks).toString('utf8')) as ListAnswer, node: n.id, staleSinceMs };
     } catch (err) {
       this.fanout.failed++;
       return `node ${n.id} (${n.url}) did not give its part of this list (${(err as Error).message}): the metrics of its shards are missing`;
