@@ -121,15 +121,21 @@ describe('a shard consumer and its deliveries', () => {
 });
 
 describe('a shard consumer applying a burst', () => {
-  /** 100 messages after 5, stored `apartMs` apart in the stream, applied 1 ms apart; caughtUp as each is applied. */
-  async function burst(apartMs: number): Promise<boolean[]> {
+  /**
+   * 100 messages after 5, stored `apartMs` apart in the stream an hour ago, applied 1 ms apart;
+   * caughtUp as each is applied. `later` more messages follow them in the stream, the last stored
+   * now (0: the 100th is the stream's last).
+   */
+  async function burst(apartMs: number, later = 0): Promise<boolean[]> {
     let stored = 5;
     const seen: boolean[] = [];
-    const msgs: FakeMsg[] = Array.from({ length: 100 }, (_, i) => ({ seq: 6 + i, data: new Uint8Array([1]), headers: undefined, info: { deliverySequence: 6 + i, pending: 99 - i, timestampNanos: (Date.now() - 3_600_000 + i * apartMs) * 1e6 }, ack: () => undefined }));
-    const info = { num_pending: 100, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 }, config: { inactive_threshold: 60_000 * 1e6 } };
+    const t0 = Date.now() - 3_600_000;
+    const msgs: FakeMsg[] = Array.from({ length: 100 }, (_, i) => ({ seq: 6 + i, data: new Uint8Array([1]), headers: undefined, info: { deliverySequence: 6 + i, pending: 99 - i + later, timestampNanos: (t0 + i * apartMs) * 1e6 }, ack: () => undefined }));
+    const info = { num_pending: 100 + later, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 }, config: { inactive_threshold: 60_000 * 1e6 } };
     const consumer = { info: async () => info, consume: async () => deadPull({ stopped: 0 }, msgs) };
     const js = { consumers: { get: async () => consumer } } as unknown as JetStreamClient;
-    const jsm = { streams: { info: async () => ({ state: { first_seq: 1 } }) }, consumers: { info: async () => info, add: async () => info, delete: async () => true } } as unknown as JetStreamManager;
+    const lastTs = new Date(later === 0 ? t0 + 99 * apartMs : Date.now()).toISOString();
+    const jsm = { streams: { info: async () => ({ state: { first_seq: 1, last_seq: 105 + later, last_ts: lastTs } }) }, consumers: { info: async () => info, add: async () => info, delete: async () => true } } as unknown as JetStreamManager;
     let c: ShardConsumer | null = null;
     const pool = {
       streamSeqs: async () => [stored],
@@ -157,6 +163,12 @@ describe('a shard consumer applying a burst', () => {
     expect(first).toBeGreaterThan(0);
     expect(first).toBeLessThanOrEqual(20);
     expect(seen.slice(first).every((x) => x)).toBe(true);
+  });
+
+  it("regression: is not ready inside an old burst of a long backlog (a joiner reading a rack's replayed spool hours before the stream's edge; before: the burst's pace made it ready)", async () => {
+    // 1,000 messages wait after the burst, at its pace 1 s of stream time: yet the stream's newest message is an hour later.
+    const seen = await burst(1, 1_000);
+    expect(seen.some((x) => x)).toBe(false);
   });
 
   it('is not ready while it applies a backlog stored over minutes until few wait (a joiner)', async () => {

@@ -23,7 +23,8 @@ export interface ConsumerOptions {
   /**
    * Or at most this far behind in time: the messages waiting were stored in the stream over at
    * most this long (their count times the stream's interval between the last two acknowledged
-   * messages, both by the NATS server's clock: this node's clock plays no part).
+   * messages, both by the NATS server's clock), and the message last applied was stored at most
+   * this long before the stream's newest (ShardConsumer.judge).
    */
   readyBehindMsMax: number;
   /** Backoff after a message could not be applied (doubles up to backoffMaxMs). */
@@ -131,7 +132,7 @@ export class ShardConsumer {
 
   /** Not known to be caught up until the next pull tells (after the log was out of reach: what waited meanwhile is not known). */
   unsure(): void {
-    this.caughtUp = false;
+    this.notCaughtUp();
   }
 
   /** Makes sure the durable consumer delivers from applied + 1 (recreating it when it would not). */
@@ -144,7 +145,7 @@ export class ShardConsumer {
     if (this.applied < 0) {
       // A copy into this shard did not complete (restoringSeq): its partial data must be copied again.
       this.state = 'behind_stream';
-      this.caughtUp = false;
+      this.notCaughtUp();
       this.lastError = 'a copy of this shard did not complete: copy it again from a live owner';
       return;
     }
@@ -175,7 +176,7 @@ export class ShardConsumer {
       // Messages this node never applied have aged out of the stream (all of them, when it is
       // empty: first_seq is then last_seq + 1): only a live owner's rows have them.
       this.state = 'behind_stream';
-      this.caughtUp = false;
+      this.notCaughtUp();
       this.lastError = `applied ${this.applied}, but the stream starts at ${si.state.first_seq}: rebuild from a live owner`;
       return;
     }
@@ -219,6 +220,7 @@ export class ShardConsumer {
     // Caught up already? (Nothing may come for a long time on an idle stream.)
     const ci = await consumer.info();
     this.lag = ci.num_pending + ci.num_ack_pending;
+    this.unsureAtTsMs = null;
     this.caughtUp = this.lag <= this.o.readyLagMax;
     const messages = await consumer.consume({ max_messages: this.o.batch, expires: consumeExpiresMs, idle_heartbeat: consumeHeartbeatMs });
     this.closeMessages = () => void messages.stop();
@@ -241,7 +243,7 @@ export class ShardConsumer {
       if (failed) return;
       failed = true;
       this.lastError = why;
-      this.caughtUp = false;
+      this.notCaughtUp();
       messages.stop();
     };
     // While nothing comes, the consumer's own count says whether the node is caught up, and
@@ -254,6 +256,7 @@ export class ShardConsumer {
         (info) => {
           if (pending > 0 || ended || failed) return;
           this.lag = info.num_pending + info.num_ack_pending;
+          this.unsureAtTsMs = null;
           this.caughtUp = this.lag <= this.o.readyLagMax;
           if ((info.delivered.stream_seq > this.applied || info.num_pending > 0) && Date.now() - lastArrival >= idleCheckMs) {
             fail(`delivered up to ${info.delivered.stream_seq}, applied ${this.applied}, ${info.num_pending} waiting, nothing arriving: reading afresh`);
@@ -308,7 +311,7 @@ export class ShardConsumer {
             // The messages waiting, at the pace the stream took them between the last two acks.
             const behindMs = prevAck !== null && m.seq > prevAck.seq ? (this.lag * Math.max(0, tsMs - prevAck.tsMs)) / (m.seq - prevAck.seq) : Number.POSITIVE_INFINITY;
             prevAck = { seq: m.seq, tsMs };
-            this.caughtUp = this.lag <= this.o.readyLagMax || behindMs <= this.o.readyBehindMsMax;
+            this.judge(tsMs, this.lag <= this.o.readyLagMax, behindMs <= this.o.readyBehindMsMax);
           }
         }).catch((err: unknown) => fail(`message ${m.seq}: ${(err as Error).message}`)); // an ack on a closed connection: read afresh
       }
@@ -319,6 +322,56 @@ export class ShardConsumer {
       await chain;
     }
     return !failed;
+  }
+
+  /** Not caught up; an answer about the stream's edge still on its way no longer decides it. */
+  private notCaughtUp(): void {
+    this.unsureAtTsMs = null;
+    this.caughtUp = false;
+  }
+
+  /** The stream's newest message time as last asked (the server's clock), and when it was asked (this node's clock). */
+  private edge: { lastTsMs: number; askedMs: number } | null = null;
+  private edgeAsking = false;
+  /** The stream time of the message last acknowledged, while only the stream's edge can say whether that is caught up. */
+  private unsureAtTsMs: number | null = null;
+
+  /**
+   * caughtUp after an acknowledged message stored at `tsMs`. Few waiting: yes. Waiting messages
+   * that span little of the stream's time at its recent pace: true at the stream's live edge, and
+   * also inside an old burst (a rack's spooled seconds replayed at once) that a joiner reads hours
+   * before the edge; the stream's newest message time tells the two apart, asked at most once a
+   * second and aged by the time since (before: a joiner counted ready inside such a burst and
+   * answered queries from a shard it had not caught up on).
+   */
+  private judge(tsMs: number, fewWaiting: boolean, paceClose: boolean): void {
+    this.unsureAtTsMs = null;
+    if (fewWaiting || !paceClose) {
+      this.caughtUp = fewWaiting;
+      return;
+    }
+    this.unsureAtTsMs = tsMs;
+    const e = this.edge;
+    if (e !== null) this.caughtUp = this.nearEdge(e, tsMs);
+    if ((e !== null && Date.now() - e.askedMs < edgeAskMs) || this.edgeAsking) return;
+    this.edgeAsking = true;
+    const askedMs = Date.now();
+    this.jsm.streams
+      .info(streamOf(this.o.shard))
+      .then((si) => {
+        const last = Date.parse(si.state.last_ts);
+        if (!Number.isFinite(last)) return;
+        this.edge = { lastTsMs: last, askedMs };
+        if (this.unsureAtTsMs !== null) this.caughtUp = this.nearEdge(this.edge, this.unsureAtTsMs);
+      })
+      // The log unreachable: caughtUp stays as it was (what this node holds is still the newest).
+      .catch(() => undefined)
+      .finally(() => (this.edgeAsking = false));
+  }
+
+  /** Whether a message stored at `tsMs` is within readyBehindMsMax of the stream's edge (assumed to have moved on since it was asked). */
+  private nearEdge(e: { lastTsMs: number; askedMs: number }, tsMs: number): boolean {
+    return e.lastTsMs + (Date.now() - e.askedMs) - tsMs <= this.o.readyBehindMsMax;
   }
 
   /** One message to its worker: applied (its points), redelivered, refused for good, or why not now. */
@@ -413,6 +466,8 @@ const consumeHeartbeatMs = 5_000;
  * CPU a second for 16 shards, measured alone on this box).
  */
 const idleCheckMs = 3_000;
+/** How often an unsure consumer asks for its stream's newest message time (ShardConsumer.judge). */
+const edgeAskMs = 1_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
