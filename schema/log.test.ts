@@ -28,6 +28,16 @@ describe('retryJetStream', () => {
     expect(r.calls()).toBe(overlapRetries + 1);
   });
 
+  it('regression: asks again when the client wraps "no responders" as "jetstream is not enabled" (a KV put before its stream had a leader: a node exited at start)', async () => {
+    let n = 0;
+    const f = async () => {
+      if (n++ === 0) throw new Error('jetstream is not enabled', { cause: new Error("no responders: '$KV.apm-nodes.c1'") });
+      return 'ok';
+    };
+    expect(await retryJetStream('the first heartbeat', f, 10_000)).toBe('ok');
+    expect(n).toBe(2);
+  });
+
   it('throws any other error at once, named', async () => {
     const r = failing(['stream name already in use with a different configuration']);
     await expect(retryJetStream('KV apm-placement', r.f, 10_000)).rejects.toThrow(/^KV apm-placement: stream name already in use/);

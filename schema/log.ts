@@ -248,10 +248,14 @@ export async function retryJetStream<T>(what: string, f: () => Promise<T>, forMs
       return await f();
     } catch (err) {
       const m = (err as Error).message;
+      // The client wraps some answers: a KV put that found no stream leader yet ("no responders")
+      // is thrown as "jetstream is not enabled" (a node exited at start with it in the full suite).
+      const causes: string[] = [];
+      for (let e: unknown = (err as Error).cause, depth = 0; depth < 4 && e instanceof Error; depth++, e = e.cause) causes.push(e.message);
       if (/subjects overlap with an existing stream/i.test(m) && ++overlaps > overlapRetries) {
         throw new Error(`${what}: ${m} (still after ${overlapRetries} retries: another stream of this NATS account captures these subjects; remove it, or give apm an account of its own)`, { cause: err });
       }
-      const transient = /timeout|no responders|leader|temporarily unavailable|insufficient resources|503|subjects overlap with an existing stream/i.test(m) || (err as Error).name === 'TimeoutError';
+      const transient = [m, ...causes].some((x) => /timeout|no responders|leader|temporarily unavailable|insufficient resources|503|subjects overlap with an existing stream/i.test(x)) || (err as Error).name === 'TimeoutError';
       if (!transient || Date.now() + waitMs > until) throw new Error(`${what}: ${m}`, { cause: err });
       await new Promise((r) => setTimeout(r, waitMs));
       waitMs = Math.min(2000, waitMs * 2);
