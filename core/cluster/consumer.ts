@@ -342,7 +342,8 @@ export class ShardConsumer {
    * also inside an old burst (a rack's spooled seconds replayed at once) that a joiner reads hours
    * before the edge; the stream's newest message time tells the two apart, asked at most once a
    * second and aged by the time since (before: a joiner counted ready inside such a burst and
-   * answered queries from a shard it had not caught up on).
+   * answered queries from a shard it had not caught up on). Only a consumer not yet caught up asks:
+   * one that was stays so by the pace (it falls behind only by a failed pull or apply, which say so).
    */
   private judge(tsMs: number, fewWaiting: boolean, paceClose: boolean): void {
     this.unsureAtTsMs = null;
@@ -350,6 +351,8 @@ export class ShardConsumer {
       this.caughtUp = fewWaiting;
       return;
     }
+    // Caught up already: a burst at the edge (what an owner that was caught up meets) is told by the pace alone; no call per second per shard in steady state.
+    if (this.caughtUp) return;
     this.unsureAtTsMs = tsMs;
     const e = this.edge;
     if (e !== null) this.caughtUp = this.nearEdge(e, tsMs);
