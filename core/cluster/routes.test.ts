@@ -315,6 +315,7 @@ describe('core cluster: query routing and stored queries', () => {
     cluster.ready.add('H');
     cluster.owners[shardOfMetric(mA, S)] = ['H', 'A'];
     const hedged = await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"');
+    const rerouted = await metric('B', 'apm_core_cluster_proxied_total', 'result="rerouted"');
     try {
       const started = Date.now();
       const r = await get('B', `/api/v1/query?q=${q}${range}`, tokens.read, {}, AbortSignal.timeout(8_000));
@@ -323,6 +324,8 @@ describe('core cluster: query routing and stored queries', () => {
       expect(Date.now() - started).toBeLessThan(8_000);
       expect(held.length).toBe(1);
       expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"')).toBe(hedged + 1);
+      // A hedge is not a reroute (no owner failed or refused).
+      expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="rerouted"')).toBe(rerouted);
       // H is now asked last: the next request goes to A at once, and H sees no new connection.
       const again = await get('B', `/api/v1/query?q=${q}${range}`, tokens.read, {}, AbortSignal.timeout(8_000));
       expect(await again.json()).toEqual(want);
@@ -336,6 +339,41 @@ describe('core cluster: query routing and stored queries', () => {
       cluster.states.delete('H');
       cluster.owners[shardOfMetric(mA, S)] = ['A'];
     }
+  });
+
+  it('regression: an owner whose URL cannot be parsed is a failure like any other (before: an exception past the proxy, its slot never given back), and a refusal passed on keeps its body', async () => {
+    const q = encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE max`);
+    const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
+    const want = await (await get('A', `/api/v1/query?q=${q}${range}`)).json();
+    cluster.states.set('X', { ...cluster.states.get('A')!, id: 'X', url: 'http://10.0.0.5:99999' });
+    cluster.ready.add('X');
+    cluster.owners[shardOfMetric(mA, S)] = ['X', 'A'];
+    try {
+      const r = await get('B', `/api/v1/query?q=${q}${range}`);
+      expect(r.status).toBe(200);
+      expect(await r.json()).toEqual(want);
+    } finally {
+      cluster.ready.delete('X');
+      cluster.states.delete('X');
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+    }
+    // A, mA's only owner, behind on it while its record says ready: it refuses B's proxied request (503, shard unavailable), and B passes that on whole.
+    cluster.behind.add('A');
+    try {
+      const r = await get('B', `/api/v1/query?q=${q}${range}`);
+      expect(r.status).toBe(503);
+      expect(await r.json()).toMatchObject({ reason: 'shard_unavailable' });
+    } finally {
+      cluster.behind.delete('A');
+    }
+  });
+
+  it('regression: a proxied export naming metrics of shards no node serves together is refused 503 (retryable), not 400 spans_nodes', async () => {
+    const r = await get('B', `/api/v1/export?metric=${mA}&metric=${mB}`, tokens.read, { [forwardedHeader]: 'A' });
+    expect(r.status).toBe(503);
+    expect(await r.json()).toMatchObject({ reason: 'shard_unavailable' });
+    // Asked directly, the same export is the client's to split.
+    expect((await get('B', `/api/v1/export?metric=${mA}&metric=${mB}`)).status).toBe(400);
   });
 
   it("an export naming metrics of two shards goes to a node that serves both (before: 400 spans_nodes from a node serving one of them, or a fail-over by the last metric's owners only)", async () => {

@@ -158,24 +158,26 @@ export class ClusterRouting {
     for (const metric of t.metrics) {
       const shard = shardOfMetric(metric, S);
       const owners = this.view.readyOwners(shard);
-      if (!(t.evaluator ? owners[0]?.id === this.view.nodeId : this.view.servesLocally(shard))) local = false;
+      const here = t.evaluator ? owners[0]?.id === this.view.nodeId : this.view.servesLocally(shard);
+      if (!here) local = false;
       // The evaluator of a stored query's results is the first ready owner only; data has every
       // ready owner but this node: the nodes' records say ready for a moment after this node's
       // consumer fell behind, and a request proxied to itself would only be refused as a loop.
       const mine = t.evaluator ? owners.slice(0, 1) : owners.filter((n) => n.id !== this.view.nodeId);
       common = common === null ? mine : common.filter((n) => mine.some((m) => m.id === n.id));
       if (mine[0] !== undefined) firsts.add(mine[0].id);
-      else if (!local) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
+      else if (!here) return this.refuse(c, 'unavailable', `shard ${shard} (metric ${metric}) has no ready owner: its owners are down or still catching up; retry shortly`);
     }
     const candidates = common ?? [];
     if (local) return this.local(c, next, candidates.filter((n) => n.id !== this.view.nodeId));
+    // A proxied request is never proxied again, nor refused for good: the proxying node's view differed from this one's.
+    if (c.req.header(forwardedHeader) !== undefined) {
+      return this.refuse(c, 'loop', `this node (${this.view.nodeId}) does not ${t.evaluator ? 'evaluate the stored queries of' : 'serve'} every shard this request reads (${t.metrics.join(', ')}), and the request was already proxied (by ${c.req.header(forwardedHeader)}): the nodes' views of the placement differ for a moment; retry shortly`);
+    }
     if (candidates.length === 0) {
       this.proxied.spans_nodes++;
       c.set('apmRefusal', 'spans_nodes');
       return c.json({ error: `the metrics of this request live on different nodes (first ready owners ${[...firsts].join(', ')}) and no node serves them all; ask for them one request each`, reason: 'spans_nodes' }, 400);
-    }
-    if (c.req.header(forwardedHeader) !== undefined) {
-      return this.refuse(c, 'loop', `this node (${this.view.nodeId}) does not ${t.evaluator ? 'evaluate the stored queries of' : 'serve'} every shard this request reads (${t.metrics.join(', ')}), and the request was already proxied (by ${c.req.header(forwardedHeader)}): the nodes' views of the placement differ for a moment; retry shortly`);
     }
     return (await this.proxy(c, this.ordered(candidates), { orNull: false }))!;
   }
@@ -342,7 +344,6 @@ export class ClusterRouting {
         const ac = new AbortController();
         aborts.push(ac);
         pending++;
-        if (i > 0) this.proxied.rerouted++;
         if (hedge !== null) clearTimeout(hedge);
         hedge = null;
         if (next < owners.length) {
@@ -353,7 +354,14 @@ export class ClusterRouting {
             start();
           }, clusterRouteLimits.proxyHedgeAfterMs);
         }
-        ask(node, ac.signal).then(
+        // A target undici cannot even parse (a node's --url) throws at once: a failure of that owner like any other.
+        let asked: Promise<Dispatcher.ResponseData>;
+        try {
+          asked = ask(node, ac.signal);
+        } catch (err) {
+          asked = Promise.reject(err);
+        }
+        asked.then(
           (r) => {
             pending--;
             if (done) return void r.body.destroy();
@@ -363,17 +371,22 @@ export class ClusterRouting {
               aborts.splice(aborts.indexOf(ac), 1);
               return finish({ kind: 'answer', r });
             }
-            // The last owner's refusal is passed on as it is (without orNull).
-            if (o.orNull || next < owners.length || pending > 0) void r.body.dump().catch(() => {});
-            else return finish({ kind: 'answer', r });
-            if (!start() && pending === 0) finish(last);
+            // The last owner's refusal is passed on as it is (without orNull), its body kept whole.
+            if (!o.orNull && next >= owners.length && pending === 0) {
+              aborts.splice(aborts.indexOf(ac), 1);
+              return finish({ kind: 'answer', r });
+            }
+            void r.body.dump().catch(() => {});
+            if (start()) this.proxied.rerouted++;
+            else if (pending === 0) finish(last);
           },
           (err: unknown) => {
             pending--;
             if (done) return;
             askedLast(node);
             last = { kind: 'failed', node, err };
-            if (!start() && pending === 0) finish(last);
+            if (start()) this.proxied.rerouted++;
+            else if (pending === 0) finish(last);
           },
         );
         return true;
