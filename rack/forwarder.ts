@@ -26,8 +26,11 @@ export interface ForwarderOptions {
   requestTimeoutMs: number;
   backoffMinMs: number;
   backoffMaxMs: number;
-  /** The same body cut for another shard count (rack/recut.ts); throws on a body it cannot read. */
-  recut: (body: Uint8Array, shards: number) => Uint8Array;
+  /**
+   * Spooled batch `seq` cut for another shard count (rack/recut.ts) and replaced in the spool;
+   * null when the spool cannot take it now (tried again later); throws on a body it cannot read.
+   */
+  recut: (seq: number, body: Uint8Array, shards: number) => Promise<Uint8Array | null>;
 }
 
 /** The body's content type (issue 12): a RackSecond frame. */
@@ -164,6 +167,12 @@ export class Forwarder {
       this.inFlight.delete(seq);
       return this.pump();
     }
+    if (cut === 'later') {
+      // The spool refused the re-cut's write (its disk is full): this batch waits, with backoff.
+      this.inFlight.delete(seq);
+      this.counters.batches_failed++;
+      return this.retryLater();
+    }
     const bytes = cut.bytes;
     let status = 0;
     let detail = '';
@@ -207,7 +216,7 @@ export class Forwarder {
    * The spooled body cut for the shard count in use: re-cut (and replaced in the spool) when it
    * was cut for another; null for a body this build cannot read (counted, logged, removed).
    */
-  private async forShards(seq: number, bytes: Uint8Array): Promise<{ bytes: Uint8Array; shards: number } | null> {
+  private async forShards(seq: number, bytes: Uint8Array): Promise<{ bytes: Uint8Array; shards: number } | null | 'later'> {
     const shards = this.spool.shards;
     const note = this.notes.get(seq);
     if (note?.shards === shards) return { bytes, shards };
@@ -215,10 +224,10 @@ export class Forwarder {
     if (r.ok && r.msg.type === 'rackSecond' && r.msg.shards === shards) return { bytes, shards };
     try {
       if (!r.ok || r.msg.type !== 'rackSecond') throw new Error(r.ok ? `a ${r.msg.type}, not a RackSecond` : `${r.reason}: ${r.detail}`);
-      const recut = this.opts.recut(bytes, shards);
+      const recut = await this.opts.recut(seq, bytes, shards);
+      if (recut === null) return 'later';
       this.counters.batches_recut++;
       if (note !== undefined) note.shards = shards;
-      await this.spool.replace(seq, recut);
       return { bytes: recut, shards };
     } catch (err) {
       if (this.counters.batches_unreadable++ === 0) {

@@ -118,7 +118,11 @@ async function setup(opts: Partial<PublisherOptions> = {}): Promise<Setup> {
     backoffMaxMs: 10,
     keepAckedMs: 30_000,
     keepAckedBytesMax: 1 << 20,
-    recut: (b, shards) => recut(cutter, b, shards, { sectionBytesMax: 1 << 30, bodyBytesMax: 1 << 30, metricBytesMax: 1 << 30 }, () => ({ session: 1, seq: 1e6 }))[0]!.bytes,
+    recut: async (seq, b, shards) => {
+      const bytes = recut(cutter, b, shards, { sectionBytesMax: 1 << 30, bodyBytesMax: 1 << 30, metricBytesMax: 1 << 30 }, () => ({ session: 1, seq: 1e6 }))[0]!.bytes;
+      await spool.replace(seq, bytes);
+      return bytes;
+    },
     log: (line) => logs.push(line),
     nowMs: () => Date.now() + clock.ms,
     ...opts,

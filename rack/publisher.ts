@@ -64,8 +64,11 @@ export interface PublisherOptions {
   keepAckedMs: number;
   /** Bound on the compressed bytes kept; the oldest kept body is forgotten beyond it (counted). */
   keepAckedBytesMax: number;
-  /** The same body cut for another shard count (rack/recut.ts); throws on a body it cannot read. */
-  recut: (body: Uint8Array, shards: number) => Uint8Array;
+  /**
+   * Spooled batch `seq` cut for another shard count (rack/recut.ts) and replaced in the spool;
+   * null when the spool cannot take it now (tried again later); throws on a body it cannot read.
+   */
+  recut: (seq: number, body: Uint8Array, shards: number) => Promise<Uint8Array | null>;
   log: (line: string) => void;
   /** The clock (tests pass their own). */
   nowMs?: () => number;
@@ -438,12 +441,18 @@ export class Publisher {
   private async fill(): Promise<void> {
     this.opening = true;
     let taken = 0;
+    let later = false;
     try {
       const exclude = new Set<number>();
       for (const b of this.open) if (b.spooled) exclude.add(b.seq);
       for (const entry of this.spool.oldest(this.opts.bodiesOpenMax - this.openSpooled, exclude)) {
         taken++;
         const b = await this.openBody(entry.seq, entry.bytes);
+        if (b === 'later') {
+          // The spool refused the re-cut's write (its disk is full): opened again after a while, not at once.
+          later = true;
+          break;
+        }
         if (b === null || this.stopped) continue;
         this.open.push(b);
         this.openSpooled++;
@@ -454,12 +463,16 @@ export class Publisher {
     } finally {
       this.opening = false;
     }
+    if (later) {
+      setTimeout(() => this.pump(), this.opts.backoffMaxMs).unref();
+      return;
+    }
     // Nothing taken: nothing new to publish (pumping again would spin); enqueued() pumps for the next.
     if (taken > 0) this.pumpSoon();
   }
 
   /** A spooled body as messages for the cluster's S; null for one this build cannot read (counted, logged, removed). */
-  private async openBody(seq: number, spooled: Uint8Array): Promise<OpenBody | null> {
+  private async openBody(seq: number, spooled: Uint8Array): Promise<OpenBody | null | 'later'> {
     let body = spooled;
     try {
       const note = this.notes.get(seq);
@@ -467,9 +480,10 @@ export class Publisher {
         const r = decodeFrame(spooled, batchBytesMax);
         if (!r.ok || r.msg.type !== 'rackSecond') throw new Error(r.ok ? `a ${r.msg.type}, not a RackSecond` : `${r.reason}: ${r.detail}`);
         if (r.msg.shards !== this.shards) {
-          body = this.opts.recut(spooled, this.shards);
+          const cut = await this.opts.recut(seq, spooled, this.shards);
+          if (cut === null) return 'later';
+          body = cut;
           this.counters.batches_recut++;
-          await this.spool.replace(seq, body);
         }
         if (note !== undefined) note.shards = this.shards;
       }

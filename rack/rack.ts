@@ -121,7 +121,7 @@ export class Rack {
             requestTimeoutMs: l.forwardTimeoutMs,
             backoffMinMs: l.backoffMinMs,
             backoffMaxMs: l.backoffMaxMs,
-            recut: (body, shards) => this.recutSpooled(body, shards),
+            recut: (seq, body, shards) => this.recutSpooled(seq, body, shards),
           });
     this.publisher =
       nats === null
@@ -134,7 +134,7 @@ export class Rack {
             backoffMaxMs: l.natsBackoffMaxMs,
             keepAckedMs: l.natsKeepAckedMs,
             keepAckedBytesMax: l.natsKeepAckedBytesMax,
-            recut: (body, shards) => this.recutSpooled(body, shards),
+            recut: (seq, body, shards) => this.recutSpooled(seq, body, shards),
             log: (line) => console.error(line),
           });
     this.natsLink =
@@ -315,13 +315,25 @@ export class Rack {
   }
 
   /**
-   * A spooled body cut for the S in use (the forwarder or publisher replaces the spooled bytes
-   * with the first body returned); when the second now needs more bodies, the others are
-   * spooled and sent as new ones.
+   * Spooled batch `seq` cut for the S in use, and replaced in the spool by it. When the second now
+   * needs more bodies, the others are written with the replacement in one transaction and then
+   * sent as new batches; null when the spool refuses that write (the caller tries again later).
    */
-  private recutSpooled(body: Uint8Array, shards: number): Uint8Array {
+  private async recutSpooled(seq: number, body: Uint8Array, shards: number): Promise<Uint8Array | null> {
     const [first, ...more] = recut(this.cutter, body, shards, this.cutBounds(), this.takeSeq);
-    for (const b of more) this.keep(b.seq, b.second, shards, b.bytes);
+    if (more.length === 0) {
+      await this.spool.replace(seq, first!.bytes);
+      return first!.bytes;
+    }
+    const r = await this.spool.replaceSplit(seq, first!.bytes, more);
+    if (r === 'refused') return null;
+    if (r === 'written') {
+      for (const b of more) {
+        this.counters.batches_spooled++;
+        if (this.publisher !== null) this.publisher.enqueued(b.seq, b.second, shards);
+        else this.forwarder?.enqueued(b.seq, b.second, shards);
+      }
+    }
     return first!.bytes;
   }
 

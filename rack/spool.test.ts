@@ -81,6 +81,30 @@ describe('Spool (real LMDB files)', () => {
     await again.close();
   });
 
+  it('replaces a batch by the first of its re-cut bodies and adds the others in one transaction, or writes none of them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-split-'));
+    const opts = { bytesMax: 1 << 20, reserveBytes: 0, memoryBytesMax: 1 << 20 };
+    const s = new Spool(dir, opts);
+    for (let i = 0; i < 2; i++) await s.put(s.takeSeq(), new Uint8Array(100).fill(i));
+    await s.close();
+    // The disk below its reserve: nothing is written, the old batch stays whole (re-cut again later: nothing of this cut was written or sent).
+    const low = new Spool(dir, { ...opts, reserveBytes: Number.MAX_SAFE_INTEGER });
+    const extra = low.takeSeq();
+    expect(await low.replaceSplit(1, new Uint8Array(60).fill(7), [{ seq: extra, bytes: new Uint8Array(70).fill(8) }])).toBe('refused');
+    expect(low.oldest(10).map((e) => [e.seq, e.bytes.length, e.bytes[0]])).toEqual([[1, 100, 0], [2, 100, 1]]);
+    await low.close();
+    const s2 = new Spool(dir, opts);
+    const e2 = s2.takeSeq();
+    expect(await s2.replaceSplit(1, new Uint8Array(60).fill(7), [{ seq: e2, bytes: new Uint8Array(70).fill(8) }])).toBe('written');
+    expect(await s2.replaceSplit(9, new Uint8Array(1), [])).toBe('gone');
+    expect(s2.heldBytes).toBe(230);
+    await s2.close();
+    const again = new Spool(dir, opts);
+    expect(again.oldest(10).map((e) => [e.seq, e.bytes.length, e.bytes[0]])).toEqual([[1, 60, 7], [2, 100, 1], [e2, 70, 8]]);
+    expect([again.heldBatches, again.heldBytes]).toEqual([3, 230]);
+    await again.close();
+  });
+
   it('holds batches in memory while the disk is full (a real tmpfs), forwards them in order, and moves them to disk once there is room', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-spool-full-'));
     // A file system that really fills up (root, as in CI). No reserve here, so LMDB's own

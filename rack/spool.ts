@@ -381,6 +381,53 @@ export class Spool {
     }
   }
 
+  /**
+   * Replaces a held batch by the first of its re-cut bodies and adds the others under their own
+   * numbers, all in one transaction: a crash or a refused write leaves the old batch alone, never
+   * the old batch beside some of the new ones (re-cut again, those would be sent twice, under new
+   * numbers the core cannot see as copies). 'refused': nothing written (the disk refuses; try
+   * again later); 'gone': the batch was removed meanwhile. A batch held in memory only is
+   * replaced there, its new bodies beside it (lost with the process either way).
+   */
+  async replaceSplit(seq: number, first: Uint8Array, more: readonly { seq: number; bytes: Uint8Array }[]): Promise<'written' | 'refused' | 'gone'> {
+    const held = this.unwritten.get(seq);
+    if (held !== undefined) {
+      this.unwritten.set(seq, first);
+      this.unwrittenBytes += first.length - held.length;
+      for (const m of more) {
+        this.unwritten.set(m.seq, m.bytes);
+        this.unwrittenBytes += m.bytes.length;
+      }
+      return 'written';
+    }
+    if (this.removing.has(seq) || this.removeFailed.has(seq)) return 'gone';
+    const old = this.recent.get(seq) ?? this.batches.get(seq);
+    if (old === undefined) return 'gone';
+    let bytes = first.length;
+    for (const m of more) bytes += m.bytes.length;
+    if (this.diskLow() || !this.roomFor(bytes)) return 'refused';
+    // Accounting first, as replace() does: a removal racing the write subtracts the new size.
+    this.bytesHeld += first.length - old.length;
+    this.remember(seq, first);
+    try {
+      await this.root.transaction(() => {
+        this.batches.put(seq, first);
+        for (const m of more) this.batches.put(m.seq, m.bytes);
+        this.meta.put('nextSeq', this.nextSeq);
+        this.meta.put('seqReserved', this.seqReserved);
+      });
+    } catch (err) {
+      this.writeErrors++;
+      writeFailure(err);
+      this.refusing = true;
+      this.bytesHeld -= first.length - old.length;
+      if (this.recent.get(seq) === first) this.remember(seq, old);
+      return 'refused';
+    }
+    for (const m of more) this.noteWritten(m.seq, m.bytes);
+    return 'written';
+  }
+
   /** Removes an acknowledged (or dropped) batch; a second call for the same number does nothing. */
   async remove(seq: number): Promise<void> {
     const held = this.unwritten.get(seq);
