@@ -42,7 +42,12 @@ const state = {
   /** Answers of GET /api/v1/cluster still wanted: a newer request makes an older one's answer stale. */
   clusterSeq: 0,
   editing: null,
+  /** When an answer last said it came from a node cut off from the cluster's log (0: never). */
+  staleAtMs: 0,
 };
+
+/** An unmarked answer hides the stale mark only this long after the last marked one: panels' metrics live on different nodes. */
+const staleHoldMs = 30_000;
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -640,11 +645,21 @@ async function refreshQueries() {
   return true;
 }
 
-/** Shows (or hides, with null) that data answers come from a node cut off from the cluster's log since `iso`. */
+/**
+ * Shows that data answers come from a node cut off from the cluster's log since `iso`; null (an
+ * unmarked answer) hides it once no marked answer came for staleHoldMs. In a cluster each panel's
+ * metric lives on its own shard's nodes: one panel's unmarked answer hid another's mark, and the
+ * header said the page was current while a panel showed data from a cut-off node.
+ */
 function showStale(iso) {
   const el = $('stale');
-  el.hidden = iso === null;
-  if (iso !== null) el.textContent = `data as of ${new Date(iso).toLocaleString()}: this core lost the cluster's log then, newer points may be missing`;
+  if (iso === null) {
+    if (Date.now() - state.staleAtMs >= staleHoldMs) el.hidden = true;
+    return;
+  }
+  state.staleAtMs = Date.now();
+  el.hidden = false;
+  el.textContent = `data as of ${new Date(iso).toLocaleString()}: this core lost the cluster's log then, newer points may be missing`;
 }
 
 function setConn(text, bad) {
