@@ -136,6 +136,9 @@ export class Forwarder {
     return this.inFlight.size;
   }
 
+  /** Batches whose re-cut the spool could not write, and until when they wait (bounded by deferredMax). */
+  private readonly deferred = new Map<number, number>();
+
   pump(): void {
     if (this.stopped) return;
     const now = Date.now();
@@ -146,7 +149,16 @@ export class Forwarder {
     // While the core is down, probe with one batch at a time, oldest first.
     const room = (this.coreDown ? 1 : this.opts.concurrency) - this.inFlight.size;
     if (room <= 0) return;
-    for (const entry of this.spool.oldest(room, this.inFlight)) {
+    let exclude: ReadonlySet<number> = this.inFlight;
+    if (this.deferred.size > 0) {
+      const skip = new Set(this.inFlight);
+      for (const [seq, until] of this.deferred) {
+        if (until > now) skip.add(seq);
+        else this.deferred.delete(seq);
+      }
+      exclude = skip;
+    }
+    for (const entry of this.spool.oldest(room, exclude)) {
       this.inFlight.add(entry.seq);
       void this.send(entry.seq, entry.bytes);
     }
@@ -168,10 +180,13 @@ export class Forwarder {
       return this.pump();
     }
     if (cut === 'later') {
-      // The spool refused the re-cut's write (its disk is full): this batch waits, with backoff.
+      // The spool cannot write the re-cut now (its disk is full): this batch waits while newer
+      // ones go on (a core-down backoff would have stopped them all behind it).
       this.inFlight.delete(seq);
-      this.counters.batches_failed++;
-      return this.retryLater();
+      if (this.deferred.size >= deferredMax) this.deferred.delete(this.deferred.keys().next().value!);
+      this.deferred.set(seq, Date.now() + this.opts.backoffMaxMs);
+      this.schedule(this.opts.backoffMaxMs);
+      return this.pump();
     }
     const bytes = cut.bytes;
     let status = 0;
@@ -333,3 +348,6 @@ async function boundedText(body: AsyncIterable<Buffer> & { destroy(): unknown },
   }
   return text;
 }
+
+/** Batches waiting for their re-cut to be writable, at most (the oldest forgotten beyond: it is then simply tried again). */
+const deferredMax = 4096;

@@ -437,6 +437,10 @@ export class Publisher {
     }
   }
 
+  /** Bodies whose re-cut the spool could not write, and until when they wait (bounded by deferredMax); one timer to look again. */
+  private readonly deferred = new Map<number, number>();
+  private deferTimer: NodeJS.Timeout | null = null;
+
   /** Opens the oldest spooled bodies not yet open (re-cut when needed), up to bodiesOpenMax. */
   private async fill(): Promise<void> {
     this.opening = true;
@@ -445,13 +449,20 @@ export class Publisher {
     try {
       const exclude = new Set<number>();
       for (const b of this.open) if (b.spooled) exclude.add(b.seq);
+      const nowMs = Date.now();
+      for (const [seq, until] of this.deferred) {
+        if (until > nowMs) exclude.add(seq);
+        else this.deferred.delete(seq);
+      }
       for (const entry of this.spool.oldest(this.opts.bodiesOpenMax - this.openSpooled, exclude)) {
         taken++;
         const b = await this.openBody(entry.seq, entry.bytes);
         if (b === 'later') {
-          // The spool refused the re-cut's write (its disk is full): opened again after a while, not at once.
+          // The spool cannot write the re-cut now (its disk is full): this body waits while newer ones are opened.
+          if (this.deferred.size >= deferredMax) this.deferred.delete(this.deferred.keys().next().value!);
+          this.deferred.set(entry.seq, Date.now() + this.opts.backoffMaxMs);
           later = true;
-          break;
+          continue;
         }
         if (b === null || this.stopped) continue;
         this.open.push(b);
@@ -463,9 +474,12 @@ export class Publisher {
     } finally {
       this.opening = false;
     }
-    if (later) {
-      setTimeout(() => this.pump(), this.opts.backoffMaxMs).unref();
-      return;
+    if (later && this.deferTimer === null) {
+      this.deferTimer = setTimeout(() => {
+        this.deferTimer = null;
+        this.pump();
+      }, this.opts.backoffMaxMs);
+      this.deferTimer.unref();
     }
     // Nothing taken: nothing new to publish (pumping again would spin); enqueued() pumps for the next.
     if (taken > 0) this.pumpSoon();
@@ -686,3 +700,6 @@ export class NatsLink {
     await this.nc?.close().catch(() => undefined);
   }
 }
+
+/** Bodies waiting for their re-cut to be writable, at most (the oldest forgotten beyond: it is then simply tried again). */
+const deferredMax = 4096;

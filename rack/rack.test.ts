@@ -191,6 +191,34 @@ describe('Rack → core (RackSecond bodies)', () => {
     expect(m.get('apm_rack_seconds_split_total')).toBeGreaterThanOrEqual(1);
   });
 
+  it('regression: a re-cut that needs more bodies while the disk is below its reserve waits, and newer batches go on (before: all sending stopped behind it)', async () => {
+    const core = await startCore();
+    core.shards = 1;
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rack-recut-low-'));
+    const sock = dgram.createSocket('udp4');
+    cleanup.push(() => void sock.close());
+    const send = (port: number, second: number, seq: number) => {
+      const series = buildColumns(Array.from({ length: 200 }, (_, i) => ({ name: `g.${i}`, kind: KindCode.Gauge, value: i })), []);
+      sock.send(new Encoder().edgeSecond({ server: 'web-1', session: 9, seq, second, part: 0, parts: 1, sentMs: Date.now(), series }), port, '127.0.0.1');
+    };
+    // A batch cut for 1 shard stays on disk: the core is away.
+    const first = await startRackWith(core.port, dir, { bodyBytesMax: 8 * 1024 });
+    await until(() => (first.rack.spool.shards === 1 ? true : undefined), 5000, 'the core’s 1 shard learned');
+    core.status = 503;
+    const s1 = nowSecond();
+    send(first.udpPort, s1, 1);
+    await until(() => (first.rack.spool.heldBatches === 1 ? true : undefined), 5000, 'the batch spooled');
+    await first.stop();
+    // Back with 64 shards; the disk now below the rack's reserve: the old batch's split cannot be written.
+    core.status = 204;
+    core.shards = 64;
+    const again = await startRackWith(core.port, dir, { bodyBytesMax: 8 * 1024, spoolReserveBytes: Number.MAX_SAFE_INTEGER });
+    await until(() => (again.rack.spool.shards === 64 ? true : undefined), 5000, 'the core’s 64 shards learned');
+    send(again.udpPort, nowSecond() + 1, 2);
+    await until(() => (core.batches.some((b) => b.second !== s1) ? true : undefined), 8000, 'a newer batch past the waiting one');
+    expect(core.batches.some((b) => b.second === s1)).toBe(false);
+  });
+
   it('a rack restarted while the core is down cuts with the shard count it learned before', async () => {
     const core = await startCore();
     core.shards = 4;

@@ -320,7 +320,24 @@ export class Rack {
    * sent as new batches; null when the spool refuses that write (the caller tries again later).
    */
   private async recutSpooled(seq: number, body: Uint8Array, shards: number): Promise<Uint8Array | null> {
-    const [first, ...more] = recut(this.cutter, body, shards, this.cutBounds(), this.takeSeq);
+    // A re-cut that needs more bodies while the spool cannot write them is given up before any
+    // seq is taken (each attempt took seqs; with the disk low that rotated the session).
+    let refused = false;
+    const take = () => {
+      if (!this.spool.writable()) {
+        refused = true;
+        throw new SpoolRefuses();
+      }
+      return this.takeSeq();
+    };
+    let bodies: ReturnType<typeof recut>;
+    try {
+      bodies = recut(this.cutter, body, shards, this.cutBounds(), take);
+    } catch (err) {
+      if (refused) return null;
+      throw err;
+    }
+    const [first, ...more] = bodies;
     if (more.length === 0) {
       await this.spool.replace(seq, first!.bytes);
       return first!.bytes;
@@ -569,3 +586,6 @@ function checkRack(keys: KeySet | null, rack: string): KeySet | null {
   if (keys !== null && keys.rack !== null && keys.rack !== rack) throw new Error(`the key file names rack ${keys.rack} (rack=${keys.rack}) but this rack is ${rack} (--rack): every MAC covers the rack id, so its edges' datagrams would all be refused; give this rack its own key file with rack=${rack}`);
   return keys;
 }
+
+/** Thrown out of a re-cut when the spool cannot write its extra bodies now. */
+class SpoolRefuses extends Error {}

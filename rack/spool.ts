@@ -392,6 +392,8 @@ export class Spool {
   async replaceSplit(seq: number, first: Uint8Array, more: readonly { seq: number; bytes: Uint8Array }[]): Promise<'written' | 'refused' | 'gone'> {
     const held = this.unwritten.get(seq);
     if (held !== undefined) {
+      // Being moved to disk right now (the old bytes): replaced after, not under, that write.
+      if (this.movingToDisk) return 'refused';
       this.unwritten.set(seq, first);
       this.unwrittenBytes += first.length - held.length;
       for (const m of more) {
@@ -420,12 +422,20 @@ export class Spool {
       this.writeErrors++;
       writeFailure(err);
       this.refusing = true;
-      this.bytesHeld -= first.length - old.length;
-      if (this.recent.get(seq) === first) this.remember(seq, old);
+      // Undone only while the batch is still held: a removal racing the write subtracted the new size already.
+      if (!this.removing.has(seq) && !this.removeFailed.has(seq) && this.recent.get(seq) === first) {
+        this.bytesHeld -= first.length - old.length;
+        this.remember(seq, old);
+      }
       return 'refused';
     }
     for (const m of more) this.noteWritten(m.seq, m.bytes);
     return 'written';
+  }
+
+  /** Whether a write to disk would be tried now (not below the reserve, not refusing for lack of room). */
+  writable(): boolean {
+    return !this.diskLow() && this.roomFor(0);
   }
 
   /** Removes an acknowledged (or dropped) batch; a second call for the same number does nothing. */
