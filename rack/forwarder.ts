@@ -14,6 +14,7 @@ import { batchBytesMax } from '../schema/limits.js';
 import { Histogram } from '../schema/prom.js';
 import { PlacementFetch, parseShardsMismatch } from './placement.js';
 import type { Spool } from './spool.js';
+import { Deferrals } from './deferrals.js';
 
 /** Notes on batches this process cut (their second for the latency histogram, the S they were
  *  cut for: such a body is sent without decoding it first); a day of one batch per second. */
@@ -58,6 +59,7 @@ export class Forwarder {
     shards_mismatch: 0,
     /** Spooled bodies re-cut for the core's shard count. */
     batches_recut: 0,
+    batches_recut_deferred: 0,
     /** Spooled bodies this build cannot read (e.g. written by an older version): dropped. */
     batches_unreadable: 0,
   };
@@ -136,8 +138,8 @@ export class Forwarder {
     return this.inFlight.size;
   }
 
-  /** Batches whose re-cut the spool could not write, and until when they wait (bounded by deferredMax). */
-  private readonly deferred = new Map<number, number>();
+  /** Batches whose re-cut the spool could not write, waiting. */
+  private readonly deferred = new Deferrals();
 
   pump(): void {
     if (this.stopped) return;
@@ -152,10 +154,7 @@ export class Forwarder {
     let exclude: ReadonlySet<number> = this.inFlight;
     if (this.deferred.size > 0) {
       const skip = new Set(this.inFlight);
-      for (const [seq, until] of this.deferred) {
-        if (until > now) skip.add(seq);
-        else this.deferred.delete(seq);
-      }
+      this.deferred.addWaiting(now, skip);
       exclude = skip;
     }
     for (const entry of this.spool.oldest(room, exclude)) {
@@ -183,8 +182,8 @@ export class Forwarder {
       // The spool cannot write the re-cut now (its disk is full): this batch waits while newer
       // ones go on (a core-down backoff would have stopped them all behind it).
       this.inFlight.delete(seq);
-      if (this.deferred.size >= deferredMax) this.deferred.delete(this.deferred.keys().next().value!);
-      this.deferred.set(seq, Date.now() + this.opts.backoffMaxMs);
+      this.counters.batches_recut_deferred++;
+      this.deferred.defer(seq, Date.now() + this.opts.backoffMaxMs);
       this.schedule(this.opts.backoffMaxMs);
       return this.pump();
     }
@@ -348,6 +347,3 @@ async function boundedText(body: AsyncIterable<Buffer> & { destroy(): unknown },
   }
   return text;
 }
-
-/** Batches waiting for their re-cut to be writable, at most (the oldest forgotten beyond: it is then simply tried again). */
-const deferredMax = 4096;

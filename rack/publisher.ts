@@ -30,6 +30,7 @@ import { batchBytesMax } from '../schema/limits.js';
 import { connectNats, encodingDeflate, encodingHeader, logMessages, readSettings, type ClusterSettings, type LogMessage, type NatsAuth } from '../schema/log.js';
 import { Histogram } from '../schema/prom.js';
 import type { Spool } from './spool.js';
+import { Deferrals } from './deferrals.js';
 
 /** Notes on bodies this process cut (their second, the S they were cut for): a day of one per second. */
 const secondNotesMax = 86_400;
@@ -139,6 +140,7 @@ export class Publisher {
     /** Kept bodies forgotten early because of keepAckedBytesMax (not re-published after a reconnect). */
     kept_evicted: 0,
     batches_recut: 0,
+    batches_recut_deferred: 0,
     batches_unreadable: 0,
     /** Bodies found in the spool at start. */
     batches_replayed: 0,
@@ -437,8 +439,8 @@ export class Publisher {
     }
   }
 
-  /** Bodies whose re-cut the spool could not write, and until when they wait (bounded by deferredMax); one timer to look again. */
-  private readonly deferred = new Map<number, number>();
+  /** Bodies whose re-cut the spool could not write, waiting; one timer to look again. */
+  private readonly deferred = new Deferrals();
   private deferTimer: NodeJS.Timeout | null = null;
 
   /** Opens the oldest spooled bodies not yet open (re-cut when needed), up to bodiesOpenMax. */
@@ -449,18 +451,14 @@ export class Publisher {
     try {
       const exclude = new Set<number>();
       for (const b of this.open) if (b.spooled) exclude.add(b.seq);
-      const nowMs = Date.now();
-      for (const [seq, until] of this.deferred) {
-        if (until > nowMs) exclude.add(seq);
-        else this.deferred.delete(seq);
-      }
+      this.deferred.addWaiting(Date.now(), exclude);
       for (const entry of this.spool.oldest(this.opts.bodiesOpenMax - this.openSpooled, exclude)) {
         taken++;
         const b = await this.openBody(entry.seq, entry.bytes);
         if (b === 'later') {
           // The spool cannot write the re-cut now (its disk is full): this body waits while newer ones are opened.
-          if (this.deferred.size >= deferredMax) this.deferred.delete(this.deferred.keys().next().value!);
-          this.deferred.set(entry.seq, Date.now() + this.opts.backoffMaxMs);
+          this.counters.batches_recut_deferred++;
+          this.deferred.defer(entry.seq, Date.now() + this.opts.backoffMaxMs);
           later = true;
           continue;
         }
@@ -700,6 +698,3 @@ export class NatsLink {
     await this.nc?.close().catch(() => undefined);
   }
 }
-
-/** Bodies waiting for their re-cut to be writable, at most (the oldest forgotten beyond: it is then simply tried again). */
-const deferredMax = 4096;

@@ -217,6 +217,7 @@ describe('Rack → core (RackSecond bodies)', () => {
     send(again.udpPort, nowSecond() + 1, 2);
     await until(() => (core.batches.some((b) => b.second !== s1) ? true : undefined), 8000, 'a newer batch past the waiting one');
     expect(core.batches.some((b) => b.second === s1)).toBe(false);
+    expect((await rackMetrics(again.httpPort)).get('apm_rack_batches_recut_deferred_total')).toBeGreaterThanOrEqual(1);
   });
 
   it('a rack restarted while the core is down cuts with the shard count it learned before', async () => {

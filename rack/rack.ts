@@ -322,19 +322,15 @@ export class Rack {
   private async recutSpooled(seq: number, body: Uint8Array, shards: number): Promise<Uint8Array | null> {
     // A re-cut that needs more bodies while the spool cannot write them is given up before any
     // seq is taken (each attempt took seqs; with the disk low that rotated the session).
-    let refused = false;
     const take = () => {
-      if (!this.spool.writable()) {
-        refused = true;
-        throw new SpoolRefuses();
-      }
+      if (!this.spool.writable()) throw new SpoolRefuses();
       return this.takeSeq();
     };
     let bodies: ReturnType<typeof recut>;
     try {
       bodies = recut(this.cutter, body, shards, this.cutBounds(), take);
     } catch (err) {
-      if (refused) return null;
+      if (err instanceof SpoolRefuses) return null;
       throw err;
     }
     const [first, ...more] = bodies;
@@ -520,6 +516,7 @@ export class Rack {
     p.counter('apm_rack_placement_failures_total', "Requests for the core's shard count (GET /api/v1/placement) that failed; retried with backoff", f.placementFailures);
     p.counter('apm_rack_shards_mismatch_total', 'Batches the core refused with 409 shards_mismatch (cut for another shard count; re-cut and sent again)', f.counters.shards_mismatch);
     p.counter('apm_rack_batches_recut_total', "Spooled batches re-cut for the core's shard count before sending", f.counters.batches_recut);
+    p.counter('apm_rack_batches_recut_deferred_total', 'Re-cuts into several bodies the spool could not write (its disk below the reserve): the batch waits, newer ones are sent', f.counters.batches_recut_deferred);
     p.counter('apm_rack_batches_unreadable_total', 'Spooled batches this build cannot read (e.g. written by an older apm), dropped', f.counters.batches_unreadable);
     p.counter('apm_rack_batches_unauthorized_total', 'Sends the core refused for the token (401/403); the batches stay spooled', f.counters.batches_unauthorized);
     p.counter('apm_rack_batches_acked_total', 'Batches the core acknowledged', f.counters.batches_acked);
@@ -553,6 +550,7 @@ export class Rack {
     p.gauge('apm_rack_nats_messages_in_flight', 'Publishes awaiting their acknowledgement', u.messagesInFlight);
     p.gauge('apm_rack_nats_batches_open', 'Batches being published (split into messages)', u.bodiesOpen);
     p.counter('apm_rack_batches_recut_total', "Spooled batches re-cut for the cluster's shard count before publishing", c.batches_recut);
+    p.counter('apm_rack_batches_recut_deferred_total', 'Re-cuts into several bodies the spool could not write (its disk below the reserve): the body waits, newer ones are published', c.batches_recut_deferred);
     p.counter('apm_rack_batches_unreadable_total', 'Spooled batches this build cannot read (e.g. written by an older apm), dropped', c.batches_unreadable);
     p.counter('apm_rack_batches_replayed_total', 'Batches found in the spool at start-up', c.batches_replayed);
     p.histogram('apm_rack_forward_latency_seconds', "Time from a second's end to the acknowledgement of its batch's last message", u.ackLatency);
