@@ -109,6 +109,34 @@ describe('Store', () => {
     return store.close();
   });
 
+  it('regression: reads late data over a written row as the row writer will write it (a re-sent point replaces, a summary part that would pass 2³² − 1 is refused), so the answer does not change when the row is written', () => {
+    const store = open();
+    const heavy = (value: number): DistInput => ({ name: 'hv', values: [value], weights: [3e9] });
+    store.ingest(...batch(t0, { a: { points: [{ name: 'q', kind: KindCode.Gauge, value: 1 }], dists: [heavy(5)] }, b: { dists: [{ name: 'hv', values: [7] }] } }));
+    flushAll(store);
+    store.ingest(...batch(t0, { a: { points: [{ name: 'q', kind: KindCode.Gauge, value: 4 }], dists: [heavy(6)] } }));
+    /** Every entry read, as "server@second": [points…] or [summary counts…]. */
+    const entries = (name: string) => {
+      const h = new Uint32Array(2);
+      hashName(name, h, 0);
+      const out: Record<string, number[]> = {};
+      store.read(h[0]!, h[1]!, t0, t0 + 60, (row: DecodedRow, block) => {
+        row.serverIds.forEach((sid, j) => {
+          const at = (sec: number) => (out[`${store.registry.serverById(sid)!.name}@${block + sec}`] ??= []);
+          for (let i = row.pointStart[j]!; i < row.pointStart[j + 1]!; i++) at(row.pointSecs[i]!).push(row.pointVals[i]!);
+          for (let i = row.distStart[j]!; i < row.distStart[j + 1]!; i++) at(row.dist.secs[i]!).push(row.dist.count[i]!);
+        });
+      });
+      return out;
+    };
+    // Before: the stored row and the head were read as two rows: a@t0 held [1, 4] and [3e9, 3e9].
+    const before = [entries('q'), entries('hv')];
+    expect(before).toEqual([{ [`a@${t0}`]: [4] }, { [`a@${t0}`]: [3e9], [`b@${t0}`]: [1] }]);
+    flushAll(store);
+    expect([entries('q'), entries('hv')]).toEqual(before);
+    return store.close();
+  });
+
   it('commits requests that wait together in one transaction, a copy inside the group stored once', () => {
     const store = open();
     const a = batch(t0, { a: { points: [{ name: 'g', kind: KindCode.Gauge, value: 1 }], dists: [{ name: 'gd', values: [1] }] } });

@@ -1019,6 +1019,9 @@ export class Store {
     const rackTo = Math.min(opts.racks?.to ?? 0xffffffff, 0xffffffff);
     for (let block = this.blockOf(fromSecond); block < last; block += S) {
       tick?.();
+      const racks = mi < 0 ? undefined : head.blocks.get(block)?.get(mi);
+      // Racks whose stored row was read merged with its head (late data over a written row).
+      let merged: Set<number> | undefined;
       // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
       // a new buffer: several times slower for rows of a few KB).
       for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, rackFrom), end: rowKey(shard, block, lo, hi, rackTo) })) {
@@ -1030,6 +1033,17 @@ export class Store {
           if (value === undefined) continue;
           const walSeq = readU48(value, 0);
           const bytes = storedRowBytes(key, value, chunks.chunk, chunks.spill);
+          const mh = racks?.get(rackId);
+          if (mh !== undefined) {
+            // Late data over a written row: read as the row writer will write them, merged (a
+            // point of the same server-second replaced, a summary part that would overflow
+            // refused), not as two rows whose parts the reader would add up; else the answer
+            // would change when the row is written.
+            const stored = decodeRow(bytes, { scratch: this.rowScratch });
+            (merged ??= new Set()).add(rackId);
+            visit(buildRow(mh, stored, S, this.acc), block, rackId);
+            continue;
+          }
           const row = opts.cache === true ? this.cachedRow(key, walSeq, bytes) : decodeRow(bytes, opts.wholeRack?.(rackId) === true ? whole : some);
           // A row none of whose servers are asked for has nothing for the reader.
           if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);
@@ -1038,11 +1052,10 @@ export class Store {
           this.counters.rows_corrupt++;
         }
       }
-      const racks = mi < 0 ? undefined : head.blocks.get(block)?.get(mi);
       if (racks === undefined) continue;
       for (const [id, mh] of racks) {
         tick?.();
-        if (id < rackFrom || id >= rackTo) continue;
+        if (id < rackFrom || id >= rackTo || merged?.has(id) === true) continue;
         visit(buildRow(mh, undefined, S, this.acc), block, id);
       }
     }
