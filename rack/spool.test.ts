@@ -81,6 +81,31 @@ describe('Spool (real LMDB files)', () => {
     await again.close();
   });
 
+  it('regression: a batch held in memory and replaced (re-cut) while it is being moved to disk keeps its new bytes on disk and in the counts (before: the old bytes went to disk and the memory count kept the difference for good)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-replace-moving-'));
+    const opts = { bytesMax: 1 << 20, reserveBytes: Number.MAX_SAFE_INTEGER, memoryBytesMax: 1 << 20 };
+    const s = new Spool(dir, opts);
+    for (let i = 0; i < 3; i++) await s.put(s.takeSeq(), new Uint8Array(100).fill(i));
+    expect(s.memoryBatches).toBe(3);
+    // Room again (as the 1-s statfs check would find): the next put moves the held batches to disk.
+    const inner = s as unknown as { opts: { reserveBytes: number }; diskChecked: { atMs: number; low: boolean }; movingToDisk: boolean; unwritten: Map<number, Uint8Array> };
+    inner.opts.reserveBytes = 0;
+    inner.diskChecked = { atMs: 0, low: false };
+    const moving = s.put(s.takeSeq(), new Uint8Array(100).fill(3));
+    // The re-cut of batch 2 lands while its old bytes are being written (a synced commit: milliseconds).
+    await new Promise((r) => setImmediate(r));
+    expect([inner.movingToDisk, inner.unwritten.has(2)]).toEqual([true, true]);
+    await s.replace(2, new Uint8Array(150).fill(9));
+    expect(await moving).toBe(true);
+    expect([s.memoryBatches, s.memoryBytes, s.heldBatches, s.heldBytes]).toEqual([0, 0, 4, 450]);
+    expect(s.oldest(10).map((e) => [e.seq, e.bytes.length, e.bytes[0]])).toEqual([[1, 100, 0], [2, 150, 9], [3, 100, 2], [4, 100, 3]]);
+    await s.close();
+    const again = new Spool(dir, { ...opts, reserveBytes: 0 });
+    expect(again.oldest(10).map((e) => [e.seq, e.bytes.length, e.bytes[0]])).toEqual([[1, 100, 0], [2, 150, 9], [3, 100, 2], [4, 100, 3]]);
+    expect(again.heldBytes).toBe(450);
+    await again.close();
+  });
+
   it('replaces a batch by the first of its re-cut bodies and adds the others in one transaction, or writes none of them', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-spool-split-'));
     const opts = { bytesMax: 1 << 20, reserveBytes: 0, memoryBytesMax: 1 << 20 };

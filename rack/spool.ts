@@ -256,9 +256,14 @@ export class Spool {
     const entries = [...this.unwritten];
     if (!(await this.write(entries))) return;
     for (const [seq, bytes] of entries) {
-      if (this.unwritten.delete(seq)) {
-        this.unwrittenBytes -= bytes.length;
-        this.noteWritten(seq, bytes);
+      const now = this.unwritten.get(seq);
+      if (now !== undefined) {
+        this.unwritten.delete(seq);
+        this.unwrittenBytes -= now.length;
+        this.noteWritten(seq, now);
+        // Replaced (re-cut) while its old bytes were being written: the new ones over them, as
+        // replace() does for a batch on disk (ordered before any removal that comes after).
+        if (now !== bytes) await this.rewrite(seq, now);
       } else {
         // Acknowledged by the core while the write was in flight: written, then removed.
         await this.removeFromDisk(seq);
@@ -373,6 +378,11 @@ export class Spool {
     // Accounting first, as remove() does: a removal racing the write subtracts the new size.
     this.bytesHeld += bytes.length - old.length;
     this.remember(seq, bytes);
+    await this.rewrite(seq, bytes);
+  }
+
+  /** A held batch's new bytes on disk; when the disk refuses, memory (`recent`) serves them and the disk keeps the old. */
+  private async rewrite(seq: number, bytes: Uint8Array): Promise<void> {
     try {
       await this.batches.put(seq, bytes);
     } catch (err) {
