@@ -46,9 +46,12 @@ export type OverflowScope = 'server' | 'total';
 
 export class Registry {
   private readonly serversByName = new Map<string, ServerInfo>();
-  private readonly serversById: ServerInfo[] = [];
+  private readonly serversById: (ServerInfo | undefined)[] = [];
+  /** Ids of retired servers, reused first (so ids, and arrays indexed by them, stay about the count of servers). */
+  private readonly freeServerIds: number[] = [];
   private readonly metricIndex: HashIndex;
-  private readonly metrics: MetricInfo[] = [];
+  /** By metric index; undefined: retired (its index is reused by the next new metric). */
+  private readonly metrics: (MetricInfo | undefined)[] = [];
   private readonly metricHashes: Uint32Array;
   private readonly dirtyServers = new Set<ServerInfo>();
   private readonly dirtyMetrics = new Set<number>();
@@ -57,6 +60,10 @@ export class Registry {
   private readonly introducedBy: number[] = [];
   /** New metrics refused, by scope: each batch that names a refused metric counts once more. */
   readonly overflow: Record<OverflowScope, number> = { server: 0, total: 0 };
+  /** Servers and metrics forgotten by retire() (not seen for longer than the retention keeps rows). */
+  readonly retired = { servers: 0, metrics: 0 };
+  /** Changes whenever a server is registered or retired (answers kept per window key on it: a glob may select another set). */
+  serverEpoch = 0;
 
   constructor(
     private readonly serverDb: Database<StoredServer, string>,
@@ -70,6 +77,8 @@ export class Registry {
       this.serversByName.set(key, info);
       this.serversById[value.id] = info;
     }
+    // Ids of servers retired before the restart, reused first (highest last: pop() takes the lowest).
+    for (let id = this.serversById.length - 1; id >= 0; id--) if (this.serversById[id] === undefined) this.freeServerIds.push(id);
     for (const { value } of metricDb.getRange()) {
       const m = this.metricIndex.insert(value.lo, value.hi);
       if (m < 0) break;
@@ -89,14 +98,21 @@ export class Registry {
   server(name: string, rack: string, nowMs: number): ServerInfo {
     let s = this.serversByName.get(name);
     if (s === undefined) {
-      s = { id: this.serversById.length, name, rack, firstSeenMs: nowMs, lastSeenMs: nowMs };
+      s = { id: this.freeServerIds.pop() ?? this.serversById.length, name, rack, firstSeenMs: nowMs, lastSeenMs: nowMs };
       this.serversByName.set(name, s);
-      this.serversById.push(s);
+      this.serversById[s.id] = s;
       this.dirtyServers.add(s);
+      this.serverEpoch++;
     } else if (s.rack !== rack) {
       s.rack = rack;
       this.dirtyServers.add(s);
     }
+    s.lastSeenMs = Math.max(s.lastSeenMs, nowMs);
+    return s;
+  }
+
+  /** Notes a known server as seen at nowMs (rows of it arrived another way: a restored shard). */
+  seen(s: ServerInfo, nowMs: number): ServerInfo {
     s.lastSeenMs = Math.max(s.lastSeenMs, nowMs);
     return s;
   }
@@ -113,6 +129,11 @@ export class Registry {
     return this.serversByName.size;
   }
 
+  /** One past the highest server id in use or free: arrays indexed by server id take this length. */
+  get serverIdLimit(): number {
+    return this.serversById.length;
+  }
+
   /** Every server id marked 1 in a new array indexed by id (one slot spare), and how many there are. */
   allServerIds(): { marks: Uint8Array; count: number } {
     const marks = new Uint8Array(this.serversById.length + 1);
@@ -126,18 +147,18 @@ export class Registry {
   }
 
   allServers(): ServerInfo[] {
-    return this.serversById.filter((s) => s !== undefined);
+    return this.serversById.filter((s): s is ServerInfo => s !== undefined);
   }
 
   /** Notes a metric seen in a batch (kind from its summaries); returns its index or −1 when full. */
   metric(lo: number, hi: number, kind: number, nowMs: number): number {
-    const before = this.metricIndex.size;
-    const m = this.metricIndex.insert(lo, hi);
+    let m = this.metricIndex.get(lo, hi);
     if (m < 0) {
-      this.overflow.total++;
-      return -1;
-    }
-    if (m === before) {
+      m = this.metricIndex.insert(lo, hi);
+      if (m < 0) {
+        this.overflow.total++;
+        return -1;
+      }
       this.metricHashes[2 * m] = lo;
       this.metricHashes[2 * m + 1] = hi;
       this.metrics[m] = { hash: hashKey(lo, hi), name: null, kind, firstSeenMs: nowMs, lastSeenMs: nowMs };
@@ -157,7 +178,8 @@ export class Registry {
   /** The index of a registered metric (updating its last-seen time), or −1. */
   touch(lo: number, hi: number, nowMs: number): number {
     const m = this.metricIndex.get(lo, hi);
-    if (m >= 0 && nowMs > this.metrics[m]!.lastSeenMs) this.metrics[m]!.lastSeenMs = nowMs;
+    const info = m < 0 ? undefined : this.metrics[m]!;
+    if (info !== undefined && nowMs > info.lastSeenMs) info.lastSeenMs = nowMs;
     return m;
   }
 
@@ -194,13 +216,14 @@ export class Registry {
   metricByName(name: string): { lo: number; hi: number; info: MetricInfo } | undefined {
     // Cold path (query planning): a linear scan over at most metricsMax entries.
     for (let m = 0; m < this.metrics.length; m++) {
-      if (this.metrics[m]!.name === name) return { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, info: this.metrics[m]! };
+      const info = this.metrics[m];
+      if (info !== undefined && info.name === name) return { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, info };
     }
     return undefined;
   }
 
   allMetrics(): MetricInfo[] {
-    return this.metrics.slice();
+    return this.metrics.filter((m): m is MetricInfo => m !== undefined);
   }
 
   /**
@@ -227,6 +250,54 @@ export class Registry {
   /** Persists last-seen times of everything (a periodic, cheap sweep). */
   touchAll(): void {
     for (const s of this.serversByName.values()) this.dirtyServers.add(s);
-    for (let m = 0; m < this.metrics.length; m++) this.dirtyMetrics.add(m);
+    for (let m = 0; m < this.metrics.length; m++) if (this.metrics[m] !== undefined) this.dirtyMetrics.add(m);
+  }
+
+  /**
+   * Forgets every server and metric last seen before `beforeMs` — the caller knows no row or head
+   * holds them (all their data is older than the retention keeps) — so that the registry holds
+   * what the retained data refers to, not every name seen over the store's life (renamed and
+   * replaced hosts, metrics of retired software). Their entries are removed in `transact` first
+   * (a synchronous write transaction the caller may add its own removals to; called even when
+   * nothing here goes; if it throws, nothing is forgotten); then a new server
+   * takes a retired id, a new metric a retired index. Returns how many of each went.
+   */
+  retire(beforeMs: number, transact: (write: () => void) => void): { servers: number; metrics: number } {
+    const servers = this.allServers().filter((s) => s.lastSeenMs < beforeMs);
+    const metrics: number[] = [];
+    for (let m = 0; m < this.metrics.length; m++) if (this.metrics[m] !== undefined && this.metrics[m]!.lastSeenMs < beforeMs) metrics.push(m);
+    const gone = new Set(servers.map((s) => s.id));
+    // Metrics a retired server introduced count for no server now (a new one may take its id).
+    const orphaned: number[] = [];
+    for (let m = 0; m < this.metrics.length; m++) if (this.metrics[m] !== undefined && gone.has(this.metricBy[m] ?? -1) && this.metrics[m]!.lastSeenMs >= beforeMs) orphaned.push(m);
+    transact(() => {
+      for (const s of servers) this.serverDb.remove(s.name);
+      for (const m of metrics) this.metricDb.remove(this.metrics[m]!.hash);
+    });
+    for (const s of servers) {
+      this.serversByName.delete(s.name);
+      this.serversById[s.id] = undefined;
+      this.dirtyServers.delete(s);
+      this.introducedBy[s.id] = 0;
+      this.freeServerIds.push(s.id);
+    }
+    // Lowest ids first out of the stack.
+    this.freeServerIds.sort((a, b) => b - a);
+    for (const m of metrics) {
+      const by = this.metricBy[m] ?? -1;
+      if (by >= 0 && !gone.has(by)) this.introducedBy[by] = Math.max(0, (this.introducedBy[by] ?? 0) - 1);
+      this.metricIndex.delete(this.metricHashes[2 * m]!, this.metricHashes[2 * m + 1]!);
+      this.metrics[m] = undefined;
+      this.metricBy[m] = -1;
+      this.dirtyMetrics.delete(m);
+    }
+    for (const m of orphaned) {
+      this.metricBy[m] = -1;
+      this.dirtyMetrics.add(m);
+    }
+    if (servers.length > 0) this.serverEpoch++;
+    this.retired.servers += servers.length;
+    this.retired.metrics += metrics.length;
+    return { servers: servers.length, metrics: metrics.length };
   }
 }

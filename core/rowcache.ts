@@ -49,6 +49,7 @@ export class RowCache {
   /** Keeps a whole decoded row, evicting the least recently used beyond the bound (a row over an eighth of it is not kept). */
   put(key: string, row: DecodedRow, storedBytes: number): void {
     if (row.serversOmitted !== 0 || row.entries !== 'values') throw new Error('BUG: caching a partly decoded row');
+    row = fitted(row);
     const bytes = rowBytes(row, storedBytes);
     if (bytes > this.bytesMax / 8) return;
     const old = this.rows.get(key);
@@ -71,7 +72,22 @@ export class RowCache {
   }
 }
 
-/** Bytes a decoded row holds: its columns and the stored bytes its sketches point into. */
+/** A view that owns its whole buffer (a copy when it views part of a larger one). */
+function fit<T extends Uint16Array | Uint32Array | Int32Array | Float64Array>(a: T): T {
+  return a.byteLength === a.buffer.byteLength ? a : (a.slice() as T);
+}
+
+/**
+ * The row with its columns copied to their used lengths: a decode sizes them for every
+ * server-second of the row, so a sparse row kept as decoded held up to ~15× the bytes its views
+ * show (and the bound counts).
+ */
+function fitted(row: DecodedRow): DecodedRow {
+  const summaries = (c: DecodedRow['dist']) => ({ ...c, secs: fit(c.secs), count: fit(c.count), sum: fit(c.sum), min: fit(c.min), max: fit(c.max), sketchStart: fit(c.sketchStart), sketchEnd: fit(c.sketchEnd) });
+  return { ...row, serverIds: fit(row.serverIds), pointStart: fit(row.pointStart), pointSecs: fit(row.pointSecs), pointVals: fit(row.pointVals), distStart: fit(row.distStart), dist: summaries(row.dist), rollup: summaries(row.rollup) };
+}
+
+/** Bytes a decoded row holds: its columns (whole buffers: see fitted) and the stored bytes its sketches point into. */
 function rowBytes(row: DecodedRow, storedBytes: number): number {
   let n = storedBytes + 512;
   for (const a of [row.serverIds, row.pointStart, row.pointSecs, row.pointVals, row.distStart, row.dist.secs, row.dist.count, row.dist.sum, row.dist.min, row.dist.max, row.dist.sketchStart, row.dist.sketchEnd]) n += a.byteLength;

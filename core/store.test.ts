@@ -12,6 +12,8 @@ import { buildColumns, type DistInput, type PointInput } from '../schema/testdat
 import type { DecodedRow } from './block.js';
 import { openLmdb } from '../schema/lmdb.js';
 import { coreLimits } from './limits.js';
+import { evaluate } from './query/eval.js';
+import { parseQuery } from './query/parse.js';
 import { Store, storeFormat, walPageBytes, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 
 const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
@@ -135,6 +137,78 @@ describe('Store', () => {
     flushAll(store);
     expect([entries('q'), entries('hv')]).toEqual(before);
     return store.close();
+  });
+
+  it('regression: visits a block\'s head racks in rack order with its stored rows, so a sum does not change in its last bit when the rows are written (before: in the order the racks arrived)', () => {
+    const store = open();
+    const one = (rack: string, second: number, value: number) => store.ingest(...batch(second, { [`${rack}-s`]: { points: [{ name: 'fsum', kind: KindCode.Gauge, value }] } }, rack));
+    // Rack ids by first arrival: r1, r2, r3. In the next block they arrive the other way round.
+    for (const r of ['r1', 'r2', 'r3']) one(r, t0, 1);
+    flushAll(store);
+    for (const [r, v] of [['r3', 0.3], ['r2', 0.2], ['r1', 0.1]] as const) one(r, t0 + 60, v);
+    const q = parseQuery('FROM * SELECT fsum WINDOW 60s COMPUTE sum, avg');
+    const before = evaluate(store, q, t0 + 60, t0 + 120);
+    flushAll(store);
+    const after = evaluate(store, q, t0 + 60, t0 + 120);
+    // 0.1 + 0.2 + 0.3 is 0.6000000000000001 in rack order, 0.6 the other way round.
+    expect(after[0]!.values.sum).toBe(0.1 + 0.2 + 0.3);
+    expect(before).toEqual(after);
+    return store.close();
+  });
+
+  it('forgets servers, metrics and racks not seen for longer than the retention keeps rows (their ids reused), keeps the others, and not while a head holds data before the cutoff; a reopen keeps that', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-retire-'));
+    dirs.push(dir);
+    const opts = options(dir, { retentionSeconds: 3600, futureSecondsMax: 60 });
+    const store = new Store(opts);
+    const gauge = (name: string, value: number): { points: PointInput[] } => ({ points: [{ name, kind: KindCode.Gauge, value }] });
+    const at = (second: number) => second * 1000;
+    // Two servers of a rack and its metric seen once, at t0; a server that keeps sending, on another rack.
+    expect(store.ingest(...batch(t0, { old1: gauge('old.m', 1), old2: gauge('old.m', 2) }, 'r-old'), at(t0)).status).toBe(204);
+    expect(store.ingest(...batch(t0, { keep: gauge('keep.m', 5) }, 'r-keep'), at(t0)).status).toBe(204);
+    flushAll(store);
+    const oldIds = ['old1', 'old2'].map((n) => store.registry.serverByName(n)!.id);
+    const index = (st: Store, name: string) => {
+      const h = new Uint32Array(2);
+      hashName(name, h, 0);
+      return st.registry.indexOf(h[0]!, h[1]!);
+    };
+    const oldIndex = index(store, 'old.m');
+    expect(oldIndex).toBeGreaterThanOrEqual(0);
+    const keepId = store.registry.serverByName('keep')!.id;
+    expect(keepId).toBeGreaterThan(Math.max(...oldIds));
+    expect(store.ingest(...batch(t0 + 4000, { keep: gauge('keep.m', 6) }, 'r-keep'), at(t0 + 4000)).status).toBe(204);
+    // A head still holding a block before the cutoff (late data for it, not yet written): nothing is forgotten.
+    expect(store.ingest(...batch(t0 + 590, { keep: gauge('keep.m', 7) }, 'r-keep'), at(t0 + 3700)).status).toBe(204);
+    await store.retentionSweep(at(t0 + 4200));
+    expect(store.registry.serverByName('old1')).toBeDefined();
+    // Written (and swept: the cutoff, t0 + 600, is past it), the rows hold nothing before the cutoff.
+    flushAll(store);
+    await store.retentionSweep(at(t0 + 4200));
+    expect(['old1', 'old2', 'keep'].map((n) => store.registry.serverByName(n)?.id)).toEqual([undefined, undefined, keepId]);
+    expect([index(store, 'old.m'), index(store, 'keep.m') >= 0]).toEqual([-1, true]);
+    expect(store.counters).toMatchObject({ servers_retired: 2, metrics_retired: 1, racks_retired: 1 });
+    expect(store.registry.serverCount).toBe(1);
+    // Ids past the count of servers (the retired ones were lower): a query still counts the kept server.
+    const q = evaluate(store, parseQuery('FROM keep SELECT keep.m WINDOW 60s COMPUTE count, max'), t0 + 3960, t0 + 4020);
+    expect(q.map((w) => [w.servers, w.values.count, w.values.max])).toEqual([[1, 1, 6]]);
+    // New names take the freed ids: the lowest server id, the metric's index, the rack's id.
+    expect(store.ingest(...batch(t0 + 4100, { fresh: gauge('new.m', 9) }, 'r-new'), at(t0 + 4100)).status).toBe(204);
+    expect(store.registry.serverByName('fresh')!.id).toBe(Math.min(...oldIds));
+    expect(index(store, 'new.m')).toBe(oldIndex);
+    expect(dump(store, 'new.m', t0 + 4000, t0 + 4200)).toEqual({ [`fresh@${t0 + 4100}`]: 9 });
+    expect(dump(store, 'keep.m', t0, t0 + 4200)).toEqual({ [`keep@${t0 + 4000}`]: 6 });
+    flushAll(store);
+    await store.close();
+    const again = new Store(opts);
+    dirs.push(dir);
+    expect(['old1', 'old2', 'keep', 'fresh'].map((n) => again.registry.serverByName(n)?.id)).toEqual([undefined, undefined, keepId, Math.min(...oldIds)]);
+    expect(index(again, 'old.m')).toBe(-1);
+    expect(dump(again, 'new.m', t0 + 4000, t0 + 4200)).toEqual({ [`fresh@${t0 + 4100}`]: 9 });
+    // The other freed server id is taken next, after the reopen too.
+    expect(again.ingest(...batch(t0 + 4110, { fresh2: gauge('new.m', 10) }, 'r-new'), at(t0 + 4110)).status).toBe(204);
+    expect(again.registry.serverByName('fresh2')!.id).toBe(Math.max(...oldIds));
+    await again.close();
   });
 
   it('commits requests that wait together in one transaction, a copy inside the group stored once', () => {

@@ -109,6 +109,8 @@ interface ShardHead {
 }
 
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
+/** A block without head data: no head racks to visit. */
+const noRackIds: readonly number[] = [];
 /** Page size of a new WAL environment (see the constructor). */
 export const walPageBytes = 16_384;
 /** Names waiting for their metric's first data: a few seconds of a fleet's new names. */
@@ -134,7 +136,12 @@ export class Store {
   private readonly rackIds = new Map<string, number>();
   /** Rack ids assigned since the last slice of rows (written with it). */
   private readonly racksDirty = new Map<string, number>();
-  private readonly rackNamesById: string[] = [];
+  private readonly rackNamesById: (string | undefined)[] = [];
+  /** When each rack last sent (persisted with the registry's last-seen times; retire() forgets racks silent past the retention). */
+  private readonly rackSeen: Database<number, string>;
+  private readonly rackSeenMs = new Map<string, number>();
+  /** Ids of retired racks, reused first (lowest first: popped from the end). */
+  private readonly freeRackIds: number[] = [];
   readonly dedup: Dedup;
   private readonly heads = new Map<number, ShardHead>();
   private headBytes = 0;
@@ -217,6 +224,9 @@ export class Store {
     points_dropped_kind_conflict: 0,
     /** Summaries of one series-second left out of a row because merged their count would pass 2³² − 1 (a rollup: that second's). */
     summaries_dropped_count_overflow: 0,
+    servers_retired: 0,
+    metrics_retired: 0,
+    racks_retired: 0,
     /** Shard snapshots (issue 13, core/snapshot.ts): taken for another node; restored here, and failed restores. */
     shard_snapshots: 0,
     shard_restores: 0,
@@ -268,6 +278,7 @@ export class Store {
     this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
     this.racks = this.root.openDB<number, string>({ name: 'racks', encoding: 'json' });
+    this.rackSeen = this.root.openDB<number, string>({ name: 'rackSeen', encoding: 'json' });
     this.groups = this.root.openDB<Uint8Array, Buffer>({ name: 'groups', encoding: 'binary', keyEncoding: 'binary' });
     this.state = this.root.openDB<number, string>({ name: 'state', encoding: 'json' });
     this.groupSeq = this.state.get('groupSeq') ?? 0;
@@ -280,10 +291,14 @@ export class Store {
     this.streamCreatedDb = this.walEnv.openDB<string, number>({ name: 'streamCreated', encoding: 'json', keyEncoding: 'uint32' });
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax, shards: opts.shards.length });
+    const openedMs = Date.now();
     for (const { key, value } of this.racks.getRange()) {
       this.rackIds.set(key, value);
       this.rackNamesById[value] = key;
+      // A rack without a stored time (a store older than rack retirement): seen now.
+      this.rackSeenMs.set(key, this.rackSeen.get(key) ?? openedMs);
     }
+    for (let id = this.rackNamesById.length - 1; id >= 1; id--) if (this.rackNamesById[id] === undefined) this.freeRackIds.push(id);
     this.registry = new Registry(this.root.openDB({ name: 'servers', encoding: 'json' }), this.root.openDB({ name: 'metrics', encoding: 'json' }), opts.metricsMax);
     this.registry.allMetrics().forEach((m, i) => this.noteKind(i, m.kind));
     for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map() });
@@ -450,16 +465,18 @@ export class Store {
     return this.rackNamesById.length;
   }
 
-  private rackId(name: string): number {
+  private rackId(name: string, nowMs = Date.now()): number {
     let id = this.rackIds.get(name);
+    // Ids from 1; a retired rack's id first.
     if (id === undefined) {
-      id = this.rackIds.size + 1;
+      id = this.freeRackIds.pop() ?? Math.max(1, this.rackNamesById.length);
       this.rackIds.set(name, id);
       this.rackNamesById[id] = name;
       // Durable in the transaction of the first rows keyed by it (an asynchronous put could
       // land after them, or never: a restart would then give the id to another rack).
       this.racksDirty.set(name, id);
     }
+    if (nowMs > (this.rackSeenMs.get(name) ?? 0)) this.rackSeenMs.set(name, nowMs);
     return id;
   }
 
@@ -609,7 +626,7 @@ export class Store {
     this.counters.stream_refused += refusedForGood.length;
     const points = new Map<number, number>();
     fresh.forEach((f, k) => {
-      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, f.bytes.length, false));
+      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, f.bytes.length, false, nowMs));
       this.onIngest?.(f.m.shard, f.m.second);
       if (f.m.second < (this.flushedThrough.get(f.m.shard) ?? 0)) this.counters.sections_late++;
     });
@@ -673,16 +690,16 @@ export class Store {
     // Nothing of it good (a cluster's message is one section): refused whole, as before.
     if (decoded.length === 0 && refused !== null) return refused;
     // Registered now, so that two new racks in one group commit cannot both pass the bound.
-    this.rackId(h.rack);
+    this.rackId(h.rack, nowMs);
     return { decoded, bytes: kept };
   }
 
   /** Registers a section's metrics and names and appends its columns to the head; returns entries added. */
-  private toHead(m: ShardSectionMessage, sids: Int32Array, seq: number, key: Buffer, bytes: number, replay: boolean): number {
+  private toHead(m: ShardSectionMessage, sids: Int32Array, seq: number, key: Buffer, bytes: number, replay: boolean, nowMs = Date.now()): number {
     const head = this.heads.get(m.shard)!;
     const block = this.blockOf(m.second);
     const sec = m.second - block;
-    const rackId = this.rackId(m.rack);
+    const rackId = this.rackId(m.rack, nowMs);
     if (rackId >= rackIdsMax) throw new Error(`BUG: rack id ${rackId} ≥ ${rackIdsMax} (racksMax must stay below)`);
     let metrics = head.blocks.get(block);
     if (metrics === undefined) head.blocks.set(block, (metrics = new Map()));
@@ -692,7 +709,8 @@ export class Store {
     head.walBytes.set(block, (head.walBytes.get(block) ?? 0) + bytes);
     this.walBytes += bytes;
     head.lastArrivalMs.set(block, Date.now());
-    const now = Date.now();
+    // Last-seen times of the metrics (the ingest's clock: a test's, or now).
+    const now = nowMs;
     let added = 0;
     // Why target() gave no head: the cardinality limits, or the entries' kind (issue 16.6).
     let kindConflict = false;
@@ -1020,13 +1038,22 @@ export class Store {
     for (let block = this.blockOf(fromSecond); block < last; block += S) {
       tick?.();
       const racks = mi < 0 ? undefined : head.blocks.get(block)?.get(mi);
-      // Racks whose stored row was read merged with its head (late data over a written row).
-      let merged: Set<number> | undefined;
+      // The head's racks of this block, ascending: visited in one rack order with the stored rows,
+      // as they will be once written (sums added in another order could differ in the last bit).
+      const headIds = racks === undefined ? noRackIds : [...racks.keys()].filter((id) => id >= rackFrom && id < rackTo).sort((a, b) => a - b);
+      let next = 0;
+      const headBelow = (limit: number) => {
+        for (; next < headIds.length && headIds[next]! < limit; next++) {
+          tick?.();
+          visit(buildRow(racks!.get(headIds[next]!)!, undefined, S, this.acc), block, headIds[next]!);
+        }
+      };
       // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
       // a new buffer: several times slower for rows of a few KB).
       for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, rackFrom), end: rowKey(shard, block, lo, hi, rackTo) })) {
         tick?.();
         const rackId = key.readUInt32BE(14);
+        headBelow(rackId);
         try {
           // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
           const value = this.rows.getBinaryFast(key);
@@ -1038,9 +1065,10 @@ export class Store {
             // Late data over a written row: read as the row writer will write them, merged (a
             // point of the same server-second replaced, a summary part that would overflow
             // refused), not as two rows whose parts the reader would add up; else the answer
-            // would change when the row is written.
+            // would change when the row is written. (A stored row that does not decode: the
+            // head's alone, as the writer does.)
             const stored = decodeRow(bytes, { scratch: this.rowScratch });
-            (merged ??= new Set()).add(rackId);
+            if (headIds[next] === rackId) next++;
             visit(buildRow(mh, stored, S, this.acc), block, rackId);
             continue;
           }
@@ -1052,12 +1080,7 @@ export class Store {
           this.counters.rows_corrupt++;
         }
       }
-      if (racks === undefined) continue;
-      for (const [id, mh] of racks) {
-        tick?.();
-        if (id < rackFrom || id >= rackTo || merged?.has(id) === true) continue;
-        visit(buildRow(mh, undefined, S, this.acc), block, id);
-      }
+      headBelow(Number.POSITIVE_INFINITY);
     }
   }
 
@@ -1113,7 +1136,53 @@ export class Store {
       }
     }
     this.counters.retention_rows_deleted += deleted;
+    if (!this.stopping) this.retire(cutoff);
     return deleted;
+  }
+
+  /**
+   * After a sweep deleted every row before `cutoff` (a block start): forgets the servers, metrics
+   * and racks last seen so long ago that none of their data can be in a row or the head — data
+   * comes at most futureSecondsMax ahead of its arrival, and last-seen times are saved every
+   * registrySaveMs — so the registry and the rack table hold what the retained data refers to,
+   * not every name seen over the store's life (replaced hosts, renamed racks, retired metrics).
+   * Skipped while a head still holds a block before the cutoff or a shard is being restored.
+   */
+  private retire(cutoff: number): void {
+    for (const head of this.heads.values()) for (const block of head.blocks.keys()) if (block < cutoff) return;
+    if (this.restoring.size > 0) return;
+    const ahead = this.opts.futureSecondsMax ?? coreLimits.futureSecondsMax;
+    const beforeMs = (cutoff - ahead - 2 * this.opts.blockSeconds) * 1000 - Math.max(60_000, coreLimits.registrySaveMs);
+    const racks = [...this.rackSeenMs].filter(([, ms]) => ms < beforeMs).map(([name]) => name);
+    try {
+      // One transaction: the racks' and the registry's entries go together or not at all.
+      const gone = this.registry.retire(beforeMs, (write) =>
+        this.root.transactionSync(() => {
+          for (const name of racks) {
+            this.racks.remove(name);
+            this.rackSeen.remove(name);
+          }
+          write();
+        }),
+      );
+      this.counters.servers_retired += gone.servers;
+      this.counters.metrics_retired += gone.metrics;
+    } catch (err) {
+      this.counters.flush_errors++;
+      this.lastError = writeFailure(err);
+      console.error(`core: forgetting servers, metrics and racks not seen since ${new Date(beforeMs).toISOString()} failed (${this.lastError}); tried again after the next sweep`);
+      return;
+    }
+    for (const name of racks) {
+      const id = this.rackIds.get(name)!;
+      this.rackIds.delete(name);
+      this.rackSeenMs.delete(name);
+      this.racksDirty.delete(name);
+      this.rackNamesById[id] = undefined;
+      this.freeRackIds.push(id);
+    }
+    if (racks.length > 0) this.freeRackIds.sort((a, b) => b - a);
+    this.counters.racks_retired += racks.length;
   }
 
   /** Persists registry last-seen times. */
@@ -1121,7 +1190,10 @@ export class Store {
   saveRegistry(): void {
     this.registry.touchAll();
     try {
-      this.root.transactionSync(() => this.registry.flushDirty());
+      this.root.transactionSync(() => {
+        this.registry.flushDirty();
+        for (const [name, ms] of this.rackSeenMs) this.rackSeen.put(name, ms);
+      });
       this.registry.flushed();
     } catch (err) {
       this.counters.flush_errors++;
@@ -1267,13 +1339,14 @@ export class Store {
       },
       serverIdFor: (name, rack) => {
         const known = this.registry.serverByName(name);
-        if (known !== undefined) return known.id;
+        // Seen now: its restored rows are recent, whatever it last sent here (retire() goes by it).
+        if (known !== undefined) return this.registry.seen(known, Date.now()).id;
         if (this.registry.serverCount >= this.opts.serversMax) return -1;
         return this.registry.server(name, rack, Date.now()).id;
       },
       registerMetric: (lo, hi, kind, name) => {
         const nowMs = Date.now();
-        let mi = this.registry.indexOf(lo, hi);
+        let mi = this.registry.touch(lo, hi, nowMs);
         if (mi < 0) {
           // The source admitted it within the same limits: only the registry's total applies.
           mi = this.registry.metric(lo, hi, kind, nowMs);

@@ -7,6 +7,11 @@ export class HashIndex {
   private slots: Int32Array; // −1 empty, else the dense index
   private mask: number;
   private count = 0;
+  /** Dense indexes handed out so far (those below it are live or free). */
+  private next = 0;
+  /** Dense indexes of deleted entries, reused first (allocated at the first delete). */
+  private free: Int32Array | null = null;
+  private freeN = 0;
 
   constructor(
     /** Most entries it will hold; insert() returns −1 beyond it. */
@@ -24,9 +29,13 @@ export class HashIndex {
     return this.count;
   }
 
+  /** The slot a key's probe starts at. The hash is already uniform (SHA-256 bytes): mixing lo is enough. */
+  private home(lo: number, hi: number): number {
+    return Math.imul(lo ^ (hi >>> 7), 0x9e3779b1) & this.mask;
+  }
+
   private probe(lo: number, hi: number): number {
-    // The hash is already uniform (SHA-256 bytes): mixing lo is enough.
-    let i = Math.imul(lo ^ (hi >>> 7), 0x9e3779b1) & this.mask;
+    let i = this.home(lo, hi);
     for (;;) {
       const s = this.slots[i]!;
       if (s < 0 || (this.keysLo[i] === lo && this.keysHi[i] === hi)) return i;
@@ -39,7 +48,7 @@ export class HashIndex {
     return this.slots[this.probe(lo, hi)]!;
   }
 
-  /** The dense index of (lo, hi), adding it as the next index if new; −1 when full. */
+  /** The dense index of (lo, hi), adding it if new (a deleted entry's index first, else the next); −1 when full. */
   insert(lo: number, hi: number): number {
     const i = this.probe(lo, hi);
     const s = this.slots[i]!;
@@ -47,13 +56,40 @@ export class HashIndex {
     if (this.count >= this.capacity) return -1;
     this.keysLo[i] = lo;
     this.keysHi[i] = hi;
-    this.slots[i] = this.count;
-    return this.count++;
+    const index = this.freeN > 0 ? this.free![--this.freeN]! : this.next++;
+    this.slots[i] = index;
+    this.count++;
+    return index;
+  }
+
+  /**
+   * Removes (lo, hi); returns the dense index it had (the next insert reuses it), or −1. Later
+   * entries of its probe run move back (linear probing without tombstones: lookups stay as short).
+   */
+  delete(lo: number, hi: number): number {
+    let i = this.probe(lo, hi);
+    const index = this.slots[i]!;
+    if (index < 0) return -1;
+    for (let j = (i + 1) & this.mask; this.slots[j]! >= 0; j = (j + 1) & this.mask) {
+      const h = this.home(this.keysLo[j]!, this.keysHi[j]!);
+      // An entry whose probe starts in (i, j] is still found from there; any other moves into the hole.
+      if (i <= j ? i < h && h <= j : i < h || h <= j) continue;
+      this.keysLo[i] = this.keysLo[j]!;
+      this.keysHi[i] = this.keysHi[j]!;
+      this.slots[i] = this.slots[j]!;
+      i = j;
+    }
+    this.slots[i] = -1;
+    this.count--;
+    (this.free ??= new Int32Array(this.capacity))[this.freeN++] = index;
+    return index;
   }
 
   clear(): void {
-    if (this.count === 0) return;
+    if (this.count === 0 && this.next === 0) return;
     this.slots.fill(-1);
     this.count = 0;
+    this.next = 0;
+    this.freeN = 0;
   }
 }

@@ -228,10 +228,10 @@ describe('copying shards between nodes over HTTP', () => {
 describe('Store snapshots', () => {
   const dirs: string[] = [];
   afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-  function open(): Store {
+  function open(over: Partial<StoreOptions> = {}): Store {
     const dir = mkdtempSync(join(tmpdir(), 'apm-snap-store-'));
     dirs.push(dir);
-    const o: StoreOptions = { dir, shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 1000, diskBytesMax: 0, diskReserveBytes: 0 };
+    const o: StoreOptions = { dir, shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 1000, diskBytesMax: 0, diskReserveBytes: 0, ...over };
     return new Store(o);
   }
   function ingest(store: Store, body: Uint8Array): void {
@@ -255,6 +255,42 @@ describe('Store snapshots', () => {
     });
     return out;
   }
+
+  it('regression: a server a restore brings rows of counts as seen now (before: a store that last heard of it past the retention forgot it at the next sweep, and its id, with the restored rows, went to the next new server)', async () => {
+    const opts = { retentionSeconds: 3600, futureSecondsMax: 60 };
+    const dst = open(opts);
+    let src = open(opts);
+    const second = (server: string, metric: string, at: number, value: number) => {
+      const m = decodeFrame(rackSecondBody({ rack: 'r1', session, seq: at, second: at, late: false, shards: S, servers: [{ server, blocks: [buildColumns([{ name: metric, kind: KindCode.Gauge, value }], [])] }], rollup: buildColumns([], [], []) }), batchBytesMax);
+      if (!m.ok || m.msg.type !== 'rackSecond') throw new Error('not a RackSecond');
+      const msg = m.msg;
+      return [{ rack: 'r1', session, seq: at, second: at, late: false }, Array.from(msg.sectionShards, (shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() }))] as const;
+    };
+    const recent = t0 + 5400;
+    const old = recent - 3 * 3600;
+    // The destination heard of X only long ago (a metric of another shard); the source has X's recent rows.
+    const other = gauges.find((g) => shardOfName(g) !== shardOfName('g.0'))!;
+    expect(dst.ingest(...second('X', other, old, 1), old * 1000 + 500).status).toBe(204);
+    while (dst.writeSlice(flushAllMs()));
+    expect(src.ingest(...second('X', 'g.0', recent, 42), recent * 1000 + 500).status).toBe(204);
+    while (src.writeSlice(flushAllMs()));
+    // Reopened: the written block's WAL entries are gone (a snapshot with them replays them, which registers X anew).
+    await src.close();
+    src = new Store({ ...src.opts });
+    await dst.restoreShard(shardOfName('g.0'), [...src.snapshotShard(shardOfName('g.0'), 4096)]);
+    const xId = dst.registry.serverByName('X')!.id;
+    await dst.retentionSweep(Date.now());
+    expect(dst.registry.serverByName('X')?.id).toBe(xId);
+    expect(dst.ingest(...second('Y', other, recent + 60, 7)).status).toBe(204);
+    expect(dst.registry.serverByName('Y')!.id).not.toBe(xId);
+    const h = new Uint32Array(2);
+    hashName('g.0', h, 0);
+    const seen: string[] = [];
+    dst.read(h[0]!, h[1]!, recent, recent + 1, (row) => row.serverIds.forEach((sid) => seen.push(dst.registry.serverById(sid)!.name)));
+    expect(seen).toEqual(['X']);
+    await src.close();
+    await dst.close();
+  });
 
   it('a snapshot taken while written blocks still have their WAL entries restores each entry once; every truncation is refused', async () => {
     const src = open();

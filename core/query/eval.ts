@@ -111,7 +111,7 @@ export function resolveServers(q: Query, registry: Registry, overBudget: () => v
     return { selected: every.marks, size: every.count, rackTest };
   }
   // Server ids are registry indexes (core/registry.ts): about the count of servers.
-  let selected = new Uint8Array(registry.serverCount + 1);
+  let selected = new Uint8Array(registry.serverIdLimit + 1);
   let size = 0;
   const pick = (id: number) => {
     if (id >= selected.length) {
@@ -199,7 +199,8 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
   const out: WindowResult[] = [];
   // Which servers reported in each open window: one bit per (server, window), in a ring of
   // slots (set on the first row, from its block length); a window's slot is cleared when it is final.
-  const stride = store.registry.serverCount + 1;
+  // By id (retired servers leave ids free until reused: ids may pass the count of servers).
+  const stride = store.registry.serverIdLimit + 1;
   let slots = 0;
   let seenBits = new Uint8Array(0);
   let finalized = 0;

@@ -91,8 +91,8 @@ export class WindowCache {
     const n = Math.ceil((toSec - first) / W);
     // Refused by evaluate, with its message.
     if (n > coreLimits.evalWindowsMax) return evaluate(store, q, fromSec, toSec, opts).map((result) => ({ result, epoch: -1 }));
-    // A server registered since could be selected by a glob: answers are kept per registry size.
-    const key = `${store.registry.serverCount} ${q.text}`;
+    // A server registered (or retired) since could change what a glob selects: answers are kept per registry epoch.
+    const key = `${store.registry.serverEpoch} ${q.text}`;
     const h = new Uint32Array(2);
     hashName(q.metric, h, 0);
     const S = store.opts.blockSeconds;
