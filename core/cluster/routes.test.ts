@@ -305,10 +305,12 @@ describe('core cluster: query routing and stored queries', () => {
     const want = await (await get('A', `/api/v1/query?q=${q}${range}`)).json();
     // H takes connections and never answers: a stopped process, or one whose disk hangs.
     const held: import('node:net').Socket[] = [];
+    const asked: string[] = [];
     let closed = 0;
     const hung = createNetServer((sock) => {
       held.push(sock);
-      sock.on('close', () => closed++).on('error', () => {}).resume();
+      sock.on('close', () => closed++).on('error', () => {});
+      sock.on('data', (d) => asked.push(...d.toString('latin1').split('\r\n').filter((l) => /^[A-Z]+ \//.test(l)).map((l) => l.split(/[? ]/).slice(0, 2).join(' '))));
     });
     const port = await new Promise<number>((resolve) => hung.listen(0, '127.0.0.1', () => resolve((hung.address() as AddressInfo).port)));
     cluster.states.set('H', { ...cluster.states.get('A')!, id: 'H', url: `http://127.0.0.1:${port}` });
@@ -322,7 +324,8 @@ describe('core cluster: query routing and stored queries', () => {
       expect(r.status).toBe(200);
       expect(await r.json()).toEqual(want);
       expect(Date.now() - started).toBeLessThan(8_000);
-      expect(held.length).toBe(1);
+      // The request, and the /healthz probe that found H silent too.
+      expect(asked).toEqual(['GET /api/v1/query', 'GET /healthz']);
       expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"')).toBe(hedged + 1);
       // A hedge is not a reroute (no owner failed or refused).
       expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="rerouted"')).toBe(rerouted);
@@ -337,6 +340,39 @@ describe('core cluster: query routing and stored queries', () => {
       hung.close();
       cluster.ready.delete('H');
       cluster.states.delete('H');
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+    }
+  });
+
+  it('leaves an owner that is slow but alive (its /healthz answers) to finish, without asking another owner to do the same work again (before: every request slower than 1 s was asked of two owners)', async () => {
+    const q = encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE max`);
+    const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
+    // L answers /healthz at once and a query after 2.5 s, with an answer of its own (A's would differ).
+    const fromL = { windows: [], from: 'L' };
+    const queries: string[] = [];
+    const slow = createServer((req, res) => {
+      if (req.url === '/healthz') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      queries.push(req.url ?? '');
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(fromL)), 2_500);
+    });
+    const port = await new Promise<number>((resolve) => slow.listen(0, '127.0.0.1', () => resolve((slow.address() as AddressInfo).port)));
+    cluster.states.set('L', { ...cluster.states.get('A')!, id: 'L', url: `http://127.0.0.1:${port}` });
+    cluster.ready.add('L');
+    cluster.owners[shardOfMetric(mA, S)] = ['L', 'A'];
+    const hedged = await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"');
+    const probes = await metric('B', 'apm_core_cluster_proxy_probes_total');
+    try {
+      const r = await get('B', `/api/v1/query?q=${q}${range}`, tokens.read, {}, AbortSignal.timeout(8_000));
+      expect(r.status).toBe(200);
+      expect(await r.json()).toEqual(fromL);
+      expect(queries.length).toBe(1);
+      expect(await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"')).toBe(hedged);
+      // Asked at 1 s and at 2 s of silence.
+      expect(await metric('B', 'apm_core_cluster_proxy_probes_total')).toBe(probes + 2);
+    } finally {
+      slow.close();
+      cluster.ready.delete('L');
+      cluster.states.delete('L');
       cluster.owners[shardOfMetric(mA, S)] = ['A'];
     }
   });

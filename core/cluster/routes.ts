@@ -45,6 +45,13 @@ export const clusterRouteLimits = {
    * the heaviest queries and hung owners cost a second ask.
    */
   proxyHedgeAfterMs: 1_000,
+  /**
+   * An owner silent for proxyHedgeAfterMs is asked GET /healthz first (its HTTP thread answers
+   * within milliseconds even while its workers evaluate or write): only one that does not answer
+   * this fast gets the next owner asked beside it. A live owner computing a heavy query is left
+   * to finish (asked again each proxyHedgeAfterMs), instead of a second owner doing it all again.
+   */
+  proxyProbeTimeoutMs: 500,
   /** Silence between two chunks of a proxied body (an export reads a chunk of ~200,000 points at a time). */
   proxyBodyIdleMs: 30_000,
   proxyConnectTimeoutMs: 2_000,
@@ -116,6 +123,8 @@ interface ProxyOptions {
 
 export class ClusterRouting {
   readonly proxied: Record<ProxyResult, number> = { ok: 0, failed: 0, timeout: 0, busy: 0, unavailable: 0, loop: 0, spans_nodes: 0, rerouted: 0, hedged: 0 };
+  /** GET /healthz asked of an owner silent for proxyHedgeAfterMs (see clusterRouteLimits.proxyProbeTimeoutMs). */
+  probes = 0;
   readonly fanout = { ok: 0, failed: 0, shards_missing: 0, truncated: 0 };
   /** Requests for its own shards while this node was cut off from NATS: asked of another owner, or answered here marked stale. */
   readonly cutOff = { proxied: 0, stale: 0 };
@@ -326,6 +335,19 @@ export class ClusterRouting {
       let pending = 0;
       let done = false;
       let hedge: NodeJS.Timeout | null = null;
+      /** After proxyHedgeAfterMs of silence from `node` (the owner asked last): asks the next owner beside it, unless its /healthz says it lives. */
+      const arm = (node: NodeState, i: number) => {
+        hedge = setTimeout(() => {
+          if (done || next !== i + 1) return;
+          void this.lives(node).then((alive) => {
+            if (done || next !== i + 1) return;
+            if (alive) return arm(node, i);
+            this.proxied.hedged++;
+            askedLast(node);
+            start();
+          });
+        }, clusterRouteLimits.proxyHedgeAfterMs);
+      };
       let last: Asked = { kind: 'none' };
       const finish = (a: Asked) => {
         done = true;
@@ -346,14 +368,7 @@ export class ClusterRouting {
         pending++;
         if (hedge !== null) clearTimeout(hedge);
         hedge = null;
-        if (next < owners.length) {
-          hedge = setTimeout(() => {
-            if (done) return;
-            this.proxied.hedged++;
-            askedLast(node);
-            start();
-          }, clusterRouteLimits.proxyHedgeAfterMs);
-        }
+        if (next < owners.length) arm(node, i);
         // A target undici cannot even parse (a node's --url) throws at once: a failure of that owner like any other.
         let asked: Promise<Dispatcher.ResponseData>;
         try {
@@ -393,6 +408,18 @@ export class ClusterRouting {
       };
       start();
     });
+  }
+
+  /** Whether a node's HTTP thread answers GET /healthz within proxyProbeTimeoutMs. */
+  private async lives(node: NodeState): Promise<boolean> {
+    this.probes++;
+    try {
+      const r = await request(`${node.url.replace(/\/+$/, '')}/healthz`, { dispatcher: this.agent, signal: AbortSignal.timeout(clusterRouteLimits.proxyProbeTimeoutMs) });
+      await r.body.dump();
+      return r.statusCode === 200;
+    } catch {
+      return false;
+    }
   }
 
   /** Headers of a request to another node: the caller's token unchanged, its body's type, the loop guard. */
@@ -489,7 +516,8 @@ export class ClusterRouting {
   }
 
   writeMetrics(p: PromText): void {
-    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400), rerouted (an owner failed or did not serve the shard; the next ready owner was asked), hedged (an owner had not begun to answer within 1 s; the next ready owner was asked beside it, the first answer won)", 'result', this.proxied);
+    p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400), rerouted (an owner failed or did not serve the shard; the next ready owner was asked), hedged (an owner had not begun to answer within 1 s, nor answered /healthz within 0.5 s; the next ready owner was asked beside it, the first answer won)", 'result', this.proxied);
+    p.counter('apm_core_cluster_proxy_probes_total', 'GET /healthz asked of an owner that had not begun to answer a proxied request within 1 s (one that answers is left to finish; one that does not is hedged)', this.probes);
     p.counters('apm_core_cluster_fanout_total', 'Parts of cluster-wide lists asked of other nodes, by result (failed: the list was answered without it, with a warning)', 'result', { ok: this.fanout.ok, failed: this.fanout.failed });
     p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner', this.fanout.shards_missing);
     p.counter('apm_core_cluster_fanout_truncated_total', 'Cluster-wide lists cut at their limit after merging', this.fanout.truncated);
