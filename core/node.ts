@@ -87,7 +87,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
     queriesWaitingMax: L.queriesWaitingPerWorkerMax,
   });
   const meta = openLmdb({ path: `${o.dataDir}/meta`, mapSize: L.metaMapBytes, maxDbs: 4 });
-  const servers = new ServerTable(meta.openDB({ name: 'servers', encoding: 'json' }), L.serversMax);
+  const servers = new ServerTable(meta.openDB({ name: 'servers', encoding: 'json' }), L.serversMax, (o.retentionSeconds ?? 365 * 86_400) * 1000);
   const clusterQueries = o.cluster === undefined ? undefined : await ClusterQueries.open(o.cluster, pool, { queriesMax: L.storedQueriesMax });
   const stored = clusterQueries?.catalog ?? new QueryCatalog(new LmdbDefinitions(meta.openDB({ name: 'queries', encoding: 'json' })), pool, { queriesMax: L.storedQueriesMax });
   if (clusterQueries === undefined) await stored.start();

@@ -222,6 +222,16 @@ export class Registry {
     return undefined;
   }
 
+  /** One past the highest metric index in use or free. */
+  get metricIndexLimit(): number {
+    return this.metrics.length;
+  }
+
+  /** The metric at a registry index (undefined: none, or retired): indexes are not positions in allMetrics(). */
+  metricAt(m: number): MetricInfo | undefined {
+    return this.metrics[m];
+  }
+
   allMetrics(): MetricInfo[] {
     return this.metrics.filter((m): m is MetricInfo => m !== undefined);
   }
@@ -234,11 +244,12 @@ export class Registry {
    */
   flushDirty(): void {
     for (const s of this.dirtyServers) this.serverDb.put(s.name, { id: s.id, rack: s.rack, first: s.firstSeenMs, last: s.lastSeenMs });
-    for (const m of this.dirtyMetrics) {
-      const info = this.metrics[m]!;
-      const by = this.metricBy[m] ?? -1;
-      this.metricDb.put(info.hash, { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, name: info.name, kind: info.kind, first: info.firstSeenMs, last: info.lastSeenMs, ...(by >= 0 ? { by } : {}) });
-    }
+    for (const m of this.dirtyMetrics) this.putMetric(m, this.metricBy[m] ?? -1);
+  }
+
+  private putMetric(m: number, by: number): void {
+    const info = this.metrics[m]!;
+    this.metricDb.put(info.hash, { lo: this.metricHashes[2 * m]!, hi: this.metricHashes[2 * m + 1]!, name: info.name, kind: info.kind, first: info.firstSeenMs, last: info.lastSeenMs, ...(by >= 0 ? { by } : {}) });
   }
 
   /** The transaction holding flushDirty's writes committed (a synchronous one: nothing changed between). */
@@ -273,6 +284,8 @@ export class Registry {
     transact(() => {
       for (const s of servers) this.serverDb.remove(s.name);
       for (const m of metrics) this.metricDb.remove(this.metrics[m]!.hash);
+      // With the servers' removal: a crash after it must not give their metrics back to the id's next holder.
+      for (const m of orphaned) this.putMetric(m, -1);
     });
     for (const s of servers) {
       this.serversByName.delete(s.name);
@@ -291,10 +304,7 @@ export class Registry {
       this.metricBy[m] = -1;
       this.dirtyMetrics.delete(m);
     }
-    for (const m of orphaned) {
-      this.metricBy[m] = -1;
-      this.dirtyMetrics.add(m);
-    }
+    for (const m of orphaned) this.metricBy[m] = -1;
     if (servers.length > 0) this.serverEpoch++;
     this.retired.servers += servers.length;
     this.retired.metrics += metrics.length;

@@ -1,7 +1,8 @@
 // The node's server list on the HTTP thread (issue 12): which servers report, through which
 // rack, first and last seen — read from each request's server ids (RackSecond.servers), so the
 // fleet view and GET /api/v1/servers need no worker. Kept in the meta environment; bounded by
-// serversMax (new servers beyond it are counted, not listed; their data is stored regardless).
+// serversMax (new servers beyond it are counted, not listed; their data is stored regardless);
+// a server not seen for longer than the retention keeps rows is forgotten, as the workers' registries forget it.
 // Which rack carried which observation is the workers' business (rows are keyed by rack).
 
 import type { Database } from 'lmdb';
@@ -17,10 +18,14 @@ export class ServerTable {
   private readonly byName = new Map<string, ServerInfo>();
   private readonly dirty = new Set<ServerInfo>();
   refused = 0;
+  /** Servers forgotten: last seen before the retention (plus the hour data may run ahead of the clock). */
+  forgotten = 0;
 
   constructor(
     private readonly db: Database<{ rack: string; first: number; last: number }, string>,
     private readonly serversMax: number,
+    /** Forget servers last seen longer ago than this (plus forgetMarginMs); Infinity: never. */
+    private readonly retentionMs = Number.POSITIVE_INFINITY,
   ) {
     for (const { key, value } of db.getRange()) this.byName.set(key, { name: key, rack: value.rack, firstSeenMs: value.first, lastSeenMs: value.last });
   }
@@ -77,13 +82,27 @@ export class ServerTable {
     return [...this.byName.values()];
   }
 
-  /** Persists new and moved servers, and everyone's last-seen time when `all`. */
-  async save(opts: { all: boolean }): Promise<void> {
+  /** Persists new and moved servers, and everyone's last-seen time when `all` (forgetting those silent past the retention then). */
+  async save(opts: { all: boolean }, nowMs = Date.now()): Promise<void> {
+    const gone: string[] = [];
+    if (opts.all) {
+      for (const s of this.byName.values()) {
+        if (s.lastSeenMs >= nowMs - this.retentionMs - forgetMarginMs) continue;
+        gone.push(s.name);
+        this.byName.delete(s.name);
+        this.dirty.delete(s);
+      }
+      this.forgotten += gone.length;
+    }
     const list = opts.all ? this.all() : [...this.dirty];
     this.dirty.clear();
-    if (list.length === 0) return;
+    if (list.length === 0 && gone.length === 0) return;
     await this.db.transaction(() => {
+      for (const name of gone) void this.db.remove(name);
       for (const s of list) void this.db.put(s.name, { rack: s.rack, first: s.firstSeenMs, last: s.lastSeenMs });
     });
   }
 }
+
+/** Beyond the retention before a server is forgotten: the hour a second may run ahead of the clock, and some. */
+const forgetMarginMs = 3600_000 + 180_000;

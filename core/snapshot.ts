@@ -111,7 +111,8 @@ export interface ShardIo {
   rackName(id: number): string | undefined;
   server(id: number): { name: string; rack: string } | undefined;
   /** The registry's metrics by index now, and the index of a hash (−1: none). */
-  metrics(): readonly { name: string | null; kind: number }[];
+  /** The registered metric at a registry index (undefined: none, or retired). */
+  metricAt(mi: number): { name: string | null; kind: number } | undefined;
   metricIndex(lo: number, hi: number): number;
   /** Refuses the shard's ingest, records the restoring marker as its applied sequence (restoringSeq, synced), forgets its head and marks and deletes its data. */
   beginRestore(shard: number): Promise<void>;
@@ -234,7 +235,6 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
   try {
     rootTxn = io.rootEnv.useReadTransaction();
     const applied = io.appliedIn(shard, walTxn);
-    const metrics = io.metrics();
     const w = new RecordWriter();
     w.preamble();
     w.begin(RecordType.Header).u16(shard).u16(io.shardCount).u16(io.blockSeconds).f64(applied).f64(io.walSeqBound()).end();
@@ -277,7 +277,7 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
       }
       const mi = io.metricIndex(lo, hi);
       if (mi >= 0 && !sentMetrics.has(mi)) {
-        const m = metrics[mi];
+        const m = io.metricAt(mi);
         if (m !== undefined) {
           w.begin(RecordType.Metric).u32(lo).u32(hi).u8(m.kind).u8(m.name === null ? 0 : 1).text(m.name ?? '').end();
           sentMetrics.add(mi);

@@ -211,6 +211,79 @@ describe('Store', () => {
     await again.close();
   });
 
+  it('regression: a shard snapshot taken after a metric was retired describes each metric by its own index (before: by its position in the list of live metrics, so a copy took a gauge for a distribution and dropped its points for good)', async () => {
+    const opts = { retentionSeconds: 3600, futureSecondsMax: 60 };
+    const src = open(opts);
+    const at = (second: number) => second * 1000;
+    const g = (name: string, value: number): PointInput => ({ name, kind: KindCode.Gauge, value });
+    // Registry indexes by first arrival: old.m 0, keep.d 1, keep.g 2.
+    src.ingest(...batch(t0, { old: { points: [g('old.m', 1)] } }, 'r-old'), at(t0));
+    src.ingest(...batch(t0, { keep: { dists: [{ name: 'keep.d', values: [1, 2] }] } }, 'r-keep'), at(t0));
+    src.ingest(...batch(t0, { keep: { points: [g('keep.g', 5)] } }, 'r-keep'), at(t0));
+    src.ingest(...batch(t0 + 4000, { keep: { dists: [{ name: 'keep.d', values: [3] }], points: [g('keep.g', 6)] } }, 'r-keep'), at(t0 + 4000));
+    flushAll(src);
+    await src.retentionSweep(at(t0 + 4200));
+    expect(src.counters.metrics_retired).toBe(1);
+    const dst = open();
+    for (let shard = 0; shard < S; shard++) await dst.restoreShard(shard, [...src.snapshotShard(shard)]);
+    // Live points of both on the copy are stored, none refused as of another kind.
+    const r = dst.ingest(...batch(t0 + 4100, { keep: { points: [g('keep.g', 8)], dists: [{ name: 'keep.d', values: [4] }] } }, 'r-keep'));
+    expect(r).toMatchObject({ status: 204, points: 2 });
+    expect(dst.counters.points_dropped_kind_conflict).toBe(0);
+    await src.close();
+    await dst.close();
+  });
+
+  it('regression: a retired server\'s share of the per-server metric limit is given up durably with its removal (before: a restart right after gave the metrics it introduced back to its id, and so to the next new server, whose own metrics were refused)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-retire-quota-'));
+    dirs.push(dir);
+    const opts = options(dir, { retentionSeconds: 3600, futureSecondsMax: 60, metricsPerServerMax: 2 });
+    const at = (second: number) => second * 1000;
+    const g = (name: string, value: number): PointInput => ({ name, kind: KindCode.Gauge, value });
+    let st = new Store(opts);
+    // X introduces two metrics (its whole share); another server keeps sending them.
+    st.ingest(...batch(t0, { X: { points: [g('q1', 1), g('q2', 1)] } }, 'rx'), at(t0));
+    flushAll(st);
+    const xId = st.registry.serverByName('X')!.id;
+    st.ingest(...batch(t0 + 4000, { keep: { points: [g('q1', 2), g('q2', 2)] } }, 'rk'), at(t0 + 4000));
+    flushAll(st);
+    await st.retentionSweep(at(t0 + 4200));
+    expect(st.registry.serverByName('X')).toBeUndefined();
+    await st.close(); // no registry save or row slice after the retire
+    st = new Store(opts);
+    expect(st.registry.introducedCount(xId)).toBe(0);
+    const r = st.ingest(...batch(t0 + 4100, { Z: { points: [g('z1', 1), g('z2', 1)] } }, 'rz'), at(t0 + 4100));
+    expect(st.registry.serverByName('Z')!.id).toBe(xId);
+    expect(r).toMatchObject({ status: 204, points: 2 });
+    await st.close();
+  });
+
+  it('regression: a rack\'s last-seen time is saved only once its id is (before: a rack whose first rows were never written left a time on disk no retire could reach), and a snapshot being read holds retirement off', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-rackseen-'));
+    dirs.push(dir);
+    const opts = options(dir, { retentionSeconds: 3600, futureSecondsMax: 60 });
+    const at = (second: number) => second * 1000;
+    let st = new Store(opts);
+    st.ingest(...batch(t0, { a: { points: [{ name: 'rs', kind: KindCode.Gauge, value: 1 }] } }, 'r-unwritten'), at(t0));
+    st.saveRegistry();
+    await st.close(); // before its rows (and so its rack id) were written; the WAL replays the request
+    const env = openLmdb({ path: dir, maxDbs: 16 });
+    expect(env.openDB<number, string>({ name: 'rackSeen', encoding: 'json' }).get('r-unwritten')).toBeUndefined();
+    await env.close();
+    // Another store: a snapshot being read holds retirement off (the sweep deletes the rows; the names stay until it ends).
+    st = open({ retentionSeconds: 3600, futureSecondsMax: 60 });
+    st.ingest(...batch(t0, { a: { points: [{ name: 'rs', kind: KindCode.Gauge, value: 1 }] } }, 'r-a'), at(t0));
+    flushAll(st);
+    const chunks = st.snapshotShard(0);
+    chunks.next();
+    await st.retentionSweep(at(t0 + 4200));
+    expect([st.counters.racks_retired, st.registry.serverByName('a') !== undefined]).toEqual([0, true]);
+    for (const _ of chunks);
+    await st.retentionSweep(at(t0 + 4200));
+    expect([st.counters.racks_retired, st.counters.servers_retired, st.registry.serverByName('a')]).toEqual([1, 1, undefined]);
+    await st.close();
+  });
+
   it('commits requests that wait together in one transaction, a copy inside the group stored once', () => {
     const store = open();
     const a = batch(t0, { a: { points: [{ name: 'g', kind: KindCode.Gauge, value: 1 }], dists: [{ name: 'gd', values: [1] }] } });

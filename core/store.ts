@@ -299,8 +299,14 @@ export class Store {
       this.rackSeenMs.set(key, this.rackSeen.get(key) ?? openedMs);
     }
     for (let id = this.rackNamesById.length - 1; id >= 1; id--) if (this.rackNamesById[id] === undefined) this.freeRackIds.push(id);
+    // Times of racks whose id never became durable (a crash before their first rows): dropped.
+    const orphans = [...this.rackSeen.getKeys()].filter((name) => !this.rackIds.has(name));
+    if (orphans.length > 0) this.root.transactionSync(() => orphans.forEach((name) => this.rackSeen.remove(name)));
     this.registry = new Registry(this.root.openDB({ name: 'servers', encoding: 'json' }), this.root.openDB({ name: 'metrics', encoding: 'json' }), opts.metricsMax);
-    this.registry.allMetrics().forEach((m, i) => this.noteKind(i, m.kind));
+    for (let mi = 0; mi < this.registry.metricIndexLimit; mi++) {
+      const m = this.registry.metricAt(mi);
+      if (m !== undefined) this.noteKind(mi, m.kind);
+    }
     for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map() });
     let last = 0;
     for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
@@ -1150,7 +1156,7 @@ export class Store {
    */
   private retire(cutoff: number): void {
     for (const head of this.heads.values()) for (const block of head.blocks.keys()) if (block < cutoff) return;
-    if (this.restoring.size > 0) return;
+    if (this.restoring.size > 0 || this.snapshotsOpen > 0) return;
     const ahead = this.opts.futureSecondsMax ?? coreLimits.futureSecondsMax;
     const beforeMs = (cutoff - ahead - 2 * this.opts.blockSeconds) * 1000 - Math.max(60_000, coreLimits.registrySaveMs);
     const racks = [...this.rackSeenMs].filter(([, ms]) => ms < beforeMs).map(([name]) => name);
@@ -1192,7 +1198,8 @@ export class Store {
     try {
       this.root.transactionSync(() => {
         this.registry.flushDirty();
-        for (const [name, ms] of this.rackSeenMs) this.rackSeen.put(name, ms);
+        // Racks whose id is durable (a new one's goes with its first rows: until then it has no entry here either).
+        for (const [name, ms] of this.rackSeenMs) if (!this.racksDirty.has(name)) this.rackSeen.put(name, ms);
       });
       this.registry.flushed();
     } catch (err) {
@@ -1269,7 +1276,19 @@ export class Store {
   /** A consistent snapshot of one shard as chunks of a byte stream (core/snapshot.ts); finish or return() it. */
   snapshotShard(shard: number, chunkBytes?: number): Generator<Uint8Array, void, void> {
     this.counters.shard_snapshots++;
-    return snapshotChunks(this.shardIo(), shard, chunkBytes);
+    return this.snapshotting(snapshotChunks(this.shardIo(), shard, chunkBytes));
+  }
+
+  /** Snapshots being read: retire() waits for them (they name servers and racks by id, from a read transaction older than the sweep). */
+  private snapshotsOpen = 0;
+
+  private *snapshotting(chunks: Generator<Uint8Array, void, void>): Generator<Uint8Array, void, void> {
+    this.snapshotsOpen++;
+    try {
+      yield* chunks;
+    } finally {
+      this.snapshotsOpen--;
+    }
   }
 
   /** Replaces one shard's data by a snapshot stream's (core/snapshot.ts); on failure the shard is left empty and marked restoring (restoringSeq). */
@@ -1305,7 +1324,7 @@ export class Store {
       walSeqBound: () => this.walSeq,
       rackName: (id) => this.rackNamesById[id],
       server: (id) => this.registry.serverById(id),
-      metrics: () => this.registry.allMetrics(),
+      metricAt: (mi) => this.registry.metricAt(mi),
       metricIndex: (lo, hi) => this.registry.indexOf(lo, hi),
       beginRestore: async (shard) => {
         if (this.restoring.has(shard)) throw new SnapshotError(`shard ${shard} is being restored already; wait for that copy to end`);
