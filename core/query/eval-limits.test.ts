@@ -178,6 +178,54 @@ describe('regression: a stored query revising many late windows, each reading a 
   });
 });
 
+describe('regression: a stored query whose revisions did not fit one tick redid the same first windows on every retry and never reached the rest', () => {
+  it('keeps only the late seconds it did not revise, so each retry goes on where the last stopped', async () => {
+    const store = loadRows();
+    try {
+      let stepping = false;
+      let now = 0;
+      const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100, evalBudgetMs: 1000, clockMs: () => (stepping ? (now += 400) : now) });
+      stored.sync([{ id: 'q1', name: 'g', query: 'FROM * SELECT g WINDOW 1s COMPUTE count', createdMs: 0 }], (t0 + 1) * 1000);
+      await stored.tick((t0 + 600) * 1000);
+      // Late data in 10 seconds, one a block: 10 windows to revise, only a few fit a tick on this clock.
+      for (let k = 0; k < 10; k++) {
+        ingest(store, { rack: 'r5', second: t0 + 60 * k, servers: 1, value: () => 7 });
+        stored.noteData(t0 + 60 * k);
+      }
+      const revisions = () => stored.resultsJson('q1', 0, 8.64e15, 1000).map((j) => JSON.parse(j) as { startMs: number; revision: number; count: number }).filter((w) => (w.startMs / 1000 - t0) % 60 === 0);
+      for (let tick = 0; tick < 20 && revisions().some((w) => w.revision === 0); tick++) {
+        stepping = true;
+        await stored.tick((t0 + 600) * 1000);
+        stepping = false;
+        now += 120_000; // past any back-off
+      }
+      expect(stored.counters.evaluation_over_budget).toBeGreaterThan(1);
+      expect(revisions().map((w) => [w.revision, w.count])).toEqual(Array.from({ length: 10 }, () => [1, 21]));
+    } finally {
+      store.close();
+    }
+  });
+});
+
+describe('regression: a stored window whose sum overflowed to Infinity was revised at every re-evaluation (JSON keeps it as null, which never matched)', () => {
+  it('keeps its revision when nothing changed', async () => {
+    const store = openStore();
+    try {
+      ingest(store, { rack: 'inf', second: t0, servers: 2, value: () => 1e308 });
+      const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+      stored.sync([{ id: 'q1', name: 'g', query: 'FROM * SELECT g WINDOW 1s COMPUTE sum, max', createdMs: 0 }], t0 * 1000);
+      await stored.tick((t0 + 10) * 1000);
+      stored.noteData(t0);
+      await stored.tick((t0 + 10) * 1000);
+      const [w] = stored.resultsJson('q1', 0, 8.64e15, 10).map((j) => JSON.parse(j) as { revision: number; values: Record<string, number | null> });
+      expect(w).toMatchObject({ revision: 0, values: { sum: null, max: 1e308 } });
+      expect(stored.counters.windows_revised).toBe(0);
+    } finally {
+      store.close();
+    }
+  });
+});
+
 describe('regression: exact percentiles of gauges over a large window had no memory bound (issue 16.11)', () => {
   it('holds at most exactValuesMax values, sketching the fullest window past it (1% relative), and says so in the window', () => {
     const store = openStore();

@@ -207,15 +207,23 @@ export class StoredQueries {
       const next = s.next;
       // One budget for this query's whole tick: its new windows and its revisions (issue 16.1).
       const budget: EvalOptions = { clockMs: clock, deadlineMs: startedMs + budgetMs, budgetMs };
+      const mine = [...late, ...s.late];
+      // Window starts revised this tick: their late seconds are done even if the budget ends the tick.
+      const revised = new Set<number>();
       try {
         this.advance(s, nowMs, pending, budget);
-        this.revise(s, [...late, ...s.late], pending, budget);
+        this.revise(s, mine, pending, budget, revised);
         s.late.clear();
         s.failures = 0;
       } catch (err) {
         this.counters.evaluation_errors++;
-        if (err instanceof EvalLimitError && err.reason === 'time_budget') this.overBudget(s, late, clock(), budgetMs, err);
-        else console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
+        if (err instanceof EvalLimitError && err.reason === 'time_budget') {
+          // Only what is left waits (before: every late second again, so a retry redid the same
+          // first windows, ran out at the same point, and never reached the rest).
+          const W = s.parsed.windowSeconds;
+          s.late.clear();
+          this.overBudget(s, revised.size === 0 ? mine : mine.filter((sec) => !revised.has(sec - (((sec % W) + W) % W))), clock(), budgetMs, err);
+        } else console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
       }
       if (pending.size > 0 || s.next !== next) done.push({ s, pending });
       // One query at a time: ingest and reads of this worker run in between.
@@ -271,16 +279,27 @@ export class StoredQueries {
     }
   }
 
-  private revise(s: QueryState, late: number[], pending: Map<string, WindowResult>, budget: EvalOptions): void {
+  /**
+   * Evaluates again the windows (before the cursor) that late seconds fall in, oldest first, runs
+   * of adjacent windows in one read (at most `step` windows, as catch-up); each window start done
+   * goes into `revised`.
+   */
+  private revise(s: QueryState, late: number[], pending: Map<string, WindowResult>, budget: EvalOptions, revised: Set<number>): void {
     const W = s.parsed.windowSeconds;
-    const starts = new Set<number>();
+    const set = new Set<number>();
     for (const sec of late) {
       const start = sec - (((sec % W) + W) % W);
-      if (start < s.next) starts.add(start);
+      if (start < s.next) set.add(start);
     }
-    for (const start of starts) {
-      const [w] = evaluate(this.store, s.parsed, start, start + W, budget);
-      if (w !== undefined) pending.set(resultKey(s.def.id, w.startMs), w);
+    const starts = [...set].sort((a, b) => a - b);
+    for (let i = 0; i < starts.length; ) {
+      let j = i + 1;
+      while (j < starts.length && j - i < s.step && starts[j] === starts[j - 1]! + W) j++;
+      const from = starts[i]!;
+      const to = starts[j - 1]! + W;
+      for (const w of evaluate(this.store, s.parsed, from, to, budget)) pending.set(resultKey(s.def.id, w.startMs), w);
+      for (let k = i; k < j; k++) revised.add(starts[k]!);
+      i = j;
     }
   }
 
@@ -307,10 +326,16 @@ export class StoredQueries {
   }
 }
 
+/** Whether a stored window (read back from JSON) holds the values of a new one. */
 function sameValues(a: WindowResult, b: WindowResult): boolean {
   if (a.count !== b.count || a.servers !== b.servers) return false;
-  for (const k of Object.keys(b.values)) if (a.values[k] !== b.values[k]) return false;
+  // JSON keeps ±Infinity and NaN as null: compared as stored (before: a sum that overflowed never matched, and every re-evaluation revised its window).
+  for (const k of Object.keys(b.values)) if (a.values[k] !== asStored(b.values[k])) return false;
   return true;
+}
+
+function asStored(v: number | null | undefined): number | null | undefined {
+  return typeof v === 'number' && !Number.isFinite(v) ? null : v;
 }
 
 function alignedStart(ms: number, W: number): number {
