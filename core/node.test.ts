@@ -132,8 +132,13 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
       }
       return logged;
     };
+    const counted = (st: Awaited<ReturnType<typeof node.pool.freshStats>>) => [st.counters.requests_ingested ?? 0, (st.counters.points_ingested ?? 0) + (st.counters.summaries_ingested ?? 0)];
+    const before = counted(await node.pool.freshStats());
     // It dies while its rows fall due (blocks of t0 are 10 minutes old).
     const logged = await failAndRestart(1);
+    // Regression: the summed counters go on from the dead thread's (they went back to the new
+    // thread's, a counter reset for Prometheus), and points replayed from the WAL are not counted again.
+    expect(counted(await node.pool.freshStats())).toEqual(before);
     // It closed its stores before its thread ended (an LMDB environment closed under a commit of
     // a dying thread crashes the process), and the HTTP thread saw it exit with 1.
     const i = logged.findIndex((l) => l.includes('worker 0: uncaught error; closing its stores, then exiting to be restarted: Error: fault injected by a test'));

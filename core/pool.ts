@@ -61,6 +61,8 @@ interface Slot {
   isReady: boolean;
   pending: Map<number, Pending>;
   stats: WorkerStats | null;
+  /** Counters of this slot's earlier threads (a restarted worker counts from 0): added to its own, so sums never go back. */
+  carried: { counters: Record<string, number>; rejected: Record<string, number> };
   deaths: number;
   /** performance.now() when its thread last started. */
   startedAt: number;
@@ -94,7 +96,7 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, deaths: 0, startedAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, carried: { counters: {}, rejected: {} }, deaths: 0, startedAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
   }
@@ -195,6 +197,12 @@ export class ShardPool {
       p.answered?.(null);
     }
     slot.pending.clear();
+    // Its counters go on in the next thread's; its gauges (memory, WAL, lag) end with it.
+    if (slot.stats !== null) {
+      for (const [k, v] of Object.entries(slot.stats.counters)) if (!gaugeCounters.has(k)) slot.carried.counters[k] = (slot.carried.counters[k] ?? 0) + v;
+      for (const [k, v] of Object.entries(slot.stats.rejected)) slot.carried.rejected[k] = (slot.carried.rejected[k] ?? 0) + v;
+      slot.stats = null;
+    }
     if (this.stopping) return;
     this.counters.worker_deaths++;
     // Deaths in a row grow the back-off; a worker that stayed up a minute starts the count again.
@@ -591,6 +599,8 @@ export class ShardPool {
     const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, walFileBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
     for (const s of this.slots) {
       if (s.worker !== null && s.isReady) total.workersUp++;
+      for (const [k, v] of Object.entries(s.carried.counters)) total.counters[k] = (total.counters[k] ?? 0) + v;
+      for (const [k, v] of Object.entries(s.carried.rejected)) total.rejected[k] = (total.rejected[k] ?? 0) + v;
       const st = s.stats;
       if (st === null) continue;
       for (const [k, v] of Object.entries(st.counters)) total.counters[k] = (total.counters[k] ?? 0) + v;
@@ -675,3 +685,6 @@ function workerScript(): URL {
   if (existsSync(fileURLToPath(fromSource))) return fromSource;
   throw new Error(`no compiled worker at ${fileURLToPath(here)} or ${fileURLToPath(fromSource)}; run 'npx tsc -p tsconfig.json' first`);
 }
+
+/** Entries of a worker's `counters` that are levels, not counts (not carried over a restart). */
+const gaugeCounters = new Set(['row_cache_bytes', 'answer_cache_windows']);

@@ -775,7 +775,8 @@ export class Store {
         mh.walSeq = Math.max(mh.walSeq, seq);
         this.headBytes += mh.bytes - before;
         added += took;
-        this.counters.points_ingested += took;
+        // A replay's points were counted when they were acknowledged (a restarted worker's counts continue the dead one's: core/pool.ts).
+        if (!replay) this.counters.points_ingested += took;
       }
       from = to;
     }
@@ -808,7 +809,7 @@ export class Store {
             continue;
           }
           mh.addDist(sid, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
-          this.counters.summaries_ingested++;
+          if (!replay) this.counters.summaries_ingested++;
           added++;
         }
         mh.walSeq = Math.max(mh.walSeq, seq);
