@@ -360,11 +360,11 @@ export class ShardPool {
   }
 
   /**
-   * A query or export request, at most queriesWaitingMax waiting per worker: the worker takes
+   * A query, export or stored-results request, at most queriesWaitingMax waiting per worker: the worker takes
    * messages in order, so queries queued without bound delayed its ingest by seconds each. The
    * worker skips a query whose deadline (this side's timeout) has passed.
    */
-  private async queryRequest(slot: Slot, msg: Extract<ToWorker, { t: 'query' | 'export' }>): Promise<Reply> {
+  private async queryRequest(slot: Slot, msg: Extract<ToWorker, { t: 'query' | 'export' | 'results' }>): Promise<Reply> {
     const max = this.opts.queriesWaitingMax ?? Infinity;
     if (slot.queriesWaiting >= max) {
       this.counters.queries_busy++;
@@ -395,7 +395,8 @@ export class ShardPool {
 
   /** Stored results of a query from its worker's store (JSON texts, ascending). */
   async results(def: { id: string; metric: string }, range: { fromMs: number; toMs: number; limit: number; newest?: boolean }): Promise<string[]> {
-    const r = await this.request(this.slotOfMetric(def.metric), { t: 'results', id: this.nextId++, metric: def.metric, qid: def.id, fromMs: range.fromMs, toMs: range.toMs, limit: range.limit, newest: range.newest ?? false });
+    // Counted as a query (results under HTTP load queued without bound otherwise).
+    const r = await this.queryRequest(this.slotOfMetric(def.metric), { t: 'results', id: this.nextId++, metric: def.metric, qid: def.id, fromMs: range.fromMs, toMs: range.toMs, limit: range.limit, newest: range.newest ?? false });
     if (r.error !== undefined) throw new WorkerError(r.error);
     return r.json ?? [];
   }
@@ -564,8 +565,19 @@ export class ShardPool {
     if (!Number.isInteger(shard) || shard < 0 || shard >= this.shards) throw new SnapshotError(`shard ${shard} is not in 0..${this.shards - 1}`);
   }
 
-  /** Every metric of every shard. */
+  /**
+   * Every metric of every shard. Callers while one list is being gathered share it (each a copy
+   * of the array): list routes (Prometheus labels, series, metadata; a cluster's metric list) queued
+   * a whole list per call in every worker, without bound, ahead of its ingest.
+   */
   async metrics(): Promise<WorkerMetric[]> {
+    this.metricsGathering ??= this.gatherMetrics().finally(() => (this.metricsGathering = null));
+    return (await this.metricsGathering).slice();
+  }
+
+  private metricsGathering: Promise<WorkerMetric[]> | null = null;
+
+  private async gatherMetrics(): Promise<WorkerMetric[]> {
     const replies = await Promise.all(this.slots.map((s) => this.request(s, { t: 'metrics', id: this.nextId++ })));
     // Not a partial list that looks whole (a worker replaying its WAL, or restarting): the asker answers 503.
     const failed = replies.find((r) => r.error !== undefined);

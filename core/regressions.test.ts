@@ -79,6 +79,20 @@ describe('bounds of the ingest path', () => {
     expect(w!.values.count).toBe(3);
   });
 
+  it('list requests arriving while one is being gathered share it (before: each Prometheus label-values call queued a whole metric list in every worker, without bound, ahead of its ingest)', async () => {
+    const node = await start({ workerRequestTimeoutMs: 300 });
+    await post(node, 'ls', t0, { 'ls-1': [{ name: 'ls.x', kind: KindCode.Gauge, value: 1 }] }, ['ls.x']);
+    await node.pool.stallWorker(0, 1500);
+    const timedOut = node.pool.counters.requests_timed_out;
+    const names = '/api/v1/label/__name__/values';
+    const statuses = await Promise.all(Array.from({ length: 50 }, async () => (await node.app.request(names)).status));
+    expect(statuses.every((x) => x >= 500)).toBe(true);
+    // One request reached the worker (and timed out), not 50.
+    expect(node.pool.counters.requests_timed_out - timedOut).toBe(1);
+    await waitFor(async () => (await node.app.request(names)).status === 200);
+    expect(((await (await node.app.request(names)).json()) as { data: string[] }).data).toEqual(['ls.x']);
+  });
+
   it('a worker thread that is starting (replaying its WAL) refuses requests at once with 503, instead of queueing them unseen until its replay ends', async () => {
     const node = await start();
     await post(node, 'rp', t0, { 'rp-1': [{ name: 'rp.x', kind: KindCode.Gauge, value: 5 }] });
