@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { rackSecondBody } from '../../schema/section.js';
+import { rackSecondBody, sectionAt } from '../../schema/section.js';
 import { buildColumns } from '../../schema/testdata.js';
 import { openNode, type CoreNode } from '../node.js';
 import type { WindowResult } from '../query/eval.js';
@@ -394,5 +394,30 @@ describe('import requests and the core\'s de-duplication window', () => {
     expect(performance.now() - t).toBeLessThan(5000);
     expect(summary).toMatchObject({ stored: 6, pointsRefused: { core_refused: 6 } });
     expect(summary.errors.some((e) => e.reason === 'core_refused:racks_full')).toBe(true);
+  });
+});
+
+describe('regression: an import names each metric in the request that carries its points', () => {
+  it('a server that does not fit the request so far goes to the next with its metrics\' names (before: its names went in the earlier request, without their points)', async () => {
+    const nowSec = t0 + 600;
+    const lines = Array.from({ length: 1025 }, (_, i) => line('imp.common', { server: `s${String(i).padStart(5, '0')}`, rack: 'r1' }, [[t0, 1]]));
+    lines.push(line('imp.only-last', { server: 's01024', rack: 'r1' }, [[t0, 7]]));
+    const requests: { points: Set<string>; names: Set<string> }[] = [];
+    const summary = await importAt(lines, nowSec, (msg) => {
+      const points = new Set<string>();
+      const names = new Set<string>();
+      for (let i = 0; i < msg.sectionShards.length; i++) {
+        const r = decodeFrame(sectionAt(msg, i), batchBytesMax);
+        if (!r.ok || r.msg.type !== 'shardSection') throw new Error('BUG: not a ShardSection');
+        const s = r.msg;
+        for (let k = 0; k < s.pointHashes.length; k += 2) points.add(`${s.pointHashes[k]},${s.pointHashes[k + 1]}`);
+        for (let k = 0; k < s.nameHashes.length; k += 2) names.add(`${s.nameHashes[k]},${s.nameHashes[k + 1]}`);
+      }
+      requests.push({ points, names });
+      return { status: 204, points: msg.servers.length, duplicates: 0, msg };
+    });
+    expect(summary.requests).toBe(2);
+    expect(requests.length).toBe(2);
+    for (const r of requests) expect([...r.points].filter((p) => !r.names.has(p))).toEqual([]);
   });
 });

@@ -348,6 +348,12 @@ class Importer {
         if (i + 1 < b && this.metricOf[points[i + 1]!] === this.metricOf[points[i]!]) this.summary.sameSecond++;
         else keep.push(points[i]!);
       }
+      // The request so far goes first when this server would pass a bound; then its metrics are
+      // named in the request that carries their points (before: named in the earlier one, whose
+      // points they were not, so a name depended on the store's bounded list of waiting names).
+      let fresh = 0;
+      for (const p of keep) if (!named.has(this.metricOf[p]!)) fresh++;
+      if (group.length === batchServersMax || named.size + fresh > importLimits.metricsPerRequestMax) await send();
       const cols = pointColumns(keep.length);
       keep.forEach((p, j) => {
         const m = this.metricOf[p]!;
@@ -357,7 +363,6 @@ class Importer {
         if (this.metrics[m]!.endsWith(counterMark)) cols.pointKinds[j] = KindCode.Counter;
         named.add(m);
       });
-      if (group.length === batchServersMax || named.size + keep.length > importLimits.metricsPerRequestMax) await send();
       group.push({ server: this.servers[server]!, blocks: [cols] });
       a = b;
     }
