@@ -268,6 +268,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_retention_results_deleted_total', 'Stored-query results deleted past the retention (windows that start before it)', s('results_deleted'));
     p.counter('apm_core_wal_replayed_total', 'Sections replayed from the WAL when workers started', s('wal_replayed'));
     p.counter('apm_core_wal_corrupt_total', 'WAL entries that did not decode at replay (kept for inspection)', s('wal_corrupt'));
+    p.counter('apm_core_wal_unapplied_total', 'WAL entries that decoded but could not be replayed into the head (kept for inspection, logged)', s('wal_unapplied'));
     p.gauge('apm_core_head_bytes', 'Bytes of data not yet written as rows', st.heldBytes);
     p.gauge('apm_core_wal_bytes', 'Bytes of WAL entries whose rows are not written yet', st.walBytes);
     p.counter('apm_core_row_bytes_written_total', 'Bytes of encoded rows written (before LMDB pages)', s('row_bytes_written'));
@@ -279,6 +280,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_shards', 'Shards of this node (S)', pool.shards);
     p.gauge('apm_core_workers', 'Worker threads running', st.workersUp);
     p.counter('apm_core_worker_deaths_total', 'Worker threads that died (each is restarted from its WAL)', pool.counters.worker_deaths);
+    p.counter('apm_core_worker_start_failures_total', 'Worker threads that died before they were ready: their stores did not open or their WAL replay failed (restarted with a growing back-off; the log says why)', pool.counters.worker_start_failures);
     p.counter('apm_core_worker_requests_timed_out_total', 'Requests a worker did not answer in time (answered 503)', pool.counters.requests_timed_out);
     p.counter('apm_core_worker_queries_busy_total', 'Ad-hoc queries and export chunks answered 503 at once: their worker had queriesWaitingPerWorkerMax waiting', pool.counters.queries_busy);
     p.counter('apm_core_query_windows_evaluated_total', 'Stored-query windows evaluated', s('windows_evaluated'));

@@ -82,7 +82,7 @@ export class ShardPool {
   private stopping = false;
   /** Tests (stallWorker): the next worker thread started is busy this long before its replay. */
   private stallNextStartMs = 0;
-  readonly counters = { ingest_busy: 0, ingest_unavailable: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
+  readonly counters = { ingest_busy: 0, ingest_unavailable: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_start_failures: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
   onWindow: ((qid: string, w: WindowResult) => void) | null = null;
@@ -189,6 +189,7 @@ export class ShardPool {
   /** A worker that dies is logged, counted and started again from its WAL; its requests get 503. */
   private died(slot: Slot, worker: Worker, code: number): void {
     if (slot.worker !== worker) return;
+    const wasReady = slot.isReady;
     slot.worker = null;
     slot.isReady = false;
     for (const [id, p] of slot.pending) {
@@ -205,11 +206,13 @@ export class ShardPool {
     }
     if (this.stopping) return;
     this.counters.worker_deaths++;
+    // Died before it was ready (its stores did not open, or its replay threw): a restart may meet the same.
+    if (!wasReady) this.counters.worker_start_failures++;
     // Deaths in a row grow the back-off; a worker that stayed up a minute starts the count again.
     if (performance.now() - slot.startedAt > 60_000) slot.deaths = 0;
     slot.deaths++;
     const delayMs = Math.min(30_000, 100 * 2 ** Math.min(8, slot.deaths - 1));
-    console.error(`apm core: worker ${slot.index} died (exit ${code}); restarting it from its WAL in ${delayMs} ms`);
+    console.error(`apm core: worker ${slot.index} died (exit ${code})${wasReady ? '' : ' while starting (opening its stores or replaying its WAL)'}; restarting it from its WAL in ${delayMs} ms`);
     setTimeout(() => {
       if (this.stopping) return;
       this.counters.worker_restarts++;

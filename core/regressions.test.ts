@@ -1,7 +1,7 @@
 // Regression tests of issue 16 that need a whole node (the others sit beside their modules).
 
-import { afterEach, describe, expect, it } from 'vitest';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeFrame, KindCode } from '../schema/codec.js';
@@ -91,6 +91,28 @@ describe('bounds of the ingest path', () => {
     expect(node.pool.counters.requests_timed_out - timedOut).toBe(1);
     await waitFor(async () => (await node.app.request(names)).status === 200);
     expect(((await (await node.app.request(names)).json()) as { data: string[] }).data).toEqual(['ls.x']);
+  });
+
+  it('a worker that dies while starting is counted as such (before: only as a death, with nothing to tell a crash loop at start), and comes back once its stores open', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-regress-start-'));
+    const node = await start({}, dir);
+    await post(node, 'sf', t0, { 'sf-1': [{ name: 'sf.x', kind: KindCode.Gauge, value: 3 }] });
+    // Its store directory replaced by a file: the restarted thread cannot open it.
+    renameSync(join(dir, 'store-0'), join(dir, 'store-0.moved'));
+    writeFileSync(join(dir, 'store-0'), 'not a directory');
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      await node.pool.failWorker(0);
+      await waitFor(() => node.pool.counters.worker_start_failures >= 2);
+      expect(await (await node.app.request('/metrics')).text()).toMatch(/^apm_core_worker_start_failures_total [2-9]\b/m);
+      rmSync(join(dir, 'store-0'));
+      renameSync(join(dir, 'store-0.moved'), join(dir, 'store-0'));
+      await waitFor(() => node.pool.stats().workersUp === 1, 20_000);
+    } finally {
+      spy.mockRestore();
+    }
+    const [w] = await query(node, 'FROM sf-1 SELECT sf.x WINDOW 1m COMPUTE sum', t0, t0 + 60);
+    expect(w!.values.sum).toBe(3);
   });
 
   it('a worker thread that is starting (replaying its WAL) refuses requests at once with 503, instead of queueing them unseen until its replay ends', async () => {

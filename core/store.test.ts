@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -282,6 +282,32 @@ describe('Store', () => {
     await st.retentionSweep(at(t0 + 4200));
     expect([st.counters.racks_retired, st.counters.servers_retired, st.registry.serverByName('a')]).toEqual([1, 1, undefined]);
     await st.close();
+  });
+
+  it('regression: a WAL entry that decodes but cannot be replayed is kept and counted, and the others are replayed (before: the throw ended the worker at every start)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-unapplied-'));
+    dirs.push(dir);
+    const first = new Store(options(dir));
+    for (let k = 0; k < 3; k++) expect(first.ingest(...batch(t0 + k, { u: { points: [{ name: 'unap', kind: KindCode.Gauge, value: k + 1 }] } })).status).toBe(204);
+    await first.close(); // not written as rows: all three come back from the WAL
+    const proto = Store.prototype as unknown as { toHead: (...a: unknown[]) => number };
+    const real = proto.toHead;
+    let calls = 0;
+    const spy = vi.spyOn(proto, 'toHead').mockImplementation(function (this: unknown, ...a: unknown[]) {
+      if (++calls === 2) throw new Error('BUG: injected by a test');
+      return real.apply(this, a);
+    });
+    const log = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    let again: Store;
+    try {
+      again = new Store(options(dir));
+    } finally {
+      spy.mockRestore();
+      log.mockRestore();
+    }
+    expect(again.counters).toMatchObject({ wal_unapplied: 1, wal_replayed: 2 });
+    expect(Object.keys(dump(again, 'unap', t0, t0 + 3)).length).toBe(2);
+    await again.close();
   });
 
   it('commits requests that wait together in one transaction, a copy inside the group stored once', () => {
