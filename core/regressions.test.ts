@@ -82,13 +82,15 @@ describe('bounds of the ingest path', () => {
   it('list requests arriving while one is being gathered share it (before: each Prometheus label-values call queued a whole metric list in every worker, without bound, ahead of its ingest)', async () => {
     const node = await start({ workerRequestTimeoutMs: 300 });
     await post(node, 'ls', t0, { 'ls-1': [{ name: 'ls.x', kind: KindCode.Gauge, value: 1 }] }, ['ls.x']);
-    await node.pool.stallWorker(0, 1500);
+    await node.pool.stallWorker(0, 3000);
     const timedOut = node.pool.counters.requests_timed_out;
     const names = '/api/v1/label/__name__/values';
     const statuses = await Promise.all(Array.from({ length: 50 }, async () => (await node.app.request(names)).status));
-    expect(statuses.every((x) => x >= 500)).toBe(true);
-    // One request reached the worker (and timed out), not 50.
-    expect(node.pool.counters.requests_timed_out - timedOut).toBe(1);
+    expect(statuses.filter((x) => x !== 503 && x !== 200)).toEqual([]);
+    // A few requests reached the worker (each timed out: one per 300 ms while it is stalled), not 50.
+    const sent = node.pool.counters.requests_timed_out - timedOut;
+    expect(sent).toBeGreaterThan(0);
+    expect(sent).toBeLessThan(10);
     await waitFor(async () => (await node.app.request(names)).status === 200);
     expect(((await (await node.app.request(names)).json()) as { data: string[] }).data).toEqual(['ls.x']);
   });
