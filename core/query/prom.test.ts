@@ -392,6 +392,13 @@ describe('Prometheus API helpers', () => {
     f('{__name__=~`.*\\[a-z\\]`}', 'b', false);
     f('{__name__=~`.*\\/x`}', 'a/x', false);
     f('{__name__=~`web\\-.*`}', 'web-1', true);
+    // Anchors are what Prometheus implies anyway (before: refused as bad_data, though Grafana users write them).
+    f('{__name__=~"^rpc.*$"}', 'rpc.latency', true);
+    f('{__name__=~"^rpc.*$"}', 'xrpc', false);
+    f('{__name__=~"^(a|b)$"}', 'b', true);
+    f('{__name__=~"^a$|^b$"}', 'b', true);
+    f('{__name__!~"^a$"}', 'a', false);
+    f('{__name__=~`a\\$`}', 'a', false);
     expect(() => parseSelector('{__name__=~"(a+)+b"}')).toThrow(PromError);
     expect(() => parseSelector('{__name__="x"')).toThrow(/expected \{…\} after the name|cannot read/);
   });

@@ -348,10 +348,10 @@ function matcher(name: string, op: MatchOp, value: string): Matcher {
  * its test; PromError for anything else.
  */
 function regexAsGlobs(re: string): (string | ((s: string) => boolean))[] {
-  let body = re;
+  let body = unanchored(re);
   const group = /^\((?:\?:)?(.*)\)$/.exec(body);
   if (group !== null && !/[()]/.test(group[1]!)) body = group[1]!;
-  const alts = body.split('|');
+  const alts = body.split('|').map(unanchored);
   if (alts.length > promLimits.regexAlternativesMax) throw new PromError('bad_data', `regex ${JSON.stringify(re.slice(0, 60))} has ${alts.length} alternatives > ${promLimits.regexAlternativesMax}`);
   return alts.map((alt) => {
     let glob = '';
@@ -384,6 +384,13 @@ function regexAsGlobs(re: string): (string | ((s: string) => boolean))[] {
       throw err;
     }
   });
+}
+
+/** Without a leading ^ and a trailing unescaped $: Prometheus anchors every regex at both ends anyway. */
+function unanchored(re: string): string {
+  let out = re.startsWith('^') ? re.slice(1) : re;
+  if (out.endsWith('$') && !/(^|[^\\])(\\\\)*\\\$$/.test(out)) out = out.slice(0, -1);
+  return out;
 }
 
 /** The names matching any selector; bad_data when that would take more than `testsMax` tests (on the HTTP thread). */
