@@ -64,8 +64,9 @@ interface Slot {
   /** Counters of this slot's earlier threads (a restarted worker counts from 0): added to its own, so sums never go back. */
   carried: { counters: Record<string, number>; rejected: Record<string, number> };
   deaths: number;
-  /** performance.now() when its thread last started. */
+  /** performance.now() when its thread last started, and when it was last ready. */
   startedAt: number;
+  readyAt: number;
   /** Ingest requests sent and not answered by the worker yet (timed out or not). */
   ingestWaiting: number;
   /** Ad-hoc queries and export chunks sent and not answered by the worker yet (timed out or not). */
@@ -96,7 +97,7 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, carried: { counters: {}, rejected: {} }, deaths: 0, startedAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, carried: { counters: {}, rejected: {} }, deaths: 0, startedAt: 0, readyAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
     return pool;
   }
@@ -144,6 +145,7 @@ export class ShardPool {
         if (m.t === 'ready') {
           this.counters.wal_replayed += m.replayed;
           slot.isReady = true;
+          slot.readyAt = performance.now();
           resolve();
         }
         this.onMessage(slot, m);
@@ -209,7 +211,8 @@ export class ShardPool {
     // Died before it was ready (its stores did not open, or its replay threw): a restart may meet the same.
     if (!wasReady) this.counters.worker_start_failures++;
     // Deaths in a row grow the back-off; a worker that stayed up a minute starts the count again.
-    if (performance.now() - slot.startedAt > 60_000) slot.deaths = 0;
+    // (Up a minute since it was ready: a long replay before a death is not time up.)
+    if (wasReady && performance.now() - slot.readyAt > 60_000) slot.deaths = 0;
     slot.deaths++;
     const delayMs = Math.min(30_000, 100 * 2 ** Math.min(8, slot.deaths - 1));
     console.error(`apm core: worker ${slot.index} died (exit ${code})${wasReady ? '' : ' while starting (opening its stores or replaying its WAL)'}; restarting it from its WAL in ${delayMs} ms`);
@@ -217,9 +220,23 @@ export class ShardPool {
       if (this.stopping) return;
       this.counters.worker_restarts++;
       this.start(slot)
-        .then(() => this.syncSlot(slot))
+        .then(() => this.resync(slot, slot.worker, 0))
         .catch((err: unknown) => console.error(`apm core: worker ${slot.index} did not restart: ${(err as Error).message}`));
     }, delayMs).unref();
+  }
+
+  /**
+   * Hands a restarted worker its stored queries, again after a back-off while that fails (before:
+   * one failure left them unevaluated until the next change of the definitions). Ends when the
+   * thread it was for is gone (its successor is synced by its own restart).
+   */
+  private resync(slot: Slot, worker: Worker | null, attempt: number): Promise<void> {
+    return this.syncSlot(slot).catch((err: unknown) => {
+      if (this.stopping || slot.worker !== worker || worker === null) return;
+      const waitMs = Math.min(30_000, 1000 * 2 ** Math.min(5, attempt));
+      console.error(`apm core: stored queries not handed to worker ${slot.index} (${(err as Error).message}); trying again in ${waitMs} ms`);
+      setTimeout(() => void this.resync(slot, worker, attempt + 1), waitMs).unref();
+    });
   }
 
   /**

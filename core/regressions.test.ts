@@ -117,6 +117,27 @@ describe('bounds of the ingest path', () => {
     expect(w!.values.sum).toBe(3);
   });
 
+  it('a restarted worker whose stored queries could not be handed over is asked again (before: they stayed unevaluated until the next change of the definitions)', async () => {
+    const node = await start();
+    const pool = node.pool as unknown as { syncSlot: (slot: unknown) => Promise<void> };
+    const real = pool.syncSlot.bind(node.pool);
+    let calls = 0;
+    const spy = vi.spyOn(pool, 'syncSlot').mockImplementation(async (slot: unknown) => {
+      if (++calls === 1) throw new Error('injected by a test');
+      return real(slot);
+    });
+    const log = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      const restarts = node.pool.counters.worker_restarts;
+      await node.pool.failWorker(0);
+      await waitFor(() => node.pool.counters.worker_restarts > restarts && calls >= 2, 10_000);
+      expect(log.mock.calls.some((c) => String(c[0]).includes('stored queries not handed to worker 0 (injected by a test); trying again in 1000 ms'))).toBe(true);
+    } finally {
+      spy.mockRestore();
+      log.mockRestore();
+    }
+  });
+
   it('a worker thread that is starting (replaying its WAL) refuses requests at once with 503, instead of queueing them unseen until its replay ends', async () => {
     const node = await start();
     await post(node, 'rp', t0, { 'rp-1': [{ name: 'rp.x', kind: KindCode.Gauge, value: 5 }] });
