@@ -31,6 +31,8 @@ export const coreLimits = {
   workerNice: 5,
   /** A worker that has not answered a request in this time gets it answered 503 (racks retry). */
   workerRequestTimeoutMs: 30_000,
+  /** A worker up this long since it was ready starts its count of deaths in a row (the restart back-off) again. */
+  workerUpResetMs: 60_000,
   /** Ingest requests waiting for one worker (each holds a copy of its sections, ~1 MB for a
    * 40-server second): a node's racks keep one or two in flight each, so 512 is ~250 racks'
    * worth; beyond it 503 and the racks retry from their spools. */

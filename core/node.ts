@@ -83,6 +83,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
     retentionSweepMs: Math.min(L.retentionSweepMs, Math.max(1000, ((o.retentionSeconds ?? 365 * 86_400) * 1000) / 4)),
     registrySaveMs: L.registrySaveMs,
     requestTimeoutMs: L.workerRequestTimeoutMs,
+    upResetMs: L.workerUpResetMs,
     ingestWaitingMax: L.ingestWaitingPerWorkerMax,
     queriesWaitingMax: L.queriesWaitingPerWorkerMax,
   });

@@ -37,6 +37,8 @@ export interface PoolOptions {
   ingestWaitingMax: number;
   /** Ad-hoc queries and export chunks waiting for one worker; beyond it 503 worker_busy (counted). */
   queriesWaitingMax?: number;
+  /** A worker up this long since it was ready starts its deaths in a row again (default 60 s). */
+  upResetMs?: number;
 }
 
 export type IngestResult =
@@ -212,7 +214,7 @@ export class ShardPool {
     if (!wasReady) this.counters.worker_start_failures++;
     // Deaths in a row grow the back-off; a worker that stayed up a minute starts the count again.
     // (Up a minute since it was ready: a long replay before a death is not time up.)
-    if (wasReady && performance.now() - slot.readyAt > 60_000) slot.deaths = 0;
+    if (wasReady && performance.now() - slot.readyAt > (this.opts.upResetMs ?? 60_000)) slot.deaths = 0;
     slot.deaths++;
     const delayMs = Math.min(30_000, 100 * 2 ** Math.min(8, slot.deaths - 1));
     console.error(`apm core: worker ${slot.index} died (exit ${code})${wasReady ? '' : ' while starting (opening its stores or replaying its WAL)'}; restarting it from its WAL in ${delayMs} ms`);

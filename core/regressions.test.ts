@@ -138,6 +138,26 @@ describe('bounds of the ingest path', () => {
     }
   });
 
+  it('a worker that dies soon after a long start waits longer before its next restart (before: its time starting counted as time up, so its deaths in a row started again from 0)', async () => {
+    const node = await start({ workerUpResetMs: 1000 });
+    const logged: string[] = [];
+    const log = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void logged.push(a.join(' ')));
+    try {
+      // Its next start takes 1.5 s (> workerUpResetMs) before it is ready; it dies again at once after.
+      await node.pool.stallWorker(0, 1500, true);
+      await node.pool.failWorker(0);
+      await waitFor(() => node.pool.stats().workersUp === 1 && node.pool.counters.worker_restarts >= 1, 15_000);
+      await node.pool.failWorker(0);
+      await waitFor(() => logged.filter((l) => l.includes('worker 0 died (exit 1)')).length >= 2);
+    } finally {
+      log.mockRestore();
+    }
+    const deaths = logged.filter((l) => l.includes('worker 0 died (exit 1)'));
+    expect(deaths[0]).toContain('restarting it from its WAL in 100 ms');
+    expect(deaths[1]).toContain('restarting it from its WAL in 200 ms');
+    await waitFor(() => node.pool.stats().workersUp === 1, 15_000);
+  });
+
   it('a worker thread that is starting (replaying its WAL) refuses requests at once with 503, instead of queueing them unseen until its replay ends', async () => {
     const node = await start();
     await post(node, 'rp', t0, { 'rp-1': [{ name: 'rp.x', kind: KindCode.Gauge, value: 5 }] });
