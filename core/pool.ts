@@ -619,14 +619,18 @@ export class ShardPool {
 
   /** Asks every worker for its figures now (a busy worker's last report stands), then sums them. */
   async freshStats(): Promise<WorkerStats & { workersUp: number }> {
-    await Promise.all(
+    // Scrapes while one is asking share it (each queued a stats request in every worker, without bound).
+    this.statsAsking ??= Promise.all(
       this.slots.map(async (s) => {
         const r = await this.request(s, { t: 'stats', id: this.nextId++ }, [], statsWaitMs);
         if (r.stats !== undefined) s.stats = r.stats;
       }),
-    );
+    ).finally(() => (this.statsAsking = null));
+    await this.statsAsking;
     return this.stats();
   }
+
+  private statsAsking: Promise<unknown> | null = null;
 
   /** The workers' latest reports, summed (maxima for lags and pauses). */
   stats(): WorkerStats & { workersUp: number } {

@@ -95,6 +95,18 @@ describe('bounds of the ingest path', () => {
     expect(((await (await node.app.request(names)).json()) as { data: string[] }).data).toEqual(['ls.x']);
   });
 
+  it('scrapes of /metrics arriving while one asks the workers share it (before: each queued a stats request in every worker, without bound)', async () => {
+    const node = await start();
+    await node.pool.stallWorker(0, 2500);
+    const timedOut = node.pool.counters.requests_timed_out;
+    const statuses = await Promise.all(Array.from({ length: 30 }, async () => (await node.app.request('/metrics')).status));
+    expect(new Set(statuses)).toEqual(new Set([200]));
+    // Each gather waits 2 s for a busy worker (its last report stands): one or two gathers, not 30.
+    const asked = node.pool.counters.requests_timed_out - timedOut;
+    expect(asked).toBeGreaterThan(0);
+    expect(asked).toBeLessThan(5);
+  });
+
   it('a worker that dies while starting is counted as such (before: only as a death, with nothing to tell a crash loop at start), and comes back once its stores open', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-regress-start-'));
     const node = await start({}, dir);
