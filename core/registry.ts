@@ -269,11 +269,11 @@ export class Registry {
    * holds them (all their data is older than the retention keeps) — so that the registry holds
    * what the retained data refers to, not every name seen over the store's life (renamed and
    * replaced hosts, metrics of retired software). Their entries are removed in `transact` first
-   * (a synchronous write transaction the caller may add its own removals to; called even when
-   * nothing here goes; if it throws, nothing is forgotten); then a new server
+   * (a synchronous write transaction the caller may add its own removals to: called when anything
+   * here goes or `callerWrites`; if it throws, nothing is forgotten); then a new server
    * takes a retired id, a new metric a retired index. Returns how many of each went.
    */
-  retire(beforeMs: number, transact: (write: () => void) => void): { servers: number; metrics: number } {
+  retire(beforeMs: number, transact: (write: () => void) => void, callerWrites = false): { servers: number; metrics: number } {
     const servers = this.allServers().filter((s) => s.lastSeenMs < beforeMs);
     const metrics: number[] = [];
     for (let m = 0; m < this.metrics.length; m++) if (this.metrics[m] !== undefined && this.metrics[m]!.lastSeenMs < beforeMs) metrics.push(m);
@@ -281,6 +281,8 @@ export class Registry {
     // Metrics a retired server introduced count for no server now (a new one may take its id).
     const orphaned: number[] = [];
     for (let m = 0; m < this.metrics.length; m++) if (this.metrics[m] !== undefined && gone.has(this.metricBy[m] ?? -1) && this.metrics[m]!.lastSeenMs >= beforeMs) orphaned.push(m);
+    // Nothing to remove: no transaction (each is a synced commit; the sweep runs every 10 s).
+    if (servers.length === 0 && metrics.length === 0 && orphaned.length === 0 && !callerWrites) return { servers: 0, metrics: 0 };
     transact(() => {
       for (const s of servers) this.serverDb.remove(s.name);
       for (const m of metrics) this.metricDb.remove(this.metrics[m]!.hash);

@@ -6,6 +6,7 @@
 // Which rack carried which observation is the workers' business (rows are keyed by rack).
 
 import type { Database } from 'lmdb';
+import { coreLimits } from './limits.js';
 
 export interface ServerInfo {
   name: string;
@@ -104,5 +105,5 @@ export class ServerTable {
   }
 }
 
-/** Beyond the retention before a server is forgotten: the hour a second may run ahead of the clock, and some. */
-const forgetMarginMs = 3600_000 + 180_000;
+/** Beyond the retention before a server is forgotten: what a second may run ahead of the clock, and some. */
+const forgetMarginMs = coreLimits.futureSecondsMax * 1000 + 180_000;

@@ -310,6 +310,24 @@ describe('Store', () => {
     await again.close();
   });
 
+  it('a retention sweep with nothing to forget writes no transaction (each is a synced commit, every 10 s); one reaching before 1970 deletes nothing (it threw on a negative row key)', async () => {
+    const century = open();
+    await expect(century.retentionSweep(Date.now())).resolves.toBe(0);
+    await century.close();
+    const store = open({ retentionSeconds: 3600 });
+    store.ingest(...batch(Math.floor(Date.now() / 1000) - 120, { a: { points: [{ name: 'calm', kind: KindCode.Gauge, value: 1 }] } }));
+    flushAll(store);
+    const root = (store as unknown as { root: { transactionSync: (f: () => void) => void } }).root;
+    const spy = vi.spyOn(root, 'transactionSync');
+    try {
+      await store.retentionSweep(Date.now());
+      expect(spy).not.toHaveBeenCalled();
+    } finally {
+      spy.mockRestore();
+    }
+    return store.close();
+  });
+
   it('commits requests that wait together in one transaction, a copy inside the group stored once', () => {
     const store = open();
     const a = batch(t0, { a: { points: [{ name: 'g', kind: KindCode.Gauge, value: 1 }], dists: [{ name: 'gd', values: [1] }] } });

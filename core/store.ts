@@ -1146,6 +1146,8 @@ export class Store {
   /** Deletes rows older than the retention, in bounded transactions. Returns rows deleted. */
   async retentionSweep(nowMs: number, batchRows = 5000): Promise<number> {
     const cutoff = this.blockOf(Math.floor(nowMs / 1000) - this.opts.retentionSeconds);
+    // A retention reaching before 1970 (a library store's): nothing is older (row keys hold unsigned seconds).
+    if (cutoff <= 0) return 0;
     let deleted = 0;
     for (const shard of this.opts.shards) {
       // Before and after, whatever happens between: an answer cached while the sweep runs may
@@ -1188,6 +1190,7 @@ export class Store {
           }
           write();
         }),
+        racks.length > 0,
       );
       this.counters.servers_retired += gone.servers;
       this.counters.metrics_retired += gone.metrics;

@@ -106,6 +106,16 @@ describe('Spool (real LMDB files)', () => {
     await again.close();
   });
 
+  it('holds its memory bound when a batch held in memory is split into several bodies (the oldest held go first, counted)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-split-memory-'));
+    const s = new Spool(dir, { bytesMax: 1 << 20, reserveBytes: Number.MAX_SAFE_INTEGER, memoryBytesMax: 300 });
+    for (let i = 0; i < 3; i++) await s.put(s.takeSeq(), new Uint8Array(100).fill(i));
+    expect(await s.replaceSplit(3, new Uint8Array(100).fill(7), [{ seq: s.takeSeq(), bytes: new Uint8Array(100).fill(8) }])).toBe('written');
+    expect([s.memoryBytes, s.droppedInMemory]).toEqual([300, 1]);
+    expect(s.oldest(10).map((e) => [e.seq, e.bytes[0]])).toEqual([[2, 1], [3, 7], [4, 8]]);
+    await s.close();
+  });
+
   it('replaces a batch by the first of its re-cut bodies and adds the others in one transaction, or writes none of them', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-spool-split-'));
     const opts = { bytesMax: 1 << 20, reserveBytes: 0, memoryBytesMax: 1 << 20 };

@@ -410,6 +410,8 @@ export class Spool {
         this.unwritten.set(m.seq, m.bytes);
         this.unwrittenBytes += m.bytes.length;
       }
+      // The memory bound holds for the new bodies too (the oldest held go first, counted).
+      this.boundMemory(-1);
       return 'written';
     }
     if (this.removing.has(seq) || this.removeFailed.has(seq)) return 'gone';

@@ -101,6 +101,18 @@ describe('core cluster: query routing and stored queries', () => {
         rollup: buildColumns([], [], [metric]),
       }),
     });
+  /** Makes node `id` at `url` the first ready owner of mA's shard, before A; the function returned undoes it. */
+  const ownerBeforeA = (id: string, url: string): (() => void) => {
+    cluster.states.set(id, { ...cluster.states.get('A')!, id, url });
+    cluster.ready.add(id);
+    cluster.owners[shardOfMetric(mA, S)] = [id, 'A'];
+    return () => {
+      cluster.ready.delete(id);
+      cluster.states.delete(id);
+      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+    };
+  };
+
   const metric = async (n: 'A' | 'B', name: string, label = ''): Promise<number> => {
     const text = await (await get(n, '/metrics')).text();
     const m = new RegExp(`^${name}${label === '' ? '' : `\\{${label}\\}`} (\\d+)$`, 'm').exec(text);
@@ -313,9 +325,7 @@ describe('core cluster: query routing and stored queries', () => {
       sock.on('data', (d) => asked.push(...d.toString('latin1').split('\r\n').filter((l) => /^[A-Z]+ \//.test(l)).map((l) => l.split(/[? ]/).slice(0, 2).join(' '))));
     });
     const port = await new Promise<number>((resolve) => hung.listen(0, '127.0.0.1', () => resolve((hung.address() as AddressInfo).port)));
-    cluster.states.set('H', { ...cluster.states.get('A')!, id: 'H', url: `http://127.0.0.1:${port}` });
-    cluster.ready.add('H');
-    cluster.owners[shardOfMetric(mA, S)] = ['H', 'A'];
+    const undo = ownerBeforeA('H', `http://127.0.0.1:${port}`);
     const hedged = await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"');
     const rerouted = await metric('B', 'apm_core_cluster_proxied_total', 'result="rerouted"');
     try {
@@ -338,9 +348,7 @@ describe('core cluster: query routing and stored queries', () => {
     } finally {
       for (const x of held) x.destroy();
       hung.close();
-      cluster.ready.delete('H');
-      cluster.states.delete('H');
-      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+      undo();
     }
   });
 
@@ -356,9 +364,7 @@ describe('core cluster: query routing and stored queries', () => {
       setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(fromL)), 2_500);
     });
     const port = await new Promise<number>((resolve) => slow.listen(0, '127.0.0.1', () => resolve((slow.address() as AddressInfo).port)));
-    cluster.states.set('L', { ...cluster.states.get('A')!, id: 'L', url: `http://127.0.0.1:${port}` });
-    cluster.ready.add('L');
-    cluster.owners[shardOfMetric(mA, S)] = ['L', 'A'];
+    const undo = ownerBeforeA('L', `http://127.0.0.1:${port}`);
     const hedged = await metric('B', 'apm_core_cluster_proxied_total', 'result="hedged"');
     const probes = await metric('B', 'apm_core_cluster_proxy_probes_total');
     try {
@@ -371,9 +377,7 @@ describe('core cluster: query routing and stored queries', () => {
       expect(await metric('B', 'apm_core_cluster_proxy_probes_total')).toBe(probes + 2);
     } finally {
       slow.close();
-      cluster.ready.delete('L');
-      cluster.states.delete('L');
-      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+      undo();
     }
   });
 
@@ -381,17 +385,13 @@ describe('core cluster: query routing and stored queries', () => {
     const q = encodeURIComponent(`FROM web-* SELECT ${mA} WINDOW 5s COMPUTE max`);
     const range = `&from=${t0 * 1000}&to=${(t0 + 10) * 1000}`;
     const want = await (await get('A', `/api/v1/query?q=${q}${range}`)).json();
-    cluster.states.set('X', { ...cluster.states.get('A')!, id: 'X', url: 'http://10.0.0.5:99999' });
-    cluster.ready.add('X');
-    cluster.owners[shardOfMetric(mA, S)] = ['X', 'A'];
+    const undo = ownerBeforeA('X', 'http://10.0.0.5:99999');
     try {
       const r = await get('B', `/api/v1/query?q=${q}${range}`);
       expect(r.status).toBe(200);
       expect(await r.json()).toEqual(want);
     } finally {
-      cluster.ready.delete('X');
-      cluster.states.delete('X');
-      cluster.owners[shardOfMetric(mA, S)] = ['A'];
+      undo();
     }
     // A, mA's only owner, behind on it while its record says ready: it refuses B's proxied request (503, shard unavailable), and B passes that on whole.
     cluster.behind.add('A');
