@@ -659,13 +659,14 @@ export class ShardPool {
 
   /**
    * Makes one worker thread die of an uncaught error (tests: a dead worker is restarted from its
-   * WAL). Not terminate(): a thread stopped from outside while it commits to LMDB can crash the
-   * process (core/worker.ts, the uncaughtException handler).
+   * WAL), or with `nextIngest`, makes its next commit of ingest requests throw. Not terminate():
+   * a thread stopped from outside while it commits to LMDB can crash the process (core/worker.ts,
+   * the uncaughtException handler).
    */
-  async failWorker(index: number): Promise<void> {
+  async failWorker(index: number, opts: { nextIngest?: boolean } = {}): Promise<void> {
     const slot = this.slots[index];
     if (slot === undefined) throw new Error(`no worker ${index}`);
-    const r = await this.request(slot, { t: 'fail', id: this.nextId++ });
+    const r = await this.request(slot, { t: 'fail', id: this.nextId++, ...opts });
     if (r.error !== undefined) throw new WorkerError(r.error);
   }
 

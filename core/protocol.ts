@@ -50,8 +50,8 @@ export type ToWorker =
   | { t: 'flush'; id: number; nowMs: number }
   | { t: 'tick'; id: number; nowMs: number }
   | { t: 'stop'; id: number }
-  /** Tests: the worker throws an error nothing catches (a worker that dies is restarted from its WAL). */
-  | { t: 'fail'; id: number }
+  /** Tests: the worker throws an error nothing catches (a worker that dies is restarted from its WAL), or with `nextIngest`, its next commit of ingest requests throws. */
+  | { t: 'fail'; id: number; nextIngest?: boolean }
   /** Tests: the thread answers, then is busy for `ms` (at most 10 s), as in a long synchronous step. */
   | { t: 'stall'; id: number; ms: number }
   // Shard snapshots (issue 13, core/snapshot.ts): a cursor answers one chunk per request; a

@@ -203,9 +203,32 @@ port.on('message', (m: ToWorker) => {
 type IngestMessage = Extract<ToWorker, { t: 'ingest' }>;
 const pendingIngest: IngestMessage[] = [];
 
-/** Commits every waiting request: per store one transaction, then one answer per request. */
+/**
+ * Commits every waiting request: per store one transaction, then one answer per request. When
+ * that throws (a bug, or a store that broke), every request of the batch is answered with the
+ * error before it goes on: the HTTP thread counts each request until it is answered, so a batch
+ * left unanswered held its slots of the ingest bound for the thread's life — after
+ * ingestWaitingMax such, every ingest of the worker was refused 503 (a stream step that commits
+ * the waiting requests first, below, caught the error and answered only itself).
+ */
 function ingestPending(): void {
   const batch = pendingIngest.splice(0);
+  try {
+    commitIngest(batch);
+  } catch (err) {
+    for (const m of batch) post({ t: 'reply', id: m.id, error: `worker ${config.worker} could not store the request: ${(err as Error).message}; retry` });
+    throw err;
+  }
+}
+
+/** Tests ('fail' with nextIngest): the next commit of ingest requests throws, as a bug would. */
+let failNextIngest = false;
+
+function commitIngest(batch: IngestMessage[]): void {
+  if (failNextIngest) {
+    failNextIngest = false;
+    throw new Error('fault injected by a test');
+  }
   if (closing) {
     // Not stored, not acknowledged: the HTTP thread answers 503 and the rack sends it again.
     for (const m of batch) post({ t: 'reply', id: m.id, error: `worker ${config.worker} is stopping` });
@@ -469,8 +492,9 @@ function handle(m: ToWorker): void {
       return;
     }
     case 'fail': {
-      // Tests: the worker dies of an error nothing catches, as it would of a bug.
       post({ t: 'reply', id: m.id });
+      if (m.nextIngest === true) return void (failNextIngest = true);
+      // Tests: the worker dies of an error nothing catches, as it would of a bug.
       setImmediate(() => {
         throw new Error('fault injected by a test');
       });
