@@ -215,7 +215,11 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     }
   });
 
-  app.get('/healthz', (c) => c.text('ok\n'));
+  // A liveness probe: 503 while a worker is stuck or has not been up for workerSilentMs (ShardPool.health).
+  app.get('/healthz', (c) => {
+    const problems = pool.health();
+    return problems.length === 0 ? c.text('ok\n') : c.text(`unhealthy: ${problems.join('; ')}\n`, 503);
+  });
 
   app.get('/metrics', async (c) => {
     const p = new PromText();
@@ -280,6 +284,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.gauge('apm_core_shards', 'Shards of this node (S)', pool.shards);
     p.gauge('apm_core_workers', 'Worker threads running', st.workersUp);
     p.counter('apm_core_worker_deaths_total', 'Worker threads that died (each is restarted from its WAL)', pool.counters.worker_deaths);
+    p.counter('apm_core_worker_stalls_total', 'Times a worker thread that was up said nothing for workerSilentMs (a step that does not end); /healthz answers 503 meanwhile', pool.counters.worker_stalls);
     p.counter('apm_core_worker_start_failures_total', 'Worker threads that died before they were ready: their stores did not open or their WAL replay failed (restarted with a growing back-off; the log says why)', pool.counters.worker_start_failures);
     p.counter('apm_core_worker_requests_timed_out_total', 'Requests a worker did not answer in time (answered 503)', pool.counters.requests_timed_out);
     p.counter('apm_core_worker_queries_busy_total', 'Ad-hoc queries and export chunks answered 503 at once: their worker had queriesWaitingPerWorkerMax waiting', pool.counters.queries_busy);

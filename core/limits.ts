@@ -33,6 +33,10 @@ export const coreLimits = {
   workerRequestTimeoutMs: 30_000,
   /** A worker up this long since it was ready starts its count of deaths in a row (the restart back-off) again. */
   workerUpResetMs: 60_000,
+  /** A worker that is up and sends nothing (it reports every second) for this long, or is not up
+   * for this long, makes /healthz answer 503 (core/pool.ts, watch and health): every step of a
+   * worker is bounded far below it, so it is a step that does not end or a crash loop. */
+  workerSilentMs: 30_000,
   /** Ingest requests waiting for one worker (each holds a copy of its sections, ~1 MB for a
    * 40-server second): a node's racks keep one or two in flight each, so 512 is ~250 racks'
    * worth; beyond it 503 and the racks retry from their spools. */

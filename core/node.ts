@@ -84,6 +84,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
     registrySaveMs: L.registrySaveMs,
     requestTimeoutMs: L.workerRequestTimeoutMs,
     upResetMs: L.workerUpResetMs,
+    silentMs: L.workerSilentMs,
     ingestWaitingMax: L.ingestWaitingPerWorkerMax,
     queriesWaitingMax: L.queriesWaitingPerWorkerMax,
   });

@@ -39,6 +39,8 @@ export interface PoolOptions {
   queriesWaitingMax?: number;
   /** A worker up this long since it was ready starts its deaths in a row again (default 60 s). */
   upResetMs?: number;
+  /** A worker silent this long (no report, no answer) or not up this long is unhealthy (default 30 s; see health()). */
+  silentMs?: number;
 }
 
 export type IngestResult =
@@ -73,6 +75,11 @@ interface Slot {
   ingestWaiting: number;
   /** Ad-hoc queries and export chunks sent and not answered by the worker yet (timed out or not). */
   queriesWaiting: number;
+  /** performance.now() of its thread's last message (it reports every second), and when it last stopped being up. */
+  heardAt: number;
+  downAt: number;
+  /** Found silent past silentMs by the watchdog (logged and counted once until it speaks again). */
+  silent: boolean;
 }
 
 export class ShardPool {
@@ -85,7 +92,7 @@ export class ShardPool {
   private stopping = false;
   /** Tests (stallWorker): the next worker thread started is busy this long before its replay. */
   private stallNextStartMs = 0;
-  readonly counters = { ingest_busy: 0, ingest_unavailable: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_start_failures: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
+  readonly counters = { ingest_busy: 0, ingest_unavailable: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_start_failures: 0, worker_stalls: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
   onWindow: ((qid: string, w: WindowResult) => void) | null = null;
@@ -99,8 +106,9 @@ export class ShardPool {
   /** Opens the data directory and starts the workers (each replays its WAL first). */
   static async open(opts: PoolOptions): Promise<ShardPool> {
     const pool = new ShardPool(opts);
-    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, carried: { counters: {}, rejected: {} }, deaths: 0, startedAt: 0, readyAt: 0, ingestWaiting: 0, queriesWaiting: 0 });
+    for (let w = 0; w < pool.placement.workers; w++) pool.slots.push({ index: w, worker: null, ready: null, isReady: false, pending: new Map(), stats: null, carried: { counters: {}, rejected: {} }, deaths: 0, startedAt: 0, readyAt: 0, ingestWaiting: 0, queriesWaiting: 0, heardAt: 0, downAt: performance.now(), silent: false });
     await Promise.all(pool.slots.map((s) => pool.start(s)));
+    pool.watchdog = setInterval(() => pool.watch(), 1000).unref();
     return pool;
   }
 
@@ -166,6 +174,11 @@ export class ShardPool {
   }
 
   private onMessage(slot: Slot, m: ToMain): void {
+    slot.heardAt = performance.now();
+    if (slot.silent) {
+      slot.silent = false;
+      console.error(`apm core: worker ${slot.index} answers again`);
+    }
     switch (m.t) {
       case 'reply': {
         const p = slot.pending.get(m.id);
@@ -196,6 +209,8 @@ export class ShardPool {
     const wasReady = slot.isReady;
     slot.worker = null;
     slot.isReady = false;
+    slot.downAt = performance.now();
+    slot.silent = false;
     for (const [id, p] of slot.pending) {
       if (p.timer !== null) clearTimeout(p.timer);
       p.resolve({ t: 'reply', id, error: `worker ${slot.index} stopped (exit ${code}) before answering; retry` });
@@ -225,6 +240,47 @@ export class ShardPool {
         .then(() => this.resync(slot, slot.worker, 0))
         .catch((err: unknown) => console.error(`apm core: worker ${slot.index} did not restart: ${(err as Error).message}`));
     }, delayMs).unref();
+  }
+
+  private watchdog: NodeJS.Timeout | null = null;
+
+  /**
+   * The watchdog, every second: a worker that is up and has sent nothing — not even its report of
+   * every second — for silentMs is stuck in a step that does not end (a bug: every step of a
+   * worker is bounded far below that). It is logged and counted once, and health() says so, so
+   * that a supervisor's liveness probe (GET /healthz) restarts the process and the cluster's
+   * proxies go to the shard's other owner. It is not terminated from here: a thread stopped from
+   * outside while it holds an LMDB transaction can take the whole process down natively (see
+   * failWorker), and a stuck step may well hold one.
+   */
+  private watch(): void {
+    const now = performance.now();
+    const silentMs = this.opts.silentMs ?? 30_000;
+    for (const slot of this.slots) {
+      if (slot.worker === null || !slot.isReady || slot.silent || now - slot.heardAt <= silentMs) continue;
+      slot.silent = true;
+      this.counters.worker_stalls++;
+      console.error(`apm core: worker ${slot.index} has said nothing for ${Math.round((now - slot.heardAt) / 1000)} s (stuck in a step that does not end); /healthz answers 503 until it does`);
+    }
+  }
+
+  /**
+   * Problems a liveness probe should see (empty: healthy): a worker silent for silentMs (see
+   * watch), or not up — restarting or replaying its WAL — for that long (a crash loop, a replay
+   * that does not end). A worker that died and comes back within it is not one.
+   */
+  health(): string[] {
+    const now = performance.now();
+    const silentMs = this.opts.silentMs ?? 30_000;
+    const problems: string[] = [];
+    for (const slot of this.slots) {
+      if (slot.worker !== null && slot.isReady) {
+        if (now - slot.heardAt > silentMs) problems.push(`worker ${slot.index} has said nothing for ${Math.round((now - slot.heardAt) / 1000)} s`);
+      } else if (now - slot.downAt > silentMs) {
+        problems.push(`worker ${slot.index} has not been up for ${Math.round((now - slot.downAt) / 1000)} s (${slot.worker === null ? 'restarting' : 'replaying its WAL'}; ${slot.deaths} deaths in a row)`);
+      }
+    }
+    return problems;
   }
 
   /**
@@ -685,6 +741,7 @@ export class ShardPool {
   /** Stops the workers after they write what they must (their WAL holds the head). */
   async close(): Promise<void> {
     this.stopping = true;
+    if (this.watchdog !== null) clearInterval(this.watchdog);
     await Promise.all(this.slots.map((s) => this.request(s, { t: 'stop', id: this.nextId++ })));
     await Promise.all(this.slots.map((s) => s.worker?.terminate()));
   }

@@ -201,6 +201,41 @@ describe('a cluster node\'s stream path', () => {
   });
 });
 
+describe('the worker watchdog', () => {
+  it('a worker stuck in a step that does not end, or not up for long, makes /healthz answer 503 saying which, counted once (before: ok while every request to it timed out)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-regress-watch-'));
+    const node = await start({ workerSilentMs: 1000 }, dir);
+    const health = async () => {
+      const r = await node.app.request('/healthz');
+      return { status: r.status, text: await r.text() };
+    };
+    expect(await health()).toEqual({ status: 200, text: 'ok\n' });
+    const logged: string[] = [];
+    const log = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void logged.push(a.join(' ')));
+    try {
+      await node.pool.stallWorker(0, 3000);
+      await waitFor(async () => (await health()).status === 503, 2900);
+      expect((await health()).text).toMatch(/^unhealthy: worker 0 has said nothing for \d+ s\n$/);
+      await waitFor(async () => (await health()).status === 200, 10_000);
+      expect(node.pool.counters.worker_stalls).toBe(1);
+      expect(await (await node.app.request('/metrics')).text()).toMatch(/^apm_core_worker_stalls_total 1$/m);
+      expect(logged.filter((l) => l.includes('worker 0 has said nothing'))).toHaveLength(1);
+      expect(logged.some((l) => l.includes('worker 0 answers again'))).toBe(true);
+      // A worker that cannot start (its store directory replaced by a file) is a crash loop.
+      renameSync(join(dir, 'store-0'), join(dir, 'store-0.moved'));
+      writeFileSync(join(dir, 'store-0'), 'not a directory');
+      await node.pool.failWorker(0);
+      await waitFor(async () => (await health()).status === 503, 10_000);
+      expect((await health()).text).toMatch(/worker 0 has not been up for \d+ s \((restarting|replaying its WAL); \d+ deaths in a row\)/);
+      rmSync(join(dir, 'store-0'));
+      renameSync(join(dir, 'store-0.moved'), join(dir, 'store-0'));
+      await waitFor(async () => (await health()).status === 200, 20_000);
+    } finally {
+      log.mockRestore();
+    }
+  });
+});
+
 describe('a stream step after a commit that throws', () => {
   it('answers every ingest request of the failed commit (before: a stream step committed the waiting requests, caught the error and answered only itself, so they held the worker\'s ingest bound for good: every later ingest 503 worker_busy)', async () => {
     const node = await start({ ingestWaitingPerWorkerMax: 1, workerRequestTimeoutMs: 1000 });
