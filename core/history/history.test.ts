@@ -208,6 +208,17 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(metrics.find((m) => m.name === 'imp.ctr2')?.kind).toBe('counter');
   });
 
+  it('regression: -0 exports as -0 and imports back as -0 (before: JSON wrote 0)', async () => {
+    const r = await post(`{"metric":{"__name__":"imp.negzero","server":"nz-1"},"values":[-0,0,-1.5e-300],"timestamps":[${[900, 901, 902].map((k) => (t0 + k) * 1000).join(',')}]}`);
+    expect(r.json).toMatchObject({ stored: 3, pointsRefused: {} });
+    const res = await node.app.request(`/api/v1/export?match[]=imp.negzero&from=${t0 * 1000}&to=${(t0 + 960) * 1000}`);
+    const text = await res.text();
+    expect(text).toContain('"values":[-0,0,-1.5e-300]');
+    const [out] = text.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { values: number[] });
+    expect(Object.is(out!.values[0], -0)).toBe(true);
+    expect(Object.is(out!.values[1], 0)).toBe(true);
+  });
+
   it('counts points the workers refuse (a gauge import into a distribution metric) and stores the rest', async () => {
     const body = rackSecondBody({ rack: 'live', session: 5, seq: 1, second: t0 + 900, late: false, shards: S, servers: [{ server: 'live-1', blocks: [buildColumns([], [{ name: 'imp.dist', values: [1, 2, 3] }])] }], rollup: buildColumns([], [], ['imp.dist']) });
     expect((await node.pool.ingest(body)).status).toBe(204);
