@@ -84,7 +84,7 @@ interface RackRun {
 }
 
 /** Drives `servers` simulated edges for `seconds` into a real rack and a sink core. */
-async function runRack(servers: number, seconds: number, datagramBytes: number, distShare: number, warmup = 3): Promise<RackRun> {
+export async function runRack(servers: number, seconds: number, datagramBytes: number, distShare: number, warmup = 3): Promise<RackRun> {
   // A sink for the core: answers the placement and acknowledges each body (the rack's latency
   // histogram measures from a second's end to this acknowledgement).
   const sink = { bodies: 0, bytes: 0 };
