@@ -94,6 +94,33 @@ describe('RackMerger rollups', () => {
     expect(merger.rollupsCountOverflow).toBe(1);
   });
 
+  it("regression: one server's summary split over parts whose counts add up past 2³² − 1 is left out, counted; its other series and the other servers go (before: encoding it threw, and the rack lost the whole second of every server)", () => {
+    const part = (p: number, value: number) => buildColumns(p === 0 ? [{ name: 'cpu', kind: KindCode.Gauge, value: 3 }] : [], [{ name: 'heavy', values: [value], weights: [3e9] }, { name: `lat${p}`, values: [value] }]);
+    const merger = new RackMerger(16);
+    const honest = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 9 }], [{ name: 'heavy', values: [1] }]);
+    const m = merger.merge([
+      { server: 'evil', parts: [msg(part(0, 5), 0, 2), msg(part(1, 5), 1, 2)] },
+      { server: 'honest', parts: [msg(honest)] },
+    ]);
+    expect(merger.split.overflow).toBe(1);
+    const [evil, ok] = m.servers;
+    expect(evil!.blocks).toHaveLength(1);
+    expect(rollupOf(evil!.blocks[0]!, 'heavy')).toBeUndefined();
+    expect([rollupOf(evil!.blocks[0]!, 'lat0')?.count, rollupOf(evil!.blocks[0]!, 'lat1')?.count]).toEqual([1, 1]);
+    expect(Array.from(evil!.blocks[0]!.pointValues)).toEqual([3]);
+    expect(rollupOf(ok!.blocks[0]!, 'heavy')?.count).toBe(1);
+    expect(rollupOf(m.rollup, 'heavy')).toMatchObject({ count: 1, min: 1, max: 1 });
+    // In two bins (none past 32 bits), the count was cut to 32 bits without a word.
+    const m1 = merger.merge([{ server: 'evil', parts: [msg(part(0, 5), 0, 2), msg(part(1, 7), 1, 2)] }]);
+    expect(merger.split.overflow).toBe(2);
+    expect(rollupOf(m1.servers[0]!.blocks[0]!, 'heavy')).toBeUndefined();
+    // A sum that overflows merged is left out the same way.
+    const big = buildColumns([], [{ name: 'big', values: [1.5e308] }]);
+    const m2 = merger.merge([{ server: 'evil', parts: [msg(big, 0, 2), msg(big, 1, 2)] }]);
+    expect(merger.split.overflow).toBe(3);
+    expect(m2.servers[0]!.blocks[0]!.distKinds.length).toBe(0);
+  });
+
   it('counts metrics beyond its bound instead of failing', () => {
     const merger = new RackMerger(2);
     const cols = buildColumns(

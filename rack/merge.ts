@@ -43,6 +43,13 @@ export class RackMerger {
    * go; the core answers that second's whole-rack percentiles from them.
    */
   rollupsCountOverflow = 0;
+  /**
+   * One server's summaries of one metric in a second, sent in several entries (a sketch too large
+   * for one datagram is split), whose counts add up past 2³² − 1 or whose sums overflow: that
+   * summary is left out (the wire holds neither), the server's other series and every other
+   * server go. Before, encoding it threw, and the rack lost the whole second of every server.
+   */
+  readonly split = { overflow: 0 };
 
   constructor(readonly metricsMax: number) {
     this.index = new HashIndex(metricsMax);
@@ -59,7 +66,7 @@ export class RackMerger {
     // A loop, not input.map(): map's result was sometimes a holey array, sometimes a packed one,
     // and the cutter's passes over it, optimized for one, were thrown away for the other.
     const servers: ServerBlocks[] = [];
-    for (const s of input) servers.push({ server: s.server, blocks: serverBlocks(s.parts) });
+    for (const s of input) servers.push({ server: s.server, blocks: serverBlocks(s.parts, this.split) });
     const rows: SeriesColumns[] = [];
     let summaries = 0;
     for (const s of servers) {
@@ -190,10 +197,10 @@ export class RackMerger {
  * One server's blocks for the batch: its parts as they came (names stripped: the rack relays
  * names in the rollup), unless a distribution was split across entries, then one merged block.
  */
-function serverBlocks(parts: EdgeSecondMessage[]): SeriesColumns[] {
+function serverBlocks(parts: EdgeSecondMessage[], split: { overflow: number }): SeriesColumns[] {
   let dists = 0;
   for (const p of parts) dists += p.series.distKinds.length;
-  if (dists > 1 && hasDuplicateHashes(parts)) return [concatParts(parts)];
+  if (dists > 1 && hasDuplicateHashes(parts)) return [concatParts(parts, split)];
   // A loop, not parts.map(): one kind of array whichever branch made it (see merge()).
   const out: SeriesColumns[] = [];
   for (const p of parts) out.push(p.series.nameEnds.length === 0 ? p.series : withoutNames(p.series));
@@ -214,8 +221,11 @@ function hasDuplicateHashes(parts: EdgeSecondMessage[]): boolean {
   return false;
 }
 
-/** One server's parts as one block; distributions split across parts (or within one) merged back. */
-export function concatParts(parts: EdgeSecondMessage[]): SeriesColumns {
+/**
+ * One server's parts as one block; distributions split across parts (or within one) merged back,
+ * each one whose merge passes what the wire holds left out and counted in `split.overflow`.
+ */
+export function concatParts(parts: EdgeSecondMessage[], split: { overflow: number } = { overflow: 0 }): SeriesColumns {
   if (parts.length === 1 && !hasDuplicateDists(parts[0]!.series)) return withoutNames(parts[0]!.series);
   let points = 0;
   let dists = 0;
@@ -246,7 +256,7 @@ export function concatParts(parts: EdgeSecondMessage[]): SeriesColumns {
     dAt += c.distKinds.length;
     sAt += c.sketchBytes.length;
   }
-  return hasDuplicateDists(out) ? mergeDuplicateDists(out) : out;
+  return hasDuplicateDists(out) ? mergeDuplicateDists(out, split) : out;
 }
 
 function withoutNames(c: SeriesColumns): SeriesColumns {
@@ -265,7 +275,7 @@ function hasDuplicateDists(c: SeriesColumns): boolean {
 }
 
 /** Rare path (a sketch too large for one datagram was split): merge entries of one hash. */
-function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
+function mergeDuplicateDists(c: SeriesColumns, split: { overflow: number }): SeriesColumns {
   const groups = new Map<string, number[]>();
   for (let i = 0; i < c.distKinds.length; i++) {
     const k = hashKey(c.distHashes[2 * i]!, c.distHashes[2 * i + 1]!);
@@ -296,8 +306,13 @@ function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
       sum += c.distSums[i]!;
       min = Math.min(min, c.distMins[i]!);
       max = Math.max(max, c.distMaxes[i]!);
-      acc.addChecked(c.sketchBytes, i === 0 ? 0 : c.sketchEnds[i - 1]!, c.sketchEnds[i]!);
     }
+    // Checked before the sketches are added: a bin past 32 bits would throw while encoding.
+    if (count > summaryCountMax || !Number.isFinite(sum)) {
+      split.overflow++;
+      continue;
+    }
+    for (const i of idx) acc.addChecked(c.sketchBytes, i === 0 ? 0 : c.sketchEnds[i - 1]!, c.sketchEnds[i]!);
     const bytes = new Uint8Array(acc.encodedBytes());
     acc.encodeInto(bytes, 0);
     acc.reset();
@@ -314,5 +329,14 @@ function mergeDuplicateDists(c: SeriesColumns): SeriesColumns {
     sketchBytes.set(s, at);
     at += s.length;
   }
-  return withColumns(c, { ...out, sketchBytes });
+  const kept = {
+    distHashes: out.distHashes.subarray(0, 2 * j),
+    distKinds: out.distKinds.subarray(0, j),
+    distCounts: out.distCounts.subarray(0, j),
+    distSums: out.distSums.subarray(0, j),
+    distMins: out.distMins.subarray(0, j),
+    distMaxes: out.distMaxes.subarray(0, j),
+    sketchEnds: out.sketchEnds.subarray(0, j),
+  };
+  return withColumns(c, { ...kept, sketchBytes });
 }

@@ -486,6 +486,7 @@ export class Rack {
     p.counter('apm_rack_names_forgotten_total', 'Names forgotten: not seen again for a whole generation of the name table (namesMax / 2 new names)', this.names.forgotten);
     p.counter('apm_rack_names_bad_hash_total', 'Dictionary entries whose name does not hash to their hash (not learned)', this.names.badHashes);
     p.counter('apm_rack_rollup_overflow_total', 'Summaries left out of a rollup (too many metrics in one second)', this.merger.rollupOverflow);
+    p.counter('apm_rack_summaries_split_overflow_total', "A server's summaries of one metric in one second, split over several entries, whose counts add up past 2^32 - 1 or whose sums overflow: that summary is not sent (the server's other series are)", this.merger.split.overflow);
     p.counter('apm_rack_rollups_count_overflow_total', "Distribution rollups not sent because their servers' counts add up past 2^32 - 1 (the servers' summaries are sent; the core uses them for that second)", this.merger.rollupsCountOverflow);
     p.counter('apm_rack_seconds_split_total', 'Seconds sent as several bodies, new or spooled and re-cut for another shard count: one would have passed bodyBytesMax, or a shard\'s section the NATS section bound (each body holds whole metrics: all servers\' entries and the rollup)', this.cutter.secondsSplit);
     p.counter('apm_rack_metrics_too_large_total', "Metric-seconds not sent: one metric's entries alone passed a body's bound (its other seconds, and the second's other metrics, are sent)", this.cutter.metricsTooLarge);
