@@ -5,6 +5,7 @@ import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { guardLmdbRejections } from '../schema/lmdb.js';
 import { parseNatsUrls, type NatsAuth } from '../schema/log.js';
 import { isServerId } from '../schema/names.js';
+import { batchServersMax } from '../schema/limits.js';
 import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
@@ -37,7 +38,8 @@ Usage: apm rack --rack <id> --listen <host:port> --core <url> [options]
   --http <host:port>       /metrics and /healthz (default 127.0.0.1:7071)
   --lateness <duration>    a second closes this long after it ends (default 2s)
   --token-file <file>      bearer token for the core's ingest API (role ingest)
-  --servers-max <n>        edges accepted; more are refused and counted (default ${rackLimits.serversMax})
+  --servers-max <n>        edges accepted; more are refused and counted (default ${rackLimits.serversMax},
+                           at most ${batchServersMax}: a rack second's body names at most that many)
   --servers-file <file>    allow-list: one server id per line; other servers are refused (unknown_server)
   --key-file <file>        keys shared with this rack's edges: datagrams must be signed with one of
                            them (unsigned, forged, stale and replayed ones are refused and counted);
@@ -98,7 +100,8 @@ export async function main(argv: string[]): Promise<void> {
   }
   const limits: RackLimits = { ...rackLimits };
   limits.spoolBytes = parseBytes(values['spool-bytes']!, '--spool-bytes', 1024 * 1024, 2 ** 40);
-  limits.serversMax = parseIntOption(values['servers-max'], '--servers-max', rackLimits.serversMax, 1, 100_000);
+  // More servers than a body may name made every second undecodable at the core: all lost.
+  limits.serversMax = parseIntOption(values['servers-max'], '--servers-max', rackLimits.serversMax, 1, batchServersMax);
   const token = values['token-file'] === undefined ? null : readSecret(values['token-file']);
   const allowList = values['servers-file'] === undefined ? null : readAllowList(values['servers-file']);
   if (values['clock-skew-max'] !== undefined) limits.clockSkewMaxMs = parseDurationMs(values['clock-skew-max'], '--clock-skew-max', 500, 3_600_000);

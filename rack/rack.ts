@@ -9,7 +9,7 @@ import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
 import { Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason, type SeriesColumns } from '../schema/codec.js';
-import { batchBytesMax } from '../schema/limits.js';
+import { batchBytesMax, batchServersMax } from '../schema/limits.js';
 import { lmdbCounters } from '../schema/lmdb.js';
 import type { NatsAuth } from '../schema/log.js';
 import { PromText } from '../schema/prom.js';
@@ -77,6 +77,8 @@ export class Rack {
 
   constructor(private readonly opts: RackOptions) {
     const l = opts.limits;
+    // A body naming more servers is refused by every decoder (the core's, the rack's own recut): every second would be lost.
+    if (l.serversMax > batchServersMax) throw new Error(`serversMax ${l.serversMax} > ${batchServersMax}, the servers a rack second's body may name`);
     this.spool = new Spool(opts.spoolDir, { bytesMax: l.spoolBytes, reserveBytes: l.spoolReserveBytes, memoryBytesMax: l.spoolMemoryBytesMax });
     // A restart resumes after the newest spooled second: edges are asked for what came since.
     const resumeAfter = this.spool.closedThrough;

@@ -70,6 +70,13 @@ function coreView(core: FakeCore): Map<string, SeriesColumns[]> {
 }
 
 describe('apm rack process', () => {
+  it('regression: refuses --servers-max above 1024 at start (before: accepted up to 100,000, and with more than 1,024 edges every second\'s body was undecodable at the core: all lost)', async () => {
+    const rack = spawnApm(['rack', '--rack', 'r-max', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--spool', mkdtempSync(join(tmpdir(), 'apm-rack-max-')), '--servers-max', '1025']);
+    daemons.push(rack);
+    expect(await rack.exited()).toBe(2);
+    expect(rack.output.join('\n')).toMatch(/--servers-max.*1024/);
+  });
+
   it('recovers 7% loss with NACKs; duplicates and reordering change nothing', async () => {
     const core = new FakeCore();
     const corePort = await core.start();
