@@ -472,6 +472,7 @@ export class Rack {
     p.counter('apm_rack_seq_gap_datagrams_total', 'Datagrams missing by edge sequence number', r.counters.seq_gap_datagrams);
     p.counter('apm_rack_seconds_closed_total', 'Seconds closed at the watermark', r.counters.seconds_closed);
     p.counter('apm_rack_seconds_incomplete_total', 'Server-seconds closed with parts missing', r.counters.seconds_incomplete);
+    p.counter('apm_rack_closed_records_dropped_total', 'Server-seconds closed incomplete without a record of their parts (the records\' memory bound): their late parts are refused as memory_full', r.counters.closed_records_dropped);
     p.counter('apm_rack_late_batches_total', 'Batches of late data', r.counters.late_batches);
     p.counter('apm_rack_seconds_unanswered_total', 'Server-seconds lost whole (a sequence gap, or missed during a restart) whose probes the edge never answered: lost, counted here', r.counters.seconds_unanswered);
     p.counter('apm_rack_resume_probes_total', 'Seconds asked again from edges after this rack restarted (still in their resend rings)', r.counters.resume_probes);

@@ -36,6 +36,32 @@ describe('Reassembly', () => {
     expect(refused).toBe(256 * 28 - closedRecordBytesMax / 4096);
   });
 
+  it('regression: records of seconds closed incomplete are bounded too; beyond the bound a second keeps none, counted, and its late parts are refused as memory_full (before: 255 edges sending part 0 of 4,096 held 62 MB of records in a minute)', () => {
+    const r = new Reassembly({ ...opts, serversMax: 256, openSecondsPerServerMax: 64 });
+    const perSecond = 255;
+    const seconds = Math.ceil(closedRecordBytesMax / (perSecond * 4096)) + 5;
+    for (let k = 0; k < seconds; k++) {
+      for (let srv = 0; srv < perSecond; srv++) expect(r.accept(part(`s${srv}`, t0 + k, 0, 4096, 1 + 4096 * k), 100, peer, ms(t0 + k))).toBeNull();
+      r.close(ms(t0 + k + 3));
+    }
+    expect(r.closedRecordBytes).toBeLessThanOrEqual(closedRecordBytesMax);
+    expect(r.counters.closed_records_dropped).toBeGreaterThan(0);
+    expect(r.counters.closed_records_dropped + Math.floor(r.closedRecordBytes / 4096)).toBe(perSecond * seconds);
+    // The last second closed kept no record: a late part of it is refused, never taken twice.
+    const last = t0 + seconds - 1;
+    expect(r.accept(part('s0', last, 1, 4096, 9), 100, peer, ms(last + 3))).toBe('memory_full');
+    expect(r.accept(part('s0', last, 0, 4096, 9), 100, peer, ms(last + 3))).toBe('memory_full');
+  });
+
+  it('regression: a first part refused for memory opens no second (before: the empty second NACKed every part of it and counted them lost at its close)', () => {
+    const r = new Reassembly({ ...opts, bytesHeldMax: 1000 });
+    expect(r.accept(part('a', t0, 0, 2, 1), 900, peer, ms(t0))).toBeNull();
+    expect(r.accept(part('b', t0, 0, 8, 1), 200, peer, ms(t0))).toBe('memory_full');
+    expect(r.nacks(ms(t0, 500)).map((n) => n.server)).toEqual(['a']);
+    r.close(ms(t0 + 3));
+    expect(r.counters).toMatchObject({ parts_lost: 1, seconds_incomplete: 1 });
+  });
+
   it('regression: one server\'s second holds at most serverSecondBytesMax, so one edge cannot take every other server\'s room (before: memory_full for the others)', () => {
     const r = new Reassembly({ ...opts, serverSecondBytesMax: 300_000 });
     // A hog: 4,096 parts of 64 KB for one second; 4 are taken (256 KB), the rest refused.

@@ -35,6 +35,8 @@ export interface ReassemblyOptions {
 
 /** Bytes of the records of closed seconds' parts (one byte a part of a second not received whole), kept for the late horizon. */
 export const closedRecordBytesMax = 16 * 1024 * 1024;
+/** A closed second whose record of parts was not kept (closedRecordBytesMax): its late parts are refused as memory_full. */
+const recordDropped = -1;
 
 /** Seconds per edge asked again after a restart (the edge's resend ring holds 30 s). */
 const resumeSecondsMax = 12;
@@ -93,7 +95,8 @@ interface ServerState {
    * Seconds already closed: which parts were seen, to drop late duplicates (bounded by the late
    * horizon). A second that closed whole holds its part count (every part seen): a full rack
    * closes every server's second whole, and an array per server-second kept for 10 minutes
-   * was hundreds of thousands of live objects for every full collection to mark.
+   * was hundreds of thousands of live objects for every full collection to mark. `recordDropped`:
+   * closed incomplete when the records' bound was reached (its late parts are refused).
    */
   closed: Map<number, Uint8Array | number>;
   /** Seconds lost whole (a sequence gap, or missed while this rack restarted), asked again until a part of them arrives. */
@@ -149,6 +152,8 @@ export class Reassembly {
     seconds_unanswered: 0,
     resume_seconds_unasked: 0,
     names_only: 0,
+    /** Incomplete seconds closed without a record of their parts (closedRecordBytesMax): their late parts are refused, counted as memory_full. */
+    closed_records_dropped: 0,
     /** Edges forgotten after a late horizon of silence with nothing held (the table holds serversMax). */
     servers_forgotten: 0,
   };
@@ -195,6 +200,10 @@ export class Reassembly {
     let o = s.open.get(msg.second);
     if (o === undefined) {
       if (s.open.size >= this.openSecondsMax(nowMs)) return this.reject('too_many_open_seconds');
+      // Refused before the second opens: an empty open second asked its edge for every part
+      // (NACKs, just when memory is short) and counted them lost again at its close.
+      if (frameBytes > (this.opts.serverSecondBytesMax ?? Infinity)) return this.reject('server_second_full');
+      if (this.bytesHeld + frameBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
       o = { second: msg.second, session: msg.session, parts: msg.parts, received: new Array(msg.parts).fill(null), count: 0, bytes: 0, firstMs: nowMs, lastNackMs: 0, nacks: 0, nacked: new Uint8Array(msg.parts) };
       s.open.set(msg.second, o);
       this.needy.add(s);
@@ -295,6 +304,8 @@ export class Reassembly {
       s.closed.set(msg.second, (seen = new Uint8Array(msg.parts)));
       this.closedRecordBytes += msg.parts;
     }
+    // Its record was not kept (closedRecordBytesMax, at its close): which parts came is unknown.
+    if (seen === recordDropped) return this.reject('memory_full');
     if ((typeof seen === 'number' ? seen : seen.length) !== msg.parts) return this.reject('parts_mismatch');
     if (typeof seen === 'number' || seen[msg.part] === 1) {
       this.counters.parts_duplicate++;
@@ -411,8 +422,16 @@ export class Reassembly {
         this.counters.parts_lost += o.parts - o.count;
         this.counters.seconds_incomplete++;
       }
-      s.closed.set(second, o.count === o.parts ? o.parts : Uint8Array.from(o.received, (p) => (p === null ? 0 : 1)));
-      if (o.count < o.parts) this.closedRecordBytes += o.parts;
+      if (o.count === o.parts) s.closed.set(second, o.parts);
+      else if (this.closedRecordBytes + o.parts > closedRecordBytesMax) {
+        // Records of incomplete seconds are bounded here too (before: only a late part's was, and
+        // 255 edges sending part 0 of 4,096 each second held 62 MB of them within a minute).
+        s.closed.set(second, recordDropped);
+        this.counters.closed_records_dropped++;
+      } else {
+        s.closed.set(second, Uint8Array.from(o.received, (p) => (p === null ? 0 : 1)));
+        this.closedRecordBytes += o.parts;
+      }
       this.bytesHeld -= o.bytes;
       servers.push({ server: s.id, parts });
     }
