@@ -299,9 +299,19 @@ export class ClusterNode implements ClusterView {
   }
 
   consumerCounters(): Record<string, number> {
-    const out: Record<string, number> = {};
+    const out: Record<string, number> = { ...this.consumersGone };
     for (const c of this.consumers.values()) for (const [k, v] of Object.entries(c.counters)) out[k] = (out[k] ?? 0) + v;
     return out;
+  }
+
+  /** Counters of consumers no longer running (removed, or replaced after a copy or a gap): consumerCounters never goes back. */
+  private readonly consumersGone: Record<string, number> = {};
+
+  private dropConsumer(k: number): void {
+    const c = this.consumers.get(k);
+    if (c === undefined) return;
+    this.consumers.delete(k);
+    for (const [name, v] of Object.entries(c.counters)) this.consumersGone[name] = (this.consumersGone[name] ?? 0) + v;
   }
 
   private record(): NodeRecord {
@@ -490,7 +500,7 @@ export class ClusterNode implements ClusterView {
     this.giveUpSlowJoins(Date.now());
     for (const [k, c] of this.consumers) {
       if (mine.has(k)) continue;
-      this.consumers.delete(k);
+      this.dropConsumer(k);
       await c.remove();
       this.log(`shard ${k} is no longer placed here; its consumer is removed (its data stays until retention)`);
     }
@@ -509,12 +519,11 @@ export class ClusterNode implements ClusterView {
       const needCopy = c?.state === 'behind_stream' || applied < 0 || (joining && applied === 0 && source !== undefined && (source.applied[k] ?? 0) > 0);
       if (needCopy && source === undefined) {
         if (c === undefined) this.startConsumer(k, applied);
-        else if (!this.nodeStates.some((n) => n.id !== this.o.node && n.silentMs < this.o.replaceAfterMs && this.doc!.shards[k]!.owners.includes(n.id))) {
-          // Only once every other owner has been silent for the replace-after time: one that is
-          // down a moment may come back with everything.
-          // No other owner is alive: what aged out of the stream is nowhere else. Read on from
-          // the stream's first message rather than stop; the gap is counted and logged.
-          this.consumers.delete(k);
+        else if (this.resumesWithGap(k, applied, c.streamFirst)) {
+          // No other owner is alive, or every live one is behind the stream too and this one
+          // applied the most: what aged out of the stream is nowhere else. Read on from the
+          // stream's first message rather than stop; the gap is counted and logged.
+          this.dropConsumer(k);
           if (applied >= 0) {
             this.counters.shards_resumed_with_gap++;
             this.log(`shard ${k}: applied up to ${applied}, its stream starts at ${c.streamFirst} and no other owner is alive: resuming from the stream; sequences ${applied + 1}..${c.streamFirst - 1} are lost`);
@@ -537,6 +546,26 @@ export class ClusterNode implements ClusterView {
       }
       this.startConsumer(k, applied);
     }
+  }
+
+  /**
+   * Whether this owner of shard k, behind its stream (its first message `streamFirst` is past
+   * what it applied), with no ready owner to copy from, should read on from the stream's first
+   * message and accept the gap. It waits while another owner is alive that may still be a
+   * source: one silent less than the replace-after time (down a moment, it may come back with
+   * everything) whose applied sequence is unknown yet or reaches the stream (it catches up, then
+   * this one copies from it). When every live owner is behind the stream too, the one that
+   * applied the most (ties: the lowest node id) resumes and the others copy from it once it is
+   * ready — before, each waited for the other for good while the stream went on aging out.
+   */
+  private resumesWithGap(k: number, applied: number, streamFirst: number): boolean {
+    const others = this.nodeStates.filter((n) => n.id !== this.o.node && n.silentMs < this.o.replaceAfterMs && this.doc!.shards[k]!.owners.includes(n.id));
+    for (const n of others) {
+      const theirs = n.applied[k];
+      if (theirs === undefined || theirs >= streamFirst - 1) return false;
+      if (theirs > applied || (theirs === applied && n.id < this.o.node)) return false;
+    }
+    return true;
   }
 
   /** Joins that did not catch up within joinCatchUpMaxMs are reported (the placer then drops this node as their joiner). */
@@ -570,7 +599,7 @@ export class ClusterNode implements ClusterView {
     this.copying.add(k);
     try {
       if (old !== undefined) await old.stop();
-      this.consumers.delete(k);
+      this.dropConsumer(k);
       const t0 = Date.now();
       const applied = await this.o.copyShard(source.url, k);
       this.counters.shards_copied++;

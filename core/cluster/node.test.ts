@@ -1,0 +1,65 @@
+// ClusterNode's decisions for a shard whose owners fell behind its stream (down longer than its
+// max age), without NATS: the node's placement, peers and consumer are set as its rounds see them.
+
+import { describe, expect, it } from 'vitest';
+import { ClusterNode } from './node.js';
+import type { NodeState } from './view.js';
+
+interface Inside {
+  settings: unknown;
+  pool: unknown;
+  doc: unknown;
+  nodeStates: NodeState[];
+  consumers: Map<number, unknown>;
+  counters: Record<string, number>;
+  consumerCounters(): Record<string, number>;
+  follow(): Promise<void>;
+  startConsumer(k: number, applied: number, acceptLoss?: boolean): void;
+}
+
+function peer(id: string, applied: number | undefined, silentMs = 0): NodeState {
+  return { id, url: 'http://127.0.0.1:1', workers: 1, startedMs: 0, ready: [], lag: { 0: -1 }, applied: applied === undefined ? {} : { 0: applied }, copyFailing: [], live: true, heartbeatMs: 0, silentMs } as unknown as NodeState;
+}
+
+/** Node `me` (applied 5,000 of shard 0, whose stream now starts at 9,000) after `rounds` rounds beside `others`. */
+async function rounds(me: string, others: NodeState[], n = 5): Promise<{ started: [number, number, boolean][]; copies: number; counters: Record<string, number>; consumerCounters: Record<string, number> }> {
+  const Ctor = ClusterNode as unknown as new (nc: unknown, o: unknown) => Inside;
+  let copies = 0;
+  const node = new Ctor({}, { node: me, url: 'http://127.0.0.1:1', workers: 1, want: {}, heartbeatMs: 2000, deadAfterMs: 10_000, replaceAfterMs: 60_000, movesMax: 8, readyLagMax: 8, copyShard: async () => (copies++, 0), log: () => undefined });
+  node.settings = { shards: 1, ownerReplicas: 2 };
+  node.pool = { shards: 1, streamSeqs: async () => ({ 0: 5000 }), restartFromStream: async () => undefined };
+  node.doc = { shards: [{ owners: [me, ...others.map((o) => o.id)], joining: [] }] };
+  node.nodeStates = [peer(me, 5000), ...others];
+  node.consumers.set(0, { state: 'behind_stream', caughtUp: false, streamFirst: 9000, applied: 5000, lag: Infinity, lastError: '', counters: { messages_applied: 70, stream_resets: 1 } });
+  const started: [number, number, boolean][] = [];
+  node.startConsumer = (k, applied, acceptLoss = false) => {
+    started.push([k, applied, acceptLoss]);
+    node.consumers.set(k, { state: 'consuming', caughtUp: false, streamFirst: 9000, applied, lag: 100, lastError: '', counters: { messages_applied: 2, stream_resets: 0 } });
+  };
+  for (let i = 0; i < n; i++) await node.follow();
+  return { started, copies, counters: node.counters, consumerCounters: node.consumerCounters() };
+}
+
+describe('an owner behind its stream with no ready owner to copy from', () => {
+  it('regression: when every live owner is behind too, the one that applied the most (ties: the lowest id) reads on from the stream, counted (before: each waited for the other for good)', async () => {
+    const a = await rounds('a', [peer('b', 5000)]);
+    expect(a.started).toEqual([[0, 5000, true]]);
+    expect(a.counters.shards_resumed_with_gap).toBe(1);
+    // The replaced consumer's counts stay in the node's (before: /metrics' totals went back).
+    expect(a.consumerCounters).toEqual({ messages_applied: 72, stream_resets: 1 });
+    // b, the other of the tie, waits (and copies from a once a is ready).
+    expect((await rounds('b', [peer('a', 5000)])).started).toEqual([]);
+    // An owner that applied more resumes instead.
+    expect((await rounds('a', [peer('b', 6000)])).started).toEqual([]);
+    expect((await rounds('b', [peer('a', 4000)])).started).toEqual([[0, 5000, true]]);
+  });
+
+  it('waits while a live owner may still be a source: it reaches the stream, or has not said what it applied', async () => {
+    expect((await rounds('a', [peer('b', 8999)])).started).toEqual([]);
+    expect((await rounds('a', [peer('b', undefined)])).started).toEqual([]);
+  });
+
+  it('reads on from the stream when every other owner has been silent past the replace-after time', async () => {
+    expect((await rounds('b', [peer('a', 8999, 61_000)])).started).toEqual([[0, 5000, true]]);
+  });
+});
