@@ -36,14 +36,14 @@ function deadPull(pulls: { stopped: number }, msgs: FakeMsg[] = []) {
   };
 }
 
-function fakes(numPending: number, msgs: FakeMsg[] = []) {
+function fakes(numPending: number, msgs: FakeMsg[] = [], later: FakeMsg[] = []) {
   const pulls = { started: 0, stopped: 0 };
   const info = { num_pending: numPending, num_ack_pending: 0, delivered: { stream_seq: 5, consumer_seq: 5 }, ack_floor: { stream_seq: 5 }, config: { inactive_threshold: 60_000 * 1e6 } };
   const consumer = {
     info: async () => info,
     consume: async () => {
       pulls.started++;
-      return deadPull(pulls, pulls.started === 1 ? msgs : []);
+      return deadPull(pulls, pulls.started === 1 ? msgs : pulls.started === 2 ? later : []);
     },
   };
   const js = { consumers: { get: async () => consumer } } as unknown as JetStreamClient;
@@ -109,6 +109,26 @@ describe('a shard consumer and its deliveries', () => {
     expect(c.counters.messages_refused).toBe(2);
     expect(c.counters.restarts).toBeGreaterThanOrEqual(1);
     expect(c.lastError).toMatch(/delivery 8 never arrived/);
+  });
+
+  it('regression: stops at a hole in the stream\'s sequences (messages aged out while it read: deliveries stay contiguous), reads afresh, and takes the same hole met again as lost, counted (before: applied past it silently)', async () => {
+    const acks: number[] = [];
+    const log = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      // Stream messages 8..19 aged out: delivery 8 is stream message 20. The read afresh meets it again (delivery 6 of a new pull).
+      const { c, pulls } = fakes(0, [msg(6, 6, acks), msg(7, 7, acks), msg(20, 8, acks)], [msg(20, 6, acks), msg(21, 7, acks)]);
+      c.start(5);
+      await new Promise((r) => setTimeout(r, 400));
+      await c.stop();
+      expect(pulls.started).toBeGreaterThanOrEqual(2);
+      expect(c.counters.restarts).toBeGreaterThanOrEqual(1);
+      expect(c.lastError).toMatch(/stream messages 8\.\.19 are gone from the stream \(aged out while this node read it\): reading afresh from 8/);
+      expect(c.counters.stream_gap_messages).toBe(12);
+      expect(c.applied).toBe(21);
+      expect(log.mock.calls.some((a) => String(a[0]).includes('stream messages 8..19 are gone from the stream and no owner\'s copy has them: lost, counted'))).toBe(true);
+    } finally {
+      log.mockRestore();
+    }
   });
 
   it('a stop() right after start() returns on an idle stream', async () => {

@@ -59,7 +59,7 @@ export class ShardConsumer {
    * anyone holds, and queries keep being answered from it.
    */
   caughtUp = false;
-  readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0, stream_resets: 0 };
+  readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0, stream_resets: 0, stream_gap_messages: 0 };
   /** The stream's creation time when this consumer last opened it (null: not yet; then the store's record is asked). */
   private streamCreated: string | null = null;
   private stopping = false;
@@ -81,8 +81,14 @@ export class ShardConsumer {
     return `n-${this.o.node}`;
   }
 
-  /** Read from the stream's first message even when it starts past applied + 1 (no owner holds what aged out). */
+  /** Read from the stream's first message even when it starts past applied + 1 (no owner holds what aged out). Used once: a later fall behind is a new decision. */
   acceptLoss = false;
+  /**
+   * The applied sequence after which a hole in the stream's sequences is taken as lost (counted
+   * in stream_gap_messages, logged): one the node chose to resume past (acceptLoss), or one met
+   * a second time (not at the stream's head, so no owner's copy is wanted for it).
+   */
+  private gapAllowedAfter: number | null = null;
 
   /** Starts reading from the applied sequence `applied` (the worker's record). */
   start(applied: number): void {
@@ -172,7 +178,10 @@ export class ShardConsumer {
     if (created !== known) await this.pool.streamCreated(this.o.shard, created);
     this.streamCreated = created;
     this.streamFirst = si.state.first_seq;
-    if (this.applied + 1 < si.state.first_seq && !this.acceptLoss) {
+    if (this.applied + 1 < si.state.first_seq && this.acceptLoss) {
+      this.gapAllowedAfter = this.applied;
+      this.acceptLoss = false;
+    } else if (this.applied + 1 < si.state.first_seq) {
       // Messages this node never applied have aged out of the stream (all of them, when it is
       // empty: first_seq is then last_seq + 1): only a live owner's rows have them.
       this.state = 'behind_stream';
@@ -279,6 +288,19 @@ export class ShardConsumer {
           break;
         }
         delivery = m.info.deliverySequence;
+        if (m.seq > after + 1) {
+          // Stream messages between are gone: aged out while this node read (JetStream then
+          // delivers the next one stored, its deliveries still contiguous) or between the
+          // stream's info and the consumer's start. Applying past them stored a hole silently.
+          if (this.gapAllowedAfter !== after) {
+            this.gapAllowedAfter = after;
+            fail(`stream messages ${after + 1}..${m.seq - 1} are gone from the stream (aged out while this node read it): reading afresh from ${after + 1} (a live owner's copy has them)`);
+            break;
+          }
+          this.gapAllowedAfter = null;
+          this.counters.stream_gap_messages += m.seq - after - 1;
+          console.error(`apm core: shard ${this.o.shard}: stream messages ${after + 1}..${m.seq - 1} are gone from the stream and no owner's copy has them: lost, counted (apm_core_cluster_stream_gap_messages_total)`);
+        }
         // A redelivered older message (its ack was lost) is not part of the chain.
         const prev = after;
         if (m.seq > after) after = m.seq;
