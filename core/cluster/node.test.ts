@@ -63,3 +63,39 @@ describe('an owner behind its stream with no ready owner to copy from', () => {
     expect((await rounds('b', [peer('a', 8999, 61_000)])).started).toEqual([[0, 5000, true]]);
   });
 });
+
+describe('a placement document gone from KV apm-placement', () => {
+  const old = [
+    { owners: ['a', 'c'], joining: [] },
+    { owners: ['c', 'd'], joining: [] },
+    { owners: ['d', 'a'], joining: [] },
+    { owners: ['c', 'a'], joining: [] },
+  ];
+  const holder = (id: string, shards: number[]) => ({ ...peer(id, 9), ready: shards, applied: Object.fromEntries(shards.map((k) => [k, 9])) }) as unknown as NodeState;
+
+  async function placerAfterDelete(doc: unknown): Promise<{ owners: string[]; joining: string[] }[]> {
+    const Ctor = ClusterNode as unknown as new (nc: unknown, o: unknown) => Inside & { kvPlacement: unknown; kvNodes: unknown; readPlacement(): Promise<void>; place(): Promise<void> };
+    const node = new Ctor({}, { node: 'a', url: 'http://127.0.0.1:1', workers: 1, want: {}, heartbeatMs: 2000, deadAfterMs: 10_000, replaceAfterMs: 60_000, movesMax: 8, readyLagMax: 8, copyShard: async () => 0, log: () => undefined });
+    Object.defineProperty(node, 'startedMs', { value: 0 });
+    node.settings = { shards: 4, ownerReplicas: 2 };
+    const written: { doc: { shards: { owners: string[]; joining: string[] }[] } | null } = { doc: null };
+    node.kvPlacement = { get: async () => null, create: async (_k: string, v: string) => ((written.doc = JSON.parse(v)), 1) };
+    node.kvNodes = { delete: async () => undefined };
+    node.doc = doc;
+    node.nodeStates = [holder('a', [0, 2, 3]), holder('b', []), holder('c', [0, 1, 3]), holder('d', [1, 2])];
+    await node.readPlacement();
+    await node.place();
+    if (written.doc === null) throw new Error('nothing written');
+    return written.doc.shards;
+  }
+
+  it('regression: the placer writes back the last one it followed: every owner keeps its shards (before: a fresh round robin gave shards to nodes holding nothing of them, which answered for them)', async () => {
+    const shards = await placerAfterDelete({ shards: old });
+    expect(shards.map((s) => s.owners)).toEqual(old.map((s) => s.owners));
+  });
+
+  it('a placer that never read one rebuilds it from what the nodes consume', async () => {
+    const shards = await placerAfterDelete(null);
+    expect(shards.map((s) => [...s.owners].sort())).toEqual(old.map((s) => [...s.owners].sort()));
+  });
+});

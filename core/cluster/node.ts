@@ -104,6 +104,8 @@ export class ClusterNode implements ClusterView {
   private docRevision = 0;
   /** KV apm-placement holds a document that does not parse (the placer writes over it). */
   private docUnreadable = false;
+  /** KV apm-placement has no document (deleted, or the bucket made again after NATS storage was lost): the placer writes one back. */
+  private docMissing = false;
   /** Keys of KV apm-nodes whose records do not check, with their heartbeats (as last read). */
   private unreadableNodes: { id: string; heartbeatMs: number; silentMs: number }[] = [];
   /** The unreadable node this node last held placement for (logged once). */
@@ -409,10 +411,16 @@ export class ClusterNode implements ClusterView {
   private async readPlacement(): Promise<void> {
     const e = await this.kvPlacement.get('shards');
     if (e === null || e.operation !== 'PUT') {
-      this.doc = null;
+      // The last good document stands (in memory: every node keeps following it) and the placer
+      // writes it back; a node that never read one rebuilds it from what the nodes consume. (A
+      // fresh round robin put shards on nodes holding nothing of them, which then answered for
+      // them, and took them from the nodes holding their history.)
+      if (!this.docMissing && this.doc !== null) this.log(`KV ${buckets.placement} has no placement document any more; keeping the last one, and the placer writes it back`);
+      this.docMissing = true;
       this.docRevision = 0;
       return;
     }
+    this.docMissing = false;
     try {
       this.doc = parsePlacement(e.string(), this.settings.shards);
       this.docRevision = e.revision;
@@ -446,7 +454,7 @@ export class ClusterNode implements ClusterView {
     // A new cluster's first placement waits a few heartbeats, so nodes started together are all in it (no copies at birth).
     if (this.doc === null && Date.now() - this.startedMs < 2 * this.o.heartbeatMs) return;
     // Never read a good document and the one in KV does not parse: rebuilt from who consumes what.
-    const current = this.doc ?? (this.docUnreadable ? placementFromRecords(this.nodeStates.filter((n) => n.live), this.settings.shards) : null);
+    const current = this.doc ?? (this.docUnreadable || this.docMissing ? placementFromRecords(this.nodeStates.filter((n) => n.live), this.settings.shards) : null);
     const next = nextPlacement({
       current,
       shards: this.settings.shards,
@@ -459,13 +467,14 @@ export class ClusterNode implements ClusterView {
       movesMax: this.o.movesMax,
     });
     await this.forgetGoneNodes();
-    // An unreadable document is replaced by the placement this node follows (or the next one).
-    const write = next ?? (this.docUnreadable ? current : null);
+    // An unreadable or missing document is replaced by the placement this node follows (or the next one).
+    const write = next ?? (this.docUnreadable || this.docMissing ? current : null);
     if (write === null) return;
     try {
       this.docRevision = this.docRevision === 0 ? await this.kvPlacement.create('shards', JSON.stringify(write)) : await this.kvPlacement.update('shards', JSON.stringify(write), this.docRevision);
       this.doc = write;
       this.docUnreadable = false;
+      this.docMissing = false;
       this.counters.placements_written++;
     } catch (err) {
       // Another placer wrote first (two nodes both thought they were the smallest live id for a moment): read again next round.
