@@ -99,3 +99,20 @@ describe('a placement document gone from KV apm-placement', () => {
     expect(shards.map((s) => [...s.owners].sort())).toEqual(old.map((s) => [...s.owners].sort()));
   });
 });
+
+describe('a node joining a shard with nothing of it', () => {
+  it('regression: copies from a ready owner even when that owner reports applied 0 (its stream made again: it holds the rows, reads the new stream from 0; before, the joiner read the empty stream and became an owner without the shard\'s history)', async () => {
+    const Ctor = ClusterNode as unknown as new (nc: unknown, o: unknown) => Inside & { copying: Set<number> };
+    const copied: string[] = [];
+    const node = new Ctor({}, { node: 'x', url: 'http://127.0.0.1:1', workers: 1, want: {}, heartbeatMs: 2000, deadAfterMs: 10_000, replaceAfterMs: 60_000, movesMax: 8, readyLagMax: 8, copyShard: async (url: string) => (copied.push(url), 0), log: () => undefined });
+    node.settings = { shards: 1, ownerReplicas: 2 };
+    node.pool = { shards: 1, streamSeqs: async () => ({ 0: 0 }) };
+    node.doc = { shards: [{ owners: ['a', 'd'], joining: ['x'] }] };
+    node.nodeStates = [{ ...peer('a', 0), url: 'http://127.0.0.1:7', ready: [0] } as unknown as NodeState, peer('x', undefined)];
+    const started: number[] = [];
+    node.startConsumer = (k) => void started.push(k);
+    await node.follow();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(copied).toEqual(['http://127.0.0.1:7']);
+  });
+});

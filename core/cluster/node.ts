@@ -522,10 +522,12 @@ export class ClusterNode implements ClusterView {
       const applied = seqs[k] ?? 0;
       const joining = this.doc.shards[k]!.joining.includes(this.o.node);
       const source = this.readyOwners(k).find((n) => n.id !== this.o.node);
-      // Copy when joining with nothing of the shard while the owner has something (an owner that
-      // applied nothing holds nothing: the stream alone has it all), or when the stream aged out
-      // past what this node applied (the consumer says so).
-      const needCopy = c?.state === 'behind_stream' || applied < 0 || (joining && applied === 0 && source !== undefined && (source.applied[k] ?? 0) > 0);
+      // Copy when joining with nothing of the shard while an owner is ready, or when the stream
+      // aged out past what this node applied (the consumer says so). Whatever the owner's applied
+      // sequence: one whose stream was made again reads it from 0 and holds a year of rows (before,
+      // an owner at 0 was taken to hold nothing, and the joiner became an owner without them);
+      // the copy of a shard that holds nothing is small. (At a cluster's birth nobody joins.)
+      const needCopy = c?.state === 'behind_stream' || applied < 0 || (joining && applied === 0 && source !== undefined);
       if (needCopy && source === undefined) {
         if (c === undefined) this.startConsumer(k, applied);
         else if (this.resumesWithGap(k, applied, c.streamFirst)) {
