@@ -475,6 +475,7 @@ export class Rack {
     p.counter('apm_rack_closed_records_dropped_total', 'Server-seconds closed incomplete without a record of their parts (the records\' memory bound): their late parts are refused as memory_full', r.counters.closed_records_dropped);
     p.counter('apm_rack_late_batches_total', 'Batches of late data', r.counters.late_batches);
     p.counter('apm_rack_seconds_unanswered_total', 'Server-seconds lost whole (a sequence gap, or missed during a restart) whose probes the edge never answered: lost, counted here', r.counters.seconds_unanswered);
+    p.counter('apm_rack_gap_probes_total', 'Seconds asked again from edges after a gap in their sequence numbers (lost whole on the way), closed ones included (their answers come as late parts, and their other parts are asked for)', r.counters.gap_probes);
     p.counter('apm_rack_resume_probes_total', 'Seconds asked again from edges after this rack restarted (still in their resend rings)', r.counters.resume_probes);
     p.counter('apm_rack_resume_seconds_unasked_total', 'Server-seconds missed while this rack was down that were too old to ask edges for (lost)', r.counters.resume_seconds_unasked);
     p.counter('apm_rack_edge_restarts_total', 'Edge session changes seen', r.counters.edge_restarts);

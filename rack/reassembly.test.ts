@@ -62,6 +62,32 @@ describe('Reassembly', () => {
     expect(r.counters).toMatchObject({ parts_lost: 1, seconds_incomplete: 1 });
   });
 
+  it('regression: a sequence gap longer than the lateness probes its closed seconds too, and asks for the other parts of one whose answer comes late; parts never answered are counted lost (before: only seconds still open were probed, and a late answer brought back part 0 alone)', () => {
+    const r = new Reassembly(opts);
+    expect(r.accept(part('a', t0, 0, 1, 1), 100, peer, ms(t0, 100))).toBeNull();
+    r.close(ms(t0 + 4, 500)); // t0 closes; seconds up to t0 + 1 are closed
+    // Seconds t0 + 1 .. t0 + 3 (3 parts each, sequences 2..10) lost on the way; t0 + 4 arrives.
+    expect(r.accept(part('a', t0 + 4, 0, 3, 11), 100, peer, ms(t0 + 4, 500))).toBeNull();
+    const asked = r.nacks(ms(t0 + 4, 600));
+    expect(asked.filter((n) => n.second < t0 + 4).map((n) => [n.second, Array.from(n.missingParts)]).sort()).toEqual([[t0 + 1, [0]], [t0 + 2, [0]], [t0 + 3, [0]]]);
+    expect(r.counters.gap_probes).toBe(3);
+    // The edge answers the probe of t0 + 1 (closed): a late part, and its other parts are asked for.
+    expect(r.accept(part('a', t0 + 1, 0, 3, 2), 100, peer, ms(t0 + 4, 700))).toBeNull();
+    const again = r.nacks(ms(t0 + 4, 900)).find((n) => n.second === t0 + 1);
+    expect(Array.from(again!.missingParts)).toEqual([1, 2]);
+    expect(r.accept(part('a', t0 + 1, 1, 3, 3), 100, peer, ms(t0 + 4, 950))).toBeNull();
+    // Part 2 never comes: asked again, then counted lost.
+    const lostBefore = r.counters.parts_lost;
+    for (let k = 1; k <= 6; k++) {
+      const n = r.nacks(ms(t0 + 5, 250 * k)).find((x) => x.second === t0 + 1);
+      if (n !== undefined) expect(Array.from(n.missingParts)).toEqual([2]);
+    }
+    expect(r.counters.parts_lost - lostBefore).toBe(1);
+    expect(r.counters.parts_late).toBe(2);
+    const late = r.close(ms(t0 + 9), { allLate: true }).filter((b) => b.late && b.second === t0 + 1);
+    expect(late.flatMap((b) => b.servers.flatMap((x) => x.parts.map((m) => m.part))).sort()).toEqual([0, 1]);
+  });
+
   it('regression: one server\'s second holds at most serverSecondBytesMax, so one edge cannot take every other server\'s room (before: memory_full for the others)', () => {
     const r = new Reassembly({ ...opts, serverSecondBytesMax: 300_000 });
     // A hog: 4,096 parts of 64 KB for one second; 4 are taken (256 KB), the rest refused.

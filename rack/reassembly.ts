@@ -82,7 +82,16 @@ interface Probe {
   /** Probes sent so far, and when the next is due. */
   sent: number;
   dueMs: number;
+  /**
+   * Set once the probe's answer (part 0) came after its second closed: the other parts, asked
+   * on the same schedule (a closed second is not NACKed otherwise, so only part 0 of it came
+   * back). Parts never answered are counted in parts_lost.
+   */
+  parts?: number[];
 }
+
+/** Seconds probed at once per edge (a sequence gap asks for its newest seconds first). */
+const probesPerServerMax = 8;
 
 interface ServerState {
   id: string;
@@ -148,6 +157,8 @@ export class Reassembly {
     late_batches: 0,
     edge_restarts: 0,
     resume_probes: 0,
+    /** Seconds asked again from edges after a sequence gap (lost whole on the way). */
+    gap_probes: 0,
     /** Seconds lost whole whose probes were never answered (every retry): lost, counted here. */
     seconds_unanswered: 0,
     resume_seconds_unasked: 0,
@@ -285,8 +296,15 @@ export class Reassembly {
       const gap = (firstSeq - s.lastSeq - 1) >>> 0;
       if (gap > 0 && gap < 0x10000) {
         this.counters.seq_gap_datagrams += gap;
-        // Whole seconds vanished between lastSecond and this one: ask for their first parts.
-        for (let sec = s.lastSecond + 1; sec < msg.second && s.probes.length < 8; sec++) if (sec > this.closedThrough) s.probes.push({ second: sec, sent: 0, dueMs: 0 });
+        // Whole seconds vanished between lastSecond and this one: ask for their first parts, the
+        // newest first (the edge's resend ring keeps the last 30 s). Closed ones too: their answers
+        // come as late parts (before, an outage longer than the lateness lost its older seconds
+        // unasked, counted only as seq_gap_datagrams).
+        for (let sec = msg.second - 1; sec > s.lastSecond && s.probes.length < probesPerServerMax; sec--) {
+          if (s.open.has(sec) || s.closed.has(sec) || s.probes.some((p) => p.second === sec)) continue;
+          s.probes.push({ second: sec, sent: 0, dueMs: 0 });
+          this.counters.gap_probes++;
+        }
         if (s.probes.length > 0) this.needy.add(s);
       }
     }
@@ -313,6 +331,17 @@ export class Reassembly {
     }
     if (this.bytesHeld + frameBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
     seen[msg.part] = 1;
+    // The answer to a probe of a second that has closed: ask for its other parts the same way.
+    if (msg.parts > 1) {
+      const probe = s.probes.find((p) => p.second === msg.second && p.parts === undefined);
+      if (probe !== undefined) {
+        probe.parts = [];
+        for (let i = 0; i < msg.parts; i++) if (seen[i] !== 1) probe.parts.push(i);
+        probe.sent = 0;
+        probe.dueMs = 0;
+        this.needy.add(s);
+      }
+    }
     this.bytesHeld += frameBytes;
     this.lateBytes += frameBytes;
     this.lateBytesOf.set(msg.second, (this.lateBytesOf.get(msg.second) ?? 0) + frameBytes);
@@ -326,6 +355,14 @@ export class Reassembly {
     if (list === undefined) bySecond.set(s, [msg]);
     else list.push(msg);
     return null;
+  }
+
+  /** A late-answered probe's parts not received yet (kept in p.parts); false when none is (or its record is gone). */
+  private stillMissing(s: ServerState, p: Probe): boolean {
+    const seen = s.closed.get(p.second);
+    if (typeof seen === 'number' || seen === undefined) return false;
+    p.parts = p.parts!.filter((i) => seen[i] !== 1);
+    return p.parts.length > 0;
   }
 
   /** NACKs due now: missing parts of open seconds, and probes for seconds lost whole. */
@@ -354,14 +391,15 @@ export class Reassembly {
       // answer may be lost too); one never answered is counted, never lost silently.
       let kept = 0;
       for (const p of s.probes) {
-        if (s.open.has(p.second) || s.closed.has(p.second)) continue;
+        if (p.parts === undefined ? s.open.has(p.second) || s.closed.has(p.second) : !this.stillMissing(s, p)) continue;
         if (nowMs >= p.dueMs) {
           // The last probe's answer had a whole interval to come.
           if (p.sent >= this.opts.nackRetriesMax) {
-            this.counters.seconds_unanswered++;
+            if (p.parts === undefined) this.counters.seconds_unanswered++;
+            else this.counters.parts_lost += p.parts.length;
             continue;
           }
-          out.push({ peer: s.peer, server: s.id, session: s.session, second: p.second, missingParts: Uint16Array.of(0) });
+          out.push({ peer: s.peer, server: s.id, session: s.session, second: p.second, missingParts: p.parts === undefined ? Uint16Array.of(0) : Uint16Array.from(p.parts.slice(0, nackPartsMax)) });
           p.sent++;
           p.dueMs = nowMs + this.opts.nackIntervalMs;
         }
