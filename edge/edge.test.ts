@@ -227,3 +227,25 @@ describe('the edge and NACKs that ask too much', () => {
     expect(edge.counters.datagrams_resent).toBeGreaterThanOrEqual(2);
   });
 });
+
+describe('regression: the host collector after stop()', () => {
+  it('a reading under way when the edge stops schedules no next one (before: it armed the next, and readings went on every second for good)', async () => {
+    const edge = new Edge({ server: 'host-stop', rackHost: '127.0.0.1', rackPort: 9, statsdHost: '127.0.0.1', statsdPort: 0, hostCollector: true, limits: edgeLimits, clock: new TestClock(S * 1000) });
+    const host = (edge as unknown as { host: { collect: () => Promise<unknown> } }).host;
+    let calls = 0;
+    let finish: (() => void) | null = null;
+    host.collect = () => {
+      calls++;
+      return new Promise<unknown>((r) => (finish = () => r([])));
+    };
+    await edge.start();
+    await until(() => (calls === 1 ? true : undefined), 3000, 'a host reading to start');
+    await edge.stop();
+    const timer = () => (edge as unknown as { hostTimer: unknown }).hostTimer;
+    const cleared = timer();
+    finish!();
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(timer()).toBe(cleared);
+    expect(calls).toBe(1);
+  });
+});

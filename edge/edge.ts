@@ -122,6 +122,8 @@ export class Edge {
   private rackAddress = '';
   /** Set once the rack socket is closing: late host readings are not sent. */
   private closing = false;
+  /** Set when stop() begins: a host reading under way then schedules no next one. */
+  private stopped = false;
 
   constructor(private readonly opts: EdgeOptions) {
     checkLimits(opts.limits);
@@ -188,6 +190,7 @@ export class Edge {
 
   /** Flushes the open second and closes the sockets (SIGTERM path). */
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     if (this.hostTimer !== null) clearTimeout(this.hostTimer);
     this.drain();
@@ -245,6 +248,8 @@ export class Edge {
   }
 
   private scheduleHost(): void {
+    // A reading under way at stop() ends here (before: it armed the next, every second for good).
+    if (this.stopped) return;
     // Read /proc mid-second so the reading lands well inside the second it describes.
     const now = this.clock.wallMs();
     const delay = 1000 - (now % 1000) + 500;
