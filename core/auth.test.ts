@@ -205,3 +205,40 @@ describe('regression: any ingest token could erase or forge another rack\'s data
     expect((await open.request('/api/v1/ingest', { method: 'POST', body: second('r43', 1, 1) })).status).toBe(204);
   });
 });
+
+describe('regression: a token revoked while its live stream is open', () => {
+  it('ends the stream at its next event, counted (before: it streamed on for good after the tokens file was reloaded without it)', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'apm-auth-revoke-'));
+    const set = (lines: string[]) => new TokenSet(parseTokens(lines.join('\n'), 'tokens'));
+    const a = new ApiAuth({ tokens: set([`${hashToken('adm')} admin adm`, `${hashToken('rd')} read rd`]) });
+    const n = await openNode({ dataDir: d, workers: 1, shards: 8, queryLatenessMs: 0, flushGraceMs: 0, auth: a });
+    try {
+      const created = await n.app.request('/api/v1/queries', { method: 'POST', headers: { authorization: 'Bearer adm', 'content-type': 'application/json' }, body: JSON.stringify({ query: 'FROM * SELECT rv.g WINDOW 1s COMPUTE max' }) });
+      const { id } = (await created.json()) as { id: string };
+      const res = await n.app.request(`/api/v1/queries/${id}/live?access_token=rd`);
+      expect(res.status).toBe(200);
+      const reader = res.body!.getReader();
+      a.tokens = set([`${hashToken('adm')} admin adm`]); // the file reloaded (SIGHUP) without "rd"
+      const nowMs = Date.now();
+      const nowS = Math.floor(nowMs / 1000);
+      for (let t = nowS - 2; t < nowS + 3; t++) {
+        const body = rackSecondBody({ rack: 'rv', session: 1, seq: t, second: t, late: false, shards: 8, servers: [{ server: 'rv-1', blocks: [buildColumns([{ name: 'rv.g', kind: KindCode.Gauge, value: t }], [])] }], rollup: buildColumns([], []) });
+        expect((await n.pool.ingest(body)).status).toBe(204);
+      }
+      await n.pool.tick(nowMs + 4000);
+      const dec = new TextDecoder();
+      let text = '';
+      for (;;) {
+        const r = await Promise.race([reader.read(), new Promise<null>((resolve) => setTimeout(() => resolve(null), 3000))]);
+        expect(r).not.toBeNull(); // the stream ends, it does not go silent
+        if (r!.done) break;
+        text += dec.decode(r!.value);
+      }
+      expect(text).not.toContain('event: window');
+      expect(await (await n.app.request('/metrics', { headers: { authorization: 'Bearer adm' } })).text()).toMatch(/^apm_core_live_subscribers_revoked_total 1$/m);
+    } finally {
+      await n.close();
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});

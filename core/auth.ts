@@ -38,6 +38,8 @@ declare module 'hono' {
     apmRacks: RackGrant;
     /** Why a route refused the request, when its status alone does not say (counted at /metrics). */
     apmRefusal: string;
+    /** Whether the request's token still grants it (a tokens file reloaded since may have revoked it): long-lived answers (live streams) ask before each write. */
+    apmStillAllowed: () => boolean;
   }
 }
 
@@ -236,6 +238,13 @@ export class ApiAuth {
       if (m !== null && !mayRack(racks, m[1]!)) return this.rackRefused(c, entry.name, racks, m[1]!);
       c.set('apmClient', entry.name);
       c.set('apmRacks', racks);
+      // Checked again only once the tokens were reloaded (SIGHUP): a hash per check.
+      c.set('apmStillAllowed', () => {
+        const now = this.tokens;
+        if (now === tokens) return true;
+        const e = now === null ? undefined : now.check(presented);
+        return now === null || (e !== undefined && allows(e.role, access));
+      });
       return next();
     };
   }

@@ -34,9 +34,11 @@ export const routeLimits = {
 assert(coreLimits.evalWindowsMax >= routeLimits.windowsPerAnswerMax + 1, 'BUG: evalWindowsMax < windowsPerAnswerMax + 1');
 assert(coreLimits.liveStreamsPerClientMax < routeLimits.subscribersMax, 'BUG: liveStreamsPerClientMax ≥ subscribersMax');
 
-export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog): { subscribers: () => number; dropped: () => number } {
+export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog): { subscribers: () => number; dropped: () => number; revoked: () => number } {
   let subscribers = 0;
   let dropped = 0;
+  /** Live streams closed because their token was revoked (a tokens file reloaded without it). */
+  let revoked = 0;
   const bad = (err: unknown, c: Context) => {
     if (err instanceof QueryError) return { body: { error: err.message, position: err.position }, status: 400 as const };
     if (err instanceof TimeError) return { body: { error: err.message }, status: 400 as const };
@@ -123,6 +125,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
   const liveStream = (c: Context, ids: ReadonlySet<string>, tagged: boolean, who: string) =>
     streamSSE(c, async (stream) => {
       const queue: { id: string; w: WindowResult }[] = [];
+      const stillAllowed = c.get('apmStillAllowed') as (() => boolean) | undefined;
       let wake: (() => void) | null = null;
       let closed = false;
       const unsubscribe = stored.subscribe((id, w) => {
@@ -154,6 +157,11 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       });
       try {
         while (!closed) {
+          // A token revoked since the stream opened (SIGHUP) ends it: before, it streamed on for good.
+          if (stillAllowed !== undefined && !stillAllowed()) {
+            revoked++;
+            break;
+          }
           const e = queue.shift();
           if (e !== undefined) {
             const data = tagged ? `{"id":${JSON.stringify(e.id)},"window":${JSON.stringify(e.w)}}` : JSON.stringify(e.w);
@@ -248,7 +256,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     }
   });
 
-  return { subscribers: () => subscribers, dropped: () => dropped };
+  return { subscribers: () => subscribers, dropped: () => dropped, revoked: () => revoked };
 }
 
 /** A stored query's definition from a request body, or an error text. The name defaults to the query. */
