@@ -95,7 +95,7 @@ export class ShardPool {
   readonly counters = { ingest_busy: 0, ingest_unavailable: 0, queries_busy: 0, requests_ingested: 0, requests_duplicate: 0, worker_deaths: 0, worker_start_failures: 0, worker_stalls: 0, worker_restarts: 0, requests_timed_out: 0, shards_mismatch: 0, wal_replayed: 0 };
   readonly rejected: Partial<Record<RejectReason | 'not_a_second', number>> = {};
   /** Each new or revised stored-query window. */
-  onWindow: ((qid: string, w: WindowResult) => void) | null = null;
+  onWindow: ((qid: string, w: WindowResult, query: string) => void) | null = null;
 
   private constructor(private readonly opts: PoolOptions) {
     const layout = openLayout(opts.dataDir, { shards: opts.shards, stores: Math.max(1, opts.workers) });
@@ -190,7 +190,7 @@ export class ShardPool {
         return;
       }
       case 'window':
-        this.onWindow?.(m.qid, m.w);
+        this.onWindow?.(m.qid, m.w, m.query);
         return;
       case 'stats':
         slot.stats = m.stats;

@@ -97,4 +97,4 @@ export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreInge
   restored?: Omit<RestoreSummary, 'bytes'>;
 };
 
-export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };
+export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult; /** The text it was evaluated for (an edit may have changed it since). */ query: string } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };

@@ -236,6 +236,26 @@ describe('the worker watchdog', () => {
   });
 });
 
+describe('regression: a stored query edited while its worker evaluates it', () => {
+  it('serves no window of the old text as a result of the new one (before: windows evaluated for the old text after the edit landed in the new record, served and streamed)', async () => {
+    const node = await start();
+    const nowMs = Date.now();
+    const nowS = Math.floor(nowMs / 1000);
+    for (let t = nowS - 5; t < nowS + 30; t++) await post(node, 'ed', t, { 'ed-1': [{ name: 'ed.g', kind: KindCode.Gauge, value: t }] });
+    let stale = 0;
+    for (let k = 0; k < 10; k++) {
+      const def = await node.stored.create('g', 'FROM * SELECT ed.g WINDOW 1s COMPUTE max', nowMs);
+      const ticked = node.pool.tick(nowMs + 2000 + k * 1000);
+      const edited = node.stored.update(def.id, 'g', 'FROM * SELECT ed.g WINDOW 1s COMPUTE min');
+      await Promise.all([ticked, edited]);
+      const windows = await node.stored.resultsJson(def.id, 0, 2 ** 42, 1000);
+      stale += windows.filter((j) => j.includes('"max"')).length;
+      await node.stored.delete(def.id);
+    }
+    expect(stale).toBe(0);
+  });
+});
+
 describe('a stream step after a commit that throws', () => {
   it('answers every ingest request of the failed commit (before: a stream step committed the waiting requests, caught the error and answered only itself, so they held the worker\'s ingest bound for good: every later ingest 503 worker_busy)', async () => {
     const node = await start({ ingestWaitingPerWorkerMax: 1, workerRequestTimeoutMs: 1000 });

@@ -61,7 +61,7 @@ for (const index of config.stores) {
   // Stored queries read the same blocks window after window: their rows go through the store's row cache (issue 14).
   const cachedReads = { registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => store.read(lo, hi, from, to, visit, { ...o, cache: true })) satisfies Store['read'] };
   const stored = new StoredQueries(store.env, cachedReads, config.stored);
-  stored.onWindow = (qid, w) => post({ t: 'window', qid, w });
+  stored.onWindow = (qid, w, query) => post({ t: 'window', qid, w, query });
   store.onIngest = (_shard, second) => stored.noteData(second);
   owned.set(index, { index, store, stored, answers: new WindowCache(store.counters) });
 }

@@ -100,7 +100,10 @@ export class QueryCatalog {
     private readonly opts: CatalogOptions,
   ) {
     for (const def of db.load()) this.learn(def);
-    pool.onWindow = (id, w) => {
+    pool.onWindow = (id, w, query) => {
+      // A window of the text before an edit, evaluated before the worker heard of it: not this
+      // query's any more (before, it was served and streamed as a result of the new text).
+      if (this.defs.get(id)?.def.query !== query) return;
       this.remember(id, w);
       opts.onOwnWindow?.(id, w);
     };

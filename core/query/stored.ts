@@ -62,8 +62,8 @@ export class StoredQueries {
   private stopping = false;
   /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
   readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0 };
-  /** Each new or revised window, once stored. */
-  onWindow: Listener | null = null;
+  /** Each new or revised window, once stored, with the text it was evaluated for. */
+  onWindow: ((queryId: string, w: WindowResult, query: string) => void) | null = null;
 
   constructor(
     private readonly root: RootDatabase,
@@ -305,7 +305,7 @@ export class StoredQueries {
 
   /** Stores the queries' new and changed windows and their cursors in one transaction, then announces them. */
   private commit(done: readonly { s: QueryState; pending: Map<string, WindowResult> }[]): void {
-    const changed: [string, string, WindowResult, string][] = [];
+    const changed: [StoredQuery, string, WindowResult, string][] = [];
     for (const { s, pending } of done) {
       for (const [key, w] of pending) {
         const oldJson = this.results.get(key);
@@ -315,14 +315,14 @@ export class StoredQueries {
           w.revision = old.revision + 1;
           this.counters.windows_revised++;
         }
-        changed.push([s.def.id, key, w, JSON.stringify(w)]);
+        changed.push([s.def, key, w, JSON.stringify(w)]);
       }
     }
     this.root.transactionSync(() => {
       for (const [, key, , json] of changed) void this.results.put(key, json);
       for (const { s } of done) void this.cursors.put(s.def.id, { query: s.def.query, next: s.next });
     });
-    for (const [id, , w] of changed) this.onWindow?.(id, w);
+    for (const [def, , w] of changed) this.onWindow?.(def.id, w, def.query);
   }
 }
 
