@@ -252,6 +252,51 @@ describe('stored queries across a restart', () => {
   });
 });
 
+describe('regression: stored-query ticks that fail, and late data from before a query existed', () => {
+  const storeAt = () => new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+  const put = (store: Store, seq: number, t: number, value: number) => {
+    const m = decodeFrame(gaugeBody({ rack: 'r1', seq, second: t, server: 's1', points: [{ name: 'up', kind: KindCode.Gauge, value }] }), batchBytesMax);
+    if (!m.ok || m.msg.type !== 'rackSecond') throw new Error('BUG: test body does not decode');
+    const msg = m.msg;
+    expect(store.ingest(msg, [...msg.sectionShards].map((shard, i) => ({ shard, bytes: sectionAt(msg, i).slice() }))).status).toBe(204);
+  };
+  const starts = (stored: StoredQueries) => stored.resultsJson('q1', 0, 8.64e15, 100).map((j) => (JSON.parse(j) as WindowResult).startMs / 1000 - t0);
+
+  it('a tick whose results cannot be stored is evaluated again by the next (before: its windows were missing until a restart)', async () => {
+    const store = storeAt();
+    for (let t = t0; t < t0 + 60; t++) put(store, 1 + t - t0, t, t - t0);
+    const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+    stored.sync([{ id: 'q1', name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE count', createdMs: t0 * 1000 }], (t0 + 10) * 1000);
+    const real = store.env.transactionSync.bind(store.env);
+    store.env.transactionSync = (() => {
+      throw new Error('MDB_MAP_FULL (injected by a test)');
+    }) as typeof store.env.transactionSync;
+    await expect(stored.tick((t0 + 30) * 1000)).rejects.toThrow(/injected/);
+    store.env.transactionSync = real;
+    await stored.tick((t0 + 60) * 1000);
+    expect(starts(stored)).toEqual([0, 10, 20, 30, 40, 50]);
+    await store.close();
+  });
+
+  it('late data revises no window before the query\'s first (before: it made results dated before the query existed)', async () => {
+    const store = storeAt();
+    for (let t = t0; t < t0 + 60; t++) put(store, 1 + t - t0, t, t - t0);
+    const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+    stored.sync([{ id: 'q1', name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max', createdMs: (t0 + 40) * 1000 }], (t0 + 40) * 1000);
+    await stored.tick((t0 + 60) * 1000);
+    expect(starts(stored)).toEqual([30, 40, 50]);
+    // A rack's spool delivers a second from before the query was created, and one inside it.
+    put(store, 100, t0 + 5, 99);
+    stored.noteData(t0 + 5);
+    put(store, 101, t0 + 35, 99);
+    stored.noteData(t0 + 35);
+    await stored.tick((t0 + 61) * 1000);
+    expect(starts(stored)).toEqual([30, 40, 50]);
+    expect(stored.counters.windows_revised).toBe(1);
+    await store.close();
+  });
+});
+
 describe('a stored query evaluated by another cluster node for a while', () => {
   it('keeps its results and cursor here, and resumes where it stopped when evaluation comes back', async () => {
     const store = new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });

@@ -24,6 +24,8 @@ interface QueryState {
   parsed: Query;
   /** Start (s) of the next window to evaluate. */
   next: number;
+  /** Start (s) of its first window (the one before it was created, or last edited): late data never revises one before it. */
+  first: number;
   /** Windows per evaluation: windowsPerTickMax, a quarter of it after each tick past the budget (issue 16.1). */
   step: number;
   /** Ticks past the budget in a row; the query waits storedEvalMs × 2^(failures − 1) (at most storedEvalRetryMaxMs) after one. */
@@ -50,6 +52,8 @@ export type Listener = (queryId: string, w: WindowResult) => void;
 interface Cursor {
   query: string;
   next: number;
+  /** QueryState.first (absent in cursors written before it was kept: taken from the query's creation time). */
+  first?: number;
 }
 
 export class StoredQueries {
@@ -105,10 +109,13 @@ export class StoredQueries {
       const cursor = this.cursors.get(d.id);
       const fresh = alignedStart(nowMs, parsed.windowSeconds) - parsed.windowSeconds;
       let next = fresh;
-      if (cursor !== undefined && cursor.query === d.query) next = cursor.next;
-      else if (cursor !== undefined || s !== undefined) drop.push(d.id); // edited: old results no longer describe it
-      this.states.set(d.id, { def: d, parsed, next, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
-      puts.push([d.id, { query: d.query, next }]);
+      let first = fresh;
+      if (cursor !== undefined && cursor.query === d.query) {
+        next = cursor.next;
+        first = cursor.first ?? Math.min(next, alignedStart(d.createdMs, parsed.windowSeconds) - parsed.windowSeconds);
+      } else if (cursor !== undefined || s !== undefined) drop.push(d.id); // edited: old results no longer describe it
+      this.states.set(d.id, { def: d, parsed, next, first, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
+      puts.push([d.id, { query: d.query, next, first }]);
     }
     const dropKeys = drop.flatMap((id) => [...this.results.getKeys({ start: `${id}:`, end: `${id};` })]);
     this.root.transactionSync(() => {
@@ -195,7 +202,8 @@ export class StoredQueries {
     this.lateSeconds.clear();
     const clock = this.opts.clockMs ?? (() => performance.now());
     const budgetMs = this.opts.evalBudgetMs ?? coreLimits.storedEvalMs;
-    const done: { s: QueryState; pending: Map<string, WindowResult> }[] = [];
+    /** Per query with something to store: its windows, its cursor before this tick, the late seconds it took. */
+    const done: { s: QueryState; pending: Map<string, WindowResult>; next: number; late: number[] }[] = [];
     for (const s of [...this.states.values()]) {
       if (this.states.get(s.def.id) !== s) continue; // edited or deleted meanwhile
       const startedMs = clock();
@@ -225,12 +233,25 @@ export class StoredQueries {
           this.overBudget(s, revised.size === 0 ? mine : mine.filter((sec) => !revised.has(sec - (((sec % W) + W) % W))), clock(), budgetMs, err);
         } else console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
       }
-      if (pending.size > 0 || s.next !== next) done.push({ s, pending });
+      if (pending.size > 0 || s.next !== next) done.push({ s, pending, next, late: mine });
       // One query at a time: ingest and reads of this worker run in between.
       await new Promise((r) => setImmediate(r));
     }
     // Every query's new windows and cursor of this tick in one transaction: one sync per tick, not per query.
-    if (done.length > 0) this.commit(done.filter((d) => this.states.get(d.s.def.id) === d.s));
+    const live = done.filter((d) => this.states.get(d.s.def.id) === d.s);
+    if (live.length === 0) return;
+    try {
+      this.commit(live);
+    } catch (err) {
+      // Nothing of this tick is stored (a full disk): each cursor goes back and the late seconds
+      // wait, so the next tick evaluates it all again. Before, the cursors stayed past windows
+      // never stored and the late seconds were forgotten: those windows were missing for good.
+      for (const d of live) {
+        d.s.next = d.next;
+        this.holdLate(d.s, d.late);
+      }
+      throw err;
+    }
   }
 
   /**
@@ -289,7 +310,8 @@ export class StoredQueries {
     const set = new Set<number>();
     for (const sec of late) {
       const start = sec - (((sec % W) + W) % W);
-      if (start < s.next) set.add(start);
+      // Never before its first window: late data made results dated before the query existed.
+      if (start < s.next && start >= s.first) set.add(start);
     }
     const starts = [...set].sort((a, b) => a - b);
     for (let i = 0; i < starts.length; ) {
@@ -320,7 +342,7 @@ export class StoredQueries {
     }
     this.root.transactionSync(() => {
       for (const [, key, , json] of changed) void this.results.put(key, json);
-      for (const { s } of done) void this.cursors.put(s.def.id, { query: s.def.query, next: s.next });
+      for (const { s } of done) void this.cursors.put(s.def.id, { query: s.def.query, next: s.next, first: s.first });
     });
     for (const [def, , w] of changed) this.onWindow?.(def.id, w, def.query);
   }
