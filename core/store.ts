@@ -35,6 +35,9 @@ import { RowVersions } from './rowversions.js';
 import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
+/** Distinct seconds of a WAL replay noted for stored queries (a WAL holds minutes of seconds; the late-seconds set holds 100,000). */
+const replayedSecondsMax = 100_000;
+
 export interface StoreOptions {
   dir: string;
   /** S: shards of the node (the shard of a metric is hash lo32 mod S). */
@@ -253,6 +256,12 @@ export class Store {
   private readonly stopped = () => this.stopping;
   /** Called with a section's shard and second once it is durable (stored queries re-evaluate late windows). */
   onIngest: ((shard: number, second: number) => void) | null = null;
+  /**
+   * Seconds of the sections replayed from the WAL at open (onIngest is not set yet then): stored
+   * queries re-evaluate windows over them once they know their queries (late data acknowledged
+   * before a restart revised nothing). Taken by the worker; at most replayedSecondsMax.
+   */
+  readonly replayedSeconds = new Set<number>();
   private room = { checkedMs: 0, reason: '' };
   /** Seconds before this have had their block written at least once, per shard. */
   private readonly flushedThrough = new Map<number, number>();
@@ -507,6 +516,7 @@ export class Store {
         const sids = this.serverIds(r.msg, Date.now());
         this.toHead(r.msg, sids, seq, Buffer.from(key), value.length, true);
         this.noteRackSeen(r.msg.rack, Date.now());
+        if (this.replayedSeconds.size < replayedSecondsMax) this.replayedSeconds.add(r.msg.second);
       } catch (err) {
         // An entry that decodes but cannot be applied (a bound lowered since it was taken, a
         // bug): that entry, kept and counted, not a worker that dies on every start.

@@ -63,6 +63,8 @@ for (const index of config.stores) {
   const stored = new StoredQueries(store.env, cachedReads, config.stored);
   stored.onWindow = (qid, w, query) => post({ t: 'window', qid, w, query });
   store.onIngest = (_shard, second) => stored.noteData(second);
+  stored.noteReplayed(store.replayedSeconds);
+  store.replayedSeconds.clear();
   owned.set(index, { index, store, stored, answers: new WindowCache(store.counters) });
 }
 

@@ -278,6 +278,27 @@ describe('regression: stored-query ticks that fail, and late data from before a 
     await store.close();
   });
 
+  it('late data acknowledged just before a restart revises its window after it (before: the late seconds waiting for the next tick were in memory only)', async () => {
+    const dir = tempDir();
+    const open = () => new Store({ dir, shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds: 60, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+    const def = { id: 'q1', name: 'up', query: 'FROM s1 SELECT up WINDOW 10s COMPUTE max', createdMs: t0 * 1000 };
+    const before = open();
+    for (let t = t0; t < t0 + 60; t++) put(before, 1 + t - t0, t, t - t0);
+    const first = new StoredQueries(before.env, before, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+    first.sync([def], (t0 + 10) * 1000);
+    await first.tick((t0 + 60) * 1000);
+    put(before, 100, t0 + 5, 99); // acknowledged (in the WAL); the process stops before its next tick
+    await before.close();
+    const after = open();
+    const stored = new StoredQueries(after.env, after, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+    stored.noteReplayed(after.replayedSeconds);
+    stored.sync([def], (t0 + 61) * 1000);
+    await stored.tick((t0 + 61) * 1000);
+    const [w] = stored.resultsJson('q1', 0, 8.64e15, 1).map((j) => JSON.parse(j) as WindowResult);
+    expect([w!.startMs / 1000 - t0, w!.values.max, w!.revision]).toEqual([0, 99, 1]);
+    await after.close();
+  });
+
   it('late data revises no window before the query\'s first (before: it made results dated before the query existed)', async () => {
     const store = storeAt();
     for (let t = t0; t < t0 + 60; t++) put(store, 1 + t - t0, t, t - t0);

@@ -124,6 +124,10 @@ export class StoredQueries {
       for (const [id, c] of puts) void this.cursors.put(id, c);
     });
     for (const id of drop) if (!want.has(id)) this.states.delete(id);
+    // Data replayed from the WAL: windows evaluated over it before the restart are redone (a
+    // changed result is a revision). Before, late data acknowledged just before a restart never
+    // revised its window: the late seconds waiting for the next tick were in memory only.
+    for (const sec of this.replayed.splice(0)) this.noteData(sec);
   }
 
   /**
@@ -163,6 +167,14 @@ export class StoredQueries {
   newestJson(id: string, limit: number): string[] {
     const newest = [...this.results.getRange({ start: resultKey(id, Number.MAX_SAFE_INTEGER), end: resultKey(id, 0), reverse: true, limit })].map((e) => e.value);
     return newest.reverse();
+  }
+
+  /** Seconds replayed from the WAL at start, noted once the first sync tells which queries there are. */
+  private replayed: number[] = [];
+
+  /** Seconds whose data was replayed from the WAL at start (it may be late data no window saw yet). */
+  noteReplayed(seconds: Iterable<number>): void {
+    this.replayed = [...seconds];
   }
 
   /** Notes that data arrived for `second`: windows already evaluated over it are redone. */
