@@ -726,3 +726,42 @@ function resection(bytes: Uint8Array, h: { session: number; seq: number; origin?
   if (!r.ok || r.msg.type !== 'shardSection') throw new Error('not a section');
   return encodeShardSection(new Encoder(), { ...r.msg, ...h }, r.msg);
 }
+
+describe('regression: whose share of the per-server metric limit a new metric takes', () => {
+  it('the first of its servers with room, not the first listed: one server at its limit no longer refuses a metric for the whole rack', async () => {
+    const s = open({ metricsPerServerMax: 3 });
+    // Server a (listed first) introduces 3 metrics: its share is spent.
+    s.ingest(...batch(t0, { a: { points: [0, 1, 2].map((i) => ({ name: `junk${i}`, kind: KindCode.Gauge, value: 1 })) } }));
+    for (let k = 1; k <= 3; k++) s.ingest(...batch(t0 + k, Object.fromEntries(['a', 'b', 'c', 'd'].map((n) => [n, { points: [{ name: 'http.requests', kind: KindCode.Counter, value: 5 }] }]))));
+    expect(s.counters.points_dropped_overflow).toBe(0);
+    expect(s.counters.points_ingested).toBe(3 + 12);
+    expect(s.registry.introducedCount(s.registry.serverByName('b')!.id)).toBe(1);
+    await s.close();
+  });
+
+  it('servers refused by serversMax introduce nothing: their metrics do not fill the registry (before: the refused server\'s names took every slot)', async () => {
+    const s = open({ serversMax: 1, metricsPerServerMax: 3, metricsMax: 50 });
+    s.ingest(...batch(t0, { a: { points: [{ name: 'ok', kind: KindCode.Gauge, value: 1 }] } }));
+    for (let k = 0; k < 5; k++) s.ingest(...batch(t0 + 1 + k, { b: { points: Array.from({ length: 10 }, (_, i) => ({ name: `junk${k}.${i}`, kind: KindCode.Gauge, value: 1 })) } }));
+    expect(s.registry.allMetrics().length).toBe(1);
+    expect(s.counters.points_dropped_servers).toBe(50);
+    s.ingest(...batch(t0 + 10, { a: { points: [{ name: 'legit', kind: KindCode.Gauge, value: 1 }] } }));
+    expect(s.counters.points_dropped_overflow).toBe(0);
+    expect(s.counters.points_ingested).toBe(2);
+    await s.close();
+  });
+});
+
+describe('regression: a WAL replay counts no refusal again', () => {
+  it('servers refused and their points are counted when they come, not again at the replay (a restarted worker\'s counts continue the dead one\'s)', async () => {
+    const s = open({ serversMax: 1 });
+    s.ingest(...batch(t0, { a: { points: [{ name: 'x', kind: KindCode.Gauge, value: 1 }] }, b: { points: [{ name: 'x', kind: KindCode.Gauge, value: 2 }] } }));
+    expect([s.counters.servers_refused, s.counters.points_dropped_servers]).toEqual([1, 1]);
+    s.saveRegistry();
+    await s.close();
+    const again = new Store(options(dirs[dirs.length - 1]!, { serversMax: 1 }));
+    expect(again.counters.wal_replayed).toBeGreaterThan(0);
+    expect([again.counters.servers_refused, again.counters.points_dropped_servers]).toEqual([0, 0]);
+    await again.close();
+  });
+});

@@ -513,7 +513,7 @@ export class Store {
         continue;
       }
       try {
-        const sids = this.serverIds(r.msg, Date.now());
+        const sids = this.serverIds(r.msg, Date.now(), true);
         this.toHead(r.msg, sids, seq, Buffer.from(key), value.length, true);
         this.noteRackSeen(r.msg.rack, Date.now());
         if (this.replayedSeconds.size < replayedSecondsMax) this.replayedSeconds.add(r.msg.second);
@@ -528,13 +528,13 @@ export class Store {
     }
   }
 
-  /** Store-local server ids of a section's servers (−1: refused, the registry is full). */
-  private serverIds(m: ShardSectionMessage, nowMs: number): Int32Array {
+  /** Store-local server ids of a section's servers (−1: refused, the registry is full; a replay's refusals were counted when they came). */
+  private serverIds(m: ShardSectionMessage, nowMs: number, replay = false): Int32Array {
     const ids = new Int32Array(m.servers.length);
     m.servers.forEach((name, j) => {
       if (this.registry.serverByName(name) === undefined && this.registry.serverCount >= this.opts.serversMax) {
         ids[j] = -1;
-        this.counters.servers_refused++;
+        if (!replay) this.counters.servers_refused++;
         return;
       }
       ids[j] = this.registry.server(name, m.rack, nowMs).id;
@@ -747,9 +747,38 @@ export class Store {
     let added = 0;
     // Why target() gave no head: the cardinality limits, or the entries' kind (issue 16.6).
     let kindConflict = false;
-    const target = (lo: number, hi: number, kind: number, firstServer: number): MetricHead | null => {
+    // Whose share of the per-server metric limit a new metric takes: the first of its servers in
+    // the section with room (before: the first listed, so one server at its limit made a metric
+    // refused for the whole rack), none of the refused ones (id −1: outside every limit, their
+    // names filled the registry); −2: no server of the entries is registered (their points go).
+    const introducer = (servers: Uint16Array, from: number, to: number): number => {
+      let first = -2;
+      for (let e = from; e < to; e++) {
+        const j = servers[e]!;
+        if (j === rollupServer) {
+          if (first === -2) first = -1; // the rack's rollup: no owner, the total limit applies
+          continue;
+        }
+        const sid = sids[j]!;
+        if (sid < 0) continue;
+        if (first < 0) first = sid;
+        if (this.registry.introducedCount(sid) < this.opts.metricsPerServerMax) return sid;
+      }
+      return first;
+    };
+    let noServer = false;
+    const target = (lo: number, hi: number, kind: number, servers: Uint16Array, from: number, to: number): MetricHead | null => {
       kindConflict = false;
-      const mi = this.admit(lo, hi, kind, firstServer, now);
+      noServer = false;
+      let mi = this.registry.touch(lo, hi, now);
+      if (mi < 0) {
+        const by = introducer(servers, from, to);
+        if (by === -2) {
+          noServer = true;
+          return null;
+        }
+        mi = this.admit(lo, hi, kind, by, now);
+      }
       if (mi < 0) return null;
       // One kind per metric: the first admitted wins; a distribution's entries for a gauge or
       // counter metric (or the reverse) are refused, so every reader sees one kind (issue 16.6).
@@ -773,9 +802,10 @@ export class Store {
     let from = 0;
     for (let i = 0; i < m.pointEnds.length; i++) {
       const to = m.pointEnds[i]!;
-      const mh = target(m.pointHashes[2 * i]!, m.pointHashes[2 * i + 1]!, m.pointKinds[i]!, sids[m.pointServers[from]!]!);
+      const mh = target(m.pointHashes[2 * i]!, m.pointHashes[2 * i + 1]!, m.pointKinds[i]!, m.pointServers, from, to);
       if (mh === null) {
-        if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : to - from;
+        if (noServer) this.counters.points_dropped_servers += replay ? 0 : to - from;
+        else if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : to - from;
         else this.counters.points_dropped_overflow += replay ? 0 : to - from;
       } else {
         const before = mh.bytes;
@@ -785,7 +815,7 @@ export class Store {
         for (let e = from; e < to; e++) {
           const sid = sids[m.pointServers[e]!]!;
           if (sid < 0) {
-            this.counters.points_dropped_servers++;
+            if (!replay) this.counters.points_dropped_servers++;
             continue;
           }
           // The decoder marks every non-finite value (schema/section.ts checkSectionPoints), so the
@@ -810,12 +840,13 @@ export class Store {
     from = 0;
     for (let i = 0; i < m.distEnds.length; i++) {
       const to = m.distEnds[i]!;
-      const mh = target(m.distHashes[2 * i]!, m.distHashes[2 * i + 1]!, KindCode.Distribution, m.distServers[from]! === rollupServer ? -1 : sids[m.distServers[from]!]!);
+      const mh = target(m.distHashes[2 * i]!, m.distHashes[2 * i + 1]!, KindCode.Distribution, m.distServers, from, to);
       if (mh === null) {
         // The rack's rollup is not an observation: only the servers' summaries count.
         let summaries = 0;
         for (let e = from; e < to; e++) if (m.distServers[e] !== rollupServer) summaries++;
-        if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : summaries;
+        if (noServer) this.counters.points_dropped_servers += replay ? 0 : summaries;
+        else if (kindConflict) this.counters.points_dropped_kind_conflict += replay ? 0 : summaries;
         else this.counters.points_dropped_overflow += replay ? 0 : summaries;
       } else {
         const before = mh.bytes;
@@ -832,7 +863,7 @@ export class Store {
           }
           const sid = sids[server]!;
           if (sid < 0) {
-            this.counters.points_dropped_servers++;
+            if (!replay) this.counters.points_dropped_servers++;
             continue;
           }
           mh.addDist(sid, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
@@ -1434,7 +1465,7 @@ export class Store {
         this.walEnv.transactionSync(() => entries.forEach((e, i) => this.wal.put(keys[i]!, e.bytes)), unsynced);
         // As a replay after a restart: what a restored row holds already (by WAL seq) is skipped.
         msgs.forEach((m, i) => {
-          this.toHead(m, this.serverIds(m, Date.now()), entries[i]!.seq, keys[i]!, entries[i]!.bytes.length, true);
+          this.toHead(m, this.serverIds(m, Date.now(), true), entries[i]!.seq, keys[i]!, entries[i]!.bytes.length, true);
           this.noteRackSeen(m.rack, Date.now());
         });
         this.counters.restored_wal_entries += entries.length;
