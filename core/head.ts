@@ -433,7 +433,7 @@ export function buildRow(h: MetricHead, old: DecodedRow | undefined, blockSecond
     distStart[j] = dn;
     const dFirst = dn;
     for (; di < dist.n && dist.sid[dOrder[di]!] === sid; di++) {
-      // Two parts of one server-second whose counts add up past the wire's 32 bits: the later is refused.
+      // Two parts of one server-second whose counts add up past the wire's 32 bits (or sums past a double): the later is refused.
       if (mergeOverflows(dist, dOrder[di]!, dOut, dn, dFirst)) dropped.summaries_dropped_count_overflow++;
       else dn = putSummary(dist, dOrder[di]!, dOut, dn, dFirst, acc);
     }
@@ -594,16 +594,20 @@ function withOld(h: Summaries, old: DecodedRow | undefined, pick: (o: DecodedRow
 
 /** Summaries a row leaves out (the store's counters; a read of the head counts into a scratch one). */
 export interface SummaryDrops {
-  /** Summaries of one series-second whose counts add up past 2³² − 1 (a count and a sketch bin must fit 32 bits). */
+  /** Summaries of one series-second whose counts add up past 2³² − 1 (a count and a sketch bin must fit 32 bits) or whose sums overflow. */
   summaries_dropped_count_overflow: number;
 }
 
 /** Where a read of the head (not a row written) counts what it leaves out: nowhere that is reported. */
 const uncounted: SummaryDrops = { summaries_dropped_count_overflow: 0 };
 
-/** Whether putSummary would merge entry e into out[n − 1] past the 32-bit count a summary carries. */
+/**
+ * Whether putSummary would merge entry e into out[n − 1] past what a summary carries: a count
+ * past 32 bits, or a sum past ±1.8e308 (before: stored as Infinity, every average and sum over
+ * it Infinity; the decoder refuses non-finite sums, the merge made one).
+ */
 function mergeOverflows(g: FlatSummaries, e: number, out: SummaryColumns, n: number, groupStart: number): boolean {
-  return n > groupStart && out.secs[n - 1] === g.sec[e] && out.count[n - 1]! + g.count[e]! > summaryCountMax;
+  return n > groupStart && out.secs[n - 1] === g.sec[e] && (out.count[n - 1]! + g.count[e]! > summaryCountMax || !Number.isFinite(out.sum[n - 1]! + g.sum[e]!));
 }
 
 /** Appends entry e to out at n, merging it into out[n − 1] when that is the same second. */

@@ -236,6 +236,16 @@ describe.each([1, 3])('core node with %i worker(s)', (workers) => {
     expect(w!.values).toEqual({ count: 3e9 + 2, max: 9 });
   });
 
+  it('regression: two parts of one series-second whose sums add up past a double: the later is refused, counted (before: stored as Infinity, every sum and average over it Infinity)', async () => {
+    const t = t0 + 420;
+    const before = await metricValue(node, 'apm_core_points_dropped_total{reason="count_overflow"}');
+    expect(await post(body(t, { 'big-1': { dists: [{ name: 'big.lat', values: [1.5e308] }] } }, { rack: 'big' }))).toBe(204);
+    expect(await post(body(t, { 'big-1': { dists: [{ name: 'big.lat', values: [1.4e308] }] } }, { rack: 'big' }))).toBe(204);
+    const [w] = await query('FROM big-* SELECT big.lat WINDOW 1s COMPUTE count, sum, avg', t, t + 1);
+    expect(w!.values).toEqual({ count: 1, sum: 1.5e308, avg: 1.5e308 });
+    await waitFor(async () => (await metricValue(node, 'apm_core_points_dropped_total{reason="count_overflow"}')) === before + 1);
+  });
+
   it('(last: fills the registry) a server beyond serversMax loses its own points, counted; the rest of the second is stored (not a 400)', async () => {
     const many: Record<string, { points: PointInput[] }> = {};
     for (let s = 0; s < 60; s++) many[`cap-${String(s).padStart(2, '0')}`] = { points: [{ name: 'cap.x', kind: KindCode.Gauge, value: 1 }] };
