@@ -765,3 +765,34 @@ describe('regression: a WAL replay counts no refusal again', () => {
     await again.close();
   });
 });
+
+describe('regression: a WAL replay in the order sections came', () => {
+  it('the registry\'s limits decide as they did before the restart (before: shard by shard, a server refused at ingest took the place of one admitted, whose acknowledged points were dropped)', async () => {
+    const h = new Uint32Array(2);
+    const shardOfName = (n: string) => (hashName(n, h, 0), h[0]! & (S - 1));
+    let inLast = '';
+    let inFirst = '';
+    for (let i = 0; inLast === '' || inFirst === ''; i++) {
+      const n = `met${i}`;
+      if (shardOfName(n) === S - 1 && inLast === '') inLast = n;
+      if (shardOfName(n) === 0 && inFirst === '') inFirst = n;
+    }
+    const count = (st: Store, n: string) => {
+      hashName(n, h, 0);
+      let k = 0;
+      st.read(h[0]!, h[1]!, t0, t0 + 60, (row) => void (k += row.pointVals.length));
+      return k;
+    };
+    const a = open({ serversMax: 1 });
+    // c (in the last shard) comes first and is admitted; d (in shard 0) is refused.
+    expect(a.ingest(...batch(t0, { c: { points: [{ name: inLast, kind: KindCode.Gauge, value: 1 }] } })).status).toBe(204);
+    expect(a.ingest(...batch(t0 + 1, { d: { points: [{ name: inFirst, kind: KindCode.Gauge, value: 2 }] } })).status).toBe(204);
+    expect([count(a, inLast), count(a, inFirst)]).toEqual([1, 0]);
+    // Stopped before the registry was saved (with rows, or every 10 s): the replay decides again.
+    await a.close();
+    const b = new Store(options(dirs[dirs.length - 1]!, { serversMax: 1 }));
+    expect([count(b, inLast), count(b, inFirst)]).toEqual([1, 0]);
+    expect(b.registry.allServers().map((x) => x.name)).toEqual(['c']);
+    await b.close();
+  });
+});

@@ -504,7 +504,16 @@ export class Store {
 
   /** Sections acknowledged but not yet written as rows come back into the head. */
   private replayWal(): void {
-    for (const { key, value } of this.wal.getRange()) {
+    // In the order the sections came (WAL seq), not the keys' order (shard, then seq): the
+    // registry's limits (serversMax, metricsMax, the per-server share) then decide as they did
+    // before the restart. Shard by shard, a server refused at ingest could take the place of one
+    // admitted, whose acknowledged points were then dropped, uncounted.
+    const keys: Buffer[] = [];
+    for (const key of this.wal.getKeys()) keys.push(Buffer.from(key as Uint8Array));
+    keys.sort((a, b) => readU48(a, 2) - readU48(b, 2));
+    for (const key of keys) {
+      const value = this.wal.get(key);
+      if (value === undefined) continue;
       const seq = readU48(key, 2);
       const r = decodeFrame(value, batchBytesMax);
       if (!r.ok || r.msg.type !== 'shardSection' || !this.heads.has(r.msg.shard)) {
