@@ -51,6 +51,7 @@ export const coreLimits = {
   retentionSweepMs: 10_000,
   /** Servers and racks the registry accepts: 10× the design fleet. */
   serversMax: 100_000,
+  /** Per store, at most 131,072 ÷ its shards (its de-duplication windows, core/dedup.ts): 4,096 racks with 2 workers and 64 shards, 16× the design fleet's 250. */
   racksMax: 10_000,
   /** Seconds ahead of the core's clock a rack second may be (400 `future` beyond): a sender's
    * clock an hour off is a clock to fix, and such a block would wait in the head until then. */

@@ -796,3 +796,19 @@ describe('regression: a WAL replay in the order sections came', () => {
     await b.close();
   });
 });
+
+describe('regression: racks beyond what the de-duplication table holds', () => {
+  it('are refused racks_full, counted, instead of evicting active racks\' windows (their retries were stored twice)', async () => {
+    const store = open({ shardCount: 64, shards: Array.from({ length: 64 }, (_, k) => k), racksMax: 10_000 });
+    expect(store.racksMax).toBe(2048);
+    const reqs = Array.from({ length: 2049 }, (_, r) => {
+      const [h, sections] = batch(t0, { [`s${r}`]: { points: [{ name: 'rk.x', kind: KindCode.Gauge, value: 1 }] } }, `r${r}`, undefined, 64);
+      return { h, sections };
+    });
+    const results = store.ingestMany(reqs);
+    expect(results.filter((x) => x.status === 204)).toHaveLength(2048);
+    expect(results[2048]).toMatchObject({ status: 503, reason: 'racks_full' });
+    expect(store.dedup.counters.evicted).toBe(0);
+    await store.close();
+  });
+});

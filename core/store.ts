@@ -26,7 +26,7 @@ import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
 import { decodeRow, encodeRow, RowError, RowScratch, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
-import { Dedup, windowSeqs } from './dedup.js';
+import { Dedup, dedupEntriesMax, windowSeqs } from './dedup.js';
 import { coreLimits } from './limits.js';
 import { buildRow, ColumnPool, MetricHead } from './head.js';
 import { Registry } from './registry.js';
@@ -146,6 +146,8 @@ export class Store {
   /** Ids of retired racks, reused first (lowest first: popped from the end). */
   private readonly freeRackIds: number[] = [];
   readonly dedup: Dedup;
+  /** Racks this store takes: racksMax, or fewer when the de-duplication table cannot hold that many racks' windows for every shard. */
+  readonly racksMax: number;
   private readonly heads = new Map<number, ShardHead>();
   private headBytes = 0;
   /** Bytes of WAL entries whose rows are not written yet. */
@@ -301,6 +303,10 @@ export class Store {
     this.streamCreatedDb = this.walEnv.openDB<string, number>({ name: 'streamCreated', encoding: 'json', keyEncoding: 'uint32' });
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax, shards: opts.shards.length });
+    // Racks whose de-duplication windows the table holds for every shard of this store: beyond
+    // them, a rack is refused (racks_full, counted) rather than taken while the table evicts
+    // active racks' windows, whose retries were then stored twice (5,000 racks on 32 shards).
+    this.racksMax = Math.min(opts.racksMax, Math.floor(dedupEntriesMax / Math.max(4, opts.shards.length)));
     const openedMs = Date.now();
     for (const { key, value } of this.racks.getRange()) {
       this.rackIds.set(key, value);
@@ -699,9 +705,9 @@ export class Store {
     }
     // Rack ids are bounded (head keys pack them): a new rack beyond racksMax is refused before
     // anything is stored, and the rack's spool keeps its data until an operator makes room.
-    if (!this.rackIds.has(h.rack) && this.rackIds.size >= this.opts.racksMax) {
+    if (!this.rackIds.has(h.rack) && this.rackIds.size >= this.racksMax) {
       this.rejected.racks_full = (this.rejected.racks_full ?? 0) + 1;
-      return { status: 503, reason: 'racks_full', error: `this core holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); rack ${h.rack} is refused` };
+      return { status: 503, reason: 'racks_full', error: `this core holds data of ${this.rackIds.size} racks (racksMax ${this.racksMax}); rack ${h.rack} is refused` };
     }
     const decoded: ShardSectionMessage[] = [];
     const kept: Uint8Array[] = [];
@@ -1424,7 +1430,7 @@ export class Store {
         }
       },
       rackIdFor: (name) => {
-        if (!this.rackIds.has(name) && this.rackIds.size >= this.opts.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); the snapshot's rack ${name} does not fit: raise the racks limit`);
+        if (!this.rackIds.has(name) && this.rackIds.size >= this.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.racksMax}); the snapshot's rack ${name} does not fit: raise the racks limit`);
         this.noteRackSeen(name, Date.now());
         return this.rackId(name);
       },
@@ -1466,7 +1472,7 @@ export class Store {
         const msgs = entries.map((e) => {
           const r = decodeFrame(e.bytes, batchBytesMax);
           if (!r.ok || r.msg.type !== 'shardSection' || r.msg.shard !== shard || r.msg.shards !== this.opts.shardCount) throw new SnapshotError(`WAL entry ${e.seq} of the snapshot is not a section of shard ${shard}/${this.opts.shardCount} (${r.ok ? `a ${r.msg.type} of shard ${r.msg.type === 'shardSection' ? `${r.msg.shard}/${r.msg.shards}` : '-'}` : r.detail}): the stream is corrupt`);
-          if (!this.rackIds.has(r.msg.rack) && this.rackIds.size >= this.opts.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.opts.racksMax}); the snapshot's rack ${r.msg.rack} does not fit: raise the racks limit`);
+          if (!this.rackIds.has(r.msg.rack) && this.rackIds.size >= this.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.racksMax}); the snapshot's rack ${r.msg.rack} does not fit: raise the racks limit`);
           return r.msg;
         });
         for (const e of entries) this.walSeq = Math.max(this.walSeq, e.seq + 1);
