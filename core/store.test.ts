@@ -812,3 +812,25 @@ describe('regression: racks beyond what the de-duplication table holds', () => {
     await store.close();
   });
 });
+
+describe('regression: the head\'s memory bound at a block\'s first second', () => {
+  it('counts the columns a rack\'s first section of a block sizes for the whole block: refused head_full before they are made (before: twice the bytes, and a 4 MiB bound answered 204 up to 11 MB)', async () => {
+    const max = 4 << 20;
+    const s = open({ headBytesMax: max });
+    const reqs = Array.from({ length: 8 }, (_, r) => {
+      const [h, sections] = batch(t0, { [`s${r}`]: { points: Array.from({ length: 2000 }, (_, i) => ({ name: `m${i}`, kind: KindCode.Gauge, value: i })) } }, `rack${r}`);
+      return { h, sections };
+    });
+    const res = s.ingestMany(reqs);
+    expect(res.map((x) => [x.status, (x as { reason?: string }).reason])).toEqual(reqs.map(() => [503, "head_full"]));
+    expect(s.heldBytes).toBeLessThanOrEqual(max);
+    // One rack at a time fits until the bound; the next second of a rack already in the block costs only its bytes.
+    const first = s.ingestMany([reqs[0]!]);
+    expect(first[0]!.status).toBe(204);
+    expect(s.heldBytes).toBeLessThanOrEqual(max);
+    const [h1, sec1] = batch(t0 + 1, { s0: { points: Array.from({ length: 2000 }, (_, i) => ({ name: `m${i}`, kind: KindCode.Gauge, value: i })) } }, 'rack0');
+    expect(s.ingest(h1, sec1).status).toBe(204);
+    expect(s.heldBytes).toBeLessThanOrEqual(max);
+    await s.close();
+  });
+});

@@ -109,9 +109,13 @@ interface ShardHead {
   /** block → bytes of its WAL entries. */
   walBytes: Map<number, number>;
   lastArrivalMs: Map<number, number>;
+  /** block → ids of the racks with sections in it (a rack's first section of a block sizes its metrics' columns for the whole block). */
+  racksIn: Map<number, Set<number>>;
 }
 
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
+/** About what a metric's head costs beside its columns (MetricHead.bytes' fixed part and its map entries). */
+const metricHeadBytes = 300;
 /** A block without head data: no head racks to visit. */
 const noRackIds: readonly number[] = [];
 /** Page size of a new WAL environment (see the constructor). */
@@ -323,7 +327,7 @@ export class Store {
       const m = this.registry.metricAt(mi);
       if (m !== undefined) this.noteKind(mi, m.kind);
     }
-    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map() });
+    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map(), racksIn: new Map() });
     let last = 0;
     for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
     // WAL seqs never go back, even when the WAL is empty: rows record the newest seq they hold
@@ -543,6 +547,26 @@ export class Store {
     }
   }
 
+  /**
+   * About what storing these sections adds to the head: twice their bytes, and for a rack's first
+   * section of a block in its shard, its points' columns for the whole block (a metric's columns
+   * are sized by its first section: 8 B a second of the block per server) and each metric's head.
+   * Twice the bytes alone under-counted a block's first second 15–30× (a review's script: a
+   * 4 MiB bound answered 204 up to 11 MB), so the bound did not hold.
+   */
+  private headGrowth(valid: readonly { decoded: ShardSectionMessage[] }[], bytes: number): number {
+    let grows = bytes * 2;
+    for (const v of valid) {
+      for (const m of v.decoded) {
+        const rackId = this.rackIds.get(m.rack);
+        const seen = rackId === undefined ? undefined : this.heads.get(m.shard)?.racksIn.get(this.blockOf(m.second));
+        if (seen !== undefined && seen.has(rackId!)) continue;
+        grows += m.pointServers.length * this.opts.blockSeconds * 8 + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
+      }
+    }
+    return grows;
+  }
+
   /** Store-local server ids of a section's servers (−1: refused, the registry is full; a replay's refusals were counted when they came). */
   private serverIds(m: ShardSectionMessage, nowMs: number, replay = false): Int32Array {
     const ids = new Int32Array(m.servers.length);
@@ -634,9 +658,10 @@ export class Store {
         return refuse({ status: 503, reason: 'rows_behind', error: `rows are ${behind} B of WAL behind the ingest (limit ${this.backlogMax}); retry later` });
       }
     }
-    if (this.headBytes + bytes * 2 > this.opts.headBytesMax) {
+    const grows = this.headGrowth(valid, bytes);
+    if (this.headBytes + grows > this.opts.headBytesMax) {
       this.counters.head_full += valid.length;
-      return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data (limit ${this.opts.headBytesMax}); retry later` });
+      return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data and these requests would add about ${grows} B (limit ${this.opts.headBytesMax}); retry later` });
     }
     const fresh: { i: number; m: ShardSectionMessage; bytes: Uint8Array; key: Buffer }[] = [];
     const duplicates = new Map<number, number>();
@@ -751,6 +776,9 @@ export class Store {
     if (rackId >= rackIdsMax) throw new Error(`BUG: rack id ${rackId} ≥ ${rackIdsMax} (racksMax must stay below)`);
     let metrics = head.blocks.get(block);
     if (metrics === undefined) head.blocks.set(block, (metrics = new Map()));
+    let racksIn = head.racksIn.get(block);
+    if (racksIn === undefined) head.racksIn.set(block, (racksIn = new Set()));
+    racksIn.add(rackId);
     const wal = head.wal.get(block);
     if (wal === undefined) head.wal.set(block, [key]);
     else wal.push(key);
@@ -1033,6 +1061,7 @@ export class Store {
     }
     for (const e of emptied) {
       e.head.blocks.delete(e.block);
+      e.head.racksIn.delete(e.block);
       e.head.wal.delete(e.block);
       this.walBytes -= e.head.walBytes.get(e.block) ?? 0;
       e.head.walBytes.delete(e.block);
@@ -1549,6 +1578,7 @@ export class Store {
     }
     for (const bytes of head.walBytes.values()) this.walBytes -= bytes;
     head.blocks.clear();
+    head.racksIn.clear();
     head.wal.clear();
     head.walBytes.clear();
     head.lastArrivalMs.clear();
