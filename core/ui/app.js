@@ -4,7 +4,7 @@
 // shown at their position, and a fleet view of servers, racks, the system's own health and, on a
 // cluster node, the cluster's nodes and shards.
 
-import { axisOf, plotColumns, WindowColumns } from './columns.js';
+import { axisOf, historyRows, plotColumns, WindowColumns } from './columns.js';
 
 /** The API answers at most this many windows per request (core/query/routes.ts). */
 const windowsPerAnswerMax = 3600;
@@ -258,7 +258,8 @@ class Panel {
     // A fixed range keeps only its own windows (live ranges are pruned as they slide).
     const { fromMs, toMs } = currentRange();
     if (!state.range.live && (w.startMs < fromMs - this.windowMs || w.startMs >= toMs)) return;
-    this.cols.upsert(w);
+    if (state.range.live) this.cols.upsertLive(w, fromMs - this.windowMs);
+    else this.cols.upsert(w);
     // Decimated, a new window changes one pixel column at most (111 s of windows at 24 h): the
     // chart follows every quarter column, the numbers every window (12 × 24 h redrawn each
     // second cost ~100 ms a second; apm bench --only page).
@@ -293,7 +294,7 @@ class Panel {
     const cols = this.cols;
     // Ad-hoc windows were sized for the previous range; mixed with others they would overlap.
     cols.filter((i) => !cols.isAdhoc(i));
-    cols.reserve(Math.ceil((toMs - fromMs) / W) + 64);
+    cols.reserve(historyRows(fromMs, toMs, W, resultPagesMax, windowsPerAnswerMax));
     let firstStored = Math.min(toMs, now());
     this.loading = true;
     try {

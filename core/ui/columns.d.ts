@@ -27,11 +27,14 @@ export class WindowColumns {
   upsert(w: ApiWindow, adhoc?: boolean): void;
   upsertMany(ws: ApiWindow[], opts?: { adhoc?: boolean; keepExisting?: boolean }): void;
   dropBefore(ms: number): void;
+  upsertLive(w: ApiWindow, keepFromMs: number): void;
   filter(keep: (i: number) => boolean): void;
   row(i: number): Required<ApiWindow> & { values: Record<string, number>; adhoc: boolean };
   rowAt(ms: number, slackMs: number): number;
 }
 
 export function plotColumns(cols: WindowColumns, opts: { lo: number; hi: number; windowMs: number; fromMs: number; toMs: number; pixels: number }): { data: [number[], ...(number | null)[][]]; rowOf: number[] | null; bucketMs: number };
+
+export function historyRows(fromMs: number, toMs: number, windowMs: number, pagesMax: number, windowsPerAnswer: number): number;
 
 export function axisOf(keys: string[], magnitude: (key: string) => number): Map<string, 'left' | 'right'>;

@@ -163,6 +163,16 @@ export class WindowColumns {
   }
 
   /** Drops the rows before `ms` (a live range slid past them); amortized: at least 1/64 of them. */
+  /**
+   * A live window: stored, and rows before `keepFromMs` dropped (amortized, see dropBefore). Here
+   * and not only when the chart is drawn: a hidden tab draws nothing (no animation frames) while
+   * its live stream goes on, and its rows grew for days.
+   */
+  upsertLive(w, keepFromMs) {
+    this.upsert(w);
+    this.dropBefore(keepFromMs);
+  }
+
   dropBefore(ms) {
     const k = this.lowerBound(ms);
     if (k === 0 || k < Math.max(64, this.n >> 6)) return;
@@ -204,6 +214,17 @@ export class WindowColumns {
     }
     return best;
   }
+}
+
+/**
+ * Rows to reserve for a range's history: its windows, but no more than the pages a load fetches
+ * (each of at most `windowsPerAnswer`) and a margin for live windows and an ad-hoc fill. Before,
+ * every window of the range was reserved, and the page filled each function's column with NaN:
+ * a link with from=0 asked for 359 M rows (2.9 GB a function), and the tab ran out of memory.
+ */
+export function historyRows(fromMs, toMs, windowMs, pagesMax, windowsPerAnswer) {
+  const windows = Math.max(0, Math.ceil((toMs - fromMs) / windowMs));
+  return Math.min(windows, pagesMax * windowsPerAnswer) + windowsPerAnswer + 64;
 }
 
 /**

@@ -2,7 +2,7 @@
 
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { axisOf, plotColumns, WindowColumns, type ApiWindow } from './columns.js';
+import { axisOf, historyRows, plotColumns, WindowColumns, type ApiWindow } from './columns.js';
 
 const win = (s: number, v: number, revision = 0, extra: Record<string, number> = {}): ApiWindow => ({ startMs: s * 1000, endMs: s * 1000 + 1000, servers: 3, count: 10, values: { max: v, ...extra }, revision });
 const rows = (c: WindowColumns) => Array.from({ length: c.n }, (_, i) => c.row(i));
@@ -117,5 +117,24 @@ describe('axisOf', () => {
     f(['count', 'sum', 'avg', 'max'], { count: 4700, sum: 2.8e6, avg: 596, max: 1800 }, { count: 'left', sum: 'right', avg: 'left', max: 'left' });
     // ...or the sum's (values around 0.5).
     f(['count', 'sum', 'avg'], { count: 4700, sum: 2350, avg: 0.5 }, { count: 'right', sum: 'right', avg: 'left' });
+  });
+});
+
+describe('regression: the page\'s memory for a range', () => {
+  it('reserves at most the pages a load fetches, whatever the range (before: from=0 with 5 s windows reserved 359 M rows, 2.9 GB a function)', () => {
+    expect(historyRows(0, 1_800_000_000_000, 5000, 24, 3600)).toBe(24 * 3600 + 3600 + 64);
+    expect(historyRows(0, 3_600_000, 5000, 24, 3600)).toBe(720 + 3600 + 64);
+    const c = new WindowColumns();
+    c.reserve(historyRows(0, 1_800_000_000_000, 5000, 24, 3600));
+    c.upsert({ startMs: 0, servers: 1, count: 1, values: { max: 1, min: 0, avg: 0.5, 'percentile(99)': 1 }, revision: 0 });
+    expect(c.cap * 8 * c.values.length).toBeLessThan(4 * 1024 * 1024);
+  });
+
+  it('live windows drop what slid out of the range as they come, not only when the chart is drawn (a hidden tab draws nothing: before, 3 days of 1 s windows piled up)', () => {
+    const c = new WindowColumns();
+    const rangeMs = 900_000;
+    for (let s = 0; s < 3 * 86_400; s++) c.upsertLive({ startMs: s * 1000, servers: 1, count: 1, values: { max: s }, revision: 0 }, s * 1000 - rangeMs - 1000);
+    expect(c.n).toBeLessThan(2 * 901 + 64);
+    expect(c.startMs[c.n - 1]).toBe((3 * 86_400 - 1) * 1000);
   });
 });
