@@ -55,7 +55,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const server = values.server ?? hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
   if (!isServerId(server)) throw new UsageError(`--server ${JSON.stringify(server)} is not [A-Za-z0-9._-]{1,64}`);
-  const rack = parseHostPort(values.rack!, '--rack');
+  const rack = parseHostPort(values.rack!, '--rack', '127.0.0.1', 1);
   const statsd = parseHostPort(values.statsd!, '--statsd');
   const limits: EdgeLimits = { ...edgeLimits };
   limits.datagramBytes = parseIntOption(values['datagram-bytes'], '--datagram-bytes', edgeLimits.datagramBytes, edgeLimits.datagramBytesMin, edgeLimits.datagramBytesMax);

@@ -2,6 +2,7 @@
 // second reaches the (fake) core complete, with the metric names relayed.
 
 import { afterEach, describe, expect, it } from 'vitest';
+import { createSocket } from 'node:dgram';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,5 +73,42 @@ describe('apm simulate', () => {
       checked++;
     }
     expect(checked).toBeGreaterThanOrEqual(4);
+  });
+});
+
+describe('regression: apm simulate stops and refuses as its --help says', () => {
+  it('a --speedup backfill stops at --seconds and on SIGTERM (before: it sent its whole hour of backlog first, 16 s at 40 servers)', async () => {
+    const sink = await new Promise<ReturnType<typeof createSocket>>((resolve) => {
+      const s = createSocket('udp4');
+      s.bind(0, '127.0.0.1', () => resolve(s));
+    });
+    cleanup.push(() => void sink.close());
+    const port = sink.address().port;
+    const timed = spawnApm(['simulate', '--rack', `127.0.0.1:${port}`, '--servers', '40', '--metrics', '200', '--speedup', '100000', '--seconds', '1']);
+    cleanup.push(() => timed.stop('SIGKILL'));
+    const t0 = Date.now();
+    expect(await timed.exited()).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(6000);
+    const signalled = spawnApm(['simulate', '--rack', `127.0.0.1:${port}`, '--servers', '40', '--metrics', '200', '--speedup', '100000']);
+    cleanup.push(() => signalled.stop('SIGKILL'));
+    await signalled.waitFor(/servers × 200 metrics/);
+    const t1 = Date.now();
+    await signalled.stop('SIGTERM');
+    expect(Date.now() - t1).toBeLessThan(2000);
+    expect(signalled.output.join('\n')).toMatch(/SIGTERM; sent \d+ seconds/);
+  });
+
+  it('refuses a destination port 0, a --record path it cannot write and a --seconds no timer can wait, with exit 2 and a clear line (before: stack traces, or a run that ended at once)', async () => {
+    for (const [args, why] of [
+      [['--rack', '127.0.0.1:0'], /--rack "127\.0\.0\.1:0": port 0 is not a port to send to/],
+      [['--rack', '127.0.0.1:9', '--record', '/nonexistent/dir/x.jsonl'], /--record \/nonexistent\/dir\/x\.jsonl: ENOENT/],
+      [['--rack', '127.0.0.1:9', '--seconds', '3000000'], /--seconds "3000000" must be an integer in 0\.\.2000000/],
+    ] as const) {
+      const d = spawnApm(['simulate', ...args, '--servers', '1', '--metrics', '1']);
+      cleanup.push(() => d.stop('SIGKILL'));
+      expect(await d.exited()).toBe(2);
+      expect(d.output.join('\n')).toMatch(why);
+      expect(d.output.join('\n')).not.toMatch(/\n\s+at /);
+    }
   });
 });

@@ -61,12 +61,14 @@ export function joinOptionValues(argv: readonly string[], options: OptionSpec): 
 }
 
 /** `host:port`, `[v6]:port` or `:port` (host defaults to `defaultHost`). */
-export function parseHostPort(value: string, flag: string, defaultHost = '127.0.0.1'): { host: string; port: number } {
+export function parseHostPort(value: string, flag: string, defaultHost = '127.0.0.1', portMin = 0): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
   const port = m === null ? NaN : Number(m[3]);
   if (m === null || !(port >= 0 && port <= 65535)) {
     throw new UsageError(`${flag} ${JSON.stringify(value)} is not host:port (for example 127.0.0.1:7070 or [::1]:7070)`);
   }
+  // A destination's port 0 (a listener's means "any free port") ended in a stack trace at the first send.
+  if (port < portMin) throw new UsageError(`${flag} ${JSON.stringify(value)}: port ${port} is not a port to send to; give the rack's port, for example 127.0.0.1:7070`);
   const host = m[1] ?? (m[2] === '' ? defaultHost : m[2]!);
   return { host, port };
 }

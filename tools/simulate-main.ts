@@ -1,10 +1,13 @@
 // `apm simulate`: options → Simulator → signals.
 
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, openSync } from 'node:fs';
 import { keyFileHelp, readKeyFile } from '../schema/auth.js';
 import { parseSignedDurationMs } from '../edge/main.js';
 import { parseHostPort, parseIntOption, parseOptions, UsageError } from './args.js';
 import { Simulator, simulateDefaults } from './simulate.js';
+
+/** --seconds at most: one timer waits at most 2^31 − 1 ms (24.8 days). */
+const secondsMax = 2_000_000;
 
 export const simulateHelp = `apm simulate: a fleet of simulated edges sending to racks
 
@@ -14,11 +17,12 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
                          racks (servers go 40 per rack)
   --servers <n>          servers to simulate, 1..10000 (default 80)
   --metrics <n>          metrics per server, 1..2000 (default 200; 5% are latency distributions)
-  --seconds <n>          stop after n seconds (default: until SIGINT/SIGTERM)
+  --seconds <n>          stop after n seconds, at most ${secondsMax} (default: until SIGINT/SIGTERM)
   --datagram-bytes <n>   datagram size (default ${simulateDefaults.datagramBytes})
   --seed <n>             seed of the metric shapes (default 1)
   --prefix <id>          server id prefix (default sim)
-  --speedup <n>          backfill: send n seconds per wall-clock second, starting an hour ago
+  --speedup <n>          backfill: send n seconds per wall-clock second (1..100000), starting an
+                         hour ago
   --record <file>        write the exact observations sent (JSON lines) for the servers and
                          metrics matching --record-servers / --record-metrics (regular expressions)
   --key-file <file>      keys shared with the racks, as for apm edge: datagrams are signed with the
@@ -63,7 +67,7 @@ export async function main(argv: string[]): Promise<void> {
     }
   }
   const sim = new Simulator({
-    racks: values.rack.map((r) => parseHostPort(r, '--rack')),
+    racks: values.rack.map((r) => parseHostPort(r, '--rack', '127.0.0.1', 1)),
     servers: parseIntOption(values.servers, '--servers', 80, 1, 10_000),
     metrics: parseIntOption(values.metrics, '--metrics', 200, 1, 2000),
     distShare: simulateDefaults.distShare,
@@ -75,7 +79,8 @@ export async function main(argv: string[]): Promise<void> {
     keys,
     clockOffsetMs: values['clock-offset'] === undefined ? 0 : parseSignedDurationMs(values['clock-offset'], '--clock-offset'),
   });
-  const seconds = parseIntOption(values.seconds, '--seconds', 0, 0, 10_000_000);
+  // At most what one timer can wait (2^31 − 1 ms): beyond, Node fired it at once and the run ended.
+  const seconds = parseIntOption(values.seconds, '--seconds', 0, 0, secondsMax);
   const stop = async (why: string) => {
     console.log(`apm simulate: ${why}; sent ${sim.counters.seconds} seconds, ${sim.counters.datagrams_sent} datagrams, resent ${sim.counters.resent}${sendErrors(sim.sendErrors)}`);
     await sim.stop();
@@ -115,6 +120,19 @@ function recording(file: string | undefined, servers: string, metrics: string) {
   } catch (err) {
     throw new UsageError(`--record-servers / --record-metrics: ${(err as Error).message}`);
   }
-  const out = createWriteStream(file, { flags: 'a' });
-  return { recordServers: serverRe, recordMetrics: metricRe, record: (o: object) => out.write(`${JSON.stringify(o)}\n`) };
+  // Opened now: a path it cannot write is a usage error before anything is sent (before: an
+  // unhandled 'error' event, with a stack trace, once sending had begun).
+  let fd: number;
+  try {
+    fd = openSync(file, 'a');
+  } catch (err) {
+    throw new UsageError(`--record ${file}: ${(err as Error).message}`);
+  }
+  const out = createWriteStream('', { fd });
+  let failed = false;
+  out.on('error', (err) => {
+    if (!failed) console.error(`apm simulate: --record ${file}: ${err.message}; recording stopped, sending goes on`);
+    failed = true;
+  });
+  return { recordServers: serverRe, recordMetrics: metricRe, record: (o: object) => void (failed || out.write(`${JSON.stringify(o)}\n`)) };
 }
