@@ -21,14 +21,20 @@ export async function clusterMain(argv: string[]): Promise<void> {
   if (positionals[0] !== 'status' || positionals.length !== 1) throw new UsageError(`expected 'apm cluster status'\n\n${clusterHelp}`);
   const url = coreUrl(values.core!, '/api/v1/cluster');
   let res: Response;
+  // Each failure a clear line and exit 2, as apm query's (before: stack traces and exit 1).
   try {
     res = await fetch(url, { headers: authHeaders() });
   } catch (err) {
-    throw new Error(`cannot reach ${url}: ${(err as Error).message}`, { cause: err });
+    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}; start it (apm core --nats …) or give its URL with --core`);
   }
-  if (res.status === 404) throw new Error(`${values.core} is not a cluster node (started without --nats)`);
-  if (!res.ok) throw new Error(`${url}: HTTP ${res.status} ${(await res.text()).slice(0, 300)}`);
-  const s = (await res.json()) as ClusterStatus;
+  if (res.status === 404) throw new UsageError(`${values.core} is not a cluster node (started without --nats)`);
+  if (!res.ok) throw new UsageError(`${url}: HTTP ${res.status} ${(await res.text()).slice(0, 300)}`);
+  let s: ClusterStatus;
+  try {
+    s = (await res.json()) as ClusterStatus;
+  } catch (err) {
+    throw new UsageError(`${url} did not answer JSON (${(err as Error).message}): is it an apm core?`);
+  }
   if (values.json) {
     console.log(JSON.stringify(s, null, 2));
     return;

@@ -9,8 +9,10 @@ export function coreUrl(core: string, path: string): URL {
   try {
     base = new URL(core);
   } catch {
-    throw new UsageError(`--core ${JSON.stringify(core)} is not a URL (for example http://127.0.0.1:8080)`);
+    base = null as unknown as URL;
   }
+  // "localhost:8080" parses as a URL of scheme "localhost:" (and then failed with a stack trace).
+  if (base === null || (base.protocol !== 'http:' && base.protocol !== 'https:')) throw new UsageError(`--core ${JSON.stringify(core)} is not an http:// or https:// URL (for example http://127.0.0.1:8080)`);
   // A core behind a reverse proxy at a path prefix keeps it.
   return new URL(`${base.pathname.replace(/\/+$/, '')}${path}`, base);
 }

@@ -3,7 +3,10 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseTokens, TokenSet } from '../core/auth.js';
-import { createToken } from './token.js';
+import { UsageError } from './args.js';
+import { clusterMain } from './cluster-main.js';
+import { coreUrl } from './core-client.js';
+import { createToken, main as tokenMain } from './token.js';
 
 describe('apm token create', () => {
   it('writes the racks an ingest token may send for (issue 16.3), and refuses an ingest token without them', () => {
@@ -21,5 +24,21 @@ describe('apm token create', () => {
     f({ role: 'ingest', name: 'rack-r4', racks: 'r 4', file }, /--racks "r 4": rack id "r 4" is not/);
     createToken({ role: 'ingest', name: 'relay', racks: '*', file });
     expect(readFileSync(file, 'utf8').split('\n')[1]).toMatch(/ ingest relay racks=\*$/);
+  });
+});
+
+describe('regression: the CLI\'s refusals', () => {
+  it('apm token with options but no command is a usage error (before: the help, exit 0 — a script saved a line of help as the token)', async () => {
+    await expect(tokenMain(['--role', 'admin', '--name', 'me', '--tokens', join(mkdtempSync(join(tmpdir(), 'apm-tok-')), 'tokens')])).rejects.toThrow(UsageError);
+  });
+
+  it('a --core without http:// or https:// is a usage error (before: "localhost:8080" parsed as a URL of scheme localhost:, then a stack trace)', () => {
+    expect(() => coreUrl('localhost:8080', '/api/v1/query')).toThrow(/--core "localhost:8080" is not an http:\/\/ or https:\/\/ URL/);
+    expect(coreUrl('http://127.0.0.1:8080/apm/', '/api/v1/query').href).toBe('http://127.0.0.1:8080/apm/api/v1/query');
+  });
+
+  it('apm cluster status of a core it cannot reach is a usage error naming it (before: a stack trace, exit 1)', async () => {
+    await expect(clusterMain(['status', '--core', 'http://127.0.0.1:9'])).rejects.toThrow(/cannot reach the core at http:\/\/127\.0\.0\.1:9/);
+    await expect(clusterMain(['status', '--core', 'http://127.0.0.1:9'])).rejects.toBeInstanceOf(UsageError);
   });
 });

@@ -32,10 +32,13 @@ export async function main(argv: string[]): Promise<void> {
     { role: { type: 'string' }, name: { type: 'string' }, racks: { type: 'string' }, tokens: { type: 'string' }, help: { type: 'boolean', default: false } },
     tokenHelp,
   );
-  if (values.help || positionals.length === 0) {
+  if (values.help) {
     console.log(tokenHelp);
     return;
   }
+  // Options without 'create' printed the help and exited 0: a script saving the last line as a
+  // token saved a line of help.
+  if (positionals.length === 0) throw new UsageError(`which token command? use 'apm token create'\n\n${tokenHelp}`);
   if (positionals[0] !== 'create' || positionals.length > 1) throw new UsageError(`unknown token command ${JSON.stringify(positionals.join(' '))}; use 'apm token create'\n\n${tokenHelp}`);
   const token = createToken({ role: values.role, name: values.name, racks: values.racks, file: values.tokens });
   console.log(`added token "${values.name}" (role ${values.role}${values.racks === undefined ? '' : `, racks ${values.racks}`}) to ${values.tokens}; it is shown only this once:`);
