@@ -4,7 +4,8 @@
 
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -138,5 +139,29 @@ describe('apm import / apm export', () => {
     const qa = await apm(q, { APM_TOKEN: reader });
     expect(qa.code, qa.stderr).toBe(0);
     expect(qa.stdout).toMatch(/,2,/);
+  });
+});
+
+describe('regression: apm export cut short', () => {
+  it('leaves no file that looks complete: what came stays in <file>.part, with a clear error and exit 2 (before: whole lines in <file>, a stack trace, exit 1)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-export-cut-'));
+    const server = createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      res.write('{"metric":{"__name__":"cut.m","server":"s1","rack":"r1"},"values":[1],"timestamps":[1000]}\n');
+      setTimeout(() => res.socket?.destroy(), 50);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const out = join(dir, 'out.jsonl');
+      const r = await apm(['export', 'cut.m', '--core', `http://127.0.0.1:${port}`, '--output', out]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/export stopped after 1 lines: .*; what came is in .*out\.jsonl\.part \(incomplete\)/);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      expect(existsSync(out)).toBe(false);
+      expect(readFileSync(`${out}.part`, 'utf8')).toContain('cut.m');
+    } finally {
+      server.close();
+    }
   });
 });

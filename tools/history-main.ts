@@ -2,7 +2,7 @@
 // VictoriaMetrics JSON lines (POST /api/v1/import, GET /api/v1/export), streamed both ways with a
 // progress line on stderr.
 
-import { createReadStream, createWriteStream, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, renameSync, statSync } from 'node:fs';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseOptions, UsageError } from './args.js';
@@ -34,7 +34,8 @@ Usage: apm export <metric> [<metric>…] [--from -1h] [--to now] [--output <file
   four gauges: <metric>.count, .sum, .min, .max (its sketch is not).
   --from, --to     Unix ms, ISO-8601, now, or relative to now: -<n>s|m|h|d, e.g. --from -5m
                    (default: the last hour)
-  --output <file>  write there (default: standard output)
+  --output <file>  write there: into <file>.part, renamed to <file> once the export is whole (a
+                   stream cut short stays in <file>.part; default: standard output)
   --core <url>     the core (default http://127.0.0.1:8080)
   APM_TOKEN        environment: a token of role read (or higher), when the core has --tokens
   --help           this text`;
@@ -163,11 +164,20 @@ export async function exportMain(argv: string[]): Promise<void> {
       done(null, chunk);
     },
   });
-  const out = values.output === undefined ? process.stdout : createWriteStream(values.output);
-  await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), watch, out);
+  // Into <file>.part, renamed to <file> only once the export is whole: a stream cut short (the
+  // connection lost, Ctrl-C) left whole lines in <file> that looked like a complete export.
+  const partial = values.output === undefined ? null : `${values.output}.part`;
+  const out = partial === null ? process.stdout : createWriteStream(partial);
+  try {
+    await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), watch, out);
+  } catch (err) {
+    progress.end();
+    throw new UsageError(`export stopped after ${lines} lines: ${(err as Error).message}${partial === null ? '' : `; what came is in ${partial} (incomplete)`}`);
+  }
   const m = /\{"error":"((?:[^"\\]|\\.)*)"\}\n?$/.exec(tail);
   if (m !== null) failed = JSON.parse(`"${m[1]!}"`) as string;
-  progress.show(() => `apm export: ${lines} lines, ${mib(bytes)}${values.output === undefined ? '' : ` written to ${values.output}`}`, true);
+  if (failed === null && partial !== null) renameSync(partial, values.output!);
+  progress.show(() => `apm export: ${lines} lines, ${mib(bytes)}${values.output === undefined ? '' : failed === null ? ` written to ${values.output}` : ` in ${partial} (incomplete)`}`, true);
   progress.end();
   if (failed !== null) throw new UsageError(failed);
 }
