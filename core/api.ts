@@ -251,7 +251,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_sections_refused_total', "Sections refused alone (they do not decode or check; by reason in apm_core_requests_rejected_total); their request's other sections are stored", s('sections_refused'));
     p.counter('apm_core_sections_duplicate_total', 'Sections of retried requests acknowledged again without storing (same rack, session, seq)', s('sections_duplicate'));
     p.counter('apm_core_sections_too_old_total', 'Sections older than the de-duplication window, taken as duplicates', s('too_old'));
-    p.counter('apm_core_sections_late_total', 'Sections for blocks already written (merged)', s('sections_late'));
+    p.counter('apm_core_sections_late_total', "Sections for a second before the newest block this worker wrote in its shard since it started (late for the shard; those whose block has rows are merged into them: apm_core_rows_merged_total)", s('sections_late'));
     p.counter('apm_core_points_ingested_total', 'Gauge and counter points ingested', s('points_ingested'));
     p.counter('apm_core_summaries_ingested_total', 'Distribution summaries ingested', s('summaries_ingested'));
     p.counter('apm_core_bytes_ingested_total', 'Section bytes ingested', s('bytes_ingested'));
