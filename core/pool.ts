@@ -75,7 +75,7 @@ interface Slot {
   ingestWaiting: number;
   /** Ad-hoc queries and export chunks sent and not answered by the worker yet (timed out or not). */
   queriesWaiting: number;
-  /** performance.now() of its thread's last message (it reports every second), and when it last stopped being up. */
+  /** performance.now() of its thread's last message (it reports every second), and when it last stopped being up (it was up before). */
   heardAt: number;
   downAt: number;
   /** Found silent past silentMs by the watchdog (logged and counted once until it speaks again). */
@@ -209,7 +209,8 @@ export class ShardPool {
     const wasReady = slot.isReady;
     slot.worker = null;
     slot.isReady = false;
-    slot.downAt = performance.now();
+    // Down since it was last up: a crash loop's deaths do not start the count again.
+    if (wasReady) slot.downAt = performance.now();
     slot.silent = false;
     for (const [id, p] of slot.pending) {
       if (p.timer !== null) clearTimeout(p.timer);
@@ -266,8 +267,10 @@ export class ShardPool {
 
   /**
    * Problems a liveness probe should see (empty: healthy): a worker silent for silentMs (see
-   * watch), or not up — restarting or replaying its WAL — for that long (a crash loop, a replay
-   * that does not end). A worker that died and comes back within it is not one.
+   * watch), or not up for that long since it was last up while it keeps dying (a crash loop), or
+   * for ten times that in any case (a replay that does not end). A worker that died once and
+   * replays a long WAL is given that time: a probe failing then would restart the process into
+   * the same replay.
    */
   health(): string[] {
     const now = performance.now();
@@ -276,7 +279,7 @@ export class ShardPool {
     for (const slot of this.slots) {
       if (slot.worker !== null && slot.isReady) {
         if (now - slot.heardAt > silentMs) problems.push(`worker ${slot.index} has said nothing for ${Math.round((now - slot.heardAt) / 1000)} s`);
-      } else if (now - slot.downAt > silentMs) {
+      } else if (now - slot.downAt > silentMs && (slot.deaths >= 2 || now - slot.downAt > 10 * silentMs)) {
         problems.push(`worker ${slot.index} has not been up for ${Math.round((now - slot.downAt) / 1000)} s (${slot.worker === null ? 'restarting' : 'replaying its WAL'}; ${slot.deaths} deaths in a row)`);
       }
     }

@@ -204,7 +204,7 @@ describe('a cluster node\'s stream path', () => {
 describe('the worker watchdog', () => {
   it('a worker stuck in a step that does not end, or not up for long, makes /healthz answer 503 saying which, counted once (before: ok while every request to it timed out)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-regress-watch-'));
-    const node = await start({ workerSilentMs: 1000 }, dir);
+    const node = await start({ workerSilentMs: 1000, workerUpResetMs: 1000 }, dir);
     const health = async () => {
       const r = await node.app.request('/healthz');
       return { status: r.status, text: await r.text() };
@@ -230,6 +230,19 @@ describe('the worker watchdog', () => {
       rmSync(join(dir, 'store-0'));
       renameSync(join(dir, 'store-0.moved'), join(dir, 'store-0'));
       await waitFor(async () => (await health()).status === 200, 20_000);
+      // One death and a long replay (2.5 s > workerSilentMs) is not a crash loop: healthy while it
+      // replays (a failing probe would restart the process into the same replay).
+      await waitFor(() => node.pool.stats().workersUp === 1, 20_000);
+      await new Promise((r) => setTimeout(r, 1500)); // its deaths in a row start again (workerUpResetMs)
+      await node.pool.stallWorker(0, 2500, true);
+      const restarts = node.pool.counters.worker_restarts;
+      await node.pool.failWorker(0);
+      const seen = new Set<number>();
+      await waitFor(async () => {
+        seen.add((await health()).status);
+        return node.pool.counters.worker_restarts > restarts && node.pool.stats().workersUp === 1;
+      }, 20_000);
+      expect([...seen]).toEqual([200]);
     } finally {
       log.mockRestore();
     }
