@@ -217,6 +217,9 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     const [out] = text.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { values: number[] });
     expect(Object.is(out!.values[0], -0)).toBe(true);
     expect(Object.is(out!.values[1], 0)).toBe(true);
+    // Regression: a `from` inside a second starts at the next whole one (before: floor took in the point before it).
+    const [cut] = await exported('imp.negzero', t0 + 900.5, t0 + 960);
+    expect(cut!.timestamps).toEqual([(t0 + 901) * 1000, (t0 + 902) * 1000]);
   });
 
   it('counts points the workers refuse (a gauge import into a distribution metric) and stores the rest', async () => {

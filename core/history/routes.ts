@@ -112,7 +112,8 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
       });
       try {
         for (const name of names) {
-          let at: number | null = Math.floor(fromMs / 1000);
+          // The first whole second at or after `from` (floor took in a point before a from in ms).
+          let at: number | null = Math.ceil(fromMs / 1000);
           let rack = 0;
           const end = Math.ceil(toMs / 1000);
           while (at !== null && at < end && !aborted) {

@@ -419,6 +419,9 @@ describe('Prometheus API helpers', () => {
     f('evaluation time budget: "q" stopped after 2001 ms', 'timeout', 503);
     f('evaluation bound: "q" is 4000 windows', 'bad_data', 400);
     f('worker 0 did not answer within 30000 ms; retry', 'unavailable', 503);
+    // Regression: a busy worker's refusal was 422 execution (final for Grafana), apm's own route 503.
+    f('worker 0 has 16 queries waiting; retry later', 'unavailable', 503);
+    f('the query waited past its deadline in the worker; retry', 'unavailable', 503);
     f('MDB_CORRUPTED', 'execution', 422);
   });
 });

@@ -276,7 +276,9 @@ export function evalFailure(err: WorkerError): PromError {
   const reason = evalLimitReasonOf(err.message);
   if (reason === 'time_budget') return new PromError('timeout', `${err.message} (the core's ad-hoc budget, adHocEvalMs ${coreLimits.adHocEvalMs} ms)`, 'time_budget');
   if (reason === 'too_many_windows') return new PromError('bad_data', err.message, 'too_many_windows');
-  if (/did not answer within|is starting|is restarting|before answering/.test(err.message)) return new PromError('unavailable', err.message);
+  // A worker that is busy, restarting or stopping: retry (a busy worker's refusal was answered 422
+  // execution, which Grafana and promtool take as final, while apm's own route answered 503).
+  if (/did not answer within|is starting|is restarting|before answering|queries waiting|past its deadline|is stopping|could not be sent/.test(err.message)) return new PromError('unavailable', err.message);
   return new PromError('execution', err.message);
 }
 
