@@ -208,6 +208,14 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(metrics.find((m) => m.name === 'imp.ctr2')?.kind).toBe('counter');
   });
 
+  it('regression: bare NaN, +Inf and -Inf values (VictoriaMetrics writes them so) are refused each alone; the line\'s finite points are stored (before: the whole line refused as bad_json)', async () => {
+    const ts = [910, 911, 912, 913, 914].map((k) => (t0 + k) * 1000).join(',');
+    const r = await post(`{"metric":{"__name__":"imp.special","server":"sp-1"},"values":[1,NaN,+Inf,-Inf,5],"timestamps":[${ts}]}`);
+    expect(r.json).toMatchObject({ lines: 1, points: 5, stored: 2, linesRefused: {}, pointsRefused: { bad_value: 3 } });
+    const [w] = await query('FROM sp-1 SELECT imp.special WINDOW 60s COMPUTE count, sum', t0 + 900, t0 + 960);
+    expect(w!.values).toEqual({ count: 2, sum: 6 });
+  });
+
   it('regression: -0 exports as -0 and imports back as -0 (before: JSON wrote 0)', async () => {
     const r = await post(`{"metric":{"__name__":"imp.negzero","server":"nz-1"},"values":[-0,0,-1.5e-300],"timestamps":[${[900, 901, 902].map((k) => (t0 + k) * 1000).join(',')}]}`);
     expect(r.json).toMatchObject({ stored: 3, pointsRefused: {} });

@@ -23,6 +23,9 @@ import { windowSeqs } from '../dedup.js';
 import { orderBy } from './order.js';
 import type { IngestResult } from '../pool.js';
 
+/** A bare NaN, Inf, +Inf, -Inf (or Infinity) as an array element: what VictoriaMetrics' export writes for them. */
+const specialNumbers = /([[,]\s*)(?:NaN|[+-]?Inf(?:inity)?)(?=\s*[,\]])/g;
+
 export const importLimits = {
   /**
    * One series line. A line is parsed whole on the HTTP thread: 53 MiB took 0.5–0.7 s of it
@@ -238,7 +241,16 @@ class Importer {
     try {
       o = JSON.parse(text) as typeof o;
     } catch (err) {
-      return this.refuseLine('bad_json', (err as Error).message);
+      // VictoriaMetrics writes stale and infinite samples as bare NaN, +Inf, -Inf (Go's format),
+      // which JSON does not have: such a line is read again with those as null, each then refused
+      // alone as bad_value (before: the whole line, every finite point of it, as bad_json).
+      const special = text.replace(specialNumbers, '$1null');
+      if (special === text) return this.refuseLine('bad_json', (err as Error).message);
+      try {
+        o = JSON.parse(special) as typeof o;
+      } catch {
+        return this.refuseLine('bad_json', (err as Error).message);
+      }
     }
     const labels = typeof o === 'object' && o !== null && typeof o.metric === 'object' && o.metric !== null ? o.metric : null;
     if (labels === null) return this.refuseLine('bad_json', 'a line is {"metric":{...},"values":[...],"timestamps":[...]}');
