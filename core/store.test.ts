@@ -834,3 +834,22 @@ describe('regression: the head\'s memory bound at a block\'s first second', () =
     await s.close();
   });
 });
+
+describe('regression: a rack whose servers were all refused', () => {
+  it('adds its rollup to no query (before: a row of no servers counted as "every server selected", and its rollup moved another rack\'s server\'s p50 from 5 to 8.9)', async () => {
+    const s = open({ serversMax: 2 });
+    const withRollup = (second: number, rack: string, servers: Record<string, number[]>): [RequestHeader, SectionIn[]] => {
+      const all = Object.values(servers).flat();
+      return batch(second, Object.fromEntries(Object.entries(servers).map(([k, values]) => [k, { dists: [{ name: 'rr.d', values }] }])), rack, buildColumns([], [{ name: 'rr.d', values: all }], ['rr.d']));
+    };
+    s.ingest(...withRollup(t0 + 1, 'r1', { a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], b: [2, 3, 4] }));
+    s.ingest(...withRollup(t0 + 1, 'r2', { c: Array(40).fill(9) as number[], e: [9] }));
+    expect(s.counters.servers_refused).toBe(2);
+    const q = parseQuery('FROM a SELECT rr.d WINDOW 60s COMPUTE count, p50');
+    const p50 = () => evaluate(s, q, t0, t0 + 60)[0]!.values['percentile(50)']!;
+    expect(p50() / 5).toBeCloseTo(1, 1);
+    flushAll(s);
+    expect(p50() / 5).toBeCloseTo(1, 1);
+    await s.close();
+  });
+});

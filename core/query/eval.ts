@@ -289,8 +289,12 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
       // The rack's rollup answers percentiles, and the row's aggregates everything else, only when
       // every server of the row is selected (issue 12: a server that moved racks may be in the
       // row but not in the selection).
-      let allSelected = row.serversOmitted === 0 && (whole || everyServer);
-      if (!allSelected && row.serversOmitted === 0 && (wantPct ? row.rollup.secs.length > 0 : row.aggregates !== null)) {
+      // A row without servers (all of them refused by serversMax: only the rack's rollup was kept)
+      // answers nothing: its rollup describes servers this store does not hold (it was added to
+      // every query's percentiles, "every server of the row" being none).
+      const held = row.serverIds.length > 0;
+      let allSelected = held && row.serversOmitted === 0 && (whole || everyServer);
+      if (!allSelected && held && row.serversOmitted === 0 && (wantPct ? row.rollup.secs.length > 0 : row.aggregates !== null)) {
         allSelected = true;
         for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
       }
