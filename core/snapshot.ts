@@ -651,8 +651,18 @@ export class ShardRestore {
     const rackId = this.racks.get(srcRack);
     if (rackId === undefined) throw new SnapshotError(`${what}: its rack was not named before it: the stream is corrupt`);
     let encoded: Uint8Array;
+    let row: ReturnType<typeof decodeRow>;
     try {
-      const row = decodeRow(bytes);
+      row = decodeRow(bytes);
+    } catch (err) {
+      if (!(err instanceof RowError)) throw err;
+      // A row the source cannot read either (its queries skip it, counted there as rows_corrupt;
+      // the snapshot checks only its server ids): skipped and counted here too. Before, the whole
+      // restore failed on it, every retry the same, and the shard could never be copied.
+      this.io.noteDropped('rows_corrupt', 1);
+      return null;
+    }
+    try {
       if (row.blockSeconds !== this.io.blockSeconds) throw new RowError(`blocks of ${row.blockSeconds} s`);
       const missing = row.serverIds.find((id) => !this.servers.has(id));
       if (missing !== undefined) throw new SnapshotError(`${what}: server ${missing} was not named before it: the stream is corrupt`);
