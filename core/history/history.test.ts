@@ -208,6 +208,14 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(metrics.find((m) => m.name === 'imp.ctr2')?.kind).toBe('counter');
   });
 
+  it('regression: of two samples of one server-second the latest is kept, whatever their order in the line (before: the last in the file)', async () => {
+    const ms = (k: number, off: number) => (t0 + k) * 1000 + off;
+    const r = await post(`{"metric":{"__name__":"imp.latest","server":"lt-1"},"values":[1,2,3,4],"timestamps":[${ms(920, 900)},${ms(920, 100)},${ms(921, 100)},${ms(921, 900)}]}`);
+    expect(r.json).toMatchObject({ stored: 2, sameSecond: 2 });
+    const out = await exported('imp.latest', t0 + 920, t0 + 922);
+    expect(out[0]!.values).toEqual([1, 4]);
+  });
+
   it('regression: bare NaN, +Inf and -Inf values (VictoriaMetrics writes them so) are refused each alone; the line\'s finite points are stored (before: the whole line refused as bad_json)', async () => {
     const ts = [910, 911, 912, 913, 914].map((k) => (t0 + k) * 1000).join(',');
     const r = await post(`{"metric":{"__name__":"imp.special","server":"sp-1"},"values":[1,NaN,+Inf,-Inf,5],"timestamps":[${ts}]}`);

@@ -127,6 +127,8 @@ class Importer {
   private readonly serverOf: Uint32Array;
   private readonly metricOf: Uint32Array;
   private readonly val: Float64Array;
+  /** Milliseconds within its second (a server-second keeps its latest sample). */
+  private readonly msOf: Uint16Array;
   private n = 0;
   private racks: string[] = [];
   private rackIds = new Map<string, number>();
@@ -149,6 +151,7 @@ class Importer {
     this.serverOf = new Uint32Array(this.bufferMax);
     this.metricOf = new Uint32Array(this.bufferMax);
     this.val = new Float64Array(this.bufferMax);
+    this.msOf = new Uint16Array(this.bufferMax);
   }
 
   async run(body: AsyncIterable<Uint8Array>): Promise<ImportSummary> {
@@ -306,6 +309,7 @@ class Importer {
       this.serverOf[k] = ids.server;
       this.metricOf[k] = ids.metric;
       this.val[k] = v;
+      this.msOf[k] = ts - second * 1000;
       if (this.summary.fromSecond === null || second < this.summary.fromSecond) this.summary.fromSecond = second;
       if (this.summary.toSecond === null || second > this.summary.toSecond) this.summary.toSecond = second;
     }
@@ -354,11 +358,20 @@ class Importer {
       const server = this.serverOf[points[a]!]!;
       let b = a + 1;
       while (b < points.length && this.serverOf[points[b]!] === server) b++;
-      // Sorted by metric, then arrival: of a run of one metric the last is kept.
+      // Sorted by metric, then arrival: of a run of one metric the latest sample is kept (the
+      // last to arrive of those at the latest millisecond). Before: the last to arrive, so an
+      // unsorted line kept an earlier sample of the second.
       const keep: number[] = [];
-      for (let i = a; i < b; i++) {
-        if (i + 1 < b && this.metricOf[points[i + 1]!] === this.metricOf[points[i]!]) this.summary.sameSecond++;
-        else keep.push(points[i]!);
+      for (let i = a; i < b; ) {
+        let j = i + 1;
+        let best = points[i]!;
+        while (j < b && this.metricOf[points[j]!] === this.metricOf[points[i]!]) {
+          if (this.msOf[points[j]!]! >= this.msOf[best]!) best = points[j]!;
+          j++;
+        }
+        this.summary.sameSecond += j - i - 1;
+        keep.push(best);
+        i = j;
       }
       // The request so far goes first when this server would pass a bound; then its metrics are
       // named in the request that carries their points (before: named in the earlier one, whose
