@@ -83,6 +83,11 @@ export class ServerTable {
     return [...this.byName.values()];
   }
 
+  /** The rack a server was last seen in (undefined: not known). */
+  rackOf(name: string): string | undefined {
+    return this.byName.get(name)?.rack;
+  }
+
   /** Persists new and moved servers, and everyone's last-seen time when `all` (forgetting those silent past the retention then). */
   async save(opts: { all: boolean }, nowMs = Date.now()): Promise<void> {
     const gone: string[] = [];

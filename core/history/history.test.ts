@@ -216,6 +216,15 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     expect(out[0]!.values).toEqual([1, 4]);
   });
 
+  it('regression: a series without a rack label goes to its server\'s known rack, replacing what the rack sent (before: stored again under rack "import", and the server\'s queries counted both)', async () => {
+    const body = rackSecondBody({ rack: 'rlive', session: 7, seq: 1, second: t0 + 930, late: false, shards: S, servers: [{ server: 'live-9', blocks: [buildColumns([{ name: 'imp.both', kind: KindCode.Gauge, value: 5 }], [])] }], rollup: buildColumns([], [], ['imp.both']) });
+    expect((await node.app.request('/api/v1/ingest', { method: 'POST', body })).status).toBe(204);
+    const r = await post(line('imp.both', { server: 'live-9' }, [[t0 + 930, 7]]));
+    expect(r.json).toMatchObject({ stored: 1 });
+    const [w] = await query('FROM live-9 SELECT imp.both WINDOW 60s COMPUTE count, max', t0 + 900, t0 + 960);
+    expect(w!.values).toEqual({ count: 1, max: 7 });
+  });
+
   it('regression: bare NaN, +Inf and -Inf values (VictoriaMetrics writes them so) are refused each alone; the line\'s finite points are stored (before: the whole line refused as bad_json)', async () => {
     const ts = [910, 911, 912, 913, 914].map((k) => (t0 + k) * 1000).join(',');
     const r = await post(`{"metric":{"__name__":"imp.special","server":"sp-1"},"values":[1,NaN,+Inf,-Inf,5],"timestamps":[${ts}]}`);

@@ -100,6 +100,8 @@ export interface ImportDeps {
   ingest: (body: Uint8Array) => Promise<IngestResult>;
   /** Whether the caller may write for this rack (its token's racks=). */
   mayRack: (rack: string) => boolean;
+  /** The rack a known server is in: a series without a rack label goes there (not to rack "import"). */
+  rackOfServer?: (server: string) => string | undefined;
   /** Servers of a request made durable, and the newest second they had data for. */
   onStored?: (rack: string, servers: readonly string[], second: number) => void;
   nowMs?: () => number;
@@ -262,7 +264,10 @@ class Importer {
     const server = serverOf(labels);
     if (server === null) return this.refuseLine('no_server', 'no "server", "instance" or "host" label names the server');
     if (!isServerId(server)) return this.refuseLine('bad_server', `server ${JSON.stringify(server)} is not [A-Za-z0-9._-]{1,64}`);
-    const rack = labels['rack'] === undefined ? importRackDefault : labels['rack'];
+    // No rack label: the server's own rack when the core knows it, so that the series replaces
+    // what its racks sent for those seconds (before: stored again under rack "import", and every
+    // query of the server counted both: a VictoriaMetrics backfill over live seconds doubled them).
+    const rack = labels['rack'] === undefined ? (this.deps.rackOfServer?.(server) ?? importRackDefault) : labels['rack'];
     if (typeof rack !== 'string' || !isServerId(rack)) return this.refuseLine('bad_rack', `rack ${JSON.stringify(rack)} is not [A-Za-z0-9._-]{1,64}`);
     if (!this.deps.mayRack(rack)) return this.refuseLine('rack_not_allowed', `this token may not write for rack ${rack}`);
     const { values, timestamps } = o;

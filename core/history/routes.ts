@@ -63,6 +63,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
         retentionSeconds: pool.retentionSeconds,
         ingest,
         mayRack: (rack) => mayRack(grant, rack),
+        rackOfServer: (name) => servers.rackOf(name),
         onStored: (rack, names, second) => servers.imported(rack, names, second * 1000),
       });
       counters.add(summary);
