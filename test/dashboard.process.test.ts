@@ -155,6 +155,32 @@ describe('dashboard in Chromium', () => {
     await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
   });
 
+  it('regression: shows a window revised while its live stream was down once it reconnects (before: only windows after the newest it had were read again)', async () => {
+    const panel = page.locator('article.panel', { hasText: 'web cpu' });
+    const revisedBefore = await panel.locator('.revised').textContent();
+    expect(revisedBefore).toBe('▲ 1 windows revised by late data');
+    const id = (await panel.getAttribute('data-id'))!;
+    // A stored window not revised yet (the previous test revised one).
+    const stored = (await (await fetch(`${url}/api/v1/queries/${id}/results?from=${Date.now() - 600_000}&to=${Date.now()}`)).json()) as { windows: Window[] };
+    const startMs = stored.windows.find((w) => w.revision === 0)!.startMs;
+    // The stream cut (the core restarted) and kept from reconnecting while late data revises a window.
+    await page.route('**/api/v1/live**', (r) => r.abort());
+    const port = new URL(url).port;
+    expect(await core.stop('SIGTERM')).toBe(0);
+    ({ core } = await startCore(data, `127.0.0.1:${port}`));
+    cleanup.push(() => core.stop('SIGKILL'));
+    const { shards } = (await (await fetch(`${url}/api/v1/placement`)).json()) as { shards: number };
+    const body = rackSecondBody({ rack: 'late-rack', session: 1, seq: 2, second: startMs / 1000 + 1, late: true, shards, servers: [{ server: 'web-late-1', blocks: [buildColumns([{ name: 'sim.cpu.0', kind: KindCode.Gauge, value: 2e6 }], [])] }], rollup: buildColumns([], [], ['sim.cpu.0']) });
+    expect((await fetch(`${url}/api/v1/ingest`, { method: 'POST', body })).status).toBe(204);
+    await until(async () => {
+      const api = (await (await fetch(`${url}/api/v1/queries/${id}/results?from=${startMs}&to=${startMs + 5000}`)).json()) as { windows: Window[] };
+      return api.windows[0]?.values['max'] === 2e6 ? true : undefined;
+    }, 20_000, 'the window revised in the store');
+    await page.unroute('**/api/v1/live**');
+    await until(async () => ((await panel.locator('.state').textContent()) === 'live' ? true : undefined), 30_000, 'the stream to reconnect');
+    await expect.poll(() => panel.locator('.revised').textContent(), { timeout: 15_000 }).toBe('▲ 2 windows revised by late data');
+  });
+
   it('stays usable with more stored queries than the browser has connections per host (6)', async () => {
     for (let i = 0; i < 7; i++) {
       const r = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `extra ${i}`, query: `FROM web-* SELECT sim.cpu.${i + 1} WINDOW 5s COMPUTE max` }) });

@@ -16,6 +16,8 @@ const coarseWindowsSeconds = [1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400];
 const chartLoadingMs = 500;
 /** Reconnect back-off for live streams. */
 const retryMsMin = 500;
+/** How far back a reconnect re-reads stored results: late data revises windows up to the racks' late horizon (600 s) after they close. */
+const revisionHorizonMs = 660_000;
 const retryMsMax = 10_000;
 /** Server states: a server reports each second; the racks forward ~2–3 s after it ends. */
 const lateAfterMs = 10_000;
@@ -329,12 +331,16 @@ class Panel {
     this.note = `before ${new Date(toMs).toLocaleTimeString()}: ad-hoc${ws === base ? '' : ` at ${ws} s windows`}`;
   }
 
-  /** After a reconnect: what closed while the stream was down (paged: the gap may be long). */
+  /**
+   * After a reconnect: what closed while the stream was down (paged: the gap may be long), and
+   * the revision horizon before it — windows revised meanwhile were sent on a stream nobody read
+   * (before, the chart kept their old values until the range changed).
+   */
   async backfill() {
     const seq = this.loadSeq;
     const { fromMs, toMs } = currentRange();
     const i = this.newestStored();
-    const last = i < 0 ? fromMs : Math.max(fromMs, this.cols.startMs[i]);
+    const last = i < 0 ? fromMs : Math.max(fromMs, this.cols.startMs[i] - revisionHorizonMs);
     try {
       await paged(`/api/v1/queries/${encodeURIComponent(this.def.id)}/results`, last, Math.min(toMs, now()) + this.windowMs, this.windowMs, resultPagesMax, (windows) => {
         // A load started meanwhile (edit, range change) owns the windows now.
@@ -593,7 +599,8 @@ const live = {
       for (const p of state.panels.values()) p.setState('reconnecting…', 'down');
       if (es.readyState !== EventSource.CLOSED) return;
       this.close();
-      this.timer = setTimeout(() => void this.reopen(), this.retryMs);
+      // Jittered: every page open on a core that restarted would come back in step.
+      this.timer = setTimeout(() => void this.reopen(), this.retryMs * (0.5 + Math.random()));
       this.retryMs = Math.min(this.retryMs * 2, retryMsMax);
     });
   },
