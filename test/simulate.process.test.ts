@@ -98,11 +98,12 @@ describe('regression: apm simulate stops and refuses as its --help says', () => 
     expect(signalled.output.join('\n')).toMatch(/SIGTERM; sent \d+ seconds/);
   });
 
-  it('refuses a destination port 0, a --record path it cannot write and a --seconds no timer can wait, with exit 2 and a clear line (before: stack traces, or a run that ended at once)', async () => {
+  it('refuses a destination port 0, a --record path it cannot write, a --seconds no timer can wait and a --prefix no rack takes, with exit 2 and a clear line (before: stack traces, or a run that ended at once)', async () => {
     for (const [args, why] of [
       [['--rack', '127.0.0.1:0'], /--rack "127\.0\.0\.1:0": port 0 is not a port to send to/],
       [['--rack', '127.0.0.1:9', '--record', '/nonexistent/dir/x.jsonl'], /--record \/nonexistent\/dir\/x\.jsonl: ENOENT/],
       [['--rack', '127.0.0.1:9', '--seconds', '3000000'], /--seconds "3000000" must be an integer in 0\.\.2000000/],
+      [['--rack', '127.0.0.1:9', '--prefix', 'bad id'], /--prefix "bad id": server ids are/],
     ] as const) {
       const d = spawnApm(['simulate', ...args, '--servers', '1', '--metrics', '1']);
       cleanup.push(() => d.stop('SIGKILL'));

@@ -2,6 +2,7 @@
 
 import { createWriteStream, openSync } from 'node:fs';
 import { keyFileHelp, readKeyFile } from '../schema/auth.js';
+import { isServerId } from '../schema/names.js';
 import { parseSignedDurationMs } from '../edge/main.js';
 import { parseHostPort, parseIntOption, parseOptions, UsageError } from './args.js';
 import { Simulator, simulateDefaults } from './simulate.js';
@@ -20,7 +21,7 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
   --seconds <n>          stop after n seconds, at most ${secondsMax} (default: until SIGINT/SIGTERM)
   --datagram-bytes <n>   datagram size (default ${simulateDefaults.datagramBytes})
   --seed <n>             seed of the metric shapes (default 1)
-  --prefix <id>          server id prefix (default sim)
+  --prefix <id>          server id prefix, [A-Za-z0-9._-]{1,53} (default sim)
   --speedup <n>          backfill: send n seconds per wall-clock second (1..100000), starting an
                          hour ago
   --record <file>        write the exact observations sent (JSON lines) for the servers and
@@ -73,7 +74,7 @@ export async function main(argv: string[]): Promise<void> {
     distShare: simulateDefaults.distShare,
     datagramBytes: parseIntOption(values['datagram-bytes'], '--datagram-bytes', simulateDefaults.datagramBytes, 1024, 65_507),
     seed: parseIntOption(values.seed, '--seed', 1, 0, 2 ** 31),
-    prefix: values.prefix!,
+    prefix: simPrefix(values.prefix!),
     speedup: parseIntOption(values.speedup, '--speedup', 1, 1, 100_000),
     ...recording(values.record, values['record-servers']!, values['record-metrics']!),
     keys,
@@ -101,6 +102,12 @@ export async function main(argv: string[]): Promise<void> {
     last = now;
   }, 5000).unref();
   if (seconds > 0) setTimeout(() => void stop(`${seconds} s done`), seconds * 1000 + 500);
+}
+
+/** A --prefix whose server ids (`<prefix>-r<k>-<nnnnn>`) every rack takes (before: any, and the racks refused every id made of a bad one). */
+function simPrefix(prefix: string): string {
+  if (!isServerId(`${prefix}-r999-00000`)) throw new UsageError(`--prefix ${JSON.stringify(prefix)}: server ids are [A-Za-z0-9._-]{1,64}; give a prefix of those characters, at most 53 of them`);
+  return prefix;
 }
 
 /** ', 3 send errors (ECONNREFUSED 3)' or ''. */
