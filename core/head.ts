@@ -554,6 +554,11 @@ function withOld(h: Summaries, old: DecodedRow | undefined, pick: (o: DecodedRow
   const o = old === undefined ? undefined : pick(old);
   const on = o?.secs.length ?? 0;
   const n = h.n + on;
+  // The stored row's summaries first, then the head's: in the order they came, as if the row had
+  // not been written yet. (Head first, a part refused for passing what a summary carries was the
+  // earlier one when its row had been written, the later one otherwise: which value a server-
+  // second kept depended on when its row was written; and sums of three parts were added in
+  // another order.)
   const f: FlatSummaries = {
     n,
     sid: new Int32Array(n),
@@ -562,32 +567,32 @@ function withOld(h: Summaries, old: DecodedRow | undefined, pick: (o: DecodedRow
     sum: new Float64Array(n),
     min: new Float64Array(n),
     max: new Float64Array(n),
-    src: new Array<Uint8Array>(n).fill(h.arena, 0, h.n),
+    src: new Array<Uint8Array>(n).fill(h.arena, on, n),
     start: new Uint32Array(n),
     end: new Uint32Array(n),
   };
-  f.sid.set(h.sid.subarray(0, h.n));
-  f.sec.set(h.sec.subarray(0, h.n));
-  f.count.set(h.count.subarray(0, h.n));
-  f.sum.set(h.sum.subarray(0, h.n));
-  f.min.set(h.min.subarray(0, h.n));
-  f.max.set(h.max.subarray(0, h.n));
-  f.start.set(h.start.subarray(0, h.n));
-  f.end.set(h.end.subarray(0, h.n));
+  f.sid.set(h.sid.subarray(0, h.n), on);
+  f.sec.set(h.sec.subarray(0, h.n), on);
+  f.count.set(h.count.subarray(0, h.n), on);
+  f.sum.set(h.sum.subarray(0, h.n), on);
+  f.min.set(h.min.subarray(0, h.n), on);
+  f.max.set(h.max.subarray(0, h.n), on);
+  f.start.set(h.start.subarray(0, h.n), on);
+  f.end.set(h.end.subarray(0, h.n), on);
   if (o === undefined || old === undefined || on === 0) return f;
-  f.sec.set(o.secs, h.n);
-  f.count.set(o.count, h.n);
-  f.sum.set(o.sum, h.n);
-  f.min.set(o.min, h.n);
-  f.max.set(o.max, h.n);
-  f.start.set(o.sketchStart, h.n);
-  f.end.set(o.sketchEnd, h.n);
-  for (let i = 0; i < on; i++) f.src[h.n + i] = o.sketchSrc[i]!;
-  if (range === null) f.sid.fill(-1, h.n);
+  f.sec.set(o.secs, 0);
+  f.count.set(o.count, 0);
+  f.sum.set(o.sum, 0);
+  f.min.set(o.min, 0);
+  f.max.set(o.max, 0);
+  f.start.set(o.sketchStart, 0);
+  f.end.set(o.sketchEnd, 0);
+  for (let i = 0; i < on; i++) f.src[i] = o.sketchSrc[i]!;
+  if (range === null) f.sid.fill(-1, 0, on);
   else
     for (let j = 0; j < old.serverIds.length; j++) {
       const [from, to] = range(old, j);
-      f.sid.fill(old.serverIds[j]!, h.n + from, h.n + to);
+      f.sid.fill(old.serverIds[j]!, from, to);
     }
   return f;
 }
