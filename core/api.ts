@@ -4,8 +4,8 @@
 import type { IncomingMessage } from 'node:http';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
-import { lmdbCounters } from '../schema/lmdb.js';
-import { PromText } from '../schema/prom.js';
+import { lmdbCounters } from '../lib/lmdb.js';
+import { PromText } from '../lib/prom.js';
 import { ApiAuth, mayRack } from './auth.js';
 import { BodyBudget, BodyError, BufferPool, readBodyInto } from './buffers.js';
 import { coreLimits } from './limits.js';

@@ -2,20 +2,20 @@
 
 import { mkdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../tools/args.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../lib/args.js';
 import { ApiAuth, TokenFileError, TokenSet } from './auth.js';
 import { coreLimits } from './limits.js';
 import { serveHttp } from './http-server.js';
 import { RateLimiter } from './ratelimit.js';
 import { LayoutError } from './layout.js';
 import { openNode, type CoreNode } from './node.js';
-import { guardLmdbRejections } from '../schema/lmdb.js';
+import { guardLmdbRejections } from '../lib/lmdb.js';
 import { clusterHelp, clusterOptionSpec, joinCluster, type ClusterStart } from './cluster/start.js';
 import { copyShardFrom } from './cluster/snapshot-routes.js';
 import { clusterMetrics, clusterStatus } from './cluster/status.js';
 import { RackSeconds } from './cluster/racks-seen.js';
 import { LogIngest } from './cluster/ingest.js';
-import type { PromText } from '../schema/prom.js';
+import type { PromText } from '../lib/prom.js';
 import { shardsDefault, shardsMax } from '../schema/limits.js';
 
 export const coreHelp = `apm core: stores every per-second point and serves the API and dashboard

@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs';
 import type { Hono } from 'hono';
 import type { RootDatabase } from 'lmdb';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { createApi, type ApiOptions } from './api.js';
 import type { ApiAuth } from './auth.js';
 import { coreLimits } from './limits.js';

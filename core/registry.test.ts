@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { Registry, type StoredMetric, type StoredServer } from './registry.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'apm-registry-'));

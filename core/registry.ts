@@ -4,7 +4,7 @@
 // so a node that owns a subset of metrics needs no id translation (DESIGN §1 scale-out).
 
 import type { Database } from 'lmdb';
-import { HashIndex } from '../schema/hashtable.js';
+import { HashIndex } from '../lib/hashtable.js';
 import { hashKey } from '../schema/names.js';
 
 export interface ServerInfo {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeFrame, KindCode } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { rackSecondBody, SectionCutter } from '../schema/section.js';
 import { buildColumns, type PointInput } from '../schema/testdata.js';
 import { openNode, type CoreNode } from './node.js';

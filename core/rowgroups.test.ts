@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { RowError } from './block.js';
 import { ChunkMemo, chunkBytes, chunkInlineBytesMax, chunkSizes, groupKey, overflowHeaderBytes, packRows, pageBytes, pointerBytes, storedRowBytes, type KeyValue } from './rowgroups.js';
 

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { ServerTable } from './servers.js';
 
 describe('ServerTable (the node\'s server list, real LMDB)', () => {

@@ -10,7 +10,7 @@ import { encodeShardSection, originImport, rackSecondBody, sectionAt } from '../
 import { SketchAccumulator } from '../schema/sketch.js';
 import { buildColumns, type DistInput, type PointInput } from '../schema/testdata.js';
 import type { DecodedRow } from './block.js';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { coreLimits } from './limits.js';
 import { evaluate } from './query/eval.js';
 import { parseQuery } from './query/parse.js';

@@ -6,7 +6,7 @@
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { hashName } from '../schema/names.js';
-import { guardLmdbRejections } from '../schema/lmdb.js';
+import { guardLmdbRejections } from '../lib/lmdb.js';
 import { shardOf } from '../schema/section.js';
 import { exportChunk } from './history/export.js';
 import { evaluate } from './query/eval.js';

@@ -3,7 +3,7 @@
 import { hostname } from 'node:os';
 import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
-import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
+import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../lib/args.js';
 import { Edge, edgeSelfMetricsHelp, macRack } from './edge.js';
 import { edgeLimits, type EdgeLimits } from './limits.js';
 

@@ -11,7 +11,7 @@
 import { Pool } from 'undici';
 import { decodeFrame } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
-import { Histogram } from '../schema/prom.js';
+import { Histogram } from '../lib/prom.js';
 import { PlacementFetch, parseShardsMismatch } from './placement.js';
 import type { Spool } from './spool.js';
 import { Deferrals } from './deferrals.js';

@@ -2,11 +2,11 @@
 
 import { readFileSync } from 'node:fs';
 import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
-import { guardLmdbRejections } from '../schema/lmdb.js';
+import { guardLmdbRejections } from '../lib/lmdb.js';
 import { parseNatsUrls, type NatsAuth } from '../schema/log.js';
 import { isServerId } from '../schema/names.js';
 import { batchServersMax } from '../schema/limits.js';
-import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../tools/args.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../lib/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
 

@@ -4,7 +4,7 @@
 // min, max, merged sketch). Columnar: typed arrays per server and per second, nothing per point.
 
 import { KindCode, columnsFor, emptyColumns, withColumns, type EdgeSecondMessage, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
-import { HashIndex } from '../schema/hashtable.js';
+import { HashIndex } from '../lib/hashtable.js';
 import { summaryCountMax } from '../schema/limits.js';
 import { hashKey } from '../schema/names.js';
 import { SketchAccumulator } from '../schema/sketch.js';

@@ -4,7 +4,7 @@
 
 import type { SeriesColumns } from '../schema/codec.js';
 import { nameAt, nameColumns, verifyName } from '../schema/codec.js';
-import { HashIndex } from '../schema/hashtable.js';
+import { HashIndex } from '../lib/hashtable.js';
 
 /** One generation of names: hash → dense index → name. */
 class Generation {

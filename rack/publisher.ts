@@ -28,7 +28,7 @@ import { headers, NoRespondersError, PermissionViolationError, TimeoutError, typ
 import { decodeFrame, Encoder } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { connectNats, encodingDeflate, encodingHeader, logMessages, readSettings, type ClusterSettings, type LogMessage, type NatsAuth } from '../schema/log.js';
-import { Histogram } from '../schema/prom.js';
+import { Histogram } from '../lib/prom.js';
 import type { Spool } from './spool.js';
 import { Deferrals } from './deferrals.js';
 

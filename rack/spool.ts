@@ -11,7 +11,7 @@ import { randomInt } from 'node:crypto';
 import { statfsSync } from 'node:fs';
 import type { Database, RootDatabase } from 'lmdb';
 import { shardsDefault } from '../schema/limits.js';
-import { openLmdb, writeFailure } from '../schema/lmdb.js';
+import { openLmdb, writeFailure } from '../lib/lmdb.js';
 import { isValidShardCount } from '../schema/section.js';
 
 /** Memory for the newest spooled batches (~10 s of a full rack's batches). */

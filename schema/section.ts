@@ -8,7 +8,7 @@
 import type * as flatbuffers from 'flatbuffers';
 import { checkNames, concatVector, Encoder, FrameArena, KindCode, requireSecond, requireServerId, type SeriesColumns, type ServerBlocks } from './codec.js';
 import { Body, RackSecond, ShardSection } from './generated/apm_generated.js';
-import { HashIndex } from './hashtable.js';
+import { HashIndex } from '../lib/hashtable.js';
 import { batchServersMax, rackIdBytesMax, rollupServer, serverIdBytesMax, shardsMax } from './limits.js';
 import { sketchCount } from './sketch.js';
 import { Reject, type TableRef, type VectorRef, type Verifier } from './verify.js';

@@ -12,7 +12,7 @@ import { rackSecondBody, shardOf } from '../schema/section.js';
 import { forwardedHeader } from '../core/cluster/routes.js';
 import { buildColumns } from '../schema/testdata.js';
 import { restoringSeq } from '../core/store.js';
-import { openLmdb } from '../schema/lmdb.js';
+import { openLmdb } from '../lib/lmdb.js';
 import { buckets, connectNats } from '../schema/log.js';
 import { clusterQueryLimits } from '../core/cluster/queries.js';
 import { jetstreamManager } from '@nats-io/jetstream';

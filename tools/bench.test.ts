@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { UsageError } from './args.js';
+import { UsageError } from '../lib/args.js';
 import { benchHelp, benchSections, main } from './bench.js';
 
 describe('apm bench', () => {

@@ -3,7 +3,7 @@
 
 import { storeLayoutFigures } from './bench-stores.js';
 import { writeFileSync } from 'node:fs';
-import { parseOptions, UsageError } from './args.js';
+import { parseOptions, UsageError } from '../lib/args.js';
 import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
 import { rackFigures } from './bench-rack.js';
 import { coreFigures } from './bench-core.js';

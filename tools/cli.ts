@@ -1,6 +1,6 @@
 // `apm <command>`: dispatches to each daemon's or tool's main (DESIGN §6).
 
-import { UsageError } from './args.js';
+import { UsageError } from '../lib/args.js';
 
 interface Command {
   summary: string;

@@ -1,6 +1,6 @@
 // `apm cluster status`: a cluster's nodes, shard placement and consumer lag, as one node sees them.
 
-import { parseOptions, UsageError } from './args.js';
+import { parseOptions, UsageError } from '../lib/args.js';
 import { authHeaders, coreUrl } from './core-client.js';
 import type { ClusterStatus } from '../core/cluster/status.js';
 

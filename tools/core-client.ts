@@ -1,7 +1,7 @@
 // What every `apm` command that talks to a core's API shares: its URL from --core, and the
 // token from APM_TOKEN (a core started with --tokens refuses requests without one).
 
-import { UsageError } from './args.js';
+import { UsageError } from '../lib/args.js';
 
 /** `path` on the core at `core` (a --core value), or a UsageError naming the bad value. */
 export function coreUrl(core: string, path: string): URL {

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { parseIntOption, parseOptions } from './args.js';
+import { parseIntOption, parseOptions } from '../lib/args.js';
 import { readKeyFile } from '../schema/auth.js';
 import { Simulator } from './simulate.js';
 

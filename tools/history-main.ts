@@ -5,7 +5,7 @@
 import { createReadStream, createWriteStream, renameSync, statSync } from 'node:fs';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { parseOptions, UsageError } from './args.js';
+import { parseOptions, UsageError } from '../lib/args.js';
 import { authHeaders, coreUrl } from './core-client.js';
 
 export const importHelp = `apm import: load history into a core from VictoriaMetrics JSON lines

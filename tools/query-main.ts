@@ -1,7 +1,7 @@
 // `apm query "<query>"`: evaluates an ad-hoc query on a core and prints the windows as a table,
 // the API's JSON, or CSV.
 
-import { parseOptions, UsageError } from './args.js';
+import { parseOptions, UsageError } from '../lib/args.js';
 import { authHeaders, coreUrl } from './core-client.js';
 
 export const queryFormats = ['table', 'json', 'csv'] as const;

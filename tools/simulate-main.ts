@@ -4,7 +4,7 @@ import { createWriteStream, openSync } from 'node:fs';
 import { keyFileHelp, readKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
 import { parseSignedDurationMs } from '../edge/main.js';
-import { parseHostPort, parseIntOption, parseOptions, UsageError } from './args.js';
+import { parseHostPort, parseIntOption, parseOptions, UsageError } from '../lib/args.js';
 import { Simulator, simulateDefaults } from './simulate.js';
 
 /** --seconds at most: one timer waits at most 2^31 − 1 ms (24.8 days). */

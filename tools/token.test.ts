@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseTokens, TokenSet } from '../core/auth.js';
-import { UsageError } from './args.js';
+import { UsageError } from '../lib/args.js';
 import { clusterMain } from './cluster-main.js';
 import { coreUrl } from './core-client.js';
 import { createToken, main as tokenMain } from './token.js';

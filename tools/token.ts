@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { hashToken, isRole, parseRacks, parseTokens, roles, TokenFileError, tokenNamePattern } from '../core/auth.js';
-import { parseOptions, UsageError } from './args.js';
+import { parseOptions, UsageError } from '../lib/args.js';
 
 export const tokenHelp = `apm token: API tokens for the core
 

@@ -12,7 +12,7 @@ import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { headers, type Subscription } from '@nats-io/transport-node';
 import { buckets, resultsSubject, retryJetStream } from '../../schema/log.js';
-import type { PromText } from '../../schema/prom.js';
+import type { PromText } from '../../lib/prom.js';
 import type { ShardPool } from '../pool.js';
 import { DefinitionConflict, QueryCatalog, type DefinitionStore } from '../query/catalog.js';
 import type { WindowResult } from '../query/eval.js';

@@ -20,7 +20,7 @@ import { Readable } from 'node:stream';
 import type { Context, MiddlewareHandler, Next } from 'hono';
 import { Agent, request, type Dispatcher } from 'undici';
 import { hashName } from '../../schema/names.js';
-import type { PromText } from '../../schema/prom.js';
+import type { PromText } from '../../lib/prom.js';
 import { shardOf } from '../../schema/section.js';
 import { metricOfMatch } from '../history/routes.js';
 import type { QueryCatalog } from '../query/catalog.js';

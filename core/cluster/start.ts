@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats, parseNatsUrls, type ClusterSettings, type NatsAuth } from '../../schema/log.js';
-import { parseDurationMs, parseIntOption, UsageError } from '../../tools/args.js';
+import { parseDurationMs, parseIntOption, UsageError } from '../../lib/args.js';
 import { ClusterNode } from './node.js';
 
 export const clusterHelp = `Cluster (without --nats the core runs alone):

@@ -1,7 +1,7 @@
 // What a cluster node tells about its cluster (issue 13): GET /api/v1/cluster (nodes, placement,
 // this node's consumers; `apm cluster status` prints it) and the cluster's lines of /metrics.
 
-import type { PromText } from '../../schema/prom.js';
+import type { PromText } from '../../lib/prom.js';
 import type { ClusterNode } from './node.js';
 
 export interface ClusterStatus {

@@ -10,7 +10,7 @@ import type { Database, RootDatabase } from 'lmdb';
 import { coreLimits } from '../limits.js';
 import { EvalLimitError, evaluate, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
-import { deleteRange } from '../../schema/lmdb.js';
+import { deleteRange } from '../../lib/lmdb.js';
 
 export interface StoredQuery {
   id: string;

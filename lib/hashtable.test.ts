@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HashIndex } from './hashtable.js';
-import { hashName } from './names.js';
+import { hashName } from '../schema/names.js';
 
 describe('HashIndex', () => {
   it('assigns dense indexes, finds them again, refuses beyond capacity, and clears', () => {
