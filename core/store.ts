@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { TransactionFlags, type Database, type RootDatabase, type Transaction } from 'lmdb';
 import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
-import { deleteRange, openLmdb, writeFailure } from '../lib/lmdb.js';
+import { closeLmdb, deleteRange, openLmdb, writeFailure } from '../lib/lmdb.js';
 import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
@@ -1604,8 +1604,8 @@ export class Store {
   }
 
   async close(): Promise<void> {
-    await this.root.close();
-    await this.walEnv.close();
+    await closeLmdb(this.root, `core store ${this.opts.dir}`);
+    await closeLmdb(this.walEnv, `core store ${this.opts.dir} (WAL)`);
   }
 }
 

@@ -37,6 +37,31 @@ export function openLmdb(opts: RootDatabaseOptionsWithPath): RootDatabase {
   return open({ ...opts, eventTurnBatching: false });
 }
 
+/** How long closeLmdb waits for lmdb-js before it gives up on a flush that will not come. */
+export const closeWaitMs = 2000;
+
+/**
+ * Closes an environment, waiting at most `waitMs`. After a commit failed (a full disk) and
+ * before one succeeds, lmdb-js' close waits for a flush promise of the failed commit that never
+ * settles, so a daemon stopping while its disk is full would wait for good. Leaving without it is
+ * safe: LMDB aborted the failed transaction, and its files are consistent without a close.
+ * Returns whether the close finished.
+ */
+export async function closeLmdb(env: RootDatabase, what: string, waitMs = closeWaitMs): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const gaveUp = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), waitMs);
+    timer.unref();
+  });
+  try {
+    const closed = await Promise.race([env.close().then(() => true as const), gaveUp]);
+    if (!closed) console.error(`${what}: LMDB did not close within ${waitMs} ms (a commit failed before, e.g. the disk is full); leaving it open: its files are consistent`);
+    return closed;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The message of a failed LMDB write, after handling its companion `commitError` rejection. */
 export function writeFailure(err: unknown): string {
   const e = err as { message?: string; commitError?: Promise<unknown> };

@@ -298,7 +298,7 @@ export class Rack {
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const shards = this.spool.shards;
     // One body a second, or several when it would pass what one request or message carries.
-    for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, this.takeSeq, this.cutBounds())) this.keep(seq, batch.second, shards, bytes);
+    for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, this.takeSeq, this.cutBounds())) this.keep(seq, batch.second, shards, bytes, batch.late);
   }
 
   /** The next body's identity: the spool's session (after a possible rotation) and seq. */
@@ -353,10 +353,11 @@ export class Rack {
   }
 
   /** One body into the spool, then to the forwarder or publisher. */
-  private keep(seq: number, second: number, shards: number, bytes: Uint8Array): void {
+  private keep(seq: number, second: number, shards: number, bytes: Uint8Array, late: boolean): void {
     this.pendingWrites++;
     void this.spool
-      .put(seq, bytes)
+      // A late second's batch does not hold back where a restart resumes (it is older than that).
+      .put(seq, bytes, late ? undefined : second)
       .then((ok) => {
         if (!ok) return;
         this.counters.batches_spooled++;

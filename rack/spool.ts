@@ -6,12 +6,18 @@
 // recovery without a restart (issue 8).
 // Its meta also holds the rack's sender identity for the core's de-duplication (DESIGN §9:
 // rack, session, seq) and the last shard count the core told the rack (issue 12).
+// While the disk refuses, where a restarted rack resumes is kept in a small file made when the
+// spool opens and overwritten in place (`delivered-through`): overwriting blocks a file already
+// has needs no free space, so a full disk does not make a restart probe edges again for seconds
+// the core already acknowledged (their distributions would have counted twice).
 
 import { randomInt } from 'node:crypto';
-import { statfsSync } from 'node:fs';
+import { closeSync, openSync, readSync, statfsSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
 import { shardsDefault } from '../schema/limits.js';
-import { openLmdb, writeFailure } from '../lib/lmdb.js';
+import { closeLmdb, openLmdb, writeFailure } from '../lib/lmdb.js';
 import { isValidShardCount } from '../schema/section.js';
 
 /** Memory for the newest spooled batches (~10 s of a full rack's batches). */
@@ -35,6 +41,36 @@ export interface SpoolOptions {
 const roomSlackBytes = 256 * 1024;
 /** How often the free space is read (a statfs per batch would be wasted work). */
 const freeSpaceCheckMs = 1000;
+/** The file a refusing spool keeps its delivered-through second in (see the top of this file). */
+const markFile = 'delivered-through';
+
+/** The mark's 16 bytes: the second twice (a torn or foreign file reads as no mark). */
+function encodeMark(second: number): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  v.setFloat64(0, second, true);
+  v.setFloat64(8, second, true);
+  return b;
+}
+
+/** The second a mark file holds, or -1 when it is missing, short or torn. */
+function readMark(path: string): number {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return -1;
+  }
+  try {
+    const b = new Uint8Array(16);
+    if (readSync(fd, b, 0, 16, 0) !== 16) return -1;
+    const v = new DataView(b.buffer);
+    const a = v.getFloat64(0, true);
+    return a === v.getFloat64(8, true) && Number.isInteger(a) && a >= -1 ? a : -1;
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /**
  * Batch numbers reserved on disk at a time (Spool.takeSeq): a synced write per 64 batches, and a
@@ -55,6 +91,19 @@ export class Spool {
   private nextSeq: number;
   /** Newest second of a batch written here (kept with each write): where a restarted rack resumes. */
   closedThrough: number;
+  /**
+   * Seconds of the batches held in memory (not late ones), by number: while any is held, a
+   * restart resumes before the oldest, which the core may not have yet.
+   */
+  private readonly unwrittenSeconds = new Map<number, number>();
+  /** The delivered-through file, opened when the spool opens (null: it could not be made). */
+  private mark: FileHandle | null = null;
+  private markOpening: Promise<void>;
+  /** The second the mark file holds (or is being written with). */
+  private markSecond: number;
+  private markWrite: Promise<void> = Promise.resolve();
+  /** Writes of the mark file that failed (counted with writeErrors as well). */
+  markWriteErrors = 0;
   /**
    * Random non-zero id of this spool's sequence numbers, made when the spool has none (a new or
    * emptied directory). The core de-duplicates by (rack, session, seq): a rack restarted on a
@@ -110,13 +159,63 @@ export class Spool {
     const last = [...this.batches.getKeys({ reverse: true, limit: 1 })][0] ?? 0;
     this.nextSeq = Math.max(this.meta.get('nextSeq') ?? 1, this.meta.get('seqReserved') ?? 1, last + 1);
     this.seqReserved = this.nextSeq;
-    this.closedThrough = this.meta.get('closedThrough') ?? -1;
+    // The mark is newer than meta's closedThrough when the disk refused the last batches' writes.
+    this.closedThrough = Math.max(this.meta.get('closedThrough') ?? -1, readMark(join(dir, markFile)));
+    this.markSecond = this.closedThrough;
+    this.markOpening = this.openMark();
     const session = this.meta.get('session');
     this.session = session !== undefined && Number.isInteger(session) && session > 0 && session < 2 ** 32 ? session : randomInt(1, 2 ** 32);
     const shards = this.meta.get('shards');
     this.shardCount = shards !== undefined && isValidShardCount(shards) ? shards : shardsDefault;
     // Written now (and with every batch): a session must be durable before a body carries it.
     if (session !== this.session) this.metaWrite = this.persistMeta();
+  }
+
+  /** Makes the mark file now, while the disk is likely to have room (its blocks are then overwritten in place). */
+  private async openMark(): Promise<void> {
+    const path = join(this.dir, markFile);
+    try {
+      const fd = openSync(path, 'a+');
+      closeSync(fd);
+      const handle = await open(path, 'r+');
+      await handle.write(encodeMark(this.markSecond), 0, 16, 0);
+      await handle.datasync();
+      this.mark = handle;
+    } catch (err) {
+      this.markWriteErrors++;
+      console.error(`rack spool: cannot make ${path}: ${(err as Error).message}; a restart while the disk refuses writes may ask edges again for seconds already delivered`);
+    }
+  }
+
+  /**
+   * While batches are held in memory or the disk refuses: the newest second whose every batch is
+   * on disk or acknowledged goes to the mark file (meta cannot be written then).
+   */
+  private noteDelivered(): void {
+    if (!this.refusing && this.unwritten.size === 0) return;
+    let safe = this.closedThrough;
+    for (const second of this.unwrittenSeconds.values()) if (second - 1 < safe) safe = second - 1;
+    if (safe <= this.markSecond) return;
+    this.markSecond = safe;
+    this.markWrite = this.markWrite.then(async () => {
+      await this.markOpening;
+      if (this.mark === null || this.markSecond !== safe) return;
+      try {
+        await this.mark.write(encodeMark(safe), 0, 16, 0);
+        await this.mark.datasync();
+      } catch (err) {
+        this.markWriteErrors++;
+        this.writeErrors++;
+        writeFailure(err);
+      }
+    });
+  }
+
+  /** Forgets a batch held in memory (written, acknowledged or dropped). */
+  private forgetUnwritten(seq: number, bytes: Uint8Array): void {
+    this.unwritten.delete(seq);
+    this.unwrittenBytes -= bytes.length;
+    this.unwrittenSeconds.delete(seq);
   }
 
   /** Shards the core last said it has (DESIGN §9), or shardsDefault until it ever said. */
@@ -199,22 +298,31 @@ export class Spool {
    * Stores a batch durably, or in memory while the disk refuses (then true as well: it is still
    * forwarded); drops the oldest while over a bound. False only for a batch dropped at once.
    */
-  async put(seq: number, bytes: Uint8Array): Promise<boolean> {
+  async put(seq: number, bytes: Uint8Array, second?: number): Promise<boolean> {
     if (this.unwritten.size > 0 || this.diskLow()) {
-      this.unwritten.set(seq, bytes);
-      this.unwrittenBytes += bytes.length;
+      this.hold(seq, bytes, second);
       await this.writeUnwritten();
-      return this.boundMemory(seq);
+      const kept = this.boundMemory(seq);
+      this.noteDelivered();
+      return kept;
     }
     if (this.removeFailed.size > 0) await this.retryRemovals();
     if (!this.roomFor(bytes.length) || !(await this.write([[seq, bytes]]))) {
-      this.unwritten.set(seq, bytes);
-      this.unwrittenBytes += bytes.length;
-      return this.boundMemory(seq);
+      this.hold(seq, bytes, second);
+      const kept = this.boundMemory(seq);
+      this.noteDelivered();
+      return kept;
     }
     this.noteWritten(seq, bytes);
     await this.boundDisk(seq);
     return true;
+  }
+
+  /** A batch held in memory; `second` (not for late batches) keeps a restart from resuming past it. */
+  private hold(seq: number, bytes: Uint8Array, second: number | undefined): void {
+    this.unwritten.set(seq, bytes);
+    this.unwrittenBytes += bytes.length;
+    if (second !== undefined) this.unwrittenSeconds.set(seq, second);
   }
 
   /** One transaction; false (counted, logged once per episode) when the disk refuses it. */
@@ -258,8 +366,7 @@ export class Spool {
     for (const [seq, bytes] of entries) {
       const now = this.unwritten.get(seq);
       if (now !== undefined) {
-        this.unwritten.delete(seq);
-        this.unwrittenBytes -= now.length;
+        this.forgetUnwritten(seq, now);
         this.noteWritten(seq, now);
         // Replaced (re-cut) while its old bytes were being written: the new ones over them, as
         // replace() does for a batch on disk (ordered before any removal that comes after).
@@ -307,8 +414,7 @@ export class Spool {
   private boundMemory(seq: number): boolean {
     while (this.unwrittenBytes > this.opts.memoryBytesMax && this.unwritten.size > 0) {
       const [oldest, bytes] = this.unwritten.entries().next().value!;
-      this.unwritten.delete(oldest);
-      this.unwrittenBytes -= bytes.length;
+      this.forgetUnwritten(oldest, bytes);
       this.droppedBatches++;
       this.droppedBytes += bytes.length;
       this.droppedInMemory++;
@@ -406,10 +512,7 @@ export class Spool {
       if (this.movingToDisk) return 'refused';
       this.unwritten.set(seq, first);
       this.unwrittenBytes += first.length - held.length;
-      for (const m of more) {
-        this.unwritten.set(m.seq, m.bytes);
-        this.unwrittenBytes += m.bytes.length;
-      }
+      for (const m of more) this.hold(m.seq, m.bytes, this.unwrittenSeconds.get(seq));
       // The memory bound holds for the new bodies too (the oldest held go first, counted).
       this.boundMemory(-1);
       return 'written';
@@ -454,8 +557,8 @@ export class Spool {
   async remove(seq: number): Promise<void> {
     const held = this.unwritten.get(seq);
     if (held !== undefined) {
-      this.unwritten.delete(seq);
-      this.unwrittenBytes -= held.length;
+      this.forgetUnwritten(seq, held);
+      this.noteDelivered();
       return;
     }
     if (this.removing.has(seq) || this.removeFailed.has(seq)) return;
@@ -506,6 +609,9 @@ export class Spool {
     this.diskChecked.atMs = 0;
     await this.writeUnwritten();
     if (this.unwritten.size > 0) console.error(`rack spool: ${this.unwritten.size} batches (${this.unwrittenBytes} B) held in memory could not be written to ${this.dir} and are lost with this process`);
-    await this.root.close();
+    await this.markOpening;
+    await this.markWrite;
+    await this.mark?.close();
+    await closeLmdb(this.root, `rack spool ${this.dir}`);
   }
 }
