@@ -16,7 +16,7 @@ import { coreLimits as L } from './limits.js';
 import type { ExportChunk } from './history/export.js';
 import { openLayout, Placement } from './layout.js';
 import { RecordBatcher, RecordFramer, restoreBatchBytes, SnapshotError, type RestoreSummary } from './snapshot.js';
-import type { Reply, SectionRef, ToMain, ToWorker, WorkerConfig, WorkerMetric, WorkerStats } from './protocol.js';
+import { worseIngest, type Reply, type SectionRef, type ToMain, type ToWorker, type WorkerConfig, type WorkerMetric, type WorkerStats } from './protocol.js';
 import type { WindowResult } from './query/eval.js';
 import type { StoredOptions, StoredQuery } from './query/stored.js';
 import type { StoreIngestResult, StoreOptions } from './store.js';
@@ -400,13 +400,14 @@ export class ShardPool {
     for (const reply of await Promise.all(replies)) {
       const res: StoreIngestResult | undefined = reply.result;
       if (res === undefined) {
-        worst ??= { status: 503, reason: 'worker_unavailable', error: reply.error ?? 'no answer' };
+        const unavailable: IngestResult = { status: 503, reason: 'worker_unavailable', error: reply.error ?? 'no answer' };
+        worst = worst === null ? unavailable : worseIngest(worst, unavailable);
         continue;
       }
       if (res.status === 204) {
         points += res.points;
         duplicates += res.duplicates;
-      } else if (worst === null || res.status === 400) worst = res;
+      } else worst = worst === null ? res : worseIngest(worst, res);
     }
     if (worst !== null) {
       if (worst.reason === 'worker_unavailable') this.counters.ingest_unavailable++;

@@ -98,3 +98,14 @@ export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreInge
 };
 
 export type ToMain = Reply | { t: 'ready'; replayed: number } | { t: 'window'; qid: string; w: WindowResult; /** The text it was evaluated for (an edit may have changed it since). */ query: string } | { t: 'stats'; stats: WorkerStats } | { t: 'log'; message: string };
+
+/**
+ * The answer for a request refused in two places (two stores of a worker, two workers): a
+ * retryable refusal (503) wins over a final one (400), else the first stands. A rack drops a
+ * body answered 400, so a 400 for one malformed section must not hide a 503 (storage full, a
+ * worker away) for sections that were valid and not stored; on the retry the stored ones are
+ * duplicates and the malformed one is refused again, alone.
+ */
+export function worseIngest<T extends { status: number }>(a: T, b: T): T {
+  return a.status !== 503 && b.status === 503 ? b : a;
+}

@@ -4,10 +4,11 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeFrame, KindCode } from '../schema/codec.js';
+import { decodeFrame, Encoder, KindCode } from '../schema/codec.js';
+import { hashName } from '../schema/names.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { openLmdb } from '../lib/lmdb.js';
-import { rackSecondBody, SectionCutter } from '../schema/section.js';
+import { encodeRackSecond, rackSecondBody, SectionCutter, shardOf, type SectionFrame } from '../schema/section.js';
 import { buildColumns, type PointInput } from '../schema/testdata.js';
 import { openNode, type CoreNode } from './node.js';
 import type { WindowResult } from './query/eval.js';
@@ -40,6 +41,45 @@ async function query(node: CoreNode, text: string, from: number, to: number): Pr
   expect(r.status).toBe(200);
   return ((await r.json()) as { windows: WindowResult[] }).windows;
 }
+
+describe('answers that join several workers', () => {
+  it('regression: a malformed section on one worker (400) does not hide a retryable refusal on another (503): the rack dropped a body whose valid sections were never stored', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-regress-'));
+    const node = await openNode({ dataDir: dir, workers: 2, shards: S, queryLatenessMs: 0, flushGraceMs: 0 });
+    open.push({ node, dir });
+    const names = Array.from({ length: 24 }, (_, i) => `mix.${i}`);
+    const good = rackSecondBody({ rack: 'mix', session: 1, seq: 1, second: t0 + 1, late: false, shards: S, servers: [{ server: 'mix-1', blocks: [buildColumns(names.map((name) => ({ name, kind: KindCode.Gauge, value: 1 })), [])] }], rollup: buildColumns([], [], names) });
+    const d = decodeFrame(good, batchBytesMax);
+    if (!d.ok || d.msg.type !== 'rackSecond') throw new Error('bad test body');
+    const m = d.msg;
+    const sections: SectionFrame[] = [];
+    let at = 0;
+    m.sectionShards.forEach((shard, i) => {
+      const frame = m.sectionBytes.slice(at, m.sectionEnds[i]);
+      at = m.sectionEnds[i]!;
+      // Shard 0's section (worker 0's only one here) fails its own checksum; shard 1's (worker 1) is valid.
+      if (shard === 0) frame[frame.length >> 1] = frame[frame.length >> 1]! ^ 0xff;
+      if (shard < 2) sections.push({ shard, frame });
+    });
+    expect(sections.map((x) => x.shard)).toEqual([0, 1]);
+    const body = encodeRackSecond(new Encoder(), m, sections, m.servers);
+    // Worker 1 fails this request: its section is valid and not stored.
+    await node.pool.failWorker(1, { nextIngest: true });
+    const first = await node.app.request('/api/v1/ingest', { method: 'POST', body });
+    expect(first.status).toBe(503);
+    // The rack's retries (worker 1 restarts from its WAL meanwhile): worker 1 stores its sections; shard 0's is refused again, alone.
+    let retry = 503;
+    for (let i = 0; i < 100 && retry === 503; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      retry = (await node.app.request('/api/v1/ingest', { method: 'POST', body })).status;
+    }
+    expect(retry).toBe(400);
+    const h = new Uint32Array(2);
+    const stored = names.filter((n) => (hashName(n, h, 0), shardOf(h[0]!, S) === 1));
+    expect(stored.length).toBeGreaterThan(0);
+    for (const n of stored) expect((await query(node, `FROM mix-1 SELECT ${n} WINDOW 1m COMPUTE count`, t0, t0 + 60))[0]?.values.count).toBe(1);
+  });
+});
 
 describe('bounds of the ingest path', () => {
   it('ingest requests waiting for a worker are bounded: beyond the limit 503 worker_busy, counted, and nothing stored twice or lost on retry', async () => {

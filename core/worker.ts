@@ -15,7 +15,7 @@ import { StoredQueries, type StoredQuery } from './query/stored.js';
 import { WindowCache } from './query/windowcache.js';
 import { Store, type StoreIngestResult, type StoreOptions } from './store.js';
 import { restoresMax, snapshotCursorsMax, snapshotIdleMs, type ShardRestore } from './snapshot.js';
-import type { ToMain, ToWorker, WorkerConfig, WorkerStats } from './protocol.js';
+import { worseIngest, type ToMain, type ToWorker, type WorkerConfig, type WorkerStats } from './protocol.js';
 
 const config = workerData as WorkerConfig;
 const port = parentPort!;
@@ -259,7 +259,10 @@ function commitIngest(batch: IngestMessage[]): void {
     reqs.forEach((r, k) => {
       const res = results[k]!;
       const a = answers[r.req]!;
-      if (a.status !== 204) return;
+      if (a.status !== 204) {
+        if (res.status !== 204) answers[r.req] = worseIngest(a, res);
+        return;
+      }
       if (res.status !== 204) answers[r.req] = res;
       else answers[r.req] = { status: 204, points: a.points + res.points, duplicates: a.duplicates + res.duplicates };
     });
