@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { decodeFrame, type RejectReason } from '../schema/codec.js';
+import { Body, decodeFrame, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { hashName } from '../schema/names.js';
 import { originRack, sectionAt, type RackSecondMessage } from '../schema/section.js';
@@ -340,7 +340,7 @@ export class ShardPool {
    * A second of a rack `mayRack` refuses is answered 403 before anything is stored (issue 16.3).
    */
   async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true, stream?: { seq: number; after: number }): Promise<IngestResult> {
-    const r = decodeFrame(body, batchBytesMax);
+    const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     if (!r.ok || r.msg.type !== 'rackSecond') {
       const reason = r.ok ? 'not_a_second' : r.reason;
       this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
@@ -516,7 +516,7 @@ export class ShardPool {
    * it cannot be applied now (the consumer starts again from the applied sequence).
    */
   async ingestStream(body: Uint8Array, shard: number, stream: { seq: number; after: number }): Promise<{ points: number; msg: RackSecondMessage } | 'refused' | string> {
-    const r = decodeFrame(body, batchBytesMax);
+    const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     let bad: string | null = null;
     if (!r.ok) bad = r.reason;
     else if (r.msg.type !== 'rackSecond') bad = 'not_a_second';

@@ -19,7 +19,7 @@
 import { statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { TransactionFlags, type Database, type RootDatabase, type Transaction } from 'lmdb';
-import { decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
+import { Body, decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
 import { closeLmdb, deleteRange, openLmdb, writeFailure } from '../lib/lmdb.js';
 import { hashKey } from '../schema/names.js';
@@ -525,7 +525,7 @@ export class Store {
       const value = this.wal.get(key);
       if (value === undefined) continue;
       const seq = readU48(key, 2);
-      const r = decodeFrame(value, batchBytesMax);
+      const r = decodeFrame(value, batchBytesMax, { expect: Body.ShardSection });
       if (!r.ok || r.msg.type !== 'shardSection' || !this.heads.has(r.msg.shard)) {
         this.counters.wal_corrupt++;
         console.error(`core: WAL entry ${seq} does not decode (${r.ok ? `a ${r.msg.type}` : r.detail}); it is kept for inspection`);
@@ -740,7 +740,7 @@ export class Store {
     for (const s of sections) {
       // A shard being restored from another node (core/snapshot.ts) takes nothing until its copy is whole.
       if (this.restoring.has(s.shard)) return { status: 503, reason: 'shard_restoring', error: `shard ${s.shard} is being restored from another node; retry when the copy is done` };
-      const r = decodeFrame(s.bytes, batchBytesMax);
+      const r = decodeFrame(s.bytes, batchBytesMax, { expect: Body.ShardSection });
       if (!r.ok || r.msg.type !== 'shardSection') {
         // That section alone is refused, counted and logged; the request's other sections are
         // stored (a 400 made the rack drop the whole second, every shard's good sections with it).
@@ -1499,7 +1499,7 @@ export class Store {
       },
       replayWal: (shard, entries) => {
         const msgs = entries.map((e) => {
-          const r = decodeFrame(e.bytes, batchBytesMax);
+          const r = decodeFrame(e.bytes, batchBytesMax, { expect: Body.ShardSection });
           if (!r.ok || r.msg.type !== 'shardSection' || r.msg.shard !== shard || r.msg.shards !== this.opts.shardCount) throw new SnapshotError(`WAL entry ${e.seq} of the snapshot is not a section of shard ${shard}/${this.opts.shardCount} (${r.ok ? `a ${r.msg.type} of shard ${r.msg.type === 'shardSection' ? `${r.msg.shard}/${r.msg.shards}` : '-'}` : r.detail}): the stream is corrupt`);
           if (!this.rackIds.has(r.msg.rack) && this.rackIds.size >= this.racksMax) throw new SnapshotError(`this store holds data of ${this.rackIds.size} racks (racksMax ${this.racksMax}); the snapshot's rack ${r.msg.rack} does not fit: raise the racks limit`);
           return r.msg;

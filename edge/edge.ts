@@ -6,7 +6,7 @@ import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { authHeaderBytes, isRackId, open, ReplayCache, sign, type KeySet } from '../schema/auth.js';
-import { KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
+import { Body, KindCode, decodeFrame, type NackMessage } from '../schema/codec.js';
 import { udpPayloadBytesMax } from '../schema/limits.js';
 import { Aggregator, dropReasons } from './aggregator.js';
 import { SecondClock, systemClock, type EdgeClock } from './clock.js';
@@ -330,7 +330,7 @@ export class Edge {
     }
     const frame = this.authenticNack(msg);
     if (frame === null) return;
-    const r = decodeFrame(frame, udpPayloadBytesMax);
+    const r = decodeFrame(frame, udpPayloadBytesMax, { expect: Body.Nack });
     if (!r.ok || r.msg.type !== 'nack') {
       this.counters.nacks_rejected++;
       return;

@@ -9,7 +9,7 @@
 // re-cut before it is sent (issue 12). The core's S is also asked at start (placement.ts).
 
 import { Pool } from 'undici';
-import { decodeFrame } from '../schema/codec.js';
+import { Body, decodeFrame } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { Histogram } from '../lib/prom.js';
 import { PlacementFetch, parseShardsMismatch } from './placement.js';
@@ -234,7 +234,7 @@ export class Forwarder {
     const shards = this.spool.shards;
     const note = this.notes.get(seq);
     if (note?.shards === shards) return { bytes, shards };
-    const r = decodeFrame(bytes, batchBytesMax);
+    const r = decodeFrame(bytes, batchBytesMax, { expect: Body.RackSecond });
     if (r.ok && r.msg.type === 'rackSecond' && r.msg.shards === shards) return { bytes, shards };
     try {
       if (!r.ok || r.msg.type !== 'rackSecond') throw new Error(r.ok ? `a ${r.msg.type}, not a RackSecond` : `${r.reason}: ${r.detail}`);

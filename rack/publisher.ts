@@ -25,7 +25,7 @@
 
 import { jetstream } from '@nats-io/jetstream';
 import { headers, NoRespondersError, PermissionViolationError, TimeoutError, type NatsConnection } from '@nats-io/transport-node';
-import { decodeFrame, Encoder } from '../schema/codec.js';
+import { Body, decodeFrame, Encoder } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
 import { connectNats, encodingDeflate, encodingHeader, logMessages, readSettings, type ClusterSettings, type LogMessage, type NatsAuth } from '../schema/log.js';
 import { Histogram } from '../lib/prom.js';
@@ -489,7 +489,7 @@ export class Publisher {
     try {
       const note = this.notes.get(seq);
       if (note?.shards !== this.shards) {
-        const r = decodeFrame(spooled, batchBytesMax);
+        const r = decodeFrame(spooled, batchBytesMax, { expect: Body.RackSecond });
         if (!r.ok || r.msg.type !== 'rackSecond') throw new Error(r.ok ? `a ${r.msg.type}, not a RackSecond` : `${r.reason}: ${r.detail}`);
         if (r.msg.shards !== this.shards) {
           const cut = await this.opts.recut(seq, spooled, this.shards);

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Hono } from 'hono';
 import { serve, type ServerType } from '@hono/node-server';
 import { sign, type KeySet } from '../schema/auth.js';
-import { Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason, type SeriesColumns } from '../schema/codec.js';
+import { Body, Encoder, decodeFrame, frameBytesMin, withColumns, type RejectReason, type SeriesColumns } from '../schema/codec.js';
 import { batchBytesMax, batchServersMax } from '../schema/limits.js';
 import { lmdbCounters } from '../lib/lmdb.js';
 import type { NatsAuth } from '../schema/log.js';
@@ -264,7 +264,7 @@ export class Rack {
   private take(datagram: Buffer, peer: dgram.RemoteInfo, nowMs: number): void {
     const opened = this.guard.open(datagram);
     if (typeof opened === 'string') return; // counted by the guard
-    const r = decodeFrame(opened.frame, this.opts.limits.datagramBytesMax, { verifyNameHashes: false });
+    const r = decodeFrame(opened.frame, this.opts.limits.datagramBytesMax, { verifyNameHashes: false, expect: Body.EdgeSecond });
     if (!r.ok) return this.countRejected(r.reason);
     if (r.msg.type !== 'edgeSecond') return this.countRejected('unexpected_body');
     if (this.guard.admit(r.msg.server, r.msg.sentMs, opened, nowMs) !== null) return; // counted by the guard

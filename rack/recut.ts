@@ -4,7 +4,7 @@
 // (every point, every summary including the rollups, every name), then cut with the new S.
 // Rare (an S change is an operator's decision), so clarity wins over speed here.
 
-import { KindCode, columnsFor, decodeFrame, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
+import { Body, KindCode, columnsFor, decodeFrame, type SeriesColumns, type ServerBlocks } from '../schema/codec.js';
 import { batchBytesMax, rollupServer } from '../schema/limits.js';
 import { sectionAt, type CutBounds, type CutInput, type RackSecondMessage, type SectionCutter, type ShardSectionMessage } from '../schema/section.js';
 
@@ -17,13 +17,13 @@ export interface DecodedSecond {
 
 /** Decodes a RackSecond and every section; throws (with what is wrong) on anything else. */
 export function decodeSecond(body: Uint8Array): DecodedSecond {
-  const r = decodeFrame(body, batchBytesMax);
+  const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
   if (!r.ok) throw new Error(`not a readable body: ${r.reason}: ${r.detail}`);
   if (r.msg.type !== 'rackSecond') throw new Error(`not a RackSecond but a ${r.msg.type}`);
   const m = r.msg;
   const sections: ShardSectionMessage[] = [];
   for (let i = 0; i < m.sectionShards.length; i++) {
-    const s = decodeFrame(sectionAt(m, i), batchBytesMax);
+    const s = decodeFrame(sectionAt(m, i), batchBytesMax, { expect: Body.ShardSection });
     if (!s.ok) throw new Error(`section ${i} (shard ${m.sectionShards[i]}): ${s.reason}: ${s.detail}`);
     if (s.msg.type !== 'shardSection') throw new Error(`section ${i} is a ${s.msg.type}`);
     const x = s.msg;

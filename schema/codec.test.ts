@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as flatbuffers from 'flatbuffers';
 import { crc32 } from 'node:zlib';
-import { Encoder, KindCode, decodeFrame, nameAt, type EdgeSecondMessage, type Message, type SeriesColumns } from './codec.js';
+import { Body, Encoder, KindCode, decodeFrame, nameAt, type EdgeSecondMessage, type Message, type SeriesColumns } from './codec.js';
 import { Envelope, EdgeSecond } from './generated/apm_generated.js';
 import { buildColumns } from './testdata.js';
 import { SketchAccumulator } from './sketch.js';
@@ -116,6 +116,17 @@ describe('codec rejects bad input with a reason', () => {
     f(enc.edgeSecond({ ...header, series: { ...columns, pointKinds: Uint8Array.of(0, 0) } }), 'bad_columns');
     f(enc.edgeSecond({ ...header, server: 'bad server!', series: columns }), 'bad_name');
     f(enc.edgeSecond({ ...header, part: 5, series: columns }), 'bad_value');
+  });
+
+  it('regression: a receiver expecting one body type refuses another before decoding its body (an EdgeSecond at the core cost a whole decode, millions of name hashes, before it was refused)', () => {
+    // A tampered name: decoding the body finds it; a receiver of Nacks never gets that far.
+    const tampered = enc.edgeSecond({ ...header, series: { ...columns, nameHashes: Uint32Array.from(columns.nameHashes).fill(1, 0, 1) } });
+    const all = decodeFrame(tampered, 8192);
+    expect(all.ok ? 'ok' : all.reason).toBe('bad_name');
+    const nackOnly = decodeFrame(tampered, 8192, { expect: Body.Nack });
+    expect(nackOnly.ok ? 'ok' : [nackOnly.reason, nackOnly.detail]).toEqual(['unexpected_body', 'expected body Nack, got EdgeSecond']);
+    const valid = decodeFrame(good, 8192, { expect: Body.EdgeSecond });
+    expect(valid.ok && valid.msg.type).toBe('edgeSecond');
   });
 });
 

@@ -7,7 +7,7 @@
 import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { authHeaderBytes, open, sign, type KeySet } from '../schema/auth.js';
-import { Encoder, FrameArena, KindCode, decodeFrame, emptyColumns, nameColumns, type NackMessage, type SeriesColumns } from '../schema/codec.js';
+import { Body, Encoder, FrameArena, KindCode, decodeFrame, emptyColumns, nameColumns, type NackMessage, type SeriesColumns } from '../schema/codec.js';
 import { datagramBytesDefault, udpPayloadBytesMax } from '../schema/limits.js';
 import { hashName, hashKey } from '../schema/names.js';
 import { SortedSketchEncoder } from '../schema/sketch.js';
@@ -435,7 +435,7 @@ export class Simulator {
       }
       frame = o.frame;
     }
-    const r = decodeFrame(frame, udpPayloadBytesMax);
+    const r = decodeFrame(frame, udpPayloadBytesMax, { expect: Body.Nack });
     if (!r.ok || r.msg.type !== 'nack') return;
     const nack: NackMessage = r.msg;
     const server = this.byId.get(nack.server);

@@ -5,7 +5,7 @@
 
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
-import { decodeFrame, Encoder } from '../../schema/codec.js';
+import { Body, decodeFrame, Encoder } from '../../schema/codec.js';
 import { batchBytesMax } from '../../schema/limits.js';
 import { encodingDeflate, encodingHeader, logMessages } from '../../schema/log.js';
 import type { IngestResult } from '../pool.js';
@@ -21,7 +21,7 @@ export class LogIngest {
   ) {}
 
   async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true): Promise<IngestResult> {
-    const r = decodeFrame(body, batchBytesMax);
+    const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     if (!r.ok || r.msg.type !== 'rackSecond') {
       const reason = r.ok ? 'not_a_second' : r.reason;
       return { status: 400, reason, error: r.ok ? `expected a RackSecond (wire v2), got a ${r.msg.type}` : `request refused (${r.reason}): ${r.detail}` };
