@@ -58,7 +58,7 @@ export interface CoreParts {
 export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const { pool, servers, stored } = parts;
   const app = new Hono();
-  const http = { ingest_requests: 0, ingest_too_large: 0, ingest_bad_body: 0 };
+  const http = { ingest_requests: 0, ingest_too_large: 0, ingest_bad_body: 0, ingest_length_required: 0 };
   // Bodies of rack seconds, recycled (core/buffers.ts): racks send one request at a time each.
   const bodies = new BufferPool(ingestBodiesBytesMax);
   const bodyBudget = new BodyBudget(opts.ingestBodiesHeldBytesMax ?? ingestBodiesHeldBytesMax);
@@ -126,7 +126,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const direct = (c: Context): { incoming: IncomingMessage; declared: number } | null => {
     const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
     const declared = Number(c.req.header('content-length'));
-    if (opts.ingest !== undefined || incoming === undefined || !Number.isSafeInteger(declared) || declared <= 0 || c.req.header('transfer-encoding') !== undefined) return null;
+    if (incoming === undefined || !Number.isSafeInteger(declared) || declared <= 0 || c.req.header('transfer-encoding') !== undefined) return null;
     return { incoming, declared };
   };
   app.post(
@@ -135,8 +135,15 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     // handler counts the request and before anything is read.
     (c, next) => {
       const d = direct(c);
-      if (d === null) return ingestLimit(c, next);
-      return d.declared > opts.ingestBodyBytesMax ? tooLarge(c) : next();
+      if (d !== null) return d.declared > opts.ingestBodyBytesMax ? tooLarge(c) : next();
+      // From a socket, a body must declare its length (a rack always does): a chunked one was
+      // buffered whole outside the bodies' budget, so a few never-ending ones held gigabytes.
+      // (Requests made in process, without a socket, are tests and tools: bodyLimit bounds them.)
+      if ((c.env as { incoming?: IncomingMessage } | undefined)?.incoming !== undefined) {
+        http.ingest_length_required++;
+        return c.json({ error: 'an ingest body must declare its Content-Length (not chunked, not empty); racks always do', reason: 'length_required' }, 411);
+      }
+      return ingestLimit(c, next);
     },
     async (c) => {
       http.ingest_requests++;
@@ -233,6 +240,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       ...rejected,
       too_large: http.ingest_too_large,
       bad_body: http.ingest_bad_body,
+      length_required: http.ingest_length_required,
       bodies_full: bodyBudget.refused,
       shards_mismatch: pool.counters.shards_mismatch,
       worker_busy: pool.counters.ingest_busy,

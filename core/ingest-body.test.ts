@@ -84,4 +84,33 @@ describe('ingest body under @hono/node-server', () => {
     expect(await metric(/^apm_core_requests_rejected_total\{reason="too_large"\} (\d+)$/m)).toBe(tooLarge + 1);
     expect(await metric(/^apm_core_ingest_requests_total (\d+)$/m)).toBe(requests);
   });
+
+  it('regression: refuses a chunked body (411) before reading it: it was buffered whole outside the bodies budget, so a few never-ending ones held gigabytes', async () => {
+    const metric = async (line: RegExp) => Number(line.exec(await (await fetch(`${base}/metrics`)).text())?.[1] ?? NaN);
+    const refused = await metric(/^apm_core_requests_rejected_total\{reason="length_required"\} (\d+)$/m);
+    // A chunked body that never ends: the answer comes at once, not at its end.
+    const answer = await new Promise<string>((resolve, reject) => {
+      const sock = connect((server.address() as { port: number }).port, '127.0.0.1', () => {
+        sock.write('POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\n');
+        sock.write(Buffer.alloc(65_536, 7));
+      });
+      // Without an answer in 5 s (the body was being buffered), the test fails rather than hangs.
+      setTimeout(() => {
+        sock.destroy();
+        resolve(text);
+      }, 5000).unref();
+      let text = '';
+      sock.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (/\r\n\r\n[\s\S]*\}/.test(text)) {
+          sock.destroy();
+          resolve(text);
+        }
+      });
+      sock.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 411 /);
+    expect(answer).toMatch(/"reason":"length_required"/);
+    expect(await metric(/^apm_core_requests_rejected_total\{reason="length_required"\} (\d+)$/m)).toBe(refused + 1);
+  });
 });
