@@ -58,7 +58,7 @@ export interface CoreParts {
 export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const { pool, servers, stored } = parts;
   const app = new Hono();
-  const http = { ingest_requests: 0, ingest_too_large: 0, ingest_bad_body: 0, ingest_length_required: 0 };
+  const http = { ingest_requests: 0, ingest_too_large: 0, ingest_bad_body: 0, ingest_length_required: 0, ingest_body_timeout: 0 };
   // Bodies of rack seconds, recycled (core/buffers.ts): racks send one request at a time each.
   const bodies = new BufferPool(ingestBodiesBytesMax);
   const bodyBudget = new BodyBudget(opts.ingestBodiesHeldBytesMax ?? ingestBodiesHeldBytesMax);
@@ -160,7 +160,12 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
           if (!(err instanceof BodyError)) throw err;
           if (err.status === 413) http.ingest_too_large++;
           else if (err.status === 400) http.ingest_bad_body++;
-          return c.json({ error: err.message, reason: err.status === 413 ? 'too_large' : err.status === 503 ? 'bodies_full' : 'bad_body' }, err.status);
+          else if (err.status === 408) {
+            // The rest of a stalled body is not waited for: the connection closes after the answer.
+            http.ingest_body_timeout++;
+            c.header('connection', 'close');
+          }
+          return c.json({ error: err.message, reason: err.status === 413 ? 'too_large' : err.status === 503 ? 'bodies_full' : err.status === 408 ? 'body_timeout' : 'bad_body' }, err.status);
         }
       } else body = new Uint8Array(await c.req.arrayBuffer());
       try {
@@ -241,6 +246,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
       too_large: http.ingest_too_large,
       bad_body: http.ingest_bad_body,
       length_required: http.ingest_length_required,
+      body_timeout: http.ingest_body_timeout,
       bodies_full: bodyBudget.refused,
       shards_mismatch: pool.counters.shards_mismatch,
       worker_busy: pool.counters.ingest_busy,

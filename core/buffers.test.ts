@@ -73,7 +73,8 @@ describe('readBodyInto', () => {
     expect(failure).toBeInstanceOf(BodyError);
     expect((failure as BodyError).status).toBe(400);
     expect((failure as BodyError).message).toMatch(/^body not received whole \(aborted\)$/);
-    expect(pool.keptBytes).toBe(128 * 1024);
+    // Its buffer (sized by the 10 bytes that came, not the 100,000 declared) back in the pool.
+    expect(pool.keptBytes).toBe(64 * 1024);
   });
 
   it('reads a body of its declared length into a recycled buffer, and refuses one over the limit', async () => {
@@ -88,7 +89,7 @@ describe('readBodyInto', () => {
     try {
       expect(await post(s.port, Buffer.from('abc'.repeat(50_000)), 150_000)).toBe('ok 150000 abcabc');
       expect(await post(s.port, Buffer.from('xyz'.repeat(60_000)), 180_000)).toBe('ok 180000 xyzxyz');
-      expect(pool.counters.reused).toBe(1);
+      expect(pool.counters.reused).toBeGreaterThanOrEqual(1);
       expect(await post(s.port, Buffer.alloc(10), 400_000).catch(() => 'reset')).toMatch(/^(413 body of 400000 bytes exceeds 300000|reset)$/);
     } finally {
       s.close();
@@ -130,6 +131,37 @@ describe('readBodyInto', () => {
     }
   });
 
+  it('regression: holds nothing for a body whose bytes have not come, and gives up on one that stalls (408): 64 connections sending headers alone held the whole budget, and every rack was answered 503 while they stayed', async () => {
+    const pool = new BufferPool(1 << 20);
+    const budget = new BodyBudget(512 * 1024, 64 * 1024);
+    const s = await serve(async (req) => {
+      const r = await readBodyInto(req, Number(req.headers['content-length']), 64 << 20, pool, budget, 300);
+      budget.release(r.buf.byteLength);
+      pool.give(r.buf);
+      return `ok ${r.length}`;
+    });
+    const idle: ReturnType<typeof connect>[] = [];
+    const answers: string[] = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const sock = connect(s.port, '127.0.0.1', () => sock.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n'));
+        sock.on('data', (d: Buffer) => answers.push(d.toString()));
+        sock.on('error', () => undefined);
+        idle.push(sock);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      expect(budget.held).toBe(0);
+      expect(await post(s.port, Buffer.alloc(150_000, 1), 150_000)).toBe('ok 150000');
+      // Past the deadline each stalled body is refused (the sender may retry) and holds nothing.
+      for (let i = 0; i < 100 && answers.length < 16; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(answers.filter((a) => a.includes('408 body of 67108864 bytes not received within 0.3 s (0 came); retry'))).toHaveLength(16);
+      expect(budget.held).toBe(0);
+    } finally {
+      for (const sock of idle) sock.destroy();
+      s.close();
+    }
+  });
+
   it('settles at once for a message that ended or failed before it listened (never a promise left pending)', async () => {
     const pool = new BufferPool(1 << 20);
     const s = await serve(async (req) => {
@@ -140,7 +172,8 @@ describe('readBodyInto', () => {
     });
     try {
       expect(await post(s.port, Buffer.from('abcdef'), 6)).toBe('400 body of 0 bytes ended before its Content-Length 6');
-      expect(pool.keptBytes).toBe(64 * 1024);
+      // No byte came: no buffer was taken.
+      expect(pool.keptBytes).toBe(0);
     } finally {
       s.close();
     }

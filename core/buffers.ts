@@ -67,11 +67,13 @@ function sizeClass(size: number): number {
 }
 
 /**
- * Bytes of ingest bodies being read or ingested at once (their buffers), at most `bytesMax`. A
- * buffer is sized by the declared Content-Length up to `firstBytesMax` and grows only as bytes
- * arrive: before, each request declaring 64 MiB got a 64 MiB buffer before sending anything, so
- * a few connections that sent headers alone held gigabytes for the server's request timeout.
- * Beyond the bound a body is answered 503 (the rack retries it), counted as `refused`.
+ * Bytes of ingest bodies being read or ingested at once (their buffers), at most `bytesMax`.
+ * Nothing is held before a body's first bytes arrive; its first buffer is at most twice those
+ * bytes (at least 64 KiB, at most `firstBytesMax`) and grows by doubling as bytes arrive. Before,
+ * each request declaring 64 MiB got a 64 MiB buffer before sending anything; later, 4 MiB as
+ * soon as its headers came, so 64 connections that sent headers alone held the whole budget and
+ * every rack was answered 503 for as long as they stayed. Beyond the bound a body is answered
+ * 503 (the rack retries it), counted as `refused`.
  */
 export class BodyBudget {
   held = 0;
@@ -97,32 +99,31 @@ export class BodyBudget {
 /** Why a body could not be read. */
 export class BodyError extends Error {
   constructor(
-    readonly status: 400 | 413 | 503,
+    readonly status: 400 | 408 | 413 | 503,
     message: string,
   ) {
     super(message);
   }
 }
 
+/** Longest a body may take to arrive (a rack gives up on a request after 30 s: rack/limits.ts forwardTimeoutMs). */
+export const bodyDeadlineMs = 30_000;
+
 /**
  * Reads a request body of a declared Content-Length into a pooled buffer: the bytes are
  * `new Uint8Array(buf, 0, length)`; give `buf` back, and release `buf.byteLength` from `budget`,
  * when nothing refers to them any more. Throws BodyError when the body is longer or shorter than
- * declared, over `bytesMax`, not received whole (the connection failed mid-body), or when the
- * budget has no room for it (503).
+ * declared, over `bytesMax`, not received whole (the connection failed mid-body), not received
+ * within `deadlineMs` (408: the sender may retry), or when the budget has no room for it (503).
  */
-export function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool, budget: BodyBudget): Promise<{ buf: ArrayBuffer; length: number }> {
+export function readBodyInto(req: IncomingMessage, length: number, bytesMax: number, pool: BufferPool, budget: BodyBudget, deadlineMs = bodyDeadlineMs): Promise<{ buf: ArrayBuffer; length: number }> {
   if (length > bytesMax) return Promise.reject(new BodyError(413, `body of ${length} bytes exceeds ${bytesMax}`));
   const full = () => {
     budget.refused++;
     return new BodyError(503, `ingest bodies being read hold ${budget.held} bytes (bound ${budget.bytesMax}): retry later`);
   };
-  const first = sizeClass(Math.min(length, budget.firstBytesMax));
-  if (!budget.tryHold(first)) {
-    req.resume(); // the body is read and dropped; the answer says why
-    return Promise.reject(full());
-  }
-  let buf = pool.take(first);
+  // Taken when the first bytes arrive (an empty buffer until then: nothing held).
+  let buf = new ArrayBuffer(0);
   let view = new Uint8Array(buf);
   let at = 0;
   // Chunks as the socket delivers them ('data' in flowing mode). An async iterator over `req`
@@ -130,14 +131,20 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
   // (850 KB bodies, client and server in one process: 1,130–1,364 µs of CPU per request that way,
   // 995–1,021 µs this way; twelfth session, docs/figures.md).
   return new Promise((resolve, reject) => {
+    let settled = false;
     const done = (err: BodyError | null) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);
       req.off('close', onClose);
       if (err === null) return resolve({ buf, length });
-      budget.release(buf.byteLength);
-      pool.give(buf);
+      if (buf.byteLength > 0) {
+        budget.release(buf.byteLength);
+        pool.give(buf);
+      }
       reject(err);
     };
     const onData = (chunk: Buffer) => {
@@ -146,16 +153,20 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
         return done(new BodyError(400, `body longer than its Content-Length ${length}`));
       }
       if (at + chunk.length > buf.byteLength) {
-        // Grown as bytes arrive (doubling, up to the declared length).
-        const next = sizeClass(Math.min(length, Math.max(2 * buf.byteLength, at + chunk.length)));
+        // The first buffer: twice what came (at least a size class, at most firstBytesMax); then
+        // doubling as bytes arrive, up to the declared length.
+        const want = buf.byteLength === 0 ? Math.max(2 * chunk.length, Math.min(budget.firstBytesMax, classMinBytes)) : Math.max(2 * buf.byteLength, at + chunk.length);
+        const next = sizeClass(Math.min(length, buf.byteLength === 0 ? Math.max(chunk.length, Math.min(want, budget.firstBytesMax)) : want));
         if (!budget.tryHold(next)) {
           req.resume();
           return done(full());
         }
         const grown = pool.take(next);
         new Uint8Array(grown).set(view.subarray(0, at));
-        budget.release(buf.byteLength);
-        pool.give(buf);
+        if (buf.byteLength > 0) {
+          budget.release(buf.byteLength);
+          pool.give(buf);
+        }
         buf = grown;
         view = new Uint8Array(buf);
       }
@@ -166,6 +177,12 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
     // A sender that went away mid-body (aborted, reset) is a refused request, not a core failure.
     const onError = (err: Error) => done(new BodyError(400, `body not received whole (${err.message})`));
     const onClose = () => done(new BodyError(400, 'body not received whole (connection closed)'));
+    // A body that trickles or stalls holds its buffer (and a slot of the budget) no longer than this.
+    const deadline = setTimeout(() => {
+      req.resume();
+      done(new BodyError(408, `body of ${length} bytes not received within ${deadlineMs / 1000} s (${at} came); retry`));
+    }, deadlineMs);
+    deadline.unref();
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('error', onError);
