@@ -55,6 +55,19 @@ describe('core HTTP API', () => {
     expect((await app.request('/nope')).status).toBe(404);
   });
 
+  it('regression: a body without sections stores nothing and so names no server and moves no clock (before: its servers were listed for the retention, and a second in 2100 made the freshness negative)', async () => {
+    const far = 4_102_444_800; // 2100-01-01
+    const ghosts = Array.from({ length: 50 }, (_, i) => ({ server: `ghost-${i}`, blocks: [buildColumns([], [])] }));
+    const body = rackSecondBody({ rack: 'r-ghost', session: 1, seq: 1, second: far, late: false, shards: 8, servers: ghosts, rollup: buildColumns([], []) });
+    const r = await app.request('/api/v1/ingest', { method: 'POST', body });
+    expect(r.status).toBe(204);
+    const listed = ((await (await app.request('/api/v1/servers')).json()) as { servers: { id: string }[] }).servers;
+    expect(listed.filter((s) => s.id.startsWith('ghost-'))).toEqual([]);
+    const st = (await (await app.request('/api/v1/status')).json()) as { freshnessLagMs: number | null };
+    // (Other tests here ingest seconds up to a few ahead of the clock: within minutes, not 74 years.)
+    expect(st.freshnessLagMs === null || st.freshnessLagMs > -3_600_000).toBe(true);
+  });
+
   it('answers ad-hoc queries with exact windows and clear errors', async () => {
     const q = encodeURIComponent('FROM web-* SELECT cpu WINDOW 1s COMPUTE max, avg, p50');
     const r = (await (await app.request(`/api/v1/query?q=${q}&from=${(now - 30) * 1000}&to=now`)).json()) as { query: string; windows: { startMs: number; values: Record<string, number> }[] };

@@ -173,8 +173,13 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
         const grant = c.get('apmRacks') ?? '*';
         const r = await ingest(body, (rack) => mayRack(grant, rack));
         if (r.status === 204) {
-          servers.seen(r.msg.rack, r.msg.servers, Date.now());
-          status.noteSecond(r.msg.second);
+          // A body without sections stores nothing, and no worker checked its second: it names no
+          // server and moves no clock (before: 204 with its servers listed for the retention, and a
+          // second in 2100 made the dashboard's freshness negative until a restart).
+          if (r.msg.sectionShards.length > 0) {
+            servers.seen(r.msg.rack, r.msg.servers, Date.now());
+            status.noteSecond(r.msg.second);
+          }
           return c.body(null, 204);
         }
         if (r.status === 403) return auth.rackRefused(c, c.get('apmClient') ?? 'unknown', grant, r.rack);
