@@ -21,6 +21,8 @@ export class ServerTable {
   refused = 0;
   /** Servers forgotten: last seen before the retention (plus the hour data may run ahead of the clock). */
   forgotten = 0;
+  /** Grows when a server is listed, moves rack, changes by an import or is forgotten (not for a last-seen time). */
+  changes = 0;
 
   constructor(
     private readonly db: Database<{ rack: string; first: number; last: number }, string>,
@@ -47,9 +49,11 @@ export class ServerTable {
         s = { name, rack, firstSeenMs: nowMs, lastSeenMs: nowMs };
         this.byName.set(name, s);
         this.dirty.add(s);
+        this.changes++;
       } else if (s.rack !== rack) {
         s.rack = rack;
         this.dirty.add(s);
+        this.changes++;
       }
       s.lastSeenMs = Math.max(s.lastSeenMs, nowMs);
     }
@@ -71,10 +75,12 @@ export class ServerTable {
         const n = { name, rack, firstSeenMs: atMs, lastSeenMs: atMs };
         this.byName.set(name, n);
         this.dirty.add(n);
+        this.changes++;
       } else if (atMs < s.firstSeenMs || atMs > s.lastSeenMs) {
         s.firstSeenMs = Math.min(s.firstSeenMs, atMs);
         s.lastSeenMs = Math.max(s.lastSeenMs, atMs);
         this.dirty.add(s);
+        this.changes++;
       }
     }
   }
@@ -97,6 +103,7 @@ export class ServerTable {
         gone.push(s.name);
         this.byName.delete(s.name);
         this.dirty.delete(s);
+        this.changes++;
       }
       this.forgotten += gone.length;
     }
