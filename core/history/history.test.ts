@@ -16,6 +16,7 @@ import type { IngestResult } from '../pool.js';
 import { batchBytesMax } from '../../schema/limits.js';
 import { Dedup, windowSeqs } from '../dedup.js';
 import { runImport, type ImportSummary } from './import.js';
+import { idleBounded } from './routes.js';
 
 const S = 8;
 const now = Math.floor(Date.now() / 1000);
@@ -458,5 +459,42 @@ describe('regression: an import names each metric in the request that carries it
     expect(summary.requests).toBe(2);
     expect(requests.length).toBe(2);
     for (const r of requests) expect([...r.points].filter((p) => !r.names.has(p))).toEqual([]);
+  });
+});
+
+describe('an import body that stops sending', () => {
+  it('regression: ends after the idle time, its stream cancelled (before: one quiet client held the only import slot for good, every other import answered 409)', async () => {
+    let cancelled = false;
+    const body = new ReadableStream<Uint8Array>({
+      start(ctl) {
+        ctl.enqueue(new TextEncoder().encode('{"metric":'));
+      },
+      cancel() {
+        cancelled = true;
+      },
+    });
+    const got: number[] = [];
+    const started = Date.now();
+    const read = (async () => {
+      for await (const chunk of idleBounded(body, 200)) got.push(chunk.length);
+    })();
+    await expect(read).rejects.toThrow('no byte of the body came for 0.2 s');
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(got).toEqual([10]);
+    expect(cancelled).toBe(true);
+  });
+
+  it('passes a body that keeps sending, however long it takes in all', async () => {
+    let n = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(ctl) {
+        await new Promise((r) => setTimeout(r, 50));
+        if (n++ < 6) ctl.enqueue(new Uint8Array(3));
+        else ctl.close();
+      },
+    });
+    const got: number[] = [];
+    for await (const chunk of idleBounded(body, 120)) got.push(chunk.length);
+    expect(got).toEqual([3, 3, 3, 3, 3, 3]);
   });
 });

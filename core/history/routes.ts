@@ -16,7 +16,34 @@ export const historyLimits = {
   exportMetricsMax: 100,
   /** Imports running at once: their requests share the import origin's de-duplication per rack. */
   importsAtOnce: 1,
+  /** An import whose body sends nothing this long ends (what came is stored): one quiet client held the only import slot for good. */
+  importIdleMs: 120_000,
 } as const;
+
+/**
+ * The chunks of `body`, ending it with an error when none comes for `idleMs` (the stream is
+ * cancelled). For a body read while a slot is held: a sender that stops sending gives it back.
+ */
+export async function* idleBounded(body: ReadableStream<Uint8Array>, idleMs: number): AsyncGenerator<Uint8Array> {
+  const reader = body.getReader();
+  try {
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined;
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no byte of the body came for ${idleMs / 1000} s`)), idleMs);
+      });
+      try {
+        const r = await Promise.race([reader.read(), idle]);
+        if (r.done) return;
+        yield r.value;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => undefined);
+  }
+}
 
 /** What /metrics shows of imports and exports. */
 export class HistoryCounters {
@@ -38,13 +65,16 @@ export class HistoryCounters {
   }
 }
 
-export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult> }): HistoryCounters {
+export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult>; importIdleMs?: number }): HistoryCounters {
   const { pool, servers } = deps;
   const ingest = deps.ingest ?? ((b: Uint8Array) => pool.ingest(b));
   const counters = new HistoryCounters();
   let running = 0;
 
   app.post('/api/v1/import', async (c) => {
+    const grant = c.get('apmRacks') ?? '*';
+    // A token that may send for no rack could store nothing: refused before it takes the slot.
+    if (grant !== '*' && grant.size === 0) return c.json({ error: 'this token may send for no rack (racks= is empty): it cannot import', reason: 'rack_not_allowed' }, 403);
     if (running >= historyLimits.importsAtOnce) {
       counters.importsRefusedBusy++;
       return c.json({ error: 'an import is running on this core; run imports one after another (they share its de-duplication)', reason: 'import_running' }, 409);
@@ -53,12 +83,11 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
     if (raw === null) return c.json({ error: 'the body holds the JSON lines to import (one series a line: {"metric":{"__name__":…,"server":…},"values":[…],"timestamps":[…]})' }, 400);
     const encoding = (c.req.header('content-encoding') ?? 'identity').toLowerCase();
     if (encoding !== 'identity' && encoding !== 'gzip') return c.json({ error: `content-encoding ${encoding} is not taken; send identity or gzip` }, 415);
-    const body = encoding === 'gzip' ? raw.pipeThrough(new DecompressionStream('gzip')) : raw;
-    const grant = c.get('apmRacks') ?? '*';
+    const body = idleBounded(encoding === 'gzip' ? raw.pipeThrough(new DecompressionStream('gzip')) : raw, deps.importIdleMs ?? historyLimits.importIdleMs);
     running++;
     counters.imports++;
     try {
-      const summary = await runImport(body as unknown as AsyncIterable<Uint8Array>, {
+      const summary = await runImport(body, {
         shards: pool.shards,
         retentionSeconds: pool.retentionSeconds,
         ingest,
