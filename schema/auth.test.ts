@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { authHeaderBytes, isSigned, open, parseKeyFile, ReplayCache, sign, stripAuth } from './auth.js';
 import { Encoder, KindCode, decodeFrame } from './codec.js';
 import { buildColumns } from './testdata.js';
@@ -14,6 +14,13 @@ function frame(): Uint8Array {
 }
 
 describe('datagram authentication', () => {
+  it('regression: signing for no rack throws from the first call on (before: the first call in a process returned the kept empty tag, and every rack refused its MACs as bad_hmac)', async () => {
+    vi.resetModules();
+    const fresh = await import('./auth.js');
+    const keys = fresh.parseKeyFile(keyA, 'k');
+    expect(() => fresh.sign(keys, frame(), t, null)).toThrow(/BUG: a datagram MAC needs the id of its rack, got null/);
+  });
+
   it('signs and verifies; the frame comes back unchanged and decodes', () => {
     const keys = parseKeyFile(keyA, 'k');
     const f = frame();

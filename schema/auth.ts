@@ -138,15 +138,17 @@ export function sign(keys: KeySet, frame: Uint8Array, nowMs: number, rack: strin
 
 /** The rack id as the MAC covers it: its length, then its bytes. Signing for no rack is a bug: callers check at start. */
 function rackTag(rack: string | null): Buffer {
+  // Checked first: the kept tag starts as the empty one of no rack, which a first call for no rack returned.
+  if (rack === null) throw new Error(`BUG: a datagram MAC needs the id of its rack, got null; name it in the key file (rack=<id>) or with --rack-id`);
   // Senders and receivers use one rack id over and over: its tag is kept.
   if (rack === lastTag.rack) return lastTag.tag;
-  if (rack === null || !isRackId(rack)) throw new Error(`BUG: a datagram MAC needs the id of its rack, got ${JSON.stringify(rack)}; name it in the key file (rack=<id>) or with --rack-id`);
+  if (!isRackId(rack)) throw new Error(`BUG: a datagram MAC needs the id of its rack, got ${JSON.stringify(rack)}; name it in the key file (rack=<id>) or with --rack-id`);
   const id = Buffer.from(rack, 'latin1');
   lastTag = { rack, tag: Buffer.concat([Buffer.of(id.length), id]) };
   return lastTag.tag;
 }
 
-let lastTag: { rack: string | null; tag: Buffer } = { rack: null, tag: Buffer.alloc(0) };
+let lastTag: { rack: string; tag: Buffer } = { rack: '', tag: Buffer.alloc(0) };
 
 function mac(key: KeyObject, datagram: Uint8Array, rack: Buffer): Buffer {
   return createHmac('sha256', key).update(datagram.subarray(0, 16)).update(rack).update(datagram.subarray(authHeaderBytes)).digest();

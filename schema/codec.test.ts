@@ -116,6 +116,10 @@ describe('codec rejects bad input with a reason', () => {
     f(enc.edgeSecond({ ...header, series: { ...columns, pointKinds: Uint8Array.of(0, 0) } }), 'bad_columns');
     f(enc.edgeSecond({ ...header, server: 'bad server!', series: columns }), 'bad_name');
     f(enc.edgeSecond({ ...header, part: 5, series: columns }), 'bad_value');
+    // Regression: a summary of kind gauge (0) or counter (1): the rack took the metric for a gauge
+    // from that server on and left out the rack's rollup of every other server, uncounted.
+    f(enc.edgeSecond({ ...header, series: { ...columns, distKinds: Uint8Array.from(columns.distKinds).fill(0, 0, 1) } }), 'bad_value');
+    f(enc.edgeSecond({ ...header, series: { ...columns, distKinds: Uint8Array.from(columns.distKinds).fill(1, 0, 1) } }), 'bad_value');
   });
 
   it('regression: a receiver expecting one body type refuses another before decoding its body (an EdgeSecond at the core cost a whole decode, millions of name hashes, before it was refused)', () => {

@@ -636,7 +636,9 @@ function checkDists(c: SeriesColumns): void {
     const count = c.distCounts[i]!;
     const min = c.distMins[i]!;
     const max = c.distMaxes[i]!;
-    if (c.distKinds[i]! > KindCode.Distribution) throw new Reject('bad_value', `summary ${i} has kind ${c.distKinds[i]}`);
+    // Summaries are distributions only (wire.md): a gauge kind here made the rack take the
+    // metric for a gauge from that server on and leave out the rollup of every other server.
+    if (c.distKinds[i]! !== KindCode.Distribution) throw new Reject('bad_value', `summary ${i} has kind ${c.distKinds[i]}, not ${KindCode.Distribution} (distribution)`);
     if (count === 0 || !Number.isFinite(c.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max) {
       throw new Reject('bad_value', `summary ${i} has count ${count}, min ${min}, max ${max}, sum ${c.distSums[i]}`);
     }
