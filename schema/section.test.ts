@@ -137,6 +137,20 @@ describe('shard sections (rack → core v2)', () => {
     expect(Array.from(ls.distCounts)).toEqual([3, 1, 4]);
   });
 
+  it('regression: a summary repeating its metric\'s server is marked bad (the head merged both: the server\'s count and sum doubled), and a list naming one server twice is refused', () => {
+    const twice = buildColumns([], [{ name: 'lat', values: [1, 2, 3] }]);
+    const again = buildColumns([], [{ name: 'lat', values: [4, 5, 6] }]);
+    const cutter = new SectionCutter(1024);
+    const [one] = cutter.cut({ ...header, shards: 1, servers: [{ server: 'a', blocks: [twice, again] }], rollup: buildColumns([], []) });
+    const s = decodeOk(one!.frame) as ShardSectionMessage;
+    expect(Array.from(s.distServers)).toEqual([0, 0]);
+    expect(s.distBad === null ? [] : Array.from(s.distBad)).toEqual([0, 1]);
+    const points = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], []);
+    const [dup] = cutter.cut({ ...header, shards: 1, servers: [{ server: 's0', blocks: [points] }, { server: 's0', blocks: [points] }], rollup: buildColumns([], []) });
+    const r = decodeFrame(dup!.frame, batchBytesMax);
+    expect(r.ok ? 'ok' : [r.reason, r.detail]).toEqual(['bad_value', 'the list of 2 servers names one server twice']);
+  });
+
   it('bodies(): a second past its bounds goes as several numbered bodies, each section within its bound, one section per shard a body, every metric whole and once', () => {
     const servers = Array.from({ length: 30 }, (_, j) => ({
       server: `big-${j}`,

@@ -768,6 +768,9 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
 function serverList(v: Verifier, list: VectorRef): string[] {
   const servers: string[] = [];
   for (let i = 0; i < list.length; i++) servers.push(requireServerId(stringAt(v, list.start + 4 * i), 'server id'));
+  // Each server once: two indexes of one server passed the one-entry-per-server checks, and
+  // its points or summaries counted twice.
+  if (new Set(servers).size !== servers.length) throw new Reject('bad_value', `the list of ${servers.length} servers names one server twice`);
   return servers;
 }
 
@@ -828,6 +831,7 @@ function checkSectionDists(m: ShardSectionMessage): void {
   for (let i = 0; i < n; i++) {
     while (m.distEnds[metric]! <= i) metric++;
     const server = m.distServers[i]!;
+    const first = metric === 0 ? 0 : m.distEnds[metric - 1]!;
     // The rollup, when present, is its metric's last entry.
     if (server >= servers && !(server === rollupServer && i === m.distEnds[metric]! - 1)) throw new Reject('bad_value', `summary ${i} names server ${server} of ${servers}`);
     const count = m.distCounts[i]!;
@@ -836,7 +840,10 @@ function checkSectionDists(m: ShardSectionMessage): void {
     const end = m.sketchEnds[i]!;
     if (end < start || end > m.sketchBytes.length) throw new Reject('bad_sketch', `summary ${i} sketch ends at ${end}, outside ${start}..${m.sketchBytes.length}`);
     // A bad value is that summary's problem alone: marked, not a reason to refuse the section.
-    if (count === 0 || !Number.isFinite(m.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max || sketchCount(m.sketchBytes, start, end) !== count) {
+    // So is a summary repeating its metric's server (one summary per server, in server order, as
+    // SectionCutter places them; the rollup comes last): the head merged the two, and the
+    // server's count and sum doubled.
+    if (count === 0 || !Number.isFinite(m.distSums[i]!) || !Number.isFinite(min) || !Number.isFinite(max) || min > max || (i > first && server <= m.distServers[i - 1]!) || sketchCount(m.sketchBytes, start, end) !== count) {
       (m.distBad ??= new Uint8Array(n))[i] = 1;
     }
     start = end;
