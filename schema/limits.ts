@@ -46,3 +46,10 @@ export const shardsMax = 4096;
 export const shardsDefault = 64;
 /** Servers one section names: a rack's servers (batchServersMax); 0xffff marks the rollup. */
 export const rollupServer = 0xffff;
+/**
+ * Names one ShardSection carries: a rack sends a name beside its hash only for a series the
+ * core may not know (new, refreshed, asked for), so a second of a whole rack starting at once
+ * names ~2,000; each name costs a SHA-256 to verify (~2 µs), and 64 MiB of one-byte names
+ * would have held a worker ~8 s.
+ */
+export const sectionNamesMax = 65_536;

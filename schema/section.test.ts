@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { decodeFrame, Encoder, FrameArena, KindCode, nameAt, type Message } from './codec.js';
-import { batchBytesMax, rollupServer } from './limits.js';
+import { batchBytesMax, rollupServer, sectionNamesMax } from './limits.js';
 import { hashName } from './names.js';
-import { encodeRackSecond, rackSecondBody, sectionAt, SectionCutter, shardOf, type ShardSectionMessage } from './section.js';
+import { encodeRackSecond, encodeShardSection, rackSecondBody, sectionAt, SectionCutter, shardOf, type ShardSectionMessage } from './section.js';
 import { buildColumns } from './testdata.js';
 
 function decodeOk(frame: Uint8Array): Message {
@@ -149,6 +149,40 @@ describe('shard sections (rack → core v2)', () => {
     const [dup] = cutter.cut({ ...header, shards: 1, servers: [{ server: 's0', blocks: [points] }, { server: 's0', blocks: [points] }], rollup: buildColumns([], []) });
     const r = decodeFrame(dup!.frame, batchBytesMax);
     expect(r.ok ? 'ok' : [r.reason, r.detail]).toEqual(['bad_value', 'the list of 2 servers names one server twice']);
+  });
+
+  it('regression: a name repeated in a section is hashed once, the repeats compared byte for byte (64 MiB of one name repeated held a worker ~8 s); a repeat with other bytes, or more than sectionNamesMax names, is refused; the cutter sends each name once', () => {
+    const cutter = new SectionCutter(1 << 17);
+    const points = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], []);
+    // The cutter sends a name once, whatever its input repeats (a rack's new names and its refresh).
+    const [cut] = cutter.cut({ ...header, shards: 1, servers: [{ server: 's0', blocks: [points] }], rollup: buildColumns([], [], ['cpu', 'mem', 'cpu']) });
+    const m = decodeOk(cut!.frame) as ShardSectionMessage;
+    expect([nameAt(m, 0), nameAt(m, 1), m.nameEnds.length]).toEqual(['cpu', 'mem', 2]);
+    // Sections made by hand with a dictionary of their own.
+    const withNames = (names: string[], edit?: (c: ReturnType<typeof buildColumns>) => void) => {
+      const d = buildColumns([], [], names);
+      edit?.(d);
+      return decodeFrame(encodeShardSection(new Encoder(), m, { ...m, nameHashes: d.nameHashes, nameEnds: d.nameEnds, nameBytes: d.nameBytes }), batchBytesMax);
+    };
+    const repeated = withNames([...Array<string>(60_000).fill('cpu'), 'mem', 'cpu']);
+    expect(repeated.ok && repeated.msg.type === 'shardSection' && repeated.msg.nameEnds.length).toBe(60_002);
+    const tooMany = withNames(Array<string>(sectionNamesMax + 1).fill('cpu'));
+    expect(tooMany.ok ? 'ok' : tooMany.reason).toBe('bad_columns');
+    // Same hash as an earlier name, other bytes: refused.
+    const forged = withNames(['cpu', 'mem', 'cpx'], (d) => d.nameHashes.set(d.nameHashes.subarray(0, 2), 4));
+    expect(forged.ok ? 'ok' : [forged.reason, forged.detail]).toEqual(['bad_name', 'name 2 has the hash of name 0 but other bytes']);
+  });
+
+  it('bodies(): a shard with more new names than one section takes (sectionNamesMax) sends them in several sections, each name once', () => {
+    const cutter = new SectionCutter(1 << 12);
+    let seq = 0;
+    const names = Array.from({ length: sectionNamesMax + 5000 }, (_, i) => `n${i}`);
+    const points = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], []);
+    const bodies = cutter.bodies({ rack: 'r1', second: header.second, late: false, shards: 1, servers: [{ server: 's0', blocks: [points] }], rollup: buildColumns([], [], names) }, () => ({ session: 1, seq: ++seq }), { sectionBytesMax: 64 << 20, bodyBytesMax: 64 << 20, metricBytesMax: 64 << 20 });
+    const sections = sectionsOf(bodies, 64 << 20);
+    expect(sections.length).toBeGreaterThan(1);
+    for (const x of sections) expect(x.nameEnds.length).toBeLessThanOrEqual(sectionNamesMax);
+    expect(sections.reduce((a, x) => a + x.nameEnds.length, 0)).toBe(names.length);
   });
 
   it('bodies(): a second past its bounds goes as several numbered bodies, each section within its bound, one section per shard a body, every metric whole and once', () => {

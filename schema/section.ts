@@ -6,10 +6,10 @@
 // worker verifies the section. shard = (metric hash lo32) mod S, S a power of two.
 
 import type * as flatbuffers from 'flatbuffers';
-import { checkNames, concatVector, Encoder, FrameArena, KindCode, requireSecond, requireServerId, type SeriesColumns, type ServerBlocks } from './codec.js';
+import { checkNames, concatVector, Encoder, FrameArena, KindCode, requireSecond, requireServerId, verifyName, type SeriesColumns, type ServerBlocks } from './codec.js';
 import { Body, RackSecond, ShardSection } from './generated/apm_generated.js';
 import { HashIndex } from '../lib/hashtable.js';
-import { batchServersMax, rackIdBytesMax, rollupServer, serverIdBytesMax, shardsMax } from './limits.js';
+import { batchServersMax, rackIdBytesMax, rollupServer, sectionNamesMax, serverIdBytesMax, shardsMax } from './limits.js';
 import { sketchCount } from './sketch.js';
 import { Reject, type TableRef, type VectorRef, type Verifier } from './verify.js';
 
@@ -215,7 +215,7 @@ export class SectionCutter {
     const add = (shard: number, a: number, b: number) => {
       const all = c.named.get(shard);
       const whole = base + namesBytes(all) + this.rangeBytes(a, b, c.pStart, c.dStart);
-      if (whole <= o.sectionBytesMax) return void pieces.push({ shard, a, b, names: all, bytes: whole });
+      if (whole <= o.sectionBytesMax && (all?.ends.length ?? 0) <= sectionNamesMax) return void pieces.push({ shard, a, b, names: all, bytes: whole });
       // Past the bound: the metrics are cut first, then the names follow, on the last metrics'
       // piece when they fit there, else in pieces of names only (an empty metric range). After
       // the metrics: bodies are stored in seq order, and the core keeps names of metrics it has no
@@ -545,16 +545,16 @@ function namesBytes(n: ShardNames | undefined): number {
   return n === undefined ? 0 : n.bytes.length + 12 * n.ends.length;
 }
 
-/** A shard's names in parts of at most `bytesMax` (namesBytes) each, at least one name a part; none: []. */
+/** A shard's names in parts of at most `bytesMax` (namesBytes) and sectionNamesMax names each, at least one name a part; none: []. */
 function splitNames(n: ShardNames | undefined, bytesMax: number): ShardNames[] {
   if (n === undefined) return [];
-  if (namesBytes(n) <= bytesMax) return [n];
+  if (namesBytes(n) <= bytesMax && n.ends.length <= sectionNamesMax) return [n];
   const parts: ShardNames[] = [];
   let from = 0;
   while (from < n.ends.length) {
     const start = from === 0 ? 0 : n.ends[from - 1]!;
     let to = from + 1;
-    while (to < n.ends.length && n.ends[to]! - start + 12 * (to + 1 - from) <= bytesMax) to++;
+    while (to < n.ends.length && to - from < sectionNamesMax && n.ends[to]! - start + 12 * (to + 1 - from) <= bytesMax) to++;
     const ends = new Uint32Array(to - from);
     for (let i = from; i < to; i++) ends[i - from] = n.ends[i]! - start;
     parts.push({ hashes: n.hashes.slice(2 * from, 2 * to), ends, bytes: n.bytes.slice(start, n.ends[to - 1]!) });
@@ -568,7 +568,11 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
   const out = new Map<number, ShardNames>();
   if (c.nameEnds.length === 0) return out;
   const groups = new Map<number, number[]>();
+  // Each name once (a rack's new names and its refresh can both hold one).
+  const once = new HashIndex(c.nameEnds.length);
   for (let j = 0; j < c.nameEnds.length; j++) {
+    const before = once.size;
+    if (once.insert(c.nameHashes[2 * j]!, c.nameHashes[2 * j + 1]!) < before) continue;
     const s = shardOf(c.nameHashes[2 * j]!, shards);
     let g = groups.get(s);
     if (g === undefined) groups.set(s, (g = []));
@@ -759,9 +763,44 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
   };
   checkSectionPoints(m);
   checkSectionDists(m);
-  checkNames(m, v.nameHashes);
-  for (let j = 0; j < m.nameEnds.length; j++) if (shardOf(m.nameHashes[2 * j]!, m.shards) !== shard) throw new Reject('bad_value', `name ${j} belongs to shard ${shardOf(m.nameHashes[2 * j]!, m.shards)}, not ${shard}`);
+  checkSectionNames(m, shard, v.nameHashes);
   return m;
+}
+
+/**
+ * The name dictionary: bounded in number, each name in this shard, valid, and hashing to its
+ * hash. The cheap checks come first, and a name repeating an earlier one's hash (a rack may send
+ * a new name and, by its refresh, the same one again) is compared with it byte for byte instead
+ * of hashed again: 64 MiB of one short name repeated cost a worker ~8 s of SHA-256.
+ */
+function checkSectionNames(m: ShardSectionMessage, shard: number, verifyHashes: boolean): void {
+  const names = m.nameEnds.length;
+  if (names > sectionNamesMax) throw new Reject('bad_columns', `${names} names > ${sectionNamesMax} in one section`);
+  if (m.nameHashes.length !== 2 * names) throw new Reject('bad_columns', `${m.nameHashes.length / 2} name hashes for ${names} names`);
+  for (let j = 0; j < names; j++) if (shardOf(m.nameHashes[2 * j]!, m.shards) !== shard) throw new Reject('bad_value', `name ${j} belongs to shard ${shardOf(m.nameHashes[2 * j]!, m.shards)}, not ${shard}`);
+  checkNames(m, false);
+  if (!verifyHashes || names === 0) return;
+  const index = new HashIndex(names);
+  /** The name each distinct hash was first met at. */
+  const firstOf = new Int32Array(names);
+  for (let j = 0; j < names; j++) {
+    const distinct = index.size;
+    const d = index.insert(m.nameHashes[2 * j]!, m.nameHashes[2 * j + 1]!);
+    if (d === distinct) {
+      firstOf[d] = j;
+      if (!verifyName(m, j)) throw new Reject('bad_name', `name ${j} does not match its hash`);
+    } else if (!sameName(m, j, firstOf[d]!)) throw new Reject('bad_name', `name ${j} has the hash of name ${firstOf[d]} but other bytes`);
+  }
+}
+
+/** Whether names j and k of a dictionary are the same bytes. */
+function sameName(m: Pick<ShardSectionMessage, 'nameEnds' | 'nameBytes'>, j: number, k: number): boolean {
+  const js = j === 0 ? 0 : m.nameEnds[j - 1]!;
+  const ks = k === 0 ? 0 : m.nameEnds[k - 1]!;
+  const len = m.nameEnds[j]! - js;
+  if (m.nameEnds[k]! - ks !== len) return false;
+  for (let i = 0; i < len; i++) if (m.nameBytes[js + i] !== m.nameBytes[ks + i]) return false;
+  return true;
 }
 
 /** A vector of server ids (uoffsets to strings), each checked. */
