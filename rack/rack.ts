@@ -485,7 +485,7 @@ export class Rack {
     p.counter('apm_rack_summaries_merged_total', 'Per-server summaries merged into batches', this.counters.summaries_merged);
     p.gauge('apm_rack_servers', 'Edges known (heard within the late horizon, or holding seconds)', r.serverCount);
     p.counter('apm_rack_servers_forgotten_total', 'Edges forgotten after a late horizon of silence with nothing held', r.counters.servers_forgotten);
-    p.gauge('apm_rack_held_bytes', 'Bytes of datagrams held in open seconds', r.heldBytes);
+    p.gauge('apm_rack_held_bytes', 'Bytes of datagrams held in open seconds (and their tables), and of late parts', r.heldBytes);
     p.gauge('apm_rack_names', 'Metric names known', this.names.size);
     p.counter('apm_rack_name_collisions_total', 'Two names seen for one 64-bit hash', this.names.collisions);
     p.counter('apm_rack_names_forgotten_total', 'Names forgotten: not seen again for a whole generation of the name table (namesMax / 2 new names)', this.names.forgotten);

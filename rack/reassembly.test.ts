@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { emptyColumns, type EdgeSecondMessage } from '../schema/codec.js';
-import { closedRecordBytesMax, Reassembly, type ReassemblyOptions } from './reassembly.js';
+import { closedRecordBytesMax, nackBytesOf, openSecondBytes, Reassembly, type ReassemblyOptions } from './reassembly.js';
 
 const t0 = 1_790_000_000;
 const ms = (second: number, offset = 0) => second * 1000 + offset;
@@ -37,7 +37,8 @@ describe('Reassembly', () => {
   });
 
   it('regression: records of seconds closed incomplete are bounded too; beyond the bound a second keeps none, counted, and its late parts are refused as memory_full (before: 255 edges sending part 0 of 4,096 held 62 MB of records in a minute)', () => {
-    const r = new Reassembly({ ...opts, serversMax: 256, openSecondsPerServerMax: 64 });
+    // Memory for 255 open seconds of 4,096 parts' tables (openSecondBytes): the records' bound is the one met.
+    const r = new Reassembly({ ...opts, serversMax: 256, openSecondsPerServerMax: 64, bytesHeldMax: 64_000_000 });
     const perSecond = 255;
     const seconds = Math.ceil(closedRecordBytesMax / (perSecond * 4096)) + 5;
     for (let k = 0; k < seconds; k++) {
@@ -53,9 +54,41 @@ describe('Reassembly', () => {
     expect(r.accept(part('s0', last, 0, 4096, 9), 100, peer, ms(last + 3))).toBe('memory_full');
   });
 
+  it('regression: an open second\'s tables are charged to the memory bounds, by the parts its first datagram claims (before: only frame bytes, and 124-byte datagrams claiming 4,096 parts held 131 MiB outside every bound)', () => {
+    const r = new Reassembly({ ...opts, serversMax: 256, openSecondsPerServerMax: 16, bytesHeldMax: 4_000_000 });
+    let opened = 0;
+    let refused = 0;
+    for (let srv = 0; srv < 256; srv++) {
+      for (let k = 0; k < 16; k++) {
+        const why = r.accept(part(`s${srv}`, t0 + k, 0, 4096, 1 + k), 124, peer, ms(t0));
+        if (why === null) opened++;
+        else if (why === 'memory_full') refused++;
+      }
+    }
+    expect(r.heldBytes).toBeLessThanOrEqual(4_000_000);
+    expect(opened).toBe(Math.floor(4_000_000 / (124 + openSecondBytes(4096))));
+    expect(opened + refused).toBe(256 * 16);
+    // Closing gives every byte back.
+    r.close(ms(t0 + 30));
+    expect(r.heldBytes).toBe(0);
+  });
+
+  it('regression: NACKs for a second send at most twice the bytes its edge sent, plus one small NACK (before: one forged 124-byte datagram claiming 4,096 parts had 5.6 KB of NACKs sent to the address it named); an edge that sent more is asked for more', () => {
+    const r = new Reassembly({ ...opts, nackRetriesMax: 5 });
+    expect(r.accept(part('a', t0, 0, 4096, 1), 124, peer, ms(t0))).toBeNull();
+    let sent = 0;
+    for (let k = 1; k <= 6; k++) for (const n of r.nacks(ms(t0, 300 * k))) sent += nackBytesOf(n.missingParts.length);
+    expect(sent).toBeGreaterThan(0);
+    expect(sent).toBeLessThanOrEqual(2 * 124 + 256);
+    // A real edge that lost most of a second: its one part of 1,400 bytes buys a NACK of every missing part.
+    expect(r.accept(part('b', t0, 0, 28, 1), 1400, peer, ms(t0))).toBeNull();
+    const b = r.nacks(ms(t0, 2000)).find((n) => n.server === 'b');
+    expect(b?.missingParts.length).toBe(27);
+  });
+
   it('regression: a first part refused for memory opens no second (before: the empty second NACKed every part of it and counted them lost at its close)', () => {
     const r = new Reassembly({ ...opts, bytesHeldMax: 1000 });
-    expect(r.accept(part('a', t0, 0, 2, 1), 900, peer, ms(t0))).toBeNull();
+    expect(r.accept(part('a', t0, 0, 2, 1), 800, peer, ms(t0))).toBeNull();
     expect(r.accept(part('b', t0, 0, 8, 1), 200, peer, ms(t0))).toBe('memory_full');
     expect(r.nacks(ms(t0, 500)).map((n) => n.server)).toEqual(['a']);
     r.close(ms(t0 + 3));
@@ -94,7 +127,7 @@ describe('Reassembly', () => {
     let refused = 0;
     for (let p = 0; p < 4096; p++) if (r.accept(part('hog', t0, p, 4096, 100 + p), 65_507, peer, ms(t0)) === 'server_second_full') refused++;
     expect(refused).toBe(4092);
-    expect(r.heldBytes).toBe(4 * 65_507);
+    expect(r.heldBytes).toBe(4 * 65_507 + openSecondBytes(4096));
     // Another server's parts still fit.
     expect(r.accept(part('b', t0, 0, 1, 1), 40_000, peer, ms(t0))).toBeNull();
     expect(r.rejected).toMatchObject({ server_second_full: 4092, memory_full: 0 });
@@ -198,7 +231,7 @@ describe('Reassembly', () => {
   });
 
   it('refuses what breaks a bound, with a reason', () => {
-    const r = new Reassembly({ ...opts, allowList: null, serversMax: 1, openSecondsPerServerMax: 1, bytesHeldMax: 150 });
+    const r = new Reassembly({ ...opts, allowList: null, serversMax: 1, openSecondsPerServerMax: 1, bytesHeldMax: 150 + openSecondBytes(2) });
     const now = ms(t0);
     expect(r.accept(part('a', t0 + 31, 0, 1, 1), 10, peer, now)).toBe('too_far_in_future');
     expect(r.accept(part('a', t0 - 601, 0, 1, 1), 10, peer, now)).toBe('too_old');

@@ -70,12 +70,28 @@ interface OpenSecond {
   parts: number;
   received: (EdgeSecondMessage | null)[];
   count: number;
+  /** Its frames' bytes and its tables' (openSecondBytes), as bytesHeld counts them. */
   bytes: number;
   firstMs: number;
   lastNackMs: number;
   nacks: number;
   nacked: Uint8Array;
+  /** Bytes of the NACKs sent for it (nackBytesOf). */
+  nackBytes: number;
 }
+
+/** What an open second's tables take: a slot per part (a pointer) and a NACK flag per part. */
+export function openSecondBytes(parts: number): number {
+  return 96 + 9 * parts;
+}
+
+/** A NACK's bytes on the wire for `parts` missing parts: its frame, header and signature, then 2 bytes a part. */
+export function nackBytesOf(parts: number): number {
+  return nackOverheadBytes + 2 * parts;
+}
+const nackOverheadBytes = 96;
+/** NACK bytes a second may cost beyond twice the bytes its edge sent: one NACK of ~80 parts. */
+const nackAllowanceBytes = 256;
 
 interface Probe {
   second: number;
@@ -213,9 +229,13 @@ export class Reassembly {
       if (s.open.size >= this.openSecondsMax(nowMs)) return this.reject('too_many_open_seconds');
       // Refused before the second opens: an empty open second asked its edge for every part
       // (NACKs, just when memory is short) and counted them lost again at its close.
-      if (frameBytes > (this.opts.serverSecondBytesMax ?? Infinity)) return this.reject('server_second_full');
-      if (this.bytesHeld + frameBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
-      o = { second: msg.second, session: msg.session, parts: msg.parts, received: new Array(msg.parts).fill(null), count: 0, bytes: 0, firstMs: nowMs, lastNackMs: 0, nacks: 0, nacked: new Uint8Array(msg.parts) };
+      // Its tables are charged too, sized by the parts the datagram claims (a 124-byte datagram
+      // claiming 4,096 parts made ~37 KB of them, outside every bound: 131 MiB in a minute).
+      const tableBytes = openSecondBytes(msg.parts);
+      if (frameBytes + tableBytes > (this.opts.serverSecondBytesMax ?? Infinity)) return this.reject('server_second_full');
+      if (this.bytesHeld + frameBytes + tableBytes > this.opts.bytesHeldMax) return this.reject('memory_full');
+      o = { second: msg.second, session: msg.session, parts: msg.parts, received: new Array(msg.parts).fill(null), count: 0, bytes: tableBytes, firstMs: nowMs, lastNackMs: 0, nacks: 0, nacked: new Uint8Array(msg.parts), nackBytes: 0 };
+      this.bytesHeld += tableBytes;
       s.open.set(msg.second, o);
       this.needy.add(s);
       let set = this.openSeconds.get(msg.second);
@@ -375,7 +395,12 @@ export class Reassembly {
         waiting = true;
         if (nowMs - o.firstMs < this.opts.nackDelayMs || nowMs - o.lastNackMs < this.opts.nackIntervalMs) continue;
         const missing: number[] = [];
-        for (let p = 0; p < o.parts && missing.length < nackPartsMax; p++) {
+        // NACKs for a second send at most twice the bytes its edge sent (plus one small NACK):
+        // without keys a datagram's source can be forged, and one 124-byte datagram claiming
+        // 4,096 parts had 5.6 KB of NACKs sent to whatever address it named (45×). An edge that
+        // lost most of a second's parts is asked for the rest over the next rounds.
+        const room = Math.floor((nackAllowanceBytes + 2 * (o.bytes - openSecondBytes(o.parts)) - o.nackBytes - nackOverheadBytes) / 2);
+        for (let p = 0; p < o.parts && missing.length < Math.min(nackPartsMax, room); p++) {
           if (o.received[p] !== null) continue;
           missing.push(p);
           if (o.nacked[p] === 0) {
@@ -385,6 +410,8 @@ export class Reassembly {
         }
         o.nacks++;
         o.lastNackMs = nowMs;
+        if (missing.length === 0) continue;
+        o.nackBytes += nackBytesOf(missing.length);
         out.push({ peer: s.peer, server: s.id, session: o.session, second: o.second, missingParts: Uint16Array.from(missing) });
       }
       // A probe is asked again on the NACK schedule until a part of its second arrives (its
