@@ -113,7 +113,7 @@ async function shapesTableWith(base: string, t: number, seconds: number, lean: P
   const lines = [
     '                                   apm p50 ms (max)',
     '                                   every window (nocache=1)       same query again (cache)    refresh +5 s',
-    '  servers  functions               fetch          undici          fetch         undici        undici          before   VictoriaMetrics',
+    '  servers  functions               fetch          undici          fetch         undici        undici          before   VictoriaMetrics (every window)',
   ];
   const ms = (r: { p50: number; max: number }) => `${r.p50.toFixed(2).padStart(6)} (${r.max.toFixed(1)})`.padEnd(15);
   for (const [servers, from] of [[1000, '*'], [40, spreadServers().join(',')]] as const) {
@@ -152,9 +152,11 @@ async function shapesTableWith(base: string, t: number, seconds: number, lean: P
       const cell = `issue 14 table: 1 metric × ${servers} servers${servers === 40 ? ' (spread, 1–2 per rack)' : ''} × 120 windows of 5 s, ${shape.label}`;
       out.push({ name: cell, value: r.p50, unit: `ms p50 with fetch, nocache=1 (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
       out.push({ name: `${cell}, undici.request`, value: rl.p50, unit: `ms p50, nocache=1 (max ${rl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
-      out.push({ name: `${cell}, same query again (answer cache), fetch`, value: c.p50, unit: `ms p50 (max ${c.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
-      out.push({ name: `${cell}, same query again (answer cache), undici.request`, value: cl.p50, unit: `ms p50 (max ${cl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
-      if (refresh !== null) out.push({ name: `${cell}, refreshed (range +5 s per call, answer cache), undici.request`, value: refresh.p50, unit: `ms p50 (max ${refresh.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      // The cached cells have no VictoriaMetrics column: its figures were taken in another harness,
+      // with its cache state not recorded; only every-window (nocache=1) cells compare with them.
+      out.push({ name: `${cell}, same query again (answer cache), fetch`, value: c.p50, unit: `ms p50 (max ${c.max.toFixed(1)} ms)` });
+      out.push({ name: `${cell}, same query again (answer cache), undici.request`, value: cl.p50, unit: `ms p50 (max ${cl.max.toFixed(1)} ms)` });
+      if (refresh !== null) out.push({ name: `${cell}, refreshed (range +5 s per call, answer cache), undici.request`, value: refresh.p50, unit: `ms p50 (max ${refresh.max.toFixed(1)} ms)` });
     }
   }
   // What any answer costs here: the client's fetch and the route, in this process, without evaluation.
