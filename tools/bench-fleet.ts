@@ -42,36 +42,73 @@ interface Proc {
   lines: string[];
 }
 
-export function start(args: string[], ready: RegExp): Promise<Proc & { match: RegExpExecArray }> {
+/** Starts `apm <args>` and waits (at most 60 s; the process is killed then) for its ready line. */
+export function start(args: string[], ready: RegExp, startMs = 60_000): Promise<Proc & { match: RegExpExecArray }> {
   return new Promise((resolve, reject) => {
     const proc = spawn(apm, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: string[] = [];
     let done = false;
+    const timer = setTimeout(() => {
+      if (done) return;
+      done = true;
+      proc.kill('SIGKILL');
+      reject(new Error(`bench INVALID RUN: apm ${args[0]} printed no ready line in ${startMs / 1000} s:\n${lines.join('\n')}`));
+    }, startMs);
     const onData = (d: Buffer) => {
       for (const l of d.toString().split('\n')) if (l !== '') lines.push(l);
       if (lines.length > 200) lines.splice(0, lines.length - 200);
       const m = done ? null : ready.exec(lines.join('\n'));
       if (m) {
         done = true;
+        clearTimeout(timer);
         resolve({ proc, lines, match: m });
       }
     };
     proc.stdout!.on('data', onData);
     proc.stderr!.on('data', onData);
-    proc.once('exit', (code) => {
-      if (!done) reject(new Error(`apm ${args[0]} exited (${code}) during start-up:\n${lines.join('\n')}`));
+    proc.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (!done) reject(new Error(`apm ${args[0]} exited (${code ?? signal}) during start-up:\n${lines.join('\n')}`));
+      done = true;
     });
   });
 }
 
+/**
+ * CPU ticks and RSS of a live process. Throws when it is gone: a dead child read as zeros, so a
+ * simulator that crashed mid-step printed a negative CPU share and blamed the system's capacity,
+ * and a crashed edge's RSS fell to 0 in the soak (a "trend" that looked like no leak).
+ */
 export function stat(pid: number): { ticks: number; rssMiB: number } {
+  let s: string;
+  let status: string;
   try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    const rss = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
-    return { ticks: Number(f[11]) + Number(f[12]), rssMiB: Number(rss?.[1] ?? 0) / 1024 };
-  } catch {
-    return { ticks: 0, rssMiB: 0 };
+    s = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    status = readFileSync(`/proc/${pid}/status`, 'latin1');
+  } catch (err) {
+    throw new Error(`bench INVALID RUN: process ${pid} is gone (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): a child died during the run`);
+  }
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  // A zombie (exited, not yet reaped) has no VmRSS: dead too.
+  if (f[0] === 'Z') throw new Error(`bench INVALID RUN: process ${pid} exited during the run`);
+  const rss = /VmRSS:\s+(\d+)/.exec(status);
+  return { ticks: Number(f[11]) + Number(f[12]), rssMiB: Number(rss?.[1] ?? 0) / 1024 };
+}
+
+/** Stops a child: SIGTERM, then SIGKILL after `graceMs`; resolves once it has exited (at once if it had). */
+export async function stopChild(p: ChildProcess, graceMs = 30_000): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const exited = new Promise((r) => p.once('exit', r));
+  p.kill('SIGTERM');
+  const timer = setTimeout(() => p.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Throws naming the child that has exited, if any (checked before a step's figures are computed). */
+export function assertAlive(children: readonly { name: string; proc: ChildProcess }[]): void {
+  for (const c of children) {
+    if (c.proc.exitCode !== null || c.proc.signalCode !== null) throw new Error(`bench INVALID RUN: ${c.name} exited (${c.proc.exitCode ?? c.proc.signalCode}) during the run`);
   }
 }
 
@@ -205,10 +242,7 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
       // (A revised window still counts as kept up: eventual consistency, DESIGN §3.)
     };
   } finally {
-    for (const p of procs.reverse()) {
-      p.kill('SIGTERM');
-      await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
-    }
+    for (const p of procs.reverse()) await stopChild(p);
     rmSync(data, { recursive: true, force: true });
   }
 }

@@ -2,28 +2,13 @@
 // real time, the time from a stored-query window's close (its end + the core's query lateness)
 // to its result arriving on the live (SSE) stream.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Figure } from './bench-edge.js';
+import { start, stopChild } from './bench-fleet.js';
 import { Simulator } from './simulate.js';
-
-const apm = fileURLToPath(new URL('../../tools/apm', import.meta.url));
-
-function start(args: string[], ready: RegExp): Promise<{ proc: ChildProcess; match: RegExpExecArray }> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(apm, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let buf = '';
-    proc.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const m = ready.exec(buf);
-      if (m) resolve({ proc, match: m });
-    });
-    proc.once('exit', (code) => reject(new Error(`${args[0]} exited (${code}) during start-up`)));
-  });
-}
 
 export async function freshnessFigures(seconds: number): Promise<Figure[]> {
   const data = mkdtempSync(join(tmpdir(), 'apm-bench-fresh-'));
@@ -83,10 +68,8 @@ export async function freshnessFigures(seconds: number): Promise<Figure[]> {
       { name: '  (window end → result, with racks at 2 s lateness and the core at 3 s)', value: (q(0.5) + queryLatenessMs) / 1000, unit: `s p50, ${((q(0.99) + queryLatenessMs) / 1000).toFixed(3)} s p99` },
     ];
   } finally {
-    for (const p of procs.reverse()) {
-      p.kill('SIGTERM');
-      await new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)));
-    }
+    // (Before: a child already dead by a signal — exitCode null — was waited for forever.)
+    for (const p of procs.reverse()) await stopChild(p);
     rmSync(data, { recursive: true, force: true });
   }
 }

@@ -57,6 +57,11 @@ export async function startCore(args: string[]): Promise<CoreProcess> {
       clearTimeout(timer);
       if (!ready) reject(new Error(`apm core ${args.join(' ')} exited (${code ?? signal}) during start-up:\n${lines.join('\n')}`));
     });
+  }).catch((err: unknown) => {
+    // Nothing left behind by a start that failed (before: the core ran on, orphaned, and its data stayed).
+    proc.kill('SIGKILL');
+    rmSync(data, { recursive: true, force: true });
+    throw err;
   });
   return {
     url,

@@ -3,6 +3,7 @@
 // datagrams, loss, the time from a second's end to its batch acknowledged by the core, and the
 // cost of one rack at its real size (40 servers), fixed costs included.
 
+import type { ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import http from 'node:http';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { Verifier } from '../schema/verify.js';
 import { Aggregator } from '../edge/aggregator.js';
 import { Packetizer } from '../edge/packetizer.js';
 import type { Figure } from './bench-edge.js';
+import { stopChild } from './bench-fleet.js';
 import { spawnBenched } from './bench-proc.js';
 
 interface FieldOffsets {
@@ -115,102 +117,113 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
   await new Promise<void>((r) => core.listen(0, '127.0.0.1', r));
   const corePort = (core.address() as { port: number }).port;
   const spool = mkdtempSync(join(tmpdir(), 'apm-bench-rack-'));
-  const child = spawnBenched(['rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], ['ignore', 'pipe', 'inherit']);
-  const ports = await new Promise<{ udp: number; http: number }>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
-      const m = /UDP on [^:]+:(\d+) .*metrics on http:\/\/[^:]+:(\d+)/.exec(d.toString());
-      if (m) resolve({ udp: Number(m[1]), http: Number(m[2]) });
-    });
-    child.once('exit', () => reject(new Error('apm rack exited during start-up')));
-  });
-  // Precompute each server's frames once; every second only the second, seq and CRC change.
-  const built = Array.from({ length: servers }, (_, i) => serverFrames(`bench-${String(i).padStart(5, '0')}`, datagramBytes, distShare, i + 1));
-  const templates = built.map((b) => b.data);
-  const offsets = templates.map((fs) => fs.map(fieldOffsets));
-  const partsPerSecond = templates.reduce((a, fs) => a + fs.length, 0);
-  const sock = dgram.createSocket({ type: 'udp4', sendBufferSize: 8 * 1024 * 1024 });
-  const seqs = new Uint32Array(servers);
-  // Servers send in 25 slices over the first half of the second (edges' clocks and close
-  // delays differ; one burst of every server at once would only measure the socket buffer).
-  const slices = 25;
-  const sendSlice = (second: number, slice: number) => {
-    for (let i = slice; i < servers; i += slices) {
-      const fs = templates[i]!;
-      for (let p = 0; p < fs.length; p++) {
-        patch(fs[p]!, offsets[i]![p]!, seqs[i]! + p + 1, second, Date.now());
-        sock.send(fs[p]!, ports.udp, '127.0.0.1');
-      }
-      seqs[i]! += fs.length;
-    }
-  };
-  let s0: Sample | null = null;
-  for (let k = 0; k < warmup + seconds; k++) {
-    const now = Date.now();
-    await new Promise((r) => setTimeout(r, 1000 - (now % 1000) + 5));
-    const second = Math.floor(Date.now() / 1000);
-    if (k === 0) {
-      // Names first (an edge's answers to the rack's name asks), spread like the seconds.
-      for (let slice = 0; slice < slices; slice++) {
-        for (let i = slice; i < servers; i += slices) {
-          for (const f of built[i]!.names) {
-            patch(f, fieldOffsets(f), ++seqs[i]!, second, Date.now());
-            sock.send(f, ports.udp, '127.0.0.1');
-          }
+  // Every path, a throw included, stops the rack and removes the sockets and the spool.
+  const held: { rack: ChildProcess | null; sock: dgram.Socket | null } = { rack: null, sock: null };
+  try {
+    const rack = (held.rack = spawnBenched(['rack', '--rack', 'bench', '--listen', '127.0.0.1:0', '--core', `http://127.0.0.1:${corePort}`, '--http', '127.0.0.1:0', '--spool', spool, '--servers-max', String(servers), '--lateness', '1s'], ['ignore', 'pipe', 'inherit']));
+    const ports = await new Promise<{ udp: number; http: number }>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('bench rack INVALID RUN: apm rack printed no ready line in 60 s')), 60_000);
+      rack.stdout!.on('data', (d: Buffer) => {
+        const m = /UDP on [^:]+:(\d+) .*metrics on http:\/\/[^:]+:(\d+)/.exec(d.toString());
+        if (m) {
+          clearTimeout(timer);
+          resolve({ udp: Number(m[1]), http: Number(m[2]) });
         }
+      });
+      rack.once('exit', () => {
+        clearTimeout(timer);
+        reject(new Error('apm rack exited during start-up'));
+      });
+    });
+    // Precompute each server's frames once; every second only the second, seq and CRC change.
+    const built = Array.from({ length: servers }, (_, i) => serverFrames(`bench-${String(i).padStart(5, '0')}`, datagramBytes, distShare, i + 1));
+    const templates = built.map((b) => b.data);
+    const offsets = templates.map((fs) => fs.map(fieldOffsets));
+    const partsPerSecond = templates.reduce((a, fs) => a + fs.length, 0);
+    const udp = (held.sock = dgram.createSocket({ type: 'udp4', sendBufferSize: 8 * 1024 * 1024 }));
+    const seqs = new Uint32Array(servers);
+    // Servers send in 25 slices over the first half of the second (edges' clocks and close
+    // delays differ; one burst of every server at once would only measure the socket buffer).
+    const slices = 25;
+    const sendSlice = (second: number, slice: number) => {
+      for (let i = slice; i < servers; i += slices) {
+        const fs = templates[i]!;
+        for (let p = 0; p < fs.length; p++) {
+          patch(fs[p]!, offsets[i]![p]!, seqs[i]! + p + 1, second, Date.now());
+          udp.send(fs[p]!, ports.udp, '127.0.0.1');
+        }
+        seqs[i]! += fs.length;
+      }
+    };
+    let s0: Sample | null = null;
+    for (let k = 0; k < warmup + seconds; k++) {
+      const now = Date.now();
+      await new Promise((r) => setTimeout(r, 1000 - (now % 1000) + 5));
+      const second = Math.floor(Date.now() / 1000);
+      if (k === 0) {
+        // Names first (an edge's answers to the rack's name asks), spread like the seconds.
+        for (let slice = 0; slice < slices; slice++) {
+          for (let i = slice; i < servers; i += slices) {
+            for (const f of built[i]!.names) {
+              patch(f, fieldOffsets(f), ++seqs[i]!, second, Date.now());
+              udp.send(f, ports.udp, '127.0.0.1');
+            }
+          }
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
+      if (k === warmup) {
+        // The warm-up's seconds close (1 s lateness) and go before the window opens: the window
+        // holds the measured seconds' whole cost (received, merged, cut, spooled, posted) and
+        // nothing else of the load.
+        await new Promise((r) => setTimeout(r, 2500));
+        s0 = await sample(rack.pid!, ports.http);
+        await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
+      }
+      const sent = Math.floor(Date.now() / 1000);
+      for (let slice = 0; slice < slices; slice++) {
+        sendSlice(k === warmup ? sent : second, slice);
         await new Promise((r) => setTimeout(r, 20));
       }
     }
-    if (k === warmup) {
-      // The warm-up's seconds close (1 s lateness) and go before the window opens: the window
-      // holds the measured seconds' whole cost (received, merged, cut, spooled, posted) and
-      // nothing else of the load.
-      await new Promise((r) => setTimeout(r, 2500));
-      s0 = await sample(child.pid!, ports.http);
-      await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
-    }
-    const sent = Math.floor(Date.now() / 1000);
-    for (let slice = 0; slice < slices; slice++) {
-      sendSlice(k === warmup ? sent : second, slice);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    // Wait for the measured seconds to close (1 s lateness) and reach the sink.
+    await new Promise((r) => setTimeout(r, 2500));
+    const s1 = await sample(rack.pid!, ports.http);
+    const sinkBodies = sink.bodies;
+    if (s0 === null) throw new Error('BUG: no sample at the window start');
+    const cpuSeconds = (s1.cpu - s0.cpu) / 100;
+    const received = grew(s0, s1, 'apm_rack_parts_received_total');
+    const expected = partsPerSecond * seconds;
+    // What the rack did in the window: the figure counts server-seconds merged and forwarded (the
+    // sink acknowledged them), not parts sent (before: a rack that only decoded looked as cheap).
+    const merged = grew(s0, s1, 'apm_rack_summaries_merged_total');
+    const acked = grew(s0, s1, 'apm_rack_batches_acked_total');
+    const serverSeconds = merged / 2000;
+    const failures = ['apm_rack_internal_failures_total{unit="datagram"}', 'apm_rack_internal_failures_total{unit="second"}', 'apm_rack_batches_spool_failed_total', 'apm_rack_section_metrics_dropped_total', 'apm_rack_metrics_too_large_total', 'apm_rack_rollup_overflow_total']
+      .map((m) => [m, grew(s0!, s1, m)] as const)
+      .filter(([, n]) => n !== 0);
+    // A run where the rack refused, lost or dropped anything measures nothing: say so, never print a figure.
+    const invalid: string[] = [];
+    if (!(received > 0)) invalid.push(`the rack accepted ${received} of ${expected} parts (refusals by reason: ${rejections(s1.text) || 'none'})`);
+    if (!(serverSeconds >= 0.99 * servers * seconds)) invalid.push(`the rack merged ${serverSeconds} of ${servers * seconds} server-seconds`);
+    if (!(acked >= seconds) || sinkBodies < seconds) invalid.push(`the core acknowledged ${acked} bodies for ${seconds} seconds (${sinkBodies} received by the sink)`);
+    if (failures.length > 0) invalid.push(`the rack dropped or failed: ${failures.map(([m, n]) => `${m} ${n}`).join(', ')}`);
+    if (!(cpuSeconds > 0)) invalid.push(`the rack used ${cpuSeconds} CPU-seconds`);
+    if (invalid.length > 0) throw new Error(`bench rack INVALID RUN (${servers} servers, ${datagramBytes} B, ${distShare * 100}% distributions): ${invalid.join('; ')}`);
+    const q = latencyQuantiles(s0.text, s1.text);
+    return {
+      serverSecondsPerCpuSecond: serverSeconds / cpuSeconds,
+      lossPercent: (100 * Math.max(0, expected - received)) / expected,
+      ackP50: q.p50,
+      ackP99: q.p99,
+      cpuPercent: (100 * cpuSeconds) / ((s1.atMs - s0.atMs) / 1000),
+    };
+  } finally {
+    if (held.rack !== null) await stopChild(held.rack);
+    held.sock?.close();
+    core.close();
+    rmSync(spool, { recursive: true, force: true });
   }
-  // Wait for the measured seconds to close (1 s lateness) and reach the sink.
-  await new Promise((r) => setTimeout(r, 2500));
-  const s1 = await sample(child.pid!, ports.http);
-  const sinkBodies = sink.bodies;
-  child.kill('SIGTERM');
-  await new Promise((r) => child.once('exit', r));
-  sock.close();
-  core.close();
-  rmSync(spool, { recursive: true, force: true });
-  if (s0 === null) throw new Error('BUG: no sample at the window start');
-  const cpuSeconds = (s1.cpu - s0.cpu) / 100;
-  const received = grew(s0, s1, 'apm_rack_parts_received_total');
-  const expected = partsPerSecond * seconds;
-  // What the rack did in the window: the figure counts server-seconds merged and forwarded (the
-  // sink acknowledged them), not parts sent (before: a rack that only decoded looked as cheap).
-  const merged = grew(s0, s1, 'apm_rack_summaries_merged_total');
-  const acked = grew(s0, s1, 'apm_rack_batches_acked_total');
-  const serverSeconds = merged / 2000;
-  const failures = ['apm_rack_internal_failures_total{unit="datagram"}', 'apm_rack_internal_failures_total{unit="second"}', 'apm_rack_batches_spool_failed_total', 'apm_rack_section_metrics_dropped_total', 'apm_rack_metrics_too_large_total', 'apm_rack_rollup_overflow_total']
-    .map((m) => [m, grew(s0!, s1, m)] as const)
-    .filter(([, n]) => n !== 0);
-  // A run where the rack refused, lost or dropped anything measures nothing: say so, never print a figure.
-  const invalid: string[] = [];
-  if (!(received > 0)) invalid.push(`the rack accepted ${received} of ${expected} parts (refusals by reason: ${rejections(s1.text) || 'none'})`);
-  if (!(serverSeconds >= 0.99 * servers * seconds)) invalid.push(`the rack merged ${serverSeconds} of ${servers * seconds} server-seconds`);
-  if (!(acked >= seconds) || sinkBodies < seconds) invalid.push(`the core acknowledged ${acked} bodies for ${seconds} seconds (${sinkBodies} received by the sink)`);
-  if (failures.length > 0) invalid.push(`the rack dropped or failed: ${failures.map(([m, n]) => `${m} ${n}`).join(', ')}`);
-  if (!(cpuSeconds > 0)) invalid.push(`the rack used ${cpuSeconds} CPU-seconds`);
-  if (invalid.length > 0) throw new Error(`bench rack INVALID RUN (${servers} servers, ${datagramBytes} B, ${distShare * 100}% distributions): ${invalid.join('; ')}`);
-  const q = latencyQuantiles(s0.text, s1.text);
-  return {
-    serverSecondsPerCpuSecond: serverSeconds / cpuSeconds,
-    lossPercent: (100 * Math.max(0, expected - received)) / expected,
-    ackP50: q.p50,
-    ackP99: q.p99,
-    cpuPercent: (100 * cpuSeconds) / ((s1.atMs - s0.atMs) / 1000),
-  };
 }
 
 /** The rack's non-zero datagram refusal counters, as `reason=n, …`. */

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import type { Figure } from './bench-edge.js';
-import { prom, start, stat } from './bench-fleet.js';
+import { prom, start, stat, stopChild } from './bench-fleet.js';
 
 export interface SoakOptions {
   servers: number;
@@ -137,10 +137,7 @@ export async function soakFigures(opts: SoakOptions): Promise<Figure[]> {
     }
     return out;
   } finally {
-    for (const p of procs.reverse()) {
-      p.kill('SIGTERM');
-      await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
-    }
+    for (const p of procs.reverse()) await stopChild(p);
     rmSync(data, { recursive: true, force: true });
   }
 }
