@@ -26,12 +26,13 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
                          hour ago
   --record <file>        write the exact observations sent (JSON lines) for the servers and
                          metrics matching --record-servers / --record-metrics (regular expressions)
-  --key-file <file>      keys shared with the racks, as for apm edge: datagrams are signed with the
-                         first key, NACKs must be signed with any
+  --key-file <file>      keys of the rack the file names (rack=<id>), as for apm edge: datagrams are
+                         signed with the first key, NACKs must be signed with any. A key file names
+                         one rack: with it give only that rack's --rack (one simulate per rack)
   --clock-offset <dur>   FOR TESTING: every simulated edge's clock is off by this much (--clock-offset=-30s)
   --help                 this text
 
-${keyFileHelp}`;
+${keyFileHelp.replace(/ Reread\s+on SIGHUP\.$/, ' apm simulate reads it once, at start.')}`;
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseOptions(
@@ -61,6 +62,8 @@ export async function main(argv: string[]): Promise<void> {
   if (values.rack === undefined || values.rack.length === 0) throw new UsageError(`give at least one --rack host:port\n\n${simulateHelp}`);
   let keys = null;
   if (values['key-file'] !== undefined) {
+    // Every MAC covers one rack's id: a second rack would refuse every datagram as bad_hmac.
+    if (values.rack.length > 1) throw new UsageError(`--key-file names one rack; give only that rack's --rack (here ${values.rack.length}), and run one apm simulate per rack`);
     try {
       keys = readKeyFile(values['key-file']);
     } catch (err) {

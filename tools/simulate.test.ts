@@ -6,7 +6,12 @@ import dgram from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
 import { decodeFrame, Encoder } from '../schema/codec.js';
 import { udpPayloadBytesMax } from '../schema/limits.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { UsageError } from '../lib/args.js';
 import { Simulator } from './simulate.js';
+import { main as simulateMain } from './simulate-main.js';
 
 const cleanup: (() => Promise<unknown> | void)[] = [];
 afterEach(async () => {
@@ -76,5 +81,19 @@ describe('Simulator resends', () => {
     await sim.stop();
     expect(again.length, 'parts resent (the ring still held the second)').toBeGreaterThan(0);
     for (const a of again) expect(a.bytes.equals(first.get(a.key)!), `part ${a.key} resent as first sent`).toBe(true);
+  });
+});
+
+describe('apm simulate options', () => {
+  it('regression: refuses one --key-file with several --rack (every MAC covers one rack: the others refused every datagram as bad_hmac)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-sim-keys-'));
+    const file = join(dir, 'r1.keys');
+    writeFileSync(file, `1 ${'ab'.repeat(32)} rack=r1\n`, { mode: 0o600 });
+    try {
+      await expect(simulateMain(['--rack', '127.0.0.1:9', '--rack', '127.0.0.1:10', '--key-file', file, '--seconds', '1'])).rejects.toThrow(UsageError);
+      await expect(simulateMain(['--rack', '127.0.0.1:9', '--rack', '127.0.0.1:10', '--key-file', file, '--seconds', '1'])).rejects.toThrow(/--key-file names one rack/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
