@@ -31,6 +31,8 @@ export interface FleetStep {
   completenessPercent: number;
   /** Windows whose first result was revised by data that arrived after the window closed. */
   revisedWindowsPercent: number;
+  /** Windows that ended in the measured interval and never arrived on the live stream (within 5 s of their close). */
+  windowsMissing: number;
   resultsQueryP99Ms: number;
   /** The load client of resultsQueryP99Ms (tools/bench-http.ts). */
   resultsQueryClient: LoadClient;
@@ -144,10 +146,12 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
     const sim = await start(['simulate', ...racks.flatMap((r) => ['--rack', `127.0.0.1:${r.udp}`]), '--servers', String(servers), '--metrics', String(metrics), '--prefix', 'fleet'], /apm simulate: \d+ servers/);
     procs.push(sim.proc);
     // Freshness: window close (end + the core's 3 s query lateness) → event on the live stream.
-    const lags: number[] = [];
+    // Every window's first arrival is kept by its end; the step then judges exactly the windows
+    // that ended in the measured interval (before: those that happened to arrive while it ran, so
+    // the late ones — the slow ones — were left out, and a stream that stalled still kept up).
+    const arrived = new Map<number, number>();
     const finalCount = new Map<number, number>();
     const revised = new Set<number>();
-    let measuring = false;
     const abort = new AbortController();
     const live = (async () => {
       const res = await fetch(`${url}/api/v1/queries/${id}/live`, { signal: abort.signal });
@@ -163,12 +167,11 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
           text = text.slice(i + 2);
           if (m === null) continue;
           const w = JSON.parse(m[1]!) as { endMs: number; revision: number; servers: number; count: number };
-          if (w.revision === 0 && !measuring) continue;
           // Completeness from the data itself (every server reports sim.cpu.0 every second), on
           // each window's final revision; revisions mean data arrived after the window closed.
           if (w.revision === 0) {
+            if (arrived.size < 10_000) arrived.set(w.endMs, Date.now());
             finalCount.set(w.endMs, w.count);
-            lags.push(Date.now() - (w.endMs + 3000));
           } else if (finalCount.has(w.endMs)) {
             finalCount.set(w.endMs, w.count);
             revised.add(w.endMs);
@@ -180,7 +183,6 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
     const c0 = await prom(`${url}/metrics`);
     const r0 = await Promise.all(racks.map((r) => prom(`${r.http}/metrics`)));
     const t0 = { core: stat(core.proc.pid!).ticks, racks: racks.reduce((a, r) => a + stat(r.pid).ticks, 0), sim: stat(sim.proc.pid!).ticks, at: Date.now() };
-    measuring = true;
     let rackRss = 0;
     let coreRss = 0;
     const end = Date.now() + seconds * 1000;
@@ -190,7 +192,6 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
       coreRss = Math.max(coreRss, stat(core.proc.pid!).rssMiB);
       for (const r of racks) rackRss = Math.max(rackRss, stat(r.pid).rssMiB);
     }
-    measuring = false;
     const t1 = { core: stat(core.proc.pid!).ticks, racks: racks.reduce((a, r) => a + stat(r.pid).ticks, 0), sim: stat(sim.proc.pid!).ticks, at: Date.now() };
     const c1 = await prom(`${url}/metrics`);
     const r1 = await Promise.all(racks.map((r) => prom(`${r.http}/metrics`)));
@@ -207,7 +208,15 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
       abort.abort(); // the live stream ends here, not when the core is stopped
       throw new Error(`bench fleet INVALID RUN (${servers} servers): the core stored ${stored} points/s and the racks accepted ${received} parts in ${dt.toFixed(0)} s (core refusals: ${refused.join(', ') || 'none'}); the core's last output:\n${core.lines.slice(-20).join('\n')}`);
     }
+    // The windows that ended in the measured interval; each gets until its close (end + 3 s
+    // lateness) plus 5 s to arrive — one window late is no longer keeping up.
+    const expected: number[] = [];
+    for (let e = Math.ceil(t0.at / 5000) * 5000; e <= t1.at; e += 5000) expected.push(e);
+    const lastDue = (expected[expected.length - 1] ?? t1.at) + 3000 + 5000;
+    while (Date.now() < lastDue && expected.some((e) => !arrived.has(e))) await new Promise((r) => setTimeout(r, 200));
     await new Promise((r) => setTimeout(r, 3000)); // revisions of the last windows
+    const missing = expected.filter((e) => !arrived.has(e));
+    const lags = expected.filter((e) => arrived.has(e)).map((e) => arrived.get(e)! - (e + 3000));
     const load = await httpLoad(wrkInstalled() ? 'wrk' : 'autocannon', `${url}/api/v1/queries/${id}/results?from=-1h`, 10, 5);
     abort.abort();
     if (load.failed > 0 || !(load.requests > 0)) throw new Error(`bench fleet INVALID RUN (${servers} servers): results under load (${load.client}) ${load.requests} requests, ${load.failed} failed`);
@@ -215,7 +224,7 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
     lags.sort((a, b) => a - b);
     const q = (p: number) => lags[Math.min(lags.length - 1, Math.floor(p * (lags.length - 1)))] ?? NaN;
     const offered = servers * metrics;
-    const counts = [...finalCount.values()];
+    const counts = expected.filter((e) => finalCount.has(e)).map((e) => finalCount.get(e)!);
     const completeness = counts.length === 0 ? 0 : counts.reduce((a, b) => a + b, 0) / (counts.length * servers * 5);
     return {
       servers,
@@ -234,11 +243,12 @@ export async function fleetStep(servers: number, metrics: number, seconds: numbe
       resultsQueryP99Ms: load.p99Ms,
       resultsQueryClient: load.client,
       completenessPercent: 100 * completeness,
-      revisedWindowsPercent: counts.length === 0 ? 0 : (100 * revised.size) / counts.length,
+      revisedWindowsPercent: counts.length === 0 ? 0 : (100 * expected.filter((e) => revised.has(e)).length) / counts.length,
+      windowsMissing: missing.length,
       // Kept up: every window complete (all servers' seconds stored), each result on the live
       // stream within one window (5 s) of its close, and the core's intake rate within 5% of
       // the offered rate (it is sampled over whole seconds of up to one batch per rack, hence the slack).
-      keptUp: completeness >= 0.999 && lags.length > 0 && q(1) <= 5000 && stored >= 0.95 * offered,
+      keptUp: missing.length === 0 && completeness >= 0.999 && lags.length > 0 && q(1) <= 5000 && stored >= 0.95 * offered,
       // (A revised window still counts as kept up: eventual consistency, DESIGN §3.)
     };
   } finally {

@@ -110,7 +110,7 @@ export async function main(argv: string[]): Promise<void> {
       const s = await fleetStep(servers, fleetMetrics, quick ? 10 : 60);
       steps.push(s);
       console.log(
-        `  ${String(s.servers).padStart(7)} ${Math.round(s.pointsPerSecondOffered).toString().padStart(10)} ${Math.round(s.pointsPerSecondStored).toString().padStart(10)} ${`${s.completenessPercent.toFixed(2)}%`.padStart(8)} ${`${s.revisedWindowsPercent.toFixed(0)}%`.padStart(7)} ${s.coreCpuSecondsPerMillionPoints.toFixed(2).padStart(8)} ${s.rackCpuSecondsPerMillionPoints.toFixed(2).padStart(9)} ${s.simulatorCpuPercent.toFixed(0).padStart(6)} ${s.coreRssMiB.toFixed(0).padStart(8)} ${s.rackRssMiBMax.toFixed(0).padStart(8)} ${s.udpLossPercent.toFixed(2).padStart(7)} ${s.udpLostForGoodPercent.toFixed(2).padStart(7)} ${`${s.freshnessP99Ms} ms`.padStart(9)} ${`${s.resultsQueryP99Ms} ms`.padStart(11)}  ${s.keptUp ? 'yes' : 'NO'}`,
+        `  ${String(s.servers).padStart(7)} ${Math.round(s.pointsPerSecondOffered).toString().padStart(10)} ${Math.round(s.pointsPerSecondStored).toString().padStart(10)} ${`${s.completenessPercent.toFixed(2)}%`.padStart(8)} ${`${s.revisedWindowsPercent.toFixed(0)}%`.padStart(7)} ${s.coreCpuSecondsPerMillionPoints.toFixed(2).padStart(8)} ${s.rackCpuSecondsPerMillionPoints.toFixed(2).padStart(9)} ${s.simulatorCpuPercent.toFixed(0).padStart(6)} ${s.coreRssMiB.toFixed(0).padStart(8)} ${s.rackRssMiBMax.toFixed(0).padStart(8)} ${s.udpLossPercent.toFixed(2).padStart(7)} ${s.udpLostForGoodPercent.toFixed(2).padStart(7)} ${`${s.freshnessP99Ms} ms`.padStart(9)} ${`${s.resultsQueryP99Ms} ms`.padStart(11)}  ${s.keptUp ? 'yes' : 'NO'}${s.windowsMissing > 0 ? ` (${s.windowsMissing} windows never arrived)` : ''}`,
       );
       if (!s.keptUp) break;
     }
