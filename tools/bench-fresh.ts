@@ -28,6 +28,8 @@ export async function freshnessFigures(seconds: number): Promise<Figure[]> {
     const { id } = (await created.json()) as { id: string };
     const sim = new Simulator({ racks: racks.map((port) => ({ host: '127.0.0.1', port })), servers: 1000, metrics: 20, distShare: 0.05, datagramBytes: 1432, seed: 5, prefix: 'fresh' });
     await sim.start();
+    // Windows that start 10 s after the simulator (every server up, every name known) all count.
+    const warmEndMs = Date.now() + 10_000;
     const lags: number[] = [];
     const servers: number[] = [];
     const abort = new AbortController();
@@ -49,7 +51,7 @@ export async function freshnessFigures(seconds: number): Promise<Figure[]> {
           const m = /data: (.*)/.exec(event);
           if (m === null) continue;
           const w = JSON.parse(m[1]!) as { endMs: number; revision: number; servers: number };
-          if (w.revision !== 0) continue;
+          if (w.revision !== 0 || w.endMs - 5000 < warmEndMs) continue;
           lags.push(now - (w.endMs + queryLatenessMs));
           servers.push(w.servers);
         }
@@ -59,12 +61,15 @@ export async function freshnessFigures(seconds: number): Promise<Figure[]> {
     abort.abort();
     await reading.catch(() => undefined);
     await sim.stop();
-    // The first windows start before every server is up: count only full windows.
-    const full = lags.filter((_, k) => servers[k] === 1000).sort((a, b) => a - b);
-    if (full.length === 0) throw new Error(`bench freshness INVALID RUN: ${lags.length} windows arrived on the live stream in ${seconds} s, none with all 1,000 servers (servers per window: ${[...new Set(servers)].join(', ') || 'none'})`);
+    // Every window after the warm-up counts, complete or not (before: only those complete at their
+    // first result, so the slow, incomplete ones were left out of the percentiles); a run where
+    // more than 1% came incomplete measured the freshness of partial answers, and fails.
+    const incomplete = servers.filter((n) => n !== 1000).length;
+    if (lags.length === 0 || incomplete > 0.01 * lags.length) throw new Error(`bench freshness INVALID RUN: ${lags.length} windows after the warm-up arrived on the live stream in ${seconds} s, ${incomplete} of them without all 1,000 servers (servers per window: ${[...new Set(servers)].join(', ') || 'none'})`);
+    const full = [...lags].sort((a, b) => a - b);
     const q = (p: number) => full[Math.min(full.length - 1, Math.floor(p * (full.length - 1)))] ?? NaN;
     return [
-      { name: `freshness: window close → result on the live stream, 1,000 servers (${full.length} windows)`, value: q(0.5) / 1000, unit: `s p50, ${(q(0.99) / 1000).toFixed(3)} s p99`, target: 'p99 ≤ 1.5 s' },
+      { name: `freshness: window close → result on the live stream, 1,000 servers (${full.length} windows, ${incomplete} incomplete)`, value: q(0.5) / 1000, unit: `s p50, ${(q(0.99) / 1000).toFixed(3)} s p99`, target: 'p99 ≤ 1.5 s' },
       { name: '  (window end → result, with racks at 2 s lateness and the core at 3 s)', value: (q(0.5) + queryLatenessMs) / 1000, unit: `s p50, ${((q(0.99) + queryLatenessMs) / 1000).toFixed(3)} s p99` },
     ];
   } finally {
