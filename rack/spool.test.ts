@@ -188,7 +188,10 @@ describe('Spool (real LMDB files)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-spool-mark-'));
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir]);
     unmount.push(dir);
-    const opts = { bytesMax: 1 << 30, reserveBytes: 0, memoryBytesMax: 1_500_000 };
+    // A reserve, so that the spool holds batches in memory once the disk is full without trying
+    // an LMDB commit into it (lmdb-js' failed commits can corrupt its heap: the test above covers
+    // one); the mark file is still overwritten on a file system with no free block.
+    const opts = { bytesMax: 1 << 30, reserveBytes: 1 << 20, memoryBytesMax: 1_500_000 };
     const s = new Spool(join(dir, 'spool'), opts);
     const put = async (second: number, late = false) => {
       if (!late) s.closedThrough = second;
@@ -205,13 +208,14 @@ describe('Spool (real LMDB files)', () => {
     } catch (err) {
       expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
     }
+    await new Promise((r) => setTimeout(r, 1100)); // the spool's free-space check (once a second) sees it
     // Held in memory: 102 and 103 (the core acknowledges both), then 104 (not acknowledged), and
     // a late batch of second 90, acknowledged or not, which moves nothing.
     const a = await put(102);
     const b = await put(103);
     const late = await put(90, true);
     const c = await put(104);
-    expect(s.memoryBatches).toBe(4);
+    expect([s.memoryBatches, s.writeErrors]).toEqual([4, 0]);
     await s.remove(a);
     await s.remove(b);
     await s.close();
