@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { KindCode } from '../schema/codec.js';
 import { Aggregator, type ClosedSecond } from './aggregator.js';
+import { StatsdParser } from './statsd.js';
 
 const t0 = 1_790_000_000;
 const opts = { seriesMax: 8, observationsPerSecondMax: 100, counterIdleSeconds: 300, seriesEvictSeconds: 600 };
@@ -65,6 +66,16 @@ describe('Aggregator semantics (DESIGN §3)', () => {
     expect(new Aggregator(opts).observe('bad name', KindCode.Gauge, 1, t0)).toBe('bad_name');
     expect(agg.drops).toMatchObject({ series_limit: 1, kind_conflict: 1, observations_full: 1, not_finite: 1, late: 1 });
     expect(summary(agg, agg.close(t0 + 1)).dists).toEqual({ a: [1, 2, 3] });
+  });
+
+  it('regression: a refused series counts every value of a packed line (DogStatsD name:1:2:3|d), not one', () => {
+    const agg = new Aggregator({ ...opts, seriesMax: 1 });
+    const parser = new StatsdParser(4096);
+    const feed = (text: string) => parser.parse(Buffer.from(text, 'latin1'), { second: t0, stamp: t0 }, agg);
+    feed('g:1|g');
+    feed('g:1:2:3|d\nbad name:4:5|g\nnew:6:7:8:9|c');
+    expect(agg.drops).toMatchObject({ kind_conflict: 3, series_limit: 4 });
+    expect(agg.drops.bad_name).toBe(2);
   });
 
   it('regression: a distribution first seen once the observations are full is not sent as a summary of count 0 (the rack refused its whole datagram)', () => {

@@ -226,7 +226,14 @@ export class Aggregator {
    * The slot of the series named by latin1 bytes[start..end) (the StatsD hot path: no string
    * is made for a known name), or −1 when refused (the drop is counted).
    */
-  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: SeriesKind, second: number): number {
+  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: SeriesKind, second: number, values = 1): number {
+    const slot = this.slotForBytesOnce(bytes, start, end, kind, second);
+    // A refused series loses every value its line carried (DogStatsD packs several: name:1:2:3|d).
+    if (slot < 0 && values > 1) this.drops[this.lastDrop] += values - 1;
+    return slot;
+  }
+
+  private slotForBytesOnce(bytes: Uint8Array, start: number, end: number, kind: SeriesKind, second: number): number {
     let h = 0x811c9dc5;
     for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
     const mask = this.byteSlots.length - 1;

@@ -249,3 +249,14 @@ describe('regression: the host collector after stop()', () => {
     expect(calls).toBe(1);
   });
 });
+
+describe('regression: stop() twice (SIGTERM after SIGINT)', () => {
+  it('the second call waits for the first and closes nothing twice (before: ERR_SOCKET_DGRAM_NOT_RUNNING, an unhandled rejection that ended the edge with exit 1)', async () => {
+    const edge = new Edge({ server: 'stop-twice', rackHost: '127.0.0.1', rackPort: 9, statsdHost: '127.0.0.1', statsdPort: 0, hostCollector: false, limits: edgeLimits, clock: new TestClock(S * 1000) });
+    await edge.start();
+    const first = edge.stop();
+    await new Promise((r) => setTimeout(r, 10));
+    await expect(Promise.all([first, edge.stop()])).resolves.toEqual([undefined, undefined]);
+    await expect(edge.stop()).resolves.toBeUndefined();
+  });
+});

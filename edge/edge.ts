@@ -189,7 +189,19 @@ export class Edge {
   }
 
   /** Flushes the open second and closes the sockets (SIGTERM path). */
-  async stop(): Promise<void> {
+  /**
+   * Flushes the open second and closes the sockets; runs once (a second call, e.g. SIGTERM after
+   * SIGINT, gets the first's promise: before, it closed the StatsD socket twice, an unhandled
+   * ERR_SOCKET_DGRAM_NOT_RUNNING that ended the process with exit 1, and sent an unfinished second).
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.stopOnce();
+    return this.stopping;
+  }
+
+  private stopping: Promise<void> | null = null;
+
+  private async stopOnce(): Promise<void> {
     this.stopped = true;
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     if (this.hostTimer !== null) clearTimeout(this.hostTimer);

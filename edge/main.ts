@@ -82,7 +82,7 @@ export async function main(argv: string[]): Promise<void> {
   // Handlers go in before the ready line: whoever waits for that line may signal at once.
   const stop = async (signal: string) => {
     console.log(`apm edge: ${signal}, flushing`);
-    await edge.stop();
+    await edge.stop(); // once, whatever signals follow
     process.exit(0);
   };
   process.once('SIGINT', () => void stop('SIGINT'));

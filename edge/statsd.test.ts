@@ -43,6 +43,15 @@ describe('StatsD parser', () => {
     ]);
   });
 
+  it('regression: a line marked DogStatsD only by external data (e:) or cardinality (card:) takes a negative gauge as the value (before: a delta, drifting without bound)', () => {
+    const { seen } = parse(['t:-5|g|e:it-abc', 't:-6|g|card:low', 't:-7|g|@0.5'].join('\n'));
+    expect(seen.map((x) => [x[2], x[4]])).toEqual([
+      [-5, false],
+      [-6, false],
+      [-7, true],
+    ]);
+  });
+
   it('reads every type, rates, tags, DogStatsD fields and several lines per datagram', () => {
     const { seen, parser } = parse(
       [

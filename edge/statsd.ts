@@ -31,8 +31,8 @@ import { KindCode } from '../schema/codec.js';
 import { SetKind, type DropReason, type SeriesKind } from './aggregator.js';
 
 export interface StatsdSink {
-  /** Slot of the series named by latin1 bytes[start..end), or −1 when refused (counted by the sink). */
-  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: SeriesKind, second: number): number;
+  /** Slot of the series named by latin1 bytes[start..end), or −1 when refused (its `values` counted by the sink). */
+  slotForBytes(bytes: Uint8Array, start: number, end: number, kind: SeriesKind, second: number, values?: number): number;
   observeSlot(slot: number, kind: KindCode, value: number, second: number, weight: number, relative: boolean): DropReason | null;
   /** Adds the set member bytes[start..end) to a set series' second. */
   observeSetBytes(slot: number, bytes: Uint8Array, start: number, end: number, second: number): DropReason | null;
@@ -80,8 +80,6 @@ const PIPE = 124;
 const AT = 64;
 const UNDERSCORE = 95;
 const T = 84;
-const HASH = 35;
-const C = 99;
 
 export class StatsdParser {
   lines = 0;
@@ -138,20 +136,22 @@ export class StatsdParser {
       return;
     }
     // DogStatsD 1.1 packs several values into one line: name:1:2:3|d. Check them all first.
+    let values = 0;
     for (let v = colon + 1; v <= pipe; ) {
       let vEnd = v;
       while (vEnd < pipe && b[vEnd] !== COLON) vEnd++;
       if (Number.isNaN(parseNumber(b, v, vEnd))) return void this.malformed.bad_value++;
+      values++;
       v = vEnd + 1;
     }
-    const slot = sink.slotForBytes(b, start, colon, kind, at.second);
+    const slot = sink.slotForBytes(b, start, colon, kind, at.second, values);
     if (slot < 0) return;
     for (let v = colon + 1; v <= pipe; ) {
       let vEnd = v;
       while (vEnd < pipe && b[vEnd] !== COLON) vEnd++;
       const sign = b[v];
-      // A signed gauge adjusts the last value (etsy StatsD). On a DogStatsD line (tags,
-      // container or timestamp fields) only `+` does: DogStatsD has no gauge deltas and its
+      // A signed gauge adjusts the last value (etsy StatsD). On a DogStatsD line (any field
+      // beyond the sample rate: tags, container, timestamp, e:, card:) only `+` does: DogStatsD has no gauge deltas and its
       // clients send a negative value as `-3.5|g|#…`, which as a delta drifted without bound;
       // none writes `+` before a value, so `+5` stays a delta (hot-shots' gaugeDelta).
       const relative = kind === KindCode.Gauge && (sign === 43 || (sign === 45 && !this.dogStatsd));
@@ -172,7 +172,9 @@ export class StatsdParser {
       let fEnd = f + 1;
       while (fEnd < end && b[fEnd] !== PIPE) fEnd++;
       const c = b[f + 1];
-      if (c === HASH || c === T || (c === C && b[f + 2] === COLON)) this.dogStatsd = true;
+      // Any field but the sample rate is DogStatsD's (tags, timestamp, container id, external
+      // data `e:`, cardinality `card:`): its negative gauges are values, not deltas.
+      if (c !== AT) this.dogStatsd = true;
       if (c === AT) {
         const rate = parseNumber(b, f + 2, fEnd);
         if (!(rate >= sampleRateMin && rate <= 1)) return this.malformedLine('bad_rate');
