@@ -68,6 +68,15 @@ describe('Aggregator semantics (DESIGN §3)', () => {
     expect(summary(agg, agg.close(t0 + 1)).dists).toEqual({ a: [1, 2, 3] });
   });
 
+  it('regression: a distribution whose sum could overflow in some order is dropped as overflow (before: finite in arrival order, NaN in the packetizer\'s sorted one, and the rack refused the whole datagram)', () => {
+    const agg = new Aggregator(opts);
+    for (const v of [1.7976931348623157e308, 9e291, 9e291]) agg.observe('huge', KindCode.Distribution, v, t0);
+    agg.observe('fine', KindCode.Distribution, 1e300, t0);
+    const closed = summary(agg, agg.close(t0 + 1));
+    expect(Object.keys(closed.dists)).toEqual(['fine']);
+    expect(agg.drops.overflow).toBe(1);
+  });
+
   it('regression: a refused series counts every value of a packed line (DogStatsD name:1:2:3|d), not one', () => {
     const agg = new Aggregator({ ...opts, seriesMax: 1 });
     const parser = new StatsdParser(4096);

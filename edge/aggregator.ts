@@ -87,6 +87,9 @@ export interface ClosedSecond {
 
 const noSecond = -1;
 
+/** Largest sum of |value| × weight a summary may have: half of Number.MAX_VALUE, so no order of summing overflows. */
+const sumMagnitudeMax = Number.MAX_VALUE / 2;
+
 export class Aggregator {
   readonly names: (string | null)[];
   readonly kinds: Uint8Array;
@@ -506,7 +509,10 @@ export class Aggregator {
     }
     let kept = 0;
     for (let i = 0; i < out.distLen; i++) {
-      if (!Number.isFinite(this.sumPos[i]!) || !Number.isFinite(this.sumNeg[i]!) || this.weightSum[i]! > summaryCountMax) {
+      // The sum of magnitudes bounds every partial sum in any order: the packetizer sums a
+      // summary sorted (and compensated), and in that order 1.8e308, 9e291, 9e291 overflowed to a
+      // NaN sum though the arrival order stayed finite — the rack refused the whole datagram.
+      if (!(this.sumPos[i]! - this.sumNeg[i]! <= sumMagnitudeMax) || this.weightSum[i]! > summaryCountMax) {
         this.drops.overflow++;
         continue;
       }
