@@ -56,6 +56,8 @@ export interface EdgeCounters {
   nacks_replayed: number;
   datagrams_resent: number;
   resend_missed: number;
+  /** Seconds stamped twice (the wall clock stepped back): NACKs for them are not answered (edge/ring.ts). */
+  seconds_repeated: number;
   /** Parts and names a NACK asked for beyond resendBytesPerSecondMax in one second: not sent. */
   resends_refused: number;
   names_resent: number;
@@ -86,6 +88,7 @@ export class Edge {
     nacks_replayed: 0,
     datagrams_resent: 0,
     resend_missed: 0,
+    seconds_repeated: 0,
     resends_refused: 0,
     names_resent: 0,
     summaries_split: 0,
@@ -301,6 +304,7 @@ export class Edge {
     this.counters.names_deferred = this.packetizer.namesDeferred;
     this.counters.series_over_parts = this.packetizer.seriesOverParts;
     this.ring.put(stamp, frames);
+    this.counters.seconds_repeated = this.ring.repeatedSeconds;
     for (const f of frames) this.send(f);
     this.counters.seconds_sent++;
   }
