@@ -87,8 +87,8 @@ export interface ClosedSecond {
 
 const noSecond = -1;
 
-/** Largest sum of |value| × weight a summary may have: half of Number.MAX_VALUE, so no order of summing overflows. */
-const sumMagnitudeMax = Number.MAX_VALUE / 2;
+/** Largest sum of a summary's positive (or negative) values: a millionth below the largest double, far more than any summing order's rounding. */
+const sumMagnitudeMax = Number.MAX_VALUE * (1 - 2 ** -20);
 
 export class Aggregator {
   readonly names: (string | null)[];
@@ -509,10 +509,12 @@ export class Aggregator {
     }
     let kept = 0;
     for (let i = 0; i < out.distLen; i++) {
-      // The sum of magnitudes bounds every partial sum in any order: the packetizer sums a
-      // summary sorted (and compensated), and in that order 1.8e308, 9e291, 9e291 overflowed to a
-      // NaN sum though the arrival order stayed finite — the rack refused the whole datagram.
-      if (!(this.sumPos[i]! - this.sumNeg[i]! <= sumMagnitudeMax) || this.weightSum[i]! > summaryCountMax) {
+      // The packetizer sums a summary sorted (negatives first) and compensated, in chunks of
+      // sorted runs: every partial sum then lies within [sumNeg, sumPos], whatever the order
+      // rounded them to here. Both must stay clear of the largest double by more than any
+      // rounding of the order can move them (before: only finite here, and 1.8e308, 9e291, 9e291
+      // went out with a NaN sum that made the rack refuse the whole datagram).
+      if (!(this.sumPos[i]! <= sumMagnitudeMax && -this.sumNeg[i]! <= sumMagnitudeMax) || this.weightSum[i]! > summaryCountMax) {
         this.drops.overflow++;
         continue;
       }

@@ -62,9 +62,9 @@ export interface EdgeCounters {
   resends_refused: number;
   names_resent: number;
   summaries_split: number;
-  /** Seconds whose names were left out: with them they took more than 4,096 datagrams. */
+  /** Seconds whose names were left out: with them they took more than 4,096 datagrams or 1 MiB (what a rack holds of one server's second). */
   names_deferred: number;
-  /** Series not sent: their second took more than 4,096 datagrams even without names. */
+  /** Series not sent: their second took more than 4,096 datagrams or 1 MiB even without names. */
   series_over_parts: number;
   host_errors: number;
 }

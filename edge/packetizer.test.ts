@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { authHeaderBytes, parseKeyFile, sign } from '../schema/auth.js';
 import { KindCode } from '../schema/codec.js';
+import { serverSecondBytesMax } from '../schema/limits.js';
 import { decodeAll, mergeSecond } from '../test/merge-helper.js';
 import { Aggregator } from './aggregator.js';
 import { Packetizer } from './packetizer.js';
@@ -112,15 +113,28 @@ describe('Packetizer and the wire\'s 4,096 parts a second', () => {
     expect([unnamed.pk.namesDeferred, unnamed.pk.seriesOverParts]).toEqual([1, 0]);
   });
 
-  it('beyond what 4,096 unnamed datagrams hold, the rest of the second is counted, not sent', () => {
+  it('beyond what a rack holds of one second (4,096 datagrams, 1 MiB) unnamed, the rest of the second is counted, not sent', () => {
     const agg = new Aggregator({ seriesMax: 400_000, observationsPerSecondMax: 10, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
     for (let i = 0; i < 400_000; i++) agg.observe(`m${i}`, KindCode.Gauge, i, t0);
     const pk = new Packetizer({ server: 's1', session: 1, datagramBytes: 1024 });
-    const msgs = decodeAll(pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => false));
-    expect(msgs.length).toBe(4096);
+    const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => false);
+    const msgs = decodeAll(frames);
+    expect(msgs.length).toBeLessThanOrEqual(4096);
+    expect(frames.reduce((n, f) => n + f.length, 0)).toBeLessThanOrEqual(serverSecondBytesMax);
     const sent = msgs.reduce((n, m) => n + m.series.pointKinds.length, 0);
     expect(sent + pk.seriesOverParts).toBe(400_000);
     expect(pk.seriesOverParts).toBeGreaterThan(0);
+  });
+
+  it('regression: a second whose names take it past what a rack holds of one server\'s second (1 MiB) goes without its names, whole (before: 10,000 series with 80-character names made 1.2 MB, the rack refused the parts past 1 MiB, and refused their resends again)', () => {
+    const agg = new Aggregator({ seriesMax: 10_000, observationsPerSecondMax: 10, counterIdleSeconds: 300, seriesEvictSeconds: 600 });
+    for (let i = 0; i < 10_000; i++) agg.observe(`app.${i}.`.padEnd(80, 'n'), KindCode.Gauge, i, t0);
+    const pk = new Packetizer({ server: 's1', session: 1, datagramBytes: 1432 });
+    const frames = pk.pack(agg.close(t0 + 1), agg, { second: t0, sentMs: 0, seq: 0 }, () => true);
+    expect(frames.reduce((n, f) => n + f.length, 0)).toBeLessThanOrEqual(serverSecondBytesMax);
+    const msgs = decodeAll(frames);
+    expect(msgs.reduce((n, m) => n + m.series.pointKinds.length, 0)).toBe(10_000);
+    expect([pk.namesDeferred, pk.seriesOverParts]).toEqual([1, 0]);
   });
 });
 

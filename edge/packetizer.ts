@@ -5,7 +5,7 @@
 // Names ride in the same datagram as their series, for the seconds a NamePolicy says.
 
 import { Encoder, emptyColumns, nameColumns, type SeriesColumns } from '../schema/codec.js';
-import { partsMax } from '../schema/limits.js';
+import { partsMax, serverSecondBytesMax } from '../schema/limits.js';
 import { SortedSketchEncoder } from '../schema/sketch.js';
 import type { ClosedSecond } from './aggregator.js';
 
@@ -80,14 +80,19 @@ export class Packetizer {
     this.chunkDistributions(closed);
     let parts = this.plan(closed, table, named);
     // The wire allows partsMax datagrams a second (the rack refuses a part numbered beyond, and
-    // with it the whole second): names go first, then the series past the last part.
-    if (parts.length > partsMax) {
+    // with it the whole second), and a rack holds serverSecondBytesMax of one server's second
+    // (it refuses the parts beyond: 10,000 series with 80-character names took 1.2 MB, and their
+    // resends were refused again): names go first, then the series past the last part that fits.
+    if (!this.fits(parts)) {
       this.namesDeferred++;
       parts = this.plan(closed, table, () => false);
     }
-    if (parts.length > partsMax) {
-      for (let p = partsMax; p < parts.length; p++) this.seriesOverParts += parts[p]!.points + parts[p]!.dists;
-      parts.length = partsMax;
+    if (!this.fits(parts)) {
+      let keep = 0;
+      let bytes = 0;
+      while (keep < parts.length && keep < partsMax && bytes + parts[keep]!.bytes + this.authBytes <= serverSecondBytesMax) bytes += parts[keep++]!.bytes + this.authBytes;
+      for (let p = keep; p < parts.length; p++) this.seriesOverParts += parts[p]!.points + parts[p]!.dists;
+      parts.length = keep;
     }
     const frames: Uint8Array[] = [];
     for (let p = 0; p < parts.length; p++) {
@@ -109,6 +114,18 @@ export class Packetizer {
       frames.push(frame);
     }
     return frames;
+  }
+
+  /** Whether a second's parts fit what a rack takes: partsMax datagrams, serverSecondBytesMax bytes (as sent, signatures included). */
+  private fits(parts: readonly PartPlan[]): boolean {
+    if (parts.length > partsMax) return false;
+    let bytes = 0;
+    for (const p of parts) bytes += p.bytes + this.authBytes;
+    return bytes <= serverSecondBytesMax;
+  }
+
+  private get authBytes(): number {
+    return this.opts.authBytes ?? 0;
   }
 
   /** A datagram that carries only names (parts = 0): the answer to a NACK that asked for them. */

@@ -1,6 +1,6 @@
 // Every bound of the rack aggregator in one place, each with why it has its value.
 
-import { udpPayloadBytesMax } from '../schema/limits.js';
+import { serverSecondBytesMax, udpPayloadBytesMax } from '../schema/limits.js';
 
 export const rackLimits = {
   /** Edges one rack accepts (`--servers-max`): 40 per rack by design, room for larger racks. */
@@ -15,9 +15,9 @@ export const rackLimits = {
   openSecondsPerServerMax: 16,
   /** Bytes of datagrams held in open seconds: 40 servers × ~40 KB × 16 s, ×4 headroom. */
   bytesHeldMax: 256 * 1024 * 1024,
-  /** Bytes of one server's second held: a 10,000-series edge's second with every name is ~600 KB;
-   *  256 servers' worth is bytesHeldMax, so one edge cannot take the room of the others. */
-  serverSecondBytesMax: 1024 * 1024,
+  /** Bytes of one server's second held (schema/limits.ts, which edges pack within); 256 servers'
+   *  worth is bytesHeldMax, so one edge cannot take the room of the others. */
+  serverSecondBytesMax,
   /** Late parts are forwarded up to 10 minutes after their second; older ones are too_old. */
   lateHorizonSeconds: 600,
   /** Edge clocks may run this far ahead before their parts are refused (too_far_in_future).

@@ -44,6 +44,13 @@ export const authSecretBytesMin = 16;
 export const shardsMax = 4096;
 /** DESIGN §9's default S: 64 shards spread over up to 32 nodes with 2 owners each. */
 export const shardsDefault = 64;
+/**
+ * Bytes of one server's second a rack holds (its datagrams as received): an edge packs each
+ * second within it (deferring names first), a rack refuses parts beyond it (server_second_full).
+ * A 10,000-series edge's second is ~400 KB, ~600 KB–1.8 MB with every name (names of 30–128
+ * characters): names past it wait for the rack to ask.
+ */
+export const serverSecondBytesMax = 1024 * 1024;
 /** Servers one section names: a rack's servers (batchServersMax); 0xffff marks the rollup. */
 export const rollupServer = 0xffff;
 /**
