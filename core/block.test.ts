@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { deflateRawSync } from 'node:zlib';
 import { decodeRow, encodeRow, rowAggregates, RowError, RowScratch, rowParts, rowServerIds, rowV3Marker, rowV4Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 import { seriesHabit, writeSeries } from './codec/values.js';
 
@@ -435,5 +436,24 @@ describe('storage row encoding (version 1, as data directories hold it)', () => 
     // Written again (a merge of late data), it becomes version 4 with the same content.
     const again = decodeRow(encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length }));
     expect(plain(again)).toEqual(plain(row));
+  });
+});
+
+describe('version-1 rows, corrupt', () => {
+  it('regression: a row claiming more servers than its bytes can hold, or ids not ascending, or inflating past the bound, is refused before its columns are made (2.9 KB claiming 1,000,000 servers allocated 2.6 GB)', () => {
+    const varint = (n: number) => {
+      const out: number[] = [];
+      while (n >= 0x80) {
+        out.push((n & 0x7f) | 0x80);
+        n = Math.floor(n / 128);
+      }
+      out.push(n);
+      return out;
+    };
+    const v1 = (body: number[], pad = 0) => new Uint8Array(deflateRawSync(Buffer.concat([Buffer.from(body), Buffer.alloc(pad)])));
+    expect(() => decodeRow(v1([1, 1, 255, ...varint(1_000_000)], 1_900_000))).toThrow(/servers in a row of/);
+    expect(() => decodeRow(v1([1, 1, 255, ...varint(1_000_000)], 3_000_000))).toThrow(/not ascending/);
+    expect(() => decodeRow(v1([1, 1, 60, 2, 5, 0, 0, 0]))).toThrow(/not ascending/);
+    expect(() => decodeRow(v1([1, 1, 60, 0], 40 * 1024 * 1024))).toThrow(/inflates past the bound/);
   });
 });

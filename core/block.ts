@@ -950,23 +950,34 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   };
 }
 
+/** Largest inflated version-1 row taken (1,024 servers × 60 s of summaries fit well within). */
+const rowV1BytesMax = 32 * 1024 * 1024;
+
 /** Version 1: inflate, then every server's entries inline. */
 function decodeV1(stored: Uint8Array): DecodedRow {
   let raw: Uint8Array;
   try {
-    raw = inflateRawSync(stored);
+    // Bounded: a corrupt row whose first byte fell here inflated 65 KB into 64 MiB before it
+    // was refused (a legit version-1 row is a rack's block: well under this).
+    raw = inflateRawSync(stored, { maxOutputLength: rowV1BytesMax });
   } catch (cause) {
-    throw new RowError('row does not inflate', { cause });
+    throw new RowError('row does not inflate (or inflates past the bound of a row)', { cause });
   }
   const r = new ByteReader(raw);
   if (r.u8() !== rowV1Version) throw new RowError('unknown row version');
   const kind = r.u8();
   const blockSeconds = r.u8();
   const n = r.varint();
-  if (n > 1_000_000) throw new RowError(`${n} servers in a row`);
+  // Each server takes at least an id byte and a presence byte: a count past that is corrupt
+  // (1,000,000 servers in 2.9 KB allocated 2.6 GB of columns).
+  if (n > 1_000_000 || n > raw.length / 2) throw new RowError(`${n} servers in a row of ${raw.length} bytes`);
   const serverIds = new Uint32Array(n);
   let prev = 0;
-  for (let j = 0; j < n; j++) serverIds[j] = prev += r.varint();
+  for (let j = 0; j < n; j++) {
+    const step = r.varint();
+    if ((j > 0 && step === 0) || prev + step > 0xffffffff) throw new RowError(`server ids of a row are not ascending 32-bit ids (server ${j})`);
+    serverIds[j] = prev += step;
+  }
   // At most blockSeconds entries per server and section.
   const cap = n * blockSeconds;
   const pointSecs = new Uint16Array(cap);

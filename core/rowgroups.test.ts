@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openLmdb } from '../lib/lmdb.js';
 import { RowError } from './block.js';
-import { ChunkMemo, chunkBytes, chunkInlineBytesMax, chunkSizes, groupKey, overflowHeaderBytes, packRows, pageBytes, pointerBytes, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { ChunkMemo, chunkBytes, chunkInlineBytesMax, chunkSizes, groupKey, overflowHeaderBytes, packRows, pageBytes, pointerBytes, pointerTag, storedRowBytes, type KeyValue } from './rowgroups.js';
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -148,3 +148,24 @@ describe('row groups of whole pages (issue 14)', () => {
     expect(() => storedRowBytes(k, ptr, () => undefined)).toThrow(RowError);
   });
 });
+
+describe('a corrupt row pointer', () => {
+  it('regression: a pointer naming more bytes than its chunks hold is refused before the row\'s array is made (one naming 4 GiB allocated it first, and a reader\'s scratch kept it)', () => {
+    const key = new Uint8Array(16);
+    const ptr = Buffer.alloc(pointerBytes);
+    ptr[6] = pointerTag;
+    ptr.writeUInt32BE(7, 7); // chunk 7
+    ptr.writeUInt32BE(0, 11); // offset 0
+    ptr.writeUInt32BE(0xfffffff0, 15); // ~4 GiB
+    const chunks = new Map([[7, new Uint8Array(100)]]);
+    let spilled = 0;
+    expect(() =>
+      storedRowBytes(key, ptr, (_k, id) => chunks.get(id), (n) => {
+        spilled = n;
+        return new Uint8Array(0);
+      }),
+    ).toThrow(RowError);
+    expect(spilled).toBe(0);
+  });
+});
+

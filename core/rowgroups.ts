@@ -148,15 +148,23 @@ export function storedRowBytes(key: Uint8Array, value: Uint8Array, chunk: (rowKe
   if (first === undefined || at >= first.length) throw new RowError(`row group ${id} is missing or shorter than ${at + 1} B`);
   // A plain view (Buffer.subarray builds a Buffer, several times dearer).
   if (at + length <= first.length) return new Uint8Array(first.buffer, first.byteOffset + at, length);
-  const out = spill === undefined ? new Uint8Array(length) : spill(length).subarray(0, length);
-  out.set(first.subarray(at), 0);
+  // The pieces first (copies: reading a chunk may reuse the buffer of the one before), the row's
+  // array once they cover its length: a corrupt pointer naming 4 GiB allocated it before the
+  // missing chunk was found (and a reader's scratch kept it).
+  const pieces: Uint8Array[] = [first.slice(at)];
   let got = first.length - at;
   for (let next = id + 1; got < length; next++) {
     const more = chunk(key, next);
     if (more === undefined || more.length === 0) throw new RowError(`row group ${next} is missing (a row of ${length} B starting in group ${id} continues into it)`);
     const take = Math.min(more.length, length - got);
-    out.set(more.subarray(0, take), got);
+    pieces.push(more.slice(0, take));
     got += take;
+  }
+  const out = spill === undefined ? new Uint8Array(length) : spill(length).subarray(0, length);
+  let o = 0;
+  for (const p of pieces) {
+    out.set(p.subarray(0, Math.min(p.length, length - o)), o);
+    o += p.length;
   }
   return out;
 }
