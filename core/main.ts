@@ -114,6 +114,8 @@ export async function main(argv: string[]): Promise<void> {
     if (given.length > 0) throw new UsageError(`--${given.join(', --')} ${given.length === 1 ? 'needs' : 'need'} --nats (they configure a cluster node)`);
   }
   const logIngest = cluster === null ? null : new LogIngest(cluster.node.jetstream, cluster.settings.shards);
+  // Re-publishes what it acknowledged when its connection to NATS comes back (core/cluster/ingest.ts).
+  if (cluster !== null) void logIngest!.watch(cluster.node.nc).catch((err: unknown) => console.error(`apm core: following the NATS connection failed: ${(err as Error).message}`));
   let node: CoreNode;
   try {
     node = await openNode({
@@ -121,7 +123,7 @@ export async function main(argv: string[]): Promise<void> {
       workers,
       shards: cluster?.settings.shards ?? shards,
       cluster: cluster?.node,
-      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node, opened?.pool.streamRefused ?? {}), clusterStatus: () => clusterStatus(cluster!.node) }),
+      ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node, opened?.pool.streamRefused ?? {}, logIngest!), clusterStatus: () => clusterStatus(cluster!.node) }),
       retentionSeconds: Math.floor(retentionMs / 1000),
       queryLatenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),
       diskBytesMax: values['disk-bytes-max'] === undefined ? 0 : parseBytes(values['disk-bytes-max'], '--disk-bytes-max', 1024 * 1024, 2 ** 50),

@@ -22,7 +22,7 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { DiscardPolicy, jetstreamManager, StorageType, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { decodeFrame, Encoder } from './codec.js';
+import { Body, decodeFrame, Encoder } from './codec.js';
 import { batchBytesMax, shardsMax } from './limits.js';
 import { encodeRackSecond, isValidShardCount, sectionAt, type RackSecondMessage } from './section.js';
 
@@ -104,7 +104,7 @@ export function msgIdOf(m: Pick<RackSecondMessage, 'rack' | 'origin' | 'session'
 
 /** A rack second's body split into one compressed message per shard section. Throws on a body that does not decode. */
 export function logMessages(body: Uint8Array, enc = new Encoder()): LogMessage[] {
-  const r = decodeFrame(body, batchBytesMax);
+  const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
   if (!r.ok) throw new Error(`not a rack second (${r.reason}): ${r.detail}`);
   if (r.msg.type !== 'rackSecond') throw new Error(`not a rack second: a ${r.msg.type}`);
   const m = r.msg;

@@ -2,23 +2,115 @@
 // here but published to the shards' streams, exactly as `apm rack --nats` publishes it, and
 // acknowledged once every stream has it; each shard's owners then apply it in stream order.
 // (Storing it directly would put it on this node alone, whatever the placement says.)
+// As a rack does, the node keeps what was acknowledged for a while and publishes it again when
+// its connection to NATS comes back: JetStream acknowledges a message once a quorum holds it,
+// before it is synced (nats-server syncs every 2 minutes), so a crash of every NATS server can
+// lose acknowledged messages, and the rack, answered 204, no longer has them. The streams'
+// Msg-Id de-duplicates what they kept.
 
 import type { JetStreamClient } from '@nats-io/jetstream';
-import { headers } from '@nats-io/transport-node';
+import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { Body, decodeFrame, Encoder } from '../../schema/codec.js';
 import { batchBytesMax } from '../../schema/limits.js';
 import { encodingDeflate, encodingHeader, logMessages } from '../../schema/log.js';
 import type { IngestResult } from '../pool.js';
 
+export const logIngestLimits = {
+  /** How long an acknowledged body is kept for a re-publish (inside the streams' 600 s duplicate window, beyond nats-server's 2 min sync). */
+  keepAckedMs: 150_000,
+  /** Bytes of acknowledged messages kept; the oldest body is forgotten beyond it (counted). */
+  keptBytesMax: 64 * 1024 * 1024,
+} as const;
+
+interface LogMessage {
+  subject: string;
+  data: Uint8Array;
+  msgId: string;
+}
+
 export class LogIngest {
   private readonly enc = new Encoder();
-  readonly counters = { published: 0, publish_failures: 0, messages: 0 };
+  readonly counters = { published: 0, publish_failures: 0, messages: 0, reconnects: 0, republished: 0, republish_failures: 0, kept_evicted: 0 };
+  /** Acknowledged bodies' messages, oldest first, kept for a re-publish after a reconnect. */
+  private kept: { atMs: number; messages: LogMessage[]; bytes: number }[] = [];
+  keptBytes = 0;
+  private lostAtMs: number | null = null;
 
   constructor(
     private readonly js: JetStreamClient,
     private readonly shards: number,
     private readonly publishTimeoutMs = 10_000,
+    private readonly limits: { keepAckedMs: number; keptBytesMax: number } = logIngestLimits,
+    private readonly now: () => number = Date.now,
   ) {}
+
+  get keptBodies(): number {
+    return this.kept.length;
+  }
+
+  private publishAll(messages: readonly LogMessage[]): Promise<unknown> {
+    // One headers object per message: publish() writes the Msg-Id into the one it is given.
+    return Promise.all(
+      messages.map((m) => {
+        const h = headers();
+        h.set(encodingHeader, encodingDeflate);
+        return this.js.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: this.publishTimeoutMs });
+      }),
+    );
+  }
+
+  /** Keeps an acknowledged body's messages (bounded in time and bytes). */
+  private keep(atMs: number, messages: LogMessage[]): void {
+    if (this.limits.keepAckedMs <= 0) return;
+    let bytes = 0;
+    for (const m of messages) bytes += m.data.length;
+    this.kept.push({ atMs, messages, bytes });
+    this.keptBytes += bytes;
+    this.expire(this.now() - this.limits.keepAckedMs);
+    while (this.keptBytes > this.limits.keptBytesMax && this.kept.length > 0) {
+      this.keptBytes -= this.kept.shift()!.bytes;
+      this.counters.kept_evicted++;
+    }
+  }
+
+  /** Forgets bodies acknowledged before `beforeMs`. */
+  private expire(beforeMs: number): void {
+    let n = 0;
+    while (n < this.kept.length && this.kept[n]!.atMs < beforeMs) this.keptBytes -= this.kept[n++]!.bytes;
+    if (n > 0) this.kept = this.kept.slice(n);
+  }
+
+  /** The connection to NATS was lost: kept bodies are counted back from now. */
+  connectionLost(): void {
+    this.lostAtMs ??= this.now();
+  }
+
+  /**
+   * The connection is back: every body acknowledged within keepAckedMs before it was lost is
+   * published again (the streams de-duplicate what they kept by Msg-Id) and kept again; one that
+   * fails is kept for the next reconnect (counted).
+   */
+  async connectionBack(): Promise<void> {
+    this.counters.reconnects++;
+    this.expire((this.lostAtMs ?? this.now()) - this.limits.keepAckedMs);
+    this.lostAtMs = null;
+    for (const b of [...this.kept]) {
+      try {
+        await this.publishAll(b.messages);
+        this.counters.republished++;
+      } catch {
+        this.counters.republish_failures++;
+      }
+    }
+  }
+
+  /** Follows the connection's status (until it closes). */
+  async watch(nc: NatsConnection): Promise<void> {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect') this.connectionLost();
+      else if (s.type === 'reconnect') await this.connectionBack();
+    }
+  }
 
   async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true): Promise<IngestResult> {
     const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
@@ -33,16 +125,10 @@ export class LogIngest {
     }
     try {
       const messages = logMessages(body, this.enc);
-      // One headers object per message: publish() writes the Msg-Id into the one it is given.
-      await Promise.all(
-        messages.map((m) => {
-          const h = headers();
-          h.set(encodingHeader, encodingDeflate);
-          return this.js.publish(m.subject, m.data, { msgID: m.msgId, headers: h, timeout: this.publishTimeoutMs });
-        }),
-      );
+      await this.publishAll(messages);
       this.counters.published++;
       this.counters.messages += messages.length;
+      this.keep(this.now(), messages);
     } catch (err) {
       // Some shards may have it already: the Msg-Id makes the sender's retry store each once.
       this.counters.publish_failures++;
