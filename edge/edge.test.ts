@@ -5,6 +5,7 @@ import dgram from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseKeyFile } from '../schema/auth.js';
 import { decodeFrame, type EdgeSecondMessage } from '../schema/codec.js';
+import { hashName } from '../schema/names.js';
 import { mergeSecond } from '../test/merge-helper.js';
 import { until } from '../test/proc.js';
 import type { EdgeClock } from './clock.js';
@@ -225,6 +226,19 @@ describe('the edge and NACKs that ask too much', () => {
     clock.pass(1000);
     nack([0]);
     expect(edge.counters.datagrams_resent).toBeGreaterThanOrEqual(2);
+  });
+
+  it('regression: names count as resent only when their frames went out (before: also those the resend budget refused)', async () => {
+    const clock = new TestClock(S * 1000 + 100);
+    const { edge, secondOf } = await edgeWith(clock, { resendBytesPerSecondMax: 1432 });
+    const first = await secondOf([Array.from({ length: 400 }, (_, i) => `n.series.with.a.fairly.long.name.number.${i}:1|c`).join('\n')]);
+    const hashes = new Uint32Array(2 * 400);
+    for (let i = 0; i < 400; i++) hashName(`n.series.with.a.fairly.long.name.number.${i}`, hashes, 2 * i);
+    edge.onNack({ type: 'nack', server: 'clock-test', session: edge.session, second: first.second, missingParts: new Uint16Array(0), unknownHashes: hashes });
+    // The budget holds one datagram of names, not 400 names.
+    expect(edge.counters.resends_refused).toBeGreaterThan(0);
+    expect(edge.counters.names_resent).toBeGreaterThan(0);
+    expect(edge.counters.names_resent).toBeLessThan(400);
   });
 });
 

@@ -404,9 +404,14 @@ export class Edge {
       const slot = this.aggregator.slotOfHash(nack.unknownHashes[i]!, nack.unknownHashes[i + 1]!);
       if (slot !== undefined) slots.add(slot);
     }
-    const frames = this.packetizer.namesOnly(this.aggregator, [...slots], { second: nack.second, sentMs: this.clock.wallMs(), seq: this.seq });
-    this.counters.names_resent += slots.size;
-    for (const f of frames) if (this.resendBudget(f.length)) this.send(f);
+    const perFrame: number[] = [];
+    const frames = this.packetizer.namesOnly(this.aggregator, [...slots], { second: nack.second, sentMs: this.clock.wallMs(), seq: this.seq }, perFrame);
+    // Only names that went out count as resent (before: also those the budget refused, counted in resends_refused as well).
+    frames.forEach((f, k) => {
+      if (!this.resendBudget(f.length)) return;
+      this.send(f);
+      this.counters.names_resent += perFrame[k]!;
+    });
   }
 
   /** Takes `bytes` from this monotonic second's resend budget; false (counted) when it has no room. */

@@ -128,8 +128,8 @@ export class Packetizer {
     return this.opts.authBytes ?? 0;
   }
 
-  /** A datagram that carries only names (parts = 0): the answer to a NACK that asked for them. */
-  namesOnly(table: SeriesTable, slots: number[], header: PacketHeader): Uint8Array[] {
+  /** A datagram that carries only names (parts = 0): the answer to a NACK that asked for them. `namesPerFrame` gets each frame's count. */
+  namesOnly(table: SeriesTable, slots: number[], header: PacketHeader, namesPerFrame?: number[]): Uint8Array[] {
     const frames: Uint8Array[] = [];
     let i = 0;
     while (i < slots.length) {
@@ -146,6 +146,7 @@ export class Packetizer {
         bytes += name.length;
       }
       if (group.length === 0) break;
+      namesPerFrame?.push(group.length);
       const series = emptyWithNames(table, group);
       frames.push(
         this.encoder.edgeSecond({ server: this.opts.server, session: this.opts.session, seq: header.seq, second: header.second, part: 0, parts: 0, sentMs: header.sentMs, series }),
