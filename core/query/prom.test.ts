@@ -425,3 +425,29 @@ describe('Prometheus API helpers', () => {
     f('MDB_CORRUPTED', 'execution', 422);
   });
 });
+
+describe('Prometheus times, steps and durations', () => {
+  const bad = (f: () => number) => {
+    try {
+      f();
+      return 'taken';
+    } catch (err) {
+      return (err as PromError).type;
+    }
+  };
+  it('regression: a long value is refused before any pattern is tried (before: 32 KB of digits and an `x` backtracked 1.8 s on the HTTP thread, which also serves ingest)', () => {
+    const hostile = `${'1'.repeat(32_000)}x`;
+    expect(() => promTimeMs(hostile, 0, 'start')).toThrow(/longer than 64 characters/);
+    expect(() => promDurationMs(hostile, 'step')).toThrow(/longer than 64 characters/);
+    expect([promTimeMs('1.7e9', 0, 't'), promTimeMs('.5', 0, 't'), promDurationMs('0.5', 's')]).toEqual([1.7e12, 500, 500]);
+  });
+
+  it('regression: refuses dates that do not exist and durations out of order, as Prometheus does (before: 2026-02-30 was March 2, and 1s1m was 61 s)', () => {
+    expect(bad(() => promTimeMs('2026-02-30T00:00:00Z', 0, 'start'))).toBe('bad_data');
+    expect(bad(() => promTimeMs('2026-01-01T24:00:00Z', 0, 'start'))).toBe('bad_data');
+    expect(promTimeMs('2024-02-29T12:00:00.5+01:00', 0, 'start')).toBe(Date.UTC(2024, 1, 29, 11, 0, 0, 500));
+    expect(bad(() => promDurationMs('1s1m', 'step'))).toBe('bad_data');
+    expect(bad(() => promDurationMs('1h1h', 'step'))).toBe('bad_data');
+    expect([promDurationMs('1m30s', 'step'), promDurationMs('1y2w3d4h5m6s7ms', 'step'), promDurationMs('500ms', 'step')]).toEqual([90_000, 33_019_506_007, 500]);
+  });
+});

@@ -93,9 +93,10 @@ const durationUnitMs: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3
 export function promDurationMs(value: string | undefined, name: string): number {
   if (value === undefined || value === '') throw new PromError('bad_data', `missing ${name}=<duration> (e.g. 5s, or seconds like 5)`);
   const v = value.trim();
+  if (v.length > promNumberCharsMax) throw tooLong(name, value);
   let ms: number | null = null;
   if (goFloat.test(v)) ms = Number(v) * 1000;
-  else if (v.length <= 32 && /^(\d+(ms|[smhdwy]))+$/.test(v)) {
+  else if (promDuration.test(v)) {
     ms = 0;
     for (const m of v.matchAll(/(\d+)(ms|[smhdwy])/g)) ms += Number(m[1]) * durationUnitMs[m[2]!]!;
   }
@@ -104,17 +105,37 @@ export function promDurationMs(value: string | undefined, name: string): number 
   return ms;
 }
 
-/** A decimal number as Prometheus (Go's ParseFloat) reads times and steps: 1700000000, 1.7e9, .5, -3, 1e1. */
-const goFloat = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+/**
+ * A decimal number as Prometheus (Go's ParseFloat) reads times and steps: 1700000000, 1.7e9, .5,
+ * -3, 1e1. Unambiguous (before, `\d+\.?\d*` could split a run of digits n ways: 32 KB of digits
+ * and an `x` held the HTTP thread 1.8 s), and tried only on values of at most promNumberCharsMax.
+ */
+const goFloat = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+/** Longest time, step or duration value read (a float has at most ~25 characters, an RFC 3339 time 35). */
+const promNumberCharsMax = 64;
+function tooLong(name: string, value: string): PromError {
+  return new PromError('bad_data', `invalid parameter ${name}=${JSON.stringify(value.slice(0, 40))}…: longer than ${promNumberCharsMax} characters, no time or duration is`);
+}
+
+/** Prometheus' duration: units in order y w d h m s ms, each at most once (`1s1m`, `1h1h` are refused, as Prometheus does). */
+const promDuration = /^(?=\d)(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?$/;
+
+/** Whether an RFC 3339 time's date and clock exist (Date.parse took 2026-02-30 for March 2 and 24:00:00 for the next day; Go refuses both). */
+function validCalendar(v: string): boolean {
+  const [y, mo, d, h, mi, s] = [v.slice(0, 4), v.slice(5, 7), v.slice(8, 10), v.slice(11, 13), v.slice(14, 16), v.slice(17, 19)].map(Number) as [number, number, number, number, number, number];
+  const daysIn = new Date(Date.UTC(y, mo, 0)).getUTCDate();
+  return mo >= 1 && mo <= 12 && d >= 1 && d <= daysIn && h <= 23 && mi <= 59 && s <= 59;
+}
 
 /** A Prometheus time (Unix seconds, possibly fractional, or RFC 3339) in ms, or `fallbackMs` when absent. */
 export function promTimeMs(value: string | undefined, fallbackMs: number, name: string): number {
   if (value === undefined || value === '') return fallbackMs;
   const v = value.trim();
+  if (v.length > promNumberCharsMax) throw tooLong(name, value);
   let ms = NaN;
   if (goFloat.test(v)) ms = Math.round(Number(v) * 1000);
   // RFC 3339 says the zone (Z or ±hh:mm); without it Date.parse takes this machine's local time.
-  else if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(v)) ms = Date.parse(v);
+  else if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(v) && validCalendar(v)) ms = Date.parse(v);
   if (!Number.isFinite(ms)) throw new PromError('bad_data', `invalid parameter ${name}=${JSON.stringify(value.slice(0, 40))}: not Unix seconds (e.g. 1700000000.5) or an RFC 3339 time`);
   if (ms < timeLimits.timeMsMin || ms > timeLimits.timeMsMax) {
     throw new PromError('bad_data', `invalid parameter ${name}=${JSON.stringify(value.slice(0, 40))}: outside 1970..2106, the times apm stores (32-bit Unix seconds)`);
