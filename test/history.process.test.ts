@@ -73,6 +73,12 @@ describe('apm import / apm export', () => {
     expect(imp.stdout).toMatch(/lines refused: no_server 1/);
     expect(imp.stdout).toMatch(/line 101: no_server/);
     expect(imp.stderr).toMatch(/apm import: .* sent/);
+    // Regression: a file none of whose points is stored exits 1 (before: 0).
+    const badFile = join(dir, 'bad.jsonl');
+    writeFileSync(badFile, '{"metric":{"__name__":"bad name","server":"a"},"values":[1],"timestamps":[1]}\nnot json\n');
+    const none = await apm(['import', badFile, '--core', a]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/nothing was stored/);
 
     const range = ['--from', String((t0 - 60) * 1000), '--to', String((t0 + 1800) * 1000)];
     const metrics = [0, 1, 2, 3, 4].map((m) => `hist.m${m}`);

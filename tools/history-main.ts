@@ -14,11 +14,13 @@ Usage: apm import <file | -> [--core <url>] [--gzip]
 
   One series a line: {"metric":{"__name__":"rpc.latency","server":"web-01","rack":"r1"},
   "values":[1.5,2],"timestamps":[1733000000000,1733000001000]} (ms). The server id is the
-  server label, else instance (without :port), else host; rack is optional (default import).
+  server label, else instance (without :port), else host; rack is optional (default: the
+  server's rack when the core knows the server, else import).
   Points are stored as gauges, the last sample of each server-second kept; each bad line or
   point is refused alone and counted in the summary printed at the end. The core answers once
   every point is durable (in its WAL); importing the same file again stores nothing twice
   within a second. Exports of VictoriaMetrics (/api/v1/export) and of apm are taken as they are.
+  Exits 1 when the file held lines and none of their points was stored.
   <file>           the JSON lines (- reads standard input; a .gz file is sent compressed)
   --gzip           the input is gzip-compressed (implied by a .gz name)
   --core <url>     the core (default http://127.0.0.1:8080)
@@ -113,6 +115,12 @@ export async function importMain(argv: string[]): Promise<void> {
     for (const e of s.errors ?? []) console.log(`  line ${e.line}: ${e.reason}: ${e.error}`);
   }
   if (!res.ok) throw new UsageError(`import ${res.status === 503 ? 'stopped' : 'refused'} (HTTP ${res.status}): ${s.error ?? res.statusText}`);
+  // Exit 1 when there was something to import and none of it was stored (before: 0, and
+  // `apm import dump && echo ok` said ok for a dump refused whole).
+  if ((s.lines ?? 0) > 0 && (s.stored ?? 0) === 0) {
+    console.error('apm import: nothing was stored: every line or point was refused (reasons above)');
+    process.exitCode = 1;
+  }
 }
 
 export async function exportMain(argv: string[]): Promise<void> {
