@@ -347,7 +347,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counters('apm_core_import_points_refused_total', 'Imported points not stored, by reason (same_second: a later sample of the server-second was kept; core_refused: the workers dropped it, see apm_core_points_dropped_total)', 'reason', history.pointsRefused);
     p.counter('apm_core_exports_total', 'GET /api/v1/export requests', history.exports);
     p.counter('apm_core_export_lines_total', 'JSON lines exported', history.exportLines);
-    p.counter('apm_core_exports_failed_total', 'Exports that stopped early (their stream ends with an error line)', history.exportsFailed);
+    p.counter('apm_core_exports_failed_total', 'Exports that stopped early (their stream ends with an error line), or answered 503 before any data (a worker busy or restarting for 30 s)', history.exportsFailed);
+    p.counter('apm_core_export_chunks_retried_total', 'Export chunks asked again after a busy or restarting worker refused them (an export retries for up to 30 s)', history.exportRetries);
     p.counter('apm_core_http_rate_limited_total', 'Query API requests refused with 429 (per-client rate limit)', queryRate?.counters.limited ?? 0);
     p.counter('apm_core_http_rate_buckets_evicted_total', 'Rate-limit buckets evicted (more clients than rateBucketsMax)', queryRate?.counters.buckets_evicted ?? 0);
     routing?.writeMetrics(p);

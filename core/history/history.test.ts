@@ -16,7 +16,8 @@ import type { IngestResult } from '../pool.js';
 import { batchBytesMax } from '../../schema/limits.js';
 import { Dedup, windowSeqs } from '../dedup.js';
 import { runImport, type ImportSummary } from './import.js';
-import { idleBounded } from './routes.js';
+import { historyLimits, idleBounded } from './routes.js';
+import { WorkerError } from '../pool.js';
 
 const S = 8;
 const now = Math.floor(Date.now() / 1000);
@@ -275,6 +276,35 @@ describe.each([1, 2])('import and export with %i worker(s)', (workers) => {
     // Ten blocks, one or more chunks each (50 entries is less than a rack's block: read a range of racks at a time).
     expect(chunks).toBeGreaterThanOrEqual(9);
     expect(seen).toEqual(Array.from({ length: 560 }, (_, i) => t0 + 1230 + i));
+  });
+
+  it('regression: a chunk a busy worker refuses is asked again, and a core that cannot read at first answers 503 before any data (before: the export stopped at the first refusal and answered 200)', async () => {
+    const pts: [number, number][] = Array.from({ length: 120 }, (_, i) => [t0 + 3000 + i, i]);
+    expect((await post(line('imp.busy', { server: 'bz-1' }, pts))).json).toMatchObject({ stored: 120 });
+    const pool = node.pool as unknown as { exportChunk: (...a: unknown[]) => Promise<unknown> };
+    const real = pool.exportChunk.bind(node.pool);
+    let refusals = 2;
+    pool.exportChunk = (...a: unknown[]) => (refusals-- > 0 ? Promise.reject(new WorkerError('worker 0 has 16 queries waiting; retry later')) : real(...a));
+    try {
+      const ok = await node.app.request(`/api/v1/export?match[]=imp.busy&from=${(t0 + 3000) * 1000}&to=${(t0 + 3120) * 1000}`);
+      expect(ok.status).toBe(200);
+      const lines = (await ok.text()).split('\n').filter((l) => l !== '');
+      expect(lines.some((l) => l.includes('error'))).toBe(false);
+      expect(lines.reduce((n, l) => n + (JSON.parse(l) as { values: number[] }).values.length, 0)).toBe(120);
+      // Never able to read within the retry time: 503 before any data.
+      pool.exportChunk = () => Promise.reject(new WorkerError('worker 0 is restarting; retry'));
+      const limits = historyLimits as { exportRetryMs: number };
+      const saved = limits.exportRetryMs;
+      limits.exportRetryMs = 300;
+      try {
+        const refused = await node.app.request(`/api/v1/export?match[]=imp.busy&from=${(t0 + 3000) * 1000}&to=${(t0 + 3120) * 1000}`);
+        expect(refused.status).toBe(503);
+      } finally {
+        limits.exportRetryMs = saved;
+      }
+    } finally {
+      pool.exportChunk = real;
+    }
   });
 
   it('reads a block larger than a chunk a range of racks at a time, each chunk within its bound, every point once (before: the whole block in one step, 1.4 s of a worker at 40,000 servers)', async () => {

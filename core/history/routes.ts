@@ -8,7 +8,7 @@ import { mayRack } from '../auth.js';
 import { WorkerError, type IngestResult, type ShardPool } from '../pool.js';
 import { parseTime, TimeError } from '../query/time.js';
 import type { ServerTable } from '../servers.js';
-import { exportLimits } from './export.js';
+import { exportLimits, type ExportChunk } from './export.js';
 import { ImportError, runImport, type ImportSummary } from './import.js';
 
 export const historyLimits = {
@@ -16,6 +16,8 @@ export const historyLimits = {
   exportMetricsMax: 100,
   /** Imports running at once: their requests share the import origin's de-duplication per rack. */
   importsAtOnce: 1,
+  /** How long an export asks again for a chunk a busy or restarting worker refused, before it stops. */
+  exportRetryMs: 30_000,
   /** An import whose body sends nothing this long ends (what came is stored): one quiet client held the only import slot for good. */
   importIdleMs: 120_000,
 } as const;
@@ -56,6 +58,8 @@ export class HistoryCounters {
   exports = 0;
   exportLines = 0;
   exportsFailed = 0;
+  /** Export chunks asked again after a busy or restarting worker refused them. */
+  exportRetries = 0;
 
   add(s: ImportSummary): void {
     this.pointsStored += s.stored;
@@ -109,7 +113,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
     }
   });
 
-  app.get('/api/v1/export', (c) => {
+  app.get('/api/v1/export', async (c) => {
     const matches = [...c.req.queries('match[]') ?? [], ...c.req.queries('metric') ?? []];
     if (matches.length === 0) return c.json({ error: 'name the metrics: match[]=<metric> (or {__name__="<metric>"}), repeatable; from/to bound the time (default: the last hour)' }, 400);
     if (matches.length > historyLimits.exportMetricsMax) return c.json({ error: `${matches.length} metrics > ${historyLimits.exportMetricsMax} per export` }, 400);
@@ -134,21 +138,46 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
     fromMs = Math.max(fromMs, Date.now() - pool.retentionSeconds * 1000 - 60_000);
     toMs = Math.min(toMs, Date.now() + 3_600_000);
     counters.exports++;
+    // The first whole second at or after `from` (floor took in a point before a from in ms).
+    const start = Math.ceil(fromMs / 1000);
+    const end = Math.ceil(toMs / 1000);
+    let aborted = false;
+    // A chunk is a read: one refused for a busy or restarting worker is asked again, with
+    // back-off, for up to exportRetryMs (before: the export stopped at the first refusal — one
+    // dashboard refresh could cut a year-long export — and answered 200 even before any data).
+    const chunkOf = async (name: string, at: number, rack: number): Promise<ExportChunk> => {
+      const until = Date.now() + historyLimits.exportRetryMs;
+      for (let wait = 50; ; wait = Math.min(2 * wait, 1000)) {
+        try {
+          return await pool.exportChunk(name, at, end, exportLimits.entriesPerChunkMax, rack);
+        } catch (err) {
+          if (!(err instanceof WorkerError) || Date.now() + wait > until || aborted) throw err;
+          counters.exportRetries++;
+          await new Promise((r) => setTimeout(r, wait));
+        }
+      }
+    };
+    // The first chunk before the answer's status: a core that cannot read now answers 503.
+    let first: ExportChunk;
+    try {
+      first = await chunkOf(names[0]!, start, 0);
+    } catch (err) {
+      counters.exportsFailed++;
+      if (err instanceof WorkerError) return c.json({ error: `export: ${err.message}`, reason: 'unavailable' }, 503);
+      throw err;
+    }
     c.header('content-type', 'application/x-ndjson');
     return stream(c, async (out) => {
-      let aborted = false;
       out.onAbort(() => {
         aborted = true;
       });
       try {
-        for (const name of names) {
-          // The first whole second at or after `from` (floor took in a point before a from in ms).
-          let at: number | null = Math.ceil(fromMs / 1000);
+        for (const [k, name] of names.entries()) {
+          let at: number | null = start;
           let rack = 0;
-          const end = Math.ceil(toMs / 1000);
           while (at !== null && at < end && !aborted) {
             // One bounded chunk at a time, written before the next is read: memory stays one chunk.
-            const chunk = await pool.exportChunk(name, at, end, exportLimits.entriesPerChunkMax, rack);
+            const chunk: ExportChunk = k === 0 && at === start && rack === 0 ? first : await chunkOf(name, at, rack);
             if (chunk.lines.length > 0) await out.write(chunk.lines.join('\n') + '\n');
             counters.exportLines += chunk.lines.length;
             at = chunk.nextSecond;
