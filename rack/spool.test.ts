@@ -261,6 +261,40 @@ describe('Spool (real LMDB files)', () => {
     await third.close();
   });
 
+  it('regression: while batches held in memory move to disk, none is listed twice, and one acknowledged meanwhile is removed once (before: listed twice, sent twice — stored twice across a session change — and the spool\'s counts went negative)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-spool-move-'));
+    const o = { bytesMax: 1 << 30, reserveBytes: Number.MAX_SAFE_INTEGER, memoryBytesMax: 1 << 26 };
+    const s = new Spool(dir, o);
+    for (let i = 0; i < 5; i++) {
+      const seq = s.takeSeq();
+      s.closedThrough = 1_790_000_000 + seq;
+      await s.put(seq, new Uint8Array(5000).fill(seq), 1_790_000_000 + seq);
+    }
+    expect(s.memoryBatches).toBe(5);
+    o.reserveBytes = 0;
+    await new Promise((r) => setTimeout(r, 1100)); // the free-space check (once a second) sees room
+    const six = s.takeSeq();
+    const moving = s.put(six, new Uint8Array(5000).fill(6), 1_790_000_000 + six);
+    await s.remove(1); // acknowledged while the move is written
+    let done = false;
+    void moving.then(() => (done = true));
+    const twice: string[] = [];
+    for (let i = 0; i < 2000 && !done; i++) {
+      const l = s.oldest(16).map((e) => e.seq);
+      if (new Set(l).size !== l.length) twice.push(l.join(','));
+      await new Promise((r) => setImmediate(r));
+    }
+    await moving;
+    expect(twice).toEqual([]);
+    expect(s.oldest(16).map((e) => e.seq)).toEqual([2, 3, 4, 5, 6]);
+    for (const seq of [2, 2, 3]) await s.remove(seq); // a repeated acknowledgement changes nothing
+    expect([s.heldBatches, s.memoryBatches]).toEqual([3, 0]);
+    await s.close();
+    const again = new Spool(dir, o);
+    expect(again.oldest(16).map((e) => e.seq)).toEqual([4, 5, 6]);
+    await again.close();
+  });
+
   it('keeps batches in memory while free space is below the reserve', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-spool-low-'));
     const s = new Spool(dir, { bytesMax: 1 << 20, reserveBytes: Number.MAX_SAFE_INTEGER, memoryBytesMax: 1 << 20 });

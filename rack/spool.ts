@@ -327,11 +327,18 @@ export class Spool {
 
   /** One transaction; false (counted, logged once per episode) when the disk refuses it. */
   private async write(entries: [number, Uint8Array][]): Promise<boolean> {
+    // Where a restart resumes, as of now (the transaction runs on a later turn, when seconds held
+    // only in memory may have closed): before any second held in memory and not in this write.
+    let closedThrough = this.closedThrough;
+    if (this.unwrittenSeconds.size > 0) {
+      const inThis = new Set(entries.map(([seq]) => seq));
+      for (const [seq, second] of this.unwrittenSeconds) if (!inThis.has(seq) && second - 1 < closedThrough) closedThrough = second - 1;
+    }
     try {
       await this.root.transaction(() => {
         for (const [seq, bytes] of entries) this.batches.put(seq, bytes);
         this.meta.put('nextSeq', this.nextSeq);
-        this.meta.put('closedThrough', this.closedThrough);
+        this.meta.put('closedThrough', closedThrough);
         this.meta.put('session', this.session);
         this.meta.put('seqReserved', this.seqReserved);
         this.meta.put('shards', this.shardCount);
@@ -363,18 +370,29 @@ export class Spool {
     await this.retryRemovals();
     const entries = [...this.unwritten];
     if (!(await this.write(entries))) return;
+    // Every entry leaves memory at once, before any await: while one was both on disk and in
+    // memory, oldest() listed it twice, it was sent twice, and a copy sent after a newer session's
+    // batch was stored twice by the core (and a second removal made the spool's counts negative).
+    const rewrites: [number, Uint8Array][] = [];
+    const removals: number[] = [];
     for (const [seq, bytes] of entries) {
       const now = this.unwritten.get(seq);
       if (now !== undefined) {
         this.forgetUnwritten(seq, now);
         this.noteWritten(seq, now);
-        // Replaced (re-cut) while its old bytes were being written: the new ones over them, as
-        // replace() does for a batch on disk (ordered before any removal that comes after).
-        if (now !== bytes) await this.rewrite(seq, now);
+        // Replaced (re-cut) while its old bytes were being written: the new ones over them.
+        if (now !== bytes) rewrites.push([seq, now]);
       } else {
-        // Acknowledged by the core while the write was in flight: written, then removed.
-        await this.removeFromDisk(seq);
+        // Acknowledged by the core while the write was in flight: written, then removed (no reader lists it meanwhile).
+        this.removing.add(seq);
+        removals.push(seq);
       }
+    }
+    // Unless acknowledged meanwhile (its removal came first: writing it again would bring it back).
+    for (const [seq, now] of rewrites) if (this.recent.get(seq) === now && !this.removing.has(seq)) await this.rewrite(seq, now);
+    for (const seq of removals) {
+      await this.removeFromDisk(seq);
+      this.removing.delete(seq);
     }
     await this.boundDisk(entries[entries.length - 1]![0]);
   }
@@ -456,7 +474,8 @@ export class Spool {
   oldest(limit: number, exclude?: ReadonlySet<number>): SpoolEntry[] {
     const out: SpoolEntry[] = [];
     for (const key of this.batches.getKeys()) {
-      if (exclude?.has(key) || this.removeFailed.has(key) || this.removing.has(key)) continue;
+      // (A key still in memory is on its way to disk: listed once, from memory, below.)
+      if (exclude?.has(key) || this.removeFailed.has(key) || this.removing.has(key) || this.unwritten.has(key)) continue;
       const bytes = this.recent.get(key) ?? this.batches.get(key);
       if (bytes !== undefined) out.push({ seq: key, bytes });
       if (out.length >= limit) break;
