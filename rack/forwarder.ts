@@ -241,7 +241,10 @@ export class Forwarder {
       const recut = await this.opts.recut(seq, bytes, shards);
       if (recut === null) return 'later';
       this.counters.batches_recut++;
-      if (note !== undefined) note.shards = shards;
+      // The note keeps the shard count the body was first cut for: the re-cut bytes may live only
+      // in the spool's memory (its rewrite refused by a full disk), and once they leave it the old
+      // ones come back from disk — trusted as re-cut, they were sent for good and answered 409
+      // for good, holding every batch behind them. A body sent again is decoded again instead.
       return { bytes: recut, shards };
     } catch (err) {
       if (this.counters.batches_unreadable++ === 0) {
@@ -331,7 +334,13 @@ export class Forwarder {
     this.stopped = true;
     this.placement.stop();
     if (this.timer !== null) clearTimeout(this.timer);
-    await this.pool.close().catch(() => undefined);
+    // Bounded too: close() waits for requests in flight (up to the request timeout, 30 s), and a
+    // supervisor could kill the rack before its spool wrote what it holds in memory.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), Math.max(0, deadline - Date.now()))));
+    const closed = await Promise.race([this.pool.close().then(() => 'closed' as const, () => 'closed' as const), late]);
+    clearTimeout(timer);
+    if (closed === 'late') await this.pool.destroy().catch(() => undefined);
   }
 }
 
