@@ -156,8 +156,8 @@ export function readBodyInto(req: IncomingMessage, length: number, bytesMax: num
         // The first buffer: twice what came (at least a size class, at most firstBytesMax); then
         // four times larger as bytes arrive, up to the declared length (a 1.6 MB body is copied
         // twice on its way, 0.6 MB in all, not four times, 1.9 MB).
-        const want = buf.byteLength === 0 ? Math.max(2 * chunk.length, Math.min(budget.firstBytesMax, classMinBytes)) : Math.max(4 * buf.byteLength, at + chunk.length);
-        const next = sizeClass(Math.min(length, buf.byteLength === 0 ? Math.max(chunk.length, Math.min(want, budget.firstBytesMax)) : want));
+        const grownTo = buf.byteLength === 0 ? Math.max(chunk.length, Math.min(budget.firstBytesMax, Math.max(2 * chunk.length, classMinBytes))) : Math.max(4 * buf.byteLength, at + chunk.length);
+        const next = sizeClass(Math.min(length, grownTo));
         if (!budget.tryHold(next)) {
           req.resume();
           return done(full());

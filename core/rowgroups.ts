@@ -163,7 +163,7 @@ export function storedRowBytes(key: Uint8Array, value: Uint8Array, chunk: (rowKe
   const out = spill === undefined ? new Uint8Array(length) : spill(length).subarray(0, length);
   let o = 0;
   for (const p of pieces) {
-    out.set(p.subarray(0, Math.min(p.length, length - o)), o);
+    out.set(p, o);
     o += p.length;
   }
   return out;

@@ -83,17 +83,13 @@ export class Packetizer {
     // with it the whole second), and a rack holds serverSecondBytesMax of one server's second
     // (it refuses the parts beyond: 10,000 series with 80-character names took 1.2 MB, and their
     // resends were refused again): names go first, then the series past the last part that fits.
-    if (!this.fits(parts)) {
+    if (this.fitting(parts) < parts.length) {
       this.namesDeferred++;
       parts = this.plan(closed, table, () => false);
     }
-    if (!this.fits(parts)) {
-      let keep = 0;
-      let bytes = 0;
-      while (keep < parts.length && keep < partsMax && bytes + parts[keep]!.bytes + this.authBytes <= serverSecondBytesMax) bytes += parts[keep++]!.bytes + this.authBytes;
-      for (let p = keep; p < parts.length; p++) this.seriesOverParts += parts[p]!.points + parts[p]!.dists;
-      parts.length = keep;
-    }
+    const keep = this.fitting(parts);
+    for (let p = keep; p < parts.length; p++) this.seriesOverParts += parts[p]!.points + parts[p]!.dists;
+    parts.length = keep;
     const frames: Uint8Array[] = [];
     for (let p = 0; p < parts.length; p++) {
       const part = parts[p]!;
@@ -116,16 +112,13 @@ export class Packetizer {
     return frames;
   }
 
-  /** Whether a second's parts fit what a rack takes: partsMax datagrams, serverSecondBytesMax bytes (as sent, signatures included). */
-  private fits(parts: readonly PartPlan[]): boolean {
-    if (parts.length > partsMax) return false;
+  /** How many of a second's first parts fit what a rack takes: partsMax datagrams, serverSecondBytesMax bytes (as sent, signatures included). */
+  private fitting(parts: readonly PartPlan[]): number {
+    const auth = this.opts.authBytes ?? 0;
     let bytes = 0;
-    for (const p of parts) bytes += p.bytes + this.authBytes;
-    return bytes <= serverSecondBytesMax;
-  }
-
-  private get authBytes(): number {
-    return this.opts.authBytes ?? 0;
+    let k = 0;
+    while (k < parts.length && k < partsMax && bytes + parts[k]!.bytes + auth <= serverSecondBytesMax) bytes += parts[k++]!.bytes + auth;
+    return k;
   }
 
   /** A datagram that carries only names (parts = 0): the answer to a NACK that asked for them. `namesPerFrame` gets each frame's count. */

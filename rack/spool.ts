@@ -193,8 +193,7 @@ export class Spool {
    */
   private noteDelivered(): void {
     if (!this.refusing && this.unwritten.size === 0) return;
-    let safe = this.closedThrough;
-    for (const second of this.unwrittenSeconds.values()) if (second - 1 < safe) safe = second - 1;
+    const safe = this.resumeAfter();
     if (safe <= this.markSecond) return;
     this.markSecond = safe;
     this.markWrite = this.markWrite.then(async () => {
@@ -209,6 +208,16 @@ export class Spool {
         writeFailure(err);
       }
     });
+  }
+
+  /**
+   * Where a restart resumes: closedThrough, but before any second held only in memory (not late;
+   * `writing`: batches being written with it, which do not hold it back).
+   */
+  private resumeAfter(writing?: ReadonlySet<number>): number {
+    let safe = this.closedThrough;
+    for (const [seq, second] of this.unwrittenSeconds) if (!writing?.has(seq) && second - 1 < safe) safe = second - 1;
+    return safe;
   }
 
   /** Forgets a batch held in memory (written, acknowledged or dropped). */
@@ -329,11 +338,7 @@ export class Spool {
   private async write(entries: [number, Uint8Array][]): Promise<boolean> {
     // Where a restart resumes, as of now (the transaction runs on a later turn, when seconds held
     // only in memory may have closed): before any second held in memory and not in this write.
-    let closedThrough = this.closedThrough;
-    if (this.unwrittenSeconds.size > 0) {
-      const inThis = new Set(entries.map(([seq]) => seq));
-      for (const [seq, second] of this.unwrittenSeconds) if (!inThis.has(seq) && second - 1 < closedThrough) closedThrough = second - 1;
-    }
+    const closedThrough = this.unwrittenSeconds.size === 0 ? this.closedThrough : this.resumeAfter(new Set(entries.map(([seq]) => seq)));
     try {
       await this.root.transaction(() => {
         for (const [seq, bytes] of entries) this.batches.put(seq, bytes);

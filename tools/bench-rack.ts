@@ -159,7 +159,7 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
     for (let k = 0; k < warmup + seconds; k++) {
       const now = Date.now();
       await new Promise((r) => setTimeout(r, 1000 - (now % 1000) + 5));
-      const second = Math.floor(Date.now() / 1000);
+      let second = Math.floor(Date.now() / 1000);
       if (k === 0) {
         // Names first (an edge's answers to the rack's name asks), spread like the seconds.
         for (let slice = 0; slice < slices; slice++) {
@@ -179,10 +179,10 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
         await new Promise((r) => setTimeout(r, 2500));
         s0 = await sample(rack.pid!, ports.http);
         await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
+        second = Math.floor(Date.now() / 1000);
       }
-      const sent = Math.floor(Date.now() / 1000);
       for (let slice = 0; slice < slices; slice++) {
-        sendSlice(k === warmup ? sent : second, slice);
+        sendSlice(second, slice);
         await new Promise((r) => setTimeout(r, 20));
       }
     }

@@ -33,6 +33,8 @@ export class LogIngest {
   readonly counters = { published: 0, publish_failures: 0, messages: 0, reconnects: 0, republished: 0, republish_failures: 0, kept_evicted: 0 };
   /** Acknowledged bodies' messages, oldest first, kept for a re-publish after a reconnect. */
   private kept: { atMs: number; messages: LogMessage[]; bytes: number }[] = [];
+  /** Bodies before this index in `kept` are forgotten (the array is compacted now and then, not copied at each expiry). */
+  private keptHead = 0;
   keptBytes = 0;
   private lostAtMs: number | null = null;
 
@@ -45,7 +47,7 @@ export class LogIngest {
   ) {}
 
   get keptBodies(): number {
-    return this.kept.length;
+    return this.kept.length - this.keptHead;
   }
 
   private publishAll(messages: readonly LogMessage[]): Promise<unknown> {
@@ -67,17 +69,25 @@ export class LogIngest {
     this.kept.push({ atMs, messages, bytes });
     this.keptBytes += bytes;
     this.expire(this.now() - this.limits.keepAckedMs);
-    while (this.keptBytes > this.limits.keptBytesMax && this.kept.length > 0) {
-      this.keptBytes -= this.kept.shift()!.bytes;
+    while (this.keptBytes > this.limits.keptBytesMax && this.keptHead < this.kept.length) {
+      this.keptBytes -= this.kept[this.keptHead++]!.bytes;
       this.counters.kept_evicted++;
     }
+    this.compact();
   }
 
   /** Forgets bodies acknowledged before `beforeMs`. */
   private expire(beforeMs: number): void {
-    let n = 0;
-    while (n < this.kept.length && this.kept[n]!.atMs < beforeMs) this.keptBytes -= this.kept[n++]!.bytes;
-    if (n > 0) this.kept = this.kept.slice(n);
+    while (this.keptHead < this.kept.length && this.kept[this.keptHead]!.atMs < beforeMs) this.keptBytes -= this.kept[this.keptHead++]!.bytes;
+    this.compact();
+  }
+
+  /** Drops the forgotten head of `kept` once it is the larger part (amortized O(1) a body). */
+  private compact(): void {
+    if (this.keptHead > 64 && 2 * this.keptHead > this.kept.length) {
+      this.kept = this.kept.slice(this.keptHead);
+      this.keptHead = 0;
+    }
   }
 
   /** The connection to NATS was lost: kept bodies are counted back from now. */
@@ -94,7 +104,7 @@ export class LogIngest {
     this.counters.reconnects++;
     this.expire((this.lostAtMs ?? this.now()) - this.limits.keepAckedMs);
     this.lostAtMs = null;
-    for (const b of [...this.kept]) {
+    for (const b of this.kept.slice(this.keptHead)) {
       try {
         await this.publishAll(b.messages);
         this.counters.republished++;

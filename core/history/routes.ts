@@ -69,7 +69,7 @@ export class HistoryCounters {
   }
 }
 
-export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult>; importIdleMs?: number }): HistoryCounters {
+export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult> }): HistoryCounters {
   const { pool, servers } = deps;
   const ingest = deps.ingest ?? ((b: Uint8Array) => pool.ingest(b));
   const counters = new HistoryCounters();
@@ -87,7 +87,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
     if (raw === null) return c.json({ error: 'the body holds the JSON lines to import (one series a line: {"metric":{"__name__":…,"server":…},"values":[…],"timestamps":[…]})' }, 400);
     const encoding = (c.req.header('content-encoding') ?? 'identity').toLowerCase();
     if (encoding !== 'identity' && encoding !== 'gzip') return c.json({ error: `content-encoding ${encoding} is not taken; send identity or gzip` }, 415);
-    const body = idleBounded(encoding === 'gzip' ? raw.pipeThrough(new DecompressionStream('gzip')) : raw, deps.importIdleMs ?? historyLimits.importIdleMs);
+    const body = idleBounded(encoding === 'gzip' ? raw.pipeThrough(new DecompressionStream('gzip')) : raw, historyLimits.importIdleMs);
     running++;
     counters.imports++;
     try {
