@@ -231,7 +231,11 @@ describe('the whole system on a core cluster: simulator → rack → NATS JetStr
     await until(() => (Math.floor(Date.now() / 1000) >= drainedS + 4 ? true : undefined), 10_000, 'four seconds after the drain');
     const toS = Math.floor(Date.now() / 1000) - 3;
     const answeringFrom = Date.now();
-    const compared = await everyNodeExact(h, recordFile, firstS, toS, 15_000);
+    // Up to 45 s: a consumer whose pull went quiet over the restart reads afresh only after its
+    // idle check, and on a loaded box (two test files at once) that and its catch-up passed 15 s
+    // once, every message applied by then ("delivered up to 7, applied 7, 16 waiting, nothing
+    // arriving: reading afresh").
+    const compared = await everyNodeExact(h, recordFile, firstS, toS, 45_000);
     expect(compared).toBeGreaterThanOrEqual(servers * recorded.length * (toS - firstS));
     console.log(`NATS down ${outageMs / 1000} s: rack connected/spooled each second ${summary}; spool drained ${drainMs} ms after the restart; every node exact ${Date.now() - answeringFrom} ms later: ${compared} summaries (seconds ${firstS}..${toS}) per node`);
     expect(toS - outageS).toBeGreaterThan(outageMs / 1000);
