@@ -193,6 +193,23 @@ describe('dashboard in Chromium', () => {
     await expect.poll(() => page.locator('article.panel', { hasText: 'extra 6' }).locator('.received').textContent(), { timeout: 20_000 }).toMatch(/^[1-9]/);
   });
 
+  it('regression: shows stored queries created, edited and deleted elsewhere without a reload (before: the page listed them only at start and after its own saves)', async () => {
+    const before = await page.locator('article.panel').count();
+    const r = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'made elsewhere', query: 'FROM web-* SELECT sim.cpu.2 WINDOW 5s COMPUTE max' }) });
+    expect(r.status).toBe(201);
+    const id = ((await r.json()) as { id: string }).id;
+    const panel = page.locator(`article.panel[data-id="${id}"]`);
+    await expect.poll(() => panel.count(), { timeout: 10_000 }).toBe(1);
+    await expect.poll(() => panel.locator('.state').textContent(), { timeout: 15_000 }).toBe('live');
+    const edited = 'FROM web-* SELECT sim.cpu.3 WINDOW 10s COMPUTE min';
+    expect((await fetch(`${url}/api/v1/queries/${id}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'edited elsewhere', query: edited }) })).status).toBe(200);
+    await expect.poll(() => panel.locator('.q').textContent(), { timeout: 10_000 }).toBe(edited);
+    expect(await panel.locator('h3').textContent()).toBe('edited elsewhere');
+    expect((await fetch(`${url}/api/v1/queries/${id}`, { method: 'DELETE' })).status).toBe(204);
+    await expect.poll(() => panel.count(), { timeout: 10_000 }).toBe(0);
+    expect(await page.locator('article.panel').count()).toBe(before);
+  });
+
   it('draws values and totals on their own axes (sum beside avg no longer flattens avg), with the range from the URL', async () => {
     const r = await fetch(`${url}/api/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'mixed', query: 'FROM web-* SELECT sim.cpu.0 WINDOW 5s COMPUTE sum, avg, max' }) });
     expect(r.status).toBe(201);

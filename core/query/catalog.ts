@@ -82,6 +82,8 @@ export class QueryCatalog {
   /** resultsAnswer: answers sent again (kept) or built, kept ones evicted by the bounds, bytes held. */
   readonly answerCounters = { kept: 0, built: 0, evicted: 0, bytes: 0 };
   private readonly listeners = new Set<Listener>();
+  /** Told after any definition was created, edited, renamed or deleted (here or, in a cluster, elsewhere). */
+  private readonly definitionListeners = new Set<() => void>();
   /** Definitions that no longer parse: kept, not evaluated, listed with the reason (at most queriesMax). */
   private readonly unparsable: { id: string; query: string; error: string }[] = [];
   /**
@@ -202,19 +204,26 @@ export class QueryCatalog {
   applyChange(id: string, def: StoredQuery | null): Promise<void> {
     return this.exclusive(async () => {
       const had = this.defs.get(id);
-      this.forgetSetAside(id);
+      const setAside = this.forgetSetAside(id);
       if (def === null) {
-        if (had === undefined) return;
+        if (had === undefined) {
+          if (setAside) this.definitionsChanged();
+          return;
+        }
         this.defs.delete(id);
         this.recent.delete(id);
         this.admitOverLimit();
+        this.definitionsChanged();
         await this.syncWorkers();
         return;
       }
       if (had !== undefined && had.def.query === def.query) {
-        had.def = def; // renamed, or this node's own change: results stand
+        // Renamed, or this node's own change coming back (results stand; nothing new to tell).
+        if (had.def.name !== def.name) this.definitionsChanged();
+        had.def = def;
         return;
       }
+      this.definitionsChanged();
       if (had !== undefined) (this.defs.delete(id), this.recent.delete(id));
       // Results of another text, or none yet: memory holds all only from here on (learn).
       const kept = this.learn(def);
@@ -249,6 +258,7 @@ export class QueryCatalog {
       await this.db.create(def);
       this.defs.set(def.id, { def, parsed });
       this.recent.set(def.id, { starts: [], json: [], all: true });
+      this.definitionsChanged();
       await this.syncAfterChange();
       return def;
     });
@@ -267,6 +277,7 @@ export class QueryCatalog {
       await this.db.update(def);
       const old = d.parsed;
       this.defs.set(id, { def, parsed });
+      this.definitionsChanged();
       if (old.text === parsed.text) return def; // renamed: results stand
       this.recent.set(id, { starts: [], json: [], all: true });
       // The worker drops the old results; a new metric may live in another worker, which starts it.
@@ -280,6 +291,7 @@ export class QueryCatalog {
       if (this.overLimit.has(id) || this.unparsable.some((u) => u.id === id)) {
         await this.db.remove(id);
         this.forgetSetAside(id);
+        this.definitionsChanged();
         return true;
       }
       if (!this.defs.has(id)) return false;
@@ -287,6 +299,7 @@ export class QueryCatalog {
       this.defs.delete(id);
       this.recent.delete(id);
       this.admitOverLimit();
+      this.definitionsChanged();
       await this.syncAfterChange();
       return true;
     });
@@ -409,6 +422,20 @@ export class QueryCatalog {
   subscribe(l: Listener): () => void {
     this.listeners.add(l);
     return () => this.listeners.delete(l);
+  }
+
+  /**
+   * Calls `l` after each change to the definitions (a dashboard's live stream tells its page,
+   * which lists them again: before, a page kept deleted panels and drew an edited query's new
+   * windows into its old chart until reloaded).
+   */
+  onDefinitions(l: () => void): () => void {
+    this.definitionListeners.add(l);
+    return () => this.definitionListeners.delete(l);
+  }
+
+  private definitionsChanged(): void {
+    for (const l of this.definitionListeners) l();
   }
 }
 

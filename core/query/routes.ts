@@ -122,18 +122,30 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
   });
 
   /** Streams windows of the queries in `ids` as SSE `window` events until the client leaves; `who` holds one of its slots meanwhile. */
-  const liveStream = (c: Context, ids: ReadonlySet<string>, tagged: boolean, who: string) =>
+  const liveStream = (c: Context, ids: ReadonlySet<string>, tagged: boolean, who: string, definitions: boolean) =>
     streamSSE(c, async (stream) => {
-      const queue: { id: string; w: WindowResult }[] = [];
+      // w null: the definitions changed (a `definitions` event, in order with the windows).
+      const queue: { id: string; w: WindowResult | null }[] = [];
       const stillAllowed = c.get('apmStillAllowed') as (() => boolean) | undefined;
       let wake: (() => void) | null = null;
       let closed = false;
-      const unsubscribe = stored.subscribe((id, w) => {
-        if (!ids.has(id) || closed) return;
+      const enqueue = (id: string, w: WindowResult | null) => {
         if (queue.length >= routeLimits.subscriberQueueMax) drop(); // a client this far behind may not hold memory
         else queue.push({ id, w });
         wake?.();
+      };
+      const unsubscribe = stored.subscribe((id, w) => {
+        if (!ids.has(id) || closed) return;
+        enqueue(id, w);
       });
+      // A dashboard's stream (definitions=1) is told when any definition changes, so the page
+      // lists them again (a panel created, edited or deleted elsewhere).
+      const unsubscribeDefinitions = definitions
+        ? stored.onDefinitions(() => {
+            if (closed || (queue.length > 0 && queue[queue.length - 1]!.w === null)) return;
+            enqueue('', null);
+          })
+        : () => undefined;
       // A dropped client's write never completes (its socket is full): abort the stream, which
       // ends that write, the loop, and so gives back the slot (before: counted, never let go).
       const drop = () => {
@@ -164,8 +176,13 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
           }
           const e = queue.shift();
           if (e !== undefined) {
-            const data = tagged ? `{"id":${JSON.stringify(e.id)},"window":${JSON.stringify(e.w)}}` : JSON.stringify(e.w);
-            await write(() => stream.writeSSE({ event: 'window', data, id: `${e.w.startMs}:${e.w.revision}` }));
+            const w = e.w;
+            if (w === null) {
+              await write(() => stream.writeSSE({ event: 'definitions', data: '{}' }));
+              continue;
+            }
+            const data = tagged ? `{"id":${JSON.stringify(e.id)},"window":${JSON.stringify(w)}}` : JSON.stringify(w);
+            await write(() => stream.writeSSE({ event: 'window', data, id: `${w.startMs}:${w.revision}` }));
             continue;
           }
           await new Promise<void>((resolve) => {
@@ -177,6 +194,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
         }
       } finally {
         unsubscribe();
+        unsubscribeDefinitions();
         release(who);
       }
     });
@@ -190,7 +208,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     else streamsOf.set(who, n);
   };
   /** Takes a slot for the client, or answers why not (503: the node is full; 429: the client's share is). */
-  const openLive = (c: Context, ids: ReadonlySet<string>, tagged: boolean) => {
+  const openLive = (c: Context, ids: ReadonlySet<string>, tagged: boolean, definitions = false) => {
     if (subscribers >= routeLimits.subscribersMax) {
       c.set('apmRefusal', 'live_full');
       return c.json({ error: `${routeLimits.subscribersMax} live subscribers already; try later` }, 503);
@@ -208,7 +226,7 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
     subscribers++;
     streamsOf.set(who, held + 1);
     try {
-      return liveStream(c, ids, tagged, who);
+      return liveStream(c, ids, tagged, who, definitions);
     } catch (err) {
       release(who);
       throw err;
@@ -224,13 +242,17 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
   // Several stored queries on one stream: a browser holds at most 6 HTTP/1.1 connections per
   // host, so a dashboard with a stream per chart would starve its own other requests.
   // Events carry {"id", "window"}.
+  // `definitions=1` (a dashboard's): also a `definitions` event whenever a stored query is
+  // created, edited or deleted (here, elsewhere, or on another node of a cluster); `ids` may then
+  // be empty (a page with no panel yet learns of the first one).
   app.get('/api/v1/live', (c) => {
     const ids = (c.req.query('ids') ?? '').split(',').filter((x) => x !== '');
-    if (ids.length === 0) return c.json({ error: 'missing ids=<id>,<id>,… (stored query ids)' }, 400);
+    const definitions = c.req.query('definitions') === '1';
+    if (ids.length === 0 && !definitions) return c.json({ error: 'missing ids=<id>,<id>,… (stored query ids), or definitions=1' }, 400);
     if (ids.length > routeLimits.idsPerStreamMax) return c.json({ error: `${ids.length} ids > ${routeLimits.idsPerStreamMax} per stream` }, 400);
     const unknown = ids.filter((id) => stored.get(id) === undefined);
     if (unknown.length > 0) return c.json({ error: `no stored query ${unknown.join(', ')}`, unknown }, 404);
-    return openLive(c, new Set(ids), true);
+    return openLive(c, new Set(ids), true, definitions);
   });
 
   app.get('/api/v1/query', async (c) => {

@@ -31,6 +31,8 @@ const serverRowsMax = 500;
 const clusterShardRowsMax = 4096;
 /** Retries of a request the core rate-limited (429, waiting its Retry-After). */
 const rateRetriesMax = 3;
+/** A request to the core unanswered this long is given up (the page says so and tries again later). */
+const apiTimeoutMs = 30_000;
 const palette = ['#2c6ecb', '#d9480f', '#2b8a3e', '#862e9c', '#e67700', '#0b7285', '#c2255c', '#5c940d'];
 
 const $ = (id) => document.getElementById(id);
@@ -59,17 +61,29 @@ class ApiError extends Error {
   }
 }
 
-/** fetch() against the core, with the token; JSON in and out; errors as ApiError. */
+/**
+ * fetch() against the core, with the token; JSON in and out; errors as ApiError. Each try ends
+ * after apiTimeoutMs: a hung core (a stopped process, a half-open connection) held every request
+ * for good, and the browser's six connections per host with them.
+ */
 async function api(path, init = {}) {
   const headers = new Headers(init.headers);
   if (state.token) headers.set('authorization', `Bearer ${state.token}`);
   if (init.body !== undefined) headers.set('content-type', 'application/json');
-  let r = await fetch(path, { ...init, headers });
+  const once = async () => {
+    try {
+      return await fetch(path, { ...init, headers, signal: AbortSignal.timeout(apiTimeoutMs) });
+    } catch (err) {
+      if (err?.name === 'TimeoutError') throw new ApiError(0, { error: `no answer in ${apiTimeoutMs / 1000} s` });
+      throw err;
+    }
+  };
+  let r = await once();
   // Rate limited (a burst of panels loading history): wait as told, a few times at most.
   for (let tries = 0; r.status === 429 && tries < rateRetriesMax; tries++) {
     const waitS = Math.min(10, Number(r.headers.get('retry-after')) || 1);
     await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
-    r = await fetch(path, { ...init, headers });
+    r = await once();
   }
   // A cluster node cut off from its log answers from what it holds and says since when (x-apm-stale-since).
   if (/\/results$|^\/api\/v1\/query$/.test(path.split('?')[0])) showStale(r.headers.get('x-apm-stale-since'));
@@ -190,6 +204,7 @@ class Panel {
     this.opened = false;
     this.renderQueued = false;
     this.loadSeq = 0;
+    this.disposed = false;
     this.note = '';
     this.build();
   }
@@ -240,12 +255,20 @@ class Panel {
     }
   }
 
-  dispose() {
+  /**
+   * Removes the panel for good: a history load still in flight stops at its next page and draws
+   * nothing (before, it made a chart for the detached panel, which uPlot then kept for good).
+   * `sync` false: the caller removes several and syncs the live stream once.
+   */
+  dispose(sync = true) {
+    this.disposed = true;
+    this.loadSeq++;
     this.plot?.destroy();
+    this.plot = null;
     this.root.remove();
     state.panels.delete(this.def.id);
     $('empty').hidden = state.panels.size > 0;
-    live.sync();
+    if (sync) live.sync();
   }
 
   /** The shared stream (re)opened: after the first time, fetch what closed while it was down. */
@@ -357,7 +380,7 @@ class Panel {
   /** Renders in the next frame: the chart too unless `chart` is false (the numbers only). */
   queueRender(chart = true) {
     this.chartStale ||= chart;
-    if (this.renderQueued) return;
+    if (this.renderQueued || this.disposed) return;
     this.renderQueued = true;
     requestAnimationFrame(() => {
       this.renderQueued = false;
@@ -366,6 +389,7 @@ class Panel {
   }
 
   render() {
+    if (this.disposed) return;
     if (this.chartStale || this.plot === null) {
       this.chartStale = false;
       this.renderChart();
@@ -579,11 +603,12 @@ const live = {
     if (ids === this.ids && this.es !== null) return;
     this.close();
     this.ids = ids;
-    if (ids !== '') this.open();
+    // Open with no panel too: the stream tells of definitions created elsewhere.
+    this.open();
   },
 
   open() {
-    const q = new URLSearchParams({ ids: this.ids });
+    const q = new URLSearchParams({ ids: this.ids, definitions: '1' });
     if (state.token) q.set('access_token', state.token);
     const es = new EventSource(`/api/v1/live?${q}`);
     this.es = es;
@@ -591,6 +616,7 @@ const live = {
       this.retryMs = retryMsMin;
       for (const p of state.panels.values()) p.streamOpen();
     });
+    es.addEventListener('definitions', () => definitions.changed());
     es.addEventListener('window', (e) => {
       const { id, window } = JSON.parse(e.data);
       state.panels.get(id)?.receive(window);
@@ -624,6 +650,29 @@ const live = {
 
 // ---- stored queries list --------------------------------------------------------------------
 
+/**
+ * Lists the stored queries again when the live stream says they changed (created, edited or
+ * deleted here, elsewhere, or on another node of a cluster): one listing at a time, and one more
+ * after it when another change came meanwhile.
+ */
+const definitions = {
+  running: null,
+  again: false,
+  changed() {
+    if (this.running !== null) {
+      this.again = true;
+      return;
+    }
+    this.running = refreshQueries().finally(() => {
+      this.running = null;
+      if (this.again) {
+        this.again = false;
+        this.changed();
+      }
+    });
+  },
+};
+
 /** Loads the stored queries: new ones get a panel, gone ones lose theirs. False when the core did not answer. */
 async function refreshQueries() {
   let list;
@@ -647,7 +696,7 @@ async function refreshQueries() {
     $('panels').append(panel.root);
     void panel.load();
   }
-  for (const [id, p] of state.panels) if (!seen.has(id)) p.dispose();
+  for (const [id, p] of state.panels) if (!seen.has(id)) p.dispose(false);
   $('empty').hidden = state.panels.size > 0;
   live.sync();
   return true;
@@ -843,7 +892,29 @@ function card(label, value, bad = false) {
   return el('div', { class: bad ? 'card bad' : 'card', 'data-card': label }, el('div', { class: 'v' }, value), el('div', { class: 'k' }, label));
 }
 
+/**
+ * One fleet refresh at a time: a slow core's answers no longer pile up a new pair every 5 s. A
+ * refresh asked for meanwhile (the filter typed) runs once after it.
+ */
+const fleetRefresh = { running: false, again: false };
+
 async function refreshFleet() {
+  if (fleetRefresh.running) {
+    fleetRefresh.again = true;
+    return;
+  }
+  fleetRefresh.running = true;
+  try {
+    do {
+      fleetRefresh.again = false;
+      await refreshFleetOnce();
+    } while (fleetRefresh.again);
+  } finally {
+    fleetRefresh.running = false;
+  }
+}
+
+async function refreshFleetOnce() {
   let status;
   let servers;
   try {
@@ -1127,7 +1198,7 @@ function wire() {
     state.token = $('token').value.trim();
     localStorage.setItem('apm.token', state.token);
     $('token-bar').hidden = true;
-    for (const p of state.panels.values()) p.dispose();
+    for (const p of state.panels.values()) p.dispose(false);
     void refreshQueries();
   });
   window.addEventListener('resize', () => state.panels.forEach((p) => p.resize()));
