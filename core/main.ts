@@ -12,6 +12,7 @@ import { openNode, type CoreNode } from './node.js';
 import { guardLmdbRejections } from '../lib/lmdb.js';
 import { clusterHelp, clusterOptionSpec, joinCluster, type ClusterStart } from './cluster/start.js';
 import { copyShardFrom } from './cluster/snapshot-routes.js';
+import { copiesDir, recoverStagedCopies } from './cluster/staged-copy.js';
 import { clusterMetrics, clusterStatus } from './cluster/status.js';
 import { RackSeconds } from './cluster/racks-seen.js';
 import { LogIngest } from './cluster/ingest.js';
@@ -106,7 +107,7 @@ export async function main(argv: string[]): Promise<void> {
       shardsDefault,
       copyShard: (fromUrl, shard, authorization) => {
         if (opened === null) return Promise.reject(new Error('the workers are not running yet'));
-        return copyShardFrom(opened.pool, fromUrl, shard, authorization).then((r) => r.applied);
+        return copyShardFrom(opened.pool, fromUrl, shard, authorization, copiesDir(values.data!)).then((r) => r.applied);
       },
     });
   } else {
@@ -144,6 +145,9 @@ export async function main(argv: string[]): Promise<void> {
       node.servers.seen(m.rack, m.servers, Date.now());
       node.status.noteSecond(m.second);
     };
+    // A copy that was replacing a shard when this process stopped is applied again from its
+    // staged file before any stream is read (core/cluster/staged-copy.ts).
+    await recoverStagedCopies(node.pool, values.data!, (line) => console.error(`apm core: ${line}`));
     cluster.node.attach(node.pool);
   }
   const { pool, servers, status, app } = node;

@@ -417,6 +417,11 @@ export class RecordFramer {
   }
 }
 
+/** Whether a whole record (as RecordFramer gives it) is a stream's end record: a stream whose last record is not one is truncated. */
+export function isEndRecord(record: Uint8Array): boolean {
+  return record[0] === RecordType.End;
+}
+
 /** Checks the record at `at` (length within `b`, CRC); returns its end. */
 function checkRecord(b: Buffer, at: number, index: number): number {
   if (at + recordHeadBytes > b.length) throw new SnapshotError(`snapshot record ${index} is truncated (${b.length - at} B, its head is ${recordHeadBytes})`);

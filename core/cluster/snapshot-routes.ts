@@ -8,6 +8,7 @@ import type { Hono } from 'hono';
 import { request } from 'undici';
 import type { ShardPool } from '../pool.js';
 import { SnapshotError, snapshotIdleMs, type RestoreSummary } from '../snapshot.js';
+import { applyStaged, stageSnapshot } from './staged-copy.js';
 
 export const snapshotContentType = 'application/x-apm-shard-snapshot';
 /** The snapshot route of a shard (relative to a node's base URL). */
@@ -67,10 +68,11 @@ export function addSnapshotRoutes(app: Hono, pool: ShardPool, serves: (shard: nu
 /**
  * Copies shard `shard` from the node at `baseUrl` into this node's store (replacing what it held
  * of the shard) and returns what the restore put in place; `authorization` is sent as is (an
- * admin token's "Bearer …" when the source has tokens on). On any failure the shard is left
- * empty, marked restoring, and the error says why.
+ * admin token's "Bearer …" when the source has tokens on). The copy is staged whole in
+ * `stageDir` first (core/cluster/staged-copy.ts): a download that fails leaves the shard as it
+ * was; a restore that fails after it leaves the shard empty, marked restoring.
  */
-export async function copyShardFrom(pool: ShardPool, baseUrl: string, shard: number, authorization?: string): Promise<RestoreSummary> {
+export async function copyShardFrom(pool: ShardPool, baseUrl: string, shard: number, authorization: string | undefined, stageDir: string): Promise<RestoreSummary> {
   const url = `${baseUrl.replace(/\/+$/, '')}${snapshotPath(shard)}`;
   let res: Awaited<ReturnType<typeof request>>;
   try {
@@ -87,12 +89,16 @@ export async function copyShardFrom(pool: ShardPool, baseUrl: string, shard: num
     res.body.destroy();
     throw new SnapshotError(`copying shard ${shard}: GET ${url} answered ${String(type)}, not ${snapshotContentType}: is it an apm core?`);
   }
+  let staged: { path: string; bytes: number };
   try {
-    return await pool.restoreShard(shard, res.body);
+    staged = await stageSnapshot(stageDir, shard, res.body);
+  } catch (err) {
+    throw new SnapshotError(`copying shard ${shard} from ${baseUrl}: ${(err as Error).message}; what this node held of the shard is untouched`, { cause: err });
   } finally {
-    // A restore that failed mid-way stops reading: the connection goes.
+    // A download that failed mid-way stops reading: the connection goes.
     if (!res.body.readableEnded) res.body.destroy();
   }
+  return applyStaged(pool, staged.path, shard);
 }
 
 async function boundedText(body: AsyncIterable<Buffer> & { destroy(): void }): Promise<string> {

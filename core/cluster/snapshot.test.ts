@@ -3,7 +3,9 @@
 // each shard from A's snapshot route and must then answer every query exactly as A does.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, type ServerType } from '@hono/node-server';
@@ -21,6 +23,7 @@ import { WindowCache } from '../query/windowcache.js';
 import { SnapshotError } from '../snapshot.js';
 import { restoringSeq, Store, type StoreOptions } from '../store.js';
 import { addSnapshotRoutes, copyShardFrom, snapshotContentType, snapshotPath } from './snapshot-routes.js';
+import { copiesDir, recoverStagedCopies, stageSnapshot } from './staged-copy.js';
 
 const S = 8;
 const nowS = Math.floor(Date.now() / 1000);
@@ -140,7 +143,7 @@ describe('copying shards between nodes over HTTP', () => {
   async function copyAll(): Promise<void> {
     const total = { rows: 0, walEntries: 0, marks: 0 };
     for (let k = 0; k < S; k++) {
-      const r = await copyShardFrom(b.pool, base, k, 'Bearer admin-secret');
+      const r = await copyShardFrom(b.pool, base, k, 'Bearer admin-secret', copiesDir(dirB));
       expect(r.bytes).toBeGreaterThan(0);
       total.rows += r.rows;
       total.walEntries += r.walEntries;
@@ -151,8 +154,8 @@ describe('copying shards between nodes over HTTP', () => {
   }
 
   it('needs an admin token', async () => {
-    await expect(copyShardFrom(b.pool, base, 0)).rejects.toThrow(/answered 401/);
-    await expect(copyShardFrom(b.pool, base, 0, 'Bearer read-secret')).rejects.toThrow(/answered 403.*needs role admin/);
+    await expect(copyShardFrom(b.pool, base, 0, undefined, copiesDir(dirB))).rejects.toThrow(/answered 401/);
+    await expect(copyShardFrom(b.pool, base, 0, 'Bearer read-secret', copiesDir(dirB))).rejects.toThrow(/answered 403.*needs role admin/);
     const r = await fetch(`${base}${snapshotPath(S)}`, { headers: { authorization: 'Bearer admin-secret' } });
     expect(r.status).toBe(400);
   });
@@ -204,11 +207,68 @@ describe('copying shards between nodes over HTTP', () => {
     await f(flipped, /CRC|corrupt/);
     await f(new TextEncoder().encode('{"error":"not a snapshot"}'), /not a shard snapshot/);
     // Copied again, it answers as the source.
-    await copyShardFrom(b.pool, base, k, 'Bearer admin-secret');
+    await copyShardFrom(b.pool, base, k, 'Bearer admin-secret', copiesDir(dirB));
     const onA = await a.pool.query(q, metric, t0, t0 + 240);
     expect(onA.length).toBeGreaterThan(0);
     expect(await b.pool.query(q, metric, t0, t0 + 240)).toEqual(onA);
     expect((await b.pool.streamSeqs())[k]).toBe(4);
+  });
+
+  it('regression: a copy whose source dies mid-stream leaves what this node held of the shard untouched (before: the shard was emptied once the source answered, and lost with the source)', async () => {
+    const k = streamShards[0]!;
+    const metric = streamMetrics.get(k)![0]!;
+    const q = `FROM * SELECT ${metric} WINDOW 10s COMPUTE count, sum`;
+    const held = await b.pool.query(q, metric, t0, t0 + 240);
+    expect(held.length).toBeGreaterThan(0);
+    const heldSeq = (await b.pool.streamSeqs())[k]!;
+    expect(heldSeq).toBeGreaterThan(0);
+    // A source that sends half of a real snapshot, then closes the connection.
+    const whole = Buffer.from(await (await fetch(`${base}${snapshotPath(k)}`, { headers: { authorization: 'Bearer admin-secret' } })).arrayBuffer());
+    const dying = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': snapshotContentType, 'content-length': String(whole.length) });
+      res.write(whole.subarray(0, whole.length >> 1), () => res.destroy());
+    });
+    const port = await new Promise<number>((resolve) => dying.listen(0, '127.0.0.1', () => resolve((dying.address() as AddressInfo).port)));
+    try {
+      const err = await copyShardFrom(b.pool, `http://127.0.0.1:${port}`, k, undefined, copiesDir(dirB)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SnapshotError);
+      expect((err as Error).message).toMatch(/untouched/);
+    } finally {
+      dying.close();
+    }
+    expect((await b.pool.streamSeqs())[k]).toBe(heldSeq);
+    expect(await b.pool.query(q, metric, t0, t0 + 240)).toEqual(held);
+    // Nothing staged is left behind.
+    expect(readdirSync(copiesDir(dirB))).toEqual([]);
+  });
+
+  it('a copy interrupted while it replaced the shard is applied again from its staged file at start; other staged files are removed', async () => {
+    const k = streamShards[0]!;
+    const metric = streamMetrics.get(k)![0]!;
+    const q = `FROM * SELECT ${metric} WINDOW 10s COMPUTE count, sum`;
+    const onA = await a.pool.query(q, metric, t0, t0 + 240);
+    const whole = new Uint8Array(await (await fetch(`${base}${snapshotPath(k)}`, { headers: { authorization: 'Bearer admin-secret' } })).arrayBuffer());
+    const pieces = async function* (bytes: Uint8Array) {
+      for (let at = 0; at < bytes.length; at += 1000) yield bytes.subarray(at, at + 1000);
+    };
+    const dir = copiesDir(dirB);
+    await stageSnapshot(dir, k, pieces(whole));
+    // A truncated stream is not staged (and leaves no part behind).
+    await expect(stageSnapshot(dir, k + 1, pieces(whole.subarray(0, whole.length - 41)))).rejects.toThrow(/truncated/);
+    expect(readdirSync(dir)).toEqual([`shard-${k}.snap`]);
+    // The process stopped while the copy replaced the shard: emptied, marked restoring.
+    await expect(b.pool.restoreShard(k, pieces(whole.subarray(0, whole.length >> 1)))).rejects.toThrow(/marked restoring/);
+    expect((await b.pool.streamSeqs())[k]).toBe(restoringSeq);
+    // Leftovers: a download cut short, and a copy of a shard whose restore completed.
+    const other = streamShards[1]!;
+    writeFileSync(join(dir, `shard-${other}.snap`), 'done already');
+    writeFileSync(join(dir, `shard-${other}.snap.part`), 'cut short');
+    const lines: string[] = [];
+    expect(await recoverStagedCopies(b.pool, dirB, (l) => lines.push(l))).toEqual([k]);
+    expect(lines.join('\n')).toMatch(new RegExp(`shard ${k}: its copy was interrupted`));
+    expect((await b.pool.streamSeqs())[k]).toBe((await a.pool.streamSeqs())[k]);
+    expect(await b.pool.query(q, metric, t0, t0 + 240)).toEqual(onA);
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   it('keeps ingesting after the copy: its marks make a request A stored a duplicate, and the stream goes on from the applied sequence', async () => {
