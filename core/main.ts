@@ -2,7 +2,7 @@
 
 import { mkdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError } from '../lib/args.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseFlags, UsageError } from '../lib/args.js';
 import { ApiAuth, TokenFileError, TokenSet } from './auth.js';
 import { coreLimits } from './limits.js';
 import { serveHttp } from './http-server.js';
@@ -53,7 +53,7 @@ Stops on SIGINT/SIGTERM after writing what it holds.`;
 const loopback = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseOptions(
+  const { values } = parseFlags(
     argv,
     {
       listen: { type: 'string', default: '127.0.0.1:8080' },

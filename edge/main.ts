@@ -3,7 +3,7 @@
 import { hostname } from 'node:os';
 import { keyFileHelp, readKeyFile, reloadKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
-import { parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../lib/args.js';
+import { parseDurationMs, parseHostPort, parseIntOption, parseFlags, UsageError, usageOnError } from '../lib/args.js';
 import { Edge, edgeSelfMetricsHelp, macRack } from './edge.js';
 import { edgeLimits, type EdgeLimits } from './limits.js';
 
@@ -33,7 +33,7 @@ ${edgeSelfMetricsHelp()}
 Stops on SIGINT/SIGTERM after sending the second it holds; SIGHUP rereads --key-file.`;
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseOptions(
+  const { values } = parseFlags(
     argv,
     {
       server: { type: 'string' },
@@ -94,6 +94,11 @@ export async function main(argv: string[]): Promise<void> {
 /** `30s`, `-30s`, `+1.5s`: a duration with a sign, within ±1 day. */
 export function parseSignedDurationMs(value: string, flag: string): number {
   const m = /^\s*([+-]?)(.*)$/.exec(value)!;
-  const ms = parseDurationMs(m[2]!, flag, 0, 86_400_000);
+  let ms: number;
+  try {
+    ms = parseDurationMs(m[2]!, flag, 0, 86_400_000);
+  } catch {
+    throw new UsageError(`${flag} ${JSON.stringify(value)} must be a duration like 30s, -30s or 500ms, between -24h and 24h`);
+  }
   return m[1] === '-' ? -ms : ms;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { joinOptionValues, parseOptions, UsageError, type OptionSpec } from './args.js';
+import { joinOptionValues, parseFlags, parseOptions, UsageError, type OptionSpec } from './args.js';
 
 const spec = {
   from: { type: 'string' },
@@ -37,5 +37,10 @@ describe('option values that start with -', () => {
     expect(() => parseOptions(['--from', '--to', 'now'], spec, 'HELP')).toThrow(UsageError);
     expect(() => parseOptions(['--from', '--to', 'now'], spec, 'HELP')).toThrow(/--from.*\n\nHELP$/s);
     expect(() => parseOptions(['--bogus', '-5m'], spec, 'HELP')).toThrow(/Unknown option '--bogus'/);
+  });
+
+  it('parseFlags refuses an argument that is not an option (a command taking options only)', () => {
+    expect(parseFlags(['--from', '-5m'], spec, 'HELP').values).toEqual({ from: '-5m' });
+    expect(() => parseFlags(['/srv/apm', '--from', '-5m'], spec, 'HELP')).toThrow(/unexpected argument "\/srv\/apm".*\n\nHELP$/s);
   });
 });

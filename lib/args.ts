@@ -3,7 +3,15 @@
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
+/** A command used wrongly (a bad option, a bad query): its message, exit 2. */
 export class UsageError extends Error {}
+
+/**
+ * A command that failed while it ran (the core unreachable, refusing, answering an error, a
+ * transfer cut short): its message, no stack, exit 1 — so a script can tell a typo (2) from an
+ * outage (1).
+ */
+export class CommandError extends Error {}
 
 /** Runs `f`; an error it throws becomes a UsageError (exit 2 with the message, no stack). */
 export function usageOnError<T>(f: () => T): T {
@@ -23,6 +31,19 @@ export function parseOptions<T extends OptionSpec>(argv: string[], options: T, h
   } catch (err) {
     throw new UsageError(`${(err as Error).message}\n\n${help}`);
   }
+}
+
+/**
+ * parseOptions for a command that takes options only: an argument that is not an option is
+ * refused (before, `apm core /srv/apm` or `apm edge web-01` ran with the defaults — another data
+ * directory, the host name as server id — and said nothing).
+ */
+export function parseFlags<T extends OptionSpec>(argv: string[], options: T, help: string) {
+  const parsed = parseOptions(argv, options, help);
+  if (parsed.positionals.length > 0) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(parsed.positionals[0])}: this command takes options only (--name value)\n\n${help}`);
+  }
+  return parsed;
 }
 
 /**
@@ -58,6 +79,21 @@ export function joinOptionValues(argv: readonly string[], options: OptionSpec): 
     } else out.push(a);
   }
   return out;
+}
+
+/**
+ * An http:// or https:// URL option. "localhost:8080" parses as a URL of scheme "localhost:":
+ * refused here, not at the first request with a stack trace.
+ */
+export function parseHttpUrl(value: string, flag: string): URL {
+  let url: URL | null = null;
+  try {
+    url = new URL(value);
+  } catch {
+    // refused below
+  }
+  if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new UsageError(`${flag} ${JSON.stringify(value)} is not an http:// or https:// URL (for example http://127.0.0.1:8080)`);
+  return url;
 }
 
 /** `host:port`, `[v6]:port` or `:port` (host defaults to `defaultHost`). */

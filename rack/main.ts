@@ -6,7 +6,7 @@ import { guardLmdbRejections } from '../lib/lmdb.js';
 import { parseNatsUrls, type NatsAuth } from '../schema/log.js';
 import { isServerId } from '../schema/names.js';
 import { batchServersMax } from '../schema/limits.js';
-import { parseBytes, parseDurationMs, parseHostPort, parseIntOption, parseOptions, UsageError, usageOnError } from '../lib/args.js';
+import { parseBytes, parseDurationMs, parseHostPort, parseHttpUrl, parseIntOption, parseFlags, UsageError, usageOnError } from '../lib/args.js';
 import { rackLimits, type RackLimits } from './limits.js';
 import { Rack } from './rack.js';
 
@@ -53,7 +53,7 @@ ${keyFileHelp}
 Stops on SIGINT/SIGTERM after closing and spooling the seconds it holds; SIGHUP rereads --key-file.`;
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseOptions(
+  const { values } = parseFlags(
     argv,
     {
       rack: { type: 'string' },
@@ -92,12 +92,7 @@ export async function main(argv: string[]): Promise<void> {
     throw new UsageError('--nats-creds, --nats-user and --nats-password-file need --nats <url,...>');
   }
   const coreText = values.core ?? (nats === null ? 'http://127.0.0.1:8080' : undefined);
-  let coreUrl: URL | null = null;
-  try {
-    if (coreText !== undefined) coreUrl = new URL(coreText);
-  } catch {
-    throw new UsageError(`--core ${JSON.stringify(coreText)} is not a URL like http://127.0.0.1:8080`);
-  }
+  const coreUrl = coreText === undefined ? null : parseHttpUrl(coreText, '--core');
   const limits: RackLimits = { ...rackLimits };
   limits.spoolBytes = parseBytes(values['spool-bytes']!, '--spool-bytes', 1024 * 1024, 2 ** 40);
   // More servers than a body may name made every second undecodable at the core: all lost.

@@ -128,8 +128,9 @@ describe('apm import / apm export', () => {
     const series = (rack: string) => JSON.stringify({ metric: { __name__: 'tok.m', server: `s-${rack}`, rack }, values: [1, 2], timestamps: [t0 * 1000, (t0 + 1) * 1000] });
     writeFileSync(file, [series('ra'), series('rb')].join('\n'));
     const none = await apm(['import', file, '--core', url]);
-    expect(none.code).toBe(2);
-    expect(none.stderr).toMatch(/HTTP 401/);
+    // A refusal is a failure (exit 1), not a usage error (2); it says how this CLI sends a token.
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/HTTP 401.*APM_TOKEN=<token>.*none is set/s);
     const wrongRole = await apm(['import', file, '--core', url], { APM_TOKEN: reader });
     expect(wrongRole.stderr).toMatch(/HTTP 403/);
     const ok = await apm(['import', file, '--core', url], { APM_TOKEN: ingest });
@@ -149,7 +150,7 @@ describe('apm import / apm export', () => {
 });
 
 describe('regression: apm export cut short', () => {
-  it('leaves no file that looks complete: what came stays in <file>.part, with a clear error and exit 2 (before: whole lines in <file>, a stack trace, exit 1)', async () => {
+  it('leaves no file that looks complete: what came stays in <file>.part, with a clear error and exit 1 (before: whole lines in <file>, a stack trace)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-export-cut-'));
     const server = createServer((req, res) => {
       res.writeHead(200, { 'content-type': 'application/x-ndjson' });
@@ -161,7 +162,7 @@ describe('regression: apm export cut short', () => {
       const port = (server.address() as { port: number }).port;
       const out = join(dir, 'out.jsonl');
       const r = await apm(['export', 'cut.m', '--core', `http://127.0.0.1:${port}`, '--output', out]);
-      expect(r.code).toBe(2);
+      expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/export stopped after 1 lines: .*; what came is in .*out\.jsonl\.part \(incomplete\)/);
       expect(r.stderr).not.toMatch(/\n\s+at /);
       expect(existsSync(out)).toBe(false);

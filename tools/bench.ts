@@ -3,7 +3,7 @@
 
 import { storeLayoutFigures } from './bench-stores.js';
 import { writeFileSync } from 'node:fs';
-import { parseOptions, UsageError } from '../lib/args.js';
+import { parseFlags, UsageError } from '../lib/args.js';
 import { edgeProcessFigures, wireFigures, type Figure } from './bench-edge.js';
 import { rackFigures } from './bench-rack.js';
 import { coreFigures } from './bench-core.js';
@@ -55,7 +55,7 @@ A section whose run is invalid (nothing stored, points lost, no rows) stops with
 const fleetMetrics = 2000;
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseOptions(
+  const { values } = parseFlags(
     argv,
     { quick: { type: 'boolean', default: false }, only: { type: 'string' }, json: { type: 'string' }, help: { type: 'boolean', default: false } },
     benchHelp,

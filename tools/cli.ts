@@ -1,6 +1,6 @@
 // `apm <command>`: dispatches to each daemon's or tool's main (DESIGN §6).
 
-import { UsageError } from '../lib/args.js';
+import { CommandError, UsageError } from '../lib/args.js';
 
 interface Command {
   summary: string;
@@ -27,7 +27,11 @@ Usage: apm <command> [options]     (apm <command> --help for its options)
 
 ${Object.entries(commands)
   .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
-  .join('\n')}`;
+  .join('\n')}
+
+Exit status: 0 done; 1 failed while running (the core unreachable, refusing or answering an
+error, a transfer cut short, nothing imported); 2 used wrongly (an unknown option or value, a
+query that does not parse, a stray argument).`;
 
 /** Daemons started by `apm demo` live in their own process group; they stop when the demo dies. */
 function exitWithParent(): void {
@@ -53,6 +57,10 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof UsageError) {
     console.error(`apm: ${err.message}`);
     process.exit(2);
+  }
+  if (err instanceof CommandError) {
+    console.error(`apm: ${err.message}`);
+    process.exit(1);
   }
   console.error(err);
   process.exit(1);

@@ -1,7 +1,7 @@
 // `apm cluster status`: a cluster's nodes, shard placement and consumer lag, as one node sees them.
 
 import { parseOptions, UsageError } from '../lib/args.js';
-import { authHeaders, coreUrl } from './core-client.js';
+import { answerError, authHeaders, coreUrl, unreachable } from './core-client.js';
 import type { ClusterStatus } from '../core/cluster/status.js';
 
 export const clusterHelp = `apm cluster status: a core cluster's nodes, shard placement and consumer lag
@@ -21,14 +21,15 @@ export async function clusterMain(argv: string[]): Promise<void> {
   if (positionals[0] !== 'status' || positionals.length !== 1) throw new UsageError(`expected 'apm cluster status'\n\n${clusterHelp}`);
   const url = coreUrl(values.core!, '/api/v1/cluster');
   let res: Response;
-  // Each failure a clear line and exit 2, as apm query's (before: stack traces and exit 1).
+  // Each failure a clear line, no stack: exit 1 when the core cannot be reached or answers an
+  // error, 2 for a core that is no cluster node (the command was aimed wrong).
   try {
     res = await fetch(url, { headers: authHeaders() });
   } catch (err) {
-    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}; start it (apm core --nats …) or give its URL with --core`);
+    throw unreachable(values.core!, err, 'apm core --nats …');
   }
   if (res.status === 404) throw new UsageError(`${values.core} is not a cluster node (started without --nats)`);
-  if (!res.ok) throw new UsageError(`${url}: HTTP ${res.status} ${(await res.text()).slice(0, 300)}`);
+  if (!res.ok) throw answerError(res.status, `${url}: HTTP ${res.status} ${(await res.text()).slice(0, 300)}`);
   let s: ClusterStatus;
   try {
     s = (await res.json()) as ClusterStatus;

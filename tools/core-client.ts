@@ -1,18 +1,11 @@
 // What every `apm` command that talks to a core's API shares: its URL from --core, and the
 // token from APM_TOKEN (a core started with --tokens refuses requests without one).
 
-import { UsageError } from '../lib/args.js';
+import { CommandError, parseHttpUrl, UsageError } from '../lib/args.js';
 
 /** `path` on the core at `core` (a --core value), or a UsageError naming the bad value. */
 export function coreUrl(core: string, path: string): URL {
-  let base: URL;
-  try {
-    base = new URL(core);
-  } catch {
-    base = null as unknown as URL;
-  }
-  // "localhost:8080" parses as a URL of scheme "localhost:" (and then failed with a stack trace).
-  if (base === null || (base.protocol !== 'http:' && base.protocol !== 'https:')) throw new UsageError(`--core ${JSON.stringify(core)} is not an http:// or https:// URL (for example http://127.0.0.1:8080)`);
+  const base = parseHttpUrl(core, '--core');
   // A core behind a reverse proxy at a path prefix keeps it.
   return new URL(`${base.pathname.replace(/\/+$/, '')}${path}`, base);
 }
@@ -21,4 +14,20 @@ export function coreUrl(core: string, path: string): URL {
 export function authHeaders(): Record<string, string> {
   const t = process.env['APM_TOKEN'];
   return t === undefined || t === '' ? {} : { authorization: `Bearer ${t}` };
+}
+
+/**
+ * An error answer of the core as the error a command ends with: 400 is the command's input
+ * (exit 2), anything else a failure (exit 1); 401 and 403 say how this CLI sends a token.
+ */
+export function answerError(status: number, message: string): Error {
+  if (status === 400) return new UsageError(message);
+  const hint = status === 401 || status === 403 ? ` (this command sends the token in the environment variable APM_TOKEN: APM_TOKEN=<token> apm …; ${process.env['APM_TOKEN'] ? 'the one set was refused' : 'none is set'})` : '';
+  return new CommandError(`${message}${hint}`);
+}
+
+/** The core could not be reached: a failure (exit 1). */
+export function unreachable(core: string, err: unknown, start = 'apm core'): CommandError {
+  const e = err as Error & { cause?: Error };
+  return new CommandError(`cannot reach the core at ${core}: ${e.message}${e.cause ? ` (${e.cause.message})` : ''}; start it (${start}) or give its URL with --core`);
 }

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { parseIntOption, parseOptions } from '../lib/args.js';
+import { parseIntOption, parseFlags } from '../lib/args.js';
 import { readKeyFile } from '../schema/auth.js';
 import { Simulator } from './simulate.js';
 
@@ -103,7 +103,7 @@ async function ensureQueries(core: string, host: string): Promise<void> {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseOptions(
+  const { values } = parseFlags(
     argv,
     { servers: { type: 'string' }, metrics: { type: 'string' }, data: { type: 'string', default: './data' }, port: { type: 'string' }, help: { type: 'boolean', default: false } },
     demoHelp,

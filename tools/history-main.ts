@@ -2,11 +2,12 @@
 // VictoriaMetrics JSON lines (POST /api/v1/import, GET /api/v1/export), streamed both ways with a
 // progress line on stderr.
 
-import { createReadStream, createWriteStream, renameSync, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, renameSync, rmSync, statSync } from 'node:fs';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { parseOptions, UsageError } from '../lib/args.js';
-import { authHeaders, coreUrl } from './core-client.js';
+import { once } from 'node:events';
+import { CommandError, parseOptions, UsageError } from '../lib/args.js';
+import { answerError, authHeaders, coreUrl, unreachable } from './core-client.js';
 
 export const importHelp = `apm import: load history into a core from VictoriaMetrics JSON lines
 
@@ -71,13 +72,18 @@ export async function importMain(argv: string[]): Promise<void> {
   const gzip = values.gzip === true || file.endsWith('.gz');
   let total: number | null = null;
   if (file !== '-') {
+    let st: ReturnType<typeof statSync>;
     try {
-      total = statSync(file).size;
+      st = statSync(file);
     } catch (err) {
       throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
     }
+    if (!st.isFile()) throw new UsageError(`${file} is not a file (a directory?): give the file to import, or - for standard input`);
+    total = st.size;
   }
   const source = file === '-' ? process.stdin : createReadStream(file);
+  // A read error of the file stops the upload: said as such, not as the core being unreachable.
+  let readFailed: Error | null = null;
   let sent = 0;
   const progress = new Progress();
   const counting = new Transform({
@@ -87,7 +93,10 @@ export async function importMain(argv: string[]): Promise<void> {
       done(null, chunk);
     },
   });
-  source.on('error', (err: Error) => counting.destroy(err));
+  source.on('error', (err: Error) => {
+    readFailed = err;
+    counting.destroy(err);
+  });
   const body = Readable.toWeb(source.pipe(counting)) as ReadableStream<Uint8Array>;
   const url = coreUrl(values.core!, '/api/v1/import');
   let res: Response;
@@ -95,7 +104,8 @@ export async function importMain(argv: string[]): Promise<void> {
     res = await fetch(url, { method: 'POST', body, duplex: 'half', headers: { 'content-type': 'application/x-ndjson', ...(gzip ? { 'content-encoding': 'gzip' } : {}), ...authHeaders() } } as RequestInit);
   } catch (err) {
     progress.end();
-    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}${(err as { cause?: Error }).cause ? ` (${(err as { cause: Error }).cause.message})` : ''}; start it (apm core) or give its URL with --core`);
+    if (readFailed !== null) throw new CommandError(`reading ${file} failed after ${sent} B: ${(readFailed as Error).message}; nothing after that was sent`);
+    throw unreachable(values.core!, err);
   }
   progress.show(() => `apm import: ${mib(sent)} sent, waiting for the core to make the last points durable`, true);
   progress.end();
@@ -104,7 +114,7 @@ export async function importMain(argv: string[]): Promise<void> {
   try {
     s = JSON.parse(raw) as typeof s;
   } catch {
-    throw new UsageError(`the core answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
+    throw new CommandError(`the core answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
   }
   const refused = (r: Record<string, number> | undefined) => Object.entries(r ?? {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
   if (s.lines !== undefined) {
@@ -114,7 +124,7 @@ export async function importMain(argv: string[]): Promise<void> {
     console.log(`  lines refused: ${refused(s.linesRefused)}; points refused: ${refused(s.pointsRefused)}; samples sharing a server-second (the last kept): ${s.sameSecond ?? 0}`);
     for (const e of s.errors ?? []) console.log(`  line ${e.line}: ${e.reason}: ${e.error}`);
   }
-  if (!res.ok) throw new UsageError(`import ${res.status === 503 ? 'stopped' : 'refused'} (HTTP ${res.status}): ${s.error ?? res.statusText}`);
+  if (!res.ok) throw answerError(res.status, `import ${res.status === 503 ? 'stopped' : 'refused'} (HTTP ${res.status}): ${s.error ?? res.statusText}`);
   // Exit 1 when there was something to import and none of it was stored (before: 0, and
   // `apm import dump && echo ok` said ok for a dump refused whole).
   if ((s.lines ?? 0) > 0 && (s.stored ?? 0) === 0) {
@@ -141,13 +151,33 @@ export async function exportMain(argv: string[]): Promise<void> {
   for (const m of positionals) url.searchParams.append('match[]', m);
   url.searchParams.set('from', values.from!);
   url.searchParams.set('to', values.to!);
+  // Into <file>.part, renamed to <file> only once the export is whole: a stream cut short (the
+  // connection lost, Ctrl-C) left whole lines in <file> that looked like a complete export.
+  // Opened first: an output that cannot be written is refused before anything is read.
+  const partial = values.output === undefined ? null : `${values.output}.part`;
+  const out = partial === null ? process.stdout : createWriteStream(partial);
+  if (partial !== null) {
+    try {
+      await once(out, 'open');
+    } catch (err) {
+      throw new UsageError(`--output ${values.output}: cannot write ${partial}: ${(err as Error).message}`);
+    }
+  }
+  // Nothing came: the empty part goes.
+  const discard = () => {
+    if (partial === null) return;
+    out.destroy();
+    rmSync(partial, { force: true });
+  };
   let res: Response;
   try {
     res = await fetch(url, { headers: authHeaders() });
   } catch (err) {
-    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}; start it (apm core) or give its URL with --core`);
+    discard();
+    throw unreachable(values.core!, err);
   }
   if (!res.ok || res.body === null) {
+    discard();
     const raw = await res.text();
     let error = raw.slice(0, 300);
     try {
@@ -155,7 +185,7 @@ export async function exportMain(argv: string[]): Promise<void> {
     } catch {
       // not JSON: shown as it came
     }
-    throw new UsageError(`export refused (HTTP ${res.status}): ${error}`);
+    throw answerError(res.status, `export refused (HTTP ${res.status}): ${error}`);
   }
   let bytes = 0;
   let lines = 0;
@@ -172,20 +202,17 @@ export async function exportMain(argv: string[]): Promise<void> {
       done(null, chunk);
     },
   });
-  // Into <file>.part, renamed to <file> only once the export is whole: a stream cut short (the
-  // connection lost, Ctrl-C) left whole lines in <file> that looked like a complete export.
-  const partial = values.output === undefined ? null : `${values.output}.part`;
-  const out = partial === null ? process.stdout : createWriteStream(partial);
   try {
     await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), watch, out);
   } catch (err) {
     progress.end();
-    throw new UsageError(`export stopped after ${lines} lines: ${(err as Error).message}${partial === null ? '' : `; what came is in ${partial} (incomplete)`}`);
+    throw new CommandError(`export stopped after ${lines} lines: ${(err as Error).message}${partial === null ? '' : `; what came is in ${partial} (incomplete)`}`);
   }
   const m = /\{"error":"((?:[^"\\]|\\.)*)"\}\n?$/.exec(tail);
   if (m !== null) failed = JSON.parse(`"${m[1]!}"`) as string;
   if (failed === null && partial !== null) renameSync(partial, values.output!);
   progress.show(() => `apm export: ${lines} lines, ${mib(bytes)}${values.output === undefined ? '' : failed === null ? ` written to ${values.output}` : ` in ${partial} (incomplete)`}`, true);
   progress.end();
-  if (failed !== null) throw new UsageError(failed);
+  if (failed !== null) throw new CommandError(failed);
+  if (lines === 0) console.error(`apm export: no series matched ${positionals.join(', ')} from ${values.from} to ${values.to}`);
 }

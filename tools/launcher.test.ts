@@ -31,6 +31,18 @@ describe('tools/apm (the launcher)', () => {
     expect(query.some((f) => f.startsWith('--initial-old-space-size') || f.startsWith('--max-semi-space-size'))).toBe(false);
   });
 
+  it('regression: the daemons and tools that take options only refuse a stray argument (before: `apm core /srv/apm` ran on ./data), and the rack a --core that is not an http URL (before: a stack trace)', async () => {
+    for (const command of ['core', 'rack', 'edge', 'demo', 'simulate', 'bench']) {
+      const err = (await run(apm, [command, 'stray']).catch((e: unknown) => e)) as { code: number; stderr: string };
+      expect(err.code, command).toBe(2);
+      expect(err.stderr, command).toMatch(/unexpected argument "stray"/);
+    }
+    const err = (await run(apm, ['rack', '--rack', 'r1', '--core', 'localhost:8080']).catch((e: unknown) => e)) as { code: number; stderr: string };
+    expect(err.code).toBe(2);
+    expect(err.stderr).toMatch(/--core "localhost:8080" is not an http:\/\/ or https:\/\/ URL/);
+    expect(err.stderr).not.toMatch(/TypeError|at /);
+  });
+
   it('passes APM_NODE_ARGS to node, split on spaces, after its own flags', async () => {
     const flags = await nodeFlags('rack');
     // The probe itself arrived as two arguments: --import and its module.

@@ -36,6 +36,14 @@ describe('apm query --format', () => {
     );
   });
 
+  it('regression: the columns are the COMPUTE list, with or without windows, and a count function has a column of its own (before: no windows, no function columns; `count` twice)', () => {
+    const empty: QueryAnswer = { query: 'FROM web-* SELECT nosuch WINDOW 1m COMPUTE avg, p99', windows: [] };
+    expect(renderAnswer('csv', empty, JSON.stringify(empty))).toBe('start,start_ms,servers,count,avg,percentile(99),revision');
+    const counted: QueryAnswer = { query: 'FROM * SELECT m WINDOW 5s COMPUTE count', windows: [{ startMs: Date.UTC(2026, 11, 1), servers: 2, count: 10, values: { count: 10 }, revision: 0 }] };
+    expect(renderAnswer('csv', counted, '').split('\r\n')[0]).toBe('start,start_ms,servers,count,count(),revision');
+    expect(renderAnswer('table', counted, '').split('\n')[1]).toMatch(/ count\s+count\(\)\s+rev$/);
+  });
+
   it('csv fields are quoted per RFC 4180', () => {
     const f = (s: string, want: string) => expect(csvField(s)).toBe(want);
     f('p99', 'p99');

@@ -1,8 +1,9 @@
 // `apm query "<query>"`: evaluates an ad-hoc query on a core and prints the windows as a table,
 // the API's JSON, or CSV.
 
-import { parseOptions, UsageError } from '../lib/args.js';
-import { authHeaders, coreUrl } from './core-client.js';
+import { fnKey, parseQuery } from '../core/query/parse.js';
+import { CommandError, parseOptions, UsageError } from '../lib/args.js';
+import { answerError, authHeaders, coreUrl, unreachable } from './core-client.js';
 
 export const queryFormats = ['table', 'json', 'csv'] as const;
 export type QueryFormat = (typeof queryFormats)[number];
@@ -59,28 +60,39 @@ export function csvField(s: string): string {
   return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
 }
 
-/** The functions of an answer, in the order the windows name them. */
-function functionsOf(windows: QueryWindow[]): string[] {
-  const fns = new Set<string>();
-  for (const w of windows) for (const f of Object.keys(w.values)) fns.add(f);
-  return [...fns];
+/**
+ * The functions of an answer, from its query's COMPUTE list (the columns do not depend on the
+ * data: an answer without windows kept its header, and `count` its own column beside the
+ * window's count); from the windows when the text does not parse here (another apm version).
+ */
+function functionsOf(answer: QueryAnswer): string[] {
+  try {
+    return [...new Set(parseQuery(answer.query).functions.map(fnKey))];
+  } catch {
+    const fns = new Set<string>();
+    for (const w of answer.windows) for (const f of Object.keys(w.values)) fns.add(f);
+    return [...fns];
+  }
 }
+
+/** A function's column name: `count` and `servers` as functions are told apart from the window's own columns. */
+const fnColumn = (f: string) => (f === 'count' || f === 'servers' ? `${f}()` : f);
 
 /** The answer as `apm query` prints it; `raw` is the API's body (json prints it unchanged). */
 export function renderAnswer(format: QueryFormat, answer: QueryAnswer, raw: string): string {
   const { windows } = answer;
-  const fns = functionsOf(windows);
+  const fns = functionsOf(answer);
   switch (format) {
     case 'json':
       return raw.trimEnd();
     case 'csv': {
       // Full precision (String(v)): CSV is for programs; an empty field is a value the window lacks.
       const rows = windows.map((w) => [new Date(w.startMs).toISOString(), String(w.startMs), String(w.servers), String(w.count), ...fns.map((f) => (w.values[f] == null ? '' : String(w.values[f]))), String(w.revision)]);
-      return [['start', 'start_ms', 'servers', 'count', ...fns, 'revision'], ...rows].map((r) => r.map(csvField).join(',')).join('\r\n');
+      return [['start', 'start_ms', 'servers', 'count', ...fns.map(fnColumn), 'revision'], ...rows].map((r) => r.map(csvField).join(',')).join('\r\n');
     }
     case 'table': {
       const rows = windows.map((w) => [new Date(w.startMs).toISOString().replace('T', ' ').slice(0, 19), String(w.servers), formatNumber(w.count), ...fns.map((f) => formatNumber(w.values[f])), String(w.revision)]);
-      return `${answer.query}\n${table(['window start (UTC)', 'servers', 'count', ...fns, 'rev'], rows)}\n${windows.length} windows`;
+      return `${answer.query}\n${table(['window start (UTC)', 'servers', 'count', ...fns.map(fnColumn), 'rev'], rows)}\n${windows.length} windows`;
     }
   }
 }
@@ -120,17 +132,17 @@ export async function main(argv: string[]): Promise<void> {
     res = await fetch(url, { headers: authHeaders() });
     raw = await res.text();
   } catch (err) {
-    throw new UsageError(`cannot reach the core at ${values.core}: ${(err as Error).message}; start it (apm core) or give its URL with --core`);
+    throw unreachable(values.core!, err);
   }
   let body: Partial<QueryAnswer> & { error?: string; position?: number };
   try {
     body = JSON.parse(raw) as typeof body;
   } catch {
-    throw new UsageError(`the core at ${values.core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
+    throw new CommandError(`the core at ${values.core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
   }
   if (!res.ok) {
     const pointer = body.position === undefined ? '' : `\n  ${q}\n  ${' '.repeat(body.position)}^`;
-    throw new UsageError(`${body.error ?? res.statusText}${pointer}`);
+    throw answerError(res.status, `${body.error ?? res.statusText}${pointer}`);
   }
   console.log(renderAnswer(format, { query: body.query ?? q, windows: body.windows ?? [] }, raw));
 }

@@ -4,7 +4,7 @@ import { createWriteStream, openSync } from 'node:fs';
 import { keyFileHelp, readKeyFile } from '../schema/auth.js';
 import { isServerId } from '../schema/names.js';
 import { parseSignedDurationMs } from '../edge/main.js';
-import { parseHostPort, parseIntOption, parseOptions, UsageError } from '../lib/args.js';
+import { parseHostPort, parseIntOption, parseFlags, UsageError } from '../lib/args.js';
 import { Simulator, simulateDefaults } from './simulate.js';
 
 /** --seconds at most: one timer waits at most 2^31 − 1 ms (24.8 days). */
@@ -35,7 +35,7 @@ Usage: apm simulate --rack <host:port>... --servers N --metrics M [--seconds S]
 ${keyFileHelp.replace(/ Reread\s+on SIGHUP\.$/, ' apm simulate reads it once, at start.')}`;
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseOptions(
+  const { values } = parseFlags(
     argv,
     {
       rack: { type: 'string', multiple: true },

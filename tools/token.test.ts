@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseTokens, TokenSet } from '../core/auth.js';
-import { UsageError } from '../lib/args.js';
+import { CommandError, UsageError } from '../lib/args.js';
 import { clusterMain } from './cluster-main.js';
 import { coreUrl } from './core-client.js';
 import { createToken, main as tokenMain } from './token.js';
@@ -25,6 +25,16 @@ describe('apm token create', () => {
     createToken({ role: 'ingest', name: 'relay', racks: '*', file });
     expect(readFileSync(file, 'utf8').split('\n')[1]).toMatch(/ ingest relay racks=\*$/);
   });
+
+  it('regression: refuses a name the file has already, and a directory as the file (before: two lines of one name; a stack trace)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-token-'));
+    const file = join(dir, 'tokens');
+    createToken({ role: 'read', name: 'ro', file });
+    expect(() => createToken({ role: 'read', name: 'ro', file })).toThrow(UsageError);
+    expect(() => createToken({ role: 'admin', name: 'ro', file })).toThrow(/--name "ro": .* has a token of that name already/);
+    expect(readFileSync(file, 'utf8').split('\n').filter((l) => l !== '')).toHaveLength(1);
+    expect(() => createToken({ role: 'read', name: 'x', file: dir })).toThrow(/--tokens .* is a directory/);
+  });
 });
 
 describe('regression: the CLI\'s refusals', () => {
@@ -37,8 +47,8 @@ describe('regression: the CLI\'s refusals', () => {
     expect(coreUrl('http://127.0.0.1:8080/apm/', '/api/v1/query').href).toBe('http://127.0.0.1:8080/apm/api/v1/query');
   });
 
-  it('apm cluster status of a core it cannot reach is a usage error naming it (before: a stack trace, exit 1)', async () => {
+  it('apm cluster status of a core it cannot reach is a failure naming it, not a usage error (before: a stack trace; then exit 2, as for a typo)', async () => {
     await expect(clusterMain(['status', '--core', 'http://127.0.0.1:9'])).rejects.toThrow(/cannot reach the core at http:\/\/127\.0\.0\.1:9/);
-    await expect(clusterMain(['status', '--core', 'http://127.0.0.1:9'])).rejects.toBeInstanceOf(UsageError);
+    await expect(clusterMain(['status', '--core', 'http://127.0.0.1:9'])).rejects.toBeInstanceOf(CommandError);
   });
 });

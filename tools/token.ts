@@ -2,7 +2,7 @@
 // its SHA-256 goes into the tokens file (core/auth.ts reads it).
 
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { hashToken, isRole, parseRacks, parseTokens, roles, TokenFileError, tokenNamePattern } from '../core/auth.js';
 import { parseOptions, UsageError } from '../lib/args.js';
@@ -60,13 +60,17 @@ export function createToken(opts: { role: string | undefined; name: string | und
   if (file === undefined) throw new UsageError('--tokens <file> is required: the core\'s tokens file, e.g. --tokens /etc/apm/tokens');
   let before = '';
   if (existsSync(file)) {
+    if (statSync(file).isDirectory()) throw new UsageError(`--tokens ${file} is a directory; give the tokens file, e.g. --tokens /etc/apm/tokens`);
     before = readFileSync(file, 'utf8');
+    let existing: ReturnType<typeof parseTokens>;
     try {
-      parseTokens(before, file); // never append to a file the core would refuse
+      existing = parseTokens(before, file); // never append to a file the core would refuse
     } catch (err) {
       if (err instanceof TokenFileError) throw new UsageError(`--tokens ${err.message}`);
       throw err;
     }
+    // Names key the rate limits and the live-stream shares, and revoking is deleting the name's line.
+    if (existing.some((t) => t.name === name)) throw new UsageError(`--name ${JSON.stringify(name)}: ${file} has a token of that name already; choose another name (or delete its line to replace it)`);
   } else mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   // 32 random bytes: guessing is hopeless; the prefix makes a leaked token easy to recognize.
   const token = `apm_${randomBytes(32).toString('base64url')}`;

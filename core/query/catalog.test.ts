@@ -75,6 +75,19 @@ describe('stored-query changes a worker cannot be told of now', () => {
   });
 });
 
+describe('stored-query names', () => {
+  it('regression: refuses control and bidirectional-override characters (before: a name could reverse the text of its panel header and delete confirmation)', async () => {
+    const c = catalogWith(() => null);
+    for (const name of ['x\u0000', 'tab\there', 'a\u202ereversed', 'b\u2066isolate', '\u009fc1']) {
+      const r = await c.post({ name, query: 'FROM * SELECT a WINDOW 5s COMPUTE max' });
+      expect(r.status, JSON.stringify(name)).toBe(400);
+      expect(((await r.json()) as { error: string }).error).toMatch(/control or bidirectional-formatting character/);
+    }
+    expect(c.kept.size).toBe(0);
+    expect((await c.post({ name: 'Fleet CPU — p99 (µs) ✓', query: 'FROM * SELECT a WINDOW 5s COMPUTE max' })).status).toBe(201);
+  });
+});
+
 describe('definitions another writer made (a cluster\'s KV watch) beyond the limit', () => {
   const def = (i: number, query = `FROM * SELECT m${i} WINDOW 5s COMPUTE max`): StoredQuery => ({ id: `q${i}`, name: `q${i}`, query, createdMs: i });
 

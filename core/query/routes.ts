@@ -282,6 +282,9 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
 }
 
 /** A stored query's definition from a request body, or an error text. The name defaults to the query. */
+// eslint-disable-next-line no-control-regex
+const unshowable = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+
 async function readDefinition(req: Request): Promise<{ name: string; query: string } | string> {
   let body: { name?: unknown; query?: unknown };
   try {
@@ -293,6 +296,9 @@ async function readDefinition(req: Request): Promise<{ name: string; query: stri
   if (typeof body.query !== 'string') return '"query" must be a string';
   const given = typeof body.name === 'string' && body.name.trim() !== '';
   if (given && (body.name as string).trim().length > routeLimits.nameCharsMax) return `"name" is longer than ${routeLimits.nameCharsMax} characters`;
+  // Control and bidirectional-override characters: a name shown in a panel header and a delete
+  // confirmation could hide or reverse the text after it.
+  if (given && unshowable.test(body.name as string)) return '"name" holds a control or bidirectional-formatting character (U+0000–U+001F, U+007F–U+009F, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069)';
   // Defaulted from a query longer than a name may be: its beginning (before: refused, naming a "name" never sent).
   const name = given ? (body.name as string).trim() : body.query.length > routeLimits.nameCharsMax ? `${body.query.slice(0, routeLimits.nameCharsMax - 1)}…` : body.query;
   return { name, query: body.query };
