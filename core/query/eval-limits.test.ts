@@ -2,7 +2,7 @@
 // memory its exact percentiles may hold. Evaluated over a store in this thread, on a clock the
 // tests step, so that a budget is passed without a slow test.
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -265,5 +265,42 @@ describe('regression: exact percentiles of gauges over a large window had no mem
       expect(Math.abs(x.values['percentile(50)']! - want)).toBeLessThanOrEqual(want * 0.01);
     });
     return store.close();
+  });
+});
+
+describe('regression: late seconds held for stored queries in back-off', () => {
+  it('are bounded by lateSecondsMax for all the queries together (before: per query — 20 queries held 20 × the bound)', async () => {
+    const store = loadRows();
+    try {
+      let slow = false;
+      let now = 0;
+      const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100, evalBudgetMs: 500, clockMs: () => (now += slow ? 1000 : 0) });
+      const queries = 20;
+      stored.sync(Array.from({ length: queries }, (_, i) => ({ id: `q${i}`, name: 'g', query: `FROM *, x${i} SELECT g WINDOW 1s COMPUTE count`, createdMs: 0 })), (t0 + 1) * 1000);
+      const quiet = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+      try {
+        await stored.tick((t0 + 60) * 1000);
+        // Every query past its budget: each waits in back-off.
+        slow = true;
+        await stored.tick((t0 + 61) * 1000);
+        expect(stored.counters.evaluation_over_budget).toBe(queries);
+        // A spool drains: 300 distinct late seconds arrive while they wait.
+        for (let s = 0; s < 300; s++) stored.noteData(t0 - 1000 + s);
+        await stored.tick((t0 + 62) * 1000);
+      } finally {
+        quiet.mockRestore();
+      }
+      // What the queries hold, counted from their states: the bound's own count must not drift from it.
+      const states = (stored as unknown as { states: Map<string, { late: Set<number> }> }).states;
+      expect([...states.values()].reduce((n, st) => n + st.late.size, 0)).toBe(stored.lateHeld);
+      expect(stored.lateHeld).toBeLessThanOrEqual(100);
+      expect(stored.lateHeld).toBeGreaterThan(0);
+      expect(stored.counters.late_seconds_dropped).toBeGreaterThan(0);
+      // Deleting the queries gives their held seconds back.
+      stored.sync([], (t0 + 62) * 1000);
+      expect(stored.lateHeld).toBe(0);
+    } finally {
+      await store.close();
+    }
   });
 });

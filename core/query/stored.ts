@@ -94,7 +94,7 @@ export class StoredQueries {
     // in between are evaluated from the stored data) instead of losing the history. An edited
     // one's results go as usual once it is synced here again.
     const kept = new Map(elsewhere.filter((d) => !want.has(d.id)).map((d) => [d.id, d]));
-    for (const id of kept.keys()) this.states.delete(id);
+    for (const id of kept.keys()) this.forgetState(id);
     const drop: string[] = [];
     for (const id of this.states.keys()) if (!want.has(id)) drop.push(id);
     for (const { key, value } of this.cursors.getRange()) if (!want.has(key) && kept.get(key)?.query !== value.query && !drop.includes(key)) drop.push(key);
@@ -114,6 +114,7 @@ export class StoredQueries {
         next = cursor.next;
         first = cursor.first ?? Math.min(next, alignedStart(d.createdMs, parsed.windowSeconds) - parsed.windowSeconds);
       } else if (cursor !== undefined || s !== undefined) drop.push(d.id); // edited: old results no longer describe it
+      this.forgetState(d.id);
       this.states.set(d.id, { def: d, parsed, next, first, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
       puts.push([d.id, { query: d.query, next, first }]);
     }
@@ -123,7 +124,7 @@ export class StoredQueries {
       for (const k of dropKeys) void this.results.remove(k);
       for (const [id, c] of puts) void this.cursors.put(id, c);
     });
-    for (const id of drop) if (!want.has(id)) this.states.delete(id);
+    for (const id of drop) if (!want.has(id)) this.forgetState(id);
     // Data replayed from the WAL: windows evaluated over it before the restart are redone (a
     // changed result is a revision). Before, late data acknowledged just before a restart never
     // revised its window: the late seconds waiting for the next tick were in memory only.
@@ -233,7 +234,7 @@ export class StoredQueries {
       try {
         this.advance(s, nowMs, pending, budget);
         this.revise(s, mine, pending, budget, revised);
-        s.late.clear();
+        this.clearLate(s);
         s.failures = 0;
       } catch (err) {
         this.counters.evaluation_errors++;
@@ -241,7 +242,7 @@ export class StoredQueries {
           // Only what is left waits (before: every late second again, so a retry redid the same
           // first windows, ran out at the same point, and never reached the rest).
           const W = s.parsed.windowSeconds;
-          s.late.clear();
+          this.clearLate(s);
           this.overBudget(s, revised.size === 0 ? mine : mine.filter((sec) => !revised.has(sec - (((sec % W) + W) % W))), clock(), budgetMs, err);
         } else console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
       }
@@ -281,15 +282,37 @@ export class StoredQueries {
     console.error(`core: stored query ${s.def.id}: ${err.message}; retried in ${Math.round(waitMs / 1000)} s with at most ${s.step} windows per evaluation`);
   }
 
-  /** Keeps late seconds for a query that does not run this tick (bounded like the shared set). */
+  /**
+   * Keeps late seconds for a query that does not run this tick. One bound for all the queries'
+   * held seconds together, lateSecondsMax as for the shared set (before: per query, so a
+   * thousand queries in back-off held a hundred million while a spool drained).
+   */
   private holdLate(s: QueryState, late: readonly number[]): void {
     for (const sec of late) {
-      if (s.late.size >= this.opts.lateSecondsMax) {
+      if (s.late.has(sec)) continue;
+      if (this.lateHeld >= this.opts.lateSecondsMax) {
         this.counters.late_seconds_dropped++;
         continue;
       }
       s.late.add(sec);
+      this.lateHeld++;
     }
+  }
+
+  /** Late seconds held for queries in back-off, all queries together (≤ lateSecondsMax). */
+  lateHeld = 0;
+
+  private clearLate(s: QueryState): void {
+    this.lateHeld -= s.late.size;
+    s.late.clear();
+  }
+
+  /** Drops a query's state (deleted, edited, evaluated elsewhere), with the late seconds it held. */
+  private forgetState(id: string): void {
+    const s = this.states.get(id);
+    if (s === undefined) return;
+    this.clearLate(s);
+    this.states.delete(id);
   }
 
   private advance(s: QueryState, nowMs: number, pending: Map<string, WindowResult>, budget: EvalOptions): void {
