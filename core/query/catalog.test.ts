@@ -134,3 +134,29 @@ describe('definitions another writer made (a cluster\'s KV watch) beyond the lim
     }
   });
 });
+
+describe('regression: a window revised while the catalog loads its results at start', () => {
+  it('replaces the loaded version in memory (before: dropped, and the results API served the old one until the next restart)', async () => {
+    const def: StoredQuery = { id: 'q1', name: 'q', query: 'FROM * SELECT m WINDOW 5s COMPUTE max', createdMs: 0 };
+    const w = (startMs: number, max: number, revision: number) => ({ startMs, endMs: startMs + 5000, servers: 1, count: 5, values: { max }, revision });
+    const pool = {
+      onWindow: null as null | ((id: string, win: ReturnType<typeof w>, query: string) => void),
+      sync: async () => undefined,
+      // While the newest results are read, the worker revises the first of them and evaluates a new one.
+      results: async () => {
+        pool.onWindow!('q1', w(5000, 9, 1), def.query);
+        pool.onWindow!('q1', w(15000, 3, 0), def.query);
+        return [JSON.stringify(w(5000, 1, 0)), JSON.stringify(w(10000, 2, 0))];
+      },
+    };
+    const db: DefinitionStore = { load: () => [def], create: async () => undefined, update: async () => undefined, remove: async () => undefined };
+    const catalog = new QueryCatalog(db, pool as unknown as ShardPool, { queriesMax: 10 });
+    await catalog.start();
+    const got = (await catalog.resultsJson('q1', 0, 100_000, 100)).map((j) => JSON.parse(j) as ReturnType<typeof w>);
+    expect(got.map((x) => [x.startMs, x.values.max, x.revision])).toEqual([
+      [5000, 9, 1],
+      [10000, 2, 0],
+      [15000, 3, 0],
+    ]);
+  });
+});

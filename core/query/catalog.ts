@@ -175,8 +175,10 @@ export class QueryCatalog {
       const json = await this.pool.results({ id: def.id, metric: parsed.metric }, { fromMs: 0, toMs: 0, limit: this.recentMax, newest: true });
       const r = { starts: json.map((j) => (JSON.parse(j) as WindowResult).startMs), json, all: json.length < this.recentMax };
       const live = this.recent.get(def.id);
-      // Windows that arrived while loading are newer: keep them after the loaded ones.
-      if (live !== undefined) for (let i = 0; i < live.starts.length; i++) if (r.starts.length === 0 || live.starts[i]! > r.starts[r.starts.length - 1]!) (r.starts.push(live.starts[i]!), r.json.push(live.json[i]!));
+      // Windows that arrived while loading are newer: a new one goes after the loaded ones, a
+      // revision of a loaded one replaces it (before: dropped, and memory served the old version
+      // until the next restart — likely right after one, when replayed seconds revise windows).
+      if (live !== undefined) for (let i = 0; i < live.starts.length; i++) placeWindow(r, live.starts[i]!, live.json[i]!);
       this.recent.set(def.id, r);
     }
   }
@@ -343,24 +345,11 @@ export class QueryCatalog {
     const r = this.recent.get(id);
     if (r === undefined) return; // deleted meanwhile
     r.changes = (r.changes ?? 0) + 1;
-    const json = JSON.stringify(w);
-    const last = r.starts.length - 1;
-    if (last < 0 || w.startMs > r.starts[last]!) {
-      r.starts.push(w.startMs);
-      r.json.push(json);
-      if (r.starts.length > this.recentMax + 256) {
-        // Drop the oldest in chunks; from now on the memory covers only the newest windows.
-        r.starts.splice(0, 256);
-        r.json.splice(0, 256);
-        r.all = false;
-      }
-    } else {
-      const i = lowerBound(r.starts, w.startMs);
-      if (r.starts[i] === w.startMs) r.json[i] = json;
-      else if (i > 0 || r.all) {
-        r.starts.splice(i, 0, w.startMs);
-        r.json.splice(i, 0, json);
-      }
+    if (placeWindow(r, w.startMs, JSON.stringify(w)) && r.starts.length > this.recentMax + 256) {
+      // Drop the oldest in chunks; from now on the memory covers only the newest windows.
+      r.starts.splice(0, 256);
+      r.json.splice(0, 256);
+      r.all = false;
     }
     for (const l of this.listeners) l(id, w);
   }
@@ -437,6 +426,27 @@ export class QueryCatalog {
   private definitionsChanged(): void {
     for (const l of this.definitionListeners) l();
   }
+}
+
+/**
+ * A window into a query's newest results: after the others (returns true), or in place of the
+ * one of its start (a revision), or inside the range memory holds; one older than all while
+ * memory holds only the newest windows is left to the store.
+ */
+function placeWindow(r: Recent, start: number, json: string): boolean {
+  const last = r.starts.length - 1;
+  if (last < 0 || start > r.starts[last]!) {
+    r.starts.push(start);
+    r.json.push(json);
+    return true;
+  }
+  const i = lowerBound(r.starts, start);
+  if (r.starts[i] === start) r.json[i] = json;
+  else if (i > 0 || r.all) {
+    r.starts.splice(i, 0, start);
+    r.json.splice(i, 0, json);
+  }
+  return false;
 }
 
 /** First index with a[i] ≥ x (a ascending). */

@@ -115,6 +115,22 @@ describe('regression: an evaluation had no time budget (issue 16.1)', () => {
     }
   });
 
+  it("regression: counts a query answered 400 for too many windows under its reason, in apm's ad-hoc answers and the Prometheus API alike (before: bad_request)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-evlim-node-'));
+    dirs.push(dir);
+    const node = await openNode({ dataDir: dir, workers: 1, shards: S, queryLatenessMs: 0 });
+    try {
+      const adhoc = await node.app.request(`/api/v1/query?q=${encodeURIComponent('FROM * SELECT g WINDOW 1s COMPUTE max')}&from=-2h&to=now`);
+      expect(adhoc.status).toBe(400);
+      expect(((await adhoc.json()) as { reason: string }).reason).toBe('too_many_windows');
+      const end = Math.floor(Date.now() / 1000);
+      expect((await node.app.request(`/api/v1/query_range?query=${encodeURIComponent('FROM * SELECT g COMPUTE max')}&start=${end - 86_400}&end=${end}&step=1`)).status).toBe(400);
+      expect(await (await node.app.request('/metrics')).text()).toMatch(/^apm_core_query_requests_refused_total\{reason="too_many_windows"\} 2$/m);
+    } finally {
+      await node.close();
+    }
+  });
+
   it('answers 503 for an ad-hoc query stopped by its budget, with the reason, counted', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'apm-evlim-node-'));
     dirs.push(dir);

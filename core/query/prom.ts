@@ -233,7 +233,7 @@ export function planRange(text: string, o: { startMs: number; endMs: number; ste
   const lastEndMs = Math.floor(Math.min(o.endMs, o.nowMs) / Wms) * Wms;
   const windows = lastEndMs < firstEndMs ? 0 : (lastEndMs - firstEndMs) / Wms + 1;
   if (windows > promLimits.windowsPerAnswerMax) {
-    throw new PromError('bad_data', `exceeded maximum resolution: ${windows} windows of ${W}s > ${promLimits.windowsPerAnswerMax} per answer; raise the step (Grafana: Min step or Max data points) or narrow the time range`);
+    throw new PromError('bad_data', `exceeded maximum resolution: ${windows} windows of ${W}s > ${promLimits.windowsPerAnswerMax} per answer; raise the step (Grafana: Min step or Max data points) or narrow the time range`, 'too_many_windows');
   }
   return { q, firstEndMs, lastEndMs, windows, warnings };
 }

@@ -113,7 +113,10 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       const body = await stored.resultsAnswer(q.id, firstMs, toMs, most, (windows) =>
         windows.length > most ? null : Buffer.from(`{"id":${JSON.stringify(q.id)},"query":${JSON.stringify(q.query)},"windows":[${windows.join(',')}]}`),
       );
-      if (body === null) return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to` }, 400);
+      if (body === null) {
+        c.set('apmRefusal', 'too_many_windows');
+        return c.json({ error: `more than ${routeLimits.windowsPerAnswerMax} windows per answer; narrow from/to`, reason: 'too_many_windows' }, 400);
+      }
       return c.body(body, 200, { 'content-type': 'application/json' });
     } catch (err) {
       const r = bad(err, c);
@@ -267,7 +270,10 @@ export function addQueryRoutes(app: Hono, pool: ShardPool, stored: QueryCatalog)
       // windows that start inside the range, so that one comes on top.
       const Wms = q.windowSeconds * 1000;
       const windows = Math.ceil(toMs / Wms) - Math.ceil(fromMs / Wms);
-      if (windows > routeLimits.windowsPerAnswerMax) return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range` }, 400);
+      if (windows > routeLimits.windowsPerAnswerMax) {
+        c.set('apmRefusal', 'too_many_windows');
+        return c.json({ error: `${windows} windows > ${routeLimits.windowsPerAnswerMax} per answer; use a longer WINDOW or a shorter range`, reason: 'too_many_windows' }, 400);
+      }
       // Evaluated by the worker that owns the metric's shard: the HTTP thread never reads rows.
       // nocache=1 (as VictoriaMetrics spells it): every window evaluated, none taken from or kept in the worker's answer cache.
       const answer = await pool.queryJson(q.text, q.metric, Math.floor(fromMs / 1000), Math.ceil(toMs / 1000), c.req.query('nocache') !== '1');
