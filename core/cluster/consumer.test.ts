@@ -298,3 +298,17 @@ describe('a shard consumer whose stream was made again or cut back', () => {
     }
   });
 });
+
+describe('regression: a shard whose copy did not complete (applied −1)', () => {
+  it('notes where its stream starts, so owners all at −1 can tell which reads on (before: 0, and each waited for the others for good)', async () => {
+    const jsm = { streams: { info: async () => ({ state: { first_seq: 9000 } }) }, consumers: { info: async () => null, add: async () => null, delete: async () => true } } as unknown as JetStreamManager;
+    const pool = { streamSeqs: async () => [-1], streamCreated: async () => null } as unknown as ShardPool;
+    const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
+    const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, {} as JetStreamClient, jsm);
+    c.start(-1);
+    await vi.waitFor(() => expect(c.state).toBe('behind_stream'), { timeout: 2_000 });
+    await c.stop();
+    expect(c.streamFirst).toBe(9000);
+    expect(c.lastError).toMatch(/copy of this shard did not complete/);
+  });
+});

@@ -149,7 +149,14 @@ export class ShardConsumer {
     const seqs = await this.pool.streamSeqs();
     this.applied = seqs[this.o.shard] ?? 0;
     if (this.applied < 0) {
-      // A copy into this shard did not complete (restoringSeq): its partial data must be copied again.
+      // A copy into this shard did not complete (restoringSeq): its partial data must be copied
+      // again. Where the stream starts is still noted: with no owner to copy from, the owners
+      // judge which of them reads on from the stream by it (left at 0, every owner at −1 took
+      // every other for one that reaches the stream, and all waited for good).
+      this.streamFirst = await this.jsm.streams.info(stream).then(
+        (si) => si.state.first_seq,
+        () => this.streamFirst,
+      );
       this.state = 'behind_stream';
       this.notCaughtUp();
       this.lastError = 'a copy of this shard did not complete: copy it again from a live owner';

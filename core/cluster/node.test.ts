@@ -22,15 +22,15 @@ function peer(id: string, applied: number | undefined, silentMs = 0): NodeState 
 }
 
 /** Node `me` (applied 5,000 of shard 0, whose stream now starts at 9,000) after `rounds` rounds beside `others`. */
-async function rounds(me: string, others: NodeState[], n = 5): Promise<{ started: [number, number, boolean][]; copies: number; counters: Record<string, number>; consumerCounters: Record<string, number> }> {
+async function rounds(me: string, others: NodeState[], n = 5, mine = 5000): Promise<{ started: [number, number, boolean][]; copies: number; counters: Record<string, number>; consumerCounters: Record<string, number> }> {
   const Ctor = ClusterNode as unknown as new (nc: unknown, o: unknown) => Inside;
   let copies = 0;
   const node = new Ctor({}, { node: me, url: 'http://127.0.0.1:1', workers: 1, want: {}, heartbeatMs: 2000, deadAfterMs: 10_000, replaceAfterMs: 60_000, movesMax: 8, readyLagMax: 8, copyShard: async () => (copies++, 0), log: () => undefined });
   node.settings = { shards: 1, ownerReplicas: 2 };
-  node.pool = { shards: 1, streamSeqs: async () => ({ 0: 5000 }), restartFromStream: async () => undefined };
+  node.pool = { shards: 1, streamSeqs: async () => ({ 0: mine }), restartFromStream: async () => undefined };
   node.doc = { shards: [{ owners: [me, ...others.map((o) => o.id)], joining: [] }] };
-  node.nodeStates = [peer(me, 5000), ...others];
-  node.consumers.set(0, { state: 'behind_stream', caughtUp: false, streamFirst: 9000, applied: 5000, lag: Infinity, lastError: '', counters: { messages_applied: 70, stream_resets: 1 } });
+  node.nodeStates = [peer(me, mine), ...others];
+  node.consumers.set(0, { state: 'behind_stream', caughtUp: false, streamFirst: 9000, applied: mine, lag: Infinity, lastError: '', counters: { messages_applied: 70, stream_resets: 1 } });
   const started: [number, number, boolean][] = [];
   node.startConsumer = (k, applied, acceptLoss = false) => {
     started.push([k, applied, acceptLoss]);
@@ -52,6 +52,13 @@ describe('an owner behind its stream with no ready owner to copy from', () => {
     // An owner that applied more resumes instead.
     expect((await rounds('a', [peer('b', 6000)])).started).toEqual([]);
     expect((await rounds('b', [peer('a', 4000)])).started).toEqual([[0, 5000, true]]);
+  });
+
+  it('regression: owners whose copies all failed (applied −1) break the tie too: the lowest id empties its shard and reads the whole stream, the other copies from it later', async () => {
+    expect((await rounds('a', [peer('b', -1)], 5, -1)).started).toEqual([[0, 0, true]]);
+    expect((await rounds('b', [peer('a', -1)], 5, -1)).started).toEqual([]);
+    // An owner that holds data wins over one at −1.
+    expect((await rounds('a', [peer('b', 5000)], 5, -1)).started).toEqual([]);
   });
 
   it('waits while a live owner may still be a source: it reaches the stream, or has not said what it applied', async () => {
