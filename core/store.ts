@@ -230,6 +230,8 @@ export class Store {
     names_pending_dropped: 0,
     /** Points and summaries whose value cannot be stored (not finite, inconsistent): that entry alone. */
     points_dropped_bad_value: 0,
+    /** Rack rollups of a distribution's second not kept: a server summary of that second was refused (its servers' sketches answer instead). */
+    rollups_dropped_partial: 0,
     /** Points and summaries of a kind other than their metric's (issue 16.6): a gauge or counter of a distribution metric, or the reverse. */
     points_dropped_kind_conflict: 0,
     /** Summaries of one series-second left out of a row because merged their count would pass 2³² − 1 (a rollup: that second's). */
@@ -893,25 +895,39 @@ export class Store {
         else this.counters.points_dropped_overflow += replay ? 0 : summaries;
       } else {
         const before = mh.bytes;
+        // The rack's rollup merges every server's summary of the second: kept only when each of
+        // them is stored too. One refused (its server beyond serversMax, a bad value) leaves the
+        // rollup holding observations no stored server has, and percentiles over the whole rack
+        // would come from it (before: they did); the servers' own sketches answer that second.
+        let rollupAt = -1;
+        let refused = false;
         for (let e = from; e < to; e++) {
           const server = m.distServers[e]!;
           const sStart = e === 0 ? 0 : m.sketchEnds[e - 1]!;
-          if (m.distBad !== null && m.distBad[e] === 1) {
-            this.counters.points_dropped_bad_value += replay ? 0 : 1;
+          if (server === rollupServer) {
+            rollupAt = e;
             continue;
           }
-          if (server === rollupServer) {
-            mh.addRollup(sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
+          if (m.distBad !== null && m.distBad[e] === 1) {
+            this.counters.points_dropped_bad_value += replay ? 0 : 1;
+            refused = true;
             continue;
           }
           const sid = sids[server]!;
           if (sid < 0) {
             if (!replay) this.counters.points_dropped_servers++;
+            refused = true;
             continue;
           }
           mh.addDist(sid, sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, sStart, m.sketchEnds[e]!);
           if (!replay) this.counters.summaries_ingested++;
           added++;
+        }
+        if (rollupAt >= 0) {
+          const e = rollupAt;
+          if (m.distBad !== null && m.distBad[e] === 1) this.counters.points_dropped_bad_value += replay ? 0 : 1;
+          else if (refused) this.counters.rollups_dropped_partial += replay ? 0 : 1;
+          else mh.addRollup(sec, m.distCounts[e]!, m.distSums[e]!, m.distMins[e]!, m.distMaxes[e]!, m.sketchBytes, e === 0 ? 0 : m.sketchEnds[e - 1]!, m.sketchEnds[e]!);
         }
         mh.walSeq = Math.max(mh.walSeq, seq);
         this.headBytes += mh.bytes - before;

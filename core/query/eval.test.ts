@@ -475,8 +475,8 @@ describe('rows v2 (issue 14): aggregates, subset decoding and the row cache chan
   // One store in this thread: two racks of 6 servers (rows of ≥ 4 carry aggregates), a gauge of
   // awkward doubles (sums depend on the order of additions) with gaps, and a distribution.
   const racks2: Record<string, string[]> = { ra: Array.from({ length: 6 }, (_, i) => `a-${i}`), rb: Array.from({ length: 6 }, (_, i) => `b-${i}`) };
-  const openStore = (blockSeconds = 60) =>
-    new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax: 100, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
+  const openStore = (blockSeconds = 60, serversMax = 100) =>
+    new Store({ dir: tempDir(), shardCount: S, shards: Array.from({ length: S }, (_, k) => k), retentionSeconds: 365 * 86400, blockSeconds, mapBytes: 2 ** 30, flushGraceMs: 0, headBytesMax: 2 ** 30, metricsMax: 100, metricsPerServerMax: 100, serversMax, racksMax: 10, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0 });
   const seqs = new Map<string, number>();
   const put = (store: Store, rack: string, second: number, servers: { server: string; points: PointInput[]; dists: DistInput[] }[], late = false) => {
     const merger = new RackMerger(100);
@@ -595,6 +595,31 @@ describe('rows v2 (issue 14): aggregates, subset decoding and the row cache chan
     expect(store.counters.row_cache_misses).toBe(misses + 1);
     expect(evaluate(store, q, t0, t0 + 60)).toEqual(after);
     await store.close();
+  });
+
+  it("regression: a distribution's whole-rack percentiles leave out the rack rollup of a second whose server summaries were refused (before: a server beyond serversMax was in the rollup, so the answer held observations no stored server had)", () => {
+    const store = openStore(60, 3);
+    try {
+      const servers = ['z1', 'z2', 'z3', 'z4', 'z5'];
+      for (let t = t0; t < t0 + 10; t++) {
+        put(store, 'rz', t, servers.map((server, i) => ({ server, points: [], dists: [{ name: 'lat', values: i < 3 ? [i + 1] : Array<number>(20).fill(2.9) }] })));
+      }
+      expect(store.counters.points_dropped_servers).toBe(20);
+      expect(store.counters.rollups_dropped_partial).toBe(10);
+      const q = parseQuery('FROM * SELECT lat WINDOW 10s COMPUTE count, max, p50');
+      const check = (where: string) => {
+        const [w] = evaluate(store, q, t0, t0 + 10);
+        expect(w!.count, where).toBe(30);
+        expect(w!.values['max'], where).toBe(3);
+        // The exact p50 of the 30 stored observations is 2 (sketches: within 1 %).
+        expect(Math.abs(w!.values['percentile(50)']! - 2), where).toBeLessThan(0.02);
+      };
+      check('head');
+      flush(store);
+      check('rows');
+    } finally {
+      void store.close();
+    }
   });
 });
 
