@@ -483,7 +483,13 @@ export class ShardPool {
     return r.json ?? [];
   }
 
-  /** Hands every stored-query definition to the worker owning its metric. */
+  /** Keeps windows another cluster node evaluated in the store of their metric (StoredQueries.adopt); returns those kept. */
+  async adoptWindows(metric: string, windows: { qid: string; query: string; json: string }[]): Promise<number> {
+    const r = await this.request(this.slotOfMetric(metric), { t: 'adoptWindows', id: this.nextId++, metric, windows });
+    if (r.error !== undefined) throw new WorkerError(r.error);
+    return r.adopted ?? 0;
+  }
+
   /**
    * Hands every stored-query definition to the worker owning its metric. `elsewhere`: queries
    * another cluster node evaluates now; not evaluated here, their results kept (stored.ts sync).

@@ -39,6 +39,8 @@ export type ToWorker =
   | { t: 'export'; id: number; metric: string; fromSec: number; toSec: number; entriesMax: number; /** The chunk's first rack id in fromSec's block (core/history/export.ts). */ rackFrom: number }
   | { t: 'sync'; id: number; defsByStore: Record<number, StoredQuery[]>; elsewhereByStore: Record<number, StoredQuery[]> }
   | { t: 'results'; id: number; metric: string; qid: string; fromMs: number; toMs: number; limit: number; newest: boolean }
+  /** Windows of stored queries another cluster node evaluated, for the store of `metric` (StoredQueries.adopt). */
+  | { t: 'adoptWindows'; id: number; metric: string; windows: { qid: string; query: string; json: string }[] }
   | { t: 'metrics'; id: number }
   | { t: 'streamSeqs'; id: number }
   /** The stream creation time a shard's store last saw (`created`: note this one). */
@@ -91,7 +93,7 @@ export interface WorkerMetric {
 
 export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult;
   /** An ingest request's buffer, handed back (transferred) for reuse once the store copied what it keeps. */
-  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string; created?: string | null;
+  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; adopted?: number; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string; created?: string | null;
   /** A snapshot cursor's next chunk (transferred; empty when done). */
   snapshot?: { cursor: number; bytes: ArrayBuffer; done: boolean };
   restored?: Omit<RestoreSummary, 'bytes'>;

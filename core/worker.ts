@@ -436,6 +436,8 @@ function handle(m: ToWorker): void {
       for (const [index, defs] of Object.entries(m.defsByStore)) owned.get(Number(index))?.stored.sync(defs as StoredQuery[], Date.now(), m.elsewhereByStore[Number(index)] ?? []);
       return post({ t: 'reply', id: m.id });
     }
+    case 'adoptWindows':
+      return post({ t: 'reply', id: m.id, adopted: storeOfMetric(m.metric).stored.adopt(m.windows) });
     case 'results': {
       const o = storeOfMetric(m.metric);
       return post({ t: 'reply', id: m.id, json: m.newest ? o.stored.newestJson(m.qid, m.limit) : o.stored.resultsJson(m.qid, m.fromMs, m.toMs, m.limit) });

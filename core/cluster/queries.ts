@@ -6,7 +6,9 @@
 // readiness or a definition changes, so each query is evaluated by one live node. That node
 // publishes each new or revised window on core NATS (resultsSubject); every node subscribes and
 // feeds its newest-window cache and live streams, so /api/v1/queries/:id/live and /api/v1/live
-// answer on any node. A results range is proxied to the evaluating node (core/cluster/routes.ts).
+// answer on any node, and keeps them in its own store (StoredQueries.adopt), so that when a
+// placement change makes it the evaluator it serves the whole history and goes on from there. A
+// results range is proxied to the evaluating node (core/cluster/routes.ts).
 
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
@@ -35,6 +37,14 @@ export const clusterQueryLimits = {
    * growing without bound. A definition takes ~200 B, so this is far above any node's limit.
    */
   bucketBytesMax: 64 * 1024 * 1024,
+  /**
+   * Windows received from the evaluating nodes are kept in this node's store too (so that when the
+   * evaluation moves here this node serves the whole history and goes on from there), handed to
+   * the workers every adoptEveryMs, at most adoptWindowsMax waiting (beyond: counted, dropped —
+   * a takeover then evaluates those windows again from the rows).
+   */
+  adoptEveryMs: 1000,
+  adoptWindowsMax: 100_000,
   /** The bucket's watch, when it ends, is opened again after this long, doubling up to watchRetryMaxMs. */
   watchRetryMinMs: 500,
   watchRetryMaxMs: 30_000,
@@ -128,8 +138,14 @@ export function windowOf(text: string): WindowResult | null {
 
 /** The stored-query catalog of a cluster node, kept from KV apm-queries and the results subjects. */
 export class ClusterQueries {
-  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, definitions_dropped: 0, resyncs: 0, resync_failures: 0, watch_restarts: 0 };
+  readonly counters = { windows_published: 0, windows_publish_failed: 0, windows_received: 0, windows_bad: 0, definitions_bad: 0, definitions_dropped: 0, resyncs: 0, resync_failures: 0, watch_restarts: 0, windows_kept: 0, windows_keep_dropped: 0, windows_keep_failed: 0 };
   catalog!: QueryCatalog;
+  /** Received windows waiting to be kept in the store of their metric, by metric. */
+  private readonly toKeep = new Map<string, { qid: string; query: string; json: string }[]>();
+  private toKeepCount = 0;
+  private keepTimer: NodeJS.Timeout | null = null;
+  private keeping: Promise<void> | null = null;
+  private pool!: ShardPool;
   private sub: Subscription | null = null;
   private watch: { stop(): void } | null = null;
   private resyncing: Promise<void> | null = null;
@@ -150,6 +166,7 @@ export class ClusterQueries {
     const kv = await retryJetStream(`KV ${buckets.queries}`, () => new Kvm(view.nc).create(buckets.queries, { history: 1, replicas: Math.min(clusterQueryLimits.bucketReplicasMax, view.settings.streamReplicas), max_bytes: clusterQueryLimits.bucketBytesMax, maxValueSize: clusterQueryLimits.definitionBytesMax }));
     // Kept, set aside beyond the limit, set aside unparsable: the catalog holds at most 3 × queriesMax.
     const cq = new ClusterQueries(view, new KvDefinitions(kv, 3 * o.queriesMax), o.log);
+    cq.pool = pool;
     await cq.load(kv);
     cq.catalog = new QueryCatalog(cq.defs, pool, {
       queriesMax: o.queriesMax,
@@ -277,6 +294,45 @@ export class ClusterQueries {
     }
     this.counters.windows_received++;
     this.catalog.receiveWindow(id, w);
+    this.keepLater(id, text);
+  }
+
+  /** A received window, to be kept in this node's store of its metric (flushed every adoptEveryMs). */
+  private keepLater(id: string, json: string): void {
+    const def = this.catalog.get(id);
+    const metric = this.catalog.metricOf(id);
+    if (def === undefined || metric === undefined) return;
+    if (this.toKeepCount >= clusterQueryLimits.adoptWindowsMax) {
+      this.counters.windows_keep_dropped++;
+      return;
+    }
+    let list = this.toKeep.get(metric);
+    if (list === undefined) this.toKeep.set(metric, (list = []));
+    list.push({ qid: id, query: def.query, json });
+    this.toKeepCount++;
+    if (this.keepTimer === null && !this.closed) {
+      this.keepTimer = setTimeout(() => {
+        this.keepTimer = null;
+        this.keeping = this.keepNow().finally(() => (this.keeping = null));
+      }, clusterQueryLimits.adoptEveryMs);
+      this.keepTimer.unref();
+    }
+  }
+
+  /** Hands the waiting windows to the workers (one request per metric). */
+  async keepNow(): Promise<void> {
+    if (this.keeping !== null) await this.keeping;
+    const batches = [...this.toKeep];
+    this.toKeep.clear();
+    this.toKeepCount = 0;
+    for (const [metric, windows] of batches) {
+      try {
+        this.counters.windows_kept += await this.pool.adoptWindows(metric, windows);
+      } catch (err) {
+        this.counters.windows_keep_failed += windows.length;
+        if (this.counters.windows_keep_failed === windows.length) this.log(`keeping received stored-query windows failed: ${(err as Error).message}; a takeover evaluates them again from the rows`);
+      }
+    }
   }
 
   /** Stored queries this node's workers evaluate now. */
@@ -297,6 +353,7 @@ export class ClusterQueries {
       received: c.windows_received,
       bad: c.windows_bad,
     });
+    p.counters('apm_core_cluster_query_windows_kept_total', "Received stored-query windows kept in this node's store (so a takeover serves the whole history), or not: dropped (more than adoptWindowsMax waiting), failed (the worker refused)", 'result', { kept: c.windows_kept, dropped: c.windows_keep_dropped, failed: c.windows_keep_failed });
     p.counter('apm_core_cluster_query_definitions_bad_total', `Entries of KV ${buckets.queries} that are not stored queries (ignored)`, c.definitions_bad);
     p.counter('apm_core_cluster_query_definitions_dropped_total', `Definitions in KV ${buckets.queries} beyond what this node holds at start (3 × its stored-query limit): not read`, c.definitions_dropped);
     p.counter('apm_core_cluster_query_resyncs_total', 'Times the stored queries were handed to the workers again (placement, readiness or definitions changed)', c.resyncs);
@@ -309,6 +366,8 @@ export class ClusterQueries {
     this.closed = true;
     this.sub?.unsubscribe();
     this.watch?.stop();
+    if (this.keepTimer !== null) clearTimeout(this.keepTimer);
+    this.keepTimer = null;
   }
 }
 

@@ -476,11 +476,22 @@ describe('core cluster: query routing and stored queries', () => {
     expect(res.status).toBe(200);
     // A malformed escape is no query's id: 404 (before: decodeURIComponent threw, a 500).
     expect((await get('A', '/api/v1/queries/%ZZ/results?from=-5m')).status).toBe(404);
-    expect(((await res.json()) as { windows: unknown[] }).windows.length).toBeGreaterThan(0);
+    const before = ((await res.json()) as { windows: { startMs: number; values: Record<string, number> }[] }).windows;
+    expect(before.length).toBeGreaterThan(0);
+    // A keeps what it receives (in its own store): every window B evaluated so far.
+    await until('A keeps the windows it received', async () => ((await metric('A', 'apm_core_cluster_query_windows_kept_total', 'result="kept"')) >= before.length ? true : undefined));
     // Ownership moves: A becomes the shard's first ready owner and takes the query over.
     cluster.owners[shardOfMetric(mB, S)] = ['A', 'B'];
     cluster.change();
     await until('A evaluates the query, B no longer', async () => ((await metric('A', 'apm_core_cluster_queries_evaluated')) === 1 && (await metric('B', 'apm_core_cluster_queries_evaluated')) === 0 ? true : undefined));
+    // Regression: A's store holds the history from before it took over — what its results API
+    // reads beyond the newest windows kept in memory, and after a restart (before: only windows
+    // since the takeover, from a cursor started at the window before now) — and it goes on from there.
+    const kept = (await nodes.A.node.pool.results({ id, metric: mB }, { fromMs: 0, toMs: Date.now() + 60_000, limit: 10_000 })).map((j) => JSON.parse(j) as { startMs: number; values: Record<string, number> });
+    const byStart = new Map(kept.map((w) => [w.startMs, w.values]));
+    for (const w of before) expect(byStart.get(w.startMs), `window ${w.startMs}`).toEqual(w.values);
+    const api = ((await (await get('A', `/api/v1/queries/${id}/results?from=-5m`)).json()) as { windows: { startMs: number }[] }).windows;
+    expect(api[0]!.startMs).toBe(before[0]!.startMs);
     // Deleted through B: gone on A.
     expect((await fetch(`${nodes.B.url}/api/v1/queries/${id}`, { method: 'DELETE', headers: auth(tokens.write) })).status).toBe(204);
     await until('the query gone on A', async () => ((await get('A', `/api/v1/queries/${id}`)).status === 404 ? true : undefined));

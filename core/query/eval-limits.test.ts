@@ -320,3 +320,43 @@ describe('regression: late seconds held for stored queries in back-off', () => {
     }
   });
 });
+
+describe('stored-query windows another cluster node evaluated (StoredQueries.adopt)', () => {
+  it('are kept with their cursor, so a takeover serves the history and goes on from the last one; ignored for a query evaluated here; an edit starts afresh', async () => {
+    const store = loadRows();
+    const stores = [store];
+    try {
+      const def = { id: 'q1', name: 'g', query: 'FROM * SELECT g WINDOW 1m COMPUTE count', createdMs: 0 };
+      // The evaluating node: its windows of the first 5 minutes.
+      const there = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+      const published: string[] = [];
+      there.onWindow = (_id, w) => published.push(JSON.stringify(w));
+      there.sync([def], (t0 + 60) * 1000);
+      await there.tick((t0 + 300) * 1000);
+      expect(published.length).toBe(5);
+      // This node: a store of its own, whose rows are never read (every window was received).
+      const mine = openStore();
+      stores.push(mine);
+      const here = new StoredQueries(mine.env, { registry: mine.registry, rackName: (id: number) => mine.rackName(id), read: () => { throw new Error('not read: every window was received'); } }, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100 });
+      here.sync([], (t0 + 60) * 1000, [def]);
+      expect(here.adopt(published.map((json) => ({ qid: 'q1', query: def.query, json })))).toBe(5);
+      expect(here.resultsJson('q1', 0, 8.64e15, 100)).toEqual(published);
+      // The evaluation moves here: nothing is evaluated again (the reader would throw) until a new window is due.
+      here.sync([def], (t0 + 300) * 1000);
+      await here.tick((t0 + 300) * 1000);
+      expect(here.counters.windows_evaluated).toBe(0);
+      // Windows of a query this node evaluates are its own: a received copy is ignored.
+      expect(here.adopt([{ qid: 'q1', query: def.query, json: published[0]! }])).toBe(0);
+      // Another text (an edit elsewhere): the old results go, the new start afresh.
+      here.sync([], (t0 + 300) * 1000, [{ ...def, query: 'FROM * SELECT g WINDOW 1m COMPUTE max' }]);
+      const edited = JSON.stringify({ startMs: (t0 + 240) * 1000, endMs: (t0 + 300) * 1000, servers: 20, count: 20, values: { max: 4000 }, revision: 0 });
+      expect(here.adopt([{ qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: edited }])).toBe(1);
+      expect(here.resultsJson('q1', 0, 8.64e15, 100)).toEqual([edited]);
+      // Not a window of the query's windows: refused, counted.
+      expect(here.adopt([{ qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: '{"startMs":1234}' }])).toBe(0);
+      expect(here.counters.windows_adopt_refused).toBe(1);
+    } finally {
+      for (const st of stores) await st.close();
+    }
+  });
+});

@@ -65,7 +65,7 @@ export class StoredQueries {
   private running: Promise<void> | null = null;
   private stopping = false;
   /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
-  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0 };
+  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0, windows_adopted: 0, windows_adopt_refused: 0 };
   /** Each new or revised window, once stored, with the text it was evaluated for. */
   onWindow: ((queryId: string, w: WindowResult, query: string) => void) | null = null;
 
@@ -168,6 +168,54 @@ export class StoredQueries {
   newestJson(id: string, limit: number): string[] {
     const newest = [...this.results.getRange({ start: resultKey(id, Number.MAX_SAFE_INTEGER), end: resultKey(id, 0), reverse: true, limit })].map((e) => e.value);
     return newest.reverse();
+  }
+
+  /**
+   * Windows another cluster node evaluated and published (its queries' results, received by this
+   * node): kept with this store's results, and the query's cursor moved past them, so when the
+   * evaluation moves here (a placement change) this node serves the query's whole history and
+   * goes on from the last window it received — before, it started at the window before now and
+   * its results API answered only from then on, without saying so. Windows of a query this store
+   * evaluates itself are ignored (its own are the truth here); a text other than the cursor's
+   * (an edit) starts the query's results afresh.
+   */
+  adopt(windows: readonly { qid: string; query: string; json: string }[]): number {
+    const cursors = new Map<string, Cursor>();
+    const puts: [string, string][] = [];
+    const restarted: string[] = [];
+    for (const { qid, query, json } of windows) {
+      if (this.states.has(qid)) continue;
+      let w: WindowResult;
+      let W: number;
+      try {
+        w = JSON.parse(json) as WindowResult;
+        W = parseQuery(query).windowSeconds;
+      } catch {
+        this.counters.windows_adopt_refused++;
+        continue;
+      }
+      if (!Number.isSafeInteger(w.startMs) || w.startMs < 0 || w.startMs % (W * 1000) !== 0) {
+        this.counters.windows_adopt_refused++;
+        continue;
+      }
+      const start = w.startMs / 1000;
+      let c = cursors.get(qid) ?? this.cursors.get(qid);
+      if (c === undefined || c.query !== query) {
+        if (c !== undefined && !restarted.includes(qid)) restarted.push(qid);
+        c = { query, next: start + W, first: start };
+      } else c = { query, next: Math.max(c.next, start + W), first: Math.min(c.first ?? start, start) };
+      cursors.set(qid, c);
+      puts.push([resultKey(qid, w.startMs), json]);
+    }
+    if (puts.length === 0) return 0;
+    const stale = restarted.flatMap((id) => [...this.results.getKeys({ start: `${id}:`, end: `${id};` })]);
+    this.root.transactionSync(() => {
+      for (const k of stale) void this.results.remove(k);
+      for (const [k, json] of puts) void this.results.put(k, json);
+      for (const [id, c] of cursors) void this.cursors.put(id, c);
+    });
+    this.counters.windows_adopted += puts.length;
+    return puts.length;
   }
 
   /** Seconds replayed from the WAL at start, noted once the first sync tells which queries there are. */
