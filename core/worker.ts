@@ -60,9 +60,10 @@ for (const index of config.stores) {
   const store = new Store(opts);
   // Stored queries read the same blocks window after window: their rows go through the store's row cache (issue 14).
   const cachedReads = { registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => store.read(lo, hi, from, to, visit, { ...o, cache: true })) satisfies Store['read'] };
-  const stored = new StoredQueries(store.env, cachedReads, config.stored);
+  // Late data is noted per shard: it revises only the queries of that shard's metrics.
+  const stored = new StoredQueries(store.env, cachedReads, { ...config.stored, shardOf: shardOfMetric });
   stored.onWindow = (qid, w, query) => post({ t: 'window', qid, w, query });
-  store.onIngest = (_shard, second) => stored.noteData(second);
+  store.onIngest = (shard, second) => stored.noteData(second, shard);
   stored.noteReplayed(store.replayedSeconds);
   store.replayedSeconds.clear();
   owned.set(index, { index, store, stored, answers: new WindowCache(store.counters) });
@@ -74,10 +75,14 @@ function storeOfShard(shard: number): Owned {
   return o;
 }
 
-function storeOfMetric(name: string): Owned {
+function shardOfMetric(name: string): number {
   const h = new Uint32Array(2);
   hashName(name, h, 0);
-  return storeOfShard(shardOf(h[0]!, config.layout.shards));
+  return shardOf(h[0]!, config.layout.shards);
+}
+
+function storeOfMetric(name: string): Owned {
+  return storeOfShard(shardOfMetric(name));
 }
 
 /** Longest row slice per 1 s report over the last 10 reports: /metrics shows the longest of the last 10 s. */

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeFrame, KindCode } from '../../schema/codec.js';
 import { batchBytesMax } from '../../schema/limits.js';
+import { hashName } from '../../schema/names.js';
 import { rackSecondBody, sectionAt } from '../../schema/section.js';
 import { buildColumns, type PointInput } from '../../schema/testdata.js';
 import { createApi } from '../api.js';
@@ -360,3 +361,52 @@ describe('stored-query windows another cluster node evaluated (StoredQueries.ado
     }
   });
 });
+
+describe('regression: late data that does not touch a stored query\'s metric', () => {
+  it('revises only the queries of its shard, and a window whose only change is exact percentiles where a sketch was is no revision (before: every query re-evaluated, and sketched windows came back "revised")', async () => {
+    const store = openStore();
+    try {
+      for (let t = t0; t < t0 + 60; t++) ingest(store, { rack: 'r1', second: t, servers: 20, value: (s, tt) => ((s * 7919 + tt * 104729) % 1000) });
+      // Reads by metric hash: which queries were evaluated.
+      const reads = new Map<number, number>();
+      const counting = { registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => (reads.set(lo, (reads.get(lo) ?? 0) + 1), store.read(lo, hi, from, to, visit, o))) satisfies Store['read'] };
+      // 200 exact values stand for the 1,000,000 of ~17k servers × 60 windows of 1 s in a catch-up.
+      const stored = new StoredQueries(store.env, counting, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 1000, exactValuesMax: 200, shardOf: (m) => (m === 'g' ? 1 : 2) });
+      stored.sync(
+        [
+          { id: 'q', name: 'q', query: 'FROM * SELECT g WINDOW 1s COMPUTE p50, count', createdMs: t0 * 1000 },
+          { id: 'h', name: 'h', query: 'FROM * SELECT h WINDOW 1s COMPUTE max', createdMs: t0 * 1000 },
+        ],
+        t0 * 1000 + 1,
+      );
+      await stored.tick((t0 + 60) * 1000);
+      const before = stored.resultsJson('q', 0, 8.64e15, 100);
+      expect(before.some((j) => (JSON.parse(j) as { sketched?: boolean }).sketched === true)).toBe(true);
+      const revised = stored.counters.windows_revised;
+      const hRead = () => [...reads.entries()].filter(([lo]) => lo !== hashOf('g')).reduce((n, [, c]) => n + c, 0);
+      const hReads = hRead();
+      // Late data of another metric in g's shard, at t0 + 10: q's window is evaluated again, alone (exact now).
+      // (Ticks at the same time: no new window is due.)
+      stored.noteData(t0 + 10, 1);
+      await stored.tick((t0 + 60) * 1000);
+      expect(stored.counters.windows_revised).toBe(revised);
+      expect(stored.resultsJson('q', 0, 8.64e15, 100)).toEqual(before);
+      // h's shard saw nothing late: h was not read again.
+      expect(hRead()).toBe(hReads);
+      // Late data in h's shard reads h again, not g.
+      const gReads = reads.get(hashOf('g'))!;
+      stored.noteData(t0 + 20, 2);
+      await stored.tick((t0 + 60) * 1000);
+      expect(reads.get(hashOf('g'))).toBe(gReads);
+      expect(hRead()).toBeGreaterThan(hReads);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+function hashOf(name: string): number {
+  const h = new Uint32Array(2);
+  hashName(name, h, 0);
+  return h[0]!;
+}

@@ -22,6 +22,8 @@ export interface StoredQuery {
 interface QueryState {
   def: StoredQuery;
   parsed: Query;
+  /** The shard of its metric (StoredOptions.shardOf; −1: unknown): late data of other shards does not touch it. */
+  shard: number;
   /** Start (s) of the next window to evaluate. */
   next: number;
   /** Start (s) of its first window (the one before it was created, or last edited): late data never revises one before it. */
@@ -45,6 +47,10 @@ export interface StoredOptions {
   evalBudgetMs?: number;
   /** The clock budgets are read on (default performance.now; tests step it). */
   clockMs?: () => number;
+  /** Exact values an evaluation holds before it sketches (default coreLimits.evalExactValuesMax; tests make it small). */
+  exactValuesMax?: number;
+  /** The shard of a metric: late data is noted per shard, and revises only the queries of its shard's metrics (absent: every query). */
+  shardOf?: (metric: string) => number;
 }
 
 export type Listener = (queryId: string, w: WindowResult) => void;
@@ -61,7 +67,11 @@ export class StoredQueries {
   /** Window results as JSON text: served by concatenation, without a parse per request. */
   private readonly results: Database<string, string>;
   private readonly states = new Map<string, QueryState>();
-  private readonly lateSeconds = new Set<number>();
+  /** Seconds of late data waiting for the next tick, by shard (−1: any shard; at most lateSecondsMax in all). */
+  private readonly lateSeconds = new Map<number, Set<number>>();
+  private lateCount = 0;
+  /** The furthest cursor of any query (an overestimate after a refused commit): data at or past it is late for none. */
+  private nextMax = -Infinity;
   private running: Promise<void> | null = null;
   private stopping = false;
   /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
@@ -115,7 +125,7 @@ export class StoredQueries {
         first = cursor.first ?? Math.min(next, alignedStart(d.createdMs, parsed.windowSeconds) - parsed.windowSeconds);
       } else if (cursor !== undefined || s !== undefined) drop.push(d.id); // edited: old results no longer describe it
       this.forgetState(d.id);
-      this.states.set(d.id, { def: d, parsed, next, first, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
+      this.states.set(d.id, { def: d, parsed, shard: this.opts.shardOf?.(parsed.metric) ?? -1, next, first, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
       puts.push([d.id, { query: d.query, next, first }]);
     }
     const dropKeys = drop.flatMap((id) => [...this.results.getKeys({ start: `${id}:`, end: `${id};` })]);
@@ -125,6 +135,7 @@ export class StoredQueries {
       for (const [id, c] of puts) void this.cursors.put(id, c);
     });
     for (const id of drop) if (!want.has(id)) this.forgetState(id);
+    this.cursorsMoved();
     // Data replayed from the WAL: windows evaluated over it before the restart are redone (a
     // changed result is a revision). Before, late data acknowledged just before a restart never
     // revised its window: the late seconds waiting for the next tick were in memory only.
@@ -227,15 +238,25 @@ export class StoredQueries {
   }
 
   /** Notes that data arrived for `second`: windows already evaluated over it are redone. */
-  noteData(second: number): void {
-    let past = false;
-    for (const s of this.states.values()) if (s.next > second) past = true;
-    if (!past) return;
-    if (this.lateSeconds.size >= this.opts.lateSecondsMax) {
+  noteData(second: number, shard = -1): void {
+    // Once per section of every request: one comparison, not a pass over every query (before:
+    // O(queries) per section on the ingest path).
+    if (!(second < this.nextMax)) return;
+    let set = this.lateSeconds.get(shard);
+    if (set?.has(second) === true) return;
+    if (this.lateCount >= this.opts.lateSecondsMax) {
       this.counters.late_seconds_dropped++;
       return;
     }
-    this.lateSeconds.add(second);
+    if (set === undefined) this.lateSeconds.set(shard, (set = new Set()));
+    set.add(second);
+    this.lateCount++;
+  }
+
+  /** nextMax again from every query's cursor (after the queries changed). */
+  private cursorsMoved(): void {
+    this.nextMax = -Infinity;
+    for (const s of this.states.values()) if (s.next > this.nextMax) this.nextMax = s.next;
   }
 
   /** Ends a results sweep at its next batch (the store is about to close); runs are bounded already. */
@@ -259,8 +280,17 @@ export class StoredQueries {
   }
 
   private async evaluateDue(nowMs: number): Promise<void> {
-    const late = [...this.lateSeconds];
+    const lateByShard = new Map(this.lateSeconds);
     this.lateSeconds.clear();
+    this.lateCount = 0;
+    const anyShard = [...(lateByShard.get(-1) ?? [])];
+    let every: number[] | null = null;
+    /** The late seconds that may touch query s: its metric's shard's and those of no known shard (all of them when its shard is unknown). */
+    const lateOf = (s: QueryState): number[] => {
+      if (s.shard < 0) return (every ??= [...new Set([...lateByShard.values()].flatMap((x) => [...x]))]);
+      const own = lateByShard.get(s.shard);
+      return own === undefined ? anyShard : anyShard.length === 0 ? [...own] : [...new Set([...own, ...anyShard])];
+    };
     const clock = this.opts.clockMs ?? (() => performance.now());
     const budgetMs = this.opts.evalBudgetMs ?? coreLimits.storedEvalMs;
     /** Per query with something to store: its windows, its cursor before this tick, the late seconds it took. */
@@ -268,6 +298,7 @@ export class StoredQueries {
     for (const s of [...this.states.values()]) {
       if (this.states.get(s.def.id) !== s) continue; // edited or deleted meanwhile
       const startedMs = clock();
+      const late = lateOf(s);
       if (startedMs < s.retryAtMs) {
         this.holdLate(s, late);
         continue;
@@ -275,7 +306,7 @@ export class StoredQueries {
       const pending = new Map<string, WindowResult>();
       const next = s.next;
       // One budget for this query's whole tick: its new windows and its revisions (issue 16.1).
-      const budget: EvalOptions = { clockMs: clock, deadlineMs: startedMs + budgetMs, budgetMs };
+      const budget: EvalOptions = { clockMs: clock, deadlineMs: startedMs + budgetMs, budgetMs, exactValuesMax: this.opts.exactValuesMax };
       const mine = [...late, ...s.late];
       // Window starts revised this tick: their late seconds are done even if the budget ends the tick.
       const revised = new Set<number>();
@@ -378,6 +409,7 @@ export class StoredQueries {
       done += evaluated;
       this.counters.windows_evaluated += evaluated;
       s.next = upTo;
+      if (upTo > this.nextMax) this.nextMax = upTo;
       // Windows that fit: the step grows back, twice as many at a time.
       s.step = Math.min(this.opts.windowsPerTickMax, s.step * 2);
     }
@@ -416,7 +448,7 @@ export class StoredQueries {
         const oldJson = this.results.get(key);
         const old = oldJson === undefined ? undefined : (JSON.parse(oldJson) as WindowResult);
         if (old !== undefined) {
-          if (sameValues(old, w)) continue;
+          if (sameValues(old, w) || sameButExactness(old, w)) continue;
           w.revision = old.revision + 1;
           this.counters.windows_revised++;
         }
@@ -436,6 +468,19 @@ function sameValues(a: WindowResult, b: WindowResult): boolean {
   if (a.count !== b.count || a.servers !== b.servers) return false;
   // JSON keeps ±Infinity and NaN as null: compared as stored (before: a sum that overflowed never matched, and every re-evaluation revised its window).
   for (const k of Object.keys(b.values)) if (a.values[k] !== asStored(b.values[k])) return false;
+  return true;
+}
+
+/**
+ * Whether a window evaluated again differs from the stored one only in how its gauge percentiles
+ * were computed: the first evaluation, in a catch-up with many windows open, sketched them past
+ * the exact-values bound; one window alone is exact. Same observations (count, servers, every
+ * other value): not a revision — before, late data of another metric re-evaluated the window and
+ * it came back "revised" with none of its data changed.
+ */
+function sameButExactness(a: WindowResult, b: WindowResult): boolean {
+  if ((a.sketched === true) === (b.sketched === true) || a.count !== b.count || a.servers !== b.servers) return false;
+  for (const k of Object.keys(b.values)) if (!k.startsWith('percentile(') && a.values[k] !== asStored(b.values[k])) return false;
   return true;
 }
 
