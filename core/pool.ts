@@ -700,7 +700,7 @@ export class ShardPool {
 
   /** The workers' latest reports, summed (maxima for lags and pauses). */
   stats(): WorkerStats & { workersUp: number } {
-    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, walFileBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, workersUp: 0 };
+    const total: WorkerStats & { workersUp: number } = { counters: {}, rejected: {}, heldBytes: 0, walBytes: 0, walFileBytes: 0, diskBytes: 0, usedBytes: 0, lagSeconds: 0, sliceMsMax: 0, servers: 0, metrics: 0, storedQueries: 0, namesVersion: 0, workersUp: 0 };
     for (const s of this.slots) {
       if (s.worker !== null && s.isReady) total.workersUp++;
       for (const [k, v] of Object.entries(s.carried.counters)) total.counters[k] = (total.counters[k] ?? 0) + v;
@@ -719,8 +719,18 @@ export class ShardPool {
       total.servers = Math.max(total.servers, st.servers);
       total.metrics += st.metrics;
       total.storedQueries += st.storedQueries;
+      total.namesVersion += st.namesVersion;
     }
     return total;
+  }
+
+  /**
+   * What the metric names depend on, as the workers last reported it (every second): each
+   * thread's start and its stores' names versions. Equal keys, equal names — up to a second
+   * late (a list of names keyed by it may miss a metric named in the last second).
+   */
+  namesKey(): string {
+    return this.slots.map((s) => `${s.startedAt}:${s.stats?.namesVersion ?? 'none'}`).join(',');
   }
 
   /**

@@ -82,6 +82,8 @@ export interface WorkerStats {
   servers: number;
   metrics: number;
   storedQueries: number;
+  /** Sum of its stores' Registry.namesVersion: unchanged, the metric names it lists are too. */
+  namesVersion: number;
 }
 
 export interface WorkerMetric {

@@ -211,7 +211,11 @@ export class Registry {
     if (m < 0 || this.metrics[m]!.name === name) return;
     this.metrics[m]!.name = name;
     this.dirtyMetrics.add(m);
+    this.namesVersion++;
   }
+
+  /** Changes to the set of metric names (a name learned or changed, metrics retired): a list of names built at one version holds until the next. */
+  namesVersion = 0;
 
   metricByName(name: string): { lo: number; hi: number; info: MetricInfo } | undefined {
     // Cold path (query planning): a linear scan over at most metricsMax entries.
@@ -308,6 +312,7 @@ export class Registry {
     }
     for (const m of orphaned) this.metricBy[m] = -1;
     if (servers.length > 0) this.serverEpoch++;
+    if (metrics.length > 0) this.namesVersion++;
     this.retired.servers += servers.length;
     this.retired.metrics += metrics.length;
     return { servers: servers.length, metrics: metrics.length };

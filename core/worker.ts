@@ -101,6 +101,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
   let servers = 0;
   let metrics = 0;
   let storedQueries = 0;
+  let namesVersion = 0;
   const now = Date.now();
   for (const { store, stored } of owned.values()) {
     const add = (src: Record<string, number>, dst: Record<string, number>) => {
@@ -123,13 +124,14 @@ function stats(opts: { periodic: boolean }): WorkerStats {
     servers = Math.max(servers, store.registry.serverCount);
     metrics += store.registry.allMetrics().length;
     storedQueries += stored.size;
+    namesVersion += store.registry.namesVersion;
   }
   if (opts.periodic) {
     sliceMaxes.push(sliceMsMax);
     if (sliceMaxes.length > 10) sliceMaxes.shift();
   }
   sliceMsMax = Math.max(sliceMsMax, ...sliceMaxes);
-  return { counters, rejected, heldBytes, walBytes, walFileBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries };
+  return { counters, rejected, heldBytes, walBytes, walFileBytes, diskBytes, usedBytes, lagSeconds, sliceMsMax, servers, metrics, storedQueries, namesVersion };
 }
 
 /**

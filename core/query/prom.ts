@@ -507,10 +507,27 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     return [...new Set(raw)].map(parseSelector);
   };
 
-  // In a cluster (core/cluster/routes.ts), only the metrics of the shards this node answers for: the other nodes give theirs.
+  // Every metric name, sorted: built once per change of the names (the workers report a version
+  // every second), not per request — sorting 2,000,000 names held this thread ~2.7 s for each
+  // Grafana autocomplete. In a cluster (core/cluster/routes.ts), only the metrics of the shards
+  // this node answers for: the other nodes give theirs (a filter keeps the order).
+  let names: { key: string; list: string[] } | null = null;
+  let namesBuilding: Promise<{ key: string; list: string[] }> | null = null;
+  const allNames = async (): Promise<string[]> => {
+    const key = pool.namesKey();
+    if (names?.key === key) return names.list;
+    namesBuilding ??= (async () => {
+      const list = [...new Set((await pool.metrics()).flatMap((m) => (m.name === null ? [] : [m.name])))];
+      list.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      return { key, list };
+    })().finally(() => (namesBuilding = null));
+    names = await namesBuilding;
+    return names.list;
+  };
   const metricNames = async (c: Context) => {
     const keep = c.get('apmShardFilter');
-    return [...new Set((await pool.metrics()).flatMap((m) => (m.name === null || (keep !== undefined && !keep(m.name)) ? [] : [m.name])))].sort();
+    const list = await allNames();
+    return keep === undefined ? list : list.filter((n) => keep(n));
   };
 
   const range = handle(async (p) => {
@@ -560,10 +577,16 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     handle(async (p, c) => {
       const only = p.get('metric');
       const keep = c.get('apmShardFilter');
-      const all = (await pool.metrics()).filter((m) => m.name !== null && (only === undefined || only === '' || m.name === only) && (keep === undefined || keep(m.name))).sort((a, b) => (a.name! < b.name! ? -1 : 1));
+      // In the order of the sorted names (built once per change of them, not sorted per request).
+      const kinds = new Map<string, number>();
+      for (const m of await pool.metrics()) if (m.name !== null) kinds.set(m.name, m.kind);
+      const all = only === undefined || only === '' ? await metricNames(c) : kinds.has(only) && (keep === undefined || keep(only)) ? [only] : [];
       const r = limited('metadata', all, p);
       const data: Record<string, { type: string; help: string; unit: string }[]> = {};
-      for (const m of r.items) data[m.name!] = [{ type: promType(m.kind), help: `apm ${['gauge', 'counter', 'distribution'][m.kind] ?? 'metric'}: FROM <servers> SELECT ${m.name} [WINDOW <d>] COMPUTE min, max, avg, count, sum, pNN`, unit: '' }];
+      for (const name of r.items) {
+        const kind = kinds.get(name);
+        if (kind !== undefined) data[name] = [{ type: promType(kind), help: `apm ${['gauge', 'counter', 'distribution'][kind] ?? 'metric'}: FROM <servers> SELECT ${name} [WINDOW <d>] COMPUTE min, max, avg, count, sum, pNN`, unit: '' }];
+      }
       return success(data, r.warnings);
     }),
   );
