@@ -128,6 +128,28 @@ describe('row groups of whole pages (issue 14)', () => {
     await root.close();
   });
 
+  it("regression: reads a row spanning chunks right through lmdb-js' reused buffer without a memo (the writer's merge of late data does; before, the first piece was a Buffer view the next chunk's read overwrote, the row did not decode, and the merge wrote the head alone over it)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-rowgroups-'));
+    dirs.push(dir);
+    const root = openLmdb({ path: dir, mapSize: 1 << 27 });
+    const groups = root.openDB<Buffer, Buffer>({ name: 'groups', encoding: 'binary', keyEncoding: 'binary' });
+    const puts: KeyValue[] = [];
+    for (let rack = 0; rack < 30; rack++) puts.push({ key: key(0, 60, 5, rack), value: rowValue(rack, 2000 + ((rack * 7919) % 9000), rack) });
+    const packed = packRows(puts, 1);
+    await root.transaction(() => {
+      for (const g of packed.groups) void groups.put(g.key, g.value);
+    });
+    let spanning = 0;
+    for (const [i, p] of packed.pointers.entries()) {
+      const value = Buffer.from(p.value);
+      if (value.readUInt32BE(11) + value.readUInt32BE(15) > chunkBytes) spanning++;
+      const got = storedRowBytes(p.key, value, (rk, id) => groups.getBinaryFast(groupKey(rk, id)));
+      expect(Buffer.from(got).equals(puts[i]!.value.subarray(6)), `row ${i}`).toBe(true);
+    }
+    expect(spanning).toBeGreaterThan(0);
+    await root.close();
+  });
+
   it('reads rows stored inline and rows of groups written before chunks (whole rows, up to 64 KiB), and refuses a pointer to a missing chunk', () => {
     const k = key(1, 120, 5, 3);
     // Inline: [WAL seq][row].

@@ -150,14 +150,18 @@ export function storedRowBytes(key: Uint8Array, value: Uint8Array, chunk: (rowKe
   if (at + length <= first.length) return new Uint8Array(first.buffer, first.byteOffset + at, length);
   // The pieces first (copies: reading a chunk may reuse the buffer of the one before), the row's
   // array once they cover its length: a corrupt pointer naming 4 GiB allocated it before the
-  // missing chunk was found (and a reader's scratch kept it).
-  const pieces: Uint8Array[] = [first.slice(at)];
+  // missing chunk was found (and a reader's scratch kept it). Copied by Uint8Array's slice: a
+  // chunk may be a Buffer (lmdb-js' getBinaryFast), whose slice() is a view — the next chunk's
+  // read overwrote the first piece, the row did not decode, and a merge of late data wrote the
+  // head alone over it: every point the row held was lost.
+  const copy = (b: Uint8Array, from: number, to: number) => Uint8Array.prototype.slice.call(b, from, to);
+  const pieces: Uint8Array[] = [copy(first, at, first.length)];
   let got = first.length - at;
   for (let next = id + 1; got < length; next++) {
     const more = chunk(key, next);
     if (more === undefined || more.length === 0) throw new RowError(`row group ${next} is missing (a row of ${length} B starting in group ${id} continues into it)`);
     const take = Math.min(more.length, length - got);
-    pieces.push(more.slice(0, take));
+    pieces.push(copy(more, 0, take));
     got += take;
   }
   const out = spill === undefined ? new Uint8Array(length) : spill(length).subarray(0, length);

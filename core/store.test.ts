@@ -897,3 +897,31 @@ describe('regression: a shard snapshot holding a row its source cannot read', ()
     await b.close();
   });
 });
+
+describe('regression: late data merged into a written row that spans chunks', () => {
+  it('keeps every summary the row held (before: the merge read the row through a Buffer view the next chunk overwrote, took it for corrupt and wrote the head alone over it)', () => {
+    const store = open();
+    const base = Math.floor(Date.now() / 60_000) * 60 - 7200;
+    const h = new Uint32Array(2);
+    hashName('merged.d', h, 0);
+    const count = () => {
+      let n = 0;
+      store.read(h[0]!, h[1]!, base, base + 60, (row: DecodedRow) => {
+        for (let i = 0; i < row.distStart[row.serverIds.length]!; i++) n += row.dist.count[i]!;
+      });
+      return n;
+    };
+    // One second at a time, each written at once: from the second on, each write merges into the
+    // stored row (~4 KB for 40 servers, alone in its run: it crosses a chunk boundary).
+    for (let k = 1; k <= 4; k++) {
+      const servers: Record<string, { dists: DistInput[] }> = {};
+      for (let s = 0; s < 40; s++) servers[`m${s}`] = { dists: [{ name: 'merged.d', values: [k, k + 0.5] }] };
+      expect(store.ingest(...batch(base + k, servers)).status).toBe(204);
+      flushAll(store);
+      expect(count(), `after second ${k}`).toBe(80 * k);
+    }
+    expect(store.counters.rows_merged).toBe(3);
+    expect(store.counters.rows_corrupt).toBe(0);
+    void store.close();
+  });
+});

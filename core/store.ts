@@ -1128,6 +1128,8 @@ export class Store {
       } catch (err) {
         if (!(err instanceof RowError)) throw err;
         this.counters.rows_corrupt++;
+        // The head's data is written over it: what the stored row held is gone. Said, not only counted.
+        if (this.counters.rows_corrupt === 1 || this.counters.rows_corrupt % 1000 === 0) console.error(`core: a stored row does not decode (${(err as Error).message}); late data for its block is written without what it held (${this.counters.rows_corrupt} corrupt rows so far, apm_core_rows_corrupt_total)`);
       }
     }
     const row = encodeRow(buildRow(mh, old, this.opts.blockSeconds, this.acc, this.counters));
