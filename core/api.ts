@@ -318,6 +318,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', s('windows_behind'));
     p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', s('evaluation_errors'));
     p.counter('apm_core_query_over_budget_total', 'Stored-query ticks stopped by their time budget (storedEvalMs; retried later with fewer windows at a time, also in apm_core_query_errors_total)', s('evaluation_over_budget'));
+    p.counter('apm_core_query_windows_sliced_total', "Stored-query windows too large for one tick's budget, read over several ticks a block at a time", s('windows_sliced'));
+    p.counter('apm_core_query_windows_adopted_total', 'Stored-query windows another cluster node evaluated, kept in this node\'s store (a takeover serves the whole history)', s('windows_adopted'));
     p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', s('late_seconds_dropped'));
     p.counters('apm_core_results_answers_total', 'Answers of GET /api/v1/queries/:id/results: the same bytes sent again (no window of the query arrived since, at most 1 s) or built', 'result', { kept: stored.answerCounters.kept, built: stored.answerCounters.built });
     p.counter('apm_core_results_answers_evicted_total', 'Kept results answers dropped to stay within 64 answers and 16 MiB', stored.answerCounters.evicted);

@@ -61,7 +61,7 @@ for (const index of config.stores) {
   // Stored queries read the same blocks window after window: their rows go through the store's row cache (issue 14).
   const cachedReads = { registry: store.registry, rackName: (id: number) => store.rackName(id), read: ((lo, hi, from, to, visit, o) => store.read(lo, hi, from, to, visit, { ...o, cache: true })) satisfies Store['read'] };
   // Late data is noted per shard: it revises only the queries of that shard's metrics.
-  const stored = new StoredQueries(store.env, cachedReads, { ...config.stored, shardOf: shardOfMetric });
+  const stored = new StoredQueries(store.env, cachedReads, { ...config.stored, shardOf: shardOfMetric, blockSeconds: config.store.blockSeconds });
   stored.onWindow = (qid, w, query) => post({ t: 'window', qid, w, query });
   store.onIngest = (shard, second) => stored.noteData(second, shard);
   stored.noteReplayed(store.replayedSeconds);

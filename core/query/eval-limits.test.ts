@@ -410,3 +410,31 @@ function hashOf(name: string): number {
   hashName(name, h, 0);
   return h[0]!;
 }
+
+describe('regression: a stored query whose one window is past a tick\'s budget', () => {
+  it('reads that window over several ticks, a block at a time, and stores what evaluate() answers (before: retried whole, it stopped at the same place each time: no result, for good)', async () => {
+    const store = loadRows();
+    try {
+      let now = 0;
+      // Every look at the clock 600 ms later: the whole window never fits a tick (budget 1 s); a slice reads a block or two.
+      const stored = new StoredQueries(store.env, store, { latenessMs: 0, windowsPerTickMax: 720, lateSecondsMax: 100, evalBudgetMs: 1000, blockSeconds: 60, clockMs: () => (now += 600) });
+      const text = 'FROM * SELECT g WINDOW 10m COMPUTE count, sum, max, p50';
+      const quiet = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+      let ticks = 0;
+      try {
+        // Its first window is [t0, t0 + 600): the ten blocks of loadRows().
+        stored.sync([{ id: 'q1', name: 'big', query: text, createdMs: (t0 + 600) * 1000 }], (t0 + 600) * 1000 + 1);
+        for (; ticks < 30 && stored.resultsJson('q1', 0, 8.64e15, 10).length === 0; ticks++) await stored.tick((t0 + 600) * 1000);
+      } finally {
+        quiet.mockRestore();
+      }
+      expect(stored.resultsJson('q1', 0, 8.64e15, 10).map((j) => JSON.parse(j) as unknown)).toEqual(evaluate(store, parseQuery(text), t0, t0 + 600));
+      expect(ticks).toBeGreaterThan(2);
+      expect(stored.counters.windows_sliced).toBe(1);
+      // The cursor went on past it.
+      expect(stored.lagSeconds((t0 + 600) * 1000)).toBeLessThanOrEqual(0);
+    } finally {
+      store.close();
+    }
+  });
+});

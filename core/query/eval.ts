@@ -147,9 +147,32 @@ export function resolveServers(q: Query, registry: Registry, overBudget: () => v
  * omitted. `stats`, when given, receives what the evaluation cost.
  */
 export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: number, opts: EvalOptions = {}, stats?: EvalStats): WindowResult[] {
+  const ev = openEvaluation(store, q, fromSec, toSec, opts, stats);
+  if (ev === null) return [];
+  ev.read(ev.first, ev.end);
+  return ev.finish();
+}
+
+/**
+ * An evaluation read in pieces (a stored query's window too large for one tick's budget: its
+ * blocks are read over several ticks): read() takes the rows of [from, to) — pieces must follow
+ * each other and start and end on block boundaries (or the evaluation's own bounds), so every
+ * row is read once and in the order evaluate() reads them (the same sums, to the bit) — and
+ * finish() gives the windows. The servers are chosen when it is opened.
+ */
+export interface Evaluation {
+  /** The first window's start and the last window's end (s). */
+  readonly first: number;
+  readonly end: number;
+  read(from: number, to: number): void;
+  finish(): WindowResult[];
+}
+
+/** evaluate() in pieces; null when nothing can match (an empty range, no server selected). */
+export function openEvaluation(store: MetricReader, q: Query, fromSec: number, toSec: number, opts: EvalOptions = {}, stats?: EvalStats): Evaluation | null {
   const W = q.windowSeconds;
   const first = Math.floor(fromSec / W) * W;
-  if (fromSec >= toSec) return [];
+  if (fromSec >= toSec) return null;
   const n = Math.ceil((toSec - first) / W);
   if (n > coreLimits.evalWindowsMax) throw new EvalLimitError('too_many_windows', `"${q.text}" from ${fromSec} to ${toSec} (s) is ${n} windows > evalWindowsMax ${coreLimits.evalWindowsMax}; use a longer WINDOW or a shorter range`);
   const end = first + n * W;
@@ -162,7 +185,7 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
     const nowMs = clock();
     if (nowMs > deadlineMs) throw new EvalLimitError('time_budget', `"${q.text}" stopped after ${Math.round(nowMs - startedMs)} ms > its budget of ${budgetMs} ms while matching its server patterns against ${store.registry.serverCount} servers; name fewer patterns, or servers by id`);
   });
-  if (size === 0 && rackTest === null) return [];
+  if (size === 0 && rackTest === null) return null;
   // Rows of racks a `rack:` selector names are taken whole; the test runs once per rack id.
   const rackWhole = new Map<number, boolean>();
   const wholeRack = (rackId: number) => {
@@ -260,112 +283,105 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
     if (++passed % coreLimits.evalBudgetCheckRows === 0) overBudget();
   };
   const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnlyFor: wantPct ? undefined : W, tick };
-  store.read(
-    h[0]!,
-    h[1]!,
-    first,
-    end,
-    (row, block, rackId) => {
-      st.rows++; // the budget is checked by readOpts.tick, for every row key and block passed
-      if (slots === 0) {
-        // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
-        slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
-        seenBits = new Uint8Array(slots * Math.ceil(stride / 8));
-        st.seenBitsBytes = seenBits.length;
-        rolled = new Uint8Array(row.blockSeconds);
-        secHas = new Uint8Array(row.blockSeconds);
-        secCount = new Float64Array(row.blockSeconds);
-        secSum = new Float64Array(row.blockSeconds);
-        winOf = new Int32Array(row.blockSeconds);
+  const visit = (row: DecodedRow, block: number, rackId: number): void => {
+    st.rows++; // the budget is checked by readOpts.tick, for every row key and block passed
+    if (slots === 0) {
+      // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
+      slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
+      seenBits = new Uint8Array(slots * Math.ceil(stride / 8));
+      st.seenBitsBytes = seenBits.length;
+      rolled = new Uint8Array(row.blockSeconds);
+      secHas = new Uint8Array(row.blockSeconds);
+      secCount = new Float64Array(row.blockSeconds);
+      secSum = new Float64Array(row.blockSeconds);
+      winOf = new Int32Array(row.blockSeconds);
+    }
+    if (block !== lastBlock) {
+      // Rows come block by block in time order: windows ending before this block are complete.
+      finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
+      lastBlock = block;
+      for (let s = 0; s < winOf.length; s++) winOf[s] = block + s < first || block + s >= end ? -1 : Math.floor((block + s - first) / W);
+    }
+    const whole = wholeRack(rackId);
+    const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
+    // The rack's rollup answers percentiles, and the row's aggregates everything else, only when
+    // every server of the row is selected (issue 12: a server that moved racks may be in the
+    // row but not in the selection).
+    // A row without servers (all of them refused by serversMax: only the rack's rollup was kept)
+    // answers nothing: its rollup describes servers this store does not hold (it was added to
+    // every query's percentiles, "every server of the row" being none).
+    const held = row.serverIds.length > 0;
+    let allSelected = held && row.serversOmitted === 0 && (whole || everyServer);
+    if (!allSelected && held && row.serversOmitted === 0 && (wantPct ? row.rollup.secs.length > 0 : row.aggregates !== null)) {
+      allSelected = true;
+      for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
+    }
+    if (!wantPct && allSelected && row.aggregates !== null && W % row.aggregates.span === 0) {
+      addAggregates(row, block);
+      return;
+    }
+    if (row.entries !== 'values') throw new Error(`BUG: a row of seconds only for "${q.text}"`);
+    const useRollup = wantPct && allSelected && row.rollup.secs.length > 0;
+    // Seconds the rollup answers; a second without one (its sum overflowed at the rack) is
+    // answered from the servers' own sketches.
+    if (useRollup) {
+      rolled.fill(0, 0, row.blockSeconds);
+      const r = row.rollup;
+      for (let i = 0; i < r.secs.length; i++) {
+        const sec = block + r.secs[i]!;
+        if (sec < first || sec >= end) continue;
+        rolled[r.secs[i]!] = 1;
+        sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
       }
-      if (block !== lastBlock) {
-        // Rows come block by block in time order: windows ending before this block are complete.
-        finalize(Math.max(0, Math.min(n, Math.floor((block - first) / W))));
-        lastBlock = block;
-        for (let s = 0; s < winOf.length; s++) winOf[s] = block + s < first || block + s >= end ? -1 : Math.floor((block + s - first) / W);
-      }
-      const whole = wholeRack(rackId);
-      const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
-      // The rack's rollup answers percentiles, and the row's aggregates everything else, only when
-      // every server of the row is selected (issue 12: a server that moved racks may be in the
-      // row but not in the selection).
-      // A row without servers (all of them refused by serversMax: only the rack's rollup was kept)
-      // answers nothing: its rollup describes servers this store does not hold (it was added to
-      // every query's percentiles, "every server of the row" being none).
-      const held = row.serverIds.length > 0;
-      let allSelected = held && row.serversOmitted === 0 && (whole || everyServer);
-      if (!allSelected && held && row.serversOmitted === 0 && (wantPct ? row.rollup.secs.length > 0 : row.aggregates !== null)) {
-        allSelected = true;
-        for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
-      }
-      if (!wantPct && allSelected && row.aggregates !== null && W % row.aggregates.span === 0) {
-        addAggregates(row, block);
-        return;
-      }
-      if (row.entries !== 'values') throw new Error(`BUG: a row of seconds only for "${q.text}"`);
-      const useRollup = wantPct && allSelected && row.rollup.secs.length > 0;
-      // Seconds the rollup answers; a second without one (its sum overflowed at the rack) is
-      // answered from the servers' own sketches.
-      if (useRollup) {
-        rolled.fill(0, 0, row.blockSeconds);
-        const r = row.rollup;
-        for (let i = 0; i < r.secs.length; i++) {
-          const sec = block + r.secs[i]!;
-          if (sec < first || sec >= end) continue;
-          rolled[r.secs[i]!] = 1;
-          sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
+    }
+    const pointSecs = row.pointSecs;
+    const pointVals = row.pointVals;
+    for (let j = 0; j < row.serverIds.length; j++) {
+      const sid = row.serverIds[j]!;
+      if (!isSelected(sid)) continue;
+      let lastW = -1;
+      for (let i = row.pointStart[j]!, e = row.pointStart[j + 1]!; i < e; i++) {
+        const s = pointSecs[i]!;
+        const w = winOf[s]!;
+        // (undefined, a second past the block, is not ≥ 0 either)
+        if (!(w >= 0)) continue;
+        const v = pointVals[i]!;
+        secHas[s] = 1;
+        secCount[s]! += 1;
+        secSum[s]! += v;
+        if (v < min[w]!) min[w] = v;
+        if (v > max[w]!) max[w] = v;
+        if (w !== lastW) mark(w, sid), (lastW = w);
+        if (wantPct) {
+          if (values.sketched(w)) sketchOf(w).addValue(v);
+          else values.push(w, v, finalized, sketchOf);
         }
       }
-      const pointSecs = row.pointSecs;
-      const pointVals = row.pointVals;
-      for (let j = 0; j < row.serverIds.length; j++) {
-        const sid = row.serverIds[j]!;
-        if (!isSelected(sid)) continue;
-        let lastW = -1;
-        for (let i = row.pointStart[j]!, e = row.pointStart[j + 1]!; i < e; i++) {
-          const s = pointSecs[i]!;
-          const w = winOf[s]!;
-          // (undefined, a second past the block, is not ≥ 0 either)
-          if (!(w >= 0)) continue;
-          const v = pointVals[i]!;
-          secHas[s] = 1;
-          secCount[s]! += 1;
-          secSum[s]! += v;
-          if (v < min[w]!) min[w] = v;
-          if (v > max[w]!) max[w] = v;
-          if (w !== lastW) mark(w, sid), (lastW = w);
-          if (wantPct) {
-            if (values.sketched(w)) sketchOf(w).addValue(v);
-            else values.push(w, v, finalized, sketchOf);
-          }
-        }
-        const d = row.dist;
-        lastW = -1;
-        for (let i = row.distStart[j]!, e = row.distStart[j + 1]!; i < e; i++) {
-          const s = d.secs[i]!;
-          const w = winOf[s]!;
-          if (!(w >= 0)) continue;
-          secHas[s] = 1;
-          secCount[s]! += d.count[i]!;
-          secSum[s]! += d.sum[i]!;
-          if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
-          if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
-          if (w !== lastW) mark(w, sid), (lastW = w);
-          if (wantPct && !(useRollup && rolled[s] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
-        }
+      const d = row.dist;
+      lastW = -1;
+      for (let i = row.distStart[j]!, e = row.distStart[j + 1]!; i < e; i++) {
+        const s = d.secs[i]!;
+        const w = winOf[s]!;
+        if (!(w >= 0)) continue;
+        secHas[s] = 1;
+        secCount[s]! += d.count[i]!;
+        secSum[s]! += d.sum[i]!;
+        if (d.min[i]! < min[w]!) min[w] = d.min[i]!;
+        if (d.max[i]! > max[w]!) max[w] = d.max[i]!;
+        if (w !== lastW) mark(w, sid), (lastW = w);
+        if (wantPct && !(useRollup && rolled[s] === 1)) sketchOf(w).addEncoded(d.sketchSrc[i]!, d.sketchStart[i]!, d.sketchEnd[i]!);
       }
-      for (let s = 0; s < row.blockSeconds; s++) {
-        if (secHas[s] === 0) continue;
-        count[winOf[s]!]! += secCount[s]!;
-        if (wantSum) sums.add(block + s, secSum[s]!);
-        secHas[s] = 0;
-        secCount[s] = 0;
-        secSum[s] = 0;
-      }
-      sums.flush();
-    },
-    readOpts,
-  );
+    }
+    for (let s = 0; s < row.blockSeconds; s++) {
+      if (secHas[s] === 0) continue;
+      count[winOf[s]!]! += secCount[s]!;
+      if (wantSum) sums.add(block + s, secSum[s]!);
+      secHas[s] = 0;
+      secCount[s] = 0;
+      secSum[s] = 0;
+    }
+    sums.flush();
+  };
   /** A whole row's count, sum, min and max from its aggregates (added up by `sums`' groups); its servers from their seconds. */
   function addAggregates(row: DecodedRow, block: number): void {
     const a = row.aggregates!;
@@ -402,8 +418,17 @@ export function evaluate(store: MetricReader, q: Query, fromSec: number, toSec: 
       if (w !== lastW) mark(w, sid), (lastW = w);
     }
   }
-  finalize(n);
-  return out;
+  return {
+    first,
+    end,
+    read: (from, to) => {
+      if (Math.max(first, from) < Math.min(end, to)) store.read(h[0]!, h[1]!, Math.max(first, from), Math.min(end, to), visit, readOpts);
+    },
+    finish: () => {
+      finalize(n);
+      return out;
+    },
+  };
 }
 
 /**

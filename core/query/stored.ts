@@ -8,7 +8,7 @@
 
 import type { Database, RootDatabase } from 'lmdb';
 import { coreLimits } from '../limits.js';
-import { EvalLimitError, evaluate, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
+import { EvalLimitError, evaluate, openEvaluation, type Evaluation, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
 import { deleteRange } from '../../lib/lmdb.js';
 
@@ -36,6 +36,12 @@ interface QueryState {
   retryAtMs: number;
   /** Late seconds that arrived while the query waited: revised when it runs again. */
   late: Set<number>;
+  /**
+   * A single window too large for one tick's budget, read a block at a time over several ticks
+   * (before: retried whole, it stopped at the same place every time and the query produced
+   * nothing more, for good). `revision`: it was stored already (late data touched it).
+   */
+  slice: { start: number; ev: Evaluation; readUpTo: number; revision: boolean } | null;
 }
 
 export interface StoredOptions {
@@ -47,6 +53,8 @@ export interface StoredOptions {
   evalBudgetMs?: number;
   /** The clock budgets are read on (default performance.now; tests step it). */
   clockMs?: () => number;
+  /** Seconds per block of the store (default 60): a window read over several ticks is read a block at a time. */
+  blockSeconds?: number;
   /** Exact values an evaluation holds before it sketches (default coreLimits.evalExactValuesMax; tests make it small). */
   exactValuesMax?: number;
   /** The shard of a metric: late data is noted per shard, and revises only the queries of its shard's metrics (absent: every query). */
@@ -54,6 +62,12 @@ export interface StoredOptions {
 }
 
 export type Listener = (queryId: string, w: WindowResult) => void;
+
+/**
+ * Windows read over several ticks at once (each holds up to evalExactValuesMax doubles and its
+ * sketches): another query whose window is past the budget waits in back-off until one ends.
+ */
+const slicesMax = 4;
 
 interface Cursor {
   query: string;
@@ -75,7 +89,7 @@ export class StoredQueries {
   private running: Promise<void> | null = null;
   private stopping = false;
   /** evaluation_over_budget: query ticks stopped by their time budget (also counted in evaluation_errors). */
-  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0, windows_adopted: 0, windows_adopt_refused: 0 };
+  readonly counters = { windows_evaluated: 0, windows_revised: 0, windows_behind: 0, late_seconds_dropped: 0, evaluation_errors: 0, evaluation_over_budget: 0, results_deleted: 0, windows_adopted: 0, windows_adopt_refused: 0, windows_sliced: 0 };
   /** Each new or revised window, once stored, with the text it was evaluated for. */
   onWindow: ((queryId: string, w: WindowResult, query: string) => void) | null = null;
 
@@ -125,7 +139,7 @@ export class StoredQueries {
         first = cursor.first ?? Math.min(next, alignedStart(d.createdMs, parsed.windowSeconds) - parsed.windowSeconds);
       } else if (cursor !== undefined || s !== undefined) drop.push(d.id); // edited: old results no longer describe it
       this.forgetState(d.id);
-      this.states.set(d.id, { def: d, parsed, shard: this.opts.shardOf?.(parsed.metric) ?? -1, next, first, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set() });
+      this.states.set(d.id, { def: d, parsed, shard: this.opts.shardOf?.(parsed.metric) ?? -1, next, first, step: this.opts.windowsPerTickMax, failures: 0, retryAtMs: -Infinity, late: new Set(), slice: null });
       puts.push([d.id, { query: d.query, next, first }]);
     }
     const dropKeys = drop.flatMap((id) => [...this.results.getKeys({ start: `${id}:`, end: `${id};` })]);
@@ -307,9 +321,26 @@ export class StoredQueries {
       const next = s.next;
       // One budget for this query's whole tick: its new windows and its revisions (issue 16.1).
       const budget: EvalOptions = { clockMs: clock, deadlineMs: startedMs + budgetMs, budgetMs, exactValuesMax: this.opts.exactValuesMax };
+      if (s.slice !== null) {
+        // A window read over several ticks: this tick reads on. Late seconds of blocks it has not
+        // read yet are read with them; the others wait for a revision after it.
+        const sl = s.slice;
+        this.holdLate(s, late.filter((sec) => !(sec >= sl.readUpTo && sec < sl.start + s.parsed.windowSeconds)));
+        try {
+          this.readSlice(s, pending, startedMs + budgetMs, clock);
+        } catch (err) {
+          s.slice = null;
+          this.counters.evaluation_errors++;
+          console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
+        }
+        if (pending.size > 0 || s.next !== next) done.push({ s, pending, next, late: [] });
+        await new Promise((r) => setImmediate(r));
+        continue;
+      }
       const mine = [...late, ...s.late];
       // Window starts revised this tick: their late seconds are done even if the budget ends the tick.
       const revised = new Set<number>();
+      this.evaluating = null;
       try {
         this.advance(s, nowMs, pending, budget);
         this.revise(s, mine, pending, budget, revised);
@@ -322,7 +353,10 @@ export class StoredQueries {
           // first windows, ran out at the same point, and never reached the rest).
           const W = s.parsed.windowSeconds;
           this.clearLate(s);
-          this.overBudget(s, revised.size === 0 ? mine : mine.filter((sec) => !revised.has(sec - (((sec % W) + W) % W))), clock(), budgetMs, err);
+          const left = revised.size === 0 ? mine : mine.filter((sec) => !revised.has(sec - (((sec % W) + W) % W)));
+          const one = this.evaluating as { start: number; windows: number; revision: boolean } | null;
+          if (one !== null && one.windows === 1 && this.slicing() < slicesMax) this.startSlice(s, one.start, one.revision, left, err);
+          else this.overBudget(s, left, clock(), budgetMs, err);
         } else console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
       }
       if (pending.size > 0 || s.next !== next) done.push({ s, pending, next, late: mine });
@@ -343,6 +377,58 @@ export class StoredQueries {
         this.holdLate(d.s, d.late);
       }
       throw err;
+    }
+  }
+
+  /** Queries reading a window over several ticks now. */
+  private slicing(): number {
+    let n = 0;
+    for (const s of this.states.values()) if (s.slice !== null) n++;
+    return n;
+  }
+
+  /** The windows an evaluation under way covers (which one failed, when one window alone is past the budget). */
+  private evaluating: { start: number; windows: number; revision: boolean } | null = null;
+
+  /**
+   * One window alone past a tick's budget: read a block at a time over the next ticks, each within
+   * the budget (readSlice), then stored as any window is. Its late seconds are the slice's to
+   * read, except those of blocks it has read already, which wait for a revision after it.
+   */
+  private startSlice(s: QueryState, start: number, revision: boolean, late: number[], err: Error): void {
+    const W = s.parsed.windowSeconds;
+    // No deadline of its own: readSlice looks at the tick's clock between blocks.
+    const ev = openEvaluation(this.store, s.parsed, start, start + W, { exactValuesMax: this.opts.exactValuesMax, deadlineMs: Infinity, budgetMs: Infinity });
+    // The tick was past its budget (counted as such); the window goes on in slices, not in back-off.
+    this.counters.evaluation_over_budget++;
+    this.counters.windows_sliced++;
+    this.holdLate(s, late.filter((sec) => sec < start || sec >= start + W));
+    s.failures = 0;
+    s.retryAtMs = -Infinity;
+    if (ev === null) return;
+    s.slice = { start, ev, readUpTo: start, revision };
+    if (this.counters.windows_sliced === 1 || this.counters.windows_sliced % 1000 === 0) console.error(`core: stored query ${s.def.id}: ${err.message}; its window at ${new Date(start * 1000).toISOString()} is read over several ticks, a block at a time (${this.counters.windows_sliced} windows so far)`);
+  }
+
+  /** Reads on a sliced window, a block at a time, until the deadline; stores it once read whole. */
+  private readSlice(s: QueryState, pending: Map<string, WindowResult>, deadlineMs: number, clock: () => number): void {
+    const sl = s.slice!;
+    const W = s.parsed.windowSeconds;
+    const B = this.opts.blockSeconds ?? 60;
+    const end = sl.start + W;
+    // At least one block per tick, whatever the clock says: a slice always moves.
+    do {
+      const to = Math.min(end, (Math.floor(sl.readUpTo / B) + 1) * B);
+      sl.ev.read(sl.readUpTo, to);
+      sl.readUpTo = to;
+    } while (sl.readUpTo < end && clock() <= deadlineMs);
+    if (sl.readUpTo < end) return;
+    for (const w of sl.ev.finish()) pending.set(resultKey(s.def.id, w.startMs), w);
+    s.slice = null;
+    this.counters.windows_evaluated++;
+    if (!sl.revision && s.next === sl.start) {
+      s.next = end;
+      if (end > this.nextMax) this.nextMax = end;
     }
   }
 
@@ -404,6 +490,7 @@ export class StoredQueries {
       }
       // Catch-up evaluates many windows in one read (at most `step`: fewer after a tick past its budget).
       const upTo = Math.min(s.next + W * Math.min(s.step, this.opts.windowsPerTickMax - done), Math.floor((nowMs - this.opts.latenessMs) / 1000 / W) * W);
+      this.evaluating = { start: s.next, windows: (upTo - s.next) / W, revision: false };
       for (const w of evaluate(this.store, s.parsed, s.next, upTo, budget)) pending.set(resultKey(s.def.id, w.startMs), w);
       const evaluated = Math.max(1, (upTo - s.next) / W);
       done += evaluated;
@@ -434,6 +521,7 @@ export class StoredQueries {
       while (j < starts.length && j - i < s.step && starts[j] === starts[j - 1]! + W) j++;
       const from = starts[i]!;
       const to = starts[j - 1]! + W;
+      this.evaluating = { start: from, windows: j - i, revision: true };
       for (const w of evaluate(this.store, s.parsed, from, to, budget)) pending.set(resultKey(s.def.id, w.startMs), w);
       for (let k = i; k < j; k++) revised.add(starts[k]!);
       i = j;
