@@ -835,6 +835,22 @@ describe('regression: the head\'s memory bound at a block\'s first second', () =
     expect(s.heldBytes).toBeLessThanOrEqual(max);
     await s.close();
   });
+
+  it('holds when a later section of a rack is wider than its first (before: a first second of one server, then one of a thousand, grew the columns by doubling uncharged: 6.5 × the bound)', async () => {
+    const max = 16 << 20;
+    const s = open({ headBytesMax: max });
+    const points = (k: number): PointInput[] => Array.from({ length: 200 }, (_, i) => ({ name: `w${i}`, kind: KindCode.Gauge, value: k }));
+    expect(s.ingest(...batch(t0, { s0: { points: points(1) } }, 'wide')).status).toBe(204);
+    const many: Record<string, { points: PointInput[] }> = {};
+    for (let k = 0; k < 1000; k++) many[`w-${k}`] = { points: points(2) };
+    const r = s.ingest(...batch(t0 + 1, many, 'wide'));
+    expect(r).toMatchObject({ status: 503, reason: 'head_full' });
+    expect(s.heldBytes).toBeLessThanOrEqual(max);
+    // A section as wide as one the rack sent already costs its bytes only.
+    const narrow: Record<string, { points: PointInput[] }> = { s0: { points: points(3) } };
+    expect(s.ingest(...batch(t0 + 2, narrow, 'wide')).status).toBe(204);
+    await s.close();
+  });
 });
 
 describe('regression: a rack whose servers were all refused', () => {

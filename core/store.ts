@@ -109,11 +109,23 @@ interface ShardHead {
   /** block → bytes of its WAL entries. */
   walBytes: Map<number, number>;
   lastArrivalMs: Map<number, number>;
-  /** block → ids of the racks with sections in it (a rack's first section of a block sizes its metrics' columns for the whole block). */
-  racksIn: Map<number, Set<number>>;
+  /**
+   * block → the racks with sections in it, each with the most entries one metric had in one of
+   * its sections (a metric's columns are sized by its first section and double as more servers
+   * come: headGrowth charges a section wider than any before it).
+   */
+  racksIn: Map<number, Map<number, number>>;
 }
 
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
+
+/** The most entries (servers) one metric has in a section, points or summaries. */
+function widestMetric(m: ShardSectionMessage): number {
+  let most = 0;
+  for (let i = 0, from = 0; i < m.pointEnds.length; from = m.pointEnds[i++]!) most = Math.max(most, m.pointEnds[i]! - from);
+  for (let i = 0, from = 0; i < m.distEnds.length; from = m.distEnds[i++]!) most = Math.max(most, m.distEnds[i]! - from);
+  return most;
+}
 /** About what a metric's head costs beside its columns (MetricHead.bytes' fixed part and its map entries). */
 const metricHeadBytes = 300;
 /** A block without head data: no head racks to visit. */
@@ -554,16 +566,20 @@ export class Store {
    * section of a block in its shard, its points' columns for the whole block (a metric's columns
    * are sized by its first section: 8 B a second of the block per server) and each metric's head.
    * Twice the bytes alone under-counted a block's first second 15–30× (a review's script: a
-   * 4 MiB bound answered 204 up to 11 MB), so the bound did not hold.
+   * 4 MiB bound answered 204 up to 11 MB), so the bound did not hold. A later section with more
+   * entries for one metric than any before it of its rack and block (a rack's first second held
+   * one server, the next a thousand) grows columns by doubling: charged as twice its points'
+   * columns (before: not at all — a review's script held 6.5 × the bound after one such section).
    */
   private headGrowth(valid: readonly { decoded: ShardSectionMessage[] }[], bytes: number): number {
     let grows = bytes * 2;
     for (const v of valid) {
       for (const m of v.decoded) {
         const rackId = this.rackIds.get(m.rack);
-        const seen = rackId === undefined ? undefined : this.heads.get(m.shard)?.racksIn.get(this.blockOf(m.second));
-        if (seen !== undefined && seen.has(rackId!)) continue;
-        grows += m.pointServers.length * this.opts.blockSeconds * 8 + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
+        const widest = rackId === undefined ? undefined : this.heads.get(m.shard)?.racksIn.get(this.blockOf(m.second))?.get(rackId);
+        const columns = m.pointServers.length * this.opts.blockSeconds * 8;
+        if (widest === undefined) grows += columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
+        else if (widestMetric(m) > widest) grows += 2 * columns;
       }
     }
     return grows;
@@ -779,8 +795,8 @@ export class Store {
     let metrics = head.blocks.get(block);
     if (metrics === undefined) head.blocks.set(block, (metrics = new Map()));
     let racksIn = head.racksIn.get(block);
-    if (racksIn === undefined) head.racksIn.set(block, (racksIn = new Set()));
-    racksIn.add(rackId);
+    if (racksIn === undefined) head.racksIn.set(block, (racksIn = new Map()));
+    racksIn.set(rackId, Math.max(racksIn.get(rackId) ?? 0, widestMetric(m)));
     const wal = head.wal.get(block);
     if (wal === undefined) head.wal.set(block, [key]);
     else wal.push(key);
