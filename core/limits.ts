@@ -62,8 +62,15 @@ export const coreLimits = {
   windowsPerTickMax: 720,
   /** Distinct late seconds remembered for re-evaluation between ticks. */
   lateSecondsMax: 100_000,
-  /** Registry last-seen times are persisted this often. */
+  /** Registry last-seen times are persisted this often: those due (below). */
   registrySaveMs: 10_000,
+  /**
+   * A server's or metric's last-seen time is written again once it moved on by this much plus a
+   * jitter of up to as much again per entry, so a save writes a share of the entries, not all
+   * (a million metrics rewritten every 10 s held each worker ~2.3 s). Retirement keeps twice
+   * this as a margin (the times on disk lag by up to that).
+   */
+  lastSeenSaveMs: 10 * 60_000,
   /** One-second samples of the ingest counters behind the dashboard's rates: rates over 10 s. */
   statusSamplesMax: 11,
   /** New metrics one server may introduce: 10× the design's 2,000 per server. A server that

@@ -24,7 +24,7 @@ const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
 
 function options(dir: string, over: Partial<StoreOptions> = {}): StoreOptions {
-  return { dir, shardCount: S, shards: [0, 1, 2, 3], retentionSeconds: 100 * 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0, ...over };
+  return { dir, shardCount: S, shards: [0, 1, 2, 3], retentionSeconds: 100 * 365 * 86400, blockSeconds: 60, mapBytes: 1 << 30, flushGraceMs: 0, headBytesMax: 1 << 30, metricsMax: 10_000, metricsPerServerMax: 10_000, serversMax: 10_000, racksMax: 100, sliceMs: 20, diskBytesMax: 0, diskReserveBytes: 0, lastSeenSaveMs: 0, ...over };
 }
 
 function open(over: Partial<StoreOptions> = {}): Store {

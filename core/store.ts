@@ -56,6 +56,8 @@ export interface StoreOptions {
   racksMax: number;
   /** Seconds ahead of the clock a second may be (default coreLimits.futureSecondsMax). */
   futureSecondsMax?: number;
+  /** coreLimits.lastSeenSaveMs for this store (tests make it 0: every save writes every entry, retirement without its margin). */
+  lastSeenSaveMs?: number;
   /** Longest a row-writing slice runs before the worker turns to ingest again. */
   sliceMs: number;
   diskBytesMax: number;
@@ -118,6 +120,8 @@ interface ShardHead {
 }
 
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
+/** Registry entries one periodic save writes at most (~2 ms a thousand): the rest at the next. */
+const registryEntriesPerSaveMax = 20_000;
 
 /** The most entries (servers) one metric has in a section, points or summaries. */
 function widestMetric(m: ShardSectionMessage): number {
@@ -242,6 +246,8 @@ export class Store {
     names_pending_dropped: 0,
     /** Points and summaries whose value cannot be stored (not finite, inconsistent): that entry alone. */
     points_dropped_bad_value: 0,
+    /** Registry entries whose last-seen time a periodic save wrote again (a share per save: those far behind). */
+    registry_entries_saved: 0,
     /** Rack rollups of a distribution's second not kept: a server summary of that second was refused (its servers' sketches answer instead). */
     rollups_dropped_partial: 0,
     /** Points and summaries of a kind other than their metric's (issue 16.6): a gauge or counter of a distribution metric, or the reverse. */
@@ -1297,7 +1303,7 @@ export class Store {
     for (const head of this.heads.values()) for (const block of head.blocks.keys()) if (block < cutoff) return;
     if (this.restoring.size > 0 || this.snapshotsOpen > 0) return;
     const ahead = this.opts.futureSecondsMax ?? coreLimits.futureSecondsMax;
-    const beforeMs = (cutoff - ahead - 2 * this.opts.blockSeconds) * 1000 - Math.max(60_000, coreLimits.registrySaveMs);
+    const beforeMs = (cutoff - ahead - 2 * this.opts.blockSeconds) * 1000 - Math.max(60_000, coreLimits.registrySaveMs + 2 * (this.opts.lastSeenSaveMs ?? coreLimits.lastSeenSaveMs));
     const racks = [...this.rackSeenMs].filter(([, ms]) => ms < beforeMs).map(([name]) => name);
     try {
       // One transaction: the racks' and the registry's entries go together or not at all.
@@ -1334,7 +1340,8 @@ export class Store {
   /** Persists registry last-seen times. */
   /** Persists the registry's last-seen times (every registrySaveMs); a refused write is counted and tried again next time, never thrown (a full disk made the worker die every 10 s). */
   saveRegistry(): void {
-    this.registry.touchAll();
+    // The entries whose last-seen time on disk is far behind, a bounded share per save.
+    this.counters.registry_entries_saved += this.registry.touchDue(this.opts.lastSeenSaveMs ?? coreLimits.lastSeenSaveMs, registryEntriesPerSaveMax);
     try {
       this.root.transactionSync(() => {
         this.registry.flushDirty();

@@ -122,7 +122,7 @@ function stats(opts: { periodic: boolean }): WorkerStats {
     sliceMsMax = Math.max(sliceMsMax, store.sliceMsMax);
     if (opts.periodic) store.sliceMsMax = 0;
     servers = Math.max(servers, store.registry.serverCount);
-    metrics += store.registry.allMetrics().length;
+    metrics += store.registry.metricCount;
     storedQueries += stored.size;
     namesVersion += store.registry.namesVersion;
   }
