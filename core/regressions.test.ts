@@ -328,8 +328,11 @@ describe('a stream step after a commit that throws', () => {
     const [res, skip] = await Promise.all([node.pool.ingest(body(0)), node.pool.skipStream(0, 1, 0)]);
     expect(res).toMatchObject({ status: 503 });
     expect(skip).toContain('fault injected by a test');
-    // The bound is free again: the rack's retry and the next second are stored.
-    expect(await send(0)).toBe(204);
+    // Regression: the throw is fatal there too, as on the ingest path — the worker restarts from
+    // its WAL (before: it went on, its head perhaps short of what its WAL held).
+    await vi.waitFor(() => expect(node.pool.counters.worker_deaths).toBe(1), { timeout: 10_000 });
+    // The bound is free again: the rack's retry and the next second are stored (once the worker is back).
+    await vi.waitFor(async () => expect(await send(0)).toBe(204), { timeout: 20_000, interval: 200 });
     expect(await send(1)).toBe(204);
     const [w] = await query(node, 'FROM t-1 SELECT thr.x WINDOW 1m COMPUTE count', t0, t0 + 60);
     expect(w!.values.count).toBe(2);

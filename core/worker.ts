@@ -230,6 +230,25 @@ function ingestPending(): void {
   }
 }
 
+/**
+ * The waiting ingest requests, committed before a stream step (the stream's order is the order
+ * of arrival here). A throw there is fatal, as on the ingest path (setImmediate(ingestPending)):
+ * after a commit that threw, the head may hold part of what the WAL holds, and only a restart
+ * (its replay) makes them agree. Before, the step's handler caught it and the worker went on: a
+ * retry was answered as a duplicate, its data missing from answers until a restart.
+ */
+function commitWaiting(): void {
+  if (pendingIngest.length === 0) return;
+  try {
+    ingestPending();
+  } catch (err) {
+    setImmediate(() => {
+      throw err;
+    });
+    throw err;
+  }
+}
+
 /** Tests ('fail' with nextIngest): the next commit of ingest requests throws, as a bug would. */
 let failNextIngest = false;
 
@@ -456,16 +475,16 @@ function handle(m: ToWorker): void {
     }
     case 'streamSkip': {
       // After the requests already waiting: the stream's order is the order of arrival here.
-      if (pendingIngest.length > 0) ingestPending();
+      commitWaiting();
       return post({ t: 'reply', id: m.id, skip: storeOfShard(m.shard).store.skipStream(m.shard, m.seq, m.after) });
     }
     case 'streamRebase': {
-      if (pendingIngest.length > 0) ingestPending();
+      commitWaiting();
       const err = storeOfShard(m.shard).store.rebaseStream(m.shard, m.seq);
       return post({ t: 'reply', id: m.id, ...(err === null ? {} : { error: err }) });
     }
     case 'streamRestart': {
-      if (pendingIngest.length > 0) ingestPending();
+      commitWaiting();
       void track(storeOfShard(m.shard).store.restartFromStream(m.shard)).then(
         () => post({ t: 'reply', id: m.id }),
         (err: unknown) => post({ t: 'reply', id: m.id, error: (err as Error).message }),
