@@ -100,6 +100,25 @@ export class ColumnPool {
     return this.bytes;
   }
 
+  /**
+   * Lets go of kept columns until `bytes` are freed or none is left (they go to the collector):
+   * live heads come first in the head's bound. Returns the bytes let go.
+   */
+  shed(bytes: number): number {
+    let freed = 0;
+    for (const [key, list] of this.free) {
+      while (list.length > 0 && freed < bytes) {
+        const c = list.pop()!;
+        const b = columnsBytes(c.sids.length, c.vals.length / c.sids.length);
+        this.bytes -= b;
+        freed += b;
+      }
+      if (list.length === 0) this.free.delete(key);
+      if (freed >= bytes) break;
+    }
+    return freed;
+  }
+
   /** Columns for slotsCap servers × blockSeconds; their contents are left over (the head fills what it uses). */
   take(slotsCap: number, blockSeconds: number): HeadColumns {
     const c = this.free.get(poolKey(slotsCap, blockSeconds))?.pop();
@@ -150,7 +169,7 @@ const columnsBytes = (slotsCap: number, blockSeconds: number) => slotsCap * bloc
 /** Server slots found by a linear search up to this many; past it by a map. */
 const linearSlotsMax = 8;
 /** About what a Map entry costs (V8's ordered hash table: key, value, chain, bucket share, growth slack). */
-const indexEntryBytes = 48;
+export const indexEntryBytes = 48;
 
 export interface MetricHeadOptions {
   kind: number;

@@ -836,6 +836,32 @@ describe('regression: the head\'s memory bound at a block\'s first second', () =
     await s.close();
   });
 
+  it('counts the columns kept for reuse, which give way to live heads (before: kept ones came on top of the bound, up to 1.5 × it)', async () => {
+    const max = 64 << 20;
+    const s = open({ headBytesMax: max });
+    const columns = (s as unknown as { columns: { keptBytes: number } }).columns;
+    const rack = (second: number, servers: number, name: string): [RequestHeader, SectionIn[]] => {
+      const sv: Record<string, { points: PointInput[] }> = {};
+      for (let k = 0; k < servers; k++) sv[`${name}-s${k}`] = { points: Array.from({ length: 100 }, (_, i): PointInput => ({ name: `c${i}`, kind: KindCode.Gauge, value: k })) };
+      return batch(second, sv, name);
+    };
+    // A block of 500-server columns, written: its columns are kept for reuse.
+    expect(s.ingest(...rack(t0, 500, 'ka')).status).toBe(204);
+    flushAll(s);
+    expect(columns.keptBytes).toBeGreaterThan(0);
+    // The next block's racks are of another size: they fill the bound, the kept columns giving way.
+    let taken = 0;
+    for (let r = 0; r < 20; r++) {
+      const res = s.ingest(...rack(t0 + 60, 300, `kb${r}`));
+      if (res.status !== 204) break;
+      taken++;
+      expect(s.heldBytes + columns.keptBytes).toBeLessThanOrEqual(max);
+    }
+    expect(taken).toBeGreaterThan(2);
+    expect(s.heldBytes + columns.keptBytes).toBeLessThanOrEqual(max);
+    await s.close();
+  });
+
   it('holds when a later section of a rack is wider than its first (before: a first second of one server, then one of a thousand, grew the columns by doubling uncharged: 6.5 × the bound)', async () => {
     const max = 16 << 20;
     const s = open({ headBytesMax: max });

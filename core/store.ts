@@ -28,7 +28,7 @@ import { SketchAccumulator } from '../schema/sketch.js';
 import { decodeRow, encodeRow, RowError, RowScratch, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
 import { Dedup, dedupEntriesMax, windowSeqs } from './dedup.js';
 import { coreLimits } from './limits.js';
-import { buildRow, ColumnPool, MetricHead } from './head.js';
+import { buildRow, ColumnPool, indexEntryBytes, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
 import { RowVersions } from './rowversions.js';
@@ -583,7 +583,8 @@ export class Store {
       for (const m of v.decoded) {
         const rackId = this.rackIds.get(m.rack);
         const widest = rackId === undefined ? undefined : this.heads.get(m.shard)?.racksIn.get(this.blockOf(m.second))?.get(rackId);
-        const columns = m.pointServers.length * this.opts.blockSeconds * 8;
+        // 8 B a second per server, its slot (4 B, the columns' server ids) and, past a few servers, its slot index entry.
+        const columns = m.pointServers.length * (this.opts.blockSeconds * 8 + 4 + indexEntryBytes);
         if (widest === undefined) grows += columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
         else if (widestMetric(m) > widest) grows += 2 * columns;
       }
@@ -683,7 +684,11 @@ export class Store {
       }
     }
     const grows = this.headGrowth(valid, bytes);
-    if (this.headBytes + grows > this.opts.headBytesMax) {
+    // Columns kept for reuse count too (live heads and kept columns together stay within the
+    // bound: before, kept ones came on top, up to 1.5 × it); they give way to live data first.
+    const over = this.headBytes + this.columns.keptBytes + grows - this.opts.headBytesMax;
+    if (over > 0) this.columns.shed(over);
+    if (this.headBytes + this.columns.keptBytes + grows > this.opts.headBytesMax) {
       this.counters.head_full += valid.length;
       return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data and these requests would add about ${grows} B (limit ${this.opts.headBytesMax}); retry later` });
     }
