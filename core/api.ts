@@ -318,6 +318,7 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_query_windows_behind_total', 'Scheduler ticks that left windows for the next tick (catching up)', s('windows_behind'));
     p.counter('apm_core_query_errors_total', 'Stored-query evaluations that failed', s('evaluation_errors'));
     p.counter('apm_core_query_over_budget_total', 'Stored-query ticks stopped by their time budget (storedEvalMs; retried later with fewer windows at a time, also in apm_core_query_errors_total)', s('evaluation_over_budget'));
+    p.counter('apm_core_query_late_seconds_replay_dropped_total', 'Seconds replayed from the WAL at start beyond 100,000 distinct: stored, but the stored-query windows over them not evaluated again', s('replayed_seconds_dropped'));
     p.counter('apm_core_query_windows_sliced_total', "Stored-query windows too large for one tick's budget, read over several ticks a block at a time", s('windows_sliced'));
     p.counter('apm_core_query_windows_adopted_total', 'Stored-query windows another cluster node evaluated, kept in this node\'s store (a takeover serves the whole history)', s('windows_adopted'));
     p.counter('apm_core_query_late_seconds_dropped_total', 'Late seconds not re-evaluated because the set was full', s('late_seconds_dropped'));

@@ -246,6 +246,8 @@ export class Store {
     names_pending_dropped: 0,
     /** Points and summaries whose value cannot be stored (not finite, inconsistent): that entry alone. */
     points_dropped_bad_value: 0,
+    /** Seconds replayed from the WAL at start beyond replayedSecondsMax: stored, but their stored queries' windows not evaluated again. */
+    replayed_seconds_dropped: 0,
     /** Registry entries whose last-seen time a periodic save wrote again (a share per save: those far behind). */
     registry_entries_saved: 0,
     /** Rack rollups of a distribution's second not kept: a server summary of that second was refused (its servers' sketches answer instead). */
@@ -555,7 +557,9 @@ export class Store {
         const sids = this.serverIds(r.msg, Date.now(), true);
         this.toHead(r.msg, sids, seq, Buffer.from(key), value.length, true);
         this.noteRackSeen(r.msg.rack, Date.now());
-        if (this.replayedSeconds.size < replayedSecondsMax) this.replayedSeconds.add(r.msg.second);
+        if (this.replayedSeconds.size < replayedSecondsMax || this.replayedSeconds.has(r.msg.second)) this.replayedSeconds.add(r.msg.second);
+        // Their windows are not evaluated again (as late seconds past lateSecondsMax are not).
+        else this.counters.replayed_seconds_dropped++;
       } catch (err) {
         // An entry that decodes but cannot be applied (a bound lowered since it was taken, a
         // bug): that entry, kept and counted, not a worker that dies on every start.
