@@ -115,6 +115,7 @@ export async function main(argv: string[]): Promise<void> {
     if (given.length > 0) throw new UsageError(`--${given.join(', --')} ${given.length === 1 ? 'needs' : 'need'} --nats (they configure a cluster node)`);
   }
   const logIngest = cluster === null ? null : new LogIngest(cluster.node.jetstream, cluster.settings.shards);
+  if (logIngest !== null) logIngest.accepts = { retentionSeconds: Math.floor(retentionMs / 1000), futureSecondsMax: coreLimits.futureSecondsMax, blockSeconds: coreLimits.blockSeconds };
   // Re-publishes what it acknowledged when its connection to NATS comes back (core/cluster/ingest.ts).
   if (cluster !== null) void logIngest!.watch(cluster.node.nc).catch((err: unknown) => console.error(`apm core: following the NATS connection failed: ${(err as Error).message}`));
   let node: CoreNode;

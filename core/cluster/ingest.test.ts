@@ -74,4 +74,20 @@ describe('LogIngest', () => {
     expect(tight.keptBodies).toBe(0);
     expect(tight.counters.kept_evicted).toBe(2);
   });
+
+  it('regression: refuses a second past the stores\' retention or too far ahead, 400 as a single core does, publishing nothing (before: acknowledged with 204, then skipped by every consumer for good)', async () => {
+    const { js, published } = fakeStreams();
+    let now = (t0 + 100) * 1000;
+    const log = new LogIngest(js as unknown as JetStreamClient, S, 1000, { keepAckedMs: 150_000, keptBytesMax: 1 << 20 }, () => now);
+    log.accepts = { retentionSeconds: 3600, futureSecondsMax: 600, blockSeconds: 60 };
+    expect((await log.ingest(body(1))).status).toBe(204);
+    const stored = published.length;
+    // Two hours on: body 2's second is past the retention.
+    now += 7200 * 1000;
+    expect(await log.ingest(body(2))).toMatchObject({ status: 400, reason: 'past_retention' });
+    // Back before it: body 3 is 20 minutes ahead of this node's clock.
+    now = (t0 - 1200) * 1000;
+    expect(await log.ingest(body(3))).toMatchObject({ status: 400, reason: 'future' });
+    expect(published.length).toBe(stored);
+  });
 });

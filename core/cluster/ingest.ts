@@ -46,6 +46,13 @@ export class LogIngest {
     private readonly now: () => number = Date.now,
   ) {}
 
+  /**
+   * The seconds every node's store takes (its retention, how far ahead of the clock): a second
+   * outside them is refused here, 400 as a single core does, not acknowledged and then skipped by
+   * every consumer (before: the rack was told it was stored). Null: not checked (tests).
+   */
+  accepts: { retentionSeconds: number; futureSecondsMax: number; blockSeconds: number } | null = null;
+
   get keptBodies(): number {
     return this.kept.length - this.keptHead;
   }
@@ -122,6 +129,18 @@ export class LogIngest {
     }
   }
 
+  /** Why a second is outside what the stores take (past their retention, too far ahead of this node's clock), or null. */
+  private outside(second: number): IngestResult | null {
+    const a = this.accepts;
+    if (a === null) return null;
+    const nowS = Math.floor(this.now() / 1000);
+    const blockOf = (sec: number) => sec - (((sec % a.blockSeconds) + a.blockSeconds) % a.blockSeconds);
+    const oldest = blockOf(nowS - a.retentionSeconds);
+    if (blockOf(second) < oldest) return { status: 400, reason: 'past_retention', error: `second ${second} is older than the retention (${a.retentionSeconds} s) keeps: rows before ${new Date(oldest * 1000).toISOString()} are deleted; nothing of this second is stored` };
+    if (second > nowS + a.futureSecondsMax) return { status: 400, reason: 'future', error: `second ${second} is ${second - nowS} s ahead of this core's clock (at most ${a.futureSecondsMax} s are taken): check the sender's clock; nothing of this second is stored` };
+    return null;
+  }
+
   async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true): Promise<IngestResult> {
     const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     if (!r.ok || r.msg.type !== 'rackSecond') {
@@ -133,6 +152,8 @@ export class LogIngest {
     if (msg.shards !== this.shards) {
       return { status: 409, reason: 'shards_mismatch', shards: this.shards, error: `the rack cut its sections for ${msg.shards} shards; the cluster has ${this.shards}: ask GET /api/v1/placement and cut again` };
     }
+    const refused = this.outside(msg.second);
+    if (refused !== null) return refused;
     try {
       const messages = logMessages(body, this.enc);
       await this.publishAll(messages);
