@@ -450,6 +450,19 @@ describe('core cluster: query routing and stored queries', () => {
     }
   });
 
+  it("regression: a list says which shards are missing when a node's part leaves out shards it was asked for (its consumer behind while its record says ready; before: left out silently)", async () => {
+    const before = await metric('A', 'apm_core_cluster_fanout_shards_missing_total');
+    cluster.behind.add('B');
+    try {
+      const l = (await (await get('A', '/api/v1/metrics')).json()) as { metrics: { name: string }[]; warnings?: string[] };
+      expect(l.metrics.map((m) => m.name)).toEqual([mA]);
+      expect(l.warnings?.join(' ')).toMatch(new RegExp(`${S - 1} of ${S} shards have no ready owner that answered for them .*\\b${shardOfMetric(mB, S)}\\b`));
+      expect(await metric('A', 'apm_core_cluster_fanout_shards_missing_total')).toBe(before + S - 1);
+    } finally {
+      cluster.behind.delete('B');
+    }
+  });
+
   it('keeps stored queries in KV: listed everywhere, evaluated by the first ready owner only, streamed live on every node', async () => {
     const c = await fetch(`${nodes.A.url}/api/v1/queries`, { method: 'POST', headers: { ...auth(tokens.write), 'content-type': 'application/json' }, body: JSON.stringify({ name: 'b max', query: `FROM * SELECT ${mB} WINDOW 1s COMPUTE max` }) });
     expect(c.status).toBe(201);

@@ -79,6 +79,29 @@ export const localHeader = 'x-apm-local-shards';
  * since which data of its shards may be missing from it.
  */
 export const staleSinceHeader = 'x-apm-stale-since';
+/** On a part of a cluster-wide list: the shards it covers (those the answering node serves now), as a hex bitmap. */
+export const coveredShardsHeader = 'x-apm-covered-shards';
+
+/** Shards as a hex bitmap (bit s of nibble ⌊s/4⌋), and back (null: absent or malformed). */
+export function shardsToHex(has: (s: number) => boolean, S: number): string {
+  let out = '';
+  for (let n = 0; n < Math.ceil(S / 4); n++) {
+    let v = 0;
+    for (let b = 0; b < 4; b++) if (n * 4 + b < S && has(n * 4 + b)) v |= 1 << b;
+    out += v.toString(16);
+  }
+  return out;
+}
+
+export function shardsFromHex(text: string | undefined, S: number): Set<number> | null {
+  if (text === undefined || text.length !== Math.ceil(S / 4) || !/^[0-9a-f]*$/.test(text)) return null;
+  const out = new Set<number>();
+  for (let n = 0; n < text.length; n++) {
+    const v = parseInt(text[n]!, 16);
+    for (let b = 0; b < 4; b++) if ((v & (1 << b)) !== 0) out.add(n * 4 + b);
+  }
+  return out;
+}
 
 /** Response headers passed back from the owner (besides the body and status). */
 const passedHeaders = ['content-type', 'cache-control', 'retry-after', 'www-authenticate', staleSinceHeader];
@@ -441,16 +464,23 @@ export class ClusterRouting {
       await next();
       const since = this.view.cutOffSinceMs();
       if (since !== null) c.res.headers.set(staleSinceHeader, new Date(since).toISOString());
+      // Which shards this part holds: the asker asks another owner for those it left out.
+      c.res.headers.set(coveredShardsHeader, shardsToHex((s) => this.view.servesLocally(s), S));
       return;
     }
     const ask = new Map<string, NodeState>();
+    /** The shards each asked node is asked for. */
+    const askedFor = new Map<string, number[]>();
     const missing: number[] = [];
     for (let s = 0; s < S; s++) {
       if (this.view.servesLocally(s)) continue;
       // Another node: this one's record may still say ready while its own consumer catches up, and its local part leaves that shard out.
       const o = this.view.readyOwners(s).find((n) => n.id !== this.view.nodeId);
       if (o === undefined) missing.push(s);
-      else ask.set(o.id, o);
+      else {
+        ask.set(o.id, o);
+        askedFor.set(o.id, [...(askedFor.get(o.id) ?? []), s]);
+      }
     }
     const body = c.req.method === 'POST' ? await c.req.text() : undefined; // read before the local route: it is cached for it
     await next();
@@ -460,21 +490,45 @@ export class ClusterRouting {
     if (c.res.status !== 200 || (ask.size === 0 && missing.length === 0)) return;
     const parts: ListAnswer[] = [(await c.res.json()) as ListAnswer];
     const warnings: string[] = [];
+    // Shards a node was asked for and left out of its part (its consumer fell behind while its
+    // record still said ready): asked of another ready owner once; missing then, said and counted
+    // (before: left out silently).
+    const left: number[] = [];
+    const asked = new Set<string>(ask.keys());
+    const take = async (nodes: NodeState[]) => {
+      for (const a of await Promise.all(nodes.map((n) => this.fetchPart(c, n, body)))) {
+        if (typeof a === 'string') {
+          warnings.push(a);
+          continue;
+        }
+        parts.push(a.answer);
+        if (a.covered !== null) for (const s of askedFor.get(a.node) ?? []) if (!a.covered.has(s)) left.push(s);
+        // A part from a node cut off from NATS: the list carries the earliest such time (before: unmarked).
+        if (a.staleSinceMs !== null) {
+          warnings.push(`node ${a.node} is cut off from the log since ${new Date(a.staleSinceMs).toISOString()}: the metrics of its shards may miss what came since`);
+          since = since === null ? a.staleSinceMs : Math.min(since, a.staleSinceMs);
+        }
+      }
+    };
+    await take([...ask.values()]);
+    if (left.length > 0) {
+      const again = new Map<string, NodeState>();
+      askedFor.clear();
+      for (const s of left.splice(0)) {
+        const o = this.view.readyOwners(s).find((n) => n.id !== this.view.nodeId && !asked.has(n.id));
+        if (o === undefined) missing.push(s);
+        else {
+          again.set(o.id, o);
+          askedFor.set(o.id, [...(askedFor.get(o.id) ?? []), s]);
+        }
+      }
+      await take([...again.values()]);
+      missing.push(...left);
+    }
     if (missing.length > 0) {
       this.fanout.shards_missing += missing.length;
-      warnings.push(`${missing.length} of ${S} shards have no ready owner (${missing.slice(0, 16).join(', ')}${missing.length > 16 ? ', …' : ''}): their metrics are missing from this list`);
-    }
-    for (const a of await Promise.all([...ask.values()].map((n) => this.fetchPart(c, n, body)))) {
-      if (typeof a === 'string') {
-        warnings.push(a);
-        continue;
-      }
-      parts.push(a.answer);
-      // A part from a node cut off from NATS: the list carries the earliest such time (before: unmarked).
-      if (a.staleSinceMs !== null) {
-        warnings.push(`node ${a.node} is cut off from the log since ${new Date(a.staleSinceMs).toISOString()}: the metrics of its shards may miss what came since`);
-        since = since === null ? a.staleSinceMs : Math.min(since, a.staleSinceMs);
-      }
+      missing.sort((a, b) => a - b);
+      warnings.push(`${missing.length} of ${S} shards have no ready owner that answered for them (${missing.slice(0, 16).join(', ')}${missing.length > 16 ? ', …' : ''}): their metrics are missing from this list`);
     }
     const merged = mergeLists(route, parts, listLimit(new URL(c.req.url).searchParams.get('limit')), warnings);
     if (merged.truncated) this.fanout.truncated++;
@@ -482,7 +536,7 @@ export class ClusterRouting {
   }
 
   /** One node's part of a list (with the time since which it may miss data, when it is cut off), or a warning saying why it is missing. */
-  private async fetchPart(c: Context, n: NodeState, body: string | undefined): Promise<{ answer: ListAnswer; node: string; staleSinceMs: number | null } | string> {
+  private async fetchPart(c: Context, n: NodeState, body: string | undefined): Promise<{ answer: ListAnswer; node: string; staleSinceMs: number | null; covered: Set<number> | null } | string> {
     const url = new URL(c.req.url);
     try {
       const r = await request(`${n.url.replace(/\/+$/, '')}${url.pathname}${url.search}`, {
@@ -508,7 +562,8 @@ export class ClusterRouting {
       this.fanout.ok++;
       const stale = r.headers[staleSinceHeader];
       const staleSinceMs = typeof stale === 'string' && Number.isFinite(Date.parse(stale)) ? Date.parse(stale) : null;
-      return { answer: JSON.parse(Buffer.concat(chunks).toString('utf8')) as ListAnswer, node: n.id, staleSinceMs };
+      const covered = r.headers[coveredShardsHeader];
+      return { answer: JSON.parse(Buffer.concat(chunks).toString('utf8')) as ListAnswer, node: n.id, staleSinceMs, covered: shardsFromHex(typeof covered === 'string' ? covered : undefined, this.view.settings.shards) };
     } catch (err) {
       this.fanout.failed++;
       return `node ${n.id} (${n.url}) did not give its part of this list (${(err as Error).message}): the metrics of its shards are missing`;
@@ -519,7 +574,7 @@ export class ClusterRouting {
     p.counters('apm_core_cluster_proxied_total', "Requests for another node's shard, by result: ok (proxied, the owner answered), failed and timeout (the owner did not answer; 503), busy (proxiesInFlightMax; 503), unavailable (no ready owner; 503), loop (an already proxied request for a shard not served here; 503), spans_nodes (an export naming metrics of several nodes; 400), rerouted (an owner failed or did not serve the shard; the next ready owner was asked), hedged (an owner had not begun to answer within 1 s, nor answered /healthz within 0.5 s; the next ready owner was asked beside it, the first answer won)", 'result', this.proxied);
     p.counter('apm_core_cluster_proxy_probes_total', 'GET /healthz asked of an owner that had not begun to answer a proxied request within 1 s (one that answers is left to finish; one that does not is hedged)', this.probes);
     p.counters('apm_core_cluster_fanout_total', 'Parts of cluster-wide lists asked of other nodes, by result (failed: the list was answered without it, with a warning)', 'result', { ok: this.fanout.ok, failed: this.fanout.failed });
-    p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner', this.fanout.shards_missing);
+    p.counter('apm_core_cluster_fanout_shards_missing_total', 'Shards left out of cluster-wide lists: no ready owner answered for them', this.fanout.shards_missing);
     p.counter('apm_core_cluster_fanout_truncated_total', 'Cluster-wide lists cut at their limit after merging', this.fanout.truncated);
     p.counters('apm_core_cluster_cut_off_answers_total', "Requests for this node's own shards while its heartbeats failed past the dead-after time (cut off from NATS), by how they were answered: proxied (another owner answered) or stale (answered here, with the x-apm-stale-since header)", 'result', this.cutOff);
   }
