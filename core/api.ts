@@ -11,6 +11,7 @@ import { BodyBudget, BodyError, BufferPool, readBodyInto } from './buffers.js';
 import { coreLimits } from './limits.js';
 import { rateLimit, type RateLimiter } from './ratelimit.js';
 import { WorkerError, type IngestResult, type ShardPool } from './pool.js';
+import type { WorkerMetric } from './protocol.js';
 import { addSnapshotRoutes } from './cluster/snapshot-routes.js';
 import type { QueryCatalog } from './query/catalog.js';
 import { addPromRoutes, promPath } from './query/prom.js';
@@ -214,13 +215,33 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   // (each built its own). Not kept after: a metric just stored is listed by the next call. A
   // cluster node's list (its shards) is built per call.
   let metricsList: Promise<string> | null = null;
-  const metricsBody = async (keep: ((name: string) => boolean) | undefined): Promise<string> =>
-    JSON.stringify({
-      metrics: (await pool.metrics())
-        .filter((m) => m.name !== null && (keep === undefined || keep(m.name)))
-        .sort((a, b) => (a.name! < b.name! ? -1 : 1))
-        .map((m) => ({ name: m.name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs })),
-    });
+  const metricsBody = async (keep: ((name: string) => boolean) | undefined): Promise<string> => {
+    // In the order of the sorted names (built once per change of them), not sorted per request.
+    const all = await pool.metrics();
+    const byName = new Map<string, WorkerMetric>();
+    for (const m of all) if (m.name !== null && (keep === undefined || keep(m.name))) byName.set(m.name, m);
+    const metrics: { name: string; kind: string; firstSeenMs: number; lastSeenMs: number }[] = [];
+    for (const name of await pool.sortedNames(all)) {
+      const m = byName.get(name);
+      if (m === undefined) continue;
+      byName.delete(name);
+      metrics.push({ name, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs });
+    }
+    // Named in the last second (not in the sorted list yet): merged in their places.
+    if (byName.size > 0) {
+      const late = [...byName.values()].map((m) => ({ name: m.name!, kind: kindName(m.kind), firstSeenMs: m.firstSeenMs, lastSeenMs: m.lastSeenMs }));
+      late.sort((a, b) => (a.name < b.name ? -1 : 1));
+      const merged: typeof metrics = [];
+      let i = 0;
+      for (const m of metrics) {
+        while (i < late.length && late[i]!.name < m.name) merged.push(late[i++]!);
+        merged.push(m);
+      }
+      merged.push(...late.slice(i));
+      return JSON.stringify({ metrics: merged });
+    }
+    return JSON.stringify({ metrics });
+  };
   app.get('/api/v1/metrics', async (c) => {
     try {
       const keep = c.get('apmShardFilter'); // a cluster: the metrics of the shards this node answers for

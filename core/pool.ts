@@ -725,6 +725,28 @@ export class ShardPool {
   }
 
   /**
+   * Every metric name, sorted: built once per change of the names (namesKey), not per request —
+   * sorting 2,000,000 names held the HTTP thread ~2.7 s for each Grafana autocomplete and each
+   * metric picker. A name registered in the last second may be missing. The array is shared: do
+   * not change it.
+   */
+  async sortedNames(from?: readonly WorkerMetric[]): Promise<readonly string[]> {
+    const key = this.namesKey();
+    if (this.names?.key === key) return this.names.list;
+    this.namesBuilding ??= (async () => {
+      // From a list the caller has already (one gather, not two).
+      const list = [...new Set((from ?? (await this.metrics())).flatMap((m) => (m.name === null ? [] : [m.name])))];
+      list.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      return { key, list };
+    })().finally(() => (this.namesBuilding = null));
+    this.names = await this.namesBuilding;
+    return this.names.list;
+  }
+
+  private names: { key: string; list: string[] } | null = null;
+  private namesBuilding: Promise<{ key: string; list: string[] }> | null = null;
+
+  /**
    * What the metric names depend on, as the workers last reported it (every second): each
    * thread's start and its stores' names versions. Equal keys, equal names — up to a second
    * late (a list of names keyed by it may miss a metric named in the last second).

@@ -32,6 +32,7 @@ import { fileURLToPath } from 'node:url';
 import type { Context, Hono } from 'hono';
 import { coreLimits } from '../limits.js';
 import { WorkerError, type ShardPool } from '../pool.js';
+import type { WorkerMetric } from '../protocol.js';
 import type { ServerTable } from '../servers.js';
 import type { QueryCatalog } from './catalog.js';
 import { evalLimitReasonOf, type WindowResult } from './eval.js';
@@ -417,7 +418,7 @@ function unanchored(re: string): string {
 }
 
 /** The names matching any selector; bad_data when that would take more than `testsMax` tests (on the HTTP thread). */
-export function namesMatching(names: string[], selectors: readonly (readonly Matcher[])[], testsMax: number = promLimits.matchTestsMax): string[] {
+export function namesMatching(names: readonly string[], selectors: readonly (readonly Matcher[])[], testsMax: number = promLimits.matchTestsMax): string[] {
   const cost = selectors.reduce((a, sel) => a + sel.reduce((b, m) => b + m.cost, 0), 0);
   if (names.length * cost > testsMax) {
     throw new PromError('bad_data', `match[] would test ${names.length} metric names ${cost} times each (> ${testsMax} tests); use fewer wildcard alternatives (literal names cost one lookup), or fewer selectors`);
@@ -486,7 +487,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
   };
   const success = (data: unknown, warnings: string[] = []) => ({ status: 'success', data, ...(warnings.length > 0 ? { warnings } : {}) });
   /** The first items of a sorted list (Prometheus' `limit` parameter, at most listValuesMax) and the truncation warning. */
-  const limited = <T>(route: string, items: T[], p: Params): { items: T[]; warnings: string[] } => {
+  const limited = <T>(route: string, items: readonly T[], p: Params): { items: readonly T[]; warnings: string[] } => {
     const asked = p.get('limit');
     const n = asked === undefined || asked === '' || asked === '0' ? promLimits.listValuesMax : Number(asked);
     if (!Number.isInteger(n) || n < 0) throw new PromError('bad_data', `invalid parameter limit=${JSON.stringify(asked)}: not a non-negative integer`);
@@ -495,7 +496,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     counters.truncated[route] = (counters.truncated[route] ?? 0) + 1;
     return { items: items.slice(0, max), warnings: [`results truncated due to limit (${max}${max === promLimits.listValuesMax ? ", the core's listValuesMax" : ''}); narrow match[]`] };
   };
-  const limitedList = <T>(route: string, items: T[], p: Params) => {
+  const limitedList = <T>(route: string, items: readonly T[], p: Params) => {
     const r = limited(route, items, p);
     return success(r.items, r.warnings);
   };
@@ -511,22 +512,9 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
   // every second), not per request — sorting 2,000,000 names held this thread ~2.7 s for each
   // Grafana autocomplete. In a cluster (core/cluster/routes.ts), only the metrics of the shards
   // this node answers for: the other nodes give theirs (a filter keeps the order).
-  let names: { key: string; list: string[] } | null = null;
-  let namesBuilding: Promise<{ key: string; list: string[] }> | null = null;
-  const allNames = async (): Promise<string[]> => {
-    const key = pool.namesKey();
-    if (names?.key === key) return names.list;
-    namesBuilding ??= (async () => {
-      const list = [...new Set((await pool.metrics()).flatMap((m) => (m.name === null ? [] : [m.name])))];
-      list.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-      return { key, list };
-    })().finally(() => (namesBuilding = null));
-    names = await namesBuilding;
-    return names.list;
-  };
-  const metricNames = async (c: Context) => {
+  const metricNames = async (c: Context, from?: readonly WorkerMetric[]) => {
     const keep = c.get('apmShardFilter');
-    const list = await allNames();
+    const list = await pool.sortedNames(from);
     return keep === undefined ? list : list.filter((n) => keep(n));
   };
 
@@ -553,7 +541,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
     handle(async (p, c) => {
       const name = c.req.param('name');
       const ms = selectors(p, false);
-      let values: string[];
+      let values: readonly string[];
       if (name === '__name__') values = ms.length === 0 ? await metricNames(c) : namesMatching(await metricNames(c), ms);
       else if (name === 'server') values = servers.all().map((s) => s.name).sort();
       else if (name === 'rack') values = [...new Set(servers.all().map((s) => s.rack))].sort();
@@ -579,8 +567,9 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
       const keep = c.get('apmShardFilter');
       // In the order of the sorted names (built once per change of them, not sorted per request).
       const kinds = new Map<string, number>();
-      for (const m of await pool.metrics()) if (m.name !== null) kinds.set(m.name, m.kind);
-      const all = only === undefined || only === '' ? await metricNames(c) : kinds.has(only) && (keep === undefined || keep(only)) ? [only] : [];
+      const listed = await pool.metrics();
+      for (const m of listed) if (m.name !== null) kinds.set(m.name, m.kind);
+      const all = only === undefined || only === '' ? await metricNames(c, listed) : kinds.has(only) && (keep === undefined || keep(only)) ? [only] : [];
       const r = limited('metadata', all, p);
       const data: Record<string, { type: string; help: string; unit: string }[]> = {};
       for (const name of r.items) {
