@@ -217,11 +217,12 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   let metricsList: Promise<string> | null = null;
   const metricsBody = async (keep: ((name: string) => boolean) | undefined): Promise<string> => {
     // In the order of the sorted names (built once per change of them), not sorted per request.
+    const key = pool.namesKey();
     const all = await pool.metrics();
     const byName = new Map<string, WorkerMetric>();
     for (const m of all) if (m.name !== null && (keep === undefined || keep(m.name))) byName.set(m.name, m);
     const metrics: { name: string; kind: string; firstSeenMs: number; lastSeenMs: number }[] = [];
-    for (const name of await pool.sortedNames(all)) {
+    for (const name of await pool.sortedNames({ metrics: all, key })) {
       const m = byName.get(name);
       if (m === undefined) continue;
       byName.delete(name);

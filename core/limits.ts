@@ -67,8 +67,9 @@ export const coreLimits = {
   /**
    * A server's or metric's last-seen time is written again once it moved on by this much plus a
    * jitter of up to as much again per entry, so a save writes a share of the entries, not all
-   * (a million metrics rewritten every 10 s held each worker ~2.3 s). Retirement keeps twice
-   * this as a margin (the times on disk lag by up to that).
+   * (a million metrics rewritten every 10 s held each worker ~2.3 s). Retirement keeps four
+   * times this as a margin: the times on disk lag by up to twice it, and by a pass over every
+   * entry more when more are due than saves write (2,000,000 metrics: ~17 minutes).
    */
   lastSeenSaveMs: 10 * 60_000,
   /** One-second samples of the ingest counters behind the dashboard's rates: rates over 10 s. */

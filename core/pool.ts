@@ -730,12 +730,14 @@ export class ShardPool {
    * metric picker. A name registered in the last second may be missing. The array is shared: do
    * not change it.
    */
-  async sortedNames(from?: readonly WorkerMetric[]): Promise<readonly string[]> {
-    const key = this.namesKey();
+  async sortedNames(from?: { metrics: readonly WorkerMetric[]; key: string }): Promise<readonly string[]> {
+    // Keyed by what the names were as of before the gather (a version reported while the workers
+    // answered must not label a list that may lack its names).
+    const key = from?.key ?? this.namesKey();
     if (this.names?.key === key) return this.names.list;
     this.namesBuilding ??= (async () => {
-      // From a list the caller has already (one gather, not two).
-      const list = [...new Set((from ?? (await this.metrics())).flatMap((m) => (m.name === null ? [] : [m.name])))];
+      // From a list the caller has already (one gather, not two), with the key it read before it.
+      const list = [...new Set((from?.metrics ?? (await this.metrics())).flatMap((m) => (m.name === null ? [] : [m.name])))];
       list.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
       return { key, list };
     })().finally(() => (this.namesBuilding = null));

@@ -67,4 +67,27 @@ describe('Registry', () => {
     expect(reread.serverByName('s-1')!.lastSeenMs).toBe(5 * step);
     await root.close();
   });
+
+  it('regression: with more entries due than a save writes, each save goes on where the last stopped (before: each began at the start, and the last entries were never written again)', async () => {
+    const root = openLmdb({ path: mkdtempSync(join(tmpdir(), 'apm-registry-rr-')), maxDbs: 4 });
+    const reg = new Registry(root.openDB<StoredServer, string>({ name: 'servers', encoding: 'json' }), root.openDB<StoredMetric, string>({ name: 'metrics', encoding: 'json' }), 4000);
+    const step = 600_000;
+    const saveEvery = 10_000;
+    // 20 a save: 2 a second, for 3,000 entries due every 10 to 20 minutes (~3.3 a second).
+    const most = 20;
+    for (let m = 0; m < 3000; m++) reg.metric(m + 1, 9, 0, 0);
+    root.transactionSync(() => reg.flushDirty());
+    reg.flushed();
+    for (let t = saveEvery; t <= 3 * 3600_000; t += saveEvery) {
+      for (let m = 0; m < 3000; m++) reg.metric(m + 1, 9, 0, t);
+      reg.touchDue(step, most);
+      root.transactionSync(() => reg.flushDirty());
+      reg.flushed();
+    }
+    const reread = new Registry(root.openDB<StoredServer, string>({ name: 'servers', encoding: 'json' }), root.openDB<StoredMetric, string>({ name: 'metrics', encoding: 'json' }), 4000);
+    // Every entry's time on disk lags by at most twice the step and one pass over them all (3,000 / 20 saves of 10 s).
+    const lagMax = Math.max(...reread.allMetrics().map((m) => 3 * 3600_000 - m.lastSeenMs));
+    expect(lagMax).toBeLessThanOrEqual(2 * step + (3000 / most) * saveEvery + saveEvery);
+    await root.close();
+  });
 });

@@ -284,22 +284,35 @@ export class Registry {
    */
   touchDue(stepMs: number, most: number): number {
     let n = 0;
-    for (const s of this.serversByName.values()) {
-      if (n >= most) return n;
-      if (s.lastSeenMs - (this.savedServerMs[s.id] ?? -Infinity) >= stepMs + jitter(s.id, stepMs) && !this.dirtyServers.has(s)) {
+    // Each pass goes on where the last stopped (round robin): with more due than `most`, the
+    // entries at the end are reached too (before: each pass began at the start and spent its
+    // share there, and the last entries' times on disk fell behind without bound).
+    const servers = this.serversById.length;
+    for (let k = 0; k < servers && n < most; k++) {
+      const id = (this.touchServerAt + k) % servers;
+      const s = this.serversById[id];
+      if (s !== undefined && s.lastSeenMs - (this.savedServerMs[id] ?? -Infinity) >= stepMs + jitter(id, stepMs) && !this.dirtyServers.has(s)) {
         this.dirtyServers.add(s);
         n++;
+        if (n >= most) this.touchServerAt = (id + 1) % servers;
       }
     }
-    for (let m = 0; m < this.metrics.length && n < most; m++) {
+    const metrics = this.metrics.length;
+    for (let k = 0; k < metrics && n < most; k++) {
+      const m = (this.touchMetricAt + k) % metrics;
       const info = this.metrics[m];
       if (info !== undefined && info.lastSeenMs - (this.savedMetricMs[m] ?? -Infinity) >= stepMs + jitter(m, stepMs) && !this.dirtyMetrics.has(m)) {
         this.dirtyMetrics.add(m);
         n++;
+        if (n >= most) this.touchMetricAt = (m + 1) % metrics;
       }
     }
     return n;
   }
+
+  /** Where touchDue's next pass over the servers and the metrics begins. */
+  private touchServerAt = 0;
+  private touchMetricAt = 0;
 
   /**
    * Forgets every server and metric last seen before `beforeMs` — the caller knows no row or head

@@ -872,10 +872,30 @@ describe('regression: the head\'s memory bound at a block\'s first second', () =
     const r = s.ingest(...batch(t0 + 1, many, 'wide'));
     expect(r).toMatchObject({ status: 503, reason: 'head_full' });
     expect(s.heldBytes).toBeLessThanOrEqual(max);
-    // A section as wide as one the rack sent already costs its bytes only.
+    // A section no larger than one the rack sent already costs its bytes only.
     const narrow: Record<string, { points: PointInput[] }> = { s0: { points: points(3) } };
     expect(s.ingest(...batch(t0 + 2, narrow, 'wide')).status).toBe(204);
     await s.close();
+  });
+
+  it('holds when a later section of a rack brings metrics new in the block, or widens metrics that were narrow (before: charged its bytes only: 6.7 × the bound)', async () => {
+    const max = 16 << 20;
+    const names = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+    const servers = (n: number, metrics: string[]) => Object.fromEntries(Array.from({ length: n }, (_, k) => [`n-${k}`, { points: metrics.map((name): PointInput => ({ name, kind: KindCode.Gauge, value: k })) }]));
+    // New metrics in the second second.
+    const a = open({ headBytesMax: max });
+    expect(a.ingest(...batch(t0, servers(500, names('b', 20)), 'grow')).status).toBe(204);
+    expect(a.ingest(...batch(t0 + 1, servers(500, [...names('b', 20), ...names('m', 400)]), 'grow'))).toMatchObject({ status: 503, reason: 'head_full' });
+    expect(a.heldBytes).toBeLessThanOrEqual(max);
+    await a.close();
+    // Metrics of one server in the first second, of 500 in the next.
+    const b = open({ headBytesMax: max });
+    const first = servers(500, names('b', 20));
+    first['n-0'] = { points: [...names('b', 20), ...names('m', 400)].map((name): PointInput => ({ name, kind: KindCode.Gauge, value: 0 })) };
+    expect(b.ingest(...batch(t0, first, 'grow')).status).toBe(204);
+    expect(b.ingest(...batch(t0 + 1, servers(500, [...names('b', 20), ...names('m', 400)]), 'grow'))).toMatchObject({ status: 503, reason: 'head_full' });
+    expect(b.heldBytes).toBeLessThanOrEqual(max);
+    await b.close();
   });
 });
 

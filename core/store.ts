@@ -112,9 +112,10 @@ interface ShardHead {
   walBytes: Map<number, number>;
   lastArrivalMs: Map<number, number>;
   /**
-   * block → the racks with sections in it, each with the most entries one metric had in one of
-   * its sections (a metric's columns are sized by its first section and double as more servers
-   * come: headGrowth charges a section wider than any before it).
+   * block → the racks with sections in it, each with the most entries (server × metric) one of its
+   * sections had: a metric's columns are sized by its first section and double as more servers
+   * come, and a metric new in the block gets its own; headGrowth charges a section with more
+   * entries than any before it of its rack.
    */
   racksIn: Map<number, Map<number, number>>;
 }
@@ -123,13 +124,6 @@ const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays bel
 /** Registry entries one periodic save writes at most (~2 ms a thousand): the rest at the next. */
 const registryEntriesPerSaveMax = 20_000;
 
-/** The most entries (servers) one metric has in a section, points or summaries. */
-function widestMetric(m: ShardSectionMessage): number {
-  let most = 0;
-  for (let i = 0, from = 0; i < m.pointEnds.length; from = m.pointEnds[i++]!) most = Math.max(most, m.pointEnds[i]! - from);
-  for (let i = 0, from = 0; i < m.distEnds.length; from = m.distEnds[i++]!) most = Math.max(most, m.distEnds[i]! - from);
-  return most;
-}
 /** About what a metric's head costs beside its columns (MetricHead.bytes' fixed part and its map entries). */
 const metricHeadBytes = 300;
 /** A block without head data: no head racks to visit. */
@@ -586,11 +580,11 @@ export class Store {
     for (const v of valid) {
       for (const m of v.decoded) {
         const rackId = this.rackIds.get(m.rack);
-        const widest = rackId === undefined ? undefined : this.heads.get(m.shard)?.racksIn.get(this.blockOf(m.second))?.get(rackId);
+        const seen = rackId === undefined ? undefined : this.heads.get(m.shard)?.racksIn.get(this.blockOf(m.second))?.get(rackId);
         // 8 B a second per server, its slot (4 B, the columns' server ids) and, past a few servers, its slot index entry.
         const columns = m.pointServers.length * (this.opts.blockSeconds * 8 + 4 + indexEntryBytes);
-        if (widest === undefined) grows += columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
-        else if (widestMetric(m) > widest) grows += 2 * columns;
+        if (seen === undefined) grows += columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
+        else if (m.pointServers.length + m.distServers.length > seen) grows += 2 * columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
       }
     }
     return grows;
@@ -691,7 +685,8 @@ export class Store {
     // Columns kept for reuse count too (live heads and kept columns together stay within the
     // bound: before, kept ones came on top, up to 1.5 × it); they give way to live data first.
     const over = this.headBytes + this.columns.keptBytes + grows - this.opts.headBytesMax;
-    if (over > 0) this.columns.shed(over);
+    // (Only when that makes the request fit: a refused one leaves them for the next block.)
+    if (over > 0 && this.headBytes + grows <= this.opts.headBytesMax) this.columns.shed(over);
     if (this.headBytes + this.columns.keptBytes + grows > this.opts.headBytesMax) {
       this.counters.head_full += valid.length;
       return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data and these requests would add about ${grows} B (limit ${this.opts.headBytesMax}); retry later` });
@@ -811,7 +806,7 @@ export class Store {
     if (metrics === undefined) head.blocks.set(block, (metrics = new Map()));
     let racksIn = head.racksIn.get(block);
     if (racksIn === undefined) head.racksIn.set(block, (racksIn = new Map()));
-    racksIn.set(rackId, Math.max(racksIn.get(rackId) ?? 0, widestMetric(m)));
+    racksIn.set(rackId, Math.max(racksIn.get(rackId) ?? 0, m.pointServers.length + m.distServers.length));
     const wal = head.wal.get(block);
     if (wal === undefined) head.wal.set(block, [key]);
     else wal.push(key);
@@ -1312,7 +1307,7 @@ export class Store {
     for (const head of this.heads.values()) for (const block of head.blocks.keys()) if (block < cutoff) return;
     if (this.restoring.size > 0 || this.snapshotsOpen > 0) return;
     const ahead = this.opts.futureSecondsMax ?? coreLimits.futureSecondsMax;
-    const beforeMs = (cutoff - ahead - 2 * this.opts.blockSeconds) * 1000 - Math.max(60_000, coreLimits.registrySaveMs + 2 * (this.opts.lastSeenSaveMs ?? coreLimits.lastSeenSaveMs));
+    const beforeMs = (cutoff - ahead - 2 * this.opts.blockSeconds) * 1000 - Math.max(60_000, coreLimits.registrySaveMs + 4 * (this.opts.lastSeenSaveMs ?? coreLimits.lastSeenSaveMs));
     const racks = [...this.rackSeenMs].filter(([, ms]) => ms < beforeMs).map(([name]) => name);
     try {
       // One transaction: the racks' and the registry's entries go together or not at all.

@@ -144,7 +144,8 @@ export class ClusterQueries {
   private readonly toKeep = new Map<string, { qid: string; query: string; json: string }[]>();
   private toKeepCount = 0;
   private keepTimer: NodeJS.Timeout | null = null;
-  private keeping: Promise<void> | null = null;
+  /** Hand-overs to the workers one after another, in the order the windows came (a revision never overtaken by an older one). */
+  private keeping: Promise<void> = Promise.resolve();
   private pool!: ShardPool;
   private sub: Subscription | null = null;
   private watch: { stop(): void } | null = null;
@@ -313,15 +314,20 @@ export class ClusterQueries {
     if (this.keepTimer === null && !this.closed) {
       this.keepTimer = setTimeout(() => {
         this.keepTimer = null;
-        this.keeping = this.keepNow().finally(() => (this.keeping = null));
+        void this.keepNow();
       }, clusterQueryLimits.adoptEveryMs);
       this.keepTimer.unref();
     }
   }
 
-  /** Hands the waiting windows to the workers (one request per metric). */
-  async keepNow(): Promise<void> {
-    if (this.keeping !== null) await this.keeping;
+  /** Hands the waiting windows to the workers (one request per metric), after any hand-over under way. */
+  keepNow(): Promise<void> {
+    const run = this.keeping.then(() => this.keepWaiting());
+    this.keeping = run.catch(() => undefined);
+    return run;
+  }
+
+  private async keepWaiting(): Promise<void> {
     const batches = [...this.toKeep];
     this.toKeep.clear();
     this.toKeepCount = 0;

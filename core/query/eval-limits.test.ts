@@ -346,13 +346,23 @@ describe('stored-query windows another cluster node evaluated (StoredQueries.ado
       here.sync([def], (t0 + 300) * 1000);
       await here.tick((t0 + 300) * 1000);
       expect(here.counters.windows_evaluated).toBe(0);
-      // Windows of a query this node evaluates are its own: a received copy is ignored.
+      // Windows of a query this node evaluates are its own: a received copy is ignored (and
+      // below, for one evaluated elsewhere, an older revision than the one kept is too).
       expect(here.adopt([{ qid: 'q1', query: def.query, json: published[0]! }])).toBe(0);
       // Another text (an edit elsewhere): the old results go, the new start afresh.
       here.sync([], (t0 + 300) * 1000, [{ ...def, query: 'FROM * SELECT g WINDOW 1m COMPUTE max' }]);
       const edited = JSON.stringify({ startMs: (t0 + 240) * 1000, endMs: (t0 + 300) * 1000, servers: 20, count: 20, values: { max: 4000 }, revision: 0 });
       expect(here.adopt([{ qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: edited }])).toBe(1);
       expect(here.resultsJson('q1', 0, 8.64e15, 100)).toEqual([edited]);
+      const revised = edited.replace('"revision":0', '"revision":2').replace('"max":4000', '"max":4001');
+      expect(here.adopt([{ qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: revised }, { qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: edited }])).toBe(1);
+      expect(here.resultsJson('q1', 0, 8.64e15, 100)).toEqual([revised]);
+      expect(here.adopt([{ qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: edited }])).toBe(0);
+      expect(here.resultsJson('q1', 0, 8.64e15, 100)).toEqual([revised]);
+      // Results kept for a query evaluated elsewhere are swept by the retention too (before: only
+      // the queries evaluated here were, and the kept ones grew for good).
+      expect(await here.retentionSweep((t0 + 300 + 3600) * 1000, 3600)).toBe(1);
+      expect(here.resultsJson('q1', 0, 8.64e15, 100)).toEqual([]);
       // Not a window of the query's windows: refused, counted.
       expect(here.adopt([{ qid: 'q1', query: 'FROM * SELECT g WINDOW 1m COMPUTE max', json: '{"startMs":1234}' }])).toBe(0);
       expect(here.counters.windows_adopt_refused).toBe(1);
@@ -433,6 +443,32 @@ describe('regression: a stored query whose one window is past a tick\'s budget',
       expect(stored.counters.windows_sliced).toBe(1);
       // The cursor went on past it.
       expect(stored.lagSeconds((t0 + 600) * 1000)).toBeLessThanOrEqual(0);
+      // Late data in it: revised over several ticks too; a commit refused once (a full disk)
+      // brings the window back (before: its late seconds were the slice's, and it was lost).
+      ingest(store, { rack: 'r5', second: t0 + 30, servers: 5, value: () => 1 });
+      stored.noteData(t0 + 30);
+      const root = (stored as unknown as { root: { transactionSync: (f: () => void) => void } }).root;
+      const commit = root.transactionSync.bind(root);
+      let refuse = true;
+      let refused = 0;
+      root.transactionSync = (f) => {
+        // The cursor commit of the first ticks goes through; the one storing the revision fails once.
+        if (refuse && stored.counters.windows_sliced === 2 && (stored as unknown as { slicing(): number }).slicing() === 0) {
+          refuse = false;
+          refused++;
+          throw new Error('MDB_MAP_FULL (a test)');
+        }
+        commit(f);
+      };
+      const quiet2 = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+      try {
+        for (let i = 0; i < 40 && (JSON.parse(stored.resultsJson('q1', 0, 8.64e15, 10)[0]!) as { revision: number }).revision === 0; i++) await stored.tick((t0 + 600) * 1000).catch(() => undefined);
+      } finally {
+        quiet2.mockRestore();
+        root.transactionSync = commit;
+      }
+      expect(refused).toBe(1);
+      expect(JSON.parse(stored.resultsJson('q1', 0, 8.64e15, 10)[0]!)).toMatchObject({ revision: 1, count: 4 * 5 * 10 + 5 });
     } finally {
       store.close();
     }

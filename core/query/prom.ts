@@ -512,7 +512,7 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
   // every second), not per request — sorting 2,000,000 names held this thread ~2.7 s for each
   // Grafana autocomplete. In a cluster (core/cluster/routes.ts), only the metrics of the shards
   // this node answers for: the other nodes give theirs (a filter keeps the order).
-  const metricNames = async (c: Context, from?: readonly WorkerMetric[]) => {
+  const metricNames = async (c: Context, from?: { metrics: readonly WorkerMetric[]; key: string }) => {
     const keep = c.get('apmShardFilter');
     const list = await pool.sortedNames(from);
     return keep === undefined ? list : list.filter((n) => keep(n));
@@ -567,9 +567,10 @@ export function addPromRoutes(app: Hono, parts: PromParts): PromCounters {
       const keep = c.get('apmShardFilter');
       // In the order of the sorted names (built once per change of them, not sorted per request).
       const kinds = new Map<string, number>();
+      const key = pool.namesKey();
       const listed = await pool.metrics();
       for (const m of listed) if (m.name !== null) kinds.set(m.name, m.kind);
-      const all = only === undefined || only === '' ? await metricNames(c, listed) : kinds.has(only) && (keep === undefined || keep(only)) ? [only] : [];
+      const all = only === undefined || only === '' ? await metricNames(c, { metrics: listed, key }) : kinds.has(only) && (keep === undefined || keep(only)) ? [only] : [];
       const r = limited('metadata', all, p);
       const data: Record<string, { type: string; help: string; unit: string }[]> = {};
       for (const name of r.items) {

@@ -174,7 +174,12 @@ export class StoredQueries {
   async retentionSweep(nowMs: number, retentionSeconds: number, batchKeys = 5000): Promise<number> {
     const cutoffMs = nowMs - retentionSeconds * 1000;
     let deleted = 0;
-    for (const id of [...this.states.keys()]) deleted += await deleteRange(this.root, this.results, resultKey(id, 0), resultKey(id, cutoffMs), batchKeys, () => this.stopping);
+    // Every query with results here: those evaluated here, and those another cluster node
+    // evaluates whose windows this store keeps (adopt) or kept before the evaluation moved —
+    // each has a cursor (before: only the first, and the others' results were never deleted).
+    const ids = new Set(this.states.keys());
+    for (const id of this.cursors.getKeys()) ids.add(id);
+    for (const id of ids) deleted += await deleteRange(this.root, this.results, resultKey(id, 0), resultKey(id, cutoffMs), batchKeys, () => this.stopping);
     this.counters.results_deleted += deleted;
     return deleted;
   }
@@ -206,7 +211,7 @@ export class StoredQueries {
    */
   adopt(windows: readonly { qid: string; query: string; json: string }[]): number {
     const cursors = new Map<string, Cursor>();
-    const puts: [string, string][] = [];
+    const puts = new Map<string, string>();
     const restarted: string[] = [];
     for (const { qid, query, json } of windows) {
       if (this.states.has(qid)) continue;
@@ -224,23 +229,27 @@ export class StoredQueries {
         continue;
       }
       const start = w.startMs / 1000;
+      // A revision older than the one kept (they may come out of order): the kept one stands.
+      const key = resultKey(qid, w.startMs);
+      const kept = puts.get(key) ?? (restarted.includes(qid) ? undefined : this.results.get(key));
+      if (kept !== undefined && (JSON.parse(kept) as WindowResult).revision >= w.revision && (cursors.get(qid) ?? this.cursors.get(qid))?.query === query) continue;
       let c = cursors.get(qid) ?? this.cursors.get(qid);
       if (c === undefined || c.query !== query) {
         if (c !== undefined && !restarted.includes(qid)) restarted.push(qid);
         c = { query, next: start + W, first: start };
       } else c = { query, next: Math.max(c.next, start + W), first: Math.min(c.first ?? start, start) };
       cursors.set(qid, c);
-      puts.push([resultKey(qid, w.startMs), json]);
+      puts.set(key, json);
     }
-    if (puts.length === 0) return 0;
+    if (puts.size === 0) return 0;
     const stale = restarted.flatMap((id) => [...this.results.getKeys({ start: `${id}:`, end: `${id};` })]);
     this.root.transactionSync(() => {
       for (const k of stale) void this.results.remove(k);
       for (const [k, json] of puts) void this.results.put(k, json);
       for (const [id, c] of cursors) void this.cursors.put(id, c);
     });
-    this.counters.windows_adopted += puts.length;
-    return puts.length;
+    this.counters.windows_adopted += puts.size;
+    return puts.size;
   }
 
   /** Seconds replayed from the WAL at start, noted once the first sync tells which queries there are. */
@@ -333,7 +342,8 @@ export class StoredQueries {
           this.counters.evaluation_errors++;
           console.error(`core: stored query ${s.def.id} failed: ${(err as Error).message}`);
         }
-        if (pending.size > 0 || s.next !== next) done.push({ s, pending, next, late: [] });
+        // A revision read whole: its window comes back (as a late second) if the commit fails.
+        if (pending.size > 0 || s.next !== next) done.push({ s, pending, next, late: s.slice === null && sl.revision ? [sl.start] : [] });
         await new Promise((r) => setImmediate(r));
         continue;
       }

@@ -91,7 +91,9 @@ async function api(path, init = {}) {
   let body = {};
   try {
     body = await r.json();
-  } catch {
+  } catch (err) {
+    // The deadline can pass while the body arrives, too.
+    if (err?.name === 'TimeoutError' || err?.name === 'AbortError') throw new ApiError(0, { error: `no answer in ${apiTimeoutMs / 1000} s` });
     body = { error: `HTTP ${r.status} with a body that is not JSON` };
   }
   if (r.status === 401) showTokenBar(body.error);
@@ -596,6 +598,8 @@ const live = {
   ids: '',
   retryMs: retryMsMin,
   timer: 0,
+  /** A stream was open before: the next 'open' may follow a gap, so the list is read again. */
+  everOpen: false,
 
   /** Opens the stream for the current panels if they changed (or it is closed). */
   sync() {
@@ -613,6 +617,9 @@ const live = {
     const es = new EventSource(`/api/v1/live?${q}`);
     this.es = es;
     es.addEventListener('open', () => {
+      // Reconnected on its own (the browser's retry): what changed while it was down is listed again.
+      if (this.everOpen) definitions.changed();
+      this.everOpen = true;
       this.retryMs = retryMsMin;
       for (const p of state.panels.values()) p.streamOpen();
     });
