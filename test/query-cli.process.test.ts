@@ -75,3 +75,49 @@ describe('apm query', () => {
     expect(bad.lines[0]).toBe('apm: --format "xml" must be one of table, json, csv');
   });
 });
+
+describe('apm queries', () => {
+  it('creates, lists, edits, reads the results of and deletes stored queries on a real core; an unknown id exits 1, a bad query 2 with its position', async () => {
+    const core = spawnApm(['core', '--listen', '127.0.0.1:0', '--data', mkdtempSync(join(tmpdir(), 'apm-qscli-')), '--query-lateness', '500ms']);
+    daemons.push(core);
+    const url = (await core.waitFor(/apm core: (http:\/\/127\.0\.0\.1:\d+)\//, 20_000))[1]!;
+    const { shards } = (await (await fetch(`${url}/api/v1/placement`)).json()) as { shards: number };
+    const created = await apm(['queries', 'create', 'FROM * SELECT cli.g WINDOW 1s COMPUTE max, count', '--name', 'cli gauge', '--core', url]);
+    expect(created.code, created.lines.join('\n')).toBe(0);
+    const id = created.lines[0]!;
+    expect(id).toMatch(/^[0-9a-f]{12}$/);
+    // Data for the seconds after its creation: its windows are evaluated as they close.
+    let seq = 1;
+    const feed = setInterval(() => {
+      const body = rackSecondBody({ rack: 'rq', session: 1, seq: seq++, second: Math.floor(Date.now() / 1000) - 1, late: false, shards, servers: [{ server: 'q-1', blocks: [buildColumns([{ name: 'cli.g', kind: 0, value: 7 }], [])] }], rollup: buildColumns([], [], ['cli.g']) });
+      void fetch(`${url}/api/v1/ingest`, { method: 'POST', body }).catch(() => undefined);
+    }, 1000);
+    try {
+      const list = await apm(['queries', 'list', '--core', url]);
+      expect(list.code).toBe(0);
+      expect(list.lines.join('\n')).toMatch(new RegExp(`^${id}\\s+cli gauge\\s+FROM \\* SELECT cli\\.g WINDOW 1s COMPUTE max, count$`, 'm'));
+      const rows = await until(async () => {
+        const r = await apm(['queries', 'results', id, '--from', '-1m', '--format', 'csv', '--core', url]);
+        expect(r.code, r.lines.join('\n')).toBe(0);
+        return r.lines.length > 1 ? r.lines : undefined;
+      }, 20_000, 'a stored window');
+      expect(rows[0]!.replace(/\r$/, '')).toBe('start,start_ms,servers,count,max,count(),revision');
+      expect(rows[1]!.replace(/\r$/, '').split(',').slice(2, 6)).toEqual(['1', '1', '7', '1']);
+      // Renamed only: its text (and results) stay.
+      const renamed = await apm(['queries', 'edit', id, '--name', 'renamed', '--core', url]);
+      expect(renamed.code).toBe(0);
+      expect(renamed.lines[0]).toBe(`${id}  renamed  FROM * SELECT cli.g WINDOW 1s COMPUTE max, count`);
+      // A query that does not parse: a usage error pointing at it.
+      const bad = await apm(['queries', 'edit', id, 'FROM * SELEKT cli.g COMPUTE max', '--core', url]);
+      expect(bad.code).toBe(2);
+      expect(bad.lines.join('\n')).toMatch(/\n\s+FROM \* SELEKT cli\.g COMPUTE max\n\s+\^/);
+      expect((await apm(['queries', 'delete', id, '--core', url])).code).toBe(0);
+      const gone = await apm(['queries', 'delete', id, '--core', url]);
+      expect(gone.code).toBe(1);
+      expect(gone.lines[0]).toMatch(/no stored query/);
+      expect((await apm(['queries', 'list', '--json', '--core', url])).lines.join('')).toBe('{"queries":[]}');
+    } finally {
+      clearInterval(feed);
+    }
+  });
+});

@@ -13,6 +13,7 @@ const commands: Record<string, Command> = {
   core: { summary: 'core node: durable ingest, a year of per-second points, API', run: async (a) => (await import('../core/main.js')).main(a) },
   simulate: { summary: 'simulated fleet: N servers × M metrics sent to racks like real edges', run: async (a) => (await import('./simulate-main.js')).main(a) },
   query: { summary: 'evaluate a query on the core and print its windows', run: async (a) => (await import('./query-main.js')).main(a) },
+  queries: { summary: "the core's stored queries: list, create, edit, delete, results", run: async (a) => (await import('./queries-main.js')).queriesMain(a) },
   import: { summary: 'load history into the core from VictoriaMetrics JSON lines', run: async (a) => (await import('./history-main.js')).importMain(a) },
   export: { summary: "write the core's history of metrics as VictoriaMetrics JSON lines", run: async (a) => (await import('./history-main.js')).exportMain(a) },
   cluster: { summary: "a core cluster's nodes, shard placement and consumer lag (apm cluster status)", run: async (a) => (await import('./cluster-main.js')).clusterMain(a) },

@@ -1,0 +1,124 @@
+// `apm queries …`: the core's stored queries from the command line — list, create, edit, delete,
+// and print a stored query's results — through the HTTP API (docs/http-api.md, "Stored queries").
+
+import { CommandError, parseOptions, UsageError } from '../lib/args.js';
+import { answerError, authHeaders, coreUrl, unreachable } from './core-client.js';
+import { queryFormats, renderAnswer, table, type QueryAnswer, type QueryFormat } from './query-main.js';
+
+export const queriesHelp = `apm queries: the core's stored queries (evaluated continuously, results kept)
+
+Usage:
+  apm queries list [--json]                           id, name and text of each
+  apm queries create "<query>" [--name <name>]        prints the new query's id
+  apm queries edit <id> ["<query>"] [--name <name>]   new text (its results start again) and/or name
+  apm queries delete <id>                             the query and its results
+  apm queries results <id> [--from -1h] [--to now] [--format table|json|csv]
+
+  e.g. apm queries create "FROM web-* SELECT rpc.latency WINDOW 5s COMPUTE p50, p99" --name "web latency"
+  --from, --to     Unix ms, ISO-8601, now, or relative to now: -<n>s|m|h|d (default: the last hour)
+  --format <f>     as apm query's: table (default), json (the API's answer), csv
+  --core <url>     the core (default http://127.0.0.1:8080)
+  APM_TOKEN        environment: a token of role read to list and read, write to change
+  --help           this text
+
+Exit status: 0 done; 1 the core unreachable, refusing or answering an error (an unknown id: 1);
+2 used wrongly (a query that does not parse, a missing argument).`;
+
+interface StoredQuery {
+  id: string;
+  name: string;
+  query: string;
+  createdMs: number;
+}
+
+/** One call to the core's API: its status and JSON body (null for 204); failures as the CLI's errors. */
+async function call(core: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown; raw: string }> {
+  const url = coreUrl(core, path);
+  let res: Response;
+  let raw: string;
+  try {
+    res = await fetch(url, { method, headers: { ...authHeaders(), ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) });
+    raw = await res.text();
+  } catch (err) {
+    throw unreachable(core, err);
+  }
+  if (res.status === 204) return { status: 204, json: null, raw };
+  let json: { error?: string; position?: number };
+  try {
+    json = JSON.parse(raw) as typeof json;
+  } catch {
+    throw new CommandError(`the core at ${core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
+  }
+  if (!res.ok) {
+    // A parse error points at its character, as apm query does.
+    const text = typeof body === 'object' && body !== null && 'query' in body ? String((body as { query: string }).query) : '';
+    const pointer = json.position === undefined || text === '' ? '' : `\n  ${text}\n  ${' '.repeat(json.position)}^`;
+    // 404 (no such id) is the core's answer about the data, not a usage error.
+    throw res.status === 404 ? new CommandError(json.error ?? 'not found') : answerError(res.status, `${json.error ?? res.statusText}${pointer}`);
+  }
+  return { status: res.status, json, raw };
+}
+
+export async function queriesMain(argv: string[]): Promise<void> {
+  const { values, positionals } = parseOptions(
+    argv,
+    {
+      name: { type: 'string' },
+      from: { type: 'string', default: '-1h' },
+      to: { type: 'string', default: 'now' },
+      format: { type: 'string', default: 'table' },
+      json: { type: 'boolean', default: false },
+      core: { type: 'string', default: 'http://127.0.0.1:8080' },
+      help: { type: 'boolean', default: false },
+    },
+    queriesHelp,
+  );
+  if (values.help) return void console.log(queriesHelp);
+  const [command, ...rest] = positionals;
+  const core = values.core!;
+  const arity = (n: number, what: string) => {
+    if (rest.length !== n) throw new UsageError(`apm queries ${command} takes ${what}\n\n${queriesHelp}`);
+  };
+  switch (command) {
+    case 'list': {
+      arity(0, 'no argument');
+      const { json, raw } = await call(core, 'GET', '/api/v1/queries');
+      if (values.json) return void console.log(raw.trimEnd());
+      const list = (json as { queries: StoredQuery[] }).queries;
+      console.log(table(['id', 'name', 'query'], list.map((q) => [q.id, q.name, q.query])));
+      return void console.log(`${list.length} stored queries`);
+    }
+    case 'create': {
+      arity(1, 'the query text, in quotes');
+      const { json } = await call(core, 'POST', '/api/v1/queries', { query: rest[0], ...(values.name === undefined ? {} : { name: values.name }) });
+      return void console.log((json as StoredQuery).id);
+    }
+    case 'edit': {
+      if (rest.length < 1 || rest.length > 2) throw new UsageError(`apm queries edit takes an id and, optionally, the new query text in quotes\n\n${queriesHelp}`);
+      if (rest.length === 1 && values.name === undefined) throw new UsageError(`apm queries edit ${rest[0]}: give the new query text, --name, or both`);
+      const id = encodeURIComponent(rest[0]!);
+      // The API replaces both: what is not given is kept from the definition.
+      const now = (await call(core, 'GET', `/api/v1/queries/${id}`)).json as StoredQuery;
+      const { json } = await call(core, 'PUT', `/api/v1/queries/${id}`, { query: rest[1] ?? now.query, name: values.name ?? now.name });
+      const q = json as StoredQuery;
+      return void console.log(`${q.id}  ${q.name}  ${q.query}`);
+    }
+    case 'delete': {
+      arity(1, 'the id of the query');
+      await call(core, 'DELETE', `/api/v1/queries/${encodeURIComponent(rest[0]!)}`);
+      return;
+    }
+    case 'results': {
+      arity(1, 'the id of the query');
+      const format = queryFormats.find((f) => f === values.format) as QueryFormat | undefined;
+      if (format === undefined) throw new UsageError(`--format ${JSON.stringify(values.format)} must be one of ${queryFormats.join(', ')}\n\n${queriesHelp}`);
+      const path = `/api/v1/queries/${encodeURIComponent(rest[0]!)}/results?${new URLSearchParams({ from: values.from!, to: values.to! }).toString()}`;
+      const { json, raw } = await call(core, 'GET', path);
+      return void console.log(renderAnswer(format, json as QueryAnswer, raw));
+    }
+    case undefined:
+      throw new UsageError(`which queries command? list, create, edit, delete or results\n\n${queriesHelp}`);
+    default:
+      throw new UsageError(`unknown queries command ${JSON.stringify(command)}; use list, create, edit, delete or results\n\n${queriesHelp}`);
+  }
+}
