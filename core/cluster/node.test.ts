@@ -22,13 +22,13 @@ function peer(id: string, applied: number | undefined, silentMs = 0): NodeState 
 }
 
 /** Node `me` (applied 5,000 of shard 0, whose stream now starts at 9,000) after `rounds` rounds beside `others`. */
-async function rounds(me: string, others: NodeState[], n = 5, mine = 5000): Promise<{ started: [number, number, boolean][]; copies: number; counters: Record<string, number>; consumerCounters: Record<string, number> }> {
+async function rounds(me: string, others: NodeState[], n = 5, mine = 5000, joining = false): Promise<{ started: [number, number, boolean][]; copies: number; counters: Record<string, number>; consumerCounters: Record<string, number> }> {
   const Ctor = ClusterNode as unknown as new (nc: unknown, o: unknown) => Inside;
   let copies = 0;
   const node = new Ctor({}, { node: me, url: 'http://127.0.0.1:1', workers: 1, want: {}, heartbeatMs: 2000, deadAfterMs: 10_000, replaceAfterMs: 60_000, movesMax: 8, readyLagMax: 8, copyShard: async () => (copies++, 0), log: () => undefined });
   node.settings = { shards: 1, ownerReplicas: 2 };
   node.pool = { shards: 1, streamSeqs: async () => ({ 0: mine }), restartFromStream: async () => undefined };
-  node.doc = { shards: [{ owners: [me, ...others.map((o) => o.id)], joining: [] }] };
+  node.doc = { shards: [joining ? { owners: others.map((o) => o.id), joining: [me] } : { owners: [me, ...others.map((o) => o.id)], joining: [] }] };
   node.nodeStates = [peer(me, mine), ...others];
   node.consumers.set(0, { state: 'behind_stream', caughtUp: false, streamFirst: 9000, applied: mine, lag: Infinity, lastError: '', counters: { messages_applied: 70, stream_resets: 1 } });
   const started: [number, number, boolean][] = [];
@@ -59,6 +59,12 @@ describe('an owner behind its stream with no ready owner to copy from', () => {
     expect((await rounds('b', [peer('a', -1)], 5, -1)).started).toEqual([]);
     // An owner that holds data wins over one at −1.
     expect((await rounds('a', [peer('b', 5000)], 5, -1)).started).toEqual([]);
+  });
+
+  it('regression: a joiner holding nothing waits a quarter of an hour for silent owners before it reads the stream alone (before: after the minute of replace-after, and it then answered for the shard with only what the stream keeps)', async () => {
+    expect((await rounds('c', [peer('a', 5000, 61_000), peer('b', 5000, 61_000)], 5, 0, true)).started).toEqual([]);
+    expect((await rounds('c', [peer('a', 5000, 14 * 60_000), peer('b', 5000, 14 * 60_000)], 5, 0, true)).started).toEqual([]);
+    expect((await rounds('c', [peer('a', 5000, 16 * 60_000), peer('b', 5000, 16 * 60_000)], 5, 0, true)).started).toEqual([[0, 0, true]]);
   });
 
   it('waits while a live owner may still be a source: it reaches the stream, or has not said what it applied', async () => {

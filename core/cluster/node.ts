@@ -49,6 +49,13 @@ const copyFailureReports = { inRowToReport: 3, reportMs: 10 * 60_000, reportMaxM
  * 2-core bench box (docs/figures.md), so half an hour is a backlog no join should have.
  */
 const joinCatchUpMaxMs = 30 * 60_000;
+/**
+ * A joiner holding nothing of a shard whose owners are all silent waits this long for one of them
+ * (it holds the shard's history) before it reads the stream alone: from the stream it would hold
+ * only what the stream still keeps, and answer for the shard with that, unmarked. A placer
+ * replaces owners silent past replace-after (a minute); a rack's power blip outlasts that.
+ */
+const joinerPatienceMs = 15 * 60_000;
 /** A durable consumer nobody pulls from for this long is deleted by the server (a node id gone for good). */
 const consumerInactiveMs = 3_600_000;
 /** Refused node records remembered to log each once (a few; cleared when full). */
@@ -563,14 +570,17 @@ export class ClusterNode implements ClusterView {
    * Whether this owner of shard k, behind its stream (its first message `streamFirst` is past
    * what it applied), with no ready owner to copy from, should read on from the stream's first
    * message and accept the gap. It waits while another owner is alive that may still be a
-   * source: one silent less than the replace-after time (down a moment, it may come back with
+   * source: one silent less than the replace-after time (a joiner holding nothing of the shard:
+   * joinerPatienceMs, a quarter of an hour) (down a moment, it may come back with
    * everything) whose applied sequence is unknown yet or reaches the stream (it catches up, then
    * this one copies from it). When every live owner is behind the stream too, the one that
    * applied the most (ties: the lowest node id) resumes and the others copy from it once it is
    * ready — before, each waited for the other for good while the stream went on aging out.
    */
   private resumesWithGap(k: number, applied: number, streamFirst: number): boolean {
-    const others = this.nodeStates.filter((n) => n.id !== this.o.node && n.silentMs < this.o.replaceAfterMs && this.doc!.shards[k]!.owners.includes(n.id));
+    // A joiner holding nothing waits longer for the owners (see joinerPatienceMs).
+    const patienceMs = applied <= 0 && this.doc!.shards[k]!.joining.includes(this.o.node) ? Math.max(joinerPatienceMs, this.o.replaceAfterMs) : this.o.replaceAfterMs;
+    const others = this.nodeStates.filter((n) => n.id !== this.o.node && n.silentMs < patienceMs && this.doc!.shards[k]!.owners.includes(n.id));
     for (const n of others) {
       const theirs = n.applied[k];
       if (theirs === undefined || theirs >= streamFirst - 1) return false;
