@@ -283,31 +283,25 @@ export class Registry {
    * time); returns how many. Before, every save rewrote every entry.
    */
   touchDue(stepMs: number, most: number): number {
-    let n = 0;
     // Each pass goes on where the last stopped (round robin): with more due than `most`, the
     // entries at the end are reached too (before: each pass began at the start and spent its
     // share there, and the last entries' times on disk fell behind without bound).
-    const servers = this.serversById.length;
-    for (let k = 0; k < servers && n < most; k++) {
-      const id = (this.touchServerAt + k) % servers;
+    const due = (lastSeenMs: number, savedMs: number | undefined, i: number) => lastSeenMs - (savedMs ?? -Infinity) >= stepMs + jitter(i, stepMs);
+    const servers = roundRobin(this.serversById.length, this.touchServerAt, most, (id) => {
       const s = this.serversById[id];
-      if (s !== undefined && s.lastSeenMs - (this.savedServerMs[id] ?? -Infinity) >= stepMs + jitter(id, stepMs) && !this.dirtyServers.has(s)) {
-        this.dirtyServers.add(s);
-        n++;
-        if (n >= most) this.touchServerAt = (id + 1) % servers;
-      }
-    }
-    const metrics = this.metrics.length;
-    for (let k = 0; k < metrics && n < most; k++) {
-      const m = (this.touchMetricAt + k) % metrics;
+      if (s === undefined || this.dirtyServers.has(s) || !due(s.lastSeenMs, this.savedServerMs[id], id)) return false;
+      this.dirtyServers.add(s);
+      return true;
+    });
+    this.touchServerAt = servers.next;
+    const metrics = roundRobin(this.metrics.length, this.touchMetricAt, most - servers.taken, (m) => {
       const info = this.metrics[m];
-      if (info !== undefined && info.lastSeenMs - (this.savedMetricMs[m] ?? -Infinity) >= stepMs + jitter(m, stepMs) && !this.dirtyMetrics.has(m)) {
-        this.dirtyMetrics.add(m);
-        n++;
-        if (n >= most) this.touchMetricAt = (m + 1) % metrics;
-      }
-    }
-    return n;
+      if (info === undefined || this.dirtyMetrics.has(m) || !due(info.lastSeenMs, this.savedMetricMs[m], m)) return false;
+      this.dirtyMetrics.add(m);
+      return true;
+    });
+    this.touchMetricAt = metrics.next;
+    return servers.taken + metrics.taken;
   }
 
   /** Where touchDue's next pass over the servers and the metrics begins. */
@@ -368,4 +362,18 @@ export class Registry {
 /** A fixed share of `stepMs` per entry (0 ≤ jitter < stepMs): entries come due spread over time, not all at once. */
 function jitter(id: number, stepMs: number): number {
   return (Math.imul(id + 1, 0x9e3779b1) >>> 0) % Math.max(1, Math.floor(stepMs));
+}
+
+/**
+ * Visits indexes 0..count−1 from `from` round, until `take` returned true `most` times; returns
+ * how many it took and where the next pass should begin (after the last taken, or `from` again
+ * when the pass went all the way round).
+ */
+function roundRobin(count: number, from: number, most: number, take: (i: number) => boolean): { taken: number; next: number } {
+  let taken = 0;
+  for (let k = 0; k < count && taken < most; k++) {
+    const i = (from + k) % count;
+    if (take(i) && ++taken >= most) return { taken, next: (i + 1) % count };
+  }
+  return { taken, next: count === 0 ? 0 : from % count };
 }
