@@ -571,9 +571,11 @@ export class Store {
    * are sized by its first section: 8 B a second of the block per server) and each metric's head.
    * Twice the bytes alone under-counted a block's first second 15–30× (a review's script: a
    * 4 MiB bound answered 204 up to 11 MB), so the bound did not hold. A later section with more
-   * entries for one metric than any before it of its rack and block (a rack's first second held
-   * one server, the next a thousand) grows columns by doubling: charged as twice its points'
-   * columns (before: not at all — a review's script held 6.5 × the bound after one such section).
+   * entries than any before it of its rack and block (metrics new in the block, or wider: a
+   * first second of one server, then one of a thousand) is charged twice the columns of the
+   * entries past that most (before: nothing — 6.5 × the bound after one such section). Entries
+   * that move between metrics without growing in total are not charged (a metric's columns at
+   * most double then).
    */
   private headGrowth(valid: readonly { decoded: ShardSectionMessage[] }[], bytes: number): number {
     let grows = bytes * 2;
@@ -584,7 +586,12 @@ export class Store {
         // 8 B a second per server, its slot (4 B, the columns' server ids) and, past a few servers, its slot index entry.
         const columns = m.pointServers.length * (this.opts.blockSeconds * 8 + 4 + indexEntryBytes);
         if (seen === undefined) grows += columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
-        else if (m.pointServers.length + m.distServers.length > seen) grows += 2 * columns + (m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
+        else {
+          // Entries past the most the rack sent in a section of this block: new metrics or wider
+          // ones, charged twice (columns double as they grow).
+          const more = m.pointServers.length + m.distServers.length - seen;
+          if (more > 0) grows += 2 * more * (this.opts.blockSeconds * 8 + 4 + indexEntryBytes) + Math.min(more, m.pointEnds.length + m.distEnds.length) * metricHeadBytes;
+        }
       }
     }
     return grows;

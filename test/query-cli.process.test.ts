@@ -111,6 +111,14 @@ describe('apm queries', () => {
       const bad = await apm(['queries', 'edit', id, 'FROM * SELEKT cli.g COMPUTE max', '--core', url]);
       expect(bad.code).toBe(2);
       expect(bad.lines.join('\n')).toMatch(/\n\s+FROM \* SELEKT cli\.g COMPUTE max\n\s+\^/);
+      // Options a subcommand does not read, and ids that would name another path: usage errors.
+      expect((await apm(['queries', 'list', '--format', 'csv', '--core', url])).code).toBe(2);
+      expect((await apm(['queries', 'results', '.', '--core', url])).code).toBe(2);
+      // A query created without a name is named by its text; a new text renames it too.
+      const unnamed = (await apm(['queries', 'create', 'FROM * SELECT cli.g WINDOW 5s COMPUTE max', '--core', url])).lines[0]!;
+      const retexted = await apm(['queries', 'edit', unnamed, 'FROM * SELECT cli.g WINDOW 10s COMPUTE min', '--core', url]);
+      expect(retexted.lines[0]).toBe(`${unnamed}  FROM * SELECT cli.g WINDOW 10s COMPUTE min  FROM * SELECT cli.g WINDOW 10s COMPUTE min`);
+      expect((await apm(['queries', 'delete', unnamed, '--core', url])).code).toBe(0);
       expect((await apm(['queries', 'delete', id, '--core', url])).code).toBe(0);
       const gone = await apm(['queries', 'delete', id, '--core', url]);
       expect(gone.code).toBe(1);

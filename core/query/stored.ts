@@ -229,10 +229,12 @@ export class StoredQueries {
         continue;
       }
       const start = w.startMs / 1000;
-      // A revision older than the one kept (they may come out of order): the kept one stands.
+      // A revision lower than the one kept (hand-overs may come out of order): the kept one
+      // stands. An equal one replaces it — revisions are counted by each evaluating node, so a
+      // node that took a query over may number its revision as one another node kept already.
       const key = resultKey(qid, w.startMs);
       const kept = puts.get(key) ?? (restarted.includes(qid) ? undefined : this.results.get(key));
-      if (kept !== undefined && (JSON.parse(kept) as WindowResult).revision >= w.revision && (cursors.get(qid) ?? this.cursors.get(qid))?.query === query) continue;
+      if (kept !== undefined && (JSON.parse(kept) as WindowResult).revision > w.revision && (cursors.get(qid) ?? this.cursors.get(qid))?.query === query) continue;
       let c = cursors.get(qid) ?? this.cursors.get(qid);
       if (c === undefined || c.query !== query) {
         if (c !== undefined && !restarted.includes(qid)) restarted.push(qid);

@@ -652,6 +652,9 @@ const live = {
     clearTimeout(this.timer);
     this.es?.close();
     this.es = null;
+    // A stream this page opens itself follows a listing (or needs none): only the browser's own
+    // reconnects of one stream list the queries again.
+    this.everOpen = false;
   },
 };
 
