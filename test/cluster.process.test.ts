@@ -115,11 +115,13 @@ describe('core cluster on NATS JetStream', () => {
     expect(published).toBeGreaterThanOrEqual(20 * racks.length); // one message per shard a second has data for
     const want = expectedSums(t0, t0 + 20);
     const urls = [...h.cores.values()].map((c) => c.url);
-    // Every node answers (proxying what it does not own), each the exact record.
+    // Every node answers (proxying what it does not own), each the exact record. A 503 while
+    // both owners of a shard apply the burst just published (shard_unavailable: retry) is asked
+    // again; it failed this test once when two test files ran at once.
     for (const url of urls) {
       const got = await until(async () => {
-        const s = await sums(url, t0, t0 + 20);
-        return JSON.stringify(s) === JSON.stringify(want) ? s : undefined;
+        const s = await sums(url, t0, t0 + 20).catch((err: Error) => (/: 503 /.test(err.message) ? null : Promise.reject(err)));
+        return s !== null && JSON.stringify(s) === JSON.stringify(want) ? s : undefined;
       }, 30_000, `${url} to answer every published second`);
       expect(got).toEqual(want);
     }
