@@ -31,3 +31,32 @@ export function unreachable(core: string, err: unknown, start = 'apm core'): Com
   const e = err as Error & { cause?: Error };
   return new CommandError(`cannot reach the core at ${core}: ${e.message}${e.cause ? ` (${e.cause.message})` : ''}; start it (${start}) or give its URL with --core`);
 }
+
+/**
+ * One JSON call to the core's API: its status, parsed body (null for 204) and text. Unreachable,
+ * not JSON and error answers become the command's errors (answerError); a parse error points at
+ * its character in `queryText`.
+ */
+export async function callCore(core: string, method: string, path: string, body?: unknown, queryText = ''): Promise<{ status: number; json: unknown; raw: string }> {
+  const url = coreUrl(core, path);
+  let res: Response;
+  let raw: string;
+  try {
+    res = await fetch(url, { method, headers: { ...authHeaders(), ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) });
+    raw = await res.text();
+  } catch (err) {
+    throw unreachable(core, err);
+  }
+  if (res.status === 204) return { status: 204, json: null, raw };
+  let json: { error?: string; position?: number };
+  try {
+    json = JSON.parse(raw) as typeof json;
+  } catch {
+    throw new CommandError(`the core at ${core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
+  }
+  if (!res.ok) {
+    const pointer = json.position === undefined || queryText === '' ? '' : `\n  ${queryText}\n  ${' '.repeat(json.position)}^`;
+    throw answerError(res.status, `${json.error ?? res.statusText}${pointer}`);
+  }
+  return { status: res.status, json, raw };
+}

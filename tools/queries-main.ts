@@ -1,9 +1,9 @@
 // `apm queries …`: the core's stored queries from the command line — list, create, edit, delete,
 // and print a stored query's results — through the HTTP API (docs/http-api.md, "Stored queries").
 
-import { CommandError, parseOptions, UsageError } from '../lib/args.js';
-import { answerError, authHeaders, coreUrl, unreachable } from './core-client.js';
-import { queryFormats, renderAnswer, type QueryAnswer, type QueryFormat } from './query-main.js';
+import { parseOptions, UsageError } from '../lib/args.js';
+import { callCore } from './core-client.js';
+import { queryFormats, renderAnswer, table, type QueryAnswer, type QueryFormat } from './query-main.js';
 
 export const queriesHelp = `apm queries: the core's stored queries (evaluated continuously, results kept)
 
@@ -31,33 +31,8 @@ interface StoredQuery {
   createdMs: number;
 }
 
-/** One call to the core's API: its status and JSON body (null for 204); failures as the CLI's errors. */
-async function call(core: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown; raw: string }> {
-  const url = coreUrl(core, path);
-  let res: Response;
-  let raw: string;
-  try {
-    res = await fetch(url, { method, headers: { ...authHeaders(), ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) });
-    raw = await res.text();
-  } catch (err) {
-    throw unreachable(core, err);
-  }
-  if (res.status === 204) return { status: 204, json: null, raw };
-  let json: { error?: string; position?: number };
-  try {
-    json = JSON.parse(raw) as typeof json;
-  } catch {
-    throw new CommandError(`the core at ${core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
-  }
-  if (!res.ok) {
-    // A parse error points at its character, as apm query does.
-    const text = typeof body === 'object' && body !== null && 'query' in body ? String((body as { query: string }).query) : '';
-    const pointer = json.position === undefined || text === '' ? '' : `\n  ${text}\n  ${' '.repeat(json.position)}^`;
-    // 404 (no such id) is the core's answer about the data, not a usage error.
-    throw res.status === 404 ? new CommandError(json.error ?? 'not found') : answerError(res.status, `${json.error ?? res.statusText}${pointer}`);
-  }
-  return { status: res.status, json, raw };
-}
+/** A call to the core (an unknown id, 404, is a failure: exit 1); a parse error points into the query sent. */
+const call = (core: string, method: string, path: string, body?: { query?: string; name?: string }) => callCore(core, method, path, body, body?.query ?? '');
 
 export async function queriesMain(argv: string[]): Promise<void> {
   const { values, positionals } = parseOptions(
@@ -97,11 +72,11 @@ export async function queriesMain(argv: string[]): Promise<void> {
       const { json, raw } = await call(core, 'GET', '/api/v1/queries');
       if (values.json) return void console.log(raw.trimEnd());
       const { queries: list, unloadable } = json as { queries: StoredQuery[]; unloadable?: { id: string; query: string; error: string }[] };
-      console.log(textTable(['id', 'name', 'query'], list.map((q) => [q.id, q.name, q.query])));
+      console.log(table(['id', 'name', 'query'], list.map((q) => [q.id, q.name, q.query]), 3));
       console.log(`${list.length} stored ${list.length === 1 ? 'query' : 'queries'}`);
       // Set aside by the core (a text that no longer parses, beyond the limit): listed, to delete by id.
       if (unloadable !== undefined && unloadable.length > 0) {
-        console.log(`\nset aside, not evaluated (apm queries delete <id>):\n${textTable(['id', 'why', 'query'], unloadable.map((u) => [u.id, u.error, u.query]))}`);
+        console.log(`\nset aside, not evaluated (apm queries delete <id>):\n${table(['id', 'why', 'query'], unloadable.map((u) => [u.id, u.error, u.query]), 3)}`);
       }
       return;
     }
@@ -140,11 +115,4 @@ export async function queriesMain(argv: string[]): Promise<void> {
     default:
       throw new UsageError(`unknown queries command ${JSON.stringify(command)}; use list, create, edit, delete or results\n\n${queriesHelp}`);
   }
-}
-
-/** Rows of text cells → columns aligned left (ids, names, query texts). */
-function textTable(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
-  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }

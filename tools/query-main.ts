@@ -2,8 +2,8 @@
 // the API's JSON, or CSV.
 
 import { fnKey, parseQuery } from '../core/query/parse.js';
-import { CommandError, parseOptions, UsageError } from '../lib/args.js';
-import { answerError, authHeaders, coreUrl, unreachable } from './core-client.js';
+import { parseOptions, UsageError } from '../lib/args.js';
+import { callCore } from './core-client.js';
 
 export const queryFormats = ['table', 'json', 'csv'] as const;
 export type QueryFormat = (typeof queryFormats)[number];
@@ -40,10 +40,10 @@ export interface QueryAnswer {
   windows: QueryWindow[];
 }
 
-/** Rows of cells → aligned text (first column left-aligned, the rest right-aligned). */
-export function table(head: string[], rows: string[][]): string {
+/** Rows of cells → aligned text: the first `leftColumns` columns left-aligned (text), the rest right-aligned (numbers). */
+export function table(head: string[], rows: string[][], leftColumns = 1): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  const line = (cells: string[]) => cells.map((c, i) => (i < leftColumns ? (i === cells.length - 1 ? c : c.padEnd(widths[i]!)) : c.padStart(widths[i]!))).join('  ');
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 
@@ -122,27 +122,7 @@ export async function main(argv: string[]): Promise<void> {
   const format = parseFormat(values.format!);
   const q = positionals.join(' ').trim();
   if (q === '') throw new UsageError(`give the query in quotes\n\n${queryHelp}`);
-  const url = coreUrl(values.core!, '/api/v1/query');
-  url.searchParams.set('q', q);
-  url.searchParams.set('from', values.from!);
-  url.searchParams.set('to', values.to!);
-  let res: Response;
-  let raw: string;
-  try {
-    res = await fetch(url, { headers: authHeaders() });
-    raw = await res.text();
-  } catch (err) {
-    throw unreachable(values.core!, err);
-  }
-  let body: Partial<QueryAnswer> & { error?: string; position?: number };
-  try {
-    body = JSON.parse(raw) as typeof body;
-  } catch {
-    throw new CommandError(`the core at ${values.core} answered HTTP ${res.status} with a body that is not JSON: ${raw.slice(0, 200)}`);
-  }
-  if (!res.ok) {
-    const pointer = body.position === undefined ? '' : `\n  ${q}\n  ${' '.repeat(body.position)}^`;
-    throw answerError(res.status, `${body.error ?? res.statusText}${pointer}`);
-  }
+  const { json, raw } = await callCore(values.core!, 'GET', `/api/v1/query?${new URLSearchParams({ q, from: values.from!, to: values.to! }).toString()}`, undefined, q);
+  const body = json as Partial<QueryAnswer>;
   console.log(renderAnswer(format, { query: body.query ?? q, windows: body.windows ?? [] }, raw));
 }

@@ -89,5 +89,6 @@ describe('LogIngest', () => {
     now = (t0 - 1200) * 1000;
     expect(await log.ingest(body(3))).toMatchObject({ status: 400, reason: 'future' });
     expect(published.length).toBe(stored);
+    expect(log.refused).toEqual({ past_retention: 1, future: 1 });
   });
 });

@@ -141,7 +141,16 @@ export class LogIngest {
     return null;
   }
 
+  /** Requests refused before anything was published, by reason (malformed, rack not allowed, another S, past the retention, ahead of the clock). */
+  readonly refused: Record<string, number> = {};
+
   async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true): Promise<IngestResult> {
+    const r = await this.publishBody(body, mayRack);
+    if (r.status !== 204 && r.status !== 503) this.refused[r.reason] = (this.refused[r.reason] ?? 0) + 1;
+    return r;
+  }
+
+  private async publishBody(body: Uint8Array, mayRack: (rack: string) => boolean): Promise<IngestResult> {
     const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     if (!r.ok || r.msg.type !== 'rackSecond') {
       const reason = r.ok ? 'not_a_second' : r.reason;

@@ -44,6 +44,7 @@ export function clusterMetrics(p: PromText, n: ClusterNode, streamRefused: Recor
     p.counter('apm_core_cluster_ingest_republished_total', 'Acknowledged rack seconds published again after the connection to NATS came back (the streams de-duplicate)', c.republished);
     p.counter('apm_core_cluster_ingest_republish_failures_total', 'Re-publishes that failed (kept for the next reconnect)', c.republish_failures);
     p.counter('apm_core_cluster_ingest_kept_evicted_total', 'Acknowledged rack seconds forgotten before their keep time (its byte bound): not re-published after a reconnect', c.kept_evicted);
+    p.counters('apm_core_cluster_ingest_refused_total', 'Rack seconds posted to this node and refused before anything was published, by reason (answered 4xx: the sender drops them)', 'reason', logIngest.refused);
     p.gauge('apm_core_cluster_ingest_kept_bytes', 'Bytes of acknowledged rack seconds kept for a re-publish after a reconnect', logIngest.keptBytes);
   }
   p.counters('apm_core_cluster_messages_refused_by_reason_total', 'Stream messages refused for good (the stream moves past them), by reason: they do not decode or belong to another shard, or their rack is past racksMax (racks_full)', 'reason', streamRefused);
