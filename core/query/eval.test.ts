@@ -10,7 +10,7 @@ import { buildColumns, type DistInput, type PointInput } from '../../schema/test
 import { RackMerger } from '../../rack/merge.js';
 import { openNode, type CoreNode, type NodeOptions } from '../node.js';
 import { Store } from '../store.js';
-import { evaluate, orderStatistic, type WindowResult } from './eval.js';
+import { evaluate, orderStatistic, orderStatistics, type WindowResult } from './eval.js';
 import { LmdbDefinitions, QueryCatalog } from './catalog.js';
 import { compileGlob } from './glob.js';
 import { fnKey, parseQuery, type Query } from './parse.js';
@@ -660,6 +660,22 @@ describe('orderStatistic (exact percentiles without a sort, issue 14)', () => {
         expect(Object.is(orderStatistic(Float64Array.from(xs), k), sorted[k])).toBe(true);
       }),
       { numRuns: 500 },
+    );
+  });
+
+  it('gives several ranks at once, each what a sort puts there (zeros of both signs among them)', () => {
+    const v = fc.oneof(fc.double({ noNaN: true }), fc.constantFrom(0, -0, 1, -1), fc.integer({ min: -5, max: 5 }));
+    // Arrays of few distinct values past the size that is sorted outright: partitions leave
+    // zeros of both signs on both sides of a zero.
+    const xsOf = fc.oneof(fc.array(v, { minLength: 1, maxLength: 300 }), fc.array(fc.constantFrom(0, -0, 1, -1), { minLength: 17, maxLength: 100 }));
+    fc.assert(
+      fc.property(xsOf, fc.array(fc.nat(), { minLength: 1, maxLength: 4 }), (xs, kks) => {
+        const ks = kks.map((kk) => kk % xs.length);
+        const sorted = Float64Array.from(xs).sort();
+        const got = orderStatistics(Float64Array.from(xs), ks);
+        for (const k of ks) expect(Object.is(got.get(k), sorted[k])).toBe(true);
+      }),
+      { numRuns: 1000 },
     );
   });
 });
