@@ -11,6 +11,7 @@ import { openNode, type CoreNode } from '../core/node.js';
 import { BatchMaker, blockStart } from './bench-batch.js';
 import type { Figure } from './bench-edge.js';
 import { httpLoad, wrkInstalled, type LoadClient } from './bench-http.js';
+import { countQl, metricsQl, VictoriaMetrics, vmBinary, vmValues, type VmFleet } from './bench-peer-vm.js';
 
 const storedText = 'FROM * SELECT bench.metric_0 WINDOW 5s COMPUTE min, max, avg, p99';
 
@@ -18,8 +19,10 @@ const storedText = 'FROM * SELECT bench.metric_0 WINDOW 5s COMPUTE min, max, avg
  * 25 racks × 40 servers × 20 realistic gauges for `seconds` from `t`, into the node's workers as
  * the HTTP thread hands them over (each second's bodies built while the previous are stored).
  */
+const fleet: VmFleet = { racks: 25, servers: 40, metrics: 20, seedOf: (r) => 300 + r, rackName: (r) => `q-r${r}` };
+
 async function ingest(node: CoreNode, t: number, seconds: number): Promise<number> {
-  const makers = Array.from({ length: 25 }, (_, r) => new BatchMaker({ rack: `q-r${r}`, servers: 40, metrics: 20, distShare: 0, seed: 300 + r, shards: node.pool.shards, session: 3000 + r }));
+  const makers = Array.from({ length: fleet.racks }, (_, r) => new BatchMaker({ rack: fleet.rackName(r), servers: fleet.servers, metrics: fleet.metrics, distShare: 0, seed: fleet.seedOf(r), shards: node.pool.shards, session: 3000 + r }));
   let points = 0;
   let pending: Promise<void> = Promise.resolve();
   for (let k = 0; k < seconds; k++) {
@@ -53,6 +56,7 @@ interface Window {
   startMs: number;
   servers: number;
   count: number;
+  values: Record<string, number>;
 }
 
 async function windowsOf(url: string): Promise<Window[]> {
@@ -97,18 +101,55 @@ function spreadServers(): string[] {
 async function shapesTable(base: string, t: number, seconds: number): Promise<Figure[]> {
   const out: Figure[] = [];
   const lean = new Pool(base, { connections: 1 });
+  // VictoriaMetrics side by side when installed (Debian: apt install victoria-metrics), fed the
+  // table's first 600 s of every series: both systems on this box, one at a time.
+  const bin = vmBinary();
+  let vm: VictoriaMetrics | null = null;
   try {
-    return await shapesTableWith(base, t, seconds, lean, out);
+    if (bin === null) console.log('  victoria-metrics is not installed (Debian: apt install victoria-metrics; or APM_BENCH_VM=<binary>): the table compares with DESIGN §7\'s published figures only');
+    else {
+      vm = await VictoriaMetrics.start(bin);
+      const c0 = performance.now();
+      const samples = await vm.importFleet(fleet, t, 600);
+      console.log(`  ${vm.version} on 127.0.0.1 beside apm: ${samples.toLocaleString('en-US')} samples imported (the same shapes and seeds) in ${((performance.now() - c0) / 1000).toFixed(1)} s`);
+    }
+    return await shapesTableWith(base, t, seconds, lean, vm, out);
   } finally {
     await lean.close();
+    await vm?.stop();
   }
+}
+
+/**
+ * VictoriaMetrics' p50 for one cell (nocache=1, warmed as apm's), after checking that it holds the
+ * same points per window as apm and gives apm's min, max and avg (to 1e-9) for each window.
+ */
+async function vmCell(vm: VictoriaMetrics, t: number, fns: string[], servers: readonly string[] | null, apm: Window[]): Promise<{ p50: number; max: number }> {
+  const selector = servers === null ? '{__name__="bench.metric_0"}' : `{__name__="bench.metric_0", server=~"${servers.join('|')}"}`;
+  const [start, end] = [t + 4, t + 4 + 119 * 5];
+  const label = `VictoriaMetrics, ${fns.join(', ')} over ${servers === null ? 'every server' : `${servers.length} servers`}`;
+  const counts = vmValues(await vm.query(countQl(selector), start, end, 5), '');
+  const path = vm.rangePath(metricsQl(fns, selector), start, end, 5);
+  let result = await vm.get(path);
+  for (const w of apm) {
+    const at = w.startMs / 1000;
+    if (counts.get(at) !== w.count) throw new Error(`bench query INVALID RUN: ${label}: window ${at} holds ${counts.get(at)} points, apm ${w.count}`);
+    for (const f of fns) {
+      const v = vmValues(result, /^p\d+$/.test(f) ? String(Number(f.slice(1)) / 100) : f).get(at);
+      const want = w.values[f]!;
+      const close = /^p\d+$/.test(f) ? v !== undefined && Number.isFinite(v) : f === 'avg' ? v !== undefined && Math.abs(v - want) <= 1e-9 * Math.max(1, Math.abs(want)) : v === want;
+      if (!close) throw new Error(`bench query INVALID RUN: ${label}: window ${at} ${f} = ${v}, apm ${want}`);
+    }
+  }
+  for (let i = 0; i < 30; i++) result = await vm.get(path);
+  return timeMs(21, async () => void (result = await vm.get(path)));
 }
 
 // Each cell three ways: every window evaluated (nocache=1: what the engine costs); the same
 // query again (its windows from the worker's answer cache, core/query/windowcache.ts: a panel
 // redrawn, a second viewer); and a dashboard's refresh, the range 5 s later at each call (one
 // new window evaluated, 119 from the cache; needs data past the range: not with --quick).
-async function shapesTableWith(base: string, t: number, seconds: number, lean: Pool, out: Figure[]): Promise<Figure[]> {
+async function shapesTableWith(base: string, t: number, seconds: number, lean: Pool, vm: VictoriaMetrics | null, out: Figure[]): Promise<Figure[]> {
   const refreshes = seconds >= 600 + 5 * 60;
   const lines = [
     '                                   apm p50 ms (max)',
@@ -116,6 +157,7 @@ async function shapesTableWith(base: string, t: number, seconds: number, lean: P
     '  servers  functions               fetch          undici          fetch         undici        undici          before   VictoriaMetrics (every window)',
   ];
   const ms = (r: { p50: number; max: number }) => `${r.p50.toFixed(2).padStart(6)} (${r.max.toFixed(1)})`.padEnd(15);
+  const peer: string[] = [];
   for (const [servers, from] of [[1000, '*'], [40, spreadServers().join(',')]] as const) {
     for (const shape of tableShapes) {
       const q = encodeURIComponent(`FROM ${from} SELECT bench.metric_0 WINDOW 5s COMPUTE ${shape.fns}`);
@@ -136,6 +178,7 @@ async function shapesTableWith(base: string, t: number, seconds: number, lean: P
       windows = [];
       const rl = await timeMs(21, async () => void (windows = await windowsOfLean(lean, base, url)));
       check('undici.request');
+      const atStart = windows; // the windows from t, for the side-by-side check
       for (let i = 0; i < 5; i++) await windowsOf(cached), await windowsOfLean(lean, base, cached);
       windows = [];
       const c = await timeMs(21, async () => void (windows = await windowsOf(cached)));
@@ -146,12 +189,19 @@ async function shapesTableWith(base: string, t: number, seconds: number, lean: P
       let shift = 0;
       const refresh = refreshes ? await timeMs(21, async () => void (windows = await windowsOfLean(lean, base, urlAt((shift += 5))))) : null;
       if (refresh !== null) check('undici.request, refreshed');
-      const vm = servers === 1000 ? shape.vm1000 : shape.vm40;
+      const published = servers === 1000 ? shape.vm1000 : shape.vm40;
       const before = servers === 1000 ? shape.before1000 : shape.before40;
-      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${ms(r)}${ms(rl)}${ms(c)}${ms(cl)}${refresh === null ? '—'.padEnd(15) : ms(refresh)} ${before.padStart(6)}   ${vm}`);
+      lines.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${ms(r)}${ms(rl)}${ms(c)}${ms(cl)}${refresh === null ? '—'.padEnd(15) : ms(refresh)} ${before.padStart(6)}   ${published}`);
       const cell = `issue 14 table: 1 metric × ${servers} servers${servers === 40 ? ' (spread, 1–2 per rack)' : ''} × 120 windows of 5 s, ${shape.label}`;
-      out.push({ name: cell, value: r.p50, unit: `ms p50 with fetch, nocache=1 (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${vm} ms` });
-      out.push({ name: `${cell}, undici.request`, value: rl.p50, unit: `ms p50, nocache=1 (max ${rl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${vm} ms` });
+      out.push({ name: cell, value: r.p50, unit: `ms p50 with fetch, nocache=1 (max ${r.max.toFixed(1)} ms; before ${before} ms)`, target: `VictoriaMetrics ${published} ms` });
+      out.push({ name: `${cell}, undici.request`, value: rl.p50, unit: `ms p50, nocache=1 (max ${rl.max.toFixed(1)} ms)`, target: `VictoriaMetrics ${published} ms` });
+      if (vm !== null) {
+        const v = await vmCell(vm, t, shape.fns.split(', '), servers === 1000 ? null : spreadServers(), atStart);
+        const ratio = rl.p50 / v.p50;
+        peer.push(`  ${String(servers).padStart(7)}  ${shape.label.padEnd(22)}  ${ms(rl)}${ms(v)}${ratio.toFixed(2).padStart(6)}×  ${ratio < 1 ? 'apm faster' : 'VictoriaMetrics faster'}`);
+        out.push({ name: `${cell}, VictoriaMetrics side by side (undici.request, nocache=1)`, value: v.p50, unit: `ms p50 (max ${v.max.toFixed(1)} ms)` });
+        out.push({ name: `${cell}, apm ÷ VictoriaMetrics side by side`, value: ratio, unit: '× (undici p50 ÷ undici p50; below 1: apm faster)', target: '< 1' });
+      }
       // The cached cells have no VictoriaMetrics column: its figures were taken in another harness,
       // with its cache state not recorded; only every-window (nocache=1) cells compare with them.
       out.push({ name: `${cell}, same query again (answer cache), fetch`, value: c.p50, unit: `ms p50 (max ${c.max.toFixed(1)} ms)` });
@@ -163,6 +213,12 @@ async function shapesTableWith(base: string, t: number, seconds: number, lean: P
   const floor = await timeMs(21, async () => void (await (await fetch(`${base}/api/v1/placement`)).text()));
   const floorLean = await timeMs(21, async () => void (await (await lean.request({ path: '/api/v1/placement', method: 'GET' })).body.text()));
   lines.push(`  HTTP floor (GET /api/v1/placement from this process): fetch ${floor.p50.toFixed(2)} ms p50, undici.request ${floorLean.p50.toFixed(2)} ms p50`);
+  if (vm !== null) {
+    lines.push('', `  side by side on this box, every window (nocache=1), undici.request on one kept-alive connection each; ${vm.version}:`);
+    lines.push('  servers  functions               apm p50 (max)  VM p50 (max)   apm ÷ VM');
+    lines.push(...peer);
+    lines.push('  (VictoriaMetrics: min/max/avg as MetricsQL rollups; percentiles by histogram_quantiles over histogram_over_time, its own fleet percentile, ~12 % buckets, where apm\'s are exact)');
+  }
   console.log(lines.join('\n'));
   out.push({ name: 'issue 14 table: HTTP floor, GET /api/v1/placement from the bench process, fetch', value: floor.p50, unit: 'ms p50' });
   out.push({ name: 'issue 14 table: HTTP floor, the same with undici.request', value: floorLean.p50, unit: 'ms p50' });

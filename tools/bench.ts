@@ -48,6 +48,9 @@ restarted (its catch-up rate).
 The fleet section starts real core, rack (one per 40 servers) and simulator processes and
 ramps the fleet (servers × 2,000 metrics) until a step does not keep up; the largest step
 that kept up is the headline.
+The query section times one metric in 120 windows of 5 s over 1,000 and over 40 spread servers;
+with victoria-metrics installed (apt install victoria-metrics, or APM_BENCH_VM=<binary>) it
+starts one on 127.0.0.1, imports the same samples, and times each cell there too (apm ÷ it).
 HTTP load (the query section's stored results, the fleet's results p99) comes from wrk when it
 is installed (apt install wrk), else from autocannon; the output says which.
 A section whose run is invalid (nothing stored, points lost, no rows) stops with an error.`;
