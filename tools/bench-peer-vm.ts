@@ -67,6 +67,7 @@ export class VictoriaMetrics {
     const port = await freePort();
     const proc = spawn(bin, [`-storageDataPath=${dir}`, `-httpListenAddr=127.0.0.1:${port}`, '-retentionPeriod=100y', '-loggerLevel=ERROR'], { stdio: ['ignore', 'ignore', 'pipe'] });
     const log: string[] = [];
+    proc.on('error', (err) => void (log.length < 50 && log.push(`spawn: ${err.message}`)));
     proc.stderr!.setEncoding('utf8').on('data', (s: string) => void (log.length < 50 && log.push(s.trim())));
     const base = `http://127.0.0.1:${port}`;
     const client = new Pool(base, { connections: 1 });
@@ -74,7 +75,10 @@ export class VictoriaMetrics {
     const vm = new VictoriaMetrics(base, proc, dir, client, version, log);
     const until = Date.now() + 30_000;
     for (;;) {
-      if (proc.exitCode !== null) throw new Error(`bench query INVALID RUN: victoria-metrics exited (${proc.exitCode}) at start: ${log.join(' | ')}`);
+      if (vm.exited()) {
+        await vm.stop();
+        throw new Error(`bench query INVALID RUN: victoria-metrics exited (${proc.exitCode ?? proc.signalCode}) at start (its port ${port} taken since it was found free?): ${log.join(' | ')}`);
+      }
       try {
         const res = await client.request({ path: '/health', method: 'GET' });
         const text = await res.body.text();
@@ -120,6 +124,7 @@ export class VictoriaMetrics {
     }
     const flushed = await this.client.request({ path: '/internal/force_flush', method: 'GET' });
     await flushed.body.text();
+    await this.settled();
     const want = fleet.racks * fleet.servers * seconds;
     const until = Date.now() + 30_000;
     for (;;) {
@@ -127,6 +132,24 @@ export class VictoriaMetrics {
       const n = Number(got[0]?.values[0]?.[1] ?? 0);
       if (n === want) return samples;
       if (Date.now() > until) throw new Error(`bench query INVALID RUN: victoria-metrics holds ${n} samples of bench.metric_0 after import (want ${want}): ${this.log.join(' | ')}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  /**
+   * Waits (30 s at most) until no merge of parts runs nor rows wait to be added: the import's
+   * background work would otherwise overlap the timing of either system on a 2-core box.
+   */
+  async settled(): Promise<void> {
+    const until = Date.now() + 30_000;
+    let quiet = 0;
+    while (Date.now() < until) {
+      const res = await this.client.request({ path: '/metrics', method: 'GET' });
+      const text = await res.body.text();
+      let busy = 0;
+      for (const line of text.split('\n')) if (/^(vm_active_merges|vm_pending_rows)\{/.test(line)) busy += Number(line.slice(line.lastIndexOf(' ') + 1)) || 0;
+      quiet = busy === 0 ? quiet + 1 : 0;
+      if (quiet >= 3) return;
       await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -148,9 +171,14 @@ export class VictoriaMetrics {
     return this.get(this.rangePath(query, start, end, step));
   }
 
+  /** Whether the process has ended (by exit or by a signal: exitCode alone stays null then). */
+  exited(): boolean {
+    return this.proc.exitCode !== null || this.proc.signalCode !== null || this.proc.pid === undefined;
+  }
+
   async stop(): Promise<void> {
     await this.client.close().catch(() => undefined);
-    if (this.proc.exitCode === null) {
+    if (!this.exited()) {
       const exited = new Promise((r) => this.proc.once('exit', r));
       this.proc.kill('SIGTERM');
       const killer = setTimeout(() => this.proc.kill('SIGKILL'), 10_000);

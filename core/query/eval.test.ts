@@ -678,4 +678,28 @@ describe('orderStatistic (exact percentiles without a sort, issue 14)', () => {
       { numRuns: 1000 },
     );
   });
+
+  it('gives the same past the size it buckets at (2,048 values): spreads, skews, outliers, repeats, zeros of both signs', () => {
+    const shapes: ((i: number, r: () => number) => number)[] = [
+      (_, r) => Math.round(r() * 6000) / 100, // a CPU-like gauge
+      (_, r) => Math.exp(r() * 30), // a wide skew
+      (i, r) => (i % 997 === 0 ? 1e12 : r() * 100), // far outliers
+      (i, r) => (i % 3 === 0 ? 1e300 * r() : i % 3 === 1 ? -1e300 * r() : r()), // a span past the largest double
+      (i, r) => (r() < 0.9 ? (i % 2 === 0 ? 0 : -0) : Math.round(r() * 500)), // a queue: zeros of both signs
+      (i, r) => (i % 50 === 0 ? 7 + r() : 7), // a value repeated
+      (i, r) => (r() - 0.5) * 1e-310, // subnormals
+    ];
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: shapes.length - 1 }), fc.integer({ min: 2048, max: 9000 }), fc.integer(), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 4 }), (shape, n, seed, ps) => {
+        let st = seed >>> 0 || 1;
+        const r = () => ((st = (Math.imul(st, 1664525) + 1013904223) >>> 0) / 4294967296);
+        const xs = Float64Array.from({ length: n }, (_, i) => shapes[shape]!(i, r));
+        const ks = ps.map((p) => Math.min(n - 1, Math.floor(p * n)));
+        const sorted = xs.slice().sort();
+        const got = orderStatistics(xs, ks);
+        for (const k of ks) expect(Object.is(got.get(k), sorted[k])).toBe(true);
+      }),
+      { numRuns: 150 },
+    );
+  });
 });

@@ -204,10 +204,7 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
   const max = new Float64Array(n).fill(-Infinity);
   const serversIn = new Int32Array(n);
   const st: EvalStats = stats ?? { rows: 0, windowsSketched: 0, exactValuesHeldMax: 0, sketchesAllocated: 0, seenBitsBytes: 0 };
-  // A window's values arrays start at what its servers give in it (a point a second each, at
-  // most; before: doubled from 64, a tenth of a 1,000-server percentile query's time), within a
-  // sixteenth of the bound so that an empty window is never the fullest by far.
-  const values = new ExactValues(n, exactMax, st, Math.max(64, Math.min(size * W, exactMax >>> 4, 65_536)));
+  const values = new ExactValues(n, exactMax, st);
   const sketches: (SketchAccumulator | undefined)[] = new Array(n);
   const pool: SketchAccumulator[] = [];
   const sketchOf = (w: number) => {
@@ -505,13 +502,13 @@ class ExactValues {
   private held = 0;
   /** Highest window given a value (the open windows are [finalized, top]). */
   private top = -1;
+  /** Values the last window dropped held (its first array's size for the next). */
+  private lastLen = 0;
 
   constructor(
     n: number,
     private readonly max: number,
     private readonly stats: EvalStats,
-    /** A window's first array (then doubled). */
-    private readonly firstCap = 64,
   ) {
     this.vals = new Array(n);
     this.len = new Int32Array(n);
@@ -534,7 +531,12 @@ class ExactValues {
     const k = this.len[w]!;
     if (a === undefined || k === a.length) {
       // Doubling, or as far as the bound lets this array grow (so one window may fill it).
-      let cap = a === undefined ? this.firstCap : 2 * k;
+      // A window's first array holds what the last window done held (windows of one query are
+      // alike; before: doubled from 64 in each, a tenth of a 1,000-server percentile query's
+      // time), within a sixteenth of the bound; then doubled. Not the selection's size: servers
+      // registered are not servers reporting this metric, and the capacities of many windows
+      // so sized passed the bound, which sketched windows holding a few values.
+      let cap = a === undefined ? Math.max(64, Math.min(this.lastLen, this.max >>> 4)) : 2 * k;
       if (this.held + cap - k > this.max && this.max - this.held > 0) cap = Math.max(k + 1, k + this.max - this.held);
       const extra = cap - k;
       // Room first, so that the bound holds at every moment: the fullest open window (this one,
@@ -593,6 +595,7 @@ class ExactValues {
   drop(w: number): void {
     const a = this.vals[w];
     if (a !== undefined) this.held -= a.length;
+    if (this.len[w]! > 0) this.lastLen = this.len[w]!;
     this.vals[w] = undefined;
     this.len[w] = 0;
   }
@@ -614,7 +617,7 @@ function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Flo
   // Exact percentiles: every rank asked for, selected at once (largest first, each later one
   // among the values below it).
   let exact: Map<number, number> | undefined;
-  if (acc === undefined && vals !== undefined && vals.length > 0) {
+  if (acc === undefined && vals !== undefined && vals.length >= bucketSelectMin) {
     const ranks = q.functions.flatMap((f) => (f.type === 'percentile' ? [Math.floor(quantileRank(f.p / 100, vals.length))] : []));
     if (ranks.length > 0) exact = orderStatistics(vals, ranks);
   }
@@ -640,7 +643,10 @@ function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Flo
         if (acc !== undefined) {
           values[key] = acc.quantile(f.p / 100, s.min, s.max);
         } else {
-          values[key] = exact === undefined ? NaN : exact.get(Math.floor(quantileRank(f.p / 100, vals!.length)))!;
+          // (a few values: each rank selected alone, without orderStatistics' set-up per window)
+          const a = vals ?? new Float64Array(0);
+          const rank = Math.floor(quantileRank(f.p / 100, a.length));
+          values[key] = a.length === 0 ? NaN : exact !== undefined ? exact.get(rank)! : orderStatistic(a, rank);
         }
         break;
       }
@@ -684,7 +690,7 @@ export function orderStatistics(a: Float64Array, ks: readonly number[], depth = 
   const scale = B / (hi - lo);
   // NaN (never stored), ±Infinity or a span past the largest double: no buckets.
   if (!(scale > 0 && scale < Infinity)) return selectRanks(a, ks);
-  if (bucketOf.length < n) bucketOf = new Uint16Array(2 * n);
+  if (bucketOf.length < n) bucketOf = new Uint16Array(n);
   const counts = new Int32Array(B);
   for (let i = 0; i < n; i++) {
     // (a[i] − lo)·scale is in [0, B] (monotone in a[i]): truncation is its floor.
@@ -707,6 +713,10 @@ export function orderStatistics(a: Float64Array, ks: readonly number[], depth = 
     }
     slots[slotOf[b]!]!.ranks.push(k - below);
   }
+  // A bucket holding a quarter of the values or more (a queue's zeros, all but a far outlier, a
+  // value repeated) spares too little to gather: selected directly, so the worst case costs the
+  // two passes above more than quickselect (bucketed again, nested outliers took 5 times as long).
+  if (slots.some((sl) => 4 * counts[sl.bucket]! >= n)) return selectRanks(a, ks);
   const gathered = slots.map((sl) => new Float64Array(counts[sl.bucket]!));
   const fill = new Int32Array(slots.length);
   for (let i = 0; i < n; i++) {
