@@ -311,6 +311,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_answer_cache_evicted_total', 'Windows of ad-hoc answers dropped from the cache to stay within its bounds', s('answer_cache_evicted'));
     p.gauge('apm_core_answer_cache_windows', 'Windows of ad-hoc answers held in the caches', s('answer_cache_windows'));
     p.gauge('apm_core_row_cache_bytes', 'Bytes of decoded rows held in the row caches', s('row_cache_bytes'));
+    p.counters('apm_core_row_directory_reads_total', "Reads of a block's stored rows of one metric: their keys, pointers and headers kept from an earlier read of the unchanged block (hit) or read from LMDB (miss)", 'result', { hit: s('row_directory_hits'), miss: s('row_directory_misses') });
+    p.counter('apm_core_row_directory_evicted_total', 'Row directories dropped to stay within their byte bound (least recently used)', s('row_directory_evicted'));
+    p.gauge('apm_core_row_directory_bytes', "Bytes of blocks' row directories (keys, pointers, headers) held", s('row_directory_bytes'));
     p.counter('apm_core_row_slices_total', 'Row-writing transactions (each bounded in time)', s('row_slices'));
     p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last 10 s (ms): the longest a worker stops ingesting to write rows', st.sliceMsMax);
     p.counter('apm_core_row_slices_over_50ms_total', 'Row-writing slices longer than 50 ms (the pause target)', s('slices_over_50ms'));

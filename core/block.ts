@@ -658,6 +658,44 @@ export interface RowDecodeOptions {
    * a 40-server query's row (issue 14, tenth session).
    */
   scratch?: RowScratch;
+  /**
+   * Where this row's header (server ids, directory, layout, offsets) is kept once read: a reader
+   * that reads the same stored row again (core/rowdirectory.ts) passes the same slot and the
+   * header is not read again. Only for bytes that never change while the slot is kept.
+   */
+  header?: HeaderSlot;
+}
+
+/** A version 2–4 row's header as decodeDirected reads it before any server's segment. */
+export interface RowHeader {
+  v3: boolean;
+  v4: boolean;
+  kind: number;
+  blockSeconds: number;
+  /** Servers in the row. */
+  n: number;
+  /** Server ids, ascending ([0, n): a scratch array may be longer). */
+  ids: Uint32Array;
+  /** Each server's segment end, from the first segment's start ([0, n)). */
+  ends: Int32Array;
+  layout: SegmentLayout;
+  habit: SeriesHabit | null;
+  aggAt: number;
+  aggLen: number;
+  rollAt: number;
+  rollLen: number;
+  /** Where the first segment starts. */
+  segAt: number;
+}
+
+/** Holds a row's header between reads (RowDecodeOptions.header). */
+export interface HeaderSlot {
+  header: RowHeader | null;
+}
+
+/** Bytes a kept header costs (its arrays and fields), for a bound on the headers kept. */
+export function headerBytes(h: RowHeader): number {
+  return 8 * h.n + 160;
 }
 
 /**
@@ -753,6 +791,7 @@ const noServers: DecodedRow = Object.freeze({
 let passOver = new Float64Array(256);
 /** Scratch of decodeDirected: segment ends, which servers are picked, ids and lengths as the codec gives them (no allocation per row for them). */
 let endsScratch = new Int32Array(1024);
+let rowIdsScratch = new Uint32Array(1024);
 let pickedScratch = new Uint8Array(1024);
 let f64Scratch = new Float64Array(1024);
 
@@ -844,8 +883,11 @@ function readHabit(r: ByteReader): SeriesHabit | null {
   return habit;
 }
 
-/** Decodes a version 2, 3 or 4 row (see the top of this file), only where `opts` needs. */
-function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
+/**
+ * A version 2–4 row's header. Into the module's scratch arrays (valid until the next read), or,
+ * with `own`, into arrays of its own (a header kept in a HeaderSlot).
+ */
+function readHeader(stored: Uint8Array, own: boolean): RowHeader {
   // v3: version 3 or 4 (ids and directory as series, a layout byte); v4: aggregates with a span.
   const v3 = stored[0] !== rowV2Marker;
   const v4 = stored[0] === rowV4Marker;
@@ -855,27 +897,16 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   const blockSeconds = r.u8();
   const n = r.varint();
   if (n > stored.length) throw new RowError(`${n} servers in a row of ${stored.length} bytes`);
-  const keep = opts.servers;
   if (endsScratch.length < n) {
     endsScratch = new Int32Array(2 * n);
+    rowIdsScratch = new Uint32Array(2 * n);
     pickedScratch = new Uint8Array(2 * n);
     f64Scratch = new Float64Array(2 * n);
   }
-  const ends = endsScratch;
-  const picked = pickedScratch;
-  // Server ids, and which are picked; the ids of a subset are kept in `ends` until it is known.
+  const ids = own ? new Uint32Array(n) : rowIdsScratch;
+  const ends = own ? new Int32Array(n) : endsScratch;
   readIds(r, v3, n, ends);
-  let k = 0;
-  for (let j = 0; j < n; j++) {
-    const id = ends[j]!;
-    k += picked[j] = keep === undefined || (id < keep.length && keep[id] === 1) ? 1 : 0;
-  }
-  // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
-  if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
-  const scratch = opts.scratch;
-  scratch?.fit(k, k * blockSeconds);
-  const ids = scratch === undefined ? new Uint32Array(k) : scratch.ids.subarray(0, k);
-  for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = ends[j]!;
+  for (let j = 0; j < n; j++) ids[j] = ends[j]!;
   const total = readDirectory(r, v3, n, ends, stored.length);
   let layout: SegmentLayout = 'v2';
   if (v3) {
@@ -890,6 +921,34 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   const rollAt = r.skip(rollLen);
   const segAt = r.pos;
   if (segAt + total !== stored.length) throw new RowError(`row directory says ${total} segment bytes, the row has ${stored.length - segAt}`);
+  return { v3, v4, kind, blockSeconds, n, ids, ends, layout, habit, aggAt, aggLen, rollAt, rollLen, segAt };
+}
+
+/** Decodes a version 2, 3 or 4 row (see the top of this file), only where `opts` needs. */
+function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
+  const slot = opts.header;
+  let h = slot?.header ?? null;
+  if (h === null) {
+    h = readHeader(stored, slot !== undefined);
+    if (slot !== undefined) slot.header = h;
+  }
+  const { v4, kind, blockSeconds, n, ends, layout, habit, aggAt, aggLen, rollAt, rollLen, segAt } = h;
+  const keep = opts.servers;
+  if (pickedScratch.length < n) pickedScratch = new Uint8Array(2 * n);
+  const picked = pickedScratch;
+  // Which servers are picked.
+  let k = 0;
+  for (let j = 0; j < n; j++) {
+    const id = h.ids[j]!;
+    k += picked[j] = keep === undefined || (id < keep.length && keep[id] === 1) ? 1 : 0;
+  }
+  // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
+  if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
+  const scratch = opts.scratch;
+  scratch?.fit(k, k * blockSeconds);
+  const ids = scratch === undefined ? new Uint32Array(k) : scratch.ids.subarray(0, k);
+  for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = h.ids[j]!;
+  const r = new ByteReader(stored);
   // Aggregates and the rollup describe the whole row: a subset's reader has no use for them.
   let aggregates: RowAggregates | null = null;
   if (aggLen > 0 && k === n) {

@@ -98,6 +98,32 @@ describe('Store', () => {
     return store.close();
   });
 
+  it("keeps a block's row directory (keys, pointers, headers) while the block is unchanged, and reads the block again after any change: a row merged with late data, a new rack's row, a retention sweep", async () => {
+    const store = open();
+    const q = (value: number): { points: PointInput[] } => ({ points: [{ name: 'q', kind: KindCode.Gauge, value }] });
+    expect(store.ingest(...batch(t0, { a: q(1) })).status).toBe(204);
+    flushAll(store);
+    expect(dump(store, 'q', t0, t0 + 60)).toEqual({ [`a@${t0}`]: 1 });
+    const misses = store.counters.row_directory_misses;
+    expect(dump(store, 'q', t0, t0 + 60)).toEqual({ [`a@${t0}`]: 1 });
+    expect(store.counters.row_directory_hits).toBeGreaterThan(0);
+    expect(store.counters.row_directory_misses).toBe(misses);
+    expect(store.counters.row_directory_bytes).toBeGreaterThan(0);
+    // Late data merged into the written row: its new bytes, not the kept pointer's.
+    expect(store.ingest(...batch(t0 + 1, { a: q(3), b: q(2) })).status).toBe(204);
+    flushAll(store);
+    expect(dump(store, 'q', t0, t0 + 60)).toEqual({ [`a@${t0}`]: 1, [`a@${t0 + 1}`]: 3, [`b@${t0 + 1}`]: 2 });
+    // Another rack's row in the same block: a key the kept directory had not.
+    expect(store.ingest(...batch(t0 + 2, { c: q(4) }, 'r2')).status).toBe(204);
+    flushAll(store);
+    expect(dump(store, 'q', t0, t0 + 60)).toEqual({ [`a@${t0}`]: 1, [`a@${t0 + 1}`]: 3, [`b@${t0 + 1}`]: 2, [`c@${t0 + 2}`]: 4 });
+    // Swept by the retention: nothing read, nothing counted corrupt.
+    await store.retentionSweep((t0 + 100 * 365 * 86400 + 4200) * 1000);
+    expect(dump(store, 'q', t0, t0 + 60)).toEqual({});
+    expect(store.counters.rows_corrupt).toBe(0);
+    return store.close();
+  });
+
   it('merges late data into a written block, and stores a retried request once', () => {
     const store = open();
     store.ingest(...batch(t0, { a: { points: [{ name: 'q', kind: KindCode.Gauge, value: 1 }], dists: [{ name: 'd', values: [1, 2] }] } }));

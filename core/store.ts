@@ -25,12 +25,13 @@ import { closeLmdb, deleteRange, openLmdb, writeFailure } from '../lib/lmdb.js';
 import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
 import { SketchAccumulator } from '../schema/sketch.js';
-import { decodeRow, encodeRow, RowError, RowScratch, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
+import { decodeRow, encodeRow, headerBytes, RowError, RowScratch, type DecodedRow, type RowDecodeOptions, type RowReadOptions } from './block.js';
 import { Dedup, dedupEntriesMax, windowSeqs } from './dedup.js';
 import { coreLimits } from './limits.js';
 import { buildRow, ColumnPool, indexEntryBytes, MetricHead } from './head.js';
 import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
+import { RowDirectories, type Directory, type DirectoryRow } from './rowdirectory.js';
 import { RowVersions } from './rowversions.js';
 import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
@@ -223,6 +224,11 @@ export class Store {
     row_cache_misses: 0,
     row_cache_evicted: 0,
     row_cache_bytes: 0,
+    /** Reads of a block's row directory (core/rowdirectory.ts): kept and unchanged, read from LMDB, evicted; bytes held (a gauge). */
+    row_directory_hits: 0,
+    row_directory_misses: 0,
+    row_directory_evicted: 0,
+    row_directory_bytes: 0,
     /** Ad-hoc answers' windows (core/query/windowcache.ts, kept by the worker beside this store): from the cache, evaluated, evicted; held (a gauge). */
     answer_cache_hits: 0,
     answer_cache_misses: 0,
@@ -268,6 +274,7 @@ export class Store {
   readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full' | 'past_retention' | 'future', number>> = {};
   /** Decoded rows stored queries read again (core/rowcache.ts). */
   private rowCache = new RowCache(rowCacheBytesMax, this.counters);
+  private readonly directories = new RowDirectories(this.counters);
   /** When each block's rows last changed: cached answers (core/query/windowcache.ts) check it. */
   readonly rowVersions = new RowVersions();
   /** Longest row-writing slice (ms) since the last read of it: the pause a slice causes ingest. */
@@ -1208,17 +1215,20 @@ export class Store {
           visit(buildRow(racks!.get(headIds[next]!)!, undefined, S, this.acc), block, headIds[next]!);
         }
       };
-      // Keys, then each value into lmdb-js' reused buffer (a range with values copied each into
-      // a new buffer: several times slower for rows of a few KB).
-      for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, rackFrom), end: rowKey(shard, block, lo, hi, rackTo) })) {
+      // The block's rows (kept, or read from LMDB: core/rowdirectory.ts), then each row's bytes.
+      const dk = RowDirectories.keyOf(shard, lo, hi, block);
+      const { dir, kept } = this.directoryOf(dk, shard, lo, hi, block);
+      for (const e of dir.rows) {
+        const rackId = e.rackId;
+        if (rackId < rackFrom || rackId >= rackTo) continue;
         tick?.();
-        const rackId = key.readUInt32BE(14);
         headBelow(rackId);
+        const key = e.key;
         try {
-          // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
-          const value = this.rows.getBinaryFast(key);
+          // A row inline (written before row groups): its value again, in lmdb-js' reused buffer.
+          const value = e.pointer ?? this.rows.getBinaryFast(key);
           if (value === undefined) continue;
-          const walSeq = readU48(value, 0);
+          const walSeq = e.walSeq;
           const bytes = storedRowBytes(key, value, chunks.chunk, chunks.spill);
           const mh = racks?.get(rackId);
           if (mh !== undefined) {
@@ -1232,16 +1242,53 @@ export class Store {
             visit(buildRow(mh, stored, S, this.acc), block, rackId);
             continue;
           }
-          const row = opts.cache === true ? this.cachedRow(key, walSeq, bytes) : decodeRow(bytes, opts.wholeRack?.(rackId) === true ? whole : some);
+          let row: DecodedRow;
+          if (opts.cache === true) row = this.cachedRow(key, walSeq, bytes);
+          else {
+            const o = opts.wholeRack?.(rackId) === true ? whole : some;
+            const had = e.header !== null;
+            o.header = e;
+            row = decodeRow(bytes, o);
+            if (!had && e.header !== null) this.directories.grew(dk, dir, headerBytes(e.header));
+          }
           // A row none of whose servers are asked for has nothing for the reader.
           if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);
         } catch (err) {
           if (!(err instanceof RowError)) throw err;
+          // A kept directory's row deleted since (a retention sweep between its batches, before
+          // its block's version moved): gone, not corrupt; the directory is read again next time.
+          if (kept && this.rows.getBinaryFast(key) === undefined) {
+            this.directories.forget(dk);
+            continue;
+          }
           this.counters.rows_corrupt++;
         }
       }
+      this.counters.row_directory_bytes = this.directories.bytes;
       headBelow(Number.POSITIVE_INFINITY);
     }
+  }
+
+  /**
+   * The stored rows of one metric in one block, ascending by rack id: kept since a read at an
+   * epoch no change to the block has passed (kept: true), else read from LMDB (keys, and each
+   * value: a row group pointer, copied) and kept.
+   */
+  private directoryOf(dk: string, shard: number, lo: number, hi: number, block: number): { dir: Directory; kept: boolean } {
+    const kept = this.directories.get(dk, this.rowVersions.version(shard, block));
+    if (kept !== undefined) return { dir: kept, kept: true };
+    const epoch = this.rowVersions.epoch;
+    const rows: DirectoryRow[] = [];
+    // Keys, then each value into lmdb-js' reused buffer (a range with values copies each into a
+    // new buffer: several times slower for rows stored inline).
+    for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
+      // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
+      const value = this.rows.getBinaryFast(key);
+      if (value === undefined) continue;
+      // (Copied by its length: the array under lmdb-js' buffer is larger, and slice() copies all of it.)
+      rows.push({ rackId: key.readUInt32BE(14), key: Buffer.from(key), pointer: isPointer(value) ? Uint8Array.prototype.slice.call(value, 0, value.length) : null, walSeq: readU48(value, 0), header: null });
+    }
+    return { dir: this.directories.put(dk, epoch, rows), kept: false };
   }
 
   /** The rack ids with rows of one metric in one block, stored or in the head, ascending: what an export cuts a large block by. */
@@ -1639,6 +1686,8 @@ export class Store {
     // Cached rows are found by key, WAL seq and length: a restored row could match an old one's.
     this.rowCache = new RowCache(rowCacheBytesMax, this.counters);
     this.counters.row_cache_bytes = 0;
+    this.directories.clear();
+    this.counters.row_directory_bytes = 0;
     // A written block's WAL deletes still queued must not land on restored entries.
     await this.walEnv.committed;
     const batch = 5000;

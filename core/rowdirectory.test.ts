@@ -1,0 +1,45 @@
+import { describe, expect, it } from 'vitest';
+import { RowDirectories, type DirectoryRow } from './rowdirectory.js';
+
+const rows = (n: number): DirectoryRow[] => Array.from({ length: n }, (_, i) => ({ rackId: i, key: Buffer.alloc(18), pointer: null, walSeq: 1, header: null }));
+const counters = () => ({ row_directory_hits: 0, row_directory_misses: 0, row_directory_evicted: 0 });
+
+describe('row directories (a block\'s stored rows kept between reads)', () => {
+  it('answers a directory only while its block has no later change, and counts hits and misses', () => {
+    const c = counters();
+    const dirs = new RowDirectories(c);
+    const k = RowDirectories.keyOf(1, 2, 3, 60);
+    dirs.put(k, 5, rows(2));
+    expect(dirs.get(k, 5)?.rows).toHaveLength(2);
+    expect(dirs.get(k, 0)?.rows).toHaveLength(2);
+    // A change at epoch 6: read again, and the stale one is gone.
+    expect(dirs.get(k, 6)).toBeUndefined();
+    expect(dirs.size).toBe(0);
+    expect(dirs.bytes).toBe(0);
+    expect(c).toEqual({ row_directory_hits: 2, row_directory_misses: 1, row_directory_evicted: 0 });
+  });
+
+  it('stays within its bytes, headers counted as they are kept: least recently used out first; one past a tenth of the bound is not kept', () => {
+    const c = counters();
+    const dirs = new RowDirectories(c, 20_000);
+    const a = dirs.put('a', 1, rows(10)); // 2,000 B
+    dirs.put('b', 1, rows(10));
+    dirs.get('a', 0); // a used last
+    dirs.grew('a', a, 14_000);
+    expect(dirs.bytes).toBe(18_000);
+    dirs.put('c', 1, rows(5)); // 19,000 B: within
+    dirs.put('d', 1, rows(10)); // 21,000 B, past: b (least recently used) goes
+    expect([dirs.get('b', 0), dirs.get('a', 0) !== undefined, dirs.get('d', 0) !== undefined]).toEqual([undefined, true, true]);
+    expect(dirs.bytes).toBe(19_000);
+    expect(c.row_directory_evicted).toBe(1);
+    // Past a tenth of the bound: answered, not kept.
+    expect(dirs.put('big', 1, rows(11)).rows).toHaveLength(11);
+    expect(dirs.get('big', 0)).toBeUndefined();
+    // A header of a directory no longer kept costs nothing.
+    const before = dirs.bytes;
+    dirs.grew('b', a, 100);
+    expect(dirs.bytes).toBe(before);
+    dirs.clear();
+    expect([dirs.size, dirs.bytes]).toEqual([0, 0]);
+  });
+});
