@@ -167,6 +167,28 @@ describe('Store', () => {
     return store.close();
   });
 
+  it('adds a second\'s values of a subset of a row\'s servers in server order, then the seconds in order, whichever way the row is read (every second of a block: dense; one missing; from the head)', () => {
+    const store = open();
+    // Servers a, b, c (ids in that order) of one rack with 0.1, 0.2, 0.3 every second; d too, not asked for.
+    const second = (sec: number, skipC = false) =>
+      store.ingest(...batch(sec, Object.fromEntries((['a', 'b', 'c', 'd'] as const).filter((x) => !(skipC && x === 'c')).map((x, i) => [x, { points: [{ name: 'fs', kind: KindCode.Gauge, value: [0.1, 0.2, 0.3, 5][i]! } as PointInput] }]))));
+    for (let k = 0; k < 60; k++) second(t0 + k);
+    for (let k = 0; k < 60; k++) second(t0 + 60 + k, k === 59); // c misses the block's last second
+    const q = parseQuery('FROM a, b, c SELECT fs WINDOW 5s COMPUTE sum, avg, count');
+    const head = evaluate(store, q, t0, t0 + 120);
+    flushAll(store);
+    const rows = evaluate(store, q, t0, t0 + 120);
+    // Per second ((0 + 0.1) + 0.2) + 0.3, five of them from 0: what the other order (0.6 a second) does not give.
+    const perSecond = 0 + 0.1 + 0.2 + 0.3;
+    let five = 0;
+    for (let i = 0; i < 5; i++) five += perSecond;
+    expect(perSecond).not.toBe(0.3 + 0.2 + 0.1);
+    expect(rows[0]!.values).toEqual({ sum: five, avg: five / 15, count: 15 });
+    expect(rows[12]!.values.sum).toBe(five);
+    expect(rows).toEqual(head);
+    return store.close();
+  });
+
   it('regression: visits a block\'s head racks in rack order with its stored rows, so a sum does not change in its last bit when the rows are written (before: in the order the racks arrived)', () => {
     const store = open();
     const one = (rack: string, second: number, value: number) => store.ingest(...batch(second, { [`${rack}-s`]: { points: [{ name: 'fsum', kind: KindCode.Gauge, value }] } }, rack));
