@@ -121,6 +121,8 @@ interface ShardHead {
   racksIn: Map<number, Map<number, number>>;
 }
 
+/** Bytes of row-group chunks a store's readers keep between reads (core/rowgroups.ts ChunkMemo). */
+const chunkKeepBytes = 16 * 1024 * 1024;
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
 /** Registry entries one periodic save writes at most (~2 ms a thousand): the rest at the next. */
 const registryEntriesPerSaveMax = 20_000;
@@ -173,7 +175,7 @@ export class Store {
   private readonly rowScratch = new RowScratch();
   private readonly readChunk = (rowKey: Uint8Array, id: number) => this.groups.getBinaryFast(groupKey(rowKey, id));
   /** The chunk `read` holds, and its scratch for rows spanning chunks. */
-  private readonly chunkMemo = new ChunkMemo((k) => this.groups.getBinaryFast(k));
+  private readonly chunkMemo = new ChunkMemo((k) => this.groups.getBinaryFast(k), chunkKeepBytes);
   /**
    * Point columns of written heads, reused by new ones (head.ts): a block's heads are written
    * while the next block's start, so up to half the head bound is kept (within what live heads
@@ -1688,6 +1690,7 @@ export class Store {
     this.counters.row_cache_bytes = 0;
     this.directories.clear();
     this.counters.row_directory_bytes = 0;
+    this.chunkMemo.clear();
     // A written block's WAL deletes still queued must not land on restored entries.
     await this.walEnv.committed;
     const batch = 5000;
