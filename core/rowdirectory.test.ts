@@ -19,26 +19,29 @@ describe('row directories (a block\'s stored rows kept between reads)', () => {
     expect(c).toEqual({ row_directory_hits: 2, row_directory_misses: 1, row_directory_evicted: 0 });
   });
 
-  it('stays within its bytes, headers counted as they are kept: least recently used out first; one past a tenth of the bound is not kept', () => {
+  it('stays within its bytes, headers counted as they are kept: least recently used out first; one past a tenth of the bound is not kept, nor one without rows', () => {
     const c = counters();
-    const dirs = new RowDirectories(c, 20_000);
-    const a = dirs.put('a', 1, rows(10)); // 2,000 B
+    const dirs = new RowDirectories(c, 100_000);
+    const a = dirs.put('a', 1, rows(10)); // 300 + 10 × 500 B
     dirs.put('b', 1, rows(10));
     dirs.get('a', 0); // a used last
-    dirs.grew('a', a, 14_000);
-    expect(dirs.bytes).toBe(18_000);
-    dirs.put('c', 1, rows(5)); // 19,000 B: within
-    dirs.put('d', 1, rows(10)); // 21,000 B, past: b (least recently used) goes
+    dirs.grew('a', a, 80_000);
+    expect(dirs.bytes).toBe(90_600);
+    dirs.put('c', 1, rows(5)); // 93,400 B: within
+    dirs.put('d', 1, rows(14)); // 100,700 B, past: b (least recently used) goes
     expect([dirs.get('b', 0), dirs.get('a', 0) !== undefined, dirs.get('d', 0) !== undefined]).toEqual([undefined, true, true]);
-    expect(dirs.bytes).toBe(19_000);
+    expect(dirs.bytes).toBe(95_400);
     expect(c.row_directory_evicted).toBe(1);
     // Past a tenth of the bound: answered, not kept.
-    expect(dirs.put('big', 1, rows(11)).rows).toHaveLength(11);
+    expect(dirs.put('big', 1, rows(20)).rows).toHaveLength(20);
     expect(dirs.get('big', 0)).toBeUndefined();
+    // Regression: a block without rows is not kept (before: kept at no cost counted, without end).
+    const size = dirs.size;
+    for (let b = 0; b < 1000; b++) dirs.put(`empty-${b}`, 1, []);
+    expect([dirs.size, dirs.bytes]).toEqual([size, 95_400]);
     // A header of a directory no longer kept costs nothing.
-    const before = dirs.bytes;
     dirs.grew('b', a, 100);
-    expect(dirs.bytes).toBe(before);
+    expect(dirs.bytes).toBe(95_400);
     dirs.clear();
     expect([dirs.size, dirs.bytes]).toEqual([0, 0]);
   });

@@ -182,6 +182,9 @@ export function storedRowBytes(key: Uint8Array, value: Uint8Array, chunk: (rowKe
  * scratch a row spanning chunks is copied into. Both arrays grow to the largest chunk or row
  * seen, no further.
  */
+/** What a kept chunk costs beside its bytes (its array, storage and map entry with its key text). */
+const chunkKeptBytes = 300;
+
 export class ChunkMemo {
   /** The held chunk's group key (the row key's (shard, block), then its id), when `held`. */
   private readonly key = Buffer.alloc(10);
@@ -235,11 +238,11 @@ export class ChunkMemo {
         // Its own copy, by the value's length (lmdb-js' buffer's array is longer).
         c = Uint8Array.prototype.slice.call(got, 0, got.length) as Uint8Array;
         this.kept.set(name, c);
-        this.keptBytes += c.length;
+        this.keptBytes += c.length + chunkKeptBytes;
         for (const [k, old] of this.kept) {
           if (this.keptBytes <= this.keepBytesMax || k === name) break;
           this.kept.delete(k);
-          this.keptBytes -= old.length;
+          this.keptBytes -= old.length + chunkKeptBytes;
         }
       }
       gk.copy(this.key);

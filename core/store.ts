@@ -1219,7 +1219,7 @@ export class Store {
       };
       // The block's rows (kept, or read from LMDB: core/rowdirectory.ts), then each row's bytes.
       const dk = RowDirectories.keyOf(shard, lo, hi, block);
-      const { dir, kept } = this.directoryOf(dk, shard, lo, hi, block);
+      const { dir, kept } = this.directoryOf(dk, shard, lo, hi, block, rackFrom, rackTo, tick);
       for (const e of dir.rows) {
         const rackId = e.rackId;
         if (rackId < rackFrom || rackId >= rackTo) continue;
@@ -1276,21 +1276,31 @@ export class Store {
    * epoch no change to the block has passed (kept: true), else read from LMDB (keys, and each
    * value: a row group pointer, copied) and kept.
    */
-  private directoryOf(dk: string, shard: number, lo: number, hi: number, block: number): { dir: Directory; kept: boolean } {
-    const kept = this.directories.get(dk, this.rowVersions.version(shard, block));
-    if (kept !== undefined) return { dir: kept, kept: true };
+  private directoryOf(dk: string, shard: number, lo: number, hi: number, block: number, rackFrom: number, rackTo: number, tick: (() => void) | undefined): { dir: Directory; kept: boolean } {
+    // A part of the racks (an export's chunk of a large block): read for it alone, not kept (a
+    // whole history exported would push out the blocks queries read).
+    const part = rackFrom > 0 || rackTo < 0xffffffff;
+    if (!part) {
+      const kept = this.directories.get(dk, this.rowVersions.version(shard, block));
+      if (kept !== undefined) return { dir: kept, kept: true };
+    }
     const epoch = this.rowVersions.epoch;
     const rows: DirectoryRow[] = [];
     // Keys, then each value into lmdb-js' reused buffer (a range with values copies each into a
-    // new buffer: several times slower for rows stored inline).
-    for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, 0), end: rowKey(shard, block, lo, hi, 0xffffffff) })) {
+    // new buffer: several times slower for rows stored inline). Each key passed counts for the
+    // reader's time budget.
+    for (const key of this.rows.getKeys({ start: rowKey(shard, block, lo, hi, rackFrom), end: rowKey(shard, block, lo, hi, rackTo) })) {
+      tick?.();
       // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
       const value = this.rows.getBinaryFast(key);
       if (value === undefined) continue;
-      // (Copied by its length: the array under lmdb-js' buffer is larger, and slice() copies all of it.)
-      rows.push({ rackId: key.readUInt32BE(14), key: Buffer.from(key), pointer: isPointer(value) ? Uint8Array.prototype.slice.call(value, 0, value.length) : null, walSeq: readU48(value, 0), header: null });
+      // Copies by their length (the array under lmdb-js' buffer is larger, and slice() copies all
+      // of it), each with storage of its own (Buffer.from would take a slice of Node's 8 KiB pool
+      // and keep all of it alive).
+      const own = (b: Uint8Array) => Uint8Array.prototype.slice.call(b, 0, b.length) as Uint8Array;
+      rows.push({ rackId: key.readUInt32BE(14), key: own(key) as Buffer, pointer: isPointer(value) ? own(value) : null, walSeq: readU48(value, 0), header: null });
     }
-    return { dir: this.directories.put(dk, epoch, rows), kept: false };
+    return part ? { dir: { epoch, rows, bytes: 0 }, kept: false } : { dir: this.directories.put(dk, epoch, rows), kept: false };
   }
 
   /** The rack ids with rows of one metric in one block, stored or in the head, ascending: what an export cuts a large block by. */
