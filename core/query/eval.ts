@@ -274,7 +274,8 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
   let winOf = new Int32Array(0);
   let secCount = new Float64Array(0);
   let secSum = new Float64Array(0);
-  const sums = new GroupedSums(sum, W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1, first, W);
+  const sumGroup = W % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1;
+  const sums = new GroupedSums(sum, sumGroup, first, W);
   // Every registered server selected (`*`): rows are decoded whole, with no test per server.
   const everyServer = rackTest === null && size >= store.registry.serverCount;
   // Blocks, row keys and head rows passed, visited or not: the budget holds for reads that skip every row.
@@ -286,6 +287,7 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
   // The rack of the row visit() is in, and visitDense's scratch: where each selected server's points start.
   let lastRack = -1;
   let denseAt = new Int32Array(64);
+  let denseSid = new Uint32Array(64);
   const visit = (row: DecodedRow, block: number, rackId: number): void => {
     lastRack = rackId;
     st.rows++; // the budget is checked by readOpts.tick, for every row key and block passed
@@ -422,41 +424,54 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     const S = row.blockSeconds;
     const whole = wholeRack(lastRack);
     let k = 0;
-    if (denseAt.length < row.serverIds.length) denseAt = new Int32Array(2 * row.serverIds.length);
+    if (denseAt.length < row.serverIds.length) {
+      denseAt = new Int32Array(2 * row.serverIds.length);
+      denseSid = new Uint32Array(2 * row.serverIds.length);
+    }
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
       if (!(whole || (sid < selected.length && selected[sid] === 1))) continue;
       if (row.pointStart[j + 1]! - row.pointStart[j]! !== S) return false;
+      denseSid[k] = sid;
       denseAt[k++] = row.pointStart[j]!;
     }
     if (k === 0) return true;
     const vals = row.pointVals;
+    // Group by group (GroupedSums' groups: G seconds from a multiple of G, each inside one window
+    // as windows start at multiples of W, a multiple of G; cut where the block ends, as
+    // GroupedSums is flushed after each row): a group's total from 0, second by second, then
+    // added to its window — what GroupedSums does, without a call a second.
+    const G = sumGroup;
     let lastW = -1;
-    for (let s = 0; s < S; s++) {
+    for (let s = 0; s < S; ) {
       const w = winOf[s]!;
-      if (!(w >= 0)) continue;
-      let t = 0;
+      const groupEnd = Math.min(S, s + G - ((block + s) % G));
+      if (!(w >= 0)) {
+        s = groupEnd;
+        continue;
+      }
+      count[w]! += k * (groupEnd - s);
+      let total = 0;
       let lo = min[w]!;
       let hi = max[w]!;
-      for (let x = 0; x < k; x++) {
-        const v = vals[denseAt[x]! + s]!;
-        t += v;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
+      for (; s < groupEnd; s++) {
+        let t = 0;
+        for (let x = 0; x < k; x++) {
+          const v = vals[denseAt[x]! + s]!;
+          t += v;
+          if (v < lo) lo = v;
+          if (v > hi) hi = v;
+        }
+        total += t;
       }
       min[w] = lo;
       max[w] = hi;
-      count[w]! += k;
-      sums.add(block + s, t);
+      sum[w]! += total;
       if (w !== lastW) {
-        for (let j = 0; j < row.serverIds.length; j++) {
-          const sid = row.serverIds[j]!;
-          if (whole || (sid < selected.length && selected[sid] === 1)) mark(w, sid);
-        }
+        for (let x = 0; x < k; x++) mark(w, denseSid[x]!);
         lastW = w;
       }
     }
-    sums.flush();
     return true;
   }
   /** A whole row's count, sum, min and max from its aggregates (added up by `sums`' groups); its servers from their seconds. */
