@@ -26,6 +26,13 @@ function expected(): Map<number, number[]> {
   return out;
 }
 
+describe('bench query: which VictoriaMetrics', () => {
+  it('refuses an APM_BENCH_VM that does not run (asked for, it is never skipped as not installed)', () => {
+    expect(() => vmBinary({ APM_BENCH_VM: '/nonexistent/victoria-metrics' })).toThrow(/INVALID RUN: APM_BENCH_VM=\/nonexistent\/victoria-metrics does not run/);
+    expect(() => vmBinary({ APM_BENCH_VM: 'false' })).toThrow(/exit status 1/);
+  });
+});
+
 describe.skipIf(bin === null && process.env.CI === undefined)('bench query: VictoriaMetrics side by side', () => {
   let vm: VictoriaMetrics;
   beforeAll(async () => {

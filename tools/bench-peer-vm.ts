@@ -12,11 +12,17 @@ import { join } from 'node:path';
 import { Pool } from 'undici';
 import { ShapeColumns } from './shapes.js';
 
-/** The `victoria-metrics` binary to run: APM_BENCH_VM, else the one on PATH; null when neither runs. */
-export function vmBinary(): string | null {
-  const bin = process.env.APM_BENCH_VM ?? 'victoria-metrics';
+/**
+ * The `victoria-metrics` binary to run: APM_BENCH_VM (which must run: asked for, it is never
+ * skipped quietly), else the one on PATH, else null (not installed).
+ */
+export function vmBinary(env: NodeJS.ProcessEnv = process.env): string | null {
+  const asked = env.APM_BENCH_VM;
+  const bin = asked ?? 'victoria-metrics';
   const r = spawnSync(bin, ['-version'], { stdio: 'ignore', timeout: 10_000 });
-  return r.error === undefined && r.status === 0 ? bin : null;
+  if (r.error === undefined && r.status === 0) return bin;
+  if (asked !== undefined) throw new Error(`bench query INVALID RUN: APM_BENCH_VM=${asked} does not run (${r.error?.message ?? `exit status ${r.status}`})`);
+  return null;
 }
 
 /** What a MetricsQL range query answers: per series, its labels and its [seconds, "value"] points. */
