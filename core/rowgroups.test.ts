@@ -144,12 +144,17 @@ describe('row groups of whole pages (issue 14)', () => {
     storedRowBytes(puts[0]!.key, rows.getBinaryFast(puts[0]!.key)!, kept.chunk, kept.spill);
     expect(gets).toBe(packed.groups.length + 1);
     // A bound below them all: the least recently used go, the bound holds, rows stay exact.
-    const small = new ChunkMemo((k) => groups.getBinaryFast(k), 3 * chunkBytes);
+    let evicted = 0;
+    let smallGets = 0;
+    const small = new ChunkMemo((k) => (smallGets++, groups.getBinaryFast(k)), 3 * chunkBytes, () => evicted++);
     for (const p of puts) {
       const got = storedRowBytes(p.key, rows.getBinaryFast(p.key)!, small.chunk, small.spill);
       expect(Buffer.from(got).equals(p.value.subarray(6))).toBe(true);
       expect(small.keptBytes).toBeLessThanOrEqual(3 * chunkBytes);
     }
+    // Each drop counted: every chunk read, less those still kept.
+    expect(evicted).toBeGreaterThan(0);
+    expect(evicted).toBe(smallGets - small.keptChunks);
     await root.close();
   });
 

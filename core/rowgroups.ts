@@ -173,18 +173,19 @@ export function storedRowBytes(key: Uint8Array, value: Uint8Array, chunk: (rowKe
   return out;
 }
 
-/**
- * Chunks as a reader of many rows sees them (Store.read): the last chunk read is kept, copied
- * out of lmdb-js' reused buffer, so the rows of one metric in one block — neighbours in their
- * run — cost one LMDB read and one copy per chunk instead of one per row (a 40-server query over
- * 25 racks read the same 32 KB chunk ~8 times). A chunk never changes once written (ids are
- * never reused; the retention deletes whole blocks), so a kept one cannot be stale. Also the
- * scratch a row spanning chunks is copied into. Both arrays grow to the largest chunk or row
- * seen, no further.
- */
 /** What a kept chunk costs beside its bytes (its array, storage and map entry with its key text). */
 const chunkKeptBytes = 300;
 
+/**
+ * Chunks as a reader of many rows sees them (Store.read): the last chunk read is held, copied
+ * out of lmdb-js' reused buffer, so the rows of one metric in one block — neighbours in their
+ * run — cost one LMDB read and one copy per chunk instead of one per row (a 40-server query over
+ * 25 racks read the same 32 KB chunk ~8 times). With keepBytesMax, chunks are also kept from one
+ * reader to the next, each in its own copy, least recently used out (evictions counted by
+ * `onEvict`). A chunk never changes once written (ids are never reused; the retention deletes
+ * whole blocks), so a kept one cannot be stale. Also the scratch a row spanning chunks is copied
+ * into. The held buffer and that scratch grow to the largest chunk or row seen, no further.
+ */
 export class ChunkMemo {
   /** The held chunk's group key (the row key's (shard, block), then its id), when `held`. */
   private readonly key = Buffer.alloc(10);
@@ -207,7 +208,14 @@ export class ChunkMemo {
      * a query over 40 servers in 25 racks. The owner clears them when a shard is wiped.
      */
     private readonly keepBytesMax = 0,
+    /** Called for each kept chunk dropped to stay within keepBytesMax. */
+    private readonly onEvict?: () => void,
   ) {}
+
+  /** Chunks kept between readers. */
+  get keptChunks(): number {
+    return this.kept.size;
+  }
 
   /** Forgets the held chunk (a reader starting; chunks never change, this bounds what is assumed). */
   forget(): void {
@@ -243,6 +251,7 @@ export class ChunkMemo {
           if (this.keptBytes <= this.keepBytesMax || k === name) break;
           this.kept.delete(k);
           this.keptBytes -= old.length + chunkKeptBytes;
+          this.onEvict?.();
         }
       }
       gk.copy(this.key);

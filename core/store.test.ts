@@ -109,6 +109,7 @@ describe('Store', () => {
     expect(store.counters.row_directory_hits).toBeGreaterThan(0);
     expect(store.counters.row_directory_misses).toBe(misses);
     expect(store.counters.row_directory_bytes).toBeGreaterThan(0);
+    expect(store.counters.chunks_kept_bytes).toBeGreaterThan(0);
     // Late data merged into the written row: its new bytes, not the kept pointer's.
     expect(store.ingest(...batch(t0 + 1, { a: q(3), b: q(2) })).status).toBe(204);
     flushAll(store);

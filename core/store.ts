@@ -121,6 +121,15 @@ interface ShardHead {
   racksIn: Map<number, Map<number, number>>;
 }
 
+/**
+ * A copy of b by its length (the array under lmdb-js' buffer is larger, and slice() copies all of
+ * it), with storage of its own (Buffer.from takes a slice of Node's 8 KiB pool and a kept copy
+ * keeps all of the pool's slab alive).
+ */
+function ownCopy(b: Uint8Array): Uint8Array {
+  return Uint8Array.prototype.slice.call(b, 0, b.length) as Uint8Array;
+}
+
 /** Bytes of row-group chunks a store's readers keep between reads (core/rowgroups.ts ChunkMemo). */
 const chunkKeepBytes = 16 * 1024 * 1024;
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
@@ -175,7 +184,11 @@ export class Store {
   private readonly rowScratch = new RowScratch();
   private readonly readChunk = (rowKey: Uint8Array, id: number) => this.groups.getBinaryFast(groupKey(rowKey, id));
   /** The chunk `read` holds, and its scratch for rows spanning chunks. */
-  private readonly chunkMemo = new ChunkMemo((k) => this.groups.getBinaryFast(k), chunkKeepBytes);
+  private readonly chunkMemo = new ChunkMemo(
+    (k) => this.groups.getBinaryFast(k),
+    chunkKeepBytes,
+    () => void this.counters.chunks_kept_evicted++,
+  );
   /**
    * Point columns of written heads, reused by new ones (head.ts): a block's heads are written
    * while the next block's start, so up to half the head bound is kept (within what live heads
@@ -231,6 +244,9 @@ export class Store {
     row_directory_misses: 0,
     row_directory_evicted: 0,
     row_directory_bytes: 0,
+    /** Row-group chunks kept between reads (core/rowgroups.ts ChunkMemo): dropped to stay within their bound; bytes held (a gauge). */
+    chunks_kept_evicted: 0,
+    chunks_kept_bytes: 0,
     /** Ad-hoc answers' windows (core/query/windowcache.ts, kept by the worker beside this store): from the cache, evaluated, evicted; held (a gauge). */
     answer_cache_hits: 0,
     answer_cache_misses: 0,
@@ -1267,6 +1283,7 @@ export class Store {
         }
       }
       this.counters.row_directory_bytes = this.directories.bytes;
+      this.counters.chunks_kept_bytes = chunks.keptBytes;
       headBelow(Number.POSITIVE_INFINITY);
     }
   }
@@ -1294,11 +1311,7 @@ export class Store {
       // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
       const value = this.rows.getBinaryFast(key);
       if (value === undefined) continue;
-      // Copies by their length (the array under lmdb-js' buffer is larger, and slice() copies all
-      // of it), each with storage of its own (Buffer.from would take a slice of Node's 8 KiB pool
-      // and keep all of it alive).
-      const own = (b: Uint8Array) => Uint8Array.prototype.slice.call(b, 0, b.length) as Uint8Array;
-      rows.push({ rackId: key.readUInt32BE(14), key: own(key) as Buffer, pointer: isPointer(value) ? own(value) : null, walSeq: readU48(value, 0), header: null });
+      rows.push({ rackId: key.readUInt32BE(14), key: ownCopy(key) as Buffer, pointer: isPointer(value) ? ownCopy(value) : null, walSeq: readU48(value, 0), header: null });
     }
     return part ? { dir: { epoch, rows, bytes: 0 }, kept: false } : { dir: this.directories.put(dk, epoch, rows), kept: false };
   }
@@ -1701,6 +1714,7 @@ export class Store {
     this.directories.clear();
     this.counters.row_directory_bytes = 0;
     this.chunkMemo.clear();
+    this.counters.chunks_kept_bytes = 0;
     // A written block's WAL deletes still queued must not land on restored entries.
     await this.walEnv.committed;
     const batch = 5000;

@@ -681,8 +681,8 @@ function result(q: Query, startSec: number, W: number, s: WindowStats, vals: Flo
   // A metric keeps one kind per store (core/store.ts, issue 16.6); rows written before that rule
   // may hold points beside summaries: those values join the sketch.
   if (acc !== undefined && vals !== undefined) for (const v of vals) acc.addValue(v);
-  // Exact percentiles: every rank asked for, selected at once (largest first, each later one
-  // among the values below it).
+  // Exact percentiles of many values: every rank asked for, selected at once (orderStatistics);
+  // of a few, each alone below.
   let exact: Map<number, number> | undefined;
   if (acc === undefined && vals !== undefined && vals.length >= bucketSelectMin) {
     const ranks = q.functions.flatMap((f) => (f.type === 'percentile' ? [Math.floor(quantileRank(f.p / 100, vals.length))] : []));
