@@ -314,8 +314,6 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counters('apm_core_row_directory_reads_total', "Reads of a block's stored rows of one metric: their keys, pointers and headers kept from an earlier read of the unchanged block (hit) or read from LMDB (miss)", 'result', { hit: s('row_directory_hits'), miss: s('row_directory_misses') });
     p.counter('apm_core_row_directory_evicted_total', 'Row directories dropped to stay within their byte bound (least recently used)', s('row_directory_evicted'));
     p.gauge('apm_core_row_directory_bytes', "Bytes of blocks' row directories (keys, pointers, headers) held", s('row_directory_bytes'));
-    p.counter('apm_core_chunks_kept_evicted_total', 'Row-group chunks kept between reads, dropped to stay within their byte bound (least recently used)', s('chunks_kept_evicted'));
-    p.gauge('apm_core_chunks_kept_bytes', 'Bytes of row-group chunks kept between reads', s('chunks_kept_bytes'));
     p.counter('apm_core_row_slices_total', 'Row-writing transactions (each bounded in time)', s('row_slices'));
     p.gauge('apm_core_row_slice_ms_max', 'Longest row-writing slice in the last 10 s (ms): the longest a worker stops ingesting to write rows', st.sliceMsMax);
     p.counter('apm_core_row_slices_over_50ms_total', 'Row-writing slices longer than 50 ms (the pause target)', s('slices_over_50ms'));

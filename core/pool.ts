@@ -827,4 +827,4 @@ function workerScript(): URL {
 }
 
 /** Entries of a worker's `counters` that are levels, not counts (not carried over a restart). */
-const gaugeCounters = new Set(['row_cache_bytes', 'row_directory_bytes', 'chunks_kept_bytes', 'answer_cache_windows']);
+const gaugeCounters = new Set(['row_cache_bytes', 'row_directory_bytes', 'answer_cache_windows']);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { RowDirectories, type DirectoryRow } from './rowdirectory.js';
 
-const rows = (n: number): DirectoryRow[] => Array.from({ length: n }, (_, i) => ({ rackId: i, key: Buffer.alloc(18), pointer: null, walSeq: 1, header: null }));
+const rows = (n: number): DirectoryRow[] => Array.from({ length: n }, (_, i) => ({ rackId: i, key: Buffer.alloc(18), pointer: null, walSeq: 1, header: null, bytes: null }));
 const counters = () => ({ row_directory_hits: 0, row_directory_misses: 0, row_directory_evicted: 0 });
 
 describe('row directories (a block\'s stored rows kept between reads)', () => {

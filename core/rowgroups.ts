@@ -173,92 +173,36 @@ export function storedRowBytes(key: Uint8Array, value: Uint8Array, chunk: (rowKe
   return out;
 }
 
-/** What a kept chunk costs beside its bytes (its array, storage and map entry with its key text). */
-const chunkKeptBytes = 300;
-
 /**
- * Chunks as a reader of many rows sees them (Store.read): the last chunk read is held, copied
- * out of lmdb-js' reused buffer, so the rows of one metric in one block — neighbours in their
- * run — cost one LMDB read and one copy per chunk instead of one per row (a 40-server query over
- * 25 racks read the same 32 KB chunk ~8 times). With keepBytesMax, chunks are also kept from one
- * reader to the next, each in its own copy, least recently used out (evictions counted by
- * `onEvict`). A chunk never changes once written (ids are never reused; the retention deletes
- * whole blocks), so a kept one cannot be stale. Also the scratch a row spanning chunks is copied
- * into. The held buffer and that scratch grow to the largest chunk or row seen, no further.
+ * Chunks as a reader of many rows sees them (Store.read, a snapshot): the last chunk read is
+ * held, copied out of lmdb-js' reused buffer, so the rows of one metric in one block — neighbours
+ * in their run — cost one LMDB read and one copy per chunk instead of one per row (a 40-server
+ * query over 25 racks read the same 32 KB chunk ~8 times). Also the scratch a row spanning chunks
+ * is copied into. The held buffer and that scratch grow to the largest chunk or row seen, no
+ * further. (Rows read again by later readers are kept by the store's row directories, each
+ * row's own bytes: core/rowdirectory.ts.)
  */
 export class ChunkMemo {
   /** The held chunk's group key (the row key's (shard, block), then its id), when `held`. */
   private readonly key = Buffer.alloc(10);
   private held = false;
   private bytes = new Uint8Array(chunkBytes);
-  /** The held chunk (a view of `bytes`, or a kept chunk). */
+  /** The held chunk (a view of `bytes`). */
   private view: Uint8Array = new Uint8Array(0);
   private spilled = new Uint8Array(0);
-  /** Chunks kept between readers, by group key, least recently used first (with keepBytesMax). */
-  private readonly kept = new Map<string, Uint8Array>();
-  /** Bytes of the chunks kept. */
-  keptBytes = 0;
 
-  constructor(
-    private readonly get: (groupKey: Buffer) => Uint8Array | undefined,
-    /**
-     * Bytes of chunks kept from one reader to the next (0: only the last chunk, in a reused
-     * buffer). A store's readers (queries, stored queries, dashboards) read the same recent
-     * blocks again and again: each chunk read cost an LMDB lookup and a 32 KB copy, a tenth of
-     * a query over 40 servers in 25 racks. The owner clears them when a shard is wiped.
-     */
-    private readonly keepBytesMax = 0,
-    /** Called for each kept chunk dropped to stay within keepBytesMax. */
-    private readonly onEvict?: () => void,
-  ) {}
+  constructor(private readonly get: (groupKey: Buffer) => Uint8Array | undefined) {}
 
-  /** Chunks kept between readers. */
-  get keptChunks(): number {
-    return this.kept.size;
-  }
-
-  /** Forgets the held chunk (a reader starting; chunks never change, this bounds what is assumed). */
+  /** Forgets the held chunk (a reader starting, a shard wiped: its restored chunks may reuse group keys). */
   forget(): void {
     this.held = false;
   }
 
-  /** Forgets every chunk kept (a shard wiped: its restored chunks may reuse group keys). */
-  clear(): void {
-    this.held = false;
-    this.kept.clear();
-    this.keptBytes = 0;
-  }
-
-  /** The chunk `id` of a row key's (shard, block), as `get` gives it; a view valid until this memo reads another (for ever, when chunks are kept). */
+  /** The chunk `id` of a row key's (shard, block), as `get` gives it; a view valid until this memo reads another. */
   readonly chunk = (rowKey: Uint8Array, id: number): Uint8Array | undefined => {
     if (this.held && this.holds(rowKey, id)) return this.view;
     this.held = false;
     const gk = groupKey(rowKey, id);
-    if (this.keepBytesMax > 0) {
-      const name = gk.toString('latin1');
-      let c = this.kept.get(name);
-      if (c !== undefined) {
-        this.kept.delete(name);
-        this.kept.set(name, c);
-      } else {
-        const got = this.get(gk);
-        if (got === undefined) return undefined;
-        // Its own copy, by the value's length (lmdb-js' buffer's array is longer).
-        c = Uint8Array.prototype.slice.call(got, 0, got.length) as Uint8Array;
-        this.kept.set(name, c);
-        this.keptBytes += c.length + chunkKeptBytes;
-        for (const [k, old] of this.kept) {
-          if (this.keptBytes <= this.keepBytesMax || k === name) break;
-          this.kept.delete(k);
-          this.keptBytes -= old.length + chunkKeptBytes;
-          this.onEvict?.();
-        }
-      }
-      gk.copy(this.key);
-      this.held = true;
-      this.view = c;
-      return c;
-    }
     const got = this.get(gk);
     if (got === undefined) return undefined;
     // lmdb-js' buffer has its `length` set to the value's; its array is longer: view it by that.

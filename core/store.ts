@@ -130,8 +130,8 @@ function ownCopy(b: Uint8Array): Uint8Array {
   return Uint8Array.prototype.slice.call(b, 0, b.length) as Uint8Array;
 }
 
-/** Bytes of row-group chunks a store's readers keep between reads (core/rowgroups.ts ChunkMemo). */
-const chunkKeepBytes = 16 * 1024 * 1024;
+/** What a row's bytes kept in its directory cost beside their length (their array and its storage). */
+const keptRowBytesOverhead = 120;
 const rackIdsMax = 1 << 14; // head keys pack (metric, rack); racksMax stays below
 /** Registry entries one periodic save writes at most (~2 ms a thousand): the rest at the next. */
 const registryEntriesPerSaveMax = 20_000;
@@ -184,11 +184,7 @@ export class Store {
   private readonly rowScratch = new RowScratch();
   private readonly readChunk = (rowKey: Uint8Array, id: number) => this.groups.getBinaryFast(groupKey(rowKey, id));
   /** The chunk `read` holds, and its scratch for rows spanning chunks. */
-  private readonly chunkMemo = new ChunkMemo(
-    (k) => this.groups.getBinaryFast(k),
-    chunkKeepBytes,
-    () => void this.counters.chunks_kept_evicted++,
-  );
+  private readonly chunkMemo = new ChunkMemo((k) => this.groups.getBinaryFast(k));
   /**
    * Point columns of written heads, reused by new ones (head.ts): a block's heads are written
    * while the next block's start, so up to half the head bound is kept (within what live heads
@@ -245,8 +241,6 @@ export class Store {
     row_directory_evicted: 0,
     row_directory_bytes: 0,
     /** Row-group chunks kept between reads (core/rowgroups.ts ChunkMemo): dropped to stay within their bound; bytes held (a gauge). */
-    chunks_kept_evicted: 0,
-    chunks_kept_bytes: 0,
     /** Ad-hoc answers' windows (core/query/windowcache.ts, kept by the worker beside this store): from the cache, evaluated, evicted; held (a gauge). */
     answer_cache_hits: 0,
     answer_cache_misses: 0,
@@ -1243,11 +1237,18 @@ export class Store {
         headBelow(rackId);
         const key = e.key;
         try {
-          // A row inline (written before row groups): its value again, in lmdb-js' reused buffer.
-          const value = e.pointer ?? this.rows.getBinaryFast(key);
-          if (value === undefined) continue;
+          let bytes = e.bytes;
+          if (bytes === null) {
+            // A row inline (written before row groups): its value again, in lmdb-js' reused buffer.
+            const value = e.pointer ?? this.rows.getBinaryFast(key);
+            if (value === undefined) continue;
+            bytes = storedRowBytes(key, value, chunks.chunk, chunks.spill);
+            if (this.directories.keeps(dk, dir)) {
+              bytes = e.bytes = ownCopy(bytes);
+              this.directories.grew(dk, dir, bytes.length + keptRowBytesOverhead);
+            }
+          }
           const walSeq = e.walSeq;
-          const bytes = storedRowBytes(key, value, chunks.chunk, chunks.spill);
           const mh = racks?.get(rackId);
           if (mh !== undefined) {
             // Late data over a written row: read as the row writer will write them, merged (a
@@ -1283,7 +1284,6 @@ export class Store {
         }
       }
       this.counters.row_directory_bytes = this.directories.bytes;
-      this.counters.chunks_kept_bytes = chunks.keptBytes;
       headBelow(Number.POSITIVE_INFINITY);
     }
   }
@@ -1311,7 +1311,7 @@ export class Store {
       // getBinaryFast's buffer is lmdb-js' own, its `length` set to the value's: view it by that.
       const value = this.rows.getBinaryFast(key);
       if (value === undefined) continue;
-      rows.push({ rackId: key.readUInt32BE(14), key: ownCopy(key) as Buffer, pointer: isPointer(value) ? ownCopy(value) : null, walSeq: readU48(value, 0), header: null });
+      rows.push({ rackId: key.readUInt32BE(14), key: ownCopy(key) as Buffer, pointer: isPointer(value) ? ownCopy(value) : null, walSeq: readU48(value, 0), header: null, bytes: null });
     }
     return part ? { dir: { epoch, rows, bytes: 0 }, kept: false } : { dir: this.directories.put(dk, epoch, rows), kept: false };
   }
@@ -1713,8 +1713,7 @@ export class Store {
     this.counters.row_cache_bytes = 0;
     this.directories.clear();
     this.counters.row_directory_bytes = 0;
-    this.chunkMemo.clear();
-    this.counters.chunks_kept_bytes = 0;
+    this.chunkMemo.forget();
     // A written block's WAL deletes still queued must not land on restored entries.
     await this.walEnv.committed;
     const batch = 5000;
