@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { Body, decodeFrame, type RejectReason } from '../schema/codec.js';
 import { batchBytesMax } from '../schema/limits.js';
-import { hashName } from '../schema/names.js';
+import { hashName, hashNameOften } from '../schema/names.js';
 import { originRack, sectionAt, type RackSecondMessage } from '../schema/section.js';
 import { BufferPool } from './buffers.js';
 import { coreLimits as L } from './limits.js';
@@ -420,7 +420,7 @@ export class ShardPool {
 
   private slotOfMetric(name: string): Slot {
     const h = new Uint32Array(2);
-    hashName(name, h, 0);
+    hashNameOften(name, h, 0);
     return this.slots[this.placement.workerOfShard(this.placement.shardOfHash(h[0]!))]!;
   }
 

@@ -5,7 +5,7 @@
 
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
-import { hashName } from '../schema/names.js';
+import { hashNameOften } from '../schema/names.js';
 import { guardLmdbRejections } from '../lib/lmdb.js';
 import { shardOf } from '../schema/section.js';
 import { exportChunk } from './history/export.js';
@@ -77,7 +77,7 @@ function storeOfShard(shard: number): Owned {
 
 function shardOfMetric(name: string): number {
   const h = new Uint32Array(2);
-  hashName(name, h, 0);
+  hashNameOften(name, h, 0);
   return shardOf(h[0]!, config.layout.shards);
 }
 

@@ -14,6 +14,28 @@ export function hashName(name: string, out: Uint32Array, at: number): void {
   out[at + 1] = digest.readUInt32LE(4);
 }
 
+/** Names hashed lately by hashNameOften, with their (lo, hi). */
+const hashedMax = 1024;
+const hashed = new Map<string, readonly [number, number]>();
+
+/**
+ * hashName, remembering the last hashedMax names hashed this way: a query's metric was hashed
+ * three times per answer (the HTTP thread to find its worker, the worker its store, the
+ * evaluator its rows), ~4 µs each for SHA-256's set-up. For names asked again and again (queries,
+ * dashboards); not for a stream of new names (ingest), which would only churn it.
+ */
+export function hashNameOften(name: string, out: Uint32Array, at: number): void {
+  let h = hashed.get(name);
+  if (h === undefined) {
+    hashName(name, out, at);
+    h = [out[at]!, out[at + 1]!];
+    if (hashed.size >= hashedMax) hashed.delete(hashed.keys().next().value!);
+    hashed.set(name, h);
+  }
+  out[at] = h[0];
+  out[at + 1] = h[1];
+}
+
 /** A Map-friendly key for a (lo, hi) hash; for cold paths only (it allocates a string). */
 export function hashKey(lo: number, hi: number): string {
   return `${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')}`;

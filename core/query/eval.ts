@@ -17,7 +17,7 @@
 // The range is the windows that overlap [from, to): the first is the window containing `from`
 // (issue 16.12: `WINDOW 1h` over the last 10 minutes answers the current hour).
 
-import { hashName } from '../../schema/names.js';
+import { hashNameOften } from '../../schema/names.js';
 import { quantileRank, SketchAccumulator } from '../../schema/sketch.js';
 import { aggregateSpanSeconds, type DecodedRow, type RowReadOptions } from '../block.js';
 import { coreLimits } from '../limits.js';
@@ -194,7 +194,7 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     return w;
   };
   const h = new Uint32Array(2);
-  hashName(q.metric, h, 0);
+  hashNameOften(q.metric, h, 0);
   const wantPct = q.functions.some((f) => f.type === 'percentile');
   // Window sums are added up second by second in a fixed order (GroupedSums): only when asked for.
   const wantSum = q.functions.some((f) => f.type === 'avg' || f.type === 'sum');
@@ -224,6 +224,8 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
   // slots (set on the first row, from its block length); a window's slot is cleared when it is final.
   // By id (retired servers leave ids free until reused: ids may pass the count of servers).
   const stride = store.registry.serverIdLimit + 1;
+  /** Bytes of seenBits per open window. */
+  const slotBytes = Math.ceil(stride / 8);
   let slots = 0;
   let seenBits = new Uint8Array(0);
   let finalized = 0;
@@ -239,12 +241,12 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
       }
       sketches[w] = undefined;
       values.drop(w);
-      if (slots > 0) seenBits.fill(0, (w % slots) * Math.ceil(stride / 8), ((w % slots) + 1) * Math.ceil(stride / 8));
+      if (slots > 0) seenBits.fill(0, (w % slots) * slotBytes, ((w % slots) + 1) * slotBytes);
     }
   };
   const mark = (w: number, sid: number) => {
     if (sid >= stride) return;
-    const at = (w % slots) * Math.ceil(stride / 8) + (sid >>> 3);
+    const at = (w % slots) * slotBytes + (sid >>> 3);
     const m = 1 << (sid & 7);
     if ((seenBits[at]! & m) === 0) {
       seenBits[at]! |= m;
@@ -294,7 +296,7 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     if (slots === 0) {
       // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
       slots = Math.min(n, Math.ceil(row.blockSeconds / W) + 1);
-      seenBits = new Uint8Array(slots * Math.ceil(stride / 8));
+      seenBits = new Uint8Array(slots * slotBytes);
       st.seenBitsBytes = seenBits.length;
       rolled = new Uint8Array(row.blockSeconds);
       secHas = new Uint8Array(row.blockSeconds);
@@ -340,7 +342,7 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
         sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
       }
     }
-    if (wantSum && !wantPct && row.distStart[row.serverIds.length] === 0 && visitDense(row, block)) return;
+    if (!wantPct && row.distStart[row.serverIds.length] === 0 && visitDense(row, block)) return;
     const pointSecs = row.pointSecs;
     const pointVals = row.pointVals;
     const secs = row.blockSeconds;
@@ -416,9 +418,10 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
   };
   /**
    * visit() of a row whose selected servers have every second of the block and no summaries (a
-   * dense row: most rows), when sums are asked and no percentile: second by second across the
-   * servers (each second's sum in server order, as visit adds them), without the per-second
-   * columns. False, having done nothing, when a selected server lacks a second.
+   * dense row: most rows), when no percentile is asked: second by second across the servers (each
+   * second's sum in server order, as visit adds them; a min/max query's sums go unused), without
+   * the per-second columns or a run per window. False, having done nothing, when a selected
+   * server lacks a second.
    */
   function visitDense(row: DecodedRow, block: number): boolean {
     const S = row.blockSeconds;
@@ -437,6 +440,8 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     }
     if (k === 0) return true;
     const vals = row.pointVals;
+    const a0 = denseAt[0]!;
+    const a1 = denseAt[1]!;
     // Group by group (GroupedSums' groups: G seconds from a multiple of G, each inside one window
     // as windows start at multiples of W, a multiple of G; cut where the block ends, as
     // GroupedSums is flushed after each row): a group's total from 0, second by second, then
@@ -454,15 +459,37 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
       let total = 0;
       let lo = min[w]!;
       let hi = max[w]!;
-      for (; s < groupEnd; s++) {
-        let t = 0;
-        for (let x = 0; x < k; x++) {
-          const v = vals[denseAt[x]! + s]!;
-          t += v;
+      // One or two servers (a few servers spread over racks: most rows hold one or two of them)
+      // without the loop over servers; the same sums (a second's total from +0: v, then v + u).
+      if (k === 1) {
+        for (let i = a0 + s, e = a0 + groupEnd; i < e; i++) {
+          const v = vals[i]!;
+          total += v;
           if (v < lo) lo = v;
           if (v > hi) hi = v;
         }
-        total += t;
+        s = groupEnd;
+      } else if (k === 2) {
+        for (; s < groupEnd; s++) {
+          const v = vals[a0 + s]!;
+          const u = vals[a1 + s]!;
+          total += v + u;
+          if (v < lo) lo = v;
+          if (v > hi) hi = v;
+          if (u < lo) lo = u;
+          if (u > hi) hi = u;
+        }
+      } else {
+        for (; s < groupEnd; s++) {
+          let t = 0;
+          for (let x = 0; x < k; x++) {
+            const v = vals[denseAt[x]! + s]!;
+            t += v;
+            if (v < lo) lo = v;
+            if (v > hi) hi = v;
+          }
+          total += t;
+        }
       }
       min[w] = lo;
       max[w] = hi;
