@@ -839,10 +839,10 @@ let rowIdsScratch = new Uint32Array(1024);
 function growScratch(n: number): void {
   if (endsScratch.length < n) endsScratch = new Int32Array(2 * n);
   if (rowIdsScratch.length < n) rowIdsScratch = new Uint32Array(2 * n);
-  if (pickedScratch.length < n) pickedScratch = new Uint8Array(2 * n);
+  if (pickedScratch.length < n) pickedScratch = new Int32Array(2 * n);
   if (f64Scratch.length < n) f64Scratch = new Float64Array(2 * n);
 }
-let pickedScratch = new Uint8Array(1024);
+let pickedScratch = new Int32Array(1024);
 let f64Scratch = new Float64Array(1024);
 
 /** Server ids (v2: varint deltas; v3: a series) into ends[0 .. n), checked ascending u32. */
@@ -980,19 +980,24 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
   const { v4, kind, blockSeconds, n, ends, layout, habit, aggAt, aggLen, rollAt, rollLen, segAt } = h;
   const keep = opts.servers;
   growScratch(n);
+  // Which servers are picked: their indices in the row, ascending.
   const picked = pickedScratch;
-  // Which servers are picked.
+  const rowIds = h.ids;
   let k = 0;
-  for (let j = 0; j < n; j++) {
-    const id = h.ids[j]!;
-    k += picked[j] = keep === undefined || (id < keep.length && keep[id] === 1) ? 1 : 0;
+  if (keep === undefined) for (; k < n; k++) picked[k] = k;
+  else {
+    const marked = keep.length;
+    for (let j = 0; j < n; j++) {
+      const id = rowIds[j]!;
+      if (id < marked && keep[id] === 1) picked[k++] = j;
+    }
   }
   // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
   if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
   const scratch = opts.scratch;
   scratch?.fit(k, k * blockSeconds);
   const ids = scratch === undefined ? new Uint32Array(k) : scratch.idsOf(k);
-  for (let j = 0, o = 0; j < n; j++) if (picked[j] === 1) ids[o++] = h.ids[j]!;
+  for (let x = 0; x < k; x++) ids[x] = rowIds[picked[x]!]!;
   const r = new ByteReader(stored);
   // Aggregates and the rollup describe the whole row: a subset's reader has no use for them.
   let aggregates: RowAggregates | null = null;
@@ -1028,11 +1033,10 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
     cap,
     scratch,
   };
-  let out = 0;
-  for (let j = 0; j < n; j++) {
-    if (picked[j] === 0) continue;
-    pointStart[out] = o.p;
-    distStart[out++] = o.d;
+  for (let x = 0; x < k; x++) {
+    const j = picked[x]!;
+    pointStart[x] = o.p;
+    distStart[x] = o.d;
     r.pos = segAt + (j === 0 ? 0 : ends[j - 1]!);
     readSegment(r, layout, o, segAt + ends[j]!, blockSeconds, secondsOnly, habit);
   }
