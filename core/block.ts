@@ -993,7 +993,12 @@ function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow 
     }
   }
   // None of its servers asked for (most rows of a query over a few servers): nothing more to read.
-  if (k === 0 && n > 0) return { ...noServers, kind, blockSeconds, serversOmitted: n };
+  if (k === 0 && n > 0) {
+    // A literal, not a spread of noServers: spreading a frozen object cost ~130 ns, a tenth of a
+    // one-server query (240 of its 250 rows come here).
+    const z = noServers;
+    return { kind, blockSeconds, serverIds: z.serverIds, serversOmitted: n, entries: 'values', aggregates: null, pointStart: z.pointStart, pointSecs: z.pointSecs, pointVals: z.pointVals, distStart: z.distStart, dist: z.dist, rollup: z.rollup };
+  }
   const scratch = opts.scratch;
   scratch?.fit(k, k * blockSeconds);
   const ids = scratch === undefined ? new Uint32Array(k) : scratch.idsOf(k);
