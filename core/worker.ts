@@ -12,6 +12,7 @@ import { exportChunk } from './history/export.js';
 import { evaluate } from './query/eval.js';
 import { parseQueryOften } from './query/parse.js';
 import { StoredQueries, type StoredQuery } from './query/stored.js';
+import { windowsJson } from './query/windowjson.js';
 import { WindowCache } from './query/windowcache.js';
 import { Store, type StoreIngestResult, type StoreOptions } from './store.js';
 import { restoresMax, snapshotCursorsMax, snapshotIdleMs, type ShardRestore } from './snapshot.js';
@@ -450,7 +451,7 @@ function handle(m: ToWorker): void {
       const o = storeOfMetric(q.metric);
       if (m.cache === false) {
         const windows = evaluate(o.store, q, m.fromSec, m.toSec);
-        return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: JSON.stringify(windows) } : { t: 'reply', id: m.id, windows });
+        return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: windowsJson(windows) } : { t: 'reply', id: m.id, windows });
       }
       return post(m.json === true ? { t: 'reply', id: m.id, windowsJson: o.answers.evaluateJson(o.store, q, m.fromSec, m.toSec) } : { t: 'reply', id: m.id, windows: o.answers.evaluate(o.store, q, m.fromSec, m.toSec) });
     }

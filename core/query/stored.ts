@@ -10,6 +10,7 @@ import type { Database, RootDatabase } from 'lmdb';
 import { coreLimits } from '../limits.js';
 import { EvalLimitError, evaluate, openEvaluation, type Evaluation, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import { parseQuery, type Query } from './parse.js';
+import { windowJson } from './windowjson.js';
 import { deleteRange } from '../../lib/lmdb.js';
 
 export interface StoredQuery {
@@ -552,7 +553,7 @@ export class StoredQueries {
           w.revision = old.revision + 1;
           this.counters.windows_revised++;
         }
-        changed.push([s.def, key, w, JSON.stringify(w)]);
+        changed.push([s.def, key, w, windowJson(w)]);
       }
     }
     this.root.transactionSync(() => {

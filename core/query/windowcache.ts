@@ -20,6 +20,7 @@ import { hashName } from '../../schema/names.js';
 import { coreLimits } from '../limits.js';
 import { evaluate, type EvalOptions, type MetricReader, type WindowResult } from './eval.js';
 import type { Query } from './parse.js';
+import { windowJson } from './windowjson.js';
 
 /**
  * Windows kept per store: ~640 B each with their JSON (measured: 48,000 windows of min, max, avg,
@@ -76,10 +77,10 @@ export class WindowCache {
     return this.answer(store, q, fromSec, toSec, opts).map((e) => e.result!);
   }
 
-  /** JSON.stringify(this.evaluate(…)), from each window's JSON text, kept with it. */
+  /** The JSON text of this.evaluate(…) (as JSON.stringify writes it), from each window's text, kept with it. */
   evaluateJson(store: VersionedReader, q: Query, fromSec: number, toSec: number, opts: EvalOptions = {}): string {
     let json = '[';
-    for (const [i, e] of this.answer(store, q, fromSec, toSec, opts).entries()) json += (i === 0 ? '' : ',') + (e.json ??= JSON.stringify(e.result));
+    for (const [i, e] of this.answer(store, q, fromSec, toSec, opts).entries()) json += (i === 0 ? '' : ',') + (e.json ??= windowJson(e.result!));
     return `${json}]`;
   }
 
