@@ -45,4 +45,25 @@ describe('row directories (a block\'s stored rows kept between reads)', () => {
     dirs.clear();
     expect([dirs.size, dirs.bytes]).toEqual([0, 0]);
   });
+
+  it("keeps rows' bytes only within a tenth of the bound per directory (regression: one wide block's rows, kept on their first read, pushed every other directory out)", () => {
+    const c = counters();
+    const dirs = new RowDirectories(c, 1_000_000);
+    for (let i = 0; i < 20; i++) dirs.put(`small-${i}`, 1, rows(2));
+    const big = dirs.put('big', 1, rows(100)); // 50,300 B
+    let kept = 0;
+    for (let r = 0; r < 100; r++) {
+      if (!dirs.keeps('big', big, 50_120)) continue;
+      dirs.grew('big', big, 50_120);
+      kept++;
+    }
+    expect(kept).toBe(0); // 50,300 + 50,120 > 100,000
+    const wide = dirs.put('wide', 1, rows(10)); // 5,300 B
+    for (let r = 0; r < 10; r++) if (dirs.keeps('wide', wide, 20_000)) dirs.grew('wide', wide, 20_000);
+    expect(wide.bytes).toBe(85_300); // four rows' bytes kept, the rest read again each time
+    expect(dirs.size).toBe(22);
+    expect(c.row_directory_evicted).toBe(0);
+    // Not kept at all: nothing may grow it.
+    expect(dirs.keeps('gone', wide, 1)).toBe(false);
+  });
 });

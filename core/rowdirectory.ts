@@ -96,9 +96,13 @@ export class RowDirectories {
     return d;
   }
 
-  /** Whether `d` is the directory kept under `key` (what a reader adds to its rows lasts). */
-  keeps(key: string, d: Directory): boolean {
-    return this.dirs.get(key) === d;
+  /**
+   * Whether `d` is the directory kept under `key` and may grow by `more` bytes: a directory stays
+   * within a tenth of the bound, as one is put (a wide block's rows, e.g. racks of 1,000 servers,
+   * are read again from their chunks; kept, one block's rows emptied the whole bound).
+   */
+  keeps(key: string, d: Directory, more: number): boolean {
+    return this.dirs.get(key) === d && d.bytes + more <= this.bytesMax / 10;
   }
 
   /** A header or row bytes costing `bytes` were kept with a row of `d` (if d is still kept, it costs them). */

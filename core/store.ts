@@ -240,7 +240,6 @@ export class Store {
     row_directory_misses: 0,
     row_directory_evicted: 0,
     row_directory_bytes: 0,
-    /** Row-group chunks kept between reads (core/rowgroups.ts ChunkMemo): dropped to stay within their bound; bytes held (a gauge). */
     /** Ad-hoc answers' windows (core/query/windowcache.ts, kept by the worker beside this store): from the cache, evaluated, evicted; held (a gauge). */
     answer_cache_hits: 0,
     answer_cache_misses: 0,
@@ -1243,7 +1242,7 @@ export class Store {
             const value = e.pointer ?? this.rows.getBinaryFast(key);
             if (value === undefined) continue;
             bytes = storedRowBytes(key, value, chunks.chunk, chunks.spill);
-            if (this.directories.keeps(dk, dir)) {
+            if (this.directories.keeps(dk, dir, bytes.length + keptRowBytesOverhead)) {
               bytes = e.bytes = ownCopy(bytes);
               this.directories.grew(dk, dir, bytes.length + keptRowBytesOverhead);
             }
