@@ -193,6 +193,8 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     if (w === undefined) rackWhole.set(rackId, (w = rackTest !== null && rackTest(store.rackName(rackId) ?? '')));
     return w;
   };
+  /** Whether a row's server counts: its rack is taken whole, or it is selected (a function, not a closure made per row). */
+  const isSelected = (whole: boolean, sid: number): boolean => whole || (sid < selected.length && selected[sid] === 1);
   const h = new Uint32Array(2);
   hashNameOften(q.metric, h, 0);
   const wantPct = q.functions.some((f) => f.type === 'percentile');
@@ -286,12 +288,10 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     if (++passed % coreLimits.evalBudgetCheckRows === 0) overBudget();
   };
   const readOpts: RowReadOptions = { servers: everyServer ? undefined : selected, wholeRack: rackTest === null ? undefined : wholeRack, secondsOnlyFor: wantPct ? undefined : W, tick };
-  // The rack of the row visit() is in, and visitDense's scratch: where each selected server's points start.
-  let lastRack = -1;
+  // visitDense's scratch: where each selected server's points start.
   let denseAt = new Int32Array(64);
   let denseSid = new Uint32Array(64);
   const visit = (row: DecodedRow, block: number, rackId: number): void => {
-    lastRack = rackId;
     st.rows++; // the budget is checked by readOpts.tick, for every row key and block passed
     if (slots === 0) {
       // A block touches at most ceil(blockSeconds / W) + 1 windows: those are all the open ones.
@@ -311,7 +311,6 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
       for (let s = 0; s < winOf.length; s++) winOf[s] = block + s < first || block + s >= end ? -1 : Math.floor((block + s - first) / W);
     }
     const whole = wholeRack(rackId);
-    const isSelected = (sid: number) => whole || (sid < selected.length && selected[sid] === 1);
     // The rack's rollup answers percentiles, and the row's aggregates everything else, only when
     // every server of the row is selected (issue 12: a server that moved racks may be in the
     // row but not in the selection).
@@ -322,7 +321,7 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
     let allSelected = held && row.serversOmitted === 0 && (whole || everyServer);
     if (!allSelected && held && row.serversOmitted === 0 && (wantPct ? row.rollup.secs.length > 0 : row.aggregates !== null)) {
       allSelected = true;
-      for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(row.serverIds[j]!)) allSelected = false;
+      for (let j = 0; j < row.serverIds.length && allSelected; j++) if (!isSelected(whole, row.serverIds[j]!)) allSelected = false;
     }
     if (!wantPct && allSelected && row.aggregates !== null && W % row.aggregates.span === 0) {
       addAggregates(row, block);
@@ -342,13 +341,13 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
         sketchOf(Math.floor((sec - first) / W)).addEncoded(r.sketchSrc[i]!, r.sketchStart[i]!, r.sketchEnd[i]!);
       }
     }
-    if (!wantPct && row.distStart[row.serverIds.length] === 0 && visitDense(row, block)) return;
+    if (!wantPct && row.distStart[row.serverIds.length] === 0 && visitDense(row, block, whole)) return;
     const pointSecs = row.pointSecs;
     const pointVals = row.pointVals;
     const secs = row.blockSeconds;
     for (let j = 0; j < row.serverIds.length; j++) {
       const sid = row.serverIds[j]!;
-      if (!isSelected(sid)) continue;
+      if (!isSelected(whole, sid)) continue;
       // A server's points in runs of one window (seconds ascending): per run one mark, one
       // min/max store and one copy of its values (issue 14: per point, this visit was a third
       // of a 1,000-server percentile query).
@@ -423,9 +422,8 @@ export function openEvaluation(store: MetricReader, q: Query, fromSec: number, t
    * the per-second columns or a run per window. False, having done nothing, when a selected
    * server lacks a second.
    */
-  function visitDense(row: DecodedRow, block: number): boolean {
+  function visitDense(row: DecodedRow, block: number, whole: boolean): boolean {
     const S = row.blockSeconds;
-    const whole = wholeRack(lastRack);
     let k = 0;
     if (denseAt.length < row.serverIds.length) {
       denseAt = new Int32Array(2 * row.serverIds.length);
