@@ -200,7 +200,7 @@ describe('a shard consumer applying a burst', () => {
 
 describe('a shard consumer whose stream was made again or cut back', () => {
   /** A stream whose info says `state` (and `created`), a pull delivering `msgs`, and a store that applied up to `stored`. */
-  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[]; known?: string | null }) {
+  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[]; known?: string | null; timeOf?: (seq: number) => number | null }) {
     let stored = o.stored;
     /** The creation time the store noted (Store.streamCreated): it outlives the consumer. */
     let known = o.known ?? null;
@@ -211,7 +211,15 @@ describe('a shard consumer whose stream was made again or cut back', () => {
     const consumer = { info: async () => info, consume: async () => deadPull({ stopped: 0 }, pulls++ === 0 ? o.msgs : []) };
     const js = { consumers: { get: async () => consumer } } as unknown as JetStreamClient;
     const jsm = {
-      streams: { info: async () => ({ created: o.created(), state: o.state() }) },
+      streams: {
+        info: async () => ({ created: o.created(), state: o.state() }),
+        // The stream's message at `seq` (its time, ms), as JetStream's message get answers.
+        getMessage: async (_stream: string, q: { seq: number }) => {
+          const ms = o.timeOf?.(q.seq) ?? null;
+          if (ms === null) throw new Error('no message found');
+          return { seq: q.seq, time: new Date(ms) };
+        },
+      },
       consumers: { info: async () => null, add: async () => info, delete: async () => true },
     } as unknown as JetStreamManager;
     const pool = {
@@ -251,6 +259,38 @@ describe('a shard consumer whose stream was made again or cut back', () => {
       expect(r.applied).toEqual([1, 2, 3]);
       expect([r.c.counters.stream_resets, r.c.counters.messages_redelivered, r.c.applied]).toEqual([1, 0, 3]);
       expect(errors.some((e) => /stream APM_0 was cut back to 3 after this node applied up to 50: reading it again from 1/.test(e))).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('regression: reads a stream again from its first message when it lost its tail and grew past what was applied before the consumer reopened (the message under the applied sequence is another; before: the new messages up to it were skipped as redelivered)', async () => {
+    const t0 = Date.parse('2026-12-05T03:00:00Z');
+    const timed = (seq: number, ms: number): FakeMsg => ({ seq, data: new Uint8Array([1]), headers: undefined, info: { deliverySequence: seq, pending: 0, timestampNanos: ms * 1e6 }, ack: () => undefined });
+    const errors: string[] = [];
+    const spy = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void errors.push(a.join(' ')));
+    try {
+      // Messages 1..3 applied; then NATS loses 2..3, and racks publish 2..5 anew (later times) before the consumer reopens.
+      let state = { first_seq: 1, last_seq: 3 };
+      let lost = false;
+      const r = remade({ stored: 0, state: () => state, created: () => '2026-12-05T02:00:00Z', msgs: [timed(1, t0), timed(2, t0 + 1000), timed(3, t0 + 2000)], timeOf: (seq) => (seq > 3 ? null : lost && seq >= 2 ? t0 + 60_000 + seq : t0 + (seq - 1) * 1000) });
+      r.c.start(0);
+      await new Promise((res) => setTimeout(res, 200));
+      await r.c.stop();
+      expect([r.applied, r.c.applied]).toEqual([[1, 2, 3], 3]);
+      // Reopened with the stream unchanged: nothing read again.
+      r.c.start(3);
+      await new Promise((res) => setTimeout(res, 100));
+      await r.c.stop();
+      expect(r.rebased).toEqual([]);
+      state = { first_seq: 1, last_seq: 5 };
+      lost = true;
+      r.c.start(3);
+      await new Promise((res) => setTimeout(res, 100));
+      await r.c.stop();
+      expect(r.rebased).toEqual([0]);
+      expect(r.c.counters.stream_resets).toBe(1);
+      expect(errors.some((e) => /stream APM_0 was cut back and grown again \(its message 3 is not the one this node applied\) after this node applied up to 3: reading it again from 1/.test(e))).toBe(true);
     } finally {
       spy.mockRestore();
     }

@@ -62,6 +62,15 @@ export class ShardConsumer {
   readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0, stream_resets: 0, stream_gap_messages: 0 };
   /** The stream's creation time when this consumer last opened it (null: not yet; then the store's record is asked). */
   private streamCreated: string | null = null;
+  /**
+   * The newest message this consumer applied: its stream sequence and the stream's time for it
+   * (ms). At every open the stream's message at that sequence must still be it. A stream that
+   * lost its tail (a correlated NATS crash: its servers sync every 2 minutes) and grew past this
+   * node's applied sequence again before the consumer reopened looked unchanged: the new
+   * messages under sequences this node had applied were skipped as redelivered, silently, on
+   * every owner. (In memory: a node restarted with NATS is not covered; see docs/architecture.md.)
+   */
+  private mark: { seq: number; ms: number } | null = null;
   private stopping = false;
   private loop: Promise<void> | null = null;
   /** Ends the running read's pull (stop, or a message that could not be applied). */
@@ -173,9 +182,12 @@ export class ShardConsumer {
     const created = si.created;
     const known = this.streamCreated ?? (await this.pool.streamCreated(this.o.shard));
     const remade = known !== null && created !== known;
-    if ((remade || this.applied > si.state.last_seq) && this.applied > 0) {
+    const reused = !remade && this.applied <= si.state.last_seq ? await this.markReused(stream, si.state.first_seq, si.state.last_seq) : null;
+    if ((remade || this.applied > si.state.last_seq || reused !== null) && this.applied > 0) {
       const to = Math.max(0, si.state.first_seq - 1);
-      console.error(`apm core: shard ${this.o.shard}'s stream ${stream} was ${remade ? 'made again' : `cut back to ${si.state.last_seq}`} after this node applied up to ${this.applied}: reading it again from ${to + 1}`);
+      const why = remade ? 'made again' : reused !== null ? `cut back and grown again (its message ${reused} is not the one this node applied)` : `cut back to ${si.state.last_seq}`;
+      console.error(`apm core: shard ${this.o.shard}'s stream ${stream} was ${why} after this node applied up to ${this.applied}: reading it again from ${to + 1}`);
+      this.mark = null;
       await this.pool.rebaseStream(this.o.shard, to);
       this.counters.stream_resets++;
       this.applied = to;
@@ -216,6 +228,26 @@ export class ShardConsumer {
       max_ack_pending: 2 * this.o.batch,
       inactive_threshold: inactiveNs,
     });
+  }
+
+  /**
+   * The sequence of this consumer's mark when the stream now holds another message under it (or
+   * none: lost), else null (the same message; no mark; the mark aged out of the stream or lies
+   * past what is applied).
+   */
+  private async markReused(stream: string, first: number, last: number): Promise<number | null> {
+    const mark = this.mark;
+    if (mark === null || mark.seq > this.applied || mark.seq < first || mark.seq > last) return null;
+    const ms = await this.jsm.streams.getMessage(stream, { seq: mark.seq }).then(
+      (m) => (m === null ? null : m.time.getTime()),
+      (err: Error) => {
+        if (/no message found|not found/i.test(err.message)) return null;
+        throw err;
+      },
+    );
+    // Missing inside the stream's range: deleted (no correlated crash leaves a hole), not reused.
+    // The client's time is the nanoseconds' double floored, the server's its text cut: 1 ms apart at most.
+    return ms !== null && Math.abs(ms - mark.ms) > 1 ? mark.seq : null;
   }
 
   /**
@@ -331,6 +363,7 @@ export class ShardConsumer {
             return;
           }
           this.applied = Math.max(this.applied, m.seq);
+          if (m.seq >= (this.mark?.seq ?? 0) && m.info.timestampNanos !== undefined) this.mark = { seq: m.seq, ms: Math.floor(m.info.timestampNanos / 1e6) };
           if (failed) return;
           if (pending === 0 || ++sinceAck >= this.o.batch / 2) {
             sinceAck = 0;
