@@ -566,6 +566,14 @@ export class ShardPool {
     return r.created;
   }
 
+  /** The newest message of shard `shard`'s stream its consumer noted applying, and with `mark`, that one noted (see Store.streamMark). */
+  async streamMark(shard: number, mark?: { seq: number; ms: number }): Promise<{ seq: number; ms: number } | null> {
+    const slot = this.slots[this.placement.workerOfShard(shard)]!;
+    const r = await this.request(slot, { t: 'streamMark', id: this.nextId++, shard, ...(mark === undefined ? {} : { mark }) });
+    if (r.error !== undefined || r.mark === undefined) throw new WorkerError(r.error ?? 'no mark in the answer');
+    return r.mark;
+  }
+
   /** Lowers a shard's applied stream sequence (its stream was made again or cut back; see Store.rebaseStream). */
   async rebaseStream(shard: number, seq: number): Promise<void> {
     const slot = this.slots[this.placement.workerOfShard(shard)]!;

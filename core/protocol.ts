@@ -45,6 +45,7 @@ export type ToWorker =
   | { t: 'streamSeqs'; id: number }
   /** The stream creation time a shard's store last saw (`created`: note this one). */
   | { t: 'streamCreated'; id: number; shard: number; created?: string }
+  | { t: 'streamMark'; id: number; shard: number; mark?: { seq: number; ms: number } }
   | { t: 'streamSkip'; id: number; shard: number; seq: number; after: number }
   | { t: 'streamRebase'; id: number; shard: number; seq: number }
   | { t: 'streamRestart'; id: number; shard: number }
@@ -95,7 +96,7 @@ export interface WorkerMetric {
 
 export type Reply = { t: 'reply'; id: number; error?: string; result?: StoreIngestResult;
   /** An ingest request's buffer, handed back (transferred) for reuse once the store copied what it keeps. */
-  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; adopted?: number; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string; created?: string | null;
+  buf?: ArrayBuffer; windows?: WindowResult[]; windowsJson?: string; json?: string[]; adopted?: number; metrics?: WorkerMetric[]; stats?: WorkerStats; chunk?: ExportChunk; seqs?: Record<number, number>; skip?: string; created?: string | null; mark?: { seq: number; ms: number } | null;
   /** A snapshot cursor's next chunk (transferred; empty when done). */
   snapshot?: { cursor: number; bytes: ArrayBuffer; done: boolean };
   restored?: Omit<RestoreSummary, 'bytes'>;

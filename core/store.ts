@@ -158,6 +158,8 @@ export class Store {
   private readonly streamDb: Database<number, number>;
   /** Per shard, the creation time of its stream when it was last read (a cluster node: a stream made again while it was down). */
   private readonly streamCreatedDb: Database<string, number>;
+  /** Per shard, the newest stream message its consumer noted applying: [sequence, the stream's time in ms] (see streamMark). */
+  private readonly streamMarkDb: Database<[number, number], number>;
   private readonly streamApplied = new Map<number, number>();
   /** The newest row group id (unique per store; persisted with the groups). */
   private groupSeq = 0;
@@ -339,6 +341,7 @@ export class Store {
     this.streamDb = this.walEnv.openDB<number, number>({ name: 'stream', encoding: 'json', keyEncoding: 'uint32' });
     for (const { key, value } of this.streamDb.getRange()) this.streamApplied.set(key, value);
     this.streamCreatedDb = this.walEnv.openDB<string, number>({ name: 'streamCreated', encoding: 'json', keyEncoding: 'uint32' });
+    this.streamMarkDb = this.walEnv.openDB<[number, number], number>({ name: 'streamMark', encoding: 'json', keyEncoding: 'uint32' });
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax, shards: opts.shards.length });
     // Racks whose de-duplication windows the table holds for every shard of this store: beyond
@@ -394,9 +397,13 @@ export class Store {
   }
 
   /** Commits `seq` as shard `shard`'s applied stream sequence (no data with it); null, or why not. */
-  private recordStreamSeq(shard: number, seq: number): string | null {
+  private recordStreamSeq(shard: number, seq: number, forgetMark = false): string | null {
     try {
-      this.walEnv.transactionSync(() => void this.streamDb.put(shard, seq));
+      this.walEnv.transactionSync(() => {
+        this.streamDb.put(shard, seq);
+        // (Rebased: the mark names a message of the stream as it was.)
+        if (forgetMark) this.streamMarkDb.remove(shard);
+      });
     } catch (err) {
       this.lastError = writeFailure(err);
       return `storage write failed (${this.lastError})`;
@@ -415,7 +422,7 @@ export class Store {
     if (!this.heads.has(shard)) return `shard ${shard} is not in this store`;
     const now = this.streamApplied.get(shard) ?? 0;
     if (!(seq >= 0 && seq <= now)) return `BUG: rebasing shard ${shard}'s stream from ${now} to ${seq}`;
-    const failed = this.recordStreamSeq(shard, seq);
+    const failed = this.recordStreamSeq(shard, seq, true);
     if (failed === null) this.counters.stream_resets++;
     return failed;
   }
@@ -458,6 +465,26 @@ export class Store {
         this.lastError = writeFailure(err);
         return { error: `storage write failed (${this.lastError})` };
       }
+    }
+    return { before };
+  }
+
+  /**
+   * The newest message of shard `shard`'s stream its consumer noted applying (its sequence and
+   * the stream's time for it, ms), and, with `mark`, that one noted. A consumer compares it with
+   * the stream's message under that sequence when it opens: a stream that lost its tail in a
+   * correlated crash (NATS, and this node with it) and grew back past it numbers other messages
+   * with sequences this node applied. Not synced (noted about once a second): a mark lost in a
+   * crash leaves an older one, which is as true. Gone when the stream is rebased or the shard wiped.
+   */
+  streamMark(shard: number, mark?: { seq: number; ms: number }): { before: { seq: number; ms: number } | null } | { error: string } {
+    if (!this.heads.has(shard)) return { error: `shard ${shard} is not in this store` };
+    const v = this.streamMarkDb.get(shard);
+    const before = Array.isArray(v) && v.length === 2 ? { seq: v[0], ms: v[1] } : null;
+    if (mark !== undefined) {
+      this.streamMarkDb.put(shard, [mark.seq, mark.ms]).catch((err: unknown) => {
+        this.lastError = writeFailure(err);
+      });
     }
     return { before };
   }
@@ -1677,6 +1704,7 @@ export class Store {
     this.walEnv.transactionSync(() => {
       this.streamDb.put(shard, restoringSeq);
       this.streamCreatedDb.remove(shard);
+      this.streamMarkDb.remove(shard);
     });
     this.streamApplied.set(shard, restoringSeq);
     this.rowVersions.wroteShard(shard);

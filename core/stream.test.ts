@@ -79,6 +79,27 @@ describe('stream order (cluster consumer)', () => {
     await store.close();
   });
 
+  it("notes the newest applied message a consumer marks (its sequence and time) across a restart, and forgets it when the stream is rebased or the shard wiped (a consumer reopened after a crash with NATS compares it with the stream's message)", async () => {
+    const dir = tempDir();
+    let store = new Store(options(dir));
+    expect(store.streamMark(0)).toEqual({ before: null });
+    expect(store.streamMark(0, { seq: 2, ms: 1_796_440_000_000 })).toEqual({ before: null });
+    expect(store.streamMark(7)).toMatchObject({ error: 'shard 7 is not in this store' });
+    await store.close();
+    store = new Store(options(dir));
+    expect(store.streamMark(0)).toEqual({ before: { seq: 2, ms: 1_796_440_000_000 } });
+    expect(store.ingestMany([message(1, 0, 1), message(2, 1, 2)]).map((r) => r.status)).toEqual([204, 204]);
+    expect(store.rebaseStream(0, 0)).toBeNull();
+    expect(store.streamMark(0)).toEqual({ before: null });
+    store.streamMark(0, { seq: 1, ms: 5 });
+    await store.close();
+    store = new Store(options(dir));
+    expect(store.streamMark(0)).toEqual({ before: { seq: 1, ms: 5 } });
+    await store.shardRestore(0).begin();
+    expect(store.streamMark(0)).toEqual({ before: null });
+    await store.close();
+  });
+
   it('a stream made again: the applied sequence is lowered durably, its messages are applied from the first, and sections stored before are duplicates', async () => {
     const dir = tempDir();
     let store = new Store(options(dir));

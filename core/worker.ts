@@ -496,6 +496,10 @@ function handle(m: ToWorker): void {
       const r = storeOfShard(m.shard).store.streamCreated(m.shard, m.created);
       return post('error' in r ? { t: 'reply', id: m.id, error: r.error } : { t: 'reply', id: m.id, created: r.before });
     }
+    case 'streamMark': {
+      const r = storeOfShard(m.shard).store.streamMark(m.shard, m.mark);
+      return post('error' in r ? { t: 'reply', id: m.id, error: r.error } : { t: 'reply', id: m.id, mark: r.before });
+    }
     case 'streamSeqs': {
       const seqs: Record<number, number> = {};
       for (const { store } of owned.values()) Object.assign(seqs, store.streamSeqs());

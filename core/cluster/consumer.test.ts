@@ -56,6 +56,7 @@ function fakes(numPending: number, msgs: FakeMsg[] = [], later: FakeMsg[] = []) 
   const pool = {
     streamSeqs: async () => [stored],
     streamCreated: async () => null,
+    streamMark: async () => null,
     ingestStream: async (_body: Uint8Array, _shard: number, stream: { seq: number; after: number }) => {
       if (stream.after !== stored) return `after ${stream.after}, applied ${stored}`;
       stored = stream.seq;
@@ -160,6 +161,7 @@ describe('a shard consumer applying a burst', () => {
     const pool = {
       streamSeqs: async () => [stored],
       streamCreated: async () => null,
+      streamMark: async () => null,
       ingestStream: async (_b: Uint8Array, _s: number, stream: { seq: number; after: number }) => {
         await new Promise((r) => setTimeout(r, 1));
         seen.push(c!.caughtUp);
@@ -200,10 +202,13 @@ describe('a shard consumer applying a burst', () => {
 
 describe('a shard consumer whose stream was made again or cut back', () => {
   /** A stream whose info says `state` (and `created`), a pull delivering `msgs`, and a store that applied up to `stored`. */
-  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[]; known?: string | null; timeOf?: (seq: number) => number | null }) {
+  function remade(o: { stored: number; state: () => { first_seq: number; last_seq: number }; created: () => string; msgs: FakeMsg[]; known?: string | null; timeOf?: (seq: number) => number | null; noted?: { seq: number; ms: number } }) {
     let stored = o.stored;
     /** The creation time the store noted (Store.streamCreated): it outlives the consumer. */
     let known = o.known ?? null;
+    /** The newest applied message the store noted (Store.streamMark): it outlives the consumer too. */
+    let noted: { seq: number; ms: number } | null = o.noted ?? null;
+    const marks: { seq: number; ms: number }[] = [];
     const rebased: number[] = [];
     const applied: number[] = [];
     const info = { num_pending: 0, num_ack_pending: 0, delivered: { stream_seq: 0, consumer_seq: 0 }, ack_floor: { stream_seq: 0 } };
@@ -229,9 +234,15 @@ describe('a shard consumer whose stream was made again or cut back', () => {
         if (created !== undefined) known = created;
         return before;
       },
+      streamMark: async (_shard: number, m?: { seq: number; ms: number }) => {
+        const before = noted;
+        if (m !== undefined) marks.push((noted = m));
+        return before;
+      },
       rebaseStream: async (_shard: number, seq: number) => {
         rebased.push(seq);
         stored = seq;
+        noted = null; // as Store.rebaseStream forgets it
       },
       ingestStream: async (_body: Uint8Array, _shard: number, stream: { seq: number; after: number }) => {
         if (stream.after !== stored) return `after ${stream.after}, applied ${stored}`;
@@ -242,7 +253,7 @@ describe('a shard consumer whose stream was made again or cut back', () => {
     } as unknown as ShardPool;
     const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
     const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, js, jsm);
-    return { c, rebased, applied, known: () => known };
+    return { c, rebased, applied, known: () => known, noted: () => noted, marks };
   }
 
   it('reads a stream that ends before what it applied again from its first message (before: its messages were skipped as redelivered, on every owner)', async () => {
@@ -291,6 +302,21 @@ describe('a shard consumer whose stream was made again or cut back', () => {
       expect(r.rebased).toEqual([0]);
       expect(r.c.counters.stream_resets).toBe(1);
       expect(errors.some((e) => /stream APM_0 was cut back and grown again \(its message 3 is not the one this node applied\) after this node applied up to 3: reading it again from 1/.test(e))).toBe(true);
+      // The store noted the mark as the first read ended, and forgot it with the rebase.
+      expect(r.marks.at(-1)).toEqual({ seq: 3, ms: t0 + 2000 });
+      expect(r.noted()).toBeNull();
+      // The same after a restart of the node together with NATS (a new consumer): by the mark its store noted.
+      const after = remade({ stored: 3, state: () => state, created: () => '2026-12-05T02:00:00Z', msgs: [], timeOf: (seq) => (seq > 5 ? null : t0 + 60_000 + seq), noted: { seq: 3, ms: t0 + 2000 } });
+      after.c.start(3);
+      await new Promise((res) => setTimeout(res, 100));
+      await after.c.stop();
+      expect(after.rebased).toEqual([0]);
+      // Unchanged under the mark: nothing read again.
+      const same = remade({ stored: 3, state: () => state, created: () => '2026-12-05T02:00:00Z', msgs: [], timeOf: (seq) => t0 + (seq - 1) * 1000, noted: { seq: 3, ms: t0 + 2000 } });
+      same.c.start(3);
+      await new Promise((res) => setTimeout(res, 100));
+      await same.c.stop();
+      expect(same.rebased).toEqual([]);
     } finally {
       spy.mockRestore();
     }
@@ -342,7 +368,7 @@ describe('a shard consumer whose stream was made again or cut back', () => {
 describe('regression: a shard whose copy did not complete (applied −1)', () => {
   it('notes where its stream starts, so owners all at −1 can tell which reads on (before: 0, and each waited for the others for good)', async () => {
     const jsm = { streams: { info: async () => ({ state: { first_seq: 9000 } }) }, consumers: { info: async () => null, add: async () => null, delete: async () => true } } as unknown as JetStreamManager;
-    const pool = { streamSeqs: async () => [-1], streamCreated: async () => null } as unknown as ShardPool;
+    const pool = { streamSeqs: async () => [-1], streamCreated: async () => null, streamMark: async () => null } as unknown as ShardPool;
     const queue = new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 });
     const c = new ShardConsumer({ node: 'n1', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 60_000 }, pool, queue, {} as JetStreamClient, jsm);
     c.start(-1);

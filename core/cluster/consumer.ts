@@ -38,6 +38,9 @@ export interface ConsumerOptions {
   inactiveMs: number;
 }
 
+/** How often a consumer notes its newest applied message in the store at most (ShardConsumer.mark). */
+const markNoteMs = 1000;
+
 export type ConsumerState = 'starting' | 'reading' | 'backoff' | 'stopped' | 'behind_stream';
 
 export class ShardConsumer {
@@ -68,9 +71,13 @@ export class ShardConsumer {
    * lost its tail (a correlated NATS crash: its servers sync every 2 minutes) and grew past this
    * node's applied sequence again before the consumer reopened looked unchanged: the new
    * messages under sequences this node had applied were skipped as redelivered, silently, on
-   * every owner. (In memory: a node restarted with NATS is not covered; see docs/architecture.md.)
+   * every owner. Noted in the store about once a second (Store.streamMark), so that a node that
+   * crashed together with NATS sees it too.
    */
   private mark: { seq: number; ms: number } | null = null;
+  /** When the mark was last noted in the store (Date.now()), and its sequence then. */
+  private markNotedAt = 0;
+  private markNotedSeq = 0;
   private stopping = false;
   private loop: Promise<void> | null = null;
   /** Ends the running read's pull (stop, or a message that could not be applied). */
@@ -182,6 +189,8 @@ export class ShardConsumer {
     const created = si.created;
     const known = this.streamCreated ?? (await this.pool.streamCreated(this.o.shard));
     const remade = known !== null && created !== known;
+    // A node that restarted knows the mark its store noted last.
+    this.mark ??= await this.pool.streamMark(this.o.shard);
     const reused = !remade && this.applied <= si.state.last_seq ? await this.markReused(stream, si.state.first_seq, si.state.last_seq) : null;
     if ((remade || this.applied > si.state.last_seq || reused !== null) && this.applied > 0) {
       const to = Math.max(0, si.state.first_seq - 1);
@@ -363,7 +372,15 @@ export class ShardConsumer {
             return;
           }
           this.applied = Math.max(this.applied, m.seq);
-          if (m.seq >= (this.mark?.seq ?? 0) && m.info.timestampNanos !== undefined) this.mark = { seq: m.seq, ms: Math.floor(m.info.timestampNanos / 1e6) };
+          if (m.seq >= (this.mark?.seq ?? 0) && m.info.timestampNanos !== undefined) {
+            this.mark = { seq: m.seq, ms: Math.floor(m.info.timestampNanos / 1e6) };
+            if (Date.now() - this.markNotedAt >= markNoteMs) {
+              this.markNotedAt = Date.now();
+              this.markNotedSeq = this.mark.seq;
+              // Not awaited: a mark not noted leaves an older one, as true (a failed write is the store's to report).
+              this.pool.streamMark(this.o.shard, this.mark).catch(() => undefined);
+            }
+          }
           if (failed) return;
           if (pending === 0 || ++sinceAck >= this.o.batch / 2) {
             sinceAck = 0;
@@ -382,6 +399,11 @@ export class ShardConsumer {
       clearInterval(idleCheck);
       this.closeMessages = null;
       await chain;
+      // The newest mark, noted as the read ends (between, at most once a second).
+      if (this.mark !== null && this.mark.seq !== this.markNotedSeq) {
+        this.markNotedSeq = this.mark.seq;
+        await this.pool.streamMark(this.o.shard, this.mark).catch(() => undefined);
+      }
     }
     return !failed;
   }

@@ -184,7 +184,7 @@ describe('a shard consumer nobody pulls from', () => {
       await ensureStreams(await jetstreamManager(nc), settings);
       const jsm = await jetstreamManager(nc);
       // The worker side as a stand-in: nothing applied, nothing to apply (the stream is empty).
-      const pool = { streamSeqs: async () => new Array<number>(S).fill(0), streamCreated: async () => null, ingestStream: async () => 'refused' } as unknown as ShardPool;
+      const pool = { streamSeqs: async () => new Array<number>(S).fill(0), streamCreated: async () => null, streamMark: async () => null, ingestStream: async () => 'refused' } as unknown as ShardPool;
       const c = new ShardConsumer({ node: 'gone', shard: 0, batch: 64, readyLagMax: 2, readyBehindMsMax: 5_000, backoffMinMs: 10, backoffMaxMs: 10, inactiveMs: 1_500 }, pool, new ApplyQueue(pool, { holdMs: 10, burstMax: 64, inFlightMax: 64 }), jetstream(nc), jsm);
       c.start(0);
       await until(async () => ((await jsm.consumers.info(streamOf(0), c.durable).catch(() => null)) === null ? undefined : true), 15_000, 'its durable consumer');
@@ -221,7 +221,7 @@ describe('a join that never catches up', () => {
       for (let i = 0; i < 80; i++) await js.publish(`apm.shard.0`, new Uint8Array([i]));
       // n1's workers take nothing: its consumer of shard 0 never catches up.
       const seqs = new Array<number>(S).fill(0);
-      const pool = { shards: S, streamSeqs: async () => [...seqs], streamCreated: async () => null, rebaseStream: async () => undefined, ingestStream: () => new Promise((r) => setTimeout(() => r('not applied: this test applies nothing'), 50)), skipStream: async () => 'refused' } as unknown as ShardPool;
+      const pool = { shards: S, streamSeqs: async () => [...seqs], streamCreated: async () => null, streamMark: async () => null, rebaseStream: async () => undefined, ingestStream: () => new Promise((r) => setTimeout(() => r('not applied: this test applies nothing'), 50)), skipStream: async () => 'refused' } as unknown as ShardPool;
       let copies = 0;
       node = await ClusterNode.join(
         nc,
