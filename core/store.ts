@@ -474,17 +474,22 @@ export class Store {
    * the stream's time for it, ms), and, with `mark`, that one noted. A consumer compares it with
    * the stream's message under that sequence when it opens: a stream that lost its tail in a
    * correlated crash (NATS, and this node with it) and grew back past it numbers other messages
-   * with sequences this node applied. Not synced (noted about once a second): a mark lost in a
-   * crash leaves an older one, which is as true. Gone when the stream is rebased or the shard wiped.
+   * with sequences this node applied. Not flushed to disk (noted about once a second): a mark lost
+   * in a crash leaves an older one, which is as true. Gone when the stream is rebased or the shard wiped.
    */
   streamMark(shard: number, mark?: { seq: number; ms: number }): { before: { seq: number; ms: number } | null } | { error: string } {
     if (!this.heads.has(shard)) return { error: `shard ${shard} is not in this store` };
     const v = this.streamMarkDb.get(shard);
     const before = Array.isArray(v) && v.length === 2 ? { seq: v[0], ms: v[1] } : null;
     if (mark !== undefined) {
-      this.streamMarkDb.put(shard, [mark.seq, mark.ms]).catch((err: unknown) => {
+      // In a transaction of its own, not flushed: ordered with rebaseStream's removal (an
+      // asynchronous put could land after it, naming a message of the stream as it was).
+      try {
+        this.walEnv.transactionSync(() => void this.streamMarkDb.put(shard, [mark.seq, mark.ms]), TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT | TransactionFlags.NO_SYNC_FLUSH);
+      } catch (err) {
         this.lastError = writeFailure(err);
-      });
+        return { error: `storage write failed (${this.lastError})` };
+      }
     }
     return { before };
   }

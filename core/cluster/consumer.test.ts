@@ -322,6 +322,28 @@ describe('a shard consumer whose stream was made again or cut back', () => {
     }
   });
 
+  it('regression: keeps its mark through a redelivered message (skipped: it may be another under a reused sequence), so the reopen still sees the stream changed (before: the skipped message became the mark, and the evidence was gone)', async () => {
+    const t0 = Date.parse('2026-12-05T03:00:00Z');
+    const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    try {
+      let lost = false;
+      // Sequence 3 delivered again while the consumer reads on, under a new time (the tail lost and grown back).
+      const again: FakeMsg = { seq: 3, data: new Uint8Array([1]), headers: undefined, info: { deliverySequence: 1, pending: 0, timestampNanos: (t0 + 60_000) * 1e6 }, ack: () => undefined };
+      const r = remade({ stored: 3, state: () => ({ first_seq: 1, last_seq: 3 }), created: () => '2026-12-05T02:00:00Z', msgs: [again], timeOf: (seq) => (lost ? t0 + 60_000 : t0 + (seq - 1) * 1000), noted: { seq: 3, ms: t0 + 2000 } });
+      r.c.start(3);
+      await new Promise((res) => setTimeout(res, 200));
+      await r.c.stop();
+      expect([r.rebased, r.c.counters.messages_redelivered]).toEqual([[], 1]);
+      lost = true;
+      r.c.start(3);
+      await new Promise((res) => setTimeout(res, 100));
+      await r.c.stop();
+      expect(r.rebased).toEqual([0]);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
   it('reads a stream made again while it read it from its first message, even when it already holds more messages', async () => {
     let created = '2026-12-03T10:00:00Z';
     const spy = vi.spyOn(console, 'error').mockImplementation(() => undefined);

@@ -75,9 +75,11 @@ export class ShardConsumer {
    * crashed together with NATS sees it too.
    */
   private mark: { seq: number; ms: number } | null = null;
-  /** When the mark was last noted in the store (Date.now()), and its sequence then. */
+  /** The stream's message API was refused to this node's NATS user (said once). */
+  private markDenied = false;
+  /** When the mark was last noted in the store (Date.now()), and the mark noted then. */
   private markNotedAt = 0;
-  private markNotedSeq = 0;
+  private markNoted: { seq: number; ms: number } | null = null;
   private stopping = false;
   private loop: Promise<void> | null = null;
   /** Ends the running read's pull (stop, or a message that could not be applied). */
@@ -197,6 +199,8 @@ export class ShardConsumer {
       const why = remade ? 'made again' : reused !== null ? `cut back and grown again (its message ${reused} is not the one this node applied)` : `cut back to ${si.state.last_seq}`;
       console.error(`apm core: shard ${this.o.shard}'s stream ${stream} was ${why} after this node applied up to ${this.applied}: reading it again from ${to + 1}`);
       this.mark = null;
+      this.markNoted = null;
+      this.markNotedAt = 0;
       await this.pool.rebaseStream(this.o.shard, to);
       this.counters.stream_resets++;
       this.applied = to;
@@ -251,6 +255,13 @@ export class ShardConsumer {
       (m) => (m === null ? null : m.time.getTime()),
       (err: Error) => {
         if (/no message found|not found/i.test(err.message)) return null;
+        // A NATS user without the message API ($JS.API.STREAM.MSG.GET.<stream>): said, not fatal
+        // (the consumer would not open at all); the check waits for the permission.
+        if (/permission/i.test(err.message)) {
+          if (!this.markDenied) console.error(`apm core: shard ${this.o.shard}: cannot read message ${mark.seq} of ${stream} (${err.message}): a stream tail lost and grown back goes unseen; allow this node's NATS user $JS.API.STREAM.MSG.GET.${stream}`);
+          this.markDenied = true;
+          return null;
+        }
         throw err;
       },
     );
@@ -372,11 +383,13 @@ export class ShardConsumer {
             return;
           }
           this.applied = Math.max(this.applied, m.seq);
-          if (m.seq >= (this.mark?.seq ?? 0) && m.info.timestampNanos !== undefined) {
+          // Marked by messages applied (or refused for good) only: a message skipped as
+          // redelivered may be another under a reused sequence, and would erase the evidence.
+          if (status !== 'redelivered' && m.seq >= (this.mark?.seq ?? 0) && m.info.timestampNanos !== undefined) {
             this.mark = { seq: m.seq, ms: Math.floor(m.info.timestampNanos / 1e6) };
             if (Date.now() - this.markNotedAt >= markNoteMs) {
               this.markNotedAt = Date.now();
-              this.markNotedSeq = this.mark.seq;
+              this.markNoted = this.mark;
               // Not awaited: a mark not noted leaves an older one, as true (a failed write is the store's to report).
               this.pool.streamMark(this.o.shard, this.mark).catch(() => undefined);
             }
@@ -400,8 +413,8 @@ export class ShardConsumer {
       this.closeMessages = null;
       await chain;
       // The newest mark, noted as the read ends (between, at most once a second).
-      if (this.mark !== null && this.mark.seq !== this.markNotedSeq) {
-        this.markNotedSeq = this.mark.seq;
+      if (this.mark !== null && this.mark !== this.markNoted) {
+        this.markNoted = this.mark;
         await this.pool.streamMark(this.o.shard, this.mark).catch(() => undefined);
       }
     }
