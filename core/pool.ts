@@ -19,7 +19,7 @@ import { RecordBatcher, RecordFramer, restoreBatchBytes, SnapshotError, type Res
 import { worseIngest, type Reply, type SectionRef, type ToMain, type ToWorker, type WorkerConfig, type WorkerMetric, type WorkerStats } from './protocol.js';
 import type { WindowResult } from './query/eval.js';
 import type { StoredOptions, StoredQuery } from './query/stored.js';
-import type { StoreIngestResult, StoreOptions } from './store.js';
+import type { StoreIngestResult, StoreOptions, StreamPosition } from './store.js';
 
 export interface PoolOptions {
   dataDir: string;
@@ -339,7 +339,7 @@ export class ShardPool {
    * Validates a RackSecond and makes every section durable in its shard's worker; 204 only then.
    * A second of a rack `mayRack` refuses is answered 403 before anything is stored (issue 16.3).
    */
-  async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true, stream?: { seq: number; after: number }): Promise<IngestResult> {
+  async ingest(body: Uint8Array, mayRack: (rack: string) => boolean = () => true, stream?: StreamPosition): Promise<IngestResult> {
     const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     if (!r.ok || r.msg.type !== 'rackSecond') {
       const reason = r.ok ? 'not_a_second' : r.reason;
@@ -521,7 +521,7 @@ export class ShardPool {
    * 'refused' when it can never be stored (counted by reason; the stream moves past it), or why
    * it cannot be applied now (the consumer starts again from the applied sequence).
    */
-  async ingestStream(body: Uint8Array, shard: number, stream: { seq: number; after: number }): Promise<{ points: number; msg: RackSecondMessage } | 'refused' | string> {
+  async ingestStream(body: Uint8Array, shard: number, stream: StreamPosition): Promise<{ points: number; msg: RackSecondMessage } | 'refused' | string> {
     const r = decodeFrame(body, batchBytesMax, { expect: Body.RackSecond });
     let bad: string | null = null;
     if (!r.ok) bad = r.reason;
@@ -566,10 +566,10 @@ export class ShardPool {
     return r.created;
   }
 
-  /** The newest message of shard `shard`'s stream its consumer noted applying, and with `mark`, that one noted (see Store.streamMark). */
-  async streamMark(shard: number, mark?: { seq: number; ms: number }): Promise<{ seq: number; ms: number } | null> {
+  /** Shard `shard`'s mark: its newest applied stream message whose time was known (see Store.streamMark). */
+  async streamMark(shard: number): Promise<{ seq: number; ms: number } | null> {
     const slot = this.slots[this.placement.workerOfShard(shard)]!;
-    const r = await this.request(slot, { t: 'streamMark', id: this.nextId++, shard, ...(mark === undefined ? {} : { mark }) });
+    const r = await this.request(slot, { t: 'streamMark', id: this.nextId++, shard });
     if (r.error !== undefined || r.mark === undefined) throw new WorkerError(r.error ?? 'no mark in the answer');
     return r.mark;
   }

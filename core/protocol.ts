@@ -45,7 +45,7 @@ export type ToWorker =
   | { t: 'streamSeqs'; id: number }
   /** The stream creation time a shard's store last saw (`created`: note this one). */
   | { t: 'streamCreated'; id: number; shard: number; created?: string }
-  | { t: 'streamMark'; id: number; shard: number; mark?: { seq: number; ms: number } }
+  | { t: 'streamMark'; id: number; shard: number }
   | { t: 'streamSkip'; id: number; shard: number; seq: number; after: number }
   | { t: 'streamRebase'; id: number; shard: number; seq: number }
   | { t: 'streamRestart'; id: number; shard: number }

@@ -93,7 +93,18 @@ export interface RequestHeader {
    * when `after` is the shard's applied sequence, and that sequence is recorded in the
    * transaction that stores the section, so a crash replays exactly what was not applied.
    */
-  stream?: { seq: number; after: number };
+  stream?: StreamPosition;
+}
+
+/** Where a stream request lies in its shard's stream (RequestHeader.stream). */
+export interface StreamPosition {
+  seq: number;
+  after: number;
+  /**
+   * The stream's time for the message (ms), when known: recorded with the applied sequence as the
+   * shard's mark (streamMark), which the consumer checks against the stream when it opens.
+   */
+  ms?: number;
 }
 
 /** The applied sequence of a shard whose restore from another node did not complete: copy it again. */
@@ -158,7 +169,7 @@ export class Store {
   private readonly streamDb: Database<number, number>;
   /** Per shard, the creation time of its stream when it was last read (a cluster node: a stream made again while it was down). */
   private readonly streamCreatedDb: Database<string, number>;
-  /** Per shard, the newest stream message its consumer noted applying: [sequence, the stream's time in ms] (see streamMark). */
+  /** Per shard, its mark: the newest applied stream message whose time was known, [sequence, the stream's time in ms] (see streamMark). */
   private readonly streamMarkDb: Database<[number, number], number>;
   private readonly streamApplied = new Map<number, number>();
   /** The newest row group id (unique per store; persisted with the groups). */
@@ -470,28 +481,17 @@ export class Store {
   }
 
   /**
-   * The newest message of shard `shard`'s stream its consumer noted applying (its sequence and
-   * the stream's time for it, ms), and, with `mark`, that one noted. A consumer compares it with
-   * the stream's message under that sequence when it opens: a stream that lost its tail in a
-   * correlated crash (NATS, and this node with it) and grew back past it numbers other messages
-   * with sequences this node applied. Not flushed to disk (noted about once a second): a mark lost
-   * in a crash leaves an older one, which is as true. Gone when the stream is rebased or the shard wiped.
+   * Shard `shard`'s mark: the newest applied message of its stream whose time was known, by
+   * sequence and the stream's time for it (ms), recorded in the transaction that applied it
+   * (ingestMany, from RequestHeader.stream.ms). A consumer compares it with the stream's message
+   * under that sequence when it opens: a stream that lost its tail in a correlated crash and grew
+   * back past it numbers other messages with sequences this node applied. Gone when the stream
+   * is rebased or the shard wiped. Null: none.
    */
-  streamMark(shard: number, mark?: { seq: number; ms: number }): { before: { seq: number; ms: number } | null } | { error: string } {
+  streamMark(shard: number): { mark: { seq: number; ms: number } | null } | { error: string } {
     if (!this.heads.has(shard)) return { error: `shard ${shard} is not in this store` };
     const v = this.streamMarkDb.get(shard);
-    const before = Array.isArray(v) && v.length === 2 ? { seq: v[0], ms: v[1] } : null;
-    if (mark !== undefined) {
-      // In a transaction of its own, not flushed: ordered with rebaseStream's removal (an
-      // asynchronous put could land after it, naming a message of the stream as it was).
-      try {
-        this.walEnv.transactionSync(() => void this.streamMarkDb.put(shard, [mark.seq, mark.ms]), TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT | TransactionFlags.NO_SYNC_FLUSH);
-      } catch (err) {
-        this.lastError = writeFailure(err);
-        return { error: `storage write failed (${this.lastError})` };
-      }
-    }
-    return { before };
+    return { mark: Array.isArray(v) && v.length === 2 ? { seq: v[0], ms: v[1] } : null };
   }
 
   /** Per shard of this store, the newest stream sequence applied (0: none; restoringSeq: a copy into it did not complete). */
@@ -678,6 +678,8 @@ export class Store {
     const valid: { i: number; decoded: ShardSectionMessage[]; bytes: Uint8Array[] }[] = [];
     // Stream requests (cluster): applied in stream order only; the sequences this group applies.
     const applied = new Map<number, number>();
+    /** The stream's time of each shard's newest applied message, when known (its mark). */
+    const appliedMs = new Map<number, number>();
     const refusedForGood: { shard: number; seq: number }[] = [];
     // Requests answered 204 as copies of a request earlier in this group: they stand or fall with it.
     const inGroupCopies: number[] = [];
@@ -711,6 +713,8 @@ export class Store {
           refusedForGood.push({ shard, seq: st.seq });
         }
         applied.set(shard, st.seq);
+        if (st.ms !== undefined) appliedMs.set(shard, st.ms);
+        else appliedMs.delete(shard);
         return;
       }
       const d = this.decodeRequest(r.h, r.sections, nowMs);
@@ -768,7 +772,11 @@ export class Store {
       this.walEnv.transactionSync(() => {
         for (const f of fresh) this.wal.put(f.key, Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength));
         this.dedup.persist();
-        for (const [shard, seq] of applied) this.streamDb.put(shard, seq);
+        for (const [shard, seq] of applied) {
+          this.streamDb.put(shard, seq);
+          const ms = appliedMs.get(shard);
+          if (ms !== undefined) this.streamMarkDb.put(shard, [seq, ms]);
+        }
       });
     } catch (err) {
       this.dedup.rollback();
@@ -1299,7 +1307,12 @@ export class Store {
             const had = e.header !== null;
             o.header = e;
             row = decodeRow(bytes, o);
-            if (!had && e.header !== null) this.directories.grew(dk, dir, headerBytes(e.header));
+            if (!had && e.header !== null) {
+              // Kept within the directory's tenth of the bound, as its rows' bytes are.
+              const cost = headerBytes(e.header);
+              if (this.directories.keeps(dk, dir, cost)) this.directories.grew(dk, dir, cost);
+              else e.header = null;
+            }
           }
           // A row none of whose servers are asked for has nothing for the reader.
           if (row.serverIds.length > 0 || row.serversOmitted === 0) visit(row, block, rackId);

@@ -79,24 +79,29 @@ describe('stream order (cluster consumer)', () => {
     await store.close();
   });
 
-  it("notes the newest applied message a consumer marks (its sequence and time) across a restart, and forgets it when the stream is rebased or the shard wiped (a consumer reopened after a crash with NATS compares it with the stream's message)", async () => {
+  it("records the shard's mark (the newest applied message's sequence and stream time) in the transaction that applies it, across a restart, and forgets it when the stream is rebased or the shard wiped (a consumer compares it with the stream's message when it opens)", async () => {
     const dir = tempDir();
     let store = new Store(options(dir));
-    expect(store.streamMark(0)).toEqual({ before: null });
-    expect(store.streamMark(0, { seq: 2, ms: 1_796_440_000_000 })).toEqual({ before: null });
+    expect(store.streamMark(0)).toEqual({ mark: null });
     expect(store.streamMark(7)).toMatchObject({ error: 'shard 7 is not in this store' });
+    const timed = (seq: number, after: number, ms?: number) => {
+      const m = message(seq, after, seq);
+      return { ...m, h: { ...m.h, stream: { seq, after, ...(ms === undefined ? {} : { ms }) } } };
+    };
+    expect(store.ingestMany([timed(1, 0, 1_796_440_000_000), timed(2, 1, 1_796_440_001_000)]).map((r) => r.status)).toEqual([204, 204]);
+    expect(store.streamMark(0)).toEqual({ mark: { seq: 2, ms: 1_796_440_001_000 } });
+    // A message without a time moves the applied sequence, not the mark (an older mark is as true).
+    expect(store.ingestMany([timed(3, 2)])[0]!.status).toBe(204);
+    expect([store.streamSeqs()[0], store.streamMark(0)]).toEqual([3, { mark: { seq: 2, ms: 1_796_440_001_000 } }]);
     await store.close();
     store = new Store(options(dir));
-    expect(store.streamMark(0)).toEqual({ before: { seq: 2, ms: 1_796_440_000_000 } });
-    expect(store.ingestMany([message(1, 0, 1), message(2, 1, 2)]).map((r) => r.status)).toEqual([204, 204]);
+    expect(store.streamMark(0)).toEqual({ mark: { seq: 2, ms: 1_796_440_001_000 } });
     expect(store.rebaseStream(0, 0)).toBeNull();
-    expect(store.streamMark(0)).toEqual({ before: null });
-    store.streamMark(0, { seq: 1, ms: 5 });
-    await store.close();
-    store = new Store(options(dir));
-    expect(store.streamMark(0)).toEqual({ before: { seq: 1, ms: 5 } });
+    expect(store.streamMark(0)).toEqual({ mark: null });
+    expect(store.ingestMany([timed(1, 0, 5)])[0]!.status).toBe(204);
+    expect(store.streamMark(0)).toEqual({ mark: { seq: 1, ms: 5 } });
     await store.shardRestore(0).begin();
-    expect(store.streamMark(0)).toEqual({ before: null });
+    expect(store.streamMark(0)).toEqual({ mark: null });
     await store.close();
   });
 

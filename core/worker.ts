@@ -497,8 +497,8 @@ function handle(m: ToWorker): void {
       return post('error' in r ? { t: 'reply', id: m.id, error: r.error } : { t: 'reply', id: m.id, created: r.before });
     }
     case 'streamMark': {
-      const r = storeOfShard(m.shard).store.streamMark(m.shard, m.mark);
-      return post('error' in r ? { t: 'reply', id: m.id, error: r.error } : { t: 'reply', id: m.id, mark: r.before });
+      const r = storeOfShard(m.shard).store.streamMark(m.shard);
+      return post('error' in r ? { t: 'reply', id: m.id, error: r.error } : { t: 'reply', id: m.id, mark: r.mark });
     }
     case 'streamSeqs': {
       const seqs: Record<number, number> = {};

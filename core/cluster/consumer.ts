@@ -12,6 +12,7 @@ import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, 
 import { encodingHeader, openLogMessage, streamOf } from '../../schema/log.js';
 import type { RackSecondMessage } from '../../schema/section.js';
 import type { ShardPool } from '../pool.js';
+import type { StreamPosition } from '../store.js';
 
 export interface ConsumerOptions {
   node: string;
@@ -38,9 +39,6 @@ export interface ConsumerOptions {
   inactiveMs: number;
 }
 
-/** How often a consumer notes its newest applied message in the store at most (ShardConsumer.mark). */
-const markNoteMs = 1000;
-
 export type ConsumerState = 'starting' | 'reading' | 'backoff' | 'stopped' | 'behind_stream';
 
 export class ShardConsumer {
@@ -65,21 +63,8 @@ export class ShardConsumer {
   readonly counters = { messages_applied: 0, messages_redelivered: 0, messages_refused: 0, messages_undecodable: 0, restarts: 0, points: 0, stream_resets: 0, stream_gap_messages: 0 };
   /** The stream's creation time when this consumer last opened it (null: not yet; then the store's record is asked). */
   private streamCreated: string | null = null;
-  /**
-   * The newest message this consumer applied: its stream sequence and the stream's time for it
-   * (ms). At every open the stream's message at that sequence must still be it. A stream that
-   * lost its tail (a correlated NATS crash: its servers sync every 2 minutes) and grew past this
-   * node's applied sequence again before the consumer reopened looked unchanged: the new
-   * messages under sequences this node had applied were skipped as redelivered, silently, on
-   * every owner. Noted in the store about once a second (Store.streamMark), so that a node that
-   * crashed together with NATS sees it too.
-   */
-  private mark: { seq: number; ms: number } | null = null;
-  /** The stream's message API was refused to this node's NATS user (said once). */
+  /** The stream's message API was refused to this node's NATS user (said once; see markReused). */
   private markDenied = false;
-  /** When the mark was last noted in the store (Date.now()), and the mark noted then. */
-  private markNotedAt = 0;
-  private markNoted: { seq: number; ms: number } | null = null;
   private stopping = false;
   private loop: Promise<void> | null = null;
   /** Ends the running read's pull (stop, or a message that could not be applied). */
@@ -191,16 +176,16 @@ export class ShardConsumer {
     const created = si.created;
     const known = this.streamCreated ?? (await this.pool.streamCreated(this.o.shard));
     const remade = known !== null && created !== known;
-    // A node that restarted knows the mark its store noted last.
-    this.mark ??= await this.pool.streamMark(this.o.shard);
-    const reused = !remade && this.applied <= si.state.last_seq ? await this.markReused(stream, si.state.first_seq, si.state.last_seq) : null;
+    // The shard's mark, recorded with what was applied (Store.streamMark): the stream's message
+    // under its sequence must still be it. A stream that lost its tail (a correlated NATS crash:
+    // its servers sync every 2 minutes) and grew past the applied sequence again before this
+    // consumer opened looks unchanged otherwise: the new messages under sequences this node had
+    // applied were skipped as redelivered, silently, on every owner.
+    const reused = !remade && this.applied <= si.state.last_seq ? await this.markReused(stream, await this.pool.streamMark(this.o.shard), si.state.first_seq, si.state.last_seq) : null;
     if ((remade || this.applied > si.state.last_seq || reused !== null) && this.applied > 0) {
       const to = Math.max(0, si.state.first_seq - 1);
       const why = remade ? 'made again' : reused !== null ? `cut back and grown again (its message ${reused} is not the one this node applied)` : `cut back to ${si.state.last_seq}`;
       console.error(`apm core: shard ${this.o.shard}'s stream ${stream} was ${why} after this node applied up to ${this.applied}: reading it again from ${to + 1}`);
-      this.mark = null;
-      this.markNoted = null;
-      this.markNotedAt = 0;
       await this.pool.rebaseStream(this.o.shard, to);
       this.counters.stream_resets++;
       this.applied = to;
@@ -244,12 +229,10 @@ export class ShardConsumer {
   }
 
   /**
-   * The sequence of this consumer's mark when the stream now holds another message under it (or
-   * none: lost), else null (the same message; no mark; the mark aged out of the stream or lies
-   * past what is applied).
+   * The sequence of the shard's mark when the stream now holds another message under it, else
+   * null (the same message; no mark; the mark aged out of the stream or lies past what is applied).
    */
-  private async markReused(stream: string, first: number, last: number): Promise<number | null> {
-    const mark = this.mark;
+  private async markReused(stream: string, mark: { seq: number; ms: number } | null, first: number, last: number): Promise<number | null> {
     if (mark === null || mark.seq > this.applied || mark.seq < first || mark.seq > last) return null;
     const ms = await this.jsm.streams.getMessage(stream, { seq: mark.seq }).then(
       (m) => (m === null ? null : m.time.getTime()),
@@ -383,17 +366,6 @@ export class ShardConsumer {
             return;
           }
           this.applied = Math.max(this.applied, m.seq);
-          // Marked by messages applied (or refused for good) only: a message skipped as
-          // redelivered may be another under a reused sequence, and would erase the evidence.
-          if (status !== 'redelivered' && m.seq >= (this.mark?.seq ?? 0) && m.info.timestampNanos !== undefined) {
-            this.mark = { seq: m.seq, ms: Math.floor(m.info.timestampNanos / 1e6) };
-            if (Date.now() - this.markNotedAt >= markNoteMs) {
-              this.markNotedAt = Date.now();
-              this.markNoted = this.mark;
-              // Not awaited: a mark not noted leaves an older one, as true (a failed write is the store's to report).
-              this.pool.streamMark(this.o.shard, this.mark).catch(() => undefined);
-            }
-          }
           if (failed) return;
           if (pending === 0 || ++sinceAck >= this.o.batch / 2) {
             sinceAck = 0;
@@ -412,11 +384,6 @@ export class ShardConsumer {
       clearInterval(idleCheck);
       this.closeMessages = null;
       await chain;
-      // The newest mark, noted as the read ends (between, at most once a second).
-      if (this.mark !== null && this.mark !== this.markNoted) {
-        this.markNoted = this.mark;
-        await this.pool.streamMark(this.o.shard, this.mark).catch(() => undefined);
-      }
     }
     return !failed;
   }
@@ -485,7 +452,9 @@ export class ShardConsumer {
       this.lastError = `message ${m.seq}: ${(err as Error).message}`;
       return this.queue.skip(this.o.shard, m.seq, prev).then((r) => ({ m, status: r }));
     }
-    return this.queue.ingest(body, this.o.shard, { seq: m.seq, after: prev }).then((r) => ({ m, status: r }));
+    // With the stream's time for it: the store records it as the shard's mark (Store.streamMark).
+    const ms = m.info.timestampNanos === undefined ? undefined : Math.floor(m.info.timestampNanos / 1e6);
+    return this.queue.ingest(body, this.o.shard, { seq: m.seq, after: prev, ms }).then((r) => ({ m, status: r }));
   }
 }
 
@@ -498,7 +467,7 @@ export class ShardConsumer {
  */
 export class ApplyQueue {
   /** Waiting: at most (consumers × max_ack_pending) messages: the server delivers no more unacknowledged. */
-  private waiting: { body: Uint8Array | null; shard: number; stream: { seq: number; after: number }; done: (r: Awaited<ReturnType<ShardPool['ingestStream']>>) => void }[] = [];
+  private waiting: { body: Uint8Array | null; shard: number; stream: StreamPosition; done: (r: Awaited<ReturnType<ShardPool['ingestStream']>>) => void }[] = [];
   private timer: NodeJS.Timeout | null = null;
   /** Messages sent to the workers and not answered yet. */
   private inFlight = 0;
@@ -509,7 +478,7 @@ export class ApplyQueue {
     private readonly o: { holdMs: number; burstMax: number; inFlightMax: number },
   ) {}
 
-  ingest(body: Uint8Array, shard: number, stream: { seq: number; after: number }): ReturnType<ShardPool['ingestStream']> {
+  ingest(body: Uint8Array, shard: number, stream: StreamPosition): ReturnType<ShardPool['ingestStream']> {
     return this.enqueue(body, shard, stream);
   }
 
@@ -518,7 +487,7 @@ export class ApplyQueue {
     return this.enqueue(null, shard, { seq, after }) as Promise<'refused' | string>;
   }
 
-  private enqueue(body: Uint8Array | null, shard: number, stream: { seq: number; after: number }): ReturnType<ShardPool['ingestStream']> {
+  private enqueue(body: Uint8Array | null, shard: number, stream: StreamPosition): ReturnType<ShardPool['ingestStream']> {
     return new Promise((done) => {
       this.waiting.push({ body, shard, stream, done });
       if (this.waiting.length >= this.o.burstMax) this.flush();
