@@ -1,14 +1,16 @@
 // Rack → core contract v2 (DESIGN §9, issue 12). The rack closes a second and cuts it into one
 // ShardSection per shard with data, metric-major: per metric its kind, the column of server
-// indexes and the column of values (gauges, counters) or summaries (distributions, then the
-// rack's rollup of them). The HTTP body, RackSecond, carries the sections as opaque frames plus
-// their shard numbers, so the core routes each to its shard's worker without decoding it; the
-// worker verifies the section. shard = (metric hash lo32) mod S, S a power of two.
+// indexes and the column of values (gauges, counters: packed, schema/pointpack.ts) or summaries
+// (distributions, then the rack's rollup of them). The HTTP body, RackSecond, carries the
+// sections as opaque frames plus their shard numbers, so the core routes each to its shard's
+// worker without decoding it; the worker verifies the section. shard = (metric hash lo32) mod
+// S, S a power of two.
 
 import type * as flatbuffers from 'flatbuffers';
 import { checkNames, concatVector, Encoder, FrameArena, KindCode, requireSecond, requireServerId, verifyName, type SeriesColumns, type ServerBlocks } from './codec.js';
 import { Body, RackSecond, ShardSection } from './generated/apm_generated.js';
 import { HashIndex } from '../lib/hashtable.js';
+import { PointPacker, unpackPoints } from './pointpack.js';
 import { batchServersMax, rackIdBytesMax, rollupServer, sectionNamesMax, serverIdBytesMax, shardsMax } from './limits.js';
 import { sketchCount } from './sketch.js';
 import { Reject, type TableRef, type VectorRef, type Verifier } from './verify.js';
@@ -602,12 +604,21 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
 /** A section's columns; server ids as strings or already UTF-8 encoded (the cutter encodes them once per second). */
 type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | 'servers' | keyof SecondHeader> & { servers: readonly (string | Uint8Array)[] };
 
-/** Encodes one section (its header from `h`). */
-export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns, into?: FrameArena): Uint8Array {
+/** The cutter's packer (schema/pointpack.ts): one per thread, its scratch reused by every section. */
+const packer = new PointPacker();
+
+/**
+ * Encodes one section (its header from `h`), its points packed (point_pack). `unpacked` writes
+ * them as point_servers and point_values instead, as racks before the pack did (tests of the
+ * receiver's compatibility only).
+ */
+export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColumns, into?: FrameArena, unpacked = false): Uint8Array {
+  const pack = unpacked || c.pointEnds.length === 0 ? new Uint8Array(0) : packer.pack(c.pointEnds, c.pointServers, c.pointValues);
+  const listed = pack.length === 0;
   // Every column's bytes plus its vector's length and padding; the columns named one by one
   // (Object.values over c walked a dictionary per section, and its iterator deoptimized this).
-  let bytes = 1024 + 16 * 17;
-  bytes += c.pointHashes.byteLength + c.pointKinds.byteLength + c.pointEnds.byteLength + c.pointServers.byteLength + c.pointValues.byteLength;
+  let bytes = 1024 + 16 * 18;
+  bytes += c.pointHashes.byteLength + c.pointKinds.byteLength + c.pointEnds.byteLength + pack.byteLength + (listed ? c.pointServers.byteLength + c.pointValues.byteLength : 0);
   bytes += c.distHashes.byteLength + c.distEnds.byteLength + c.distServers.byteLength + c.distCounts.byteLength + c.distSums.byteLength + c.distMins.byteLength + c.distMaxes.byteLength;
   bytes += c.sketchEnds.byteLength + c.sketchBytes.byteLength + c.nameHashes.byteLength + c.nameEnds.byteLength + c.nameBytes.byteLength;
   const serverIds = c.servers;
@@ -630,8 +641,8 @@ export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColu
     one(b, c.pointHashes, 8),
     one(b, c.pointKinds, 1),
     one(b, c.pointEnds, 4),
-    one(b, c.pointServers, 2),
-    one(b, c.pointValues, 8),
+    listed ? one(b, c.pointServers, 2) : 0,
+    listed ? one(b, c.pointValues, 8) : 0,
     one(b, c.distHashes, 8),
     one(b, c.distEnds, 4),
     one(b, c.distServers, 2),
@@ -645,6 +656,7 @@ export function encodeShardSection(enc: Encoder, h: SecondHeader, c: SectionColu
     one(b, c.nameEnds, 4),
     one(b, c.nameBytes, 1),
     h.origin ?? originRack,
+    one(b, pack, 1),
   );
   return enc.end(Body.ShardSection, body, into);
 }
@@ -761,6 +773,13 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
     pointBad: null,
     distBad: null,
   };
+  const pack = col(26, 1, u8);
+  if (pack.length > 0) {
+    if (m.pointServers.length > 0 || m.pointValues.length > 0) throw new Reject('bad_columns', 'point_pack beside point_servers or point_values');
+    const unpacked = unpackPoints(pack, m.pointEnds, servers.length);
+    m.pointServers = unpacked.servers;
+    m.pointValues = unpacked.values;
+  }
   checkSectionPoints(m);
   checkSectionDists(m);
   checkSectionNames(m, shard, v.nameHashes);

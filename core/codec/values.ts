@@ -52,6 +52,8 @@
 // more than they save on 60 values. Gorilla XOR is kept only
 // for values that are not short decimals (ALP's and Chimp's point: decimal scaling first).
 
+import { decimalExponent, decimalExponentMax, pow10 } from '../../lib/decimal.js';
+
 /** What writeSeries needs of a byte writer (core/block.ts ByteWriter has it). */
 export interface SeriesWriter {
   bytes(src: Uint8Array, start: number, end: number): void;
@@ -102,13 +104,12 @@ const chose: SeriesHabit = { mode: 0, e: 0, coder: 0, param: 0 };
 
 /** Decimal integers stay below this so that deltas of deltas (and their zig-zag) are exact. */
 const intLimit = 2 ** 50;
-const exponentMax = 15;
+const exponentMax = decimalExponentMax;
 /** A residual − base is < 2^54 (a delta of deltas spans 2^53 at most): widths fit 6 bits. */
 const widthMax = 54;
 const riceKMax = 24;
 const riceEscape = 16;
 
-const pow10 = Float64Array.from({ length: exponentMax + 1 }, (_, e) => 10 ** e);
 const pow2 = Float64Array.from({ length: widthMax + 1 }, (_, b) => 2 ** b);
 
 const zz = (n: number) => (n >= 0 ? n * 2 : -n * 2 - 1);
@@ -332,23 +333,6 @@ function writeResiduals(res: Float64Array, m: number, p: Plan): void {
   }
 }
 
-/** Smallest e ≤ exponentMax with every value an integer · 10^−e below intLimit, else −1. */
-function decimalExponent(vals: Float64Array, from: number, to: number): number {
-  let e = 0;
-  let scale = 1;
-  for (let i = from; i < to; i++) {
-    const v = vals[i]!;
-    if (v !== v || Object.is(v, -0)) return -1;
-    for (;;) {
-      const x = Math.round(v * scale);
-      if (Math.abs(x) < intLimit && x / scale === v) break;
-      if (++e > exponentMax) return -1;
-      scale = pow10[e]!;
-    }
-  }
-  return e;
-}
-
 function grow(n: number): void {
   if (ints.length >= n) return;
   ints = new Float64Array(n);
@@ -539,7 +523,7 @@ function encode(vals: Float64Array, from: number, to: number, n: number): void {
   wpos = 0;
   acc = 0;
   accBits = 0;
-  const e = decimalExponent(vals, from, to);
+  const e = decimalExponent(vals, from, to, intLimit);
   if (e < 0 || !writeDecimal(vals, from, n, e)) {
     wpos = 0;
     acc = 0;

@@ -1309,8 +1309,29 @@ origin():number {
   return offset ? this.bb!.readUint8(this.bb_pos + offset) : 0;
 }
 
+/**
+ * The gauges' and counters' servers and values packed (schema/pointpack.ts): per metric a
+ * mode byte, its servers as varints unless they are 0, 1, 2, … in order, and its values as
+ * decimal mantissas (varints above the metric's least) or as raw doubles. When present,
+ * point_servers and point_values are empty: a point takes ~2 bytes instead of 10.
+ */
+pointPack(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 56);
+  return offset ? this.bb!.readUint8(this.bb!.__vector(this.bb_pos + offset) + index) : 0;
+}
+
+pointPackLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 56);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+pointPackArray():Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 56);
+  return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
 static startShardSection(builder:flatbuffers.Builder) {
-  builder.startObject(26);
+  builder.startObject(27);
 }
 
 static addRack(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset) {
@@ -1688,12 +1709,28 @@ static addOrigin(builder:flatbuffers.Builder, origin:number) {
   builder.addFieldInt8(25, origin, 0);
 }
 
+static addPointPack(builder:flatbuffers.Builder, pointPackOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(26, pointPackOffset, 0);
+}
+
+static createPointPackVector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset {
+  builder.startVector(1, data.length, 1);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt8(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startPointPackVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(1, numElems, 1);
+}
+
 static endShardSection(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shard:number, shards:number, serversOffset:flatbuffers.Offset, pointHashesOffset:flatbuffers.Offset, pointKindsOffset:flatbuffers.Offset, pointEndsOffset:flatbuffers.Offset, pointServersOffset:flatbuffers.Offset, pointValuesOffset:flatbuffers.Offset, distHashesOffset:flatbuffers.Offset, distEndsOffset:flatbuffers.Offset, distServersOffset:flatbuffers.Offset, distCountsOffset:flatbuffers.Offset, distSumsOffset:flatbuffers.Offset, distMinsOffset:flatbuffers.Offset, distMaxesOffset:flatbuffers.Offset, sketchEndsOffset:flatbuffers.Offset, sketchBytesOffset:flatbuffers.Offset, nameHashesOffset:flatbuffers.Offset, nameEndsOffset:flatbuffers.Offset, nameBytesOffset:flatbuffers.Offset, origin:number):flatbuffers.Offset {
+static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Offset, session:number, seq:bigint, second:number, late:boolean, shard:number, shards:number, serversOffset:flatbuffers.Offset, pointHashesOffset:flatbuffers.Offset, pointKindsOffset:flatbuffers.Offset, pointEndsOffset:flatbuffers.Offset, pointServersOffset:flatbuffers.Offset, pointValuesOffset:flatbuffers.Offset, distHashesOffset:flatbuffers.Offset, distEndsOffset:flatbuffers.Offset, distServersOffset:flatbuffers.Offset, distCountsOffset:flatbuffers.Offset, distSumsOffset:flatbuffers.Offset, distMinsOffset:flatbuffers.Offset, distMaxesOffset:flatbuffers.Offset, sketchEndsOffset:flatbuffers.Offset, sketchBytesOffset:flatbuffers.Offset, nameHashesOffset:flatbuffers.Offset, nameEndsOffset:flatbuffers.Offset, nameBytesOffset:flatbuffers.Offset, origin:number, pointPackOffset:flatbuffers.Offset):flatbuffers.Offset {
   ShardSection.startShardSection(builder);
   ShardSection.addRack(builder, rackOffset);
   ShardSection.addSession(builder, session);
@@ -1721,6 +1758,7 @@ static createShardSection(builder:flatbuffers.Builder, rackOffset:flatbuffers.Of
   ShardSection.addNameEnds(builder, nameEndsOffset);
   ShardSection.addNameBytes(builder, nameBytesOffset);
   ShardSection.addOrigin(builder, origin);
+  ShardSection.addPointPack(builder, pointPackOffset);
   return ShardSection.endShardSection(builder);
 }
 }
