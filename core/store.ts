@@ -337,6 +337,11 @@ export class Store {
     // per CPU-second fell from ~4.5 M points fresh to 3.5–3.9 M after a few minutes. With 16 KiB:
     // 4.2–4.5 M (1 worker), 5.1 M (2 workers), docs/figures.md (eighteenth session). A directory
     // whose WAL was made with 4 KiB pages keeps them (LMDB reads the size from the file).
+    // Since racks pack their points (schema/pointpack.ts), such a section is ~4 KB and sits in a
+    // leaf page, about four to a page: fewer page ids still. Tried (twenty-sixth session, the core
+    // bench's 2-worker run): 4 KiB pages wrote 3.0 GB to the disk instead of 4.3 at no better rate;
+    // keys ordered by sequence before shard wrote 11.7 GB, as freeing one shard's written block
+    // then rewrote every page of the block's seconds.
     this.walEnv = openLmdb({ path: join(opts.dir, 'wal'), mapSize: opts.mapBytes, maxDbs: 8, pageSize: walPageBytes });
     this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
