@@ -9,6 +9,14 @@ export const datagramBytesMin = 1024;
 export const datagramBytesDefault = 1432;
 /** A rack batch over HTTP: 40 servers × 2,000 series × ~40 B, with room for distributions. */
 export const batchBytesMax = 64 * 1024 * 1024;
+/**
+ * Gauge and counter points one section may hold: as many as the largest frame held unpacked (a
+ * uint16 and a double each). Packed points (schema/pointpack.ts) take as little as no byte each
+ * (a value every server shares), so the receiver bounds the columns it makes by this, not by the
+ * frame's bytes: a hostile section of a few bytes cannot make it allocate more than a frame's
+ * bound. Racks cut sections well within it (SectionCutter reserves 10 bytes a point).
+ */
+export const sectionPointsMax = Math.floor(batchBytesMax / 10);
 /** Server ids: DESIGN §3 `[A-Za-z0-9._-]{1,64}`. */
 export const serverIdBytesMax = 64;
 /** Metric names: DESIGN §3 `[A-Za-z0-9_.:-]{1,128}`. */

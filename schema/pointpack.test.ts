@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { decodeFrame, Encoder, KindCode } from './codec.js';
-import { batchBytesMax } from './limits.js';
+import { batchBytesMax, sectionPointsMax } from './limits.js';
 import { PointPacker, unpackPoints } from './pointpack.js';
 import { encodeShardSection, type ShardSectionMessage } from './section.js';
 import { Reject } from './verify.js';
@@ -37,9 +37,10 @@ const value = fc.oneof(
   fc.constantFrom(-0, 0, NaN, Infinity, -Infinity, 5e-324, 2 ** 53, -(2 ** 60), 0.1 + 0.2, 1e15 + 0.3),
 );
 
-/** A metric: every server 0..c−1 (as a rack of servers that all sent it), or some servers in order, or any servers in any order (repeats too). */
+/** A metric: every server 0..c−1 (as a rack of servers that all sent it), with any values or one value for all, or some servers in order, or any servers in any order (repeats too). */
 const metric = fc.oneof(
   fc.array(value, { minLength: 1, maxLength: 50 }).map((vs) => vs.map((v, k) => [k, v] as const)),
+  fc.tuple(value, fc.integer({ min: 1, max: 50 })).map(([v, c]) => Array.from({ length: c }, (_, k) => [k, v] as const)),
   fc.array(fc.tuple(fc.integer({ min: 0, max: serverCount - 1 }), value), { minLength: 1, maxLength: 50 }).map((l) => [...l].sort((a, b) => a[0] - b[0])),
   fc.array(fc.tuple(fc.integer({ min: 0, max: serverCount - 1 }), value), { minLength: 1, maxLength: 50 }),
 );
@@ -70,21 +71,21 @@ describe('point_pack (schema/pointpack.ts)', () => {
     }
   });
 
-  it('takes about a byte a value for what metrics hold, and no server bytes when every server sent the metric', () => {
+  it('takes a byte or two a value for what metrics hold, none for a constant, and no server bytes when every server sent the metric', () => {
     const packer = new PointPacker();
     const servers = Uint16Array.from({ length: 40 }, (_, k) => k);
     const one = (values: number[]) => packer.pack(Uint32Array.of(values.length), servers.subarray(0, values.length), Float64Array.from(values)).length;
-    // CPU percent with two decimals: the mode, the least mantissa, then 2 bytes a value at most.
-    expect(one(Array.from({ length: 40 }, (_, k) => Math.round(4000 + 37 * k) / 100))).toBeLessThanOrEqual(1 + 3 + 2 * 40);
+    // CPU percent with two decimals: the mode, the least mantissa, the width, then 2 bytes a value.
+    expect(one(Array.from({ length: 40 }, (_, k) => Math.round(4000 + 37 * k) / 100))).toBe(1 + 2 + 1 + 2 * 40);
     // Counters near each other: a byte a value.
-    expect(one(Array.from({ length: 40 }, (_, k) => 1_000_000 + k))).toBe(1 + 3 + 40);
-    // A constant: a byte a value.
-    expect(one(Array.from({ length: 40 }, () => 65_536))).toBe(1 + 3 + 40);
+    expect(one(Array.from({ length: 40 }, (_, k) => 1_000_000 + k))).toBe(1 + 3 + 1 + 40);
+    // The same value on every server: nothing a value.
+    expect(one(Array.from({ length: 40 }, () => 65_536))).toBe(1 + 3 + 1);
     // Doubles that are not short decimals go raw: 8 bytes a value.
     expect(one(Array.from({ length: 40 }, (_, k) => Math.PI * (k + 1)))).toBe(1 + 8 * 40);
     // Servers listed when some did not send it: a byte a server more.
     const some = Uint16Array.from({ length: 20 }, (_, k) => 2 * k);
-    expect(packer.pack(Uint32Array.of(20), some, new Float64Array(20)).length).toBe(1 + 20 + 1 + 20);
+    expect(packer.pack(Uint32Array.of(20), some, new Float64Array(20)).length).toBe(1 + 20 + 1 + 1);
   });
 
   it('refuses bytes that do not hold exactly the entries (truncated, trailing, bad mode, a server past the list, more points than bytes), with a reason (fuzz)', () => {
@@ -112,7 +113,12 @@ describe('point_pack (schema/pointpack.ts)', () => {
     expect(reason(pack, Uint32Array.of(30, 30, 45))).toBe('bad_columns');
     expect(reason(Uint8Array.of(0x20, 0), Uint32Array.of(1))).toBe('bad_value');
     expect(reason(Uint8Array.of(0x41, 0, 0, 0, 0, 0, 0, 0, 0), Uint32Array.of(1))).toBe('bad_value');
-    expect(reason(Uint8Array.of(0, 0, 0), Uint32Array.of(1_000_000))).toBe('bad_columns');
+    // More points than a frame could hold unpacked: refused before any column is made (a value
+    // shared by every server takes no byte, so the bytes alone do not bound the columns).
+    expect(reason(Uint8Array.of(0, 0, 0), Uint32Array.of(sectionPointsMax + 1))).toBe('bad_columns');
+    // Offsets wider than 4 bytes, and offsets past the end.
+    expect(reason(Uint8Array.of(0, 0, 5, 0, 0, 0, 0, 0), Uint32Array.of(1))).toBe('bad_value');
+    expect(reason(Uint8Array.of(0, 0, 2, 0, 0, 0), Uint32Array.of(2))).toBe('bad_columns');
     // Implied servers 0..c−1 beyond the section's list.
     expect(reason(Uint8Array.of(0, 0, 0, 0), Uint32Array.of(3), 2)).toBe('bad_value');
     for (let i = 0; i < 5000; i++) {
