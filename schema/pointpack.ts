@@ -165,8 +165,11 @@ export class PointPacker {
 export function unpackPoints(pack: Uint8Array, ends: Uint32Array, serverCount: number): { servers: Uint16Array; values: Float64Array } {
   const n = ends.length === 0 ? 0 : ends[ends.length - 1]!;
   if (n > sectionPointsMax) throw new Reject('bad_columns', `point_pack: ${n} points > ${sectionPointsMax} in one section`);
-  const servers = new Uint16Array(n);
-  const values = new Float64Array(n);
+  // Both columns in one buffer: a backing store per section, not two (each one outside V8's heap
+  // is memory the collector accounts for and frees apart).
+  const buffer = new ArrayBuffer(10 * n);
+  const values = new Float64Array(buffer, 0, n);
+  const servers = new Uint16Array(buffer, 8 * n, n);
   const r = new VarintReader(pack, 0, pack.length);
   let start = 0;
   for (let i = 0; i < ends.length; i++) {
