@@ -196,7 +196,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   );
 
   // Racks ask for S (and, with a cluster, the placement) before they cut sections (issue 12).
-  app.get('/api/v1/placement', (c) => c.json({ shards: pool.shards, workers: pool.workers }));
+  // pointPack: this core reads sections whose points are packed (schema/pointpack.ts); racks pack
+  // only when told so, as a core from before would refuse such sections as malformed.
+  app.get('/api/v1/placement', (c) => c.json({ shards: pool.shards, workers: pool.workers, pointPack: true }));
 
   // The list of servers, built again only when a server came, moved or went, or a second later
   // (for last-seen times): at 100,000 servers one answer is 13 MB and 155 ms of this thread, and

@@ -64,6 +64,8 @@ export class Forwarder {
     batches_unreadable: 0,
   };
   private readonly placement: PlacementFetch;
+  /** Whether the core said it reads packed points (its placement answer); false until it answered. */
+  corePacks = false;
   /** Set while the core refuses the token (401/403); cleared by the next 2xx. */
   authRefused = false;
   /** Newest second whose batch the core acknowledged (0: none yet). */
@@ -91,7 +93,10 @@ export class Forwarder {
     this.counters.batches_replayed = spool.heldBatches;
     this.placement = new PlacementFetch({
       get: () => this.getPlacement(),
-      learn: (shards) => void this.learnShards(shards, 'its placement'),
+      learn: (shards, pointPack) => {
+        this.corePacks = pointPack;
+        void this.learnShards(shards, 'its placement');
+      },
       backoffMinMs: opts.backoffMinMs,
       backoffMaxMs: opts.backoffMaxMs,
       log: (line) => console.error(line),

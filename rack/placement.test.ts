@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PlacementFetch, parsePlacement, parseShardsMismatch } from './placement.js';
+import { PlacementFetch, parsePlacement, parsePointPack, parseShardsMismatch } from './placement.js';
 
 describe('placement', () => {
   it('parses GET /api/v1/placement answers', () => {
@@ -19,6 +19,13 @@ describe('placement', () => {
     // not JSON, not 200
     f(200, '<html>', /not JSON/);
     f(503, 'busy', /HTTP 503: busy/);
+  });
+
+  it('packs points only when the placement says the core reads them (a core from before the pack says nothing)', () => {
+    expect(parsePointPack('{"shards":64,"workers":2,"pointPack":true}')).toBe(true);
+    expect(parsePointPack('{"shards":64}')).toBe(false);
+    expect(parsePointPack('{"shards":64,"pointPack":"yes"}')).toBe(false);
+    expect(parsePointPack('<html>')).toBe(false);
   });
 
   it('parses a 409 shards_mismatch, and only that', () => {

@@ -1,7 +1,9 @@
 // The core's shard count S (DESIGN §9, issue 12): the rack cuts every second into sections by
 // `shard = hash lo32 mod S`, so it asks the core for S at start (GET /api/v1/placement, retried
 // with backoff while the core is unreachable, never on the UDP path) and learns it again from
-// a 409 shards_mismatch. Parsing here; the request goes through the forwarder's connections.
+// a 409 shards_mismatch. The same answer says whether the core reads packed points
+// (schema/pointpack.ts): a rack packs only then. Parsing here; the request goes through the
+// forwarder's connections.
 
 import { shardsMax } from '../schema/limits.js';
 import { isValidShardCount } from '../schema/section.js';
@@ -18,6 +20,18 @@ export function parsePlacement(status: number, text: string): number | string {
   return typeof shards === 'number' && isValidShardCount(shards) ? shards : `shards ${JSON.stringify(shards)} is not a power of two in 1..${shardsMax}`;
 }
 
+/**
+ * Whether a placement answer says the core reads packed points (`"pointPack": true`). A core
+ * from before them says nothing, and refuses them as malformed: the rack then sends them unpacked.
+ */
+export function parsePointPack(text: string): boolean {
+  try {
+    return (JSON.parse(text) as { pointPack?: unknown }).pointPack === true;
+  } catch {
+    return false;
+  }
+}
+
 /** The core's S from a 409 body `{"reason":"shards_mismatch","shards":S}`; null for any other 409. */
 export function parseShardsMismatch(text: string): number | null {
   try {
@@ -32,7 +46,7 @@ export interface PlacementFetchOptions {
   /** One GET /api/v1/placement: status and body (throws on a network error). */
   get: () => Promise<{ status: number; text: string }>;
   /** Called once with the S the core gave. */
-  learn: (shards: number) => void;
+  learn: (shards: number, pointPack: boolean) => void;
   backoffMinMs: number;
   backoffMaxMs: number;
   log: (line: string) => void;
@@ -62,7 +76,7 @@ export class PlacementFetch {
           if (this.stopped) return;
           this.answered = true;
           if (this.failures > 0) this.opts.log(`rack: the core answered its placement after ${this.failures} failed requests: ${shards} shards`);
-          this.opts.learn(shards);
+          this.opts.learn(shards, parsePointPack(r.text));
           return;
         }
         why = shards;

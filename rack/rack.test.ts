@@ -163,6 +163,26 @@ describe('Rack → core (RackSecond bodies)', () => {
     expect(m.get('apm_rack_session')).toBe(rack.spool.session);
   });
 
+  it('packs points only for a core that says it reads them; a core from before the pack gets them unpacked (it would refuse packed ones as malformed, and the rack drop them)', async () => {
+    const old = await startCore();
+    old.pointPack = false;
+    const fresh = await startCore();
+    const a = await startRack(old.port, mkdtempSync(join(tmpdir(), 'apm-rack-oldcore-')));
+    const b = await startRack(fresh.port, mkdtempSync(join(tmpdir(), 'apm-rack-newcore-')));
+    const packs = (r: Rack) => (r as unknown as { corePacks(): boolean }).corePacks();
+    await until(() => (old.placementRequests >= 1 && packs(b.rack) ? true : undefined), 5000, 'both placements answered');
+    expect(packs(a.rack)).toBe(false);
+    const s1 = nowSecond();
+    new Edge('web-1').send(a.udpPort, s1);
+    new Edge('web-1').send(b.udpPort, s1);
+    await until(() => (old.batches.length === 1 && fresh.batches.length === 1 ? true : undefined), 5000, 'a body at each core');
+    const packed = (c: FakeCore) => c.batches[0]!.sections.filter((s) => s.pointEnds.length > 0).map((s) => s.packed);
+    expect(new Set(packed(old))).toEqual(new Set([false]));
+    expect(new Set(packed(fresh))).toEqual(new Set([true]));
+    // The same points either way.
+    for (const c of [old, fresh]) expect(Array.from(c.batches[0]!.servers[0]!.series.pointValues)).toEqual([s1 % 1000, 3]);
+  });
+
   it('regression: a spooled body re-cut for a new shard count that passes bodyBytesMax goes on in more bodies, every point delivered (before: one body of any size)', async () => {
     const core = await startCore();
     core.shards = 1;

@@ -297,8 +297,19 @@ export class Rack {
     const rollup = withColumns(merged.rollup, this.names.forBatch(this.opts.limits.nameRefreshPerBatch));
     if (!batch.late && batch.second > this.spool.closedThrough) this.spool.closedThrough = batch.second;
     const shards = this.spool.shards;
+    this.cutter.packPoints = this.corePacks();
     // One body a second, or several when it would pass what one request or message carries.
     for (const { seq, bytes } of this.cutter.bodies({ rack: this.opts.rack, second: batch.second, late: batch.late, shards, servers: merged.servers, rollup }, this.takeSeq, this.cutBounds())) this.keep(seq, batch.second, shards, bytes, batch.late);
+  }
+
+  /**
+   * Whether sections go with their points packed: once the core (its placement answer) or the
+   * cluster (its settings) said it reads them. Until then, and for cores and clusters from before
+   * the pack, unpacked: those would refuse packed sections as malformed, and such a refusal drops
+   * the body.
+   */
+  private corePacks(): boolean {
+    return this.forwarder !== null ? this.forwarder.corePacks : this.natsLink?.settings?.pointPack === true;
   }
 
   /** The next body's identity: the spool's session (after a possible rotation) and seq. */
@@ -329,6 +340,7 @@ export class Rack {
       return this.takeSeq();
     };
     let bodies: ReturnType<typeof recut>;
+    this.cutter.packPoints = this.corePacks();
     try {
       bodies = recut(this.cutter, body, shards, this.cutBounds(), take);
     } catch (err) {
@@ -498,6 +510,7 @@ export class Rack {
     p.counter('apm_rack_rollups_not_finite_total', 'Distribution rollups not sent because their sum overflowed (the servers\' summaries are sent; the core uses them for that second)', this.cutter.rollupsNotFinite);
     p.counter('apm_rack_section_metrics_dropped_total', "Metrics left out of a second's sections (more distinct metrics in one second than the rack's metric bound)", this.cutter.overflow);
     p.gauge('apm_rack_shards', "Shards the rack cuts each second into (the core's S; the default until the core ever said)", this.spool.shards);
+    p.gauge('apm_rack_points_packed', '1 when sections carry their points packed (~2 bytes a point instead of 10): the core or the cluster said it reads them', this.corePacks() ? 1 : 0);
     p.gauge('apm_rack_session', "This spool's session: the core de-duplicates by (rack, session, seq)", this.spool.session);
     p.counter('apm_rack_batches_spooled_total', 'Batches written to the spool', this.counters.batches_spooled);
     p.counters('apm_rack_internal_failures_total', 'Units lost to an error this rack did not expect (a bug; logged): a datagram not taken, or a closed second not forwarded', 'unit', { datagram: this.counters.datagrams_failed, second: this.counters.batches_failed });

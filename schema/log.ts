@@ -57,6 +57,12 @@ export interface ClusterSettings {
   streamMaxAgeSeconds: number;
   /** A re-published message inside this window is stored once (longer than any rack retry of one message). */
   duplicateWindowSeconds: number;
+  /**
+   * True when the cluster was made by nodes that read packed points (schema/pointpack.ts): racks
+   * pack only then. Settings written before the pack lack it, and their racks keep sending
+   * unpacked sections, which every node reads.
+   */
+  pointPack?: boolean;
 }
 
 export const clusterSettingsDefaults: Omit<ClusterSettings, 'shards' | 'streamReplicas'> = {
@@ -64,6 +70,7 @@ export const clusterSettingsDefaults: Omit<ClusterSettings, 'shards' | 'streamRe
   ownerReplicas: 2,
   streamMaxAgeSeconds: 86_400,
   duplicateWindowSeconds: 600,
+  pointPack: true,
 };
 
 /** Why `mine` cannot join a cluster whose settings are `theirs` (null: they agree). */
@@ -83,6 +90,7 @@ export function parseSettings(text: string): ClusterSettings {
   if (!int(s.ownerReplicas, 1, 5) || !int(s.streamReplicas, 1, 5) || !int(s.streamMaxAgeSeconds, 10, 10 * 365 * 86_400) || !int(s.duplicateWindowSeconds, 1, 86_400)) {
     throw new Error(`cluster settings out of range: ${text.slice(0, 300)}`);
   }
+  if (s.pointPack !== undefined && typeof s.pointPack !== 'boolean') throw new Error(`cluster settings: pointPack ${JSON.stringify(s.pointPack)} is not true or false`);
   if (s.duplicateWindowSeconds! > s.streamMaxAgeSeconds!) throw new Error(`cluster settings: the duplicate window (${s.duplicateWindowSeconds} s) is longer than the streams' max age (${s.streamMaxAgeSeconds} s)`);
   return s as ClusterSettings;
 }

@@ -73,6 +73,8 @@ export interface ShardSectionMessage extends SecondHeader {
    */
   pointBad: Uint8Array | null;
   distBad: Uint8Array | null;
+  /** Whether the points came packed (point_pack) rather than as point_servers and point_values. */
+  packed: boolean;
 }
 
 /** The HTTP body: a rack second's sections as frames, with their shards. */
@@ -146,6 +148,12 @@ export class SectionCutter {
    * percentiles from them.
    */
   rollupsNotFinite = 0;
+  /**
+   * Whether sections carry their points packed (point_pack). A rack packs only once its core
+   * said it reads them (GET /api/v1/placement `pointPack`, or the cluster's settings): a core
+   * from before would refuse them as malformed, and the rack drops what is refused so.
+   */
+  packPoints = true;
 
   constructor(readonly metricsMax: number) {
     this.index = new HashIndex(metricsMax);
@@ -521,7 +529,7 @@ export class SectionCutter {
       nameHashes: names?.hashes ?? new Uint32Array(0),
       nameEnds: names?.ends ?? new Uint32Array(0),
       nameBytes: names?.bytes ?? new Uint8Array(0),
-    }, to.arena);
+    }, to.arena, !this.packPoints);
   }
 }
 
@@ -602,7 +610,7 @@ function namesByShard(c: Pick<SeriesColumns, 'nameHashes' | 'nameEnds' | 'nameBy
 }
 
 /** A section's columns; server ids as strings or already UTF-8 encoded (the cutter encodes them once per second). */
-type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | 'servers' | keyof SecondHeader> & { servers: readonly (string | Uint8Array)[] };
+type SectionColumns = Omit<ShardSectionMessage, 'type' | 'pointBad' | 'distBad' | 'packed' | 'servers' | keyof SecondHeader> & { servers: readonly (string | Uint8Array)[] };
 
 /** The cutter's packer (schema/pointpack.ts): one per thread, its scratch reused by every section. */
 const packer = new PointPacker();
@@ -772,6 +780,7 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
     nameBytes: col(24, 1, u8),
     pointBad: null,
     distBad: null,
+    packed: false,
   };
   const pack = col(26, 1, u8);
   if (pack.length > 0) {
@@ -779,6 +788,7 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
     const unpacked = unpackPoints(pack, m.pointEnds, servers.length);
     m.pointServers = unpacked.servers;
     m.pointValues = unpacked.values;
+    m.packed = true;
   }
   checkSectionPoints(m);
   checkSectionDists(m);

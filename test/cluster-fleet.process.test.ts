@@ -190,6 +190,8 @@ describe('the whole system on a core cluster: simulator → rack → NATS JetStr
     const m = await rackMetrics();
     expect(m.get('apm_rack_nats_connected')).toBe(1);
     expect(m.get('apm_rack_shards')).toBe(S);
+    // The nodes made the cluster's settings with pointPack: the rack packed every section above.
+    expect(m.get('apm_rack_points_packed')).toBe(1);
   }, 25_000);
 
   it('every NATS server stopped for 20 s: the rack spools, then replays in order; every second of the run is answered by every node, once', async () => {

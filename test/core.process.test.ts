@@ -198,6 +198,8 @@ describe('apm core process', () => {
     const base = await acked();
     const deadline = Date.now() + 15_000;
     while ((await acked()) < base + 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    // This core reads packed points and said so: the rack packed them (what follows proves them exact).
+    expect(/apm_rack_points_packed (\d+)/.exec(await (await fetch(`${rm[2]}/metrics`)).text())?.[1]).toBe('1');
     const metrics = (await (await fetch(`${url}/api/v1/metrics`)).json()) as { metrics: { name: string; kind: string }[] };
     expect(metrics.metrics.find((m) => m.name === 'e2e.queue')?.kind).toBe('gauge');
     expect(metrics.metrics.find((m) => m.name === 'e2e.rpc')?.kind).toBe('counter');

@@ -28,6 +28,8 @@ export class FakeCore {
   dripMs = 0;
   /** The core's S: GET /api/v1/placement answers it; bodies cut for another get 409. */
   shards = shardsDefault;
+  /** Whether the placement answer says this core reads packed points (a core from before the pack says nothing). */
+  pointPack = true;
   /** Placement answer status while not 200 (e.g. 503). */
   placementStatus = 200;
   placementRequests = 0;
@@ -62,7 +64,7 @@ export class FakeCore {
         if (req.method === 'GET' && req.url === '/api/v1/placement') {
           this.placementRequests++;
           if (this.placementStatus !== 200) res.writeHead(this.placementStatus).end('{"error":"unavailable"}');
-          else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ shards: this.shards }));
+          else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.pointPack ? { shards: this.shards, pointPack: true } : { shards: this.shards }));
           return;
         }
         if (req.method !== 'POST' || req.url !== '/api/v1/ingest') {

@@ -29,7 +29,9 @@ afterEach(async () => {
   if (errors.length > 0) throw errors[0];
 });
 
-const settings: ClusterSettings = { format: 1, shards: 4, ownerReplicas: 1, streamReplicas: 3, streamMaxAgeSeconds: 3600, duplicateWindowSeconds: 600 };
+// pointPack: the cluster's nodes read packed points, so the rack packs them (settings written
+// before the pack lack it, and their racks send unpacked sections).
+const settings: ClusterSettings = { format: 1, shards: 4, ownerReplicas: 1, streamReplicas: 3, streamMaxAgeSeconds: 3600, duplicateWindowSeconds: 600, pointPack: true };
 
 /** Writes the cluster's settings as the first core node would (streams, then KV apm-cluster). */
 async function writeSettings(nc: NatsConnection, s: ClusterSettings): Promise<JetStreamManager> {
@@ -103,6 +105,7 @@ async function readStreams(jsm: JetStreamManager, rack: string): Promise<StreamE
       const { input, sections } = decodeSecond(openLogMessage(m.data, m.header.get(encodingHeader)));
       // One section per message, in its own shard's stream, cut for the cluster's S.
       expect(sections.map((s) => [s.shard, s.shards])).toEqual([[k, settings.shards]]);
+      for (const s of sections) if (s.pointEnds.length > 0) expect(s.packed).toBe(true);
       expect(msgId).toBe(`${rack}/0/${input.session}/${input.seq}/${k}`);
       out.push({ shard: k, streamSeq: q, msgId, seq: input.seq, second: input.second, servers: input.servers.map((s) => ({ server: s.server, series: s.blocks[0]! })) });
     }

@@ -103,13 +103,14 @@ interface RackRun {
 
 /** Drives `servers` simulated edges for `seconds` into a real rack and a sink core. */
 export async function runRack(servers: number, seconds: number, datagramBytes: number, distShare: number, warmup = 3): Promise<RackRun> {
-  // A sink for the core: answers the placement and acknowledges each body (the rack's latency
-  // histogram measures from a second's end to this acknowledgement).
+  // A sink for the core: answers the placement as the core does (its S, and that it reads packed
+  // points: the rack then packs them, as in production) and acknowledges each body (the rack's
+  // latency histogram measures from a second's end to this acknowledgement).
   const sink = { bodies: 0, bytes: 0 };
   const core = http.createServer((req, res) => {
     req.on('data', (c: Buffer) => (sink.bytes += c.length));
     req.on('end', () => {
-      if (req.method === 'GET' && req.url === '/api/v1/placement') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ shards: shardsDefault }));
+      if (req.method === 'GET' && req.url === '/api/v1/placement') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ shards: shardsDefault, pointPack: true }));
       if (req.url === '/api/v1/ingest') sink.bodies++;
       res.writeHead(204).end();
     });
