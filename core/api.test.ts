@@ -2,8 +2,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KindCode } from '../schema/codec.js';
-import { rackSecondBody } from '../schema/section.js';
+import { decodeFrame, KindCode } from '../schema/codec.js';
+import { batchBytesMax } from '../schema/limits.js';
+import { rackSecondBody, sectionAt, type ShardSectionMessage } from '../schema/section.js';
 import { buildColumns } from '../schema/testdata.js';
 import { openNode } from './node.js';
 
@@ -24,6 +25,34 @@ async function ingest(second: number, value: number, seq: number): Promise<numbe
 }
 
 describe('core HTTP API', () => {
+  it('says in its placement whether racks may pack points, and its imports pack only then (a cluster made before the pack: its older owners would refuse packed sections)', async () => {
+    expect(await (await app.request('/api/v1/placement')).json()).toMatchObject({ shards: 8, pointPack: true });
+    const packedOf = (body: Uint8Array) => {
+      const r = decodeFrame(body, batchBytesMax);
+      if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('not a RackSecond');
+      const m = r.msg;
+      return m.sectionEnds.length === 0 ? [] : Array.from(m.sectionEnds, (_, i) => (decodeFrame(sectionAt(m, i).slice(), batchBytesMax) as { msg: ShardSectionMessage }).msg.packed);
+    };
+    for (const pointPack of [false, true]) {
+      const d = mkdtempSync(join(tmpdir(), 'apm-api-pack-'));
+      const bodies: Uint8Array[] = [];
+      let other: Awaited<ReturnType<typeof openNode>> | null = null;
+      // As a cluster node: what it takes is handed on (to the streams there); here, to its own pool.
+      other = await openNode({ dataDir: d, workers: 1, shards: 8, queryLatenessMs: 0, pointPack, ingest: (b) => (bodies.push(b.slice()), other!.pool.ingest(b)) });
+      try {
+        expect(await (await other.app.request('/api/v1/placement')).json()).toMatchObject({ pointPack });
+        const line = JSON.stringify({ metric: { __name__: 'imp.cpu', server: 'imp-1' }, values: [1.5, 2.5], timestamps: [(now - 60) * 1000, (now - 59) * 1000] });
+        expect((await other.app.request('/api/v1/import', { method: 'POST', body: line + '\n' })).status).toBe(200);
+        const packed = bodies.flatMap(packedOf);
+        expect(packed.length).toBeGreaterThan(0);
+        expect(new Set(packed)).toEqual(new Set([pointPack]));
+      } finally {
+        await other.close();
+        rmSync(d, { recursive: true, force: true });
+      }
+    }
+  });
+
   it('builds the list of metrics once for every call asking while it is built, and afresh after (before: each call its own, ~33 MB at 200,000 metrics)', async () => {
     const pool = node.pool as unknown as { metrics: () => Promise<unknown> };
     const real = pool.metrics.bind(node.pool);

@@ -43,6 +43,12 @@ export interface ApiOptions {
    * cluster node publishes it to the shards' streams (core/cluster/ingest.ts). Absent: the pool.
    */
   ingest?: (body: Uint8Array, mayRack: (rack: string) => boolean) => Promise<IngestResult>;
+  /**
+   * Whether racks and imports may send this node packed points (schema/pointpack.ts): true for a
+   * single node (it reads them); a cluster node says what the cluster's settings say, as what it
+   * takes goes to every owner's stream and an owner from before the pack would refuse it.
+   */
+  pointPack?: boolean;
   /** A cluster node's GET /api/v1/cluster answer (core/cluster/status.ts). */
   clusterStatus?: () => object;
   /** More lines for /metrics (a cluster node's consumers and placement). */
@@ -97,7 +103,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   const live = addQueryRoutes(app, pool, stored);
   const prom = addPromRoutes(app, { pool, servers, stored });
   const ingest = opts.ingest ?? ((body: Uint8Array, may: (rack: string) => boolean) => pool.ingest(body, may));
-  const history = addHistoryRoutes(app, { pool, servers, ingest: (b) => ingest(b, () => true) });
+  const pointPack = opts.pointPack ?? true;
+  const history = addHistoryRoutes(app, { pool, servers, ingest: (b) => ingest(b, () => true), pointPack });
   // A cluster node hands a copy of a shard to a node that joins it (admin only; core/snapshot.ts).
   if (opts.cluster !== undefined) {
     const cluster = opts.cluster;
@@ -196,9 +203,9 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
   );
 
   // Racks ask for S (and, with a cluster, the placement) before they cut sections (issue 12).
-  // pointPack: this core reads sections whose points are packed (schema/pointpack.ts); racks pack
-  // only when told so, as a core from before would refuse such sections as malformed.
-  app.get('/api/v1/placement', (c) => c.json({ shards: pool.shards, workers: pool.workers, pointPack: true }));
+  // pointPack: racks may send packed points (schema/pointpack.ts); they pack only when told so, as
+  // a core from before would refuse such sections as malformed (ApiOptions.pointPack).
+  app.get('/api/v1/placement', (c) => c.json({ shards: pool.shards, workers: pool.workers, pointPack }));
 
   // The list of servers, built again only when a server came, moved or went, or a second later
   // (for last-seen times): at 100,000 servers one answer is 13 MB and 155 ms of this thread, and

@@ -125,6 +125,8 @@ export async function main(argv: string[]): Promise<void> {
       workers,
       shards: cluster?.settings.shards ?? shards,
       cluster: cluster?.node,
+      // A cluster made before the pack holds owners that would refuse packed sections.
+      pointPack: cluster === null || cluster.settings.pointPack === true,
       ...(cluster === null ? {} : { ingest: (body: Uint8Array, may: (rack: string) => boolean) => logIngest!.ingest(body, may), metricsExtra: (p: PromText) => clusterMetrics(p, cluster!.node, opened?.pool.streamRefused ?? {}, logIngest!), clusterStatus: () => clusterStatus(cluster!.node) }),
       retentionSeconds: Math.floor(retentionMs / 1000),
       queryLatenessMs: parseDurationMs(values['query-lateness']!, '--query-lateness', 0, 600_000),

@@ -44,6 +44,8 @@ export interface NodeOptions {
   metricsExtra?: ApiOptions['metricsExtra'];
   /** See ApiOptions.clusterStatus. */
   clusterStatus?: ApiOptions['clusterStatus'];
+  /** See ApiOptions.pointPack (a cluster node: what the cluster's settings say). */
+  pointPack?: boolean;
 }
 
 export interface CoreNode {
@@ -94,7 +96,7 @@ export async function openNode(o: NodeOptions): Promise<CoreNode> {
   const stored = clusterQueries?.catalog ?? new QueryCatalog(new LmdbDefinitions(meta.openDB({ name: 'queries', encoding: 'json' })), pool, { queriesMax: L.storedQueriesMax });
   if (clusterQueries === undefined) await stored.start();
   const status = new CoreStatus({ racksMax: L.racksMax, samplesMax: L.statusSamplesMax });
-  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries, ingest: o.ingest, metricsExtra: o.metricsExtra, clusterStatus: o.clusterStatus });
+  const app = createApi({ pool, servers, stored }, { ingestBodyBytesMax: L.ingestBodyBytesMax, status, auth: o.auth, queryRate: o.queryRate, cluster: o.cluster, clusterQueries, ingest: o.ingest, metricsExtra: o.metricsExtra, clusterStatus: o.clusterStatus, pointPack: o.pointPack });
   return {
     pool,
     servers,

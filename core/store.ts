@@ -20,7 +20,7 @@ import { statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { TransactionFlags, type Database, type RootDatabase, type Transaction } from 'lmdb';
 import { Body, decodeFrame, KindCode, nameAt, type RejectReason } from '../schema/codec.js';
-import { batchBytesMax, rollupServer } from '../schema/limits.js';
+import { batchBytesMax, rollupServer, sectionPointsMax } from '../schema/limits.js';
 import { closeLmdb, deleteRange, openLmdb, writeFailure } from '../lib/lmdb.js';
 import { hashKey } from '../schema/names.js';
 import { originRack, shardOf, type ShardSectionMessage } from '../schema/section.js';
@@ -295,7 +295,7 @@ export class Store {
     restore_servers_refused: 0,
     restore_metrics_refused: 0,
   };
-  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'racks_full' | 'past_retention' | 'future', number>> = {};
+  readonly rejected: Partial<Record<RejectReason | 'not_a_section' | 'wrong_section' | 'too_many_points' | 'racks_full' | 'past_retention' | 'future', number>> = {};
   /** Decoded rows stored queries read again (core/rowcache.ts). */
   private rowCache = new RowCache(rowCacheBytesMax, this.counters);
   private readonly directories = new RowDirectories(this.counters);
@@ -835,6 +835,9 @@ export class Store {
     const decoded: ShardSectionMessage[] = [];
     const kept: Uint8Array[] = [];
     let refused: StoreIngestResult | null = null;
+    // Packed points (schema/pointpack.ts) can take no byte each: the columns a request's sections
+    // decode to are bounded by what the largest request held unpacked, not by their bytes.
+    let points = 0;
     for (const s of sections) {
       // A shard being restored from another node (core/snapshot.ts) takes nothing until its copy is whole.
       if (this.restoring.has(s.shard)) return { status: 503, reason: 'shard_restoring', error: `shard ${s.shard} is being restored from another node; retry when the copy is done` };
@@ -853,6 +856,11 @@ export class Store {
       if (m.shard !== s.shard || !this.heads.has(m.shard) || m.shards !== this.opts.shardCount || m.rack !== h.rack || m.session !== h.session || m.seq !== h.seq || m.second !== h.second || (m.origin ?? originRack) !== (h.origin ?? originRack)) {
         this.rejected.wrong_section = (this.rejected.wrong_section ?? 0) + 1;
         return { status: 400, reason: 'wrong_section', error: `section of ${m.rack} session ${m.session} seq ${m.seq} second ${m.second} shard ${m.shard}/${m.shards} does not belong to request ${h.rack} ${h.session} ${h.seq} ${h.second} shard ${s.shard}/${this.opts.shardCount}` };
+      }
+      points += m.pointValues.length;
+      if (points > sectionPointsMax) {
+        this.rejected.too_many_points = (this.rejected.too_many_points ?? 0) + 1;
+        return { status: 400, reason: 'too_many_points', error: `request ${h.rack} seq ${h.seq} decodes to more than ${sectionPointsMax} points (more than the largest request holds unpacked)` };
       }
       decoded.push(m);
       kept.push(s.bytes);

@@ -133,7 +133,7 @@ describe('point_pack (schema/pointpack.ts)', () => {
     }
   });
 
-  it('a section from a rack before the pack (point_servers and point_values) decodes to the same columns; a section with both is refused', () => {
+  it('a section from a rack before the pack (point_servers and point_values) decodes to the same columns', () => {
     const enc = new Encoder();
     const c = columns([
       Array.from({ length: 40 }, (_, k) => [k, k + 0.25] as const),

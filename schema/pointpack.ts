@@ -184,6 +184,8 @@ export function unpackPoints(pack: Uint8Array, ends: Uint32Array, serverCount: n
       let s = 0;
       for (let k = start; k < end; k++) {
         s += unzigzag(r.next());
+        // At once: a failed read takes no byte, and a hostile count would go on for millions.
+        if (r.failed) throw new Reject('bad_columns', `point_pack: metric ${i}'s servers hold a bad or truncated varint`);
         if (s < 0 || s >= serverCount) throw new Reject('bad_value', `point_pack: point ${k} names server ${s} of ${serverCount}`);
         servers[k] = s;
       }

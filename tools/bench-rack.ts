@@ -99,6 +99,8 @@ interface RackRun {
   ackP50: number;
   ackP99: number;
   cpuPercent: number;
+  /** Body bytes the sink received per point merged (packed points: ~3 for gauges). */
+  bytesPerPoint: number;
 }
 
 /** Drives `servers` simulated edges for `seconds` into a real rack and a sink core. */
@@ -157,6 +159,7 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
       }
     };
     let s0: Sample | null = null;
+    let bytes0 = 0;
     for (let k = 0; k < warmup + seconds; k++) {
       const now = Date.now();
       await new Promise((r) => setTimeout(r, 1000 - (now % 1000) + 5));
@@ -179,6 +182,7 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
         // nothing else of the load.
         await new Promise((r) => setTimeout(r, 2500));
         s0 = await sample(rack.pid!, ports.http);
+        bytes0 = sink.bytes;
         await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
         second = Math.floor(Date.now() / 1000);
       }
@@ -191,6 +195,7 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
     await new Promise((r) => setTimeout(r, 2500));
     const s1 = await sample(rack.pid!, ports.http);
     const sinkBodies = sink.bodies;
+    const sinkBytes = sink.bytes - bytes0;
     if (s0 === null) throw new Error('BUG: no sample at the window start');
     const cpuSeconds = (s1.cpu - s0.cpu) / 100;
     const received = grew(s0, s1, 'apm_rack_parts_received_total');
@@ -210,6 +215,8 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
     if (!(acked >= seconds) || sinkBodies < seconds) invalid.push(`the core acknowledged ${acked} bodies for ${seconds} seconds (${sinkBodies} received by the sink)`);
     if (failures.length > 0) invalid.push(`the rack dropped or failed: ${failures.map(([m, n]) => `${m} ${n}`).join(', ')}`);
     if (!(cpuSeconds > 0)) invalid.push(`the rack used ${cpuSeconds} CPU-seconds`);
+    // The sink says it reads packed points, as the core does: a rack that did not pack measures another rack.
+    if (valueOf(s1.text, 'apm_rack_points_packed') !== 1) invalid.push('the rack did not pack its points (apm_rack_points_packed is not 1)');
     if (invalid.length > 0) throw new Error(`bench rack INVALID RUN (${servers} servers, ${datagramBytes} B, ${distShare * 100}% distributions): ${invalid.join('; ')}`);
     const q = latencyQuantiles(s0.text, s1.text);
     return {
@@ -218,6 +225,7 @@ export async function runRack(servers: number, seconds: number, datagramBytes: n
       ackP50: q.p50,
       ackP99: q.p99,
       cpuPercent: (100 * cpuSeconds) / ((s1.atMs - s0.atMs) / 1000),
+      bytesPerPoint: sinkBytes / merged,
     };
   } finally {
     if (held.rack !== null) await stopChild(held.rack);
@@ -284,6 +292,7 @@ export async function rackFigures(quick: boolean): Promise<Figure[]> {
       out.push({ name: `rack server-seconds per CPU-second (${tag})`, value: r.serverSecondsPerCpuSecond, unit: '/s', target: '≥ 2,000' });
       out.push({ name: `rack summaries per CPU-second (${tag})`, value: r.serverSecondsPerCpuSecond * 2000, unit: '/s', target: '≥ 4 M' });
       out.push({ name: `rack CPU (${tag})`, value: r.cpuPercent, unit: '% of one core' });
+      out.push({ name: `rack → core body bytes per point (${tag})`, value: r.bytesPerPoint, unit: 'B' });
       out.push({ name: `parts lost (${tag})`, value: r.lossPercent, unit: '%' });
       out.push({ name: `second end → batch acked, p50 / p99 (${tag}, lateness 1 s)`, value: r.ackP50, unit: `s / ${r.ackP99.toFixed(2)} s` });
     }
@@ -296,6 +305,7 @@ export async function rackFigures(quick: boolean): Promise<Figure[]> {
   const one = await runRack(40, quick ? 6 : 20, 1432, 0, quick ? 3 : 30);
   out.push({ name: 'rack server-seconds per CPU-second (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.serverSecondsPerCpuSecond, unit: '/s', target: '≥ 2,000' });
   out.push({ name: 'rack CPU (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.cpuPercent, unit: '% of one core' });
+  out.push({ name: 'rack → core body bytes per point (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.bytesPerPoint, unit: 'B' });
   out.push({ name: 'parts lost (one rack: 40 servers × 2,000 gauges, 1432 B)', value: one.lossPercent, unit: '%' });
   return out;
 }

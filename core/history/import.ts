@@ -95,6 +95,8 @@ export class ImportError extends Error {
 
 export interface ImportDeps {
   shards: number;
+  /** Whether its sections may carry packed points (ApiOptions.pointPack; default true). */
+  pointPack?: boolean;
   retentionSeconds: number;
   /** Makes one RackSecond body durable (ShardPool.ingest). */
   ingest: (body: Uint8Array) => Promise<IngestResult>;
@@ -409,6 +411,7 @@ class Importer {
     rollup.nameEnds = new Uint32Array(names.length);
     let end = 0;
     names.forEach((nm, j) => (rollup.nameEnds[j] = end += nm.length));
+    this.cutter.packPoints = this.deps.pointPack ?? true;
     const body = this.cutter.body({ rack, session: this.session, seq: ++this.seq, second, late: false, shards: this.deps.shards, origin: originImport, servers, rollup });
     let sent = 0;
     for (const s of servers) sent += s.blocks[0]!.pointValues.length;

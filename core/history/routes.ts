@@ -69,7 +69,7 @@ export class HistoryCounters {
   }
 }
 
-export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult> }): HistoryCounters {
+export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: ServerTable; ingest?: (body: Uint8Array) => Promise<IngestResult>; pointPack?: boolean }): HistoryCounters {
   const { pool, servers } = deps;
   const ingest = deps.ingest ?? ((b: Uint8Array) => pool.ingest(b));
   const counters = new HistoryCounters();
@@ -93,6 +93,7 @@ export function addHistoryRoutes(app: Hono, deps: { pool: ShardPool; servers: Se
     try {
       const summary = await runImport(body, {
         shards: pool.shards,
+        pointPack: deps.pointPack ?? true,
         retentionSeconds: pool.retentionSeconds,
         ingest,
         mayRack: (rack) => mayRack(grant, rack),
