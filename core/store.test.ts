@@ -795,6 +795,16 @@ describe('regression: whose share of the per-server metric limit a new metric ta
     await s.close();
   });
 
+  it('regression: a request whose packed sections decode to more points than the largest request held unpacked is refused whole, counted (a value every server shares takes no byte: 105 KB made 67 MB of columns a section)', async () => {
+    const s = open({ requestPointsMax: 50 });
+    const servers = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, k) => [`s${k}`, { points: [{ name: 'flat', kind: KindCode.Gauge as const, value: 7 }, { name: 'flat2', kind: KindCode.Gauge as const, value: 7 }] }]));
+    expect(s.ingest(...batch(t0, servers(20))).status).toBe(204);
+    expect(s.ingest(...batch(t0 + 1, servers(30)))).toMatchObject({ status: 400, reason: 'too_many_points' });
+    expect(s.rejected.too_many_points).toBe(1);
+    expect(s.counters.points_ingested).toBe(40);
+    await s.close();
+  });
+
   it('servers refused by serversMax introduce nothing: their metrics do not fill the registry (before: the refused server\'s names took every slot)', async () => {
     const s = open({ serversMax: 1, metricsPerServerMax: 3, metricsMax: 50 });
     s.ingest(...batch(t0, { a: { points: [{ name: 'ok', kind: KindCode.Gauge, value: 1 }] } }));

@@ -57,6 +57,8 @@ export interface StoreOptions {
   racksMax: number;
   /** Seconds ahead of the clock a second may be (default coreLimits.futureSecondsMax). */
   futureSecondsMax?: number;
+  /** Points one request's sections may decode to (default sectionPointsMax; tests make it small). */
+  requestPointsMax?: number;
   /** coreLimits.lastSeenSaveMs for this store (tests make it 0: every save writes every entry, retirement without its margin). */
   lastSeenSaveMs?: number;
   /** Longest a row-writing slice runs before the worker turns to ingest again. */
@@ -858,9 +860,10 @@ export class Store {
         return { status: 400, reason: 'wrong_section', error: `section of ${m.rack} session ${m.session} seq ${m.seq} second ${m.second} shard ${m.shard}/${m.shards} does not belong to request ${h.rack} ${h.session} ${h.seq} ${h.second} shard ${s.shard}/${this.opts.shardCount}` };
       }
       points += m.pointValues.length;
-      if (points > sectionPointsMax) {
+      const pointsMax = this.opts.requestPointsMax ?? sectionPointsMax;
+      if (points > pointsMax) {
         this.rejected.too_many_points = (this.rejected.too_many_points ?? 0) + 1;
-        return { status: 400, reason: 'too_many_points', error: `request ${h.rack} seq ${h.seq} decodes to more than ${sectionPointsMax} points (more than the largest request holds unpacked)` };
+        return { status: 400, reason: 'too_many_points', error: `request ${h.rack} seq ${h.seq} decodes to more than ${pointsMax} points (more than the largest request holds unpacked)` };
       }
       decoded.push(m);
       kept.push(s.bytes);
