@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeFrame, Encoder, KindCode } from './codec.js';
+import { concatVector, decodeFrame, Encoder, KindCode } from './codec.js';
+import { Body, ShardSection } from './generated/apm_generated.js';
 import { batchBytesMax, sectionPointsMax } from './limits.js';
 import { PointPacker, unpackPoints } from './pointpack.js';
 import { encodeShardSection, type ShardSectionMessage } from './section.js';
@@ -133,7 +134,7 @@ describe('point_pack (schema/pointpack.ts)', () => {
     }
   });
 
-  it('a section from a rack before the pack (point_servers and point_values) decodes to the same columns', () => {
+  it('a section from a rack before the pack (point_servers and point_values) decodes to the same columns; a section with both forms is refused', () => {
     const enc = new Encoder();
     const c = columns([
       Array.from({ length: 40 }, (_, k) => [k, k + 0.25] as const),
@@ -168,6 +169,16 @@ describe('point_pack (schema/pointpack.ts)', () => {
     };
     const packed = encodeShardSection(enc, h, section).slice();
     const old = encodeShardSection(enc, h, section, undefined, true).slice();
+    // Both forms in one section (no encoder writes it): refused, not read either way.
+    const b = enc.begin(4096);
+    const ids = ShardSection.createServersVector(b, section.servers.map((id) => b.createString(id)));
+    const v = (data: ArrayBufferView, bytes: number) => concatVector(b, [data], bytes);
+    const both = enc.end(
+      Body.ShardSection,
+      ShardSection.createShardSection(b, b.createString(h.rack), h.session, BigInt(h.seq), h.second, false, 0, 1, ids, v(section.pointHashes, 8), v(section.pointKinds, 1), v(section.pointEnds, 4), v(c.servers, 2), v(c.values, 8), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, v(new PointPacker().pack(c.ends, c.servers, c.values), 1)),
+    ).slice();
+    const refused = decodeFrame(both, batchBytesMax);
+    expect(refused.ok ? 'ok' : [refused.reason, refused.detail]).toEqual(['bad_columns', 'point_pack beside point_servers or point_values']);
     expect(packed.length).toBeLessThan(old.length - 300);
     for (const m of [decode(packed), decode(old)]) {
       expect(Array.from(m.pointServers)).toEqual(Array.from(c.servers));
