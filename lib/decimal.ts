@@ -3,7 +3,7 @@
 // are exact for the ranges used here). The storage codec (core/codec/values.ts) stores such
 // integers in its rows, and the wire packs a section's values as them (schema/pointpack.ts).
 
-/** The largest exponent tried: 10^15 is exact, and so are integers below 2^53 times it. */
+/** The largest exponent tried (4 bits in the storage codec's header and the wire's mode byte); every 10^e up to it is an exact double. */
 export const decimalExponentMax = 15;
 
 /** 10^e for e = 0 … decimalExponentMax. */

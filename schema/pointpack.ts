@@ -44,6 +44,8 @@ const mantissaLimit = 2 ** 31;
 export class PointPacker {
   private out = new Uint8Array(1 << 12);
   private mantissas = new Float64Array(256);
+  /** The exponent of the last decimal form written (decimal() returns where it ended). */
+  private exponent = 0;
 
   /**
    * The packed form of metrics whose entries end at `ends` (ascending, the last = values.length)
@@ -92,9 +94,6 @@ export class PointPacker {
     out.set(new Uint8Array(values.buffer, values.byteOffset + 8 * start, 8 * c), valuesAt);
     return valuesAt + 8 * c;
   }
-
-  /** The exponent of the last decimal form written. */
-  private exponent = 0;
 
   /**
    * Writes the decimal form at `at`; returns where it ends, or −1 (nothing written) when a value
