@@ -773,7 +773,18 @@ export class Store {
     let dups = 0;
     for (const n of duplicates.values()) dups += n;
     this.counters.sections_duplicate += dups;
-    const sids = fresh.map((f) => this.serverIds(f.m, nowMs));
+    // A request's sections share their server list (schema/section.ts serverList): its ids once.
+    let last: { servers: readonly string[]; rack: string; ids: Int32Array; refused: number } | null = null;
+    const sids = fresh.map((f) => {
+      if (last !== null && last.servers === f.m.servers && last.rack === f.m.rack) {
+        this.counters.servers_refused += last.refused;
+        return last.ids;
+      }
+      const refused = this.counters.servers_refused;
+      const ids = this.serverIds(f.m, nowMs);
+      last = { servers: f.m.servers, rack: f.m.rack, ids, refused: this.counters.servers_refused - refused };
+      return ids;
+    });
     try {
       // Registry entries go with the rows that refer to them (writeSlice); a replay registers again.
       this.walEnv.transactionSync(() => {

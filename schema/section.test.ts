@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { crc32 } from 'node:zlib';
 import { decodeFrame, Encoder, FrameArena, KindCode, nameAt, type Message } from './codec.js';
 import { batchBytesMax, rollupServer, sectionNamesMax } from './limits.js';
 import { hashName } from './names.js';
@@ -149,6 +150,27 @@ describe('shard sections (rack → core v2)', () => {
     const [dup] = cutter.cut({ ...header, shards: 1, servers: [{ server: 's0', blocks: [points] }, { server: 's0', blocks: [points] }], rollup: buildColumns([], []) });
     const r = decodeFrame(dup!.frame, batchBytesMax);
     expect(r.ok ? 'ok' : [r.reason, r.detail]).toEqual(['bad_value', 'the list of 2 servers names one server twice']);
+  });
+
+  it('a list of servers byte for byte the last one decoded is answered with the same array, its bounds checked as before; a list one byte apart or of another length is decoded afresh', () => {
+    const cutter = new SectionCutter(1024);
+    const points = buildColumns([{ name: 'cpu', kind: KindCode.Gauge, value: 1 }], []);
+    const frame = (names: string[]) => cutter.cut({ ...header, shards: 1, servers: names.map((server) => ({ server, blocks: [points] })), rollup: buildColumns([], []) })[0]!.frame.slice();
+    const servers = (f: Uint8Array) => (decodeOk(f) as ShardSectionMessage).servers;
+    const first = servers(frame(['web-1', 'web-2']));
+    expect(servers(frame(['web-1', 'web-2']))).toBe(first);
+    expect(servers(frame(['web-1', 'web-3']))).toEqual(['web-1', 'web-3']);
+    expect(servers(frame(['web-1', 'web-2']))).toEqual(['web-1', 'web-2']);
+    expect(servers(frame(['web-1', 'web-22']))).toEqual(['web-1', 'web-22']);
+    expect(servers(frame(['web-1']))).toEqual(['web-1']);
+    expect(servers(frame(['web-1', 'web-2', 'web-3']))).toEqual(['web-1', 'web-2', 'web-3']);
+    // Same names as the last list, but the last one's terminating NUL overwritten: refused, not taken from the cache.
+    const bad = frame(['web-1', 'web-2', 'web-3']);
+    const at = Buffer.from(bad).indexOf('web-3\0', 0, 'latin1');
+    bad[at + 5] = 0x41;
+    new DataView(bad.buffer, bad.byteOffset).setUint32(bad.length - 4, crc32(bad.subarray(0, bad.length - 4)), true);
+    const r = decodeFrame(bad, batchBytesMax);
+    expect(r.ok ? 'ok' : [r.reason, r.detail]).toEqual(['out_of_bounds', 'server name overruns the message or is not NUL-terminated']);
   });
 
   it('regression: a name repeated in a section is hashed once, the repeats compared byte for byte (64 MiB of one name repeated held a worker ~8 s); a repeat with other bytes, or more than sectionNamesMax names, is refused; the cutter sends each name once', () => {
