@@ -35,6 +35,7 @@ import type { Database, RootDatabase, Transaction } from 'lmdb';
 import { shardOf } from '../schema/section.js';
 import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from './block.js';
 import { ChunkMemo, storedRowBytes } from './rowgroups.js';
+import { walKeySeq, walKeyShard } from './walkey.js';
 
 /** Written by this core: row records may hold version 4 rows (core/block.ts), which cores before it cannot decode. */
 export const snapshotFormatVersion = 3;
@@ -288,8 +289,10 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
       if (w.size >= chunkBytes) yield w.take();
     }
     let walEntries = 0;
-    for (const { key, value } of pages(io.wal, shardKey(shard, 8), shardKey(shard + 1, 8), walTxn)) {
-      w.begin(RecordType.Wal).f64(key.readUIntBE(2, 6)).bytes(value).end();
+    // The WAL is one queue of every shard's entries (core/walkey.ts): the shard's are picked out.
+    for (const { key, value } of pages(io.wal, Buffer.alloc(8), Buffer.alloc(8, 0xff), walTxn)) {
+      if (walKeyShard(key) !== shard) continue;
+      w.begin(RecordType.Wal).f64(walKeySeq(key)).bytes(value).end();
       walEntries++;
       if (w.size >= chunkBytes) yield w.take();
     }

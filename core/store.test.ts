@@ -17,6 +17,7 @@ import { parseQuery } from './query/parse.js';
 import { rowKey, Store, storeFormat, walPageBytes, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 import { decodeRow, RowError, rowServerIds } from './block.js';
 import { storedRowBytes } from './rowgroups.js';
+import { walKeySeq, walKeyShard } from './walkey.js';
 
 const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
 const S = 4;
@@ -47,6 +48,14 @@ function batch(second: number, servers: Record<string, { points?: PointInput[]; 
   if (!r.ok || r.msg.type !== 'rackSecond') throw new Error('not a RackSecond');
   const m = r.msg;
   return [h, Array.from(m.sectionShards, (shard, i) => ({ shard, bytes: sectionAt(m, i).slice() }))];
+}
+
+/** A WAL key as builds before core/walkey.ts wrote it: [shard u16][seq u48]. */
+function legacyKey(key: Buffer): Buffer {
+  const k = Buffer.alloc(8);
+  k.writeUInt16BE(walKeyShard(key), 0);
+  k.writeUIntBE(walKeySeq(key), 2, 6);
+  return k;
 }
 
 /** Writes every due row, as the worker does slice by slice. */
@@ -506,12 +515,13 @@ describe('Store', () => {
     // As an older version left it: the WAL and the de-duplication marks in the rows' environment.
     const walEnv = openLmdb({ path: join(dir, 'wal'), mapSize: 1 << 30, maxDbs: 4 });
     const root = openLmdb({ path: dir, mapSize: 1 << 30, maxDbs: 16 });
-    for (const name of ['wal', 'dedup']) {
+    // (Its WAL's keys led with the shard: core/walkey.ts.)
+    for (const [name, older, key] of [['log', 'wal', legacyKey], ['dedup', 'dedup', (k: Buffer) => k]] as const) {
       const from = walEnv.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
-      const to = root.openDB<Buffer, Buffer>({ name, encoding: 'binary', keyEncoding: 'binary' });
+      const to = root.openDB<Buffer, Buffer>({ name: older, encoding: 'binary', keyEncoding: 'binary' });
       const entries = [...from.getRange()];
       expect(entries.length).toBeGreaterThan(0);
-      root.transactionSync(() => entries.forEach((e) => to.put(e.key, e.value)));
+      root.transactionSync(() => entries.forEach((e) => to.put(key(e.key), e.value)));
       walEnv.transactionSync(() => entries.forEach((e) => from.remove(e.key)));
     }
     await root.close();
@@ -527,6 +537,71 @@ describe('Store', () => {
     const c = new Store(options(dir));
     expect([c.counters.wal_replayed, c.unwrittenWalBytes]).toEqual([0, 0]);
     expect(dump(c, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 5 });
+    await c.close();
+  });
+
+  it('moves a WAL whose keys led with the shard (before core/walkey.ts) into the log led by the seq, and replays it in arrival order', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    const a = new Store(options(dir, { serversMax: 2 }));
+    // Three servers for two places, their sections in two shards: the order of arrival decides who is refused.
+    a.ingest(...batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 1 }, { name: 'n', kind: KindCode.Gauge, value: 1 }] } }));
+    a.ingest(...batch(t0, { s2: { points: [{ name: 'n', kind: KindCode.Gauge, value: 2 }] } }));
+    a.ingest(...batch(t0, { s3: { points: [{ name: 'm', kind: KindCode.Gauge, value: 3 }, { name: 'n', kind: KindCode.Gauge, value: 3 }] } }));
+    const before = { m: dump(a, 'm', t0, t0 + 1), n: dump(a, 'n', t0, t0 + 1) };
+    expect(before).toEqual({ m: { [`s1@${t0}`]: 1 }, n: { [`s1@${t0}`]: 1, [`s2@${t0}`]: 2 } });
+    const entries = await a.walEntries();
+    expect(entries).toBeGreaterThanOrEqual(4);
+    await a.close();
+    const walEnv = openLmdb({ path: join(dir, 'wal'), mapSize: 1 << 30, maxDbs: 8 });
+    const log = walEnv.openDB<Buffer, Buffer>({ name: 'log', encoding: 'binary', keyEncoding: 'binary' });
+    const legacy = walEnv.openDB<Buffer, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
+    const all = [...log.getRange()];
+    walEnv.transactionSync(() => all.forEach((e) => (legacy.put(legacyKey(e.key), e.value), log.remove(e.key))));
+    await walEnv.close();
+    const b = new Store(options(dir, { serversMax: 2 }));
+    expect(b.counters.wal_replayed).toBe(entries);
+    expect({ m: dump(b, 'm', t0, t0 + 1), n: dump(b, 'n', t0, t0 + 1) }).toEqual(before);
+    expect(await b.walEntries()).toBe(entries);
+    flushAll(b);
+    expect(await b.walEntries()).toBe(0);
+    await b.close();
+  });
+
+  it('deletes the WAL from its front: a written block\'s entries stay while an older entry\'s block is unwritten, and go with it; past walDoneBytesMax they go anyway, counted', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'apm-store-'));
+    dirs.push(dir);
+    const now = Math.floor(Date.now() / 1000);
+    const a = new Store(options(dir, { flushGraceMs: 60_000 }));
+    // The current block (not due for a minute) first, then an old one (due at once).
+    a.ingest(...batch(now, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 1 }] } }));
+    a.ingest(...batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 2 }] } }));
+    // 3 s on: the old block is quiet (2 s) and written; the current one is not due.
+    flushAll(a, Date.now() + 3000);
+    expect(a.counters.rows_written).toBe(1);
+    expect(a.unwrittenWalBytes).toBeGreaterThan(0);
+    expect(dump(a, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 2 });
+    expect(await a.walEntries()).toBe(2);
+    await a.close();
+    // A restart replays both; the written one's points come from its rows, once.
+    const b = new Store(options(dir, { flushGraceMs: 60_000 }));
+    expect(b.counters.wal_replayed).toBe(2);
+    expect(dump(b, 'm', t0, t0 + 1)).toEqual({ [`s1@${t0}`]: 2 });
+    flushAll(b, Date.now() + 3000);
+    expect(b.counters.rows_written).toBe(0);
+    expect(await b.walEntries()).toBe(2);
+    flushAll(b);
+    expect(await b.walEntries()).toBe(0);
+    expect(b.counters.wal_deleted_held).toBe(0);
+    await b.close();
+    // A backlog bound of a few bytes: the written block's entry goes though the older one waits.
+    const c = open({ flushGraceMs: 60_000, walBacklogBytesMax: 64 });
+    c.ingest(...batch(now, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 1 }] } }));
+    c.ingest(...batch(t0, { s1: { points: [{ name: 'm', kind: KindCode.Gauge, value: 2 }] } }));
+    flushAll(c, Date.now() + 3000);
+    expect(c.counters.rows_written).toBe(1);
+    expect(await c.walEntries()).toBe(1);
+    expect(c.counters.wal_deleted_held).toBe(1);
     await c.close();
   });
 

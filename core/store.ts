@@ -1,9 +1,11 @@
 // One store (issue 12): an LMDB environment holding some of a node's shards (core/layout.ts),
 // owned by one worker thread. Every key begins with its shard (u16), so a shard is a contiguous
 // key range in each database and can be copied on its own:
-//   wal     [shard][seq u48] → a ShardSection frame: written (synced) before the request that
-//           carried it is acknowledged; deleted once every row of its block is written. With
+//   log     [seq u48][shard] → a ShardSection frame (the WAL, core/walkey.ts): written (synced)
+//           before the request that carried it is acknowledged, appended at the end in arrival
+//           order; deleted from the front once every entry before it is in written rows. With
 //           dedup, in an environment of its own (<store>/wal): the rows' file holds rows only.
+//           The one key range not led by its shard: a shard's entries are picked out of it.
 //   rows    [shard][block u32][metric hash hi, lo][rack id u32] → [WAL seq u48][pointer] into
 //           groups, or [WAL seq u48][row] (written before row groups): one metric's per-second
 //           values for every server of a rack over a block (core/block.ts). The WAL seq is the
@@ -34,10 +36,22 @@ import { RowCache, rowCacheBytesMax } from './rowcache.js';
 import { RowDirectories, type Directory, type DirectoryRow } from './rowdirectory.js';
 import { RowVersions } from './rowversions.js';
 import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { legacyWalKeyParts, walKey, walKeySeq, walKeyShard } from './walkey.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
 /** Distinct seconds of a WAL replay noted for stored queries (a WAL holds minutes of seconds; the late-seconds set holds 100,000). */
 const replayedSecondsMax = 100_000;
+
+/**
+ * Puts `key` at the end of `db` with LMDB's MDB_APPEND: the full last page is left as it is and a
+ * new one begun (without it, a page split at the end leaves two half-full pages). A key not
+ * above every other is not written, and lmdb-js says so only through the put's promise (checked:
+ * the transaction commits without it): callers append only above the largest key they put.
+ * lmdb-js takes the flag in put's options; its types declare only a version there.
+ */
+function appendPut(db: Database<Uint8Array, Buffer>, key: Buffer, value: Buffer): void {
+  void (db.put as unknown as (k: Buffer, v: Buffer, o: { append: boolean }) => Promise<boolean>).call(db, key, value, { append: true });
+}
 
 export interface StoreOptions {
   dir: string;
@@ -124,6 +138,8 @@ interface ShardHead {
   wal: Map<number, Buffer[]>;
   /** block → bytes of its WAL entries. */
   walBytes: Map<number, number>;
+  /** block → the least WAL seq of its entries (what the WAL's front waits for: walFloor). */
+  walMin: Map<number, number>;
   lastArrivalMs: Map<number, number>;
   /**
    * block → the racks with sections in it, each with the most entries (server × metric) one of its
@@ -193,6 +209,16 @@ export class Store {
   private headBytes = 0;
   /** Bytes of WAL entries whose rows are not written yet. */
   private walBytes = 0;
+  /**
+   * Entries of written blocks not deleted yet, a group per written (shard, block): the WAL is
+   * deleted from its front, up to the oldest entry of a block not written (walFloor), so deletes
+   * free whole pages. Bounded: past walDoneBytesMax (a block held back, as a second far ahead of
+   * the clock is, keeps every entry after it) they go whatever their place (wal_deleted_held).
+   */
+  private walDone: { keys: Buffer[]; bytes: number }[] = [];
+  /** The largest seq put into the WAL (appendPut takes only keys above it). */
+  private walTail = 0;
+  private walDoneBytes = 0;
   private walSeq: number;
   private readonly acc = new SketchAccumulator();
   /** Columns rows are decoded into by `read` (its visitor is done with a row before the next). */
@@ -264,6 +290,8 @@ export class Store {
     wal_replayed: 0,
     wal_unapplied: 0,
     wal_corrupt: 0,
+    /** WAL entries deleted while an older one was still needed (walDone past its bound). */
+    wal_deleted_held: 0,
     /** Points and summaries of metrics refused by the cardinality limits (not stored). */
     points_dropped_overflow: 0,
     /** Points and summaries of servers refused because the registry is full. */
@@ -345,7 +373,7 @@ export class Store {
     // keys ordered by sequence before shard wrote 11.7 GB, as freeing one shard's written block
     // then rewrote every page of the block's seconds.
     this.walEnv = openLmdb({ path: join(opts.dir, 'wal'), mapSize: opts.mapBytes, maxDbs: 8, pageSize: walPageBytes });
-    this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
+    this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'log', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
     this.racks = this.root.openDB<number, string>({ name: 'racks', encoding: 'json' });
     this.rackSeen = this.root.openDB<number, string>({ name: 'rackSeen', encoding: 'json' });
@@ -361,6 +389,7 @@ export class Store {
     this.streamCreatedDb = this.walEnv.openDB<string, number>({ name: 'streamCreated', encoding: 'json', keyEncoding: 'uint32' });
     this.streamMarkDb = this.walEnv.openDB<[number, number], number>({ name: 'streamMark', encoding: 'json', keyEncoding: 'uint32' });
     moveFromRoot(this.root, this.walEnv, ['wal', 'dedup']);
+    migrateLegacyWal(this.walEnv, this.wal);
     this.dedup = new Dedup(dedupDb, { racksMax: opts.racksMax, shards: opts.shards.length });
     // Racks whose de-duplication windows the table holds for every shard of this store: beyond
     // them, a rack is refused (racks_full, counted) rather than taken while the table evicts
@@ -382,9 +411,10 @@ export class Store {
       const m = this.registry.metricAt(mi);
       if (m !== undefined) this.noteKind(mi, m.kind);
     }
-    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), lastArrivalMs: new Map(), racksIn: new Map() });
+    for (const k of opts.shards) this.heads.set(k, { blocks: new Map(), wal: new Map(), walBytes: new Map(), walMin: new Map(), lastArrivalMs: new Map(), racksIn: new Map() });
     let last = 0;
-    for (const key of this.wal.getKeys()) last = Math.max(last, readU48(key as Buffer, 2));
+    for (const key of this.wal.getKeys({ reverse: true, limit: 1 })) last = walKeySeq(key as Buffer);
+    this.walTail = last;
     // WAL seqs never go back, even when the WAL is empty: rows record the newest seq they hold
     // and a replay skips older entries, so a seq reused after a restart (the WAL had been
     // emptied) made a later crash drop acknowledged late data for a written block. The next seq
@@ -522,6 +552,12 @@ export class Store {
     return this.walBytes;
   }
 
+  /** Entries in the WAL once its queued deletes are committed: unwritten, and written ones waiting for the front (walFloor). */
+  async walEntries(): Promise<number> {
+    await this.walEnv.committed;
+    return (this.wal.getStats() as { entryCount: number }).entryCount;
+  }
+
   /** WAL bytes of due blocks beyond each shard's newest due one: how far row writing is behind. */
   walBacklogBytes(nowMs: number): number {
     let behind = 0;
@@ -587,17 +623,16 @@ export class Store {
 
   /** Sections acknowledged but not yet written as rows come back into the head. */
   private replayWal(): void {
-    // In the order the sections came (WAL seq), not the keys' order (shard, then seq): the
-    // registry's limits (serversMax, metricsMax, the per-server share) then decide as they did
-    // before the restart. Shard by shard, a server refused at ingest could take the place of one
-    // admitted, whose acknowledged points were then dropped, uncounted.
+    // In the order the sections came (WAL seq: the keys' order), so the registry's limits
+    // (serversMax, metricsMax, the per-server share) decide as they did before the restart.
+    // Shard by shard (the keys' order before core/walkey.ts), a server refused at ingest could
+    // take the place of one admitted, whose acknowledged points were then dropped, uncounted.
     const keys: Buffer[] = [];
     for (const key of this.wal.getKeys()) keys.push(Buffer.from(key as Uint8Array));
-    keys.sort((a, b) => readU48(a, 2) - readU48(b, 2));
     for (const key of keys) {
       const value = this.wal.get(key);
       if (value === undefined) continue;
-      const seq = readU48(key, 2);
+      const seq = walKeySeq(key);
       const r = decodeFrame(value, batchBytesMax, { expect: Body.ShardSection });
       if (!r.ok || r.msg.type !== 'shardSection' || !this.heads.has(r.msg.shard)) {
         this.counters.wal_corrupt++;
@@ -766,7 +801,7 @@ export class Store {
         if (this.dedup.seen(m.shard, m.rack, m.origin ?? originRack, m.session, m.seq)) duplicates.set(v.i, (duplicates.get(v.i) ?? 0) + 1);
         else {
           this.dedup.mark(m.shard, m.rack, m.origin ?? originRack, m.session, m.seq);
-          fresh.push({ i: v.i, m, bytes: v.bytes[k]!, key: walKey(m.shard, this.walSeq++) });
+          fresh.push({ i: v.i, m, bytes: v.bytes[k]!, key: walKey(this.walSeq++, m.shard) });
         }
       });
     }
@@ -788,7 +823,17 @@ export class Store {
     try {
       // Registry entries go with the rows that refer to them (writeSlice); a replay registers again.
       this.walEnv.transactionSync(() => {
-        for (const f of fresh) this.wal.put(f.key, Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength));
+        // Seqs only grow (above every key: the constructor, restores), so each goes at the end;
+        // a put with MDB_APPEND of a key below the last is dropped without an error by lmdb-js,
+        // so one is appended only above walTail (a plain put otherwise: correct, only slower).
+        for (const f of fresh) {
+          const value = Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength);
+          const seq = walKeySeq(f.key);
+          if (seq > this.walTail) {
+            appendPut(this.wal, f.key, value);
+            this.walTail = seq;
+          } else void this.wal.put(f.key, value);
+        }
         this.dedup.persist();
         for (const [shard, seq] of applied) {
           this.streamDb.put(shard, seq);
@@ -809,7 +854,7 @@ export class Store {
     this.counters.stream_refused += refusedForGood.length;
     const points = new Map<number, number>();
     fresh.forEach((f, k) => {
-      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, readU48(f.key, 2), f.key, f.bytes.length, false, nowMs));
+      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, walKeySeq(f.key), f.key, f.bytes.length, false, nowMs));
       this.onIngest?.(f.m.shard, f.m.second);
       if (f.m.second < (this.flushedThrough.get(f.m.shard) ?? 0)) this.counters.sections_late++;
     });
@@ -903,6 +948,7 @@ export class Store {
     if (wal === undefined) head.wal.set(block, [key]);
     else wal.push(key);
     head.walBytes.set(block, (head.walBytes.get(block) ?? 0) + bytes);
+    head.walMin.set(block, Math.min(head.walMin.get(block) ?? seq, seq));
     this.walBytes += bytes;
     head.lastArrivalMs.set(block, Date.now());
     // Last-seen times of the metrics (the ingest's clock: a test's, or now).
@@ -1119,6 +1165,57 @@ export class Store {
     return due.sort((a, b) => a.block - b.block || a.shard - b.shard);
   }
 
+  /** The least WAL seq of an entry whose block is not written (Infinity: none). */
+  private walFloor(): number {
+    let floor = Number.POSITIVE_INFINITY;
+    for (const head of this.heads.values()) for (const min of head.walMin.values()) floor = Math.min(floor, min);
+    return floor;
+  }
+
+  /**
+   * Deletes the entries of written blocks before walFloor (all of them past walDoneBytesMax), in
+   * one transaction (not in bounded chunks over later slices: that pattern — a queue's deletes
+   * spread over many small transactions while others append — broke lmdb-js' freelist in a 1 h
+   * backfill, "reserved freelist had a data entry with zero-size", cf. kriszyp/lmdb-js#321). Not
+   * synced: were the deletes lost in a crash, the replay skips what the rows hold and deletes
+   * them again.
+   */
+  private deleteWritten(): void {
+    const floor = this.walDoneBytes > this.walDoneBytesMax() ? Number.POSITIVE_INFINITY : this.walFloor();
+    const gone: Buffer[] = [];
+    const kept: { keys: Buffer[]; bytes: number }[] = [];
+    for (const d of this.walDone) {
+      const below = d.keys.filter((k) => walKeySeq(k) < floor);
+      if (below.length === d.keys.length) {
+        gone.push(...below);
+        this.walDoneBytes -= d.bytes;
+        continue;
+      }
+      gone.push(...below);
+      const rest = d.keys.filter((k) => walKeySeq(k) >= floor);
+      const bytes = Math.round((d.bytes * rest.length) / d.keys.length);
+      this.walDoneBytes -= d.bytes - bytes;
+      kept.push({ keys: rest, bytes });
+    }
+    if (floor === Number.POSITIVE_INFINITY && this.walFloor() < Number.POSITIVE_INFINITY) this.counters.wal_deleted_held += gone.length;
+    this.walDone = kept;
+    if (gone.length === 0) return;
+    gone.sort(Buffer.compare);
+    this.walEnv
+      .transaction(() => {
+        for (const k of gone) this.wal.remove(k);
+      })
+      .catch((err: unknown) => {
+        this.counters.flush_errors++;
+        console.error(`core: deleting written blocks' WAL entries failed (${writeFailure(err)}); a restart replays and deletes them`);
+      });
+  }
+
+  /** Bytes of written blocks' entries kept for deleting from the WAL's front: a quarter of the backlog bound, or 128 MiB. */
+  private walDoneBytesMax(): number {
+    return Math.min(this.backlogMax, 512 * 1024 * 1024) / 4;
+  }
+
   /**
    * Writes rows of due blocks for at most about `sliceMs` in one transaction; returns whether due
    * work remains (the worker calls again on its next turn, after any waiting ingest).
@@ -1169,21 +1266,12 @@ export class Store {
       console.error(`core: writing rows failed (${this.lastError}); their sections stay in the WAL and are retried`);
       return false;
     }
-    // A block's WAL entries go once its last rows are durable, all in one transaction (not in
-    // bounded chunks over later slices: that pattern — a queue's deletes spread over many small
-    // transactions while others append — broke lmdb-js' freelist in a 1 h backfill, "reserved
-    // freelist had a data entry with zero-size", cf. kriszyp/lmdb-js#321). Not synced: were the
-    // deletes lost in a crash, the replay skips what the rows hold and deletes them again.
-    const gone = emptied.flatMap((e) => e.head.wal.get(e.block) ?? []);
-    if (gone.length > 0) {
-      this.walEnv
-        .transaction(() => {
-          for (const k of gone) this.wal.remove(k);
-        })
-        .catch((err: unknown) => {
-          this.counters.flush_errors++;
-          console.error(`core: deleting written blocks' WAL entries failed (${writeFailure(err)}); a restart replays and deletes them`);
-        });
+    for (const e of emptied) {
+      const keys = e.head.wal.get(e.block);
+      if (keys === undefined) continue;
+      const bytes = e.head.walBytes.get(e.block) ?? 0;
+      this.walDone.push({ keys, bytes });
+      this.walDoneBytes += bytes;
     }
     for (const w of written) {
       this.rowVersions.wrote(w.shard, w.block);
@@ -1199,10 +1287,12 @@ export class Store {
       e.head.wal.delete(e.block);
       this.walBytes -= e.head.walBytes.get(e.block) ?? 0;
       e.head.walBytes.delete(e.block);
+      e.head.walMin.delete(e.block);
       e.head.lastArrivalMs.delete(e.block);
       this.flushedThrough.set(e.shard, Math.max(this.flushedThrough.get(e.shard) ?? 0, e.block + this.opts.blockSeconds));
     }
     this.racksDirty.clear();
+    if (emptied.length > 0) this.deleteWritten();
     this.counters.rows_written += puts.length;
     for (const p of puts) this.counters.row_bytes_written += p.value.length;
     this.counters.row_slices++;
@@ -1700,7 +1790,8 @@ export class Store {
           return r.msg;
         });
         for (const e of entries) this.walSeq = Math.max(this.walSeq, e.seq + 1);
-        const keys = entries.map((e) => walKey(shard, e.seq));
+        const keys = entries.map((e) => walKey(e.seq, shard));
+        for (const e of entries) this.walTail = Math.max(this.walTail, e.seq);
         this.walEnv.transactionSync(() => entries.forEach((e, i) => this.wal.put(keys[i]!, e.bytes)), unsynced);
         // As a replay after a restart: what a restored row holds already (by WAL seq) is skipped.
         msgs.forEach((m, i) => {
@@ -1777,6 +1868,16 @@ export class Store {
     head.racksIn.clear();
     head.wal.clear();
     head.walBytes.clear();
+    head.walMin.clear();
+    // Its written blocks' entries waiting for the WAL's front go with the rest of its entries below.
+    for (const d of this.walDone) {
+      const rest = d.keys.filter((k) => walKeyShard(k) !== shard);
+      const bytes = Math.round((d.bytes * rest.length) / Math.max(1, d.keys.length));
+      this.walDoneBytes -= d.bytes - bytes;
+      d.keys = rest;
+      d.bytes = bytes;
+    }
+    this.walDone = this.walDone.filter((d) => d.keys.length > 0);
     head.lastArrivalMs.clear();
     this.flushedThrough.delete(shard);
     this.dedup.forgetShard(shard);
@@ -1793,7 +1894,13 @@ export class Store {
     const next = rowKey(shard + 1, 0, 0, 0, 0);
     await deleteRange(this.root, this.rows, first, next, batch, this.stopped);
     await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch, this.stopped);
-    await deleteRange(this.walEnv, this.wal, walKey(shard, 0), walKey(shard + 1, 0), batch, this.stopped);
+    // The WAL's keys lead with the seq: the shard's are picked out, then deleted in batches.
+    const walKeys: Buffer[] = [];
+    for (const key of this.wal.getKeys()) if (walKeyShard(key as Buffer) === shard) walKeys.push(Buffer.from(key as Buffer));
+    for (let i = 0; i < walKeys.length && !this.stopped(); i += batch) {
+      const some = walKeys.slice(i, i + batch);
+      await this.walEnv.transaction(() => some.forEach((k) => this.wal.remove(k)));
+    }
     await deleteRange(this.walEnv, this.shardIo().dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
   }
 
@@ -1836,6 +1943,27 @@ function moveFromRoot(from: RootDatabase, to: RootDatabase, names: readonly stri
   }
 }
 
+/**
+ * Moves a WAL written before core/walkey.ts (database `wal`, keys shard first) into `log` (seq
+ * first), in batches, each entry put before it is removed: a crash midway leaves each entry in
+ * one of the two (a seq taken twice would be put twice under one key: the same bytes), and the
+ * next start goes on. A build before this one finds an empty `wal`: going back is not supported.
+ */
+function migrateLegacyWal(env: RootDatabase, log: Database<Uint8Array, Buffer>): void {
+  const legacy = env.openDB<Buffer, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });
+  for (;;) {
+    const entries = [...legacy.getRange({ limit: 1000 })];
+    if (entries.length === 0) return;
+    env.transactionSync(() => {
+      for (const { key, value } of entries) {
+        const { shard, seq } = legacyWalKeyParts(key);
+        log.put(walKey(seq, shard), value);
+        legacy.remove(key);
+      }
+    });
+  }
+}
+
 export function rowKey(shard: number, block: number, lo: number, hi: number, rackId: number): Buffer {
   const k = Buffer.allocUnsafe(18);
   k.writeUInt16BE(shard, 0);
@@ -1843,13 +1971,6 @@ export function rowKey(shard: number, block: number, lo: number, hi: number, rac
   k.writeUInt32BE(hi, 6);
   k.writeUInt32BE(lo, 10);
   k.writeUInt32BE(rackId >>> 0, 14);
-  return k;
-}
-
-function walKey(shard: number, seq: number): Buffer {
-  const k = Buffer.allocUnsafe(8);
-  k.writeUInt16BE(shard, 0);
-  writeU48(k, 2, seq);
   return k;
 }
 
