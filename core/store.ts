@@ -36,6 +36,7 @@ import { RowCache, rowCacheBytesMax } from './rowcache.js';
 import { RowDirectories, type Directory, type DirectoryRow } from './rowdirectory.js';
 import { RowVersions } from './rowversions.js';
 import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { UnpackArena } from '../schema/pointpack.js';
 import { legacyWalKeyParts, walKey, walKeySeq, walKeyShard } from './walkey.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
@@ -216,6 +217,8 @@ export class Store {
    * the clock is, keeps every entry after it) they go whatever their place (wal_deleted_held).
    */
   private walDone: { keys: Buffer[]; bytes: number }[] = [];
+  /** Where ingestMany's sections are unpacked (schema/pointpack.ts): reused by the next call. */
+  private readonly unpacked = new UnpackArena();
   /** The largest seq put into the WAL (appendPut takes only keys above it). */
   private walTail = 0;
   private walDoneBytes = 0;
@@ -716,6 +719,8 @@ export class Store {
    * request — in one group or not — cannot both land. A malformed request is refused alone.
    */
   ingestMany(reqs: readonly { h: RequestHeader; sections: readonly SectionIn[] }[], nowMs = Date.now()): StoreIngestResult[] {
+    // The last call's sections are in the head (copied) or refused: their unpacked points are free.
+    this.unpacked.reset();
     const results: StoreIngestResult[] = [];
     const valid: { i: number; decoded: ShardSectionMessage[]; bytes: Uint8Array[] }[] = [];
     // Stream requests (cluster): applied in stream order only; the sequences this group applies.
@@ -899,7 +904,7 @@ export class Store {
     for (const s of sections) {
       // A shard being restored from another node (core/snapshot.ts) takes nothing until its copy is whole.
       if (this.restoring.has(s.shard)) return { status: 503, reason: 'shard_restoring', error: `shard ${s.shard} is being restored from another node; retry when the copy is done` };
-      const r = decodeFrame(s.bytes, batchBytesMax, { expect: Body.ShardSection });
+      const r = decodeFrame(s.bytes, batchBytesMax, { expect: Body.ShardSection, points: this.unpacked });
       if (!r.ok || r.msg.type !== 'shardSection') {
         // That section alone is refused, counted and logged; the request's other sections are
         // stored (a 400 made the rack drop the whole second, every shard's good sections with it).

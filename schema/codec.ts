@@ -22,6 +22,7 @@ import {
 } from './limits.js';
 import { hashName, isMetricNameBytes, isServerId } from './names.js';
 import { sketchCount } from './sketch.js';
+import type { UnpackArena } from './pointpack.js';
 import { decodeRackSecond, decodeShardSection, type RackSecondMessage, type ShardSectionMessage } from './section.js';
 import { Reject, type RejectReason, type TableRef, Verifier } from './verify.js';
 
@@ -438,19 +439,25 @@ export interface DecodeOptions {
    * the HTTP thread per request).
    */
   expect?: Body;
+  /**
+   * Where a ShardSection's packed points are unpacked: views into memory the caller recycles
+   * (UnpackArena.reset) once it is done with every message decoded into it. Without it, each
+   * section's columns take a buffer of their own.
+   */
+  points?: UnpackArena;
 }
 
 /** Decodes and fully validates one frame of at most `bytesMax` bytes. Never throws on bad input. */
 export function decodeFrame(frame: Uint8Array, bytesMax: number, opts: DecodeOptions = {}): DecodeResult<Message> {
   try {
-    return { ok: true, msg: decodeChecked(frame, bytesMax, opts.verifyNameHashes ?? true, opts.expect) };
+    return { ok: true, msg: decodeChecked(frame, bytesMax, opts.verifyNameHashes ?? true, opts.expect, opts.points ?? null) };
   } catch (err) {
     if (err instanceof Reject) return { ok: false, reason: err.reason, detail: err.message };
     throw err;
   }
 }
 
-function decodeChecked(frame: Uint8Array, bytesMax: number, verifyNameHashes: boolean, expect: Body | undefined): Message {
+function decodeChecked(frame: Uint8Array, bytesMax: number, verifyNameHashes: boolean, expect: Body | undefined, points: UnpackArena | null): Message {
   if (frame.length > bytesMax) throw new Reject('too_large', `frame is ${frame.length} bytes > limit ${bytesMax}`);
   if (frame.length < frameBytesMin) throw new Reject('too_short', `frame is ${frame.length} bytes < minimum ${frameBytesMin}`);
   const fbLength = frame.length - crcBytes;
@@ -464,6 +471,7 @@ function decodeChecked(frame: Uint8Array, bytesMax: number, verifyNameHashes: bo
   }
   const v = new Verifier(bytes);
   v.nameHashes = verifyNameHashes;
+  v.points = points;
   const env = v.tableAt(0, 'Envelope');
   const version = v.u16(env, 0, 'Envelope.version');
   if (version !== wireVersion) throw new Reject('bad_version', `wire version ${version}, this build speaks ${wireVersion}`);

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { concatVector, decodeFrame, Encoder, KindCode } from './codec.js';
 import { Body, ShardSection } from './generated/apm_generated.js';
 import { batchBytesMax, sectionPointsMax } from './limits.js';
-import { PointPacker, unpackPoints } from './pointpack.js';
+import { PointPacker, UnpackArena, unpackPoints } from './pointpack.js';
 import { encodeShardSection, type ShardSectionMessage } from './section.js';
 import { Reject } from './verify.js';
 
@@ -60,6 +60,32 @@ describe('point_pack (schema/pointpack.ts)', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  it('unpacks into an UnpackArena: parts one after the other, each intact while later ones are taken (its buffer grows beside them); past its bound a part of its own; all reused after a reset', () => {
+    const packer = new PointPacker();
+    const arena = new UnpackArena(1 << 21);
+    fc.assert(
+      fc.property(fc.array(fc.array(metric, { minLength: 1, maxLength: 20 }), { minLength: 1, maxLength: 12 }), (sections) => {
+        arena.reset();
+        const cols = sections.map(columns);
+        const back = cols.map((c) => unpackPoints(packer.pack(c.ends, c.servers, c.values).slice(), c.ends, serverCount, arena));
+        cols.forEach((c, k) => {
+          expect(Array.from(back[k]!.servers)).toEqual(Array.from(c.servers));
+          expect(bitsOf(back[k]!.values)).toBe(bitsOf(c.values));
+        });
+      }),
+      { numRuns: 500 },
+    );
+    // Past the bound: null, and the section takes a buffer of its own.
+    const small = new UnpackArena(64);
+    expect(small.take(40)).toMatchObject({ offset: 0 });
+    expect(small.take(40)).toBeNull();
+    small.reset();
+    expect(small.take(40)).toMatchObject({ offset: 0 });
+    const c = columns([[[0, 1.5], [1, 2.5], [2, 3.5], [3, 4.5], [4, 5.5], [5, 6.5], [6, 7.5]]]);
+    const own = unpackPoints(packer.pack(c.ends, c.servers, c.values).slice(), c.ends, serverCount, small);
+    expect(Array.from(own.values)).toEqual([1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5]);
   });
 
   it('regression: a large integer before a value with decimals goes raw (the pass went back to the integer\'s exponent and looped for good)', () => {

@@ -786,7 +786,7 @@ export function decodeShardSection(v: Verifier, t: TableRef): ShardSectionMessag
   const pack = col(26, 1, u8);
   if (pack.length > 0) {
     if (m.pointServers.length > 0 || m.pointValues.length > 0) throw new Reject('bad_columns', 'point_pack beside point_servers or point_values');
-    const unpacked = unpackPoints(pack, m.pointEnds, servers.length);
+    const unpacked = unpackPoints(pack, m.pointEnds, servers.length, v.points);
     m.pointServers = unpacked.servers;
     m.pointValues = unpacked.values;
     m.packed = true;

@@ -41,12 +41,16 @@ export interface VectorRef {
   readonly length: number;
 }
 
+import type { UnpackArena } from './pointpack.js';
+
 const emptyVector: VectorRef = { start: 0, length: 0 };
 
 export class Verifier {
   readonly view: DataView;
   /** Check each dictionary name against its hash (SHA-256); off when the caller checks only names it does not know. */
   nameHashes = true;
+  /** Memory for a section's unpacked points (schema/pointpack.ts); null: a fresh buffer per section. */
+  points: UnpackArena | null = null;
   constructor(readonly bytes: Uint8Array) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }

@@ -199,14 +199,19 @@ async function scalingFigures(quick: boolean): Promise<Figure[]> {
   const p = prepare({ label: `${racks} racks × 40 servers × ${metrics} gauges × ${seconds} s`, racks, metrics, distShare: 0, warmSeconds: quick ? 5 : 10, seconds, shards: shardsDefault });
   console.log(`  (${p.label}: ${(p.points / 1e6).toFixed(1)} M points in ${(p.bytes / 2 ** 20).toFixed(0)} MiB of bodies, built before the core starts)`);
   const out: Figure[] = [];
-  const runs: IngestRun[] = [];
-  for (const workers of [1, 2]) {
-    const r = await ingestRun(p, workers);
-    runs.push(r);
-    out.push(...ingestFigures(p, r));
-  }
-  out.push({ name: 'core wall rate, --workers 2 ÷ --workers 1 (first body → last row written)', value: runs[1]!.wallPerSecond / runs[0]!.wallPerSecond, unit: '×', target: '≥ 1.8×' });
-  out.push({ name: '  (the same for acknowledged bodies only)', value: runs[1]!.ackedPerSecond / runs[0]!.ackedPerSecond, unit: '×' });
+  // Three rounds of 1 then 2 workers: one run's wall rate moved by ±8 % from run to run on this
+  // 2-core VM (GC, writeback, the bench's own sends share its cores), so a ratio of single runs
+  // fell anywhere in 1.56–1.86× on one build. Each count's median run gives its figures and the
+  // ratio; every run's rate is listed.
+  const rounds = quick ? 1 : 3;
+  const byWorkers = new Map<number, IngestRun[]>([[1, []], [2, []]]);
+  for (let round = 0; round < rounds; round++) for (const workers of [1, 2]) byWorkers.get(workers)!.push(await ingestRun(p, workers));
+  const median = (runs: IngestRun[]) => [...runs].sort((a, b) => a.wallPerSecond - b.wallPerSecond)[Math.floor(runs.length / 2)]!;
+  const runs = [median(byWorkers.get(1)!), median(byWorkers.get(2)!)];
+  for (const r of runs) out.push(...ingestFigures(p, r));
+  const rates = (w: number) => byWorkers.get(w)!.map((r) => (r.wallPerSecond / 1e6).toFixed(2)).join(', ');
+  out.push({ name: `core wall rate, --workers 2 ÷ --workers 1 (first body → last row written; median of ${rounds} runs each: ${rates(1)} / ${rates(2)} M points/s)`, value: runs[1]!.wallPerSecond / runs[0]!.wallPerSecond, unit: '×', target: '≥ 1.8×' });
+  out.push({ name: '  (the same for acknowledged bodies only, of those runs)', value: runs[1]!.ackedPerSecond / runs[0]!.ackedPerSecond, unit: '×' });
   if (!quick) {
     // Distributions take another path (summaries, sketches, rollups): measured once, 2 workers.
     p.warm = [];
