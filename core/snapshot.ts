@@ -289,9 +289,13 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
       if (w.size >= chunkBytes) yield w.take();
     }
     let walEntries = 0;
-    // The WAL is one queue of every shard's entries (core/walkey.ts): the shard's are picked out.
-    for (const { key, value } of pages(io.wal, Buffer.alloc(8), Buffer.alloc(8, 0xff), walTxn)) {
-      if (walKeyShard(key) !== shard) continue;
+    // The WAL is one queue of every shard's entries (core/walkey.ts): the shard's keys are picked
+    // out first (keys only: other shards' sections are not read), then their values one by one.
+    const walKeys: Buffer[] = [];
+    for (const key of io.wal.getKeys({ transaction: walTxn })) if (walKeyShard(key as Buffer) === shard) walKeys.push(Buffer.from(key as Buffer));
+    for (const key of walKeys) {
+      const value = io.wal.get(key, { transaction: walTxn });
+      if (value === undefined) continue;
       w.begin(RecordType.Wal).f64(walKeySeq(key)).bytes(value).end();
       walEntries++;
       if (w.size >= chunkBytes) yield w.take();

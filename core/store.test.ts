@@ -417,7 +417,7 @@ describe('Store', () => {
     expect(state.get('format')).toBe(storeFormat);
     await state.put('format', storeFormat + 1);
     await root.close();
-    expect(() => new Store(options(dir))).toThrow(/written by a newer apm \(store format 4; this build reads up to 3\)/);
+    expect(() => new Store(options(dir))).toThrow(new RegExp(`written by a newer apm \\(store format ${storeFormat + 1}; this build reads up to ${storeFormat}\\)`));
   });
 
   it('a rack restarted on an empty spool (new session, seq from 1) is not taken for a duplicate', () => {

@@ -46,12 +46,15 @@ const replayedSecondsMax = 100_000;
 /**
  * Puts `key` at the end of `db` with LMDB's MDB_APPEND: the full last page is left as it is and a
  * new one begun (without it, a page split at the end leaves two half-full pages). A key not
- * above every other is not written, and lmdb-js says so only through the put's promise (checked:
- * the transaction commits without it): callers append only above the largest key they put.
+ * above every other is not written, and lmdb-js says so only through the put's answer (checked:
+ * the transaction would commit without it): callers append only above the largest key they put,
+ * and a refused one throws.
  * lmdb-js takes the flag in put's options; its types declare only a version there.
  */
 function appendPut(db: Database<Uint8Array, Buffer>, key: Buffer, value: Buffer): void {
-  void (db.put as unknown as (k: Buffer, v: Buffer, o: { append: boolean }) => Promise<boolean>).call(db, key, value, { append: true });
+  const put = (db.put as unknown as (k: Buffer, v: Buffer, o: { append: boolean }) => Promise<boolean> & { result?: boolean }).call(db, key, value, { append: true });
+  // In a write transaction lmdb-js answers at once (`result`): a dropped append fails the commit (503, retried), never an acknowledged loss.
+  if (put.result === false) throw new Error(`BUG: WAL entry ${walKeySeq(key)} of shard ${walKeyShard(key)} is not above the WAL's last key; the append was refused`);
 }
 
 export interface StoreOptions {
@@ -218,7 +221,7 @@ export class Store {
    */
   private walDone: { keys: Buffer[]; bytes: number }[] = [];
   /** Where ingestMany's sections are unpacked (schema/pointpack.ts): reused by the next call. */
-  private readonly unpacked = new UnpackArena();
+  private readonly unpacked = new UnpackArena(16 * 1024 * 1024);
   /** The largest seq put into the WAL (appendPut takes only keys above it). */
   private walTail = 0;
   private walDoneBytes = 0;
@@ -373,8 +376,9 @@ export class Store {
     // Since racks pack their points (schema/pointpack.ts), such a section is ~4 KB and sits in a
     // leaf page, about four to a page: fewer page ids still. Tried (twenty-sixth session, the core
     // bench's 2-worker run): 4 KiB pages wrote 3.0 GB to the disk instead of 4.3 at no better rate;
-    // keys ordered by sequence before shard wrote 11.7 GB, as freeing one shard's written block
-    // then rewrote every page of the block's seconds.
+    // keys ordered by sequence before shard, each shard's block deleted as soon as it was written,
+    // wrote 11.7 GB (every page of the block's seconds rewritten once per shard). Keyed by sequence
+    // and deleted from the front only (core/walkey.ts, deleteWritten): 1.4 GB (twenty-seventh).
     this.walEnv = openLmdb({ path: join(opts.dir, 'wal'), mapSize: opts.mapBytes, maxDbs: 8, pageSize: walPageBytes });
     this.wal = this.walEnv.openDB<Uint8Array, Buffer>({ name: 'log', encoding: 'binary', keyEncoding: 'binary' });
     this.rows = this.root.openDB<Uint8Array, Buffer>({ name: 'rows', encoding: 'binary', keyEncoding: 'binary' });
@@ -1186,7 +1190,8 @@ export class Store {
    * them again.
    */
   private deleteWritten(): void {
-    const floor = this.walDoneBytes > this.walDoneBytesMax() ? Number.POSITIVE_INFINITY : this.walFloor();
+    const needed = this.walFloor();
+    const floor = this.walDoneBytes > this.walDoneBytesMax() ? Number.POSITIVE_INFINITY : needed;
     const gone: Buffer[] = [];
     const kept: { keys: Buffer[]; bytes: number }[] = [];
     for (const d of this.walDone) {
@@ -1202,8 +1207,9 @@ export class Store {
       this.walDoneBytes -= d.bytes - bytes;
       kept.push({ keys: rest, bytes });
     }
-    if (floor === Number.POSITIVE_INFINITY && this.walFloor() < Number.POSITIVE_INFINITY) this.counters.wal_deleted_held += gone.length;
+    if (floor > needed) for (const k of gone) if (walKeySeq(k) > needed) this.counters.wal_deleted_held++;
     this.walDone = kept;
+    if (kept.length === 0) this.walDoneBytes = 0;
     if (gone.length === 0) return;
     gone.sort(Buffer.compare);
     this.walEnv
@@ -1883,6 +1889,7 @@ export class Store {
       d.bytes = bytes;
     }
     this.walDone = this.walDone.filter((d) => d.keys.length > 0);
+    if (this.walDone.length === 0) this.walDoneBytes = 0;
     head.lastArrivalMs.clear();
     this.flushedThrough.delete(shard);
     this.dedup.forgetShard(shard);
@@ -1899,13 +1906,12 @@ export class Store {
     const next = rowKey(shard + 1, 0, 0, 0, 0);
     await deleteRange(this.root, this.rows, first, next, batch, this.stopped);
     await deleteRange(this.root, this.groups, groupKey(first, 0), groupKey(next, 0), batch, this.stopped);
-    // The WAL's keys lead with the seq: the shard's are picked out, then deleted in batches.
+    // The WAL's keys lead with the seq: the shard's are picked out of it (as many as the WAL holds,
+    // bounded by walBacklogBytesMax) and deleted in one transaction, not in batches scattered
+    // through the queue while other shards append (the pattern of kriszyp/lmdb-js#321, deleteWritten).
     const walKeys: Buffer[] = [];
     for (const key of this.wal.getKeys()) if (walKeyShard(key as Buffer) === shard) walKeys.push(Buffer.from(key as Buffer));
-    for (let i = 0; i < walKeys.length && !this.stopped(); i += batch) {
-      const some = walKeys.slice(i, i + batch);
-      await this.walEnv.transaction(() => some.forEach((k) => this.wal.remove(k)));
-    }
+    if (walKeys.length > 0) await this.walEnv.transaction(() => walKeys.forEach((k) => this.wal.remove(k)));
     await deleteRange(this.walEnv, this.shardIo().dedup, first.subarray(0, 2), next.subarray(0, 2), batch, this.stopped);
   }
 
@@ -1989,12 +1995,14 @@ function readU48(b: Buffer | Uint8Array, at: number): number {
 
 /**
  * What this build writes into a store: 2 = rows of version 3 in chunked row groups (third
- * session); 3 = rows of version 4 (aggregates per 5 s, fifth session). A build reads every
+ * session); 3 = rows of version 4 (aggregates per 5 s, fifth session); 4 = the WAL keyed by seq
+ * first (`log`, core/walkey.ts: a build before it would find its `wal` empty and lose what the log
+ * holds, then hand out the log's seqs again), twenty-seventh session. A build reads every
  * format up to its own and refuses a newer one instead of taking its rows for corrupt ones (a
  * merge of late data would then overwrite them). Builds before format 2 do not check: never run
  * one on a data directory a newer build has written.
  */
-export const storeFormat = 3;
+export const storeFormat = 4;
 
 function checkStoreFormat(state: Database<number, string>, dir: string): void {
   const found = state.get('format');

@@ -77,10 +77,20 @@ describe('point_pack (schema/pointpack.ts)', () => {
       }),
       { numRuns: 500 },
     );
-    // Past the bound: null, and the section takes a buffer of its own.
+    // A part past the buffer's end: a larger buffer, the parts of the old one intact.
+    const grow = new UnpackArena(8 << 20);
+    const a = grow.take(900_000)!;
+    const first = new Uint8Array(a.buffer, a.offset, 900_000).fill(7);
+    const b = grow.take(300_000)!;
+    expect(b.buffer).not.toBe(a.buffer);
+    expect(b.buffer.byteLength).toBeGreaterThanOrEqual(1_200_000);
+    new Uint8Array(b.buffer, b.offset, 300_000).fill(9);
+    expect(first.every((x) => x === 7)).toBe(true);
+    // Past the bound: null (counted), and the section takes a buffer of its own.
     const small = new UnpackArena(64);
     expect(small.take(40)).toMatchObject({ offset: 0 });
     expect(small.take(40)).toBeNull();
+    expect(small.overflows).toBe(1);
     small.reset();
     expect(small.take(40)).toMatchObject({ offset: 0 });
     const c = columns([[[0, 1.5], [1, 2.5], [2, 3.5], [3, 4.5], [4, 5.5], [5, 6.5], [6, 7.5]]]);

@@ -162,20 +162,26 @@ export class PointPacker {
  * of its collections were V8's answer to that ("external memory pressure", --trace-gc). Parts
  * are handed out front to back, 8-byte aligned, and all given back at once (reset) by a caller
  * done with every message decoded into them. Bounded: past partsBytesMax it hands out nothing
- * (the section takes a buffer of its own) until the next reset.
+ * (the section takes a buffer of its own, as without an arena; counted in `overflows`) until the
+ * next reset. A store's (16 MiB) is outside the head's bound, as the decoded sections always were.
  */
 export class UnpackArena {
   private buffer = new ArrayBuffer(0);
   /** Bytes handed out of `buffer`, and since the last reset (of earlier buffers too). */
   private used = 0;
   private handed = 0;
+  /** Parts refused past partsBytesMax (those sections took buffers of their own). */
+  overflows = 0;
 
   constructor(readonly partsBytesMax = 64 * 1024 * 1024) {}
 
   /** `bytes` of memory until the next reset, or null past the bound. */
   take(bytes: number): { buffer: ArrayBuffer; offset: number } | null {
     const size = (bytes + 7) & ~7;
-    if (this.handed + size > this.partsBytesMax) return null;
+    if (this.handed + size > this.partsBytesMax) {
+      this.overflows++;
+      return null;
+    }
     if (this.used + size > this.buffer.byteLength) {
       // A larger one; parts handed out from the old one stay valid (their views hold it).
       this.buffer = new ArrayBuffer(Math.min(this.partsBytesMax, Math.max(2 * this.buffer.byteLength, this.handed + size, 1 << 20)));
