@@ -332,6 +332,8 @@ export function createApi(parts: CoreParts, opts: ApiOptions): Hono {
     p.counter('apm_core_wal_replayed_total', 'Sections replayed from the WAL when workers started', s('wal_replayed'));
     p.counter('apm_core_wal_corrupt_total', 'WAL entries that did not decode at replay (kept for inspection)', s('wal_corrupt'));
     p.counter('apm_core_wal_unapplied_total', 'WAL entries that decoded but could not be replayed into the head (kept for inspection, logged)', s('wal_unapplied'));
+    p.counter('apm_core_wal_deleted_held_total', "WAL entries of written blocks deleted while an older entry's block was unwritten (past a quarter of walBacklogBytesMax waiting for the WAL's front)", s('wal_deleted_held'));
+    p.counter('apm_core_unpack_overflows_total', "Sections unpacked into a buffer of their own because the store's unpack arena (16 MiB per ingest call) was full", s('unpack_overflows'));
     p.gauge('apm_core_head_bytes', 'Bytes of data not yet written as rows', st.heldBytes);
     p.gauge('apm_core_wal_bytes', 'Bytes of WAL entries whose rows are not written yet', st.walBytes);
     p.counter('apm_core_row_bytes_written_total', 'Bytes of encoded rows written (before LMDB pages)', s('row_bytes_written'));

@@ -298,6 +298,8 @@ export class Store {
     wal_corrupt: 0,
     /** WAL entries deleted while an older one was still needed (walDone past its bound). */
     wal_deleted_held: 0,
+    /** Sections unpacked apart from the arena (UnpackArena.overflows, this store's). */
+    unpack_overflows: 0,
     /** Points and summaries of metrics refused by the cardinality limits (not stored). */
     points_dropped_overflow: 0,
     /** Points and summaries of servers refused because the registry is full. */
@@ -869,6 +871,7 @@ export class Store {
     });
     this.counters.requests_ingested += valid.length;
     this.counters.sections_ingested += fresh.length;
+    this.counters.unpack_overflows = this.unpacked.overflows;
     this.counters.bytes_ingested += bytes;
     this.counters.commits++;
     for (const v of valid) results[v.i] = { status: 204, points: points.get(v.i) ?? 0, duplicates: duplicates.get(v.i) ?? 0 };
