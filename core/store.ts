@@ -1,6 +1,6 @@
 // One store (issue 12): an LMDB environment holding some of a node's shards (core/layout.ts),
-// owned by one worker thread. Every key begins with its shard (u16), so a shard is a contiguous
-// key range in each database and can be copied on its own:
+// owned by one worker thread. Every key but the WAL's begins with its shard (u16), so a shard is
+// a contiguous key range in each of those databases and can be copied on its own:
 //   log     [seq u48][shard] → a ShardSection frame (the WAL, core/walkey.ts): written (synced)
 //           before the request that carried it is acknowledged, appended at the end in arrival
 //           order; deleted from the front once every entry before it is in written rows. With
@@ -805,14 +805,15 @@ export class Store {
       this.counters.head_full += valid.length;
       return refuse({ status: 503, reason: 'head_full', error: `the core holds ${this.headBytes} B of unwritten data and these requests would add about ${grows} B (limit ${this.opts.headBytesMax}); retry later` });
     }
-    const fresh: { i: number; m: ShardSectionMessage; bytes: Uint8Array; key: Buffer }[] = [];
+    const fresh: { i: number; m: ShardSectionMessage; bytes: Uint8Array; seq: number; key: Buffer }[] = [];
     const duplicates = new Map<number, number>();
     for (const v of valid) {
       v.decoded.forEach((m, k) => {
         if (this.dedup.seen(m.shard, m.rack, m.origin ?? originRack, m.session, m.seq)) duplicates.set(v.i, (duplicates.get(v.i) ?? 0) + 1);
         else {
           this.dedup.mark(m.shard, m.rack, m.origin ?? originRack, m.session, m.seq);
-          fresh.push({ i: v.i, m, bytes: v.bytes[k]!, key: walKey(this.walSeq++, m.shard) });
+          const seq = this.walSeq++;
+          fresh.push({ i: v.i, m, bytes: v.bytes[k]!, seq, key: walKey(seq, m.shard) });
         }
       });
     }
@@ -839,10 +840,9 @@ export class Store {
         // so one is appended only above walTail (a plain put otherwise: correct, only slower).
         for (const f of fresh) {
           const value = Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength);
-          const seq = walKeySeq(f.key);
-          if (seq > this.walTail) {
+          if (f.seq > this.walTail) {
             appendPut(this.wal, f.key, value);
-            this.walTail = seq;
+            this.walTail = f.seq;
           } else void this.wal.put(f.key, value);
         }
         this.dedup.persist();
@@ -865,7 +865,7 @@ export class Store {
     this.counters.stream_refused += refusedForGood.length;
     const points = new Map<number, number>();
     fresh.forEach((f, k) => {
-      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, walKeySeq(f.key), f.key, f.bytes.length, false, nowMs));
+      points.set(f.i, (points.get(f.i) ?? 0) + this.toHead(f.m, sids[k]!, f.seq, f.key, f.bytes.length, false, nowMs));
       this.onIngest?.(f.m.shard, f.m.second);
       if (f.m.second < (this.flushedThrough.get(f.m.shard) ?? 0)) this.counters.sections_late++;
     });
@@ -1195,24 +1195,8 @@ export class Store {
   private deleteWritten(): void {
     const needed = this.walFloor();
     const floor = this.walDoneBytes > this.walDoneBytesMax() ? Number.POSITIVE_INFINITY : needed;
-    const gone: Buffer[] = [];
-    const kept: { keys: Buffer[]; bytes: number }[] = [];
-    for (const d of this.walDone) {
-      const below = d.keys.filter((k) => walKeySeq(k) < floor);
-      if (below.length === d.keys.length) {
-        gone.push(...below);
-        this.walDoneBytes -= d.bytes;
-        continue;
-      }
-      gone.push(...below);
-      const rest = d.keys.filter((k) => walKeySeq(k) >= floor);
-      const bytes = Math.round((d.bytes * rest.length) / d.keys.length);
-      this.walDoneBytes -= d.bytes - bytes;
-      kept.push({ keys: rest, bytes });
-    }
+    const gone = this.takeDone((k) => walKeySeq(k) >= floor);
     if (floor > needed) for (const k of gone) if (walKeySeq(k) > needed) this.counters.wal_deleted_held++;
-    this.walDone = kept;
-    if (kept.length === 0) this.walDoneBytes = 0;
     if (gone.length === 0) return;
     gone.sort(Buffer.compare);
     this.walEnv
@@ -1223,6 +1207,22 @@ export class Store {
         this.counters.flush_errors++;
         console.error(`core: deleting written blocks' WAL entries failed (${writeFailure(err)}); a restart replays and deletes them`);
       });
+  }
+
+  /** Takes the keys out of walDone that `keep` does not keep, its bytes in proportion (they are counted per block). */
+  private takeDone(keep: (key: Buffer) => boolean): Buffer[] {
+    const taken: Buffer[] = [];
+    const kept: { keys: Buffer[]; bytes: number }[] = [];
+    for (const d of this.walDone) {
+      const rest: Buffer[] = [];
+      for (const k of d.keys) (keep(k) ? rest : taken).push(k);
+      const bytes = rest.length === d.keys.length ? d.bytes : Math.round((d.bytes * rest.length) / d.keys.length);
+      this.walDoneBytes -= d.bytes - bytes;
+      if (rest.length > 0) kept.push({ keys: rest, bytes });
+    }
+    this.walDone = kept;
+    if (kept.length === 0) this.walDoneBytes = 0;
+    return taken;
   }
 
   /** Bytes of written blocks' entries kept for deleting from the WAL's front: a quarter of the backlog bound, or 128 MiB. */
@@ -1884,15 +1884,7 @@ export class Store {
     head.walBytes.clear();
     head.walMin.clear();
     // Its written blocks' entries waiting for the WAL's front go with the rest of its entries below.
-    for (const d of this.walDone) {
-      const rest = d.keys.filter((k) => walKeyShard(k) !== shard);
-      const bytes = Math.round((d.bytes * rest.length) / Math.max(1, d.keys.length));
-      this.walDoneBytes -= d.bytes - bytes;
-      d.keys = rest;
-      d.bytes = bytes;
-    }
-    this.walDone = this.walDone.filter((d) => d.keys.length > 0);
-    if (this.walDone.length === 0) this.walDoneBytes = 0;
+    this.takeDone((k) => walKeyShard(k) !== shard);
     head.lastArrivalMs.clear();
     this.flushedThrough.delete(shard);
     this.dedup.forgetShard(shard);
@@ -1926,13 +1918,11 @@ export class Store {
   async close(): Promise<void> {
     // Written blocks' entries waiting for the WAL's front go now: a clean restart then replays
     // only what rows do not hold (after a crash, a replay skips them by the rows' seqs).
-    const done = this.walDone.flatMap((d) => d.keys);
+    const done = this.takeDone(() => false);
     if (done.length > 0) {
       try {
         done.sort(Buffer.compare);
         this.walEnv.transactionSync(() => done.forEach((k) => this.wal.remove(k)));
-        this.walDone = [];
-        this.walDoneBytes = 0;
       } catch (err) {
         console.error(`core: deleting written blocks' WAL entries at close failed (${writeFailure(err)}); the next start replays and deletes them`);
       }
@@ -1974,7 +1964,7 @@ function moveFromRoot(from: RootDatabase, to: RootDatabase, names: readonly stri
  * Moves a WAL written before core/walkey.ts (database `wal`, keys shard first) into `log` (seq
  * first), in batches, each entry put before it is removed: a crash midway leaves each entry in
  * one of the two (a seq taken twice would be put twice under one key: the same bytes), and the
- * next start goes on. A build before this one finds an empty `wal`: going back is not supported.
+ * next start goes on. A build before this one refuses the directory (store format 4).
  */
 function migrateLegacyWal(env: RootDatabase, log: Database<Uint8Array, Buffer>): void {
   const legacy = env.openDB<Buffer, Buffer>({ name: 'wal', encoding: 'binary', keyEncoding: 'binary' });

@@ -158,8 +158,9 @@ export class PointPacker {
 
 /**
  * Memory for unpacked sections that a caller reuses: a worker unpacked each section into a
- * buffer of its own, ~130 MB/s of memory outside V8's heap at the core bench's rate, and a fifth
- * of its collections were V8's answer to that ("external memory pressure", --trace-gc). Parts
+ * buffer of its own (10 B a point: ~130 MB/s outside V8's heap at the core bench's ~13 M
+ * points/s, computed), and a fifth of its collections were V8's answer to that ("external memory
+ * pressure", --trace-gc). Parts
  * are handed out front to back, 8-byte aligned, and all given back at once (reset) by a caller
  * done with every message decoded into them. Bounded: past partsBytesMax it hands out nothing
  * (the section takes a buffer of its own, as without an arena; counted in `overflows`) until the

@@ -833,7 +833,6 @@ function sameName(m: Pick<ShardSectionMessage, 'nameEnds' | 'nameBytes'>, j: num
   return true;
 }
 
-/** A vector of server ids (uoffsets to strings), each checked. */
 /**
  * The last server list decoded, for the next one: every section of a rack's second carries the
  * rack's list, as does the request (65 lists alike per request at 64 shards). Decoded afresh,
@@ -843,6 +842,7 @@ function sameName(m: Pick<ShardSectionMessage, 'nameEnds' | 'nameBytes'>, j: num
  */
 const lastList = { names: [] as readonly string[], bytes: new Uint8Array(0), ends: new Uint32Array(0) };
 
+/** A vector of server ids (uoffsets to strings), each checked; the last one's array when alike. */
 function serverList(v: Verifier, list: VectorRef): readonly string[] {
   if (list.length > 0 && sameAsLast(v, list)) return lastList.names;
   const servers: string[] = [];

@@ -4,6 +4,8 @@
 // every loop is bounded by the buffer's size. Failures throw Reject, which decoders turn into
 // a typed result; nothing else escapes.
 
+import type { UnpackArena } from './pointpack.js';
+
 export type RejectReason =
   | 'too_short'
   | 'too_large'
@@ -40,8 +42,6 @@ export interface VectorRef {
   /** Number of elements. */
   readonly length: number;
 }
-
-import type { UnpackArena } from './pointpack.js';
 
 const emptyVector: VectorRef = { start: 0, length: 0 };
 
