@@ -9,7 +9,7 @@ import { BatchMaker, blockStart } from './bench-batch.js';
 import type { Figure } from './bench-edge.js';
 import { stat } from './bench-fleet.js';
 import { pauseFigures } from './bench-pause.js';
-import { coreMetrics, cpuTicks, drained, getJson, metric, rejections, sendRacks, startCore, threadShares, threadTicks, ticksPerSecond } from './bench-proc.js';
+import { boxShares, boxTicks, coreMetrics, cpuTicks, drained, getJson, metric, rejections, sendRacks, startCore, threadShares, threadTicks, ticksPerSecond } from './bench-proc.js';
 import { storeFigures } from './bench-store.js';
 
 interface Prepared {
@@ -75,6 +75,8 @@ interface IngestRun {
   cpuSecondsAcked: number;
   /** This process's CPU (sending the bodies) in % of one core over the run. */
   benchCpuPercent: number;
+  /** The whole machine's CPU until the last acknowledgement: the core, this bench, other processes, disk waits, idle. */
+  boxAcked: string;
 }
 
 /** One `apm core --workers N` on a fresh data directory, fed `p`'s bodies over HTTP by its racks. */
@@ -90,6 +92,7 @@ async function ingestRun(p: Prepared, workers: number): Promise<IngestRun> {
     const m0 = await coreMetrics(core);
     const threads0 = threadTicks(core.pid);
     const bench0 = process.cpuUsage();
+    const box0 = boxTicks();
     const cpu0 = cpuTicks(core.pid);
     const t0 = performance.now();
     // CPU every 100 ms: after the last acknowledgement the core waits (2 s of quiet before a
@@ -104,9 +107,13 @@ async function ingestRun(p: Prepared, workers: number): Promise<IngestRun> {
     let done;
     let threadsAck;
     let cpuAck;
+    let boxAck;
+    let benchAck;
     try {
       sent = await sendRacks(pool, core, p.timed);
       cpuAck = cpuTicks(core.pid);
+      boxAck = boxTicks();
+      benchAck = process.cpuUsage(bench0);
       threadsAck = threadTicks(core.pid);
       done = await drained(core, { points: p.warmPoints + p.points, timeoutMs: 600_000 });
     } finally {
@@ -141,6 +148,7 @@ async function ingestRun(p: Prepared, workers: number): Promise<IngestRun> {
       threadsAfter: threadShares(core.pid, threadsAck, threads1, (done.at - sent.ackedAt) / 1000).text,
       cpuSecondsAcked: (cpuAck - cpu0) / ticksPerSecond,
       benchCpuPercent: (bench1.user + bench1.system) / 1e4 / wallSeconds,
+      boxAcked: boxShares(box0, boxAck, cpuAck - cpu0, ((benchAck.user + benchAck.system) / 1e6) * ticksPerSecond),
     };
   } finally {
     await pool.close();
@@ -184,7 +192,7 @@ function ingestFigures(p: Prepared, r: IngestRun): Figure[] {
     { name: `  wall, first body → last row written (${r.wallSeconds.toFixed(1)} s less ${r.idleSeconds.toFixed(1)} s idle after the last ack); core CPU ${r.cpuPercent.toFixed(0)}%`, value: r.wallPerSecond / 1e6, unit: 'M points/s' },
     { name: `  wall, first body → last acknowledged (durable in the WAL)${retried}`, value: r.ackedPerSecond / 1e6, unit: 'M points/s' },
     { name: `  rows written; core RSS max ${r.rssMiBMax.toFixed(0)} MiB`, value: r.rows, unit: 'rows' },
-    { name: `  core CPU-seconds per M points until the last ack (ingest, and rows of blocks due by then); by thread ${r.threadsAcked}`, value: r.cpuSecondsAcked / (r.points / 1e6), unit: 'CPU-s' },
+    { name: `  core CPU-seconds per M points until the last ack (ingest, and rows of blocks due by then); by thread ${r.threadsAcked}; ${r.boxAcked}`, value: r.cpuSecondsAcked / (r.points / 1e6), unit: 'CPU-s' },
     { name: `  core CPU-seconds per M points after it (the last block's rows); by thread ${r.threadsAfter}; this bench ${r.benchCpuPercent.toFixed(0)}%`, value: (r.cpuSeconds - r.cpuSecondsAcked) / (r.points / 1e6), unit: 'CPU-s' },
   ];
 }

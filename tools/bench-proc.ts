@@ -4,7 +4,7 @@
 
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Pool } from 'undici';
@@ -86,6 +86,33 @@ export function cpuTicks(pid: number, file = `/proc/${pid}/stat`): number {
   const s = readFileSync(file, 'latin1');
   const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
   return Number(f[11]) + Number(f[12]);
+}
+
+/** The whole machine's CPU time from /proc/stat, in ticks summed over its CPUs: busy (user, nice, system, irq, softirq, steal), idle, iowait. */
+export interface BoxTicks {
+  busy: number;
+  idle: number;
+  iowait: number;
+}
+
+export function boxTicks(): BoxTicks {
+  const f = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = f;
+  return { busy: user + nice + system + irq + softirq + steal, idle, iowait };
+}
+
+/**
+ * Where the whole machine's CPU went between two boxTicks() samples, in % of one core (a 2-core
+ * machine has 200 %): the core (`coreTicks`), this bench process (`benchTicks`), every other
+ * process and the kernel's own threads, and the time no thread ran (waiting for the disk, or idle).
+ */
+export function boxShares(before: BoxTicks, after: BoxTicks, coreTicks: number, benchTicks: number): string {
+  const total = after.busy + after.idle + after.iowait - (before.busy + before.idle + before.iowait);
+  if (!(total > 0)) return 'box: no ticks';
+  const cores = availableParallelism();
+  const pct = (t: number) => `${((100 * cores * t) / total).toFixed(0)}%`;
+  const others = after.busy - before.busy - coreTicks - benchTicks;
+  return `box of ${cores * 100}%: core ${pct(coreTicks)}, this bench ${pct(benchTicks)}, other processes ${pct(Math.max(0, others))}, waiting for the disk ${pct(after.iowait - before.iowait)}, idle ${pct(after.idle - before.idle)}`;
 }
 
 /** utime + stime per thread of `pid` (thread id → ticks); the main thread's id is `pid`. */

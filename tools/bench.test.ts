@@ -1,7 +1,9 @@
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { UsageError } from '../lib/args.js';
 import { benchHelp, benchSections, main } from './bench.js';
 import { latencyQuantiles } from './bench-rack.js';
+import { boxShares, boxTicks } from './bench-proc.js';
 
 describe('apm bench', () => {
   it('refuses an --only that names no section (it ran nothing and printed nothing)', async () => {
@@ -24,5 +26,28 @@ describe('bench rack: acknowledgement latency', () => {
     expect(q.p50).toBeCloseTo(1.25, 5);
     expect(q.p99).toBeCloseTo(1.495, 5);
     expect(latencyQuantiles(after, after)).toEqual({ p50: NaN, p99: NaN });
+  });
+});
+
+describe('bench core: where the whole machine\'s CPU went', () => {
+  it('splits the ticks between the core, the bench, other processes, disk waits and idle, in % of one core', () => {
+    const cores = availableParallelism();
+    // 1 s on every CPU: 100 ticks each; the core used 120, the bench 10, something else 20; 10 waiting for the disk; the rest idle.
+    const total = 100 * cores;
+    const before = { busy: 1000, idle: 5000, iowait: 300 };
+    const after = { busy: 1000 + 150, idle: 5000 + total - 160, iowait: 300 + 10 };
+    const pct = (t: number) => `${((100 * cores * t) / total).toFixed(0)}%`;
+    expect(boxShares(before, after, 120, 10)).toBe(`box of ${cores * 100}%: core ${pct(120)}, this bench ${pct(10)}, other processes ${pct(20)}, waiting for the disk ${pct(10)}, idle ${pct(total - 160)}`);
+    // Ticks of the core and the bench counted past the machine's busy ticks (sampled a tick apart): no negative share.
+    expect(boxShares(before, after, 145, 10)).toContain('other processes 0%');
+    expect(boxShares(before, before, 0, 0)).toBe('box: no ticks');
+  });
+
+  it('reads the machine\'s ticks from /proc/stat, growing', async () => {
+    const a = boxTicks();
+    await new Promise((r) => setTimeout(r, 50));
+    const b = boxTicks();
+    expect(a.busy + a.idle + a.iowait).toBeGreaterThan(0);
+    expect(b.busy + b.idle + b.iowait).toBeGreaterThan(a.busy + a.idle + a.iowait);
   });
 });
