@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { deflateRawSync } from 'node:zlib';
-import { decodeRow, encodeRow, rowAggregates, RowError, RowScratch, rowParts, rowServerIds, rowV3Marker, rowV4Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
+import { decodeRow, encodeRow, rowAggregates, RowError, RowScratch, rowParts, rowServerIds, rowV3Marker, rowV4Marker, rowV5Marker, selectServers, type DecodedRow, type RowInput, type SummaryColumns } from './block.js';
 import { seriesHabit, writeSeries } from './codec/values.js';
 
 function summaries(secs: number[], src: Uint8Array): SummaryColumns {
@@ -114,13 +114,13 @@ function plain(row: DecodedRow) {
   };
 }
 
-describe('storage row encoding (version 4)', () => {
+describe('storage row encoding (version 5)', () => {
   it('round-trips any servers, seconds and values exactly', () => {
     fc.assert(
       fc.property(serversArb, (ss) => {
         const input = rowOf(ss);
         const stored = encodeRow(input);
-        expect(stored[0]).toBe(rowV4Marker);
+        expect(stored[0]).toBe(rowV5Marker);
         expect(Array.from(rowServerIds(stored))).toEqual(Array.from(input.serverIds));
         const row = decodeRow(stored);
         expect(plain(row)).toEqual(plain(input));
@@ -305,6 +305,37 @@ describe('storage row encoding (version 4)', () => {
   });
 });
 
+describe('storage row CRC (version 5)', () => {
+  const input = rowOf([[[0, 1, 2, 59], new Array<number>(60).fill(1.5), true], [[5, 6], [2.25, -3], false], [[7], new Array<number>(60).fill(4), true]]);
+  const stored = encodeRow(input);
+
+  it('refuses a row with any byte changed after the marker, or its trailer, with RowError (before, version 4: most such rows decoded, as other values)', () => {
+    expect(rowParts(stored).crc).toBe(4);
+    for (let at = 1; at < stored.length; at++) {
+      for (const flip of [0x01, 0x80, 0xff]) {
+        const bad = stored.slice();
+        bad[at]! ^= flip;
+        expect(() => decodeRow(bad), `byte ${at} ^ ${flip}`).toThrow(RowError);
+        expect(() => decodeRow(bad, { servers: bitmap((sid) => sid === input.serverIds[1]), scratch: new RowScratch() }), `byte ${at} ^ ${flip}, one server`).toThrow(RowError);
+        expect(() => decodeRow(bad, { secondsOnlyFor: 5 }), `byte ${at} ^ ${flip}, seconds only`).toThrow(RowError);
+        expect(() => rowServerIds(bad), `byte ${at} ^ ${flip}, server ids`).toThrow(RowError);
+      }
+    }
+  });
+
+  it('reads a version 4 row (no CRC) as before', () => {
+    const v4 = stored.slice(0, stored.length - 4);
+    v4[0] = rowV4Marker;
+    expect(plain(decodeRow(v4))).toEqual(plain(decodeRow(stored)));
+    expect(Array.from(rowServerIds(v4))).toEqual(Array.from(input.serverIds));
+    expect(rowParts(v4).crc).toBe(0);
+    const slot = { header: null };
+    const last = input.serverIds[2]!;
+    expect(plain(decodeRow(v4, { header: slot, servers: bitmap((sid) => sid === last) }))).toEqual(plain(selectServers(decodeRow(stored), (sid) => sid === last)));
+    expect(slot.header).not.toBeNull();
+  });
+});
+
 /** Seconds and values of the version 2 and 3 fixtures below (servers 2 and 40 every second). */
 const all = Array.from({ length: 60 }, (_, s) => s);
 const wave = all.map((i) => Math.round((50 + 10 * Math.sin(i)) * 100) / 100);
@@ -355,9 +386,9 @@ describe('storage row encoding (version 2, as data directories hold it)', () => 
     expect(row.aggregates!.span).toBe(1);
     const seconds = decodeRow(stored, { secondsOnlyFor: 7 });
     expect([seconds.entries, Array.from(seconds.pointSecs), Array.from(seconds.dist.secs)]).toEqual(['seconds', Array.from(row.pointSecs), [3, 10]]);
-    // Written again (a merge of late data), it becomes version 4 with the same content.
+    // Written again (a merge of late data), it becomes version 5 with the same content.
     const again = encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length });
-    expect(again[0]).toBe(rowV4Marker);
+    expect(again[0]).toBe(rowV5Marker);
     expect(plain(decodeRow(again))).toEqual(plain(row));
   });
 });
@@ -404,7 +435,7 @@ describe('storage row encoding (version 3, as data directories hold it)', () => 
     expect(plain(decodeRow(stored, { servers: bitmap(keep) }))).toEqual(plain(selectServers(row, keep)));
     for (const window of [1, 7]) expect(decodeRow(stored, { secondsOnlyFor: window }).entries).toBe('seconds');
     const again = encodeRow({ ...row, rollupFrom: 0, rollupTo: row.rollup.secs.length });
-    expect(again[0]).toBe(rowV4Marker);
+    expect(again[0]).toBe(rowV5Marker);
     const back = decodeRow(again);
     expect(plain(back)).toEqual(plain(row));
     expect(back.aggregates!.span).toBe(5);

@@ -2,6 +2,11 @@
 // layout). Per server a presence map and the values; per second the rack rollup. Decoding
 // returns columns (typed arrays), never a point object.
 //
+// Version 5 (twenty-eighth session): version 4's bytes, its marker 0x46, then a CRC-32 of all of
+// them (u32, little-endian). A row is kept for a year: a byte changed on the disk since it was
+// written is found at its first read (RowError, counted as a corrupt row and skipped) instead of
+// read as other values. A reader that keeps a row's header (RowDecodeOptions.header) checks it
+// when the header is read, not at every read.
 // Version 4 (issue 14, fifth session), not deflated, so that a reader touches only what a query
 // needs:
 //   u8 0x36 (marker: version 4; like 0x16 and 0x26 a deflate stream never starts with it, block type 3)
@@ -33,23 +38,45 @@
 // Version 1: the same per-server content inline (no directory, no aggregates), deflated whole.
 // Values go through core/codec/values.ts (writeSeries / readSeries).
 
-import { inflateRawSync } from 'node:zlib';
+import { crc32, inflateRawSync } from 'node:zlib';
 import { checkedHabit, readSeries, seriesHabit, ValueCodecError, writeSeries, type SeriesHabit } from './codec/values.js';
 
 /** First byte of a version 2 row: low bits 110 are deflate's reserved block type, never a v1 row's first byte. */
 export const rowV2Marker = 0x16;
 /** First byte of a version 3 row: deflate's reserved block type too. */
 export const rowV3Marker = 0x26;
-/** First byte of a version 4 row (what encodeRow writes): deflate's reserved block type too. */
+/** First byte of a version 4 row: deflate's reserved block type too. */
 export const rowV4Marker = 0x36;
+/** First byte of a version 5 row (what encodeRow writes: version 4 and a CRC-32 trailer): deflate's reserved block type too. */
+export const rowV5Marker = 0x46;
+/** Bytes of a version 5 row's trailer (its CRC-32). */
+const rowCrcBytes = 4;
 /** Seconds per aggregate span of a version 4 row: the shortest query window. */
 export const aggregateSpanSeconds = 5;
 
 /** The span of a block's aggregates: 5 s, or 1 s for a block that is not a multiple of 5 s. */
 export const aggregateSpanOf = (blockSeconds: number) => (blockSeconds % aggregateSpanSeconds === 0 ? aggregateSpanSeconds : 1);
 
-/** Whether a stored row has a directory (version 2, 3 or 4; version 1 is deflated whole). */
-const isDirected = (marker: number | undefined) => marker === rowV4Marker || marker === rowV3Marker || marker === rowV2Marker;
+/** Whether a stored row has a directory (version 2 to 5; version 1 is deflated whole). */
+const isDirected = (marker: number | undefined) => marker === rowV5Marker || marker === rowV4Marker || marker === rowV3Marker || marker === rowV2Marker;
+/** Whether a stored row has version 4's layout (a habit, aggregates per span): versions 4 and 5. */
+const isV4Layout = (marker: number | undefined) => marker === rowV5Marker || marker === rowV4Marker;
+
+/**
+ * A stored row's bytes without a version 5 row's CRC-32 trailer, the CRC checked unless
+ * `unchecked` (a reader whose kept header was read from these bytes, checked then); a row of an
+ * older version as it is. Throws RowError when the CRC does not match.
+ */
+export function rowBody(stored: Uint8Array, unchecked = false): Uint8Array {
+  if (stored[0] !== rowV5Marker) return stored;
+  const end = stored.length - rowCrcBytes;
+  if (end < 1) throw new RowError(`a version 5 row of ${stored.length} bytes has no room for its CRC`);
+  const body = stored.subarray(0, end);
+  if (unchecked) return body;
+  const want = (stored[end]! | (stored[end + 1]! << 8) | (stored[end + 2]! << 16) | (stored[end + 3]! << 24)) >>> 0;
+  if (crc32(body) !== want) throw new RowError('row CRC-32 does not match: its bytes changed after it was written');
+  return body;
+}
 const rowV1Version = 1;
 /** Rows of fewer servers carry no aggregates (their values are as quick to read). */
 const aggregatesServersMin = 4;
@@ -524,12 +551,12 @@ function writeSegment(seg: ByteWriter, x: RowInput, j: number, dense: boolean, h
 
 const idsScratch = { f64: new Float64Array(256) };
 
-/** Encodes one row (version 4; see the top of this file). The input must be a whole row with values. */
+/** Encodes one row (version 5; see the top of this file). The input must be a whole row with values. */
 export function encodeRow(x: RowInput): Uint8Array {
   if (x.entries !== 'values' || x.serversOmitted !== 0) throw new Error('BUG: encoding a partly decoded row');
   const w = scratch;
   w.reset();
-  w.u8(rowV4Marker);
+  w.u8(rowV5Marker);
   w.u8(x.kind);
   w.u8(x.blockSeconds);
   const n = x.serverIds.length;
@@ -570,6 +597,8 @@ export function encodeRow(x: RowInput): Uint8Array {
   w.varint(section.pos);
   w.bytes(section.buf, 0, section.pos);
   w.bytes(seg.buf, 0, seg.pos);
+  const crc = crc32(w.buf.subarray(0, w.pos));
+  for (let k = 0; k < rowCrcBytes; k++) w.u8((crc >>> (8 * k)) & 0xff);
   return w.buf.slice(0, w.pos);
 }
 
@@ -795,13 +824,16 @@ export interface RowReadOptions {
 }
 
 /**
- * Decodes a stored row (version 1, 2, 3 or 4); throws RowError when it is malformed. With options,
- * a version 2, 3 or 4 row is read only where they need (the directory locates each server's bytes).
+ * Decodes a stored row (version 1 to 5); throws RowError when it is malformed or its CRC does not
+ * match. With options, a version 2 to 5 row is read only where they need (the directory locates
+ * each server's bytes).
  */
 export function decodeRow(stored: Uint8Array, opts: RowDecodeOptions = {}): DecodedRow {
   if (isDirected(stored[0])) {
+    // A kept header was read from these bytes, their CRC checked then.
+    const body = rowBody(stored, (opts.header?.header ?? null) !== null);
     try {
-      return decodeDirected(stored, opts);
+      return decodeDirected(body, opts);
     } catch (err) {
       if (err instanceof ValueCodecError) throw new RowError(`row values do not decode: ${err.message}`, { cause: err });
       throw err;
@@ -944,7 +976,7 @@ function readHabit(r: ByteReader): SeriesHabit | null {
 function readHeader(stored: Uint8Array, own: boolean): RowHeader {
   // v3: version 3 or 4 (ids and directory as series, a layout byte); v4: aggregates with a span.
   const v3 = stored[0] !== rowV2Marker;
-  const v4 = stored[0] === rowV4Marker;
+  const v4 = isV4Layout(stored[0]);
   const r = new ByteReader(stored);
   r.u8();
   const kind = r.u8();
@@ -1206,8 +1238,9 @@ export function trimSummaries(c: SummaryColumns, n: number): SummaryColumns {
  * The server ids of a stored row (any version), ascending, without decoding its values when it
  * is version 2 (a shard snapshot names a row's servers: core/snapshot.ts). Throws RowError.
  */
-export function rowServerIds(stored: Uint8Array): Uint32Array {
-  if (!isDirected(stored[0])) return decodeV1(stored).serverIds;
+export function rowServerIds(row: Uint8Array): Uint32Array {
+  if (!isDirected(row[0])) return decodeV1(row).serverIds;
+  const stored = rowBody(row);
   const r = new ByteReader(stored);
   r.skip(3);
   const n = r.varint();
@@ -1222,9 +1255,10 @@ export function rowServerIds(stored: Uint8Array): Uint32Array {
   return Uint32Array.from(endsScratch.subarray(0, n));
 }
 
-/** Where a version 2, 3 or 4 row's bytes go (tests, benches): the head (marker to habit: ids, directory), aggregates and rollup (each with its length), segments. Throws RowError. */
-export function rowParts(stored: Uint8Array): { head: number; aggregates: number; rollup: number; segments: number } {
-  if (!isDirected(stored[0])) throw new RowError('not a version 2, 3 or 4 row');
+/** Where a version 2 to 5 row's bytes go (tests, benches): the head (marker to habit: ids, directory), aggregates and rollup (each with its length), segments, and a version 5 row's CRC. Throws RowError. */
+export function rowParts(row: Uint8Array): { head: number; aggregates: number; rollup: number; segments: number; crc: number } {
+  if (!isDirected(row[0])) throw new RowError('not a version 2 to 5 row');
+  const stored = rowBody(row);
   const v3 = stored[0] !== rowV2Marker;
   const r = new ByteReader(stored);
   r.skip(3);
@@ -1235,14 +1269,14 @@ export function rowParts(stored: Uint8Array): { head: number; aggregates: number
   readIds(r, v3, n, ends);
   const segments = readDirectory(r, v3, n, ends, stored.length);
   if (v3) r.u8();
-  if (stored[0] === rowV4Marker) readHabit(r);
+  if (isV4Layout(stored[0])) readHabit(r);
   const head = r.pos;
   r.skip(r.varint());
   const aggregates = r.pos - head;
   r.skip(r.varint());
   const rollup = r.pos - head - aggregates;
   if (r.pos + segments !== stored.length) throw new RowError(`row directory says ${segments} segment bytes, the row has ${stored.length - r.pos}`);
-  return { head, aggregates, rollup, segments };
+  return { head, aggregates, rollup, segments, crc: row.length - stored.length };
 }
 
 /**

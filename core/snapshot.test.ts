@@ -10,10 +10,10 @@ function preamble(version: number): Uint8Array {
 }
 
 describe('shard snapshot format versions', () => {
-  it('writes format 3 (rows of version 4, which older cores cannot decode), reads formats 1 to 3, and refuses another with what to do', () => {
-    expect(snapshotFormatVersion).toBe(3);
-    for (const v of [1, 2, 3]) expect(new RecordFramer().push(preamble(v))).toEqual([]);
-    for (const v of [0, 4]) {
+  it('writes format 4 (rows of version 5, which older cores cannot decode), reads formats 1 to 4, and refuses another with what to do', () => {
+    expect(snapshotFormatVersion).toBe(4);
+    for (const v of [1, 2, 3, 4]) expect(new RecordFramer().push(preamble(v))).toEqual([]);
+    for (const v of [0, 5]) {
       const err = (() => {
         try {
           new RecordFramer().push(preamble(v));
@@ -23,7 +23,7 @@ describe('shard snapshot format versions', () => {
         return null;
       })();
       expect(err).toBeInstanceOf(SnapshotError);
-      expect((err as Error).message).toBe(`shard snapshot format ${v}; this core reads formats 1–3: run the same apm version on both nodes`);
+      expect((err as Error).message).toBe(`shard snapshot format ${v}; this core reads formats 1–4: run the same apm version on both nodes`);
     }
   });
 });

@@ -13,9 +13,9 @@
 //
 // Stored-query results are not copied: the new owner evaluates its queries again from the rows.
 //
-// Format (version 3; versions 1 and 2 are the same, their row records never hold version 4
-// rows — version 1's never version 3 ones either —, so a core of this version reads all three
-// and an older core refuses a newer version by its preamble), a byte stream:
+// Format (version 4; versions 1 to 3 are the same, their row records never hold version 5 rows
+// — version 2's never version 4 ones, version 1's never version 3 ones —, so a core of this
+// version reads all four and an older core refuses a newer version by its preamble), a byte stream:
 //   preamble   "APMSHS" u16 version (little-endian)
 //   records    u8 type, u32 payload length, u32 CRC-32 of type and payload, payload
 //     1 header  u16 shard, u16 S, u16 blockSeconds, f64 applied stream seq, f64 source WAL seq bound
@@ -37,9 +37,9 @@ import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from '.
 import { ChunkMemo, storedRowBytes } from './rowgroups.js';
 import { walKeySeq, walKeyShard } from './walkey.js';
 
-/** Written by this core: row records may hold version 4 rows (core/block.ts), which cores before it cannot decode. */
-export const snapshotFormatVersion = 3;
-/** Read by this core: version 1 and 2 streams hold rows of versions 1 to 3, which it decodes. */
+/** Written by this core: row records may hold version 5 rows (core/block.ts: with a CRC-32), which cores before it cannot decode. */
+export const snapshotFormatVersion = 4;
+/** Read by this core: version 1 to 3 streams hold rows of versions 1 to 4, which it decodes. */
 const snapshotFormatVersionMin = 1;
 const magic = Buffer.from('APMSHS', 'latin1');
 const preambleBytes = magic.length + 2;

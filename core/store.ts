@@ -40,6 +40,9 @@ import { UnpackArena } from '../schema/pointpack.js';
 import { legacyWalKeyParts, walKey, walKeySeq, walKeyShard } from './walkey.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
 
+/** Keys of corrupt rows remembered so that each is counted once (core/store.ts noteCorrupt): ~40 B each. */
+const corruptRowsKeptMax = 10_000;
+
 /** Distinct seconds of a WAL replay noted for stored queries (a WAL holds minutes of seconds; the late-seconds set holds 100,000). */
 const replayedSecondsMax = 100_000;
 
@@ -358,6 +361,8 @@ export class Store {
   private readonly flushedThrough = new Map<number, number>();
   /** Kind of each registered metric, by registry index: the kind it was first admitted with. */
   private metricKinds = new Uint8Array(1024);
+  /** Keys (latin1) of stored rows counted as corrupt (noteCorrupt): at most corruptRowsKeptMax. */
+  private readonly corruptRows = new Set<string>();
 
   constructor(readonly opts: StoreOptions) {
     if (opts.racksMax >= rackIdsMax) throw new Error(`BUG: racksMax ${opts.racksMax} ≥ ${rackIdsMax} (head keys pack rack ids)`);
@@ -1287,6 +1292,7 @@ export class Store {
       this.walDone.push({ keys, bytes });
       this.walDoneBytes += bytes;
     }
+    if (this.corruptRows.size > 0) for (const p of puts) this.corruptRows.delete(p.key.toString('latin1'));
     for (const w of written) {
       this.rowVersions.wrote(w.shard, w.block);
       const racks = w.metrics.get(w.mi);
@@ -1349,9 +1355,8 @@ export class Store {
         this.counters.rows_merged++;
       } catch (err) {
         if (!(err instanceof RowError)) throw err;
-        this.counters.rows_corrupt++;
         // The head's data is written over it: what the stored row held is gone. Said, not only counted.
-        if (this.counters.rows_corrupt === 1 || this.counters.rows_corrupt % 1000 === 0) console.error(`core: a stored row does not decode (${(err as Error).message}); late data for its block is written without what it held (${this.counters.rows_corrupt} corrupt rows so far, apm_core_rows_corrupt_total)`);
+        this.noteCorrupt(key, err, 'late data for its block is written without what it held');
       }
     }
     const row = encodeRow(buildRow(mh, old, this.opts.blockSeconds, this.acc, this.counters));
@@ -1455,7 +1460,7 @@ export class Store {
             this.directories.forget(dk);
             continue;
           }
-          this.counters.rows_corrupt++;
+          this.noteCorrupt(key, err, 'reads skip it');
         }
       }
       this.counters.row_directory_bytes = this.directories.bytes;
@@ -1511,6 +1516,21 @@ export class Store {
     const mi = this.registry.indexOf(lo, hi);
     if (mi >= 0 && this.heads.get(shard)?.blocks.get(block)?.has(mi) === true) return Infinity;
     return this.rowVersions.version(shard, block);
+  }
+
+  /**
+   * Counts a stored row that does not decode (RowError: malformed, or its CRC does not match)
+   * once, however often it is read (before: every read of it counted again), and says so at the
+   * first and every 1,000th. Remembered by key, at most corruptRowsKeptMax (then forgotten all
+   * at once: counted again if read again); a row written over it is forgotten (writeSlice).
+   */
+  private noteCorrupt(key: Buffer, err: RowError, what: string): void {
+    const k = key.toString('latin1');
+    if (this.corruptRows.has(k)) return;
+    if (this.corruptRows.size >= corruptRowsKeptMax) this.corruptRows.clear();
+    this.corruptRows.add(k);
+    this.counters.rows_corrupt++;
+    if (this.counters.rows_corrupt === 1 || this.counters.rows_corrupt % 1000 === 0) console.error(`core: a stored row does not decode (${err.message}); ${what} (${this.counters.rows_corrupt} corrupt rows so far, apm_core_rows_corrupt_total)`);
   }
 
   /** A stored row, whole, from the row cache or decoded into it (found by key, WAL seq and length: never stale). */
@@ -2003,12 +2023,14 @@ function readU48(b: Buffer | Uint8Array, at: number): number {
  * What this build writes into a store: 2 = rows of version 3 in chunked row groups (third
  * session); 3 = rows of version 4 (aggregates per 5 s, fifth session); 4 = the WAL keyed by seq
  * first (`log`, core/walkey.ts: a build before it would find its `wal` empty and lose what the log
- * holds, then hand out the log's seqs again), twenty-seventh session. A build reads every
+ * holds, then hand out the log's seqs again), twenty-seventh session; 5 = rows of version 5 (a
+ * CRC-32 after version 4's bytes, core/block.ts: a build before it would take every new row
+ * for a corrupt one, and a merge of late data would write over it), twenty-eighth session. A build reads every
  * format up to its own and refuses a newer one instead of taking its rows for corrupt ones (a
  * merge of late data would then overwrite them). Builds before format 2 do not check: never run
  * one on a data directory a newer build has written.
  */
-export const storeFormat = 4;
+export const storeFormat = 5;
 
 function checkStoreFormat(state: Database<number, string>, dir: string): void {
   const found = state.get('format');
