@@ -323,6 +323,20 @@ describe('storage row CRC (version 5)', () => {
     }
   });
 
+  it('checks the CRC of bytes decoded with a kept header unless the caller says these very bytes passed it (review: a kept header turned the check off for the row read again from the disk)', () => {
+    const slot = { header: null };
+    const servers = bitmap((sid) => sid === input.serverIds[0]);
+    expect(decodeRow(stored, { header: slot, servers }).serverIds.length).toBe(1);
+    expect(slot.header).not.toBeNull();
+    // The same row read again from the disk, one bit of its last server's values changed since.
+    const bad = stored.slice();
+    bad[bad.length - 6]! ^= 0x04;
+    expect(() => decodeRow(bad, { header: slot, servers })).toThrow(/CRC-32 does not match/);
+    expect(() => decodeRow(bad, { header: slot, servers, checked: false })).toThrow(/CRC-32 does not match/);
+    // The bytes the header was read from, kept in memory: not checked again.
+    expect(decodeRow(stored, { header: slot, servers, checked: true }).serverIds.length).toBe(1);
+  });
+
   it('reads a version 4 row (no CRC) as before', () => {
     const v4 = stored.slice(0, stored.length - 4);
     v4[0] = rowV4Marker;

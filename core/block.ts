@@ -696,9 +696,15 @@ export interface RowDecodeOptions {
    * header is not read again. Only for bytes that never change while the slot is kept.
    */
   header?: HeaderSlot;
+  /**
+   * These very bytes (not the same row read again from LMDB) passed their CRC-32 at an earlier
+   * decode: a version 5 row's CRC is not computed again (a reader keeping a row's bytes in memory
+   * with its header, core/rowdirectory.ts). Bytes read again from the disk are checked again.
+   */
+  checked?: boolean;
 }
 
-/** A version 2–4 row's header as decodeDirected reads it before any server's segment. */
+/** A version 2–5 row's header as decodeDirected reads it before any server's segment. */
 export interface RowHeader {
   v3: boolean;
   v4: boolean;
@@ -830,8 +836,7 @@ export interface RowReadOptions {
  */
 export function decodeRow(stored: Uint8Array, opts: RowDecodeOptions = {}): DecodedRow {
   if (isDirected(stored[0])) {
-    // A kept header was read from these bytes, their CRC checked then.
-    const body = rowBody(stored, (opts.header?.header ?? null) !== null);
+    const body = rowBody(stored, opts.checked === true);
     try {
       return decodeDirected(body, opts);
     } catch (err) {
@@ -970,11 +975,11 @@ function readHabit(r: ByteReader): SeriesHabit | null {
 }
 
 /**
- * A version 2–4 row's header. Into the module's scratch arrays (valid until the next read), or,
+ * A version 2–5 row's header. Into the module's scratch arrays (valid until the next read), or,
  * with `own`, into arrays of its own (a header kept in a HeaderSlot).
  */
 function readHeader(stored: Uint8Array, own: boolean): RowHeader {
-  // v3: version 3 or 4 (ids and directory as series, a layout byte); v4: aggregates with a span.
+  // v3: version 3 to 5 (ids and directory as series, a layout byte); v4: version 4 or 5 (aggregates with a span).
   const v3 = stored[0] !== rowV2Marker;
   const v4 = isV4Layout(stored[0]);
   const r = new ByteReader(stored);
@@ -1005,7 +1010,7 @@ function readHeader(stored: Uint8Array, own: boolean): RowHeader {
   return { v3, v4, kind, blockSeconds, n, ids, ends, layout, habit, aggAt, aggLen, rollAt, rollLen, segAt };
 }
 
-/** Decodes a version 2, 3 or 4 row (see the top of this file), only where `opts` needs. */
+/** Decodes a version 2 to 5 row (its CRC trailer already taken off, see the top of this file), only where `opts` needs. */
 function decodeDirected(stored: Uint8Array, opts: RowDecodeOptions): DecodedRow {
   const slot = opts.header;
   let h = slot?.header ?? null;

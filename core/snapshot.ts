@@ -133,8 +133,10 @@ export interface ShardIo {
   replayWal(shard: number, entries: { seq: number; bytes: Buffer }[]): void;
   /** Writes de-duplication marks of a shard and takes them into memory; throws SnapshotError for a malformed one. */
   adoptMarks(shard: number, marks: { key: Buffer; value: Buffer }[]): void;
-  /** Rows, or their servers, the target could not take (counted in the store's counters). */
-  noteDropped(what: 'rows_corrupt' | 'servers_refused' | 'metrics_refused', n: number): void;
+  /** Rows' servers or metrics the target could not take (counted in the store's counters). */
+  noteDropped(what: 'servers_refused' | 'metrics_refused', n: number): void;
+  /** A row that does not decode (RowError), under its key in this store: counted once per key, however many snapshots or restores meet it (Store.noteCorrupt). */
+  noteCorruptRow(key: Buffer, err: RowError, what: string): void;
 }
 
 /** Growable record writer: chunks of whole records. */
@@ -259,7 +261,7 @@ export function* snapshotChunks(io: ShardIo, shard: number, chunkBytes = snapsho
       } catch (err) {
         // The source cannot read it either (its queries skip it, counted as rows_corrupt).
         if (!(err instanceof RowError)) throw err;
-        io.noteDropped('rows_corrupt', 1);
+        io.noteCorruptRow(key, err, 'shard snapshots leave it out');
         continue;
       }
       if (!sentRacks.has(rackId)) {
@@ -662,6 +664,12 @@ export class ShardRestore {
     if (shardOf(lo, this.io.shardCount) !== this.shard || block % this.io.blockSeconds !== 0) throw new SnapshotError(`${what}: not a key of this shard: the stream is corrupt`);
     const rackId = this.racks.get(srcRack);
     if (rackId === undefined) throw new SnapshotError(`${what}: its rack was not named before it: the stream is corrupt`);
+    const key = Buffer.allocUnsafe(18);
+    key.writeUInt16BE(this.shard, 0);
+    key.writeUInt32BE(block, 2);
+    key.writeUInt32BE(hi, 6);
+    key.writeUInt32BE(lo, 10);
+    key.writeUInt32BE(rackId, 14);
     let encoded: Uint8Array;
     let row: ReturnType<typeof decodeRow>;
     try {
@@ -669,9 +677,10 @@ export class ShardRestore {
     } catch (err) {
       if (!(err instanceof RowError)) throw err;
       // A row the source cannot read either (its queries skip it, counted there as rows_corrupt;
-      // the snapshot checks only its server ids): skipped and counted here too. Before, the whole
-      // restore failed on it, every retry the same, and the shard could never be copied.
-      this.io.noteDropped('rows_corrupt', 1);
+      // the snapshot checks its server ids, and a version 5 row's CRC, only): skipped and counted
+      // here too, once per key however often the shard is restored. Before, the whole restore
+      // failed on it, every retry the same, and the shard could never be copied.
+      this.io.noteCorruptRow(key, err, 'the restore leaves it out');
       return null;
     }
     try {
@@ -685,12 +694,6 @@ export class ShardRestore {
       if (err instanceof RowError) throw new SnapshotError(`${what} does not decode (${err.message}): the stream is corrupt`, { cause: err });
       throw err;
     }
-    const key = Buffer.allocUnsafe(18);
-    key.writeUInt16BE(this.shard, 0);
-    key.writeUInt32BE(block, 2);
-    key.writeUInt32BE(hi, 6);
-    key.writeUInt32BE(lo, 10);
-    key.writeUInt32BE(rackId, 14);
     const value = Buffer.allocUnsafe(6 + encoded.length);
     value.writeUIntBE(seq, 0, 6);
     value.set(encoded, 6);

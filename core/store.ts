@@ -1355,8 +1355,10 @@ export class Store {
         this.counters.rows_merged++;
       } catch (err) {
         if (!(err instanceof RowError)) throw err;
-        // The head's data is written over it: what the stored row held is gone. Said, not only counted.
-        this.noteCorrupt(key, err, 'late data for its block is written without what it held');
+        // The head's data is written over it: what the stored row held is gone. Said, not only
+        // counted: also when a read counted the row before (a write over it happens once).
+        const what = 'late data for its block is written without what it held';
+        if (!this.noteCorrupt(key, err, what)) console.error(`core: a stored row counted as corrupt before (${err.message}); ${what}`);
       }
     }
     const row = encodeRow(buildRow(mh, old, this.opts.blockSeconds, this.acc, this.counters));
@@ -1413,6 +1415,9 @@ export class Store {
         const key = e.key;
         try {
           let bytes = e.bytes;
+          // Bytes kept in memory with their header passed their CRC when the header was read;
+          // bytes read again from LMDB (a header kept without them) are checked again.
+          const checked = bytes !== null && e.header !== null;
           if (bytes === null) {
             // A row inline (written before row groups): its value again, in lmdb-js' reused buffer.
             const value = e.pointer ?? this.rows.getBinaryFast(key);
@@ -1442,6 +1447,7 @@ export class Store {
             const o = opts.wholeRack?.(rackId) === true ? whole : some;
             const had = e.header !== null;
             o.header = e;
+            o.checked = checked;
             row = decodeRow(bytes, o);
             if (!had && e.header !== null) {
               // Kept within the directory's tenth of the bound, as its rows' bytes are.
@@ -1522,15 +1528,28 @@ export class Store {
    * Counts a stored row that does not decode (RowError: malformed, or its CRC does not match)
    * once, however often it is read (before: every read of it counted again), and says so at the
    * first and every 1,000th. Remembered by key, at most corruptRowsKeptMax (then forgotten all
-   * at once: counted again if read again); a row written over it is forgotten (writeSlice).
+   * at once: counted again if read again); a row written over it (writeSlice) or deleted (a
+   * retention sweep, a wiped shard: forgetCorrupt) is forgotten. Returns whether it was new.
    */
-  private noteCorrupt(key: Buffer, err: RowError, what: string): void {
+  private noteCorrupt(key: Buffer, err: RowError, what: string): boolean {
     const k = key.toString('latin1');
-    if (this.corruptRows.has(k)) return;
+    if (this.corruptRows.has(k)) return false;
     if (this.corruptRows.size >= corruptRowsKeptMax) this.corruptRows.clear();
     this.corruptRows.add(k);
     this.counters.rows_corrupt++;
     if (this.counters.rows_corrupt === 1 || this.counters.rows_corrupt % 1000 === 0) console.error(`core: a stored row does not decode (${err.message}); ${what} (${this.counters.rows_corrupt} corrupt rows so far, apm_core_rows_corrupt_total)`);
+    return true;
+  }
+
+  /** Forgets the corrupt rows of `shard` in blocks before `belowBlock` (their rows deleted: a retention sweep, a wiped shard). */
+  private forgetCorrupt(shard: number, belowBlock: number): void {
+    if (this.corruptRows.size === 0) return;
+    for (const k of this.corruptRows) {
+      // Row keys: [shard u16][block u32]…, here one char per byte (latin1).
+      const keyShard = (k.charCodeAt(0) << 8) | k.charCodeAt(1);
+      const block = ((k.charCodeAt(2) << 24) | (k.charCodeAt(3) << 16) | (k.charCodeAt(4) << 8) | k.charCodeAt(5)) >>> 0;
+      if (keyShard === shard && block < belowBlock) this.corruptRows.delete(k);
+    }
   }
 
   /** A stored row, whole, from the row cache or decoded into it (found by key, WAL seq and length: never stale). */
@@ -1556,6 +1575,7 @@ export class Store {
       // Before and after, whatever happens between: an answer cached while the sweep runs may
       // hold rows it then deletes.
       this.rowVersions.deletedBelow(shard, cutoff);
+      this.forgetCorrupt(shard, cutoff);
       try {
         deleted += await deleteRange(this.root, this.rows, rowKey(shard, 0, 0, 0, 0), rowKey(shard, cutoff, 0, 0, 0), batchRows, this.stopped);
         // Row groups of those blocks (their rows' pointers went above, or before a restart).
@@ -1845,10 +1865,10 @@ export class Store {
         this.counters.restored_marks += marks.length;
       },
       noteDropped: (what, n) => {
-        if (what === 'rows_corrupt') this.counters.rows_corrupt += n;
-        else if (what === 'servers_refused') this.counters.restore_servers_refused += n;
+        if (what === 'servers_refused') this.counters.restore_servers_refused += n;
         else this.counters.restore_metrics_refused += n;
       },
+      noteCorruptRow: (key, err, what) => void this.noteCorrupt(key, err, what),
     };
     return this.io;
   }
@@ -1888,6 +1908,7 @@ export class Store {
 
   /** wipeShard's work once the shard is marked restoring. */
   private async emptyShard(shard: number): Promise<void> {
+    this.forgetCorrupt(shard, Number.POSITIVE_INFINITY);
     const head = this.heads.get(shard)!;
     for (const metrics of head.blocks.values()) {
       for (const racks of metrics.values()) {
