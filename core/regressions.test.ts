@@ -318,13 +318,15 @@ describe('regression: a stored query edited while its worker evaluates it', () =
 
 describe('a stream step after a commit that throws', () => {
   it('answers every ingest request of the failed commit (before: a stream step committed the waiting requests, caught the error and answered only itself, so they held the worker\'s ingest bound for good: every later ingest 503 worker_busy)', async () => {
-    const node = await start({ ingestWaitingPerWorkerMax: 1, workerRequestTimeoutMs: 1000 });
+    const node = await start({ ingestWaitingPerWorkerMax: 1, workerRequestTimeoutMs: 5000 });
     const body = (k: number) => rackSecondBody({ rack: 'thr', session: 1, seq: 3000 + k, second: t0 + k, late: false, shards: S, servers: [{ server: 't-1', blocks: [buildColumns([{ name: 'thr.x', kind: KindCode.Gauge, value: 1 }], [])] }], rollup: buildColumns([], []) });
     const send = async (k: number) => (await node.app.request('/api/v1/ingest', { method: 'POST', body: body(k) })).status;
     await node.pool.failWorker(0, { nextIngest: true });
     // The worker busy for a moment: the ingest and the stream step reach it together, and the
-    // step commits the waiting request first (as a cluster node's consumer does).
-    await node.pool.stallWorker(0, 300);
+    // step commits the waiting request first (as a cluster node's consumer does). 1.5 s: with
+    // 300 ms, a loaded CI machine's test thread once posted the step after the stall had ended
+    // (the worker then died of the ingest alone, and the step was answered "stopped").
+    await node.pool.stallWorker(0, 1500);
     const [res, skip] = await Promise.all([node.pool.ingest(body(0)), node.pool.skipStream(0, 1, 0)]);
     expect(res).toMatchObject({ status: 503 });
     expect(skip).toContain('fault injected by a test');
