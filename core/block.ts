@@ -4,9 +4,9 @@
 //
 // Version 5 (twenty-eighth session): version 4's bytes, its marker 0x46, then a CRC-32 of all of
 // them (u32, little-endian). A row is kept for a year: a byte changed on the disk since it was
-// written is found at its first read (RowError, counted as a corrupt row and skipped) instead of
-// read as other values. A reader that keeps a row's header (RowDecodeOptions.header) checks it
-// when the header is read, not at every read.
+// written is found when the row is read (RowError, counted as a corrupt row and skipped) instead
+// of read as other values. Checked at every decode of bytes read from LMDB; only bytes a reader
+// kept in memory after they passed (RowDecodeOptions.checked) are not checked again.
 // Version 4 (issue 14, fifth session), not deflated, so that a reader touches only what a query
 // needs:
 //   u8 0x36 (marker: version 4; like 0x16 and 0x26 a deflate stream never starts with it, block type 3)
@@ -64,8 +64,8 @@ const isV4Layout = (marker: number | undefined) => marker === rowV5Marker || mar
 
 /**
  * A stored row's bytes without a version 5 row's CRC-32 trailer, the CRC checked unless
- * `unchecked` (a reader whose kept header was read from these bytes, checked then); a row of an
- * older version as it is. Throws RowError when the CRC does not match.
+ * `unchecked` (these very bytes passed it before: RowDecodeOptions.checked); a row of an older
+ * version as it is. Throws RowError when the CRC does not match.
  */
 export function rowBody(stored: Uint8Array, unchecked = false): Uint8Array {
   if (stored[0] !== rowV5Marker) return stored;

@@ -61,6 +61,17 @@ export function chunkSizes(runBytes: number): number[] {
 }
 
 /** A row group chunk's key: the (shard, block) of its rows' keys, then its id. */
+/** A row's key in `rows`: [shard u16][block u32][metric hash hi, lo][rack id u32] (core/store.ts). */
+export function rowKey(shard: number, block: number, lo: number, hi: number, rackId: number): Buffer {
+  const k = Buffer.allocUnsafe(18);
+  k.writeUInt16BE(shard, 0);
+  k.writeUInt32BE(block, 2);
+  k.writeUInt32BE(hi, 6);
+  k.writeUInt32BE(lo, 10);
+  k.writeUInt32BE(rackId >>> 0, 14);
+  return k;
+}
+
 export function groupKey(rowKeyOf: Uint8Array, id: number): Buffer {
   const k = Buffer.allocUnsafe(10);
   k.set(rowKeyOf.subarray(0, 6), 0);

@@ -34,7 +34,7 @@ import { crc32 } from 'node:zlib';
 import type { Database, RootDatabase, Transaction } from 'lmdb';
 import { shardOf } from '../schema/section.js';
 import { decodeRow, encodeRow, renumberServers, RowError, rowServerIds } from './block.js';
-import { ChunkMemo, storedRowBytes } from './rowgroups.js';
+import { ChunkMemo, rowKey, storedRowBytes } from './rowgroups.js';
 import { walKeySeq, walKeyShard } from './walkey.js';
 
 /** Written by this core: row records may hold version 5 rows (core/block.ts: with a CRC-32), which cores before it cannot decode. */
@@ -664,12 +664,7 @@ export class ShardRestore {
     if (shardOf(lo, this.io.shardCount) !== this.shard || block % this.io.blockSeconds !== 0) throw new SnapshotError(`${what}: not a key of this shard: the stream is corrupt`);
     const rackId = this.racks.get(srcRack);
     if (rackId === undefined) throw new SnapshotError(`${what}: its rack was not named before it: the stream is corrupt`);
-    const key = Buffer.allocUnsafe(18);
-    key.writeUInt16BE(this.shard, 0);
-    key.writeUInt32BE(block, 2);
-    key.writeUInt32BE(hi, 6);
-    key.writeUInt32BE(lo, 10);
-    key.writeUInt32BE(rackId, 14);
+    const key = rowKey(this.shard, block, lo, hi, rackId);
     let encoded: Uint8Array;
     let row: ReturnType<typeof decodeRow>;
     try {

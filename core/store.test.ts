@@ -14,9 +14,9 @@ import { openLmdb } from '../lib/lmdb.js';
 import { coreLimits } from './limits.js';
 import { evaluate } from './query/eval.js';
 import { parseQuery } from './query/parse.js';
-import { rowKey, Store, storeFormat, walPageBytes, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
+import { Store, storeFormat, walPageBytes, type RequestHeader, type SectionIn, type StoreOptions } from './store.js';
 import { decodeRow, RowError, rowServerIds, rowV4Marker } from './block.js';
-import { storedRowBytes } from './rowgroups.js';
+import { groupKey, rowKey, storedRowBytes } from './rowgroups.js';
 import { walKeySeq, walKeyShard } from './walkey.js';
 
 const t0 = 1_790_000_040; // a fixed second: the stores below keep 100 years, so it stays inside their retention
@@ -1058,6 +1058,11 @@ describe('regression: a rack whose servers were all refused', () => {
   });
 });
 
+/** A stored row's bytes (through its row group's chunks), as the store reads them. */
+function storedRow(io: { rows: { get(k: Buffer): Buffer | undefined }; groups: { get(k: Buffer): Buffer | undefined } }, key: Buffer): Uint8Array {
+  return storedRowBytes(key, io.rows.get(key)!, (k: Uint8Array, id: number) => io.groups.get(groupKey(k, id)));
+}
+
 describe('regression: a shard snapshot holding a row its source cannot read', () => {
   it('restores the rest of the shard, that row skipped and counted (before: the whole restore failed on it, every retry the same)', async () => {
     const a = open();
@@ -1071,7 +1076,7 @@ describe('regression: a shard snapshot holding a row its source cannot read', ()
     // Its rack id is 1 or 0: the one with a row.
     const key = [0, 1, 2].map((r) => rowKey(shard, t0 - (t0 % 60), h[0]!, h[1]!, r)).find((k) => io.rows.get(k) !== undefined)!;
     const value = io.rows.get(key)!;
-    const v5 = Buffer.from(storedRowBytes(key, value, (k: Uint8Array, id: number) => io.groups.get(Buffer.concat([Buffer.from(k.subarray(0, 6)), Buffer.from([id >>> 24, (id >>> 16) & 255, (id >>> 8) & 255, id & 255])]))));
+    const v5 = Buffer.from(storedRow(io, key));
     // As a version 4 row (no CRC: a data directory of an older build holds such rows), a byte
     // flipped so that its server ids still decode and its values do not. (A version 5 row with a
     // byte flipped is refused whole, its server ids too: the snapshot skips it at its source.)
@@ -1125,11 +1130,11 @@ describe('a stored row whose bytes changed on the disk (version 5: a CRC-32)', (
     expect(sum()).toEqual({ count: 180, min: 1000, max: 3059 });
     // Rack r1's row (servers x and y): one bit of one value changed on the disk.
     const key = keys.find((k) => {
-      const ids = rowServerIds(storedRowBytes(k, io.rows.get(k)!, (ck: Uint8Array, id: number) => io.groups.get(Buffer.concat([Buffer.from(ck.subarray(0, 6)), Buffer.from([id >>> 24, (id >>> 16) & 255, (id >>> 8) & 255, id & 255])]))));
+      const ids = rowServerIds(storedRow(io, k));
       return ids.length === 2;
     })!;
     const value = io.rows.get(key)!;
-    const bytes = Buffer.from(storedRowBytes(key, value, (k: Uint8Array, id: number) => io.groups.get(Buffer.concat([Buffer.from(k.subarray(0, 6)), Buffer.from([id >>> 24, (id >>> 16) & 255, (id >>> 8) & 255, id & 255])]))));
+    const bytes = Buffer.from(storedRow(io, key));
     // A bit of the row's values changed such that, without the CRC (as version 4), the row would
     // still decode, to other values.
     let bad: Buffer | null = null;

@@ -35,7 +35,7 @@ import { Registry } from './registry.js';
 import { RowCache, rowCacheBytesMax } from './rowcache.js';
 import { RowDirectories, type Directory, type DirectoryRow } from './rowdirectory.js';
 import { RowVersions } from './rowversions.js';
-import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, storedRowBytes, type KeyValue } from './rowgroups.js';
+import { ChunkMemo, groupKey, isPointer, packRows, pageBytes, pointedLength, rowKey, storedRowBytes, type KeyValue } from './rowgroups.js';
 import { UnpackArena } from '../schema/pointpack.js';
 import { legacyWalKeyParts, walKey, walKeySeq, walKeyShard } from './walkey.js';
 import { restoreFromStream, ShardRestore, snapshotChunks, SnapshotError, type RestoreSummary, type ShardIo } from './snapshot.js';
@@ -2020,16 +2020,6 @@ function migrateLegacyWal(env: RootDatabase, log: Database<Uint8Array, Buffer>):
       }
     });
   }
-}
-
-export function rowKey(shard: number, block: number, lo: number, hi: number, rackId: number): Buffer {
-  const k = Buffer.allocUnsafe(18);
-  k.writeUInt16BE(shard, 0);
-  k.writeUInt32BE(block, 2);
-  k.writeUInt32BE(hi, 6);
-  k.writeUInt32BE(lo, 10);
-  k.writeUInt32BE(rackId >>> 0, 14);
-  return k;
 }
 
 function writeU48(b: Buffer, at: number, v: number): void {
